@@ -1,1 +1,22 @@
+//! Sluice core: the protocol-neutral model, the session sequence every
+//! protocol goes through, the per-command pipeline (audit ▶ policy ▶ admit),
+//! the masking position, tokens, configuration and the `Store` trait.
+//!
+//! Core knows no wire format; protocol crates make no security decision.
 
+pub mod audit;
+pub mod config;
+pub mod fsutil;
+pub mod gateway;
+pub mod masking;
+pub mod model;
+pub mod pipeline;
+pub mod session;
+pub mod tls;
+pub mod token;
+
+pub use audit::{AuditEvent, AuditRecord, Store, StoreError};
+pub use config::Config;
+pub use gateway::{Gateway, GatewayBuilder};
+pub use model::*;
+pub use session::{Refusal, Session, SessionError, SessionHandle, SessionRequest};

@@ -1,0 +1,201 @@
+//! The protocol-neutral model every protocol crate translates to and from.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::time::SystemTime;
+
+/// Which wire protocol a session speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Postgres,
+    Ssh,
+    Http,
+    Kubernetes,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Postgres => "postgres",
+            Protocol::Ssh => "ssh",
+            Protocol::Http => "http",
+            Protocol::Kubernetes => "kubernetes",
+        })
+    }
+}
+
+/// An authenticated caller: who they are, which groups they are in, and which
+/// credential proved it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub subject: String,
+    pub groups: Vec<String>,
+    /// Who vouched for the identity (the gateway itself, or an IdP issuer).
+    pub issuer: String,
+    /// The token's unique id (`jti`), so that a revocation can find its sessions.
+    pub token_id: String,
+    /// When the credential stops being valid; sessions must not outlive it.
+    #[serde(with = "unix_seconds")]
+    pub expires_at: SystemTime,
+}
+
+impl Identity {
+    pub fn in_any_group(&self, groups: &[String]) -> bool {
+        self.groups.iter().any(|g| groups.iter().any(|a| a == g))
+    }
+}
+
+/// What a client presents to authenticate.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The user name the client sent (PostgreSQL `user`, SSH login, …).
+    pub user: String,
+    /// The token (carried in a password field, a bearer header, …).
+    pub token: String,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// What kind of command a protocol hands to the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum CommandKind {
+    /// A SQL string sent with the simple query protocol (may hold several statements).
+    SqlSimple,
+    /// The execution of a prepared SQL statement (extended protocol).
+    SqlExecute {
+        statement: String,
+        portal: String,
+    },
+    /// A fast-path function call by object id (PostgreSQL `FunctionCall`).
+    FunctionCall { function_oid: u32 },
+    /// A shell command line (SSH exec).
+    Exec,
+    /// An HTTP request.
+    HttpRequest { method: String, path: String },
+}
+
+/// One command on a session: the unit that is judged, audited and answered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Command {
+    pub kind: CommandKind,
+    /// The command as text (SQL, a shell line, `METHOD /path`), as the client sent it.
+    pub text: String,
+}
+
+/// What the pipeline decided for a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Allow,
+    Review,
+    Deny,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Allow => "allow",
+            Action::Review => "review",
+            Action::Deny => "deny",
+        })
+    }
+}
+
+/// A decision with the rule that made it, so every denial can be explained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub action: Action,
+    /// The rule that decided; `None` for the connection's default.
+    pub rule: Option<String>,
+    /// The rule's message for the caller.
+    pub message: Option<String>,
+}
+
+impl Verdict {
+    pub fn allow_by_default() -> Self {
+        Verdict {
+            action: Action::Allow,
+            rule: None,
+            message: None,
+        }
+    }
+
+    pub fn deny(rule: impl Into<String>, message: impl Into<String>) -> Self {
+        Verdict {
+            action: Action::Deny,
+            rule: Some(rule.into()),
+            message: Some(message.into()),
+        }
+    }
+}
+
+/// The pipeline's answer to a protocol: forward the command, or refuse it with a
+/// denial the protocol renders in its own language.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Forward { command_id: u64 },
+    Refuse { command_id: u64, denial: Denial },
+}
+
+/// A refusal as the client will read it. Built only from rule names and rule
+/// messages, never from upstream data or credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub rule: Option<String>,
+    pub message: String,
+    /// What the caller can do next (ask for approval, use another connection, …).
+    pub hint: Option<String>,
+}
+
+/// A result column as the masking position sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Column {
+    pub name: String,
+    /// Source table OID (0 when the column is computed).
+    pub table_oid: u32,
+    pub column_number: i16,
+    pub type_oid: u32,
+    /// Whether values arrive in the binary format.
+    pub binary: bool,
+}
+
+/// How a command ended, for the audit record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub rows: u64,
+    pub bytes: u64,
+    /// Completion tag (`SELECT 1`, `INSERT 0 3`, exit status, HTTP status).
+    pub tag: Option<String>,
+    /// The error the client saw, already redacted.
+    pub error: Option<String>,
+    pub duration_us: u64,
+    /// A bounded sample of what the client saw (rows as text), for replay.
+    pub sample: Vec<Vec<Option<String>>>,
+    pub columns: Vec<String>,
+    /// True when `sample` holds fewer rows than were returned.
+    pub truncated: bool,
+}
+
+pub(crate) mod unix_seconds {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        s.serialize_u64(secs)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let secs = u64::deserialize(d)?;
+        Ok(UNIX_EPOCH + Duration::from_secs(secs))
+    }
+}

@@ -1,0 +1,116 @@
+//! The per-command pipeline every protocol's commands go through:
+//!
+//! ```text
+//! audit (write-ahead) ▶ [platform layers] ▶ policy ▶ approval ▶ admit
+//! ```
+//!
+//! Each stage is a Tower layer over `Service<CommandRequest, Response = Verdict>`;
+//! the audit layer outermost turns the verdict into a durable record and a
+//! `Decision` for the protocol, which then makes (or refuses) the upstream call.
+
+pub mod audit;
+pub mod policy;
+
+use crate::audit::Store;
+use crate::model::{Command, Identity, Protocol, Verdict};
+use std::future::{ready, Ready};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service};
+
+/// Who is on a session, where: what every layer may look at.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub id: String,
+    pub identity: Identity,
+    pub connection: String,
+    pub protocol: Protocol,
+    pub client_addr: String,
+}
+
+/// A command on its way through the pipeline.
+#[derive(Debug, Clone)]
+pub struct CommandRequest {
+    pub session: Arc<SessionInfo>,
+    pub command_id: u64,
+    pub command: Arc<Command>,
+}
+
+/// Why a stage could not decide. Any such error denies the command.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{stage}: {reason}")]
+pub struct PipelineError {
+    pub stage: &'static str,
+    pub reason: String,
+}
+
+/// The inner part of the pipeline: decides a verdict for a command.
+pub type VerdictService = BoxCloneSyncService<CommandRequest, Verdict, PipelineError>;
+
+/// The innermost stage: a command nobody objected to is allowed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Admit;
+
+impl Service<CommandRequest> for Admit {
+    type Response = Verdict;
+    type Error = PipelineError;
+    type Future = Ready<Result<Verdict, PipelineError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: CommandRequest) -> Self::Future {
+        ready(Ok(Verdict::allow_by_default()))
+    }
+}
+
+/// A layer a platform team adds to every command's path (see examples/custom-gateway).
+pub type BoxedLayer = Box<dyn Fn(VerdictService) -> VerdictService + Send + Sync>;
+
+/// Assembles the pipeline from its stages.
+#[derive(Default)]
+pub struct PipelineBuilder {
+    extra: Vec<BoxedLayer>,
+}
+
+impl PipelineBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a layer between the audit layer and the policy layer: its verdicts
+    /// are audited like the policy's. The first added is the outermost.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<VerdictService> + Send + Sync + 'static,
+        L::Service: Service<CommandRequest, Response = Verdict, Error = PipelineError>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as Service<CommandRequest>>::Future: Send + 'static,
+    {
+        self.extra
+            .push(Box::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));
+        self
+    }
+
+    pub fn build(
+        self,
+        engine: Arc<dyn policy::PolicyEngine>,
+        store: Arc<dyn Store>,
+    ) -> audit::AuditService {
+        let mut svc: VerdictService =
+            BoxCloneSyncService::new(policy::PolicyLayer::new(engine).layer(Admit));
+        for wrap in self.extra.into_iter().rev() {
+            svc = wrap(svc);
+        }
+        audit::AuditLayer::new(store).layer(svc)
+    }
+}
+
+
+#[cfg(test)]
+mod tests;

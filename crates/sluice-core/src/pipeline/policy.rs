@@ -1,0 +1,222 @@
+//! The policy stage and its extension point.
+//!
+//! Rules (`[[rules]]`) are scoped by connection, group and subject in core;
+//! what a rule's `match` table means is contributed by protocols through
+//! [`MatchKey`] implementations, so SQL, shell, HTTP and Kubernetes keys plug
+//! into one engine instead of special cases.
+
+use super::{CommandRequest, PipelineError};
+use crate::config::{Config, RuleConfig};
+use crate::model::{Action, Command, Verdict};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// Decides a verdict for a command. Implementations must be fast and must
+/// fail closed: an `Err` denies the command.
+pub trait PolicyEngine: Send + Sync + 'static {
+    fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError>;
+}
+
+/// A compiled matcher for one match key of one rule.
+pub trait CommandMatcher: Send + Sync {
+    /// Whether the command matches. An `Err` (e.g. unparseable input) denies.
+    fn matches(&self, command: &Command) -> Result<bool, String>;
+}
+
+/// A match key a protocol contributes (`sql`, `command`, `http`, …).
+pub trait MatchKey: Send + Sync {
+    fn key(&self) -> &'static str;
+    /// Compiles the key's value from a rule; the error is shown by `config check`.
+    fn compile(&self, value: &toml::Value) -> Result<Box<dyn CommandMatcher>, String>;
+}
+
+struct CompiledRule {
+    name: String,
+    connections: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    subjects: Option<Vec<String>>,
+    matchers: Vec<Box<dyn CommandMatcher>>,
+    action: Action,
+    message: Option<String>,
+}
+
+/// The rules engine: most restrictive verdict wins (deny > review > allow); a
+/// connection's `default_action` applies when no rule matches.
+pub struct RulesEngine {
+    rules: Vec<CompiledRule>,
+    defaults: HashMap<String, Action>,
+}
+
+impl RulesEngine {
+    /// Compiles the config's rules with the match keys this build knows.
+    /// Errors name the rule index and key, for `config check`.
+    pub fn compile(config: &Config, keys: &[Arc<dyn MatchKey>]) -> Result<Self, (String, String)> {
+        let mut rules = Vec::new();
+        for (i, r) in config.rules.iter().enumerate() {
+            rules.push(compile_rule(i, r, keys)?);
+        }
+        let defaults = config
+            .connections
+            .iter()
+            .filter_map(|c| c.default_action.map(|a| (c.name.clone(), a)))
+            .collect();
+        Ok(RulesEngine { rules, defaults })
+    }
+}
+
+fn compile_rule(
+    i: usize,
+    r: &RuleConfig,
+    keys: &[Arc<dyn MatchKey>],
+) -> Result<CompiledRule, (String, String)> {
+    if r.action == Action::Review {
+        return Err((
+            format!("rules.{i}.action"),
+            "review (just-in-time approval) is not available in this build yet".into(),
+        ));
+    }
+    let mut matchers = Vec::new();
+    for (name, value) in &r.match_ {
+        let key = keys.iter().find(|k| k.key() == name).ok_or_else(|| {
+            let known: Vec<_> = keys.iter().map(|k| k.key()).collect();
+            (
+                format!("rules.{i}.match.{name}"),
+                format!(
+                    "unknown match key {name:?} (this build knows: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            )
+        })?;
+        matchers.push(
+            key.compile(value)
+                .map_err(|e| (format!("rules.{i}.match.{name}"), e))?,
+        );
+    }
+    Ok(CompiledRule {
+        name: r.name.clone(),
+        connections: r.connections.clone(),
+        groups: r.groups.clone(),
+        subjects: r.subjects.clone(),
+        matchers,
+        action: r.action,
+        message: r.message.clone(),
+    })
+}
+
+impl PolicyEngine for RulesEngine {
+    fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError> {
+        let s = &req.session;
+        let mut best: Option<Verdict> = None;
+        for rule in &self.rules {
+            if let Some(c) = &rule.connections {
+                if !c.contains(&s.connection) {
+                    continue;
+                }
+            }
+            if let Some(g) = &rule.groups {
+                if !s.identity.in_any_group(g) {
+                    continue;
+                }
+            }
+            if let Some(subj) = &rule.subjects {
+                if !subj.contains(&s.identity.subject) {
+                    continue;
+                }
+            }
+            let mut all = true;
+            for m in &rule.matchers {
+                // A matcher that cannot decide must fail closed.
+                if !m.matches(&req.command).map_err(|reason| PipelineError {
+                    stage: "policy",
+                    reason: format!("rule {:?}: {reason}", rule.name),
+                })? {
+                    all = false;
+                    break;
+                }
+            }
+            if !all {
+                continue;
+            }
+            let v = Verdict {
+                action: rule.action,
+                rule: Some(rule.name.clone()),
+                message: rule.message.clone(),
+            };
+            if best.as_ref().is_none_or(|b| v.action > b.action) {
+                best = Some(v);
+            }
+        }
+        Ok(best.unwrap_or_else(|| Verdict {
+            action: self
+                .defaults
+                .get(&s.connection)
+                .copied()
+                .unwrap_or(Action::Allow),
+            rule: None,
+            message: None,
+        }))
+    }
+}
+
+/// Runs the policy engine; a command it does not allow never reaches the inner stages.
+#[derive(Clone)]
+pub struct PolicyLayer {
+    engine: Arc<dyn PolicyEngine>,
+}
+
+impl PolicyLayer {
+    pub fn new(engine: Arc<dyn PolicyEngine>) -> Self {
+        PolicyLayer { engine }
+    }
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = PolicyService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyService {
+            engine: self.engine.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PolicyService<S> {
+    engine: Arc<dyn PolicyEngine>,
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S> Service<CommandRequest> for PolicyService<S>
+where
+    S: Service<CommandRequest, Response = Verdict, Error = PipelineError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Verdict;
+    type Error = PipelineError;
+    type Future = BoxFuture<Result<Verdict, PipelineError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: CommandRequest) -> Self::Future {
+        let verdict = self.engine.evaluate(&req);
+        let mut inner = self.inner.clone();
+        std::mem::swap(&mut inner, &mut self.inner);
+        Box::pin(async move {
+            let verdict = verdict?;
+            if verdict.action != Action::Allow {
+                return Ok(verdict);
+            }
+            let later = inner.call(req).await?;
+            // Most restrictive wins; an allow keeps the rule that allowed it.
+            Ok(if later.action > verdict.action { later } else { verdict })
+        })
+    }
+}

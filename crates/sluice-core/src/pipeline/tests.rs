@@ -1,0 +1,208 @@
+use super::policy::{CommandMatcher, MatchKey, RulesEngine};
+use super::*;
+use crate::audit::{AuditEvent, AuditRecord, SessionSummary, StoreError, VerifyReport};
+use crate::config::Config;
+use crate::model::{Action, CommandKind, Decision};
+use async_trait::async_trait;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use tower::ServiceExt;
+
+#[derive(Default)]
+struct MemoryStore {
+    events: Mutex<Vec<(String, AuditEvent)>>,
+    fail: bool,
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
+        if self.fail {
+            return Err(StoreError::Unavailable("disk full".into()));
+        }
+        self.events.lock().unwrap().push((session_id.into(), event));
+        Ok(())
+    }
+    fn append_background(&self, session_id: &str, event: AuditEvent) {
+        self.events.lock().unwrap().push((session_id.into(), event));
+    }
+    async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        Ok(vec![])
+    }
+    async fn session_records(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        Ok(vec![])
+    }
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        Ok(VerifyReport::default())
+    }
+}
+
+/// A test match key: `contains = "word"` matches commands whose text has it.
+struct Contains;
+struct ContainsMatcher(String);
+impl CommandMatcher for ContainsMatcher {
+    fn matches(&self, c: &Command) -> Result<bool, String> {
+        if c.text.contains("UNPARSEABLE") {
+            return Err("cannot parse".into());
+        }
+        Ok(c.text.contains(&self.0))
+    }
+}
+impl MatchKey for Contains {
+    fn key(&self) -> &'static str {
+        "contains"
+    }
+    fn compile(&self, v: &toml::Value) -> Result<Box<dyn CommandMatcher>, String> {
+        Ok(Box::new(ContainsMatcher(
+            v.as_str().ok_or("expected a string")?.to_string(),
+        )))
+    }
+}
+
+fn request(text: &str, groups: &[&str]) -> CommandRequest {
+    CommandRequest {
+        session: Arc::new(SessionInfo {
+            id: "s1".into(),
+            identity: Identity {
+                subject: "agent".into(),
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+                issuer: "sluice".into(),
+                token_id: "t".into(),
+                expires_at: SystemTime::now() + Duration::from_secs(60),
+            },
+            connection: "appdb".into(),
+            protocol: Protocol::Postgres,
+            client_addr: "127.0.0.1:1".into(),
+        }),
+        command_id: 1,
+        command: Arc::new(Command {
+            kind: CommandKind::SqlSimple,
+            text: text.into(),
+        }),
+    }
+}
+
+const RULES: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "postgres"
+upstream = "127.0.0.1:1"
+database = "d"
+user = "u"
+password = { env = "X" }
+allow_groups = ["agents"]
+
+[[rules]]
+name = "no-drop"
+groups = ["agents"]
+match = { contains = "drop" }
+action = "deny"
+message = "no drops"
+
+[[rules]]
+name = "all-allowed"
+action = "allow"
+"#;
+
+fn pipeline(store: Arc<dyn Store>) -> audit::AuditService {
+    let config = Config::from_toml_str(RULES, "t").unwrap();
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    PipelineBuilder::new().build(Arc::new(engine), store)
+}
+
+#[tokio::test]
+async fn deny_rule_refuses_and_is_audited_before_returning() {
+    let store = Arc::new(MemoryStore::default());
+    let d = pipeline(store.clone())
+        .oneshot(request("drop table x", &["agents"]))
+        .await
+        .unwrap();
+    let Decision::Refuse { denial, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(denial.rule.as_deref(), Some("no-drop"));
+    assert!(denial.message.contains("no drops"));
+    let events = store.events.lock().unwrap();
+    assert!(matches!(
+        &events[0].1,
+        AuditEvent::CommandDecided { verdict, .. } if verdict.action == Action::Deny
+    ));
+}
+
+#[tokio::test]
+async fn rule_scope_by_group() {
+    let store = Arc::new(MemoryStore::default());
+    let d = pipeline(store)
+        .oneshot(request("drop table x", &["dba"]))
+        .await
+        .unwrap();
+    assert!(matches!(d, Decision::Forward { .. }));
+}
+
+#[tokio::test]
+async fn matcher_error_fails_closed() {
+    let store = Arc::new(MemoryStore::default());
+    let d = pipeline(store)
+        .oneshot(request("UNPARSEABLE", &["agents"]))
+        .await
+        .unwrap();
+    let Decision::Refuse { denial, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(denial.rule.as_deref(), Some("sluice:policy-error"));
+}
+
+#[tokio::test]
+async fn store_failure_refuses_the_command() {
+    let store = Arc::new(MemoryStore {
+        fail: true,
+        ..Default::default()
+    });
+    let r = pipeline(store).oneshot(request("select 1", &["agents"])).await;
+    assert!(r.is_err());
+}
+
+#[test]
+fn unknown_match_key_is_a_config_error() {
+    let config = Config::from_toml_str(RULES, "t").unwrap();
+    let err = RulesEngine::compile(&config, &[]).err().unwrap();
+    assert_eq!(err.0, "rules.0.match.contains");
+    assert!(err.1.contains("unknown match key"));
+}
+
+/// A platform team's layer: refuses everything from subject "intern".
+#[derive(Clone)]
+struct NoInterns<S>(S);
+impl<S> Service<CommandRequest> for NoInterns<S>
+where
+    S: Service<CommandRequest, Response = Verdict, Error = PipelineError>,
+    S::Future: Send + 'static,
+{
+    type Response = Verdict;
+    type Error = PipelineError;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Verdict, PipelineError>> + Send>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: CommandRequest) -> Self::Future {
+        if req.session.identity.subject == "agent" {
+            return Box::pin(async { Ok(Verdict::deny("no-agents-on-fridays", "not today")) });
+        }
+        Box::pin(self.0.call(req))
+    }
+}
+
+#[tokio::test]
+async fn extra_layers_are_audited() {
+    let store = Arc::new(MemoryStore::default());
+    let config = Config::from_toml_str(RULES, "t").unwrap();
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    let svc = PipelineBuilder::new()
+        .layer(tower::layer::layer_fn(NoInterns))
+        .build(Arc::new(engine), store.clone());
+    let d = svc.oneshot(request("select 1", &["agents"])).await.unwrap();
+    assert!(matches!(d, Decision::Refuse { ref denial, .. } if denial.rule.as_deref() == Some("no-agents-on-fridays")));
+    assert_eq!(store.events.lock().unwrap().len(), 1);
+}

@@ -1,0 +1,212 @@
+//! The `Session` trait every protocol implements, and the core-owned session
+//! handle whose lifetime is the session's.
+//!
+//! Core runs the security sequence (credentials → authentication → connection
+//! access → session record) for every protocol, so they cannot drift apart;
+//! a protocol only supplies the transport steps.
+
+use crate::audit::{AuditEvent, Store, StoreError};
+use crate::config::ConnectionConfig;
+use crate::masking::ResponseMasker;
+use crate::model::{Command, Credentials, Decision, Outcome};
+use crate::pipeline::audit::AuditService;
+use crate::pipeline::{CommandRequest, SessionInfo};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tower::ServiceExt;
+
+/// What a client asked for during its handshake.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    pub credentials: Credentials,
+    /// The connection name the client selected.
+    pub connection: String,
+}
+
+/// Why a session was not opened, as the client will read it (no secrets, no
+/// upstream details).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The token was missing, invalid or expired.
+    Authentication(String),
+    /// Authenticated, but not allowed to open this connection.
+    Access(String),
+    /// The gateway cannot serve the session (store down, misconfiguration).
+    Unavailable(String),
+}
+
+impl Refusal {
+    pub fn client_message(&self) -> String {
+        match self {
+            Refusal::Authentication(why) => format!("sluice: authentication failed: {why}"),
+            Refusal::Access(why) => format!("sluice: access denied: {why}"),
+            Refusal::Unavailable(why) => format!("sluice: session unavailable: {why}"),
+        }
+    }
+}
+
+/// Which side a session failure came from (for logs and metrics).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("client: {0}")]
+    Client(String),
+    #[error("upstream: {0}")]
+    Upstream(String),
+    #[error("internal: {0}")]
+    Internal(String),
+    #[error("client i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The transport half of a session. Implemented by each protocol crate.
+#[async_trait]
+pub trait Session: Send + Sized {
+    /// Reads the client's handshake up to its credentials and connection choice.
+    async fn credentials(&mut self) -> Result<SessionRequest, SessionError>;
+    /// Tells the client the session was refused, in the client's language.
+    async fn refuse(self, refusal: Refusal) -> Result<(), SessionError>;
+    /// Connects upstream with the gateway-held credential and relays the
+    /// session, sending every command through `handle.decide`.
+    async fn run(self, handle: SessionHandle) -> Result<(), SessionError>;
+}
+
+/// A live session. Deliberately not `Clone`: dropping it records the session's end.
+pub struct SessionHandle {
+    info: Arc<SessionInfo>,
+    connection: ConnectionConfig,
+    pipeline: AuditService,
+    store: Arc<dyn Store>,
+    masker: Arc<dyn ResponseMasker>,
+    next_command: AtomicU64,
+    end_reason: Mutex<Option<String>>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle").field("id", &self.info.id).finish()
+    }
+}
+
+impl SessionHandle {
+    pub(crate) fn new(
+        info: SessionInfo,
+        connection: ConnectionConfig,
+        pipeline: AuditService,
+        store: Arc<dyn Store>,
+        masker: Arc<dyn ResponseMasker>,
+    ) -> Self {
+        SessionHandle {
+            info: Arc::new(info),
+            connection,
+            pipeline,
+            store,
+            masker,
+            next_command: AtomicU64::new(1),
+            end_reason: Mutex::new(None),
+        }
+    }
+
+    pub fn info(&self) -> &Arc<SessionInfo> {
+        &self.info
+    }
+
+    pub fn id(&self) -> &str {
+        &self.info.id
+    }
+
+    /// The connection's configuration, including the gateway-held credential reference.
+    pub fn connection(&self) -> &ConnectionConfig {
+        &self.connection
+    }
+
+    pub fn masker(&self) -> &Arc<dyn ResponseMasker> {
+        &self.masker
+    }
+
+    /// Runs a command through the pipeline. On `Forward` the decision is
+    /// already durable; an `Err` means the audit store failed and the command
+    /// must not be forwarded.
+    pub async fn decide(&self, command: Command) -> Result<Decision, StoreError> {
+        let command_id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        self.pipeline
+            .clone()
+            .oneshot(CommandRequest {
+                session: self.info.clone(),
+                command_id,
+                command: Arc::new(command),
+            })
+            .await
+    }
+
+    /// A cheap handle for the response path to record outcomes with.
+    pub fn recorder(&self) -> OutcomeRecorder {
+        OutcomeRecorder {
+            session_id: self.info.id.clone(),
+            store: self.store.clone(),
+        }
+    }
+
+    /// Sets the reason recorded when the session ends (the last one set wins).
+    pub fn set_end_reason(&self, reason: impl Into<String>) {
+        if let Ok(mut r) = self.end_reason.lock() {
+            *r = Some(reason.into());
+        }
+    }
+
+    /// Resolves when the session's credential expires; the protocol must then
+    /// end the session and tell the client why.
+    pub async fn expired(&self) {
+        let left = self
+            .info
+            .identity
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::time::sleep(left).await;
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        let reason = self
+            .end_reason
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .unwrap_or_else(|| "closed".to_string());
+        tracing::info!(message = "Session ended.", session = %self.info.id, reason = %reason);
+        self.store
+            .append_background(&self.info.id, AuditEvent::SessionEnd { reason });
+    }
+}
+
+/// Records command outcomes from the response path, off the data path.
+#[derive(Clone)]
+pub struct OutcomeRecorder {
+    session_id: String,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for OutcomeRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutcomeRecorder")
+            .field("session", &self.session_id)
+            .finish()
+    }
+}
+
+impl OutcomeRecorder {
+    pub fn finished(&self, command_id: u64, outcome: Outcome) {
+        self.store.append_background(
+            &self.session_id,
+            AuditEvent::CommandFinished {
+                command_id,
+                outcome,
+            },
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! TLS for listeners (configured certificate, or a generated CA + leaf in
+//! `state_dir`) and for the gateway's own connections to upstreams.
+
+use crate::config::{Config, UpstreamTls};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+#[error("tls: {path}: {reason}")]
+pub struct TlsError {
+    pub path: PathBuf,
+    pub reason: String,
+}
+
+fn tls_err(path: &Path, reason: impl ToString) -> TlsError {
+    TlsError {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Installs the process-wide rustls crypto provider (aws-lc-rs). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Where the generated listener certificate lives.
+pub fn generated_paths(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = state_dir.join("tls");
+    (dir.join("ca.crt"), dir.join("server.crt"), dir.join("server.key"))
+}
+
+/// The listener's TLS config: `[tls]` when set, else a CA and leaf certificate
+/// generated once into `state_dir/tls` (clients trust `ca.crt`).
+pub fn server_config(config: &Config, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
+    install_crypto_provider();
+    let (cert_path, key_path) = match &config.tls {
+        Some(t) => (t.cert.clone(), t.key.clone()),
+        None => {
+            let (ca, cert, key) = generated_paths(&config.gateway.state_dir);
+            if !cert.exists() || !key.exists() {
+                generate(&ca, &cert, &key)?;
+            }
+            (cert, key)
+        }
+    };
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .map_err(|e| tls_err(&cert_path, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err(&cert_path, e))?;
+    if certs.is_empty() {
+        return Err(tls_err(&cert_path, "no certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|e| tls_err(&key_path, e))?;
+    let mut sc = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| tls_err(&cert_path, e))?;
+    sc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(sc))
+}
+
+fn generate(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let e = |r: rcgen::Error| tls_err(cert_path, r);
+    let ca_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Sluice local CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).map_err(e)?;
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().map_err(e)?;
+    let mut leaf = rcgen::CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(e)?;
+    leaf.distinguished_name
+        .push(rcgen::DnType::CommonName, "sluice gateway");
+    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).map_err(e)?;
+    let chain = format!("{}{}", leaf_cert.pem(), ca_cert.pem());
+    crate::fsutil::write_private(key_path, leaf_key.serialize_pem().as_bytes())
+        .map_err(|err| tls_err(key_path, err))?;
+    std::fs::write(cert_path, chain).map_err(|err| tls_err(cert_path, err))?;
+    std::fs::write(ca_path, ca_cert.pem()).map_err(|err| tls_err(ca_path, err))?;
+    tracing::info!(message = "Generated a listener certificate; clients can trust its CA.", ca = %ca_path.display());
+    Ok(())
+}
+
+/// The gateway's TLS client config for an upstream, per libpq-style mode.
+/// `None` for `disable`.
+pub fn upstream_client_config(
+    mode: UpstreamTls,
+    ca: Option<&Path>,
+) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    install_crypto_provider();
+    let roots = || -> Result<Arc<RootCertStore>, TlsError> {
+        let mut roots = RootCertStore::empty();
+        match ca {
+            Some(path) => {
+                for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_err(path, e))? {
+                    roots
+                        .add(cert.map_err(|e| tls_err(path, e))?)
+                        .map_err(|e| tls_err(path, e))?;
+                }
+            }
+            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        }
+        Ok(Arc::new(roots))
+    };
+    let config = match mode {
+        UpstreamTls::Disable => return Ok(None),
+        // libpq semantics: encrypted, but the certificate is not checked.
+        UpstreamTls::Prefer | UpstreamTls::Require => ClientConfig::builder()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
+            .with_no_client_auth(),
+        UpstreamTls::VerifyCa => {
+            let inner = rustls::client::WebPkiServerVerifier::builder(roots()?)
+                .build()
+                .map_err(|e| tls_err(Path::new("upstream_ca"), e))?;
+            ClientConfig::builder()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+                .with_no_client_auth()
+        }
+        UpstreamTls::VerifyFull => ClientConfig::builder()
+            .with_root_certificates(roots()?)
+            .with_no_client_auth(),
+    };
+    Ok(Some(Arc::new(config)))
+}
+
+/// `require`/`prefer`: encryption without authentication of the server, as libpq does.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl NoVerification {
+    fn new() -> Self {
+        NoVerification(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+}
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a trusted CA; the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
+            | Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(m, c, d)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(m, c, d)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

@@ -1,0 +1,182 @@
+//! Gateway-issued tokens: short-lived Ed25519-signed JWTs. The signing key is
+//! generated into `state_dir` on first use and never leaves it.
+
+use crate::model::Identity;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `iss` and `aud` of gateway tokens.
+pub const GATEWAY_ISSUER: &str = "sluice";
+/// Tokens longer than this are refused before any parsing.
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: u64 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet")]
+    NotYetValid,
+    #[error("token signature or format is invalid")]
+    Invalid,
+    #[error("token was not issued by this gateway")]
+    WrongIssuer,
+    #[error("requested ttl {requested:?} exceeds the maximum {max:?} (auth.token_max_ttl)")]
+    TtlTooLong { requested: Duration, max: Duration },
+    #[error("token subject must not be empty")]
+    EmptySubject,
+    #[error("signing key {path}: {reason}")]
+    Key { path: PathBuf, reason: String },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    aud: String,
+    sub: String,
+    #[serde(default)]
+    groups: Vec<String>,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+}
+
+/// Mints and verifies gateway tokens.
+pub struct TokenAuthority {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    key_id: String,
+    max_ttl: Duration,
+}
+
+impl std::fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuthority")
+            .field("key_id", &self.key_id)
+            .finish()
+    }
+}
+
+impl TokenAuthority {
+    /// Loads `state_dir/keys/token-signing.pem`, generating it (mode 0600) when absent.
+    pub fn load_or_create(state_dir: &Path, max_ttl: Duration) -> Result<Self, TokenError> {
+        let dir = state_dir.join("keys");
+        let path = dir.join("token-signing.pem");
+        let key_err = |reason: String| TokenError::Key {
+            path: path.clone(),
+            reason,
+        };
+        let pem = match std::fs::read_to_string(&path) {
+            Ok(pem) => pem,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+                    .map_err(|e| key_err(e.to_string()))?;
+                let pem = key.serialize_pem();
+                crate::fsutil::write_private(&path, pem.as_bytes())
+                    .map_err(|e| key_err(e.to_string()))?;
+                pem
+            }
+            Err(e) => return Err(key_err(e.to_string())),
+        };
+        Self::from_pem(&pem, max_ttl).map_err(key_err)
+    }
+
+    fn from_pem(pem: &str, max_ttl: Duration) -> Result<Self, String> {
+        let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+        if !pair.is_compatible(&rcgen::PKCS_ED25519) {
+            return Err("not an Ed25519 key".into());
+        }
+        let public = pair.public_key_raw().to_vec();
+        let key_id = hex::encode(&Sha256::digest(&public)[..8]);
+        Ok(TokenAuthority {
+            encoding: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?,
+            decoding: DecodingKey::from_ed_der(&public),
+            key_id,
+            max_ttl,
+        })
+    }
+
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// Mints a token for `subject` in `groups`, valid for `ttl`.
+    pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, TokenError> {
+        if subject.trim().is_empty() {
+            return Err(TokenError::EmptySubject);
+        }
+        if ttl > self.max_ttl || ttl.is_zero() {
+            return Err(TokenError::TtlTooLong {
+                requested: ttl,
+                max: self.max_ttl,
+            });
+        }
+        let now = unix_now();
+        let claims = Claims {
+            iss: GATEWAY_ISSUER.into(),
+            aud: GATEWAY_ISSUER.into(),
+            sub: subject.into(),
+            groups: groups.to_vec(),
+            exp: now + ttl.as_secs().max(1),
+            nbf: now,
+            iat: now,
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|_| TokenError::Invalid)
+    }
+
+    /// Verifies signature, algorithm, issuer, audience and validity window.
+    pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(TokenError::Invalid);
+        }
+        // Only EdDSA is accepted: `alg: none` and HMAC-with-the-public-key
+        // confusions fail here, before any signature work.
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[GATEWAY_ISSUER]);
+        validation.set_audience(&[GATEWAY_ISSUER]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                jsonwebtoken::errors::ErrorKind::InvalidIssuer
+                | jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::WrongIssuer,
+                _ => TokenError::Invalid,
+            },
+        )?;
+        let claims = data.claims;
+        if claims.iat > unix_now() + LEEWAY_SECS {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.sub.trim().is_empty() {
+            return Err(TokenError::EmptySubject);
+        }
+        Ok(Identity {
+            subject: claims.sub,
+            groups: claims.groups,
+            issuer: GATEWAY_ISSUER.into(),
+            token_id: claims.jti,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
