@@ -1,0 +1,142 @@
+use super::*;
+use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
+use std::time::Duration;
+
+fn identity() -> Identity {
+    Identity {
+        subject: "agent".into(),
+        groups: vec!["agents".into()],
+        issuer: "sluice".into(),
+        token_id: "t".into(),
+        expires_at: SystemTime::now() + Duration::from_secs(60),
+    }
+}
+
+async fn session(store: &SqliteStore, id: &str, commands: u64) {
+    store
+        .append(
+            id,
+            AuditEvent::SessionStart {
+                identity: identity(),
+                connection: "appdb".into(),
+                protocol: Protocol::Postgres,
+                client_addr: "127.0.0.1:5".into(),
+            },
+        )
+        .await
+        .unwrap();
+    for n in 1..=commands {
+        store
+            .append(
+                id,
+                AuditEvent::CommandDecided {
+                    command_id: n,
+                    command: Command {
+                        kind: CommandKind::SqlSimple,
+                        text: format!("select {n}"),
+                    },
+                    verdict: Verdict {
+                        action: Action::Allow,
+                        rule: None,
+                        message: None,
+                    },
+                },
+            )
+            .await
+            .unwrap();
+        store.append_background(
+            id,
+            AuditEvent::CommandFinished {
+                command_id: n,
+                outcome: Outcome::default(),
+            },
+        );
+    }
+    store
+        .append(id, AuditEvent::SessionEnd { reason: "closed".into() })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sessions_are_listed_and_chains_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    session(&store, "s1", 3).await;
+    session(&store, "s2", 1).await;
+    let list = store.sessions().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].commands, 3);
+    assert_eq!(list[0].end_reason.as_deref(), Some("closed"));
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.sessions, 2);
+    assert_eq!(report.records, 2 + 6 + 2 + 2);
+    assert!(report.first_break.is_none());
+}
+
+fn tamper(dir: &Path, sql: &str) {
+    let conn = Connection::open(dir.join("sluice.db")).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn changed_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    session(&store, "s1", 3).await;
+    tamper(
+        dir.path(),
+        "UPDATE events SET body = replace(body, 'select 2', 'select 3') WHERE session_id = 's1' AND seq = 4",
+    );
+    let b = store.verify().await.unwrap().first_break.unwrap();
+    assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
+}
+
+#[tokio::test]
+async fn removed_last_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    session(&store, "s1", 2).await;
+    tamper(dir.path(), "DELETE FROM events WHERE session_id = 's1' AND seq = 6");
+    let b = store.verify().await.unwrap().first_break.unwrap();
+    assert_eq!(b.seq, 6);
+}
+
+#[tokio::test]
+async fn orphaned_sessions_are_closed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+        store
+            .append(
+                "s1",
+                AuditEvent::SessionStart {
+                    identity: identity(),
+                    connection: "appdb".into(),
+                    protocol: Protocol::Postgres,
+                    client_addr: "x".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let store = SqliteStore::open(dir.path(), AuditSync::Full).unwrap();
+    assert_eq!(store.close_orphaned_sessions("gateway restarted").await.unwrap(), 1);
+    let s = &store.sessions().await.unwrap()[0];
+    assert_eq!(s.end_reason.as_deref(), Some("gateway restarted"));
+    assert!(store.verify().await.unwrap().first_break.is_none());
+}
+
+#[tokio::test]
+async fn unwritable_store_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    session(&store, "s1", 1).await;
+    // An event for a session that was never started is refused, not guessed at.
+    let r = store
+        .append("nope", AuditEvent::SessionEnd { reason: "x".into() })
+        .await;
+    assert!(r.is_err());
+    // The writer keeps serving afterwards.
+    session(&store, "s2", 1).await;
+}
