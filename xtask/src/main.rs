@@ -1,1 +1,133 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test | lint | bench`.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+mod bench;
+mod setup;
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup                 install what the project needs (Debian 12), idempotently
+  demo [ARGS...]        setup, then `cargo run --release -p sluice -- demo ARGS...`
+  test [ARGS...]        setup, build everything, then `cargo nextest run --workspace` (ARGS passed on)
+  lint                  cargo fmt --check and cargo clippy -D warnings on the workspace
+  bench [--seconds N] [--clients 1,4] [--modes simple,extended,prepared]
+                        pgbench -S: direct PostgreSQL vs PgBouncer vs Sluice, side by side
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((task, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        bail!("no task given");
+    };
+    match task.as_str() {
+        "setup" => setup::setup(),
+        "demo" => {
+            setup::setup()?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--release", "-p", "sluice", "--", "demo"])
+                .args(rest);
+            run_inherit(&mut cmd)
+        }
+        "test" => {
+            setup::setup()?;
+            run_inherit(cargo().args(["build", "--workspace", "--all-targets"]))?;
+            run_inherit(
+                cargo()
+                    .args(["nextest", "run", "--workspace", "--no-fail-fast"])
+                    .args(rest),
+            )
+        }
+        "lint" => {
+            run_inherit(cargo().args(["fmt", "--all", "--check"]))?;
+            run_inherit(cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        }
+        "bench" => bench::bench(rest),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            eprint!("{USAGE}");
+            bail!("unknown task `{other}`")
+        }
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub(crate) fn workspace_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir.parent().unwrap_or(manifest_dir).to_path_buf()
+}
+
+/// The cargo that runs us (`$CARGO`), in the workspace root.
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+pub(crate) fn describe(cmd: &Command) -> String {
+    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
+    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
+    parts.join(" ")
+}
+
+/// Runs `cmd` with inherited stdio, printing it first; fails on a non-zero exit.
+pub(crate) fn run_inherit(cmd: &mut Command) -> Result<()> {
+    let line = describe(cmd);
+    eprintln!("+ {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not run `{line}`"))?;
+    if !status.success() {
+        bail!("`{line}` failed ({status})");
+    }
+    Ok(())
+}
+
+/// Whether `program` is found by the shell (`command -v`).
+pub(crate) fn command_exists(program: impl AsRef<OsStr>) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg("command -v \"$1\" >/dev/null 2>&1")
+        .arg("sh")
+        .arg(program)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs `cmd` quietly; true if it exits 0.
+pub(crate) fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

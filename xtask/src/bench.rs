@@ -1,0 +1,689 @@
+//! `cargo xtask bench`: pgbench `-S` (read-only point selects) against PostgreSQL directly,
+//! through PgBouncer and through Sluice, in one run, printed side by side.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sluice_sandbox::{
+    chown_to, command_as, free_port, random_hex, wait_for_port, PgBinaries, TempPostgres,
+    TempPostgresOptions,
+};
+
+use crate::{command_exists, describe, run_inherit, workspace_root};
+
+const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
+                     [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH]";
+const SCALE: u32 = 10;
+const DB: &str = "bench";
+const ROLE: &str = "bench";
+
+struct Options {
+    seconds: u32,
+    clients: Vec<u32>,
+    modes: Vec<String>,
+    /// Passed to every pgbench as PGSSLMODE; unset = libpq's default (`prefer`).
+    sslmode: Option<String>,
+    /// A prebuilt gateway binary; default: build `target/release/sluice`.
+    sluice_bin: Option<PathBuf>,
+}
+
+fn parse_options(args: &[String]) -> Result<Options> {
+    let mut opts = Options {
+        seconds: 10,
+        clients: vec![1, 4],
+        modes: ["simple", "extended", "prepared"]
+            .map(String::from)
+            .to_vec(),
+        sslmode: None,
+        sluice_bin: None,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        if matches!(key, "-h" | "--help") {
+            println!("{USAGE}");
+            std::process::exit(0);
+        }
+        let mut value = || -> Result<String> {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| anyhow!("{key} needs a value\n{USAGE}"))
+        };
+        match key {
+            "--seconds" => {
+                opts.seconds = value()?.parse().context("--seconds: not a number")?;
+            }
+            "--clients" => {
+                opts.clients = value()?
+                    .split(',')
+                    .map(|c| c.trim().parse::<u32>())
+                    .collect::<Result<_, _>>()
+                    .context("--clients: expected numbers like 1,4")?;
+            }
+            "--modes" => {
+                opts.modes = value()?.split(',').map(|m| m.trim().to_string()).collect();
+                if let Some(bad) = opts
+                    .modes
+                    .iter()
+                    .find(|m| !["simple", "extended", "prepared"].contains(&m.as_str()))
+                {
+                    bail!("--modes: unknown mode `{bad}` (simple, extended, prepared)");
+                }
+            }
+            "--sslmode" => opts.sslmode = Some(value()?),
+            "--sluice-bin" => opts.sluice_bin = Some(PathBuf::from(value()?)),
+            other => bail!("unknown option `{other}`\n{USAGE}"),
+        }
+    }
+    if opts.seconds == 0 || opts.clients.is_empty() || opts.modes.is_empty() {
+        bail!("nothing to run\n{USAGE}");
+    }
+    Ok(opts)
+}
+
+/// A server pgbench can be pointed at.
+struct Target {
+    name: &'static str,
+    port: u16,
+    user: String,
+    password: String,
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    tps: f64,
+    latency_ms: f64,
+}
+
+pub(crate) fn bench(args: &[String]) -> Result<()> {
+    let opts = parse_options(args)?;
+
+    // Build the gateway first so a build failure is reported early (the bench goes on without).
+    let sluice_bin = match &opts.sluice_bin {
+        Some(bin) => Some(bin.clone()),
+        None => match run_inherit(crate::cargo().args(["build", "--release", "-p", "sluice"])) {
+            Ok(()) => Some(target_dir().join("release").join("sluice")),
+            Err(err) => {
+                eprintln!("bench: cannot build sluice ({err:#}); continuing without it");
+                None
+            }
+        },
+    };
+
+    eprintln!("bench: starting PostgreSQL and loading pgbench data (scale {SCALE})");
+    let pg = TempPostgres::start(TempPostgresOptions::default())?;
+    let bins = pg.binaries().clone();
+    let password = random_hex(16)?;
+    pg.psql(
+        "postgres",
+        &format!(
+            "CREATE ROLE {ROLE} LOGIN PASSWORD '{password}';\n\
+             CREATE DATABASE {DB} OWNER {ROLE};\n"
+        ),
+    )?;
+    let mut init = Command::new(bins.tool("pgbench"));
+    init.args(["-i", "-q", "-s", &SCALE.to_string()])
+        .args(["-h", "127.0.0.1", "-p", &pg.port.to_string()])
+        .args(["-U", &pg.superuser, DB]);
+    pg_env(&mut init, &pg.superuser_password, None);
+    let out = init.output().context("running pgbench -i")?;
+    if !out.status.success() {
+        bail!(
+            "pgbench -i failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    pg.psql(
+        DB,
+        &[
+            "pgbench_accounts",
+            "pgbench_branches",
+            "pgbench_tellers",
+            "pgbench_history",
+        ]
+        .map(|t| format!("ALTER TABLE {t} OWNER TO {ROLE};\n"))
+        .concat(),
+    )?;
+    let version = pg.psql("postgres", "SHOW server_version")?;
+
+    let mut targets = vec![Target {
+        name: "direct",
+        port: pg.port,
+        user: ROLE.to_string(),
+        password: password.clone(),
+    }];
+
+    let pgbouncer = match start_pgbouncer(&pg, &password) {
+        Ok(bouncer) => {
+            targets.push(Target {
+                name: "pgbouncer",
+                port: bouncer.port,
+                user: ROLE.to_string(),
+                password: password.clone(),
+            });
+            Some(bouncer)
+        }
+        Err(err) => {
+            eprintln!("bench: PgBouncer unavailable: {err:#}");
+            None
+        }
+    };
+
+    let sluice = match sluice_bin {
+        Some(bin) => match start_sluice(&bin, &pg, &password) {
+            Ok(gateway) => {
+                targets.push(Target {
+                    name: "sluice",
+                    port: gateway.port,
+                    user: ROLE.to_string(),
+                    password: gateway.token.clone(),
+                });
+                Some(gateway)
+            }
+            Err(err) => {
+                eprintln!("bench: Sluice unavailable: {err:#}");
+                None
+            }
+        },
+        None => None,
+    };
+
+    let work = ScratchDir::new("sluice-bench-runs", None)?;
+    let mut results: HashMap<(String, u32, &'static str), Sample> = HashMap::new();
+    for mode in &opts.modes {
+        for &clients in &opts.clients {
+            for target in &targets {
+                eprint!(
+                    "bench: {:<9} -M {mode:<8} -c {clients:<2} ... ",
+                    target.name
+                );
+                match pgbench(&bins, target, mode, clients, &opts, work.path()) {
+                    Ok(sample) => {
+                        eprintln!(
+                            "{:>10.0} tps, {:.3} ms average latency",
+                            sample.tps, sample.latency_ms
+                        );
+                        results.insert((mode.clone(), clients, target.name), sample);
+                    }
+                    Err(err) => eprintln!("failed: {err:#}"),
+                }
+            }
+        }
+    }
+
+    println!();
+    println!(
+        "pgbench -n -S -T {} (scale {SCALE}), PostgreSQL {}, {} CPU(s){}",
+        opts.seconds,
+        version.trim(),
+        thread::available_parallelism().map_or(0, |n| n.get()),
+        opts.sslmode
+            .as_deref()
+            .map(|m| format!(", PGSSLMODE={m}"))
+            .unwrap_or_default()
+    );
+    print_table(&opts, &results);
+    if pgbouncer.is_none() || sluice.is_none() {
+        println!("(- = not measured; see the messages above)");
+    }
+    drop(sluice);
+    drop(pgbouncer);
+    Ok(())
+}
+
+fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sample>) {
+    let header = [
+        "mode",
+        "clients",
+        "direct tps",
+        "pgbouncer tps",
+        "sluice tps",
+        "sluice/direct",
+        "sluice/pgbouncer",
+        "direct ms",
+        "pgbouncer ms",
+        "sluice ms",
+        "sluice added µs (c=1)",
+    ];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for mode in &opts.modes {
+        for &clients in &opts.clients {
+            let get = |name| results.get(&(mode.clone(), clients, name)).copied();
+            let (direct, bouncer, sluice) = (get("direct"), get("pgbouncer"), get("sluice"));
+            let tps = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.0}", s.tps));
+            let lat = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.3}", s.latency_ms));
+            let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
+                (Some(a), Some(b)) if b.tps > 0.0 => format!("{:.2}", a.tps / b.tps),
+                _ => "-".into(),
+            };
+            let added = match (clients, sluice, direct) {
+                (1, Some(s), Some(d)) => format!("{:.0}", (s.latency_ms - d.latency_ms) * 1000.0),
+                _ => "-".into(),
+            };
+            rows.push(vec![
+                mode.clone(),
+                clients.to_string(),
+                tps(direct),
+                tps(bouncer),
+                tps(sluice),
+                ratio(sluice, direct),
+                ratio(sluice, bouncer),
+                lat(direct),
+                lat(bouncer),
+                lat(sluice),
+                added,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    for (n, row) in rows.iter().enumerate() {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(i, (cell, &w))| {
+                if i < 2 {
+                    format!("{cell:<w$}")
+                } else {
+                    format!("{cell:>w$}")
+                }
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+        if n == 0 {
+            let rule: Vec<String> = widths.iter().map(|&w| "-".repeat(w)).collect();
+            println!("{}", rule.join("  "));
+        }
+    }
+}
+
+/// Sets the libpq environment for a client run: only what we pass counts.
+fn pg_env(cmd: &mut Command, password: &str, sslmode: Option<&str>) {
+    for var in [
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGSERVICE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGPASSFILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10");
+    if let Some(mode) = sslmode {
+        cmd.env("PGSSLMODE", mode);
+    }
+}
+
+fn pgbench(
+    bins: &PgBinaries,
+    target: &Target,
+    mode: &str,
+    clients: u32,
+    opts: &Options,
+    work: &Path,
+) -> Result<Sample> {
+    let stem = format!("{}-{mode}-{clients}", target.name);
+    let stdout_path = work.join(format!("{stem}.out"));
+    let stderr_path = work.join(format!("{stem}.err"));
+    let mut cmd = Command::new(bins.tool("pgbench"));
+    cmd.args(["-n", "-S", "-T", &opts.seconds.to_string(), "-M", mode])
+        .args(["-c", &clients.to_string(), "-j", &clients.to_string()])
+        .args(["-h", "127.0.0.1", "-p", &target.port.to_string()])
+        .args(["-U", &target.user, DB])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&stdout_path)?)
+        .stderr(fs::File::create(&stderr_path)?);
+    pg_env(&mut cmd, &target.password, opts.sslmode.as_deref());
+    let mut child = cmd.spawn().context("running pgbench")?;
+    // A stalled server would keep pgbench waiting past -T: give up a minute later.
+    let deadline = Instant::now() + Duration::from_secs(u64::from(opts.seconds) + 60);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("pgbench did not finish in time");
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let stdout = fs::read_to_string(&stdout_path).unwrap_or_default();
+    let stderr = fs::read_to_string(&stderr_path).unwrap_or_default();
+    if !status.success() {
+        bail!("{status}: {}", tail(&stderr, 5));
+    }
+    parse_pgbench(&stdout).ok_or_else(|| anyhow!("unexpected pgbench output:\n{stdout}{stderr}"))
+}
+
+fn parse_pgbench(stdout: &str) -> Option<Sample> {
+    let value = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    Some(Sample {
+        tps: value("tps = ")?,
+        latency_ms: value("latency average = ")?,
+    })
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace_root().join(dir),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// A directory under the system temp dir, owned by `user` if given, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(prefix: &str, user: Option<&str>) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("{prefix}-{}", random_hex(6)?));
+        fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
+        let dir = Self(path);
+        chown_to(user, dir.path())?;
+        Ok(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A background server process, stopped on drop.
+struct Daemon {
+    child: Child,
+    /// For servers started through `runuser`: the server's own pid file.
+    pidfile: Option<PathBuf>,
+}
+
+impl Daemon {
+    /// Waits until `addr` accepts connections; fails early if the process exits.
+    fn wait_ready(&mut self, addr: SocketAddr, timeout: Duration, log: &Path) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let output = tail(&fs::read_to_string(log).unwrap_or_default(), 20);
+                if output.is_empty() {
+                    bail!("exited ({status}) without output");
+                }
+                bail!("exited ({status}):\n{output}");
+            }
+            if wait_for_port(addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not listening on {addr} after {timeout:?}:\n{}",
+                    tail(&fs::read_to_string(log).unwrap_or_default(), 20)
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self
+            .pidfile
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()))
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid])
+                .stderr(Stdio::null())
+                .status();
+        }
+        // Let `runuser` reap the server it started before killing it outright.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.pidfile.is_some() && Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct PgBouncer {
+    port: u16,
+    _daemon: Daemon,
+    _dir: ScratchDir,
+}
+
+fn find_pgbouncer() -> Option<PathBuf> {
+    if command_exists("pgbouncer") {
+        return Some(PathBuf::from("pgbouncer"));
+    }
+    ["/usr/sbin/pgbouncer", "/usr/local/sbin/pgbouncer"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// PgBouncer in session mode in front of `pg`, as the same unprivileged user when root.
+fn start_pgbouncer(pg: &TempPostgres, password: &str) -> Result<PgBouncer> {
+    let program = find_pgbouncer().ok_or_else(|| {
+        anyhow!("pgbouncer not installed (apt-get install pgbouncer, or cargo xtask setup)")
+    })?;
+    let user = pg.os_user();
+    let dir = ScratchDir::new("sluice-bench-pgbouncer", None)?;
+    let port = free_port();
+    let ini = dir.path().join("pgbouncer.ini");
+    let userlist = dir.path().join("userlist.txt");
+    let log = dir.path().join("pgbouncer.log");
+    let pidfile = dir.path().join("pgbouncer.pid");
+    fs::write(
+        &ini,
+        format!(
+            "[databases]\n\
+             {DB} = host=127.0.0.1 port={pgport} dbname={DB}\n\
+             \n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = scram-sha-256\n\
+             auth_file = {userlist}\n\
+             pool_mode = session\n\
+             max_client_conn = 100\n\
+             default_pool_size = 20\n\
+             ignore_startup_parameters = extra_float_digits\n\
+             logfile = {log}\n\
+             pidfile = {pidfile}\n",
+            pgport = pg.port,
+            userlist = userlist.display(),
+            log = log.display(),
+            pidfile = pidfile.display(),
+        ),
+    )?;
+    // PgBouncer accepts plain-text passwords in the auth file for scram-sha-256.
+    fs::write(&userlist, format!("\"{ROLE}\" \"{password}\"\n"))?;
+    fs::set_permissions(&userlist, fs::Permissions::from_mode(0o600))?;
+    chown_to(user, dir.path())?;
+    let stderr = dir.path().join("stderr.txt");
+    let mut cmd = command_as(user, &program);
+    cmd.arg(&ini)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&stderr)?);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", describe(&cmd)))?;
+    let mut daemon = Daemon {
+        child,
+        pidfile: Some(pidfile),
+    };
+    daemon
+        .wait_ready(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(15),
+            &stderr,
+        )
+        .context("pgbouncer")?;
+    eprintln!("bench: PgBouncer listening on 127.0.0.1:{port}");
+    Ok(PgBouncer {
+        port,
+        _daemon: daemon,
+        _dir: dir,
+    })
+}
+
+struct Sluice {
+    port: u16,
+    token: String,
+    _daemon: Daemon,
+    _dir: ScratchDir,
+}
+
+/// The gateway in front of `pg`, with one connection `bench` and a token for subject `bench`.
+fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str) -> Result<Sluice> {
+    let dir = ScratchDir::new("sluice-bench-gateway", None)?;
+    let port = free_port();
+    let config = dir.path().join("sluice.toml");
+    let state = dir.path().join("state");
+    fs::write(
+        &config,
+        format!(
+            "[gateway]\n\
+             state_dir = {state}\n\
+             \n\
+             [listen]\n\
+             postgres = \"127.0.0.1:{port}\"\n\
+             \n\
+             [[connections]]\n\
+             name = \"{DB}\"\n\
+             kind = \"postgres\"\n\
+             upstream = \"127.0.0.1:{pgport}\"\n\
+             database = \"{DB}\"\n\
+             user = \"{ROLE}\"\n\
+             password = {{ env = \"BENCH_DB_PASSWORD\" }}\n\
+             allow_groups = [\"bench\"]\n",
+            state = toml_str(&state.to_string_lossy()),
+            pgport = pg.port,
+        ),
+    )?;
+    let log = dir.path().join("sluice.log");
+    let log_file = fs::File::create(&log)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .env("BENCH_DB_PASSWORD", password)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", describe(&cmd)))?;
+    let mut daemon = Daemon {
+        child,
+        pidfile: None,
+    };
+    daemon
+        .wait_ready(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+            &log,
+        )
+        .context("sluice serve")?;
+
+    let mut issue = Command::new(bin);
+    issue
+        .args(["token", "issue", "--config"])
+        .arg(&config)
+        .args(["--subject", ROLE, "--groups", "bench", "--ttl", "1h"])
+        .env("BENCH_DB_PASSWORD", password)
+        .current_dir(dir.path())
+        .stdin(Stdio::null());
+    let out = issue.output().context("running sluice token issue")?;
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || token.is_empty() {
+        bail!(
+            "sluice token issue failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    eprintln!("bench: Sluice listening on 127.0.0.1:{port}");
+    Ok(Sluice {
+        port,
+        token,
+        _daemon: daemon,
+        _dir: dir,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_pgbench_output() {
+        let out = "transaction type: <builtin: select only>\n\
+                   latency average = 0.081 ms\n\
+                   initial connection time = 2.345 ms\n\
+                   tps = 12345.678901 (without initial connection time)\n";
+        let s = parse_pgbench(out).unwrap();
+        assert!((s.tps - 12345.678901).abs() < 1e-6);
+        assert!((s.latency_ms - 0.081).abs() < 1e-9);
+        assert!(parse_pgbench("nothing").is_none());
+    }
+
+    #[test]
+    fn parses_options() {
+        let args: Vec<String> = ["--seconds", "3", "--clients=1,8", "--modes", "prepared"]
+            .map(String::from)
+            .to_vec();
+        let o = parse_options(&args).unwrap();
+        assert_eq!(o.seconds, 3);
+        assert_eq!(o.clients, [1, 8]);
+        assert_eq!(o.modes, ["prepared"]);
+        assert!(parse_options(&["--modes".into(), "fast".into()]).is_err());
+        assert!(parse_options(&["--bogus".into()]).is_err());
+    }
+}

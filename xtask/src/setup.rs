@@ -1,0 +1,183 @@
+//! `cargo xtask setup`: installs what the project needs on Debian 12, idempotently.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+use sluice_sandbox::{is_root, PgBinaries};
+
+use crate::{command_exists, run_inherit, succeeds};
+
+/// A Debian package and how to tell it is already there.
+struct Requirement {
+    package: &'static str,
+    present: fn() -> bool,
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| {
+            out.status.success() && String::from_utf8_lossy(&out.stdout).ends_with(" installed")
+        })
+        .unwrap_or(false)
+}
+
+const REQUIREMENTS: &[Requirement] = &[
+    Requirement {
+        // Resolved to `postgresql-15` when the archive has it, else `postgresql`.
+        package: "postgresql-15",
+        present: || PgBinaries::find().is_ok() || dpkg_installed("postgresql-15"),
+    },
+    Requirement {
+        package: "postgresql-client",
+        present: || command_exists("psql") || dpkg_installed("postgresql-client"),
+    },
+    Requirement {
+        package: "pgbouncer",
+        present: || {
+            command_exists("pgbouncer")
+                || Path::new("/usr/sbin/pgbouncer").exists()
+                || dpkg_installed("pgbouncer")
+        },
+    },
+    Requirement {
+        package: "libclang-dev",
+        present: || dpkg_installed("libclang-dev"),
+    },
+    Requirement {
+        package: "clang",
+        present: || command_exists("clang") || dpkg_installed("clang"),
+    },
+    Requirement {
+        package: "openssh-server",
+        present: || Path::new("/usr/sbin/sshd").exists() || dpkg_installed("openssh-server"),
+    },
+    Requirement {
+        package: "openssh-client",
+        present: || command_exists("ssh") || dpkg_installed("openssh-client"),
+    },
+    Requirement {
+        package: "sqlite3",
+        present: || command_exists("sqlite3"),
+    },
+    Requirement {
+        package: "curl",
+        present: || command_exists("curl"),
+    },
+    Requirement {
+        package: "tmux",
+        present: || command_exists("tmux"),
+    },
+    Requirement {
+        package: "openssl",
+        present: || command_exists("openssl"),
+    },
+    Requirement {
+        package: "python3",
+        present: || command_exists("python3"),
+    },
+];
+
+/// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
+/// fails), then psycopg for Python and cargo-nextest.
+pub(crate) fn setup() -> Result<()> {
+    let mut apt = Apt::default();
+    let missing: Vec<&str> = REQUIREMENTS
+        .iter()
+        .filter(|r| !(r.present)())
+        .map(|r| r.package)
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: system packages present");
+    } else {
+        apt.install(&missing)?;
+    }
+
+    if python_has_psycopg() {
+        eprintln!("setup: python3 psycopg present");
+    } else {
+        if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+            apt.install(&["python3-pip"])?;
+        }
+        eprintln!("setup: installing psycopg for python3");
+        let pip = || {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "pip", "install", "--quiet", "psycopg[binary]"]);
+            cmd
+        };
+        if run_inherit(&mut pip()).is_err() {
+            // Debian's system Python is "externally managed" (PEP 668).
+            eprintln!("setup: retrying with --break-system-packages");
+            run_inherit(pip().arg("--break-system-packages"))?;
+        }
+        if !python_has_psycopg() {
+            bail!("psycopg still cannot be imported by python3");
+        }
+    }
+
+    if succeeds(crate::cargo().args(["nextest", "--version"])) {
+        eprintln!("setup: cargo-nextest present");
+    } else {
+        eprintln!("setup: installing cargo-nextest");
+        run_inherit(crate::cargo().args(["install", "cargo-nextest", "--locked"]))?;
+    }
+    Ok(())
+}
+
+fn python_has_psycopg() -> bool {
+    succeeds(Command::new("python3").args(["-c", "import psycopg"]))
+}
+
+#[derive(Default)]
+struct Apt {
+    updated: bool,
+}
+
+impl Apt {
+    fn install(&mut self, packages: &[&str]) -> Result<()> {
+        if !is_root() {
+            bail!(
+                "missing Debian packages: {}; install them as root with:\n  \
+                 sudo apt-get update && sudo apt-get install -y {}",
+                packages.join(" "),
+                packages.join(" ")
+            );
+        }
+        if !self.updated {
+            run_inherit(Command::new("apt-get").arg("update"))?;
+            self.updated = true;
+        }
+        let packages: Vec<&str> = packages
+            .iter()
+            .map(|&p| {
+                if p == "postgresql-15" && !package_available(p) {
+                    "postgresql"
+                } else {
+                    p
+                }
+            })
+            .collect();
+        eprintln!("setup: installing {}", packages.join(" "));
+        run_inherit(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends"])
+                .args(&packages),
+        )
+    }
+}
+
+/// Whether the apt archive has a candidate version of `package`.
+fn package_available(package: &str) -> bool {
+    Command::new("apt-cache")
+        .args(["policy", package])
+        .output()
+        .map(|out| {
+            let text = String::from_utf8_lossy(&out.stdout);
+            text.lines()
+                .any(|l| l.trim().starts_with("Candidate:") && !l.contains("(none)"))
+        })
+        .unwrap_or(false)
+}
