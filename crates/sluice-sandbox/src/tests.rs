@@ -197,4 +197,3 @@ fn temp_postgres_with_ssl() {
     .unwrap();
     assert_eq!(ssl, "t");
 }
-
