@@ -28,8 +28,13 @@ pub enum AuditEvent {
         command: Command,
         verdict: Verdict,
     },
-    CommandFinished { command_id: u64, outcome: Outcome },
-    SessionEnd { reason: String },
+    CommandFinished {
+        command_id: u64,
+        outcome: Outcome,
+    },
+    SessionEnd {
+        reason: String,
+    },
 }
 
 /// An event as stored: placed in its session's chain.
@@ -77,7 +82,11 @@ pub struct ChainBreak {
 
 impl std::fmt::Display for ChainBreak {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "session {} record #{}: {}", self.session_id, self.seq, self.problem)
+        write!(
+            f,
+            "session {} record #{}: {}",
+            self.session_id, self.seq, self.problem
+        )
     }
 }
 
@@ -103,7 +112,10 @@ pub fn verify_chain(
             ));
         }
         if r.prev_hash != prev {
-            return Err(broken(r.seq, "does not follow the previous record (removed or reordered)".into()));
+            return Err(broken(
+                r.seq,
+                "does not follow the previous record (removed or reordered)".into(),
+            ));
         }
         if chain_hash(&r.prev_hash, session_id, r.seq, r.at_ms, &r.body) != r.hash {
             return Err(broken(r.seq, "content changed (hash mismatch)".into()));
@@ -116,13 +128,22 @@ pub fn verify_chain(
     if let Some((last_seq, last_hash)) = head {
         let have = records.len() as u64;
         if have < last_seq {
-            return Err(broken(have + 1, format!("missing: the chain ends at #{have} but {last_seq} records were written")));
+            return Err(broken(
+                have + 1,
+                format!("missing: the chain ends at #{have} but {last_seq} records were written"),
+            ));
         }
         if have > last_seq {
-            return Err(broken(last_seq + 1, "not written by the gateway (beyond the recorded head)".into()));
+            return Err(broken(
+                last_seq + 1,
+                "not written by the gateway (beyond the recorded head)".into(),
+            ));
         }
         if last_seq > 0 && prev != last_hash {
-            return Err(broken(last_seq, "last record differs from the recorded head".into()));
+            return Err(broken(
+                last_seq,
+                "last record differs from the recorded head".into(),
+            ));
         }
     }
     Ok(())

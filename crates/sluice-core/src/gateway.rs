@@ -4,12 +4,15 @@
 use crate::audit::{AuditEvent, Store};
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
+use crate::model::Verdict;
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, RulesEngine};
-use crate::pipeline::{audit::AuditService, CommandRequest, PipelineBuilder, PipelineError, SessionInfo, VerdictService};
+use crate::pipeline::{
+    audit::AuditService, CommandRequest, PipelineBuilder, PipelineError, SessionInfo,
+    VerdictService,
+};
 use crate::session::{Refusal, Session, SessionError, SessionHandle};
 use crate::token::{TokenAuthority, TokenError};
-use crate::model::Verdict;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::{Layer, Service};
@@ -152,7 +155,9 @@ impl Gateway {
         client_addr: &str,
     ) -> Result<SessionHandle, Refusal> {
         let conn = self.config.connection(connection).ok_or_else(|| {
-            Refusal::Access(format!("no connection named {connection:?} is available to you"))
+            Refusal::Access(format!(
+                "no connection named {connection:?} is available to you"
+            ))
         })?;
         let expected = match protocol {
             Protocol::Postgres => ConnectionKind::Postgres,

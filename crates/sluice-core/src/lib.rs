@@ -11,6 +11,7 @@ pub mod gateway;
 pub mod masking;
 pub mod model;
 pub mod pipeline;
+pub mod replay;
 pub mod session;
 pub mod tls;
 pub mod token;

@@ -71,10 +71,7 @@ pub enum CommandKind {
     /// A SQL string sent with the simple query protocol (may hold several statements).
     SqlSimple,
     /// The execution of a prepared SQL statement (extended protocol).
-    SqlExecute {
-        statement: String,
-        portal: String,
-    },
+    SqlExecute { statement: String, portal: String },
     /// A fast-path function call by object id (PostgreSQL `FunctionCall`).
     FunctionCall { function_oid: u32 },
     /// A shell command line (SSH exec).
@@ -190,7 +187,10 @@ pub(crate) mod unix_seconds {
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let secs = t
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         s.serialize_u64(secs)
     }
 

@@ -87,7 +87,9 @@ pub struct SessionHandle {
 
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionHandle").field("id", &self.info.id).finish()
+        f.debug_struct("SessionHandle")
+            .field("id", &self.info.id)
+            .finish()
     }
 }
 

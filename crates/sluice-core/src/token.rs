@@ -106,7 +106,12 @@ impl TokenAuthority {
     }
 
     /// Mints a token for `subject` in `groups`, valid for `ttl`.
-    pub fn issue(&self, subject: &str, groups: &[String], ttl: Duration) -> Result<String, TokenError> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<String, TokenError> {
         if subject.trim().is_empty() {
             return Err(TokenError::EmptySubject);
         }

@@ -31,8 +31,13 @@ fn minimal_config_parses() {
 #[test]
 fn inline_secret_is_refused_with_file_key_and_line() {
     let text = MINIMAL.replace("{ env = \"APPDB_PASSWORD\" }", "\"hunter2\"");
-    let err = Config::from_toml_str(&text, "t.toml").unwrap_err().to_string();
-    assert!(err.starts_with("t.toml:14: connections.0.password:"), "{err}");
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("t.toml:14: connections.0.password:"),
+        "{err}"
+    );
     assert!(err.contains("inline secrets are not allowed"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
 }
@@ -40,14 +45,18 @@ fn inline_secret_is_refused_with_file_key_and_line() {
 #[test]
 fn unknown_key_is_named() {
     let text = format!("{MINIMAL}\n[gateway2]\nx = 1\n");
-    let err = Config::from_toml_str(&text, "t.toml").unwrap_err().to_string();
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("gateway2"), "{err}");
 }
 
 #[test]
 fn missing_field_for_kind_names_the_connection() {
     let text = MINIMAL.replace("database = \"app\"\n", "");
-    let err = Config::from_toml_str(&text, "t.toml").unwrap_err().to_string();
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("connections.0.database"), "{err}");
     assert!(err.contains("t.toml:8"), "{err}");
 }
@@ -55,7 +64,9 @@ fn missing_field_for_kind_names_the_connection() {
 #[test]
 fn bad_duration_is_explained() {
     let text = format!("{MINIMAL}\n[auth]\ntoken_max_ttl = \"forever\"\n");
-    let err = Config::from_toml_str(&text, "t.toml").unwrap_err().to_string();
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("auth.token_max_ttl"), "{err}");
     assert!(err.contains("invalid duration"), "{err}");
 }

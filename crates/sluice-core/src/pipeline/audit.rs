@@ -110,7 +110,9 @@ fn failed_closed(e: &PipelineError) -> Verdict {
     Verdict {
         action: Action::Deny,
         rule: Some(format!("sluice:{}-error", e.stage)),
-        message: Some(format!("the gateway could not evaluate this command ({e}); it was not run")),
+        message: Some(format!(
+            "the gateway could not evaluate this command ({e}); it was not run"
+        )),
     }
 }
 
@@ -127,5 +129,9 @@ pub fn denial_for(verdict: &Verdict) -> Denial {
         Action::Review => "This command needs approval; ask an approver to run `sluice approvals approve ID`.".to_string(),
         _ => "The command was not run. Change the command to stay within policy, or ask a Sluice administrator about this rule.".to_string(),
     });
-    Denial { rule, message, hint }
+    Denial {
+        rule,
+        message,
+        hint,
+    }
 }

@@ -92,8 +92,9 @@ impl PipelineBuilder {
             + 'static,
         <L::Service as Service<CommandRequest>>::Future: Send + 'static,
     {
-        self.extra
-            .push(Box::new(move |inner| BoxCloneSyncService::new(layer.layer(inner))));
+        self.extra.push(Box::new(move |inner| {
+            BoxCloneSyncService::new(layer.layer(inner))
+        }));
         self
     }
 
@@ -110,7 +111,6 @@ impl PipelineBuilder {
         audit::AuditLayer::new(store).layer(svc)
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -87,7 +87,11 @@ fn compile_rule(
                 format!("rules.{i}.match.{name}"),
                 format!(
                     "unknown match key {name:?} (this build knows: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             )
         })?;
@@ -216,7 +220,11 @@ where
             }
             let later = inner.call(req).await?;
             // Most restrictive wins; an allow keeps the rule that allowed it.
-            Ok(if later.action > verdict.action { later } else { verdict })
+            Ok(if later.action > verdict.action {
+                later
+            } else {
+                verdict
+            })
         })
     }
 }

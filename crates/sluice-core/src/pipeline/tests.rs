@@ -159,7 +159,9 @@ async fn store_failure_refuses_the_command() {
         fail: true,
         ..Default::default()
     });
-    let r = pipeline(store).oneshot(request("select 1", &["agents"])).await;
+    let r = pipeline(store)
+        .oneshot(request("select 1", &["agents"]))
+        .await;
     assert!(r.is_err());
 }
 
@@ -181,7 +183,8 @@ where
 {
     type Response = Verdict;
     type Error = PipelineError;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Verdict, PipelineError>> + Send>>;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Verdict, PipelineError>> + Send>>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
         self.0.poll_ready(cx)
     }
@@ -203,6 +206,8 @@ async fn extra_layers_are_audited() {
         .layer(tower::layer::layer_fn(NoInterns))
         .build(Arc::new(engine), store.clone());
     let d = svc.oneshot(request("select 1", &["agents"])).await.unwrap();
-    assert!(matches!(d, Decision::Refuse { ref denial, .. } if denial.rule.as_deref() == Some("no-agents-on-fridays")));
+    assert!(
+        matches!(d, Decision::Refuse { ref denial, .. } if denial.rule.as_deref() == Some("no-agents-on-fridays"))
+    );
     assert_eq!(store.events.lock().unwrap().len(), 1);
 }

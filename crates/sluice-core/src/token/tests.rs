@@ -7,7 +7,11 @@ mod base64_url {
     pub fn encode(data: &[u8]) -> String {
         let mut out = String::new();
         for chunk in data.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             let chars = chunk.len() + 1;
             for i in 0..chars {
@@ -45,7 +49,9 @@ fn groups() -> Vec<String> {
 fn issued_token_verifies_and_key_persists() {
     let dir = tempfile::tempdir().unwrap();
     let a = authority(dir.path());
-    let t = a.issue("agent-7", &groups(), Duration::from_secs(600)).unwrap();
+    let t = a
+        .issue("agent-7", &groups(), Duration::from_secs(600))
+        .unwrap();
     let id = authority(dir.path()).verify(&t).unwrap();
     assert_eq!(id.subject, "agent-7");
     assert_eq!(id.groups, groups());
@@ -86,14 +92,20 @@ fn claims(exp_offset: i64, nbf_offset: i64) -> serde_json::Value {
 fn alg_none_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let t = forge(r#"{"alg":"none","typ":"JWT"}"#, claims(600, 0), "");
-    assert!(matches!(authority(dir.path()).verify(&t), Err(TokenError::Invalid)));
+    assert!(matches!(
+        authority(dir.path()).verify(&t),
+        Err(TokenError::Invalid)
+    ));
 }
 
 #[test]
 fn hmac_signed_token_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let t = forge(r#"{"alg":"HS256","typ":"JWT"}"#, claims(600, 0), "c2ln");
-    assert!(matches!(authority(dir.path()).verify(&t), Err(TokenError::Invalid)));
+    assert!(matches!(
+        authority(dir.path()).verify(&t),
+        Err(TokenError::Invalid)
+    ));
 }
 
 #[test]
@@ -103,19 +115,29 @@ fn token_from_another_key_is_refused() {
     let t = authority(theirs.path())
         .issue("agent", &groups(), Duration::from_secs(60))
         .unwrap();
-    assert!(matches!(authority(ours.path()).verify(&t), Err(TokenError::Invalid)));
+    assert!(matches!(
+        authority(ours.path()).verify(&t),
+        Err(TokenError::Invalid)
+    ));
 }
 
 #[test]
 fn tampered_claims_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let a = authority(dir.path());
-    let t = a.issue("agent", &groups(), Duration::from_secs(60)).unwrap();
+    let t = a
+        .issue("agent", &groups(), Duration::from_secs(60))
+        .unwrap();
     let parts: Vec<&str> = t.split('.').collect();
     let mut body: serde_json::Value =
         serde_json::from_slice(&b64::decode_segment(parts[1])).unwrap();
     body["groups"] = serde_json::json!(["admins"]);
-    let forged = format!("{}.{}.{}", parts[0], b64::encode(body.to_string().as_bytes()), parts[2]);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        b64::encode(body.to_string().as_bytes()),
+        parts[2]
+    );
     assert!(matches!(a.verify(&forged), Err(TokenError::Invalid)));
 }
 
@@ -129,11 +151,20 @@ fn expired_and_not_yet_valid_are_refused() {
         h.kid = Some(a.key_id.clone());
         jsonwebtoken::encode(&h, &c, &a.encoding).unwrap()
     };
-    assert!(matches!(a.verify(&sign(claims(-60, -120))), Err(TokenError::Expired)));
-    assert!(matches!(a.verify(&sign(claims(600, 300))), Err(TokenError::NotYetValid)));
+    assert!(matches!(
+        a.verify(&sign(claims(-60, -120))),
+        Err(TokenError::Expired)
+    ));
+    assert!(matches!(
+        a.verify(&sign(claims(600, 300))),
+        Err(TokenError::NotYetValid)
+    ));
     let mut wrong_aud = claims(600, 0);
     wrong_aud["aud"] = "other".into();
-    assert!(matches!(a.verify(&sign(wrong_aud)), Err(TokenError::WrongIssuer)));
+    assert!(matches!(
+        a.verify(&sign(wrong_aud)),
+        Err(TokenError::WrongIssuer)
+    ));
     assert!(a.verify(&sign(claims(600, 0))).is_ok());
 }
 

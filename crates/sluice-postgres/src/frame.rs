@@ -1,0 +1,204 @@
+//! Message framing: split raw PostgreSQL messages off a read buffer without
+//! decoding them, so that messages the gateway does not inspect pass through
+//! untouched. Every length prefix is checked before anything is allocated.
+
+use bytes::BytesMut;
+
+/// The largest message accepted from a client (COPY chunks and big binds fit).
+pub const MAX_FRONTEND_MESSAGE: usize = 64 << 20;
+/// The largest message accepted from an upstream (large rows fit).
+pub const MAX_BACKEND_MESSAGE: usize = 512 << 20;
+/// Startup-phase packets are small; PostgreSQL itself caps them at 10000 bytes.
+pub const MAX_STARTUP_PACKET: usize = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("message {tag:?} declares length {len}, outside 4..={max}")]
+    Length { tag: char, len: i64, max: usize },
+}
+
+/// One whole message: type byte, length and body.
+#[derive(Debug, Clone)]
+pub struct RawMessage {
+    pub tag: u8,
+    /// The complete message as sent, header included.
+    pub bytes: BytesMut,
+}
+
+impl RawMessage {
+    /// The body after the 5-byte header.
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[5..]
+    }
+}
+
+/// Splits the next complete typed message off `buf`, or `None` if more bytes are needed.
+pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<RawMessage>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let tag = buf[0];
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > max {
+        return Err(FrameError::Length {
+            tag: tag as char,
+            len: len.into(),
+            max,
+        });
+    }
+    let total = 1 + len as usize;
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    Ok(Some(RawMessage {
+        tag,
+        bytes: buf.split_to(total),
+    }))
+}
+
+/// Splits an untyped startup-phase packet (length-prefixed, no type byte).
+pub fn split_startup_packet(buf: &mut BytesMut) -> Result<Option<BytesMut>, FrameError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if !(8..=MAX_STARTUP_PACKET as i32).contains(&len) {
+        return Err(FrameError::Length {
+            tag: '-',
+            len: len.into(),
+            max: MAX_STARTUP_PACKET,
+        });
+    }
+    if buf.len() < len as usize {
+        return Ok(None);
+    }
+    Ok(Some(buf.split_to(len as usize)))
+}
+
+/// A bounds-checked reader over a message body.
+pub struct Reader<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Reader { data }
+    }
+
+    pub fn i16(&mut self) -> Option<i16> {
+        let (head, rest) = self.data.split_first_chunk::<2>()?;
+        self.data = rest;
+        Some(i16::from_be_bytes(*head))
+    }
+
+    pub fn i32(&mut self) -> Option<i32> {
+        let (head, rest) = self.data.split_first_chunk::<4>()?;
+        self.data = rest;
+        Some(i32::from_be_bytes(*head))
+    }
+
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.data.len() < n {
+            return None;
+        }
+        let (head, rest) = self.data.split_at(n);
+        self.data = rest;
+        Some(head)
+    }
+
+    /// A NUL-terminated string (lossy UTF-8).
+    pub fn cstr(&mut self) -> Option<String> {
+        let end = self.data.iter().position(|&b| b == 0)?;
+        let s = String::from_utf8_lossy(&self.data[..end]).into_owned();
+        self.data = &self.data[end + 1..];
+        Some(s)
+    }
+}
+
+/// Splits a DataRow body into its values (`None` for SQL NULL).
+pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
+    let mut r = Reader::new(body);
+    let n = r.i16()?;
+    if n < 0 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        values.push(if len < 0 {
+            None
+        } else {
+            Some(r.bytes(len as usize)?)
+        });
+    }
+    Some(values)
+}
+
+/// Encodes a DataRow from values.
+pub fn encode_data_row(values: &[Option<Vec<u8>>], out: &mut BytesMut) {
+    let body_len: usize = 2 + values
+        .iter()
+        .map(|v| 4 + v.as_ref().map_or(0, |b| b.len()))
+        .sum::<usize>();
+    out.reserve(1 + 4 + body_len);
+    out.extend_from_slice(b"D");
+    out.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
+    out.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for v in values {
+        match v {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(b) => {
+                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn huge_and_negative_lengths_are_refused_before_allocation() {
+        for len in [i32::MAX, -1, 0, 3, (MAX_FRONTEND_MESSAGE + 1) as i32] {
+            let mut buf = BytesMut::from(&b"Q"[..]);
+            buf.extend_from_slice(&len.to_be_bytes());
+            assert!(
+                split_message(&mut buf, MAX_FRONTEND_MESSAGE).is_err(),
+                "{len}"
+            );
+            assert!(buf.capacity() < 1024);
+        }
+    }
+
+    #[test]
+    fn partial_then_whole() {
+        let mut buf = BytesMut::from(&b"Q\0\0\0\x09sel"[..]);
+        assert!(split_message(&mut buf, 100).unwrap().is_none());
+        buf.extend_from_slice(b"1\0");
+        let m = split_message(&mut buf, 100).unwrap().unwrap();
+        assert_eq!(m.tag, b'Q');
+        assert_eq!(m.body(), b"sel1\0");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn data_row_round_trip_and_truncation() {
+        let mut out = BytesMut::new();
+        encode_data_row(&[Some(b"ab".to_vec()), None], &mut out);
+        let vals = data_row_values(&out[5..]).unwrap();
+        assert_eq!(vals, vec![Some(&b"ab"[..]), None]);
+        assert!(data_row_values(&out[5..out.len() - 3]).is_none());
+        assert!(data_row_values(&[0xff, 0xff]).is_none());
+    }
+
+    #[test]
+    fn startup_packet_bounds() {
+        let mut buf = BytesMut::from(&0x7fff_ffffi32.to_be_bytes()[..]);
+        assert!(split_startup_packet(&mut buf).is_err());
+        let mut buf = BytesMut::from(&4i32.to_be_bytes()[..]);
+        assert!(split_startup_packet(&mut buf).is_err());
+    }
+}

@@ -1,0 +1,871 @@
+//! The relay: client messages become commands in the core pipeline before
+//! they are forwarded; upstream responses are matched to the commands that
+//! caused them, pass the masking position, and are recorded as outcomes.
+//!
+//! All writes to the client happen in the response half, in upstream order,
+//! so a refusal injected for a pipelined statement arrives exactly where the
+//! server's answer would have.
+
+use crate::frame::{
+    data_row_values, encode_data_row, split_message, Reader, MAX_BACKEND_MESSAGE,
+    MAX_FRONTEND_MESSAGE,
+};
+use crate::upstream::{error_fields, Upstream};
+use crate::{wire, BoxedStream};
+use bytes::BytesMut;
+use sluice_core::masking::RowMasker;
+use sluice_core::pipeline::SessionInfo;
+use sluice_core::session::{OutcomeRecorder, SessionError, SessionHandle};
+use sluice_core::{Column, Command, CommandKind, Decision, Denial, Outcome};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::mpsc;
+
+/// Rows of each result kept for replay.
+const SAMPLE_ROWS: usize = 20;
+/// Characters of each sampled value kept for replay.
+const SAMPLE_VALUE_CHARS: usize = 200;
+
+/// What the response half expects from the upstream, in order.
+enum Expect {
+    Parse,
+    Bind {
+        portal: String,
+        statement: String,
+        formats: Vec<i16>,
+    },
+    Describe {
+        statement: bool,
+        name: String,
+    },
+    Close,
+    Execute {
+        command_id: u64,
+        portal: String,
+        started: Instant,
+    },
+    Sync,
+    /// A simple Query or FunctionCall: done at ReadyForQuery.
+    Query {
+        command_id: u64,
+        started: Instant,
+    },
+    /// A refused extended-protocol command: the error goes out in its place.
+    Refused {
+        command_id: u64,
+        denial: Denial,
+    },
+    /// A refused simple Query/FunctionCall: error and ReadyForQuery.
+    RefusedSimple {
+        command_id: u64,
+        denial: Denial,
+    },
+    /// End the session with this error.
+    Fatal {
+        code: &'static str,
+        message: String,
+    },
+}
+
+pub struct Relay {
+    handle: SessionHandle,
+    client: BoxedStream,
+    client_buf: BytesMut,
+    upstream: Upstream,
+}
+
+impl Relay {
+    pub fn new(
+        handle: SessionHandle,
+        client: BoxedStream,
+        client_buf: BytesMut,
+        upstream: Upstream,
+    ) -> Self {
+        Relay {
+            handle,
+            client,
+            client_buf,
+            upstream,
+        }
+    }
+
+    pub async fn run(self) -> Result<(), SessionError> {
+        let Relay {
+            handle,
+            client,
+            client_buf,
+            upstream,
+        } = self;
+        let (client_r, client_w) = tokio::io::split(client);
+        let (up_r, up_w) = tokio::io::split(upstream.stream);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut requests = Requests {
+            handle: &handle,
+            client: client_r,
+            buf: client_buf,
+            upstream: up_w,
+            expect: tx,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            discarding: false,
+        };
+        let mut responses = Responses {
+            info: handle.info().clone(),
+            masker: handle.masker().clone(),
+            recorder: handle.recorder(),
+            upstream: up_r,
+            buf: upstream.pending,
+            client: client_w,
+            expect: rx,
+            queue: VecDeque::new(),
+            status: b'I',
+            statement_columns: HashMap::new(),
+            portal_columns: HashMap::new(),
+            current: None,
+            out: BytesMut::with_capacity(16 * 1024),
+        };
+        let result = tokio::select! {
+            r = requests.run() => r,
+            r = responses.run(&handle) => r,
+        };
+        match &result {
+            Ok(reason) => handle.set_end_reason(reason.clone()),
+            Err(e) => handle.set_end_reason(format!("error: {e}")),
+        }
+        result.map(|_| ())
+    }
+}
+
+/// The client → upstream half.
+struct Requests<'a> {
+    handle: &'a SessionHandle,
+    client: ReadHalf<BoxedStream>,
+    buf: BytesMut,
+    upstream: WriteHalf<BoxedStream>,
+    expect: mpsc::UnboundedSender<Expect>,
+    statements: HashMap<String, Arc<str>>,
+    portals: HashMap<String, String>,
+    /// After a refused extended-protocol command, the server would skip to Sync.
+    discarding: bool,
+}
+
+impl Requests<'_> {
+    async fn run(&mut self) -> Result<String, SessionError> {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            loop {
+                let msg = match split_message(&mut self.buf, MAX_FRONTEND_MESSAGE) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fatal(
+                            wire::SQLSTATE_PROTOCOL,
+                            format!("sluice: invalid message: {e}"),
+                        );
+                        return Err(SessionError::Client(e.to_string()));
+                    }
+                };
+                if let Some(reason) = self.handle_message(msg, &mut out).await? {
+                    self.upstream.write_all(&out).await.map_err(upstream_err)?;
+                    return Ok(reason);
+                }
+            }
+            if !out.is_empty() {
+                self.upstream.write_all(&out).await.map_err(upstream_err)?;
+                self.upstream.flush().await.map_err(upstream_err)?;
+                out.clear();
+            }
+            if self.client.read_buf(&mut self.buf).await? == 0 {
+                return Ok("client disconnected".into());
+            }
+        }
+    }
+
+    fn push(&self, e: Expect) {
+        // The response half only goes away when the session is ending.
+        let _ = self.expect.send(e);
+    }
+
+    fn fatal(&self, code: &'static str, message: String) {
+        self.push(Expect::Fatal { code, message });
+    }
+
+    /// Returns `Some(reason)` when the session should end after forwarding `out`.
+    async fn handle_message(
+        &mut self,
+        msg: crate::frame::RawMessage,
+        out: &mut BytesMut,
+    ) -> Result<Option<String>, SessionError> {
+        if self.discarding && msg.tag != b'S' {
+            return Ok(None);
+        }
+        let mut r = Reader::new(msg.body());
+        let malformed = |what: &str| SessionError::Client(format!("malformed {what} message"));
+        match msg.tag {
+            b'Q' => {
+                let sql = r.cstr().ok_or_else(|| malformed("Query"))?;
+                let command = Command {
+                    kind: CommandKind::SqlSimple,
+                    text: sql,
+                };
+                match self.decide(command).await {
+                    Decided::Forward(command_id) => {
+                        self.push(Expect::Query {
+                            command_id,
+                            started: Instant::now(),
+                        });
+                        out.extend_from_slice(&msg.bytes);
+                    }
+                    Decided::Refuse(command_id, denial) => {
+                        self.push(Expect::RefusedSimple { command_id, denial })
+                    }
+                }
+            }
+            b'P' => {
+                let name = r.cstr().ok_or_else(|| malformed("Parse"))?;
+                let sql = r.cstr().ok_or_else(|| malformed("Parse"))?;
+                self.statements.insert(name, Arc::from(sql));
+                self.push(Expect::Parse);
+                out.extend_from_slice(&msg.bytes);
+            }
+            b'B' => {
+                let portal = r.cstr().ok_or_else(|| malformed("Bind"))?;
+                let statement = r.cstr().ok_or_else(|| malformed("Bind"))?;
+                let formats = bind_result_formats(&mut r).ok_or_else(|| malformed("Bind"))?;
+                self.portals.insert(portal.clone(), statement.clone());
+                self.push(Expect::Bind {
+                    portal,
+                    statement,
+                    formats,
+                });
+                out.extend_from_slice(&msg.bytes);
+            }
+            b'D' => {
+                let kind = r.bytes(1).ok_or_else(|| malformed("Describe"))?[0];
+                let name = r.cstr().ok_or_else(|| malformed("Describe"))?;
+                self.push(Expect::Describe {
+                    statement: kind == b'S',
+                    name,
+                });
+                out.extend_from_slice(&msg.bytes);
+            }
+            b'C' => {
+                let kind = r.bytes(1).ok_or_else(|| malformed("Close"))?[0];
+                let name = r.cstr().ok_or_else(|| malformed("Close"))?;
+                if kind == b'S' {
+                    self.statements.remove(&name);
+                } else {
+                    self.portals.remove(&name);
+                }
+                self.push(Expect::Close);
+                out.extend_from_slice(&msg.bytes);
+            }
+            b'E' => {
+                let portal = r.cstr().ok_or_else(|| malformed("Execute"))?;
+                let statement = self.portals.get(&portal).cloned();
+                let sql = statement
+                    .as_ref()
+                    .and_then(|s| self.statements.get(s))
+                    .map(|s| s.to_string());
+                let command = Command {
+                    kind: CommandKind::SqlExecute {
+                        statement: statement.clone().unwrap_or_default(),
+                        portal: portal.clone(),
+                    },
+                    // An Execute of a portal we never saw bound is still
+                    // judged (as unknown text); the upstream will reject it.
+                    text: sql.unwrap_or_default(),
+                };
+                match self.decide(command).await {
+                    Decided::Forward(command_id) => {
+                        self.push(Expect::Execute {
+                            command_id,
+                            portal,
+                            started: Instant::now(),
+                        });
+                        out.extend_from_slice(&msg.bytes);
+                    }
+                    Decided::Refuse(command_id, denial) => {
+                        self.push(Expect::Refused { command_id, denial });
+                        self.discarding = true;
+                    }
+                }
+            }
+            b'S' => {
+                self.discarding = false;
+                self.push(Expect::Sync);
+                out.extend_from_slice(&msg.bytes);
+            }
+            b'F' => {
+                let oid = r.i32().ok_or_else(|| malformed("FunctionCall"))? as u32;
+                let command = Command {
+                    kind: CommandKind::FunctionCall { function_oid: oid },
+                    text: format!("<fast-path function call, oid {oid}>"),
+                };
+                match self.decide(command).await {
+                    Decided::Forward(command_id) => {
+                        self.push(Expect::Query {
+                            command_id,
+                            started: Instant::now(),
+                        });
+                        out.extend_from_slice(&msg.bytes);
+                    }
+                    Decided::Refuse(command_id, denial) => {
+                        self.push(Expect::RefusedSimple { command_id, denial })
+                    }
+                }
+            }
+            // Flush and COPY data/done/fail carry no command.
+            b'H' | b'd' | b'c' | b'f' => out.extend_from_slice(&msg.bytes),
+            b'X' => {
+                out.extend_from_slice(&msg.bytes);
+                return Ok(Some("client terminated".into()));
+            }
+            other => {
+                // Unknown messages are never passed through.
+                self.fatal(
+                    wire::SQLSTATE_PROTOCOL,
+                    format!("sluice: unsupported message type {:?}", other as char),
+                );
+                return Err(SessionError::Client(format!(
+                    "unsupported message type {:?}",
+                    other as char
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn decide(&self, command: Command) -> Decided {
+        match self.handle.decide(command).await {
+            Ok(Decision::Forward { command_id }) => Decided::Forward(command_id),
+            Ok(Decision::Refuse { command_id, denial }) => Decided::Refuse(command_id, denial),
+            // Write-ahead audit failed: the command must not run.
+            Err(e) => {
+                tracing::error!(message = "Audit store failed; refusing the command.", error = %e);
+                Decided::Refuse(
+                    0,
+                    Denial {
+                        rule: None,
+                        message:
+                            "the gateway cannot record this command right now, so it was not run"
+                                .into(),
+                        hint: Some(
+                            "Retry later; tell the Sluice administrator if this persists.".into(),
+                        ),
+                    },
+                )
+            }
+        }
+    }
+}
+
+enum Decided {
+    Forward(u64),
+    Refuse(u64, Denial),
+}
+
+fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
+    let n = r.i16()?;
+    for _ in 0..n.max(0) {
+        r.i16()?;
+    }
+    let params = r.i16()?;
+    for _ in 0..params.max(0) {
+        let len = r.i32()?;
+        if len > 0 {
+            r.bytes(len as usize)?;
+        }
+    }
+    let n = r.i16()?;
+    (0..n.max(0)).map(|_| r.i16()).collect()
+}
+
+fn upstream_err(e: std::io::Error) -> SessionError {
+    SessionError::Upstream(e.to_string())
+}
+
+/// A result being streamed to the client.
+struct Current {
+    command_id: u64,
+    started: Instant,
+    columns: Option<Arc<Vec<Column>>>,
+    plan: Option<Box<dyn RowMasker>>,
+    outcome: Outcome,
+}
+
+/// The upstream → client half.
+struct Responses {
+    info: Arc<SessionInfo>,
+    masker: Arc<dyn sluice_core::masking::ResponseMasker>,
+    recorder: OutcomeRecorder,
+    upstream: ReadHalf<BoxedStream>,
+    buf: BytesMut,
+    client: WriteHalf<BoxedStream>,
+    expect: mpsc::UnboundedReceiver<Expect>,
+    queue: VecDeque<Expect>,
+    status: u8,
+    statement_columns: HashMap<String, Arc<Vec<Column>>>,
+    portal_columns: HashMap<String, Arc<Vec<Column>>>,
+    current: Option<Current>,
+    out: BytesMut,
+}
+
+impl Responses {
+    async fn run(&mut self, handle: &SessionHandle) -> Result<String, SessionError> {
+        let expired = handle.expired();
+        tokio::pin!(expired);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut expired => {
+                    wire::error(&mut self.out, true, wire::SQLSTATE_SHUTDOWN, "sluice: session ended: your token expired", None, Some("Get a new token and reconnect."));
+                    self.flush().await?;
+                    return Ok("token expired".into());
+                }
+                e = self.expect.recv() => match e {
+                    Some(e) => self.queue.push_back(e),
+                    None => return Ok("client side closed".into()),
+                },
+                n = self.upstream.read_buf(&mut self.buf) => {
+                    if n.map_err(upstream_err)? == 0 {
+                        self.emit_ready_refusals()?;
+                        wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the upstream closed the connection", None, None);
+                        self.flush().await?;
+                        return Ok("upstream closed".into());
+                    }
+                    // Expectations are queued before their message is sent
+                    // upstream, so every answer's expectation is here now.
+                    while let Ok(e) = self.expect.try_recv() {
+                        self.queue.push_back(e);
+                    }
+                    loop {
+                        let msg = match split_message(&mut self.buf, MAX_BACKEND_MESSAGE) {
+                            Ok(Some(m)) => m,
+                            Ok(None) => break,
+                            Err(e) => {
+                                wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the upstream sent an invalid message; the session was ended", None, None);
+                                self.flush().await?;
+                                return Err(SessionError::Upstream(e.to_string()));
+                            }
+                        };
+                        self.on_message(msg);
+                        self.emit_ready_refusals()?;
+                        if self.out.len() >= 64 * 1024 {
+                            self.flush().await?;
+                        }
+                    }
+                }
+            }
+            if let Some(reason) = self.emit_ready_refusals_checked()? {
+                self.flush().await?;
+                return Err(SessionError::Client(reason));
+            }
+            if !self.out.is_empty() {
+                self.flush().await?;
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        self.client.write_all(&self.out).await?;
+        self.client.flush().await?;
+        self.out.clear();
+        Ok(())
+    }
+
+    fn emit_ready_refusals(&mut self) -> Result<(), SessionError> {
+        match self.emit_ready_refusals_checked()? {
+            Some(reason) => Err(SessionError::Client(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends refusals that have reached the front of the queue. Returns a
+    /// reason when a fatal error was sent and the session must end.
+    fn emit_ready_refusals_checked(&mut self) -> Result<Option<String>, SessionError> {
+        loop {
+            match self.queue.front() {
+                Some(Expect::Refused { .. }) => {
+                    if let Some(Expect::Refused { command_id, denial }) = self.queue.pop_front() {
+                        self.refuse(command_id, &denial);
+                    }
+                }
+                Some(Expect::RefusedSimple { .. }) => {
+                    if let Some(Expect::RefusedSimple { command_id, denial }) =
+                        self.queue.pop_front()
+                    {
+                        self.refuse(command_id, &denial);
+                        wire::ready(&mut self.out, self.status);
+                    }
+                }
+                Some(Expect::Fatal { .. }) => {
+                    if let Some(Expect::Fatal { code, message }) = self.queue.pop_front() {
+                        wire::error(&mut self.out, true, code, &message, None, None);
+                        return Ok(Some(message));
+                    }
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    fn refuse(&mut self, command_id: u64, denial: &Denial) {
+        let message = format!("sluice: {}", denial.message);
+        let detail = denial.rule.as_ref().map(|r| format!("rule: {r}"));
+        wire::error(
+            &mut self.out,
+            false,
+            wire::SQLSTATE_DENIED,
+            &message,
+            detail.as_deref(),
+            denial.hint.as_deref(),
+        );
+        if command_id != 0 {
+            self.recorder.finished(
+                command_id,
+                Outcome {
+                    error: Some(message),
+                    ..Outcome::default()
+                },
+            );
+        }
+    }
+
+    fn begin(&mut self, command_id: u64, started: Instant, columns: Option<Arc<Vec<Column>>>) {
+        let plan = columns
+            .as_ref()
+            .and_then(|c| self.masker.plan(&self.info, c));
+        let mut outcome = Outcome::default();
+        if let Some(c) = &columns {
+            outcome.columns = c.iter().map(|c| c.name.clone()).collect();
+        }
+        self.current = Some(Current {
+            command_id,
+            started,
+            columns,
+            plan,
+            outcome,
+        });
+    }
+
+    /// Starts the result of the command at the queue front if none is open.
+    fn ensure_current(&mut self) {
+        if self.current.is_some() {
+            return;
+        }
+        match self.queue.front() {
+            Some(Expect::Execute {
+                command_id,
+                portal,
+                started,
+            }) => {
+                let (id, st) = (*command_id, *started);
+                let cols = self.portal_columns.get(portal).cloned();
+                self.begin(id, st, cols);
+            }
+            Some(Expect::Query {
+                command_id,
+                started,
+            }) => {
+                let (id, st) = (*command_id, *started);
+                self.begin(id, st, None);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(mut c) = self.current.take() {
+            c.outcome.duration_us = c.started.elapsed().as_micros() as u64;
+            self.recorder.finished(c.command_id, c.outcome);
+        }
+    }
+
+    fn on_message(&mut self, msg: crate::frame::RawMessage) {
+        match msg.tag {
+            b'T' => {
+                let columns = Arc::new(parse_row_description(msg.body()).unwrap_or_default());
+                match self.queue.front() {
+                    Some(Expect::Describe { statement, name }) => {
+                        let target = if *statement {
+                            &mut self.statement_columns
+                        } else {
+                            &mut self.portal_columns
+                        };
+                        target.insert(name.clone(), columns);
+                        self.queue.pop_front();
+                    }
+                    Some(Expect::Query { .. }) => {
+                        self.ensure_current();
+                        if let Some(c) = self.current.as_mut() {
+                            c.plan = self.masker.plan(&self.info, &columns);
+                            c.outcome.columns = columns.iter().map(|c| c.name.clone()).collect();
+                            c.columns = Some(columns);
+                        }
+                    }
+                    _ => {}
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'n' => {
+                if let Some(Expect::Describe { statement, name }) = self.queue.front() {
+                    if !*statement {
+                        self.portal_columns.remove(name);
+                    }
+                    self.queue.pop_front();
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'1' | b'3' => {
+                if matches!(self.queue.front(), Some(Expect::Parse | Expect::Close)) {
+                    self.queue.pop_front();
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'2' => {
+                if let Some(Expect::Bind { .. }) = self.queue.front() {
+                    if let Some(Expect::Bind {
+                        portal,
+                        statement,
+                        formats,
+                    }) = self.queue.pop_front()
+                    {
+                        match self.statement_columns.get(&statement) {
+                            Some(cols) => {
+                                let bound = apply_formats(cols, &formats);
+                                self.portal_columns.insert(portal, bound);
+                            }
+                            None => {
+                                self.portal_columns.remove(&portal);
+                            }
+                        }
+                    }
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'D' => {
+                self.ensure_current();
+                match self.current.as_mut() {
+                    Some(c) => {
+                        c.outcome.rows += 1;
+                        c.outcome.bytes += msg.bytes.len() as u64;
+                        let want_sample = c.outcome.sample.len() < SAMPLE_ROWS;
+                        if c.plan.is_none() && !want_sample {
+                            if c.outcome.rows as usize > SAMPLE_ROWS {
+                                c.outcome.truncated = true;
+                            }
+                            self.out.extend_from_slice(&msg.bytes);
+                            return;
+                        }
+                        let Some(values) = data_row_values(msg.body()) else {
+                            // A malformed row is not re-encoded; pass it and
+                            // let the client's parser reject it.
+                            self.out.extend_from_slice(&msg.bytes);
+                            return;
+                        };
+                        if let Some(plan) = c.plan.as_mut() {
+                            let mut owned: Vec<Option<Vec<u8>>> =
+                                values.iter().map(|v| v.map(|b| b.to_vec())).collect();
+                            plan.mask_row(&mut owned);
+                            if want_sample {
+                                c.outcome.sample.push(sample_row(
+                                    owned.iter().map(|v| v.as_deref()),
+                                    c.columns.as_deref(),
+                                ));
+                            }
+                            encode_data_row(&owned, &mut self.out);
+                        } else {
+                            c.outcome
+                                .sample
+                                .push(sample_row(values.iter().copied(), c.columns.as_deref()));
+                            self.out.extend_from_slice(&msg.bytes);
+                        }
+                    }
+                    None => self.out.extend_from_slice(&msg.bytes),
+                }
+            }
+            b'd' => {
+                self.ensure_current();
+                if let Some(c) = self.current.as_mut() {
+                    c.outcome.bytes += msg.bytes.len() as u64;
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'C' | b'I' | b's' => {
+                let tag = match msg.tag {
+                    b'C' => Reader::new(msg.body()).cstr().unwrap_or_default(),
+                    b'I' => "EMPTY".to_string(),
+                    _ => "SUSPENDED".to_string(),
+                };
+                self.ensure_current();
+                if let Some(c) = self.current.as_mut() {
+                    c.outcome.tag = Some(tag);
+                }
+                if matches!(self.queue.front(), Some(Expect::Execute { .. })) {
+                    self.finish();
+                    self.queue.pop_front();
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'E' => {
+                let (code, message) = error_fields(msg.body());
+                let text = format!("{code}: {message}");
+                match self.queue.front() {
+                    Some(Expect::Query { .. }) => {
+                        self.ensure_current();
+                        if let Some(c) = self.current.as_mut() {
+                            c.outcome.error = Some(text);
+                        }
+                    }
+                    Some(Expect::Sync) | None => {}
+                    Some(_) => {
+                        // Extended protocol: the server skips to Sync.
+                        let mut first = true;
+                        while let Some(front) = self.queue.front() {
+                            if matches!(
+                                front,
+                                Expect::Sync | Expect::Query { .. } | Expect::Fatal { .. }
+                            ) {
+                                break;
+                            }
+                            if let Some(Expect::Execute {
+                                command_id,
+                                started,
+                                ..
+                            }) = self.queue.pop_front()
+                            {
+                                self.ensure_current_for(command_id, started);
+                                if let Some(c) = self.current.as_mut() {
+                                    c.outcome.error = Some(if first {
+                                        text.clone()
+                                    } else {
+                                        "not executed: an earlier message in the same pipeline failed".into()
+                                    });
+                                }
+                                first = false;
+                                self.finish();
+                            }
+                        }
+                    }
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'Z' => {
+                self.status = msg.body().first().copied().unwrap_or(b'I');
+                while let Some(front) = self.queue.pop_front() {
+                    match front {
+                        Expect::Query {
+                            command_id,
+                            started,
+                        } => {
+                            self.ensure_current_for(command_id, started);
+                            self.finish();
+                            break;
+                        }
+                        Expect::Sync => break,
+                        Expect::Execute {
+                            command_id,
+                            started,
+                            ..
+                        } => {
+                            self.ensure_current_for(command_id, started);
+                            self.finish();
+                        }
+                        // Refusals and fatal errors must still go out in order.
+                        e @ (Expect::Refused { .. }
+                        | Expect::RefusedSimple { .. }
+                        | Expect::Fatal { .. }) => {
+                            self.queue.push_front(e);
+                            break;
+                        }
+                        _ => {}
+                    }
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            _ => self.out.extend_from_slice(&msg.bytes),
+        }
+    }
+
+    fn ensure_current_for(&mut self, command_id: u64, started: Instant) {
+        if self.current.as_ref().map(|c| c.command_id) != Some(command_id) {
+            self.finish();
+            self.begin(command_id, started, None);
+        }
+    }
+}
+
+fn parse_row_description(body: &[u8]) -> Option<Vec<Column>> {
+    let mut r = Reader::new(body);
+    let n = r.i16()?;
+    let mut cols = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n.max(0) {
+        let name = r.cstr()?;
+        let table_oid = r.i32()? as u32;
+        let column_number = r.i16()?;
+        let type_oid = r.i32()? as u32;
+        let _size = r.i16()?;
+        let _modifier = r.i32()?;
+        let format = r.i16()?;
+        cols.push(Column {
+            name,
+            table_oid,
+            column_number,
+            type_oid,
+            binary: format == 1,
+        });
+    }
+    Some(cols)
+}
+
+/// A statement's columns with the result formats a Bind asked for (a
+/// Describe of the statement always says text).
+fn apply_formats(cols: &Arc<Vec<Column>>, formats: &[i16]) -> Arc<Vec<Column>> {
+    if formats.is_empty() {
+        return cols.clone();
+    }
+    Arc::new(
+        cols.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let f = if formats.len() == 1 {
+                    formats[0]
+                } else {
+                    formats.get(i).copied().unwrap_or(0)
+                };
+                Column {
+                    binary: f == 1,
+                    ..c.clone()
+                }
+            })
+            .collect(),
+    )
+}
+
+fn sample_row<'v>(
+    values: impl Iterator<Item = Option<&'v [u8]>>,
+    columns: Option<&Vec<Column>>,
+) -> Vec<Option<String>> {
+    values
+        .enumerate()
+        .map(|(i, v)| {
+            v.map(|b| {
+                let binary = columns.and_then(|c| c.get(i)).is_some_and(|c| c.binary);
+                let mut s = match std::str::from_utf8(b) {
+                    Ok(s) if !binary => s.to_string(),
+                    _ => format!(
+                        "\\x{}",
+                        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                    ),
+                };
+                if s.chars().count() > SAMPLE_VALUE_CHARS {
+                    s = s.chars().take(SAMPLE_VALUE_CHARS).collect::<String>() + "…";
+                }
+                s
+            })
+        })
+        .collect()
+}

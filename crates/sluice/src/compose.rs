@@ -1,0 +1,215 @@
+//! Composition: store + gateway + listeners. Everything here wires crates
+//! together; behaviour belongs in the crates.
+
+use anyhow::{Context, Result};
+use sluice_core::audit::Store;
+use sluice_core::{Config, GatewayBuilder};
+use sluice_store::SqliteStore;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+    let dir = match config
+        .gateway
+        .store
+        .as_deref()
+        .and_then(|s| s.strip_prefix("sqlite:"))
+    {
+        Some(path) => PathBuf::from(path),
+        None => config.gateway.state_dir.clone(),
+    };
+    Ok(Arc::new(
+        SqliteStore::open(&dir, config.gateway.audit_sync)
+            .with_context(|| format!("opening the store in {}", dir.display()))?,
+    ))
+}
+
+/// Everything `config check` can verify without starting listeners.
+pub fn check(config: &Config) -> Result<()> {
+    GatewayBuilder::check_rules(config, &[])?;
+    for c in &config.connections {
+        if let Some(secret) = &c.password {
+            if let Err(e) = secret.resolve() {
+                tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<()>>) -> Result<()> {
+    check(&config)?;
+    let store = open_store(&config)?;
+    let closed = store.close_orphaned_sessions("gateway restarted").await?;
+    if closed > 0 {
+        tracing::warn!(
+            message = "Closed sessions left open by a previous gateway process.",
+            count = closed
+        );
+    }
+    let listen = config.listen.clone();
+    let gateway = Arc::new(GatewayBuilder::new(config, store as Arc<dyn Store>).build()?);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(addr) = listen.postgres {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the postgres listener on {addr}"))?;
+        tracing::info!(message = "PostgreSQL listener ready.", addr = %listener.local_addr()?);
+        let server = sluice_postgres::PostgresServer::new(gateway.clone())?;
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    for (name, addr) in [
+        ("ssh", listen.ssh),
+        ("http", listen.http),
+        ("api", listen.api),
+    ] {
+        if addr.is_some() {
+            anyhow::bail!("listen.{name}: this build has no {name} listener yet");
+        }
+    }
+    if tasks.is_empty() {
+        anyhow::bail!("no listener configured: set listen.postgres");
+    }
+    if let Some(ready) = ready {
+        let _ = ready.send(());
+    }
+    tokio::select! {
+        r = tasks.join_next() => match r {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(()),
+        },
+        _ = shutdown_signal() => {
+            tracing::info!(message = "Shutting down.");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
+    let sessions = open_store(&config)?.sessions().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&sessions)?);
+        return Ok(());
+    }
+    println!(
+        "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}",
+        "ID", "SUBJECT", "CONNECTION", "START", "END", "COMMANDS"
+    );
+    for s in sessions {
+        println!(
+            "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}",
+            s.id,
+            s.subject,
+            s.connection,
+            time(s.started_at_ms),
+            s.ended_at_ms.map(time).unwrap_or_else(|| "(open)".into()),
+            s.commands
+        );
+    }
+    Ok(())
+}
+
+pub async fn replay(config: Config, session_id: &str) -> Result<()> {
+    let records = open_store(&config)?.session_records(session_id).await?;
+    print!("{}", sluice_core::replay::transcript(&records));
+    Ok(())
+}
+
+pub async fn verify(config: Config) -> Result<bool> {
+    let report = open_store(&config)?.verify().await?;
+    match report.first_break {
+        None => {
+            println!(
+                "audit: {} sessions, {} records, all chains intact",
+                report.sessions, report.records
+            );
+            Ok(true)
+        }
+        Some(b) => {
+            eprintln!("audit: broken chain: {b}");
+            Ok(false)
+        }
+    }
+}
+
+/// The embedded quickstart config (the same file as examples/quickstart.toml).
+const QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
+
+pub fn demo(state_dir: PathBuf) -> Result<()> {
+    let pg = sluice_sandbox::TempPostgres::start(sluice_sandbox::TempPostgresOptions {
+        port: Some(54320).filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()),
+        ..Default::default()
+    })
+    .context("starting the demo PostgreSQL")?;
+    let db = pg.seed_demo().context("loading demo data")?;
+    // The demo upstream's port and password are only known now; the embedded
+    // config names them by reference.
+    std::env::set_var("SLUICE_DEMO_PASSWORD", &db.password);
+    let text = QUICKSTART
+        .replace("127.0.0.1:54320", &pg.addr().to_string())
+        .replace(
+            "state_dir = \".sluice-demo\"",
+            &format!("state_dir = {:?}", state_dir.display().to_string()),
+        );
+    let config = Config::from_toml_str(&text, "examples/quickstart.toml (embedded)")?;
+    let listen = config
+        .listen
+        .postgres
+        .context("the quickstart config has no postgres listener")?;
+    let authority = sluice_core::token::TokenAuthority::load_or_create(
+        &config.gateway.state_dir,
+        config.auth.token_max_ttl.0,
+    )?;
+    let token = authority.issue(
+        "demo-agent",
+        &["agents".to_string()],
+        Duration::from_secs(3600),
+    )?;
+    println!("Sluice demo: PostgreSQL with demo customers behind the gateway.\n");
+    println!("Token for subject demo-agent (groups: agents), valid 1h:\n  {token}\n");
+    println!("Try:");
+    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
+    println!("  sluice sessions list --config <state>  # or: cargo run -p sluice -- sessions list --config examples/quickstart.toml");
+    println!(
+        "\nState (store, keys, certificates) is in {}. Press Ctrl-C to stop.\n",
+        state_dir.display()
+    );
+    let result = runtime()?.block_on(serve(config, None));
+    drop(pg);
+    result
+}
