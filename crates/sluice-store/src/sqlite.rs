@@ -55,7 +55,9 @@ pub struct SqliteStore {
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore").field("path", &self.path).finish()
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -82,9 +84,8 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 impl SqliteStore {
     /// Opens (creating) `state_dir/sluice.db` and starts its writer thread.
     pub fn open(state_dir: &Path, sync: AuditSync) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| {
-            unavailable(format!("cannot create {}: {e}", state_dir.display()))
-        })?;
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
         let path = state_dir.join("sluice.db");
         let conn = open_connection(&path)?;
         // NORMAL in WAL mode: a committed batch survives a gateway crash;
@@ -432,7 +433,9 @@ impl Writer {
                 other => {
                     let (commands, ended, reason) = match other {
                         AuditEvent::CommandDecided { .. } => (1, None, None),
-                        AuditEvent::SessionEnd { reason } => (0, Some(job.at_ms as i64), Some(reason.as_str())),
+                        AuditEvent::SessionEnd { reason } => {
+                            (0, Some(job.at_ms as i64), Some(reason.as_str()))
+                        }
                         _ => (0, None, None),
                     };
                     let changed = tx
@@ -444,7 +447,14 @@ impl Writer {
                              WHERE id = ?1",
                         )
                         .and_then(|mut s| {
-                            s.execute(params![job.session_id, seq as i64, hash, commands, ended, reason])
+                            s.execute(params![
+                                job.session_id,
+                                seq as i64,
+                                hash,
+                                commands,
+                                ended,
+                                reason
+                            ])
                         })
                         .map_err(|e| e.to_string())?;
                     if changed != 1 {

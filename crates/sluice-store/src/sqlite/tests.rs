@@ -53,7 +53,12 @@ async fn session(store: &SqliteStore, id: &str, commands: u64) {
         );
     }
     store
-        .append(id, AuditEvent::SessionEnd { reason: "closed".into() })
+        .append(
+            id,
+            AuditEvent::SessionEnd {
+                reason: "closed".into(),
+            },
+        )
         .await
         .unwrap();
 }
@@ -97,7 +102,10 @@ async fn removed_last_record_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
     session(&store, "s1", 2).await;
-    tamper(dir.path(), "DELETE FROM events WHERE session_id = 's1' AND seq = 6");
+    tamper(
+        dir.path(),
+        "DELETE FROM events WHERE session_id = 's1' AND seq = 6",
+    );
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!(b.seq, 6);
 }
@@ -121,7 +129,13 @@ async fn orphaned_sessions_are_closed_after_a_crash() {
             .unwrap();
     }
     let store = SqliteStore::open(dir.path(), AuditSync::Full).unwrap();
-    assert_eq!(store.close_orphaned_sessions("gateway restarted").await.unwrap(), 1);
+    assert_eq!(
+        store
+            .close_orphaned_sessions("gateway restarted")
+            .await
+            .unwrap(),
+        1
+    );
     let s = &store.sessions().await.unwrap()[0];
     assert_eq!(s.end_reason.as_deref(), Some("gateway restarted"));
     assert!(store.verify().await.unwrap().first_break.is_none());
