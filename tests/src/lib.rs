@@ -1,1 +1,759 @@
+//! End-to-end harness: a throwaway PostgreSQL with the demo data, the real `sluice` binary in
+//! front of it, and real clients (psql, pgbench, python psycopg, raw sockets).
+//!
+//! Every test builds its own [`Env`] (own PostgreSQL, own state dir, own free port), so tests
+//! run in parallel. Dropping an [`Env`] kills the gateway and stops PostgreSQL.
+//!
+//! The harness panics on any setup failure: that is how a test fails.
 
+// A test harness: panicking with a clear message is how it reports failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod raw;
+
+use sluice_sandbox::{free_port, DemoDatabase, TempPostgres, TempPostgresOptions};
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// How long any client command may run before the harness kills it and fails the test.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the gateway may take to log that its listener is ready.
+const GATEWAY_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The log line the gateway prints once its PostgreSQL listener is bound.
+const READY_LINE: &str = "PostgreSQL listener ready.";
+
+/// The workspace's target directory: `$CARGO_TARGET_DIR` if set, else `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace.join(dir)
+            }
+        }
+        None => workspace.join("target"),
+    }
+}
+
+/// The `sluice` binary built from this workspace (`$SLUICE_BIN` overrides it).
+///
+/// Panics with instructions when it has not been built: the binary lives in another package,
+/// so `cargo nextest run -p sluice-e2e` alone does not build it.
+pub fn sluice_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLUICE_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let bin = target_dir().join("debug").join("sluice");
+    assert!(
+        bin.is_file(),
+        "the sluice binary is missing at {}: build it first with \
+         `cargo build -p sluice` (or run `cargo xtask test`, which builds the workspace), \
+         or point SLUICE_BIN at one",
+        bin.display()
+    );
+    bin
+}
+
+/// Directory of the python client scripts (`tests/py`).
+pub fn py_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("py")
+}
+
+/// Runs `cmd` to completion with `stdin` (or /dev/null), capturing stdout and stderr; kills it
+/// and panics if it runs longer than `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let writer = match (stdin, child.stdin.take()) {
+        (Some(input), Some(mut pipe)) => {
+            let input = input.to_vec();
+            Some(thread::spawn(move || {
+                // The child may exit early; its status tells why.
+                let _ = pipe.write_all(&input);
+            }))
+        }
+        _ => None,
+    };
+    let out = wait_output(child, timeout, &what);
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
+    out
+}
+
+/// Waits for a spawned child (stdout/stderr piped), killing it after `timeout`.
+pub fn wait_output(mut child: Child, timeout: Duration, what: &str) -> Output {
+    let stdout = child.stdout.take().map(drain);
+    let stderr = child.stderr.take().map(drain);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = stderr.map(|h| h.join().unwrap_or_default());
+                panic!(
+                    "{what} did not finish within {timeout:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&err.unwrap_or_default())
+                );
+            }
+            Err(e) => panic!("waiting for {what}: {e}"),
+        }
+    };
+    Output {
+        status,
+        stdout: stdout
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default(),
+        stderr: stderr
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default(),
+    }
+}
+
+fn drain(mut r: impl Read + Send + 'static) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Panics (showing both streams) unless the command succeeded; returns stdout.
+#[track_caller]
+pub fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+/// Panics (showing both streams) unless the command failed; returns stderr.
+#[track_caller]
+pub fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command unexpectedly succeeded:\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    stderr(out)
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
+#[track_caller]
+pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Whether `needle` occurs in `haystack` (bytes).
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Removes libpq environment variables that could send a client somewhere else.
+pub fn clean_pg_env(cmd: &mut Command) -> &mut Command {
+    for var in [
+        "PGHOST",
+        "PGHOSTADDR",
+        "PGPORT",
+        "PGUSER",
+        "PGDATABASE",
+        "PGPASSWORD",
+        "PGSERVICE",
+        "PGSERVICEFILE",
+        "PGOPTIONS",
+        "PGSSLMODE",
+        "PGSSLROOTCERT",
+        "PGPASSFILE",
+        "PGAPPNAME",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("PGCONNECT_TIMEOUT", "10")
+}
+
+/// What to start: PostgreSQL settings, extra gateway config, gateway environment.
+#[derive(Debug, Default, Clone)]
+pub struct EnvBuilder {
+    pg_conf: Vec<String>,
+    pg_ssl: bool,
+    extra_toml: Vec<String>,
+    gateway_env: Vec<(String, String)>,
+    log_level: Option<String>,
+}
+
+impl EnvBuilder {
+    /// Appends a line to the PostgreSQL server's `postgresql.conf`.
+    pub fn pg_conf(mut self, line: &str) -> Self {
+        self.pg_conf.push(line.to_string());
+        self
+    }
+
+    /// Starts PostgreSQL with `ssl = on` (a self-signed `server.crt` for localhost and
+    /// 127.0.0.1 in its data directory; `{PGDATA}` in [`EnvBuilder::extra_toml`] names it).
+    pub fn pg_ssl(mut self) -> Self {
+        self.pg_ssl = true;
+        self
+    }
+
+    /// Appends TOML to the gateway config (after the `appdb` connection). `{PG}` is replaced
+    /// with the PostgreSQL server's `127.0.0.1:port`, `{DIR}` with the test's temp directory.
+    pub fn extra_toml(mut self, toml: &str) -> Self {
+        self.extra_toml.push(toml.to_string());
+        self
+    }
+
+    /// Sets an environment variable for the gateway and the CLI commands.
+    pub fn gateway_env(mut self, key: &str, value: &str) -> Self {
+        self.gateway_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// `SLUICE_LOG` for the gateway (default `info`).
+    pub fn log_level(mut self, level: &str) -> Self {
+        self.log_level = Some(level.to_string());
+        self
+    }
+
+    /// Starts PostgreSQL (with the demo data), writes the config and starts the gateway.
+    pub fn start(self) -> Env {
+        let pg = TempPostgres::start(TempPostgresOptions {
+            extra_conf: self.pg_conf.clone(),
+            ssl: self.pg_ssl,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
+        assert!(
+            pg.ssl || !self.pg_ssl,
+            "PostgreSQL with ssl = on needs the openssl CLI"
+        );
+        let db = pg
+            .seed_demo()
+            .unwrap_or_else(|e| panic!("seeding the demo data: {e}"));
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-e2e-")
+            .tempdir()
+            .expect("creating the test temp dir");
+        let state_dir = dir.path().join("state");
+        let config_path = dir.path().join("sluice.toml");
+        let log_path = dir.path().join("gateway.log");
+        let mut gateway_env = vec![
+            ("APPDB_PASSWORD".to_string(), db.password.clone()),
+            ("NO_COLOR".to_string(), "1".to_string()),
+            (
+                "SLUICE_LOG".to_string(),
+                self.log_level.clone().unwrap_or_else(|| "info".into()),
+            ),
+        ];
+        gateway_env.extend(self.gateway_env.iter().cloned());
+        let extra = self
+            .extra_toml
+            .iter()
+            .map(|t| {
+                t.replace("{PG}", &pg.addr().to_string())
+                    .replace("{DIR}", &dir.path().display().to_string())
+                    .replace("{PGDATA}", &pg.data_dir.display().to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut env = Env {
+            gateway: None,
+            port: 0,
+            config_path,
+            state_dir,
+            log_path,
+            gateway_env,
+            extra_toml: extra,
+            db,
+            pg,
+            dir,
+        };
+        env.start_gateway();
+        env
+    }
+}
+
+/// One PostgreSQL + one gateway, private to a test.
+pub struct Env {
+    gateway: Option<Child>,
+    /// The gateway's PostgreSQL listener port on 127.0.0.1.
+    pub port: u16,
+    /// The gateway config file.
+    pub config_path: PathBuf,
+    /// `gateway.state_dir` (store, signing key, generated TLS).
+    pub state_dir: PathBuf,
+    log_path: PathBuf,
+    gateway_env: Vec<(String, String)>,
+    extra_toml: String,
+    /// The demo database's roles and passwords (the gateway-held secrets).
+    pub db: DemoDatabase,
+    /// The upstream PostgreSQL server.
+    pub pg: TempPostgres,
+    /// The test's temp directory (config, state, logs).
+    pub dir: TempDir,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("port", &self.port)
+            .field("config_path", &self.config_path)
+            .field("pg", &self.pg)
+            .finish()
+    }
+}
+
+impl Env {
+    /// The default environment: PostgreSQL with demo data and one connection, `appdb`
+    /// (user `app`, group `agents`).
+    pub fn start() -> Env {
+        EnvBuilder::default().start()
+    }
+
+    /// A builder for a customised environment.
+    pub fn builder() -> EnvBuilder {
+        EnvBuilder::default()
+    }
+
+    /// Writes the config for the current port.
+    fn write_config(&self) {
+        let config = format!(
+            "[gateway]\n\
+             state_dir = {state:?}\n\
+             \n\
+             [listen]\n\
+             postgres = \"127.0.0.1:{port}\"\n\
+             \n\
+             [auth]\n\
+             token_max_ttl = \"8h\"\n\
+             \n\
+             [[connections]]\n\
+             name = \"appdb\"\n\
+             kind = \"postgres\"\n\
+             upstream = \"{upstream}\"\n\
+             database = \"{database}\"\n\
+             user = \"{user}\"\n\
+             password = {{ env = \"APPDB_PASSWORD\" }}\n\
+             allow_groups = [\"agents\"]\n\
+             upstream_tls = \"prefer\"\n\
+             \n\
+             {extra}\n",
+            state = self.state_dir.display().to_string(),
+            port = self.port,
+            upstream = self.pg.addr(),
+            database = self.db.database,
+            user = self.db.user,
+            extra = self.extra_toml,
+        );
+        fs::write(&self.config_path, config).expect("writing the gateway config");
+    }
+
+    /// Starts the gateway (a no-op if it runs) and waits until its listener is ready. Retries
+    /// on another port if the chosen one was taken meanwhile.
+    pub fn start_gateway(&mut self) {
+        if self.gateway.is_some() {
+            return;
+        }
+        if self.port == 0 {
+            self.port = free_port();
+        }
+        for attempt in 1..=3 {
+            self.write_config();
+            let offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .expect("opening the gateway log");
+            let mut cmd = Command::new(sluice_bin());
+            cmd.arg("serve")
+                .arg("--config")
+                .arg(&self.config_path)
+                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("cloning the log file handle"))
+                .stderr(log);
+            let mut child = cmd.spawn().expect("spawning sluice serve");
+            let deadline = Instant::now() + GATEWAY_START_TIMEOUT;
+            loop {
+                let text = self.gateway_log();
+                let new = text.get(offset..).unwrap_or_default();
+                if new.contains(READY_LINE) {
+                    self.gateway = Some(child);
+                    return;
+                }
+                if let Ok(Some(status)) = child.try_wait() {
+                    if attempt < 3 && new.contains("binding the postgres listener") {
+                        self.port = free_port();
+                        break;
+                    }
+                    panic!("sluice serve exited ({status}) before it was ready; log:\n{new}");
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "sluice serve was not ready within {GATEWAY_START_TIMEOUT:?}; log:\n{new}"
+                    );
+                }
+                thread::sleep(Duration::from_millis(25));
+            }
+        }
+    }
+
+    /// Stops the gateway: SIGTERM, then SIGKILL after 10 s. Returns its exit status.
+    pub fn stop_gateway(&mut self) -> Option<ExitStatus> {
+        let mut child = self.gateway.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the gateway outright (SIGKILL), like a crash.
+    pub fn kill_gateway(&mut self) {
+        if let Some(mut child) = self.gateway.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the gateway and starts it again on the same port (if still free).
+    pub fn restart_gateway(&mut self) {
+        self.stop_gateway();
+        self.start_gateway();
+    }
+
+    /// Whether the gateway process is still running (`false` if it exited or was stopped).
+    pub fn gateway_alive(&mut self) -> bool {
+        match self.gateway.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Panics, with the gateway log, unless the gateway process is still running.
+    #[track_caller]
+    pub fn assert_gateway_alive(&mut self) {
+        if !self.gateway_alive() {
+            panic!("the gateway process is gone; log:\n{}", self.gateway_log());
+        }
+    }
+
+    /// Everything the gateway wrote to stdout/stderr so far (all runs, appended).
+    pub fn gateway_log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The gateway listener address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// The SQLite store file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("sluice.db")
+    }
+
+    /// The generated CA certificate clients can trust (waits for the gateway to write it).
+    pub fn ca_path(&self) -> PathBuf {
+        let path = self.state_dir.join("tls").join("ca.crt");
+        wait_until(
+            Duration::from_secs(10),
+            "the gateway's generated ca.crt",
+            || path.is_file().then_some(()),
+        );
+        path
+    }
+
+    /// Runs `sluice ARGS… --config FILE` with the gateway's environment.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(sluice_bin());
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)));
+        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
+    /// Issues a gateway token (`sluice token issue`); `ttl` like `10m`.
+    pub fn token(&self, subject: &str, groups: &[&str], ttl: &str) -> String {
+        let groups = groups.join(",");
+        let out = self.sluice(&[
+            "token",
+            "issue",
+            "--subject",
+            subject,
+            "--groups",
+            &groups,
+            "--ttl",
+            ttl,
+        ]);
+        let token = ok(&out).trim().to_string();
+        assert!(!token.is_empty(), "sluice token issue printed nothing");
+        token
+    }
+
+    /// A token for subject `agent-1` in group `agents`, valid 10 minutes.
+    pub fn agent_token(&self) -> String {
+        self.token("agent-1", &["agents"], "10m")
+    }
+
+    /// `postgresql://SUBJECT:TOKEN@127.0.0.1:PORT/CONNECTION`.
+    pub fn url(&self, subject: &str, token: &str, connection: &str) -> String {
+        format!(
+            "postgresql://{subject}:{token}@127.0.0.1:{}/{connection}",
+            self.port
+        )
+    }
+
+    /// A URL for `appdb` as `agent-1` with a fresh token.
+    pub fn agent_url(&self) -> String {
+        self.url("agent-1", &self.agent_token(), "appdb")
+    }
+
+    /// A client tool from the server's PostgreSQL installation (`psql`, `pgbench`).
+    pub fn pg_tool(&self, name: &str) -> Command {
+        let mut cmd = Command::new(self.pg.binaries().tool(name));
+        clean_pg_env(&mut cmd);
+        cmd
+    }
+
+    /// `psql -X -q -A -t -v ON_ERROR_STOP=1 -d URL ARGS…` with stdin closed.
+    pub fn psql(&self, url: &str, args: &[&str]) -> Output {
+        self.psql_input(url, args, None)
+    }
+
+    /// Like [`Env::psql`], feeding `input` on stdin (use `-f -` to run it as a script).
+    pub fn psql_input(&self, url: &str, args: &[&str], input: Option<&str>) -> Output {
+        let mut cmd = self.psql_command(url, args);
+        run_with_timeout(&mut cmd, input.map(str::as_bytes), COMMAND_TIMEOUT)
+    }
+
+    /// The psql command line [`Env::psql`] runs, for callers that spawn it themselves.
+    pub fn psql_command(&self, url: &str, args: &[&str]) -> Command {
+        let mut cmd = self.pg_tool("psql");
+        cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
+            .args(args);
+        cmd
+    }
+
+    /// Runs `sql` directly on the upstream as the PostgreSQL superuser (not through Sluice).
+    pub fn direct_sql(&self, db: &str, sql: &str) -> String {
+        self.pg
+            .psql(db, sql)
+            .unwrap_or_else(|e| panic!("direct psql failed: {e}"))
+    }
+
+    /// `sluice sessions list --json`, parsed.
+    pub fn sessions(&self) -> Vec<serde_json::Value> {
+        let out = self.sluice(&["sessions", "list", "--json"]);
+        let text = ok(&out);
+        match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(serde_json::Value::Array(a)) => a,
+            other => panic!("sessions list --json is not a JSON array: {other:?}\n{text}"),
+        }
+    }
+
+    /// Waits until at least `n` sessions are recorded and all of them have ended.
+    pub fn wait_sessions_ended(&self, n: usize) -> Vec<serde_json::Value> {
+        wait_until(
+            Duration::from_secs(15),
+            &format!("{n} ended sessions in `sluice sessions list`"),
+            || {
+                let s = self.sessions();
+                (s.len() >= n && s.iter().all(|s| !s["ended_at_ms"].is_null())).then_some(s)
+            },
+        )
+    }
+
+    /// `sluice replay SESSION_ID`'s stdout (asserting success).
+    pub fn replay(&self, session_id: &str) -> String {
+        ok(&self.sluice(&["replay", session_id]))
+    }
+
+    /// Runs `sql` on the gateway's SQLite store with the `sqlite3` CLI; returns stdout.
+    pub fn sqlite(&self, sql: &str) -> String {
+        let mut cmd = Command::new("sqlite3");
+        cmd.arg(self.db_path()).arg(sql);
+        ok(&run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT))
+    }
+
+    /// Runs `python3 tests/py/SCRIPT ARGS…` with a clean libpq environment.
+    pub fn python(&self, script: &str, args: &[&str]) -> Output {
+        let mut cmd = Command::new("python3");
+        clean_pg_env(&mut cmd);
+        cmd.arg(py_dir().join(script))
+            .args(args)
+            .env("PYTHONUNBUFFERED", "1");
+        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
+    /// The upstream server's log (`log.txt` in its data directory).
+    pub fn pg_log(&self) -> String {
+        fs::read(self.pg.data_dir.join("log.txt"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_gateway();
+        // Then the fields drop: PostgreSQL stops, the temp dir goes away.
+    }
+}
+
+/// What a [`HostileUpstream`] does with each connection it accepts.
+#[derive(Debug, Clone)]
+pub enum Hostility {
+    /// Reads a little, then sends these bytes and keeps the socket open.
+    Send(Vec<u8>),
+    /// Accepts and never answers.
+    Silent,
+    /// Sends these bytes one at a time, `interval` apart.
+    Drip(Vec<u8>, Duration),
+}
+
+/// A fake "PostgreSQL server" on 127.0.0.1 that misbehaves; stopped on drop.
+#[derive(Debug)]
+pub struct HostileUpstream {
+    /// Its port.
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl HostileUpstream {
+    /// Binds a free port and serves each connection (in its own thread) the `how` way.
+    pub fn start(how: Hostility) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a hostile upstream");
+        let port = listener.local_addr().expect("local addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            for conn in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let how = how.clone();
+                let flag = flag.clone();
+                thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(500)));
+                    let mut buf = [0u8; 1024];
+                    match how {
+                        Hostility::Send(bytes) => {
+                            let _ = conn.read(&mut buf);
+                            let _ = conn.write_all(&bytes);
+                        }
+                        Hostility::Silent => {}
+                        Hostility::Drip(bytes, interval) => {
+                            let _ = conn.read(&mut buf);
+                            for b in bytes {
+                                if flag.load(Ordering::SeqCst) || conn.write_all(&[b]).is_err() {
+                                    return;
+                                }
+                                thread::sleep(interval);
+                            }
+                        }
+                    }
+                    // Hold the socket open (reading and discarding) until the peer leaves
+                    // or the upstream is stopped.
+                    while !flag.load(Ordering::SeqCst) {
+                        match conn.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(_) => {}
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        HostileUpstream {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `127.0.0.1:port`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for HostileUpstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
