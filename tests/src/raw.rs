@@ -100,6 +100,59 @@ pub fn query_message(sql: &str) -> Vec<u8> {
     message(b'Q', &body)
 }
 
+/// A CancelRequest packet.
+pub fn cancel_packet(pid: i32, secret: i32) -> Vec<u8> {
+    let mut out = 16i32.to_be_bytes().to_vec();
+    out.extend_from_slice(&80877102i32.to_be_bytes());
+    out.extend_from_slice(&pid.to_be_bytes());
+    out.extend_from_slice(&secret.to_be_bytes());
+    out
+}
+
+/// Sends a CancelRequest on a new connection and waits for the gateway to close it.
+pub fn send_cancel(addr: SocketAddr, pid: i32, secret: i32) {
+    let mut conn = RawConn::connect(addr);
+    conn.send(&cancel_packet(pid, secret))
+        .expect("sending a CancelRequest");
+    let closed = conn.read_to_close(Duration::from_secs(15));
+    assert!(
+        closed.bytes.is_empty(),
+        "a CancelRequest gets no answer, got {:?}",
+        closed.bytes
+    );
+}
+
+/// The ErrorResponses among `msgs`.
+pub fn errors(msgs: &[Msg]) -> Vec<ErrorFields> {
+    msgs.iter()
+        .filter(|m| m.tag == b'E')
+        .map(Msg::fields)
+        .collect()
+}
+
+/// The text values of the DataRows among `msgs` (NULL as `None`).
+pub fn rows(msgs: &[Msg]) -> Vec<Vec<Option<String>>> {
+    msgs.iter()
+        .filter(|m| m.tag == b'D')
+        .map(|m| {
+            let b = &m.body;
+            let n = i16::from_be_bytes([b[0], b[1]]);
+            let mut at = 2;
+            (0..n)
+                .map(|_| {
+                    let len = i32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+                    at += 4;
+                    (len >= 0).then(|| {
+                        let v = String::from_utf8_lossy(&b[at..at + len as usize]).into_owned();
+                        at += len as usize;
+                        v
+                    })
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// How a connection ended, as seen by [`RawConn::read_to_close`].
 #[derive(Debug, Default)]
 pub struct Closed {
@@ -127,6 +180,8 @@ impl Closed {
 pub struct RawConn {
     /// The socket.
     pub stream: TcpStream,
+    /// The messages received during login (ParameterStatus, BackendKeyData, …).
+    pub startup: Vec<Msg>,
     buf: Vec<u8>,
 }
 
@@ -140,6 +195,7 @@ impl RawConn {
         stream.set_nodelay(true).ok();
         RawConn {
             stream,
+            startup: Vec::new(),
             buf: Vec::new(),
         }
     }
@@ -229,12 +285,27 @@ impl RawConn {
         loop {
             match conn.read_msg() {
                 Ok(Some(m)) if m.tag == b'E' => return Err(m.fields()),
-                Ok(Some(m)) if m.tag == b'Z' => return Ok(conn),
-                Ok(Some(_)) => {}
+                Ok(Some(m)) if m.tag == b'Z' => {
+                    conn.startup.push(m);
+                    return Ok(conn);
+                }
+                Ok(Some(m)) => conn.startup.push(m),
                 Ok(None) => panic!("the gateway closed the connection during login"),
                 Err(e) => panic!("reading the login answer: {e}"),
             }
         }
+    }
+
+    /// The (process id, secret key) from BackendKeyData.
+    pub fn backend_key(&self) -> Option<(i32, i32)> {
+        let k = self.startup.iter().find(|m| m.tag == b'K')?;
+        let b = &k.body;
+        (b.len() == 8).then(|| {
+            (
+                i32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                i32::from_be_bytes([b[4], b[5], b[6], b[7]]),
+            )
+        })
     }
 
     /// Sends a simple query and returns the messages up to ReadyForQuery.
