@@ -226,6 +226,7 @@ pub struct EnvBuilder {
     pg_ssl: bool,
     extra_toml: Vec<String>,
     gateway_env: Vec<(String, String)>,
+    files: Vec<(String, String)>,
     log_level: Option<String>,
 }
 
@@ -256,6 +257,14 @@ impl EnvBuilder {
         self
     }
 
+    /// Writes `contents` to `path` (relative to the test's temp directory) before the gateway
+    /// starts, e.g. a `{ file = "{DIR}/NAME" }` secret. `{MD5_PASSWORD}` in `contents` is
+    /// replaced with the demo `legacy` role's password.
+    pub fn file(mut self, path: &str, contents: &str) -> Self {
+        self.files.push((path.to_string(), contents.to_string()));
+        self
+    }
+
     /// `SLUICE_LOG` for the gateway (default `info`).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
@@ -281,6 +290,10 @@ impl EnvBuilder {
             .prefix("sluice-e2e-")
             .tempdir()
             .expect("creating the test temp dir");
+        for (path, contents) in &self.files {
+            let contents = contents.replace("{MD5_PASSWORD}", &db.md5_password);
+            fs::write(dir.path().join(path), contents).expect("writing a test file");
+        }
         let state_dir = dir.path().join("state");
         let config_path = dir.path().join("sluice.toml");
         let log_path = dir.path().join("gateway.log");
