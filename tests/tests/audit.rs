@@ -1,0 +1,267 @@
+//! Recording and the tamper-evident audit trail: replay, sessions list, write-ahead records,
+//! `audit verify` detecting changed, deleted, reordered and truncated records, and sessions
+//! left open by a crashed gateway.
+
+use sluice_e2e::raw::{self, RawConn};
+use sluice_e2e::*;
+use std::time::Duration;
+
+fn verify_ok(env: &Env) -> String {
+    let out = env.sluice(&["audit", "verify"]);
+    let so = ok(&out);
+    assert!(so.contains("all chains intact"), "{so}");
+    so
+}
+
+#[track_caller]
+fn verify_broken(env: &Env, session: &str, seq: u64, problem: &str) {
+    let out = env.sluice(&["audit", "verify"]);
+    let se = failed(&out);
+    let named = format!("session {session} record #{seq}: ");
+    assert!(se.contains(&named), "expected {named:?} in:\n{se}");
+    assert!(se.contains(problem), "expected {problem:?} in:\n{se}");
+}
+
+/// One row of `events`: (seq, at_ms, kind, body, prev_hash, hash), as SQL literals.
+fn event_row(env: &Env, session: &str, seq: u64) -> String {
+    env.sqlite(&format!(
+        "SELECT quote(seq) || ',' || quote(at_ms) || ',' || quote(kind) || ',' || quote(body) \
+         || ',' || quote(prev_hash) || ',' || quote(hash) FROM events \
+         WHERE session_id = '{session}' AND seq = {seq}"
+    ))
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn replay_shows_commands_and_verify_detects_tampering() {
+    let env = Env::start();
+    let token = env.token("agent-7", &["agents", "oncall"], "10m");
+    // The URL's user name is not the identity: the token's subject is.
+    let url = env.url("someone-else", &token, "appdb");
+    let out = env.psql(
+        &url,
+        &[
+            "-v",
+            "ON_ERROR_STOP=0",
+            "-c",
+            "select 42",
+            "-c",
+            "select name, email from customers order by id limit 3",
+            "-c",
+            "select 1/0",
+            "-c",
+            "select 'last-one'",
+        ],
+    );
+    assert!(stdout(&out).contains("last-one"), "{}", stderr(&out));
+
+    let sessions = env.wait_sessions_ended(1);
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let s = &sessions[0];
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(s["subject"], "agent-7");
+    assert_eq!(s["groups"], serde_json::json!(["agents", "oncall"]));
+    assert_eq!(s["connection"], "appdb");
+    assert_eq!(s["protocol"], "postgres");
+    assert!(
+        s["client_addr"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{s}"
+    );
+    assert_eq!(s["commands"], 4, "{s}");
+    assert_eq!(s["end_reason"], "client terminated", "{s}");
+    let (start, end) = (
+        s["started_at_ms"].as_u64().unwrap(),
+        s["ended_at_ms"].as_u64().unwrap(),
+    );
+    assert!(start > 1_600_000_000_000 && start <= end, "{s}");
+    let table = ok(&env.sluice(&["sessions", "list"]));
+    assert!(
+        table.contains(&id) && table.contains("agent-7") && table.contains("appdb"),
+        "{table}"
+    );
+
+    let replay = env.replay(&id);
+    let expect = [
+        format!("session {id} opened by agent-7 (groups: agents, oncall"),
+        "on appdb [postgres] from 127.0.0.1:".to_string(),
+        "[1] query: select 42".to_string(),
+        "decision: allowed".to_string(),
+        "[1] SELECT 1 — 1 rows".to_string(),
+        "| 42".to_string(),
+        "[2] query: select name, email from customers order by id limit 3".to_string(),
+        "[2] SELECT 3 — 3 rows".to_string(),
+        "| name | email".to_string(),
+        "[3] query: select 1/0".to_string(),
+        "[3] client saw error: 22012: division by zero".to_string(),
+        "[4] query: select 'last-one'".to_string(),
+        "| last-one".to_string(),
+        "session ended: client terminated".to_string(),
+    ];
+    for e in &expect {
+        assert!(replay.contains(e.as_str()), "replay lacks {e:?}:\n{replay}");
+    }
+    assert_eq!(replay.matches("decision: allowed").count(), 4, "{replay}");
+    let first_customer = env.direct_sql("app", "select name from customers order by id limit 1");
+    assert!(
+        replay.contains(&format!("| {} |", first_customer.trim())),
+        "sampled rows: {replay}"
+    );
+    // The transcript is in order.
+    let positions: Vec<usize> = [
+        "opened by",
+        "[1] query",
+        "[2] query",
+        "[3] query",
+        "[4] query",
+        "session ended",
+    ]
+    .iter()
+    .map(|p| replay.find(p).unwrap())
+    .collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]), "{replay}");
+
+    verify_ok(&env);
+    let records: u64 = env
+        .sqlite(&format!(
+            "SELECT count(*) FROM events WHERE session_id = '{id}'"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        records >= 10,
+        "start + 4 × (decided, finished) + end: {records}"
+    );
+
+    // 1. One changed byte.
+    let seq: u64 = env
+        .sqlite(&format!(
+            "SELECT seq FROM events WHERE session_id = '{id}' AND body LIKE '%select 42%'"
+        ))
+        .trim()
+        .parse()
+        .unwrap();
+    env.sqlite(&format!(
+        "UPDATE events SET body = replace(body, 'select 42', 'select 43') \
+         WHERE session_id = '{id}' AND seq = {seq}"
+    ));
+    verify_broken(&env, &id, seq, "content changed");
+    env.sqlite(&format!(
+        "UPDATE events SET body = replace(body, 'select 43', 'select 42') \
+         WHERE session_id = '{id}' AND seq = {seq}"
+    ));
+    verify_ok(&env);
+
+    // 2. A deleted record in the middle.
+    let saved = event_row(&env, &id, 4);
+    env.sqlite(&format!(
+        "DELETE FROM events WHERE session_id = '{id}' AND seq = 4"
+    ));
+    verify_broken(&env, &id, 4, "missing");
+    env.sqlite(&format!("INSERT INTO events VALUES ('{id}', {saved})"));
+    verify_ok(&env);
+
+    // 3. Two records swapped.
+    env.sqlite(&format!(
+        "UPDATE events SET seq = -1 WHERE session_id = '{id}' AND seq = 2;\n\
+         UPDATE events SET seq = 2 WHERE session_id = '{id}' AND seq = 3;\n\
+         UPDATE events SET seq = 3 WHERE session_id = '{id}' AND seq = -1;"
+    ));
+    verify_broken(&env, &id, 2, "");
+    env.sqlite(&format!(
+        "UPDATE events SET seq = -1 WHERE session_id = '{id}' AND seq = 2;\n\
+         UPDATE events SET seq = 2 WHERE session_id = '{id}' AND seq = 3;\n\
+         UPDATE events SET seq = 3 WHERE session_id = '{id}' AND seq = -1;"
+    ));
+    verify_ok(&env);
+
+    // 4. The last record cut off (the session head still knows how many there were).
+    let saved = event_row(&env, &id, records);
+    env.sqlite(&format!(
+        "DELETE FROM events WHERE session_id = '{id}' AND seq = {records}"
+    ));
+    verify_broken(&env, &id, records, "missing");
+    env.sqlite(&format!("INSERT INTO events VALUES ('{id}', {saved})"));
+    verify_ok(&env);
+
+    // 5. A record's timestamp moved.
+    env.sqlite(&format!(
+        "UPDATE events SET at_ms = at_ms + 1 WHERE session_id = '{id}' AND seq = 1"
+    ));
+    verify_broken(&env, &id, 1, "content changed");
+}
+
+#[test]
+fn commands_are_recorded_before_they_run_and_crashes_are_closed() {
+    let mut env = Env::start();
+    let token = env.agent_token();
+    let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &token).unwrap();
+    conn.send(&raw::query_message("select pg_sleep(3), 'write-ahead'"))
+        .unwrap();
+    // While the statement runs upstream, its decision is already in the store.
+    wait_until(Duration::from_secs(10), "pg_sleep running upstream", || {
+        (env.direct_sql(
+            "postgres",
+            "select count(*) from pg_stat_activity where state = 'active' \
+                     and query like 'select pg_sleep(3)%'",
+        )
+        .trim()
+            == "1")
+            .then_some(())
+    });
+    let decided = env.sqlite(
+        "SELECT count(*) FROM events WHERE kind LIKE '%decided%' AND body LIKE '%write-ahead%'",
+    );
+    assert_eq!(
+        decided.trim(),
+        "1",
+        "no write-ahead record while the command runs"
+    );
+    let finished_early = env.sqlite(
+        "SELECT count(*) FROM events WHERE kind LIKE '%finished%' AND body LIKE '%write-ahead%'",
+    );
+    assert_eq!(finished_early.trim(), "0", "finished before it ran?");
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let msgs = conn.read_until_ready();
+    assert_eq!(raw::rows(&msgs)[0][1].as_deref(), Some("write-ahead"));
+
+    // A crash (SIGKILL) with the session open; the restarted gateway closes it.
+    env.kill_gateway();
+    let closed = conn.read_to_close(Duration::from_secs(5));
+    assert!(closed.errors().is_empty() || closed.eof);
+    let open = env.sessions();
+    assert_eq!(open.len(), 1);
+    assert!(open[0]["ended_at_ms"].is_null(), "{open:?}");
+    env.start_gateway();
+    let sessions = env.wait_sessions_ended(1);
+    assert_eq!(
+        sessions[0]["end_reason"], "gateway restarted",
+        "{sessions:?}"
+    );
+    verify_ok(&env);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    assert!(
+        replay.contains("session ended: gateway restarted"),
+        "{replay}"
+    );
+    assert!(replay.contains("write-ahead"), "{replay}");
+
+    // The restarted gateway serves, with the same signing key (old tokens still work).
+    let out = env.psql(
+        &env.url("agent-1", &token, "appdb"),
+        &["-c", "select 'back'"],
+    );
+    assert_eq!(ok(&out).trim(), "back");
+    // A graceful restart too.
+    env.restart_gateway();
+    let out = env.psql(
+        &env.url("agent-1", &token, "appdb"),
+        &["-c", "select 'again'"],
+    );
+    assert_eq!(ok(&out).trim(), "again");
+    env.wait_sessions_ended(3);
+    verify_ok(&env);
+}
