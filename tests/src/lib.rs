@@ -683,6 +683,8 @@ pub enum Hostility {
     Send(Vec<u8>),
     /// Accepts and never answers.
     Silent,
+    /// Accepts and closes at once.
+    Close,
     /// Sends these bytes one at a time, `interval` apart.
     Drip(Vec<u8>, Duration),
 }
@@ -720,6 +722,7 @@ impl HostileUpstream {
                             let _ = conn.write_all(&bytes);
                         }
                         Hostility::Silent => {}
+                        Hostility::Close => return,
                         Hostility::Drip(bytes, interval) => {
                             let _ = conn.read(&mut buf);
                             for b in bytes {

@@ -256,19 +256,43 @@ impl RawConn {
 
     /// Sends a startup message (plaintext) and the token as the password. Returns the
     /// authenticated connection after ReadyForQuery, or the ErrorResponse that refused it.
+    /// Panics if the gateway closes without an ErrorResponse or takes more than 15 s.
     pub fn login(
         addr: SocketAddr,
         user: &str,
         database: &str,
         token: &str,
     ) -> Result<RawConn, ErrorFields> {
+        Self::login_within(addr, user, database, token, Duration::from_secs(15))
+    }
+
+    /// [`RawConn::login`] with a bound on the whole exchange.
+    #[track_caller]
+    pub fn login_within(
+        addr: SocketAddr,
+        user: &str,
+        database: &str,
+        token: &str,
+        within: Duration,
+    ) -> Result<RawConn, ErrorFields> {
+        let deadline = Instant::now() + within;
         let mut conn = RawConn::connect(addr);
         conn.send(&startup_packet(&[("user", user), ("database", database)]))
             .expect("sending the startup message");
-        let first = conn
-            .read_msg()
-            .expect("reading the authentication request")
-            .expect("the gateway closed right after the startup message");
+        let next = |conn: &mut RawConn, what: &str| -> Msg {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no answer to the login within {within:?} ({what})"
+            );
+            conn.stream.set_read_timeout(Some(left)).ok();
+            match conn.read_msg() {
+                Ok(Some(m)) => m,
+                Ok(None) => panic!("the gateway closed the connection during login ({what})"),
+                Err(e) => panic!("no answer to the login within {within:?} ({what}): {e}"),
+            }
+        };
+        let first = next(&mut conn, "waiting for the authentication request");
         match first.tag {
             b'R' => assert_eq!(
                 first.body,
@@ -283,15 +307,15 @@ impl RawConn {
         conn.send(&message(b'p', &body))
             .expect("sending the password message");
         loop {
-            match conn.read_msg() {
-                Ok(Some(m)) if m.tag == b'E' => return Err(m.fields()),
-                Ok(Some(m)) if m.tag == b'Z' => {
+            let m = next(&mut conn, "waiting for ReadyForQuery after the password");
+            match m.tag {
+                b'E' => return Err(m.fields()),
+                b'Z' => {
                     conn.startup.push(m);
+                    conn.stream.set_read_timeout(Some(IO_TIMEOUT)).ok();
                     return Ok(conn);
                 }
-                Ok(Some(m)) => conn.startup.push(m),
-                Ok(None) => panic!("the gateway closed the connection during login"),
-                Err(e) => panic!("reading the login answer: {e}"),
+                _ => conn.startup.push(m),
             }
         }
     }

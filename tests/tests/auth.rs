@@ -1,6 +1,9 @@
 //! Authentication and access failures: each is refused with the documented SQLSTATE and
 //! message, and none of them reaches the upstream.
 
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_e2e::raw::{ErrorFields, RawConn};
 use sluice_e2e::*;
 use std::fs;

@@ -1,6 +1,9 @@
 //! Query cancellation through the gateway: psql's Ctrl-C, psycopg's cancel, raw
 //! CancelRequests with right and wrong keys.
 
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_e2e::raw::{self, RawConn};
 use sluice_e2e::*;
 use std::process::Stdio;

@@ -1,5 +1,8 @@
 //! pgbench through the gateway: initialisation (DDL, COPY, VACUUM) and each query protocol.
 
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_e2e::*;
 
 /// The value after `label` on its line of pgbench's report, e.g. "number of failed transactions: 0 (0.000%)".

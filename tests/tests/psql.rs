@@ -1,6 +1,9 @@
 //! psql through the gateway: queries, transactions, errors, notices, multi-statement strings,
 //! COPY both ways, large results and TLS on both legs.
 
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_e2e::*;
 use std::fmt::Write as _;
 use std::fs;

@@ -1,5 +1,8 @@
 //! Python psycopg 3 through the gateway (tests/py/features.py).
 
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sluice_e2e::*;
 
 #[test]
