@@ -268,3 +268,76 @@ fn commands_are_recorded_before_they_run_and_crashes_are_closed() {
     env.wait_sessions_ended(3);
     verify_ok(&env);
 }
+
+fn parse_bind_execute(statement: &str, sql: &str, param: &str) -> Vec<u8> {
+    let mut parse = format!("{statement}\0{sql}\0").into_bytes();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = format!("\0{statement}\0").into_bytes();
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    bind.extend_from_slice(&1i16.to_be_bytes());
+    bind.extend_from_slice(&(param.len() as i32).to_be_bytes());
+    bind.extend_from_slice(param.as_bytes());
+    bind.extend_from_slice(&0i16.to_be_bytes());
+    let mut execute = b"\0".to_vec();
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut out = raw::message(b'P', &parse);
+    out.extend(raw::message(b'B', &bind));
+    out.extend(raw::message(b'D', b"P\0"));
+    out.extend(raw::message(b'E', &execute));
+    out.extend(raw::message(b'S', &[]));
+    out
+}
+
+#[test]
+fn extended_protocol_commands_are_replayed() {
+    let env = Env::start();
+    let token = env.agent_token();
+    let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &token).unwrap();
+    conn.send(&parse_bind_execute(
+        "s1",
+        "select $1::int + 1 as answer",
+        "41",
+    ))
+    .unwrap();
+    let msgs = conn.read_until_ready();
+    assert!(raw::errors(&msgs).is_empty(), "{:?}", raw::errors(&msgs));
+    assert_eq!(raw::rows(&msgs), vec![vec![Some("42".to_string())]]);
+    conn.send(&parse_bind_execute(
+        "",
+        "select $1::text as echo",
+        "unnamed-param",
+    ))
+    .unwrap();
+    let msgs = conn.read_until_ready();
+    assert_eq!(
+        raw::rows(&msgs),
+        vec![vec![Some("unnamed-param".to_string())]]
+    );
+    conn.send(&parse_bind_execute("", "select 1 / $1::int", "0"))
+        .unwrap();
+    let msgs = conn.read_until_ready();
+    assert_eq!(raw::errors(&msgs)[0].code(), "22012");
+    conn.send(&raw::message(b'X', &[])).unwrap();
+    conn.read_to_close(Duration::from_secs(5));
+
+    let sessions = env.wait_sessions_ended(1);
+    let id = sessions[0]["id"].as_str().unwrap();
+    assert_eq!(sessions[0]["commands"], 3, "{sessions:?}");
+    let replay = env.replay(id);
+    for e in [
+        "opened by agent-1",
+        "[1] execute s1: select $1::int + 1 as answer",
+        "[1] SELECT 1 — 1 rows",
+        "| answer",
+        "| 42",
+        "[2] execute: select $1::text as echo",
+        "| unnamed-param",
+        "[3] execute: select 1 / $1::int",
+        "[3] client saw error: 22012: division by zero",
+        "session ended: client terminated",
+    ] {
+        assert!(replay.contains(e), "replay lacks {e:?}:\n{replay}");
+    }
+    assert_eq!(replay.matches("decision: allowed").count(), 3, "{replay}");
+    verify_ok(&env);
+}
