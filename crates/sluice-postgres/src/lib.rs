@@ -78,7 +78,15 @@ pub struct Shared {
 /// see upstream keys, so a guessed key cannot cancel another tenant's query.
 #[derive(Default)]
 pub struct CancelRegistry {
-    map: Mutex<HashMap<(i32, i32), (UpstreamTarget, i32, Vec<u8>)>>,
+    map: Mutex<HashMap<(i32, i32), CancelTarget>>,
+}
+
+/// An upstream backend as a CancelRequest must address it.
+#[derive(Clone)]
+struct CancelTarget {
+    upstream: UpstreamTarget,
+    pid: i32,
+    secret: Vec<u8>,
 }
 
 pub struct CancelGuard<'a> {
@@ -112,7 +120,14 @@ impl CancelRegistry {
                 break key;
             }
         };
-        map.insert(key, (target, pid, secret));
+        map.insert(
+            key,
+            CancelTarget {
+                upstream: target,
+                pid,
+                secret,
+            },
+        );
         (
             key,
             CancelGuard {
@@ -122,7 +137,7 @@ impl CancelRegistry {
         )
     }
 
-    fn lookup(&self, key: (i32, i32)) -> Option<(UpstreamTarget, i32, Vec<u8>)> {
+    fn lookup(&self, key: (i32, i32)) -> Option<CancelTarget> {
         self.map.lock().ok()?.get(&key).cloned()
     }
 }
@@ -182,9 +197,9 @@ async fn handle_client(
         .map_err(|e| e.to_string())?;
     match accepted {
         client::Accepted::Cancel { pid, secret } => match shared.cancels.lookup((pid, secret)) {
-            Some((target, upstream_pid, upstream_secret)) => {
+            Some(t) => {
                 tracing::info!(message = "Forwarding a cancel request.", client = %peer);
-                upstream::cancel(&target, upstream_pid, &upstream_secret)
+                upstream::cancel(&t.upstream, t.pid, &t.secret)
                     .await
                     .map_err(|e| e.to_string())
             }

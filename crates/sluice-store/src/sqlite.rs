@@ -5,13 +5,11 @@ use sluice_core::audit::{
 };
 use sluice_core::config::AuditSync;
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
-
-/// Appends taken into one transaction at most.
-const MAX_BATCH: usize = 1024;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -35,29 +33,59 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     body TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    PRIMARY KEY (session_id, seq)
-) WITHOUT ROWID;
+    hash TEXT NOT NULL
+);
+-- Rows are appended in journal order; the index serves replay and verify.
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_session ON events (session_id, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 ";
 
-struct Job {
-    session_id: String,
-    event: AuditEvent,
-    at_ms: u64,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+/// How a process uses the store: the gateway appends; CLI commands only read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Writer(AuditSync),
+    Reader,
 }
 
-/// The embedded store: `state_dir/sluice.db`.
+/// The embedded store: `state_dir/journal.log` (the write-ahead, hash-chained
+/// audit log) indexed into `state_dir/sluice.db` for queries.
+///
+/// An append is one `write(2)` of one line to the journal, under a mutex,
+/// on the caller's thread: durable against a gateway crash once it returns
+/// (`audit_sync = "full"` adds an fdatasync). An indexer thread moves journal
+/// lines into SQLite in batches; readers catch the index up before reading.
 pub struct SqliteStore {
-    path: PathBuf,
-    jobs: mpsc::Sender<Job>,
+    db_path: PathBuf,
+    journal_path: PathBuf,
+    writer: Option<Arc<Mutex<JournalWriter>>>,
+    stop_indexer: Option<mpsc::Sender<()>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore")
-            .field("path", &self.path)
+            .field("path", &self.db_path)
             .finish()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop_indexer.take() {
+            let _ = stop.send(());
+        }
+        if let Some(w) = &self.writer {
+            if let Ok(mut w) = w.lock() {
+                let _ = w.flush_pending();
+            }
+        }
+        // Leave the index complete for the next reader.
+        if let Ok(conn) = open_connection(&self.db_path) {
+            let _ = catch_up(&conn, &self.journal_path);
+        }
     }
 }
 
@@ -74,62 +102,101 @@ fn now_ms() -> u64 {
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(unavailable)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))
+    conn.busy_timeout(std::time::Duration::from_secs(10))
         .map_err(unavailable)?;
     conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(unavailable)?;
+    // The journal is the write-ahead log; the index can checkpoint lazily.
+    conn.pragma_update(None, "wal_autocheckpoint", 8192)
         .map_err(unavailable)?;
     Ok(conn)
 }
 
+/// How often the indexer moves journal lines into SQLite.
+const INDEX_INTERVAL: Duration = Duration::from_millis(200);
+/// Journal bytes indexed per transaction at most.
+const INDEX_CHUNK: u64 = 8 << 20;
+
 impl SqliteStore {
-    /// Opens (creating) `state_dir/sluice.db` and starts its writer thread.
-    pub fn open(state_dir: &Path, sync: AuditSync) -> Result<Self, StoreError> {
+    /// Opens (creating) the store in `state_dir`. A writer takes an exclusive
+    /// lock on the journal: one gateway process per state directory.
+    pub fn open(state_dir: &Path, mode: Mode) -> Result<Self, StoreError> {
         std::fs::create_dir_all(state_dir)
             .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
-        let path = state_dir.join("sluice.db");
-        let conn = open_connection(&path)?;
-        // NORMAL in WAL mode: a committed batch survives a gateway crash;
-        // FULL also survives power loss (one fsync per batch).
-        conn.pragma_update(
-            None,
-            "synchronous",
-            match sync {
-                AuditSync::Normal => "NORMAL",
-                AuditSync::Full => "FULL",
-            },
-        )
-        .map_err(unavailable)?;
+        let db_path = state_dir.join("sluice.db");
+        let journal_path = state_dir.join("journal.log");
+        let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA).map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel();
+        let Mode::Writer(sync) = mode else {
+            return Ok(SqliteStore {
+                db_path,
+                journal_path,
+                writer: None,
+                stop_indexer: None,
+            });
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| unavailable(format!("{}: {e}", journal_path.display())))?;
+        file.try_lock().map_err(|_| {
+            unavailable(format!(
+                "{} is in use by another gateway process",
+                journal_path.display()
+            ))
+        })?;
+        let len = drop_torn_tail(&file).map_err(unavailable)?;
+        // Everything a previous process wrote is indexed before we append, so
+        // chain heads of its sessions can be read from the index.
+        catch_up(&conn, &journal_path)?;
+        let writer = Arc::new(Mutex::new(JournalWriter {
+            file,
+            len,
+            heads: HashMap::new(),
+            db: conn,
+            sync,
+            pending: Vec::new(),
+        }));
+        let (stop, stopped) = mpsc::channel();
+        let indexer_db = db_path.clone();
+        let indexer_journal = journal_path.clone();
+        let indexer_writer = writer.clone();
         std::thread::Builder::new()
-            .name("sluice-store-writer".into())
-            .spawn(move || Writer::new(conn).run(rx))
+            .name("sluice-indexer".into())
+            .spawn(move || index_loop(&indexer_db, &indexer_journal, &indexer_writer, stopped))
             .map_err(unavailable)?;
-        Ok(SqliteStore { path, jobs: tx })
+        Ok(SqliteStore {
+            db_path,
+            journal_path,
+            writer: Some(writer),
+            stop_indexer: Some(stop),
+        })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.db_path
     }
 
     /// Ends sessions a previous gateway process left open (it crashed or was
     /// killed), appending a `session_end` record to each chain.
     pub async fn close_orphaned_sessions(&self, reason: &str) -> Result<usize, StoreError> {
-        let path = self.path.clone();
-        let open: Vec<String> = tokio::task::spawn_blocking(move || {
-            let conn = open_connection(&path)?;
-            let mut stmt = conn
-                .prepare("SELECT id FROM sessions WHERE ended_at_ms IS NULL")
-                .map_err(unavailable)?;
-            let ids = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(unavailable)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
-            Ok::<_, StoreError>(ids)
-        })
-        .await
-        .map_err(unavailable)??;
+        let open: Vec<String> = self
+            .read(|conn| {
+                let mut stmt = conn
+                    .prepare("SELECT id FROM sessions WHERE ended_at_ms IS NULL")
+                    .map_err(unavailable)?;
+                let ids = stmt
+                    .query_map([], |r| r.get::<_, String>(0))
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                Ok(ids)
+            })
+            .await?;
         for id in &open {
             self.append(
                 id,
@@ -142,19 +209,395 @@ impl SqliteStore {
         Ok(open.len())
     }
 
+    /// Runs a query on a fresh connection after bringing the index up to date.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || f(&open_connection(&path)?))
-            .await
-            .map_err(unavailable)?
+        if let Some(w) = &self.writer {
+            w.lock()
+                .map_err(|_| unavailable("journal lock poisoned"))?
+                .flush_pending()?;
+        }
+        let db = self.db_path.clone();
+        let journal = self.journal_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&db)?;
+            catch_up(&conn, &journal)?;
+            f(&conn)
+        })
+        .await
+        .map_err(unavailable)?
     }
 
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        self.jobs.send(job).map_err(|_| StoreError::Closed)
+    fn append_now(
+        &self,
+        session_id: &str,
+        event: &AuditEvent,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let writer = self
+            .writer
+            .as_ref()
+            .ok_or_else(|| unavailable("this store was opened read-only"))?;
+        let mut w = writer
+            .lock()
+            .map_err(|_| unavailable("journal lock poisoned"))?;
+        w.append(session_id, event, now_ms(), durable)
     }
+}
+
+/// The single appender of the journal.
+struct JournalWriter {
+    file: File,
+    len: u64,
+    heads: HashMap<String, (u64, String)>,
+    db: Connection,
+    sync: AuditSync,
+    /// Background records not yet written: they go out with the next durable
+    /// append or the indexer's next tick, one write for many records.
+    pending: Vec<u8>,
+}
+
+impl JournalWriter {
+    fn flush_pending(&mut self) -> Result<(), StoreError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.write(&pending).inspect_err(|_| self.pending = pending)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Err(e) = self.file.write_all(bytes) {
+            // Do not leave half a record for the next one to follow.
+            let _ = self.file.set_len(self.len);
+            return Err(unavailable(format!("journal write failed: {e}")));
+        }
+        if self.sync == AuditSync::Full {
+            self.file
+                .sync_data()
+                .map_err(|e| unavailable(format!("journal sync failed: {e}")))?;
+        }
+        self.len += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn head(&mut self, session_id: &str, starting: bool) -> Result<(u64, String), StoreError> {
+        if let Some(h) = self.heads.get(session_id) {
+            return Ok(h.clone());
+        }
+        if starting {
+            return Ok((0, GENESIS_HASH.to_string()));
+        }
+        // A session of a previous process (all of its records are indexed).
+        self.db
+            .query_row(
+                "SELECT last_seq, head_hash FROM sessions WHERE id = ?1",
+                [session_id],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .ok_or_else(|| StoreError::UnknownSession(session_id.to_string()))
+    }
+
+    fn append(
+        &mut self,
+        session_id: &str,
+        event: &AuditEvent,
+        at_ms: u64,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        if session_id.contains(['\t', '\n']) {
+            return Err(unavailable("invalid session id"));
+        }
+        let starting = matches!(event, AuditEvent::SessionStart { .. });
+        let (last, prev) = self.head(session_id, starting)?;
+        let seq = last + 1;
+        let body = serde_json::to_string(event).map_err(unavailable)?;
+        let hash = chain_hash(&prev, session_id, seq, at_ms, &body);
+        let kind = event_kind(event);
+        let line = format!("{session_id}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n");
+        if durable {
+            let pending_len = self.pending.len();
+            self.pending.extend_from_slice(line.as_bytes());
+            if let Err(e) = self.flush_pending() {
+                self.pending.truncate(pending_len);
+                return Err(e);
+            }
+        } else {
+            self.pending.extend_from_slice(line.as_bytes());
+        }
+        if matches!(event, AuditEvent::SessionEnd { .. }) {
+            self.heads.remove(session_id);
+        } else {
+            self.heads.insert(session_id.to_string(), (seq, hash));
+        }
+        Ok(())
+    }
+}
+
+fn event_kind(event: &AuditEvent) -> &'static str {
+    match event {
+        AuditEvent::SessionStart { .. } => "session_start",
+        AuditEvent::CommandDecided { .. } => "command_decided",
+        AuditEvent::CommandFinished { .. } => "command_finished",
+        AuditEvent::SessionEnd { .. } => "session_end",
+    }
+}
+
+/// Truncates a last line a crash left half-written; returns the length.
+fn drop_torn_tail(file: &File) -> std::io::Result<u64> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    let mut f = file.try_clone()?;
+    let start = len.saturating_sub(1 << 20);
+    f.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail)?;
+    if tail.last() == Some(&b'\n') {
+        return Ok(len);
+    }
+    let keep = match tail.iter().rposition(|&b| b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        None => return Ok(len),
+    };
+    tracing::warn!(
+        message = "Dropped a half-written journal record left by a crash.",
+        bytes = len - keep
+    );
+    file.set_len(keep)?;
+    Ok(keep)
+}
+
+fn index_loop(db: &Path, journal: &Path, writer: &Mutex<JournalWriter>, stop: mpsc::Receiver<()>) {
+    let mut conn = None;
+    loop {
+        match stop.recv_timeout(INDEX_INTERVAL) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if let Ok(mut w) = writer.lock() {
+            if let Err(e) = w.flush_pending() {
+                tracing::error!(message = "Writing background audit records failed; will retry.", error = %e);
+            }
+        }
+        if conn.is_none() {
+            conn = open_connection(db).ok();
+        }
+        if let Some(c) = &conn {
+            if let Err(e) = catch_up(c, journal) {
+                tracing::error!(message = "Indexing the audit journal failed.", error = %e);
+                conn = None;
+            }
+        }
+    }
+}
+
+/// Moves journal lines past the indexed offset into SQLite. Safe to run from
+/// several processes: the offset is read and advanced in one write transaction.
+fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
+    loop {
+        // IMMEDIATE: the offset is read under the write lock, so two
+        // indexers (gateway and a CLI reader) never index the same bytes twice.
+        let tx =
+            rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+        let offset: u64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = 'journal_offset'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .unwrap_or(0) as u64;
+        let mut file = match File::open(journal) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let len = file.metadata().map_err(unavailable)?.len();
+        if len < offset {
+            return Err(unavailable(format!(
+                "the journal is shorter ({len} bytes) than what was indexed ({offset}); it was truncated or replaced"
+            )));
+        }
+        if len == offset {
+            return Ok(());
+        }
+        file.seek(SeekFrom::Start(offset)).map_err(unavailable)?;
+        let mut chunk = Vec::new();
+        file.take(INDEX_CHUNK)
+            .read_to_end(&mut chunk)
+            .map_err(unavailable)?;
+        let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
+            return Ok(());
+        };
+        let mut sessions: HashMap<String, SessionDelta> = HashMap::new();
+        let mut pos = offset;
+        for raw in chunk[..=end].split(|&b| b == b'\n') {
+            if raw.is_empty() {
+                continue;
+            }
+            let line = parse_line(raw).ok_or_else(|| {
+                unavailable(format!("journal line at byte {pos} is not a valid record"))
+            })?;
+            pos += raw.len() as u64 + 1;
+            index_line(&tx, &line, &mut sessions)?;
+        }
+        for (id, d) in sessions {
+            tx.prepare_cached(
+                "UPDATE sessions SET last_seq = MAX(last_seq, ?2),
+                    head_hash = CASE WHEN ?2 >= last_seq THEN ?3 ELSE head_hash END,
+                    commands = commands + ?4,
+                    ended_at_ms = COALESCE(?5, ended_at_ms),
+                    end_reason = COALESCE(?6, end_reason)
+                 WHERE id = ?1",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    id,
+                    d.last_seq as i64,
+                    d.head,
+                    d.commands,
+                    d.ended_at_ms,
+                    d.end_reason
+                ])
+            })
+            .map_err(unavailable)?;
+        }
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('journal_offset', ?1)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [(offset + end as u64 + 1) as i64],
+        )
+        .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+    }
+}
+
+struct JournalLine<'a> {
+    session_id: &'a str,
+    seq: u64,
+    at_ms: u64,
+    prev_hash: &'a str,
+    hash: &'a str,
+    kind: &'a str,
+    body: &'a str,
+}
+
+fn parse_line(raw: &[u8]) -> Option<JournalLine<'_>> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let mut f = text.splitn(7, '\t');
+    Some(JournalLine {
+        session_id: f.next()?,
+        seq: f.next()?.parse().ok()?,
+        at_ms: f.next()?.parse().ok()?,
+        prev_hash: f.next()?,
+        hash: f.next()?,
+        kind: f.next()?,
+        body: f.next()?,
+    })
+}
+
+#[derive(Default)]
+struct SessionDelta {
+    last_seq: u64,
+    head: String,
+    commands: i64,
+    ended_at_ms: Option<i64>,
+    end_reason: Option<String>,
+}
+
+fn index_line(
+    tx: &rusqlite::Transaction<'_>,
+    line: &JournalLine<'_>,
+    sessions: &mut HashMap<String, SessionDelta>,
+) -> Result<(), StoreError> {
+    let kind = match line.kind {
+        k @ ("session_start" | "command_decided" | "command_finished" | "session_end") => k,
+        other => {
+            return Err(unavailable(format!(
+                "journal record of {} #{} has unknown kind {other:?}",
+                line.session_id, line.seq
+            )))
+        }
+    };
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO events (session_id, seq, at_ms, kind, body, prev_hash, hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                line.session_id,
+                line.seq as i64,
+                line.at_ms as i64,
+                kind,
+                line.body,
+                line.prev_hash,
+                line.hash
+            ])
+        })
+        .map_err(unavailable)?;
+    if inserted == 0 {
+        return Ok(());
+    }
+    // Only the records that change a session's summary are decoded here.
+    let event: Option<AuditEvent> = match kind {
+        "session_start" | "session_end" => Some(serde_json::from_str(line.body).map_err(|e| {
+            unavailable(format!(
+                "journal record of {} #{}: {e}",
+                line.session_id, line.seq
+            ))
+        })?),
+        _ => None,
+    };
+    if let Some(AuditEvent::SessionStart {
+        identity,
+        connection,
+        protocol,
+        client_addr,
+    }) = &event
+    {
+        tx.prepare_cached(
+            "INSERT OR IGNORE INTO sessions (id, subject, groups_json, connection, protocol,
+                client_addr, started_at_ms, last_seq, head_hash)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                line.session_id,
+                identity.subject,
+                serde_json::to_string(&identity.groups).unwrap_or_default(),
+                connection,
+                protocol.to_string(),
+                client_addr,
+                line.at_ms as i64,
+                line.seq as i64,
+                line.hash
+            ])
+        })
+        .map_err(unavailable)?;
+    }
+    let d = sessions.entry(line.session_id.to_string()).or_default();
+    if line.seq >= d.last_seq {
+        d.last_seq = line.seq;
+        d.head = line.hash.to_string();
+    }
+    if kind == "command_decided" {
+        d.commands += 1;
+    }
+    if let Some(AuditEvent::SessionEnd { reason }) = event {
+        d.ended_at_ms = Some(line.at_ms as i64);
+        d.end_reason = Some(reason);
+    }
+    Ok(())
 }
 
 fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
@@ -183,27 +626,12 @@ fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, Stor
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Job {
-            session_id: session_id.to_string(),
-            event,
-            at_ms: now_ms(),
-            done: Some(done),
-        })?;
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.append_now(session_id, &event, true)
     }
 
     fn append_background(&self, session_id: &str, event: AuditEvent) {
-        if self
-            .send(Job {
-                session_id: session_id.to_string(),
-                event,
-                at_ms: now_ms(),
-                done: None,
-            })
-            .is_err()
-        {
-            tracing::error!(message = "Audit store is closed; a background record was lost.", session = %session_id);
+        if let Err(e) = self.append_now(session_id, &event, false) {
+            tracing::error!(message = "An audit record could not be stored.", session = %session_id, error = %e);
         }
     }
 
@@ -296,175 +724,6 @@ impl Store for SqliteStore {
             Ok(report)
         })
         .await
-    }
-}
-
-/// The single writer: assigns each event its place in its session's chain.
-struct Writer {
-    conn: Connection,
-    heads: HashMap<String, (u64, String)>,
-}
-
-impl Writer {
-    fn new(conn: Connection) -> Self {
-        Writer {
-            conn,
-            heads: HashMap::new(),
-        }
-    }
-
-    fn run(mut self, rx: mpsc::Receiver<Job>) {
-        while let Ok(first) = rx.recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
-            }
-            if let Err(e) = self.write(&batch) {
-                // The cache may hold heads of the rolled-back batch.
-                self.heads.clear();
-                if batch.len() == 1 {
-                    self.reply(batch, Err(e));
-                    continue;
-                }
-                // One bad event must not sink its neighbours: retry one by one.
-                for job in batch {
-                    let result = self.write(std::slice::from_ref(&job));
-                    if result.is_err() {
-                        self.heads.clear();
-                    }
-                    self.reply(vec![job], result);
-                }
-                continue;
-            }
-            self.reply(batch, Ok(()));
-        }
-    }
-
-    fn reply(&self, batch: Vec<Job>, result: Result<(), String>) {
-        if let Err(e) = &result {
-            tracing::error!(message = "Audit store write failed; the commands it covers are refused.", error = %e);
-        }
-        for job in batch {
-            match job.done {
-                Some(done) => {
-                    let _ = done.send(result.clone().map_err(unavailable));
-                }
-                None if result.is_err() => {
-                    tracing::error!(message = "A background audit record could not be stored.", session = %job.session_id);
-                }
-                None => {}
-            }
-        }
-    }
-
-    fn write(&mut self, batch: &[Job]) -> Result<(), String> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|e| e.to_string())?;
-        for job in batch {
-            let head = match self.heads.get(&job.session_id) {
-                Some(h) => h.clone(),
-                None => tx
-                    .query_row(
-                        "SELECT last_seq, head_hash FROM sessions WHERE id = ?1",
-                        [&job.session_id],
-                        |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
-                    )
-                    .optional()
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or((0, GENESIS_HASH.to_string())),
-            };
-            let seq = head.0 + 1;
-            let body = serde_json::to_string(&job.event).map_err(|e| e.to_string())?;
-            let hash = chain_hash(&head.1, &job.session_id, seq, job.at_ms, &body);
-            let kind = match &job.event {
-                AuditEvent::SessionStart { .. } => "session_start",
-                AuditEvent::CommandDecided { .. } => "command_decided",
-                AuditEvent::CommandFinished { .. } => "command_finished",
-                AuditEvent::SessionEnd { .. } => "session_end",
-            };
-            tx.prepare_cached(
-                "INSERT INTO events (session_id, seq, at_ms, kind, body, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    job.session_id,
-                    seq as i64,
-                    job.at_ms as i64,
-                    kind,
-                    body,
-                    head.1,
-                    hash
-                ])
-            })
-            .map_err(|e| e.to_string())?;
-            match &job.event {
-                AuditEvent::SessionStart {
-                    identity,
-                    connection,
-                    protocol,
-                    client_addr,
-                } => {
-                    tx.prepare_cached(
-                        "INSERT INTO sessions (id, subject, groups_json, connection, protocol,
-                            client_addr, started_at_ms, last_seq, head_hash)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            job.session_id,
-                            identity.subject,
-                            serde_json::to_string(&identity.groups).unwrap_or_default(),
-                            connection,
-                            protocol.to_string(),
-                            client_addr,
-                            job.at_ms as i64,
-                            seq as i64,
-                            hash
-                        ])
-                    })
-                    .map_err(|e| e.to_string())?;
-                }
-                other => {
-                    let (commands, ended, reason) = match other {
-                        AuditEvent::CommandDecided { .. } => (1, None, None),
-                        AuditEvent::SessionEnd { reason } => {
-                            (0, Some(job.at_ms as i64), Some(reason.as_str()))
-                        }
-                        _ => (0, None, None),
-                    };
-                    let changed = tx
-                        .prepare_cached(
-                            "UPDATE sessions SET last_seq = ?2, head_hash = ?3,
-                                commands = commands + ?4,
-                                ended_at_ms = COALESCE(?5, ended_at_ms),
-                                end_reason = COALESCE(?6, end_reason)
-                             WHERE id = ?1",
-                        )
-                        .and_then(|mut s| {
-                            s.execute(params![
-                                job.session_id,
-                                seq as i64,
-                                hash,
-                                commands,
-                                ended,
-                                reason
-                            ])
-                        })
-                        .map_err(|e| e.to_string())?;
-                    if changed != 1 {
-                        return Err(format!("event for unknown session {}", job.session_id));
-                    }
-                }
-            }
-            self.heads.insert(job.session_id.clone(), (seq, hash));
-        }
-        tx.commit().map_err(|e| e.to_string())
     }
 }
 

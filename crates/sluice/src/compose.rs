@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use sluice_core::audit::Store;
 use sluice_core::{Config, GatewayBuilder};
-use sluice_store::SqliteStore;
+use sluice_store::{Mode, SqliteStore};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -24,7 +24,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
+fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
     let dir = match config
         .gateway
         .store
@@ -34,10 +34,9 @@ fn open_store(config: &Config) -> Result<Arc<SqliteStore>> {
         Some(path) => PathBuf::from(path),
         None => config.gateway.state_dir.clone(),
     };
-    Ok(Arc::new(
-        SqliteStore::open(&dir, config.gateway.audit_sync)
-            .with_context(|| format!("opening the store in {}", dir.display()))?,
-    ))
+    Ok(Arc::new(SqliteStore::open(&dir, mode).with_context(
+        || format!("opening the store in {}", dir.display()),
+    )?))
 }
 
 /// Everything `config check` can verify without starting listeners.
@@ -55,7 +54,7 @@ pub fn check(config: &Config) -> Result<()> {
 
 pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<()>>) -> Result<()> {
     check(&config)?;
-    let store = open_store(&config)?;
+    let store = open_store(&config, Mode::Writer(config.gateway.audit_sync))?;
     let closed = store.close_orphaned_sessions("gateway restarted").await?;
     if closed > 0 {
         tracing::warn!(
@@ -121,7 +120,7 @@ fn time(ms: u64) -> String {
 }
 
 pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
-    let sessions = open_store(&config)?.sessions().await?;
+    let sessions = open_store(&config, Mode::Reader)?.sessions().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
         return Ok(());
@@ -145,13 +144,15 @@ pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
 }
 
 pub async fn replay(config: Config, session_id: &str) -> Result<()> {
-    let records = open_store(&config)?.session_records(session_id).await?;
+    let records = open_store(&config, Mode::Reader)?
+        .session_records(session_id)
+        .await?;
     print!("{}", sluice_core::replay::transcript(&records));
     Ok(())
 }
 
 pub async fn verify(config: Config) -> Result<bool> {
-    let report = open_store(&config)?.verify().await?;
+    let report = open_store(&config, Mode::Reader)?.verify().await?;
     match report.first_break {
         None => {
             println!(

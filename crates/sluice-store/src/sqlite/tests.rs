@@ -66,7 +66,7 @@ async fn session(store: &SqliteStore, id: &str, commands: u64) {
 #[tokio::test]
 async fn sessions_are_listed_and_chains_verify() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
     session(&store, "s1", 3).await;
     session(&store, "s2", 1).await;
     let list = store.sessions().await.unwrap();
@@ -87,8 +87,9 @@ fn tamper(dir: &Path, sql: &str) {
 #[tokio::test]
 async fn changed_record_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
     session(&store, "s1", 3).await;
+    store.sessions().await.unwrap(); // indexed
     tamper(
         dir.path(),
         "UPDATE events SET body = replace(body, 'select 2', 'select 3') WHERE session_id = 's1' AND seq = 4",
@@ -100,8 +101,9 @@ async fn changed_record_is_named() {
 #[tokio::test]
 async fn removed_last_record_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
     session(&store, "s1", 2).await;
+    store.sessions().await.unwrap(); // indexed
     tamper(
         dir.path(),
         "DELETE FROM events WHERE session_id = 's1' AND seq = 6",
@@ -114,7 +116,7 @@ async fn removed_last_record_is_named() {
 async fn orphaned_sessions_are_closed_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+        let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
         store
             .append(
                 "s1",
@@ -128,7 +130,7 @@ async fn orphaned_sessions_are_closed_after_a_crash() {
             .await
             .unwrap();
     }
-    let store = SqliteStore::open(dir.path(), AuditSync::Full).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Full)).unwrap();
     assert_eq!(
         store
             .close_orphaned_sessions("gateway restarted")
@@ -144,7 +146,7 @@ async fn orphaned_sessions_are_closed_after_a_crash() {
 #[tokio::test]
 async fn unwritable_store_fails_closed() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path(), AuditSync::Normal).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
     session(&store, "s1", 1).await;
     // An event for a session that was never started is refused, not guessed at.
     let r = store
@@ -153,4 +155,38 @@ async fn unwritable_store_fails_closed() {
     assert!(r.is_err());
     // The writer keeps serving afterwards.
     session(&store, "s2", 1).await;
+}
+
+#[tokio::test]
+async fn a_reader_sees_what_the_writer_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(reader.sessions().await.unwrap()[0].commands, 2);
+    assert!(reader
+        .append("s1", AuditEvent::SessionEnd { reason: "x".into() })
+        .await
+        .is_err());
+    // A second writer on the same state directory is refused.
+    assert!(SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).is_err());
+}
+
+#[tokio::test]
+async fn a_torn_last_line_is_dropped_on_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+        session(&store, "s1", 1).await;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join("journal.log"))
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"s1\t5\t123\tabc").unwrap();
+    drop(f);
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s2", 1).await;
+    assert!(store.verify().await.unwrap().first_break.is_none());
+    assert_eq!(store.sessions().await.unwrap().len(), 2);
 }
