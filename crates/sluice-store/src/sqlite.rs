@@ -684,7 +684,8 @@ impl Store for SqliteStore {
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        self.read(|conn| {
+        let journal = self.journal_path.clone();
+        self.read(move |conn| {
             let mut report = VerifyReport::default();
             let mut stmt = conn
                 .prepare("SELECT id, last_seq, head_hash FROM sessions ORDER BY started_at_ms, id")
@@ -720,11 +721,81 @@ impl Store for SqliteStore {
                     seq: 1,
                     problem: "records of a session the store has no entry for (session removed?)".into(),
                 });
+                return Ok(report);
             }
+            report.first_break = verify_journal(conn, &journal)?;
             Ok(report)
         })
         .await
     }
+}
+
+/// The journal is the second copy of every record: each line must hash
+/// correctly, follow its session's previous line, and match the index.
+fn verify_journal(
+    conn: &Connection,
+    journal: &Path,
+) -> Result<Option<sluice_core::audit::ChainBreak>, StoreError> {
+    use sluice_core::audit::ChainBreak;
+    let data = match std::fs::read(journal) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let mut heads: HashMap<&str, (u64, &str)> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT hash FROM events WHERE session_id = ?1 AND seq = ?2")
+        .map_err(unavailable)?;
+    let mut offset = 0usize;
+    for raw in data.split(|&b| b == b'\n') {
+        let at = offset;
+        offset += raw.len() + 1;
+        if raw.is_empty() {
+            continue;
+        }
+        let Some(line) = parse_line(raw) else {
+            return Ok(Some(ChainBreak {
+                session_id: "(journal)".into(),
+                seq: 0,
+                problem: format!("journal line at byte {at} is not a valid record"),
+            }));
+        };
+        let broken = |problem: String| {
+            Some(ChainBreak {
+                session_id: line.session_id.to_string(),
+                seq: line.seq,
+                problem: format!("journal (byte {at}): {problem}"),
+            })
+        };
+        if chain_hash(
+            line.prev_hash,
+            line.session_id,
+            line.seq,
+            line.at_ms,
+            line.body,
+        ) != line.hash
+        {
+            return Ok(broken("content changed (hash mismatch)".into()));
+        }
+        let (last_seq, last_hash) = heads
+            .get(line.session_id)
+            .copied()
+            .unwrap_or((0, GENESIS_HASH));
+        if line.seq != last_seq + 1 || line.prev_hash != last_hash {
+            return Ok(broken(
+                "does not follow the session's previous record".into(),
+            ));
+        }
+        heads.insert(line.session_id, (line.seq, line.hash));
+        let indexed: Option<String> = stmt
+            .query_row(params![line.session_id, line.seq as i64], |r| r.get(0))
+            .optional()
+            .map_err(unavailable)?;
+        if indexed.as_deref() != Some(line.hash) {
+            return Ok(broken("differs from the stored record".into()));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

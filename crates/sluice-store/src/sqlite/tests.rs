@@ -190,3 +190,17 @@ async fn a_torn_last_line_is_dropped_on_restart() {
     assert!(store.verify().await.unwrap().first_break.is_none());
     assert_eq!(store.sessions().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_changed_journal_line_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 3).await;
+    store.sessions().await.unwrap();
+    let path = dir.path().join("journal.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replacen("select 2", "select 7", 1)).unwrap();
+    let b = store.verify().await.unwrap().first_break.unwrap();
+    assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
+    assert!(b.problem.contains("journal"), "{b}");
+}
