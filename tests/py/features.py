@@ -250,6 +250,19 @@ def identifiers(conn):
     conn.commit()
 
 
+def connection_negotiation(url):
+    """Direct TLS (sslnegotiation=direct, libpq 17+) and plaintext on loopback."""
+    sep = "&" if "?" in url else "?"
+    if psycopg.pq.version() >= 170000:
+        with psycopg.connect(url + sep + "sslmode=require&sslnegotiation=direct") as c:
+            check(c.pgconn.ssl_in_use, "direct TLS in use")
+            check(c.execute("select 'direct'").fetchone()[0] == "direct", "direct TLS query")
+        print("  direct TLS: ok")
+    plain = url + sep + "sslmode=disable"
+    with psycopg.connect(plain) as c:
+        check(not c.pgconn.ssl_in_use, "plaintext on loopback")
+
+
 def main(url):
     with psycopg.connect(url) as conn:
         check(conn.info.parameter_status("server_version"), "server_version reported")
@@ -268,6 +281,8 @@ def main(url):
         ):
             step(conn)
             print(f"{step.__name__}: ok")
+    connection_negotiation(url)
+    print("connection_negotiation: ok")
     print("OK")
 
 
