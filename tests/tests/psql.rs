@@ -237,6 +237,36 @@ fn copy_in_and_out() {
     );
 }
 
+/// psql's large-object commands use libpq's fast-path function calls (FunctionCall 'F').
+#[test]
+fn large_objects_through_fast_path_function_calls() {
+    let env = Env::start();
+    let url = env.agent_url();
+    let input = env.dir.path().join("blob.bin");
+    let blob: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    fs::write(&input, &blob).unwrap();
+    let output = env.dir.path().join("blob.out");
+    let script = format!(
+        "\\lo_import '{}'\n\
+         \\set oid :LASTOID\n\
+         \\lo_export :oid '{}'\n\
+         select 'size', length(lo_get(:oid));\n\
+         \\lo_unlink :oid\n\
+         select 'left', count(*) from pg_largeobject_metadata;\n",
+        input.display(),
+        output.display()
+    );
+    let out = env.psql_input(&url, &["-f", "-"], Some(&script));
+    let so = ok(&out);
+    assert!(so.contains("size|300000"), "{so}");
+    assert!(so.contains("left|0"), "{so}");
+    assert!(fs::read(&output).unwrap() == blob, "exported bytes differ");
+    // The function calls were recorded.
+    let sessions = env.wait_sessions_ended(1);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    assert!(replay.contains("function call"), "{replay}");
+}
+
 #[test]
 fn large_result() {
     let env = Env::start();
