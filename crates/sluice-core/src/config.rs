@@ -217,6 +217,8 @@ pub struct TelemetryConfig {
     pub otlp_protocol: Option<String>,
     /// `service.name` resource attribute (default `sluice`).
     pub service_name: Option<String>,
+    /// Fraction of sessions traced, 0.0–1.0 (default 1.0).
+    pub sampling_ratio: Option<f64>,
 }
 
 /// A duration written the human way: `10m`, `1h 30m`, `45s`.

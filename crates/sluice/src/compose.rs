@@ -9,15 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -52,7 +43,7 @@ pub fn check(config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<()>>) -> Result<()> {
+pub async fn serve(config: Config) -> Result<()> {
     check(&config)?;
     let store = open_store(&config, Mode::Writer(config.gateway.audit_sync))?;
     let closed = store.close_orphaned_sessions("gateway restarted").await?;
@@ -84,9 +75,6 @@ pub async fn serve(config: Config, ready: Option<tokio::sync::oneshot::Sender<()
     }
     if tasks.is_empty() {
         anyhow::bail!("no listener configured: set listen.postgres");
-    }
-    if let Some(ready) = ready {
-        let _ = ready.send(());
     }
     tokio::select! {
         r = tasks.join_next() => match r {
@@ -210,7 +198,7 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
         "\nState (store, keys, certificates) is in {}. Press Ctrl-C to stop.\n",
         state_dir.display()
     );
-    let result = runtime()?.block_on(serve(config, None));
+    let result = runtime()?.block_on(serve(config));
     drop(pg);
     result
 }

@@ -2,6 +2,7 @@
 //! crates; the logic lives in them.
 
 mod compose;
+mod telemetry;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -109,8 +110,11 @@ enum AuditCmd {
 }
 
 fn main() {
-    compose::init_tracing();
-    if let Err(e) = run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Cmd::Serve(_)) {
+        telemetry::init_logs();
+    }
+    if let Err(e) = run(cli) {
         eprintln!("sluice: {e:#}");
         std::process::exit(1);
     }
@@ -118,7 +122,13 @@ fn main() {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Cmd::Serve(c) => compose::runtime()?.block_on(compose::serve(c.load()?, None)),
+        Cmd::Serve(c) => {
+            let config = c.load()?;
+            let runtime = compose::runtime()?;
+            // The batch exporter needs the runtime's context to start.
+            let _guard = runtime.block_on(async { telemetry::init(&config.telemetry) })?;
+            runtime.block_on(compose::serve(config))
+        }
         Cmd::Demo { state_dir } => compose::demo(state_dir),
         Cmd::Config(ConfigCmd::Check(c)) => {
             let config = c.load()?;
