@@ -108,20 +108,25 @@ pub fn upstream_client_config(
     ca: Option<&Path>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
     install_crypto_provider();
-    let roots = || -> Result<Arc<RootCertStore>, TlsError> {
-        let mut roots = RootCertStore::empty();
-        match ca {
-            Some(path) => {
-                for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_err(path, e))? {
-                    roots
-                        .add(cert.map_err(|e| tls_err(path, e))?)
-                        .map_err(|e| tls_err(path, e))?;
-                }
+    // The CA file's certificates: trust anchors, and also accepted as the
+    // server's own certificate (a self-signed server certificate used as its
+    // own root, which libpq accepts and webpki alone does not).
+    let mut pinned = Vec::new();
+    let mut roots = RootCertStore::empty();
+    match ca {
+        Some(path) => {
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| tls_err(path, e))? {
+                let cert = cert.map_err(|e| tls_err(path, e))?;
+                // A self-signed leaf may not be a valid anchor; it is still pinned.
+                let _ = roots.add(cert.clone());
+                pinned.push(cert);
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            if pinned.is_empty() {
+                return Err(tls_err(path, "no certificate found"));
+            }
         }
-        Ok(Arc::new(roots))
-    };
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
     let config = match mode {
         UpstreamTls::Disable => return Ok(None),
         // libpq semantics: encrypted, but the certificate is not checked.
@@ -129,18 +134,19 @@ pub fn upstream_client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification::new()))
             .with_no_client_auth(),
-        UpstreamTls::VerifyCa => {
-            let inner = rustls::client::WebPkiServerVerifier::builder(roots()?)
+        UpstreamTls::VerifyCa | UpstreamTls::VerifyFull => {
+            let inner = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
                 .build()
-                .map_err(|e| tls_err(Path::new("upstream_ca"), e))?;
+                .map_err(|e| tls_err(ca.unwrap_or(Path::new("system roots")), e))?;
             ClientConfig::builder()
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+                .with_custom_certificate_verifier(Arc::new(UpstreamVerifier {
+                    inner,
+                    pinned,
+                    check_name: mode == UpstreamTls::VerifyFull,
+                }))
                 .with_no_client_auth()
         }
-        UpstreamTls::VerifyFull => ClientConfig::builder()
-            .with_root_certificates(roots()?)
-            .with_no_client_auth(),
     };
     Ok(Some(Arc::new(config)))
 }
@@ -197,13 +203,16 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// `verify-ca`: the chain must lead to a trusted CA; the host name is not checked.
+/// `verify-ca` / `verify-full`: the chain must lead to a configured CA (or be
+/// a pinned certificate from the CA file); `verify-full` also checks the name.
 #[derive(Debug)]
-struct ChainOnly {
+struct UpstreamVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
+    pinned: Vec<CertificateDer<'static>>,
+    check_name: bool,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for UpstreamVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -212,15 +221,40 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let name_error = |e: &rustls::Error| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                        | rustls::CertificateError::NotValidForNameContext { .. }
+                )
+            )
+        };
         match self
             .inner
             .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
         {
-            Err(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName))
-            | Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
+            Ok(v) => Ok(v),
+            Err(e) if !self.check_name && name_error(&e) => Ok(ServerCertVerified::assertion()),
+            Err(_)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
+                if !self.check_name {
+                    return Ok(ServerCertVerified::assertion());
+                }
+                let cert = webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+                    rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+                })?;
+                cert.verify_is_valid_for_subject_name(server_name)
+                    .map(|_| ServerCertVerified::assertion())
+                    .map_err(|_| {
+                        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+                    })
+            }
+            Err(e) => Err(e),
         }
     }
     fn verify_tls12_signature(

@@ -21,10 +21,18 @@ const SSL_REQUEST: i32 = 80877103;
 const GSSENC_REQUEST: i32 = 80877104;
 const CANCEL_REQUEST: i32 = 80877102;
 const PROTOCOL_3: i32 = 196608;
+/// Connect, TLS, startup and authentication with the upstream, all together.
+const UPSTREAM_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// What an accepted TCP connection turned out to be.
 pub enum Accepted {
-    Cancel { pid: i32, secret: i32 },
+    Cancel {
+        pid: i32,
+        secret: i32,
+        /// Closed cleanly (TLS close_notify) once the cancel is handled;
+        /// libpq treats an abrupt TLS close as a failed cancel.
+        stream: BoxedStream,
+    },
     Session(PgSession),
 }
 
@@ -93,7 +101,11 @@ pub async fn accept(
             CANCEL_REQUEST if packet.len() == 16 => {
                 let pid = i32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
                 let secret = i32::from_be_bytes([packet[12], packet[13], packet[14], packet[15]]);
-                return Ok(Accepted::Cancel { pid, secret });
+                return Ok(Accepted::Cancel {
+                    pid,
+                    secret,
+                    stream,
+                });
             }
             c if c >> 16 == 3 => {
                 let mut packet = packet;
@@ -129,7 +141,8 @@ pub async fn accept(
                     out.extend_from_slice(b"v");
                     let body_len = 8 + unsupported.iter().map(|s| s.len() + 1).sum::<usize>();
                     out.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
-                    out.extend_from_slice(&0i32.to_be_bytes());
+                    // The newest version we support, in full (3.0), as PostgreSQL sends it.
+                    out.extend_from_slice(&PROTOCOL_3.to_be_bytes());
                     out.extend_from_slice(&(unsupported.len() as i32).to_be_bytes());
                     for s in unsupported {
                         out.extend_from_slice(s.as_bytes());
@@ -267,9 +280,17 @@ impl Session for PgSession {
         let conn = handle.connection().clone();
         let target = UpstreamTarget::for_connection(&conn);
         let upstream = match target {
-            Ok(t) => upstream::connect(&conn, &t, &self.params)
-                .await
-                .map(|u| (u, t)),
+            // One deadline for the whole upstream handshake: an upstream that
+            // trickles bytes must not hold the client indefinitely.
+            Ok(t) => match tokio::time::timeout(
+                UPSTREAM_HANDSHAKE_TIMEOUT,
+                upstream::connect(&conn, &t, &self.params),
+            )
+            .await
+            {
+                Ok(r) => r.map(|u| (u, t)),
+                Err(_) => Err(PgError::Upstream("the upstream handshake timed out".into())),
+            },
             Err(e) => Err(e),
         };
         let (upstream, target) = match upstream {

@@ -196,18 +196,26 @@ async fn handle_client(
         .map_err(|_| "startup timed out".to_string())?
         .map_err(|e| e.to_string())?;
     match accepted {
-        client::Accepted::Cancel { pid, secret } => match shared.cancels.lookup((pid, secret)) {
-            Some(t) => {
-                tracing::info!(message = "Forwarding a cancel request.", client = %peer);
-                upstream::cancel(&t.upstream, t.pid, &t.secret)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            None => {
-                tracing::warn!(message = "Cancel request with an unknown key.", client = %peer);
-                Ok(())
-            }
-        },
+        client::Accepted::Cancel {
+            pid,
+            secret,
+            mut stream,
+        } => {
+            let result = match shared.cancels.lookup((pid, secret)) {
+                Some(t) => {
+                    tracing::info!(message = "Forwarding a cancel request.", client = %peer);
+                    upstream::cancel(&t.upstream, t.pid, &t.secret)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                None => {
+                    tracing::warn!(message = "Cancel request with an unknown key.", client = %peer);
+                    Ok(())
+                }
+            };
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+            result
+        }
         client::Accepted::Session(session) => gateway
             .serve(session, Protocol::Postgres, &peer.to_string())
             .await

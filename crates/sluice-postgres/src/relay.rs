@@ -23,6 +23,8 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+/// How long the response half gets to deliver a fatal error before the session is cut.
+const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Rows of each result kept for replay.
 const SAMPLE_ROWS: usize = 20;
 /// Characters of each sampled value kept for replay.
@@ -110,6 +112,7 @@ impl Relay {
             statements: HashMap::new(),
             portals: HashMap::new(),
             discarding: false,
+            fatal_queued: false,
         };
         let mut responses = Responses {
             info: handle.info().clone(),
@@ -126,8 +129,16 @@ impl Relay {
             current: None,
             out: BytesMut::with_capacity(16 * 1024),
         };
+        let requests_done = async {
+            let r = requests.run().await;
+            if requests.fatal_queued {
+                // Let the response half deliver the error in order; it ends the session.
+                tokio::time::sleep(FATAL_GRACE).await;
+            }
+            r
+        };
         let result = tokio::select! {
-            r = requests.run() => r,
+            r = requests_done => r,
             r = responses.run(&handle) => r,
         };
         match &result {
@@ -149,6 +160,8 @@ struct Requests<'a> {
     portals: HashMap<String, String>,
     /// After a refused extended-protocol command, the server would skip to Sync.
     discarding: bool,
+    /// A fatal error for the client is queued; the response half sends it.
+    fatal_queued: bool,
 }
 
 impl Requests<'_> {
@@ -167,9 +180,22 @@ impl Requests<'_> {
                         return Err(SessionError::Client(e.to_string()));
                     }
                 };
-                if let Some(reason) = self.handle_message(msg, &mut out).await? {
-                    self.upstream.write_all(&out).await.map_err(upstream_err)?;
-                    return Ok(reason);
+                match self.handle_message(msg, &mut out).await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
+                        self.upstream.write_all(&out).await.map_err(upstream_err)?;
+                        return Ok(reason);
+                    }
+                    Err(SessionError::Client(m)) => {
+                        if !self.fatal_queued {
+                            self.fatal(
+                                wire::SQLSTATE_PROTOCOL,
+                                format!("sluice: protocol violation: {m}"),
+                            );
+                        }
+                        return Err(SessionError::Client(m));
+                    }
+                    Err(e) => return Err(e),
                 }
             }
             if !out.is_empty() {
@@ -188,7 +214,8 @@ impl Requests<'_> {
         let _ = self.expect.send(e);
     }
 
-    fn fatal(&self, code: &'static str, message: String) {
+    fn fatal(&mut self, code: &'static str, message: String) {
+        self.fatal_queued = true;
         self.push(Expect::Fatal { code, message });
     }
 

@@ -30,7 +30,11 @@ fn filter() -> tracing_subscriber::EnvFilter {
 /// Logs only (CLI commands).
 pub fn init_logs() {
     let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter()),
+        )
         .try_init();
 }
 
@@ -79,7 +83,12 @@ where
         )))
         .with_resource(
             opentelemetry_sdk::Resource::builder()
-                .with_service_name(config.service_name.clone().unwrap_or_else(|| "sluice".into()))
+                .with_service_name(
+                    config
+                        .service_name
+                        .clone()
+                        .unwrap_or_else(|| "sluice".into()),
+                )
                 .build(),
         )
         .build();
@@ -88,7 +97,10 @@ where
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(tracing_subscriber::filter::LevelFilter::INFO);
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Ok(TelemetryGuard {
         provider: Some(provider),
     })
@@ -96,5 +108,7 @@ where
 
 #[cfg(not(feature = "otlp"))]
 fn otlp<L>(_: &TelemetryConfig, _: &str, _: L) -> Result<TelemetryGuard> {
-    anyhow::bail!("telemetry.otlp_endpoint is set but this build has no OTLP exporter (feature `otlp`)")
+    anyhow::bail!(
+        "telemetry.otlp_endpoint is set but this build has no OTLP exporter (feature `otlp`)"
+    )
 }
