@@ -8,6 +8,7 @@ pub mod audit;
 pub mod config;
 pub mod fsutil;
 pub mod gateway;
+pub mod glob;
 pub mod masking;
 pub mod model;
 pub mod pipeline;

@@ -86,6 +86,10 @@ pub struct Command {
     pub kind: CommandKind,
     /// The command as text (SQL, a shell line, `METHOD /path`), as the client sent it.
     pub text: String,
+    /// Definitions the command refers to, as the protocol tracked them on the
+    /// session (e.g. the SQL a `PREPARE` gave the name that `EXECUTE name` runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
 }
 
 /// What the pipeline decided for a command.

@@ -236,6 +236,7 @@ impl Requests<'_> {
                 let command = Command {
                     kind: CommandKind::SqlSimple,
                     text: sql,
+                    context: vec![],
                 };
                 match self.decide(command).await {
                     Decided::Forward(command_id) => {
@@ -304,6 +305,7 @@ impl Requests<'_> {
                     // An Execute of a portal we never saw bound is still
                     // judged (as unknown text); the upstream will reject it.
                     text: sql.unwrap_or_default(),
+                    context: vec![],
                 };
                 match self.decide(command).await {
                     Decided::Forward(command_id) => {
@@ -330,6 +332,7 @@ impl Requests<'_> {
                 let command = Command {
                     kind: CommandKind::FunctionCall { function_oid: oid },
                     text: format!("<fast-path function call, oid {oid}>"),
+                    context: vec![],
                 };
                 match self.decide(command).await {
                     Decided::Forward(command_id) => {

@@ -150,6 +150,7 @@ mod tests {
                 command: Arc::new(Command {
                     kind: CommandKind::SqlSimple,
                     text: "select 1".into(),
+                    context: vec![],
                 }),
             };
             decisions.push(pipeline.clone().oneshot(req).await.unwrap());

@@ -21,17 +21,41 @@ pub trait PolicyEngine: Send + Sync + 'static {
     fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError>;
 }
 
-/// A compiled matcher for one match key of one rule.
+/// A compiled matcher for one rule's match keys.
 pub trait CommandMatcher: Send + Sync {
     /// Whether the command matches. An `Err` (e.g. unparseable input) denies.
-    fn matches(&self, command: &Command) -> Result<bool, String>;
+    /// `scratch` lives for one command's evaluation across all rules, so work
+    /// such as parsing is done once per command, not once per rule.
+    fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String>;
 }
 
-/// A match key a protocol contributes (`sql`, `command`, `http`, …).
+/// Per-command memo shared by every matcher during one evaluation, keyed by type.
+#[derive(Default)]
+pub struct Scratch(HashMap<std::any::TypeId, Box<dyn std::any::Any + Send>>);
+
+impl Scratch {
+    /// Returns the value of type `T`, computing it on first use.
+    pub fn get_or_insert_with<T: Send + 'static>(&mut self, f: impl FnOnce() -> T) -> &mut T {
+        let slot = self
+            .0
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Box::new(f()));
+        match slot.downcast_mut::<T>() {
+            Some(v) => v,
+            // The map is keyed by T's TypeId, so the value is a T.
+            None => unreachable!("scratch slot holds another type"),
+        }
+    }
+}
+
+/// Match keys a protocol contributes (`sql`, `tables`, `command`, `http`, …).
+/// The keys one implementation claims are compiled together, so it can
+/// combine them per statement (e.g. "a write *to this table*").
 pub trait MatchKey: Send + Sync {
-    fn key(&self) -> &'static str;
-    /// Compiles the key's value from a rule; the error is shown by `config check`.
-    fn compile(&self, value: &toml::Value) -> Result<Box<dyn CommandMatcher>, String>;
+    fn keys(&self) -> &'static [&'static str];
+    /// Compiles a rule's values for this implementation's keys (only those the
+    /// rule sets); the error is shown by `config check` under the first key.
+    fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String>;
 }
 
 struct CompiledRule {
@@ -80,24 +104,38 @@ fn compile_rule(
         ));
     }
     let mut matchers = Vec::new();
+    let mut grouped: Vec<(usize, toml::Table)> = Vec::new();
     for (name, value) in &r.match_ {
-        let key = keys.iter().find(|k| k.key() == name).ok_or_else(|| {
-            let known: Vec<_> = keys.iter().map(|k| k.key()).collect();
-            (
-                format!("rules.{i}.match.{name}"),
-                format!(
-                    "unknown match key {name:?} (this build knows: {})",
-                    if known.is_empty() {
-                        "none".to_string()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            )
-        })?;
+        let owner = keys
+            .iter()
+            .position(|k| k.keys().contains(&name.as_str()))
+            .ok_or_else(|| {
+                let known: Vec<_> = keys.iter().flat_map(|k| k.keys().iter().copied()).collect();
+                (
+                    format!("rules.{i}.match.{name}"),
+                    format!(
+                        "unknown match key {name:?} (this build knows: {})",
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ),
+                )
+            })?;
+        match grouped.iter_mut().find(|(o, _)| *o == owner) {
+            Some((_, table)) => {
+                table.insert(name.clone(), value.clone());
+            }
+            None => {
+                let mut table = toml::Table::new();
+                table.insert(name.clone(), value.clone());
+                grouped.push((owner, table));
+            }
+        }
+    }
+    for (owner, table) in grouped {
+        let first = table.keys().next().cloned().unwrap_or_default();
         matchers.push(
-            key.compile(value)
-                .map_err(|e| (format!("rules.{i}.match.{name}"), e))?,
+            keys[owner]
+                .compile(&table)
+                .map_err(|e| (format!("rules.{i}.match.{first}"), e))?,
         );
     }
     Ok(CompiledRule {
@@ -115,6 +153,7 @@ impl PolicyEngine for RulesEngine {
     fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError> {
         let s = &req.session;
         let mut best: Option<Verdict> = None;
+        let mut scratch = Scratch::default();
         for rule in &self.rules {
             if let Some(c) = &rule.connections {
                 if !c.contains(&s.connection) {
@@ -134,7 +173,7 @@ impl PolicyEngine for RulesEngine {
             let mut all = true;
             for m in &rule.matchers {
                 // A matcher that cannot decide must fail closed.
-                if !m.matches(&req.command).map_err(|reason| PipelineError {
+                if !m.matches(&req.command, &mut scratch).map_err(|reason| PipelineError {
                     stage: "policy",
                     reason: format!("rule {:?}: {reason}", rule.name),
                 })? {

@@ -1,4 +1,4 @@
-use super::policy::{CommandMatcher, MatchKey, RulesEngine};
+use super::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
 use super::*;
 use crate::audit::{AuditEvent, AuditRecord, SessionSummary, StoreError, VerifyReport};
 use crate::config::Config;
@@ -41,7 +41,7 @@ impl Store for MemoryStore {
 struct Contains;
 struct ContainsMatcher(String);
 impl CommandMatcher for ContainsMatcher {
-    fn matches(&self, c: &Command) -> Result<bool, String> {
+    fn matches(&self, c: &Command, _: &mut Scratch) -> Result<bool, String> {
         if c.text.contains("UNPARSEABLE") {
             return Err("cannot parse".into());
         }
@@ -49,12 +49,12 @@ impl CommandMatcher for ContainsMatcher {
     }
 }
 impl MatchKey for Contains {
-    fn key(&self) -> &'static str {
-        "contains"
+    fn keys(&self) -> &'static [&'static str] {
+        &["contains"]
     }
-    fn compile(&self, v: &toml::Value) -> Result<Box<dyn CommandMatcher>, String> {
+    fn compile(&self, v: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
         Ok(Box::new(ContainsMatcher(
-            v.as_str().ok_or("expected a string")?.to_string(),
+            v["contains"].as_str().ok_or("expected a string")?.to_string(),
         )))
     }
 }
@@ -78,6 +78,7 @@ fn request(text: &str, groups: &[&str]) -> CommandRequest {
         command: Arc::new(Command {
             kind: CommandKind::SqlSimple,
             text: text.into(),
+            context: vec![],
         }),
     }
 }

@@ -34,6 +34,7 @@ async fn session(store: &SqliteStore, id: &str, commands: u64) {
                     command: Command {
                         kind: CommandKind::SqlSimple,
                         text: format!("select {n}"),
+                        context: vec![],
                     },
                     verdict: Verdict {
                         action: Action::Allow,
