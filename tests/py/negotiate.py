@@ -18,7 +18,7 @@ def main(url):
         print("OK")
         return
     sep = "&" if "?" in url else "?"
-    with psycopg.connect(url + sep + "max_protocol_version=latest") as c:
+    with psycopg.connect(url + sep + "max_protocol_version=latest", autocommit=True) as c:
         assert c.execute("select 'negotiated'").fetchone()[0] == "negotiated"
         assert c.pgconn.protocol_version == 3, c.pgconn.protocol_version
         t = threading.Timer(0.5, c.cancel_safe)

@@ -40,11 +40,8 @@ fn gss_encryption_request_is_declined_and_startup_continues() {
 
 /// PostgreSQL answers a startup message for 3.x (x > 0) or with unknown `_pq_.` options with
 /// NegotiateProtocolVersion carrying the *full* newest version it supports (196608 for 3.0;
-/// libpq 18 rejects anything below 3.0 as "server requested downgrade to pre-3.0 protocol
-/// version"). The gateway sends 0 there.
+/// version"). The gateway once sent 0 there.
 #[test]
-#[ignore = "gateway bug: NegotiateProtocolVersion carries 0 instead of 196608 (3.0), so \
-            libpq 18 clients with max_protocol_version=3.2/latest cannot connect"]
 fn newer_protocol_minor_version_is_negotiated_down() {
     let env = Env::start();
     let token = env.agent_token();

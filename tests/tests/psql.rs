@@ -513,10 +513,9 @@ fn tls_between_gateway_and_upstream() {
 }
 
 /// PostgreSQL's documented way to set up server TLS is a self-signed certificate that clients
-/// use as their root (`sslrootcert=server.crt`); libpq verifies it with verify-full.
+/// use as their root (`sslrootcert=server.crt`); libpq verifies it with verify-full, and so
+/// must the gateway (webpki alone rejects it as CaUsedAsEndEntity).
 #[test]
-#[ignore = "gateway bug: upstream_tls = verify-full rejects a self-signed upstream certificate \
-            used as its own CA (rustls: CaUsedAsEndEntity); libpq accepts it"]
 fn upstream_verify_full_accepts_a_self_signed_certificate_like_libpq() {
     let env = Env::builder()
         .pg_ssl()
