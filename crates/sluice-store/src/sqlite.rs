@@ -230,6 +230,30 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
+    /// Like `read`, but a journal the index cannot catch up with (e.g. it was
+    /// truncated) does not stop the query: verification must name what broke.
+    async fn read_even_if_behind<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        if let Some(w) = &self.writer {
+            w.lock()
+                .map_err(|_| unavailable("journal lock poisoned"))?
+                .flush_pending()?;
+        }
+        let db = self.db_path.clone();
+        let journal = self.journal_path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&db)?;
+            if let Err(e) = catch_up(&conn, &journal) {
+                tracing::warn!(message = "The journal could not be indexed; verifying what is there.", error = %e);
+            }
+            f(&conn)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
     fn append_now(
         &self,
         session_id: &str,
@@ -685,7 +709,7 @@ impl Store for SqliteStore {
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let journal = self.journal_path.clone();
-        self.read(move |conn| {
+        self.read_even_if_behind(move |conn| {
             let mut report = VerifyReport::default();
             let mut stmt = conn
                 .prepare("SELECT id, last_seq, head_hash FROM sessions ORDER BY started_at_ms, id")
@@ -793,6 +817,29 @@ fn verify_journal(
             .map_err(unavailable)?;
         if indexed.as_deref() != Some(line.hash) {
             return Ok(broken("differs from the stored record".into()));
+        }
+    }
+    // Every stored record must still be in the journal.
+    let mut sessions = conn
+        .prepare("SELECT id, last_seq FROM sessions ORDER BY started_at_ms, id")
+        .map_err(unavailable)?;
+    let rows = sessions
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    for (id, last_seq) in rows {
+        let in_journal = heads.get(id.as_str()).map_or(0, |h| h.0);
+        if in_journal < last_seq {
+            return Ok(Some(ChainBreak {
+                session_id: id,
+                seq: in_journal + 1,
+                problem: format!(
+                    "missing from the journal (it ends at #{in_journal}, the store has #{last_seq})"
+                ),
+            }));
         }
     }
     Ok(None)

@@ -205,3 +205,20 @@ async fn a_changed_journal_line_is_named() {
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
     assert!(b.problem.contains("journal"), "{b}");
 }
+
+#[tokio::test]
+async fn a_removed_journal_tail_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    store.sessions().await.unwrap();
+    drop(store);
+    let path = dir.path().join("journal.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.pop();
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    let b = reader.verify().await.unwrap().first_break.unwrap();
+    assert_eq!((b.session_id.as_str(), b.seq), ("s1", 6), "{b}");
+}
