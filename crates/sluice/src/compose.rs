@@ -60,8 +60,8 @@ pub async fn serve(config: Config) -> Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the postgres listener on {addr}"))?;
-        tracing::info!(message = "PostgreSQL listener ready.", addr = %listener.local_addr()?);
         let server = sluice_postgres::PostgresServer::new(gateway.clone())?;
+        tracing::info!(message = "PostgreSQL listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
     for (name, addr) in [
