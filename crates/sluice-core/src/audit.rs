@@ -32,6 +32,22 @@ pub enum AuditEvent {
         command_id: u64,
         outcome: Outcome,
     },
+    /// A review rule opened an approval request for a command.
+    ApprovalRequested {
+        approval_id: String,
+        command_id: u64,
+        rule: String,
+        approvers: Vec<String>,
+        mode: crate::approval::ReviewMode,
+        expires_at_ms: u64,
+    },
+    /// An approver (or the clock) decided a request.
+    ApprovalDecided {
+        approval_id: String,
+        state: crate::approval::ApprovalState,
+        by: String,
+        reason: Option<String>,
+    },
     SessionEnd {
         reason: String,
     },

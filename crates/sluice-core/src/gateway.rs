@@ -1,6 +1,7 @@
 //! The composed gateway: config, store, token authority, pipeline and masker.
 //! Protocol listeners hand each accepted client to [`Gateway::serve`].
 
+use crate::approval::{ApprovalNotifier, ApprovalService, ReviewSettings};
 use crate::audit::{AuditEvent, Store};
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
@@ -35,6 +36,7 @@ pub struct Gateway {
     tokens: TokenAuthority,
     pipeline: AuditService,
     masker: Arc<dyn ResponseMasker>,
+    approvals: Arc<ApprovalService>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -52,6 +54,7 @@ pub struct GatewayBuilder {
     pipeline: PipelineBuilder,
     engine: Option<Arc<dyn PolicyEngine>>,
     masker: Arc<dyn ResponseMasker>,
+    notifiers: Vec<Arc<dyn ApprovalNotifier>>,
 }
 
 impl GatewayBuilder {
@@ -63,7 +66,14 @@ impl GatewayBuilder {
             pipeline: PipelineBuilder::new(),
             engine: None,
             masker: Arc::new(NoMasking),
+            notifiers: Vec::new(),
         }
+    }
+
+    /// Tells `notifier` about approval requests and decisions.
+    pub fn approval_notifier(mut self, notifier: Arc<dyn ApprovalNotifier>) -> Self {
+        self.notifiers.push(notifier);
+        self
     }
 
     /// Registers a match key for `[[rules]] match` tables.
@@ -101,6 +111,8 @@ impl GatewayBuilder {
     /// Checks the rules against the registered match keys without building.
     pub fn check_rules(config: &Config, keys: &[Arc<dyn MatchKey>]) -> Result<(), GatewayError> {
         RulesEngine::compile(config, keys)
+            .map_err(|(key, message)| GatewayError::Config { key, message })?;
+        ReviewSettings::from_config(config)
             .map(|_| ())
             .map_err(|(key, message)| GatewayError::Config { key, message })
     }
@@ -117,12 +129,22 @@ impl GatewayBuilder {
             &self.config.gateway.state_dir,
             self.config.auth.token_max_ttl.0,
         )?;
+        let settings = ReviewSettings::from_config(&self.config)
+            .map_err(|(key, message)| GatewayError::Config { key, message })?;
+        let approvals = Arc::new(ApprovalService::new(
+            self.store.clone(),
+            settings,
+            self.notifiers,
+        ));
         Ok(Gateway {
-            pipeline: self.pipeline.build(engine, self.store.clone()),
+            pipeline: self
+                .pipeline
+                .build(engine, self.store.clone(), Some(approvals.clone())),
             config: Arc::new(self.config),
             store: self.store,
             tokens,
             masker: self.masker,
+            approvals,
         })
     }
 }
@@ -138,6 +160,11 @@ impl Gateway {
 
     pub fn tokens(&self) -> &TokenAuthority {
         &self.tokens
+    }
+
+    /// The approval queue (the operator API lists and decides through it).
+    pub fn approvals(&self) -> &Arc<ApprovalService> {
+        &self.approvals
     }
 
     /// Verifies the presented token. The error is safe to show the client.

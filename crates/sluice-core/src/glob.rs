@@ -63,7 +63,11 @@ mod tests {
             ("*x*y", "axbyc", false),
             ("rm -rf *", "rm -rf /", true),
         ] {
-            assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} ~ {text}");
+            assert_eq!(
+                Glob::new(pattern).matches(text),
+                expected,
+                "{pattern} ~ {text}"
+            );
         }
     }
 }

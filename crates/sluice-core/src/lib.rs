@@ -4,6 +4,7 @@
 //!
 //! Core knows no wire format; protocol crates make no security decision.
 
+pub mod approval;
 pub mod audit;
 pub mod config;
 pub mod fsutil;
@@ -16,6 +17,9 @@ pub mod replay;
 pub mod session;
 pub mod tls;
 pub mod token;
+
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use audit::{AuditEvent, AuditRecord, Store, StoreError};
 pub use config::Config;

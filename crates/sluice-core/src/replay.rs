@@ -92,6 +92,33 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     }
                 }
             }
+            AuditEvent::ApprovalRequested {
+                approval_id,
+                command_id,
+                rule,
+                approvers,
+                mode,
+                expires_at_ms,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  [{command_id}] approval {approval_id} requested by rule {rule} ({mode:?} mode; approvers: {}; expires {})",
+                    approvers.join(", "),
+                    time(expires_at_ms)
+                );
+            }
+            AuditEvent::ApprovalDecided {
+                approval_id,
+                state,
+                by,
+                reason,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  approval {approval_id} {state} by {by}{}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                );
+            }
             AuditEvent::SessionEnd { reason } => {
                 let _ = writeln!(out, "{at}  session ended: {reason}");
             }

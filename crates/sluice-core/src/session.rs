@@ -83,6 +83,8 @@ pub struct SessionHandle {
     masker: Arc<dyn ResponseMasker>,
     next_command: AtomicU64,
     end_reason: Mutex<Option<String>>,
+    notices: tokio::sync::mpsc::UnboundedSender<String>,
+    notices_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -101,6 +103,7 @@ impl SessionHandle {
         store: Arc<dyn Store>,
         masker: Arc<dyn ResponseMasker>,
     ) -> Self {
+        let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         SessionHandle {
             info: Arc::new(info),
             connection,
@@ -109,7 +112,16 @@ impl SessionHandle {
             masker,
             next_command: AtomicU64::new(1),
             end_reason: Mutex::new(None),
+            notices,
+            notices_rx: Mutex::new(Some(notices_rx)),
         }
+    }
+
+    /// Messages the pipeline has for the client while a command is pending
+    /// (e.g. held for approval). The protocol takes this once and delivers
+    /// them as they come (PostgreSQL: NoticeResponse).
+    pub fn take_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+        self.notices_rx.lock().ok().and_then(|mut r| r.take())
     }
 
     pub fn info(&self) -> &Arc<SessionInfo> {
@@ -140,6 +152,7 @@ impl SessionHandle {
                 session: self.info.clone(),
                 command_id,
                 command: Arc::new(command),
+                notices: Some(self.notices.clone()),
             })
             .await
     }

@@ -114,7 +114,9 @@ impl Relay {
             discarding: false,
             fatal_queued: false,
         };
+        let notices = handle.take_notices();
         let mut responses = Responses {
+            notices,
             info: handle.info().clone(),
             masker: handle.masker().clone(),
             recorder: handle.recorder(),
@@ -428,6 +430,8 @@ struct Current {
 
 /// The upstream → client half.
 struct Responses {
+    /// Pipeline messages for the client while a command is pending.
+    notices: Option<mpsc::UnboundedReceiver<String>>,
     info: Arc<SessionInfo>,
     masker: Arc<dyn sluice_core::masking::ResponseMasker>,
     recorder: OutcomeRecorder,
@@ -459,6 +463,7 @@ impl Responses {
                     Some(e) => self.queue.push_back(e),
                     None => return Ok("client side closed".into()),
                 },
+                Some(n) = recv_notice(&mut self.notices) => wire::notice(&mut self.out, &n),
                 n = self.upstream.read_buf(&mut self.buf) => {
                     if n.map_err(upstream_err)? == 0 {
                         self.emit_ready_refusals()?;
@@ -825,6 +830,13 @@ impl Responses {
             self.finish();
             self.begin(command_id, started, None);
         }
+    }
+}
+
+async fn recv_notice(notices: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match notices {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! Encoding the few messages the gateway writes itself, with pgwire's codecs.
 
 use bytes::BytesMut;
-use pgwire::messages::response::{ErrorResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::startup::{Authentication, BackendKeyData, SecretKey};
 use pgwire::messages::Message;
 
@@ -70,4 +70,17 @@ pub fn ask_cleartext_password(out: &mut BytesMut) {
 
 pub fn backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
     put(&BackendKeyData::new(pid, SecretKey::I32(secret)), out);
+}
+
+/// A NoticeResponse: clients show it at once, whatever they are waiting for.
+pub fn notice(out: &mut BytesMut, message: &str) {
+    put(
+        &NoticeResponse::new(vec![
+            (b'S', "NOTICE".to_string()),
+            (b'V', "NOTICE".to_string()),
+            (b'C', "00000".to_string()),
+            (b'M', message.to_string()),
+        ]),
+        out,
+    );
 }

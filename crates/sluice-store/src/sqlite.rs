@@ -367,6 +367,8 @@ fn event_kind(event: &AuditEvent) -> &'static str {
         AuditEvent::SessionStart { .. } => "session_start",
         AuditEvent::CommandDecided { .. } => "command_decided",
         AuditEvent::CommandFinished { .. } => "command_finished",
+        AuditEvent::ApprovalRequested { .. } => "approval_requested",
+        AuditEvent::ApprovalDecided { .. } => "approval_decided",
         AuditEvent::SessionEnd { .. } => "session_end",
     }
 }
@@ -544,7 +546,8 @@ fn index_line(
     sessions: &mut HashMap<String, SessionDelta>,
 ) -> Result<(), StoreError> {
     let kind = match line.kind {
-        k @ ("session_start" | "command_decided" | "command_finished" | "session_end") => k,
+        k @ ("session_start" | "command_decided" | "command_finished" | "approval_requested"
+        | "approval_decided" | "session_end") => k,
         other => {
             return Err(unavailable(format!(
                 "journal record of {} #{} has unknown kind {other:?}",

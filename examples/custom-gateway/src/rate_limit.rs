@@ -128,7 +128,7 @@ mod tests {
         let engine = RulesEngine::compile(&Config::default(), &[]).unwrap();
         let pipeline = PipelineBuilder::new()
             .layer(RateLimitLayer::new(2, Duration::from_secs(60)))
-            .build(Arc::new(engine), store.clone());
+            .build(Arc::new(engine), store.clone(), None);
         let session = Arc::new(SessionInfo {
             id: "s".into(),
             identity: Identity {
@@ -152,6 +152,7 @@ mod tests {
                     text: "select 1".into(),
                     context: vec![],
                 }),
+                notices: None,
             };
             decisions.push(pipeline.clone().oneshot(req).await.unwrap());
         }

@@ -35,6 +35,9 @@ pub struct CommandRequest {
     pub session: Arc<SessionInfo>,
     pub command_id: u64,
     pub command: Arc<Command>,
+    /// Messages for the client while the command is pending (e.g. "held for
+    /// approval"); the protocol delivers them in its own form (a NOTICE).
+    pub notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 /// Why a stage could not decide. Any such error denies the command.
@@ -102,9 +105,14 @@ impl PipelineBuilder {
         self,
         engine: Arc<dyn policy::PolicyEngine>,
         store: Arc<dyn Store>,
+        approvals: Option<Arc<crate::approval::ApprovalService>>,
     ) -> audit::AuditService {
         let mut svc: VerdictService =
             BoxCloneSyncService::new(policy::PolicyLayer::new(engine).layer(Admit));
+        if let Some(approvals) = approvals {
+            svc =
+                BoxCloneSyncService::new(crate::approval::ApprovalLayer::new(approvals).layer(svc));
+        }
         for wrap in self.extra.into_iter().rev() {
             svc = wrap(svc);
         }

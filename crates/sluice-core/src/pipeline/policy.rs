@@ -97,12 +97,6 @@ fn compile_rule(
     r: &RuleConfig,
     keys: &[Arc<dyn MatchKey>],
 ) -> Result<CompiledRule, (String, String)> {
-    if r.action == Action::Review {
-        return Err((
-            format!("rules.{i}.action"),
-            "review (just-in-time approval) is not available in this build yet".into(),
-        ));
-    }
     let mut matchers = Vec::new();
     let mut grouped: Vec<(usize, toml::Table)> = Vec::new();
     for (name, value) in &r.match_ {
@@ -115,7 +109,11 @@ fn compile_rule(
                     format!("rules.{i}.match.{name}"),
                     format!(
                         "unknown match key {name:?} (this build knows: {})",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 )
             })?;
@@ -173,10 +171,13 @@ impl PolicyEngine for RulesEngine {
             let mut all = true;
             for m in &rule.matchers {
                 // A matcher that cannot decide must fail closed.
-                if !m.matches(&req.command, &mut scratch).map_err(|reason| PipelineError {
-                    stage: "policy",
-                    reason: format!("rule {:?}: {reason}", rule.name),
-                })? {
+                if !m
+                    .matches(&req.command, &mut scratch)
+                    .map_err(|reason| PipelineError {
+                        stage: "policy",
+                        reason: format!("rule {:?}: {reason}", rule.name),
+                    })?
+                {
                     all = false;
                     break;
                 }

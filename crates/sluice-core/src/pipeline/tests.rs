@@ -1,41 +1,11 @@
 use super::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
 use super::*;
-use crate::audit::{AuditEvent, AuditRecord, SessionSummary, StoreError, VerifyReport};
+use crate::audit::AuditEvent;
 use crate::config::Config;
 use crate::model::{Action, CommandKind, Decision};
-use async_trait::async_trait;
-use std::sync::Mutex;
+use crate::testing::MemoryStore;
 use std::time::{Duration, SystemTime};
 use tower::ServiceExt;
-
-#[derive(Default)]
-struct MemoryStore {
-    events: Mutex<Vec<(String, AuditEvent)>>,
-    fail: bool,
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
-        if self.fail {
-            return Err(StoreError::Unavailable("disk full".into()));
-        }
-        self.events.lock().unwrap().push((session_id.into(), event));
-        Ok(())
-    }
-    fn append_background(&self, session_id: &str, event: AuditEvent) {
-        self.events.lock().unwrap().push((session_id.into(), event));
-    }
-    async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
-        Ok(vec![])
-    }
-    async fn session_records(&self, _: &str) -> Result<Vec<AuditRecord>, StoreError> {
-        Ok(vec![])
-    }
-    async fn verify(&self) -> Result<VerifyReport, StoreError> {
-        Ok(VerifyReport::default())
-    }
-}
 
 /// A test match key: `contains = "word"` matches commands whose text has it.
 struct Contains;
@@ -54,7 +24,10 @@ impl MatchKey for Contains {
     }
     fn compile(&self, v: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
         Ok(Box::new(ContainsMatcher(
-            v["contains"].as_str().ok_or("expected a string")?.to_string(),
+            v["contains"]
+                .as_str()
+                .ok_or("expected a string")?
+                .to_string(),
         )))
     }
 }
@@ -80,6 +53,7 @@ fn request(text: &str, groups: &[&str]) -> CommandRequest {
             text: text.into(),
             context: vec![],
         }),
+        notices: None,
     }
 }
 
@@ -109,7 +83,7 @@ fn pipeline(store: Arc<dyn Store>) -> audit::AuditService {
     let config = Config::from_toml_str(RULES, "t").unwrap();
     let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
     let engine = RulesEngine::compile(&config, &keys).unwrap();
-    PipelineBuilder::new().build(Arc::new(engine), store)
+    PipelineBuilder::new().build(Arc::new(engine), store, None)
 }
 
 #[tokio::test]
@@ -205,7 +179,7 @@ async fn extra_layers_are_audited() {
     let engine = RulesEngine::compile(&config, &keys).unwrap();
     let svc = PipelineBuilder::new()
         .layer(tower::layer::layer_fn(NoInterns))
-        .build(Arc::new(engine), store.clone());
+        .build(Arc::new(engine), store.clone(), None);
     let d = svc.oneshot(request("select 1", &["agents"])).await.unwrap();
     assert!(
         matches!(d, Decision::Refuse { ref denial, .. } if denial.rule.as_deref() == Some("no-agents-on-fridays"))

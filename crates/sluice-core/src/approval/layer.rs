@@ -1,0 +1,191 @@
+//! The approval stage of the pipeline.
+
+use super::{fingerprint, now_ms, ApprovalRequest, ApprovalService, Grant, Outcome, ReviewMode};
+use crate::model::{Action, Verdict};
+use crate::pipeline::{CommandRequest, PipelineError, VerdictService};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service, ServiceExt};
+
+#[derive(Clone)]
+pub struct ApprovalLayer {
+    service: Arc<ApprovalService>,
+}
+
+impl ApprovalLayer {
+    pub fn new(service: Arc<ApprovalService>) -> Self {
+        ApprovalLayer { service }
+    }
+}
+
+impl Layer<VerdictService> for ApprovalLayer {
+    type Service = ApprovalStage;
+    fn layer(&self, inner: VerdictService) -> ApprovalStage {
+        ApprovalStage {
+            service: self.service.clone(),
+            inner,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ApprovalStage {
+    service: Arc<ApprovalService>,
+    inner: VerdictService,
+}
+
+impl Service<CommandRequest> for ApprovalStage {
+    type Response = Verdict;
+    type Error = PipelineError;
+    type Future = Pin<Box<dyn Future<Output = Result<Verdict, PipelineError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), PipelineError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: CommandRequest) -> Self::Future {
+        let service = self.service.clone();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let verdict = inner.oneshot(req.clone()).await?;
+            if verdict.action != Action::Review {
+                return Ok(verdict);
+            }
+            Ok(review(&service, &req, verdict).await)
+        })
+    }
+}
+
+fn deny(verdict: &Verdict, message: String) -> Verdict {
+    Verdict {
+        action: Action::Deny,
+        rule: verdict.rule.clone(),
+        message: Some(message),
+    }
+}
+
+async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdict) -> Verdict {
+    let rule = verdict.rule.clone().unwrap_or_default();
+    // A review without settings cannot be decided by anyone: fail closed.
+    let Some(settings) = service.settings(&rule).cloned() else {
+        return deny(
+            &verdict,
+            "this command needs a review that is not configured; it was not run".into(),
+        );
+    };
+    let s = &req.session;
+    let fp = fingerprint(&s.identity.subject, &s.connection, &req.command.text);
+    let what = verdict
+        .message
+        .clone()
+        .unwrap_or_else(|| "this command needs approval".into());
+    if settings.mode == ReviewMode::Retry {
+        match service.take_grant(&fp) {
+            Grant::Approved(r) => {
+                return Verdict {
+                    action: Action::Allow,
+                    rule: verdict.rule,
+                    message: Some(format!(
+                        "approved by {} (approval {})",
+                        r.decided_by.unwrap_or_default(),
+                        r.id
+                    )),
+                }
+            }
+            Grant::Pending(r) => {
+                return Verdict {
+                    action: Action::Review,
+                    rule: verdict.rule,
+                    message: Some(format!(
+                        "{what}; approval {} is still pending (approvers: {}); re-send the same command once it is approved",
+                        r.id,
+                        r.approvers.join(", ")
+                    )),
+                }
+            }
+            Grant::None => {}
+        }
+    }
+    let now = now_ms();
+    let request = ApprovalRequest {
+        id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+        session_id: s.id.clone(),
+        command_id: req.command_id,
+        subject: s.identity.subject.clone(),
+        connection: s.connection.clone(),
+        command: req.command.text.clone(),
+        rule: rule.clone(),
+        message: verdict.message.clone(),
+        approvers: settings.approvers.clone(),
+        mode: settings.mode,
+        requested_at_ms: now,
+        expires_at_ms: now + settings.timeout.as_millis() as u64,
+        state: super::ApprovalState::Pending,
+        decided_by: None,
+        decided_at_ms: None,
+        reason: None,
+    };
+    let hold = settings.mode == ReviewMode::Hold;
+    let (request, waiter) = match service.open(request, fp, hold).await {
+        Ok(r) => r,
+        // Fail closed: no recorded request, no approval.
+        Err(e) => {
+            return deny(
+                &verdict,
+                format!(
+                    "the approval request could not be recorded ({e}); the command was not run"
+                ),
+            )
+        }
+    };
+    let wait = humantime::format_duration(settings.timeout);
+    let how = format!(
+        "an approver (groups: {}) runs `sluice approvals approve {}`",
+        request.approvers.join(", "),
+        request.id
+    );
+    let Some(waiter) = waiter else {
+        return Verdict {
+            action: Action::Review,
+            rule: verdict.rule,
+            message: Some(format!(
+                "{what}; approval {} requested: {how}, then re-send the same command within {wait}",
+                request.id
+            )),
+        };
+    };
+    if let Some(n) = &req.notices {
+        let _ = n.send(format!(
+            "sluice: {what}; holding it for approval {} (up to {wait}): {how}",
+            request.id
+        ));
+    }
+    match tokio::time::timeout(settings.timeout, waiter).await {
+        Ok(Ok(Outcome::Approved { by })) => Verdict {
+            action: Action::Allow,
+            rule: verdict.rule,
+            message: Some(format!("approved by {by} (approval {})", request.id)),
+        },
+        Ok(Ok(Outcome::Denied { by, reason })) => deny(
+            &verdict,
+            format!(
+                "approval {} was denied by {by}{}",
+                request.id,
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ),
+        ),
+        // Timed out, or the service dropped the request.
+        _ => {
+            service.expire_now(&request.id);
+            deny(
+                &verdict,
+                format!(
+                    "approval {} was not decided within {wait}; the command was not run",
+                    request.id
+                ),
+            )
+        }
+    }
+}

@@ -1,0 +1,466 @@
+//! Just-in-time approval of single commands (`action = "review"`).
+//!
+//! The approval stage sits between the audit layer and the policy layer:
+//! when the policy says *review*, it opens a request, tells the client, and
+//! either holds the command until an approver decides (`hold`) or refuses it
+//! now and lets the same subject re-send the same command once after approval
+//! (`retry`). Requests and decisions are appended to the session's audit chain.
+//! Anything that fails here denies (fail closed).
+
+mod layer;
+
+pub use layer::ApprovalLayer;
+
+use crate::audit::{AuditEvent, Store};
+use crate::config::{Config, HumanDuration};
+use crate::model::{Action, Identity};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// How long a review waits for an approver unless the rule says otherwise.
+pub const DEFAULT_REVIEW_TIMEOUT: Duration = Duration::from_secs(600);
+/// Reviews cannot wait longer than this (Teleport's access requests wait a week;
+/// a held database statement should not).
+pub const MAX_REVIEW_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewMode {
+    /// The command waits on its connection until decided.
+    #[default]
+    Hold,
+    /// The command is refused now; once approved, re-sending it runs it once.
+    Retry,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+    /// A retry-mode approval that has been used.
+    Used,
+}
+
+impl std::fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Denied => "denied",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Used => "used",
+        })
+    }
+}
+
+/// One request for approval, as listed to approvers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub id: String,
+    pub session_id: String,
+    pub command_id: u64,
+    pub subject: String,
+    pub connection: String,
+    /// The command as the client sent it.
+    pub command: String,
+    pub rule: String,
+    pub message: Option<String>,
+    /// Groups whose members may decide.
+    pub approvers: Vec<String>,
+    pub mode: ReviewMode,
+    pub requested_at_ms: u64,
+    /// A pending request expires then; an approved retry request's grant too.
+    pub expires_at_ms: u64,
+    pub state: ApprovalState,
+    pub decided_by: Option<String>,
+    pub decided_at_ms: Option<u64>,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApprovalError {
+    #[error("no approval request {0}")]
+    NotFound(String),
+    #[error("approval request {id} is already {state}")]
+    NotPending { id: String, state: ApprovalState },
+    #[error("{0} cannot decide their own request")]
+    SelfApproval(String),
+    #[error("{subject} is not in an approver group of this request ({groups})")]
+    NotAnApprover { subject: String, groups: String },
+    #[error("the decision could not be recorded, so it was not applied: {0}")]
+    Store(String),
+}
+
+/// Told about requests and decisions (webhooks, chat). Must not block.
+pub trait ApprovalNotifier: Send + Sync + 'static {
+    fn requested(&self, request: &ApprovalRequest);
+    fn decided(&self, request: &ApprovalRequest);
+}
+
+/// A rule's review settings.
+#[derive(Debug, Clone)]
+pub struct ReviewSettings {
+    pub approvers: Vec<String>,
+    pub timeout: Duration,
+    pub mode: ReviewMode,
+}
+
+impl ReviewSettings {
+    /// Reads the review settings of every `action = "review"` rule.
+    /// Errors name the rule's key, for `config check`.
+    pub fn from_config(
+        config: &Config,
+    ) -> Result<HashMap<String, ReviewSettings>, (String, String)> {
+        let mut out = HashMap::new();
+        for (i, r) in config.rules.iter().enumerate() {
+            if r.action != Action::Review {
+                continue;
+            }
+            if r.approvers.is_empty() {
+                return Err((
+                    format!("rules.{i}.approvers"),
+                    "a review rule needs approver groups; nobody could approve it".into(),
+                ));
+            }
+            let mode = match r.mode.as_deref() {
+                None | Some("hold") => ReviewMode::Hold,
+                Some("retry") => ReviewMode::Retry,
+                Some(other) => {
+                    return Err((
+                        format!("rules.{i}.mode"),
+                        format!("{other:?} is not hold or retry"),
+                    ))
+                }
+            };
+            let timeout = r
+                .timeout
+                .map(|HumanDuration(d)| d)
+                .unwrap_or(DEFAULT_REVIEW_TIMEOUT);
+            if timeout.is_zero() || timeout > MAX_REVIEW_TIMEOUT {
+                return Err((
+                    format!("rules.{i}.timeout"),
+                    format!(
+                        "must be between 1s and {}",
+                        humantime::format_duration(MAX_REVIEW_TIMEOUT)
+                    ),
+                ));
+            }
+            out.insert(
+                r.name.clone(),
+                ReviewSettings {
+                    approvers: r.approvers.clone(),
+                    timeout,
+                    mode,
+                },
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// What a held command learns.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome {
+    Approved { by: String },
+    Denied { by: String, reason: Option<String> },
+}
+
+struct Entry {
+    request: ApprovalRequest,
+    /// Exact command identity for retry grants.
+    fingerprint: String,
+    waiter: Option<oneshot::Sender<Outcome>>,
+}
+
+/// The approval queue of one gateway process.
+pub struct ApprovalService {
+    entries: Mutex<HashMap<String, Entry>>,
+    store: Arc<dyn Store>,
+    notifiers: Vec<Arc<dyn ApprovalNotifier>>,
+    settings: HashMap<String, ReviewSettings>,
+}
+
+impl std::fmt::Debug for ApprovalService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApprovalService").finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Whitespace-normalised text: the same statement re-sent with different
+/// spacing is the same request; anything else is a different one.
+pub fn fingerprint(subject: &str, connection: &str, text: &str) -> String {
+    let normal: Vec<&str> = text
+        .trim()
+        .trim_end_matches(';')
+        .split_whitespace()
+        .collect();
+    format!("{subject}\u{0}{connection}\u{0}{}", normal.join(" "))
+}
+
+impl ApprovalService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: HashMap<String, ReviewSettings>,
+        notifiers: Vec<Arc<dyn ApprovalNotifier>>,
+    ) -> Self {
+        ApprovalService {
+            entries: Mutex::new(HashMap::new()),
+            store,
+            notifiers,
+            settings,
+        }
+    }
+
+    pub fn settings(&self, rule: &str) -> Option<&ReviewSettings> {
+        self.settings.get(rule)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks requests whose time ran out.
+    fn expire(entries: &mut HashMap<String, Entry>, now: u64) {
+        for e in entries.values_mut() {
+            let r = &mut e.request;
+            if now >= r.expires_at_ms
+                && matches!(r.state, ApprovalState::Pending | ApprovalState::Approved)
+            {
+                r.state = ApprovalState::Expired;
+                e.waiter = None;
+            }
+        }
+    }
+
+    /// Requests, newest first; `pending_only` hides decided ones.
+    pub fn list(&self, pending_only: bool) -> Vec<ApprovalRequest> {
+        let mut entries = self.lock();
+        Self::expire(&mut entries, now_ms());
+        let mut out: Vec<ApprovalRequest> = entries
+            .values()
+            .map(|e| e.request.clone())
+            .filter(|r| !pending_only || r.state == ApprovalState::Pending)
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.requested_at_ms));
+        out
+    }
+
+    pub fn get(&self, id: &str) -> Option<ApprovalRequest> {
+        let mut entries = self.lock();
+        Self::expire(&mut entries, now_ms());
+        entries.get(id).map(|e| e.request.clone())
+    }
+
+    /// An approver decides. The decision is durable in the requester's
+    /// session chain before it takes effect.
+    pub async fn decide(
+        &self,
+        id: &str,
+        approver: &Identity,
+        approve: bool,
+        reason: Option<String>,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let request = {
+            let mut entries = self.lock();
+            Self::expire(&mut entries, now_ms());
+            let e = entries
+                .get(id)
+                .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+            let r = &e.request;
+            if r.state != ApprovalState::Pending {
+                return Err(ApprovalError::NotPending {
+                    id: id.to_string(),
+                    state: r.state,
+                });
+            }
+            if r.subject == approver.subject {
+                return Err(ApprovalError::SelfApproval(approver.subject.clone()));
+            }
+            if !approver.in_any_group(&r.approvers) {
+                return Err(ApprovalError::NotAnApprover {
+                    subject: approver.subject.clone(),
+                    groups: r.approvers.join(", "),
+                });
+            }
+            r.clone()
+        };
+        let state = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Denied
+        };
+        self.store
+            .append(
+                &request.session_id,
+                AuditEvent::ApprovalDecided {
+                    approval_id: id.to_string(),
+                    state,
+                    by: approver.subject.clone(),
+                    reason: reason.clone(),
+                },
+            )
+            .await
+            .map_err(|e| ApprovalError::Store(e.to_string()))?;
+        let decided = {
+            let mut entries = self.lock();
+            let e = entries
+                .get_mut(id)
+                .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
+            if e.request.state != ApprovalState::Pending {
+                // Expired while the decision was being recorded.
+                return Err(ApprovalError::NotPending {
+                    id: id.to_string(),
+                    state: e.request.state,
+                });
+            }
+            let now = now_ms();
+            e.request.state = state;
+            e.request.decided_by = Some(approver.subject.clone());
+            e.request.decided_at_ms = Some(now);
+            e.request.reason = reason.clone();
+            if e.request.mode == ReviewMode::Retry && approve {
+                // The grant lasts as long as the request could have waited.
+                let ttl = self
+                    .settings(&e.request.rule)
+                    .map(|s| s.timeout)
+                    .unwrap_or(DEFAULT_REVIEW_TIMEOUT);
+                e.request.expires_at_ms = now + ttl.as_millis() as u64;
+            }
+            if let Some(w) = e.waiter.take() {
+                let _ = w.send(if approve {
+                    Outcome::Approved {
+                        by: approver.subject.clone(),
+                    }
+                } else {
+                    Outcome::Denied {
+                        by: approver.subject.clone(),
+                        reason,
+                    }
+                });
+            }
+            e.request.clone()
+        };
+        tracing::info!(message = "Approval decided.", id = %id, state = %decided.state, by = %approver.subject);
+        for n in &self.notifiers {
+            n.decided(&decided);
+        }
+        Ok(decided)
+    }
+
+    /// Opens a request (durably). Hold mode gets a receiver for the outcome.
+    pub(crate) async fn open(
+        &self,
+        mut request: ApprovalRequest,
+        fingerprint: String,
+        hold: bool,
+    ) -> Result<(ApprovalRequest, Option<oneshot::Receiver<Outcome>>), String> {
+        self.store
+            .append(
+                &request.session_id,
+                AuditEvent::ApprovalRequested {
+                    approval_id: request.id.clone(),
+                    command_id: request.command_id,
+                    rule: request.rule.clone(),
+                    approvers: request.approvers.clone(),
+                    mode: request.mode,
+                    expires_at_ms: request.expires_at_ms,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        request.state = ApprovalState::Pending;
+        let (tx, rx) = if hold {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.lock().insert(
+            request.id.clone(),
+            Entry {
+                request: request.clone(),
+                fingerprint,
+                waiter: tx,
+            },
+        );
+        tracing::info!(message = "Approval requested.", id = %request.id, rule = %request.rule, subject = %request.subject, connection = %request.connection);
+        for n in &self.notifiers {
+            n.requested(&request);
+        }
+        Ok((request, rx))
+    }
+
+    /// A held request timed out: record it and stop accepting decisions.
+    pub(crate) fn expire_now(&self, id: &str) {
+        let session = {
+            let mut entries = self.lock();
+            match entries.get_mut(id) {
+                Some(e) if e.request.state == ApprovalState::Pending => {
+                    e.request.state = ApprovalState::Expired;
+                    e.waiter = None;
+                    Some(e.request.session_id.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(session) = session {
+            self.store.append_background(
+                &session,
+                AuditEvent::ApprovalDecided {
+                    approval_id: id.to_string(),
+                    state: ApprovalState::Expired,
+                    by: "sluice".into(),
+                    reason: Some("no approver decided in time".into()),
+                },
+            );
+        }
+    }
+
+    /// Retry mode: an approved, unused, unexpired grant for exactly this
+    /// command is consumed (it runs once). Otherwise, a pending request for
+    /// it is returned so the client is told the same id again.
+    pub(crate) fn take_grant(&self, fingerprint: &str) -> Grant {
+        let mut entries = self.lock();
+        Self::expire(&mut entries, now_ms());
+        let mut pending = None;
+        for e in entries.values_mut() {
+            if e.fingerprint != fingerprint || e.request.mode != ReviewMode::Retry {
+                continue;
+            }
+            match e.request.state {
+                ApprovalState::Approved => {
+                    e.request.state = ApprovalState::Used;
+                    return Grant::Approved(e.request.clone());
+                }
+                ApprovalState::Pending => pending = Some(e.request.clone()),
+                _ => {}
+            }
+        }
+        match pending {
+            Some(r) => Grant::Pending(r),
+            None => Grant::None,
+        }
+    }
+}
+
+pub(crate) enum Grant {
+    Approved(ApprovalRequest),
+    Pending(ApprovalRequest),
+    None,
+}
+
+#[cfg(test)]
+mod tests;

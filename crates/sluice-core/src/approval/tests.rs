@@ -1,0 +1,300 @@
+use super::*;
+use crate::model::{Command, CommandKind, Decision, Protocol};
+use crate::pipeline::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
+use crate::pipeline::{audit::AuditService, CommandRequest, PipelineBuilder, SessionInfo};
+use crate::testing::MemoryStore;
+use std::time::SystemTime;
+use tower::ServiceExt;
+
+/// `text = "x"` matches commands whose words are x's words.
+struct TextIs;
+struct TextMatcher(String);
+impl CommandMatcher for TextMatcher {
+    fn matches(&self, c: &Command, _: &mut Scratch) -> Result<bool, String> {
+        let words = |s: &str| {
+            s.trim_end_matches([';', ' '])
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        Ok(words(&c.text) == words(&self.0))
+    }
+}
+impl MatchKey for TextIs {
+    fn keys(&self) -> &'static [&'static str] {
+        &["text"]
+    }
+    fn compile(&self, v: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        Ok(Box::new(TextMatcher(
+            v["text"].as_str().unwrap_or_default().into(),
+        )))
+    }
+}
+
+fn config(mode: &str, timeout: &str) -> Config {
+    Config::from_toml_str(
+        &format!(
+            r#"
+[[connections]]
+name = "appdb"
+kind = "postgres"
+upstream = "127.0.0.1:1"
+database = "d"
+user = "u"
+password = {{ env = "X" }}
+allow_groups = ["agents"]
+
+[[rules]]
+name = "reviewed-delete"
+match = {{ text = "delete from t" }}
+action = "review"
+approvers = ["dba"]
+mode = "{mode}"
+timeout = "{timeout}"
+message = "deletes are reviewed"
+"#
+        ),
+        "t",
+    )
+    .unwrap()
+}
+
+struct Rig {
+    pipeline: AuditService,
+    approvals: Arc<ApprovalService>,
+    store: Arc<MemoryStore>,
+}
+
+fn rig(mode: &str, timeout: &str, store: MemoryStore) -> Rig {
+    let config = config(mode, timeout);
+    let store = Arc::new(store);
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(TextIs)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    let approvals = Arc::new(ApprovalService::new(
+        store.clone(),
+        ReviewSettings::from_config(&config).unwrap(),
+        vec![],
+    ));
+    Rig {
+        pipeline: PipelineBuilder::new().build(
+            Arc::new(engine),
+            store.clone(),
+            Some(approvals.clone()),
+        ),
+        approvals,
+        store,
+    }
+}
+
+fn person(subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        issuer: "sluice".into(),
+        token_id: "t".into(),
+        expires_at: SystemTime::now() + Duration::from_secs(600),
+    }
+}
+
+fn request(
+    text: &str,
+    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> CommandRequest {
+    CommandRequest {
+        session: Arc::new(SessionInfo {
+            id: "s1".into(),
+            identity: person("agent", &["agents", "dba"]),
+            connection: "appdb".into(),
+            protocol: Protocol::Postgres,
+            client_addr: "127.0.0.1:1".into(),
+        }),
+        command_id: 1,
+        command: Arc::new(Command {
+            kind: CommandKind::SqlSimple,
+            text: text.into(),
+            context: vec![],
+        }),
+        notices,
+    }
+}
+
+async fn pending_id(approvals: &ApprovalService) -> String {
+    for _ in 0..200 {
+        if let Some(r) = approvals.list(true).first() {
+            return r.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no pending request")
+}
+
+#[tokio::test]
+async fn hold_then_approve_runs_on_the_same_call() {
+    let rig = rig("hold", "10m", MemoryStore::default());
+    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let held = tokio::spawn(
+        rig.pipeline
+            .clone()
+            .oneshot(request("delete from t", Some(tx))),
+    );
+    let id = pending_id(&rig.approvals).await;
+    let notice = notices.recv().await.unwrap();
+    assert!(
+        notice.contains(&id) && notice.contains("sluice approvals approve"),
+        "{notice}"
+    );
+    // Nobody approves their own request, even in the approver group.
+    let own = rig
+        .approvals
+        .decide(&id, &person("agent", &["dba"]), true, None)
+        .await;
+    assert!(matches!(own, Err(ApprovalError::SelfApproval(_))));
+    let outsider = rig
+        .approvals
+        .decide(&id, &person("bob", &["devs"]), true, None)
+        .await;
+    assert!(matches!(outsider, Err(ApprovalError::NotAnApprover { .. })));
+    let r = rig
+        .approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap();
+    assert_eq!(r.state, ApprovalState::Approved);
+    assert!(matches!(
+        held.await.unwrap().unwrap(),
+        Decision::Forward { .. }
+    ));
+    let events = rig.store.events.lock().unwrap();
+    assert!(events
+        .iter()
+        .any(|(_, e)| matches!(e, AuditEvent::ApprovalRequested { .. })));
+    assert!(events
+        .iter()
+        .any(|(_, e)| matches!(e, AuditEvent::ApprovalDecided { by, .. } if by == "dana")));
+}
+
+#[tokio::test]
+async fn hold_then_deny_refuses_with_the_reason() {
+    let rig = rig("hold", "10m", MemoryStore::default());
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    rig.approvals
+        .decide(
+            &id,
+            &person("dana", &["dba"]),
+            false,
+            Some("not during business hours".into()),
+        )
+        .await
+        .unwrap();
+    let Decision::Refuse { denial, .. } = held.await.unwrap().unwrap() else {
+        panic!("not refused")
+    };
+    assert!(
+        denial
+            .message
+            .contains("denied by dana: not during business hours"),
+        "{denial:?}"
+    );
+}
+
+#[tokio::test]
+async fn hold_times_out_as_a_refusal() {
+    let rig = rig("hold", "1s", MemoryStore::default());
+    let d = rig
+        .pipeline
+        .clone()
+        .oneshot(request("delete from t", None))
+        .await
+        .unwrap();
+    let Decision::Refuse { denial, .. } = d else {
+        panic!("not refused")
+    };
+    assert!(denial.message.contains("not decided within"), "{denial:?}");
+    assert_eq!(rig.approvals.list(false)[0].state, ApprovalState::Expired);
+}
+
+#[tokio::test]
+async fn retry_mode_runs_the_approved_command_once() {
+    let rig = rig("retry", "10m", MemoryStore::default());
+    let first = rig
+        .pipeline
+        .clone()
+        .oneshot(request("delete from t", None))
+        .await
+        .unwrap();
+    let Decision::Refuse { denial, .. } = first else {
+        panic!("not refused")
+    };
+    let id = rig.approvals.list(true)[0].id.clone();
+    assert!(denial.message.contains(&id), "{denial:?}");
+    // Asking again before approval names the same request.
+    let again = rig
+        .pipeline
+        .clone()
+        .oneshot(request("delete from t", None))
+        .await
+        .unwrap();
+    assert!(matches!(again, Decision::Refuse { ref denial, .. } if denial.message.contains(&id)));
+    assert_eq!(rig.approvals.list(false).len(), 1);
+    rig.approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await
+        .unwrap();
+    // Whitespace differences are the same command; it runs once.
+    let run = rig
+        .pipeline
+        .clone()
+        .oneshot(request("  delete   from t ;", None))
+        .await
+        .unwrap();
+    assert!(matches!(run, Decision::Forward { .. }), "{run:?}");
+    let after = rig
+        .pipeline
+        .clone()
+        .oneshot(request("delete from t", None))
+        .await
+        .unwrap();
+    assert!(matches!(after, Decision::Refuse { .. }));
+}
+
+#[tokio::test]
+async fn store_failure_means_deny() {
+    let rig = rig(
+        "hold",
+        "10m",
+        MemoryStore {
+            fail: true,
+            ..Default::default()
+        },
+    );
+    // The audit layer itself refuses once the store fails; either way nothing runs.
+    let r = rig
+        .pipeline
+        .clone()
+        .oneshot(request("delete from t", None))
+        .await;
+    assert!(!matches!(r, Ok(Decision::Forward { .. })));
+    assert!(rig.approvals.list(false).is_empty());
+}
+
+#[test]
+fn review_rules_need_approvers_and_a_known_mode() {
+    let mut c = config("hold", "10m");
+    c.rules[0].approvers.clear();
+    assert_eq!(
+        ReviewSettings::from_config(&c).unwrap_err().0,
+        "rules.0.approvers"
+    );
+    let mut c = config("sometimes", "10m");
+    c.rules[0].mode = Some("sometimes".into());
+    assert_eq!(
+        ReviewSettings::from_config(&c).unwrap_err().0,
+        "rules.0.mode"
+    );
+    let c = config("hold", "30d");
+    assert_eq!(
+        ReviewSettings::from_config(&c).unwrap_err().0,
+        "rules.0.timeout"
+    );
+}
