@@ -35,6 +35,33 @@ pub struct Config {
     /// Tracing export.
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// Webhooks told about approval requests and decisions.
+    #[serde(default)]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// A webhook notified of approval requests and decisions (HMAC-signed JSON).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    /// `https://…` (or `http://` on loopback).
+    pub url: String,
+    /// HMAC-SHA256 key; the signature is sent as `X-Sluice-Signature: sha256=<hex>`.
+    pub secret: Option<Secret>,
+    /// `json` (default) or `slack` (a Slack-compatible `{"text": …}` message).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Review rules it is told about; all when absent.
+    pub rules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    #[default]
+    Json,
+    Slack,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +445,25 @@ impl Config {
                     key("default_action"),
                     "review needs a rule with approvers; use allow or deny".into(),
                 ));
+            }
+        }
+        for (i, w) in self.webhooks.iter().enumerate() {
+            let loopback = ["http://127.", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| w.url.starts_with(p));
+            if !w.url.starts_with("https://") && !loopback {
+                return Err(invalid(
+                    format!("webhooks.{i}.url"),
+                    "webhooks must use https:// (http:// only on loopback)".into(),
+                ));
+            }
+            for rule in w.rules.iter().flatten() {
+                if !self.rules.iter().any(|r| &r.name == rule) {
+                    return Err(invalid(
+                        format!("webhooks.{i}.rules"),
+                        format!("webhook {:?} names unknown rule {rule:?}", w.name),
+                    ));
+                }
             }
         }
         for (i, r) in self.rules.iter().enumerate() {
