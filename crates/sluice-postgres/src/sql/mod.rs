@@ -1,0 +1,183 @@
+//! SQL classification on PostgreSQL's own grammar.
+//!
+//! Every statement is parsed by libpg_query (the PostgreSQL server's parser,
+//! through the `pg_query` crate), so statement boundaries, comments, quoting,
+//! `E''` strings and dollar quoting are understood exactly as the server will
+//! understand them. Nothing here matches substrings.
+//!
+//! The parse tree is then walked *generically*: every nested node is visited
+//! (CTEs, subqueries, set operations, function arguments, LATERAL, EXISTS,
+//! `RETURNING`, `ON CONFLICT`, defaults, …), so a write or a side-effect
+//! function hidden anywhere in a statement is seen. When the classifier is
+//! unsure, it adds classes rather than dropping them: this is a security
+//! boundary and over-classification only costs an unnecessary review.
+//!
+//! What the classifier cannot see is listed in [`LIMITS`].
+
+mod cache;
+mod functions;
+mod walk;
+
+#[cfg(test)]
+mod tests;
+
+pub use cache::ClassifierCache;
+pub use functions::{SENSITIVE_SETTINGS, SIDE_EFFECT_FUNCTIONS};
+
+use std::collections::BTreeSet;
+
+/// What the classifier cannot see; callers should document these to users.
+pub const LIMITS: &[&str] = &[
+    "Bodies of functions, procedures, triggers, rules and views are not visible: a call to a \
+     user-defined function or a read of a view is classified by its name only (`functions`, \
+     `reads`). Only the built-in functions in SIDE_EFFECT_FUNCTIONS add classes.",
+    "DO blocks are opaque procedural code and get every class.",
+    "EXECUTE of a prepared statement has no classes of its own: the caller resolves them from \
+     the PREPARE it recorded (`executes` names it).",
+    "Table names are as written: unqualified names carry no schema and resolve through \
+     search_path at run time (SET search_path is Utility).",
+    "Functions reached through operators, casts, column notation or column defaults are not \
+     listed in `functions`.",
+    "Functions that run SQL given as a string (query_to_xml, ts_stat, dblink, …) hide the \
+     tables they read; they are classified Admin for that reason.",
+];
+
+/// What a statement may do. Rules match on these (`match = { sql = ["write"] }`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SqlClass {
+    /// Reads data (SELECT, COPY TO, reading tables in a subquery, SHOW).
+    Read,
+    /// Changes data or takes row/table locks (INSERT, UPDATE, DELETE, MERGE,
+    /// TRUNCATE, COPY FROM, SELECT FOR UPDATE, LOCK, nextval, …).
+    Write,
+    /// Changes the schema (CREATE, ALTER, DROP, COMMENT, CREATE TABLE AS, …).
+    Ddl,
+    /// Changes privileges or identity (GRANT, REVOKE, roles, SET ROLE, …).
+    Dcl,
+    /// Transaction control (BEGIN, COMMIT, ROLLBACK, SAVEPOINT, …).
+    Tx,
+    /// Session utilities (SET, RESET, SHOW, LISTEN, NOTIFY, cursors, …).
+    Utility,
+    /// Server administration or reaching outside the database (server files,
+    /// programs, other servers, backends, configuration, maintenance).
+    Admin,
+}
+
+impl SqlClass {
+    pub const ALL: [SqlClass; 7] = [
+        SqlClass::Read,
+        SqlClass::Write,
+        SqlClass::Ddl,
+        SqlClass::Dcl,
+        SqlClass::Tx,
+        SqlClass::Utility,
+        SqlClass::Admin,
+    ];
+
+    /// The name used in configuration (`"read"`, `"write"`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SqlClass::Read => "read",
+            SqlClass::Write => "write",
+            SqlClass::Ddl => "ddl",
+            SqlClass::Dcl => "dcl",
+            SqlClass::Tx => "tx",
+            SqlClass::Utility => "utility",
+            SqlClass::Admin => "admin",
+        }
+    }
+
+    /// Parses a configuration name, case-insensitively (`"transaction"` is
+    /// accepted for `tx`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s.eq_ignore_ascii_case("transaction") {
+            return Some(SqlClass::Tx);
+        }
+        SqlClass::ALL
+            .into_iter()
+            .find(|c| c.name().eq_ignore_ascii_case(s))
+    }
+}
+
+impl std::fmt::Display for SqlClass {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What one statement of a query string does.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatementInfo {
+    /// The top-level command, e.g. `"SELECT"`, `"DELETE"`, `"CREATE TABLE"`,
+    /// `"EXPLAIN"`, `"DO"`, `"COPY"`.
+    pub command: String,
+    /// Everything the statement may do, including nested effects (writes in
+    /// CTEs, side-effect functions in subqueries, the statement an EXPLAIN
+    /// ANALYZE or a PREPARE carries, …).
+    pub classes: BTreeSet<SqlClass>,
+    /// Tables and views read. Names as the parser sees them: unquoted
+    /// identifiers are lowercase, quoted ones keep their case; a schema is
+    /// present only when written (`"users"`, `"audit.log"`). CTE names are
+    /// not tables and are left out.
+    pub reads: BTreeSet<String>,
+    /// Tables written: INSERT/UPDATE/DELETE/MERGE/TRUNCATE targets, the COPY
+    /// FROM target, the table CREATE TABLE AS / SELECT INTO creates, LOCK
+    /// targets, and the relations DDL, GRANT and maintenance commands act on.
+    pub writes: BTreeSet<String>,
+    /// Functions and procedures called, as written (schema-qualified when
+    /// written so, `"pg_catalog.set_config"`). Matching should also consider
+    /// the bare name.
+    pub functions: BTreeSet<String>,
+    /// An UPDATE or DELETE somewhere in the statement (CTEs included) has no
+    /// WHERE clause.
+    pub no_where: bool,
+    /// `PREPARE name AS stmt`: the name and the text of the inner statement.
+    pub prepares: Option<(String, String)>,
+    /// `EXECUTE name` (also inside EXPLAIN or CREATE TABLE AS): the name.
+    pub executes: Option<String>,
+    /// `DEALLOCATE name` → `Some(Some(name))`; `DEALLOCATE ALL` → `Some(None)`.
+    pub deallocates: Option<Option<String>>,
+}
+
+/// The statements of one query string, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    pub statements: Vec<StatementInfo>,
+}
+
+impl Classification {
+    /// The union of all statements' classes.
+    pub fn classes(&self) -> BTreeSet<SqlClass> {
+        self.statements
+            .iter()
+            .flat_map(|s| s.classes.iter().copied())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClassifyError {
+    /// PostgreSQL's grammar rejects the input; the server would too.
+    #[error("cannot parse SQL: {0}")]
+    Parse(String),
+    /// The input parsed but could not be classified; deny it.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Classifies every statement of a query string.
+///
+/// Empty input (or only comments and semicolons) gives zero statements.
+/// Input PostgreSQL cannot parse is an error: a statement that cannot be
+/// classified must be denied, never passed through.
+pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
+    // libpg_query and the crate's own post-processing are foreign code; if
+    // either panics on a hostile input, fail closed with an error instead of
+    // taking the session task down.
+    std::panic::catch_unwind(|| walk::classify(sql)).unwrap_or_else(|_| {
+        Err(ClassifyError::Unsupported(
+            "the SQL parser failed on this statement".into(),
+        ))
+    })
+}

