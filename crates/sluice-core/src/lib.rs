@@ -26,3 +26,5 @@ pub use config::Config;
 pub use gateway::{Gateway, GatewayBuilder};
 pub use model::*;
 pub use session::{Refusal, Session, SessionError, SessionHandle, SessionRequest};
+/// Match keys receive rule values as TOML; protocols use this re-export so versions agree.
+pub use toml;

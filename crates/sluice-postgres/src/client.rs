@@ -150,6 +150,23 @@ pub async fn accept(
                     }
                     stream.write_all(&out).await.map_err(PgError::Io)?;
                 }
+                if let Some(why) = startup
+                    .parameters
+                    .iter()
+                    .find_map(|(k, v)| crate::hazard::lexing_hazard(k, v))
+                {
+                    let mut out = BytesMut::new();
+                    wire::error(
+                        &mut out,
+                        true,
+                        wire::SQLSTATE_NOT_AUTHORIZED,
+                        &format!("sluice: unsupported session setting: {why}"),
+                        None,
+                        None,
+                    );
+                    let _ = stream.write_all(&out).await;
+                    return Err(PgError::Client(why));
+                }
                 if startup.parameters.contains_key("replication") {
                     let mut out = BytesMut::new();
                     wire::error(

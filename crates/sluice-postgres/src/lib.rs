@@ -7,11 +7,15 @@
 
 mod client;
 mod frame;
+mod hazard;
+mod policy;
 mod relay;
+pub mod sql;
 mod upstream;
 mod wire;
 
 pub use frame::{FrameError, MAX_BACKEND_MESSAGE, MAX_FRONTEND_MESSAGE};
+pub use policy::sql_match_key;
 pub use upstream::FORWARDED_PARAMETERS;
 
 use sluice_core::{Gateway, Protocol};

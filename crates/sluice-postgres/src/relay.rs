@@ -113,6 +113,7 @@ impl Relay {
             portals: HashMap::new(),
             discarding: false,
             fatal_queued: false,
+            sql_prepared: SqlPrepared::default(),
         };
         let notices = handle.take_notices();
         let mut responses = Responses {
@@ -164,6 +165,80 @@ struct Requests<'a> {
     discarding: bool,
     /// A fatal error for the client is queued; the response half sends it.
     fatal_queued: bool,
+    /// SQL-level `PREPARE name AS …` definitions forwarded on this session.
+    sql_prepared: SqlPrepared,
+}
+
+/// Tracks SQL-level prepared statements so that `EXECUTE name` is judged by
+/// what it runs. Only texts that can contain these keywords are parsed
+/// (keywords cannot be split by comments or escapes, so the prefilter is exact).
+#[derive(Default)]
+struct SqlPrepared {
+    definitions: HashMap<String, String>,
+}
+
+/// What a forwarded statement does to the session's prepared statements.
+#[derive(Default)]
+struct PreparedEffects {
+    prepared: Vec<(String, String)>,
+    deallocated: Vec<Option<String>>,
+}
+
+fn contains_keyword(sql: &str, word: &str) -> bool {
+    sql.as_bytes()
+        .windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word.as_bytes()))
+}
+
+impl SqlPrepared {
+    fn context_for(&self, sql: &str) -> (Vec<String>, PreparedEffects) {
+        let mut effects = PreparedEffects::default();
+        if !(contains_keyword(sql, "prepare")
+            || contains_keyword(sql, "execute")
+            || contains_keyword(sql, "deallocate"))
+        {
+            return (Vec::new(), effects);
+        }
+        // Unparseable text is refused by the policy's own parse; nothing to track.
+        let Ok(classified) = crate::policy::shared_classifier().classify(sql) else {
+            return (Vec::new(), effects);
+        };
+        let mut context = Vec::new();
+        let mut local: HashMap<&str, &str> = HashMap::new();
+        for st in &classified.statements {
+            if let Some((name, inner)) = &st.prepares {
+                local.insert(name, inner);
+                effects.prepared.push((name.clone(), inner.clone()));
+            }
+            if let Some(name) = &st.executes {
+                let def = local
+                    .get(name.as_str())
+                    .copied()
+                    .or_else(|| self.definitions.get(name).map(String::as_str));
+                if let Some(def) = def {
+                    context.push(crate::policy::prepared_context(name, def));
+                }
+            }
+            if let Some(d) = &st.deallocates {
+                effects.deallocated.push(d.clone());
+            }
+        }
+        (context, effects)
+    }
+
+    fn apply(&mut self, effects: PreparedEffects) {
+        for d in effects.deallocated {
+            match d {
+                Some(name) => {
+                    self.definitions.remove(&name);
+                }
+                None => self.definitions.clear(),
+            }
+        }
+        for (name, def) in effects.prepared {
+            self.definitions.insert(name, def);
+        }
+    }
 }
 
 impl Requests<'_> {
@@ -235,13 +310,15 @@ impl Requests<'_> {
         match msg.tag {
             b'Q' => {
                 let sql = r.cstr().ok_or_else(|| malformed("Query"))?;
+                let (context, effects) = self.sql_prepared.context_for(&sql);
                 let command = Command {
                     kind: CommandKind::SqlSimple,
                     text: sql,
-                    context: vec![],
+                    context,
                 };
                 match self.decide(command).await {
                     Decided::Forward(command_id) => {
+                        self.sql_prepared.apply(effects);
                         self.push(Expect::Query {
                             command_id,
                             started: Instant::now(),
@@ -309,8 +386,11 @@ impl Requests<'_> {
                     text: sql.unwrap_or_default(),
                     context: vec![],
                 };
+                let (context, effects) = self.sql_prepared.context_for(&command.text);
+                let command = Command { context, ..command };
                 match self.decide(command).await {
                     Decided::Forward(command_id) => {
+                        self.sql_prepared.apply(effects);
                         self.push(Expect::Execute {
                             command_id,
                             portal,
@@ -818,6 +898,19 @@ impl Responses {
                         }
                         _ => {}
                     }
+                }
+                self.out.extend_from_slice(&msg.bytes);
+            }
+            b'S' => {
+                if let Some(why) = crate::hazard::parameter_status(msg.body())
+                    .and_then(|(k, v)| crate::hazard::lexing_hazard(&k, &v))
+                {
+                    tracing::warn!(message = "Ending a session that switched to a setting the gateway cannot parse under.", reason = %why);
+                    self.queue.push_front(Expect::Fatal {
+                        code: wire::SQLSTATE_NOT_AUTHORIZED,
+                        message: format!("sluice: session ended: {why}"),
+                    });
+                    return;
                 }
                 self.out.extend_from_slice(&msg.bytes);
             }

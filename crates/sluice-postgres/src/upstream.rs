@@ -217,7 +217,19 @@ pub async fn connect(
                     send(&mut stream, &mut out).await?;
                 }
             }
-            b'S' | b'N' if authenticated => greeting.extend_from_slice(&msg.bytes),
+            b'S' if authenticated => {
+                // A role or database default (ALTER ROLE … SET) could start
+                // the session in a setting the gateway cannot parse under.
+                if let Some(why) = crate::hazard::parameter_status(msg.body())
+                    .and_then(|(k, v)| crate::hazard::lexing_hazard(&k, &v))
+                {
+                    return Err(PgError::Upstream(format!(
+                        "upstream session setting: {why}"
+                    )));
+                }
+                greeting.extend_from_slice(&msg.bytes)
+            }
+            b'N' if authenticated => greeting.extend_from_slice(&msg.bytes),
             b'N' => {}
             b'K' if authenticated => {
                 backend_pid = r.i32().ok_or_else(malformed)?;

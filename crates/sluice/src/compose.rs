@@ -30,9 +30,14 @@ fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
     )?))
 }
 
+/// The match keys the protocols in this build contribute to `[[rules]]`.
+fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
+    vec![sluice_postgres::sql_match_key()]
+}
+
 /// Everything `config check` can verify without starting listeners.
 pub fn check(config: &Config) -> Result<()> {
-    GatewayBuilder::check_rules(config, &[])?;
+    GatewayBuilder::check_rules(config, &match_keys())?;
     for c in &config.connections {
         if let Some(secret) = &c.password {
             if let Err(e) = secret.resolve() {
@@ -54,7 +59,11 @@ pub async fn serve(config: Config) -> Result<()> {
         );
     }
     let listen = config.listen.clone();
-    let gateway = Arc::new(GatewayBuilder::new(config, store as Arc<dyn Store>).build()?);
+    let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
+    for key in match_keys() {
+        builder = builder.match_key(key);
+    }
+    let gateway = Arc::new(builder.build()?);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen.postgres {
         let listener = tokio::net::TcpListener::bind(addr)

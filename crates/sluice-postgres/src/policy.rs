@@ -1,0 +1,256 @@
+//! The SQL match keys this crate contributes to the core rules engine:
+//!
+//! ```toml
+//! match = { sql = ["write", "ddl"], tables = ["public.users", "*.secrets"],
+//!           functions = ["pg_read_*", "dblink*"], no_where = true }
+//! ```
+//!
+//! All keys of one rule must hold for the *same* statement; a message with
+//! several statements matches if any of them does, so it is refused whole.
+//! Statements are classified with PostgreSQL's own parser (see `sql`), once
+//! per distinct text (cached) and once per command (scratch).
+
+use crate::sql::{Classification, ClassifierCache, SqlClass, StatementInfo};
+use sluice_core::glob::Glob;
+use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::toml;
+use sluice_core::{Command, CommandKind};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Distinct statement texts whose classification is kept.
+const CACHE_CAPACITY: usize = 4096;
+
+/// The process-wide classification cache (policy and relay share it).
+pub(crate) fn shared_classifier() -> &'static Arc<ClassifierCache> {
+    static CACHE: std::sync::LazyLock<Arc<ClassifierCache>> =
+        std::sync::LazyLock::new(|| Arc::new(ClassifierCache::new(CACHE_CAPACITY)));
+    &CACHE
+}
+
+/// Registers `sql`, `tables`, `functions` and `no_where`.
+pub fn sql_match_key() -> Arc<dyn MatchKey> {
+    Arc::new(SqlMatchKey {
+        cache: shared_classifier().clone(),
+    })
+}
+
+struct SqlMatchKey {
+    cache: Arc<ClassifierCache>,
+}
+
+impl MatchKey for SqlMatchKey {
+    fn keys(&self) -> &'static [&'static str] {
+        &["sql", "tables", "functions", "no_where"]
+    }
+
+    fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        let strings = |key: &str| -> Result<Option<Vec<String>>, String> {
+            let Some(v) = values.get(key) else {
+                return Ok(None);
+            };
+            let list = match v {
+                toml::Value::String(s) => vec![s.clone()],
+                toml::Value::Array(a) => a
+                    .iter()
+                    .map(|x| x.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| format!("{key}: expected a list of strings"))?,
+                _ => return Err(format!("{key}: expected a string or a list of strings")),
+            };
+            if list.is_empty() {
+                return Err(format!(
+                    "{key}: an empty list matches nothing; remove the key instead"
+                ));
+            }
+            Ok(Some(list))
+        };
+        let classes = strings("sql")?
+            .map(|names| {
+                names
+                    .iter()
+                    .map(|n| {
+                        SqlClass::parse(n).ok_or_else(|| {
+                            let known: Vec<_> = SqlClass::ALL.iter().map(|c| c.name()).collect();
+                            format!("sql: unknown class {n:?} (known: {})", known.join(", "))
+                        })
+                    })
+                    .collect::<Result<BTreeSet<_>, _>>()
+            })
+            .transpose()?;
+        let tables = strings("tables")?.map(|v| v.iter().map(|p| Glob::new(p)).collect());
+        let functions = strings("functions")?.map(|v| v.iter().map(|p| Glob::new(p)).collect());
+        let no_where = match values.get("no_where") {
+            None => None,
+            Some(toml::Value::Boolean(b)) => Some(*b),
+            Some(_) => return Err("no_where: expected true or false".into()),
+        };
+        Ok(Box::new(SqlMatcher {
+            cache: self.cache.clone(),
+            classes,
+            tables,
+            functions,
+            no_where,
+        }))
+    }
+}
+
+struct SqlMatcher {
+    cache: Arc<ClassifierCache>,
+    classes: Option<BTreeSet<SqlClass>>,
+    tables: Option<Vec<Glob>>,
+    functions: Option<Vec<Glob>>,
+    no_where: Option<bool>,
+}
+
+/// One command's statements, classified once for all rules.
+struct Classified(Result<Vec<StatementInfo>, String>);
+
+impl SqlMatcher {
+    fn statements(&self, command: &Command) -> Result<Vec<StatementInfo>, String> {
+        let text = match &command.kind {
+            CommandKind::SqlSimple | CommandKind::SqlExecute { .. } => &command.text,
+            // A fast-path call runs a function by OID with no SQL to read:
+            // judged as the worst a function can do.
+            CommandKind::FunctionCall { function_oid } => {
+                return Ok(vec![StatementInfo {
+                    command: "FUNCTION CALL".into(),
+                    classes: [SqlClass::Write, SqlClass::Admin].into_iter().collect(),
+                    functions: [format!("oid:{function_oid}")].into_iter().collect(),
+                    ..StatementInfo::default()
+                }])
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let classified = self.cache.classify(text).map_err(|e| e.to_string())?;
+        resolve(&classified, &command.context, &self.cache)
+    }
+
+    fn statement_matches(&self, st: &StatementInfo) -> bool {
+        if let Some(classes) = &self.classes {
+            if st.classes.is_disjoint(classes) {
+                return false;
+            }
+        }
+        if let Some(globs) = &self.tables {
+            let mut names = st.reads.iter().chain(st.writes.iter());
+            if !names.any(|t| globs.iter().any(|g| table_matches(g, t))) {
+                return false;
+            }
+        }
+        if let Some(globs) = &self.functions {
+            if !st
+                .functions
+                .iter()
+                .any(|f| globs.iter().any(|g| name_matches(g, f)))
+            {
+                return false;
+            }
+        }
+        if let Some(want) = self.no_where {
+            if st.no_where != want {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Replaces `EXECUTE name` statements by what `PREPARE name` defined (the
+/// relay passes those definitions as the command's context).
+fn resolve(
+    classified: &Classification,
+    context: &[String],
+    cache: &ClassifierCache,
+) -> Result<Vec<StatementInfo>, String> {
+    let mut out = Vec::new();
+    for st in &classified.statements {
+        match &st.executes {
+            None => out.push(st.clone()),
+            Some(name) => {
+                let definition = context
+                    .iter()
+                    .find_map(|c| c.strip_prefix(&format!("{name}\u{0}")))
+                    .ok_or_else(|| {
+                        // Fail closed: we cannot judge what we did not see prepared.
+                        format!("EXECUTE {name}: no PREPARE of that name was seen on this session")
+                    })?;
+                let inner = cache.classify(definition).map_err(|e| e.to_string())?;
+                for mut inner_st in inner.statements.iter().cloned() {
+                    inner_st.command = format!("EXECUTE {name} ({})", inner_st.command);
+                    out.push(inner_st);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Encodes a prepared statement's definition for `Command::context`.
+pub fn prepared_context(name: &str, sql: &str) -> String {
+    format!("{name}\u{0}{sql}")
+}
+
+impl CommandMatcher for SqlMatcher {
+    fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String> {
+        let classified = scratch.get_or_insert_with(|| Classified(self.statements(command)));
+        let statements = classified.0.as_ref().map_err(|e| e.clone())?;
+        Ok(statements.iter().any(|st| self.statement_matches(st)))
+    }
+}
+
+/// Table patterns: `users` matches the table in any schema; `s.users` matches
+/// `s.users`, and an unqualified `users` (its schema depends on search_path,
+/// which a session can change, so it is not assumed to be `public`).
+fn table_matches(glob: &Glob, table: &str) -> bool {
+    let pattern = glob.as_string();
+    let (t_schema, t_name) = match table.rsplit_once('.') {
+        Some((s, n)) => (Some(s), n),
+        None => (None, table),
+    };
+    match pattern.rsplit_once('.') {
+        None => glob.matches(t_name),
+        Some((p_schema, p_name)) => {
+            Glob::new(p_name).matches(t_name)
+                && t_schema.is_none_or(|s| Glob::new(p_schema).matches(s))
+        }
+    }
+}
+
+/// Function patterns match the bare name or the schema-qualified one.
+fn name_matches(glob: &Glob, name: &str) -> bool {
+    glob.matches(name)
+        || name
+            .rsplit_once('.')
+            .is_some_and(|(_, bare)| glob.matches(bare))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_patterns_do_not_assume_the_schema() {
+        let g = Glob::new;
+        assert!(table_matches(&g("users"), "users"));
+        assert!(table_matches(&g("users"), "audit.users"));
+        assert!(table_matches(&g("public.users"), "users"));
+        assert!(table_matches(&g("public.users"), "public.users"));
+        assert!(!table_matches(&g("public.users"), "audit.users"));
+        assert!(table_matches(&g("*.secrets"), "vault.secrets"));
+        assert!(!table_matches(&g("orders"), "users"));
+    }
+
+    #[test]
+    fn function_patterns_match_qualified_names() {
+        assert!(name_matches(
+            &Glob::new("pg_read_*"),
+            "pg_catalog.pg_read_file"
+        ));
+        assert!(name_matches(
+            &Glob::new("pg_catalog.set_config"),
+            "pg_catalog.set_config"
+        ));
+        assert!(!name_matches(&Glob::new("dblink*"), "lower"));
+    }
+}
