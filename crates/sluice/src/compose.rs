@@ -202,7 +202,12 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     println!("Token for subject demo-agent (groups: agents), valid 1h:\n  {token}\n");
     println!("Try:");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
-    println!("  sluice sessions list --config <state>  # or: cargo run -p sluice -- sessions list --config examples/quickstart.toml");
+    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
+    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
+    println!("\nThen, from the repository root:");
+    println!("  cargo run -q -p sluice -- sessions list --config examples/quickstart.toml");
+    println!("  cargo run -q -p sluice -- replay --config examples/quickstart.toml SESSION_ID");
+    println!("  cargo run -q -p sluice -- audit verify --config examples/quickstart.toml");
     println!(
         "\nState (store, keys, certificates) is in {}. Press Ctrl-C to stop.\n",
         state_dir.display()
@@ -210,4 +215,25 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     let result = runtime()?.block_on(serve(config));
     drop(pg);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shipped example config parses and its rules compile with this build's match keys.
+    #[test]
+    fn shipped_example_configs_check() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let config = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                check(&config).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 1);
+    }
 }
