@@ -1,0 +1,43 @@
+//! Sluice's operator API: the approval queue over HTTPS (`[listen] api`),
+//! and [`client::ApiClient`], which the `sluice approvals` commands use.
+//!
+//! Routes (all but `/healthz` need `Authorization: Bearer TOKEN`; errors are
+//! `application/problem+json`):
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/healthz` | `ok` |
+//! | GET | `/api/v1/approvals[?all=true]` | requests the caller may decide, and their own; pending only unless `all` |
+//! | GET | `/api/v1/approvals/{id}` | one request |
+//! | POST | `/api/v1/approvals/{id}/approve` | body `{"reason": "…"}` optional |
+//! | POST | `/api/v1/approvals/{id}/deny` | body `{"reason": "…"}` optional |
+
+pub mod client;
+mod problem;
+mod server;
+
+pub use problem::Problem;
+pub use server::{
+    ApiServer, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS,
+    TLS_HANDSHAKE_TIMEOUT,
+};
+
+/// Errors of the API server's setup and of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The listener certificate, or the client's CA file, could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] sluice_core::tls::TlsError),
+    /// A bad address or similar client-side setting.
+    #[error("{0}")]
+    Config(String),
+    /// The API could not be reached (connect, TLS, timeout).
+    #[error("cannot reach the Sluice API at {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    /// The API answered with an error; `detail` is its problem detail.
+    #[error("{detail}")]
+    Api { status: u16, detail: String },
+    /// The API answered something this client does not understand.
+    #[error("unexpected answer from the Sluice API: {0}")]
+    Protocol(String),
+}

@@ -1,0 +1,475 @@
+//! The HTTPS listener and the request router.
+
+use crate::problem::{Problem, PROBLEM_JSON};
+use crate::ApiError;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use sluice_core::approval::{ApprovalError, ApprovalRequest};
+use sluice_core::{Credentials, Gateway, Identity};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// A client must finish the TLS handshake within this time.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's head must arrive within this time (also closes idle keep-alive connections).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request's body must arrive within this time.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request bodies larger than this are refused (413).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Connections served at once; further clients wait in the accept queue.
+pub const MAX_CONNECTIONS: usize = 256;
+
+const APPROVALS: &str = "/api/v1/approvals";
+
+type Body = Full<Bytes>;
+
+/// The operator API listener (HTTPS only).
+pub struct ApiServer {
+    gateway: Arc<Gateway>,
+    tls: TlsAcceptor,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer").finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Builds the listener's TLS from the gateway config (`[tls]`, or the
+    /// certificate generated into `state_dir/tls`).
+    pub fn new(gateway: Arc<Gateway>) -> Result<Self, ApiError> {
+        let tls = sluice_core::tls::server_config(gateway.config(), &[b"http/1.1"])?;
+        Ok(ApiServer {
+            gateway,
+            tls: TlsAcceptor::from(tls),
+        })
+    }
+
+    /// Accepts clients until the listener fails; each connection runs in its own task.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let permit = limit
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(std::io::Error::other)?;
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(message = "API accept failed.", error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let gateway = self.gateway.clone();
+            let tls = self.tls.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                if let Err(e) = serve_connection(tcp, peer, tls, gateway).await {
+                    tracing::debug!(message = "API connection ended with an error.", client = %peer, error = %e);
+                }
+            });
+        }
+    }
+}
+
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: TlsAcceptor,
+    gateway: Arc<Gateway>,
+) -> Result<(), String> {
+    let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let service = hyper::service::service_fn(move |req| {
+        let gateway = gateway.clone();
+        async move { Ok::<_, Infallible>(handle(&gateway, req, peer).await) }
+    });
+    hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BODY_BYTES.max(8192))
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+enum Route {
+    List,
+    Get(String),
+    Decide { id: String, approve: bool },
+}
+
+fn route(path: &str) -> Option<Route> {
+    let rest = path.strip_prefix(APPROVALS)?;
+    if rest.is_empty() || rest == "/" {
+        return Some(Route::List);
+    }
+    let rest = rest.strip_prefix('/')?;
+    let parts: Vec<&str> = rest.trim_end_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [id] if !id.is_empty() => Some(Route::Get(decode(id))),
+        [id, "approve"] if !id.is_empty() => Some(Route::Decide {
+            id: decode(id),
+            approve: true,
+        }),
+        [id, "deny"] if !id.is_empty() => Some(Route::Decide {
+            id: decode(id),
+            approve: false,
+        }),
+        _ => None,
+    }
+}
+
+/// Percent-decodes a path segment (the client encodes ids); invalid input stays as is.
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                let value = hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0);
+                out.push(value as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| segment.to_string())
+}
+
+async fn handle(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = dispatch(gateway, req, peer).await;
+    tracing::debug!(message = "API request.", client = %peer, method = %method, path = %truncate(&path, 200), status = response.status().as_u16());
+    response
+}
+
+async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path();
+    if path == "/healthz" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => text(StatusCode::OK, "ok"),
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
+    let identity = match authenticate(gateway, req.headers()) {
+        Ok(identity) => identity,
+        Err(detail) => {
+            tracing::warn!(message = "API authentication failed.", client = %peer, reason = %detail);
+            let mut response = problem(StatusCode::UNAUTHORIZED, detail);
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    };
+    let Some(route) = route(path) else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no API route {}; see /api/v1/approvals",
+                truncate(path, 200)
+            ),
+        );
+    };
+    match route {
+        Route::List => {
+            if req.method() != Method::GET {
+                return method_not_allowed("GET");
+            }
+            let all = match query_flag(req.uri().query(), "all") {
+                Ok(all) => all,
+                Err(detail) => return problem(StatusCode::BAD_REQUEST, detail),
+            };
+            let visible: Vec<ApprovalRequest> = gateway
+                .approvals()
+                .list(!all)
+                .into_iter()
+                .filter(|r| visible_to(r, &identity))
+                .collect();
+            json(StatusCode::OK, &visible)
+        }
+        Route::Get(id) => {
+            if req.method() != Method::GET {
+                return method_not_allowed("GET");
+            }
+            match gateway.approvals().get(&id) {
+                // Requests the caller may not see do not exist for them.
+                Some(r) if visible_to(&r, &identity) => json(StatusCode::OK, &r),
+                _ => approval_error(ApprovalError::NotFound(id)),
+            }
+        }
+        Route::Decide { id, approve } => {
+            if req.method() != Method::POST {
+                return method_not_allowed("POST");
+            }
+            let reason = match read_reason(req).await {
+                Ok(reason) => reason,
+                Err(response) => return response,
+            };
+            match gateway
+                .approvals()
+                .decide(&id, &identity, approve, reason)
+                .await
+            {
+                Ok(r) => json(StatusCode::OK, &r),
+                Err(e) => approval_error(e),
+            }
+        }
+    }
+}
+
+/// The caller may decide it (an approver who did not ask), or asked for it.
+fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
+    request.subject == identity.subject || identity.in_any_group(&request.approvers)
+}
+
+/// The identity behind `Authorization: Bearer …`; the error never contains the token.
+fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, String> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or("this API needs an Authorization: Bearer <token> header (a gateway-issued token: sluice token issue)")?;
+    let value = value
+        .to_str()
+        .map_err(|_| "the Authorization header is not valid text")?;
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err("the Authorization header must use the Bearer scheme".into()),
+    };
+    if token.is_empty() {
+        return Err("the Authorization header has an empty bearer token".into());
+    }
+    gateway
+        .authenticate(&Credentials {
+            user: String::new(),
+            token: token.to_string(),
+        })
+        .map_err(|e| format!("the bearer token was refused: {e}"))
+}
+
+/// `?all=true`: true for `true`/`1`/bare `all`, false for `false`/`0`/absent.
+fn query_flag(query: Option<&str>, name: &str) -> Result<bool, String> {
+    let mut flag = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+        if key != name {
+            continue;
+        }
+        flag = match value {
+            "true" | "1" | "" => true,
+            "false" | "0" => false,
+            _ => return Err(format!("query parameter {name} must be true or false")),
+        };
+    }
+    Ok(flag)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody {
+    reason: Option<String>,
+}
+
+/// The optional `{"reason": …}` body of approve/deny.
+async fn read_reason(req: Request<Incoming>) -> Result<Option<String>, Response<Body>> {
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request bodies are limited to {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Err(_) => {
+            return Err(problem(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ))
+        }
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Ok(Err(_)) => {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let body: DecideBody = serde_json::from_slice(&bytes).map_err(|e| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be JSON like {{\"reason\": \"…\"}}: {e}"),
+        )
+    })?;
+    Ok(body.reason.filter(|r| !r.trim().is_empty()))
+}
+
+fn approval_error(e: ApprovalError) -> Response<Body> {
+    let status = match &e {
+        ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
+        ApprovalError::NotPending { .. } => StatusCode::CONFLICT,
+        ApprovalError::SelfApproval(_) | ApprovalError::NotAnApprover { .. } => {
+            StatusCode::FORBIDDEN
+        }
+        ApprovalError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    problem(status, e.to_string())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        body.as_bytes().to_vec(),
+    )
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(e) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the response could not be encoded: {e}"),
+        ),
+    }
+}
+
+fn problem(status: StatusCode, detail: impl Into<String>) -> Response<Body> {
+    let body = serde_json::to_vec(&Problem::new(status, detail)).unwrap_or_default();
+    respond(status, PROBLEM_JSON, body)
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("this route accepts {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        assert!(matches!(route("/api/v1/approvals"), Some(Route::List)));
+        assert!(matches!(route("/api/v1/approvals/"), Some(Route::List)));
+        assert!(matches!(route("/api/v1/approvals/abc"), Some(Route::Get(id)) if id == "abc"));
+        assert!(matches!(
+            route("/api/v1/approvals/abc/approve"),
+            Some(Route::Decide { id, approve: true }) if id == "abc"
+        ));
+        assert!(matches!(
+            route("/api/v1/approvals/abc/deny/"),
+            Some(Route::Decide { id, approve: false }) if id == "abc"
+        ));
+        assert!(route("/api/v1/approvalsx").is_none());
+        assert!(route("/api/v1/approvals//approve").is_none());
+        assert!(route("/api/v1/approvals/abc/other").is_none());
+        assert!(route("/api/v2/approvals").is_none());
+        assert!(matches!(route("/api/v1/approvals/a%2Fb"), Some(Route::Get(id)) if id == "a/b"));
+        assert_eq!(decode("%zz%4"), "%zz%4");
+        assert_eq!(decode("%C3%A9"), "é");
+    }
+
+    #[test]
+    fn visibility() {
+        use sluice_core::approval::{ApprovalState, ReviewMode};
+        let who = |subject: &str, groups: &[&str]| Identity {
+            subject: subject.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            issuer: "sluice".into(),
+            token_id: "t".into(),
+            expires_at: std::time::SystemTime::now(),
+        };
+        let request = ApprovalRequest {
+            id: "a1".into(),
+            session_id: "s1".into(),
+            command_id: 1,
+            subject: "agent".into(),
+            connection: "appdb".into(),
+            command: "delete from t".into(),
+            rule: "reviewed-writes".into(),
+            message: None,
+            approvers: vec!["dba".into()],
+            mode: ReviewMode::Hold,
+            requested_at_ms: 0,
+            expires_at_ms: 0,
+            state: ApprovalState::Pending,
+            decided_by: None,
+            decided_at_ms: None,
+            reason: None,
+        };
+        assert!(visible_to(&request, &who("bob", &["dba"])));
+        assert!(visible_to(&request, &who("agent", &["agents"])));
+        assert!(!visible_to(&request, &who("eve", &["agents", "ops"])));
+    }
+
+    #[test]
+    fn all_flag() {
+        assert_eq!(query_flag(None, "all"), Ok(false));
+        assert_eq!(query_flag(Some("all=true"), "all"), Ok(true));
+        assert_eq!(query_flag(Some("x=1&all=1"), "all"), Ok(true));
+        assert_eq!(query_flag(Some("all"), "all"), Ok(true));
+        assert_eq!(query_flag(Some("all=false"), "all"), Ok(false));
+        assert!(query_flag(Some("all=maybe"), "all").is_err());
+    }
+}
