@@ -180,8 +180,8 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         }
     };
 
-    let sluice = match sluice_bin {
-        Some(bin) => match start_sluice(&bin, &pg, &password) {
+    let sluice = match &sluice_bin {
+        Some(bin) => match start_sluice(bin, &pg, &password, "") {
             Ok(gateway) => {
                 targets.push(Target {
                     name: "sluice",
@@ -193,6 +193,26 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             }
             Err(err) => {
                 eprintln!("bench: Sluice unavailable: {err:#}");
+                None
+            }
+        },
+        None => None,
+    };
+    // The same gateway with 20 SQL rules in force: decision caching keeps
+    // prepared statements from being parsed again per execution.
+    let sluice_rules = match &sluice_bin {
+        Some(bin) => match start_sluice(bin, &pg, &password, &twenty_rules()) {
+            Ok(gateway) => {
+                targets.push(Target {
+                    name: "sluice+rules",
+                    port: gateway.port,
+                    user: ROLE.to_string(),
+                    password: gateway.token.clone(),
+                });
+                Some(gateway)
+            }
+            Err(err) => {
+                eprintln!("bench: Sluice with rules unavailable: {err:#}");
                 None
             }
         },
@@ -237,6 +257,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     if pgbouncer.is_none() || sluice.is_none() {
         println!("(- = not measured; see the messages above)");
     }
+    println!();
+    classifier_microbench();
+    drop(sluice_rules);
     drop(sluice);
     drop(pgbouncer);
     Ok(())
@@ -255,12 +278,15 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
         "pgbouncer ms",
         "sluice ms",
         "sluice added µs (c=1)",
+        "+20 rules tps",
+        "rules/no rules",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for mode in &opts.modes {
         for &clients in &opts.clients {
             let get = |name| results.get(&(mode.clone(), clients, name)).copied();
             let (direct, bouncer, sluice) = (get("direct"), get("pgbouncer"), get("sluice"));
+            let with_rules = get("sluice+rules");
             let tps = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.0}", s.tps));
             let lat = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.3}", s.latency_ms));
             let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
@@ -283,6 +309,8 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
                 lat(bouncer),
                 lat(sluice),
                 added,
+                tps(with_rules),
+                ratio(with_rules, sluice),
             ]);
         }
     }
@@ -580,7 +608,7 @@ struct Sluice {
 }
 
 /// The gateway in front of `pg`, with one connection `bench` and a token for subject `bench`.
-fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str) -> Result<Sluice> {
+fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str, rules: &str) -> Result<Sluice> {
     let dir = ScratchDir::new("sluice-bench-gateway", None)?;
     let port = free_port();
     let config = dir.path().join("sluice.toml");
@@ -601,7 +629,8 @@ fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str) -> Result<Sluice>
              database = \"{DB}\"\n\
              user = \"{ROLE}\"\n\
              password = {{ env = \"BENCH_DB_PASSWORD\" }}\n\
-             allow_groups = [\"bench\"]\n",
+             allow_groups = [\"bench\"]\n\
+             {rules}",
             state = toml_str(&state.to_string_lossy()),
             pgport = pg.port,
         ),
@@ -656,6 +685,59 @@ fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str) -> Result<Sluice>
         _daemon: daemon,
         _dir: dir,
     })
+}
+
+/// Twenty rules of the kinds a deployment has; none matches pgbench's SELECT.
+fn twenty_rules() -> String {
+    let mut out = String::from("\n");
+    let kinds = [
+        r#"match = { sql = ["ddl"] }"#,
+        r#"match = { sql = ["dcl"] }"#,
+        r#"match = { sql = ["admin"] }"#,
+        r#"match = { sql = ["write"], no_where = true }"#,
+        r#"match = { sql = ["write"], tables = ["pgbench_branches"] }"#,
+        r#"match = { functions = ["pg_read_*", "dblink*", "lo_*"] }"#,
+        r#"match = { tables = ["*.secrets", "vault_*"] }"#,
+        r#"match = { sql = ["write"], tables = ["audit.*"] }"#,
+        r#"match = { sql = ["utility"], functions = ["set_config"] }"#,
+        r#"match = { sql = ["write"], tables = ["payments", "invoices"] }"#,
+    ];
+    for n in 0..20 {
+        out.push_str(&format!(
+            "[[rules]]\nname = \"bench-rule-{n}\"\n{}\naction = \"deny\"\n\n",
+            kinds[n % kinds.len()]
+        ));
+    }
+    out
+}
+
+/// Parse + classify cost per statement, uncached (the cache absorbs repeats).
+fn classifier_microbench() {
+    let statements = [
+        "SELECT abalance FROM pgbench_accounts WHERE aid = $1",
+        "select c.name, count(o.id) from customers c join orders o on o.customer_id = c.id where c.created_at > now() - interval '7 days' group by c.name order by 2 desc limit 10",
+        "UPDATE pgbench_accounts SET abalance = abalance + $1 WHERE aid = $2",
+        "insert into orders (customer_id, amount, status) values (1, 9.99, 'new') returning id",
+        "with d as (delete from orders where status = 'void' returning *) select count(*) from d",
+    ];
+    let rounds = 2000;
+    println!("SQL parse + classify (uncached, {rounds} runs each):");
+    for sql in statements {
+        let mut times = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            let r = sluice_postgres::sql::classify(sql);
+            times.push(t.elapsed());
+            if r.is_err() {
+                println!("  classify failed for {sql:?}");
+                break;
+            }
+        }
+        times.sort();
+        let p = |q: f64| times[((times.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e6;
+        let short: String = sql.chars().take(60).collect();
+        println!("  p50 {:>6.1} µs  p99 {:>6.1} µs  {short}", p(0.5), p(0.99));
+    }
 }
 
 #[cfg(test)]

@@ -45,6 +45,11 @@ pub fn check(config: &Config) -> Result<()> {
             }
         }
     }
+    for w in &config.webhooks {
+        if let Err(e) = sluice_webhook::WebhookNotifier::from_config(w) {
+            tracing::warn!(message = "A webhook is not usable here.", error = %e);
+        }
+    }
     Ok(())
 }
 
@@ -59,7 +64,11 @@ pub async fn serve(config: Config) -> Result<()> {
         );
     }
     let listen = config.listen.clone();
+    let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
     let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
+    for webhook in webhooks {
+        builder = builder.approval_notifier(webhook);
+    }
     for key in match_keys() {
         builder = builder.match_key(key);
     }
@@ -73,17 +82,21 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(message = "PostgreSQL listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
-    for (name, addr) in [
-        ("ssh", listen.ssh),
-        ("http", listen.http),
-        ("api", listen.api),
-    ] {
+    if let Some(addr) = listen.api {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the api listener on {addr}"))?;
+        let server = sluice_api::ApiServer::new(gateway.clone())?;
+        tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    for (name, addr) in [("ssh", listen.ssh), ("http", listen.http)] {
         if addr.is_some() {
             anyhow::bail!("listen.{name}: this build has no {name} listener yet");
         }
     }
     if tasks.is_empty() {
-        anyhow::bail!("no listener configured: set listen.postgres");
+        anyhow::bail!("no listener configured: set listen.postgres or listen.api");
     }
     tokio::select! {
         r = tasks.join_next() => match r {

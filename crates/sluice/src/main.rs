@@ -1,6 +1,7 @@
 //! `sluice`: the launcher. Parses the CLI and config and composes the library
 //! crates; the logic lives in them.
 
+mod approvals;
 mod compose;
 mod telemetry;
 
@@ -66,6 +67,16 @@ enum Cmd {
     /// Audit chain commands.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// The approval queue (through the gateway's operator API, `[listen] api`).
+    Approvals {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Your own token (approvers approve as themselves).
+        #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: approvals::ApprovalsCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -162,6 +173,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Replay { config, session_id } => {
             compose::runtime()?.block_on(compose::replay(config.load()?, &session_id))
         }
+        Cmd::Approvals {
+            config,
+            token,
+            command,
+        } => approvals::run(&config.load()?, token, command),
         Cmd::Audit(AuditCmd::Verify(c)) => {
             let ok = compose::runtime()?.block_on(compose::verify(c.load()?))?;
             if !ok {

@@ -1,0 +1,211 @@
+//! Just-in-time approval with real clients: psql waits on its live connection
+//! while an approver uses `sluice approvals`; retry mode for short-timeout
+//! agents; who may decide.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::*;
+use std::process::Output;
+use std::thread;
+use std::time::Duration;
+
+const RULES: &str = r#"
+[[rules]]
+name = "reviewed-customer-writes"
+match = { sql = ["write"], tables = ["customers"] }
+action = "review"
+approvers = ["dba"]
+timeout = "60s"
+message = "Changes to customers are reviewed by a DBA."
+
+[[rules]]
+name = "quick-review"
+match = { sql = ["write"], tables = ["orders"], no_where = false }
+groups = ["hurried"]
+action = "review"
+approvers = ["dba"]
+timeout = "2s"
+
+[[rules]]
+name = "retry-review"
+match = { sql = ["write"], tables = ["orders"] }
+groups = ["batch"]
+action = "review"
+approvers = ["dba"]
+mode = "retry"
+timeout = "5m"
+"#;
+
+fn env() -> Env {
+    let api = sluice_sandbox::free_port();
+    Env::builder()
+        .extra_toml(RULES)
+        .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
+        .start()
+}
+
+fn approvals(env: &Env, token: &str, args: &[&str]) -> Output {
+    let mut all = vec!["approvals"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--token", token]);
+    env.sluice(&all)
+}
+
+/// Waits for one pending request visible to `token` and returns it.
+fn pending(env: &Env, token: &str) -> serde_json::Value {
+    wait_until(Duration::from_secs(20), "a pending approval", || {
+        let out = approvals(env, token, &["list", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().next()
+    })
+}
+
+fn customer_name(env: &Env, id: i32) -> String {
+    env.direct_sql(
+        "app",
+        &format!("select name from customers where id = {id}"),
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn held_statement_runs_on_the_same_connection_after_approval() {
+    let env = env();
+    let url = env.agent_url();
+    let dba = env.token("dana", &["dba"], "10m");
+    let before = customer_name(&env, 1);
+    let mut psql = env.psql_command(
+        &url,
+        &[
+            "-c",
+            "update customers set name = 'Approved Name' where id = 1 returning name",
+        ],
+    );
+    let client = thread::spawn(move || run_with_timeout(&mut psql, None, Duration::from_secs(60)));
+    let request = pending(&env, &dba);
+    let id = request["id"].as_str().unwrap().to_string();
+    assert_eq!(request["subject"], "agent-1");
+    assert_eq!(request["rule"], "reviewed-customer-writes");
+    assert_eq!(
+        customer_name(&env, 1),
+        before,
+        "nothing runs before approval"
+    );
+
+    // The requester may not approve, nor may someone outside the approver groups.
+    let own = approvals(
+        &env,
+        &env.token("agent-1", &["agents", "dba"], "10m"),
+        &["approve", &id],
+    );
+    assert!(
+        !own.status.success() && stderr(&own).contains("own request"),
+        "{}",
+        stderr(&own)
+    );
+    let outsider = approvals(
+        &env,
+        &env.token("eve", &["agents"], "10m"),
+        &["approve", &id],
+    );
+    assert!(!outsider.status.success(), "{}", stdout(&outsider));
+
+    let ok_out = approvals(&env, &dba, &["approve", &id, "--reason", "ticket OPS-42"]);
+    assert!(ok_out.status.success(), "{}", stderr(&ok_out));
+    let out = client.join().unwrap();
+    let so = ok(&out);
+    assert!(so.contains("Approved Name"), "{so}");
+    let se = stderr(&out);
+    assert!(
+        se.contains(&id) && se.contains("sluice approvals approve"),
+        "the client was told: {se}"
+    );
+    assert_eq!(customer_name(&env, 1), "Approved Name");
+
+    let sessions = env.wait_sessions_ended(1);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    assert!(
+        replay.contains(&format!(
+            "approval {id} requested by rule reviewed-customer-writes"
+        )),
+        "{replay}"
+    );
+    assert!(
+        replay.contains(&format!("approval {id} approved by dana: ticket OPS-42")),
+        "{replay}"
+    );
+}
+
+#[test]
+fn held_statement_denied_or_timed_out_is_refused() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let before = customer_name(&env, 2);
+    let mut psql = env.psql_command(
+        &env.agent_url(),
+        &["-c", "update customers set name = 'nope' where id = 2"],
+    );
+    let client = thread::spawn(move || run_with_timeout(&mut psql, None, Duration::from_secs(60)));
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    let out = approvals(&env, &dba, &["deny", &id, "--reason", "use the migration"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = client.join().unwrap();
+    let se = failed(&out);
+    assert!(se.contains("denied by dana: use the migration"), "{se}");
+    assert_eq!(customer_name(&env, 2), before);
+
+    // Nobody answers within the rule's 2 s: refused, nothing ran.
+    let hurried = env.url(
+        "agent-2",
+        &env.token("agent-2", &["agents", "hurried"], "10m"),
+        "appdb",
+    );
+    let out = env.psql(
+        &hurried,
+        &["-c", "update orders set status = 'late' where id = 3"],
+    );
+    assert!(
+        failed(&out).contains("not decided within"),
+        "{}",
+        stderr(&out)
+    );
+    assert_ne!(
+        env.direct_sql("app", "select status from orders where id = 3")
+            .trim(),
+        "late"
+    );
+}
+
+#[test]
+fn retry_mode_refuses_now_and_runs_the_approved_statement_once() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let batch = env.url(
+        "batch-agent",
+        &env.token("batch-agent", &["agents", "batch"], "10m"),
+        "appdb",
+    );
+    let sql = "update orders set status = 'retried' where id = 4";
+    let first = env.psql(&batch, &["-c", sql]);
+    let se = failed(&first);
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    assert!(se.contains(&id), "the refusal names the approval: {se}");
+    assert!(approvals(&env, &dba, &["approve", &id]).status.success());
+    ok(&env.psql(&batch, &["-c", sql]));
+    assert_eq!(
+        env.direct_sql("app", "select status from orders where id = 4")
+            .trim(),
+        "retried"
+    );
+    // The approval was for one run.
+    env.direct_sql("app", "update orders set status = 'reset' where id = 4");
+    let again = env.psql(&batch, &["-c", sql]);
+    assert!(!again.status.success());
+    assert_eq!(
+        env.direct_sql("app", "select status from orders where id = 4")
+            .trim(),
+        "reset"
+    );
+}
