@@ -211,13 +211,19 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
         &["agents".to_string()],
         Duration::from_secs(3600),
     )?;
+    let dba = authority.issue("demo-dba", &["dba".to_string()], Duration::from_secs(3600))?;
     println!("Sluice demo: PostgreSQL with demo customers behind the gateway.\n");
     println!("Token for subject demo-agent (groups: agents), valid 1h:\n  {token}\n");
     println!("Try:");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
-    println!("\nThen, from the repository root:");
+    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
+    println!("\nApprove it as demo-dba (groups: dba), from the repository root:");
+    println!("  export SLUICE_TOKEN={dba}");
+    println!("  cargo run -q -p sluice -- approvals list --config examples/quickstart.toml");
+    println!("  cargo run -q -p sluice -- approvals approve ID --config examples/quickstart.toml");
+    println!("\nThen:");
     println!("  cargo run -q -p sluice -- sessions list --config examples/quickstart.toml");
     println!("  cargo run -q -p sluice -- replay --config examples/quickstart.toml SESSION_ID");
     println!("  cargo run -q -p sluice -- audit verify --config examples/quickstart.toml");
