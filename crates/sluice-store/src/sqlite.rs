@@ -62,6 +62,7 @@ pub struct SqliteStore {
     journal_path: PathBuf,
     writer: Option<Arc<Mutex<JournalWriter>>>,
     stop_indexer: Option<mpsc::Sender<()>>,
+    indexer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -76,6 +77,11 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         if let Some(stop) = self.stop_indexer.take() {
             let _ = stop.send(());
+        }
+        // The indexer shares the journal writer (and its file lock): wait for
+        // it, so a store reopened right after this one finds the lock free.
+        if let Some(indexer) = self.indexer.take() {
+            let _ = indexer.join();
         }
         if let Some(w) = &self.writer {
             if let Ok(mut w) = w.lock() {
@@ -135,6 +141,7 @@ impl SqliteStore {
                 journal_path,
                 writer: None,
                 stop_indexer: None,
+                indexer: None,
             });
         };
         let file = std::fs::OpenOptions::new()
@@ -165,7 +172,7 @@ impl SqliteStore {
         let indexer_db = db_path.clone();
         let indexer_journal = journal_path.clone();
         let indexer_writer = writer.clone();
-        std::thread::Builder::new()
+        let indexer = std::thread::Builder::new()
             .name("sluice-indexer".into())
             .spawn(move || index_loop(&indexer_db, &indexer_journal, &indexer_writer, stopped))
             .map_err(unavailable)?;
@@ -174,6 +181,7 @@ impl SqliteStore {
             journal_path,
             writer: Some(writer),
             stop_indexer: Some(stop),
+            indexer: Some(indexer),
         })
     }
 

@@ -30,6 +30,8 @@ async fn main() -> Result<()> {
         Mode::Writer(config.gateway.audit_sync),
     )?);
     let gateway = GatewayBuilder::new(config, store)
+        // The SQL match keys (sql, tables, functions, no_where) for [[rules]].
+        .match_key(sluice_postgres::sql_match_key())
         // Our own policy: at most 20 commands per second per session,
         // audited like every other decision.
         .layer(rate_limit::RateLimitLayer::new(20, Duration::from_secs(1)))

@@ -186,3 +186,27 @@ async fn extra_layers_are_audited() {
     );
     assert_eq!(store.events.lock().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn connection_default_action_applies_when_no_rule_matches() {
+    let text = RULES
+        .replace(
+            "allow_groups = [\"agents\"]",
+            "allow_groups = [\"agents\"]\ndefault_action = \"deny\"",
+        )
+        .replace(
+            "[[rules]]\nname = \"all-allowed\"\naction = \"allow\"\n",
+            "",
+        );
+    let config = Config::from_toml_str(&text, "t").unwrap();
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    let store = Arc::new(MemoryStore::default());
+    let svc = PipelineBuilder::new().build(Arc::new(engine), store, None);
+    let d = svc.oneshot(request("select 1", &["agents"])).await.unwrap();
+    let Decision::Refuse { denial, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(denial.rule, None);
+    assert!(denial.message.contains("default policy"), "{denial:?}");
+}
