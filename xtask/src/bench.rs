@@ -41,7 +41,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
         modes: ["simple", "extended", "prepared"]
             .map(String::from)
             .to_vec(),
-        sslmode: None,
+        // Every leg in plaintext by default: the bench PostgreSQL and PgBouncer
+        // have no TLS, and the gateway would otherwise negotiate it.
+        sslmode: Some("disable".to_string()),
         sluice_bin: None,
     };
     let mut it = args.iter();
