@@ -19,28 +19,37 @@ impl Glob {
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        let text: Vec<char> = text.to_lowercase().chars().collect();
-        // Iterative wildcard matching with one backtrack point: linear-ish, no recursion.
-        let (p, t) = (&self.pattern, &text);
-        let (mut pi, mut ti) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
-                star = Some((pi, ti));
-                pi += 1;
-            } else if let Some((sp, st)) = star {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            } else {
-                return false;
-            }
+        // Names are nearly always ASCII: compare bytes without allocating.
+        if text.is_ascii() && self.pattern.iter().all(char::is_ascii) {
+            return wildcard(&self.pattern, text.as_bytes(), |pc, tb| {
+                *pc == '?' || *pc == (tb.to_ascii_lowercase() as char)
+            });
         }
-        p[pi..].iter().all(|&c| c == '*')
+        let text: Vec<char> = text.to_lowercase().chars().collect();
+        wildcard(&self.pattern, &text, |pc, tc| *pc == '?' || pc == tc)
     }
+}
+
+/// Iterative wildcard matching with one backtrack point: linear-ish, no recursion.
+fn wildcard<T>(p: &[char], t: &[T], eq: impl Fn(&char, &T) -> bool) -> bool {
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && eq(&p[pi], &t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 #[cfg(test)]

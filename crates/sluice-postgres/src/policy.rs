@@ -78,7 +78,7 @@ impl MatchKey for SqlMatchKey {
                     .collect::<Result<BTreeSet<_>, _>>()
             })
             .transpose()?;
-        let tables = strings("tables")?.map(|v| v.iter().map(|p| Glob::new(p)).collect());
+        let tables = strings("tables")?.map(|v| v.iter().map(|p| TableGlob::new(p)).collect());
         let functions = strings("functions")?.map(|v| v.iter().map(|p| Glob::new(p)).collect());
         let no_where = match values.get("no_where") {
             None => None,
@@ -98,32 +98,86 @@ impl MatchKey for SqlMatchKey {
 struct SqlMatcher {
     cache: Arc<ClassifierCache>,
     classes: Option<BTreeSet<SqlClass>>,
-    tables: Option<Vec<Glob>>,
+    tables: Option<Vec<TableGlob>>,
     functions: Option<Vec<Glob>>,
     no_where: Option<bool>,
 }
 
+/// A table pattern split once into its schema and name parts.
+struct TableGlob {
+    schema: Option<Glob>,
+    name: Glob,
+}
+
+impl TableGlob {
+    fn new(pattern: &str) -> Self {
+        match pattern.rsplit_once('.') {
+            Some((schema, name)) => TableGlob {
+                schema: Some(Glob::new(schema)),
+                name: Glob::new(name),
+            },
+            None => TableGlob {
+                schema: None,
+                name: Glob::new(pattern),
+            },
+        }
+    }
+
+    /// `users` matches the table in any schema; `s.users` matches `s.users`,
+    /// and an unqualified `users` (its schema depends on search_path, which a
+    /// session can change, so it is not assumed to be `public`).
+    fn matches(&self, table: &str) -> bool {
+        let (t_schema, t_name) = match table.rsplit_once('.') {
+            Some((s, n)) => (Some(s), n),
+            None => (None, table),
+        };
+        self.name.matches(t_name)
+            && match (&self.schema, t_schema) {
+                (Some(p), Some(s)) => p.matches(s),
+                _ => true,
+            }
+    }
+}
+
 /// One command's statements, classified once for all rules.
-struct Classified(Result<Vec<StatementInfo>, String>);
+struct Classified(Result<Statements, String>);
+
+/// Statements as classified (shared with the cache), or with EXECUTEs resolved.
+enum Statements {
+    Cached(Arc<Classification>),
+    Resolved(Vec<StatementInfo>),
+}
+
+impl Statements {
+    fn as_slice(&self) -> &[StatementInfo] {
+        match self {
+            Statements::Cached(c) => &c.statements,
+            Statements::Resolved(v) => v,
+        }
+    }
+}
 
 impl SqlMatcher {
-    fn statements(&self, command: &Command) -> Result<Vec<StatementInfo>, String> {
+    fn statements(&self, command: &Command) -> Result<Statements, String> {
         let text = match &command.kind {
             CommandKind::SqlSimple | CommandKind::SqlExecute { .. } => &command.text,
             // A fast-path call runs a function by OID with no SQL to read:
             // judged as the worst a function can do.
             CommandKind::FunctionCall { function_oid } => {
-                return Ok(vec![StatementInfo {
+                return Ok(Statements::Resolved(vec![StatementInfo {
                     command: "FUNCTION CALL".into(),
                     classes: [SqlClass::Write, SqlClass::Admin].into_iter().collect(),
                     functions: [format!("oid:{function_oid}")].into_iter().collect(),
                     ..StatementInfo::default()
-                }])
+                }]))
             }
-            _ => return Ok(Vec::new()),
+            _ => return Ok(Statements::Resolved(Vec::new())),
         };
         let classified = self.cache.classify(text).map_err(|e| e.to_string())?;
-        resolve(&classified, &command.context, &self.cache)
+        if classified.statements.iter().all(|st| st.executes.is_none()) {
+            return Ok(Statements::Cached(classified));
+        }
+        resolve(&classified, &command.context, &self.cache).map(Statements::Resolved)
     }
 
     fn statement_matches(&self, st: &StatementInfo) -> bool {
@@ -134,7 +188,7 @@ impl SqlMatcher {
         }
         if let Some(globs) = &self.tables {
             let mut names = st.reads.iter().chain(st.writes.iter());
-            if !names.any(|t| globs.iter().any(|g| table_matches(g, t))) {
+            if !names.any(|t| globs.iter().any(|g| g.matches(t))) {
                 return false;
             }
         }
@@ -195,25 +249,10 @@ impl CommandMatcher for SqlMatcher {
     fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String> {
         let classified = scratch.get_or_insert_with(|| Classified(self.statements(command)));
         let statements = classified.0.as_ref().map_err(|e| e.clone())?;
-        Ok(statements.iter().any(|st| self.statement_matches(st)))
-    }
-}
-
-/// Table patterns: `users` matches the table in any schema; `s.users` matches
-/// `s.users`, and an unqualified `users` (its schema depends on search_path,
-/// which a session can change, so it is not assumed to be `public`).
-fn table_matches(glob: &Glob, table: &str) -> bool {
-    let pattern = glob.as_string();
-    let (t_schema, t_name) = match table.rsplit_once('.') {
-        Some((s, n)) => (Some(s), n),
-        None => (None, table),
-    };
-    match pattern.rsplit_once('.') {
-        None => glob.matches(t_name),
-        Some((p_schema, p_name)) => {
-            Glob::new(p_name).matches(t_name)
-                && t_schema.is_none_or(|s| Glob::new(p_schema).matches(s))
-        }
+        Ok(statements
+            .as_slice()
+            .iter()
+            .any(|st| self.statement_matches(st)))
     }
 }
 
@@ -231,14 +270,14 @@ mod tests {
 
     #[test]
     fn table_patterns_do_not_assume_the_schema() {
-        let g = Glob::new;
-        assert!(table_matches(&g("users"), "users"));
-        assert!(table_matches(&g("users"), "audit.users"));
-        assert!(table_matches(&g("public.users"), "users"));
-        assert!(table_matches(&g("public.users"), "public.users"));
-        assert!(!table_matches(&g("public.users"), "audit.users"));
-        assert!(table_matches(&g("*.secrets"), "vault.secrets"));
-        assert!(!table_matches(&g("orders"), "users"));
+        let m = |p: &str, t: &str| TableGlob::new(p).matches(t);
+        assert!(m("users", "users"));
+        assert!(m("users", "audit.users"));
+        assert!(m("public.users", "users"));
+        assert!(m("public.users", "public.users"));
+        assert!(!m("public.users", "audit.users"));
+        assert!(m("*.secrets", "vault.secrets"));
+        assert!(!m("orders", "users"));
     }
 
     #[test]
