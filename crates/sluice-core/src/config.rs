@@ -38,6 +38,9 @@ pub struct Config {
     /// Webhooks told about approval requests and decisions.
     #[serde(default)]
     pub webhooks: Vec<WebhookConfig>,
+    /// Response masking: content detectors, styles and column rules (off by default).
+    #[serde(default)]
+    pub masking: crate::masking::MaskingConfig,
 }
 
 /// A webhook notified of approval requests and decisions (HMAC-signed JSON).

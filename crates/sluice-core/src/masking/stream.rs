@@ -1,0 +1,173 @@
+//! Masking byte streams (SSH output, HTTP bodies) chunk by chunk.
+//!
+//! **Hold-back bound.** After each [`StreamMasker::push`] at most
+//! [`MaskingEngine::holdback`] bytes stay buffered: the longest match any
+//! enabled detector can make (at least 128 bytes, the overlap look-ahead),
+//! capped at [`super::MAX_HOLDBACK`] = 4 KiB. With the default detectors it is
+//! the cap, since emails, JWTs, PEM keys and passwords have no fixed upper
+//! length; with, say, only `credit_card` and `us_ssn` it is 128. A candidate
+//! that starts before the last `holdback` bytes has all the bytes it can span
+//! and look at, so it is decided exactly as [`MaskingEngine::mask_text`] would
+//! decide it on the whole stream: a secret split across chunks, at any offset,
+//! is still masked. Each push rescans at most the held-back tail.
+//!
+//! Longer secrets: a JWT or PEM private key still running when the buffer
+//! edge is reached is masked up to the edge, and the bytes of its alphabet
+//! that follow in later chunks are swallowed (the placeholder already stands
+//! for them). Other matches longer than the hold-back (a 5 KB email local part,
+//! an unbounded custom regex) are only guaranteed when they arrive whole.
+//!
+//! Interactive streams: held-back bytes are released by the next push or by
+//! [`StreamMasker::flush`], which the caller should invoke when the stream has
+//! been idle briefly (e.g. 20-50 ms of SSH silence), so a prompt is not held.
+//! A secret arriving across a flush is decided on what was there at the flush.
+//!
+//! Bytes outside matches are passed through byte for byte, including invalid
+//! UTF-8 (the automaton runs on bytes; matches are valid UTF-8).
+
+use super::engine::{Kind, MaskCounts, MaskingEngine, Scratch};
+
+/// Bytes of already released input kept as look-behind context (`\b`, the
+/// character before a JWT or an IP address).
+const CONTEXT: usize = 8;
+
+/// Masks one byte stream. Create with [`MaskingEngine::stream`].
+#[derive(Debug)]
+pub struct StreamMasker {
+    engine: MaskingEngine,
+    /// `context | pending`: the last released input bytes, then the held-back ones.
+    buf: Vec<u8>,
+    /// Length of the context prefix of `buf`.
+    ctx: usize,
+    counts: MaskCounts,
+    /// Set while a long JWT or PEM key cut at a buffer edge may continue.
+    continuation: Option<fn(u8) -> bool>,
+    scratch: Scratch,
+}
+
+impl MaskingEngine {
+    /// A masker for one byte stream.
+    pub fn stream(&self) -> StreamMasker {
+        StreamMasker {
+            engine: self.clone(),
+            buf: Vec::new(),
+            ctx: 0,
+            counts: MaskCounts::default(),
+            continuation: None,
+            scratch: Scratch::default(),
+        }
+    }
+}
+
+impl StreamMasker {
+    /// Adds a chunk; returns what can be released now (possibly nothing).
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        if !self.engine.has_detectors() {
+            out.extend_from_slice(chunk);
+            return out;
+        }
+        let chunk = self.swallow_continuation(chunk);
+        self.buf.extend_from_slice(chunk);
+        self.process(false, &mut out);
+        out
+    }
+
+    /// Releases everything held back, deciding pending candidates on what has
+    /// arrived so far. The stream can continue afterwards.
+    pub fn flush(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.process(true, &mut out);
+        out
+    }
+
+    /// Ends the stream: everything still held back, masked.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.flush()
+    }
+
+    /// Ends the stream, also returning the counts.
+    pub fn finish_counted(mut self) -> (Vec<u8>, MaskCounts) {
+        let out = self.flush();
+        (out, self.counts)
+    }
+
+    /// How many values each detector masked so far.
+    pub fn counts(&self) -> &MaskCounts {
+        &self.counts
+    }
+
+    /// Takes the counts so far (e.g. to attribute them to one command).
+    pub fn take_counts(&mut self) -> MaskCounts {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Bytes currently held back.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.ctx
+    }
+
+    /// Drops the leading bytes of `chunk` that continue a secret cut earlier.
+    fn swallow_continuation<'c>(&mut self, chunk: &'c [u8]) -> &'c [u8] {
+        let Some(class) = self.continuation else {
+            return chunk;
+        };
+        let n = chunk.iter().take_while(|&&b| class(b)).count();
+        if n < chunk.len() {
+            self.continuation = None;
+        }
+        // Nothing is pending while a continuation is open: keep the swallowed
+        // bytes only as context.
+        self.buf.extend_from_slice(&chunk[..n]);
+        self.ctx = self.buf.len();
+        self.trim_context();
+        &chunk[n..]
+    }
+
+    fn trim_context(&mut self) {
+        let drop = self.ctx.saturating_sub(CONTEXT);
+        if drop > 0 {
+            self.buf.drain(..drop);
+            self.ctx -= drop;
+        }
+    }
+
+    fn process(&mut self, finish: bool, out: &mut Vec<u8>) {
+        let len = self.buf.len();
+        let limit = if finish {
+            len
+        } else {
+            len.saturating_sub(self.engine.holdback())
+        };
+        let mut pos = self.ctx;
+        if limit <= pos {
+            return;
+        }
+        while let Some((det, hit)) = self
+            .engine
+            .next_hit(&self.buf, pos, limit, &mut self.scratch)
+        {
+            out.extend_from_slice(&self.buf[pos..hit.start]);
+            self.engine.write_hit(det, &self.buf, &hit, out);
+            let d = self.engine.detector(det);
+            self.counts.add(&d.name, 1);
+            pos = hit.end;
+            // A long secret running into the buffer edge may go on.
+            if let Kind::Builtin(b) = d.kind {
+                if let Some(class) = b.continuation(&self.buf[hit.start..hit.end]) {
+                    if self.buf[pos..].iter().all(|&c| class(c)) {
+                        pos = len;
+                        self.continuation = Some(class);
+                        break;
+                    }
+                }
+            }
+        }
+        if pos < limit {
+            out.extend_from_slice(&self.buf[pos..limit]);
+            pos = limit;
+        }
+        self.ctx = pos;
+        self.trim_context();
+    }
+}
