@@ -398,6 +398,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = self.masking.validate() {
+            return Err(invalid(e.key.clone(), e.message.clone()));
+        }
         let mut names = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {
             let key = |field: &str| format!("connections.{i}.{field}");

@@ -167,6 +167,13 @@ pub struct Column {
     pub type_oid: u32,
     /// Whether values arrive in the binary format.
     pub binary: bool,
+    /// `schema.table` of the source table, when the protocol resolved it
+    /// (only done for maskers that ask, see `ResponseMasker::wants_table_names`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The source column's name in that table (an alias in the query does not change it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_column: Option<String>,
 }
 
 /// How a command ended, for the audit record.
@@ -184,6 +191,9 @@ pub struct Outcome {
     pub columns: Vec<String>,
     /// True when `sample` holds fewer rows than were returned.
     pub truncated: bool,
+    /// Values masked, by detector or column rule name.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub masked: std::collections::BTreeMap<String, u64>,
 }
 
 pub(crate) mod unix_seconds {

@@ -78,6 +78,14 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                         outcome.duration_us as f64 / 1000.0
                     );
                 }
+                if !outcome.masked.is_empty() {
+                    let counts: Vec<String> = outcome
+                        .masked
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    let _ = writeln!(out, "{pad}  masked: {}", counts.join(", "));
+                }
                 if !outcome.sample.is_empty() {
                     if !outcome.columns.is_empty() {
                         let _ = writeln!(out, "{pad}  | {}", outcome.columns.join(" | "));

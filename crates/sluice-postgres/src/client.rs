@@ -348,7 +348,11 @@ impl Session for PgSession {
         wire::backend_key(&mut out, key.0, key.1);
         wire::ready(&mut out, b'I');
         self.flush(&mut out).await?;
-        Relay::new(handle, self.stream, self.buf, upstream)
+        let catalog = handle
+            .masker()
+            .wants_table_names()
+            .then(|| self.shared.catalog_for(handle.connection()));
+        Relay::new(handle, self.stream, self.buf, upstream, catalog)
             .run()
             .await
     }

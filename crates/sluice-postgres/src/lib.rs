@@ -5,6 +5,7 @@
 //!
 //! This crate translates; it makes no security decision.
 
+mod catalog;
 mod client;
 mod frame;
 mod hazard;
@@ -76,6 +77,20 @@ pub struct Shared {
     tls: Option<tokio_rustls::TlsAcceptor>,
     allow_plaintext: bool,
     cancels: CancelRegistry,
+    /// Catalog caches by connection name (for masking by source table).
+    catalogs: Mutex<HashMap<String, Arc<catalog::Catalog>>>,
+}
+
+impl Shared {
+    fn catalog_for(
+        &self,
+        connection: &sluice_core::config::ConnectionConfig,
+    ) -> Arc<catalog::Catalog> {
+        let mut map = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(connection.name.clone())
+            .or_insert_with(|| Arc::new(catalog::Catalog::new(connection.clone())))
+            .clone()
+    }
 }
 
 /// Maps the keys the gateway gave clients to upstream backends. Clients never
@@ -162,6 +177,7 @@ impl PostgresServer {
             tls: Some(tokio_rustls::TlsAcceptor::from(tls)),
             allow_plaintext: config.gateway.allow_plaintext,
             cancels: CancelRegistry::default(),
+            catalogs: Mutex::new(HashMap::new()),
         });
         Ok(PostgresServer { gateway, shared })
     }

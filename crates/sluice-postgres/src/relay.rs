@@ -6,6 +6,7 @@
 //! so a refusal injected for a pipelined statement arrives exactly where the
 //! server's answer would have.
 
+use crate::catalog::{Catalog, TableInfo};
 use crate::frame::{
     data_row_values, encode_data_row, split_message, Reader, MAX_BACKEND_MESSAGE,
     MAX_FRONTEND_MESSAGE,
@@ -76,6 +77,7 @@ pub struct Relay {
     client: BoxedStream,
     client_buf: BytesMut,
     upstream: Upstream,
+    catalog: Option<Arc<Catalog>>,
 }
 
 impl Relay {
@@ -84,12 +86,14 @@ impl Relay {
         client: BoxedStream,
         client_buf: BytesMut,
         upstream: Upstream,
+        catalog: Option<Arc<Catalog>>,
     ) -> Self {
         Relay {
             handle,
             client,
             client_buf,
             upstream,
+            catalog,
         }
     }
 
@@ -99,6 +103,7 @@ impl Relay {
             client,
             client_buf,
             upstream,
+            catalog,
         } = self;
         let (client_r, client_w) = tokio::io::split(client);
         let (up_r, up_w) = tokio::io::split(upstream.stream);
@@ -131,6 +136,9 @@ impl Relay {
             portal_columns: HashMap::new(),
             current: None,
             out: BytesMut::with_capacity(16 * 1024),
+            catalog,
+            tables: HashMap::new(),
+            copy_refused: false,
         };
         let requests_done = async {
             let r = requests.run().await;
@@ -525,9 +533,30 @@ struct Responses {
     portal_columns: HashMap<String, Arc<Vec<Column>>>,
     current: Option<Current>,
     out: BytesMut,
+    /// Where source-table names come from, when the masker needs them.
+    catalog: Option<Arc<Catalog>>,
+    /// Tables resolved on this session (the catalog caches across sessions).
+    tables: HashMap<u32, Arc<TableInfo>>,
+    /// A COPY TO STDOUT whose output is being withheld.
+    copy_refused: bool,
 }
 
 impl Responses {
+    async fn resolve_tables(&mut self, body: &[u8]) -> Result<(), crate::PgError> {
+        let Some(catalog) = &self.catalog else {
+            return Ok(());
+        };
+        let missing: Vec<u32> = row_description_oids(body)
+            .into_iter()
+            .filter(|o| !self.tables.contains_key(o))
+            .collect();
+        if !missing.is_empty() {
+            let found = catalog.tables(&missing).await?;
+            self.tables.extend(found);
+        }
+        Ok(())
+    }
+
     async fn run(&mut self, handle: &SessionHandle) -> Result<String, SessionError> {
         let expired = handle.expired();
         tokio::pin!(expired);
@@ -566,6 +595,15 @@ impl Responses {
                                 return Err(SessionError::Upstream(e.to_string()));
                             }
                         };
+                        if msg.tag == b'T' {
+                            if let Err(e) = self.resolve_tables(msg.body()).await {
+                                // Masking by table cannot be decided: fail closed.
+                                tracing::error!(message = "Source tables of a result could not be resolved; ending the session.", error = %e);
+                                wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the gateway could not decide how to mask this result; the session was ended", None, Some("Retry; tell the Sluice administrator if this persists."));
+                                self.flush().await?;
+                                return Err(SessionError::Upstream(e.to_string()));
+                            }
+                        }
                         self.on_message(msg);
                         self.emit_ready_refusals()?;
                         if self.out.len() >= 64 * 1024 {
@@ -694,6 +732,7 @@ impl Responses {
 
     fn finish(&mut self) {
         if let Some(mut c) = self.current.take() {
+            absorb_counts(&mut c);
             c.outcome.duration_us = c.started.elapsed().as_micros() as u64;
             self.recorder.finished(c.command_id, c.outcome);
         }
@@ -702,7 +741,8 @@ impl Responses {
     fn on_message(&mut self, msg: crate::frame::RawMessage) {
         match msg.tag {
             b'T' => {
-                let columns = Arc::new(parse_row_description(msg.body()).unwrap_or_default());
+                let columns =
+                    Arc::new(parse_row_description(msg.body(), &self.tables).unwrap_or_default());
                 match self.queue.front() {
                     Some(Expect::Describe { statement, name }) => {
                         let target = if *statement {
@@ -716,6 +756,7 @@ impl Responses {
                     Some(Expect::Query { .. }) => {
                         self.ensure_current();
                         if let Some(c) = self.current.as_mut() {
+                            absorb_counts(c);
                             c.plan = self.masker.plan(&self.info, &columns);
                             c.outcome.columns = columns.iter().map(|c| c.name.clone()).collect();
                             c.columns = Some(columns);
@@ -802,12 +843,56 @@ impl Responses {
                     None => self.out.extend_from_slice(&msg.bytes),
                 }
             }
-            b'd' => {
-                self.ensure_current();
-                if let Some(c) = self.current.as_mut() {
-                    c.outcome.bytes += msg.bytes.len() as u64;
+            b'H' => {
+                // COPY … TO STDOUT sends rows the gateway cannot split into
+                // columns: with column rules in force it is refused (fail closed).
+                if self.masker.has_column_rules(&self.info) {
+                    self.copy_refused = true;
+                    return;
                 }
                 self.out.extend_from_slice(&msg.bytes);
+            }
+            b'd' | b'c' if self.copy_refused => {}
+            b'd' => {
+                self.ensure_current();
+                let masked = self.masker.mask_bytes(&self.info, msg.body());
+                if let Some(c) = self.current.as_mut() {
+                    c.outcome.bytes += msg.bytes.len() as u64;
+                    if let Some((_, counts)) = &masked {
+                        for (name, n) in counts.iter() {
+                            *c.outcome.masked.entry(name.to_string()).or_default() += n;
+                        }
+                    }
+                }
+                match masked {
+                    Some((bytes, _)) => {
+                        self.out.extend_from_slice(b"d");
+                        self.out
+                            .extend_from_slice(&((bytes.len() + 4) as i32).to_be_bytes());
+                        self.out.extend_from_slice(&bytes);
+                    }
+                    None => self.out.extend_from_slice(&msg.bytes),
+                }
+            }
+            b'C' if self.copy_refused => {
+                self.copy_refused = false;
+                let message = "sluice: COPY TO STDOUT cannot be masked column by column on this connection, so its output was withheld";
+                wire::error(
+                    &mut self.out,
+                    false,
+                    wire::SQLSTATE_DENIED,
+                    message,
+                    None,
+                    Some("Use SELECT: its columns are masked."),
+                );
+                self.ensure_current();
+                if let Some(c) = self.current.as_mut() {
+                    c.outcome.error = Some(message.to_string());
+                }
+                if matches!(self.queue.front(), Some(Expect::Execute { .. })) {
+                    self.finish();
+                    self.queue.pop_front();
+                }
             }
             b'C' | b'I' | b's' => {
                 let tag = match msg.tag {
@@ -825,8 +910,18 @@ impl Responses {
                 }
                 self.out.extend_from_slice(&msg.bytes);
             }
+            b'N' => match self.masked_fields(&msg) {
+                Some(bytes) => self.out.extend_from_slice(&bytes),
+                None => self.out.extend_from_slice(&msg.bytes),
+            },
             b'E' => {
-                let (code, message) = error_fields(msg.body());
+                // Values echoed in errors (`invalid input syntax …: "123-45-6789"`)
+                // are masked like rows.
+                let masked = self.masked_fields(&msg);
+                let body: Vec<u8> = masked
+                    .as_ref()
+                    .map_or_else(|| msg.body().to_vec(), |b| b[5..].to_vec());
+                let (code, message) = error_fields(&body);
                 let text = format!("{code}: {message}");
                 match self.queue.front() {
                     Some(Expect::Query { .. }) => {
@@ -866,7 +961,10 @@ impl Responses {
                         }
                     }
                 }
-                self.out.extend_from_slice(&msg.bytes);
+                match masked {
+                    Some(bytes) => self.out.extend_from_slice(&bytes),
+                    None => self.out.extend_from_slice(&msg.bytes),
+                }
             }
             b'Z' => {
                 self.status = msg.body().first().copied().unwrap_or(b'I');
@@ -918,6 +1016,46 @@ impl Responses {
         }
     }
 
+    /// An ErrorResponse/NoticeResponse with its text fields masked, or `None`
+    /// when nothing in it needed masking.
+    fn masked_fields(&self, msg: &crate::frame::RawMessage) -> Option<BytesMut> {
+        let mut r = Reader::new(msg.body());
+        let mut fields: Vec<(u8, String)> = Vec::new();
+        let mut changed = false;
+        while let Some(kind) = r.bytes(1) {
+            if kind[0] == 0 {
+                break;
+            }
+            let value = r.cstr()?;
+            // Severity, code and positions carry no data.
+            let value = match kind[0] {
+                b'S' | b'V' | b'C' | b'P' | b'p' | b'L' | b'R' | b'F' => value,
+                _ => match self.masker.mask_text(&self.info, &value) {
+                    Some((masked, _)) => {
+                        changed = true;
+                        masked
+                    }
+                    None => value,
+                },
+            };
+            fields.push((kind[0], value));
+        }
+        if !changed {
+            return None;
+        }
+        let mut out = BytesMut::new();
+        let body_len: usize = fields.iter().map(|(_, v)| 1 + v.len() + 1).sum::<usize>() + 1;
+        out.extend_from_slice(&[msg.tag]);
+        out.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
+        for (k, v) in fields {
+            out.extend_from_slice(&[k]);
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(&[0]);
+        }
+        out.extend_from_slice(&[0]);
+        Some(out)
+    }
+
     fn ensure_current_for(&mut self, command_id: u64, started: Instant) {
         if self.current.as_ref().map(|c| c.command_id) != Some(command_id) {
             self.finish();
@@ -933,7 +1071,32 @@ async fn recv_notice(notices: &mut Option<mpsc::UnboundedReceiver<String>>) -> O
     }
 }
 
-fn parse_row_description(body: &[u8]) -> Option<Vec<Column>> {
+/// The distinct source-table OIDs of a RowDescription.
+fn row_description_oids(body: &[u8]) -> Vec<u32> {
+    let mut oids: Vec<u32> = parse_row_description(body, &HashMap::new())
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.table_oid)
+        .filter(|&o| o != 0)
+        .collect();
+    oids.sort_unstable();
+    oids.dedup();
+    oids
+}
+
+/// Moves a finished plan's masking counts into the command's outcome.
+fn absorb_counts(c: &mut Current) {
+    if let Some(plan) = &c.plan {
+        for (name, n) in plan.counts().iter() {
+            *c.outcome.masked.entry(name.to_string()).or_default() += n;
+        }
+    }
+}
+
+fn parse_row_description(
+    body: &[u8],
+    tables: &HashMap<u32, Arc<TableInfo>>,
+) -> Option<Vec<Column>> {
     let mut r = Reader::new(body);
     let n = r.i16()?;
     let mut cols = Vec::with_capacity(n.max(0) as usize);
@@ -945,12 +1108,15 @@ fn parse_row_description(body: &[u8]) -> Option<Vec<Column>> {
         let _size = r.i16()?;
         let _modifier = r.i32()?;
         let format = r.i16()?;
+        let table = tables.get(&table_oid);
         cols.push(Column {
             name,
             table_oid,
             column_number,
             type_oid,
             binary: format == 1,
+            table: table.map(|t| format!("{}.{}", t.schema, t.name)),
+            source_column: table.and_then(|t| t.columns.get(&column_number).cloned()),
         });
     }
     Some(cols)

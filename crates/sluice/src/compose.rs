@@ -65,9 +65,13 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     let listen = config.listen.clone();
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
+    let masking = masking_engine(&config)?;
     let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
+    }
+    if let Some(engine) = masking {
+        builder = builder.masker(Arc::new(sluice_core::masking::EngineMasker::new(engine)));
     }
     for key in match_keys() {
         builder = builder.match_key(key);
@@ -109,6 +113,35 @@ pub async fn serve(config: Config) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Compiles `[masking]`; `None` when it masks nothing. The `hash` style's key
+/// is `masking.hash_key`, or one generated once into `state_dir/keys`.
+fn masking_engine(config: &Config) -> Result<Option<sluice_core::masking::MaskingEngine>> {
+    let key = match &config.masking.hash_key {
+        Some(secret) => secret.resolve()?.into_bytes(),
+        None => {
+            let path = config
+                .gateway
+                .state_dir
+                .join("keys")
+                .join("masking-hmac.key");
+            match std::fs::read(&path) {
+                Ok(k) => k,
+                Err(_) => {
+                    let key = format!(
+                        "{}{}",
+                        uuid::Uuid::new_v4().simple(),
+                        uuid::Uuid::new_v4().simple()
+                    );
+                    sluice_core::fsutil::write_private(&path, key.as_bytes())?;
+                    key.into_bytes()
+                }
+            }
+        }
+    };
+    let engine = sluice_core::masking::compile(&config.masking, Some(&key))?;
+    Ok(engine.is_active().then_some(engine))
 }
 
 async fn shutdown_signal() {

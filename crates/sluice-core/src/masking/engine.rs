@@ -538,6 +538,20 @@ impl MaskingEngine {
         self.inner.scan.is_some() || !self.inner.columns.is_empty()
     }
 
+    /// Whether any column rule is configured.
+    pub fn has_column_rules(&self) -> bool {
+        !self.inner.columns.is_empty()
+    }
+
+    /// Whether a column rule applies on `connection`.
+    pub fn has_column_rules_for(&self, connection: &str) -> bool {
+        self.inner.columns.iter().any(|r| {
+            r.connections
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|c| c == connection))
+        })
+    }
+
     /// Whether content detectors are configured (free text can change).
     pub fn has_detectors(&self) -> bool {
         self.inner.scan.is_some()

@@ -34,6 +34,7 @@ mod config;
 mod detectors;
 mod engine;
 mod json;
+mod response;
 mod stream;
 
 #[cfg(test)]
@@ -44,6 +45,7 @@ pub use config::{
 };
 pub use engine::{compile, MaskCounts, Masked, MaskingEngine, MAX_HOLDBACK, MIN_HASH_KEY_LEN};
 pub use json::{JsonMasker, JsonPath};
+pub use response::EngineMasker;
 pub use stream::StreamMasker;
 
 use crate::model::Column;
@@ -55,6 +57,30 @@ pub trait ResponseMasker: Send + Sync + 'static {
     /// `None` means nothing in this result set needs masking, so the protocol
     /// may pass rows through untouched.
     fn plan(&self, session: &SessionInfo, columns: &[Column]) -> Option<Box<dyn RowMasker>>;
+
+    /// Whether `plan` needs `Column::table` and `Column::source_column`
+    /// resolved (column rules are written with table and column names).
+    fn wants_table_names(&self) -> bool {
+        false
+    }
+
+    /// Whether column rules apply on this session: output the protocol cannot
+    /// split into columns (PostgreSQL `COPY … TO STDOUT`) is then refused.
+    fn has_column_rules(&self, _session: &SessionInfo) -> bool {
+        false
+    }
+
+    /// Masks free text from the upstream (error and notice messages); `None`
+    /// when nothing changes.
+    fn mask_text(&self, _session: &SessionInfo, _text: &str) -> Option<(String, MaskCounts)> {
+        None
+    }
+
+    /// Masks a chunk of output the protocol cannot split into values (COPY
+    /// rows); `None` when nothing changes.
+    fn mask_bytes(&self, _session: &SessionInfo, _bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
+        None
+    }
 }
 
 /// Masks the rows of one result set in place.
@@ -62,6 +88,11 @@ pub trait RowMasker: Send {
     /// Rewrites values (text or binary, per column) and returns how many it masked.
     /// A masked value must stay valid for its column's type and format.
     fn mask_row(&mut self, values: &mut [Option<Vec<u8>>]) -> u64;
+
+    /// What was masked so far, by detector or column rule, for the audit record.
+    fn counts(&self) -> MaskCounts {
+        MaskCounts::default()
+    }
 }
 
 /// The default: no masking configured.

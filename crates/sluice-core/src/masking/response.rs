@@ -1,0 +1,231 @@
+//! The masking engine in the response position: per result set, each column
+//! is kept, masked whole (a column rule), or scanned by the detectors; masked
+//! values stay valid for their column type (text-like columns get the styled
+//! value, other types get SQL NULL).
+
+use super::{JsonMasker, MaskCounts, Masked, MaskingEngine, ResponseMasker, RowMasker, Style};
+use crate::model::Column;
+use crate::pipeline::SessionInfo;
+use std::borrow::Cow;
+
+/// PostgreSQL type OIDs whose values are text in both formats.
+const TEXT_TYPES: &[u32] = &[25, 1043, 1042, 19, 705, 18, 142];
+const JSON: u32 = 114;
+const JSONB: u32 = 3802;
+/// Text arrays (`text[]`, `varchar[]`, `bpchar[]`), text format only.
+const TEXT_ARRAYS: &[u32] = &[1009, 1015, 1014];
+
+/// Masks result rows with a compiled `[masking]` configuration.
+#[derive(Debug, Clone)]
+pub struct EngineMasker {
+    engine: MaskingEngine,
+}
+
+impl EngineMasker {
+    pub fn new(engine: MaskingEngine) -> Self {
+        EngineMasker { engine }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Plan {
+    Keep,
+    /// A column rule: the whole value, whatever it contains.
+    Whole {
+        rule: String,
+        style: Style,
+    },
+    /// Scan for detector matches.
+    Detect,
+}
+
+struct Rows {
+    engine: MaskingEngine,
+    columns: Vec<(Plan, Column)>,
+    counts: MaskCounts,
+}
+
+fn text_like(c: &Column) -> bool {
+    TEXT_TYPES.contains(&c.type_oid) || (!c.binary && TEXT_ARRAYS.contains(&c.type_oid))
+}
+
+impl ResponseMasker for EngineMasker {
+    fn plan(&self, session: &SessionInfo, columns: &[Column]) -> Option<Box<dyn RowMasker>> {
+        let mut any = false;
+        let planned: Vec<(Plan, Column)> = columns
+            .iter()
+            .map(|c| {
+                let name = c.source_column.as_deref().unwrap_or(&c.name);
+                let plan =
+                    match self
+                        .engine
+                        .column_rule(&session.connection, c.table.as_deref(), name)
+                    {
+                        Some((rule, style)) => Plan::Whole {
+                            rule: rule.to_string(),
+                            style,
+                        },
+                        // An alias can rename a computed column to a masked name.
+                        None => match self.engine.column_rule(&session.connection, None, &c.name) {
+                            Some((rule, style)) => Plan::Whole {
+                                rule: rule.to_string(),
+                                style,
+                            },
+                            None if self.engine.has_detectors() => Plan::Detect,
+                            None => Plan::Keep,
+                        },
+                    };
+                any |= !matches!(plan, Plan::Keep);
+                (plan, c.clone())
+            })
+            .collect();
+        any.then(|| {
+            Box::new(Rows {
+                engine: self.engine.clone(),
+                columns: planned,
+                counts: MaskCounts::default(),
+            }) as Box<dyn RowMasker>
+        })
+    }
+
+    fn wants_table_names(&self) -> bool {
+        self.engine.has_column_rules()
+    }
+
+    fn has_column_rules(&self, session: &SessionInfo) -> bool {
+        self.engine.has_column_rules_for(&session.connection)
+    }
+
+    fn mask_text(&self, _session: &SessionInfo, text: &str) -> Option<(String, MaskCounts)> {
+        match self.engine.mask_text(text) {
+            (Cow::Owned(s), counts) => Some((s, counts)),
+            (Cow::Borrowed(_), _) => None,
+        }
+    }
+
+    fn mask_bytes(&self, _session: &SessionInfo, bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
+        match self.engine.mask_bytes(bytes) {
+            (Cow::Owned(b), counts) => Some((b, counts)),
+            (Cow::Borrowed(_), _) => None,
+        }
+    }
+}
+
+impl RowMasker for Rows {
+    fn mask_row(&mut self, values: &mut [Option<Vec<u8>>]) -> u64 {
+        let mut masked = 0;
+        for ((plan, column), slot) in self.columns.iter().zip(values.iter_mut()) {
+            let Some(value) = slot.as_mut() else {
+                continue;
+            };
+            match plan {
+                Plan::Keep => {}
+                Plan::Whole { rule, style } => {
+                    masked += 1;
+                    self.counts.add(rule, 1);
+                    *slot = whole(&self.engine, column, rule, *style, value);
+                }
+                Plan::Detect => {
+                    if let Some(replacement) = detect(&self.engine, column, value, &mut self.counts)
+                    {
+                        masked += 1;
+                        *slot = replacement;
+                    }
+                }
+            }
+        }
+        masked
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.counts.clone()
+    }
+}
+
+/// A column rule's replacement, valid for the column's type.
+fn whole(
+    engine: &MaskingEngine,
+    column: &Column,
+    rule: &str,
+    style: Style,
+    value: &[u8],
+) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(jsonb_text(column, value)).unwrap_or("");
+    match (column.type_oid, engine.mask_value_as(rule, text, style)) {
+        (_, Masked::Null) => None,
+        (JSON | JSONB, Masked::Text(t)) => Some(with_jsonb_header(
+            column,
+            serde_json::Value::String(t).to_string().into_bytes(),
+        )),
+        (_, Masked::Text(t)) if text_like(column) => Some(t.into_bytes()),
+        // An int or date column cannot hold a placeholder: SQL NULL.
+        _ => None,
+    }
+}
+
+/// Detector matches inside a value; `None` when nothing was found.
+fn detect(
+    engine: &MaskingEngine,
+    column: &Column,
+    value: &[u8],
+    counts: &mut MaskCounts,
+) -> Option<Option<Vec<u8>>> {
+    match column.type_oid {
+        JSON | JSONB => {
+            let text = jsonb_text(column, value);
+            let mut doc: serde_json::Value = serde_json::from_slice(text).ok()?;
+            let found = engine.mask_json(&mut doc, &[]);
+            if found.is_empty() {
+                return None;
+            }
+            counts.merge(&found);
+            Some(Some(with_jsonb_header(
+                column,
+                doc.to_string().into_bytes(),
+            )))
+        }
+        _ if text_like(column) => {
+            let (out, found) = engine.mask_bytes(value);
+            match out {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(b) => {
+                    counts.merge(&found);
+                    Some(Some(b))
+                }
+            }
+        }
+        // Numbers in text form can still be card numbers; binary numbers
+        // are left to column rules.
+        _ if !column.binary => {
+            let (out, found) = engine.mask_bytes(value);
+            match out {
+                Cow::Borrowed(_) => None,
+                Cow::Owned(_) => {
+                    counts.merge(&found);
+                    Some(None)
+                }
+            }
+        }
+        _ => None,
+    }
+}
+
+/// jsonb in binary format is a version byte and then the JSON text.
+fn jsonb_text<'v>(column: &Column, value: &'v [u8]) -> &'v [u8] {
+    if column.type_oid == JSONB && column.binary && value.first() == Some(&1) {
+        &value[1..]
+    } else {
+        value
+    }
+}
+
+fn with_jsonb_header(column: &Column, text: Vec<u8>) -> Vec<u8> {
+    if column.type_oid == JSONB && column.binary {
+        let mut out = Vec::with_capacity(text.len() + 1);
+        out.push(1);
+        out.extend_from_slice(&text);
+        out
+    } else {
+        text
+    }
+}

@@ -1,0 +1,170 @@
+//! Names of the tables behind result columns. A RowDescription carries each
+//! column's source table OID and attribute number; column masking rules are
+//! written with names (`users.ssn`), so OIDs are looked up in the upstream's
+//! catalog over a separate gateway connection and cached per connection.
+
+use crate::frame::{data_row_values, split_message, MAX_BACKEND_MESSAGE};
+use crate::upstream::{self, error_fields, Upstream, UpstreamTarget};
+use crate::PgError;
+use sluice_core::config::ConnectionConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A table as the catalog names it, with its columns by attribute number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableInfo {
+    pub schema: String,
+    pub name: String,
+    pub columns: HashMap<i16, String>,
+}
+
+/// The catalog cache of one connection, shared by its sessions.
+pub struct Catalog {
+    connection: ConnectionConfig,
+    tables: std::sync::Mutex<HashMap<u32, Arc<TableInfo>>>,
+    client: tokio::sync::Mutex<Option<Upstream>>,
+}
+
+impl Catalog {
+    pub fn new(connection: ConnectionConfig) -> Self {
+        Catalog {
+            connection,
+            tables: std::sync::Mutex::new(HashMap::new()),
+            client: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    fn cached(&self, oid: u32) -> Option<Arc<TableInfo>> {
+        self.tables.lock().ok()?.get(&oid).cloned()
+    }
+
+    /// The tables for `oids` (0 = no table). A lookup that fails is an error:
+    /// callers must fail closed (mask, or refuse), not guess.
+    pub async fn tables(&self, oids: &[u32]) -> Result<HashMap<u32, Arc<TableInfo>>, PgError> {
+        let mut out = HashMap::new();
+        let mut missing: Vec<u32> = Vec::new();
+        for &oid in oids {
+            if oid == 0 || out.contains_key(&oid) || missing.contains(&oid) {
+                continue;
+            }
+            match self.cached(oid) {
+                Some(t) => {
+                    out.insert(oid, t);
+                }
+                None => missing.push(oid),
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup(&missing))
+            .await
+            .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))??;
+        if let Ok(mut cache) = self.tables.lock() {
+            for (oid, t) in &found {
+                cache.insert(*oid, t.clone());
+            }
+        }
+        out.extend(found);
+        Ok(out)
+    }
+
+    async fn lookup(&self, oids: &[u32]) -> Result<HashMap<u32, Arc<TableInfo>>, PgError> {
+        let list = oids
+            .iter()
+            .map(|o| o.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        // OIDs are numbers we format ourselves: nothing to quote.
+        let sql = format!(
+            "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+             WHERE c.oid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped"
+        );
+        let mut client = self.client.lock().await;
+        if client.is_none() {
+            let target = UpstreamTarget::for_connection(&self.connection)?;
+            *client = Some(upstream::connect(&self.connection, &target, &BTreeMap::new()).await?);
+        }
+        let result = match client.as_mut() {
+            Some(up) => simple_query(up, &sql).await,
+            None => Err(PgError::Internal("catalog connection missing".into())),
+        };
+        if result.is_err() {
+            // Reconnect next time rather than reuse a connection in an unknown state.
+            *client = None;
+        }
+        let mut tables: HashMap<u32, TableInfo> = HashMap::new();
+        for row in result? {
+            let [Some(oid), Some(schema), Some(name), Some(attnum), Some(attname)] = &row[..]
+            else {
+                continue;
+            };
+            let (Ok(oid), Ok(attnum)) = (oid.parse::<u32>(), attnum.parse::<i16>()) else {
+                continue;
+            };
+            tables
+                .entry(oid)
+                .or_insert_with(|| TableInfo {
+                    schema: schema.clone(),
+                    name: name.clone(),
+                    columns: HashMap::new(),
+                })
+                .columns
+                .insert(attnum, attname.clone());
+        }
+        Ok(tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect())
+    }
+}
+
+/// Runs one simple query on an idle upstream connection; rows as text.
+async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+    let mut msg = Vec::with_capacity(sql.len() + 6);
+    msg.push(b'Q');
+    msg.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
+    msg.extend_from_slice(sql.as_bytes());
+    msg.push(0);
+    let io = |e: std::io::Error| PgError::Upstream(e.to_string());
+    up.stream.write_all(&msg).await.map_err(io)?;
+    up.stream.flush().await.map_err(io)?;
+    let mut rows = Vec::new();
+    let mut error = None;
+    loop {
+        let m = match split_message(&mut up.pending, MAX_BACKEND_MESSAGE)
+            .map_err(|e| PgError::Upstream(e.to_string()))?
+        {
+            Some(m) => m,
+            None => {
+                if up.stream.read_buf(&mut up.pending).await.map_err(io)? == 0 {
+                    return Err(PgError::Upstream("catalog connection closed".into()));
+                }
+                continue;
+            }
+        };
+        match m.tag {
+            b'D' => {
+                let values = data_row_values(m.body())
+                    .ok_or_else(|| PgError::Upstream("malformed DataRow".into()))?;
+                rows.push(
+                    values
+                        .into_iter()
+                        .map(|v| v.map(|b| String::from_utf8_lossy(b).into_owned()))
+                        .collect(),
+                );
+            }
+            b'E' => error = Some(error_fields(m.body()).1),
+            b'Z' => break,
+            _ => {}
+        }
+    }
+    match error {
+        Some(e) => Err(PgError::Upstream(format!("catalog lookup failed: {e}"))),
+        None => Ok(rows),
+    }
+}

@@ -1,0 +1,171 @@
+//! Inline masking through the gateway with real clients: column rules follow
+//! the source column through aliases, detectors catch values in computed
+//! columns and in echoed error messages, masked values stay valid for their
+//! types, COPY cannot leak what a column rule hides, and the audit trail
+//! holds only what the client saw.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::*;
+
+const MASKING: &str = r#"
+[masking]
+detectors = ["email", "credit_card", "us_ssn"]
+style = "redact"
+
+[masking.styles]
+email = "partial"
+
+[[masking.columns]]
+name = "national-ids"
+columns = ["customers.national_id"]
+style = "null"
+"#;
+
+fn env() -> Env {
+    Env::builder().extra_toml(MASKING).start()
+}
+
+fn raw(env: &Env, sql: &str) -> String {
+    env.direct_sql("app", sql)
+}
+
+#[test]
+fn rows_are_masked_by_column_rules_and_detectors() {
+    let env = env();
+    let url = env.agent_url();
+    let ssn = raw(&env, "select national_id from customers where id = 1");
+    let card = raw(&env, "select card_number from customers where id = 1");
+    let email = raw(&env, "select email from customers where id = 1");
+
+    let out = ok(&env.psql(
+        &url,
+        &[
+            "-F",
+            "|",
+            "-c",
+            "select id, name, email, card_number, national_id from customers order by id limit 3",
+        ],
+    ));
+    let first: Vec<&str> = out.lines().next().unwrap().split('|').collect();
+    assert_eq!(first[0], "1");
+    assert!(first[1].contains("Alice"), "names pass: {out}");
+    let domain = email.trim().split('@').nth(1).unwrap();
+    assert!(
+        first[2].ends_with(&format!("@{domain}"))
+            && !first[2].contains(email.trim().split('@').next().unwrap()),
+        "email partial: {out}"
+    );
+    assert_eq!(first[3], "[credit_card]", "{out}");
+    assert_eq!(first[4], "", "national_id is NULL: {out}");
+    assert!(
+        !out.contains(card.trim()) && !out.contains(ssn.trim()),
+        "{out}"
+    );
+
+    // An alias does not hide the source column; computed values meet the detectors.
+    let out = ok(&env.psql(&url, &["-c", "select national_id as x, lower(national_id) as y, card_number || '' as z from customers where id = 1"]));
+    assert!(
+        !out.contains(ssn.trim()) && !out.contains(card.trim()),
+        "{out}"
+    );
+    assert!(
+        out.contains("[us_ssn]") && out.contains("[credit_card]"),
+        "{out}"
+    );
+
+    // A value echoed by an error message is masked too.
+    let out = env.psql(
+        &url,
+        &["-c", "select national_id::int from customers where id = 1"],
+    );
+    let se = failed(&out);
+    assert!(
+        se.contains("invalid input syntax") && !se.contains(ssn.trim()),
+        "{se}"
+    );
+
+    // Masked values stay valid for the type: a card number stored in a bigint becomes NULL.
+    let out = ok(&env.psql(
+        &url,
+        &[
+            "-c",
+            "select replace(card_number, ' ', '')::bigint as n from customers where id = 1",
+        ],
+    ));
+    assert_eq!(out.trim(), "", "{out}");
+}
+
+#[test]
+fn binary_results_and_prepared_statements_are_masked() {
+    let env = env();
+    let ssn = raw(&env, "select national_id from customers where id = 1");
+    let script = r#"
+import sys, psycopg
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    for binary in (False, True):
+        cur = c.cursor(binary=binary)
+        for _ in range(3):
+            row = cur.execute("select id, email, national_id, card_number from customers where id = %s", (1,), prepare=True).fetchone()
+            assert row[0] == 1, row
+            assert row[1].startswith("*") and "@" in row[1], row
+            assert row[2] is None, row
+            assert row[3] == "[credit_card]", row
+print("OK")
+"#;
+    let mut py = std::process::Command::new("python3");
+    py.args(["-c", script, &env.agent_url()]);
+    let out = run_with_timeout(&mut py, None, std::time::Duration::from_secs(60));
+    assert!(
+        out.status.success() && stdout(&out).contains("OK"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(!stdout(&out).contains(ssn.trim()));
+}
+
+#[test]
+fn copy_cannot_leak_what_a_column_rule_hides() {
+    let env = env();
+    let ssn = raw(&env, "select national_id from customers where id = 1");
+    let out = env.psql(&env.agent_url(), &["-c", "\\copy customers to stdout"]);
+    assert!(!stdout(&out).contains(ssn.trim()));
+    assert!(
+        failed(&out).contains("COPY TO STDOUT cannot be masked"),
+        "{}",
+        stderr(&out)
+    );
+    // The session stays usable.
+    let url = env.agent_url();
+    assert_eq!(
+        ok(&env.psql(&url, &["-c", "select count(*) from orders"])).trim(),
+        "100"
+    );
+}
+
+#[test]
+fn the_audit_trail_holds_what_the_client_saw_and_counts_it() {
+    let env = env();
+    let email = raw(&env, "select email from customers where id = 1");
+    ok(&env.psql(
+        &env.agent_url(),
+        &[
+            "-c",
+            "select email, national_id from customers order by id limit 5",
+        ],
+    ));
+    let sessions = env.wait_sessions_ended(1);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    assert!(
+        replay.contains("masked: email=5, national-ids=5"),
+        "{replay}"
+    );
+    assert!(!replay.contains(email.trim()), "{replay}");
+    let journal = std::fs::read_to_string(env.db_path().with_file_name("journal.log")).unwrap();
+    assert!(
+        !journal.contains(email.trim()),
+        "the journal holds no unmasked value"
+    );
+}
