@@ -169,3 +169,93 @@ fn the_audit_trail_holds_what_the_client_saw_and_counts_it() {
         "the journal holds no unmasked value"
     );
 }
+
+/// One seeded value per detector type, in plain, JSON and array columns,
+/// reached through a view, aliases, `lower`, `concat` and `jsonb` functions.
+#[test]
+fn seeded_values_of_every_detector_never_reach_the_client() {
+    let env = Env::builder()
+        .extra_toml(
+            r#"
+[masking]
+detectors = ["default"]
+"#,
+        )
+        .start();
+    // Test values shaped like real secrets (not real credentials).
+    let secrets = [
+        ("email", "grace.hopper@navy.example.org"),
+        ("credit_card", "5555 5555 5555 4444"),
+        ("us_ssn", "078-05-1120"),
+        ("phone", "+44 20 7946 0958"),
+        ("iban", "GB82 WEST 1234 5698 7654 32"),
+        ("aws_access_key", "AKIAIOSFODNN7EXAMPLE"),
+        ("github_token", "ghp_0123456789abcdefghijklmnopqrstuvwxyZ"),
+        ("slack_token", "xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx"),
+        ("jwt", "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U"),
+        ("url_password", "postgres://app:S3cr3t-Pa55@db.internal:5432/app"),
+    ];
+    let mut sql = String::from(
+        "create table vault (id int, note text, doc jsonb, tags text[]);\ngrant select on vault to app;\n",
+    );
+    for (i, (_, v)) in secrets.iter().enumerate() {
+        sql.push_str(&format!(
+            "insert into vault values ({i}, 'see: {v} (kept)', jsonb_build_object('k', '{v}', 'n', {i}), array['x', '{v}']);\n"
+        ));
+    }
+    sql.push_str("create view vault_view as select id, note as remark from vault;\ngrant select on vault_view to app;\n");
+    env.direct_sql("app", &sql);
+    let url = env.agent_url();
+    for query in [
+        "select * from vault",
+        "select remark from vault_view",
+        "select lower(note) as a, concat('x', note, 'y') as b from vault",
+        "select doc::text, doc->>'k', tags::text from vault",
+        "select jsonb_agg(doc) from vault",
+    ] {
+        let out = ok(&env.psql(&url, &["-c", query]));
+        for (name, v) in &secrets {
+            // `url_password` masks the password only.
+            let needle = if *name == "url_password" {
+                "S3cr3t-Pa55"
+            } else {
+                v
+            };
+            assert!(!out.contains(needle), "{name} leaked by {query:?}:\n{out}");
+            // Where lower case loses nothing, `lower()` must not get a value past either.
+            if ["email", "iban", "aws_access_key"].contains(name) {
+                assert!(
+                    !out.to_lowercase().contains(&needle.to_lowercase()),
+                    "{name} leaked (lower case) by {query:?}:\n{out}"
+                );
+            }
+        }
+        assert!(
+            out.contains("(kept)") || !query.contains("note"),
+            "non-sensitive text survives: {out}"
+        );
+    }
+    // Binary results from psycopg.
+    let script = r#"
+import sys, psycopg
+secrets = sys.argv[2:]
+with psycopg.connect(sys.argv[1], autocommit=True) as c:
+    rows = c.cursor(binary=True).execute("select note, doc, tags from vault").fetchall()
+    blob = repr(rows)
+    for s in secrets:
+        assert s not in blob, (s, blob)
+    assert "(kept)" in blob
+print("OK")
+"#;
+    let mut py = std::process::Command::new("python3");
+    py.args(["-c", script, &url]);
+    for (name, v) in &secrets {
+        py.arg(if *name == "url_password" {
+            "S3cr3t-Pa55"
+        } else {
+            v
+        });
+    }
+    let out = run_with_timeout(&mut py, None, std::time::Duration::from_secs(60));
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}

@@ -125,14 +125,16 @@ const PHONE_PAIRS: &str = r"(?-u:\b)0[1-9](?:[ .][0-9]{2}){4}(?-u:\b)";
 
 /// The start of an IBAN; the validator walks the rest (its length depends on
 /// the country), which keeps counted repetitions out of the automaton.
-const IBAN: &str = r"(?-u:\b)[A-Z]{2}[0-9]{2} ?[A-Z0-9]{4}";
+// Case-insensitive: `lower(iban)` must not slip past (the checksum keeps
+// false positives rare).
+const IBAN: &str = r"(?-u:\b)[A-Za-z]{2}[0-9]{2} ?[A-Za-z0-9]{4}";
 
 const IPV4: &str = r"(?-u:\b)(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?-u:\b)";
 /// Unbounded runs (no counted repetitions); `Ipv6Addr` decides.
 const IPV6: &str = r"[0-9A-Fa-f]*:[0-9A-Fa-f]*:[0-9A-Fa-f:.]*";
 
-const AWS_ACCESS_KEY: &str =
-    r"(?-u:\b)(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Z0-9]{16}(?-u:\b)";
+// Case-insensitive: key ids are upper case, so `lower(key)` still reveals them.
+const AWS_ACCESS_KEY: &str = r"(?-u:\b)(?i:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AIPA|ANPA|ANVA|APKA|AROA|ASCA)[A-Za-z0-9]{16}(?-u:\b)";
 /// `aws_secret_access_key = …`, `"SecretAccessKey": "…"`: the 40 characters
 /// after the key. A bare 40-character base64 string is not enough evidence on
 /// its own (identifiers, hashes, blobs), and tracking one costs the automaton
@@ -570,12 +572,13 @@ pub(crate) fn iban_checksum(chars: &[u8]) -> bool {
 }
 
 fn iban(hay: &[u8], start: usize) -> Option<Hit> {
-    let want = iban_length(hay.get(start..start + 2)?)?;
+    let country = hay.get(start..start + 2)?.to_ascii_uppercase();
+    let want = iban_length(&country)?;
     let mut chars = Vec::with_capacity(want);
     let mut i = start;
     while chars.len() < want {
         match hay.get(i) {
-            Some(&c) if c.is_ascii_uppercase() || c.is_ascii_digit() => chars.push(c),
+            Some(&c) if c.is_ascii_alphanumeric() => chars.push(c.to_ascii_uppercase()),
             Some(b' ') if !chars.is_empty() && hay.get(i - 1) != Some(&b' ') => {}
             _ => return None,
         }

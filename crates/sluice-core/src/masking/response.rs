@@ -184,6 +184,18 @@ fn detect(
                 doc.to_string().into_bytes(),
             )))
         }
+        t if TEXT_ARRAYS.contains(&t) && column.binary => {
+            let (out, found) = mask_binary_text_array(engine, value);
+            match out {
+                // Unreadable array: nothing of it is shown (fail closed).
+                None => Some(None),
+                Some(None) => None,
+                Some(Some(bytes)) => {
+                    counts.merge(&found);
+                    Some(Some(bytes))
+                }
+            }
+        }
         _ if text_like(column) => {
             let (out, found) = engine.mask_bytes(value);
             match out {
@@ -228,4 +240,49 @@ fn with_jsonb_header(column: &Column, text: Vec<u8>) -> Vec<u8> {
     } else {
         text
     }
+}
+
+/// A text array in PostgreSQL's binary format: header, dimensions, then each
+/// element as a length and its text. Returns `None` if it cannot be read,
+/// `Some(None)` if nothing was masked.
+fn mask_binary_text_array(
+    engine: &MaskingEngine,
+    value: &[u8],
+) -> (Option<Option<Vec<u8>>>, MaskCounts) {
+    let mut counts = MaskCounts::default();
+    let read_i32 = |b: &[u8], at: usize| -> Option<i32> {
+        Some(i32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?))
+    };
+    let Some(ndim) = read_i32(value, 0).filter(|n| (0..=6).contains(n)) else {
+        return (None, counts);
+    };
+    let header = 12 + 8 * ndim as usize;
+    if value.len() < header {
+        return (None, counts);
+    }
+    let mut out = value[..header].to_vec();
+    let mut at = header;
+    let mut changed = false;
+    while at < value.len() {
+        let Some(len) = read_i32(value, at) else {
+            return (None, counts);
+        };
+        at += 4;
+        if len < 0 {
+            out.extend_from_slice(&len.to_be_bytes());
+            continue;
+        }
+        let Some(element) = value.get(at..at + len as usize) else {
+            return (None, counts);
+        };
+        at += len as usize;
+        let (masked, found) = engine.mask_bytes(element);
+        if let Cow::Owned(_) = masked {
+            changed = true;
+            counts.merge(&found);
+        }
+        out.extend_from_slice(&(masked.len() as i32).to_be_bytes());
+        out.extend_from_slice(&masked);
+    }
+    (Some(changed.then_some(out)), counts)
 }
