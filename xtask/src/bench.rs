@@ -221,6 +221,19 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         None => None,
     };
 
+    // A third gateway with masking on, for the wide-result comparison.
+    pg.psql(DB, MASKING_TABLE)?;
+    let sluice_masking = match &sluice_bin {
+        Some(bin) => match start_sluice(bin, &pg, &password, MASKING_CONFIG) {
+            Ok(gateway) => Some(gateway),
+            Err(err) => {
+                eprintln!("bench: Sluice with masking unavailable: {err:#}");
+                None
+            }
+        },
+        None => None,
+    };
+
     let work = ScratchDir::new("sluice-bench-runs", None)?;
     let mut results: HashMap<(String, u32, &'static str), Sample> = HashMap::new();
     for mode in &opts.modes {
@@ -260,7 +273,48 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         println!("(- = not measured; see the messages above)");
     }
     println!();
+    if let (Some(plain), Some(masked)) = (&sluice, &sluice_masking) {
+        let script = work.path().join("wide-select.sql");
+        fs::write(&script, "SELECT * FROM customers_bench;\n")?;
+        let script = script.to_string_lossy().to_string();
+        let mut line = Vec::new();
+        for (name, g) in [("sluice", plain), ("sluice+masking", masked)] {
+            let target = Target {
+                name: if name == "sluice" {
+                    "wide"
+                } else {
+                    "wide-masked"
+                },
+                port: g.port,
+                user: ROLE.to_string(),
+                password: g.token.clone(),
+            };
+            match pgbench_workload(
+                &bins,
+                &target,
+                "simple",
+                1,
+                &opts,
+                work.path(),
+                &["-f", &script],
+            ) {
+                Ok(s) => line.push((name, s.tps)),
+                Err(e) => eprintln!("bench: wide select through {name} failed: {e:#}"),
+            }
+        }
+        if let [(_, plain_tps), (_, masked_tps)] = line[..] {
+            println!(
+                "10,000-row SELECT (-c 1): without masking {plain_tps:.1}/s, with masking {masked_tps:.1}/s, ratio {:.2} ({:.0} vs {:.0} rows/s)",
+                masked_tps / plain_tps,
+                plain_tps * 10_000.0,
+                masked_tps * 10_000.0
+            );
+        }
+    }
+    println!();
     classifier_microbench();
+    masking_microbench();
+    drop(sluice_masking);
     drop(sluice_rules);
     drop(sluice);
     drop(pgbouncer);
@@ -370,11 +424,26 @@ fn pgbench(
     opts: &Options,
     work: &Path,
 ) -> Result<Sample> {
-    let stem = format!("{}-{mode}-{clients}", target.name);
+    pgbench_workload(bins, target, mode, clients, opts, work, &["-S"])
+}
+
+/// pgbench with `workload` arguments (`-S`, or `-f SCRIPT`).
+fn pgbench_workload(
+    bins: &PgBinaries,
+    target: &Target,
+    mode: &str,
+    clients: u32,
+    opts: &Options,
+    work: &Path,
+    workload: &[&str],
+) -> Result<Sample> {
+    let stem = format!("{}-{mode}-{clients}-{}", target.name, workload.len());
     let stdout_path = work.join(format!("{stem}.out"));
     let stderr_path = work.join(format!("{stem}.err"));
     let mut cmd = Command::new(bins.tool("pgbench"));
-    cmd.args(["-n", "-S", "-T", &opts.seconds.to_string(), "-M", mode])
+    cmd.arg("-n")
+        .args(workload)
+        .args(["-T", &opts.seconds.to_string(), "-M", mode])
         .args(["-c", &clients.to_string(), "-j", &clients.to_string()])
         .args(["-h", "127.0.0.1", "-p", &target.port.to_string()])
         .args(["-U", &target.user, DB])
@@ -687,6 +756,46 @@ fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str, rules: &str) -> R
         _daemon: daemon,
         _dir: dir,
     })
+}
+
+/// 10,000 customer-like rows: every row has an email, a card, an SSN and a phone.
+const MASKING_TABLE: &str = "CREATE TABLE customers_bench AS
+  SELECT g AS id, 'Customer ' || g AS name,
+         'customer' || g || '@example.com' AS email,
+         '4111 1111 1111 1111' AS card_number,
+         lpad((100 + g % 500)::text, 3, '0') || '-' || lpad((10 + g % 89)::text, 2, '0') || '-' || lpad((1000 + g)::text, 4, '0') AS national_id,
+         '+1 202-555-0' || lpad((100 + g % 99)::text, 3, '0') AS phone,
+         'Ordered ' || g || ' items, shipped to warehouse ' || (g % 17) AS note
+  FROM generate_series(1, 10000) g;
+ALTER TABLE customers_bench OWNER TO bench;";
+
+const MASKING_CONFIG: &str = "
+[masking]
+detectors = [\"default\"]
+[masking.styles]
+email = \"partial\"
+[[masking.columns]]
+name = \"national-ids\"
+columns = [\"customers_bench.national_id\"]
+style = \"null\"
+";
+
+/// The default detector set's scan rate on realistic rows.
+fn masking_microbench() {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "sluice-core",
+        "--example",
+        "mask_bench",
+    ])
+    .current_dir(workspace_root());
+    if let Err(e) = run_inherit(&mut cmd) {
+        eprintln!("bench: masking microbenchmark failed: {e:#}");
+    }
 }
 
 /// Twenty rules of the kinds a deployment has; none matches pgbench's SELECT.
