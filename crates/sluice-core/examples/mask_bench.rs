@@ -18,7 +18,7 @@ fn main() {
     let mut n = 0u64;
     while text.len() < 16 << 20 {
         n += 1;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             text.push_str(&format!(
                 "{n}|Customer {n}|customer{n}@example.com|4111 1111 1111 1111|+1 202-555-0{:03}|ordered {} items\n",
                 n % 999,
