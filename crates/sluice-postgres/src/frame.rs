@@ -135,7 +135,29 @@ pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     Some(values)
 }
 
+/// Encodes a DataRow from borrowed values.
+pub fn encode_data_row_refs(values: &[Option<&[u8]>], out: &mut BytesMut) {
+    let body_len: usize = 2 + values
+        .iter()
+        .map(|v| 4 + v.map_or(0, <[u8]>::len))
+        .sum::<usize>();
+    out.reserve(1 + 4 + body_len);
+    out.extend_from_slice(b"D");
+    out.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
+    out.extend_from_slice(&(values.len() as i16).to_be_bytes());
+    for v in values {
+        match v {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(b) => {
+                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                out.extend_from_slice(b);
+            }
+        }
+    }
+}
+
 /// Encodes a DataRow from values.
+#[cfg(test)]
 pub fn encode_data_row(values: &[Option<Vec<u8>>], out: &mut BytesMut) {
     let body_len: usize = 2 + values
         .iter()

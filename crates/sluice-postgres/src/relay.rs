@@ -8,7 +8,7 @@
 
 use crate::catalog::{Catalog, TableInfo};
 use crate::frame::{
-    data_row_values, encode_data_row, split_message, Reader, MAX_BACKEND_MESSAGE,
+    data_row_values, encode_data_row_refs, split_message, Reader, MAX_BACKEND_MESSAGE,
     MAX_FRONTEND_MESSAGE,
 };
 use crate::upstream::{error_fields, Upstream};
@@ -823,16 +823,29 @@ impl Responses {
                             return;
                         };
                         if let Some(plan) = c.plan.as_mut() {
-                            let mut owned: Vec<Option<Vec<u8>>> =
-                                values.iter().map(|v| v.map(|b| b.to_vec())).collect();
-                            plan.mask_row(&mut owned);
-                            if want_sample {
-                                c.outcome.sample.push(sample_row(
-                                    owned.iter().map(|v| v.as_deref()),
-                                    c.columns.as_deref(),
-                                ));
+                            let changes = plan.mask_row_changes(&values);
+                            if changes.is_empty() {
+                                if want_sample {
+                                    c.outcome.sample.push(sample_row(
+                                        values.iter().copied(),
+                                        c.columns.as_deref(),
+                                    ));
+                                }
+                                self.out.extend_from_slice(&msg.bytes);
+                                return;
                             }
-                            encode_data_row(&owned, &mut self.out);
+                            let mut owned: Vec<Option<&[u8]>> = values.clone();
+                            for (i, v) in &changes {
+                                if let Some(slot) = owned.get_mut(*i) {
+                                    *slot = v.as_deref();
+                                }
+                            }
+                            if want_sample {
+                                c.outcome
+                                    .sample
+                                    .push(sample_row(owned.iter().copied(), c.columns.as_deref()));
+                            }
+                            encode_data_row_refs(&owned, &mut self.out);
                         } else {
                             c.outcome
                                 .sample

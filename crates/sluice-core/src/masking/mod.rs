@@ -93,6 +93,19 @@ pub trait RowMasker: Send {
     fn counts(&self) -> MaskCounts {
         MaskCounts::default()
     }
+
+    /// Like `mask_row`, on borrowed values: returns only the values that
+    /// change (index, new value), so an untouched row is forwarded as it came.
+    fn mask_row_changes(&mut self, values: &[Option<&[u8]>]) -> Vec<(usize, Option<Vec<u8>>)> {
+        let mut owned: Vec<Option<Vec<u8>>> =
+            values.iter().map(|v| v.map(<[u8]>::to_vec)).collect();
+        self.mask_row(&mut owned);
+        owned
+            .into_iter()
+            .enumerate()
+            .filter(|(i, v)| v.as_deref() != values[*i])
+            .collect()
+    }
 }
 
 /// The default: no masking configured.

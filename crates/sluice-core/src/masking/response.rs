@@ -140,6 +140,29 @@ impl RowMasker for Rows {
     fn counts(&self) -> MaskCounts {
         self.counts.clone()
     }
+
+    fn mask_row_changes(&mut self, values: &[Option<&[u8]>]) -> Vec<(usize, Option<Vec<u8>>)> {
+        let mut changes = Vec::new();
+        for (i, ((plan, column), value)) in self.columns.iter().zip(values).enumerate() {
+            let Some(value) = value else {
+                continue;
+            };
+            match plan {
+                Plan::Keep => {}
+                Plan::Whole { rule, style } => {
+                    self.counts.add(rule, 1);
+                    changes.push((i, whole(&self.engine, column, rule, *style, value)));
+                }
+                Plan::Detect => {
+                    if let Some(replacement) = detect(&self.engine, column, value, &mut self.counts)
+                    {
+                        changes.push((i, replacement));
+                    }
+                }
+            }
+        }
+        changes
+    }
 }
 
 /// A column rule's replacement, valid for the column's type.
