@@ -156,28 +156,6 @@ pub fn encode_data_row_refs(values: &[Option<&[u8]>], out: &mut BytesMut) {
     }
 }
 
-/// Encodes a DataRow from values.
-#[cfg(test)]
-pub fn encode_data_row(values: &[Option<Vec<u8>>], out: &mut BytesMut) {
-    let body_len: usize = 2 + values
-        .iter()
-        .map(|v| 4 + v.as_ref().map_or(0, |b| b.len()))
-        .sum::<usize>();
-    out.reserve(1 + 4 + body_len);
-    out.extend_from_slice(b"D");
-    out.extend_from_slice(&((body_len + 4) as i32).to_be_bytes());
-    out.extend_from_slice(&(values.len() as i16).to_be_bytes());
-    for v in values {
-        match v {
-            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
-            Some(b) => {
-                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
-                out.extend_from_slice(b);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +187,7 @@ mod tests {
     #[test]
     fn data_row_round_trip_and_truncation() {
         let mut out = BytesMut::new();
-        encode_data_row(&[Some(b"ab".to_vec()), None], &mut out);
+        encode_data_row_refs(&[Some(&b"ab"[..]), None], &mut out);
         let vals = data_row_values(&out[5..]).unwrap();
         assert_eq!(vals, vec![Some(&b"ab"[..]), None]);
         assert!(data_row_values(&out[5..out.len() - 3]).is_none());

@@ -222,26 +222,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        if let Some(w) = &self.writer {
-            w.lock()
-                .map_err(|_| unavailable("journal lock poisoned"))?
-                .flush_pending()?;
-        }
-        let db = self.db_path.clone();
-        let journal = self.journal_path.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = open_connection(&db)?;
-            catch_up(&conn, &journal)?;
-            f(&conn)
-        })
-        .await
-        .map_err(unavailable)?
+        self.read_with(false, f).await
     }
 
     /// Like `read`, but a journal the index cannot catch up with (e.g. it was
     /// truncated) does not stop the query: verification must name what broke.
     async fn read_even_if_behind<T: Send + 'static>(
         &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.read_with(true, f).await
+    }
+
+    async fn read_with<T: Send + 'static>(
+        &self,
+        tolerate_behind: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         if let Some(w) = &self.writer {
@@ -253,8 +248,11 @@ impl SqliteStore {
         let journal = self.journal_path.clone();
         tokio::task::spawn_blocking(move || {
             let conn = open_connection(&db)?;
-            if let Err(e) = catch_up(&conn, &journal) {
-                tracing::warn!(message = "The journal could not be indexed; verifying what is there.", error = %e);
+            match catch_up(&conn, &journal) {
+                Err(e) if tolerate_behind => {
+                    tracing::warn!(message = "The journal could not be indexed; verifying what is there.", error = %e);
+                }
+                other => other?,
             }
             f(&conn)
         })
