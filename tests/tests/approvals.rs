@@ -209,3 +209,35 @@ fn retry_mode_refuses_now_and_runs_the_approved_statement_once() {
         "reset"
     );
 }
+
+#[test]
+fn a_client_that_leaves_takes_its_held_statement_with_it() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let before = customer_name(&env, 3);
+    let mut child = env
+        .psql_command(
+            &env.agent_url(),
+            &["-c", "update customers set name = 'ghost' where id = 3"],
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The request is withdrawn; approving it now runs nothing.
+    let state = wait_until(Duration::from_secs(15), "the request withdrawn", || {
+        let out = approvals(&env, &dba, &["list", "--json", "--all"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        let r = list.into_iter().find(|r| r["id"] == id.as_str())?;
+        (r["state"] != "pending").then(|| r["state"].as_str().unwrap_or_default().to_string())
+    });
+    assert_eq!(state, "expired");
+    let late = approvals(&env, &dba, &["approve", &id]);
+    assert!(!late.status.success(), "{}", stdout(&late));
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(customer_name(&env, 3), before);
+}

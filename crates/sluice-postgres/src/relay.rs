@@ -24,6 +24,8 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
+/// Client bytes buffered while a command's decision is pending.
+const PENDING_WHILE_DECIDING: usize = 1 << 20;
 /// How long the response half gets to deliver a fatal error before the session is cut.
 const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Rows of each result kept for replay.
@@ -324,7 +326,7 @@ impl Requests<'_> {
                     text: sql,
                     context,
                 };
-                match self.decide(command).await {
+                match self.decide(command).await? {
                     Decided::Forward(command_id) => {
                         self.sql_prepared.apply(effects);
                         self.push(Expect::Query {
@@ -396,7 +398,7 @@ impl Requests<'_> {
                 };
                 let (context, effects) = self.sql_prepared.context_for(&command.text);
                 let command = Command { context, ..command };
-                match self.decide(command).await {
+                match self.decide(command).await? {
                     Decided::Forward(command_id) => {
                         self.sql_prepared.apply(effects);
                         self.push(Expect::Execute {
@@ -424,7 +426,7 @@ impl Requests<'_> {
                     text: format!("<fast-path function call, oid {oid}>"),
                     context: vec![],
                 };
-                match self.decide(command).await {
+                match self.decide(command).await? {
                     Decided::Forward(command_id) => {
                         self.push(Expect::Query {
                             command_id,
@@ -458,8 +460,32 @@ impl Requests<'_> {
         Ok(None)
     }
 
-    async fn decide(&self, command: Command) -> Decided {
-        match self.handle.decide(command).await {
+    /// Runs the pipeline for a command while watching the client: a client
+    /// that leaves while its command waits (e.g. held for approval) takes the
+    /// command with it, so it never runs.
+    async fn decide(&mut self, command: Command) -> Result<Decided, SessionError> {
+        let handle: &SessionHandle = self.handle;
+        let decision = Self::decided(handle, command);
+        tokio::pin!(decision);
+        loop {
+            // Bytes pipelined meanwhile stay buffered, up to a bound.
+            let room = self.buf.len() < PENDING_WHILE_DECIDING;
+            tokio::select! {
+                biased;
+                d = &mut decision => return Ok(d),
+                n = self.client.read_buf(&mut self.buf), if room => {
+                    if n? == 0 {
+                        return Err(SessionError::Client(
+                            "client disconnected while a command was pending".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn decided(handle: &SessionHandle, command: Command) -> Decided {
+        match handle.decide(command).await {
             Ok(Decision::Forward { command_id }) => Decided::Forward(command_id),
             Ok(Decision::Refuse { command_id, denial }) => Decided::Refuse(command_id, denial),
             // Write-ahead audit failed: the command must not run.

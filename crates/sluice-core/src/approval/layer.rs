@@ -162,7 +162,15 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
             request.id
         ));
     }
-    match tokio::time::timeout(settings.timeout, waiter).await {
+    // If the session goes away while the command waits, the request is
+    // withdrawn: an approval must not run a command nobody is waiting for.
+    let mut withdraw = Withdraw {
+        service,
+        id: Some(request.id.clone()),
+    };
+    let outcome = tokio::time::timeout(settings.timeout, waiter).await;
+    withdraw.id = None;
+    match outcome {
         Ok(Ok(Outcome::Approved { by })) => Verdict {
             action: Action::Allow,
             rule: verdict.rule,
@@ -178,7 +186,7 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         ),
         // Timed out, or the service dropped the request.
         _ => {
-            service.expire_now(&request.id);
+            service.expire_now(&request.id, "no approver decided in time");
             deny(
                 &verdict,
                 format!(
@@ -186,6 +194,20 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
                     request.id
                 ),
             )
+        }
+    }
+}
+
+struct Withdraw<'a> {
+    service: &'a ApprovalService,
+    id: Option<String>,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.service
+                .expire_now(&id, "the client left before a decision");
         }
     }
 }

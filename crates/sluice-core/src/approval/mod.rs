@@ -403,8 +403,9 @@ impl ApprovalService {
         Ok((request, rx))
     }
 
-    /// A held request timed out: record it and stop accepting decisions.
-    pub(crate) fn expire_now(&self, id: &str) {
+    /// A held request timed out or was abandoned: record it and stop
+    /// accepting decisions.
+    pub(crate) fn expire_now(&self, id: &str, reason: &str) {
         let session = {
             let mut entries = self.lock();
             match entries.get_mut(id) {
@@ -423,7 +424,7 @@ impl ApprovalService {
                     approval_id: id.to_string(),
                     state: ApprovalState::Expired,
                     by: "sluice".into(),
-                    reason: Some("no approver decided in time".into()),
+                    reason: Some(reason.into()),
                 },
             );
         }
