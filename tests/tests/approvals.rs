@@ -241,3 +241,35 @@ fn a_client_that_leaves_takes_its_held_statement_with_it() {
     thread::sleep(Duration::from_millis(500));
     assert_eq!(customer_name(&env, 3), before);
 }
+
+#[test]
+fn a_cancel_while_held_withdraws_the_statement() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let before = customer_name(&env, 4);
+    let mut psql = env.psql_command(
+        &env.agent_url(),
+        &["-c", "update customers set name = 'canceled' where id = 4"],
+    );
+    psql.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = psql.spawn().unwrap();
+    let pid = child.id().to_string();
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    // Ctrl-C: psql sends a CancelRequest on a new connection.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = wait_output(child, Duration::from_secs(20), "psql after cancel");
+    assert!(
+        failed(&out).contains("canceled by the client"),
+        "{}",
+        stderr(&out)
+    );
+    let late = approvals(&env, &dba, &["approve", &id]);
+    assert!(!late.status.success(), "{}", stdout(&late));
+    assert_eq!(customer_name(&env, 4), before);
+}

@@ -337,10 +337,12 @@ impl Session for PgSession {
             }
         };
         let shared = self.shared.clone();
+        let cancel = Arc::new(tokio::sync::Notify::new());
         let (key, _guard) = shared.cancels.register(
             target,
             upstream.backend_pid,
             upstream.backend_secret.clone(),
+            cancel.clone(),
         );
         let mut out = BytesMut::new();
         wire::auth_ok(&mut out);
@@ -352,7 +354,7 @@ impl Session for PgSession {
             .masker()
             .wants_table_names()
             .then(|| self.shared.catalog_for(handle.connection()));
-        Relay::new(handle, self.stream, self.buf, upstream, catalog)
+        Relay::new(handle, self.stream, self.buf, upstream, catalog, cancel)
             .run()
             .await
     }

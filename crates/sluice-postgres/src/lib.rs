@@ -106,6 +106,9 @@ struct CancelTarget {
     upstream: UpstreamTarget,
     pid: i32,
     secret: Vec<u8>,
+    /// Wakes the session: a command still waiting for its decision (held
+    /// for approval) is withdrawn rather than run later.
+    session: Arc<tokio::sync::Notify>,
 }
 
 pub struct CancelGuard<'a> {
@@ -127,6 +130,7 @@ impl CancelRegistry {
         target: UpstreamTarget,
         pid: i32,
         secret: Vec<u8>,
+        session: Arc<tokio::sync::Notify>,
     ) -> ((i32, i32), CancelGuard<'_>) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         let key = loop {
@@ -145,6 +149,7 @@ impl CancelRegistry {
                 upstream: target,
                 pid,
                 secret,
+                session,
             },
         );
         (
@@ -224,6 +229,7 @@ async fn handle_client(
             let result = match shared.cancels.lookup((pid, secret)) {
                 Some(t) => {
                     tracing::info!(message = "Forwarding a cancel request.", client = %peer);
+                    t.session.notify_waiters();
                     upstream::cancel(&t.upstream, t.pid, &t.secret)
                         .await
                         .map_err(|e| e.to_string())

@@ -80,6 +80,7 @@ pub struct Relay {
     client_buf: BytesMut,
     upstream: Upstream,
     catalog: Option<Arc<Catalog>>,
+    cancel: Arc<tokio::sync::Notify>,
 }
 
 impl Relay {
@@ -89,6 +90,7 @@ impl Relay {
         client_buf: BytesMut,
         upstream: Upstream,
         catalog: Option<Arc<Catalog>>,
+        cancel: Arc<tokio::sync::Notify>,
     ) -> Self {
         Relay {
             handle,
@@ -96,6 +98,7 @@ impl Relay {
             client_buf,
             upstream,
             catalog,
+            cancel,
         }
     }
 
@@ -106,6 +109,7 @@ impl Relay {
             client_buf,
             upstream,
             catalog,
+            cancel,
         } = self;
         let (client_r, client_w) = tokio::io::split(client);
         let (up_r, up_w) = tokio::io::split(upstream.stream);
@@ -121,6 +125,7 @@ impl Relay {
             discarding: false,
             fatal_queued: false,
             sql_prepared: SqlPrepared::default(),
+            cancel,
         };
         let notices = handle.take_notices();
         let mut responses = Responses {
@@ -177,6 +182,8 @@ struct Requests<'a> {
     fatal_queued: bool,
     /// SQL-level `PREPARE name AS …` definitions forwarded on this session.
     sql_prepared: SqlPrepared,
+    /// Notified by a CancelRequest for this session.
+    cancel: Arc<tokio::sync::Notify>,
 }
 
 /// Tracks SQL-level prepared statements so that `EXECUTE name` is judged by
@@ -473,6 +480,17 @@ impl Requests<'_> {
             tokio::select! {
                 biased;
                 d = &mut decision => return Ok(d),
+                _ = self.cancel.notified() => {
+                    // A cancel while the command waits (for approval): it never runs.
+                    return Ok(Decided::Refuse(
+                        0,
+                        Denial {
+                            rule: None,
+                            message: "canceled by the client while waiting for a decision; it was not run".into(),
+                            hint: None,
+                        },
+                    ));
+                }
                 n = self.client.read_buf(&mut self.buf), if room => {
                     if n? == 0 {
                         return Err(SessionError::Client(
