@@ -13,6 +13,7 @@ const MASKING: &str = r#"
 [masking]
 detectors = ["email", "credit_card", "us_ssn"]
 style = "redact"
+exempt_groups = ["dba"]
 
 [masking.styles]
 email = "partial"
@@ -258,4 +259,25 @@ print("OK")
     }
     let out = run_with_timeout(&mut py, None, std::time::Duration::from_secs(60));
     assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn exempt_groups_see_data_unmasked_and_are_still_recorded() {
+    let env = env();
+    let email = raw(&env, "select email from customers where id = 1");
+    let dba = env.url(
+        "dana",
+        &env.token("dana", &["agents", "dba"], "10m"),
+        "appdb",
+    );
+    let out = ok(&env.psql(&dba, &["-c", "select email from customers where id = 1"]));
+    assert_eq!(out.trim(), email.trim());
+    // Everyone else still gets it masked.
+    let out = ok(&env.psql(
+        &env.agent_url(),
+        &["-c", "select email from customers where id = 1"],
+    ));
+    assert_ne!(out.trim(), email.trim());
+    let sessions = env.wait_sessions_ended(2);
+    assert!(sessions.iter().any(|s| s["subject"] == "dana"));
 }

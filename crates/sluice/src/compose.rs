@@ -66,12 +66,16 @@ pub async fn serve(config: Config) -> Result<()> {
     let listen = config.listen.clone();
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
     let masking = masking_engine(&config)?;
+    let masking_exempt = config.masking.exempt_groups.clone();
     let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
     }
     if let Some(engine) = masking {
-        builder = builder.masker(Arc::new(sluice_core::masking::EngineMasker::new(engine)));
+        builder = builder.masker(Arc::new(
+            sluice_core::masking::EngineMasker::new(engine)
+                .with_exempt_groups(masking_exempt.clone()),
+        ));
     }
     for key in match_keys() {
         builder = builder.match_key(key);

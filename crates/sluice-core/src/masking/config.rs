@@ -32,6 +32,10 @@ pub struct MaskingConfig {
     /// Columns masked whatever their content.
     #[serde(default)]
     pub columns: Vec<ColumnRuleConfig>,
+    /// Groups whose members see data unmasked (e.g. on-call DBAs); their
+    /// sessions are still recorded, with what they saw.
+    #[serde(default)]
+    pub exempt_groups: Vec<String>,
 }
 
 /// `[[masking.custom]]`: exactly one of `regex` and `words`.

@@ -19,11 +19,25 @@ const TEXT_ARRAYS: &[u32] = &[1009, 1015, 1014];
 #[derive(Debug, Clone)]
 pub struct EngineMasker {
     engine: MaskingEngine,
+    exempt_groups: Vec<String>,
 }
 
 impl EngineMasker {
     pub fn new(engine: MaskingEngine) -> Self {
-        EngineMasker { engine }
+        EngineMasker {
+            engine,
+            exempt_groups: Vec::new(),
+        }
+    }
+
+    /// Members of these groups see data unmasked.
+    pub fn with_exempt_groups(mut self, groups: Vec<String>) -> Self {
+        self.exempt_groups = groups;
+        self
+    }
+
+    fn exempt(&self, session: &SessionInfo) -> bool {
+        !self.exempt_groups.is_empty() && session.identity.in_any_group(&self.exempt_groups)
     }
 }
 
@@ -51,6 +65,9 @@ fn text_like(c: &Column) -> bool {
 
 impl ResponseMasker for EngineMasker {
     fn plan(&self, session: &SessionInfo, columns: &[Column]) -> Option<Box<dyn RowMasker>> {
+        if self.exempt(session) {
+            return None;
+        }
         let mut any = false;
         let planned: Vec<(Plan, Column)> = columns
             .iter()
@@ -93,17 +110,23 @@ impl ResponseMasker for EngineMasker {
     }
 
     fn has_column_rules(&self, session: &SessionInfo) -> bool {
-        self.engine.has_column_rules_for(&session.connection)
+        !self.exempt(session) && self.engine.has_column_rules_for(&session.connection)
     }
 
-    fn mask_text(&self, _session: &SessionInfo, text: &str) -> Option<(String, MaskCounts)> {
+    fn mask_text(&self, session: &SessionInfo, text: &str) -> Option<(String, MaskCounts)> {
+        if self.exempt(session) {
+            return None;
+        }
         match self.engine.mask_text(text) {
             (Cow::Owned(s), counts) => Some((s, counts)),
             (Cow::Borrowed(_), _) => None,
         }
     }
 
-    fn mask_bytes(&self, _session: &SessionInfo, bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
+    fn mask_bytes(&self, session: &SessionInfo, bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
+        if self.exempt(session) {
+            return None;
+        }
         match self.engine.mask_bytes(bytes) {
             (Cow::Owned(b), counts) => Some((b, counts)),
             (Cow::Borrowed(_), _) => None,
