@@ -5,18 +5,13 @@ use crate::approval::{ApprovalNotifier, ApprovalService, ReviewSettings};
 use crate::audit::{AuditEvent, Store};
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
-use crate::model::Verdict;
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, RulesEngine};
-use crate::pipeline::{
-    audit::AuditService, CommandRequest, PipelineBuilder, PipelineError, SessionInfo,
-    VerdictService,
-};
+use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{Refusal, Session, SessionError, SessionHandle};
 use crate::token::{TokenAuthority, TokenError};
 use std::sync::Arc;
 use std::time::Duration;
-use tower::{Layer, Service};
 use tracing::Instrument;
 
 /// How long a client may take to present credentials.
@@ -83,16 +78,7 @@ impl GatewayBuilder {
     }
 
     /// Adds a layer to every command's path, inside the audit layer.
-    pub fn layer<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<VerdictService> + Send + Sync + 'static,
-        L::Service: Service<CommandRequest, Response = Verdict, Error = PipelineError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<CommandRequest>>::Future: Send + 'static,
-    {
+    pub fn layer<L: PipelineLayer>(mut self, layer: L) -> Self {
         self.pipeline = self.pipeline.layer(layer);
         self
     }

@@ -72,6 +72,27 @@ impl Service<CommandRequest> for Admit {
 /// A layer a platform team adds to every command's path (see examples/custom-gateway).
 pub type BoxedLayer = Box<dyn Fn(VerdictService) -> VerdictService + Send + Sync>;
 
+/// A Tower layer that can sit in every command's path. Implemented for every
+/// layer whose service decides verdicts, so builders need one bound.
+pub trait PipelineLayer: Send + Sync + 'static {
+    fn boxed(self) -> BoxedLayer;
+}
+
+impl<L> PipelineLayer for L
+where
+    L: Layer<VerdictService> + Send + Sync + 'static,
+    L::Service: Service<CommandRequest, Response = Verdict, Error = PipelineError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as Service<CommandRequest>>::Future: Send + 'static,
+{
+    fn boxed(self) -> BoxedLayer {
+        Box::new(move |inner| BoxCloneSyncService::new(self.layer(inner)))
+    }
+}
+
 /// Assembles the pipeline from its stages.
 #[derive(Default)]
 pub struct PipelineBuilder {
@@ -83,21 +104,10 @@ impl PipelineBuilder {
         Self::default()
     }
 
-    /// Adds a layer between the audit layer and the policy layer: its verdicts
-    /// are audited like the policy's. The first added is the outermost.
-    pub fn layer<L>(mut self, layer: L) -> Self
-    where
-        L: Layer<VerdictService> + Send + Sync + 'static,
-        L::Service: Service<CommandRequest, Response = Verdict, Error = PipelineError>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        <L::Service as Service<CommandRequest>>::Future: Send + 'static,
-    {
-        self.extra.push(Box::new(move |inner| {
-            BoxCloneSyncService::new(layer.layer(inner))
-        }));
+    /// Adds a layer between the audit layer and the approval stage: its
+    /// verdicts are audited like the policy's. The first added is the outermost.
+    pub fn layer<L: PipelineLayer>(mut self, layer: L) -> Self {
+        self.extra.push(layer.boxed());
         self
     }
 
