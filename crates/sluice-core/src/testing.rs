@@ -1,8 +1,42 @@
 //! Shared fakes for core's unit tests.
 
 use crate::audit::{AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport};
+use crate::model::{Command, CommandKind, Identity, Protocol};
+use crate::pipeline::{CommandRequest, SessionInfo};
 use async_trait::async_trait;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// A gateway-issued identity valid for ten minutes.
+pub fn person(subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        subject: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        issuer: "sluice".into(),
+        token_id: "t".into(),
+        expires_at: SystemTime::now() + Duration::from_secs(600),
+    }
+}
+
+/// Command 1 of session `s1` on `appdb`: a simple SQL query by `identity`.
+pub fn sql_request(identity: Identity, text: &str) -> CommandRequest {
+    CommandRequest {
+        session: Arc::new(SessionInfo {
+            id: "s1".into(),
+            identity,
+            connection: "appdb".into(),
+            protocol: Protocol::Postgres,
+            client_addr: "127.0.0.1:1".into(),
+        }),
+        command_id: 1,
+        command: Arc::new(Command {
+            kind: CommandKind::SqlSimple,
+            text: text.into(),
+            context: vec![],
+        }),
+        notices: None,
+    }
+}
 
 #[derive(Default)]
 pub struct MemoryStore {

@@ -1,9 +1,8 @@
 use super::*;
-use crate::model::{Command, CommandKind, Decision, Protocol};
+use crate::model::{Command, Decision};
 use crate::pipeline::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
-use crate::pipeline::{audit::AuditService, CommandRequest, PipelineBuilder, SessionInfo};
-use crate::testing::MemoryStore;
-use std::time::SystemTime;
+use crate::pipeline::{audit::AuditService, CommandRequest, PipelineBuilder};
+use crate::testing::{person, sql_request, MemoryStore};
 use tower::ServiceExt;
 
 /// `text = "x"` matches commands whose words are x's words.
@@ -86,35 +85,13 @@ fn rig(mode: &str, timeout: &str, store: MemoryStore) -> Rig {
     }
 }
 
-fn person(subject: &str, groups: &[&str]) -> Identity {
-    Identity {
-        subject: subject.into(),
-        groups: groups.iter().map(|g| g.to_string()).collect(),
-        issuer: "sluice".into(),
-        token_id: "t".into(),
-        expires_at: SystemTime::now() + Duration::from_secs(600),
-    }
-}
-
 fn request(
     text: &str,
     notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) -> CommandRequest {
     CommandRequest {
-        session: Arc::new(SessionInfo {
-            id: "s1".into(),
-            identity: person("agent", &["agents", "dba"]),
-            connection: "appdb".into(),
-            protocol: Protocol::Postgres,
-            client_addr: "127.0.0.1:1".into(),
-        }),
-        command_id: 1,
-        command: Arc::new(Command {
-            kind: CommandKind::SqlSimple,
-            text: text.into(),
-            context: vec![],
-        }),
         notices,
+        ..sql_request(person("agent", &["agents", "dba"]), text)
     }
 }
 

@@ -2,9 +2,8 @@ use super::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
 use super::*;
 use crate::audit::AuditEvent;
 use crate::config::Config;
-use crate::model::{Action, CommandKind, Decision};
-use crate::testing::MemoryStore;
-use std::time::{Duration, SystemTime};
+use crate::model::{Action, Decision};
+use crate::testing::{person, sql_request, MemoryStore};
 use tower::ServiceExt;
 
 /// A test match key: `contains = "word"` matches commands whose text has it.
@@ -33,28 +32,7 @@ impl MatchKey for Contains {
 }
 
 fn request(text: &str, groups: &[&str]) -> CommandRequest {
-    CommandRequest {
-        session: Arc::new(SessionInfo {
-            id: "s1".into(),
-            identity: Identity {
-                subject: "agent".into(),
-                groups: groups.iter().map(|g| g.to_string()).collect(),
-                issuer: "sluice".into(),
-                token_id: "t".into(),
-                expires_at: SystemTime::now() + Duration::from_secs(60),
-            },
-            connection: "appdb".into(),
-            protocol: Protocol::Postgres,
-            client_addr: "127.0.0.1:1".into(),
-        }),
-        command_id: 1,
-        command: Arc::new(Command {
-            kind: CommandKind::SqlSimple,
-            text: text.into(),
-            context: vec![],
-        }),
-        notices: None,
-    }
+    sql_request(person("agent", groups), text)
 }
 
 const RULES: &str = r#"
