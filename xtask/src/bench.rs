@@ -312,8 +312,8 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         }
     }
     println!();
-    classifier_microbench();
-    masking_microbench();
+    run_example_bench("sluice-postgres", "classify_bench");
+    run_example_bench("sluice-core", "mask_bench");
     drop(sluice_masking);
     drop(sluice_rules);
     drop(sluice);
@@ -780,24 +780,6 @@ columns = [\"customers_bench.national_id\"]
 style = \"null\"
 ";
 
-/// The default detector set's scan rate on realistic rows.
-fn masking_microbench() {
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "run",
-        "--quiet",
-        "--release",
-        "-p",
-        "sluice-core",
-        "--example",
-        "mask_bench",
-    ])
-    .current_dir(workspace_root());
-    if let Err(e) = run_inherit(&mut cmd) {
-        eprintln!("bench: masking microbenchmark failed: {e:#}");
-    }
-}
-
 /// Twenty rules of the kinds a deployment has; none matches pgbench's SELECT.
 fn twenty_rules() -> String {
     let mut out = String::from("\n");
@@ -822,22 +804,24 @@ fn twenty_rules() -> String {
     out
 }
 
-/// Parse + classify cost per statement (an example of sluice-postgres, so
-/// that xtask itself builds before `setup` has installed libclang).
-fn classifier_microbench() {
+/// Runs a microbenchmark kept as a release example of a library crate (not
+/// linked into xtask, so that xtask builds before `setup` installs libclang):
+/// `sluice-postgres/classify_bench` (parse + classify per statement) and
+/// `sluice-core/mask_bench` (the default detectors' scan rate).
+fn run_example_bench(package: &str, example: &str) {
     let mut cmd = Command::new("cargo");
     cmd.args([
         "run",
         "--quiet",
         "--release",
         "-p",
-        "sluice-postgres",
+        package,
         "--example",
-        "classify_bench",
+        example,
     ])
     .current_dir(workspace_root());
     if let Err(e) = run_inherit(&mut cmd) {
-        eprintln!("bench: classifier microbenchmark failed: {e:#}");
+        eprintln!("bench: {package} example {example} failed: {e:#}");
     }
 }
 
