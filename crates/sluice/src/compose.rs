@@ -122,6 +122,11 @@ pub async fn serve(config: Config) -> Result<()> {
 /// Compiles `[masking]`; `None` when it masks nothing. The `hash` style's key
 /// is `masking.hash_key`, or one generated once into `state_dir/keys`.
 fn masking_engine(config: &Config) -> Result<Option<sluice_core::masking::MaskingEngine>> {
+    let m = &config.masking;
+    if m.detectors.is_empty() && m.custom.is_empty() && m.columns.is_empty() {
+        // Masking is off: no key to read or generate.
+        return Ok(None);
+    }
     let key = match &config.masking.hash_key {
         Some(secret) => secret.resolve()?.into_bytes(),
         None => {
