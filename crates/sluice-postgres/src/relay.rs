@@ -619,7 +619,8 @@ impl Responses {
                 Some(n) = recv_notice(&mut self.notices) => wire::notice(&mut self.out, &n),
                 n = self.upstream.read_buf(&mut self.buf) => {
                     if n.map_err(upstream_err)? == 0 {
-                        self.emit_ready_refusals()?;
+                        // Refusals still queued go out first, then why the session ends.
+                        let _ = self.emit_ready_refusals();
                         wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the upstream closed the connection", None, None);
                         self.flush().await?;
                         return Ok("upstream closed".into());
@@ -649,14 +650,18 @@ impl Responses {
                             }
                         }
                         self.on_message(msg);
-                        self.emit_ready_refusals()?;
+                        if let Some(reason) = self.emit_ready_refusals() {
+                            // A fatal error was queued: deliver it, then end.
+                            self.flush().await?;
+                            return Err(SessionError::Client(reason));
+                        }
                         if self.out.len() >= 64 * 1024 {
                             self.flush().await?;
                         }
                     }
                 }
             }
-            if let Some(reason) = self.emit_ready_refusals_checked()? {
+            if let Some(reason) = self.emit_ready_refusals() {
                 self.flush().await?;
                 return Err(SessionError::Client(reason));
             }
@@ -673,16 +678,9 @@ impl Responses {
         Ok(())
     }
 
-    fn emit_ready_refusals(&mut self) -> Result<(), SessionError> {
-        match self.emit_ready_refusals_checked()? {
-            Some(reason) => Err(SessionError::Client(reason)),
-            None => Ok(()),
-        }
-    }
-
     /// Sends refusals that have reached the front of the queue. Returns a
     /// reason when a fatal error was sent and the session must end.
-    fn emit_ready_refusals_checked(&mut self) -> Result<Option<String>, SessionError> {
+    fn emit_ready_refusals(&mut self) -> Option<String> {
         loop {
             match self.queue.front() {
                 Some(Expect::Refused { .. }) => {
@@ -701,10 +699,10 @@ impl Responses {
                 Some(Expect::Fatal { .. }) => {
                     if let Some(Expect::Fatal { code, message }) = self.queue.pop_front() {
                         wire::error(&mut self.out, true, code, &message, None, None);
-                        return Ok(Some(message));
+                        return Some(message);
                     }
                 }
-                _ => return Ok(None),
+                _ => return None,
             }
         }
     }
