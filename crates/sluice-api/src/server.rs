@@ -179,7 +179,7 @@ async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -
             _ => method_not_allowed("GET, HEAD"),
         };
     }
-    let identity = match authenticate(gateway, req.headers()) {
+    let identity = match authenticate(gateway, req.headers()).await {
         Ok(identity) => identity,
         Err(detail) => {
             tracing::warn!(message = "API authentication failed.", client = %peer, reason = %detail);
@@ -252,7 +252,7 @@ fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
 }
 
 /// The identity behind `Authorization: Bearer …`; the error never contains the token.
-fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, String> {
+async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, String> {
     let value = headers
         .get(header::AUTHORIZATION)
         .ok_or("this API needs an Authorization: Bearer <token> header (a gateway-issued token: sluice token issue)")?;
@@ -271,6 +271,7 @@ fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, Stri
             user: String::new(),
             token: token.to_string(),
         })
+        .await
         .map_err(|e| format!("the bearer token was refused: {e}"))
 }
 

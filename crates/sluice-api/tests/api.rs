@@ -385,6 +385,7 @@ url = "http://{hook}/hook"
             user: String::new(),
             token: h.token("agent", &["agents"]),
         })
+        .await
         .expect("agent identity");
     let session = h
         .gateway

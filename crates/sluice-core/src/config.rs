@@ -213,6 +213,43 @@ pub struct ConnectionConfig {
     pub upstream_ca: Option<PathBuf>,
     /// The action when no rule matches a command (default `allow`).
     pub default_action: Option<Action>,
+
+    // --- SSH ---
+    /// Private key (OpenSSH or PEM) the gateway logs in to the SSH upstream with.
+    pub private_key: Option<Secret>,
+    /// The upstream's pinned host public key, as in `known_hosts`
+    /// (`ssh-ed25519 AAAA…`); a mismatch refuses the session.
+    pub host_key: Option<String>,
+
+    // --- HTTP and Kubernetes ---
+    /// Headers injected into every upstream request (values by reference).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// `Authorization: Bearer …` injected into upstream requests.
+    pub bearer: Option<Secret>,
+    /// `Authorization: Basic …` injected into upstream requests.
+    pub basic: Option<BasicAuth>,
+    /// Kubernetes service-account (or other) bearer token for the API server.
+    pub token: Option<Secret>,
+    /// Client certificate (PEM) presented to the upstream (Kubernetes mTLS).
+    pub client_cert: Option<Secret>,
+    /// The client certificate's private key (PEM).
+    pub client_key: Option<Secret>,
+    /// CA bundle (PEM) that verifies the upstream's certificate, by reference.
+    pub ca: Option<Secret>,
+    /// Host names routed to this connection (besides the `/<connection>/` path prefix).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Upper bound for one upstream request/response exchange (HTTP); default 60s.
+    pub timeout: Option<HumanDuration>,
+}
+
+/// `basic = { user = "…", password = { env = "…" } }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: Secret,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -439,11 +476,36 @@ impl Config {
                         }
                     }
                 }
-                other => {
-                    return Err(invalid(
-                        key("kind"),
-                        format!("connections of kind {other} are not available in this build yet"),
-                    ))
+                ConnectionKind::Ssh => {
+                    if c.user.is_none() {
+                        return Err(invalid(
+                            key("user"),
+                            "an ssh connection needs `user` (the account on the host)".into(),
+                        ));
+                    }
+                    if c.password.is_none() && c.private_key.is_none() {
+                        return Err(invalid(
+                            key("private_key"),
+                            "an ssh connection needs `private_key` or `password`".into(),
+                        ));
+                    }
+                    if c.host_key.is_none() {
+                        return Err(invalid(
+                            key("host_key"),
+                            "an ssh connection needs the upstream's pinned `host_key` (a known_hosts line such as \"ssh-ed25519 AAAA…\")".into(),
+                        ));
+                    }
+                }
+                ConnectionKind::Http | ConnectionKind::Kubernetes => {
+                    if !(c.upstream.starts_with("http://") || c.upstream.starts_with("https://")) {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!(
+                                "a {} connection's upstream is a URL (https://host:port)",
+                                c.kind
+                            ),
+                        ));
+                    }
                 }
             }
             if c.default_action == Some(Action::Review) {

@@ -8,7 +8,7 @@ use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
-use crate::session::{Refusal, Session, SessionError, SessionHandle};
+use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
 use crate::token::{TokenAuthority, TokenError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +32,7 @@ pub struct Gateway {
     pipeline: AuditService,
     masker: Arc<dyn ResponseMasker>,
     approvals: Arc<ApprovalService>,
+    live: Arc<LiveSessions>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -131,6 +132,7 @@ impl GatewayBuilder {
             tokens,
             masker: self.masker,
             approvals,
+            live: Arc::default(),
         })
     }
 }
@@ -153,8 +155,13 @@ impl Gateway {
         &self.approvals
     }
 
+    /// Sessions live in this process (operators end them; revocation reaches them).
+    pub fn live_sessions(&self) -> &Arc<LiveSessions> {
+        &self.live
+    }
+
     /// Verifies the presented token. The error is safe to show the client.
-    pub fn authenticate(&self, credentials: &Credentials) -> Result<Identity, TokenError> {
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Identity, TokenError> {
         let identity = self.tokens.verify(credentials.token.trim())?;
         Ok(identity)
     }
@@ -216,6 +223,7 @@ impl Gateway {
             self.pipeline.clone(),
             self.store.clone(),
             self.masker.clone(),
+            self.live.clone(),
         ))
     }
 
@@ -229,7 +237,7 @@ impl Gateway {
         let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, session.credentials())
             .await
             .map_err(|_| SessionError::Client("handshake timed out".into()))??;
-        let identity = match self.authenticate(&request.credentials) {
+        let identity = match self.authenticate(&request.credentials).await {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::warn!(message = "Authentication failed.", %protocol, client = %client_addr, user = %request.credentials.user, connection = %request.connection, reason = %e);

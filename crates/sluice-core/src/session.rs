@@ -85,6 +85,77 @@ pub struct SessionHandle {
     end_reason: Mutex<Option<String>>,
     notices: tokio::sync::mpsc::UnboundedSender<String>,
     notices_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    live: Arc<LiveSessions>,
+    terminated: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+/// The gateway's live sessions, so that an operator or a revoked token can end them.
+#[derive(Debug, Default)]
+pub struct LiveSessions {
+    sessions: Mutex<std::collections::HashMap<String, LiveSession>>,
+}
+
+#[derive(Debug)]
+struct LiveSession {
+    token_id: String,
+    terminate: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl LiveSessions {
+    fn register(&self, id: &str, token_id: &str) -> tokio::sync::watch::Receiver<Option<String>> {
+        let (terminate, rx) = tokio::sync::watch::channel(None);
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(
+                id.to_string(),
+                LiveSession {
+                    token_id: token_id.to_string(),
+                    terminate,
+                },
+            );
+        }
+        rx
+    }
+
+    fn remove(&self, id: &str) {
+        if let Ok(mut s) = self.sessions.lock() {
+            s.remove(id);
+        }
+    }
+
+    /// Ends one live session; `reason` is told to the client. False when not live here.
+    pub fn terminate(&self, session_id: &str, reason: &str) -> bool {
+        let Ok(s) = self.sessions.lock() else {
+            return false;
+        };
+        match s.get(session_id) {
+            Some(live) => {
+                live.terminate.send_replace(Some(reason.to_string()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends every live session opened with the token `token_id`; returns how many.
+    pub fn terminate_token(&self, token_id: &str, reason: &str) -> usize {
+        let Ok(s) = self.sessions.lock() else {
+            return 0;
+        };
+        let mut ended = 0;
+        for live in s.values().filter(|l| l.token_id == token_id) {
+            live.terminate.send_replace(Some(reason.to_string()));
+            ended += 1;
+        }
+        ended
+    }
+
+    /// Ids of the sessions live in this process.
+    pub fn ids(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .map(|s| s.keys().cloned().collect())
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -102,9 +173,13 @@ impl SessionHandle {
         pipeline: AuditService,
         store: Arc<dyn Store>,
         masker: Arc<dyn ResponseMasker>,
+        live: Arc<LiveSessions>,
     ) -> Self {
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+        let terminated = live.register(&info.id, &info.identity.token_id);
         SessionHandle {
+            live,
+            terminated,
             info: Arc::new(info),
             connection,
             pipeline,
@@ -172,21 +247,33 @@ impl SessionHandle {
         }
     }
 
-    /// Resolves when the session's credential expires; the protocol must then
-    /// end the session and tell the client why.
-    pub async fn expired(&self) {
+    /// Resolves when the session must end: its credential expired, its token
+    /// was revoked or an operator ended it. The protocol then ends the session
+    /// and tells the client the returned reason (it is also recorded).
+    pub async fn ended(&self) -> String {
         let left = self
             .info
             .identity
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        tokio::time::sleep(left).await;
+        let mut terminated = self.terminated.clone();
+        let reason = tokio::select! {
+            _ = tokio::time::sleep(left) => "token expired".to_string(),
+            r = terminated.wait_for(Option::is_some) => match r {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                // The registry is gone only when the gateway is: end the session.
+                Err(_) => "the gateway is shutting down".to_string(),
+            },
+        };
+        self.set_end_reason(reason.clone());
+        reason
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
+        self.live.remove(&self.info.id);
         let reason = self
             .end_reason
             .lock()

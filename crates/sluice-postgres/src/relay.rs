@@ -602,15 +602,15 @@ impl Responses {
     }
 
     async fn run(&mut self, handle: &SessionHandle) -> Result<String, SessionError> {
-        let expired = handle.expired();
-        tokio::pin!(expired);
+        let ended = handle.ended();
+        tokio::pin!(ended);
         loop {
             tokio::select! {
                 biased;
-                _ = &mut expired => {
-                    wire::error(&mut self.out, true, wire::SQLSTATE_SHUTDOWN, "sluice: session ended: your token expired", None, Some("Get a new token and reconnect."));
+                reason = &mut ended => {
+                    wire::error(&mut self.out, true, wire::SQLSTATE_SHUTDOWN, &format!("sluice: session ended: {reason}"), None, Some("Get a new token and reconnect."));
                     self.flush().await?;
-                    return Ok("token expired".into());
+                    return Ok(reason);
                 }
                 e = self.expect.recv() => match e {
                     Some(e) => self.queue.push_back(e),
