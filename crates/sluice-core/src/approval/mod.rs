@@ -184,7 +184,13 @@ pub struct ApprovalService {
     store: Arc<dyn Store>,
     notifiers: Vec<Arc<dyn ApprovalNotifier>>,
     settings: HashMap<String, ReviewSettings>,
+    /// How long finished requests stay listed; their decisions stay in the audit trail.
+    finished_retention_ms: u64,
 }
+
+/// Finished (denied, expired, used) requests are forgotten this long after
+/// they finished, so a long-running gateway's queue does not grow without bound.
+pub const FINISHED_RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 impl std::fmt::Debug for ApprovalService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -221,19 +227,25 @@ impl ApprovalService {
             store,
             notifiers,
             settings,
+            finished_retention_ms: FINISHED_RETENTION.as_millis() as u64,
         }
+    }
+
+    /// Changes how long finished requests stay listed (default [`FINISHED_RETENTION`]).
+    pub fn with_finished_retention(mut self, retention: std::time::Duration) -> Self {
+        self.finished_retention_ms = retention.as_millis() as u64;
+        self
     }
 
     pub fn settings(&self, rule: &str) -> Option<&ReviewSettings> {
         self.settings.get(rule)
     }
 
+    /// The queue with requests whose time ran out marked expired, and requests
+    /// finished longer ago than the retention forgotten.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Marks requests whose time ran out.
-    fn expire(entries: &mut HashMap<String, Entry>, now: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms();
         for e in entries.values_mut() {
             let r = &mut e.request;
             if now >= r.expires_at_ms
@@ -243,12 +255,21 @@ impl ApprovalService {
                 e.waiter = None;
             }
         }
+        let retention = self.finished_retention_ms;
+        entries.retain(|_, e| {
+            let r = &e.request;
+            let finished_at = r.decided_at_ms.unwrap_or(0).max(r.expires_at_ms.min(now));
+            !matches!(
+                r.state,
+                ApprovalState::Denied | ApprovalState::Expired | ApprovalState::Used
+            ) || now.saturating_sub(finished_at) < retention
+        });
+        entries
     }
 
     /// Requests, newest first; `pending_only` hides decided ones.
     pub fn list(&self, pending_only: bool) -> Vec<ApprovalRequest> {
-        let mut entries = self.lock();
-        Self::expire(&mut entries, now_ms());
+        let entries = self.lock();
         let mut out: Vec<ApprovalRequest> = entries
             .values()
             .map(|e| e.request.clone())
@@ -259,8 +280,7 @@ impl ApprovalService {
     }
 
     pub fn get(&self, id: &str) -> Option<ApprovalRequest> {
-        let mut entries = self.lock();
-        Self::expire(&mut entries, now_ms());
+        let entries = self.lock();
         entries.get(id).map(|e| e.request.clone())
     }
 
@@ -274,8 +294,7 @@ impl ApprovalService {
         reason: Option<String>,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let request = {
-            let mut entries = self.lock();
-            Self::expire(&mut entries, now_ms());
+            let entries = self.lock();
             let e = entries
                 .get(id)
                 .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
@@ -435,7 +454,6 @@ impl ApprovalService {
     /// it is returned so the client is told the same id again.
     pub(crate) fn take_grant(&self, fingerprint: &str) -> Grant {
         let mut entries = self.lock();
-        Self::expire(&mut entries, now_ms());
         let mut pending = None;
         for e in entries.values_mut() {
             if e.fingerprint != fingerprint || e.request.mode != ReviewMode::Retry {

@@ -65,15 +65,22 @@ struct Rig {
 }
 
 fn rig(mode: &str, timeout: &str, store: MemoryStore) -> Rig {
+    rig_with_retention(mode, timeout, store, FINISHED_RETENTION)
+}
+
+fn rig_with_retention(mode: &str, timeout: &str, store: MemoryStore, retention: Duration) -> Rig {
     let config = config(mode, timeout);
     let store = Arc::new(store);
     let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(TextIs)];
     let engine = RulesEngine::compile(&config, &keys).unwrap();
-    let approvals = Arc::new(ApprovalService::new(
-        store.clone(),
-        ReviewSettings::from_config(&config).unwrap(),
-        vec![],
-    ));
+    let approvals = Arc::new(
+        ApprovalService::new(
+            store.clone(),
+            ReviewSettings::from_config(&config).unwrap(),
+            vec![],
+        )
+        .with_finished_retention(retention),
+    );
     Rig {
         pipeline: PipelineBuilder::new().build(
             Arc::new(engine),
@@ -173,6 +180,29 @@ async fn hold_then_deny_refuses_with_the_reason() {
             .contains("denied by dana: not during business hours"),
         "{denial:?}"
     );
+}
+
+#[tokio::test]
+async fn finished_requests_are_forgotten_after_the_retention() {
+    let rig = rig_with_retention("hold", "10m", MemoryStore::default(), Duration::ZERO);
+    let denied = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    rig.approvals
+        .decide(&id, &person("dana", &["dba"]), false, None)
+        .await
+        .unwrap();
+    denied.await.unwrap().unwrap();
+    // A pending request stays however old the retention makes finished ones.
+    let _waiting = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let pending = pending_id(&rig.approvals).await;
+    let listed: Vec<String> = rig
+        .approvals
+        .list(false)
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![pending]);
+    assert!(rig.approvals.get(&id).is_none());
 }
 
 #[tokio::test]
