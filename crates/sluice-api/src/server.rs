@@ -440,6 +440,7 @@ mod tests {
             issuer: "sluice".into(),
             token_id: "t".into(),
             expires_at: std::time::SystemTime::now(),
+            connections: None,
         };
         let request = ApprovalRequest {
             id: "a1".into(),
