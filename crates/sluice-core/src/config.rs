@@ -196,6 +196,9 @@ pub struct OidcProviderConfig {
     /// How long fetched signing keys are trusted (also while the IdP is unreachable).
     #[serde(default = "default_jwks_ttl")]
     pub jwks_ttl: HumanDuration,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 30s).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: HumanDuration,
     /// OAuth client for `sluice login` (device flow, authorization code + PKCE).
     pub client_id: Option<String>,
     /// The client's secret, by reference (confidential clients only).
@@ -232,6 +235,10 @@ fn default_algorithms() -> Vec<String> {
     ["RS256", "PS256", "ES256", "EdDSA"]
         .map(String::from)
         .to_vec()
+}
+
+fn default_clock_skew() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
 }
 
 fn default_jwks_ttl() -> HumanDuration {
@@ -734,6 +741,9 @@ impl Config {
                         format!("{path:?} is not a claim path (names joined by dots)"),
                     ));
                 }
+            }
+            if p.clock_skew.0 > Duration::from_secs(300) {
+                return Err((key("clock_skew"), "at most 5m".into()));
             }
             if p.jwks_ttl.0.is_zero() {
                 return Err((key("jwks_ttl"), "must be longer than zero".into()));
