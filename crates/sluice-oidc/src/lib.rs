@@ -33,3 +33,9 @@ pub enum OidcError {
 
 #[cfg(test)]
 mod tests;
+
+/// A JWT's claims read WITHOUT verification: for display only (the subject
+/// `sluice connect` puts in a URL), never for a decision.
+pub fn unverified_claims(token: &str) -> Option<serde_json::Value> {
+    provider::raw_parts(token).map(|(_, claims)| claims)
+}
