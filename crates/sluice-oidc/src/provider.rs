@@ -140,11 +140,14 @@ impl OidcProvider {
                 d
             }
         };
-        let set: Value = self
-            .client
-            .get(&discovery.jwks_uri, None)
-            .await?
-            .json("jwks")?;
+        let set: Value = match self.client.get(&discovery.jwks_uri, None).await {
+            Ok(response) => response.json("jwks")?,
+            Err(e) => {
+                // The provider may have moved its keys: discover again next time.
+                cache.discovery = None;
+                return Err(e);
+            }
+        };
         let keys = parse_jwks(&set);
         if keys.is_empty() {
             return Err(OidcError::Idp(
