@@ -124,7 +124,8 @@ enum TokenCmd {
         #[command(flatten)]
         config: ConfigArg,
         /// The token id (jti) to revoke (admins, or the owner of a live session using it).
-        #[arg(long, conflicts_with = "revoked")]
+        // Token ids are base64url and may start with '-'.
+        #[arg(long, conflicts_with = "revoked", allow_hyphen_values = true)]
         id: Option<String>,
         /// The token to revoke (whoever holds it may revoke it).
         #[arg(value_name = "TOKEN", required_unless_present = "id")]
@@ -293,5 +294,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Token ids are base64url: one may start with '-'.
+    #[test]
+    fn revoke_accepts_ids_starting_with_a_dash() {
+        let cli = Cli::try_parse_from(["sluice", "token", "revoke", "--id", "-jX_1"]);
+        match cli.map(|c| c.command) {
+            Ok(Cmd::Token(TokenCmd::Revoke { id, revoked, .. })) => {
+                assert_eq!(id.as_deref(), Some("-jX_1"));
+                assert!(revoked.is_none());
+            }
+            Ok(_) => panic!("parsed as another command"),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Cli::try_parse_from(["sluice", "token", "revoke"]).is_err());
     }
 }
