@@ -78,6 +78,15 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "python3",
         present: || command_exists("python3"),
     },
+    // The OpenID provider of the identity tests (npm oidc-provider) runs on Node.js.
+    Requirement {
+        package: "nodejs",
+        present: || command_exists("node"),
+    },
+    Requirement {
+        package: "npm",
+        present: || command_exists("npm"),
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
@@ -117,6 +126,8 @@ pub(crate) fn setup() -> Result<()> {
         }
     }
 
+    oidc_provider_deps()?;
+
     if succeeds(crate::cargo().args(["nextest", "--version"])) {
         eprintln!("setup: cargo-nextest present");
     } else {
@@ -124,6 +135,25 @@ pub(crate) fn setup() -> Result<()> {
         run_inherit(crate::cargo().args(["install", "cargo-nextest", "--locked"]))?;
     }
     Ok(())
+}
+
+/// `npm ci` in tests/oidc (the OpenID provider of the identity tests), from
+/// the committed lockfile, when its node_modules is missing or older than it.
+fn oidc_provider_deps() -> Result<()> {
+    let dir = crate::workspace_root().join("tests").join("oidc");
+    let installed = dir.join("node_modules").join(".package-lock.json");
+    let lock = dir.join("package-lock.json");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&installed).is_some() && modified(&installed) >= modified(&lock) {
+        eprintln!("setup: tests/oidc npm packages present");
+        return Ok(());
+    }
+    eprintln!("setup: installing tests/oidc npm packages (npm ci)");
+    run_inherit(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
 }
 
 fn python_has_psycopg() -> bool {

@@ -123,6 +123,54 @@ impl ApiClient {
         self.decide(id, "deny", reason).await
     }
 
+    /// Live sessions the caller may see (`GET /api/v1/sessions`).
+    pub async fn live_sessions(
+        &self,
+    ) -> Result<Vec<sluice_core::session::LiveSessionInfo>, ApiError> {
+        self.call(Method::GET, "/api/v1/sessions", None).await
+    }
+
+    /// Ends a live session (`POST /api/v1/sessions/{id}/kill`).
+    pub async fn kill_session(
+        &self,
+        id: &str,
+        reason: Option<String>,
+    ) -> Result<crate::identity::KillResponse, ApiError> {
+        let body = to_body(&crate::identity::KillRequest { reason })?;
+        self.call(
+            Method::POST,
+            &format!("/api/v1/sessions/{}/kill", encode(id)),
+            Some(body),
+        )
+        .await
+    }
+
+    /// Revokes a token by id or by the token itself (`POST /api/v1/tokens/revoke`).
+    pub async fn revoke(
+        &self,
+        request: &crate::identity::RevokeRequest,
+    ) -> Result<crate::identity::RevokeResponse, ApiError> {
+        self.call(
+            Method::POST,
+            "/api/v1/tokens/revoke",
+            Some(to_body(request)?),
+        )
+        .await
+    }
+
+    /// Trades the client's token for one narrowed to a connection (`POST /api/v1/token/exchange`).
+    pub async fn exchange(
+        &self,
+        request: &crate::identity::ExchangeRequest,
+    ) -> Result<crate::identity::ExchangeResponse, ApiError> {
+        self.call(
+            Method::POST,
+            "/api/v1/token/exchange",
+            Some(to_body(request)?),
+        )
+        .await
+    }
+
     /// `GET /healthz` (no token needed).
     pub async fn health(&self) -> Result<(), ApiError> {
         let response = self.send(Method::GET, "/healthz", None).await?;
@@ -245,6 +293,10 @@ impl ApiClient {
         .await
         .map_err(|_| unreachable("the request timed out".into()))?
     }
+}
+
+fn to_body<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::Protocol(e.to_string()))
 }
 
 /// The problem detail of an error response (or the best description there is).

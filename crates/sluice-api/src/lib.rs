@@ -1,4 +1,5 @@
-//! Sluice's operator API: the approval queue over HTTPS (`[listen] api`),
+//! Sluice's operator API over HTTPS (`[listen] api`): the approval queue,
+//! live sessions, revocation and token exchange;
 //! and [`client::ApiClient`], which the `sluice approvals` commands use.
 //!
 //! Routes (all but `/healthz` need `Authorization: Bearer TOKEN`; errors are
@@ -11,8 +12,13 @@
 //! | GET | `/api/v1/approvals/{id}` | one request |
 //! | POST | `/api/v1/approvals/{id}/approve` | body `{"reason": "…"}` optional |
 //! | POST | `/api/v1/approvals/{id}/deny` | body `{"reason": "…"}` optional |
+//! | GET | `/api/v1/sessions` | live sessions: the caller's own; all for `auth.admin_groups` |
+//! | POST | `/api/v1/sessions/{id}/kill` | ends a live session (owner or admin); `{"reason": "…"}` optional |
+//! | POST | `/api/v1/tokens/revoke` | `{"token": "…"}` (anyone holding it) or `{"token_id": "jti"}` (admin or owner) |
+//! | POST | `/api/v1/token/exchange` | `{"connection": "appdb", "ttl": "5m"}`: a gateway token for that connection only |
 
 pub mod client;
+pub mod identity;
 mod problem;
 mod server;
 

@@ -32,7 +32,7 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 const APPROVALS: &str = "/api/v1/approvals";
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// The operator API listener (HTTPS only).
 pub struct ApiServer {
@@ -190,11 +190,14 @@ async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -
             return response;
         }
     };
+    if let Some(route) = crate::identity::route(path) {
+        return crate::identity::handle(gateway, route, req, &identity, peer).await;
+    }
     let Some(route) = route(path) else {
         return problem(
             StatusCode::NOT_FOUND,
             format!(
-                "no API route {}; see /api/v1/approvals",
+                "no API route {}; see /api/v1/approvals and /api/v1/sessions",
                 truncate(path, 200)
             ),
         );
@@ -255,7 +258,7 @@ fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
 async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, String> {
     let value = headers
         .get(header::AUTHORIZATION)
-        .ok_or("this API needs an Authorization: Bearer <token> header (a gateway-issued token: sluice token issue)")?;
+        .ok_or("this API needs an Authorization: Bearer <token> header (a gateway-issued token from sluice token issue, or an access token of a configured identity provider)")?;
     let value = value
         .to_str()
         .map_err(|_| "the Authorization header is not valid text")?;
@@ -300,6 +303,15 @@ struct DecideBody {
 
 /// The optional `{"reason": …}` body of approve/deny.
 async fn read_reason(req: Request<Incoming>) -> Result<Option<String>, Response<Body>> {
+    let body: Option<DecideBody> = read_json(req, "{\"reason\": \"…\"}").await?;
+    Ok(body.and_then(|b| b.reason).filter(|r| !r.trim().is_empty()))
+}
+
+/// A JSON body (bounded in size and time); `None` when the body is empty.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    shape: &str,
+) -> Result<Option<T>, Response<Body>> {
     let too_large = || {
         problem(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -334,13 +346,12 @@ async fn read_reason(req: Request<Incoming>) -> Result<Option<String>, Response<
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let body: DecideBody = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| {
         problem(
             StatusCode::BAD_REQUEST,
-            format!("the body must be JSON like {{\"reason\": \"…\"}}: {e}"),
+            format!("the body must be JSON like {shape}: {e}"),
         )
-    })?;
-    Ok(body.reason.filter(|r| !r.trim().is_empty()))
+    })
 }
 
 fn approval_error(e: ApprovalError) -> Response<Body> {
@@ -355,7 +366,7 @@ fn approval_error(e: ApprovalError) -> Response<Body> {
     problem(status, e.to_string())
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
@@ -379,7 +390,7 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     )
 }
 
-fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     match serde_json::to_vec(value) {
         Ok(body) => respond(status, "application/json", body),
         Err(e) => problem(
@@ -389,12 +400,12 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     }
 }
 
-fn problem(status: StatusCode, detail: impl Into<String>) -> Response<Body> {
+pub(crate) fn problem(status: StatusCode, detail: impl Into<String>) -> Response<Body> {
     let body = serde_json::to_vec(&Problem::new(status, detail)).unwrap_or_default();
     respond(status, PROBLEM_JSON, body)
 }
 
-fn method_not_allowed(allow: &'static str) -> Response<Body> {
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = problem(
         StatusCode::METHOD_NOT_ALLOWED,
         format!("this route accepts {allow}"),
@@ -440,6 +451,7 @@ mod tests {
             issuer: "sluice".into(),
             token_id: "t".into(),
             expires_at: std::time::SystemTime::now(),
+            connections: None,
         };
         let request = ApprovalRequest {
             id: "a1".into(),

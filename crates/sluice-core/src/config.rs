@@ -137,20 +137,161 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// The longest TTL `sluice token issue` may grant.
+    /// The longest TTL `sluice token issue` (and token exchange) may grant.
     #[serde(default = "default_max_ttl")]
     pub token_max_ttl: HumanDuration,
-    /// OpenID Connect providers (not available in this build).
-    pub oidc: Option<toml::Value>,
+    /// OpenID Connect providers whose access tokens are accepted: one
+    /// `[auth.oidc]` table or several `[[auth.oidc]]`.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub oidc: Vec<OidcProviderConfig>,
+    /// IdP groups mapped to Sluice groups (used by allow_groups, rules and approvers).
+    #[serde(default)]
+    pub group_map: Vec<GroupMapConfig>,
+    /// Groups allowed to end other people's sessions and revoke any token
+    /// through the operator API (`sluice sessions kill`, `sluice token revoke`).
+    #[serde(default)]
+    pub admin_groups: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             token_max_ttl: default_max_ttl(),
-            oidc: None,
+            oidc: Vec::new(),
+            group_map: Vec::new(),
+            admin_groups: Vec::new(),
         }
     }
+}
+
+/// One OpenID Connect provider (`[auth.oidc]` or an entry of `[[auth.oidc]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcProviderConfig {
+    /// The issuer URL exactly as tokens carry it in `iss`; `https://`
+    /// (`http://` only on loopback). Discovery reads
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// Accepted `aud` values (a string or a list); at least one must match.
+    #[serde(deserialize_with = "string_or_list")]
+    pub audience: Vec<String>,
+    /// Claim holding the caller's groups; a dotted path reaches nested
+    /// claims (`realm_access.roles`). Strings and arrays of strings are read.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim naming the caller (default `sub`; e.g. `email`, or `client_id`
+    /// for machine clients).
+    #[serde(default = "default_identity_claim")]
+    pub identity_claim: String,
+    /// Signature algorithms accepted from this provider (RS256, RS384, RS512,
+    /// PS256, PS384, PS512, ES256, ES384, EdDSA); `none` and HMAC never are.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Ask the userinfo endpoint for the groups when a token lacks the claim.
+    #[serde(default = "default_true")]
+    pub userinfo_fallback: bool,
+    /// Keep the IdP's group names as Sluice groups as well as the mapped ones.
+    #[serde(default)]
+    pub keep_idp_groups: bool,
+    /// How long fetched signing keys are trusted (also while the IdP is unreachable).
+    #[serde(default = "default_jwks_ttl")]
+    pub jwks_ttl: HumanDuration,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat` (default 30s).
+    #[serde(default = "default_clock_skew")]
+    pub clock_skew: HumanDuration,
+    /// OAuth client for `sluice login` (device flow, authorization code + PKCE).
+    pub client_id: Option<String>,
+    /// The client's secret, by reference (confidential clients only).
+    pub client_secret: Option<Secret>,
+    /// Scopes `sluice login` asks for (default `openid`).
+    pub scopes: Option<Vec<String>>,
+    /// Resource indicator (RFC 8707) `sluice login` asks tokens for, when the IdP needs one.
+    pub resource: Option<String>,
+    /// A CA bundle (PEM) that verifies the IdP's certificate; system roots when absent.
+    pub ca: Option<PathBuf>,
+}
+
+/// `[[auth.group_map]]`: members of `idp_group` are in `groups`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMapConfig {
+    /// An IdP group name (`*` and `?` wildcards allowed).
+    pub idp_group: String,
+    /// The Sluice groups its members get.
+    pub groups: Vec<String>,
+    /// Only for tokens from this issuer; every provider when absent.
+    pub issuer: Option<String>,
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+fn default_identity_claim() -> String {
+    "sub".into()
+}
+
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_clock_skew() -> HumanDuration {
+    HumanDuration(Duration::from_secs(30))
+}
+
+fn default_jwks_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(3600))
+}
+
+/// Algorithms an OIDC provider may be allowed (asymmetric signatures only).
+pub const OIDC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// Whether `url` is `http://` on a loopback host (allowed for local IdPs and tests).
+pub fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<OidcProviderConfig>, D::Error> {
+    // One table or an array of tables; parsed from a value so that a mistake
+    // in a provider table is reported with its field.
+    let value = toml::Value::deserialize(d)?;
+    match value {
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| OidcProviderConfig::deserialize(v).map_err(serde::de::Error::custom))
+            .collect(),
+        other => OidcProviderConfig::deserialize(other)
+            .map(|p| vec![p])
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+fn string_or_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Repr::deserialize(d)? {
+        Repr::One(s) => vec![s],
+        Repr::Many(v) => v,
+    })
 }
 
 fn default_max_ttl() -> HumanDuration {
@@ -421,12 +562,8 @@ impl Config {
             key,
             message,
         };
-        if self.auth.oidc.is_some() {
-            return Err(invalid(
-                "auth.oidc".into(),
-                "OIDC providers are not available in this build yet; use gateway-issued tokens (sluice token issue)".into(),
-            ));
-        }
+        self.validate_auth()
+            .map_err(|(key, message)| invalid(key, message))?;
         if let Some(store) = &self.gateway.store {
             if !store.starts_with("sqlite:") {
                 return Err(invalid(
@@ -543,6 +680,99 @@ impl Config {
                             format!("rule {:?} names unknown connection {name:?}", r.name),
                         ));
                     }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[auth]`: providers (issuer scheme, audience, algorithms, claim paths) and group maps.
+    fn validate_auth(&self) -> Result<(), (String, String)> {
+        let many = self.auth.oidc.len() > 1;
+        let mut issuers = HashSet::new();
+        for (i, p) in self.auth.oidc.iter().enumerate() {
+            let key = |field: &str| {
+                if many {
+                    format!("auth.oidc.{i}.{field}")
+                } else {
+                    format!("auth.oidc.{field}")
+                }
+            };
+            if !p.issuer.starts_with("https://") && !is_loopback_http(&p.issuer) {
+                return Err((
+                    key("issuer"),
+                    format!(
+                        "{:?}: an issuer must be an https:// URL (http:// only on loopback)",
+                        p.issuer
+                    ),
+                ));
+            }
+            if !issuers.insert(p.issuer.trim_end_matches('/')) {
+                return Err((key("issuer"), format!("duplicate issuer {:?}", p.issuer)));
+            }
+            if p.audience.is_empty() || p.audience.iter().any(|a| a.trim().is_empty()) {
+                return Err((
+                    key("audience"),
+                    "give the audience (aud) Sluice's tokens carry, e.g. audience = \"sluice\""
+                        .into(),
+                ));
+            }
+            if p.algorithms.is_empty() {
+                return Err((key("algorithms"), "allow at least one algorithm".into()));
+            }
+            for alg in &p.algorithms {
+                if !OIDC_ALGORITHMS.contains(&alg.as_str()) {
+                    return Err((
+                        key("algorithms"),
+                        format!(
+                            "{alg:?} is not allowed (only asymmetric signatures: {})",
+                            OIDC_ALGORITHMS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (field, path) in [
+                ("groups_claim", &p.groups_claim),
+                ("identity_claim", &p.identity_claim),
+            ] {
+                if path.is_empty() || path.split('.').any(str::is_empty) {
+                    return Err((
+                        key(field),
+                        format!("{path:?} is not a claim path (names joined by dots)"),
+                    ));
+                }
+            }
+            if p.clock_skew.0 > Duration::from_secs(300) {
+                return Err((key("clock_skew"), "at most 5m".into()));
+            }
+            if p.jwks_ttl.0.is_zero() {
+                return Err((key("jwks_ttl"), "must be longer than zero".into()));
+            }
+        }
+        for (i, m) in self.auth.group_map.iter().enumerate() {
+            if m.idp_group.trim().is_empty() {
+                return Err((
+                    format!("auth.group_map.{i}.idp_group"),
+                    "name the IdP group".into(),
+                ));
+            }
+            if m.groups.is_empty() || m.groups.iter().any(|g| g.trim().is_empty()) {
+                return Err((
+                    format!("auth.group_map.{i}.groups"),
+                    "list the Sluice groups its members get".into(),
+                ));
+            }
+            if let Some(issuer) = &m.issuer {
+                let known = self
+                    .auth
+                    .oidc
+                    .iter()
+                    .any(|p| p.issuer.trim_end_matches('/') == issuer.trim_end_matches('/'));
+                if !known {
+                    return Err((
+                        format!("auth.group_map.{i}.issuer"),
+                        format!("{issuer:?} is not a configured [auth.oidc] issuer"),
+                    ));
                 }
             }
         }

@@ -3,15 +3,19 @@
 
 use crate::approval::{ApprovalNotifier, ApprovalService, ReviewSettings};
 use crate::audit::{AuditEvent, Store};
+use crate::auth::{
+    unverified_issuer, AuthError, Authenticator, GroupMap, RevocationError, RevocationList,
+};
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
-use crate::token::{TokenAuthority, TokenError};
-use std::sync::Arc;
-use std::time::Duration;
+use crate::token::{IssuedToken, TokenAuthority, TokenError, TokenRequest, GATEWAY_ISSUER};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 /// How long a client may take to present credentials.
@@ -23,6 +27,19 @@ pub enum GatewayError {
     Config { key: String, message: String },
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error(transparent)]
+    Revocations(#[from] RevocationError),
+}
+
+/// Why a token exchange was refused; the text is safe for the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The caller may not have a token for that connection.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The request itself is not acceptable (TTL, unknown connection).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub struct Gateway {
@@ -33,6 +50,12 @@ pub struct Gateway {
     masker: Arc<dyn ResponseMasker>,
     approvals: Arc<ApprovalService>,
     live: Arc<LiveSessions>,
+    authenticators: Vec<Arc<dyn Authenticator>>,
+    group_map: GroupMap,
+    revocations: RevocationList,
+    /// Exchanged tokens by the id of the token they came from, so that a
+    /// revocation of the parent ends the children's live sessions too.
+    children: Mutex<HashMap<String, Vec<(String, SystemTime)>>>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -51,6 +74,7 @@ pub struct GatewayBuilder {
     engine: Option<Arc<dyn PolicyEngine>>,
     masker: Arc<dyn ResponseMasker>,
     notifiers: Vec<Arc<dyn ApprovalNotifier>>,
+    authenticators: Vec<Arc<dyn Authenticator>>,
 }
 
 impl GatewayBuilder {
@@ -63,7 +87,15 @@ impl GatewayBuilder {
             engine: None,
             masker: Arc::new(NoMasking),
             notifiers: Vec::new(),
+            authenticators: Vec::new(),
         }
+    }
+
+    /// Accepts tokens `authenticator` vouches for (e.g. an OIDC provider),
+    /// besides gateway-issued ones. Tried in registration order.
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticators.push(authenticator);
+        self
     }
 
     /// Tells `notifier` about approval requests and decisions.
@@ -118,6 +150,8 @@ impl GatewayBuilder {
         )?;
         let settings = ReviewSettings::from_config(&self.config)
             .map_err(|(key, message)| GatewayError::Config { key, message })?;
+        let group_map = GroupMap::from_config(&self.config.auth);
+        let revocations = RevocationList::load(&self.config.gateway.state_dir)?;
         let approvals = Arc::new(ApprovalService::new(
             self.store.clone(),
             settings,
@@ -133,6 +167,10 @@ impl GatewayBuilder {
             masker: self.masker,
             approvals,
             live: Arc::default(),
+            authenticators: self.authenticators,
+            group_map,
+            revocations,
+            children: Mutex::default(),
         })
     }
 }
@@ -160,10 +198,143 @@ impl Gateway {
         &self.live
     }
 
-    /// Verifies the presented token. The error is safe to show the client.
-    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Identity, TokenError> {
-        let identity = self.tokens.verify(credentials.token.trim())?;
+    /// Verifies the presented token: a gateway token, or one a registered
+    /// authenticator vouches for (its IdP groups mapped to Sluice groups);
+    /// revoked tokens are refused. The error is safe to show the client.
+    pub async fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+        let token = credentials.token.trim();
+        // The unverified issuer only picks the verifier; each verifies it.
+        let issuer = unverified_issuer(token);
+        let identity =
+            if self.authenticators.is_empty() || issuer.as_deref() == Some(GATEWAY_ISSUER) {
+                let verified = self.tokens.verify_full(token)?;
+                if let Some(parent) = &verified.parent_token_id {
+                    if self.revocations.is_revoked(parent) {
+                        return Err(AuthError::Revoked);
+                    }
+                }
+                verified.identity
+            } else {
+                let mut found = None;
+                for authenticator in &self.authenticators {
+                    if let Some(identity) = authenticator.authenticate(token).await? {
+                        found = Some(identity);
+                        break;
+                    }
+                }
+                let Some(mut identity) = found else {
+                    return Err(AuthError::UnknownIssuer(match issuer {
+                        Some(iss) => format!(" (its issuer is {:?})", truncate(&iss, 120)),
+                        None => String::new(),
+                    }));
+                };
+                identity.groups = self.group_map.apply(&identity.issuer, &identity.groups);
+                // Only gateway tokens carry a connection narrowing.
+                identity.connections = None;
+                identity
+            };
+        if self.revocations.is_revoked(&identity.token_id) {
+            return Err(AuthError::Revoked);
+        }
         Ok(identity)
+    }
+
+    /// Revokes a token id (persistently, before returning) and ends the live
+    /// sessions opened with it or with tokens exchanged for it. Returns how
+    /// many sessions were told to end.
+    pub fn revoke_token(
+        &self,
+        token_id: &str,
+        expires_at: Option<SystemTime>,
+        by: &str,
+        reason: Option<String>,
+    ) -> Result<usize, RevocationError> {
+        self.revocations
+            .revoke(token_id, expires_at, by, reason.clone())?;
+        tracing::warn!(message = "Token revoked.", token_id = %token_id, by = %by, reason = ?reason);
+        let message = match &reason {
+            Some(r) => format!("token revoked by {by}: {r}"),
+            None => format!("token revoked by {by}"),
+        };
+        let mut ended = self.live.terminate_token(token_id, &message);
+        let children = self
+            .children
+            .lock()
+            .map(|c| c.get(token_id).cloned().unwrap_or_default())
+            .unwrap_or_default();
+        for (child, _) in children {
+            ended += self.live.terminate_token(&child, &message);
+        }
+        Ok(ended)
+    }
+
+    /// Whether `token_id` is on the revocation list.
+    pub fn is_revoked(&self, token_id: &str) -> bool {
+        self.revocations.is_revoked(token_id)
+    }
+
+    /// Trades `identity`'s credential for a gateway token that opens only
+    /// `connection`, for at most `ttl` and never past the credential's own
+    /// expiry (RFC 8693 style: an agent hands a sub-agent less than it holds).
+    pub fn exchange(
+        &self,
+        identity: &Identity,
+        connection: &str,
+        ttl: Duration,
+    ) -> Result<IssuedToken, ExchangeError> {
+        let conn = self
+            .config
+            .connection(connection)
+            .ok_or_else(|| ExchangeError::Invalid(format!("no connection named {connection:?}")))?;
+        if !identity.may_open(connection) {
+            return Err(ExchangeError::Forbidden(format!(
+                "your token is narrowed to {:?} and cannot be exchanged for {connection:?}",
+                identity.connections.clone().unwrap_or_default()
+            )));
+        }
+        if !identity.in_any_group(&conn.allow_groups) {
+            return Err(ExchangeError::Forbidden(format!(
+                "{:?} is not in a group allowed to open {connection:?}, so it cannot hand it on",
+                identity.subject
+            )));
+        }
+        let left = identity
+            .expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        if left < Duration::from_secs(1) {
+            return Err(ExchangeError::Forbidden("your token has expired".into()));
+        }
+        if ttl.is_zero() || ttl > self.tokens.max_ttl() {
+            return Err(ExchangeError::Invalid(format!(
+                "ttl {} must be between 1s and {} (auth.token_max_ttl)",
+                humantime::format_duration(ttl),
+                humantime::format_duration(self.tokens.max_ttl())
+            )));
+        }
+        let issued = self
+            .tokens
+            .issue_with(&TokenRequest {
+                subject: identity.subject.clone(),
+                groups: identity.groups.clone(),
+                ttl: ttl.min(left),
+                connections: Some(vec![connection.to_string()]),
+                parent_token_id: Some(identity.token_id.clone()),
+            })
+            .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
+        if let Ok(mut children) = self.children.lock() {
+            let now = SystemTime::now();
+            children.retain(|_, v| {
+                v.retain(|(_, exp)| *exp > now);
+                !v.is_empty()
+            });
+            children
+                .entry(identity.token_id.clone())
+                .or_default()
+                .push((issued.token_id.clone(), issued.expires_at));
+        }
+        tracing::info!(message = "Token exchanged.", subject = %identity.subject, connection = %connection, parent = %identity.token_id, token_id = %issued.token_id);
+        Ok(issued)
     }
 
     /// Checks access to a connection and durably records the session's start.
@@ -189,6 +360,12 @@ impl Gateway {
             return Err(Refusal::Access(format!(
                 "connection {connection:?} is a {} connection, not {protocol}",
                 conn.kind
+            )));
+        }
+        if !identity.may_open(connection) {
+            return Err(Refusal::Access(format!(
+                "this token was exchanged for {:?} only and cannot open {connection:?} (exchange your own token for it: sluice token exchange --connection {connection})",
+                identity.connections.clone().unwrap_or_default()
             )));
         }
         if !identity.in_any_group(&conn.allow_groups) {
@@ -260,3 +437,13 @@ impl Gateway {
         session.run(handle).instrument(span).await
     }
 }
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

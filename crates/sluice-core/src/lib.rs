@@ -6,6 +6,7 @@
 
 pub mod approval;
 pub mod audit;
+pub mod auth;
 pub mod config;
 pub mod fsutil;
 pub mod gateway;
@@ -22,6 +23,7 @@ pub mod token;
 pub(crate) mod testing;
 
 pub use audit::{AuditEvent, AuditRecord, Store, StoreError};
+pub use auth::{AuthError, Authenticator};
 pub use config::Config;
 pub use gateway::{Gateway, GatewayBuilder};
 pub use model::*;

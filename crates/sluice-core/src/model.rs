@@ -38,11 +38,22 @@ pub struct Identity {
     /// When the credential stops being valid; sessions must not outlive it.
     #[serde(with = "unix_seconds")]
     pub expires_at: SystemTime,
+    /// Connections the credential is narrowed to (an exchanged token); any
+    /// connection its groups allow when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<Vec<String>>,
 }
 
 impl Identity {
     pub fn in_any_group(&self, groups: &[String]) -> bool {
         self.groups.iter().any(|g| groups.iter().any(|a| a == g))
+    }
+
+    /// Whether the credential may open `connection` at all (before allow_groups).
+    pub fn may_open(&self, connection: &str) -> bool {
+        self.connections
+            .as_ref()
+            .is_none_or(|c| c.iter().any(|n| n == connection))
     }
 }
 

@@ -98,22 +98,76 @@ pub struct LiveSessions {
 #[derive(Debug)]
 struct LiveSession {
     token_id: String,
+    info: Arc<SessionInfo>,
+    started_at_ms: u64,
     terminate: tokio::sync::watch::Sender<Option<String>>,
 }
 
+/// A live session as operators see it (`GET /api/v1/sessions`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LiveSessionInfo {
+    pub id: String,
+    pub subject: String,
+    pub issuer: String,
+    pub connection: String,
+    pub protocol: crate::model::Protocol,
+    pub client_addr: String,
+    pub token_id: String,
+    pub started_at_ms: u64,
+    /// Unix seconds when the session's credential expires.
+    pub expires_at: u64,
+}
+
 impl LiveSessions {
-    fn register(&self, id: &str, token_id: &str) -> tokio::sync::watch::Receiver<Option<String>> {
+    fn register(&self, info: &Arc<SessionInfo>) -> tokio::sync::watch::Receiver<Option<String>> {
         let (terminate, rx) = tokio::sync::watch::channel(None);
+        let started_at_ms = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(
-                id.to_string(),
+                info.id.clone(),
                 LiveSession {
-                    token_id: token_id.to_string(),
+                    token_id: info.identity.token_id.clone(),
+                    info: info.clone(),
+                    started_at_ms,
                     terminate,
                 },
             );
         }
         rx
+    }
+
+    /// The sessions live in this process, oldest first.
+    pub fn list(&self) -> Vec<LiveSessionInfo> {
+        let mut out: Vec<LiveSessionInfo> = self
+            .sessions
+            .lock()
+            .map(|s| {
+                s.iter()
+                    .map(|(id, l)| LiveSessionInfo {
+                        id: id.clone(),
+                        subject: l.info.identity.subject.clone(),
+                        issuer: l.info.identity.issuer.clone(),
+                        connection: l.info.connection.clone(),
+                        protocol: l.info.protocol,
+                        client_addr: l.info.client_addr.clone(),
+                        token_id: l.token_id.clone(),
+                        started_at_ms: l.started_at_ms,
+                        expires_at: l
+                            .info
+                            .identity
+                            .expires_at
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
+        out
     }
 
     fn remove(&self, id: &str) {
@@ -176,11 +230,12 @@ impl SessionHandle {
         live: Arc<LiveSessions>,
     ) -> Self {
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
-        let terminated = live.register(&info.id, &info.identity.token_id);
+        let info = Arc::new(info);
+        let terminated = live.register(&info);
         SessionHandle {
             live,
             terminated,
-            info: Arc::new(info),
+            info,
             connection,
             pipeline,
             store,

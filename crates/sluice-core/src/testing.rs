@@ -15,6 +15,7 @@ pub fn person(subject: &str, groups: &[&str]) -> Identity {
         issuer: "sluice".into(),
         token_id: "t".into(),
         expires_at: SystemTime::now() + Duration::from_secs(600),
+        connections: None,
     }
 }
 

@@ -44,6 +44,40 @@ struct Claims {
     nbf: u64,
     iat: u64,
     jti: String,
+    /// Connections the token may open (exchanged tokens); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connections: Option<Vec<String>>,
+    /// The id of the token this one was exchanged for (revoking it revokes this one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ptid: Option<String>,
+}
+
+/// A token to mint (see [`TokenAuthority::issue_with`]).
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub subject: String,
+    pub groups: Vec<String>,
+    pub ttl: Duration,
+    /// Connections the token is narrowed to.
+    pub connections: Option<Vec<String>>,
+    /// The token it was exchanged for.
+    pub parent_token_id: Option<String>,
+}
+
+/// A minted token and what it says.
+#[derive(Debug, Clone)]
+pub struct IssuedToken {
+    pub token: String,
+    pub token_id: String,
+    pub expires_at: SystemTime,
+}
+
+/// A verified gateway token.
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub identity: Identity,
+    /// The token it was exchanged for, if any.
+    pub parent_token_id: Option<String>,
 }
 
 /// Mints and verifies gateway tokens.
@@ -112,9 +146,21 @@ impl TokenAuthority {
         groups: &[String],
         ttl: Duration,
     ) -> Result<String, TokenError> {
-        if subject.trim().is_empty() {
+        self.issue_with(&TokenRequest {
+            subject: subject.into(),
+            groups: groups.to_vec(),
+            ttl,
+            ..TokenRequest::default()
+        })
+        .map(|t| t.token)
+    }
+
+    /// Mints a token, possibly narrowed to some connections.
+    pub fn issue_with(&self, request: &TokenRequest) -> Result<IssuedToken, TokenError> {
+        if request.subject.trim().is_empty() {
             return Err(TokenError::EmptySubject);
         }
+        let ttl = request.ttl;
         if ttl > self.max_ttl || ttl.is_zero() {
             return Err(TokenError::TtlTooLong {
                 requested: ttl,
@@ -125,20 +171,33 @@ impl TokenAuthority {
         let claims = Claims {
             iss: GATEWAY_ISSUER.into(),
             aud: GATEWAY_ISSUER.into(),
-            sub: subject.into(),
-            groups: groups.to_vec(),
+            sub: request.subject.clone(),
+            groups: request.groups.clone(),
             exp: now + ttl.as_secs().max(1),
             nbf: now,
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
+            connections: request.connections.clone(),
+            ptid: request.parent_token_id.clone(),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.key_id.clone());
-        jsonwebtoken::encode(&header, &claims, &self.encoding).map_err(|_| TokenError::Invalid)
+        let token = jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok(IssuedToken {
+            token,
+            token_id: claims.jti,
+            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        })
     }
 
     /// Verifies signature, algorithm, issuer, audience and validity window.
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
+        self.verify_full(token).map(|v| v.identity)
+    }
+
+    /// Like [`TokenAuthority::verify`], also returning the parent token id.
+    pub fn verify_full(&self, token: &str) -> Result<VerifiedToken, TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
@@ -166,12 +225,16 @@ impl TokenAuthority {
         if claims.sub.trim().is_empty() {
             return Err(TokenError::EmptySubject);
         }
-        Ok(Identity {
-            subject: claims.sub,
-            groups: claims.groups,
-            issuer: GATEWAY_ISSUER.into(),
-            token_id: claims.jti,
-            expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+        Ok(VerifiedToken {
+            identity: Identity {
+                subject: claims.sub,
+                groups: claims.groups,
+                issuer: GATEWAY_ISSUER.into(),
+                token_id: claims.jti,
+                expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
+                connections: claims.connections,
+            },
+            parent_token_id: claims.ptid,
         })
     }
 }

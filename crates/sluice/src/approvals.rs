@@ -41,21 +41,7 @@ pub fn run(config: &Config, token: Option<String>, cmd: ApprovalsCmd) -> Result<
     let token = token.filter(|t| !t.trim().is_empty()).context(
         "pass --token or set SLUICE_TOKEN (your own token; approvers approve as themselves)",
     )?;
-    let addr = config.listen.api.context(
-        "listen.api is not set: the approval queue is served by the gateway's operator API",
-    )?;
-    let addr = dialable(addr);
-    let ca = match &config.tls {
-        Some(tls) => tls.cert.clone(),
-        None => sluice_core::tls::generated_paths(&config.gateway.state_dir).0,
-    };
-    if !ca.exists() {
-        anyhow::bail!(
-            "the gateway's certificate {} does not exist yet; start the gateway (sluice serve) first",
-            ca.display()
-        );
-    }
-    let client = ApiClient::new(addr, Some(ca), token)?;
+    let client = api_client(config, token)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -80,6 +66,25 @@ pub fn run(config: &Config, token: Option<String>, cmd: ApprovalsCmd) -> Result<
         }
         Ok(())
     })
+}
+
+/// A client of the gateway's `[listen] api`, trusting its certificate.
+pub fn api_client(config: &Config, token: String) -> Result<ApiClient> {
+    let addr = config.listen.api.context(
+        "listen.api is not set: approvals, live sessions and tokens go through the gateway's operator API",
+    )?;
+    let addr = dialable(addr);
+    let ca = match &config.tls {
+        Some(tls) => tls.cert.clone(),
+        None => sluice_core::tls::generated_paths(&config.gateway.state_dir).0,
+    };
+    if !ca.exists() {
+        anyhow::bail!(
+            "the gateway's certificate {} does not exist yet; start the gateway (sluice serve) first",
+            ca.display()
+        );
+    }
+    Ok(ApiClient::new(addr, Some(ca), token)?)
 }
 
 /// A listener bound to all interfaces is reached on loopback.

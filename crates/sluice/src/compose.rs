@@ -45,6 +45,7 @@ pub fn check(config: &Config) -> Result<()> {
             }
         }
     }
+    sluice_oidc::OidcProvider::all_from_config(config)?;
     for w in &config.webhooks {
         if let Err(e) = sluice_webhook::WebhookNotifier::from_config(w) {
             tracing::warn!(message = "A webhook is not usable here.", error = %e);
@@ -67,6 +68,7 @@ pub async fn serve(config: Config) -> Result<()> {
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
+    let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
     let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
@@ -79,6 +81,11 @@ pub async fn serve(config: Config) -> Result<()> {
     }
     for key in match_keys() {
         builder = builder.match_key(key);
+    }
+    for provider in oidc {
+        let warm = provider.clone();
+        tokio::spawn(async move { warm.warm_up().await });
+        builder = builder.authenticator(provider);
     }
     let gateway = Arc::new(builder.build()?);
     let mut tasks = tokio::task::JoinSet::new();

@@ -3,7 +3,10 @@
 
 mod approvals;
 mod compose;
+mod connect;
+mod login;
 mod telemetry;
+mod tokens;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -67,6 +70,21 @@ enum Cmd {
     /// Audit chain commands.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Log in to an identity provider (device flow, or --browser for code + PKCE);
+    /// the token is kept in ~/.config/sluice (0600).
+    Login {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: login::LoginArgs,
+    },
+    /// Print ready-to-use client settings for a connection, as the logged-in user.
+    Connect {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: connect::ConnectArgs,
+    },
     /// The approval queue (through the gateway's operator API, `[listen] api`).
     Approvals {
         #[command(flatten)]
@@ -101,6 +119,41 @@ enum TokenCmd {
         #[arg(long, default_value = "15m")]
         ttl: humantime::Duration,
     },
+    /// Revoke a token (by its id, or the token itself); its live sessions end.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The token id (jti) to revoke (admins, or the owner of a live session using it).
+        // Token ids are base64url and may start with '-'.
+        #[arg(long, conflicts_with = "revoked", allow_hyphen_values = true)]
+        id: Option<String>,
+        /// The token to revoke (whoever holds it may revoke it).
+        #[arg(value_name = "TOKEN", required_unless_present = "id")]
+        revoked: Option<String>,
+        /// Why; told to the sessions that end.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Your own token (default: SLUICE_TOKEN, else your sluice login).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Trade your token for a gateway token that opens only one connection, for a shorter time.
+    Exchange {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The only connection the new token opens.
+        #[arg(long)]
+        connection: String,
+        /// Lifetime, e.g. 5m (never past your token's own expiry).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Print the RFC 8693-style JSON answer instead of the bare token.
+        #[arg(long)]
+        json: bool,
+        /// Your own token (default: SLUICE_TOKEN, else your sluice login).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +164,29 @@ enum SessionsCmd {
         config: ConfigArg,
         #[arg(long)]
         json: bool,
+    },
+    /// Sessions live on the running gateway (yours; all for auth.admin_groups).
+    Live {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+        /// Your own token (default: SLUICE_TOKEN, else your sluice login).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// End a live session now (its owner, or auth.admin_groups).
+    Kill {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The session id (from `sluice sessions list` or `live`).
+        id: String,
+        /// Why; told to the client.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Your own token (default: SLUICE_TOKEN, else your sluice login).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -167,6 +243,39 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", authority.issue(&subject, &groups, ttl.into())?);
             Ok(())
         }
+        Cmd::Token(TokenCmd::Revoke {
+            config,
+            id,
+            revoked,
+            reason,
+            token,
+        }) => tokens::revoke(&config.load()?, token, id, revoked, reason),
+        Cmd::Token(TokenCmd::Exchange {
+            config,
+            connection,
+            ttl,
+            json,
+            token,
+        }) => tokens::exchange(&config.load()?, token, connection, ttl, json),
+        Cmd::Sessions(SessionsCmd::Live {
+            config,
+            json,
+            token,
+        }) => tokens::live(&config.load()?, token, json),
+        Cmd::Sessions(SessionsCmd::Kill {
+            config,
+            id,
+            reason,
+            token,
+        }) => tokens::kill(&config.load()?, token, id, reason),
+        Cmd::Login { config, args } => {
+            let config = match &config.config {
+                Some(_) => Some(config.load()?),
+                None => None,
+            };
+            login::run(config.as_ref(), args)
+        }
+        Cmd::Connect { config, args } => connect::run(&config.load()?, args),
         Cmd::Sessions(SessionsCmd::List { config, json }) => {
             compose::runtime()?.block_on(compose::list_sessions(config.load()?, json))
         }
@@ -185,5 +294,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Token ids are base64url: one may start with '-'.
+    #[test]
+    fn revoke_accepts_ids_starting_with_a_dash() {
+        let cli = Cli::try_parse_from(["sluice", "token", "revoke", "--id", "-jX_1"]);
+        match cli.map(|c| c.command) {
+            Ok(Cmd::Token(TokenCmd::Revoke { id, revoked, .. })) => {
+                assert_eq!(id.as_deref(), Some("-jX_1"));
+                assert!(revoked.is_none());
+            }
+            Ok(_) => panic!("parsed as another command"),
+            Err(e) => panic!("{e}"),
+        }
+        assert!(Cli::try_parse_from(["sluice", "token", "revoke"]).is_err());
     }
 }

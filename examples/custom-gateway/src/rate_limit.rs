@@ -137,6 +137,7 @@ mod tests {
                 issuer: "sluice".into(),
                 token_id: "t".into(),
                 expires_at: SystemTime::now() + Duration::from_secs(60),
+                connections: None,
             },
             connection: "appdb".into(),
             protocol: Protocol::Postgres,

@@ -86,3 +86,74 @@ fn secret_resolution_never_shows_value() {
     assert!(err.contains("SLUICE_TEST_SURELY_UNSET_VAR"));
     assert_eq!(format!("{s:?}"), "Secret(env SLUICE_TEST_SURELY_UNSET_VAR)");
 }
+
+#[test]
+fn one_oidc_table_or_several() {
+    let one = format!(
+        "{MINIMAL}\n[auth.oidc]\nissuer = \"https://idp.example.com\"\naudience = \"sluice\"\ngroups_claim = \"realm_access.roles\"\n"
+    );
+    let c = Config::from_toml_str(&one, "t.toml").unwrap();
+    assert_eq!(c.auth.oidc.len(), 1);
+    assert_eq!(c.auth.oidc[0].audience, vec!["sluice".to_string()]);
+    assert_eq!(c.auth.oidc[0].groups_claim, "realm_access.roles");
+    assert_eq!(c.auth.oidc[0].identity_claim, "sub");
+    assert_eq!(
+        c.auth.oidc[0].algorithms,
+        ["RS256", "PS256", "ES256", "EdDSA"]
+    );
+
+    let many = format!(
+        "{MINIMAL}\n[[auth.oidc]]\nissuer = \"https://a.example.com\"\naudience = [\"sluice\", \"api\"]\n\n[[auth.oidc]]\nissuer = \"http://127.0.0.1:9000\"\naudience = \"sluice\"\nidentity_claim = \"client_id\"\n\n[[auth.group_map]]\nidp_group = \"eng-*\"\ngroups = [\"agents\"]\nissuer = \"https://a.example.com\"\n"
+    );
+    let c = Config::from_toml_str(&many, "t.toml").unwrap();
+    assert_eq!(c.auth.oidc.len(), 2);
+    assert_eq!(c.auth.oidc[0].audience.len(), 2);
+    assert_eq!(c.auth.group_map[0].groups, ["agents"]);
+}
+
+#[test]
+fn oidc_mistakes_are_named() {
+    let with = |extra: &str| {
+        Config::from_toml_str(&format!("{MINIMAL}\n{extra}"), "t.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    let err = with("[auth.oidc]\nissuer = \"http://idp.example.com\"\naudience = \"sluice\"\n");
+    assert!(
+        err.contains("auth.oidc.issuer") && err.contains("https://"),
+        "{err}"
+    );
+    let err = with(
+        "[auth.oidc]\nissuer = \"https://idp\"\naudience = \"sluice\"\nalgorithms = [\"HS256\"]\n",
+    );
+    assert!(
+        err.contains("auth.oidc.algorithms") && err.contains("HS256"),
+        "{err}"
+    );
+    let err = with(
+        "[auth.oidc]\nissuer = \"https://idp\"\naudience = \"sluice\"\nalgorithms = [\"none\"]\n",
+    );
+    assert!(err.contains("\"none\" is not allowed"), "{err}");
+    let err = with("[auth.oidc]\nissuer = \"https://idp\"\n");
+    assert!(err.contains("audience"), "{err}");
+    let err =
+        with("[auth.oidc]\nissuer = \"https://idp\"\naudience = \"s\"\ngroups_claim = \"a..b\"\n");
+    assert!(err.contains("auth.oidc.groups_claim"), "{err}");
+    let err = with(
+        "[[auth.group_map]]\nidp_group = \"x\"\ngroups = [\"a\"]\nissuer = \"https://nope\"\n",
+    );
+    assert!(err.contains("auth.group_map.0.issuer"), "{err}");
+    let err = with("[auth.oidc]\nissuer = \"https://idp\"\naudience = \"s\"\nunknown = 1\n");
+    assert!(err.contains("unknown"), "{err}");
+}
+
+#[test]
+fn loopback_http_only() {
+    assert!(is_loopback_http("http://127.0.0.1:3000"));
+    assert!(is_loopback_http("http://localhost:3000/realms/x"));
+    assert!(is_loopback_http("http://[::1]:8080"));
+    assert!(!is_loopback_http("http://127.0.0.1.evil.com"));
+    assert!(!is_loopback_http("http://localhost.evil.com/"));
+    assert!(!is_loopback_http("https://127.0.0.1"));
+    assert!(!is_loopback_http("http://10.0.0.1"));
+}

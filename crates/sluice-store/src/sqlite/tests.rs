@@ -9,6 +9,7 @@ fn identity() -> Identity {
         issuer: "sluice".into(),
         token_id: "t".into(),
         expires_at: SystemTime::now() + Duration::from_secs(60),
+        connections: None,
     }
 }
 

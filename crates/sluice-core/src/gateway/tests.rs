@@ -1,0 +1,186 @@
+use super::*;
+use crate::testing::MemoryStore;
+use async_trait::async_trait;
+
+/// Vouches for tokens `idp:<subject>:<group,group>`; refuses `idp:bad`.
+struct FakeIdp;
+
+#[async_trait]
+impl Authenticator for FakeIdp {
+    fn name(&self) -> &str {
+        "https://idp.test"
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Option<Identity>, AuthError> {
+        let Some(rest) = token.strip_prefix("idp:") else {
+            return Ok(None);
+        };
+        if rest == "bad" {
+            return Err(AuthError::Rejected(
+                "token signature does not verify".into(),
+            ));
+        }
+        let (subject, groups) = rest.split_once(':').unwrap_or((rest, ""));
+        Ok(Some(Identity {
+            subject: subject.into(),
+            groups: groups
+                .split(',')
+                .filter(|g| !g.is_empty())
+                .map(String::from)
+                .collect(),
+            issuer: "https://idp.test".into(),
+            token_id: format!("jti-{subject}"),
+            expires_at: SystemTime::now() + Duration::from_secs(600),
+            connections: None,
+        }))
+    }
+}
+
+fn gateway(dir: &std::path::Path) -> Gateway {
+    let text = format!(
+        r#"
+[gateway]
+state_dir = {dir:?}
+
+[[auth.oidc]]
+issuer = "https://idp.test"
+audience = "sluice"
+
+[[auth.group_map]]
+idp_group = "eng"
+groups = ["agents"]
+
+[[connections]]
+name = "appdb"
+kind = "postgres"
+upstream = "127.0.0.1:5432"
+database = "app"
+user = "app"
+password = {{ env = "X" }}
+allow_groups = ["agents"]
+
+[[connections]]
+name = "otherdb"
+kind = "postgres"
+upstream = "127.0.0.1:5432"
+database = "app"
+user = "app"
+password = {{ env = "X" }}
+allow_groups = ["agents"]
+"#,
+        dir = dir.display().to_string()
+    );
+    let config = Config::from_toml_str(&text, "t.toml").unwrap();
+    GatewayBuilder::new(config, Arc::new(MemoryStore::default()))
+        .authenticator(Arc::new(FakeIdp))
+        .build()
+        .unwrap()
+}
+
+fn creds(token: &str) -> Credentials {
+    Credentials {
+        user: "u".into(),
+        token: token.into(),
+    }
+}
+
+#[tokio::test]
+async fn idp_identities_are_mapped_and_revocable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let id = gw
+        .authenticate(&creds("idp:alice:eng,marketing"))
+        .await
+        .unwrap();
+    // Only mapped groups count.
+    assert_eq!(id.groups, ["agents"]);
+    assert_eq!(id.issuer, "https://idp.test");
+    let err = gw
+        .authenticate(&creds("idp:bad"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("signature"), "{err}");
+    // Neither a gateway token nor any authenticator's.
+    let err = gw
+        .authenticate(&creds("garbage"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not issued by this gateway"), "{err}");
+
+    assert_eq!(gw.revoke_token("jti-alice", None, "ops", None).unwrap(), 0);
+    let err = gw.authenticate(&creds("idp:alice:eng")).await.unwrap_err();
+    assert!(matches!(err, AuthError::Revoked));
+    // Persistent: a new gateway on the same state_dir still refuses it.
+    let again = gateway(dir.path());
+    assert!(matches!(
+        again.authenticate(&creds("idp:alice:eng")).await,
+        Err(AuthError::Revoked)
+    ));
+}
+
+#[tokio::test]
+async fn exchanged_tokens_open_one_connection_and_die_with_their_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let bob = gw.authenticate(&creds("idp:bob:eng")).await.unwrap();
+    let issued = gw
+        .exchange(&bob, "appdb", Duration::from_secs(300))
+        .unwrap();
+    let narrowed = gw.authenticate(&creds(&issued.token)).await.unwrap();
+    assert_eq!(narrowed.subject, "bob");
+    assert_eq!(narrowed.groups, ["agents"]);
+    assert_eq!(
+        narrowed.connections.as_deref(),
+        Some(&["appdb".to_string()][..])
+    );
+    assert!(narrowed.expires_at <= bob.expires_at);
+
+    let handle = gw
+        .open_session(narrowed.clone(), "appdb", Protocol::Postgres, "127.0.0.1:1")
+        .await
+        .unwrap();
+    let refused = gw
+        .open_session(
+            narrowed.clone(),
+            "otherdb",
+            Protocol::Postgres,
+            "127.0.0.1:1",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused.client_message().contains("exchanged for"),
+        "{refused:?}"
+    );
+    // It cannot be widened by exchanging it again.
+    assert!(matches!(
+        gw.exchange(&narrowed, "otherdb", Duration::from_secs(60)),
+        Err(ExchangeError::Forbidden(_))
+    ));
+    // Nor can someone outside allow_groups get one.
+    let eve = gw.authenticate(&creds("idp:eve:marketing")).await.unwrap();
+    assert!(matches!(
+        gw.exchange(&eve, "appdb", Duration::from_secs(60)),
+        Err(ExchangeError::Forbidden(_))
+    ));
+    assert!(matches!(
+        gw.exchange(&bob, "nope", Duration::from_secs(60)),
+        Err(ExchangeError::Invalid(_))
+    ));
+
+    // Revoking the parent ends the child's live session and refuses the child.
+    let ended = gw
+        .revoke_token(&bob.token_id, None, "ops", Some("leak".into()))
+        .unwrap();
+    assert_eq!(ended, 1);
+    let reason = tokio::time::timeout(Duration::from_secs(1), handle.ended())
+        .await
+        .unwrap();
+    assert_eq!(reason, "token revoked by ops: leak");
+    assert!(matches!(
+        gw.authenticate(&creds(&issued.token)).await,
+        Err(AuthError::Revoked)
+    ));
+}
