@@ -8,3 +8,4 @@
 //! - [`status`]: denials as a Kubernetes `Status` object.
 
 pub mod path;
+pub mod policy;
