@@ -506,6 +506,30 @@ impl Config {
                             ),
                         ));
                     }
+                    if c.kind == ConnectionKind::Kubernetes {
+                        if c.client_cert.is_some() != c.client_key.is_some() {
+                            return Err(invalid(
+                                key(if c.client_cert.is_some() {
+                                    "client_key"
+                                } else {
+                                    "client_cert"
+                                }),
+                                "client_cert and client_key go together".into(),
+                            ));
+                        }
+                        if c.token.is_none() && c.client_cert.is_none() && c.bearer.is_none() {
+                            return Err(invalid(
+                                key("token"),
+                                "a kubernetes connection needs the API server credential: `token = { env = \"…\" }` or `client_cert` and `client_key`".into(),
+                            ));
+                        }
+                        if c.client_cert.is_some() && !c.upstream.starts_with("https://") {
+                            return Err(invalid(
+                                key("client_cert"),
+                                "a client certificate needs an https:// upstream".into(),
+                            ));
+                        }
+                    }
                 }
             }
             if c.default_action == Some(Action::Review) {

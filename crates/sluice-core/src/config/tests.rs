@@ -86,3 +86,35 @@ fn secret_resolution_never_shows_value() {
     assert!(err.contains("SLUICE_TEST_SURELY_UNSET_VAR"));
     assert_eq!(format!("{s:?}"), "Secret(env SLUICE_TEST_SURELY_UNSET_VAR)");
 }
+
+#[test]
+fn kubernetes_connections_need_a_credential() {
+    let kube = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[connections]]\nname = \"k8s\"\nkind = \"kubernetes\"\nupstream = \"https://127.0.0.1:6443\"\n{extra}\n"
+        )
+    };
+    assert!(Config::from_toml_str(&kube("token = { env = \"K\" }"), "t.toml").is_ok());
+    assert!(Config::from_toml_str(
+        &kube("client_cert = { file = \"c.pem\" }\nclient_key = { file = \"k.pem\" }"),
+        "t.toml"
+    )
+    .is_ok());
+    let err = Config::from_toml_str(&kube(""), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("connections.1.token") && err.contains("client_cert"),
+        "{err}"
+    );
+    let err = Config::from_toml_str(&kube("client_cert = { file = \"c.pem\" }"), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("connections.1.client_key"), "{err}");
+    let text = kube("client_cert = { file = \"c.pem\" }\nclient_key = { file = \"k.pem\" }")
+        .replace("https://127.0.0.1:6443", "http://127.0.0.1:6443");
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("https://"), "{err}");
+}
