@@ -15,6 +15,11 @@
 //!   without `/` matches the resource itself, not its subresources (as in
 //!   RBAC): `pods` does not cover `pods/exec`; write `pods/*` for every
 //!   subresource, `*/exec`, or `*` for everything.
+//! - `commands`: globs over the command line of an exec (its argv,
+//!   shell-quoted: `kubectl exec web -- rm -rf /tmp` is `rm -rf /tmp`); a
+//!   request that is not an exec never matches. This is a plain text match:
+//!   `sh -c 'rm -rf /'` is not `rm *`. Shell-aware matching (pipelines,
+//!   `sh -c`) is the `command` key's, which judges the same exec command.
 //! - `namespaces`, `names`: the request's namespace and object name. A request
 //!   without one (a list across all namespaces, a cluster-scoped resource, a
 //!   collection) has the empty name, which only `*` (or `""`) matches: a rule
@@ -43,7 +48,7 @@ pub fn kube_match_key() -> Arc<dyn MatchKey> {
 
 struct KubeMatchKey;
 
-const FIELDS: [&str; 4] = ["verbs", "resources", "namespaces", "names"];
+const FIELDS: [&str; 5] = ["verbs", "resources", "namespaces", "names", "commands"];
 
 impl MatchKey for KubeMatchKey {
     fn keys(&self) -> &'static [&'static str] {
@@ -127,6 +132,7 @@ impl MatchKey for KubeMatchKey {
             resources,
             namespaces: globs("namespaces")?,
             names: globs("names")?,
+            commands: globs("commands")?,
         }))
     }
 }
@@ -192,6 +198,7 @@ struct KubeMatcher {
     resources: Option<Vec<ResourcePattern>>,
     namespaces: Option<Vec<Glob>>,
     names: Option<Vec<Glob>>,
+    commands: Option<Vec<Glob>>,
 }
 
 /// One command's parsed request, shared by every rule (keyed by request line).
@@ -216,6 +223,12 @@ impl CommandMatcher for KubeMatcher {
         let Some(line) = request_line(command) else {
             return Ok(false);
         };
+        if let Some(globs) = &self.commands {
+            if command.kind != CommandKind::Exec || !globs.iter().any(|g| g.matches(&command.text))
+            {
+                return Ok(false);
+            }
+        }
         let parsed = scratch.get_or_insert_with(Parsed::default);
         let req = parsed
             .0

@@ -255,6 +255,16 @@ fn exec_command_carries_its_request() {
         )],
     };
     assert!(m.matches(&cmd, &mut Scratch::default()).unwrap());
+    let rm = matcher(r#"{ commands = ["rm *"], namespaces = ["prod"] }"#);
+    let cmd_rm = Command {
+        text: "rm -rf /tmp".into(),
+        ..cmd.clone()
+    };
+    assert!(rm.matches(&cmd_rm, &mut Scratch::default()).unwrap());
+    assert!(!rm.matches(&cmd, &mut Scratch::default()).unwrap());
+    let req = parse("DELETE", "/api/v1/namespaces/prod/pods/x").unwrap();
+    let delete = request_command("DELETE", "/api/v1/namespaces/prod/pods/x", &req);
+    assert!(!rm.matches(&delete, &mut Scratch::default()).unwrap());
     let plain = Command {
         kind: CommandKind::Exec,
         text: "ls".into(),

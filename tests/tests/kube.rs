@@ -1,0 +1,356 @@
+//! kubectl through Sluice against the stand-in API server: discovery and reads, Secret
+//! values masked in every output format (table, YAML, JSON, watch, raw), delete denied and
+//! then reviewed (hold and retry), exec allowed and denied by its command, the upstream
+//! credential injected (the API server never sees the agent's token), bad paths refused.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::kube::*;
+use sluice_e2e::*;
+use std::process::Output;
+use std::time::Duration;
+
+fn assert_no_secret(what: &str, text: &str) {
+    for value in [SECRET_VALUE, SECRET_VALUE_B64, SECRET_USER_B64] {
+        assert!(!text.contains(value), "{what} shows {value}:\n{text}");
+    }
+}
+
+/// Every request the API server saw carried the gateway's credential, never the agent's.
+fn assert_upstream_credentials(env: &KubeEnv, agent_token: &str) {
+    let requests = env.upstream_requests();
+    assert!(!requests.is_empty(), "the API server saw no request");
+    for r in &requests {
+        let auth = r["authorization"].as_str().unwrap_or("");
+        assert_eq!(auth, format!("Bearer {UPSTREAM_TOKEN}"), "{r}");
+        assert!(!r.to_string().contains(agent_token), "{r}");
+    }
+}
+
+#[test]
+fn get_pods_through_the_gateway() {
+    let env = KubeEnv::start();
+    let token = env.token("agent-1", &["agents"]);
+    let out = ok(&env.kubectl(&token, &["get", "pods"]));
+    assert!(out.contains("web-1") && out.contains("Running"), "{out}");
+    let out = ok(&env.kubectl(&token, &["get", "pod", "web-2", "-o", "json"]));
+    let pod: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(pod["metadata"]["name"], "web-2");
+    let out = ok(&env.kubectl(&token, &["version", "-o", "json"]));
+    assert!(out.contains("v1.32.0"), "{out}");
+    assert_upstream_credentials(&env, &token);
+    // The session and its commands are recorded with the kube verb and resource.
+    let sessions = env.sessions();
+    assert!(
+        sessions.iter().any(|s| s["connection"] == "k8s"),
+        "{sessions:?}"
+    );
+}
+
+#[test]
+fn secret_values_are_masked_in_every_format() {
+    let env = KubeEnv::start();
+    let token = env.token("agent-1", &["agents"]);
+    // The default table (kubectl asks for meta.k8s.io Table; the stand-in adds a column
+    // that shows a value, and embeds whole objects in the rows).
+    let out = ok(&env.kubectl(&token, &["get", "secrets"]));
+    assert!(
+        out.contains("db-credentials") && out.contains("Opaque"),
+        "{out}"
+    );
+    assert!(out.contains("[secret]"), "{out}");
+    assert_no_secret("get secrets", &out);
+    for format in ["yaml", "json"] {
+        let out = ok(&env.kubectl(&token, &["get", "secret", "db-credentials", "-o", format]));
+        assert!(out.contains("W3NlY3JldF0="), "{format}: {out}");
+        assert!(
+            out.contains("password") && out.contains("username"),
+            "{out}"
+        );
+        assert!(out.contains("last-applied-configuration"), "{out}");
+        assert_no_secret(format, &out);
+        let out = ok(&env.kubectl(&token, &["get", "secrets", "-o", format]));
+        assert_no_secret(&format!("list -o {format}"), &out);
+    }
+    let out = ok(&env.kubectl(
+        &token,
+        &[
+            "get",
+            "secret",
+            "db-credentials",
+            "-o",
+            "jsonpath={.data.password}",
+        ],
+    ));
+    assert_eq!(out, "W3NlY3JldF0=");
+    let out = ok(&env.kubectl(&token, &["describe", "secret", "db-credentials"]));
+    assert!(out.contains("password"), "{out}");
+    assert_no_secret("describe", &out);
+    let out = ok(&env.kubectl(
+        &token,
+        &[
+            "get",
+            "--raw",
+            "/api/v1/namespaces/default/secrets/db-credentials",
+        ],
+    ));
+    assert_no_secret("get --raw", &out);
+    // Watch: events are masked one by one as they arrive.
+    let out = ok(&env.kubectl(&token, &["get", "secrets", "--watch-only", "-o", "json"]));
+    assert!(out.contains("db-credentials"), "{out}");
+    assert_no_secret("watch -o json", &out);
+    let out = ok(&env.kubectl(&token, &["get", "secrets", "--watch-only"]));
+    assert!(out.contains("db-credentials"), "{out}");
+    assert_no_secret("watch (table)", &out);
+    // A client asking for YAML or protobuf gets masked JSON (a YAML reader reads it).
+    let ca = env.state_dir.join("tls").join("ca.crt");
+    for accept in ["application/yaml", "application/vnd.kubernetes.protobuf"] {
+        let out = run_with_timeout(
+            std::process::Command::new("curl")
+                .args(["-sS", "--fail-with-body", "--cacert"])
+                .arg(&ca)
+                .args(["-H", &format!("Authorization: Bearer {token}")])
+                .args(["-H", &format!("Accept: {accept}")])
+                .arg(format!(
+                    "https://127.0.0.1:{}/k8s/api/v1/namespaces/default/secrets/db-credentials",
+                    env.port
+                )),
+            None,
+            COMMAND_TIMEOUT,
+        );
+        let body = ok(&out);
+        assert!(body.contains("W3NlY3JldF0="), "{accept}: {body}");
+        assert_no_secret(accept, &body);
+    }
+    assert_upstream_credentials(&env, &token);
+}
+
+const DELETE_RULES: &str = r#"
+[[rules]]
+name = "keep-web-2"
+match = { kube = { verbs = ["delete"], resources = ["pods"], names = ["web-2"] } }
+action = "deny"
+message = "web-2 serves production traffic."
+
+[[rules]]
+name = "reviewed-deletes"
+groups = ["agents"]
+match = { kube = { verbs = ["delete", "deletecollection"] } }
+action = "review"
+approvers = ["dba"]
+timeout = "60s"
+message = "Deletes are reviewed by an operator."
+
+[[rules]]
+name = "retry-deletes"
+groups = ["batch"]
+match = { kube = { verbs = ["delete"] } }
+action = "review"
+mode = "retry"
+approvers = ["dba"]
+timeout = "5m"
+"#;
+
+fn approvals(env: &KubeEnv, token: &str, args: &[&str]) -> Output {
+    let mut all = vec!["approvals"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--token", token]);
+    env.sluice(&all)
+}
+
+fn pending(env: &KubeEnv, token: &str) -> serde_json::Value {
+    wait_until(Duration::from_secs(30), "a pending approval", || {
+        let out = approvals(env, token, &["list", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().next()
+    })
+}
+
+fn upstream_deletes(env: &KubeEnv) -> Vec<String> {
+    env.upstream_requests()
+        .into_iter()
+        .filter(|r| r["method"] == "DELETE")
+        .map(|r| r["path"].as_str().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn delete_is_denied_then_reviewed() {
+    let env = KubeEnv::builder()
+        .extra_toml(DELETE_RULES)
+        .api_listener()
+        .start();
+    let agent = env.token("agent-1", &["agents"]);
+    let dba = env.token("ops-1", &["dba"]);
+
+    // Denied outright: kubectl prints the Status, the API server never sees the delete.
+    let err = failed(&env.kubectl(&agent, &["delete", "pod", "web-2", "--wait=false"]));
+    assert!(err.contains("Error from server (Forbidden)"), "{err}");
+    assert!(
+        err.contains("keep-web-2") && err.contains("production traffic"),
+        "{err}"
+    );
+    assert!(upstream_deletes(&env).is_empty());
+
+    // Reviewed, hold mode: kubectl waits on its request until an approver decides.
+    let child = env
+        .kubectl_command(&agent, &["delete", "pod", "web-1", "--wait=false"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = pending(&env, &dba);
+    assert_eq!(request["rule"], "reviewed-deletes");
+    assert!(
+        request["command"]
+            .as_str()
+            .unwrap()
+            .contains("/api/v1/namespaces/default/pods/web-1"),
+        "{request}"
+    );
+    assert!(upstream_deletes(&env).is_empty(), "deleted before approval");
+    let id = request["id"].as_str().unwrap().to_string();
+    ok(&approvals(&env, &dba, &["approve", &id]));
+    let out = wait_output(child, COMMAND_TIMEOUT, "kubectl delete (held)");
+    let text = ok(&out);
+    assert!(text.contains("pod \"web-1\" deleted"), "{text}");
+    assert_eq!(
+        upstream_deletes(&env),
+        vec!["/api/v1/namespaces/default/pods/web-1"]
+    );
+    assert_upstream_credentials(&env, &agent);
+}
+
+#[test]
+fn delete_reviewed_in_retry_mode() {
+    let env = KubeEnv::builder()
+        .extra_toml(DELETE_RULES)
+        .api_listener()
+        .start();
+    let batch = env.token("batch-1", &["batch"]);
+    let dba = env.token("ops-1", &["dba"]);
+    let err = failed(&env.kubectl(&batch, &["delete", "pod", "web-1", "--wait=false"]));
+    assert!(err.contains("Error from server (Forbidden)"), "{err}");
+    let request = pending(&env, &dba);
+    let id = request["id"].as_str().unwrap().to_string();
+    assert!(err.contains(&id), "the Status names the approval: {err}");
+    assert!(upstream_deletes(&env).is_empty());
+    ok(&approvals(&env, &dba, &["approve", &id]));
+    let out = ok(&env.kubectl(&batch, &["delete", "pod", "web-1", "--wait=false"]));
+    assert!(out.contains("deleted"), "{out}");
+    assert_eq!(upstream_deletes(&env).len(), 1);
+}
+
+const EXEC_RULES: &str = r#"
+[[rules]]
+name = "no-rm"
+match = { kube = { verbs = ["exec"], commands = ["rm *", "*rm -rf*"] } }
+action = "deny"
+message = "Deleting files in pods is not allowed."
+
+[[rules]]
+name = "no-exec-web-2"
+match = { kube = { verbs = ["exec"], names = ["web-2"] } }
+action = "deny"
+"#;
+
+#[test]
+fn exec_allowed_and_denied_by_command() {
+    let env = KubeEnv::builder().extra_toml(EXEC_RULES).start();
+    let token = env.token("agent-1", &["agents"]);
+    let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "ls", "-la", "/srv"]));
+    assert_eq!(out, "ran: ls -la /srv\n");
+    // A failing command's exit status comes through.
+    let out = env.kubectl(&token, &["exec", "web-1", "--", "false"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+
+    let err = failed(&env.kubectl(&token, &["exec", "web-1", "--", "rm", "-rf", "/srv"]));
+    assert!(err.contains("Error from server (Forbidden)"), "{err}");
+    assert!(
+        err.contains("no-rm") && err.contains("not allowed"),
+        "{err}"
+    );
+    let err = failed(&env.kubectl(&token, &["exec", "web-2", "--", "ls"]));
+    assert!(err.contains("no-exec-web-2"), "{err}");
+    // Neither denied exec reached the API server (over WebSocket or kubectl's SPDY retry).
+    let execs: Vec<_> = env
+        .upstream_requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").contains("/exec"))
+        .collect();
+    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert!(
+        execs.iter().all(|r| r["upgrade"] == "websocket"),
+        "{execs:?}"
+    );
+    assert_upstream_credentials(&env, &token);
+}
+
+#[test]
+fn detectors_mask_other_resources_and_exec_output() {
+    let env = KubeEnv::builder()
+        .extra_toml("[masking]\ndetectors = [\"email\"]\n")
+        .start();
+    let token = env.token("agent-1", &["agents"]);
+    let out = ok(&env.kubectl(&token, &["get", "configmap", "app-config", "-o", "yaml"]));
+    assert!(out.contains("LOG_LEVEL") && out.contains("info"), "{out}");
+    assert!(!out.contains("ops.lead@example.com"), "{out}");
+    let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "cat", "/etc/app/env"]));
+    assert!(out.contains("ADMIN_EMAIL="), "{out}");
+    assert!(!out.contains("ops.lead@example.com"), "{out}");
+    let out = ok(&env.kubectl(&token, &["get", "secret", "db-credentials", "-o", "json"]));
+    assert_no_secret("with detectors", &out);
+}
+
+fn curl(env: &KubeEnv, token: &str, path: &str) -> (u16, String) {
+    let ca = env.state_dir.join("tls").join("ca.crt");
+    let out = run_with_timeout(
+        std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--path-as-is",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+                "--cacert",
+            ])
+            .arg(&ca)
+            .args(["-H", &format!("Authorization: Bearer {token}")])
+            .arg(format!("https://127.0.0.1:{}{path}", env.port)),
+        None,
+        COMMAND_TIMEOUT,
+    );
+    let text = stdout(&out);
+    let (body, code) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", text.trim()));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn bad_tokens_and_path_tricks_are_refused() {
+    let env = KubeEnv::start();
+    let token = env.token("agent-1", &["agents"]);
+    let (code, body) = curl(&env, "not-a-token", "/k8s/api/v1/namespaces/default/pods");
+    assert_eq!(code, 401, "{body}");
+    for path in [
+        "/k8s/api/v1/namespaces/default/pods/%2e%2e/secrets",
+        "/k8s/api/v1/namespaces/default%2Fsecrets",
+        "/k8s/api/v1//namespaces/default/secrets",
+        "/k8s/api/v1/namespaces/default/pods/%zz",
+    ] {
+        let (code, body) = curl(&env, &token, path);
+        assert!((400..500).contains(&code), "{path}: {code} {body}");
+        assert!(body.contains("\"kind\":\"Status\""), "{path}: {body}");
+        assert_no_secret(path, &body);
+    }
+    // Nothing reached the API server: neither the bad token nor the tricks.
+    assert!(
+        env.upstream_requests().is_empty(),
+        "{:?}",
+        env.upstream_requests()
+    );
+}
