@@ -32,7 +32,10 @@ fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
 
 /// The match keys the protocols in this build contribute to `[[rules]]`.
 fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
-    vec![sluice_postgres::sql_match_key()]
+    vec![
+        sluice_postgres::sql_match_key(),
+        sluice_kube::kube_match_key(),
+    ]
 }
 
 /// Everything `config check` can verify without starting listeners.
