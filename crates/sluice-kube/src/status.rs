@@ -36,7 +36,10 @@ pub fn message(problem: &Problem) -> String {
         m.push_str(&problem.detail);
     }
     if let Some(hint) = &problem.hint {
-        m.push_str(". ");
+        if !m.ends_with(['.', '!', '?']) {
+            m.push('.');
+        }
+        m.push(' ');
         m.push_str(hint);
     }
     m
