@@ -7,16 +7,23 @@
 //! Connection kinds customise the proxy through [`Flavor`] (the Kubernetes
 //! gateway is one); [`HttpFlavor`] is plain HTTP.
 
+mod body;
 pub mod flavor;
 pub mod inject;
 pub mod masking;
+pub mod path;
+pub mod policy;
 pub mod problem;
+mod proxy;
+mod server;
 pub mod upstream;
+pub mod ws;
 
 pub use flavor::{
     Body, BodyPlan, BodyTransformer, BoxError, Direction, Flavor, FlavorRegistry, Frame, FrameHook,
     MaskingContext, RequestHead, ResponsePlan, TransformError,
 };
+pub use policy::http_match_key;
 pub use problem::{Problem, ProblemDetails, ProblemKind};
 
 use sluice_core::config::ConnectionKind;
@@ -117,16 +124,16 @@ impl HttpServer {
         self
     }
 
-    /// Serves clients until the listener fails.
+    /// Serves clients (HTTPS, HTTP/1.1 and HTTP/2 by ALPN) until the listener fails.
     pub async fn serve(self, listener: TcpListener) -> Result<(), HttpError> {
-        let _ = (
-            &self.gateway,
-            &self.masking,
-            &self.masking_exempt,
-            &self.limits,
-            listener,
-        );
-        Err(HttpError::Config("the proxy is not wired yet".into()))
+        let shared = Arc::new(server::Shared::new(
+            self.gateway,
+            self.flavors,
+            self.masking,
+            self.masking_exempt,
+            self.limits,
+        ));
+        server::serve(shared, listener).await
     }
 }
 
@@ -156,6 +163,18 @@ pub struct HttpFlavor;
 impl Flavor for HttpFlavor {
     fn commands(&self, head: &RequestHead<'_>) -> Result<Vec<Command>, Problem> {
         Ok(vec![http_command(head)])
+    }
+
+    /// Text frames from the upstream go through the detectors when masking is on.
+    fn frame_hook(
+        &self,
+        _head: &RequestHead<'_>,
+        masking: &MaskingContext<'_>,
+    ) -> Option<Box<dyn FrameHook>> {
+        masking
+            .engine
+            .filter(|e| e.has_detectors())
+            .map(|e| Box::new(ws::TextFrameMasking::new(e.clone())) as Box<dyn FrameHook>)
     }
 }
 

@@ -1,4 +1,7 @@
 //! The upstream leg: TLS per connection and a pooled HTTP/1.1 + HTTP/2 client.
+//!
+//! ALPN is the proxy's business (h2 and http/1.1 on the pooled client,
+//! http/1.1 for upgrades): flavors return TLS configs without it.
 
 use sluice_core::config::{ConnectionConfig, Secret, UpstreamTls};
 use std::path::PathBuf;
@@ -29,9 +32,7 @@ pub fn default_tls(
     let config = sluice_core::tls::upstream_client_config(mode, ca.as_deref())
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "no TLS configuration for an https:// upstream".to_string())?;
-    let mut config = (*config).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(config)))
+    Ok(Some(config))
 }
 
 /// `ca = { file }` is read in place; `ca = { env }` holds the PEM itself and
@@ -52,5 +53,109 @@ fn ca_path(connection: &ConnectionConfig) -> Result<Option<PathBuf>, String> {
         }
         (None, Some(path)) => Ok(Some(path.clone())),
         (None, None) => Ok(None),
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+pub(crate) type Client = hyper_util::client::legacy::Client<Connector, crate::flavor::Body>;
+
+/// How long connecting to an upstream may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One connection's upstream: where it is and the clients that reach it.
+pub(crate) struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// The URL's path without a trailing `/` (empty for none).
+    pub base_path: String,
+    /// Pooled, HTTP/2 when the upstream offers it by ALPN.
+    pub client: Client,
+    /// HTTP/1.1 only, for upgrades (WebSocket is relayed over HTTP/1.1).
+    pub upgrade_client: Client,
+}
+
+impl Upstream {
+    pub fn new(
+        connection: &ConnectionConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Upstream, String> {
+        let uri: http::Uri = connection
+            .upstream
+            .parse()
+            .map_err(|e| format!("upstream {:?} is not a URL: {e}", connection.upstream))?;
+        let scheme = uri.scheme().cloned().ok_or("upstream URL without scheme")?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("upstream URL without host")?;
+        if uri.query().is_some() {
+            return Err("an upstream URL cannot have a query".into());
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let tls = match tls {
+            Some(t) => t,
+            None => {
+                if scheme == http::uri::Scheme::HTTPS {
+                    return Err("an https:// upstream needs a TLS configuration".into());
+                }
+                // Never used for http:// URLs; the connector needs one.
+                sluice_core::tls::install_crypto_provider();
+                Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            }
+        };
+        let http_connector = || {
+            let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+            c.enforce_http(false);
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            c
+        };
+        let mut config = (*tls).clone();
+        config.alpn_protocols.clear();
+        let pooled = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http_connector());
+        let h1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http_connector());
+        let builder = || {
+            let mut b =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(60));
+            b
+        };
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+            client: builder().build(pooled),
+            upgrade_client: builder().build(h1),
+        })
+    }
+
+    /// The upstream URI for a normalised, encoded path and the raw query.
+    pub fn uri(&self, encoded_path: &str, query: Option<&str>) -> Result<http::Uri, String> {
+        let mut pq = format!("{}{encoded_path}", self.base_path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| e.to_string())
     }
 }
