@@ -73,7 +73,7 @@ impl KubeEnvBuilder {
              upstream = \"https://127.0.0.1:{api_port}\"\n\
              token = {{ env = \"K8S_TOKEN\" }}\n\
              ca = {{ file = {ca:?} }}\n\
-             allow_groups = [\"agents\", \"dba\"]\n\
+             allow_groups = [\"agents\", \"dba\", \"batch\"]\n\
              \n\
              {extra}\n",
             state = state_dir.display().to_string(),
