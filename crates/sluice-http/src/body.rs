@@ -73,6 +73,28 @@ impl Redactor {
         self.drain(true)
     }
 
+    /// For a stream that went idle: releases everything but the longest tail
+    /// that could still become a secret (a proper prefix of one), so a watch
+    /// event or a log line is not held back until more data arrives.
+    pub fn flush(&mut self) -> Vec<u8> {
+        let mut out = self.drain(false);
+        let keep = self
+            .finders
+            .iter()
+            .map(|f| {
+                let needle = f.needle();
+                (1..needle.len().min(self.buf.len() + 1))
+                    .rev()
+                    .find(|&k| self.buf[self.buf.len() - k..] == needle[..k])
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let release = self.buf.len() - keep;
+        out.extend(self.buf.drain(..release));
+        out
+    }
+
     fn drain(&mut self, all: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.buf.len());
         let mut pos = 0;
@@ -291,6 +313,20 @@ impl<F: FnOnce(BodyStats) + Send> Drop for CountingBody<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idle_flush_holds_only_a_possible_secret_prefix() {
+        let mut r = Redactor::new(&[b"Bearer upstream-token".to_vec()]).unwrap();
+        let mut out = r.push(b"{\"type\":\"ADDED\"}\n");
+        out.extend(r.flush());
+        assert_eq!(out, b"{\"type\":\"ADDED\"}\n");
+        let mut out = r.push(b"line ends with Bearer up");
+        out.extend(r.flush());
+        assert_eq!(out, b"line ends with ");
+        out.extend(r.push(b"stream-token!"));
+        out.extend(r.finish());
+        assert_eq!(out, b"line ends with [redacted-credential]!");
+    }
 
     #[test]
     fn redacts_secrets_split_across_chunks() {

@@ -1087,10 +1087,20 @@ fn stream_response(
                 };
                 let out = match next {
                     // Upstream idle: release what the masker holds.
-                    None => match transformer.as_mut() {
-                        Some(t) => t.flush().map_err(|e| e.reason)?,
-                        None => Vec::new(),
-                    },
+                    None => {
+                        let held = match redactor.as_mut() {
+                            Some(r) => r.flush(),
+                            None => Vec::new(),
+                        };
+                        match transformer.as_mut() {
+                            Some(t) => {
+                                let mut out = t.push(&held).map_err(|e| e.reason)?;
+                                out.extend(t.flush().map_err(|e| e.reason)?);
+                                out
+                            }
+                            None => held,
+                        }
+                    }
                     Some(None) => {
                         let mut out = match redactor.as_mut() {
                             Some(r) => r.finish(),
