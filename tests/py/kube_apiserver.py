@@ -5,7 +5,7 @@ usage: kube_apiserver.py --cert CHAIN.pem --key KEY.pem --token-env VAR --log FI
 Serves, over TLS on 127.0.0.1 (a free port, printed as "LISTENING <port>"), the API
 shapes kubectl reads: /version, legacy discovery (/api, /api/v1, /apis), pods, secrets
 and configmaps in namespace "default" (list, get, delete; JSON, YAML on request, and the
-meta.k8s.io Table kubectl asks for), watch streams, and exec over WebSocket
+meta.k8s.io Table kubectl asks for), watch streams, pod logs (also --follow), and exec over WebSocket
 (v5/v4.channel.k8s.io) that runs nothing but answers deterministically:
 "ran: <argv>" on stdout, exit status 0 (or 3 for the command `false`).
 
@@ -285,6 +285,8 @@ class Handler(BaseHTTPRequestHandler):
             sub = parts[6] if len(parts) > 6 else None
             if sub == "exec":
                 return self.exec(query)
+            if sub == "log" and resource == "pods" and name in STATE["pods"]:
+                return self.log(name, query)
             if sub is not None:
                 return self.status(404, "NotFound", "no such subresource")
             return self.resource(resource, name, query)
@@ -342,6 +344,33 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.flush()
                     time.sleep(0.05)
             time.sleep(float(os.environ.get("KUBE_STANDIN_WATCH_SECONDS", "1.5")))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def log(self, name, query):
+        """Three log lines (one with an email address); with follow=true they come one by
+        one, 0.3 s apart, over a chunked stream."""
+        lines = [f"{name} started\n", "contact ops.lead@example.com for access\n",
+                 f"{name} ready\n"]
+        follow = query.get("follow", ["false"])[0] not in ("0", "false")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        if not follow:
+            body = "".join(lines).encode()
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for line in lines:
+                data = line.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(0.3)
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass

@@ -29,6 +29,7 @@ pub struct KubeEnvBuilder {
     extra_toml: Vec<String>,
     gateway_env: Vec<(String, String)>,
     api_listener: bool,
+    watch_seconds: Option<f64>,
 }
 
 impl KubeEnvBuilder {
@@ -50,12 +51,19 @@ impl KubeEnvBuilder {
         self
     }
 
+    /// How long the stand-in keeps a watch stream open after its events (default 0.5 s).
+    pub fn watch_seconds(mut self, seconds: f64) -> Self {
+        self.watch_seconds = Some(seconds);
+        self
+    }
+
     pub fn start(self) -> KubeEnv {
         let dir = tempfile::Builder::new()
             .prefix("sluice-kube-e2e-")
             .tempdir()
             .expect("creating the test temp dir");
-        let (apiserver, api_port, api_ca, request_log) = start_apiserver(&dir);
+        let (apiserver, api_port, api_ca, request_log) =
+            start_apiserver(&dir, self.watch_seconds.unwrap_or(0.5));
         let state_dir = dir.path().join("state");
         let port = free_port();
         let api = self.api_listener.then(free_port);
@@ -121,7 +129,7 @@ impl KubeEnvBuilder {
 
 /// Generates the stand-in's certificate (a CA and a leaf for 127.0.0.1, as core generates
 /// the gateway's) and starts it; returns it, its port, its CA file and its request log.
-fn start_apiserver(dir: &TempDir) -> (Child, u16, PathBuf, PathBuf) {
+fn start_apiserver(dir: &TempDir, watch_seconds: f64) -> (Child, u16, PathBuf, PathBuf) {
     let mut config = sluice_core::Config::default();
     config.gateway.state_dir = dir.path().join("apiserver");
     sluice_core::tls::server_config(&config, &[]).expect("generating the API server certificate");
@@ -137,7 +145,7 @@ fn start_apiserver(dir: &TempDir) -> (Child, u16, PathBuf, PathBuf) {
         .arg(&request_log)
         .env("STANDIN_TOKEN", UPSTREAM_TOKEN)
         // Watch streams end soon, so `kubectl get -w` returns.
-        .env("KUBE_STANDIN_WATCH_SECONDS", "0.5")
+        .env("KUBE_STANDIN_WATCH_SECONDS", watch_seconds.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -301,6 +309,11 @@ impl KubeEnv {
             None,
             COMMAND_TIMEOUT,
         )
+    }
+
+    /// `sluice replay SESSION_ID`.
+    pub fn replay(&self, session_id: &str) -> String {
+        ok(&self.sluice(&["replay", session_id]))
     }
 
     /// `sluice sessions list --json`.

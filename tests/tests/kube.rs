@@ -42,9 +42,18 @@ fn get_pods_through_the_gateway() {
     assert_upstream_credentials(&env, &token);
     // The session and its commands are recorded with the kube verb and resource.
     let sessions = env.sessions();
+    let replay: String = sessions
+        .iter()
+        .filter(|s| s["connection"] == "k8s")
+        .map(|s| env.replay(s["id"].as_str().unwrap()))
+        .collect();
     assert!(
-        sessions.iter().any(|s| s["connection"] == "k8s"),
-        "{sessions:?}"
+        replay.contains("kube list pods: GET /api/v1/namespaces/default/pods"),
+        "{sessions:?}\n{replay}"
+    );
+    assert!(
+        replay.contains("kube get pods: GET /api/v1/namespaces/default/pods/web-2"),
+        "{replay}"
     );
 }
 
@@ -117,6 +126,37 @@ fn secret_values_are_masked_in_every_format() {
         assert_no_secret(accept, &body);
     }
     assert_upstream_credentials(&env, &token);
+    // The audit record counts what was masked, and holds no value either.
+    let replay: String = env
+        .sessions()
+        .iter()
+        .map(|s| env.replay(s["id"].as_str().unwrap()))
+        .collect();
+    assert!(replay.contains("kube_secret="), "{replay}");
+    assert_no_secret("replay", &replay);
+    // Nor do the gateway's log and state (journal, index, keys) hold a value or the
+    // upstream credential.
+    let log = env.gateway_log();
+    assert_no_secret("the gateway log", &log);
+    assert!(!log.contains(UPSTREAM_TOKEN));
+    let mut dirs = vec![env.state_dir.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for needle in [SECRET_VALUE, SECRET_VALUE_B64, UPSTREAM_TOKEN] {
+                assert!(
+                    !contains_bytes(&bytes, needle.as_bytes()),
+                    "{} holds {needle}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 const DELETE_RULES: &str = r#"
@@ -346,5 +386,70 @@ fn bad_tokens_and_path_tricks_are_refused() {
         env.upstream_requests().is_empty(),
         "{:?}",
         env.upstream_requests()
+    );
+}
+
+/// Runs `cmd` and returns its stdout lines with the time each arrived, and the time it ended.
+fn timed_lines(mut cmd: std::process::Command) -> (Vec<(Duration, String)>, Duration) {
+    use std::io::BufRead;
+    let start = std::time::Instant::now();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .map(|l| (start.elapsed(), l))
+            .collect::<Vec<_>>()
+    });
+    let deadline = start + COMMAND_TIMEOUT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{cmd:?}: {status}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{cmd:?} hung");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended = start.elapsed();
+    (reader.join().unwrap(), ended)
+}
+
+#[test]
+fn watch_and_follow_are_streamed_as_they_arrive_and_masked() {
+    let env = KubeEnv::builder()
+        .watch_seconds(3.0)
+        .extra_toml("[masking]\ndetectors = [\"email\"]\n")
+        .start();
+    let token = env.token("agent-1", &["agents"]);
+    // The watch stays open 3 s after its event: the event must not wait for the end.
+    let (lines, ended) =
+        timed_lines(env.kubectl_command(&token, &["get", "secrets", "--watch-only", "-o", "json"]));
+    let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+    assert!(text.contains("db-credentials"), "{text}");
+    assert_no_secret("watch", &text);
+    let first = lines.first().map(|(t, _)| *t).unwrap();
+    assert!(
+        ended.saturating_sub(first) > Duration::from_millis(1500),
+        "the watch event arrived at {first:?}, the stream ended at {ended:?}"
+    );
+    // Logs: masked, and with --follow released line by line (0.3 s apart upstream).
+    let out = ok(&env.kubectl(&token, &["logs", "web-1"]));
+    assert!(
+        out.contains("web-1 ready") && out.contains("[email]"),
+        "{out}"
+    );
+    assert!(!out.contains("ops.lead@example.com"), "{out}");
+    let (lines, ended) = timed_lines(env.kubectl_command(&token, &["logs", "-f", "web-1"]));
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(!lines[1].1.contains("ops.lead@example.com"), "{lines:?}");
+    assert!(
+        ended.saturating_sub(lines[0].0) > Duration::from_millis(400),
+        "the first log line arrived at {:?}, the stream ended at {ended:?}",
+        lines[0].0
     );
 }
