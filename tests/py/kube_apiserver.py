@@ -9,7 +9,8 @@ meta.k8s.io Table kubectl asks for), watch streams, pod logs (also --follow), an
 (v5/v4.channel.k8s.io) that runs nothing but answers deterministically:
 "ran: <argv>" on stdout, exit status 0 (or 3 for the command `false`).
 
-Every request must carry `Authorization: Bearer $VAR` (401 Status otherwise); each
+Every request must carry `Authorization: Bearer $VAR` (401 Status otherwise), or with
+--client-ca a client certificate from that CA with CN sluice-gateway; each
 request is logged to FILE as a JSON line with the Authorization header it carried, so the
 tests can check what credential reached the upstream.
 
@@ -211,6 +212,7 @@ class Handler(BaseHTTPRequestHandler):
             "authorization": self.headers.get("Authorization"),
             "accept": self.headers.get("Accept"),
             "upgrade": self.headers.get("Upgrade"),
+            "client_cn": self.client_cn(),
         }
         with LOCK, open(self.server.log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -229,7 +231,22 @@ class Handler(BaseHTTPRequestHandler):
                               "status": "Failure", "message": message, "reason": reason,
                               "code": code})
 
+    def client_cn(self):
+        cert = self.connection.getpeercert() or {}
+        for rdn in cert.get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return value
+        return None
+
     def authorized(self):
+        if self.server.client_ca:
+            # Client-certificate mode: the TLS layer already required a certificate
+            # from the client CA; only the gateway's is accepted.
+            if self.client_cn() != "sluice-gateway":
+                self.status(401, "Unauthorized", "Unauthorized")
+                return False
+            return True
         want = "Bearer " + self.server.token
         if self.headers.get("Authorization") != want:
             self.status(401, "Unauthorized", "Unauthorized")
@@ -441,14 +458,19 @@ def main():
     ap.add_argument("--token-env", required=True)
     ap.add_argument("--log", required=True)
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--client-ca", help="require a client certificate from this CA instead of a token")
     args = ap.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
     server.token = os.environ[args.token_env]
     server.log_path = args.log
+    server.client_ca = args.client_ca
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(args.cert, args.key)
     ctx.set_alpn_protocols(["http/1.1"])
+    if args.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(args.client_ca)
     server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"LISTENING {server.server_address[1]}", flush=True)
     server.serve_forever()

@@ -30,6 +30,7 @@ pub struct KubeEnvBuilder {
     gateway_env: Vec<(String, String)>,
     api_listener: bool,
     watch_seconds: Option<f64>,
+    client_cert: bool,
 }
 
 impl KubeEnvBuilder {
@@ -57,13 +58,32 @@ impl KubeEnvBuilder {
         self
     }
 
+    /// The gateway authenticates upstream with a client certificate (`client_cert` /
+    /// `client_key`) instead of a token; the API server then requires that certificate.
+    pub fn client_cert(mut self) -> Self {
+        self.client_cert = true;
+        self
+    }
+
     pub fn start(self) -> KubeEnv {
         let dir = tempfile::Builder::new()
             .prefix("sluice-kube-e2e-")
             .tempdir()
             .expect("creating the test temp dir");
-        let (apiserver, api_port, api_ca, request_log) =
-            start_apiserver(&dir, self.watch_seconds.unwrap_or(0.5));
+        let client = self.client_cert.then(|| client_certificate(&dir));
+        let (apiserver, api_port, api_ca, request_log) = start_apiserver(
+            &dir,
+            self.watch_seconds.unwrap_or(0.5),
+            client.as_ref().map(|c| c.0.clone()),
+        );
+        let credential = match &client {
+            Some((_, cert, key)) => format!(
+                "client_cert = {{ file = {:?} }}\nclient_key = {{ file = {:?} }}",
+                cert.display().to_string(),
+                key.display().to_string()
+            ),
+            None => "token = { env = \"K8S_TOKEN\" }".to_string(),
+        };
         let state_dir = dir.path().join("state");
         let port = free_port();
         let api = self.api_listener.then(free_port);
@@ -79,7 +99,7 @@ impl KubeEnvBuilder {
              name = \"k8s\"\n\
              kind = \"kubernetes\"\n\
              upstream = \"https://127.0.0.1:{api_port}\"\n\
-             token = {{ env = \"K8S_TOKEN\" }}\n\
+             {credential}\n\
              ca = {{ file = {ca:?} }}\n\
              allow_groups = [\"agents\", \"dba\", \"batch\"]\n\
              \n\
@@ -129,14 +149,25 @@ impl KubeEnvBuilder {
 
 /// Generates the stand-in's certificate (a CA and a leaf for 127.0.0.1, as core generates
 /// the gateway's) and starts it; returns it, its port, its CA file and its request log.
-fn start_apiserver(dir: &TempDir, watch_seconds: f64) -> (Child, u16, PathBuf, PathBuf) {
+fn start_apiserver(
+    dir: &TempDir,
+    watch_seconds: f64,
+    client_ca: Option<PathBuf>,
+) -> (Child, u16, PathBuf, PathBuf) {
     let mut config = sluice_core::Config::default();
     config.gateway.state_dir = dir.path().join("apiserver");
     sluice_core::tls::server_config(&config, &[]).expect("generating the API server certificate");
     let (ca, cert, key) = sluice_core::tls::generated_paths(&config.gateway.state_dir);
     let request_log = dir.path().join("apiserver-requests.jsonl");
-    let mut child = Command::new("python3")
-        .arg(py_dir().join("kube_apiserver.py"))
+    let mut cmd = Command::new("python3");
+    if let Some(ca) = &client_ca {
+        cmd.arg(py_dir().join("kube_apiserver.py"))
+            .arg("--client-ca")
+            .arg(ca);
+    } else {
+        cmd.arg(py_dir().join("kube_apiserver.py"));
+    }
+    let mut child = cmd
         .arg("--cert")
         .arg(&cert)
         .arg("--key")
@@ -162,6 +193,76 @@ fn start_apiserver(dir: &TempDir, watch_seconds: f64) -> (Child, u16, PathBuf, P
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("the stand-in API server did not start: {line:?}"));
     (child, port, ca, request_log)
+}
+
+/// A client CA and a certificate for CN `sluice-gateway` signed by it (openssl CLI);
+/// returns the CA, the certificate and the key.
+fn client_certificate(dir: &TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let d = dir.path().join("client-pki");
+    fs::create_dir_all(&d).expect("creating the client PKI dir");
+    let p = |name: &str| d.join(name);
+    fs::write(p("ext"), "extendedKeyUsage=clientAuth\n").expect("writing ext");
+    let steps: [&[&str]; 3] = [
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test client CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ],
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+            "-subj",
+            "/CN=sluice-gateway",
+        ],
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "ext",
+        ],
+    ];
+    for args in steps {
+        let out = run_with_timeout(
+            Command::new("openssl").args(args).current_dir(&d),
+            None,
+            COMMAND_TIMEOUT,
+        );
+        ok(&out);
+    }
+    (p("ca.crt"), p("client.crt"), p("client.key"))
 }
 
 /// The stand-in API server, the gateway in front of it, and a temp dir.

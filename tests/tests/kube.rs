@@ -453,3 +453,23 @@ fn watch_and_follow_are_streamed_as_they_arrive_and_masked() {
         lines[0].0
     );
 }
+
+#[test]
+fn client_certificate_upstream() {
+    let env = KubeEnv::builder().client_cert().start();
+    let token = env.token("agent-1", &["agents"]);
+    let out = ok(&env.kubectl(&token, &["get", "pods"]));
+    assert!(out.contains("web-1"), "{out}");
+    let out = ok(&env.kubectl(&token, &["get", "secret", "db-credentials", "-o", "yaml"]));
+    assert_no_secret("-o yaml", &out);
+    let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "id"]));
+    assert_eq!(out, "ran: id\n");
+    // Every request (the exec's WebSocket too) came with the gateway's certificate and
+    // no Authorization header at all.
+    let requests = env.upstream_requests();
+    assert!(requests.len() >= 4, "{requests:?}");
+    for r in &requests {
+        assert_eq!(r["client_cn"], "sluice-gateway", "{r}");
+        assert!(r["authorization"].is_null(), "{r}");
+    }
+}
