@@ -78,6 +78,12 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "python3",
         present: || command_exists("python3"),
     },
+    // The Kubernetes e2e tests drive a real kubectl (≥ 1.30: exec over WebSocket); the
+    // machine image ships one. Debian 12's kubernetes-client (1.20) is too old.
+    Requirement {
+        package: "kubectl",
+        present: || command_exists("kubectl"),
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
