@@ -213,6 +213,8 @@ class Handler(BaseHTTPRequestHandler):
             "accept": self.headers.get("Accept"),
             "upgrade": self.headers.get("Upgrade"),
             "client_cn": self.client_cn(),
+            "impersonation": sorted(k for k in self.headers.keys()
+                                    if k.lower().startswith("impersonate-")),
         }
         with LOCK, open(self.server.log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -304,6 +304,11 @@ fn exec_allowed_and_denied_by_command() {
         err.contains("no-rm") && err.contains("not allowed"),
         "{err}"
     );
+    let err = failed(&env.kubectl(
+        &token,
+        &["exec", "web-1", "--", "sh", "-c", "cd /srv && rm -rf ."],
+    ));
+    assert!(err.contains("no-rm"), "{err}");
     let err = failed(&env.kubectl(&token, &["exec", "web-2", "--", "ls"]));
     assert!(err.contains("no-exec-web-2"), "{err}");
     // Neither denied exec reached the API server (over WebSocket or kubectl's SPDY retry).
@@ -312,7 +317,7 @@ fn exec_allowed_and_denied_by_command() {
         .into_iter()
         .filter(|r| r["path"].as_str().unwrap_or("").contains("/exec"))
         .collect();
-    assert_eq!(execs.len(), 2, "{execs:?}");
+    assert_eq!(execs.len(), 2, "only the two allowed execs: {execs:?}");
     assert!(
         execs.iter().all(|r| r["upgrade"] == "websocket"),
         "{execs:?}"
@@ -472,4 +477,120 @@ fn client_certificate_upstream() {
         assert_eq!(r["client_cn"], "sluice-gateway", "{r}");
         assert!(r["authorization"].is_null(), "{r}");
     }
+}
+
+fn curl_with(
+    env: &KubeEnv,
+    token: &str,
+    method: &str,
+    path: &str,
+    headers: &[&str],
+) -> (u16, String) {
+    let ca = env.state_dir.join("tls").join("ca.crt");
+    let mut cmd = std::process::Command::new("curl");
+    if method == "HEAD" {
+        cmd.arg("-I");
+    } else {
+        cmd.args(["-X", method]);
+    }
+    cmd.args([
+        "-sS",
+        "--path-as-is",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "--cacert",
+    ])
+    .arg(&ca)
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("https://127.0.0.1:{}{path}", env.port));
+    let out = run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT);
+    let text = stdout(&out);
+    let (body, code) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", text.trim()));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+#[test]
+fn rules_hold_against_spelling_tricks() {
+    let env = KubeEnv::builder()
+        .extra_toml(
+            r#"
+[[rules]]
+name = "no-secret-reads"
+match = { kube = { resources = ["secrets"], verbs = ["get", "list", "watch"] } }
+action = "deny"
+message = "Agents do not read secrets."
+"#,
+        )
+        .start();
+    let token = env.token("agent-1", &["agents"]);
+    for (method, path) in [
+        ("GET", "/k8s/api/v1/namespaces/default/secrets"),
+        ("GET", "/k8s/api/v1/namespaces/default/secrets/"),
+        ("GET", "/k8s/api/v1/namespaces/default/Secrets"),
+        (
+            "GET",
+            "/k8s/api/v1/namespaces/default/secrets/db-credentials",
+        ),
+        (
+            "GET",
+            "/k8s/api/v1/namespaces/def%61ult/secr%65ts/db-credentials",
+        ),
+        ("GET", "/k8s/api/v1/secrets"),
+        ("GET", "/k8s/api/v1/watch/namespaces/default/secrets"),
+        ("GET", "/k8s/api/v1/namespaces/default/secrets?watch=1"),
+        ("GET", "/k8s/api/v1/namespaces/default/secrets?watch=yes"),
+        (
+            "GET",
+            "/k8s/api/v1/namespaces/default/secrets/db-credentials?watch=true",
+        ),
+        (
+            "HEAD",
+            "/k8s/api/v1/namespaces/default/secrets/db-credentials",
+        ),
+    ] {
+        let (code, body) = curl_with(&env, &token, method, path, &[]);
+        assert_eq!(code, 403, "{method} {path}: {body}");
+        if method != "HEAD" {
+            assert!(
+                body.contains("\"kind\":\"Status\"") && body.contains("no-secret-reads"),
+                "{path}: {body}"
+            );
+        }
+    }
+    for path in [
+        "/k8s/api/v1/namespaces/default/pods/../secrets",
+        "/k8s/api/v1/namespaces/default/pods/%2e%2e/secrets",
+        "/k8s/api/v1/namespaces/default/pods%2f..%2fsecrets",
+    ] {
+        let (code, body) = curl_with(&env, &token, "GET", path, &[]);
+        assert_eq!(code, 400, "{path}: {body}");
+    }
+    assert!(
+        env.upstream_requests().is_empty(),
+        "{:?}",
+        env.upstream_requests()
+    );
+    // Other reads pass; impersonation headers never reach the API server.
+    let (code, body) = curl_with(
+        &env,
+        &token,
+        "GET",
+        "/k8s/api/v1/namespaces/default/pods",
+        &[
+            "Impersonate-User: system:admin",
+            "Impersonate-Group: system:masters",
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let seen = env.upstream_requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0]["impersonation"], serde_json::json!([]), "{seen:?}");
 }

@@ -184,6 +184,11 @@ impl Flavor for KubeFlavor {
             {
                 self.remember(target(head), problem);
             }
+            if head.method == http::Method::HEAD {
+                // A HEAD response has no body (over HTTP/2 a body is a protocol error).
+                let (parts, _) = status_response(problem).into_parts();
+                return http::Response::from_parts(parts, sluice_http::problem::full(""));
+            }
         }
         status_response(problem)
     }
