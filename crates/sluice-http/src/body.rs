@@ -257,6 +257,11 @@ impl<F: FnOnce(BodyStats) + Send + Unpin> http_body::Body for CountingBody<F> {
                 if let Some(data) = frame.data_ref() {
                     this.stats.saw(data);
                 }
+                // With a known length the server stops polling after the
+                // last byte, so the end is recorded here.
+                if this.inner.is_end_stream() {
+                    this.end(None);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
