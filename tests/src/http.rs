@@ -114,6 +114,7 @@ pub struct HttpEnvBuilder {
     extra: Vec<String>,
     env: Vec<(String, String)>,
     no_crm: bool,
+    tls_upstream: bool,
 }
 
 impl HttpEnvBuilder {
@@ -130,6 +131,13 @@ impl HttpEnvBuilder {
         self
     }
 
+    /// Also starts an HTTPS upstream with a certificate from a test CA:
+    /// `{TLS_UPSTREAM}` is its `https://127.0.0.1:port`, `{TLS_CA}` the CA file.
+    pub fn tls_upstream(mut self) -> Self {
+        self.tls_upstream = true;
+        self
+    }
+
     /// Leaves out the default `crm` connection.
     pub fn without_crm(mut self) -> Self {
         self.no_crm = true;
@@ -142,7 +150,12 @@ impl HttpEnvBuilder {
             .tempdir()
             .expect("creating the test temp dir");
         let upstream = Upstream::start(dir.path(), None);
+        let tls_upstream = self.tls_upstream.then(|| {
+            let (cert, key) = test_ca(dir.path());
+            Upstream::start(dir.path(), Some((&cert, &key)))
+        });
         let mut env = HttpEnv {
+            tls_upstream,
             gateway: None,
             port: 0,
             api_port: 0,
@@ -168,6 +181,14 @@ impl HttpEnvBuilder {
             CRM.to_string()
         };
         extra.push_str(&self.extra.join("\n"));
+        if let Some(t) = &env.tls_upstream {
+            extra = extra
+                .replace("{TLS_UPSTREAM}", &format!("https://{}", t.addr))
+                .replace(
+                    "{TLS_CA}",
+                    &env.dir.path().join("ca.crt").display().to_string(),
+                );
+        }
         env.extra = extra
             .replace("{UPSTREAM}", &format!("http://{}", env.upstream.addr))
             .replace("{DIR}", &env.dir.path().display().to_string());
@@ -189,6 +210,8 @@ pub struct HttpEnv {
     gateway_env: Vec<(String, String)>,
     extra: String,
     pub upstream: Upstream,
+    /// The HTTPS upstream, when asked for ([`HttpEnvBuilder::tls_upstream`]).
+    pub tls_upstream: Option<Upstream>,
     pub dir: TempDir,
 }
 
@@ -416,6 +439,69 @@ impl Drop for HttpEnv {
             let _ = child.wait();
         }
     }
+}
+
+/// A CA (`ca.crt`) and a certificate for 127.0.0.1/localhost signed by it,
+/// made with the openssl CLI in `dir`; returns the leaf's (cert, key) paths.
+fn test_ca(dir: &std::path::Path) -> (String, String) {
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new("openssl");
+        cmd.current_dir(dir).args(args);
+        ok(&run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT));
+    };
+    fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .expect("writing leaf.ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sluice test upstream CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+    (
+        dir.join("leaf.crt").display().to_string(),
+        dir.join("leaf.key").display().to_string(),
+    )
 }
 
 /// Polls `f` every 100 ms until it returns `Some` or `timeout` passes.

@@ -601,3 +601,50 @@ allow_groups = ["agents"]
     assert!(body.contains("did not answer within"), "{body}");
     env.replay_with(&["GET /slow", "client saw error"]);
 }
+
+#[test]
+fn https_upstreams_are_verified_against_the_configured_ca() {
+    let env = HttpEnv::builder()
+        .tls_upstream()
+        .toml(
+            r#"
+[[connections]]
+name = "secure"
+kind = "http"
+upstream = "{TLS_UPSTREAM}"
+ca = { file = "{TLS_CA}" }
+bearer = { env = "CRM_TOKEN" }
+allow_groups = ["agents"]
+
+[[connections]]
+name = "untrusted"
+kind = "http"
+upstream = "{TLS_UPSTREAM}"
+allow_groups = ["agents"]
+
+[[connections]]
+name = "unverified"
+kind = "http"
+upstream = "{TLS_UPSTREAM}"
+upstream_tls = "require"
+allow_groups = ["agents"]
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+    let (status, body) = env.get(&token, "/secure/echo", &[]);
+    assert_eq!(status, 200, "{body}");
+    let tls = env.tls_upstream.as_ref().unwrap();
+    let seen = tls.last("/echo").unwrap();
+    assert_eq!(
+        header(&seen, "authorization"),
+        [format!("Bearer {CRM_SECRET}")]
+    );
+    // No CA configured: the system roots do not know the test CA.
+    let (status, body) = env.get(&token, "/untrusted/echo", &[]);
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(tls.requests().len(), 1);
+    // `require`: encrypted, not verified (an explicit opt-out).
+    let (status, body) = env.get(&token, "/unverified/echo", &[]);
+    assert_eq!(status, 200, "{body}");
+}

@@ -78,6 +78,11 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "python3",
         present: || command_exists("python3"),
     },
+    Requirement {
+        // The HTTP gateway's e2e tests use Python requests as a client.
+        package: "python3-requests",
+        present: || succeeds(Command::new("python3").args(["-c", "import requests"])),
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
