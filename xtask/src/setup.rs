@@ -78,6 +78,11 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "python3",
         present: || command_exists("python3"),
     },
+    Requirement {
+        // The HTTP gateway's e2e tests use Python requests as a client.
+        package: "python3-requests",
+        present: || succeeds(Command::new("python3").args(["-c", "import requests"])),
+    },
     // The Kubernetes e2e tests drive a real kubectl (≥ 1.30: exec over WebSocket); the
     // machine image ships one. Debian 12's kubernetes-client (1.20) is too old.
     Requirement {

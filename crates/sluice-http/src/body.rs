@@ -279,6 +279,11 @@ impl<F: FnOnce(BodyStats) + Send + Unpin> http_body::Body for CountingBody<F> {
                 if let Some(data) = frame.data_ref() {
                     this.stats.saw(data);
                 }
+                // With a known length the server stops polling after the
+                // last byte, so the end is recorded here.
+                if this.inner.is_end_stream() {
+                    this.end(None);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -307,6 +312,115 @@ impl<F: FnOnce(BodyStats) + Send> Drop for CountingBody<F> {
         if self.on_end.is_some() {
             self.end(Some("the client went away before the body ended".into()));
         }
+    }
+}
+
+/// A request body over the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the gateway's limit")]
+pub struct TooLarge;
+
+/// The client's request body on its way upstream, cut at `max` bytes. On
+/// overflow the client's body is handed back through `stash` (see
+/// [`Holding`]) rather than dropped.
+pub struct Capped {
+    inner: Option<hyper::body::Incoming>,
+    seen: u64,
+    max: u64,
+    stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+}
+
+impl Capped {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        max: u64,
+        stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+    ) -> Self {
+        Capped {
+            inner: Some(inner),
+            seen: 0,
+            max,
+            stash,
+        }
+    }
+}
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Some(Err(Box::new(TooLarge))));
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        if let (Some(body), Ok(mut stash)) = (this.inner.take(), this.stash.lock())
+                        {
+                            *stash = Some(body);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+/// A response body that keeps the unread request body until it ends.
+pub struct Holding {
+    inner: Body,
+    _held: Option<hyper::body::Incoming>,
+}
+
+impl Holding {
+    pub fn new(inner: Body, held: hyper::body::Incoming) -> Self {
+        Holding {
+            inner,
+            _held: Some(held),
+        }
+    }
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

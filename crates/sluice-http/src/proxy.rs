@@ -17,7 +17,7 @@ use crate::server::{empty, render_default, Shared};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use sluice_core::model::{Decision, Identity, Outcome};
@@ -33,6 +33,9 @@ use tokio::sync::Notify;
 const STREAM_IDLE_FLUSH: Duration = Duration::from_millis(50);
 
 type SessionKey = ([u8; 32], String);
+
+/// The client's request body while the gateway has not passed it on.
+type Unread = Arc<Mutex<Option<Incoming>>>;
 
 /// A live session on a client connection.
 pub(crate) struct Live {
@@ -196,7 +199,12 @@ impl ClientConn {
         Box::pin(async move {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
-            match self.proxy(req).await {
+            let (parts, body) = req.into_parts();
+            let unread: Unread = Arc::new(Mutex::new(Some(body)));
+            let response = match self
+                .proxy(Request::from_parts(parts, ()), unread.clone())
+                .await
+            {
                 Ok(r) => r,
                 Err(Refused { problem, flavor }) => {
                     if problem.status.is_server_error() {
@@ -209,6 +217,18 @@ impl ClientConn {
                         None => render_default(&problem),
                     }
                 }
+            };
+            // A request body the gateway did not read (a refusal, a body over
+            // the limit) is dropped only after the response is sent: HTTP/2
+            // then resets the stream with NO_ERROR, which clients accept,
+            // instead of CANCEL, which they report as a failure.
+            let held = unread.lock().ok().and_then(|mut b| b.take());
+            match held {
+                Some(body) => {
+                    let (parts, inner) = response.into_parts();
+                    Response::from_parts(parts, body::Holding::new(inner, body).boxed())
+                }
+                None => response,
             }
         })
     }
@@ -336,9 +356,9 @@ impl ClientConn {
         }
     }
 
-    async fn proxy(&self, req: Request<Incoming>) -> Result<Response<Body>, Refused> {
+    async fn proxy(&self, req: Request<()>, unread: Unread) -> Result<Response<Body>, Refused> {
         let started = Instant::now();
-        let (mut parts, body) = req.into_parts();
+        let (mut parts, ()) = req.into_parts();
         let limits = self.shared.limits.clone();
 
         // The token authenticates to Sluice and is never forwarded.
@@ -577,7 +597,12 @@ impl ClientConn {
         let up_body: Body = if upgrade.is_some() {
             empty()
         } else {
-            Limited::new(body, limits.max_request_body as usize).boxed()
+            match unread.lock().ok().and_then(|mut b| b.take()) {
+                Some(body) => {
+                    body::Capped::new(body, limits.max_request_body, unread.clone()).boxed()
+                }
+                None => empty(),
+            }
         };
         let mut up_req = Request::new(up_body);
         *up_req.method_mut() = parts.method.clone();
@@ -605,7 +630,7 @@ impl ClientConn {
         let response = match sent {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
-                let problem = if source_is::<http_body_util::LengthLimitError>(&e) {
+                let problem = if source_is::<body::TooLarge>(&e) {
                     too_large(limits.max_request_body)
                 } else {
                     tracing::warn!(message = "The upstream request failed.", connection = %connection.name, error = %error_chain(&e));

@@ -47,6 +47,8 @@ struct Scanner {
     state: State,
     frames: u64,
     bytes: u64,
+    /// A close frame went this way: the peer may now drop the connection abruptly.
+    saw_close: bool,
 }
 
 /// The header's total length once enough bytes are there to know it.
@@ -71,6 +73,7 @@ impl Scanner {
             state: State::Header(Vec::with_capacity(14)),
             frames: 0,
             bytes: 0,
+            saw_close: false,
         }
     }
 
@@ -105,6 +108,7 @@ impl Scanner {
                     let mask = (header[1] & 0x80 != 0)
                         .then(|| [header[at], header[at + 1], header[at + 2], header[at + 3]]);
                     self.frames += 1;
+                    self.saw_close |= opcode == 8;
                     let hooked = match &self.hook {
                         Some(_) => {
                             if len > MAX_HOOKED_FRAME {
@@ -230,12 +234,28 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     let mut out = Vec::with_capacity(16 * 1024);
+    // After a close frame, a peer that drops the connection (reset, no TLS
+    // close_notify) has closed it; before one, that is an error to record.
+    let io_end = |e: std::io::Error, scanner: &Scanner| -> Result<(), String> {
+        let abrupt = matches!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        );
+        if abrupt && (scanner.saw_close || e.kind() == std::io::ErrorKind::UnexpectedEof) {
+            Ok(())
+        } else {
+            Err(e.to_string())
+        }
+    };
     loop {
         let n = match from.read(&mut buf).await {
             Ok(n) => n,
-            // A TLS peer that closes without close_notify has still closed.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => {
+                io_end(e, scanner)?;
+                0
+            }
         };
         if n == 0 {
             let _ = to.shutdown().await;
@@ -244,8 +264,12 @@ where
         out.clear();
         scanner.process(&buf[..n], &mut out)?;
         if !out.is_empty() {
-            to.write_all(&out).await.map_err(|e| e.to_string())?;
-            to.flush().await.map_err(|e| e.to_string())?;
+            if let Err(e) = to.write_all(&out).await {
+                return io_end(e, scanner);
+            }
+            if let Err(e) = to.flush().await {
+                return io_end(e, scanner);
+            }
         }
     }
 }

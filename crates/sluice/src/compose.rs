@@ -53,7 +53,13 @@ fn http_flavors() -> sluice_http::FlavorRegistry {
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
     for c in &config.connections {
-        if let Some(secret) = &c.password {
+        let secrets = c
+            .password
+            .iter()
+            .chain(c.headers.values())
+            .chain(c.bearer.iter())
+            .chain(c.basic.iter().map(|b| &b.password));
+        for secret in secrets {
             if let Err(e) = secret.resolve() {
                 tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
             }

@@ -88,6 +88,43 @@ fn secret_resolution_never_shows_value() {
 }
 
 #[test]
+fn http_connections_are_checked() {
+    let base = r#"
+[[connections]]
+name = "crm"
+kind = "http"
+upstream = "https://crm.internal"
+allow_groups = ["agents"]
+"#;
+    assert!(Config::from_toml_str(base, "t.toml").is_ok());
+    for (extra, key) in [
+        ("upstream_tls = \"disable\"", "upstream_tls"),
+        (
+            "bearer = { env = \"A\" }\nbasic = { user = \"u\", password = { env = \"B\" } }",
+            "bearer",
+        ),
+        (
+            "bearer = { env = \"A\" }\nheaders = { Authorization = { env = \"B\" } }",
+            "bearer",
+        ),
+        ("headers = { \"Bad Name\" = { env = \"B\" } }", "headers"),
+        ("headers = { Host = { env = \"B\" } }", "headers"),
+        ("hosts = [\"https://crm.example\"]", "hosts"),
+    ] {
+        let text = format!("{base}{extra}\n");
+        let err = Config::from_toml_str(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("connections.0.{key}")),
+            "{extra}: {err}"
+        );
+    }
+    let text = base.replace("https://crm.internal", "https://crm.internal/?x=1");
+    assert!(Config::from_toml_str(&text, "t.toml").is_err());
+}
+
+#[test]
 fn kubernetes_connections_need_a_credential() {
     let kube = |extra: &str| {
         format!(
@@ -117,4 +154,11 @@ fn kubernetes_connections_need_a_credential() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("https://"), "{err}");
+    let err = Config::from_toml_str(
+        &kube("token = { env = \"K\" }\nbearer = { env = \"B\" }"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("connections.1.token"), "{err}");
 }
