@@ -594,3 +594,40 @@ message = "Agents do not read secrets."
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0]["impersonation"], serde_json::json!([]), "{seen:?}");
 }
+
+#[test]
+fn exec_held_for_approval_runs_once_approved() {
+    let env = KubeEnv::builder()
+        .extra_toml(
+            r#"
+[[rules]]
+name = "reviewed-exec"
+groups = ["agents"]
+match = { kube = { verbs = ["exec"] } }
+action = "review"
+approvers = ["dba"]
+timeout = "60s"
+"#,
+        )
+        .api_listener()
+        .start();
+    let agent = env.token("agent-1", &["agents"]);
+    let dba = env.token("ops-1", &["dba"]);
+    let child = env
+        .kubectl_command(&agent, &["exec", "web-1", "--", "uptime"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = pending(&env, &dba);
+    assert_eq!(request["command"], "uptime", "{request}");
+    std::thread::sleep(Duration::from_secs(2));
+    let id = request["id"].as_str().unwrap().to_string();
+    ok(&approvals(&env, &dba, &["approve", &id]));
+    let out = wait_output(child, COMMAND_TIMEOUT, "kubectl exec (held)");
+    assert_eq!(ok(&out), "ran: uptime\n");
+    // One approval, one exec upstream: no second review through kubectl's SPDY retry.
+    let out = approvals(&env, &dba, &["list", "--json", "--all"]);
+    let all: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+}
