@@ -323,6 +323,14 @@ fn exec_allowed_and_denied_by_command() {
         "{execs:?}"
     );
     assert_upstream_credentials(&env, &token);
+    let replay: String = env
+        .sessions()
+        .iter()
+        .map(|s| env.replay(s["id"].as_str().unwrap()))
+        .collect();
+    assert!(replay.contains("exec: ls -la /srv"), "{replay}");
+    assert!(replay.contains("exec: rm -rf /srv"), "{replay}");
+    assert!(replay.contains("deny (rule no-rm)"), "{replay}");
 }
 
 #[test]

@@ -34,6 +34,9 @@ pub struct KubeFlavor {
     /// kubectl retries a refused WebSocket exec over SPDY (which the gateway
     /// does not relay); the retry is answered with the same refusal, without
     /// judging (and possibly holding for approval) the same command twice.
+    /// Keyed by target only (the flavor does not see who asks): another
+    /// caller's SPDY request for the same target may read this refusal's
+    /// rule and message, but is refused either way, as SPDY is never relayed.
     refused: Mutex<HashMap<String, (Instant, Problem)>>,
 }
 

@@ -159,7 +159,9 @@ impl ApiRequest {
                     }
                     s.push('/');
                     s.push_str(name);
-                    if let Some(sub) = &self.subresource {
+                    // `exec pods/web`, not `exec pods/web/exec`.
+                    if let Some(sub) = self.subresource.as_ref().filter(|s| *s != self.verb.name())
+                    {
                         s.push('/');
                         s.push_str(sub);
                     }

@@ -67,7 +67,7 @@ fn exec_is_its_command() {
         cmds[0].context,
         vec![
             format!("kube: GET /api/v1/namespaces/default/pods/web-1/exec?{q}"),
-            "exec pods/web-1/exec -n default -c app".to_string()
+            "exec pods/web-1 -n default -c app".to_string()
         ]
     );
     let err = commands(
