@@ -155,7 +155,7 @@ def table(resource, objects):
         # add) that shows a value: the gateway must mask cells it does not know.
         cols = [column("Name", fmt="name"), column("Type"), column("Data", "integer"),
                 column("Age"), column("Preview")]
-        cells = lambda o: [o["metadata"]["name"], o["type"], len(o.get("data", {})), "1d",
+        cells = lambda o: [o["metadata"]["name"], o.get("type", "Opaque"), len(o.get("data", {})), "1d",
                            SECRET_DATA["password"]]
     else:
         cols = [column("Name", fmt="name"), column("Data", "integer"), column("Age")]
@@ -340,6 +340,24 @@ class Handler(BaseHTTPRequestHandler):
             if obj is None:
                 return self.status(404, "NotFound", f'{resource} "{name}" not found')
             return self.send_json(200, obj)
+        if self.command == "POST" and name is None:
+            try:
+                obj = json.loads(self.body() or b"{}")
+            except ValueError:
+                return self.status(400, "BadRequest", "the body is not JSON")
+            new_name = (obj.get("metadata") or {}).get("name")
+            if not new_name:
+                return self.status(422, "Invalid", "metadata.name is required")
+            obj.setdefault("metadata", {}).update(meta(new_name, kind, "6b1f7c1e-0000-4000-8000-0000000000ff"))
+            if kind == "Secret":
+                obj.setdefault("type", "Opaque")
+            # stringData is write-only: the API server folds it into data.
+            if "stringData" in obj:
+                obj.setdefault("data", {}).update({k: b64(v) for k, v in obj.pop("stringData").items()})
+            if "dryRun" not in query:
+                with LOCK:
+                    objects[new_name] = obj
+            return self.send_json(201, obj)
         self.body()
         return self.status(405, "MethodNotAllowed", "the stand-in does not support this")
 

@@ -96,6 +96,33 @@ fn secret_values_are_masked_in_every_format() {
     let out = ok(&env.kubectl(&token, &["describe", "secret", "db-credentials"]));
     assert!(out.contains("password"), "{out}");
     assert_no_secret("describe", &out);
+    // What a create returns is masked too (the API server echoes the object, and kubectl
+    // apply records the whole manifest in an annotation).
+    let manifest = env.dir.path().join("secret.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: applied\nstringData:\n  api-key: created-value-4711\n",
+    )
+    .unwrap();
+    let out = ok(&env.kubectl(
+        &token,
+        &[
+            "apply",
+            "--validate=false",
+            "-o",
+            "yaml",
+            "-f",
+            manifest.to_str().unwrap(),
+        ],
+    ));
+    assert!(
+        out.contains("api-key") && out.contains("W3NlY3JldF0="),
+        "{out}"
+    );
+    assert!(
+        !out.contains("created-value-4711") && !out.contains("Y3JlYXRlZC12YWx1ZS00NzEx"),
+        "{out}"
+    );
     // (`kubectl get --raw` drops the kubeconfig server's /<connection> path; raw reads are
     // covered with curl below.)
     // Watch: events are masked one by one as they arrive.

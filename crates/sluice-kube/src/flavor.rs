@@ -328,6 +328,18 @@ impl Flavor for KubeFlavor {
             };
             return ResponsePlan::new(body).streaming(watch);
         }
+        if essence.contains("protobuf") || essence.contains("cbor") {
+            // Binary encodings the detectors cannot read. Resource requests ask
+            // for JSON (prepare_upstream), so a binary answer to one is refused;
+            // elsewhere (the OpenAPI schema) it is passed on untouched.
+            if req.scope != Scope::Resource {
+                return ResponsePlan::new(BodyPlan::PassThrough);
+            }
+            return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
+                ProblemKind::BadGateway,
+                format!("the API server answered with {essence:?} although the gateway asked for JSON; it must be masked, so it was not passed on"),
+            )));
+        }
         if secrets {
             return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
                 ProblemKind::BadGateway,

@@ -316,6 +316,20 @@ fn response_plans() {
     );
     assert!(matches!(p.body, BodyPlan::Transform(_)));
     let p = plan(
+        "/api/v1/namespaces/default/configmaps",
+        None,
+        "application/vnd.kubernetes.protobuf",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::Refuse(_)));
+    let p = plan(
+        "/openapi/v2",
+        None,
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::PassThrough));
+    let p = plan(
         "/api/v1/namespaces/default/pods/web/log",
         Some("follow=true"),
         "text/plain",
