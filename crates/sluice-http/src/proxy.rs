@@ -843,7 +843,7 @@ impl ClientConn {
             BodyPlan::Text => {
                 let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
                     .map(|e| Box::new(TextMasking(e.stream())) as Box<dyn BodyTransformer>);
-                Ok(stream_response(
+                small_or_streamed(
                     rparts,
                     upstream_body,
                     transformer,
@@ -851,10 +851,13 @@ impl ClientConn {
                     plan.streaming,
                     finish,
                     live,
-                ))
+                    timeout,
+                )
+                .await
+                .or_else(|p| Ok(render(p)))
             }
             // Pass-through with echoes to redact.
-            _ => Ok(stream_response(
+            _ => small_or_streamed(
                 rparts,
                 upstream_body,
                 None,
@@ -862,7 +865,10 @@ impl ClientConn {
                 plan.streaming,
                 finish,
                 live,
-            )),
+                timeout,
+            )
+            .await
+            .or_else(|p| Ok(render(p))),
         }
     }
 
@@ -1076,6 +1082,92 @@ impl Finisher {
         };
         finish_all(&self.recorder, &self.commands, outcome);
     }
+}
+
+/// Bodies up to this size (by `Content-Length`) are read whole and rewritten
+/// inline, without a relay task: the common small API response.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// A small body with a known length is rewritten in one go; anything else
+/// is streamed (see [`stream_response`]).
+#[allow(clippy::too_many_arguments)]
+async fn small_or_streamed(
+    mut parts: http::response::Parts,
+    upstream: Body,
+    mut transformer: Option<Box<dyn BodyTransformer>>,
+    redactor: Option<Redactor>,
+    streaming: bool,
+    finish: Finisher,
+    live: Arc<Live>,
+    timeout: Duration,
+) -> Result<Response<Body>, Problem> {
+    let small = !streaming
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+    if !small {
+        return Ok(stream_response(
+            parts,
+            upstream,
+            transformer,
+            redactor,
+            streaming,
+            finish,
+            live,
+        ));
+    }
+    let mut stats = BodyStats::default();
+    let bytes = match read_capped(upstream, SMALL_BODY as usize, timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            finish.done(
+                BodyStats {
+                    error: Some(e.clone()),
+                    ..Default::default()
+                },
+                Some(StatusCode::BAD_GATEWAY),
+            );
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                format!("sluice: the upstream's response could not be read: {e}"),
+            ));
+        }
+    };
+    let mut out = match redactor {
+        Some(mut r) => {
+            let out = r.redact_all(&bytes);
+            stats.masked.add("injected_credential", r.redacted);
+            out
+        }
+        None => bytes.to_vec(),
+    };
+    if let Some(t) = transformer.as_mut() {
+        let pushed = t.push(&out).and_then(|mut o| {
+            o.extend(t.finish()?);
+            Ok(o)
+        });
+        out = match pushed {
+            Ok(o) => o,
+            Err(e) => {
+                finish.done(
+                    BodyStats {
+                        error: Some(e.reason.clone()),
+                        ..Default::default()
+                    },
+                    Some(StatusCode::BAD_GATEWAY),
+                );
+                return Err(masking_failed(&e.reason));
+            }
+        };
+        stats.masked.merge(&t.counts());
+    }
+    stats.saw(&out);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    finish.done(stats, None);
+    Ok(Response::from_parts(parts, full(out)))
 }
 
 /// Streams the body through the redactor and transformer in a task, with
