@@ -208,6 +208,14 @@ action = "deny"
         assert_eq!(status, 403, "{path}: {body}");
         assert_eq!(json(&body)["rule"], "no-admin", "{path}");
     }
+    // HEAD over HTTP/2: the refusal is a head without a body (a body would be a protocol error).
+    let out = env.curl(Some(&token), &["--http2", "-I", &env.url("/crm/admin/x")]);
+    assert_eq!(
+        split_status(&out).0,
+        403,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, _) = env.get(&token, "/crm/items?force=true", &[]);
     assert_eq!(status, 403);
     let (status, _) = env.get(&token, "/crm/items?%66orce=%74rue", &[]);

@@ -222,6 +222,14 @@ impl ClientConn {
             // the limit) is dropped only after the response is sent: HTTP/2
             // then resets the stream with NO_ERROR, which clients accept,
             // instead of CANCEL, which they report as a failure.
+            // A response to HEAD has no body (over HTTP/2 one is a protocol
+            // error): problems the gateway writes itself are cut to their head.
+            let response = if method == http::Method::HEAD {
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, empty())
+            } else {
+                response
+            };
             let held = unread.lock().ok().and_then(|mut b| b.take());
             match held {
                 Some(body) => {
@@ -705,7 +713,13 @@ impl ClientConn {
             header_redactions,
         };
         let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
-        let redactor = Redactor::new(&secrets);
+        // No body (HEAD, 204, 304): nothing to redact, and the length header
+        // describes the representation, so it stays.
+        let redactor = if crate::masking::has_body(head.method, status) {
+            Redactor::new(&secrets)
+        } else {
+            None
+        };
         match plan.body {
             BodyPlan::Refuse(problem) => {
                 finish.done(
