@@ -656,3 +656,21 @@ allow_groups = ["agents"]
     let (status, body) = env.get(&token, "/unverified/echo", &[]);
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let env = HttpEnv::start();
+    let token = env.token("agent-1", &["agents"], "2s");
+    let url = env.url("/crm/echo");
+    let ca = env.ca().display().to_string();
+    let out = env.python(&["keepalive", &url, &token, &ca, "3"]);
+    let r: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(r["first"], 200, "{r}");
+    assert_eq!(r["second"], 401, "{r}");
+    assert!(
+        r["second_body"].as_str().unwrap().contains("token expired"),
+        "{r}"
+    );
+    assert_eq!(env.upstream.requests().len(), 1);
+    env.replay_with(&["GET /echo", "session ended: token expired"]);
+}

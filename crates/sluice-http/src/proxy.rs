@@ -293,6 +293,15 @@ impl ClientConn {
             return Ok(live);
         }
         let identity = self.identity(token).await?;
+        // Core's verification tolerates clock skew; a session must still not
+        // start on a token that has expired by this gateway's clock.
+        if identity.expires_at <= SystemTime::now() {
+            return Err(Problem::new(
+                ProblemKind::Unauthenticated,
+                "sluice: authentication failed: token expired",
+            )
+            .with_hint("Get a new token (sluice token issue, or your identity provider)."));
+        }
         let subject = identity.subject.clone();
         let handle = self
             .shared
