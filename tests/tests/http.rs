@@ -88,6 +88,11 @@ allow_groups = ["agents"]
         "{text}"
     );
 
+    // A compressed body could hide an echo: refused even without masking.
+    let (status, body) = env.get(&token, "/crm/gzip", &["--compressed"]);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("gzip-encoded"), "{body}");
+
     // Nothing secret in the log or the recordings.
     let log = env.gateway_log();
     for secret in [

@@ -712,7 +712,19 @@ impl ClientConn {
             }
         }
         let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
-        let plan = flavor.response_plan(&head, &rparts, &ctx);
+        let mut plan = flavor.response_plan(&head, &rparts, &ctx);
+        // An injected credential echoed in a compressed body could not be
+        // found: such a body is refused like one that needs masking.
+        if !secrets.is_empty() && crate::masking::has_body(head.method, rparts.status) {
+            if let Some(encoding) = crate::masking::encoded(&rparts) {
+                if !matches!(plan.body, BodyPlan::Refuse(_)) {
+                    plan.body = BodyPlan::Refuse(Problem::new(
+                        ProblemKind::BadGateway,
+                        format!("sluice: the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it could not be checked for the connection's credential, so it was not passed on"),
+                    ));
+                }
+            }
+        }
         let status = rparts.status;
         let finish = Finisher {
             recorder: recorder.clone(),
