@@ -6,6 +6,10 @@
       4 KiB binary frame and a ping, reads the echoes, closes. Prints JSON
       {"status": .., "echoes": [..], "binary_ok": .., "pong": .., "close": ..}.
 
+  http_client.py keepalive URL TOKEN CAFILE SECONDS
+      Two GETs on one kept-alive requests.Session, SECONDS apart; prints
+      JSON {"first", "second", "second_body"}.
+
   http_client.py requests URL TOKEN CAFILE [METHOD]
       Python requests (a real SDK-style client): prints JSON {"status",
       "headers", "body"} of one call.
@@ -118,12 +122,28 @@ def with_requests(url, token, cafile, method):
     print(json.dumps({"status": r.status_code, "headers": dict(r.headers), "body": body}))
 
 
+def keepalive(url, token, cafile, pause):
+    """Two GETs on one kept-alive connection (requests.Session), `pause` seconds apart."""
+    import time
+
+    import requests
+
+    s = requests.Session()
+    s.headers["Authorization"] = f"Bearer {token}"
+    first = s.get(url, verify=cafile, timeout=30)
+    time.sleep(float(pause))
+    second = s.get(url, verify=cafile, timeout=30)
+    print(json.dumps({"first": first.status_code, "second": second.status_code, "second_body": second.text}))
+
+
 def main():
     what = sys.argv[1]
     if what == "ws":
         ws(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     elif what == "requests":
         with_requests(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "GET")
+    elif what == "keepalive":
+        keepalive(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:
         sys.exit(f"unknown command {what}")
 

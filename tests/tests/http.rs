@@ -88,6 +88,11 @@ allow_groups = ["agents"]
         "{text}"
     );
 
+    // A compressed body could hide an echo: refused even without masking.
+    let (status, body) = env.get(&token, "/crm/gzip", &["--compressed"]);
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("gzip-encoded"), "{body}");
+
     // Nothing secret in the log or the recordings.
     let log = env.gateway_log();
     for secret in [
@@ -208,6 +213,14 @@ action = "deny"
         assert_eq!(status, 403, "{path}: {body}");
         assert_eq!(json(&body)["rule"], "no-admin", "{path}");
     }
+    // HEAD over HTTP/2: the refusal is a head without a body (a body would be a protocol error).
+    let out = env.curl(Some(&token), &["--http2", "-I", &env.url("/crm/admin/x")]);
+    assert_eq!(
+        split_status(&out).0,
+        403,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, _) = env.get(&token, "/crm/items?force=true", &[]);
     assert_eq!(status, 403);
     let (status, _) = env.get(&token, "/crm/items?%66orce=%74rue", &[]);
@@ -647,4 +660,22 @@ allow_groups = ["agents"]
     // `require`: encrypted, not verified (an explicit opt-out).
     let (status, body) = env.get(&token, "/unverified/echo", &[]);
     assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let env = HttpEnv::start();
+    let token = env.token("agent-1", &["agents"], "2s");
+    let url = env.url("/crm/echo");
+    let ca = env.ca().display().to_string();
+    let out = env.python(&["keepalive", &url, &token, &ca, "3"]);
+    let r: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(r["first"], 200, "{r}");
+    assert_eq!(r["second"], 401, "{r}");
+    assert!(
+        r["second_body"].as_str().unwrap().contains("token expired"),
+        "{r}"
+    );
+    assert_eq!(env.upstream.requests().len(), 1);
+    env.replay_with(&["GET /echo", "session ended: token expired"]);
 }

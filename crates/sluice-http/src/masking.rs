@@ -103,3 +103,87 @@ pub fn encoded(response: &http::response::Parts) -> Option<String> {
     }
     (!codings.is_empty()).then(|| codings.join(", "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::config::Config;
+
+    fn plan(ctype: &str, encoding: Option<&str>, masking: bool) -> BodyPlan {
+        let config = Config::from_toml_str(
+            "[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"http://127.0.0.1:1\"\nallow_groups = [\"a\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let connection = &config.connections[0];
+        let engine = sluice_core::masking::compile(
+            &sluice_core::masking::MaskingConfig {
+                detectors: vec!["email".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut builder = http::Response::builder().header(header::CONTENT_TYPE, ctype);
+        if let Some(e) = encoding {
+            builder = builder.header(header::CONTENT_ENCODING, e);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let method = Method::GET;
+        let headers = http::HeaderMap::new();
+        let head = RequestHead::new(&method, "/x", None, &headers, connection);
+        let session = sluice_core::pipeline::SessionInfo {
+            id: "s".into(),
+            identity: sluice_core::Identity {
+                subject: "a".into(),
+                groups: vec![],
+                issuer: "sluice".into(),
+                token_id: "t".into(),
+                expires_at: std::time::SystemTime::now(),
+            },
+            connection: "crm".into(),
+            protocol: sluice_core::Protocol::Http,
+            client_addr: "127.0.0.1:1".into(),
+        };
+        let ctx = MaskingContext::new(masking.then_some(&engine), &session, 1 << 20);
+        default_plan(&head, &parts, &ctx).body
+    }
+
+    #[test]
+    fn plans_follow_the_content_type() {
+        assert!(matches!(
+            plan("application/json; charset=utf-8", None, true),
+            BodyPlan::Json { .. }
+        ));
+        assert!(matches!(
+            plan("application/problem+json", None, true),
+            BodyPlan::Json { .. }
+        ));
+        assert!(matches!(plan("text/html", None, true), BodyPlan::Text));
+        assert!(matches!(plan("", None, true), BodyPlan::Text));
+        assert!(matches!(
+            plan("application/octet-stream", None, true),
+            BodyPlan::Text
+        ));
+        assert!(matches!(
+            plan("image/png", None, true),
+            BodyPlan::PassThrough
+        ));
+        assert!(matches!(
+            plan("application/json", None, false),
+            BodyPlan::PassThrough
+        ));
+        assert!(matches!(
+            plan("application/json", Some("gzip"), true),
+            BodyPlan::Refuse(_)
+        ));
+        assert!(matches!(
+            plan("text/plain", Some("identity"), true),
+            BodyPlan::Text
+        ));
+        assert!(matches!(
+            plan("image/png", Some("gzip"), true),
+            BodyPlan::PassThrough
+        ));
+    }
+}

@@ -222,6 +222,14 @@ impl ClientConn {
             // the limit) is dropped only after the response is sent: HTTP/2
             // then resets the stream with NO_ERROR, which clients accept,
             // instead of CANCEL, which they report as a failure.
+            // A response to HEAD has no body (over HTTP/2 one is a protocol
+            // error): problems the gateway writes itself are cut to their head.
+            let response = if method == http::Method::HEAD {
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, empty())
+            } else {
+                response
+            };
             let held = unread.lock().ok().and_then(|mut b| b.take());
             match held {
                 Some(body) => {
@@ -285,6 +293,15 @@ impl ClientConn {
             return Ok(live);
         }
         let identity = self.identity(token).await?;
+        // Core's verification tolerates clock skew; a session must still not
+        // start on a token that has expired by this gateway's clock.
+        if identity.expires_at <= SystemTime::now() {
+            return Err(Problem::new(
+                ProblemKind::Unauthenticated,
+                "sluice: authentication failed: token expired",
+            )
+            .with_hint("Get a new token (sluice token issue, or your identity provider)."));
+        }
         let subject = identity.subject.clone();
         let handle = self
             .shared
@@ -695,7 +712,19 @@ impl ClientConn {
             }
         }
         let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
-        let plan = flavor.response_plan(&head, &rparts, &ctx);
+        let mut plan = flavor.response_plan(&head, &rparts, &ctx);
+        // An injected credential echoed in a compressed body could not be
+        // found: such a body is refused like one that needs masking.
+        if !secrets.is_empty() && crate::masking::has_body(head.method, rparts.status) {
+            if let Some(encoding) = crate::masking::encoded(&rparts) {
+                if !matches!(plan.body, BodyPlan::Refuse(_)) {
+                    plan.body = BodyPlan::Refuse(Problem::new(
+                        ProblemKind::BadGateway,
+                        format!("sluice: the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it could not be checked for the connection's credential, so it was not passed on"),
+                    ));
+                }
+            }
+        }
         let status = rparts.status;
         let finish = Finisher {
             recorder: recorder.clone(),
@@ -705,7 +734,13 @@ impl ClientConn {
             header_redactions,
         };
         let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
-        let redactor = Redactor::new(&secrets);
+        // No body (HEAD, 204, 304): nothing to redact, and the length header
+        // describes the representation, so it stays.
+        let redactor = if crate::masking::has_body(head.method, status) {
+            Redactor::new(&secrets)
+        } else {
+            None
+        };
         match plan.body {
             BodyPlan::Refuse(problem) => {
                 finish.done(
@@ -843,7 +878,7 @@ impl ClientConn {
             BodyPlan::Text => {
                 let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
                     .map(|e| Box::new(TextMasking(e.stream())) as Box<dyn BodyTransformer>);
-                Ok(stream_response(
+                small_or_streamed(
                     rparts,
                     upstream_body,
                     transformer,
@@ -851,10 +886,13 @@ impl ClientConn {
                     plan.streaming,
                     finish,
                     live,
-                ))
+                    timeout,
+                )
+                .await
+                .or_else(|p| Ok(render(p)))
             }
             // Pass-through with echoes to redact.
-            _ => Ok(stream_response(
+            _ => small_or_streamed(
                 rparts,
                 upstream_body,
                 None,
@@ -862,7 +900,10 @@ impl ClientConn {
                 plan.streaming,
                 finish,
                 live,
-            )),
+                timeout,
+            )
+            .await
+            .or_else(|p| Ok(render(p))),
         }
     }
 
@@ -1076,6 +1117,92 @@ impl Finisher {
         };
         finish_all(&self.recorder, &self.commands, outcome);
     }
+}
+
+/// Bodies up to this size (by `Content-Length`) are read whole and rewritten
+/// inline, without a relay task: the common small API response.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// A small body with a known length is rewritten in one go; anything else
+/// is streamed (see [`stream_response`]).
+#[allow(clippy::too_many_arguments)]
+async fn small_or_streamed(
+    mut parts: http::response::Parts,
+    upstream: Body,
+    mut transformer: Option<Box<dyn BodyTransformer>>,
+    redactor: Option<Redactor>,
+    streaming: bool,
+    finish: Finisher,
+    live: Arc<Live>,
+    timeout: Duration,
+) -> Result<Response<Body>, Problem> {
+    let small = !streaming
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+    if !small {
+        return Ok(stream_response(
+            parts,
+            upstream,
+            transformer,
+            redactor,
+            streaming,
+            finish,
+            live,
+        ));
+    }
+    let mut stats = BodyStats::default();
+    let bytes = match read_capped(upstream, SMALL_BODY as usize, timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            finish.done(
+                BodyStats {
+                    error: Some(e.clone()),
+                    ..Default::default()
+                },
+                Some(StatusCode::BAD_GATEWAY),
+            );
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                format!("sluice: the upstream's response could not be read: {e}"),
+            ));
+        }
+    };
+    let mut out = match redactor {
+        Some(mut r) => {
+            let out = r.redact_all(&bytes);
+            stats.masked.add("injected_credential", r.redacted);
+            out
+        }
+        None => bytes.to_vec(),
+    };
+    if let Some(t) = transformer.as_mut() {
+        let pushed = t.push(&out).and_then(|mut o| {
+            o.extend(t.finish()?);
+            Ok(o)
+        });
+        out = match pushed {
+            Ok(o) => o,
+            Err(e) => {
+                finish.done(
+                    BodyStats {
+                        error: Some(e.reason.clone()),
+                        ..Default::default()
+                    },
+                    Some(StatusCode::BAD_GATEWAY),
+                );
+                return Err(masking_failed(&e.reason));
+            }
+        };
+        stats.masked.merge(&t.counts());
+    }
+    stats.saw(&out);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    finish.done(stats, None);
+    Ok(Response::from_parts(parts, full(out)))
 }
 
 /// Streams the body through the redactor and transformer in a task, with
