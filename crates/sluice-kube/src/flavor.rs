@@ -253,9 +253,17 @@ impl Flavor for KubeFlavor {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        if head.upgrade.is_none() && parse_head(head).is_ok_and(|r| r.scope == Scope::Resource) {
-            // Responses are masked as JSON: YAML, protobuf and CBOR are not
-            // asked for (a YAML reader reads JSON).
+        let api_object = parse_head(head).is_ok_and(|r| {
+            r.scope == Scope::Resource
+                && !matches!(
+                    r.verb,
+                    Verb::Log | Verb::Proxy | Verb::Exec | Verb::Attach | Verb::PortForward
+                )
+        });
+        if head.upgrade.is_none() && api_object {
+            // API objects are masked as JSON: YAML, protobuf and CBOR are not
+            // asked for (a YAML reader reads JSON). Logs and proxied services
+            // keep the client's Accept.
             let wanted = headers
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())

@@ -202,6 +202,17 @@ fn upstream_headers() {
     up.insert("accept", HeaderValue::from_static(table));
     flavor.prepare_upstream(&head, &mut up).unwrap();
     assert_eq!(up[header::ACCEPT], table);
+    let proxy = RequestHead::new(
+        &get,
+        "/api/v1/namespaces/default/services/web/proxy/index.html",
+        None,
+        &client,
+        &conn,
+    );
+    let mut up = HeaderMap::new();
+    up.insert("accept", HeaderValue::from_static("text/html"));
+    flavor.prepare_upstream(&proxy, &mut up).unwrap();
+    assert_eq!(up[header::ACCEPT], "text/html");
     let mut up = HeaderMap::new();
     up.insert(
         "accept",
