@@ -438,3 +438,37 @@ fn no_panics_on_noise() {
         let _ = query_values(&s, "command");
     }
 }
+
+/// Percent-encoding any characters of a path never changes what it is.
+#[test]
+fn encoding_does_not_change_the_request() {
+    let paths = [
+        "/api/v1/namespaces/prod/secrets/db",
+        "/apis/apps/v1/namespaces/prod/deployments/web/scale",
+        "/api/v1/watch/namespaces/kube-system/pods",
+        "/api/v1/namespaces/prod/pods/web-1/exec",
+        "/api/v1/nodes/node-1",
+    ];
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    for path in paths {
+        let plain = parse("GET", path).unwrap();
+        for _ in 0..500 {
+            let mut encoded = String::new();
+            for c in path.chars() {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                if c != '/' && seed % 3 == 0 {
+                    encoded.push_str(&format!("%{:02X}", c as u32));
+                } else {
+                    encoded.push(c);
+                }
+            }
+            let got = parse("GET", &encoded).unwrap();
+            assert_eq!(got.verb, plain.verb, "{encoded}");
+            assert_eq!(got.resource_key(), plain.resource_key(), "{encoded}");
+            assert_eq!(got.namespace, plain.namespace, "{encoded}");
+            assert_eq!(got.name, plain.name, "{encoded}");
+        }
+    }
+}
