@@ -458,7 +458,7 @@ fn encoding_does_not_change_the_request() {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
-                if c != '/' && seed % 3 == 0 {
+                if c != '/' && seed.is_multiple_of(3) {
                     encoded.push_str(&format!("%{:02X}", c as u32));
                 } else {
                     encoded.push(c);
