@@ -203,6 +203,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt, *args):
         pass
 
+    def setup(self):
+        # Headers and body go out as separate writes: without TCP_NODELAY the body
+        # waits for the client's delayed ACK (~40 ms per response).
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().setup()
+
     # --- plumbing -------------------------------------------------------------------
 
     def record(self):
