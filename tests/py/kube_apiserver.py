@@ -115,9 +115,15 @@ STATE = {
         "web-2": pod("web-2", "6b1f7c1e-0000-4000-8000-000000000011"),
     },
     "secrets": {"db-credentials": secret()},
+    "serviceaccounts": {"default": {"kind": "ServiceAccount", "apiVersion": "v1",
+                                    "metadata": meta("default", "ServiceAccount",
+                                                     "6b1f7c1e-0000-4000-8000-000000000020")}},
     "configmaps": {"app-config": configmap()},
 }
-KINDS = {"pods": "Pod", "secrets": "Secret", "configmaps": "ConfigMap"}
+KINDS = {"pods": "Pod", "secrets": "Secret", "configmaps": "ConfigMap",
+         "serviceaccounts": "ServiceAccount"}
+# What `kubectl create token` would get: a credential for the API server itself.
+MINTED_TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6InN0YW5kaW4ifQ.eyJzdWIiOiJzeXN0ZW06c2VydmljZWFjY291bnQ6ZGVmYXVsdDpkZWZhdWx0In0.bWludGVkLXNpZ25hdHVyZQ"
 
 RESOURCES = {
     "kind": "APIResourceList",
@@ -135,6 +141,11 @@ RESOURCES = {
         {"name": "configmaps", "singularName": "configmap", "namespaced": True, "kind": "ConfigMap",
          "verbs": ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
          "shortNames": ["cm"]},
+        {"name": "serviceaccounts", "singularName": "serviceaccount", "namespaced": True,
+         "kind": "ServiceAccount", "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+         "shortNames": ["sa"]},
+        {"name": "serviceaccounts/token", "singularName": "", "namespaced": True,
+         "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]},
         {"name": "namespaces", "singularName": "namespace", "namespaced": False, "kind": "Namespace",
          "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"], "shortNames": ["ns"]},
     ],
@@ -310,6 +321,14 @@ class Handler(BaseHTTPRequestHandler):
             sub = parts[6] if len(parts) > 6 else None
             if sub == "exec":
                 return self.exec(query)
+            if sub == "token" and resource == "serviceaccounts" and self.command == "POST":
+                self.body()
+                return self.send_json(201, {
+                    "kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"name": name, "namespace": "default", "creationTimestamp": None},
+                    "spec": {"audiences": ["https://kubernetes.default.svc"], "expirationSeconds": 3600},
+                    "status": {"token": MINTED_TOKEN, "expirationTimestamp": "2026-01-01T01:00:00Z"},
+                })
             if sub == "log" and resource == "pods" and name in STATE["pods"]:
                 return self.log(name, query)
             if sub is not None:

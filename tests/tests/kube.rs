@@ -123,6 +123,9 @@ fn secret_values_are_masked_in_every_format() {
         !out.contains("created-value-4711") && !out.contains("Y3JlYXRlZC12YWx1ZS00NzEx"),
         "{out}"
     );
+    // A minted token would let the caller go around the gateway: masked like a Secret.
+    let out = ok(&env.kubectl(&token, &["create", "token", "default"]));
+    assert_eq!(out.trim(), "[secret]");
     // (`kubectl get --raw` drops the kubeconfig server's /<connection> path; raw reads are
     // covered with curl below.)
     // Watch: events are masked one by one as they arrive.

@@ -309,10 +309,11 @@ impl Flavor for KubeFlavor {
             req.verb == Verb::Log && crate::path::query_flag(head.query.unwrap_or(""), "follow");
         let streaming = watch || follow;
         let secrets = req.is_secrets();
+        let credentials = req.carries_credentials();
         if !has_body(head.method, response.status) {
             return ResponsePlan::new(BodyPlan::PassThrough);
         }
-        if !secrets && masking.engine.is_none() {
+        if !credentials && masking.engine.is_none() {
             return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
         }
         if let Some(encoding) = encoded(response) {
@@ -348,10 +349,10 @@ impl Flavor for KubeFlavor {
                 format!("the API server answered with {essence:?} although the gateway asked for JSON; it must be masked, so it was not passed on"),
             )));
         }
-        if secrets {
+        if credentials {
             return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
                 ProblemKind::BadGateway,
-                format!("the API server answered a Secret request with {essence:?}, which the gateway cannot mask, so it was not passed on"),
+                format!("the API server answered a Secret or token request with {essence:?}, which the gateway cannot mask, so it was not passed on"),
             ).with_hint("Ask for JSON (kubectl does by default).")));
         }
         default_plan(head, response, masking).streaming(streaming)

@@ -14,6 +14,10 @@
 //!   is masked, and cells outside the built-in columns (Name, Type, Data, Age)
 //!   become `[secret]`, since a printer column may show a value.
 //!
+//! **Minted tokens, always.** A `TokenRequest`'s `status.token` (what
+//! `kubectl create token` prints) is a credential for the API server itself;
+//! it becomes `[secret]`.
+//!
 //! **Detectors, when `[masking]` configures them**: every string value (and
 //! object key) of every JSON response is scanned, as for HTTP.
 //!
@@ -82,6 +86,16 @@ fn walk(v: &mut Value, secret: bool, counts: &mut MaskCounts) {
     }
     if secret && kind != "SecretList" && kind != "Status" {
         secret_object(map, counts);
+    }
+    if kind == "TokenRequest" {
+        // `kubectl create token`: a bearer token for the API server itself,
+        // which would let the caller go around the gateway.
+        if let Some(token @ Value::String(_)) =
+            map.get_mut("status").and_then(|s| s.get_mut("token"))
+        {
+            *token = Value::String(PLACEHOLDER.to_string());
+            counts.add(COUNT_NAME, 1);
+        }
     }
 }
 

@@ -145,6 +145,19 @@ impl ApiRequest {
             && self.resource.eq_ignore_ascii_case("secrets")
     }
 
+    /// Whether the response carries credentials the gateway always masks:
+    /// Secrets, and tokens minted by `serviceaccounts/NAME/token`.
+    pub fn carries_credentials(&self) -> bool {
+        self.is_secrets()
+            || (self.scope == Scope::Resource
+                && self.group.is_empty()
+                && self.resource.eq_ignore_ascii_case("serviceaccounts")
+                && self
+                    .subresource
+                    .as_deref()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("token")))
+    }
+
     /// A short human description: `delete pods/web -n default`.
     pub fn describe(&self) -> String {
         match self.scope {

@@ -298,6 +298,13 @@ fn response_plans() {
     );
     assert!(matches!(p.body, BodyPlan::Refuse(_)));
     let p = plan(
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        None,
+        "application/json",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Transform(_)));
+    let p = plan(
         "/api/v1/namespaces/default/pods",
         None,
         "application/json",

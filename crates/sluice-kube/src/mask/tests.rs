@@ -288,3 +288,18 @@ fn watch_refuses_what_it_cannot_mask() {
     let out = t.finish().unwrap();
     assert!(!String::from_utf8_lossy(&out).contains("czNj"));
 }
+
+#[test]
+fn minted_tokens() {
+    let mut doc = json!({"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"name": "default"}, "spec": {"audiences": ["https://kubernetes.default.svc"]},
+        "status": {"token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "expirationTimestamp": "2026-01-01T01:00:00Z"}});
+    let counts = DocMasker {
+        secrets: false,
+        engine: None,
+    }
+    .mask(&mut doc);
+    assert_eq!(doc["status"]["token"], PLACEHOLDER);
+    assert_eq!(doc["status"]["expirationTimestamp"], "2026-01-01T01:00:00Z");
+    assert_eq!(counts.get(COUNT_NAME), 1);
+}
