@@ -66,6 +66,38 @@ allow_groups = ["agents"]
     assert!(!body.contains(CRM_SECRET), "{body}");
     assert!(body.contains("[redacted-credential]"), "{body}");
 
+    // Hop-by-hop headers, and those Connection names, stop at the gateway.
+    let (status, _) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "--http1.1",
+            "-H",
+            "Connection: keep-alive, X-Drop-Me",
+            "-H",
+            "X-Drop-Me: 1",
+            "-H",
+            "Keep-Alive: timeout=5",
+            "-H",
+            "Proxy-Authorization: Basic eDp5",
+            "-H",
+            "X-Keep-Me: 1",
+        ],
+    );
+    assert_eq!(status, 200);
+    let seen = env.upstream.last("/echo").unwrap();
+    for gone in ["x-drop-me", "keep-alive", "proxy-authorization"] {
+        assert!(
+            header(&seen, gone).is_empty(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(header(&seen, "x-keep-me"), ["1"]);
+    assert_eq!(
+        header(&seen, "x-forwarded-host"),
+        [format!("127.0.0.1:{}", env.port)]
+    );
+
     // Named headers, and a base path on the upstream URL.
     let (status, body) = env.get(&token, "/inventory/echo", &[]);
     assert_eq!(status, 200, "{body}");
@@ -575,6 +607,14 @@ allow_groups = ["agents"]
     assert!(env.upstream.last("/billing/v1/invoices").is_some());
     let (status, _) = env.get(&token, "/v1/x", &["-H", "Host: eu.billing.test:443"]);
     assert_eq!(status, 200);
+    // HTTP/1.1 routes by Host as HTTP/2 does by :authority.
+    let (status, _) = env.get(
+        &token,
+        "/v1/h1",
+        &["--http1.1", "-H", "Host: BILLING.internal"],
+    );
+    assert_eq!(status, 200);
+    assert!(env.upstream.last("/billing/v1/h1").is_some());
     assert!(env.upstream.last("/billing/v1/x").is_some());
     let sessions = env.sessions();
     assert!(

@@ -389,6 +389,18 @@ impl ClientConn {
         .to_string();
         parts.headers.remove(header::AUTHORIZATION);
         let upgrade = upgrade_protocol(&parts);
+        // The host the client asked for: HTTP/2's :authority, else Host.
+        let client_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
 
@@ -397,16 +409,6 @@ impl ClientConn {
         let normal = NormalPath::parse(&raw_path)
             .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("sluice: {e}")))?;
         let trailing = has_trailing_slash(&raw_path);
-        let client_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
         let host_name = client_host
             .as_deref()
             .map(|h| {
