@@ -324,6 +324,13 @@ fn exec_allowed_and_denied_by_command() {
     let token = env.token("agent-1", &["agents"]);
     let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "ls", "-la", "/srv"]));
     assert_eq!(out, "ran: ls -la /srv\n");
+    // With stdin attached (channel 0 and v5's close signal travel upstream).
+    let out = run_with_timeout(
+        &mut env.kubectl_command(&token, &["exec", "-i", "web-1", "--", "cat"]),
+        Some(b"hello\n"),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(ok(&out), "ran: cat\n");
     // A failing command's exit status comes through.
     let out = env.kubectl(&token, &["exec", "web-1", "--", "false"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
@@ -347,7 +354,7 @@ fn exec_allowed_and_denied_by_command() {
         .into_iter()
         .filter(|r| r["path"].as_str().unwrap_or("").contains("/exec"))
         .collect();
-    assert_eq!(execs.len(), 2, "only the two allowed execs: {execs:?}");
+    assert_eq!(execs.len(), 3, "only the three allowed execs: {execs:?}");
     assert!(
         execs.iter().all(|r| r["upgrade"] == "websocket"),
         "{execs:?}"
