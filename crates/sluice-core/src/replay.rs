@@ -53,7 +53,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     CommandKind::Exec => "exec".into(),
                     CommandKind::HttpRequest { .. } => "request".into(),
                     CommandKind::KubeRequest { verb, resource, .. } => {
-                        format!("kube {verb} {resource}")
+                        format!("kube {verb} {resource}").trim_end().to_string()
                     }
                 };
                 let decision = match (&verdict.action, &verdict.rule) {

@@ -214,8 +214,9 @@ pub fn parse(method: &str, target: &str) -> Result<ApiRequest, PathError> {
     let base = base_verb(method)?;
     let watch_param = query_flag(query, "watch");
 
+    // Outside resources a read is a `get` (as RBAC names non-resource reads).
     let mut req = ApiRequest {
-        verb: base.verb(false, watch_param),
+        verb: base.verb(true, watch_param),
         scope: Scope::NonResource,
         group: String::new(),
         version: String::new(),

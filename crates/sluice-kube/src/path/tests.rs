@@ -37,26 +37,26 @@ fn show(r: &Result<ApiRequest, PathError>) -> String {
 fn table() {
     let cases: &[(&str, &str, &str)] = &[
         // Discovery and non-resource paths.
-        ("GET", "/api", "list disc /api"),
-        ("GET", "/api/", "list disc /api"),
-        ("GET", "/api/v1", "list disc /api/v1 v=v1"),
-        ("GET", "/apis", "list disc /apis"),
-        ("GET", "/apis/apps", "list disc /apis/apps g=apps"),
+        ("GET", "/api", "get disc /api"),
+        ("GET", "/api/", "get disc /api"),
+        ("GET", "/api/v1", "get disc /api/v1 v=v1"),
+        ("GET", "/apis", "get disc /apis"),
+        ("GET", "/apis/apps", "get disc /apis/apps g=apps"),
         (
             "GET",
             "/apis/apps/v1",
-            "list disc /apis/apps/v1 v=v1 g=apps",
+            "get disc /apis/apps/v1 v=v1 g=apps",
         ),
-        ("GET", "/version", "list nonres /version"),
-        ("GET", "/version?timeout=32s", "list nonres /version"),
-        ("GET", "/openapi/v2", "list nonres /openapi/v2"),
+        ("GET", "/version", "get nonres /version"),
+        ("GET", "/version?timeout=32s", "get nonres /version"),
+        ("GET", "/openapi/v2", "get nonres /openapi/v2"),
         (
             "GET",
             "/openapi/v3/apis/apps/v1",
-            "list nonres /openapi/v3/apis/apps/v1",
+            "get nonres /openapi/v3/apis/apps/v1",
         ),
-        ("GET", "/healthz", "list nonres /healthz"),
-        ("GET", "/", "list nonres /"),
+        ("GET", "/healthz", "get nonres /healthz"),
+        ("GET", "/", "get nonres /"),
         ("POST", "/version", "create nonres /version"),
         // Core group, namespaced.
         (
@@ -328,14 +328,14 @@ fn table() {
         (
             "GET",
             "/API/v1/namespaces/default/secrets",
-            "list nonres /API/v1/namespaces/default/secrets",
+            "get nonres /API/v1/namespaces/default/secrets",
         ),
         (
             "GET",
             "/api/v1/namespaces/default/Secrets",
             "list res Secrets v=v1 ns=default",
         ),
-        ("GET", "/apis/apps", "list disc /apis/apps g=apps"),
+        ("GET", "/apis/apps", "get disc /apis/apps g=apps"),
         (
             "GET",
             "/api/v1/namespaces/default",
