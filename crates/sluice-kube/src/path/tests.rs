@@ -42,11 +42,7 @@ fn table() {
         ("GET", "/api/v1", "get disc /api/v1 v=v1"),
         ("GET", "/apis", "get disc /apis"),
         ("GET", "/apis/apps", "get disc /apis/apps g=apps"),
-        (
-            "GET",
-            "/apis/apps/v1",
-            "get disc /apis/apps/v1 v=v1 g=apps",
-        ),
+        ("GET", "/apis/apps/v1", "get disc /apis/apps/v1 v=v1 g=apps"),
         ("GET", "/version", "get nonres /version"),
         ("GET", "/version?timeout=32s", "get nonres /version"),
         ("GET", "/openapi/v2", "get nonres /openapi/v2"),
