@@ -97,3 +97,32 @@ pub fn status_response(problem: &Problem) -> http::Response<Body> {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_and_codes() {
+        for (kind, reason, code) in [
+            (ProblemKind::Denied, "Forbidden", 403),
+            (ProblemKind::ApprovalRequired, "Forbidden", 403),
+            (ProblemKind::Unauthenticated, "Unauthorized", 401),
+            (ProblemKind::SessionEnded, "Unauthorized", 401),
+            (ProblemKind::BadRequest, "BadRequest", 400),
+            (ProblemKind::NotFound, "NotFound", 404),
+            (ProblemKind::PayloadTooLarge, "RequestEntityTooLarge", 413),
+            (ProblemKind::BadGateway, "InternalError", 502),
+            (ProblemKind::GatewayTimeout, "Timeout", 504),
+            (ProblemKind::Unavailable, "ServiceUnavailable", 503),
+        ] {
+            let p = Problem::new(kind, "what happened").with_hint("What to do.");
+            let doc = status_json(&p);
+            assert_eq!(doc["kind"], "Status");
+            assert_eq!(doc["reason"], reason, "{kind:?}");
+            assert_eq!(doc["code"], code, "{kind:?}");
+            assert_eq!(doc["message"], "sluice: what happened. What to do.");
+            assert_eq!(status_response(&p).status().as_u16(), code);
+        }
+    }
+}
