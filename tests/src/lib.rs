@@ -9,6 +9,8 @@
 // A test harness: panicking with a clear message is how it reports failures.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod http;
+pub mod kube;
 pub mod oidc;
 pub mod raw;
 

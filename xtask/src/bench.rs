@@ -18,8 +18,11 @@ use sluice_sandbox::{
 
 use crate::{command_exists, describe, run_inherit, workspace_root};
 
+mod http;
+
 const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
-                     [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH]";
+                     [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \
+                     [--only pg|http] [--http-connections N]";
 const SCALE: u32 = 10;
 const DB: &str = "bench";
 const ROLE: &str = "bench";
@@ -32,6 +35,10 @@ struct Options {
     sslmode: Option<String>,
     /// A prebuilt gateway binary; default: build `target/release/sluice`.
     sluice_bin: Option<PathBuf>,
+    /// Run only the PostgreSQL (`pg`) or the HTTP (`http`) section.
+    only: Option<String>,
+    /// wrk connections for the HTTP throughput runs.
+    http_connections: u32,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -45,6 +52,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
         // have no TLS, and the gateway would otherwise negotiate it.
         sslmode: Some("disable".to_string()),
         sluice_bin: None,
+        only: None,
+        http_connections: 16,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -85,6 +94,18 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--sslmode" => opts.sslmode = Some(value()?),
             "--sluice-bin" => opts.sluice_bin = Some(PathBuf::from(value()?)),
+            "--only" => {
+                let only = value()?;
+                if !["pg", "http"].contains(&only.as_str()) {
+                    bail!("--only: `{only}` is not pg or http");
+                }
+                opts.only = Some(only);
+            }
+            "--http-connections" => {
+                opts.http_connections = value()?
+                    .parse()
+                    .context("--http-connections: not a number")?;
+            }
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
@@ -123,6 +144,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         },
     };
 
+    if opts.only.as_deref() == Some("http") {
+        return http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections);
+    }
     eprintln!("bench: starting PostgreSQL and loading pgbench data (scale {SCALE})");
     let pg = TempPostgres::start(TempPostgresOptions::default())?;
     let bins = pg.binaries().clone();
@@ -318,6 +342,12 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     drop(sluice_rules);
     drop(sluice);
     drop(pgbouncer);
+    if opts.only.is_none() {
+        if let Err(e) = http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections)
+        {
+            eprintln!("bench: the HTTP section failed: {e:#}");
+        }
+    }
     Ok(())
 }
 

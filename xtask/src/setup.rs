@@ -87,6 +87,17 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "npm",
         present: || command_exists("npm"),
     },
+    Requirement {
+        // The HTTP gateway's e2e tests use Python requests as a client.
+        package: "python3-requests",
+        present: || succeeds(Command::new("python3").args(["-c", "import requests"])),
+    },
+    // The Kubernetes e2e tests drive a real kubectl (≥ 1.30: exec over WebSocket); the
+    // machine image ships one. Debian 12's kubernetes-client (1.20) is too old.
+    Requirement {
+        package: "kubectl",
+        present: || command_exists("kubectl"),
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and

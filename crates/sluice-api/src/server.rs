@@ -256,19 +256,12 @@ fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
 
 /// The identity behind `Authorization: Bearer …`; the error never contains the token.
 async fn authenticate(gateway: &Gateway, headers: &HeaderMap) -> Result<Identity, String> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or("this API needs an Authorization: Bearer <token> header (a gateway-issued token from sluice token issue, or an access token of a configured identity provider)")?;
-    let value = value
-        .to_str()
-        .map_err(|_| "the Authorization header is not valid text")?;
-    let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err("the Authorization header must use the Bearer scheme".into()),
-    };
-    if token.is_empty() {
-        return Err("the Authorization header has an empty bearer token".into());
-    }
+    use sluice_core::token::{bearer_from_header, BearerError};
+    let token = bearer_from_header(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
+        .map_err(|e| match e {
+            BearerError::Missing => "this API needs an Authorization: Bearer <token> header (a gateway-issued token from sluice token issue, or an access token of a configured identity provider)".to_string(),
+            other => other.to_string(),
+        })?;
     gateway
         .authenticate(&Credentials {
             user: String::new(),

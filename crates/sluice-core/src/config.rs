@@ -643,6 +643,98 @@ impl Config {
                             ),
                         ));
                     }
+                    if c.upstream.contains(['?', '#']) {
+                        return Err(invalid(
+                            key("upstream"),
+                            "an upstream URL has no query or fragment".into(),
+                        ));
+                    }
+                    if c.upstream.starts_with("https://") && c.upstream_tls == UpstreamTls::Disable
+                    {
+                        return Err(invalid(
+                            key("upstream_tls"),
+                            "\"disable\" contradicts an https:// upstream; use an http:// URL for plaintext".into(),
+                        ));
+                    }
+                    let authorization = c
+                        .headers
+                        .keys()
+                        .any(|h| h.eq_ignore_ascii_case("authorization"));
+                    let schemes = [authorization, c.bearer.is_some(), c.basic.is_some()]
+                        .iter()
+                        .filter(|b| **b)
+                        .count();
+                    if schemes > 1 {
+                        return Err(invalid(
+                            key("bearer"),
+                            "give one of bearer, basic or an Authorization header: each sets Authorization".into(),
+                        ));
+                    }
+                    for name in c.headers.keys() {
+                        let token =
+                            |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+                        if name.is_empty() || !name.chars().all(token) {
+                            return Err(invalid(
+                                key("headers"),
+                                format!("{name:?} is not an HTTP header name"),
+                            ));
+                        }
+                        if [
+                            "host",
+                            "connection",
+                            "transfer-encoding",
+                            "content-length",
+                            "upgrade",
+                        ]
+                        .iter()
+                        .any(|h| name.eq_ignore_ascii_case(h))
+                        {
+                            return Err(invalid(
+                                key("headers"),
+                                format!(
+                                    "{name:?} is managed by the gateway and cannot be injected"
+                                ),
+                            ));
+                        }
+                    }
+                    for host in &c.hosts {
+                        if host.is_empty() || host.contains(['/', ':', ' ']) {
+                            return Err(invalid(
+                                key("hosts"),
+                                format!("{host:?} is not a host name (no scheme, port or path; `*` allowed)"),
+                            ));
+                        }
+                    }
+                    if c.kind == ConnectionKind::Kubernetes {
+                        if c.client_cert.is_some() != c.client_key.is_some() {
+                            return Err(invalid(
+                                key(if c.client_cert.is_some() {
+                                    "client_key"
+                                } else {
+                                    "client_cert"
+                                }),
+                                "client_cert and client_key go together".into(),
+                            ));
+                        }
+                        if c.token.is_some() && schemes > 0 {
+                            return Err(invalid(
+                                key("token"),
+                                "give token or bearer, basic or an Authorization header: each sets Authorization".into(),
+                            ));
+                        }
+                        if c.token.is_none() && c.client_cert.is_none() && c.bearer.is_none() {
+                            return Err(invalid(
+                                key("token"),
+                                "a kubernetes connection needs the API server credential: `token = { env = \"…\" }` or `client_cert` and `client_key`".into(),
+                            ));
+                        }
+                        if c.client_cert.is_some() && !c.upstream.starts_with("https://") {
+                            return Err(invalid(
+                                key("client_cert"),
+                                "a client certificate needs an https:// upstream".into(),
+                            ));
+                        }
+                    }
                 }
             }
             if c.default_action == Some(Action::Review) {

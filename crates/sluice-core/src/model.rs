@@ -89,6 +89,18 @@ pub enum CommandKind {
     Exec,
     /// An HTTP request.
     HttpRequest { method: String, path: String },
+    /// A Kubernetes API request: the HTTP request line and what it does
+    /// (`verb` get, list, delete, exec…; `resource` as `pods`, `deployments.apps/scale`).
+    KubeRequest {
+        method: String,
+        path: String,
+        verb: String,
+        resource: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+    },
 }
 
 /// One command on a session: the unit that is judged, audited and answered.

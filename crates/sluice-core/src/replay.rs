@@ -52,6 +52,9 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     }
                     CommandKind::Exec => "exec".into(),
                     CommandKind::HttpRequest { .. } => "request".into(),
+                    CommandKind::KubeRequest { verb, resource, .. } => {
+                        format!("kube {verb} {resource}").trim_end().to_string()
+                    }
                 };
                 let decision = match (&verdict.action, &verdict.rule) {
                     (Action::Allow, None) => "allowed".to_string(),

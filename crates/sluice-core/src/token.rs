@@ -246,5 +246,35 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why an `Authorization` header carries no usable bearer token. The
+/// messages never contain the header's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BearerError {
+    #[error("no Authorization: Bearer <token> header")]
+    Missing,
+    #[error("the Authorization header is not valid text")]
+    NotText,
+    #[error("the Authorization header must use the Bearer scheme")]
+    NotBearer,
+    #[error("the Authorization header has an empty bearer token")]
+    Empty,
+}
+
+/// The token in an `Authorization: Bearer <token>` header value (the scheme
+/// is case-insensitive, surrounding spaces are ignored). Shared by every
+/// HTTP-speaking front end (operator API, HTTP and Kubernetes gateways).
+pub fn bearer_from_header(value: Option<&[u8]>) -> Result<&str, BearerError> {
+    let value = value.ok_or(BearerError::Missing)?;
+    let value = std::str::from_utf8(value).map_err(|_| BearerError::NotText)?;
+    let token = match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(BearerError::NotBearer),
+    };
+    if token.is_empty() {
+        return Err(BearerError::Empty);
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests;

@@ -32,14 +32,34 @@ fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
 
 /// The match keys the protocols in this build contribute to `[[rules]]`.
 fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
-    vec![sluice_postgres::sql_match_key()]
+    vec![
+        sluice_postgres::sql_match_key(),
+        sluice_http::http_match_key(),
+        sluice_kube::kube_match_key(),
+    ]
+}
+
+/// The connection kinds the HTTP listener serves, and the flavor of each.
+fn http_flavors() -> sluice_http::FlavorRegistry {
+    let mut flavors = sluice_http::default_flavors();
+    flavors.insert(
+        sluice_core::config::ConnectionKind::Kubernetes,
+        sluice_kube::kube_flavor(),
+    );
+    flavors
 }
 
 /// Everything `config check` can verify without starting listeners.
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
     for c in &config.connections {
-        if let Some(secret) = &c.password {
+        let secrets = c
+            .password
+            .iter()
+            .chain(c.headers.values())
+            .chain(c.bearer.iter())
+            .chain(c.basic.iter().map(|b| &b.password));
+        for secret in secrets {
             if let Err(e) = secret.resolve() {
                 tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
             }
@@ -69,6 +89,8 @@ pub async fn serve(config: Config) -> Result<()> {
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
+    // HTTP bodies are masked as JSON documents and streams, beyond the row masker.
+    let http_masking = masking.clone();
     let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
@@ -105,13 +127,20 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
-    for (name, addr) in [("ssh", listen.ssh), ("http", listen.http)] {
-        if addr.is_some() {
-            anyhow::bail!("listen.{name}: this build has no {name} listener yet");
-        }
+    if let Some(addr) = listen.http {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the http listener on {addr}"))?;
+        let server = sluice_http::HttpServer::new(gateway.clone(), http_flavors())
+            .masking(http_masking, masking_exempt.clone());
+        tracing::info!(message = "HTTP listener ready (HTTPS).", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    if listen.ssh.is_some() {
+        anyhow::bail!("listen.ssh: this build has no ssh listener yet");
     }
     if tasks.is_empty() {
-        anyhow::bail!("no listener configured: set listen.postgres or listen.api");
+        anyhow::bail!("no listener configured: set listen.postgres, listen.http or listen.api");
     }
     tokio::select! {
         r = tasks.join_next() => match r {

@@ -157,3 +157,79 @@ fn loopback_http_only() {
     assert!(!is_loopback_http("https://127.0.0.1"));
     assert!(!is_loopback_http("http://10.0.0.1"));
 }
+
+#[test]
+fn http_connections_are_checked() {
+    let base = r#"
+[[connections]]
+name = "crm"
+kind = "http"
+upstream = "https://crm.internal"
+allow_groups = ["agents"]
+"#;
+    assert!(Config::from_toml_str(base, "t.toml").is_ok());
+    for (extra, key) in [
+        ("upstream_tls = \"disable\"", "upstream_tls"),
+        (
+            "bearer = { env = \"A\" }\nbasic = { user = \"u\", password = { env = \"B\" } }",
+            "bearer",
+        ),
+        (
+            "bearer = { env = \"A\" }\nheaders = { Authorization = { env = \"B\" } }",
+            "bearer",
+        ),
+        ("headers = { \"Bad Name\" = { env = \"B\" } }", "headers"),
+        ("headers = { Host = { env = \"B\" } }", "headers"),
+        ("hosts = [\"https://crm.example\"]", "hosts"),
+    ] {
+        let text = format!("{base}{extra}\n");
+        let err = Config::from_toml_str(&text, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("connections.0.{key}")),
+            "{extra}: {err}"
+        );
+    }
+    let text = base.replace("https://crm.internal", "https://crm.internal/?x=1");
+    assert!(Config::from_toml_str(&text, "t.toml").is_err());
+}
+
+#[test]
+fn kubernetes_connections_need_a_credential() {
+    let kube = |extra: &str| {
+        format!(
+            "{MINIMAL}\n[[connections]]\nname = \"k8s\"\nkind = \"kubernetes\"\nupstream = \"https://127.0.0.1:6443\"\n{extra}\n"
+        )
+    };
+    assert!(Config::from_toml_str(&kube("token = { env = \"K\" }"), "t.toml").is_ok());
+    assert!(Config::from_toml_str(
+        &kube("client_cert = { file = \"c.pem\" }\nclient_key = { file = \"k.pem\" }"),
+        "t.toml"
+    )
+    .is_ok());
+    let err = Config::from_toml_str(&kube(""), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("connections.1.token") && err.contains("client_cert"),
+        "{err}"
+    );
+    let err = Config::from_toml_str(&kube("client_cert = { file = \"c.pem\" }"), "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("connections.1.client_key"), "{err}");
+    let text = kube("client_cert = { file = \"c.pem\" }\nclient_key = { file = \"k.pem\" }")
+        .replace("https://127.0.0.1:6443", "http://127.0.0.1:6443");
+    let err = Config::from_toml_str(&text, "t.toml")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("https://"), "{err}");
+    let err = Config::from_toml_str(
+        &kube("token = { env = \"K\" }\nbearer = { env = \"B\" }"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("connections.1.token"), "{err}");
+}

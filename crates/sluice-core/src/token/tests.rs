@@ -176,3 +176,30 @@ fn garbage_and_huge_tokens_are_refused() {
         assert!(a.verify(t).is_err(), "{t:.20}");
     }
 }
+
+#[test]
+fn bearer_header_parsing() {
+    use super::{bearer_from_header, BearerError};
+    assert_eq!(bearer_from_header(Some(b"Bearer abc.def")), Ok("abc.def"));
+    assert_eq!(bearer_from_header(Some(b"bearer  abc ")), Ok("abc"));
+    assert_eq!(bearer_from_header(None), Err(BearerError::Missing));
+    assert_eq!(
+        bearer_from_header(Some(b"Basic dXNlcg==")),
+        Err(BearerError::NotBearer)
+    );
+    assert_eq!(
+        bearer_from_header(Some(b"Bearer")),
+        Err(BearerError::NotBearer)
+    );
+    assert_eq!(
+        bearer_from_header(Some(b"Bearer   ")),
+        Err(BearerError::NotBearer)
+    );
+    assert_eq!(
+        bearer_from_header(Some(b"Bearer \xff")),
+        Err(BearerError::NotText)
+    );
+    // The error never echoes the value.
+    let e = bearer_from_header(Some(b"Token secret-value")).unwrap_err();
+    assert!(!e.to_string().contains("secret-value"));
+}

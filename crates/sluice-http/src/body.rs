@@ -1,0 +1,468 @@
+//! Response bodies on their way to the client: echoed credentials redacted,
+//! masked per the flavor's plan, counted and sampled for the audit record.
+
+use crate::flavor::{Body, BodyTransformer, BoxError, TransformError};
+use bytes::Bytes;
+use http_body::Frame;
+use memchr::memmem;
+use sluice_core::masking::{JsonMasker, JsonPath, MaskCounts, MaskingEngine, StreamMasker};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// What replaces an echoed injected credential.
+pub const REDACTED: &[u8] = b"[redacted-credential]";
+/// Bytes of what the client saw kept in the audit record (for replay).
+pub const SAMPLE_BYTES: usize = 1024;
+
+/// Replaces injected credentials in a byte stream. Holds back at most the
+/// longest secret's length minus one byte, so a secret split across chunks
+/// is still found.
+pub struct Redactor {
+    finders: Vec<memmem::Finder<'static>>,
+    holdback: usize,
+    buf: Vec<u8>,
+    pub redacted: u64,
+}
+
+impl Redactor {
+    /// `None` when there is nothing to redact.
+    pub fn new(secrets: &[Vec<u8>]) -> Option<Redactor> {
+        if secrets.is_empty() {
+            return None;
+        }
+        let mut variants: Vec<Vec<u8>> = Vec::new();
+        for s in secrets {
+            variants.push(s.clone());
+            // JSON encoders may escape `/` (base64) as `\/`.
+            if s.contains(&b'/') {
+                let mut escaped = Vec::with_capacity(s.len() + 4);
+                for &b in s {
+                    if b == b'/' {
+                        escaped.push(b'\\');
+                    }
+                    escaped.push(b);
+                }
+                variants.push(escaped);
+            }
+        }
+        let holdback = variants.iter().map(Vec::len).max().unwrap_or(1) - 1;
+        Some(Redactor {
+            finders: variants
+                .into_iter()
+                .map(|v| memmem::Finder::new(&v).into_owned())
+                .collect(),
+            holdback,
+            buf: Vec::new(),
+            redacted: 0,
+        })
+    }
+
+    /// Redacts in a complete buffer.
+    pub fn redact_all(&mut self, input: &[u8]) -> Vec<u8> {
+        let mut out = self.push(input);
+        out.extend(self.finish());
+        out
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.buf.extend_from_slice(chunk);
+        self.drain(false)
+    }
+
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.drain(true)
+    }
+
+    /// For a stream that went idle: releases everything but the longest tail
+    /// that could still become a secret (a proper prefix of one), so a watch
+    /// event or a log line is not held back until more data arrives.
+    pub fn flush(&mut self) -> Vec<u8> {
+        let mut out = self.drain(false);
+        let keep = self
+            .finders
+            .iter()
+            .map(|f| {
+                let needle = f.needle();
+                (1..needle.len().min(self.buf.len() + 1))
+                    .rev()
+                    .find(|&k| self.buf[self.buf.len() - k..] == needle[..k])
+                    .unwrap_or(0)
+            })
+            .max()
+            .unwrap_or(0);
+        let release = self.buf.len() - keep;
+        out.extend(self.buf.drain(..release));
+        out
+    }
+
+    fn drain(&mut self, all: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.buf.len());
+        let mut pos = 0;
+        loop {
+            let next = self
+                .finders
+                .iter()
+                .filter_map(|f| {
+                    f.find(&self.buf[pos..])
+                        .map(|at| (pos + at, f.needle().len()))
+                })
+                .min_by_key(|&(at, len)| (at, usize::MAX - len));
+            match next {
+                Some((at, len)) => {
+                    out.extend_from_slice(&self.buf[pos..at]);
+                    out.extend_from_slice(REDACTED);
+                    self.redacted += 1;
+                    pos = at + len;
+                }
+                None => break,
+            }
+        }
+        let keep = if all {
+            0
+        } else {
+            self.holdback.min(self.buf.len() - pos)
+        };
+        let release = self.buf.len() - keep;
+        out.extend_from_slice(&self.buf[pos..release]);
+        self.buf.drain(..release);
+        out
+    }
+}
+
+/// Redacts secrets in a header value's text; `None` when none is present.
+pub fn redact_text(secrets: &[Vec<u8>], text: &[u8]) -> Option<Vec<u8>> {
+    let mut r = Redactor::new(secrets)?;
+    let out = r.redact_all(text);
+    (r.redacted > 0).then_some(out)
+}
+
+/// Masks a complete JSON document: key paths, column rules written as bare
+/// key names (`api_key`, `*password*`: they mask that key's value at any
+/// depth), and the detectors. `Err` when it is not JSON.
+pub fn mask_json_document(
+    engine: &MaskingEngine,
+    connection: &str,
+    key_paths: &[JsonPath],
+    bytes: &[u8],
+) -> Result<(Vec<u8>, MaskCounts), TransformError> {
+    let mut doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| {
+        TransformError::new(
+            "the upstream labelled its body JSON but it is not valid JSON, so it could not be masked",
+        )
+    })?;
+    let mut counts = MaskCounts::default();
+    if engine.has_column_rules_for(connection) {
+        mask_keys(engine, connection, &mut doc, &mut counts);
+    }
+    counts.merge(&engine.mask_json(&mut doc, key_paths));
+    if counts.is_empty() {
+        return Ok((bytes.to_vec(), counts));
+    }
+    let out = serde_json::to_vec(&doc)
+        .map_err(|_| TransformError::new("the masked JSON document could not be written"))?;
+    Ok((out, counts))
+}
+
+fn mask_keys(
+    engine: &MaskingEngine,
+    connection: &str,
+    v: &mut serde_json::Value,
+    counts: &mut MaskCounts,
+) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                if let Some((rule, style)) = engine.column_rule(connection, None, k) {
+                    if child.is_null() {
+                        continue;
+                    }
+                    let text = match &*child {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    *child = match engine.mask_value_as(rule, &text, style) {
+                        sluice_core::masking::Masked::Null => serde_json::Value::Null,
+                        sluice_core::masking::Masked::Text(t) => serde_json::Value::String(t),
+                    };
+                    counts.add(rule, 1);
+                } else {
+                    mask_keys(engine, connection, child, counts);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for child in items {
+                mask_keys(engine, connection, child, counts);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The streaming text plan as a transformer.
+pub struct TextMasking(pub StreamMasker);
+
+impl BodyTransformer for TextMasking {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
+        Ok(self.0.push(chunk))
+    }
+    fn flush(&mut self) -> Result<Vec<u8>, TransformError> {
+        Ok(self.0.flush())
+    }
+    fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
+        Ok(self.0.flush())
+    }
+    fn counts(&self) -> MaskCounts {
+        self.0.counts().clone()
+    }
+}
+
+/// What a response body was, for the audit record.
+#[derive(Debug, Default, Clone)]
+pub struct BodyStats {
+    pub bytes: u64,
+    pub sample: Vec<u8>,
+    pub truncated: bool,
+    pub masked: MaskCounts,
+    pub error: Option<String>,
+}
+
+impl BodyStats {
+    pub fn saw(&mut self, chunk: &[u8]) {
+        self.bytes += chunk.len() as u64;
+        let room = SAMPLE_BYTES.saturating_sub(self.sample.len());
+        self.sample
+            .extend_from_slice(&chunk[..room.min(chunk.len())]);
+        if chunk.len() > room {
+            self.truncated = true;
+        }
+    }
+}
+
+/// Passes the upstream body through, counting it; `on_end` runs once when
+/// the body ends, fails or is dropped (client gone).
+pub struct CountingBody<F: FnOnce(BodyStats) + Send> {
+    inner: Body,
+    stats: BodyStats,
+    on_end: Option<F>,
+}
+
+impl<F: FnOnce(BodyStats) + Send> CountingBody<F> {
+    pub fn new(inner: Body, on_end: F) -> Self {
+        CountingBody {
+            inner,
+            stats: BodyStats::default(),
+            on_end: Some(on_end),
+        }
+    }
+
+    fn end(&mut self, error: Option<String>) {
+        if let Some(f) = self.on_end.take() {
+            let mut stats = std::mem::take(&mut self.stats);
+            stats.error = error;
+            f(stats);
+        }
+    }
+}
+
+impl<F: FnOnce(BodyStats) + Send + Unpin> http_body::Body for CountingBody<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.stats.saw(data);
+                }
+                // With a known length the server stops polling after the
+                // last byte, so the end is recorded here.
+                if this.inner.is_end_stream() {
+                    this.end(None);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.end(Some(format!("upstream body failed: {e}")));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.end(None);
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<F: FnOnce(BodyStats) + Send> Drop for CountingBody<F> {
+    fn drop(&mut self) {
+        if self.on_end.is_some() {
+            self.end(Some("the client went away before the body ended".into()));
+        }
+    }
+}
+
+/// A request body over the limit.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the gateway's limit")]
+pub struct TooLarge;
+
+/// The client's request body on its way upstream, cut at `max` bytes. On
+/// overflow the client's body is handed back through `stash` (see
+/// [`Holding`]) rather than dropped.
+pub struct Capped {
+    inner: Option<hyper::body::Incoming>,
+    seen: u64,
+    max: u64,
+    stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+}
+
+impl Capped {
+    pub fn new(
+        inner: hyper::body::Incoming,
+        max: u64,
+        stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+    ) -> Self {
+        Capped {
+            inner: Some(inner),
+            seen: 0,
+            max,
+            stash,
+        }
+    }
+}
+
+impl http_body::Body for Capped {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Some(Err(Box::new(TooLarge))));
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.seen > this.max {
+                        if let (Some(body), Ok(mut stash)) = (this.inner.take(), this.stash.lock())
+                        {
+                            *stash = Some(body);
+                        }
+                        return Poll::Ready(Some(Err(Box::new(TooLarge))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_default()
+    }
+}
+
+/// A response body that keeps the unread request body until it ends.
+pub struct Holding {
+    inner: Body,
+    _held: Option<hyper::body::Incoming>,
+}
+
+impl Holding {
+    pub fn new(inner: Body, held: hyper::body::Incoming) -> Self {
+        Holding {
+            inner,
+            _held: Some(held),
+        }
+    }
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_flush_holds_only_a_possible_secret_prefix() {
+        let mut r = Redactor::new(&[b"Bearer upstream-token".to_vec()]).unwrap();
+        let mut out = r.push(b"{\"type\":\"ADDED\"}\n");
+        out.extend(r.flush());
+        assert_eq!(out, b"{\"type\":\"ADDED\"}\n");
+        let mut out = r.push(b"line ends with Bearer up");
+        out.extend(r.flush());
+        assert_eq!(out, b"line ends with ");
+        out.extend(r.push(b"stream-token!"));
+        out.extend(r.finish());
+        assert_eq!(out, b"line ends with [redacted-credential]!");
+    }
+
+    #[test]
+    fn redacts_secrets_split_across_chunks() {
+        let secret = b"s3cr3t-token/value".to_vec();
+        let text = b"echo: s3cr3t-token/value and json \"s3cr3t-token\\/value\" end".to_vec();
+        for split in 0..text.len() {
+            let mut r = Redactor::new(std::slice::from_ref(&secret)).unwrap();
+            let mut out = r.push(&text[..split]);
+            out.extend(r.push(&text[split..]));
+            out.extend(r.finish());
+            let out = String::from_utf8(out).unwrap();
+            assert_eq!(
+                out, "echo: [redacted-credential] and json \"[redacted-credential]\" end",
+                "split at {split}"
+            );
+            assert_eq!(r.redacted, 2);
+        }
+    }
+
+    #[test]
+    fn nothing_to_redact_is_untouched() {
+        assert!(Redactor::new(&[]).is_none());
+        assert_eq!(redact_text(&[b"abcdefgh".to_vec()], b"nothing here"), None);
+    }
+}

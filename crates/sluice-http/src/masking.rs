@@ -1,0 +1,190 @@
+//! The default response plan: masking chosen by content type.
+
+use crate::flavor::{BodyPlan, MaskingContext, RequestHead, ResponsePlan};
+use crate::problem::{Problem, ProblemKind};
+use http::{header, Method, StatusCode};
+
+/// Content types passed through even when masking is on: media and archives
+/// whose bytes are not text (a detector match inside them would corrupt
+/// them, and their text is not readable as such).
+const BINARY_TYPES: &[&str] = &[
+    "image/",
+    "audio/",
+    "video/",
+    "font/",
+    "application/zip",
+    "application/gzip",
+    "application/x-tar",
+    "application/pdf",
+    "application/wasm",
+    "application/grpc",
+    "application/x-protobuf",
+    "application/vnd.google.protobuf",
+];
+
+/// The essence of a `Content-Type` (`application/json`), lowercase.
+pub fn content_type(response: &http::response::Parts) -> String {
+    response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a JSON document (`application/json`, `application/*+json`).
+pub fn is_json(content_type: &str) -> bool {
+    content_type == "application/json"
+        || (content_type.starts_with("application/") && content_type.ends_with("+json"))
+}
+
+/// Whether the response carries a body at all.
+pub fn has_body(method: &Method, status: StatusCode) -> bool {
+    !(method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Masking off or no body: pass through. A compressed body that would need
+/// masking is refused (the gateway asked for identity encoding). JSON
+/// documents are masked as documents, media and archives pass through,
+/// everything else (text, XML, form data, unlabelled bytes) goes through the
+/// stream masker.
+pub fn default_plan(
+    head: &RequestHead<'_>,
+    response: &http::response::Parts,
+    masking: &MaskingContext<'_>,
+) -> ResponsePlan {
+    let ctype = content_type(response);
+    let streaming = ctype == "text/event-stream";
+    if masking.engine.is_none() || !has_body(head.method, response.status) {
+        return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
+    }
+    if BINARY_TYPES.iter().any(|b| ctype.starts_with(b)) {
+        return ResponsePlan::new(BodyPlan::PassThrough);
+    }
+    if let Some(encoding) = encoded(response) {
+        return ResponsePlan::new(BodyPlan::Refuse(
+            Problem::new(
+                ProblemKind::BadGateway,
+                format!(
+                    "the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it must be masked, so it was not passed on"
+                ),
+            )
+            .with_hint("Ask the upstream's owner to honour Accept-Encoding: identity, or request an uncompressed representation."),
+        ));
+    }
+    if is_json(&ctype) {
+        return ResponsePlan::new(BodyPlan::Json {
+            key_paths: Vec::new(),
+        });
+    }
+    ResponsePlan::new(BodyPlan::Text).streaming(streaming)
+}
+
+/// The response's content coding, when it is not identity.
+pub fn encoded(response: &http::response::Parts) -> Option<String> {
+    let mut codings = Vec::new();
+    for v in response.headers.get_all(header::CONTENT_ENCODING) {
+        let text = v.to_str().unwrap_or("unreadable");
+        for c in text.split(',') {
+            let c = c.trim().to_ascii_lowercase();
+            if !c.is_empty() && c != "identity" {
+                codings.push(c);
+            }
+        }
+    }
+    (!codings.is_empty()).then(|| codings.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::config::Config;
+
+    fn plan(ctype: &str, encoding: Option<&str>, masking: bool) -> BodyPlan {
+        let config = Config::from_toml_str(
+            "[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"http://127.0.0.1:1\"\nallow_groups = [\"a\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let connection = &config.connections[0];
+        let engine = sluice_core::masking::compile(
+            &sluice_core::masking::MaskingConfig {
+                detectors: vec!["email".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+        let mut builder = http::Response::builder().header(header::CONTENT_TYPE, ctype);
+        if let Some(e) = encoding {
+            builder = builder.header(header::CONTENT_ENCODING, e);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let method = Method::GET;
+        let headers = http::HeaderMap::new();
+        let head = RequestHead::new(&method, "/x", None, &headers, connection);
+        let session = sluice_core::pipeline::SessionInfo {
+            id: "s".into(),
+            identity: sluice_core::Identity {
+                subject: "a".into(),
+                groups: vec![],
+                issuer: "sluice".into(),
+                token_id: "t".into(),
+                expires_at: std::time::SystemTime::now(),
+                connections: None,
+            },
+            connection: "crm".into(),
+            protocol: sluice_core::Protocol::Http,
+            client_addr: "127.0.0.1:1".into(),
+        };
+        let ctx = MaskingContext::new(masking.then_some(&engine), &session, 1 << 20);
+        default_plan(&head, &parts, &ctx).body
+    }
+
+    #[test]
+    fn plans_follow_the_content_type() {
+        assert!(matches!(
+            plan("application/json; charset=utf-8", None, true),
+            BodyPlan::Json { .. }
+        ));
+        assert!(matches!(
+            plan("application/problem+json", None, true),
+            BodyPlan::Json { .. }
+        ));
+        assert!(matches!(plan("text/html", None, true), BodyPlan::Text));
+        assert!(matches!(plan("", None, true), BodyPlan::Text));
+        assert!(matches!(
+            plan("application/octet-stream", None, true),
+            BodyPlan::Text
+        ));
+        assert!(matches!(
+            plan("image/png", None, true),
+            BodyPlan::PassThrough
+        ));
+        assert!(matches!(
+            plan("application/json", None, false),
+            BodyPlan::PassThrough
+        ));
+        assert!(matches!(
+            plan("application/json", Some("gzip"), true),
+            BodyPlan::Refuse(_)
+        ));
+        assert!(matches!(
+            plan("text/plain", Some("identity"), true),
+            BodyPlan::Text
+        ));
+        assert!(matches!(
+            plan("image/png", Some("gzip"), true),
+            BodyPlan::PassThrough
+        ));
+    }
+}

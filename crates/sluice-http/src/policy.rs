@@ -1,0 +1,282 @@
+//! The `http` match key:
+//!
+//! ```toml
+//! match = { http = { methods = ["DELETE", "PUT"], paths = ["/admin/*", "/v1/users/*/keys"],
+//!                    query = { dry_run = "false" } } }
+//! ```
+//!
+//! Every given part must hold. Paths are the normalised path after the
+//! `/<connection>` prefix (see `path.rs`: no dot segments, decoded), matched
+//! case-insensitively with `*` (any run, `/` included) and `?`; a trailing
+//! `/` on the request does not matter, and `/admin/*` also matches `/admin`.
+//! `query` names parameters whose (decoded) value must match the glob; a
+//! parameter sent several times matches if any value does.
+
+use percent_encoding::percent_decode_str;
+use sluice_core::glob::Glob;
+use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::toml;
+use sluice_core::{Command, CommandKind};
+use std::sync::Arc;
+
+/// Registers the `http` match key.
+pub fn http_match_key() -> Arc<dyn MatchKey> {
+    Arc::new(HttpMatchKey)
+}
+
+struct HttpMatchKey;
+
+impl MatchKey for HttpMatchKey {
+    fn keys(&self) -> &'static [&'static str] {
+        &["http"]
+    }
+
+    fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        let Some(value) = values.get("http") else {
+            return Err("http: expected a table { methods, paths, query }".into());
+        };
+        let table = value.as_table().ok_or(
+            "http: expected a table { methods = [..], paths = [..], query = { name = \"glob\" } }",
+        )?;
+        let mut matcher = HttpMatcher::default();
+        for (key, v) in table {
+            match key.as_str() {
+                "methods" => {
+                    let list = strings("http.methods", v)?;
+                    for m in &list {
+                        if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphabetic() || c == '*') {
+                            return Err(format!("http.methods: {m:?} is not an HTTP method"));
+                        }
+                    }
+                    matcher.methods = Some(list.iter().map(|m| Glob::new(m)).collect());
+                }
+                "paths" => {
+                    let list = strings("http.paths", v)?;
+                    for p in &list {
+                        if !p.starts_with('/') && !p.starts_with('*') {
+                            return Err(format!(
+                                "http.paths: {p:?} must start with `/` (paths are relative to the connection: /v1/users/*)"
+                            ));
+                        }
+                    }
+                    matcher.paths = Some(list.iter().map(|p| Glob::new(p)).collect());
+                }
+                "query" => {
+                    let q = v
+                        .as_table()
+                        .ok_or("http.query: expected a table { name = \"glob\" }")?;
+                    if q.is_empty() {
+                        return Err(
+                            "http.query: an empty table matches nothing; remove the key instead"
+                                .into(),
+                        );
+                    }
+                    let mut params = Vec::new();
+                    for (name, glob) in q {
+                        let glob = glob
+                            .as_str()
+                            .ok_or_else(|| format!("http.query.{name}: expected a glob string"))?;
+                        params.push((name.clone(), Glob::new(glob)));
+                    }
+                    matcher.query = Some(params);
+                }
+                other => {
+                    return Err(format!(
+                        "http: unknown key {other:?} (known: methods, paths, query)"
+                    ))
+                }
+            }
+        }
+        if matcher.methods.is_none() && matcher.paths.is_none() && matcher.query.is_none() {
+            return Err("http: give at least one of methods, paths, query".into());
+        }
+        Ok(Box::new(matcher))
+    }
+}
+
+fn strings(key: &str, v: &toml::Value) -> Result<Vec<String>, String> {
+    let list = match v {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("{key}: expected a list of strings"))?,
+        _ => return Err(format!("{key}: expected a string or a list of strings")),
+    };
+    if list.is_empty() {
+        return Err(format!(
+            "{key}: an empty list matches nothing; remove the key instead"
+        ));
+    }
+    Ok(list)
+}
+
+#[derive(Default)]
+struct HttpMatcher {
+    methods: Option<Vec<Glob>>,
+    paths: Option<Vec<Glob>>,
+    query: Option<Vec<(String, Glob)>>,
+}
+
+/// The parts of an HTTP command.
+pub struct RequestParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+}
+
+/// Reads an `HttpRequest` command; `None` for other kinds.
+pub fn request_parts(command: &Command) -> Option<RequestParts<'_>> {
+    let CommandKind::HttpRequest { method, path } = &command.kind else {
+        return None;
+    };
+    // The text is `METHOD path[?query]`; the path may itself hold `?` once
+    // decoded, so the query is what follows the known prefix.
+    let prefix_len = method.len() + 1 + path.len();
+    let query = command
+        .text
+        .get(prefix_len..)
+        .and_then(|rest| rest.strip_prefix('?'));
+    Some(RequestParts {
+        method,
+        path,
+        query,
+    })
+}
+
+/// Whether `path` matches `pattern` the way rules mean it (see the module docs).
+pub fn path_matches(pattern: &Glob, path: &str) -> bool {
+    let bare = if path.len() > 1 {
+        path.trim_end_matches('/')
+    } else {
+        path
+    };
+    let bare = if bare.is_empty() { "/" } else { bare };
+    pattern.matches(bare) || pattern.matches(&format!("{bare}/"))
+}
+
+/// Decoded `name=value` pairs of a query string (`+` is a space).
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        (decode(k), decode(v))
+    })
+}
+
+impl CommandMatcher for HttpMatcher {
+    fn matches(&self, command: &Command, _scratch: &mut Scratch) -> Result<bool, String> {
+        let Some(parts) = request_parts(command) else {
+            return Ok(false);
+        };
+        if let Some(methods) = &self.methods {
+            if !methods.iter().any(|m| m.matches(parts.method)) {
+                return Ok(false);
+            }
+        }
+        if let Some(paths) = &self.paths {
+            if !paths.iter().any(|p| path_matches(p, parts.path)) {
+                return Ok(false);
+            }
+        }
+        if let Some(params) = &self.query {
+            let pairs: Vec<(String, String)> = query_pairs(parts.query.unwrap_or("")).collect();
+            for (name, glob) in params {
+                if !pairs.iter().any(|(k, v)| k == name && glob.matches(v)) {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(method: &str, path: &str, query: Option<&str>) -> Command {
+        Command {
+            kind: CommandKind::HttpRequest {
+                method: method.into(),
+                path: path.into(),
+            },
+            text: match query {
+                Some(q) => format!("{method} {path}?{q}"),
+                None => format!("{method} {path}"),
+            },
+            context: Vec::new(),
+        }
+    }
+
+    fn rule(text: &str) -> Box<dyn CommandMatcher> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        HttpMatchKey.compile(&table).unwrap()
+    }
+
+    fn hit(m: &dyn CommandMatcher, c: &Command) -> bool {
+        m.matches(c, &mut Scratch::default()).unwrap()
+    }
+
+    #[test]
+    fn methods_paths_and_query() {
+        let m = rule(r#"http = { methods = ["DELETE", "put"], paths = ["/admin/*"] }"#);
+        for (method, path, expected) in [
+            ("DELETE", "/admin/users", true),
+            ("delete", "/admin", true),
+            ("PUT", "/admin/", true),
+            ("DELETE", "/ADMIN/x", true),
+            ("GET", "/admin/users", false),
+            ("DELETE", "/administrators", false),
+            ("DELETE", "/public/admin", false),
+        ] {
+            assert_eq!(
+                hit(&*m, &command(method, path, None)),
+                expected,
+                "{method} {path}"
+            );
+        }
+        let m = rule(r#"http = { paths = ["/v1/users"] }"#);
+        assert!(hit(&*m, &command("GET", "/v1/users/", None)));
+        assert!(!hit(&*m, &command("GET", "/v1/users/1", None)));
+
+        let m = rule(r#"http = { query = { force = "true", scope = "all*" } }"#);
+        assert!(hit(
+            &*m,
+            &command("POST", "/x", Some("scope=allusers&force=true"))
+        ));
+        assert!(hit(
+            &*m,
+            &command("POST", "/x", Some("force=false&force=true&scope=all"))
+        ));
+        assert!(hit(
+            &*m,
+            &command("POST", "/x", Some("%66orce=%74rue&scope=all"))
+        ));
+        assert!(!hit(&*m, &command("POST", "/x", Some("force=true"))));
+        assert!(!hit(&*m, &command("POST", "/x", None)));
+        // A `?` inside the (decoded) path is not the query.
+        assert!(!hit(&*m, &command("POST", "/x?force=true&scope=all", None)));
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        for bad in [
+            r#"http = ["GET"]"#,
+            r#"http = { methods = [] }"#,
+            r#"http = { paths = ["admin"] }"#,
+            r#"http = { verbs = ["get"] }"#,
+            r#"http = { methods = ["GE T"] }"#,
+            r#"http = { query = {} }"#,
+            r#"http = {}"#,
+        ] {
+            let table: toml::Table = toml::from_str(bad).unwrap();
+            assert!(HttpMatchKey.compile(&table).is_err(), "{bad}");
+        }
+    }
+}

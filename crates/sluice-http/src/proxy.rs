@@ -1,0 +1,1339 @@
+//! One client connection's requests: authenticate, route, decide, forward
+//! with the injected credential, mask, record.
+//!
+//! **Sessions.** A session is one client connection + one token + one
+//! Sluice connection: the first request opens it (`Gateway::open_session`),
+//! every request on it is a command, and it ends when the client connection
+//! closes (its handle drops) or when core ends it (token expiry, revocation,
+//! an operator): then further requests on it get 401 with the reason and
+//! the client connection is closed once in-flight requests finish.
+
+use crate::body::{self, BodyStats, CountingBody, Redactor, TextMasking};
+use crate::flavor::{Body, BodyPlan, BodyTransformer, Flavor, MaskingContext, RequestHead};
+use crate::inject::Injected;
+use crate::path::{has_trailing_slash, NormalPath};
+use crate::problem::{full, Problem, ProblemKind};
+use crate::server::{empty, render_default, Shared};
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+use sluice_core::model::{Decision, Identity, Outcome};
+use sluice_core::session::OutcomeRecorder;
+use sluice_core::{Credentials, Refusal, SessionHandle};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::Notify;
+
+/// A streaming response's held-back bytes are released after this much upstream silence.
+const STREAM_IDLE_FLUSH: Duration = Duration::from_millis(50);
+
+type SessionKey = ([u8; 32], String);
+
+/// The client's request body while the gateway has not passed it on.
+type Unread = Arc<Mutex<Option<Incoming>>>;
+
+/// A live session on a client connection.
+pub(crate) struct Live {
+    pub handle: SessionHandle,
+    pub injected: Injected,
+    pub upstream: Arc<Upstream>,
+    /// `Some(reason)` once core ended the session (set by the connection's watcher).
+    pub ended_reason: Mutex<Option<String>>,
+}
+
+impl Live {
+    /// Resolves with the reason when core ends the session (token expiry,
+    /// revocation, an operator); also for bodies and upgraded connections
+    /// that outlive their client connection's request loop.
+    async fn ended(&self) -> String {
+        self.handle.ended().await
+    }
+
+    fn ended_reason(&self) -> Option<String> {
+        self.ended_reason.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// One client connection.
+pub(crate) struct ClientConn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    /// Verified tokens on this connection (by hash): verified once, until they expire.
+    identities: Mutex<HashMap<[u8; 32], Identity>>,
+    sessions: Mutex<HashMap<SessionKey, Arc<Live>>>,
+    /// Sessions core ended, with the reason told to later requests.
+    ended: Mutex<HashMap<SessionKey, String>>,
+    watchers: Mutex<Vec<tokio::task::AbortHandle>>,
+    ended_notify: Arc<Notify>,
+}
+
+impl Drop for ClientConn {
+    fn drop(&mut self) {
+        if let Ok(w) = self.watchers.lock() {
+            for h in w.iter() {
+                h.abort();
+            }
+        }
+    }
+}
+
+/// A problem, and the flavor (and head) to render it with.
+struct Refused {
+    problem: Problem,
+    flavor: Option<Arc<dyn Flavor>>,
+}
+
+impl From<Problem> for Refused {
+    fn from(problem: Problem) -> Self {
+        Refused {
+            problem,
+            flavor: None,
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) and proxy headers a client must not
+/// pass to the upstream; `Authorization` carries the Sluice token.
+const STRIPPED_REQUEST: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "authorization",
+    "host",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+];
+
+const STRIPPED_RESPONSE: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the listed headers and any named in `Connection`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, list: &[&str]) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in list {
+        headers.remove(*n);
+    }
+}
+
+/// The protocol a request asks to upgrade to (lowercase), HTTP/1.1 only.
+fn upgrade_protocol(parts: &http::request::Parts) -> Option<String> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    parts
+        .headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase())
+}
+
+fn token_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+impl ClientConn {
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        ClientConn {
+            shared,
+            peer,
+            identities: Mutex::default(),
+            sessions: Mutex::default(),
+            ended: Mutex::default(),
+            watchers: Mutex::default(),
+            ended_notify: Arc::new(Notify::new()),
+        }
+    }
+
+    pub fn ended_notify(&self) -> Arc<Notify> {
+        self.ended_notify.clone()
+    }
+
+    /// Serves one request; every failure becomes a problem response. Boxed
+    /// here so that its `Send`-ness is checked where the types are concrete.
+    pub fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + 'static>> {
+        Box::pin(async move {
+            let method = req.method().clone();
+            let path = req.uri().path().to_string();
+            let (parts, body) = req.into_parts();
+            let unread: Unread = Arc::new(Mutex::new(Some(body)));
+            let response = match self
+                .proxy(Request::from_parts(parts, ()), unread.clone())
+                .await
+            {
+                Ok(r) => r,
+                Err(Refused { problem, flavor }) => {
+                    if problem.status.is_server_error() {
+                        tracing::warn!(message = "HTTP request failed.", client = %self.peer, %method, path = %truncate(&path, 200), status = problem.status.as_u16(), detail = %problem.detail);
+                    } else {
+                        tracing::info!(message = "HTTP request refused.", client = %self.peer, %method, path = %truncate(&path, 200), status = problem.status.as_u16(), detail = %problem.detail);
+                    }
+                    match flavor {
+                        Some(f) => f.render(None, &problem),
+                        None => render_default(&problem),
+                    }
+                }
+            };
+            // A request body the gateway did not read (a refusal, a body over
+            // the limit) is dropped only after the response is sent: HTTP/2
+            // then resets the stream with NO_ERROR, which clients accept,
+            // instead of CANCEL, which they report as a failure.
+            // A response to HEAD has no body (over HTTP/2 one is a protocol
+            // error): problems the gateway writes itself are cut to their head.
+            let response = if method == http::Method::HEAD {
+                let (parts, _) = response.into_parts();
+                Response::from_parts(parts, empty())
+            } else {
+                response
+            };
+            let held = unread.lock().ok().and_then(|mut b| b.take());
+            match held {
+                Some(body) => {
+                    let (parts, inner) = response.into_parts();
+                    Response::from_parts(parts, body::Holding::new(inner, body).boxed())
+                }
+                None => response,
+            }
+        })
+    }
+
+    async fn identity(&self, token: &str) -> Result<Identity, Problem> {
+        let key = token_key(token);
+        if let Ok(map) = self.identities.lock() {
+            if let Some(id) = map.get(&key) {
+                if id.expires_at > SystemTime::now() {
+                    return Ok(id.clone());
+                }
+            }
+        }
+        let identity = self
+            .shared
+            .gateway
+            .authenticate(&Credentials {
+                user: String::new(),
+                token: token.to_string(),
+            })
+            .await
+            .map_err(|e| {
+                Problem::new(
+                    ProblemKind::Unauthenticated,
+                    format!("sluice: authentication failed: {e}"),
+                )
+                .with_hint("Send a valid Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token).")
+            })?;
+        if let Ok(mut map) = self.identities.lock() {
+            // A connection presenting many tokens is odd; keep the cache bounded.
+            if map.len() >= 16 {
+                map.clear();
+            }
+            map.insert(key, identity.clone());
+        }
+        Ok(identity)
+    }
+
+    async fn session(
+        &self,
+        token: &str,
+        connection: &sluice_core::config::ConnectionConfig,
+        flavor: &Arc<dyn Flavor>,
+    ) -> Result<Arc<Live>, Problem> {
+        let key: SessionKey = (token_key(token), connection.name.clone());
+        if let Some(reason) = self.ended.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Err(Problem::new(
+                ProblemKind::SessionEnded,
+                format!("sluice: the session was ended: {reason}"),
+            )
+            .with_hint("Open a new connection with a valid token."));
+        }
+        if let Some(live) = self.sessions.lock().ok().and_then(|m| m.get(&key).cloned()) {
+            return Ok(live);
+        }
+        let identity = self.identity(token).await?;
+        // Core's verification tolerates clock skew; a session must still not
+        // start on a token that has expired by this gateway's clock.
+        if identity.expires_at <= SystemTime::now() {
+            return Err(Problem::new(
+                ProblemKind::Unauthenticated,
+                "sluice: authentication failed: token expired",
+            )
+            .with_hint("Get a new token (sluice token issue, or your identity provider)."));
+        }
+        let subject = identity.subject.clone();
+        let handle = self
+            .shared
+            .gateway
+            .open_session(
+                identity,
+                &connection.name,
+                flavor.protocol(),
+                &self.peer.to_string(),
+            )
+            .await
+            .map_err(|refusal| {
+                tracing::warn!(message = "Session refused.", client = %self.peer, %subject, connection = %connection.name, reason = ?refusal);
+                let kind = match &refusal {
+                    Refusal::Authentication(_) => ProblemKind::Unauthenticated,
+                    Refusal::Access(_) => ProblemKind::Forbidden,
+                    Refusal::Unavailable(_) => ProblemKind::Unavailable,
+                };
+                Problem::new(kind, refusal.client_message())
+            })?;
+        // HTTP has no channel for notices while a request is held; the
+        // client's request simply waits. Dropping the receiver discards them.
+        drop(handle.take_notices());
+        let injected = flavor.credentials(connection)?;
+        let upstream = self.shared.upstream(connection, flavor.as_ref())?;
+        tracing::info!(message = "Session opened.", session = %handle.id(), client = %self.peer, %subject, connection = %connection.name, protocol = %flavor.protocol());
+        let live = Arc::new(Live {
+            handle,
+            injected,
+            upstream,
+            ended_reason: Mutex::new(None),
+        });
+        let mut map = self
+            .sessions
+            .lock()
+            .map_err(|_| Problem::new(ProblemKind::Unavailable, "internal error"))?;
+        if let Some(existing) = map.get(&key) {
+            // A concurrent request (HTTP/2) opened it first; ours ends unused.
+            return Ok(existing.clone());
+        }
+        map.insert(key.clone(), live.clone());
+        drop(map);
+        let watched = live.clone();
+        let notify = self.ended_notify.clone();
+        // The watcher holds the session only while the client connection
+        // lives: `ClientConn::drop` aborts it. Bodies and upgraded
+        // connections that outlive the connection watch `Live::ended` themselves.
+        let task = tokio::spawn(async move {
+            let reason = watched.handle.ended().await;
+            tracing::info!(message = "Session ended by the gateway.", session = %watched.handle.id(), reason = %reason);
+            if let Ok(mut r) = watched.ended_reason.lock() {
+                *r = Some(reason);
+            }
+            notify.notify_one();
+        });
+        if let Ok(mut w) = self.watchers.lock() {
+            w.push(task.abort_handle());
+        }
+        Ok(live)
+    }
+
+    /// Forgets a session core ended, so later requests get its reason.
+    fn retire(&self, key: &SessionKey, reason: String) {
+        if let Ok(mut m) = self.sessions.lock() {
+            m.remove(key);
+        }
+        if let Ok(mut m) = self.ended.lock() {
+            m.insert(key.clone(), reason);
+        }
+    }
+
+    async fn proxy(&self, req: Request<()>, unread: Unread) -> Result<Response<Body>, Refused> {
+        let started = Instant::now();
+        let (mut parts, ()) = req.into_parts();
+        let limits = self.shared.limits.clone();
+
+        // The token authenticates to Sluice and is never forwarded.
+        let token = sluice_core::token::bearer_from_header(
+            parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        )
+        .map_err(|e| {
+            Problem::new(ProblemKind::Unauthenticated, format!("sluice: {e}"))
+                .with_hint("Send your Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token).")
+        })?
+        .to_string();
+        parts.headers.remove(header::AUTHORIZATION);
+        let upgrade = upgrade_protocol(&parts);
+        // The host the client asked for: HTTP/2's :authority, else Host.
+        let client_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
+
+        // Route: a configured host, else the first path segment.
+        let raw_path = parts.uri.path().to_string();
+        let normal = NormalPath::parse(&raw_path)
+            .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("sluice: {e}")))?;
+        let trailing = has_trailing_slash(&raw_path);
+        let host_name = client_host
+            .as_deref()
+            .map(|h| {
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or(h, |(n, _)| n)
+            })
+            .map(|h| {
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase()
+            });
+        let (name, rest) = match host_name.as_deref().and_then(|h| self.shared.route_host(h)) {
+            Some(name) => (name.to_string(), normal),
+            None => {
+                let (first, rest) = normal.split_first().ok_or_else(|| {
+                    Problem::new(
+                        ProblemKind::NotFound,
+                        "sluice: name a connection in the path: https://gateway/<connection>/…",
+                    )
+                })?;
+                (first.to_string(), rest)
+            }
+        };
+        let config = self.shared.gateway.config();
+        let connection = config
+            .connection(&name)
+            .filter(|c| self.shared.flavors.get(c.kind).is_some());
+        let Some(connection) = connection else {
+            // Authenticate first, so that names are not probed anonymously.
+            self.identity(&token).await?;
+            return Err(Problem::new(
+                ProblemKind::NotFound,
+                format!("sluice: no HTTP connection named {name:?} is available to you"),
+            )
+            .into());
+        };
+        let flavor = self
+            .shared
+            .flavors
+            .get(connection.kind)
+            .cloned()
+            .ok_or_else(|| Problem::new(ProblemKind::NotFound, "sluice: no such connection"))?;
+        let refused = |problem: Problem| Refused {
+            problem,
+            flavor: Some(flavor.clone()),
+        };
+
+        let live = self
+            .session(&token, connection, &flavor)
+            .await
+            .map_err(refused)?;
+        let key: SessionKey = (token_key(&token), connection.name.clone());
+        if let Some(reason) = live.ended_reason() {
+            self.retire(&key, reason.clone());
+            return Err(refused(
+                Problem::new(
+                    ProblemKind::SessionEnded,
+                    format!("sluice: the session was ended: {reason}"),
+                )
+                .with_hint("Open a new connection with a valid token."),
+            ));
+        }
+
+        let decoded_path = rest.decoded(trailing);
+        let encoded_path = rest.encoded(trailing);
+        let query = parts.uri.query().map(str::to_string);
+        let head = RequestHead::new(
+            &parts.method,
+            &decoded_path,
+            query.as_deref(),
+            &headers,
+            connection,
+        )
+        .with_version(parts.version)
+        .with_upgrade(upgrade.as_deref());
+
+        let render = |problem: Problem| -> Response<Body> { flavor.render(Some(&head), &problem) };
+
+        if upgrade.is_some() && !flavor.allow_upgrade(&head) {
+            return Ok(render(Problem::new(
+                ProblemKind::NotSupported,
+                format!(
+                    "sluice: upgrading to {:?} is not supported on this connection",
+                    upgrade.as_deref().unwrap_or_default()
+                ),
+            )));
+        }
+        if let Some(len) = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            if len > limits.max_request_body {
+                return Ok(render(too_large(limits.max_request_body)));
+            }
+        }
+
+        // Decide every command; all must be forwarded.
+        let commands = match flavor.commands(&head) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                return Ok(render(Problem::new(
+                    ProblemKind::BadRequest,
+                    "sluice: the request could not be turned into a command",
+                )))
+            }
+            Err(p) => return Ok(render(p)),
+        };
+        let recorder = live.handle.recorder();
+        let mut forwarded = Vec::new();
+        for command in commands {
+            match live.handle.decide(command).await {
+                Ok(Decision::Forward { command_id }) => forwarded.push(command_id),
+                Ok(Decision::Refuse { command_id, denial }) => {
+                    let problem = Problem::from_denial(&denial);
+                    for id in &forwarded {
+                        recorder.finished(
+                            *id,
+                            refused_outcome("not sent: a related command was refused", started),
+                        );
+                    }
+                    recorder.finished(
+                        command_id,
+                        refused_outcome(
+                            &format!("{} {}", problem.status.as_u16(), problem.detail),
+                            started,
+                        ),
+                    );
+                    return Ok(render(problem));
+                }
+                Err(e) => {
+                    tracing::error!(message = "The audit store refused a command; failing closed.", error = %e);
+                    for id in &forwarded {
+                        recorder.finished(
+                            *id,
+                            refused_outcome("not sent: the audit store failed", started),
+                        );
+                    }
+                    return Ok(render(Problem::new(
+                        ProblemKind::Unavailable,
+                        "sluice: the gateway could not record this request, so it was not sent; try again later",
+                    )));
+                }
+            }
+        }
+
+        // The upstream request.
+        let masking_engine = self.shared.masking.as_ref().filter(|_| {
+            !live
+                .handle
+                .info()
+                .identity
+                .in_any_group(&self.shared.masking_exempt)
+        });
+        let mut up_headers = headers.clone();
+        if let Some(proto) = &upgrade {
+            up_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Ok(v) = HeaderValue::from_str(proto) {
+                up_headers.insert(header::UPGRADE, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(live.upstream.authority.as_str()) {
+            up_headers.insert(header::HOST, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
+            up_headers.insert("x-forwarded-for", v);
+        }
+        up_headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(v) = client_host
+            .as_deref()
+            .and_then(|h| HeaderValue::from_str(h).ok())
+        {
+            up_headers.insert("x-forwarded-host", v);
+        }
+        for (n, v) in live.injected.headers() {
+            up_headers.insert(n.clone(), v.clone());
+        }
+        if masking_engine.is_some() || !live.injected.secrets().is_empty() {
+            // Compressed bodies cannot be masked or searched for echoes.
+            up_headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        if let Err(p) = flavor.prepare_upstream(&head, &mut up_headers) {
+            finish_all(&recorder, &forwarded, refused_outcome(&p.detail, started));
+            return Ok(render(p));
+        }
+        let uri = match live.upstream.uri(&encoded_path, query.as_deref()) {
+            Ok(u) => u,
+            Err(e) => {
+                finish_all(
+                    &recorder,
+                    &forwarded,
+                    refused_outcome("bad upstream URI", started),
+                );
+                return Ok(render(Problem::new(
+                    ProblemKind::BadRequest,
+                    format!("sluice: the upstream request could not be formed: {e}"),
+                )));
+            }
+        };
+        let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+        let up_body: Body = if upgrade.is_some() {
+            empty()
+        } else {
+            match unread.lock().ok().and_then(|mut b| b.take()) {
+                Some(body) => {
+                    body::Capped::new(body, limits.max_request_body, unread.clone()).boxed()
+                }
+                None => empty(),
+            }
+        };
+        let mut up_req = Request::new(up_body);
+        *up_req.method_mut() = parts.method.clone();
+        *up_req.uri_mut() = uri;
+        *up_req.version_mut() = Version::HTTP_11;
+        *up_req.headers_mut() = up_headers;
+
+        let timeout = connection
+            .timeout
+            .map(|t| t.0)
+            .unwrap_or(limits.default_timeout);
+        let client = if upgrade.is_some() {
+            &live.upstream.upgrade_client
+        } else {
+            &live.upstream.client
+        };
+        let sent = tokio::select! {
+            r = tokio::time::timeout(timeout, client.request(up_req)) => r,
+            reason = live.ended() => {
+                self.retire(&key, reason.clone());
+                finish_all(&recorder, &forwarded, refused_outcome(&format!("session ended: {reason}"), started));
+                return Ok(render(Problem::new(ProblemKind::SessionEnded, format!("sluice: the session was ended: {reason}"))));
+            }
+        };
+        let response = match sent {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let problem = if source_is::<body::TooLarge>(&e) {
+                    too_large(limits.max_request_body)
+                } else {
+                    tracing::warn!(message = "The upstream request failed.", connection = %connection.name, error = %error_chain(&e));
+                    Problem::new(
+                        ProblemKind::BadGateway,
+                        format!(
+                            "sluice: the upstream of {:?} could not be reached or failed to answer",
+                            connection.name
+                        ),
+                    )
+                };
+                finish_all(
+                    &recorder,
+                    &forwarded,
+                    refused_outcome(&problem.detail, started),
+                );
+                return Ok(render(problem));
+            }
+            Err(_) => {
+                let problem = Problem::new(
+                    ProblemKind::GatewayTimeout,
+                    format!(
+                        "sluice: the upstream of {:?} did not answer within {}",
+                        connection.name,
+                        humantime_short(timeout)
+                    ),
+                );
+                finish_all(
+                    &recorder,
+                    &forwarded,
+                    refused_outcome(&problem.detail, started),
+                );
+                return Ok(render(problem));
+            }
+        };
+
+        if upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let ctx =
+                MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
+            let hook = flavor.frame_hook(&head, &ctx);
+            return Ok(self.relay_upgrade(
+                response,
+                client_upgrade,
+                hook,
+                live.clone(),
+                forwarded,
+                started,
+            ));
+        }
+
+        let (mut rparts, rbody) = response.into_parts();
+        strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
+        let secrets = live.injected.secrets().to_vec();
+        let mut header_redactions = 0u64;
+        if !secrets.is_empty() {
+            for value in rparts.headers.values_mut() {
+                if let Some(redacted) = body::redact_text(&secrets, value.as_bytes()) {
+                    header_redactions += 1;
+                    *value = HeaderValue::from_bytes(&redacted)
+                        .unwrap_or_else(|_| HeaderValue::from_static("[redacted-credential]"));
+                }
+            }
+        }
+        let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
+        let mut plan = flavor.response_plan(&head, &rparts, &ctx);
+        // An injected credential echoed in a compressed body could not be
+        // found: such a body is refused like one that needs masking.
+        if !secrets.is_empty() && crate::masking::has_body(head.method, rparts.status) {
+            if let Some(encoding) = crate::masking::encoded(&rparts) {
+                if !matches!(plan.body, BodyPlan::Refuse(_)) {
+                    plan.body = BodyPlan::Refuse(Problem::new(
+                        ProblemKind::BadGateway,
+                        format!("sluice: the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it could not be checked for the connection's credential, so it was not passed on"),
+                    ));
+                }
+            }
+        }
+        let status = rparts.status;
+        let finish = Finisher {
+            recorder: recorder.clone(),
+            commands: forwarded,
+            status,
+            started,
+            header_redactions,
+        };
+        let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
+        // No body (HEAD, 204, 304): nothing to redact, and the length header
+        // describes the representation, so it stays.
+        let redactor = if crate::masking::has_body(head.method, status) {
+            Redactor::new(&secrets)
+        } else {
+            None
+        };
+        match plan.body {
+            BodyPlan::Refuse(problem) => {
+                finish.done(
+                    BodyStats {
+                        error: Some(problem.detail.clone()),
+                        ..Default::default()
+                    },
+                    Some(problem.status),
+                );
+                Ok(render(problem))
+            }
+            BodyPlan::PassThrough if redactor.is_none() => {
+                let body = CountingBody::new(upstream_body, move |stats| finish.done(stats, None));
+                Ok(Response::from_parts(rparts, body.boxed()))
+            }
+            BodyPlan::Json { key_paths } => {
+                let Some(engine) = masking_engine else {
+                    // Nothing to mask but echoes: stream it.
+                    return Ok(stream_response(
+                        rparts,
+                        upstream_body,
+                        None,
+                        redactor,
+                        false,
+                        finish,
+                        live,
+                    ));
+                };
+                let bytes = match read_capped(upstream_body, limits.max_masked_body, timeout).await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let problem = masking_failed(&e);
+                        finish.done(
+                            BodyStats {
+                                error: Some(e),
+                                ..Default::default()
+                            },
+                            Some(problem.status),
+                        );
+                        return Ok(render(problem));
+                    }
+                };
+                let mut stats = BodyStats::default();
+                let bytes = match redactor {
+                    Some(mut r) => {
+                        let out = r.redact_all(&bytes);
+                        stats.masked.add("injected_credential", r.redacted);
+                        out
+                    }
+                    None => bytes.to_vec(),
+                };
+                match body::mask_json_document(engine, &connection.name, &key_paths, &bytes) {
+                    Ok((out, counts)) => {
+                        stats.masked.merge(&counts);
+                        stats.saw(&out);
+                        rparts.headers.remove(header::CONTENT_LENGTH);
+                        finish.done(stats, None);
+                        Ok(Response::from_parts(rparts, full(out)))
+                    }
+                    Err(e) => {
+                        let problem = masking_failed(&e.reason);
+                        finish.done(
+                            BodyStats {
+                                error: Some(e.reason),
+                                ..Default::default()
+                            },
+                            Some(problem.status),
+                        );
+                        Ok(render(problem))
+                    }
+                }
+            }
+            BodyPlan::Transform(mut transformer) if !plan.streaming => {
+                // A document transformer: run it to the end before answering,
+                // so that a failure is a clear 502, never a partial body.
+                let bytes = match read_capped(upstream_body, limits.max_masked_body, timeout).await
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        let problem = masking_failed(&e);
+                        finish.done(
+                            BodyStats {
+                                error: Some(e),
+                                ..Default::default()
+                            },
+                            Some(problem.status),
+                        );
+                        return Ok(render(problem));
+                    }
+                };
+                let mut stats = BodyStats::default();
+                let bytes = match redactor {
+                    Some(mut r) => {
+                        let out = r.redact_all(&bytes);
+                        stats.masked.add("injected_credential", r.redacted);
+                        out
+                    }
+                    None => bytes.to_vec(),
+                };
+                let out = transformer.push(&bytes).and_then(|mut out| {
+                    out.extend(transformer.finish()?);
+                    Ok(out)
+                });
+                match out {
+                    Ok(out) => {
+                        stats.masked.merge(&transformer.counts());
+                        stats.saw(&out);
+                        rparts.headers.remove(header::CONTENT_LENGTH);
+                        finish.done(stats, None);
+                        Ok(Response::from_parts(rparts, full(out)))
+                    }
+                    Err(e) => {
+                        let problem = masking_failed(&e.reason);
+                        finish.done(
+                            BodyStats {
+                                error: Some(e.reason),
+                                ..Default::default()
+                            },
+                            Some(problem.status),
+                        );
+                        Ok(render(problem))
+                    }
+                }
+            }
+            BodyPlan::Transform(transformer) => Ok(stream_response(
+                rparts,
+                upstream_body,
+                Some(transformer),
+                redactor,
+                true,
+                finish,
+                live,
+            )),
+            BodyPlan::Text => {
+                let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
+                    .map(|e| Box::new(TextMasking(e.stream())) as Box<dyn BodyTransformer>);
+                small_or_streamed(
+                    rparts,
+                    upstream_body,
+                    transformer,
+                    redactor,
+                    plan.streaming,
+                    finish,
+                    live,
+                    timeout,
+                )
+                .await
+                .or_else(|p| Ok(render(p)))
+            }
+            // Pass-through with echoes to redact.
+            _ => small_or_streamed(
+                rparts,
+                upstream_body,
+                None,
+                redactor,
+                plan.streaming,
+                finish,
+                live,
+                timeout,
+            )
+            .await
+            .or_else(|p| Ok(render(p))),
+        }
+    }
+
+    fn relay_upgrade(
+        &self,
+        response: Response<Incoming>,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        hook: Option<Box<dyn crate::FrameHook>>,
+        live: Arc<Live>,
+        commands: Vec<u64>,
+        started: Instant,
+    ) -> Response<Body> {
+        let (mut rparts, rbody) = response.into_parts();
+        let mut upstream_response = Response::from_parts(rparts.clone(), rbody);
+        let upstream_upgrade = hyper::upgrade::on(&mut upstream_response);
+        // Keep Connection/Upgrade on a 101: they are the switch itself.
+        for n in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+        ] {
+            rparts.headers.remove(n);
+        }
+        let recorder = live.handle.recorder();
+        tokio::spawn(async move {
+            let (client, upstream) = match (client_upgrade, upstream_upgrade.await) {
+                (Some(c), Ok(u)) => match c.await {
+                    Ok(c) => (c, u),
+                    Err(e) => {
+                        finish_all(
+                            &recorder,
+                            &commands,
+                            refused_outcome(&format!("client upgrade failed: {e}"), started),
+                        );
+                        return;
+                    }
+                },
+                _ => {
+                    finish_all(
+                        &recorder,
+                        &commands,
+                        refused_outcome("the upgrade did not complete", started),
+                    );
+                    return;
+                }
+            };
+            let stats = crate::ws::relay(
+                hyper_util::rt::TokioIo::new(client),
+                hyper_util::rt::TokioIo::new(upstream),
+                hook,
+                live.ended(),
+            )
+            .await;
+            let outcome = Outcome {
+                rows: stats.client_frames + stats.upstream_frames,
+                bytes: stats.client_bytes + stats.upstream_bytes,
+                tag: Some(format!(
+                    "HTTP 101 upgraded: {} frames / {} bytes from the client, {} frames / {} bytes from the upstream",
+                    stats.client_frames, stats.client_bytes, stats.upstream_frames, stats.upstream_bytes
+                )),
+                error: stats.error.clone(),
+                duration_us: started.elapsed().as_micros() as u64,
+                masked: stats.masked.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                ..Default::default()
+            };
+            finish_all(&recorder, &commands, outcome);
+            drop(live);
+        });
+        Response::from_parts(rparts, empty())
+    }
+}
+
+fn too_large(max: u64) -> Problem {
+    Problem::new(
+        ProblemKind::PayloadTooLarge,
+        format!("sluice: the request body is larger than the gateway's limit of {max} bytes"),
+    )
+}
+
+fn masking_failed(reason: &str) -> Problem {
+    Problem::new(
+        ProblemKind::BadGateway,
+        format!(
+            "sluice: the response must be masked but could not be: {reason}; it was not passed on"
+        ),
+    )
+    .with_hint("Request a smaller response (paging, filters), or ask a Sluice administrator.")
+}
+
+/// Reads a whole body, refusing more than `cap` bytes. (A loop rather than
+/// `Limited::collect`, whose error conversion defeats the `Send` check.)
+async fn read_capped(mut body: Body, cap: usize, timeout: Duration) -> Result<Bytes, String> {
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| "the upstream body failed".to_string())?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > cap {
+                    return Err(format!(
+                        "the body is larger than the {cap}-byte masking buffer"
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(buf.freeze())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| "the upstream body did not arrive in time".to_string())?
+}
+
+fn source_is<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<E>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+fn humantime_short(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+fn refused_outcome(error: &str, started: Instant) -> Outcome {
+    Outcome {
+        error: Some(error.to_string()),
+        duration_us: started.elapsed().as_micros() as u64,
+        ..Default::default()
+    }
+}
+
+fn finish_all(recorder: &OutcomeRecorder, commands: &[u64], outcome: Outcome) {
+    for id in commands {
+        recorder.finished(*id, outcome.clone());
+    }
+}
+
+/// Records a forwarded request's outcome once its response body is done.
+struct Finisher {
+    recorder: OutcomeRecorder,
+    commands: Vec<u64>,
+    status: StatusCode,
+    started: Instant,
+    header_redactions: u64,
+}
+
+impl Finisher {
+    fn done(self, mut stats: BodyStats, answered: Option<StatusCode>) {
+        let status = answered.unwrap_or(self.status);
+        if self.header_redactions > 0 {
+            stats
+                .masked
+                .add("injected_credential", self.header_redactions);
+        }
+        let sample = if stats.sample.is_empty() {
+            Vec::new()
+        } else {
+            vec![vec![Some(
+                String::from_utf8_lossy(&stats.sample).into_owned(),
+            )]]
+        };
+        let outcome = Outcome {
+            rows: 0,
+            bytes: stats.bytes,
+            tag: Some(match answered {
+                Some(s) => format!(
+                    "HTTP {} (upstream {}, refused by the gateway)",
+                    s.as_u16(),
+                    self.status.as_u16()
+                ),
+                None => format!("HTTP {}", status.as_u16()),
+            }),
+            error: stats.error,
+            duration_us: self.started.elapsed().as_micros() as u64,
+            columns: if sample.is_empty() {
+                Vec::new()
+            } else {
+                vec!["body".into()]
+            },
+            sample,
+            truncated: stats.truncated,
+            masked: stats
+                .masked
+                .iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        };
+        finish_all(&self.recorder, &self.commands, outcome);
+    }
+}
+
+/// Bodies up to this size (by `Content-Length`) are read whole and rewritten
+/// inline, without a relay task: the common small API response.
+const SMALL_BODY: u64 = 64 * 1024;
+
+/// A small body with a known length is rewritten in one go; anything else
+/// is streamed (see [`stream_response`]).
+#[allow(clippy::too_many_arguments)]
+async fn small_or_streamed(
+    mut parts: http::response::Parts,
+    upstream: Body,
+    mut transformer: Option<Box<dyn BodyTransformer>>,
+    redactor: Option<Redactor>,
+    streaming: bool,
+    finish: Finisher,
+    live: Arc<Live>,
+    timeout: Duration,
+) -> Result<Response<Body>, Problem> {
+    let small = !streaming
+        && parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n <= SMALL_BODY);
+    if !small {
+        return Ok(stream_response(
+            parts,
+            upstream,
+            transformer,
+            redactor,
+            streaming,
+            finish,
+            live,
+        ));
+    }
+    let mut stats = BodyStats::default();
+    let bytes = match read_capped(upstream, SMALL_BODY as usize, timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            finish.done(
+                BodyStats {
+                    error: Some(e.clone()),
+                    ..Default::default()
+                },
+                Some(StatusCode::BAD_GATEWAY),
+            );
+            return Err(Problem::new(
+                ProblemKind::BadGateway,
+                format!("sluice: the upstream's response could not be read: {e}"),
+            ));
+        }
+    };
+    let mut out = match redactor {
+        Some(mut r) => {
+            let out = r.redact_all(&bytes);
+            stats.masked.add("injected_credential", r.redacted);
+            out
+        }
+        None => bytes.to_vec(),
+    };
+    if let Some(t) = transformer.as_mut() {
+        let pushed = t.push(&out).and_then(|mut o| {
+            o.extend(t.finish()?);
+            Ok(o)
+        });
+        out = match pushed {
+            Ok(o) => o,
+            Err(e) => {
+                finish.done(
+                    BodyStats {
+                        error: Some(e.reason.clone()),
+                        ..Default::default()
+                    },
+                    Some(StatusCode::BAD_GATEWAY),
+                );
+                return Err(masking_failed(&e.reason));
+            }
+        };
+        stats.masked.merge(&t.counts());
+    }
+    stats.saw(&out);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    finish.done(stats, None);
+    Ok(Response::from_parts(parts, full(out)))
+}
+
+/// Streams the body through the redactor and transformer in a task, with
+/// bounded buffering (a channel of a few chunks gives back-pressure).
+fn stream_response(
+    mut parts: http::response::Parts,
+    mut upstream: Body,
+    mut transformer: Option<Box<dyn BodyTransformer>>,
+    mut redactor: Option<Redactor>,
+    streaming: bool,
+    finish: Finisher,
+    live: Arc<Live>,
+) -> Response<Body> {
+    if transformer.is_some() || redactor.is_some() {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, crate::BoxError>>(4);
+    tokio::spawn(async move {
+        let mut stats = BodyStats::default();
+        let mut redacted = 0u64;
+        let result: Result<(), String> = async {
+            loop {
+                let next = if streaming {
+                    tokio::select! {
+                        f = upstream.frame() => Some(f),
+                        _ = tokio::time::sleep(STREAM_IDLE_FLUSH) => None,
+                        reason = live.ended() => return Err(format!("session ended: {reason}")),
+                    }
+                } else {
+                    tokio::select! {
+                        f = upstream.frame() => Some(f),
+                        reason = live.ended() => return Err(format!("session ended: {reason}")),
+                    }
+                };
+                let out = match next {
+                    // Upstream idle: release what the masker holds.
+                    None => {
+                        let held = match redactor.as_mut() {
+                            Some(r) => r.flush(),
+                            None => Vec::new(),
+                        };
+                        match transformer.as_mut() {
+                            Some(t) => {
+                                let mut out = t.push(&held).map_err(|e| e.reason)?;
+                                out.extend(t.flush().map_err(|e| e.reason)?);
+                                out
+                            }
+                            None => held,
+                        }
+                    }
+                    Some(None) => {
+                        let mut out = match redactor.as_mut() {
+                            Some(r) => r.finish(),
+                            None => Vec::new(),
+                        };
+                        if let Some(t) = transformer.as_mut() {
+                            let mut tail = t.push(&out).map_err(|e| e.reason)?;
+                            tail.extend(t.finish().map_err(|e| e.reason)?);
+                            out = tail;
+                        }
+                        send(&tx, &mut stats, out).await?;
+                        return Ok(());
+                    }
+                    Some(Some(Err(e))) => return Err(format!("upstream body failed: {e}")),
+                    Some(Some(Ok(frame))) => {
+                        let Ok(data) = frame.into_data() else {
+                            continue;
+                        };
+                        let data = match redactor.as_mut() {
+                            Some(r) => r.push(&data),
+                            None => data.to_vec(),
+                        };
+                        match transformer.as_mut() {
+                            Some(t) => t.push(&data).map_err(|e| e.reason)?,
+                            None => data,
+                        }
+                    }
+                };
+                send(&tx, &mut stats, out).await?;
+            }
+        }
+        .await;
+        if let Some(r) = &redactor {
+            redacted = r.redacted;
+        }
+        if let Err(e) = &result {
+            // Cut the response short: the client sees an incomplete body, never unmasked bytes.
+            let _ = tx.send(Err(e.clone().into())).await;
+            stats.error = Some(e.clone());
+        }
+        if let Some(t) = &transformer {
+            stats.masked.merge(&t.counts());
+        }
+        if redacted > 0 {
+            stats.masked.add("injected_credential", redacted);
+        }
+        finish.done(stats, None);
+    });
+    Response::from_parts(parts, ChannelBody { rx }.boxed())
+}
+
+async fn send(
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, crate::BoxError>>,
+    stats: &mut BodyStats,
+    out: Vec<u8>,
+) -> Result<(), String> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    stats.saw(&out);
+    tx.send(Ok(Bytes::from(out)))
+        .await
+        .map_err(|_| "the client went away before the body ended".to_string())
+}
+
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, crate::BoxError>>,
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = crate::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, crate::BoxError>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|o| o.map(|r| r.map(http_body::Frame::data)))
+    }
+}

@@ -1,0 +1,214 @@
+//! The listener: TLS (HTTP/1.1 and HTTP/2 by ALPN), limits, and one
+//! [`ClientConn`] per client connection, which owns that connection's sessions.
+
+use crate::flavor::{Body, FlavorRegistry};
+use crate::problem::{full, problem_json, Problem, ProblemKind};
+use crate::proxy::ClientConn;
+use crate::upstream::Upstream;
+use crate::{HttpError, Limits};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use sluice_core::config::ConnectionConfig;
+use sluice_core::glob::Glob;
+use sluice_core::masking::MaskingEngine;
+use sluice_core::Gateway;
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// What every client connection shares.
+pub(crate) struct Shared {
+    pub gateway: Arc<Gateway>,
+    pub flavors: FlavorRegistry,
+    pub masking: Option<MaskingEngine>,
+    pub masking_exempt: Vec<String>,
+    pub limits: Limits,
+    /// `hosts` routing: host glob → connection name, in config order.
+    pub hosts: Vec<(Glob, String)>,
+    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+}
+
+impl Shared {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        flavors: FlavorRegistry,
+        masking: Option<MaskingEngine>,
+        masking_exempt: Vec<String>,
+        limits: Limits,
+    ) -> Self {
+        let hosts = gateway
+            .config()
+            .connections
+            .iter()
+            .filter(|c| flavors.get(c.kind).is_some())
+            .flat_map(|c| c.hosts.iter().map(|h| (Glob::new(h), c.name.clone())))
+            .collect();
+        Shared {
+            gateway,
+            flavors,
+            masking,
+            masking_exempt,
+            limits,
+            hosts,
+            upstreams: Mutex::default(),
+        }
+    }
+
+    /// The connection's upstream clients, built once (pooled across clients).
+    pub fn upstream(
+        &self,
+        connection: &ConnectionConfig,
+        flavor: &dyn crate::Flavor,
+    ) -> Result<Arc<Upstream>, Problem> {
+        if let Ok(map) = self.upstreams.lock() {
+            if let Some(u) = map.get(&connection.name) {
+                return Ok(u.clone());
+            }
+        }
+        let built = flavor
+            .upstream_tls(connection)
+            .and_then(|tls| Upstream::new(connection, tls))
+            .map_err(|e| {
+                tracing::warn!(message = "The connection's upstream is misconfigured.", connection = %connection.name, error = %e);
+                Problem::new(
+                    ProblemKind::Unavailable,
+                    format!(
+                        "connection {:?} cannot reach its upstream: its TLS or URL configuration is invalid; ask a Sluice administrator",
+                        connection.name
+                    ),
+                )
+            })?;
+        let built = Arc::new(built);
+        if let Ok(mut map) = self.upstreams.lock() {
+            map.entry(connection.name.clone())
+                .or_insert_with(|| built.clone());
+        }
+        Ok(built)
+    }
+
+    /// The connection a `Host` routes to, if any.
+    pub fn route_host(&self, host: &str) -> Option<&str> {
+        let host = host.trim_end_matches('.');
+        self.hosts
+            .iter()
+            .find(|(g, _)| g.matches(host))
+            .map(|(_, name)| name.as_str())
+    }
+}
+
+/// Runs the listener.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) -> Result<(), HttpError> {
+    let tls = sluice_core::tls::server_config(shared.gateway.config(), &[b"h2", b"http/1.1"])?;
+    let tls = TlsAcceptor::from(tls);
+    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
+    loop {
+        let permit = limit
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(std::io::Error::other)?;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                tracing::warn!(message = "HTTP accept failed.", error = %e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection(shared, tls, tcp, peer).await {
+                tracing::debug!(message = "HTTP client connection ended with an error.", client = %peer, error = %e);
+            }
+        });
+    }
+}
+
+/// What a plain-HTTP client on the TLS port reads before the connection closes.
+fn plaintext_refusal() -> Vec<u8> {
+    let body = serde_json::json!({
+        "type": format!("{}tls-required", crate::problem::PROBLEM_TYPE_BASE),
+        "title": "TLS required",
+        "status": 400,
+        "detail": "this Sluice port speaks HTTPS only; use https:// (the gateway's CA is state_dir/tls/ca.crt unless [tls] is configured)",
+    })
+    .to_string();
+    format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        crate::problem::PROBLEM_JSON,
+        body.len()
+    )
+    .into_bytes()
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tls: TlsAcceptor,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let _ = tcp.set_nodelay(true);
+    let limits = shared.limits.clone();
+    // A TLS client starts with a handshake record (0x16); anything else is
+    // a plain-HTTP client, told in its own protocol to use https.
+    let mut first = [0u8; 1];
+    let n = tokio::time::timeout(limits.tls_handshake_timeout, tcp.peek(&mut first)).await??;
+    if n == 0 {
+        return Ok(());
+    }
+    if first[0] != 0x16 {
+        let _ = tcp.write_all(&plaintext_refusal()).await;
+        let _ = tcp.shutdown().await;
+        return Ok(());
+    }
+    let stream = tokio::time::timeout(limits.tls_handshake_timeout, tls.accept(tcp)).await??;
+    let conn = Arc::new(ClientConn::new(shared, peer));
+    let service_conn = conn.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let conn = service_conn.clone();
+        async move { Ok::<_, Infallible>(conn.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(serving);
+    let ended = conn.ended_notify();
+    tokio::select! {
+        r = serving.as_mut() => return r,
+        _ = ended.notified() => {
+            // A session on this connection was ended: finish what is in
+            // flight (its bodies are cut by the session's own signal), then close.
+            serving.as_mut().graceful_shutdown();
+        }
+    }
+    serving.await
+}
+
+/// A problem as a response, for places with no flavor at hand.
+pub(crate) fn render_default(problem: &Problem) -> http::Response<Body> {
+    problem_json(problem)
+}
+
+/// An empty body.
+pub(crate) fn empty() -> Body {
+    full(bytes::Bytes::new())
+}

@@ -1,0 +1,161 @@
+//! The upstream leg: TLS per connection and a pooled HTTP/1.1 + HTTP/2 client.
+//!
+//! ALPN is the proxy's business (h2 and http/1.1 on the pooled client,
+//! http/1.1 for upgrades): flavors return TLS configs without it.
+
+use sluice_core::config::{ConnectionConfig, Secret, UpstreamTls};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The default TLS client config of an HTTP connection.
+///
+/// The URL's scheme decides whether TLS is used. For `https://` upstreams,
+/// `upstream_tls` reads: `prefer` (the default) and `verify-full` verify the
+/// chain and the name, `verify-ca` the chain only, `require` encrypts without
+/// verifying (an explicit opt-out), `disable` is a configuration error. The
+/// roots are `ca` (a PEM bundle by reference) or `upstream_ca` (a path), else
+/// the Mozilla roots.
+pub fn default_tls(
+    connection: &ConnectionConfig,
+) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+    if !connection.upstream.starts_with("https://") {
+        return Ok(None);
+    }
+    let mode = match connection.upstream_tls {
+        UpstreamTls::Disable => {
+            return Err("upstream_tls = \"disable\" contradicts an https:// upstream".into())
+        }
+        UpstreamTls::Prefer | UpstreamTls::VerifyFull => UpstreamTls::VerifyFull,
+        other => other,
+    };
+    let ca = ca_path(connection)?;
+    let config = sluice_core::tls::upstream_client_config(mode, ca.as_deref())
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "no TLS configuration for an https:// upstream".to_string())?;
+    Ok(Some(config))
+}
+
+/// `ca = { file }` is read in place; `ca = { env }` holds the PEM itself and
+/// is written next to the generated listener certificate (a CA bundle is
+/// public) so that core's verifier can load it.
+fn ca_path(connection: &ConnectionConfig) -> Result<Option<PathBuf>, String> {
+    match (&connection.ca, &connection.upstream_ca) {
+        (Some(Secret::File(path)), _) => Ok(Some(path.clone())),
+        (Some(secret @ Secret::Env(_)), _) => {
+            let pem = secret.resolve().map_err(|e| format!("ca: {e}"))?;
+            // Its own directory: write_private makes the parent 0700.
+            let path = std::env::temp_dir()
+                .join(format!("sluice-ca-{}", std::process::id()))
+                .join(format!("{}.pem", connection.name));
+            sluice_core::fsutil::write_private(&path, pem.as_bytes())
+                .map_err(|e| format!("ca: cannot stage the CA bundle: {e}"))?;
+            Ok(Some(path))
+        }
+        (None, Some(path)) => Ok(Some(path.clone())),
+        (None, None) => Ok(None),
+    }
+}
+
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+pub(crate) type Client = hyper_util::client::legacy::Client<Connector, crate::flavor::Body>;
+
+/// How long connecting to an upstream may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One connection's upstream: where it is and the clients that reach it.
+pub(crate) struct Upstream {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// The URL's path without a trailing `/` (empty for none).
+    pub base_path: String,
+    /// Pooled, HTTP/2 when the upstream offers it by ALPN.
+    pub client: Client,
+    /// HTTP/1.1 only, for upgrades (WebSocket is relayed over HTTP/1.1).
+    pub upgrade_client: Client,
+}
+
+impl Upstream {
+    pub fn new(
+        connection: &ConnectionConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Upstream, String> {
+        let uri: http::Uri = connection
+            .upstream
+            .parse()
+            .map_err(|e| format!("upstream {:?} is not a URL: {e}", connection.upstream))?;
+        let scheme = uri.scheme().cloned().ok_or("upstream URL without scheme")?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or("upstream URL without host")?;
+        if uri.query().is_some() {
+            return Err("an upstream URL cannot have a query".into());
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        let tls = match tls {
+            Some(t) => t,
+            None => {
+                if scheme == http::uri::Scheme::HTTPS {
+                    return Err("an https:// upstream needs a TLS configuration".into());
+                }
+                // Never used for http:// URLs; the connector needs one.
+                sluice_core::tls::install_crypto_provider();
+                Arc::new(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            }
+        };
+        let http_connector = || {
+            let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
+            c.enforce_http(false);
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(CONNECT_TIMEOUT));
+            c
+        };
+        let mut config = (*tls).clone();
+        config.alpn_protocols.clear();
+        let pooled = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config.clone())
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http_connector());
+        let h1 = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http_connector());
+        let builder = || {
+            let mut b =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .pool_idle_timeout(std::time::Duration::from_secs(60));
+            b
+        };
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+            client: builder().build(pooled),
+            upgrade_client: builder().build(h1),
+        })
+    }
+
+    /// The upstream URI for a normalised, encoded path and the raw query.
+    pub fn uri(&self, encoded_path: &str, query: Option<&str>) -> Result<http::Uri, String> {
+        let mut pq = format!("{}{encoded_path}", self.base_path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        http::Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,420 @@
+//! The Kubernetes flavor of the HTTP proxy: what a request is (verb,
+//! resource, namespace; the command of an exec), how a refusal reads
+//! (`Status`), which credential goes upstream (`token` or a client
+//! certificate) and how responses are masked (Secrets always, detectors when
+//! configured; watch streams per event).
+
+use crate::mask::{DocMasker, DocumentTransformer, WatchTransformer};
+use crate::path::{parse, query_values, ApiRequest, Scope, Verb};
+use crate::policy::{request_command, CONTEXT_PREFIX};
+use crate::status::status_response;
+use http::{header, HeaderMap, HeaderValue};
+use sluice_core::config::ConnectionConfig;
+use sluice_core::masking::{MaskCounts, MaskingEngine};
+use sluice_core::model::{Command, CommandKind, Protocol};
+use sluice_http::inject::{default_credentials, resolve, Injected};
+use sluice_http::masking::{content_type, default_plan, encoded, has_body, is_json};
+use sluice_http::{
+    Body, BodyPlan, Direction, Flavor, Frame, FrameHook, MaskingContext, Problem, ProblemKind,
+    RequestHead, ResponsePlan,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a refused WebSocket exec is remembered for kubectl's SPDY retry.
+const REMEMBER_REFUSAL: Duration = Duration::from_secs(60);
+/// At most this many remembered refusals (oldest dropped first).
+const MAX_REMEMBERED: usize = 256;
+
+/// The Kubernetes API flavor. Register it for `ConnectionKind::Kubernetes`.
+#[derive(Default)]
+pub struct KubeFlavor {
+    /// Recent refusals of WebSocket exec/attach requests by request target.
+    /// kubectl retries a refused WebSocket exec over SPDY (which the gateway
+    /// does not relay); the retry is answered with the same refusal, without
+    /// judging (and possibly holding for approval) the same command twice.
+    /// Keyed by target only (the flavor does not see who asks): another
+    /// caller's SPDY request for the same target may read this refusal's
+    /// rule and message, but is refused either way, as SPDY is never relayed.
+    refused: Mutex<HashMap<String, (Instant, Problem)>>,
+}
+
+impl std::fmt::Debug for KubeFlavor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KubeFlavor")
+    }
+}
+
+/// The flavor, ready for a `FlavorRegistry`.
+pub fn kube_flavor() -> Arc<dyn Flavor> {
+    Arc::new(KubeFlavor::default())
+}
+
+fn target(head: &RequestHead<'_>) -> String {
+    match head.query {
+        Some(q) if !q.is_empty() => format!("{}?{q}", head.path),
+        _ => head.path.to_string(),
+    }
+}
+
+fn is_spdy(head: &RequestHead<'_>) -> bool {
+    head.upgrade.is_some_and(|u| u.starts_with("spdy"))
+}
+
+fn parse_head(head: &RequestHead<'_>) -> Result<ApiRequest, Problem> {
+    parse(head.method.as_str(), &target(head)).map_err(|e| {
+        Problem::new(
+            ProblemKind::BadRequest,
+            format!("{e}; the request was not run"),
+        )
+        .with_hint("Send the API path in its plain form, as kubectl does.")
+    })
+}
+
+/// Quotes argv for a POSIX shell, so the text reads as the command it runs.
+pub fn shell_quote(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The command an exec request runs: kind `Exec`, its argv shell-quoted as
+/// text (so shell match keys judge it), and its API request as context (so
+/// `kube` keys judge it too, in the same rule).
+pub fn exec_command(method: &str, target: &str, req: &ApiRequest) -> Command {
+    let (_, query) = target.split_once('?').unwrap_or((target, ""));
+    let argv = query_values(query, "command");
+    let mut context = vec![format!("{CONTEXT_PREFIX}{method} {target}")];
+    let container = query_values(query, "container");
+    let mut where_ = req.describe();
+    if let Some(c) = container.first() {
+        where_.push_str(&format!(" -c {c}"));
+    }
+    context.push(where_);
+    Command {
+        kind: CommandKind::Exec,
+        text: shell_quote(&argv),
+        context,
+    }
+}
+
+impl KubeFlavor {
+    fn remember(&self, key: String, problem: &Problem) {
+        let Ok(mut map) = self.refused.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        map.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER_REFUSAL);
+        while map.len() >= MAX_REMEMBERED {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => map.remove(&k),
+                None => break,
+            };
+        }
+        map.insert(key, (now, problem.clone()));
+    }
+
+    fn recalled(&self, key: &str) -> Option<Problem> {
+        let map = self.refused.lock().ok()?;
+        map.get(key)
+            .filter(|(at, _)| at.elapsed() < REMEMBER_REFUSAL)
+            .map(|(_, p)| p.clone())
+    }
+
+    fn spdy_refusal(&self, head: &RequestHead<'_>) -> Problem {
+        self.recalled(&target(head)).unwrap_or_else(|| {
+            Problem::new(
+                ProblemKind::NotSupported,
+                "Sluice relays exec, attach and port-forward over WebSocket only; this client used SPDY",
+            )
+            .with_hint("Use kubectl 1.30 or newer (WebSocket is its default), and do not set KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false.")
+        })
+    }
+}
+
+impl Flavor for KubeFlavor {
+    fn protocol(&self) -> Protocol {
+        Protocol::Kubernetes
+    }
+
+    fn commands(&self, head: &RequestHead<'_>) -> Result<Vec<Command>, Problem> {
+        if is_spdy(head) {
+            return Err(self.spdy_refusal(head));
+        }
+        let req = parse_head(head)?;
+        let method = head.method.as_str();
+        let target = target(head);
+        if req.verb == Verb::Exec {
+            let argv = query_values(target.split_once('?').map_or("", |(_, q)| q), "command");
+            if argv.is_empty() {
+                return Err(Problem::new(
+                    ProblemKind::BadRequest,
+                    "an exec request names no command; the request was not run",
+                )
+                .with_hint("kubectl exec POD -- COMMAND [ARGS…]"));
+            }
+            return Ok(vec![exec_command(method, &target, &req)]);
+        }
+        Ok(vec![request_command(method, &target, &req)])
+    }
+
+    fn render(&self, head: Option<&RequestHead<'_>>, problem: &Problem) -> http::Response<Body> {
+        if let Some(head) = head {
+            if is_spdy(head) {
+                if let Some(earlier) = self.recalled(&target(head)) {
+                    return status_response(&earlier);
+                }
+            } else if head.upgrade == Some("websocket")
+                && matches!(
+                    problem.kind,
+                    ProblemKind::Denied | ProblemKind::ApprovalRequired
+                )
+            {
+                self.remember(target(head), problem);
+            }
+            if head.method == http::Method::HEAD {
+                // A HEAD response has no body (over HTTP/2 a body is a protocol error).
+                let (parts, _) = status_response(problem).into_parts();
+                return http::Response::from_parts(parts, sluice_http::problem::full(""));
+            }
+        }
+        status_response(problem)
+    }
+
+    fn credentials(&self, connection: &ConnectionConfig) -> Result<Injected, Problem> {
+        let mut injected = default_credentials(connection)?;
+        if let Some(secret) = &connection.token {
+            let token = resolve(secret, "token")?;
+            injected.header(
+                header::AUTHORIZATION,
+                &format!("Bearer {}", token.trim()),
+                &[token.trim()],
+            )?;
+        }
+        if let Some(key) = &connection.client_key {
+            // Never sent as a header, but never to be echoed back either.
+            injected.secret(&resolve(key, "client_key")?);
+        }
+        Ok(injected)
+    }
+
+    fn upstream_tls(
+        &self,
+        connection: &ConnectionConfig,
+    ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
+        let base = sluice_http::upstream::default_tls(connection)?;
+        match (&connection.client_cert, &connection.client_key, base) {
+            (None, None, base) => Ok(base),
+            (Some(_), Some(_), None) => Err("client_cert needs an https:// upstream".into()),
+            (Some(cert), Some(key), Some(base)) => {
+                let certified = crate::tls::certified_key(
+                    &cert.resolve().map_err(|e| format!("client_cert: {e}"))?,
+                    &key.resolve().map_err(|e| format!("client_key: {e}"))?,
+                )?;
+                let mut config = (*base).clone();
+                config.client_auth_cert_resolver = Arc::new(crate::tls::ClientCert(certified));
+                Ok(Some(Arc::new(config)))
+            }
+            _ => Err("client_cert and client_key go together".into()),
+        }
+    }
+
+    fn prepare_upstream(
+        &self,
+        head: &RequestHead<'_>,
+        headers: &mut HeaderMap,
+    ) -> Result<(), Problem> {
+        // Impersonation would let a caller act as anyone the gateway's own
+        // credential may impersonate: never pass it on.
+        let impersonation: Vec<_> = headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("impersonate-"))
+            .cloned()
+            .collect();
+        for name in impersonation {
+            headers.remove(name);
+        }
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("identity"),
+        );
+        let api_object = parse_head(head).is_ok_and(|r| {
+            r.scope == Scope::Resource
+                && !matches!(
+                    r.verb,
+                    Verb::Log | Verb::Proxy | Verb::Exec | Verb::Attach | Verb::PortForward
+                )
+        });
+        if head.upgrade.is_none() && api_object {
+            // API objects are masked as JSON: YAML, protobuf and CBOR are not
+            // asked for (a YAML reader reads JSON). Logs and proxied services
+            // keep the client's Accept.
+            let wanted = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let json: Vec<&str> = wanted
+                .split(',')
+                .map(str::trim)
+                .filter(|m| {
+                    let essence = m.split(';').next().unwrap_or("").trim();
+                    essence.eq_ignore_ascii_case("application/json")
+                })
+                .collect();
+            let accept = if json.is_empty() {
+                "application/json".to_string()
+            } else {
+                json.join(",")
+            };
+            if let Ok(v) = HeaderValue::from_str(&accept) {
+                headers.insert(header::ACCEPT, v);
+            }
+        }
+        Ok(())
+    }
+
+    fn response_plan(
+        &self,
+        head: &RequestHead<'_>,
+        response: &http::response::Parts,
+        masking: &MaskingContext<'_>,
+    ) -> ResponsePlan {
+        let Ok(req) = parse_head(head) else {
+            return default_plan(head, response, masking);
+        };
+        let full_type = response
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let essence = content_type(response);
+        let watch = is_json(&essence) && full_type.contains("stream=watch");
+        let follow =
+            req.verb == Verb::Log && crate::path::query_flag(head.query.unwrap_or(""), "follow");
+        let streaming = watch || follow;
+        let secrets = req.is_secrets();
+        let credentials = req.carries_credentials();
+        if !has_body(head.method, response.status) {
+            return ResponsePlan::new(BodyPlan::PassThrough);
+        }
+        if !credentials && masking.engine.is_none() {
+            return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
+        }
+        if let Some(encoding) = encoded(response) {
+            return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
+                ProblemKind::BadGateway,
+                format!("the API server sent a {encoding}-encoded response although the gateway asked for identity encoding; it must be masked, so it was not passed on"),
+            )));
+        }
+        if is_json(&essence) {
+            let masker = DocMasker {
+                secrets,
+                engine: masking.engine.cloned(),
+            };
+            let body = if watch {
+                BodyPlan::Transform(Box::new(WatchTransformer::new(masker, masking.max_buffer)))
+            } else {
+                BodyPlan::Transform(Box::new(DocumentTransformer::new(
+                    masker,
+                    masking.max_buffer,
+                )))
+            };
+            return ResponsePlan::new(body).streaming(watch);
+        }
+        if essence.contains("protobuf") || essence.contains("cbor") {
+            // Binary encodings the detectors cannot read. Resource requests ask
+            // for JSON (prepare_upstream), so a binary answer to one is refused;
+            // elsewhere (the OpenAPI schema) it is passed on untouched.
+            if req.scope != Scope::Resource {
+                return ResponsePlan::new(BodyPlan::PassThrough);
+            }
+            return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
+                ProblemKind::BadGateway,
+                format!("the API server answered with {essence:?} although the gateway asked for JSON; it must be masked, so it was not passed on"),
+            )));
+        }
+        if credentials {
+            return ResponsePlan::new(BodyPlan::Refuse(Problem::new(
+                ProblemKind::BadGateway,
+                format!("the API server answered a Secret or token request with {essence:?}, which the gateway cannot mask, so it was not passed on"),
+            ).with_hint("Ask for JSON (kubectl does by default).")));
+        }
+        default_plan(head, response, masking).streaming(streaming)
+    }
+
+    fn frame_hook(
+        &self,
+        head: &RequestHead<'_>,
+        masking: &MaskingContext<'_>,
+    ) -> Option<Box<dyn FrameHook>> {
+        let req = parse_head(head).ok()?;
+        if !matches!(req.verb, Verb::Exec | Verb::Attach) {
+            return None;
+        }
+        Some(Box::new(ExecFrames {
+            engine: masking.engine.cloned(),
+            counts: MaskCounts::default(),
+        }))
+    }
+}
+
+/// Exec and attach output (`channel.k8s.io`: the first byte of a binary
+/// frame is the stream, 1 stdout and 2 stderr) through the detectors, frame
+/// by frame: a value split across two frames is not seen whole.
+struct ExecFrames {
+    engine: Option<MaskingEngine>,
+    counts: MaskCounts,
+}
+
+impl FrameHook for ExecFrames {
+    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
+        let Some(engine) = &self.engine else {
+            return Ok(());
+        };
+        if direction != Direction::UpstreamToClient {
+            return Ok(());
+        }
+        match frame.opcode {
+            2 => {}
+            // The base64 channel protocols carry output in text frames the
+            // detectors cannot read: with masking on they are not relayed.
+            1 => return Err("text-framed (base64) exec output cannot be masked".into()),
+            _ => return Ok(()),
+        }
+        if !matches!(frame.payload.first(), Some(1 | 2)) {
+            return Ok(());
+        }
+        let (masked, counts) = engine.mask_bytes(&frame.payload[1..]);
+        if let std::borrow::Cow::Owned(m) = masked {
+            let mut payload = Vec::with_capacity(m.len() + 1);
+            payload.push(frame.payload[0]);
+            payload.extend_from_slice(&m);
+            frame.payload = payload;
+            self.counts.merge(&counts);
+        }
+        Ok(())
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.counts.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests;

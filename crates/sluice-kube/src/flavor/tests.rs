@@ -1,0 +1,398 @@
+use super::*;
+use http::{Method, StatusCode};
+use http_body_util::BodyExt;
+use sluice_core::toml;
+
+fn connection() -> ConnectionConfig {
+    toml::from_str(
+        r#"
+        name = "k8s"
+        kind = "kubernetes"
+        upstream = "https://127.0.0.1:6443"
+        token = { env = "SLUICE_KUBE_TEST_TOKEN" }
+        "#,
+    )
+    .unwrap()
+}
+
+fn commands(
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    upgrade: Option<&str>,
+) -> Result<Vec<Command>, Problem> {
+    let conn = connection();
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let headers = HeaderMap::new();
+    let head = RequestHead::new(&method, path, query, &headers, &conn).with_upgrade(upgrade);
+    KubeFlavor::default().commands(&head)
+}
+
+#[test]
+fn requests_become_kube_commands() {
+    let cmds = commands("DELETE", "/api/v1/namespaces/prod/pods/web-1", None, None).unwrap();
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].text, "DELETE /api/v1/namespaces/prod/pods/web-1");
+    assert_eq!(
+        cmds[0].kind,
+        CommandKind::KubeRequest {
+            method: "DELETE".into(),
+            path: "/api/v1/namespaces/prod/pods/web-1".into(),
+            verb: "delete".into(),
+            resource: "pods".into(),
+            namespace: Some("prod".into()),
+            name: Some("web-1".into()),
+        }
+    );
+    assert_eq!(cmds[0].context, vec!["delete pods/web-1 -n prod"]);
+    let cmds = commands("GET", "/api/v1/secrets", Some("watch=1"), None).unwrap();
+    assert_eq!(cmds[0].text, "GET /api/v1/secrets?watch=1");
+    assert!(matches!(&cmds[0].kind, CommandKind::KubeRequest { verb, .. } if verb == "watch"));
+}
+
+#[test]
+fn exec_is_its_command() {
+    let q = "command=sh&command=-c&command=echo+%27hi%27+%3E+%2Ftmp%2Fx&container=app&stdout=true";
+    let cmds = commands(
+        "GET",
+        "/api/v1/namespaces/default/pods/web-1/exec",
+        Some(q),
+        Some("websocket"),
+    )
+    .unwrap();
+    assert_eq!(cmds.len(), 1);
+    assert_eq!(cmds[0].kind, CommandKind::Exec);
+    assert_eq!(cmds[0].text, r#"sh -c 'echo '\''hi'\'' > /tmp/x'"#);
+    assert_eq!(
+        cmds[0].context,
+        vec![
+            format!("kube: GET /api/v1/namespaces/default/pods/web-1/exec?{q}"),
+            "exec pods/web-1 -n default -c app".to_string()
+        ]
+    );
+    let err = commands(
+        "GET",
+        "/api/v1/namespaces/default/pods/web-1/exec",
+        Some("stdout=true"),
+        Some("websocket"),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ProblemKind::BadRequest);
+}
+
+#[test]
+fn bad_paths_are_refused_before_judging() {
+    let err = commands(
+        "GET",
+        "/api/v1/namespaces/default/pods/%2e%2e/secrets",
+        None,
+        None,
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ProblemKind::BadRequest);
+    let err = commands("TRACE", "/api/v1/pods", None, None).unwrap_err();
+    assert_eq!(err.kind, ProblemKind::BadRequest);
+}
+
+#[test]
+fn shell_quoting() {
+    for (argv, text) in [
+        (vec!["ls", "-la", "/"], "ls -la /"),
+        (vec!["echo", ""], "echo ''"),
+        (vec!["rm", "-rf", "/tmp/a b"], "rm -rf '/tmp/a b'"),
+        (vec!["sh", "-c", "a;b"], "sh -c 'a;b'"),
+        (vec!["it's"], r"'it'\''s'"),
+        (vec!["$(id)"], "'$(id)'"),
+    ] {
+        let argv: Vec<String> = argv.into_iter().map(String::from).collect();
+        assert_eq!(shell_quote(&argv), text);
+    }
+}
+
+async fn body_json(resp: http::Response<Body>) -> serde_json::Value {
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+fn denial() -> Problem {
+    Problem::from_denial(&sluice_core::model::Denial {
+        rule: Some("no-exec".into()),
+        message: "command denied by rule \"no-exec\": no shells in prod".into(),
+        hint: Some("Ask a Sluice administrator.".into()),
+    })
+}
+
+#[tokio::test]
+async fn denials_render_as_status() {
+    let flavor = KubeFlavor::default();
+    let resp = flavor.render(None, &denial());
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    let doc = body_json(resp).await;
+    assert_eq!(doc["kind"], "Status");
+    assert_eq!(doc["status"], "Failure");
+    assert_eq!(doc["reason"], "Forbidden");
+    assert_eq!(doc["code"], 403);
+    let msg = doc["message"].as_str().unwrap();
+    assert!(
+        msg.contains("no-exec") && msg.contains("Ask a Sluice administrator"),
+        "{msg}"
+    );
+    let review = Problem::from_denial(&sluice_core::model::Denial {
+        rule: Some("reviewed".into()),
+        message: "command denied by rule \"reviewed\": deletes need a look; approval 0123456789ab requested: an approver runs it".into(),
+        hint: None,
+    });
+    let doc = body_json(flavor.render(None, &review)).await;
+    assert_eq!(doc["code"], 403);
+    assert!(doc["message"].as_str().unwrap().contains("0123456789ab"));
+    assert_eq!(doc["details"]["causes"][1]["message"], "0123456789ab");
+}
+
+#[tokio::test]
+async fn spdy_retry_of_a_refused_exec_gets_the_same_refusal() {
+    let flavor = KubeFlavor::default();
+    let conn = connection();
+    let headers = HeaderMap::new();
+    let q = Some("command=rm&command=-rf&command=%2F&stdout=true");
+    let path = "/api/v1/namespaces/prod/pods/web/exec";
+    let get = Method::GET;
+    let ws = RequestHead::new(&get, path, q, &headers, &conn).with_upgrade(Some("websocket"));
+    let _ = flavor.render(Some(&ws), &denial());
+    let post = Method::POST;
+    let spdy = RequestHead::new(&post, path, q, &headers, &conn).with_upgrade(Some("spdy/3.1"));
+    let err = flavor.commands(&spdy).unwrap_err();
+    assert_eq!(err.rule.as_deref(), Some("no-exec"));
+    let other = RequestHead::new(&post, path, Some("command=ls"), &headers, &conn)
+        .with_upgrade(Some("spdy/3.1"));
+    let err = flavor.commands(&other).unwrap_err();
+    assert_eq!(err.kind, ProblemKind::NotSupported);
+    // Whatever problem the proxy renders for the SPDY retry, the client reads the denial.
+    let doc = body_json(flavor.render(Some(&spdy), &err)).await;
+    assert!(doc["message"].as_str().unwrap().contains("no-exec"));
+}
+
+#[test]
+fn upstream_headers() {
+    let flavor = KubeFlavor::default();
+    let conn = connection();
+    let mut client = HeaderMap::new();
+    client.insert("accept", HeaderValue::from_static("application/yaml"));
+    let get = Method::GET;
+    let head = RequestHead::new(
+        &get,
+        "/api/v1/namespaces/default/secrets/db",
+        None,
+        &client,
+        &conn,
+    );
+    let mut up = client.clone();
+    up.insert("impersonate-user", HeaderValue::from_static("system:admin"));
+    up.append(
+        "impersonate-group",
+        HeaderValue::from_static("system:masters"),
+    );
+    up.insert("impersonate-extra-scopes", HeaderValue::from_static("x"));
+    flavor.prepare_upstream(&head, &mut up).unwrap();
+    assert!(up.keys().all(|k| !k.as_str().starts_with("impersonate")));
+    assert_eq!(up[header::ACCEPT], "application/json");
+    assert_eq!(up[header::ACCEPT_ENCODING], "identity");
+    let table = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+    let mut up = HeaderMap::new();
+    up.insert("accept", HeaderValue::from_static(table));
+    flavor.prepare_upstream(&head, &mut up).unwrap();
+    assert_eq!(up[header::ACCEPT], table);
+    let proxy = RequestHead::new(
+        &get,
+        "/api/v1/namespaces/default/services/web/proxy/index.html",
+        None,
+        &client,
+        &conn,
+    );
+    let mut up = HeaderMap::new();
+    up.insert("accept", HeaderValue::from_static("text/html"));
+    flavor.prepare_upstream(&proxy, &mut up).unwrap();
+    assert_eq!(up[header::ACCEPT], "text/html");
+    let mut up = HeaderMap::new();
+    up.insert(
+        "accept",
+        HeaderValue::from_static("application/vnd.kubernetes.protobuf, application/json"),
+    );
+    flavor.prepare_upstream(&head, &mut up).unwrap();
+    assert_eq!(up[header::ACCEPT], "application/json");
+}
+
+#[test]
+fn credentials_inject_the_token() {
+    std::env::set_var("SLUICE_KUBE_TEST_TOKEN", "upstream-sa-token-0123\n");
+    let injected = KubeFlavor::default().credentials(&connection()).unwrap();
+    let (name, value) = &injected.headers()[0];
+    assert_eq!(name, header::AUTHORIZATION);
+    assert_eq!(value, "Bearer upstream-sa-token-0123");
+    assert!(injected
+        .secrets()
+        .iter()
+        .any(|s| s == b"upstream-sa-token-0123"));
+}
+
+fn plan(
+    path: &str,
+    query: Option<&str>,
+    ctype: &str,
+    engine: Option<&MaskingEngine>,
+) -> ResponsePlan {
+    let conn = connection();
+    let headers = HeaderMap::new();
+    let get = Method::GET;
+    let head = RequestHead::new(&get, path, query, &headers, &conn);
+    let (parts, _) = http::Response::builder()
+        .header(header::CONTENT_TYPE, ctype)
+        .body(())
+        .unwrap()
+        .into_parts();
+    let session = sluice_core::pipeline::SessionInfo {
+        id: "s".into(),
+        identity: sluice_core::model::Identity {
+            subject: "a".into(),
+            groups: vec![],
+            issuer: "sluice".into(),
+            token_id: "t".into(),
+            expires_at: std::time::SystemTime::now(),
+            connections: None,
+        },
+        connection: "k8s".into(),
+        protocol: Protocol::Kubernetes,
+        client_addr: "127.0.0.1:1".into(),
+    };
+    let ctx = MaskingContext::new(engine, &session, 1 << 20);
+    KubeFlavor::default().response_plan(&head, &parts, &ctx)
+}
+
+#[test]
+fn response_plans() {
+    let p = plan(
+        "/api/v1/namespaces/default/secrets",
+        None,
+        "application/json",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Transform(_)) && !p.streaming);
+    let p = plan(
+        "/api/v1/namespaces/default/secrets",
+        Some("watch=1"),
+        "application/json;stream=watch",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Transform(_)) && p.streaming);
+    let p = plan(
+        "/api/v1/namespaces/default/secrets/x",
+        None,
+        "application/vnd.kubernetes.protobuf",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Refuse(_)));
+    let p = plan(
+        "/api/v1/namespaces/default/secrets/x",
+        None,
+        "application/yaml",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Refuse(_)));
+    let p = plan(
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        None,
+        "application/json",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::Transform(_)));
+    let p = plan(
+        "/api/v1/namespaces/default/pods",
+        None,
+        "application/json",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::PassThrough));
+    let p = plan(
+        "/api/v1/namespaces/default/pods",
+        Some("watch=true"),
+        "application/json;stream=watch",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::PassThrough) && p.streaming);
+    let engine = sluice_core::masking::compile(
+        &sluice_core::masking::MaskingConfig {
+            detectors: vec!["email".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let p = plan(
+        "/api/v1/namespaces/default/configmaps",
+        None,
+        "application/json",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::Transform(_)));
+    let p = plan(
+        "/api/v1/namespaces/default/configmaps",
+        None,
+        "application/vnd.kubernetes.protobuf",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::Refuse(_)));
+    let p = plan(
+        "/openapi/v2",
+        None,
+        "application/com.github.proto-openapi.spec.v2@v1.0+protobuf",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::PassThrough));
+    let p = plan(
+        "/api/v1/namespaces/default/pods/web/log",
+        Some("follow=true"),
+        "text/plain",
+        Some(&engine),
+    );
+    assert!(matches!(p.body, BodyPlan::Text) && p.streaming);
+}
+
+#[test]
+fn exec_output_masked_by_frame() {
+    let engine = sluice_core::masking::compile(
+        &sluice_core::masking::MaskingConfig {
+            detectors: vec!["email".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let mut hook = ExecFrames {
+        engine: Some(engine),
+        counts: MaskCounts::default(),
+    };
+    let mut f = Frame {
+        fin: true,
+        opcode: 2,
+        payload: b"\x01mail ops.lead@example.com\n".to_vec(),
+    };
+    hook.frame(Direction::UpstreamToClient, &mut f).unwrap();
+    assert_eq!(f.payload[0], 1);
+    assert!(!String::from_utf8_lossy(&f.payload).contains("ops.lead@example.com"));
+    let mut status = Frame {
+        fin: true,
+        opcode: 2,
+        payload: b"\x03{\"status\":\"Success\"}".to_vec(),
+    };
+    let before = status.clone();
+    hook.frame(Direction::UpstreamToClient, &mut status)
+        .unwrap();
+    assert_eq!(status, before);
+    let mut text = Frame {
+        fin: true,
+        opcode: 1,
+        payload: b"1aGk=".to_vec(),
+    };
+    assert!(hook.frame(Direction::UpstreamToClient, &mut text).is_err());
+    assert_eq!(hook.counts().get("email"), 1);
+}
