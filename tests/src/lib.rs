@@ -464,6 +464,41 @@ impl Env {
         }
     }
 
+    /// Rewrites the config with `extra_toml` in place of the builder's extra
+    /// sections, sends SIGHUP and waits until the gateway logs the outcome
+    /// (`Configuration reloaded.` or `Configuration not reloaded`). Returns that log line.
+    pub fn reload_gateway(&mut self, extra_toml: &str) -> String {
+        self.extra_toml = extra_toml
+            .replace("{PG}", &self.pg.addr().to_string())
+            .replace("{DIR}", &self.dir.path().display().to_string());
+        self.write_config();
+        let offset = self.gateway_log().len();
+        let pid = self
+            .gateway
+            .as_ref()
+            .expect("the gateway is not running")
+            .id();
+        let sent = Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -HUP failed");
+        wait_until(
+            Duration::from_secs(10),
+            "the gateway to log the reload",
+            || {
+                let log = self.gateway_log();
+                log.get(offset..)?
+                    .lines()
+                    .find(|l| {
+                        l.contains("Configuration reloaded.")
+                            || l.contains("Configuration not reloaded")
+                    })
+                    .map(str::to_string)
+            },
+        )
+    }
+
     /// Stops the gateway: SIGTERM, then SIGKILL after 10 s. Returns its exit status.
     pub fn stop_gateway(&mut self) -> Option<ExitStatus> {
         let mut child = self.gateway.take()?;

@@ -50,7 +50,7 @@ impl ApiServer {
     /// Builds the listener's TLS from the gateway config (`[tls]`, or the
     /// certificate generated into `state_dir/tls`).
     pub fn new(gateway: Arc<Gateway>) -> Result<Self, ApiError> {
-        let tls = sluice_core::tls::server_config(gateway.config(), &[b"http/1.1"])?;
+        let tls = sluice_core::tls::server_config(&gateway.config(), &[b"http/1.1"])?;
         Ok(ApiServer {
             gateway,
             tls: TlsAcceptor::from(tls),

@@ -9,12 +9,12 @@ use crate::auth::{
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
-use crate::pipeline::policy::{MatchKey, PolicyEngine, RulesEngine};
+use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
 use crate::token::{IssuedToken, TokenAuthority, TokenError, TokenRequest, GATEWAY_ISSUER};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
@@ -43,19 +43,33 @@ pub enum ExchangeError {
 }
 
 pub struct Gateway {
-    config: Arc<Config>,
+    /// Replaced by a configuration reload; readers take a snapshot.
+    config: RwLock<Arc<Config>>,
     store: Arc<dyn Store>,
     tokens: TokenAuthority,
     pipeline: AuditService,
+    /// The built-in rules engine, recompiled on reload (`None` when the
+    /// assembler supplied its own engine, which reloads itself if it wants).
+    rules: Option<Arc<ReloadableEngine>>,
+    keys: Vec<Arc<dyn MatchKey>>,
     masker: Arc<dyn ResponseMasker>,
     approvals: Arc<ApprovalService>,
     live: Arc<LiveSessions>,
     authenticators: Vec<Arc<dyn Authenticator>>,
-    group_map: GroupMap,
+    group_map: RwLock<Arc<GroupMap>>,
     revocations: RevocationList,
     /// Exchanged tokens by the id of the token they came from, so that a
     /// revocation of the parent ends the children's live sessions too.
     children: Mutex<HashMap<String, Vec<(String, SystemTime)>>>,
+}
+
+/// What a configuration reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Live sessions ended because their connection went away or no longer admits them.
+    pub sessions_ended: usize,
+    /// Changed sections that were kept as they were: they take effect after a restart.
+    pub needs_restart: Vec<String>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -137,12 +151,15 @@ impl GatewayBuilder {
     }
 
     pub fn build(self) -> Result<Gateway, GatewayError> {
-        let engine = match self.engine {
-            Some(e) => e,
-            None => Arc::new(
-                RulesEngine::compile(&self.config, &self.keys)
-                    .map_err(|(key, message)| GatewayError::Config { key, message })?,
-            ),
+        let (engine, rules): (Arc<dyn PolicyEngine>, _) = match self.engine {
+            Some(e) => (e, None),
+            None => {
+                let rules = Arc::new(ReloadableEngine::new(Arc::new(
+                    RulesEngine::compile(&self.config, &self.keys)
+                        .map_err(|(key, message)| GatewayError::Config { key, message })?,
+                )));
+                (rules.clone(), Some(rules))
+            }
         };
         let tokens = TokenAuthority::load_or_create(
             &self.config.gateway.state_dir,
@@ -161,14 +178,16 @@ impl GatewayBuilder {
             pipeline: self
                 .pipeline
                 .build(engine, self.store.clone(), Some(approvals.clone())),
-            config: Arc::new(self.config),
+            config: RwLock::new(Arc::new(self.config)),
             store: self.store,
             tokens,
+            rules,
+            keys: self.keys,
             masker: self.masker,
             approvals,
             live: Arc::default(),
             authenticators: self.authenticators,
-            group_map,
+            group_map: RwLock::new(Arc::new(group_map)),
             revocations,
             children: Mutex::default(),
         })
@@ -176,8 +195,92 @@ impl GatewayBuilder {
 }
 
 impl Gateway {
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force (a snapshot: a reload replaces it).
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Applies a new configuration to the running gateway: connections,
+    /// rules, review settings and group mapping take effect for every command
+    /// from now on, including on live sessions.
+    /// Live sessions whose connection was removed, changed kind or upstream,
+    /// or no longer admits the session's identity are ended. Settings that
+    /// need a restart (listeners, state, TLS, identity providers, masking,
+    /// telemetry, webhooks)
+    /// are kept and named in the report. Nothing changes when the new
+    /// configuration does not compile.
+    pub fn reload(&self, config: Config) -> Result<ReloadReport, GatewayError> {
+        let config_error = |(key, message)| GatewayError::Config { key, message };
+        let rules = match &self.rules {
+            Some(_) => Some(RulesEngine::compile(&config, &self.keys).map_err(config_error)?),
+            None => None,
+        };
+        let settings = ReviewSettings::from_config(&config).map_err(config_error)?;
+        let old = self.config();
+        let mut report = ReloadReport::default();
+        let unchanged =
+            |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") == format!("{b:?}");
+        for (key, same) in [
+            ("gateway", unchanged(&old.gateway, &config.gateway)),
+            ("listen", unchanged(&old.listen, &config.listen)),
+            ("tls", unchanged(&old.tls, &config.tls)),
+            ("auth.oidc", unchanged(&old.auth.oidc, &config.auth.oidc)),
+            (
+                "auth.token_max_ttl",
+                old.auth.token_max_ttl == config.auth.token_max_ttl,
+            ),
+            ("telemetry", unchanged(&old.telemetry, &config.telemetry)),
+            ("webhooks", unchanged(&old.webhooks, &config.webhooks)),
+            ("masking", unchanged(&old.masking, &config.masking)),
+        ] {
+            if !same {
+                report.needs_restart.push(key.to_string());
+            }
+        }
+        // Keep what cannot change in place, so the config the gateway reports is the one in force.
+        let mut config = config;
+        config.gateway = old.gateway.clone();
+        config.listen = old.listen.clone();
+        config.tls = old.tls.clone();
+        config.auth.oidc = old.auth.oidc.clone();
+        config.auth.token_max_ttl = old.auth.token_max_ttl;
+        config.telemetry = old.telemetry.clone();
+        config.webhooks = old.webhooks.clone();
+        config.masking = old.masking.clone();
+
+        if let (Some(engine), Some(rules)) = (&self.rules, rules) {
+            engine.replace(Arc::new(rules));
+        }
+        self.approvals.replace_settings(settings);
+        *self.group_map.write().unwrap_or_else(|p| p.into_inner()) =
+            Arc::new(GroupMap::from_config(&config.auth));
+        let config = Arc::new(config);
+        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        report.sessions_ended = self.live.terminate_where(|session| {
+            let name = &session.connection;
+            let before = old.connection(name);
+            match config.connection(name) {
+                None => Some(format!(
+                    "connection {name:?} was removed from the gateway's configuration"
+                )),
+                Some(now)
+                    if before.is_some_and(|b| b.kind != now.kind || b.upstream != now.upstream) =>
+                {
+                    Some(format!(
+                        "connection {name:?} now points elsewhere; reconnect"
+                    ))
+                }
+                Some(now) if !session.identity.in_any_group(&now.allow_groups) => Some(format!(
+                    "{:?} is no longer in a group allowed to open {name:?}",
+                    session.identity.subject
+                )),
+                Some(_) => None,
+            }
+        });
+        Ok(report)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -228,7 +331,11 @@ impl Gateway {
                         None => String::new(),
                     }));
                 };
-                identity.groups = self.group_map.apply(&identity.issuer, &identity.groups);
+                identity.groups = self
+                    .group_map
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .apply(&identity.issuer, &identity.groups);
                 // Only gateway tokens carry a connection narrowing.
                 identity.connections = None;
                 identity
@@ -282,8 +389,8 @@ impl Gateway {
         connection: &str,
         ttl: Duration,
     ) -> Result<IssuedToken, ExchangeError> {
-        let conn = self
-            .config
+        let config = self.config();
+        let conn = config
             .connection(connection)
             .ok_or_else(|| ExchangeError::Invalid(format!("no connection named {connection:?}")))?;
         if !identity.may_open(connection) {
@@ -345,7 +452,8 @@ impl Gateway {
         protocol: Protocol,
         client_addr: &str,
     ) -> Result<SessionHandle, Refusal> {
-        let conn = self.config.connection(connection).ok_or_else(|| {
+        let config = self.config();
+        let conn = config.connection(connection).ok_or_else(|| {
             Refusal::Access(format!(
                 "no connection named {connection:?} is available to you"
             ))

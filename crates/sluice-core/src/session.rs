@@ -139,6 +139,21 @@ impl LiveSessions {
         rx
     }
 
+    /// Ends every live session for which `why` gives a reason; returns how many.
+    pub fn terminate_where(&self, why: impl Fn(&SessionInfo) -> Option<String>) -> usize {
+        let Ok(s) = self.sessions.lock() else {
+            return 0;
+        };
+        let mut ended = 0;
+        for live in s.values() {
+            if let Some(reason) = why(&live.info) {
+                live.terminate.send_replace(Some(reason));
+                ended += 1;
+            }
+        }
+        ended
+    }
+
     /// The sessions live in this process, oldest first.
     pub fn list(&self) -> Vec<LiveSessionInfo> {
         let mut out: Vec<LiveSessionInfo> = self

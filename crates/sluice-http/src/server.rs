@@ -103,7 +103,7 @@ impl Shared {
 
 /// Runs the listener.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) -> Result<(), HttpError> {
-    let tls = sluice_core::tls::server_config(shared.gateway.config(), &[b"h2", b"http/1.1"])?;
+    let tls = sluice_core::tls::server_config(&shared.gateway.config(), &[b"h2", b"http/1.1"])?;
     let tls = TlsAcceptor::from(tls);
     let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
     loop {

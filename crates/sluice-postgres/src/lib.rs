@@ -176,7 +176,7 @@ impl PostgresServer {
     /// Builds the listener's TLS from the gateway config (`[tls]` or a generated certificate).
     pub fn new(gateway: Arc<Gateway>) -> Result<Self, PgError> {
         let config = gateway.config();
-        let tls = sluice_core::tls::server_config(config, &[b"postgresql"])
+        let tls = sluice_core::tls::server_config(&config, &[b"postgresql"])
             .map_err(|e| PgError::Config(e.to_string()))?;
         let shared = Arc::new(Shared {
             tls: Some(tokio_rustls::TlsAcceptor::from(tls)),

@@ -75,6 +75,12 @@ pub fn check(config: &Config) -> Result<()> {
 }
 
 pub async fn serve(config: Config) -> Result<()> {
+    serve_with_reload(config, None).await
+}
+
+/// Serves; with `reload_from`, SIGHUP re-reads that file and applies it to the
+/// running gateway (see `Gateway::reload` for what changes in place).
+pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> Result<()> {
     check(&config)?;
     let store = open_store(&config, Mode::Writer(config.gateway.audit_sync))?;
     let closed = store.close_orphaned_sessions("gateway restarted").await?;
@@ -142,6 +148,9 @@ pub async fn serve(config: Config) -> Result<()> {
     if tasks.is_empty() {
         anyhow::bail!("no listener configured: set listen.postgres, listen.http or listen.api");
     }
+    if let Some(path) = reload_from {
+        tasks.spawn(reload_on_sighup(gateway.clone(), path));
+    }
     tokio::select! {
         r = tasks.join_next() => match r {
             Some(Ok(Err(e))) => Err(e),
@@ -187,6 +196,37 @@ fn masking_engine(config: &Config) -> Result<Option<sluice_core::masking::Maskin
     };
     let engine = sluice_core::masking::compile(&config.masking, Some(&key))?;
     Ok(engine.is_active().then_some(engine))
+}
+
+/// Applies the config file again on every SIGHUP. A file that does not load or
+/// compile changes nothing: the gateway keeps serving on the config it has.
+async fn reload_on_sighup(gateway: Arc<sluice_core::Gateway>, path: PathBuf) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        while hangup.recv().await.is_some() {
+            let loaded = Config::load(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|c| check(&c).map(|()| c));
+            let result = loaded.and_then(|c| gateway.reload(c).map_err(anyhow::Error::from));
+            match result {
+                Ok(report) => tracing::info!(
+                    message = "Configuration reloaded.",
+                    file = %path.display(),
+                    sessions_ended = report.sessions_ended,
+                    needs_restart = ?report.needs_restart
+                ),
+                Err(e) => tracing::error!(
+                    message = "Configuration not reloaded; the gateway keeps its current configuration.",
+                    file = %path.display(),
+                    error = %format!("{e:#}")
+                ),
+            }
+        }
+    }
+    std::future::pending::<()>().await;
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -214,7 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             let runtime = compose::runtime()?;
             // The batch exporter needs the runtime's context to start.
             let _guard = runtime.block_on(async { telemetry::init(&config.telemetry) })?;
-            runtime.block_on(compose::serve(config))
+            runtime.block_on(compose::serve_with_reload(config, c.config.clone()))
         }
         Cmd::Demo { state_dir } => compose::demo(state_dir),
         Cmd::Config(ConfigCmd::Check(c)) => {

@@ -69,7 +69,7 @@ fn deny(verdict: &Verdict, message: String) -> Verdict {
 async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdict) -> Verdict {
     let rule = verdict.rule.clone().unwrap_or_default();
     // A review without settings cannot be decided by anyone: fail closed.
-    let Some(settings) = service.settings(&rule).cloned() else {
+    let Some(settings) = service.settings(&rule) else {
         return deny(
             &verdict,
             "this command needs a review that is not configured; it was not run".into(),

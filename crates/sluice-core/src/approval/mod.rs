@@ -183,7 +183,7 @@ pub struct ApprovalService {
     entries: Mutex<HashMap<String, Entry>>,
     store: Arc<dyn Store>,
     notifiers: Vec<Arc<dyn ApprovalNotifier>>,
-    settings: HashMap<String, ReviewSettings>,
+    settings: std::sync::RwLock<Arc<HashMap<String, ReviewSettings>>>,
     /// How long finished requests stay listed; their decisions stay in the audit trail.
     finished_retention_ms: u64,
 }
@@ -226,7 +226,7 @@ impl ApprovalService {
             entries: Mutex::new(HashMap::new()),
             store,
             notifiers,
-            settings,
+            settings: std::sync::RwLock::new(Arc::new(settings)),
             finished_retention_ms: FINISHED_RETENTION.as_millis() as u64,
         }
     }
@@ -237,8 +237,18 @@ impl ApprovalService {
         self
     }
 
-    pub fn settings(&self, rule: &str) -> Option<&ReviewSettings> {
-        self.settings.get(rule)
+    pub fn settings(&self, rule: &str) -> Option<ReviewSettings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(rule)
+            .cloned()
+    }
+
+    /// Replaces the review rules' settings (configuration reload); requests
+    /// already open keep the settings they were opened with.
+    pub fn replace_settings(&self, settings: HashMap<String, ReviewSettings>) {
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
     }
 
     /// The queue with requests whose time ran out marked expired, and requests

@@ -21,6 +21,27 @@ pub trait PolicyEngine: Send + Sync + 'static {
     fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError>;
 }
 
+/// A policy engine that a configuration reload can replace while sessions
+/// run: every command is judged by the engine current when it arrives.
+pub struct ReloadableEngine(std::sync::RwLock<Arc<dyn PolicyEngine>>);
+
+impl ReloadableEngine {
+    pub fn new(engine: Arc<dyn PolicyEngine>) -> Self {
+        ReloadableEngine(std::sync::RwLock::new(engine))
+    }
+
+    pub fn replace(&self, engine: Arc<dyn PolicyEngine>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = engine;
+    }
+}
+
+impl PolicyEngine for ReloadableEngine {
+    fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError> {
+        let engine = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        engine.evaluate(req)
+    }
+}
+
 /// A compiled matcher for one rule's match keys.
 pub trait CommandMatcher: Send + Sync {
     /// Whether the command matches. An `Err` (e.g. unparseable input) denies.
