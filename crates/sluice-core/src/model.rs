@@ -78,6 +78,14 @@ pub enum CommandKind {
     Exec,
     /// An HTTP request.
     HttpRequest { method: String, path: String },
+    /// An interactive shell (SSH `shell` request), judged as a whole; what
+    /// is typed into it is recorded, not judged line by line.
+    Shell { pty: bool },
+    /// A named subsystem (SSH `sftp`, …); `text` is the name.
+    Subsystem { name: String },
+    /// A forwarding request or channel: `port-forward` (local and dynamic),
+    /// `remote-forward`, `agent-forward`, `x11`; `text` says where to.
+    Forward { kind: String },
 }
 
 /// One command on a session: the unit that is judged, audited and answered.

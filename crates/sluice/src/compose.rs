@@ -195,10 +195,16 @@ pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn replay(config: Config, session_id: &str) -> Result<()> {
+pub async fn replay(config: Config, session_id: &str, format: &str) -> Result<()> {
     let records = open_store(&config, Mode::Reader)?
         .session_records(session_id)
         .await?;
+    if format == "asciicast" {
+        let cast = sluice_core::replay::asciicast(&records, None)
+            .map_err(|e| anyhow::anyhow!("session {session_id}: {e}"))?;
+        print!("{cast}");
+        return Ok(());
+    }
     print!("{}", sluice_core::replay::transcript(&records));
     Ok(())
 }

@@ -116,17 +116,6 @@ impl Parser {
         self.s.get(self.i + n).copied()
     }
 
-    fn starts_with(&self, pat: &str) -> bool {
-        let mut j = self.i;
-        for c in pat.chars() {
-            if self.s.get(j) != Some(&c) {
-                return false;
-            }
-            j += 1;
-        }
-        true
-    }
-
     fn skip_blanks(&mut self) {
         loop {
             match self.peek() {
