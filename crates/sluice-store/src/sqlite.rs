@@ -376,6 +376,9 @@ fn event_kind(event: &AuditEvent) -> &'static str {
         AuditEvent::ApprovalRequested { .. } => "approval_requested",
         AuditEvent::ApprovalDecided { .. } => "approval_decided",
         AuditEvent::SessionEnd { .. } => "session_end",
+        AuditEvent::StreamOutput { .. } => "stream_output",
+        AuditEvent::WindowResized { .. } => "window_resized",
+        AuditEvent::FileTransfer { .. } => "file_transfer",
     }
 }
 

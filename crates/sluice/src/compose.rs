@@ -32,7 +32,11 @@ fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
 
 /// The match keys the protocols in this build contribute to `[[rules]]`.
 fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
-    vec![sluice_postgres::sql_match_key()]
+    vec![
+        sluice_postgres::sql_match_key(),
+        sluice_core::shell::shell_match_key(),
+        sluice_ssh::ssh_match_key(),
+    ]
 }
 
 /// Everything `config check` can verify without starting listeners.
@@ -98,13 +102,19 @@ pub async fn serve(config: Config) -> Result<()> {
         tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
-    for (name, addr) in [("ssh", listen.ssh), ("http", listen.http)] {
-        if addr.is_some() {
-            anyhow::bail!("listen.{name}: this build has no {name} listener yet");
-        }
+    if let Some(addr) = listen.ssh {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the ssh listener on {addr}"))?;
+        let server = sluice_ssh::SshServer::new(gateway.clone())?;
+        tracing::info!(message = "SSH listener ready.", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    if listen.http.is_some() {
+        anyhow::bail!("listen.http: this build has no http listener yet");
     }
     if tasks.is_empty() {
-        anyhow::bail!("no listener configured: set listen.postgres or listen.api");
+        anyhow::bail!("no listener configured: set listen.postgres, listen.ssh or listen.api");
     }
     tokio::select! {
         r = tasks.join_next() => match r {
