@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod raw;
+pub mod sshd;
 
 use sluice_sandbox::{free_port, DemoDatabase, TempPostgres, TempPostgresOptions};
 use std::fs;

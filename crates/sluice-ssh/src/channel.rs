@@ -22,8 +22,11 @@ pub const EXIT_GATEWAY: u32 = 255;
 const MAX_EARLY: usize = 1024 * 1024;
 /// Exec output recorded per command (the rest is counted).
 const EXEC_RECORD_LIMIT: u64 = 64 * 1024;
-/// Masked output held back is released after this much upstream silence.
-const MASK_IDLE: Duration = Duration::from_millis(30);
+/// Masked output held back is released after this much upstream silence:
+/// quickly on a terminal (a prompt must show), later for exec output, so
+/// that a secret printed in two parts a moment apart is still seen whole.
+const MASK_IDLE_PTY: Duration = Duration::from_millis(30);
+const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
 
 /// Environment variables passed to the upstream; others are refused.
 fn env_allowed(name: &str) -> bool {
@@ -354,6 +357,11 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         status: None,
         masked: Default::default(),
     };
+    let mask_idle = if pty.is_some() {
+        MASK_IDLE_PTY
+    } else {
+        MASK_IDLE_EXEC
+    };
     for m in before {
         if !out.handle(m).await {
             break;
@@ -369,7 +377,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                     break;
                 }
             }
-            _ = tokio::time::sleep(MASK_IDLE), if pending => out.flush_maskers().await,
+            _ = tokio::time::sleep(mask_idle), if pending => out.flush_maskers().await,
         }
     }
     out.flush_maskers().await;

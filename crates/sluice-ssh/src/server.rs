@@ -152,7 +152,7 @@ impl server::Handler for ClientHandler {
         let Some(mut response) = response else {
             self.told = false;
             return Ok(Auth::Partial {
-                name: Cow::Borrowed("Sluice"),
+                name: Cow::Borrowed(""),
                 instructions: Cow::Borrowed(""),
                 prompts: Cow::Owned(vec![(Cow::Borrowed(TOKEN_PROMPT), false)]),
             });
@@ -172,7 +172,7 @@ impl server::Handler for ClientHandler {
                 // Keyboard-interactive can show text: say why, then refuse.
                 self.told = true;
                 Ok(Auth::Partial {
-                    name: Cow::Borrowed("Sluice"),
+                    name: Cow::Borrowed(""),
                     instructions: Cow::Owned(format!(
                         "{message}\nPass a valid, unexpired Sluice token as the password (sluice token issue, or your identity provider).\n"
                     )),

@@ -556,7 +556,8 @@ fn index_line(
 ) -> Result<(), StoreError> {
     let kind = match line.kind {
         k @ ("session_start" | "command_decided" | "command_finished" | "approval_requested"
-        | "approval_decided" | "session_end") => k,
+        | "approval_decided" | "session_end" | "stream_output" | "window_resized"
+        | "file_transfer") => k,
         other => {
             return Err(unavailable(format!(
                 "journal record of {} #{} has unknown kind {other:?}",

@@ -7,7 +7,7 @@
 
 use super::{CommandRequest, PipelineError};
 use crate::config::{Config, RuleConfig};
-use crate::model::{Action, Command, Verdict};
+use crate::model::{Action, Command, CommandKind, Verdict};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -229,14 +229,26 @@ impl PolicyEngine for RulesEngine {
                 matched.push((rule, m));
             }
         }
-        let default = Verdict {
-            action: self
-                .defaults
-                .get(&s.connection)
-                .copied()
-                .unwrap_or(Action::Allow),
-            rule: None,
-            message: None,
+        let default = if matches!(req.command.kind, CommandKind::Forward { .. }) {
+            // Forwarding opens paths the command policy never sees: only a
+            // rule that matches it (e.g. `ssh = ["port-forward"]`) allows it.
+            Verdict {
+                action: Action::Deny,
+                rule: Some("sluice:forwarding".into()),
+                message: Some(
+                    "forwarding (ssh -L, -D, -R, -A, -X) is denied unless a rule allows it".into(),
+                ),
+            }
+        } else {
+            Verdict {
+                action: self
+                    .defaults
+                    .get(&s.connection)
+                    .copied()
+                    .unwrap_or(Action::Allow),
+                rule: None,
+                message: None,
+            }
         };
         let verdict_of = |rule: &CompiledRule| Verdict {
             action: rule.action,
