@@ -227,9 +227,10 @@ impl SshEnv {
             fs::write(
                 &self.config_path,
                 format!(
-                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\n\n{body}",
+                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n\n{body}",
                     self.state_dir.display().to_string(),
-                    self.port
+                    self.port,
+                    free_port(),
                 ),
             )
             .expect("writing the gateway config");
@@ -251,13 +252,19 @@ impl SshEnv {
                 .expect("spawning sluice serve");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                if self.gateway_log().contains("SSH listener ready.") {
+                let log = self.gateway_log();
+                if log.contains("SSH listener ready.")
+                    && log.contains("Operator API listener ready.")
+                {
                     self.gateway = Some(child);
                     self.write_client_files();
                     return;
                 }
                 if let Ok(Some(status)) = child.try_wait() {
-                    if self.gateway_log().contains("binding the ssh listener") {
+                    let log = self.gateway_log();
+                    if log.contains("binding the ssh listener")
+                        || log.contains("binding the api listener")
+                    {
                         break;
                     }
                     panic!(
@@ -439,6 +446,14 @@ impl SshEnv {
         let mut cmd = Command::new("su");
         cmd.args(["-s", "/bin/sh", "-c", script, TEST_USER]);
         run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+    }
+
+    /// `sluice approvals ARGS… --token TOKEN` (the gateway's operator API).
+    pub fn approvals(&self, token: &str, args: &[&str]) -> Output {
+        let mut all = vec!["approvals"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--token", token]);
+        self.sluice(&all)
     }
 
     /// `sluice sessions list --json`.

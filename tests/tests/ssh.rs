@@ -633,3 +633,87 @@ fn hostile_upstreams_fail_cleanly_and_the_gateway_keeps_serving() {
     }
     ok(&env.ssh(&token, &["true"]));
 }
+
+#[test]
+fn a_held_command_runs_on_the_open_channel_after_approval() {
+    let env = SshEnv::start(
+        r#"
+[[rules]]
+name = "reviewed-touch"
+match = { program = ["touch"] }
+action = "review"
+approvers = ["oncall"]
+timeout = "5m"
+message = "Creating files needs an on-call approval."
+"#,
+    );
+    let marker = env.work.join("approved");
+    let token = env.agent_token();
+    let oncall = env.token("olga", &["oncall"]);
+    let mut cmd = env.ssh_command(
+        &token,
+        &[&format!("touch {} && echo done", marker.display())],
+    );
+    let client =
+        std::thread::spawn(move || run_with_timeout(&mut cmd, None, Duration::from_secs(90)));
+    let request = sluice_e2e::wait_until(Duration::from_secs(30), "a pending approval", || {
+        let out = env.approvals(&oncall, &["list", "--json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().next()
+    });
+    let id = request["id"].as_str().unwrap().to_string();
+    assert_eq!(request["rule"], "reviewed-touch");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "nothing runs before approval");
+    ok(&env.approvals(&oncall, &["approve", &id]));
+    let out = client.join().unwrap();
+    assert_eq!(ok(&out), "done\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("holding it for approval {id}")),
+        "{err}"
+    );
+    assert!(marker.exists());
+}
+
+#[test]
+fn remote_forwarding_allowed_by_a_rule_relays_connections_back() {
+    let env = SshEnv::start(
+        r#"
+[[rules]]
+name = "reverse-tunnels"
+match = { ssh = ["remote-forward"] }
+action = "allow"
+"#,
+    );
+    let port = echo_server();
+    let rport = sluice_sandbox::free_port();
+    let mut cmd = env.ssh_command(
+        &env.agent_token(),
+        &[
+            "-o",
+            "ExitOnForwardFailure=yes",
+            "-N",
+            "-R",
+            &format!("{rport}:127.0.0.1:{port}"),
+        ],
+    );
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The upstream host listens on rport; its connections come back through the gateway.
+    let mut conn = sluice_e2e::wait_until(Duration::from_secs(20), "the remote listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", rport)).ok()
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -474,17 +474,15 @@ async fn client_to_upstream(
                 row_height,
                 pix_width,
                 pix_height,
-            } => {
-                if has_pty {
-                    if let Some(r) = &record {
-                        if let Ok(mut r) = r.lock() {
-                            r.resize(col_width, row_height);
-                        }
+            } if has_pty => {
+                if let Some(r) = &record {
+                    if let Ok(mut r) = r.lock() {
+                        r.resize(col_width, row_height);
                     }
-                    let _ = up_tx
-                        .window_change(col_width, row_height, pix_width, pix_height)
-                        .await;
                 }
+                let _ = up_tx
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
             }
             ChannelMsg::Signal { signal } => {
                 let _ = up_tx.signal(signal).await;

@@ -387,8 +387,7 @@ impl Parser {
         let start = self.i;
         let mut brace_open = false;
         let mut brace_list = false;
-        loop {
-            let Some(c) = self.peek() else { break };
+        while let Some(c) = self.peek() {
             if (c == '<' || c == '>') && self.peek_at(1) == Some('(') {
                 // Process substitution: its commands run.
                 let from = self.i;
