@@ -18,8 +18,11 @@ use sluice_sandbox::{
 
 use crate::{command_exists, describe, run_inherit, workspace_root};
 
+mod ssh;
+
 const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
-                     [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH]";
+                     [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \
+                     [--ssh-mib N] [--only ssh]";
 const SCALE: u32 = 10;
 const DB: &str = "bench";
 const ROLE: &str = "bench";
@@ -32,6 +35,10 @@ struct Options {
     sslmode: Option<String>,
     /// A prebuilt gateway binary; default: build `target/release/sluice`.
     sluice_bin: Option<PathBuf>,
+    /// Size of the file the SSH section copies with scp (MiB).
+    ssh_mib: u64,
+    /// Run only the SSH section.
+    only_ssh: bool,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -45,6 +52,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
         // have no TLS, and the gateway would otherwise negotiate it.
         sslmode: Some("disable".to_string()),
         sluice_bin: None,
+        ssh_mib: 1024,
+        only_ssh: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -85,6 +94,13 @@ fn parse_options(args: &[String]) -> Result<Options> {
             }
             "--sslmode" => opts.sslmode = Some(value()?),
             "--sluice-bin" => opts.sluice_bin = Some(PathBuf::from(value()?)),
+            "--ssh-mib" => {
+                opts.ssh_mib = value()?.parse().context("--ssh-mib: not a number")?;
+            }
+            "--only" => match value()?.as_str() {
+                "ssh" => opts.only_ssh = true,
+                other => bail!("--only: unknown section `{other}` (ssh)"),
+            },
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
@@ -122,6 +138,10 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             }
         },
     };
+
+    if opts.only_ssh {
+        return ssh::bench(sluice_bin.as_deref(), opts.ssh_mib);
+    }
 
     eprintln!("bench: starting PostgreSQL and loading pgbench data (scale {SCALE})");
     let pg = TempPostgres::start(TempPostgresOptions::default())?;
@@ -318,6 +338,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     drop(sluice_rules);
     drop(sluice);
     drop(pgbouncer);
+    if let Err(e) = ssh::bench(sluice_bin.as_deref(), opts.ssh_mib) {
+        eprintln!("bench: the SSH section failed: {e:#}");
+    }
     Ok(())
 }
 
