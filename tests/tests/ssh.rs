@@ -717,3 +717,34 @@ action = "allow"
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn the_session_ends_when_its_token_expires() {
+    let env = SshEnv::start("");
+    let out = env.sluice(&[
+        "token",
+        "issue",
+        "--subject",
+        "agent-1",
+        "--groups",
+        "agents",
+        "--ttl",
+        "3s",
+    ]);
+    let token = ok(&out).trim().to_string();
+    let started = Instant::now();
+    let out = env.ssh(&token, &["sleep 60; echo finished"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!stdout(&out).contains("finished"));
+    let err = stderr(&out);
+    assert!(
+        err.contains("sluice: session ended: token expired"),
+        "{err}"
+    );
+    let sessions = env.wait_sessions_ended(1);
+    assert_eq!(sessions[0]["end_reason"], "token expired");
+}

@@ -367,10 +367,12 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             break;
         }
     }
+    let mut closed = live.closed.clone();
     loop {
         let pending = out.stdout.as_ref().is_some_and(|m| m.pending() > 0)
             || out.stderr.as_ref().is_some_and(|m| m.pending() > 0);
         tokio::select! {
+            _ = crate::server::connection_gone(&mut closed) => break,
             m = up_rx.wait() => {
                 let Some(m) = m else { break };
                 if !out.handle(m).await {

@@ -57,7 +57,7 @@ pub(crate) async fn direct(
     {
         Ok(up) => {
             reply.accept().await;
-            let bytes = pump(channel, up).await;
+            let bytes = pump(channel, up, live.closed.clone()).await;
             recorder.finished(
                 command_id,
                 Outcome {
@@ -107,13 +107,27 @@ pub(crate) async fn remote(
         Ok(u) => u,
         Err(_) => return Ok(false),
     };
+    // Registered before asking: the upstream may open a forwarded channel
+    // as soon as it listens, before its reply arrives.
+    let requested = (address.to_string(), *port);
+    if let Ok(mut f) = upstream.forwards.lock() {
+        f.push(requested.clone());
+    }
+    let unregister = || {
+        if let Ok(mut f) = upstream.forwards.lock() {
+            if let Some(i) = f.iter().position(|r| *r == requested) {
+                f.remove(i);
+            }
+        }
+    };
     match upstream.handle.tcpip_forward(address, *port).await {
         Ok(bound) => {
-            if bound != 0 {
+            if bound != 0 && bound != *port {
+                unregister();
                 *port = bound;
-            }
-            if let Ok(mut f) = upstream.forwards.lock() {
-                f.push((address.to_string(), *port));
+                if let Ok(mut f) = upstream.forwards.lock() {
+                    f.push((address.to_string(), bound));
+                }
             }
             live.handle.recorder().finished(
                 command_id,
@@ -125,6 +139,7 @@ pub(crate) async fn remote(
             Ok(true)
         }
         Err(e) => {
+            unregister();
             live.handle.recorder().finished(
                 command_id,
                 Outcome {
@@ -166,7 +181,11 @@ pub(crate) async fn cancel_remote(
 
 /// Relays bytes both ways between two channels until both sides are done;
 /// returns the bytes relayed.
-pub(crate) async fn pump<A, B>(a: Channel<A>, b: Channel<B>) -> u64
+pub(crate) async fn pump<A, B>(
+    a: Channel<A>,
+    b: Channel<B>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) -> u64
 where
     A: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
     B: From<(russh::ChannelId, ChannelMsg)> + Send + Sync + 'static,
@@ -194,7 +213,13 @@ where
         n
     });
     let mut n = 0u64;
-    while let Some(m) = b_rx.wait().await {
+    loop {
+        let m = tokio::select! {
+            m = b_rx.wait() => m,
+            // The client connection is gone: stop, so the upstream goes too.
+            _ = crate::server::connection_gone(&mut closed) => None,
+        };
+        let Some(m) = m else { break };
         match m {
             ChannelMsg::Data { data } => {
                 n += data.len() as u64;
@@ -210,5 +235,6 @@ where
         }
     }
     let _ = a_tx.close().await;
+    ab.abort();
     n + ab.await.unwrap_or(0)
 }

@@ -24,6 +24,9 @@ pub(crate) struct Live {
     upstream: tokio::sync::OnceCell<Result<Arc<Upstream>, UpstreamError>>,
     /// Approval-hold messages; the channel deciding a command delivers them.
     pub notices: tokio::sync::Mutex<Option<UnboundedReceiver<String>>>,
+    /// Becomes true when the client connection is gone: channel tasks stop
+    /// relaying, so the upstream and the session (and its end record) go too.
+    pub closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Live {
@@ -33,7 +36,7 @@ impl Live {
         self.upstream
             .get_or_init(|| async {
                 let conn = self.handle.connection().clone();
-                match upstream::connect(&conn, self.client.clone()).await {
+                match upstream::connect(&conn, self.client.clone(), self.closed.clone()).await {
                     Ok(u) => Ok(Arc::new(u)),
                     Err(e) => {
                         tracing::warn!(message = "Upstream SSH connection failed.", connection = %conn.name, error = %e, detail = %e.detail());
@@ -45,6 +48,18 @@ impl Live {
             })
             .await
             .clone()
+    }
+}
+
+/// Resolves once the client connection is gone.
+pub(crate) async fn connection_gone(closed: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
+        if closed.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -86,6 +101,7 @@ pub(crate) struct ClientHandler {
     told: bool,
     authed: Arc<AtomicBool>,
     watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+    closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ClientHandler {
@@ -193,6 +209,7 @@ impl server::Handler for ClientHandler {
             client: session.handle(),
             upstream: tokio::sync::OnceCell::new(),
             notices: tokio::sync::Mutex::new(notices),
+            closed: self.closed.clone(),
         });
         self.authed.store(true, Ordering::SeqCst);
         // The session ends when its token expires or is revoked.
@@ -366,7 +383,9 @@ pub(crate) async fn serve_client(
 ) -> Result<(), String> {
     let authed = Arc::new(AtomicBool::new(false));
     let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+    let (closed_tx, closed) = tokio::sync::watch::channel(false);
     let handler = ClientHandler {
+        closed,
         gateway,
         peer,
         pending: None,
@@ -394,6 +413,7 @@ pub(crate) async fn serve_client(
         }
     });
     let result = running.await;
+    closed_tx.send_replace(true);
     deadline.abort();
     if let Some(w) = watcher.lock().ok().and_then(|mut w| w.take()) {
         w.abort();

@@ -56,6 +56,7 @@ pub(crate) type RemoteForwards = Arc<Mutex<Vec<(String, u32)>>>;
 
 pub(crate) struct UpstreamHandler {
     pin: PublicKey,
+    closed: tokio::sync::watch::Receiver<bool>,
     mismatch: Arc<Mutex<Option<String>>>,
     /// The client's connection, to open forwarded-tcpip channels on.
     client: Option<russh::server::Handle>,
@@ -119,6 +120,7 @@ impl client::Handler for UpstreamHandler {
             connected_address.to_string(),
             originator_address.to_string(),
         );
+        let closed = self.closed.clone();
         tokio::spawn(async move {
             match client
                 .channel_open_forwarded_tcpip(addr, connected_port, orig, originator_port)
@@ -126,7 +128,7 @@ impl client::Handler for UpstreamHandler {
             {
                 Ok(to_client) => {
                     reply.accept().await;
-                    crate::forward::pump(to_client, channel).await;
+                    crate::forward::pump(to_client, channel, closed).await;
                 }
                 Err(e) => {
                     tracing::info!(message = "The client refused a forwarded connection.", error = %e);
@@ -148,8 +150,9 @@ pub(crate) struct Upstream {
 pub(crate) async fn connect(
     conn: &ConnectionConfig,
     client: russh::server::Handle,
+    closed: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Upstream, UpstreamError> {
-    match tokio::time::timeout(UPSTREAM_TIMEOUT, connect_inner(conn, client)).await {
+    match tokio::time::timeout(UPSTREAM_TIMEOUT, connect_inner(conn, client, closed)).await {
         Ok(r) => r,
         Err(_) => Err(UpstreamError::Timeout),
     }
@@ -158,6 +161,7 @@ pub(crate) async fn connect(
 async fn connect_inner(
     conn: &ConnectionConfig,
     client: russh::server::Handle,
+    closed: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Upstream, UpstreamError> {
     let pin =
         parse_pin(conn.host_key.as_deref().unwrap_or_default()).map_err(UpstreamError::Config)?;
@@ -203,6 +207,7 @@ async fn connect_inner(
     let forwards: RemoteForwards = Arc::default();
     let handler = UpstreamHandler {
         pin,
+        closed,
         mismatch: mismatch.clone(),
         client: Some(client),
         forwards: forwards.clone(),
