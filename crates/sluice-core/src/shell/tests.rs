@@ -261,7 +261,7 @@ kind = "ssh"
 upstream = "127.0.0.1:22"
 user = "u"
 password = { env = "X" }
-host_key = "ssh-ed25519 AAAA"
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
 allow_groups = ["agents"]
 default_action = "deny"
 
