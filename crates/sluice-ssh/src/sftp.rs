@@ -29,34 +29,66 @@ pub(crate) struct Transfer {
     pub bytes: u64,
 }
 
+/// Splits a byte stream into SFTP packets, keeping only each packet's head:
+/// file contents (WRITE and DATA payloads) are skipped, not copied.
 #[derive(Default)]
 struct Framer {
+    /// The current packet's length prefix and head.
     buf: Vec<u8>,
+    /// Payload bytes of the current packet still to pass over.
+    skip: usize,
     broken: bool,
 }
 
+/// Head kept of WRITE and DATA packets (type, id, handle, offset, length).
+const DATA_HEAD: usize = 512;
+/// Head kept of other packets (paths).
+const OTHER_HEAD: usize = 16 * 1024;
+
 impl Framer {
-    fn push(&mut self, data: &[u8], mut each: impl FnMut(&[u8])) {
-        if self.broken {
-            return;
-        }
-        self.buf.extend_from_slice(data);
-        let mut at = 0;
-        while self.buf.len() - at >= 4 {
-            let b = &self.buf[at..];
-            let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    /// Calls `each(packet length, packet head)` for every packet completed.
+    fn push(&mut self, mut data: &[u8], mut each: impl FnMut(usize, &[u8])) {
+        while !self.broken {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                if self.skip > 0 {
+                    return;
+                }
+            }
+            if data.is_empty() {
+                return;
+            }
+            // Length prefix and type byte first.
+            let take = 5usize.saturating_sub(self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() < 5 {
+                return;
+            }
+            let len =
+                u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
             if len == 0 || len > MAX_PACKET {
                 self.broken = true;
                 self.buf.clear();
                 return;
             }
-            if b.len() < 4 + len {
-                break;
+            let head = len.min(if matches!(self.buf[4], FXP_WRITE | FXP_DATA) {
+                DATA_HEAD
+            } else {
+                OTHER_HEAD
+            });
+            let take = (4 + head - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() < 4 + head {
+                return;
             }
-            each(&b[4..4 + len]);
-            at += 4 + len;
+            each(len, &self.buf[4..]);
+            self.buf.clear();
+            self.skip = len - head;
         }
-        self.buf.drain(..at);
     }
 }
 
@@ -114,23 +146,16 @@ pub(crate) struct SftpTracker {
 impl SftpTracker {
     /// Bytes from the client (requests).
     pub fn client_data(&mut self, data: &[u8]) {
-        let mut packets = Vec::new();
-        self.requests.push(data, |p| packets.push(p.to_vec()));
-        for p in packets {
-            self.request(&p);
-        }
+        let mut framer = std::mem::take(&mut self.requests);
+        framer.push(data, |_, head| self.request(head));
+        self.requests = framer;
     }
 
     /// Bytes from the server (responses).
     pub fn server_data(&mut self, data: &[u8]) {
-        let mut packets = Vec::new();
-        // Only the header of a packet is needed (DATA carries file contents).
-        self.responses.push(data, |p| {
-            packets.push((p.len(), p[..p.len().min(64)].to_vec()))
-        });
-        for (len, head) in packets {
-            self.response(len, &head);
-        }
+        let mut framer = std::mem::take(&mut self.responses);
+        framer.push(data, |len, head| self.response(len, head));
+        self.responses = framer;
     }
 
     fn request(&mut self, p: &[u8]) {
