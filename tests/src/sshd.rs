@@ -38,10 +38,23 @@ pub fn ensure_test_user() {
         assert!(exists(), "could not create the test account {TEST_USER}");
     }
     // A new account is locked ("!") until it has a password field; `*`
-    // allows key logins and no password.
-    let _ = Command::new("usermod")
-        .args(["-p", "*", TEST_USER])
-        .output();
+    // allows key logins and no password. Tests run in parallel: retry while
+    // another one holds the passwd lock.
+    let unlocked = || {
+        Command::new("getent")
+            .args(["shadow", TEST_USER])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).split(':').nth(1) == Some("*"))
+            .unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !unlocked() {
+        let _ = Command::new("usermod")
+            .args(["-p", "*", TEST_USER])
+            .output();
+        assert!(Instant::now() < deadline, "could not unlock {TEST_USER}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let _ = fs::create_dir_all("/run/sshd");
 }
 

@@ -60,6 +60,22 @@ fn wrong_token_and_wrong_group_are_refused_and_the_gateway_keeps_serving() {
     let err = failed(&out);
     assert!(err.contains("sluice: authentication failed"), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
+    // The password method carries the token too.
+    let password_only = |token: &str| {
+        let mut cmd = env.client("ssh", token);
+        cmd.args(["-o", "PreferredAuthentications=password"])
+            .args(env.client_options())
+            .args([
+                "-p",
+                &env.port.to_string(),
+                "host@127.0.0.1",
+                "echo via-password",
+            ]);
+        run_with_timeout(&mut cmd, None, Duration::from_secs(60))
+    };
+    assert_eq!(ok(&password_only(&env.agent_token())), "via-password\n");
+    let err = failed(&password_only("not-a-token"));
+    assert!(err.contains("Permission denied"), "{err}");
     let outsider = env.token("intruder", &["visitors"]);
     let err = failed(&env.ssh(&outsider, &["true"]));
     assert!(err.contains("sluice: access denied"), "{err}");
