@@ -51,6 +51,13 @@ fn exec_output_and_exit_status_are_relayed_exactly() {
     assert!(replay.contains("exec: printf"), "{replay}");
     assert!(replay.contains("exit 7"), "{replay}");
     assert!(replay.contains("stderr| err"), "{replay}");
+    // The gateway-held key never shows up in its log or its state.
+    let key = fs::read_to_string(env.dir.path().join("gateway_upstream_key")).unwrap();
+    let body = key.lines().nth(2).unwrap();
+    assert!(body.len() > 40);
+    assert!(!env.gateway_log().contains(body));
+    let journal = fs::read_to_string(env.state_dir.join("journal.log")).unwrap();
+    assert!(!journal.contains(body));
 }
 
 #[test]
