@@ -43,7 +43,7 @@ fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
     for c in &config.connections {
-        if let Some(secret) = &c.password {
+        for secret in c.password.iter().chain(c.private_key.iter()) {
             if let Err(e) = secret.resolve() {
                 tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
             }
