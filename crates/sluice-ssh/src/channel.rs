@@ -175,6 +175,19 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
 
     // Decide, delivering approval-hold messages and watching the client: a
     // client that leaves takes its pending command (and approval) with it.
+    // The upstream channel is opened while the command is being decided (an
+    // open channel runs nothing until a request is sent), saving a round
+    // trip; a refused command closes it unused.
+    let opening = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let upstream = live.upstream().await.map_err(|e| e.to_string())?;
+            upstream.handle.channel_open_session().await.map_err(|e| {
+                tracing::warn!(message = "The upstream refused a session channel.", error = %e);
+                "the upstream refused a session channel".to_string()
+            })
+        })
+    };
     let decision = decide(&live, kind, text.clone());
     tokio::pin!(decision);
     let mut notices = live.notices.try_lock().ok();
@@ -185,12 +198,16 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                 let _ = tx.extended_data_bytes(1, Bytes::from(format!("{n}{nl}"))).await;
             }
             m = rx.wait() => match m {
-                None | Some(ChannelMsg::Close) => return,
+                None | Some(ChannelMsg::Close) => {
+                    close_unused(opening).await;
+                    return;
+                }
                 Some(ChannelMsg::Eof) => client_eof = true,
                 Some(ChannelMsg::Data { data }) => {
                     early_len += data.len();
                     if early_len > MAX_EARLY {
                         let _ = tx.close().await;
+                        close_unused(opening).await;
                         return;
                     }
                     early.push(data);
@@ -210,6 +227,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         Decided::Refuse(denial) => {
             let _ = client.channel_success(id).await;
             refuse_locally(&tx, &denial_text(&denial, nl), EXIT_DENIED).await;
+            close_unused(opening).await;
             return;
         }
     };
@@ -232,19 +250,15 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             );
         }
     };
-    let upstream = match live.upstream().await {
-        Ok(u) => u,
-        Err(e) => {
+    let up = match opening.await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             fail(format!("cannot open connection {conn_name:?}: {e}")).await;
             return;
         }
-    };
-    let up = match upstream.handle.channel_open_session().await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(message = "The upstream refused a session channel.", error = %e);
+        Err(_) => {
             fail(format!(
-                "connection {conn_name:?}: the upstream refused a session channel"
+                "cannot open connection {conn_name:?}: internal error"
             ))
             .await;
             return;
@@ -593,6 +607,15 @@ impl Output {
             self.masked.merge(&m.take_counts());
             self.send(Some(1), Bytes::from(held)).await;
         }
+    }
+}
+
+/// Closes an upstream channel opened for a command that will not run.
+async fn close_unused(
+    opening: tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>>,
+) {
+    if let Ok(Ok(channel)) = opening.await {
+        let _ = channel.close().await;
     }
 }
 
