@@ -191,6 +191,19 @@ async fn connect_inner(
     };
     let config = Arc::new(client::Config {
         client_id: russh::SshId::Standard("SSH-2.0-Sluice".into()),
+        // On this leg the gateway chooses: AES-GCM first, which CPUs with
+        // AES instructions run several times faster than ChaCha20-Poly1305.
+        preferred: russh::Preferred {
+            cipher: std::borrow::Cow::Borrowed(&[
+                russh::cipher::AES_256_GCM,
+                russh::cipher::AES_128_GCM,
+                russh::cipher::CHACHA20_POLY1305,
+                russh::cipher::AES_256_CTR,
+                russh::cipher::AES_192_CTR,
+                russh::cipher::AES_128_CTR,
+            ]),
+            ..russh::Preferred::DEFAULT
+        },
         window_size: WINDOW_SIZE,
         maximum_packet_size: PACKET_SIZE,
         channel_buffer_size: 64,

@@ -19,6 +19,10 @@ const USER: &str = "sluice-bench";
 /// Builds a fresh client command for one target.
 type MakeCommand = Box<dyn Fn() -> Command>;
 
+/// scp rounds per target.
+const SCP_ROUNDS: usize = 3;
+/// New connections timed per target (`ssh … true` without multiplexing).
+const CONNECT_ROUNDS: usize = 20;
 /// Small execs timed per target.
 const EXEC_ROUNDS: usize = 200;
 
@@ -105,30 +109,41 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
         .arg(&file)
         .arg(&target);
     runs.push(("proxyjump", jumped));
-    let mut results: Vec<(&str, f64)> = Vec::new();
-    for (name, mut cmd) in runs {
-        let _ = fs::remove_file(dest.join("payload.bin"));
-        let started = Instant::now();
-        let out = cmd.stdin(Stdio::null()).output().context("running scp")?;
-        let secs = started.elapsed().as_secs_f64();
-        if !out.status.success() {
-            eprintln!(
-                "bench: scp via {name} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-            continue;
+    // Rounds alternate between targets; the median of each is reported.
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    for _ in 0..SCP_ROUNDS {
+        for (i, (name, cmd)) in runs.iter_mut().enumerate() {
+            let _ = fs::remove_file(dest.join("payload.bin"));
+            let started = Instant::now();
+            let out = cmd.stdin(Stdio::null()).output().context("running scp")?;
+            let secs = started.elapsed().as_secs_f64();
+            if !out.status.success() {
+                eprintln!(
+                    "bench: scp via {name} failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                continue;
+            }
+            let copied = fs::metadata(dest.join("payload.bin"))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if copied != size_mib * 1024 * 1024 {
+                eprintln!("bench: scp via {name} copied {copied} bytes");
+                continue;
+            }
+            rates[i].push(size_mib as f64 / secs);
         }
-        let copied = fs::metadata(dest.join("payload.bin"))
-            .map(|m| m.len())
-            .unwrap_or(0);
-        if copied != size_mib * 1024 * 1024 {
-            eprintln!("bench: scp via {name} copied {copied} bytes");
-            continue;
-        }
-        results.push((name, size_mib as f64 / secs));
     }
+    let results: Vec<(&str, f64)> = runs
+        .iter()
+        .zip(rates)
+        .filter_map(|((name, _), mut r)| {
+            r.sort_by(f64::total_cmp);
+            r.get(r.len() / 2).map(|m| (*name, *m))
+        })
+        .collect();
     println!();
-    println!("SSH: scp upload of {size_mib} MiB (SFTP protocol), one run each");
+    println!("SSH: scp upload of {size_mib} MiB (SFTP protocol), median of {SCP_ROUNDS} rounds");
     let direct_rate = results.iter().find(|r| r.0 == "direct").map(|r| r.1);
     for (name, rate) in &results {
         let ratio = direct_rate
@@ -208,8 +223,12 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             }
             thread::sleep(Duration::from_millis(20));
         }
-        let mut samples = Vec::with_capacity(EXEC_ROUNDS);
-        for _ in 0..EXEC_ROUNDS {
+    }
+    // Rounds alternate between targets so that load from elsewhere on the
+    // machine affects them alike.
+    let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(EXEC_ROUNDS); targets.len()];
+    for _ in 0..EXEC_ROUNDS {
+        for (i, (_, make)) in targets.iter().enumerate() {
             let mut c = make();
             c.arg("true")
                 .stdin(Stdio::null())
@@ -217,20 +236,21 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
                 .stderr(Stdio::null());
             let t = Instant::now();
             let status = c.status()?;
-            let us = t.elapsed().as_secs_f64() * 1e6;
             if status.success() {
-                samples.push(us);
+                samples[i].push(t.elapsed().as_secs_f64() * 1e6);
             }
         }
-        samples.sort_by(f64::total_cmp);
-        if samples.len() < EXEC_ROUNDS / 2 {
+    }
+    for ((name, _), mut s) in targets.iter().zip(samples) {
+        s.sort_by(f64::total_cmp);
+        if s.len() < EXEC_ROUNDS / 2 {
             eprintln!(
                 "bench: exec via {name}: only {} of {EXEC_ROUNDS} succeeded",
-                samples.len()
+                s.len()
             );
             continue;
         }
-        p50s.push((name, samples[samples.len() / 2]));
+        p50s.push((name, s[s.len() / 2]));
     }
     for m in &mut masters {
         let _ = m.kill();
@@ -244,6 +264,38 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             .map(|d| format!("  (+{:.0} µs over direct)", p50 - d))
             .unwrap_or_default();
         println!("  {name:<10} {:>8.0} µs{added}", p50);
+    }
+    // A new connection per command: login, upstream connection, exec.
+    let mut fresh: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    for _ in 0..CONNECT_ROUNDS {
+        for (i, (_, make)) in targets.iter().enumerate() {
+            let mut c = make();
+            c.args(["-S", "none", "true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let t = Instant::now();
+            if c.status()?.success() {
+                fresh[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    println!("SSH: `ssh … true` on a new connection each time, {CONNECT_ROUNDS} rounds, p50");
+    let mut direct_ms = None;
+    for ((name, _), mut s) in targets.iter().zip(fresh) {
+        s.sort_by(f64::total_cmp);
+        let Some(p50) = s.get(s.len() / 2).copied() else {
+            eprintln!("bench: new connections via {name} all failed");
+            continue;
+        };
+        if *name == "direct" {
+            direct_ms = Some(p50);
+        }
+        let added = direct_ms
+            .filter(|_| *name != "direct")
+            .map(|d| format!("  (+{:.1} ms over direct)", p50 - d))
+            .unwrap_or_default();
+        println!("  {name:<10} {p50:>8.1} ms{added}");
     }
     drop(gateway);
     drop(jump);
