@@ -508,6 +508,11 @@ fn a_second_channel_on_the_same_connection_is_judged_too() {
         ])),
         "first\n"
     );
+    // The master goes to the background once its first command is done;
+    // wait until it answers on the control socket.
+    sluice_e2e::wait_until(Duration::from_secs(10), "the control master", || {
+        mux(&["-O", "check"]).status.success().then_some(())
+    });
     // These go over the master's connection as new channels.
     assert_eq!(
         ok(&mux(&["-o", "ControlMaster=no", "echo second"])),

@@ -370,6 +370,8 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         bytes: 0,
         status: None,
         masked: Default::default(),
+        eof: false,
+        eof_sent: false,
     };
     let mask_idle = if pty.is_some() {
         MASK_IDLE_PTY
@@ -397,7 +399,8 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         }
     }
     out.flush_maskers().await;
-    let _ = out.tx.eof().await;
+    out.eof = true;
+    out.send_eof().await;
     let _ = out.tx.close().await;
     input.abort();
     if let Some(r) = &record {
@@ -522,6 +525,9 @@ struct Output {
     bytes: u64,
     status: Option<String>,
     masked: sluice_core::masking::MaskCounts,
+    /// The upstream sent EOF; `eof_sent`: it was passed on.
+    eof: bool,
+    eof_sent: bool,
 }
 
 impl Output {
@@ -551,6 +557,7 @@ impl Output {
                 self.flush_maskers().await;
                 self.status = Some(format!("exit {exit_status}"));
                 let _ = self.tx.exit_status(exit_status).await;
+                self.send_eof().await;
                 true
             }
             ChannelMsg::ExitSignal {
@@ -566,15 +573,27 @@ impl Output {
                     .client
                     .exit_signal_request(self.id, signal_name, core_dumped, error_message, lang_tag)
                     .await;
+                self.send_eof().await;
                 true
             }
             ChannelMsg::Eof => {
+                // Held until the exit status is out: a client that sees EOF
+                // both ways may close the channel, and an exit status sent
+                // after that is lost (ssh would report 255).
                 self.flush_maskers().await;
-                let _ = self.tx.eof().await;
+                self.eof = true;
                 true
             }
             ChannelMsg::Close => false,
             _ => true,
+        }
+    }
+
+    /// Sends the upstream's EOF once (after the exit status, or at close).
+    async fn send_eof(&mut self) {
+        if self.eof && !self.eof_sent {
+            self.eof_sent = true;
+            let _ = self.tx.eof().await;
         }
     }
 

@@ -326,3 +326,30 @@ fn config_errors_name_the_key() {
         .unwrap();
     assert!(e.0.contains("match.program"), "{e:?}");
 }
+
+#[test]
+fn arbitrary_input_never_panics() {
+    // A small deterministic generator over the characters that matter.
+    let alphabet: Vec<char> = "ab r-m$(){}[]`'\"\\;&|<>\n#=*?!,.0123456789 \tcxé".chars().collect();
+    let mut state: u64 = 0x9e3779b97f4a7c15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let len = (next() % 40) as usize;
+        let line: String = (0..len)
+            .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+            .collect();
+        let _ = analyze(&line);
+    }
+    // Deep nesting is refused, not a stack overflow.
+    let deep = "$(".repeat(10_000);
+    assert!(analyze(&deep).is_err());
+    let deep = "(".repeat(10_000);
+    assert!(analyze(&deep).is_err());
+    let ticks = "echo `".repeat(50);
+    let _ = analyze(&ticks);
+}
