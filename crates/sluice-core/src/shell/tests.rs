@@ -330,7 +330,9 @@ fn config_errors_name_the_key() {
 #[test]
 fn arbitrary_input_never_panics() {
     // A small deterministic generator over the characters that matter.
-    let alphabet: Vec<char> = "ab r-m$(){}[]`'\"\\;&|<>\n#=*?!,.0123456789 \tcxé".chars().collect();
+    let alphabet: Vec<char> = "ab r-m$(){}[]`'\"\\;&|<>\n#=*?!,.0123456789 \tcxé"
+        .chars()
+        .collect();
     let mut state: u64 = 0x9e3779b97f4a7c15;
     let mut next = || {
         state ^= state << 13;
