@@ -13,6 +13,7 @@ pub mod http;
 pub mod kube;
 pub mod oidc;
 pub mod raw;
+pub mod sshd;
 
 use sluice_sandbox::{free_port, DemoDatabase, TempPostgres, TempPostgresOptions};
 use std::fs;

@@ -19,10 +19,11 @@ use sluice_sandbox::{
 use crate::{command_exists, describe, run_inherit, workspace_root};
 
 mod http;
+mod ssh;
 
 const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
                      [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \
-                     [--only pg|http] [--http-connections N]";
+                     [--only pg|http|ssh] [--http-connections N] [--ssh-mib N]";
 const SCALE: u32 = 10;
 const DB: &str = "bench";
 const ROLE: &str = "bench";
@@ -39,6 +40,8 @@ struct Options {
     only: Option<String>,
     /// wrk connections for the HTTP throughput runs.
     http_connections: u32,
+    /// Size of the file the SSH section copies with scp (MiB).
+    ssh_mib: u64,
 }
 
 fn parse_options(args: &[String]) -> Result<Options> {
@@ -54,6 +57,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         sluice_bin: None,
         only: None,
         http_connections: 16,
+        ssh_mib: 1024,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -96,8 +100,8 @@ fn parse_options(args: &[String]) -> Result<Options> {
             "--sluice-bin" => opts.sluice_bin = Some(PathBuf::from(value()?)),
             "--only" => {
                 let only = value()?;
-                if !["pg", "http"].contains(&only.as_str()) {
-                    bail!("--only: `{only}` is not pg or http");
+                if !["pg", "http", "ssh"].contains(&only.as_str()) {
+                    bail!("--only: `{only}` is not pg, http or ssh");
                 }
                 opts.only = Some(only);
             }
@@ -105,6 +109,9 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 opts.http_connections = value()?
                     .parse()
                     .context("--http-connections: not a number")?;
+            }
+            "--ssh-mib" => {
+                opts.ssh_mib = value()?.parse().context("--ssh-mib: not a number")?;
             }
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
@@ -146,6 +153,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
 
     if opts.only.as_deref() == Some("http") {
         return http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections);
+    }
+    if opts.only.as_deref() == Some("ssh") {
+        return ssh::bench(sluice_bin.as_deref(), opts.ssh_mib);
     }
     eprintln!("bench: starting PostgreSQL and loading pgbench data (scale {SCALE})");
     let pg = TempPostgres::start(TempPostgresOptions::default())?;
@@ -346,6 +356,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         if let Err(e) = http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections)
         {
             eprintln!("bench: the HTTP section failed: {e:#}");
+        }
+        if let Err(e) = ssh::bench(sluice_bin.as_deref(), opts.ssh_mib) {
+            eprintln!("bench: the SSH section failed: {e:#}");
         }
     }
     Ok(())

@@ -18,7 +18,9 @@ tasks:
   test [ARGS...]        setup, build everything, then `cargo nextest run --workspace` (ARGS passed on)
   lint                  cargo fmt --check and cargo clippy -D warnings on the workspace
   bench [--seconds N] [--clients 1,4] [--modes simple,extended,prepared]
-                        pgbench -S: direct PostgreSQL vs PgBouncer vs Sluice, side by side
+                        pgbench -S: direct PostgreSQL vs PgBouncer vs Sluice, side by side;
+        [--ssh-mib N] [--only ssh]
+                        scp direct vs Sluice vs ProxyJump, added exec round trip
 ";
 
 fn main() -> ExitCode {

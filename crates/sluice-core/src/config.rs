@@ -632,6 +632,25 @@ impl Config {
                             "an ssh connection needs the upstream's pinned `host_key` (a known_hosts line such as \"ssh-ed25519 AAAA…\")".into(),
                         ));
                     }
+                    if !c.host_key.as_deref().is_some_and(looks_like_public_key) {
+                        return Err(invalid(
+                            key("host_key"),
+                            "host_key must be a public key line such as \"ssh-ed25519 AAAA…\" (the host's /etc/ssh/ssh_host_ed25519_key.pub, or a known_hosts entry)".into(),
+                        ));
+                    }
+                    let port_ok = c
+                        .upstream
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                    if !port_ok {
+                        return Err(invalid(
+                            key("upstream"),
+                            format!(
+                                "an ssh connection's upstream is host:port, not {:?}",
+                                c.upstream
+                            ),
+                        ));
+                    }
                 }
                 ConnectionKind::Http | ConnectionKind::Kubernetes => {
                     if !(c.upstream.starts_with("http://") || c.upstream.starts_with("https://")) {
@@ -874,6 +893,19 @@ impl Config {
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
     }
+}
+
+/// `ssh-ed25519 AAAA…` (optionally after host names, before a comment):
+/// a key type word followed by base64 key data.
+fn looks_like_public_key(line: &str) -> bool {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.windows(2).any(|w| {
+        (w[0].starts_with("ssh-") || w[0].starts_with("ecdsa-sha2-") || w[0].starts_with("sk-"))
+            && w[1].len() >= 16
+            && w[1]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
+    })
 }
 
 fn figment_error(e: figment::Error, text: &str, origin: &str) -> ConfigError {

@@ -16,6 +16,7 @@ pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod session;
+pub mod shell;
 pub mod tls;
 pub mod token;
 

@@ -101,6 +101,14 @@ pub enum CommandKind {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
     },
+    /// An interactive shell (SSH `shell` request), judged as a whole; what
+    /// is typed into it is recorded, not judged line by line.
+    Shell { pty: bool },
+    /// A named subsystem (SSH `sftp`, …); `text` is the name.
+    Subsystem { name: String },
+    /// A forwarding request or channel: `port-forward` (local and dynamic),
+    /// `remote-forward`, `agent-forward`, `x11`; `text` says where to.
+    Forward { kind: String },
 }
 
 /// One command on a session: the unit that is judged, audited and answered.

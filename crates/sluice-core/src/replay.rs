@@ -55,6 +55,10 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     CommandKind::KubeRequest { verb, resource, .. } => {
                         format!("kube {verb} {resource}").trim_end().to_string()
                     }
+                    CommandKind::Shell { pty: true } => "shell (pty)".into(),
+                    CommandKind::Shell { pty: false } => "shell".into(),
+                    CommandKind::Subsystem { name } => format!("subsystem {name}"),
+                    CommandKind::Forward { kind } => kind.clone(),
                 };
                 let decision = match (&verdict.action, &verdict.rule) {
                     (Action::Allow, None) => "allowed".to_string(),
@@ -133,7 +137,211 @@ pub fn transcript(records: &[AuditRecord]) -> String {
             AuditEvent::SessionEnd { reason } => {
                 let _ = writeln!(out, "{at}  session ended: {reason}");
             }
+            AuditEvent::StreamOutput { command_id, chunks } => {
+                let pad = format!("{:>26}", "");
+                for chunk in &chunks {
+                    for line in chunk.data.split_inclusive('\n') {
+                        let line = line.strip_suffix('\n').unwrap_or(line);
+                        let line = line.strip_suffix('\r').unwrap_or(line);
+                        let _ = writeln!(
+                            out,
+                            "{pad}[{command_id}] {}| {}",
+                            chunk.stream,
+                            printable(line)
+                        );
+                    }
+                }
+            }
+            AuditEvent::WindowResized {
+                command_id,
+                cols,
+                rows,
+                ..
+            } => {
+                let _ = writeln!(out, "{:>26}[{command_id}] terminal {cols}x{rows}", "");
+            }
+            AuditEvent::FileTransfer {
+                command_id,
+                path,
+                direction,
+                bytes,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "{at}  [{command_id}] file {direction}: {path} ({bytes} bytes)"
+                );
+            }
         }
     }
     out
+}
+
+/// Terminal output as readable text: control characters (escape sequences)
+/// shown escaped rather than acted on.
+fn printable(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// A session's terminal as an asciicast v2 recording (`asciinema play`):
+/// the output of `command_id`, or of the session's first shell (else its
+/// first command with recorded output), with its window-size changes.
+pub fn asciicast(records: &[AuditRecord], command_id: Option<u64>) -> Result<String, String> {
+    let events: Vec<(u64, AuditEvent)> = records
+        .iter()
+        .filter_map(|r| r.event().ok().map(|e| (r.at_ms, e)))
+        .collect();
+    let wanted = command_id
+        .or_else(|| {
+            events.iter().find_map(|(_, e)| match e {
+                AuditEvent::CommandDecided {
+                    command_id,
+                    command,
+                    ..
+                } if matches!(command.kind, CommandKind::Shell { .. }) => Some(*command_id),
+                _ => None,
+            })
+        })
+        .or_else(|| {
+            events.iter().find_map(|(_, e)| match e {
+                AuditEvent::StreamOutput { command_id, .. } => Some(*command_id),
+                _ => None,
+            })
+        })
+        .ok_or("this session recorded no terminal or command output")?;
+    let mut started_ms = None;
+    let mut size: Option<(u32, u32)> = None;
+    let mut lines = Vec::new();
+    for (at_ms, e) in &events {
+        match e {
+            AuditEvent::CommandDecided { command_id, .. } if *command_id == wanted => {
+                started_ms = Some(*at_ms);
+            }
+            AuditEvent::WindowResized {
+                command_id,
+                offset_ms,
+                cols,
+                rows,
+            } if *command_id == wanted => {
+                if size.is_none() {
+                    size = Some((*cols, *rows));
+                } else {
+                    lines.push(serde_json::json!([
+                        *offset_ms as f64 / 1000.0,
+                        "r",
+                        format!("{cols}x{rows}")
+                    ]));
+                }
+            }
+            AuditEvent::StreamOutput { command_id, chunks } if *command_id == wanted => {
+                for c in chunks {
+                    let kind = if c.stream == "stdin" { "i" } else { "o" };
+                    lines.push(serde_json::json!([
+                        c.offset_ms as f64 / 1000.0,
+                        kind,
+                        c.data
+                    ]));
+                }
+            }
+            _ => {}
+        }
+    }
+    let (width, height) = size.unwrap_or((80, 24));
+    let header = serde_json::json!({
+        "version": 2,
+        "width": width,
+        "height": height,
+        "timestamp": started_ms.unwrap_or(0) / 1000,
+        "title": format!("sluice session {} command {wanted}", records.first().map(|r| r.session_id.as_str()).unwrap_or("")),
+    });
+    let mut out = header.to_string();
+    out.push('\n');
+    for l in lines {
+        out.push_str(&l.to_string());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{chain_hash, StreamChunk, GENESIS_HASH};
+    use crate::model::{Command, Verdict};
+
+    fn records(events: Vec<AuditEvent>) -> Vec<AuditRecord> {
+        let mut prev = GENESIS_HASH.to_string();
+        events
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let body = serde_json::to_string(&e).unwrap();
+                let seq = i as u64 + 1;
+                let hash = chain_hash(&prev, "s", seq, 1_000_000 + seq, &body);
+                let r = AuditRecord {
+                    session_id: "s".into(),
+                    seq,
+                    at_ms: 1_000_000 + seq,
+                    body,
+                    prev_hash: prev.clone(),
+                    hash: hash.clone(),
+                };
+                prev = hash;
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn asciicast_has_header_output_and_resizes() {
+        let recs = records(vec![
+            AuditEvent::CommandDecided {
+                command_id: 1,
+                command: Command {
+                    kind: CommandKind::Shell { pty: true },
+                    text: "shell".into(),
+                    context: vec![],
+                },
+                verdict: Verdict::allow_by_default(),
+            },
+            AuditEvent::WindowResized {
+                command_id: 1,
+                offset_ms: 0,
+                cols: 100,
+                rows: 30,
+            },
+            AuditEvent::StreamOutput {
+                command_id: 1,
+                chunks: vec![StreamChunk {
+                    offset_ms: 1500,
+                    stream: "stdout".into(),
+                    data: "$ ls\r\n".into(),
+                }],
+            },
+            AuditEvent::WindowResized {
+                command_id: 1,
+                offset_ms: 2000,
+                cols: 120,
+                rows: 40,
+            },
+        ]);
+        let cast = asciicast(&recs, None).unwrap();
+        let lines: Vec<serde_json::Value> = cast
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["version"], 2);
+        assert_eq!(lines[0]["width"], 100);
+        assert_eq!(lines[0]["height"], 30);
+        assert_eq!(lines[1], serde_json::json!([1.5, "o", "$ ls\r\n"]));
+        assert_eq!(lines[2], serde_json::json!([2.0, "r", "120x40"]));
+        assert!(transcript(&recs).contains("stdout| $ ls"));
+    }
 }

@@ -376,6 +376,9 @@ fn event_kind(event: &AuditEvent) -> &'static str {
         AuditEvent::ApprovalRequested { .. } => "approval_requested",
         AuditEvent::ApprovalDecided { .. } => "approval_decided",
         AuditEvent::SessionEnd { .. } => "session_end",
+        AuditEvent::StreamOutput { .. } => "stream_output",
+        AuditEvent::WindowResized { .. } => "window_resized",
+        AuditEvent::FileTransfer { .. } => "file_transfer",
     }
 }
 
@@ -553,7 +556,8 @@ fn index_line(
 ) -> Result<(), StoreError> {
     let kind = match line.kind {
         k @ ("session_start" | "command_decided" | "command_finished" | "approval_requested"
-        | "approval_decided" | "session_end") => k,
+        | "approval_decided" | "session_end" | "stream_output" | "window_resized"
+        | "file_transfer") => k,
         other => {
             return Err(unavailable(format!(
                 "journal record of {} #{} has unknown kind {other:?}",

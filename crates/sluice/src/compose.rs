@@ -36,6 +36,8 @@ fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
         sluice_postgres::sql_match_key(),
         sluice_http::http_match_key(),
         sluice_kube::kube_match_key(),
+        sluice_core::shell::shell_match_key(),
+        sluice_ssh::ssh_match_key(),
     ]
 }
 
@@ -58,7 +60,8 @@ pub fn check(config: &Config) -> Result<()> {
             .iter()
             .chain(c.headers.values())
             .chain(c.bearer.iter())
-            .chain(c.basic.iter().map(|b| &b.password));
+            .chain(c.basic.iter().map(|b| &b.password))
+            .chain(c.private_key.iter());
         for secret in secrets {
             if let Err(e) = secret.resolve() {
                 tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
@@ -142,11 +145,16 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         tracing::info!(message = "HTTP listener ready (HTTPS).", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
-    if listen.ssh.is_some() {
-        anyhow::bail!("listen.ssh: this build has no ssh listener yet");
+    if let Some(addr) = listen.ssh {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the ssh listener on {addr}"))?;
+        let server = sluice_ssh::SshServer::new(gateway.clone())?;
+        tracing::info!(message = "SSH listener ready.", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
     if tasks.is_empty() {
-        anyhow::bail!("no listener configured: set listen.postgres, listen.http or listen.api");
+        anyhow::bail!("no listener configured: set listen.postgres, listen.ssh, listen.http or listen.api");
     }
     if let Some(path) = reload_from {
         tasks.spawn(reload_on_sighup(gateway.clone(), path));
@@ -271,10 +279,16 @@ pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn replay(config: Config, session_id: &str) -> Result<()> {
+pub async fn replay(config: Config, session_id: &str, format: &str) -> Result<()> {
     let records = open_store(&config, Mode::Reader)?
         .session_records(session_id)
         .await?;
+    if format == "asciicast" {
+        let cast = sluice_core::replay::asciicast(&records, None)
+            .map_err(|e| anyhow::anyhow!("session {session_id}: {e}"))?;
+        print!("{cast}");
+        return Ok(());
+    }
     print!("{}", sluice_core::replay::transcript(&records));
     Ok(())
 }

@@ -66,6 +66,9 @@ enum Cmd {
         config: ConfigArg,
         /// The session id (from `sluice sessions list`).
         session_id: String,
+        /// `text` (a transcript) or `asciicast` (v2, the session's terminal, for `asciinema play`).
+        #[arg(long, default_value = "text", value_parser = ["text", "asciicast"])]
+        format: String,
     },
     /// Audit chain commands.
     #[command(subcommand)]
@@ -279,9 +282,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sessions(SessionsCmd::List { config, json }) => {
             compose::runtime()?.block_on(compose::list_sessions(config.load()?, json))
         }
-        Cmd::Replay { config, session_id } => {
-            compose::runtime()?.block_on(compose::replay(config.load()?, &session_id))
-        }
+        Cmd::Replay {
+            config,
+            session_id,
+            format,
+        } => compose::runtime()?.block_on(compose::replay(config.load()?, &session_id, &format)),
         Cmd::Approvals {
             config,
             token,

@@ -233,3 +233,20 @@ fn kubernetes_connections_need_a_credential() {
     .to_string();
     assert!(err.contains("connections.1.token"), "{err}");
 }
+
+#[test]
+fn ssh_connections_need_a_key_line_and_host_port() {
+    let conn = |upstream: &str, host_key: &str| {
+        format!(
+            "[[connections]]\nname = \"web\"\nkind = \"ssh\"\nupstream = \"{upstream}\"\nuser = \"u\"\n\
+             private_key = {{ file = \"/k\" }}\nhost_key = \"{host_key}\"\nallow_groups = [\"a\"]\n"
+        )
+    };
+    let good = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+    Config::from_toml_str(&conn("10.0.0.1:22", good), "t.toml").unwrap();
+    Config::from_toml_str(&conn("web1:22", &format!("web1 {good} comment")), "t.toml").unwrap();
+    let e = Config::from_toml_str(&conn("10.0.0.1:22", "AAAA"), "t.toml").unwrap_err();
+    assert!(e.to_string().contains("host_key"), "{e}");
+    let e = Config::from_toml_str(&conn("10.0.0.1", good), "t.toml").unwrap_err();
+    assert!(e.to_string().contains("upstream"), "{e}");
+}

@@ -81,6 +81,13 @@ pub trait ResponseMasker: Send + Sync + 'static {
     fn mask_bytes(&self, _session: &SessionInfo, _bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
         None
     }
+
+    /// A masker for one byte stream (SSH stdout/stderr, an exec stream) that
+    /// handles secrets split across chunks; `None` when nothing is masked on
+    /// this session, so the protocol passes bytes through untouched.
+    fn stream_masker(&self, _session: &SessionInfo) -> Option<StreamMasker> {
+        None
+    }
 }
 
 /// Masks the rows of one result set in place.

@@ -132,6 +132,13 @@ impl ResponseMasker for EngineMasker {
             (Cow::Borrowed(_), _) => None,
         }
     }
+
+    fn stream_masker(&self, session: &SessionInfo) -> Option<super::StreamMasker> {
+        if self.exempt(session) || !self.engine.has_detectors() {
+            return None;
+        }
+        Some(self.engine.stream())
+    }
 }
 
 impl RowMasker for Rows {

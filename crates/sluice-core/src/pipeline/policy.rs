@@ -7,7 +7,7 @@
 
 use super::{CommandRequest, PipelineError};
 use crate::config::{Config, RuleConfig};
-use crate::model::{Action, Command, Verdict};
+use crate::model::{Action, Command, CommandKind, Verdict};
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -48,6 +48,27 @@ pub trait CommandMatcher: Send + Sync {
     /// `scratch` lives for one command's evaluation across all rules, so work
     /// such as parsing is done once per command, not once per rule.
     fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String>;
+
+    /// For commands made of parts that are judged one by one (the programs
+    /// a shell line runs): whether each part matches. `None`, the default,
+    /// means the matcher judges the command as a whole. Each part then gets
+    /// its own verdict (rules matching it, else the connection's default)
+    /// and the command takes the strictest, so an allow rule for `ls` does
+    /// not carry `ls; rm -rf /` through a default of deny.
+    fn part_matches(
+        &self,
+        _command: &Command,
+        _scratch: &mut Scratch,
+    ) -> Result<Option<Vec<bool>>, String> {
+        Ok(None)
+    }
+}
+
+/// How one rule matched a command.
+enum RuleMatch {
+    No,
+    Whole,
+    Parts(Vec<bool>),
 }
 
 /// Per-command memo shared by every matcher during one evaluation, keyed by type.
@@ -171,8 +192,9 @@ fn compile_rule(
 impl PolicyEngine for RulesEngine {
     fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError> {
         let s = &req.session;
-        let mut best: Option<Verdict> = None;
         let mut scratch = Scratch::default();
+        let mut matched: Vec<(&CompiledRule, RuleMatch)> = Vec::new();
+        let mut parts: Option<usize> = None;
         for rule in &self.rules {
             if let Some(c) = &rule.connections {
                 if !c.contains(&s.connection) {
@@ -189,41 +211,99 @@ impl PolicyEngine for RulesEngine {
                     continue;
                 }
             }
-            let mut all = true;
-            for m in &rule.matchers {
-                // A matcher that cannot decide must fail closed.
-                if !m
-                    .matches(&req.command, &mut scratch)
-                    .map_err(|reason| PipelineError {
-                        stage: "policy",
-                        reason: format!("rule {:?}: {reason}", rule.name),
-                    })?
+            // A matcher that cannot decide must fail closed.
+            let failed = |reason: String| PipelineError {
+                stage: "policy",
+                reason: format!("rule {:?}: {reason}", rule.name),
+            };
+            let mut m = RuleMatch::Whole;
+            for matcher in &rule.matchers {
+                match matcher
+                    .part_matches(&req.command, &mut scratch)
+                    .map_err(failed)?
                 {
-                    all = false;
-                    break;
+                    Some(p) => {
+                        if *parts.get_or_insert(p.len()) != p.len() {
+                            return Err(failed(
+                                "match keys disagree on the command's parts".into(),
+                            ));
+                        }
+                        m = match m {
+                            RuleMatch::Parts(prev) => RuleMatch::Parts(
+                                prev.iter().zip(&p).map(|(a, b)| *a && *b).collect(),
+                            ),
+                            _ => RuleMatch::Parts(p),
+                        };
+                    }
+                    None => {
+                        if !matcher
+                            .matches(&req.command, &mut scratch)
+                            .map_err(failed)?
+                        {
+                            m = RuleMatch::No;
+                            break;
+                        }
+                    }
                 }
             }
-            if !all {
-                continue;
-            }
-            let v = Verdict {
-                action: rule.action,
-                rule: Some(rule.name.clone()),
-                message: rule.message.clone(),
-            };
-            if best.as_ref().is_none_or(|b| v.action > b.action) {
-                best = Some(v);
+            if !matches!(m, RuleMatch::No) {
+                matched.push((rule, m));
             }
         }
-        Ok(best.unwrap_or_else(|| Verdict {
-            action: self
-                .defaults
-                .get(&s.connection)
-                .copied()
-                .unwrap_or(Action::Allow),
-            rule: None,
-            message: None,
-        }))
+        let default = if matches!(req.command.kind, CommandKind::Forward { .. }) {
+            // Forwarding opens paths the command policy never sees: only a
+            // rule that matches it (e.g. `ssh = ["port-forward"]`) allows it.
+            Verdict {
+                action: Action::Deny,
+                rule: Some("sluice:forwarding".into()),
+                message: Some(
+                    "forwarding (ssh -L, -D, -R, -A, -X) is denied unless a rule allows it".into(),
+                ),
+            }
+        } else {
+            Verdict {
+                action: self
+                    .defaults
+                    .get(&s.connection)
+                    .copied()
+                    .unwrap_or(Action::Allow),
+                rule: None,
+                message: None,
+            }
+        };
+        let verdict_of = |rule: &CompiledRule| Verdict {
+            action: rule.action,
+            rule: Some(rule.name.clone()),
+            message: rule.message.clone(),
+        };
+        // The strictest of the rules that apply to one part (or to the whole).
+        let best = |part: Option<usize>| -> Option<Verdict> {
+            let mut best: Option<Verdict> = None;
+            for (rule, m) in &matched {
+                let applies = match (m, part) {
+                    (RuleMatch::Whole, _) => true,
+                    (RuleMatch::Parts(p), Some(i)) => p.get(i).copied().unwrap_or(false),
+                    _ => false,
+                };
+                if applies && best.as_ref().is_none_or(|b| rule.action > b.action) {
+                    best = Some(verdict_of(rule));
+                }
+            }
+            best
+        };
+        match parts {
+            Some(n) if n > 0 => {
+                let mut overall: Option<Verdict> = None;
+                for i in 0..n {
+                    let v = best(Some(i)).unwrap_or_else(|| default.clone());
+                    if overall.as_ref().is_none_or(|o| v.action > o.action) {
+                        overall = Some(v);
+                    }
+                }
+                Ok(overall.unwrap_or(default))
+            }
+            _ => Ok(best(None).unwrap_or(default)),
+        }
     }
 }
 

@@ -1,0 +1,774 @@
+//! Programs that run other programs, and programs whose effect cannot be
+//! judged from the command line.
+
+use super::parse::{parse_at, Word, MAX_DEPTH};
+use super::{quote_argv, Invocation, Unjudgeable};
+
+/// Shells: `-c SCRIPT` is parsed and judged; otherwise they read commands
+/// from a file (judged as the shell) or from standard input (refused).
+const SHELLS: &[&str] = &[
+    "sh", "bash", "rbash", "zsh", "dash", "ksh", "ksh93", "mksh", "pdksh", "ash", "yash", "posh",
+    "hush", "fish", "tcsh", "csh",
+];
+
+/// Names of standard input as a script operand.
+const STDIN_PATHS: &[&str] = &["-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"];
+
+/// Built-ins that run text as code or change what a later name runs.
+const CODE_BUILTINS: &[&str] = &["eval", "source", ".", "alias", "trap", "fc", "enable"];
+
+fn err<T>(why: impl Into<String>) -> Result<T, Unjudgeable> {
+    Err(Unjudgeable::new(why))
+}
+
+pub(crate) fn analyze_into(
+    line: &str,
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
+    for cmd in parse_at(line, depth)? {
+        judge(&cmd.words, depth, out)?;
+    }
+    Ok(())
+}
+
+fn texts(words: &[Word]) -> Vec<String> {
+    words.iter().map(|w| w.text.clone()).collect()
+}
+
+/// Splits `/usr/bin/rm` into (`rm`, Some(`/usr/bin/rm`)).
+fn normalise(text: &str) -> (String, Option<String>) {
+    match text.rfind('/') {
+        Some(i) => (text[i + 1..].to_string(), Some(text.to_string())),
+        None => (text.to_string(), None),
+    }
+}
+
+fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    if depth > MAX_DEPTH {
+        return err("commands are nested too deeply");
+    }
+    let Some(first) = words.first() else {
+        return Ok(());
+    };
+    if first.dynamic || first.glob {
+        return err(format!(
+            "the program name {:?} is only known when the command runs",
+            first.text
+        ));
+    }
+    let (program, path) = normalise(&first.text);
+    let args = &words[1..];
+    out.push(Invocation {
+        program: program.clone(),
+        path,
+        args: texts(args),
+    });
+    let name = program.as_str();
+    if CODE_BUILTINS.contains(&name) {
+        return err(format!(
+            "`{name}` runs text or changes names in ways the gateway cannot judge"
+        ));
+    }
+    if SHELLS.contains(&name) {
+        return shell(name, args, depth, out);
+    }
+    if is_interpreter(name) {
+        return interpreter(name, args);
+    }
+    match name {
+        "busybox" => match args.first() {
+            Some(a) if !a.text.starts_with('-') => judge(args, depth + 1, out),
+            _ => Ok(()),
+        },
+        "env" => env(args, depth, out),
+        "sudo" => sudo(args, depth, out),
+        "doas" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "nsL",
+                    with_arg: "uC",
+                    ..Spec::default()
+                },
+            )?;
+            if seen.contains(&'s') && i >= args.len() {
+                return err("`doas -s` starts a shell that reads commands from standard input");
+            }
+            judge(&args[i..], depth + 1, out)
+        }
+        "su" | "runuser" => su(name, args, depth, out),
+        "nice" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    with_arg: "n",
+                    long_with_arg: &["--adjustment"],
+                    numeric: true,
+                    ..Spec::default()
+                },
+            )?;
+            judge(&args[i..], depth + 1, out)
+        }
+        "nohup" | "builtin" => judge(args, depth + 1, out),
+        "setsid" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "cfw",
+                    long_flags: &["--ctty", "--fork", "--wait"],
+                    ..Spec::default()
+                },
+            )?;
+            judge(&args[i..], depth + 1, out)
+        }
+        "time" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "pvaq",
+                    with_arg: "fo",
+                    long_flags: &["--append", "--verbose", "--portability", "--quiet"],
+                    long_with_arg: &["--format", "--output"],
+                    ..Spec::default()
+                },
+            )?;
+            judge(&args[i..], depth + 1, out)
+        }
+        "timeout" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "v",
+                    with_arg: "sk",
+                    long_flags: &["--preserve-status", "--foreground", "--verbose"],
+                    long_with_arg: &["--signal", "--kill-after"],
+                    ..Spec::default()
+                },
+            )?;
+            // The duration, then the command.
+            judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
+        }
+        "stdbuf" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    with_arg: "ioe",
+                    long_with_arg: &["--input", "--output", "--error"],
+                    ..Spec::default()
+                },
+            )?;
+            judge(&args[i..], depth + 1, out)
+        }
+        "ionice" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "t",
+                    with_arg: "cnpPu",
+                    long_flags: &["--ignore"],
+                    long_with_arg: &["--class", "--classdata", "--pid", "--pgid", "--uid"],
+                    ..Spec::default()
+                },
+            )?;
+            if seen.iter().any(|c| "pPu".contains(*c)) {
+                return Ok(());
+            }
+            judge(&args[i..], depth + 1, out)
+        }
+        "chroot" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    long_flags: &["--skip-chdir"],
+                    long_with_arg: &["--userspec", "--groups"],
+                    ..Spec::default()
+                },
+            )?;
+            if args.len() <= i + 1 {
+                return err("`chroot` without a command starts a shell that reads standard input");
+            }
+            judge(&args[i + 1..], depth + 1, out)
+        }
+        "taskset" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "acp",
+                    long_flags: &["--all-tasks", "--cpu-list", "--pid"],
+                    ..Spec::default()
+                },
+            )?;
+            if seen.contains(&'p') {
+                return Ok(());
+            }
+            judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
+        }
+        "flock" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "sxnuoFv",
+                    with_arg: "wEc",
+                    long_flags: &[
+                        "--shared",
+                        "--exclusive",
+                        "--nonblock",
+                        "--nb",
+                        "--unlock",
+                        "--close",
+                        "--no-fork",
+                        "--verbose",
+                    ],
+                    long_with_arg: &["--timeout", "--wait", "--conflict-exit-code", "--command"],
+                    ..Spec::default()
+                },
+            )?;
+            if let Some(script) = value_of(args, 'c', "--command") {
+                return script_text(&script, depth, out);
+            }
+            let _ = seen;
+            judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
+        }
+        "watch" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "bcdegtpxwr",
+                    with_arg: "nq",
+                    long_flags: &[
+                        "--beep",
+                        "--color",
+                        "--no-color",
+                        "--differences",
+                        "--chgexit",
+                        "--errexit",
+                        "--no-title",
+                        "--precise",
+                        "--exec",
+                        "--no-wrap",
+                        "--no-rerun",
+                    ],
+                    long_with_arg: &["--interval", "--equexit"],
+                    ..Spec::default()
+                },
+            )?;
+            let rest = &args[i..];
+            if seen.contains(&'x') || args.iter().any(|a| a.text == "--exec") {
+                return judge(rest, depth + 1, out);
+            }
+            // watch runs its arguments joined with spaces through `sh -c`.
+            script_words(rest, depth, out)
+        }
+        "xargs" => xargs(args, depth, out),
+        "exec" => {
+            let (i, _) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "cl",
+                    with_arg: "a",
+                    ..Spec::default()
+                },
+            )?;
+            judge(&args[i..], depth + 1, out)
+        }
+        "command" => {
+            let (i, seen) = options(
+                name,
+                args,
+                &Spec {
+                    flags: "pvV",
+                    ..Spec::default()
+                },
+            )?;
+            if seen.contains(&'v') || seen.contains(&'V') {
+                // Only looks the name up.
+                return Ok(());
+            }
+            judge(&args[i..], depth + 1, out)
+        }
+        "find" => find(args, depth, out),
+        _ => Ok(()),
+    }
+}
+
+/// Option grammar of one wrapper.
+#[derive(Default)]
+struct Spec {
+    /// Short options without an argument.
+    flags: &'static str,
+    /// Short options with an argument (attached or the next word).
+    with_arg: &'static str,
+    long_flags: &'static [&'static str],
+    long_with_arg: &'static [&'static str],
+    /// `-10` style numeric options (nice).
+    numeric: bool,
+}
+
+/// Walks leading options; returns the index of the first operand and the
+/// short options seen. An unknown option refuses: guessing whether it takes
+/// an argument would let `wrapper --unknown rm …` hide the program.
+fn options(program: &str, args: &[Word], spec: &Spec) -> Result<(usize, Vec<char>), Unjudgeable> {
+    let mut seen = Vec::new();
+    let mut i = 0;
+    while let Some(w) = args.get(i) {
+        let t = w.text.as_str();
+        if w.dynamic && t.starts_with('$') {
+            return err(format!(
+                "an argument of `{program}` is only known when the command runs"
+            ));
+        }
+        if t == "--" {
+            return Ok((i + 1, seen));
+        }
+        if !t.starts_with('-') || t == "-" {
+            return Ok((i, seen));
+        }
+        if let Some(long) = t.strip_prefix("--") {
+            let name = format!("--{}", long.split('=').next().unwrap_or_default());
+            if spec.long_flags.contains(&name.as_str()) {
+                i += 1;
+                continue;
+            }
+            if spec.long_with_arg.contains(&name.as_str()) {
+                i += if long.contains('=') { 1 } else { 2 };
+                continue;
+            }
+            return err(format!(
+                "`{program}` option {name} is not known to the gateway"
+            ));
+        }
+        if spec.numeric && t[1..].chars().all(|c| c.is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        let cluster: Vec<char> = t[1..].chars().collect();
+        let mut j = 0;
+        let mut consumed_next = false;
+        while j < cluster.len() {
+            let c = cluster[j];
+            seen.push(c);
+            if spec.flags.contains(c) {
+                j += 1;
+            } else if spec.with_arg.contains(c) {
+                if j + 1 == cluster.len() {
+                    consumed_next = true;
+                }
+                break;
+            } else {
+                return err(format!(
+                    "`{program}` option -{c} is not known to the gateway"
+                ));
+            }
+        }
+        i += if consumed_next { 2 } else { 1 };
+    }
+    Ok((i, seen))
+}
+
+/// The value of `-c VALUE`/`-cVALUE`/`--long=VALUE`/`--long VALUE`, if present.
+fn value_of(args: &[Word], short: char, long: &str) -> Option<String> {
+    let mut it = args.iter().peekable();
+    while let Some(w) = it.next() {
+        let t = &w.text;
+        if t == "--" {
+            return None;
+        }
+        if let Some(v) = t.strip_prefix(&format!("{long}=")) {
+            return Some(v.to_string());
+        }
+        if t == long {
+            return it.next().map(|w| w.text.clone());
+        }
+        if t.starts_with('-') && !t.starts_with("--") {
+            if let Some(pos) = t[1..].find(short) {
+                let rest = &t[1 + pos + short.len_utf8()..];
+                return if rest.is_empty() {
+                    it.next().map(|w| w.text.clone())
+                } else {
+                    Some(rest.to_string())
+                };
+            }
+        }
+    }
+    None
+}
+
+/// A script given as one argument (`sh -c`, `su -c`, `flock -c`).
+fn script_text(script: &str, depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    analyze_into(script, depth + 1, out)
+}
+
+/// Words a program joins with spaces and runs through `sh -c` (watch).
+fn script_words(
+    words: &[Word],
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
+    if words.iter().any(|w| w.dynamic) {
+        return err("a script assembled at run time cannot be judged");
+    }
+    let joined: Vec<&str> = words.iter().map(|w| w.text.as_str()).collect();
+    script_text(&joined.join(" "), depth, out)
+}
+
+fn shell(
+    name: &str,
+    args: &[Word],
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
+    let mut i = 0;
+    let mut c_flag = false;
+    let mut s_flag = false;
+    while let Some(w) = args.get(i) {
+        let t = w.text.as_str();
+        if w.dynamic && i == 0 {
+            return err(format!(
+                "the options of `{name}` are only known when the command runs"
+            ));
+        }
+        if t == "--" || t == "-" {
+            i += 1;
+            break;
+        }
+        if let Some(long) = t.strip_prefix("--") {
+            let opt = long.split('=').next().unwrap_or_default();
+            match opt {
+                "login" | "norc" | "noprofile" | "posix" | "restricted" | "verbose"
+                | "noediting" | "debugger" | "no-config" | "private" | "interactive" => {}
+                "rcfile" | "init-file" if !long.contains('=') => i += 1,
+                "rcfile" | "init-file" => {}
+                "command" => {
+                    // fish --command=SCRIPT / --command SCRIPT
+                    c_flag = true;
+                    if let Some(v) = long.strip_prefix("command=") {
+                        return script_text(v, depth, out);
+                    }
+                }
+                _ => {
+                    return err(format!(
+                        "`{name}` option --{opt} is not known to the gateway"
+                    ))
+                }
+            }
+            i += 1;
+            if c_flag {
+                break;
+            }
+            continue;
+        }
+        if (t.starts_with('-') || t.starts_with('+')) && t.len() > 1 {
+            let takes_next = t[1..].chars().any(|c| c == 'o' || c == 'O');
+            for c in t[1..].chars() {
+                match c {
+                    'c' => c_flag = true,
+                    's' | 'i' => s_flag = true,
+                    _ => {}
+                }
+            }
+            i += if takes_next { 2 } else { 1 };
+            continue;
+        }
+        break;
+    }
+    let operand = args.get(i);
+    if c_flag {
+        let Some(script) = operand else {
+            return err(format!("`{name} -c` without a script"));
+        };
+        if script.dynamic {
+            return err(format!(
+                "the script given to `{name} -c` is only known when the command runs"
+            ));
+        }
+        return script_text(&script.text, depth, out);
+    }
+    match operand {
+        Some(file) if !s_flag && !file.dynamic && !STDIN_PATHS.contains(&file.text.as_str()) => {
+            // A script file: judged as the shell program (rules can name it).
+            Ok(())
+        }
+        _ => err(format!(
+            "`{name}` would read commands from standard input (a pipe, a here-document or the session), which cannot be judged"
+        )),
+    }
+}
+
+fn is_interpreter(name: &str) -> bool {
+    name.starts_with("python")
+        || name.starts_with("lua")
+        || matches!(
+            name,
+            "perl" | "ruby" | "node" | "nodejs" | "php" | "tclsh" | "pypy" | "pypy3" | "irb"
+        )
+}
+
+/// Script interpreters read their program from a file, an option, or stdin.
+/// Only the last is refused: inline code is judged as the interpreter.
+fn interpreter(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
+    let code_flags: &[&str] = match name {
+        n if n.starts_with("python") || n.starts_with("pypy") => &["-c", "-m"],
+        "perl" => &["-e", "-E"],
+        "node" | "nodejs" => &["-e", "-p", "--eval", "--print"],
+        "php" => &["-r"],
+        _ => &["-e"],
+    };
+    let with_arg: &[&str] = match name {
+        n if n.starts_with("python") || n.starts_with("pypy") => &["-W", "-X", "-Q"],
+        "perl" => &["-I", "-M", "-m"],
+        "node" | "nodejs" => &["-r", "--require", "--import"],
+        _ => &[],
+    };
+    let mut i = 0;
+    while let Some(w) = args.get(i) {
+        let t = w.text.as_str();
+        if code_flags
+            .iter()
+            .any(|f| t == *f || (t.starts_with(f) && !f.starts_with("--")))
+        {
+            return Ok(());
+        }
+        // Clustered perl flags such as -pe / -ne carry code.
+        if name == "perl" && t.starts_with('-') && !t.starts_with("--") && t.contains('e') {
+            return Ok(());
+        }
+        if t == "--" {
+            i += 1;
+            break;
+        }
+        if with_arg.contains(&t) {
+            i += 2;
+            continue;
+        }
+        if t.starts_with('-') && t != "-" {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    match args.get(i) {
+        Some(file) if !file.dynamic && !STDIN_PATHS.contains(&file.text.as_str()) => Ok(()),
+        _ => err(format!(
+            "`{name}` would read its program from standard input, which cannot be judged"
+        )),
+    }
+}
+
+fn env(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    if let Some(split) = value_of(args, 'S', "--split-string") {
+        // `env -S 'cmd args'` splits the string itself: judge it as a command line.
+        let (i, _) = options(
+            "env",
+            args,
+            &Spec {
+                flags: "i0v",
+                with_arg: "uCS",
+                long_flags: &["--ignore-environment", "--null", "--debug"],
+                long_with_arg: &["--unset", "--chdir", "--split-string"],
+                ..Spec::default()
+            },
+        )?;
+        let rest = quote_argv(&texts(&args[i..]));
+        return script_text(&format!("{split} {rest}"), depth, out);
+    }
+    let (mut i, _) = options(
+        "env",
+        args,
+        &Spec {
+            flags: "i0v",
+            with_arg: "uC",
+            long_flags: &["--ignore-environment", "--null", "--debug"],
+            long_with_arg: &["--unset", "--chdir"],
+            ..Spec::default()
+        },
+    )?;
+    while args.get(i).is_some_and(|w| {
+        w.text
+            .split_once('=')
+            .is_some_and(|(n, _)| !n.is_empty() && !n.contains('/'))
+    }) {
+        i += 1;
+    }
+    judge(&args[i..], depth + 1, out)
+}
+
+fn sudo(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    let (i, seen) = options(
+        "sudo",
+        args,
+        &Spec {
+            flags: "AbBEeHKkNlnPSsiVv",
+            with_arg: "CDghpRrtTUu",
+            long_flags: &[
+                "--askpass",
+                "--background",
+                "--bell",
+                "--preserve-env",
+                "--edit",
+                "--set-home",
+                "--remove-timestamp",
+                "--reset-timestamp",
+                "--list",
+                "--non-interactive",
+                "--preserve-groups",
+                "--stdin",
+                "--shell",
+                "--login",
+                "--validate",
+                "--version",
+                "--help",
+            ],
+            long_with_arg: &[
+                "--user",
+                "--group",
+                "--host",
+                "--prompt",
+                "--chroot",
+                "--chdir",
+                "--role",
+                "--type",
+                "--command-timeout",
+                "--other-user",
+                "--close-from",
+            ],
+            ..Spec::default()
+        },
+    )?;
+    let long = |l: &str| args[..i].iter().any(|w| w.text == l);
+    if seen.contains(&'e') || seen.contains(&'l') || long("--edit") || long("--list") {
+        // sudoedit / listing: no command runs.
+        return Ok(());
+    }
+    let shell = seen.contains(&'s') || seen.contains(&'i') || long("--shell") || long("--login");
+    if shell && i >= args.len() {
+        return err("`sudo -s`/`sudo -i` starts a shell that reads commands from standard input");
+    }
+    judge(&args[i..], depth + 1, out)
+}
+
+fn su(
+    name: &str,
+    args: &[Word],
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
+    for (short, long) in [('c', "--command"), ('C', "--session-command")] {
+        if let Some(script) = value_of(args, short, long) {
+            return script_text(&script, depth, out);
+        }
+    }
+    if let Some(v) = args
+        .iter()
+        .find_map(|w| w.text.strip_prefix("--session-command="))
+    {
+        return script_text(v, depth, out);
+    }
+    err(format!(
+        "`{name}` without -c starts a shell that reads commands from standard input"
+    ))
+}
+
+fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    let mut i = 0;
+    let mut replace = false;
+    let takes_arg = "adEILnPs";
+    while let Some(w) = args.get(i) {
+        let t = w.text.as_str();
+        if t == "--" {
+            i += 1;
+            break;
+        }
+        if !t.starts_with('-') || t == "-" {
+            break;
+        }
+        if let Some(long) = t.strip_prefix("--") {
+            let opt = long.split('=').next().unwrap_or_default();
+            match opt {
+                "null" | "no-run-if-empty" | "verbose" | "exit" | "interactive" | "open-tty"
+                | "show-limits" => i += 1,
+                "replace" => {
+                    replace = true;
+                    i += 1;
+                }
+                "arg-file" | "delimiter" | "eof" | "max-lines" | "max-args" | "max-procs"
+                | "max-chars" | "process-slot-var" => i += if long.contains('=') { 1 } else { 2 },
+                _ => {
+                    return err(format!(
+                        "`xargs` option --{opt} is not known to the gateway"
+                    ))
+                }
+            }
+            continue;
+        }
+        let first = t[1..].chars().next().unwrap_or_default();
+        match first {
+            // Optional arguments, attached only.
+            'e' | 'l' => i += 1,
+            'i' => {
+                replace = true;
+                i += 1;
+            }
+            c if takes_arg.contains(c) => {
+                if c == 'I' {
+                    replace = true;
+                }
+                i += if t.len() > 2 { 1 } else { 2 };
+            }
+            _ => {
+                for c in t[1..].chars() {
+                    if !"0prtxo".contains(c) {
+                        return err(format!("`xargs` option -{c} is not known to the gateway"));
+                    }
+                }
+                i += 1;
+            }
+        }
+    }
+    let rest = args.get(i..).unwrap_or_default();
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let mut words = rest.to_vec();
+    if !replace {
+        // The arguments xargs appends come from standard input.
+        words.push(Word {
+            text: "{stdin}".into(),
+            dynamic: true,
+            ..Word::default()
+        });
+    }
+    judge(&words, depth + 1, out)
+}
+
+fn find(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    let mut i = 0;
+    while i < args.len() {
+        let t = args[i].text.as_str();
+        if matches!(t, "-exec" | "-execdir" | "-ok" | "-okdir") {
+            let start = i + 1;
+            let end = args[start..]
+                .iter()
+                .position(|w| w.text == ";" || w.text == "+")
+                .map(|p| start + p)
+                .ok_or_else(|| Unjudgeable::new(format!("`find {t}` is not terminated")))?;
+            judge(&args[start..end], depth + 1, out)?;
+            i = end + 1;
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,700 @@
+//! One session channel: its setup requests (pty, env), the request that
+//! decides what it is (exec, shell, subsystem), the decision, then the relay
+//! to an upstream channel with masking and recording.
+
+use crate::server::{decide, Decided, Live};
+use crate::sftp::SftpTracker;
+use bytes::Bytes;
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
+use sluice_core::audit::{AuditEvent, StreamRecorder};
+use sluice_core::masking::StreamMasker;
+use sluice_core::{CommandKind, Denial, Outcome};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Exit status for a command the gateway did not run (as a shell's
+/// "found but cannot execute").
+pub const EXIT_DENIED: u32 = 126;
+/// Exit status when the gateway could not reach the upstream (as ssh's own).
+pub const EXIT_GATEWAY: u32 = 255;
+/// Client bytes kept while a command waits for its decision.
+const MAX_EARLY: usize = 1024 * 1024;
+/// Exec output recorded per command (the rest is counted).
+const EXEC_RECORD_LIMIT: u64 = 64 * 1024;
+/// Masked output held back is released after this much upstream silence:
+/// quickly on a terminal (a prompt must show), later for exec output, so
+/// that a secret printed in two parts a moment apart is still seen whole.
+const MASK_IDLE_PTY: Duration = Duration::from_millis(30);
+const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
+
+/// Environment variables passed to the upstream; others are refused.
+fn env_allowed(name: &str) -> bool {
+    matches!(name, "LANG" | "TERM" | "COLORTERM" | "TZ") || name.starts_with("LC_")
+}
+
+struct PtyRequest {
+    term: String,
+    cols: u32,
+    rows: u32,
+    px: u32,
+    py: u32,
+    modes: Vec<(Pty, u32)>,
+}
+
+enum Main {
+    Exec(Vec<u8>),
+    Shell,
+    Subsystem(String),
+}
+
+/// What the channel carries, for recording and masking.
+#[derive(Clone)]
+enum Carries {
+    /// Exec output: masked, recorded up to a limit.
+    Exec,
+    /// A terminal: masked, fully recorded with its sizes.
+    Shell,
+    /// scp: file contents, neither masked nor recorded; metadata only.
+    Scp { path: String, upload: bool },
+    /// SFTP: packets parsed for metadata; contents neither masked nor recorded.
+    Sftp,
+    /// Another subsystem: relayed as is.
+    Raw,
+}
+
+pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
+    let id = channel.id();
+    let (mut rx, tx) = channel.split();
+    let client = live.client.clone();
+    let mut pty: Option<PtyRequest> = None;
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut early: Vec<Bytes> = Vec::new();
+    let mut early_len = 0usize;
+    let mut client_eof = false;
+    let main = loop {
+        let Some(msg) = rx.wait().await else { return };
+        match msg {
+            ChannelMsg::RequestPty {
+                term,
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+                terminal_modes,
+                ..
+            } => {
+                pty = Some(PtyRequest {
+                    term,
+                    cols: col_width,
+                    rows: row_height,
+                    px: pix_width,
+                    py: pix_height,
+                    modes: terminal_modes,
+                });
+                let _ = client.channel_success(id).await;
+            }
+            ChannelMsg::SetEnv {
+                variable_name,
+                variable_value,
+                ..
+            } => {
+                if env_allowed(&variable_name) {
+                    env.push((variable_name, variable_value));
+                    let _ = client.channel_success(id).await;
+                } else {
+                    tracing::info!(message = "Refused an environment variable.", session = %live.handle.id(), name = %variable_name);
+                    let _ = client.channel_failure(id).await;
+                }
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } => {
+                if let Some(p) = &mut pty {
+                    (p.cols, p.rows, p.px, p.py) = (col_width, row_height, pix_width, pix_height);
+                }
+            }
+            ChannelMsg::Exec { command, .. } => break Main::Exec(command),
+            ChannelMsg::RequestShell { .. } => break Main::Shell,
+            ChannelMsg::RequestSubsystem { name, .. } => break Main::Subsystem(name),
+            ChannelMsg::Data { data } => {
+                early_len += data.len();
+                if early_len > MAX_EARLY {
+                    let _ = tx.close().await;
+                    return;
+                }
+                early.push(data);
+            }
+            ChannelMsg::Eof => client_eof = true,
+            ChannelMsg::Close => return,
+            // Agent and X11 requests are decided by the connection handler.
+            _ => {}
+        }
+    };
+    let nl = if pty.is_some() { "\r\n" } else { "\n" };
+    let (kind, text, carries) = match &main {
+        Main::Exec(bytes) => {
+            let Ok(text) = String::from_utf8(bytes.clone()) else {
+                let _ = client.channel_success(id).await;
+                refuse_locally(
+                    &tx,
+                    &format!("sluice: the command is not valid UTF-8, so it cannot be judged; it was not run{nl}"),
+                    EXIT_DENIED,
+                )
+                .await;
+                return;
+            };
+            let carries = scp_transfer(&text).unwrap_or(if is_sftp_server(&text) {
+                Carries::Sftp
+            } else {
+                Carries::Exec
+            });
+            (CommandKind::Exec, text, carries)
+        }
+        Main::Shell => (
+            CommandKind::Shell { pty: pty.is_some() },
+            match &pty {
+                Some(p) => format!("shell (pty {} {}x{})", p.term, p.cols, p.rows),
+                None => "shell".to_string(),
+            },
+            Carries::Shell,
+        ),
+        Main::Subsystem(name) => (
+            CommandKind::Subsystem { name: name.clone() },
+            name.clone(),
+            if name == "sftp" {
+                Carries::Sftp
+            } else {
+                Carries::Raw
+            },
+        ),
+    };
+
+    // Decide, delivering approval-hold messages and watching the client: a
+    // client that leaves takes its pending command (and approval) with it.
+    // The upstream channel is opened while the command is being decided (an
+    // open channel runs nothing until a request is sent), saving a round
+    // trip; a refused command closes it unused.
+    let opening = {
+        let live = live.clone();
+        tokio::spawn(async move {
+            let upstream = live.upstream().await.map_err(|e| e.to_string())?;
+            upstream.handle.channel_open_session().await.map_err(|e| {
+                tracing::warn!(message = "The upstream refused a session channel.", error = %e);
+                "the upstream refused a session channel".to_string()
+            })
+        })
+    };
+    let decision = decide(&live, kind, text.clone());
+    tokio::pin!(decision);
+    let mut notices = live.notices.try_lock().ok();
+    let decided = loop {
+        tokio::select! {
+            d = &mut decision => break d,
+            Some(n) = recv_notice(&mut notices) => {
+                let _ = tx.extended_data_bytes(1, Bytes::from(format!("{n}{nl}"))).await;
+            }
+            m = rx.wait() => match m {
+                None | Some(ChannelMsg::Close) => {
+                    close_unused(opening).await;
+                    return;
+                }
+                Some(ChannelMsg::Eof) => client_eof = true,
+                Some(ChannelMsg::Data { data }) => {
+                    early_len += data.len();
+                    if early_len > MAX_EARLY {
+                        let _ = tx.close().await;
+                        close_unused(opening).await;
+                        return;
+                    }
+                    early.push(data);
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
+                    if let Some(p) = &mut pty {
+                        (p.cols, p.rows, p.px, p.py) = (col_width, row_height, pix_width, pix_height);
+                    }
+                }
+                _ => {}
+            },
+        }
+    };
+    drop(notices);
+    let command_id = match decided {
+        Decided::Forward(id) => id,
+        Decided::Refuse(denial) => {
+            let _ = client.channel_success(id).await;
+            refuse_locally(&tx, &denial_text(&denial, nl), EXIT_DENIED).await;
+            close_unused(opening).await;
+            return;
+        }
+    };
+    let started = Instant::now();
+    let recorder = live.handle.recorder();
+    let conn_name = live.handle.connection().name.clone();
+    let fail = |message: String| {
+        let recorder = recorder.clone();
+        let tx = &tx;
+        let client = client.clone();
+        async move {
+            let _ = client.channel_success(id).await;
+            refuse_locally(tx, &format!("sluice: {message}{nl}"), EXIT_GATEWAY).await;
+            recorder.finished(
+                command_id,
+                Outcome {
+                    error: Some(message),
+                    ..Outcome::default()
+                },
+            );
+        }
+    };
+    let up = match opening.await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            fail(format!("cannot open connection {conn_name:?}: {e}")).await;
+            return;
+        }
+        Err(_) => {
+            fail(format!(
+                "cannot open connection {conn_name:?}: internal error"
+            ))
+            .await;
+            return;
+        }
+    };
+    let (mut up_rx, up_tx) = up.split();
+    for (k, v) in &env {
+        let _ = up_tx.set_env(false, k.as_str(), v.as_str()).await;
+    }
+    if let Some(p) = &pty {
+        let _ = up_tx
+            .request_pty(false, &p.term, p.cols, p.rows, p.px, p.py, &p.modes)
+            .await;
+    }
+    let sent = match &main {
+        Main::Exec(cmd) => up_tx.exec(true, cmd.clone()).await,
+        Main::Shell => up_tx.request_shell(true).await,
+        Main::Subsystem(name) => up_tx.request_subsystem(true, name.as_str()).await,
+    };
+    let mut before: Vec<ChannelMsg> = Vec::new();
+    let accepted = sent.is_ok()
+        && loop {
+            match up_rx.wait().await {
+                Some(ChannelMsg::Success) => break true,
+                Some(ChannelMsg::Failure) | Some(ChannelMsg::Close) | None => break false,
+                Some(other) => before.push(other),
+            }
+        };
+    if !accepted {
+        let _ = client.channel_failure(id).await;
+        let _ = up_tx.close().await;
+        let _ = tx.close().await;
+        recorder.finished(
+            command_id,
+            Outcome {
+                error: Some("the upstream refused the request".into()),
+                ..Outcome::default()
+            },
+        );
+        return;
+    }
+    let _ = client.channel_success(id).await;
+
+    // Recording and masking, per what the channel carries.
+    let store = live.gateway.store().clone();
+    let session_id = live.handle.id().to_string();
+    let record = match carries {
+        Carries::Exec => Some(
+            StreamRecorder::new(store.clone(), &session_id, command_id)
+                .with_limit(EXEC_RECORD_LIMIT),
+        ),
+        Carries::Shell => Some(StreamRecorder::new(store.clone(), &session_id, command_id)),
+        _ => None,
+    };
+    let record = record.map(|mut r| {
+        if let Some(p) = &pty {
+            r.resize(p.cols, p.rows);
+        }
+        Arc::new(Mutex::new(r))
+    });
+    let masks = matches!(carries, Carries::Exec | Carries::Shell);
+    let info = live.handle.info().clone();
+    let masker = live.handle.masker().clone();
+    let new_masker = || {
+        if masks {
+            masker.stream_masker(&info)
+        } else {
+            None
+        }
+    };
+    let sftp =
+        matches!(carries, Carries::Sftp).then(|| Arc::new(Mutex::new(SftpTracker::default())));
+
+    // Client → upstream.
+    let up_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let input = {
+        let record = record.clone();
+        let sftp = sftp.clone();
+        let counter = up_counter.clone();
+        let has_pty = pty.is_some();
+        tokio::spawn(async move {
+            for data in early {
+                counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(s) = &sftp {
+                    if let Ok(mut s) = s.lock() {
+                        s.client_data(&data);
+                    }
+                }
+                if up_tx.data_bytes(data).await.is_err() {
+                    return;
+                }
+            }
+            if client_eof {
+                let _ = up_tx.eof().await;
+            }
+            client_to_upstream(rx, up_tx, record, sftp, counter, has_pty).await;
+        })
+    };
+
+    // Upstream → client.
+    let mut out = Output {
+        tx,
+        live: live.clone(),
+        id,
+        stdout: new_masker(),
+        stderr: new_masker(),
+        record: record.clone(),
+        sftp: sftp.clone(),
+        bytes: 0,
+        status: None,
+        masked: Default::default(),
+        eof: false,
+        eof_sent: false,
+    };
+    let mask_idle = if pty.is_some() {
+        MASK_IDLE_PTY
+    } else {
+        MASK_IDLE_EXEC
+    };
+    for m in before {
+        if !out.handle(m).await {
+            break;
+        }
+    }
+    let mut closed = live.closed.clone();
+    loop {
+        let pending = out.stdout.as_ref().is_some_and(|m| m.pending() > 0)
+            || out.stderr.as_ref().is_some_and(|m| m.pending() > 0);
+        tokio::select! {
+            _ = crate::server::connection_gone(&mut closed) => break,
+            m = up_rx.wait() => {
+                let Some(m) = m else { break };
+                if !out.handle(m).await {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(mask_idle), if pending => out.flush_maskers().await,
+        }
+    }
+    out.flush_maskers().await;
+    out.eof = true;
+    out.send_eof().await;
+    let _ = out.tx.close().await;
+    input.abort();
+    if let Some(r) = &record {
+        if let Ok(mut r) = r.lock() {
+            r.flush();
+        }
+    }
+    let truncated = record
+        .as_ref()
+        .and_then(|r| r.lock().ok().map(|r| r.skipped() > 0))
+        .unwrap_or(false);
+    match &carries {
+        Carries::Scp { path, upload } => {
+            let bytes = if *upload {
+                up_counter.load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                out.bytes
+            };
+            store.append_background(
+                &session_id,
+                AuditEvent::FileTransfer {
+                    command_id,
+                    path: path.clone(),
+                    direction: if *upload { "upload" } else { "download" }.into(),
+                    bytes,
+                },
+            );
+        }
+        Carries::Sftp => {
+            if let Some(s) = &sftp {
+                if let Ok(mut s) = s.lock() {
+                    for t in s.finish() {
+                        store.append_background(
+                            &session_id,
+                            AuditEvent::FileTransfer {
+                                command_id,
+                                path: t.path,
+                                direction: t.direction.into(),
+                                bytes: t.bytes,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    recorder.finished(
+        command_id,
+        Outcome {
+            bytes: out.bytes,
+            tag: Some(match out.status {
+                Some(s) => s,
+                None => "closed".into(),
+            }),
+            duration_us: started.elapsed().as_micros() as u64,
+            truncated,
+            masked: out.masked.0,
+            ..Outcome::default()
+        },
+    );
+}
+
+async fn client_to_upstream(
+    mut rx: ChannelReadHalf,
+    up_tx: ChannelWriteHalf<russh::client::Msg>,
+    record: Option<Arc<Mutex<StreamRecorder>>>,
+    sftp: Option<Arc<Mutex<SftpTracker>>>,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+    has_pty: bool,
+) {
+    while let Some(m) = rx.wait().await {
+        match m {
+            ChannelMsg::Data { data } => {
+                counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let Some(s) = &sftp {
+                    if let Ok(mut s) = s.lock() {
+                        s.client_data(&data);
+                    }
+                }
+                if up_tx.data_bytes(data).await.is_err() {
+                    break;
+                }
+            }
+            ChannelMsg::Eof => {
+                let _ = up_tx.eof().await;
+            }
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                pix_width,
+                pix_height,
+            } if has_pty => {
+                if let Some(r) = &record {
+                    if let Ok(mut r) = r.lock() {
+                        r.resize(col_width, row_height);
+                    }
+                }
+                let _ = up_tx
+                    .window_change(col_width, row_height, pix_width, pix_height)
+                    .await;
+            }
+            ChannelMsg::Signal { signal } => {
+                let _ = up_tx.signal(signal).await;
+            }
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    let _ = up_tx.close().await;
+}
+
+/// The upstream → client half.
+struct Output {
+    tx: ChannelWriteHalf<Msg>,
+    live: Arc<Live>,
+    id: russh::ChannelId,
+    stdout: Option<StreamMasker>,
+    stderr: Option<StreamMasker>,
+    record: Option<Arc<Mutex<StreamRecorder>>>,
+    sftp: Option<Arc<Mutex<SftpTracker>>>,
+    bytes: u64,
+    status: Option<String>,
+    masked: sluice_core::masking::MaskCounts,
+    /// The upstream sent EOF; `eof_sent`: it was passed on.
+    eof: bool,
+    eof_sent: bool,
+}
+
+impl Output {
+    /// Handles one upstream message; false when the channel is done.
+    async fn handle(&mut self, m: ChannelMsg) -> bool {
+        match m {
+            ChannelMsg::Data { data } => {
+                if let Some(s) = &self.sftp {
+                    if let Ok(mut s) = s.lock() {
+                        s.server_data(&data);
+                    }
+                }
+                let data = match &mut self.stdout {
+                    Some(m) => Bytes::from(m.push(&data)),
+                    None => data,
+                };
+                self.send(None, data).await
+            }
+            ChannelMsg::ExtendedData { data, ext } => {
+                let data = match (&mut self.stderr, ext) {
+                    (Some(m), 1) => Bytes::from(m.push(&data)),
+                    _ => data,
+                };
+                self.send(Some(ext), data).await
+            }
+            ChannelMsg::ExitStatus { exit_status } => {
+                self.flush_maskers().await;
+                self.status = Some(format!("exit {exit_status}"));
+                let _ = self.tx.exit_status(exit_status).await;
+                self.send_eof().await;
+                true
+            }
+            ChannelMsg::ExitSignal {
+                signal_name,
+                core_dumped,
+                error_message,
+                lang_tag,
+            } => {
+                self.flush_maskers().await;
+                self.status = Some(format!("signal {signal_name:?}"));
+                let _ = self
+                    .live
+                    .client
+                    .exit_signal_request(self.id, signal_name, core_dumped, error_message, lang_tag)
+                    .await;
+                self.send_eof().await;
+                true
+            }
+            ChannelMsg::Eof => {
+                // Held until the exit status is out: a client that sees EOF
+                // both ways may close the channel, and an exit status sent
+                // after that is lost (ssh would report 255).
+                self.flush_maskers().await;
+                self.eof = true;
+                true
+            }
+            ChannelMsg::Close => false,
+            _ => true,
+        }
+    }
+
+    /// Sends the upstream's EOF once (after the exit status, or at close).
+    async fn send_eof(&mut self) {
+        if self.eof && !self.eof_sent {
+            self.eof_sent = true;
+            let _ = self.tx.eof().await;
+        }
+    }
+
+    async fn send(&mut self, ext: Option<u32>, data: Bytes) -> bool {
+        if data.is_empty() {
+            return true;
+        }
+        self.bytes += data.len() as u64;
+        if let Some(r) = &self.record {
+            if let Ok(mut r) = r.lock() {
+                r.record(if ext.is_some() { "stderr" } else { "stdout" }, &data);
+            }
+        }
+        let sent = match ext {
+            None => self.tx.data_bytes(data).await,
+            Some(e) => self.tx.extended_data_bytes(e, data).await,
+        };
+        sent.is_ok()
+    }
+
+    /// Releases what the maskers hold back (idle stream, exit, EOF).
+    async fn flush_maskers(&mut self) {
+        if let Some(m) = &mut self.stdout {
+            let held = m.flush();
+            self.masked.merge(&m.take_counts());
+            self.send(None, Bytes::from(held)).await;
+        }
+        if let Some(m) = &mut self.stderr {
+            let held = m.flush();
+            self.masked.merge(&m.take_counts());
+            self.send(Some(1), Bytes::from(held)).await;
+        }
+    }
+}
+
+/// Closes an upstream channel opened for a command that will not run.
+async fn close_unused(
+    opening: tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>>,
+) {
+    if let Ok(Ok(channel)) = opening.await {
+        let _ = channel.close().await;
+    }
+}
+
+/// Ends a channel the gateway answers itself: text on stderr, an exit status.
+async fn refuse_locally(tx: &ChannelWriteHalf<Msg>, text: &str, status: u32) {
+    let _ = tx
+        .extended_data_bytes(1, Bytes::from(text.to_string()))
+        .await;
+    let _ = tx.exit_status(status).await;
+    let _ = tx.eof().await;
+    let _ = tx.close().await;
+}
+
+/// The denial as an agent reads it on stderr: the rule, its message, what next.
+pub(crate) fn denial_text(denial: &Denial, nl: &str) -> String {
+    let mut s = format!("sluice: {}{nl}", denial.message);
+    if let Some(hint) = &denial.hint {
+        s.push_str(&format!("sluice: {hint}{nl}"));
+    }
+    s
+}
+
+async fn recv_notice(
+    notices: &mut Option<
+        tokio::sync::MutexGuard<'_, Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    >,
+) -> Option<String> {
+    match notices.as_mut().and_then(|g| g.as_mut()) {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `scp -t PATH` (upload) or `scp -f PATH` (download), from the exec line.
+fn scp_transfer(text: &str) -> Option<Carries> {
+    let invocations = sluice_core::shell::analyze(text).ok()?;
+    let scp = invocations.iter().find(|i| i.program == "scp")?;
+    let mut upload = None;
+    for a in &scp.args {
+        if a.starts_with('-') && !a.starts_with("--") {
+            if a.contains('t') {
+                upload = Some(true);
+            } else if a.contains('f') {
+                upload = Some(false);
+            }
+        }
+    }
+    let path = scp
+        .args
+        .iter()
+        .rev()
+        .find(|a| !a.starts_with('-'))
+        .cloned()
+        .unwrap_or_default();
+    upload.map(|upload| Carries::Scp { path, upload })
+}
+
+/// An exec of the SFTP server program (`sftp -s /usr/lib/openssh/sftp-server`).
+fn is_sftp_server(text: &str) -> bool {
+    sluice_core::shell::analyze(text)
+        .map(|v| v.iter().any(|i| i.program == "sftp-server"))
+        .unwrap_or(false)
+}

@@ -1,0 +1,191 @@
+//! The `ssh` match key: what kind of SSH request a command is.
+//!
+//! ```toml
+//! match = { ssh = ["shell", "exec", "scp", "sftp", "subsystem:NAME",
+//!                  "port-forward", "remote-forward", "agent-forward", "x11"] }
+//! ```
+//!
+//! | value | matches |
+//! |---|---|
+//! | `shell` | an interactive shell (`ssh host`, with or without a pty) |
+//! | `exec` | any command line (`ssh host CMD`, scp, `kubectl exec`) |
+//! | `scp` | an exec of `scp -t`/`scp -f` (what the scp client sends) |
+//! | `sftp` | the `sftp` subsystem, or an exec of `sftp-server` |
+//! | `subsystem` / `subsystem:NAME` | any subsystem / the one named (globs) |
+//! | `port-forward` | `-L` and `-D` (direct-tcpip channels) |
+//! | `remote-forward` | `-R` (tcpip-forward) |
+//! | `agent-forward`, `x11` | `-A`, `-X` |
+
+use sluice_core::glob::Glob;
+use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::toml;
+use sluice_core::{Command, CommandKind};
+use std::sync::Arc;
+
+/// Registers `ssh`.
+pub fn ssh_match_key() -> Arc<dyn MatchKey> {
+    Arc::new(SshMatchKey)
+}
+
+struct SshMatchKey;
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Shell,
+    Exec,
+    Scp,
+    Sftp,
+    Subsystem(Option<Glob>),
+    Forward(&'static str),
+}
+
+impl Kind {
+    fn parse(v: &str) -> Result<Kind, String> {
+        Ok(match v {
+            "shell" => Kind::Shell,
+            "exec" => Kind::Exec,
+            "scp" => Kind::Scp,
+            "sftp" => Kind::Sftp,
+            "subsystem" => Kind::Subsystem(None),
+            "port-forward" => Kind::Forward("port-forward"),
+            "remote-forward" => Kind::Forward("remote-forward"),
+            "agent-forward" => Kind::Forward("agent-forward"),
+            "x11" => Kind::Forward("x11"),
+            other => match other.strip_prefix("subsystem:") {
+                Some(name) if !name.is_empty() => Kind::Subsystem(Some(Glob::new(name))),
+                _ => {
+                    return Err(format!(
+                        "ssh: unknown value {other:?} (known: shell, exec, scp, sftp, subsystem, subsystem:NAME, port-forward, remote-forward, agent-forward, x11)"
+                    ))
+                }
+            },
+        })
+    }
+}
+
+impl MatchKey for SshMatchKey {
+    fn keys(&self) -> &'static [&'static str] {
+        &["ssh"]
+    }
+
+    fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        let list: Vec<String> = match values.get("ssh") {
+            Some(toml::Value::String(s)) => vec![s.clone()],
+            Some(toml::Value::Array(a)) => a
+                .iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or("ssh: expected a list of strings")?,
+            _ => return Err("ssh: expected a string or a list of strings".into()),
+        };
+        if list.is_empty() {
+            return Err("ssh: an empty list matches nothing; remove the key instead".into());
+        }
+        let kinds = list
+            .iter()
+            .map(|v| Kind::parse(v))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(SshMatcher { kinds }))
+    }
+}
+
+struct SshMatcher {
+    kinds: Vec<Kind>,
+}
+
+/// The programs of an exec line, analysed once per command.
+struct Programs(Result<Vec<sluice_core::shell::Invocation>, String>);
+
+fn programs<'s>(
+    command: &Command,
+    scratch: &'s mut Scratch,
+) -> Result<&'s [sluice_core::shell::Invocation], String> {
+    let p = scratch.get_or_insert_with(|| {
+        Programs(sluice_core::shell::analyze(&command.text).map_err(|e| e.to_string()))
+    });
+    p.0.as_deref().map_err(|e| e.clone())
+}
+
+impl CommandMatcher for SshMatcher {
+    fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String> {
+        for kind in &self.kinds {
+            let hit = match (kind, &command.kind) {
+                (Kind::Shell, CommandKind::Shell { .. }) => true,
+                (Kind::Exec, CommandKind::Exec) => true,
+                // Judging "is this scp" needs the line parsed: fail closed.
+                (Kind::Scp, CommandKind::Exec) => programs(command, scratch)?.iter().any(|i| {
+                    i.program == "scp"
+                        && i.args.iter().any(|a| {
+                            a.starts_with('-')
+                                && !a.starts_with("--")
+                                && (a.contains('t') || a.contains('f'))
+                        })
+                }),
+                (Kind::Sftp, CommandKind::Subsystem { name }) => name == "sftp",
+                (Kind::Sftp, CommandKind::Exec) => programs(command, scratch)?
+                    .iter()
+                    .any(|i| i.program == "sftp-server"),
+                (Kind::Subsystem(None), CommandKind::Subsystem { .. }) => true,
+                (Kind::Subsystem(Some(g)), CommandKind::Subsystem { name }) => g.matches(name),
+                (Kind::Forward(k), CommandKind::Forward { kind }) => k == kind,
+                _ => false,
+            };
+            if hit {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(values: &[&str], kind: CommandKind, text: &str) -> Result<bool, String> {
+        let mut t = toml::Table::new();
+        t.insert(
+            "ssh".into(),
+            toml::Value::Array(
+                values
+                    .iter()
+                    .map(|v| toml::Value::String(v.to_string()))
+                    .collect(),
+            ),
+        );
+        let matcher = SshMatchKey.compile(&t)?;
+        matcher.matches(
+            &Command {
+                kind,
+                text: text.into(),
+                context: vec![],
+            },
+            &mut Scratch::default(),
+        )
+    }
+
+    #[test]
+    fn kinds() {
+        assert!(m(&["shell"], CommandKind::Shell { pty: true }, "shell").unwrap());
+        assert!(!m(&["shell"], CommandKind::Exec, "ls").unwrap());
+        assert!(m(&["exec"], CommandKind::Exec, "ls").unwrap());
+        assert!(m(&["scp"], CommandKind::Exec, "scp -t /tmp").unwrap());
+        assert!(m(&["scp"], CommandKind::Exec, "scp -r -f /etc").unwrap());
+        assert!(!m(&["scp"], CommandKind::Exec, "ls").unwrap());
+        assert!(m(&["scp"], CommandKind::Exec, "echo x | sh").is_err());
+        let sftp = CommandKind::Subsystem {
+            name: "sftp".into(),
+        };
+        assert!(m(&["sftp"], sftp.clone(), "sftp").unwrap());
+        assert!(m(&["subsystem"], sftp.clone(), "sftp").unwrap());
+        assert!(m(&["subsystem:sf*"], sftp.clone(), "sftp").unwrap());
+        assert!(!m(&["subsystem:netconf"], sftp, "sftp").unwrap());
+        assert!(m(&["sftp"], CommandKind::Exec, "/usr/lib/openssh/sftp-server").unwrap());
+        let fwd = CommandKind::Forward {
+            kind: "port-forward".into(),
+        };
+        assert!(m(&["port-forward"], fwd.clone(), "direct-tcpip h:1").unwrap());
+        assert!(!m(&["remote-forward"], fwd, "direct-tcpip h:1").unwrap());
+        assert!(m(&["bogus"], CommandKind::Exec, "ls").is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! The client side: login with the token, then one task per channel.
+
+use crate::upstream::{self, Upstream, UpstreamError};
+use crate::LOGIN_TIMEOUT;
+use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
+use russh::{Channel, ChannelId};
+use sluice_core::{
+    Command, CommandKind, Credentials, Decision, Denial, Gateway, Protocol, SessionHandle,
+};
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// The prompt contains "password" so that tools such as sshpass recognise it.
+const TOKEN_PROMPT: &str = "Sluice token (password): ";
+
+/// A logged-in connection: the core session and the upstream leg.
+pub(crate) struct Live {
+    pub handle: SessionHandle,
+    pub gateway: Arc<Gateway>,
+    pub client: server::Handle,
+    upstream: tokio::sync::OnceCell<Result<Arc<Upstream>, UpstreamError>>,
+    /// Approval-hold messages; the channel deciding a command delivers them.
+    pub notices: tokio::sync::Mutex<Option<UnboundedReceiver<String>>>,
+    /// Becomes true when the client connection is gone: channel tasks stop
+    /// relaying, so the upstream and the session (and its end record) go too.
+    pub closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Live {
+    /// The upstream connection, opened on first use; a failure is kept, so
+    /// every channel reports the same one.
+    pub async fn upstream(&self) -> Result<Arc<Upstream>, UpstreamError> {
+        self.upstream
+            .get_or_init(|| async {
+                let conn = self.handle.connection().clone();
+                match upstream::connect(&conn, self.client.clone(), self.closed.clone()).await {
+                    Ok(u) => Ok(Arc::new(u)),
+                    Err(e) => {
+                        tracing::warn!(message = "Upstream SSH connection failed.", connection = %conn.name, error = %e, detail = %e.detail());
+                        self.handle
+                            .set_end_reason(format!("upstream connection failed: {e}"));
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .clone()
+    }
+}
+
+/// Resolves once the client connection is gone.
+pub(crate) async fn connection_gone(closed: &mut tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if *closed.borrow_and_update() {
+            return;
+        }
+        if closed.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A command's decision as a channel acts on it.
+pub(crate) enum Decided {
+    Forward(u64),
+    Refuse(Denial),
+}
+
+/// Runs a command through the pipeline. A store failure refuses it.
+pub(crate) async fn decide(live: &Live, kind: CommandKind, text: String) -> Decided {
+    let command = Command {
+        kind,
+        text,
+        context: Vec::new(),
+    };
+    match live.handle.decide(command).await {
+        Ok(Decision::Forward { command_id }) => Decided::Forward(command_id),
+        Ok(Decision::Refuse { denial, .. }) => Decided::Refuse(denial),
+        // Write-ahead audit failed: the command must not run.
+        Err(e) => {
+            tracing::error!(message = "Audit store failed; refusing the command.", error = %e);
+            Decided::Refuse(Denial {
+                rule: None,
+                message: "the gateway cannot record this command right now, so it was not run"
+                    .into(),
+                hint: Some("Retry later; tell the Sluice administrator if this persists.".into()),
+            })
+        }
+    }
+}
+
+pub(crate) struct ClientHandler {
+    gateway: Arc<Gateway>,
+    peer: SocketAddr,
+    pending: Option<SessionHandle>,
+    live: Option<Arc<Live>>,
+    /// A keyboard-interactive failure already told to the client.
+    told: bool,
+    authed: Arc<AtomicBool>,
+    watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+    closed: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ClientHandler {
+    /// Authenticates the token and opens the core session for connection `user`.
+    async fn login(&mut self, user: &str, token: &str) -> Result<(), String> {
+        let credentials = Credentials {
+            user: user.to_string(),
+            token: token.to_string(),
+        };
+        let identity = match self.gateway.authenticate(&credentials).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(message = "Authentication failed.", protocol = "ssh", client = %self.peer, connection = %user, reason = %e);
+                return Err(sluice_core::Refusal::Authentication(e.to_string()).client_message());
+            }
+        };
+        let subject = identity.subject.clone();
+        match self
+            .gateway
+            .open_session(identity, user, Protocol::Ssh, &self.peer.to_string())
+            .await
+        {
+            Ok(h) => {
+                tracing::info!(message = "Session opened.", protocol = "ssh", session = %h.id(), %subject, connection = %user, client = %self.peer);
+                self.pending = Some(h);
+                Ok(())
+            }
+            Err(refusal) => {
+                tracing::warn!(message = "Session refused.", protocol = "ssh", client = %self.peer, %subject, connection = %user, reason = ?refusal);
+                Err(refusal.client_message())
+            }
+        }
+    }
+
+    fn live(&self) -> Option<Arc<Live>> {
+        self.live.clone()
+    }
+}
+
+fn reject() -> Auth {
+    Auth::reject()
+}
+
+impl server::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        Ok(match self.login(user, password).await {
+            Ok(()) => Auth::Accept,
+            Err(_) => reject(),
+        })
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(mut response) = response else {
+            self.told = false;
+            return Ok(Auth::Partial {
+                name: Cow::Borrowed(""),
+                instructions: Cow::Borrowed(""),
+                prompts: Cow::Owned(vec![(Cow::Borrowed(TOKEN_PROMPT), false)]),
+            });
+        };
+        if self.told {
+            // The client acknowledged the failure message.
+            self.told = false;
+            return Ok(reject());
+        }
+        let token = response
+            .next()
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        match self.login(user, &token).await {
+            Ok(()) => Ok(Auth::Accept),
+            Err(message) => {
+                // Keyboard-interactive can show text: say why, then refuse.
+                self.told = true;
+                Ok(Auth::Partial {
+                    name: Cow::Borrowed(""),
+                    instructions: Cow::Owned(format!(
+                        "{message}\nPass a valid, unexpired Sluice token as the password (sluice token issue, or your identity provider).\n"
+                    )),
+                    prompts: Cow::Owned(Vec::new()),
+                })
+            }
+        }
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Session) -> Result<(), Self::Error> {
+        let Some(handle) = self.pending.take() else {
+            return Err(russh::Error::Inconsistent);
+        };
+        let notices = handle.take_notices();
+        let live = Arc::new(Live {
+            handle,
+            gateway: self.gateway.clone(),
+            client: session.handle(),
+            upstream: tokio::sync::OnceCell::new(),
+            notices: tokio::sync::Mutex::new(notices),
+            closed: self.closed.clone(),
+        });
+        self.authed.store(true, Ordering::SeqCst);
+        // The session ends when its token expires or is revoked.
+        let watched = live.clone();
+        let task = tokio::spawn(async move {
+            let reason = watched.handle.ended().await;
+            let _ = watched
+                .client
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    format!("sluice: session ended: {reason}"),
+                    "en".into(),
+                )
+                .await;
+        });
+        if let Ok(mut w) = self.watcher.lock() {
+            *w = Some(task.abort_handle());
+        }
+        self.live = Some(live);
+        Ok(())
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(live) = self.live() else {
+            drop(reply);
+            return Ok(());
+        };
+        reply.accept().await;
+        tokio::spawn(crate::channel::run(live, channel));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        originator_address: &str,
+        originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(live) = self.live() else {
+            drop(reply);
+            return Ok(());
+        };
+        tokio::spawn(crate::forward::direct(
+            live,
+            channel,
+            host_to_connect.to_string(),
+            port_to_connect,
+            originator_address.to_string(),
+            originator_port,
+            reply,
+        ));
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(live) = self.live() {
+            // Judged and audited like -L; relaying Unix sockets is not supported.
+            let d = decide(
+                &live,
+                CommandKind::Forward {
+                    kind: "port-forward".into(),
+                },
+                format!("direct-streamlocal {socket_path}"),
+            )
+            .await;
+            if matches!(d, Decided::Forward(_)) {
+                tracing::info!(message = "Unix-socket forwarding is not supported; refused.");
+            }
+        }
+        drop(reply);
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(live) = self.live() else {
+            return Ok(false);
+        };
+        crate::forward::remote(&live, address, port).await
+    }
+
+    async fn cancel_tcpip_forward(
+        &mut self,
+        address: &str,
+        port: u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let Some(live) = self.live() else {
+            return Ok(false);
+        };
+        crate::forward::cancel_remote(&live, address, port).await
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        if let Some(live) = self.live() {
+            let d = decide(
+                &live,
+                CommandKind::Forward {
+                    kind: "agent-forward".into(),
+                },
+                "auth-agent-req@openssh.com".into(),
+            )
+            .await;
+            if matches!(d, Decided::Forward(_)) {
+                // Allowed by policy, but the gateway does not relay agents:
+                // the upstream gets the gateway's key, never the caller's agent.
+                tracing::info!(
+                    message = "Agent forwarding allowed by policy but not supported; refused."
+                );
+            }
+        }
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(live) = self.live() {
+            let d = decide(
+                &live,
+                CommandKind::Forward { kind: "x11".into() },
+                "x11-req".into(),
+            )
+            .await;
+            if matches!(d, Decided::Forward(_)) {
+                tracing::info!(
+                    message = "X11 forwarding allowed by policy but not supported; refused."
+                );
+            }
+        }
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+}
+
+/// Serves one client connection to its end.
+pub(crate) async fn serve_client(
+    config: Arc<server::Config>,
+    gateway: Arc<Gateway>,
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+) -> Result<(), String> {
+    let authed = Arc::new(AtomicBool::new(false));
+    let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+    let (closed_tx, closed) = tokio::sync::watch::channel(false);
+    let handler = ClientHandler {
+        closed,
+        gateway,
+        peer,
+        pending: None,
+        live: None,
+        told: false,
+        authed: authed.clone(),
+        watcher: watcher.clone(),
+    };
+    // The version exchange happens here: bound it too.
+    let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, tcp, handler))
+        .await
+        .map_err(|_| "the client did not start SSH in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    let client = running.handle();
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(LOGIN_TIMEOUT).await;
+        if !authed.load(Ordering::SeqCst) {
+            let _ = client
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    "sluice: login timed out".into(),
+                    "en".into(),
+                )
+                .await;
+        }
+    });
+    let result = running.await;
+    closed_tx.send_replace(true);
+    deadline.abort();
+    if let Some(w) = watcher.lock().ok().and_then(|mut w| w.take()) {
+        w.abort();
+    }
+    result.map_err(|e| e.to_string())
+}
