@@ -41,6 +41,8 @@ type Unread = Arc<Mutex<Option<Incoming>>>;
 pub(crate) struct Live {
     pub handle: SessionHandle,
     pub injected: Injected,
+    /// Finds the injected values in responses (`None`: nothing injected).
+    pub redactor: Option<Redactor>,
     pub upstream: Arc<Upstream>,
     /// `Some(reason)` once core ended the session (set by the connection's watcher).
     pub ended_reason: Mutex<Option<String>>,
@@ -328,8 +330,10 @@ impl ClientConn {
         let injected = flavor.credentials(connection)?;
         let upstream = self.shared.upstream(connection, flavor.as_ref())?;
         tracing::info!(message = "Session opened.", session = %handle.id(), client = %self.peer, %subject, connection = %connection.name, protocol = %flavor.protocol());
+        let redactor = Redactor::new(injected.secrets());
         let live = Arc::new(Live {
             handle,
+            redactor,
             injected,
             upstream,
             ended_reason: Mutex::new(None),
@@ -702,11 +706,11 @@ impl ClientConn {
 
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
-        let secrets = live.injected.secrets().to_vec();
+        let secrets = live.injected.secrets();
         let mut header_redactions = 0u64;
-        if !secrets.is_empty() {
+        if let Some(template) = &live.redactor {
             for value in rparts.headers.values_mut() {
-                if let Some(redacted) = body::redact_text(&secrets, value.as_bytes()) {
+                if let Some(redacted) = body::redact_text(template, value.as_bytes()) {
                     header_redactions += 1;
                     *value = HeaderValue::from_bytes(&redacted)
                         .unwrap_or_else(|_| HeaderValue::from_static("[redacted-credential]"));
@@ -739,7 +743,7 @@ impl ClientConn {
         // No body (HEAD, 204, 304): nothing to redact, and the length header
         // describes the representation, so it stays.
         let redactor = if crate::masking::has_body(head.method, status) {
-            Redactor::new(&secrets)
+            live.redactor.clone()
         } else {
             None
         };
