@@ -425,8 +425,12 @@ impl ClientConn {
                     .trim_end_matches(']')
                     .to_ascii_lowercase()
             });
-        let (name, rest) = match host_name.as_deref().and_then(|h| self.shared.route_host(h)) {
-            Some(name) => (name.to_string(), normal),
+        let by_host = host_name
+            .as_deref()
+            .and_then(|h| self.shared.route_host(h))
+            .map(str::to_string);
+        let (name, rest) = match by_host.clone() {
+            Some(name) => (name, normal),
             None => {
                 let (first, rest) = normal.split_first().ok_or_else(|| {
                     Problem::new(
@@ -706,6 +710,21 @@ impl ClientConn {
 
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
+        // A redirect into the upstream is turned into one through the gateway
+        // (as nginx's proxy_redirect does), so clients stay on Sluice.
+        let prefix = match &by_host {
+            Some(_) => String::new(),
+            None => format!("/{}", connection.name),
+        };
+        if let Some(location) = rparts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| live.upstream.gateway_location(v, &prefix))
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            rparts.headers.insert(header::LOCATION, location);
+        }
         let secrets = live.injected.secrets();
         let mut header_redactions = 0u64;
         if let Some(template) = &live.redactor {
