@@ -15,6 +15,7 @@ Endpoints:
   /upload          reads the request body, answers its length and sha256
   /slow?s=N        answers after N seconds
   /gzip            a gzip-encoded JSON body whatever Accept-Encoding says
+  /redirect        302 to http://<its own host>/echo?from=redirect
   /ws              WebSocket echo (text and binary frames, ping, close)
   anything else    JSON {"ok": true, "path": ...}
 """
@@ -143,6 +144,12 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+        elif url.path == "/redirect":
+            host = self.headers.get("Host", "")
+            self.send_response(302)
+            self.send_header("Location", f"http://{host}/echo?from=redirect")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif url.path == "/ws":
             self.websocket()
         else:

@@ -98,6 +98,11 @@ allow_groups = ["agents"]
         [format!("127.0.0.1:{}", env.port)]
     );
 
+    // A redirect into the upstream comes back as one through the gateway.
+    let out = env.curl(Some(&token), &["-i", &env.url("/crm/redirect")]);
+    let text = stdout(&out).to_ascii_lowercase();
+    assert!(text.contains("location: /crm/echo?from=redirect"), "{text}");
+
     // Named headers, and a base path on the upstream URL.
     let (status, body) = env.get(&token, "/inventory/echo", &[]);
     assert_eq!(status, 200, "{body}");

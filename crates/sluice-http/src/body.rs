@@ -16,7 +16,8 @@ pub const SAMPLE_BYTES: usize = 1024;
 
 /// Replaces injected credentials in a byte stream. Holds back at most the
 /// longest secret's length minus one byte, so a secret split across chunks
-/// is still found.
+/// is still found. Built once per session and cloned per response.
+#[derive(Clone)]
 pub struct Redactor {
     finders: Vec<memmem::Finder<'static>>,
     holdback: usize,
@@ -130,8 +131,8 @@ impl Redactor {
 }
 
 /// Redacts secrets in a header value's text; `None` when none is present.
-pub fn redact_text(secrets: &[Vec<u8>], text: &[u8]) -> Option<Vec<u8>> {
-    let mut r = Redactor::new(secrets)?;
+pub fn redact_text(template: &Redactor, text: &[u8]) -> Option<Vec<u8>> {
+    let mut r = template.clone();
     let out = r.redact_all(text);
     (r.redacted > 0).then_some(out)
 }
@@ -463,6 +464,11 @@ mod tests {
     #[test]
     fn nothing_to_redact_is_untouched() {
         assert!(Redactor::new(&[]).is_none());
-        assert_eq!(redact_text(&[b"abcdefgh".to_vec()], b"nothing here"), None);
+        let r = Redactor::new(&[b"abcdefgh".to_vec()]).unwrap();
+        assert_eq!(redact_text(&r, b"nothing here"), None);
+        assert_eq!(
+            redact_text(&r, b"x abcdefgh").unwrap(),
+            b"x [redacted-credential]"
+        );
     }
 }

@@ -41,6 +41,8 @@ type Unread = Arc<Mutex<Option<Incoming>>>;
 pub(crate) struct Live {
     pub handle: SessionHandle,
     pub injected: Injected,
+    /// Finds the injected values in responses (`None`: nothing injected).
+    pub redactor: Option<Redactor>,
     pub upstream: Arc<Upstream>,
     /// `Some(reason)` once core ended the session (set by the connection's watcher).
     pub ended_reason: Mutex<Option<String>>,
@@ -328,8 +330,10 @@ impl ClientConn {
         let injected = flavor.credentials(connection)?;
         let upstream = self.shared.upstream(connection, flavor.as_ref())?;
         tracing::info!(message = "Session opened.", session = %handle.id(), client = %self.peer, %subject, connection = %connection.name, protocol = %flavor.protocol());
+        let redactor = Redactor::new(injected.secrets());
         let live = Arc::new(Live {
             handle,
+            redactor,
             injected,
             upstream,
             ended_reason: Mutex::new(None),
@@ -421,8 +425,12 @@ impl ClientConn {
                     .trim_end_matches(']')
                     .to_ascii_lowercase()
             });
-        let (name, rest) = match host_name.as_deref().and_then(|h| self.shared.route_host(h)) {
-            Some(name) => (name.to_string(), normal),
+        let by_host = host_name
+            .as_deref()
+            .and_then(|h| self.shared.route_host(h))
+            .map(str::to_string);
+        let (name, rest) = match by_host.clone() {
+            Some(name) => (name, normal),
             None => {
                 let (first, rest) = normal.split_first().ok_or_else(|| {
                     Problem::new(
@@ -702,11 +710,26 @@ impl ClientConn {
 
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
-        let secrets = live.injected.secrets().to_vec();
+        // A redirect into the upstream is turned into one through the gateway
+        // (as nginx's proxy_redirect does), so clients stay on Sluice.
+        let prefix = match &by_host {
+            Some(_) => String::new(),
+            None => format!("/{}", connection.name),
+        };
+        if let Some(location) = rparts
+            .headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| live.upstream.gateway_location(v, &prefix))
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            rparts.headers.insert(header::LOCATION, location);
+        }
+        let secrets = live.injected.secrets();
         let mut header_redactions = 0u64;
-        if !secrets.is_empty() {
+        if let Some(template) = &live.redactor {
             for value in rparts.headers.values_mut() {
-                if let Some(redacted) = body::redact_text(&secrets, value.as_bytes()) {
+                if let Some(redacted) = body::redact_text(template, value.as_bytes()) {
                     header_redactions += 1;
                     *value = HeaderValue::from_bytes(&redacted)
                         .unwrap_or_else(|_| HeaderValue::from_static("[redacted-credential]"));
@@ -739,7 +762,7 @@ impl ClientConn {
         // No body (HEAD, 204, 304): nothing to redact, and the length header
         // describes the representation, so it stays.
         let redactor = if crate::masking::has_body(head.method, status) {
-            Redactor::new(&secrets)
+            live.redactor.clone()
         } else {
             None
         };

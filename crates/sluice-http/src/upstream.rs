@@ -144,6 +144,35 @@ impl Upstream {
         })
     }
 
+    /// A `Location` pointing into the upstream (absolute, or absolute-path
+    /// under the base path), rewritten to the same place through the
+    /// gateway: `prefix` (`/<connection>`, or empty for host routing) + the
+    /// rest. `None` when it points elsewhere.
+    pub fn gateway_location(&self, location: &str, prefix: &str) -> Option<String> {
+        let origin = format!("{}://{}", self.scheme, self.authority);
+        let rest = match location.strip_prefix(&origin) {
+            Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => rest,
+            Some(_) => return None,
+            None if location.starts_with('/') && !location.starts_with("//") => location,
+            None => return None,
+        };
+        let rest = if self.base_path.is_empty() {
+            rest
+        } else {
+            let after = rest.strip_prefix(self.base_path.as_str())?;
+            if !(after.is_empty() || after.starts_with(['/', '?'])) {
+                return None;
+            }
+            after
+        };
+        let rest = if rest.is_empty() || rest.starts_with('?') {
+            format!("/{rest}")
+        } else {
+            rest.to_string()
+        };
+        Some(format!("{prefix}{rest}"))
+    }
+
     /// The upstream URI for a normalised, encoded path and the raw query.
     pub fn uri(&self, encoded_path: &str, query: Option<&str>) -> Result<http::Uri, String> {
         let mut pq = format!("{}{encoded_path}", self.base_path);
@@ -157,5 +186,47 @@ impl Upstream {
             .path_and_query(pq)
             .build()
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Upstream {
+        let config = sluice_core::Config::from_toml_str(
+            &format!("[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"{url}\"\nupstream_tls = \"require\"\nallow_groups = [\"a\"]\n"),
+            "t.toml",
+        )
+        .unwrap();
+        let c = &config.connections[0];
+        Upstream::new(c, default_tls(c).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn redirects_into_the_upstream_stay_on_the_gateway() {
+        let u = upstream("https://crm.internal:8443/api");
+        let loc = |l: &str| u.gateway_location(l, "/crm");
+        assert_eq!(
+            loc("https://crm.internal:8443/api/v1/x?a=1").as_deref(),
+            Some("/crm/v1/x?a=1")
+        );
+        assert_eq!(
+            loc("https://crm.internal:8443/api").as_deref(),
+            Some("/crm/")
+        );
+        assert_eq!(loc("/api/login").as_deref(), Some("/crm/login"));
+        assert_eq!(loc("/apiary"), None);
+        assert_eq!(loc("/other"), None);
+        assert_eq!(loc("https://crm.internal:8443.evil.com/api/x"), None);
+        assert_eq!(loc("https://elsewhere.example/api/x"), None);
+        assert_eq!(loc("//crm.internal:8443/api/x"), None);
+        let u = upstream("http://127.0.0.1:9000");
+        assert_eq!(u.gateway_location("/login", "").as_deref(), Some("/login"));
+        assert_eq!(
+            u.gateway_location("http://127.0.0.1:9000/a", "/billing")
+                .as_deref(),
+            Some("/billing/a")
+        );
     }
 }
