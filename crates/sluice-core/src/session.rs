@@ -177,6 +177,7 @@ impl SessionHandle {
     ) -> Self {
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         let terminated = live.register(&info.id, &info.identity.token_id);
+        crate::metrics::session_active(info.protocol, &info.connection, 1);
         SessionHandle {
             live,
             terminated,
@@ -236,6 +237,7 @@ impl SessionHandle {
     pub fn recorder(&self) -> OutcomeRecorder {
         OutcomeRecorder {
             session_id: self.info.id.clone(),
+            info: self.info.clone(),
             store: self.store.clone(),
         }
     }
@@ -274,6 +276,7 @@ impl SessionHandle {
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         self.live.remove(&self.info.id);
+        crate::metrics::session_active(self.info.protocol, &self.info.connection, -1);
         let reason = self
             .end_reason
             .lock()
@@ -290,6 +293,7 @@ impl Drop for SessionHandle {
 #[derive(Clone)]
 pub struct OutcomeRecorder {
     session_id: String,
+    info: Arc<SessionInfo>,
     store: Arc<dyn Store>,
 }
 
@@ -303,6 +307,7 @@ impl std::fmt::Debug for OutcomeRecorder {
 
 impl OutcomeRecorder {
     pub fn finished(&self, command_id: u64, outcome: Outcome) {
+        crate::metrics::command_finished(self.info.protocol, &self.info.connection, &outcome);
         self.store.append_background(
             &self.session_id,
             AuditEvent::CommandFinished {

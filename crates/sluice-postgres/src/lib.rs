@@ -245,7 +245,10 @@ async fn handle_client(
         client::Accepted::Session(session) => gateway
             .serve(session, Protocol::Postgres, &peer.to_string())
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| {
+                sluice_core::metrics::session_failed(Protocol::Postgres, &e);
+                e.to_string()
+            }),
     }
 }
 

@@ -49,13 +49,13 @@ enum Expect {
     Execute {
         command_id: u64,
         portal: String,
-        started: Instant,
+        started: Started,
     },
     Sync,
     /// A simple Query or FunctionCall: done at ReadyForQuery.
     Query {
         command_id: u64,
-        started: Instant,
+        started: Started,
     },
     /// A refused extended-protocol command: the error goes out in its place.
     Refused {
@@ -338,7 +338,7 @@ impl Requests<'_> {
                         self.sql_prepared.apply(effects);
                         self.push(Expect::Query {
                             command_id,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -411,7 +411,7 @@ impl Requests<'_> {
                         self.push(Expect::Execute {
                             command_id,
                             portal,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -437,7 +437,7 @@ impl Requests<'_> {
                     Decided::Forward(command_id) => {
                         self.push(Expect::Query {
                             command_id,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -551,10 +551,38 @@ fn upstream_err(e: std::io::Error) -> SessionError {
     SessionError::Upstream(e.to_string())
 }
 
+/// When a forwarded command left for the upstream, and its `upstream` span
+/// (open until the command's response ends).
+#[derive(Clone)]
+struct Started {
+    at: Instant,
+    span: tracing::Span,
+}
+
+impl Started {
+    fn now(command_id: u64) -> Self {
+        Started {
+            at: Instant::now(),
+            span: tracing::info_span!(
+                "upstream",
+                command_id,
+                error = tracing::field::Empty
+            ),
+        }
+    }
+
+    /// The span of the masking position over one result of this command.
+    fn masking_span(&self) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "masking", masked = tracing::field::Empty)
+    }
+}
+
 /// A result being streamed to the client.
 struct Current {
     command_id: u64,
-    started: Instant,
+    started: Started,
+    /// Open while a masking plan rewrites this result (a child of the upstream span).
+    masking: Option<tracing::Span>,
     columns: Option<Arc<Vec<Column>>>,
     plan: Option<Box<dyn RowMasker>>,
     outcome: Outcome,
@@ -729,10 +757,11 @@ impl Responses {
         }
     }
 
-    fn begin(&mut self, command_id: u64, started: Instant, columns: Option<Arc<Vec<Column>>>) {
+    fn begin(&mut self, command_id: u64, started: Started, columns: Option<Arc<Vec<Column>>>) {
         let plan = columns
             .as_ref()
             .and_then(|c| self.masker.plan(&self.info, c));
+        let masking = plan.as_ref().map(|_| started.masking_span());
         let mut outcome = Outcome::default();
         if let Some(c) = &columns {
             outcome.columns = c.iter().map(|c| c.name.clone()).collect();
@@ -740,6 +769,7 @@ impl Responses {
         self.current = Some(Current {
             command_id,
             started,
+            masking,
             columns,
             plan,
             outcome,
@@ -757,7 +787,7 @@ impl Responses {
                 portal,
                 started,
             }) => {
-                let (id, st) = (*command_id, *started);
+                let (id, st) = (*command_id, started.clone());
                 let cols = self.portal_columns.get(portal).cloned();
                 self.begin(id, st, cols);
             }
@@ -765,7 +795,7 @@ impl Responses {
                 command_id,
                 started,
             }) => {
-                let (id, st) = (*command_id, *started);
+                let (id, st) = (*command_id, started.clone());
                 self.begin(id, st, None);
             }
             _ => {}
@@ -775,7 +805,13 @@ impl Responses {
     fn finish(&mut self) {
         if let Some(mut c) = self.current.take() {
             absorb_counts(&mut c);
-            c.outcome.duration_us = c.started.elapsed().as_micros() as u64;
+            c.outcome.duration_us = c.started.at.elapsed().as_micros() as u64;
+            if let Some(span) = &c.masking {
+                span.record("masked", c.outcome.masked.values().sum::<u64>());
+            }
+            if let Some(e) = &c.outcome.error {
+                c.started.span.record("error", e.as_str());
+            }
             self.recorder.finished(c.command_id, c.outcome);
         }
     }
@@ -800,6 +836,9 @@ impl Responses {
                         if let Some(c) = self.current.as_mut() {
                             absorb_counts(c);
                             c.plan = self.masker.plan(&self.info, &columns);
+                            if c.plan.is_some() && c.masking.is_none() {
+                                c.masking = Some(c.started.masking_span());
+                            }
                             c.outcome.columns = columns.iter().map(|c| c.name.clone()).collect();
                             c.columns = Some(columns);
                         }
@@ -1111,7 +1150,7 @@ impl Responses {
         Some(out)
     }
 
-    fn ensure_current_for(&mut self, command_id: u64, started: Instant) {
+    fn ensure_current_for(&mut self, command_id: u64, started: Started) {
         if self.current.as_ref().map(|c| c.command_id) != Some(command_id) {
             self.finish();
             self.begin(command_id, started, None);

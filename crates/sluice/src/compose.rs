@@ -67,7 +67,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
-    let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
+    // Every audit event is also a `sluice::audit` log event (exported as an OTel log).
+    let store = sluice_core::metrics::AuditLogStore::wrap(store as Arc<dyn Store>);
+    let mut builder = GatewayBuilder::new(config, store);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
     }
