@@ -66,7 +66,9 @@ fn value(v: &Option<AnyValue>) -> String {
 }
 
 fn attrs(kvs: &[KeyValue]) -> HashMap<String, String> {
-    kvs.iter().map(|kv| (kv.key.clone(), value(&kv.value))).collect()
+    kvs.iter()
+        .map(|kv| (kv.key.clone(), value(&kv.value)))
+        .collect()
 }
 
 impl Collected {
@@ -332,7 +334,10 @@ fn exercise(port: u16, protocol: &str, shared: &Shared) -> Env {
         .start();
     let url = env.agent_url();
     ok(&env.psql(&url, &["-c", "select 42"]));
-    ok(&env.psql(&url, &["-c", "select email from customers order by id limit 2"]));
+    ok(&env.psql(
+        &url,
+        &["-c", "select email from customers order by id limit 2"],
+    ));
     failed(&env.psql(&url, &["-c", "create table t_otel (id int)"]));
     failed(&env.psql(&url, &["-c", "delete from orders where id = -1"]));
     let bad = env.url("agent-1", "not-a-token", "appdb");
@@ -362,7 +367,11 @@ fn exercise(port: u16, protocol: &str, shared: &Shared) -> Env {
 
 fn check(env: &Env, c: &Collected) {
     // Resource.
-    assert!(c.services.iter().all(|s| s == "sluice-e2e"), "{:?}", c.services);
+    assert!(
+        c.services.iter().all(|s| s == "sluice-e2e"),
+        "{:?}",
+        c.services
+    );
     assert!(!c.services.is_empty());
 
     // Traces: session → command → policy; upstream and masking under the session.
@@ -392,7 +401,10 @@ fn check(env: &Env, c: &Collected) {
         .map(|s| &s.id)
         .collect();
     let upstream = c.span("upstream").expect("an upstream span");
-    assert!(sessions.contains(&&upstream.parent), "upstream under a session");
+    assert!(
+        sessions.contains(&&upstream.parent),
+        "upstream under a session"
+    );
     let masking = c
         .spans
         .iter()
@@ -407,11 +419,17 @@ fn check(env: &Env, c: &Collected) {
 
     // Metrics, by name, attributes and value.
     let allow = c
-        .metric_sum("sluice.commands", &[("verdict", "allow"), ("rule", "default")])
+        .metric_sum(
+            "sluice.commands",
+            &[("verdict", "allow"), ("rule", "default")],
+        )
         .expect("sluice.commands exported");
     assert!(allow >= 2.0, "allowed commands: {allow}");
     assert_eq!(
-        c.metric_sum("sluice.commands", &[("verdict", "deny"), ("rule", "no-ddl")]),
+        c.metric_sum(
+            "sluice.commands",
+            &[("verdict", "deny"), ("rule", "no-ddl")]
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -440,7 +458,10 @@ fn check(env: &Env, c: &Collected) {
     );
     // libpq (sslmode=prefer) tries again without TLS after a refusal: 1 or 2.
     let failures = c
-        .metric_sum("sluice.authentication.failures", &[("protocol", "postgres")])
+        .metric_sum(
+            "sluice.authentication.failures",
+            &[("protocol", "postgres")],
+        )
         .expect("authentication failures exported");
     assert!((1.0..=2.0).contains(&failures), "{failures}");
 
@@ -451,7 +472,11 @@ fn check(env: &Env, c: &Collected) {
         .filter(|(b, _)| b == "command_decided")
         .map(|(_, a)| a)
         .collect();
-    assert!(decided.len() >= 4, "command_decided logs: {}", decided.len());
+    assert!(
+        decided.len() >= 4,
+        "command_decided logs: {}",
+        decided.len()
+    );
     let denied = decided
         .iter()
         .find(|a| a.get("rule").map(String::as_str) == Some("no-ddl"))

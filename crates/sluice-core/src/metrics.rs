@@ -327,7 +327,14 @@ impl AuditLogStore {
                 None,
                 None,
                 None,
-                Some(if outcome.error.is_some() { "error" } else { "ok" }.to_string()),
+                Some(
+                    if outcome.error.is_some() {
+                        "error"
+                    } else {
+                        "ok"
+                    }
+                    .to_string(),
+                ),
                 None,
             ),
             AuditEvent::ApprovalRequested {

@@ -8,6 +8,8 @@
 mod catalog;
 mod client;
 mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hazard;
 mod policy;
 mod relay;

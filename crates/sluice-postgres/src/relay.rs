@@ -531,7 +531,7 @@ enum Decided {
     Refuse(u64, Denial),
 }
 
-fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
+pub(crate) fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
     let n = r.i16()?;
     for _ in 0..n.max(0) {
         r.i16()?;
@@ -563,11 +563,7 @@ impl Started {
     fn now(command_id: u64) -> Self {
         Started {
             at: Instant::now(),
-            span: tracing::info_span!(
-                "upstream",
-                command_id,
-                error = tracing::field::Empty
-            ),
+            span: tracing::info_span!("upstream", command_id, error = tracing::field::Empty),
         }
     }
 
@@ -898,8 +894,18 @@ impl Responses {
                             return;
                         }
                         let Some(values) = data_row_values(msg.body()) else {
-                            // A malformed row is not re-encoded; pass it and
-                            // let the client's parser reject it.
+                            if c.plan.is_some() {
+                                // A row the masking plan cannot read could carry
+                                // anything: it must not reach the client unmasked.
+                                tracing::warn!(message = "Ending a session: the upstream sent a malformed row while masking.", session = %self.info.id);
+                                self.queue.push_front(Expect::Fatal {
+                                    code: wire::SQLSTATE_PROTOCOL,
+                                    message: "sluice: session ended: the upstream sent a malformed row that could not be masked".into(),
+                                });
+                                return;
+                            }
+                            // Nothing to mask: pass it and let the client's
+                            // parser reject it.
                             self.out.extend_from_slice(&msg.bytes);
                             return;
                         };
@@ -1166,7 +1172,7 @@ async fn recv_notice(notices: &mut Option<mpsc::UnboundedReceiver<String>>) -> O
 }
 
 /// The distinct source-table OIDs of a RowDescription.
-fn row_description_oids(body: &[u8]) -> Vec<u32> {
+pub(crate) fn row_description_oids(body: &[u8]) -> Vec<u32> {
     let mut oids: Vec<u32> = parse_row_description(body, &HashMap::new())
         .unwrap_or_default()
         .iter()
@@ -1187,7 +1193,7 @@ fn absorb_counts(c: &mut Current) {
     }
 }
 
-fn parse_row_description(
+pub(crate) fn parse_row_description(
     body: &[u8],
     tables: &HashMap<u32, Arc<TableInfo>>,
 ) -> Option<Vec<Column>> {

@@ -211,7 +211,11 @@ mod otlp {
             .map(|d| d.0)
             .unwrap_or(EXPORT_INTERVAL);
         let meter = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(metrics).with_interval(interval).build())
+            .with_reader(
+                PeriodicReader::builder(metrics)
+                    .with_interval(interval)
+                    .build(),
+            )
             .with_resource(resource.clone())
             .build();
         // Core creates its instruments on first use, after this.
@@ -228,12 +232,11 @@ mod otlp {
             .with_filter(tracing_subscriber::filter::filter_fn(|m| {
                 *m.level() <= tracing::Level::INFO && m.target() != AUDIT_LOG_TARGET
             }));
-        let otel_logs = opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(
-            &logger,
-        )
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.target() == AUDIT_LOG_TARGET
-        }));
+        let otel_logs =
+            opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge::new(&logger)
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    m.target() == AUDIT_LOG_TARGET
+                }));
         let _ = tracing_subscriber::registry()
             .with(fmt)
             .with(otel_traces)
@@ -260,7 +263,10 @@ mod otlp {
                 signal_url("http://c:4318/v1/traces", "logs"),
                 "http://c:4318/v1/logs"
             );
-            assert_eq!(signal_url("http://c/otlp/", "traces"), "http://c/otlp/v1/traces");
+            assert_eq!(
+                signal_url("http://c/otlp/", "traces"),
+                "http://c/otlp/v1/traces"
+            );
         }
 
         #[test]
