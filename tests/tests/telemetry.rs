@@ -38,7 +38,7 @@ struct Collected {
     /// name, span id, parent span id, attributes.
     spans: Vec<Span>,
     /// metric name → data points (attributes, value; histograms: count).
-    metrics: HashMap<String, Vec<(HashMap<String, String>, f64)>>,
+    metrics: HashMap<String, Vec<Point>>,
     /// body, attributes.
     logs: Vec<(String, HashMap<String, String>)>,
     raw: Vec<u8>,
@@ -53,6 +53,9 @@ struct Span {
 }
 
 type Shared = Arc<Mutex<Collected>>;
+
+/// A metric data point: its attributes and value (histograms: the count).
+type Point = (HashMap<String, String>, f64);
 
 fn value(v: &Option<AnyValue>) -> String {
     match v.as_ref().and_then(|v| v.value.as_ref()) {
@@ -75,12 +78,8 @@ impl Collected {
     fn traces(&mut self, req: ExportTraceServiceRequest) {
         for rs in req.resource_spans {
             if let Some(r) = &rs.resource {
-                self.services.extend(
-                    attrs(&r.attributes)
-                        .get("service.name")
-                        .cloned()
-                        .into_iter(),
-                );
+                self.services
+                    .extend(attrs(&r.attributes).get("service.name").cloned());
             }
             for ss in rs.scope_spans {
                 for s in ss.spans {
@@ -99,7 +98,7 @@ impl Collected {
         for rm in req.resource_metrics {
             for sm in rm.scope_metrics {
                 for m in sm.metrics {
-                    let points: Vec<(HashMap<String, String>, f64)> = match m.data {
+                    let points: Vec<Point> = match m.data {
                         Some(metric::Data::Sum(s)) => s
                             .data_points
                             .iter()

@@ -127,13 +127,11 @@ impl PgClient {
         loop {
             let (tag, body) = self.read_message()?;
             match tag {
-                b'C' => {
-                    if reply.is_none() {
-                        reply = Some(Reply::Done(
-                            String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body))
-                                .into_owned(),
-                        ));
-                    }
+                b'C' if reply.is_none() => {
+                    reply = Some(Reply::Done(
+                        String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(&body))
+                            .into_owned(),
+                    ));
                 }
                 b'E' => {
                     let (code, msg) = error_fields(&body);

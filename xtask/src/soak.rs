@@ -462,7 +462,7 @@ fn run(o: &Options, gateway: &Sluice) -> Result<Report> {
             serde_json::from_slice(&out.stdout).context("parsing sluice sessions list --json")?;
         let recorded: u64 = list.iter().filter_map(|s| s["commands"].as_u64()).sum();
         let ended = list.iter().filter(|s| s["ended_at_ms"].is_u64()).count();
-        if (recorded >= sent + 1 && ended == list.len()) || Instant::now() > deadline {
+        if (recorded > sent && ended == list.len()) || Instant::now() > deadline {
             break (recorded, list.len(), ended);
         }
         thread::sleep(Duration::from_secs(1));

@@ -293,100 +293,72 @@ impl AuditLogStore {
     /// What the log record says about `event` (taken before the store consumes it).
     fn fields(&self, session_id: &str, event: &AuditEvent) -> LogFields {
         let ctx = self.context(session_id, event);
-        let (name, command_id, verdict, rule, approval_id, state, reason): (
-            &'static str,
-            Option<u64>,
-            Option<String>,
-            Option<String>,
-            Option<&str>,
-            Option<String>,
-            Option<&str>,
-        ) = match event {
-            AuditEvent::SessionStart { .. } => {
-                ("session_start", None, None, None, None, None, None)
-            }
+        let mut f = LogFields {
+            name: "",
+            session_id: session_id.to_string(),
+            subject: ctx.as_ref().map(|c| c.subject.to_string()),
+            connection: ctx.as_ref().map(|c| c.connection.to_string()),
+            protocol: ctx.as_ref().map(|c| c.protocol.to_string()),
+            command_id: None,
+            verdict: None,
+            rule: None,
+            approval_id: None,
+            state: None,
+            reason: None,
+        };
+        match event {
+            AuditEvent::SessionStart { .. } => f.name = "session_start",
             AuditEvent::CommandDecided {
                 command_id,
                 verdict,
                 ..
-            } => (
-                "command_decided",
-                Some(*command_id),
-                Some(verdict.action.to_string()),
-                verdict.rule.clone(),
-                None,
-                None,
-                None,
-            ),
+            } => {
+                f.name = "command_decided";
+                f.command_id = Some(*command_id);
+                f.verdict = Some(verdict.action.to_string());
+                f.rule = verdict.rule.clone();
+            }
             AuditEvent::CommandFinished {
                 command_id,
                 outcome,
-            } => (
-                "command_finished",
-                Some(*command_id),
-                None,
-                None,
-                None,
-                Some(
+            } => {
+                f.name = "command_finished";
+                f.command_id = Some(*command_id);
+                f.state = Some(
                     if outcome.error.is_some() {
                         "error"
                     } else {
                         "ok"
                     }
-                    .to_string(),
-                ),
-                None,
-            ),
+                    .into(),
+                );
+            }
             AuditEvent::ApprovalRequested {
                 approval_id,
                 command_id,
                 rule,
                 ..
-            } => (
-                "approval_requested",
-                Some(*command_id),
-                None,
-                Some(rule.clone()),
-                Some(approval_id.as_str()),
-                None,
-                None,
-            ),
+            } => {
+                f.name = "approval_requested";
+                f.command_id = Some(*command_id);
+                f.rule = Some(rule.clone());
+                f.approval_id = Some(approval_id.clone());
+            }
             AuditEvent::ApprovalDecided {
                 approval_id, state, ..
-            } => (
-                "approval_decided",
-                None,
-                None,
-                None,
-                Some(approval_id.as_str()),
-                serde_json::to_value(state)
+            } => {
+                f.name = "approval_decided";
+                f.approval_id = Some(approval_id.clone());
+                f.state = serde_json::to_value(state)
                     .ok()
-                    .and_then(|v| v.as_str().map(str::to_string)),
-                None,
-            ),
-            AuditEvent::SessionEnd { reason } => (
-                "session_end",
-                None,
-                None,
-                None,
-                None,
-                None,
-                Some(reason.as_str()),
-            ),
-        };
-        LogFields {
-            name,
-            session_id: session_id.to_string(),
-            subject: ctx.as_ref().map(|c| c.subject.to_string()),
-            connection: ctx.as_ref().map(|c| c.connection.to_string()),
-            protocol: ctx.as_ref().map(|c| c.protocol.to_string()),
-            command_id,
-            verdict,
-            rule,
-            approval_id: approval_id.map(str::to_string),
-            state,
-            reason: reason.map(str::to_string),
+                    .and_then(|v| v.as_str().map(str::to_string));
+            }
+            AuditEvent::SessionEnd { reason } => {
+                f.name = "session_end";
+                f.reason = Some(reason.clone());
+            }
         }
+        f
     }
 }
 
