@@ -264,7 +264,7 @@ impl Report {
         println!();
         for c in &self.checks {
             println!(
-                "{:<4} {:<28} {}",
+                "{:<4} {:<34} {}",
                 if c.ok { "PASS" } else { "FAIL" },
                 c.name,
                 c.detail
