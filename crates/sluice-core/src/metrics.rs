@@ -401,7 +401,14 @@ impl LogFields {
 impl Store for AuditLogStore {
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
         let fields = self.fields(session_id, &event);
+        let starting = matches!(event, AuditEvent::SessionStart { .. });
         let result = self.inner.append(session_id, event).await;
+        if starting && result.is_err() {
+            // The session is refused: no end record will come to clear it.
+            if let Ok(mut s) = self.sessions.lock() {
+                s.remove(session_id);
+            }
+        }
         fields.emit(result.is_ok());
         result
     }
@@ -421,5 +428,64 @@ impl Store for AuditLogStore {
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.inner.verify().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Command, CommandKind, Verdict};
+    use crate::testing::{person, MemoryStore};
+
+    fn start() -> AuditEvent {
+        AuditEvent::SessionStart {
+            identity: person("ann", &["agents"]),
+            connection: "appdb".into(),
+            protocol: Protocol::Postgres,
+            client_addr: "127.0.0.1:1".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_pass_through_and_sessions_are_forgotten_at_their_end() {
+        let inner = Arc::new(MemoryStore::default());
+        let store = AuditLogStore::new(inner.clone());
+        store.append("s1", start()).await.unwrap();
+        let f = store.fields(
+            "s1",
+            &AuditEvent::CommandDecided {
+                command_id: 1,
+                command: Command {
+                    kind: CommandKind::SqlSimple,
+                    text: "alter role x password 'secret'".into(),
+                    context: vec![],
+                },
+                verdict: Verdict::deny("no-ddl", "no"),
+            },
+        );
+        assert_eq!(f.name, "command_decided");
+        assert_eq!(f.subject.as_deref(), Some("ann"));
+        assert_eq!(f.connection.as_deref(), Some("appdb"));
+        assert_eq!(f.verdict.as_deref(), Some("deny"));
+        assert_eq!(f.rule.as_deref(), Some("no-ddl"));
+        store.append_background(
+            "s1",
+            AuditEvent::SessionEnd {
+                reason: "closed".into(),
+            },
+        );
+        assert!(store.sessions.lock().unwrap().is_empty());
+        assert_eq!(inner.events.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_session_start_is_not_remembered() {
+        let inner = Arc::new(MemoryStore {
+            fail: true,
+            ..MemoryStore::default()
+        });
+        let store = AuditLogStore::new(inner);
+        assert!(store.append("s1", start()).await.is_err());
+        assert!(store.sessions.lock().unwrap().is_empty());
     }
 }
