@@ -25,8 +25,8 @@ const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
                      [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \
                      [--only pg|http|ssh] [--http-connections N] [--ssh-mib N]";
 const SCALE: u32 = 10;
-const DB: &str = "bench";
-const ROLE: &str = "bench";
+pub(crate) const DB: &str = "bench";
+pub(crate) const ROLE: &str = "bench";
 
 struct Options {
     seconds: u32,
@@ -438,7 +438,7 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
 }
 
 /// Sets the libpq environment for a client run: only what we pass counts.
-fn pg_env(cmd: &mut Command, password: &str, sslmode: Option<&str>) {
+pub(crate) fn pg_env(cmd: &mut Command, password: &str, sslmode: Option<&str>) {
     for var in [
         "PGHOST",
         "PGHOSTADDR",
@@ -535,7 +535,7 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => workspace_root().join(dir),
         None => workspace_root().join("target"),
@@ -548,10 +548,10 @@ fn toml_str(s: &str) -> String {
 }
 
 /// A directory under the system temp dir, owned by `user` if given, removed on drop.
-struct ScratchDir(PathBuf);
+pub(crate) struct ScratchDir(PathBuf);
 
 impl ScratchDir {
-    fn new(prefix: &str, user: Option<&str>) -> Result<Self> {
+    pub(crate) fn new(prefix: &str, user: Option<&str>) -> Result<Self> {
         let path = std::env::temp_dir().join(format!("{prefix}-{}", random_hex(6)?));
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         let dir = Self(path);
@@ -559,7 +559,7 @@ impl ScratchDir {
         Ok(dir)
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -571,8 +571,8 @@ impl Drop for ScratchDir {
 }
 
 /// A background server process, stopped on drop.
-struct Daemon {
-    child: Child,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
     /// For servers started through `runuser`: the server's own pid file.
     pidfile: Option<PathBuf>,
 }
@@ -714,19 +714,36 @@ fn start_pgbouncer(pg: &TempPostgres, password: &str) -> Result<PgBouncer> {
     })
 }
 
-struct Sluice {
-    port: u16,
-    token: String,
-    _daemon: Daemon,
-    _dir: ScratchDir,
+pub(crate) struct Sluice {
+    pub(crate) port: u16,
+    pub(crate) token: String,
+    pub(crate) daemon: Daemon,
+    pub(crate) bin: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) state: PathBuf,
+    password: String,
+    pub(crate) dir: ScratchDir,
 }
 
 /// The gateway in front of `pg`, with one connection `bench` and a token for subject `bench`.
 fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str, rules: &str) -> Result<Sluice> {
+    start_sluice_in(bin, pg, password, rules, None)
+}
+
+/// Like `start_sluice`, with the state directory at `state` (default: in the scratch dir).
+pub(crate) fn start_sluice_in(
+    bin: &Path,
+    pg: &TempPostgres,
+    password: &str,
+    rules: &str,
+    state: Option<&Path>,
+) -> Result<Sluice> {
     let dir = ScratchDir::new("sluice-bench-gateway", None)?;
     let port = free_port();
     let config = dir.path().join("sluice.toml");
-    let state = dir.path().join("state");
+    let state = state
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.path().join("state"));
     fs::write(
         &config,
         format!(
@@ -749,32 +766,7 @@ fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str, rules: &str) -> R
             pgport = pg.port,
         ),
     )?;
-    let log = dir.path().join("sluice.log");
-    let log_file = fs::File::create(&log)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .env("BENCH_DB_PASSWORD", password)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("running {}", describe(&cmd)))?;
-    let mut daemon = Daemon {
-        child,
-        pidfile: None,
-    };
-    daemon
-        .wait_ready(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(30),
-            &log,
-        )
-        .context("sluice serve")?;
-
+    let daemon = spawn_gateway(bin, &config, password, dir.path(), port)?;
     let mut issue = Command::new(bin);
     issue
         .args(["token", "issue", "--config"])
@@ -796,9 +788,85 @@ fn start_sluice(bin: &Path, pg: &TempPostgres, password: &str, rules: &str) -> R
     Ok(Sluice {
         port,
         token,
-        _daemon: daemon,
-        _dir: dir,
+        daemon,
+        bin: bin.to_path_buf(),
+        config,
+        state,
+        password: password.to_string(),
+        dir,
     })
+}
+
+/// `sluice serve` with `config`, logging to `dir/sluice.log` (appended), ready on `port`.
+fn spawn_gateway(
+    bin: &Path,
+    config: &Path,
+    password: &str,
+    dir: &Path,
+    port: u16,
+) -> Result<Daemon> {
+    let log = dir.join("sluice.log");
+    let log_file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("BENCH_DB_PASSWORD", password)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("running {}", describe(&cmd)))?;
+    let mut daemon = Daemon {
+        child,
+        pidfile: None,
+    };
+    daemon
+        .wait_ready(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+            &log,
+        )
+        .context("sluice serve")?;
+    Ok(daemon)
+}
+
+impl Sluice {
+    pub(crate) fn pid(&self) -> u32 {
+        self.daemon.child.id()
+    }
+
+    /// Starts the gateway again on the same config, state and port (after a crash).
+    pub(crate) fn restart(&mut self) -> Result<()> {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+        self.daemon = spawn_gateway(
+            &self.bin,
+            &self.config,
+            &self.password,
+            self.dir.path(),
+            self.port,
+        )?;
+        Ok(())
+    }
+
+    /// Runs a `sluice` CLI command on this gateway's config.
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("BENCH_DB_PASSWORD", &self.password)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null());
+        cmd.output()
+            .with_context(|| format!("running {}", describe(&cmd)))
+    }
 }
 
 /// 10,000 customer-like rows: every row has an email, a card, an SSN and a phone.

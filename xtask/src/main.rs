@@ -7,7 +7,11 @@ use std::process::{Command, ExitCode};
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod faults;
+mod fuzz;
+mod pgwire;
 mod setup;
+mod soak;
 
 const USAGE: &str = "\
 usage: cargo xtask <task> [args]
@@ -21,6 +25,15 @@ tasks:
                         pgbench -S: direct PostgreSQL vs PgBouncer vs Sluice, side by side;
         [--ssh-mib N] [--only ssh]
                         scp direct vs Sluice vs ProxyJump, added exec round trip
+  fuzz [--seconds N] [--target T]...
+                        every cargo-fuzz target N seconds each (nightly), pass/fail per target
+  soak [--sessions 1000] [--minutes 3]
+                        concurrent sessions through the gateway: RSS and fds over time,
+                        memory per idle session, audit count = commands sent
+  faults [--scenario S]...
+                        kill -9 mid-load, full state disk, upstream restart, stalls and
+                        half-open connections: pass/fail per scenario
+  deny                  cargo deny check bans licenses sources
 ";
 
 fn main() -> ExitCode {
@@ -50,6 +63,8 @@ fn run(args: &[String]) -> Result<()> {
         }
         "test" => {
             setup::setup()?;
+            // Supply chain first: seconds, and a banned licence or source fails early.
+            deny()?;
             run_inherit(cargo().args(["build", "--workspace", "--all-targets"]))?;
             run_inherit(
                 cargo()
@@ -69,6 +84,10 @@ fn run(args: &[String]) -> Result<()> {
             ]))
         }
         "bench" => bench::bench(rest),
+        "fuzz" => fuzz::fuzz(rest),
+        "soak" => soak::soak(rest),
+        "faults" => faults::faults(rest),
+        "deny" => deny(),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())
@@ -78,6 +97,14 @@ fn run(args: &[String]) -> Result<()> {
             bail!("unknown task `{other}`")
         }
     }
+}
+
+/// `cargo deny check bans licenses sources` with the repo's deny.toml. The
+/// advisories check needs the RustSec database, which cannot be downloaded on
+/// these machines; run `cargo deny check advisories` where it can.
+fn deny() -> Result<()> {
+    setup::ensure_cargo_deny()?;
+    run_inherit(cargo().args(["deny", "check", "bans", "licenses", "sources"]))
 }
 
 /// The workspace root (the parent of this crate's directory).

@@ -167,6 +167,15 @@ fn oidc_provider_deps() -> Result<()> {
     )
 }
 
+/// cargo-deny for `cargo xtask deny` and `cargo xtask test` (≈2 min to build once).
+pub(crate) fn ensure_cargo_deny() -> Result<()> {
+    if succeeds(crate::cargo().args(["deny", "--version"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing cargo-deny");
+    run_inherit(crate::cargo().args(["install", "cargo-deny", "--locked"]))
+}
+
 fn python_has_psycopg() -> bool {
     succeeds(Command::new("python3").args(["-c", "import psycopg"]))
 }

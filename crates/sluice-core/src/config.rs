@@ -427,6 +427,8 @@ pub struct TelemetryConfig {
     pub service_name: Option<String>,
     /// Fraction of sessions traced, 0.0–1.0 (default 1.0).
     pub sampling_ratio: Option<f64>,
+    /// How often metrics are exported, e.g. `30s` (default 60s).
+    pub export_interval: Option<HumanDuration>,
 }
 
 /// A duration written the human way: `10m`, `1h 30m`, `45s`.

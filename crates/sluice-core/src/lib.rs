@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod gateway;
 pub mod glob;
 pub mod masking;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod replay;

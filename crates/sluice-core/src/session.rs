@@ -247,6 +247,7 @@ impl SessionHandle {
         let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
         let info = Arc::new(info);
         let terminated = live.register(&info);
+        crate::metrics::session_active(info.protocol, &info.connection, 1);
         SessionHandle {
             live,
             terminated,
@@ -306,6 +307,7 @@ impl SessionHandle {
     pub fn recorder(&self) -> OutcomeRecorder {
         OutcomeRecorder {
             session_id: self.info.id.clone(),
+            info: self.info.clone(),
             store: self.store.clone(),
         }
     }
@@ -344,6 +346,7 @@ impl SessionHandle {
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         self.live.remove(&self.info.id);
+        crate::metrics::session_active(self.info.protocol, &self.info.connection, -1);
         let reason = self
             .end_reason
             .lock()
@@ -360,6 +363,7 @@ impl Drop for SessionHandle {
 #[derive(Clone)]
 pub struct OutcomeRecorder {
     session_id: String,
+    info: Arc<SessionInfo>,
     store: Arc<dyn Store>,
 }
 
@@ -373,6 +377,7 @@ impl std::fmt::Debug for OutcomeRecorder {
 
 impl OutcomeRecorder {
     pub fn finished(&self, command_id: u64, outcome: Outcome) {
+        crate::metrics::command_finished(self.info.protocol, &self.info.connection, &outcome);
         self.store.append_background(
             &self.session_id,
             AuditEvent::CommandFinished {

@@ -52,7 +52,15 @@ pub async fn accept(
     shared: Arc<Shared>,
 ) -> Result<Accepted, PgError> {
     tcp.set_nodelay(true).map_err(PgError::Io)?;
-    let mut stream: BoxedStream = Box::new(tcp);
+    accept_stream(Box::new(tcp), peer, shared).await
+}
+
+/// [`accept`] on any stream (the fuzz targets feed it from memory).
+pub(crate) async fn accept_stream(
+    mut stream: BoxedStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Result<Accepted, PgError> {
     let mut buf = BytesMut::with_capacity(1024);
     let mut tls = false;
     loop {
@@ -278,6 +286,7 @@ impl Session for PgSession {
     }
 
     async fn refuse(mut self, refusal: Refusal) -> Result<(), SessionError> {
+        sluice_core::metrics::session_refused(sluice_core::Protocol::Postgres, &refusal);
         let (code, hint) = match &refusal {
             Refusal::Authentication(_) => (
                 wire::SQLSTATE_BAD_TOKEN,

@@ -86,6 +86,11 @@ impl<'a> Reader<'a> {
         Reader { data }
     }
 
+    /// Whether everything has been read.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
     pub fn i16(&mut self) -> Option<i16> {
         let (head, rest) = self.data.split_first_chunk::<2>()?;
         self.data = rest;
@@ -116,7 +121,9 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Splits a DataRow body into its values (`None` for SQL NULL).
+/// Splits a DataRow body into its values (`None` for SQL NULL). `None` for a
+/// malformed row: a length below -1, or bytes left over after the values
+/// (re-encoding such a row would not reproduce what the upstream sent).
 pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let mut r = Reader::new(body);
     let n = r.i16()?;
@@ -126,13 +133,13 @@ pub fn data_row_values(body: &[u8]) -> Option<Vec<Option<&[u8]>>> {
     let mut values = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let len = r.i32()?;
-        values.push(if len < 0 {
-            None
-        } else {
-            Some(r.bytes(len as usize)?)
+        values.push(match len {
+            -1 => None,
+            len if len < 0 => return None,
+            len => Some(r.bytes(len as usize)?),
         });
     }
-    Some(values)
+    r.is_empty().then_some(values)
 }
 
 /// Encodes a DataRow from borrowed values.
@@ -159,6 +166,22 @@ pub fn encode_data_row_refs(values: &[Option<&[u8]>], out: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `pg_backend` fuzz target: rows with trailing bytes or a
+    /// length below -1 were accepted, and re-encoding them changed the row.
+    #[test]
+    fn malformed_data_rows_are_refused() {
+        let trailing = [0, 1, 0, 0, 0, 1, b'x', 0xff];
+        assert!(data_row_values(&trailing).is_none());
+        let minus_two = [0, 1, 0xff, 0xff, 0xff, 0xfe];
+        assert!(data_row_values(&minus_two).is_none());
+        let fine = [0, 2, 0, 0, 0, 1, b'x', 0xff, 0xff, 0xff, 0xff];
+        let values = data_row_values(&fine).unwrap();
+        assert_eq!(values, [Some(&b"x"[..]), None]);
+        let mut out = BytesMut::new();
+        encode_data_row_refs(&values, &mut out);
+        assert_eq!(&out[5..], &fine[..]);
+    }
 
     #[test]
     fn huge_and_negative_lengths_are_refused_before_allocation() {

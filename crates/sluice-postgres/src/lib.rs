@@ -8,6 +8,8 @@
 mod catalog;
 mod client;
 mod frame;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hazard;
 mod policy;
 mod relay;
@@ -245,7 +247,10 @@ async fn handle_client(
         client::Accepted::Session(session) => gateway
             .serve(session, Protocol::Postgres, &peer.to_string())
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| {
+                sluice_core::metrics::session_failed(Protocol::Postgres, &e);
+                e.to_string()
+            }),
     }
 }
 

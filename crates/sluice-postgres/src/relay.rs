@@ -49,13 +49,13 @@ enum Expect {
     Execute {
         command_id: u64,
         portal: String,
-        started: Instant,
+        started: Started,
     },
     Sync,
     /// A simple Query or FunctionCall: done at ReadyForQuery.
     Query {
         command_id: u64,
-        started: Instant,
+        started: Started,
     },
     /// A refused extended-protocol command: the error goes out in its place.
     Refused {
@@ -338,7 +338,7 @@ impl Requests<'_> {
                         self.sql_prepared.apply(effects);
                         self.push(Expect::Query {
                             command_id,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -411,7 +411,7 @@ impl Requests<'_> {
                         self.push(Expect::Execute {
                             command_id,
                             portal,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -437,7 +437,7 @@ impl Requests<'_> {
                     Decided::Forward(command_id) => {
                         self.push(Expect::Query {
                             command_id,
-                            started: Instant::now(),
+                            started: Started::now(command_id),
                         });
                         out.extend_from_slice(&msg.bytes);
                     }
@@ -531,7 +531,7 @@ enum Decided {
     Refuse(u64, Denial),
 }
 
-fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
+pub(crate) fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
     let n = r.i16()?;
     for _ in 0..n.max(0) {
         r.i16()?;
@@ -551,10 +551,34 @@ fn upstream_err(e: std::io::Error) -> SessionError {
     SessionError::Upstream(e.to_string())
 }
 
+/// When a forwarded command left for the upstream, and its `upstream` span
+/// (open until the command's response ends).
+#[derive(Clone)]
+struct Started {
+    at: Instant,
+    span: tracing::Span,
+}
+
+impl Started {
+    fn now(command_id: u64) -> Self {
+        Started {
+            at: Instant::now(),
+            span: tracing::info_span!("upstream", command_id, error = tracing::field::Empty),
+        }
+    }
+
+    /// The span of the masking position over one result of this command.
+    fn masking_span(&self) -> tracing::Span {
+        tracing::info_span!(parent: &self.span, "masking", masked = tracing::field::Empty)
+    }
+}
+
 /// A result being streamed to the client.
 struct Current {
     command_id: u64,
-    started: Instant,
+    started: Started,
+    /// Open while a masking plan rewrites this result (a child of the upstream span).
+    masking: Option<tracing::Span>,
     columns: Option<Arc<Vec<Column>>>,
     plan: Option<Box<dyn RowMasker>>,
     outcome: Outcome,
@@ -729,10 +753,11 @@ impl Responses {
         }
     }
 
-    fn begin(&mut self, command_id: u64, started: Instant, columns: Option<Arc<Vec<Column>>>) {
+    fn begin(&mut self, command_id: u64, started: Started, columns: Option<Arc<Vec<Column>>>) {
         let plan = columns
             .as_ref()
             .and_then(|c| self.masker.plan(&self.info, c));
+        let masking = plan.as_ref().map(|_| started.masking_span());
         let mut outcome = Outcome::default();
         if let Some(c) = &columns {
             outcome.columns = c.iter().map(|c| c.name.clone()).collect();
@@ -740,6 +765,7 @@ impl Responses {
         self.current = Some(Current {
             command_id,
             started,
+            masking,
             columns,
             plan,
             outcome,
@@ -757,7 +783,7 @@ impl Responses {
                 portal,
                 started,
             }) => {
-                let (id, st) = (*command_id, *started);
+                let (id, st) = (*command_id, started.clone());
                 let cols = self.portal_columns.get(portal).cloned();
                 self.begin(id, st, cols);
             }
@@ -765,7 +791,7 @@ impl Responses {
                 command_id,
                 started,
             }) => {
-                let (id, st) = (*command_id, *started);
+                let (id, st) = (*command_id, started.clone());
                 self.begin(id, st, None);
             }
             _ => {}
@@ -775,7 +801,13 @@ impl Responses {
     fn finish(&mut self) {
         if let Some(mut c) = self.current.take() {
             absorb_counts(&mut c);
-            c.outcome.duration_us = c.started.elapsed().as_micros() as u64;
+            c.outcome.duration_us = c.started.at.elapsed().as_micros() as u64;
+            if let Some(span) = &c.masking {
+                span.record("masked", c.outcome.masked.values().sum::<u64>());
+            }
+            if let Some(e) = &c.outcome.error {
+                c.started.span.record("error", e.as_str());
+            }
             self.recorder.finished(c.command_id, c.outcome);
         }
     }
@@ -800,6 +832,9 @@ impl Responses {
                         if let Some(c) = self.current.as_mut() {
                             absorb_counts(c);
                             c.plan = self.masker.plan(&self.info, &columns);
+                            if c.plan.is_some() && c.masking.is_none() {
+                                c.masking = Some(c.started.masking_span());
+                            }
                             c.outcome.columns = columns.iter().map(|c| c.name.clone()).collect();
                             c.columns = Some(columns);
                         }
@@ -859,8 +894,18 @@ impl Responses {
                             return;
                         }
                         let Some(values) = data_row_values(msg.body()) else {
-                            // A malformed row is not re-encoded; pass it and
-                            // let the client's parser reject it.
+                            if c.plan.is_some() {
+                                // A row the masking plan cannot read could carry
+                                // anything: it must not reach the client unmasked.
+                                tracing::warn!(message = "Ending a session: the upstream sent a malformed row while masking.", session = %self.info.id);
+                                self.queue.push_front(Expect::Fatal {
+                                    code: wire::SQLSTATE_PROTOCOL,
+                                    message: "sluice: session ended: the upstream sent a malformed row that could not be masked".into(),
+                                });
+                                return;
+                            }
+                            // Nothing to mask: pass it and let the client's
+                            // parser reject it.
                             self.out.extend_from_slice(&msg.bytes);
                             return;
                         };
@@ -1111,7 +1156,7 @@ impl Responses {
         Some(out)
     }
 
-    fn ensure_current_for(&mut self, command_id: u64, started: Instant) {
+    fn ensure_current_for(&mut self, command_id: u64, started: Started) {
         if self.current.as_ref().map(|c| c.command_id) != Some(command_id) {
             self.finish();
             self.begin(command_id, started, None);
@@ -1127,7 +1172,7 @@ async fn recv_notice(notices: &mut Option<mpsc::UnboundedReceiver<String>>) -> O
 }
 
 /// The distinct source-table OIDs of a RowDescription.
-fn row_description_oids(body: &[u8]) -> Vec<u32> {
+pub(crate) fn row_description_oids(body: &[u8]) -> Vec<u32> {
     let mut oids: Vec<u32> = parse_row_description(body, &HashMap::new())
         .unwrap_or_default()
         .iter()
@@ -1148,7 +1193,7 @@ fn absorb_counts(c: &mut Current) {
     }
 }
 
-fn parse_row_description(
+pub(crate) fn parse_row_description(
     body: &[u8],
     tables: &HashMap<u32, Arc<TableInfo>>,
 ) -> Option<Vec<Column>> {

@@ -100,7 +100,9 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
     // HTTP bodies are masked as JSON documents and streams, beyond the row masker.
     let http_masking = masking.clone();
-    let mut builder = GatewayBuilder::new(config, store as Arc<dyn Store>);
+    // Every audit event is also a `sluice::audit` log event (exported as an OTel log).
+    let store = sluice_core::metrics::AuditLogStore::wrap(store as Arc<dyn Store>);
+    let mut builder = GatewayBuilder::new(config, store);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
     }
@@ -154,7 +156,9 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
     if tasks.is_empty() {
-        anyhow::bail!("no listener configured: set listen.postgres, listen.ssh, listen.http or listen.api");
+        anyhow::bail!(
+            "no listener configured: set listen.postgres, listen.ssh, listen.http or listen.api"
+        );
     }
     if let Some(path) = reload_from {
         tasks.spawn(reload_on_sighup(gateway.clone(), path));

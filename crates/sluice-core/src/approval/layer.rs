@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
+use tracing::Instrument;
 
 #[derive(Clone)]
 pub struct ApprovalLayer {
@@ -168,8 +169,24 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         service,
         id: Some(request.id.clone()),
     };
-    let outcome = tokio::time::timeout(settings.timeout, waiter).await;
+    let span = tracing::info_span!(
+        "approval_wait",
+        approval.id = %request.id,
+        rule = %rule,
+        result = tracing::field::Empty,
+    );
+    let waited_since = std::time::Instant::now();
+    let outcome = tokio::time::timeout(settings.timeout, waiter)
+        .instrument(span.clone())
+        .await;
     withdraw.id = None;
+    let result = match &outcome {
+        Ok(Ok(Outcome::Approved { .. })) => "approved",
+        Ok(Ok(Outcome::Denied { .. })) => "denied",
+        _ => "expired",
+    };
+    span.record("result", result);
+    crate::metrics::approval_waited(&rule, result, waited_since.elapsed());
     match outcome {
         Ok(Ok(Outcome::Approved { by })) => Verdict {
             action: Action::Allow,

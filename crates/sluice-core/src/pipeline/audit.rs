@@ -72,17 +72,21 @@ impl Service<CommandRequest> for AuditService {
                 let session_id = req.session.id.clone();
                 let command_id = req.command_id;
                 let command = (*req.command).clone();
+                let (protocol, connection) = (req.session.protocol, req.session.connection.clone());
                 let verdict = match inner.oneshot(req).await {
                     Ok(v) => v,
                     // A stage that cannot decide must fail closed.
-                    Err(e) => failed_closed(&e),
+                    Err(e) => {
+                        crate::metrics::error(protocol, "internal", "pipeline");
+                        failed_closed(&e)
+                    }
                 };
                 let current = tracing::Span::current();
                 current.record("verdict", tracing::field::display(verdict.action));
                 if let Some(rule) = &verdict.rule {
                     current.record("rule", rule.as_str());
                 }
-                store
+                let stored = store
                     .append(
                         &session_id,
                         AuditEvent::CommandDecided {
@@ -91,7 +95,17 @@ impl Service<CommandRequest> for AuditService {
                             verdict: verdict.clone(),
                         },
                     )
-                    .await?;
+                    .await;
+                if let Err(e) = stored {
+                    crate::metrics::error(protocol, "internal", "store");
+                    return Err(e);
+                }
+                crate::metrics::command_decided(
+                    protocol,
+                    &connection,
+                    verdict.action,
+                    verdict.rule.as_deref(),
+                );
                 Ok(match verdict.action {
                     Action::Allow => Decision::Forward { command_id },
                     _ => Decision::Refuse {

@@ -351,7 +351,10 @@ where
     }
 
     fn call(&mut self, req: CommandRequest) -> Self::Future {
-        let verdict = self.engine.evaluate(&req);
+        let verdict = {
+            let _span = tracing::info_span!("policy", command_id = req.command_id).entered();
+            self.engine.evaluate(&req)
+        };
         let mut inner = self.inner.clone();
         std::mem::swap(&mut inner, &mut self.inner);
         Box::pin(async move {

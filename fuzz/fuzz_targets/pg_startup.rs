@@ -1,0 +1,4 @@
+//! See `sluice_postgres::fuzzing::startup`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| sluice_postgres::fuzzing::startup(data));
