@@ -283,3 +283,46 @@ fn refusals_are_recorded_with_their_rule() {
         "{replay}"
     );
 }
+
+const READ_ONLY_CONNECTION: &str = r#"
+[[connections]]
+name = "reports"
+kind = "postgres"
+upstream = "{PG}"
+database = "app"
+user = "app"
+password = { env = "APPDB_PASSWORD" }
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "reports-may-read"
+connections = ["reports"]
+match = { sql = ["read"] }
+action = "allow"
+"#;
+
+/// An allow-list (default deny, allow reads) judges every statement of a
+/// message: an allowed read never carries a write or DDL piggybacked on it.
+#[test]
+fn an_allow_rule_never_carries_another_statement() {
+    let env = Env::builder().extra_toml(READ_ONLY_CONNECTION).start();
+    let url = env.url("agent", &env.agent_token(), "reports");
+    assert_allowed(&env, &url, "select 1; select 2");
+    assert_allowed(&env, &url, "with x as (select 1 as n) select n from x");
+    let orders = count(&env, "orders");
+    for sql in [
+        "select 1; drop table orders",
+        "SELECT 1;DELETE FROM orders WHERE true",
+        "select 1 /* ; */; delete from orders where id > 0",
+        "with gone as (delete from orders returning *) select count(*) from gone",
+        "select 1; create table piggyback(x int)",
+    ] {
+        let out = env.psql(&url, &["-c", sql]);
+        assert!(!out.status.success(), "{sql} ran: {}", stdout(&out));
+        assert!(stderr(&out).contains("sluice: command denied"), "{sql}: {}", stderr(&out));
+    }
+    assert!(table_exists(&env, "orders"));
+    assert_eq!(count(&env, "orders"), orders);
+    assert!(!table_exists(&env, "piggyback"));
+}

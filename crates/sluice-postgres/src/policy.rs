@@ -5,8 +5,11 @@
 //!           functions = ["pg_read_*", "dblink*"], no_where = true }
 //! ```
 //!
-//! All keys of one rule must hold for the *same* statement; a message with
-//! several statements matches if any of them does, so it is refused whole.
+//! All keys of one rule must hold for the *same* statement. A message with
+//! several statements is judged statement by statement (each gets the rules
+//! that match it, else the connection's default) and takes the strictest
+//! verdict, so one denied statement refuses the whole message and an allow
+//! rule for one statement never carries another.
 //! Statements are classified with PostgreSQL's own parser (see `sql`), once
 //! per distinct text (cached) and once per command (scratch).
 
@@ -14,7 +17,7 @@ use crate::sql::{Classification, ClassifierCache, SqlClass, StatementInfo};
 use sluice_core::glob::Glob;
 use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
-use sluice_core::{Command, CommandKind};
+use sluice_core::{Action, Command, CommandKind};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -45,6 +48,14 @@ impl MatchKey for SqlMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        self.compile_for(values, Action::Deny)
+    }
+
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         let strings = |key: &str| -> Result<Option<Vec<String>>, String> {
             let Some(v) = values.get(key) else {
                 return Ok(None);
@@ -91,6 +102,7 @@ impl MatchKey for SqlMatchKey {
             tables,
             functions,
             no_where,
+            within: action == Action::Allow,
         }))
     }
 }
@@ -101,6 +113,10 @@ struct SqlMatcher {
     tables: Option<Vec<TableGlob>>,
     functions: Option<Vec<Glob>>,
     no_where: Option<bool>,
+    /// For allow rules: a statement matches only when everything it does is
+    /// within the lists (all its classes, every table and function it
+    /// touches), so an allowed read never carries a write along.
+    within: bool,
 }
 
 /// A table pattern split once into its schema and name parts.
@@ -182,22 +198,35 @@ impl SqlMatcher {
 
     fn statement_matches(&self, st: &StatementInfo) -> bool {
         if let Some(classes) = &self.classes {
-            if st.classes.is_disjoint(classes) {
+            let hit = if self.within {
+                !st.classes.is_empty() && st.classes.is_subset(classes)
+            } else {
+                !st.classes.is_disjoint(classes)
+            };
+            if !hit {
                 return false;
             }
         }
         if let Some(globs) = &self.tables {
+            let table_hit = |t: &String| globs.iter().any(|g| g.matches(t));
             let mut names = st.reads.iter().chain(st.writes.iter());
-            if !names.any(|t| globs.iter().any(|g| g.matches(t))) {
+            let hit = if self.within {
+                names.clone().next().is_some() && names.all(table_hit)
+            } else {
+                names.any(table_hit)
+            };
+            if !hit {
                 return false;
             }
         }
         if let Some(globs) = &self.functions {
-            if !st
-                .functions
-                .iter()
-                .any(|f| globs.iter().any(|g| name_matches(g, f)))
-            {
+            let function_hit = |f: &String| globs.iter().any(|g| name_matches(g, f));
+            let hit = if self.within {
+                !st.functions.is_empty() && st.functions.iter().all(function_hit)
+            } else {
+                st.functions.iter().any(function_hit)
+            };
+            if !hit {
                 return false;
             }
         }
@@ -253,6 +282,31 @@ impl CommandMatcher for SqlMatcher {
             .as_slice()
             .iter()
             .any(|st| self.statement_matches(st)))
+    }
+
+    /// Each statement of a multi-statement message is judged on its own, so
+    /// an allow rule for reads does not carry `select 1; drop table t`
+    /// through a connection whose default is deny.
+    fn part_matches(
+        &self,
+        command: &Command,
+        scratch: &mut Scratch,
+    ) -> Result<Option<Vec<bool>>, String> {
+        if !matches!(
+            command.kind,
+            CommandKind::SqlSimple | CommandKind::SqlExecute { .. } | CommandKind::FunctionCall { .. }
+        ) {
+            return Ok(None);
+        }
+        let classified = scratch.get_or_insert_with(|| Classified(self.statements(command)));
+        let statements = classified.0.as_ref().map_err(|e| e.clone())?;
+        Ok(Some(
+            statements
+                .as_slice()
+                .iter()
+                .map(|st| self.statement_matches(st))
+                .collect(),
+        ))
     }
 }
 

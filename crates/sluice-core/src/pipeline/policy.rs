@@ -98,6 +98,19 @@ pub trait MatchKey: Send + Sync {
     /// Compiles a rule's values for this implementation's keys (only those the
     /// rule sets); the error is shown by `config check` under the first key.
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String>;
+
+    /// Compiles knowing the rule's action. A matcher for an `allow` rule
+    /// should match only commands that stay entirely within the rule (a read
+    /// that also writes is not "a read"), while `deny`/`review` rules match
+    /// anything that touches what they name. Defaults to [`MatchKey::compile`].
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
+        let _ = action;
+        self.compile(values)
+    }
 }
 
 struct CompiledRule {
@@ -174,7 +187,7 @@ fn compile_rule(
         let first = table.keys().next().cloned().unwrap_or_default();
         matchers.push(
             keys[owner]
-                .compile(&table)
+                .compile_for(&table, r.action)
                 .map_err(|e| (format!("rules.{i}.match.{first}"), e))?,
         );
     }
