@@ -261,6 +261,11 @@ impl ClientConn {
             })
             .await
             .map_err(|e| {
+                // The connection (and so HTTP vs Kubernetes) is not known before the token is.
+                sluice_core::metrics::session_refused(
+                    sluice_core::Protocol::Http,
+                    &Refusal::Authentication(e.to_string()),
+                );
                 Problem::new(
                     ProblemKind::Unauthenticated,
                     format!("sluice: authentication failed: {e}"),
@@ -317,6 +322,7 @@ impl ClientConn {
             .await
             .map_err(|refusal| {
                 tracing::warn!(message = "Session refused.", client = %self.peer, %subject, connection = %connection.name, reason = ?refusal);
+                sluice_core::metrics::session_refused(flavor.protocol(), &refusal);
                 let kind = match &refusal {
                     Refusal::Authentication(_) => ProblemKind::Unauthenticated,
                     Refusal::Access(_) => ProblemKind::Forbidden,

@@ -72,23 +72,6 @@ fn parse_head(head: &RequestHead<'_>) -> Result<ApiRequest, Problem> {
     })
 }
 
-/// Quotes argv for a POSIX shell, so the text reads as the command it runs.
-pub fn shell_quote(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            let plain = !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_@%+=:,./-".contains(c));
-            if plain {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// The command an exec request runs: kind `Exec`, its argv shell-quoted as
 /// text (so shell match keys judge it), and its API request as context (so
 /// `kube` keys judge it too, in the same rule).
@@ -104,7 +87,7 @@ pub fn exec_command(method: &str, target: &str, req: &ApiRequest) -> Command {
     context.push(where_);
     Command {
         kind: CommandKind::Exec,
-        text: shell_quote(&argv),
+        text: sluice_core::shell::quote_argv(&argv),
         context,
     }
 }

@@ -115,7 +115,9 @@ impl ClientHandler {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(message = "Authentication failed.", protocol = "ssh", client = %self.peer, connection = %user, reason = %e);
-                return Err(sluice_core::Refusal::Authentication(e.to_string()).client_message());
+                let refusal = sluice_core::Refusal::Authentication(e.to_string());
+                sluice_core::metrics::session_refused(Protocol::Ssh, &refusal);
+                return Err(refusal.client_message());
             }
         };
         let subject = identity.subject.clone();
@@ -131,6 +133,7 @@ impl ClientHandler {
             }
             Err(refusal) => {
                 tracing::warn!(message = "Session refused.", protocol = "ssh", client = %self.peer, %subject, connection = %user, reason = ?refusal);
+                sluice_core::metrics::session_refused(Protocol::Ssh, &refusal);
                 Err(refusal.client_message())
             }
         }
