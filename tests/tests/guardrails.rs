@@ -320,7 +320,11 @@ fn an_allow_rule_never_carries_another_statement() {
     ] {
         let out = env.psql(&url, &["-c", sql]);
         assert!(!out.status.success(), "{sql} ran: {}", stdout(&out));
-        assert!(stderr(&out).contains("sluice: command denied"), "{sql}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("sluice: command denied"),
+            "{sql}: {}",
+            stderr(&out)
+        );
     }
     assert!(table_exists(&env, "orders"));
     assert_eq!(count(&env, "orders"), orders);

@@ -95,21 +95,7 @@ impl MatchKey for HttpMatchKey {
 }
 
 fn strings(key: &str, v: &toml::Value) -> Result<Vec<String>, String> {
-    let list = match v {
-        toml::Value::String(s) => vec![s.clone()],
-        toml::Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("{key}: expected a list of strings"))?,
-        _ => return Err(format!("{key}: expected a string or a list of strings")),
-    };
-    if list.is_empty() {
-        return Err(format!(
-            "{key}: an empty list matches nothing; remove the key instead"
-        ));
-    }
-    Ok(list)
+    sluice_core::pipeline::policy::string_list(key, v)
 }
 
 #[derive(Default)]

@@ -32,7 +32,7 @@
 
 use crate::path::{parse, ApiRequest, Verb};
 use sluice_core::glob::Glob;
-use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::pipeline::policy::{string_list, CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
 use sluice_core::{Command, CommandKind};
 use std::collections::HashMap;
@@ -78,28 +78,10 @@ impl MatchKey for KubeMatchKey {
             ));
         }
         let strings = |key: &str| -> Result<Option<Vec<String>>, String> {
-            let Some(v) = table.get(key) else {
-                return Ok(None);
-            };
-            let list = match v {
-                toml::Value::String(s) => vec![s.clone()],
-                toml::Value::Array(a) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| format!("kube.{key}: expected a list of strings"))?,
-                _ => {
-                    return Err(format!(
-                        "kube.{key}: expected a string or a list of strings"
-                    ))
-                }
-            };
-            if list.is_empty() {
-                return Err(format!(
-                    "kube.{key}: an empty list matches nothing; remove the key instead"
-                ));
-            }
-            Ok(Some(list))
+            table
+                .get(key)
+                .map(|v| string_list(&format!("kube.{key}"), v))
+                .transpose()
         };
         let verbs = strings("verbs")?
             .map(|names| {

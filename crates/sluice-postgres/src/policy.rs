@@ -15,7 +15,7 @@
 
 use crate::sql::{Classification, ClassifierCache, SqlClass, StatementInfo};
 use sluice_core::glob::Glob;
-use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::pipeline::policy::{string_list, CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
 use sluice_core::{Action, Command, CommandKind};
 use std::collections::BTreeSet;
@@ -57,24 +57,7 @@ impl MatchKey for SqlMatchKey {
         action: Action,
     ) -> Result<Box<dyn CommandMatcher>, String> {
         let strings = |key: &str| -> Result<Option<Vec<String>>, String> {
-            let Some(v) = values.get(key) else {
-                return Ok(None);
-            };
-            let list = match v {
-                toml::Value::String(s) => vec![s.clone()],
-                toml::Value::Array(a) => a
-                    .iter()
-                    .map(|x| x.as_str().map(str::to_string))
-                    .collect::<Option<Vec<_>>>()
-                    .ok_or_else(|| format!("{key}: expected a list of strings"))?,
-                _ => return Err(format!("{key}: expected a string or a list of strings")),
-            };
-            if list.is_empty() {
-                return Err(format!(
-                    "{key}: an empty list matches nothing; remove the key instead"
-                ));
-            }
-            Ok(Some(list))
+            values.get(key).map(|v| string_list(key, v)).transpose()
         };
         let classes = strings("sql")?
             .map(|names| {
@@ -294,7 +277,9 @@ impl CommandMatcher for SqlMatcher {
     ) -> Result<Option<Vec<bool>>, String> {
         if !matches!(
             command.kind,
-            CommandKind::SqlSimple | CommandKind::SqlExecute { .. } | CommandKind::FunctionCall { .. }
+            CommandKind::SqlSimple
+                | CommandKind::SqlExecute { .. }
+                | CommandKind::FunctionCall { .. }
         ) {
             return Ok(None);
         }

@@ -113,6 +113,27 @@ pub trait MatchKey: Send + Sync {
     }
 }
 
+/// A match key's value as a list of strings: one string or an array of them,
+/// never empty (an empty list would silently match nothing). `key` names the
+/// key in errors, as `config check` shows them.
+pub fn string_list(key: &str, value: &toml::Value) -> Result<Vec<String>, String> {
+    let list = match value {
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Array(a) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| format!("{key}: expected a list of strings"))?,
+        _ => return Err(format!("{key}: expected a string or a list of strings")),
+    };
+    if list.is_empty() {
+        return Err(format!(
+            "{key}: an empty list matches nothing; remove the key instead"
+        ));
+    }
+    Ok(list)
+}
+
 struct CompiledRule {
     name: String,
     connections: Option<Vec<String>>,

@@ -30,20 +30,7 @@ fn strings(values: &toml::Table, key: &str) -> Result<Option<Vec<Glob>>, String>
     let Some(v) = values.get(key) else {
         return Ok(None);
     };
-    let list = match v {
-        toml::Value::String(s) => vec![s.clone()],
-        toml::Value::Array(a) => a
-            .iter()
-            .map(|x| x.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| format!("{key}: expected a list of strings"))?,
-        _ => return Err(format!("{key}: expected a string or a list of strings")),
-    };
-    if list.is_empty() {
-        return Err(format!(
-            "{key}: an empty list matches nothing; remove the key instead"
-        ));
-    }
+    let list = crate::pipeline::policy::string_list(key, v)?;
     if list.iter().any(|p| p.trim().is_empty()) {
         return Err(format!("{key}: an empty pattern"));
     }
