@@ -164,6 +164,7 @@ impl SqliteStore {
             file,
             len,
             heads: HashMap::new(),
+            ended: std::collections::VecDeque::new(),
             db: conn,
             sync,
             pending: Vec::new(),
@@ -282,12 +283,20 @@ struct JournalWriter {
     file: File,
     len: u64,
     heads: HashMap<String, (u64, String)>,
+    /// Heads of sessions that ended recently, oldest first: records can
+    /// still follow an end (an approval decided just after the client left)
+    /// before the indexer has the session in the database.
+    ended: std::collections::VecDeque<(String, (u64, String))>,
     db: Connection,
     sync: AuditSync,
     /// Background records not yet written: they go out with the next durable
     /// append or the indexer's next tick, one write for many records.
     pending: Vec<u8>,
 }
+
+/// Ended sessions whose chain heads stay in memory (far more than the
+/// indexer can fall behind by; the database has the older ones).
+const RECENTLY_ENDED: usize = 1024;
 
 impl JournalWriter {
     fn flush_pending(&mut self) -> Result<(), StoreError> {
@@ -315,6 +324,9 @@ impl JournalWriter {
 
     fn head(&mut self, session_id: &str, starting: bool) -> Result<(u64, String), StoreError> {
         if let Some(h) = self.heads.get(session_id) {
+            return Ok(h.clone());
+        }
+        if let Some((_, h)) = self.ended.iter().rev().find(|(id, _)| id == session_id) {
             return Ok(h.clone());
         }
         if starting {
@@ -359,8 +371,16 @@ impl JournalWriter {
         } else {
             self.pending.extend_from_slice(line.as_bytes());
         }
-        if matches!(event, AuditEvent::SessionEnd { .. }) {
-            self.heads.remove(session_id);
+        let live = self.heads.remove(session_id).is_some();
+        if !live {
+            // A record after the end: keep the recently-ended head current.
+            self.ended.retain(|(id, _)| id != session_id);
+        }
+        if matches!(event, AuditEvent::SessionEnd { .. }) || (!live && !starting) {
+            if self.ended.len() >= RECENTLY_ENDED {
+                self.ended.pop_front();
+            }
+            self.ended.push_back((session_id.to_string(), (seq, hash)));
         } else {
             self.heads.insert(session_id.to_string(), (seq, hash));
         }

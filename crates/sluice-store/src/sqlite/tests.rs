@@ -223,3 +223,28 @@ async fn a_removed_journal_tail_is_named() {
     let b = reader.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 6), "{b}");
 }
+
+/// A record can follow a session's end at once (an approval decided just
+/// after the client left), before the indexer has the session in the
+/// database; the chain stays whole.
+#[tokio::test]
+async fn a_record_right_after_the_end_extends_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 1).await;
+    for n in [7, 8] {
+        store
+            .append(
+                "s1",
+                AuditEvent::CommandFinished {
+                    command_id: n,
+                    outcome: Outcome::default(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(report.records, 1 + 2 + 1 + 2);
+}
