@@ -188,6 +188,18 @@ pub struct Denial {
     pub hint: Option<String>,
 }
 
+impl Denial {
+    /// The write-ahead audit record could not be written, so the command was
+    /// not run (fail closed). Every protocol tells its client the same.
+    pub fn unrecorded() -> Self {
+        Denial {
+            rule: None,
+            message: "the gateway cannot record this command right now, so it was not run".into(),
+            hint: Some("Retry later; tell the Sluice administrator if this persists.".into()),
+        }
+    }
+}
+
 /// A result column as the masking position sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {

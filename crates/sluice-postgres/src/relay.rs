@@ -509,18 +509,7 @@ impl Requests<'_> {
             // Write-ahead audit failed: the command must not run.
             Err(e) => {
                 tracing::error!(message = "Audit store failed; refusing the command.", error = %e);
-                Decided::Refuse(
-                    0,
-                    Denial {
-                        rule: None,
-                        message:
-                            "the gateway cannot record this command right now, so it was not run"
-                                .into(),
-                        hint: Some(
-                            "Retry later; tell the Sluice administrator if this persists.".into(),
-                        ),
-                    },
-                )
+                Decided::Refuse(0, Denial::unrecorded())
             }
         }
     }

@@ -82,12 +82,7 @@ pub(crate) async fn decide(live: &Live, kind: CommandKind, text: String) -> Deci
         // Write-ahead audit failed: the command must not run.
         Err(e) => {
             tracing::error!(message = "Audit store failed; refusing the command.", error = %e);
-            Decided::Refuse(Denial {
-                rule: None,
-                message: "the gateway cannot record this command right now, so it was not run"
-                    .into(),
-                hint: Some("Retry later; tell the Sluice administrator if this persists.".into()),
-            })
+            Decided::Refuse(Denial::unrecorded())
         }
     }
 }
