@@ -122,6 +122,7 @@ fn denied_commands_never_reach_the_host() {
         format!("env -i PATH=/bin rm -rf {s}"),
         format!("sudo rm -rf {s}"),
         format!("sudo -u {TEST_USER} rm -rf {s}"),
+        format!("sudo LANG=C rm -rf {s}"),
         format!("/bin/rm -rf {s}"),
         format!("/usr/bin/../bin/rm -rf {s}"),
         format!("r''m -rf {s}"),

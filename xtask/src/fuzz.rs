@@ -15,11 +15,7 @@ use crate::{describe, run_inherit, succeeds, workspace_root};
 
 /// Every target: `fuzz/fuzz_targets/NAME.rs`, seeds in `fuzz/seeds/NAME/`.
 ///
-/// Protocol branches add theirs here (and a `[[bin]]` in fuzz/Cargo.toml, a
-/// `pub fn` behind their crate's `fuzzing` feature, seeds) when they land:
-/// `ssh_command` (the sluice-ssh shell command parser), `kube_path` (the
-/// sluice-kube API path parser), `http_request` (sluice-http request target
-/// and path normalisation).
+/// A new parser adds its target here, a `[[bin]]` in fuzz/Cargo.toml and seeds.
 pub(crate) const TARGETS: &[&str] = &[
     "pg_frontend",
     "pg_backend",
@@ -29,6 +25,9 @@ pub(crate) const TARGETS: &[&str] = &[
     "mask_json",
     "token_verify",
     "config_load",
+    "shell_command",
+    "kube_path",
+    "http_path",
 ];
 
 const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--target T]... [--sanitizer none|address] [--build-only]";

@@ -86,6 +86,12 @@ pub fn analyze(line: &str) -> Result<Vec<Invocation>, Unjudgeable> {
     Ok(out)
 }
 
+/// Words the shell reads as syntax in command position.
+const RESERVED_WORDS: &[&str] = &[
+    "!", "{", "}", "[[", "]]", "case", "coproc", "do", "done", "elif", "else", "esac", "fi", "for",
+    "function", "if", "in", "select", "then", "time", "until", "while",
+];
+
 /// Quotes an argv for a POSIX shell, so that [`analyze`] (and `sh -c`) sees
 /// exactly these words: `["sh", "-c", "rm -rf /"]` → `sh -c 'rm -rf /'`.
 pub fn quote_argv<S: AsRef<str>>(argv: &[S]) -> String {
@@ -95,8 +101,9 @@ pub fn quote_argv<S: AsRef<str>>(argv: &[S]) -> String {
             out.push(' ');
         }
         let a = a.as_ref();
-        // A first word with `=` would read as an assignment, not the program.
-        if i == 0 && a.contains('=') {
+        // A first word with `=` would read as an assignment, and a reserved
+        // word (`do`, `if`, `{`, …) as syntax, not the program: quote them.
+        if i == 0 && (a.contains('=') || RESERVED_WORDS.contains(&a)) {
             out.push_str(&format!("'{}'", a.replace('\'', "'\\''")));
         } else {
             out.push_str(&quote_word(a));

@@ -28,6 +28,10 @@ pub struct Word {
     pub glob: bool,
     /// Some part was quoted or escaped (so it is not a reserved word).
     pub quoted: bool,
+    /// Where in `text` the first quoted or escaped part starts: a `NAME=`
+    /// before it makes an assignment, one inside it does not (`'A=b'` runs a
+    /// program named `A=b`).
+    pub quoted_at: Option<usize>,
 }
 
 /// A simple command: what one fork/exec would run.
@@ -402,6 +406,7 @@ impl Parser {
             }
             match c {
                 '\'' => {
+                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
                     w.quoted = true;
                     self.i += 1;
                     loop {
@@ -419,11 +424,13 @@ impl Parser {
                     }
                 }
                 '"' => {
+                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
                     w.quoted = true;
                     self.i += 1;
                     self.double_quoted(&mut w)?;
                 }
                 '\\' => {
+                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
                     w.quoted = true;
                     self.i += 1;
                     match self.peek() {
@@ -437,10 +444,12 @@ impl Parser {
                 }
                 '$' => {
                     if self.peek_at(1) == Some('\'') {
+                        w.quoted_at = w.quoted_at.or(Some(w.text.len()));
                         w.quoted = true;
                         self.i += 2;
                         self.ansi_c(&mut w)?;
                     } else if self.peek_at(1) == Some('"') {
+                        w.quoted_at = w.quoted_at.or(Some(w.text.len()));
                         w.quoted = true;
                         self.i += 2;
                         self.double_quoted(&mut w)?;
@@ -752,6 +761,9 @@ fn is_assignment(w: &Word) -> bool {
     let Some(eq) = w.text.find('=') else {
         return false;
     };
+    if w.quoted_at.is_some_and(|q| q <= eq) {
+        return false;
+    }
     let name = w.text[..eq].trim_end_matches('+');
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())

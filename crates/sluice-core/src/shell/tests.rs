@@ -115,6 +115,9 @@ fn wrappers_are_unwrapped() {
         ("sudo rm -rf /x", "rm -rf /x"),
         ("sudo -u root -E rm -rf /x", "rm -rf /x"),
         ("sudo --user=root rm -rf /x", "rm -rf /x"),
+        // Found by the shell_command fuzz target: sudo takes VAR=value before the program.
+        ("sudo FOO=1 rm -rf /x", "rm -rf /x"),
+        ("sudo -u root LANG=C PATH=/bin /bin/rm -rf /x", "rm -rf /x"),
         ("sudo -s rm -rf /x", "rm -rf /x"),
         ("doas -u root rm -rf /x", "rm -rf /x"),
         ("nice -n 10 rm -rf /x", "rm -rf /x"),
@@ -240,6 +243,10 @@ fn quote_argv_round_trips() {
         vec!["sh", "-c", "rm -rf / ; echo 'x'"],
         vec!["echo", "it's", "", "$HOME", "`x`", "a\nb"],
         vec!["A=b", "c"],
+        // Found by the shell_command fuzz target: reserved words as the program.
+        vec!["do", "-x"],
+        vec!["{", "}"],
+        vec!["if", "then"],
     ] {
         let line = quote_argv(&argv);
         let words = parse(&line).unwrap();
@@ -354,4 +361,34 @@ fn arbitrary_input_never_panics() {
     assert!(analyze(&deep).is_err());
     let ticks = "echo `".repeat(50);
     let _ = analyze(&ticks);
+}
+
+/// Found by the shell_command fuzz target: an option that takes an argument,
+/// last on the line, made the wrapper slice past the end (a panic).
+#[test]
+fn a_wrapper_option_missing_its_argument_is_refused_not_a_panic() {
+    for line in [
+        "sudo -u",
+        "sudo -s -h",
+        "env -u",
+        "timeout -s",
+        "sudo --user",
+        "nice -n",
+    ] {
+        assert!(analyze(line).is_err(), "{line}");
+    }
+}
+
+/// Found by the shell_command fuzz target: a quoted `NAME=value` in command
+/// position is a program name, not an assignment (bash: "A=b: command not found").
+#[test]
+fn a_quoted_assignment_is_a_program() {
+    for (line, program) in [("'A=b' -rf /x", "A=b"), ("\\A=b x", "A=b"), ("A'=b' x", "A=b")] {
+        let inv = analyze(line).unwrap();
+        assert_eq!(inv.first().map(|i| i.program.as_str()), Some(program), "{line}");
+    }
+    let inv = analyze("A='b c' rm -rf /x").unwrap();
+    assert_eq!(inv[0].program, "rm");
+    let line = quote_argv(&["u5SO=a", "x"]);
+    assert_eq!(analyze(&line).unwrap()[0].program, "u5SO=a");
 }

@@ -375,6 +375,11 @@ fn options(program: &str, args: &[Word], spec: &Spec) -> Result<(usize, Vec<char
         }
         i += if consumed_next { 2 } else { 1 };
     }
+    if i > args.len() {
+        // The last option wants an argument that is not there (found by the
+        // shell_command fuzz target: callers slice `args[i..]`).
+        return err(format!("`{program}`'s last option is missing its argument"));
+    }
     Ok((i, seen))
 }
 
@@ -595,6 +600,13 @@ fn env(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unj
             ..Spec::default()
         },
     )?;
+    i = skip_assignments(args, i);
+    judge(&args[i..], depth + 1, out)
+}
+
+/// `NAME=value` words a wrapper (env, sudo) sets in the environment before
+/// the program: skipped, so the program after them is what gets judged.
+fn skip_assignments(args: &[Word], mut i: usize) -> usize {
     while args.get(i).is_some_and(|w| {
         w.text
             .split_once('=')
@@ -602,7 +614,7 @@ fn env(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unj
     }) {
         i += 1;
     }
-    judge(&args[i..], depth + 1, out)
+    i
 }
 
 fn sudo(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
@@ -653,6 +665,8 @@ fn sudo(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Un
         return Ok(());
     }
     let shell = seen.contains(&'s') || seen.contains(&'i') || long("--shell") || long("--login");
+    // `sudo FOO=1 rm …` sets FOO and runs rm (found by the shell_command fuzz target).
+    let i = skip_assignments(args, i);
     if shell && i >= args.len() {
         return err("`sudo -s`/`sudo -i` starts a shell that reads commands from standard input");
     }
