@@ -19,7 +19,7 @@ use sluice_sandbox::{
 use crate::{command_exists, describe, run_inherit, workspace_root};
 
 mod http;
-mod ssh;
+pub(crate) mod ssh;
 
 const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
                      [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \

@@ -9,10 +9,10 @@
 //! the real thing end to end (each session is a live upstream backend), not
 //! idle client sockets against a bounded pool the gateway does not have.
 //!
-//! Other protocols plug in as a [`Workload`]: SSH (200 sessions in the issue)
-//! lands with the sluice-ssh crate; add an `SshWorkload` whose `open` logs in
-//! with the token and whose `command` runs `exec` requests, and a
-//! `--ssh-sessions N` count (see `SSH_HOOK`).
+//! Other protocols plug in as a [`Workload`]. `--ssh-sessions N` soaks the SSH
+//! gateway the same way: a real sshd behind it, N OpenSSH ControlMaster
+//! connections logged in with the token (each one gateway session), each
+//! running `ssh … true` exec requests over its connection.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -26,16 +26,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use sluice_sandbox::{random_hex, TempPostgres, TempPostgresOptions};
 
-use crate::bench::{start_sluice_in, target_dir, Sluice, DB, ROLE};
+use crate::bench::{start_sluice_in, target_dir, DB, ROLE};
 use crate::pgwire::{PgClient, Reply};
 use crate::run_inherit;
 
-const USAGE: &str = "usage: cargo xtask soak [--sessions 1000] [--minutes 3] [--interval-ms 1000] \
-                     [--sluice-bin PATH] [--debug]";
-
-/// Where SSH sessions join the soak once the SSH listener exists on this branch.
-const SSH_HOOK: &str = "SSH sessions: this branch has no SSH listener yet; add an SshWorkload \
-                        (see xtask/src/soak.rs) when sluice-ssh lands";
+const USAGE: &str = "usage: cargo xtask soak [--sessions 1000] [--ssh-sessions 0] [--minutes 3] \
+                     [--interval-ms 1000] [--sluice-bin PATH] [--debug]";
 
 pub(crate) struct Options {
     pub(crate) sessions: usize,
@@ -83,11 +79,8 @@ fn parse(args: &[String]) -> Result<Options> {
             other => bail!("unknown option `{other}`\n{USAGE}"),
         }
     }
-    if o.sessions == 0 || o.minutes <= 0.0 {
+    if (o.sessions == 0 && o.ssh_sessions == 0) || o.minutes <= 0.0 {
         bail!("nothing to run\n{USAGE}");
-    }
-    if o.ssh_sessions > 0 {
-        bail!("{SSH_HOOK}");
     }
     Ok(o)
 }
@@ -116,6 +109,92 @@ impl Workload for PostgresWorkload {
     }
     fn close(&self, c: PgClient) {
         c.close()
+    }
+}
+
+/// SSH sessions: one OpenSSH ControlMaster connection each (logged in with
+/// the token through SSH_ASKPASS), commands as `ssh … true` over it.
+pub(crate) struct SshWorkload {
+    port: u16,
+    askpass: PathBuf,
+    dir: PathBuf,
+    next: AtomicU64,
+}
+
+pub(crate) struct SshClient {
+    master: std::process::Child,
+    socket: PathBuf,
+}
+
+impl SshWorkload {
+    fn ssh(&self, socket: &std::path::Path) -> Command {
+        let mut c = Command::new("ssh");
+        c.env("SSH_ASKPASS", &self.askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .args(["-F", "/dev/null", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                self.dir.join("known_hosts").display()
+            ))
+            .args(["-o", "LogLevel=ERROR", "-o", "BatchMode=no"])
+            .args([
+                "-o",
+                "PreferredAuthentications=keyboard-interactive,password",
+            ])
+            .arg("-o")
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-p", &self.port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    }
+}
+
+impl Workload for SshWorkload {
+    type Client = SshClient;
+    fn open(&self) -> Result<SshClient> {
+        let socket = self
+            .dir
+            .join(format!("cm-{}", self.next.fetch_add(1, Ordering::Relaxed)));
+        let mut master = self
+            .ssh(&socket)
+            .args(["-o", "ControlMaster=yes", "-N", "bench@127.0.0.1"])
+            .spawn()
+            .context("starting ssh")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !socket.exists() {
+            if let Ok(Some(status)) = master.try_wait() {
+                bail!("ssh exited before it was logged in ({status})");
+            }
+            if Instant::now() > deadline {
+                let _ = master.kill();
+                let _ = master.wait();
+                bail!("ssh did not log in within 120 s");
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(SshClient { master, socket })
+    }
+    fn command(&self, c: &mut SshClient, _n: u64) -> Result<bool> {
+        let status = self
+            .ssh(&c.socket)
+            .args(["-o", "ControlMaster=no", "bench@127.0.0.1", "true"])
+            .status()?;
+        Ok(status.success())
+    }
+    fn close(&self, mut c: SshClient) {
+        let _ = self
+            .ssh(&c.socket)
+            .args(["-O", "exit", "bench@127.0.0.1"])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !matches!(c.master.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.master.kill();
+        let _ = c.master.wait();
     }
 }
 
@@ -219,22 +298,61 @@ fn mib(kib: u64) -> String {
 
 pub(crate) fn soak(args: &[String]) -> Result<()> {
     let o = parse(args)?;
-    raise_fd_limit((o.sessions as u64) * 4 + 2048)?;
+    raise_fd_limit(((o.sessions + o.ssh_sessions) as u64) * 4 + 2048)?;
     let bin = gateway_bin(&o.sluice_bin, o.debug)?;
-    eprintln!(
-        "soak: PostgreSQL with max_connections = {}",
-        o.sessions + 100
-    );
-    let (pg, password) = start_postgres(o.sessions + 100)?;
-    let gateway = start_sluice_in(&bin, &pg, &password, "", None)?;
-    let report = run(&o, &gateway)?;
-    drop(gateway);
-    drop(pg);
-    report.print();
-    if !report.passed() {
+    let mut reports = Vec::new();
+    if o.sessions > 0 {
+        eprintln!(
+            "soak: PostgreSQL with max_connections = {}",
+            o.sessions + 100
+        );
+        let (pg, password) = start_postgres(o.sessions + 100)?;
+        let gateway = start_sluice_in(&bin, &pg, &password, "", None)?;
+        let work = Arc::new(PostgresWorkload {
+            addr: SocketAddr::from(([127, 0, 0, 1], gateway.port)),
+            token: gateway.token.clone(),
+        });
+        let cli = |a: &[&str]| gateway.cli(a).map_err(anyhow::Error::from);
+        let report = run(&o, o.sessions, gateway.pid(), &cli, work, Some(64.0))?;
+        drop(gateway);
+        drop(pg);
+        reports.push(("PostgreSQL", report));
+    }
+    if o.ssh_sessions > 0 {
+        reports.push(("SSH", soak_ssh(&o, &bin)?));
+    }
+    let mut passed = true;
+    for (name, report) in &reports {
+        println!("\n== {name}");
+        report.print();
+        passed &= report.passed();
+    }
+    if !passed {
         bail!("soak failed");
     }
     Ok(())
+}
+
+/// The SSH gateway in front of a real sshd (the bench's), soaked by
+/// `--ssh-sessions` ControlMaster connections.
+fn soak_ssh(o: &Options, bin: &std::path::Path) -> Result<Report> {
+    use crate::bench::ssh;
+    ssh::ensure_user()?;
+    let dir = ssh::Scratch::new()?;
+    let d = dir.0.clone();
+    let client_key = ssh::keygen(&d.join("client_key"))?;
+    let sshd = ssh::Sshd::start(&d, "target", &client_key)?;
+    let gateway = ssh::Gateway::start(bin, &d, &sshd)?;
+    let work = Arc::new(SshWorkload {
+        port: gateway.port,
+        askpass: gateway.askpass.clone(),
+        dir: d.clone(),
+        next: AtomicU64::new(0),
+    });
+    let cli = |a: &[&str]| gateway.cli(a);
+    // Each ssh session holds an sshd connection and child too; the per-idle-session
+    // figure is reported for the gateway process only, without a target.
+    run(o, o.ssh_sessions, gateway.pid(), &cli, work, None)
 }
 
 struct Check {
@@ -275,13 +393,21 @@ impl Report {
     }
 }
 
-fn run(o: &Options, gateway: &Sluice) -> Result<Report> {
+type Cli<'a> = dyn Fn(&[&str]) -> Result<std::process::Output> + 'a;
+
+fn run<W>(
+    o: &Options,
+    n: usize,
+    pid: u32,
+    cli: &Cli<'_>,
+    work: Arc<W>,
+    memory_target_kib: Option<f64>,
+) -> Result<Report>
+where
+    W: Workload + Send + 'static,
+    W::Client: 'static,
+{
     let mut report = Report::default();
-    let pid = gateway.pid();
-    let work = Arc::new(PostgresWorkload {
-        addr: SocketAddr::from(([127, 0, 0, 1], gateway.port)),
-        token: gateway.token.clone(),
-    });
     // Warm the gateway (first session, TLS and catalog setup) before the baseline.
     {
         let mut c = work.open()?;
@@ -295,7 +421,6 @@ fn run(o: &Options, gateway: &Sluice) -> Result<Report> {
         mib(rss0)
     ));
 
-    let n = o.sessions;
     let ready = Arc::new(Barrier::new(n + 1));
     let go = Arc::new(Barrier::new(n + 1));
     let stop = Arc::new(AtomicBool::new(false));
@@ -364,11 +489,13 @@ fn run(o: &Options, gateway: &Sluice) -> Result<Report> {
         opened_ok == n as u64,
         format!("{opened_ok} of {n}"),
     );
-    report.check(
-        "memory per idle session",
-        per_session <= 64.0,
-        format!("{per_session:.1} KiB (target ≤ 64 KiB)"),
-    );
+    if let Some(target) = memory_target_kib {
+        report.check(
+            "memory per idle session",
+            per_session <= target,
+            format!("{per_session:.1} KiB (target ≤ {target} KiB)"),
+        );
+    }
 
     go.wait();
     let duration = Duration::from_secs_f64(o.minutes * 60.0);
@@ -451,7 +578,7 @@ fn run(o: &Options, gateway: &Sluice) -> Result<Report> {
     // and every session recorded as ended.
     let deadline = Instant::now() + Duration::from_secs(60);
     let (recorded, sessions, ended) = loop {
-        let out = gateway.cli(&["sessions", "list", "--json"])?;
+        let out = cli(&["sessions", "list", "--json"])?;
         if !out.status.success() {
             bail!(
                 "sluice sessions list failed: {}",

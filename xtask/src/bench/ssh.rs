@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use sluice_sandbox::{free_port, random_hex, wait_for_port};
 
 /// The account sshd logs the bench in as.
-const USER: &str = "sluice-bench";
+pub(crate) const USER: &str = "sluice-bench";
 /// Builds a fresh client command for one target.
 type MakeCommand = Box<dyn Fn() -> Command>;
 
@@ -314,7 +314,7 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn ensure_user() -> Result<()> {
+pub(crate) fn ensure_user() -> Result<()> {
     let exists = |u: &str| {
         Command::new("id")
             .arg("-u")
@@ -337,7 +337,7 @@ fn ensure_user() -> Result<()> {
     Ok(())
 }
 
-fn keygen(path: &Path) -> Result<String> {
+pub(crate) fn keygen(path: &Path) -> Result<String> {
     run(Command::new("ssh-keygen")
         .args(["-q", "-t", "ed25519", "-N", "", "-C", "sluice-bench", "-f"])
         .arg(path))?;
@@ -346,10 +346,10 @@ fn keygen(path: &Path) -> Result<String> {
         .to_string())
 }
 
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Scratch {
-    fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let path = std::env::temp_dir().join(format!("sluice-bench-ssh-{}", random_hex(6)?));
         fs::create_dir(&path)?;
         // sshd reads authorized_keys as the bench account.
@@ -364,14 +364,14 @@ impl Drop for Scratch {
     }
 }
 
-struct Sshd {
+pub(crate) struct Sshd {
     child: Child,
     port: u16,
     host_key: String,
 }
 
 impl Sshd {
-    fn start(dir: &Path, name: &str, client_key: &str) -> Result<Sshd> {
+    pub(crate) fn start(dir: &Path, name: &str, client_key: &str) -> Result<Sshd> {
         let host = dir.join(format!("{name}_host_key"));
         let host_key = keygen(&host)?;
         let ak = dir.join(format!("{name}_authorized_keys"));
@@ -417,14 +417,16 @@ impl Drop for Sshd {
     }
 }
 
-struct Gateway {
+pub(crate) struct Gateway {
     child: Child,
-    port: u16,
-    askpass: PathBuf,
+    pub(crate) port: u16,
+    pub(crate) askpass: PathBuf,
+    bin: PathBuf,
+    config: PathBuf,
 }
 
 impl Gateway {
-    fn start(bin: &Path, dir: &Path, sshd: &Sshd) -> Result<Gateway> {
+    pub(crate) fn start(bin: &Path, dir: &Path, sshd: &Sshd) -> Result<Gateway> {
         let port = free_port();
         let state = dir.join("gateway-state");
         let config = dir.join("sluice.toml");
@@ -488,10 +490,26 @@ impl Gateway {
             child,
             port,
             askpass,
+            bin: bin.to_path_buf(),
+            config,
         })
     }
 
-    fn client(&self, program: &str) -> Command {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Runs a `sluice` subcommand against this gateway's config.
+    pub(crate) fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(&self.bin)
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    pub(crate) fn client(&self, program: &str) -> Command {
         let mut c = Command::new(program);
         c.env("SSH_ASKPASS", &self.askpass)
             .env("SSH_ASKPASS_REQUIRE", "force");

@@ -383,9 +383,17 @@ fn a_wrapper_option_missing_its_argument_is_refused_not_a_panic() {
 /// position is a program name, not an assignment (bash: "A=b: command not found").
 #[test]
 fn a_quoted_assignment_is_a_program() {
-    for (line, program) in [("'A=b' -rf /x", "A=b"), ("\\A=b x", "A=b"), ("A'=b' x", "A=b")] {
+    for (line, program) in [
+        ("'A=b' -rf /x", "A=b"),
+        ("\\A=b x", "A=b"),
+        ("A'=b' x", "A=b"),
+    ] {
         let inv = analyze(line).unwrap();
-        assert_eq!(inv.first().map(|i| i.program.as_str()), Some(program), "{line}");
+        assert_eq!(
+            inv.first().map(|i| i.program.as_str()),
+            Some(program),
+            "{line}"
+        );
     }
     let inv = analyze("A='b c' rm -rf /x").unwrap();
     assert_eq!(inv[0].program, "rm");
