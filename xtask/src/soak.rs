@@ -312,7 +312,7 @@ pub(crate) fn soak(args: &[String]) -> Result<()> {
             addr: SocketAddr::from(([127, 0, 0, 1], gateway.port)),
             token: gateway.token.clone(),
         });
-        let cli = |a: &[&str]| gateway.cli(a).map_err(anyhow::Error::from);
+        let cli = |a: &[&str]| gateway.cli(a);
         let report = run(&o, o.sessions, gateway.pid(), &cli, work, Some(64.0))?;
         drop(gateway);
         drop(pg);
