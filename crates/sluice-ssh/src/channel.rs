@@ -27,6 +27,9 @@ const EXEC_RECORD_LIMIT: u64 = 64 * 1024;
 /// that a secret printed in two parts a moment apart is still seen whole.
 const MASK_IDLE_PTY: Duration = Duration::from_millis(30);
 const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
+/// How long a client that has sent EOF gets to close the channel itself
+/// after the command's exit status and EOF (see `run`'s end).
+const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Environment variables passed to the upstream; others are refused.
 fn env_allowed(name: &str) -> bool {
@@ -334,7 +337,9 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
 
     // Client → upstream.
     let up_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let input = {
+    let client_eof_seen = Arc::new(std::sync::atomic::AtomicBool::new(client_eof));
+    let mut input = {
+        let eof_seen = client_eof_seen.clone();
         let record = record.clone();
         let sftp = sftp.clone();
         let counter = up_counter.clone();
@@ -354,7 +359,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             if client_eof {
                 let _ = up_tx.eof().await;
             }
-            client_to_upstream(rx, up_tx, record, sftp, counter, has_pty).await;
+            client_to_upstream(rx, up_tx, record, sftp, counter, has_pty, eof_seen).await;
         })
     };
 
@@ -401,6 +406,16 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     out.flush_maskers().await;
     out.eof = true;
     out.send_eof().await;
+    // A client that has sent EOF closes the channel itself once it has the
+    // exit status and our EOF; let it close first. russh 0.65 only half
+    // forgets a channel the server closes first (the client's answering
+    // CLOSE is ignored, so the channel's sender stays in the session until
+    // the connection ends): about 2.6 KB per exec on a long-lived multiplexed
+    // connection, which the SSH soak showed as linear growth. Closing after
+    // the client is a no-op.
+    if client_eof_seen.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut input).await;
+    }
     let _ = out.tx.close().await;
     input.abort();
     if let Some(r) = &record {
@@ -471,6 +486,7 @@ async fn client_to_upstream(
     sftp: Option<Arc<Mutex<SftpTracker>>>,
     counter: Arc<std::sync::atomic::AtomicU64>,
     has_pty: bool,
+    eof_seen: Arc<std::sync::atomic::AtomicBool>,
 ) {
     while let Some(m) = rx.wait().await {
         match m {
@@ -486,6 +502,7 @@ async fn client_to_upstream(
                 }
             }
             ChannelMsg::Eof => {
+                eof_seen.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = up_tx.eof().await;
             }
             ChannelMsg::WindowChange {
