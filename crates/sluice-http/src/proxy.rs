@@ -774,13 +774,7 @@ impl ClientConn {
         };
         match plan.body {
             BodyPlan::Refuse(problem) => {
-                finish.done(
-                    BodyStats {
-                        error: Some(problem.detail.clone()),
-                        ..Default::default()
-                    },
-                    Some(problem.status),
-                );
+                finish.failed(problem.detail.clone(), problem.status);
                 Ok(render(problem))
             }
             BodyPlan::PassThrough if redactor.is_none() => {
@@ -800,30 +794,17 @@ impl ClientConn {
                         live,
                     ));
                 };
-                let bytes = match read_capped(upstream_body, limits.max_masked_body, timeout).await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let problem = masking_failed(&e);
-                        finish.done(
-                            BodyStats {
-                                error: Some(e),
-                                ..Default::default()
-                            },
-                            Some(problem.status),
-                        );
-                        return Ok(render(problem));
-                    }
-                };
-                let mut stats = BodyStats::default();
-                let bytes = match redactor {
-                    Some(mut r) => {
-                        let out = r.redact_all(&bytes);
-                        stats.masked.add("injected_credential", r.redacted);
-                        out
-                    }
-                    None => bytes.to_vec(),
-                };
+                let (bytes, mut stats) =
+                    match read_document(upstream_body, limits.max_masked_body, timeout, redactor)
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(e) => {
+                            let problem = masking_failed(&e);
+                            finish.failed(e, problem.status);
+                            return Ok(render(problem));
+                        }
+                    };
                 match body::mask_json_document(engine, &connection.name, &key_paths, &bytes) {
                     Ok((out, counts)) => {
                         stats.masked.merge(&counts);
@@ -834,13 +815,7 @@ impl ClientConn {
                     }
                     Err(e) => {
                         let problem = masking_failed(&e.reason);
-                        finish.done(
-                            BodyStats {
-                                error: Some(e.reason),
-                                ..Default::default()
-                            },
-                            Some(problem.status),
-                        );
+                        finish.failed(e.reason, problem.status);
                         Ok(render(problem))
                     }
                 }
@@ -848,30 +823,17 @@ impl ClientConn {
             BodyPlan::Transform(mut transformer) if !plan.streaming => {
                 // A document transformer: run it to the end before answering,
                 // so that a failure is a clear 502, never a partial body.
-                let bytes = match read_capped(upstream_body, limits.max_masked_body, timeout).await
-                {
-                    Ok(b) => b,
-                    Err(e) => {
-                        let problem = masking_failed(&e);
-                        finish.done(
-                            BodyStats {
-                                error: Some(e),
-                                ..Default::default()
-                            },
-                            Some(problem.status),
-                        );
-                        return Ok(render(problem));
-                    }
-                };
-                let mut stats = BodyStats::default();
-                let bytes = match redactor {
-                    Some(mut r) => {
-                        let out = r.redact_all(&bytes);
-                        stats.masked.add("injected_credential", r.redacted);
-                        out
-                    }
-                    None => bytes.to_vec(),
-                };
+                let (bytes, mut stats) =
+                    match read_document(upstream_body, limits.max_masked_body, timeout, redactor)
+                        .await
+                    {
+                        Ok(read) => read,
+                        Err(e) => {
+                            let problem = masking_failed(&e);
+                            finish.failed(e, problem.status);
+                            return Ok(render(problem));
+                        }
+                    };
                 let out = transformer.push(&bytes).and_then(|mut out| {
                     out.extend(transformer.finish()?);
                     Ok(out)
@@ -886,13 +848,7 @@ impl ClientConn {
                     }
                     Err(e) => {
                         let problem = masking_failed(&e.reason);
-                        finish.done(
-                            BodyStats {
-                                error: Some(e.reason),
-                                ..Default::default()
-                            },
-                            Some(problem.status),
-                        );
+                        finish.failed(e.reason, problem.status);
                         Ok(render(problem))
                     }
                 }
@@ -1028,6 +984,27 @@ fn masking_failed(reason: &str) -> Problem {
 
 /// Reads a whole body, refusing more than `cap` bytes. (A loop rather than
 /// `Limited::collect`, whose error conversion defeats the `Send` check.)
+/// Reads a whole response body (up to `cap`) and redacts injected
+/// credentials the upstream echoed in it.
+async fn read_document(
+    body: Body,
+    cap: usize,
+    timeout: Duration,
+    redactor: Option<Redactor>,
+) -> Result<(Vec<u8>, BodyStats), String> {
+    let bytes = read_capped(body, cap, timeout).await?;
+    let mut stats = BodyStats::default();
+    let bytes = match redactor {
+        Some(mut r) => {
+            let out = r.redact_all(&bytes);
+            stats.masked.add("injected_credential", r.redacted);
+            out
+        }
+        None => bytes.to_vec(),
+    };
+    Ok((bytes, stats))
+}
+
 async fn read_capped(mut body: Body, cap: usize, timeout: Duration) -> Result<Bytes, String> {
     let read = async {
         let mut buf = bytes::BytesMut::new();
@@ -1106,6 +1083,18 @@ struct Finisher {
 }
 
 impl Finisher {
+    /// Records a response the gateway answered itself (`status`) instead of
+    /// passing the upstream's body on.
+    fn failed(self, error: String, status: StatusCode) {
+        self.done(
+            BodyStats {
+                error: Some(error),
+                ..Default::default()
+            },
+            Some(status),
+        );
+    }
+
     fn done(self, mut stats: BodyStats, answered: Option<StatusCode>) {
         let status = answered.unwrap_or(self.status);
         if self.header_redactions > 0 {
@@ -1185,31 +1174,17 @@ async fn small_or_streamed(
             live,
         ));
     }
-    let mut stats = BodyStats::default();
-    let bytes = match read_capped(upstream, SMALL_BODY as usize, timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            finish.done(
-                BodyStats {
-                    error: Some(e.clone()),
-                    ..Default::default()
-                },
-                Some(StatusCode::BAD_GATEWAY),
-            );
-            return Err(Problem::new(
-                ProblemKind::BadGateway,
-                format!("sluice: the upstream's response could not be read: {e}"),
-            ));
-        }
-    };
-    let mut out = match redactor {
-        Some(mut r) => {
-            let out = r.redact_all(&bytes);
-            stats.masked.add("injected_credential", r.redacted);
-            out
-        }
-        None => bytes.to_vec(),
-    };
+    let (mut out, mut stats) =
+        match read_document(upstream, SMALL_BODY as usize, timeout, redactor).await {
+            Ok(read) => read,
+            Err(e) => {
+                finish.failed(e.clone(), StatusCode::BAD_GATEWAY);
+                return Err(Problem::new(
+                    ProblemKind::BadGateway,
+                    format!("sluice: the upstream's response could not be read: {e}"),
+                ));
+            }
+        };
     if let Some(t) = transformer.as_mut() {
         let pushed = t.push(&out).and_then(|mut o| {
             o.extend(t.finish()?);
@@ -1218,13 +1193,7 @@ async fn small_or_streamed(
         out = match pushed {
             Ok(o) => o,
             Err(e) => {
-                finish.done(
-                    BodyStats {
-                        error: Some(e.reason.clone()),
-                        ..Default::default()
-                    },
-                    Some(StatusCode::BAD_GATEWAY),
-                );
+                finish.failed(e.reason.clone(), StatusCode::BAD_GATEWAY);
                 return Err(masking_failed(&e.reason));
             }
         };
