@@ -766,7 +766,13 @@ pub(crate) fn start_sluice_in(
             pgport = pg.port,
         ),
     )?;
-    let daemon = spawn_gateway(bin, &config, password, dir.path(), port)?;
+    let daemon = spawn_gateway(
+        bin,
+        &config,
+        &[("BENCH_DB_PASSWORD", password)],
+        dir.path(),
+        port,
+    )?;
     let mut issue = Command::new(bin);
     issue
         .args(["token", "issue", "--config"])
@@ -798,10 +804,12 @@ pub(crate) fn start_sluice_in(
 }
 
 /// `sluice serve` with `config`, logging to `dir/sluice.log` (appended), ready on `port`.
-fn spawn_gateway(
+/// Runs `sluice serve` on `config` in `dir` with `env`, logging to
+/// `dir/sluice.log`, and waits until it listens on `port`.
+pub(crate) fn spawn_gateway(
     bin: &Path,
     config: &Path,
-    password: &str,
+    env: &[(&str, &str)],
     dir: &Path,
     port: u16,
 ) -> Result<Daemon> {
@@ -810,11 +818,15 @@ fn spawn_gateway(
         .create(true)
         .append(true)
         .open(&log)?;
+    // The gateway runs in `dir`: a relative binary path must not depend on it.
+    let bin = bin
+        .canonicalize()
+        .with_context(|| format!("the gateway binary {}", bin.display()))?;
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
-        .env("BENCH_DB_PASSWORD", password)
+        .envs(env.iter().copied())
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(log_file.try_clone()?)
@@ -848,7 +860,7 @@ impl Sluice {
         self.daemon = spawn_gateway(
             &self.bin,
             &self.config,
-            &self.password,
+            &[("BENCH_DB_PASSWORD", self.password.as_str())],
             self.dir.path(),
             self.port,
         )?;

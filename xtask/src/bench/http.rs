@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use sluice_sandbox::free_port;
 
-use super::{describe, Daemon, ScratchDir};
+use super::{describe, spawn_gateway, Daemon, ScratchDir};
 use crate::{command_exists, run_inherit};
 
 /// The upstream's response: small JSON with one email (masked on the masking leg).
@@ -143,31 +143,17 @@ fn start_gateway(bin: &Path, upstream: u16, masking: bool) -> Result<Gateway> {
             state = state.display().to_string(),
         ),
     )?;
-    let log = dir.path().join("sluice.log");
-    let log_file = fs::File::create(&log)?;
-    let mut cmd = Command::new(bin);
-    cmd.arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .env("BENCH_API_TOKEN", "bench-upstream-credential")
-        .env("SLUICE_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("running {}", describe(&cmd)))?;
-    let mut daemon = Daemon {
-        child,
-        pidfile: None,
-    };
-    daemon
-        .wait_ready(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(30),
-            &log,
-        )
-        .context("sluice serve (http)")?;
+    let daemon = spawn_gateway(
+        bin,
+        &config,
+        &[
+            ("BENCH_API_TOKEN", "bench-upstream-credential"),
+            ("SLUICE_LOG", "warn"),
+        ],
+        dir.path(),
+        port,
+    )
+    .context("sluice serve (http)")?;
     let out = Command::new(bin)
         .args(["token", "issue", "--config"])
         .arg(&config)
