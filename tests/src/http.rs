@@ -3,7 +3,10 @@
 //! `sluice` binary with `listen.http` (HTTPS with its generated CA) and the
 //! operator API, and real clients: curl and Python `requests`.
 
-use crate::{failed, ok, py_dir, run_with_timeout, sluice_bin, stdout, COMMAND_TIMEOUT};
+use crate::{
+    failed, issue_token, ok, py_dir, run_with_timeout, sluice_bin, sluice_cli, stdout,
+    COMMAND_TIMEOUT,
+};
 use sluice_sandbox::free_port;
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
@@ -315,28 +318,12 @@ impl HttpEnv {
 
     /// `sluice ARGS… --config FILE`.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(sluice_bin());
-        cmd.args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)));
-        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+        sluice_cli(&self.config_path, &self.gateway_env, args)
     }
 
     /// A gateway token.
     pub fn token(&self, subject: &str, groups: &[&str], ttl: &str) -> String {
-        let groups = groups.join(",");
-        let out = self.sluice(&[
-            "token",
-            "issue",
-            "--subject",
-            subject,
-            "--groups",
-            &groups,
-            "--ttl",
-            ttl,
-        ]);
-        ok(&out).trim().to_string()
+        issue_token(|a| self.sluice(a), subject, groups, ttl)
     }
 
     /// A token for `agent-1` in `agents`.

@@ -5,7 +5,9 @@
 //!
 //! Each test builds its own [`KubeEnv`]; dropping it stops the gateway and the API server.
 
-use crate::{ok, py_dir, run_with_timeout, sluice_bin, wait_until, COMMAND_TIMEOUT};
+use crate::{
+    issue_token, ok, py_dir, run_with_timeout, sluice_bin, sluice_cli, wait_until, COMMAND_TIMEOUT,
+};
 use sluice_sandbox::free_port;
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -344,27 +346,12 @@ impl KubeEnv {
 
     /// Runs `sluice ARGS… --config FILE` with the gateway's environment.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(sluice_bin());
-        cmd.args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)));
-        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+        sluice_cli(&self.config_path, &self.gateway_env, args)
     }
 
     /// A gateway token for `subject` in `groups`, valid 10 minutes.
     pub fn token(&self, subject: &str, groups: &[&str]) -> String {
-        let out = self.sluice(&[
-            "token",
-            "issue",
-            "--subject",
-            subject,
-            "--groups",
-            &groups.join(","),
-            "--ttl",
-            "10m",
-        ]);
-        ok(&out).trim().to_string()
+        issue_token(|a| self.sluice(a), subject, groups, "10m")
     }
 
     /// Writes a kubeconfig for `token` (namespace `default`) and returns its path.

@@ -197,6 +197,39 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 }
 
 /// Whether `needle` occurs in `haystack` (bytes).
+/// Runs `sluice ARGS… --config CONFIG` with `env`, bounded by the command timeout.
+pub fn sluice_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(sluice_bin());
+    cmd.args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+}
+
+/// Issues a gateway token through `sluice` (an environment's CLI runner).
+pub fn issue_token(
+    sluice: impl Fn(&[&str]) -> Output,
+    subject: &str,
+    groups: &[&str],
+    ttl: &str,
+) -> String {
+    let groups = groups.join(",");
+    let out = sluice(&[
+        "token",
+        "issue",
+        "--subject",
+        subject,
+        "--groups",
+        &groups,
+        "--ttl",
+        ttl,
+    ]);
+    let token = ok(&out).trim().to_string();
+    assert!(!token.is_empty(), "sluice token issue printed nothing");
+    token
+}
+
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -579,30 +612,12 @@ impl Env {
 
     /// Runs `sluice ARGS… --config FILE` with the gateway's environment.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(sluice_bin());
-        cmd.args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)));
-        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+        sluice_cli(&self.config_path, &self.gateway_env, args)
     }
 
     /// Issues a gateway token (`sluice token issue`); `ttl` like `10m`.
     pub fn token(&self, subject: &str, groups: &[&str], ttl: &str) -> String {
-        let groups = groups.join(",");
-        let out = self.sluice(&[
-            "token",
-            "issue",
-            "--subject",
-            subject,
-            "--groups",
-            &groups,
-            "--ttl",
-            ttl,
-        ]);
-        let token = ok(&out).trim().to_string();
-        assert!(!token.is_empty(), "sluice token issue printed nothing");
-        token
+        issue_token(|a| self.sluice(a), subject, groups, ttl)
     }
 
     /// A token for subject `agent-1` in group `agents`, valid 10 minutes.

@@ -6,7 +6,10 @@
 //!
 //! Dropping an [`SshEnv`] kills the gateway and sshd.
 
-use crate::{ok, run_with_timeout, sluice_bin, wait_output, wait_until, COMMAND_TIMEOUT};
+use crate::{
+    issue_token, ok, run_with_timeout, sluice_bin, sluice_cli, wait_output, wait_until,
+    COMMAND_TIMEOUT,
+};
 use sluice_sandbox::free_port;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -329,26 +332,12 @@ impl SshEnv {
 
     /// Runs `sluice ARGS… --config FILE`.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(sluice_bin());
-        cmd.args(args).arg("--config").arg(&self.config_path);
-        run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
+        sluice_cli(&self.config_path, &[], args)
     }
 
-    /// A gateway token for `subject` in `groups`.
+    /// A gateway token for `subject` in `groups`, valid 10 minutes.
     pub fn token(&self, subject: &str, groups: &[&str]) -> String {
-        let g = groups.join(",");
-        ok(&self.sluice(&[
-            "token",
-            "issue",
-            "--subject",
-            subject,
-            "--groups",
-            &g,
-            "--ttl",
-            "10m",
-        ]))
-        .trim()
-        .to_string()
+        issue_token(|a| self.sluice(a), subject, groups, "10m")
     }
 
     pub fn agent_token(&self) -> String {
