@@ -27,9 +27,6 @@ const EXEC_RECORD_LIMIT: u64 = 64 * 1024;
 /// that a secret printed in two parts a moment apart is still seen whole.
 const MASK_IDLE_PTY: Duration = Duration::from_millis(30);
 const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
-/// How long a client that has sent EOF gets to close the channel itself
-/// after the command's exit status and EOF (see `run`'s end).
-const CLIENT_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Environment variables passed to the upstream; others are refused.
 fn env_allowed(name: &str) -> bool {
@@ -67,6 +64,7 @@ enum Carries {
 }
 
 pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
+    let first_channel = live.close_order.channel_started();
     let id = channel.id();
     let (mut rx, tx) = channel.split();
     let client = live.client.clone();
@@ -406,15 +404,13 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     out.flush_maskers().await;
     out.eof = true;
     out.send_eof().await;
-    // A client that has sent EOF closes the channel itself once it has the
-    // exit status and our EOF; let it close first. russh 0.65 only half
-    // forgets a channel the server closes first (the client's answering
-    // CLOSE is ignored, so the channel's sender stays in the session until
-    // the connection ends): about 2.6 KB per exec on a long-lived multiplexed
-    // connection, which the SSH soak showed as linear growth. Closing after
-    // the client is a no-op.
-    if client_eof_seen.load(std::sync::atomic::Ordering::Relaxed) {
-        let _ = tokio::time::timeout(CLIENT_CLOSE_GRACE, &mut input).await;
+    // A multiplexing client that has sent EOF closes the channel itself once
+    // it has the exit status and our EOF; let it (see `CloseOrder`). A plain
+    // `ssh host CMD` waits for our close, so it gets it at once.
+    let grace = live.close_order.grace(first_channel);
+    if client_eof_seen.load(std::sync::atomic::Ordering::Relaxed) && !grace.is_zero() {
+        let closed_first = tokio::time::timeout(grace, &mut input).await.is_ok();
+        live.close_order.learn(closed_first);
     }
     let _ = out.tx.close().await;
     input.abort();

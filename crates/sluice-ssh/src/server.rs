@@ -27,6 +27,56 @@ pub(crate) struct Live {
     /// Becomes true when the client connection is gone: channel tasks stop
     /// relaying, so the upstream and the session (and its end record) go too.
     pub closed: tokio::sync::watch::Receiver<bool>,
+    /// Who closes exec channels first on this connection (see `CloseOrder`).
+    pub close_order: CloseOrder,
+}
+
+/// Whether this connection's client closes a finished session channel itself.
+///
+/// OpenSSH's client never closes a session channel first: it waits for the
+/// server's CLOSE, so any wait for it is a stall at the end of every `ssh
+/// host CMD` and scp. A multiplexing master (ControlMaster) does close first,
+/// and must be let to: russh 0.65 ignores the CLOSE that answers a
+/// server-initiated one and keeps the channel's sender for the connection's
+/// life (about 2.6 KB per exec). So the first channel of a connection never
+/// waits; a later one (the connection is multiplexed) waits briefly once to
+/// learn the client's habit, then waits only if the client closes first.
+#[derive(Default)]
+pub(crate) struct CloseOrder {
+    channels: std::sync::atomic::AtomicU32,
+    /// 0: not known yet, 1: the client closes first, 2: it waits for us.
+    client_first: std::sync::atomic::AtomicU8,
+}
+
+impl CloseOrder {
+    /// How long to wait for a client close when a channel ends.
+    const PROBE: std::time::Duration = std::time::Duration::from_millis(250);
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+    /// Counts a session channel; returns whether it is the connection's first.
+    pub fn channel_started(&self) -> bool {
+        self.channels.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
+    /// The wait for the client's own close at the end of a channel.
+    pub fn grace(&self, first_channel: bool) -> std::time::Duration {
+        if first_channel {
+            return std::time::Duration::ZERO;
+        }
+        match self.client_first.load(Ordering::Relaxed) {
+            0 => Self::PROBE,
+            1 => Self::GRACE,
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
+    /// Remembers whether the client closed first within the wait.
+    pub fn learn(&self, client_closed_first: bool) {
+        let v = if client_closed_first { 1 } else { 2 };
+        let _ = self
+            .client_first
+            .compare_exchange(0, v, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 impl Live {
@@ -208,6 +258,7 @@ impl server::Handler for ClientHandler {
             upstream: tokio::sync::OnceCell::new(),
             notices: tokio::sync::Mutex::new(notices),
             closed: self.closed.clone(),
+            close_order: CloseOrder::default(),
         });
         self.authed.store(true, Ordering::SeqCst);
         // The session ends when its token expires or is revoked.
