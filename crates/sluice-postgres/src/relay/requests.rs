@@ -1,0 +1,634 @@
+//! The client → upstream half: every message is read whole, statements and
+//! portals go through the registry (so the upstream runs exactly the text a
+//! command was judged on), Query and Execute are decided before a byte of
+//! them is forwarded, and barriers hold the pipeline until the server has
+//! answered a statement that changes session state.
+
+use super::barrier::{self, Progress};
+use super::prepared::{PreparedEffects, SqlPrepared};
+use super::registry::{NameError, Registry};
+use super::tags::frontend as tag;
+use super::{bind_result_formats, upstream_err, Expect, Started};
+use crate::frame::{split_message, RawMessage, Reader, MAX_FRONTEND_MESSAGE};
+use crate::{wire, BoxedStream};
+use bytes::{BufMut, BytesMut};
+use sluice_core::session::{SessionError, SessionHandle};
+use sluice_core::{Command, CommandKind, Decision, Denial};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// Client bytes buffered while a command's decision (or a barrier) is pending.
+const PENDING_WHILE_DECIDING: usize = 1 << 20;
+
+/// A forwarded statement the pipeline waits on, and what it changes once done.
+struct Barrier {
+    seq: u64,
+    effects: PreparedEffects,
+}
+
+/// What the relay learns from a statement text before judging it.
+struct Analysis {
+    context: Vec<String>,
+    effects: PreparedEffects,
+    barrier: bool,
+}
+
+pub(super) struct Requests<'a> {
+    handle: &'a SessionHandle,
+    client: ReadHalf<BoxedStream>,
+    buf: BytesMut,
+    upstream: WriteHalf<BoxedStream>,
+    expect: mpsc::UnboundedSender<Expect>,
+    registry: Registry,
+    /// After a message the gateway answered with an error, the server would
+    /// skip to Sync: so does the gateway.
+    discarding: bool,
+    /// A fatal error for the client is queued; the response half sends it.
+    fatal_queued: bool,
+    sql_prepared: SqlPrepared,
+    /// Notified by a CancelRequest for this session.
+    cancel: Arc<Notify>,
+    progress: watch::Receiver<Progress>,
+    /// Upstream statement names whose Parse the server did not carry out.
+    failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
+    /// Forwarded commands so far.
+    seq: u64,
+    barrier: Option<Barrier>,
+}
+
+enum Decided {
+    Forward(u64),
+    Refuse(u64, Denial),
+}
+
+fn malformed(what: &str) -> SessionError {
+    SessionError::Client(format!("malformed {what} message"))
+}
+
+/// Appends a message of type `tag` with `body`.
+fn put_message(out: &mut BytesMut, tag: u8, body: &[&[u8]]) {
+    let len: usize = body.iter().map(|b| b.len()).sum::<usize>() + 4;
+    out.put_u8(tag);
+    out.put_i32(len as i32);
+    for b in body {
+        out.extend_from_slice(b);
+    }
+}
+
+/// The bytes after `n` NUL-terminated strings of a body (the rest of a
+/// Parse or Bind after its names), or `None` if they are not there.
+fn after_cstrs(body: &[u8], n: usize) -> Option<&[u8]> {
+    let mut rest = body;
+    for _ in 0..n {
+        let end = rest.iter().position(|&b| b == 0)?;
+        rest = &rest[end + 1..];
+    }
+    Some(rest)
+}
+
+impl<'a> Requests<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        handle: &'a SessionHandle,
+        client: ReadHalf<BoxedStream>,
+        buf: BytesMut,
+        upstream: WriteHalf<BoxedStream>,
+        expect: mpsc::UnboundedSender<Expect>,
+        cancel: Arc<Notify>,
+        progress: watch::Receiver<Progress>,
+        failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
+    ) -> Self {
+        Requests {
+            handle,
+            client,
+            buf,
+            upstream,
+            expect,
+            registry: Registry::default(),
+            discarding: false,
+            fatal_queued: false,
+            sql_prepared: SqlPrepared::default(),
+            cancel,
+            progress,
+            failed_parses,
+            seq: 0,
+            barrier: None,
+        }
+    }
+
+    pub(super) fn fatal_queued(&self) -> bool {
+        self.fatal_queued
+    }
+
+    pub(super) async fn run(&mut self) -> Result<String, SessionError> {
+        let mut out = BytesMut::with_capacity(16 * 1024);
+        loop {
+            loop {
+                let msg = match split_message(&mut self.buf, MAX_FRONTEND_MESSAGE) {
+                    Ok(Some(m)) => m,
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.fatal(
+                            wire::SQLSTATE_PROTOCOL,
+                            format!("sluice: invalid message: {e}"),
+                        );
+                        return Err(SessionError::Client(e.to_string()));
+                    }
+                };
+                match self.handle_message(msg, &mut out).await {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
+                        self.upstream.write_all(&out).await.map_err(upstream_err)?;
+                        return Ok(reason);
+                    }
+                    Err(SessionError::Client(m)) => {
+                        if !self.fatal_queued {
+                            self.fatal(
+                                wire::SQLSTATE_PROTOCOL,
+                                format!("sluice: protocol violation: {m}"),
+                            );
+                        }
+                        return Err(SessionError::Client(m));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            self.write_out(&mut out).await?;
+            if self.client.read_buf(&mut self.buf).await? == 0 {
+                return Ok("client disconnected".into());
+            }
+        }
+    }
+
+    async fn write_out(&mut self, out: &mut BytesMut) -> Result<(), SessionError> {
+        if !out.is_empty() {
+            self.upstream.write_all(out).await.map_err(upstream_err)?;
+            self.upstream.flush().await.map_err(upstream_err)?;
+            out.clear();
+        }
+        Ok(())
+    }
+
+    fn push(&self, e: Expect) {
+        // The response half only goes away when the session is ending.
+        let _ = self.expect.send(e);
+    }
+
+    fn fatal(&mut self, code: &'static str, message: String) {
+        self.fatal_queued = true;
+        self.push(Expect::Fatal { code, message });
+    }
+
+    /// Answers a message the gateway does not forward with the error the
+    /// server would give, and skips to Sync as the server would.
+    fn name_error(&mut self, e: NameError) {
+        self.push(Expect::Error {
+            code: e.sqlstate(),
+            message: e.message(),
+        });
+        self.discarding = true;
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// Returns `Some(reason)` when the session should end after forwarding `out`.
+    async fn handle_message(
+        &mut self,
+        msg: RawMessage,
+        out: &mut BytesMut,
+    ) -> Result<Option<String>, SessionError> {
+        if self.discarding && msg.tag != tag::SYNC {
+            return Ok(None);
+        }
+        if self.barrier.is_some() && !matches!(msg.tag, tag::SYNC | tag::FLUSH) {
+            // Nothing is judged or forwarded past a barrier until the server
+            // has answered it.
+            self.write_out(out).await?;
+            self.pass_barrier().await?;
+        }
+        self.forget_failed_parses();
+        match msg.tag {
+            tag::QUERY => self.query(&msg, out).await?,
+            tag::PARSE => self.parse(&msg, out)?,
+            tag::BIND => self.bind(&msg, out)?,
+            tag::DESCRIBE => self.describe(&msg, out)?,
+            tag::CLOSE => self.close(&msg, out)?,
+            tag::EXECUTE => self.execute(&msg, out).await?,
+            tag::SYNC => {
+                self.discarding = false;
+                self.push(Expect::Sync);
+                out.extend_from_slice(&msg.bytes);
+            }
+            tag::FUNCTION_CALL => self.function_call(&msg, out).await?,
+            // Flush and COPY data/done/fail carry no command.
+            tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                out.extend_from_slice(&msg.bytes)
+            }
+            tag::TERMINATE => {
+                out.extend_from_slice(&msg.bytes);
+                return Ok(Some("client terminated".into()));
+            }
+            other => {
+                // Unknown messages are never passed through.
+                self.fatal(
+                    wire::SQLSTATE_PROTOCOL,
+                    format!("sluice: unsupported message type {:?}", other as char),
+                );
+                return Err(SessionError::Client(format!(
+                    "unsupported message type {:?}",
+                    other as char
+                )));
+            }
+        }
+        Ok(None)
+    }
+
+    fn forget_failed_parses(&mut self) {
+        // Bookkeeping of what exists upstream is never skipped: a poisoned
+        // lock still holds valid names.
+        let mut failed = self
+            .failed_parses
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for upstream in failed.drain(..) {
+            self.registry.parse_failed(&upstream);
+        }
+    }
+
+    fn analyse(&self, sql: &str) -> Analysis {
+        match crate::policy::shared_classifier().classify(sql) {
+            Ok(classified) => {
+                let (context, effects) = self.sql_prepared.context_for(&classified);
+                Analysis {
+                    context,
+                    effects,
+                    barrier: barrier::is_barrier(&classified),
+                }
+            }
+            // Text the parser rejects is refused by the policy's own parse.
+            Err(_) => Analysis {
+                context: Vec::new(),
+                effects: PreparedEffects::default(),
+                barrier: false,
+            },
+        }
+    }
+
+    async fn query(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let sql = Reader::new(msg.body())
+            .cstr()
+            .ok_or_else(|| malformed("Query"))?;
+        let analysis = self.analyse(&sql);
+        let command = Command {
+            kind: CommandKind::SqlSimple,
+            text: sql,
+            context: analysis.context,
+        };
+        match self.decide(command).await? {
+            Decided::Forward(command_id) => {
+                let seq = self.next_seq();
+                self.push(Expect::Query {
+                    command_id,
+                    started: Started::now(command_id, seq),
+                });
+                out.extend_from_slice(&msg.bytes);
+                self.hold_after(seq, analysis.barrier, analysis.effects, out, false);
+            }
+            Decided::Refuse(command_id, denial) => {
+                self.push(Expect::RefusedSimple { command_id, denial })
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets a barrier after the forwarded command `seq` when it needs one
+    /// (or when it changes prepared statements: their effects wait for its
+    /// success). `extended`: ask the server to answer now (Flush).
+    fn hold_after(
+        &mut self,
+        seq: u64,
+        barrier: bool,
+        effects: PreparedEffects,
+        out: &mut BytesMut,
+        extended: bool,
+    ) {
+        if !barrier && effects.is_empty() {
+            return;
+        }
+        if extended {
+            put_message(out, tag::FLUSH, &[]);
+        }
+        self.barrier = Some(Barrier { seq, effects });
+    }
+
+    /// Waits until the server has answered the barrier command, then applies
+    /// what it changed if it succeeded.
+    async fn pass_barrier(&mut self) -> Result<(), SessionError> {
+        let Some(b) = self.barrier.take() else {
+            return Ok(());
+        };
+        loop {
+            let p = *self.progress.borrow();
+            if p.done >= b.seq {
+                if p.ok {
+                    self.sql_prepared.apply(&b.effects);
+                    if b.effects.clears_all_statements() {
+                        self.registry.clear_statements();
+                    }
+                    if b.effects.discard_all {
+                        self.registry.clear_portals();
+                    }
+                }
+                return Ok(());
+            }
+            let room = self.buf.len() < PENDING_WHILE_DECIDING;
+            tokio::select! {
+                biased;
+                changed = self.progress.changed() => {
+                    if changed.is_err() {
+                        return Err(SessionError::Upstream("the session ended while a statement was pending".into()));
+                    }
+                }
+                n = self.client.read_buf(&mut self.buf), if room => {
+                    if n? == 0 {
+                        return Err(SessionError::Client(
+                            "client disconnected while a statement was pending".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn parse(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let body = msg.body();
+        let mut r = Reader::new(body);
+        let name = r.cstr().ok_or_else(|| malformed("Parse"))?;
+        let sql = r.cstr().ok_or_else(|| malformed("Parse"))?;
+        let text_bytes = after_cstrs(body, 1)
+            .and_then(|t| t.split(|&b| b == 0).next())
+            .ok_or_else(|| malformed("Parse"))?;
+        let rest = after_cstrs(body, 2).ok_or_else(|| malformed("Parse"))?;
+        match self.registry.parse(&name, &sql) {
+            Ok(upstream) => {
+                put_message(
+                    out,
+                    tag::PARSE,
+                    &[upstream.as_bytes(), &[0], text_bytes, &[0], rest],
+                );
+                self.push(Expect::Parse { upstream });
+            }
+            Err(e) => self.name_error(e),
+        }
+        Ok(())
+    }
+
+    fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let body = msg.body();
+        let mut r = Reader::new(body);
+        let portal = r.cstr().ok_or_else(|| malformed("Bind"))?;
+        let statement = r.cstr().ok_or_else(|| malformed("Bind"))?;
+        let formats = bind_result_formats(&mut r).ok_or_else(|| malformed("Bind"))?;
+        let rest = after_cstrs(body, 2).ok_or_else(|| malformed("Bind"))?;
+        let (upstream, text, described) = match self.registry.statement(&statement) {
+            Some(st) => (st.upstream.clone(), st.text.clone(), st.described),
+            // A statement prepared with SQL `PREPARE` may be bound too.
+            None => match self.sql_prepared.definition(&statement) {
+                Some(def) if !statement.is_empty() => {
+                    (Arc::from(statement.as_str()), Arc::from(def), false)
+                }
+                _ => {
+                    self.name_error(NameError::UnknownStatement(statement));
+                    return Ok(());
+                }
+            },
+        };
+        self.registry.bind(&portal, &statement, text, described);
+        put_message(
+            out,
+            tag::BIND,
+            &[portal.as_bytes(), &[0], upstream.as_bytes(), &[0], rest],
+        );
+        self.push(Expect::Bind {
+            portal,
+            statement: upstream,
+            formats,
+        });
+        Ok(())
+    }
+
+    fn describe(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let mut r = Reader::new(msg.body());
+        let kind = r.bytes(1).ok_or_else(|| malformed("Describe"))?[0];
+        let name = r.cstr().ok_or_else(|| malformed("Describe"))?;
+        match kind {
+            tag::KIND_STATEMENT => {
+                let upstream = match self.registry.describe_statement(&name) {
+                    Ok(u) => u,
+                    Err(_) if self.sql_prepared.definition(&name).is_some() => {
+                        Arc::from(name.as_str())
+                    }
+                    Err(e) => {
+                        self.name_error(e);
+                        return Ok(());
+                    }
+                };
+                put_message(
+                    out,
+                    tag::DESCRIBE,
+                    &[&[tag::KIND_STATEMENT], upstream.as_bytes(), &[0]],
+                );
+                self.push(Expect::Describe {
+                    statement: true,
+                    name: upstream,
+                    injected: false,
+                });
+            }
+            tag::KIND_PORTAL => {
+                // A portal the gateway did not bind (a SQL cursor) may be
+                // described; it cannot be executed (see `execute`).
+                self.registry.describe_portal(&name);
+                out.extend_from_slice(&msg.bytes);
+                self.push(Expect::Describe {
+                    statement: false,
+                    name: Arc::from(name.as_str()),
+                    injected: false,
+                });
+            }
+            _ => return Err(malformed("Describe")),
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let mut r = Reader::new(msg.body());
+        let kind = r.bytes(1).ok_or_else(|| malformed("Close"))?[0];
+        let name = r.cstr().ok_or_else(|| malformed("Close"))?;
+        match kind {
+            tag::KIND_STATEMENT => match self.registry.close_statement(&name) {
+                Some(upstream) => {
+                    put_message(
+                        out,
+                        tag::CLOSE,
+                        &[&[tag::KIND_STATEMENT], upstream.as_bytes(), &[0]],
+                    );
+                    self.push(Expect::Close);
+                }
+                None if self.sql_prepared.definition(&name).is_some() => {
+                    self.sql_prepared.apply(&PreparedEffects::deallocate(&name));
+                    out.extend_from_slice(&msg.bytes);
+                    self.push(Expect::Close);
+                }
+                None => {
+                    // Closing a statement that does not exist is not an error.
+                    let mut reply = BytesMut::new();
+                    put_message(&mut reply, super::tags::backend::CLOSE_COMPLETE, &[]);
+                    self.push(Expect::Reply(reply));
+                }
+            },
+            tag::KIND_PORTAL => {
+                self.registry.close_portal(&name);
+                out.extend_from_slice(&msg.bytes);
+                self.push(Expect::Close);
+            }
+            _ => return Err(malformed("Close")),
+        }
+        Ok(())
+    }
+
+    async fn execute(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+        let portal_name = Reader::new(msg.body())
+            .cstr()
+            .ok_or_else(|| malformed("Execute"))?;
+        let portal = match self.registry.portal(&portal_name) {
+            Ok(p) => p.clone(),
+            Err(e) => {
+                self.name_error(e);
+                return Ok(());
+            }
+        };
+        let analysis = self.analyse(&portal.text);
+        let command = Command {
+            kind: CommandKind::SqlExecute {
+                statement: portal.statement.clone(),
+                portal: portal_name.clone(),
+            },
+            text: portal.text.to_string(),
+            context: analysis.context,
+        };
+        match self.decide(command).await? {
+            Decided::Forward(command_id) => {
+                if !portal.described {
+                    // No row leaves before its columns are known: ask the
+                    // server (the answer is kept, not forwarded).
+                    put_message(
+                        out,
+                        tag::DESCRIBE,
+                        &[&[tag::KIND_PORTAL], portal_name.as_bytes(), &[0]],
+                    );
+                    self.push(Expect::Describe {
+                        statement: false,
+                        name: Arc::from(portal_name.as_str()),
+                        injected: true,
+                    });
+                    self.registry.describe_portal(&portal_name);
+                }
+                let seq = self.next_seq();
+                self.push(Expect::Execute {
+                    command_id,
+                    portal: portal_name,
+                    started: Started::now(command_id, seq),
+                });
+                out.extend_from_slice(&msg.bytes);
+                self.hold_after(seq, analysis.barrier, analysis.effects, out, true);
+            }
+            Decided::Refuse(command_id, denial) => {
+                self.push(Expect::Refused { command_id, denial });
+                self.discarding = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn function_call(
+        &mut self,
+        msg: &RawMessage,
+        out: &mut BytesMut,
+    ) -> Result<(), SessionError> {
+        let oid = Reader::new(msg.body())
+            .i32()
+            .ok_or_else(|| malformed("FunctionCall"))? as u32;
+        let command = Command {
+            kind: CommandKind::FunctionCall { function_oid: oid },
+            text: format!("<fast-path function call, oid {oid}>"),
+            context: vec![],
+        };
+        match self.decide(command).await? {
+            Decided::Forward(command_id) => {
+                let seq = self.next_seq();
+                self.push(Expect::Query {
+                    command_id,
+                    started: Started::now(command_id, seq),
+                });
+                out.extend_from_slice(&msg.bytes);
+                // A function may change anything: wait for its answer.
+                self.hold_after(seq, true, PreparedEffects::default(), out, false);
+            }
+            Decided::Refuse(command_id, denial) => {
+                self.push(Expect::RefusedSimple { command_id, denial })
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the pipeline for a command while watching the client: a client
+    /// that leaves while its command waits (e.g. held for approval) takes the
+    /// command with it, so it never runs.
+    async fn decide(&mut self, command: Command) -> Result<Decided, SessionError> {
+        let handle: &SessionHandle = self.handle;
+        let decision = Self::decided(handle, command);
+        tokio::pin!(decision);
+        loop {
+            // Bytes pipelined meanwhile stay buffered, up to a bound.
+            let room = self.buf.len() < PENDING_WHILE_DECIDING;
+            tokio::select! {
+                biased;
+                d = &mut decision => return Ok(d),
+                _ = self.cancel.notified() => {
+                    // A cancel while the command waits (for approval): it never runs.
+                    return Ok(Decided::Refuse(
+                        0,
+                        Denial {
+                            rule: None,
+                            message: "canceled by the client while waiting for a decision; it was not run".into(),
+                            hint: None,
+                        },
+                    ));
+                }
+                n = self.client.read_buf(&mut self.buf), if room => {
+                    if n? == 0 {
+                        return Err(SessionError::Client(
+                            "client disconnected while a command was pending".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn decided(handle: &SessionHandle, command: Command) -> Decided {
+        match handle.decide(command).await {
+            Ok(Decision::Forward { command_id }) => Decided::Forward(command_id),
+            Ok(Decision::Refuse { command_id, denial }) => Decided::Refuse(command_id, denial),
+            // Write-ahead audit failed: the command must not run.
+            Err(e) => {
+                tracing::error!(message = "Audit store failed; refusing the command.", error = %e);
+                Decided::Refuse(0, Denial::unrecorded())
+            }
+        }
+    }
+}
