@@ -466,7 +466,7 @@ impl Responses {
     fn end_unplanned(&mut self, why: &str) {
         tracing::warn!(message = "Ending a session: a result could not be planned for masking.", session = %self.info.id, reason = why);
         self.queue.push_front(Expect::Fatal {
-            code: wire::SQLSTATE_UPSTREAM,
+            code: wire::SQLSTATE_PROTOCOL,
             message: format!("sluice: {why}; the session was ended"),
         });
     }
