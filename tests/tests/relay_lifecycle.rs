@@ -231,3 +231,22 @@ fn a_settings_change_is_answered_before_the_next_statement_is_judged() {
     );
     assert_eq!(orders(&env), before, "the hidden DELETE did not run");
 }
+
+#[test]
+fn notification_payloads_go_through_the_detectors() {
+    let env = env();
+    let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token()).unwrap();
+    let msgs = conn.query("listen leak");
+    assert!(raw::errors(&msgs).is_empty(), "{msgs:?}");
+    let msgs = conn.query(
+        "select pg_notify('leak', card_number || ' ' || email) from customers order by id limit 1",
+    );
+    assert!(raw::errors(&msgs).is_empty(), "{msgs:?}");
+    let notes: Vec<&Msg> = msgs.iter().filter(|m| m.tag == b'A').collect();
+    assert_eq!(notes.len(), 1, "{msgs:?}");
+    assert!(
+        !contains_bytes(&notes[0].body, b"4111111111111111"),
+        "{msgs:?}"
+    );
+    assert!(!contains_bytes(&notes[0].body, b"@example.com"), "{msgs:?}");
+}

@@ -406,6 +406,14 @@ impl Responses {
                 None => self.out.extend_from_slice(&msg.bytes),
             },
             tag::ERROR => self.on_error(msg),
+            tag::NOTIFICATION => match self.masked_notification(&msg) {
+                Some(bytes) => self.out.extend_from_slice(&bytes),
+                None => self.out.extend_from_slice(&msg.bytes),
+            },
+            tag::FUNCTION_CALL_RESPONSE => match self.masked_function_result(&msg) {
+                Some(bytes) => self.out.extend_from_slice(&bytes),
+                None => self.out.extend_from_slice(&msg.bytes),
+            },
             tag::READY_FOR_QUERY => self.on_ready(msg),
             tag::PARAMETER_STATUS => {
                 if let Some(why) = crate::hazard::parameter_status(msg.body())
@@ -675,6 +683,45 @@ impl Responses {
             }
         }
         self.out.extend_from_slice(&msg.bytes);
+    }
+
+    /// A NotificationResponse whose payload went through the detectors
+    /// (`pg_notify(ch, value)` carries data like a row), or `None` when
+    /// nothing needed masking.
+    fn masked_notification(&self, msg: &RawMessage) -> Option<BytesMut> {
+        let mut r = Reader::new(msg.body());
+        let pid = r.i32()?;
+        let channel = r.cstr()?;
+        let payload = r.cstr()?;
+        let (masked, _) = self.masker.mask_text(&self.info, &payload)?;
+        let mut out = BytesMut::new();
+        let len = 4 + 4 + channel.len() + 1 + masked.len() + 1;
+        out.extend_from_slice(&[tag::NOTIFICATION]);
+        out.extend_from_slice(&(len as i32).to_be_bytes());
+        out.extend_from_slice(&pid.to_be_bytes());
+        out.extend_from_slice(channel.as_bytes());
+        out.extend_from_slice(&[0]);
+        out.extend_from_slice(masked.as_bytes());
+        out.extend_from_slice(&[0]);
+        Some(out)
+    }
+
+    /// A fast-path function's result through the detectors, like a value of
+    /// a computed column, or `None` when nothing needed masking.
+    fn masked_function_result(&self, msg: &RawMessage) -> Option<BytesMut> {
+        let mut r = Reader::new(msg.body());
+        let len = r.i32()?;
+        if len < 0 {
+            return None;
+        }
+        let value = r.bytes(len as usize)?;
+        let (masked, _) = self.masker.mask_bytes(&self.info, value)?;
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[tag::FUNCTION_CALL_RESPONSE]);
+        out.extend_from_slice(&((4 + 4 + masked.len()) as i32).to_be_bytes());
+        out.extend_from_slice(&(masked.len() as i32).to_be_bytes());
+        out.extend_from_slice(&masked);
+        Some(out)
     }
 
     /// An ErrorResponse/NoticeResponse with its text fields masked, or `None`

@@ -41,4 +41,6 @@ pub(crate) mod backend {
     pub const ERROR: u8 = b'E';
     pub const READY_FOR_QUERY: u8 = b'Z';
     pub const PARAMETER_STATUS: u8 = b'S';
+    pub const FUNCTION_CALL_RESPONSE: u8 = b'V';
+    pub const NOTIFICATION: u8 = b'A';
 }
