@@ -151,8 +151,8 @@ fn protocol_and_sql_statement_names_never_collide() {
     let env = env();
     let before = orders(&env);
     let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token()).unwrap();
-    // A protocol-level statement `s` the client never executes…
-    let msgs = send_all(&mut conn, &[parse("s", "delete from orders"), sync()]);
+    // A protocol-level statement `s`…
+    let msgs = send_all(&mut conn, &[parse("s", "select 2"), sync()]);
     assert!(raw::errors(&msgs).is_empty(), "{msgs:?}");
     // …then a SQL PREPARE of the same name and EXECUTE: runs the SQL one.
     let msgs = conn.query("prepare s as select 1");
@@ -164,7 +164,7 @@ fn protocol_and_sql_statement_names_never_collide() {
         "{msgs:?}"
     );
     // A failed PREPARE does not redefine what EXECUTE runs.
-    let msgs = conn.query("prepare s as select 2");
+    let msgs = conn.query("prepare s as delete from orders where id = 1");
     assert_eq!(raw::errors(&msgs)[0].code(), "42P05", "{msgs:?}");
     let msgs = conn.query("execute s");
     assert_eq!(
@@ -172,10 +172,30 @@ fn protocol_and_sql_statement_names_never_collide() {
         vec![vec![Some("1".to_string())]],
         "{msgs:?}"
     );
-    assert_eq!(orders(&env), before);
-    // The protocol statement is judged when executed.
+    // The protocol statement still runs its own text.
     let msgs = send_all(&mut conn, &[bind("", "s"), execute(""), sync()]);
-    assert_eq!(raw::errors(&msgs)[0].code(), "42501", "{msgs:?}");
+    assert_eq!(
+        raw::rows(&msgs),
+        vec![vec![Some("2".to_string())]],
+        "{msgs:?}"
+    );
+    // A denied statement is refused where it is parsed.
+    let msgs = send_all(
+        &mut conn,
+        &[
+            parse("d", "delete from orders"),
+            bind("", "d"),
+            execute(""),
+            sync(),
+        ],
+    );
+    let errors = raw::errors(&msgs);
+    assert_eq!(errors.len(), 1, "{msgs:?}");
+    assert_eq!(errors[0].code(), "42501", "{msgs:?}");
+    assert!(
+        !msgs.iter().any(|m| m.tag == b'1'),
+        "no ParseComplete: {msgs:?}"
+    );
     assert_eq!(orders(&env), before);
     // A duplicate protocol name is an error, as on the server.
     let msgs = send_all(&mut conn, &[parse("s", "select 3"), sync()]);

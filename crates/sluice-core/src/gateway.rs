@@ -48,6 +48,9 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     tokens: TokenAuthority,
     pipeline: AuditService,
+    /// The policy stage alone, for checks that record nothing (see
+    /// `SessionHandle::policy_refuses`).
+    engine: Arc<dyn PolicyEngine>,
     /// The built-in rules engine, recompiled on reload (`None` when the
     /// assembler supplied its own engine, which reloads itself if it wants).
     rules: Option<Arc<ReloadableEngine>>,
@@ -175,9 +178,12 @@ impl GatewayBuilder {
             self.notifiers,
         ));
         Ok(Gateway {
-            pipeline: self
-                .pipeline
-                .build(engine, self.store.clone(), Some(approvals.clone())),
+            pipeline: self.pipeline.build(
+                engine.clone(),
+                self.store.clone(),
+                Some(approvals.clone()),
+            ),
+            engine,
             config: RwLock::new(Arc::new(self.config)),
             store: self.store,
             tokens,
@@ -506,6 +512,7 @@ impl Gateway {
             info,
             conn.clone(),
             self.pipeline.clone(),
+            self.engine.clone(),
             self.store.clone(),
             self.masker.clone(),
             self.live.clone(),

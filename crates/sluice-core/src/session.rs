@@ -79,6 +79,7 @@ pub struct SessionHandle {
     info: Arc<SessionInfo>,
     connection: ConnectionConfig,
     pipeline: AuditService,
+    engine: Arc<dyn crate::pipeline::policy::PolicyEngine>,
     store: Arc<dyn Store>,
     masker: Arc<dyn ResponseMasker>,
     next_command: AtomicU64,
@@ -240,6 +241,7 @@ impl SessionHandle {
         info: SessionInfo,
         connection: ConnectionConfig,
         pipeline: AuditService,
+        engine: Arc<dyn crate::pipeline::policy::PolicyEngine>,
         store: Arc<dyn Store>,
         masker: Arc<dyn ResponseMasker>,
         live: Arc<LiveSessions>,
@@ -254,6 +256,7 @@ impl SessionHandle {
             info,
             connection,
             pipeline,
+            engine,
             store,
             masker,
             next_command: AtomicU64::new(1),
@@ -301,6 +304,22 @@ impl SessionHandle {
                 notices: Some(self.notices.clone()),
             })
             .await
+    }
+
+    /// Whether the policy alone would deny `command` (an error counts as a
+    /// denial), without recording anything. For protocols that learn a
+    /// command before it can run (a PostgreSQL Parse) and should refuse it
+    /// there: they then call `decide`, which records the refusal.
+    pub fn policy_refuses(&self, command: Command) -> bool {
+        let request = CommandRequest {
+            session: self.info.clone(),
+            command_id: 0,
+            command: Arc::new(command),
+            notices: None,
+        };
+        self.engine
+            .evaluate(&request)
+            .map_or(true, |v| v.action == crate::Action::Deny)
     }
 
     /// A cheap handle for the response path to record outcomes with.

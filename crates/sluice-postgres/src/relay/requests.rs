@@ -213,7 +213,7 @@ impl<'a> Requests<'a> {
         self.forget_failed_parses();
         match msg.tag {
             tag::QUERY => self.query(&msg, out).await?,
-            tag::PARSE => self.parse(&msg, out)?,
+            tag::PARSE => self.parse(&msg, out).await?,
             tag::BIND => self.bind(&msg, out)?,
             tag::DESCRIBE => self.describe(&msg, out)?,
             tag::CLOSE => self.close(&msg, out)?,
@@ -364,7 +364,7 @@ impl<'a> Requests<'a> {
         }
     }
 
-    fn parse(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+    async fn parse(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
         let body = msg.body();
         let mut r = Reader::new(body);
         let name = r.cstr().ok_or_else(|| malformed("Parse"))?;
@@ -373,6 +373,9 @@ impl<'a> Requests<'a> {
             .and_then(|t| t.split(|&b| b == 0).next())
             .ok_or_else(|| malformed("Parse"))?;
         let rest = after_cstrs(body, 2).ok_or_else(|| malformed("Parse"))?;
+        if self.refused_at_parse(&name, &sql).await? {
+            return Ok(());
+        }
         match self.registry.parse(&name, &sql) {
             Ok(upstream) => {
                 put_message(
@@ -385,6 +388,34 @@ impl<'a> Requests<'a> {
             Err(e) => self.name_error(e),
         }
         Ok(())
+    }
+
+    /// A statement the policy denies is refused where it is parsed: nothing
+    /// of it reaches the server (its Execute would be refused anyway; what
+    /// may run is judged again, and recorded, at each Execute).
+    async fn refused_at_parse(&mut self, name: &str, sql: &str) -> Result<bool, SessionError> {
+        let analysis = self.analyse(sql);
+        let command = Command {
+            kind: CommandKind::SqlExecute {
+                statement: name.to_string(),
+                portal: String::new(),
+            },
+            text: sql.to_string(),
+            context: analysis.context,
+        };
+        if !self.handle.policy_refuses(command.clone()) {
+            return Ok(false);
+        }
+        match self.decide(command).await? {
+            // The full pipeline disagreed (a rule changed meanwhile): the
+            // Execute is judged again anyway.
+            Decided::Forward(_) => Ok(false),
+            Decided::Refuse(command_id, denial) => {
+                self.push(Expect::Refused { command_id, denial });
+                self.discarding = true;
+                Ok(true)
+            }
+        }
     }
 
     fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
