@@ -575,6 +575,9 @@ pub(crate) struct Daemon {
     pub(crate) child: Child,
     /// For servers started through `runuser`: the server's own pid file.
     pidfile: Option<PathBuf>,
+    /// The signal that stops the server and its workers gracefully (nginx:
+    /// `QUIT`); without one the child is killed outright.
+    stop_signal: Option<&'static str>,
 }
 
 impl Daemon {
@@ -604,6 +607,20 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if let Some(signal) = self.stop_signal {
+            // Killing nginx's master outright leaves its workers running.
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &self.child.id().to_string()])
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_)) | Err(_)) {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
         if let Some(pid) = self
             .pidfile
             .as_ref()
@@ -698,6 +715,7 @@ fn start_pgbouncer(pg: &TempPostgres, password: &str) -> Result<PgBouncer> {
     let mut daemon = Daemon {
         child,
         pidfile: Some(pidfile),
+        stop_signal: None,
     };
     daemon
         .wait_ready(
@@ -837,6 +855,7 @@ pub(crate) fn spawn_gateway(
     let mut daemon = Daemon {
         child,
         pidfile: None,
+        stop_signal: None,
     };
     daemon
         .wait_ready(

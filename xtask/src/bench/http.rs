@@ -99,6 +99,7 @@ fn start_nginx(name: &str, workers: u32, servers: &str, port: u16) -> Result<Ngi
     let mut daemon = Daemon {
         child,
         pidfile: None,
+        stop_signal: Some("QUIT"),
     };
     daemon
         .wait_ready(
