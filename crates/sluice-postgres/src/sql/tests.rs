@@ -729,3 +729,133 @@ fn no_where_means_no_bounding_predicate() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// `changes_session`: statements after which later text may lex or resolve
+/// differently, or prepared statements differ (the relay's barrier).
+#[rustfmt::skip]
+const SESSION: &[(&str, bool)] = &[
+    // ---- ordinary work: no barrier
+    ("select 1", false),
+    ("select now()", false),
+    ("select pg_catalog.now()", false),
+    ("select count(*) from t group by x", false),
+    ("select * from a join b on a.id = b.aid left join c using (id)", false),
+    ("select x, row_number() over (partition by a order by b) from t", false),
+    ("select sum(x) over w, rank() over w from t window w as (order by y)", false),
+    ("with r as (select * from orders) select * from r", false),
+    ("select lower(email), upper(name), length(name), coalesce(a, b), greatest(1, 2) from users", false),
+    ("select extract(year from now()), date_trunc('day', now()), now() - interval '1 day'", false),
+    ("select substring('abc' from 1 for 2), trim(' a '), position('a' in 'b'), overlay('abc' placing 'x' from 2)", false),
+    ("select x at time zone 'utc', current_date, current_user, 'a'::text, cast(1 as text) from t", false),
+    ("select json_agg(u), string_agg(name, ','), array_agg(x order by y) from users u", false),
+    ("select count(*) filter (where x > 1), max(y), avg(z) from t", false),
+    ("select * from generate_series(1, 10)", false),
+    ("select to_char(now(), 'YYYY'), md5('x'), jsonb_build_object('a', 1)", false),
+    ("select nextval('s')", false),
+    ("insert into t values (1) returning id", false),
+    ("update t set a = 1 where id = 5", false),
+    ("delete from t where id = 5", false),
+    ("show search_path", false),
+    ("begin", false),
+    ("savepoint s", false),
+    ("release savepoint s", false),
+    ("listen ch", false),
+    ("notify ch, 'x'", false),
+    ("fetch 10 from c", false),
+    ("declare c cursor for select * from t", false),
+    ("copy t to stdout", false),
+    ("explain select * from t", false),
+    // ---- settings and their function and table forms
+    ("set search_path = evil, public", true),
+    ("set standard_conforming_strings = off", true),
+    ("set statement_timeout = '5s'", true),
+    ("set local work_mem = '64MB'", true),
+    ("set role admin", true),
+    ("set session authorization 'postgres'", true),
+    ("reset all", true),
+    ("reset client_encoding", true),
+    ("select set_config('standard_conforming_strings', 'off', false)", true),
+    ("select pg_catalog.set_config('search_path', '', false)", true),
+    ("select * from t where x = (select set_config('client_encoding', 'SJIS', true))", true),
+    ("update pg_settings set setting = 'off' where name = 'standard_conforming_strings'", true),
+    ("update pg_catalog.pg_settings set setting = 'SJIS' where name = 'client_encoding'", true),
+    ("with s as (update pg_settings set setting = 'off' where name = 'x' returning 1) select 1", true),
+    ("alter system set standard_conforming_strings = off", true),
+    ("select pg_reload_conf()", true),
+    ("alter role current_user set search_path = evil", true),
+    ("select query_to_xml('select set_config(''search_path'', '''', false)', true, true, '')", true),
+    // ---- prepared statements, code, transactions' ends
+    ("discard all", true),
+    ("discard plans", true),
+    ("prepare p as select 1", true),
+    ("deallocate p", true),
+    ("deallocate all", true),
+    ("execute p", true),
+    ("do $$ begin perform 1; end $$", true),
+    ("call p()", true),
+    ("load 'auto_explain'", true),
+    ("commit", true),
+    ("end", true),
+    ("rollback", true),
+    ("abort", true),
+    ("rollback to savepoint s", true),
+    ("prepare transaction 'x'", true),
+    // ---- functions not known to be built-in
+    ("select my_func()", true),
+    ("select public.lower('x')", true),
+    ("select \"LOWER\"('x')", true),
+    ("select * from t where id = app.lookup(1)", true),
+    ("explain analyze select f()", true),
+    ("select dblink_exec('x', 'y')", true),
+    // ---- DDL and privileges change what later names resolve to
+    ("create temp table orders (id int)", true),
+    ("create function lower(x int) returns int language sql as 'select 1'", true),
+    ("grant usage on schema s to agent", true),
+    ("revoke usage on schema s from agent", true),
+];
+
+#[test]
+fn changes_session_marks_what_can_change_later_statements() {
+    let mut problems = Vec::new();
+    for &(sql, want) in SESSION {
+        match classify(sql) {
+            Ok(c) => {
+                if c.changes_session() != want {
+                    problems.push(format!("{sql:?}: changes_session {}, want {want}", !want));
+                }
+            }
+            Err(e) => problems.push(format!("{sql:?}: {e}")),
+        }
+    }
+    // One statement of a multi-statement string is enough.
+    let c = classify("select 1; set search_path = x; select 2").unwrap();
+    assert!(c.changes_session());
+    assert_eq!(
+        c.statements
+            .iter()
+            .map(|s| s.changes_session)
+            .collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn builtin_function_names_are_known() {
+    for name in [
+        "now",
+        "lower",
+        "count",
+        "set_config",
+        "pg_collation_for",
+        "btrim",
+        "timezone",
+        "substring",
+    ] {
+        assert!(functions::is_builtin(&[name]), "{name}");
+        assert!(functions::is_builtin(&["pg_catalog", name]), "{name}");
+    }
+    assert!(!functions::is_builtin(&["public", "lower"]));
+    assert!(!functions::is_builtin(&["LOWER"]));
+    assert!(!functions::is_builtin(&["my_func"]));
+}

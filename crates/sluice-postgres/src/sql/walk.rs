@@ -14,7 +14,7 @@
 //! statement can never classify as harmless by omission.
 
 use super::bounds::{bounds, select_bounded, Target};
-use super::functions::{function_classes, setting_classes};
+use super::functions::{changes_session_function, function_classes, is_builtin, setting_classes};
 use super::SqlClass::{self, Admin, Dcl, Ddl, Read, Tx, Utility, Write};
 use super::{Classification, ClassifyError, StatementInfo};
 use pg_query::protobuf::{
@@ -148,6 +148,19 @@ impl Walker<'_> {
     fn finish(mut self) -> StatementInfo {
         if !self.info.reads.is_empty() {
             self.info.classes.insert(Read);
+        }
+        // DDL changes what later names resolve to (a function overload, a
+        // temporary table, a schema); privileges change which schemas of
+        // search_path are visible; pg_settings is SET as a table.
+        if self.info.classes.contains(&Ddl)
+            || self.info.classes.contains(&Dcl)
+            || self
+                .info
+                .writes
+                .iter()
+                .any(|t| t.rsplit('.').next() == Some("pg_settings"))
+        {
+            self.info.changes_session = true;
         }
         self.info
     }
@@ -311,6 +324,9 @@ impl Walker<'_> {
         if let Some(bare) = parts.last() {
             self.add(mode, function_classes(bare));
             self.info.functions.insert(parts.join("."));
+            if !is_builtin(&parts) || changes_session_function(bare) {
+                self.info.changes_session = true;
+            }
         }
         self.fields(m, mode.inner(), &[], &["funcname"]);
     }
@@ -346,6 +362,9 @@ impl Walker<'_> {
 
     /// The rules per statement type. Returns the command tag.
     fn statement(&mut self, tag: &str, b: &Obj, mode: Mode, query_level: bool) -> String {
+        if changes_session_statement(tag, b) {
+            self.info.changes_session = true;
+        }
         let (command, rule): (String, Rule) = match tag {
             // ---- queries and data changes
             "SelectStmt" => self.select(b, query_level),
@@ -810,6 +829,36 @@ fn unbounded_merge(b: &Obj) -> bool {
                 _ => !guarded,
             }
     })
+}
+
+/// Statements that change the session's settings or prepared statements
+/// whatever their fields, or run code that may (DO, CALL, EXECUTE of a
+/// statement prepared earlier).
+fn changes_session_statement(tag: &str, b: &Obj) -> bool {
+    match tag {
+        "VariableSetStmt"
+        | "DiscardStmt"
+        | "PrepareStmt"
+        | "DeallocateStmt"
+        | "ExecuteStmt"
+        | "DoStmt"
+        | "CallStmt"
+        | "LoadStmt"
+        | "AlterSystemStmt"
+        | "AlterRoleSetStmt"
+        | "AlterDatabaseSetStmt" => true,
+        // The end of a transaction reverts SET LOCAL, and ROLLBACK every SET
+        // made in the transaction.
+        "TransactionStmt" => matches!(
+            TransactionStmtKind::try_from(int_field(b, "kind")),
+            Ok(TransactionStmtKind::TransStmtCommit
+                | TransactionStmtKind::TransStmtRollback
+                | TransactionStmtKind::TransStmtRollbackTo
+                | TransactionStmtKind::TransStmtPrepare)
+                | Err(_)
+        ),
+        _ => false,
+    }
 }
 
 fn set_rule(b: &Obj) -> (String, Rule) {
