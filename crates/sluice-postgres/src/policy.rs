@@ -167,6 +167,7 @@ impl SqlMatcher {
                     command: "FUNCTION CALL".into(),
                     classes: [SqlClass::Write, SqlClass::Admin].into_iter().collect(),
                     functions: [format!("oid:{function_oid}")].into_iter().collect(),
+                    changes_session: true,
                     ..StatementInfo::default()
                 }]))
             }
@@ -222,8 +223,14 @@ impl SqlMatcher {
     }
 }
 
-/// Replaces `EXECUTE name` statements by what `PREPARE name` defined (the
+/// Resolves `EXECUTE name` statements with what `PREPARE name` defined (the
 /// relay passes those definitions as the command's context).
+///
+/// The statement that carries the EXECUTE keeps its own classes, tables and
+/// functions and gains the prepared statement's: `CREATE TABLE t AS EXECUTE
+/// s` is DDL and a write whatever `s` is, `EXPLAIN ANALYZE EXECUTE s` runs
+/// `s`. Replacing the outer statement by the inner one would let a `no-ddl`
+/// rule pass `prepare s as select 1; create table pwned as execute s`.
 fn resolve(
     classified: &Classification,
     context: &[String],
@@ -242,14 +249,36 @@ fn resolve(
                         format!("EXECUTE {name}: no PREPARE of that name was seen on this session")
                     })?;
                 let inner = cache.classify(definition).map_err(|e| e.to_string())?;
-                for mut inner_st in inner.statements.iter().cloned() {
-                    inner_st.command = format!("EXECUTE {name} ({})", inner_st.command);
-                    out.push(inner_st);
-                }
+                out.push(carrying(st, name, &inner.statements));
             }
         }
     }
     Ok(out)
+}
+
+/// `outer` (an EXECUTE, or a statement wrapping one) with everything the
+/// prepared statements `inner` do added to it.
+fn carrying(outer: &StatementInfo, name: &str, inner: &[StatementInfo]) -> StatementInfo {
+    let mut st = outer.clone();
+    let inner_commands: Vec<&str> = inner.iter().map(|i| i.command.as_str()).collect();
+    st.command = if outer.command == "EXECUTE" {
+        format!("EXECUTE {name} ({})", inner_commands.join("; "))
+    } else {
+        format!(
+            "{} EXECUTE {name} ({})",
+            outer.command,
+            inner_commands.join("; ")
+        )
+    };
+    for i in inner {
+        st.classes.extend(i.classes.iter().copied());
+        st.reads.extend(i.reads.iter().cloned());
+        st.writes.extend(i.writes.iter().cloned());
+        st.functions.extend(i.functions.iter().cloned());
+        st.no_where |= i.no_where;
+        st.changes_session |= i.changes_session;
+    }
+    st
 }
 
 /// Encodes a prepared statement's definition for `Command::context`.
@@ -306,6 +335,48 @@ fn name_matches(glob: &Glob, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn resolved(sql: &str, prepared: &[(&str, &str)]) -> Vec<StatementInfo> {
+        let cache = ClassifierCache::new(16);
+        let context: Vec<String> = prepared
+            .iter()
+            .map(|(n, s)| prepared_context(n, s))
+            .collect();
+        let classified = cache.classify(sql).unwrap();
+        resolve(&classified, &context, &cache).unwrap()
+    }
+
+    #[test]
+    fn a_statement_wrapping_execute_keeps_its_own_classes() {
+        // `prepare s as select 1; create table pwned as execute s` under no-ddl.
+        let st = resolved("create table pwned as execute s", &[("s", "select 1")]);
+        assert_eq!(st.len(), 1);
+        assert!(st[0].classes.contains(&SqlClass::Ddl), "{st:?}");
+        assert!(st[0].classes.contains(&SqlClass::Write));
+        assert!(st[0].classes.contains(&SqlClass::Read));
+        assert!(st[0].writes.contains("pwned"));
+
+        let st = resolved(
+            "explain analyze execute d",
+            &[("d", "delete from orders where true")],
+        );
+        assert!(st[0].classes.contains(&SqlClass::Write), "{st:?}");
+        assert!(st[0].writes.contains("orders"));
+        assert!(st[0].no_where);
+
+        let st = resolved(
+            "execute q; select 1",
+            &[("q", "select * from customers where id = $1")],
+        );
+        assert_eq!(st.len(), 2);
+        assert!(st[0].reads.contains("customers"));
+        assert_eq!(st[0].classes, [SqlClass::Read].into_iter().collect());
+        assert!(!st[0].no_where);
+
+        // EXECUTE's own arguments stay judged too.
+        let st = resolved("execute q(pg_read_file('x'))", &[("q", "select $1")]);
+        assert!(st[0].classes.contains(&SqlClass::Admin), "{st:?}");
+    }
 
     #[test]
     fn table_patterns_do_not_assume_the_schema() {

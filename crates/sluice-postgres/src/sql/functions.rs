@@ -169,3 +169,58 @@ fn lookup(
         .map(|(_, c)| *c)
         .unwrap_or(&[])
 }
+
+/// Names of PostgreSQL's built-in functions (`pg_catalog`), one a line,
+/// sorted bytewise; generated from PostgreSQL 15's `pg_proc` (the query is
+/// in the file's header). A name missing here (a newer built-in, an
+/// extension's function, a user function) is treated as user code.
+const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
+
+/// Whether a call of `parts` (the name as written, maybe schema-qualified)
+/// is known to reach a PostgreSQL built-in: an unqualified or
+/// `pg_catalog`-qualified name of a `pg_catalog` function. Names are
+/// compared exactly, as the parser folded them (`"LOWER"` is not `lower`).
+///
+/// A user function of the same name in another schema with a better-matching
+/// signature can still win overload resolution; creating one is DDL.
+pub(super) fn is_builtin(parts: &[&str]) -> bool {
+    let name = match parts {
+        [name] | ["pg_catalog", name] => *name,
+        _ => return false,
+    };
+    builtin_names().binary_search(&name).is_ok()
+}
+
+fn builtin_names() -> &'static [&'static str] {
+    static NAMES: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+        let mut names: Vec<&str> = BUILTIN_FUNCTIONS
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        names.sort_unstable();
+        names
+    });
+    &NAMES
+}
+
+/// Built-ins that change session settings (`set_config`; `pg_reload_conf`
+/// after ALTER SYSTEM) or run SQL given as text, which may call them.
+pub const SESSION_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "pg_reload_conf",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "ts_stat",
+    "ts_rewrite",
+];
+
+/// Whether a call to `bare_name` (any schema) can change session settings.
+pub(super) fn changes_session_function(bare_name: &str) -> bool {
+    SESSION_FUNCTIONS
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(bare_name))
+}

@@ -14,6 +14,7 @@
 //!
 //! What the classifier cannot see is listed in [`LIMITS`].
 
+mod bounds;
 mod cache;
 mod functions;
 mod walk;
@@ -129,9 +130,24 @@ pub struct StatementInfo {
     /// written so, `"pg_catalog.set_config"`). Matching should also consider
     /// the bare name.
     pub functions: BTreeSet<String>,
-    /// An UPDATE or DELETE somewhere in the statement (CTEs included) has no
-    /// WHERE clause.
+    /// A write somewhere in the statement (CTEs included) is not bounded by
+    /// a predicate: an UPDATE or DELETE whose WHERE is missing or does not
+    /// bound the rows (`where true`, `where id = id`, `where x or true`), a
+    /// TRUNCATE, a MERGE that updates or deletes matched rows without a
+    /// bounding join or condition, an `INSERT … ON CONFLICT DO UPDATE` fed by
+    /// an unbounded SELECT. The rule is structural; see `bounds.rs` and
+    /// docs/guardrails.md for what it cannot see.
     pub no_where: bool,
+    /// The statement can change how *later* statement text is lexed or
+    /// resolved, or which prepared statements exist: SET/RESET of any
+    /// setting, `set_config()`, a write to `pg_settings`, DISCARD, PREPARE,
+    /// DEALLOCATE, DO, CALL, LOAD, ALTER SYSTEM/ROLE/DATABASE … SET, DDL,
+    /// the end of a transaction (which reverts `SET LOCAL` and the SETs of
+    /// a rolled-back transaction), and any call of a function not known to
+    /// be a PostgreSQL built-in (user functions can call `set_config`).
+    /// The relay makes such a statement a barrier: nothing after it is
+    /// forwarded until the server has answered it.
+    pub changes_session: bool,
     /// `PREPARE name AS stmt`: the name and the text of the inner statement.
     pub prepares: Option<(String, String)>,
     /// `EXECUTE name` (also inside EXPLAIN or CREATE TABLE AS): the name.
@@ -153,6 +169,12 @@ impl Classification {
             .iter()
             .flat_map(|s| s.classes.iter().copied())
             .collect()
+    }
+
+    /// Whether any statement can change how later statements are lexed or
+    /// resolved (see [`StatementInfo::changes_session`]).
+    pub fn changes_session(&self) -> bool {
+        self.statements.iter().any(|s| s.changes_session)
     }
 }
 

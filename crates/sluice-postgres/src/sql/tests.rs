@@ -83,8 +83,8 @@ const CASES: &[Case] = &[
     ("delete from t where current of c", "DELETE", "write", "", "t", "", false),
     ("merge into target t using source s on t.id = s.id when matched then update set v = s.v when not matched then insert values (s.id, s.v)", "MERGE", "read write", "source", "target", "", false),
     ("merge into t using (select * from s) x on t.id = x.id when matched then delete", "MERGE", "read write", "s", "t", "", false),
-    ("truncate a, b", "TRUNCATE", "write", "", "a b", "", false),
-    ("truncate table audit.log restart identity cascade", "TRUNCATE", "write", "", "audit.log", "", false),
+    ("truncate a, b", "TRUNCATE", "write", "", "a b", "", true),
+    ("truncate table audit.log restart identity cascade", "TRUNCATE", "write", "", "audit.log", "", true),
 
     // ---- writes in CTEs
     ("with d as (delete from users returning *) select * from d", "SELECT", "read write", "", "users", "", true),
@@ -608,4 +608,254 @@ fn every_statement_type_has_a_rule_and_unknown_ones_get_every_class() {
     let (command, classes) = walk::bare_statement("FutureStmt");
     assert_eq!(command, "FutureStmt");
     assert_eq!(classes, SqlClass::ALL.into_iter().collect());
+}
+
+/// `no_where` means "no predicate that bounds the rows" (bounds.rs): `(sql,
+/// unbounded)`. Bounded writes of ordinary work must stay bounded.
+#[rustfmt::skip]
+const BOUNDS: &[(&str, bool)] = &[
+    // ---- ordinary bounded writes
+    ("delete from t where id = 5", false),
+    ("delete from t where id = $1", false),
+    ("update t set a = 1 where id in (select uid from orders where total > 10)", false),
+    ("delete from t where id in (select t2.id from t2)", false),
+    ("delete from users where id in (select id from banned)", false),
+    ("update a set v = b.v from b where a.x = b.y", false),
+    ("update a set v = b.v from b where a.id = b.id", false),
+    ("delete from a using b where a.x = b.y and b.z = 1", false),
+    ("delete from sessions where created_at < now() - interval '1 day'", false),
+    ("delete from t where lower(email) = 'a@b.c'", false),
+    ("delete from t where id between 1 and 10", false),
+    ("delete from t where id = any($1)", false),
+    ("delete from t where id = any(array[1, 2])", false),
+    ("delete from t where name like 'tmp%'", false),
+    ("delete from t where name is null", false),
+    ("delete from t where deleted_at is not null and deleted_at < now()", false),
+    ("delete from t where expired", false),
+    ("delete from t where not expired", false),
+    ("update t set a = 1 where active = true", false),
+    ("delete from t where starts_with(name, 'x')", false),
+    ("delete from t where (a, b) = (1, 2)", false),
+    ("delete from t where a = 1 or b = 2", false),
+    ("delete from t where not (a = 1 and b = 2)", false),
+    ("delete from t where id <> 5", false),
+    ("delete from t where id = (select max(id) from t)", false),
+    ("delete from t x where x.id = 5", false),
+    ("delete from orders o where not exists (select 1 from customers c where c.id = o.customer_id)", false),
+    ("delete from orders where exists (select 1 from customers c where c.id = orders.customer_id)", false),
+    ("delete from t where current of c", false),
+    ("update t set a = 1 where (id = 5) is true", false),
+    ("with d as (delete from t where id = 1 returning *) select * from d", false),
+    ("merge into t using s on t.id = s.id when matched then update set v = s.v", false),
+    ("merge into t using s on true when matched and t.id = s.id then delete", false),
+    ("merge into t using s on t.id = s.id when not matched then insert values (s.id)", false),
+    ("insert into t values (1) on conflict (id) do update set v = excluded.v", false),
+    ("insert into t select 1, 2 on conflict (id) do update set v = excluded.v", false),
+    ("insert into t select * from s where s.id = 5 on conflict (id) do update set v = excluded.v", false),
+    ("insert into t select * from s limit 10 on conflict (id) do update set v = excluded.v", false),
+    ("insert into t select * from s on conflict (id) do nothing", false),
+    ("insert into t select * from s", false),
+    ("insert into t select * from s on conflict (id) do update set v = excluded.v where t.v < excluded.v", false),
+    ("explain delete from t", false),
+    ("delete from t where id in (select id from t where x = 5)", false),
+    // ---- no predicate, or one that does not bound
+    ("delete from t", true),
+    ("update t set a = 1", true),
+    ("delete from t where true", true),
+    ("delete from t where 1 = 1", true),
+    ("delete from t where 'a' = 'a'", true),
+    ("delete from t where id = id", true),
+    ("delete from t where t.id = id", true),
+    ("delete from t x where x.id = x.id", true),
+    ("delete from t where id + 0 = id", true),
+    ("delete from t where x or true", true),
+    ("delete from t where id = 5 or true", true),
+    ("delete from t where not false", true),
+    ("delete from t where not not true", true),
+    ("delete from t where id is not null or true", true),
+    ("delete from t where id is not null", true),
+    ("delete from t where not (id is null)", true),
+    ("delete from t where coalesce(true)", true),
+    ("delete from t where coalesce(id = id, true)", true),
+    ("delete from t where (id = id) = true", true),
+    ("delete from t where (id = 5 or true) is true", true),
+    ("delete from t where (id = 5) is not true", false),
+    ("delete from t where true and true", true),
+    ("delete from t where $1", true),
+    ("delete from t where id in (id)", true),
+    ("delete from t where id = any(array[id])", true),
+    ("delete from t where id between id and id", true),
+    ("delete from t where id = (select id)", true),
+    ("delete from t where id in (select id from generate_series(1, 9) g)", true),
+    ("delete from t where id in (select id from t)", true),
+    ("delete from t where id in (select t.id)", true),
+    ("delete from t where id in (select t.id from t)", true),
+    ("delete from t x where x.id = any(array(select id from t))", true),
+    ("delete from t where exists (select 1)", true),
+    ("delete from t where exists (select 1 from o where true)", true),
+    ("delete from t where exists (select 1 where t.id = t.id)", true),
+    ("delete from t where case when true then true end", true),
+    ("delete from t where 5 > 3", true),
+    ("delete from t where now() > '2000-01-01'", true),
+    ("update a set v = 1 from b where b.x = b.y", true),
+    ("truncate t", true),
+    ("truncate only t", true),
+    ("with d as (delete from t where true returning *) select * from d", true),
+    ("explain analyze delete from t where 1 = 1", true),
+    ("merge into t using s on true when matched then delete", true),
+    ("merge into t using s on t.id = t.id when matched then update set v = 1", true),
+    ("merge into t using s on 1 = 1 when matched and true then delete", true),
+    ("merge into t using s on t.id = s.id when not matched by source then delete", true),
+    ("insert into t select * from s on conflict (id) do update set v = excluded.v", true),
+    ("insert into t select * from s where true on conflict (id) do update set v = 0", true),
+    ("insert into t select * from s union select * from u where u.id = 1 on conflict (id) do update set v = 0", true),
+    ("insert into t select generate_series(1, 1000000) on conflict (id) do update set v = 0", true),
+    ("insert into t select * from s on conflict (id) do update set v = 0 where true", true),
+];
+
+#[test]
+fn no_where_means_no_bounding_predicate() {
+    let mut problems = Vec::new();
+    for &(sql, unbounded) in BOUNDS {
+        match classify(sql) {
+            Ok(c) => {
+                let got = c.statements.iter().any(|s| s.no_where);
+                if got != unbounded {
+                    problems.push(format!("{sql:?}: no_where {got}, want {unbounded}"));
+                }
+            }
+            Err(e) => problems.push(format!("{sql:?}: {e}")),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// `changes_session`: statements after which later text may lex or resolve
+/// differently, or prepared statements differ (the relay's barrier).
+#[rustfmt::skip]
+const SESSION: &[(&str, bool)] = &[
+    // ---- ordinary work: no barrier
+    ("select 1", false),
+    ("select now()", false),
+    ("select pg_catalog.now()", false),
+    ("select count(*) from t group by x", false),
+    ("select * from a join b on a.id = b.aid left join c using (id)", false),
+    ("select x, row_number() over (partition by a order by b) from t", false),
+    ("select sum(x) over w, rank() over w from t window w as (order by y)", false),
+    ("with r as (select * from orders) select * from r", false),
+    ("select lower(email), upper(name), length(name), coalesce(a, b), greatest(1, 2) from users", false),
+    ("select extract(year from now()), date_trunc('day', now()), now() - interval '1 day'", false),
+    ("select substring('abc' from 1 for 2), trim(' a '), position('a' in 'b'), overlay('abc' placing 'x' from 2)", false),
+    ("select x at time zone 'utc', current_date, current_user, 'a'::text, cast(1 as text) from t", false),
+    ("select json_agg(u), string_agg(name, ','), array_agg(x order by y) from users u", false),
+    ("select count(*) filter (where x > 1), max(y), avg(z) from t", false),
+    ("select * from generate_series(1, 10)", false),
+    ("select to_char(now(), 'YYYY'), md5('x'), jsonb_build_object('a', 1)", false),
+    ("select nextval('s')", false),
+    ("insert into t values (1) returning id", false),
+    ("update t set a = 1 where id = 5", false),
+    ("delete from t where id = 5", false),
+    ("show search_path", false),
+    ("begin", false),
+    ("savepoint s", false),
+    ("release savepoint s", false),
+    ("listen ch", false),
+    ("notify ch, 'x'", false),
+    ("fetch 10 from c", false),
+    ("declare c cursor for select * from t", false),
+    ("copy t to stdout", false),
+    ("explain select * from t", false),
+    // ---- settings and their function and table forms
+    ("set search_path = evil, public", true),
+    ("set standard_conforming_strings = off", true),
+    ("set statement_timeout = '5s'", true),
+    ("set local work_mem = '64MB'", true),
+    ("set role admin", true),
+    ("set session authorization 'postgres'", true),
+    ("reset all", true),
+    ("reset client_encoding", true),
+    ("select set_config('standard_conforming_strings', 'off', false)", true),
+    ("select pg_catalog.set_config('search_path', '', false)", true),
+    ("select * from t where x = (select set_config('client_encoding', 'SJIS', true))", true),
+    ("update pg_settings set setting = 'off' where name = 'standard_conforming_strings'", true),
+    ("update pg_catalog.pg_settings set setting = 'SJIS' where name = 'client_encoding'", true),
+    ("with s as (update pg_settings set setting = 'off' where name = 'x' returning 1) select 1", true),
+    ("alter system set standard_conforming_strings = off", true),
+    ("select pg_reload_conf()", true),
+    ("alter role current_user set search_path = evil", true),
+    ("select query_to_xml('select set_config(''search_path'', '''', false)', true, true, '')", true),
+    // ---- prepared statements, code, transactions' ends
+    ("discard all", true),
+    ("discard plans", true),
+    ("prepare p as select 1", true),
+    ("deallocate p", true),
+    ("deallocate all", true),
+    ("execute p", true),
+    ("do $$ begin perform 1; end $$", true),
+    ("call p()", true),
+    ("load 'auto_explain'", true),
+    ("commit", true),
+    ("end", true),
+    ("rollback", true),
+    ("abort", true),
+    ("rollback to savepoint s", true),
+    ("prepare transaction 'x'", true),
+    // ---- functions not known to be built-in
+    ("select my_func()", true),
+    ("select public.lower('x')", true),
+    ("select \"LOWER\"('x')", true),
+    ("select * from t where id = app.lookup(1)", true),
+    ("explain analyze select f()", true),
+    ("select dblink_exec('x', 'y')", true),
+    // ---- DDL and privileges change what later names resolve to
+    ("create temp table orders (id int)", true),
+    ("create function lower(x int) returns int language sql as 'select 1'", true),
+    ("grant usage on schema s to agent", true),
+    ("revoke usage on schema s from agent", true),
+];
+
+#[test]
+fn changes_session_marks_what_can_change_later_statements() {
+    let mut problems = Vec::new();
+    for &(sql, want) in SESSION {
+        match classify(sql) {
+            Ok(c) => {
+                if c.changes_session() != want {
+                    problems.push(format!("{sql:?}: changes_session {}, want {want}", !want));
+                }
+            }
+            Err(e) => problems.push(format!("{sql:?}: {e}")),
+        }
+    }
+    // One statement of a multi-statement string is enough.
+    let c = classify("select 1; set search_path = x; select 2").unwrap();
+    assert!(c.changes_session());
+    assert_eq!(
+        c.statements
+            .iter()
+            .map(|s| s.changes_session)
+            .collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn builtin_function_names_are_known() {
+    for name in [
+        "now",
+        "lower",
+        "count",
+        "set_config",
+        "pg_collation_for",
+        "btrim",
+        "timezone",
+        "substring",
+    ] {
+        assert!(functions::is_builtin(&[name]), "{name}");
+        assert!(functions::is_builtin(&["pg_catalog", name]), "{name}");
+    }
+    assert!(!functions::is_builtin(&["public", "lower"]));
+    assert!(!functions::is_builtin(&["LOWER"]));
+    assert!(!functions::is_builtin(&["my_func"]));
 }

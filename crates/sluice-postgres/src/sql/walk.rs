@@ -13,16 +13,17 @@
 //! (see the fallback arm in [`Walker::statement`]); a new PostgreSQL
 //! statement can never classify as harmless by omission.
 
-use super::functions::{function_classes, setting_classes};
+use super::bounds::{bounds, select_bounded, Target};
+use super::functions::{changes_session_function, function_classes, is_builtin, setting_classes};
 use super::SqlClass::{self, Admin, Dcl, Ddl, Read, Tx, Utility, Write};
 use super::{Classification, ClassifyError, StatementInfo};
 use pg_query::protobuf::{
-    AlterTableType, DiscardMode, LockClauseStrength, ObjectType, RoleStmtType, Token,
-    TransactionStmtKind, VariableSetKind,
+    AlterTableType, CmdType, DiscardMode, LockClauseStrength, MergeMatchKind, ObjectType,
+    OnConflictAction, RoleStmtType, Token, TransactionStmtKind, VariableSetKind,
 };
 use serde_json::{Map, Value};
 
-type Obj = Map<String, Value>;
+pub(super) type Obj = Map<String, Value>;
 
 pub(super) fn classify(sql: &str) -> Result<Classification, ClassifyError> {
     let parsed = pg_query::parse(sql, 0).map_err(parse_error)?;
@@ -147,6 +148,19 @@ impl Walker<'_> {
     fn finish(mut self) -> StatementInfo {
         if !self.info.reads.is_empty() {
             self.info.classes.insert(Read);
+        }
+        // DDL changes what later names resolve to (a function overload, a
+        // temporary table, a schema); privileges change which schemas of
+        // search_path are visible; pg_settings is SET as a table.
+        if self.info.classes.contains(&Ddl)
+            || self.info.classes.contains(&Dcl)
+            || self
+                .info
+                .writes
+                .iter()
+                .any(|t| t.rsplit('.').next() == Some("pg_settings"))
+        {
+            self.info.changes_session = true;
         }
         self.info
     }
@@ -310,6 +324,9 @@ impl Walker<'_> {
         if let Some(bare) = parts.last() {
             self.add(mode, function_classes(bare));
             self.info.functions.insert(parts.join("."));
+            if !is_builtin(&parts) || changes_session_function(bare) {
+                self.info.changes_session = true;
+            }
         }
         self.fields(m, mode.inner(), &[], &["funcname"]);
     }
@@ -345,12 +362,22 @@ impl Walker<'_> {
 
     /// The rules per statement type. Returns the command tag.
     fn statement(&mut self, tag: &str, b: &Obj, mode: Mode, query_level: bool) -> String {
+        if changes_session_statement(tag, b) {
+            self.info.changes_session = true;
+        }
         let (command, rule): (String, Rule) = match tag {
             // ---- queries and data changes
             "SelectStmt" => self.select(b, query_level),
-            "InsertStmt" => ("INSERT".into(), Rule::new(&[Write]).targets(&["relation"])),
+            "InsertStmt" => {
+                if mode != Mode::Plan && unbounded_upsert(b) {
+                    self.info.no_where = true;
+                }
+                ("INSERT".into(), Rule::new(&[Write]).targets(&["relation"]))
+            }
             "UpdateStmt" | "DeleteStmt" => {
-                if mode != Mode::Plan && is_null(b, "where_clause") {
+                if mode != Mode::Plan
+                    && !bounds(b.get("where_clause"), Target::of(b.get("relation")))
+                {
                     self.info.no_where = true;
                 }
                 let command = if tag == "UpdateStmt" {
@@ -360,11 +387,22 @@ impl Walker<'_> {
                 };
                 (command.into(), Rule::new(&[Write]).targets(&["relation"]))
             }
-            "MergeStmt" => ("MERGE".into(), Rule::new(&[Write]).targets(&["relation"])),
-            "TruncateStmt" => (
-                "TRUNCATE".into(),
-                Rule::new(&[Write]).targets(&["relations"]),
-            ),
+            "MergeStmt" => {
+                if mode != Mode::Plan && unbounded_merge(b) {
+                    self.info.no_where = true;
+                }
+                ("MERGE".into(), Rule::new(&[Write]).targets(&["relation"]))
+            }
+            "TruncateStmt" => {
+                // Every row, by definition.
+                if mode != Mode::Plan {
+                    self.info.no_where = true;
+                }
+                (
+                    "TRUNCATE".into(),
+                    Rule::new(&[Write]).targets(&["relations"]),
+                )
+            }
             "CopyStmt" => {
                 let from = bool_field(b, "is_from");
                 let mut rule = Rule::new(&[if from { Write } else { Read }]);
@@ -753,6 +791,76 @@ impl Walker<'_> {
     }
 }
 
+/// `INSERT … ON CONFLICT DO UPDATE` whose rows come from an unbounded SELECT
+/// and whose `DO UPDATE … WHERE` does not bound the target: it may update
+/// every row of the target.
+fn unbounded_upsert(b: &Obj) -> bool {
+    let Some(Value::Object(conflict)) = b.get("on_conflict_clause") else {
+        return false;
+    };
+    OnConflictAction::try_from(int_field(conflict, "action"))
+        == Ok(OnConflictAction::OnconflictUpdate)
+        && !select_bounded(b.get("select_stmt"))
+        && !bounds(conflict.get("where_clause"), Target::of(b.get("relation")))
+}
+
+/// `MERGE … WHEN MATCHED THEN UPDATE/DELETE` where neither the join
+/// condition nor the clause's own condition bounds the target, or `WHEN NOT
+/// MATCHED BY SOURCE THEN UPDATE/DELETE` without a bounding condition.
+fn unbounded_merge(b: &Obj) -> bool {
+    let target = Target::of(b.get("relation"));
+    let joined = bounds(b.get("join_condition"), target);
+    let Some(Value::Array(clauses)) = b.get("merge_when_clauses") else {
+        return false;
+    };
+    clauses.iter().any(|c| {
+        let Some(("MergeWhenClause", w)) = tagged(c) else {
+            return true;
+        };
+        let changes = matches!(
+            CmdType::try_from(int_field(w, "command_type")),
+            Ok(CmdType::CmdUpdate | CmdType::CmdDelete)
+        );
+        let guarded = bounds(w.get("condition"), target);
+        changes
+            && match MergeMatchKind::try_from(int_field(w, "match_kind")) {
+                Ok(MergeMatchKind::MergeWhenMatched) => !joined && !guarded,
+                Ok(MergeMatchKind::MergeWhenNotMatchedByTarget) => false,
+                _ => !guarded,
+            }
+    })
+}
+
+/// Statements that change the session's settings or prepared statements
+/// whatever their fields, or run code that may (DO, CALL, EXECUTE of a
+/// statement prepared earlier).
+fn changes_session_statement(tag: &str, b: &Obj) -> bool {
+    match tag {
+        "VariableSetStmt"
+        | "DiscardStmt"
+        | "PrepareStmt"
+        | "DeallocateStmt"
+        | "ExecuteStmt"
+        | "DoStmt"
+        | "CallStmt"
+        | "LoadStmt"
+        | "AlterSystemStmt"
+        | "AlterRoleSetStmt"
+        | "AlterDatabaseSetStmt" => true,
+        // The end of a transaction reverts SET LOCAL, and ROLLBACK every SET
+        // made in the transaction.
+        "TransactionStmt" => matches!(
+            TransactionStmtKind::try_from(int_field(b, "kind")),
+            Ok(TransactionStmtKind::TransStmtCommit
+                | TransactionStmtKind::TransStmtRollback
+                | TransactionStmtKind::TransStmtRollbackTo
+                | TransactionStmtKind::TransStmtPrepare)
+                | Err(_)
+        ),
+        _ => false,
+    }
+}
+
 fn set_rule(b: &Obj) -> (String, Rule) {
     let kind = VariableSetKind::try_from(int_field(b, "kind"));
     let name = str_field(b, "name").to_ascii_lowercase();
@@ -986,7 +1094,7 @@ fn object_type(objtype: i32) -> (&'static str, &'static [SqlClass]) {
 // ---- reading the serialised tree
 
 /// Unwraps node wrappers down to `(tag, body)`.
-fn tagged(v: &Value) -> Option<(&str, &Obj)> {
+pub(super) fn tagged(v: &Value) -> Option<(&str, &Obj)> {
     let Value::Object(m) = v else {
         return None;
     };
@@ -1021,7 +1129,7 @@ fn is_select(m: &Obj) -> bool {
     m.contains_key("target_list") && m.contains_key("locking_clause") && m.contains_key("larg")
 }
 
-fn str_field<'a>(m: &'a Obj, key: &str) -> &'a str {
+pub(super) fn str_field<'a>(m: &'a Obj, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
@@ -1029,19 +1137,19 @@ fn bool_field(m: &Obj, key: &str) -> bool {
     m.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
-fn int_field(m: &Obj, key: &str) -> i32 {
+pub(super) fn int_field(m: &Obj, key: &str) -> i32 {
     m.get(key)
         .and_then(Value::as_i64)
         .and_then(|i| i32::try_from(i).ok())
         .unwrap_or(0)
 }
 
-fn is_null(m: &Obj, key: &str) -> bool {
+pub(super) fn is_null(m: &Obj, key: &str) -> bool {
     matches!(m.get(key), None | Some(Value::Null))
 }
 
 /// The strings of a list of `String` nodes (a qualified name).
-fn string_items(v: Option<&Value>) -> Vec<&str> {
+pub(super) fn string_items(v: Option<&Value>) -> Vec<&str> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
     };
