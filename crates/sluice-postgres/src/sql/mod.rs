@@ -16,6 +16,7 @@
 
 mod cache;
 mod functions;
+mod lineage;
 mod walk;
 
 #[cfg(test)]
