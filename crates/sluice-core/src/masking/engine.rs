@@ -720,6 +720,43 @@ impl MaskingEngine {
         None
     }
 
+    /// A column of `table` that a column rule on `connection` may mask, for
+    /// a reference to the whole row of a table whose columns are not known
+    /// here (`row_to_json(t)`, `t::text`). The answer is the first matching
+    /// pattern's column glob, which matches its own text, so that
+    /// [`Self::column_rule`] with that name finds the rule. A column-name-only
+    /// pattern (`api_key`) may name a column of any table, so it answers for
+    /// every table. `None`: no rule can apply to any column of `table`.
+    pub fn ruled_column_of(&self, connection: &str, table: &str) -> Option<String> {
+        let (schema, table) = match table.rsplit_once('.') {
+            Some((s, t)) => (Some(s), t),
+            None => (None, table),
+        };
+        for rule in &self.inner.columns {
+            if let Some(conns) = &rule.connections {
+                if !conns.iter().any(|c| c == connection) {
+                    continue;
+                }
+            }
+            for p in &rule.patterns {
+                let hit = match &p.table {
+                    None => true,
+                    Some((ps, pt)) => {
+                        pt.matches(table)
+                            && match (ps, schema) {
+                                (Some(ps), Some(s)) => ps.matches(s),
+                                _ => true,
+                            }
+                    }
+                };
+                if hit {
+                    return Some(p.column.as_string());
+                }
+            }
+        }
+        None
+    }
+
     /// The next validated match starting at or after `pos` whose candidate
     /// starts before `limit`.
     ///

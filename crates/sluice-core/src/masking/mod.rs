@@ -70,6 +70,22 @@ pub trait ResponseMasker: Send + Sync + 'static {
         false
     }
 
+    /// Whether a column rule masks `column` of `table` on this session
+    /// (`table` as written in SQL: `customers` or `public.customers`). Used to
+    /// follow masked columns through expressions (column lineage): an output
+    /// derived from such a column is labelled with it and masked whole.
+    fn column_ruled(&self, _session: &SessionInfo, _table: &str, _column: &str) -> bool {
+        false
+    }
+
+    /// For a reference to a whole row of `table` (`row_to_json(t)`, `t::text`)
+    /// when its columns are not known: a column name of `table` that a column
+    /// rule masks on this session, spelled so that `plan` applies the rule to
+    /// a column labelled with it; `None` when no rule can apply to the table.
+    fn ruled_column_of(&self, _session: &SessionInfo, _table: &str) -> Option<String> {
+        None
+    }
+
     /// Masks free text from the upstream (error and notice messages); `None`
     /// when nothing changes.
     fn mask_text(&self, _session: &SessionInfo, _text: &str) -> Option<(String, MaskCounts)> {

@@ -113,6 +113,21 @@ impl ResponseMasker for EngineMasker {
         !self.exempt(session) && self.engine.has_column_rules_for(&session.connection)
     }
 
+    fn column_ruled(&self, session: &SessionInfo, table: &str, column: &str) -> bool {
+        !self.exempt(session)
+            && self
+                .engine
+                .column_rule(&session.connection, Some(table), column)
+                .is_some()
+    }
+
+    fn ruled_column_of(&self, session: &SessionInfo, table: &str) -> Option<String> {
+        if self.exempt(session) {
+            return None;
+        }
+        self.engine.ruled_column_of(&session.connection, table)
+    }
+
     fn mask_text(&self, session: &SessionInfo, text: &str) -> Option<(String, MaskCounts)> {
         if self.exempt(session) {
             return None;

@@ -1356,3 +1356,87 @@ fn throughput_per_detector() {
         println!("{:16} {mbs:8.1} MB/s ({n} masked)", b.name());
     }
 }
+
+/// Column lineage (PostgreSQL `sql::lineage`) labels a computed column with
+/// the ruled source it derives from; these are the questions it asks.
+#[test]
+fn masking_rules_answer_lineage_questions() {
+    let e = engine(
+        r#"
+        [[columns]]
+        name = "ids"
+        connections = ["appdb"]
+        columns = ["customers.national_id", "public.users.ssn"]
+        [[columns]]
+        name = "secrets"
+        columns = ["*.password*"]
+        "#,
+    );
+    // A whole-row reference: a column name the rule matches, or none.
+    assert_eq!(
+        e.ruled_column_of("appdb", "customers"),
+        Some("national_id".into())
+    );
+    assert_eq!(
+        e.ruled_column_of("appdb", "public.customers"),
+        Some("national_id".into())
+    );
+    assert_eq!(
+        e.ruled_column_of("appdb", "other.users"),
+        Some("password*".into())
+    );
+    assert_eq!(
+        e.ruled_column_of("other", "customers"),
+        Some("password*".into())
+    );
+    let only_ids = engine(
+        r#"
+        [[columns]]
+        columns = ["customers.national_id"]
+        "#,
+    );
+    assert_eq!(only_ids.ruled_column_of("appdb", "orders"), None);
+    // The answer names a column the rule masks (a glob matches its own text).
+    for table in ["customers", "users", "orders"] {
+        let column = e.ruled_column_of("appdb", table).unwrap();
+        assert!(
+            e.column_rule("appdb", Some(table), &column).is_some(),
+            "{table}.{column}"
+        );
+    }
+
+    // Through the masker: a computed column labelled with a ruled source is
+    // masked whole, with a value valid for its type.
+    let masker = EngineMasker::new(e).with_exempt_groups(vec!["dba".into()]);
+    let session = |groups: &[&str]| crate::pipeline::SessionInfo {
+        id: "s1".into(),
+        identity: crate::testing::person("ann", groups),
+        connection: "appdb".into(),
+        protocol: crate::model::Protocol::Postgres,
+        client_addr: "127.0.0.1:1".into(),
+    };
+    let agent = session(&["agents"]);
+    assert!(masker.column_ruled(&agent, "customers", "national_id"));
+    assert!(masker.column_ruled(&agent, "public.customers", "NATIONAL_ID"));
+    assert!(!masker.column_ruled(&agent, "customers", "name"));
+    assert!(!masker.column_ruled(&session(&["dba"]), "customers", "national_id"));
+    assert_eq!(
+        masker.ruled_column_of(&session(&["dba"]), "customers"),
+        None
+    );
+    let computed = |name: &str, type_oid: u32| Column {
+        name: name.into(),
+        table_oid: 0,
+        column_number: 0,
+        type_oid,
+        binary: false,
+        table: Some("customers".into()),
+        source_column: Some("national_id".into()),
+    };
+    // reverse(national_id) (text), length(national_id) (int4).
+    let columns = [computed("reverse", 25), computed("length", 23)];
+    let mut rows = masker.plan(&agent, &columns).unwrap();
+    let mut row = vec![Some(b"9876-54-321".to_vec()), Some(b"11".to_vec())];
+    assert_eq!(rows.mask_row(&mut row), 2);
+    assert_eq!(row, vec![Some(b"[ids]".to_vec()), None]);
+}

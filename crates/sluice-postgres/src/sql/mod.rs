@@ -17,6 +17,7 @@
 mod bounds;
 mod cache;
 mod functions;
+mod lineage;
 mod walk;
 
 #[cfg(test)]
