@@ -270,3 +270,65 @@ fn notification_payloads_go_through_the_detectors() {
     );
     assert!(!contains_bytes(&notes[0].body, b"@example.com"), "{msgs:?}");
 }
+
+#[test]
+fn column_rules_follow_the_data_through_expressions() {
+    let env = env();
+    let url = env.agent_url();
+    let secret = env.direct_sql(
+        "app",
+        "select national_id from customers order by id limit 1",
+    );
+    let secret = secret.trim();
+    assert!(secret.len() > 5, "demo data has national ids: {secret:?}");
+    let reversed: String = secret.chars().rev().collect();
+    for sql in [
+        "select reverse(national_id) from customers",
+        "select national_id || '' from customers",
+        "select substr(national_id, 1, 11) as x from customers",
+        "select string_agg(national_id, ',') from customers",
+        "select row_to_json(c) from customers c",
+        "select c::text from customers c",
+        "select x from (select lower(national_id) x from customers) s",
+        "with t as (select national_id n from customers) select upper(n) from t",
+        "select national_id from customers union all select 'x'",
+    ] {
+        let out = env.psql(&url, &["-At", "-c", sql]);
+        let text = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(!text.contains(secret), "{sql}: {text}");
+        assert!(!text.contains(&reversed), "{sql}: {text}");
+    }
+    // Ordinary work is untouched.
+    let out = env.psql(
+        &url,
+        &[
+            "-At",
+            "-c",
+            "select count(*), lower(name) from customers group by 2 order by 2 limit 1",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("1|"), "{}", stdout(&out));
+}
+
+#[test]
+fn masked_values_do_not_leave_through_errors_or_notifications() {
+    let env = env();
+    let url = env.agent_url();
+    let secret = env.direct_sql(
+        "app",
+        "select national_id from customers order by id limit 1",
+    );
+    let secret = secret.trim().to_string();
+    let out = env.psql(&url, &["-c", "select national_id::int from customers"]);
+    let err = stderr(&out);
+    assert!(!err.contains(&secret), "{err}");
+    assert!(err.contains("withheld"), "{err}");
+    let out = env.psql(
+        &url,
+        &["-c", "select pg_notify('c', national_id) from customers"],
+    );
+    let err = stderr(&out);
+    assert!(err.contains("masked column"), "{err}");
+    assert!(err.contains("42501") || err.contains("sluice"), "{err}");
+}

@@ -306,6 +306,40 @@ impl SessionHandle {
             .await
     }
 
+    /// Records `command` as refused by the gateway's own stage `rule` (e.g.
+    /// `sluice:masking`: the statement would carry a masked column where
+    /// masking cannot follow) and returns the refusal. Like `decide`, the
+    /// record is durable before this returns; an `Err` means the store failed.
+    pub async fn refuse(
+        &self,
+        command: Command,
+        rule: &str,
+        message: &str,
+    ) -> Result<Decision, StoreError> {
+        let command_id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let verdict = crate::Verdict::deny(rule, message);
+        self.store
+            .append(
+                &self.info.id,
+                AuditEvent::CommandDecided {
+                    command_id,
+                    command,
+                    verdict: verdict.clone(),
+                },
+            )
+            .await?;
+        crate::metrics::command_decided(
+            self.info.protocol,
+            &self.info.connection,
+            verdict.action,
+            verdict.rule.as_deref(),
+        );
+        Ok(Decision::Refuse {
+            command_id,
+            denial: crate::pipeline::audit::denial_for(&verdict),
+        })
+    }
+
     /// Whether the policy alone would deny `command` (an error counts as a
     /// denial), without recording anything. For protocols that learn a
     /// command before it can run (a PostgreSQL Parse) and should refuse it

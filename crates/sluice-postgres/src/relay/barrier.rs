@@ -31,23 +31,26 @@ const SESSION_FUNCTIONS: &[&str] = &["set_config", "pg_catalog.set_config"];
 /// Whether a classified statement text must be answered before anything
 /// after it is forwarded.
 pub(crate) fn is_barrier(classified: &Classification) -> bool {
-    classified.statements.iter().any(|st| {
-        SESSION_COMMANDS.contains(&st.command.as_str())
-            || st.command.starts_with("EXECUTE")
-            || st.classes.contains(&SqlClass::Admin)
-            || st.classes.contains(&SqlClass::Dcl)
-            || st.classes.contains(&SqlClass::Ddl)
-            || st.prepares.is_some()
-            || st.deallocates.is_some()
-            || st
-                .functions
-                .iter()
-                .any(|f| SESSION_FUNCTIONS.contains(&f.to_ascii_lowercase().as_str()))
-            || st.writes.iter().chain(st.reads.iter()).any(|t| {
-                let t = t.to_ascii_lowercase();
-                t == "pg_settings" || t == "pg_catalog.pg_settings"
-            })
-    })
+    // The classifier's own judgement (user functions included), and the
+    // relay's wider net on top.
+    classified.changes_session()
+        || classified.statements.iter().any(|st| {
+            SESSION_COMMANDS.contains(&st.command.as_str())
+                || st.command.starts_with("EXECUTE")
+                || st.classes.contains(&SqlClass::Admin)
+                || st.classes.contains(&SqlClass::Dcl)
+                || st.classes.contains(&SqlClass::Ddl)
+                || st.prepares.is_some()
+                || st.deallocates.is_some()
+                || st
+                    .functions
+                    .iter()
+                    .any(|f| SESSION_FUNCTIONS.contains(&f.to_ascii_lowercase().as_str()))
+                || st.writes.iter().chain(st.reads.iter()).any(|t| {
+                    let t = t.to_ascii_lowercase();
+                    t == "pg_settings" || t == "pg_catalog.pg_settings"
+                })
+        })
 }
 
 /// Progress of the response half: the sequence number of the last forwarded
@@ -78,6 +81,8 @@ mod tests {
             "deallocate all",
             "execute s",
             "do $$ begin perform 1; end $$",
+            "select my_function(1)",
+            "select * from customers where public.f(id)",
             "set role postgres",
             "select 1; set search_path = evil",
         ] {
@@ -94,7 +99,6 @@ mod tests {
             "insert into t values (1)",
             "select count(*), lower(name) from customers c join orders o on o.customer_id = c.id group by 2",
             "begin",
-            "commit",
         ] {
             assert!(!barrier(sql), "{sql}");
         }

@@ -181,14 +181,18 @@ struct Started {
     at: Instant,
     seq: u64,
     span: tracing::Span,
+    /// The SQL the command runs (empty for a fast-path call): masking follows
+    /// what its result columns derive from.
+    text: Arc<str>,
 }
 
 impl Started {
-    fn now(command_id: u64, seq: u64) -> Self {
+    fn now(command_id: u64, seq: u64, text: Arc<str>) -> Self {
         Started {
             at: Instant::now(),
             seq,
             span: tracing::info_span!("upstream", command_id, error = tracing::field::Empty),
+            text,
         }
     }
 

@@ -10,6 +10,7 @@ use super::registry::{NameError, Registry};
 use super::tags::frontend as tag;
 use super::{bind_result_formats, upstream_err, Expect, Started};
 use crate::frame::{split_message, RawMessage, Reader, MAX_FRONTEND_MESSAGE};
+use crate::sql::lineage::{side_channel, SessionRules};
 use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
 use sluice_core::session::{SessionError, SessionHandle};
@@ -30,6 +31,9 @@ struct Barrier {
 /// What the relay learns from a statement text before judging it.
 struct Analysis {
     context: Vec<String>,
+    /// What the statement's result columns derive from, when that is not
+    /// its own text: the definition a lone SQL `EXECUTE name` runs.
+    lineage_text: Option<Arc<str>>,
     effects: PreparedEffects,
     barrier: bool,
 }
@@ -263,7 +267,14 @@ impl<'a> Requests<'a> {
         match crate::policy::shared_classifier().classify(sql) {
             Ok(classified) => {
                 let (context, effects) = self.sql_prepared.context_for(&classified);
+                let lineage_text = match (classified.statements.as_slice(), context.as_slice()) {
+                    ([st], [definition]) if st.command == "EXECUTE" => {
+                        definition.split_once('\0').map(|(_, def)| Arc::from(def))
+                    }
+                    _ => None,
+                };
                 Analysis {
+                    lineage_text,
                     context,
                     effects,
                     barrier: barrier::is_barrier(&classified),
@@ -271,6 +282,7 @@ impl<'a> Requests<'a> {
             }
             // Text the parser rejects is refused by the policy's own parse.
             Err(_) => Analysis {
+                lineage_text: None,
                 context: Vec::new(),
                 effects: PreparedEffects::default(),
                 barrier: false,
@@ -283,17 +295,21 @@ impl<'a> Requests<'a> {
             .cstr()
             .ok_or_else(|| malformed("Query"))?;
         let analysis = self.analyse(&sql);
+        let text: Arc<str> = analysis
+            .lineage_text
+            .clone()
+            .unwrap_or_else(|| Arc::from(sql.as_str()));
         let command = Command {
             kind: CommandKind::SqlSimple,
             text: sql,
             context: analysis.context,
         };
-        match self.decide(command).await? {
+        match self.judge_sql(command).await? {
             Decided::Forward(command_id) => {
                 let seq = self.next_seq();
                 self.push(Expect::Query {
                     command_id,
-                    started: Started::now(command_id, seq),
+                    started: Started::now(command_id, seq, text),
                 });
                 out.extend_from_slice(&msg.bytes);
                 self.hold_after(seq, analysis.barrier, analysis.effects, out, false);
@@ -403,10 +419,14 @@ impl<'a> Requests<'a> {
             text: sql.to_string(),
             context: analysis.context,
         };
-        if !self.handle.policy_refuses(command.clone()) {
+        let rules = SessionRules {
+            masker: self.handle.masker().as_ref(),
+            session: self.handle.info(),
+        };
+        if side_channel(sql, &rules).is_ok() && !self.handle.policy_refuses(command.clone()) {
             return Ok(false);
         }
-        match self.decide(command).await? {
+        match self.judge_sql(command).await? {
             // The full pipeline disagreed (a rule changed meanwhile): the
             // Execute is judged again anyway.
             Decided::Forward(_) => Ok(false),
@@ -543,6 +563,7 @@ impl<'a> Requests<'a> {
             }
         };
         let analysis = self.analyse(&portal.text);
+        let lineage_text = analysis.lineage_text.clone();
         let command = Command {
             kind: CommandKind::SqlExecute {
                 statement: portal.statement.clone(),
@@ -551,7 +572,7 @@ impl<'a> Requests<'a> {
             text: portal.text.to_string(),
             context: analysis.context,
         };
-        match self.decide(command).await? {
+        match self.judge_sql(command).await? {
             Decided::Forward(command_id) => {
                 if !portal.described {
                     // No row leaves before its columns are known: ask the
@@ -572,7 +593,11 @@ impl<'a> Requests<'a> {
                 self.push(Expect::Execute {
                     command_id,
                     portal: portal_name,
-                    started: Started::now(command_id, seq),
+                    started: Started::now(
+                        command_id,
+                        seq,
+                        lineage_text.unwrap_or_else(|| portal.text.clone()),
+                    ),
                 });
                 out.extend_from_slice(&msg.bytes);
                 self.hold_after(seq, analysis.barrier, analysis.effects, out, true);
@@ -603,7 +628,7 @@ impl<'a> Requests<'a> {
                 let seq = self.next_seq();
                 self.push(Expect::Query {
                     command_id,
-                    started: Started::now(command_id, seq),
+                    started: Started::now(command_id, seq, Arc::from("")),
                 });
                 out.extend_from_slice(&msg.bytes);
                 // A function may change anything: wait for its answer.
@@ -614,6 +639,30 @@ impl<'a> Requests<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Judges a SQL command: a statement that would carry a masked column's
+    /// values where masking cannot follow (a notification, another table,
+    /// the planner's statistics) is refused by the masking stage; anything
+    /// else goes through the pipeline.
+    async fn judge_sql(&mut self, command: Command) -> Result<Decided, SessionError> {
+        let rules = SessionRules {
+            masker: self.handle.masker().as_ref(),
+            session: self.handle.info(),
+        };
+        if let Err(why) = side_channel(&command.text, &rules) {
+            return Ok(
+                match self.handle.refuse(command, "sluice:masking", &why).await {
+                    Ok(Decision::Refuse { command_id, denial }) => {
+                        Decided::Refuse(command_id, denial)
+                    }
+                    Ok(Decision::Forward { .. }) | Err(_) => {
+                        Decided::Refuse(0, Denial::unrecorded())
+                    }
+                },
+            );
+        }
+        self.decide(command).await
     }
 
     /// Runs the pipeline for a command while watching the client: a client

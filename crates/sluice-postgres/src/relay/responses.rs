@@ -13,6 +13,7 @@ use crate::catalog::{Catalog, TableInfo};
 use crate::frame::{
     data_row_values, encode_data_row_refs, split_message, RawMessage, Reader, MAX_BACKEND_MESSAGE,
 };
+use crate::sql::lineage::{apply_lineage, references_ruled, RuledColumns, SessionRules};
 use crate::upstream::error_fields;
 use crate::{wire, BoxedStream};
 use bytes::BytesMut;
@@ -39,6 +40,9 @@ struct Current {
     columns: Option<Arc<Vec<Column>>>,
     plan: Option<Box<dyn RowMasker>>,
     outcome: Outcome,
+    /// Why this result's rows are withheld (its masking cannot be planned):
+    /// rows are dropped and an error takes the place of its completion.
+    withheld: Option<String>,
 }
 
 pub(super) struct Responses {
@@ -254,6 +258,13 @@ impl Responses {
     }
 
     fn begin(&mut self, command_id: u64, started: Started, columns: Option<Arc<Vec<Column>>>) {
+        let (columns, withheld) = match columns {
+            Some(c) => match self.follow_lineage(&started.text, c) {
+                Ok(c) => (Some(c), None),
+                Err(why) => (None, Some(why)),
+            },
+            None => (None, None),
+        };
         let plan = columns
             .as_ref()
             .and_then(|c| self.masker.plan(&self.info, c));
@@ -269,7 +280,42 @@ impl Responses {
             columns,
             plan,
             outcome,
+            withheld,
         });
+    }
+
+    /// The columns with computed ones labelled by the masked source column
+    /// they derive from (column rules follow the data), or why the result
+    /// cannot be masked and must be withheld.
+    fn follow_lineage(
+        &self,
+        sql: &str,
+        columns: Arc<Vec<Column>>,
+    ) -> Result<Arc<Vec<Column>>, String> {
+        let rules = SessionRules {
+            masker: self.masker.as_ref(),
+            session: &self.info,
+        };
+        if sql.is_empty() || !rules.any() {
+            return Ok(columns);
+        }
+        let mut owned = columns.as_ref().clone();
+        apply_lineage(sql, &mut owned, &rules)?;
+        Ok(Arc::new(owned))
+    }
+
+    /// Whether errors and notices answering the command at the front may
+    /// echo values of a masked column (their text is then withheld).
+    fn echoes_ruled(&self) -> bool {
+        let text = match self.queue.front() {
+            Some(Expect::Query { started, .. } | Expect::Execute { started, .. }) => &started.text,
+            _ => return false,
+        };
+        let rules = SessionRules {
+            masker: self.masker.as_ref(),
+            session: &self.info,
+        };
+        references_ruled(text, &rules)
     }
 
     /// Starts the result of the command at the queue front if none is open.
@@ -385,6 +431,11 @@ impl Responses {
             tag::COPY_DATA | tag::COPY_DONE if self.copy_refused => {}
             tag::COPY_DATA => self.on_copy_data(msg),
             tag::COMMAND_COMPLETE if self.copy_refused => self.on_copy_refused(),
+            tag::COMMAND_COMPLETE | tag::PORTAL_SUSPENDED
+                if self.current.as_ref().is_some_and(|c| c.withheld.is_some()) =>
+            {
+                self.on_withheld()
+            }
             tag::COMMAND_COMPLETE | tag::EMPTY_QUERY | tag::PORTAL_SUSPENDED => {
                 let tag_text = match msg.tag {
                     tag::COMMAND_COMPLETE => Reader::new(msg.body()).cstr().unwrap_or_default(),
@@ -452,10 +503,16 @@ impl Responses {
                     return;
                 }
             }
-            Some(Expect::Query { .. }) => {
+            Some(Expect::Query { started, .. }) => {
+                let text = started.text.clone();
+                let (columns, withheld) = match self.follow_lineage(&text, columns) {
+                    Ok(c) => (c, None),
+                    Err(why) => (Arc::new(Vec::new()), Some(why)),
+                };
                 self.ensure_current();
                 if let Some(c) = self.current.as_mut() {
                     absorb_counts(c);
+                    c.withheld = withheld;
                     c.plan = self.masker.plan(&self.info, &columns);
                     if c.plan.is_some() && c.masking.is_none() {
                         c.masking = Some(c.started.masking_span());
@@ -486,6 +543,9 @@ impl Responses {
             self.end_unplanned("the upstream sent a row no forwarded command asked for");
             return;
         };
+        if c.withheld.is_some() {
+            return;
+        }
         if c.columns.is_none() {
             self.end_unplanned("the upstream sent rows whose columns the gateway did not know");
             return;
@@ -584,6 +644,31 @@ impl Responses {
         }
     }
 
+    /// The end of a result whose rows were withheld: an error in its place.
+    fn on_withheld(&mut self) {
+        let why = self
+            .current
+            .as_mut()
+            .and_then(|c| c.withheld.take())
+            .unwrap_or_default();
+        let message = format!("sluice: the result was withheld: {why}");
+        wire::error(
+            &mut self.out,
+            false,
+            wire::SQLSTATE_DENIED,
+            &message,
+            Some("rule: sluice:masking"),
+            Some("Select the masked columns directly (they are masked), or leave them out."),
+        );
+        if let Some(c) = self.current.as_mut() {
+            c.outcome.error = Some(message);
+        }
+        if matches!(self.queue.front(), Some(Expect::Execute { .. })) {
+            self.finish();
+            self.queue.pop_front();
+        }
+    }
+
     fn on_error(&mut self, msg: RawMessage) {
         // Values echoed in errors (`invalid input syntax …: "123-45-6789"`)
         // are masked like rows.
@@ -636,6 +721,7 @@ impl Responses {
                         });
                     }
                     self.finish();
+                    first = false;
                 }
                 Some(Expect::Parse { upstream }) => {
                     self.failed_parses
@@ -645,7 +731,6 @@ impl Responses {
                 }
                 _ => {}
             }
-            first = false;
         }
     }
 
@@ -727,6 +812,9 @@ impl Responses {
     /// An ErrorResponse/NoticeResponse with its text fields masked, or `None`
     /// when nothing in it needed masking.
     fn masked_fields(&self, msg: &crate::frame::RawMessage) -> Option<BytesMut> {
+        // A statement that reads a masked column can make the server echo
+        // its values (`national_id::int`): such texts are withheld whole.
+        let withhold = self.echoes_ruled();
         let mut r = Reader::new(msg.body());
         let mut fields: Vec<(u8, String)> = Vec::new();
         let mut changed = false;
@@ -738,6 +826,16 @@ impl Responses {
             // Severity, code and positions carry no data.
             let value = match kind[0] {
                 b'S' | b'V' | b'C' | b'P' | b'p' | b'L' | b'R' | b'F' => value,
+                b'M' if withhold => {
+                    changed = true;
+                    "sluice: the server's message was withheld: this statement reads a masked \
+                     column and the message could echo its values (the SQLSTATE is the server's)"
+                        .to_string()
+                }
+                b'D' | b'H' | b'W' | b'q' if withhold => {
+                    changed = true;
+                    continue;
+                }
                 _ => match self.masker.mask_text(&self.info, &value) {
                     Some((masked, _)) => {
                         changed = true;

@@ -17,7 +17,7 @@
 mod bounds;
 mod cache;
 mod functions;
-mod lineage;
+pub(crate) mod lineage;
 mod walk;
 
 #[cfg(test)]
