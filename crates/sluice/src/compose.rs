@@ -367,9 +367,29 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
         "\nState (store, keys, certificates) is in {}. Press Ctrl-C to stop.\n",
         state_dir.display()
     );
-    let result = runtime()?.block_on(serve(config));
+    // A closed terminal sends SIGHUP: stop as on Ctrl-C or SIGTERM, so the
+    // sandbox PostgreSQL is stopped too (its drop below).
+    let result = runtime()?.block_on(async {
+        tokio::select! {
+            r = serve(config) => r,
+            _ = hangup() => {
+                tracing::info!(message = "Hang-up: stopping the demo.");
+                Ok(())
+            }
+        }
+    });
     drop(pg);
     result
+}
+
+/// Resolves on SIGHUP (never where there are no such signals).
+async fn hangup() {
+    #[cfg(unix)]
+    if let Ok(mut h) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        h.recv().await;
+        return;
+    }
+    std::future::pending::<()>().await;
 }
 
 #[cfg(test)]
