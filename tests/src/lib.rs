@@ -13,6 +13,7 @@ pub mod http;
 pub mod kube;
 pub mod oidc;
 pub mod oracle;
+pub mod pgfuzz;
 pub mod pgwire;
 pub mod raw;
 pub mod sshd;
