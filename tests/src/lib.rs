@@ -12,9 +12,13 @@
 pub mod http;
 pub mod kube;
 pub mod oidc;
+pub mod oracle;
+pub mod pgfuzz;
+pub mod pgwire;
 pub mod raw;
 pub mod sshd;
 
+use oracle::OracleReport;
 use sluice_sandbox::{free_port, DemoDatabase, TempPostgres, TempPostgresOptions};
 use std::fs;
 use std::io::{Read, Write};
@@ -256,6 +260,17 @@ pub fn clean_pg_env(cmd: &mut Command) -> &mut Command {
     cmd.env("PGCONNECT_TIMEOUT", "10")
 }
 
+/// The `[[rules]]` and `[masking]` sections of `examples/quickstart.toml`.
+pub fn quickstart_policy() -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/quickstart.toml");
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let start = text
+        .find("[[rules]]")
+        .expect("examples/quickstart.toml has [[rules]]");
+    text[start..].to_string()
+}
+
 /// What to start: PostgreSQL settings, extra gateway config, gateway environment.
 #[derive(Debug, Default, Clone)]
 pub struct EnvBuilder {
@@ -265,6 +280,7 @@ pub struct EnvBuilder {
     gateway_env: Vec<(String, String)>,
     files: Vec<(String, String)>,
     log_level: Option<String>,
+    without_oracle: bool,
 }
 
 impl EnvBuilder {
@@ -302,6 +318,13 @@ impl EnvBuilder {
         self
     }
 
+    /// No statement log on the server and no oracle check when the environment drops (for
+    /// load tests whose log would be large; every SQL test keeps the oracle).
+    pub fn without_oracle(mut self) -> Self {
+        self.without_oracle = true;
+        self
+    }
+
     /// `SLUICE_LOG` for the gateway (default `info`).
     pub fn log_level(mut self, level: &str) -> Self {
         self.log_level = Some(level.to_string());
@@ -313,6 +336,7 @@ impl EnvBuilder {
         let pg = TempPostgres::start(TempPostgresOptions {
             extra_conf: self.pg_conf.clone(),
             ssl: self.pg_ssl,
+            statement_log: !self.without_oracle,
             ..Default::default()
         })
         .unwrap_or_else(|e| panic!("starting PostgreSQL: {e}"));
@@ -410,6 +434,13 @@ impl Env {
     /// A builder for a customised environment.
     pub fn builder() -> EnvBuilder {
         EnvBuilder::default()
+    }
+
+    /// The `appdb` connection with the rules and masking of `examples/quickstart.toml` (what
+    /// `sluice demo` runs): no-ddl, no-unbounded-writes, no-server-side-effects, reviewed
+    /// customer writes, detectors and the national-id column rule.
+    pub fn quickstart() -> EnvBuilder {
+        EnvBuilder::default().extra_toml(&quickstart_policy())
     }
 
     /// Writes the config for the current port.
@@ -715,17 +746,42 @@ impl Env {
         run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
     }
 
-    /// The upstream server's log (`log.txt` in its data directory).
+    /// The upstream server's text log.
     pub fn pg_log(&self) -> String {
-        fs::read(self.pg.data_dir.join("log.txt"))
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        self.pg.log_text()
+    }
+
+    /// The oracle's view now: what the server executed on gateway sessions against what
+    /// Sluice judged (see [`oracle`]). Panics if the server runs without its statement log.
+    pub fn oracle(&self) -> OracleReport {
+        let executed = self
+            .pg
+            .executed_statements()
+            .unwrap_or_else(|e| panic!("reading the server's statement log: {e}"));
+        let judged = oracle::journal_decisions(&self.state_dir);
+        OracleReport::new(executed, judged, &self.pg.superuser)
+    }
+
+    /// Panics unless every statement the server executed on a gateway session was judged and
+    /// forwarded by Sluice with that exact text, and nothing Sluice refused ran; returns the
+    /// report. The same check runs when the environment drops (unless the test is already
+    /// failing), so every SQL test is held to it.
+    #[track_caller]
+    pub fn assert_oracle(&self) -> OracleReport {
+        let report = self.oracle();
+        report.assert_clean();
+        report
     }
 }
 
 impl Drop for Env {
     fn drop(&mut self) {
         self.kill_gateway();
+        // The journal is write-ahead: what the gateway decided is on disk already. A test
+        // that passed still fails here if the server ran what Sluice did not judge.
+        if self.pg.statement_log && !thread::panicking() {
+            self.oracle().assert_clean();
+        }
         // Then the fields drop: PostgreSQL stops, the temp dir goes away.
     }
 }

@@ -423,10 +423,11 @@ fn install_ca_signed_upstream_cert(env: &Env) {
         "the upstream serving the CA-signed certificate",
         || {
             let url = format!(
-                "postgresql://app:{}@localhost:{}/app?sslmode=verify-full&sslrootcert={}",
+                "postgresql://app:{}@localhost:{}/app?sslmode=verify-full&sslrootcert={}&application_name={}",
                 env.db.password,
                 env.pg.port,
-                ca.display()
+                ca.display(),
+                oracle::DIRECT_APPLICATION
             );
             env.psql(&url, &["-c", "select 1"])
                 .status
@@ -523,10 +524,11 @@ fn upstream_verify_full_accepts_a_self_signed_certificate_like_libpq() {
         .start();
     // libpq, directly: works.
     let direct = format!(
-        "postgresql://app:{}@localhost:{}/app?sslmode=verify-full&sslrootcert={}",
+        "postgresql://app:{}@localhost:{}/app?sslmode=verify-full&sslrootcert={}&application_name={}",
         env.db.password,
         env.pg.port,
-        env.pg.data_dir.join("server.crt").display()
+        env.pg.data_dir.join("server.crt").display(),
+        oracle::DIRECT_APPLICATION
     );
     assert_eq!(ok(&env.psql(&direct, &["-c", SSL_QUERY])).trim(), "t");
     // Through the gateway with the same trust anchor.

@@ -3,6 +3,11 @@
 //! by earlier runs (`fuzz/corpus/TARGET`, not committed), and prints pass/fail
 //! per target. A crash leaves its input in `fuzz/artifacts/TARGET/`; fix the
 //! code, then keep the input as a regression unit test in the crate.
+//!
+//! `--pg-protocol SECONDS` runs the PostgreSQL protocol fuzzer instead (the
+//! e2e test `pg_fuzz`: raw frontend messages against the real gateway and a
+//! real PostgreSQL, checked by the statement-log oracle), for that long;
+//! `--target` alongside it runs those cargo-fuzz targets too.
 
 use std::fs;
 use std::path::Path;
@@ -30,13 +35,16 @@ pub(crate) const TARGETS: &[&str] = &[
     "http_path",
 ];
 
-const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--target T]... [--sanitizer none|address] [--build-only]";
+const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--target T]... [--sanitizer none|address] [--build-only]
+       cargo xtask fuzz --pg-protocol SECONDS [--pg-seed N] [--target T]...";
 
 struct Options {
     seconds: u64,
     targets: Vec<String>,
     sanitizer: String,
     build_only: bool,
+    pg_protocol: Option<u64>,
+    pg_seed: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Options> {
@@ -48,6 +56,8 @@ fn parse(args: &[String]) -> Result<Options> {
         // speed; `--sanitizer address` is there for unsafe dependencies.
         sanitizer: "none".into(),
         build_only: false,
+        pg_protocol: None,
+        pg_seed: None,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -66,6 +76,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "--target" => o.targets.push(value()?),
             "--sanitizer" => o.sanitizer = value()?,
             "--build-only" => o.build_only = true,
+            "--pg-protocol" => {
+                o.pg_protocol = Some(value()?.parse().context("--pg-protocol: not a number")?)
+            }
+            "--pg-seed" => o.pg_seed = Some(value()?.parse().context("--pg-seed: not a number")?),
             "-h" | "--help" => {
                 println!("{USAGE}\ntargets: {}", TARGETS.join(", "));
                 std::process::exit(0);
@@ -78,8 +92,11 @@ fn parse(args: &[String]) -> Result<Options> {
             bail!("unknown target `{t}` (targets: {})", TARGETS.join(", "));
         }
     }
-    if o.targets.is_empty() {
+    if o.targets.is_empty() && o.pg_protocol.is_none() {
         o.targets = TARGETS.iter().map(|t| t.to_string()).collect();
+    }
+    if o.pg_protocol == Some(0) {
+        bail!("--pg-protocol must be at least 1");
     }
     if o.seconds == 0 {
         bail!("--seconds must be at least 1");
@@ -107,8 +124,36 @@ pub(crate) fn ensure_tools() -> Result<()> {
     Ok(())
 }
 
+/// The PostgreSQL protocol fuzzer: builds the gateway, then runs the `pg_fuzz`
+/// e2e test for `seconds` (it prints its seed; a failure, the seed, case and
+/// message sequence).
+fn pg_protocol(seconds: u64, seed: Option<u64>) -> Result<()> {
+    run_inherit(crate::cargo().args(["build", "-p", "sluice"]))?;
+    let mut cmd = crate::cargo();
+    cmd.args([
+        "nextest",
+        "run",
+        "-p",
+        "sluice-e2e",
+        "--test",
+        "pg_fuzz",
+        "--no-capture",
+    ])
+    .env("SLUICE_PG_FUZZ_SECONDS", seconds.to_string());
+    if let Some(seed) = seed {
+        cmd.env("SLUICE_PG_FUZZ_SEED", seed.to_string());
+    }
+    run_inherit(&mut cmd)
+}
+
 pub(crate) fn fuzz(args: &[String]) -> Result<()> {
     let o = parse(args)?;
+    if let Some(seconds) = o.pg_protocol {
+        pg_protocol(seconds, o.pg_seed)?;
+        if o.targets.is_empty() {
+            return Ok(());
+        }
+    }
     ensure_tools()?;
     let root = workspace_root();
     let build_flags = ["--sanitizer", o.sanitizer.as_str(), "--debug-assertions"];
@@ -219,5 +264,8 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((o.seconds, o.targets.len()), (5, 1));
         assert!(parse(&["--target".into(), "nope".into()]).is_err());
+        let o = parse(&["--pg-protocol".into(), "3600".into()]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((o.pg_protocol, o.targets.len()), (Some(3600), 0));
+        assert!(parse(&["--pg-protocol=0".into()]).is_err());
     }
 }

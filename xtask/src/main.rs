@@ -27,6 +27,9 @@ tasks:
                         scp direct vs Sluice vs ProxyJump, added exec round trip
   fuzz [--seconds N] [--target T]...
                         every cargo-fuzz target N seconds each (nightly), pass/fail per target
+  fuzz --pg-protocol SECONDS [--pg-seed N]
+                        the PostgreSQL protocol fuzzer (raw messages through the gateway,
+                        checked by the server's statement log) for SECONDS
   soak [--sessions 1000] [--minutes 3]
                         concurrent sessions through the gateway: RSS and fds over time,
                         memory per idle session, audit count = commands sent

@@ -33,6 +33,15 @@ impl fmt::Debug for DemoDatabase {
     }
 }
 
+/// The demo data's sensitive values (every customer's email, card number and national id),
+/// which a gateway with the quickstart masking must never let reach a client in clear.
+pub fn demo_sensitive_values() -> Vec<String> {
+    customers()
+        .into_iter()
+        .flat_map(|c| [c.email, c.card_number, c.national_id])
+        .collect()
+}
+
 /// Number of rows in `customers`.
 pub(crate) const CUSTOMERS: usize = 50;
 /// Number of rows in `orders`.

@@ -21,8 +21,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod demo;
+mod statement_log;
 
-pub use demo::DemoDatabase;
+pub use demo::{demo_sensitive_values, DemoDatabase};
+pub use statement_log::{parse_statement_log, LoggedStatement, StatementKind, MARKER_APPLICATION};
 
 #[cfg(test)]
 mod tests;
@@ -301,6 +303,10 @@ pub struct TempPostgresOptions {
     pub ssl: bool,
     /// Lines appended to `postgresql.conf`.
     pub extra_conf: Vec<String>,
+    /// Log every statement the server executes (`log_statement = 'all'`) as JSON through the
+    /// logging collector, for [`TempPostgres::executed_statements`]. The text log then goes
+    /// to `DATA/log/postgresql.log` ([`TempPostgres::log_tail`] reads both).
+    pub statement_log: bool,
 }
 
 /// A throwaway PostgreSQL server on 127.0.0.1, stopped and deleted on drop.
@@ -315,6 +321,8 @@ pub struct TempPostgres {
     pub data_dir: PathBuf,
     /// Whether the server was started with `ssl = on`.
     pub ssl: bool,
+    /// Whether the server logs every statement ([`TempPostgresOptions::statement_log`]).
+    pub statement_log: bool,
     root: tempfile::TempDir,
     os_user: Option<String>,
     bins: PgBinaries,
@@ -329,6 +337,7 @@ impl fmt::Debug for TempPostgres {
             .field("superuser_password", &"<redacted>")
             .field("data_dir", &self.data_dir)
             .field("ssl", &self.ssl)
+            .field("statement_log", &self.statement_log)
             .field("os_user", &self.os_user)
             .field("running", &self.running)
             .finish()
@@ -398,6 +407,9 @@ impl TempPostgres {
         if ssl {
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        if opts.statement_log {
+            conf.push_str(statement_log::STATEMENT_LOG_CONF);
+        }
         for line in &opts.extra_conf {
             conf.push_str(line);
             conf.push('\n');
@@ -420,6 +432,7 @@ impl TempPostgres {
             superuser_password,
             data_dir,
             ssl,
+            statement_log: opts.statement_log,
             root,
             os_user,
             bins,
@@ -480,9 +493,19 @@ impl TempPostgres {
         self.data_dir.join("log.txt")
     }
 
+    /// The server's text log: `log.txt` (pg_ctl's), then what the logging collector wrote
+    /// (with `statement_log`).
+    pub fn log_text(&self) -> String {
+        let mut log = fs::read(self.log_path()).unwrap_or_default();
+        if let Ok(collected) = fs::read(self.data_dir.join("log").join("postgresql.log")) {
+            log.extend_from_slice(&collected);
+        }
+        String::from_utf8_lossy(&log).into_owned()
+    }
+
     /// The last `lines` lines of the server log (empty if there is none yet).
     pub fn log_tail(&self, lines: usize) -> String {
-        let log = fs::read_to_string(self.log_path()).unwrap_or_default();
+        let log = self.log_text();
         let all: Vec<&str> = log.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }

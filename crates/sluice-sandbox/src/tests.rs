@@ -197,3 +197,38 @@ fn temp_postgres_with_ssl() {
     .unwrap();
     assert_eq!(ssl, "t");
 }
+
+#[test]
+fn statement_log_shows_what_the_server_executed() {
+    let pg = TempPostgres::start(TempPostgresOptions {
+        statement_log: true,
+        ..Default::default()
+    })
+    .expect("start PostgreSQL");
+    let demo = pg.seed_demo().expect("seed demo");
+    let url = pg.url(&demo.user, &demo.password, &demo.database);
+    psql_url(&pg, &url, &demo.password, "SELECT 41 + 1; SELECT 'two'").unwrap();
+    let executed = pg.executed_statements().expect("statement log");
+    let ours: Vec<_> = executed.iter().filter(|s| s.user == demo.user).collect();
+    assert_eq!(ours.len(), 1, "{executed:#?}");
+    assert_eq!(ours[0].text, "SELECT 41 + 1; SELECT 'two'");
+    assert_eq!(ours[0].kind, StatementKind::Simple);
+    assert_eq!(ours[0].database, "app");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        ours[0].at_ms <= now && now - ours[0].at_ms < 120_000,
+        "{ours:?}"
+    );
+    // The seed ran as the superuser; the marker queries are left out.
+    assert!(executed
+        .iter()
+        .any(|s| s.text.contains("CREATE TABLE customers")));
+    assert!(!executed
+        .iter()
+        .any(|s| s.text.contains("sluice-log-marker")));
+    // The text log still reads (now through the collector's file).
+    assert!(pg.log_tail(500).contains("statement: SELECT 41 + 1"));
+}

@@ -1,0 +1,218 @@
+//! The five attacks of issue 12, spoken on a raw socket against the quickstart rules and
+//! masking, each checked against the server's own statement log (the oracle), not against
+//! what the gateway says about itself.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use sluice_e2e::pgwire::{exchange, Answer, Ended, Frontend};
+use sluice_e2e::raw::RawConn;
+use sluice_e2e::*;
+
+const QUIET: Duration = Duration::from_secs(10);
+
+fn login(env: &Env) -> RawConn {
+    RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
+        .unwrap_or_else(|e| panic!("login refused: {e}"))
+}
+
+fn count(env: &Env, table: &str) -> String {
+    env.direct_sql("app", &format!("select count(*) from {table}"))
+        .trim()
+        .to_string()
+}
+
+/// Panics if any demo email, card number or national id is in what the client received.
+#[track_caller]
+fn assert_no_sensitive_value(answer: &Answer) {
+    let bytes = answer.data_bytes();
+    for v in sluice_sandbox::demo_sensitive_values() {
+        assert!(
+            !contains_bytes(&bytes, v.as_bytes()),
+            "the client received {v:?} in clear: {:?}",
+            answer.messages
+        );
+    }
+}
+
+#[track_caller]
+fn assert_refused(answer: &Answer, what: &str) {
+    let errors = answer.errors();
+    assert!(
+        errors.iter().any(|e| e.code() == "42501"),
+        "{what}: expected a refusal (42501), got {errors:?} / tags {:?}",
+        answer.tags()
+    );
+}
+
+/// Attack 1: Parse + Bind + Execute + Sync with no Describe: the rows still come back masked.
+#[test]
+fn execute_without_describe_is_masked() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let answer = exchange(
+        &mut conn,
+        &[
+            Frontend::parse(
+                "",
+                "select email, card_number, national_id from customers order by id limit 2",
+            ),
+            Frontend::bind("", "", &[]),
+            Frontend::execute(""),
+            Frontend::Sync,
+        ],
+        QUIET,
+    );
+    assert!(matches!(answer.ended, Ended::Ready), "{answer:?}");
+    assert_no_sensitive_value(&answer);
+    let rows = answer.rows();
+    assert_eq!(rows.len(), 2, "{answer:?}");
+    for row in &rows {
+        let email = row[0].as_deref().unwrap_or_default();
+        assert!(email.ends_with("@example.com"), "email partial: {row:?}");
+        assert_eq!(
+            row[2], None,
+            "national_id is nulled by its column rule: {row:?}"
+        );
+    }
+    env.assert_oracle();
+}
+
+/// Attack 2: A Bind of one unnamed statement, then a Parse replacing it before the Execute: the
+/// DELETE bound first must not run while the gateway judges the `select 1`.
+#[test]
+fn rebinding_the_unnamed_statement_cannot_run_an_unjudged_delete() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let answer = exchange(
+        &mut conn,
+        &[
+            Frontend::parse("", "delete from orders"),
+            Frontend::bind("", "", &[]),
+            Frontend::parse("", "select 1"),
+            Frontend::execute(""),
+            Frontend::Sync,
+        ],
+        QUIET,
+    );
+    // The oracle first: it must see the unjudged DELETE on its own.
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("delete from orders"), "{report:?}");
+    assert!(
+        !answer.tags().iter().any(|t| t.starts_with("DELETE")),
+        "{:?}",
+        answer.tags()
+    );
+    assert_eq!(count(&env, "orders"), "100", "the DELETE ran");
+}
+
+/// Attack 2b: A protocol-level Parse of a named statement, a failed SQL PREPARE of the same name,
+/// then EXECUTE: the server runs what the Parse defined, so that is what must be judged.
+#[test]
+fn a_failed_prepare_cannot_stand_in_for_a_parsed_statement() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let parsed = exchange(
+        &mut conn,
+        &[Frontend::parse("s", "delete from orders"), Frontend::Sync],
+        QUIET,
+    );
+    assert!(matches!(parsed.ended, Ended::Ready), "{parsed:?}");
+    let prepare = exchange(
+        &mut conn,
+        &[Frontend::query("PREPARE s AS select 1")],
+        QUIET,
+    );
+    let execute = exchange(&mut conn, &[Frontend::query("EXECUTE s")], QUIET);
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("delete from orders"), "{report:?}");
+    assert!(
+        !execute.tags().iter().any(|t| t.starts_with("DELETE")),
+        "prepare: {:?}\nexecute: {:?}",
+        prepare.errors(),
+        execute.tags()
+    );
+    assert_eq!(count(&env, "orders"), "100", "the DELETE ran");
+}
+
+/// Attack 3: A settings change and a statement lexed under it, in one write: the gateway must not
+/// judge the second text under settings the server no longer has.
+#[test]
+fn a_settings_race_cannot_hide_a_delete() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let answer = exchange(
+        &mut conn,
+        &[
+            Frontend::query(
+                "update pg_settings set setting='off' where name='standard_conforming_strings'",
+            ),
+            Frontend::query("select '\\'\n'; delete from orders; --'"),
+        ],
+        QUIET,
+    );
+    assert!(
+        !answer.tags().iter().any(|t| t.starts_with("DELETE")),
+        "{:?}",
+        answer.tags()
+    );
+    assert_eq!(count(&env, "orders"), "100", "the hidden DELETE ran");
+    env.assert_oracle();
+}
+
+/// Attack 4: DDL wrapped in CREATE TABLE AS EXECUTE, and unbounded writes without a WHERE that
+/// reads as one: refused, and absent from the server's log.
+#[test]
+fn wrapped_ddl_and_unbounded_writes_are_refused() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let cases = [
+        (
+            "prepare s as select 1; create table pwned as execute s",
+            "create table pwned",
+        ),
+        ("truncate orders", "truncate orders"),
+        ("delete from orders where true", "delete from orders"),
+    ];
+    for (sql, needle) in cases {
+        let answer = exchange(&mut conn, &[Frontend::query(sql)], QUIET);
+        assert_refused(&answer, sql);
+        let report = env.assert_oracle();
+        assert!(!report.server_ran(needle), "{sql}: the server ran it");
+    }
+    assert_eq!(
+        env.direct_sql("app", "select to_regclass('public.pwned') is null")
+            .trim(),
+        "t",
+        "table pwned was created"
+    );
+    assert_eq!(count(&env, "orders"), "100");
+}
+
+/// Attack 5: A masked column through an expression: `reverse(national_id)` is derived from it and
+/// masked (or refused), never returned readable.
+#[test]
+fn a_masked_column_stays_masked_through_an_expression() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    let answer = exchange(
+        &mut conn,
+        &[Frontend::query(
+            "select reverse(national_id) from customers",
+        )],
+        QUIET,
+    );
+    assert!(matches!(answer.ended, Ended::Ready), "{answer:?}");
+    let bytes = answer.data_bytes();
+    for v in sluice_sandbox::demo_sensitive_values() {
+        let reversed: String = v.chars().rev().collect();
+        assert!(
+            !contains_bytes(&bytes, reversed.as_bytes()),
+            "the client received national id {v:?} reversed, in clear"
+        );
+    }
+    assert_no_sensitive_value(&answer);
+    env.assert_oracle();
+}
