@@ -70,6 +70,9 @@ pub(super) struct Responses {
     copy_refused: bool,
     /// Tells the request half which forwarded commands are answered.
     progress: watch::Sender<Progress>,
+    /// The server is skipping to a Sync the client has not sent yet (an
+    /// extended-protocol error): what is queued meanwhile is skipped too.
+    skipping: bool,
     /// Upstream statement names whose Parse the server did not carry out.
     failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
 }
@@ -106,6 +109,49 @@ impl Responses {
             copy_refused: false,
             progress,
             failed_parses,
+            skipping: false,
+        }
+    }
+
+    /// Queues what the request half expects next. While the server skips to
+    /// a Sync not yet sent, every message but Sync is ignored by the server:
+    /// its expectation is settled at once (a barrier waiting on it must not
+    /// wait for an answer that cannot come before the client's Sync).
+    fn enqueue(&mut self, e: Expect) {
+        if !self.skipping {
+            self.queue.push_back(e);
+            return;
+        }
+        match e {
+            Expect::Sync => {
+                self.skipping = false;
+                self.queue.push_back(e);
+            }
+            e @ Expect::Fatal { .. } => self.queue.push_back(e),
+            Expect::Execute {
+                command_id,
+                started,
+                ..
+            }
+            | Expect::Query {
+                command_id,
+                started,
+            } => {
+                self.finish();
+                self.begin(command_id, started, None);
+                if let Some(c) = self.current.as_mut() {
+                    c.outcome.error =
+                        Some("not executed: an earlier message in the same pipeline failed".into());
+                }
+                self.finish();
+            }
+            Expect::Parse { upstream } => self
+                .failed_parses
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(upstream),
+            // Neither answered by the server nor by the gateway: skipped.
+            _ => {}
         }
     }
 
@@ -136,7 +182,7 @@ impl Responses {
                     return Ok(reason);
                 }
                 e = self.expect.recv() => match e {
-                    Some(e) => self.queue.push_back(e),
+                    Some(e) => self.enqueue(e),
                     None => return Ok("client side closed".into()),
                 },
                 Some(n) = recv_notice(&mut self.notices) => wire::notice(&mut self.out, &n),
@@ -151,7 +197,7 @@ impl Responses {
                     // Expectations are queued before their message is sent
                     // upstream, so every answer's expectation is here now.
                     while let Ok(e) = self.expect.try_recv() {
-                        self.queue.push_back(e);
+                        self.enqueue(e);
                     }
                     loop {
                         let msg = match split_message(&mut self.buf, MAX_BACKEND_MESSAGE) {
@@ -700,18 +746,23 @@ impl Responses {
     fn skip_to_sync(&mut self, text: &str) {
         let mut first = true;
         while let Some(front) = self.queue.front() {
-            if matches!(
-                front,
-                Expect::Sync | Expect::Query { .. } | Expect::Fatal { .. }
-            ) {
+            // A simple Query sent before Sync is skipped too: the server
+            // ignores every message but Sync after an extended-protocol error.
+            if matches!(front, Expect::Sync | Expect::Fatal { .. }) {
                 break;
             }
             match self.queue.pop_front() {
-                Some(Expect::Execute {
-                    command_id,
-                    started,
-                    ..
-                }) => {
+                Some(
+                    Expect::Execute {
+                        command_id,
+                        started,
+                        ..
+                    }
+                    | Expect::Query {
+                        command_id,
+                        started,
+                    },
+                ) => {
                     self.ensure_current_for(command_id, started);
                     if let Some(c) = self.current.as_mut() {
                         c.outcome.error = Some(if first {
@@ -731,6 +782,10 @@ impl Responses {
                 }
                 _ => {}
             }
+        }
+        // No Sync queued yet: what arrives before it is skipped as well.
+        if self.queue.is_empty() {
+            self.skipping = true;
         }
     }
 
