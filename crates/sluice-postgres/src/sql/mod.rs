@@ -17,6 +17,7 @@
 mod bounds;
 mod cache;
 mod functions;
+pub(crate) mod resolve;
 mod walk;
 
 #[cfg(test)]
