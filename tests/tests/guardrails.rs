@@ -207,6 +207,54 @@ fn prepared_statements_are_judged_by_what_they_run() {
     assert_eq!(count(&env, "customers"), customers);
 }
 
+/// Issue 12, item 4: a statement wrapping an EXECUTE keeps its own classes,
+/// and `no_where` means "no predicate that bounds the rows".
+#[test]
+fn wrapped_executes_and_unbounded_writes_are_refused() {
+    let env = env();
+    let url = env.agent_url();
+    assert_denied(
+        &env,
+        &url,
+        "prepare s as select 1; create table pwned as execute s",
+        "no-ddl",
+    );
+    assert!(!table_exists(&env, "pwned"));
+    let orders = count(&env, "orders");
+    for sql in [
+        "truncate orders",
+        "delete from orders where true",
+        "delete from orders where 1 = 1",
+        "delete from orders where id = id",
+        "delete from orders where id = 5 or true",
+        "delete from orders where not false",
+        "update orders set status = 'x' where 'a' = 'a'",
+        "delete from orders where id in (select id from orders)",
+        "with d as (delete from orders where id is not null or true returning 1) select count(*) from d",
+        "merge into orders o using orders s on true when matched then delete",
+    ] {
+        assert_denied(&env, &url, sql, "no-unbounded-writes");
+    }
+    assert_eq!(count(&env, "orders"), orders);
+    // Bounded writes still run.
+    assert_allowed(
+        &env,
+        &url,
+        "update orders set status = 'b' where id in (select id from orders where id < 3)",
+    );
+    assert_allowed(
+        &env,
+        &url,
+        "delete from orders where id = 99 and status = 'no such status'",
+    );
+    assert_eq!(count(&env, "orders"), orders);
+    assert_eq!(
+        env.direct_sql("app", "select count(*) from orders where status = 'b'")
+            .trim(),
+        "2"
+    );
+}
+
 #[test]
 fn unparseable_sql_is_refused_not_passed_through() {
     let env = env();

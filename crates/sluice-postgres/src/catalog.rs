@@ -123,6 +123,34 @@ impl Catalog {
     }
 }
 
+impl Catalog {
+    /// Runs one catalog query on the gateway's own connection (rows as
+    /// text), with the lookup timeout. An error or a timeout is an error:
+    /// callers fail closed.
+    pub(crate) async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let run = async {
+            let mut client = self.client.lock().await;
+            if client.is_none() {
+                let target = UpstreamTarget::for_connection(&self.connection)?;
+                *client =
+                    Some(upstream::connect(&self.connection, &target, &BTreeMap::new()).await?);
+            }
+            let result = match client.as_mut() {
+                Some(up) => simple_query(up, sql).await,
+                None => Err(PgError::Internal("catalog connection missing".into())),
+            };
+            if result.is_err() {
+                // Reconnect next time rather than reuse a connection in an unknown state.
+                *client = None;
+            }
+            result
+        };
+        tokio::time::timeout(LOOKUP_TIMEOUT, run)
+            .await
+            .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))?
+    }
+}
+
 /// Runs one simple query on an idle upstream connection; rows as text.
 async fn simple_query(up: &mut Upstream, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
     let mut msg = Vec::with_capacity(sql.len() + 6);

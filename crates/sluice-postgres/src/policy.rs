@@ -13,6 +13,7 @@
 //! Statements are classified with PostgreSQL's own parser (see `sql`), once
 //! per distinct text (cached) and once per command (scratch).
 
+use crate::sql::resolve::{fold, is_catalog_entry};
 use crate::sql::{Classification, ClassifierCache, SqlClass, StatementInfo};
 use sluice_core::glob::Glob;
 use sluice_core::pipeline::policy::{string_list, CommandMatcher, MatchKey, Scratch};
@@ -174,10 +175,18 @@ impl SqlMatcher {
             _ => return Ok(Statements::Resolved(Vec::new())),
         };
         let classified = self.cache.classify(text).map_err(|e| e.to_string())?;
-        if classified.statements.iter().all(|st| st.executes.is_none()) {
+        let catalog = command.context.iter().any(|c| is_catalog_entry(c));
+        if !catalog && classified.statements.iter().all(|st| st.executes.is_none()) {
             return Ok(Statements::Cached(classified));
         }
-        resolve(&classified, &command.context, &self.cache).map(Statements::Resolved)
+        let mut statements = resolve(&classified, &command.context, &self.cache)?;
+        if catalog {
+            // Views and user functions are judged on what they do.
+            for st in &mut statements {
+                fold(st, &command.context, &self.cache)?;
+            }
+        }
+        Ok(Statements::Resolved(statements))
     }
 
     fn statement_matches(&self, st: &StatementInfo) -> bool {
@@ -243,6 +252,7 @@ fn resolve(
             Some(name) => {
                 let definition = context
                     .iter()
+                    .filter(|c| !is_catalog_entry(c))
                     .find_map(|c| c.strip_prefix(&format!("{name}\u{0}")))
                     .ok_or_else(|| {
                         // Fail closed: we cannot judge what we did not see prepared.
@@ -376,6 +386,33 @@ mod tests {
         // EXECUTE's own arguments stay judged too.
         let st = resolved("execute q(pg_read_file('x'))", &[("q", "select $1")]);
         assert!(st[0].classes.contains(&SqlClass::Admin), "{st:?}");
+    }
+
+    #[test]
+    fn rules_follow_catalog_context() {
+        let rule: toml::Table = toml::from_str(r#"sql = ["write"]"#).unwrap();
+        let matcher = sql_match_key().compile(&rule).unwrap();
+        let command = |text: &str, context: Vec<String>| Command {
+            kind: CommandKind::SqlSimple,
+            text: text.into(),
+            context,
+        };
+        let purge = crate::sql::resolve::function_context(
+            "public",
+            "purge",
+            "sql",
+            "v",
+            "delete from orders",
+        );
+        let view = crate::sql::resolve::view_context("public", "v", "select * from orders");
+        let hit = |c: &Command| matcher.matches(c, &mut Scratch::default()).unwrap();
+        assert!(!hit(&command("select purge()", vec![])));
+        assert!(hit(&command("select purge()", vec![purge.clone()])));
+        assert!(!hit(&command("select * from v", vec![view.clone()])));
+        // With a prepared statement too.
+        let both = vec![prepared_context("s", "select purge()"), purge, view];
+        assert!(hit(&command("execute s", both.clone())));
+        assert!(!hit(&command("select count(*) from v group by 1", both)));
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod bounds;
 mod cache;
 mod functions;
 pub(crate) mod lineage;
+pub(crate) mod resolve;
 mod walk;
 
 #[cfg(test)]

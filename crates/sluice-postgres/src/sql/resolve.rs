@@ -1,0 +1,621 @@
+//! Rules follow the catalog: a statement is judged on what the views it
+//! reads or writes and the user functions and procedures it calls do.
+//!
+//! The relay calls [`catalog_context`] before the policy decides; it looks up
+//! the views and non-built-in functions a statement names (and, to a fixed
+//! point, the ones their definitions name) and returns them as
+//! `Command::context` entries. The policy ([`fold`]) then adds to each
+//! statement what those definitions do: a view's base tables (written too
+//! when the view is written: auto-updatable views write their base table),
+//! its functions; a function's or procedure's classes, tables and functions,
+//! from its body (SQL bodies parse as SQL, PL/pgSQL through libpg_query's
+//! PL/pgSQL parser), or, where the body cannot be read (another language),
+//! from its volatility (volatile may write). Dynamic SQL (`EXECUTE` of a
+//! string) is opaque and gets every class, like a DO block.
+//!
+//! Context entries start with a NUL, which no prepared statement name (the
+//! other kind of entry, `name\0sql`) can:
+//! - `\0view\0schema.name\0definition`
+//! - `\0function\0schema.name\0language\0volatility\0body` (body is
+//!   `prosrc` for SQL functions, `pg_get_functiondef` for SQL `BEGIN ATOMIC`
+//!   and PL/pgSQL, empty for aggregates and when unknown).
+
+use super::functions::is_builtin;
+use super::{ClassifierCache, SqlClass, StatementInfo};
+use crate::catalog::Catalog;
+use crate::PgError;
+use serde_json::Value;
+use std::collections::BTreeSet;
+
+/// Rounds of "definitions name more objects" before giving up (fail closed).
+const MAX_DEPTH: usize = 8;
+
+/// A view's entry for `Command::context`.
+pub fn view_context(schema: &str, name: &str, definition: &str) -> String {
+    format!("\0view\0{schema}.{name}\0{definition}")
+}
+
+/// A function's or procedure's entry for `Command::context`.
+pub fn function_context(
+    schema: &str,
+    name: &str,
+    language: &str,
+    volatility: &str,
+    body: &str,
+) -> String {
+    format!("\0function\0{schema}.{name}\0{language}\0{volatility}\0{body}")
+}
+
+enum Entry<'a> {
+    View {
+        name: &'a str,
+        definition: &'a str,
+    },
+    Function {
+        name: &'a str,
+        language: &'a str,
+        volatility: &'a str,
+        body: &'a str,
+    },
+}
+
+fn entry(s: &str) -> Option<Entry<'_>> {
+    let rest = s.strip_prefix('\0')?;
+    if let Some(v) = rest.strip_prefix("view\0") {
+        let (name, definition) = v.split_once('\0')?;
+        return Some(Entry::View { name, definition });
+    }
+    let f = rest.strip_prefix("function\0")?;
+    let mut parts = f.splitn(4, '\0');
+    Some(Entry::Function {
+        name: parts.next()?,
+        language: parts.next()?,
+        volatility: parts.next()?,
+        body: parts.next()?,
+    })
+}
+
+/// Whether a name as written (`v`, `s.v`) may be the catalog's `schema.name`:
+/// an unqualified name may be any schema's (search_path is the session's).
+fn names(written: &str, qualified: &str) -> bool {
+    if written.contains('.') {
+        written == qualified
+    } else {
+        qualified.rsplit_once('.').map(|(_, n)| n) == Some(written)
+    }
+}
+
+/// Whether a context entry is a catalog entry (not a prepared statement).
+pub(crate) fn is_catalog_entry(s: &str) -> bool {
+    s.starts_with('\0')
+}
+
+/// Adds to `st` what the views and functions it names do, as the context's
+/// catalog entries describe them, to a fixed point.
+pub(crate) fn fold(
+    st: &mut StatementInfo,
+    context: &[String],
+    cache: &ClassifierCache,
+) -> Result<(), String> {
+    let entries: Vec<Entry<'_>> = context.iter().filter_map(|c| entry(c)).collect();
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut done_tables: BTreeSet<String> = BTreeSet::new();
+    let mut done_functions: BTreeSet<String> = BTreeSet::new();
+    for _ in 0..=MAX_DEPTH * 4 {
+        let tables: Vec<(String, bool)> = st
+            .reads
+            .iter()
+            .map(|t| (t.clone(), false))
+            .chain(st.writes.iter().map(|t| (t.clone(), true)))
+            .filter(|(t, w)| !done_tables.contains(&key(t, *w)))
+            .collect();
+        let functions: Vec<String> = st
+            .functions
+            .iter()
+            .filter(|f| !done_functions.contains(*f))
+            .cloned()
+            .collect();
+        if tables.is_empty() && functions.is_empty() {
+            return Ok(());
+        }
+        for (table, written) in tables {
+            done_tables.insert(key(&table, written));
+            for e in &entries {
+                let Entry::View { name, definition } = e else {
+                    continue;
+                };
+                if !names(&table, name) {
+                    continue;
+                }
+                let def = cache.classify(definition).map_err(|e| e.to_string())?;
+                for d in &def.statements {
+                    st.reads.extend(d.reads.iter().cloned());
+                    st.functions.extend(d.functions.iter().cloned());
+                    st.classes.extend(d.classes.iter().copied());
+                    st.changes_session |= d.changes_session;
+                    if written {
+                        // An auto-updatable view writes its base table.
+                        st.writes.extend(d.reads.iter().cloned());
+                        st.classes.insert(SqlClass::Write);
+                    }
+                }
+            }
+        }
+        for function in functions {
+            done_functions.insert(function.clone());
+            for e in &entries {
+                let Entry::Function {
+                    name,
+                    language,
+                    volatility,
+                    body,
+                } = e
+                else {
+                    continue;
+                };
+                if !names(&function, name) {
+                    continue;
+                }
+                let does = function_effects(language, volatility, body, cache);
+                merge(st, &does);
+            }
+        }
+    }
+    Err("views and functions nest too deeply to judge".into())
+}
+
+fn key(table: &str, written: bool) -> String {
+    format!("{}{table}", if written { "w:" } else { "r:" })
+}
+
+fn merge(st: &mut StatementInfo, other: &StatementInfo) {
+    st.classes.extend(other.classes.iter().copied());
+    st.reads.extend(other.reads.iter().cloned());
+    st.writes.extend(other.writes.iter().cloned());
+    st.functions.extend(other.functions.iter().cloned());
+    st.no_where |= other.no_where;
+    st.changes_session |= other.changes_session;
+}
+
+/// What calling a function does, from its body or its volatility.
+fn function_effects(
+    language: &str,
+    volatility: &str,
+    body: &str,
+    cache: &ClassifierCache,
+) -> StatementInfo {
+    let mut out = StatementInfo {
+        // A user function is user code: it may call set_config.
+        changes_session: true,
+        ..StatementInfo::default()
+    };
+    let read = match language {
+        "sql" if !body.trim().is_empty() => sql_body(body, cache),
+        "plpgsql" if !body.trim().is_empty() => plpgsql_body(body, cache),
+        _ => None,
+    };
+    match read {
+        Some(statements) => {
+            for s in &statements {
+                merge(&mut out, s);
+            }
+        }
+        None if body.trim().is_empty() && language != "sql" && language != "plpgsql" => {
+            // Another language (C, internal, Python, …): only the volatility
+            // says anything. A volatile function may write.
+            out.classes.insert(SqlClass::Read);
+            if volatility != "i" && volatility != "s" {
+                out.classes.insert(SqlClass::Write);
+            }
+        }
+        None => opaque(&mut out),
+    }
+    out
+}
+
+/// Code the gateway cannot read (dynamic SQL, a body that does not parse):
+/// every class, and it may write every row.
+fn opaque(out: &mut StatementInfo) {
+    out.classes.extend(SqlClass::ALL);
+    out.no_where = true;
+}
+
+/// An SQL function's body: `prosrc` (statements), or the `CREATE FUNCTION …
+/// BEGIN ATOMIC` definition, whose statements are walked as part of it.
+fn sql_body(body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
+    let c = cache.classify(body).ok()?;
+    Some(
+        c.statements
+            .iter()
+            .cloned()
+            .map(|mut s| {
+                if s.command.starts_with("CREATE FUNCTION")
+                    || s.command.starts_with("CREATE PROCEDURE")
+                {
+                    // The definition itself is not run, only its body
+                    // (which cannot contain DDL in BEGIN ATOMIC).
+                    s.classes.remove(&SqlClass::Ddl);
+                }
+                s
+            })
+            .collect(),
+    )
+}
+
+/// A PL/pgSQL function's statements and expressions, each classified; `None`
+/// (opaque) when it runs dynamic SQL or something does not parse.
+fn plpgsql_body(definition: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
+    let tree = std::panic::catch_unwind(|| pg_query::parse_plpgsql(definition))
+        .ok()?
+        .ok()?;
+    let mut queries = Vec::new();
+    if !plpgsql_queries(&tree, &mut queries) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for (mode, query) in queries {
+        let text = match mode {
+            // A whole statement.
+            0 => query,
+            // `target := expr` (PL/pgSQL also accepts `=`).
+            3..=5 => format!("SELECT {}", query.replacen(":=", "=", 1)),
+            // An expression.
+            _ => format!("SELECT {query}"),
+        };
+        let c = cache.classify(&text).ok()?;
+        out.extend(c.statements.iter().cloned());
+    }
+    Some(out)
+}
+
+/// Collects `(parseMode, query)` of every PL/pgSQL expression; false when the
+/// function runs SQL built at run time.
+fn plpgsql_queries(v: &Value, out: &mut Vec<(i64, String)>) -> bool {
+    match v {
+        Value::Array(items) => items.iter().all(|i| plpgsql_queries(i, out)),
+        Value::Object(m) => {
+            for (k, val) in m {
+                if k.starts_with("PLpgSQL_stmt_dyn") || k == "dynquery" {
+                    return false;
+                }
+                if k == "PLpgSQL_expr" {
+                    if let Value::Object(e) = val {
+                        let query = e.get("query").and_then(Value::as_str).unwrap_or("");
+                        let mode = e.get("parseMode").and_then(Value::as_i64).unwrap_or(0);
+                        out.push((mode, query.to_owned()));
+                    }
+                }
+                if !plpgsql_queries(val, out) {
+                    return false;
+                }
+            }
+            true
+        }
+        _ => true,
+    }
+}
+
+/// The catalog entries (views, user functions and procedures) that the
+/// statements of `classified` name, to a fixed point, as `Command::context`
+/// strings for the policy: pass them along with the prepared-statement
+/// entries (`policy::prepared_context`) in the judged command's `context`.
+///
+/// For the relay, before `decide`: call it for every SQL command that is
+/// judged (simple Query, Parse, SQL PREPARE — with the classification of
+/// the text being judged; for `EXECUTE name`, of the prepared definition
+/// too). Names are looked up in every schema (an unqualified name resolves
+/// through the *session's* search_path, which the gateway's catalog
+/// connection does not share), so all candidates are judged. Built-in
+/// functions are not looked up. On error (catalog unreachable, timeout,
+/// definitions nesting deeper than the limit) the caller must refuse the
+/// command: it cannot be judged.
+// The relay calls this (issue 12); until it is wired, nothing else does.
+#[allow(dead_code)]
+pub(crate) async fn catalog_context(
+    catalog: &Catalog,
+    classified: &super::Classification,
+) -> Result<Vec<String>, PgError> {
+    let mut tables: BTreeSet<String> = BTreeSet::new();
+    let mut functions: BTreeSet<String> = BTreeSet::new();
+    for st in &classified.statements {
+        tables.extend(st.reads.iter().chain(st.writes.iter()).cloned());
+        functions.extend(st.functions.iter().cloned());
+    }
+    let cache = super::ClassifierCache::new(64);
+    let mut asked_tables: BTreeSet<String> = BTreeSet::new();
+    let mut asked_functions: BTreeSet<String> = BTreeSet::new();
+    let mut context = Vec::new();
+    for _ in 0..MAX_DEPTH {
+        let new_tables: Vec<String> = tables.difference(&asked_tables).cloned().collect();
+        let new_functions: Vec<String> = functions
+            .difference(&asked_functions)
+            .filter(|f| !is_builtin(&f.split('.').collect::<Vec<_>>()))
+            .cloned()
+            .collect();
+        asked_tables.extend(new_tables.iter().cloned());
+        asked_functions.extend(functions.iter().cloned());
+        if new_tables.is_empty() && new_functions.is_empty() {
+            return Ok(context);
+        }
+        let found = lookup(catalog, &new_tables, &new_functions).await?;
+        for e in found {
+            // What the definition names is looked up next round.
+            match entry(&e) {
+                Some(Entry::View { definition, .. }) => {
+                    if let Ok(c) = cache.classify(definition) {
+                        for s in &c.statements {
+                            tables.extend(s.reads.iter().cloned());
+                            functions.extend(s.functions.iter().cloned());
+                        }
+                    }
+                }
+                Some(Entry::Function {
+                    language,
+                    volatility,
+                    body,
+                    ..
+                }) => {
+                    let does = function_effects(language, volatility, body, &cache);
+                    tables.extend(does.reads.iter().chain(does.writes.iter()).cloned());
+                    functions.extend(does.functions.iter().cloned());
+                }
+                None => {}
+            }
+            context.push(e);
+        }
+    }
+    Err(PgError::Upstream(
+        "views and functions nest too deeply to judge".into(),
+    ))
+}
+
+/// Queries the catalog for views and functions of these names, in any
+/// schema; a qualified name keeps only its schema's.
+async fn lookup(
+    catalog: &Catalog,
+    tables: &[String],
+    functions: &[String],
+) -> Result<Vec<String>, PgError> {
+    let mut out = Vec::new();
+    if !tables.is_empty() {
+        let sql = format!(
+            "SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid) \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('v', 'm') AND c.relname = ANY (ARRAY[{}]::text[])",
+            literals(tables)
+        );
+        for row in catalog.query(&sql).await? {
+            let [Some(schema), Some(name), definition] = &row[..] else {
+                continue;
+            };
+            let qualified = format!("{schema}.{name}");
+            if tables.iter().any(|t| names(t, &qualified)) {
+                out.push(view_context(
+                    schema,
+                    name,
+                    definition.as_deref().unwrap_or(""),
+                ));
+            }
+        }
+    }
+    if !functions.is_empty() {
+        let sql = format!(
+            "SELECT n.nspname, p.proname, l.lanname, p.provolatile, \
+             CASE WHEN p.prokind = 'a' THEN NULL \
+                  WHEN l.lanname = 'sql' AND p.prosrc <> '' THEN p.prosrc \
+                  WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
+                  ELSE NULL END \
+             FROM pg_catalog.pg_proc p \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+             JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+             WHERE p.proname = ANY (ARRAY[{}]::text[])",
+            literals(functions)
+        );
+        for row in catalog.query(&sql).await? {
+            let [Some(schema), Some(name), Some(language), Some(volatility), body] = &row[..]
+            else {
+                continue;
+            };
+            let qualified = format!("{schema}.{name}");
+            if functions.iter().any(|f| names(f, &qualified)) {
+                out.push(function_context(
+                    schema,
+                    name,
+                    language,
+                    volatility,
+                    body.as_deref().unwrap_or(""),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Bare names (the last part of each) as SQL text values that no setting of
+/// the catalog connection can make mean anything else (hex-decoded).
+fn literals(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| {
+            let bare = n.rsplit('.').next().unwrap_or(n);
+            let hex: String = bare.bytes().map(|b| format!("{b:02x}")).collect();
+            format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::sql::{classify, SqlClass::*};
+
+    fn folded(sql: &str, context: &[String]) -> StatementInfo {
+        let cache = ClassifierCache::new(64);
+        let mut st = classify(sql).unwrap().statements.remove(0);
+        fold(&mut st, context, &cache).unwrap();
+        st
+    }
+
+    fn plpgsql(name: &str, body: &str) -> String {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.{name}()\n RETURNS void\n LANGUAGE plpgsql\n\
+             AS $function$ {body} $function$\n"
+        )
+    }
+
+    #[test]
+    fn reads_and_writes_through_views_reach_the_base_tables() {
+        let ctx = [
+            view_context("public", "v", " SELECT c.id, c.email\n   FROM customers c;"),
+            view_context("public", "v2", " SELECT v.id FROM v;"),
+            view_context("audit", "x", " SELECT * FROM audit.log;"),
+        ];
+        let st = folded("select * from v", &ctx);
+        assert!(st.reads.contains("customers"), "{st:?}");
+        assert!(st.writes.is_empty());
+        assert_eq!(st.classes, [Read].into_iter().collect());
+        // An auto-updatable view writes its base table.
+        let st = folded("delete from v where id = 1", &ctx);
+        assert!(st.writes.contains("customers"), "{st:?}");
+        assert!(!st.no_where);
+        // Views of views, to the base table.
+        let st = folded("select * from v2", &ctx);
+        assert!(st.reads.contains("customers"), "{st:?}");
+        // A qualified name is that schema's only; an unqualified one any schema's.
+        assert!(!folded("select * from public.x", &ctx)
+            .reads
+            .contains("audit.log"));
+        assert!(folded("select * from x", &ctx).reads.contains("audit.log"));
+        // Nothing in the context: as before.
+        assert_eq!(folded("select * from v", &[]).reads.len(), 1);
+    }
+
+    #[test]
+    fn functions_are_judged_on_their_bodies() {
+        let ctx = [
+            function_context("public", "purge", "sql", "v", "delete from orders"),
+            function_context(
+                "public",
+                "total",
+                "sql",
+                "s",
+                "select sum(amount) from orders",
+            ),
+            function_context(
+                "public",
+                "atomic",
+                "sql",
+                "v",
+                "CREATE OR REPLACE FUNCTION public.atomic()\n RETURNS void\n LANGUAGE sql\n\
+                 BEGIN ATOMIC\n DELETE FROM orders WHERE (id = 1);\nEND",
+            ),
+            function_context(
+                "public",
+                "pl",
+                "plpgsql",
+                "v",
+                &plpgsql(
+                    "pl",
+                    "declare n int; begin select count(*) into n from customers; \
+                     n := n + 1; if n > 5 then update orders set status = 'x'; end if; end",
+                ),
+            ),
+            function_context(
+                "public",
+                "dyn",
+                "plpgsql",
+                "v",
+                &plpgsql("dyn", "begin execute 'drop table ' || 'orders'; end"),
+            ),
+            function_context(
+                "public",
+                "sess",
+                "plpgsql",
+                "v",
+                &plpgsql(
+                    "sess",
+                    "begin perform set_config('search_path', 'evil', false); end",
+                ),
+            ),
+            function_context("public", "c_volatile", "c", "v", ""),
+            function_context("public", "c_stable", "c", "s", ""),
+            function_context("public", "p", "sql", "v", "insert into audit values (1)"),
+            function_context("public", "outer_fn", "sql", "v", "select purge()"),
+        ];
+        let st = folded("select purge()", &ctx);
+        assert!(
+            st.classes.contains(&Write) && st.writes.contains("orders"),
+            "{st:?}"
+        );
+        assert!(st.no_where && st.changes_session);
+
+        let st = folded("select total()", &ctx);
+        assert!(!st.classes.contains(&Write), "{st:?}");
+        assert!(st.reads.contains("orders"));
+
+        let st = folded("select atomic()", &ctx);
+        assert!(st.classes.contains(&Write), "{st:?}");
+        assert!(!st.classes.contains(&Ddl), "{st:?}");
+        assert!(!st.no_where);
+
+        let st = folded("select pl()", &ctx);
+        assert!(st.reads.contains("customers"), "{st:?}");
+        assert!(st.writes.contains("orders") && st.no_where, "{st:?}");
+        assert!(!st.classes.contains(&Ddl), "{st:?}");
+
+        // Dynamic SQL is opaque: every class.
+        let st = folded("select dyn()", &ctx);
+        assert_eq!(st.classes, SqlClass::ALL.into_iter().collect(), "{st:?}");
+
+        let st = folded("select sess()", &ctx);
+        assert!(st.classes.contains(&Admin) && st.changes_session, "{st:?}");
+
+        // Other languages: by volatility.
+        assert!(folded("select c_volatile()", &ctx).classes.contains(&Write));
+        assert!(!folded("select c_stable()", &ctx).classes.contains(&Write));
+
+        // Procedures, and functions calling functions.
+        let st = folded("call p()", &ctx);
+        assert!(st.writes.contains("audit"), "{st:?}");
+        let st = folded("select outer_fn()", &ctx);
+        assert!(st.writes.contains("orders"), "{st:?}");
+
+        // A function named in a view's definition.
+        let with_view = [
+            ctx.to_vec(),
+            vec![view_context("public", "w", " SELECT purge() AS purge;")],
+        ]
+        .concat();
+        assert!(folded("select * from w", &with_view)
+            .writes
+            .contains("orders"));
+
+        // Built-ins and unknown functions are left as they were.
+        let st = folded("select count(*), lower('A') from t group by 1", &ctx);
+        assert_eq!(st.classes, [Read].into_iter().collect(), "{st:?}");
+    }
+
+    #[test]
+    fn catalog_entries_do_not_answer_for_prepared_names() {
+        assert!(is_catalog_entry(&view_context("s", "v", "select 1")));
+        assert!(!is_catalog_entry(&crate::policy::prepared_context(
+            "view", "select 1"
+        )));
+        assert!(entry(&crate::policy::prepared_context("view", "select 1")).is_none());
+    }
+
+    #[test]
+    fn names_are_hex_literals() {
+        let l = literals(&["public.o'; drop table t; --".into()]);
+        let hex = l
+            .strip_prefix("pg_catalog.convert_from(pg_catalog.decode('")
+            .and_then(|r| r.strip_suffix("', 'hex'), 'UTF8')"))
+            .unwrap();
+        assert!(hex.chars().all(|c| c.is_ascii_hexdigit()), "{l}");
+    }
+}
