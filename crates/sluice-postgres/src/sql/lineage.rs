@@ -56,12 +56,21 @@ pub(crate) trait RuledColumns {
     /// For a whole-row reference: a column of `table` a rule masks, named
     /// so the rule matches it; `None` when no rule applies to the table.
     fn any_column(&self, table: &str) -> Option<String>;
+    /// The definition (`pg_get_viewdef`) of `table` when it is a view or a
+    /// materialized view, so that its columns are followed to their base
+    /// tables; `None` for a table or when not known.
+    fn view(&self, _table: &str) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// The session's masker as [`RuledColumns`].
 pub(crate) struct SessionRules<'a> {
     pub masker: &'a dyn ResponseMasker,
     pub session: &'a SessionInfo,
+    /// View definitions by name as the statement writes it (see
+    /// [`relations`]); the relay looks them up in the catalog.
+    pub views: Option<&'a HashMap<String, Arc<str>>>,
 }
 
 impl RuledColumns for SessionRules<'_> {
@@ -74,6 +83,15 @@ impl RuledColumns for SessionRules<'_> {
     fn any_column(&self, table: &str) -> Option<String> {
         self.masker.ruled_column_of(self.session, table)
     }
+    fn view(&self, table: &str) -> Option<Arc<str>> {
+        self.views?.get(table).cloned()
+    }
+}
+
+/// The tables and views a statement names (as written), so the relay can
+/// look up which are views before [`apply_lineage`] runs.
+pub(crate) fn relations(sql: &str) -> Result<BTreeSet<String>, String> {
+    analyse(sql).map(|l| l.tables.clone())
 }
 
 /// Labels every column of a result whose source the server did not name
@@ -91,6 +109,22 @@ pub(crate) fn apply_lineage(
 ) -> Result<(), String> {
     if !rules.any() {
         return Ok(());
+    }
+    // Plain columns of a view: the server names the view, not its base
+    // table; follow the view's definition.
+    for col in columns.iter_mut().filter(|c| !needs_lineage(c)) {
+        let (Some(table), Some(source)) = (&col.table, &col.source_column) else {
+            continue;
+        };
+        let written = view_name(rules, table);
+        let Some(written) = written else {
+            continue;
+        };
+        let sources = Sources::from([Source::Column(written, source.clone())]);
+        if let Some((t, c)) = first_ruled(&sources, rules) {
+            col.table = Some(t);
+            col.source_column = Some(c);
+        }
     }
     let needs: Vec<usize> = (0..columns.len())
         .filter(|&i| needs_lineage(&columns[i]))
@@ -195,15 +229,75 @@ pub(crate) fn references_ruled(sql: &str, rules: &dyn RuledColumns) -> bool {
     }
 }
 
+/// The name `views` knows a catalog-named table (`schema.table`) by, when
+/// it is a view.
+fn view_name(rules: &dyn RuledColumns, table: &str) -> Option<String> {
+    if rules.view(table).is_some() {
+        return Some(table.to_owned());
+    }
+    let bare = table.rsplit_once('.').map(|(_, t)| t)?;
+    rules.view(bare).is_some().then(|| bare.to_owned())
+}
+
 fn needs_lineage(c: &Column) -> bool {
     c.table_oid == 0 || c.column_number <= 0 || c.source_column.is_none()
 }
 
 fn first_ruled(sources: &Sources, rules: &dyn RuledColumns) -> Option<(String, String)> {
-    sources.iter().find_map(|s| match s {
-        Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
-        Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
+    first_ruled_at(sources, rules, 0)
+}
+
+/// Views over views are followed this deep; deeper, a view counts as
+/// deriving from every ruled column it could (refused by the caller).
+const MAX_VIEW_DEPTH: usize = 8;
+
+fn first_ruled_at(
+    sources: &Sources,
+    rules: &dyn RuledColumns,
+    depth: usize,
+) -> Option<(String, String)> {
+    sources.iter().find_map(|s| {
+        let direct = match s {
+            Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
+            Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
+        };
+        direct.or_else(|| through_view(s, rules, depth))
     })
+}
+
+/// A source in a view: the ruled base column it derives from, if any.
+fn through_view(
+    source: &Source,
+    rules: &dyn RuledColumns,
+    depth: usize,
+) -> Option<(String, String)> {
+    let (table, column) = match source {
+        Source::Column(t, c) => (t, Some(c)),
+        Source::Row(t) => (t, None),
+    };
+    let definition = rules.view(table)?;
+    let lineage = analyse(&definition).ok()?;
+    let segs = match lineage.statements.as_slice() {
+        [Output::Rows(shape)] if depth < MAX_VIEW_DEPTH => shape.flatten(),
+        // Nested too deep: the view may carry any ruled column of the
+        // tables it names.
+        _ => {
+            return lineage
+                .tables
+                .iter()
+                .find_map(|t| rules.any_column(t).map(|c| (t.clone(), c)))
+        }
+    };
+    let view = Rel {
+        name: table.clone(),
+        kind: Kind::Derived(segs),
+        colnames: Vec::new(),
+    };
+    let inner = match column {
+        Some(c) => view.lookup(c).0,
+        None => view.whole(),
+    };
+    first_ruled_at(&inner, rules, depth + 1)
 }
 
 // ---- the model
@@ -769,7 +863,13 @@ const SINK_FUNCTIONS: &[&str] = &[
     "dblink_send_query",
     "dblink_open",
     "dblink",
+    "dblink_connect",
+    "dblink_connect_u",
 ];
+
+/// Function name prefixes that are sinks too: advisory lock keys are shown
+/// to every session in `pg_locks`.
+const SINK_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory"];
 
 /// Functions that read data the statement does not name (SQL given as
 /// text, whole tables or schemas, cursors, statistics).
@@ -1838,10 +1938,12 @@ impl Analyzer {
     }
 
     fn func_call(&mut self, b: &Obj) -> Sources {
-        let name = string_items(b.get("funcname"))
+        let parts = string_items(b.get("funcname"));
+        let name = parts
             .last()
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
+        let builtin = parts.len() == 1 || parts[0].eq_ignore_ascii_case("pg_catalog");
         let mut data = self.expr(b.get("args").unwrap_or(&Value::Null));
         // An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its data
         // (`mode()`, `percentile_disc`); other aggregates' ORDER BY is
@@ -1849,7 +1951,9 @@ impl Analyzer {
         data.extend(self.expr(b.get("agg_order").unwrap_or(&Value::Null)));
         self.expr(b.get("agg_filter").unwrap_or(&Value::Null));
         self.expr(b.get("over").unwrap_or(&Value::Null));
-        if SINK_FUNCTIONS.contains(&name.as_str()) {
+        if SINK_FUNCTIONS.contains(&name.as_str())
+            || SINK_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
             self.sink(format!("{name}()"), None, data.clone());
         }
         if OPAQUE_FUNCTIONS.contains(&name.as_str()) {
@@ -1858,7 +1962,7 @@ impl Analyzer {
                  masked columns; query the tables directly"
             ));
         }
-        if name == "count" {
+        if name == "count" && builtin {
             // A number of rows, not a value.
             return Sources::new();
         }
