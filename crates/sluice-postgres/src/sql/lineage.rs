@@ -675,7 +675,16 @@ impl Rel {
                     )
                 }
             }
-            Kind::Derived(_) => {
+            Kind::Derived(raw) => {
+                // A column alias that lands behind a `*` names a column that
+                // cannot be placed: it may be any of them.
+                let cut = raw
+                    .iter()
+                    .take(self.colnames.len())
+                    .any(|s| matches!(s, Segment::Many { .. }));
+                if cut && self.colnames.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                    return (self.whole(), None);
+                }
                 let segs = self.segments();
                 let mut sources = Sources::new();
                 let mut origins = Vec::new();
@@ -841,7 +850,8 @@ struct Level {
 #[derive(Default)]
 struct Analyzer {
     /// CTEs in scope, innermost last.
-    ctes: Vec<(String, Kind)>,
+    /// CTEs in scope (name, columns, column aliases), innermost last.
+    ctes: Vec<(String, Kind, Vec<String>)>,
     levels: Vec<Level>,
     out: Lineage,
     /// The text of the top-level statement (the PL/pgSQL parser reads a
@@ -888,6 +898,25 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "dblink_fetch",
     "dblink_get_result",
     "pg_mcv_list_items",
+];
+
+/// Functions of a whole row that `rel.name` column notation can call.
+const RECORD_FUNCTIONS: &[&str] = &[
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+    "json_agg",
+    "jsonb_agg",
+    "array_agg",
+    "hstore",
+    "concat",
+    "concat_ws",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "record_out",
+    "to_tsvector",
 ];
 
 /// Planner statistics: sample values of every column.
@@ -1259,6 +1288,12 @@ impl Analyzer {
             },
             ([name], false) => self.unqualified(name),
             ([.., q, c], false) => match self.find_rel(q) {
+                // `c.row_to_json` is `row_to_json(c)` (column notation).
+                Some(rel) if RECORD_FUNCTIONS.contains(&c.to_ascii_lowercase().as_str()) => {
+                    let (mut s, _) = rel.lookup(c);
+                    s.extend(rel.whole());
+                    (s, None)
+                }
                 Some(rel) => rel.lookup(c),
                 // Not a relation: a composite column's field.
                 None => (self.unqualified(names[0]).0, None),
@@ -1388,11 +1423,15 @@ impl Analyzer {
             alias_name
         };
         if schema.is_empty() {
-            if let Some((_, kind)) = self.ctes.iter().rev().find(|(n, _)| n == relname) {
+            if let Some((_, kind, cte_names)) = self.ctes.iter().rev().find(|(n, ..)| n == relname)
+            {
+                // Aliases rename the first columns; the CTE's own the rest.
+                let mut names = colnames;
+                names.extend(cte_names.iter().skip(names.len()).cloned());
                 return Rel {
                     name,
                     kind: kind.clone(),
-                    colnames,
+                    colnames: names,
                 };
             }
         }
@@ -1436,7 +1475,8 @@ impl Analyzer {
                 let colnames = owned_strings(cte.get("aliascolnames"));
                 self.ctes.push((
                     str_field(cte, "ctename").to_owned(),
-                    Kind::Derived(renamed(&segs, &colnames)),
+                    Kind::Derived(segs),
+                    colnames,
                 ));
             }
             return self.ctes.len() - before;
@@ -1453,6 +1493,7 @@ impl Analyzer {
                     self.ctes.push((
                         str_field(other, "ctename").to_owned(),
                         Kind::Opaque(acc[j].clone()),
+                        Vec::new(),
                     ));
                 }
                 let segs = self.subquery(cte.get("ctequery"));
@@ -1491,9 +1532,10 @@ impl Analyzer {
                         origin: None,
                     })
                     .collect();
-                Kind::Derived(renamed(&segs, &colnames))
+                Kind::Derived(segs)
             };
-            self.ctes.push((str_field(cte, "ctename").to_owned(), kind));
+            self.ctes
+                .push((str_field(cte, "ctename").to_owned(), kind, colnames));
         }
         self.ctes.len() - before
     }
