@@ -33,6 +33,25 @@
 //! views, COPY, procedural code, `pg_stats`); [`references_ruled`] says
 //! whether a statement reads a ruled column at all, so that values the
 //! server echoes in errors and notices can be blanked.
+//!
+//! For the relay (when column rules apply on the session,
+//! `ResponseMasker::has_column_rules`):
+//! - before forwarding a statement (Query, Parse, PREPARE): `side_channel`;
+//!   an `Err` is a refusal with that reason;
+//! - on each RowDescription, after the catalog named the plain columns:
+//!   `apply_lineage` with the text of the statement that produces the rows
+//!   (for `FETCH`, the cursor's `DECLARE`; for `EXECUTE` and a Bind of a
+//!   prepared statement, its `PREPARE`/Parse text); an `Err` withholds the
+//!   rows with that reason. Views are followed when `SessionRules::views`
+//!   holds their definitions (`pg_get_viewdef`), looked up for the names
+//!   `relations` returns;
+//! - for ErrorResponse/NoticeResponse of a statement where
+//!   `references_ruled` is true: blank the values the server quotes
+//!   (detail, the quoted parts of the message), not only the detectors.
+//!
+//! Everything is cached by statement text (bounded), so a prepared
+//! statement executed many times is analysed once; results whose columns
+//! all carry their source (plain references) are not analysed at all.
 
 // The relay calls these entry points; until it does, only the tests use them.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -502,6 +521,9 @@ fn analyse_tree(sql: &str) -> Result<Lineage, String> {
         let output = a.statement_value(&tree);
         a.out.statements.push(output);
     }
+    if a.steps > MAX_STEPS {
+        return Err("the statement is too complex to follow masked columns through".into());
+    }
     Ok(a.out)
 }
 
@@ -857,7 +879,13 @@ struct Analyzer {
     /// The text of the top-level statement (the PL/pgSQL parser reads a
     /// whole CREATE FUNCTION).
     text: String,
+    /// Nodes visited; past [`MAX_STEPS`] the analysis gives up (fail
+    /// closed) instead of letting nested recursive CTEs multiply the work.
+    steps: usize,
 }
+
+/// Work allowed per query string (nodes visited, re-visits included).
+const MAX_STEPS: usize = 200_000;
 
 /// Functions that send their arguments somewhere other than the result.
 const SINK_FUNCTIONS: &[&str] = &[
@@ -940,6 +968,11 @@ const SELECT_HANDLED: &[&str] = &[
 ];
 
 impl Analyzer {
+    fn exhausted(&mut self) -> bool {
+        self.steps += 1;
+        self.steps > MAX_STEPS
+    }
+
     fn sink(
         &mut self,
         what: impl Into<String>,
@@ -976,6 +1009,9 @@ impl Analyzer {
     }
 
     fn statement(&mut self, tag: &str, b: &Obj) -> Output {
+        if self.exhausted() {
+            return Output::Nothing;
+        }
         match tag {
             "SelectStmt" => Output::Rows(self.select(b)),
             "InsertStmt" => self.insert(b),
@@ -1923,6 +1959,9 @@ impl Analyzer {
     /// Everything `v` may derive from. Predicates, grouping and ordering
     /// inside it are visited (for sinks and references) but do not count.
     fn expr(&mut self, v: &Value) -> Sources {
+        if self.exhausted() {
+            return Sources::new();
+        }
         match v {
             Value::Array(items) => items.iter().flat_map(|i| self.expr(i)).collect(),
             Value::Object(m) => match tagged(v) {

@@ -450,6 +450,24 @@ fn analyses_are_cached_by_text() {
     // Deep nesting fails closed rather than overflowing.
     let deep = format!("select {}1{}", "lower(".repeat(300), ")".repeat(300));
     assert!(analyse(&deep).is_err());
+    // Nested recursive CTEs cannot multiply the work without bound.
+    let mut nested = "select national_id from customers".to_owned();
+    for i in 0..8 {
+        nested = format!(
+            "with recursive r{i}(x) as (select x from ({nested}) s(x) union all select x || '' from r{i}) select x from r{i}"
+        );
+    }
+    let started = std::time::Instant::now();
+    let result = analyse(&nested);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match result {
+        Ok(l) => assert!(matches!(l.statements.as_slice(), [Output::Rows(_)])),
+        Err(e) => assert!(e.contains("too complex"), "{e}"),
+    }
 }
 
 #[test]
