@@ -33,6 +33,25 @@
 //! views, COPY, procedural code, `pg_stats`); [`references_ruled`] says
 //! whether a statement reads a ruled column at all, so that values the
 //! server echoes in errors and notices can be blanked.
+//!
+//! For the relay (when column rules apply on the session,
+//! `ResponseMasker::has_column_rules`):
+//! - before forwarding a statement (Query, Parse, PREPARE): `side_channel`;
+//!   an `Err` is a refusal with that reason;
+//! - on each RowDescription, after the catalog named the plain columns:
+//!   `apply_lineage` with the text of the statement that produces the rows
+//!   (for `FETCH`, the cursor's `DECLARE`; for `EXECUTE` and a Bind of a
+//!   prepared statement, its `PREPARE`/Parse text); an `Err` withholds the
+//!   rows with that reason. Views are followed when `SessionRules::views`
+//!   holds their definitions (`pg_get_viewdef`), looked up for the names
+//!   `relations` returns;
+//! - for ErrorResponse/NoticeResponse of a statement where
+//!   `references_ruled` is true: blank the values the server quotes
+//!   (detail, the quoted parts of the message), not only the detectors.
+//!
+//! Everything is cached by statement text (bounded), so a prepared
+//! statement executed many times is analysed once; results whose columns
+//! all carry their source (plain references) are not analysed at all.
 
 // The relay calls these entry points; until it does, only the tests use them.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -56,12 +75,21 @@ pub(crate) trait RuledColumns {
     /// For a whole-row reference: a column of `table` a rule masks, named
     /// so the rule matches it; `None` when no rule applies to the table.
     fn any_column(&self, table: &str) -> Option<String>;
+    /// The definition (`pg_get_viewdef`) of `table` when it is a view or a
+    /// materialized view, so that its columns are followed to their base
+    /// tables; `None` for a table or when not known.
+    fn view(&self, _table: &str) -> Option<Arc<str>> {
+        None
+    }
 }
 
 /// The session's masker as [`RuledColumns`].
 pub(crate) struct SessionRules<'a> {
     pub masker: &'a dyn ResponseMasker,
     pub session: &'a SessionInfo,
+    /// View definitions by name as the statement writes it (see
+    /// [`relations`]); the relay looks them up in the catalog.
+    pub views: Option<&'a HashMap<String, Arc<str>>>,
 }
 
 impl RuledColumns for SessionRules<'_> {
@@ -74,6 +102,15 @@ impl RuledColumns for SessionRules<'_> {
     fn any_column(&self, table: &str) -> Option<String> {
         self.masker.ruled_column_of(self.session, table)
     }
+    fn view(&self, table: &str) -> Option<Arc<str>> {
+        self.views?.get(table).cloned()
+    }
+}
+
+/// The tables and views a statement names (as written), so the relay can
+/// look up which are views before [`apply_lineage`] runs.
+pub(crate) fn relations(sql: &str) -> Result<BTreeSet<String>, String> {
+    analyse(sql).map(|l| l.tables.clone())
 }
 
 /// Labels every column of a result whose source the server did not name
@@ -91,6 +128,22 @@ pub(crate) fn apply_lineage(
 ) -> Result<(), String> {
     if !rules.any() {
         return Ok(());
+    }
+    // Plain columns of a view: the server names the view, not its base
+    // table; follow the view's definition.
+    for col in columns.iter_mut().filter(|c| !needs_lineage(c)) {
+        let (Some(table), Some(source)) = (&col.table, &col.source_column) else {
+            continue;
+        };
+        let written = view_name(rules, table);
+        let Some(written) = written else {
+            continue;
+        };
+        let sources = Sources::from([Source::Column(written, source.clone())]);
+        if let Some((t, c)) = first_ruled(&sources, rules) {
+            col.table = Some(t);
+            col.source_column = Some(c);
+        }
     }
     let needs: Vec<usize> = (0..columns.len())
         .filter(|&i| needs_lineage(&columns[i]))
@@ -195,15 +248,75 @@ pub(crate) fn references_ruled(sql: &str, rules: &dyn RuledColumns) -> bool {
     }
 }
 
+/// The name `views` knows a catalog-named table (`schema.table`) by, when
+/// it is a view.
+fn view_name(rules: &dyn RuledColumns, table: &str) -> Option<String> {
+    if rules.view(table).is_some() {
+        return Some(table.to_owned());
+    }
+    let bare = table.rsplit_once('.').map(|(_, t)| t)?;
+    rules.view(bare).is_some().then(|| bare.to_owned())
+}
+
 fn needs_lineage(c: &Column) -> bool {
     c.table_oid == 0 || c.column_number <= 0 || c.source_column.is_none()
 }
 
 fn first_ruled(sources: &Sources, rules: &dyn RuledColumns) -> Option<(String, String)> {
-    sources.iter().find_map(|s| match s {
-        Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
-        Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
+    first_ruled_at(sources, rules, 0)
+}
+
+/// Views over views are followed this deep; deeper, a view counts as
+/// deriving from every ruled column it could (refused by the caller).
+const MAX_VIEW_DEPTH: usize = 8;
+
+fn first_ruled_at(
+    sources: &Sources,
+    rules: &dyn RuledColumns,
+    depth: usize,
+) -> Option<(String, String)> {
+    sources.iter().find_map(|s| {
+        let direct = match s {
+            Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
+            Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
+        };
+        direct.or_else(|| through_view(s, rules, depth))
     })
+}
+
+/// A source in a view: the ruled base column it derives from, if any.
+fn through_view(
+    source: &Source,
+    rules: &dyn RuledColumns,
+    depth: usize,
+) -> Option<(String, String)> {
+    let (table, column) = match source {
+        Source::Column(t, c) => (t, Some(c)),
+        Source::Row(t) => (t, None),
+    };
+    let definition = rules.view(table)?;
+    let lineage = analyse(&definition).ok()?;
+    let segs = match lineage.statements.as_slice() {
+        [Output::Rows(shape)] if depth < MAX_VIEW_DEPTH => shape.flatten(),
+        // Nested too deep: the view may carry any ruled column of the
+        // tables it names.
+        _ => {
+            return lineage
+                .tables
+                .iter()
+                .find_map(|t| rules.any_column(t).map(|c| (t.clone(), c)))
+        }
+    };
+    let view = Rel {
+        name: table.clone(),
+        kind: Kind::Derived(segs),
+        colnames: Vec::new(),
+    };
+    let inner = match column {
+        Some(c) => view.lookup(c).0,
+        None => view.whole(),
+    };
+    first_ruled_at(&inner, rules, depth + 1)
 }
 
 // ---- the model
@@ -408,6 +521,9 @@ fn analyse_tree(sql: &str) -> Result<Lineage, String> {
         let output = a.statement_value(&tree);
         a.out.statements.push(output);
     }
+    if a.steps > MAX_STEPS {
+        return Err("the statement is too complex to follow masked columns through".into());
+    }
     Ok(a.out)
 }
 
@@ -581,7 +697,16 @@ impl Rel {
                     )
                 }
             }
-            Kind::Derived(_) => {
+            Kind::Derived(raw) => {
+                // A column alias that lands behind a `*` names a column that
+                // cannot be placed: it may be any of them.
+                let cut = raw
+                    .iter()
+                    .take(self.colnames.len())
+                    .any(|s| matches!(s, Segment::Many { .. }));
+                if cut && self.colnames.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+                    return (self.whole(), None);
+                }
                 let segs = self.segments();
                 let mut sources = Sources::new();
                 let mut origins = Vec::new();
@@ -747,13 +872,20 @@ struct Level {
 #[derive(Default)]
 struct Analyzer {
     /// CTEs in scope, innermost last.
-    ctes: Vec<(String, Kind)>,
+    /// CTEs in scope (name, columns, column aliases), innermost last.
+    ctes: Vec<(String, Kind, Vec<String>)>,
     levels: Vec<Level>,
     out: Lineage,
     /// The text of the top-level statement (the PL/pgSQL parser reads a
     /// whole CREATE FUNCTION).
     text: String,
+    /// Nodes visited; past [`MAX_STEPS`] the analysis gives up (fail
+    /// closed) instead of letting nested recursive CTEs multiply the work.
+    steps: usize,
 }
+
+/// Work allowed per query string (nodes visited, re-visits included).
+const MAX_STEPS: usize = 200_000;
 
 /// Functions that send their arguments somewhere other than the result.
 const SINK_FUNCTIONS: &[&str] = &[
@@ -769,7 +901,13 @@ const SINK_FUNCTIONS: &[&str] = &[
     "dblink_send_query",
     "dblink_open",
     "dblink",
+    "dblink_connect",
+    "dblink_connect_u",
 ];
+
+/// Function name prefixes that are sinks too: advisory lock keys are shown
+/// to every session in `pg_locks`.
+const SINK_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory"];
 
 /// Functions that read data the statement does not name (SQL given as
 /// text, whole tables or schemas, cursors, statistics).
@@ -788,6 +926,25 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "dblink_fetch",
     "dblink_get_result",
     "pg_mcv_list_items",
+];
+
+/// Functions of a whole row that `rel.name` column notation can call.
+const RECORD_FUNCTIONS: &[&str] = &[
+    "row_to_json",
+    "to_json",
+    "to_jsonb",
+    "json_agg",
+    "jsonb_agg",
+    "array_agg",
+    "hstore",
+    "concat",
+    "concat_ws",
+    "json_build_array",
+    "json_build_object",
+    "jsonb_build_array",
+    "jsonb_build_object",
+    "record_out",
+    "to_tsvector",
 ];
 
 /// Planner statistics: sample values of every column.
@@ -811,6 +968,11 @@ const SELECT_HANDLED: &[&str] = &[
 ];
 
 impl Analyzer {
+    fn exhausted(&mut self) -> bool {
+        self.steps += 1;
+        self.steps > MAX_STEPS
+    }
+
     fn sink(
         &mut self,
         what: impl Into<String>,
@@ -847,6 +1009,9 @@ impl Analyzer {
     }
 
     fn statement(&mut self, tag: &str, b: &Obj) -> Output {
+        if self.exhausted() {
+            return Output::Nothing;
+        }
         match tag {
             "SelectStmt" => Output::Rows(self.select(b)),
             "InsertStmt" => self.insert(b),
@@ -1159,6 +1324,12 @@ impl Analyzer {
             },
             ([name], false) => self.unqualified(name),
             ([.., q, c], false) => match self.find_rel(q) {
+                // `c.row_to_json` is `row_to_json(c)` (column notation).
+                Some(rel) if RECORD_FUNCTIONS.contains(&c.to_ascii_lowercase().as_str()) => {
+                    let (mut s, _) = rel.lookup(c);
+                    s.extend(rel.whole());
+                    (s, None)
+                }
                 Some(rel) => rel.lookup(c),
                 // Not a relation: a composite column's field.
                 None => (self.unqualified(names[0]).0, None),
@@ -1288,11 +1459,15 @@ impl Analyzer {
             alias_name
         };
         if schema.is_empty() {
-            if let Some((_, kind)) = self.ctes.iter().rev().find(|(n, _)| n == relname) {
+            if let Some((_, kind, cte_names)) = self.ctes.iter().rev().find(|(n, ..)| n == relname)
+            {
+                // Aliases rename the first columns; the CTE's own the rest.
+                let mut names = colnames;
+                names.extend(cte_names.iter().skip(names.len()).cloned());
                 return Rel {
                     name,
                     kind: kind.clone(),
-                    colnames,
+                    colnames: names,
                 };
             }
         }
@@ -1336,7 +1511,8 @@ impl Analyzer {
                 let colnames = owned_strings(cte.get("aliascolnames"));
                 self.ctes.push((
                     str_field(cte, "ctename").to_owned(),
-                    Kind::Derived(renamed(&segs, &colnames)),
+                    Kind::Derived(segs),
+                    colnames,
                 ));
             }
             return self.ctes.len() - before;
@@ -1353,6 +1529,7 @@ impl Analyzer {
                     self.ctes.push((
                         str_field(other, "ctename").to_owned(),
                         Kind::Opaque(acc[j].clone()),
+                        Vec::new(),
                     ));
                 }
                 let segs = self.subquery(cte.get("ctequery"));
@@ -1391,9 +1568,10 @@ impl Analyzer {
                         origin: None,
                     })
                     .collect();
-                Kind::Derived(renamed(&segs, &colnames))
+                Kind::Derived(segs)
             };
-            self.ctes.push((str_field(cte, "ctename").to_owned(), kind));
+            self.ctes
+                .push((str_field(cte, "ctename").to_owned(), kind, colnames));
         }
         self.ctes.len() - before
     }
@@ -1781,6 +1959,9 @@ impl Analyzer {
     /// Everything `v` may derive from. Predicates, grouping and ordering
     /// inside it are visited (for sinks and references) but do not count.
     fn expr(&mut self, v: &Value) -> Sources {
+        if self.exhausted() {
+            return Sources::new();
+        }
         match v {
             Value::Array(items) => items.iter().flat_map(|i| self.expr(i)).collect(),
             Value::Object(m) => match tagged(v) {
@@ -1838,10 +2019,12 @@ impl Analyzer {
     }
 
     fn func_call(&mut self, b: &Obj) -> Sources {
-        let name = string_items(b.get("funcname"))
+        let parts = string_items(b.get("funcname"));
+        let name = parts
             .last()
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
+        let builtin = parts.len() == 1 || parts[0].eq_ignore_ascii_case("pg_catalog");
         let mut data = self.expr(b.get("args").unwrap_or(&Value::Null));
         // An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its data
         // (`mode()`, `percentile_disc`); other aggregates' ORDER BY is
@@ -1849,7 +2032,9 @@ impl Analyzer {
         data.extend(self.expr(b.get("agg_order").unwrap_or(&Value::Null)));
         self.expr(b.get("agg_filter").unwrap_or(&Value::Null));
         self.expr(b.get("over").unwrap_or(&Value::Null));
-        if SINK_FUNCTIONS.contains(&name.as_str()) {
+        if SINK_FUNCTIONS.contains(&name.as_str())
+            || SINK_PREFIXES.iter().any(|p| name.starts_with(p))
+        {
             self.sink(format!("{name}()"), None, data.clone());
         }
         if OPAQUE_FUNCTIONS.contains(&name.as_str()) {
@@ -1858,7 +2043,7 @@ impl Analyzer {
                  masked columns; query the tables directly"
             ));
         }
-        if name == "count" {
+        if name == "count" && builtin {
             // A number of rows, not a value.
             return Sources::new();
         }

