@@ -34,6 +34,51 @@ pub const GATEWAY_QUERIES: &[(&str, &str)] = &[(
     ") AND a.attnum > 0 AND NOT a.attisdropped",
 )];
 
+/// The gateway's lookups of views and functions by name (`sql/resolve.rs`), as (prefix,
+/// suffix): what lies between is a list of hex-encoded names only.
+pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
+    (
+        "SELECT n.nspname, c.relname, pg_catalog.pg_get_viewdef(c.oid) \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('v', 'm') AND c.relname = ANY (ARRAY[",
+        "]::text[])",
+    ),
+    (
+        "SELECT n.nspname, p.proname, l.lanname, p.provolatile, \
+         CASE WHEN p.prokind = 'a' THEN NULL \
+              WHEN l.lanname = 'sql' AND p.prosrc <> '' THEN p.prosrc \
+              WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
+              ELSE NULL END \
+         FROM pg_catalog.pg_proc p \
+         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+         JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
+         WHERE p.proname = ANY (ARRAY[",
+        "]::text[])",
+    ),
+];
+
+/// Whether `middle` is a list of `pg_catalog.convert_from(pg_catalog.decode('HEX', 'hex'), 'UTF8')`.
+fn hex_name_list(middle: &str) -> bool {
+    let mut rest = middle;
+    loop {
+        let Some(r) = rest.strip_prefix("pg_catalog.convert_from(pg_catalog.decode('") else {
+            return false;
+        };
+        let hex_len = r.chars().take_while(|c| c.is_ascii_hexdigit()).count();
+        let Some(r) = r[hex_len..].strip_prefix("', 'hex'), 'UTF8')") else {
+            return false;
+        };
+        if r.is_empty() {
+            return true;
+        }
+        match r.strip_prefix(", ") {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+}
+
 /// The `application_name` of a test's own direct connection to the server (not through the
 /// gateway), which the oracle leaves out.
 pub const DIRECT_APPLICATION: &str = "sluice-e2e-direct";
@@ -46,16 +91,22 @@ fn on_gateway_session(s: &LoggedStatement, superuser: &str) -> bool {
 
 /// Whether `text` is one of the gateway's own catalog lookups.
 pub fn is_gateway_query(text: &str) -> bool {
-    GATEWAY_QUERIES.iter().any(|(prefix, suffix)| {
+    let by_name = GATEWAY_NAME_QUERIES.iter().any(|(prefix, suffix)| {
         text.strip_prefix(prefix)
             .and_then(|rest| rest.strip_suffix(suffix))
-            .is_some_and(|middle| {
-                !middle.is_empty()
-                    && middle
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
-            })
-    })
+            .is_some_and(hex_name_list)
+    });
+    by_name
+        || GATEWAY_QUERIES.iter().any(|(prefix, suffix)| {
+            text.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix(suffix))
+                .is_some_and(|middle| {
+                    !middle.is_empty()
+                        && middle
+                            .chars()
+                            .all(|c| c.is_ascii_digit() || c == ',' || c == ' ')
+                })
+        })
 }
 
 /// One `command_decided` record of the journal.

@@ -363,8 +363,17 @@ impl Session for PgSession {
             .masker()
             .wants_table_names()
             .then(|| self.shared.catalog_for(handle.connection()));
-        Relay::new(handle, self.stream, self.buf, upstream, catalog, cancel)
-            .run()
-            .await
+        let resolver = Some(self.shared.catalog_for(handle.connection()));
+        Relay::new(
+            handle,
+            self.stream,
+            self.buf,
+            upstream,
+            catalog,
+            resolver,
+            cancel,
+        )
+        .run()
+        .await
     }
 }

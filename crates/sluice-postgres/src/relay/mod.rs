@@ -13,6 +13,7 @@
 //! - `tags`: message type bytes per direction.
 
 mod barrier;
+mod catalog_context;
 mod prepared;
 mod registry;
 mod requests;
@@ -97,16 +98,21 @@ pub struct Relay {
     client_buf: BytesMut,
     upstream: Upstream,
     catalog: Option<Arc<Catalog>>,
+    resolver: Option<Arc<Catalog>>,
     cancel: Arc<tokio::sync::Notify>,
 }
 
 impl Relay {
+    /// `catalog`: source-table names for masking, when the masker wants
+    /// them; `resolver`: the views and functions statements name, for the
+    /// policy (`None` judges statements on their text alone).
     pub fn new(
         handle: SessionHandle,
         client: BoxedStream,
         client_buf: BytesMut,
         upstream: Upstream,
         catalog: Option<Arc<Catalog>>,
+        resolver: Option<Arc<Catalog>>,
         cancel: Arc<tokio::sync::Notify>,
     ) -> Self {
         Relay {
@@ -115,6 +121,7 @@ impl Relay {
             client_buf,
             upstream,
             catalog,
+            resolver,
             cancel,
         }
     }
@@ -126,6 +133,7 @@ impl Relay {
             client_buf,
             upstream,
             catalog,
+            resolver,
             cancel,
         } = self;
         let (client_r, client_w) = tokio::io::split(client);
@@ -142,6 +150,7 @@ impl Relay {
             cancel,
             progress_rx,
             failed_parses.clone(),
+            resolver,
         );
         let mut responses = responses::Responses::new(
             &handle,
@@ -173,6 +182,9 @@ impl Relay {
     }
 }
 
+/// View definitions by the names statements write them with.
+pub(crate) type Views = Arc<HashMap<String, Arc<str>>>;
+
 /// When a forwarded command left for the upstream, its place among the
 /// forwarded commands (for barriers), and its `upstream` span (open until
 /// the command's response ends).
@@ -184,15 +196,18 @@ struct Started {
     /// The SQL the command runs (empty for a fast-path call): masking follows
     /// what its result columns derive from.
     text: Arc<str>,
+    /// The views it reads, as the catalog defines them (lineage follows them).
+    views: Views,
 }
 
 impl Started {
-    fn now(command_id: u64, seq: u64, text: Arc<str>) -> Self {
+    fn now(command_id: u64, seq: u64, text: Arc<str>, views: Views) -> Self {
         Started {
             at: Instant::now(),
             seq,
             span: tracing::info_span!("upstream", command_id, error = tracing::field::Empty),
             text,
+            views,
         }
     }
 

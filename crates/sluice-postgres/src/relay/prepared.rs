@@ -15,7 +15,7 @@ pub(crate) struct SqlPrepared {
 }
 
 /// What a forwarded statement does to the session's prepared statements.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct PreparedEffects {
     prepared: Vec<(String, String)>,
     deallocated: Vec<Option<String>>,

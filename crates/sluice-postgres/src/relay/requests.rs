@@ -8,9 +8,11 @@ use super::barrier::{self, Progress};
 use super::prepared::{PreparedEffects, SqlPrepared};
 use super::registry::{NameError, Registry};
 use super::tags::frontend as tag;
-use super::{bind_result_formats, upstream_err, Expect, Started};
+use super::{bind_result_formats, upstream_err, Expect, Started, Views};
+use crate::catalog::Catalog;
 use crate::frame::{split_message, RawMessage, Reader, MAX_FRONTEND_MESSAGE};
 use crate::sql::lineage::{side_channel, SessionRules};
+use crate::sql::{Classification, SqlClass};
 use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
 use sluice_core::session::{SessionError, SessionHandle};
@@ -26,10 +28,30 @@ const PENDING_WHILE_DECIDING: usize = 1 << 20;
 struct Barrier {
     seq: u64,
     effects: PreparedEffects,
+    /// The statement changes the schema: cached catalog answers go.
+    ddl: bool,
+}
+
+impl Analysis {
+    /// For what the gateway cannot read (a fast-path call): a barrier.
+    fn opaque() -> Self {
+        Analysis {
+            classified: Vec::new(),
+            ddl: false,
+            context: Vec::new(),
+            lineage_text: None,
+            effects: PreparedEffects::default(),
+            barrier: true,
+        }
+    }
 }
 
 /// What the relay learns from a statement text before judging it.
 struct Analysis {
+    /// The statement's classification, and those of the prepared
+    /// definitions it runs (for the catalog lookup).
+    classified: Vec<Arc<Classification>>,
+    ddl: bool,
     context: Vec<String>,
     /// What the statement's result columns derive from, when that is not
     /// its own text: the definition a lone SQL `EXECUTE name` runs.
@@ -59,6 +81,8 @@ pub(super) struct Requests<'a> {
     /// Forwarded commands so far.
     seq: u64,
     barrier: Option<Barrier>,
+    /// Where views and user functions are looked up for the policy.
+    resolver: Option<Arc<Catalog>>,
 }
 
 enum Decided {
@@ -102,6 +126,7 @@ impl<'a> Requests<'a> {
         cancel: Arc<Notify>,
         progress: watch::Receiver<Progress>,
         failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
+        resolver: Option<Arc<Catalog>>,
     ) -> Self {
         Requests {
             handle,
@@ -118,6 +143,7 @@ impl<'a> Requests<'a> {
             failed_parses,
             seq: 0,
             barrier: None,
+            resolver,
         }
     }
 
@@ -273,7 +299,20 @@ impl<'a> Requests<'a> {
                     }
                     _ => None,
                 };
+                let mut all = vec![classified.clone()];
+                for entry in &context {
+                    if let Some((_, def)) = entry.split_once('\0') {
+                        if let Ok(c) = crate::policy::shared_classifier().classify(def) {
+                            all.push(c);
+                        }
+                    }
+                }
                 Analysis {
+                    ddl: classified
+                        .statements
+                        .iter()
+                        .any(|st| st.classes.contains(&SqlClass::Ddl)),
+                    classified: all,
                     lineage_text,
                     context,
                     effects,
@@ -282,6 +321,8 @@ impl<'a> Requests<'a> {
             }
             // Text the parser rejects is refused by the policy's own parse.
             Err(_) => Analysis {
+                classified: Vec::new(),
+                ddl: false,
                 lineage_text: None,
                 context: Vec::new(),
                 effects: PreparedEffects::default(),
@@ -294,7 +335,7 @@ impl<'a> Requests<'a> {
         let sql = Reader::new(msg.body())
             .cstr()
             .ok_or_else(|| malformed("Query"))?;
-        let analysis = self.analyse(&sql);
+        let mut analysis = self.analyse(&sql);
         let text: Arc<str> = analysis
             .lineage_text
             .clone()
@@ -302,17 +343,18 @@ impl<'a> Requests<'a> {
         let command = Command {
             kind: CommandKind::SqlSimple,
             text: sql,
-            context: analysis.context,
+            context: std::mem::take(&mut analysis.context),
         };
-        match self.judge_sql(command).await? {
+        let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
+        match decided {
             Decided::Forward(command_id) => {
                 let seq = self.next_seq();
                 self.push(Expect::Query {
                     command_id,
-                    started: Started::now(command_id, seq, text),
+                    started: Started::now(command_id, seq, text, views),
                 });
                 out.extend_from_slice(&msg.bytes);
-                self.hold_after(seq, analysis.barrier, analysis.effects, out, false);
+                self.hold_after(seq, &analysis, out, false);
             }
             Decided::Refuse(command_id, denial) => {
                 self.push(Expect::RefusedSimple { command_id, denial })
@@ -324,21 +366,21 @@ impl<'a> Requests<'a> {
     /// Sets a barrier after the forwarded command `seq` when it needs one
     /// (or when it changes prepared statements: their effects wait for its
     /// success). `extended`: ask the server to answer now (Flush).
-    fn hold_after(
-        &mut self,
-        seq: u64,
-        barrier: bool,
-        effects: PreparedEffects,
-        out: &mut BytesMut,
-        extended: bool,
-    ) {
-        if !barrier && effects.is_empty() {
+    fn hold_after(&mut self, seq: u64, analysis: &Analysis, out: &mut BytesMut, extended: bool) {
+        if analysis.ddl {
+            super::catalog_context::schema_changed();
+        }
+        if !analysis.barrier && analysis.effects.is_empty() {
             return;
         }
         if extended {
             put_message(out, tag::FLUSH, &[]);
         }
-        self.barrier = Some(Barrier { seq, effects });
+        self.barrier = Some(Barrier {
+            seq,
+            effects: analysis.effects.clone(),
+            ddl: analysis.ddl,
+        });
     }
 
     /// Waits until the server has answered the barrier command, then applies
@@ -350,6 +392,9 @@ impl<'a> Requests<'a> {
         loop {
             let p = *self.progress.borrow();
             if p.done >= b.seq {
+                if b.ddl {
+                    super::catalog_context::schema_changed();
+                }
                 if p.ok {
                     self.sql_prepared.apply(&b.effects);
                     if b.effects.clears_all_statements() {
@@ -410,23 +455,25 @@ impl<'a> Requests<'a> {
     /// of it reaches the server (its Execute would be refused anyway; what
     /// may run is judged again, and recorded, at each Execute).
     async fn refused_at_parse(&mut self, name: &str, sql: &str) -> Result<bool, SessionError> {
-        let analysis = self.analyse(sql);
+        let mut analysis = self.analyse(sql);
         let command = Command {
             kind: CommandKind::SqlExecute {
                 statement: name.to_string(),
                 portal: String::new(),
             },
             text: sql.to_string(),
-            context: analysis.context,
+            context: std::mem::take(&mut analysis.context),
         };
         let rules = SessionRules {
             masker: self.handle.masker().as_ref(),
             session: self.handle.info(),
+            views: None,
         };
         if side_channel(sql, &rules).is_ok() && !self.handle.policy_refuses(command.clone()) {
             return Ok(false);
         }
-        match self.judge_sql(command).await? {
+        let (decided, _) = self.judge_sql(command, &analysis.classified).await?;
+        match decided {
             // The full pipeline disagreed (a rule changed meanwhile): the
             // Execute is judged again anyway.
             Decided::Forward(_) => Ok(false),
@@ -562,7 +609,7 @@ impl<'a> Requests<'a> {
                 return Ok(());
             }
         };
-        let analysis = self.analyse(&portal.text);
+        let mut analysis = self.analyse(&portal.text);
         let lineage_text = analysis.lineage_text.clone();
         let command = Command {
             kind: CommandKind::SqlExecute {
@@ -570,9 +617,10 @@ impl<'a> Requests<'a> {
                 portal: portal_name.clone(),
             },
             text: portal.text.to_string(),
-            context: analysis.context,
+            context: std::mem::take(&mut analysis.context),
         };
-        match self.judge_sql(command).await? {
+        let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
+        match decided {
             Decided::Forward(command_id) => {
                 if !portal.described {
                     // No row leaves before its columns are known: ask the
@@ -597,10 +645,11 @@ impl<'a> Requests<'a> {
                         command_id,
                         seq,
                         lineage_text.unwrap_or_else(|| portal.text.clone()),
+                        views,
                     ),
                 });
                 out.extend_from_slice(&msg.bytes);
-                self.hold_after(seq, analysis.barrier, analysis.effects, out, true);
+                self.hold_after(seq, &analysis, out, true);
             }
             Decided::Refuse(command_id, denial) => {
                 self.push(Expect::Refused { command_id, denial });
@@ -628,11 +677,11 @@ impl<'a> Requests<'a> {
                 let seq = self.next_seq();
                 self.push(Expect::Query {
                     command_id,
-                    started: Started::now(command_id, seq, Arc::from("")),
+                    started: Started::now(command_id, seq, Arc::from(""), Views::default()),
                 });
                 out.extend_from_slice(&msg.bytes);
                 // A function may change anything: wait for its answer.
-                self.hold_after(seq, true, PreparedEffects::default(), out, false);
+                self.hold_after(seq, &Analysis::opaque(), out, false);
             }
             Decided::Refuse(command_id, denial) => {
                 self.push(Expect::RefusedSimple { command_id, denial })
@@ -645,24 +694,67 @@ impl<'a> Requests<'a> {
     /// values where masking cannot follow (a notification, another table,
     /// the planner's statistics) is refused by the masking stage; anything
     /// else goes through the pipeline.
-    async fn judge_sql(&mut self, command: Command) -> Result<Decided, SessionError> {
+    async fn judge_sql(
+        &mut self,
+        mut command: Command,
+        classified: &[Arc<Classification>],
+    ) -> Result<(Decided, Views), SessionError> {
+        let views = match self.add_catalog_context(&mut command, classified).await {
+            Ok(v) => v,
+            Err(why) => {
+                let d = self.refuse(command, "sluice:catalog", &why).await?;
+                return Ok((d, Views::default()));
+            }
+        };
         let rules = SessionRules {
             masker: self.handle.masker().as_ref(),
             session: self.handle.info(),
+            views: Some(&views),
         };
         if let Err(why) = side_channel(&command.text, &rules) {
-            return Ok(
-                match self.handle.refuse(command, "sluice:masking", &why).await {
-                    Ok(Decision::Refuse { command_id, denial }) => {
-                        Decided::Refuse(command_id, denial)
-                    }
-                    Ok(Decision::Forward { .. }) | Err(_) => {
-                        Decided::Refuse(0, Denial::unrecorded())
-                    }
-                },
-            );
+            let d = self.refuse(command, "sluice:masking", &why).await?;
+            return Ok((d, views));
         }
-        self.decide(command).await
+        Ok((self.decide(command).await?, views))
+    }
+
+    /// Records `command` as refused by the gateway's own stage `rule`.
+    async fn refuse(
+        &mut self,
+        command: Command,
+        rule: &str,
+        why: &str,
+    ) -> Result<Decided, SessionError> {
+        Ok(match self.handle.refuse(command, rule, why).await {
+            Ok(Decision::Refuse { command_id, denial }) => Decided::Refuse(command_id, denial),
+            Ok(Decision::Forward { .. }) | Err(_) => Decided::Refuse(0, Denial::unrecorded()),
+        })
+    }
+
+    /// Adds what the catalog says about the views and user functions the
+    /// statement names, so the policy judges what they do; returns the view
+    /// definitions for masking's lineage. A lookup that fails means the
+    /// statement cannot be judged.
+    async fn add_catalog_context(
+        &self,
+        command: &mut Command,
+        classified: &[Arc<Classification>],
+    ) -> Result<Views, String> {
+        let Some(catalog) = &self.resolver else {
+            return Ok(Views::default());
+        };
+        let refs: Vec<&Classification> = classified.iter().map(|c| c.as_ref()).collect();
+        match super::catalog_context::context(&self.handle.connection().name, catalog, &refs).await
+        {
+            Ok(entries) => {
+                command.context.extend(entries.iter().cloned());
+                Ok(super::catalog_context::views(&entries))
+            }
+            Err(e) => {
+                tracing::warn!(message = "Catalog lookup failed; refusing the statement.", error = %e);
+                Err("the gateway could not look up the views and functions this statement names, so it cannot be judged; retry".into())
+            }
+        }
     }
 
     /// Runs the pipeline for a command while watching the client: a client

@@ -305,7 +305,7 @@ impl Responses {
 
     fn begin(&mut self, command_id: u64, started: Started, columns: Option<Arc<Vec<Column>>>) {
         let (columns, withheld) = match columns {
-            Some(c) => match self.follow_lineage(&started.text, c) {
+            Some(c) => match self.follow_lineage(&started, c) {
                 Ok(c) => (Some(c), None),
                 Err(why) => (None, Some(why)),
             },
@@ -335,12 +335,14 @@ impl Responses {
     /// cannot be masked and must be withheld.
     fn follow_lineage(
         &self,
-        sql: &str,
+        started: &Started,
         columns: Arc<Vec<Column>>,
     ) -> Result<Arc<Vec<Column>>, String> {
+        let sql = &*started.text;
         let rules = SessionRules {
             masker: self.masker.as_ref(),
             session: &self.info,
+            views: Some(&started.views),
         };
         if sql.is_empty() || !rules.any() {
             return Ok(columns);
@@ -353,15 +355,16 @@ impl Responses {
     /// Whether errors and notices answering the command at the front may
     /// echo values of a masked column (their text is then withheld).
     fn echoes_ruled(&self) -> bool {
-        let text = match self.queue.front() {
-            Some(Expect::Query { started, .. } | Expect::Execute { started, .. }) => &started.text,
+        let started = match self.queue.front() {
+            Some(Expect::Query { started, .. } | Expect::Execute { started, .. }) => started,
             _ => return false,
         };
         let rules = SessionRules {
             masker: self.masker.as_ref(),
             session: &self.info,
+            views: Some(&started.views),
         };
-        references_ruled(text, &rules)
+        references_ruled(&started.text, &rules)
     }
 
     /// Starts the result of the command at the queue front if none is open.
@@ -550,8 +553,8 @@ impl Responses {
                 }
             }
             Some(Expect::Query { started, .. }) => {
-                let text = started.text.clone();
-                let (columns, withheld) = match self.follow_lineage(&text, columns) {
+                let started = started.clone();
+                let (columns, withheld) = match self.follow_lineage(&started, columns) {
                     Ok(c) => (c, None),
                     Err(why) => (Arc::new(Vec::new()), Some(why)),
                 };

@@ -1,0 +1,115 @@
+//! What the catalog says about the views and user functions a statement
+//! names (`sql::resolve`), for the policy to judge the statement on what
+//! they do, cached briefly per connection so that a statement shape costs
+//! one catalog lookup per interval, not one per execution.
+//!
+//! A schema change made through the gateway (any DDL it forwards) empties
+//! the cache at once; one made around it is seen within [`TTL`].
+
+use crate::catalog::Catalog;
+use crate::sql::Classification;
+use crate::PgError;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a lookup's answer is reused.
+pub(crate) const TTL: Duration = Duration::from_secs(2);
+/// Entries kept before the cache starts over.
+const MAX_ENTRIES: usize = 4096;
+
+struct Entry {
+    at: Instant,
+    generation: u64,
+    context: Arc<Vec<String>>,
+}
+
+static CACHE: LazyLock<Mutex<HashMap<(String, String), Entry>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// A schema change went through the gateway: nothing cached still holds.
+pub(crate) fn schema_changed() {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The names a lookup is about: every relation and function the statements
+/// name (built-ins are skipped by the lookup itself).
+fn key(classified: &[&Classification]) -> String {
+    let mut names = BTreeSet::new();
+    for c in classified {
+        for st in &c.statements {
+            names.extend(st.reads.iter().map(|t| format!("t:{t}")));
+            names.extend(st.writes.iter().map(|t| format!("t:{t}")));
+            names.extend(st.functions.iter().map(|f| format!("f:{f}")));
+        }
+    }
+    names.into_iter().collect::<Vec<_>>().join("\n")
+}
+
+/// The catalog entries for `classified` (and the definitions it runs, e.g.
+/// the statement an `EXECUTE` names), as `Command::context` strings. An
+/// error means the statement cannot be judged: the caller refuses it.
+pub(crate) async fn context(
+    connection: &str,
+    catalog: &Catalog,
+    classified: &[&Classification],
+) -> Result<Arc<Vec<String>>, PgError> {
+    let key = key(classified);
+    if key.is_empty() {
+        return Ok(Arc::default());
+    }
+    let generation = GENERATION.load(Ordering::SeqCst);
+    let cache_key = (connection.to_string(), key);
+    {
+        let cache = CACHE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(e) = cache.get(&cache_key) {
+            if e.generation == generation && e.at.elapsed() < TTL {
+                return Ok(e.context.clone());
+            }
+        }
+    }
+    let mut context = Vec::new();
+    for c in classified {
+        context.extend(crate::sql::resolve::catalog_context(catalog, c).await?);
+    }
+    let context = Arc::new(context);
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if cache.len() >= MAX_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(
+        cache_key,
+        Entry {
+            at: Instant::now(),
+            generation,
+            context: context.clone(),
+        },
+    );
+    Ok(context)
+}
+
+/// The view definitions among catalog entries, by the names a statement may
+/// write them with (`name` and `schema.name`), for masking's lineage.
+pub(crate) fn views(entries: &[String]) -> super::Views {
+    let mut views = HashMap::new();
+    for e in entries {
+        let Some(rest) = e.strip_prefix("\0view\0") else {
+            continue;
+        };
+        let Some((qualified, definition)) = rest.split_once('\0') else {
+            continue;
+        };
+        let definition: Arc<str> = Arc::from(definition);
+        if let Some((_, name)) = qualified.split_once('.') {
+            views.insert(name.to_string(), definition.clone());
+        }
+        views.insert(qualified.to_string(), definition);
+    }
+    Arc::new(views)
+}

@@ -1,0 +1,63 @@
+//! Rules follow the catalog: a statement is judged on what the views it
+//! reads or writes and the user functions it calls do, looked up by the
+//! gateway (an auto-updatable view writes its base table; a function's body
+//! runs with the caller's statement).
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::*;
+
+const RULES: &str = r#"
+[[rules]]
+name = "no-unbounded-writes"
+match = { sql = ["write"], no_where = true }
+action = "deny"
+
+[[rules]]
+name = "customers-read-only"
+match = { sql = ["write"], tables = ["customers"] }
+action = "deny"
+"#;
+
+#[test]
+fn views_and_functions_are_judged_on_what_they_do() {
+    let env = Env::builder().extra_toml(RULES).start();
+    env.direct_sql(
+        "app",
+        "create view cust as select * from customers; \
+         create function wipe() returns void language sql as 'delete from orders'; \
+         create function wipe_pl() returns void language plpgsql as \
+           $$ begin delete from orders; end $$; \
+         create function order_count() returns bigint language sql stable as \
+           'select count(*) from orders'; \
+         grant all on cust to app",
+    );
+    let url = env.agent_url();
+    let orders = || env.direct_sql("app", "select count(*) from orders");
+    let before = orders();
+    for (sql, rule) in [
+        (
+            "update cust set name = 'x' where id = 1",
+            "customers-read-only",
+        ),
+        ("select wipe()", "no-unbounded-writes"),
+        ("select wipe_pl()", "no-unbounded-writes"),
+        ("select 1 from (select wipe()) s", "no-unbounded-writes"),
+    ] {
+        let out = env.psql(&url, &["-c", sql]);
+        let err = failed(&out);
+        assert!(err.contains(rule), "{sql}: {err}");
+    }
+    assert_eq!(orders(), before);
+    assert_ne!(
+        env.direct_sql("app", "select name from customers where id = 1")
+            .trim(),
+        "x"
+    );
+    // Reads through views and read-only functions are ordinary work.
+    let out = ok(&env.psql(&url, &["-At", "-c", "select count(*) from cust"]));
+    assert!(out.trim().parse::<i64>().unwrap() > 0, "{out}");
+    let out = ok(&env.psql(&url, &["-At", "-c", "select order_count()"]));
+    assert_eq!(out.trim(), before.trim());
+}
