@@ -393,45 +393,45 @@ pub(super) fn judge_launcher(
             out,
         ),
         "prlimit" => {
-            if any(&|t| t == "-p" || t.starts_with("--pid")) {
-                return Some(Ok(()));
+            let spec = Spec {
+                with_arg: "po",
+                optional_attached: "cdefilmnqrstuvxy",
+                long_flags: &[
+                    "--noheadings",
+                    "--raw",
+                    "--verbose",
+                    "--core",
+                    "--data",
+                    "--nice",
+                    "--fsize",
+                    "--sigpending",
+                    "--memlock",
+                    "--rss",
+                    "--nofile",
+                    "--msgqueue",
+                    "--rtprio",
+                    "--stack",
+                    "--cpu",
+                    "--nproc",
+                    "--as",
+                    "--locks",
+                    "--rttime",
+                ],
+                long_with_arg: &["--pid", "--output"],
+                ..Spec::default()
+            };
+            match options(name, args, &spec) {
+                Err(_) => opaque(out, idx),
+                // `--pid`: limits of a running process, nothing runs. Only
+                // prlimit's own options count (`prlimit CMD -p` is CMD's).
+                Ok((i, seen))
+                    if seen.contains(&'p')
+                        || args[..i].iter().any(|w| w.text.starts_with("--pid")) =>
+                {
+                    Ok(())
+                }
+                Ok((i, _)) => judge(&args[i..], depth + 1, out),
             }
-            launcher(
-                name,
-                args,
-                &Spec {
-                    with_arg: "po",
-                    optional_attached: "cdefilmnqrstuvxy",
-                    long_flags: &[
-                        "--noheadings",
-                        "--raw",
-                        "--verbose",
-                        "--core",
-                        "--data",
-                        "--nice",
-                        "--fsize",
-                        "--sigpending",
-                        "--memlock",
-                        "--rss",
-                        "--nofile",
-                        "--msgqueue",
-                        "--rtprio",
-                        "--stack",
-                        "--cpu",
-                        "--nproc",
-                        "--as",
-                        "--locks",
-                        "--rttime",
-                    ],
-                    long_with_arg: &["--pid", "--output"],
-                    ..Spec::default()
-                },
-                0,
-                false,
-                depth,
-                idx,
-                out,
-            )
         }
         "setpriv" => launcher(
             name,
@@ -497,7 +497,13 @@ pub(super) fn judge_launcher(
             match options(name, args, &spec) {
                 Err(_) => opaque(out, idx),
                 Ok((_, seen)) if seen.contains(&'p') || seen.contains(&'m') => Ok(()),
-                Ok(_) if any(&|t| t == "--pid" || t == "--max") => Ok(()),
+                Ok((i, _))
+                    if args[..i]
+                        .iter()
+                        .any(|w| w.text == "--pid" || w.text == "--max") =>
+                {
+                    Ok(())
+                }
                 Ok((i, _)) => match args.get(i) {
                     // The priority, then the command.
                     Some(p) if !p.dynamic && p.text.chars().all(|c| c.is_ascii_digit()) => {

@@ -37,6 +37,8 @@ mod parse;
 mod unwrap;
 
 #[cfg(test)]
+mod differential;
+#[cfg(test)]
 mod tests;
 
 pub use matcher::shell_match_key;

@@ -551,6 +551,12 @@ fn launchers_cannot_hide_a_denied_program() {
         "tmux new -d 'rm -rf /srv/data'",
         "zip x.zip f -T -TT 'rm -rf /srv/data #'",
         "ip netns exec x rm -rf /srv/data",
+        // An option of the inner command is not the wrapper's (found by the
+        // differential test: flock took cut's -c1 for its own -c).
+        "env rm -rf /srv/data -S true",
+        "flock /tmp/l rm -rf /srv/data -c true",
+        "prlimit --nofile=64 rm -rf -p /srv/data",
+        "chrt -o 0 rm -rf --pid /srv/data",
     ] {
         assert_eq!(
             verdict_in(DENY_LIST, line),

@@ -286,7 +286,9 @@ pub(super) fn judge(
                     ..Spec::default()
                 },
             )?;
-            if let Some(script) = value_of(args, 'c', "--command") {
+            // Only among flock's own options: `flock F cmd -c x` is cmd's -c
+            // (found by the differential test).
+            if let Some(script) = value_of(&args[..i], 'c', "--command") {
                 return script_text(&script, depth, out);
             }
             let _ = seen;
@@ -652,19 +654,20 @@ fn env(
     idx: usize,
     out: &mut Vec<Invocation>,
 ) -> Result<(), Unjudgeable> {
-    if let Some(split) = value_of(args, 'S', "--split-string") {
+    let (i, _) = options(
+        "env",
+        args,
+        &Spec {
+            flags: "i0v",
+            with_arg: "uCS",
+            long_flags: &["--ignore-environment", "--null", "--debug"],
+            long_with_arg: &["--unset", "--chdir", "--split-string"],
+            ..Spec::default()
+        },
+    )?;
+    // Only among env's own options: `env cmd -S x` is cmd's -S.
+    if let Some(split) = value_of(&args[..i], 'S', "--split-string") {
         // `env -S 'cmd args'` splits the string itself: judge it as a command line.
-        let (i, _) = options(
-            "env",
-            args,
-            &Spec {
-                flags: "i0v",
-                with_arg: "uCS",
-                long_flags: &["--ignore-environment", "--null", "--debug"],
-                long_with_arg: &["--unset", "--chdir", "--split-string"],
-                ..Spec::default()
-            },
-        )?;
         let rest = quote_argv(&texts(&args[i..]));
         return script_text(&format!("{split} {rest}"), depth, out);
     }
@@ -848,10 +851,15 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
         }
     }
     let rest = args.get(i..).unwrap_or_default();
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let mut words = rest.to_vec();
+    // Without a command, xargs runs `echo` (found by the differential test).
+    let mut words = if rest.is_empty() {
+        vec![Word {
+            text: "echo".into(),
+            ..Word::default()
+        }]
+    } else {
+        rest.to_vec()
+    };
     if !replace {
         // The arguments xargs appends come from standard input.
         words.push(Word {
