@@ -11,6 +11,7 @@ mod faults;
 mod fuzz;
 mod pgwire;
 mod setup;
+mod shell_diff;
 mod soak;
 
 const USAGE: &str = "\
@@ -87,7 +88,10 @@ fn run(args: &[String]) -> Result<()> {
             ]))
         }
         "bench" => bench::bench(rest),
-        "fuzz" => fuzz::fuzz(rest),
+        "fuzz" => {
+            fuzz::fuzz(rest)?;
+            shell_diff::after_fuzz(rest)
+        }
         "soak" => soak::soak(rest),
         "faults" => faults::faults(rest),
         "deny" => deny(),

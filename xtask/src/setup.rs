@@ -70,6 +70,11 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "tmux",
         present: || command_exists("tmux"),
     },
+    // The shell differential test compares the parser with what bash execs under strace.
+    Requirement {
+        package: "strace",
+        present: || command_exists("strace"),
+    },
     Requirement {
         package: "openssl",
         present: || command_exists("openssl"),

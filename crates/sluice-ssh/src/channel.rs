@@ -681,13 +681,63 @@ async fn recv_notice(
     }
 }
 
-/// `scp -t PATH` (upload) or `scp -f PATH` (download), from the exec line.
+/// The words of a line that is exactly one command: no separators,
+/// pipes, redirections, substitutions, expansions or assignments, so that
+/// what runs is that one program and nothing else.
+fn sole_command(text: &str) -> Option<Vec<String>> {
+    // Unquoted shell syntax anywhere (even after `||`, or in a comment)
+    // means the line is more than one transfer command.
+    let mut chars = text.trim_end_matches(['\n', ' ']).chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some('\''), '\'') | (Some('"'), '"') => quote = None,
+            (Some('\''), _) => {}
+            (Some('"'), '$' | '`' | '\\') => return None,
+            (Some(_), _) => {}
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '\\') => {
+                chars.next();
+            }
+            (None, c) if ";&|<>()`$\n#".contains(c) => return None,
+            (None, _) => {}
+        }
+    }
+    if quote.is_some() {
+        return None;
+    }
+    let mut commands = sluice_core::shell::parse(text).ok()?;
+    if commands.len() != 1 {
+        return None;
+    }
+    let cmd = commands.pop()?;
+    if !cmd.assignments.is_empty()
+        || cmd.stdin_redirected
+        // A glob (`scp -f /var/log/*.log`) expands to names, not code.
+        || cmd.words.iter().any(|w| w.dynamic)
+    {
+        return None;
+    }
+    Some(cmd.words.into_iter().map(|w| w.text).collect())
+}
+
+/// `scp -t PATH` (upload) or `scp -f PATH` (download), when that is the
+/// whole exec line: a line that merely mentions scp
+/// (`cat ~/.aws/credentials; true || scp -t /tmp`) is an ordinary command,
+/// masked and recorded as such.
 fn scp_transfer(text: &str) -> Option<Carries> {
-    let invocations = sluice_core::shell::analyze(text).ok()?;
-    let scp = invocations.iter().find(|i| i.program == "scp")?;
+    let words = sole_command(text)?;
+    let (program, args) = words.split_first()?;
+    if program != "scp" && !program.ends_with("/scp") {
+        return None;
+    }
     let mut upload = None;
-    for a in &scp.args {
+    for a in args {
         if a.starts_with('-') && !a.starts_with("--") {
+            // `-S program` and `-o option` could run something else.
+            if a.contains(['S', 'o', 'F', 'J']) {
+                return None;
+            }
             if a.contains('t') {
                 upload = Some(true);
             } else if a.contains('f') {
@@ -695,8 +745,7 @@ fn scp_transfer(text: &str) -> Option<Carries> {
             }
         }
     }
-    let path = scp
-        .args
+    let path = args
         .iter()
         .rev()
         .find(|a| !a.starts_with('-'))
@@ -705,9 +754,48 @@ fn scp_transfer(text: &str) -> Option<Carries> {
     upload.map(|upload| Carries::Scp { path, upload })
 }
 
-/// An exec of the SFTP server program (`sftp -s /usr/lib/openssh/sftp-server`).
+/// An exec of the SFTP server program (`/usr/lib/openssh/sftp-server`), when
+/// that is the whole exec line.
 fn is_sftp_server(text: &str) -> bool {
-    sluice_core::shell::analyze(text)
-        .map(|v| v.iter().any(|i| i.program == "sftp-server"))
-        .unwrap_or(false)
+    sole_command(text)
+        .and_then(|w| w.first().cloned())
+        .is_some_and(|p| p == "sftp-server" || p.ends_with("/sftp-server"))
+}
+
+#[cfg(test)]
+mod transfer_tests {
+    use super::*;
+
+    #[test]
+    fn only_a_line_that_is_one_transfer_command_is_a_transfer() {
+        assert!(matches!(
+            scp_transfer("scp -t /tmp"),
+            Some(Carries::Scp { upload: true, .. })
+        ));
+        assert!(matches!(
+            scp_transfer("scp -f -- '/srv/a b'"),
+            Some(Carries::Scp { upload: false, .. })
+        ));
+        for line in [
+            "cat ~/.aws/credentials; true || scp -t /tmp",
+            "cat ~/.aws/credentials && scp -t /tmp",
+            "scp -t /tmp; cat /etc/shadow",
+            "scp -t /tmp | cat",
+            "scp -t $(cat /etc/shadow)",
+            "scp -t /tmp > /dev/null",
+            "X=1 scp -t /tmp",
+            "scp -t /tmp # comment",
+            "scp -t /tmp\ncat /etc/shadow",
+            "scp -S /tmp/x -t /tmp",
+            "exec scp -t /tmp",
+            "echo scp -t /tmp",
+        ] {
+            assert!(scp_transfer(line).is_none(), "{line:?}");
+        }
+        assert!(is_sftp_server("/usr/lib/openssh/sftp-server"));
+        assert!(!is_sftp_server(
+            "cat /etc/shadow; /usr/lib/openssh/sftp-server"
+        ));
+        assert!(!is_sftp_server("cat /etc/shadow | sftp-server"));
+    }
 }

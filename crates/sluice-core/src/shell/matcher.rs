@@ -10,12 +10,14 @@
 //! (program by base name, or as written with its path); `program` globs
 //! match the program's name or path. When a rule sets both, both must hold
 //! for the same program. Each program of a line is judged on its own (see
-//! `CommandMatcher::part_matches`). A line that cannot be judged
+//! `CommandMatcher::part_matches`). A part that may run anything
+//! ([`Invocation::runs_anything`]) matches every deny and review rule, and
+//! an allow rule only through a `command` pattern matching its arguments. A line that cannot be judged
 //! ([`super::Unjudgeable`]) makes the matcher fail, which denies the command.
 
 use super::{analyze, Invocation};
 use crate::glob::Glob;
-use crate::model::{Command, CommandKind};
+use crate::model::{Action, Command, CommandKind};
 use crate::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
 use std::sync::Arc;
 
@@ -43,9 +45,20 @@ impl MatchKey for ShellMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        // Without the rule's action, judge as the strictest (an allow rule
+        // admitting less, never more).
+        self.compile_for(values, Action::Allow)
+    }
+
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         Ok(Box::new(ShellMatcher {
             commands: strings(values, "command")?,
             programs: strings(values, "program")?,
+            allows: action == Action::Allow,
         }))
     }
 }
@@ -53,6 +66,9 @@ impl MatchKey for ShellMatchKey {
 struct ShellMatcher {
     commands: Option<Vec<Glob>>,
     programs: Option<Vec<Glob>>,
+    /// The rule allows: a part that may run anything matches it only when
+    /// a `command` pattern names the program and its arguments.
+    allows: bool,
 }
 
 /// One command line analysed once for all rules.
@@ -60,6 +76,17 @@ struct Analyzed(Result<Vec<Invocation>, String>);
 
 impl ShellMatcher {
     fn invocation_matches(&self, inv: &Invocation) -> bool {
+        if inv.runs_anything {
+            if !self.allows {
+                // A deny or review rule on programs or commands: what such a
+                // part runs is unknown, so it may be what the rule names.
+                return true;
+            }
+            if self.commands.is_none() {
+                // `program = ["awk"]` does not say which awk programs.
+                return false;
+            }
+        }
         if let Some(globs) = &self.programs {
             let hit = globs.iter().any(|g| {
                 g.matches(&inv.program) || inv.path.as_deref().is_some_and(|p| g.matches(p))

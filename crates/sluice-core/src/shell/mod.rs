@@ -31,10 +31,13 @@
 //! naming a literal path does not. Write rules on programs and option
 //! prefixes, not on exact paths.
 
+mod launch;
 mod matcher;
 mod parse;
 mod unwrap;
 
+#[cfg(test)]
+mod differential;
 #[cfg(test)]
 mod tests;
 
@@ -50,6 +53,12 @@ pub struct Invocation {
     pub path: Option<String>,
     /// The arguments after quote removal.
     pub args: Vec<String>,
+    /// The program can run other programs (or open a shell) and what it
+    /// runs could not be extracted from the line: `awk 'BEGIN{system(…)}'`,
+    /// `vim`, `script` without `-c`, `python3 x.py`. Every deny or review
+    /// rule on `program`/`command` matches such a part; only an allow rule
+    /// whose `command` pattern matches it (program *and* arguments) admits it.
+    pub runs_anything: bool,
 }
 
 impl Invocation {

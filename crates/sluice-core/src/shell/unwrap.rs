@@ -1,7 +1,8 @@
 //! Programs that run other programs, and programs whose effect cannot be
 //! judged from the command line.
 
-use super::parse::{parse_at, Word, MAX_DEPTH};
+use super::launch;
+use super::parse::{arithmetic_has_names, parse_at, Word, MAX_DEPTH};
 use super::{quote_argv, Invocation, Unjudgeable};
 
 /// Shells: `-c SCRIPT` is parsed and judged; otherwise they read commands
@@ -15,7 +16,9 @@ const SHELLS: &[&str] = &[
 const STDIN_PATHS: &[&str] = &["-", "/dev/stdin", "/dev/fd/0", "/proc/self/fd/0"];
 
 /// Built-ins that run text as code or change what a later name runs.
-const CODE_BUILTINS: &[&str] = &["eval", "source", ".", "alias", "trap", "fc", "enable"];
+const CODE_BUILTINS: &[&str] = &[
+    "eval", "source", ".", "alias", "trap", "fc", "enable", "compgen", "complete", "bind",
+];
 
 fn err<T>(why: impl Into<String>) -> Result<T, Unjudgeable> {
     Err(Unjudgeable::new(why))
@@ -27,9 +30,41 @@ pub(crate) fn analyze_into(
     out: &mut Vec<Invocation>,
 ) -> Result<(), Unjudgeable> {
     for cmd in parse_at(line, depth)? {
+        let idx = out.len();
         judge(&cmd.words, depth, out)?;
+        // `PAGER=… man x`, `LD_PRELOAD=… ls`, `GIT_SSH_COMMAND=… git fetch`:
+        // the command runs what the variable names.
+        if let Some(a) = cmd
+            .assignments
+            .iter()
+            .find(|a| launch::assigned_name(&a.text).is_some_and(launch::code_env))
+        {
+            code_assignment(&a.text, idx, out);
+        }
     }
     Ok(())
+}
+
+/// Marks the part at `idx` (or, for a bare assignment, a new part named by
+/// the assignment) as running anything.
+fn code_assignment(text: &str, idx: usize, out: &mut Vec<Invocation>) {
+    match out.get_mut(idx) {
+        Some(inv) => inv.runs_anything = true,
+        None => out.push(Invocation {
+            program: text.split('=').next().unwrap_or_default().to_string() + "=",
+            path: None,
+            args: vec![text.to_string()],
+            runs_anything: true,
+        }),
+    }
+}
+
+/// Whether words a wrapper or builtin takes as `NAME=value` set a variable
+/// that makes a later program run code.
+fn sets_code_env(words: &[Word]) -> bool {
+    words
+        .iter()
+        .any(|w| launch::assigned_name(&w.text).is_some_and(launch::code_env))
 }
 
 fn texts(words: &[Word]) -> Vec<String> {
@@ -44,14 +79,20 @@ fn normalise(text: &str) -> (String, Option<String>) {
     }
 }
 
-fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+pub(super) fn judge(
+    words: &[Word],
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
     if depth > MAX_DEPTH {
         return err("commands are nested too deeply");
     }
     let Some(first) = words.first() else {
         return Ok(());
     };
-    if first.dynamic || first.glob {
+    // `[` and `[[` have no closing bracket: not a pattern.
+    let glob = first.glob && !matches!(first.text.as_str(), "[" | "[[");
+    if first.dynamic || glob {
         return err(format!(
             "the program name {:?} is only known when the command runs",
             first.text
@@ -59,10 +100,12 @@ fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), 
     }
     let (program, path) = normalise(&first.text);
     let args = &words[1..];
+    let idx = out.len();
     out.push(Invocation {
         program: program.clone(),
         path,
         args: texts(args),
+        runs_anything: false,
     });
     let name = program.as_str();
     if CODE_BUILTINS.contains(&name) {
@@ -70,19 +113,28 @@ fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), 
             "`{name}` runs text or changes names in ways the gateway cannot judge"
         ));
     }
+    names_are_plain(name, args)?;
+    if matches!(
+        name,
+        "export" | "declare" | "typeset" | "local" | "readonly"
+    ) && sets_code_env(args)
+    {
+        out[idx].runs_anything = true;
+    }
     if SHELLS.contains(&name) {
-        return shell(name, args, depth, out);
+        return shell(name, args, depth, idx, out);
     }
     if is_interpreter(name) {
-        return interpreter(name, args);
+        out[idx].runs_anything = interpreter(name, args)?;
+        return Ok(());
     }
     match name {
         "busybox" => match args.first() {
             Some(a) if !a.text.starts_with('-') => judge(args, depth + 1, out),
             _ => Ok(()),
         },
-        "env" => env(args, depth, out),
-        "sudo" => sudo(args, depth, out),
+        "env" => env(args, depth, idx, out),
+        "sudo" => sudo(args, depth, idx, out),
         "doas" => {
             let (i, seen) = options(
                 name,
@@ -234,7 +286,9 @@ fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), 
                     ..Spec::default()
                 },
             )?;
-            if let Some(script) = value_of(args, 'c', "--command") {
+            // Only among flock's own options: `flock F cmd -c x` is cmd's -c
+            // (found by the differential test).
+            if let Some(script) = value_of(&args[..i], 'c', "--command") {
                 return script_text(&script, depth, out);
             }
             let _ = seen;
@@ -300,27 +354,33 @@ fn judge(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), 
             judge(&args[i..], depth + 1, out)
         }
         "find" => find(args, depth, out),
-        _ => Ok(()),
+        _ => launch::judge_launcher(name, args, depth, idx, out).unwrap_or(Ok(())),
     }
 }
 
 /// Option grammar of one wrapper.
 #[derive(Default)]
-struct Spec {
+pub(super) struct Spec {
     /// Short options without an argument.
-    flags: &'static str,
+    pub flags: &'static str,
     /// Short options with an argument (attached or the next word).
-    with_arg: &'static str,
-    long_flags: &'static [&'static str],
-    long_with_arg: &'static [&'static str],
+    pub with_arg: &'static str,
+    /// Short options with an optional argument, attached only (`-m/proc/1/ns/mnt`).
+    pub optional_attached: &'static str,
+    pub long_flags: &'static [&'static str],
+    pub long_with_arg: &'static [&'static str],
     /// `-10` style numeric options (nice).
-    numeric: bool,
+    pub numeric: bool,
 }
 
 /// Walks leading options; returns the index of the first operand and the
 /// short options seen. An unknown option refuses: guessing whether it takes
 /// an argument would let `wrapper --unknown rm …` hide the program.
-fn options(program: &str, args: &[Word], spec: &Spec) -> Result<(usize, Vec<char>), Unjudgeable> {
+pub(super) fn options(
+    program: &str,
+    args: &[Word],
+    spec: &Spec,
+) -> Result<(usize, Vec<char>), Unjudgeable> {
     let mut seen = Vec::new();
     let mut i = 0;
     while let Some(w) = args.get(i) {
@@ -362,6 +422,8 @@ fn options(program: &str, args: &[Word], spec: &Spec) -> Result<(usize, Vec<char
             seen.push(c);
             if spec.flags.contains(c) {
                 j += 1;
+            } else if spec.optional_attached.contains(c) {
+                break;
             } else if spec.with_arg.contains(c) {
                 if j + 1 == cluster.len() {
                     consumed_next = true;
@@ -384,7 +446,7 @@ fn options(program: &str, args: &[Word], spec: &Spec) -> Result<(usize, Vec<char
 }
 
 /// The value of `-c VALUE`/`-cVALUE`/`--long=VALUE`/`--long VALUE`, if present.
-fn value_of(args: &[Word], short: char, long: &str) -> Option<String> {
+pub(super) fn value_of(args: &[Word], short: char, long: &str) -> Option<String> {
     let mut it = args.iter().peekable();
     while let Some(w) = it.next() {
         let t = &w.text;
@@ -412,7 +474,11 @@ fn value_of(args: &[Word], short: char, long: &str) -> Option<String> {
 }
 
 /// A script given as one argument (`sh -c`, `su -c`, `flock -c`).
-fn script_text(script: &str, depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+pub(super) fn script_text(
+    script: &str,
+    depth: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
     analyze_into(script, depth + 1, out)
 }
 
@@ -433,6 +499,7 @@ fn shell(
     name: &str,
     args: &[Word],
     depth: usize,
+    idx: usize,
     out: &mut Vec<Invocation>,
 ) -> Result<(), Unjudgeable> {
     let mut i = 0;
@@ -503,7 +570,8 @@ fn shell(
     }
     match operand {
         Some(file) if !s_flag && !file.dynamic && !STDIN_PATHS.contains(&file.text.as_str()) => {
-            // A script file: judged as the shell program (rules can name it).
+            // A script file: its text is not on the line, so it may run anything.
+            out[idx].runs_anything = true;
             Ok(())
         }
         _ => err(format!(
@@ -522,8 +590,16 @@ fn is_interpreter(name: &str) -> bool {
 }
 
 /// Script interpreters read their program from a file, an option, or stdin.
-/// Only the last is refused: inline code is judged as the interpreter.
-fn interpreter(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
+/// Stdin is refused; program text or a file may run anything (`Ok(true)`);
+/// only asking for the version or help runs nothing (`Ok(false)`).
+fn interpreter(name: &str, args: &[Word]) -> Result<bool, Unjudgeable> {
+    if !args.is_empty()
+        && args
+            .iter()
+            .all(|w| matches!(w.text.as_str(), "-V" | "-v" | "--version" | "-h" | "--help"))
+    {
+        return Ok(false);
+    }
     let code_flags: &[&str] = match name {
         n if n.starts_with("python") || n.starts_with("pypy") => &["-c", "-m"],
         "perl" => &["-e", "-E"],
@@ -544,11 +620,11 @@ fn interpreter(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
             .iter()
             .any(|f| t == *f || (t.starts_with(f) && !f.starts_with("--")))
         {
-            return Ok(());
+            return Ok(true);
         }
         // Clustered perl flags such as -pe / -ne carry code.
         if name == "perl" && t.starts_with('-') && !t.starts_with("--") && t.contains('e') {
-            return Ok(());
+            return Ok(true);
         }
         if t == "--" {
             i += 1;
@@ -565,31 +641,37 @@ fn interpreter(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
         break;
     }
     match args.get(i) {
-        Some(file) if !file.dynamic && !STDIN_PATHS.contains(&file.text.as_str()) => Ok(()),
+        Some(file) if !file.dynamic && !STDIN_PATHS.contains(&file.text.as_str()) => Ok(true),
         _ => err(format!(
             "`{name}` would read its program from standard input, which cannot be judged"
         )),
     }
 }
 
-fn env(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
-    if let Some(split) = value_of(args, 'S', "--split-string") {
+fn env(
+    args: &[Word],
+    depth: usize,
+    idx: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
+    let (i, _) = options(
+        "env",
+        args,
+        &Spec {
+            flags: "i0v",
+            with_arg: "uCS",
+            long_flags: &["--ignore-environment", "--null", "--debug"],
+            long_with_arg: &["--unset", "--chdir", "--split-string"],
+            ..Spec::default()
+        },
+    )?;
+    // Only among env's own options: `env cmd -S x` is cmd's -S.
+    if let Some(split) = value_of(&args[..i], 'S', "--split-string") {
         // `env -S 'cmd args'` splits the string itself: judge it as a command line.
-        let (i, _) = options(
-            "env",
-            args,
-            &Spec {
-                flags: "i0v",
-                with_arg: "uCS",
-                long_flags: &["--ignore-environment", "--null", "--debug"],
-                long_with_arg: &["--unset", "--chdir", "--split-string"],
-                ..Spec::default()
-            },
-        )?;
         let rest = quote_argv(&texts(&args[i..]));
         return script_text(&format!("{split} {rest}"), depth, out);
     }
-    let (mut i, _) = options(
+    let (i, _) = options(
         "env",
         args,
         &Spec {
@@ -600,8 +682,11 @@ fn env(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unj
             ..Spec::default()
         },
     )?;
-    i = skip_assignments(args, i);
-    judge(&args[i..], depth + 1, out)
+    let j = skip_assignments(args, i);
+    if sets_code_env(&args[i..j]) {
+        code_assignment("env", idx, out);
+    }
+    judge(&args[j..], depth + 1, out)
 }
 
 /// `NAME=value` words a wrapper (env, sudo) sets in the environment before
@@ -617,7 +702,12 @@ fn skip_assignments(args: &[Word], mut i: usize) -> usize {
     i
 }
 
-fn sudo(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+fn sudo(
+    args: &[Word],
+    depth: usize,
+    idx: usize,
+    out: &mut Vec<Invocation>,
+) -> Result<(), Unjudgeable> {
     let (i, seen) = options(
         "sudo",
         args,
@@ -660,13 +750,22 @@ fn sudo(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Un
         },
     )?;
     let long = |l: &str| args[..i].iter().any(|w| w.text == l);
-    if seen.contains(&'e') || seen.contains(&'l') || long("--edit") || long("--list") {
-        // sudoedit / listing: no command runs.
+    if seen.contains(&'e') || long("--edit") {
+        // sudoedit runs an editor, and editors run commands (`:!cmd`).
+        out[idx].runs_anything = true;
+        return Ok(());
+    }
+    if seen.contains(&'l') || long("--list") {
+        // Listing: no command runs.
         return Ok(());
     }
     let shell = seen.contains(&'s') || seen.contains(&'i') || long("--shell") || long("--login");
     // `sudo FOO=1 rm …` sets FOO and runs rm (found by the shell_command fuzz target).
-    let i = skip_assignments(args, i);
+    let j = skip_assignments(args, i);
+    if sets_code_env(&args[i..j]) {
+        out[idx].runs_anything = true;
+    }
+    let i = j;
     if shell && i >= args.len() {
         return err("`sudo -s`/`sudo -i` starts a shell that reads commands from standard input");
     }
@@ -752,10 +851,15 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
         }
     }
     let rest = args.get(i..).unwrap_or_default();
-    if rest.is_empty() {
-        return Ok(());
-    }
-    let mut words = rest.to_vec();
+    // Without a command, xargs runs `echo` (found by the differential test).
+    let mut words = if rest.is_empty() {
+        vec![Word {
+            text: "echo".into(),
+            ..Word::default()
+        }]
+    } else {
+        rest.to_vec()
+    };
     if !replace {
         // The arguments xargs appends come from standard input.
         words.push(Word {
@@ -783,6 +887,112 @@ fn find(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Un
         } else {
             i += 1;
         }
+    }
+    Ok(())
+}
+
+/// A subscript that is not a number (`a[i]`, `a[$(cmd)]`): bash evaluates it.
+fn computed_subscript(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else {
+            return true;
+        };
+        let index = &after[..close];
+        if !(index == "@" || index == "*" || index.chars().all(|c| c.is_ascii_digit())) {
+            return true;
+        }
+        rest = &after[close + 1..];
+    }
+    false
+}
+
+/// Bash builtins that take variable names or arithmetic evaluate what they
+/// are given: a name `a[$(cmd)]` runs `cmd`, and a name whose value is such
+/// text does too (`[[ $n -gt 1 ]]`, `read "$v"`, `printf -v "$v"`). Those
+/// whose names or numbers the gateway cannot see are refused.
+fn names_are_plain(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
+    let refuse = |what: &str| {
+        err(format!(
+            "`{name}` evaluates {what} as code when the command runs; write literal names and numbers"
+        ))
+    };
+    let unsafe_name = |w: &Word| w.dynamic || computed_subscript(&w.text);
+    match name {
+        "let"
+            if args
+                .iter()
+                .any(|w| w.dynamic || arithmetic_has_names(&w.text)) =>
+        {
+            return refuse("arithmetic with variables");
+        }
+        "[[" | "test" | "[" => {
+            for (k, w) in args.iter().enumerate() {
+                if w.quoted {
+                    continue;
+                }
+                let operand = |j: Option<usize>| j.and_then(|j| args.get(j));
+                if name == "[["
+                    && matches!(
+                        w.text.as_str(),
+                        "-eq" | "-ne" | "-lt" | "-le" | "-gt" | "-ge"
+                    )
+                {
+                    for o in [operand(k.checked_sub(1)), operand(Some(k + 1))]
+                        .into_iter()
+                        .flatten()
+                    {
+                        if o.dynamic || arithmetic_has_names(&o.text) {
+                            return refuse("an arithmetic comparison of variables");
+                        }
+                    }
+                }
+                if w.text == "-v" && operand(Some(k + 1)).is_some_and(unsafe_name) {
+                    return refuse("a computed variable name");
+                }
+            }
+        }
+        "printf" => {
+            let mut it = args.iter();
+            while let Some(w) = it.next() {
+                if w.text == "-v" && it.next().is_some_and(unsafe_name) {
+                    return refuse("a computed variable name");
+                }
+                if w.text.starts_with("-v") && w.text.len() > 2 && computed_subscript(&w.text) {
+                    return refuse("a computed variable name");
+                }
+            }
+        }
+        "declare" | "typeset" | "local" | "export" | "readonly" => {
+            for w in args {
+                let t = w.text.as_str();
+                if t.starts_with('-') || t.starts_with('+') {
+                    if t[1..].contains('i') {
+                        return refuse("assignments to integer variables");
+                    }
+                    continue;
+                }
+                let (n, v) = t.split_once('=').unwrap_or((t, ""));
+                if w.dynamic || computed_subscript(n) || v.starts_with('(') {
+                    return refuse("a computed variable name or array");
+                }
+            }
+        }
+        "mapfile" | "readarray" if args.iter().any(|w| w.text.starts_with("-C")) => {
+            return refuse("a callback");
+        }
+        "read" => {
+            let mut prev_opt = false;
+            for w in args {
+                let t = w.text.as_str();
+                if computed_subscript(t) || (w.dynamic && !prev_opt) {
+                    return refuse("a computed variable name");
+                }
+                prev_opt = t.starts_with('-') && !w.dynamic;
+            }
+        }
+        _ => {}
     }
     Ok(())
 }
