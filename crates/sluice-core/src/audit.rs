@@ -9,7 +9,12 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod checkpoint;
 mod recorder;
+pub use checkpoint::{
+    compare as compare_checkpoint, default_key_path as default_checkpoint_key_path, log_hash,
+    Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner, TreeHead, EMPTY_ROOT,
+};
 pub use recorder::{StreamRecorder, STDIN, STDIN_HIDDEN};
 
 /// The hash a session chain starts from.
