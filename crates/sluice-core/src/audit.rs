@@ -13,7 +13,8 @@ mod checkpoint;
 mod recorder;
 pub use checkpoint::{
     compare as compare_checkpoint, default_key_path as default_checkpoint_key_path, log_hash,
-    Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner, TreeHead, EMPTY_ROOT,
+    publish as publish_checkpoint, Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner,
+    CheckpointSink, TreeHead, EMPTY_ROOT,
 };
 pub use recorder::{StreamRecorder, STDIN, STDIN_HIDDEN};
 

@@ -252,6 +252,15 @@ impl SqliteStore {
             .map_err(unavailable)?
     }
 
+    /// A signed checkpoint of the gateway-wide chain as it is now.
+    pub async fn checkpoint(
+        &self,
+        signer: &sluice_core::audit::CheckpointSigner,
+    ) -> Result<sluice_core::audit::Checkpoint, StoreError> {
+        let head = self.tree_head().await?;
+        signer.sign(&head, now_ms()).map_err(unavailable)
+    }
+
     /// Compares the journal with an earlier checkpoint's head: does the
     /// gateway-wide chain over its first `head.size` records end at `head.root`?
     pub async fn verify_checkpoint(&self, head: &TreeHead) -> Result<CheckpointMatch, StoreError> {

@@ -297,6 +297,30 @@ pub fn compare(checkpoint: &TreeHead, at_size: Option<&TreeHead>, total: u64) ->
     }
 }
 
+/// Somewhere a signed checkpoint is published (a webhook, a transparency
+/// log): best effort, never blocking the caller.
+pub trait CheckpointSink: Send + Sync + 'static {
+    fn publish(&self, checkpoint: &Checkpoint);
+}
+
+/// Publishes a checkpoint: as a `sluice::audit` log event (exported to the
+/// telemetry pipeline like every audit event) and to every sink.
+pub fn publish(checkpoint: &Checkpoint, sinks: &[std::sync::Arc<dyn CheckpointSink>]) {
+    tracing::info!(
+        target: crate::metrics::AUDIT_LOG_TARGET,
+        message = "audit_checkpoint",
+        checkpoint.size = checkpoint.size,
+        checkpoint.root = %checkpoint.root,
+        checkpoint.at_ms = checkpoint.at_ms,
+        checkpoint.key_id = %checkpoint.key_id,
+        checkpoint.public_key = %checkpoint.public_key,
+        checkpoint.signature = %checkpoint.signature,
+    );
+    for sink in sinks {
+        sink.publish(checkpoint);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
