@@ -9,6 +9,15 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+mod checkpoint;
+mod recorder;
+pub use checkpoint::{
+    compare as compare_checkpoint, default_key_path as default_checkpoint_key_path, log_hash,
+    publish as publish_checkpoint, Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner,
+    CheckpointSink, TreeHead, EMPTY_ROOT,
+};
+pub use recorder::{StreamRecorder, STDIN, STDIN_HIDDEN};
+
 /// The hash a session chain starts from.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -80,194 +89,12 @@ pub enum AuditEvent {
 pub struct StreamChunk {
     /// Milliseconds since the command started.
     pub offset_ms: u64,
-    /// `stdout`, `stderr` or `stdin`.
+    /// `stdout`, `stderr`, `stdin` (typed input the terminal echoed) or
+    /// `stdin_hidden` (typed input it did not echo: `•` per character).
     pub stream: String,
     /// The bytes as text (invalid UTF-8 replaced; a character split across
     /// chunks is kept whole).
     pub data: String,
-}
-
-/// Records one command's streams through `Store::append_background`,
-/// batched: a chunk costs a copy into a buffer; a batch is written when it
-/// reaches [`StreamRecorder::BATCH_BYTES`], when it is older than
-/// [`StreamRecorder::BATCH_AGE`] at the next event, or on [`flush`](Self::flush)/drop.
-pub struct StreamRecorder {
-    store: std::sync::Arc<dyn Store>,
-    session_id: String,
-    command_id: u64,
-    started: std::time::Instant,
-    chunks: Vec<StreamChunk>,
-    buffered: usize,
-    oldest: Option<std::time::Instant>,
-    /// Incomplete UTF-8 sequences at the end of the last chunk, per stream.
-    carry: Vec<(String, Vec<u8>)>,
-    /// Bytes per stream not recorded once `limit` was reached.
-    limit: Option<u64>,
-    recorded: u64,
-    skipped: u64,
-}
-
-impl std::fmt::Debug for StreamRecorder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamRecorder")
-            .field("session", &self.session_id)
-            .field("command_id", &self.command_id)
-            .finish()
-    }
-}
-
-impl StreamRecorder {
-    pub const BATCH_BYTES: usize = 64 * 1024;
-    pub const BATCH_AGE: std::time::Duration = std::time::Duration::from_millis(500);
-
-    pub fn new(store: std::sync::Arc<dyn Store>, session_id: &str, command_id: u64) -> Self {
-        StreamRecorder {
-            store,
-            session_id: session_id.to_string(),
-            command_id,
-            started: std::time::Instant::now(),
-            chunks: Vec::new(),
-            buffered: 0,
-            oldest: None,
-            carry: Vec::new(),
-            limit: None,
-            recorded: 0,
-            skipped: 0,
-        }
-    }
-
-    /// Records at most `bytes` of stream data (then only counts it).
-    pub fn with_limit(mut self, bytes: u64) -> Self {
-        self.limit = Some(bytes);
-        self
-    }
-
-    /// Bytes left unrecorded because of the limit.
-    pub fn skipped(&self) -> u64 {
-        self.skipped
-    }
-
-    fn offset_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Adds bytes of one stream.
-    pub fn record(&mut self, stream: &str, data: &[u8]) {
-        if data.is_empty() {
-            return;
-        }
-        let mut data = data;
-        if let Some(limit) = self.limit {
-            let room = limit.saturating_sub(self.recorded) as usize;
-            if room < data.len() {
-                self.skipped += (data.len() - room) as u64;
-                data = &data[..room];
-            }
-            if data.is_empty() {
-                return;
-            }
-        }
-        self.recorded += data.len() as u64;
-        let mut bytes = match self.carry.iter().position(|(s, _)| s == stream) {
-            Some(i) => self.carry.swap_remove(i).1,
-            None => Vec::new(),
-        };
-        bytes.extend_from_slice(data);
-        // Keep an incomplete trailing character for the next chunk.
-        let cut = utf8_complete_prefix(&bytes);
-        if cut < bytes.len() {
-            self.carry.push((stream.to_string(), bytes[cut..].to_vec()));
-            bytes.truncate(cut);
-        }
-        if bytes.is_empty() {
-            return;
-        }
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        let offset_ms = self.offset_ms();
-        self.buffered += text.len();
-        match self.chunks.last_mut() {
-            // Consecutive output of one stream in the same millisecond is one chunk.
-            Some(last) if last.stream == stream && last.offset_ms == offset_ms => {
-                last.data.push_str(&text)
-            }
-            _ => self.chunks.push(StreamChunk {
-                offset_ms,
-                stream: stream.to_string(),
-                data: text,
-            }),
-        }
-        self.oldest.get_or_insert_with(std::time::Instant::now);
-        if self.buffered >= Self::BATCH_BYTES
-            || self.oldest.is_some_and(|t| t.elapsed() >= Self::BATCH_AGE)
-        {
-            self.flush();
-        }
-    }
-
-    /// Records a terminal size (call once when the terminal opens).
-    pub fn resize(&mut self, cols: u32, rows: u32) {
-        self.flush();
-        self.store.append_background(
-            &self.session_id,
-            AuditEvent::WindowResized {
-                command_id: self.command_id,
-                offset_ms: self.offset_ms(),
-                cols,
-                rows,
-            },
-        );
-    }
-
-    /// Writes what is buffered.
-    pub fn flush(&mut self) {
-        if self.chunks.is_empty() {
-            return;
-        }
-        let chunks = std::mem::take(&mut self.chunks);
-        self.buffered = 0;
-        self.oldest = None;
-        self.store.append_background(
-            &self.session_id,
-            AuditEvent::StreamOutput {
-                command_id: self.command_id,
-                chunks,
-            },
-        );
-    }
-}
-
-impl Drop for StreamRecorder {
-    fn drop(&mut self) {
-        for (stream, bytes) in std::mem::take(&mut self.carry) {
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            self.chunks.push(StreamChunk {
-                offset_ms: self.offset_ms(),
-                stream,
-                data: text,
-            });
-        }
-        self.flush();
-    }
-}
-
-/// Length of the longest prefix that does not end inside a UTF-8 character.
-fn utf8_complete_prefix(b: &[u8]) -> usize {
-    let n = b.len();
-    // Look back at most 3 bytes for the start of an unfinished character.
-    for back in 1..=3.min(n) {
-        let c = b[n - back];
-        if c & 0b1100_0000 == 0b1000_0000 {
-            continue;
-        }
-        let want = match c {
-            c if c & 0b1110_0000 == 0b1100_0000 => 2,
-            c if c & 0b1111_0000 == 0b1110_0000 => 3,
-            c if c & 0b1111_1000 == 0b1111_0000 => 4,
-            _ => return n,
-        };
-        return if back < want { n - back } else { n };
-    }
-    n
 }
 
 /// An event as stored: placed in its session's chain.
@@ -454,53 +281,6 @@ mod tests {
                 r
             })
             .collect()
-    }
-
-    #[test]
-    fn recorder_keeps_split_characters_whole_and_batches() {
-        let store = std::sync::Arc::new(crate::testing::MemoryStore::default());
-        {
-            let mut r = StreamRecorder::new(store.clone(), "s", 7);
-            r.resize(80, 24);
-            let euro = "a€b".as_bytes();
-            r.record("stdout", &euro[..2]);
-            r.record("stdout", &euro[2..]);
-            r.record("stderr", b"oops");
-        }
-        let events = store.events.lock().unwrap();
-        let mut text = String::new();
-        for (_, e) in events.iter() {
-            if let AuditEvent::StreamOutput { chunks, .. } = e {
-                for c in chunks {
-                    if c.stream == "stdout" {
-                        text.push_str(&c.data);
-                    }
-                }
-            }
-        }
-        assert_eq!(text, "a€b");
-        assert!(matches!(
-            events[0].1,
-            AuditEvent::WindowResized { cols: 80, .. }
-        ));
-        // One batch for all three chunks.
-        assert_eq!(events.len(), 2);
-    }
-
-    #[test]
-    fn recorder_limit_counts_what_it_skips() {
-        let store = std::sync::Arc::new(crate::testing::MemoryStore::default());
-        let mut r = StreamRecorder::new(store.clone(), "s", 1).with_limit(4);
-        r.record("stdout", b"abcdef");
-        assert_eq!(r.skipped(), 2);
-    }
-
-    #[test]
-    fn utf8_prefix() {
-        assert_eq!(utf8_complete_prefix(b"abc"), 3);
-        assert_eq!(utf8_complete_prefix(&"€".as_bytes()[..2]), 0);
-        assert_eq!(utf8_complete_prefix("a€".as_bytes()), 4);
-        assert_eq!(utf8_complete_prefix(b"\xff"), 1);
     }
 
     #[test]

@@ -83,6 +83,13 @@ pub struct GatewayConfig {
     /// (it is always warned about).
     #[serde(default = "default_true")]
     pub allow_plaintext: bool,
+    /// Ed25519 key (PKCS#8 PEM) that signs audit checkpoints; keep it off
+    /// the box (a mounted secret). Default: generated into `state_dir/keys`.
+    pub checkpoint_key: Option<Secret>,
+    /// How often the gateway publishes a signed checkpoint of the audit log
+    /// (also on shutdown).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -92,8 +99,14 @@ impl Default for GatewayConfig {
             store: None,
             audit_sync: AuditSync::default(),
             allow_plaintext: true,
+            checkpoint_key: None,
+            checkpoint_interval: default_checkpoint_interval(),
         }
     }
+}
+
+fn default_checkpoint_interval() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
 }
 
 fn default_state_dir() -> PathBuf {

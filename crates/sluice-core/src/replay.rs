@@ -13,6 +13,7 @@ fn time(ms: u64) -> String {
 /// its decision and what the client saw.
 pub fn transcript(records: &[AuditRecord]) -> String {
     let mut out = String::new();
+    let mut lines = StreamLines::default();
     for r in records {
         let at = time(r.at_ms);
         let Ok(event) = r.event() else {
@@ -72,6 +73,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 command_id,
                 outcome,
             } => {
+                lines.finish(&mut out, Some(command_id));
                 let pad = format!("{:>26}", "");
                 if let Some(e) = &outcome.error {
                     let _ = writeln!(out, "{pad}[{command_id}] client saw error: {e}");
@@ -135,21 +137,12 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 );
             }
             AuditEvent::SessionEnd { reason } => {
+                lines.finish(&mut out, None);
                 let _ = writeln!(out, "{at}  session ended: {reason}");
             }
             AuditEvent::StreamOutput { command_id, chunks } => {
-                let pad = format!("{:>26}", "");
                 for chunk in &chunks {
-                    for line in chunk.data.split_inclusive('\n') {
-                        let line = line.strip_suffix('\n').unwrap_or(line);
-                        let line = line.strip_suffix('\r').unwrap_or(line);
-                        let _ = writeln!(
-                            out,
-                            "{pad}[{command_id}] {}| {}",
-                            chunk.stream,
-                            printable(line)
-                        );
-                    }
+                    lines.add(&mut out, command_id, &chunk.stream, &chunk.data);
                 }
             }
             AuditEvent::WindowResized {
@@ -173,7 +166,69 @@ pub fn transcript(records: &[AuditRecord]) -> String {
             }
         }
     }
+    lines.finish(&mut out, None);
     out
+}
+
+/// Stream text as whole lines: a terminal's output and its keystrokes come
+/// in pieces (a character at a time as typed and echoed); the transcript
+/// shows each stream's lines. Typed input (`stdin`, `stdin_hidden`) ends a
+/// line at Enter.
+#[derive(Default)]
+struct StreamLines {
+    /// Unfinished line per (command, stream), in first-seen order.
+    partial: Vec<((u64, String), String)>,
+}
+
+impl StreamLines {
+    fn add(&mut self, out: &mut String, command_id: u64, stream: &str, data: &str) {
+        let input = stream.starts_with("stdin");
+        let key = (command_id, stream.to_string());
+        let i = match self.partial.iter().position(|(k, _)| *k == key) {
+            Some(i) => i,
+            None => {
+                self.partial.push((key, String::new()));
+                self.partial.len() - 1
+            }
+        };
+        for c in data.chars() {
+            let ends = c == '\n' || (input && c == '\r');
+            if ends {
+                let line = std::mem::take(&mut self.partial[i].1);
+                let line = line.strip_suffix('\r').unwrap_or(&line);
+                Self::line(out, command_id, stream, line);
+            } else {
+                self.partial[i].1.push(c);
+            }
+        }
+    }
+
+    fn line(out: &mut String, command_id: u64, stream: &str, line: &str) {
+        let stream = match stream {
+            crate::audit::STDIN => "typed",
+            crate::audit::STDIN_HIDDEN => "typed (hidden, echo off)",
+            other => other,
+        };
+        let _ = writeln!(
+            out,
+            "{:>26}[{command_id}] {stream}| {}",
+            "",
+            printable(line)
+        );
+    }
+
+    /// Writes the unfinished lines of `command_id` (all when `None`).
+    fn finish(&mut self, out: &mut String, command_id: Option<u64>) {
+        let (done, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.partial)
+            .into_iter()
+            .partition(|((id, _), _)| command_id.is_none_or(|c| c == *id));
+        self.partial = keep;
+        for ((id, stream), line) in done {
+            if !line.is_empty() {
+                Self::line(out, id, &stream, &line);
+            }
+        }
+    }
 }
 
 /// Terminal output as readable text: control characters (escape sequences)
@@ -242,7 +297,11 @@ pub fn asciicast(records: &[AuditRecord], command_id: Option<u64>) -> Result<Str
             }
             AuditEvent::StreamOutput { command_id, chunks } if *command_id == wanted => {
                 for c in chunks {
-                    let kind = if c.stream == "stdin" { "i" } else { "o" };
+                    let kind = if c.stream.starts_with("stdin") {
+                        "i"
+                    } else {
+                        "o"
+                    };
                     lines.push(serde_json::json!([
                         c.offset_ms as f64 / 1000.0,
                         kind,
@@ -343,5 +402,32 @@ mod tests {
         assert_eq!(lines[1], serde_json::json!([1.5, "o", "$ ls\r\n"]));
         assert_eq!(lines[2], serde_json::json!([2.0, "r", "120x40"]));
         assert!(transcript(&recs).contains("stdout| $ ls"));
+    }
+
+    #[test]
+    fn transcript_shows_typed_and_hidden_input_as_lines() {
+        let chunk = |offset_ms, stream: &str, data: &str| StreamChunk {
+            offset_ms,
+            stream: stream.into(),
+            data: data.into(),
+        };
+        let recs = records(vec![AuditEvent::StreamOutput {
+            command_id: 1,
+            chunks: vec![
+                chunk(0, "stdout", "$ "),
+                chunk(1, "stdin", "l"),
+                chunk(1, "stdout", "l"),
+                chunk(2, "stdin", "s\r"),
+                chunk(2, "stdout", "s\r\nfile\r\nPassword: "),
+                chunk(3, "stdin_hidden", "•••\r"),
+                chunk(4, "stdout", "\r\n"),
+            ],
+        }]);
+        let t = transcript(&recs);
+        assert!(t.contains("[1] typed| ls\n"), "{t}");
+        assert!(t.contains("[1] stdout| $ ls\n"), "{t}");
+        assert!(t.contains("[1] stdout| file\n"), "{t}");
+        assert!(t.contains("[1] typed (hidden, echo off)| •••\n"), "{t}");
+        assert!(t.contains("[1] stdout| Password: \n"), "{t}");
     }
 }

@@ -488,6 +488,12 @@ async fn client_to_upstream(
         match m {
             ChannelMsg::Data { data } => {
                 counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                // A terminal's keystrokes: recorded as typed where echoed, else as hidden.
+                if let (true, Some(r)) = (has_pty, &record) {
+                    r.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_input(&data);
+                }
                 if let Some(s) = &sftp {
                     if let Ok(mut s) = s.lock() {
                         s.client_data(&data);

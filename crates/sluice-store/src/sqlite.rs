@@ -1,7 +1,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_core::audit::{
-    chain_hash, verify_chain, AuditEvent, AuditRecord, SessionSummary, Store, StoreError,
-    VerifyReport, GENESIS_HASH,
+    chain_hash, compare_checkpoint, verify_chain, AuditEvent, AuditRecord, CheckpointMatch,
+    SessionSummary, Store, StoreError, TreeHead, VerifyReport, GENESIS_HASH,
 };
 use sluice_core::config::AuditSync;
 use std::collections::HashMap;
@@ -40,6 +40,13 @@ CREATE UNIQUE INDEX IF NOT EXISTS events_by_session ON events (session_id, seq);
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
+);
+-- The head of the gateway-wide chain over the indexed journal lines (the
+-- writer resumes from it; verification recomputes it from the journal).
+CREATE TABLE IF NOT EXISTS log_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    size INTEGER NOT NULL,
+    root TEXT NOT NULL
 );
 ";
 
@@ -158,8 +165,10 @@ impl SqliteStore {
         })?;
         let len = drop_torn_tail(&file).map_err(unavailable)?;
         // Everything a previous process wrote is indexed before we append, so
-        // chain heads of its sessions can be read from the index.
+        // chain heads of its sessions, and the gateway-wide head, can be read
+        // from the index.
         catch_up(&conn, &journal_path)?;
+        let log = read_log_head(&conn)?.unwrap_or_default();
         let writer = Arc::new(Mutex::new(JournalWriter {
             file,
             len,
@@ -168,6 +177,7 @@ impl SqliteStore {
             db: conn,
             sync,
             pending: Vec::new(),
+            log,
         }));
         let (stop, stopped) = mpsc::channel();
         let indexer_db = db_path.clone();
@@ -216,6 +226,57 @@ impl SqliteStore {
             .await?;
         }
         Ok(open.len())
+    }
+
+    /// The head of the gateway-wide chain, for a checkpoint. The gateway's
+    /// own head covers every record appended, all of them written and
+    /// synced first (so a checkpoint never covers what a crash could lose);
+    /// a reader recomputes it from the journal.
+    pub async fn tree_head(&self) -> Result<TreeHead, StoreError> {
+        if let Some(w) = &self.writer {
+            let (head, file) = {
+                let mut w = w.lock().map_err(|_| unavailable("journal lock poisoned"))?;
+                w.flush_pending()?;
+                (w.log.clone(), w.file.try_clone().map_err(unavailable)?)
+            };
+            // Synced outside the lock: appends go on meanwhile.
+            tokio::task::spawn_blocking(move || file.sync_data())
+                .await
+                .map_err(unavailable)?
+                .map_err(|e| unavailable(format!("journal sync failed: {e}")))?;
+            return Ok(head);
+        }
+        let journal = self.journal_path.clone();
+        tokio::task::spawn_blocking(move || scan_log(&journal, u64::MAX, None).map(|(h, _)| h))
+            .await
+            .map_err(unavailable)?
+    }
+
+    /// A signed checkpoint of the gateway-wide chain as it is now.
+    pub async fn checkpoint(
+        &self,
+        signer: &sluice_core::audit::CheckpointSigner,
+    ) -> Result<sluice_core::audit::Checkpoint, StoreError> {
+        let head = self.tree_head().await?;
+        signer.sign(&head, now_ms()).map_err(unavailable)
+    }
+
+    /// Compares the journal with an earlier checkpoint's head: does the
+    /// gateway-wide chain over its first `head.size` records end at `head.root`?
+    pub async fn verify_checkpoint(&self, head: &TreeHead) -> Result<CheckpointMatch, StoreError> {
+        if let Some(w) = &self.writer {
+            w.lock()
+                .map_err(|_| unavailable("journal lock poisoned"))?
+                .flush_pending()?;
+        }
+        let journal = self.journal_path.clone();
+        let want = head.clone();
+        tokio::task::spawn_blocking(move || {
+            let (total, at) = scan_log(&journal, u64::MAX, Some(want.size))?;
+            Ok(compare_checkpoint(&want, at.as_ref(), total.size))
+        })
+        .await
+        .map_err(unavailable)?
     }
 
     /// Runs a query on a fresh connection after bringing the index up to date.
@@ -292,6 +353,8 @@ struct JournalWriter {
     /// Background records not yet written: they go out with the next durable
     /// append or the indexer's next tick, one write for many records.
     pending: Vec<u8>,
+    /// The gateway-wide chain's head over every record appended (written or pending).
+    log: TreeHead,
 }
 
 /// Ended sessions whose chain heads stay in memory (far more than the
@@ -371,6 +434,9 @@ impl JournalWriter {
         } else {
             self.pending.extend_from_slice(line.as_bytes());
         }
+        // The same write carries the record into the gateway-wide chain: its
+        // link is recomputed from the journal's order, so nothing more is written.
+        self.log.push(&hash);
         let live = self.heads.remove(session_id).is_some();
         if !live {
             // A record after the end: keep the recently-ended head current.
@@ -494,6 +560,11 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
             return Ok(());
         };
         let mut sessions: HashMap<String, SessionDelta> = HashMap::new();
+        let mut log = match read_log_head(&tx)? {
+            Some(head) => head,
+            // An index from before the gateway-wide chain: compute its head once.
+            None => scan_log(journal, offset, None)?.0,
+        };
         let mut pos = offset;
         for raw in chunk[..=end].split(|&b| b == b'\n') {
             if raw.is_empty() {
@@ -504,7 +575,14 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
             })?;
             pos += raw.len() as u64 + 1;
             index_line(&tx, &line, &mut sessions)?;
+            log.push(line.hash);
         }
+        tx.execute(
+            "INSERT INTO log_head (id, size, root) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root",
+            params![log.size as i64, log.root],
+        )
+        .map_err(unavailable)?;
         for (id, d) in sessions {
             tx.prepare_cached(
                 "UPDATE sessions SET last_seq = MAX(last_seq, ?2),
@@ -534,6 +612,55 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         .map_err(unavailable)?;
         tx.commit().map_err(unavailable)?;
     }
+}
+
+fn read_log_head(conn: &Connection) -> Result<Option<TreeHead>, StoreError> {
+    conn.query_row("SELECT size, root FROM log_head WHERE id = 1", [], |r| {
+        Ok(TreeHead {
+            size: r.get::<_, i64>(0)? as u64,
+            root: r.get(1)?,
+        })
+    })
+    .optional()
+    .map_err(unavailable)
+}
+
+/// Recomputes the gateway-wide chain from the journal's first `max_bytes`
+/// (whole lines only): the head after all of them, and the head after
+/// `at_size` records if the journal holds that many.
+fn scan_log(
+    journal: &Path,
+    max_bytes: u64,
+    at_size: Option<u64>,
+) -> Result<(TreeHead, Option<TreeHead>), StoreError> {
+    use std::io::BufRead;
+    let mut head = TreeHead::default();
+    let mut at = (at_size == Some(0)).then(TreeHead::default);
+    let file = match File::open(journal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((head, at)),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(max_bytes));
+    let mut raw = Vec::new();
+    let mut pos = 0u64;
+    loop {
+        raw.clear();
+        let n = reader.read_until(b'\n', &mut raw).map_err(unavailable)?;
+        if n == 0 || raw.last() != Some(&b'\n') {
+            // The end, or a line still being written.
+            break;
+        }
+        let line = parse_line(&raw[..n - 1]).ok_or_else(|| {
+            unavailable(format!("journal line at byte {pos} is not a valid record"))
+        })?;
+        pos += n as u64;
+        head.push(line.hash);
+        if Some(head.size) == at_size {
+            at = Some(head.clone());
+        }
+    }
+    Ok((head, at))
 }
 
 struct JournalLine<'a> {

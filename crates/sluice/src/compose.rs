@@ -93,8 +93,20 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
             count = closed
         );
     }
+    // A configured checkpoint key that cannot be read stops the start (fail closed).
+    let signer = sluice_core::audit::CheckpointSigner::from_config(&config.gateway, true)?;
+    let checkpoint_store = store.clone();
+    let checkpoint_interval = config.gateway.checkpoint_interval.0;
     let listen = config.listen.clone();
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
+    let checkpoint_sinks = config
+        .webhooks
+        .iter()
+        .map(|w| {
+            sluice_webhook::WebhookNotifier::from_config(w)
+                .map(|n| Arc::new(n) as Arc<dyn sluice_core::audit::CheckpointSink>)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
@@ -163,7 +175,17 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     if let Some(path) = reload_from {
         tasks.spawn(reload_on_sighup(gateway.clone(), path));
     }
-    tokio::select! {
+    let checkpoints = Checkpoints {
+        store: checkpoint_store,
+        signer: signer.map(Arc::new),
+        sinks: checkpoint_sinks,
+    };
+    let periodic = checkpoints.clone();
+    tasks.spawn(async move {
+        periodic.every(checkpoint_interval).await;
+        Ok(())
+    });
+    let result = tokio::select! {
         r = tasks.join_next() => match r {
             Some(Ok(Err(e))) => Err(e),
             Some(Err(e)) => Err(e.into()),
@@ -172,6 +194,37 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         _ = shutdown_signal() => {
             tracing::info!(message = "Shutting down.");
             Ok(())
+        }
+    };
+    checkpoints.publish().await;
+    result
+}
+
+/// Signed checkpoints of the audit log, published periodically and on shutdown.
+#[derive(Clone)]
+struct Checkpoints {
+    store: Arc<SqliteStore>,
+    signer: Option<Arc<sluice_core::audit::CheckpointSigner>>,
+    sinks: Vec<Arc<dyn sluice_core::audit::CheckpointSink>>,
+}
+
+impl Checkpoints {
+    async fn every(&self, interval: Duration) {
+        let mut ticks = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.publish().await;
+        }
+    }
+
+    async fn publish(&self) {
+        let Some(signer) = &self.signer else { return };
+        match self.store.checkpoint(signer).await {
+            Ok(c) => sluice_core::audit::publish_checkpoint(&c, &self.sinks),
+            Err(e) => {
+                tracing::error!(message = "The audit checkpoint could not be taken.", error = %e)
+            }
         }
     }
 }
@@ -297,21 +350,63 @@ pub async fn replay(config: Config, session_id: &str, format: &str) -> Result<()
     Ok(())
 }
 
-pub async fn verify(config: Config) -> Result<bool> {
-    let report = open_store(&config, Mode::Reader)?.verify().await?;
-    match report.first_break {
+pub async fn verify(config: Config, checkpoint: Option<PathBuf>) -> Result<bool> {
+    let store = open_store(&config, Mode::Reader)?;
+    let report = store.verify().await?;
+    let mut intact = match report.first_break {
         None => {
             println!(
                 "audit: {} sessions, {} records, all chains intact",
                 report.sessions, report.records
             );
-            Ok(true)
+            true
         }
         Some(b) => {
             eprintln!("audit: broken chain: {b}");
-            Ok(false)
+            false
+        }
+    };
+    if let Some(path) = checkpoint {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the checkpoint {}", path.display()))?;
+        let c = sluice_core::audit::Checkpoint::parse(&text)
+            .with_context(|| format!("reading the checkpoint {}", path.display()))?;
+        // Checked against this gateway's key when it is here; a key kept
+        // off the box leaves the key the checkpoint names (its id is printed).
+        let signer = sluice_core::audit::CheckpointSigner::from_config(&config.gateway, false)?;
+        if let Err(e) = c.verify_signature(signer.as_ref().map(|s| s.public_key())) {
+            eprintln!("audit: checkpoint {}: {e}", path.display());
+            return Ok(false);
+        }
+        match store.verify_checkpoint(&c.head()).await? {
+            sluice_core::audit::CheckpointMatch::Consistent => println!(
+                "audit: consistent with the checkpoint of {} ({} records, key {})",
+                time(c.at_ms),
+                c.size,
+                c.key_id
+            ),
+            m => {
+                eprintln!(
+                    "audit: checkpoint {} (taken {}): {m}",
+                    path.display(),
+                    time(c.at_ms)
+                );
+                intact = false;
+            }
         }
     }
+    Ok(intact)
+}
+
+/// `sluice audit checkpoint`: a signed checkpoint of the log as it is now.
+pub async fn checkpoint(config: Config) -> Result<()> {
+    let signer = sluice_core::audit::CheckpointSigner::from_config(&config.gateway, true)?
+        .context("no checkpoint key")?;
+    let c = open_store(&config, Mode::Reader)?
+        .checkpoint(&signer)
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&c)?);
+    Ok(())
 }
 
 /// The embedded quickstart config (the same file as examples/quickstart.toml).

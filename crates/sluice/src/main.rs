@@ -196,7 +196,16 @@ enum SessionsCmd {
 #[derive(Subcommand)]
 enum AuditCmd {
     /// Exit 0 if every audit chain is intact; otherwise name the first broken record.
-    Verify(ConfigArg),
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also check the log against a checkpoint taken earlier (`sluice audit
+        /// checkpoint`): detects rewritten, deleted or truncated records.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print a signed checkpoint (size and root of the gateway-wide log) to keep off the box.
+    Checkpoint(ConfigArg),
 }
 
 fn main() {
@@ -292,12 +301,15 @@ fn run(cli: Cli) -> Result<()> {
             token,
             command,
         } => approvals::run(&config.load()?, token, command),
-        Cmd::Audit(AuditCmd::Verify(c)) => {
-            let ok = compose::runtime()?.block_on(compose::verify(c.load()?))?;
+        Cmd::Audit(AuditCmd::Verify { config, checkpoint }) => {
+            let ok = compose::runtime()?.block_on(compose::verify(config.load()?, checkpoint))?;
             if !ok {
                 bail!("audit verification failed");
             }
             Ok(())
+        }
+        Cmd::Audit(AuditCmd::Checkpoint(c)) => {
+            compose::runtime()?.block_on(compose::checkpoint(c.load()?))
         }
     }
 }

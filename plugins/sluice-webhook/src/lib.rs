@@ -47,6 +47,8 @@ pub enum WebhookError {
 pub enum Event {
     Requested,
     Decided,
+    /// A signed checkpoint of the audit log (JSON webhooks only).
+    Checkpoint,
 }
 
 impl Event {
@@ -54,6 +56,7 @@ impl Event {
         match self {
             Event::Requested => "approval.requested",
             Event::Decided => "approval.decided",
+            Event::Checkpoint => "audit.checkpoint",
         }
     }
 }
@@ -212,6 +215,28 @@ impl WebhookNotifier {
             Err(_) => {
                 tracing::warn!(message = "Webhook not notified: no async runtime.", webhook = %inner.name, event = event.as_str(), approval = %id);
             }
+        }
+    }
+}
+
+/// Signed audit checkpoints, POSTed as `{"event": "audit.checkpoint",
+/// "checkpoint": {…}}` to `json` webhooks (a chat channel is not told every
+/// few minutes), whatever their `rules`.
+impl sluice_core::audit::CheckpointSink for WebhookNotifier {
+    fn publish(&self, checkpoint: &sluice_core::audit::Checkpoint) {
+        if self.inner.format != WebhookFormat::Json {
+            return;
+        }
+        let body =
+            serde_json::json!({ "event": Event::Checkpoint.as_str(), "checkpoint": checkpoint });
+        let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        let inner = self.inner.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = inner.deliver(Event::Checkpoint, body).await {
+                    tracing::warn!(message = "Webhook delivery failed.", webhook = %inner.name, event = Event::Checkpoint.as_str(), error = %e);
+                }
+            });
         }
     }
 }
@@ -399,6 +424,8 @@ pub fn slack_text(event: Event, r: &ApprovalRequest) -> String {
             ));
             text
         }
+        // Not sent to chat webhooks.
+        Event::Checkpoint => String::new(),
         Event::Decided => {
             let (icon, verb) = match r.state {
                 ApprovalState::Approved => (":white_check_mark:", "approved"),

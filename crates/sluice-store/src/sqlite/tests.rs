@@ -248,3 +248,147 @@ async fn a_record_right_after_the_end_extends_the_chain() {
     assert!(report.first_break.is_none(), "{:?}", report.first_break);
     assert_eq!(report.records, 1 + 2 + 1 + 2);
 }
+
+/// What someone who can write `state_dir` can do: rewrite the journal with
+/// every session chain recomputed (hashes, heads) and the index rebuilt.
+/// `edit` gets and returns (session, kind, body) lines in journal order.
+fn forge(
+    dir: &Path,
+    edit: impl FnOnce(Vec<(String, String, String)>) -> Vec<(String, String, String)>,
+) {
+    let path = dir.join("journal.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<(String, String, String, String)> = text
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.splitn(7, '\t').collect();
+            (f[0].into(), f[2].into(), f[5].into(), f[6].into())
+        })
+        .collect();
+    let plain = lines
+        .iter()
+        .map(|(s, _, k, b)| (s.clone(), k.clone(), b.clone()))
+        .collect();
+    let edited = edit(plain);
+    let mut heads: HashMap<String, (u64, String)> = HashMap::new();
+    let mut out = String::new();
+    for (session, kind, body) in edited {
+        let (last, prev) = heads
+            .get(&session)
+            .cloned()
+            .unwrap_or((0, GENESIS_HASH.to_string()));
+        let seq = last + 1;
+        let at_ms = 1_000 + seq;
+        let hash = chain_hash(&prev, &session, seq, at_ms, &body);
+        out.push_str(&format!(
+            "{session}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n"
+        ));
+        heads.insert(session, (seq, hash));
+    }
+    std::fs::write(&path, out).unwrap();
+    for f in ["sluice.db", "sluice.db-wal", "sluice.db-shm"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+}
+
+/// Two sessions written, a checkpoint taken, the gateway stopped.
+async fn checkpointed() -> (tempfile::TempDir, TreeHead) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    session(&store, "s2", 1).await;
+    let head = store.tree_head().await.unwrap();
+    assert_eq!(head.size, 2 + 4 + 2 + 2);
+    drop(store);
+    (dir, head)
+}
+
+#[tokio::test]
+async fn an_untouched_store_matches_its_checkpoints() {
+    let (dir, head) = checkpointed().await;
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(reader.tree_head().await.unwrap(), head);
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Consistent
+    );
+    // The gateway resumes the chain after a restart; the old checkpoint
+    // still holds for the longer log.
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s3", 1).await;
+    let later = store.tree_head().await.unwrap();
+    assert_eq!(later.size, head.size + 4);
+    assert_eq!(
+        store.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Consistent
+    );
+    drop(store);
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(reader.tree_head().await.unwrap(), later);
+    assert!(reader.verify().await.unwrap().first_break.is_none());
+}
+
+#[tokio::test]
+async fn a_rewritten_session_is_detected_against_a_checkpoint() {
+    let (dir, head) = checkpointed().await;
+    forge(dir.path(), |lines| {
+        lines
+            .into_iter()
+            .map(|(s, k, b)| (s, k, b.replace("select 2", "select 9")))
+            .collect()
+    });
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    // The per-session chains alone cannot tell: they were recomputed.
+    assert!(reader.verify().await.unwrap().first_break.is_none());
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Diverged { size: head.size }
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_session_is_detected_against_a_checkpoint() {
+    let (dir, head) = checkpointed().await;
+    forge(dir.path(), |lines| {
+        lines.into_iter().filter(|(s, _, _)| s != "s1").collect()
+    });
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert!(reader.verify().await.unwrap().first_break.is_none());
+    assert_eq!(reader.sessions().await.unwrap().len(), 1);
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Truncated {
+            have: 4,
+            want: head.size
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_journal_is_detected_against_a_checkpoint() {
+    let (dir, head) = checkpointed().await;
+    forge(dir.path(), |mut lines| {
+        lines.truncate(5);
+        lines
+    });
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Truncated {
+            have: 5,
+            want: head.size
+        }
+    );
+    // Replaced by as many forged records: the count matches, the root does not.
+    forge(dir.path(), |mut lines| {
+        while lines.len() < head.size as usize {
+            lines.push(lines[0].clone());
+        }
+        lines
+    });
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Diverged { size: head.size }
+    );
+}
