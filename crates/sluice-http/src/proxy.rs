@@ -390,6 +390,12 @@ impl ClientConn {
             });
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
+        // The upstream runs the request line the gateway judges, never a
+        // method or path named in a header.
+        let dropped = crate::overrides::strip_override_headers(&mut headers);
+        if !dropped.is_empty() {
+            tracing::info!(message = "Method/URL override headers dropped.", client = %self.peer, headers = ?dropped);
+        }
 
         // Route: a configured host, else the first path segment.
         let raw_path = parts.uri.path().to_string();
@@ -496,6 +502,23 @@ impl ClientConn {
             if len > limits.max_request_body {
                 return Ok(render(too_large(limits.max_request_body)));
             }
+        }
+
+        if let Some(name) = query
+            .as_deref()
+            .and_then(crate::overrides::method_override_param)
+        {
+            return Ok(render(
+                Problem::new(
+                    ProblemKind::BadRequest,
+                    format!(
+                        "sluice: the query parameter {:?} asks the upstream to run another method than {}; the request was not sent",
+                        truncate(&name, 40),
+                        parts.method
+                    ),
+                )
+                .with_hint("Send the request with the method itself instead of a method-override parameter."),
+            ));
         }
 
         // Decide every command; all must be forwarded.
