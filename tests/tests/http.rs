@@ -821,3 +821,45 @@ fn revocation_holds_for_every_request_on_a_kept_alive_connection_and_every_excha
     assert_eq!(status, 200, "{body}");
     assert!(!reconnected);
 }
+
+/// JSON is masked completely: numbers are seen by the detectors, and the
+/// client gets the document that was checked, never the upstream's bytes (a
+/// duplicate key's other copy, which a client may read, is not passed on).
+#[test]
+fn json_numbers_and_duplicate_keys_are_masked() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    let raw = |body: &str| {
+        let (status, text) = env.get(
+            &token,
+            "/crm/raw",
+            &["-G", "--data-urlencode", &format!("body={body}")],
+        );
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let body = raw(r#"{"card": 4111111111111111, "n": [5500000000000004, 7]}"#);
+    assert!(!body.contains("4111111111111111"), "{body}");
+    assert!(!body.contains("5500000000000004"), "{body}");
+    let doc = json(&body);
+    assert_eq!(doc["n"][1], 7);
+
+    for dup in [
+        r#"{"card": "4111111111111111", "card": "none"}"#,
+        r#"{"card": "none", "card": "4111111111111111"}"#,
+        r#"{"a": {"email": "ada@example.com", "email": 1}}"#,
+    ] {
+        let body = raw(dup);
+        assert!(
+            !body.contains("4111111111111111") && !body.contains("ada@example.com"),
+            "{dup} -> {body}"
+        );
+        json(&body);
+    }
+    // Nothing to mask: still well-formed JSON with the same content.
+    let body = raw(r#"{"id": 7, "name": "widget", "price": 12.5}"#);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"id": 7, "name": "widget", "price": 12.5})
+    );
+}
