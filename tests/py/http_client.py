@@ -10,6 +10,12 @@
       Two GETs on one kept-alive requests.Session, SECONDS apart; prints
       JSON {"first", "second", "second_body"}.
 
+  http_client.py conn BASE_URL CAFILE
+      One kept-alive http.client connection driven from stdin: each line
+      "METHOD PATH TOKEN" is sent on it and answered with one JSON line
+      {"status", "body", "reconnected"} on stdout ("reconnected": the
+      gateway had closed the connection, so http.client opened a new one).
+
   http_client.py requests URL TOKEN CAFILE [METHOD]
       Python requests (a real SDK-style client): prints JSON {"status",
       "headers", "body"} of one call.
@@ -136,12 +142,44 @@ def keepalive(url, token, cafile, pause):
     print(json.dumps({"first": first.status_code, "second": second.status_code, "second_body": second.text}))
 
 
+def conn(base, cafile):
+    import http.client
+
+    u = urlsplit(base)
+    ctx = ssl.create_default_context(cafile=cafile)
+    c = http.client.HTTPSConnection(u.hostname, u.port, context=ctx, timeout=30)
+    c.connect()
+    first_sock = c.sock
+    reconnected = False
+    for line in sys.stdin:
+        parts = line.split()
+        if not parts:
+            continue
+        method, path, token = parts
+        headers = {"Authorization": f"Bearer {token}"}
+        try:
+            c.request(method, path, headers=headers)
+            r = c.getresponse()
+        except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            # The gateway closed the connection: send it again on a new one.
+            c.close()
+            reconnected = True
+            c.request(method, path, headers=headers)
+            r = c.getresponse()
+        body = r.read().decode(errors="replace")
+        if c.sock is not None and c.sock is not first_sock:
+            reconnected = True
+        print(json.dumps({"status": r.status, "body": body, "reconnected": reconnected}), flush=True)
+
+
 def main():
     what = sys.argv[1]
     if what == "ws":
         ws(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:])
     elif what == "requests":
         with_requests(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "GET")
+    elif what == "conn":
+        conn(sys.argv[2], sys.argv[3])
     elif what == "keepalive":
         keepalive(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:

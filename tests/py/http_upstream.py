@@ -17,6 +17,7 @@ Endpoints:
   /gzip            a gzip-encoded JSON body whatever Accept-Encoding says
   /redirect        302 to http://<its own host>/echo?from=redirect
   /ws              WebSocket echo (text and binary frames, ping, close)
+  /raw?type=T&body=B  answers B (URL-decoded) with Content-Type T, as is
   anything else    JSON {"ok": true, "path": ...}
 """
 
@@ -113,6 +114,13 @@ class Handler(BaseHTTPRequestHandler):
                     "count": 2,
                 }
             )
+        elif url.path == "/raw":
+            body = query.get("body", [""])[0].encode()
+            self.send_response(200)
+            self.send_header("Content-Type", query.get("type", ["application/json"])[0])
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif url.path == "/text":
             body = b"contact: ada@example.com\nall good\n"
             self.send_response(200)

@@ -724,3 +724,142 @@ fn a_session_ends_when_its_token_expires() {
     assert_eq!(env.upstream.requests().len(), 1);
     env.replay_with(&["GET /echo", "session ended: token expired"]);
 }
+
+/// One kept-alive Python `http.client` connection to the gateway, driven a
+/// request at a time.
+struct Conn {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Conn {
+    fn open(env: &HttpEnv) -> Conn {
+        let mut child = std::process::Command::new("python3")
+            .arg(py_dir().join("http_client.py"))
+            .args(["conn", &env.url(""), &env.ca().display().to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        Conn { child, out }
+    }
+
+    fn send(&mut self, method: &str, path: &str, token: &str) -> (u16, String, bool) {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{method} {path} {token}").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        self.out.read_line(&mut line).unwrap();
+        let v = json(&line);
+        (
+            v["status"].as_u64().unwrap() as u16,
+            v["body"].as_str().unwrap().to_string(),
+            v["reconnected"].as_bool().unwrap(),
+        )
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn revocation_holds_for_every_request_on_a_kept_alive_connection_and_every_exchange() {
+    let env = HttpEnv::start();
+    let root = env.agent_token();
+    let exchange = |token: &str| {
+        ok(&env.sluice(&["token", "exchange", "--connection", "crm", "--token", token]))
+            .trim()
+            .to_string()
+    };
+    let child = exchange(&root);
+    let grandchild = exchange(&child);
+
+    // Connection A: the root token is verified (a 404 for an unknown
+    // connection name), but opens no session there.
+    let mut a = Conn::open(&env);
+    let (status, body, _) = a.send("GET", "/nope/echo", &root);
+    assert_eq!(status, 404, "{body}");
+    // Connection B: a token exchanged from a token exchanged from the root.
+    let mut b = Conn::open(&env);
+    let (status, body, _) = b.send("GET", "/crm/echo", &grandchild);
+    assert_eq!(status, 200, "{body}");
+    let before = env.upstream.requests().len();
+
+    // The holder revokes the root token.
+    ok(&env.sluice(&["token", "revoke", &root, "--reason", "leaked"]));
+
+    // The grandchild's session is ended, within a second of the revocation
+    // (recorded once the client connection is closed).
+    let ended = wait_until_or(Duration::from_secs(3), || {
+        env.sessions().into_iter().find(|s| {
+            s["end_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("revoked"))
+        })
+    });
+    assert!(ended.is_some(), "{:?}", env.sessions());
+
+    // The same client connection, the revoked token: admission runs again.
+    let (status, body, reconnected) = a.send("GET", "/crm/echo", &root);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    assert!(!reconnected, "the gateway closed connection A");
+    let (status, body, _) = b.send("GET", "/crm/echo", &grandchild);
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    assert_eq!(env.upstream.requests().len(), before);
+
+    // An unrelated token keeps working on the same kept-alive connection.
+    let other = env.agent_token();
+    let (status, body, reconnected) = a.send("GET", "/crm/echo", &other);
+    assert_eq!(status, 200, "{body}");
+    assert!(!reconnected);
+}
+
+/// JSON is masked completely: numbers are seen by the detectors, and the
+/// client gets the document that was checked, never the upstream's bytes (a
+/// duplicate key's other copy, which a client may read, is not passed on).
+#[test]
+fn json_numbers_and_duplicate_keys_are_masked() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    let raw = |body: &str| {
+        let (status, text) = env.get(
+            &token,
+            "/crm/raw",
+            &["-G", "--data-urlencode", &format!("body={body}")],
+        );
+        assert_eq!(status, 200, "{text}");
+        text
+    };
+    let body = raw(r#"{"card": 4111111111111111, "n": [5500000000000004, 7]}"#);
+    assert!(!body.contains("4111111111111111"), "{body}");
+    assert!(!body.contains("5500000000000004"), "{body}");
+    let doc = json(&body);
+    assert_eq!(doc["n"][1], 7);
+
+    for dup in [
+        r#"{"card": "4111111111111111", "card": "none"}"#,
+        r#"{"card": "none", "card": "4111111111111111"}"#,
+        r#"{"a": {"email": "ada@example.com", "email": 1}}"#,
+    ] {
+        let body = raw(dup);
+        assert!(
+            !body.contains("4111111111111111") && !body.contains("ada@example.com"),
+            "{dup} -> {body}"
+        );
+        json(&body);
+    }
+    // Nothing to mask: still well-formed JSON with the same content.
+    let body = raw(r#"{"id": 7, "name": "widget", "price": 12.5}"#);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"id": 7, "name": "widget", "price": 12.5})
+    );
+}

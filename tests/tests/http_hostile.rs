@@ -278,3 +278,103 @@ fn path_tricks_do_not_escape_a_prefix_or_a_rule() {
     assert_eq!(seen[0]["path"], "/a%20b/~user/");
     env.assert_alive();
 }
+
+/// A request line is what the upstream runs: method and URL override headers
+/// never reach it, a `_method` parameter is refused, HEAD is judged as GET.
+#[test]
+fn method_and_url_overrides_never_change_what_the_upstream_runs() {
+    let env = HttpEnv::builder()
+        .toml(
+            r#"
+[[rules]]
+name = "no-deletes"
+match = { http = { methods = ["DELETE"] } }
+action = "deny"
+
+[[rules]]
+name = "no-secret-reads"
+match = { http = { methods = ["GET"], paths = ["/secret/*"] } }
+action = "deny"
+
+[[rules]]
+name = "no-force"
+match = { http = { query = { force = "true" } } }
+action = "deny"
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+
+    // Override headers: the request is judged as POST /echo and forwarded
+    // as exactly that, without the headers.
+    let (status, body) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "-X",
+            "POST",
+            "-d",
+            "{}",
+            "-H",
+            "X-HTTP-Method-Override: DELETE",
+            "-H",
+            "X-HTTP-Method: DELETE",
+            "-H",
+            "X-Method-Override: DELETE",
+            "-H",
+            "X-Original-URL: /secret/keys",
+            "-H",
+            "X-Rewrite-URL: /secret/keys",
+            "-H",
+            "X-Forwarded-Prefix: /secret",
+            "-H",
+            "X-Request-Id: kept",
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen = env.upstream.last("/echo").unwrap();
+    assert_eq!(seen["method"], "POST");
+    for gone in [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-forwarded-prefix",
+    ] {
+        assert!(
+            header(&seen, gone).is_empty(),
+            "{gone} reached the upstream: {seen}"
+        );
+    }
+    assert_eq!(header(&seen, "x-request-id"), ["kept"]);
+
+    // `_method` query overrides are refused before the upstream.
+    let before = env.upstream.requests().len();
+    for path in [
+        "/crm/echo?_method=DELETE",
+        "/crm/echo?a=1&%5Fmethod=DELETE",
+        "/crm/echo?_method[]=DELETE",
+        "/crm/echo?a=1;_method=DELETE",
+    ] {
+        let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("method"), "{body}");
+    }
+    // Query spellings a lenient parser reads as `force=true`.
+    for path in ["/crm/echo?force[]=true", "/crm/echo?a=1;force=true"] {
+        let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
+        assert_eq!(status, 403, "{path}: {body}");
+    }
+    // HEAD is judged as GET.
+    let out = env.curl(Some(&token), &["-I", &env.url("/crm/secret/keys")]);
+    let (status, _) = split_status(&out);
+    assert_eq!(status, 403);
+    assert_eq!(env.upstream.requests().len(), before);
+
+    // Ordinary requests still pass.
+    let (status, body) = env.get(&token, "/crm/echo?method=card&page=2", &[]);
+    assert_eq!(status, 200, "{body}");
+    let out = env.curl(Some(&token), &["-I", &env.url("/crm/echo")]);
+    assert_eq!(split_status(&out).0, 200);
+}

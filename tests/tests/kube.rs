@@ -676,3 +676,119 @@ timeout = "60s"
     let all: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(all.len(), 1, "{all:?}");
 }
+
+/// Proxy subresources are judged on the request they carry (a kubelet
+/// exec/run is an exec) or refused; a field selector on `metadata.name`
+/// touches that object.
+#[test]
+fn proxy_subresources_and_name_selectors_are_judged_as_what_they_reach() {
+    let env = KubeEnv::builder()
+        .extra_toml(
+            r#"
+[[rules]]
+name = "no-shells-in-kube-system"
+match = { kube = { verbs = ["exec", "attach"], namespaces = ["kube-system"] } }
+action = "deny"
+
+[[rules]]
+name = "no-file-deletion"
+match = { kube = { verbs = ["exec"], commands = ["rm *"] } }
+action = "deny"
+
+[[rules]]
+name = "not-the-root-secret"
+match = { kube = { resources = ["secrets"], names = ["db-credentials"] } }
+action = "deny"
+"#,
+        )
+        .start();
+    let token = env.token("agent-1", &["agents"]);
+
+    // kubectl get --raw through the node proxy to the kubelet (a raw path
+    // is absolute: it carries the connection's prefix).
+    for (path, rule) in [
+        (
+            "/k8s/api/v1/nodes/node-1/proxy/run/kube-system/etcd-0/etcd?cmd=rm%20-rf%20/var/lib/etcd",
+            "no-shells-in-kube-system",
+        ),
+        (
+            "/k8s/api/v1/nodes/node-1:10250/proxy/exec/default/web-1/app?command=rm&command=-rf&command=/srv",
+            "no-file-deletion",
+        ),
+        (
+            "/k8s/api/v1/nodes/node-1/proxy/attach/kube-system/etcd-0/etcd?stdout=1",
+            "no-shells-in-kube-system",
+        ),
+    ] {
+        let err = failed(&env.kubectl(&token, &["get", "--raw", path]));
+        assert!(err.contains("Forbidden") && err.contains(rule), "{path}: {err}");
+    }
+    // Workload proxies, the legacy prefix and other kubelet endpoints are refused.
+    for path in [
+        "/k8s/api/v1/namespaces/default/services/web:80/proxy/admin/drop",
+        "/k8s/api/v1/namespaces/default/pods/web-1/proxy/debug",
+        "/k8s/api/v1/proxy/nodes/node-1/run/default/web-1/app",
+        "/k8s/api/v1/nodes/node-1/proxy/checkpoint/default/web-1/app",
+        "/k8s/api/v1/nodes/node-1/proxy/cri/exec/abc",
+    ] {
+        let err = failed(&env.kubectl(&token, &["get", "--raw", path]));
+        assert!(err.contains("Forbidden"), "{path}: {err}");
+    }
+    let (code, body) = curl_with(
+        &env,
+        &token,
+        "POST",
+        "/k8s/api/v1/nodes/node-1/proxy/run/default/web-1/app?cmd=rm+-rf+/srv",
+        &[],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("no-file-deletion"), "{body}");
+
+    // list and watch narrowed to the protected object by name.
+    for args in [
+        &[
+            "get",
+            "secrets",
+            "--field-selector",
+            "metadata.name=db-credentials",
+        ][..],
+        &[
+            "get",
+            "secrets",
+            "--field-selector",
+            "metadata.name==db-credentials",
+            "-o",
+            "json",
+        ][..],
+        &[
+            "get",
+            "secrets",
+            "-A",
+            "--field-selector",
+            "type=Opaque,metadata.name=db-credentials",
+        ][..],
+    ] {
+        let err = failed(&env.kubectl(&token, args));
+        assert!(err.contains("not-the-root-secret"), "{args:?}: {err}");
+    }
+    let reached: Vec<_> = env
+        .upstream_requests()
+        .into_iter()
+        .filter(|r| {
+            let p = r["path"].as_str().unwrap_or("");
+            p.contains("proxy") || p.contains("secrets") || p.contains("exec")
+        })
+        .collect();
+    assert!(reached.is_empty(), "{reached:?}");
+
+    // Ordinary work still passes.
+    let out = ok(&env.kubectl(&token, &["get", "pods"]));
+    assert!(out.contains("web-1"), "{out}");
+    ok(&env.kubectl(
+        &token,
+        &["get", "pods", "--field-selector", "metadata.name=web-1"],
+    ));
+    ok(&env.kubectl(&token, &["logs", "web-1"]));
+    let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "ls", "/srv"]));
+    assert_eq!(out, "ran: ls /srv\n");
+}

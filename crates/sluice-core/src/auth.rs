@@ -181,6 +181,22 @@ impl RevocationList {
         }
     }
 
+    /// Whether `token_id` or any token in its `lineage` is revoked: a token
+    /// exchanged (at any depth) from a revoked one is revoked too.
+    pub fn any_revoked<'a>(
+        &self,
+        token_id: &str,
+        lineage: impl IntoIterator<Item = &'a String>,
+    ) -> bool {
+        match self.entries.lock() {
+            Ok(e) => {
+                e.contains_key(token_id) || lineage.into_iter().any(|t| e.contains_key(t.as_str()))
+            }
+            // A lookup error must fail closed.
+            Err(_) => true,
+        }
+    }
+
     /// Adds `token_id` and persists the list before returning.
     pub fn revoke(
         &self,
@@ -227,6 +243,59 @@ impl RevocationList {
             .lock()
             .map(|e| e.values().cloned().collect())
             .unwrap_or_default()
+    }
+}
+
+/// How many exchanges deep a chain of tokens may go (each one narrows; a
+/// deeper chain only grows the token).
+pub const MAX_EXCHANGE_DEPTH: usize = 16;
+
+/// Which tokens descend from which, for the exchanged tokens this process has
+/// seen: a revocation ends the live sessions of every descendant, at any
+/// depth. Entries are kept until the token expires (a session never outlives
+/// its token). Refusing a revoked descendant does not depend on this map: the
+/// token itself carries its lineage (`ptid` and `anc` claims) and
+/// [`RevocationList::any_revoked`] checks all of it.
+#[derive(Debug, Default)]
+pub struct Lineage {
+    entries: Mutex<HashMap<String, (Vec<String>, SystemTime)>>,
+}
+
+impl Lineage {
+    /// Remembers that `token_id` (valid until `expires_at`) descends from
+    /// `ancestors`, nearest first. Tokens without ancestors are not kept.
+    pub fn record(&self, token_id: &str, ancestors: &[String], expires_at: SystemTime) {
+        if ancestors.is_empty() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= 1024 && !entries.contains_key(token_id) {
+            let now = SystemTime::now();
+            entries.retain(|_, (_, exp)| *exp > now);
+        }
+        entries.insert(token_id.to_string(), (ancestors.to_vec(), expires_at));
+    }
+
+    /// The ancestors of `token_id`, nearest first (empty: issued directly, or
+    /// not seen by this process).
+    pub fn ancestors(&self, token_id: &str) -> Vec<String> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token_id)
+            .map(|(a, _)| a.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether `token_id` is `ancestor` or descends from it.
+    pub fn descends_from(&self, token_id: &str, ancestor: &str) -> bool {
+        token_id == ancestor
+            || self
+                .entries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(token_id)
+                .is_some_and(|(a, _)| a.iter().any(|t| t == ancestor))
     }
 }
 

@@ -4,7 +4,8 @@
 use crate::approval::{ApprovalNotifier, ApprovalService, ReviewSettings};
 use crate::audit::{AuditEvent, Store};
 use crate::auth::{
-    unverified_issuer, AuthError, Authenticator, GroupMap, RevocationError, RevocationList,
+    unverified_issuer, AuthError, Authenticator, GroupMap, Lineage, RevocationError,
+    RevocationList, MAX_EXCHANGE_DEPTH,
 };
 use crate::config::{Config, ConnectionKind};
 use crate::masking::{NoMasking, ResponseMasker};
@@ -13,8 +14,7 @@ use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEng
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
 use crate::token::{IssuedToken, TokenAuthority, TokenError, TokenRequest, GATEWAY_ISSUER};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
@@ -61,9 +61,9 @@ pub struct Gateway {
     authenticators: Vec<Arc<dyn Authenticator>>,
     group_map: RwLock<Arc<GroupMap>>,
     revocations: RevocationList,
-    /// Exchanged tokens by the id of the token they came from, so that a
-    /// revocation of the parent ends the children's live sessions too.
-    children: Mutex<HashMap<String, Vec<(String, SystemTime)>>>,
+    /// Which exchanged tokens descend from which, so that a revocation ends
+    /// the live sessions of every descendant, at any depth.
+    lineage: Lineage,
 }
 
 /// What a configuration reload did.
@@ -195,7 +195,7 @@ impl GatewayBuilder {
             authenticators: self.authenticators,
             group_map: RwLock::new(Arc::new(group_map)),
             revocations,
-            children: Mutex::default(),
+            lineage: Lineage::default(),
         })
     }
 }
@@ -317,11 +317,18 @@ impl Gateway {
         let identity =
             if self.authenticators.is_empty() || issuer.as_deref() == Some(GATEWAY_ISSUER) {
                 let verified = self.tokens.verify_full(token)?;
-                if let Some(parent) = &verified.parent_token_id {
-                    if self.revocations.is_revoked(parent) {
-                        return Err(AuthError::Revoked);
-                    }
+                // Revoking any token up the exchange chain revokes this one.
+                if self
+                    .revocations
+                    .any_revoked(&verified.identity.token_id, &verified.lineage)
+                {
+                    return Err(AuthError::Revoked);
                 }
+                self.lineage.record(
+                    &verified.identity.token_id,
+                    &verified.lineage,
+                    verified.identity.expires_at,
+                );
                 verified.identity
             } else {
                 let mut found = None;
@@ -346,15 +353,23 @@ impl Gateway {
                 identity.connections = None;
                 identity
             };
-        if self.revocations.is_revoked(&identity.token_id) {
+        if self.revocations.any_revoked(
+            &identity.token_id,
+            &self.lineage.ancestors(&identity.token_id),
+        ) {
             return Err(AuthError::Revoked);
+        }
+        // Verifiers tolerate clock skew; admission does not: no request or
+        // session starts on a credential expired by this gateway's clock.
+        if identity.expires_at <= SystemTime::now() {
+            return Err(AuthError::Token(TokenError::Expired));
         }
         Ok(identity)
     }
 
     /// Revokes a token id (persistently, before returning) and ends the live
-    /// sessions opened with it or with tokens exchanged for it. Returns how
-    /// many sessions were told to end.
+    /// sessions opened with it or with tokens exchanged from it, at any
+    /// depth. Returns how many sessions were told to end.
     pub fn revoke_token(
         &self,
         token_id: &str,
@@ -369,15 +384,11 @@ impl Gateway {
             Some(r) => format!("token revoked by {by}: {r}"),
             None => format!("token revoked by {by}"),
         };
-        let mut ended = self.live.terminate_token(token_id, &message);
-        let children = self
-            .children
-            .lock()
-            .map(|c| c.get(token_id).cloned().unwrap_or_default())
-            .unwrap_or_default();
-        for (child, _) in children {
-            ended += self.live.terminate_token(&child, &message);
-        }
+        let ended = self.live.terminate_where(|session| {
+            self.lineage
+                .descends_from(&session.identity.token_id, token_id)
+                .then(|| message.clone())
+        });
         Ok(ended)
     }
 
@@ -425,6 +436,13 @@ impl Gateway {
                 humantime::format_duration(self.tokens.max_ttl())
             )));
         }
+        let ancestors = self.lineage.ancestors(&identity.token_id);
+        if ancestors.len() >= MAX_EXCHANGE_DEPTH {
+            return Err(ExchangeError::Forbidden(format!(
+                "your token is already {} exchanges from the token it came from; exchange a token nearer the original",
+                ancestors.len()
+            )));
+        }
         let issued = self
             .tokens
             .issue_with(&TokenRequest {
@@ -433,19 +451,14 @@ impl Gateway {
                 ttl: ttl.min(left),
                 connections: Some(vec![connection.to_string()]),
                 parent_token_id: Some(identity.token_id.clone()),
+                ancestor_token_ids: ancestors.clone(),
             })
             .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
-        if let Ok(mut children) = self.children.lock() {
-            let now = SystemTime::now();
-            children.retain(|_, v| {
-                v.retain(|(_, exp)| *exp > now);
-                !v.is_empty()
-            });
-            children
-                .entry(identity.token_id.clone())
-                .or_default()
-                .push((issued.token_id.clone(), issued.expires_at));
-        }
+        let lineage: Vec<String> = std::iter::once(identity.token_id.clone())
+            .chain(ancestors)
+            .collect();
+        self.lineage
+            .record(&issued.token_id, &lineage, issued.expires_at);
         tracing::info!(message = "Token exchanged.", subject = %identity.subject, connection = %connection, parent = %identity.token_id, token_id = %issued.token_id);
         Ok(issued)
     }

@@ -50,6 +50,10 @@ struct Claims {
     /// The id of the token this one was exchanged for (revoking it revokes this one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ptid: Option<String>,
+    /// The ids of the parent's own ancestors, nearest first (a chain of
+    /// exchanges): revoking any of them revokes this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    anc: Vec<String>,
 }
 
 /// A token to mint (see [`TokenAuthority::issue_with`]).
@@ -62,6 +66,10 @@ pub struct TokenRequest {
     pub connections: Option<Vec<String>>,
     /// The token it was exchanged for.
     pub parent_token_id: Option<String>,
+    /// The parent's own ancestors, nearest first (empty for a parent issued
+    /// directly): carried in the token so that a revocation anywhere up the
+    /// chain refuses it, across restarts too.
+    pub ancestor_token_ids: Vec<String>,
 }
 
 /// A minted token and what it says.
@@ -78,6 +86,9 @@ pub struct VerifiedToken {
     pub identity: Identity,
     /// The token it was exchanged for, if any.
     pub parent_token_id: Option<String>,
+    /// Every token it descends from, nearest first: the parent, the parent's
+    /// parent, … (empty for a token issued directly).
+    pub lineage: Vec<String>,
 }
 
 /// Mints and verifies gateway tokens.
@@ -179,6 +190,11 @@ impl TokenAuthority {
             jti: uuid::Uuid::new_v4().to_string(),
             connections: request.connections.clone(),
             ptid: request.parent_token_id.clone(),
+            anc: if request.parent_token_id.is_some() {
+                request.ancestor_token_ids.clone()
+            } else {
+                Vec::new()
+            },
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.key_id.clone());
@@ -234,6 +250,12 @@ impl TokenAuthority {
                 expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
                 connections: claims.connections,
             },
+            lineage: claims
+                .ptid
+                .iter()
+                .chain(claims.anc.iter())
+                .cloned()
+                .collect(),
             parent_token_id: claims.ptid,
         })
     }

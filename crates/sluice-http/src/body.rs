@@ -139,7 +139,8 @@ pub fn redact_text(template: &Redactor, text: &[u8]) -> Option<Vec<u8>> {
 
 /// Masks a complete JSON document: key paths, column rules written as bare
 /// key names (`api_key`, `*password*`: they mask that key's value at any
-/// depth), and the detectors. `Err` when it is not JSON.
+/// depth), and the detectors. `Err` when it is not JSON. The result is
+/// always re-serialised from the parsed document, masked or not.
 pub fn mask_json_document(
     engine: &MaskingEngine,
     connection: &str,
@@ -156,9 +157,9 @@ pub fn mask_json_document(
         mask_keys(engine, connection, &mut doc, &mut counts);
     }
     counts.merge(&engine.mask_json(&mut doc, key_paths));
-    if counts.is_empty() {
-        return Ok((bytes.to_vec(), counts));
-    }
+    // Always the document that was checked, never the original bytes: a
+    // duplicate key's other copies (which a client may read instead) and
+    // anything else the parser read past are not passed on.
     let out = serde_json::to_vec(&doc)
         .map_err(|_| TransformError::new("the masked JSON document could not be written"))?;
     Ok((out, counts))

@@ -11,6 +11,7 @@ mod body;
 pub mod flavor;
 pub mod inject;
 pub mod masking;
+pub mod overrides;
 pub mod path;
 pub mod policy;
 pub mod problem;

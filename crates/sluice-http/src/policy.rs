@@ -144,15 +144,19 @@ pub fn path_matches(pattern: &Glob, path: &str) -> bool {
 
 /// Decoded `name=value` pairs of a query string (`+` is a space).
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let decode = |s: &str| {
-            percent_decode_str(&s.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        };
-        (decode(k), decode(v))
-    })
+    // Some servers also split on `;`: a rule sees every pair any of them reads.
+    query
+        .split(['&', ';'])
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let decode = |s: &str| {
+                percent_decode_str(&s.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
 }
 
 impl CommandMatcher for HttpMatcher {
@@ -161,7 +165,13 @@ impl CommandMatcher for HttpMatcher {
             return Ok(false);
         };
         if let Some(methods) = &self.methods {
-            if !methods.iter().any(|m| m.matches(parts.method)) {
+            // HEAD is GET without the body (RFC 9110 9.3.2): a server runs
+            // the same handler, so a rule on GET covers it too.
+            let as_get = parts.method.eq_ignore_ascii_case("HEAD");
+            if !methods
+                .iter()
+                .any(|m| m.matches(parts.method) || (as_get && m.matches("GET")))
+            {
                 return Ok(false);
             }
         }
@@ -173,7 +183,10 @@ impl CommandMatcher for HttpMatcher {
         if let Some(params) = &self.query {
             let pairs: Vec<(String, String)> = query_pairs(parts.query.unwrap_or("")).collect();
             for (name, glob) in params {
-                if !pairs.iter().any(|(k, v)| k == name && glob.matches(v)) {
+                // `force[]=1` and `force[x]=1` are `force` to PHP, Rails and
+                // qs-style parsers.
+                let named = |k: &str| k == name || k.split('[').next() == Some(name.as_str());
+                if !pairs.iter().any(|(k, v)| named(k) && glob.matches(v)) {
                     return Ok(false);
                 }
             }
@@ -248,6 +261,28 @@ mod tests {
         assert!(!hit(&*m, &command("POST", "/x", None)));
         // A `?` inside the (decoded) path is not the query.
         assert!(!hit(&*m, &command("POST", "/x?force=true&scope=all", None)));
+    }
+
+    #[test]
+    fn head_is_judged_as_get_and_query_variants_are_read() {
+        let m = rule(r#"http = { methods = ["GET"], paths = ["/secrets/*"] }"#);
+        assert!(hit(&*m, &command("HEAD", "/secrets/a", None)));
+        assert!(hit(&*m, &command("head", "/secrets/a", None)));
+        assert!(!hit(&*m, &command("POST", "/secrets/a", None)));
+        // A rule on HEAD alone is still about HEAD.
+        let m = rule(r#"http = { methods = ["HEAD"] }"#);
+        assert!(!hit(&*m, &command("GET", "/x", None)));
+
+        let m = rule(r#"http = { query = { force = "true" } }"#);
+        for q in [
+            "force[]=true",
+            "force[0]=true",
+            "a=1;force=true",
+            "force%5B%5D=true",
+        ] {
+            assert!(hit(&*m, &command("POST", "/x", Some(q))), "{q}");
+        }
+        assert!(!hit(&*m, &command("POST", "/x", Some("forced=true"))));
     }
 
     #[test]

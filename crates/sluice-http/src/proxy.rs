@@ -26,7 +26,7 @@ use sluice_core::{Credentials, Refusal, SessionHandle};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// A streaming response's held-back bytes are released after this much upstream silence.
@@ -65,8 +65,6 @@ impl Live {
 pub(crate) struct ClientConn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    /// Verified tokens on this connection (by hash): verified once, until they expire.
-    identities: Mutex<HashMap<[u8; 32], Identity>>,
     sessions: Mutex<HashMap<SessionKey, Arc<Live>>>,
     /// Sessions core ended, with the reason told to later requests.
     ended: Mutex<HashMap<SessionKey, String>>,
@@ -180,7 +178,6 @@ impl ClientConn {
         ClientConn {
             shared,
             peer,
-            identities: Mutex::default(),
             sessions: Mutex::default(),
             ended: Mutex::default(),
             watchers: Mutex::default(),
@@ -243,16 +240,12 @@ impl ClientConn {
         })
     }
 
+    /// Core's admission for this request's token. Every request goes through
+    /// it, keep-alive and HTTP/2 alike: nothing about a token is cached on the
+    /// client connection, so a revoked or expired token is refused on the
+    /// very next request.
     async fn identity(&self, token: &str) -> Result<Identity, Problem> {
-        let key = token_key(token);
-        if let Ok(map) = self.identities.lock() {
-            if let Some(id) = map.get(&key) {
-                if id.expires_at > SystemTime::now() {
-                    return Ok(id.clone());
-                }
-            }
-        }
-        let identity = self
+        self
             .shared
             .gateway
             .authenticate(&Credentials {
@@ -271,15 +264,7 @@ impl ClientConn {
                     format!("sluice: authentication failed: {e}"),
                 )
                 .with_hint("Send a valid Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token).")
-            })?;
-        if let Ok(mut map) = self.identities.lock() {
-            // A connection presenting many tokens is odd; keep the cache bounded.
-            if map.len() >= 16 {
-                map.clear();
-            }
-            map.insert(key, identity.clone());
-        }
-        Ok(identity)
+            })
     }
 
     async fn session(
@@ -289,6 +274,8 @@ impl ClientConn {
         flavor: &Arc<dyn Flavor>,
     ) -> Result<Arc<Live>, Problem> {
         let key: SessionKey = (token_key(token), connection.name.clone());
+        // Admission first, for every request, before any session is reused.
+        let identity = self.identity(token).await?;
         if let Some(reason) = self.ended.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Err(Problem::new(
                 ProblemKind::SessionEnded,
@@ -298,16 +285,6 @@ impl ClientConn {
         }
         if let Some(live) = self.sessions.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(live);
-        }
-        let identity = self.identity(token).await?;
-        // Core's verification tolerates clock skew; a session must still not
-        // start on a token that has expired by this gateway's clock.
-        if identity.expires_at <= SystemTime::now() {
-            return Err(Problem::new(
-                ProblemKind::Unauthenticated,
-                "sluice: authentication failed: token expired",
-            )
-            .with_hint("Get a new token (sluice token issue, or your identity provider)."));
         }
         let subject = identity.subject.clone();
         let handle = self
@@ -413,6 +390,12 @@ impl ClientConn {
             });
         let mut headers = std::mem::take(&mut parts.headers);
         strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
+        // The upstream runs the request line the gateway judges, never a
+        // method or path named in a header.
+        let dropped = crate::overrides::strip_override_headers(&mut headers);
+        if !dropped.is_empty() {
+            tracing::info!(message = "Method/URL override headers dropped.", client = %self.peer, headers = ?dropped);
+        }
 
         // Route: a configured host, else the first path segment.
         let raw_path = parts.uri.path().to_string();
@@ -519,6 +502,23 @@ impl ClientConn {
             if len > limits.max_request_body {
                 return Ok(render(too_large(limits.max_request_body)));
             }
+        }
+
+        if let Some(name) = query
+            .as_deref()
+            .and_then(crate::overrides::method_override_param)
+        {
+            return Ok(render(
+                Problem::new(
+                    ProblemKind::BadRequest,
+                    format!(
+                        "sluice: the query parameter {:?} asks the upstream to run another method than {}; the request was not sent",
+                        truncate(&name, 40),
+                        parts.method
+                    ),
+                )
+                .with_hint("Send the request with the method itself instead of a method-override parameter."),
+            ));
         }
 
         // Decide every command; all must be forwarded.

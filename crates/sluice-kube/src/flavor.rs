@@ -4,6 +4,7 @@
 //! certificate) and how responses are masked (Secrets always, detectors when
 //! configured; watch streams per event).
 
+use crate::kubelet::{inner_request, judge_proxy, Proxied};
 use crate::mask::{DocMasker, DocumentTransformer, WatchTransformer};
 use crate::path::{parse, query_values, ApiRequest, Scope, Verb};
 use crate::policy::{request_command, CONTEXT_PREFIX};
@@ -153,7 +154,35 @@ impl Flavor for KubeFlavor {
             }
             return Ok(vec![exec_command(method, &target, &req)]);
         }
-        Ok(vec![request_command(method, &target, &req)])
+        let outer = request_command(method, &target, &req);
+        if req.verb == Verb::Proxy {
+            let query = target.split_once('?').map_or("", |(_, q)| q);
+            return match judge_proxy(method, &req, query) {
+                Proxied::KubeletRead => Ok(vec![outer]),
+                Proxied::Refused(why) => Err(Problem::new(ProblemKind::Forbidden, why)
+                    .with_hint("Use the API's own pod subresources (kubectl exec, logs, port-forward), or ask an administrator for an http connection to the service.")),
+                Proxied::Pod {
+                    method: inner_method,
+                    target: inner_target,
+                } => {
+                    let inner = parse(&inner_method, &inner_target).map_err(|e| {
+                        Problem::new(
+                            ProblemKind::BadRequest,
+                            format!("{e}; the request was not run"),
+                        )
+                    })?;
+                    let via = format!("via {}", req.describe());
+                    let mut command = if inner.verb == Verb::Exec {
+                        exec_command(&inner_method, &inner_target, &inner)
+                    } else {
+                        request_command(&inner_method, &inner_target, &inner)
+                    };
+                    command.context.push(via);
+                    Ok(vec![outer, command])
+                }
+            };
+        }
+        Ok(vec![outer])
     }
 
     fn render(&self, head: Option<&RequestHead<'_>>, problem: &Problem) -> http::Response<Body> {
@@ -346,7 +375,11 @@ impl Flavor for KubeFlavor {
         head: &RequestHead<'_>,
         masking: &MaskingContext<'_>,
     ) -> Option<Box<dyn FrameHook>> {
-        let req = parse_head(head).ok()?;
+        let mut req = parse_head(head).ok()?;
+        if req.verb == Verb::Proxy {
+            // A kubelet exec/attach through the node proxy: the same streams.
+            req = inner_request(head.method.as_str(), &req, head.query.unwrap_or(""))?;
+        }
         if !matches!(req.verb, Verb::Exec | Verb::Attach) {
             return None;
         }

@@ -4,12 +4,15 @@
 //! - [`path`]: API paths and methods → verb, group/version, resource,
 //!   subresource, namespace and name (pure, never panics).
 //! - [`policy`]: the `kube = { verbs, resources, namespaces, names }` match key.
+//! - [`kubelet`]: proxy subresources judged on the inner request (kubelet
+//!   exec/run/attach/portForward/containerLogs), or refused.
 //! - [`mask`]: Secret values masked in JSON, Table and watch responses.
 //! - [`status`]: refusals as a Kubernetes `Status` object.
 //! - [`flavor`]: the [`KubeFlavor`] the HTTP listener uses for
 //!   `kind = "kubernetes"` connections (commands, credentials, masking, exec).
 
 pub mod flavor;
+pub mod kubelet;
 pub mod mask;
 pub mod path;
 pub mod policy;

@@ -119,6 +119,12 @@ pub struct ApiRequest {
     pub name: Option<String>,
     /// The decoded path (no query).
     pub path: String,
+    /// Objects a `fieldSelector` on `metadata.name` (`=` or `==`) narrows a
+    /// request without a name to: a list, watch or deletecollection of them
+    /// touches those objects, and `names` rules judge it so.
+    pub selected_names: Vec<String>,
+    /// Likewise for `metadata.namespace` on a request without a namespace.
+    pub selected_namespaces: Vec<String>,
 }
 
 impl ApiRequest {
@@ -225,7 +231,18 @@ pub fn parse(method: &str, target: &str) -> Result<ApiRequest, PathError> {
         namespace: None,
         name: None,
         path,
+        selected_names: Vec::new(),
+        selected_namespaces: Vec::new(),
     };
+    for selector in query_values(query, "fieldSelector") {
+        for (field, value) in field_equalities(&selector) {
+            match field.as_str() {
+                "metadata.name" => req.selected_names.push(value),
+                "metadata.namespace" => req.selected_namespaces.push(value),
+                _ => {}
+            }
+        }
+    }
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
     let rest: &[&str] = match parts.as_slice() {
         ["api"] => {
@@ -430,6 +447,53 @@ pub fn query_values(query: &str, key: &str) -> Vec<String> {
         })
         .filter(|(k, _)| k == key)
         .map(|(_, v)| v)
+        .collect()
+}
+
+/// The `field=value` and `field==value` terms of a field selector (as the
+/// API server's `fields.ParseSelector` reads it: terms split on unescaped
+/// `,`, key and value trimmed, `\` escapes removed from the value). `!=`
+/// terms are left out: they do not narrow the request to one object.
+pub fn field_equalities(selector: &str) -> Vec<(String, String)> {
+    let mut terms = Vec::new();
+    let mut term = String::new();
+    let mut chars = selector.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                term.push(c);
+                if let Some(n) = chars.next() {
+                    term.push(n);
+                }
+            }
+            ',' => terms.push(std::mem::take(&mut term)),
+            _ => term.push(c),
+        }
+    }
+    terms.push(term);
+    let unescape = |v: &str| {
+        let mut out = String::new();
+        let mut it = v.chars();
+        while let Some(c) = it.next() {
+            if c == '\\' {
+                if let Some(n) = it.next() {
+                    out.push(n);
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    terms
+        .iter()
+        .filter_map(|t| {
+            if t.contains("!=") {
+                return None;
+            }
+            let (k, v) = t.split_once("==").or_else(|| t.split_once('='))?;
+            Some((k.trim().to_string(), unescape(v.trim())))
+        })
         .collect()
 }
 

@@ -32,6 +32,7 @@
 
 use crate::path::{parse, ApiRequest, Verb};
 use sluice_core::glob::Glob;
+use sluice_core::model::Action;
 use sluice_core::pipeline::policy::{string_list, CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
 use sluice_core::{Command, CommandKind};
@@ -56,6 +57,17 @@ impl MatchKey for KubeMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        self.compile_for(values, Action::Deny)
+    }
+
+    /// An allow rule admits a request only when everything it touches is
+    /// within the rule (every object a field selector names); deny and
+    /// review rules match when anything it touches is.
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         let table = match values.get("kube") {
             Some(toml::Value::Table(t)) => t,
             _ => {
@@ -115,6 +127,7 @@ impl MatchKey for KubeMatchKey {
             namespaces: globs("namespaces")?,
             names: globs("names")?,
             commands: globs("commands")?,
+            allow: action == Action::Allow,
         }))
     }
 }
@@ -181,6 +194,8 @@ struct KubeMatcher {
     namespaces: Option<Vec<Glob>>,
     names: Option<Vec<Glob>>,
     commands: Option<Vec<Glob>>,
+    /// Compiled for an allow rule (see [`KubeMatchKey::compile_for`]).
+    allow: bool,
 }
 
 /// One command's parsed request, shared by every rule (keyed by request line).
@@ -219,7 +234,29 @@ impl CommandMatcher for KubeMatcher {
             .as_ref()
             // A request the parser refuses cannot be judged: fail closed.
             .map_err(|e| format!("unparseable Kubernetes request: {e}"))?;
-        let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+        // What the request touches: its object, or for a request without
+        // one, the collection (the empty name) and any object a field
+        // selector narrows it to (`fieldSelector=metadata.name=db`).
+        let allow = self.allow;
+        let touched = |one: &Option<String>, selected: &[String]| -> Vec<String> {
+            match one {
+                Some(v) => vec![v.clone()],
+                // An allow rule: the selected objects alone (the selector
+                // narrows the request to them), all of which must match.
+                None if allow && !selected.is_empty() => selected.to_vec(),
+                None => std::iter::once(String::new())
+                    .chain(selected.iter().cloned())
+                    .collect(),
+            }
+        };
+        let any = |globs: &[Glob], values: &[String]| {
+            let hit = |v: &String| globs.iter().any(|g| g.matches(v));
+            if allow {
+                values.iter().all(hit)
+            } else {
+                values.iter().any(hit)
+            }
+        };
         Ok(self.verbs.as_ref().is_none_or(|v| v.contains(&req.verb))
             && self
                 .resources
@@ -228,11 +265,11 @@ impl CommandMatcher for KubeMatcher {
             && self
                 .namespaces
                 .as_ref()
-                .is_none_or(|n| n.iter().any(|g| g.matches(&opt(&req.namespace))))
+                .is_none_or(|n| any(n, &touched(&req.namespace, &req.selected_namespaces)))
             && self
                 .names
                 .as_ref()
-                .is_none_or(|n| n.iter().any(|g| g.matches(&opt(&req.name)))))
+                .is_none_or(|n| any(n, &touched(&req.name, &req.selected_names))))
     }
 }
 

@@ -1,6 +1,9 @@
 //! The approval stage of the pipeline.
 
-use super::{fingerprint, now_ms, ApprovalRequest, ApprovalService, Grant, Outcome, ReviewMode};
+use super::{
+    fingerprint, now_ms, ApprovalRequest, ApprovalService, Grant, Outcome, ReviewMode,
+    UNBOUND_CONTEXT,
+};
 use crate::model::{Action, Verdict};
 use crate::pipeline::{CommandRequest, PipelineError, VerdictService};
 use std::future::Future;
@@ -77,12 +80,30 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         );
     };
     let s = &req.session;
-    let fp = fingerprint(&s.identity.subject, &s.connection, &req.command.text);
+    let fp = fingerprint(
+        &s.identity,
+        &s.connection,
+        &req.command.text,
+        &req.command.context,
+    );
     let what = verdict
         .message
         .clone()
         .unwrap_or_else(|| "this command needs approval".into());
     if settings.mode == ReviewMode::Retry {
+        // A re-send can only be matched to what was approved when the whole
+        // request is in the fingerprint.
+        if let Some(why) = req
+            .command
+            .context
+            .iter()
+            .find_map(|c| c.strip_prefix(UNBOUND_CONTEXT))
+        {
+            return deny(
+                &verdict,
+                format!("{what}, but this request cannot be approved for a re-send: {why}; it was not run"),
+            );
+        }
         match service.take_grant(&fp) {
             Grant::Approved(r) => {
                 return Verdict {
@@ -129,7 +150,10 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         reason: None,
     };
     let hold = settings.mode == ReviewMode::Hold;
-    let (request, waiter) = match service.open(request, fp, hold).await {
+    let (request, waiter) = match service
+        .open(request, fp, s.identity.issuer.clone(), hold)
+        .await
+    {
         Ok(r) => r,
         // Fail closed: no recorded request, no approval.
         Err(e) => {

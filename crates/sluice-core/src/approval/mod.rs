@@ -175,6 +175,8 @@ struct Entry {
     request: ApprovalRequest,
     /// Exact command identity for retry grants.
     fingerprint: String,
+    /// The requester's issuer (`request.subject` is theirs at this issuer).
+    issuer: String,
     waiter: Option<oneshot::Sender<Outcome>>,
 }
 
@@ -205,15 +207,50 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Whitespace-normalised text: the same statement re-sent with different
-/// spacing is the same request; anything else is a different one.
-pub fn fingerprint(subject: &str, connection: &str, text: &str) -> String {
+/// A context line a protocol adds to a command whose request could not be
+/// bound exactly (e.g. an HTTP body too large to digest before judging): a
+/// retry grant is never given for it.
+pub const UNBOUND_CONTEXT: &str = "unbound: ";
+
+/// The exact request a retry grant is for: who (subject namespaced by its
+/// issuer), where, the whitespace-normalised text (the same statement
+/// re-sent with different spacing is the same request) and every context
+/// line the protocol attached (a Kubernetes exec's target pod and container,
+/// an HTTP request's body digest, a prepared statement's definition).
+/// Anything else is a different request.
+pub fn fingerprint(
+    identity: &Identity,
+    connection: &str,
+    text: &str,
+    context: &[String],
+) -> String {
     let normal: Vec<&str> = text
         .trim()
         .trim_end_matches(';')
         .split_whitespace()
         .collect();
-    format!("{subject}\u{0}{connection}\u{0}{}", normal.join(" "))
+    let mut fp = format!(
+        "{}\u{0}{}\u{0}{connection}\u{0}{}",
+        identity.issuer,
+        identity.subject,
+        normal.join(" ")
+    );
+    for line in context {
+        fp.push('\u{0}');
+        fp.push_str(line);
+    }
+    fp
+}
+
+/// Who someone is across identity providers: the subject, with the issuer
+/// when it is not the gateway itself (`alice` from one IdP is not `alice`
+/// from another).
+pub fn qualified_subject(identity: &Identity) -> String {
+    if identity.issuer == crate::token::GATEWAY_ISSUER {
+        identity.subject.clone()
+    } else {
+        format!("{} ({})", identity.subject, identity.issuer)
+    }
 }
 
 impl ApprovalService {
@@ -315,7 +352,7 @@ impl ApprovalService {
                     state: r.state,
                 });
             }
-            if r.subject == approver.subject {
+            if r.subject == approver.subject && e.issuer == approver.issuer {
                 return Err(ApprovalError::SelfApproval(approver.subject.clone()));
             }
             if !approver.in_any_group(&r.approvers) {
@@ -337,7 +374,7 @@ impl ApprovalService {
                 AuditEvent::ApprovalDecided {
                     approval_id: id.to_string(),
                     state,
-                    by: approver.subject.clone(),
+                    by: qualified_subject(approver),
                     reason: reason.clone(),
                 },
             )
@@ -357,7 +394,7 @@ impl ApprovalService {
             }
             let now = now_ms();
             e.request.state = state;
-            e.request.decided_by = Some(approver.subject.clone());
+            e.request.decided_by = Some(qualified_subject(approver));
             e.request.decided_at_ms = Some(now);
             e.request.reason = reason.clone();
             if e.request.mode == ReviewMode::Retry && approve {
@@ -371,11 +408,11 @@ impl ApprovalService {
             if let Some(w) = e.waiter.take() {
                 let _ = w.send(if approve {
                     Outcome::Approved {
-                        by: approver.subject.clone(),
+                        by: qualified_subject(approver),
                     }
                 } else {
                     Outcome::Denied {
-                        by: approver.subject.clone(),
+                        by: qualified_subject(approver),
                         reason,
                     }
                 });
@@ -394,6 +431,7 @@ impl ApprovalService {
         &self,
         mut request: ApprovalRequest,
         fingerprint: String,
+        issuer: String,
         hold: bool,
     ) -> Result<(ApprovalRequest, Option<oneshot::Receiver<Outcome>>), String> {
         self.store
@@ -422,6 +460,7 @@ impl ApprovalService {
             Entry {
                 request: request.clone(),
                 fingerprint,
+                issuer,
                 waiter: tx,
             },
         );

@@ -305,3 +305,83 @@ fn review_rules_need_approvers_and_a_known_mode() {
         "rules.0.timeout"
     );
 }
+
+fn with_context(req: CommandRequest, context: &[&str]) -> CommandRequest {
+    let mut command = (*req.command).clone();
+    command.context = context.iter().map(|c| c.to_string()).collect();
+    CommandRequest {
+        command: Arc::new(command),
+        ..req
+    }
+}
+
+fn from_issuer(issuer: &str, subject: &str, groups: &[&str]) -> Identity {
+    Identity {
+        issuer: issuer.into(),
+        ..person(subject, groups)
+    }
+}
+
+#[tokio::test]
+async fn a_retry_grant_is_for_the_exact_request_and_the_same_issuer() {
+    let rig = rig("retry", "10m", MemoryStore::default());
+    let pod_a = ["kube: GET /api/v1/namespaces/default/pods/a/exec?command=ls"];
+    let pod_b = ["kube: GET /api/v1/namespaces/prod/pods/b/exec?command=ls"];
+    let send = |req: CommandRequest| rig.pipeline.clone().oneshot(req);
+    let first = send(with_context(request("delete from t", None), &pod_a))
+        .await
+        .unwrap();
+    assert!(matches!(first, Decision::Refuse { .. }));
+    let id = rig.approvals.list(true)[0].id.clone();
+    // alice of another issuer is not the requester: she may decide.
+    rig.approvals
+        .decide(
+            &id,
+            &from_issuer("https://idp.example", "agent", &["dba"]),
+            true,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rig.approvals.get(&id).unwrap().decided_by.as_deref(),
+        Some("agent (https://idp.example)")
+    );
+    // The same text to another target, or by the same subject name from
+    // another issuer, is not what was approved.
+    let other_pod = send(with_context(request("delete from t", None), &pod_b))
+        .await
+        .unwrap();
+    assert!(
+        matches!(other_pod, Decision::Refuse { .. }),
+        "{other_pod:?}"
+    );
+    let mut other_issuer = with_context(request("delete from t", None), &pod_a);
+    let mut session = (*other_issuer.session).clone();
+    session.identity = from_issuer("https://idp.example", "agent", &["agents"]);
+    other_issuer.session = Arc::new(session);
+    assert!(matches!(
+        send(other_issuer).await.unwrap(),
+        Decision::Refuse { .. }
+    ));
+    // The approved request itself runs once.
+    let run = send(with_context(request("delete from t", None), &pod_a))
+        .await
+        .unwrap();
+    assert!(matches!(run, Decision::Forward { .. }), "{run:?}");
+
+    // A request that could not be bound exactly is never granted a re-send.
+    let unbound = send(with_context(
+        request("delete from t", None),
+        &["unbound: body over 1 MiB"],
+    ))
+    .await
+    .unwrap();
+    let Decision::Refuse { denial, .. } = unbound else {
+        panic!("not refused")
+    };
+    assert!(
+        denial.message.contains("cannot be approved for a re-send"),
+        "{denial:?}"
+    );
+}

@@ -184,3 +184,60 @@ async fn exchanged_tokens_open_one_connection_and_die_with_their_parent() {
         Err(AuthError::Revoked)
     ));
 }
+
+#[tokio::test]
+async fn revoking_a_token_revokes_its_exchanges_at_any_depth() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    let bob = gw.authenticate(&creds("idp:bob:eng")).await.unwrap();
+    let child = gw
+        .exchange(&bob, "appdb", Duration::from_secs(300))
+        .unwrap();
+    let child_id = gw.authenticate(&creds(&child.token)).await.unwrap();
+    let grandchild = gw
+        .exchange(&child_id, "appdb", Duration::from_secs(300))
+        .unwrap();
+    let grandchild_id = gw.authenticate(&creds(&grandchild.token)).await.unwrap();
+    let great = gw
+        .exchange(&grandchild_id, "appdb", Duration::from_secs(300))
+        .unwrap();
+    let great_id = gw.authenticate(&creds(&great.token)).await.unwrap();
+    let handle = gw
+        .open_session(great_id, "appdb", Protocol::Postgres, "127.0.0.1:1")
+        .await
+        .unwrap();
+
+    gw.revoke_token(&bob.token_id, None, "ops", None).unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(1), handle.ended())
+        .await
+        .unwrap();
+    assert_eq!(reason, "token revoked by ops");
+    for token in [&child.token, &grandchild.token, &great.token] {
+        assert!(matches!(
+            gw.authenticate(&creds(token)).await,
+            Err(AuthError::Revoked)
+        ));
+    }
+    // The lineage is in the token: a restarted gateway refuses it too.
+    let again = gateway(dir.path());
+    assert!(matches!(
+        again.authenticate(&creds(&great.token)).await,
+        Err(AuthError::Revoked)
+    ));
+
+    // Revoking a middle link leaves its parent working.
+    let carol = gw.authenticate(&creds("idp:carol:eng")).await.unwrap();
+    let c1 = gw
+        .exchange(&carol, "appdb", Duration::from_secs(300))
+        .unwrap();
+    let c1_id = gw.authenticate(&creds(&c1.token)).await.unwrap();
+    let c2 = gw
+        .exchange(&c1_id, "appdb", Duration::from_secs(300))
+        .unwrap();
+    gw.revoke_token(&c1.token_id, None, "ops", None).unwrap();
+    assert!(gw.authenticate(&creds("idp:carol:eng")).await.is_ok());
+    assert!(matches!(
+        gw.authenticate(&creds(&c2.token)).await,
+        Err(AuthError::Revoked)
+    ));
+}

@@ -255,6 +255,23 @@ fn mask_strings(engine: &MaskingEngine, v: &mut Value, counts: &mut MaskCounts) 
                 counts.merge(&c);
             }
         },
+        // A card number or an id is as sensitive as a number as it is as a
+        // string (`{"card": 4111111111111111}`): detectors see its digits.
+        // A masked number becomes the masked text (or null).
+        Value::Number(n) => {
+            let text = n.to_string();
+            match engine.mask_field(&text) {
+                (Some(Cow::Borrowed(_)), _) => {}
+                (Some(Cow::Owned(m)), c) => {
+                    *v = Value::String(m);
+                    counts.merge(&c);
+                }
+                (None, c) => {
+                    *v = Value::Null;
+                    counts.merge(&c);
+                }
+            }
+        }
         Value::Array(items) => {
             for child in items {
                 mask_strings(engine, child, counts);
@@ -287,5 +304,32 @@ fn mask_strings(engine: &MaskingEngine, v: &mut Value, counts: &mut MaskCounts) 
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn detectors_see_numbers() {
+        let config: super::super::MaskingConfig =
+            crate::toml::from_str(r#"detectors = ["default"]"#).unwrap();
+        let engine = super::super::compile(&config, Some(b"test-key-0123456789abcdef")).unwrap();
+        let mut doc = json!({
+            "card": 4111111111111111u64,
+            "cards": [5500005555555559u64, 42],
+            "total": 1234567890123u64,
+            "ratio": 0.5,
+        });
+        let counts = engine.mask_json(&mut doc, &[]);
+        assert_eq!(counts.total(), 2, "{doc}");
+        let text = doc.to_string();
+        assert!(!text.contains("4111111111111111"), "{text}");
+        assert!(!text.contains("5500005555555559"), "{text}");
+        assert_eq!(doc["cards"][1], 42);
+        assert_eq!(doc["total"], 1234567890123u64);
+        assert_eq!(doc["ratio"], 0.5);
     }
 }

@@ -313,3 +313,61 @@ fn config_errors() {
         assert!(err.contains(needle), "{rule}: {err}");
     }
 }
+
+#[test]
+fn a_field_selector_on_the_name_touches_that_object() {
+    let deny = r#"{ resources = ["secrets"], names = ["db-root"] }"#;
+    let ns = "/api/v1/namespaces/prod/secrets";
+    for target in [
+        format!("{ns}?fieldSelector=metadata.name%3Ddb-root"),
+        format!("{ns}?fieldSelector=metadata.name%3D%3Ddb-root&watch=1"),
+        format!("{ns}?fieldSelector=type%3DOpaque,metadata.name%3D%20db-root"),
+        "/api/v1/secrets?fieldSelector=metadata.name=db-root".to_string(),
+        "/api/v1/watch/namespaces/prod/secrets?fieldSelector=metadata.name=db-root".to_string(),
+    ] {
+        assert!(hit(deny, "GET", &target), "{target}");
+    }
+    assert!(hit(
+        deny,
+        "DELETE",
+        &format!("{ns}?fieldSelector=metadata.name=db-root")
+    ));
+    // Other objects, and `!=`, do not name it.
+    assert!(!hit(
+        deny,
+        "GET",
+        &format!("{ns}?fieldSelector=metadata.name=web")
+    ));
+    assert!(!hit(
+        deny,
+        "GET",
+        &format!("{ns}?fieldSelector=metadata.name!=web")
+    ));
+    // Namespaces the same way, on a cluster-wide list.
+    let deny_ns = r#"{ namespaces = ["kube-system"] }"#;
+    assert!(hit(
+        deny_ns,
+        "GET",
+        "/api/v1/pods?fieldSelector=metadata.namespace=kube-system"
+    ));
+
+    // An allow rule admits a selected list only when every selected object is within it.
+    let allow = |target: &str| {
+        let table: toml::Table =
+            toml::from_str(r#"kube = { resources = ["configmaps"], names = ["app-*"] }"#).unwrap();
+        let m = kube_match_key().compile_for(&table, Action::Allow).unwrap();
+        let req = parse("GET", target).unwrap();
+        m.matches(
+            &request_command("GET", target, &req),
+            &mut Scratch::default(),
+        )
+        .unwrap()
+    };
+    let cm = "/api/v1/namespaces/prod/configmaps";
+    assert!(allow(&format!("{cm}/app-a")));
+    assert!(allow(&format!("{cm}?fieldSelector=metadata.name=app-a")));
+    assert!(!allow(cm));
+    assert!(!allow(&format!(
+        "{cm}?fieldSelector=metadata.name=app-a&fieldSelector=metadata.name=root"
+    )));
+}
