@@ -1587,6 +1587,9 @@ impl Analyzer {
                     Kind::Base(t) => t.clone(),
                     _ => rel.name.clone(),
                 };
+                // A constraint violation quotes the whole row it failed on
+                // ("Failing row contains (…)"), ruled columns included.
+                self.out.refs.extend(rel.whole());
                 (rel, table)
             }
             _ => (

