@@ -126,6 +126,17 @@ pub(crate) fn apply_lineage(
     columns: &mut [Column],
     rules: &dyn RuledColumns,
 ) -> Result<(), String> {
+    apply_lineage_at(sql, None, columns, rules)
+}
+
+/// [`apply_lineage`] for the result of statement `statement` (0-based) of a
+/// multi-statement string; `None`: any of them (their sources are merged).
+pub(crate) fn apply_lineage_at(
+    sql: &str,
+    statement: Option<usize>,
+    columns: &mut [Column],
+    rules: &dyn RuledColumns,
+) -> Result<(), String> {
     if !rules.any() {
         return Ok(());
     }
@@ -156,7 +167,11 @@ pub(crate) fn apply_lineage(
         return Err(reason.clone());
     }
     let mut attributed: Option<Vec<Sources>> = None;
-    for output in &lineage.statements {
+    let outputs = match statement {
+        Some(i) => lineage.statements.get(i..=i).unwrap_or(&[]),
+        None => &lineage.statements[..],
+    };
+    for output in outputs {
         match output {
             Output::Rows(shape) => {
                 if let Some(per_column) = attribute(shape, columns) {
@@ -928,7 +943,10 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "pg_mcv_list_items",
 ];
 
-/// Functions of a whole row that `rel.name` column notation can call.
+/// Built-in functions of a whole row (record, anyelement or "any"
+/// arguments) that `rel.name` column notation can call: `c.row_to_json` is
+/// `row_to_json(c)`. A user function taking the table's row type can be
+/// called so too; its body is not followed (documented).
 const RECORD_FUNCTIONS: &[&str] = &[
     "row_to_json",
     "to_json",
@@ -936,7 +954,6 @@ const RECORD_FUNCTIONS: &[&str] = &[
     "json_agg",
     "jsonb_agg",
     "array_agg",
-    "hstore",
     "concat",
     "concat_ws",
     "json_build_array",
@@ -944,7 +961,9 @@ const RECORD_FUNCTIONS: &[&str] = &[
     "jsonb_build_array",
     "jsonb_build_object",
     "record_out",
-    "to_tsvector",
+    "record_send",
+    "quote_literal",
+    "quote_nullable",
 ];
 
 /// Planner statistics: sample values of every column.
