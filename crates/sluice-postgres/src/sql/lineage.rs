@@ -60,7 +60,7 @@ use serde_json::{Map, Value};
 use sluice_core::masking::ResponseMasker;
 use sluice_core::pipeline::SessionInfo;
 use sluice_core::Column;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 type Obj = Map<String, Value>;
@@ -278,7 +278,7 @@ fn needs_lineage(c: &Column) -> bool {
 }
 
 fn first_ruled(sources: &Sources, rules: &dyn RuledColumns) -> Option<(String, String)> {
-    first_ruled_at(sources, rules, 0)
+    first_ruled_at(sources, rules, 0, &mut HashSet::new())
 }
 
 /// Views over views are followed this deep; deeper, a view counts as
@@ -289,13 +289,21 @@ fn first_ruled_at(
     sources: &Sources,
     rules: &dyn RuledColumns,
     depth: usize,
+    seen: &mut HashSet<Source>,
 ) -> Option<(String, String)> {
     sources.iter().find_map(|s| {
         let direct = match s {
             Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
             Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
         };
-        direct.or_else(|| through_view(s, rules, depth))
+        // Each view column is followed once, however many paths reach it.
+        direct.or_else(|| {
+            if seen.insert(s.clone()) {
+                through_view(s, rules, depth, seen)
+            } else {
+                None
+            }
+        })
     })
 }
 
@@ -304,6 +312,7 @@ fn through_view(
     source: &Source,
     rules: &dyn RuledColumns,
     depth: usize,
+    seen: &mut HashSet<Source>,
 ) -> Option<(String, String)> {
     let (table, column) = match source {
         Source::Column(t, c) => (t, Some(c)),
@@ -331,7 +340,7 @@ fn through_view(
         Some(c) => view.lookup(c).0,
         None => view.whole(),
     };
-    first_ruled_at(&inner, rules, depth + 1)
+    first_ruled_at(&inner, rules, depth + 1, seen)
 }
 
 // ---- the model
@@ -2046,7 +2055,10 @@ impl Analyzer {
             .last()
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
-        let builtin = parts.len() == 1 || parts[0].eq_ignore_ascii_case("pg_catalog");
+        let builtin = parts.len() == 1
+            || parts
+                .first()
+                .is_some_and(|s| s.eq_ignore_ascii_case("pg_catalog"));
         let mut data = self.expr(b.get("args").unwrap_or(&Value::Null));
         // An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its data
         // (`mode()`, `percentile_disc`); other aggregates' ORDER BY is

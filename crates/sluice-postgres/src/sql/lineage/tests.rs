@@ -582,6 +582,33 @@ fn views_are_followed_to_their_base_tables() {
     assert_eq!(run("select r from ids", "ids.r"), "M");
     assert!(side_channel("insert into log select nid from people", &rules).is_err());
     assert!(side_channel("insert into log select name from people", &rules).is_ok());
+    // Views built on views many times over are followed once per column.
+    let mut fan: HashMap<String, Arc<str>> = HashMap::new();
+    fan.insert("v0".into(), Arc::from("SELECT name FROM customers"));
+    for i in 1..40 {
+        let from: Vec<String> = (0..6).map(|j| format!("v{} a{j}", i - 1)).collect();
+        fan.insert(
+            format!("v{i}"),
+            Arc::from(format!(
+                "SELECT a0.name || a1.name AS name FROM {}",
+                from.join(", ")
+            )),
+        );
+    }
+    let fan_rules = SessionRules {
+        masker: &m,
+        session: &s,
+        views: Some(&fan),
+    };
+    let started = std::time::Instant::now();
+    let mut cols = columns("?");
+    apply_lineage("select row_to_json(v) from v39 v", &mut cols, &fan_rules).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cols, columns("?"));
     assert_eq!(
         relations("select * from people p join orders o on true").unwrap(),
         BTreeSet::from(["people".to_owned(), "orders".to_owned()])
