@@ -571,7 +571,10 @@ fn attribute(shape: &Shape, columns: &[Column]) -> Option<Vec<Sources>> {
     let constrained = shape.branches.len() == 1;
     let mut out = vec![Sources::new(); columns.len()];
     for branch in &shape.branches {
-        let per = align(branch, columns, constrained).or_else(|| align(branch, columns, false))?;
+        // The first branch names the columns.
+        let named = std::ptr::eq(branch, &shape.branches[0]);
+        let per = align(branch, columns, constrained, named)
+            .or_else(|| align(branch, columns, false, named))?;
         for (o, s) in out.iter_mut().zip(per) {
             o.extend(s);
         }
@@ -583,7 +586,15 @@ fn attribute(shape: &Shape, columns: &[Column]) -> Option<Vec<Sources>> {
 /// more): for each column, the sources of every segment that may produce
 /// it in some complete alignment. `constrained` also uses what the server
 /// said about each column (a table OID for plain references).
-fn align(segs: &[Segment], columns: &[Column], constrained: bool) -> Option<Vec<Sources>> {
+///
+/// With `named`, the columns carry this branch's output names, so a
+/// column taken from a table's `*` is that table's column of the same name.
+fn align(
+    segs: &[Segment],
+    columns: &[Column],
+    constrained: bool,
+    named: bool,
+) -> Option<Vec<Sources>> {
     let (k, n) = (segs.len(), columns.len());
     let at = |s: usize, p: usize| s * (n + 1) + p;
     let fits = |s: usize, p: usize| !constrained || compatible(&segs[s], &columns[p]);
@@ -632,7 +643,12 @@ fn align(segs: &[Segment], columns: &[Column], constrained: bool) -> Option<Vec<
                 Segment::Many { .. } => at(s, p + 1),
             };
             if fwd[at(s, p)] && fits(s, p) && bwd[next] {
-                o.extend(seg.sources().iter().cloned());
+                match seg {
+                    Segment::Many { base: Some(t), .. } if named => {
+                        o.insert(Source::Column(t.clone(), columns[p].name.clone()));
+                    }
+                    _ => o.extend(seg.sources().iter().cloned()),
+                }
             }
         }
     }
@@ -831,7 +847,8 @@ impl Rel {
     fn expand(&self) -> Vec<Segment> {
         match &self.kind {
             Kind::Base(t) => vec![Segment::Many {
-                base: Some(t.clone()),
+                // Column aliases rename the table's columns.
+                base: self.colnames.is_empty().then(|| t.clone()),
                 sources: Sources::from([Source::Row(t.clone())]),
             }],
             Kind::Derived(_) => self.segments(),
@@ -875,11 +892,22 @@ impl Rel {
 /// Applies column aliases to the leading columns whose position is known.
 fn renamed(segs: &[Segment], colnames: &[String]) -> Vec<Segment> {
     let mut out = segs.to_vec();
-    for (seg, alias) in out.iter_mut().zip(colnames) {
+    let mut cut = None;
+    for (i, (seg, alias)) in out.iter_mut().zip(colnames).enumerate() {
         match seg {
             Segment::One { name, .. } => *name = Some(alias.clone()),
             // Positions after a `*` are unknown: later aliases cannot be placed.
-            Segment::Many { .. } => break,
+            Segment::Many { .. } => {
+                cut = Some(i);
+                break;
+            }
+        }
+    }
+    // Columns from there on may be renamed: a table's `*` no longer has
+    // that table's column names.
+    for seg in out.iter_mut().skip(cut.unwrap_or(usize::MAX)) {
+        if let Segment::Many { base, .. } = seg {
+            *base = None;
         }
     }
     out

@@ -39,7 +39,7 @@ fn session() -> SessionInfo {
 /// Result columns as the relay builds them from a RowDescription:
 /// `table.column` for a plain reference (the catalog's `public.table`),
 /// `table.` for a whole-row reference (attribute 0), `?` for a computed
-/// column (table OID 0).
+/// column (table OID 0), `?name` for a computed column so named.
 fn columns(spec: &str) -> Vec<Column> {
     spec.split_whitespace()
         .enumerate()
@@ -49,8 +49,12 @@ fn columns(spec: &str) -> Vec<Column> {
                 Some((t, col)) => (Some(format!("public.{t}")), Some(col.to_owned()), 16400, 1),
                 None => (None, None, 0, 0),
             };
+            let name = match c.strip_prefix('?') {
+                Some(n) if !n.is_empty() => n.to_owned(),
+                _ => format!("c{i}"),
+            };
             Column {
-                name: format!("c{i}"),
+                name,
                 table_oid: oid,
                 column_number: attnum,
                 type_oid: 25,
@@ -200,6 +204,28 @@ const MASKED: &[(&str, &str, &str)] = &[
     // set operations and VALUES (the server names no source)
     ("select reverse(national_id) from customers union all select reverse(name) from customers", "?", "M"),
     ("select national_id from customers union select 'x'", "?", "M"),
+    // `*` in a set operation: the first branch names the columns.
+    (
+        "select * from customers union all select * from customers_archive",
+        "?id ?name ?national_id",
+        "..M",
+    ),
+    (
+        // Positions in a later branch are not named: any column may be there.
+        "select * from customers_archive union all select * from customers",
+        "?id ?name ?national_id",
+        "MMM",
+    ),
+    (
+        "select 1, 'a', 'b' union all select * from customers",
+        "?c1 ?c2 ?c3",
+        "MMM",
+    ),
+    (
+        "select * from (table customers) t(x, y, z) union all select 1, 'a', 'b'",
+        "?x ?y ?z",
+        "MMM",
+    ),
     ("select 'x' union all select national_id from customers", "?", "M"),
     ("select id, name from orders except select id, national_id from customers", "? ?", ".M"),
     ("values ((select national_id from customers limit 1))", "?", "M"),
@@ -240,7 +266,7 @@ const MASKED: &[(&str, &str, &str)] = &[
     // a computed column no alignment explains: every ruled column in scope
     ("select reverse(national_id), name from customers", "? ? ?", "MMM"),
     // Alignment ignores what the server said only when nothing else fits.
-    ("select *, 1 from customers", "? ? ? ?", "MMM."),
+    ("select *, 1 from customers", "?id ?name ?national_id ?x", "..M."),
 ];
 
 /// Legitimate queries whose results must stay untouched.
