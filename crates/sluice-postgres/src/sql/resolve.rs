@@ -27,6 +27,22 @@ use crate::PgError;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+/// DDL that cannot create, replace or rename a view, rule or function:
+/// later statements of the same message may still be judged on the
+/// catalog as it was before (`create temp table m (a int); insert into m …`).
+const DDL_WITHOUT_CODE: &[&str] = &[
+    "CREATE TABLE",
+    "CREATE TABLE AS",
+    "SELECT INTO",
+    "CREATE INDEX",
+    "CREATE SEQUENCE",
+    "ALTER SEQUENCE",
+    "DROP TABLE",
+    "DROP INDEX",
+    "DROP SEQUENCE",
+    "COMMENT",
+];
+
 /// Rounds of "definitions name more objects" before giving up (fail closed).
 const MAX_DEPTH: usize = 8;
 
@@ -314,9 +330,9 @@ fn plpgsql_queries(v: &Value, out: &mut Vec<(i64, String)>) -> bool {
 /// for `DEFINITIONS_TTL` (negative answers too, so a plain table costs no
 /// round trip after the first); call `Catalog::forget_definitions` once a
 /// DDL statement has completed (this function also forgets when it sees
-/// one). A message with DDL followed by statements naming tables or
-/// functions is refused: those would be judged on definitions from before
-/// the DDL ran.
+/// one). A message with DDL that may define or rename a view, rule or
+/// function, followed by statements naming tables or functions, is refused:
+/// those would be judged on definitions from before the DDL ran.
 // The relay calls this (issue 12); until it is wired, nothing else does.
 #[allow(dead_code)]
 pub(crate) async fn catalog_context(
@@ -324,13 +340,18 @@ pub(crate) async fn catalog_context(
     classified: &super::Classification,
 ) -> Result<Vec<String>, PgError> {
     // DDL changes what names mean: forget what was read, and do not judge a
-    // later statement of the same message on definitions from before it ran.
-    if let Some(i) = classified
+    // later statement of the same message on definitions from before it ran
+    // (unless the DDL cannot define a view or function or rename one).
+    if classified
         .statements
         .iter()
-        .position(|s| s.classes.contains(&SqlClass::Ddl))
+        .any(|s| s.classes.contains(&SqlClass::Ddl))
     {
         catalog.forget_definitions();
+    }
+    if let Some(i) = classified.statements.iter().position(|s| {
+        s.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&s.command.as_str())
+    }) {
         let names_objects = |s: &StatementInfo| {
             !s.reads.is_empty()
                 || !s.writes.is_empty()
@@ -717,11 +738,30 @@ mod tests {
         catalog.cache_definitions("view\0v".into(), vec![view_context("s", "v", "select 1")]);
         let c = classify("select * from v").unwrap();
         assert_eq!(catalog_context(&catalog, &c).await.unwrap().len(), 1);
-        // DDL, then statements naming objects in the same message: refused,
-        // and the cache is forgotten.
-        let c = classify("create view w as select 1; select * from v").unwrap();
-        assert!(catalog_context(&catalog, &c).await.is_err());
-        assert!(catalog.cached_definitions("view\0v").is_none());
+        // DDL that may define code, then statements naming objects in the
+        // same message: refused, and the cache is forgotten.
+        for sql in [
+            "create view w as select 1; select * from v",
+            "create function g() returns int language sql as 'select 1'; select g()",
+            "alter table v rename to w; select * from w",
+        ] {
+            let c = classify(sql).unwrap();
+            assert!(
+                matches!(catalog_context(&catalog, &c).await, Err(PgError::Client(_))),
+                "{sql}"
+            );
+            assert!(catalog.cached_definitions("view\0v").is_none());
+            catalog.cache_definitions("view\0v".into(), vec![]);
+        }
+        // A table created and used in one message (psql -c "…; …") is looked
+        // up (here: the catalog is unreachable), not refused as such.
+        let c =
+            classify("create temp table m (a int); insert into m values (1); select sum(a) from m")
+                .unwrap();
+        assert!(matches!(
+            catalog_context(&catalog, &c).await,
+            Err(PgError::Upstream(_))
+        ));
     }
 
     #[test]
