@@ -9,7 +9,7 @@ use crate::PgError;
 use sluice_core::config::ConnectionConfig;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -27,7 +27,17 @@ pub struct Catalog {
     connection: ConnectionConfig,
     tables: std::sync::Mutex<HashMap<u32, Arc<TableInfo>>>,
     client: tokio::sync::Mutex<Option<Upstream>>,
+    /// View and function definitions by kind and bare name (`sql::resolve`),
+    /// with when they were read; empty when the name is neither.
+    definitions: std::sync::Mutex<HashMap<String, Definitions>>,
 }
+
+/// When definitions were read, and the context entries they gave.
+type Definitions = (Instant, Arc<Vec<String>>);
+
+/// How long a view's or function's definition is trusted without asking the
+/// catalog again (the relay also forgets them after DDL on the connection).
+pub(crate) const DEFINITIONS_TTL: Duration = Duration::from_secs(10);
 
 impl Catalog {
     pub fn new(connection: ConnectionConfig) -> Self {
@@ -35,6 +45,33 @@ impl Catalog {
             connection,
             tables: std::sync::Mutex::new(HashMap::new()),
             client: tokio::sync::Mutex::new(None),
+            definitions: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Definitions read less than [`DEFINITIONS_TTL`] ago, by key.
+    pub(crate) fn cached_definitions(&self, key: &str) -> Option<Arc<Vec<String>>> {
+        let cache = self.definitions.lock().ok()?;
+        let (at, entries) = cache.get(key)?;
+        (at.elapsed() < DEFINITIONS_TTL).then(|| entries.clone())
+    }
+
+    pub(crate) fn cache_definitions(&self, key: String, entries: Vec<String>) {
+        if let Ok(mut cache) = self.definitions.lock() {
+            if cache.len() >= 4096 {
+                cache.retain(|_, (at, _)| at.elapsed() < DEFINITIONS_TTL);
+                if cache.len() >= 4096 {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, (Instant::now(), Arc::new(entries)));
+        }
+    }
+
+    /// Forgets every view and function definition read (call after DDL).
+    pub(crate) fn forget_definitions(&self) {
+        if let Ok(mut cache) = self.definitions.lock() {
+            cache.clear();
         }
     }
 

@@ -24,6 +24,10 @@
 //!   target through a bounding comparison (`exists (select 1 from o where
 //!   o.uid = t.id)`);
 //! - `WHERE CURRENT OF cursor` bounds.
+//! - A self-join (`UPDATE … FROM t`, `DELETE … USING t`, `MERGE … USING t`
+//!   or an EXISTS subquery reading the target `t`) must also bound as a
+//!   SELECT would, where `t.id = t2.id` joins the same column and bounds
+//!   nothing.
 //!
 //! Constants, parameters (`where $1`), `CASE`, and anything else do not.
 //!
@@ -42,8 +46,8 @@
 //! hand are taken as bounding; an unqualified name in `UPDATE … FROM` /
 //! `DELETE … USING` is taken as the target's; a subquery over a plain table
 //! that lacks the column it names resolves it to the outer row, which only
-//! the catalog knows; and a source that is the target itself
-//! (`merge into t using t s on t.id = s.id`) still bounds.
+//! the catalog knows; and a self-join is recognised by the target's own
+//! name only (through a view of the target it is not seen).
 
 use super::walk::{int_field, str_field, string_items, tagged, Obj};
 use pg_query::protobuf::{
@@ -103,6 +107,26 @@ pub(super) fn bounds(predicate: Option<&Value>, target: Target<'_>) -> bool {
         }
         .pred(p, false),
     }
+}
+
+/// Whether a write whose other relations (`UPDATE … FROM`, `DELETE …
+/// USING`, MERGE's source: `others`) may include the target itself is
+/// bounded by `predicate`: a self-join (`delete from t using t t2 where t.id
+/// = t2.id`) must also bound as a SELECT would, where `t.id = t2.id` is a
+/// join on the same column and bounds nothing.
+pub(super) fn bounds_write(
+    predicate: Option<&Value>,
+    target: Target<'_>,
+    others: Option<&Value>,
+) -> bool {
+    if !bounds(predicate, target) {
+        return false;
+    }
+    let b = Bounds {
+        target,
+        qualified_only: false,
+    };
+    !b.joins_whole_target(others) || bounds(predicate, Target::Any)
 }
 
 /// Whether a SELECT (the rows an INSERT adds) is bounded: VALUES, a
@@ -207,11 +231,15 @@ impl Bounds<'_> {
                     let Some(w) = s.get("where_clause") else {
                         return false;
                     };
-                    Bounds {
+                    let correlated = Bounds {
                         target: self.target,
                         qualified_only: matches!(self.target, Target::Relation { .. }),
                     }
-                    .pred(w, false)
+                    .pred(w, false);
+                    // `exists (select 1 from t t2 where t2.id = t.id)` on
+                    // target t is every row: a self-join must bound itself.
+                    let subselect = b.get("subselect");
+                    correlated && (!self.reads_target(subselect) || select_bounded(subselect))
                 }
                 Ok(
                     SubLinkType::AnySublink
@@ -267,9 +295,20 @@ impl Bounds<'_> {
         let differs = |direct: &[Col], other: &[Col]| {
             direct
                 .iter()
-                .any(|c| !other.iter().any(|o| same_column(c, o)))
+                .any(|c| !other.iter().any(|o| self.same_column(c, o)))
         };
         differs(&l_direct, &r_all) || differs(&r_direct, &l_all)
+    }
+
+    /// Whether two references may be the same column. With any column as
+    /// the target (a SELECT's rows), names alone decide: `a.id = b.id` is a
+    /// join, not a bound.
+    fn same_column(&self, a: &Col, b: &Col) -> bool {
+        a.name == b.name
+            && (matches!(self.target, Target::Any)
+                || a.qualifier.is_empty()
+                || b.qualifier.is_empty()
+                || a.qualifier == b.qualifier)
     }
 
     fn is_target(&self, c: &Col) -> bool {
@@ -348,6 +387,27 @@ impl Bounds<'_> {
         from.is_empty() || from.iter().any(|item| !self.plain_tables(item))
     }
 
+    /// Whether other relations of a write include the target's rows
+    /// unbounded: the target itself, or a subquery reading it unbounded.
+    fn joins_whole_target(&self, others: Option<&Value>) -> bool {
+        let Some(v) = others else {
+            return false;
+        };
+        if let Value::Array(items) = v {
+            return items.iter().any(|i| self.joins_whole_target(Some(i)));
+        }
+        match tagged(v) {
+            Some(("RangeSubselect", r)) => {
+                let sub = r.get("subquery");
+                self.reads_target(sub) && !select_bounded(sub)
+            }
+            Some(("JoinExpr", j)) => {
+                self.joins_whole_target(j.get("larg")) || self.joins_whole_target(j.get("rarg"))
+            }
+            _ => self.reads_target(Some(v)),
+        }
+    }
+
     /// Whether a subquery reads the target relation itself.
     fn reads_target(&self, subselect: Option<&Value>) -> bool {
         let Target::Relation { relname, .. } = self.target else {
@@ -372,11 +432,6 @@ impl Bounds<'_> {
             _ => false,
         }
     }
-}
-
-fn same_column(a: &Col, b: &Col) -> bool {
-    a.name == b.name
-        && (a.qualifier.is_empty() || b.qualifier.is_empty() || a.qualifier == b.qualifier)
 }
 
 fn col(b: &Obj) -> Col {

@@ -60,7 +60,7 @@ use serde_json::{Map, Value};
 use sluice_core::masking::ResponseMasker;
 use sluice_core::pipeline::SessionInfo;
 use sluice_core::Column;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 
 type Obj = Map<String, Value>;
@@ -126,6 +126,17 @@ pub(crate) fn apply_lineage(
     columns: &mut [Column],
     rules: &dyn RuledColumns,
 ) -> Result<(), String> {
+    apply_lineage_at(sql, None, columns, rules)
+}
+
+/// [`apply_lineage`] for the result of statement `statement` (0-based) of a
+/// multi-statement string; `None`: any of them (their sources are merged).
+pub(crate) fn apply_lineage_at(
+    sql: &str,
+    statement: Option<usize>,
+    columns: &mut [Column],
+    rules: &dyn RuledColumns,
+) -> Result<(), String> {
     if !rules.any() {
         return Ok(());
     }
@@ -156,7 +167,11 @@ pub(crate) fn apply_lineage(
         return Err(reason.clone());
     }
     let mut attributed: Option<Vec<Sources>> = None;
-    for output in &lineage.statements {
+    let outputs = match statement {
+        Some(i) => lineage.statements.get(i..=i).unwrap_or(&[]),
+        None => &lineage.statements[..],
+    };
+    for output in outputs {
         match output {
             Output::Rows(shape) => {
                 if let Some(per_column) = attribute(shape, columns) {
@@ -263,7 +278,7 @@ fn needs_lineage(c: &Column) -> bool {
 }
 
 fn first_ruled(sources: &Sources, rules: &dyn RuledColumns) -> Option<(String, String)> {
-    first_ruled_at(sources, rules, 0)
+    first_ruled_at(sources, rules, 0, &mut HashSet::new())
 }
 
 /// Views over views are followed this deep; deeper, a view counts as
@@ -274,13 +289,21 @@ fn first_ruled_at(
     sources: &Sources,
     rules: &dyn RuledColumns,
     depth: usize,
+    seen: &mut HashSet<Source>,
 ) -> Option<(String, String)> {
     sources.iter().find_map(|s| {
         let direct = match s {
             Source::Column(t, c) => rules.column(t, c).then(|| (t.clone(), c.clone())),
             Source::Row(t) => rules.any_column(t).map(|c| (t.clone(), c)),
         };
-        direct.or_else(|| through_view(s, rules, depth))
+        // Each view column is followed once, however many paths reach it.
+        direct.or_else(|| {
+            if seen.insert(s.clone()) {
+                through_view(s, rules, depth, seen)
+            } else {
+                None
+            }
+        })
     })
 }
 
@@ -289,6 +312,7 @@ fn through_view(
     source: &Source,
     rules: &dyn RuledColumns,
     depth: usize,
+    seen: &mut HashSet<Source>,
 ) -> Option<(String, String)> {
     let (table, column) = match source {
         Source::Column(t, c) => (t, Some(c)),
@@ -316,7 +340,7 @@ fn through_view(
         Some(c) => view.lookup(c).0,
         None => view.whole(),
     };
-    first_ruled_at(&inner, rules, depth + 1)
+    first_ruled_at(&inner, rules, depth + 1, seen)
 }
 
 // ---- the model
@@ -547,7 +571,10 @@ fn attribute(shape: &Shape, columns: &[Column]) -> Option<Vec<Sources>> {
     let constrained = shape.branches.len() == 1;
     let mut out = vec![Sources::new(); columns.len()];
     for branch in &shape.branches {
-        let per = align(branch, columns, constrained).or_else(|| align(branch, columns, false))?;
+        // The first branch names the columns.
+        let named = std::ptr::eq(branch, &shape.branches[0]);
+        let per = align(branch, columns, constrained, named)
+            .or_else(|| align(branch, columns, false, named))?;
         for (o, s) in out.iter_mut().zip(per) {
             o.extend(s);
         }
@@ -559,7 +586,15 @@ fn attribute(shape: &Shape, columns: &[Column]) -> Option<Vec<Sources>> {
 /// more): for each column, the sources of every segment that may produce
 /// it in some complete alignment. `constrained` also uses what the server
 /// said about each column (a table OID for plain references).
-fn align(segs: &[Segment], columns: &[Column], constrained: bool) -> Option<Vec<Sources>> {
+///
+/// With `named`, the columns carry this branch's output names, so a
+/// column taken from a table's `*` is that table's column of the same name.
+fn align(
+    segs: &[Segment],
+    columns: &[Column],
+    constrained: bool,
+    named: bool,
+) -> Option<Vec<Sources>> {
     let (k, n) = (segs.len(), columns.len());
     let at = |s: usize, p: usize| s * (n + 1) + p;
     let fits = |s: usize, p: usize| !constrained || compatible(&segs[s], &columns[p]);
@@ -608,7 +643,12 @@ fn align(segs: &[Segment], columns: &[Column], constrained: bool) -> Option<Vec<
                 Segment::Many { .. } => at(s, p + 1),
             };
             if fwd[at(s, p)] && fits(s, p) && bwd[next] {
-                o.extend(seg.sources().iter().cloned());
+                match seg {
+                    Segment::Many { base: Some(t), .. } if named => {
+                        o.insert(Source::Column(t.clone(), columns[p].name.clone()));
+                    }
+                    _ => o.extend(seg.sources().iter().cloned()),
+                }
             }
         }
     }
@@ -807,7 +847,8 @@ impl Rel {
     fn expand(&self) -> Vec<Segment> {
         match &self.kind {
             Kind::Base(t) => vec![Segment::Many {
-                base: Some(t.clone()),
+                // Column aliases rename the table's columns.
+                base: self.colnames.is_empty().then(|| t.clone()),
                 sources: Sources::from([Source::Row(t.clone())]),
             }],
             Kind::Derived(_) => self.segments(),
@@ -851,11 +892,22 @@ impl Rel {
 /// Applies column aliases to the leading columns whose position is known.
 fn renamed(segs: &[Segment], colnames: &[String]) -> Vec<Segment> {
     let mut out = segs.to_vec();
-    for (seg, alias) in out.iter_mut().zip(colnames) {
+    let mut cut = None;
+    for (i, (seg, alias)) in out.iter_mut().zip(colnames).enumerate() {
         match seg {
             Segment::One { name, .. } => *name = Some(alias.clone()),
             // Positions after a `*` are unknown: later aliases cannot be placed.
-            Segment::Many { .. } => break,
+            Segment::Many { .. } => {
+                cut = Some(i);
+                break;
+            }
+        }
+    }
+    // Columns from there on may be renamed: a table's `*` no longer has
+    // that table's column names.
+    for seg in out.iter_mut().skip(cut.unwrap_or(usize::MAX)) {
+        if let Segment::Many { base, .. } = seg {
+            *base = None;
         }
     }
     out
@@ -928,7 +980,10 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "pg_mcv_list_items",
 ];
 
-/// Functions of a whole row that `rel.name` column notation can call.
+/// Built-in functions of a whole row (record, anyelement or "any"
+/// arguments) that `rel.name` column notation can call: `c.row_to_json` is
+/// `row_to_json(c)`. A user function taking the table's row type can be
+/// called so too; its body is not followed (documented).
 const RECORD_FUNCTIONS: &[&str] = &[
     "row_to_json",
     "to_json",
@@ -936,7 +991,6 @@ const RECORD_FUNCTIONS: &[&str] = &[
     "json_agg",
     "jsonb_agg",
     "array_agg",
-    "hstore",
     "concat",
     "concat_ws",
     "json_build_array",
@@ -944,7 +998,9 @@ const RECORD_FUNCTIONS: &[&str] = &[
     "jsonb_build_array",
     "jsonb_build_object",
     "record_out",
-    "to_tsvector",
+    "record_send",
+    "quote_literal",
+    "quote_nullable",
 ];
 
 /// Planner statistics: sample values of every column.
@@ -1587,6 +1643,9 @@ impl Analyzer {
                     Kind::Base(t) => t.clone(),
                     _ => rel.name.clone(),
                 };
+                // A constraint violation quotes the whole row it failed on
+                // ("Failing row contains (…)"), ruled columns included.
+                self.out.refs.extend(rel.whole());
                 (rel, table)
             }
             _ => (
@@ -2024,7 +2083,10 @@ impl Analyzer {
             .last()
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
-        let builtin = parts.len() == 1 || parts[0].eq_ignore_ascii_case("pg_catalog");
+        let builtin = parts.len() == 1
+            || parts
+                .first()
+                .is_some_and(|s| s.eq_ignore_ascii_case("pg_catalog"));
         let mut data = self.expr(b.get("args").unwrap_or(&Value::Null));
         // An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its data
         // (`mode()`, `percentile_disc`); other aggregates' ORDER BY is

@@ -31,9 +31,11 @@ use std::collections::BTreeSet;
 
 /// What the classifier cannot see; callers should document these to users.
 pub const LIMITS: &[&str] = &[
-    "Bodies of functions, procedures, triggers, rules and views are not visible: a call to a \
-     user-defined function or a read of a view is classified by its name only (`functions`, \
-     `reads`). Only the built-in functions in SIDE_EFFECT_FUNCTIONS add classes.",
+    "Bodies of functions, procedures, triggers, rules and views are not visible to `classify`: \
+     a call to a user-defined function or a read of a view is classified by its name only \
+     (`functions`, `reads`). Only the built-in functions in SIDE_EFFECT_FUNCTIONS add classes. \
+     `resolve::catalog_context` looks views and functions up in the catalog so that the \
+     policy judges their bodies too; triggers and rules stay invisible.",
     "DO blocks are opaque procedural code and get every class.",
     "EXECUTE of a prepared statement has no classes of its own: the caller resolves them from \
      the PREPARE it recorded (`executes` names it).",

@@ -27,6 +27,22 @@ use crate::PgError;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
+/// DDL that cannot create, replace or rename a view, rule or function:
+/// later statements of the same message may still be judged on the
+/// catalog as it was before (`create temp table m (a int); insert into m …`).
+const DDL_WITHOUT_CODE: &[&str] = &[
+    "CREATE TABLE",
+    "CREATE TABLE AS",
+    "SELECT INTO",
+    "CREATE INDEX",
+    "CREATE SEQUENCE",
+    "ALTER SEQUENCE",
+    "DROP TABLE",
+    "DROP INDEX",
+    "DROP SEQUENCE",
+    "COMMENT",
+];
+
 /// Rounds of "definitions name more objects" before giving up (fail closed).
 const MAX_DEPTH: usize = 8;
 
@@ -310,13 +326,47 @@ fn plpgsql_queries(v: &Value, out: &mut Vec<(i64, String)>) -> bool {
 /// connection does not share), so all candidates are judged. Built-in
 /// functions are not looked up. On error (catalog unreachable, timeout,
 /// definitions nesting deeper than the limit) the caller must refuse the
-/// command: it cannot be judged.
+/// command: it cannot be judged. Definitions are cached on the `Catalog`
+/// for `DEFINITIONS_TTL` (negative answers too, so a plain table costs no
+/// round trip after the first); call `Catalog::forget_definitions` once a
+/// DDL statement has completed (this function also forgets when it sees
+/// one). A message with DDL that may define or rename a view, rule or
+/// function, followed by statements naming tables or functions, is refused:
+/// those would be judged on definitions from before the DDL ran.
 // The relay calls this (issue 12); until it is wired, nothing else does.
 #[allow(dead_code)]
 pub(crate) async fn catalog_context(
     catalog: &Catalog,
     classified: &super::Classification,
 ) -> Result<Vec<String>, PgError> {
+    // DDL changes what names mean: forget what was read, and do not judge a
+    // later statement of the same message on definitions from before it ran
+    // (unless the DDL cannot define a view or function or rename one).
+    if classified
+        .statements
+        .iter()
+        .any(|s| s.classes.contains(&SqlClass::Ddl))
+    {
+        catalog.forget_definitions();
+    }
+    if let Some(i) = classified.statements.iter().position(|s| {
+        s.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&s.command.as_str())
+    }) {
+        let names_objects = |s: &StatementInfo| {
+            !s.reads.is_empty()
+                || !s.writes.is_empty()
+                || s.functions
+                    .iter()
+                    .any(|f| !is_builtin(&f.split('.').collect::<Vec<_>>()))
+        };
+        if classified.statements[i + 1..].iter().any(names_objects) {
+            return Err(PgError::Client(
+                "a schema change and statements that use tables or functions cannot be judged \
+                 in one message: send the schema change on its own first"
+                    .into(),
+            ));
+        }
+    }
     let mut tables: BTreeSet<String> = BTreeSet::new();
     let mut functions: BTreeSet<String> = BTreeSet::new();
     for st in &classified.statements {
@@ -371,9 +421,70 @@ pub(crate) async fn catalog_context(
     ))
 }
 
-/// Queries the catalog for views and functions of these names, in any
-/// schema; a qualified name keeps only its schema's.
+/// The views and functions of these names, from the catalog's cache (read
+/// less than `DEFINITIONS_TTL` ago) or the catalog; a qualified name keeps
+/// only its schema's.
 async fn lookup(
+    catalog: &Catalog,
+    tables: &[String],
+    functions: &[String],
+) -> Result<Vec<String>, PgError> {
+    let bare = |n: &String| n.rsplit('.').next().unwrap_or(n).to_owned();
+    let mut out: Vec<String> = Vec::new();
+    let mut missing_tables = Vec::new();
+    let mut missing_functions = Vec::new();
+    for (kind, names, missing) in [
+        ("view", tables, &mut missing_tables),
+        ("function", functions, &mut missing_functions),
+    ] {
+        for name in names {
+            match catalog.cached_definitions(&format!("{kind}\0{}", bare(name))) {
+                Some(entries) => out.extend(entries.iter().cloned()),
+                None => missing.push(name.clone()),
+            }
+        }
+    }
+    if !missing_tables.is_empty() || !missing_functions.is_empty() {
+        let found = query(catalog, &missing_tables, &missing_functions).await?;
+        for (kind, names) in [("view", &missing_tables), ("function", &missing_functions)] {
+            for name in names {
+                let b = bare(name);
+                let entries: Vec<String> = found
+                    .iter()
+                    .filter(|e| match entry(e) {
+                        Some(Entry::View { name, .. }) if kind == "view" => names_bare(name, &b),
+                        Some(Entry::Function { name, .. }) if kind == "function" => {
+                            names_bare(name, &b)
+                        }
+                        _ => false,
+                    })
+                    .cloned()
+                    .collect();
+                catalog.cache_definitions(format!("{kind}\0{b}"), entries.clone());
+                out.extend(entries);
+            }
+        }
+    }
+    // A qualified name keeps only its schema's; duplicates go.
+    let mut seen = BTreeSet::new();
+    out.retain(|e| {
+        let keep = match entry(e) {
+            Some(Entry::View { name, .. }) => tables.iter().any(|t| names(t, name)),
+            Some(Entry::Function { name, .. }) => functions.iter().any(|f| names(f, name)),
+            None => false,
+        };
+        keep && seen.insert(e.clone())
+    });
+    Ok(out)
+}
+
+fn names_bare(qualified: &str, bare: &str) -> bool {
+    qualified.rsplit_once('.').map(|(_, n)| n) == Some(bare)
+}
+
+/// Queries the catalog for views and functions of these bare names, in
+/// every schema.
+async fn query(
     catalog: &Catalog,
     tables: &[String],
     functions: &[String],
@@ -391,14 +502,11 @@ async fn lookup(
             let [Some(schema), Some(name), definition] = &row[..] else {
                 continue;
             };
-            let qualified = format!("{schema}.{name}");
-            if tables.iter().any(|t| names(t, &qualified)) {
-                out.push(view_context(
-                    schema,
-                    name,
-                    definition.as_deref().unwrap_or(""),
-                ));
-            }
+            out.push(view_context(
+                schema,
+                name,
+                definition.as_deref().unwrap_or(""),
+            ));
         }
     }
     if !functions.is_empty() {
@@ -419,16 +527,13 @@ async fn lookup(
             else {
                 continue;
             };
-            let qualified = format!("{schema}.{name}");
-            if functions.iter().any(|f| names(f, &qualified)) {
-                out.push(function_context(
-                    schema,
-                    name,
-                    language,
-                    volatility,
-                    body.as_deref().unwrap_or(""),
-                ));
-            }
+            out.push(function_context(
+                schema,
+                name,
+                language,
+                volatility,
+                body.as_deref().unwrap_or(""),
+            ));
         }
     }
     Ok(out)
@@ -607,6 +712,56 @@ mod tests {
             "view", "select 1"
         )));
         assert!(entry(&crate::policy::prepared_context("view", "select 1")).is_none());
+    }
+
+    /// A catalog whose upstream refuses connections: lookups fail.
+    fn unreachable_catalog() -> Catalog {
+        let connection: sluice_core::config::ConnectionConfig = sluice_core::toml::from_str(
+            "name = \"db\"\nkind = \"postgres\"\nupstream = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        Catalog::new(connection)
+    }
+
+    #[tokio::test]
+    async fn catalog_context_fails_closed() {
+        let catalog = unreachable_catalog();
+        // Nothing to look up: no round trip, no error.
+        let c = classify("select 1, now(), count(*) from generate_series(1, 3)").unwrap();
+        assert!(catalog_context(&catalog, &c).await.unwrap().is_empty());
+        // A lookup that fails is an error, never "no views".
+        let c = classify("select * from v").unwrap();
+        assert!(catalog_context(&catalog, &c).await.is_err());
+        let c = classify("select f()").unwrap();
+        assert!(catalog_context(&catalog, &c).await.is_err());
+        // A cached answer is used without asking.
+        catalog.cache_definitions("view\0v".into(), vec![view_context("s", "v", "select 1")]);
+        let c = classify("select * from v").unwrap();
+        assert_eq!(catalog_context(&catalog, &c).await.unwrap().len(), 1);
+        // DDL that may define code, then statements naming objects in the
+        // same message: refused, and the cache is forgotten.
+        for sql in [
+            "create view w as select 1; select * from v",
+            "create function g() returns int language sql as 'select 1'; select g()",
+            "alter table v rename to w; select * from w",
+        ] {
+            let c = classify(sql).unwrap();
+            assert!(
+                matches!(catalog_context(&catalog, &c).await, Err(PgError::Client(_))),
+                "{sql}"
+            );
+            assert!(catalog.cached_definitions("view\0v").is_none());
+            catalog.cache_definitions("view\0v".into(), vec![]);
+        }
+        // A table created and used in one message (psql -c "…; …") is looked
+        // up (here: the catalog is unreachable), not refused as such.
+        let c =
+            classify("create temp table m (a int); insert into m values (1); select sum(a) from m")
+                .unwrap();
+        assert!(matches!(
+            catalog_context(&catalog, &c).await,
+            Err(PgError::Upstream(_))
+        ));
     }
 
     #[test]

@@ -13,7 +13,7 @@
 //! (see the fallback arm in [`Walker::statement`]); a new PostgreSQL
 //! statement can never classify as harmless by omission.
 
-use super::bounds::{bounds, select_bounded, Target};
+use super::bounds::{bounds, bounds_write, select_bounded, Target};
 use super::functions::{changes_session_function, function_classes, is_builtin, setting_classes};
 use super::SqlClass::{self, Admin, Dcl, Ddl, Read, Tx, Utility, Write};
 use super::{Classification, ClassifyError, StatementInfo};
@@ -375,8 +375,9 @@ impl Walker<'_> {
                 ("INSERT".into(), Rule::new(&[Write]).targets(&["relation"]))
             }
             "UpdateStmt" | "DeleteStmt" => {
+                let others = b.get("from_clause").or_else(|| b.get("using_clause"));
                 if mode != Mode::Plan
-                    && !bounds(b.get("where_clause"), Target::of(b.get("relation")))
+                    && !bounds_write(b.get("where_clause"), Target::of(b.get("relation")), others)
                 {
                     self.info.no_where = true;
                 }
@@ -809,7 +810,7 @@ fn unbounded_upsert(b: &Obj) -> bool {
 /// MATCHED BY SOURCE THEN UPDATE/DELETE` without a bounding condition.
 fn unbounded_merge(b: &Obj) -> bool {
     let target = Target::of(b.get("relation"));
-    let joined = bounds(b.get("join_condition"), target);
+    let joined = bounds_write(b.get("join_condition"), target, b.get("source_relation"));
     let Some(Value::Array(clauses)) = b.get("merge_when_clauses") else {
         return false;
     };

