@@ -332,3 +332,42 @@ fn masked_values_do_not_leave_through_errors_or_notifications() {
     assert!(err.contains("masked column"), "{err}");
     assert!(err.contains("42501") || err.contains("sluice"), "{err}");
 }
+
+#[test]
+fn cursors_are_masked_by_their_query_and_ordinary_ones_work() {
+    let env = env();
+    let url = env.agent_url();
+    let secret = env.direct_sql(
+        "app",
+        "select national_id from customers order by id limit 1",
+    );
+    let secret = secret.trim().to_string();
+    let reversed: String = secret.chars().rev().collect();
+    // psql's FETCH_COUNT reads through DECLARE … CURSOR and FETCH.
+    let out = ok(&env.psql(
+        &url,
+        &[
+            "-At",
+            "-v",
+            "FETCH_COUNT=2",
+            "-c",
+            "select count(*), lower(name) from customers group by 2 order by 2",
+        ],
+    ));
+    assert!(out.lines().count() > 2, "{out}");
+    let out = env.psql(
+        &url,
+        &[
+            "-At",
+            "-v",
+            "FETCH_COUNT=2",
+            "-c",
+            "select reverse(national_id) from customers",
+        ],
+    );
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !text.contains(&reversed) && !text.contains(&secret),
+        "{text}"
+    );
+}

@@ -12,6 +12,9 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub(crate) struct SqlPrepared {
     definitions: HashMap<String, String>,
+    /// `DECLARE name CURSOR FOR …` texts by cursor name: a FETCH's result
+    /// columns derive from the cursor's query (masking lineage).
+    cursors: HashMap<String, String>,
 }
 
 /// What a forwarded statement does to the session's prepared statements.
@@ -21,11 +24,16 @@ pub(crate) struct PreparedEffects {
     deallocated: Vec<Option<String>>,
     /// `DISCARD ALL`: every statement, portal and setting goes.
     pub discard_all: bool,
+    /// A lone `DECLARE name CURSOR FOR …`: (name, its text).
+    declared: Option<(String, String)>,
 }
 
 impl PreparedEffects {
     pub fn is_empty(&self) -> bool {
-        self.prepared.is_empty() && self.deallocated.is_empty() && !self.discard_all
+        self.prepared.is_empty()
+            && self.deallocated.is_empty()
+            && !self.discard_all
+            && self.declared.is_none()
     }
 
     /// Every prepared statement of the session goes, protocol-level ones included.
@@ -37,8 +45,19 @@ impl PreparedEffects {
 impl SqlPrepared {
     /// The definitions `EXECUTE`s in `classified` refer to (as
     /// `Command::context`), and what the statement does to the set.
-    pub fn context_for(&self, classified: &Classification) -> (Vec<String>, PreparedEffects) {
+    pub fn context_for(
+        &self,
+        classified: &Classification,
+        sql: &str,
+    ) -> (Vec<String>, PreparedEffects) {
         let mut effects = PreparedEffects::default();
+        if let [st] = classified.statements.as_slice() {
+            if st.command == "DECLARE CURSOR" {
+                if let Some((true, name)) = cursor_of(sql) {
+                    effects.declared = Some((name, sql.to_string()));
+                }
+            }
+        }
         let mut context = Vec::new();
         let mut local: HashMap<&str, &str> = HashMap::new();
         for st in &classified.statements {
@@ -71,10 +90,28 @@ impl SqlPrepared {
         self.definitions.get(name).map(String::as_str)
     }
 
+    /// The `DECLARE` text of the cursor a lone `FETCH` reads, if known.
+    pub fn fetched_cursor(&self, classified: &Classification, sql: &str) -> Option<&str> {
+        let [st] = classified.statements.as_slice() else {
+            return None;
+        };
+        if st.command != "FETCH" {
+            return None;
+        }
+        match cursor_of(sql) {
+            Some((false, name)) => self.cursors.get(&name).map(String::as_str),
+            _ => None,
+        }
+    }
+
     /// Applies the effects of a statement the server completed.
     pub fn apply(&mut self, effects: &PreparedEffects) {
         if effects.discard_all {
             self.definitions.clear();
+            self.cursors.clear();
+        }
+        if let Some((name, text)) = &effects.declared {
+            self.cursors.insert(name.clone(), text.clone());
         }
         for d in &effects.deallocated {
             match d {
@@ -97,5 +134,19 @@ impl PreparedEffects {
             deallocated: vec![Some(name.to_string())],
             ..PreparedEffects::default()
         }
+    }
+}
+
+/// The cursor a lone `DECLARE` defines (`true`) or a lone `FETCH` reads.
+fn cursor_of(sql: &str) -> Option<(bool, String)> {
+    use pg_query::NodeEnum;
+    let parsed = pg_query::parse(sql, 0).ok()?;
+    let [stmt] = parsed.protobuf.stmts.as_slice() else {
+        return None;
+    };
+    match stmt.stmt.as_ref()?.node.as_ref()? {
+        NodeEnum::DeclareCursorStmt(d) => Some((true, d.portalname.clone())),
+        NodeEnum::FetchStmt(f) if !f.ismove => Some((false, f.portalname.clone())),
+        _ => None,
     }
 }

@@ -292,12 +292,15 @@ impl<'a> Requests<'a> {
     fn analyse(&self, sql: &str) -> Analysis {
         match crate::policy::shared_classifier().classify(sql) {
             Ok(classified) => {
-                let (context, effects) = self.sql_prepared.context_for(&classified);
+                let (context, effects) = self.sql_prepared.context_for(&classified, sql);
                 let lineage_text = match (classified.statements.as_slice(), context.as_slice()) {
                     ([st], [definition]) if st.command == "EXECUTE" => {
                         definition.split_once('\0').map(|(_, def)| Arc::from(def))
                     }
-                    _ => None,
+                    _ => self
+                        .sql_prepared
+                        .fetched_cursor(&classified, sql)
+                        .map(Arc::from),
                 };
                 let mut all = vec![classified.clone()];
                 for entry in &context {
