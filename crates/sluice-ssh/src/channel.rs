@@ -347,6 +347,11 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         tokio::spawn(async move {
             for data in early {
                 counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                if let (true, Some(r)) = (has_pty, &record) {
+                    r.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .record_input(&data);
+                }
                 if let Some(s) = &sftp {
                     if let Ok(mut s) = s.lock() {
                         s.client_data(&data);
