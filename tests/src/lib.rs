@@ -620,6 +620,11 @@ impl Env {
             .unwrap_or_default()
     }
 
+    /// The running gateway's process id.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(Child::id)
+    }
+
     /// The gateway listener address.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))

@@ -1,8 +1,17 @@
 //! Message framing: split raw PostgreSQL messages off a read buffer without
 //! decoding them, so that messages the gateway does not inspect pass through
 //! untouched. Every length prefix is checked before anything is allocated.
+//!
+//! Memory follows the bytes that arrived, not the length a peer declared: a
+//! partial message's buffer grows geometrically as its bytes come in (a
+//! client declaring 60 MiB and sending nothing more costs kilobytes), and
+//! with [`split_message_charged`] what a buffer holds for a large partial
+//! message counts against one gateway-wide budget
+//! ([`PartialBudget::gateway`]); a peer over it gets
+//! [`FrameError::Budget`] and the session ends.
 
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The largest message accepted from a client (COPY chunks and big binds fit).
 pub const MAX_FRONTEND_MESSAGE: usize = 64 << 20;
@@ -15,6 +24,114 @@ pub const MAX_STARTUP_PACKET: usize = 10_000;
 pub enum FrameError {
     #[error("message {tag:?} declares length {len}, outside 4..={max}")]
     Length { tag: char, len: i64, max: usize },
+    #[error("message {tag:?} of {len} bytes does not fit the gateway's memory for partially received messages now ({limit} bytes for all sessions); retry later, or send it in smaller messages")]
+    Budget { tag: char, len: usize, limit: usize },
+}
+
+/// Bytes a buffer grows by at most per step beyond doubling what it holds,
+/// and what a partial message may hold without being charged.
+const GROW_STEP: usize = 64 << 10;
+/// The default gateway-wide budget for partial messages.
+pub const DEFAULT_PARTIAL_BUDGET: usize = 512 << 20;
+
+/// The memory every session together may hold for partially received large
+/// messages.
+#[derive(Debug)]
+pub struct PartialBudget {
+    limit: AtomicUsize,
+    held: AtomicUsize,
+}
+
+static GATEWAY_BUDGET: PartialBudget = PartialBudget::new(DEFAULT_PARTIAL_BUDGET);
+
+impl PartialBudget {
+    pub const fn new(limit: usize) -> Self {
+        PartialBudget {
+            limit: AtomicUsize::new(limit),
+            held: AtomicUsize::new(0),
+        }
+    }
+
+    /// The process-wide budget every [`Charge::gateway`] draws from.
+    pub fn gateway() -> &'static PartialBudget {
+        &GATEWAY_BUDGET
+    }
+
+    pub fn set_limit(&self, bytes: usize) {
+        self.limit.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Relaxed)
+    }
+
+    /// Bytes held now for partial messages.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` more if they fit.
+    fn take(&self, bytes: usize) -> bool {
+        let limit = self.limit();
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|n| *n <= limit)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, bytes: usize) {
+        let _ = self
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                Some(held.saturating_sub(bytes))
+            });
+    }
+}
+
+/// One read buffer's share of a [`PartialBudget`]: what it holds for a
+/// large partial message; given back when the message is complete or the
+/// charge is dropped (the session ended).
+#[derive(Debug)]
+pub struct Charge {
+    budget: &'static PartialBudget,
+    held: usize,
+}
+
+impl Charge {
+    /// A charge against the gateway-wide budget.
+    pub fn gateway() -> Self {
+        Charge::against(PartialBudget::gateway())
+    }
+
+    pub fn against(budget: &'static PartialBudget) -> Self {
+        Charge { budget, held: 0 }
+    }
+
+    /// Holds `bytes` in all (more or fewer than now); false if more do not fit.
+    fn hold(&mut self, bytes: usize) -> bool {
+        if bytes > self.held {
+            if !self.budget.take(bytes - self.held) {
+                return false;
+            }
+        } else {
+            self.budget.give(self.held - bytes);
+        }
+        self.held = bytes;
+        true
+    }
+}
+
+impl Default for Charge {
+    fn default() -> Self {
+        Charge::gateway()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
 }
 
 /// One whole message: type byte, length and body.
@@ -33,7 +150,27 @@ impl RawMessage {
 }
 
 /// Splits the next complete typed message off `buf`, or `None` if more bytes are needed.
+/// The buffer grows with the bytes that arrive, never by the declared length at once.
 pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<RawMessage>, FrameError> {
+    split(buf, max, None)
+}
+
+/// [`split_message`], with what `buf` holds for a large partial message
+/// counted in `charge` (and its budget): a message whose next growth step
+/// does not fit is refused with [`FrameError::Budget`].
+pub fn split_message_charged(
+    buf: &mut BytesMut,
+    max: usize,
+    charge: &mut Charge,
+) -> Result<Option<RawMessage>, FrameError> {
+    split(buf, max, Some(charge))
+}
+
+fn split(
+    buf: &mut BytesMut,
+    max: usize,
+    charge: Option<&mut Charge>,
+) -> Result<Option<RawMessage>, FrameError> {
     if buf.len() < 5 {
         return Ok(None);
     }
@@ -48,8 +185,29 @@ pub fn split_message(buf: &mut BytesMut, max: usize) -> Result<Option<RawMessage
     }
     let total = 1 + len as usize;
     if buf.len() < total {
-        buf.reserve(total - buf.len());
+        // Room for the next bytes only: double what arrived (at least a
+        // step), never beyond the message. A peer must send bytes to make
+        // the gateway hold them.
+        let want = (total - buf.len()).min(buf.len().max(GROW_STEP));
+        let capacity = buf.len() + want;
+        if let Some(charge) = charge {
+            let charged = if total > GROW_STEP { capacity } else { 0 };
+            if !charge.hold(charged) {
+                return Err(FrameError::Budget {
+                    tag: tag as char,
+                    len: total,
+                    limit: charge.budget.limit(),
+                });
+            }
+        }
+        if buf.capacity() < capacity {
+            buf.reserve(want);
+        }
         return Ok(None);
+    }
+    if let Some(charge) = charge {
+        // Complete: what it held goes with the message to its consumer.
+        charge.hold(0);
     }
     Ok(Some(RawMessage {
         tag,
@@ -194,6 +352,80 @@ mod tests {
             );
             assert!(buf.capacity() < 1024);
         }
+    }
+
+    /// The regression: a declared 60 MiB message made the gateway reserve
+    /// 60 MiB before a byte of it arrived.
+    #[test]
+    fn a_declared_length_is_not_reserved_up_front() {
+        let mut buf = BytesMut::from(&b"Q"[..]);
+        buf.extend_from_slice(&(60i32 << 20).to_be_bytes());
+        assert!(split_message(&mut buf, MAX_FRONTEND_MESSAGE)
+            .unwrap()
+            .is_none());
+        assert!(buf.capacity() <= 2 * GROW_STEP, "{}", buf.capacity());
+        // It grows as bytes arrive, geometrically, and completes.
+        let total = 1 + (60 << 20);
+        while buf.len() < total {
+            let n = (buf.capacity() - buf.len()).min(total - buf.len());
+            assert!(n > 0);
+            buf.extend_from_slice(&vec![b'x'; n][..]);
+            if buf.len() < total {
+                assert!(split_message(&mut buf, MAX_FRONTEND_MESSAGE)
+                    .unwrap()
+                    .is_none());
+                assert!(buf.capacity() <= 2 * buf.len().max(GROW_STEP) + 5);
+            }
+        }
+        let m = split_message(&mut buf, MAX_FRONTEND_MESSAGE)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.bytes.len(), total);
+    }
+
+    #[test]
+    fn partial_messages_are_charged_to_the_budget_and_refused_beyond_it() {
+        static BUDGET: PartialBudget = PartialBudget::new(2 << 20);
+        let header = |len: i32| {
+            let mut b = BytesMut::from(&b"d"[..]);
+            b.extend_from_slice(&len.to_be_bytes());
+            b
+        };
+        let mut a = header(10 << 20);
+        a.extend_from_slice(&vec![0; 600 << 10]);
+        let mut charge_a = Charge::against(&BUDGET);
+        assert!(
+            split_message_charged(&mut a, MAX_FRONTEND_MESSAGE, &mut charge_a)
+                .unwrap()
+                .is_none()
+        );
+        assert!(BUDGET.held() > 600 << 10);
+        // A second session's large message does not fit any more…
+        let mut b = header(10 << 20);
+        b.extend_from_slice(&vec![0; 500 << 10]);
+        let mut charge_b = Charge::against(&BUDGET);
+        let e = split_message_charged(&mut b, MAX_FRONTEND_MESSAGE, &mut charge_b).unwrap_err();
+        assert!(matches!(e, FrameError::Budget { .. }), "{e}");
+        assert!(e.to_string().contains("retry later"));
+        // …small messages are never charged…
+        let mut c = header(100);
+        let mut charge_c = Charge::against(&BUDGET);
+        assert!(
+            split_message_charged(&mut c, MAX_FRONTEND_MESSAGE, &mut charge_c)
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(charge_c.held, 0);
+        // …and a session that ends gives its share back.
+        drop(charge_a);
+        assert_eq!(BUDGET.held(), 0);
+        assert!(
+            split_message_charged(&mut b, MAX_FRONTEND_MESSAGE, &mut charge_b)
+                .unwrap()
+                .is_none()
+        );
+        drop(charge_b);
+        assert_eq!(BUDGET.held(), 0);
     }
 
     #[test]

@@ -17,7 +17,10 @@ pub mod sql;
 mod upstream;
 mod wire;
 
-pub use frame::{FrameError, MAX_BACKEND_MESSAGE, MAX_FRONTEND_MESSAGE};
+pub use frame::{
+    split_message_charged, Charge, FrameError, PartialBudget, DEFAULT_PARTIAL_BUDGET,
+    MAX_BACKEND_MESSAGE, MAX_FRONTEND_MESSAGE,
+};
 pub use policy::sql_match_key;
 pub use upstream::FORWARDED_PARAMETERS;
 

@@ -168,7 +168,11 @@ impl SqliteStore {
         // chain heads of its sessions, and the gateway-wide head, can be read
         // from the index.
         catch_up(&conn, &journal_path)?;
-        let log = read_log_head(&conn)?.unwrap_or_default();
+        let log = match read_log_head(&conn)? {
+            Some(head) => head,
+            // Indexed by a version before the gateway-wide chain: compute it.
+            None => scan_log(&journal_path, len, None)?.0,
+        };
         let writer = Arc::new(Mutex::new(JournalWriter {
             file,
             len,

@@ -378,7 +378,7 @@ fn hidden(typed: &[u8]) -> String {
         .filter_map(|(t, _)| match t {
             Token::Enter => Some('\r'),
             Token::Char(_) => Some('•'),
-            Token::Neutral => None,
+            Token::Neutral | Token::Redraw => None,
         })
         .collect()
 }
@@ -393,6 +393,8 @@ enum Token {
     /// Control keys and escape sequences: not compared (the echo of a
     /// backspace or an arrow key is a cursor movement).
     Neutral,
+    /// A lone CR in the terminal's output.
+    Redraw,
 }
 
 /// Splits a byte stream into tokens with the byte index just past each.
@@ -405,17 +407,10 @@ fn tokens(b: &[u8], output: bool) -> Vec<(Token, usize)> {
         let c = b[i];
         let (token, next) = match c {
             b'\r' if b.get(i + 1) == Some(&b'\n') => (Token::Enter, i + 2),
-            // Typed, CR is Enter. Echoed, a lone CR is a cursor movement: a
-            // line editor wrapping a long line writes " \r" or "\r " at the
-            // margin, so a space next to it is one too.
-            b'\r' if output => {
-                let next = if b.get(i + 1) == Some(&b' ') {
-                    i + 2
-                } else {
-                    i + 1
-                };
-                (Token::Neutral, next)
-            }
+            // Typed, CR is Enter. Echoed, a lone CR returns the cursor: a
+            // line editor redrawing (wrapping a long line) writes some of
+            // what it echoed again after it.
+            b'\r' if output => (Token::Redraw, i + 1),
             b'\r' | b'\n' => (Token::Enter, i + 1),
             0x1b => (Token::Neutral, escape_end(b, i)),
             0x00..=0x1f | 0x7f => (Token::Neutral, i + 1),
@@ -504,7 +499,7 @@ fn classify(typed: &[u8], output: &[u8]) -> Vec<(usize, bool)> {
         .iter()
         .map(|(keys, _)| {
             let want = &keys[..keys.len().min(MAX_COMPARED)];
-            !want.is_empty() && out.windows(want.len()).any(|w| w == want)
+            matches!(echo_match(&out, want), Echo::Whole)
         })
         .collect();
     let mut segments = Vec::new();
@@ -514,7 +509,7 @@ fn classify(typed: &[u8], output: &[u8]) -> Vec<(usize, bool)> {
     }
     // Keys echoed one at a time: the answer is exactly the next run's start.
     if let Some((keys, _)) = runs.get(decided) {
-        if !out.is_empty() && out.len() < keys.len() && keys.starts_with(&out) {
+        if let Echo::Prefix(n) = echo_match(&out, &keys[..keys.len().min(MAX_COMPARED)]) {
             let from = if decided == 0 { 0 } else { runs[decided - 1].1 };
             let mut seen = 0;
             for (t, end) in &typed_tokens {
@@ -523,7 +518,7 @@ fn classify(typed: &[u8], output: &[u8]) -> Vec<(usize, bool)> {
                 }
                 if key(*t).is_some() {
                     seen += 1;
-                    if seen == out.len() {
+                    if seen == n {
                         segments.push((*end, true));
                         break;
                     }
@@ -539,8 +534,63 @@ fn key(t: Token) -> Option<u8> {
     match t {
         Token::Char(c) => Some(c),
         Token::Enter => Some(b'\n'),
+        // Never a typed key's value (typed control bytes are not compared).
+        Token::Redraw => Some(REDRAW),
         Token::Neutral => None,
     }
+}
+
+const REDRAW: u8 = b'\r';
+/// Keys a redraw may repeat at most.
+const MAX_REDRAWN: usize = 256;
+
+enum Echo {
+    /// `want` is echoed whole in `out`.
+    Whole,
+    /// `out`, from its start, echoes the first `n` keys of `want` and ends there.
+    Prefix(usize),
+    No,
+}
+
+/// Whether the terminal's output keys `out` echo the typed keys `want`: in
+/// order, adjacent, except that after a lone CR (a redraw) the output may
+/// repeat keys it already echoed. It never lets an unechoed typed key match.
+fn echo_match(out: &[u8], want: &[u8]) -> Echo {
+    let Some(&first) = want.first() else {
+        return Echo::No;
+    };
+    let mut prefix = None;
+    for start in 0..out.len() {
+        if out[start] != first {
+            continue;
+        }
+        let (mut j, mut k) = (0, start);
+        while j < want.len() && k < out.len() {
+            if out[k] == REDRAW {
+                k += 1;
+                // The longest run of keys already echoed that the redraw repeats.
+                let most = j.min(MAX_REDRAWN).min(out.len() - k);
+                let repeated = (1..=most)
+                    .rev()
+                    .find(|&l| want[j - l..j] == out[k..k + l])
+                    .unwrap_or(0);
+                k += repeated;
+            } else if out[k] == want[j] {
+                j += 1;
+                k += 1;
+            } else {
+                break;
+            }
+        }
+        if j == want.len() {
+            return Echo::Whole;
+        }
+        let from_start = out[..start].iter().all(|&c| c == REDRAW);
+        if k == out.len() && from_start && prefix.is_none() {
+            prefix = Some(j);
+        }
+    }
+    prefix.map_or(Echo::No, Echo::Prefix)
 }
 
 /// Length of the longest prefix that does not end inside a UTF-8 character.

@@ -392,3 +392,18 @@ async fn a_truncated_journal_is_detected_against_a_checkpoint() {
         CheckpointMatch::Diverged { size: head.size }
     );
 }
+
+/// A store indexed before the gateway-wide chain existed (no log_head):
+/// the writer resumes the chain from the journal, not from empty.
+#[tokio::test]
+async fn an_index_without_a_log_head_resumes_from_the_journal() {
+    let (dir, head) = checkpointed().await;
+    tamper(dir.path(), "DELETE FROM log_head");
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    assert_eq!(store.tree_head().await.unwrap(), head);
+    session(&store, "s3", 1).await;
+    let later = store.tree_head().await.unwrap();
+    drop(store);
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(reader.tree_head().await.unwrap(), later);
+}

@@ -115,6 +115,10 @@ fn echo_classification() {
     assert_eq!(classify(b"ab", b"\x1b[?25la\x1b[0mb"), [(2, true)]);
     // A long line wrapped by the line editor at the margin.
     assert_eq!(classify(b"echo got\r", b"echo \r got\r\n"), [(9, true)]);
+    assert_eq!(classify(b"echo got\r", b"echo g\rgot\r\n"), [(9, true)]);
+    assert_eq!(classify(b"echo got\r", b"echo g\r"), [(6, true)]);
+    // A redraw repeats only what was echoed: it does not echo the rest.
+    assert_eq!(classify(b"ab\r", b"a\rx\r\n"), []);
     // Typed ahead: the echo comes after other output.
     assert_eq!(classify(b"id\r", b"Last login\r\n$ id\r\n"), [(3, true)]);
     // No echo: undecided until a later line is echoed (or the wait ends).
