@@ -10,7 +10,9 @@ use super::registry::{NameError, Registry};
 use super::tags::frontend as tag;
 use super::{bind_result_formats, upstream_err, Expect, Started, Views};
 use crate::catalog::Catalog;
-use crate::frame::{split_message, RawMessage, Reader, MAX_FRONTEND_MESSAGE};
+use crate::frame::{
+    split_message_charged, Charge, FrameError, RawMessage, Reader, MAX_FRONTEND_MESSAGE,
+};
 use crate::sql::lineage::{side_channel, SessionRules};
 use crate::sql::{Classification, SqlClass};
 use crate::{wire, BoxedStream};
@@ -83,6 +85,8 @@ pub(super) struct Requests<'a> {
     barrier: Option<Barrier>,
     /// Where views and user functions are looked up for the policy.
     resolver: Option<Arc<Catalog>>,
+    /// This session's share of the gateway-wide budget for partial messages.
+    charge: Charge,
 }
 
 enum Decided {
@@ -144,6 +148,7 @@ impl<'a> Requests<'a> {
             seq: 0,
             barrier: None,
             resolver,
+            charge: Charge::gateway(),
         }
     }
 
@@ -155,14 +160,21 @@ impl<'a> Requests<'a> {
         let mut out = BytesMut::with_capacity(16 * 1024);
         loop {
             loop {
-                let msg = match split_message(&mut self.buf, MAX_FRONTEND_MESSAGE) {
+                let msg = match split_message_charged(
+                    &mut self.buf,
+                    MAX_FRONTEND_MESSAGE,
+                    &mut self.charge,
+                ) {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(e) => {
-                        self.fatal(
-                            wire::SQLSTATE_PROTOCOL,
-                            format!("sluice: invalid message: {e}"),
-                        );
+                        // Over the gateway's memory for partial messages:
+                        // out of memory (53200), not a protocol error.
+                        let code = match e {
+                            FrameError::Budget { .. } => "53200",
+                            _ => wire::SQLSTATE_PROTOCOL,
+                        };
+                        self.fatal(code, format!("sluice: invalid message: {e}"));
                         return Err(SessionError::Client(e.to_string()));
                     }
                 };
