@@ -326,6 +326,8 @@ pub struct TooLarge;
 /// overflow the client's body is handed back through `stash` (see
 /// [`Holding`]) rather than dropped.
 pub struct Capped {
+    /// Bytes already read from the client (to digest them), sent first.
+    prefix: Option<Bytes>,
     inner: Option<hyper::body::Incoming>,
     seen: u64,
     max: u64,
@@ -339,11 +341,20 @@ impl Capped {
         stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
     ) -> Self {
         Capped {
+            prefix: None,
             inner: Some(inner),
             seen: 0,
             max,
             stash,
         }
+    }
+}
+
+impl Capped {
+    /// Sends `prefix` (the body's start, already read) before the rest.
+    pub fn with_prefix(mut self, prefix: Option<Bytes>) -> Self {
+        self.prefix = prefix.filter(|p| !p.is_empty());
+        self
     }
 }
 
@@ -356,6 +367,13 @@ impl http_body::Body for Capped {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            this.seen += prefix.len() as u64;
+            if this.seen > this.max {
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Some(Err(Box::new(TooLarge))));
         };
@@ -380,15 +398,64 @@ impl http_body::Body for Capped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner
+        let rest = self
+            .inner
             .as_ref()
             .map(|b| b.size_hint())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let before = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + before);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + before);
+        }
+        hint
     }
+}
+
+/// The most of a request body read before it is judged, to bind approvals
+/// to its digest; a longer body is streamed and marked unbound.
+pub const DIGEST_LIMIT: usize = 1024 * 1024;
+
+/// The start of a request body: up to `limit` bytes, and whether that is
+/// all of it. Trailers are not kept.
+pub async fn read_start(
+    body: &mut hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Bytes, bool), hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() <= limit {
+        match body.frame().await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            None => return Ok((buf.freeze(), true)),
+        }
+    }
+    Ok((buf.freeze(), false))
+}
+
+/// The context line binding a command to its request body (see
+/// `sluice_core::approval::fingerprint`).
+pub fn body_context(bytes: &[u8], complete: bool) -> String {
+    use sha2::Digest;
+    if !complete {
+        return format!(
+            "{}the request body is over {} KiB, too large to digest before judging",
+            sluice_core::approval::UNBOUND_CONTEXT,
+            DIGEST_LIMIT / 1024
+        );
+    }
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("body sha256:{hex} ({} bytes)", bytes.len())
 }
 
 /// A response body that keeps the unread request body until it ends.

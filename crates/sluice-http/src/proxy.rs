@@ -521,8 +521,51 @@ impl ClientConn {
             ));
         }
 
+        let timeout = connection
+            .timeout
+            .map(|t| t.0)
+            .unwrap_or(limits.default_timeout);
+        // The body's start is read before judging, so that the command (and
+        // an approval of it) is bound to the body's digest, not only to the
+        // request line. A body over the digest limit streams, marked unbound.
+        let mut body_prefix = None;
+        let mut body_line = None;
+        if upgrade.is_none() {
+            let taken = unread.lock().ok().and_then(|mut b| b.take());
+            if let Some(mut incoming) = taken {
+                if !http_body::Body::is_end_stream(&incoming) {
+                    let read = tokio::time::timeout(
+                        timeout,
+                        body::read_start(&mut incoming, body::DIGEST_LIMIT),
+                    )
+                    .await;
+                    match read {
+                        Ok(Ok((bytes, complete))) => {
+                            body_line = Some(body::body_context(&bytes, complete));
+                            body_prefix = Some(bytes);
+                        }
+                        Ok(Err(_)) => {
+                            return Ok(render(Problem::new(
+                                ProblemKind::BadRequest,
+                                "sluice: the request body could not be read; the request was not sent",
+                            )))
+                        }
+                        Err(_) => {
+                            return Ok(render(Problem::new(
+                                ProblemKind::BadRequest,
+                                "sluice: the request body did not arrive in time; the request was not sent",
+                            )))
+                        }
+                    }
+                }
+                if let Ok(mut slot) = unread.lock() {
+                    *slot = Some(incoming);
+                }
+            }
+        }
+
         // Decide every command; all must be forwarded.
-        let commands = match flavor.commands(&head) {
+        let mut commands = match flavor.commands(&head) {
             Ok(c) if !c.is_empty() => c,
             Ok(_) => {
                 return Ok(render(Problem::new(
@@ -532,6 +575,11 @@ impl ClientConn {
             }
             Err(p) => return Ok(render(p)),
         };
+        if let Some(line) = &body_line {
+            for command in &mut commands {
+                command.context.push(line.clone());
+            }
+        }
         let recorder = live.handle.recorder();
         let mut forwarded = Vec::new();
         for command in commands {
@@ -631,9 +679,9 @@ impl ClientConn {
             empty()
         } else {
             match unread.lock().ok().and_then(|mut b| b.take()) {
-                Some(body) => {
-                    body::Capped::new(body, limits.max_request_body, unread.clone()).boxed()
-                }
+                Some(body) => body::Capped::new(body, limits.max_request_body, unread.clone())
+                    .with_prefix(body_prefix.take())
+                    .boxed(),
                 None => empty(),
             }
         };
@@ -643,10 +691,6 @@ impl ClientConn {
         *up_req.version_mut() = Version::HTTP_11;
         *up_req.headers_mut() = up_headers;
 
-        let timeout = connection
-            .timeout
-            .map(|t| t.0)
-            .unwrap_or(limits.default_timeout);
         let client = if upgrade.is_some() {
             &live.upstream.upgrade_client
         } else {
