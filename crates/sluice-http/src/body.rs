@@ -25,6 +25,88 @@ pub struct Redactor {
     pub redacted: u64,
 }
 
+/// The forms an echoed credential can take in a response: as is; JSON with
+/// `/` escaped or every character `\uXXXX`-escaped; percent-encoded (upper
+/// and lower hex, `+` for a space); and base64 / base64url at each of the
+/// three alignments it can have inside a longer encoded text (only the
+/// characters that depend on the secret alone, so the match holds whatever
+/// surrounds it).
+fn encodings(s: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut out = vec![s.to_vec()];
+    if s.contains(&b'/') {
+        let mut escaped = Vec::with_capacity(s.len() + 4);
+        for &b in s {
+            if b == b'/' {
+                escaped.push(b'\\');
+            }
+            escaped.push(b);
+        }
+        out.push(escaped);
+    }
+    if let Ok(text) = std::str::from_utf8(s) {
+        for upper in [false, true] {
+            let mut u = String::new();
+            for unit in text.encode_utf16() {
+                if upper {
+                    u.push_str(&format!("\\u{unit:04X}"));
+                } else {
+                    u.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            out.push(u.into_bytes());
+        }
+    }
+    for (upper, plus) in [(true, false), (false, false), (true, true), (false, true)] {
+        let mut p = String::new();
+        for &b in s {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                p.push(b as char);
+            } else if plus && b == b' ' {
+                p.push('+');
+            } else if upper {
+                p.push_str(&format!("%{b:02X}"));
+            } else {
+                p.push_str(&format!("%{b:02x}"));
+            }
+        }
+        out.push(p.into_bytes());
+    }
+    // Every byte escaped (some encoders and hostile echoes do).
+    for upper in [true, false] {
+        let all: String = s
+            .iter()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect();
+        out.push(all.into_bytes());
+    }
+    for engine in [
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for k in 0..3usize {
+            let mut padded = vec![0u8; k];
+            padded.extend_from_slice(s);
+            let text = engine.encode(&padded);
+            // Characters whose 6 bits lie wholly within the secret's bits.
+            let first = (8 * k).div_ceil(6);
+            let end = (8 * (k + s.len())) / 6;
+            if end > first && end - first >= 8 {
+                if let Some(mid) = text.get(first..end) {
+                    out.push(mid.as_bytes().to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Redactor {
     /// `None` when there is nothing to redact.
     pub fn new(secrets: &[Vec<u8>]) -> Option<Redactor> {
@@ -33,17 +115,10 @@ impl Redactor {
         }
         let mut variants: Vec<Vec<u8>> = Vec::new();
         for s in secrets {
-            variants.push(s.clone());
-            // JSON encoders may escape `/` (base64) as `\/`.
-            if s.contains(&b'/') {
-                let mut escaped = Vec::with_capacity(s.len() + 4);
-                for &b in s {
-                    if b == b'/' {
-                        escaped.push(b'\\');
-                    }
-                    escaped.push(b);
+            for v in encodings(s) {
+                if !v.is_empty() && !variants.contains(&v) {
+                    variants.push(v);
                 }
-                variants.push(escaped);
             }
         }
         let holdback = variants.iter().map(Vec::len).max().unwrap_or(1) - 1;
@@ -496,6 +571,40 @@ impl http_body::Body for Holding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoes_in_other_encodings_are_redacted() {
+        use base64::Engine as _;
+        let secret = b"crm-upstream-secret/7f3a 9c".to_vec();
+        let r = Redactor::new(std::slice::from_ref(&secret)).unwrap();
+        let text = std::str::from_utf8(&secret).unwrap();
+        let escaped: String = text
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let mut cases = vec![
+            format!("{{\"auth\": \"{escaped}\"}}"),
+            "x=crm-upstream-secret%2F7f3a%209c&y=1".to_string(),
+            "x=crm-upstream-secret%2f7f3a+9c".to_string(),
+        ];
+        for prefix in ["", "a", "ab", "Authorization: Bearer "] {
+            let mut whole = prefix.as_bytes().to_vec();
+            whole.extend_from_slice(&secret);
+            whole.extend_from_slice(b" tail");
+            cases.push(base64::engine::general_purpose::STANDARD.encode(&whole));
+            cases.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&whole));
+        }
+        for case in cases {
+            let mut r = r.clone();
+            let out = r.redact_all(case.as_bytes());
+            assert!(r.redacted > 0, "not found in {case}");
+            assert_ne!(out, case.as_bytes());
+        }
+        // Ordinary text is left alone.
+        let mut r = r.clone();
+        r.redact_all(b"nothing to see here, aGVsbG8gd29ybGQ=");
+        assert_eq!(r.redacted, 0);
+    }
 
     #[test]
     fn idle_flush_holds_only_a_possible_secret_prefix() {

@@ -760,6 +760,10 @@ impl ClientConn {
 
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
+        // The upstream's own reason phrase is not passed on (it can echo the
+        // injected credential, and no client needs it): the client gets the
+        // status code's standard phrase.
+        rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
         // A redirect into the upstream is turned into one through the gateway
         // (as nginx's proxy_redirect does), so clients stay on Sluice.
         let prefix = match &by_host {
