@@ -361,6 +361,11 @@ action = "deny"
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("method"), "{body}");
     }
+    // The same in a form body (Rails, Laravel, Symfony read it there).
+    let (status, body) = env.get(&token, "/crm/echo", &["-d", "name=x&_method=DELETE"]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = env.get(&token, "/crm/echo", &["-F", "_method=DELETE", "-F", "a=1"]);
+    assert_eq!(status, 400, "{body}");
     // Query spellings a lenient parser reads as `force=true`.
     for path in ["/crm/echo?force[]=true", "/crm/echo?a=1;force=true"] {
         let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
@@ -372,7 +377,11 @@ action = "deny"
     assert_eq!(status, 403);
     assert_eq!(env.upstream.requests().len(), before);
 
-    // Ordinary requests still pass.
+    // Ordinary requests still pass, forms included.
+    let (status, body) = env.get(&token, "/crm/echo", &["-d", "name=x&method=card"]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.get(&token, "/crm/echo", &["-F", "title=_method", "-F", "a=1"]);
+    assert_eq!(status, 200, "{body}");
     let (status, body) = env.get(&token, "/crm/echo?method=card&page=2", &[]);
     assert_eq!(status, 200, "{body}");
     let out = env.curl(Some(&token), &["-I", &env.url("/crm/echo")]);

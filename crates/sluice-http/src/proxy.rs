@@ -530,6 +530,7 @@ impl ClientConn {
         // request line. A body over the digest limit streams, marked unbound.
         let mut body_prefix = None;
         let mut body_line = None;
+        let mut body_refusal = None;
         if upgrade.is_none() {
             let taken = unread.lock().ok().and_then(|mut b| b.take());
             if let Some(mut incoming) = taken {
@@ -539,29 +540,51 @@ impl ClientConn {
                         body::read_start(&mut incoming, body::DIGEST_LIMIT),
                     )
                     .await;
+                    let ctype = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
                     match read {
                         Ok(Ok((bytes, complete))) => {
+                            if let Some(name) =
+                                crate::overrides::method_override_in_body(ctype, &bytes)
+                            {
+                                body_refusal = Some(
+                                    Problem::new(
+                                        ProblemKind::BadRequest,
+                                        format!(
+                                            "sluice: the form field {:?} asks the upstream to run another method than {}; the request was not sent",
+                                            truncate(&name, 40),
+                                            parts.method
+                                        ),
+                                    )
+                                    .with_hint("Send the request with the method itself instead of a method-override field."),
+                                );
+                            }
                             body_line = Some(body::body_context(&bytes, complete));
                             body_prefix = Some(bytes);
                         }
                         Ok(Err(_)) => {
-                            return Ok(render(Problem::new(
+                            body_refusal = Some(Problem::new(
                                 ProblemKind::BadRequest,
                                 "sluice: the request body could not be read; the request was not sent",
-                            )))
+                            ))
                         }
                         Err(_) => {
-                            return Ok(render(Problem::new(
+                            body_refusal = Some(Problem::new(
                                 ProblemKind::BadRequest,
                                 "sluice: the request body did not arrive in time; the request was not sent",
-                            )))
+                            ))
                         }
                     }
                 }
+                // Kept until the response is sent (see `handle`).
                 if let Ok(mut slot) = unread.lock() {
                     *slot = Some(incoming);
                 }
             }
+        }
+        if let Some(problem) = body_refusal {
+            return Ok(render(problem));
         }
 
         // Decide every command; all must be forwarded.
