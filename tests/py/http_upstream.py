@@ -18,6 +18,7 @@ Endpoints:
   /redirect        302 to http://<its own host>/echo?from=redirect
   /ws              WebSocket echo (text and binary frames, ping, close)
   /raw?type=T&body=B  answers B (URL-decoded) with Content-Type T, as is
+  /reason          200 whose reason phrase echoes the Authorization header
   anything else    JSON {"ok": true, "path": ...}
 """
 
@@ -114,6 +115,13 @@ class Handler(BaseHTTPRequestHandler):
                     "count": 2,
                 }
             )
+        elif url.path == "/reason":
+            body = b"{}"
+            self.send_response(200, "OK " + self.headers.get("Authorization", ""))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
         elif url.path == "/raw":
             body = query.get("body", [""])[0].encode()
             self.send_response(200)

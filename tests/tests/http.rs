@@ -863,3 +863,50 @@ fn json_numbers_and_duplicate_keys_are_masked() {
         serde_json::json!({"id": 7, "name": "widget", "price": 12.5})
     );
 }
+
+/// A retry approval is for the request's body too: the approved re-send
+/// must carry the body that was approved.
+#[test]
+fn a_retry_approval_is_bound_to_the_request_body() {
+    let env = HttpEnv::builder().toml(REVIEWS).start();
+    let token = env.agent_token();
+    let finance = env.token("fay", &["finance"], "10m");
+    let post = |body: &str| {
+        env.get(
+            &token,
+            "/crm/exports/run",
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ],
+        )
+    };
+    let (status, body) = post(r#"{"table": "customers", "limit": 10}"#);
+    assert_eq!(status, 409, "{body}");
+    let id = json(&body)["approval"].as_str().unwrap().to_string();
+    wait_until(Duration::from_secs(10), "the session indexed", || {
+        (!env.sessions().is_empty()).then_some(())
+    });
+    env.approve(&finance, &id);
+    // Same method, path and query, another body: not what was approved.
+    let (status, body) = post(r#"{"table": "customers", "limit": 1000000, "drop": true}"#);
+    assert_eq!(status, 409, "{body}");
+    assert_ne!(json(&body)["approval"].as_str().unwrap(), id);
+    assert!(env.upstream.last("/exports/run").is_none());
+    // The approved body passes, once.
+    let (status, body) = post(r#"{"table": "customers", "limit": 10}"#);
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = post(r#"{"table": "customers", "limit": 10}"#);
+    assert_eq!(status, 409);
+    let sent: Vec<_> = env
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/exports/run")
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+}

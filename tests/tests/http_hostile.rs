@@ -361,6 +361,11 @@ action = "deny"
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("method"), "{body}");
     }
+    // The same in a form body (Rails, Laravel, Symfony read it there).
+    let (status, body) = env.get(&token, "/crm/echo", &["-d", "name=x&_method=DELETE"]);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = env.get(&token, "/crm/echo", &["-F", "_method=DELETE", "-F", "a=1"]);
+    assert_eq!(status, 400, "{body}");
     // Query spellings a lenient parser reads as `force=true`.
     for path in ["/crm/echo?force[]=true", "/crm/echo?a=1;force=true"] {
         let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
@@ -372,9 +377,109 @@ action = "deny"
     assert_eq!(status, 403);
     assert_eq!(env.upstream.requests().len(), before);
 
-    // Ordinary requests still pass.
+    // Ordinary requests still pass, forms included.
+    let (status, body) = env.get(&token, "/crm/echo", &["-d", "name=x&method=card"]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.get(&token, "/crm/echo", &["-F", "title=_method", "-F", "a=1"]);
+    assert_eq!(status, 200, "{body}");
     let (status, body) = env.get(&token, "/crm/echo?method=card&page=2", &[]);
     assert_eq!(status, 200, "{body}");
     let out = env.curl(Some(&token), &["-I", &env.url("/crm/echo")]);
     assert_eq!(split_status(&out).0, 200);
+}
+
+/// The injected credential echoed back in other forms (the status line's
+/// reason phrase, `\u`-escaped JSON, base64, percent-encoding) is redacted;
+/// a body the masker cannot read is refused on a masking connection.
+#[test]
+fn echoed_credentials_in_any_encoding_and_unreadable_bodies_are_kept_out() {
+    use base64::Engine as _;
+    let env = HttpEnv::builder()
+        .toml("[masking]\ndetectors = [\"email\"]\n")
+        .start();
+    let token = env.agent_token();
+    let out = env.curl(Some(&token), &["-i", &env.url("/crm/reason")]);
+    let (status, text) = split_status(&out);
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(CRM_SECRET), "{text}");
+
+    let escaped: String = CRM_SECRET
+        .chars()
+        .map(|c| format!("\\u{:04x}", c as u32))
+        .collect();
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let echoes = [
+        (
+            "application/json",
+            format!("{{\"seen\": \"Bearer {escaped}\"}}"),
+        ),
+        (
+            "text/plain",
+            b64(&format!("Authorization: Bearer {CRM_SECRET}")),
+        ),
+        (
+            "text/plain",
+            b64(&format!("{{\"h\":\"Bearer {CRM_SECRET}\"}}")),
+        ),
+        (
+            "application/json",
+            format!("{{\"u\": \"{}\"}}", b64(&format!("x:{CRM_SECRET}"))),
+        ),
+        (
+            "text/plain",
+            format!(
+                "next=%2Fcb%3Ftoken%3D{}",
+                CRM_SECRET
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect::<String>()
+            ),
+        ),
+    ];
+    for (ctype, body) in &echoes {
+        let (status, text) = env.get(
+            &token,
+            "/crm/raw",
+            &[
+                "-G",
+                "--data-urlencode",
+                &format!("type={ctype}"),
+                "--data-urlencode",
+                &format!("body={body}"),
+            ],
+        );
+        assert_eq!(status, 200, "{text}");
+        assert_ne!(&text, body, "{ctype}: echoed as is: {text}");
+    }
+
+    // A zip or protobuf body cannot be masked: refused, not passed on.
+    for ctype in ["application/zip", "application/x-protobuf"] {
+        let (status, text) = env.get(
+            &token,
+            "/crm/raw",
+            &[
+                "-G",
+                "--data-urlencode",
+                &format!("type={ctype}"),
+                "--data-urlencode",
+                "body=PK ada@example.com",
+            ],
+        );
+        assert_eq!(status, 502, "{ctype}: {text}");
+        assert!(!text.contains("ada@example.com"), "{text}");
+    }
+    // JSON labelled text/json is masked as JSON.
+    let (status, text) = env.get(
+        &token,
+        "/crm/raw",
+        &[
+            "-G",
+            "--data-urlencode",
+            "type=text/json",
+            "--data-urlencode",
+            "body={\"email\": \"ada@example.com\"}",
+        ],
+    );
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains("ada@example.com"), "{text}");
 }

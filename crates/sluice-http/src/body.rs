@@ -25,6 +25,88 @@ pub struct Redactor {
     pub redacted: u64,
 }
 
+/// The forms an echoed credential can take in a response: as is; JSON with
+/// `/` escaped or every character `\uXXXX`-escaped; percent-encoded (upper
+/// and lower hex, `+` for a space); and base64 / base64url at each of the
+/// three alignments it can have inside a longer encoded text (only the
+/// characters that depend on the secret alone, so the match holds whatever
+/// surrounds it).
+fn encodings(s: &[u8]) -> Vec<Vec<u8>> {
+    use base64::Engine as _;
+    let mut out = vec![s.to_vec()];
+    if s.contains(&b'/') {
+        let mut escaped = Vec::with_capacity(s.len() + 4);
+        for &b in s {
+            if b == b'/' {
+                escaped.push(b'\\');
+            }
+            escaped.push(b);
+        }
+        out.push(escaped);
+    }
+    if let Ok(text) = std::str::from_utf8(s) {
+        for upper in [false, true] {
+            let mut u = String::new();
+            for unit in text.encode_utf16() {
+                if upper {
+                    u.push_str(&format!("\\u{unit:04X}"));
+                } else {
+                    u.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            out.push(u.into_bytes());
+        }
+    }
+    for (upper, plus) in [(true, false), (false, false), (true, true), (false, true)] {
+        let mut p = String::new();
+        for &b in s {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+                p.push(b as char);
+            } else if plus && b == b' ' {
+                p.push('+');
+            } else if upper {
+                p.push_str(&format!("%{b:02X}"));
+            } else {
+                p.push_str(&format!("%{b:02x}"));
+            }
+        }
+        out.push(p.into_bytes());
+    }
+    // Every byte escaped (some encoders and hostile echoes do).
+    for upper in [true, false] {
+        let all: String = s
+            .iter()
+            .map(|b| {
+                if upper {
+                    format!("%{b:02X}")
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect();
+        out.push(all.into_bytes());
+    }
+    for engine in [
+        &base64::engine::general_purpose::STANDARD_NO_PAD,
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ] {
+        for k in 0..3usize {
+            let mut padded = vec![0u8; k];
+            padded.extend_from_slice(s);
+            let text = engine.encode(&padded);
+            // Characters whose 6 bits lie wholly within the secret's bits.
+            let first = (8 * k).div_ceil(6);
+            let end = (8 * (k + s.len())) / 6;
+            if end > first && end - first >= 8 {
+                if let Some(mid) = text.get(first..end) {
+                    out.push(mid.as_bytes().to_vec());
+                }
+            }
+        }
+    }
+    out
+}
+
 impl Redactor {
     /// `None` when there is nothing to redact.
     pub fn new(secrets: &[Vec<u8>]) -> Option<Redactor> {
@@ -33,17 +115,10 @@ impl Redactor {
         }
         let mut variants: Vec<Vec<u8>> = Vec::new();
         for s in secrets {
-            variants.push(s.clone());
-            // JSON encoders may escape `/` (base64) as `\/`.
-            if s.contains(&b'/') {
-                let mut escaped = Vec::with_capacity(s.len() + 4);
-                for &b in s {
-                    if b == b'/' {
-                        escaped.push(b'\\');
-                    }
-                    escaped.push(b);
+            for v in encodings(s) {
+                if !v.is_empty() && !variants.contains(&v) {
+                    variants.push(v);
                 }
-                variants.push(escaped);
             }
         }
         let holdback = variants.iter().map(Vec::len).max().unwrap_or(1) - 1;
@@ -326,6 +401,8 @@ pub struct TooLarge;
 /// overflow the client's body is handed back through `stash` (see
 /// [`Holding`]) rather than dropped.
 pub struct Capped {
+    /// Bytes already read from the client (to digest them), sent first.
+    prefix: Option<Bytes>,
     inner: Option<hyper::body::Incoming>,
     seen: u64,
     max: u64,
@@ -339,11 +416,20 @@ impl Capped {
         stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
     ) -> Self {
         Capped {
+            prefix: None,
             inner: Some(inner),
             seen: 0,
             max,
             stash,
         }
+    }
+}
+
+impl Capped {
+    /// Sends `prefix` (the body's start, already read) before the rest.
+    pub fn with_prefix(mut self, prefix: Option<Bytes>) -> Self {
+        self.prefix = prefix.filter(|p| !p.is_empty());
+        self
     }
 }
 
@@ -356,6 +442,13 @@ impl http_body::Body for Capped {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if let Some(prefix) = this.prefix.take() {
+            this.seen += prefix.len() as u64;
+            if this.seen > this.max {
+                return Poll::Ready(Some(Err(Box::new(TooLarge))));
+            }
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(Some(Err(Box::new(TooLarge))));
         };
@@ -380,15 +473,64 @@ impl http_body::Body for Capped {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
-        self.inner
+        let rest = self
+            .inner
             .as_ref()
             .map(|b| b.size_hint())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let before = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let mut hint = http_body::SizeHint::new();
+        hint.set_lower(rest.lower() + before);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + before);
+        }
+        hint
     }
+}
+
+/// The most of a request body read before it is judged, to bind approvals
+/// to its digest; a longer body is streamed and marked unbound.
+pub const DIGEST_LIMIT: usize = 1024 * 1024;
+
+/// The start of a request body: up to `limit` bytes, and whether that is
+/// all of it. Trailers are not kept.
+pub async fn read_start(
+    body: &mut hyper::body::Incoming,
+    limit: usize,
+) -> Result<(Bytes, bool), hyper::Error> {
+    use http_body_util::BodyExt;
+    let mut buf = bytes::BytesMut::new();
+    while buf.len() <= limit {
+        match body.frame().await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            None => return Ok((buf.freeze(), true)),
+        }
+    }
+    Ok((buf.freeze(), false))
+}
+
+/// The context line binding a command to its request body (see
+/// `sluice_core::approval::fingerprint`).
+pub fn body_context(bytes: &[u8], complete: bool) -> String {
+    use sha2::Digest;
+    if !complete {
+        return format!(
+            "{}the request body is over {} KiB, too large to digest before judging",
+            sluice_core::approval::UNBOUND_CONTEXT,
+            DIGEST_LIMIT / 1024
+        );
+    }
+    let digest = sha2::Sha256::digest(bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("body sha256:{hex} ({} bytes)", bytes.len())
 }
 
 /// A response body that keeps the unread request body until it ends.
@@ -429,6 +571,40 @@ impl http_body::Body for Holding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echoes_in_other_encodings_are_redacted() {
+        use base64::Engine as _;
+        let secret = b"crm-upstream-secret/7f3a 9c".to_vec();
+        let r = Redactor::new(std::slice::from_ref(&secret)).unwrap();
+        let text = std::str::from_utf8(&secret).unwrap();
+        let escaped: String = text
+            .chars()
+            .map(|c| format!("\\u{:04x}", c as u32))
+            .collect();
+        let mut cases = vec![
+            format!("{{\"auth\": \"{escaped}\"}}"),
+            "x=crm-upstream-secret%2F7f3a%209c&y=1".to_string(),
+            "x=crm-upstream-secret%2f7f3a+9c".to_string(),
+        ];
+        for prefix in ["", "a", "ab", "Authorization: Bearer "] {
+            let mut whole = prefix.as_bytes().to_vec();
+            whole.extend_from_slice(&secret);
+            whole.extend_from_slice(b" tail");
+            cases.push(base64::engine::general_purpose::STANDARD.encode(&whole));
+            cases.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&whole));
+        }
+        for case in cases {
+            let mut r = r.clone();
+            let out = r.redact_all(case.as_bytes());
+            assert!(r.redacted > 0, "not found in {case}");
+            assert_ne!(out, case.as_bytes());
+        }
+        // Ordinary text is left alone.
+        let mut r = r.clone();
+        r.redact_all(b"nothing to see here, aGVsbG8gd29ybGQ=");
+        assert_eq!(r.redacted, 0);
+    }
 
     #[test]
     fn idle_flush_holds_only_a_possible_secret_prefix() {

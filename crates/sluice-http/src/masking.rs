@@ -4,22 +4,33 @@ use crate::flavor::{BodyPlan, MaskingContext, RequestHead, ResponsePlan};
 use crate::problem::{Problem, ProblemKind};
 use http::{header, Method, StatusCode};
 
-/// Content types passed through even when masking is on: media and archives
-/// whose bytes are not text (a detector match inside them would corrupt
-/// them, and their text is not readable as such).
-const BINARY_TYPES: &[&str] = &[
-    "image/",
-    "audio/",
-    "video/",
-    "font/",
+/// Content types passed through even when masking is on: media whose bytes
+/// are not text (a detector match inside them would corrupt them).
+const BINARY_TYPES: &[&str] = &["image/", "audio/", "video/", "font/", "application/wasm"];
+
+/// Content types that carry data the masker can neither read nor rewrite
+/// (archives, compressed files, binary encodings of structured data): on a
+/// connection with masking they are refused, never passed through unmasked.
+const OPAQUE_TYPES: &[&str] = &[
     "application/zip",
     "application/gzip",
+    "application/x-gzip",
     "application/x-tar",
+    "application/x-bzip2",
+    "application/x-xz",
+    "application/x-7z-compressed",
+    "application/x-rar-compressed",
+    "application/zstd",
     "application/pdf",
-    "application/wasm",
     "application/grpc",
     "application/x-protobuf",
+    "application/protobuf",
     "application/vnd.google.protobuf",
+    "application/cbor",
+    "application/msgpack",
+    "application/x-msgpack",
+    "application/vnd.apache.avro",
+    "application/vnd.apache.parquet",
 ];
 
 /// The essence of a `Content-Type` (`application/json`), lowercase.
@@ -38,10 +49,13 @@ pub fn content_type(response: &http::response::Parts) -> String {
         .unwrap_or_default()
 }
 
-/// Whether a JSON document (`application/json`, `application/*+json`).
+/// Whether a JSON document (`application/json`, `text/json`,
+/// `application/x-json`, any `…/…+json`).
 pub fn is_json(content_type: &str) -> bool {
-    content_type == "application/json"
-        || (content_type.starts_with("application/") && content_type.ends_with("+json"))
+    matches!(
+        content_type,
+        "application/json" | "text/json" | "application/x-json" | "text/x-json"
+    ) || (content_type.contains('/') && content_type.ends_with("+json"))
 }
 
 /// Whether the response carries a body at all.
@@ -69,6 +83,17 @@ pub fn default_plan(
     }
     if BINARY_TYPES.iter().any(|b| ctype.starts_with(b)) {
         return ResponsePlan::new(BodyPlan::PassThrough);
+    }
+    if OPAQUE_TYPES.iter().any(|b| ctype.starts_with(b)) {
+        return ResponsePlan::new(BodyPlan::Refuse(
+            Problem::new(
+                ProblemKind::BadGateway,
+                format!(
+                    "the upstream answered with {ctype:?}, which the gateway cannot read to mask; on this connection responses are masked, so it was not passed on"
+                ),
+            )
+            .with_hint("Ask for a text or JSON representation, or ask a Sluice administrator for a connection without masking (or an exempt group)."),
+        ));
     }
     if let Some(encoding) = encoded(response) {
         return ResponsePlan::new(BodyPlan::Refuse(
@@ -170,6 +195,28 @@ mod tests {
             plan("image/png", None, true),
             BodyPlan::PassThrough
         ));
+        for opaque in [
+            "application/zip",
+            "application/x-protobuf",
+            "application/grpc+proto",
+            "application/gzip",
+        ] {
+            assert!(
+                matches!(plan(opaque, None, true), BodyPlan::Refuse(_)),
+                "{opaque}"
+            );
+            assert!(matches!(plan(opaque, None, false), BodyPlan::PassThrough));
+        }
+        for json in [
+            "text/json",
+            "application/x-json",
+            "application/vnd.api+json",
+        ] {
+            assert!(
+                matches!(plan(json, None, true), BodyPlan::Json { .. }),
+                "{json}"
+            );
+        }
         assert!(matches!(
             plan("application/json", None, false),
             BodyPlan::PassThrough

@@ -9,7 +9,8 @@
 //!   naming a method, an override, or an original/rewritten URL or path),
 //!   not a list of known names.
 //! - Query parameters (`_method=DELETE`, `_method[]=…`, `%5Fmethod`) are
-//!   refused: dropping them would change the request the client meant.
+//!   refused: dropping them would change the request the client meant; so
+//!   are such fields in a form or multipart body.
 
 use http::{HeaderMap, HeaderName};
 
@@ -76,6 +77,33 @@ pub fn method_override_param(query: &str) -> Option<String> {
         })
 }
 
+/// A method-override field in a request body frameworks read it from: a
+/// form (`application/x-www-form-urlencoded`, Rails, Laravel, Symfony) or a
+/// multipart form field. `body` is the start of the body the gateway read.
+pub fn method_override_in_body(content_type: Option<&str>, body: &[u8]) -> Option<String> {
+    let ctype = content_type?.to_ascii_lowercase();
+    let text = String::from_utf8_lossy(body);
+    if ctype.starts_with("application/x-www-form-urlencoded") {
+        return method_override_param(&text);
+    }
+    if ctype.starts_with("multipart/form-data") {
+        // Each part's `Content-Disposition: form-data; name="…"`.
+        return text
+            .split("name=")
+            .skip(1)
+            .filter_map(|rest| {
+                let rest = rest.trim_start_matches(['"', '\'']);
+                let end = rest
+                    .find(['"', '\'', ';', '\r', '\n'])
+                    .unwrap_or(rest.len());
+                let name = &rest[..end];
+                method_override_param(&format!("{name}=")).map(|_| name.to_string())
+            })
+            .next();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,6 +136,20 @@ mod tests {
         ] {
             assert!(!is_override_header(h), "{h}");
         }
+    }
+
+    #[test]
+    fn method_override_in_bodies() {
+        let form = Some("application/x-www-form-urlencoded; charset=utf-8");
+        assert!(method_override_in_body(form, b"a=1&_method=DELETE").is_some());
+        assert!(method_override_in_body(form, b"name=x&method=card").is_none());
+        let multi = Some("multipart/form-data; boundary=x");
+        let body =
+            b"--x\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--x--";
+        assert!(method_override_in_body(multi, body).is_some());
+        let body = b"--x\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n_method\r\n--x--";
+        assert!(method_override_in_body(multi, body).is_none());
+        assert!(method_override_in_body(Some("application/json"), b"{\"_method\": 1}").is_none());
     }
 
     #[test]

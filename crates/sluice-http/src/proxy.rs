@@ -521,8 +521,74 @@ impl ClientConn {
             ));
         }
 
+        let timeout = connection
+            .timeout
+            .map(|t| t.0)
+            .unwrap_or(limits.default_timeout);
+        // The body's start is read before judging, so that the command (and
+        // an approval of it) is bound to the body's digest, not only to the
+        // request line. A body over the digest limit streams, marked unbound.
+        let mut body_prefix = None;
+        let mut body_line = None;
+        let mut body_refusal = None;
+        if upgrade.is_none() {
+            let taken = unread.lock().ok().and_then(|mut b| b.take());
+            if let Some(mut incoming) = taken {
+                if !http_body::Body::is_end_stream(&incoming) {
+                    let read = tokio::time::timeout(
+                        timeout,
+                        body::read_start(&mut incoming, body::DIGEST_LIMIT),
+                    )
+                    .await;
+                    let ctype = headers
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok());
+                    match read {
+                        Ok(Ok((bytes, complete))) => {
+                            if let Some(name) =
+                                crate::overrides::method_override_in_body(ctype, &bytes)
+                            {
+                                body_refusal = Some(
+                                    Problem::new(
+                                        ProblemKind::BadRequest,
+                                        format!(
+                                            "sluice: the form field {:?} asks the upstream to run another method than {}; the request was not sent",
+                                            truncate(&name, 40),
+                                            parts.method
+                                        ),
+                                    )
+                                    .with_hint("Send the request with the method itself instead of a method-override field."),
+                                );
+                            }
+                            body_line = Some(body::body_context(&bytes, complete));
+                            body_prefix = Some(bytes);
+                        }
+                        Ok(Err(_)) => {
+                            body_refusal = Some(Problem::new(
+                                ProblemKind::BadRequest,
+                                "sluice: the request body could not be read; the request was not sent",
+                            ))
+                        }
+                        Err(_) => {
+                            body_refusal = Some(Problem::new(
+                                ProblemKind::BadRequest,
+                                "sluice: the request body did not arrive in time; the request was not sent",
+                            ))
+                        }
+                    }
+                }
+                // Kept until the response is sent (see `handle`).
+                if let Ok(mut slot) = unread.lock() {
+                    *slot = Some(incoming);
+                }
+            }
+        }
+        if let Some(problem) = body_refusal {
+            return Ok(render(problem));
+        }
+
         // Decide every command; all must be forwarded.
-        let commands = match flavor.commands(&head) {
+        let mut commands = match flavor.commands(&head) {
             Ok(c) if !c.is_empty() => c,
             Ok(_) => {
                 return Ok(render(Problem::new(
@@ -532,6 +598,11 @@ impl ClientConn {
             }
             Err(p) => return Ok(render(p)),
         };
+        if let Some(line) = &body_line {
+            for command in &mut commands {
+                command.context.push(line.clone());
+            }
+        }
         let recorder = live.handle.recorder();
         let mut forwarded = Vec::new();
         for command in commands {
@@ -631,9 +702,9 @@ impl ClientConn {
             empty()
         } else {
             match unread.lock().ok().and_then(|mut b| b.take()) {
-                Some(body) => {
-                    body::Capped::new(body, limits.max_request_body, unread.clone()).boxed()
-                }
+                Some(body) => body::Capped::new(body, limits.max_request_body, unread.clone())
+                    .with_prefix(body_prefix.take())
+                    .boxed(),
                 None => empty(),
             }
         };
@@ -643,10 +714,6 @@ impl ClientConn {
         *up_req.version_mut() = Version::HTTP_11;
         *up_req.headers_mut() = up_headers;
 
-        let timeout = connection
-            .timeout
-            .map(|t| t.0)
-            .unwrap_or(limits.default_timeout);
         let client = if upgrade.is_some() {
             &live.upstream.upgrade_client
         } else {
@@ -716,6 +783,10 @@ impl ClientConn {
 
         let (mut rparts, rbody) = response.into_parts();
         strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
+        // The upstream's own reason phrase is not passed on (it can echo the
+        // injected credential, and no client needs it): the client gets the
+        // status code's standard phrase.
+        rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
         // A redirect into the upstream is turned into one through the gateway
         // (as nginx's proxy_redirect does), so clients stay on Sluice.
         let prefix = match &by_host {
