@@ -169,6 +169,90 @@ fn denied_commands_never_reach_the_host() {
     assert_eq!(ok(&env.ssh(&token, &[&format!("cat {s}")])), "keep\n");
 }
 
+/// Issue 13: the POSIX `for NAME do` form and programs that run programs
+/// (the inner command is judged, or the part may run anything, which every
+/// deny rule on programs matches). Ordinary work still runs.
+#[test]
+fn launchers_and_loops_cannot_hide_a_denied_program() {
+    let env = SshEnv::start(NO_RM);
+    let token = env.agent_token();
+    let sentinel = env.work.join("sentinel");
+    let s = sentinel.display().to_string();
+    ok(&env.as_user(&format!("echo keep > {s}")));
+    let bypasses = [
+        format!("set -- 1; for x do rm -rf {s}; done"),
+        format!("unshare rm -rf {s}"),
+        format!("unshare --user rm -rf {s}"),
+        format!("script -qc 'rm -rf {s}' /dev/null"),
+        "script -q /dev/null".to_string(),
+        format!("strace -o /dev/null rm -rf {s}"),
+        format!("strace -f rm -rf {s}"),
+        format!("sed -n '1e rm -rf {s}' /etc/hostname"),
+        format!("awk 'BEGIN{{system(\"rm -rf {s}\")}}'"),
+        format!("prlimit --nofile=1024 rm -rf {s}"),
+        format!("setpriv --nnp rm -rf {s}"),
+        format!("chrt -o 0 rm -rf {s}"),
+        format!("env rm -rf {s} -S true"),
+        format!("perl -e 'unlink q({s})'"),
+        format!("x='a[$(rm -rf {s})]'; echo $((x))"),
+    ];
+    for line in &bypasses {
+        let out = env.ssh(&token, &[line]);
+        let err = stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(126),
+            "{line:?} was not refused: {err}"
+        );
+        assert!(err.starts_with("sluice: "), "{line:?}: {err}");
+        assert!(
+            fs::read_to_string(&sentinel).is_ok_and(|t| t == "keep\n"),
+            "{line:?} removed the sentinel"
+        );
+    }
+    for line in [
+        "ls -la",
+        "cat /etc/hostname | grep -c . | wc -l",
+        "ps aux",
+        "df -h",
+        "awk -F: '{print $1}' /etc/passwd",
+        "sed -n '1p' /etc/hostname",
+        "for f in /etc/hostname; do wc -c \"$f\"; done",
+        "nice -n 5 uname -a",
+    ] {
+        let out = env.ssh(&token, &[line]);
+        assert!(out.status.success(), "{line:?}: {}", stderr(&out));
+    }
+}
+
+/// Issue 13: a line that mentions scp is not a file transfer; its output is
+/// masked and recorded like any command's.
+#[test]
+fn a_line_that_mentions_scp_is_masked_and_recorded() {
+    let env = SshEnv::start(
+        r#"
+[masking]
+detectors = ["email"]
+"#,
+    );
+    let token = env.agent_token();
+    let secret = env.work.join("credentials");
+    ok(&env.as_user(&format!(
+        "echo 'owner alice.smith@example.com' > {}",
+        secret.display()
+    )));
+    let line = format!("cat {}; true || scp -t /tmp", secret.display());
+    let out = env.ssh(&token, &[&line]);
+    let text = ok(&out);
+    assert!(text.starts_with("owner "), "{text}");
+    assert!(!text.contains("alice.smith@example.com"), "{text}");
+    let ids = session_ids(&env);
+    env.wait_sessions_ended(1);
+    let replay = env.replay(&ids[0], "text");
+    assert!(replay.contains("owner "), "{replay}");
+    assert!(!replay.contains("alice.smith@example.com"), "{replay}");
+}
+
 #[test]
 fn review_rules_name_the_approval_request() {
     let env = SshEnv::start(
