@@ -12,6 +12,7 @@
 pub mod http;
 pub mod kube;
 pub mod oidc;
+pub mod plugins;
 pub mod raw;
 pub mod sshd;
 
