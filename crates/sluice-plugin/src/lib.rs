@@ -14,6 +14,7 @@
 
 pub mod abi;
 mod detector;
+pub mod guest;
 mod loader;
 mod policy;
 mod sink;
