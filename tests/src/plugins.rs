@@ -49,3 +49,23 @@ pub fn rust_plugin(dir: &Path, name: &str) -> PathBuf {
     crate::ok(&result);
     out
 }
+
+/// Builds the workspace `cdylib` package `package` with cargo (a no-op when it
+/// is up to date) and returns the path of its library.
+pub fn workspace_cdylib(package: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let result = crate::run_with_timeout(
+        Command::new(&cargo)
+            .args(["build", "--quiet", "-p", package])
+            .current_dir(workspace())
+            .env("CARGO_TARGET_DIR", crate::target_dir()),
+        None,
+        Duration::from_secs(900),
+    );
+    crate::ok(&result);
+    let lib = crate::target_dir()
+        .join("debug")
+        .join(format!("lib{}.so", package.replace('-', "_")));
+    assert!(lib.exists(), "cargo built no {}", lib.display());
+    lib
+}

@@ -319,3 +319,92 @@ fn failing_and_panicking_plugins_fail_closed_while_the_gateway_serves() {
         "{log}"
     );
 }
+
+/// Accepts one HTTP request on `listener`, answers 200 and returns the request
+/// (head and body) as text.
+fn receive_one(listener: std::net::TcpListener) -> String {
+    use std::io::{Read, Write};
+    listener.set_nonblocking(true).unwrap();
+    let mut conn = wait_until(Duration::from_secs(60), "the webhook delivery", || {
+        listener.accept().ok().map(|(c, _)| c)
+    });
+    conn.set_nonblocking(false).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut data = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        data.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&data).to_string();
+        if let Some(head_end) = text.find("\r\n\r\n") {
+            let length: usize = text[..head_end]
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if data.len() >= head_end + 4 + length {
+                break;
+            }
+        }
+        assert!(n > 0, "the connection closed mid-request");
+    }
+    conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    String::from_utf8(data).unwrap()
+}
+
+#[test]
+fn webhook_notifier_loaded_as_a_cdylib_delivers_signed_events() {
+    use hmac::{Hmac, KeyInit, Mac};
+    let lib = sluice_e2e::plugins::workspace_cdylib("sluice-webhook-plugin");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let receiver = std::thread::spawn(move || receive_one(listener));
+    let env = Env::builder()
+        .gateway_env("HOOK_SECRET", "plugin-hook-secret")
+        .extra_toml(&plugin_toml(
+            &lib,
+            "notifier",
+            &format!(
+                r#"{{ name = "ops", url = "http://127.0.0.1:{port}/hook", secret = {{ env = "HOOK_SECRET" }} }}"#
+            ),
+        ))
+        .extra_toml(
+            r#"
+[[rules]]
+name = "reviewed-order-writes"
+match = { sql = ["write"], tables = ["orders"] }
+action = "review"
+approvers = ["dba"]
+timeout = "1s"
+"#,
+        )
+        .start();
+    let _ = env.psql(
+        &env.agent_url(),
+        &["-c", "update orders set status = 'x' where id = 1"],
+    );
+    let request = receiver.join().unwrap();
+    let (head, body) = request.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /hook "), "{head}");
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["event"], "approval.requested", "{json}");
+    assert_eq!(json["approval"]["rule"], "reviewed-order-writes", "{json}");
+    let mut mac =
+        <Hmac<sha2_011::Sha256> as KeyInit>::new_from_slice(b"plugin-hook-secret").unwrap();
+    mac.update(body.as_bytes());
+    let expected = format!("sha256={}", hex_lower(&mac.finalize().into_bytes()));
+    assert!(
+        head.lines()
+            .any(|l| l.to_ascii_lowercase() == format!("x-sluice-signature: {expected}")),
+        "{head}"
+    );
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
