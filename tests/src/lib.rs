@@ -15,6 +15,7 @@ pub mod oidc;
 pub mod oracle;
 pub mod pgfuzz;
 pub mod pgwire;
+pub mod plugins;
 pub mod raw;
 pub mod sshd;
 

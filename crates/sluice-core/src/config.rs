@@ -41,6 +41,42 @@ pub struct Config {
     /// Response masking: content detectors, styles and column rules (off by default).
     #[serde(default)]
     pub masking: crate::masking::MaskingConfig,
+    /// Plugins loaded at run time through the C ABI (see docs/plugins.md).
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+/// A plugin loaded at start (`[[plugins]]`): a shared library exporting the
+/// Sluice plugin ABI. A plugin that does not load, has another ABI version or
+/// refuses its `config` stops `config check` and `serve`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The shared library (`libfoo.so`); relative to the working directory.
+    pub path: PathBuf,
+    /// What it is used for; the library must declare that capability.
+    pub kind: PluginKind,
+    /// Handed to the plugin's `init` as one JSON object.
+    #[serde(default = "empty_object")]
+    pub config: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// The extension point a plugin serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PluginKind {
+    /// Told about approval requests and decisions.
+    Notifier,
+    /// A masking detector: finds values to mask in result data.
+    Detector,
+    /// A policy hook: may deny a command before the rules see it.
+    Policy,
+    /// Receives every audit event once it is durable.
+    AuditSink,
 }
 
 /// A webhook notified of approval requests and decisions (HMAC-signed JSON).

@@ -74,6 +74,8 @@ pub fn check(config: &Config) -> Result<()> {
             tracing::warn!(message = "A webhook is not usable here.", error = %e);
         }
     }
+    // Loading runs each plugin's ABI checks and its `init` on its config.
+    sluice_plugin::Plugins::load(&config.plugins)?;
     Ok(())
 }
 
@@ -110,19 +112,35 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
+    // Run-time plugins; they stay loaded for the life of the process.
+    let plugins = sluice_plugin::Plugins::load(&config.plugins)?;
     // HTTP bodies are masked as JSON documents and streams, beyond the row masker.
     let http_masking = masking.clone();
     // Every audit event is also a `sluice::audit` log event (exported as an OTel log).
     let store = sluice_core::metrics::AuditLogStore::wrap(store as Arc<dyn Store>);
+    let store = plugins
+        .store(store)
+        .context("starting the audit sink plugins")?;
     let mut builder = GatewayBuilder::new(config, store);
     for webhook in webhooks {
         builder = builder.approval_notifier(webhook);
     }
-    if let Some(engine) = masking {
-        builder = builder.masker(Arc::new(
+    for notifier in plugins
+        .notifiers()
+        .context("starting the notifier plugins")?
+    {
+        builder = builder.approval_notifier(notifier);
+    }
+    let masker: Arc<dyn sluice_core::masking::ResponseMasker> = match masking {
+        Some(engine) => Arc::new(
             sluice_core::masking::EngineMasker::new(engine)
                 .with_exempt_groups(masking_exempt.clone()),
-        ));
+        ),
+        None => Arc::new(sluice_core::masking::NoMasking),
+    };
+    builder = builder.masker(plugins.masker(masker, masking_exempt.clone()));
+    if let Some(layer) = plugins.policy_layer() {
+        builder = builder.layer(layer);
     }
     for key in match_keys() {
         builder = builder.match_key(key);
