@@ -260,7 +260,6 @@ fn wrapped_executes_and_unbounded_writes_are_refused() {
 /// the relay to pass `sql::resolve::catalog_context` into the judged
 /// command's context.
 #[test]
-#[ignore = "needs the relay to call sql::resolve::catalog_context before decide (issue 12)"]
 fn views_and_functions_are_judged_on_what_they_do() {
     let env = env();
     env.direct_sql(

@@ -383,7 +383,7 @@ impl<'a> Requests<'a> {
     /// success). `extended`: ask the server to answer now (Flush).
     fn hold_after(&mut self, seq: u64, analysis: &Analysis, out: &mut BytesMut, extended: bool) {
         if analysis.ddl {
-            super::catalog_context::schema_changed();
+            self.schema_changed();
         }
         if !analysis.barrier && analysis.effects.is_empty() {
             return;
@@ -398,6 +398,14 @@ impl<'a> Requests<'a> {
         });
     }
 
+    /// A schema change went through: cached catalog answers no longer hold.
+    fn schema_changed(&self) {
+        super::catalog_context::schema_changed();
+        if let Some(catalog) = &self.resolver {
+            catalog.forget_definitions();
+        }
+    }
+
     /// Waits until the server has answered the barrier command, then applies
     /// what it changed if it succeeded.
     async fn pass_barrier(&mut self) -> Result<(), SessionError> {
@@ -408,7 +416,7 @@ impl<'a> Requests<'a> {
             let p = *self.progress.borrow();
             if p.done >= b.seq {
                 if b.ddl {
-                    super::catalog_context::schema_changed();
+                    self.schema_changed();
                 }
                 if p.ok {
                     self.sql_prepared.apply(&b.effects);
