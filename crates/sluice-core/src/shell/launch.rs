@@ -849,14 +849,71 @@ fn awk(args: &[Word], idx: usize, out: &mut [Invocation]) -> Result<(), Unjudgea
 }
 
 fn awk_runs(text: &str) -> bool {
-    let t = text.replace("||", "");
+    let code = awk_code(text);
+    let t = code.replace("||", "");
     // `@name` is gawk's indirect call (`f = "system"; @f("…")`), `@load`
     // and `@include` read code from files.
     let indirect = t
         .split('@')
         .skip(1)
         .any(|after| after.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'));
-    t.contains('|') || t.contains("system") || indirect
+    // Outside strings and regular expressions, `|` is only ever a pipe to
+    // or from a command (awk has no bitwise or).
+    let calls_system = t.match_indices("system").any(|(i, _)| {
+        let before = t[..i].chars().next_back();
+        let after = t[i + "system".len()..].trim_start();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') && after.starts_with('(')
+    });
+    t.contains('|') || calls_system || indirect
+}
+
+/// An awk program with its string and regular-expression literals blanked
+/// (a `/` after an operand divides; elsewhere it opens a regex), so that
+/// what is left is code. An unterminated literal keeps the rest as code.
+fn awk_code(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut prev: Option<char> = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let literal_end = match c {
+            '"' => closing(&chars, i, '"'),
+            '/' if !prev.is_some_and(|p| p.is_ascii_alphanumeric() || "_)]$".contains(p)) => {
+                closing(&chars, i, '/')
+            }
+            _ => None,
+        };
+        match literal_end {
+            Some(end) => {
+                out.push(' ');
+                prev = Some('"');
+                i = end + 1;
+            }
+            None => {
+                out.push(c);
+                if !c.is_whitespace() {
+                    prev = Some(c);
+                }
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The index of the unescaped `quote` closing the literal opened at `start`.
+fn closing(chars: &[char], start: usize, quote: char) -> Option<usize> {
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            '\\' => i += 2,
+            c if c == quote => return Some(i),
+            '\n' if quote == '/' => return None,
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// GNU sed runs commands with the `e` command and the `e` flag of `s`;
