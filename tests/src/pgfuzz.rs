@@ -330,7 +330,9 @@ fn leaked(answer: &Answer, sensitive: &[String]) -> Option<String> {
 /// failure is found.
 pub fn run(env: &mut Env, o: &FuzzOptions) -> FuzzReport {
     let sensitive = sluice_sandbox::demo_sensitive_values();
-    let token = env.agent_token();
+    // A fresh token every few minutes: a long run outlives any one token.
+    let mut token = env.agent_token();
+    let mut token_at = Instant::now();
     let started = Instant::now();
     let mut report = FuzzReport::default();
     let mut pending: Vec<(u64, Vec<Vec<Frontend>>)> = Vec::new();
@@ -345,6 +347,10 @@ pub fn run(env: &mut Env, o: &FuzzOptions) -> FuzzReport {
     };
     loop {
         let batches = case(o.seed, index);
+        if token_at.elapsed() > std::time::Duration::from_secs(300) {
+            token = env.agent_token();
+            token_at = Instant::now();
+        }
         let mut conn = match RawConn::login(env.addr(), "agent-1", "appdb", &token) {
             Ok(c) => c,
             Err(e) => {
