@@ -21,7 +21,9 @@ fn one_command_per_connection_ends_without_waiting() {
         let started = Instant::now();
         // stdin at EOF, as an agent's subprocess call has it.
         ok(&env.ssh_input(&token, &["echo done"], b""));
-        slowest = slowest.max(started.elapsed());
+        let took = started.elapsed();
+        eprintln!("ssh CMD through the gateway: {took:?}");
+        slowest = slowest.max(took);
     }
     // The stall was a fixed 2 s; a round trip here takes well under one.
     assert!(
