@@ -26,6 +26,17 @@ pub struct Idp {
 impl Idp {
     /// Starts the provider on a free port and waits until it listens.
     pub fn start() -> Idp {
+        // A free port can be taken before node binds it, and node starts
+        // slowly on a loaded machine: try a few ports before giving up.
+        for _ in 0..2 {
+            let mut idp = Idp {
+                child: None,
+                port: free_port(),
+            };
+            if idp.try_start() {
+                return idp;
+            }
+        }
         let mut idp = Idp {
             child: None,
             port: free_port(),
@@ -41,6 +52,13 @@ impl Idp {
 
     /// Starts it again on the same port (a new process: new signing key, no state).
     pub fn start_again(&mut self) {
+        if !self.try_start() {
+            panic!("the OpenID provider did not start on port {}", self.port);
+        }
+    }
+
+    /// Starts the provider on `self.port`; false if it was not ready in time.
+    fn try_start(&mut self) -> bool {
         assert!(self.child.is_none(), "the provider is already running");
         let dir = oidc_dir();
         assert!(
@@ -65,12 +83,13 @@ impl Idp {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        if rx.recv_timeout(Duration::from_secs(45)).is_err() {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the OpenID provider did not start on port {}", self.port);
+            return false;
         }
         self.child = Some(child);
+        true
     }
 
     /// Stops it (the IdP is down: connections are refused).
