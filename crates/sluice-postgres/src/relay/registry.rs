@@ -158,6 +158,13 @@ impl Registry {
         self.statements.retain(|_, s| &*s.upstream != upstream);
     }
 
+    /// A simple Query replaces (and then drops) the unnamed statement and the
+    /// unnamed portal on the server: neither exists afterwards.
+    pub fn simple_query(&mut self) {
+        self.statements.remove("");
+        self.portals.remove("");
+    }
+
     /// `DEALLOCATE ALL` / `DISCARD ALL` removed every prepared statement.
     pub fn clear_statements(&mut self) {
         self.statements.clear();
@@ -206,6 +213,20 @@ mod tests {
         // A later Parse of the unnamed statement does not change the portal.
         r.parse("", "select 1").unwrap();
         assert_eq!(&*r.portal("").unwrap().text, "delete from orders");
+    }
+
+    #[test]
+    fn a_simple_query_drops_the_unnamed_statement_and_portal() {
+        let mut r = Registry::default();
+        r.parse("", "select 1").unwrap();
+        r.parse("s", "select 2").unwrap();
+        r.bind("", "", Arc::from("select 1"), false);
+        r.bind("p", "s", Arc::from("select 2"), false);
+        r.simple_query();
+        assert!(r.statement("").is_none());
+        assert!(r.portal("").is_err());
+        assert!(r.statement("s").is_some());
+        assert!(r.portal("p").is_ok());
     }
 
     #[test]

@@ -363,6 +363,7 @@ impl<'a> Requests<'a> {
         let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
         match decided {
             Decided::Forward(command_id) => {
+                self.registry.simple_query();
                 let seq = self.next_seq();
                 self.push(Expect::Query {
                     command_id,
