@@ -371,3 +371,30 @@ fn cursors_are_masked_by_their_query_and_ordinary_ones_work() {
         "{text}"
     );
 }
+
+#[test]
+fn a_settings_change_inside_an_extended_batch_cannot_hide_a_delete() {
+    let env = env();
+    let before = orders(&env);
+    let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token()).unwrap();
+    // The server reports the new setting only before its next ReadyForQuery,
+    // which this batch holds back behind the hidden DELETE.
+    conn.send(
+        &[
+            parse(
+                "s1",
+                "update pg_settings set setting = 'off' where name = 'standard_conforming_strings'",
+            ),
+            bind("", "s1"),
+            execute(""),
+            raw::query_message("select '\\'\n'; delete from orders; --'"),
+            sync(),
+        ]
+        .concat(),
+    )
+    .unwrap();
+    let closed = conn.read_to_close(std::time::Duration::from_secs(20));
+    let errors = closed.errors();
+    assert!(!errors.is_empty(), "refused or ended: {errors:?}");
+    assert_eq!(orders(&env), before, "the hidden DELETE did not run");
+}

@@ -59,6 +59,12 @@ pub(crate) fn is_barrier(classified: &Classification) -> bool {
 pub(crate) struct Progress {
     pub done: u64,
     pub ok: bool,
+    /// ReadyForQuery messages seen: the server reports changed settings
+    /// (ParameterStatus) only before one, so a barrier answered inside an
+    /// extended-protocol batch is settled only by the next.
+    pub ready: u64,
+    /// `ready` when the command `done` completed.
+    pub done_ready: u64,
 }
 
 #[cfg(test)]

@@ -29,6 +29,11 @@ const PENDING_WHILE_DECIDING: usize = 1 << 20;
 /// A forwarded statement the pipeline waits on, and what it changes once done.
 struct Barrier {
     seq: u64,
+    /// Sent inside an extended-protocol batch: settled only by the next
+    /// ReadyForQuery (see `Unsettled`).
+    extended: bool,
+    /// A Sync went out after it.
+    synced: bool,
     effects: PreparedEffects,
     /// The statement changes the schema: cached catalog answers go.
     ddl: bool,
@@ -87,6 +92,18 @@ pub(super) struct Requests<'a> {
     resolver: Option<Arc<Catalog>>,
     /// This session's share of the gateway-wide budget for partial messages.
     charge: Charge,
+    /// An extended-protocol barrier was answered, but the server reports
+    /// changed settings only before its next ReadyForQuery.
+    unsettled: Option<Unsettled>,
+}
+
+/// Nothing more is judged until the server's next ReadyForQuery: waited for
+/// when a Sync is on its way, refused otherwise (the client holds its Sync
+/// behind the statement; waiting would never end).
+#[derive(Clone, Copy)]
+struct Unsettled {
+    ready_at: u64,
+    synced: bool,
 }
 
 enum Decided {
@@ -149,6 +166,7 @@ impl<'a> Requests<'a> {
             barrier: None,
             resolver,
             charge: Charge::gateway(),
+            unsettled: None,
         }
     }
 
@@ -253,6 +271,12 @@ impl<'a> Requests<'a> {
             self.pass_barrier().await?;
         }
         self.forget_failed_parses();
+        if matches!(msg.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
+            && !self.settled(out).await?
+        {
+            self.refuse_unsettled(msg.tag);
+            return Ok(None);
+        }
         match msg.tag {
             tag::QUERY => self.query(&msg, out).await?,
             tag::PARSE => self.parse(&msg, out).await?,
@@ -261,6 +285,12 @@ impl<'a> Requests<'a> {
             tag::CLOSE => self.close(&msg, out)?,
             tag::EXECUTE => self.execute(&msg, out).await?,
             tag::SYNC => {
+                if let Some(u) = self.unsettled.as_mut() {
+                    u.synced = true;
+                }
+                if let Some(b) = self.barrier.as_mut() {
+                    b.synced = true;
+                }
                 self.discarding = false;
                 self.push(Expect::Sync);
                 out.extend_from_slice(&msg.bytes);
@@ -394,6 +424,8 @@ impl<'a> Requests<'a> {
         }
         self.barrier = Some(Barrier {
             seq,
+            extended,
+            synced: false,
             effects: analysis.effects.clone(),
             ddl: analysis.ddl,
         });
@@ -407,6 +439,66 @@ impl<'a> Requests<'a> {
         }
     }
 
+    /// Whether the server has reported the settings an extended-protocol
+    /// barrier may have changed; waits for it when a Sync is on its way.
+    async fn settled(&mut self, out: &mut BytesMut) -> Result<bool, SessionError> {
+        let Some(u) = self.unsettled else {
+            return Ok(true);
+        };
+        if self.progress.borrow().ready > u.ready_at {
+            self.unsettled = None;
+            return Ok(true);
+        }
+        if !u.synced {
+            return Ok(false);
+        }
+        self.write_out(out).await?;
+        loop {
+            if self.progress.borrow().ready > u.ready_at {
+                self.unsettled = None;
+                return Ok(true);
+            }
+            let room = self.buf.len() < PENDING_WHILE_DECIDING;
+            tokio::select! {
+                biased;
+                changed = self.progress.changed() => {
+                    if changed.is_err() {
+                        return Err(SessionError::Upstream("the session ended while a statement was pending".into()));
+                    }
+                }
+                n = self.client.read_buf(&mut self.buf), if room => {
+                    if n? == 0 {
+                        return Err(SessionError::Client(
+                            "client disconnected while a statement was pending".into(),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refuses a statement pipelined behind a settings change with no Sync
+    /// between them: the gateway cannot know the settings it will run under.
+    fn refuse_unsettled(&mut self, tag_byte: u8) {
+        let denial = Denial {
+            rule: Some("sluice:pipeline".into()),
+            message: "a statement that can change session settings must be followed by Sync before more statements in the same pipeline; this one was not run".into(),
+            hint: Some("Send Sync after the statement that changes settings, then send the rest.".into()),
+        };
+        if tag_byte == tag::EXECUTE {
+            self.push(Expect::Refused {
+                command_id: 0,
+                denial,
+            });
+            self.discarding = true;
+        } else {
+            self.push(Expect::RefusedSimple {
+                command_id: 0,
+                denial,
+            });
+        }
+    }
+
     /// Waits until the server has answered the barrier command, then applies
     /// what it changed if it succeeded.
     async fn pass_barrier(&mut self) -> Result<(), SessionError> {
@@ -416,6 +508,15 @@ impl<'a> Requests<'a> {
         loop {
             let p = *self.progress.borrow();
             if p.done >= b.seq {
+                if b.extended {
+                    // Every ReadyForQuery before the barrier's answer has
+                    // arrived; the next one follows it (and any new
+                    // settings are reported before it).
+                    self.unsettled = Some(Unsettled {
+                        ready_at: p.done_ready,
+                        synced: b.synced,
+                    });
+                }
                 if b.ddl {
                     self.schema_changed();
                 }

@@ -403,9 +403,11 @@ impl Responses {
             if let Some(e) = &c.outcome.error {
                 c.started.span.record("error", e.as_str());
             }
-            let _ = self.progress.send(Progress {
-                done: c.started.seq,
-                ok: c.outcome.error.is_none(),
+            let (done, ok) = (c.started.seq, c.outcome.error.is_none());
+            self.progress.send_modify(|p| {
+                p.done = done;
+                p.ok = ok;
+                p.done_ready = p.ready;
             });
             self.recorder.finished(c.command_id, c.outcome);
         }
@@ -825,6 +827,8 @@ impl Responses {
                 _ => {}
             }
         }
+        // Counted after the commands it completes (see `Progress`).
+        self.progress.send_modify(|p| p.ready += 1);
         self.out.extend_from_slice(&msg.bytes);
     }
 
