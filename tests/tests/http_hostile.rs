@@ -176,11 +176,20 @@ fn oversized_bodies_are_refused_with_413() {
     let data = format!("@{}", sparse.display());
     // (HTTP/1.1: over HTTP/2 the 413 is sent too, but the stream reset that
     // refuses the unread body makes curl 7.88 report a framing error.)
-    let (status, body) = env.get(
-        &token,
-        "/crm/upload",
-        &["--http1.1", "--data-binary", &data],
-    );
+    // Under load curl has (rarely) reported the interim 100 as the status;
+    // the 413 must come within three tries, and nothing else is accepted.
+    let upload = |args: &[&str]| {
+        let mut last = (0, String::new());
+        for _ in 0..3 {
+            last = env.get(&token, "/crm/upload", args);
+            assert!(last.0 == 413 || last.0 == 100, "{}: {}", last.0, last.1);
+            if last.0 == 413 {
+                break;
+            }
+        }
+        last
+    };
+    let (status, body) = upload(&["--http1.1", "--data-binary", &data]);
     assert_eq!(status, 413, "{body}");
     assert!(body.contains("67108864"), "{body}");
     // A raw client that declares 100 MB and sends 3 bytes is not waited for.
@@ -196,17 +205,13 @@ fn oversized_bodies_are_refused_with_413() {
     let file = env.dir.path().join("big.bin");
     std::fs::write(&file, vec![b'x'; 70 << 20]).unwrap();
     let data = format!("@{}", file.display());
-    let (status, body) = env.get(
-        &token,
-        "/crm/upload",
-        &[
-            "--http1.1",
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            &data,
-        ],
-    );
+    let (status, body) = upload(&[
+        "--http1.1",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &data,
+    ]);
     assert_eq!(status, 413, "{body}");
     // Over HTTP/2, a refused request with a body gets its answer (bodies far
     // beyond the flow-control window can make curl 7.88 report the stream
@@ -217,12 +222,20 @@ fn oversized_bodies_are_refused_with_413() {
     // curl 7.88 sometimes reports instead of the answer).
     std::fs::write(&small, vec![b'y'; 1_000]).unwrap();
     let data = format!("@{}", small.display());
-    let (status, body) = env.get(
-        &env.token("nobody", &["none"], "5m"),
-        "/crm/upload",
-        &["--http2", "--data-binary", &data],
-    );
-    assert_eq!(status, 403, "{body}");
+    // curl 7.88 sometimes reports a transport error (status 0) for a stream
+    // the server answered and closed: an answer must come within three tries,
+    // and nothing but 403 or that error is acceptable.
+    let token = env.token("nobody", &["none"], "5m");
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = env.get(&token, "/crm/upload", &["--http2", "--data-binary", &data]);
+        assert!(status == 403 || status == 0, "{status}: {body}");
+        seen.push(status);
+        if status == 403 {
+            break;
+        }
+    }
+    assert_eq!(seen.last(), Some(&403), "{seen:?}");
     env.assert_alive();
 }
 
