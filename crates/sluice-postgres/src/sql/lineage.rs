@@ -2186,26 +2186,9 @@ fn dollar_tag(body: &str) -> String {
     }
 }
 
-// ---- reading the serialised tree (as in walk.rs)
+// ---- reading the serialised tree (the shared readers are in walk.rs)
 
-fn tagged(v: &Value) -> Option<(&str, &Obj)> {
-    let Value::Object(m) = v else {
-        return None;
-    };
-    if m.len() != 1 {
-        return None;
-    }
-    let (key, value) = m.iter().next()?;
-    if key == "node" {
-        return tagged(value);
-    }
-    match value {
-        Value::Object(body) if key.starts_with(|c: char| c.is_ascii_uppercase()) => {
-            Some((key.as_str(), body))
-        }
-        _ => None,
-    }
-}
+use super::walk::{bool_field, is_func_call, is_range_var, is_select, str_field, tagged};
 
 /// A field typed as a message may come tagged or not.
 fn untag(v: &Value) -> Option<&Value> {
@@ -2218,18 +2201,6 @@ fn untag(v: &Value) -> Option<&Value> {
         Value::Null => None,
         _ => Some(v),
     }
-}
-
-fn is_range_var(m: &Obj) -> bool {
-    m.contains_key("relname") && m.contains_key("relpersistence")
-}
-
-fn is_func_call(m: &Obj) -> bool {
-    m.contains_key("funcname") && m.contains_key("agg_star")
-}
-
-fn is_select(m: &Obj) -> bool {
-    m.contains_key("target_list") && m.contains_key("locking_clause") && m.contains_key("larg")
 }
 
 fn is_star(cr: &Obj) -> bool {
@@ -2254,14 +2225,6 @@ fn is_empty(v: &Value) -> bool {
 
 fn is_null(m: &Obj, key: &str) -> bool {
     m.get(key).is_none_or(is_empty)
-}
-
-fn str_field<'a>(m: &'a Obj, key: &str) -> &'a str {
-    m.get(key).and_then(Value::as_str).unwrap_or("")
-}
-
-fn bool_field(m: &Obj, key: &str) -> bool {
-    m.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 fn int_field(m: &Obj, key: &str) -> i64 {

@@ -1118,15 +1118,15 @@ fn is_statement(tag: &str) -> bool {
     tag.ends_with("Stmt")
 }
 
-fn is_range_var(m: &Obj) -> bool {
+pub(super) fn is_range_var(m: &Obj) -> bool {
     m.contains_key("relname") && m.contains_key("relpersistence")
 }
 
-fn is_func_call(m: &Obj) -> bool {
+pub(super) fn is_func_call(m: &Obj) -> bool {
     m.contains_key("funcname") && m.contains_key("agg_star")
 }
 
-fn is_select(m: &Obj) -> bool {
+pub(super) fn is_select(m: &Obj) -> bool {
     m.contains_key("target_list") && m.contains_key("locking_clause") && m.contains_key("larg")
 }
 
@@ -1134,7 +1134,7 @@ pub(super) fn str_field<'a>(m: &'a Obj, key: &str) -> &'a str {
     m.get(key).and_then(Value::as_str).unwrap_or("")
 }
 
-fn bool_field(m: &Obj, key: &str) -> bool {
+pub(super) fn bool_field(m: &Obj, key: &str) -> bool {
     m.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
