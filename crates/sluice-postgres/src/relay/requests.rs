@@ -453,10 +453,21 @@ impl<'a> Requests<'a> {
             return Ok(false);
         }
         self.write_out(out).await?;
+        self.wait_progress(|p| p.ready > u.ready_at).await?;
+        self.unsettled = None;
+        Ok(true)
+    }
+
+    /// Waits until the response half's progress satisfies `done`, keeping
+    /// the client's pipelined bytes buffered (up to a bound) meanwhile.
+    async fn wait_progress(
+        &mut self,
+        done: impl Fn(&Progress) -> bool,
+    ) -> Result<Progress, SessionError> {
         loop {
-            if self.progress.borrow().ready > u.ready_at {
-                self.unsettled = None;
-                return Ok(true);
+            let p = *self.progress.borrow();
+            if done(&p) {
+                return Ok(p);
             }
             let room = self.buf.len() < PENDING_WHILE_DECIDING;
             tokio::select! {
@@ -505,49 +516,29 @@ impl<'a> Requests<'a> {
         let Some(b) = self.barrier.take() else {
             return Ok(());
         };
-        loop {
-            let p = *self.progress.borrow();
-            if p.done >= b.seq {
-                if b.extended {
-                    // Every ReadyForQuery before the barrier's answer has
-                    // arrived; the next one follows it (and any new
-                    // settings are reported before it).
-                    self.unsettled = Some(Unsettled {
-                        ready_at: p.done_ready,
-                        synced: b.synced,
-                    });
-                }
-                if b.ddl {
-                    self.schema_changed();
-                }
-                if p.ok {
-                    self.sql_prepared.apply(&b.effects);
-                    if b.effects.clears_all_statements() {
-                        self.registry.clear_statements();
-                    }
-                    if b.effects.discard_all {
-                        self.registry.clear_portals();
-                    }
-                }
-                return Ok(());
+        let p = self.wait_progress(|p| p.done >= b.seq).await?;
+        if b.extended {
+            // Every ReadyForQuery before the barrier's answer has arrived;
+            // the next one follows it (and any new settings are reported
+            // before it).
+            self.unsettled = Some(Unsettled {
+                ready_at: p.done_ready,
+                synced: b.synced,
+            });
+        }
+        if b.ddl {
+            self.schema_changed();
+        }
+        if p.ok {
+            self.sql_prepared.apply(&b.effects);
+            if b.effects.clears_all_statements() {
+                self.registry.clear_statements();
             }
-            let room = self.buf.len() < PENDING_WHILE_DECIDING;
-            tokio::select! {
-                biased;
-                changed = self.progress.changed() => {
-                    if changed.is_err() {
-                        return Err(SessionError::Upstream("the session ended while a statement was pending".into()));
-                    }
-                }
-                n = self.client.read_buf(&mut self.buf), if room => {
-                    if n? == 0 {
-                        return Err(SessionError::Client(
-                            "client disconnected while a statement was pending".into(),
-                        ));
-                    }
-                }
+            if b.effects.discard_all {
+                self.registry.clear_portals();
             }
         }
+        Ok(())
     }
 
     async fn parse(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
