@@ -532,7 +532,71 @@ impl Gateway {
         ))
     }
 
-    /// Runs the security sequence for one client, then hands the session to its protocol.
+    /// The one admission path every protocol and front uses: authentication
+    /// (signature, issuer, revocation up the exchange chain, expiry), then
+    /// the connection's kind, the token's narrowing and `allow_groups`, then
+    /// the durable session start; refusals are logged and counted here.
+    pub async fn admit(
+        &self,
+        credentials: &Credentials,
+        connection: &str,
+        protocol: Protocol,
+        client_addr: &str,
+    ) -> Result<SessionHandle, Refusal> {
+        let identity = match self.authenticate(credentials).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::warn!(message = "Authentication failed.", %protocol, client = %client_addr, user = %credentials.user, %connection, reason = %e);
+                let refusal = Refusal::Authentication(e.to_string());
+                crate::metrics::session_refused(protocol, &refusal);
+                return Err(refusal);
+            }
+        };
+        let subject = identity.subject.clone();
+        match self
+            .open_session(identity, connection, protocol, client_addr)
+            .await
+        {
+            Ok(handle) => {
+                tracing::info!(message = "Session opened.", session = %handle.id(), %protocol, client = %client_addr, %subject, %connection);
+                Ok(handle)
+            }
+            Err(refusal) => {
+                tracing::warn!(message = "Session refused.", %protocol, client = %client_addr, %subject, %connection, reason = ?refusal);
+                crate::metrics::session_refused(protocol, &refusal);
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Admission again, for a protocol that carries a credential on every
+    /// request of a session it keeps (HTTP): the credential must still
+    /// authenticate, be the very token that opened `handle`, and the session
+    /// must not have been ended (revocation, expiry, an operator, a reload).
+    pub async fn readmit(
+        &self,
+        handle: &SessionHandle,
+        credentials: &Credentials,
+    ) -> Result<(), Refusal> {
+        let info = handle.info();
+        let identity = self.authenticate(credentials).await.map_err(|e| {
+            let refusal = Refusal::Authentication(e.to_string());
+            crate::metrics::session_refused(info.protocol, &refusal);
+            refusal
+        })?;
+        if identity.token_id != info.identity.token_id {
+            return Err(Refusal::Access(
+                "this session was opened with another token".into(),
+            ));
+        }
+        match handle.end_reason_now() {
+            Some(reason) => Err(Refusal::Access(format!("the session was ended: {reason}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs the security sequence for one client of a connection-per-session
+    /// protocol, then hands the session to it.
     pub async fn serve<S: Session>(
         &self,
         mut session: S,
@@ -542,26 +606,20 @@ impl Gateway {
         let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, session.credentials())
             .await
             .map_err(|_| SessionError::Client("handshake timed out".into()))??;
-        let identity = match self.authenticate(&request.credentials).await {
-            Ok(identity) => identity,
-            Err(e) => {
-                tracing::warn!(message = "Authentication failed.", %protocol, client = %client_addr, user = %request.credentials.user, connection = %request.connection, reason = %e);
-                return session.refuse(Refusal::Authentication(e.to_string())).await;
-            }
-        };
-        let subject = identity.subject.clone();
         let handle = match self
-            .open_session(identity, &request.connection, protocol, client_addr)
+            .admit(
+                &request.credentials,
+                &request.connection,
+                protocol,
+                client_addr,
+            )
             .await
         {
-            Ok(h) => h,
-            Err(refusal) => {
-                tracing::warn!(message = "Session refused.", %protocol, client = %client_addr, subject = %subject, connection = %request.connection, reason = ?refusal);
-                return session.refuse(refusal).await;
-            }
+            Ok(handle) => handle,
+            Err(refusal) => return session.refuse(refusal).await,
         };
+        let subject = &handle.info().identity.subject;
         let span = tracing::info_span!("session", id = %handle.id(), %subject, connection = %request.connection, %protocol);
-        tracing::info!(parent: &span, message = "Session opened.", client = %client_addr);
         session.run(handle).instrument(span).await
     }
 }

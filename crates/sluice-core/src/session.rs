@@ -372,6 +372,15 @@ impl SessionHandle {
         }
     }
 
+    /// Why the session must end, if it must already (without waiting): the
+    /// credential expired, or the session was terminated.
+    pub fn end_reason_now(&self) -> Option<String> {
+        if self.info.identity.expires_at <= SystemTime::now() {
+            return Some("token expired".into());
+        }
+        self.terminated.borrow().clone()
+    }
+
     /// Resolves when the session must end: its credential expired, its token
     /// was revoked or an operator ended it. The protocol then ends the session
     /// and tells the client the returned reason (it is also recorded).

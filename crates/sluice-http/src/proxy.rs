@@ -274,45 +274,47 @@ impl ClientConn {
         flavor: &Arc<dyn Flavor>,
     ) -> Result<Arc<Live>, Problem> {
         let key: SessionKey = (token_key(token), connection.name.clone());
-        // Admission first, for every request, before any session is reused.
-        let identity = self.identity(token).await?;
+        let credentials = Credentials {
+            user: String::new(),
+            token: token.to_string(),
+        };
+        let cached = self.sessions.lock().ok().and_then(|m| m.get(&key).cloned());
+        if let Some(live) = cached {
+            // Core decides, on every request, whether the session still admits this token.
+            return match self
+                .shared
+                .gateway
+                .readmit(&live.handle, &credentials)
+                .await
+            {
+                Ok(()) => Ok(live),
+                Err(refusal) => Err(match live.handle.end_reason_now() {
+                    Some(reason) => session_ended(&reason),
+                    None => refusal_problem(&refusal),
+                }),
+            };
+        }
         if let Some(reason) = self.ended.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Err(Problem::new(
-                ProblemKind::SessionEnded,
-                format!("sluice: the session was ended: {reason}"),
-            )
-            .with_hint("Open a new connection with a valid token."));
+            // Authenticate first, so that ended sessions are not probed anonymously.
+            self.identity(token).await?;
+            return Err(session_ended(&reason));
         }
-        if let Some(live) = self.sessions.lock().ok().and_then(|m| m.get(&key).cloned()) {
-            return Ok(live);
-        }
-        let subject = identity.subject.clone();
         let handle = self
             .shared
             .gateway
-            .open_session(
-                identity,
+            .admit(
+                &credentials,
                 &connection.name,
                 flavor.protocol(),
                 &self.peer.to_string(),
             )
             .await
-            .map_err(|refusal| {
-                tracing::warn!(message = "Session refused.", client = %self.peer, %subject, connection = %connection.name, reason = ?refusal);
-                sluice_core::metrics::session_refused(flavor.protocol(), &refusal);
-                let kind = match &refusal {
-                    Refusal::Authentication(_) => ProblemKind::Unauthenticated,
-                    Refusal::Access(_) => ProblemKind::Forbidden,
-                    Refusal::Unavailable(_) => ProblemKind::Unavailable,
-                };
-                Problem::new(kind, refusal.client_message())
-            })?;
+            .map_err(|refusal| refusal_problem(&refusal))?;
         // HTTP has no channel for notices while a request is held; the
         // client's request simply waits. Dropping the receiver discards them.
         drop(handle.take_notices());
         let injected = flavor.credentials(connection)?;
         let upstream = self.shared.upstream(connection, flavor.as_ref())?;
-        tracing::info!(message = "Session opened.", session = %handle.id(), client = %self.peer, %subject, connection = %connection.name, protocol = %flavor.protocol());
         let redactor = Redactor::new(injected.secrets());
         let live = Arc::new(Live {
             handle,
@@ -1405,4 +1407,27 @@ impl http_body::Body for ChannelBody {
             .poll_recv(cx)
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
     }
+}
+
+/// A refusal from core's admission, as an RFC 9457 problem.
+fn refusal_problem(refusal: &Refusal) -> Problem {
+    let kind = match refusal {
+        Refusal::Authentication(_) => ProblemKind::Unauthenticated,
+        Refusal::Access(_) => ProblemKind::Forbidden,
+        Refusal::Unavailable(_) => ProblemKind::Unavailable,
+    };
+    let problem = Problem::new(kind, refusal.client_message());
+    match refusal {
+        Refusal::Authentication(_) => problem.with_hint("Send a valid Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token)."),
+        _ => problem,
+    }
+}
+
+/// The answer to a request on a session core has ended.
+fn session_ended(reason: &str) -> Problem {
+    Problem::new(
+        ProblemKind::SessionEnded,
+        format!("sluice: the session was ended: {reason}"),
+    )
+    .with_hint("Open a new connection with a valid token.")
 }

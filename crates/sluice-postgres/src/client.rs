@@ -286,7 +286,6 @@ impl Session for PgSession {
     }
 
     async fn refuse(mut self, refusal: Refusal) -> Result<(), SessionError> {
-        sluice_core::metrics::session_refused(sluice_core::Protocol::Postgres, &refusal);
         let (code, hint) = match &refusal {
             Refusal::Authentication(_) => (
                 wire::SQLSTATE_BAD_TOKEN,

@@ -156,32 +156,13 @@ impl ClientHandler {
             user: user.to_string(),
             token: token.to_string(),
         };
-        let identity = match self.gateway.authenticate(&credentials).await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(message = "Authentication failed.", protocol = "ssh", client = %self.peer, connection = %user, reason = %e);
-                let refusal = sluice_core::Refusal::Authentication(e.to_string());
-                sluice_core::metrics::session_refused(Protocol::Ssh, &refusal);
-                return Err(refusal.client_message());
-            }
-        };
-        let subject = identity.subject.clone();
-        match self
+        let handle = self
             .gateway
-            .open_session(identity, user, Protocol::Ssh, &self.peer.to_string())
+            .admit(&credentials, user, Protocol::Ssh, &self.peer.to_string())
             .await
-        {
-            Ok(h) => {
-                tracing::info!(message = "Session opened.", protocol = "ssh", session = %h.id(), %subject, connection = %user, client = %self.peer);
-                self.pending = Some(h);
-                Ok(())
-            }
-            Err(refusal) => {
-                tracing::warn!(message = "Session refused.", protocol = "ssh", client = %self.peer, %subject, connection = %user, reason = ?refusal);
-                sluice_core::metrics::session_refused(Protocol::Ssh, &refusal);
-                Err(refusal.client_message())
-            }
-        }
+            .map_err(|refusal| refusal.client_message())?;
+        self.pending = Some(handle);
+        Ok(())
     }
 
     fn live(&self) -> Option<Arc<Live>> {
