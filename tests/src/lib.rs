@@ -282,9 +282,17 @@ pub struct EnvBuilder {
     files: Vec<(String, String)>,
     log_level: Option<String>,
     without_oracle: bool,
+    drain_timeout: Option<String>,
 }
 
 impl EnvBuilder {
+    /// `listen.drain_timeout` (default `3s`, so that stopping a gateway with
+    /// live sessions stays quick in tests).
+    pub fn drain_timeout(mut self, timeout: &str) -> Self {
+        self.drain_timeout = Some(timeout.to_string());
+        self
+    }
+
     /// Appends a line to the PostgreSQL server's `postgresql.conf`.
     pub fn pg_conf(mut self, line: &str) -> Self {
         self.pg_conf.push(line.to_string());
@@ -386,6 +394,7 @@ impl EnvBuilder {
             log_path,
             gateway_env,
             extra_toml: extra,
+            drain_timeout: self.drain_timeout.clone().unwrap_or_else(|| "3s".into()),
             db,
             pg,
             dir,
@@ -407,6 +416,7 @@ pub struct Env {
     log_path: PathBuf,
     gateway_env: Vec<(String, String)>,
     extra_toml: String,
+    drain_timeout: String,
     /// The demo database's roles and passwords (the gateway-held secrets).
     pub db: DemoDatabase,
     /// The upstream PostgreSQL server.
@@ -452,6 +462,7 @@ impl Env {
              \n\
              [listen]\n\
              postgres = \"127.0.0.1:{port}\"\n\
+             drain_timeout = {drain:?}\n\
              \n\
              [auth]\n\
              token_max_ttl = \"8h\"\n\
@@ -473,6 +484,7 @@ impl Env {
             database = self.db.database,
             user = self.db.user,
             extra = self.extra_toml,
+            drain = self.drain_timeout,
         );
         fs::write(&self.config_path, config).expect("writing the gateway config");
     }

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// A client must finish the TLS handshake within this time.
@@ -58,32 +57,23 @@ impl ApiServer {
     }
 
     /// Accepts clients until the listener fails; each connection runs in its own task.
+    /// Stops accepting when the gateway drains.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        loop {
-            let permit = limit
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(std::io::Error::other)?;
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(message = "API accept failed.", error = %e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let listener = self
+            .gateway
+            .listener(listener, "api")
+            .at_most(MAX_CONNECTIONS);
+        let ApiServer { gateway, tls } = self;
+        listener
+            .serve(move |tcp, peer| {
+                let (gateway, tls) = (gateway.clone(), tls.clone());
+                async move {
+                    if let Err(e) = serve_connection(tcp, peer, tls, gateway).await {
+                        tracing::debug!(message = "API connection ended with an error.", client = %peer, error = %e);
+                    }
                 }
-            };
-            let gateway = self.gateway.clone();
-            let tls = self.tls.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                if let Err(e) = serve_connection(tcp, peer, tls, gateway).await {
-                    tracing::debug!(message = "API connection ended with an error.", client = %peer, error = %e);
-                }
-            });
-        }
+            })
+            .await
     }
 }
 

@@ -161,7 +161,7 @@ pub enum AuditSync {
     Full,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenConfig {
     /// PostgreSQL listener, e.g. `127.0.0.1:15432`.
@@ -172,6 +172,40 @@ pub struct ListenConfig {
     pub http: Option<SocketAddr>,
     /// Operator API listener.
     pub api: Option<SocketAddr>,
+    /// Client connections each listener holds at once; more wait in the
+    /// kernel's backlog until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Client connections one peer address may hold on a listener at once
+    /// (0: no per-peer limit). Connections over it are closed at accept.
+    #[serde(default)]
+    pub max_connections_per_peer: usize,
+    /// On SIGTERM or Ctrl-C, how long live sessions may run on before the
+    /// gateway ends them (each with its protocol's message, recorded).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: HumanDuration,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            postgres: None,
+            ssh: None,
+            http: None,
+            api: None,
+            max_connections: default_max_connections(),
+            max_connections_per_peer: 0,
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_drain_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(30))
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -625,6 +659,12 @@ impl Config {
         }
         if let Err(e) = self.masking.validate() {
             return Err(invalid(e.key.clone(), e.message.clone()));
+        }
+        if self.listen.max_connections == 0 {
+            return Err(invalid(
+                "listen.max_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         let mut names = HashSet::new();
         for (i, c) in self.connections.iter().enumerate() {

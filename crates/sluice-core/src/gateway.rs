@@ -8,6 +8,7 @@ use crate::auth::{
     RevocationList, MAX_EXCHANGE_DEPTH,
 };
 use crate::config::{Config, ConnectionKind};
+use crate::listener::{DrainReport, Listener, ListenerLimits};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEngine};
@@ -64,6 +65,8 @@ pub struct Gateway {
     /// Which exchanged tokens descend from which, so that a revocation ends
     /// the live sessions of every descendant, at any depth.
     lineage: Lineage,
+    /// Set once by `drain`: listeners stop accepting, admission refuses.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 /// What a configuration reload did.
@@ -196,6 +199,7 @@ impl GatewayBuilder {
             group_map: RwLock::new(Arc::new(group_map)),
             revocations,
             lineage: Lineage::default(),
+            draining: tokio::sync::watch::channel(false).0,
         })
     }
 }
@@ -532,6 +536,49 @@ impl Gateway {
         ))
     }
 
+    /// Puts `tcp` under the listener contract (connection caps from
+    /// `[listen]`, stop on drain). `name` names it in logs.
+    pub fn listener(&self, tcp: tokio::net::TcpListener, name: &'static str) -> Listener {
+        Listener::new(
+            tcp,
+            name,
+            ListenerLimits::from_config(&self.config().listen),
+            self.draining.subscribe(),
+        )
+    }
+
+    /// Whether the gateway is draining (no new sessions).
+    pub fn is_draining(&self) -> bool {
+        *self.draining.borrow()
+    }
+
+    /// Graceful shutdown: listeners stop accepting and admission refuses;
+    /// live sessions may finish for up to `grace`, then each is told to end
+    /// ("the gateway is shutting down"), which its protocol tells its client
+    /// and its session end records. Waits a few seconds more for those ends.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        const ENDING: Duration = Duration::from_secs(5);
+        self.draining.send_replace(true);
+        let mut report = DrainReport {
+            live_at_start: self.live.len(),
+            ..DrainReport::default()
+        };
+        tracing::info!(message = "Draining: new connections are refused; live sessions may finish.", live = report.live_at_start, grace = %humantime::format_duration(grace));
+        if !self.live.wait_empty(grace).await {
+            report.ended = self
+                .live
+                .terminate_where(|_| Some("the gateway is shutting down".to_string()));
+            tracing::warn!(
+                message = "Drain deadline reached: ending live sessions.",
+                sessions = report.ended
+            );
+            if !self.live.wait_empty(ENDING).await {
+                report.left = self.live.len();
+            }
+        }
+        report
+    }
+
     /// The one admission path every protocol and front uses: authentication
     /// (signature, issuer, revocation up the exchange chain, expiry), then
     /// the connection's kind, the token's narrowing and `allow_groups`, then
@@ -543,6 +590,12 @@ impl Gateway {
         protocol: Protocol,
         client_addr: &str,
     ) -> Result<SessionHandle, Refusal> {
+        if self.is_draining() {
+            let refusal =
+                Refusal::Unavailable("the gateway is shutting down; retry shortly".into());
+            crate::metrics::session_refused(protocol, &refusal);
+            return Err(refusal);
+        }
         let identity = match self.authenticate(credentials).await {
             Ok(identity) => identity,
             Err(e) => {

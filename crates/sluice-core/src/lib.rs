@@ -11,6 +11,7 @@ pub mod config;
 pub mod fsutil;
 pub mod gateway;
 pub mod glob;
+pub mod listener;
 pub mod masking;
 pub mod metrics;
 pub mod model;

@@ -140,6 +140,30 @@ impl LiveSessions {
         rx
     }
 
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Waits up to `limit` for every live session to end; whether they did.
+    pub async fn wait_empty(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
     /// Ends every live session for which `why` gives a reason; returns how many.
     pub fn terminate_where(&self, why: impl Fn(&SessionInfo) -> Option<String>) -> usize {
         let Ok(s) = self.sessions.lock() else {

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 /// What every client connection shares.
@@ -105,31 +104,21 @@ impl Shared {
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) -> Result<(), HttpError> {
     let tls = sluice_core::tls::server_config(&shared.gateway.config(), &[b"h2", b"http/1.1"])?;
     let tls = TlsAcceptor::from(tls);
-    let limit = Arc::new(Semaphore::new(shared.limits.max_connections));
-    loop {
-        let permit = limit
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(std::io::Error::other)?;
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of file descriptors and the like: back off, keep serving.
-                tracing::warn!(message = "HTTP accept failed.", error = %e);
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
+    let listener = shared
+        .gateway
+        .listener(listener, "http")
+        .at_most(shared.limits.max_connections);
+    listener
+        .serve(move |tcp, peer| {
+            let (shared, tls) = (shared.clone(), tls.clone());
+            async move {
+                if let Err(e) = connection(shared, tls, tcp, peer).await {
+                    tracing::debug!(message = "HTTP client connection ended with an error.", client = %peer, error = %e);
+                }
             }
-        };
-        let shared = shared.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            if let Err(e) = connection(shared, tls, tcp, peer).await {
-                tracing::debug!(message = "HTTP client connection ended with an error.", client = %peer, error = %e);
-            }
-        });
-    }
+        })
+        .await?;
+    Ok(())
 }
 
 /// What a plain-HTTP client on the TLS port reads before the connection closes.

@@ -193,25 +193,20 @@ impl PostgresServer {
     }
 
     /// Accepts clients until the listener fails; each runs in its own task.
+    /// Stops accepting when the gateway drains.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(message = "Accept failed.", error = %e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let listener = self.gateway.listener(listener, "postgres");
+        let PostgresServer { gateway, shared } = self;
+        listener
+            .serve(move |tcp, peer| {
+                let (gateway, shared) = (gateway.clone(), shared.clone());
+                async move {
+                    if let Err(e) = handle_client(tcp, peer, gateway, shared).await {
+                        tracing::info!(message = "PostgreSQL client session ended with an error.", client = %peer, error = %e);
+                    }
                 }
-            };
-            let gateway = self.gateway.clone();
-            let shared = self.shared.clone();
-            tokio::spawn(async move {
-                if let Err(e) = handle_client(tcp, peer, gateway, shared).await {
-                    tracing::info!(message = "PostgreSQL client session ended with an error.", client = %peer, error = %e);
-                }
-            });
-        }
+            })
+            .await
     }
 }
 

@@ -132,24 +132,19 @@ impl SshServer {
     }
 
     /// Accepts clients until the listener fails; each runs in its own task.
+    /// Stops accepting when the gateway drains.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(message = "Accept failed.", error = %e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
+        let listener = self.gateway.listener(listener, "ssh");
+        let SshServer { gateway, config } = self;
+        listener
+            .serve(move |tcp, peer| {
+                let (gateway, config) = (gateway.clone(), config.clone());
+                async move {
+                    if let Err(e) = server::serve_client(config, gateway, tcp, peer).await {
+                        tracing::info!(message = "SSH client connection ended with an error.", client = %peer, error = %e);
+                    }
                 }
-            };
-            let _ = tcp.set_nodelay(true);
-            let gateway = self.gateway.clone();
-            let config = self.config.clone();
-            tokio::spawn(async move {
-                if let Err(e) = server::serve_client(config, gateway, tcp, peer).await {
-                    tracing::info!(message = "SSH client connection ended with an error.", client = %peer, error = %e);
-                }
-            });
-        }
+            })
+            .await
     }
 }

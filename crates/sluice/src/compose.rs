@@ -214,6 +214,18 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
             Ok(())
         }
     };
+    if result.is_ok() {
+        // A second signal skips the rest of the drain.
+        tokio::select! {
+            report = gateway.drain(listen.drain_timeout.0) => tracing::info!(
+                message = "Drained.",
+                live_at_start = report.live_at_start,
+                ended = report.ended,
+                left = report.left
+            ),
+            _ = shutdown_signal() => tracing::warn!(message = "Second signal: stopping without waiting for live sessions."),
+        }
+    }
     checkpoints.publish().await;
     result
 }

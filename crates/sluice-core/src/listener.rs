@@ -1,0 +1,257 @@
+//! The listener contract every protocol's accept loop uses: a cap on the
+//! connections a listener holds, a cap per peer address, and a stop when the
+//! gateway drains (see `Gateway::drain`). Protocols supply only what to do
+//! with an accepted connection; they keep their own handshake deadlines.
+
+use crate::config::ListenConfig;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+/// How many connections a listener holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerLimits {
+    /// Connections held at once; further clients wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Connections one peer address may hold at once (0: unlimited); more
+    /// are closed at accept.
+    pub max_per_peer: usize,
+}
+
+impl ListenerLimits {
+    pub fn from_config(listen: &ListenConfig) -> Self {
+        ListenerLimits {
+            max_connections: listen.max_connections.max(1),
+            max_per_peer: listen.max_connections_per_peer,
+        }
+    }
+}
+
+/// A bound socket under the contract. Made by `Gateway::listener`.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: TcpListener,
+    name: &'static str,
+    limits: ListenerLimits,
+    draining: watch::Receiver<bool>,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        tcp: TcpListener,
+        name: &'static str,
+        limits: ListenerLimits,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        Listener {
+            tcp,
+            name,
+            limits,
+            draining,
+        }
+    }
+
+    /// Lowers (never raises) the connection cap, for a protocol with its own limit.
+    pub fn at_most(mut self, max_connections: usize) -> Self {
+        self.limits.max_connections = self.limits.max_connections.min(max_connections.max(1));
+        self
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    pub fn limits(&self) -> ListenerLimits {
+        self.limits
+    }
+
+    /// Accepts clients, each in its own task running `handle`, until the
+    /// gateway drains; then the socket is closed (new clients are refused by
+    /// the kernel) and this returns. Live connections run on: the drain
+    /// decides how long.
+    pub async fn serve<F, Fut>(self, handle: F) -> std::io::Result<()>
+    where
+        F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Listener {
+            tcp,
+            name,
+            limits,
+            mut draining,
+        } = self;
+        let slots = Arc::new(Semaphore::new(limits.max_connections));
+        let peers = PeerCounts::default();
+        let handle = Arc::new(handle);
+        loop {
+            let slot = tokio::select! {
+                slot = slots.clone().acquire_owned() => slot.map_err(std::io::Error::other)?,
+                _ = draining.wait_for(|d| *d) => break,
+            };
+            let accepted = tokio::select! {
+                accepted = tcp.accept() => accepted,
+                _ = draining.wait_for(|d| *d) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(message = "Accept failed.", listener = name, error = %e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Some(peer_slot) = peers.enter(peer.ip(), limits.max_per_peer) else {
+                tracing::warn!(message = "Connection closed: this peer holds the most connections a listener allows (listen.max_connections_per_peer).", listener = name, client = %peer);
+                drop(stream);
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let handle = handle.clone();
+            tokio::spawn(async move {
+                let _slots = (slot, peer_slot);
+                handle(stream, peer).await;
+            });
+        }
+        tracing::info!(
+            message = "Listener stopped accepting: the gateway is draining.",
+            listener = name
+        );
+        Ok(())
+    }
+}
+
+/// Open connections per peer address.
+#[derive(Debug, Default, Clone)]
+struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl PeerCounts {
+    fn enter(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(ip).or_insert(0);
+        if max > 0 && *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection's place in `PeerCounts`, given back on drop.
+#[derive(Debug)]
+struct PeerSlot {
+    counts: PeerCounts,
+    ip: IpAddr,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// What a drain did (see `Gateway::drain`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Sessions live when the drain began.
+    pub live_at_start: usize,
+    /// Sessions still live at the deadline, told to end.
+    pub ended: usize,
+    /// Sessions that had not ended a few seconds after being told.
+    pub left: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    async fn listener(limits: ListenerLimits) -> (Listener, watch::Sender<bool>, SocketAddr) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (tx, rx) = watch::channel(false);
+        (Listener::new(tcp, "test", limits, rx), tx, addr)
+    }
+
+    /// A handler that holds each connection until its client closes it.
+    async fn hold(mut stream: TcpStream, _peer: SocketAddr) {
+        let mut buf = [0u8; 16];
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_limit_is_closed_at_accept() {
+        let limits = ListenerLimits {
+            max_connections: 16,
+            max_per_peer: 2,
+        };
+        let (listener, _drain, addr) = listener(limits).await;
+        tokio::spawn(listener.serve(hold));
+        let _a = TcpStream::connect(addr).await.unwrap();
+        let _b = TcpStream::connect(addr).await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+        drop((_a, _b));
+    }
+
+    #[tokio::test]
+    async fn draining_stops_accepting_and_closes_the_socket() {
+        let limits = ListenerLimits {
+            max_connections: 4,
+            max_per_peer: 0,
+        };
+        let (listener, drain, addr) = listener(limits).await;
+        let served = tokio::spawn(listener.serve(hold));
+        let live = TcpStream::connect(addr).await.unwrap();
+        drain.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(TcpStream::connect(addr).await.is_err());
+        drop(live);
+    }
+
+    #[tokio::test]
+    async fn the_cap_holds_clients_until_a_slot_frees() {
+        let limits = ListenerLimits {
+            max_connections: 1,
+            max_per_peer: 0,
+        };
+        let (listener, _drain, addr) = listener(limits).await;
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(listener.serve(move |s, p| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            hold(s, p)
+        }));
+        let first = TcpStream::connect(addr).await.unwrap();
+        let _second = TcpStream::connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+    }
+}
