@@ -4,6 +4,7 @@
 
 use crate::config::AuthConfig;
 use crate::model::Identity;
+use crate::sync::MutexExt;
 use crate::token::TokenError;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -172,13 +173,9 @@ impl RevocationList {
         })
     }
 
-    /// Whether `token_id` is revoked. A poisoned lock counts as revoked
-    /// (a lookup error must fail closed).
+    /// Whether `token_id` is revoked.
     pub fn is_revoked(&self, token_id: &str) -> bool {
-        match self.entries.lock() {
-            Ok(e) => e.contains_key(token_id),
-            Err(_) => true,
-        }
+        self.entries.locked().contains_key(token_id)
     }
 
     /// Whether `token_id` or any token in its `lineage` is revoked: a token
@@ -188,13 +185,8 @@ impl RevocationList {
         token_id: &str,
         lineage: impl IntoIterator<Item = &'a String>,
     ) -> bool {
-        match self.entries.lock() {
-            Ok(e) => {
-                e.contains_key(token_id) || lineage.into_iter().any(|t| e.contains_key(t.as_str()))
-            }
-            // A lookup error must fail closed.
-            Err(_) => true,
-        }
+        let e = self.entries.locked();
+        e.contains_key(token_id) || lineage.into_iter().any(|t| e.contains_key(t.as_str()))
     }
 
     /// Adds `token_id` and persists the list before returning.
@@ -211,10 +203,7 @@ impl RevocationList {
             Some(t) => unix(t) + 60,
             None => now + REVOKED_ID_RETENTION.as_secs(),
         };
-        let mut entries = self.entries.lock().map_err(|_| RevocationError {
-            path: self.path.clone(),
-            reason: "lock poisoned".into(),
-        })?;
+        let mut entries = self.entries.locked();
         entries.retain(|_, r| r.forget_after > now);
         entries.insert(
             token_id.to_string(),
@@ -239,10 +228,7 @@ impl RevocationList {
     }
 
     pub fn list(&self) -> Vec<Revocation> {
-        self.entries
-            .lock()
-            .map(|e| e.values().cloned().collect())
-            .unwrap_or_default()
+        self.entries.locked().values().cloned().collect()
     }
 }
 
@@ -268,7 +254,7 @@ impl Lineage {
         if ancestors.is_empty() {
             return;
         }
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.locked();
         if entries.len() >= 1024 && !entries.contains_key(token_id) {
             let now = SystemTime::now();
             entries.retain(|_, (_, exp)| *exp > now);
@@ -280,8 +266,7 @@ impl Lineage {
     /// not seen by this process).
     pub fn ancestors(&self, token_id: &str) -> Vec<String> {
         self.entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .get(token_id)
             .map(|(a, _)| a.clone())
             .unwrap_or_default()
@@ -292,8 +277,7 @@ impl Lineage {
         token_id == ancestor
             || self
                 .entries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .locked()
                 .get(token_id)
                 .is_some_and(|(a, _)| a.iter().any(|t| t == ancestor))
     }

@@ -14,6 +14,7 @@ use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
+use crate::sync::RwLockExt;
 use crate::token::{IssuedToken, TokenAuthority, TokenError, TokenRequest, GATEWAY_ISSUER};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -207,10 +208,7 @@ impl GatewayBuilder {
 impl Gateway {
     /// The configuration in force (a snapshot: a reload replaces it).
     pub fn config(&self) -> Arc<Config> {
-        self.config
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.config.read_locked().clone()
     }
 
     /// Applies a new configuration to the running gateway: connections,
@@ -265,10 +263,9 @@ impl Gateway {
             engine.replace(Arc::new(rules));
         }
         self.approvals.replace_settings(settings);
-        *self.group_map.write().unwrap_or_else(|p| p.into_inner()) =
-            Arc::new(GroupMap::from_config(&config.auth));
+        *self.group_map.write_locked() = Arc::new(GroupMap::from_config(&config.auth));
         let config = Arc::new(config);
-        *self.config.write().unwrap_or_else(|p| p.into_inner()) = config.clone();
+        *self.config.write_locked() = config.clone();
         report.sessions_ended = self.live.terminate_where(|session| {
             let name = &session.connection;
             let before = old.connection(name);
@@ -350,8 +347,7 @@ impl Gateway {
                 };
                 identity.groups = self
                     .group_map
-                    .read()
-                    .unwrap_or_else(|p| p.into_inner())
+                    .read_locked()
                     .apply(&identity.issuer, &identity.groups);
                 // Only gateway tokens carry a connection narrowing.
                 identity.connections = None;

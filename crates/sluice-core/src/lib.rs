@@ -19,6 +19,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod session;
 pub mod shell;
+pub mod sync;
 pub mod tls;
 pub mod token;
 

@@ -4,10 +4,11 @@
 //! with an accepted connection; they keep their own handshake deadlines.
 
 use crate::config::ListenConfig;
+use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -131,7 +132,7 @@ struct PeerCounts(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
 impl PeerCounts {
     fn enter(&self, ip: IpAddr, max: usize) -> Option<PeerSlot> {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.0.locked();
         let count = counts.entry(ip).or_insert(0);
         if max > 0 && *count >= max {
             return None;
@@ -153,7 +154,7 @@ struct PeerSlot {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut counts = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut counts = self.counts.0.locked();
         if let Some(count) = counts.get_mut(&self.ip) {
             *count -= 1;
             if *count == 0 {

@@ -15,6 +15,7 @@
 use crate::audit::{AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport};
 use crate::model::{Action, Outcome, Protocol};
 use crate::session::{Refusal, SessionError};
+use crate::sync::MutexExt;
 use async_trait::async_trait;
 use opentelemetry::metrics::{Counter, Histogram, UpDownCounter};
 use opentelemetry::KeyValue;
@@ -269,7 +270,7 @@ impl AuditLogStore {
     }
 
     fn context(&self, session_id: &str, event: &AuditEvent) -> Option<SessionContext> {
-        let mut sessions = self.sessions.lock().ok()?;
+        let mut sessions = self.sessions.locked();
         match event {
             AuditEvent::SessionStart {
                 identity,
@@ -424,9 +425,7 @@ impl Store for AuditLogStore {
         let result = self.inner.append(session_id, event).await;
         if starting && result.is_err() {
             // The session is refused: no end record will come to clear it.
-            if let Ok(mut s) = self.sessions.lock() {
-                s.remove(session_id);
-            }
+            self.sessions.locked().remove(session_id);
         }
         fields.emit(result.is_ok());
         result

@@ -11,6 +11,7 @@ use crate::masking::ResponseMasker;
 use crate::model::{Command, Credentials, Decision, Outcome};
 use crate::pipeline::audit::AuditService;
 use crate::pipeline::{CommandRequest, SessionInfo};
+use crate::sync::MutexExt;
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -126,7 +127,8 @@ impl LiveSessions {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        if let Ok(mut s) = self.sessions.lock() {
+        {
+            let mut s = self.sessions.locked();
             s.insert(
                 info.id.clone(),
                 LiveSession {
@@ -142,10 +144,7 @@ impl LiveSessions {
 
     /// How many sessions are live.
     pub fn len(&self) -> usize {
-        self.sessions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .len()
+        self.sessions.locked().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,9 +165,7 @@ impl LiveSessions {
 
     /// Ends every live session for which `why` gives a reason; returns how many.
     pub fn terminate_where(&self, why: impl Fn(&SessionInfo) -> Option<String>) -> usize {
-        let Ok(s) = self.sessions.lock() else {
-            return 0;
-        };
+        let s = self.sessions.locked();
         let mut ended = 0;
         for live in s.values() {
             if let Some(reason) = why(&live.info) {
@@ -183,44 +180,37 @@ impl LiveSessions {
     pub fn list(&self) -> Vec<LiveSessionInfo> {
         let mut out: Vec<LiveSessionInfo> = self
             .sessions
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .map(|(id, l)| LiveSessionInfo {
-                        id: id.clone(),
-                        subject: l.info.identity.subject.clone(),
-                        issuer: l.info.identity.issuer.clone(),
-                        connection: l.info.connection.clone(),
-                        protocol: l.info.protocol,
-                        client_addr: l.info.client_addr.clone(),
-                        token_id: l.token_id.clone(),
-                        started_at_ms: l.started_at_ms,
-                        expires_at: l
-                            .info
-                            .identity
-                            .expires_at
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
-                    })
-                    .collect()
+            .locked()
+            .iter()
+            .map(|(id, l)| LiveSessionInfo {
+                id: id.clone(),
+                subject: l.info.identity.subject.clone(),
+                issuer: l.info.identity.issuer.clone(),
+                connection: l.info.connection.clone(),
+                protocol: l.info.protocol,
+                client_addr: l.info.client_addr.clone(),
+                token_id: l.token_id.clone(),
+                started_at_ms: l.started_at_ms,
+                expires_at: l
+                    .info
+                    .identity
+                    .expires_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
             })
-            .unwrap_or_default();
+            .collect();
         out.sort_by(|a, b| (a.started_at_ms, &a.id).cmp(&(b.started_at_ms, &b.id)));
         out
     }
 
     fn remove(&self, id: &str) {
-        if let Ok(mut s) = self.sessions.lock() {
-            s.remove(id);
-        }
+        self.sessions.locked().remove(id);
     }
 
     /// Ends one live session; `reason` is told to the client. False when not live here.
     pub fn terminate(&self, session_id: &str, reason: &str) -> bool {
-        let Ok(s) = self.sessions.lock() else {
-            return false;
-        };
+        let s = self.sessions.locked();
         match s.get(session_id) {
             Some(live) => {
                 live.terminate.send_replace(Some(reason.to_string()));
@@ -232,9 +222,7 @@ impl LiveSessions {
 
     /// Ends every live session opened with the token `token_id`; returns how many.
     pub fn terminate_token(&self, token_id: &str, reason: &str) -> usize {
-        let Ok(s) = self.sessions.lock() else {
-            return 0;
-        };
+        let s = self.sessions.locked();
         let mut ended = 0;
         for live in s.values().filter(|l| l.token_id == token_id) {
             live.terminate.send_replace(Some(reason.to_string()));
@@ -245,10 +233,7 @@ impl LiveSessions {
 
     /// Ids of the sessions live in this process.
     pub fn ids(&self) -> Vec<String> {
-        self.sessions
-            .lock()
-            .map(|s| s.keys().cloned().collect())
-            .unwrap_or_default()
+        self.sessions.locked().keys().cloned().collect()
     }
 }
 
@@ -294,7 +279,7 @@ impl SessionHandle {
     /// (e.g. held for approval). The protocol takes this once and delivers
     /// them as they come (PostgreSQL: NoticeResponse).
     pub fn take_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
-        self.notices_rx.lock().ok().and_then(|mut r| r.take())
+        self.notices_rx.locked().take()
     }
 
     pub fn info(&self) -> &Arc<SessionInfo> {
@@ -391,9 +376,7 @@ impl SessionHandle {
 
     /// Sets the reason recorded when the session ends (the last one set wins).
     pub fn set_end_reason(&self, reason: impl Into<String>) {
-        if let Ok(mut r) = self.end_reason.lock() {
-            *r = Some(reason.into());
-        }
+        *self.end_reason.locked() = Some(reason.into());
     }
 
     /// Why the session must end, if it must already (without waiting): the
@@ -435,9 +418,8 @@ impl Drop for SessionHandle {
         crate::metrics::session_active(self.info.protocol, &self.info.connection, -1);
         let reason = self
             .end_reason
-            .lock()
-            .ok()
-            .and_then(|mut r| r.take())
+            .locked()
+            .take()
             .unwrap_or_else(|| "closed".to_string());
         tracing::info!(message = "Session ended.", session = %self.info.id, reason = %reason);
         self.store

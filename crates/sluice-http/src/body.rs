@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body::Frame;
 use memchr::memmem;
 use sluice_core::masking::{JsonMasker, JsonPath, MaskCounts, MaskingEngine, StreamMasker};
+use sluice_core::sync::MutexExt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -457,9 +458,8 @@ impl http_body::Body for Capped {
                 if let Some(data) = frame.data_ref() {
                     this.seen += data.len() as u64;
                     if this.seen > this.max {
-                        if let (Some(body), Ok(mut stash)) = (this.inner.take(), this.stash.lock())
-                        {
-                            *stash = Some(body);
+                        if let Some(body) = this.inner.take() {
+                            *this.stash.locked() = Some(body);
                         }
                         return Poll::Ready(Some(Err(Box::new(TooLarge))));
                     }

@@ -22,6 +22,7 @@ use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 use sluice_core::model::{Decision, Identity, Outcome};
 use sluice_core::session::OutcomeRecorder;
+use sluice_core::sync::MutexExt;
 use sluice_core::{Credentials, Refusal, SessionHandle};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,7 +58,7 @@ impl Live {
     }
 
     fn ended_reason(&self) -> Option<String> {
-        self.ended_reason.lock().ok().and_then(|r| r.clone())
+        self.ended_reason.locked().clone()
     }
 }
 
@@ -74,7 +75,8 @@ pub(crate) struct ClientConn {
 
 impl Drop for ClientConn {
     fn drop(&mut self) {
-        if let Ok(w) = self.watchers.lock() {
+        {
+            let w = self.watchers.locked();
             for h in w.iter() {
                 h.abort();
             }
@@ -229,7 +231,7 @@ impl ClientConn {
             } else {
                 response
             };
-            let held = unread.lock().ok().and_then(|mut b| b.take());
+            let held = unread.locked().take();
             match held {
                 Some(body) => {
                     let (parts, inner) = response.into_parts();
@@ -278,7 +280,7 @@ impl ClientConn {
             user: String::new(),
             token: token.to_string(),
         };
-        let cached = self.sessions.lock().ok().and_then(|m| m.get(&key).cloned());
+        let cached = self.sessions.locked().get(&key).cloned();
         if let Some(live) = cached {
             // Core decides, on every request, whether the session still admits this token.
             return match self
@@ -294,7 +296,8 @@ impl ClientConn {
                 }),
             };
         }
-        if let Some(reason) = self.ended.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        let ended = self.ended.locked().get(&key).cloned();
+        if let Some(reason) = ended {
             // Authenticate first, so that ended sessions are not probed anonymously.
             self.identity(token).await?;
             return Err(session_ended(&reason));
@@ -323,10 +326,7 @@ impl ClientConn {
             upstream,
             ended_reason: Mutex::new(None),
         });
-        let mut map = self
-            .sessions
-            .lock()
-            .map_err(|_| Problem::new(ProblemKind::Unavailable, "internal error"))?;
+        let mut map = self.sessions.locked();
         if let Some(existing) = map.get(&key) {
             // A concurrent request (HTTP/2) opened it first; ours ends unused.
             return Ok(existing.clone());
@@ -341,23 +341,18 @@ impl ClientConn {
         let task = tokio::spawn(async move {
             let reason = watched.handle.ended().await;
             tracing::info!(message = "Session ended by the gateway.", session = %watched.handle.id(), reason = %reason);
-            if let Ok(mut r) = watched.ended_reason.lock() {
-                *r = Some(reason);
-            }
+            *watched.ended_reason.locked() = Some(reason);
             notify.notify_one();
         });
-        if let Ok(mut w) = self.watchers.lock() {
-            w.push(task.abort_handle());
-        }
+        self.watchers.locked().push(task.abort_handle());
         Ok(live)
     }
 
     /// Forgets a session core ended, so later requests get its reason.
     fn retire(&self, key: &SessionKey, reason: String) {
-        if let Ok(mut m) = self.sessions.lock() {
-            m.remove(key);
-        }
-        if let Ok(mut m) = self.ended.lock() {
+        self.sessions.locked().remove(key);
+        {
+            let mut m = self.ended.locked();
             m.insert(key.clone(), reason);
         }
     }
@@ -534,7 +529,7 @@ impl ClientConn {
         let mut body_line = None;
         let mut body_refusal = None;
         if upgrade.is_none() {
-            let taken = unread.lock().ok().and_then(|mut b| b.take());
+            let taken = unread.locked().take();
             if let Some(mut incoming) = taken {
                 if !http_body::Body::is_end_stream(&incoming) {
                     let read = tokio::time::timeout(
@@ -580,9 +575,7 @@ impl ClientConn {
                     }
                 }
                 // Kept until the response is sent (see `handle`).
-                if let Ok(mut slot) = unread.lock() {
-                    *slot = Some(incoming);
-                }
+                *unread.locked() = Some(incoming);
             }
         }
         if let Some(problem) = body_refusal {
@@ -703,7 +696,7 @@ impl ClientConn {
         let up_body: Body = if upgrade.is_some() {
             empty()
         } else {
-            match unread.lock().ok().and_then(|mut b| b.take()) {
+            match unread.locked().take() {
                 Some(body) => body::Capped::new(body, limits.max_request_body, unread.clone())
                     .with_prefix(body_prefix.take())
                     .boxed(),

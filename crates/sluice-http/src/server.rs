@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::config::ConnectionConfig;
 use sluice_core::glob::Glob;
 use sluice_core::masking::MaskingEngine;
+use sluice_core::sync::MutexExt;
 use sluice_core::Gateway;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -64,7 +65,8 @@ impl Shared {
         connection: &ConnectionConfig,
         flavor: &dyn crate::Flavor,
     ) -> Result<Arc<Upstream>, Problem> {
-        if let Ok(map) = self.upstreams.lock() {
+        {
+            let map = self.upstreams.locked();
             if let Some(u) = map.get(&connection.name) {
                 return Ok(u.clone());
             }
@@ -83,7 +85,8 @@ impl Shared {
                 )
             })?;
         let built = Arc::new(built);
-        if let Ok(mut map) = self.upstreams.lock() {
+        {
+            let mut map = self.upstreams.locked();
             map.entry(connection.name.clone())
                 .or_insert_with(|| built.clone());
         }

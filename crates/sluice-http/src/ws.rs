@@ -4,6 +4,7 @@
 
 use crate::flavor::{Direction, Frame, FrameHook};
 use sluice_core::masking::MaskCounts;
+use sluice_core::sync::MutexExt;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -170,6 +171,8 @@ impl Scanner {
             payload: f.payload,
         };
         if let Some(hook) = &self.hook {
+            // Deliberately not recovered: a hook that panicked mid-frame may
+            // hold a half-masked frame; the relay ends instead (fail closed).
             let mut hook = hook
                 .lock()
                 .map_err(|_| "the frame hook failed".to_string())?;
@@ -353,7 +356,8 @@ where
     stats.upstream_bytes = down.bytes;
     stats.upstream_frames = down.frames;
     if let Some(hook) = &hook {
-        if let Ok(h) = hook.lock() {
+        {
+            let h = hook.locked();
             stats.masked = h.counts();
         }
     }

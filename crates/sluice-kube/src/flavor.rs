@@ -13,6 +13,7 @@ use http::{header, HeaderMap, HeaderValue};
 use sluice_core::config::ConnectionConfig;
 use sluice_core::masking::{MaskCounts, MaskingEngine};
 use sluice_core::model::{Command, CommandKind, Protocol};
+use sluice_core::sync::MutexExt;
 use sluice_http::inject::{default_credentials, resolve, Injected};
 use sluice_http::masking::{content_type, default_plan, encoded, has_body, is_json};
 use sluice_http::{
@@ -95,9 +96,7 @@ pub fn exec_command(method: &str, target: &str, req: &ApiRequest) -> Command {
 
 impl KubeFlavor {
     fn remember(&self, key: String, problem: &Problem) {
-        let Ok(mut map) = self.refused.lock() else {
-            return;
-        };
+        let mut map = self.refused.locked();
         let now = Instant::now();
         map.retain(|_, (at, _)| now.duration_since(*at) < REMEMBER_REFUSAL);
         while map.len() >= MAX_REMEMBERED {
@@ -114,7 +113,7 @@ impl KubeFlavor {
     }
 
     fn recalled(&self, key: &str) -> Option<Problem> {
-        let map = self.refused.lock().ok()?;
+        let map = self.refused.locked();
         map.get(key)
             .filter(|(at, _)| at.elapsed() < REMEMBER_REFUSAL)
             .map(|(_, p)| p.clone())

@@ -7,6 +7,7 @@ use crate::frame::{data_row_values, split_message, MAX_BACKEND_MESSAGE};
 use crate::upstream::{self, error_fields, Upstream, UpstreamTarget};
 use crate::PgError;
 use sluice_core::config::ConnectionConfig;
+use sluice_core::sync::MutexExt;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -51,13 +52,14 @@ impl Catalog {
 
     /// Definitions read less than [`DEFINITIONS_TTL`] ago, by key.
     pub(crate) fn cached_definitions(&self, key: &str) -> Option<Arc<Vec<String>>> {
-        let cache = self.definitions.lock().ok()?;
+        let cache = self.definitions.locked();
         let (at, entries) = cache.get(key)?;
         (at.elapsed() < DEFINITIONS_TTL).then(|| entries.clone())
     }
 
     pub(crate) fn cache_definitions(&self, key: String, entries: Vec<String>) {
-        if let Ok(mut cache) = self.definitions.lock() {
+        {
+            let mut cache = self.definitions.locked();
             if cache.len() >= 4096 {
                 cache.retain(|_, (at, _)| at.elapsed() < DEFINITIONS_TTL);
                 if cache.len() >= 4096 {
@@ -70,13 +72,11 @@ impl Catalog {
 
     /// Forgets every view and function definition read (call after DDL).
     pub(crate) fn forget_definitions(&self) {
-        if let Ok(mut cache) = self.definitions.lock() {
-            cache.clear();
-        }
+        self.definitions.locked().clear();
     }
 
     fn cached(&self, oid: u32) -> Option<Arc<TableInfo>> {
-        self.tables.lock().ok()?.get(&oid).cloned()
+        self.tables.locked().get(&oid).cloned()
     }
 
     /// The tables for `oids` (0 = no table). A lookup that fails is an error:
@@ -101,7 +101,8 @@ impl Catalog {
         let found = tokio::time::timeout(LOOKUP_TIMEOUT, self.lookup(&missing))
             .await
             .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))??;
-        if let Ok(mut cache) = self.tables.lock() {
+        {
+            let mut cache = self.tables.locked();
             for (oid, t) in &found {
                 cache.insert(*oid, t.clone());
             }

@@ -24,6 +24,7 @@ pub use frame::{
 pub use policy::sql_match_key;
 pub use upstream::FORWARDED_PARAMETERS;
 
+use sluice_core::sync::MutexExt;
 use sluice_core::{Gateway, Protocol};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -91,7 +92,7 @@ impl Shared {
         &self,
         connection: &sluice_core::config::ConnectionConfig,
     ) -> Arc<catalog::Catalog> {
-        let mut map = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.catalogs.locked();
         map.entry(connection.name.clone())
             .or_insert_with(|| Arc::new(catalog::Catalog::new(connection.clone())))
             .clone()
@@ -123,9 +124,7 @@ pub struct CancelGuard<'a> {
 
 impl Drop for CancelGuard<'_> {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.registry.map.lock() {
-            m.remove(&self.key);
-        }
+        self.registry.map.locked().remove(&self.key);
     }
 }
 
@@ -137,7 +136,7 @@ impl CancelRegistry {
         secret: Vec<u8>,
         session: Arc<tokio::sync::Notify>,
     ) -> ((i32, i32), CancelGuard<'_>) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.locked();
         let key = loop {
             let b = *uuid::Uuid::new_v4().as_bytes();
             let key = (
@@ -167,7 +166,7 @@ impl CancelRegistry {
     }
 
     fn lookup(&self, key: (i32, i32)) -> Option<CancelTarget> {
-        self.map.lock().ok()?.get(&key).cloned()
+        self.map.locked().get(&key).cloned()
     }
 }
 

@@ -9,6 +9,7 @@ use russh::server::Msg;
 use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
 use sluice_core::audit::{AuditEvent, StreamRecorder};
 use sluice_core::masking::StreamMasker;
+use sluice_core::sync::MutexExt;
 use sluice_core::{CommandKind, Denial, Outcome};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -347,14 +348,10 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                 counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 // Keys typed before the shell was decided are typed input too.
                 if let (true, Some(r)) = (has_pty, &record) {
-                    r.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record_input(&data);
+                    r.locked().record_input(&data);
                 }
                 if let Some(s) = &sftp {
-                    if let Ok(mut s) = s.lock() {
-                        s.client_data(&data);
-                    }
+                    s.locked().client_data(&data);
                 }
                 if up_tx.data_bytes(data).await.is_err() {
                     return;
@@ -421,9 +418,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     let _ = out.tx.close().await;
     input.abort();
     if let Some(r) = &record {
-        if let Ok(mut r) = r.lock() {
-            r.flush();
-        }
+        r.locked().flush();
     }
     let truncated = record
         .as_ref()
@@ -448,7 +443,8 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         }
         Carries::Sftp => {
             if let Some(s) = &sftp {
-                if let Ok(mut s) = s.lock() {
+                {
+                    let mut s = s.locked();
                     for t in s.finish() {
                         store.append_background(
                             &session_id,
@@ -496,14 +492,10 @@ async fn client_to_upstream(
                 counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 // A terminal's keystrokes: recorded as typed where echoed, else as hidden.
                 if let (true, Some(r)) = (has_pty, &record) {
-                    r.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .record_input(&data);
+                    r.locked().record_input(&data);
                 }
                 if let Some(s) = &sftp {
-                    if let Ok(mut s) = s.lock() {
-                        s.client_data(&data);
-                    }
+                    s.locked().client_data(&data);
                 }
                 if up_tx.data_bytes(data).await.is_err() {
                     break;
@@ -520,9 +512,7 @@ async fn client_to_upstream(
                 pix_height,
             } if has_pty => {
                 if let Some(r) = &record {
-                    if let Ok(mut r) = r.lock() {
-                        r.resize(col_width, row_height);
-                    }
+                    r.locked().resize(col_width, row_height);
                 }
                 let _ = up_tx
                     .window_change(col_width, row_height, pix_width, pix_height)
@@ -561,9 +551,7 @@ impl Output {
         match m {
             ChannelMsg::Data { data } => {
                 if let Some(s) = &self.sftp {
-                    if let Ok(mut s) = s.lock() {
-                        s.server_data(&data);
-                    }
+                    s.locked().server_data(&data);
                 }
                 let data = match &mut self.stdout {
                     Some(m) => Bytes::from(m.push(&data)),
@@ -628,9 +616,8 @@ impl Output {
         }
         self.bytes += data.len() as u64;
         if let Some(r) = &self.record {
-            if let Ok(mut r) = r.lock() {
-                r.record(if ext.is_some() { "stderr" } else { "stdout" }, &data);
-            }
+            r.locked()
+                .record(if ext.is_some() { "stderr" } else { "stdout" }, &data);
         }
         let sent = match ext {
             None => self.tx.data_bytes(data).await,

@@ -3,6 +3,7 @@
 
 use crate::server::{decide, Decided, Live};
 use russh::{Channel, ChannelMsg};
+use sluice_core::sync::MutexExt;
 use sluice_core::{CommandKind, Outcome};
 use std::sync::Arc;
 
@@ -110,14 +111,11 @@ pub(crate) async fn remote(
     // Registered before asking: the upstream may open a forwarded channel
     // as soon as it listens, before its reply arrives.
     let requested = (address.to_string(), *port);
-    if let Ok(mut f) = upstream.forwards.lock() {
-        f.push(requested.clone());
-    }
+    upstream.forwards.locked().push(requested.clone());
     let unregister = || {
-        if let Ok(mut f) = upstream.forwards.lock() {
-            if let Some(i) = f.iter().position(|r| *r == requested) {
-                f.remove(i);
-            }
+        let mut f = upstream.forwards.locked();
+        if let Some(i) = f.iter().position(|r| *r == requested) {
+            f.remove(i);
         }
     };
     match upstream.handle.tcpip_forward(address, *port).await {
@@ -125,9 +123,10 @@ pub(crate) async fn remote(
             if bound != 0 && bound != *port {
                 unregister();
                 *port = bound;
-                if let Ok(mut f) = upstream.forwards.lock() {
-                    f.push((address.to_string(), bound));
-                }
+                upstream
+                    .forwards
+                    .locked()
+                    .push((address.to_string(), bound));
             }
             live.handle.recorder().finished(
                 command_id,

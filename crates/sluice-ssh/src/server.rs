@@ -4,6 +4,7 @@ use crate::upstream::{self, Upstream, UpstreamError};
 use crate::LOGIN_TIMEOUT;
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId};
+use sluice_core::sync::MutexExt;
 use sluice_core::{
     Command, CommandKind, Credentials, Decision, Denial, Gateway, Protocol, SessionHandle,
 };
@@ -255,9 +256,7 @@ impl server::Handler for ClientHandler {
                 )
                 .await;
         });
-        if let Ok(mut w) = self.watcher.lock() {
-            *w = Some(task.abort_handle());
-        }
+        *self.watcher.locked() = Some(task.abort_handle());
         self.live = Some(live);
         Ok(())
     }
@@ -445,7 +444,7 @@ pub(crate) async fn serve_client(
     let result = running.await;
     closed_tx.send_replace(true);
     deadline.abort();
-    if let Some(w) = watcher.lock().ok().and_then(|mut w| w.take()) {
+    if let Some(w) = watcher.locked().take() {
         w.abort();
     }
     result.map_err(|e| e.to_string())

@@ -5,6 +5,7 @@ use crate::{PACKET_SIZE, UPSTREAM_TIMEOUT, WINDOW_SIZE};
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use sluice_core::config::ConnectionConfig;
+use sluice_core::sync::MutexExt;
 use std::sync::{Arc, Mutex};
 
 /// Why the upstream leg failed, as the client may read it (no secrets, no
@@ -74,16 +75,15 @@ impl client::Handler for UpstreamHandler {
             PublicKeyOrCertificate::PublicKey { key, .. } => key,
             // A certificate is not the pinned key: pinning is by key.
             PublicKeyOrCertificate::Certificate(_) => {
-                if let Ok(mut m) = self.mismatch.lock() {
-                    *m = Some("an SSH certificate".into());
-                }
+                *self.mismatch.locked() = Some("an SSH certificate".into());
                 return Ok(false);
             }
         };
         if presented.key_data() == self.pin.key_data() {
             return Ok(true);
         }
-        if let Ok(mut m) = self.mismatch.lock() {
+        {
+            let mut m = self.mismatch.locked();
             *m = Some(format!(
                 "{} {}",
                 presented.algorithm(),
@@ -228,7 +228,7 @@ async fn connect_inner(
     let mut handle = match client::connect_stream(config, tcp, handler).await {
         Ok(h) => h,
         Err(e) => {
-            if let Some(presented) = mismatch.lock().ok().and_then(|m| m.clone()) {
+            if let Some(presented) = mismatch.locked().clone() {
                 return Err(UpstreamError::HostKeyMismatch { presented });
             }
             return Err(UpstreamError::Protocol(e.to_string()));

@@ -14,6 +14,7 @@ pub use layer::ApprovalLayer;
 use crate::audit::{AuditEvent, Store};
 use crate::config::{Config, HumanDuration};
 use crate::model::{Action, Identity};
+use crate::sync::{MutexExt, RwLockExt};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -275,23 +276,19 @@ impl ApprovalService {
     }
 
     pub fn settings(&self, rule: &str) -> Option<ReviewSettings> {
-        self.settings
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(rule)
-            .cloned()
+        self.settings.read_locked().get(rule).cloned()
     }
 
     /// Replaces the review rules' settings (configuration reload); requests
     /// already open keep the settings they were opened with.
     pub fn replace_settings(&self, settings: HashMap<String, ReviewSettings>) {
-        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings);
+        *self.settings.write_locked() = Arc::new(settings);
     }
 
     /// The queue with requests whose time ran out marked expired, and requests
     /// finished longer ago than the retention forgotten.
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self.entries.locked();
         let now = now_ms();
         for e in entries.values_mut() {
             let r = &mut e.request;

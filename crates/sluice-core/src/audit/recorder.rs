@@ -4,6 +4,7 @@
 //! goes quiet.
 
 use super::{AuditEvent, Store, StreamChunk};
+use crate::sync::MutexExt;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -61,7 +62,7 @@ impl std::fmt::Debug for StreamRecorder {
 /// The recorder's bookkeeping is never skipped: a poisoned lock (a panic
 /// elsewhere while holding it) still records.
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|e| e.into_inner())
+    state.locked()
 }
 
 impl StreamRecorder {

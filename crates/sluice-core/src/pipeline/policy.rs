@@ -8,6 +8,7 @@
 use super::{CommandRequest, PipelineError};
 use crate::config::{Config, RuleConfig};
 use crate::model::{Action, Command, CommandKind, Verdict};
+use crate::sync::RwLockExt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,13 +32,13 @@ impl ReloadableEngine {
     }
 
     pub fn replace(&self, engine: Arc<dyn PolicyEngine>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = engine;
+        *self.0.write_locked() = engine;
     }
 }
 
 impl PolicyEngine for ReloadableEngine {
     fn evaluate(&self, req: &CommandRequest) -> Result<Verdict, PipelineError> {
-        let engine = self.0.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let engine = self.0.read_locked().clone();
         engine.evaluate(req)
     }
 }

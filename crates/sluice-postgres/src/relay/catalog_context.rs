@@ -9,6 +9,7 @@
 use crate::catalog::Catalog;
 use crate::sql::Classification;
 use crate::PgError;
+use sluice_core::sync::MutexExt;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -63,9 +64,7 @@ pub(crate) async fn context(
     let generation = GENERATION.load(Ordering::SeqCst);
     let cache_key = (connection.to_string(), key);
     {
-        let cache = CACHE
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = CACHE.locked();
         if let Some(e) = cache.get(&cache_key) {
             if e.generation == generation && e.at.elapsed() < TTL {
                 return Ok(e.context.clone());
@@ -77,9 +76,7 @@ pub(crate) async fn context(
         context.extend(crate::sql::resolve::catalog_context(catalog, c).await?);
     }
     let context = Arc::new(context);
-    let mut cache = CACHE
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cache = CACHE.locked();
     if cache.len() >= MAX_ENTRIES {
         cache.clear();
     }

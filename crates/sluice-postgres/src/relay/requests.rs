@@ -18,6 +18,7 @@ use crate::sql::{Classification, SqlClass};
 use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
 use sluice_core::session::{SessionError, SessionHandle};
+use sluice_core::sync::MutexExt;
 use sluice_core::{Command, CommandKind, Decision, Denial};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -322,10 +323,7 @@ impl<'a> Requests<'a> {
     fn forget_failed_parses(&mut self) {
         // Bookkeeping of what exists upstream is never skipped: a poisoned
         // lock still holds valid names.
-        let mut failed = self
-            .failed_parses
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failed = self.failed_parses.locked();
         for upstream in failed.drain(..) {
             self.registry.parse_failed(&upstream);
         }

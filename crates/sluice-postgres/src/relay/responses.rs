@@ -20,6 +20,7 @@ use bytes::BytesMut;
 use sluice_core::masking::RowMasker;
 use sluice_core::pipeline::SessionInfo;
 use sluice_core::session::{OutcomeRecorder, SessionError, SessionHandle};
+use sluice_core::sync::MutexExt;
 use sluice_core::{Column, Denial, Outcome};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -145,11 +146,7 @@ impl Responses {
                 }
                 self.finish();
             }
-            Expect::Parse { upstream } => self
-                .failed_parses
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(upstream),
+            Expect::Parse { upstream } => self.failed_parses.locked().push(upstream),
             // Neither answered by the server nor by the gateway: skipped.
             _ => {}
         }
@@ -780,10 +777,7 @@ impl Responses {
                     first = false;
                 }
                 Some(Expect::Parse { upstream }) => {
-                    self.failed_parses
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .push(upstream);
+                    self.failed_parses.locked().push(upstream);
                 }
                 _ => {}
             }

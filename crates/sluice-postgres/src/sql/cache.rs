@@ -2,6 +2,7 @@
 //! with the same text (prepared statements, ORMs, pgbench) is parsed once.
 
 use super::{classify, Classification, ClassifyError};
+use sluice_core::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +89,6 @@ impl ClassifierCache {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Generations> {
         // The maps hold no invariant a panicking holder could break.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 }

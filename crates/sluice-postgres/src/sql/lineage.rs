@@ -59,6 +59,7 @@
 use serde_json::{Map, Value};
 use sluice_core::masking::ResponseMasker;
 use sluice_core::pipeline::SessionInfo;
+use sluice_core::sync::MutexExt;
 use sluice_core::Column;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -498,7 +499,7 @@ pub(crate) fn analyse(sql: &str) -> Entry {
         return analyse_uncached(sql).map(Arc::new);
     }
     // The maps hold no invariant a panicking holder could break.
-    let lock = || cache().lock().unwrap_or_else(|p| p.into_inner());
+    let lock = || cache().locked();
     {
         let mut g = lock();
         if let Some(hit) = g.recent.get(sql) {
