@@ -201,8 +201,10 @@ pub fn error(protocol: Protocol, side: &'static str, kind: &'static str) {
 /// Which side a session error came from.
 pub fn side(e: &SessionError) -> &'static str {
     match e {
-        SessionError::Client(_) | SessionError::Io(_) => "client",
-        SessionError::Upstream(_) => "upstream",
+        SessionError::Client(_) | SessionError::ClientFailed { .. } | SessionError::Io(_) => {
+            "client"
+        }
+        SessionError::Upstream(_) | SessionError::UpstreamFailed { .. } => "upstream",
         SessionError::Internal(_) | SessionError::Store(_) => "internal",
     }
 }

@@ -48,19 +48,53 @@ impl Refusal {
     }
 }
 
-/// Which side a session failure came from (for logs and metrics).
+/// An underlying error kept as the source of a session failure.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Which side a session failure came from (for logs and metrics). Variants
+/// with a source keep the error that caused them (`Error::source`).
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("client: {0}")]
     Client(String),
+    #[error("client: {context}: {source}")]
+    ClientFailed {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("upstream: {0}")]
     Upstream(String),
+    #[error("upstream: {context}: {source}")]
+    UpstreamFailed {
+        context: String,
+        #[source]
+        source: BoxError,
+    },
     #[error("internal: {0}")]
     Internal(String),
     #[error("client i/o: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl SessionError {
+    /// The client failed while the gateway was doing `context`.
+    pub fn client(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        SessionError::ClientFailed {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The upstream failed while the gateway was doing `context`.
+    pub fn upstream(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        SessionError::UpstreamFailed {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// The transport half of a session. Implemented by each protocol crate.

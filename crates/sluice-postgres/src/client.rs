@@ -256,7 +256,7 @@ impl Session for PgSession {
         self.flush(&mut out).await?;
         let msg = loop {
             if let Some(m) = split_message(&mut self.buf, MAX_STARTUP_PACKET)
-                .map_err(|e| SessionError::Client(e.to_string()))?
+                .map_err(|e| SessionError::client("reading the password message", e))?
             {
                 break m;
             }

@@ -25,6 +25,7 @@ pub use policy::sql_match_key;
 pub use upstream::FORWARDED_PARAMETERS;
 
 use sluice_core::sync::MutexExt;
+use sluice_core::SessionError;
 use sluice_core::{Gateway, Protocol};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -214,11 +215,11 @@ async fn handle_client(
     peer: SocketAddr,
     gateway: Arc<Gateway>,
     shared: Arc<Shared>,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let accepted = tokio::time::timeout(STARTUP_TIMEOUT, client::accept(tcp, peer, shared.clone()))
         .await
-        .map_err(|_| "startup timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionError::Client("startup timed out".into()))?
+        .map_err(|e| SessionError::client("the startup", e))?;
     match accepted {
         client::Accepted::Cancel {
             pid,
@@ -231,7 +232,7 @@ async fn handle_client(
                     t.session.notify_waiters();
                     upstream::cancel(&t.upstream, t.pid, &t.secret)
                         .await
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| SessionError::upstream("forwarding a cancel request", e))
                 }
                 None => {
                     tracing::warn!(message = "Cancel request with an unknown key.", client = %peer);
@@ -244,10 +245,7 @@ async fn handle_client(
         client::Accepted::Session(session) => gateway
             .serve(session, Protocol::Postgres, &peer.to_string())
             .await
-            .map_err(|e| {
-                sluice_core::metrics::session_failed(Protocol::Postgres, &e);
-                e.to_string()
-            }),
+            .inspect_err(|e| sluice_core::metrics::session_failed(Protocol::Postgres, e)),
     }
 }
 

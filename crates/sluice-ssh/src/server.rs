@@ -5,6 +5,7 @@ use crate::LOGIN_TIMEOUT;
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId};
 use sluice_core::sync::MutexExt;
+use sluice_core::SessionError;
 use sluice_core::{
     Command, CommandKind, Credentials, Decision, Denial, Gateway, Protocol, SessionHandle,
 };
@@ -409,7 +410,7 @@ pub(crate) async fn serve_client(
     gateway: Arc<Gateway>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
-) -> Result<(), String> {
+) -> Result<(), SessionError> {
     let authed = Arc::new(AtomicBool::new(false));
     let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
     let (closed_tx, closed) = tokio::sync::watch::channel(false);
@@ -426,8 +427,8 @@ pub(crate) async fn serve_client(
     // The version exchange happens here: bound it too.
     let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, tcp, handler))
         .await
-        .map_err(|_| "the client did not start SSH in time".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| SessionError::Client("the client did not start SSH in time".into()))?
+        .map_err(|e| SessionError::client("the SSH handshake", e))?;
     let client = running.handle();
     let deadline = tokio::spawn(async move {
         tokio::time::sleep(LOGIN_TIMEOUT).await;
@@ -447,5 +448,5 @@ pub(crate) async fn serve_client(
     if let Some(w) = watcher.locked().take() {
         w.abort();
     }
-    result.map_err(|e| e.to_string())
+    result.map_err(|e| SessionError::client("the SSH connection", e))
 }

@@ -234,7 +234,7 @@ pub(crate) fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
 }
 
 fn upstream_err(e: std::io::Error) -> SessionError {
-    SessionError::Upstream(e.to_string())
+    SessionError::upstream("upstream i/o", e)
 }
 
 /// The distinct source-table OIDs of a RowDescription.

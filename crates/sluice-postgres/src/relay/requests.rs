@@ -194,7 +194,7 @@ impl<'a> Requests<'a> {
                             _ => wire::SQLSTATE_PROTOCOL,
                         };
                         self.fatal(code, format!("sluice: invalid message: {e}"));
-                        return Err(SessionError::Client(e.to_string()));
+                        return Err(SessionError::client("reading a message", e));
                     }
                 };
                 match self.handle_message(msg, &mut out).await {

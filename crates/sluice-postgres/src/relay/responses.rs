@@ -203,7 +203,7 @@ impl Responses {
                             Err(e) => {
                                 wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the upstream sent an invalid message; the session was ended", None, None);
                                 self.flush().await?;
-                                return Err(SessionError::Upstream(e.to_string()));
+                                return Err(SessionError::upstream("reading a message", e));
                             }
                         };
                         if msg.tag == tag::ROW_DESCRIPTION {
@@ -212,7 +212,7 @@ impl Responses {
                                 tracing::error!(message = "Source tables of a result could not be resolved; ending the session.", error = %e);
                                 wire::error(&mut self.out, true, wire::SQLSTATE_UPSTREAM, "sluice: the gateway could not decide how to mask this result; the session was ended", None, Some("Retry; tell the Sluice administrator if this persists."));
                                 self.flush().await?;
-                                return Err(SessionError::Upstream(e.to_string()));
+                                return Err(SessionError::upstream("resolving the source tables of a result", e));
                             }
                         }
                         self.on_message(msg);
