@@ -74,6 +74,21 @@ pub fn sluice_bin() -> PathBuf {
     bin
 }
 
+/// The `custom-gateway` example's binary (`$CUSTOM_GATEWAY_BIN` overrides it).
+pub fn custom_gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CUSTOM_GATEWAY_BIN").filter(|b| !b.is_empty()) {
+        return PathBuf::from(bin);
+    }
+    let bin = target_dir().join("debug").join("custom-gateway");
+    assert!(
+        bin.is_file(),
+        "the custom-gateway binary is missing at {}: build it first with \
+         `cargo build -p custom-gateway` (or run `cargo xtask test`)",
+        bin.display()
+    );
+    bin
+}
+
 /// Directory of the python client scripts (`tests/py`).
 pub fn py_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("py")

@@ -163,9 +163,21 @@ impl Drop for Sshd {
     }
 }
 
+/// A gateway binary other than `sluice serve` (an assembled one, e.g.
+/// `examples/custom-gateway`), run as `BIN CONFIG` with the given extra
+/// `[listen]` lines and environment, ready when its log shows `ready`.
+#[derive(Debug, Clone)]
+pub struct CustomGateway {
+    pub bin: PathBuf,
+    pub listen: String,
+    pub env: Vec<(String, String)>,
+    pub ready: &'static str,
+}
+
 /// sshd + the gateway with an SSH listener and one connection, [`CONNECTION`].
 pub struct SshEnv {
     gateway: Option<Child>,
+    custom: Option<CustomGateway>,
     pub sshd: Sshd,
     /// The gateway's SSH port on 127.0.0.1.
     pub port: u16,
@@ -189,6 +201,15 @@ impl SshEnv {
     /// `{KEY}` the gateway-held private key file, `{OTHER_KEY}` a public key that is not sshd's.
     /// sshd accepts any environment variable, so the gateway's filter is what a test sees.
     pub fn start(extra: &str) -> SshEnv {
+        Self::start_with(extra, None)
+    }
+
+    /// Like [`SshEnv::start`], running `custom` instead of `sluice serve`.
+    pub fn start_custom(extra: &str, custom: CustomGateway) -> SshEnv {
+        Self::start_with(extra, Some(custom))
+    }
+
+    fn start_with(extra: &str, custom: Option<CustomGateway>) -> SshEnv {
         let dir = tempfile::Builder::new()
             .prefix("sluice-ssh-e2e-")
             .tempdir()
@@ -217,6 +238,7 @@ impl SshEnv {
             .replace("{OTHER_KEY}", &upstream_pub);
         let mut env = SshEnv {
             gateway: None,
+            custom,
             port: 0,
             config_path,
             state_dir,
@@ -243,10 +265,11 @@ impl SshEnv {
             fs::write(
                 &self.config_path,
                 format!(
-                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n\n{body}",
+                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n{}\n\n{body}",
                     self.state_dir.display().to_string(),
                     self.port,
                     free_port(),
+                    self.custom.as_ref().map_or("", |c| c.listen.as_str()),
                 ),
             )
             .expect("writing the gateway config");
@@ -255,11 +278,22 @@ impl SshEnv {
                 .append(true)
                 .open(&self.log_path)
                 .expect("gateway log");
-            let mut child = Command::new(sluice_bin())
-                .arg("serve")
-                .arg("--config")
+            let mut cmd = match &self.custom {
+                Some(custom) => {
+                    let mut cmd = Command::new(&custom.bin);
+                    cmd.envs(custom.env.iter().map(|(k, v)| (k, v)));
+                    cmd
+                }
+                None => {
+                    let mut cmd = Command::new(sluice_bin());
+                    cmd.args(["serve", "--config"]);
+                    cmd
+                }
+            };
+            let mut child = cmd
                 .arg(&self.config_path)
                 .env("SLUICE_LOG", "info")
+                .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log handle"))
@@ -269,9 +303,14 @@ impl SshEnv {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let log = self.gateway_log();
-                if log.contains("SSH listener ready.")
-                    && log.contains("Operator API listener ready.")
-                {
+                let ready = match &self.custom {
+                    Some(custom) => log.contains(custom.ready),
+                    None => {
+                        log.contains("SSH listener ready.")
+                            && log.contains("Operator API listener ready.")
+                    }
+                };
+                if ready {
                     self.gateway = Some(child);
                     self.write_client_files();
                     return;
@@ -280,6 +319,7 @@ impl SshEnv {
                     let log = self.gateway_log();
                     if log.contains("binding the ssh listener")
                         || log.contains("binding the api listener")
+                        || log.contains("binding the SSH listener")
                     {
                         break;
                     }

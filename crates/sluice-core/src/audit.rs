@@ -84,6 +84,23 @@ pub enum AuditEvent {
     },
 }
 
+impl AuditEvent {
+    /// The event's name as stored (`session_start`, `command_decided`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AuditEvent::SessionStart { .. } => "session_start",
+            AuditEvent::CommandDecided { .. } => "command_decided",
+            AuditEvent::CommandFinished { .. } => "command_finished",
+            AuditEvent::ApprovalRequested { .. } => "approval_requested",
+            AuditEvent::ApprovalDecided { .. } => "approval_decided",
+            AuditEvent::SessionEnd { .. } => "session_end",
+            AuditEvent::StreamOutput { .. } => "stream_output",
+            AuditEvent::WindowResized { .. } => "window_resized",
+            AuditEvent::FileTransfer { .. } => "file_transfer",
+        }
+    }
+}
+
 /// A piece of a recorded stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamChunk {

@@ -5,7 +5,7 @@ use crate::flavor::{Body, BodyTransformer, BoxError, TransformError};
 use bytes::Bytes;
 use http_body::Frame;
 use memchr::memmem;
-use sluice_core::masking::{JsonMasker, JsonPath, MaskCounts, MaskingEngine, StreamMasker};
+use sluice_core::masking::{JsonPath, MaskCounts, SessionMasker, StreamMasker};
 use sluice_core::sync::MutexExt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -213,13 +213,12 @@ pub fn redact_text(template: &Redactor, text: &[u8]) -> Option<Vec<u8>> {
     (r.redacted > 0).then_some(out)
 }
 
-/// Masks a complete JSON document: key paths, column rules written as bare
-/// key names (`api_key`, `*password*`: they mask that key's value at any
-/// depth), and the detectors. `Err` when it is not JSON. The result is
-/// always re-serialised from the parsed document, masked or not.
+/// Masks a complete JSON document with the gateway's masker (key paths,
+/// key-name column rules, detectors, or whatever a platform team's masker
+/// does). `Err` when it is not JSON. The result is always re-serialised
+/// from the parsed document, masked or not.
 pub fn mask_json_document(
-    engine: &MaskingEngine,
-    connection: &str,
+    masker: &SessionMasker,
     key_paths: &[JsonPath],
     bytes: &[u8],
 ) -> Result<(Vec<u8>, MaskCounts), TransformError> {
@@ -228,53 +227,13 @@ pub fn mask_json_document(
             "the upstream labelled its body JSON but it is not valid JSON, so it could not be masked",
         )
     })?;
-    let mut counts = MaskCounts::default();
-    if engine.has_column_rules_for(connection) {
-        mask_keys(engine, connection, &mut doc, &mut counts);
-    }
-    counts.merge(&engine.mask_json(&mut doc, key_paths));
+    let counts = masker.mask_document(&mut doc, key_paths);
     // Always the document that was checked, never the original bytes: a
     // duplicate key's other copies (which a client may read instead) and
     // anything else the parser read past are not passed on.
     let out = serde_json::to_vec(&doc)
         .map_err(|_| TransformError::new("the masked JSON document could not be written"))?;
     Ok((out, counts))
-}
-
-fn mask_keys(
-    engine: &MaskingEngine,
-    connection: &str,
-    v: &mut serde_json::Value,
-    counts: &mut MaskCounts,
-) {
-    match v {
-        serde_json::Value::Object(map) => {
-            for (k, child) in map.iter_mut() {
-                if let Some((rule, style)) = engine.column_rule(connection, None, k) {
-                    if child.is_null() {
-                        continue;
-                    }
-                    let text = match &*child {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    *child = match engine.mask_value_as(rule, &text, style) {
-                        sluice_core::masking::Masked::Null => serde_json::Value::Null,
-                        sluice_core::masking::Masked::Text(t) => serde_json::Value::String(t),
-                    };
-                    counts.add(rule, 1);
-                } else {
-                    mask_keys(engine, connection, child, counts);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => {
-            for child in items {
-                mask_keys(engine, connection, child, counts);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// The streaming text plan as a transformer.

@@ -15,7 +15,7 @@ use crate::problem::Problem;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Version};
 use sluice_core::config::{ConnectionConfig, ConnectionKind};
-use sluice_core::masking::{JsonPath, MaskCounts, MaskingEngine};
+use sluice_core::masking::{JsonPath, MaskCounts, SessionMasker};
 use sluice_core::model::{Command, Protocol};
 use sluice_core::pipeline::SessionInfo;
 use std::sync::Arc;
@@ -126,9 +126,10 @@ impl<'a> RequestHead<'a> {
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub struct MaskingContext<'a> {
-    /// The masking engine; `None` when `[masking]` masks nothing or the
-    /// caller is in `masking.exempt_groups`.
-    pub engine: Option<&'a MaskingEngine>,
+    /// The gateway's masker (`GatewayBuilder::masker`, the same one every
+    /// protocol uses) bound to this session; `None` when nothing may be
+    /// masked on it (no `[masking]`, or the caller is exempt).
+    pub masker: Option<&'a SessionMasker>,
     pub session: &'a SessionInfo,
     /// The most a body may be buffered for masking (see [`crate::Limits`]);
     /// a larger body that needs buffering is refused, never sent unmasked.
@@ -137,12 +138,12 @@ pub struct MaskingContext<'a> {
 
 impl<'a> MaskingContext<'a> {
     pub fn new(
-        engine: Option<&'a MaskingEngine>,
+        masker: Option<&'a SessionMasker>,
         session: &'a SessionInfo,
         max_buffer: usize,
     ) -> Self {
         MaskingContext {
-            engine,
+            masker,
             session,
             max_buffer,
         }

@@ -28,7 +28,6 @@ pub use policy::http_match_key;
 pub use problem::{Problem, ProblemDetails, ProblemKind};
 
 use sluice_core::config::ConnectionKind;
-use sluice_core::masking::MaskingEngine;
 use sluice_core::model::{Command, CommandKind};
 use sluice_core::Gateway;
 use std::sync::Arc;
@@ -88,8 +87,6 @@ impl Default for Limits {
 pub struct HttpServer {
     gateway: Arc<Gateway>,
     flavors: FlavorRegistry,
-    masking: Option<MaskingEngine>,
-    masking_exempt: Vec<String>,
     limits: Limits,
 }
 
@@ -107,17 +104,8 @@ impl HttpServer {
         HttpServer {
             gateway,
             flavors,
-            masking: None,
-            masking_exempt: Vec::new(),
             limits: Limits::default(),
         }
-    }
-
-    /// Masks responses with `engine`; members of `exempt_groups` see them unmasked.
-    pub fn masking(mut self, engine: Option<MaskingEngine>, exempt_groups: Vec<String>) -> Self {
-        self.masking = engine;
-        self.masking_exempt = exempt_groups;
-        self
     }
 
     pub fn limits(mut self, limits: Limits) -> Self {
@@ -127,13 +115,7 @@ impl HttpServer {
 
     /// Serves clients (HTTPS, HTTP/1.1 and HTTP/2 by ALPN) until the listener fails.
     pub async fn serve(self, listener: TcpListener) -> Result<(), HttpError> {
-        let shared = Arc::new(server::Shared::new(
-            self.gateway,
-            self.flavors,
-            self.masking,
-            self.masking_exempt,
-            self.limits,
-        ));
+        let shared = Arc::new(server::Shared::new(self.gateway, self.flavors, self.limits));
         server::serve(shared, listener).await
     }
 }
@@ -173,9 +155,8 @@ impl Flavor for HttpFlavor {
         masking: &MaskingContext<'_>,
     ) -> Option<Box<dyn FrameHook>> {
         masking
-            .engine
-            .filter(|e| e.has_detectors())
-            .map(|e| Box::new(ws::TextFrameMasking::new(e.clone())) as Box<dyn FrameHook>)
+            .masker
+            .map(|m| Box::new(ws::TextFrameMasking::new(m.clone())) as Box<dyn FrameHook>)
     }
 }
 

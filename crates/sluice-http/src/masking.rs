@@ -78,7 +78,7 @@ pub fn default_plan(
 ) -> ResponsePlan {
     let ctype = content_type(response);
     let streaming = ctype == "text/event-stream";
-    if masking.engine.is_none() || !has_body(head.method, response.status) {
+    if masking.masker.is_none() || !has_body(head.method, response.status) {
         return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
     }
     if BINARY_TYPES.iter().any(|b| ctype.starts_with(b)) {
@@ -171,7 +171,9 @@ mod tests {
             protocol: sluice_core::Protocol::Http,
             client_addr: "127.0.0.1:1".into(),
         };
-        let ctx = MaskingContext::new(masking.then_some(&engine), &session, 1 << 20);
+        let masker = masking
+            .then(|| sluice_core::masking::SessionMasker::for_engine(engine, session.clone()));
+        let ctx = MaskingContext::new(masker.as_ref(), &session, 1 << 20);
         default_plan(&head, &parts, &ctx).body
     }
 

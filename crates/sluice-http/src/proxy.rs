@@ -20,6 +20,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Status
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
+use sluice_core::masking::SessionMasker;
 use sluice_core::model::{Decision, Identity, Outcome};
 use sluice_core::session::OutcomeRecorder;
 use sluice_core::sync::MutexExt;
@@ -637,13 +638,9 @@ impl ClientConn {
         }
 
         // The upstream request.
-        let masking_engine = self.shared.masking.as_ref().filter(|_| {
-            !live
-                .handle
-                .info()
-                .identity
-                .in_any_group(&self.shared.masking_exempt)
-        });
+        // The gateway's one masker, as every protocol uses it.
+        let masker = SessionMasker::active(live.handle.masker(), live.handle.info());
+        let masking_engine = masker.as_ref();
         let mut up_headers = headers.clone();
         if let Some(proto) = &upgrade {
             up_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -848,7 +845,7 @@ impl ClientConn {
                 Ok(Response::from_parts(rparts, body.boxed()))
             }
             BodyPlan::Json { key_paths } => {
-                let Some(engine) = masking_engine else {
+                let Some(masker) = masking_engine else {
                     // Nothing to mask but echoes: stream it.
                     return Ok(stream_response(
                         rparts,
@@ -871,7 +868,7 @@ impl ClientConn {
                             return Ok(render(problem));
                         }
                     };
-                match body::mask_json_document(engine, &connection.name, &key_paths, &bytes) {
+                match body::mask_json_document(masker, &key_paths, &bytes) {
                     Ok((out, counts)) => {
                         stats.masked.merge(&counts);
                         stats.saw(&out);
@@ -930,7 +927,8 @@ impl ClientConn {
             )),
             BodyPlan::Text => {
                 let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
-                    .map(|e| Box::new(TextMasking(e.stream())) as Box<dyn BodyTransformer>);
+                    .and_then(SessionMasker::stream)
+                    .map(|s| Box::new(TextMasking(s)) as Box<dyn BodyTransformer>);
                 small_or_streamed(
                     rparts,
                     upstream_body,

@@ -9,7 +9,6 @@ use crate::{HttpError, Limits};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sluice_core::config::ConnectionConfig;
 use sluice_core::glob::Glob;
-use sluice_core::masking::MaskingEngine;
 use sluice_core::sync::MutexExt;
 use sluice_core::Gateway;
 use std::collections::HashMap;
@@ -25,8 +24,6 @@ use tokio_rustls::TlsAcceptor;
 pub(crate) struct Shared {
     pub gateway: Arc<Gateway>,
     pub flavors: FlavorRegistry,
-    pub masking: Option<MaskingEngine>,
-    pub masking_exempt: Vec<String>,
     pub limits: Limits,
     /// `hosts` routing: host glob → connection name, in config order.
     pub hosts: Vec<(Glob, String)>,
@@ -34,13 +31,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        gateway: Arc<Gateway>,
-        flavors: FlavorRegistry,
-        masking: Option<MaskingEngine>,
-        masking_exempt: Vec<String>,
-        limits: Limits,
-    ) -> Self {
+    pub fn new(gateway: Arc<Gateway>, flavors: FlavorRegistry, limits: Limits) -> Self {
         let hosts = gateway
             .config()
             .connections
@@ -51,8 +42,6 @@ impl Shared {
         Shared {
             gateway,
             flavors,
-            masking,
-            masking_exempt,
             limits,
             hosts,
             upstreams: Mutex::default(),

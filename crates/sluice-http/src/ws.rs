@@ -280,14 +280,14 @@ where
 /// Masks text frames from the upstream with the detectors (each frame on
 /// its own: a value split across fragments is not seen whole).
 pub struct TextFrameMasking {
-    engine: sluice_core::masking::MaskingEngine,
+    masker: sluice_core::masking::SessionMasker,
     counts: MaskCounts,
 }
 
 impl TextFrameMasking {
-    pub fn new(engine: sluice_core::masking::MaskingEngine) -> Self {
+    pub fn new(masker: sluice_core::masking::SessionMasker) -> Self {
         TextFrameMasking {
-            engine,
+            masker,
             counts: MaskCounts::default(),
         }
     }
@@ -296,9 +296,8 @@ impl TextFrameMasking {
 impl FrameHook for TextFrameMasking {
     fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
         if direction == Direction::UpstreamToClient && matches!(frame.opcode, 0 | 1) {
-            let (masked, counts) = self.engine.mask_bytes(&frame.payload);
-            if let std::borrow::Cow::Owned(m) = masked {
-                frame.payload = m;
+            if let Some((masked, counts)) = self.masker.mask_bytes(&frame.payload) {
+                frame.payload = masked;
                 self.counts.merge(&counts);
             }
         }

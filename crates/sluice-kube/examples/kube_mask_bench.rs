@@ -4,7 +4,7 @@
 //! Run with `cargo run --release -p sluice-kube --example kube_mask_bench`.
 
 use serde_json::json;
-use sluice_core::masking::{compile, MaskingConfig};
+use sluice_core::masking::{compile, EngineMasker, MaskingConfig, ResponseMasker, SessionMasker};
 use sluice_http::BodyTransformer;
 use sluice_kube::mask::{DocMasker, DocumentTransformer, WatchTransformer};
 use std::time::Instant;
@@ -66,13 +66,31 @@ fn main() {
         watch.push(b'\n');
     }
     let cap = 64 << 20;
-    for (label, engine) in [
+    let session = std::sync::Arc::new(sluice_core::pipeline::SessionInfo {
+        id: "bench".into(),
+        identity: sluice_core::Identity {
+            subject: "bench".into(),
+            groups: vec![],
+            issuer: "sluice".into(),
+            token_id: "t".into(),
+            expires_at: std::time::SystemTime::now(),
+            connections: None,
+        },
+        connection: "k8s".into(),
+        protocol: sluice_core::Protocol::Kubernetes,
+        client_addr: "127.0.0.1:1".into(),
+    });
+    let masker: std::sync::Arc<dyn ResponseMasker> = std::sync::Arc::new(EngineMasker::new(engine));
+    for (label, masker) in [
         ("secrets only", None),
-        ("secrets + default detectors", Some(engine)),
+        (
+            "secrets + default detectors",
+            SessionMasker::active(&masker, &session),
+        ),
     ] {
         let m = DocMasker {
             secrets: true,
-            engine,
+            masker,
         };
         run(
             &format!("SecretList document, {label}"),

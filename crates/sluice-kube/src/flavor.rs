@@ -11,7 +11,7 @@ use crate::policy::{request_command, CONTEXT_PREFIX};
 use crate::status::status_response;
 use http::{header, HeaderMap, HeaderValue};
 use sluice_core::config::ConnectionConfig;
-use sluice_core::masking::{MaskCounts, MaskingEngine};
+use sluice_core::masking::{MaskCounts, SessionMasker};
 use sluice_core::model::{Command, CommandKind, Protocol};
 use sluice_core::sync::MutexExt;
 use sluice_http::inject::{default_credentials, resolve, Injected};
@@ -324,7 +324,7 @@ impl Flavor for KubeFlavor {
         if !has_body(head.method, response.status) {
             return ResponsePlan::new(BodyPlan::PassThrough);
         }
-        if !credentials && masking.engine.is_none() {
+        if !credentials && masking.masker.is_none() {
             return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
         }
         if let Some(encoding) = encoded(response) {
@@ -336,7 +336,7 @@ impl Flavor for KubeFlavor {
         if is_json(&essence) {
             let masker = DocMasker {
                 secrets,
-                engine: masking.engine.cloned(),
+                masker: masking.masker.cloned(),
             };
             let body = if watch {
                 BodyPlan::Transform(Box::new(WatchTransformer::new(masker, masking.max_buffer)))
@@ -383,7 +383,7 @@ impl Flavor for KubeFlavor {
             return None;
         }
         Some(Box::new(ExecFrames {
-            engine: masking.engine.cloned(),
+            masker: masking.masker.cloned(),
             counts: MaskCounts::default(),
         }))
     }
@@ -393,13 +393,13 @@ impl Flavor for KubeFlavor {
 /// frame is the stream, 1 stdout and 2 stderr) through the detectors, frame
 /// by frame: a value split across two frames is not seen whole.
 struct ExecFrames {
-    engine: Option<MaskingEngine>,
+    masker: Option<SessionMasker>,
     counts: MaskCounts,
 }
 
 impl FrameHook for ExecFrames {
     fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
-        let Some(engine) = &self.engine else {
+        let Some(masker) = &self.masker else {
             return Ok(());
         };
         if direction != Direction::UpstreamToClient {
@@ -415,8 +415,7 @@ impl FrameHook for ExecFrames {
         if !matches!(frame.payload.first(), Some(1 | 2)) {
             return Ok(());
         }
-        let (masked, counts) = engine.mask_bytes(&frame.payload[1..]);
-        if let std::borrow::Cow::Owned(m) = masked {
+        if let Some((m, counts)) = masker.mask_bytes(&frame.payload[1..]) {
             let mut payload = Vec::with_capacity(m.len() + 1);
             payload.push(frame.payload[0]);
             payload.extend_from_slice(&m);

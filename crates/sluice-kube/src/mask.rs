@@ -25,7 +25,7 @@
 //! streams are masked one event (one line) at a time, never buffered whole.
 
 use serde_json::Value;
-use sluice_core::masking::{JsonMasker, MaskCounts, MaskingEngine};
+use sluice_core::masking::{MaskCounts, SessionMasker};
 use sluice_http::{BodyTransformer, TransformError};
 
 /// What a masked `stringData` value or table cell reads.
@@ -44,7 +44,8 @@ const SAFE_COLUMNS: [&str; 4] = ["name", "type", "data", "age"];
 pub struct DocMasker {
     /// The request addressed core secrets: every object in the response is one.
     pub secrets: bool,
-    pub engine: Option<MaskingEngine>,
+    /// The gateway's masker on this session, when anything may be masked.
+    pub masker: Option<SessionMasker>,
 }
 
 impl DocMasker {
@@ -52,8 +53,8 @@ impl DocMasker {
     pub fn mask(&self, doc: &mut Value) -> MaskCounts {
         let mut counts = MaskCounts::default();
         walk(doc, self.secrets, &mut counts);
-        if let Some(engine) = &self.engine {
-            counts.merge(&engine.mask_json(doc, &[]));
+        if let Some(masker) = &self.masker {
+            counts.merge(&masker.mask_document(doc, &[]));
         }
         counts
     }

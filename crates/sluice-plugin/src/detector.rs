@@ -4,7 +4,9 @@
 
 use crate::loader::{CallError, Plugin};
 use serde::Deserialize;
-use sluice_core::masking::{MaskCounts, ResponseMasker, RowMasker, StreamMasker};
+use sluice_core::masking::{
+    mask_json_text, JsonPath, MaskCounts, ResponseMasker, RowMasker, StreamMasker,
+};
 use sluice_core::model::Column;
 use sluice_core::pipeline::SessionInfo;
 use std::sync::Arc;
@@ -265,6 +267,29 @@ impl ResponseMasker for PluginMasker {
             Some(out) => Some((out, counts)),
             None => inner,
         }
+    }
+
+    fn is_active(&self, session: &SessionInfo) -> bool {
+        self.inner.is_active(session) || self.active(session)
+    }
+
+    /// The wrapped masker's document masking, then the detector plugins over
+    /// every string, number and key.
+    fn mask_document(
+        &self,
+        session: &SessionInfo,
+        doc: &mut serde_json::Value,
+        key_paths: &[JsonPath],
+    ) -> MaskCounts {
+        let mut counts = self.inner.mask_document(session, doc, key_paths);
+        if self.active(session) {
+            counts.merge(&mask_json_text(doc, &|text| {
+                let mut found = MaskCounts::default();
+                mask_chunk(&self.detectors, text.as_bytes(), &mut found)
+                    .map(|bytes| (String::from_utf8_lossy(&bytes).into_owned(), found))
+            }));
+        }
+        counts
     }
 
     /// Byte streams (SSH, exec) get the wrapped masker's stream masker only:

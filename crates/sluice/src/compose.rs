@@ -114,8 +114,6 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
     // Run-time plugins; they stay loaded for the life of the process.
     let plugins = sluice_plugin::Plugins::load(&config.plugins)?;
-    // HTTP bodies are masked as JSON documents and streams, beyond the row masker.
-    let http_masking = masking.clone();
     // Every audit event is also a `sluice::audit` log event (exported as an OTel log).
     let store = sluice_core::metrics::AuditLogStore::wrap(store as Arc<dyn Store>);
     let store = plugins
@@ -172,8 +170,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the http listener on {addr}"))?;
-        let server = sluice_http::HttpServer::new(gateway.clone(), http_flavors())
-            .masking(http_masking, masking_exempt.clone());
+        let server = sluice_http::HttpServer::new(gateway.clone(), http_flavors());
         tracing::info!(message = "HTTP listener ready (HTTPS).", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }

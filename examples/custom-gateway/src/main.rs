@@ -1,16 +1,29 @@
 //! A gateway assembled from Sluice's library crates, the way a platform team
-//! would: the embedded store, the PostgreSQL listener, and one Tower layer of
-//! its own (a per-session command rate limit) in every command's path.
+//! would, with something of its own at each stage of the stack:
+//! - **authentication**: core's gateway tokens (add an identity provider with
+//!   `GatewayBuilder::authenticator`, as `sluice serve` does for OIDC);
+//! - **policy**: a Tower layer of its own (a per-session command rate limit)
+//!   in every command's path, next to the configured `[[rules]]`;
+//! - **masking**: its own masker (employee badge numbers) wrapping the
+//!   configured `[masking]`, reaching PostgreSQL, SSH and HTTP alike;
+//! - **recording**: its own audit tap in front of the embedded store.
+//!
+//! It serves the PostgreSQL, SSH and HTTP listeners the config names, through
+//! core's listener contract (connection caps, graceful drain on Ctrl-C/SIGTERM).
 //!
 //! Run: `cargo run -p custom-gateway -- examples/quickstart.toml`
 
+mod audit_tap;
+mod badge_masker;
 mod rate_limit;
 
 use anyhow::{Context, Result};
-use sluice_core::{Config, GatewayBuilder};
+use sluice_core::masking::{EngineMasker, NoMasking, ResponseMasker};
+use sluice_core::{Config, Gateway, GatewayBuilder};
 use sluice_store::{Mode, SqliteStore};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -21,25 +34,93 @@ async fn main() -> Result<()> {
         .nth(1)
         .context("usage: custom-gateway CONFIG.toml")?;
     let config = Config::load(path.as_ref())?;
-    let addr = config
-        .listen
-        .postgres
-        .context("the config needs listen.postgres")?;
     let store = Arc::new(SqliteStore::open(
         &config.gateway.state_dir,
         Mode::Writer(config.gateway.audit_sync),
     )?);
-    let gateway = GatewayBuilder::new(config, store)
-        // The SQL match keys (sql, tables, functions, no_where) for [[rules]].
-        .match_key(sluice_postgres::sql_match_key())
-        // Our own policy: at most 20 commands per second per session,
-        // audited like every other decision.
-        .layer(rate_limit::RateLimitLayer::new(20, Duration::from_secs(1)))
-        .build()?;
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(message = "Custom gateway ready.", %addr);
-    sluice_postgres::PostgresServer::new(Arc::new(gateway))?
-        .serve(listener)
-        .await?;
+    let masker = badge_masker::BadgeMasker::new(configured_masker(&config)?);
+    let listen = config.listen.clone();
+    let gateway = Arc::new(
+        GatewayBuilder::new(config, Arc::new(audit_tap::AuditTap::new(store)))
+            // The match keys for [[rules]]: SQL, HTTP, shell and SSH.
+            .match_key(sluice_postgres::sql_match_key())
+            .match_key(sluice_http::http_match_key())
+            .match_key(sluice_core::shell::shell_match_key())
+            .match_key(sluice_ssh::ssh_match_key())
+            // Our own policy: at most 20 commands per second per session,
+            // audited like every other decision.
+            .layer(rate_limit::RateLimitLayer::new(20, Duration::from_secs(1)))
+            .masker(Arc::new(masker))
+            .build()?,
+    );
+    let mut listeners = tokio::task::JoinSet::new();
+    if let Some(addr) = listen.postgres {
+        let server = sluice_postgres::PostgresServer::new(gateway.clone())?;
+        let listener = bind(addr, "PostgreSQL").await?;
+        listeners.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    if let Some(addr) = listen.ssh {
+        let server = sluice_ssh::SshServer::new(gateway.clone())?;
+        let listener = bind(addr, "SSH").await?;
+        listeners.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    if let Some(addr) = listen.http {
+        let server = sluice_http::HttpServer::new(gateway.clone(), sluice_http::default_flavors());
+        let listener = bind(addr, "HTTP").await?;
+        listeners.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
+    anyhow::ensure!(
+        !listeners.is_empty(),
+        "the config names no postgres, ssh or http listener"
+    );
+    tracing::info!(message = "Custom gateway ready.");
+    tokio::select! {
+        Some(Ok(Err(e))) = listeners.join_next() => return Err(e),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminated() => {}
+    }
+    drain(&gateway, listen.drain_timeout.0).await;
     Ok(())
+}
+
+/// The configured `[masking]` as core's masker, or none.
+fn configured_masker(config: &Config) -> Result<Arc<dyn ResponseMasker>> {
+    let key = config
+        .masking
+        .hash_key
+        .as_ref()
+        .map(|k| k.resolve())
+        .transpose()?;
+    let engine = sluice_core::masking::compile(&config.masking, key.as_deref().map(str::as_bytes))?;
+    Ok(if engine.is_active() {
+        Arc::new(EngineMasker::new(engine).with_exempt_groups(config.masking.exempt_groups.clone()))
+    } else {
+        Arc::new(NoMasking)
+    })
+}
+
+async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))?;
+    tracing::info!(message = "Listener ready.", protocol = what, addr = %listener.local_addr()?);
+    Ok(listener)
+}
+
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            term.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+async fn drain(gateway: &Gateway, grace: Duration) {
+    let report = gateway.drain(grace).await;
+    tracing::info!(
+        message = "Drained.",
+        ended = report.ended,
+        left = report.left
+    );
 }

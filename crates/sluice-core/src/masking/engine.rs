@@ -533,6 +533,22 @@ pub fn compile(
 }
 
 impl MaskingEngine {
+    /// An engine that masks nothing (no detectors, no column rules).
+    pub(crate) fn inert() -> Self {
+        MaskingEngine {
+            inner: Arc::new(Inner {
+                scan: None,
+                probe: None,
+                patterns: Vec::new(),
+                detectors: Vec::new(),
+                columns: Vec::new(),
+                default_style: Style::default(),
+                mac: None,
+                holdback: 0,
+            }),
+        }
+    }
+
     /// Whether anything is configured (detectors or column rules).
     pub fn is_active(&self) -> bool {
         self.inner.scan.is_some() || !self.inner.columns.is_empty()

@@ -10,7 +10,9 @@
 
 use super::config::{MaskingConfigError, Style};
 use super::engine::{MaskCounts, Masked, MaskingEngine};
+use super::ResponseMasker;
 use crate::glob::Glob;
+use crate::pipeline::SessionInfo;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
@@ -186,7 +188,7 @@ impl JsonMasker for MaskingEngine {
             counts.add(&path.text, n);
         }
         if self.has_detectors() {
-            mask_strings(self, value, &mut counts);
+            mask_strings(self as &dyn FieldMasker, value, &mut counts);
         }
         counts
     }
@@ -242,9 +244,80 @@ fn walk(v: &mut Value, segments: &[Segment], f: &mut dyn FnMut(&mut Value)) {
     }
 }
 
-fn mask_strings(engine: &MaskingEngine, v: &mut Value, counts: &mut MaskCounts) {
+/// What masks the strings of a document: a whole field (`None`: it becomes
+/// null), and an object key (never null).
+pub(crate) trait FieldMasker {
+    fn field<'a>(&self, value: &'a str) -> (Option<Cow<'a, str>>, MaskCounts);
+    fn key<'a>(&self, key: &'a str) -> (Cow<'a, str>, MaskCounts);
+}
+
+impl FieldMasker for MaskingEngine {
+    fn field<'a>(&self, value: &'a str) -> (Option<Cow<'a, str>>, MaskCounts) {
+        self.mask_field(value)
+    }
+
+    fn key<'a>(&self, key: &'a str) -> (Cow<'a, str>, MaskCounts) {
+        self.mask_text(key)
+    }
+}
+
+/// A text masking function (`None`: unchanged) as a `FieldMasker`.
+struct TextFn<'f>(&'f dyn Fn(&str) -> Option<(String, MaskCounts)>);
+
+impl FieldMasker for TextFn<'_> {
+    fn field<'a>(&self, value: &'a str) -> (Option<Cow<'a, str>>, MaskCounts) {
+        let (text, counts) = self.key(value);
+        (Some(text), counts)
+    }
+
+    fn key<'a>(&self, key: &'a str) -> (Cow<'a, str>, MaskCounts) {
+        match (self.0)(key) {
+            Some((masked, counts)) => (Cow::Owned(masked), counts),
+            None => (Cow::Borrowed(key), MaskCounts::default()),
+        }
+    }
+}
+
+/// Runs every string, number and object key of `doc` through `mask` (the
+/// text masking of a masker that knows no JSON); returns what was masked.
+pub fn mask_json_text(
+    doc: &mut Value,
+    mask: &dyn Fn(&str) -> Option<(String, MaskCounts)>,
+) -> MaskCounts {
+    let mut counts = MaskCounts::default();
+    mask_strings(&TextFn(mask), doc, &mut counts);
+    counts
+}
+
+/// `ResponseMasker::mask_document`'s default: values at `key_paths` become
+/// `"[masked]"`, then every string, number and key goes through the masker's
+/// `mask_text`.
+pub(crate) fn mask_document_as_text<M: ResponseMasker + ?Sized>(
+    masker: &M,
+    session: &SessionInfo,
+    doc: &mut Value,
+    key_paths: &[JsonPath],
+) -> MaskCounts {
+    let mut counts = MaskCounts::default();
+    for path in key_paths {
+        let mut n = 0;
+        walk(doc, &path.segments, &mut |v: &mut Value| {
+            if !v.is_null() {
+                *v = Value::String("[masked]".into());
+                n += 1;
+            }
+        });
+        counts.add(&path.text, n);
+    }
+    counts.merge(&mask_json_text(doc, &|text| {
+        masker.mask_text(session, text)
+    }));
+    counts
+}
+
+pub(crate) fn mask_strings(engine: &dyn FieldMasker, v: &mut Value, counts: &mut MaskCounts) {
     match v {
-        Value::String(s) => match engine.mask_field(s) {
+        Value::String(s) => match engine.field(s) {
             (Some(Cow::Borrowed(_)), _) => {}
             (Some(Cow::Owned(m)), c) => {
                 *s = m;
@@ -260,7 +333,7 @@ fn mask_strings(engine: &MaskingEngine, v: &mut Value, counts: &mut MaskCounts) 
         // A masked number becomes the masked text (or null).
         Value::Number(n) => {
             let text = n.to_string();
-            match engine.mask_field(&text) {
+            match engine.field(&text) {
                 (Some(Cow::Borrowed(_)), _) => {}
                 (Some(Cow::Owned(m)), c) => {
                     *v = Value::String(m);
@@ -281,7 +354,7 @@ fn mask_strings(engine: &MaskingEngine, v: &mut Value, counts: &mut MaskCounts) 
             // Keys can be sensitive too (a map keyed by email address).
             let mut renamed = Vec::new();
             for k in map.keys() {
-                let (masked, c) = engine.mask_text(k);
+                let (masked, c) = engine.key(k);
                 if let Cow::Owned(m) = masked {
                     renamed.push((k.clone(), m));
                     counts.merge(&c);

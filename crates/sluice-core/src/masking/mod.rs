@@ -44,12 +44,13 @@ pub use config::{
     ColumnRuleConfig, CustomDetectorConfig, MaskingConfig, MaskingConfigError, Style,
 };
 pub use engine::{compile, MaskCounts, Masked, MaskingEngine, MAX_HOLDBACK, MIN_HASH_KEY_LEN};
-pub use json::{JsonMasker, JsonPath};
+pub use json::{mask_json_text, JsonMasker, JsonPath};
 pub use response::EngineMasker;
 pub use stream::StreamMasker;
 
 use crate::model::Column;
 use crate::pipeline::SessionInfo;
+use std::sync::Arc;
 
 /// Plans masking for one result set. Called once per set of columns (e.g. per
 /// PostgreSQL RowDescription), never per row.
@@ -104,6 +105,81 @@ pub trait ResponseMasker: Send + Sync + 'static {
     fn stream_masker(&self, _session: &SessionInfo) -> Option<StreamMasker> {
         None
     }
+
+    /// Whether anything may be masked on this session. A protocol that must
+    /// buffer or re-encode a response to mask it (HTTP, Kubernetes) skips
+    /// that when this is `false`. The default is `true`: a masker is asked.
+    fn is_active(&self, _session: &SessionInfo) -> bool {
+        true
+    }
+
+    /// Masks a parsed JSON document in place (HTTP and Kubernetes bodies):
+    /// the values at `key_paths` whole, and whatever the masker finds in
+    /// strings, numbers and keys. Returns what was masked. The default
+    /// replaces key-path values with `"[masked]"` and runs every string
+    /// through `mask_text`, so a masker that only masks text reaches JSON
+    /// bodies too.
+    fn mask_document(
+        &self,
+        session: &SessionInfo,
+        doc: &mut serde_json::Value,
+        key_paths: &[JsonPath],
+    ) -> MaskCounts {
+        json::mask_document_as_text(self, session, doc, key_paths)
+    }
+}
+
+/// A masker bound to one session, for response paths that outlive a borrow
+/// of either (HTTP bodies, WebSocket frames, Kubernetes watch streams).
+#[derive(Clone)]
+pub struct SessionMasker {
+    masker: Arc<dyn ResponseMasker>,
+    session: Arc<SessionInfo>,
+}
+
+impl std::fmt::Debug for SessionMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionMasker")
+            .field("session", &self.session.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionMasker {
+    /// `masker` for `session`; `None` when nothing may be masked on it.
+    pub fn active(masker: &Arc<dyn ResponseMasker>, session: &Arc<SessionInfo>) -> Option<Self> {
+        masker.is_active(session).then(|| SessionMasker {
+            masker: masker.clone(),
+            session: session.clone(),
+        })
+    }
+
+    /// The `[masking]` engine alone, on `session` (tools, benchmarks, tests).
+    pub fn for_engine(engine: MaskingEngine, session: SessionInfo) -> Self {
+        SessionMasker {
+            masker: Arc::new(EngineMasker::new(engine)),
+            session: Arc::new(session),
+        }
+    }
+
+    pub fn session(&self) -> &SessionInfo {
+        &self.session
+    }
+
+    /// See [`ResponseMasker::mask_document`].
+    pub fn mask_document(&self, doc: &mut serde_json::Value, key_paths: &[JsonPath]) -> MaskCounts {
+        self.masker.mask_document(&self.session, doc, key_paths)
+    }
+
+    /// See [`ResponseMasker::mask_bytes`].
+    pub fn mask_bytes(&self, bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
+        self.masker.mask_bytes(&self.session, bytes)
+    }
+
+    /// See [`ResponseMasker::stream_masker`].
+    pub fn stream(&self) -> Option<StreamMasker> {
+        self.masker.stream_masker(&self.session)
+    }
 }
 
 /// Masks the rows of one result set in place.
@@ -138,5 +214,18 @@ pub struct NoMasking;
 impl ResponseMasker for NoMasking {
     fn plan(&self, _: &SessionInfo, _: &[Column]) -> Option<Box<dyn RowMasker>> {
         None
+    }
+
+    fn is_active(&self, _: &SessionInfo) -> bool {
+        false
+    }
+
+    fn mask_document(
+        &self,
+        _: &SessionInfo,
+        _: &mut serde_json::Value,
+        _: &[JsonPath],
+    ) -> MaskCounts {
+        MaskCounts::default()
     }
 }

@@ -3,7 +3,9 @@
 //! values stay valid for their column type (text-like columns get the styled
 //! value, other types get SQL NULL).
 
-use super::{JsonMasker, MaskCounts, Masked, MaskingEngine, ResponseMasker, RowMasker, Style};
+use super::{
+    JsonMasker, JsonPath, MaskCounts, Masked, MaskingEngine, ResponseMasker, RowMasker, Style,
+};
 use crate::model::Column;
 use crate::pipeline::SessionInfo;
 use std::borrow::Cow;
@@ -153,6 +155,67 @@ impl ResponseMasker for EngineMasker {
             return None;
         }
         Some(self.engine.stream())
+    }
+
+    fn is_active(&self, session: &SessionInfo) -> bool {
+        !self.exempt(session) && self.engine.is_active()
+    }
+
+    /// Column rules written as bare key names (`api_key`, `*password*`) mask
+    /// that key's value at any depth; then the key paths and the detectors.
+    fn mask_document(
+        &self,
+        session: &SessionInfo,
+        doc: &mut serde_json::Value,
+        key_paths: &[JsonPath],
+    ) -> MaskCounts {
+        if self.exempt(session) {
+            return MaskCounts::default();
+        }
+        let mut counts = MaskCounts::default();
+        if self.engine.has_column_rules_for(&session.connection) {
+            mask_ruled_keys(&self.engine, &session.connection, doc, &mut counts);
+        }
+        counts.merge(&self.engine.mask_json(doc, key_paths));
+        counts
+    }
+}
+
+/// Masks whole the value of every key a column rule names, at any depth.
+fn mask_ruled_keys(
+    engine: &MaskingEngine,
+    connection: &str,
+    v: &mut serde_json::Value,
+    counts: &mut MaskCounts,
+) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let Some((rule, style)) = engine.column_rule(connection, None, k) else {
+                    mask_ruled_keys(engine, connection, child, counts);
+                    continue;
+                };
+                if child.is_null() {
+                    continue;
+                }
+                let text = match &*child {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                *child = match engine.mask_value_as(rule, &text, style) {
+                    Masked::Null => Value::Null,
+                    Masked::Text(t) => Value::String(t),
+                };
+                counts.add(rule, 1);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                mask_ruled_keys(engine, connection, child, counts);
+            }
+        }
+        _ => {}
     }
 }
 

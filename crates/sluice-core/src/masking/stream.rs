@@ -26,15 +26,22 @@
 //! UTF-8 (the automaton runs on bytes; matches are valid UTF-8).
 
 use super::engine::{Kind, MaskCounts, MaskingEngine, Scratch};
+use std::sync::Arc;
 
 /// Bytes of already released input kept as look-behind context (`\b`, the
 /// character before a JWT or an IP address).
 const CONTEXT: usize = 8;
 
-/// Masks one byte stream. Create with [`MaskingEngine::stream`].
-#[derive(Debug)]
+/// A masker's free-text masking of a complete piece of a stream (`None`:
+/// unchanged), for maskers without an engine (see [`StreamMasker::lines`]).
+pub type TextMask = Arc<dyn Fn(&[u8]) -> Option<(Vec<u8>, MaskCounts)> + Send + Sync>;
+
+/// Masks one byte stream. Create with [`MaskingEngine::stream`], or
+/// [`StreamMasker::lines`] for a masker of its own.
 pub struct StreamMasker {
     engine: MaskingEngine,
+    /// Set for a line-wise stream: `engine` is then unused.
+    lines: Option<(TextMask, usize)>,
     /// `context | pending`: the last released input bytes, then the held-back ones.
     buf: Vec<u8>,
     /// Length of the context prefix of `buf`.
@@ -50,6 +57,7 @@ impl MaskingEngine {
     pub fn stream(&self) -> StreamMasker {
         StreamMasker {
             engine: self.clone(),
+            lines: None,
             buf: Vec::new(),
             ctx: 0,
             counts: MaskCounts::default(),
@@ -59,10 +67,40 @@ impl MaskingEngine {
     }
 }
 
+impl std::fmt::Debug for StreamMasker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamMasker")
+            .field("pending", &self.pending())
+            .field("lines", &self.lines.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl StreamMasker {
+    /// A stream masked by `mask` one line at a time: bytes are held until a
+    /// newline, or until `max_line` bytes are pending (then that much is
+    /// masked as one piece), so a value split across chunks is masked whole
+    /// when it lies within a line.
+    pub fn lines(mask: TextMask, max_line: usize) -> Self {
+        StreamMasker {
+            engine: MaskingEngine::inert(),
+            lines: Some((mask, max_line.max(1))),
+            buf: Vec::new(),
+            ctx: 0,
+            counts: MaskCounts::default(),
+            continuation: None,
+            scratch: Scratch::default(),
+        }
+    }
+
     /// Adds a chunk; returns what can be released now (possibly nothing).
     pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
+        if self.lines.is_some() {
+            self.buf.extend_from_slice(chunk);
+            self.release_lines(false, &mut out);
+            return out;
+        }
         if !self.engine.has_detectors() {
             out.extend_from_slice(chunk);
             return out;
@@ -77,8 +115,36 @@ impl StreamMasker {
     /// arrived so far. The stream can continue afterwards.
     pub fn flush(&mut self) -> Vec<u8> {
         let mut out = Vec::new();
+        if self.lines.is_some() {
+            self.release_lines(true, &mut out);
+            return out;
+        }
         self.process(true, &mut out);
         out
+    }
+
+    /// Line mode: masks and releases every complete line (all of the buffer
+    /// at a flush, or `max_line` bytes when no newline came).
+    fn release_lines(&mut self, all: bool, out: &mut Vec<u8>) {
+        let Some((mask, max_line)) = self.lines.clone() else {
+            return;
+        };
+        loop {
+            let end = match self.buf.iter().position(|&b| b == b'\n') {
+                Some(i) if i < max_line => i + 1,
+                _ if self.buf.len() >= max_line => max_line,
+                _ if all && !self.buf.is_empty() => self.buf.len(),
+                _ => return,
+            };
+            let piece: Vec<u8> = self.buf.drain(..end).collect();
+            match mask(&piece) {
+                Some((masked, counts)) => {
+                    out.extend_from_slice(&masked);
+                    self.counts.merge(&counts);
+                }
+                None => out.extend_from_slice(&piece),
+            }
+        }
     }
 
     /// Ends the stream: everything still held back, masked.

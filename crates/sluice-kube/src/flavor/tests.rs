@@ -239,7 +239,7 @@ fn plan(
     path: &str,
     query: Option<&str>,
     ctype: &str,
-    engine: Option<&MaskingEngine>,
+    engine: Option<&sluice_core::masking::MaskingEngine>,
 ) -> ResponsePlan {
     let conn = connection();
     let headers = HeaderMap::new();
@@ -264,7 +264,8 @@ fn plan(
         protocol: Protocol::Kubernetes,
         client_addr: "127.0.0.1:1".into(),
     };
-    let ctx = MaskingContext::new(engine, &session, 1 << 20);
+    let masker = engine.map(|e| SessionMasker::for_engine(e.clone(), session.clone()));
+    let ctx = MaskingContext::new(masker.as_ref(), &session, 1 << 20);
     KubeFlavor::default().response_plan(&head, &parts, &ctx)
 }
 
@@ -368,7 +369,7 @@ fn exec_output_masked_by_frame() {
     )
     .unwrap();
     let mut hook = ExecFrames {
-        engine: Some(engine),
+        masker: Some(SessionMasker::for_engine(engine, session_info())),
         counts: MaskCounts::default(),
     };
     let mut f = Frame {
@@ -395,4 +396,21 @@ fn exec_output_masked_by_frame() {
     };
     assert!(hook.frame(Direction::UpstreamToClient, &mut text).is_err());
     assert_eq!(hook.counts().get("email"), 1);
+}
+
+fn session_info() -> sluice_core::pipeline::SessionInfo {
+    sluice_core::pipeline::SessionInfo {
+        id: "s".into(),
+        identity: sluice_core::model::Identity {
+            subject: "a".into(),
+            groups: vec![],
+            issuer: "sluice".into(),
+            token_id: "t".into(),
+            expires_at: std::time::SystemTime::now(),
+            connections: None,
+        },
+        connection: "k8s".into(),
+        protocol: Protocol::Kubernetes,
+        client_addr: "127.0.0.1:1".into(),
+    }
 }

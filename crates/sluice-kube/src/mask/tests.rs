@@ -1,9 +1,27 @@
 use super::*;
 use serde_json::json;
-use sluice_core::masking::{compile, MaskingConfig};
+use sluice_core::masking::{compile, MaskingConfig, MaskingEngine};
 
 const PASSWORD_B64: &str = "czNjcjN0LVBhNTV3MHJkIQ==";
 const PASSWORD: &str = "s3cr3t-Pa55w0rd!";
+
+fn masker() -> SessionMasker {
+    let session = sluice_core::pipeline::SessionInfo {
+        id: "s".into(),
+        identity: sluice_core::model::Identity {
+            subject: "a".into(),
+            groups: vec![],
+            issuer: "sluice".into(),
+            token_id: "t".into(),
+            expires_at: std::time::SystemTime::now(),
+            connections: None,
+        },
+        connection: "k8s".into(),
+        protocol: sluice_core::Protocol::Kubernetes,
+        client_addr: "127.0.0.1:1".into(),
+    };
+    SessionMasker::for_engine(engine(), session)
+}
 
 fn engine() -> MaskingEngine {
     let config = MaskingConfig {
@@ -38,7 +56,7 @@ fn secret_object() {
     let mut doc = secret();
     let counts = DocMasker {
         secrets: true,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -62,7 +80,7 @@ fn by_kind_outside_a_secrets_request() {
         json!({"kind": "List", "items": [secret(), {"kind": "ConfigMap", "data": {"a": "b"}}]});
     DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -70,7 +88,7 @@ fn by_kind_outside_a_secrets_request() {
     let mut list = json!({"kind": "SecretList", "items": [{"metadata": {"name": "x"}, "data": {"k": PASSWORD_B64}}]});
     DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut list);
     no_secret_left(&list);
@@ -82,7 +100,7 @@ fn unparseable_last_applied_is_replaced_whole() {
     doc["metadata"]["annotations"][LAST_APPLIED] = json!(format!("{{not json {PASSWORD}"));
     DocMasker {
         secrets: true,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -94,7 +112,7 @@ fn odd_shapes_are_replaced_whole() {
     let mut doc = json!({"kind": "Secret", "data": [PASSWORD_B64], "stringData": PASSWORD});
     DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -107,7 +125,7 @@ fn status_in_a_secrets_request_is_kept() {
     let before = doc.clone();
     DocMasker {
         secrets: true,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     assert_eq!(doc, before);
@@ -127,7 +145,7 @@ fn table_rows() {
     let mut doc = secret_table(secret());
     DocMasker {
         secrets: true,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -139,7 +157,7 @@ fn table_rows() {
     let mut doc = secret_table(secret());
     DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -149,7 +167,7 @@ fn table_rows() {
     let mut doc = secret_table(partial);
     DocMasker {
         secrets: true,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     no_secret_left(&doc);
@@ -162,7 +180,7 @@ fn pod_tables_and_other_objects_untouched_without_detectors() {
     let before = doc.clone();
     let counts = DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     assert_eq!(doc, before);
@@ -175,7 +193,7 @@ fn detectors_on_other_resources() {
         json!({"kind": "ConfigMap", "data": {"ADMIN": "ops.lead@example.com", "LEVEL": "info"}});
     let counts = DocMasker {
         secrets: false,
-        engine: Some(engine()),
+        masker: Some(masker()),
     }
     .mask(&mut doc);
     assert!(!doc.to_string().contains("ops.lead@example.com"));
@@ -189,7 +207,7 @@ fn document_transformer() {
     let mut t = DocumentTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         1 << 20,
     );
@@ -209,7 +227,7 @@ fn document_transformer() {
     let mut small = DocumentTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         16,
     );
@@ -217,7 +235,7 @@ fn document_transformer() {
     let mut bad = DocumentTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         1 << 20,
     );
@@ -235,7 +253,7 @@ fn watch_events_masked_one_by_one() {
         let mut t = WatchTransformer::new(
             DocMasker {
                 secrets: true,
-                engine: None,
+                masker: None,
             },
             1 << 20,
         );
@@ -263,7 +281,7 @@ fn watch_refuses_what_it_cannot_mask() {
     let mut t = WatchTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         64,
     );
@@ -271,7 +289,7 @@ fn watch_refuses_what_it_cannot_mask() {
     let mut t = WatchTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         1 << 20,
     );
@@ -279,7 +297,7 @@ fn watch_refuses_what_it_cannot_mask() {
     let mut t = WatchTransformer::new(
         DocMasker {
             secrets: true,
-            engine: None,
+            masker: None,
         },
         1 << 20,
     );
@@ -296,7 +314,7 @@ fn minted_tokens() {
         "status": {"token": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln", "expirationTimestamp": "2026-01-01T01:00:00Z"}});
     let counts = DocMasker {
         secrets: false,
-        engine: None,
+        masker: None,
     }
     .mask(&mut doc);
     assert_eq!(doc["status"]["token"], PLACEHOLDER);
