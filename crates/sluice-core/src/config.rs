@@ -1,7 +1,7 @@
 //! Gateway configuration: TOML with `SLUICE_<SECTION>__<KEY>` environment overrides
 //! (figment), secrets only by reference, errors that name the file, key and line.
 
-use crate::model::Action;
+use crate::model::{Action, Protocol};
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -10,6 +10,19 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// The text a configuration was parsed from (errors name its lines).
+#[derive(Clone)]
+struct ConfigSource {
+    origin: String,
+    text: String,
+}
+
+impl fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin)
+    }
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -44,6 +57,9 @@ pub struct Config {
     /// Plugins loaded at run time through the C ABI (see docs/plugins.md).
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// Where the configuration was read from, to locate later errors.
+    #[serde(skip)]
+    source: Option<std::sync::Arc<ConfigSource>>,
 }
 
 /// A plugin loaded at start (`[[plugins]]`): a shared library exporting the
@@ -172,6 +188,9 @@ pub struct ListenConfig {
     pub http: Option<SocketAddr>,
     /// Operator API listener.
     pub api: Option<SocketAddr>,
+    /// Listeners of contributed protocols, by kind name (`kv = "127.0.0.1:7000"`).
+    #[serde(default)]
+    pub protocols: std::collections::BTreeMap<String, SocketAddr>,
     /// Client connections each listener holds at once; more wait in the
     /// kernel's backlog until one closes.
     #[serde(default = "default_max_connections")]
@@ -193,6 +212,7 @@ impl Default for ListenConfig {
             ssh: None,
             http: None,
             api: None,
+            protocols: Default::default(),
             max_connections: default_max_connections(),
             max_connections_per_peer: 0,
             drain_timeout: default_drain_timeout(),
@@ -381,23 +401,59 @@ fn default_max_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(8 * 3600))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ConnectionKind {
-    Postgres,
-    Ssh,
-    Http,
-    Kubernetes,
+/// What a connection is: the name of the protocol that serves it. Open like
+/// [`Protocol`]: the built-in kinds are constants; a protocol crate's kind is
+/// accepted when the gateway was assembled with it
+/// (`GatewayBuilder::connection_kind`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectionKind(Protocol);
+
+// Named like the enum variants they replace, so code using them keeps compiling.
+#[allow(non_upper_case_globals)]
+impl ConnectionKind {
+    pub const Postgres: ConnectionKind = ConnectionKind(Protocol::Postgres);
+    pub const Ssh: ConnectionKind = ConnectionKind(Protocol::Ssh);
+    pub const Http: ConnectionKind = ConnectionKind(Protocol::Http);
+    pub const Kubernetes: ConnectionKind = ConnectionKind(Protocol::Kubernetes);
+
+    /// The kinds core validates itself (the others are checked by the
+    /// protocol crate that contributes them).
+    pub const BUILT_IN: [ConnectionKind; 4] = [
+        ConnectionKind::Postgres,
+        ConnectionKind::Ssh,
+        ConnectionKind::Http,
+        ConnectionKind::Kubernetes,
+    ];
+
+    /// The kind served by `protocol`.
+    pub const fn of(protocol: Protocol) -> ConnectionKind {
+        ConnectionKind(protocol)
+    }
+
+    /// The protocol that serves this kind.
+    pub fn protocol(self) -> Protocol {
+        self.0
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0.as_str()
+    }
+
+    pub fn is_built_in(self) -> bool {
+        ConnectionKind::BUILT_IN.contains(&self)
+    }
 }
 
 impl fmt::Display for ConnectionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            ConnectionKind::Postgres => "postgres",
-            ConnectionKind::Ssh => "ssh",
-            ConnectionKind::Http => "http",
-            ConnectionKind::Kubernetes => "kubernetes",
-        })
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for ConnectionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
     }
 }
 
@@ -466,6 +522,12 @@ pub struct ConnectionConfig {
     pub hosts: Vec<String>,
     /// Upper bound for one upstream request/response exchange (HTTP); default 60s.
     pub timeout: Option<HumanDuration>,
+
+    // --- Contributed kinds ---
+    /// Settings of a kind contributed by a protocol crate outside core, read
+    /// and validated by that crate (`GatewayBuilder::connection_kind`).
+    #[serde(default)]
+    pub options: toml::Table,
 }
 
 /// `basic = { user = "…", password = { env = "…" } }`.
@@ -636,7 +698,26 @@ impl Config {
             .extract()
             .map_err(|e| figment_error(e, text, origin))?;
         config.validate(text, origin)?;
+        let mut config = config;
+        config.source = Some(std::sync::Arc::new(ConfigSource {
+            origin: origin.to_string(),
+            text: text.to_string(),
+        }));
         Ok(config)
+    }
+
+    /// An error about `key` (e.g. `connections.2.options.port`) of this
+    /// configuration, naming its file and line when it was read from text.
+    pub fn error_at(&self, key: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self
+                .source
+                .as_ref()
+                .map_or_else(String::new, |s| s.origin.clone()),
+            line: self.source.as_ref().and_then(|s| locate_key(&s.text, key)),
+            key: key.to_string(),
+            message: message.into(),
+        }
     }
 
     /// Checks what serde cannot: references between sections and required fields per kind.
@@ -846,6 +927,14 @@ impl Config {
                         }
                     }
                 }
+                // A contributed kind: its protocol crate validates it.
+                _ => {}
+            }
+            if c.kind.is_built_in() && !c.options.is_empty() {
+                return Err(invalid(
+                    key("options"),
+                    format!("`options` holds the settings of contributed connection kinds; a {} connection takes its keys directly", c.kind),
+                ));
             }
             if c.default_action == Some(Action::Review) {
                 return Err(invalid(
@@ -1072,6 +1161,13 @@ pub fn locate_key(text: &str, key: &str) -> Option<usize> {
             continue;
         }
         if let Some(h) = line.strip_prefix('[').and_then(|l| l.split(']').next()) {
+            // A sub-table of the element (`[connections.options]`) is the leaf itself.
+            if in_target
+                && index.is_some()
+                && leaf.is_some_and(|l| h.trim() == format!("{table}.{l}"))
+            {
+                return Some(n + 1);
+            }
             in_target = index.is_none() && h.trim() == table;
             if in_target {
                 header_line = Some(n + 1);

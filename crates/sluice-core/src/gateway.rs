@@ -7,7 +7,7 @@ use crate::auth::{
     unverified_issuer, AuthError, Authenticator, GroupMap, Lineage, RevocationError,
     RevocationList, MAX_EXCHANGE_DEPTH,
 };
-use crate::config::{Config, ConnectionKind};
+use crate::config::{Config, ConnectionConfig, ConnectionKind};
 use crate::listener::{DrainReport, Listener, ListenerLimits};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
@@ -27,6 +27,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 pub enum GatewayError {
     #[error("{key}: {message}")]
     Config { key: String, message: String },
+    /// A configuration error located in its file.
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -68,6 +71,8 @@ pub struct Gateway {
     lineage: Lineage,
     /// Set once by `drain`: listeners stop accepting, admission refuses.
     draining: tokio::sync::watch::Sender<bool>,
+    /// Contributed connection kinds, checked again on reload.
+    kinds: ConnectionKinds,
 }
 
 /// What a configuration reload did.
@@ -85,6 +90,53 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// Checks the settings of a contributed connection kind (its `options` and
+/// whichever common keys it uses). An error names the key under the
+/// connection (`options.port`) and says what is wrong.
+pub type KindValidator =
+    Arc<dyn Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync>;
+
+/// Connection kinds a gateway serves beyond the built-in ones.
+#[derive(Clone, Default)]
+pub struct ConnectionKinds(Vec<(ConnectionKind, KindValidator)>);
+
+impl ConnectionKinds {
+    pub fn add(&mut self, kind: ConnectionKind, validate: KindValidator) {
+        self.0.push((kind, validate));
+    }
+
+    /// Every connection is of a built-in kind or of one added here, and the
+    /// added kinds' validators accept their connections.
+    pub fn check(&self, config: &Config) -> Result<(), GatewayError> {
+        for (i, c) in config.connections.iter().enumerate() {
+            if c.kind.is_built_in() {
+                continue;
+            }
+            let Some((_, validate)) = self.0.iter().find(|(k, _)| *k == c.kind) else {
+                let served: Vec<String> = ConnectionKind::BUILT_IN
+                    .iter()
+                    .chain(self.0.iter().map(|(k, _)| k))
+                    .map(|k| k.to_string())
+                    .collect();
+                return Err(config
+                    .error_at(
+                        &format!("connections.{i}.kind"),
+                        format!(
+                            "unknown connection kind {:?}; this gateway serves {}",
+                            c.kind.as_str(),
+                            served.join(", ")
+                        ),
+                    )
+                    .into());
+            };
+            validate(c).map_err(|(key, message)| {
+                config.error_at(&format!("connections.{i}.{key}"), message)
+            })?;
+        }
+        Ok(())
+    }
+}
+
 /// Assembles a gateway; platform teams use it to add their own layers,
 /// match keys, policy engine or masker (see examples/custom-gateway).
 pub struct GatewayBuilder {
@@ -96,6 +148,7 @@ pub struct GatewayBuilder {
     masker: Arc<dyn ResponseMasker>,
     notifiers: Vec<Arc<dyn ApprovalNotifier>>,
     authenticators: Vec<Arc<dyn Authenticator>>,
+    kinds: ConnectionKinds,
 }
 
 impl GatewayBuilder {
@@ -109,7 +162,20 @@ impl GatewayBuilder {
             masker: Arc::new(NoMasking),
             notifiers: Vec::new(),
             authenticators: Vec::new(),
+            kinds: ConnectionKinds::default(),
         }
+    }
+
+    /// Serves connections of `kind`, contributed by a protocol crate outside
+    /// core; `validate` checks each such connection's settings at build and
+    /// on every reload.
+    pub fn connection_kind(
+        mut self,
+        kind: ConnectionKind,
+        validate: impl Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync + 'static,
+    ) -> Self {
+        self.kinds.add(kind, Arc::new(validate));
+        self
     }
 
     /// Accepts tokens `authenticator` vouches for (e.g. an OIDC provider),
@@ -158,6 +224,7 @@ impl GatewayBuilder {
     }
 
     pub fn build(self) -> Result<Gateway, GatewayError> {
+        self.kinds.check(&self.config)?;
         let (engine, rules): (Arc<dyn PolicyEngine>, _) = match self.engine {
             Some(e) => (e, None),
             None => {
@@ -201,6 +268,7 @@ impl GatewayBuilder {
             revocations,
             lineage: Lineage::default(),
             draining: tokio::sync::watch::channel(false).0,
+            kinds: self.kinds,
         })
     }
 }
@@ -227,6 +295,7 @@ impl Gateway {
             None => None,
         };
         let settings = ReviewSettings::from_config(&config).map_err(config_error)?;
+        self.kinds.check(&config)?;
         let old = self.config();
         let mut report = ReloadReport::default();
         let unchanged =
@@ -477,13 +546,7 @@ impl Gateway {
                 "no connection named {connection:?} is available to you"
             ))
         })?;
-        let expected = match protocol {
-            Protocol::Postgres => ConnectionKind::Postgres,
-            Protocol::Ssh => ConnectionKind::Ssh,
-            Protocol::Http => ConnectionKind::Http,
-            Protocol::Kubernetes => ConnectionKind::Kubernetes,
-        };
-        if conn.kind != expected {
+        if conn.kind != ConnectionKind::of(protocol) {
             return Err(Refusal::Access(format!(
                 "connection {connection:?} is a {} connection, not {protocol}",
                 conn.kind

@@ -4,25 +4,88 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::SystemTime;
 
-/// Which wire protocol a session speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Postgres,
-    Ssh,
-    Http,
-    Kubernetes,
+/// Which wire protocol a session speaks, named by the crate that implements
+/// it. Open: the built-in four are constants, and a protocol crate names its
+/// own with [`Protocol::new`] (lowercase letters, digits and `-`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Protocol(&'static str);
+
+// Named like the enum variants they replace, so code using them keeps compiling.
+#[allow(non_upper_case_globals)]
+impl Protocol {
+    pub const Postgres: Protocol = Protocol("postgres");
+    pub const Ssh: Protocol = Protocol("ssh");
+    pub const Http: Protocol = Protocol("http");
+    pub const Kubernetes: Protocol = Protocol("kubernetes");
+
+    /// A contributed protocol's name.
+    pub const fn new(name: &'static str) -> Protocol {
+        Protocol(name)
+    }
+
+    /// The protocol called `name` (as stored in audit records and configs).
+    pub fn named(name: &str) -> Result<Protocol, String> {
+        valid_name(name).map(Protocol)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Postgres => "postgres",
-            Protocol::Ssh => "ssh",
-            Protocol::Http => "http",
-            Protocol::Kubernetes => "kubernetes",
-        })
+        f.write_str(self.0)
     }
+}
+
+impl fmt::Debug for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl Serialize for Protocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Protocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        Protocol::named(&name).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a protocol or connection-kind name and returns it as a `'static`
+/// string: the built-in names as they are, others interned once (names come
+/// from configs and audit records, so there are few of them).
+pub(crate) fn valid_name(name: &str) -> Result<&'static str, String> {
+    const BUILT_IN: [&str; 4] = ["postgres", "ssh", "http", "kubernetes"];
+    if let Some(known) = BUILT_IN.iter().find(|k| **k == name) {
+        return Ok(known);
+    }
+    let well_formed = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !well_formed {
+        return Err(format!(
+            "{name:?} is not a protocol name (lowercase letters, digits and '-', at most 32)"
+        ));
+    }
+    static INTERNED: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashSet<&'static str>>,
+    > = std::sync::OnceLock::new();
+    let mut interned = crate::sync::MutexExt::locked(INTERNED.get_or_init(Default::default));
+    if let Some(found) = interned.get(name) {
+        return Ok(found);
+    }
+    let leaked: &'static str = Box::leak(name.to_string().into_boxed_str());
+    interned.insert(leaked);
+    Ok(leaked)
 }
 
 /// An authenticated caller: who they are, which groups they are in, and which
@@ -109,6 +172,9 @@ pub enum CommandKind {
     /// A forwarding request or channel: `port-forward` (local and dynamic),
     /// `remote-forward`, `agent-forward`, `x11`; `text` says where to.
     Forward { kind: String },
+    /// A command of a contributed protocol (a protocol crate outside core):
+    /// `operation` names what it does (e.g. `GET`, `DEL`); `text` is the whole command.
+    Other { operation: String },
 }
 
 /// One command on a session: the unit that is judged, audited and answered.

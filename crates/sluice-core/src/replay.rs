@@ -60,6 +60,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     CommandKind::Shell { pty: false } => "shell".into(),
                     CommandKind::Subsystem { name } => format!("subsystem {name}"),
                     CommandKind::Forward { kind } => kind.clone(),
+                    CommandKind::Other { operation } => operation.to_lowercase(),
                 };
                 let decision = match (&verdict.action, &verdict.rule) {
                     (Action::Allow, None) => "allowed".to_string(),

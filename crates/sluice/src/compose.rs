@@ -54,6 +54,8 @@ fn http_flavors() -> sluice_http::FlavorRegistry {
 /// Everything `config check` can verify without starting listeners.
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
+    // This binary serves the built-in connection kinds only.
+    sluice_core::gateway::ConnectionKinds::default().check(config)?;
     for c in &config.connections {
         let secrets = c
             .password

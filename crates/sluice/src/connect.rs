@@ -121,6 +121,11 @@ pub fn run(config: &Config, args: ConnectArgs) -> Result<()> {
             println!("    user: {}", yaml_scalar(&subject));
             println!("current-context: sluice-{name}");
         }
+        other => {
+            return Err(anyhow::anyhow!(
+                "connection {name:?} is of kind {other}, which this binary does not serve"
+            ))
+        }
     }
     if token.is_empty() {
         bail!("empty token");
