@@ -5,14 +5,14 @@
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let line = String::from_utf8_lossy(data);
-    let Ok(invocations) = sluice_core::shell::analyze(&line) else {
+    let Ok(invocations) = sluice_shell::analyze(&line) else {
         return;
     };
     for inv in invocations {
         let mut argv = vec![inv.path.clone().unwrap_or_else(|| inv.program.clone())];
         argv.extend(inv.args.iter().cloned());
-        let quoted = sluice_core::shell::quote_argv(&argv);
-        if let Ok(again) = sluice_core::shell::analyze(&quoted) {
+        let quoted = sluice_shell::quote_argv(&argv);
+        if let Ok(again) = sluice_shell::analyze(&quoted) {
             assert!(
                 again.iter().any(|a| a.program == inv.program),
                 "{quoted:?} no longer runs {:?}",

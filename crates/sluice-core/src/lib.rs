@@ -18,7 +18,6 @@ pub mod model;
 pub mod pipeline;
 pub mod replay;
 pub mod session;
-pub mod shell;
 pub mod sync;
 pub mod tls;
 pub mod token;

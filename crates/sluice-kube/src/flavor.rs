@@ -89,7 +89,7 @@ pub fn exec_command(method: &str, target: &str, req: &ApiRequest) -> Command {
     context.push(where_);
     Command {
         kind: CommandKind::Exec,
-        text: sluice_core::shell::quote_argv(&argv),
+        text: sluice_shell::quote_argv(&argv),
         context,
     }
 }

@@ -705,7 +705,7 @@ fn sole_command(text: &str) -> Option<Vec<String>> {
     if quote.is_some() {
         return None;
     }
-    let mut commands = sluice_core::shell::parse(text).ok()?;
+    let mut commands = sluice_shell::parse(text).ok()?;
     if commands.len() != 1 {
         return None;
     }

@@ -94,14 +94,14 @@ struct SshMatcher {
 }
 
 /// The programs of an exec line, analysed once per command.
-struct Programs(Result<Vec<sluice_core::shell::Invocation>, String>);
+struct Programs(Result<Vec<sluice_shell::Invocation>, String>);
 
 fn programs<'s>(
     command: &Command,
     scratch: &'s mut Scratch,
-) -> Result<&'s [sluice_core::shell::Invocation], String> {
+) -> Result<&'s [sluice_shell::Invocation], String> {
     let p = scratch.get_or_insert_with(|| {
-        Programs(sluice_core::shell::analyze(&command.text).map_err(|e| e.to_string()))
+        Programs(sluice_shell::analyze(&command.text).map_err(|e| e.to_string()))
     });
     p.0.as_deref().map_err(|e| e.clone())
 }

@@ -36,7 +36,7 @@ fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
         sluice_postgres::sql_match_key(),
         sluice_http::http_match_key(),
         sluice_kube::kube_match_key(),
-        sluice_core::shell::shell_match_key(),
+        sluice_shell::shell_match_key(),
         sluice_ssh::ssh_match_key(),
     ]
 }
@@ -56,6 +56,14 @@ pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
     // This binary serves the built-in connection kinds only.
     sluice_core::gateway::ConnectionKinds::default().check(config)?;
+    if let Some(name) = config.listen.protocols.keys().next() {
+        return Err(config
+            .error_at(
+                &format!("listen.protocols.{name}"),
+                "this binary serves no contributed protocol; run a gateway assembled with that protocol's crate (see examples/kv-protocol)",
+            )
+            .into());
+    }
     for c in &config.connections {
         let secrets = c
             .password

@@ -45,7 +45,7 @@ async fn main() -> Result<()> {
             // The match keys for [[rules]]: SQL, HTTP, shell and SSH.
             .match_key(sluice_postgres::sql_match_key())
             .match_key(sluice_http::http_match_key())
-            .match_key(sluice_core::shell::shell_match_key())
+            .match_key(sluice_shell::shell_match_key())
             .match_key(sluice_ssh::ssh_match_key())
             // Our own policy: at most 20 commands per second per session,
             // audited like every other decision.

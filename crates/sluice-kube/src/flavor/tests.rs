@@ -105,7 +105,7 @@ fn shell_quoting() {
         (vec!["$(id)"], "'$(id)'"),
     ] {
         let argv: Vec<String> = argv.into_iter().map(String::from).collect();
-        assert_eq!(sluice_core::shell::quote_argv(&argv), text);
+        assert_eq!(sluice_shell::quote_argv(&argv), text);
     }
 }
 

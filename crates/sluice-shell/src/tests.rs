@@ -1,8 +1,7 @@
 use super::*;
-use crate::config::Config;
-use crate::model::{Action, Command, CommandKind};
-use crate::pipeline::policy::{PolicyEngine, RulesEngine};
-use crate::testing::{person, sql_request};
+use sluice_core::config::Config;
+use sluice_core::model::{Action, Command, CommandKind};
+use sluice_core::pipeline::policy::{PolicyEngine, RulesEngine};
 use std::sync::Arc;
 
 /// The programs (with arguments) a line runs, as `program args…` strings.
@@ -729,5 +728,40 @@ fn inner_commands_of_launchers_are_extracted() {
     ] {
         let all = runs(line);
         assert!(all.iter().any(|r| r == inner), "{line:?} → {all:?}");
+    }
+}
+
+/// A gateway-issued identity valid for ten minutes.
+fn person(subject: &str, groups: &[&str]) -> sluice_core::Identity {
+    sluice_core::Identity {
+        subject: subject.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        issuer: "sluice".into(),
+        token_id: "t".into(),
+        expires_at: std::time::SystemTime::now() + std::time::Duration::from_secs(600),
+        connections: None,
+    }
+}
+
+/// Command 1 of session `s1` on `appdb`, by `identity`.
+fn sql_request(
+    identity: sluice_core::Identity,
+    text: &str,
+) -> sluice_core::pipeline::CommandRequest {
+    sluice_core::pipeline::CommandRequest {
+        session: std::sync::Arc::new(sluice_core::pipeline::SessionInfo {
+            id: "s1".into(),
+            identity,
+            connection: "appdb".into(),
+            protocol: sluice_core::Protocol::Postgres,
+            client_addr: "127.0.0.1:1".into(),
+        }),
+        command_id: 1,
+        command: std::sync::Arc::new(sluice_core::Command {
+            kind: sluice_core::CommandKind::SqlSimple,
+            text: text.into(),
+            context: vec![],
+        }),
+        notices: None,
     }
 }

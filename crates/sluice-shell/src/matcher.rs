@@ -16,9 +16,9 @@
 //! ([`super::Unjudgeable`]) makes the matcher fail, which denies the command.
 
 use super::{analyze, Invocation};
-use crate::glob::Glob;
-use crate::model::{Action, Command, CommandKind};
-use crate::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
+use sluice_core::glob::Glob;
+use sluice_core::model::{Action, Command, CommandKind};
+use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
 use std::sync::Arc;
 
 /// Registers `command` and `program`.
@@ -28,11 +28,11 @@ pub fn shell_match_key() -> Arc<dyn MatchKey> {
 
 struct ShellMatchKey;
 
-fn strings(values: &toml::Table, key: &str) -> Result<Option<Vec<Glob>>, String> {
+fn strings(values: &sluice_core::toml::Table, key: &str) -> Result<Option<Vec<Glob>>, String> {
     let Some(v) = values.get(key) else {
         return Ok(None);
     };
-    let list = crate::pipeline::policy::string_list(key, v)?;
+    let list = sluice_core::pipeline::policy::string_list(key, v)?;
     if list.iter().any(|p| p.trim().is_empty()) {
         return Err(format!("{key}: an empty pattern"));
     }
@@ -44,7 +44,10 @@ impl MatchKey for ShellMatchKey {
         &["command", "program"]
     }
 
-    fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+    fn compile(
+        &self,
+        values: &sluice_core::toml::Table,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         // Without the rule's action, judge as the strictest (an allow rule
         // admitting less, never more).
         self.compile_for(values, Action::Allow)
@@ -52,7 +55,7 @@ impl MatchKey for ShellMatchKey {
 
     fn compile_for(
         &self,
-        values: &toml::Table,
+        values: &sluice_core::toml::Table,
         action: Action,
     ) -> Result<Box<dyn CommandMatcher>, String> {
         Ok(Box::new(ShellMatcher {
