@@ -1,4 +1,4 @@
-//! The shell differential test (`crates/sluice-core/src/shell/differential.rs`)
+//! The shell differential test (`crates/sluice-shell/src/differential.rs`)
 //! run longer after `cargo xtask fuzz`: generated command lines, what bash
 //! executes under strace against what the parser says will run. The normal
 //! test suite runs it for 20 s; here it runs as long as one fuzz target
@@ -42,9 +42,9 @@ pub(crate) fn after_fuzz(args: &[String]) -> Result<()> {
             .args([
                 "test",
                 "-p",
-                "sluice-core",
+                "sluice-shell",
                 "--lib",
-                "shell::differential",
+                "differential",
                 "--",
                 "--nocapture",
             ])
