@@ -363,71 +363,18 @@ impl ClientConn {
         let (mut parts, ()) = req.into_parts();
         let limits = self.shared.limits.clone();
 
-        // The token authenticates to Sluice and is never forwarded.
-        let token = sluice_core::token::bearer_from_header(
-            parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
-        )
-        .map_err(|e| {
-            Problem::new(ProblemKind::Unauthenticated, format!("sluice: {e}"))
-                .with_hint("Send your Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token).")
-        })?
-        .to_string();
-        parts.headers.remove(header::AUTHORIZATION);
-        let upgrade = upgrade_protocol(&parts);
-        // The host the client asked for: HTTP/2's :authority, else Host.
-        let client_host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let mut headers = std::mem::take(&mut parts.headers);
-        strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
-        // The upstream runs the request line the gateway judges, never a
-        // method or path named in a header.
-        let dropped = crate::overrides::strip_override_headers(&mut headers);
-        if !dropped.is_empty() {
-            tracing::info!(message = "Method/URL override headers dropped.", client = %self.peer, headers = ?dropped);
-        }
-
-        // Route: a configured host, else the first path segment.
-        let raw_path = parts.uri.path().to_string();
-        let normal = NormalPath::parse(&raw_path)
-            .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("sluice: {e}")))?;
-        let trailing = has_trailing_slash(&raw_path);
-        let host_name = client_host
-            .as_deref()
-            .map(|h| {
-                h.rsplit_once(':')
-                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-                    .map_or(h, |(n, _)| n)
-            })
-            .map(|h| {
-                h.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_ascii_lowercase()
-            });
-        let by_host = host_name
-            .as_deref()
-            .and_then(|h| self.shared.route_host(h))
-            .map(str::to_string);
-        let (name, rest) = match by_host.clone() {
-            Some(name) => (name, normal),
-            None => {
-                let (first, rest) = normal.split_first().ok_or_else(|| {
-                    Problem::new(
-                        ProblemKind::NotFound,
-                        "sluice: name a connection in the path: https://gateway/<connection>/…",
-                    )
-                })?;
-                (first.to_string(), rest)
-            }
-        };
+        let ClientRequest {
+            token,
+            upgrade,
+            client_host,
+            headers,
+        } = self.client_request(&mut parts)?;
+        let Route {
+            name,
+            rest,
+            trailing,
+            by_host,
+        } = self.route(parts.uri.path(), client_host.as_deref())?;
         let config = self.shared.gateway.config();
         let connection = config
             .connection(&name)
@@ -526,62 +473,14 @@ impl ClientConn {
         // The body's start is read before judging, so that the command (and
         // an approval of it) is bound to the body's digest, not only to the
         // request line. A body over the digest limit streams, marked unbound.
-        let mut body_prefix = None;
-        let mut body_line = None;
-        let mut body_refusal = None;
-        if upgrade.is_none() {
-            let taken = unread.locked().take();
-            if let Some(mut incoming) = taken {
-                if !http_body::Body::is_end_stream(&incoming) {
-                    let read = tokio::time::timeout(
-                        timeout,
-                        body::read_start(&mut incoming, body::DIGEST_LIMIT),
-                    )
-                    .await;
-                    let ctype = headers
-                        .get(header::CONTENT_TYPE)
-                        .and_then(|v| v.to_str().ok());
-                    match read {
-                        Ok(Ok((bytes, complete))) => {
-                            if let Some(name) =
-                                crate::overrides::method_override_in_body(ctype, &bytes)
-                            {
-                                body_refusal = Some(
-                                    Problem::new(
-                                        ProblemKind::BadRequest,
-                                        format!(
-                                            "sluice: the form field {:?} asks the upstream to run another method than {}; the request was not sent",
-                                            truncate(&name, 40),
-                                            parts.method
-                                        ),
-                                    )
-                                    .with_hint("Send the request with the method itself instead of a method-override field."),
-                                );
-                            }
-                            body_line = Some(body::body_context(&bytes, complete));
-                            body_prefix = Some(bytes);
-                        }
-                        Ok(Err(_)) => {
-                            body_refusal = Some(Problem::new(
-                                ProblemKind::BadRequest,
-                                "sluice: the request body could not be read; the request was not sent",
-                            ))
-                        }
-                        Err(_) => {
-                            body_refusal = Some(Problem::new(
-                                ProblemKind::BadRequest,
-                                "sluice: the request body did not arrive in time; the request was not sent",
-                            ))
-                        }
-                    }
-                }
-                // Kept until the response is sent (see `handle`).
-                *unread.locked() = Some(incoming);
+        let (mut body_prefix, body_line) = if upgrade.is_none() {
+            match read_body_start(&unread, &headers, &parts.method, timeout).await {
+                Ok(read) => read,
+                Err(problem) => return Ok(render(problem)),
             }
-        }
-        if let Some(problem) = body_refusal {
-            return Ok(render(problem));
-        }
+        } else {
+            (None, None)
+        };
 
         // Decide every command; all must be forwarded.
         let mut commands = match flavor.commands(&head) {
@@ -600,77 +499,22 @@ impl ClientConn {
             }
         }
         let recorder = live.handle.recorder();
-        let mut forwarded = Vec::new();
-        for command in commands {
-            match live.handle.decide(command).await {
-                Ok(Decision::Forward { command_id }) => forwarded.push(command_id),
-                Ok(Decision::Refuse { command_id, denial }) => {
-                    let problem = Problem::from_denial(&denial);
-                    for id in &forwarded {
-                        recorder.finished(
-                            *id,
-                            refused_outcome("not sent: a related command was refused", started),
-                        );
-                    }
-                    recorder.finished(
-                        command_id,
-                        refused_outcome(
-                            &format!("{} {}", problem.status.as_u16(), problem.detail),
-                            started,
-                        ),
-                    );
-                    return Ok(render(problem));
-                }
-                Err(e) => {
-                    tracing::error!(message = "The audit store refused a command; failing closed.", error = %e);
-                    for id in &forwarded {
-                        recorder.finished(
-                            *id,
-                            refused_outcome("not sent: the audit store failed", started),
-                        );
-                    }
-                    return Ok(render(Problem::new(
-                        ProblemKind::Unavailable,
-                        "sluice: the gateway could not record this request, so it was not sent; try again later",
-                    )));
-                }
-            }
-        }
+        let forwarded = match decide_all(&live.handle, commands, started).await {
+            Ok(forwarded) => forwarded,
+            Err(problem) => return Ok(render(problem)),
+        };
 
         // The upstream request.
         // The gateway's one masker, as every protocol uses it.
         let masker = SessionMasker::active(live.handle.masker(), live.handle.info());
         let masking_engine = masker.as_ref();
-        let mut up_headers = headers.clone();
-        if let Some(proto) = &upgrade {
-            up_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Ok(v) = HeaderValue::from_str(proto) {
-                up_headers.insert(header::UPGRADE, v);
-            }
-        }
-        if let Ok(v) = HeaderValue::from_str(live.upstream.authority.as_str()) {
-            up_headers.insert(header::HOST, v);
-        }
-        if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
-            up_headers.insert("x-forwarded-for", v);
-        }
-        up_headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        if let Some(v) = client_host
-            .as_deref()
-            .and_then(|h| HeaderValue::from_str(h).ok())
-        {
-            up_headers.insert("x-forwarded-host", v);
-        }
-        for (n, v) in live.injected.headers() {
-            up_headers.insert(n.clone(), v.clone());
-        }
-        if masking_engine.is_some() || !live.injected.secrets().is_empty() {
-            // Compressed bodies cannot be masked or searched for echoes.
-            up_headers.insert(
-                header::ACCEPT_ENCODING,
-                HeaderValue::from_static("identity"),
-            );
-        }
+        let mut up_headers = self.upstream_headers(
+            &headers,
+            upgrade.as_deref(),
+            &live,
+            client_host.as_deref(),
+            masking_engine.is_some(),
+        );
         if let Err(p) = flavor.prepare_upstream(&head, &mut up_headers) {
             finish_all(&recorder, &forwarded, refused_outcome(&p.detail, started));
             return Ok(render(p));
@@ -719,37 +563,16 @@ impl ClientConn {
                 return Ok(render(Problem::new(ProblemKind::SessionEnded, format!("sluice: the session was ended: {reason}"))));
             }
         };
-        let response = match sent {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                let problem = if source_is::<body::TooLarge>(&e) {
-                    too_large(limits.max_request_body)
-                } else {
-                    tracing::warn!(message = "The upstream request failed.", connection = %connection.name, error = %error_chain(&e));
-                    Problem::new(
-                        ProblemKind::BadGateway,
-                        format!(
-                            "sluice: the upstream of {:?} could not be reached or failed to answer",
-                            connection.name
-                        ),
-                    )
-                };
-                finish_all(
-                    &recorder,
-                    &forwarded,
-                    refused_outcome(&problem.detail, started),
-                );
-                return Ok(render(problem));
-            }
-            Err(_) => {
-                let problem = Problem::new(
-                    ProblemKind::GatewayTimeout,
-                    format!(
-                        "sluice: the upstream of {:?} did not answer within {}",
-                        connection.name,
-                        humantime_short(timeout)
-                    ),
-                );
+        let failed = match sent {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(Some(e)),
+            Err(_) => Err(None),
+        };
+        let response = match failed {
+            Ok(response) => response,
+            Err(e) => {
+                let problem =
+                    upstream_failure(e, &connection.name, timeout, limits.max_request_body);
                 finish_all(
                     &recorder,
                     &forwarded,
@@ -774,37 +597,15 @@ impl ClientConn {
         }
 
         let (mut rparts, rbody) = response.into_parts();
-        strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
-        // The upstream's own reason phrase is not passed on (it can echo the
-        // injected credential, and no client needs it): the client gets the
-        // status code's standard phrase.
-        rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
         // A redirect into the upstream is turned into one through the gateway
         // (as nginx's proxy_redirect does), so clients stay on Sluice.
-        let prefix = match &by_host {
-            Some(_) => String::new(),
-            None => format!("/{}", connection.name),
+        let prefix = if by_host {
+            String::new()
+        } else {
+            format!("/{}", connection.name)
         };
-        if let Some(location) = rparts
-            .headers
-            .get(header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| live.upstream.gateway_location(v, &prefix))
-            .and_then(|v| HeaderValue::from_str(&v).ok())
-        {
-            rparts.headers.insert(header::LOCATION, location);
-        }
+        let header_redactions = response_headers(&mut rparts, &live, &prefix);
         let secrets = live.injected.secrets();
-        let mut header_redactions = 0u64;
-        if let Some(template) = &live.redactor {
-            for value in rparts.headers.values_mut() {
-                if let Some(redacted) = body::redact_text(template, value.as_bytes()) {
-                    header_redactions += 1;
-                    *value = HeaderValue::from_bytes(&redacted)
-                        .unwrap_or_else(|_| HeaderValue::from_static("[redacted-credential]"));
-                }
-            }
-        }
         let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
         let mut plan = flavor.response_plan(&head, &rparts, &ctx);
         // An injected credential echoed in a compressed body could not be
@@ -835,127 +636,142 @@ impl ClientConn {
         } else {
             None
         };
-        match plan.body {
-            BodyPlan::Refuse(problem) => {
-                finish.failed(problem.detail.clone(), problem.status);
-                Ok(render(problem))
-            }
-            BodyPlan::PassThrough if redactor.is_none() => {
-                let body = CountingBody::new(upstream_body, move |stats| finish.done(stats, None));
-                Ok(Response::from_parts(rparts, body.boxed()))
-            }
-            BodyPlan::Json { key_paths } => {
-                let Some(masker) = masking_engine else {
-                    // Nothing to mask but echoes: stream it.
-                    return Ok(stream_response(
-                        rparts,
-                        upstream_body,
-                        None,
-                        redactor,
-                        false,
-                        finish,
-                        live,
-                    ));
-                };
-                let (bytes, mut stats) =
-                    match read_document(upstream_body, limits.max_masked_body, timeout, redactor)
-                        .await
-                    {
-                        Ok(read) => read,
-                        Err(e) => {
-                            let problem = masking_failed(&e);
-                            finish.failed(e, problem.status);
-                            return Ok(render(problem));
-                        }
-                    };
-                match body::mask_json_document(masker, &key_paths, &bytes) {
-                    Ok((out, counts)) => {
-                        stats.masked.merge(&counts);
-                        stats.saw(&out);
-                        rparts.headers.remove(header::CONTENT_LENGTH);
-                        finish.done(stats, None);
-                        Ok(Response::from_parts(rparts, full(out)))
-                    }
-                    Err(e) => {
-                        let problem = masking_failed(&e.reason);
-                        finish.failed(e.reason, problem.status);
-                        Ok(render(problem))
-                    }
-                }
-            }
-            BodyPlan::Transform(mut transformer) if !plan.streaming => {
-                // A document transformer: run it to the end before answering,
-                // so that a failure is a clear 502, never a partial body.
-                let (bytes, mut stats) =
-                    match read_document(upstream_body, limits.max_masked_body, timeout, redactor)
-                        .await
-                    {
-                        Ok(read) => read,
-                        Err(e) => {
-                            let problem = masking_failed(&e);
-                            finish.failed(e, problem.status);
-                            return Ok(render(problem));
-                        }
-                    };
-                let out = transformer.push(&bytes).and_then(|mut out| {
-                    out.extend(transformer.finish()?);
-                    Ok(out)
-                });
-                match out {
-                    Ok(out) => {
-                        stats.masked.merge(&transformer.counts());
-                        stats.saw(&out);
-                        rparts.headers.remove(header::CONTENT_LENGTH);
-                        finish.done(stats, None);
-                        Ok(Response::from_parts(rparts, full(out)))
-                    }
-                    Err(e) => {
-                        let problem = masking_failed(&e.reason);
-                        finish.failed(e.reason, problem.status);
-                        Ok(render(problem))
-                    }
-                }
-            }
-            BodyPlan::Transform(transformer) => Ok(stream_response(
-                rparts,
-                upstream_body,
-                Some(transformer),
-                redactor,
-                true,
-                finish,
-                live,
-            )),
-            BodyPlan::Text => {
-                let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
-                    .and_then(SessionMasker::stream)
-                    .map(|s| Box::new(TextMasking(s)) as Box<dyn BodyTransformer>);
-                small_or_streamed(
-                    rparts,
-                    upstream_body,
-                    transformer,
-                    redactor,
-                    plan.streaming,
-                    finish,
-                    live,
-                    timeout,
-                )
-                .await
-                .or_else(|p| Ok(render(p)))
-            }
-            // Pass-through with echoes to redact.
-            _ => small_or_streamed(
-                rparts,
-                upstream_body,
-                None,
-                redactor,
-                plan.streaming,
-                finish,
-                live,
-                timeout,
-            )
-            .await
-            .or_else(|p| Ok(render(p))),
+        respond_body(
+            plan,
+            rparts,
+            upstream_body,
+            redactor,
+            finish,
+            masking_engine,
+            live,
+            &limits,
+            timeout,
+            &render,
+        )
+        .await
+    }
+
+    /// What the gateway keeps of the client's request head: the token (taken
+    /// out, never forwarded), the upgrade asked for, the host the client
+    /// asked for (HTTP/2's :authority, else Host), and the headers cleaned of
+    /// hop-by-hop and method/URL-override headers (the upstream runs the
+    /// request line the gateway judges).
+    fn client_request(&self, parts: &mut http::request::Parts) -> Result<ClientRequest, Problem> {
+        let token = sluice_core::token::bearer_from_header(
+            parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()),
+        )
+        .map_err(|e| {
+            Problem::new(ProblemKind::Unauthenticated, format!("sluice: {e}"))
+                .with_hint("Send your Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token).")
+        })?
+        .to_string();
+        parts.headers.remove(header::AUTHORIZATION);
+        let upgrade = upgrade_protocol(parts);
+        let client_host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let mut headers = std::mem::take(&mut parts.headers);
+        strip_hop_by_hop(&mut headers, STRIPPED_REQUEST);
+        let dropped = crate::overrides::strip_override_headers(&mut headers);
+        if !dropped.is_empty() {
+            tracing::info!(message = "Method/URL override headers dropped.", client = %self.peer, headers = ?dropped);
         }
+        Ok(ClientRequest {
+            token,
+            upgrade,
+            client_host,
+            headers,
+        })
+    }
+
+    /// Which connection a request is for: a configured host, else the first
+    /// path segment; and the (normalised) path after it.
+    fn route(&self, raw_path: &str, client_host: Option<&str>) -> Result<Route, Problem> {
+        let normal = NormalPath::parse(raw_path)
+            .map_err(|e| Problem::new(ProblemKind::BadRequest, format!("sluice: {e}")))?;
+        let trailing = has_trailing_slash(raw_path);
+        let host_name = client_host
+            .map(|h| {
+                h.rsplit_once(':')
+                    .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+                    .map_or(h, |(n, _)| n)
+            })
+            .map(|h| {
+                h.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_ascii_lowercase()
+            });
+        let by_host = host_name
+            .as_deref()
+            .and_then(|h| self.shared.route_host(h))
+            .map(str::to_string);
+        let (name, rest) = match by_host.clone() {
+            Some(name) => (name, normal),
+            None => {
+                let (first, rest) = normal.split_first().ok_or_else(|| {
+                    Problem::new(
+                        ProblemKind::NotFound,
+                        "sluice: name a connection in the path: https://gateway/<connection>/…",
+                    )
+                })?;
+                (first.to_string(), rest)
+            }
+        };
+        Ok(Route {
+            name,
+            rest,
+            trailing,
+            by_host: by_host.is_some(),
+        })
+    }
+
+    /// The upstream request's headers: the client's (already cleaned), the
+    /// upgrade, Host, the X-Forwarded-* set, the injected credential, and
+    /// identity encoding when the body must be read (masking or echoes).
+    fn upstream_headers(
+        &self,
+        headers: &HeaderMap,
+        upgrade: Option<&str>,
+        live: &Live,
+        client_host: Option<&str>,
+        masking: bool,
+    ) -> HeaderMap {
+        let mut up_headers = headers.clone();
+        if let Some(proto) = upgrade {
+            up_headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Ok(v) = HeaderValue::from_str(proto) {
+                up_headers.insert(header::UPGRADE, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(live.upstream.authority.as_str()) {
+            up_headers.insert(header::HOST, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&self.peer.ip().to_string()) {
+            up_headers.insert("x-forwarded-for", v);
+        }
+        up_headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        if let Some(v) = client_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            up_headers.insert("x-forwarded-host", v);
+        }
+        for (n, v) in live.injected.headers() {
+            up_headers.insert(n.clone(), v.clone());
+        }
+        if masking || !live.injected.secrets().is_empty() {
+            // Compressed bodies cannot be masked or searched for echoes.
+            up_headers.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
+        up_headers
     }
 
     fn relay_upgrade(
@@ -1027,6 +843,306 @@ impl ClientConn {
         });
         Response::from_parts(rparts, empty())
     }
+}
+
+/// The client's request head as the gateway keeps it (see `client_request`).
+struct ClientRequest {
+    token: String,
+    upgrade: Option<String>,
+    client_host: Option<String>,
+    headers: HeaderMap,
+}
+
+/// Where a request goes (see `route`).
+struct Route {
+    name: String,
+    rest: NormalPath,
+    trailing: bool,
+    /// Routed by a configured host (the path keeps its first segment).
+    by_host: bool,
+}
+
+/// The response body by its plan: refused, passed through, masked as a
+/// document, transformed (documents whole, streams as they come), or
+/// streamed through the text masker; echoed credentials redacted throughout.
+#[allow(clippy::too_many_arguments)]
+async fn respond_body(
+    plan: crate::flavor::ResponsePlan,
+    mut rparts: http::response::Parts,
+    upstream_body: Body,
+    redactor: Option<Redactor>,
+    finish: Finisher,
+    masking_engine: Option<&SessionMasker>,
+    live: Arc<Live>,
+    limits: &crate::Limits,
+    timeout: Duration,
+    render: &(dyn Fn(Problem) -> Response<Body> + Sync),
+) -> Result<Response<Body>, Refused> {
+    match plan.body {
+        BodyPlan::Refuse(problem) => {
+            finish.failed(problem.detail.clone(), problem.status);
+            Ok(render(problem))
+        }
+        BodyPlan::PassThrough if redactor.is_none() => {
+            let body = CountingBody::new(upstream_body, move |stats| finish.done(stats, None));
+            Ok(Response::from_parts(rparts, body.boxed()))
+        }
+        BodyPlan::Json { key_paths } => {
+            let Some(masker) = masking_engine else {
+                // Nothing to mask but echoes: stream it.
+                return Ok(stream_response(
+                    rparts,
+                    upstream_body,
+                    None,
+                    redactor,
+                    false,
+                    finish,
+                    live,
+                ));
+            };
+            let (bytes, mut stats) =
+                match read_document(upstream_body, limits.max_masked_body, timeout, redactor).await
+                {
+                    Ok(read) => read,
+                    Err(e) => {
+                        let problem = masking_failed(&e);
+                        finish.failed(e, problem.status);
+                        return Ok(render(problem));
+                    }
+                };
+            match body::mask_json_document(masker, &key_paths, &bytes) {
+                Ok((out, counts)) => {
+                    stats.masked.merge(&counts);
+                    stats.saw(&out);
+                    rparts.headers.remove(header::CONTENT_LENGTH);
+                    finish.done(stats, None);
+                    Ok(Response::from_parts(rparts, full(out)))
+                }
+                Err(e) => {
+                    let problem = masking_failed(&e.reason);
+                    finish.failed(e.reason, problem.status);
+                    Ok(render(problem))
+                }
+            }
+        }
+        BodyPlan::Transform(mut transformer) if !plan.streaming => {
+            // A document transformer: run it to the end before answering,
+            // so that a failure is a clear 502, never a partial body.
+            let (bytes, mut stats) =
+                match read_document(upstream_body, limits.max_masked_body, timeout, redactor).await
+                {
+                    Ok(read) => read,
+                    Err(e) => {
+                        let problem = masking_failed(&e);
+                        finish.failed(e, problem.status);
+                        return Ok(render(problem));
+                    }
+                };
+            let out = transformer.push(&bytes).and_then(|mut out| {
+                out.extend(transformer.finish()?);
+                Ok(out)
+            });
+            match out {
+                Ok(out) => {
+                    stats.masked.merge(&transformer.counts());
+                    stats.saw(&out);
+                    rparts.headers.remove(header::CONTENT_LENGTH);
+                    finish.done(stats, None);
+                    Ok(Response::from_parts(rparts, full(out)))
+                }
+                Err(e) => {
+                    let problem = masking_failed(&e.reason);
+                    finish.failed(e.reason, problem.status);
+                    Ok(render(problem))
+                }
+            }
+        }
+        BodyPlan::Transform(transformer) => Ok(stream_response(
+            rparts,
+            upstream_body,
+            Some(transformer),
+            redactor,
+            true,
+            finish,
+            live,
+        )),
+        BodyPlan::Text => {
+            let transformer: Option<Box<dyn BodyTransformer>> = masking_engine
+                .and_then(SessionMasker::stream)
+                .map(|s| Box::new(TextMasking(s)) as Box<dyn BodyTransformer>);
+            small_or_streamed(
+                rparts,
+                upstream_body,
+                transformer,
+                redactor,
+                plan.streaming,
+                finish,
+                live,
+                timeout,
+            )
+            .await
+            .or_else(|p| Ok(render(p)))
+        }
+        // Pass-through with echoes to redact.
+        _ => small_or_streamed(
+            rparts,
+            upstream_body,
+            None,
+            redactor,
+            plan.streaming,
+            finish,
+            live,
+            timeout,
+        )
+        .await
+        .or_else(|p| Ok(render(p))),
+    }
+}
+
+/// Reads the start of the request body (up to the digest limit) before the
+/// request is judged: its digest binds the command, and a method override
+/// hidden in a form body is refused. The body is put back for forwarding.
+/// Returns the bytes read and the body's context line for the command.
+async fn read_body_start(
+    unread: &Unread,
+    headers: &HeaderMap,
+    method: &http::Method,
+    timeout: Duration,
+) -> Result<(Option<Bytes>, Option<String>), Problem> {
+    let taken = unread.locked().take();
+    let Some(mut incoming) = taken else {
+        return Ok((None, None));
+    };
+    let mut result = Ok((None, None));
+    if !http_body::Body::is_end_stream(&incoming) {
+        let read =
+            tokio::time::timeout(timeout, body::read_start(&mut incoming, body::DIGEST_LIMIT))
+                .await;
+        let ctype = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        result = match read {
+            Ok(Ok((bytes, complete))) => match crate::overrides::method_override_in_body(ctype, &bytes) {
+                Some(name) => Err(Problem::new(
+                    ProblemKind::BadRequest,
+                    format!(
+                        "sluice: the form field {:?} asks the upstream to run another method than {method}; the request was not sent",
+                        truncate(&name, 40),
+                    ),
+                )
+                .with_hint("Send the request with the method itself instead of a method-override field.")),
+                None => Ok((Some(bytes.clone()), Some(body::body_context(&bytes, complete)))),
+            },
+            Ok(Err(_)) => Err(Problem::new(
+                ProblemKind::BadRequest,
+                "sluice: the request body could not be read; the request was not sent",
+            )),
+            Err(_) => Err(Problem::new(
+                ProblemKind::BadRequest,
+                "sluice: the request body did not arrive in time; the request was not sent",
+            )),
+        };
+    }
+    // Kept until the response is sent (see `handle`).
+    *unread.locked() = Some(incoming);
+    result
+}
+
+/// Decides every command of a request; all must be forwarded. A refusal or
+/// a store failure records the others as not sent and becomes the problem.
+async fn decide_all(
+    handle: &SessionHandle,
+    commands: Vec<sluice_core::Command>,
+    started: Instant,
+) -> Result<Vec<u64>, Problem> {
+    let recorder = handle.recorder();
+    let mut forwarded = Vec::new();
+    for command in commands {
+        match handle.decide(command).await {
+            Ok(Decision::Forward { command_id }) => forwarded.push(command_id),
+            Ok(Decision::Refuse { command_id, denial }) => {
+                let problem = Problem::from_denial(&denial);
+                let not_sent = refused_outcome("not sent: a related command was refused", started);
+                finish_all(&recorder, &forwarded, not_sent);
+                recorder.finished(
+                    command_id,
+                    refused_outcome(
+                        &format!("{} {}", problem.status.as_u16(), problem.detail),
+                        started,
+                    ),
+                );
+                return Err(problem);
+            }
+            Err(e) => {
+                tracing::error!(message = "The audit store refused a command; failing closed.", error = %e);
+                finish_all(
+                    &recorder,
+                    &forwarded,
+                    refused_outcome("not sent: the audit store failed", started),
+                );
+                return Err(Problem::new(
+                    ProblemKind::Unavailable,
+                    "sluice: the gateway could not record this request, so it was not sent; try again later",
+                ));
+            }
+        }
+    }
+    Ok(forwarded)
+}
+
+/// The problem for an upstream exchange that failed (`None`: it timed out).
+fn upstream_failure(
+    failed: Option<hyper_util::client::legacy::Error>,
+    connection: &str,
+    timeout: Duration,
+    max_request_body: u64,
+) -> Problem {
+    match failed {
+        Some(e) if source_is::<body::TooLarge>(&e) => too_large(max_request_body),
+        Some(e) => {
+            tracing::warn!(message = "The upstream request failed.", %connection, error = %error_chain(&e));
+            Problem::new(
+                ProblemKind::BadGateway,
+                format!("sluice: the upstream of {connection:?} could not be reached or failed to answer"),
+            )
+        }
+        None => Problem::new(
+            ProblemKind::GatewayTimeout,
+            format!(
+                "sluice: the upstream of {connection:?} did not answer within {}",
+                humantime_short(timeout)
+            ),
+        ),
+    }
+}
+
+/// Response headers as the client gets them: hop-by-hop headers and the
+/// upstream's reason phrase dropped (it can echo the injected credential),
+/// redirects into the upstream rewritten through the gateway (`prefix`),
+/// echoed credentials redacted. Returns how many values were redacted.
+fn response_headers(rparts: &mut http::response::Parts, live: &Live, prefix: &str) -> u64 {
+    strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
+    rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    if let Some(location) = rparts
+        .headers
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| live.upstream.gateway_location(v, prefix))
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        rparts.headers.insert(header::LOCATION, location);
+    }
+    let mut redactions = 0u64;
+    if let Some(template) = &live.redactor {
+        for value in rparts.headers.values_mut() {
+            if let Some(redacted) = body::redact_text(template, value.as_bytes()) {
+                redactions += 1;
+                *value = HeaderValue::from_bytes(&redacted)
+                    .unwrap_or_else(|_| HeaderValue::from_static("[redacted-credential]"));
+            }
+        }
+    }
+    redactions
 }
 
 fn too_large(max: u64) -> Problem {
