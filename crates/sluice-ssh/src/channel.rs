@@ -64,18 +64,56 @@ enum Carries {
     Raw,
 }
 
-pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
-    let first_channel = live.close_order.channel_started();
-    let id = channel.id();
-    let (mut rx, tx) = channel.split();
-    let client = live.client.clone();
+/// What a channel asked for before its main request, and that request.
+struct Setup {
+    main: Main,
+    pty: Option<PtyRequest>,
+    env: Vec<(String, String)>,
+    /// Data the client sent before the command was decided (bounded).
+    early: Vec<Bytes>,
+    early_len: usize,
+    client_eof: bool,
+}
+
+impl Setup {
+    fn newline(&self) -> &'static str {
+        if self.pty.is_some() {
+            "\r\n"
+        } else {
+            "\n"
+        }
+    }
+
+    /// Keeps data sent early; `false` when it is over the bound.
+    fn keep_early(&mut self, data: Bytes) -> bool {
+        self.early_len += data.len();
+        self.early.push(data);
+        self.early_len <= MAX_EARLY
+    }
+
+    fn resize(&mut self, cols: u32, rows: u32, px: u32, py: u32) {
+        if let Some(p) = &mut self.pty {
+            (p.cols, p.rows, p.px, p.py) = (cols, rows, px, py);
+        }
+    }
+}
+
+/// Reads the channel's requests up to its main one (exec, shell or a
+/// subsystem): pty, environment (filtered), window size, early data.
+/// `None` when the client closed the channel or sent too much first.
+async fn setup(
+    live: &Live,
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    id: russh::ChannelId,
+) -> Option<Setup> {
     let mut pty: Option<PtyRequest> = None;
     let mut env: Vec<(String, String)> = Vec::new();
     let mut early: Vec<Bytes> = Vec::new();
     let mut early_len = 0usize;
     let mut client_eof = false;
     let main = loop {
-        let Some(msg) = rx.wait().await else { return };
+        let msg = rx.wait().await?;
         match msg {
             ChannelMsg::RequestPty {
                 term,
@@ -94,7 +132,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                     py: pix_height,
                     modes: terminal_modes,
                 });
-                let _ = client.channel_success(id).await;
+                let _ = live.client.channel_success(id).await;
             }
             ChannelMsg::SetEnv {
                 variable_name,
@@ -103,10 +141,10 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             } => {
                 if env_allowed(&variable_name) {
                     env.push((variable_name, variable_value));
-                    let _ = client.channel_success(id).await;
+                    let _ = live.client.channel_success(id).await;
                 } else {
                     tracing::info!(message = "Refused an environment variable.", session = %live.handle.id(), name = %variable_name);
-                    let _ = client.channel_failure(id).await;
+                    let _ = live.client.channel_failure(id).await;
                 }
             }
             ChannelMsg::WindowChange {
@@ -126,28 +164,36 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                 early_len += data.len();
                 if early_len > MAX_EARLY {
                     let _ = tx.close().await;
-                    return;
+                    return None;
                 }
                 early.push(data);
             }
             ChannelMsg::Eof => client_eof = true,
-            ChannelMsg::Close => return,
+            ChannelMsg::Close => return None,
             // Agent and X11 requests are decided by the connection handler.
             _ => {}
         }
     };
-    let nl = if pty.is_some() { "\r\n" } else { "\n" };
-    let (kind, text, carries) = match &main {
+    Some(Setup {
+        main,
+        pty,
+        env,
+        early,
+        early_len,
+        client_eof,
+    })
+}
+
+/// The command a channel's main request is, as policy judges it, and what
+/// the channel will carry; `Err` with the refusal when it cannot be judged.
+fn classify(
+    main: &Main,
+    pty: Option<&PtyRequest>,
+) -> Result<(CommandKind, String, Carries), &'static str> {
+    Ok(match main {
         Main::Exec(bytes) => {
             let Ok(text) = String::from_utf8(bytes.clone()) else {
-                let _ = client.channel_success(id).await;
-                refuse_locally(
-                    &tx,
-                    &format!("sluice: the command is not valid UTF-8, so it cannot be judged; it was not run{nl}"),
-                    EXIT_DENIED,
-                )
-                .await;
-                return;
+                return Err("sluice: the command is not valid UTF-8, so it cannot be judged; it was not run");
             };
             let carries = scp_transfer(&text).unwrap_or(if is_sftp_server(&text) {
                 Carries::Sftp
@@ -158,7 +204,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         }
         Main::Shell => (
             CommandKind::Shell { pty: pty.is_some() },
-            match &pty {
+            match pty {
                 Some(p) => format!("shell (pty {} {}x{})", p.term, p.cols, p.rows),
                 None => "shell".to_string(),
             },
@@ -173,24 +219,38 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                 Carries::Raw
             },
         ),
-    };
+    })
+}
 
-    // Decide, delivering approval-hold messages and watching the client: a
-    // client that leaves takes its pending command (and approval) with it.
-    // The upstream channel is opened while the command is being decided (an
-    // open channel runs nothing until a request is sent), saving a round
-    // trip; a refused command closes it unused.
-    let opening = {
-        let live = live.clone();
-        tokio::spawn(async move {
-            let upstream = live.upstream().await.map_err(|e| e.to_string())?;
-            upstream.handle.channel_open_session().await.map_err(|e| {
-                tracing::warn!(message = "The upstream refused a session channel.", error = %e);
-                "the upstream refused a session channel".to_string()
-            })
+/// Opens the upstream session channel while the command is being decided
+/// (an open channel runs nothing until a request is sent), saving a round
+/// trip; a refused command closes it unused.
+fn open_upstream_channel(
+    live: &Arc<Live>,
+) -> tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>> {
+    let live = live.clone();
+    tokio::spawn(async move {
+        let upstream = live.upstream().await.map_err(|e| e.to_string())?;
+        upstream.handle.channel_open_session().await.map_err(|e| {
+            tracing::warn!(message = "The upstream refused a session channel.", error = %e);
+            "the upstream refused a session channel".to_string()
         })
-    };
-    let decision = decide(&live, kind, text.clone());
+    })
+}
+
+/// Decides the command, delivering approval-hold messages and watching the
+/// client: a client that leaves takes its pending command (and approval)
+/// with it (`None`).
+async fn decide_watching(
+    live: &Arc<Live>,
+    kind: CommandKind,
+    text: String,
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    setup: &mut Setup,
+) -> Option<Decided> {
+    let nl = setup.newline();
+    let decision = decide(live, kind, text);
     tokio::pin!(decision);
     let mut notices = live.notices.try_lock().ok();
     let decided = loop {
@@ -200,30 +260,48 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
                 let _ = tx.extended_data_bytes(1, Bytes::from(format!("{n}{nl}"))).await;
             }
             m = rx.wait() => match m {
-                None | Some(ChannelMsg::Close) => {
-                    close_unused(opening).await;
-                    return;
-                }
-                Some(ChannelMsg::Eof) => client_eof = true,
+                None | Some(ChannelMsg::Close) => return None,
+                Some(ChannelMsg::Eof) => setup.client_eof = true,
                 Some(ChannelMsg::Data { data }) => {
-                    early_len += data.len();
-                    if early_len > MAX_EARLY {
+                    let kept = setup.keep_early(data);
+                    if !kept {
                         let _ = tx.close().await;
-                        close_unused(opening).await;
-                        return;
+                        return None;
                     }
-                    early.push(data);
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, pix_width, pix_height }) => {
-                    if let Some(p) = &mut pty {
-                        (p.cols, p.rows, p.px, p.py) = (col_width, row_height, pix_width, pix_height);
-                    }
+                    setup.resize(col_width, row_height, pix_width, pix_height);
                 }
                 _ => {}
             },
         }
     };
     drop(notices);
+    Some(decided)
+}
+
+pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
+    let first_channel = live.close_order.channel_started();
+    let id = channel.id();
+    let (mut rx, tx) = channel.split();
+    let client = live.client.clone();
+    let Some(mut setup) = setup(&live, &mut rx, &tx, id).await else {
+        return;
+    };
+    let nl = setup.newline();
+    let (kind, text, carries) = match classify(&setup.main, setup.pty.as_ref()) {
+        Ok(classified) => classified,
+        Err(refusal) => {
+            let _ = client.channel_success(id).await;
+            refuse_locally(&tx, &format!("{refusal}{nl}"), EXIT_DENIED).await;
+            return;
+        }
+    };
+    let opening = open_upstream_channel(&live);
+    let Some(decided) = decide_watching(&live, kind, text, &mut rx, &tx, &mut setup).await else {
+        close_unused(opening).await;
+        return;
+    };
     let command_id = match decided {
         Decided::Forward(id) => id,
         Decided::Refuse(denial) => {
@@ -267,15 +345,15 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         }
     };
     let (mut up_rx, up_tx) = up.split();
-    for (k, v) in &env {
+    for (k, v) in &setup.env {
         let _ = up_tx.set_env(false, k.as_str(), v.as_str()).await;
     }
-    if let Some(p) = &pty {
+    if let Some(p) = &setup.pty {
         let _ = up_tx
             .request_pty(false, &p.term, p.cols, p.rows, p.px, p.py, &p.modes)
             .await;
     }
-    let sent = match &main {
+    let sent = match &setup.main {
         Main::Exec(cmd) => up_tx.exec(true, cmd.clone()).await,
         Main::Shell => up_tx.request_shell(true).await,
         Main::Subsystem(name) => up_tx.request_subsystem(true, name.as_str()).await,
@@ -316,7 +394,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         _ => None,
     };
     let record = record.map(|mut r| {
-        if let Some(p) = &pty {
+        if let Some(p) = &setup.pty {
             r.resize(p.cols, p.rows);
         }
         Arc::new(Mutex::new(r))
@@ -336,13 +414,15 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
 
     // Client → upstream.
     let up_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let client_eof_seen = Arc::new(std::sync::atomic::AtomicBool::new(client_eof));
+    let client_eof_seen = Arc::new(std::sync::atomic::AtomicBool::new(setup.client_eof));
     let mut input = {
         let eof_seen = client_eof_seen.clone();
         let record = record.clone();
         let sftp = sftp.clone();
         let counter = up_counter.clone();
-        let has_pty = pty.is_some();
+        let has_pty = setup.pty.is_some();
+        let early = std::mem::take(&mut setup.early);
+        let client_eof = setup.client_eof;
         tokio::spawn(async move {
             for data in early {
                 counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -379,7 +459,7 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         eof: false,
         eof_sent: false,
     };
-    let mask_idle = if pty.is_some() {
+    let mask_idle = if setup.pty.is_some() {
         MASK_IDLE_PTY
     } else {
         MASK_IDLE_EXEC
@@ -424,43 +504,15 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
         .as_ref()
         .and_then(|r| r.lock().ok().map(|r| r.skipped() > 0))
         .unwrap_or(false);
-    match &carries {
-        Carries::Scp { path, upload } => {
-            let bytes = if *upload {
-                up_counter.load(std::sync::atomic::Ordering::Relaxed)
-            } else {
-                out.bytes
-            };
-            store.append_background(
-                &session_id,
-                AuditEvent::FileTransfer {
-                    command_id,
-                    path: path.clone(),
-                    direction: if *upload { "upload" } else { "download" }.into(),
-                    bytes,
-                },
-            );
-        }
-        Carries::Sftp => {
-            if let Some(s) = &sftp {
-                {
-                    let mut s = s.locked();
-                    for t in s.finish() {
-                        store.append_background(
-                            &session_id,
-                            AuditEvent::FileTransfer {
-                                command_id,
-                                path: t.path,
-                                direction: t.direction.into(),
-                                bytes: t.bytes,
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        _ => {}
-    }
+    let up_bytes = up_counter.load(std::sync::atomic::Ordering::Relaxed);
+    record_transfers(
+        &carries,
+        &live,
+        command_id,
+        up_bytes,
+        out.bytes,
+        sftp.as_deref(),
+    );
     recorder.finished(
         command_id,
         Outcome {
@@ -475,6 +527,52 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             ..Outcome::default()
         },
     );
+}
+
+/// The file-transfer metadata of an scp or SFTP channel, for the audit record.
+fn record_transfers(
+    carries: &Carries,
+    live: &Live,
+    command_id: u64,
+    up_bytes: u64,
+    down_bytes: u64,
+    sftp: Option<&Mutex<SftpTracker>>,
+) {
+    let store = live.gateway.store();
+    let session_id = live.handle.id();
+    match &carries {
+        Carries::Scp { path, upload } => {
+            let bytes = if *upload { up_bytes } else { down_bytes };
+            store.append_background(
+                session_id,
+                AuditEvent::FileTransfer {
+                    command_id,
+                    path: path.clone(),
+                    direction: if *upload { "upload" } else { "download" }.into(),
+                    bytes,
+                },
+            );
+        }
+        Carries::Sftp => {
+            if let Some(s) = &sftp {
+                {
+                    let mut s = s.locked();
+                    for t in s.finish() {
+                        store.append_background(
+                            session_id,
+                            AuditEvent::FileTransfer {
+                                command_id,
+                                path: t.path,
+                                direction: t.direction.into(),
+                                bytes: t.bytes,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 async fn client_to_upstream(
