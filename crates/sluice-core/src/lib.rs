@@ -22,14 +22,22 @@ pub mod sync;
 pub mod tls;
 pub mod token;
 
-#[cfg(test)]
-pub(crate) mod testing;
+/// Fakes for tests of code built on core (an in-memory `Store`, identities,
+/// requests): enable the `testing` feature.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
+// What a platform team assembling a gateway, or a contributor writing a
+// protocol crate, needs most, at the crate root.
 pub use audit::{AuditEvent, AuditRecord, Store, StoreError};
 pub use auth::{AuthError, Authenticator};
-pub use config::Config;
-pub use gateway::{Gateway, GatewayBuilder};
+pub use config::{Config, ConnectionConfig, ConnectionKind, Secret};
+pub use gateway::{ConnectionKinds, Gateway, GatewayBuilder, GatewayError};
+pub use listener::{DrainReport, Listener, ListenerLimits};
+pub use masking::{ResponseMasker, RowMasker, SessionMasker};
 pub use model::*;
+pub use pipeline::policy::{CommandMatcher, MatchKey};
+pub use pipeline::{PipelineLayer, SessionInfo};
 pub use session::{Refusal, Session, SessionError, SessionHandle, SessionRequest};
 /// Match keys receive rule values as TOML; protocols use this re-export so versions agree.
 pub use toml;

@@ -1,4 +1,5 @@
-//! Shared fakes for core's unit tests.
+//! Fakes for tests: core's own, and (with the `testing` feature) those of
+//! crates built on core.
 
 use crate::audit::{AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport};
 use crate::model::{Command, CommandKind, Identity, Protocol};
@@ -39,6 +40,8 @@ pub fn sql_request(identity: Identity, text: &str) -> CommandRequest {
     }
 }
 
+/// A `Store` in memory: every event appended, in order; `fail` makes
+/// `append` fail (to test fail-closed paths).
 #[derive(Default)]
 pub struct MemoryStore {
     pub events: Mutex<Vec<(String, AuditEvent)>>,
@@ -51,11 +54,11 @@ impl Store for MemoryStore {
         if self.fail {
             return Err(StoreError::Unavailable("disk full".into()));
         }
-        self.events.lock().unwrap().push((session_id.into(), event));
+        crate::sync::MutexExt::locked(&self.events).push((session_id.into(), event));
         Ok(())
     }
     fn append_background(&self, session_id: &str, event: AuditEvent) {
-        self.events.lock().unwrap().push((session_id.into(), event));
+        crate::sync::MutexExt::locked(&self.events).push((session_id.into(), event));
     }
     async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
         Ok(vec![])
