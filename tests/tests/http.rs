@@ -910,3 +910,24 @@ fn a_retry_approval_is_bound_to_the_request_body() {
         .collect();
     assert_eq!(sent.len(), 1, "{sent:?}");
 }
+
+#[test]
+fn an_idle_keepalive_connection_is_closed_and_clients_reconnect() {
+    let env = HttpEnv::builder()
+        .env("SLUICE_LISTEN__IDLE_TIMEOUT", "2s")
+        .start();
+    let token = env.agent_token();
+    let mut conn = Conn::open(&env);
+    let (status, _, reconnected) = conn.send("GET", "/crm/items", &token);
+    assert_eq!(status, 200);
+    assert!(!reconnected);
+    // Busy: requests within the timeout keep the connection.
+    std::thread::sleep(Duration::from_millis(800));
+    let (status, _, reconnected) = conn.send("GET", "/crm/items", &token);
+    assert_eq!((status, reconnected), (200, false));
+    // Idle past the timeout: the gateway closed it; the client reconnects.
+    std::thread::sleep(Duration::from_secs(4));
+    let (status, _, reconnected) = conn.send("GET", "/crm/items", &token);
+    assert_eq!(status, 200);
+    assert!(reconnected, "the idle connection was kept open");
+}

@@ -199,6 +199,10 @@ pub struct ListenConfig {
     /// (0: no per-peer limit). Connections over it are closed at accept.
     #[serde(default)]
     pub max_connections_per_peer: usize,
+    /// An HTTP client connection (keep-alive or HTTP/2) with no request in
+    /// flight for this long is closed gracefully.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: HumanDuration,
     /// On SIGTERM or Ctrl-C, how long live sessions may run on before the
     /// gateway ends them (each with its protocol's message, recorded).
     #[serde(default = "default_drain_timeout")]
@@ -215,6 +219,7 @@ impl Default for ListenConfig {
             protocols: Default::default(),
             max_connections: default_max_connections(),
             max_connections_per_peer: 0,
+            idle_timeout: default_idle_timeout(),
             drain_timeout: default_drain_timeout(),
         }
     }
@@ -222,6 +227,10 @@ impl Default for ListenConfig {
 
 fn default_max_connections() -> usize {
     4096
+}
+
+fn default_idle_timeout() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(120))
 }
 
 fn default_drain_timeout() -> HumanDuration {

@@ -66,6 +66,9 @@ pub struct Limits {
     pub default_timeout: Duration,
     /// Client connections served at once.
     pub max_connections: usize,
+    /// A client connection (HTTP/1.1 keep-alive or HTTP/2) with no request
+    /// in flight for this long is closed gracefully.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             max_masked_body: 16 * 1024 * 1024,
             default_timeout: Duration::from_secs(60),
             max_connections: 1024,
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -101,10 +105,14 @@ impl std::fmt::Debug for HttpServer {
 impl HttpServer {
     /// A listener serving the connection kinds in `flavors` (see [`default_flavors`]).
     pub fn new(gateway: Arc<Gateway>, flavors: FlavorRegistry) -> Self {
+        let limits = Limits {
+            idle_timeout: gateway.config().listen.idle_timeout.0,
+            ..Limits::default()
+        };
         HttpServer {
             gateway,
             flavors,
-            limits: Limits::default(),
+            limits,
         }
     }
 

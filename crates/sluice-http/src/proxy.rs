@@ -72,6 +72,10 @@ pub(crate) struct ClientConn {
     ended: Mutex<HashMap<SessionKey, String>>,
     watchers: Mutex<Vec<tokio::task::AbortHandle>>,
     ended_notify: Arc<Notify>,
+    /// Requests being answered, and when the last one started or ended
+    /// (the idle timeout closes a connection with neither for a while).
+    in_flight: std::sync::atomic::AtomicUsize,
+    last_active: Mutex<Instant>,
 }
 
 impl Drop for ClientConn {
@@ -185,7 +189,27 @@ impl ClientConn {
             ended: Mutex::default(),
             watchers: Mutex::default(),
             ended_notify: Arc::new(Notify::new()),
+            in_flight: Default::default(),
+            last_active: Mutex::new(Instant::now()),
         }
+    }
+
+    /// How long no request has been in flight (zero while one is).
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        self.last_active.locked().elapsed()
+    }
+
+    fn activity(&self, delta: isize) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if delta > 0 {
+            self.in_flight.fetch_add(1, SeqCst);
+        } else {
+            self.in_flight.fetch_sub(1, SeqCst);
+        }
+        *self.last_active.locked() = Instant::now();
     }
 
     pub fn ended_notify(&self) -> Arc<Notify> {
@@ -199,6 +223,15 @@ impl ClientConn {
         req: Request<Incoming>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + 'static>> {
         Box::pin(async move {
+            self.activity(1);
+            let response = self.clone().answer(req).await;
+            self.activity(-1);
+            response
+        })
+    }
+
+    async fn answer(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
             let (parts, body) = req.into_parts();
@@ -240,7 +273,7 @@ impl ClientConn {
                 }
                 None => response,
             }
-        })
+        }
     }
 
     /// Core's admission for this request's token. Every request goes through

@@ -173,12 +173,25 @@ async fn connection(
     let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(serving);
     let ended = conn.ended_notify();
-    tokio::select! {
-        r = serving.as_mut() => return r,
-        _ = ended.notified() => {
-            // A session on this connection was ended: finish what is in
-            // flight (its bodies are cut by the session's own signal), then close.
-            serving.as_mut().graceful_shutdown();
+    let mut idle_check = tokio::time::interval(limits.idle_timeout.max(Duration::from_secs(1)) / 4);
+    loop {
+        tokio::select! {
+            r = serving.as_mut() => return r,
+            _ = ended.notified() => {
+                // A session on this connection was ended: finish what is in
+                // flight (its bodies are cut by the session's own signal), then close.
+                serving.as_mut().graceful_shutdown();
+                break;
+            }
+            _ = idle_check.tick() => {
+                // HTTP/1.1 keep-alive and HTTP/2 alike: responses still
+                // streaming finish; the connection then closes.
+                if conn.idle_for() >= limits.idle_timeout {
+                    tracing::debug!(message = "Idle HTTP connection closed.", client = %peer);
+                    serving.as_mut().graceful_shutdown();
+                    break;
+                }
+            }
         }
     }
     serving.await
