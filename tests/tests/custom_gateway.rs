@@ -14,6 +14,7 @@ use std::time::Duration;
 
 const BADGE: &str = "EMP-482913";
 const MASKED: &str = "EMP-######";
+const SERVICE_KEY: &str = "sk-batch-0f7c2e9a4b1d8e6f3a5c7b9d";
 
 #[test]
 fn custom_gateway_masks_and_limits_on_postgres_ssh_and_http() {
@@ -41,6 +42,10 @@ upstream = "http://{http}"
 bearer = {{ env = "CRM_TOKEN" }}
 allow_groups = ["agents"]
 
+[[auth.group_map]]
+idp_group = "svc"
+groups = ["agents"]
+
 [[rules]]
 name = "no-rm"
 action = "deny"
@@ -59,6 +64,10 @@ match = {{ program = ["rm"] }}
             env: vec![
                 ("APPDB_PASSWORD".into(), db.password.clone()),
                 ("CRM_TOKEN".into(), "crm-upstream-secret".into()),
+                (
+                    "CUSTOM_GATEWAY_SERVICE_KEYS".into(),
+                    format!("{SERVICE_KEY} batch-job svc"),
+                ),
             ],
             ready: "Custom gateway ready.",
         },
@@ -90,6 +99,36 @@ match = {{ program = ["rm"] }}
     assert!(
         stderr(&out).contains("slow down"),
         "the burst was not limited: {}",
+        stderr(&out)
+    );
+
+    // The team's own authentication stage: a service key (its IdP-style
+    // group mapped by [[auth.group_map]]) opens a session; a wrong one is refused.
+    let key_url = |key: &str| {
+        format!("postgresql://batch-job:{key}@127.0.0.1:{pg_port}/appdb?sslmode=require")
+    };
+    let mut psql = std::process::Command::new(pg.binaries().tool("psql"));
+    clean_pg_env(&mut psql).args([
+        "-X",
+        "-A",
+        "-t",
+        "-d",
+        &key_url(SERVICE_KEY),
+        "-c",
+        "select 41 + 1",
+    ]);
+    assert_eq!(
+        ok(&run_with_timeout(&mut psql, None, Duration::from_secs(30))).trim(),
+        "42"
+    );
+    let mut psql = std::process::Command::new(pg.binaries().tool("psql"));
+    let wrong = key_url("sk-batch-0000000000000000000000000000");
+    clean_pg_env(&mut psql).args(["-X", "-A", "-t", "-d", &wrong, "-c", "select 1"]);
+    let out = run_with_timeout(&mut psql, None, Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("unknown service key"),
+        "{}",
         stderr(&out)
     );
 

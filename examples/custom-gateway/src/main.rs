@@ -1,7 +1,7 @@
 //! A gateway assembled from Sluice's library crates, the way a platform team
 //! would, with something of its own at each stage of the stack:
-//! - **authentication**: core's gateway tokens (add an identity provider with
-//!   `GatewayBuilder::authenticator`, as `sluice serve` does for OIDC);
+//! - **authentication**: its own service keys for batch jobs
+//!   (`CUSTOM_GATEWAY_SERVICE_KEYS`), next to core's gateway tokens;
 //! - **policy**: a Tower layer of its own (a per-session command rate limit)
 //!   in every command's path, next to the configured `[[rules]]`;
 //! - **masking**: its own masker (employee badge numbers) wrapping the
@@ -16,6 +16,7 @@
 mod audit_tap;
 mod badge_masker;
 mod rate_limit;
+mod service_keys;
 
 use anyhow::{Context, Result};
 use sluice_core::masking::{EngineMasker, NoMasking, ResponseMasker};
@@ -40,8 +41,12 @@ async fn main() -> Result<()> {
     )?);
     let masker = badge_masker::BadgeMasker::new(configured_masker(&config)?);
     let listen = config.listen.clone();
+    let mut builder = GatewayBuilder::new(config, Arc::new(audit_tap::AuditTap::new(store)));
+    if let Some(keys) = service_keys::ServiceKeys::from_env()? {
+        builder = builder.authenticator(Arc::new(keys));
+    }
     let gateway = Arc::new(
-        GatewayBuilder::new(config, Arc::new(audit_tap::AuditTap::new(store)))
+        builder
             // The match keys for [[rules]]: SQL, HTTP, shell and SSH.
             .match_key(sluice_postgres::sql_match_key())
             .match_key(sluice_http::http_match_key())
