@@ -135,11 +135,51 @@ pub fn string_list(key: &str, value: &toml::Value) -> Result<Vec<String>, String
     Ok(list)
 }
 
+/// A `subjects` entry: `alice`, or `alice (https://idp.example.com)` for the
+/// subject `alice` of that issuer (the form audit records and approvals
+/// show). `alice` from one identity provider is not `alice` from another: a
+/// bare entry means a gateway-issued identity in an allow rule, and the
+/// subject at any issuer in a deny or review rule (the stricter reading).
+#[derive(Debug, Clone)]
+struct SubjectPattern {
+    subject: String,
+    issuer: Option<String>,
+}
+
+impl SubjectPattern {
+    fn parse(entry: &str) -> SubjectPattern {
+        let qualified = entry
+            .strip_suffix(')')
+            .and_then(|rest| rest.rsplit_once(" ("))
+            .filter(|(subject, issuer)| !subject.is_empty() && !issuer.is_empty());
+        match qualified {
+            Some((subject, issuer)) => SubjectPattern {
+                subject: subject.to_string(),
+                issuer: Some(crate::auth::normalize_issuer(issuer).to_string()),
+            },
+            None => SubjectPattern {
+                subject: entry.to_string(),
+                issuer: None,
+            },
+        }
+    }
+
+    fn matches(&self, identity: &crate::model::Identity, action: Action) -> bool {
+        if self.subject != identity.subject {
+            return false;
+        }
+        match &self.issuer {
+            Some(issuer) => issuer == crate::auth::normalize_issuer(&identity.issuer),
+            None => action != Action::Allow || identity.issuer == crate::token::GATEWAY_ISSUER,
+        }
+    }
+}
+
 struct CompiledRule {
     name: String,
     connections: Option<Vec<String>>,
     groups: Option<Vec<String>>,
-    subjects: Option<Vec<String>>,
+    subjects: Option<Vec<SubjectPattern>>,
     matchers: Vec<Box<dyn CommandMatcher>>,
     action: Action,
     message: Option<String>,
@@ -217,7 +257,10 @@ fn compile_rule(
         name: r.name.clone(),
         connections: r.connections.clone(),
         groups: r.groups.clone(),
-        subjects: r.subjects.clone(),
+        subjects: r
+            .subjects
+            .as_ref()
+            .map(|list| list.iter().map(|e| SubjectPattern::parse(e)).collect()),
         matchers,
         action: r.action,
         message: r.message.clone(),
@@ -242,7 +285,7 @@ impl PolicyEngine for RulesEngine {
                 }
             }
             if let Some(subj) = &rule.subjects {
-                if !subj.contains(&s.identity.subject) {
+                if !subj.iter().any(|p| p.matches(&s.identity, rule.action)) {
                     continue;
                 }
             }

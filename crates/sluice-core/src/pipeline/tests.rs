@@ -188,3 +188,62 @@ async fn connection_default_action_applies_when_no_rule_matches() {
     assert_eq!(denial.rule, None);
     assert!(denial.message.contains("default policy"), "{denial:?}");
 }
+
+/// `alice` from one identity provider is not `alice` from another: a bare
+/// subject is read strictly (gateway-issued in an allow rule, any issuer in
+/// a deny rule); a qualified one names its issuer.
+#[test]
+fn subjects_in_rules_are_namespaced_by_issuer() {
+    use crate::pipeline::policy::PolicyEngine;
+    let config = Config::from_toml_str(
+        r#"
+[[connections]]
+name = "appdb"
+kind = "postgres"
+upstream = "127.0.0.1:1"
+database = "d"
+user = "u"
+password = { env = "X" }
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "alice-may"
+subjects = ["alice"]
+action = "allow"
+
+[[rules]]
+name = "idp-bob-may"
+subjects = ["bob (https://idp.example.com/)"]
+action = "allow"
+
+[[rules]]
+name = "no-mallory"
+subjects = ["mallory"]
+match = { contains = "drop" }
+action = "deny"
+
+[[rules]]
+name = "mallory-may"
+subjects = ["mallory (https://other.example.com)"]
+action = "allow"
+"#,
+        "t",
+    )
+    .unwrap();
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    let verdict = |subject: &str, issuer: &str, text: &str| {
+        let mut who = person(subject, &["agents"]);
+        who.issuer = issuer.into();
+        engine.evaluate(&sql_request(who, text)).unwrap().action
+    };
+    assert_eq!(verdict("alice", "sluice", "select 1"), Action::Allow);
+    assert_eq!(verdict("alice", "https://evil.example.com", "select 1"), Action::Deny);
+    assert_eq!(verdict("bob", "https://idp.example.com", "select 1"), Action::Allow);
+    assert_eq!(verdict("bob", "sluice", "select 1"), Action::Deny);
+    assert_eq!(verdict("bob", "https://other.example.com", "select 1"), Action::Deny);
+    // A bare subject in a deny rule reaches that subject at every issuer.
+    assert_eq!(verdict("mallory", "https://other.example.com", "select 1"), Action::Allow);
+    assert_eq!(verdict("mallory", "https://other.example.com", "drop t"), Action::Deny);
+}
