@@ -69,28 +69,47 @@ impl MatchKey for SshMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
-        let list: Vec<String> = match values.get("ssh") {
-            Some(toml::Value::String(s)) => vec![s.clone()],
-            Some(toml::Value::Array(a)) => a
-                .iter()
-                .map(|x| x.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>()
-                .ok_or("ssh: expected a list of strings")?,
-            _ => return Err("ssh: expected a string or a list of strings".into()),
-        };
-        if list.is_empty() {
-            return Err("ssh: an empty list matches nothing; remove the key instead".into());
-        }
-        let kinds = list
-            .iter()
-            .map(|v| Kind::parse(v))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Box::new(SshMatcher { kinds }))
+        Ok(Box::new(SshMatcher {
+            kinds: kinds(values)?,
+            whole_line: false,
+        }))
     }
+
+    /// An allow rule's `scp`/`sftp` matches only a line that is exactly one
+    /// transfer command: `cat ~/.aws/credentials; scp -t /tmp` is not "an
+    /// scp" for an allow rule, though a deny rule on scp still matches it.
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: sluice_core::Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
+        Ok(Box::new(SshMatcher {
+            kinds: kinds(values)?,
+            whole_line: action == sluice_core::Action::Allow,
+        }))
+    }
+}
+
+fn kinds(values: &toml::Table) -> Result<Vec<Kind>, String> {
+    let list: Vec<String> = match values.get("ssh") {
+        Some(toml::Value::String(s)) => vec![s.clone()],
+        Some(toml::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(str::to_string))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("ssh: expected a list of strings")?,
+        _ => return Err("ssh: expected a string or a list of strings".into()),
+    };
+    if list.is_empty() {
+        return Err("ssh: an empty list matches nothing; remove the key instead".into());
+    }
+    list.iter().map(|v| Kind::parse(v)).collect()
 }
 
 struct SshMatcher {
     kinds: Vec<Kind>,
+    /// Transfers match only as the whole line (allow rules).
+    whole_line: bool,
 }
 
 /// The programs of an exec line, analysed once per command.
@@ -106,6 +125,22 @@ fn programs<'s>(
     p.0.as_deref().map_err(|e| e.clone())
 }
 
+impl SshMatcher {
+    /// Whether the line is a transfer: any of its programs (deny and review
+    /// rules), or the line's one and only program (allow rules).
+    fn transfer(
+        &self,
+        programs: &[sluice_shell::Invocation],
+        is: impl Fn(&sluice_shell::Invocation) -> bool,
+    ) -> bool {
+        if self.whole_line {
+            matches!(programs, [only] if is(only))
+        } else {
+            programs.iter().any(is)
+        }
+    }
+}
+
 impl CommandMatcher for SshMatcher {
     fn matches(&self, command: &Command, scratch: &mut Scratch) -> Result<bool, String> {
         for kind in &self.kinds {
@@ -113,7 +148,7 @@ impl CommandMatcher for SshMatcher {
                 (Kind::Shell, CommandKind::Shell { .. }) => true,
                 (Kind::Exec, CommandKind::Exec) => true,
                 // Judging "is this scp" needs the line parsed: fail closed.
-                (Kind::Scp, CommandKind::Exec) => programs(command, scratch)?.iter().any(|i| {
+                (Kind::Scp, CommandKind::Exec) => self.transfer(programs(command, scratch)?, |i| {
                     i.program == "scp"
                         && i.args.iter().any(|a| {
                             a.starts_with('-')
@@ -122,9 +157,9 @@ impl CommandMatcher for SshMatcher {
                         })
                 }),
                 (Kind::Sftp, CommandKind::Subsystem { name }) => name == "sftp",
-                (Kind::Sftp, CommandKind::Exec) => programs(command, scratch)?
-                    .iter()
-                    .any(|i| i.program == "sftp-server"),
+                (Kind::Sftp, CommandKind::Exec) => {
+                    self.transfer(programs(command, scratch)?, |i| i.program == "sftp-server")
+                }
                 (Kind::Subsystem(None), CommandKind::Subsystem { .. }) => true,
                 (Kind::Subsystem(Some(g)), CommandKind::Subsystem { name }) => g.matches(name),
                 (Kind::Forward(k), CommandKind::Forward { kind }) => k == kind,
@@ -187,5 +222,29 @@ mod tests {
         assert!(m(&["port-forward"], fwd.clone(), "direct-tcpip h:1").unwrap());
         assert!(!m(&["remote-forward"], fwd, "direct-tcpip h:1").unwrap());
         assert!(m(&["bogus"], CommandKind::Exec, "ls").is_err());
+    }
+
+    /// An allow rule's transfer is the whole line; a deny rule's, any part.
+    #[test]
+    fn allowed_transfers_are_whole_lines() {
+        let mut t = toml::Table::new();
+        t.insert("ssh".into(), toml::Value::String("scp".into()));
+        let allow = SshMatchKey
+            .compile_for(&t, sluice_core::Action::Allow)
+            .unwrap();
+        let deny = SshMatchKey
+            .compile_for(&t, sluice_core::Action::Deny)
+            .unwrap();
+        let exec = |text: &str| Command {
+            kind: CommandKind::Exec,
+            text: text.into(),
+            context: vec![],
+        };
+        let smuggled = exec("cat ~/.aws/credentials; true || scp -t /tmp");
+        assert!(!allow.matches(&smuggled, &mut Scratch::default()).unwrap());
+        assert!(deny.matches(&smuggled, &mut Scratch::default()).unwrap());
+        let plain = exec("scp -t /tmp");
+        assert!(allow.matches(&plain, &mut Scratch::default()).unwrap());
+        assert!(deny.matches(&plain, &mut Scratch::default()).unwrap());
     }
 }

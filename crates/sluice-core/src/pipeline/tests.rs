@@ -239,11 +239,26 @@ action = "allow"
         engine.evaluate(&sql_request(who, text)).unwrap().action
     };
     assert_eq!(verdict("alice", "sluice", "select 1"), Action::Allow);
-    assert_eq!(verdict("alice", "https://evil.example.com", "select 1"), Action::Deny);
-    assert_eq!(verdict("bob", "https://idp.example.com", "select 1"), Action::Allow);
+    assert_eq!(
+        verdict("alice", "https://evil.example.com", "select 1"),
+        Action::Deny
+    );
+    assert_eq!(
+        verdict("bob", "https://idp.example.com", "select 1"),
+        Action::Allow
+    );
     assert_eq!(verdict("bob", "sluice", "select 1"), Action::Deny);
-    assert_eq!(verdict("bob", "https://other.example.com", "select 1"), Action::Deny);
+    assert_eq!(
+        verdict("bob", "https://other.example.com", "select 1"),
+        Action::Deny
+    );
     // A bare subject in a deny rule reaches that subject at every issuer.
-    assert_eq!(verdict("mallory", "https://other.example.com", "select 1"), Action::Allow);
-    assert_eq!(verdict("mallory", "https://other.example.com", "drop t"), Action::Deny);
+    assert_eq!(
+        verdict("mallory", "https://other.example.com", "select 1"),
+        Action::Allow
+    );
+    assert_eq!(
+        verdict("mallory", "https://other.example.com", "drop t"),
+        Action::Deny
+    );
 }
