@@ -360,11 +360,19 @@ fn exec_allowed_and_denied_by_command() {
         "{execs:?}"
     );
     assert_upstream_credentials(&env, &token);
-    let replay: String = env
-        .sessions()
-        .iter()
-        .map(|s| env.replay(s["id"].as_str().unwrap()))
-        .collect();
+    // The exec's output is in the recording (on the recorder's timer).
+    let replay = wait_until(
+        Duration::from_secs(10),
+        "the exec output in the recording",
+        || {
+            let replay: String = env
+                .sessions()
+                .iter()
+                .map(|s| env.replay(s["id"].as_str().unwrap()))
+                .collect();
+            replay.contains("ran: ls -la /srv").then_some(replay)
+        },
+    );
     assert!(replay.contains("exec: ls -la /srv"), "{replay}");
     assert!(replay.contains("exec: rm -rf /srv"), "{replay}");
     assert!(replay.contains("deny (rule no-rm)"), "{replay}");
@@ -382,6 +390,20 @@ fn detectors_mask_other_resources_and_exec_output() {
     let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "cat", "/etc/app/env"]));
     assert!(out.contains("ADMIN_EMAIL="), "{out}");
     assert!(!out.contains("ops.lead@example.com"), "{out}");
+    // Recorded as the client saw it (on the recorder's timer): masked.
+    let replay = wait_until(
+        Duration::from_secs(10),
+        "the exec output in the recording",
+        || {
+            let replay: String = env
+                .sessions()
+                .iter()
+                .map(|s| env.replay(s["id"].as_str().unwrap()))
+                .collect();
+            replay.contains("ADMIN_EMAIL=").then_some(replay)
+        },
+    );
+    assert!(!replay.contains("ops.lead@example.com"), "{replay}");
     let out = ok(&env.kubectl(&token, &["get", "secret", "db-credentials", "-o", "json"]));
     assert_no_secret("with detectors", &out);
 }

@@ -355,4 +355,23 @@ pub trait Flavor: Send + Sync + 'static {
         let _ = (head, masking);
         None
     }
+
+    /// Which recorded stream a WebSocket data frame belongs to, and the part
+    /// of its payload to record (after the hook has masked it: what the
+    /// client saw, or what it sent). Default: text and binary data frames,
+    /// as `stdout` (from the upstream) and `stdin` (from the client).
+    fn recorded_stream(
+        &self,
+        direction: Direction,
+        frame: &Frame,
+    ) -> Option<(&'static str, std::ops::Range<usize>)> {
+        if !matches!(frame.opcode, 0..=2) {
+            return None;
+        }
+        let stream = match direction {
+            Direction::UpstreamToClient => "stdout",
+            Direction::ClientToUpstream => "stdin",
+        };
+        Some((stream, 0..frame.payload.len()))
+    }
 }

@@ -618,7 +618,8 @@ impl ClientConn {
         if upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let ctx =
                 MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
-            let hook = flavor.frame_hook(&head, &ctx);
+            let hook =
+                self.recording_hook(flavor.frame_hook(&head, &ctx), &flavor, &live, &forwarded);
             return Ok(self.relay_upgrade(
                 response,
                 client_upgrade,
@@ -805,6 +806,30 @@ impl ClientConn {
             );
         }
         up_headers
+    }
+
+    /// The flavor's frame hook, with the session recording behind it.
+    fn recording_hook(
+        &self,
+        inner: Option<Box<dyn crate::FrameHook>>,
+        flavor: &Arc<dyn Flavor>,
+        live: &Live,
+        commands: &[u64],
+    ) -> Option<Box<dyn crate::FrameHook>> {
+        let Some(&command_id) = commands.first() else {
+            return inner;
+        };
+        let recorder = sluice_core::audit::StreamRecorder::new(
+            self.shared.gateway.store().clone(),
+            live.handle.id(),
+            command_id,
+        )
+        .with_limit(UPGRADE_RECORD_LIMIT);
+        Some(Box::new(crate::ws::RecordingHook {
+            inner,
+            recorder,
+            flavor: flavor.clone(),
+        }))
     }
 
     fn relay_upgrade(
@@ -1177,6 +1202,10 @@ fn response_headers(rparts: &mut http::response::Parts, live: &Live, prefix: &st
     }
     redactions
 }
+
+/// How much of an upgraded connection's traffic (WebSocket, exec) is kept in
+/// the recording; the rest is counted.
+const UPGRADE_RECORD_LIMIT: u64 = 1024 * 1024;
 
 fn too_large(max: u64) -> Problem {
     Problem::new(

@@ -311,6 +311,33 @@ impl FrameHook for TextFrameMasking {
 
 /// Relays until both sides close, a hook refuses a frame, or `ended`
 /// resolves (the session must end; its reason closes the client's side).
+/// Records the data frames of an upgraded connection into the session's
+/// recording (after the flavor's hook, so masked as the client saw them),
+/// on the recorder's timer like SSH output.
+pub(crate) struct RecordingHook {
+    pub inner: Option<Box<dyn FrameHook>>,
+    pub recorder: sluice_core::audit::StreamRecorder,
+    pub flavor: Arc<dyn crate::Flavor>,
+}
+
+impl FrameHook for RecordingHook {
+    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
+        if let Some(inner) = &mut self.inner {
+            inner.frame(direction, frame)?;
+        }
+        if let Some((stream, range)) = self.flavor.recorded_stream(direction, frame) {
+            if let Some(data) = frame.payload.get(range) {
+                self.recorder.record(stream, data);
+            }
+        }
+        Ok(())
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.inner.as_ref().map(|h| h.counts()).unwrap_or_default()
+    }
+}
+
 pub async fn relay<C, U>(
     client: C,
     upstream: U,

@@ -387,6 +387,25 @@ impl Flavor for KubeFlavor {
             counts: MaskCounts::default(),
         }))
     }
+
+    /// Exec and attach streams (`channel.k8s.io`): the first byte of a binary
+    /// frame names the stream — 0 stdin, 1 stdout, 2 stderr, 3 the status.
+    fn recorded_stream(
+        &self,
+        _direction: Direction,
+        frame: &Frame,
+    ) -> Option<(&'static str, std::ops::Range<usize>)> {
+        if frame.opcode != 2 || frame.payload.len() < 2 {
+            return None;
+        }
+        let stream = match frame.payload[0] {
+            0 => "stdin",
+            1 => "stdout",
+            2 | 3 => "stderr",
+            _ => return None,
+        };
+        Some((stream, 1..frame.payload.len()))
+    }
 }
 
 /// Exec and attach output (`channel.k8s.io`: the first byte of a binary
