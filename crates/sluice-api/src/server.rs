@@ -57,12 +57,13 @@ impl ApiServer {
     }
 
     /// Accepts clients until the listener fails; each connection runs in its own task.
-    /// Stops accepting when the gateway drains.
+    /// Keeps serving while the gateway drains (operators act during the grace period).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let listener = self
             .gateway
             .listener(listener, "api")
-            .at_most(MAX_CONNECTIONS);
+            .at_most(MAX_CONNECTIONS)
+            .through_drain();
         let ApiServer { gateway, tls } = self;
         listener
             .serve(move |tcp, peer| {

@@ -669,6 +669,16 @@ impl Gateway {
             .open_session(identity, connection, protocol, client_addr)
             .await
         {
+            Ok(handle) if self.is_draining() => {
+                // The drain began while this admission was under way: the
+                // session ends here, recorded, rather than be cut at exit.
+                handle.set_end_reason("the gateway is shutting down");
+                drop(handle);
+                let refusal =
+                    Refusal::Unavailable("the gateway is shutting down; retry shortly".into());
+                crate::metrics::session_refused(protocol, &refusal);
+                Err(refusal)
+            }
             Ok(handle) => {
                 tracing::info!(message = "Session opened.", session = %handle.id(), %protocol, client = %client_addr, %subject, %connection);
                 Ok(handle)

@@ -39,6 +39,9 @@ pub struct Listener {
     name: &'static str,
     limits: ListenerLimits,
     draining: watch::Receiver<bool>,
+    /// For a listener that serves through the drain: the sender of its own
+    /// never-set signal (a dropped sender would read as "stop").
+    own_signal: Option<watch::Sender<bool>>,
 }
 
 impl Listener {
@@ -53,7 +56,18 @@ impl Listener {
             name,
             limits,
             draining,
+            own_signal: None,
         }
+    }
+
+    /// Keeps accepting while the gateway drains (the operator API: revoking,
+    /// ending sessions and deciding approvals must work during the grace
+    /// period); it stops when the process does.
+    pub fn through_drain(mut self) -> Self {
+        let (signal, never) = watch::channel(false);
+        self.draining = never;
+        self.own_signal = Some(signal);
+        self
     }
 
     /// Lowers (never raises) the connection cap, for a protocol with its own limit.
@@ -84,6 +98,7 @@ impl Listener {
             name,
             limits,
             mut draining,
+            own_signal: _own_signal,
         } = self;
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let peers = PeerCounts::default();
@@ -227,6 +242,20 @@ mod tests {
             .unwrap();
         assert!(TcpStream::connect(addr).await.is_err());
         drop(live);
+    }
+
+    #[tokio::test]
+    async fn a_listener_serving_through_the_drain_keeps_accepting() {
+        let limits = ListenerLimits {
+            max_connections: 4,
+            max_per_peer: 0,
+        };
+        let (listener, drain, addr) = listener(limits).await;
+        let served = tokio::spawn(listener.through_drain().serve(hold));
+        drain.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!served.is_finished());
+        assert!(TcpStream::connect(addr).await.is_ok());
     }
 
     #[tokio::test]

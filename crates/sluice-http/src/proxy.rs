@@ -223,10 +223,10 @@ impl ClientConn {
         req: Request<Incoming>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<Body>> + Send + 'static>> {
         Box::pin(async move {
-            self.activity(1);
-            let response = self.clone().answer(req).await;
-            self.activity(-1);
-            response
+            // A guard, so that a request whose future is dropped (an HTTP/2
+            // stream reset mid-request) still counts as finished.
+            let _in_flight = InFlight::enter(self.clone());
+            self.clone().answer(req).await
         })
     }
 
@@ -1054,6 +1054,22 @@ async fn respond_body(
         )
         .await
         .or_else(|p| Ok(render(p))),
+    }
+}
+
+/// One request being answered on a client connection (see `idle_for`).
+struct InFlight(Arc<ClientConn>);
+
+impl InFlight {
+    fn enter(conn: Arc<ClientConn>) -> Self {
+        conn.activity(1);
+        InFlight(conn)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.activity(-1);
     }
 }
 
