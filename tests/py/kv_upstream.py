@@ -47,6 +47,9 @@ class Handler(socketserver.StreamRequestHandler):
                     self.send("+OK")
                 elif op == "DEL" and len(args) == 1:
                     self.send(":%d" % (1 if DATA.pop(args[0], None) is not None else 0))
+                elif op == "CONFIG" and not args:
+                    # Like Redis CONFIG GET requirepass: echoes the credential.
+                    self.send("+requirepass " + PASSWORD)
                 elif op == "KEYS" and not args:
                     self.send("+" + " ".join(sorted(DATA)))
                 else:

@@ -193,12 +193,14 @@ fn a_protocol_crate_outside_core_gets_admission_rules_masking_and_audit() {
         );
     }
     assert_eq!(c.call("KEYS"), "+owner");
+    // An upstream that echoes the gateway-held password does not hand it out.
+    assert_eq!(c.call("CONFIG"), "+requirepass [redacted-credential]");
     drop(c);
 
     // The upstream ran exactly the allowed commands (the oracle).
     let ran = std::fs::read_to_string(&commands).unwrap();
     assert_eq!(
-        ran, "SET owner alice@example.com\nGET owner\nKEYS\n",
+        ran, "SET owner alice@example.com\nGET owner\nKEYS\nCONFIG\n",
         "{ran}"
     );
 

@@ -110,7 +110,7 @@ impl ResponseMasker for BadgeMasker {
         let session = session.clone();
         Some(StreamMasker::lines(
             Arc::new(move |line: &[u8]| then_badges(inner.mask_bytes(&session, line), line)),
-            4096,
+            64 * 1024,
         ))
     }
 

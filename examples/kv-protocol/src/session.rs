@@ -169,7 +169,10 @@ impl KvSession {
             }
         };
         let started = Instant::now();
-        let answer = upstream.call(&line).await;
+        let answer = upstream
+            .call(&line)
+            .await
+            .map(|reply| upstream.redact(reply));
         let mut outcome = Outcome {
             duration_us: started.elapsed().as_micros() as u64,
             ..Outcome::default()
@@ -207,9 +210,21 @@ impl KvSession {
 struct Upstream {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
+    /// The gateway-held password: never relayed, even when the upstream echoes it.
+    secret: Option<String>,
 }
 
 impl Upstream {
+    /// The reply with the gateway-held password replaced wherever it appears.
+    fn redact(&self, reply: String) -> String {
+        match &self.secret {
+            Some(secret) if reply.contains(secret.as_str()) => {
+                reply.replace(secret.as_str(), "[redacted-credential]")
+            }
+            _ => reply,
+        }
+    }
+
     async fn call(&mut self, line: &str) -> Result<String, String> {
         let exchange = async {
             self.writer
@@ -237,11 +252,21 @@ async fn connect(handle: &SessionHandle) -> Result<Upstream, String> {
     let mut upstream = Upstream {
         reader: BufReader::new(read),
         writer: write,
+        secret: None,
     };
     if let Some(secret) = options.password {
         let password = secret.resolve().map_err(|_| {
             "the gateway's credential for this connection is not readable".to_string()
         })?;
+        // One word: a blank or a line end would make AUTH carry a second command.
+        if password.is_empty()
+            || password
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err("the gateway's credential for this connection is not usable".into());
+        }
+        upstream.secret = Some(password.clone());
         let reply = upstream.call(&format!("AUTH {password}")).await?;
         if !reply.starts_with("+OK") {
             // The upstream's words may repeat the password: never relay them.

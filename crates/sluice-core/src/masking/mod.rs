@@ -46,7 +46,7 @@ pub use config::{
 pub use engine::{compile, MaskCounts, Masked, MaskingEngine, MAX_HOLDBACK, MIN_HASH_KEY_LEN};
 pub use json::{mask_json_text, JsonMasker, JsonPath};
 pub use response::EngineMasker;
-pub use stream::StreamMasker;
+pub use stream::{StreamMasker, TextMask};
 
 use crate::model::Column;
 use crate::pipeline::SessionInfo;
@@ -129,6 +129,9 @@ pub trait ResponseMasker: Send + Sync + 'static {
     }
 }
 
+/// The longest piece the line-wise fallback masks at once.
+const LINE_FALLBACK_MAX: usize = 64 * 1024;
+
 /// A masker bound to one session, for response paths that outlive a borrow
 /// of either (HTTP bodies, WebSocket frames, Kubernetes watch streams).
 #[derive(Clone)]
@@ -176,9 +179,17 @@ impl SessionMasker {
         self.masker.mask_bytes(&self.session, bytes)
     }
 
-    /// See [`ResponseMasker::stream_masker`].
+    /// See [`ResponseMasker::stream_masker`]. A masker that has no stream
+    /// masker of its own (detector plugins, a platform team's text masker)
+    /// still masks streamed bodies: line by line through its `mask_bytes`.
     pub fn stream(&self) -> Option<StreamMasker> {
-        self.masker.stream_masker(&self.session)
+        self.masker.stream_masker(&self.session).or_else(|| {
+            let (masker, session) = (self.masker.clone(), self.session.clone());
+            Some(StreamMasker::lines(
+                Arc::new(move |piece: &[u8]| masker.mask_bytes(&session, piece)),
+                LINE_FALLBACK_MAX,
+            ))
+        })
     }
 }
 

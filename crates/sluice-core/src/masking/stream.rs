@@ -132,7 +132,12 @@ impl StreamMasker {
         loop {
             let end = match self.buf.iter().position(|&b| b == b'\n') {
                 Some(i) if i < max_line => i + 1,
-                _ if self.buf.len() >= max_line => max_line,
+                // No line end in reach: cut after the last blank in the
+                // second half, so a value (an address, a token) is not split.
+                _ if self.buf.len() >= max_line => self.buf[max_line / 2..max_line]
+                    .iter()
+                    .rposition(|b| b.is_ascii_whitespace())
+                    .map_or(max_line, |i| max_line / 2 + i + 1),
                 _ if all && !self.buf.is_empty() => self.buf.len(),
                 _ => return,
             };

@@ -1440,3 +1440,32 @@ fn masking_rules_answer_lineage_questions() {
     assert_eq!(rows.mask_row(&mut row), 2);
     assert_eq!(row, vec![Some(b"[ids]".to_vec()), None]);
 }
+
+/// Line-wise streams (maskers without an engine): a value split across
+/// chunks within a line is masked whole; a line longer than the bound is cut
+/// at a blank, not inside a value; nothing is dropped.
+#[test]
+fn line_streams_mask_values_split_across_chunks() {
+    use std::sync::Arc;
+    let mask: TextMask = Arc::new(|piece: &[u8]| {
+        let text = String::from_utf8_lossy(piece);
+        text.contains("SECRET-123").then(|| {
+            (
+                text.replace("SECRET-123", "[masked]").into_bytes(),
+                MaskCounts::default(),
+            )
+        })
+    });
+    let mut s = StreamMasker::lines(mask.clone(), 64);
+    let mut out = s.push(b"one SECR");
+    out.extend(s.push(b"ET-123 two\nthree"));
+    out.extend(s.flush());
+    assert_eq!(String::from_utf8(out).unwrap(), "one [masked] two\nthree");
+    // 80 bytes with no newline: cut at the blank before the value.
+    let long = format!("{} SECRET-123 tail", "x".repeat(50));
+    let mut s = StreamMasker::lines(mask, 64);
+    let mut out = s.push(long.as_bytes());
+    out.extend(s.flush());
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text, long.replace("SECRET-123", "[masked]"));
+}
