@@ -397,4 +397,14 @@ fn a_settings_change_inside_an_extended_batch_cannot_hide_a_delete() {
     let errors = closed.errors();
     assert!(!errors.is_empty(), "refused or ended: {errors:?}");
     assert_eq!(orders(&env), before, "the hidden DELETE did not run");
+    // The refusal is in the audit record, with the text that was refused.
+    let sessions = env.wait_sessions_ended(1);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    if errors
+        .iter()
+        .any(|e| e.0.get(&'M').is_some_and(|m| m.contains("Sync")))
+    {
+        assert!(replay.contains("sluice:pipeline"), "{replay}");
+        assert!(replay.contains("delete from orders"), "{replay}");
+    }
 }

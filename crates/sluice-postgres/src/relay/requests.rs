@@ -275,7 +275,7 @@ impl<'a> Requests<'a> {
         if matches!(msg.tag, tag::QUERY | tag::EXECUTE | tag::FUNCTION_CALL)
             && !self.settled(out).await?
         {
-            self.refuse_unsettled(msg.tag);
+            self.refuse_unsettled(&msg).await?;
             return Ok(None);
         }
         match msg.tag {
@@ -488,23 +488,64 @@ impl<'a> Requests<'a> {
 
     /// Refuses a statement pipelined behind a settings change with no Sync
     /// between them: the gateway cannot know the settings it will run under.
-    fn refuse_unsettled(&mut self, tag_byte: u8) {
+    /// The refusal is recorded like any other.
+    async fn refuse_unsettled(&mut self, msg: &RawMessage) -> Result<(), SessionError> {
+        const WHY: &str = "a statement that can change session settings must be followed by Sync before more statements in the same pipeline; this one was not run";
+        let command = self.unsettled_command(msg);
+        let command_id = match self.refuse(command, "sluice:pipeline", WHY).await? {
+            Decided::Refuse(id, _) => id,
+            _ => 0,
+        };
         let denial = Denial {
             rule: Some("sluice:pipeline".into()),
-            message: "a statement that can change session settings must be followed by Sync before more statements in the same pipeline; this one was not run".into(),
-            hint: Some("Send Sync after the statement that changes settings, then send the rest.".into()),
+            message: WHY.into(),
+            hint: Some(
+                "Send Sync after the statement that changes settings, then send the rest.".into(),
+            ),
         };
+        let tag_byte = msg.tag;
         if tag_byte == tag::EXECUTE {
-            self.push(Expect::Refused {
-                command_id: 0,
-                denial,
-            });
+            self.push(Expect::Refused { command_id, denial });
             self.discarding = true;
         } else {
-            self.push(Expect::RefusedSimple {
-                command_id: 0,
-                denial,
-            });
+            self.push(Expect::RefusedSimple { command_id, denial });
+        }
+        Ok(())
+    }
+
+    /// The command a refused pipelined message would have run, for its record.
+    fn unsettled_command(&self, msg: &RawMessage) -> Command {
+        let name = Reader::new(msg.body()).cstr().unwrap_or_default();
+        let (kind, text) = match msg.tag {
+            tag::EXECUTE => match self.registry.portal(&name) {
+                Ok(p) => (
+                    CommandKind::SqlExecute {
+                        statement: p.statement.clone(),
+                        portal: name,
+                    },
+                    p.text.to_string(),
+                ),
+                Err(_) => (
+                    CommandKind::SqlExecute {
+                        statement: String::new(),
+                        portal: name,
+                    },
+                    String::new(),
+                ),
+            },
+            tag::FUNCTION_CALL => (
+                CommandKind::FunctionCall {
+                    function_oid: Reader::new(msg.body()).i32().unwrap_or(0) as u32,
+                },
+                "function call".to_string(),
+            ),
+            // A Query: its text.
+            _ => (CommandKind::SqlSimple, name),
+        };
+        Command {
+            kind,
+            text,
+            context: Vec::new(),
         }
     }
 
