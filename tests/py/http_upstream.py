@@ -17,7 +17,8 @@ Endpoints:
   /gzip            a gzip-encoded JSON body whatever Accept-Encoding says
   /redirect        302 to http://<its own host>/echo?from=redirect
   /ws              WebSocket echo (text and binary frames, ping, close)
-  /raw?type=T&body=B  answers B (URL-decoded) with Content-Type T, as is
+  /raw?type=T&body=B[&disposition=D]  answers B (URL-decoded) with Content-Type T,
+                   as is (and Content-Disposition D)
   /reason          200 whose reason phrase echoes the Authorization header
   anything else    JSON {"ok": true, "path": ...}
 """
@@ -127,6 +128,8 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", query.get("type", ["application/json"])[0])
             self.send_header("Content-Length", str(len(body)))
+            if "disposition" in query:
+                self.send_header("Content-Disposition", query["disposition"][0])
             self.end_headers()
             self.wfile.write(body)
         elif url.path == "/text":

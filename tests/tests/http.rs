@@ -931,3 +931,34 @@ fn an_idle_keepalive_connection_is_closed_and_clients_reconnect() {
     assert_eq!(status, 200);
     assert!(reconnected, "the idle connection was kept open");
 }
+
+#[test]
+fn data_in_response_headers_is_masked() {
+    let env = HttpEnv::builder()
+        .toml("[masking]\ndetectors = [\"email\"]\n")
+        .start();
+    let token = env.agent_token();
+    let out = env.curl(
+        Some(&token),
+        &[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &env.url("/crm/raw?type=text/plain&body=ok&disposition=attachment%3B%20filename%3D%22ada%40example.com.csv%22"),
+        ],
+    );
+    let head = stdout(&out);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-disposition: attachment"),
+        "{head}"
+    );
+    assert!(!head.contains("ada@example.com"), "{head}");
+    // Structure is left alone.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+}

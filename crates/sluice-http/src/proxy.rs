@@ -638,7 +638,8 @@ impl ClientConn {
         } else {
             format!("/{}", connection.name)
         };
-        let header_redactions = response_headers(&mut rparts, &live, &prefix);
+        let (header_redactions, header_masked) =
+            response_headers(&mut rparts, &live, &prefix, masking_engine);
         let secrets = live.injected.secrets();
         let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
         let mut plan = flavor.response_plan(&head, &rparts, &ctx);
@@ -661,6 +662,7 @@ impl ClientConn {
             status,
             started,
             header_redactions,
+            header_masked,
         };
         let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
         // No body (HEAD, 204, 304): nothing to redact, and the length header
@@ -1190,11 +1192,43 @@ fn upstream_failure(
     }
 }
 
+/// Response headers whose values are structure, not data: never masked.
+const STRUCTURAL_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "content-range",
+    "transfer-encoding",
+    "date",
+    "etag",
+    "last-modified",
+    "expires",
+    "age",
+    "cache-control",
+    "vary",
+    "accept-ranges",
+    "location",
+    "set-cookie",
+    "server",
+    "connection",
+    "upgrade",
+    "sec-websocket-accept",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+];
+
 /// Response headers as the client gets them: hop-by-hop headers and the
 /// upstream's reason phrase dropped (it can echo the injected credential),
 /// redirects into the upstream rewritten through the gateway (`prefix`),
-/// echoed credentials redacted. Returns how many values were redacted.
-fn response_headers(rparts: &mut http::response::Parts, live: &Live, prefix: &str) -> u64 {
+/// echoed credentials redacted, and data-carrying values
+/// (`Content-Disposition`, `X-*`, …) through the masker. Returns how many
+/// values were redacted and what was masked.
+fn response_headers(
+    rparts: &mut http::response::Parts,
+    live: &Live,
+    prefix: &str,
+    masker: Option<&SessionMasker>,
+) -> (u64, sluice_core::masking::MaskCounts) {
     strip_hop_by_hop(&mut rparts.headers, STRIPPED_RESPONSE);
     rparts.extensions.remove::<hyper::ext::ReasonPhrase>();
     if let Some(location) = rparts
@@ -1216,7 +1250,21 @@ fn response_headers(rparts: &mut http::response::Parts, live: &Live, prefix: &st
             }
         }
     }
-    redactions
+    let mut masked = sluice_core::masking::MaskCounts::default();
+    if let Some(masker) = masker {
+        for (name, value) in rparts.headers.iter_mut() {
+            if STRUCTURAL_HEADERS.contains(&name.as_str()) {
+                continue;
+            }
+            let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            if let Some((out, counts)) = masker.mask_text(&text) {
+                *value = HeaderValue::from_str(&out)
+                    .unwrap_or_else(|_| HeaderValue::from_static("[masked]"));
+                masked.merge(&counts);
+            }
+        }
+    }
+    (redactions, masked)
 }
 
 /// How much of an upgraded connection's traffic (WebSocket, exec) is kept in
@@ -1338,6 +1386,8 @@ struct Finisher {
     status: StatusCode,
     started: Instant,
     header_redactions: u64,
+    /// Values masked in response headers.
+    header_masked: sluice_core::masking::MaskCounts,
 }
 
 impl Finisher {
@@ -1360,6 +1410,7 @@ impl Finisher {
                 .masked
                 .add("injected_credential", self.header_redactions);
         }
+        stats.masked.merge(&self.header_masked);
         let sample = if stats.sample.is_empty() {
             Vec::new()
         } else {

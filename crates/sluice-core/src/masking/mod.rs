@@ -174,6 +174,11 @@ impl SessionMasker {
         self.masker.mask_document(&self.session, doc, key_paths)
     }
 
+    /// See [`ResponseMasker::mask_text`].
+    pub fn mask_text(&self, text: &str) -> Option<(String, MaskCounts)> {
+        self.masker.mask_text(&self.session, text)
+    }
+
     /// See [`ResponseMasker::mask_bytes`].
     pub fn mask_bytes(&self, bytes: &[u8]) -> Option<(Vec<u8>, MaskCounts)> {
         self.masker.mask_bytes(&self.session, bytes)
