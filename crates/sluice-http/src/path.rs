@@ -10,6 +10,7 @@
 //! decodes is exactly what policy matched.
 
 use percent_encoding::{percent_decode, utf8_percent_encode, AsciiSet, CONTROLS};
+use unicode_normalization::UnicodeNormalization;
 
 /// Longest request path accepted.
 pub const MAX_PATH_LEN: usize = 8 * 1024;
@@ -146,10 +147,20 @@ fn decode_segment(raw: &str) -> Result<String, String> {
             _ => i += 1,
         }
     }
-    percent_decode(bytes)
+    let decoded = percent_decode(bytes)
         .decode_utf8()
         .map(|s| s.into_owned())
-        .map_err(|_| "the request path is not valid UTF-8 once percent-decoded".to_string())
+        .map_err(|_| "the request path is not valid UTF-8 once percent-decoded".to_string())?;
+    // A compatibility character (fullwidth `ａｄｍｉｎ`, `ﬁ`, a superscript)
+    // is read as another character by a server that normalises paths, so
+    // the rules would judge one path and the upstream serve another.
+    if !unicode_normalization::is_nfkc_quick(decoded.chars())
+        .eq(&unicode_normalization::IsNormalized::Yes)
+        && decoded.nfkc().collect::<String>() != decoded
+    {
+        return Err("the request path contains characters that some servers read as other characters (fullwidth or compatibility forms); send the plain form".into());
+    }
+    Ok(decoded)
 }
 
 fn malformed() -> String {
@@ -226,5 +237,22 @@ mod tests {
         let (_, rest) = p.split_first().unwrap();
         assert_eq!(rest.decoded(false), "/");
         assert!(NormalPath::parse("/").unwrap().split_first().is_none());
+    }
+
+    #[test]
+    fn compatibility_characters_are_refused_and_other_scripts_pass() {
+        // Fullwidth "admin", raw and percent-encoded; a ligature.
+        assert!(NormalPath::parse("/crm/\u{ff41}\u{ff44}\u{ff4d}\u{ff49}\u{ff4e}/x").is_err());
+        assert!(NormalPath::parse("/crm/%EF%BD%81dmin").is_err());
+        assert!(NormalPath::parse("/crm/\u{fb01}le").is_err());
+        // Ordinary non-ASCII paths are ordinary work.
+        for ok in [
+            "/crm/caf%C3%A9",
+            "/crm/\u{5ba2}\u{6237}",
+            "/crm/stra%C3%9Fe",
+            "/crm/%D0%BA%D0%BB%D0%B8%D0%B5%D0%BD%D1%82",
+        ] {
+            assert!(NormalPath::parse(ok).is_ok(), "{ok}");
+        }
     }
 }
