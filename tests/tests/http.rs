@@ -962,3 +962,31 @@ fn data_in_response_headers_is_masked() {
         "{head}"
     );
 }
+
+#[test]
+fn ndjson_lines_get_column_rules_like_json_documents() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    // Two JSON lines; the key-name rule and the detectors apply to each.
+    let body = "%7B%22user%22%3A%22ada%22%2C%22db_password%22%3A%22hunter22%22%7D%0A%7B%22contact%22%3A%22ada%40example.com%22%7D%0A";
+    let (status, out) = env.get(
+        &token,
+        &format!("/crm/raw?type=application/x-ndjson&body={body}"),
+        &[],
+    );
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        !out.contains("hunter22") && !out.contains("ada@example.com"),
+        "{out}"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(json(lines[0])["db_password"], "[passwords]", "{out}");
+    // A line that is not JSON cannot be masked: the stream is ended, not passed.
+    let (_, out) = env.get(
+        &token,
+        "/crm/raw?type=application/x-ndjson&body=not%20json%20hunter22%0A",
+        &[],
+    );
+    assert!(!out.contains("hunter22"), "{out}");
+}

@@ -236,6 +236,89 @@ pub fn mask_json_document(
     Ok((out, counts))
 }
 
+/// Newline-delimited JSON (NDJSON, JSON Lines, Kubernetes watch events):
+/// each value masked by `mask` as its line completes and re-serialised from
+/// what was checked; only the incomplete line is held back (up to `max`). A
+/// line that is not JSON ends the body: it cannot be masked.
+pub struct JsonLines {
+    mask: Box<dyn FnMut(&mut serde_json::Value) -> MaskCounts + Send>,
+    buf: Vec<u8>,
+    max: usize,
+    counts: MaskCounts,
+    /// What one line is, for errors ("watch event", "line").
+    what: &'static str,
+}
+
+impl JsonLines {
+    pub fn new(
+        mask: impl FnMut(&mut serde_json::Value) -> MaskCounts + Send + 'static,
+        max: usize,
+        what: &'static str,
+    ) -> Self {
+        JsonLines {
+            mask: Box::new(mask),
+            buf: Vec::new(),
+            max,
+            counts: MaskCounts::default(),
+            what,
+        }
+    }
+
+    fn line(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), TransformError> {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+            return Ok(());
+        }
+        let what = self.what;
+        let mut doc: serde_json::Value = serde_json::from_slice(line).map_err(|_| {
+            TransformError::new(format!(
+                "a {what} from the upstream is not JSON, so it could not be masked; the stream was ended"
+            ))
+        })?;
+        self.counts.merge(&(self.mask)(&mut doc));
+        serde_json::to_writer(&mut *out, &doc)
+            .map_err(|_| TransformError::new(format!("a masked {what} could not be written")))?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+impl BodyTransformer for JsonLines {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
+        let mut out = Vec::new();
+        let mut rest = chunk;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let (line, tail) = rest.split_at(nl);
+            rest = &tail[1..];
+            let mut whole = std::mem::take(&mut self.buf);
+            whole.extend_from_slice(line);
+            self.line(&whole, &mut out)?;
+        }
+        if self.buf.len() + rest.len() > self.max {
+            return Err(TransformError::new(format!(
+                "a {} from the upstream is longer than the {} bytes the gateway buffers to mask it, so the stream was ended",
+                self.what, self.max
+            )));
+        }
+        self.buf.extend_from_slice(rest);
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
+        let mut out = Vec::new();
+        let rest = std::mem::take(&mut self.buf);
+        if !rest.is_empty() {
+            self.line(&rest, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.counts.clone()
+    }
+}
+
 /// The streaming text plan as a transformer.
 pub struct TextMasking(pub StreamMasker);
 

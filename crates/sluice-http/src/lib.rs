@@ -7,7 +7,7 @@
 //! Connection kinds customise the proxy through [`Flavor`] (the Kubernetes
 //! gateway is one); [`HttpFlavor`] is plain HTTP.
 
-mod body;
+pub mod body;
 pub mod flavor;
 pub mod inject;
 pub mod masking;

@@ -58,6 +58,19 @@ pub fn is_json(content_type: &str) -> bool {
     ) || (content_type.contains('/') && content_type.ends_with("+json"))
 }
 
+/// Newline-delimited JSON types (NDJSON, JSON Lines, JSON streams).
+pub fn is_json_lines(content_type: &str) -> bool {
+    matches!(
+        content_type,
+        "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines"
+            | "application/jsonlines"
+            | "application/stream+json"
+    )
+}
+
 /// Whether the response carries a body at all.
 pub fn has_body(method: &Method, status: StatusCode) -> bool {
     !(method == Method::HEAD
@@ -78,9 +91,10 @@ pub fn default_plan(
 ) -> ResponsePlan {
     let ctype = content_type(response);
     let streaming = ctype == "text/event-stream";
-    if masking.masker.is_none() || !has_body(head.method, response.status) {
-        return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
-    }
+    let masker = match masking.masker {
+        Some(m) if has_body(head.method, response.status) => m,
+        _ => return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming),
+    };
     if BINARY_TYPES.iter().any(|b| ctype.starts_with(b)) {
         return ResponsePlan::new(BodyPlan::PassThrough);
     }
@@ -110,6 +124,16 @@ pub fn default_plan(
         return ResponsePlan::new(BodyPlan::Json {
             key_paths: Vec::new(),
         });
+    }
+    if is_json_lines(&ctype) {
+        // Each line a document: key-name column rules apply as to JSON.
+        let masker = masker.clone();
+        let lines = crate::body::JsonLines::new(
+            move |doc| masker.mask_document(doc, &[]),
+            masking.max_buffer,
+            "line",
+        );
+        return ResponsePlan::new(BodyPlan::Transform(Box::new(lines))).streaming(true);
     }
     ResponsePlan::new(BodyPlan::Text).streaming(streaming)
 }

@@ -26,6 +26,7 @@
 
 use serde_json::Value;
 use sluice_core::masking::{MaskCounts, SessionMasker};
+use sluice_http::body::JsonLines;
 use sluice_http::{BodyTransformer, TransformError};
 
 /// What a masked `stringData` value or table cell reads.
@@ -242,75 +243,29 @@ impl BodyTransformer for DocumentTransformer {
 
 /// A watch stream: newline-delimited events, each masked as it completes.
 /// Only the current, incomplete event is held back.
-pub struct WatchTransformer {
-    masker: DocMasker,
-    buf: Vec<u8>,
-    max: usize,
-    counts: MaskCounts,
-}
+pub struct WatchTransformer(JsonLines);
 
 impl WatchTransformer {
     pub fn new(masker: DocMasker, max: usize) -> Self {
-        WatchTransformer {
-            masker,
-            buf: Vec::new(),
+        WatchTransformer(JsonLines::new(
+            move |doc| masker.mask(doc),
             max,
-            counts: MaskCounts::default(),
-        }
-    }
-
-    fn event(&mut self, line: &[u8], out: &mut Vec<u8>) -> Result<(), TransformError> {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            out.extend_from_slice(line);
-            out.push(b'\n');
-            return Ok(());
-        }
-        let mut doc: Value = serde_json::from_slice(line).map_err(|_| {
-            TransformError::new(
-                "a watch event from the upstream is not JSON, so it could not be masked; the stream was ended",
-            )
-        })?;
-        self.counts.merge(&self.masker.mask(&mut doc));
-        serde_json::to_writer(&mut *out, &doc)
-            .map_err(|_| TransformError::new("a masked watch event could not be written"))?;
-        out.push(b'\n');
-        Ok(())
+            "watch event",
+        ))
     }
 }
 
 impl BodyTransformer for WatchTransformer {
     fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
-        let mut out = Vec::new();
-        let mut rest = chunk;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (line, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            if self.buf.is_empty() {
-                self.event(line, &mut out)?;
-            } else {
-                let mut whole = std::mem::take(&mut self.buf);
-                whole.extend_from_slice(line);
-                self.event(&whole, &mut out)?;
-            }
-        }
-        if self.buf.len() + rest.len() > self.max {
-            return Err(too_large(self.max));
-        }
-        self.buf.extend_from_slice(rest);
-        Ok(out)
+        self.0.push(chunk)
     }
 
     fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
-        let mut out = Vec::new();
-        let rest = std::mem::take(&mut self.buf);
-        if !rest.is_empty() {
-            self.event(&rest, &mut out)?;
-        }
-        Ok(out)
+        self.0.finish()
     }
 
     fn counts(&self) -> MaskCounts {
-        self.counts.clone()
+        self.0.counts()
     }
 }
 
