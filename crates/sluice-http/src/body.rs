@@ -326,8 +326,10 @@ impl BodyTransformer for TextMasking {
     fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
         Ok(self.0.push(chunk))
     }
+    /// An idle upstream releases complete lines only: a value the upstream
+    /// pauses in the middle of stays held until its line ends.
     fn flush(&mut self) -> Result<Vec<u8>, TransformError> {
-        Ok(self.0.flush())
+        Ok(self.0.flush_lines())
     }
     fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
         Ok(self.0.flush())

@@ -123,6 +123,26 @@ impl StreamMasker {
         out
     }
 
+    /// Releases what is held up to its last line end, deciding candidates
+    /// there as at the end of the stream; an unfinished line stays held (up
+    /// to the hold-back bound). For line-oriented streams (event streams,
+    /// logs) paused by the upstream: a pause in the middle of a line cannot
+    /// split a value into two unmasked halves.
+    pub fn flush_lines(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.lines.is_some() {
+            // Line mode already releases every complete line.
+            return out;
+        }
+        let Some(nl) = self.buf[self.ctx..].iter().rposition(|&b| b == b'\n') else {
+            return out;
+        };
+        let tail = self.buf.split_off(self.ctx + nl + 1);
+        self.process(true, &mut out);
+        self.buf.extend_from_slice(&tail);
+        out
+    }
+
     /// Line mode: masks and releases every complete line (all of the buffer
     /// at a flush, or `max_line` bytes when no newline came).
     fn release_lines(&mut self, all: bool, out: &mut Vec<u8>) {

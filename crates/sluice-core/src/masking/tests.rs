@@ -1469,3 +1469,21 @@ fn line_streams_mask_values_split_across_chunks() {
     let text = String::from_utf8(out).unwrap();
     assert_eq!(text, long.replace("SECRET-123", "[masked]"));
 }
+
+/// An idle pause in the middle of a line does not split a value: only
+/// complete lines are released by `flush_lines`.
+#[test]
+fn flush_lines_keeps_an_unfinished_line() {
+    let config: MaskingConfig = crate::toml::from_str(r#"detectors = ["email"]"#).unwrap();
+    let engine = compile(&config, None).unwrap();
+    let mut s = engine.stream();
+    let mut out = s.push(b"data: first\ndata: contact ada@exam");
+    out.extend(s.flush_lines());
+    let released = String::from_utf8(out.clone()).unwrap();
+    assert!(released.ends_with("data: first\n"), "{released:?}");
+    out.extend(s.push(b"ple.com\n\n"));
+    out.extend(s.flush());
+    let text = String::from_utf8(out).unwrap();
+    assert!(!text.contains("ada@"), "{text}");
+    assert!(text.contains("data: contact [email]"), "{text}");
+}
