@@ -990,3 +990,20 @@ fn ndjson_lines_get_column_rules_like_json_documents() {
     );
     assert!(!out.contains("hunter22"), "{out}");
 }
+
+#[test]
+fn html_character_references_do_not_hide_values_from_the_detectors() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    // <p>ada&#64;example&#46;com &lt;b&gt;</p>, URL-encoded.
+    let body = "%3Cp%3Eada%26%2364%3Bexample%26%2346%3Bcom%20%26lt%3Bb%26gt%3B%3C%2Fp%3E";
+    let (status, out) = env.get(&token, &format!("/crm/raw?type=text/html&body={body}"), &[]);
+    assert_eq!(status, 200, "{out}");
+    assert!(
+        !out.contains("ada@example.com") && !out.contains("&#64;"),
+        "{out}"
+    );
+    assert!(out.contains("[email]"), "{out}");
+    // Markup-significant references are left as they are.
+    assert!(out.contains("&lt;b&gt;"), "{out}");
+}

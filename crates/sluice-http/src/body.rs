@@ -339,6 +339,111 @@ impl BodyTransformer for TextMasking {
     }
 }
 
+/// HTML text: character references that spell ordinary characters
+/// (`&#64;`, `&#x40;`, `&commat;`, `&period;` …) are decoded before the text
+/// masker sees the bytes, so `ada&#64;example&#46;com` is found as an email.
+/// Only letters, digits and `@ . _ + - : / %` are decoded: those mean the
+/// same in HTML text and attributes either way; markup-significant
+/// references (`&lt;`, `&amp;`, `&quot;`) are left as they are.
+pub struct HtmlText {
+    inner: TextMasking,
+    /// An unfinished reference at the end of the last chunk.
+    carry: Vec<u8>,
+}
+
+/// The longest reference decoded (`&#x0000040;` is valid HTML).
+const MAX_REFERENCE: usize = 12;
+
+impl HtmlText {
+    pub fn new(inner: StreamMasker) -> Self {
+        HtmlText {
+            inner: TextMasking(inner),
+            carry: Vec::new(),
+        }
+    }
+
+    /// Decodes `input`; with `all == false` an unfinished reference at its
+    /// end is kept back for the next chunk.
+    fn decode(&mut self, input: &[u8], all: bool) -> Vec<u8> {
+        let mut bytes = std::mem::take(&mut self.carry);
+        bytes.extend_from_slice(input);
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] != b'&' {
+                out.push(bytes[i]);
+                i += 1;
+                continue;
+            }
+            let window = &bytes[i..bytes.len().min(i + MAX_REFERENCE)];
+            match window.iter().position(|&b| b == b';') {
+                Some(end) => match neutral_reference(&window[1..end]) {
+                    Some(c) => {
+                        out.push(c);
+                        i += end + 1;
+                    }
+                    None => {
+                        out.push(b'&');
+                        i += 1;
+                    }
+                },
+                None if !all && bytes.len() - i < MAX_REFERENCE => {
+                    self.carry = bytes[i..].to_vec();
+                    break;
+                }
+                None => {
+                    out.push(b'&');
+                    i += 1;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// The character a reference's name (`#64`, `#x40`, `commat`) spells, when it
+/// is one that means the same decoded.
+fn neutral_reference(name: &[u8]) -> Option<u8> {
+    let name = std::str::from_utf8(name).ok()?;
+    let c = if let Some(hex) = name.strip_prefix("#x").or_else(|| name.strip_prefix("#X")) {
+        u32::from_str_radix(hex, 16).ok()?
+    } else if let Some(dec) = name.strip_prefix('#') {
+        dec.parse::<u32>().ok()?
+    } else {
+        match name {
+            "commat" => '@' as u32,
+            "period" => '.' as u32,
+            "lowbar" | "UnderBar" => '_' as u32,
+            "plus" => '+' as u32,
+            "colon" => ':' as u32,
+            "sol" => '/' as u32,
+            "percnt" => '%' as u32,
+            _ => return None,
+        }
+    };
+    let c = u8::try_from(c).ok()?;
+    (c.is_ascii_alphanumeric() || b"@._+-:/%".contains(&c)).then_some(c)
+}
+
+impl BodyTransformer for HtmlText {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
+        let decoded = self.decode(chunk, false);
+        self.inner.push(&decoded)
+    }
+    fn flush(&mut self) -> Result<Vec<u8>, TransformError> {
+        self.inner.flush()
+    }
+    fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
+        let decoded = self.decode(&[], true);
+        let mut out = self.inner.push(&decoded)?;
+        out.extend(self.inner.finish()?);
+        Ok(out)
+    }
+    fn counts(&self) -> MaskCounts {
+        self.inner.counts()
+    }
+}
+
 /// What a response body was, for the audit record.
 #[derive(Debug, Default, Clone)]
 pub struct BodyStats {

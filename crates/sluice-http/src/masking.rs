@@ -125,6 +125,12 @@ pub fn default_plan(
             key_paths: Vec::new(),
         });
     }
+    if matches!(ctype.as_str(), "text/html" | "application/xhtml+xml") {
+        if let Some(stream) = masker.stream() {
+            let html = crate::body::HtmlText::new(stream);
+            return ResponsePlan::new(BodyPlan::Transform(Box::new(html))).streaming(streaming);
+        }
+    }
     if is_json_lines(&ctype) {
         // Each line a document: key-name column rules apply as to JSON.
         let masker = masker.clone();
@@ -211,7 +217,10 @@ mod tests {
             plan("application/problem+json", None, true),
             BodyPlan::Json { .. }
         ));
-        assert!(matches!(plan("text/html", None, true), BodyPlan::Text));
+        assert!(matches!(
+            plan("text/html", None, true),
+            BodyPlan::Transform(_)
+        ));
         assert!(matches!(plan("", None, true), BodyPlan::Text));
         assert!(matches!(
             plan("application/octet-stream", None, true),
