@@ -58,6 +58,8 @@ pub(super) struct Queue {
     spare: Vec<u8>,
     /// Why the journal stopped taking records (a failed write or sync).
     failed: Option<String>,
+    /// Batches written so far.
+    batches: u64,
 }
 
 impl Queue {
@@ -69,6 +71,7 @@ impl Queue {
             pending: Vec::new(),
             spare: Vec::new(),
             failed: None,
+            batches: 0,
         }
     }
 
@@ -78,6 +81,22 @@ impl Queue {
             Some(e) => Err(failed_closed(e)),
             None => Ok(()),
         }
+    }
+
+    #[cfg(test)]
+    pub(super) fn batches(&self) -> u64 {
+        self.batches
+    }
+
+    #[cfg(test)]
+    pub(super) fn pending_lines(&self) -> usize {
+        self.pending.iter().filter(|&&b| b == b'\n').count()
+    }
+
+    /// Lets a test make the next write fail (a handle opened read-only).
+    #[cfg(test)]
+    pub(super) fn replace_file(&mut self, file: File) {
+        self.file = Some(file);
     }
 
     /// The length the journal has once everything queued is written.
@@ -210,7 +229,10 @@ impl Journal {
                 let q = &mut w.queue;
                 q.file = file;
                 match outcome {
-                    Ok(()) => q.written = end,
+                    Ok(()) => {
+                        q.written = end;
+                        q.batches += 1;
+                    }
                     Err(e) => {
                         tracing::error!(message = "The audit journal failed; no record is accepted until the gateway restarts.", error = %e);
                         q.failed = Some(e);

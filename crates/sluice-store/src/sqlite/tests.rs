@@ -1,5 +1,6 @@
 use super::*;
 use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn identity() -> Identity {
@@ -406,4 +407,196 @@ async fn an_index_without_a_log_head_resumes_from_the_journal() {
     drop(store);
     let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
     assert_eq!(reader.tree_head().await.unwrap(), later);
+}
+
+async fn command(store: &SqliteStore, id: &str, n: u64) -> Result<(), StoreError> {
+    store
+        .append(
+            id,
+            AuditEvent::CommandDecided {
+                command_id: n,
+                command: Command {
+                    kind: CommandKind::SqlSimple,
+                    text: format!("select {n}"),
+                    context: vec![],
+                },
+                verdict: Verdict {
+                    action: Action::Allow,
+                    rule: None,
+                    message: None,
+                },
+            },
+        )
+        .await?;
+    store.append_background(
+        id,
+        AuditEvent::CommandFinished {
+            command_id: n,
+            outcome: Outcome::default(),
+        },
+    );
+    Ok(())
+}
+
+async fn start(store: &SqliteStore, id: &str) {
+    store
+        .append(
+            id,
+            AuditEvent::SessionStart {
+                identity: identity(),
+                connection: "appdb".into(),
+                protocol: Protocol::Postgres,
+                client_addr: "127.0.0.1:5".into(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Sessions appending at once share writes; every acknowledged record is
+/// in the journal when its append returns, and the chains and the
+/// gateway-wide chain verify as with one writer.
+async fn concurrent_sessions_share_writes(sync: AuditSync) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(sync)).unwrap());
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let store = store.clone();
+            let journal = dir.path().join("journal.log");
+            tokio::spawn(async move {
+                let id = format!("s{t}");
+                start(&store, &id).await;
+                for n in 1..=50 {
+                    command(&store, &id, n).await.unwrap();
+                    // Write-ahead: the record is in the file once acknowledged.
+                    if n % 10 == 0 {
+                        let text = std::fs::read_to_string(&journal).unwrap();
+                        let needle = format!("\"text\":\"select {n}\"");
+                        assert!(text
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{id}\t")) && l.contains(&needle)));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let head = store.tree_head().await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(report.records, 16 * (1 + 100));
+    assert_eq!(head.size, 16 * (1 + 100));
+    drop(store);
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Consistent
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_share_writes_normal() {
+    concurrent_sessions_share_writes(AuditSync::Normal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_share_writes_full() {
+    concurrent_sessions_share_writes(AuditSync::Full).await;
+}
+
+/// Appends cancelled while they wait for someone else's write strand
+/// nothing: the others finish and the chains verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_appends_strand_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Full)).unwrap());
+    let tasks: Vec<_> = (0..12)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("s{t}");
+                start(&store, &id).await;
+                for n in 1..=30 {
+                    command(&store, &id, n).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for t in tasks.iter().step_by(3) {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("an append hung after others were cancelled");
+    }
+    command(&store, "s1", 99).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+}
+
+/// A failed write fails every waiting append and every later one with a
+/// clear error; nothing half-written stays, and what was acknowledged
+/// verifies after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_fails_the_journal_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.log");
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    start(&store, "s2").await;
+    let len = std::fs::metadata(&path).unwrap().len();
+    {
+        let j = store.journal().unwrap();
+        let mut w = j.lock().unwrap();
+        w.queue.replace_file(File::open(&path).unwrap());
+    }
+    let e = command(&store, "s2", 1).await.unwrap_err().to_string();
+    assert!(e.contains("audit journal cannot be written"), "{e}");
+    let e = command(&store, "s2", 2).await.unwrap_err().to_string();
+    assert!(e.contains("until the gateway restarts"), "{e}");
+    assert!(store.tree_head().await.is_err());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    drop(store);
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    command(&store, "s2", 3).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(report.records, 6 + 1 + 2);
+}
+
+/// Appends that arrive while a write is in progress wait and then go out
+/// together in the next write, not one write each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_during_a_write_share_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap());
+    start(&store, "s0").await;
+    let j = store.journal().unwrap().clone();
+    let before = j.lock().unwrap().queue.batches();
+    // A write in progress: a batch taken and not yet run.
+    store.append_background("s0", AuditEvent::SessionEnd { reason: "x".into() });
+    let in_flight = {
+        let mut w = j.lock().unwrap();
+        j.take_batch(&mut w).unwrap()
+    };
+    let tasks: Vec<_> = (1..=10)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move { start(&store, &format!("s{t}")).await })
+        })
+        .collect();
+    while j.lock().unwrap().queue.pending_lines() < 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    in_flight.run().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(j.lock().unwrap().queue.batches(), before + 2);
+    assert!(store.verify().await.unwrap().first_break.is_none());
 }
