@@ -600,3 +600,73 @@ async fn appends_during_a_write_share_the_next_one() {
     assert_eq!(j.lock().unwrap().queue.batches(), before + 2);
     assert!(store.verify().await.unwrap().first_break.is_none());
 }
+
+/// This process's user + system CPU time (Linux), for the micro benchmark.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime) in clock ticks of 10 ms.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Micro benchmark of the write-ahead path, not a test: `sessions` tasks on
+/// two runtime threads each append `commands` durable `command_decided`
+/// records with a background `command_finished`, as the PostgreSQL relay
+/// does per statement. Run with
+/// `cargo test --release -p sluice-store journal_append_rate -- --ignored --nocapture`
+/// (`SLUICE_BENCH_DIR` puts the state directory on the disk to measure).
+#[test]
+#[ignore]
+fn journal_append_rate() {
+    for sync in [AuditSync::Normal, AuditSync::Full] {
+        for sessions in [1, 4, 16] {
+            let commands = match sync {
+                AuditSync::Normal => 200_000 / sessions,
+                AuditSync::Full => 6_000 / sessions,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let base =
+                std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+            let dir = tempfile::tempdir_in(base).unwrap();
+            let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(sync)).unwrap());
+            let (cpu, wall) = (cpu_time(), std::time::Instant::now());
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..sessions)
+                    .map(|t| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let id = format!("s{t}");
+                            start(&store, &id).await;
+                            for n in 1..=commands {
+                                command(&store, &id, n as u64).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let (cpu, wall) = (cpu_time() - cpu, wall.elapsed());
+            let batches = store.journal().unwrap().lock().unwrap().queue.batches();
+            println!("  {batches} writes");
+            let total = (sessions * commands) as f64;
+            println!(
+                "sync={sync:?} sessions={sessions:>2}: {:>8.0} commands/s, {:>6.1} µs CPU per command (wall {:.2} s)",
+                total / wall.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / total,
+                wall.as_secs_f64()
+            );
+            drop(store);
+        }
+    }
+}
