@@ -15,12 +15,16 @@
 //! wakes every waiter, and whoever still has a line queued takes the next
 //! batch. A waiter that is cancelled therefore cannot strand the queue.
 //!
-//! A failed write (or sync) truncates the journal back to its last whole
-//! batch and fails the journal closed: the waiting appends and every later
-//! one get an error, until the gateway restarts and recovers from the file.
-//! Retrying instead could put records already reported as failed into the
-//! journal later, chained in, and after a failed fdatasync the kernel may
-//! have dropped the dirty pages while reporting the next sync as clean.
+//! A failed write (or sync) fails the journal closed: the waiting appends
+//! and every later one get an error, and nothing more is written until the
+//! gateway restarts and recovers from the file (dropping a torn last line).
+//! Retrying instead would chain later records after lines of unknown fate,
+//! and after a failed fdatasync the kernel may have dropped the dirty pages
+//! while reporting the next sync as clean. The file is not cut back: the
+//! indexer may already have indexed whole lines of the failed batch, and a
+//! journal shorter than its index is refused at restart as tampering. So a
+//! failed batch's whole lines may stay: records whose appends failed (their
+//! commands were refused), never the reverse.
 
 use super::{unavailable, JournalWriter};
 use sluice_core::audit::StoreError;
@@ -135,7 +139,6 @@ pub(super) struct Batch {
     journal: Arc<Journal>,
     file: Option<File>,
     bytes: Vec<u8>,
-    start: u64,
     end: u64,
     outcome: Option<Result<(), String>>,
 }
@@ -145,7 +148,7 @@ impl Batch {
     /// returns once the outcome is published.
     pub(super) fn run(mut self) -> Result<(), StoreError> {
         let outcome = match self.file.as_mut() {
-            Some(file) => write_lines(file, &self.bytes, self.start, self.journal.sync),
+            Some(file) => write_lines(file, &self.bytes, self.journal.sync),
             None => Err("the journal file is missing".to_string()),
         };
         self.outcome = Some(outcome.clone());
@@ -165,19 +168,13 @@ impl Drop for Batch {
     }
 }
 
-/// One `write(2)` for the whole batch (and one fdatasync under "full"). On
-/// failure the file is cut back to `start`, so no half record stays for a
-/// restarted gateway to chain after.
-fn write_lines(file: &mut File, bytes: &[u8], start: u64, sync: AuditSync) -> Result<(), String> {
-    if let Err(e) = file.write_all(bytes) {
-        let _ = file.set_len(start);
-        return Err(format!("journal write failed: {e}"));
-    }
+/// One `write(2)` for the whole batch (and one fdatasync under "full").
+fn write_lines(file: &mut File, bytes: &[u8], sync: AuditSync) -> Result<(), String> {
+    file.write_all(bytes)
+        .map_err(|e| format!("journal write failed: {e}"))?;
     if sync == AuditSync::Full {
-        if let Err(e) = file.sync_data() {
-            let _ = file.set_len(start);
-            return Err(format!("journal sync failed: {e}"));
-        }
+        file.sync_data()
+            .map_err(|e| format!("journal sync failed: {e}"))?;
     }
     Ok(())
 }
@@ -210,7 +207,6 @@ impl Journal {
         Some(Batch {
             journal: self.clone(),
             file: Some(file),
-            start: q.written,
             end: q.queued,
             bytes,
             outcome: None,
