@@ -1,6 +1,8 @@
 //! Store backends for Sluice. The embedded default is SQLite in `state_dir`:
-//! one writer thread batches appends (group commit), so write-ahead audit
-//! costs one short transaction per batch, not one per command.
+//! appends are group-committed to a write-ahead journal (one write, and
+//! under `audit_sync = "full"` one fdatasync, for the records of all
+//! sessions queued meanwhile), and an indexer thread moves the journal into
+//! SQLite in batches, off the command path.
 
 mod sqlite;
 

@@ -6,10 +6,13 @@ use sluice_core::audit::{
 use sluice_core::config::AuditSync;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+mod commit;
+use commit::{Journal, Queue};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS sessions (
@@ -60,14 +63,15 @@ pub enum Mode {
 /// The embedded store: `state_dir/journal.log` (the write-ahead, hash-chained
 /// audit log) indexed into `state_dir/sluice.db` for queries.
 ///
-/// An append is one `write(2)` of one line to the journal, under a mutex,
-/// on the caller's thread: durable against a gateway crash once it returns
-/// (`audit_sync = "full"` adds an fdatasync). An indexer thread moves journal
-/// lines into SQLite in batches; readers catch the index up before reading.
+/// An append returns once its line is in the journal: durable against a
+/// gateway crash (`audit_sync = "full"`: an fdatasync, against a host
+/// crash). Concurrent appends share one write (group commit, `commit.rs`).
+/// An indexer thread moves journal lines into SQLite in batches; readers
+/// catch the index up before reading.
 pub struct SqliteStore {
     db_path: PathBuf,
     journal_path: PathBuf,
-    writer: Option<Arc<Mutex<JournalWriter>>>,
+    writer: Option<Arc<Journal>>,
     stop_indexer: Option<mpsc::Sender<()>>,
     indexer: Option<std::thread::JoinHandle<()>>,
 }
@@ -90,9 +94,9 @@ impl Drop for SqliteStore {
         if let Some(indexer) = self.indexer.take() {
             let _ = indexer.join();
         }
-        if let Some(w) = &self.writer {
-            if let Ok(mut w) = w.lock() {
-                let _ = w.flush_pending();
+        if let Some(j) = &self.writer {
+            if let Err(e) = j.write_all_blocking() {
+                tracing::error!(message = "Audit records queued at shutdown could not be written.", error = %e);
             }
         }
         // Leave the index complete for the next reader.
@@ -173,16 +177,15 @@ impl SqliteStore {
             // Indexed by a version before the gateway-wide chain: compute it.
             None => scan_log(&journal_path, len, None)?.0,
         };
-        let writer = Arc::new(Mutex::new(JournalWriter {
-            file,
-            len,
+        let sync_file = file.try_clone().map_err(unavailable)?;
+        let state = JournalWriter {
+            queue: Queue::new(file, len),
             heads: HashMap::new(),
             ended: std::collections::VecDeque::new(),
             db: conn,
-            sync,
-            pending: Vec::new(),
             log,
-        }));
+        };
+        let writer = Arc::new(Journal::new(state, sync, sync_file));
         let (stop, stopped) = mpsc::channel();
         let indexer_db = db_path.clone();
         let indexer_journal = journal_path.clone();
@@ -237,17 +240,18 @@ impl SqliteStore {
     /// synced first (so a checkpoint never covers what a crash could lose);
     /// a reader recomputes it from the journal.
     pub async fn tree_head(&self) -> Result<TreeHead, StoreError> {
-        if let Some(w) = &self.writer {
-            let (head, file) = {
-                let mut w = w.lock().map_err(|_| unavailable("journal lock poisoned"))?;
-                w.flush_pending()?;
-                (w.log.clone(), w.file.try_clone().map_err(unavailable)?)
+        if let Some(j) = &self.writer {
+            let (head, target, batch) = {
+                let mut w = j.lock()?;
+                let (head, target) = (w.log.clone(), w.queue.queued());
+                (head, target, j.take_batch(&mut w))
             };
+            j.commit(target, batch).await?;
             // Synced outside the lock: appends go on meanwhile.
-            tokio::task::spawn_blocking(move || file.sync_data())
+            let j = j.clone();
+            tokio::task::spawn_blocking(move || j.sync_written())
                 .await
-                .map_err(unavailable)?
-                .map_err(|e| unavailable(format!("journal sync failed: {e}")))?;
+                .map_err(unavailable)??;
             return Ok(head);
         }
         let journal = self.journal_path.clone();
@@ -268,11 +272,7 @@ impl SqliteStore {
     /// Compares the journal with an earlier checkpoint's head: does the
     /// gateway-wide chain over its first `head.size` records end at `head.root`?
     pub async fn verify_checkpoint(&self, head: &TreeHead) -> Result<CheckpointMatch, StoreError> {
-        if let Some(w) = &self.writer {
-            w.lock()
-                .map_err(|_| unavailable("journal lock poisoned"))?
-                .flush_pending()?;
-        }
+        self.write_queued().await?;
         let journal = self.journal_path.clone();
         let want = head.clone();
         tokio::task::spawn_blocking(move || {
@@ -305,11 +305,7 @@ impl SqliteStore {
         tolerate_behind: bool,
         f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        if let Some(w) = &self.writer {
-            w.lock()
-                .map_err(|_| unavailable("journal lock poisoned"))?
-                .flush_pending()?;
-        }
+        self.write_queued().await?;
         let db = self.db_path.clone();
         let journal = self.journal_path.clone();
         tokio::task::spawn_blocking(move || {
@@ -326,38 +322,36 @@ impl SqliteStore {
         .map_err(unavailable)?
     }
 
-    fn append_now(
-        &self,
-        session_id: &str,
-        event: &AuditEvent,
-        durable: bool,
-    ) -> Result<(), StoreError> {
-        let writer = self
-            .writer
+    fn journal(&self) -> Result<&Arc<Journal>, StoreError> {
+        self.writer
             .as_ref()
-            .ok_or_else(|| unavailable("this store was opened read-only"))?;
-        let mut w = writer
-            .lock()
-            .map_err(|_| unavailable("journal lock poisoned"))?;
-        w.append(session_id, event, now_ms(), durable)
+            .ok_or_else(|| unavailable("this store was opened read-only"))
+    }
+
+    /// Returns once every record appended so far is in the journal.
+    async fn write_queued(&self) -> Result<(), StoreError> {
+        let Some(j) = &self.writer else {
+            return Ok(());
+        };
+        let (target, batch) = {
+            let mut w = j.lock()?;
+            (w.queue.queued(), j.take_batch(&mut w))
+        };
+        j.commit(target, batch).await
     }
 }
 
-/// The single appender of the journal.
+/// The chain state of the journal and its queue of lines, under the
+/// journal's mutex: records are chained in the order their lines are queued.
 struct JournalWriter {
-    file: File,
-    len: u64,
+    queue: Queue,
     heads: HashMap<String, (u64, String)>,
     /// Heads of sessions that ended recently, oldest first: records can
     /// still follow an end (an approval decided just after the client left)
     /// before the indexer has the session in the database.
     ended: std::collections::VecDeque<(String, (u64, String))>,
     db: Connection,
-    sync: AuditSync,
-    /// Background records not yet written: they go out with the next durable
-    /// append or the indexer's next tick, one write for many records.
-    pending: Vec<u8>,
-    /// The gateway-wide chain's head over every record appended (written or pending).
+    /// The gateway-wide chain's head over every record appended (written or queued).
     log: TreeHead,
 }
 
@@ -366,29 +360,6 @@ struct JournalWriter {
 const RECENTLY_ENDED: usize = 1024;
 
 impl JournalWriter {
-    fn flush_pending(&mut self) -> Result<(), StoreError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let pending = std::mem::take(&mut self.pending);
-        self.write(&pending).inspect_err(|_| self.pending = pending)
-    }
-
-    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        if let Err(e) = self.file.write_all(bytes) {
-            // Do not leave half a record for the next one to follow.
-            let _ = self.file.set_len(self.len);
-            return Err(unavailable(format!("journal write failed: {e}")));
-        }
-        if self.sync == AuditSync::Full {
-            self.file
-                .sync_data()
-                .map_err(|e| unavailable(format!("journal sync failed: {e}")))?;
-        }
-        self.len += bytes.len() as u64;
-        Ok(())
-    }
-
     fn head(&mut self, session_id: &str, starting: bool) -> Result<(u64, String), StoreError> {
         if let Some(h) = self.heads.get(session_id) {
             return Ok(h.clone());
@@ -411,16 +382,19 @@ impl JournalWriter {
             .ok_or_else(|| StoreError::UnknownSession(session_id.to_string()))
     }
 
+    /// Chains a record and queues its line; returns the journal length that
+    /// includes it. Background records ride with the next batch; durable
+    /// ones wait for theirs (`Journal::commit`).
     fn append(
         &mut self,
         session_id: &str,
         event: &AuditEvent,
         at_ms: u64,
-        durable: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         if session_id.contains(['\t', '\n']) {
             return Err(unavailable("invalid session id"));
         }
+        self.queue.check_healthy()?;
         let starting = matches!(event, AuditEvent::SessionStart { .. });
         let (last, prev) = self.head(session_id, starting)?;
         let seq = last + 1;
@@ -428,16 +402,8 @@ impl JournalWriter {
         let hash = chain_hash(&prev, session_id, seq, at_ms, &body);
         let kind = event_kind(event);
         let line = format!("{session_id}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n");
-        if durable {
-            let pending_len = self.pending.len();
-            self.pending.extend_from_slice(line.as_bytes());
-            if let Err(e) = self.flush_pending() {
-                self.pending.truncate(pending_len);
-                return Err(e);
-            }
-        } else {
-            self.pending.extend_from_slice(line.as_bytes());
-        }
+        // Queued in chain order: the journal's order is the chains' order.
+        let target = self.queue.push(line.as_bytes());
         // The same write carries the record into the gateway-wide chain: its
         // link is recomputed from the journal's order, so nothing more is written.
         self.log.push(&hash);
@@ -454,7 +420,7 @@ impl JournalWriter {
         } else {
             self.heads.insert(session_id.to_string(), (seq, hash));
         }
-        Ok(())
+        Ok(target)
     }
 }
 
@@ -499,17 +465,15 @@ fn drop_torn_tail(file: &File) -> std::io::Result<u64> {
     Ok(keep)
 }
 
-fn index_loop(db: &Path, journal: &Path, writer: &Mutex<JournalWriter>, stop: mpsc::Receiver<()>) {
+fn index_loop(db: &Path, journal: &Path, writer: &Arc<Journal>, stop: mpsc::Receiver<()>) {
     let mut conn = None;
     loop {
         match stop.recv_timeout(INDEX_INTERVAL) {
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        if let Ok(mut w) = writer.lock() {
-            if let Err(e) = w.flush_pending() {
-                tracing::error!(message = "Writing background audit records failed; will retry.", error = %e);
-            }
+        if let Err(e) = writer.write_queued() {
+            tracing::error!(message = "Writing background audit records failed.", error = %e);
         }
         if conn.is_none() {
             conn = open_connection(db).ok();
@@ -814,11 +778,20 @@ fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, Stor
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
-        self.append_now(session_id, &event, true)
+        let j = self.journal()?;
+        let (target, batch) = {
+            let mut w = j.lock()?;
+            let target = w.append(session_id, &event, now_ms())?;
+            (target, j.take_batch(&mut w))
+        };
+        j.commit(target, batch).await
     }
 
     fn append_background(&self, session_id: &str, event: AuditEvent) {
-        if let Err(e) = self.append_now(session_id, &event, false) {
+        let queued = self
+            .journal()
+            .and_then(|j| j.lock()?.append(session_id, &event, now_ms()));
+        if let Err(e) = queued {
             tracing::error!(message = "An audit record could not be stored.", session = %session_id, error = %e);
         }
     }

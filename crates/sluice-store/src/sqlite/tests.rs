@@ -1,5 +1,6 @@
 use super::*;
 use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn identity() -> Identity {
@@ -406,4 +407,266 @@ async fn an_index_without_a_log_head_resumes_from_the_journal() {
     drop(store);
     let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
     assert_eq!(reader.tree_head().await.unwrap(), later);
+}
+
+async fn command(store: &SqliteStore, id: &str, n: u64) -> Result<(), StoreError> {
+    store
+        .append(
+            id,
+            AuditEvent::CommandDecided {
+                command_id: n,
+                command: Command {
+                    kind: CommandKind::SqlSimple,
+                    text: format!("select {n}"),
+                    context: vec![],
+                },
+                verdict: Verdict {
+                    action: Action::Allow,
+                    rule: None,
+                    message: None,
+                },
+            },
+        )
+        .await?;
+    store.append_background(
+        id,
+        AuditEvent::CommandFinished {
+            command_id: n,
+            outcome: Outcome::default(),
+        },
+    );
+    Ok(())
+}
+
+async fn start(store: &SqliteStore, id: &str) {
+    store
+        .append(
+            id,
+            AuditEvent::SessionStart {
+                identity: identity(),
+                connection: "appdb".into(),
+                protocol: Protocol::Postgres,
+                client_addr: "127.0.0.1:5".into(),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Sessions appending at once share writes; every acknowledged record is
+/// in the journal when its append returns, and the chains and the
+/// gateway-wide chain verify as with one writer.
+async fn concurrent_sessions_share_writes(sync: AuditSync) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(sync)).unwrap());
+    let tasks: Vec<_> = (0..16)
+        .map(|t| {
+            let store = store.clone();
+            let journal = dir.path().join("journal.log");
+            tokio::spawn(async move {
+                let id = format!("s{t}");
+                start(&store, &id).await;
+                for n in 1..=50 {
+                    command(&store, &id, n).await.unwrap();
+                    // Write-ahead: the record is in the file once acknowledged.
+                    if n % 10 == 0 {
+                        let text = std::fs::read_to_string(&journal).unwrap();
+                        let needle = format!("\"text\":\"select {n}\"");
+                        assert!(text
+                            .lines()
+                            .any(|l| l.starts_with(&format!("{id}\t")) && l.contains(&needle)));
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let head = store.tree_head().await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(report.records, 16 * (1 + 100));
+    assert_eq!(head.size, 16 * (1 + 100));
+    drop(store);
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(
+        reader.verify_checkpoint(&head).await.unwrap(),
+        CheckpointMatch::Consistent
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_share_writes_normal() {
+    concurrent_sessions_share_writes(AuditSync::Normal).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sessions_share_writes_full() {
+    concurrent_sessions_share_writes(AuditSync::Full).await;
+}
+
+/// Appends cancelled while they wait for someone else's write strand
+/// nothing: the others finish and the chains verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_appends_strand_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Full)).unwrap());
+    let tasks: Vec<_> = (0..12)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let id = format!("s{t}");
+                start(&store, &id).await;
+                for n in 1..=30 {
+                    command(&store, &id, n).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    for t in tasks.iter().step_by(3) {
+        t.abort();
+    }
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("an append hung after others were cancelled");
+    }
+    command(&store, "s1", 99).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+}
+
+/// A failed write fails every waiting append and every later one with a
+/// clear error; nothing half-written stays, and what was acknowledged
+/// verifies after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_fails_the_journal_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.log");
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    start(&store, "s2").await;
+    let len = std::fs::metadata(&path).unwrap().len();
+    {
+        let j = store.journal().unwrap();
+        let mut w = j.lock().unwrap();
+        w.queue.replace_file(File::open(&path).unwrap());
+    }
+    let e = command(&store, "s2", 1).await.unwrap_err().to_string();
+    assert!(e.contains("audit journal cannot be written"), "{e}");
+    let e = command(&store, "s2", 2).await.unwrap_err().to_string();
+    assert!(e.contains("until the gateway restarts"), "{e}");
+    assert!(store.tree_head().await.is_err());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+    drop(store);
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    command(&store, "s2", 3).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+    assert_eq!(report.records, 6 + 1 + 2);
+}
+
+/// Appends that arrive while a write is in progress wait and then go out
+/// together in the next write, not one write each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_during_a_write_share_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap());
+    start(&store, "s0").await;
+    let j = store.journal().unwrap().clone();
+    let before = j.lock().unwrap().queue.batches();
+    // A write in progress: a batch taken and not yet run.
+    store.append_background("s0", AuditEvent::SessionEnd { reason: "x".into() });
+    let in_flight = {
+        let mut w = j.lock().unwrap();
+        j.take_batch(&mut w).unwrap()
+    };
+    let tasks: Vec<_> = (1..=10)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move { start(&store, &format!("s{t}")).await })
+        })
+        .collect();
+    while j.lock().unwrap().queue.pending_lines() < 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(tasks.iter().all(|t| !t.is_finished()));
+    in_flight.run().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(j.lock().unwrap().queue.batches(), before + 2);
+    assert!(store.verify().await.unwrap().first_break.is_none());
+}
+
+/// This process's user + system CPU time (Linux), for the micro benchmark.
+fn cpu_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after_name = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = after_name
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // Fields 14 and 15 of stat (utime, stime) in clock ticks of 10 ms.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// Micro benchmark of the write-ahead path, not a test: `sessions` tasks on
+/// two runtime threads each append `commands` durable `command_decided`
+/// records with a background `command_finished`, as the PostgreSQL relay
+/// does per statement. Run with
+/// `cargo test --release -p sluice-store journal_append_rate -- --ignored --nocapture`
+/// (`SLUICE_BENCH_DIR` puts the state directory on the disk to measure).
+#[test]
+#[ignore]
+fn journal_append_rate() {
+    for sync in [AuditSync::Normal, AuditSync::Full] {
+        for sessions in [1, 4, 16] {
+            let commands = match sync {
+                AuditSync::Normal => 200_000 / sessions,
+                AuditSync::Full => 6_000 / sessions,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let base =
+                std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+            let dir = tempfile::tempdir_in(base).unwrap();
+            let store = Arc::new(SqliteStore::open(dir.path(), Mode::Writer(sync)).unwrap());
+            let (cpu, wall) = (cpu_time(), std::time::Instant::now());
+            rt.block_on(async {
+                let tasks: Vec<_> = (0..sessions)
+                    .map(|t| {
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            let id = format!("s{t}");
+                            start(&store, &id).await;
+                            for n in 1..=commands {
+                                command(&store, &id, n as u64).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let (cpu, wall) = (cpu_time() - cpu, wall.elapsed());
+            let batches = store.journal().unwrap().lock().unwrap().queue.batches();
+            println!("  {batches} writes");
+            let total = (sessions * commands) as f64;
+            println!(
+                "sync={sync:?} sessions={sessions:>2}: {:>8.0} commands/s, {:>6.1} µs CPU per command (wall {:.2} s)",
+                total / wall.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / total,
+                wall.as_secs_f64()
+            );
+            drop(store);
+        }
+    }
 }
