@@ -254,10 +254,30 @@ pub struct VerifyReport {
 pub enum StoreError {
     #[error("audit store unavailable: {0}")]
     Unavailable(String),
+    /// The backend failed; its error is kept as the source.
+    #[error("audit store unavailable: {context}: {source}")]
+    Backend {
+        context: String,
+        #[source]
+        source: crate::session::BoxError,
+    },
     #[error("audit store is shut down")]
     Closed,
     #[error("no session {0}")]
     UnknownSession(String),
+}
+
+impl StoreError {
+    /// The backend failed while doing `context`.
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<crate::session::BoxError>,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// Durable storage of sessions and their audit chains.

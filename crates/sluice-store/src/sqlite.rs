@@ -106,6 +106,11 @@ impl Drop for SqliteStore {
     }
 }
 
+/// The embedded store's SQLite or file system failed: the cause is kept.
+fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::backend("the embedded store", e)
+}
+
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -118,16 +123,16 @@ fn now_ms() -> u64 {
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(unavailable)?;
+    let conn = Connection::open(path).map_err(backend)?;
     conn.busy_timeout(std::time::Duration::from_secs(10))
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     // The journal is the write-ahead log; the index can checkpoint lazily.
     conn.pragma_update(None, "wal_autocheckpoint", 8192)
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     Ok(conn)
 }
 
@@ -140,12 +145,13 @@ impl SqliteStore {
     /// Opens (creating) the store in `state_dir`. A writer takes an exclusive
     /// lock on the journal: one gateway process per state directory.
     pub fn open(state_dir: &Path, mode: Mode) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(state_dir)
-            .map_err(|e| unavailable(format!("cannot create {}: {e}", state_dir.display())))?;
+        std::fs::create_dir_all(state_dir).map_err(|e| {
+            StoreError::backend(format!("cannot create {}", state_dir.display()), e)
+        })?;
         let db_path = state_dir.join("sluice.db");
         let journal_path = state_dir.join("journal.log");
         let conn = open_connection(&db_path)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(SCHEMA).map_err(backend)?;
         let Mode::Writer(sync) = mode else {
             return Ok(SqliteStore {
                 db_path,
@@ -160,14 +166,14 @@ impl SqliteStore {
             .read(true)
             .append(true)
             .open(&journal_path)
-            .map_err(|e| unavailable(format!("{}: {e}", journal_path.display())))?;
+            .map_err(|e| StoreError::backend(journal_path.display().to_string(), e))?;
         file.try_lock().map_err(|_| {
             unavailable(format!(
                 "{} is in use by another gateway process",
                 journal_path.display()
             ))
         })?;
-        let len = drop_torn_tail(&file).map_err(unavailable)?;
+        let len = drop_torn_tail(&file).map_err(backend)?;
         // Everything a previous process wrote is indexed before we append, so
         // chain heads of its sessions, and the gateway-wide head, can be read
         // from the index.
@@ -177,7 +183,7 @@ impl SqliteStore {
             // Indexed by a version before the gateway-wide chain: compute it.
             None => scan_log(&journal_path, len, None)?.0,
         };
-        let sync_file = file.try_clone().map_err(unavailable)?;
+        let sync_file = file.try_clone().map_err(backend)?;
         let state = JournalWriter {
             queue: Queue::new(file, len),
             heads: HashMap::new(),
@@ -193,7 +199,7 @@ impl SqliteStore {
         let indexer = std::thread::Builder::new()
             .name("sluice-indexer".into())
             .spawn(move || index_loop(&indexer_db, &indexer_journal, &indexer_writer, stopped))
-            .map_err(unavailable)?;
+            .map_err(backend)?;
         Ok(SqliteStore {
             db_path,
             journal_path,
@@ -214,12 +220,12 @@ impl SqliteStore {
             .read(|conn| {
                 let mut stmt = conn
                     .prepare("SELECT id FROM sessions WHERE ended_at_ms IS NULL")
-                    .map_err(unavailable)?;
+                    .map_err(backend)?;
                 let ids = stmt
                     .query_map([], |r| r.get::<_, String>(0))
-                    .map_err(unavailable)?
+                    .map_err(backend)?
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(unavailable)?;
+                    .map_err(backend)?;
                 Ok(ids)
             })
             .await?;
@@ -251,13 +257,13 @@ impl SqliteStore {
             let j = j.clone();
             tokio::task::spawn_blocking(move || j.sync_written())
                 .await
-                .map_err(unavailable)??;
+                .map_err(backend)??;
             return Ok(head);
         }
         let journal = self.journal_path.clone();
         tokio::task::spawn_blocking(move || scan_log(&journal, u64::MAX, None).map(|(h, _)| h))
             .await
-            .map_err(unavailable)?
+            .map_err(backend)?
     }
 
     /// A signed checkpoint of the gateway-wide chain as it is now.
@@ -266,7 +272,7 @@ impl SqliteStore {
         signer: &sluice_core::audit::CheckpointSigner,
     ) -> Result<sluice_core::audit::Checkpoint, StoreError> {
         let head = self.tree_head().await?;
-        signer.sign(&head, now_ms()).map_err(unavailable)
+        signer.sign(&head, now_ms()).map_err(backend)
     }
 
     /// Compares the journal with an earlier checkpoint's head: does the
@@ -280,7 +286,7 @@ impl SqliteStore {
             Ok(compare_checkpoint(&want, at.as_ref(), total.size))
         })
         .await
-        .map_err(unavailable)?
+        .map_err(backend)?
     }
 
     /// Runs a query on a fresh connection after bringing the index up to date.
@@ -319,7 +325,7 @@ impl SqliteStore {
             f(&conn)
         })
         .await
-        .map_err(unavailable)?
+        .map_err(backend)?
     }
 
     fn journal(&self) -> Result<&Arc<Journal>, StoreError> {
@@ -378,7 +384,7 @@ impl JournalWriter {
                 |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)),
             )
             .optional()
-            .map_err(unavailable)?
+            .map_err(backend)?
             .ok_or_else(|| StoreError::UnknownSession(session_id.to_string()))
     }
 
@@ -398,7 +404,7 @@ impl JournalWriter {
         let starting = matches!(event, AuditEvent::SessionStart { .. });
         let (last, prev) = self.head(session_id, starting)?;
         let seq = last + 1;
-        let body = serde_json::to_string(event).map_err(unavailable)?;
+        let body = serde_json::to_string(event).map_err(backend)?;
         let hash = chain_hash(&prev, session_id, seq, at_ms, &body);
         let kind = event_kind(event);
         let line = format!("{session_id}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n");
@@ -495,7 +501,7 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         // indexers (gateway and a CLI reader) never index the same bytes twice.
         let tx =
             rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
-                .map_err(unavailable)?;
+                .map_err(backend)?;
         let offset: u64 = tx
             .query_row(
                 "SELECT value FROM meta WHERE key = 'journal_offset'",
@@ -503,14 +509,14 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
                 |r| r.get::<_, i64>(0),
             )
             .optional()
-            .map_err(unavailable)?
+            .map_err(backend)?
             .unwrap_or(0) as u64;
         let mut file = match File::open(journal) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(unavailable(e)),
+            Err(e) => return Err(backend(e)),
         };
-        let len = file.metadata().map_err(unavailable)?.len();
+        let len = file.metadata().map_err(backend)?.len();
         if len < offset {
             return Err(unavailable(format!(
                 "the journal is shorter ({len} bytes) than what was indexed ({offset}); it was truncated or replaced"
@@ -519,11 +525,11 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         if len == offset {
             return Ok(());
         }
-        file.seek(SeekFrom::Start(offset)).map_err(unavailable)?;
+        file.seek(SeekFrom::Start(offset)).map_err(backend)?;
         let mut chunk = Vec::new();
         file.take(INDEX_CHUNK)
             .read_to_end(&mut chunk)
-            .map_err(unavailable)?;
+            .map_err(backend)?;
         let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
             return Ok(());
         };
@@ -550,7 +556,7 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
              ON CONFLICT (id) DO UPDATE SET size = excluded.size, root = excluded.root",
             params![log.size as i64, log.root],
         )
-        .map_err(unavailable)?;
+        .map_err(backend)?;
         for (id, d) in sessions {
             tx.prepare_cached(
                 "UPDATE sessions SET last_seq = MAX(last_seq, ?2),
@@ -570,15 +576,15 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
                     d.end_reason
                 ])
             })
-            .map_err(unavailable)?;
+            .map_err(backend)?;
         }
         tx.execute(
             "INSERT INTO meta (key, value) VALUES ('journal_offset', ?1)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             [(offset + end as u64 + 1) as i64],
         )
-        .map_err(unavailable)?;
-        tx.commit().map_err(unavailable)?;
+        .map_err(backend)?;
+        tx.commit().map_err(backend)?;
     }
 }
 
@@ -590,7 +596,7 @@ fn read_log_head(conn: &Connection) -> Result<Option<TreeHead>, StoreError> {
         })
     })
     .optional()
-    .map_err(unavailable)
+    .map_err(backend)
 }
 
 /// Recomputes the gateway-wide chain from the journal's first `max_bytes`
@@ -607,14 +613,14 @@ fn scan_log(
     let file = match File::open(journal) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((head, at)),
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(backend(e)),
     };
     let mut reader = std::io::BufReader::with_capacity(1 << 20, file.take(max_bytes));
     let mut raw = Vec::new();
     let mut pos = 0u64;
     loop {
         raw.clear();
-        let n = reader.read_until(b'\n', &mut raw).map_err(unavailable)?;
+        let n = reader.read_until(b'\n', &mut raw).map_err(backend)?;
         if n == 0 || raw.last() != Some(&b'\n') {
             // The end, or a line still being written.
             break;
@@ -696,7 +702,7 @@ fn index_line(
                 line.hash
             ])
         })
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     if inserted == 0 {
         return Ok(());
     }
@@ -735,7 +741,7 @@ fn index_line(
                 line.hash
             ])
         })
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     }
     let d = sessions.entry(line.session_id.to_string()).or_default();
     if line.seq >= d.last_seq {
@@ -757,7 +763,7 @@ fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, Stor
         .prepare_cached(
             "SELECT seq, at_ms, body, prev_hash, hash FROM events WHERE session_id = ?1 ORDER BY seq",
         )
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     let rows = stmt
         .query_map([session_id], |r| {
             Ok(AuditRecord {
@@ -769,9 +775,9 @@ fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, Stor
                 hash: r.get(4)?,
             })
         })
-        .map_err(unavailable)?
+        .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     Ok(rows)
 }
 
@@ -804,7 +810,7 @@ impl Store for SqliteStore {
                             started_at_ms, ended_at_ms, end_reason, commands
                      FROM sessions ORDER BY started_at_ms, id",
                 )
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             let rows = stmt
                 .query_map([], |r| {
                     let groups: String = r.get(2)?;
@@ -821,9 +827,9 @@ impl Store for SqliteStore {
                         commands: r.get::<_, i64>(9)? as u64,
                     })
                 })
-                .map_err(unavailable)?
+                .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             Ok(rows)
         })
         .await
@@ -835,7 +841,7 @@ impl Store for SqliteStore {
             let known: Option<i64> = conn
                 .query_row("SELECT 1 FROM sessions WHERE id = ?1", [&id], |r| r.get(0))
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             if known.is_none() {
                 return Err(StoreError::UnknownSession(id));
             }
@@ -850,14 +856,14 @@ impl Store for SqliteStore {
             let mut report = VerifyReport::default();
             let mut stmt = conn
                 .prepare("SELECT id, last_seq, head_hash FROM sessions ORDER BY started_at_ms, id")
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             let heads = stmt
                 .query_map([], |r| {
                     Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, String>(2)?))
                 })
-                .map_err(unavailable)?
+                .map_err(backend)?
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             for (id, last_seq, head) in &heads {
                 let recs = records(conn, id)?;
                 report.sessions += 1;
@@ -875,7 +881,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
-                .map_err(unavailable)?;
+                .map_err(backend)?;
             if let Some(id) = orphan {
                 report.first_break = Some(sluice_core::audit::ChainBreak {
                     session_id: id,
@@ -901,12 +907,12 @@ fn verify_journal(
     let data = match std::fs::read(journal) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(unavailable(e)),
+        Err(e) => return Err(backend(e)),
     };
     let mut heads: HashMap<&str, (u64, &str)> = HashMap::new();
     let mut stmt = conn
         .prepare_cached("SELECT hash FROM events WHERE session_id = ?1 AND seq = ?2")
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     let mut offset = 0usize;
     for raw in data.split(|&b| b == b'\n') {
         let at = offset;
@@ -951,7 +957,7 @@ fn verify_journal(
         let indexed: Option<String> = stmt
             .query_row(params![line.session_id, line.seq as i64], |r| r.get(0))
             .optional()
-            .map_err(unavailable)?;
+            .map_err(backend)?;
         if indexed.as_deref() != Some(line.hash) {
             return Ok(broken("differs from the stored record".into()));
         }
@@ -959,14 +965,14 @@ fn verify_journal(
     // Every stored record must still be in the journal.
     let mut sessions = conn
         .prepare("SELECT id, last_seq FROM sessions ORDER BY started_at_ms, id")
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     let rows = sessions
         .query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })
-        .map_err(unavailable)?
+        .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(unavailable)?;
+        .map_err(backend)?;
     for (id, last_seq) in rows {
         let in_journal = heads.get(id.as_str()).map_or(0, |h| h.0);
         if in_journal < last_seq {
