@@ -1007,3 +1007,16 @@ fn html_character_references_do_not_hide_values_from_the_detectors() {
     // Markup-significant references are left as they are.
     assert!(out.contains("&lt;b&gt;"), "{out}");
 }
+
+#[test]
+fn csv_tables_get_column_rules_by_header() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    // name,db_password,contact / ada,hunter22,"ada@example.com" (quoted).
+    let body = "name%2Cdb_password%2Ccontact%0Aada%2Chunter22%2C%22ada%40example.com%22%0A";
+    let (status, out) = env.get(&token, &format!("/crm/raw?type=text/csv&body={body}"), &[]);
+    assert_eq!(status, 200, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "name,db_password,contact", "{out}");
+    assert_eq!(lines[1], "ada,[passwords],[email]", "{out}");
+}

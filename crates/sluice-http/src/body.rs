@@ -444,6 +444,124 @@ impl BodyTransformer for HtmlText {
     }
 }
 
+/// A CSV (or TSV) document: buffered to the masking cap, its first record
+/// read as column names, and every later record masked as a result row by
+/// the gateway's masker (column rules by name, detectors in every value),
+/// then written back. A body that does not parse as CSV is refused.
+pub struct CsvDocument {
+    masker: SessionMasker,
+    delimiter: u8,
+    buf: Vec<u8>,
+    max: usize,
+    counts: MaskCounts,
+}
+
+impl CsvDocument {
+    pub fn new(masker: SessionMasker, delimiter: u8, max: usize) -> Self {
+        CsvDocument {
+            masker,
+            delimiter,
+            buf: Vec::new(),
+            max,
+            counts: MaskCounts::default(),
+        }
+    }
+
+    fn mask(&mut self) -> Result<Vec<u8>, TransformError> {
+        let unreadable = || {
+            TransformError::new(
+                "the upstream labelled its body CSV but it could not be read as CSV, so it could not be masked",
+            )
+        };
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .from_reader(self.buf.as_slice());
+        let records = reader
+            .byte_records()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unreadable())?;
+        let width = records.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut rows = records.iter();
+        let header: Vec<Vec<u8>> = rows
+            .next()
+            .map(|h| h.iter().map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        let columns: Vec<sluice_core::Column> = (0..width)
+            .map(|i| sluice_core::Column {
+                name: header
+                    .get(i)
+                    .map(|h| String::from_utf8_lossy(h).trim().to_string())
+                    .unwrap_or_default(),
+                table_oid: 0,
+                column_number: 0,
+                type_oid: 25,
+                binary: false,
+                table: None,
+                source_column: None,
+            })
+            .collect();
+        let mut plan = self.masker.plan(&columns);
+        let mut writer = csv::WriterBuilder::new()
+            .flexible(true)
+            .delimiter(self.delimiter)
+            .from_writer(Vec::new());
+        let header_out: Vec<Vec<u8>> = header
+            .iter()
+            .map(|h| match self.masker.mask_bytes(h) {
+                Some((masked, counts)) => {
+                    self.counts.merge(&counts);
+                    masked
+                }
+                None => h.clone(),
+            })
+            .collect();
+        if !header.is_empty() || !records.is_empty() {
+            writer.write_record(&header_out).map_err(|_| unreadable())?;
+        }
+        for record in rows {
+            let mut values: Vec<Option<Vec<u8>>> = (0..width)
+                .map(|i| record.get(i).map(<[u8]>::to_vec))
+                .collect();
+            if let Some(plan) = plan.as_mut() {
+                plan.mask_row(&mut values);
+            }
+            let fields: Vec<Vec<u8>> = values
+                .into_iter()
+                .take(record.len())
+                .map(Option::unwrap_or_default)
+                .collect();
+            writer.write_record(&fields).map_err(|_| unreadable())?;
+        }
+        if let Some(plan) = &plan {
+            self.counts.merge(&plan.counts());
+        }
+        writer.into_inner().map_err(|_| unreadable())
+    }
+}
+
+impl BodyTransformer for CsvDocument {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
+        if self.buf.len() + chunk.len() > self.max {
+            return Err(TransformError::new(format!(
+                "the CSV body is larger than the {}-byte masking buffer, so it was not passed on",
+                self.max
+            )));
+        }
+        self.buf.extend_from_slice(chunk);
+        Ok(Vec::new())
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
+        self.mask()
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.counts.clone()
+    }
+}
+
 /// What a response body was, for the audit record.
 #[derive(Debug, Default, Clone)]
 pub struct BodyStats {

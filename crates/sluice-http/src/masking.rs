@@ -131,6 +131,16 @@ pub fn default_plan(
             return ResponsePlan::new(BodyPlan::Transform(Box::new(html))).streaming(streaming);
         }
     }
+    let delimiter = match ctype.as_str() {
+        "text/csv" | "application/csv" => Some(b','),
+        "text/tab-separated-values" => Some(b'\t'),
+        _ => None,
+    };
+    if let Some(delimiter) = delimiter {
+        // Tables: masked as result rows, so column rules apply by header.
+        let csv = crate::body::CsvDocument::new(masker.clone(), delimiter, masking.max_buffer);
+        return ResponsePlan::new(BodyPlan::Transform(Box::new(csv)));
+    }
     if is_json_lines(&ctype) {
         // Each line a document: key-name column rules apply as to JSON.
         let masker = masker.clone();

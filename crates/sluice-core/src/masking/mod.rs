@@ -174,6 +174,11 @@ impl SessionMasker {
         self.masker.mask_document(&self.session, doc, key_paths)
     }
 
+    /// See [`ResponseMasker::plan`]: tabular data (CSV) masked as rows.
+    pub fn plan(&self, columns: &[Column]) -> Option<Box<dyn RowMasker>> {
+        self.masker.plan(&self.session, columns)
+    }
+
     /// See [`ResponseMasker::mask_text`].
     pub fn mask_text(&self, text: &str) -> Option<(String, MaskCounts)> {
         self.masker.mask_text(&self.session, text)
