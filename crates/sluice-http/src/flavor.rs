@@ -269,6 +269,12 @@ pub trait FrameHook: Send {
     /// `Err` ends the connection (both sides get a close frame, 1008) and
     /// its reason is recorded.
     fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String>;
+    /// Frames to send before `frame` (which `frame` then sees): e.g. the
+    /// held tail of a stream, released before the frame that ends it.
+    fn before(&mut self, direction: Direction, frame: &Frame) -> Vec<Frame> {
+        let _ = (direction, frame);
+        Vec::new()
+    }
     /// The connection ended; values masked, for the audit record.
     fn counts(&self) -> MaskCounts {
         MaskCounts::default()

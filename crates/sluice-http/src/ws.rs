@@ -176,6 +176,10 @@ impl Scanner {
             let mut hook = hook
                 .lock()
                 .map_err(|_| "the frame hook failed".to_string())?;
+            // Already final (masked): sent as they are.
+            for early in hook.before(self.direction, &frame) {
+                encode(&early, f.mask, out);
+            }
             hook.frame(self.direction, &mut frame)?;
         }
         encode(&frame, f.mask, out);
@@ -320,16 +324,33 @@ pub(crate) struct RecordingHook {
     pub flavor: Arc<dyn crate::Flavor>,
 }
 
-impl FrameHook for RecordingHook {
-    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
-        if let Some(inner) = &mut self.inner {
-            inner.frame(direction, frame)?;
-        }
+impl RecordingHook {
+    fn record(&mut self, direction: Direction, frame: &Frame) {
         if let Some((stream, range)) = self.flavor.recorded_stream(direction, frame) {
             if let Some(data) = frame.payload.get(range) {
                 self.recorder.record(stream, data);
             }
         }
+    }
+}
+
+impl FrameHook for RecordingHook {
+    fn before(&mut self, direction: Direction, frame: &Frame) -> Vec<Frame> {
+        let Some(inner) = &mut self.inner else {
+            return Vec::new();
+        };
+        let early = inner.before(direction, frame);
+        for f in &early {
+            self.record(direction, f);
+        }
+        early
+    }
+
+    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
+        if let Some(inner) = &mut self.inner {
+            inner.frame(direction, frame)?;
+        }
+        self.record(direction, frame);
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::policy::{request_command, CONTEXT_PREFIX};
 use crate::status::status_response;
 use http::{header, HeaderMap, HeaderValue};
 use sluice_core::config::ConnectionConfig;
-use sluice_core::masking::{MaskCounts, SessionMasker};
+use sluice_core::masking::{MaskCounts, SessionMasker, StreamMasker};
 use sluice_core::model::{Command, CommandKind, Protocol};
 use sluice_core::sync::MutexExt;
 use sluice_http::inject::{default_credentials, resolve, Injected};
@@ -382,8 +382,20 @@ impl Flavor for KubeFlavor {
         if !matches!(req.verb, Verb::Exec | Verb::Attach) {
             return None;
         }
+        let query = head.query.unwrap_or("");
+        let interactive =
+            crate::path::query_flag(query, "tty") || crate::path::query_flag(query, "stdin");
+        let masker = masking.masker.cloned();
+        // Without a terminal or input, output is not awaited keystroke by
+        // keystroke: mask it as streams, so a value split across frames is
+        // seen whole.
+        let streams = match (&masker, interactive) {
+            (Some(m), false) => Some([m.stream(), m.stream()]),
+            _ => None,
+        };
         Some(Box::new(ExecFrames {
-            masker: masking.masker.cloned(),
+            masker,
+            streams,
             counts: MaskCounts::default(),
         }))
     }
@@ -409,19 +421,68 @@ impl Flavor for KubeFlavor {
 }
 
 /// Exec and attach output (`channel.k8s.io`: the first byte of a binary
-/// frame is the stream, 1 stdout and 2 stderr) through the detectors, frame
-/// by frame: a value split across two frames is not seen whole.
+/// frame is the stream, 1 stdout and 2 stderr) through the masker. A
+/// non-interactive exec masks stdout and stderr as streams: each frame
+/// releases the complete lines it holds, so a value split across frames is
+/// held until its line ends, and what is held goes out before the status
+/// frame (channel 3) or the close. An interactive one (tty or stdin) is
+/// masked frame by frame, so prompts are not held.
 struct ExecFrames {
     masker: Option<SessionMasker>,
+    streams: Option<[Option<StreamMasker>; 2]>,
     counts: MaskCounts,
 }
 
-impl FrameHook for ExecFrames {
-    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
-        let Some(masker) = &self.masker else {
-            return Ok(());
+impl ExecFrames {
+    /// Masks one output frame's data through its channel's stream.
+    fn stream_frame(&mut self, channel: u8, frame: &mut Frame) -> bool {
+        let Some(Some(stream)) = self
+            .streams
+            .as_mut()
+            .and_then(|s| s.get_mut(usize::from(channel) - 1))
+        else {
+            return false;
         };
-        if direction != Direction::UpstreamToClient {
+        let mut out = stream.push(&frame.payload[1..]);
+        out.extend(stream.flush_lines());
+        self.counts.merge(&stream.take_counts());
+        let mut payload = Vec::with_capacity(out.len() + 1);
+        payload.push(channel);
+        payload.extend_from_slice(&out);
+        frame.payload = payload;
+        true
+    }
+}
+
+impl FrameHook for ExecFrames {
+    fn before(&mut self, direction: Direction, frame: &Frame) -> Vec<Frame> {
+        let ends = frame.opcode == 8 || (frame.opcode == 2 && frame.payload.first() == Some(&3));
+        if direction != Direction::UpstreamToClient || !ends {
+            return Vec::new();
+        }
+        let Some(streams) = self.streams.as_mut() else {
+            return Vec::new();
+        };
+        let mut early = Vec::new();
+        for (channel, stream) in [1u8, 2].into_iter().zip(streams.iter_mut()) {
+            let Some(stream) = stream else { continue };
+            let rest = stream.flush();
+            self.counts.merge(&stream.take_counts());
+            if !rest.is_empty() {
+                let mut payload = vec![channel];
+                payload.extend_from_slice(&rest);
+                early.push(Frame {
+                    fin: true,
+                    opcode: 2,
+                    payload,
+                });
+            }
+        }
+        early
+    }
+
+    fn frame(&mut self, direction: Direction, frame: &mut Frame) -> Result<(), String> {
+        if self.masker.is_none() || direction != Direction::UpstreamToClient {
             return Ok(());
         }
         match frame.opcode {
@@ -431,9 +492,16 @@ impl FrameHook for ExecFrames {
             1 => return Err("text-framed (base64) exec output cannot be masked".into()),
             _ => return Ok(()),
         }
-        if !matches!(frame.payload.first(), Some(1 | 2)) {
+        let channel = match frame.payload.first() {
+            Some(&c @ (1 | 2)) => c,
+            _ => return Ok(()),
+        };
+        if self.stream_frame(channel, frame) {
             return Ok(());
         }
+        let Some(masker) = &self.masker else {
+            return Ok(());
+        };
         if let Some((m, counts)) = masker.mask_bytes(&frame.payload[1..]) {
             let mut payload = Vec::with_capacity(m.len() + 1);
             payload.push(frame.payload[0]);

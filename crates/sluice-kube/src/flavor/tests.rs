@@ -370,6 +370,7 @@ fn exec_output_masked_by_frame() {
     .unwrap();
     let mut hook = ExecFrames {
         masker: Some(SessionMasker::for_engine(engine, session_info())),
+        streams: None,
         counts: MaskCounts::default(),
     };
     let mut f = Frame {
@@ -413,4 +414,51 @@ fn session_info() -> sluice_core::pipeline::SessionInfo {
         protocol: Protocol::Kubernetes,
         client_addr: "127.0.0.1:1".into(),
     }
+}
+
+/// A non-interactive exec's output is masked as a stream: an address split
+/// across two frames is held until its line ends, and the held tail goes out
+/// before the status frame.
+#[test]
+fn exec_output_split_across_frames_is_masked_whole() {
+    let engine = sluice_core::masking::compile(
+        &sluice_core::masking::MaskingConfig {
+            detectors: vec!["email".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let masker = SessionMasker::for_engine(engine, session_info());
+    let mut hook = ExecFrames {
+        streams: Some([masker.stream(), masker.stream()]),
+        masker: Some(masker),
+        counts: MaskCounts::default(),
+    };
+    let mut sent = Vec::new();
+    for chunk in [
+        &b"\x01line one\nmail ops.lead@exa"[..],
+        b"\x01mple.com\ntail without newline",
+    ] {
+        let mut f = Frame {
+            fin: true,
+            opcode: 2,
+            payload: chunk.to_vec(),
+        };
+        hook.frame(Direction::UpstreamToClient, &mut f).unwrap();
+        assert_eq!(f.payload[0], 1);
+        sent.extend_from_slice(&f.payload[1..]);
+    }
+    let status = Frame {
+        fin: true,
+        opcode: 2,
+        payload: b"\x03{\"status\":\"Success\"}".to_vec(),
+    };
+    for early in hook.before(Direction::UpstreamToClient, &status) {
+        assert_eq!(early.payload[0], 1);
+        sent.extend_from_slice(&early.payload[1..]);
+    }
+    let text = String::from_utf8(sent).unwrap();
+    assert_eq!(text, "line one\nmail [email]\ntail without newline");
+    assert_eq!(hook.counts().get("email"), 1);
 }
