@@ -128,12 +128,41 @@ struct Target {
     port: u16,
     user: String,
     password: String,
+    /// The proxy process whose CPU is measured (none for the direct leg).
+    pid: Option<u32>,
 }
 
 #[derive(Clone, Copy)]
 struct Sample {
     tps: f64,
     latency_ms: f64,
+    /// The proxy's CPU (user + system) per statement, in µs.
+    cpu_us: Option<f64>,
+}
+
+/// A process's CPU time so far (user + system), from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): state is the
+    // first; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when unknown).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 pub(crate) fn bench(args: &[String]) -> Result<()> {
@@ -198,6 +227,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         port: pg.port,
         user: ROLE.to_string(),
         password: password.clone(),
+        pid: None,
     }];
 
     let pgbouncer = match start_pgbouncer(&pg, &password) {
@@ -207,6 +237,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                 port: bouncer.port,
                 user: ROLE.to_string(),
                 password: password.clone(),
+                pid: bouncer._daemon.server_pid(),
             });
             Some(bouncer)
         }
@@ -224,6 +255,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                     port: gateway.port,
                     user: ROLE.to_string(),
                     password: gateway.token.clone(),
+                    pid: Some(gateway.pid()),
                 });
                 Some(gateway)
             }
@@ -244,6 +276,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                     port: gateway.port,
                     user: ROLE.to_string(),
                     password: gateway.token.clone(),
+                    pid: Some(gateway.pid()),
                 });
                 Some(gateway)
             }
@@ -277,11 +310,23 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                     "bench: {:<9} -M {mode:<8} -c {clients:<2} ... ",
                     target.name
                 );
+                let cpu_before = target.pid.and_then(cpu_seconds);
                 match pgbench(&bins, target, mode, clients, &opts, work.path()) {
-                    Ok(sample) => {
+                    Ok(mut sample) => {
+                        let statements = sample.tps * opts.seconds as f64;
+                        sample.cpu_us = match (cpu_before, target.pid.and_then(cpu_seconds)) {
+                            (Some(a), Some(b)) if statements > 0.0 => {
+                                Some((b - a) * 1e6 / statements)
+                            }
+                            _ => None,
+                        };
                         eprintln!(
-                            "{:>10.0} tps, {:.3} ms average latency",
-                            sample.tps, sample.latency_ms
+                            "{:>10.0} tps, {:.3} ms average latency{}",
+                            sample.tps,
+                            sample.latency_ms,
+                            sample
+                                .cpu_us
+                                .map_or(String::new(), |c| format!(", {c:.1} µs CPU/stmt"))
                         );
                         results.insert((mode.clone(), clients, target.name), sample);
                     }
@@ -322,6 +367,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                 port: g.port,
                 user: ROLE.to_string(),
                 password: g.token.clone(),
+                pid: Some(g.pid()),
             };
             match pgbench_workload(
                 &bins,
@@ -379,6 +425,10 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
         "sluice added µs (c=1)",
         "+20 rules tps",
         "rules/no rules",
+        "pgbouncer CPU µs/stmt",
+        "sluice CPU µs/stmt",
+        "+rules CPU µs/stmt",
+        "sluice/pgbouncer CPU",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for mode in &opts.modes {
@@ -391,6 +441,10 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
             let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
                 (Some(a), Some(b)) if b.tps > 0.0 => format!("{:.2}", a.tps / b.tps),
                 _ => "-".into(),
+            };
+            let cpu = |s: Option<Sample>| {
+                s.and_then(|s| s.cpu_us)
+                    .map_or("-".into(), |c| format!("{c:.1}"))
             };
             let added = match (clients, sluice, direct) {
                 (1, Some(s), Some(d)) => format!("{:.0}", (s.latency_ms - d.latency_ms) * 1000.0),
@@ -410,6 +464,16 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
                 added,
                 tps(with_rules),
                 ratio(with_rules, sluice),
+                cpu(bouncer),
+                cpu(sluice),
+                cpu(with_rules),
+                match (
+                    sluice.and_then(|s| s.cpu_us),
+                    bouncer.and_then(|s| s.cpu_us),
+                ) {
+                    (Some(s), Some(b)) if b > 0.0 => format!("{:.2}", s / b),
+                    _ => "-".into(),
+                },
             ]);
         }
     }
@@ -527,6 +591,7 @@ fn parse_pgbench(stdout: &str) -> Option<Sample> {
     Some(Sample {
         tps: value("tps = ")?,
         latency_ms: value("latency average = ")?,
+        cpu_us: None,
     })
 }
 
@@ -571,6 +636,16 @@ impl Drop for ScratchDir {
 }
 
 /// A background server process, stopped on drop.
+impl Daemon {
+    /// The server's pid: from its pid file when started through `runuser`.
+    pub(crate) fn server_pid(&self) -> Option<u32> {
+        match &self.pidfile {
+            Some(path) => std::fs::read_to_string(path).ok()?.trim().parse().ok(),
+            None => Some(self.child.id()),
+        }
+    }
+}
+
 pub(crate) struct Daemon {
     pub(crate) child: Child,
     /// For servers started through `runuser`: the server's own pid file.
