@@ -406,7 +406,7 @@ impl JournalWriter {
         let seq = last + 1;
         let body = serde_json::to_string(event).map_err(backend)?;
         let hash = chain_hash(&prev, session_id, seq, at_ms, &body);
-        let kind = event_kind(event);
+        let kind = event.kind();
         let line = format!("{session_id}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n");
         // Queued in chain order: the journal's order is the chains' order.
         let target = self.queue.push(line.as_bytes());
@@ -427,20 +427,6 @@ impl JournalWriter {
             self.heads.insert(session_id.to_string(), (seq, hash));
         }
         Ok(target)
-    }
-}
-
-fn event_kind(event: &AuditEvent) -> &'static str {
-    match event {
-        AuditEvent::SessionStart { .. } => "session_start",
-        AuditEvent::CommandDecided { .. } => "command_decided",
-        AuditEvent::CommandFinished { .. } => "command_finished",
-        AuditEvent::ApprovalRequested { .. } => "approval_requested",
-        AuditEvent::ApprovalDecided { .. } => "approval_decided",
-        AuditEvent::SessionEnd { .. } => "session_end",
-        AuditEvent::StreamOutput { .. } => "stream_output",
-        AuditEvent::WindowResized { .. } => "window_resized",
-        AuditEvent::FileTransfer { .. } => "file_transfer",
     }
 }
 

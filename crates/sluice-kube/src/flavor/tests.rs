@@ -250,20 +250,7 @@ fn plan(
         .body(())
         .unwrap()
         .into_parts();
-    let session = sluice_core::pipeline::SessionInfo {
-        id: "s".into(),
-        identity: sluice_core::model::Identity {
-            subject: "a".into(),
-            groups: vec![],
-            issuer: "sluice".into(),
-            token_id: "t".into(),
-            expires_at: std::time::SystemTime::now(),
-            connections: None,
-        },
-        connection: "k8s".into(),
-        protocol: Protocol::Kubernetes,
-        client_addr: "127.0.0.1:1".into(),
-    };
+    let session = session_info();
     let masker = engine.map(|e| SessionMasker::for_engine(e.clone(), session.clone()));
     let ctx = MaskingContext::new(masker.as_ref(), &session, 1 << 20);
     KubeFlavor::default().response_plan(&head, &parts, &ctx)
