@@ -172,7 +172,11 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the api listener on {addr}"))?;
-        let server = sluice_api::ApiServer::new(gateway.clone())?;
+        let server = sluice_api::ApiServer::new(gateway.clone())?.describe_commands_with(
+            std::sync::Arc::new(|protocol: &str, text: &str| {
+                (protocol == "postgres").then(|| sluice_postgres::sql::describe(text))
+            }),
+        );
         tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
@@ -487,7 +491,11 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
-    println!("\nApprove it as demo-dba (groups: dba), from the repository root:");
+    if let Some(api) = config.listen.api {
+        println!("\nOperator console (sign in with the demo-dba token below; the certificate is the demo's own, self-signed):");
+        println!("  https://{api}{}", sluice_api::CONSOLE_PATH);
+    }
+    println!("\nOr approve it as demo-dba (groups: dba), from the repository root:");
     println!("  export SLUICE_TOKEN={dba}");
     println!("  cargo run -q -p sluice -- approvals list --config examples/quickstart.toml");
     println!("  cargo run -q -p sluice -- approvals approve ID --config examples/quickstart.toml");
