@@ -1,0 +1,121 @@
+//! The operator console in a real browser: Playwright (Python) drives
+//! Debian's Chromium against the gateway's API listener while real psql
+//! clients are held, approved, denied and killed (tests/py/console.py).
+//! Screenshots are kept under `target/console-artifacts/`.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const RULES: &str = r#"
+[[rules]]
+name = "reviewed-customer-writes"
+match = { sql = ["write"], tables = ["customers"] }
+action = "review"
+approvers = ["dba"]
+timeout = "120s"
+message = "Changes to customers are reviewed by a DBA."
+"#;
+
+/// Debian's Chromium (installed by `cargo xtask setup`; never a downloaded browser).
+fn chromium() -> PathBuf {
+    for path in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
+        if Path::new(path).exists() {
+            return PathBuf::from(path);
+        }
+    }
+    panic!("Chromium is not installed: run `cargo xtask setup` (Debian package chromium)");
+}
+
+fn artifacts() -> PathBuf {
+    let dir = target_dir().join("console-artifacts");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn customer_name(env: &Env, id: i32) -> String {
+    env.direct_sql(
+        "app",
+        &format!("select name from customers where id = {id}"),
+    )
+    .trim()
+    .to_string()
+}
+
+#[test]
+fn approve_deny_and_kill_from_the_browser() {
+    let chromium = chromium();
+    let api = sluice_sandbox::free_port();
+    let env = Env::builder()
+        .extra_toml(RULES)
+        .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
+        .gateway_env("SLUICE_AUTH__ADMIN_GROUPS", "[\"ops\"]")
+        .start();
+    let before = [customer_name(&env, 2), customer_name(&env, 3)];
+    let shots = artifacts();
+    let config = serde_json::json!({
+        "base": format!("https://127.0.0.1:{api}"),
+        "chromium": chromium,
+        "psql": env.pg.binaries().tool("psql"),
+        "agent_url": env.agent_url(),
+        "shots": shots,
+        "tokens": {
+            "dba": env.token("dana", &["dba"], "30m"),
+            // An admin (sees and ends sessions) outside the approver groups.
+            "viewer": env.token("vera", &["ops"], "30m"),
+            // The requester itself, also a dba: self-approval is refused.
+            "self": env.token("agent-1", &["agents", "dba"], "30m"),
+        },
+    });
+    let config_path = env.dir.path().join("console.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    clean_pg_env(&mut cmd);
+    cmd.arg(py_dir().join("console.py"))
+        .arg(&config_path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(240));
+    let so = stdout(&out);
+    eprintln!("{so}");
+    eprintln!("screenshots: {}", shots.display());
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n--- gateway log tail ---\n{}",
+        stderr(&out),
+        tail(&env.gateway_log(), 60)
+    );
+    assert!(so.contains("\"step\": \"done\""), "{so}");
+
+    // What the page did is what happened upstream.
+    assert_eq!(customer_name(&env, 1), "Approved Name");
+    assert_eq!([customer_name(&env, 2), customer_name(&env, 3)], before);
+    let log = env.gateway_log();
+    assert!(
+        log.contains("Console request refused by the CSRF check")
+            || log.contains("refused by the CSRF check"),
+        "no CSRF refusal logged"
+    );
+    let sessions = env.wait_sessions_ended(4);
+    let replays: String = sessions
+        .iter()
+        .map(|s| env.replay(s["id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        replays.contains("approved by dana: ticket OPS-42"),
+        "{replays}"
+    );
+    assert!(
+        replays.contains("denied by dana: not on a Friday"),
+        "{replays}"
+    );
+    assert!(replays.contains("ended by vera: maintenance"), "{replays}");
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
