@@ -300,3 +300,6 @@ pub(crate) async fn api_identity(
         }
     })
 }
+
+#[cfg(test)]
+mod tests;
