@@ -2,6 +2,8 @@
 Chromium, never a downloaded browser).
 
   console.py CONFIG_JSON
+  console.py replay CONFIG_JSON
+  console.py shell SECRET_PREFIX SSH_ARGV...
 
 CONFIG_JSON names: base (https://127.0.0.1:PORT of the API listener),
 chromium (the browser binary), psql (its path), agent_url (a psql URL as the
@@ -9,6 +11,12 @@ requesting agent), tokens {dba, viewer, self}, shots (a directory for
 screenshots). The script runs psql itself so that it can watch the page
 while a statement is held. Every step prints one JSON line; any failed
 check raises (exit status 1) after a screenshot `failure.png`.
+
+`replay` signs in with tokens.viewer and plays the terminal of session
+`session` in the page's player: the recording shows `expect`, never `secret`
+(a masked value), with seek and speed. `shell` drives an interactive ssh
+through a pseudo-terminal: it prints an email address assembled by printf
+(so the typed line holds none), then exits with status 3.
 """
 
 import http.server
@@ -286,5 +294,85 @@ def main():
             browser.close()
 
 
+def replay():
+    cfg = json.load(open(sys.argv[2]))
+    base, shots = cfg["base"], cfg["shots"]
+    os.makedirs(shots, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=cfg["chromium"], args=CHROMIUM_ARGS)
+        ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1100, "height": 900})
+        page = ctx.new_page()
+        try:
+            sign_in(page, base, cfg["tokens"]["viewer"])
+            page.goto(base + "/console/#replay/" + cfg["session"])
+            page.wait_for_selector("#player .term")
+            term = page.locator("#player .term")
+            end = term.inner_text()
+            check(cfg["expect"] in end, f"the player's end state lacks {cfg['expect']!r}: {end!r}")
+            check(cfg["secret"] not in page.content(), "the masked value is in the page")
+            timeline = page.locator("#timeline").inner_text()
+            check("shell" in timeline and "masked" in timeline, timeline)
+            # Seek to the start: nothing shown yet; play at 8x: the output comes back.
+            page.eval_on_selector("#player input[type=range]",
+                                  "el => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+            check(cfg["expect"] not in term.inner_text(), "seek to 0 still shows the output")
+            page.select_option("#player select", "8")
+            page.click("#player button.play")
+            page.wait_for_function(
+                "([sel, want]) => document.querySelector(sel).textContent.includes(want)",
+                arg=["#player .term", cfg["expect"]], timeout=30000)
+            check(cfg["secret"] not in term.inner_text(), "the masked value appeared while playing")
+            page.screenshot(path=os.path.join(shots, "replay-ssh.png"), full_page=True)
+            step("replayed", screen=term.inner_text())
+        except Exception:
+            page.screenshot(path=os.path.join(shots, "failure-replay.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
+def shell():
+    import pty
+    import select
+    prefix, argv = sys.argv[2], sys.argv[3:]
+    import fcntl
+    import struct
+    import termios
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 16, 90, 0, 0))
+    buf = b""
+
+    def read_until(marker, timeout=30):
+        nonlocal buf
+        end = time.time() + timeout
+        while marker not in buf and time.time() < end:
+            r, _, _ = select.select([fd], [], [], 0.2)
+            if r:
+                try:
+                    data = os.read(fd, 4096)
+                except OSError:
+                    break
+                if not data:
+                    break
+                buf += data
+        check(marker in buf, f"timed out waiting for {marker!r}: {buf!r}")
+
+    # The typed line reads own''er, so only the output has "owner ".
+    os.write(fd, ("printf 'own''er %s%%sexample.com\\n' @\r" % prefix).encode())
+    read_until(b"owner ")
+    time.sleep(0.3)
+    os.write(fd, b"exit 3\r")
+    _, status = os.waitpid(pid, 0)
+    sys.stdout.write(buf.decode("utf-8", "replace"))
+    sys.exit(os.waitstatus_to_exitcode(status))
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1] == "replay":
+        replay()
+    elif sys.argv[1] == "shell":
+        shell()
+    else:
+        main()

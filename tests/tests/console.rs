@@ -119,3 +119,67 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// A recorded SSH shell plays in the page's player; the masked email stays
+/// masked at every position of the recording.
+#[test]
+fn ssh_shell_replays_in_the_player_masked() {
+    let chromium = chromium();
+    let env = sluice_e2e::sshd::SshEnv::start("[masking]\ndetectors = [\"email\"]\n");
+    let token = env.agent_token();
+    let ssh = env.ssh_command(&token, &["-tt"]);
+    let mut cmd = env.client("python3", &token);
+    cmd.arg(py_dir().join("console.py"))
+        .args(["shell", "alice.smith"])
+        .arg(ssh.get_program())
+        .args(ssh.get_args());
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(90));
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let screen = stdout(&out);
+    assert!(
+        screen.contains("owner ") && !screen.contains("alice.smith@example.com"),
+        "{screen}"
+    );
+    let sessions = env.wait_sessions_ended(1);
+    let session = sessions[0]["id"].as_str().unwrap().to_string();
+
+    let config = std::fs::read_to_string(&env.config_path).unwrap();
+    let api = config
+        .lines()
+        .find_map(|l| l.strip_prefix("api = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the ssh test config has an api listener")
+        .to_string();
+    let shots = artifacts();
+    let config = serde_json::json!({
+        "base": format!("https://{api}"),
+        "chromium": chromium,
+        "shots": shots,
+        "session": session,
+        "expect": "owner ",
+        "secret": "alice.smith@example.com",
+        // The session's owner may read it.
+        "tokens": { "viewer": env.token("agent-1", &["agents"]) },
+    });
+    let config_path = env.dir.path().join("console-replay.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(py_dir().join("console.py"))
+        .arg("replay")
+        .arg(&config_path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
+    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains("\"step\": \"replayed\""));
+}
