@@ -73,7 +73,19 @@
     cards.clear(); clear($('approvals-list')); liveRows.clear(); clear($('live-list'));
     $('signin-error').textContent = msg || '';
     showView('signin');
+    loadProviders();
     $('token').focus();
+  }
+  // Identity providers with a client for browser sign-in (authorization code + PKCE).
+  async function loadProviders() {
+    const list = $('oidc-providers');
+    try {
+      const providers = await api('GET', '/console/oidc/providers');
+      clear(list);
+      for (const p of providers) {
+        list.appendChild(h('li', {}, h('a', { class: 'button', href: p.start }, 'Sign in with ' + p.issuer)));
+      }
+    } catch (e) { /* the token form still works */ }
   }
   function signedIn(who) {
     me = who;

@@ -17,6 +17,7 @@
 //! `Origin` (see [`session`]).
 
 mod events;
+mod oidc;
 pub(crate) mod session;
 mod views;
 
@@ -77,6 +78,7 @@ pub(crate) struct Console {
     pub(crate) sessions: Arc<ConsoleSessions>,
     streams: Arc<tokio::sync::Semaphore>,
     pub(crate) describer: Option<crate::CommandDescriber>,
+    oidc: oidc::OidcLogins,
 }
 
 /// Event streams open at once (each polls the queue a few times a second).
@@ -88,6 +90,7 @@ impl Default for Console {
             sessions: Arc::new(ConsoleSessions::default()),
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             describer: None,
+            oidc: oidc::OidcLogins::default(),
         }
     }
 }
@@ -175,6 +178,16 @@ impl Console {
             }
             "/console/session" if req.method() != Method::GET => {
                 return method_not_allowed("GET, POST")
+            }
+            "/console/oidc/providers" | "/console/oidc/start" | oidc::CALLBACK_PATH
+                if req.method() != Method::GET =>
+            {
+                return method_not_allowed("GET")
+            }
+            "/console/oidc/providers" => return oidc::providers(gateway),
+            "/console/oidc/start" => return self.oidc.start(gateway, req).await,
+            oidc::CALLBACK_PATH => {
+                return self.oidc.callback(gateway, &self.sessions, req, peer).await
             }
             _ => {}
         }
