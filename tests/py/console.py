@@ -4,6 +4,7 @@ Chromium, never a downloaded browser).
   console.py CONFIG_JSON
   console.py replay CONFIG_JSON
   console.py shell SECRET_PREFIX SSH_ARGV...
+  console.py oidc CONFIG_JSON
 
 CONFIG_JSON names: base (https://127.0.0.1:PORT of the API listener),
 chromium (the browser binary), psql (its path), agent_url (a psql URL as the
@@ -16,7 +17,9 @@ check raises (exit status 1) after a screenshot `failure.png`.
 `session` in the page's player: the recording shows `expect`, never `secret`
 (a masked value), with seek and speed. `shell` drives an interactive ssh
 through a pseudo-terminal: it prints an email address assembled by printf
-(so the typed line holds none), then exits with status 3.
+(so the typed line holds none), then exits with status 3. `oidc` signs in
+through the OpenID provider's login page as `login` (issuer `issuer`) and
+approves a held statement as that person.
 """
 
 import http.server
@@ -331,6 +334,57 @@ def replay():
             browser.close()
 
 
+def oidc():
+    """Signs in through the identity provider's own pages (code + PKCE), then
+    approves a held psql statement as that person."""
+    cfg = json.load(open(sys.argv[2]))
+    base, shots = cfg["base"], cfg["shots"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=cfg["chromium"], args=CHROMIUM_ARGS)
+        ctx = browser.new_context(ignore_https_errors=True, viewport={"width": 1100, "height": 900})
+        page = ctx.new_page()
+        held = []
+        try:
+            page.goto(base + "/")
+            page.wait_for_selector("#oidc-providers a")
+            link = page.locator("#oidc-providers a").first
+            check(cfg["issuer"] in link.inner_text(), link.inner_text())
+            link.click()
+            # The provider's development login page.
+            page.wait_for_selector("input[name=login]")
+            check(page.url.startswith(cfg["issuer"]), page.url)
+            page.fill("input[name=login]", cfg["login"])
+            page.fill("input[name=password]", "any")
+            page.click("button[type=submit]")
+            page.wait_for_selector("#view-approvals:not([hidden])", timeout=20000)
+            who = page.locator("#whoami").inner_text()
+            check(who.startswith(cfg["login"] + " (") and "dba" in who, who)
+            cookies = {c["name"]: c for c in ctx.cookies()}
+            c = cookies.get("__Host-sluice_console")
+            check(c and c["httpOnly"] and c["secure"] and c["sameSite"] == "Strict", f"cookies: {cookies}")
+            check("__Host-sluice_oidc" not in cookies, f"the state cookie stayed: {cookies}")
+            step("oidc_signed_in", whoami=who)
+            q = Psql(cfg, "update customers set name = 'By Alice' where id = 4 returning name")
+            held.append(q)
+            card = card_for(page, "By Alice")
+            card.locator("input[name=reason]").fill("checked by alice")
+            card.locator("button.approve").click()
+            rc, out, err = q.wait(30)
+            check(rc == 0 and "By Alice" in out, f"psql: rc={rc} out={out} err={err}")
+            page.screenshot(path=os.path.join(shots, "oidc-approved.png"), full_page=True)
+            page.click("#signout")
+            page.wait_for_selector("#view-signin:not([hidden])")
+            step("oidc_approved")
+        except Exception:
+            page.screenshot(path=os.path.join(shots, "failure-oidc.png"), full_page=True)
+            raise
+        finally:
+            for q in held:
+                if q.running():
+                    q.proc.kill()
+            browser.close()
+
+
 def shell():
     import pty
     import select
@@ -374,5 +428,7 @@ if __name__ == "__main__":
         replay()
     elif sys.argv[1] == "shell":
         shell()
+    elif sys.argv[1] == "oidc":
+        oidc()
     else:
         main()

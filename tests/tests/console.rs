@@ -183,3 +183,62 @@ fn ssh_shell_replays_in_the_player_masked() {
     );
     assert!(stdout(&out).contains("\"step\": \"replayed\""));
 }
+
+/// Sign-in with the identity tests' OpenID provider (npm oidc-provider):
+/// authorization code + PKCE through its login page, the provider's groups
+/// mapped as everywhere; the person then approves a held statement.
+#[test]
+fn oidc_sign_in_through_the_providers_login_page() {
+    let chromium = chromium();
+    let api = sluice_sandbox::free_port();
+    let idp = sluice_e2e::oidc::Idp::start_with_console(&format!(
+        "https://127.0.0.1:{api}/console/oidc/callback"
+    ));
+    let env = Env::builder()
+        .extra_toml(RULES)
+        .extra_toml(&format!(
+            "[[auth.oidc]]\nissuer = \"{}\"\naudience = \"sluice\"\nclient_id = \"console\"\n\
+             resource = \"urn:sluice\"\nscopes = [\"openid\", \"groups\"]\n\n\
+             [[auth.group_map]]\nidp_group = \"sluice-agents\"\ngroups = [\"dba\"]\n",
+            idp.issuer()
+        ))
+        .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
+        .start();
+    let shots = artifacts();
+    let config = serde_json::json!({
+        "base": format!("https://127.0.0.1:{api}"),
+        "issuer": idp.issuer(),
+        "login": "alice",
+        "chromium": chromium,
+        "psql": env.pg.binaries().tool("psql"),
+        "agent_url": env.agent_url(),
+        "shots": shots,
+    });
+    let config_path = env.dir.path().join("console-oidc.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    clean_pg_env(&mut cmd);
+    cmd.arg(py_dir().join("console.py"))
+        .arg("oidc")
+        .arg(&config_path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(180));
+    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n--- gateway log tail ---\n{}",
+        stderr(&out),
+        tail(&env.gateway_log(), 40)
+    );
+    assert!(stdout(&out).contains("\"step\": \"oidc_approved\""));
+    assert_eq!(customer_name(&env, 4), "By Alice");
+    let sessions = env.wait_sessions_ended(1);
+    let replay = env.replay(sessions[0]["id"].as_str().unwrap());
+    assert!(
+        replay.contains(&format!(
+            "approved by alice ({}): checked by alice",
+            idp.issuer()
+        )),
+        "{replay}"
+    );
+}
