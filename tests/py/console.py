@@ -155,6 +155,7 @@ def main():
                 check(needle in text, f"{needle!r} not in the card:\n{text}")
             check(page.evaluate("performance.getEntriesByType('navigation').length") == nav_count, "page reloaded")
             session_1 = card.locator("a[href^='#replay/']").first.inner_text()
+            agent_token_id = card.locator("dd.mono").first.inner_text().strip()
             page.screenshot(path=os.path.join(shots, "approvals.png"), full_page=True)
             check(q1.running(), "psql finished before approval")
             card.locator("input[name=reason]").fill("ticket OPS-42")
@@ -232,6 +233,19 @@ def main():
             r = sctx.request.post(target, headers={"origin": base, "content-type": "application/json",
                                                   "x-sluice-csrf": csrf_of(sctx, base)}, data="{}")
             check(r.status == 403 and "own request" in r.text(), f"self-approval POST: {r.status} {r.text()}")
+            # A ready client command with a fresh token narrowed to the connection; it works.
+            spage.goto(base + "/console/#connections")
+            conn = spage.locator("#connections-list li.card").first
+            conn.wait_for()
+            check("appdb" in conn.inner_text() and "$SLUICE_TOKEN" in conn.inner_text(), conn.inner_text())
+            conn.locator("button").click()
+            spage.wait_for_function("() => document.querySelector('#connections-list pre').textContent.includes('postgresql://agent-1:ey')")
+            command = conn.locator("pre").inner_text()
+            url = command.split('"')[1]
+            ready = subprocess.run([cfg["psql"], "-X", "-A", "-t", "-d", url, "-c", "select 42"],
+                                   capture_output=True, text=True, timeout=60)
+            check(ready.returncode == 0 and ready.stdout.strip() == "42", f"the copied command: {ready.stderr}")
+            step("client_command", command=command.split(":")[0])
             sctx.close()
             card.locator("input[name=reason]").fill("forgery test")
             card.locator("button.deny").click()
@@ -263,7 +277,7 @@ def main():
             vpage.wait_for_selector("#history tbody tr td a")
             vpage.select_option("select[name=decision]", "held")
             vpage.click("#filters button[type=submit]")
-            vpage.wait_for_function("document.querySelectorAll('#history tbody tr td a').length === 3")
+            vpage.wait_for_function("() => document.querySelectorAll('#history tbody tr td a').length === 3")
             vpage.goto(base + "/console/#replay/" + session_1)
             vpage.wait_for_selector("#timeline li[data-event=approval_decided]")
             timeline = vpage.locator("#timeline").inner_text()
@@ -272,10 +286,19 @@ def main():
             vpage.screenshot(path=os.path.join(shots, "replay.png"), full_page=True)
             step("replay")
 
-            # 8. Audit status and sign-out.
+            # 8. Audit status, revoking the agent's token by id, sign-out.
             vpage.goto(base + "/console/#audit")
             vpage.wait_for_selector("#audit-status .badge")
             check("intact" in vpage.locator("#audit-status").inner_text(), vpage.locator("#audit-status").inner_text())
+            vpage.fill("#revoke-form input[name=token_id]", agent_token_id)
+            vpage.fill("#revoke-form input[name=reason]", "leaked in a log")
+            vpage.click("#revoke-form button[type=submit]")
+            vpage.wait_for_function("() => document.querySelector('#revoke-result').textContent.startsWith('Revoked')")
+            refused = subprocess.run([cfg["psql"], "-X", "-A", "-t", "-d", cfg["agent_url"], "-c", "select 1"],
+                                     capture_output=True, text=True, timeout=60)
+            check(refused.returncode != 0 and "revoked" in refused.stderr, f"after revoke: {refused.stderr}")
+            vpage.screenshot(path=os.path.join(shots, "audit.png"), full_page=True)
+            step("revoked", token_id=agent_token_id)
             vpage.click("#signout")
             vpage.wait_for_selector("#view-signin:not([hidden])")
             r = vctx.request.get(base + "/console/session")
