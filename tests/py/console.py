@@ -289,7 +289,8 @@ def main():
             # 8. Audit status, revoking the agent's token by id, sign-out.
             vpage.goto(base + "/console/#audit")
             vpage.wait_for_selector("#audit-status .badge")
-            check("intact" in vpage.locator("#audit-status").inner_text(), vpage.locator("#audit-status").inner_text())
+            audit = vpage.locator("#audit-status").inner_text()
+            check("intact" in audit and "latest checkpoint" in audit and "signed" in audit, audit)
             vpage.fill("#revoke-form input[name=token_id]", agent_token_id)
             vpage.fill("#revoke-form input[name=reason]", "leaked in a log")
             vpage.click("#revoke-form button[type=submit]")

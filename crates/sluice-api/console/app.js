@@ -232,7 +232,8 @@
       };
       approve.addEventListener('click', () => decide('approve'));
       deny.addEventListener('click', () => decide('deny'));
-      reason.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') { ev.preventDefault(); decide('approve'); } });
+      // Enter in the reason field does nothing: a decision is always an explicit button.
+      reason.addEventListener('keydown', (ev) => { if (ev.key === 'Enter') ev.preventDefault(); });
       kids.push(h('div', { class: 'decide' }, [reason, approve, deny]));
     } else {
       kids.push(h('p', { class: 'muted' }, r.subject === (me && me.subject) ? 'Your own request: another approver decides it.' : 'You may not decide this request.'));
@@ -424,6 +425,14 @@
       box.appendChild(h('p', {}, [h('span', { class: 'badge ' + (a.intact ? 'allow' : 'deny') }, a.intact ? 'intact' : 'broken'),
         ' ' + a.report.sessions + ' sessions, ' + a.report.records + ' records verified']));
       if (b) box.appendChild(h('pre', { class: 'command' }, JSON.stringify(b, null, 2)));
+      const lc = a.latest_checkpoint;
+      if (lc) {
+        const c = lc.checkpoint;
+        box.appendChild(h('p', { class: 'checkpoint' }, [h('span', { class: 'badge ' + (lc.signature_valid ? 'allow' : 'deny') }, lc.signature_valid ? 'signed' : 'bad signature'),
+          ' latest checkpoint: ' + c.size + ' records, root ', h('code', {}, c.root.slice(0, 16) + '…'), ', ' + fmtTime(c.at_ms) + ', key ' + c.key_id]));
+      } else {
+        box.appendChild(h('p', { class: 'muted checkpoint' }, 'No signed checkpoint published by this gateway process yet.'));
+      }
     } catch (e) { clear(box); box.appendChild(h('p', { class: 'muted' }, e.message)); }
   }
   $('revoke-form').addEventListener('submit', async (ev) => {

@@ -32,7 +32,7 @@ pub mod identity;
 mod problem;
 mod server;
 
-pub use console::CONSOLE_PATH;
+pub use console::{LatestCheckpoint, CONSOLE_PATH};
 pub use problem::Problem;
 pub use server::{
     ApiServer, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS,

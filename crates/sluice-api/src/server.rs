@@ -69,6 +69,13 @@ impl ApiServer {
         self
     }
 
+    /// Shows the last checkpoint `latest` received on the console's audit
+    /// page (register it as a checkpoint sink too).
+    pub fn show_checkpoints_from(mut self, latest: Arc<crate::LatestCheckpoint>) -> Self {
+        self.console.checkpoint = Some(latest);
+        self
+    }
+
     /// Accepts clients until the listener fails; each connection runs in its own task.
     /// Keeps serving while the gateway drains (operators act during the grace period).
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {

@@ -29,6 +29,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use session::{ConsoleSessions, Signed};
+use sluice_core::audit::{Checkpoint, CheckpointSink};
+use sluice_core::sync::MutexExt;
 use sluice_core::{Credentials, Gateway, Identity};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -73,12 +75,30 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// Keeps the last signed checkpoint the gateway published, for the
+/// console's audit page (add it to the gateway's checkpoint sinks).
+#[derive(Default)]
+pub struct LatestCheckpoint(std::sync::Mutex<Option<Checkpoint>>);
+
+impl LatestCheckpoint {
+    pub fn get(&self) -> Option<Checkpoint> {
+        self.0.locked().clone()
+    }
+}
+
+impl CheckpointSink for LatestCheckpoint {
+    fn publish(&self, checkpoint: &Checkpoint) {
+        *self.0.locked() = Some(checkpoint.clone());
+    }
+}
+
 /// The console's state in the API server.
 pub(crate) struct Console {
     pub(crate) sessions: Arc<ConsoleSessions>,
     streams: Arc<tokio::sync::Semaphore>,
     pub(crate) describer: Option<crate::CommandDescriber>,
     oidc: oidc::OidcLogins,
+    pub(crate) checkpoint: Option<Arc<LatestCheckpoint>>,
 }
 
 /// Event streams open at once (each polls the queue a few times a second).
@@ -91,6 +111,7 @@ impl Default for Console {
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
             describer: None,
             oidc: oidc::OidcLogins::default(),
+            checkpoint: None,
         }
     }
 }
@@ -226,7 +247,7 @@ impl Console {
                 }
                 events::stream(self, gateway, signed).await
             }
-            _ => views::handle(gateway, &signed, req).await,
+            _ => views::handle(gateway, &signed, self.checkpoint.as_deref(), req).await,
         }
     }
 

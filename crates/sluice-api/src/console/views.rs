@@ -24,6 +24,7 @@ const TIMELINE_LIMIT: usize = 5_000;
 pub(super) async fn handle(
     gateway: &Gateway,
     signed: &Signed,
+    checkpoint: Option<&super::LatestCheckpoint>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -34,7 +35,7 @@ pub(super) async fn handle(
     let who = &signed.identity;
     match path {
         "/console/api/history" => history(gateway, who, &query).await,
-        "/console/api/audit" => audit(gateway, who).await,
+        "/console/api/audit" => audit(gateway, who, checkpoint).await,
         "/console/api/connections" => connections(gateway, who, req.headers()),
         _ => {
             let Some(rest) = path.strip_prefix("/console/api/sessions/") else {
@@ -269,19 +270,32 @@ async fn cast(gateway: &Gateway, who: &Identity, id: &str, command: Option<u64>)
     }
 }
 
-async fn audit(gateway: &Gateway, who: &Identity) -> Response<Body> {
+async fn audit(
+    gateway: &Gateway,
+    who: &Identity,
+    checkpoint: Option<&super::LatestCheckpoint>,
+) -> Response<Body> {
     if !crate::identity::is_admin(gateway, who) {
         return problem(
             StatusCode::FORBIDDEN,
             "the audit status is for members of auth.admin_groups",
         );
     }
+    // The last signed tree head this process published, with whether its
+    // signature verifies under the key it names.
+    let checkpoint = checkpoint.and_then(|c| c.get()).map(|c| {
+        serde_json::json!({
+            "signature_valid": c.verify_signature(None).is_ok(),
+            "checkpoint": c,
+        })
+    });
     match gateway.store().verify().await {
         Ok(report) => json(
             StatusCode::OK,
             &serde_json::json!({
                 "intact": report.first_break.is_none(),
                 "report": report,
+                "latest_checkpoint": checkpoint,
             }),
         ),
         Err(e) => problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
