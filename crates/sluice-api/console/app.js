@@ -318,6 +318,7 @@
     const q = new URLSearchParams();
     for (const k of ['subject', 'connection', 'protocol', 'state', 'decision']) if (f.get(k)) q.set(k, f.get(k));
     if (f.get('since')) q.set('since_ms', String(new Date(f.get('since')).getTime()));
+    if (f.get('until')) q.set('until_ms', String(new Date(f.get('until')).getTime()));
     const body = $('history').tBodies[0];
     try {
       const rows = await api('GET', '/console/api/history?' + q.toString());
