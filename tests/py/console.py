@@ -13,8 +13,9 @@ screenshots). The script runs psql itself so that it can watch the page
 while a statement is held. Every step prints one JSON line; any failed
 check raises (exit status 1) after a screenshot `failure.png`.
 
-`replay` signs in with tokens.viewer and plays the terminal of session
-`session` in the page's player: the recording shows `expect`, never `secret`
+`replay` signs in with tokens.viewer, ends its one live session with
+`kill_reason` if given, and plays the terminal of session `session` in the
+page's player: the recording shows `expect`, never `secret`
 (a masked value), with seek and speed. `shell` drives an interactive ssh
 through a pseudo-terminal: it prints an email address assembled by printf
 (so the typed line holds none), then exits with status 3. `oidc` signs in
@@ -331,6 +332,16 @@ def replay():
         page = ctx.new_page()
         try:
             sign_in(page, base, cfg["tokens"]["viewer"])
+            if cfg.get("kill_reason"):
+                # The owner ends its own live session from the sessions page.
+                page.goto(base + "/console/#sessions")
+                page.wait_for_selector("#live-list li.live-session", timeout=15000)
+                check(page.locator("#live-list li.live-session").count() == 1, "one live session expected")
+                row = page.locator("#live-list li.live-session").first
+                row.locator("input").fill(cfg["kill_reason"])
+                row.locator("button.kill").click()
+                page.wait_for_selector("#live-empty:not([hidden])", timeout=10000)
+                step("killed")
             page.goto(base + "/console/#replay/" + cfg["session"])
             page.wait_for_selector("#player .term")
             term = page.locator("#player .term")

@@ -121,7 +121,8 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// A recorded SSH shell plays in the page's player; the masked email stays
-/// masked at every position of the recording.
+/// masked at every position of the recording. A live ssh exec is ended from
+/// the sessions page by its owner and ssh shows the reason.
 #[test]
 fn ssh_shell_replays_in_the_player_masked() {
     let chromium = chromium();
@@ -156,8 +157,22 @@ fn ssh_shell_replays_in_the_player_masked() {
         .and_then(|l| l.strip_suffix('"'))
         .expect("the ssh test config has an api listener")
         .to_string();
+    // A live exec session, ended from the page by its owner.
+    let sleeper = env
+        .ssh_command(&token, &["sleep 60; echo finished"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(
+        Duration::from_secs(20),
+        "the ssh exec session is live",
+        || (env.sessions().len() == 2).then_some(()),
+    );
     let shots = artifacts();
     let config = serde_json::json!({
+        "kill_reason": "maintenance",
         "base": format!("https://{api}"),
         "chromium": chromium,
         "shots": shots,
@@ -182,6 +197,13 @@ fn ssh_shell_replays_in_the_player_masked() {
         stderr(&out)
     );
     assert!(stdout(&out).contains("\"step\": \"replayed\""));
+    let out = wait_output(sleeper, Duration::from_secs(20), "ssh sleep");
+    assert!(!stdout(&out).contains("finished"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("sluice: session ended: ended by agent-1: maintenance"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// Sign-in with the identity tests' OpenID provider (npm oidc-provider):
