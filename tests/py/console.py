@@ -300,7 +300,14 @@ def main():
                                      capture_output=True, text=True, timeout=60)
             check(refused.returncode != 0 and "revoked" in refused.stderr, f"after revoke: {refused.stderr}")
             vpage.screenshot(path=os.path.join(shots, "audit.png"), full_page=True)
-            step("revoked", token_id=agent_token_id)
+            # Revoking by presenting a token ends the console session opened with it:
+            # the approver's open page falls back to sign-in within seconds.
+            vpage.fill("#revoke-form input[name=token]", tokens["dba"])
+            vpage.click("#revoke-form button[type=submit]")
+            vpage.wait_for_function("() => document.querySelector('#revoke-result').textContent.startsWith('Revoked')")
+            page.wait_for_selector("#view-signin:not([hidden])", timeout=10000)
+            check("revoked" in page.locator("#signin-error").inner_text(), page.locator("#signin-error").inner_text())
+            step("revoked", token_id=agent_token_id, approver_page=page.locator("#signin-error").inner_text())
             vpage.click("#signout")
             vpage.wait_for_selector("#view-signin:not([hidden])")
             r = vctx.request.get(base + "/console/session")
