@@ -16,6 +16,7 @@ use serde::Serialize;
 use sluice_core::approval::{ApprovalRequest, ApprovalState};
 use sluice_core::audit::AuditEvent;
 use sluice_core::session::LiveSessionInfo;
+use sluice_core::sync::MutexExt;
 use sluice_core::{Gateway, Identity};
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -125,6 +126,42 @@ fn can_decide(r: &ApprovalRequest, ctx: Option<&RequestContext>, who: &Identity)
 struct EventBody {
     rx: mpsc::Receiver<Bytes>,
     _permit: OwnedSemaphorePermit,
+    _slot: SubjectSlot,
+}
+
+type SubjectCounts = Arc<std::sync::Mutex<HashMap<(String, String), usize>>>;
+
+/// One of a person's event streams; given back on drop.
+struct SubjectSlot {
+    counts: SubjectCounts,
+    key: (String, String),
+}
+
+impl SubjectSlot {
+    fn take(counts: &SubjectCounts, key: (String, String)) -> Option<SubjectSlot> {
+        let mut map = counts.locked();
+        let n = map.entry(key.clone()).or_insert(0);
+        if *n >= super::MAX_EVENT_STREAMS_PER_SUBJECT {
+            return None;
+        }
+        *n += 1;
+        Some(SubjectSlot {
+            counts: counts.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for SubjectSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.locked();
+        if let Some(n) = map.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl hyper::body::Body for EventBody {
@@ -151,6 +188,18 @@ pub(super) async fn stream(
     gateway: &Arc<Gateway>,
     signed: Signed,
 ) -> Response<Body> {
+    let Some(slot) = SubjectSlot::take(
+        &console.streams_by_subject,
+        (
+            signed.identity.issuer.clone(),
+            signed.identity.subject.clone(),
+        ),
+    ) else {
+        return problem(
+            StatusCode::TOO_MANY_REQUESTS,
+            "you have too many console pages open; close one and reload",
+        );
+    };
     let Ok(permit) = console.streams.clone().try_acquire_owned() else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -262,6 +311,7 @@ pub(super) async fn stream(
         EventBody {
             rx,
             _permit: permit,
+            _slot: slot,
         }
         .boxed(),
     );

@@ -32,6 +32,7 @@ use session::{ConsoleSessions, Signed};
 use sluice_core::audit::{Checkpoint, CheckpointSink};
 use sluice_core::sync::MutexExt;
 use sluice_core::{Credentials, Gateway, Identity};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -96,10 +97,16 @@ impl CheckpointSink for LatestCheckpoint {
 pub(crate) struct Console {
     pub(crate) sessions: Arc<ConsoleSessions>,
     streams: Arc<tokio::sync::Semaphore>,
+    /// Event streams per person (issuer, subject): whoever holds a token
+    /// can sign in (an agent too), and must not take every stream.
+    streams_by_subject: Arc<std::sync::Mutex<HashMap<(String, String), usize>>>,
     pub(crate) describer: Option<crate::CommandDescriber>,
     oidc: oidc::OidcLogins,
     pub(crate) checkpoint: Option<Arc<LatestCheckpoint>>,
 }
+
+/// Event streams one person may have open (tabs, devices).
+pub(crate) const MAX_EVENT_STREAMS_PER_SUBJECT: usize = 8;
 
 /// Event streams open at once (each polls the queue a few times a second).
 const MAX_EVENT_STREAMS: usize = 64;
@@ -109,6 +116,7 @@ impl Default for Console {
         Console {
             sessions: Arc::new(ConsoleSessions::default()),
             streams: Arc::new(tokio::sync::Semaphore::new(MAX_EVENT_STREAMS)),
+            streams_by_subject: Arc::default(),
             describer: None,
             oidc: oidc::OidcLogins::default(),
             checkpoint: None,

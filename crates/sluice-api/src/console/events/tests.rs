@@ -91,3 +91,18 @@ fn events_are_one_line_of_data() {
     assert!(text.ends_with("}\n\n"));
     assert_eq!(text.matches('\n').count(), 3, "{text}");
 }
+
+#[test]
+fn a_person_has_a_bounded_number_of_streams() {
+    let counts = SubjectCounts::default();
+    let key = || ("sluice".to_string(), "agent".to_string());
+    let slots: Vec<SubjectSlot> = (0..crate::console::MAX_EVENT_STREAMS_PER_SUBJECT)
+        .map(|_| SubjectSlot::take(&counts, key()).unwrap())
+        .collect();
+    assert!(SubjectSlot::take(&counts, key()).is_none());
+    // Someone else is not affected.
+    assert!(SubjectSlot::take(&counts, ("sluice".into(), "dana".into())).is_some());
+    drop(slots);
+    assert!(SubjectSlot::take(&counts, key()).is_some());
+    assert!(counts.locked().get(&key()).is_none_or(|n| *n == 0));
+}
