@@ -303,7 +303,7 @@ impl Console {
                 );
             }
         };
-        let (id, csrf) = match self.sessions.create(token) {
+        let (id, csrf) = match self.sessions.create(token, &identity) {
             Ok(pair) => pair,
             Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
         };

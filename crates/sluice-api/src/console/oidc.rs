@@ -313,7 +313,7 @@ impl OidcLogins {
                 )
             }
         };
-        let (id, _csrf) = match sessions.create(token) {
+        let (id, _csrf) = match sessions.create(token, &identity) {
             Ok(pair) => pair,
             Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),
         };

@@ -25,11 +25,15 @@ pub(crate) const CSRF_HEADER: &str = "x-sluice-csrf";
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
 /// Console sessions held at once; the oldest idle one is dropped beyond it.
 const MAX_SESSIONS: usize = 10_000;
+/// Console sessions one person (issuer, subject) holds; their own oldest is
+/// dropped beyond it, so signing in over and over evicts nobody else.
+pub(crate) const MAX_SESSIONS_PER_SUBJECT: usize = 32;
 
 struct Entry {
     token: String,
     csrf: String,
     last_seen: Instant,
+    who: (String, String),
 }
 
 /// A signed-in console request.
@@ -55,19 +59,32 @@ pub(crate) fn random_hex() -> Result<String, String> {
 impl ConsoleSessions {
     /// Opens a session for a token that just authenticated; returns its id
     /// (the cookie value) and CSRF token.
-    pub(crate) fn create(&self, token: String) -> Result<(String, String), String> {
+    pub(crate) fn create(
+        &self,
+        token: String,
+        identity: &Identity,
+    ) -> Result<(String, String), String> {
         let id = random_hex()?;
         let csrf = random_hex()?;
+        let who = (identity.issuer.clone(), identity.subject.clone());
         let mut entries = self.entries.locked();
         let now = Instant::now();
         entries.retain(|_, e| now.duration_since(e.last_seen) < IDLE_TIMEOUT);
-        if entries.len() >= MAX_SESSIONS {
-            if let Some(oldest) = entries
+        let oldest = |entries: &HashMap<String, Entry>, mine: bool| {
+            entries
                 .iter()
+                .filter(|(_, e)| !mine || e.who == who)
                 .min_by_key(|(_, e)| e.last_seen)
                 .map(|(k, _)| k.clone())
-            {
-                entries.remove(&oldest);
+        };
+        if entries.values().filter(|e| e.who == who).count() >= MAX_SESSIONS_PER_SUBJECT {
+            if let Some(k) = oldest(&entries, true) {
+                entries.remove(&k);
+            }
+        }
+        if entries.len() >= MAX_SESSIONS {
+            if let Some(k) = oldest(&entries, false) {
+                entries.remove(&k);
             }
         }
         entries.insert(
@@ -76,6 +93,7 @@ impl ConsoleSessions {
                 token,
                 csrf: csrf.clone(),
                 last_seen: now,
+                who,
             },
         );
         Ok((id, csrf))

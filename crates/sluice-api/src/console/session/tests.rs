@@ -83,3 +83,34 @@ fn random_ids_differ() {
     assert_eq!(a.len(), 64);
     assert_ne!(a, random_hex().unwrap());
 }
+
+#[test]
+fn signing_in_over_and_over_evicts_only_ones_own_sessions() {
+    let who = |subject: &str| Identity {
+        subject: subject.into(),
+        groups: vec![],
+        issuer: "sluice".into(),
+        token_id: "t".into(),
+        expires_at: SystemTime::now() + Duration::from_secs(60),
+        connections: None,
+    };
+    let sessions = ConsoleSessions::default();
+    let (dana, _) = sessions.create("dana-token".into(), &who("dana")).unwrap();
+    let mut agent = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_SUBJECT + 5 {
+        agent.push(
+            sessions
+                .create("agent-token".into(), &who("agent"))
+                .unwrap()
+                .0,
+        );
+    }
+    let entries = sessions.entries.locked();
+    assert!(entries.contains_key(&dana));
+    assert_eq!(
+        entries.values().filter(|e| e.who.1 == "agent").count(),
+        MAX_SESSIONS_PER_SUBJECT
+    );
+    assert!(!entries.contains_key(&agent[0]));
+    assert!(entries.contains_key(agent.last().unwrap()));
+}
