@@ -195,7 +195,7 @@
     const dl = h('dl', {}, [
       h('dt', {}, 'Who'), h('dd', {}, [r.subject, ctx.groups && ctx.groups.length ? ' — groups ' + ctx.groups.join(', ') : '',
         ctx.issuer && ctx.issuer !== 'sluice' ? ' — issuer ' + ctx.issuer : '']),
-      h('dt', {}, 'Token'), h('dd', { class: 'mono' }, ctx.token_id || '?'),
+      h('dt', {}, 'Token'), h('dd', { class: 'mono' }, [ctx.token_id || '?', ...(ctx.lineage || []).map((t) => ' ← exchanged from ' + t)]),
       h('dt', {}, 'Where'), h('dd', {}, [r.connection, ctx.protocol ? ' (' + ctx.protocol + ')' : '', ' from ', ctx.client_addr || '?', ' — session ',
         h('a', { href: '#replay/' + encodeURIComponent(r.session_id) }, r.session_id)]),
       h('dt', {}, 'What'), h('dd', {}, [describeKind(ctx.kind) || PROTOCOL_WHAT[ctx.protocol] || 'command', analysis(ctx.analysis)]),

@@ -41,6 +41,8 @@ pub(crate) struct RequestContext {
     pub issuer: String,
     pub groups: Vec<String>,
     pub token_id: String,
+    /// The tokens it was exchanged from, nearest first.
+    pub lineage: Vec<String>,
     pub client_addr: String,
     pub protocol: String,
     /// The command's kind (`sql_simple`, `exec`, `kube_request` with verb,
@@ -85,6 +87,7 @@ pub(crate) async fn request_context(
     if let Some(describe) = describer {
         ctx.analysis = describe(&ctx.protocol, &r.command);
     }
+    ctx.lineage = gateway.token_lineage(&ctx.token_id);
     ctx
 }
 
