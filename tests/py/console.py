@@ -5,6 +5,7 @@ Chromium, never a downloaded browser).
   console.py replay CONFIG_JSON
   console.py shell SECRET_PREFIX SSH_ARGV...
   console.py oidc CONFIG_JSON
+  console.py approve CONFIG_JSON
 
 CONFIG_JSON names: base (https://127.0.0.1:PORT of the API listener),
 chromium (the browser binary), psql (its path), agent_url (a psql URL as the
@@ -20,7 +21,9 @@ page's player: the recording shows `expect`, never `secret`
 through a pseudo-terminal: it prints an email address assembled by printf
 (so the typed line holds none), then exits with status 3. `oidc` signs in
 through the OpenID provider's login page as `login` (issuer `issuer`) and
-approves a held statement as that person.
+approves a held statement as that person. `approve` signs in with `token`,
+checks the card of the held request matching `needle` shows each of
+`expect`, and approves it with `reason`.
 """
 
 import http.server
@@ -436,6 +439,32 @@ def oidc():
             browser.close()
 
 
+def approve():
+    """Signs in, waits for the held request whose command contains `needle`,
+    checks the card shows each of `expect`, approves it with `reason`."""
+    cfg = json.load(open(sys.argv[2]))
+    base, shots = cfg["base"], cfg["shots"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=cfg["chromium"], args=CHROMIUM_ARGS)
+        page = browser.new_context(ignore_https_errors=True, viewport={"width": 1100, "height": 900}).new_page()
+        try:
+            sign_in(page, base, cfg["token"])
+            card = card_for(page, cfg["needle"], timeout=30000)
+            text = card.inner_text()
+            for want in cfg["expect"]:
+                check(want in text, f"{want!r} not in the card:\n{text}")
+            page.screenshot(path=os.path.join(shots, cfg["shot"]), full_page=True)
+            card.locator("input[name=reason]").fill(cfg["reason"])
+            card.locator("button.approve").click()
+            card_for(page, cfg["needle"], state="approved")
+            step("approved", card=text)
+        except Exception:
+            page.screenshot(path=os.path.join(shots, "failure-approve.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+
+
 def shell():
     import pty
     import select
@@ -481,5 +510,7 @@ if __name__ == "__main__":
         shell()
     elif sys.argv[1] == "oidc":
         oidc()
+    elif sys.argv[1] == "approve":
+        approve()
     else:
         main()

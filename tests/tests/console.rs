@@ -150,13 +150,7 @@ fn ssh_shell_replays_in_the_player_masked() {
     let sessions = env.wait_sessions_ended(1);
     let session = sessions[0]["id"].as_str().unwrap().to_string();
 
-    let config = std::fs::read_to_string(&env.config_path).unwrap();
-    let api = config
-        .lines()
-        .find_map(|l| l.strip_prefix("api = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("the ssh test config has an api listener")
-        .to_string();
+    let api = api_addr(&env.config_path);
     // A live exec session, ended from the page by its owner.
     let sleeper = env
         .ssh_command(&token, &["sleep 60; echo finished"])
@@ -263,4 +257,72 @@ fn oidc_sign_in_through_the_providers_login_page() {
         )),
         "{replay}"
     );
+}
+
+/// The API listener's address from a harness's config file (`api = "…"`).
+fn api_addr(config: &Path) -> String {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("api = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the config has an api listener")
+        .to_string()
+}
+
+/// A held `kubectl delete` is shown to the approver as verb, resource, name
+/// and namespace, and approving it in the page lets kubectl finish.
+#[test]
+fn kubectl_delete_is_described_and_approved_in_the_browser() {
+    let chromium = chromium();
+    let env = sluice_e2e::kube::KubeEnv::builder()
+        .extra_toml(
+            r#"
+[[rules]]
+name = "reviewed-deletes"
+match = { kube = { verbs = ["delete"] } }
+action = "review"
+approvers = ["dba"]
+timeout = "60s"
+message = "Deletes are reviewed by an operator."
+"#,
+        )
+        .api_listener()
+        .start();
+    let agent = env.token("agent-1", &["agents"]);
+    let child = env
+        .kubectl_command(&agent, &["delete", "pod", "web-1", "--wait=false"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let shots = artifacts();
+    let config = serde_json::json!({
+        "base": format!("https://{}", api_addr(&env.config_path)),
+        "chromium": chromium,
+        "shots": shots,
+        "shot": "approvals-kubectl.png",
+        "token": env.token("ops-1", &["dba"]),
+        "needle": "/pods/web-1",
+        "expect": ["DELETE /api/v1/namespaces/default/pods/web-1", "delete pods web-1 in namespace default",
+                   "reviewed-deletes", "kubernetes"],
+        "reason": "pod is wedged",
+    });
+    let config_path = env.dir.path().join("console-kube.json");
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(py_dir().join("console.py"))
+        .arg("approve")
+        .arg(&config_path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
+    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}",
+        stderr(&out)
+    );
+    let out = wait_output(child, COMMAND_TIMEOUT, "kubectl delete (held)");
+    let text = ok(&out);
+    assert!(text.contains("pod \"web-1\" deleted"), "{text}");
 }

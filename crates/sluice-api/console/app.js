@@ -177,6 +177,10 @@
   function analysis(a) {
     if (!a) return null;
     if (a.error) return h('div', { class: 'error' }, 'does not parse: ' + a.error);
+    if (a.kube) {
+      return h('ul', { class: 'analysis' }, h('li', {}, [h('strong', {}, a.kube.verb), ' ' + a.kube.resource,
+        a.kube.name ? ' ' + a.kube.name : '', a.kube.namespace ? ' in namespace ' + a.kube.namespace : ' (cluster-wide)']));
+    }
     const list = h('ul', { class: 'analysis' });
     for (const st of a.statements || []) {
       const parts = [h('strong', {}, st.command)];
@@ -191,7 +195,7 @@
   }
   function approvalCard(r) {
     const ctx = r.context || {};
-    const isSql = !ctx.kind || /^sql_/.test(ctx.kind.type || '') || ctx.protocol === 'postgres';
+    const isSql = ctx.protocol === 'postgres' || (ctx.kind && /^sql_/.test(ctx.kind.type || ''));
     const dl = h('dl', {}, [
       h('dt', {}, 'Who'), h('dd', {}, [r.subject, ctx.groups && ctx.groups.length ? ' — groups ' + ctx.groups.join(', ') : '',
         ctx.issuer && ctx.issuer !== 'sluice' ? ' — issuer ' + ctx.issuer : '']),

@@ -176,9 +176,13 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
             .await
             .with_context(|| format!("binding the api listener on {addr}"))?;
         let server = sluice_api::ApiServer::new(gateway.clone())?
-            .describe_commands_with(std::sync::Arc::new(|protocol: &str, text: &str| {
-                (protocol == "postgres").then(|| sluice_postgres::sql::describe(text))
-            }))
+            .describe_commands_with(std::sync::Arc::new(
+                |protocol: &str, text: &str| match protocol {
+                    "postgres" => Some(sluice_postgres::sql::describe(text)),
+                    "kubernetes" => sluice_kube::path::describe_request(text),
+                    _ => None,
+                },
+            ))
             .show_checkpoints_from(latest_checkpoint.clone());
         tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
