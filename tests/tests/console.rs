@@ -126,7 +126,11 @@ fn tail(text: &str, lines: usize) -> String {
 #[test]
 fn ssh_shell_replays_in_the_player_masked() {
     let chromium = chromium();
-    let env = sluice_e2e::sshd::SshEnv::start("[masking]\ndetectors = [\"email\"]\n");
+    let env = sluice_e2e::sshd::SshEnv::start(
+        "[masking]\ndetectors = [\"email\"]\n\n[[rules]]\nname = \"reviewed-touch\"\n\
+         match = { command = [\"touch *\"] }\naction = \"review\"\napprovers = [\"dba\"]\n\
+         timeout = \"60s\"\n",
+    );
     let token = env.agent_token();
     let ssh = env.ssh_command(&token, &["-tt"]);
     let mut cmd = env.client("python3", &token);
@@ -198,6 +202,47 @@ fn ssh_shell_replays_in_the_player_masked() {
         "{}",
         stderr(&out)
     );
+
+    // A held exec line: the approver sees the programs it runs, approves in the page.
+    let marker = env.work.join("approved");
+    let line = format!("sh -c 'touch {} && echo touched'", marker.display());
+    let held = env
+        .ssh_command(&token, &[&line])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let config = serde_json::json!({
+        "base": format!("https://{api}"),
+        "chromium": chromium,
+        "shots": shots,
+        "shot": "approvals-ssh.png",
+        "token": env.token("ops-1", &["dba"]),
+        "needle": "echo touched",
+        "expect": [format!("touch {}", marker.display()), "echo touched".to_string(), "reviewed-touch".to_string()],
+        "reason": "safe",
+    });
+    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(py_dir().join("console.py"))
+        .arg("approve")
+        .arg(&config_path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}",
+        stderr(&out)
+    );
+    let out = wait_output(held, Duration::from_secs(30), "ssh (held)");
+    assert!(
+        stdout(&out).contains("touched"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(marker.exists());
 }
 
 /// Sign-in with the identity tests' OpenID provider (npm oidc-provider):

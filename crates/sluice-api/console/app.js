@@ -177,6 +177,10 @@
   function analysis(a) {
     if (!a) return null;
     if (a.error) return h('div', { class: 'error' }, 'does not parse: ' + a.error);
+    if (a.programs) {
+      return h('ul', { class: 'analysis' }, a.programs.map((p) => h('li', {}, [h('code', {}, p.command),
+        p.runs_anything ? h('span', { class: 'error' }, ' — can run anything') : ''])));
+    }
     if (a.kube) {
       return h('ul', { class: 'analysis' }, h('li', {}, [h('strong', {}, a.kube.verb), ' ' + a.kube.resource,
         a.kube.name ? ' ' + a.kube.name : '', a.kube.namespace ? ' in namespace ' + a.kube.namespace : ' (cluster-wide)']));

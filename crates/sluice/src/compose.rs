@@ -180,6 +180,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
                 |protocol: &str, text: &str| match protocol {
                     "postgres" => Some(sluice_postgres::sql::describe(text)),
                     "kubernetes" => sluice_kube::path::describe_request(text),
+                    "ssh" => sluice_ssh::describe_line(text),
                     _ => None,
                 },
             ))
