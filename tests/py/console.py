@@ -178,6 +178,7 @@ def main():
             q2 = Psql(cfg, hostile)
             held.append(q2)
             card = card_for(page, "window.__pwned=1")
+            session_2 = card.locator("a[href^='#replay/']").first.inner_text()
             text = card.locator("pre.command").first.inner_text()
             check("<script>window.__pwned=1</script>" in text and "<b>bold</b>" in text and "onerror=window.__pwned=4" in text,
                   f"the command is not shown as text: {text}")
@@ -297,6 +298,14 @@ def main():
             check("approved" in timeline and "ticket OPS-42" in timeline and "Approved Name" in timeline, timeline)
             vpage.set_viewport_size({"width": 1100, "height": 900})
             vpage.screenshot(path=os.path.join(shots, "replay.png"), full_page=True)
+            # The hostile statement's timeline shows it as text too.
+            vpage.goto(base + "/console/#replay/" + session_2)
+            vpage.wait_for_selector("#timeline li[data-event=approval_decided]")
+            timeline = vpage.locator("#timeline").inner_text()
+            check("<script>window.__pwned=1</script>" in timeline and "<i>sorry</i>" in timeline, timeline)
+            check(vpage.locator("#timeline img, #timeline script, #timeline b, #timeline i").count() == 0,
+                  "HTML from the session became elements in the timeline")
+            check(vpage.evaluate("window.__pwned === undefined"), "a script from the timeline ran")
             step("replay")
 
             # 8. Audit status, revoking the agent's token by id, sign-out.
