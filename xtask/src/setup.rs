@@ -103,6 +103,15 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "kubectl",
         present: || command_exists("kubectl"),
     },
+    // The console's browser tests drive Debian's Chromium with Playwright
+    // (`executable_path`); Playwright never downloads a browser here.
+    Requirement {
+        package: "chromium",
+        present: || {
+            Path::new("/usr/bin/chromium").exists()
+                || Path::new("/usr/bin/chromium-browser").exists()
+        },
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
@@ -120,16 +129,20 @@ pub(crate) fn setup() -> Result<()> {
         apt.install(&missing)?;
     }
 
-    if python_has_psycopg() {
-        eprintln!("setup: python3 psycopg present");
-    } else {
+    // psycopg for the driver tests; Playwright (the Python package only, no
+    // browser download) for the console's browser tests.
+    for (module, package) in [("psycopg", "psycopg[binary]"), ("playwright", "playwright")] {
+        if python_has(module) {
+            eprintln!("setup: python3 {module} present");
+            continue;
+        }
         if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
             apt.install(&["python3-pip"])?;
         }
-        eprintln!("setup: installing psycopg for python3");
+        eprintln!("setup: installing {package} for python3");
         let pip = || {
             let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pip", "install", "--quiet", "psycopg[binary]"]);
+            cmd.args(["-m", "pip", "install", "--quiet", package]);
             cmd
         };
         if run_inherit(&mut pip()).is_err() {
@@ -137,8 +150,8 @@ pub(crate) fn setup() -> Result<()> {
             eprintln!("setup: retrying with --break-system-packages");
             run_inherit(pip().arg("--break-system-packages"))?;
         }
-        if !python_has_psycopg() {
-            bail!("psycopg still cannot be imported by python3");
+        if !python_has(module) {
+            bail!("{module} still cannot be imported by python3");
         }
     }
 
@@ -181,8 +194,8 @@ pub(crate) fn ensure_cargo_deny() -> Result<()> {
     run_inherit(crate::cargo().args(["install", "cargo-deny", "--locked"]))
 }
 
-fn python_has_psycopg() -> bool {
-    succeeds(Command::new("python3").args(["-c", "import psycopg"]))
+fn python_has(module: &str) -> bool {
+    succeeds(Command::new("python3").args(["-c", &format!("import {module}")]))
 }
 
 #[derive(Default)]
