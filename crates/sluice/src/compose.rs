@@ -10,9 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    serving_runtime(None)
+}
+
+/// The gateway's runtime: `gateway.worker_threads` threads, or one per CPU.
+pub fn serving_runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads {
+        builder.worker_threads(n);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {

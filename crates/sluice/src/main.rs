@@ -223,7 +223,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Serve(c) => {
             let config = c.load()?;
-            let runtime = compose::runtime()?;
+            let runtime = compose::serving_runtime(config.gateway.worker_threads)?;
             // The batch exporter needs the runtime's context to start.
             let _guard = runtime.block_on(async { telemetry::init(&config.telemetry) })?;
             runtime.block_on(compose::serve_with_reload(config, c.config.clone()))
