@@ -184,6 +184,14 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         tracing::info!(message = "HTTP listener ready (HTTPS).", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
+    if let Some(addr) = listen.mcp {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the mcp listener on {addr}"))?;
+        let server = sluice_mcp::McpServer::new(gateway.clone())?;
+        tracing::info!(message = "MCP listener ready (HTTPS, /mcp).", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
     if let Some(addr) = listen.ssh {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -194,7 +202,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     }
     if tasks.is_empty() {
         anyhow::bail!(
-            "no listener configured: set listen.postgres, listen.ssh, listen.http or listen.api"
+            "no listener configured: set listen.postgres, listen.ssh, listen.http, listen.mcp or listen.api"
         );
     }
     if let Some(path) = reload_from {
