@@ -106,7 +106,7 @@ const REQUIREMENTS: &[Requirement] = &[
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
-/// fails), then psycopg for Python and cargo-nextest.
+/// fails), then the Python packages of the tests and cargo-nextest.
 pub(crate) fn setup() -> Result<()> {
     let mut apt = Apt::default();
     let missing: Vec<&str> = REQUIREMENTS
@@ -120,26 +120,8 @@ pub(crate) fn setup() -> Result<()> {
         apt.install(&missing)?;
     }
 
-    if python_has_psycopg() {
-        eprintln!("setup: python3 psycopg present");
-    } else {
-        if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
-            apt.install(&["python3-pip"])?;
-        }
-        eprintln!("setup: installing psycopg for python3");
-        let pip = || {
-            let mut cmd = Command::new("python3");
-            cmd.args(["-m", "pip", "install", "--quiet", "psycopg[binary]"]);
-            cmd
-        };
-        if run_inherit(&mut pip()).is_err() {
-            // Debian's system Python is "externally managed" (PEP 668).
-            eprintln!("setup: retrying with --break-system-packages");
-            run_inherit(pip().arg("--break-system-packages"))?;
-        }
-        if !python_has_psycopg() {
-            bail!("psycopg still cannot be imported by python3");
-        }
+    for (module, spec) in PYTHON_PACKAGES {
+        python_package(&mut apt, module, spec)?;
     }
 
     oidc_provider_deps()?;
@@ -181,8 +163,34 @@ pub(crate) fn ensure_cargo_deny() -> Result<()> {
     run_inherit(crate::cargo().args(["install", "cargo-deny", "--locked"]))
 }
 
-fn python_has_psycopg() -> bool {
-    succeeds(Command::new("python3").args(["-c", "import psycopg"]))
+/// Python packages the tests import: (module, pip requirement). psycopg is a
+/// real PostgreSQL driver; mcp is the official MCP SDK (tests/py/mcp_client.py).
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]"), ("mcp", "mcp>=2.3,<3")];
+
+fn python_package(apt: &mut Apt, module: &str, spec: &str) -> Result<()> {
+    let present = || succeeds(Command::new("python3").args(["-c", &format!("import {module}")]));
+    if present() {
+        eprintln!("setup: python3 {module} present");
+        return Ok(());
+    }
+    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+        apt.install(&["python3-pip"])?;
+    }
+    eprintln!("setup: installing {spec} for python3");
+    let pip = || {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-m", "pip", "install", "--quiet", spec]);
+        cmd
+    };
+    if run_inherit(&mut pip()).is_err() {
+        // Debian's system Python is "externally managed" (PEP 668).
+        eprintln!("setup: retrying with --break-system-packages");
+        run_inherit(pip().arg("--break-system-packages"))?;
+    }
+    if !present() {
+        bail!("{module} still cannot be imported by python3");
+    }
+    Ok(())
 }
 
 #[derive(Default)]
