@@ -317,7 +317,8 @@ pub(crate) fn error_text(body: &[u8]) -> String {
     if let Some(h) = hint {
         text.push_str(&format!("\nHINT: {h}"));
     }
-    if let Some(c) = code {
+    // 00000 is a notice's "successful completion": nothing to tell.
+    if let Some(c) = code.filter(|c| c != "00000") {
         text.push_str(&format!("\nSQLSTATE: {c}"));
     }
     text

@@ -195,6 +195,20 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
+    // A body that is not JSON gets JSON-RPC's parse error (the transport
+    // would answer 415, which tells a client nothing about its message).
+    if parts.method == Method::POST {
+        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": null,
+                    "error": { "code": -32700, "message": format!("Parse error: the message is not JSON ({e})") }
+                }),
+            );
+        }
+    }
     parts.extensions.insert(Caller {
         identity,
         token,
