@@ -28,13 +28,32 @@ allow_groups = ["dba"]
 upstream_tls = "prefer"
 "#;
 
-struct McpEnv {
-    env: Env,
+/// The MCP listener as a client reaches it.
+struct Mcp {
     url: String,
     mcp_addr: String,
+    ca: std::path::PathBuf,
 }
 
-fn start() -> McpEnv {
+impl Mcp {
+    /// Waits for the listener (its log line) and the gateway's CA.
+    fn ready(mcp_addr: String, state_dir: &std::path::Path, log: impl Fn() -> String) -> Mcp {
+        wait_until(Duration::from_secs(20), "the MCP listener", || {
+            log().contains("MCP listener ready").then_some(())
+        });
+        let ca = state_dir.join("tls").join("ca.crt");
+        wait_until(Duration::from_secs(10), "the gateway's CA", || {
+            ca.is_file().then_some(())
+        });
+        Mcp {
+            url: format!("https://{mcp_addr}/mcp"),
+            mcp_addr,
+            ca,
+        }
+    }
+}
+
+fn start() -> (Env, Mcp) {
     let mcp = sluice_sandbox::free_port();
     let api = sluice_sandbox::free_port();
     let mcp_addr = format!("127.0.0.1:{mcp}");
@@ -44,21 +63,13 @@ fn start() -> McpEnv {
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .start();
-    wait_until(Duration::from_secs(20), "the MCP listener", || {
-        env.gateway_log()
-            .contains("MCP listener ready")
-            .then_some(())
-    });
-    McpEnv {
-        url: format!("https://{mcp_addr}/mcp"),
-        mcp_addr,
-        env,
-    }
+    let mcp = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    (env, mcp)
 }
 
-impl McpEnv {
+impl Mcp {
     fn client_command(&self, token: &str, mode: &str, action: &[&str]) -> Command {
-        let ca = self.env.ca_path();
+        let ca = &self.ca;
         let mut cmd = Command::new("python3");
         cmd.arg(py_dir().join("mcp_client.py"))
             .args(["http", &self.url, &ca.display().to_string(), token])
@@ -98,7 +109,7 @@ impl McpEnv {
         let headers = dir.path().join("headers");
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--max-time", "30", "--cacert"])
-            .arg(self.env.ca_path())
+            .arg(&self.ca)
             .arg("-D")
             .arg(&headers)
             .args(["-H", "Accept: application/json, text/event-stream"]);
@@ -161,8 +172,8 @@ fn customer_name(env: &Env, id: i32) -> String {
 
 #[test]
 fn mcp_tools_run_through_the_gateway_pipeline() {
-    let m = start();
-    let env = &m.env;
+    let (env, m) = start();
+    let env = &env;
     let agent = env.agent_token();
     let dba = env.token("dana", &["dba"], "10m");
 
@@ -321,8 +332,8 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
 
 #[test]
 fn mcp_over_stdio_bridges_to_the_gateway() {
-    let m = start();
-    let env = &m.env;
+    let (env, m) = start();
+    let env = &env;
     let agent = env.agent_token();
     let stdio = |action: &[&str]| {
         let mut cmd = Command::new("python3");
@@ -365,8 +376,8 @@ fn mcp_over_stdio_bridges_to_the_gateway() {
 
 #[test]
 fn mcp_listener_refuses_bad_input_and_keeps_serving() {
-    let mut m = start();
-    let agent = m.env.agent_token();
+    let (mut env, m) = start();
+    let agent = env.agent_token();
 
     // No token: 401 pointing at the protected-resource metadata (RFC 9728).
     let (code, head, _) = m.curl(
@@ -417,10 +428,8 @@ fn mcp_listener_refuses_bad_input_and_keeps_serving() {
         "/mcp",
         Some(b"{\"jsonrpc\": \"2.0\", \"id\": 1, "),
     );
-    assert!(
-        (400..500).contains(&code) || body.contains("-32700"),
-        "malformed JSON: {code} {body}"
-    );
+    assert_eq!(code, 400, "malformed JSON: {body}");
+    assert!(body.contains("-32700"), "malformed JSON: {body}");
     let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}"#;
     let (code, _, body) = m.curl(Some(&agent), "/mcp", Some(initialize));
     assert_eq!(code, 200, "{body}");
@@ -429,10 +438,7 @@ fn mcp_listener_refuses_bad_input_and_keeps_serving() {
         "/mcp",
         Some(br#"{"jsonrpc":"2.0","id":2,"method":"no/such/method","params":{}}"#),
     );
-    assert!(
-        body.contains("-32601") || (400..500).contains(&code),
-        "unknown method: {code} {body}"
-    );
+    assert!(body.contains("-32601"), "unknown method: {code} {body}");
     let mut huge = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"appdb.query","arguments":{"sql":"select '"#.to_vec();
     huge.extend(std::iter::repeat_n(b'a', 3 * 1024 * 1024));
     huge.extend_from_slice(br#"'"}}}"#);
@@ -455,7 +461,7 @@ async def main():
     print(json.dumps(sorted(set(codes))))
 asyncio.run(main())
 "#,
-        ca = m.env.ca_path().display().to_string(),
+        ca = m.ca.display().to_string(),
         url = m.url,
     );
     let mut flood = Command::new("python3");
@@ -464,7 +470,7 @@ asyncio.run(main())
     assert_eq!(stdout(&out).trim(), "[200]", "{}", stderr(&out));
 
     // The gateway is alive and serves a real client.
-    m.env.assert_gateway_alive();
+    env.assert_gateway_alive();
     let (_, names) = m.tool_names(&agent, "legacy");
     assert_eq!(names.len(), 3);
 }
@@ -499,17 +505,8 @@ fn mcp_http_request_tool_goes_through_the_http_gateway() {
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
         .gateway_env("SLUICE_LISTEN__HTTP", &format!("127.0.0.1:{http}"))
         .start();
-    wait_until(Duration::from_secs(20), "the MCP listener", || {
-        env.gateway_log()
-            .contains("MCP listener ready")
-            .then_some(())
-    });
-    let m = McpEnv {
-        url: format!("https://{mcp_addr}/mcp"),
-        mcp_addr,
-        env,
-    };
-    let agent = m.env.agent_token();
+    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let agent = env.agent_token();
     let (_, names) = m.tool_names(&agent, "legacy");
     assert!(names.contains(&"crm.request".to_string()), "{names:?}");
 
@@ -554,4 +551,70 @@ fn mcp_http_request_tool_goes_through_the_http_gateway() {
         serde_json::json!({ "path": "/echo", "headers": { "Authorization": "Bearer x" } }),
     );
     assert_eq!(smuggled["error"]["code"], -32602, "{smuggled}");
+}
+
+#[test]
+fn mcp_ssh_exec_tool_goes_through_the_ssh_gateway() {
+    // SshEnv writes its own [listen]; the gateway it starts inherits this
+    // process's environment (nextest runs each test in its own process).
+    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
+    std::env::set_var("SLUICE_LISTEN__MCP", &mcp_addr);
+    let env = sluice_e2e::sshd::SshEnv::start(
+        r#"
+[[rules]]
+name = "no-rm"
+match = { program = ["rm", "shred"] }
+action = "deny"
+message = "Deleting files on hosts is not allowed."
+"#,
+    );
+    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let agent = env.agent_token();
+    let (_, names) = m.tool_names(&agent, "legacy");
+    assert_eq!(names, [format!("{}.exec", sluice_e2e::sshd::CONNECTION)]);
+    let tool = format!("{}.exec", sluice_e2e::sshd::CONNECTION);
+
+    let who = m.call(
+        &agent,
+        &tool,
+        serde_json::json!({ "command": "whoami; echo err >&2" }),
+    );
+    assert_eq!(who["is_error"], false, "{who}");
+    assert_eq!(
+        who["structured"]["stdout"],
+        format!("{}\n", sluice_e2e::sshd::TEST_USER)
+    );
+    assert_eq!(who["structured"]["stderr"], "err\n", "{who}");
+    assert_eq!(who["structured"]["exit_status"], 0, "{who}");
+
+    let failing = m.call(&agent, &tool, serde_json::json!({ "command": "exit 3" }));
+    assert_eq!(failing["is_error"], true, "{failing}");
+    assert_eq!(failing["structured"]["exit_status"], 3, "{failing}");
+
+    let sentinel = env.work.join("sentinel");
+    std::fs::write(&sentinel, "keep").unwrap();
+    let rm = m.call(
+        &agent,
+        &tool,
+        serde_json::json!({ "command": format!("rm -f {}", sentinel.display()) }),
+    );
+    assert_eq!(rm["is_error"], true, "{rm}");
+    assert!(
+        rm["structured"]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("no-rm"),
+        "{rm}"
+    );
+    assert!(sentinel.exists(), "the refused command did not run");
+
+    let ids: Vec<String> = env
+        .sessions()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    env.wait_sessions_ended(ids.len());
+    let replays: String = ids.iter().map(|id| env.replay(id, "text")).collect();
+    assert!(replays.contains("exec: whoami"), "{replays}");
+    assert!(replays.contains("no-rm"), "{replays}");
 }
