@@ -28,6 +28,18 @@ allow_groups = ["dba"]
 upstream_tls = "prefer"
 "#;
 
+/// Batch agents' order writes wait for a DBA in retry mode.
+const RETRY_RULE: &str = r#"
+[[rules]]
+name = "retry-review"
+match = { sql = ["write"], tables = ["orders"] }
+groups = ["batch"]
+action = "review"
+approvers = ["dba"]
+mode = "retry"
+timeout = "5m"
+"#;
+
 /// The MCP listener as a client reaches it.
 struct Mcp {
     url: String,
@@ -59,6 +71,7 @@ fn start() -> (Env, Mcp) {
     let mcp_addr = format!("127.0.0.1:{mcp}");
     let env = Env::builder()
         .extra_toml(DBA_CONNECTION)
+        .extra_toml(RETRY_RULE)
         .extra_toml(&quickstart_policy())
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
@@ -307,6 +320,31 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
         "the hold was reported as progress: {done}"
     );
     assert_eq!(customer_name(env, 2), "MCP Name");
+
+    // Retry mode: refused now naming the approval; once approved, the same
+    // call runs, once.
+    let batch = env.token("batch-agent", &["agents", "batch"], "10m");
+    let retried = serde_json::json!({ "sql": "update orders set status = 'retried' where id = 4" });
+    let first = m.call(&batch, "appdb.query", retried.clone());
+    assert_eq!(first["is_error"], true, "{first}");
+    let request = wait_until(Duration::from_secs(30), "a pending approval", || {
+        let out = approvals(env, &dba, &["list", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().find(|r| r["rule"] == "retry-review")
+    });
+    let id = request["id"].as_str().unwrap().to_string();
+    assert!(
+        first["text"].as_str().unwrap().contains(&id),
+        "the refusal names the approval: {first}"
+    );
+    ok(&approvals(env, &dba, &["approve", &id]));
+    let second = m.call(&batch, "appdb.query", retried.clone());
+    assert_eq!(second["structured"]["command"], "UPDATE 1", "{second}");
+    let third = m.call(&batch, "appdb.query", retried);
+    assert_eq!(
+        third["is_error"], true,
+        "the approval was for one run: {third}"
+    );
 
     // Every call is a recorded session of the caller's, shown by replay.
     let sessions = env.wait_sessions_ended(1);
