@@ -495,6 +495,22 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
+    if let Some(mcp) = config.listen.mcp {
+        let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
+        println!("\nMCP (tools appdb.query, appdb.list_tables, appdb.describe_table), for an agent's client config:");
+        println!(
+            "  {}",
+            serde_json::json!({ "mcpServers": { "sluice": {
+                "type": "http",
+                "url": format!("https://{mcp}/mcp"),
+                "headers": { "Authorization": format!("Bearer {token}") }
+            } } })
+        );
+        println!(
+            "  (it must trust the gateway's CA, {}; or run the stdio bridge: SLUICE_TOKEN=... sluice mcp --config examples/quickstart.toml)",
+            ca.display()
+        );
+    }
     println!("\nApprove it as demo-dba (groups: dba), from the repository root:");
     println!("  export SLUICE_TOKEN={dba}");
     println!("  cargo run -q -p sluice -- approvals list --config examples/quickstart.toml");
