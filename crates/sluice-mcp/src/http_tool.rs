@@ -87,6 +87,18 @@ impl HttpCall {
                 "argument \"path\" may not hold a query or fragment: pass \"query\"".into(),
             ));
         }
+        // The request must stay below this tool's connection: no segment
+        // that could climb out of `/CONN/` once the gateway normalises it.
+        let lower = path.to_ascii_lowercase();
+        if path.split('/').any(|seg| seg == "." || seg == "..")
+            || path.contains('\\')
+            || ["%2e", "%2f", "%5c"].iter().any(|e| lower.contains(e))
+        {
+            return Err(invalid(
+                "argument \"path\" may not hold dot segments, backslashes or encoded dots and slashes"
+                    .into(),
+            ));
+        }
         let mut path_and_query = path;
         match args.get("query") {
             None | Some(Value::Null) => {}

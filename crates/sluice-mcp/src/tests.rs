@@ -1,3 +1,4 @@
+use crate::http_tool::HttpCall;
 use crate::pg::{error_text, to_json, type_name};
 use crate::stdio::sse_events;
 use crate::tools::split_tool_name;
@@ -73,4 +74,41 @@ fn sse_events_are_split_and_joined() {
         events,
         vec!["{\"a\":1}".to_string(), "{\"b\":\n2}".to_string()]
     );
+}
+
+#[test]
+fn http_calls_stay_below_their_connection() {
+    let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let call = HttpCall::from_arguments(&args(json!({
+        "method": "post",
+        "path": "/v1/customers",
+        "query": { "q": "a b&c", "limit": "2" },
+        "body": { "name": "x" }
+    })))
+    .unwrap();
+    assert_eq!(call.method, http::Method::POST);
+    assert_eq!(call.path_and_query, "/v1/customers?limit=2&q=a%20b%26c");
+    assert_eq!(call.body, br#"{"name":"x"}"#);
+    assert!(call
+        .headers
+        .iter()
+        .any(|(n, v)| n == "content-type" && v == "application/json"));
+    for bad in [
+        json!({ "path": "v1" }),
+        json!({ "path": "/../other/x" }),
+        json!({ "path": "/a/./b" }),
+        json!({ "path": "/a/%2E%2E/b" }),
+        json!({ "path": "/a%2fb" }),
+        json!({ "path": "/a\\b" }),
+        json!({ "path": "/a?x=1" }),
+        json!({ "path": "/a", "headers": { "Authorization": "Bearer x" } }),
+        json!({ "path": "/a", "headers": { "Host": "evil" } }),
+        json!({ "path": "/a", "method": "GET POST" }),
+        json!({ "path": "/a", "surprise": 1 }),
+    ] {
+        assert!(
+            HttpCall::from_arguments(&args(bad.clone())).is_err(),
+            "{bad}"
+        );
+    }
 }
