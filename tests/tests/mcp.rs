@@ -656,3 +656,55 @@ message = "Deleting files on hosts is not allowed."
     assert!(replays.contains("exec: whoami"), "{replays}");
     assert!(replays.contains("no-rm"), "{replays}");
 }
+
+#[test]
+fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
+    let idp = sluice_e2e::oidc::Idp::start();
+    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
+    let env = Env::builder()
+        .extra_toml(&idp.toml("clock_skew = \"1s\"\n"))
+        .extra_toml("[[auth.group_map]]\nidp_group = \"sluice-agents\"\ngroups = [\"agents\"]\n")
+        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .start();
+    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+
+    // The protected-resource metadata names the IdP.
+    let (code, _, body) = m.curl(None, "/.well-known/oauth-protected-resource", None);
+    assert_eq!(code, 200, "{body}");
+    let metadata: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        metadata["authorization_servers"],
+        serde_json::json!([idp.issuer()])
+    );
+
+    // An access token for the gateway's audience lists and runs the tools;
+    // the tool call's session is the IdP subject's.
+    let token = idp.client_token("agent", "urn:sluice");
+    let (_, names) = m.tool_names(&token, "legacy");
+    assert_eq!(
+        names,
+        ["appdb.query", "appdb.list_tables", "appdb.describe_table"]
+    );
+    let one = m.call(
+        &token,
+        "appdb.query",
+        serde_json::json!({ "sql": "select 1 as one" }),
+    );
+    assert_eq!(one["structured"]["rows"], serde_json::json!([[1]]), "{one}");
+    let sessions = env.wait_sessions_ended(1);
+    assert!(
+        sessions.iter().any(|s| s["subject"] == "agent"),
+        "{sessions:?}"
+    );
+
+    // A token for another audience is refused with 401 invalid_token.
+    let other = idp.client_token("agent", "urn:other");
+    let (code, head, _) = m.curl(
+        Some(&other),
+        "/mcp",
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+    );
+    assert_eq!(code, 401, "{head}");
+    assert!(head.contains("invalid_token"), "{head}");
+    env.assert_oracle();
+}
