@@ -346,6 +346,43 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
         "the approval was for one run: {third}"
     );
 
+    // A grant for a statement with parameters is for those values only.
+    let update = "update orders set status = $1 where id = $2";
+    let approved = serde_json::json!({ "sql": update, "params": ["approved", 5] });
+    let first = m.call(&batch, "appdb.query", approved.clone());
+    assert_eq!(first["is_error"], true, "{first}");
+    let request = wait_until(Duration::from_secs(30), "a pending approval", || {
+        let out = approvals(env, &dba, &["list", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().find(|r| {
+            first["text"]
+                .as_str()
+                .unwrap()
+                .contains(r["id"].as_str().unwrap())
+        })
+    });
+    ok(&approvals(
+        env,
+        &dba,
+        &["approve", request["id"].as_str().unwrap()],
+    ));
+    let other = m.call(
+        &batch,
+        "appdb.query",
+        serde_json::json!({ "sql": update, "params": ["other", 6] }),
+    );
+    assert_eq!(
+        other["is_error"], true,
+        "other values are another request: {other}"
+    );
+    let same = m.call(&batch, "appdb.query", approved);
+    assert_eq!(same["structured"]["command"], "UPDATE 1", "{same}");
+    assert_eq!(
+        env.direct_sql("app", "select id, status from orders where id in (5, 6) and status in ('approved', 'other') order by id")
+            .trim(),
+        "5|approved"
+    );
+
     // Every call is a recorded session of the caller's, shown by replay.
     let sessions = env.wait_sessions_ended(1);
     let replays: String = sessions
