@@ -147,7 +147,18 @@ impl Bridge {
             .as_ref()
             .and_then(|v| v.get("method"))
             .is_some_and(|m| m == "initialize");
-        if let Err(e) = self.post(message, out, is_initialize).await {
+        // A request of the current revision names its version in `_meta`
+        // (stdio has no headers); over HTTP it goes in the header too.
+        let version = parsed
+            .as_ref()
+            .and_then(|v| v.pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string);
+        let routing = parsed.as_ref().map(routing_headers).unwrap_or_default();
+        if let Err(e) = self
+            .post(message, out, is_initialize, version, routing)
+            .await
+        {
             // Only a request expects an answer; for a response or a
             // notification there is nobody to tell but the log.
             if is_request {
@@ -163,6 +174,8 @@ impl Bridge {
         message: String,
         out: &tokio::sync::mpsc::Sender<String>,
         is_initialize: bool,
+        version: Option<String>,
+        routing: Vec<(&'static str, String)>,
     ) -> Result<(), McpError> {
         let unreachable =
             |reason: String| McpError::Bridge(format!("the gateway at {}: {reason}", self.addr));
@@ -206,9 +219,12 @@ impl Bridge {
             header::AUTHORIZATION,
             value(&format!("Bearer {}", self.token))?,
         );
-        let version = self.protocol_version.locked().clone();
+        let version = version.or_else(|| self.protocol_version.locked().clone());
         if let Some(version) = version {
             headers.insert("mcp-protocol-version", value(&version)?);
+        }
+        for (name, v) in routing {
+            headers.insert(name, value(&v)?);
         }
         let response = sender
             .send_request(request)
@@ -293,6 +309,46 @@ impl Bridge {
             .unwrap_or(message);
         let _ = out.send(line).await;
     }
+}
+
+/// The SEP-2243 routing headers an HTTP client sends with a message
+/// (`Mcp-Method`, and `Mcp-Name` from the parameter that names the target),
+/// which the current revision requires; stdio messages carry neither.
+fn routing_headers(message: &Value) -> Vec<(&'static str, String)> {
+    let Some(method) = message.get("method").and_then(Value::as_str) else {
+        return Vec::new();
+    };
+    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_graphic()) {
+        return Vec::new();
+    }
+    let mut headers = vec![("mcp-method", method.to_string())];
+    let key = match method {
+        "tools/call" | "prompts/get" => Some("name"),
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => Some("uri"),
+        "tasks/get" | "tasks/update" | "tasks/cancel" => Some("taskId"),
+        _ => None,
+    };
+    let name = key
+        .and_then(|k| message.get("params")?.get(k))
+        .and_then(Value::as_str);
+    if let Some(name) = name {
+        let plain = !name.is_empty()
+            && name.bytes().all(|b| (0x20..0x7f).contains(&b))
+            && !name.starts_with(' ')
+            && !name.ends_with(' ')
+            && !(name.starts_with("=?base64?") && name.ends_with("?="));
+        let value = if plain {
+            name.to_string()
+        } else {
+            use base64::Engine;
+            format!(
+                "=?base64?{}?=",
+                base64::engine::general_purpose::STANDARD.encode(name)
+            )
+        };
+        headers.push(("mcp-name", value));
+    }
+    headers
 }
 
 /// Takes one complete SSE event (up to a blank line) off the front of `buf`.
