@@ -50,8 +50,14 @@ struct Mcp {
 impl Mcp {
     /// Waits for the listener (its log line) and the gateway's CA.
     fn ready(mcp_addr: String, state_dir: &std::path::Path, log: impl Fn() -> String) -> Mcp {
-        wait_until(Duration::from_secs(20), "the MCP listener", || {
-            log().contains("MCP listener ready").then_some(())
+        wait_until(Duration::from_secs(60), "the MCP listener", || {
+            let text = log();
+            // A port taken meanwhile by a parallel test: say so, not "timed out".
+            assert!(
+                !text.contains("binding the mcp listener"),
+                "the MCP listener could not bind:\n{text}"
+            );
+            text.contains("MCP listener ready").then_some(())
         });
         let ca = state_dir.join("tls").join("ca.crt");
         wait_until(Duration::from_secs(10), "the gateway's CA", || {
@@ -238,6 +244,22 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
         assert!(row[3].is_null(), "national_id not masked: {read}");
     }
 
+    // The same over the current revision.
+    let modern = m.client(
+        &agent,
+        "auto",
+        &[
+            "call",
+            "appdb.query",
+            r#"{"sql": "select email from customers order by id limit 1"}"#,
+        ],
+    );
+    assert_eq!(modern["protocol"], "2026-07-28", "{modern}");
+    assert!(
+        masked_email(modern["structured"]["rows"][0][0].as_str().unwrap()),
+        "{modern}"
+    );
+
     // Parameters, and the catalog tools.
     let one = m.call(
         &agent,
@@ -422,7 +444,25 @@ fn mcp_over_stdio_bridges_to_the_gateway() {
             .env("PYTHONUNBUFFERED", "1");
         parse(&run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT))
     };
+    // The current revision (stateless, server/discover) through the bridge too.
+    let modern = stdio(&["--mode", "auto", "list"]);
+    assert_eq!(modern["protocol"], "2026-07-28", "{modern}");
+    assert_eq!(
+        modern["tools"].as_array().map(Vec::len),
+        Some(3),
+        "{modern}"
+    );
+    let one = stdio(&[
+        "--mode",
+        "auto",
+        "call",
+        "appdb.query",
+        r#"{"sql": "select 1 as one"}"#,
+    ]);
+    assert_eq!(one["protocol"], "2026-07-28", "{one}");
+    assert_eq!(one["structured"]["rows"], serde_json::json!([[1]]), "{one}");
     let listed = stdio(&["list"]);
+    assert_eq!(listed["protocol"], "2025-11-25", "{listed}");
     let names: Vec<&str> = listed["tools"]
         .as_array()
         .unwrap_or_else(|| panic!("{listed}"))
