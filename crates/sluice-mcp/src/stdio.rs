@@ -332,11 +332,10 @@ fn routing_headers(message: &Value) -> Vec<(&'static str, String)> {
         .and_then(|k| message.get("params")?.get(k))
         .and_then(Value::as_str);
     if let Some(name) = name {
-        let plain = !name.is_empty()
-            && name.bytes().all(|b| (0x20..0x7f).contains(&b))
-            && !name.starts_with(' ')
-            && !name.ends_with(' ')
-            && !(name.starts_with("=?base64?") && name.ends_with("?="));
+        let printable = name.bytes().all(|b| (0x20..0x7f).contains(&b));
+        let padded = name.starts_with(' ') || name.ends_with(' ');
+        let looks_encoded = name.starts_with("=?base64?") && name.ends_with("?=");
+        let plain = !name.is_empty() && printable && !padded && !looks_encoded;
         let value = if plain {
             name.to_string()
         } else {
