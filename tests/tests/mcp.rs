@@ -785,3 +785,87 @@ fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
     assert!(head.contains("invalid_token"), "{head}");
     env.assert_oracle();
 }
+
+#[test]
+fn mcp_kubernetes_tools_go_through_the_kubernetes_gateway() {
+    use sluice_e2e::kube::{KubeEnv, SECRET_VALUE, SECRET_VALUE_B64, UPSTREAM_TOKEN};
+    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
+    let env = KubeEnv::builder()
+        .extra_toml(
+            r#"
+[[rules]]
+name = "no-deletes"
+connections = ["k8s"]
+match = { kube = { verbs = ["delete", "deletecollection"] } }
+action = "deny"
+message = "Agents do not delete cluster objects."
+"#,
+        )
+        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .start();
+    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let agent = env.token("agent-1", &["agents"]);
+    let (_, names) = m.tool_names(&agent, "legacy");
+    assert_eq!(
+        names,
+        ["k8s.get", "k8s.list", "k8s.logs", "k8s.delete", "k8s.apply"]
+    );
+
+    let pods = m.call(
+        &agent,
+        "k8s.list",
+        serde_json::json!({ "resource": "pods" }),
+    );
+    assert_eq!(pods["is_error"], false, "{pods}");
+    let items = pods["structured"]["body"]["items"].as_array().unwrap();
+    assert!(
+        items.iter().any(|p| p["metadata"]["name"] == "web-1"),
+        "{pods}"
+    );
+
+    // Secret values never leave the gateway, whatever the client.
+    let secret = m.call(
+        &agent,
+        "k8s.get",
+        serde_json::json!({ "resource": "secrets", "name": "db-credentials" }),
+    );
+    assert_eq!(secret["structured"]["status"], 200, "{secret}");
+    let text = secret["text"].as_str().unwrap();
+    assert!(
+        !text.contains(SECRET_VALUE) && !text.contains(SECRET_VALUE_B64),
+        "{secret}"
+    );
+
+    let logs = m.call(
+        &agent,
+        "k8s.logs",
+        serde_json::json!({ "name": "web-1", "tail_lines": 5 }),
+    );
+    assert_eq!(logs["structured"]["status"], 200, "{logs}");
+
+    // A refused delete: a tool error carrying the Status that names the rule.
+    let delete = m.call(
+        &agent,
+        "k8s.delete",
+        serde_json::json!({ "resource": "pods", "name": "web-2" }),
+    );
+    assert_eq!(delete["is_error"], true, "{delete}");
+    assert!(
+        delete["text"].as_str().unwrap().contains("no-deletes"),
+        "{delete}"
+    );
+
+    let requests = env.upstream_requests();
+    assert!(
+        !requests.iter().any(|r| r["method"] == "DELETE"),
+        "{requests:?}"
+    );
+    for r in &requests {
+        assert_eq!(
+            r["authorization"].as_str().unwrap_or(""),
+            format!("Bearer {UPSTREAM_TOKEN}"),
+            "{r}"
+        );
+        assert!(!r.to_string().contains(&agent), "{r}");
+    }
+}

@@ -15,6 +15,7 @@
 //! agents) to that listener with the user's token.
 
 pub mod http_tool;
+pub mod kube_tool;
 pub mod pg;
 pub mod server;
 pub mod ssh_tool;

@@ -112,3 +112,75 @@ fn http_calls_stay_below_their_connection() {
         );
     }
 }
+
+#[test]
+fn kubernetes_tools_build_the_paths_kubectl_would() {
+    use crate::kube_tool::{call, Verb};
+    let args = |v: serde_json::Value| v.as_object().unwrap().clone();
+    let table = [
+        (
+            Verb::Get,
+            json!({ "resource": "pods", "name": "web-1" }),
+            "GET",
+            "/api/v1/namespaces/default/pods/web-1",
+        ),
+        (
+            Verb::List,
+            json!({ "resource": "deployments", "namespace": "shop", "label_selector": "app=web,tier in (a b)" }),
+            "GET",
+            "/apis/apps/v1/namespaces/shop/deployments?labelSelector=app%3Dweb%2Ctier%20in%20%28a%20b%29",
+        ),
+        (
+            Verb::List,
+            json!({ "resource": "nodes" }),
+            "GET",
+            "/api/v1/nodes",
+        ),
+        (
+            Verb::Logs,
+            json!({ "name": "web-1", "container": "app", "tail_lines": 50 }),
+            "GET",
+            "/api/v1/namespaces/default/pods/web-1/log?container=app&tailLines=50",
+        ),
+        (
+            Verb::Delete,
+            json!({ "resource": "widgets", "name": "w", "api_version": "example.com/v1" }),
+            "DELETE",
+            "/apis/example.com/v1/namespaces/default/widgets/w",
+        ),
+        (
+            Verb::Apply,
+            json!({ "resource": "configmaps", "manifest": {
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": { "name": "cfg", "namespace": "shop" }, "data": { "a": "b" } } }),
+            "PATCH",
+            "/api/v1/namespaces/shop/configmaps/cfg?fieldManager=sluice-mcp",
+        ),
+    ];
+    for (verb, a, method, path) in table {
+        let c = call(verb, &args(a.clone())).unwrap_or_else(|e| panic!("{a}: {e}"));
+        assert_eq!(c.method.as_str(), method, "{a}");
+        assert_eq!(c.path_and_query, path, "{a}");
+    }
+    for (verb, bad) in [
+        (
+            Verb::Get,
+            json!({ "resource": "pods", "name": "../secrets/x" }),
+        ),
+        (Verb::Get, json!({ "resource": "pods", "name": ".." })),
+        (Verb::Get, json!({ "resource": "pods/exec", "name": "x" })),
+        (
+            Verb::Get,
+            json!({ "resource": "pods", "name": "x", "namespace": "a/b" }),
+        ),
+        (Verb::Get, json!({ "resource": "widgets", "name": "x" })),
+        (Verb::List, json!({ "resource": "pods", "name": "x" })),
+        (Verb::Apply, json!({ "resource": "configmaps" })),
+        (
+            Verb::Apply,
+            json!({ "resource": "configmaps", "manifest": { "kind": "ConfigMap" } }),
+        ),
+    ] {
+        assert!(call(verb, &args(bad.clone())).is_err(), "{bad}");
+    }
+}

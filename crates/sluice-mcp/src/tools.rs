@@ -7,6 +7,7 @@
 //! decides whether a command may run; the tool only translates.
 
 use crate::http_tool::{HttpCall, HttpToolError};
+use crate::kube_tool::Verb;
 use crate::pg::{PgClient, PgClientError};
 use crate::ssh_tool::SshToolError;
 use rmcp::model::{
@@ -62,6 +63,7 @@ pub enum ToolKind {
     DescribeTable,
     Request,
     Exec,
+    Kube(Verb),
 }
 
 impl ToolKind {
@@ -76,6 +78,14 @@ impl ToolKind {
             &[ToolKind::Request]
         } else if *kind == ConnectionKind::Ssh {
             &[ToolKind::Exec]
+        } else if *kind == ConnectionKind::Kubernetes {
+            &[
+                ToolKind::Kube(Verb::Get),
+                ToolKind::Kube(Verb::List),
+                ToolKind::Kube(Verb::Logs),
+                ToolKind::Kube(Verb::Delete),
+                ToolKind::Kube(Verb::Apply),
+            ]
         } else {
             &[]
         }
@@ -88,6 +98,11 @@ impl ToolKind {
             ToolKind::DescribeTable => "describe_table",
             ToolKind::Request => "request",
             ToolKind::Exec => "exec",
+            ToolKind::Kube(Verb::Get) => "get",
+            ToolKind::Kube(Verb::List) => "list",
+            ToolKind::Kube(Verb::Logs) => "logs",
+            ToolKind::Kube(Verb::Delete) => "delete",
+            ToolKind::Kube(Verb::Apply) => "apply",
         }
     }
 }
@@ -186,6 +201,7 @@ fn tool(connection: &ConnectionConfig, kind: ToolKind) -> Tool {
                 "additionalProperties": false
             })),
         ),
+        ToolKind::Kube(verb) => kube_tool_definition(name, c, verb),
         ToolKind::Request => Tool::new(
             name,
             format!(
@@ -207,6 +223,77 @@ fn tool(connection: &ConnectionConfig, kind: ToolKind) -> Tool {
                 "additionalProperties": false
             })),
         ),
+    }
+}
+
+fn kube_tool_definition(name: String, c: &str, verb: Verb) -> Tool {
+    let name_arg = json!({ "type": "string", "description": "The object's name." });
+    let namespace = json!({ "type": "string", "description": "The namespace (default: default; ignored for cluster-scoped resources)." });
+    let resource = json!({ "type": "string", "description": "The resource, plural and lower case: pods, deployments, secrets, …" });
+    let api_version = json!({ "type": "string", "description": "Group/version for resources that are not built in (e.g. example.com/v1)." });
+    let (what, properties, required): (&str, Value, Vec<&str>) = match verb {
+        Verb::Get => (
+            "Read one object",
+            json!({ "resource": resource, "name": name_arg, "namespace": namespace, "api_version": api_version }),
+            vec!["resource", "name"],
+        ),
+        Verb::List => (
+            "List objects of a resource",
+            json!({
+                "resource": resource, "namespace": namespace, "api_version": api_version,
+                "label_selector": { "type": "string" }, "field_selector": { "type": "string" },
+                "limit": { "type": "integer" }
+            }),
+            vec!["resource"],
+        ),
+        Verb::Logs => (
+            "Read a pod's logs",
+            json!({
+                "name": { "type": "string", "description": "The pod." }, "namespace": namespace,
+                "container": { "type": "string" }, "tail_lines": { "type": "integer" },
+                "previous": { "type": "boolean" }
+            }),
+            vec!["name"],
+        ),
+        Verb::Delete => (
+            "Delete one object",
+            json!({ "resource": resource, "name": name_arg, "namespace": namespace, "api_version": api_version }),
+            vec!["resource", "name"],
+        ),
+        Verb::Apply => (
+            "Create or update an object with server-side apply (field manager sluice-mcp)",
+            json!({
+                "resource": resource,
+                "manifest": { "type": "object", "description": "The object (apiVersion, kind, metadata.name, …)." },
+                "namespace": namespace,
+                "force": { "type": "boolean", "description": "Take over fields other managers own." }
+            }),
+            vec!["resource", "manifest"],
+        ),
+    };
+    let tool = Tool::new(
+        name,
+        format!(
+            "{what} on the Kubernetes connection {c:?} through the Sluice gateway (as kubectl would; \
+             the gateway holds the cluster credential). Returns the status and the API's JSON answer; \
+             Secret values are masked. The gateway's rules may refuse a request (a Status naming the \
+             rule) or hold it for human approval."
+        ),
+        schema(json!({
+            "type": "object",
+            "properties": properties,
+            "required": required,
+            "additionalProperties": false
+        })),
+    );
+    match verb {
+        Verb::Get | Verb::List | Verb::Logs => tool.with_annotations(
+            ToolAnnotations::new()
+                .read_only(true)
+                .destructive(false)
+                .idempotent(true),
+        ),
+        Verb::Delete | Verb::Apply => tool,
     }
 }
 
@@ -294,6 +381,11 @@ impl SluiceTools {
         match kind {
             ToolKind::Request => return self.call_http(caller, conn, &args, context).await,
             ToolKind::Exec => return self.call_ssh(caller, conn, &args, context).await,
+            ToolKind::Kube(verb) => {
+                let call = crate::kube_tool::call(verb, &args)
+                    .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+                return self.send_http(caller, conn, call, context).await;
+            }
             _ => {}
         }
         let (sql, params) = sql_for(kind, &args)?;
@@ -383,9 +475,20 @@ impl SluiceTools {
         args: &JsonObject,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
-        let config = self.gateway.config();
         let call = HttpCall::from_arguments(args)
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
+        self.send_http(caller, conn, call, context).await
+    }
+
+    /// One request through the gateway's HTTP listener (HTTP and Kubernetes connections).
+    async fn send_http(
+        &self,
+        caller: &Caller,
+        conn: &ConnectionConfig,
+        call: HttpCall,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<CallToolResult, ErrorData> {
+        let config = self.gateway.config();
         let Some(listen) = config.listen.http else {
             return Ok(text_error(
                 "this gateway serves no HTTP listener (listen.http), so HTTP tools cannot run",
@@ -517,7 +620,7 @@ fn sql_for(kind: ToolKind, args: &JsonObject) -> Result<(String, Vec<Option<Stri
                 vec![Some(schema.to_string()), Some(table.to_string())],
             )
         }
-        ToolKind::Request | ToolKind::Exec => {
+        ToolKind::Request | ToolKind::Exec | ToolKind::Kube(_) => {
             return Err(ErrorData::invalid_params("not a PostgreSQL tool", None))
         }
     })
