@@ -424,6 +424,14 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
         );
     }
     ok(&env.sluice(&["audit", "verify"]));
+    // The sessions are from loopback; the agent's address is in the log.
+    let log = env.gateway_log();
+    assert!(
+        log.lines().any(|l| l.contains("MCP tool call.")
+            && l.contains("tool=appdb.query")
+            && l.contains("client=127.0.0.1:")),
+        "{log}"
+    );
     env.assert_oracle();
 }
 

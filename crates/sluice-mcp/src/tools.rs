@@ -691,6 +691,14 @@ impl ServerHandler for SluiceTools {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         let caller = caller(&context)?;
+        // The gateway session the call opens is from loopback: the agent's
+        // own address is here.
+        tracing::info!(
+            message = "MCP tool call.",
+            subject = %caller.identity.subject,
+            tool = %request.name,
+            client = %caller.client_addr
+        );
         self.call(&caller, request, &context).await.map(Into::into)
     }
 }
