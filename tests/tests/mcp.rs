@@ -28,6 +28,16 @@ allow_groups = ["dba"]
 upstream_tls = "prefer"
 "#;
 
+/// Interns may open appdb but every command there is refused: no tools.
+const INTERNS: &str = r#"
+[[rules]]
+name = "interns-read-nothing"
+connections = ["appdb"]
+groups = ["interns"]
+action = "deny"
+message = "Interns have no database access yet."
+"#;
+
 /// Batch agents' order writes wait for a DBA in retry mode.
 const RETRY_RULE: &str = r#"
 [[rules]]
@@ -78,6 +88,7 @@ fn start() -> (Env, Mcp) {
     let env = Env::builder()
         .extra_toml(DBA_CONNECTION)
         .extra_toml(RETRY_RULE)
+        .extra_toml(INTERNS)
         .extra_toml(&quickstart_policy())
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
@@ -215,6 +226,25 @@ fn mcp_tools_run_through_the_gateway_pipeline() {
             "admindb.list_tables",
             "admindb.describe_table"
         ]
+    );
+
+    // A connection where a rule refuses the caller everything lists no tools;
+    // a call anyway is refused by that rule at the gateway.
+    let intern = env.token("ivy", &["agents", "interns"], "10m");
+    let (_, names) = m.tool_names(&intern, "legacy");
+    assert!(names.is_empty(), "{names:?}");
+    let refused = m.call(
+        &intern,
+        "appdb.query",
+        serde_json::json!({ "sql": "select 1" }),
+    );
+    assert_eq!(refused["is_error"], true, "{refused}");
+    assert!(
+        refused["text"]
+            .as_str()
+            .unwrap()
+            .contains("interns-read-nothing"),
+        "{refused}"
     );
 
     // A read: rows as JSON with column types, masked by the gateway's rules.

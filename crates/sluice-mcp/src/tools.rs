@@ -19,7 +19,7 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use sluice_core::config::{ConnectionConfig, ConnectionKind};
-use sluice_core::{Gateway, Identity};
+use sluice_core::{Action, Config, Gateway, Identity};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -118,6 +118,22 @@ pub fn split_tool_name(name: &str) -> Option<(&str, &str)> {
 /// decides again when the call opens its session.
 pub fn visible(identity: &Identity, connection: &ConnectionConfig) -> bool {
     identity.may_open(&connection.name) && identity.in_any_group(&connection.allow_groups)
+}
+
+/// Whether a rule denies every command `identity` could send on
+/// `connection` (no match keys, no subject patterns, action deny): its tools
+/// are left out of the listing. A listing convenience only: a call is still
+/// judged, and refused by that rule, at the gateway.
+pub fn denied_outright(config: &Config, identity: &Identity, connection: &str) -> bool {
+    config.rules.iter().any(|r| {
+        r.action == Action::Deny
+            && r.match_.is_empty()
+            && r.subjects.is_none()
+            && r.connections
+                .as_ref()
+                .is_none_or(|c| c.iter().any(|n| n == connection))
+            && r.groups.as_ref().is_none_or(|g| identity.in_any_group(g))
+    })
 }
 
 fn schema(value: Value) -> Arc<JsonObject> {
@@ -345,7 +361,7 @@ impl SluiceTools {
         config
             .connections
             .iter()
-            .filter(|c| visible(identity, c))
+            .filter(|c| visible(identity, c) && !denied_outright(&config, identity, &c.name))
             .flat_map(|c| ToolKind::for_kind(&c.kind).iter().map(move |k| tool(c, *k)))
             .collect()
     }
