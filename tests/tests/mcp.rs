@@ -837,6 +837,13 @@ connections = ["k8s"]
 match = { kube = { verbs = ["delete", "deletecollection"] } }
 action = "deny"
 message = "Agents do not delete cluster objects."
+
+[[rules]]
+name = "no-rm"
+connections = ["k8s"]
+match = { kube = { verbs = ["exec"], commands = ["rm *", "*rm -rf*"] } }
+action = "deny"
+message = "Deleting files in pods is not allowed."
 "#,
         )
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
@@ -846,8 +853,39 @@ message = "Agents do not delete cluster objects."
     let (_, names) = m.tool_names(&agent, "legacy");
     assert_eq!(
         names,
-        ["k8s.get", "k8s.list", "k8s.logs", "k8s.delete", "k8s.apply"]
+        [
+            "k8s.get",
+            "k8s.list",
+            "k8s.logs",
+            "k8s.delete",
+            "k8s.apply",
+            "k8s.exec"
+        ]
     );
+
+    // exec over the WebSocket channel protocol, judged on its command line.
+    let ls = m.call(
+        &agent,
+        "k8s.exec",
+        serde_json::json!({ "name": "web-1", "command": ["ls", "-la", "/srv"] }),
+    );
+    assert_eq!(ls["is_error"], false, "{ls}");
+    assert_eq!(ls["structured"]["stdout"], "ran: ls -la /srv\n", "{ls}");
+    assert_eq!(ls["structured"]["exit_status"], 0, "{ls}");
+    let failing = m.call(
+        &agent,
+        "k8s.exec",
+        serde_json::json!({ "name": "web-1", "command": ["false"] }),
+    );
+    assert_eq!(failing["is_error"], true, "{failing}");
+    assert_eq!(failing["structured"]["exit_status"], 3, "{failing}");
+    let rm = m.call(
+        &agent,
+        "k8s.exec",
+        serde_json::json!({ "name": "web-1", "command": ["rm", "-rf", "/srv"] }),
+    );
+    assert_eq!(rm["is_error"], true, "{rm}");
+    assert!(rm["text"].as_str().unwrap().contains("no-rm"), "{rm}");
 
     let pods = m.call(
         &agent,
@@ -897,6 +935,12 @@ message = "Agents do not delete cluster objects."
     assert!(
         !requests.iter().any(|r| r["method"] == "DELETE"),
         "{requests:?}"
+    );
+    assert!(
+        !requests
+            .iter()
+            .any(|r| r["path"].as_str().unwrap_or("").contains("command=rm")),
+        "the refused exec never reached the API server: {requests:?}"
     );
     for r in &requests {
         assert_eq!(

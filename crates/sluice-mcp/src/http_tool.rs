@@ -179,7 +179,8 @@ pub(crate) fn encode(s: &str) -> String {
 }
 
 /// Sends `call` to the connection `connection` on the gateway's HTTP
-/// listener at `addr`, trusting the gateway's certificate file `ca`.
+/// listener at `addr`, trusting the gateway's certificate file `ca`, and
+/// returns the status, headers and body.
 pub async fn send(
     addr: SocketAddr,
     ca: &Path,
@@ -187,6 +188,18 @@ pub async fn send(
     connection: &str,
     call: HttpCall,
 ) -> Result<Value, HttpToolError> {
+    let response = request(addr, ca, token, connection, call).await?;
+    answer(response).await
+}
+
+/// Sends one request; the connection serves upgrades (Kubernetes exec).
+async fn request(
+    addr: SocketAddr,
+    ca: &Path,
+    token: &str,
+    connection: &str,
+    call: HttpCall,
+) -> Result<hyper::Response<hyper::body::Incoming>, HttpToolError> {
     let transport = |m: String| HttpToolError::Transport(m);
     // The gateway's own certificate: its chain is checked, not its names
     // (a `[tls]` certificate for a DNS name is reached here by IP).
@@ -210,7 +223,7 @@ pub async fn send(
         .await
         .map_err(|e| transport(e.to_string()))?;
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = conn.with_upgrades().await;
     });
     let uri = format!("/{}{}", encode_segment(connection), call.path_and_query);
     let mut request = Request::new(Full::new(Bytes::from(call.body)));
@@ -231,10 +244,15 @@ pub async fn send(
         HeaderValue::from_str(&format!("Bearer {token}"))
             .map_err(|_| HttpToolError::Invalid("the token is not a valid header value".into()))?,
     );
-    let response = sender
+    sender
         .send_request(request)
         .await
-        .map_err(|e| transport(e.to_string()))?;
+        .map_err(|e| transport(e.to_string()))
+}
+
+/// The status, headers and body (JSON as JSON) of a response, capped.
+async fn answer(response: hyper::Response<hyper::body::Incoming>) -> Result<Value, HttpToolError> {
+    let transport = |m: String| HttpToolError::Transport(m);
     let status = response.status();
     let mut header_doc = serde_json::Map::new();
     for (name, value) in response.headers() {
@@ -295,4 +313,174 @@ pub async fn send(
 /// A connection name as one path segment.
 fn encode_segment(s: &str) -> String {
     encode(s)
+}
+
+/// Output of one exec stream, capped.
+#[derive(Default)]
+struct Stream {
+    bytes: Vec<u8>,
+    total: usize,
+}
+
+impl Stream {
+    fn push(&mut self, data: &[u8]) {
+        self.total += data.len();
+        let room = MAX_EXEC_OUTPUT_BYTES.saturating_sub(self.bytes.len());
+        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
+    }
+}
+
+/// Bytes of stdout and of stderr a Kubernetes exec returns to the agent (each).
+pub const MAX_EXEC_OUTPUT_BYTES: usize = 1024 * 1024;
+/// A WebSocket frame longer than this ends the exec (the output cap is far below).
+const MAX_FRAME_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A Kubernetes exec (`call` is the pod's `exec` path) as kubectl runs it:
+/// a WebSocket upgrade offering the `v5`/`v4.channel.k8s.io` protocols, then
+/// stdout (channel 1), stderr (2) and the final Status (3) read until the
+/// server closes. A refusal is an ordinary HTTP answer (403 Status).
+pub async fn exec(
+    addr: SocketAddr,
+    ca: &Path,
+    token: &str,
+    connection: &str,
+    mut call: HttpCall,
+) -> Result<Value, HttpToolError> {
+    let transport = |m: String| HttpToolError::Transport(m);
+    let key = {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        let a = h.finish();
+        h.write_u64(1);
+        let b = h.finish();
+        let mut nonce = [0u8; 16];
+        nonce[..8].copy_from_slice(&a.to_be_bytes());
+        nonce[8..].copy_from_slice(&b.to_be_bytes());
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(nonce)
+    };
+    for (name, value) in [
+        ("connection", "Upgrade".to_string()),
+        ("upgrade", "websocket".to_string()),
+        ("sec-websocket-version", "13".to_string()),
+        ("sec-websocket-key", key),
+        (
+            "sec-websocket-protocol",
+            "v5.channel.k8s.io, v4.channel.k8s.io".to_string(),
+        ),
+    ] {
+        call.headers.push((
+            HeaderName::from_static(name),
+            HeaderValue::from_str(&value).map_err(|e| transport(e.to_string()))?,
+        ));
+    }
+    let response = request(addr, ca, token, connection, call).await?;
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        return answer(response).await;
+    }
+    let upgraded = hyper::upgrade::on(response)
+        .await
+        .map_err(|e| transport(e.to_string()))?;
+    let mut io = TokioIo::new(upgraded);
+    let (mut stdout, mut stderr) = (Stream::default(), Stream::default());
+    let mut status: Option<Value> = None;
+    let mut channel = None;
+    loop {
+        let Some((fin, opcode, payload)) = read_frame(&mut io).await? else {
+            break;
+        };
+        match opcode {
+            // Text, binary and their continuations: channel byte, then data.
+            0..=2 => {
+                let data = if opcode == 0 {
+                    &payload[..]
+                } else {
+                    channel = payload.first().copied();
+                    payload.get(1..).unwrap_or_default()
+                };
+                match channel {
+                    Some(1) => stdout.push(data),
+                    Some(2) => stderr.push(data),
+                    Some(3) => {
+                        status = serde_json::from_slice(data).ok();
+                    }
+                    _ => {}
+                }
+                if fin {
+                    channel = None;
+                }
+            }
+            8 => {
+                // Answer the close (a client frame is masked; the mask may
+                // be zero), so the server need not wait for one.
+                use tokio::io::AsyncWriteExt;
+                let _ = io.write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]).await;
+                let _ = io.flush().await;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let exit_status = match &status {
+        Some(s) if s["status"] == "Success" => Some(0),
+        Some(s) => s["details"]["causes"].as_array().and_then(|causes| {
+            causes
+                .iter()
+                .find(|c| c["reason"] == "ExitCode")
+                .and_then(|c| c["message"].as_str()?.parse::<i64>().ok())
+        }),
+        None => None,
+    };
+    let mut doc = json!({
+        "exit_status": exit_status,
+        "stdout": String::from_utf8_lossy(&stdout.bytes),
+        "stderr": String::from_utf8_lossy(&stderr.bytes),
+    });
+    if let Some(s) = status.filter(|s| s["status"] != "Success") {
+        doc["status"] = s;
+    }
+    if stdout.total > stdout.bytes.len() || stderr.total > stderr.bytes.len() {
+        doc["truncated"] = json!(true);
+    }
+    Ok(doc)
+}
+
+/// One WebSocket frame from the server: (FIN, opcode, payload); `None` at EOF.
+async fn read_frame(
+    io: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> Result<Option<(bool, u8, Vec<u8>)>, HttpToolError> {
+    use tokio::io::AsyncReadExt;
+    let transport = |e: std::io::Error| HttpToolError::Transport(e.to_string());
+    let mut head = [0u8; 2];
+    match io.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(transport(e)),
+    }
+    let fin = head[0] & 0x80 != 0;
+    let opcode = head[0] & 0x0f;
+    let masked = head[1] & 0x80 != 0;
+    let len = match head[1] & 0x7f {
+        126 => u64::from(io.read_u16().await.map_err(transport)?),
+        127 => io.read_u64().await.map_err(transport)?,
+        n => u64::from(n),
+    };
+    if len > MAX_FRAME_BYTES {
+        return Err(HttpToolError::Transport(format!(
+            "a WebSocket frame of {len} bytes"
+        )));
+    }
+    let mut mask = [0u8; 4];
+    if masked {
+        io.read_exact(&mut mask).await.map_err(transport)?;
+    }
+    let mut payload = vec![0u8; len as usize];
+    io.read_exact(&mut payload).await.map_err(transport)?;
+    if masked {
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+    }
+    Ok(Some((fin, opcode, payload)))
 }

@@ -21,6 +21,7 @@ pub enum Verb {
     Logs,
     Delete,
     Apply,
+    Exec,
 }
 
 /// Where a built-in resource lives: (API group, version, namespaced).
@@ -99,6 +100,7 @@ pub fn allowed_arguments(verb: Verb) -> &'static [&'static str] {
         ],
         Verb::Logs => &["name", "namespace", "container", "tail_lines", "previous"],
         Verb::Apply => &["resource", "manifest", "namespace", "force"],
+        Verb::Exec => &["name", "namespace", "container", "command"],
     }
 }
 
@@ -116,7 +118,7 @@ pub fn call(verb: Verb, args: &Map<String, Value>) -> Result<HttpCall, HttpToolE
         _ => None,
     };
     let resource = match verb {
-        Verb::Logs => "pods",
+        Verb::Logs | Verb::Exec => "pods",
         _ => segment(
             "resource",
             string(args, "resource")?
@@ -209,6 +211,30 @@ pub fn call(verb: Verb, args: &Map<String, Value>) -> Result<HttpCall, HttpToolE
                     query.push((param, v));
                 }
             }
+            (Method::GET, Vec::new(), Vec::new())
+        }
+        Verb::Exec => {
+            path.push_str("/exec");
+            let argv = match args.get("command") {
+                Some(Value::Array(words)) if !words.is_empty() => words
+                    .iter()
+                    .map(|w| w.as_str().map(str::to_string))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| invalid("argument \"command\" must be an array of strings"))?,
+                _ => {
+                    return Err(invalid(
+                        "argument \"command\" (the program and its arguments, an array of strings) is required",
+                    ))
+                }
+            };
+            for word in argv {
+                query.push(("command", word));
+            }
+            if let Some(c) = text("container")? {
+                query.push(("container", c));
+            }
+            query.push(("stdout", "true".to_string()));
+            query.push(("stderr", "true".to_string()));
             (Method::GET, Vec::new(), Vec::new())
         }
         Verb::Apply => {

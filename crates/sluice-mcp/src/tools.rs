@@ -85,6 +85,7 @@ impl ToolKind {
                 ToolKind::Kube(Verb::Logs),
                 ToolKind::Kube(Verb::Delete),
                 ToolKind::Kube(Verb::Apply),
+                ToolKind::Kube(Verb::Exec),
             ]
         } else {
             &[]
@@ -103,6 +104,7 @@ impl ToolKind {
             ToolKind::Kube(Verb::Logs) => "logs",
             ToolKind::Kube(Verb::Delete) => "delete",
             ToolKind::Kube(Verb::Apply) => "apply",
+            ToolKind::Kube(Verb::Exec) => "exec",
         }
     }
 }
@@ -276,6 +278,15 @@ fn kube_tool_definition(name: String, c: &str, verb: Verb) -> Tool {
             json!({ "resource": resource, "name": name_arg, "namespace": namespace, "api_version": api_version }),
             vec!["resource", "name"],
         ),
+        Verb::Exec => (
+            "Run a command in a pod's container (no stdin, no terminal)",
+            json!({
+                "name": { "type": "string", "description": "The pod." }, "namespace": namespace,
+                "container": { "type": "string" },
+                "command": { "type": "array", "items": { "type": "string" }, "description": "The program and its arguments (argv, not a shell line)." }
+            }),
+            vec!["name", "command"],
+        ),
         Verb::Apply => (
             "Create or update an object with server-side apply (field manager sluice-mcp)",
             json!({
@@ -309,7 +320,7 @@ fn kube_tool_definition(name: String, c: &str, verb: Verb) -> Tool {
                 .destructive(false)
                 .idempotent(true),
         ),
-        Verb::Delete | Verb::Apply => tool,
+        Verb::Delete | Verb::Apply | Verb::Exec => tool,
     }
 }
 
@@ -400,7 +411,9 @@ impl SluiceTools {
             ToolKind::Kube(verb) => {
                 let call = crate::kube_tool::call(verb, &args)
                     .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
-                return self.send_http(caller, conn, call, context).await;
+                return self
+                    .send_http(caller, conn, call, verb == Verb::Exec, context)
+                    .await;
             }
             _ => {}
         }
@@ -493,7 +506,7 @@ impl SluiceTools {
     ) -> Result<CallToolResult, ErrorData> {
         let call = HttpCall::from_arguments(args)
             .map_err(|e| ErrorData::invalid_params(e.to_string(), None))?;
-        self.send_http(caller, conn, call, context).await
+        self.send_http(caller, conn, call, false, context).await
     }
 
     /// One request through the gateway's HTTP listener (HTTP and Kubernetes connections).
@@ -502,6 +515,7 @@ impl SluiceTools {
         caller: &Caller,
         conn: &ConnectionConfig,
         call: HttpCall,
+        exec: bool,
         context: &RequestContext<RoleServer>,
     ) -> Result<CallToolResult, ErrorData> {
         let config = self.gateway.config();
@@ -514,14 +528,25 @@ impl SluiceTools {
             Some(tls) => tls.cert.clone(),
             None => sluice_core::tls::generated_paths(&config.gateway.state_dir).0,
         };
-        let run = crate::http_tool::send(dialable(listen), &ca, &caller.token, &conn.name, call);
+        let addr = dialable(listen);
+        let run = async {
+            if exec {
+                crate::http_tool::exec(addr, &ca, &caller.token, &conn.name, call).await
+            } else {
+                crate::http_tool::send(addr, &ca, &caller.token, &conn.name, call).await
+            }
+        };
         let outcome = tokio::select! {
             r = run => r,
             _ = context.ct.cancelled() => return Ok(text_error("cancelled by the client")),
         };
         Ok(match outcome {
             Ok(doc) => {
-                let failed = doc["status"].as_u64().is_none_or(|s| s >= 400);
+                // An HTTP answer of 400 or more, or an exec that did not exit 0.
+                let failed = match doc.get("exit_status") {
+                    Some(code) => code.as_i64() != Some(0),
+                    None => doc["status"].as_u64().is_none_or(|s| s >= 400),
+                };
                 let content = vec![ContentBlock::text(doc.to_string())];
                 let mut out = if failed {
                     CallToolResult::error(content)
