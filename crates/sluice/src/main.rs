@@ -107,7 +107,8 @@ enum Cmd {
         /// Your own token (default: SLUICE_TOKEN, else your sluice login).
         #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
         token: Option<String>,
-        /// The gateway's MCP listener as host:port (default: listen.mcp of the config).
+        /// The gateway's MCP listener as host:port (default: listen.mcp of the
+        /// config; without a config, its certificate must chain to a public root).
         #[arg(long)]
         addr: Option<String>,
     },
@@ -325,7 +326,14 @@ fn run(cli: Cli) -> Result<()> {
             config,
             token,
             addr,
-        } => mcp::run(&config.load()?, token, addr),
+        } => {
+            // With --addr, the config (for the gateway's CA) is optional.
+            let config = match (&config.config, &addr) {
+                (None, Some(_)) => None,
+                _ => Some(config.load()?),
+            };
+            mcp::run(config.as_ref(), token, addr)
+        }
         Cmd::Audit(AuditCmd::Checkpoint(c)) => {
             compose::runtime()?.block_on(compose::checkpoint(c.load()?))
         }
