@@ -599,6 +599,9 @@ fn mcp_listener_refuses_bad_input_and_keeps_serving() {
     assert_eq!(code, 413, "oversized: {body}");
     let (code, _, _) = m.curl(Some(&agent), "/elsewhere", None);
     assert_eq!(code, 404);
+    // Stateless: no server-initiated stream to hold open, no session to delete.
+    let (code, _, body) = m.curl(Some(&agent), "/mcp", None);
+    assert_eq!(code, 405, "GET /mcp: {body}");
 
     // A flood of requests on one connection's worth of tools: all answered.
     let script = format!(
