@@ -12,6 +12,8 @@
 //   bare-agent     client credentials, no groups claim
 //   short-agent    client credentials, groups ["sluice-agents"], tokens live 6 s
 //   cli            public client: device flow, authorization code + PKCE (loopback)
+//   console        public web client, authorization code + PKCE, registered only
+//                  when CONSOLE_REDIRECT_URI is set (the operator console's callback)
 //
 // People log in through the development interactions with any login name;
 // `alice` is in ["sluice-agents"], others in no group.
@@ -67,6 +69,16 @@ function configuration(key) {
         // Native clients may use any port on a loopback redirect (RFC 8252 7.3).
         redirect_uris: ['http://127.0.0.1/callback'],
       },
+      ...(process.env.CONSOLE_REDIRECT_URI
+        ? [{
+          client_id: 'console',
+          application_type: 'web',
+          token_endpoint_auth_method: 'none',
+          grant_types: ['authorization_code'],
+          response_types: ['code'],
+          redirect_uris: [process.env.CONSOLE_REDIRECT_URI],
+        }]
+        : []),
     ],
     jwks: { keys: [key] },
     claims: { openid: ['sub'], email: ['email'], groups: ['groups'] },

@@ -19,6 +19,8 @@ pub fn oidc_dir() -> PathBuf {
 #[derive(Debug)]
 pub struct Idp {
     child: Option<Child>,
+    /// `CONSOLE_REDIRECT_URI` for the provider: registers the `console` web client.
+    console_redirect: Option<String>,
     /// Its loopback port.
     pub port: u16,
 }
@@ -31,6 +33,7 @@ impl Idp {
         for _ in 0..2 {
             let mut idp = Idp {
                 child: None,
+                console_redirect: None,
                 port: free_port(),
             };
             if idp.try_start() {
@@ -39,9 +42,25 @@ impl Idp {
         }
         let mut idp = Idp {
             child: None,
+            console_redirect: None,
             port: free_port(),
         };
         idp.start_again();
+        idp
+    }
+
+    /// Like [`Idp::start`], with a `console` web client (public, code + PKCE)
+    /// whose one redirect URI is `redirect_uri` (the operator console's callback).
+    pub fn start_with_console(redirect_uri: &str) -> Idp {
+        let mut idp = Idp {
+            child: None,
+            console_redirect: Some(redirect_uri.to_string()),
+            port: free_port(),
+        };
+        if !idp.try_start() {
+            idp.port = free_port();
+            idp.start_again();
+        }
         idp
     }
 
@@ -65,7 +84,11 @@ impl Idp {
             dir.join("node_modules").join("oidc-provider").is_dir(),
             "tests/oidc/node_modules is missing: run `cargo xtask setup` (npm ci in tests/oidc)"
         );
-        let mut child = Command::new("node")
+        let mut cmd = Command::new("node");
+        if let Some(uri) = &self.console_redirect {
+            cmd.env("CONSOLE_REDIRECT_URI", uri);
+        }
+        let mut child = cmd
             .arg(dir.join("provider.mjs"))
             .arg(self.port.to_string())
             .current_dir(&dir)

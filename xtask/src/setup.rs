@@ -103,6 +103,15 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "kubectl",
         present: || command_exists("kubectl"),
     },
+    // The console's browser tests drive Debian's Chromium with Playwright
+    // (`executable_path`); Playwright never downloads a browser here.
+    Requirement {
+        package: "chromium",
+        present: || {
+            Path::new("/usr/bin/chromium").exists()
+                || Path::new("/usr/bin/chromium-browser").exists()
+        },
+    },
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
@@ -120,8 +129,35 @@ pub(crate) fn setup() -> Result<()> {
         apt.install(&missing)?;
     }
 
-    for (module, spec) in PYTHON_PACKAGES {
-        python_package(&mut apt, module, spec)?;
+    // psycopg for the driver tests; Playwright (the Python package only, no
+    // browser download) for the console's browser tests; mcp, the official
+    // MCP SDK, for the MCP tests (tests/py/mcp_client.py).
+    for (module, package) in [
+        ("psycopg", "psycopg[binary]"),
+        ("playwright", "playwright"),
+        ("mcp", "mcp>=2.3,<3"),
+    ] {
+        if python_has(module) {
+            eprintln!("setup: python3 {module} present");
+            continue;
+        }
+        if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
+            apt.install(&["python3-pip"])?;
+        }
+        eprintln!("setup: installing {package} for python3");
+        let pip = || {
+            let mut cmd = Command::new("python3");
+            cmd.args(["-m", "pip", "install", "--quiet", package]);
+            cmd
+        };
+        if run_inherit(&mut pip()).is_err() {
+            // Debian's system Python is "externally managed" (PEP 668).
+            eprintln!("setup: retrying with --break-system-packages");
+            run_inherit(pip().arg("--break-system-packages"))?;
+        }
+        if !python_has(module) {
+            bail!("{module} still cannot be imported by python3");
+        }
     }
 
     oidc_provider_deps()?;
@@ -163,34 +199,8 @@ pub(crate) fn ensure_cargo_deny() -> Result<()> {
     run_inherit(crate::cargo().args(["install", "cargo-deny", "--locked"]))
 }
 
-/// Python packages the tests import: (module, pip requirement). psycopg is a
-/// real PostgreSQL driver; mcp is the official MCP SDK (tests/py/mcp_client.py).
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("psycopg", "psycopg[binary]"), ("mcp", "mcp>=2.3,<3")];
-
-fn python_package(apt: &mut Apt, module: &str, spec: &str) -> Result<()> {
-    let present = || succeeds(Command::new("python3").args(["-c", &format!("import {module}")]));
-    if present() {
-        eprintln!("setup: python3 {module} present");
-        return Ok(());
-    }
-    if !succeeds(Command::new("python3").args(["-m", "pip", "--version"])) {
-        apt.install(&["python3-pip"])?;
-    }
-    eprintln!("setup: installing {spec} for python3");
-    let pip = || {
-        let mut cmd = Command::new("python3");
-        cmd.args(["-m", "pip", "install", "--quiet", spec]);
-        cmd
-    };
-    if run_inherit(&mut pip()).is_err() {
-        // Debian's system Python is "externally managed" (PEP 668).
-        eprintln!("setup: retrying with --break-system-packages");
-        run_inherit(pip().arg("--break-system-packages"))?;
-    }
-    if !present() {
-        bail!("{module} still cannot be imported by python3");
-    }
-    Ok(())
+fn python_has(module: &str) -> bool {
+    succeeds(Command::new("python3").args(["-c", &format!("import {module}")]))
 }
 
 #[derive(Default)]

@@ -111,11 +111,11 @@ impl std::fmt::Debug for ExchangeResponse {
 
 const DEFAULT_EXCHANGE_TTL: Duration = Duration::from_secs(15 * 60);
 
-fn is_admin(gateway: &Gateway, identity: &Identity) -> bool {
+pub(crate) fn is_admin(gateway: &Gateway, identity: &Identity) -> bool {
     identity.in_any_group(&gateway.config().auth.admin_groups)
 }
 
-fn owns(session: &LiveSessionInfo, identity: &Identity) -> bool {
+pub(crate) fn owns(session: &LiveSessionInfo, identity: &Identity) -> bool {
     session.subject == identity.subject && session.issuer == identity.issuer
 }
 

@@ -16,17 +16,35 @@
 //! | POST | `/api/v1/sessions/{id}/kill` | ends a live session (owner or admin); `{"reason": "…"}` optional |
 //! | POST | `/api/v1/tokens/revoke` | `{"token": "…"}` (anyone holding it) or `{"token_id": "jti"}` (admin or owner) |
 //! | POST | `/api/v1/token/exchange` | `{"connection": "appdb", "ttl": "5m"}`: a gateway token for that connection only |
+//!
+//! The operator console (see `console`, docs/console.md) is served on the
+//! same listener: `/` redirects to `/console/`; the pages sign in with
+//! `POST /console/session` (a token, exchanged for an `HttpOnly; Secure;
+//! SameSite=Strict` cookie) and then call the routes above with that cookie
+//! instead of a bearer token (a CSRF header on every POST), plus
+//! `GET /console/events` (server-sent events: the approval queue and live
+//! sessions) and `GET /console/api/…` (history, timeline, recordings, audit
+//! status, connections).
 
 pub mod client;
+mod console;
 pub mod identity;
 mod problem;
 mod server;
 
+pub use console::{LatestCheckpoint, CONSOLE_PATH};
 pub use problem::Problem;
 pub use server::{
     ApiServer, BODY_READ_TIMEOUT, HEADER_READ_TIMEOUT, MAX_BODY_BYTES, MAX_CONNECTIONS,
     TLS_HANDSHAKE_TIMEOUT,
 };
+
+/// Describes a command for the console: given the session's protocol
+/// (`postgres`, `ssh`, …) and the command text, a JSON value the page shows
+/// next to the text (for SQL: each statement's classes, tables, functions),
+/// or `None`.
+pub type CommandDescriber =
+    std::sync::Arc<dyn Fn(&str, &str) -> Option<serde_json::Value> + Send + Sync>;
 
 /// Errors of the API server's setup and of the client.
 #[derive(Debug, thiserror::Error)]

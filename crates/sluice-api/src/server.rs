@@ -1,8 +1,10 @@
 //! The HTTPS listener and the request router.
 
+use crate::console::Console;
 use crate::problem::{Problem, PROBLEM_JSON};
 use crate::ApiError;
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -31,12 +33,14 @@ pub const MAX_CONNECTIONS: usize = 256;
 
 const APPROVALS: &str = "/api/v1/approvals";
 
-pub(crate) type Body = Full<Bytes>;
+/// Response bodies: whole (JSON, pages) or streamed (console events).
+pub(crate) type Body = BoxBody<Bytes, Infallible>;
 
 /// The operator API listener (HTTPS only).
 pub struct ApiServer {
     gateway: Arc<Gateway>,
     tls: TlsAcceptor,
+    console: Console,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -53,7 +57,23 @@ impl ApiServer {
         Ok(ApiServer {
             gateway,
             tls: TlsAcceptor::from(tls),
+            console: Console::default(),
         })
+    }
+
+    /// Lets the console describe commands to approvers (e.g. a SQL
+    /// statement's classes, tables and functions); the launcher plugs in
+    /// each protocol crate's describer, as this crate knows no wire format.
+    pub fn describe_commands_with(mut self, describer: crate::CommandDescriber) -> Self {
+        self.console.describer = Some(describer);
+        self
+    }
+
+    /// Shows the last checkpoint `latest` received on the console's audit
+    /// page (register it as a checkpoint sink too).
+    pub fn show_checkpoints_from(mut self, latest: Arc<crate::LatestCheckpoint>) -> Self {
+        self.console.checkpoint = Some(latest);
+        self
     }
 
     /// Accepts clients until the listener fails; each connection runs in its own task.
@@ -64,12 +84,17 @@ impl ApiServer {
             .listener(listener, "api")
             .at_most(MAX_CONNECTIONS)
             .through_drain();
-        let ApiServer { gateway, tls } = self;
+        let ApiServer {
+            gateway,
+            tls,
+            console,
+        } = self;
+        let console = Arc::new(console);
         listener
             .serve(move |tcp, peer| {
-                let (gateway, tls) = (gateway.clone(), tls.clone());
+                let (gateway, tls, console) = (gateway.clone(), tls.clone(), console.clone());
                 async move {
-                    if let Err(e) = serve_connection(tcp, peer, tls, gateway).await {
+                    if let Err(e) = serve_connection(tcp, peer, tls, gateway, console).await {
                         tracing::debug!(message = "API connection ended with an error.", client = %peer, error = %e);
                     }
                 }
@@ -83,14 +108,15 @@ async fn serve_connection(
     peer: SocketAddr,
     tls: TlsAcceptor,
     gateway: Arc<Gateway>,
+    console: Arc<Console>,
 ) -> Result<(), String> {
     let stream = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp))
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let service = hyper::service::service_fn(move |req| {
-        let gateway = gateway.clone();
-        async move { Ok::<_, Infallible>(handle(&gateway, req, peer).await) }
+        let (gateway, console) = (gateway.clone(), console.clone());
+        async move { Ok::<_, Infallible>(handle(&gateway, &console, req, peer).await) }
     });
     hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -129,7 +155,7 @@ fn route(path: &str) -> Option<Route> {
 }
 
 /// Percent-decodes a path segment (the client encodes ids); invalid input stays as is.
-fn decode(segment: &str) -> String {
+pub(crate) fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -154,15 +180,40 @@ fn decode(segment: &str) -> String {
     String::from_utf8(out).unwrap_or_else(|_| segment.to_string())
 }
 
-async fn handle(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(
+    gateway: &Arc<Gateway>,
+    console: &Console,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let response = dispatch(gateway, req, peer).await;
+    let mut response = dispatch(gateway, console, req, peer).await;
+    // Every answer of this listener, pages and JSON alike.
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::console::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     tracing::debug!(message = "API request.", client = %peer, method = %method, path = %truncate(&path, 200), status = response.status().as_u16());
     response
 }
 
-async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn dispatch(
+    gateway: &Arc<Gateway>,
+    console: &Console,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path();
     if path == "/healthz" {
         return match *req.method() {
@@ -170,7 +221,26 @@ async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -
             _ => method_not_allowed("GET, HEAD"),
         };
     }
-    let identity = match authenticate(gateway, req.headers()).await {
+    if path == "/" {
+        return crate::console::redirect(crate::console::CONSOLE_PATH);
+    }
+    if path == "/console" || path.starts_with("/console/") {
+        return console.handle(gateway, req, peer).await;
+    }
+    // The console's pages call these routes with their session cookie
+    // instead of a bearer token (and a CSRF token on POST).
+    let from_console = if req.headers().contains_key(header::AUTHORIZATION) {
+        None
+    } else {
+        crate::console::api_identity(console, gateway, &req).await
+    };
+    let path = req.uri().path();
+    let authenticated = match from_console {
+        Some(Ok(identity)) => Ok(identity),
+        Some(Err(response)) => return response,
+        None => authenticate(gateway, req.headers()).await,
+    };
+    let identity = match authenticated {
         Ok(identity) => identity,
         Err(detail) => {
             tracing::warn!(message = "API authentication failed.", client = %peer, reason = %detail);
@@ -241,7 +311,7 @@ async fn dispatch(gateway: &Gateway, req: Request<Incoming>, peer: SocketAddr) -
 }
 
 /// The caller may decide it (an approver who did not ask), or asked for it.
-fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
+pub(crate) fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
     request.subject == identity.subject || identity.in_any_group(&request.approvers)
 }
 
@@ -357,8 +427,12 @@ pub(crate) fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: Vec<u8>,
+) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

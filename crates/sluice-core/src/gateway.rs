@@ -377,6 +377,12 @@ impl Gateway {
         &self.live
     }
 
+    /// The tokens `token_id` was exchanged from, nearest first (empty: issued
+    /// directly, or not seen by this process); revoking any of them revokes it.
+    pub fn token_lineage(&self, token_id: &str) -> Vec<String> {
+        self.lineage.ancestors(token_id)
+    }
+
     /// Verifies the presented token: a gateway token, or one a registered
     /// authenticator vouches for (its IdP groups mapped to Sluice groups);
     /// revoked tokens are refused. The error is safe to show the client.

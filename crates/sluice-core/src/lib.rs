@@ -10,7 +10,7 @@ pub mod auth;
 pub mod config;
 pub mod fsutil;
 pub mod gateway;
-pub mod glob;
+pub use sluice_masking::glob;
 pub mod listener;
 pub mod masking;
 pub mod metrics;

@@ -505,3 +505,22 @@ pub fn query_flag(query: &str, key: &str) -> bool {
         Some(v) => !(v == "0" || v.eq_ignore_ascii_case("false")),
     }
 }
+
+/// A request line as recorded (`METHOD target`) as the operator console
+/// shows it to an approver: verb, resource, namespace, name and the short
+/// description; or why it does not parse.
+pub fn describe_request(text: &str) -> Option<serde_json::Value> {
+    let (method, target) = text.split_once(' ')?;
+    Some(match parse(method, target) {
+        Ok(r) => serde_json::json!({
+            "kube": {
+                "verb": r.verb.name(),
+                "resource": r.resource_key(),
+                "namespace": r.namespace,
+                "name": r.name,
+                "description": r.describe(),
+            }
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    })
+}

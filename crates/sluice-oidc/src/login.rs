@@ -216,6 +216,84 @@ impl LoginClient {
     }
 }
 
+/// An authorization request of a web application (the operator console):
+/// send the browser to `url`; keep `state` (bound to the browser) and
+/// `verifier` (never sent before the code is traded) for the redirect.
+#[derive(Clone)]
+pub struct WebLogin {
+    pub url: String,
+    pub state: String,
+    pub verifier: String,
+}
+
+impl std::fmt::Debug for WebLogin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebLogin")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoginClient {
+    /// Authorization code + PKCE where the redirect comes back to a web
+    /// application at `redirect_uri` (registered with the provider).
+    pub fn web_start(
+        &self,
+        discovery: &Discovery,
+        redirect_uri: &str,
+    ) -> Result<WebLogin, OidcError> {
+        let endpoint = discovery.authorization_endpoint.as_deref().ok_or_else(|| {
+            OidcError::Idp(format!("{} has no authorization_endpoint", self.issuer))
+        })?;
+        let verifier = random_token();
+        let challenge = pkce_challenge(&verifier);
+        let state = random_token();
+        let scope = self.scopes.join(" ");
+        let mut params = vec![
+            ("response_type", "code"),
+            ("client_id", self.client_id.as_str()),
+            ("redirect_uri", redirect_uri),
+            ("scope", scope.as_str()),
+            ("state", state.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ];
+        if let Some(resource) = &self.resource {
+            params.push(("resource", resource.as_str()));
+        }
+        let sep = if endpoint.contains('?') { '&' } else { '?' };
+        Ok(WebLogin {
+            url: format!("{endpoint}{sep}{}", crate::http::form_encode(&params)),
+            state,
+            verifier,
+        })
+    }
+
+    /// Trades the code the provider redirected back with (after the caller
+    /// checked `state`) for tokens.
+    pub async fn web_finish(
+        &self,
+        client: &HttpClient,
+        discovery: &Discovery,
+        redirect_uri: &str,
+        code: &str,
+        verifier: &str,
+    ) -> Result<TokenSet, OidcError> {
+        let mut form = self.base_form();
+        form.push(("grant_type", "authorization_code"));
+        form.push(("code", code));
+        form.push(("redirect_uri", redirect_uri));
+        form.push(("code_verifier", verifier));
+        let response = client
+            .post_form(token_endpoint(discovery)?, &form, self.basic())
+            .await?;
+        if !response.status.is_success() {
+            return Err(oauth_error("token", &response));
+        }
+        response.json("token")
+    }
+}
+
 /// Client credentials (machine clients; used by tests and agents' tooling).
 pub async fn client_credentials(
     client: &HttpClient,

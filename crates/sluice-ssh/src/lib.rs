@@ -148,3 +148,36 @@ impl SshServer {
             .await
     }
 }
+
+/// A command line as the operator console shows it to an approver: the
+/// programs it would run (wrappers unwrapped, as rules match them), with
+/// those that can run anything flagged. `None` when the text is not a
+/// command line the gateway judges (a shell or subsystem request).
+pub fn describe_line(text: &str) -> Option<serde_json::Value> {
+    let programs = sluice_shell::analyze(text).ok()?;
+    Some(serde_json::json!({
+        "programs": programs
+            .iter()
+            .map(|p| serde_json::json!({ "command": p.text(), "runs_anything": p.runs_anything }))
+            .collect::<Vec<_>>(),
+    }))
+}
+
+#[cfg(test)]
+mod describe_tests {
+    #[test]
+    fn describe_line_lists_the_programs() {
+        let d = super::describe_line("sudo -u app sh -c 'rm -rf /tmp/x; ls'").unwrap();
+        let programs: Vec<String> = d["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["command"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            programs.iter().any(|p| p == "rm -rf /tmp/x"),
+            "{programs:?}"
+        );
+        assert!(programs.iter().any(|p| p == "ls"), "{programs:?}");
+    }
+}

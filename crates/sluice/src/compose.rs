@@ -111,7 +111,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     let checkpoint_interval = config.gateway.checkpoint_interval.0;
     let listen = config.listen.clone();
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
-    let checkpoint_sinks = config
+    let mut checkpoint_sinks = config
         .webhooks
         .iter()
         .map(|w| {
@@ -119,6 +119,9 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
                 .map(|n| Arc::new(n) as Arc<dyn sluice_core::audit::CheckpointSink>)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    // The console's audit page shows the last checkpoint published.
+    let latest_checkpoint = Arc::new(sluice_api::LatestCheckpoint::default());
+    checkpoint_sinks.push(latest_checkpoint.clone());
     let masking = masking_engine(&config)?;
     let masking_exempt = config.masking.exempt_groups.clone();
     let oidc = sluice_oidc::OidcProvider::all_from_config(&config)?;
@@ -172,7 +175,16 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the api listener on {addr}"))?;
-        let server = sluice_api::ApiServer::new(gateway.clone())?;
+        let server = sluice_api::ApiServer::new(gateway.clone())?
+            .describe_commands_with(std::sync::Arc::new(
+                |protocol: &str, text: &str| match protocol {
+                    "postgres" => Some(sluice_postgres::sql::describe(text)),
+                    "kubernetes" => sluice_kube::path::describe_request(text),
+                    "ssh" => sluice_ssh::describe_line(text),
+                    _ => None,
+                },
+            ))
+            .show_checkpoints_from(latest_checkpoint.clone());
         tracing::info!(message = "Operator API listener ready.", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
@@ -495,6 +507,10 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
+    if let Some(api) = config.listen.api {
+        println!("\nOperator console (sign in with the demo-dba token below; the certificate is the demo's own, self-signed):");
+        println!("  https://{api}{}", sluice_api::CONSOLE_PATH);
+    }
     if let Some(mcp) = config.listen.mcp {
         let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
         println!("\nMCP (tools appdb.query, appdb.list_tables, appdb.describe_table), for an agent's client config:");
@@ -511,7 +527,7 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
             ca.display()
         );
     }
-    println!("\nApprove it as demo-dba (groups: dba), from the repository root:");
+    println!("\nOr approve it as demo-dba (groups: dba), from the repository root:");
     println!("  export SLUICE_TOKEN={dba}");
     println!("  cargo run -q -p sluice -- approvals list --config examples/quickstart.toml");
     println!("  cargo run -q -p sluice -- approvals approve ID --config examples/quickstart.toml");

@@ -468,3 +468,14 @@ fn encoding_does_not_change_the_request() {
         }
     }
 }
+
+#[test]
+fn describe_request_for_the_console() {
+    let d = describe_request("DELETE /api/v1/namespaces/prod/pods/web-1").unwrap();
+    assert_eq!(d["kube"]["verb"], "delete");
+    assert_eq!(d["kube"]["resource"], "pods");
+    assert_eq!(d["kube"]["namespace"], "prod");
+    assert_eq!(d["kube"]["name"], "web-1");
+    assert_eq!(d["kube"]["description"], "delete pods/web-1 -n prod");
+    assert!(describe_request("no-space").is_none());
+}

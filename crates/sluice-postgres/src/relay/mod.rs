@@ -233,6 +233,19 @@ pub(crate) fn bind_result_formats(r: &mut Reader<'_>) -> Option<Vec<i16>> {
     (0..n.max(0)).map(|_| r.i16()).collect()
 }
 
+/// An output buffer that grew past this is given back once written, so a
+/// session that sent one large result does not keep its size while idle.
+const KEEP_OUTPUT_CAPACITY: usize = 16 * 1024;
+
+/// Empties a written output buffer, releasing it when it grew large.
+fn release_spent(out: &mut bytes::BytesMut) {
+    if out.capacity() > KEEP_OUTPUT_CAPACITY {
+        *out = bytes::BytesMut::new();
+    } else {
+        out.clear();
+    }
+}
+
 fn upstream_err(e: std::io::Error) -> SessionError {
     SessionError::upstream("upstream i/o", e)
 }

@@ -199,7 +199,8 @@ impl<'a> Requests<'a> {
     }
 
     pub(super) async fn run(&mut self) -> Result<String, SessionError> {
-        let mut out = BytesMut::with_capacity(16 * 1024);
+        // Grown on demand: an idle session holds no output buffer.
+        let mut out = BytesMut::new();
         loop {
             loop {
                 let msg = match split_message_charged(
@@ -249,7 +250,7 @@ impl<'a> Requests<'a> {
         if !out.is_empty() {
             self.upstream.write_all(out).await.map_err(upstream_err)?;
             self.upstream.flush().await.map_err(upstream_err)?;
-            out.clear();
+            super::release_spent(out);
         }
         Ok(())
     }

@@ -104,7 +104,8 @@ impl Responses {
             statement_columns: HashMap::new(),
             portal_columns: HashMap::new(),
             current: None,
-            out: BytesMut::with_capacity(16 * 1024),
+            // Grown on demand: an idle session holds no output buffer.
+            out: BytesMut::new(),
             catalog,
             tables: HashMap::new(),
             copy_refused: false,
@@ -240,7 +241,7 @@ impl Responses {
     async fn flush(&mut self) -> Result<(), SessionError> {
         self.client.write_all(&self.out).await?;
         self.client.flush().await?;
-        self.out.clear();
+        super::release_spent(&mut self.out);
         Ok(())
     }
 

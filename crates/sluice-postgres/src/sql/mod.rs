@@ -207,3 +207,29 @@ pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
         ))
     })
 }
+
+/// Query strings longer than this are not described (the console shows the text).
+pub const DESCRIBE_MAX_BYTES: usize = 64 * 1024;
+
+/// A query string as the operator console shows it to an approver: per
+/// statement, the command, its classes, the tables read and written, the
+/// functions called and whether a write is unbounded; or why it does not
+/// parse. The same classification the rules matched on.
+pub fn describe(sql: &str) -> serde_json::Value {
+    if sql.len() > DESCRIBE_MAX_BYTES {
+        return serde_json::json!({ "error": "too long to describe" });
+    }
+    match classify(sql) {
+        Ok(c) => serde_json::json!({
+            "statements": c.statements.iter().map(|s| serde_json::json!({
+                "command": s.command,
+                "classes": s.classes.iter().map(|c| c.name()).collect::<Vec<_>>(),
+                "reads": s.reads,
+                "writes": s.writes,
+                "functions": s.functions,
+                "unbounded_write": s.no_where,
+            })).collect::<Vec<_>>(),
+        }),
+        Err(e) => serde_json::json!({ "error": e.to_string() }),
+    }
+}

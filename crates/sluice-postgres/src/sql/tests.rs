@@ -867,3 +867,21 @@ fn builtin_function_names_are_known() {
     assert!(!functions::is_builtin(&["LOWER"]));
     assert!(!functions::is_builtin(&["my_func"]));
 }
+
+#[test]
+fn describe_for_the_console() {
+    let d = describe(
+        "update customers set name = 'x' where id = (select max(id) from orders); select now()",
+    );
+    let s = &d["statements"];
+    assert_eq!(s[0]["command"], "UPDATE");
+    assert_eq!(s[0]["writes"], serde_json::json!(["customers"]));
+    assert_eq!(s[0]["reads"], serde_json::json!(["orders"]));
+    assert!(s[0]["classes"]
+        .as_array()
+        .unwrap()
+        .contains(&"write".into()));
+    assert_eq!(s[0]["unbounded_write"], false);
+    assert_eq!(s[1]["functions"], serde_json::json!(["now"]));
+    assert!(describe("update t set").get("error").is_some());
+}

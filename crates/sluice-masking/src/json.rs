@@ -8,11 +8,9 @@
 //! safety, `.key` and `..key` also look through arrays on the way
 //! (`$.customers.ssn` reaches every customer), which strict JSONPath does not.
 
-use super::config::{MaskingConfigError, Style};
-use super::engine::{MaskCounts, Masked, MaskingEngine};
-use super::ResponseMasker;
+use crate::config::{MaskingConfigError, Style};
+use crate::engine::{MaskCounts, Masked, MaskingEngine};
 use crate::glob::Glob;
-use crate::pipeline::SessionInfo;
 use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
@@ -289,14 +287,13 @@ pub fn mask_json_text(
     counts
 }
 
-/// `ResponseMasker::mask_document`'s default: values at `key_paths` become
-/// `"[masked]"`, then every string, number and key goes through the masker's
-/// `mask_text`.
-pub(crate) fn mask_document_as_text<M: ResponseMasker + ?Sized>(
-    masker: &M,
-    session: &SessionInfo,
+/// Masks a document with a text masker alone (`ResponseMasker::mask_document`'s
+/// default in sluice-core): values at `key_paths` become `"[masked]"`, then
+/// every string, number and key goes through `mask_text`.
+pub fn mask_document_as_text(
     doc: &mut Value,
     key_paths: &[JsonPath],
+    mask_text: &dyn Fn(&str) -> Option<(String, MaskCounts)>,
 ) -> MaskCounts {
     let mut counts = MaskCounts::default();
     for path in key_paths {
@@ -309,9 +306,7 @@ pub(crate) fn mask_document_as_text<M: ResponseMasker + ?Sized>(
         });
         counts.add(&path.text, n);
     }
-    counts.merge(&mask_json_text(doc, &|text| {
-        masker.mask_text(session, text)
-    }));
+    counts.merge(&mask_json_text(doc, mask_text));
     counts
 }
 
@@ -387,9 +382,8 @@ mod tests {
 
     #[test]
     fn detectors_see_numbers() {
-        let config: super::super::MaskingConfig =
-            crate::toml::from_str(r#"detectors = ["default"]"#).unwrap();
-        let engine = super::super::compile(&config, Some(b"test-key-0123456789abcdef")).unwrap();
+        let config: crate::MaskingConfig = toml::from_str(r#"detectors = ["default"]"#).unwrap();
+        let engine = crate::compile(&config, Some(b"test-key-0123456789abcdef")).unwrap();
         let mut doc = json!({
             "card": 4111111111111111u64,
             "cards": [5500005555555559u64, 42],

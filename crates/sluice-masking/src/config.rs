@@ -1,16 +1,19 @@
 //! `[masking]`: which detectors run, how matches are rewritten, and which
-//! columns are masked whatever their content. Checked by [`super::compile`],
+//! columns are masked whatever their content. Checked by [`crate::compile`],
 //! whose errors name the offending key (`masking.custom.0.regex`, …).
 
-use crate::config::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 
 /// The `[masking]` section. The default masks nothing.
-#[derive(Debug, Clone, Default, Deserialize)]
+///
+/// `K` is how the embedder references the hash key (sluice-core: a `{ env }`
+/// or `{ file }` secret reference); the engine only needs to know whether one
+/// is configured, and takes the resolved bytes in [`crate::compile`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MaskingConfig {
+pub struct MaskingConfig<K = serde::de::IgnoredAny> {
     /// Built-in content detectors to enable: `email`, `credit_card`, `us_ssn`,
     /// `phone`, `iban`, `aws_access_key`, `aws_secret_key`, `github_token`,
     /// `gitlab_token`, `slack_token`, `jwt`, `private_key`, `url_password`, and
@@ -22,7 +25,7 @@ pub struct MaskingConfig {
     #[serde(default)]
     pub style: Style,
     /// HMAC key for the `hash` style; required as soon as any style is `hash`.
-    pub hash_key: Option<Secret>,
+    pub hash_key: Option<K>,
     /// Style per built-in detector, custom detector or column rule name.
     #[serde(default)]
     pub styles: BTreeMap<String, Style>,
@@ -36,6 +39,20 @@ pub struct MaskingConfig {
     /// sessions are still recorded, with what they saw.
     #[serde(default)]
     pub exempt_groups: Vec<String>,
+}
+
+impl<K> Default for MaskingConfig<K> {
+    fn default() -> Self {
+        MaskingConfig {
+            detectors: Vec::new(),
+            style: Style::default(),
+            hash_key: None,
+            styles: BTreeMap::new(),
+            custom: Vec::new(),
+            columns: Vec::new(),
+            exempt_groups: Vec::new(),
+        }
+    }
 }
 
 /// `[[masking.custom]]`: exactly one of `regex` and `words`.

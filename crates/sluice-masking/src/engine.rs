@@ -10,8 +10,8 @@
 //! the scan resumes one byte later. Text without candidates costs one pass of
 //! the lazy DFA and no allocation.
 
-use super::config::{MaskingConfig, MaskingConfigError, Style};
-use super::detectors::{self, Builtin, Hit, Partial};
+use crate::config::{MaskingConfig, MaskingConfigError, Style};
+use crate::detectors::{self, Builtin, Hit, Partial};
 use crate::glob::Glob;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::Regex;
@@ -28,7 +28,7 @@ use std::sync::Arc;
 /// whose matches can be longer (PEM keys, JWTs, emails, passwords, custom
 /// regexes without an upper bound) are guaranteed across chunk boundaries
 /// only up to this length; JWTs and PEM keys cut by it are still masked to
-/// their end (see [`super::StreamMasker`]).
+/// their end (see [`crate::StreamMasker`]).
 pub const MAX_HOLDBACK: usize = 4096;
 
 /// Matches up to this long are checked for overlapping a later match that
@@ -193,7 +193,7 @@ impl Default for MaskingEngine {
     }
 }
 
-impl MaskingConfig {
+impl<K> MaskingConfig<K> {
     /// Checks the section without the hash key's value (for `config check`):
     /// everything `compile` checks, with a stand-in key when one is configured.
     pub fn validate(&self) -> Result<(), MaskingConfigError> {
@@ -286,8 +286,8 @@ fn parse_column_pattern(p: &str) -> Result<ColumnPattern, String> {
 
 /// Compiles `[masking]`. `hash_key` is the resolved `masking.hash_key` secret;
 /// it is required when any style is `hash`.
-pub fn compile(
-    config: &MaskingConfig,
+pub fn compile<K>(
+    config: &MaskingConfig<K>,
     hash_key: Option<&[u8]>,
 ) -> Result<MaskingEngine, MaskingConfigError> {
     let default_style = config.style;

@@ -3,7 +3,7 @@
 //! **Hold-back bound.** After each [`StreamMasker::push`] at most
 //! [`MaskingEngine::holdback`] bytes stay buffered: the longest match any
 //! enabled detector can make (at least 128 bytes, the overlap look-ahead),
-//! capped at [`super::MAX_HOLDBACK`] = 4 KiB. With the default detectors it is
+//! capped at [`crate::MAX_HOLDBACK`] = 4 KiB. With the default detectors it is
 //! the cap, since emails, JWTs, PEM keys and passwords have no fixed upper
 //! length; with, say, only `credit_card` and `us_ssn` it is 128. A candidate
 //! that starts before the last `holdback` bytes has all the bytes it can span
@@ -25,7 +25,7 @@
 //! Bytes outside matches are passed through byte for byte, including invalid
 //! UTF-8 (the automaton runs on bytes; matches are valid UTF-8).
 
-use super::engine::{Kind, MaskCounts, MaskingEngine, Scratch};
+use crate::engine::{Kind, MaskCounts, MaskingEngine, Scratch};
 use std::sync::Arc;
 
 /// Bytes of already released input kept as look-behind context (`\b`, the
