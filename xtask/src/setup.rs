@@ -115,7 +115,7 @@ const REQUIREMENTS: &[Requirement] = &[
 ];
 
 /// Installs missing Debian packages with apt-get (as root; otherwise prints the command and
-/// fails), then psycopg for Python and cargo-nextest.
+/// fails), then the Python packages of the tests and cargo-nextest.
 pub(crate) fn setup() -> Result<()> {
     let mut apt = Apt::default();
     let missing: Vec<&str> = REQUIREMENTS
@@ -130,8 +130,13 @@ pub(crate) fn setup() -> Result<()> {
     }
 
     // psycopg for the driver tests; Playwright (the Python package only, no
-    // browser download) for the console's browser tests.
-    for (module, package) in [("psycopg", "psycopg[binary]"), ("playwright", "playwright")] {
+    // browser download) for the console's browser tests; mcp, the official
+    // MCP SDK, for the MCP tests (tests/py/mcp_client.py).
+    for (module, package) in [
+        ("psycopg", "psycopg[binary]"),
+        ("playwright", "playwright"),
+        ("mcp", "mcp>=2.3,<3"),
+    ] {
         if python_has(module) {
             eprintln!("setup: python3 {module} present");
             continue;

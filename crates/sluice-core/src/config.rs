@@ -193,6 +193,10 @@ pub struct ListenConfig {
     pub http: Option<SocketAddr>,
     /// Operator API listener.
     pub api: Option<SocketAddr>,
+    /// MCP listener (Streamable HTTP over HTTPS, endpoint `/mcp`): every
+    /// connection the caller may open, as tools (`sluice-mcp`).
+    #[serde(default)]
+    pub mcp: Option<SocketAddr>,
     /// Listeners of contributed protocols, by kind name (`kv = "127.0.0.1:7000"`).
     #[serde(default)]
     pub protocols: std::collections::BTreeMap<String, SocketAddr>,
@@ -221,6 +225,7 @@ impl Default for ListenConfig {
             ssh: None,
             http: None,
             api: None,
+            mcp: None,
             protocols: Default::default(),
             max_connections: default_max_connections(),
             max_connections_per_peer: 0,

@@ -42,6 +42,11 @@ pub fn generated_paths(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
 /// generated once into `state_dir/tls` (clients trust `ca.crt`).
 pub fn server_config(config: &Config, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     install_crypto_provider();
+    // Listeners start concurrently (some in their own tasks): one generates
+    // while the others wait, then read the finished pair, never a key from
+    // one generation and a certificate from another.
+    static GENERATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _generating = crate::sync::MutexExt::locked(&GENERATING);
     let (cert_path, key_path) = match &config.tls {
         Some(t) => (t.cert.clone(), t.key.clone()),
         None => {

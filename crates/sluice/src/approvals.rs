@@ -88,7 +88,7 @@ pub fn api_client(config: &Config, token: String) -> Result<ApiClient> {
 }
 
 /// A listener bound to all interfaces is reached on loopback.
-fn dialable(addr: SocketAddr) -> SocketAddr {
+pub fn dialable(addr: SocketAddr) -> SocketAddr {
     match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => {
             SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())

@@ -203,6 +203,14 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         tracing::info!(message = "HTTP listener ready (HTTPS).", addr = %listener.local_addr()?);
         tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
     }
+    if let Some(addr) = listen.mcp {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the mcp listener on {addr}"))?;
+        let server = sluice_mcp::McpServer::new(gateway.clone())?;
+        tracing::info!(message = "MCP listener ready (HTTPS, /mcp).", addr = %listener.local_addr()?);
+        tasks.spawn(async move { server.serve(listener).await.map_err(anyhow::Error::from) });
+    }
     if let Some(addr) = listen.ssh {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -213,7 +221,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     }
     if tasks.is_empty() {
         anyhow::bail!(
-            "no listener configured: set listen.postgres, listen.ssh, listen.http or listen.api"
+            "no listener configured: set listen.postgres, listen.ssh, listen.http, listen.mcp or listen.api"
         );
     }
     if let Some(path) = reload_from {
@@ -509,6 +517,22 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     if let Some(api) = config.listen.api {
         println!("\nOperator console (sign in with the demo-dba token below; the certificate is the demo's own, self-signed):");
         println!("  https://{api}{}", sluice_api::CONSOLE_PATH);
+    }
+    if let Some(mcp) = config.listen.mcp {
+        let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
+        println!("\nMCP (tools appdb.query, appdb.list_tables, appdb.describe_table), for an agent's client config:");
+        println!(
+            "  {}",
+            serde_json::json!({ "mcpServers": { "sluice": {
+                "type": "http",
+                "url": format!("https://{mcp}/mcp"),
+                "headers": { "Authorization": format!("Bearer {token}") }
+            } } })
+        );
+        println!(
+            "  (it must trust the gateway's CA, {}; or run the stdio bridge: SLUICE_TOKEN=... sluice mcp --config examples/quickstart.toml)",
+            ca.display()
+        );
     }
     println!("\nOr approve it as demo-dba (groups: dba), from the repository root:");
     println!("  export SLUICE_TOKEN={dba}");

@@ -5,6 +5,7 @@ mod approvals;
 mod compose;
 mod connect;
 mod login;
+mod mcp;
 mod telemetry;
 mod tokens;
 
@@ -97,6 +98,19 @@ enum Cmd {
         token: Option<String>,
         #[command(subcommand)]
         command: approvals::ApprovalsCmd,
+    },
+    /// An MCP server on stdin/stdout for a local agent, bridged to the
+    /// gateway's MCP listener (`[listen] mcp`) with your token.
+    Mcp {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Your own token (default: SLUICE_TOKEN, else your sluice login).
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The gateway's MCP listener as host:port (default: listen.mcp of the
+        /// config; without a config, its certificate must chain to a public root).
+        #[arg(long)]
+        addr: Option<String>,
     },
 }
 
@@ -307,6 +321,18 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("audit verification failed");
             }
             Ok(())
+        }
+        Cmd::Mcp {
+            config,
+            token,
+            addr,
+        } => {
+            // With --addr, the config (for the gateway's CA) is optional.
+            let config = match (&config.config, &addr) {
+                (None, Some(_)) => None,
+                _ => Some(config.load()?),
+            };
+            mcp::run(config.as_ref(), token, addr)
         }
         Cmd::Audit(AuditCmd::Checkpoint(c)) => {
             compose::runtime()?.block_on(compose::checkpoint(c.load()?))

@@ -34,6 +34,9 @@ pub(crate) struct Portal {
     pub text: Arc<str>,
     /// Its columns will be known before its rows arrive.
     pub described: bool,
+    /// The context line naming its Bind's parameter values (a digest), when
+    /// it has parameters: a retry grant is for these values only.
+    pub parameters: Option<Arc<str>>,
 }
 
 /// Why a client message naming an object cannot be forwarded.
@@ -120,13 +123,21 @@ impl Registry {
     /// A client Bind of `portal` to `statement`, whose text is `text` and
     /// upstream name `upstream` (from this registry or elsewhere, e.g. a SQL
     /// `PREPARE`). The portal replaces any earlier one of that name.
-    pub fn bind(&mut self, portal: &str, statement: &str, text: Arc<str>, described: bool) {
+    pub fn bind(
+        &mut self,
+        portal: &str,
+        statement: &str,
+        text: Arc<str>,
+        described: bool,
+        parameters: Option<Arc<str>>,
+    ) {
         self.portals.insert(
             portal.to_string(),
             Portal {
                 statement: statement.to_string(),
                 text,
                 described,
+                parameters,
             },
         );
     }
@@ -209,7 +220,7 @@ mod tests {
         let mut r = Registry::default();
         r.parse("", "delete from orders").unwrap();
         let st = r.statement("").unwrap().clone();
-        r.bind("", "", st.text, st.described);
+        r.bind("", "", st.text, st.described, None);
         // A later Parse of the unnamed statement does not change the portal.
         r.parse("", "select 1").unwrap();
         assert_eq!(&*r.portal("").unwrap().text, "delete from orders");
@@ -220,8 +231,8 @@ mod tests {
         let mut r = Registry::default();
         r.parse("", "select 1").unwrap();
         r.parse("s", "select 2").unwrap();
-        r.bind("", "", Arc::from("select 1"), false);
-        r.bind("p", "s", Arc::from("select 2"), false);
+        r.bind("", "", Arc::from("select 1"), false, None);
+        r.bind("p", "s", Arc::from("select 2"), false, None);
         r.simple_query();
         assert!(r.statement("").is_none());
         assert!(r.portal("").is_err());
@@ -253,7 +264,7 @@ mod tests {
         r.parse("s", "select 1").unwrap();
         assert_eq!(&*r.describe_statement("s").unwrap(), "sluice_s1");
         assert!(r.statement("s").unwrap().described);
-        r.bind("p", "s", Arc::from("select 1"), false);
+        r.bind("p", "s", Arc::from("select 1"), false, None);
         assert!(!r.portal("p").unwrap().described);
         assert!(r.describe_portal("p"));
         assert!(r.portal("p").unwrap().described);

@@ -128,6 +128,29 @@ fn put_message(out: &mut BytesMut, tag: u8, body: &[&[u8]]) {
 
 /// The bytes after `n` NUL-terminated strings of a body (the rest of a
 /// Parse or Bind after its names), or `None` if they are not there.
+/// The context line binding an Execute to its Bind's parameters (see
+/// `sluice_core::approval::fingerprint`): a digest of the parameter format
+/// codes, values and result formats, so that a retry grant approved for
+/// `… where id = $1` with one value does not run it with another. `None`
+/// when the Bind has no parameters (the text is the whole command).
+fn parameters_context(rest: &[u8]) -> Option<Arc<str>> {
+    use sha2::Digest;
+    let count = |at: usize| -> Option<usize> {
+        let b = rest.get(at..at + 2)?;
+        Some(i16::from_be_bytes([b[0], b[1]]).max(0) as usize)
+    };
+    let formats = count(0)?;
+    let values = count(2 + 2 * formats)?;
+    if values == 0 {
+        return None;
+    }
+    let digest = sha2::Sha256::digest(rest);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Some(Arc::from(format!(
+        "bind parameters sha256:{hex} ({values} values)"
+    )))
+}
+
 fn after_cstrs(body: &[u8], n: usize) -> Option<&[u8]> {
     let mut rest = body;
     for _ in 0..n {
@@ -661,7 +684,13 @@ impl<'a> Requests<'a> {
                 }
             },
         };
-        self.registry.bind(&portal, &statement, text, described);
+        self.registry.bind(
+            &portal,
+            &statement,
+            text,
+            described,
+            parameters_context(rest),
+        );
         put_message(
             out,
             tag::BIND,
@@ -767,13 +796,15 @@ impl<'a> Requests<'a> {
         };
         let mut analysis = self.analyse(&portal.text);
         let lineage_text = analysis.lineage_text.clone();
+        let mut context = std::mem::take(&mut analysis.context);
+        context.extend(portal.parameters.as_deref().map(str::to_string));
         let command = Command {
             kind: CommandKind::SqlExecute {
                 statement: portal.statement.clone(),
                 portal: portal_name.clone(),
             },
             text: portal.text.to_string(),
-            context: std::mem::take(&mut analysis.context),
+            context,
         };
         let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
         match decided {
