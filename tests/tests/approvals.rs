@@ -111,6 +111,25 @@ fn held_statement_runs_on_the_same_connection_after_approval() {
         &["approve", &id],
     );
     assert!(!outsider.status.success(), "{}", stdout(&outsider));
+    // A token the approver exchanged for an agent (narrowed to a connection)
+    // keeps the groups, never the approver role.
+    let narrowed = env.sluice(&[
+        "token",
+        "exchange",
+        "--connection",
+        "appdb",
+        "--ttl",
+        "5m",
+        "--token",
+        &env.token("dana", &["dba", "agents"], "10m"),
+    ]);
+    let narrowed = ok(&narrowed).trim().to_string();
+    let refused = approvals(&env, &narrowed, &["approve", &id]);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("narrowed to connections"),
+        "{}",
+        stderr(&refused)
+    );
 
     let ok_out = approvals(&env, &dba, &["approve", &id, "--reason", "ticket OPS-42"]);
     assert!(ok_out.status.success(), "{}", stderr(&ok_out));

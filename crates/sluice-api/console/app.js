@@ -21,9 +21,17 @@
     }
     for (const c of [].concat(children === undefined ? [] : children)) {
       if (c === null || c === undefined || c === false) continue;
-      el.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
+      el.appendChild(typeof c === 'object' ? c : document.createTextNode(visible(String(c))));
     }
     return el;
+  }
+  // Text from agents is shown as it is, except characters that reorder or
+  // hide text (bidi overrides and isolates, zero-width and other format
+  // characters, control characters but newline and tab): those are shown as
+  // a visible marker, so an approver reads what the target will run.
+  const HIDDEN = /[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]/g;
+  function visible(text) {
+    return text.replace(HIDDEN, (c) => '\u27e8U+' + c.charCodeAt(0).toString(16).toUpperCase().padStart(4, '0') + '\u27e9');
   }
   function clear(el) { while (el.firstChild) el.removeChild(el.firstChild); }
   function toast(msg) {

@@ -17,6 +17,7 @@
     this.x = 0; this.y = 0; this.state = 0; this.params = ''; this.scrollback = [];
   };
   Screen.prototype.resize = function (cols, rows) {
+    if (Math.min(cols, 500) === this.cols && Math.min(rows, 200) === this.rows) return;
     const text = this.text();
     this.cols = Math.max(1, Math.min(cols, 500)); this.rows = Math.max(1, Math.min(rows, 200));
     this.reset(); this.write(text.replace(/\n/g, '\r\n'));
@@ -64,7 +65,10 @@
         break;
       }
       case 'P': { const line = this.lines[this.y]; line.splice(this.x, n(0, 1)); while (line.length < this.cols) line.push(' '); break; }
-      case '@': { const line = this.lines[this.y]; for (let i = 0; i < n(0, 1); i++) line.splice(this.x, 0, ' '); line.length = this.cols; break; }
+      case '@': { // at most the rest of the line: a huge count must not stall the page
+        const line = this.lines[this.y], k = Math.max(0, Math.min(n(0, 1), this.cols - this.x));
+        line.splice(this.x, 0, ...new Array(k).fill(' ')); line.length = this.cols; break;
+      }
       default: break; // colours (m), modes (h/l) and the rest change nothing visible here
     }
     this.clamp();
@@ -139,16 +143,19 @@
     while (box.firstChild) box.removeChild(box.firstChild);
     box.append(controls, term);
 
-    let pos = 0, next = 0, playing = false, timer = null, last = 0;
+    // A recording may hold any number of size changes (a hostile client can
+    // send thousands); each redraws the screen, so only the first ones count.
+    const MAX_RESIZES = 500;
+    let pos = 0, next = 0, playing = false, timer = null, last = 0, resizes = 0;
     function render() { term.textContent = screen.text(); clock.textContent = (pos / 1000).toFixed(1) + 's / ' + rec.duration.toFixed(1) + 's'; seek.value = String(pos); }
     function apply(until) {
       while (next < rec.events.length && rec.events[next][0] * 1000 <= until) {
         const [, type, data] = rec.events[next++];
         if (type === 'o') screen.write(String(data));
-        else if (type === 'r') { const m = /^(\d+)x(\d+)$/.exec(String(data)); if (m) screen.resize(+m[1], +m[2]); }
+        else if (type === 'r' && resizes < MAX_RESIZES) { const m = /^(\d+)x(\d+)$/.exec(String(data)); if (m) { resizes++; screen.resize(+m[1], +m[2]); } }
       }
     }
-    function seekTo(ms) { screen.reset(); if (rec.header.width) screen.resize(rec.header.width, rec.header.height); next = 0; pos = ms; apply(ms); render(); }
+    function seekTo(ms) { resizes = 0; screen.reset(); if (rec.header.width) screen.resize(rec.header.width, rec.header.height); next = 0; pos = ms; apply(ms); render(); }
     function tick() {
       const now = performance.now();
       pos += (now - last) * Number(speed.value); last = now;

@@ -111,8 +111,10 @@ impl std::fmt::Debug for ExchangeResponse {
 
 const DEFAULT_EXCHANGE_TTL: Duration = Duration::from_secs(15 * 60);
 
+/// A token narrowed to connections (handed to agents) never carries its
+/// owner's admin role.
 pub(crate) fn is_admin(gateway: &Gateway, identity: &Identity) -> bool {
-    identity.in_any_group(&gateway.config().auth.admin_groups)
+    identity.connections.is_none() && identity.in_any_group(&gateway.config().auth.admin_groups)
 }
 
 pub(crate) fn owns(session: &LiveSessionInfo, identity: &Identity) -> bool {

@@ -311,8 +311,10 @@ async fn dispatch(
 }
 
 /// The caller may decide it (an approver who did not ask), or asked for it.
+/// A token narrowed to connections sees only its subject's own requests.
 pub(crate) fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
-    request.subject == identity.subject || identity.in_any_group(&request.approvers)
+    request.subject == identity.subject
+        || (identity.connections.is_none() && identity.in_any_group(&request.approvers))
 }
 
 /// The identity behind `Authorization: Bearer …`; the error never contains the token.
@@ -412,9 +414,9 @@ fn approval_error(e: ApprovalError) -> Response<Body> {
     let status = match &e {
         ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
         ApprovalError::NotPending { .. } => StatusCode::CONFLICT,
-        ApprovalError::SelfApproval(_) | ApprovalError::NotAnApprover { .. } => {
-            StatusCode::FORBIDDEN
-        }
+        ApprovalError::SelfApproval(_)
+        | ApprovalError::NotAnApprover { .. }
+        | ApprovalError::NarrowedToken => StatusCode::FORBIDDEN,
         ApprovalError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     problem(status, e.to_string())

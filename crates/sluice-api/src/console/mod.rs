@@ -224,7 +224,9 @@ impl Console {
         let signed = match self.sessions.resolve(gateway, req.headers()).await {
             Some(Ok(signed)) => signed,
             Some(Err(detail)) => return unauthorized(detail),
-            None => return unauthorized("not signed in to the console"),
+            // No cookie came (e.g. a cross-site navigation, which SameSite
+            // keeps it from): nothing to clear, the real one stays.
+            None => return problem(StatusCode::UNAUTHORIZED, "not signed in to the console"),
         };
         if !matches!(*req.method(), Method::GET | Method::HEAD) {
             if let Err(detail) = session::check_csrf(req.headers(), &signed.csrf) {
@@ -303,6 +305,13 @@ impl Console {
                 );
             }
         };
+        if identity.connections.is_some() {
+            // Exchanged tokens are handed to agents: not a console identity.
+            return problem(
+                StatusCode::FORBIDDEN,
+                "a token narrowed to connections cannot sign in to the console; use your own token (sluice login or sluice token issue)",
+            );
+        }
         let (id, csrf) = match self.sessions.create(token, &identity) {
             Ok(pair) => pair,
             Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e),

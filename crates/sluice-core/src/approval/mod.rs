@@ -94,6 +94,8 @@ pub enum ApprovalError {
     SelfApproval(String),
     #[error("{subject} is not in an approver group of this request ({groups})")]
     NotAnApprover { subject: String, groups: String },
+    #[error("a token narrowed to connections cannot decide approvals; use your own token")]
+    NarrowedToken,
     #[error("the decision could not be recorded, so it was not applied: {0}")]
     Store(String),
 }
@@ -351,6 +353,11 @@ impl ApprovalService {
             }
             if r.subject == approver.subject && e.issuer == approver.issuer {
                 return Err(ApprovalError::SelfApproval(approver.subject.clone()));
+            }
+            // An exchanged token keeps its owner's groups but is made to be
+            // handed to agents: it never carries the owner's approver role.
+            if approver.connections.is_some() {
+                return Err(ApprovalError::NarrowedToken);
             }
             if !approver.in_any_group(&r.approvers) {
                 return Err(ApprovalError::NotAnApprover {

@@ -138,6 +138,14 @@ async fn hold_then_approve_runs_on_the_same_call() {
         .decide(&id, &person("bob", &["devs"]), true, None)
         .await;
     assert!(matches!(outsider, Err(ApprovalError::NotAnApprover { .. })));
+    // A token an approver exchanged for agents (narrowed to connections)
+    // keeps the groups but not the approver role.
+    let narrowed = Identity {
+        connections: Some(vec!["appdb".into()]),
+        ..person("dana", &["dba"])
+    };
+    let r = rig.approvals.decide(&id, &narrowed, true, None).await;
+    assert!(matches!(r, Err(ApprovalError::NarrowedToken)), "{r:?}");
     let r = rig
         .approvals
         .decide(&id, &person("dana", &["dba"]), true, None)
