@@ -625,6 +625,31 @@ asyncio.run(main())
     let out = run_with_timeout(&mut flood, None, COMMAND_TIMEOUT);
     assert_eq!(stdout(&out).trim(), "[200]", "{}", stderr(&out));
 
+    // One row larger than MCP returns is refused without being buffered
+    // whole; a first row over the result budget is counted, not returned.
+    let huge = m.call(
+        &agent,
+        "appdb.query",
+        serde_json::json!({ "sql": "select repeat('x', 9000000) as blob" }),
+    );
+    assert_eq!(huge["is_error"], true, "{huge}");
+    assert!(
+        huge["text"]
+            .as_str()
+            .unwrap()
+            .contains("larger than MCP returns"),
+        "{huge}"
+    );
+    let big = m.call(
+        &agent,
+        "appdb.query",
+        serde_json::json!({ "sql": "select repeat('x', 5000000) as blob" }),
+    );
+    assert_eq!(big["is_error"], false, "{big}");
+    assert_eq!(big["structured"]["truncated"], true, "{big}");
+    assert_eq!(big["structured"]["row_count"], 1, "{big}");
+    assert_eq!(big["structured"]["rows"], serde_json::json!([]), "{big}");
+
     // The gateway is alive and serves a real client.
     env.assert_gateway_alive();
     let (_, names) = m.tool_names(&agent, "legacy");

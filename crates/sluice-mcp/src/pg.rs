@@ -22,8 +22,12 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub const MAX_ROWS: usize = 1000;
 /// Bytes of row values returned to the agent; the rest are counted, not returned.
 pub const MAX_RESULT_BYTES: usize = 4 * 1024 * 1024;
-/// A backend message longer than this ends the connection (the gateway never sends one).
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// A backend message longer than this ends the call: one row this large
+/// cannot be returned to an agent, and is never buffered whole.
+const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+/// Notices kept for the result (count and bytes); the rest are counted.
+const MAX_NOTICES: usize = 100;
+const MAX_NOTICE_BYTES: usize = 64 * 1024;
 
 /// What went wrong, and on whose side.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,8 @@ pub struct QueryResult {
     pub truncated: bool,
     pub command: Option<String>,
     pub notices: Vec<String>,
+    /// Notices past the count or size kept.
+    pub notices_dropped: u64,
 }
 
 impl QueryResult {
@@ -97,6 +103,9 @@ impl QueryResult {
         }
         if !self.notices.is_empty() {
             doc["notices"] = json!(self.notices);
+        }
+        if self.notices_dropped > 0 {
+            doc["notices_dropped"] = json!(self.notices_dropped);
         }
         doc
     }
@@ -210,13 +219,14 @@ impl PgClient {
         let mut result = QueryResult::default();
         let mut error = None;
         let mut bytes = 0usize;
+        let mut notice_bytes = 0usize;
         loop {
             let m = self.next().await?;
             match m.tag {
                 b'T' => result.columns = row_description(m.body)?,
                 b'D' => {
                     result.row_count += 1;
-                    if result.rows.len() >= MAX_ROWS || bytes >= MAX_RESULT_BYTES {
+                    if result.rows.len() >= MAX_ROWS || bytes + m.body.len() > MAX_RESULT_BYTES {
                         result.truncated = true;
                         continue;
                     }
@@ -228,7 +238,12 @@ impl PgClient {
                 b'N' => {
                     let text = error_text(&m.body);
                     on_notice(&text);
-                    result.notices.push(text);
+                    notice_bytes += text.len();
+                    if result.notices.len() < MAX_NOTICES && notice_bytes <= MAX_NOTICE_BYTES {
+                        result.notices.push(text);
+                    } else {
+                        result.notices_dropped += 1;
+                    }
                 }
                 b'G' => {
                     // COPY FROM STDIN: there is no data to send from a tool call.
@@ -267,7 +282,13 @@ impl PgClient {
                 let len =
                     u32::from_be_bytes([self.read[1], self.read[2], self.read[3], self.read[4]])
                         as usize;
-                if !(4..=MAX_MESSAGE_BYTES).contains(&len) {
+                if len > MAX_MESSAGE_BYTES {
+                    return Err(PgClientError::Refused(format!(
+                        "sluice: a row or message of {len} bytes is larger than MCP returns ({} MiB); select fewer or shorter columns",
+                        MAX_MESSAGE_BYTES >> 20
+                    )));
+                }
+                if len < 4 {
                     return Err(PgClientError::Transport(format!(
                         "a message of {len} bytes"
                     )));

@@ -467,7 +467,7 @@ impl SluiceTools {
             &conn.name,
             command,
             |text| {
-                let _ = notices.send(text.to_string());
+                let _ = notices.try_send(text.to_string());
             },
         );
         let outcome = tokio::select! {
@@ -582,7 +582,7 @@ impl SluiceTools {
                     .await?;
             let result = client
                 .query(sql, params, |n| {
-                    let _ = notices.send(n.to_string());
+                    let _ = notices.try_send(n.to_string());
                 })
                 .await;
             client.close().await;
@@ -667,15 +667,20 @@ fn sql_for(kind: ToolKind, args: &JsonObject) -> Result<(String, Vec<Option<Stri
     })
 }
 
+/// Progress notifications waiting for a client that reads slowly; past this
+/// they are dropped (the output itself is captured, bounded, in the result).
+const PROGRESS_BACKLOG: usize = 64;
+
 /// Notices (an approval hold says so) become progress notifications when
-/// the client asked for progress. Abort the task when the call ends.
+/// the client asked for progress. Abort the task when the call ends. The
+/// queue is bounded: a client that stops reading cannot make it grow.
 fn progress_forwarder(
     context: &RequestContext<RoleServer>,
 ) -> (
-    tokio::sync::mpsc::UnboundedSender<String>,
+    tokio::sync::mpsc::Sender<String>,
     tokio::task::JoinHandle<()>,
 ) {
-    let (notices, mut notices_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (notices, mut notices_rx) = tokio::sync::mpsc::channel::<String>(PROGRESS_BACKLOG);
     let progress_token = context.meta.get_progress_token();
     let peer = context.peer.clone();
     let forward = tokio::spawn(async move {

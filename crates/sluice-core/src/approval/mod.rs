@@ -216,8 +216,9 @@ pub(crate) fn now_ms() -> u64 {
 pub const UNBOUND_CONTEXT: &str = "unbound: ";
 
 /// The exact request a retry grant is for: who (subject namespaced by its
-/// issuer), where, the whitespace-normalised text (the same statement
-/// re-sent with different spacing is the same request) and every context
+/// issuer), where, the text as sent (only leading and trailing whitespace and
+/// trailing `;` dropped: inner whitespace is not normalised, because a newline
+/// ends an SQL `--` comment and spaces inside literals are data) and every context
 /// line the protocol attached (a Kubernetes exec's target pod and container,
 /// an HTTP request's body digest, a prepared statement's definition).
 /// Anything else is a different request.
@@ -227,16 +228,10 @@ pub fn fingerprint(
     text: &str,
     context: &[String],
 ) -> String {
-    let normal: Vec<&str> = text
-        .trim()
-        .trim_end_matches(';')
-        .split_whitespace()
-        .collect();
+    let exact = text.trim().trim_end_matches(';').trim_end();
     let mut fp = format!(
-        "{}\u{0}{}\u{0}{connection}\u{0}{}",
-        identity.issuer,
-        identity.subject,
-        normal.join(" ")
+        "{}\u{0}{}\u{0}{connection}\u{0}{exact}",
+        identity.issuer, identity.subject,
     );
     for line in context {
         fp.push('\u{0}');

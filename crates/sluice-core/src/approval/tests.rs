@@ -256,11 +256,13 @@ async fn retry_mode_runs_the_approved_command_once() {
         .decide(&id, &person("dana", &["dba"]), true, None)
         .await
         .unwrap();
-    // Whitespace differences are the same command; it runs once.
+    // Spacing at the ends and a trailing `;` are not part of the command
+    // (inner whitespace is: see fingerprints_do_not_normalise_inner_whitespace);
+    // it runs once.
     let run = rig
         .pipeline
         .clone()
-        .oneshot(request("  delete   from t ;", None))
+        .oneshot(request("  delete from t ;", None))
         .await
         .unwrap();
     assert!(matches!(run, Decision::Forward { .. }), "{run:?}");
@@ -392,4 +394,17 @@ async fn a_retry_grant_is_for_the_exact_request_and_the_same_issuer() {
         denial.message.contains("cannot be approved for a re-send"),
         "{denial:?}"
     );
+}
+
+/// A retry grant is for the text as sent: moving a `--` comment's end (a
+/// newline) or changing spaces inside a literal is another statement.
+#[test]
+fn fingerprints_do_not_normalise_inner_whitespace() {
+    let who = person("agent", &["agents"]);
+    let fp = |text: &str| fingerprint(&who, "appdb", text, &[]);
+    let approved = fp("delete from t where id = 5 -- or true");
+    assert_ne!(approved, fp("delete from t where id = 5 --\nor true"));
+    assert_ne!(fp("select 'a  b'"), fp("select 'a b'"));
+    // The ends are not part of the statement.
+    assert_eq!(approved, fp("  delete from t where id = 5 -- or true;\n"));
 }
