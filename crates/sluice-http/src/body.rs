@@ -797,8 +797,25 @@ pub fn body_context(bytes: &[u8], complete: bool) -> String {
     }
     let digest = sha2::Sha256::digest(bytes);
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("body sha256:{hex} ({} bytes)", bytes.len())
+    let mut line = format!("body sha256:{hex} ({} bytes)", bytes.len());
+    // What an approver reads: the start of a text body, escaped (control
+    // characters cannot disguise it); the digest binds the whole body.
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        if !text.is_empty() {
+            let excerpt: String = text.chars().take(BODY_EXCERPT_CHARS).collect();
+            let more = if excerpt.len() < text.len() {
+                "…"
+            } else {
+                ""
+            };
+            line.push_str(&format!(": {excerpt:?}{more}"));
+        }
+    }
+    line
 }
+
+/// Characters of a text request body shown in its context line.
+const BODY_EXCERPT_CHARS: usize = 200;
 
 /// A response body that keeps the unread request body until it ends.
 pub struct Holding {
@@ -838,6 +855,21 @@ impl http_body::Body for Holding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_body_context_binds_the_digest_and_shows_an_escaped_excerpt() {
+        let line = body_context("{\"id\": 7}\u{202e}\n".as_bytes(), true);
+        assert!(line.starts_with("body sha256:"), "{line}");
+        assert!(
+            line.ends_with(r#"(13 bytes): "{\"id\": 7}\u{202e}\n""#),
+            "{line}"
+        );
+        let long = "x".repeat(500);
+        let line = body_context(long.as_bytes(), true);
+        assert!(line.ends_with("…") && line.len() < 400, "{line}");
+        // Binary bodies: the digest only.
+        assert!(body_context(&[0xff, 0xfe], true).ends_with("(2 bytes)"));
+    }
 
     #[test]
     fn echoes_in_other_encodings_are_redacted() {

@@ -180,13 +180,12 @@ impl OidcLogins {
             let mut pending = self.pending.locked();
             pending.retain(|_, p| p.started.elapsed() < LOGIN_TIMEOUT);
             if pending.len() >= MAX_PENDING {
-                if let Some(oldest) = pending
-                    .iter()
-                    .min_by_key(|(_, p)| p.started)
-                    .map(|(k, _)| k.clone())
-                {
-                    pending.remove(&oldest);
-                }
+                // Refuse rather than evict: a flood of starts (no sign-in is
+                // needed to send them) must not cancel people mid-login.
+                return problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many sign-ins in progress; try again in a few minutes",
+                );
             }
             pending.insert(
                 web.state.clone(),
