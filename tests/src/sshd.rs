@@ -436,11 +436,16 @@ impl SshEnv {
 
     /// `ssh -p PORT host@127.0.0.1 ARGS…` with `token`.
     pub fn ssh_command(&self, token: &str, args: &[&str]) -> Command {
+        self.ssh_command_to(CONNECTION, token, args)
+    }
+
+    /// `ssh -p PORT CONNECTION@127.0.0.1 ARGS…` with `token`.
+    pub fn ssh_command_to(&self, connection: &str, token: &str, args: &[&str]) -> Command {
         let mut cmd = self.client("ssh", token);
         cmd.args(self.client_options())
             .arg("-p")
             .arg(self.port.to_string())
-            .arg(format!("{CONNECTION}@127.0.0.1"))
+            .arg(format!("{connection}@127.0.0.1"))
             .args(args);
         cmd
     }

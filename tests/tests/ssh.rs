@@ -7,6 +7,7 @@
 use sluice_e2e::sshd::{SshEnv, TEST_USER};
 use sluice_e2e::{
     failed, ok, py_dir, run_with_timeout, stderr, stdout, HostileUpstream, Hostility,
+    COMMAND_TIMEOUT,
 };
 use std::fs;
 use std::io::{Read, Write};
@@ -447,6 +448,62 @@ message = "Copy files through the deployment pipeline."
     assert_ne!(out.status.code(), Some(0));
     // Ordinary commands still work.
     ok(&env.ssh(&token, &["true"]));
+}
+
+/// An allow-list that permits only scp transfers: a line that merely mentions
+/// scp, or an scp whose options make it run another program, is not "an scp"
+/// and falls to the connection's default (deny). The host's sentinel is the
+/// oracle: none of these lines may run anything there.
+#[test]
+fn an_scp_allow_rule_admits_only_a_plain_transfer() {
+    let env = SshEnv::start(
+        r#"
+[[connections]]
+name = "files"
+kind = "ssh"
+upstream = "{SSHD}"
+user = "sluice-e2e"
+private_key = { file = "{KEY}" }
+host_key = "{HOST_KEY}"
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "transfers-only"
+connections = ["files"]
+match = { ssh = "scp" }
+action = "allow"
+"#,
+    );
+    let token = env.agent_token();
+    let w = env.work.display().to_string();
+    let sentinel = env.work.join("sentinel");
+    let s = sentinel.display().to_string();
+    for line in [
+        format!("touch {s}; true || scp -t {w}"),
+        format!("scp '-oProxyCommand=touch {s}' -t {w}"),
+        format!("scp -S /usr/bin/touch -t {s}"),
+        format!("scp -t {w} && touch {s}"),
+        format!("sh -c 'scp -t {w}; touch {s}'"),
+    ] {
+        let mut cmd = env.ssh_command_to("files", &token, &[&line]);
+        let out = run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT);
+        assert_eq!(out.status.code(), Some(126), "{line:?}: {}", stderr(&out));
+        assert!(!sentinel.exists(), "{line:?} ran on the host");
+    }
+    // The plain transfer the rule is for still works.
+    let local = env.dir.path().join("f.txt");
+    fs::write(&local, "payload").unwrap();
+    let out = env.scp(
+        &token,
+        &[
+            "-O",
+            local.to_str().unwrap(),
+            &format!("files@127.0.0.1:{w}/f"),
+        ],
+    );
+    ok(&out);
+    assert_eq!(fs::read_to_string(env.work.join("f")).unwrap(), "payload");
 }
 
 /// A one-shot TCP echo server on the loopback; returns its port.
