@@ -22,9 +22,11 @@ use std::time::{Duration, Instant};
 
 mod demo;
 mod statement_log;
+mod targets;
 
 pub use demo::{demo_sensitive_values, DemoDatabase};
 pub use statement_log::{parse_statement_log, LoggedStatement, StatementKind, MARKER_APPLICATION};
+pub use targets::{DemoApi, DemoSshd, DEMO_SSH_ACCOUNT};
 
 #[cfg(test)]
 mod tests;
@@ -75,7 +77,7 @@ pub enum SandboxError {
     Environment(String),
 }
 
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     let context = context.into();
     move |source| SandboxError::Io { context, source }
 }
@@ -165,7 +167,7 @@ pub fn sandbox_user() -> Result<Option<String>, SandboxError> {
     Ok(Some(USER.get_or_init(|| user).clone()))
 }
 
-fn user_exists(name: &str) -> bool {
+pub(crate) fn user_exists(name: &str) -> bool {
     Command::new("id")
         .args(["-u", name])
         .stdin(Stdio::null())
@@ -205,7 +207,7 @@ fn describe(cmd: &Command) -> String {
     parts.join(" ")
 }
 
-fn command_error(what: &str, out: &Output) -> SandboxError {
+pub(crate) fn command_error(what: &str, out: &Output) -> SandboxError {
     let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
     if stderr.is_empty() {
         stderr = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -218,7 +220,7 @@ fn command_error(what: &str, out: &Output) -> SandboxError {
 }
 
 /// Runs `cmd` to completion (stdin closed), returning its output if it succeeded.
-fn run(cmd: &mut Command, what: &str) -> Result<Output, SandboxError> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<Output, SandboxError> {
     let out = cmd
         .stdin(Stdio::null())
         .output()

@@ -476,6 +476,53 @@ pub async fn checkpoint(config: Config) -> Result<()> {
 /// The embedded quickstart config (the same file as examples/quickstart.toml).
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.toml");
 
+/// The demo's SSH host and HTTP API, added to the quickstart when they start.
+const DEMO_SSH: &str = include_str!("demo_ssh.toml");
+const DEMO_HTTP: &str = include_str!("demo_http.toml");
+const DEMO_SSH_LISTEN: &str = "127.0.0.1:15422";
+const DEMO_HTTP_LISTEN: &str = "127.0.0.1:15443";
+
+/// The demo's configuration: the quickstart on the sandbox PostgreSQL at
+/// `pg`, plus the SSH host and the HTTP API when they are running.
+fn demo_config(
+    pg: std::net::SocketAddr,
+    state_dir: &std::path::Path,
+    ssh: Option<&sluice_sandbox::DemoSshd>,
+    api: Option<&sluice_sandbox::DemoApi>,
+) -> Result<Config> {
+    let mut text = QUICKSTART
+        .replace("127.0.0.1:54320", &pg.to_string())
+        .replace(
+            "state_dir = \".sluice-demo\"",
+            &format!("state_dir = {:?}", state_dir.display().to_string()),
+        );
+    if let Some(ssh) = ssh {
+        text.push('\n');
+        text.push_str(
+            &DEMO_SSH
+                .replace("{SSH_UPSTREAM}", &ssh.addr().to_string())
+                .replace("{SSH_USER}", &ssh.user)
+                .replace("{SSH_KEY}", &ssh.gateway_key.display().to_string())
+                .replace("{SSH_HOST_KEY}", &ssh.host_key),
+        );
+    }
+    if let Some(api) = api {
+        text.push('\n');
+        text.push_str(&DEMO_HTTP.replace("{API_UPSTREAM}", &api.addr().to_string()));
+    }
+    let mut config = Config::from_toml_str(
+        &text,
+        "examples/quickstart.toml (embedded, with the demo's targets)",
+    )?;
+    if ssh.is_some() {
+        config.listen.ssh = Some(DEMO_SSH_LISTEN.parse()?);
+    }
+    if api.is_some() {
+        config.listen.http = Some(DEMO_HTTP_LISTEN.parse()?);
+    }
+    Ok(config)
+}
+
 pub fn demo(state_dir: PathBuf) -> Result<()> {
     let pg = sluice_sandbox::TempPostgres::start(sluice_sandbox::TempPostgresOptions {
         port: Some(54320).filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()),
@@ -486,13 +533,26 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     // The demo upstream's port and password are only known now; the embedded
     // config names them by reference.
     std::env::set_var("SLUICE_DEMO_PASSWORD", &db.password);
-    let text = QUICKSTART
-        .replace("127.0.0.1:54320", &pg.addr().to_string())
-        .replace(
-            "state_dir = \".sluice-demo\"",
-            &format!("state_dir = {:?}", state_dir.display().to_string()),
-        );
-    let config = Config::from_toml_str(&text, "examples/quickstart.toml (embedded)")?;
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let ssh = match sluice_sandbox::DemoSshd::start(&state_dir.join("demo-sshd")) {
+        Ok(ssh) => Some(ssh),
+        Err(e) => {
+            eprintln!("sluice demo: no SSH host in this demo: {e}");
+            None
+        }
+    };
+    let api = match sluice_sandbox::DemoApi::start() {
+        Ok(api) => Some(api),
+        Err(e) => {
+            eprintln!("sluice demo: no HTTP API in this demo: {e}");
+            None
+        }
+    };
+    if let Some(api) = &api {
+        std::env::set_var("SLUICE_DEMO_API_TOKEN", &api.token);
+    }
+    let config = demo_config(pg.addr(), &state_dir, ssh.as_ref(), api.as_ref())?;
     let listen = config
         .listen
         .postgres
@@ -507,20 +567,38 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
         Duration::from_secs(3600),
     )?;
     let dba = authority.issue("demo-dba", &["dba".to_string()], Duration::from_secs(3600))?;
-    println!("Sluice demo: PostgreSQL with demo customers behind the gateway.\n");
+    println!("Sluice demo: PostgreSQL with demo customers, an SSH host and an HTTP API behind the gateway.\n");
     println!("Token for subject demo-agent (groups: agents), valid 1h:\n  {token}\n");
     println!("Try:");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
     println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
+    let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
+    if let (Some(addr), Some(_)) = (config.listen.ssh, &ssh) {
+        let port = addr.port();
+        println!("\nSSH host demo-host (the token is the password; SSH_ASKPASS or paste it):");
+        println!("  ssh -p {port} demo-host@127.0.0.1 'uname -a; ls'");
+        println!(
+            "  ssh -p {port} demo-host@127.0.0.1 'rm -rf ~/notes'   # refused: no-rm-on-hosts"
+        );
+        println!("  ssh -p {port} demo-host@127.0.0.1 'chmod 600 ~/.profile'   # held for a DBA");
+    }
+    if let (Some(addr), Some(_)) = (config.listen.http, &api) {
+        println!("\nHTTP API crm (the gateway holds its credential; card numbers and emails are masked):");
+        println!("  export TOKEN={token}");
+        println!(
+            "  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" https://{addr}/crm/customers",
+            ca.display()
+        );
+        println!("  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" -X DELETE https://{addr}/crm/customers/1   # refused", ca.display());
+    }
     if let Some(api) = config.listen.api {
         println!("\nOperator console (sign in with the demo-dba token below; the certificate is the demo's own, self-signed):");
         println!("  https://{api}{}", sluice_api::CONSOLE_PATH);
     }
     if let Some(mcp) = config.listen.mcp {
-        let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
-        println!("\nMCP (tools appdb.query, appdb.list_tables, appdb.describe_table), for an agent's client config:");
+        println!("\nMCP (tools appdb.query, appdb.list_tables, appdb.describe_table, and demo-host.exec and crm.request when they run), for an agent's client config:");
         println!(
             "  {}",
             serde_json::json!({ "mcpServers": { "sluice": {
@@ -557,7 +635,7 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
             }
         }
     });
-    drop(pg);
+    drop((ssh, api, pg));
     result
 }
 
