@@ -55,6 +55,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Agent sessions kept open at once (token × connection); the oldest is
 /// ended when more arrive.
 pub const MAX_SESSIONS: usize = 256;
+/// An agent session unused for this long is ended (its next request opens a new one).
+pub const SESSION_IDLE: Duration = Duration::from_secs(600);
 /// The most of a result kept in the audit record.
 const SAMPLE_CHARS: usize = 4096;
 
@@ -163,10 +165,16 @@ struct Live {
     timeout: Duration,
 }
 
+type SessionKey = ([u8; 32], String);
+
+/// A cached session: when it was last used, the session, and the sender
+/// whose drop (the entry leaving the map) stops its watcher.
+type Sessions = HashMap<SessionKey, (Instant, Arc<Live>, tokio::sync::oneshot::Sender<()>)>;
+
 /// The upstream MCP relay of the MCP listener.
 pub struct Relay {
     gateway: Arc<Gateway>,
-    sessions: Mutex<HashMap<([u8; 32], String), (Instant, Arc<Live>)>>,
+    sessions: Arc<Mutex<Sessions>>,
     /// Tools whose latest definition was refused, per connection.
     refused: Mutex<HashSet<(String, String)>>,
     /// Serialises the read-compare-write of the recorded definitions.
@@ -194,7 +202,7 @@ impl Relay {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         Relay {
             gateway,
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
             refused: Mutex::new(HashSet::new()),
             definitions: tokio::sync::Mutex::new(()),
         }
@@ -380,13 +388,37 @@ impl Relay {
                 "sluice: the upstream MCP server sent no answer",
             );
         };
-        // The agent gets its own id back; the upstream's is not trusted.
-        doc_obj.insert("id".into(), id.clone());
+        // Only the answer is relayed, with the agent's own id (the
+        // upstream's is not trusted); any other member is dropped.
+        let answer = match (doc_obj.remove("result"), doc_obj.remove("error")) {
+            (Some(result), _) => ("result", result),
+            (None, Some(error)) => ("error", error),
+            (None, None) => {
+                recorder.finished(command_id, failed("no answer from the upstream", started));
+                return rpc_error(
+                    &id,
+                    -32002,
+                    "sluice: the upstream MCP server sent no answer",
+                );
+            }
+        };
+        let mut doc_obj = Map::new();
         doc_obj.insert("jsonrpc".into(), Value::String("2.0".into()));
+        doc_obj.insert("id".into(), id.clone());
+        doc_obj.insert(answer.0.into(), answer.1);
         let mut outcome = Outcome {
             duration_us: started.elapsed().as_micros() as u64,
             ..Default::default()
         };
+        if is_call {
+            // An error's message and data come from the tool too.
+            if let (Some(error), Some(masker)) = (
+                doc_obj.get_mut("error"),
+                SessionMasker::active(live.handle.masker(), live.handle.info()),
+            ) {
+                outcome.masked = masker.mask_document(error, &[]).0;
+            }
+        }
         if let Some(error) = doc_obj.get("error") {
             outcome.error = Some(truncate(&canonical_json(error), SAMPLE_CHARS));
         }
@@ -535,7 +567,7 @@ impl Relay {
         connection: &ConnectionConfig,
         peer: SocketAddr,
     ) -> Result<Arc<Live>, (StatusCode, String)> {
-        let key: ([u8; 32], String) = (
+        let key: SessionKey = (
             Sha256::digest(token.as_bytes()).into(),
             connection.name.clone(),
         );
@@ -543,7 +575,10 @@ impl Relay {
             user: String::new(),
             token: token.to_string(),
         };
-        let cached = lock(&self.sessions).get(&key).map(|(_, l)| l.clone());
+        let cached = lock(&self.sessions).get_mut(&key).map(|(at, l, _)| {
+            *at = Instant::now();
+            l.clone()
+        });
         if let Some(live) = cached {
             match self.gateway.readmit(&live.handle, &credentials).await {
                 Ok(()) if live.handle.end_reason_now().is_none() => return Ok(live),
@@ -585,17 +620,37 @@ impl Relay {
             injected: injected.headers().to_vec(),
             timeout: connection.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
         });
-        let mut map = lock(&self.sessions);
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, (at, _))| *at)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+        let (evicted, mut gone) = tokio::sync::oneshot::channel::<()>();
+        {
+            let mut map = lock(&self.sessions);
+            // Sessions idle for long end (a call in flight keeps its own).
+            map.retain(|_, (at, _, _)| at.elapsed() < SESSION_IDLE);
+            if map.len() >= MAX_SESSIONS {
+                if let Some(oldest) = map
+                    .iter()
+                    .min_by_key(|(_, (at, _, _))| *at)
+                    .map(|(k, _)| k.clone())
+                {
+                    map.remove(&oldest);
+                }
             }
+            map.insert(key.clone(), (Instant::now(), live.clone(), evicted));
         }
-        map.insert(key, (Instant::now(), live.clone()));
+        // A session the gateway ends (revocation, drain, an operator) leaves
+        // the cache at once, so that its record closes.
+        let watched = live.clone();
+        let sessions = self.sessions.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = watched.handle.ended() => {
+                    let mut map = lock(&sessions);
+                    if map.get(&key).is_some_and(|(_, l, _)| Arc::ptr_eq(l, &watched)) {
+                        map.remove(&key);
+                    }
+                }
+                _ = &mut gone => {}
+            }
+        });
         Ok(live)
     }
 
