@@ -220,7 +220,7 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
     let other = agent.call("read_repo", json!({ "repo": "evil/exfil" }));
     assert_eq!(other["is_error"], true, "{other}");
     assert!(
-        other["text"].as_str().unwrap().contains("sluice: refused"),
+        other["text"].as_str().unwrap().contains("default policy"),
         "{other}"
     );
 

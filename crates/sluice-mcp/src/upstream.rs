@@ -379,7 +379,7 @@ impl Relay {
                 );
             }
         };
-        let (upstream_session, mut doc) = answer;
+        let (upstream_session, mut doc, bytes) = answer;
         let Some(mut doc_obj) = doc.as_object_mut().map(std::mem::take) else {
             recorder.finished(command_id, failed("no answer from the upstream", started));
             return rpc_error(
@@ -407,6 +407,7 @@ impl Relay {
         doc_obj.insert("id".into(), id.clone());
         doc_obj.insert(answer.0.into(), answer.1);
         let mut outcome = Outcome {
+            bytes,
             duration_us: started.elapsed().as_micros() as u64,
             ..Default::default()
         };
@@ -662,7 +663,7 @@ impl Relay {
         body: &str,
         session_id: Option<HeaderValue>,
         version: Option<HeaderValue>,
-    ) -> Result<(Option<HeaderValue>, Value), String> {
+    ) -> Result<(Option<HeaderValue>, Value, u64), String> {
         let mut req = Request::post(live.uri.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(header::ACCEPT, "application/json, text/event-stream")
@@ -703,7 +704,7 @@ impl Relay {
             .filter(|v| visible_ascii(v))
             .cloned();
         if parts.status == StatusCode::ACCEPTED {
-            return Ok((upstream_session, Value::Null));
+            return Ok((upstream_session, Value::Null, bytes.len() as u64));
         }
         if !parts.status.is_success() {
             return Err(format!("it answered HTTP {}", parts.status.as_u16()));
@@ -719,7 +720,7 @@ impl Relay {
         } else {
             serde_json::from_slice(&bytes).map_err(|_| "its answer is not JSON".to_string())?
         };
-        Ok((upstream_session, doc))
+        Ok((upstream_session, doc, bytes.len() as u64))
     }
 }
 
@@ -831,10 +832,8 @@ fn forwardable(headers: &http::HeaderMap, name: &str) -> Option<HeaderValue> {
 }
 
 fn denial_text(denial: &Denial) -> String {
-    let mut text = match &denial.rule {
-        Some(rule) => format!("sluice: refused by rule {rule:?}: {}", denial.message),
-        None => format!("sluice: refused: {}", denial.message),
-    };
+    // The message names the rule (core builds it from rule names and messages only).
+    let mut text = format!("sluice: {}", denial.message);
     if let Some(hint) = &denial.hint {
         text.push(' ');
         text.push_str(hint);
