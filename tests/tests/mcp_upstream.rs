@@ -170,17 +170,14 @@ fn approvals(env: &Env, token: &str, args: &[&str]) -> std::process::Output {
     env.sluice(&all)
 }
 
-#[test]
-fn mcp_upstream_rules_masking_definitions_and_credentials() {
-    let up_dir = tempfile::tempdir().unwrap();
-    let up_port = sluice_sandbox::free_port();
-    let upstream = start_upstream(up_dir.path(), up_port, "Deploys a service.");
-
+/// A gateway with an MCP listener (and the API, for approvals) and `extra` config;
+/// the agent (`agent-1`, group `agents`) reaches connection `tools` through it.
+fn start_gateway(extra: &str) -> (Env, Agent) {
     let mcp_port = sluice_sandbox::free_port();
     let mcp_addr = format!("127.0.0.1:{mcp_port}");
     let api = sluice_sandbox::free_port();
     let env = Env::builder()
-        .extra_toml(&policy(up_port))
+        .extra_toml(extra)
         .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .gateway_env("TOOLS_UPSTREAM_TOKEN", UPSTREAM_SECRET)
@@ -194,12 +191,22 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
     wait_until(Duration::from_secs(10), "the gateway's CA", || {
         ca.is_file().then_some(())
     });
-    let token = env.agent_token();
     let agent = Agent {
         url: format!("https://{mcp_addr}/mcp/tools"),
-        ca: ca.clone(),
-        token: token.clone(),
+        ca,
+        token: env.agent_token(),
     };
+    (env, agent)
+}
+
+#[test]
+fn mcp_upstream_rules_masking_definitions_and_credentials() {
+    let up_dir = tempfile::tempdir().unwrap();
+    let up_port = sluice_sandbox::free_port();
+    let upstream = start_upstream(up_dir.path(), up_port, "Deploys a service.");
+
+    let (env, agent) = start_gateway(&policy(up_port));
+    let (token, ca) = (agent.token.clone(), agent.ca.clone());
     let dba = env.token("dana", &["dba"], "10m");
 
     // tools/list passes the upstream's definitions through unchanged.
@@ -356,4 +363,69 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
     assert!(unknown.contains("-32601"), "{unknown}");
     let garbage = curl("{not json");
     assert!(garbage.contains("-32700"), "{garbage}");
+}
+
+/// A changed tool definition can be held for a human: the agent's
+/// `tools/list` waits until an approver accepts the new definition, which is
+/// then listed unchanged and callable (and not flagged again).
+#[test]
+fn mcp_upstream_changed_definition_held_for_review() {
+    let up_dir = tempfile::tempdir().unwrap();
+    let up_port = sluice_sandbox::free_port();
+    let upstream = start_upstream(up_dir.path(), up_port, "Deploys a service.");
+    let (env, agent) = start_gateway(&format!(
+        r#"
+[[connections]]
+name = "tools"
+kind = "mcp"
+upstream = "http://127.0.0.1:{up_port}/mcp"
+bearer = {{ env = "TOOLS_UPSTREAM_TOKEN" }}
+allow_groups = ["agents"]
+
+[[rules]]
+name = "rug-pulls-reviewed"
+connections = ["tools"]
+match = {{ mcp = {{ definition = "changed", tools = ["deploy"] }} }}
+action = "review"
+approvers = ["dba"]
+mode = "hold"
+timeout = "5m"
+"#
+    ));
+    let dba = env.token("dana", &["dba"], "10m");
+    assert_eq!(agent.tools().len(), 4);
+    stop(upstream);
+    let upstream = start_upstream(up_dir.path(), up_port, "Deploys a service, v2.");
+
+    let mut held = agent.command(&["list"]);
+    let client = thread::spawn(move || run_with_timeout(&mut held, None, COMMAND_TIMEOUT));
+    let request = wait_until(Duration::from_secs(30), "a pending approval", || {
+        let out = approvals(&env, &dba, &["list", "--json"]);
+        let list: Vec<Value> = serde_json::from_str(&stdout(&out)).ok()?;
+        list.into_iter().next()
+    });
+    assert_eq!(request["rule"], "rug-pulls-reviewed", "{request}");
+    assert!(
+        request.to_string().contains("deploy changed sha256:"),
+        "the approver sees the change: {request}"
+    );
+    ok(&approvals(
+        &env,
+        &dba,
+        &["approve", request["id"].as_str().unwrap()],
+    ));
+    let listed = parse(&client.join().unwrap());
+    let deploy = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "deploy")
+        .unwrap_or_else(|| panic!("deploy is listed once approved: {listed}"))
+        .clone();
+    assert_eq!(deploy["description"], "Deploys a service, v2.");
+    // Accepted: listed again without a new review, and callable.
+    assert_eq!(agent.tools().len(), 4);
+    let call = agent.call("deploy", json!({ "service": "api" }));
+    assert_eq!(call["text"], "deployed api", "{call}");
+    stop(upstream);
 }
