@@ -1,6 +1,6 @@
 """A small upstream MCP server on the official Python SDK (`mcp` on PyPI),
-for tests/tests/mcp_upstream.rs: Streamable HTTP (stateless, answers as
-server-sent events) at http://127.0.0.1:PORT/mcp.
+for tests/tests/mcp_upstream.rs: Streamable HTTP (stateful: it issues
+Mcp-Session-Id; answers as server-sent events) at http://127.0.0.1:PORT/mcp.
 
     mcp_upstream.py PORT SEEN_FILE DESCRIPTION
 
@@ -47,7 +47,7 @@ def deploy(service: str) -> str:
     return f"deployed {service}"
 
 
-app = server.streamable_http_app(stateless_http=True)
+app = server.streamable_http_app(stateless_http=False)
 
 
 async def recording(scope, receive, send):

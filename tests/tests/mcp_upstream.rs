@@ -363,6 +363,21 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
     assert!(unknown.contains("-32601"), "{unknown}");
     let garbage = curl("{not json");
     assert!(garbage.contains("-32700"), "{garbage}");
+    // An upstream session id this agent session was not given is not relayed.
+    let mut forged = Command::new("curl");
+    forged
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--cacert", &ca.display().to_string()])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "Mcp-Session-Id: another-agents-session"])
+        .args([
+            "--data-binary",
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+        ])
+        .arg(&agent.url);
+    let status = stdout(&run_with_timeout(&mut forged, None, COMMAND_TIMEOUT));
+    assert_eq!(status.trim(), "404");
 }
 
 /// A changed tool definition can be held for a human: the agent's

@@ -163,7 +163,13 @@ struct Live {
     uri: Uri,
     injected: Vec<(HeaderName, HeaderValue)>,
     timeout: Duration,
+    /// The upstream's session ids given to this agent session (the last
+    /// few): an agent may present only these, never another agent's.
+    upstream_sessions: Mutex<std::collections::VecDeque<HeaderValue>>,
 }
+
+/// Upstream session ids remembered per agent session.
+const MAX_UPSTREAM_SESSIONS: usize = 16;
 
 type SessionKey = ([u8; 32], String);
 
@@ -177,8 +183,9 @@ pub struct Relay {
     sessions: Arc<Mutex<Sessions>>,
     /// Tools whose latest definition was refused, per connection.
     refused: Mutex<HashSet<(String, String)>>,
-    /// Serialises the read-compare-write of the recorded definitions.
-    definitions: tokio::sync::Mutex<()>,
+    /// Serialises the read-compare-write of a connection's recorded
+    /// definitions (a held review blocks that connection's lists only).
+    definitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Relay {
@@ -204,7 +211,7 @@ impl Relay {
             gateway,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             refused: Mutex::new(HashSet::new()),
-            definitions: tokio::sync::Mutex::new(()),
+            definitions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -254,6 +261,16 @@ impl Relay {
             }
         };
         let session_id = forwardable(headers, "mcp-session-id");
+        if let Some(presented) = &session_id {
+            if !lock(&live.upstream_sessions).contains(presented) {
+                // The transport's answer to an unknown session (404): the
+                // client starts a new one with `initialize`.
+                return plain(
+                    StatusCode::NOT_FOUND,
+                    "sluice: unknown Mcp-Session-Id for this agent session; send initialize again\n",
+                );
+            }
+        }
         let version = forwardable(headers, "mcp-protocol-version");
         let Some(id) = message.id.clone() else {
             // A notification: only `initialized` is relayed (it acts on nothing).
@@ -475,7 +492,11 @@ impl Relay {
         else {
             return Vec::new();
         };
-        let _guard = self.definitions.lock().await;
+        let per_connection = lock(&self.definitions)
+            .entry(connection.name.clone())
+            .or_default()
+            .clone();
+        let _guard = per_connection.lock().await;
         let path = self
             .gateway
             .config()
@@ -620,6 +641,7 @@ impl Relay {
             uri,
             injected: injected.headers().to_vec(),
             timeout: connection.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
+            upstream_sessions: Mutex::new(std::collections::VecDeque::new()),
         });
         let (evicted, mut gone) = tokio::sync::oneshot::channel::<()>();
         {
@@ -703,6 +725,15 @@ impl Relay {
             .get("mcp-session-id")
             .filter(|v| visible_ascii(v))
             .cloned();
+        if let Some(given) = &upstream_session {
+            let mut known = lock(&live.upstream_sessions);
+            if !known.contains(given) {
+                if known.len() >= MAX_UPSTREAM_SESSIONS {
+                    known.pop_front();
+                }
+                known.push_back(given.clone());
+            }
+        }
         if parts.status == StatusCode::ACCEPTED {
             return Ok((upstream_session, Value::Null, bytes.len() as u64));
         }
