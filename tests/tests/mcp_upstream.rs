@@ -85,7 +85,17 @@ style = "redact"
     )
 }
 
-fn start_upstream(dir: &Path, port: u16, description: &str) -> Child {
+/// The upstream server process, killed when dropped (also when a test panics).
+struct Upstream(Child);
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_upstream(dir: &Path, port: u16, description: &str) -> Upstream {
     let child = Command::new("python3")
         .arg(py_dir().join("mcp_upstream.py"))
         .arg(port.to_string())
@@ -97,6 +107,7 @@ fn start_upstream(dir: &Path, port: u16, description: &str) -> Child {
         ))
         .spawn()
         .expect("starting the upstream MCP server");
+    let child = Upstream(child);
     wait_until(Duration::from_secs(30), "the upstream MCP server", || {
         std::net::TcpStream::connect(("127.0.0.1", port))
             .ok()
@@ -105,9 +116,8 @@ fn start_upstream(dir: &Path, port: u16, description: &str) -> Child {
     child
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
+fn stop(upstream: Upstream) {
+    drop(upstream);
 }
 
 struct Agent {
