@@ -21,9 +21,12 @@ pub mod server;
 pub mod ssh_tool;
 pub mod stdio;
 pub mod tools;
+pub mod upstream;
+pub mod upstream_policy;
 
 pub use server::McpServer;
 pub use tools::{Caller, SluiceTools};
+pub use upstream_policy::mcp_match_key;
 
 /// This crate's errors.
 #[derive(Debug, thiserror::Error)]

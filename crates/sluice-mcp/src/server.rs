@@ -3,6 +3,7 @@
 //! HTTP transport of the official SDK behind them.
 
 use crate::tools::{Caller, SluiceTools};
+use crate::upstream::Relay;
 use crate::McpError;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -45,6 +46,7 @@ pub struct McpServer {
     gateway: Arc<Gateway>,
     tls: TlsAcceptor,
     mcp: StreamableHttpService<SluiceTools, NeverSessionManager>,
+    relay: Arc<Relay>,
 }
 
 impl std::fmt::Debug for McpServer {
@@ -76,6 +78,7 @@ impl McpServer {
             config,
         );
         Ok(McpServer {
+            relay: Arc::new(Relay::new(gateway.clone())),
             gateway,
             tls: TlsAcceptor::from(tls),
             mcp,
@@ -91,6 +94,7 @@ impl McpServer {
         let shared = Arc::new(Shared {
             gateway: self.gateway,
             mcp: self.mcp,
+            relay: self.relay,
         });
         let tls = self.tls;
         listener
@@ -109,6 +113,8 @@ impl McpServer {
 struct Shared {
     gateway: Arc<Gateway>,
     mcp: StreamableHttpService<SluiceTools, NeverSessionManager>,
+    /// Connections of `kind = "mcp"`, at `/mcp/NAME`.
+    relay: Arc<Relay>,
 }
 
 async fn serve_connection(
@@ -141,7 +147,11 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         }
         return resource_metadata(&shared.gateway, &req);
     }
-    if path != ENDPOINT {
+    let upstream = path
+        .strip_prefix(ENDPOINT)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .map(str::to_string);
+    if path != ENDPOINT && upstream.is_none() {
         return plain(
             StatusCode::NOT_FOUND,
             "not found: the MCP endpoint is /mcp\n",
@@ -164,36 +174,25 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
             return unauthorized(&req, Some(&e.to_string()));
         }
     };
+    if let Some(name) = upstream {
+        // An upstream MCP server behind the gateway: the relay admits
+        // the caller to the connection (as every listener does).
+        let (parts, body) = req.into_parts();
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        return shared
+            .relay
+            .handle(&name, &token, &parts.method, &parts.headers, &body, peer)
+            .await;
+    }
     // The body is read here, under the cap and a deadline, so that neither
     // a slow nor an oversized message reaches the transport.
     let (mut parts, body) = req.into_parts();
-    let body = match tokio::time::timeout(
-        BODY_READ_TIMEOUT,
-        Limited::new(body, MAX_BODY_BYTES).collect(),
-    )
-    .await
-    {
-        Err(_) => {
-            return plain(
-                StatusCode::REQUEST_TIMEOUT,
-                "the request body was too slow\n",
-            )
-        }
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                return plain(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    &format!("a message may be at most {MAX_BODY_BYTES} bytes\n"),
-                );
-            }
-            return plain(
-                StatusCode::BAD_REQUEST,
-                "the request body could not be read\n",
-            );
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
     };
     // A body that is not JSON gets JSON-RPC's parse error (the transport
     // would answer 415, which tells a client nothing about its message).
@@ -219,6 +218,36 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     match mcp.call(req).await {
         Ok(response) => response,
         Err(never) => match never {},
+    }
+}
+
+/// Reads a request body under [`MAX_BODY_BYTES`] and [`BODY_READ_TIMEOUT`].
+async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
+    match tokio::time::timeout(
+        BODY_READ_TIMEOUT,
+        Limited::new(body, MAX_BODY_BYTES).collect(),
+    )
+    .await
+    {
+        Err(_) => Err(plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body was too slow\n",
+        )),
+        Ok(Err(e)) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(plain(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    &format!("a message may be at most {MAX_BODY_BYTES} bytes\n"),
+                ));
+            }
+            Err(plain(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read\n",
+            ))
+        }
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
 }
 

@@ -45,7 +45,18 @@ fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
         sluice_kube::kube_match_key(),
         sluice_shell::shell_match_key(),
         sluice_ssh::ssh_match_key(),
+        sluice_mcp::mcp_match_key(),
     ]
+}
+
+/// The connection kinds this binary serves beyond core's built-in ones.
+fn connection_kinds() -> sluice_core::gateway::ConnectionKinds {
+    let mut kinds = sluice_core::gateway::ConnectionKinds::default();
+    kinds.add(
+        sluice_mcp::upstream::KIND,
+        Arc::new(sluice_mcp::upstream::validate),
+    );
+    kinds
 }
 
 /// The connection kinds the HTTP listener serves, and the flavor of each.
@@ -61,8 +72,8 @@ fn http_flavors() -> sluice_http::FlavorRegistry {
 /// Everything `config check` can verify without starting listeners.
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
-    // This binary serves the built-in connection kinds only.
-    sluice_core::gateway::ConnectionKinds::default().check(config)?;
+    // The built-in connection kinds, and `mcp` (an upstream MCP server).
+    connection_kinds().check(config)?;
     if let Some(name) = config.listen.protocols.keys().next() {
         return Err(config
             .error_at(
@@ -163,6 +174,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     for key in match_keys() {
         builder = builder.match_key(key);
     }
+    builder = builder.connection_kind(sluice_mcp::upstream::KIND, sluice_mcp::upstream::validate);
     for provider in oidc {
         let warm = provider.clone();
         tokio::spawn(async move { warm.warm_up().await });

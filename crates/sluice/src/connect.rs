@@ -121,6 +121,24 @@ pub fn run(config: &Config, args: ConnectArgs) -> Result<()> {
             println!("    user: {}", yaml_scalar(&subject));
             println!("current-context: sluice-{name}");
         }
+        kind if kind == sluice_mcp::upstream::KIND => {
+            let at = listener(config.listen.mcp, "mcp")?;
+            println!(
+                "# an MCP client configuration (Streamable HTTP); trust the gateway's CA {}",
+                ca.display()
+            );
+            let mut servers = serde_json::Map::new();
+            servers.insert(
+                name.clone(),
+                serde_json::json!({
+                    "type": "http",
+                    "url": format!("https://{at}/mcp/{name}"),
+                    "headers": { "Authorization": format!("Bearer {token}") },
+                }),
+            );
+            let snippet = serde_json::json!({ "mcpServers": servers });
+            println!("{snippet:#}");
+        }
         other => {
             return Err(anyhow::anyhow!(
                 "connection {name:?} is of kind {other}, which this binary does not serve"
