@@ -19,6 +19,8 @@ from mcp.server.mcpserver import MCPServer
 port, seen_file, description = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 server = MCPServer("test-upstream")
+# The Authorization header of the latest request (the test's calls are sequential).
+last_auth = "-"
 
 
 @server.tool(description="Reads a repository's README.")
@@ -42,6 +44,11 @@ def lookup_customer(name: str) -> Customer:
     return {"name": name, "email": "alice.doe@example.com", "card": "4111 1111 1111 1111"}
 
 
+@server.tool(description="Says which credential the upstream saw (a careless debug tool).")
+def whoami() -> str:
+    return f"upstream saw Authorization: {last_auth}"
+
+
 @server.tool(description=description)
 def deploy(service: str) -> str:
     return f"deployed {service}"
@@ -51,8 +58,10 @@ app = server.streamable_http_app(stateless_http=False)
 
 
 async def recording(scope, receive, send):
+    global last_auth
     if scope["type"] == "http":
         auth = dict(scope["headers"]).get(b"authorization", b"-").decode("latin-1")
+        last_auth = auth
         with open(seen_file, "a") as f:
             f.write(auth + "\n")
     await app(scope, receive, send)

@@ -58,7 +58,7 @@ action = "allow"
 [[rules]]
 name = "everyday-tools"
 connections = ["tools"]
-match = {{ mcp = {{ tools = ["lookup_customer", "deploy"] }} }}
+match = {{ mcp = {{ tools = ["lookup_customer", "deploy", "whoami"] }} }}
 action = "allow"
 
 [[rules]]
@@ -291,6 +291,18 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
         "{customer}"
     );
 
+    // An upstream that echoes the gateway-held credential: redacted before
+    // the agent (or the audit) sees it.
+    let echoed = agent.call("whoami", json!({}));
+    assert!(
+        !echoed.to_string().contains(UPSTREAM_SECRET)
+            && echoed["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("[redacted-credential]"),
+        "{echoed}"
+    );
+
     // A rug pull: the upstream comes back with another description for
     // `deploy`. The change is recorded and, by rule, refused: the tool is
     // left out of the list and cannot be called.
@@ -418,7 +430,7 @@ timeout = "5m"
 "#
     ));
     let dba = env.token("dana", &["dba"], "10m");
-    assert_eq!(agent.tools().len(), 4);
+    assert_eq!(agent.tools().len(), 5);
     stop(upstream);
     let upstream = start_upstream(up_dir.path(), up_port, "Deploys a service, v2.");
 
@@ -449,7 +461,7 @@ timeout = "5m"
         .clone();
     assert_eq!(deploy["description"], "Deploys a service, v2.");
     // Accepted: listed again without a new review, and callable.
-    assert_eq!(agent.tools().len(), 4);
+    assert_eq!(agent.tools().len(), 5);
     let call = agent.call("deploy", json!({ "service": "api" }));
     assert_eq!(call["text"], "deployed api", "{call}");
     stop(upstream);

@@ -162,6 +162,9 @@ struct Live {
     client: Client,
     uri: Uri,
     injected: Vec<(HeaderName, HeaderValue)>,
+    /// The injected credential's secrets: an answer that echoes one (an
+    /// error text, a debug tool) has it redacted before anything reads it.
+    secrets: Vec<Vec<u8>>,
     timeout: Duration,
     /// The upstream's session ids given to this agent session (the last
     /// few): an agent may present only these, never another agent's.
@@ -640,6 +643,7 @@ impl Relay {
             client: client(tls),
             uri,
             injected: injected.headers().to_vec(),
+            secrets: injected.secrets().to_vec(),
             timeout: connection.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
             upstream_sessions: Mutex::new(std::collections::VecDeque::new()),
         });
@@ -720,6 +724,12 @@ impl Relay {
         let (parts, bytes) = tokio::time::timeout(live.timeout, exchange)
             .await
             .map_err(|_| "it did not answer in time".to_string())??;
+        // Before parsing, masking or recording: the gateway's credential never
+        // reaches the agent or the audit, whatever the upstream echoes.
+        let bytes = match sluice_http::body::Redactor::new(&live.secrets) {
+            Some(mut redactor) => Bytes::from(redactor.redact_all(&bytes)),
+            None => bytes,
+        };
         let upstream_session = parts
             .headers
             .get("mcp-session-id")

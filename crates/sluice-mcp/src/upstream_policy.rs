@@ -8,20 +8,24 @@
 //!
 //! Every given part must hold. `tools` globs the tool name of a
 //! `tools/call` (or, with `definition`, of a recorded tool definition);
-//! `arguments` names top-level arguments whose value must match the glob (a
-//! string as is, any other value as its canonical JSON; a missing argument
-//! does not match); `methods` globs the JSON-RPC method (`initialize`,
+//! `arguments` names top-level arguments whose value must match the glob.
+//! Values are compared leaf by leaf: a string as is, a number in its
+//! shortest form (`42.0` and `4.2e1` are `42`), `true`/`false`/`null` as
+//! words, and the leaves of arrays and objects. An `allow` rule matches only
+//! when the argument is present and every leaf matches (nothing outside the
+//! rule); a `deny` or `review` rule matches when any leaf matches or the
+//! argument is missing (the tool's default is not known). `methods` globs the JSON-RPC method (`initialize`,
 //! `ping`, `tools/list`, `tools/call`); `definition` matches the
 //! `tools/description` commands the gateway records when `tools/list` shows
 //! a tool definition it has not seen for the connection (`new`) or one that
 //! differs from the last one recorded (`changed`). Globs are
 //! case-insensitive, like every match key's.
 
-use crate::upstream::{canonical_json, DEFINITION_OPERATION};
+use crate::upstream::DEFINITION_OPERATION;
 use sluice_core::glob::Glob;
 use sluice_core::pipeline::policy::{string_list, CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
-use sluice_core::{Command, CommandKind};
+use sluice_core::{Action, Command, CommandKind};
 use std::sync::Arc;
 
 /// Registers the `mcp` match key.
@@ -33,6 +37,8 @@ struct McpMatchKey;
 
 #[derive(Default)]
 struct McpMatcher {
+    /// An allow rule: arguments must stay entirely within it.
+    allow: bool,
     methods: Option<Vec<Glob>>,
     tools: Option<Vec<Glob>>,
     arguments: Option<Vec<(String, Glob)>>,
@@ -45,11 +51,22 @@ impl MatchKey for McpMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        self.compile_for(values, Action::Deny)
+    }
+
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         let table = values
             .get("mcp")
             .and_then(|v| v.as_table())
             .ok_or("mcp: expected a table { tools, arguments, methods, definition }")?;
-        let mut m = McpMatcher::default();
+        let mut m = McpMatcher {
+            allow: action == Action::Allow,
+            ..McpMatcher::default()
+        };
         for (key, v) in table {
             match key.as_str() {
                 "methods" => {
@@ -173,19 +190,47 @@ impl CommandMatcher for McpMatcher {
             let value: serde_json::Value = serde_json::from_str(rest)
                 .map_err(|e| format!("mcp: the arguments are not JSON: {e}"))?;
             for (key, glob) in args {
-                let Some(v) = value.get(key) else {
-                    return Ok(false);
+                let hit = match value.get(key) {
+                    // An allow rule admits only what it names; for a deny or
+                    // review rule a missing argument may mean anything.
+                    None => !self.allow,
+                    Some(v) => {
+                        let mut leaves = Vec::new();
+                        leaf_texts(v, &mut leaves);
+                        if self.allow {
+                            !leaves.is_empty() && leaves.iter().all(|t| glob.matches(t))
+                        } else {
+                            leaves.is_empty() || leaves.iter().any(|t| glob.matches(t))
+                        }
+                    }
                 };
-                let text = match v {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => canonical_json(other),
-                };
-                if !glob.matches(&text) {
+                if !hit {
                     return Ok(false);
                 }
             }
         }
         Ok(true)
+    }
+}
+
+/// The texts a glob is compared with: every scalar leaf of `v`, numbers in
+/// their shortest form (an integral float below 2^53 as an integer).
+fn leaf_texts(v: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => out.push(s.clone()),
+        Value::Number(n) => out.push(match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => i.to_string(),
+            (_, Some(u), _) => u.to_string(),
+            (_, _, Some(f)) if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 => {
+                (f as i64).to_string()
+            }
+            _ => n.to_string(),
+        }),
+        Value::Bool(b) => out.push(b.to_string()),
+        Value::Null => out.push("null".into()),
+        Value::Array(items) => items.iter().for_each(|i| leaf_texts(i, out)),
+        Value::Object(map) => map.values().for_each(|i| leaf_texts(i, out)),
     }
 }
 
@@ -204,8 +249,47 @@ mod tests {
     }
 
     fn rule(text: &str) -> Box<dyn CommandMatcher> {
+        rule_for(text, Action::Allow)
+    }
+
+    fn rule_for(text: &str, action: Action) -> Box<dyn CommandMatcher> {
         let table: toml::Table = toml::from_str(text).unwrap();
-        McpMatchKey.compile(&table).unwrap()
+        McpMatchKey.compile_for(&table, action).unwrap()
+    }
+
+    /// A deny rule on an argument catches it however it is sent: missing
+    /// (the tool's default), inside an array or object, or as another
+    /// spelling of the same number; an allow rule admits only what stays
+    /// entirely within it.
+    #[test]
+    fn deny_rules_match_anything_that_touches_the_argument() {
+        let mut s = Scratch::default();
+        let deny = rule_for(
+            r#"mcp = { arguments = { path = "/etc/*", id = "42" } }"#,
+            Action::Deny,
+        );
+        for args in [
+            r#"{"path":"/etc/shadow","id":42}"#,
+            r#"{"path":["/tmp/x","/etc/shadow"],"id":42.0}"#,
+            r#"{"path":{"a":"/etc/passwd"},"id":4.2e1}"#,
+            r#"{"id":"42"}"#,
+            r#"{"path":"/etc/x"}"#,
+        ] {
+            assert!(deny.matches(&call("t", args), &mut s).unwrap(), "{args}");
+        }
+        assert!(!deny
+            .matches(&call("t", r#"{"path":"/tmp/x","id":42}"#), &mut s)
+            .unwrap());
+        let allow = rule_for(
+            r#"mcp = { arguments = { repo = "*acme*" } }"#,
+            Action::Allow,
+        );
+        assert!(allow
+            .matches(&call("t", r#"{"repo":["acme/a","acme/b"]}"#), &mut s)
+            .unwrap());
+        for args in [r#"{"repo":["evil/x","acme"]}"#, r#"{}"#, r#"{"repo":[]}"#] {
+            assert!(!allow.matches(&call("t", args), &mut s).unwrap(), "{args}");
+        }
     }
 
     #[test]
