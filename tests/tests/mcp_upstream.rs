@@ -219,6 +219,15 @@ fn mcp_upstream_rules_masking_definitions_and_credentials() {
     let (token, ca) = (agent.token.clone(), agent.ca.clone());
     let dba = env.token("dana", &["dba"], "10m");
 
+    // A tool whose definition the gateway has not judged (never listed)
+    // cannot be called by name.
+    let unlisted = agent.call("read_repo", json!({ "repo": "acme/widgets" }));
+    assert_eq!(unlisted["is_error"], true, "{unlisted}");
+    assert!(
+        unlisted.to_string().contains("list the tools first"),
+        "{unlisted}"
+    );
+
     // tools/list passes the upstream's definitions through unchanged.
     let tools = agent.tools();
     let names: Vec<&str> = tools.iter().map(|t| t["name"].as_str().unwrap()).collect();

@@ -186,6 +186,10 @@ pub struct Relay {
     sessions: Arc<Mutex<Sessions>>,
     /// Tools whose latest definition was refused, per connection.
     refused: Mutex<HashSet<(String, String)>>,
+    /// Tools whose current definition this gateway listed and accepted, per
+    /// connection: only those can be called (a tool never listed, refused,
+    /// or held for review cannot be called by name).
+    accepted: Mutex<HashSet<(String, String)>>,
     /// Serialises the read-compare-write of a connection's recorded
     /// definitions (a held review blocks that connection's lists only).
     definitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -214,6 +218,7 @@ impl Relay {
             gateway,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             refused: Mutex::new(HashSet::new()),
+            accepted: Mutex::new(HashSet::new()),
             definitions: Mutex::new(HashMap::new()),
         }
     }
@@ -355,13 +360,13 @@ impl Relay {
         let is_call = message.method == "tools/call";
         let tool = command.text.split(' ').next().unwrap_or("").to_string();
         let refused_definition =
-            is_call && lock(&self.refused).contains(&(connection.name.clone(), tool.clone()));
+            is_call && !lock(&self.accepted).contains(&(connection.name.clone(), tool.clone()));
         let decision = if refused_definition {
             live.handle
                 .refuse(
                     command,
                     "sluice:tool-definition",
-                    "this tool's current definition (description or schema) was refused; it cannot be called until a new definition is accepted",
+                    "this tool's current definition (description or schema) has not been accepted: list the tools first (tools/list); a definition that was refused or is held for review cannot be called",
                 )
                 .await
         } else {
@@ -533,6 +538,8 @@ impl Relay {
             };
             let key = (connection.name.clone(), name.clone());
             if let Some(status) = status {
+                // Not callable while its new definition is being judged.
+                lock(&self.accepted).remove(&key);
                 let command = Command {
                     kind: CommandKind::Other {
                         operation: DEFINITION_OPERATION.into(),
@@ -554,22 +561,27 @@ impl Relay {
                         known.insert(name.clone(), digest.clone());
                         changed = true;
                         lock(&self.refused).remove(&key);
+                        lock(&self.accepted).insert(key.clone());
                     }
                     Ok(Decision::Refuse { command_id, denial }) => {
                         live.handle
                             .recorder()
                             .finished(command_id, failed(&denial_text(&denial), started));
+                        lock(&self.accepted).remove(&key);
                         lock(&self.refused).insert(key);
                         continue;
                     }
                     Err(e) => {
                         tracing::error!(message = "The audit store refused a tool definition; leaving the tool out.", error = %e);
+                        lock(&self.accepted).remove(&key);
                         lock(&self.refused).insert(key);
                         continue;
                     }
                 }
             } else if lock(&self.refused).contains(&key) {
                 continue;
+            } else {
+                lock(&self.accepted).insert(key.clone());
             }
             listed.push(format!("{name} sha256:{digest}"));
             kept.push(tool);
