@@ -178,7 +178,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
         // An upstream MCP server behind the gateway: the relay admits
         // the caller to the connection (as every listener does).
         let (parts, body) = req.into_parts();
-        let body = match read_body(body).await {
+        let body = match read_body(body, &parts.headers).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -190,7 +190,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
     // The body is read here, under the cap and a deadline, so that neither
     // a slow nor an oversized message reaches the transport.
     let (mut parts, body) = req.into_parts();
-    let body = match read_body(body).await {
+    let body = match read_body(body, &parts.headers).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -222,7 +222,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>, peer: SocketAddr) -> Re
 }
 
 /// Reads a request body under [`MAX_BODY_BYTES`] and [`BODY_READ_TIMEOUT`].
-async fn read_body(body: Incoming) -> Result<Bytes, Response<Body>> {
+/// A body declared larger is refused before any of it is read (so a client
+/// waiting for `100 Continue` gets the 413 instead of a reset upload).
+async fn read_body(body: Incoming, headers: &http::HeaderMap) -> Result<Bytes, Response<Body>> {
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("a message may be at most {MAX_BODY_BYTES} bytes\n"),
+        ));
+    }
     match tokio::time::timeout(
         BODY_READ_TIMEOUT,
         Limited::new(body, MAX_BODY_BYTES).collect(),
