@@ -13,7 +13,6 @@ use sluice_core::config::UpstreamTls;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 /// Connecting (TCP and TLS) must finish within this time.
@@ -223,18 +222,13 @@ impl ApiClient {
             addr: self.addr.clone(),
             reason,
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            self.tls
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))
-        })
+        let stream = sluice_core::tls::connect(
+            self.addr.as_str(),
+            &self.tls,
+            self.server_name.clone(),
+            CONNECT_TIMEOUT,
+        )
         .await
-        .map_err(|_| unreachable("timed out connecting".into()))?
         .map_err(unreachable)?;
 
         let mut request = Request::new(Full::new(Bytes::from(body.clone().unwrap_or_default())));

@@ -28,6 +28,30 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Opens a TCP connection to `addr` (Nagle off) and a TLS session over it as
+/// `server_name`, within `timeout`: the gateway's own clients of its
+/// listeners (the operator CLI, the MCP front end). The error says which
+/// step failed, never with secrets.
+pub async fn connect(
+    addr: impl tokio::net::ToSocketAddrs,
+    connector: &tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    timeout: std::time::Duration,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    tokio::time::timeout(timeout, async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        connector
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))
+    })
+    .await
+    .map_err(|_| "timed out connecting".to_string())?
+}
+
 /// Where the generated listener certificate lives.
 pub fn generated_paths(state_dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let dir = state_dir.join("tls");

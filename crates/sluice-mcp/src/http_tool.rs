@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -209,15 +208,13 @@ async fn request(
     let mut owned = (*config).clone();
     owned.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tls = TlsConnector::from(Arc::new(owned));
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
-        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
-        tls.connect(ServerName::IpAddress(addr.ip().into()), tcp)
-            .await
-            .map_err(|e| format!("TLS: {e}"))
-    })
+    let stream = sluice_core::tls::connect(
+        addr,
+        &tls,
+        ServerName::IpAddress(addr.ip().into()),
+        CONNECT_TIMEOUT,
+    )
     .await
-    .map_err(|_| transport("timed out connecting".into()))?
     .map_err(transport)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

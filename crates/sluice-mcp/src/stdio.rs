@@ -23,7 +23,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -179,18 +178,13 @@ impl Bridge {
     ) -> Result<(), McpError> {
         let unreachable =
             |reason: String| McpError::Bridge(format!("the gateway at {}: {reason}", self.addr));
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let tcp = TcpStream::connect(&self.addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let _ = tcp.set_nodelay(true);
-            self.tls
-                .connect(self.server_name.clone(), tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))
-        })
+        let stream = sluice_core::tls::connect(
+            self.addr.as_str(),
+            &self.tls,
+            self.server_name.clone(),
+            CONNECT_TIMEOUT,
+        )
         .await
-        .map_err(|_| unreachable("timed out connecting".into()))?
         .map_err(unreachable)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
