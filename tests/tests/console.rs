@@ -71,23 +71,14 @@ fn approve_deny_and_kill_from_the_browser() {
             "self": env.token("agent-1", &["agents", "dba"], "30m"),
         },
     });
-    let config_path = env.dir.path().join("console.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let mut cmd = Command::new("python3");
-    clean_pg_env(&mut cmd);
-    cmd.arg(py_dir().join("console.py"))
-        .arg(&config_path)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(240));
-    let so = stdout(&out);
-    eprintln!("{so}");
-    eprintln!("screenshots: {}", shots.display());
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}\n--- gateway log tail ---\n{}",
-        stderr(&out),
-        tail(&env.gateway_log(), 60)
+    let out = run_browser(
+        &env.dir.path().join("console.json"),
+        &config,
+        None,
+        Duration::from_secs(240),
+        || format!("--- gateway log tail ---\n{}", tail(&env.gateway_log(), 60)),
     );
+    let so = stdout(&out);
     assert!(so.contains("\"step\": \"done\""), "{so}");
 
     // What the page did is what happened upstream.
@@ -118,6 +109,34 @@ fn approve_deny_and_kill_from_the_browser() {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs tests/py/console.py in `mode` (the default scenario for `None`) with
+/// `config` written to `path`; panics with its stderr and `context()` (e.g.
+/// the gateway log's tail) unless it succeeds. Prints its steps.
+fn run_browser(
+    path: &Path,
+    config: &serde_json::Value,
+    mode: Option<&str>,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> std::process::Output {
+    std::fs::write(path, serde_json::to_vec(config).unwrap()).unwrap();
+    let mut cmd = Command::new("python3");
+    clean_pg_env(&mut cmd);
+    cmd.arg(py_dir().join("console.py"))
+        .args(mode)
+        .arg(path)
+        .env("PYTHONUNBUFFERED", "1");
+    let out = run_with_timeout(&mut cmd, None, timeout);
+    eprintln!("{}\nscreenshots: {}", stdout(&out), artifacts().display());
+    assert!(
+        out.status.success(),
+        "the browser script failed:\n{}\n{}",
+        stderr(&out),
+        context()
+    );
+    out
 }
 
 /// A recorded SSH shell plays in the page's player; the masked email stays
@@ -181,18 +200,12 @@ fn ssh_shell_replays_in_the_player_masked() {
         "tokens": { "viewer": env.token("agent-1", &["agents"]) },
     });
     let config_path = env.dir.path().join("console-replay.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(py_dir().join("console.py"))
-        .arg("replay")
-        .arg(&config_path)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
-    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}",
-        stderr(&out)
+    let out = run_browser(
+        &config_path,
+        &config,
+        Some("replay"),
+        Duration::from_secs(120),
+        String::new,
     );
     assert!(stdout(&out).contains("\"step\": \"replayed\""));
     let out = wait_output(sleeper, Duration::from_secs(20), "ssh sleep");
@@ -223,17 +236,12 @@ fn ssh_shell_replays_in_the_player_masked() {
         "expect": [format!("touch {}", marker.display()), "echo touched".to_string(), "reviewed-touch".to_string()],
         "reason": "safe",
     });
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(py_dir().join("console.py"))
-        .arg("approve")
-        .arg(&config_path)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}",
-        stderr(&out)
+    run_browser(
+        &config_path,
+        &config,
+        Some("approve"),
+        Duration::from_secs(120),
+        String::new,
     );
     let out = wait_output(held, Duration::from_secs(30), "ssh (held)");
     assert!(
@@ -275,21 +283,12 @@ fn oidc_sign_in_through_the_providers_login_page() {
         "agent_url": env.agent_url(),
         "shots": shots,
     });
-    let config_path = env.dir.path().join("console-oidc.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let mut cmd = Command::new("python3");
-    clean_pg_env(&mut cmd);
-    cmd.arg(py_dir().join("console.py"))
-        .arg("oidc")
-        .arg(&config_path)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(180));
-    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}\n--- gateway log tail ---\n{}",
-        stderr(&out),
-        tail(&env.gateway_log(), 40)
+    let out = run_browser(
+        &env.dir.path().join("console-oidc.json"),
+        &config,
+        Some("oidc"),
+        Duration::from_secs(180),
+        || format!("--- gateway log tail ---\n{}", tail(&env.gateway_log(), 40)),
     );
     assert!(stdout(&out).contains("\"step\": \"oidc_approved\""));
     assert_eq!(customer_name(&env, 4), "By Alice");
@@ -353,19 +352,12 @@ message = "Deletes are reviewed by an operator."
                    "reviewed-deletes", "kubernetes"],
         "reason": "pod is wedged",
     });
-    let config_path = env.dir.path().join("console-kube.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config).unwrap()).unwrap();
-    let mut cmd = Command::new("python3");
-    cmd.arg(py_dir().join("console.py"))
-        .arg("approve")
-        .arg(&config_path)
-        .env("PYTHONUNBUFFERED", "1");
-    let out = run_with_timeout(&mut cmd, None, Duration::from_secs(120));
-    eprintln!("{}\nscreenshots: {}", stdout(&out), shots.display());
-    assert!(
-        out.status.success(),
-        "the browser script failed:\n{}",
-        stderr(&out)
+    run_browser(
+        &env.dir.path().join("console-kube.json"),
+        &config,
+        Some("approve"),
+        Duration::from_secs(120),
+        String::new,
     );
     let out = wait_output(child, COMMAND_TIMEOUT, "kubectl delete (held)");
     let text = ok(&out);
