@@ -36,7 +36,7 @@ use sluice_core::config::{ConnectionConfig, ConnectionKind};
 use sluice_core::masking::SessionMasker;
 use sluice_core::model::{Command, CommandKind, Credentials, Decision, Denial, Outcome, Protocol};
 use sluice_core::{Gateway, SessionHandle};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -184,12 +184,11 @@ type Sessions = HashMap<SessionKey, (Instant, Arc<Live>, tokio::sync::oneshot::S
 pub struct Relay {
     gateway: Arc<Gateway>,
     sessions: Arc<Mutex<Sessions>>,
-    /// Tools whose latest definition was refused, per connection.
-    refused: Mutex<HashSet<(String, String)>>,
-    /// Tools whose current definition this gateway listed and accepted, per
-    /// connection: only those can be called (a tool never listed, refused,
-    /// or held for review cannot be called by name).
-    accepted: Mutex<HashSet<(String, String)>>,
+    /// Per connection and tool, whether its current definition was accepted
+    /// (`true`) or refused (`false`) by this gateway. Only accepted tools
+    /// can be called: a tool never listed, refused, or whose new definition
+    /// is being judged (no entry) cannot be called by name.
+    judged: Mutex<HashMap<(String, String), bool>>,
     /// Serialises the read-compare-write of a connection's recorded
     /// definitions (a held review blocks that connection's lists only).
     definitions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -217,8 +216,7 @@ impl Relay {
         Relay {
             gateway,
             sessions: Arc::new(Mutex::new(HashMap::new())),
-            refused: Mutex::new(HashSet::new()),
-            accepted: Mutex::new(HashSet::new()),
+            judged: Mutex::new(HashMap::new()),
             definitions: Mutex::new(HashMap::new()),
         }
     }
@@ -359,8 +357,8 @@ impl Relay {
         let started = Instant::now();
         let is_call = message.method == "tools/call";
         let tool = command.text.split(' ').next().unwrap_or("").to_string();
-        let refused_definition =
-            is_call && !lock(&self.accepted).contains(&(connection.name.clone(), tool.clone()));
+        let refused_definition = is_call
+            && lock(&self.judged).get(&(connection.name.clone(), tool.clone())) != Some(&true);
         let decision = if refused_definition {
             live.handle
                 .refuse(
@@ -539,7 +537,7 @@ impl Relay {
             let key = (connection.name.clone(), name.clone());
             if let Some(status) = status {
                 // Not callable while its new definition is being judged.
-                lock(&self.accepted).remove(&key);
+                lock(&self.judged).remove(&key);
                 let command = Command {
                     kind: CommandKind::Other {
                         operation: DEFINITION_OPERATION.into(),
@@ -560,28 +558,24 @@ impl Relay {
                         );
                         known.insert(name.clone(), digest.clone());
                         changed = true;
-                        lock(&self.refused).remove(&key);
-                        lock(&self.accepted).insert(key.clone());
+                        lock(&self.judged).insert(key.clone(), true);
                     }
                     Ok(Decision::Refuse { command_id, denial }) => {
                         live.handle
                             .recorder()
                             .finished(command_id, failed(&denial_text(&denial), started));
-                        lock(&self.accepted).remove(&key);
-                        lock(&self.refused).insert(key);
+                        lock(&self.judged).insert(key, false);
                         continue;
                     }
                     Err(e) => {
                         tracing::error!(message = "The audit store refused a tool definition; leaving the tool out.", error = %e);
-                        lock(&self.accepted).remove(&key);
-                        lock(&self.refused).insert(key);
+                        lock(&self.judged).insert(key, false);
                         continue;
                     }
                 }
-            } else if lock(&self.refused).contains(&key) {
+            } else if !*lock(&self.judged).entry(key).or_insert(true) {
+                // Unchanged since it was refused: still left out.
                 continue;
-            } else {
-                lock(&self.accepted).insert(key.clone());
             }
             listed.push(format!("{name} sha256:{digest}"));
             kept.push(tool);
