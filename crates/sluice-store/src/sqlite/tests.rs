@@ -15,45 +15,9 @@ fn identity() -> Identity {
 }
 
 async fn session(store: &SqliteStore, id: &str, commands: u64) {
-    store
-        .append(
-            id,
-            AuditEvent::SessionStart {
-                identity: identity(),
-                connection: "appdb".into(),
-                protocol: Protocol::Postgres,
-                client_addr: "127.0.0.1:5".into(),
-            },
-        )
-        .await
-        .unwrap();
+    start(store, id).await;
     for n in 1..=commands {
-        store
-            .append(
-                id,
-                AuditEvent::CommandDecided {
-                    command_id: n,
-                    command: Command {
-                        kind: CommandKind::SqlSimple,
-                        text: format!("select {n}"),
-                        context: vec![],
-                    },
-                    verdict: Verdict {
-                        action: Action::Allow,
-                        rule: None,
-                        message: None,
-                    },
-                },
-            )
-            .await
-            .unwrap();
-        store.append_background(
-            id,
-            AuditEvent::CommandFinished {
-                command_id: n,
-                outcome: Outcome::default(),
-            },
-        );
+        command(store, id, n).await.unwrap();
     }
     store
         .append(
