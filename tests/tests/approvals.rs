@@ -229,6 +229,39 @@ fn retry_mode_refuses_now_and_runs_the_approved_statement_once() {
     );
 }
 
+/// A retry grant is for the statement as sent. Moving the end of a `--`
+/// comment (a newline) makes another statement — here one that updates
+/// every row — which the grant must not cover; the table is the oracle.
+#[test]
+fn a_retry_grant_does_not_cover_a_statement_whose_comment_ends_elsewhere() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let batch = env.url(
+        "batch-agent",
+        &env.token("batch-agent", &["agents", "batch"], "10m"),
+        "appdb",
+    );
+    let granted = |env: &Env| {
+        env.direct_sql(
+            "app",
+            "select count(*) from orders where status = 'granted'",
+        )
+        .trim()
+        .to_string()
+    };
+    let approved = "update orders set status = 'granted' where id = 5 -- or true";
+    failed(&env.psql(&batch, &["-c", approved]));
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    assert!(approvals(&env, &dba, &["approve", &id]).status.success());
+    let every_row = "update orders set status = 'granted' where id = 5 --\nor true";
+    let out = env.psql(&batch, &["-c", every_row]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert_eq!(granted(&env), "0", "the grant ran another statement");
+    // The approved statement itself still runs, once.
+    ok(&env.psql(&batch, &["-c", approved]));
+    assert_eq!(granted(&env), "1");
+}
+
 #[test]
 fn a_client_that_leaves_takes_its_held_statement_with_it() {
     let env = env();
