@@ -13,7 +13,7 @@ use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
 use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
-use crate::session::{LiveSessions, Refusal, Session, SessionError, SessionHandle};
+use crate::session::{AfterRefusal, LiveSessions, Refusal, Session, SessionError, SessionHandle};
 use crate::sync::RwLockExt;
 use crate::token::{IssuedToken, TokenAuthority, TokenError, TokenRequest, GATEWAY_ISSUER};
 use std::sync::{Arc, RwLock};
@@ -731,20 +731,26 @@ impl Gateway {
         protocol: Protocol,
         client_addr: &str,
     ) -> Result<(), SessionError> {
-        let request = tokio::time::timeout(HANDSHAKE_TIMEOUT, session.credentials())
-            .await
-            .map_err(|_| SessionError::Client("handshake timed out".into()))??;
-        let handle = match self
-            .admit(
-                &request.credentials,
-                &request.connection,
-                protocol,
-                client_addr,
-            )
-            .await
-        {
-            Ok(handle) => handle,
-            Err(refusal) => return session.refuse(refusal).await,
+        let deadline = tokio::time::Instant::now() + session.handshake_timeout();
+        let (request, handle) = loop {
+            let request = tokio::time::timeout_at(deadline, session.credentials())
+                .await
+                .map_err(|_| SessionError::Client("handshake timed out".into()))??;
+            match self
+                .admit(
+                    &request.credentials,
+                    &request.connection,
+                    protocol,
+                    client_addr,
+                )
+                .await
+            {
+                Ok(handle) => break (request, handle),
+                Err(refusal) => match session.refuse(refusal).await? {
+                    AfterRefusal::Close => return Ok(()),
+                    AfterRefusal::Retry => continue,
+                },
+            }
         };
         let subject = &handle.info().identity.subject;
         let span = tracing::info_span!("session", id = %handle.id(), %subject, connection = %request.connection, %protocol);

@@ -97,16 +97,35 @@ impl SessionError {
     }
 }
 
-/// The transport half of a session. Implemented by each protocol crate.
+/// What a protocol does after telling its client a session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRefusal {
+    /// The client is gone or was told goodbye: nothing more to admit.
+    Close,
+    /// The protocol lets the client try other credentials on the same
+    /// transport (an SSH client's next authentication method): core reads
+    /// them with `credentials` again, within the same handshake deadline.
+    Retry,
+}
+
+/// The transport half of a session. Implemented by every protocol crate:
+/// PostgreSQL and SSH per client connection, HTTP and Kubernetes per token
+/// and connection on a client connection (see `sluice-http`).
+/// `Gateway::serve` drives it through core's one admission path.
 #[async_trait]
 pub trait Session: Send + Sized {
     /// Reads the client's handshake up to its credentials and connection choice.
     async fn credentials(&mut self) -> Result<SessionRequest, SessionError>;
     /// Tells the client the session was refused, in the client's language.
-    async fn refuse(self, refusal: Refusal) -> Result<(), SessionError>;
+    async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError>;
     /// Connects upstream with the gateway-held credential and relays the
     /// session, sending every command through `handle.decide`.
     async fn run(self, handle: SessionHandle) -> Result<(), SessionError>;
+    /// How long the client has, from the start of `Gateway::serve`, to
+    /// present credentials core admits (retries included).
+    fn handshake_timeout(&self) -> Duration {
+        crate::gateway::HANDSHAKE_TIMEOUT
+    }
 }
 
 /// A live session. Deliberately not `Clone`: dropping it records the session's end.

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod problem;
 mod proxy;
 mod server;
+mod session;
 pub mod upstream;
 pub mod ws;
 

@@ -2,19 +2,19 @@
 //! with the injected credential, mask, record.
 //!
 //! **Sessions.** A session is one client connection + one token + one
-//! Sluice connection: the first request opens it (`Gateway::open_session`),
-//! every request on it is a command, and it ends when the client connection
+//! Sluice connection: the first request opens it (an `HttpSession` admitted
+//! by `Gateway::serve`, see `session.rs`), every request on it is a command
+//! (re-admitted by `Gateway::readmit`), and it ends when the client connection
 //! closes (its handle drops) or when core ends it (token expiry, revocation,
 //! an operator): then further requests on it get 401 with the reason and
 //! the client connection is closed once in-flight requests finish.
 
 use crate::body::{self, BodyStats, CountingBody, Redactor, TextMasking};
 use crate::flavor::{Body, BodyPlan, BodyTransformer, Flavor, MaskingContext, RequestHead};
-use crate::inject::Injected;
 use crate::path::{has_trailing_slash, NormalPath};
 use crate::problem::{full, Problem, ProblemKind};
 use crate::server::{empty, render_default, Shared};
-use crate::upstream::Upstream;
+use crate::session::{self, refusal_problem, HttpSession, Live, SessionKey, Sessions};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -34,40 +34,14 @@ use tokio::sync::Notify;
 /// A streaming response's held-back bytes are released after this much upstream silence.
 const STREAM_IDLE_FLUSH: Duration = Duration::from_millis(50);
 
-type SessionKey = ([u8; 32], String);
-
 /// The client's request body while the gateway has not passed it on.
 type Unread = Arc<Mutex<Option<Incoming>>>;
-
-/// A live session on a client connection.
-pub(crate) struct Live {
-    pub handle: SessionHandle,
-    pub injected: Injected,
-    /// Finds the injected values in responses (`None`: nothing injected).
-    pub redactor: Option<Redactor>,
-    pub upstream: Arc<Upstream>,
-    /// `Some(reason)` once core ended the session (set by the connection's watcher).
-    pub ended_reason: Mutex<Option<String>>,
-}
-
-impl Live {
-    /// Resolves with the reason when core ends the session (token expiry,
-    /// revocation, an operator); also for bodies and upgraded connections
-    /// that outlive their client connection's request loop.
-    async fn ended(&self) -> String {
-        self.handle.ended().await
-    }
-
-    fn ended_reason(&self) -> Option<String> {
-        self.ended_reason.locked().clone()
-    }
-}
 
 /// One client connection.
 pub(crate) struct ClientConn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    sessions: Mutex<HashMap<SessionKey, Arc<Live>>>,
+    sessions: Sessions,
     /// Sessions core ended, with the reason told to later requests.
     ended: Mutex<HashMap<SessionKey, String>>,
     watchers: Mutex<Vec<tokio::task::AbortHandle>>,
@@ -185,7 +159,7 @@ impl ClientConn {
         ClientConn {
             shared,
             peer,
-            sessions: Mutex::default(),
+            sessions: Sessions::default(),
             ended: Mutex::default(),
             watchers: Mutex::default(),
             ended_notify: Arc::new(Notify::new()),
@@ -310,13 +284,10 @@ impl ClientConn {
         flavor: &Arc<dyn Flavor>,
     ) -> Result<Arc<Live>, Problem> {
         let key: SessionKey = (token_key(token), connection.name.clone());
-        let credentials = Credentials {
-            user: String::new(),
-            token: token.to_string(),
-        };
         let cached = self.sessions.locked().get(&key).cloned();
         if let Some(live) = cached {
             // Core decides, on every request, whether the session still admits this token.
+            let credentials = session::request(token, &connection.name).credentials;
             return match self
                 .shared
                 .gateway
@@ -336,50 +307,43 @@ impl ClientConn {
             self.identity(token).await?;
             return Err(session_ended(&reason));
         }
-        let handle = self
-            .shared
-            .gateway
-            .admit(
-                &credentials,
-                &connection.name,
-                flavor.protocol(),
-                &self.peer.to_string(),
-            )
-            .await
-            .map_err(|refusal| refusal_problem(&refusal))?;
-        // HTTP has no channel for notices while a request is held; the
-        // client's request simply waits. Dropping the receiver discards them.
-        drop(handle.take_notices());
-        let injected = flavor.credentials(connection)?;
-        let upstream = self.shared.upstream(connection, flavor.as_ref())?;
-        let redactor = Redactor::new(injected.secrets());
-        let live = Arc::new(Live {
-            handle,
-            redactor,
-            injected,
-            upstream,
-            ended_reason: Mutex::new(None),
-        });
-        let mut map = self.sessions.locked();
-        if let Some(existing) = map.get(&key) {
-            // A concurrent request (HTTP/2) opened it first; ours ends unused.
-            return Ok(existing.clone());
-        }
-        map.insert(key.clone(), live.clone());
-        drop(map);
-        let watched = live.clone();
-        let notify = self.ended_notify.clone();
-        // The watcher holds the session only while the client connection
-        // lives: `ClientConn::drop` aborts it. Bodies and upgraded
-        // connections that outlive the connection watch `Live::ended` themselves.
+        self.open(key, token, connection, flavor).await
+    }
+
+    /// Opens the session through core's admission (`Gateway::serve`, as
+    /// every protocol's); its task lives as long as this client connection.
+    async fn open(
+        &self,
+        key: SessionKey,
+        token: &str,
+        connection: &sluice_core::config::ConnectionConfig,
+        flavor: &Arc<dyn Flavor>,
+    ) -> Result<Arc<Live>, Problem> {
+        let (opened, answer) = tokio::sync::oneshot::channel();
+        let session = HttpSession {
+            request: Some(session::request(token, &connection.name)),
+            key,
+            connection: connection.clone(),
+            flavor: flavor.clone(),
+            shared: self.shared.clone(),
+            sessions: self.sessions.clone(),
+            ended_notify: self.ended_notify.clone(),
+            opened: Some(opened),
+        };
+        let gateway = self.shared.gateway.clone();
+        let (protocol, peer) = (flavor.protocol(), self.peer.to_string());
         let task = tokio::spawn(async move {
-            let reason = watched.handle.ended().await;
-            tracing::info!(message = "Session ended by the gateway.", session = %watched.handle.id(), reason = %reason);
-            *watched.ended_reason.locked() = Some(reason);
-            notify.notify_one();
+            if let Err(e) = gateway.serve(session, protocol, &peer).await {
+                tracing::warn!(message = "An HTTP session failed.", client = %peer, error = %e);
+            }
         });
         self.watchers.locked().push(task.abort_handle());
-        Ok(live)
+        answer.await.map_err(|_| {
+            Problem::new(
+                ProblemKind::Unavailable,
+                "sluice: the session could not be opened; retry",
+            )
+        })?
     }
 
     /// Forgets a session core ended, so later requests get its reason.
@@ -1642,20 +1606,6 @@ impl http_body::Body for ChannelBody {
         self.rx
             .poll_recv(cx)
             .map(|o| o.map(|r| r.map(http_body::Frame::data)))
-    }
-}
-
-/// A refusal from core's admission, as an RFC 9457 problem.
-fn refusal_problem(refusal: &Refusal) -> Problem {
-    let kind = match refusal {
-        Refusal::Authentication(_) => ProblemKind::Unauthenticated,
-        Refusal::Access(_) => ProblemKind::Forbidden,
-        Refusal::Unavailable(_) => ProblemKind::Unavailable,
-    };
-    let problem = Problem::new(kind, refusal.client_message());
-    match refusal {
-        Refusal::Authentication(_) => problem.with_hint("Send a valid Sluice token as Authorization: Bearer <token> (sluice token issue, or your identity provider's access token)."),
-        _ => problem,
     }
 }
 

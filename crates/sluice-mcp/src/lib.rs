@@ -23,6 +23,7 @@ pub mod stdio;
 pub mod tools;
 pub mod upstream;
 pub mod upstream_policy;
+mod upstream_session;
 
 pub use server::McpServer;
 pub use tools::{Caller, SluiceTools};

@@ -2,10 +2,11 @@
 //! upstream is an MCP server speaking Streamable HTTP.
 //!
 //! An agent reaches connection NAME at `/mcp/NAME` on the MCP listener with
-//! its own bearer token. The gateway admits it (`Gateway::admit`, as every
-//! listener does), parses each JSON-RPC message and relays only what it can
-//! judge: `initialize`, `ping`, `tools/list` and `tools/call` (and the
-//! `notifications/initialized` notification). Each relayed request is a
+//! its own bearer token. The gateway admits it (`Gateway::serve`, as every
+//! protocol's session; see `upstream_session.rs`), parses each JSON-RPC
+//! message and relays only what it can judge: `initialize`, `ping`,
+//! `tools/list` and `tools/call` (and the `notifications/initialized`
+//! notification). Each relayed request is a
 //! command decided by the pipeline and recorded write-ahead before it is
 //! sent; the message sent upstream is rebuilt from the parsed values, so a
 //! `tools/call` command's text, `NAME CANONICAL_ARGUMENTS_JSON`, is exactly
@@ -25,6 +26,7 @@
 //! holds it for a human); a refused definition is left out of the list and
 //! calls to that tool are refused until a later definition is accepted.
 
+use crate::upstream_session::{Live, McpSession, SessionKey, Sessions};
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -35,7 +37,7 @@ use sha2::{Digest, Sha256};
 use sluice_core::config::{ConnectionConfig, ConnectionKind};
 use sluice_core::masking::SessionMasker;
 use sluice_core::model::{Command, CommandKind, Credentials, Decision, Denial, Outcome, Protocol};
-use sluice_core::{Gateway, SessionHandle};
+use sluice_core::Gateway;
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -61,8 +63,9 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(600);
 const SAMPLE_CHARS: usize = 4096;
 
 type Body = BoxBody<Bytes, Infallible>;
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+pub(crate) type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
 /// Checks a `kind = "mcp"` connection: an `http://` or `https://` upstream URL, no options.
 pub fn validate(c: &ConnectionConfig) -> Result<(), (String, String)> {
@@ -157,28 +160,8 @@ fn valid_tool_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"_-./".contains(&b))
 }
 
-struct Live {
-    handle: SessionHandle,
-    client: Client,
-    uri: Uri,
-    injected: Vec<(HeaderName, HeaderValue)>,
-    /// The injected credential's secrets: an answer that echoes one (an
-    /// error text, a debug tool) has it redacted before anything reads it.
-    secrets: Vec<Vec<u8>>,
-    timeout: Duration,
-    /// The upstream's session ids given to this agent session (the last
-    /// few): an agent may present only these, never another agent's.
-    upstream_sessions: Mutex<std::collections::VecDeque<HeaderValue>>,
-}
-
 /// Upstream session ids remembered per agent session.
 const MAX_UPSTREAM_SESSIONS: usize = 16;
-
-type SessionKey = ([u8; 32], String);
-
-/// A cached session: when it was last used, the session, and the sender
-/// whose drop (the entry leaving the map) stops its watcher.
-type Sessions = HashMap<SessionKey, (Instant, Arc<Live>, tokio::sync::oneshot::Sender<()>)>;
 
 /// The upstream MCP relay of the MCP listener.
 pub struct Relay {
@@ -602,15 +585,15 @@ impl Relay {
             Sha256::digest(token.as_bytes()).into(),
             connection.name.clone(),
         );
-        let credentials = Credentials {
-            user: String::new(),
-            token: token.to_string(),
-        };
         let cached = lock(&self.sessions).get_mut(&key).map(|(at, l, _)| {
             *at = Instant::now();
             l.clone()
         });
         if let Some(live) = cached {
+            let credentials = Credentials {
+                user: String::new(),
+                token: token.to_string(),
+            };
             match self.gateway.readmit(&live.handle, &credentials).await {
                 Ok(()) if live.handle.end_reason_now().is_none() => return Ok(live),
                 _ => {
@@ -618,73 +601,23 @@ impl Relay {
                 }
             }
         }
-        let handle = self
-            .gateway
-            .admit(&credentials, &connection.name, PROTOCOL, &peer.to_string())
-            .await
-            .map_err(|r| {
-                (
-                    StatusCode::FORBIDDEN,
-                    format!("sluice: {}", r.client_message()),
-                )
-            })?;
-        // Held calls simply wait; there is no channel for notices.
-        drop(handle.take_notices());
-        let injected = sluice_http::inject::default_credentials(connection)
-            .map_err(|p| (StatusCode::BAD_GATEWAY, p.detail.clone()))?;
-        let tls = sluice_http::upstream::default_tls(connection).map_err(|e| {
-            (
-                StatusCode::BAD_GATEWAY,
-                format!("sluice: upstream TLS: {e}"),
-            )
-        })?;
-        let uri: Uri = connection.upstream.parse().map_err(|_| {
-            (
-                StatusCode::BAD_GATEWAY,
-                "sluice: bad upstream URL".to_string(),
-            )
-        })?;
-        let live = Arc::new(Live {
-            handle,
-            client: client(tls),
-            uri,
-            injected: injected.headers().to_vec(),
-            secrets: injected.secrets().to_vec(),
-            timeout: connection.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
-            upstream_sessions: Mutex::new(std::collections::VecDeque::new()),
-        });
-        let (evicted, mut gone) = tokio::sync::oneshot::channel::<()>();
-        {
-            let mut map = lock(&self.sessions);
-            // Sessions idle for long end (a call in flight keeps its own).
-            map.retain(|_, (at, _, _)| at.elapsed() < SESSION_IDLE);
-            if map.len() >= MAX_SESSIONS {
-                if let Some(oldest) = map
-                    .iter()
-                    .min_by_key(|(_, (at, _, _))| *at)
-                    .map(|(k, _)| k.clone())
-                {
-                    map.remove(&oldest);
-                }
-            }
-            map.insert(key.clone(), (Instant::now(), live.clone(), evicted));
-        }
-        // A session the gateway ends (revocation, drain, an operator) leaves
-        // the cache at once, so that its record closes.
-        let watched = live.clone();
-        let sessions = self.sessions.clone();
+        // Core's admission, as for every protocol's session; the session's
+        // task lives until core ends it or the cache lets it go.
+        let (opened, answer) = tokio::sync::oneshot::channel();
+        let session = McpSession::new(token, key, connection, self.sessions.clone(), opened);
+        let gateway = self.gateway.clone();
+        let peer = peer.to_string();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = watched.handle.ended() => {
-                    let mut map = lock(&sessions);
-                    if map.get(&key).is_some_and(|(_, l, _)| Arc::ptr_eq(l, &watched)) {
-                        map.remove(&key);
-                    }
-                }
-                _ = &mut gone => {}
+            if let Err(e) = gateway.serve(session, PROTOCOL, &peer).await {
+                tracing::warn!(message = "An MCP upstream session failed.", client = %peer, error = %e);
             }
         });
-        Ok(live)
+        answer.await.map_err(|_| {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "sluice: the session could not be opened; retry".to_string(),
+            )
+        })?
     }
 
     /// POSTs `body` upstream with the connection's credential; returns the
@@ -797,7 +730,7 @@ fn sse_answer(bytes: &[u8]) -> Result<Value, String> {
     Err("its event stream ended without an answer".into())
 }
 
-fn client(tls: Option<Arc<rustls::ClientConfig>>) -> Client {
+pub(crate) fn client(tls: Option<Arc<rustls::ClientConfig>>) -> Client {
     let config = match tls {
         Some(t) => (*t).clone(),
         None => {

@@ -9,7 +9,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pgwire::messages::startup::{PasswordMessageFamily, Startup};
 use pgwire::messages::{DecodeContext, Message};
-use sluice_core::session::{Refusal, Session, SessionError, SessionHandle, SessionRequest};
+use sluice_core::session::{
+    AfterRefusal, Refusal, Session, SessionError, SessionHandle, SessionRequest,
+};
 use sluice_core::Credentials;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -285,7 +287,7 @@ impl Session for PgSession {
         })
     }
 
-    async fn refuse(mut self, refusal: Refusal) -> Result<(), SessionError> {
+    async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
         let (code, hint) = match &refusal {
             Refusal::Authentication(_) => (
                 wire::SQLSTATE_BAD_TOKEN,
@@ -298,7 +300,7 @@ impl Session for PgSession {
         wire::error(&mut out, true, code, &refusal.client_message(), None, hint);
         self.flush(&mut out).await?;
         let _ = self.stream.shutdown().await;
-        Ok(())
+        Ok(AfterRefusal::Close)
     }
 
     async fn run(mut self, handle: SessionHandle) -> Result<(), SessionError> {

@@ -26,7 +26,7 @@ pub use policy::ssh_match_key;
 
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
-use sluice_core::Gateway;
+use sluice_core::{Gateway, Protocol};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,7 +140,11 @@ impl SshServer {
             .serve(move |tcp, peer| {
                 let (gateway, config) = (gateway.clone(), config.clone());
                 async move {
-                    if let Err(e) = server::serve_client(config, gateway, tcp, peer).await {
+                    let served = match server::SshSession::start(config, gateway.clone(), tcp).await {
+                        Ok(session) => gateway.serve(session, Protocol::Ssh, &peer.to_string()).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = served {
                         tracing::info!(message = "SSH client connection ended with an error.", client = %peer, error = %e);
                     }
                 }

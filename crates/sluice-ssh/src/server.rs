@@ -5,15 +5,15 @@ use crate::LOGIN_TIMEOUT;
 use russh::server::{self, Auth, ChannelOpenHandle, Msg, Session};
 use russh::{Channel, ChannelId};
 use sluice_core::sync::MutexExt;
-use sluice_core::SessionError;
 use sluice_core::{
-    Command, CommandKind, Credentials, Decision, Denial, Gateway, Protocol, SessionHandle,
+    AfterRefusal, Command, CommandKind, Credentials, Decision, Denial, Gateway, Refusal,
+    SessionError, SessionHandle, SessionRequest,
 };
 use std::borrow::Cow;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::oneshot;
 
 /// The prompt contains "password" so that tools such as sshpass recognise it.
 const TOKEN_PROMPT: &str = "Sluice token (password): ";
@@ -139,31 +139,42 @@ pub(crate) async fn decide(live: &Live, kind: CommandKind, text: String) -> Deci
     }
 }
 
+/// A login the handler hands to core's admission (through [`SshSession`]),
+/// and where the answer goes: the session, or the refusal to show.
+struct LoginAttempt {
+    request: SessionRequest,
+    answer: oneshot::Sender<Result<SessionHandle, String>>,
+}
+
 pub(crate) struct ClientHandler {
     gateway: Arc<Gateway>,
-    peer: SocketAddr,
+    attempts: mpsc::Sender<LoginAttempt>,
     pending: Option<SessionHandle>,
     live: Option<Arc<Live>>,
     /// A keyboard-interactive failure already told to the client.
     told: bool,
-    authed: Arc<AtomicBool>,
     watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
     closed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl ClientHandler {
-    /// Authenticates the token and opens the core session for connection `user`.
+    /// Asks core to admit the token for connection `user` and waits for its
+    /// answer; a refusal comes back as the text to show the client.
     async fn login(&mut self, user: &str, token: &str) -> Result<(), String> {
-        let credentials = Credentials {
-            user: user.to_string(),
-            token: token.to_string(),
+        let (answer, answered) = oneshot::channel();
+        let attempt = LoginAttempt {
+            request: SessionRequest {
+                credentials: Credentials {
+                    user: user.to_string(),
+                    token: token.to_string(),
+                },
+                connection: user.to_string(),
+            },
+            answer,
         };
-        let handle = self
-            .gateway
-            .admit(&credentials, user, Protocol::Ssh, &self.peer.to_string())
-            .await
-            .map_err(|refusal| refusal.client_message())?;
-        self.pending = Some(handle);
+        let gone = || "sluice: the login is no longer being served".to_string();
+        self.attempts.send(attempt).await.map_err(|_| gone())?;
+        self.pending = Some(answered.await.map_err(|_| gone())??);
         Ok(())
     }
 
@@ -243,7 +254,6 @@ impl server::Handler for ClientHandler {
             closed: self.closed.clone(),
             close_order: CloseOrder::default(),
         });
-        self.authed.store(true, Ordering::SeqCst);
         // The session ends when its token expires or is revoked.
         let watched = live.clone();
         let task = tokio::spawn(async move {
@@ -404,49 +414,136 @@ impl server::Handler for ClientHandler {
     }
 }
 
-/// Serves one client connection to its end.
-pub(crate) async fn serve_client(
-    config: Arc<server::Config>,
-    gateway: Arc<Gateway>,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-) -> Result<(), SessionError> {
-    let authed = Arc::new(AtomicBool::new(false));
-    let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
-    let (closed_tx, closed) = tokio::sync::watch::channel(false);
-    let handler = ClientHandler {
-        closed,
-        gateway,
-        peer,
-        pending: None,
-        live: None,
-        told: false,
-        authed: authed.clone(),
-        watcher: watcher.clone(),
-    };
-    // The version exchange happens here: bound it too.
-    let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, tcp, handler))
-        .await
-        .map_err(|_| SessionError::Client("the client did not start SSH in time".into()))?
-        .map_err(|e| SessionError::client("the SSH handshake", e))?;
-    let client = running.handle();
-    let deadline = tokio::spawn(async move {
-        tokio::time::sleep(LOGIN_TIMEOUT).await;
-        if !authed.load(Ordering::SeqCst) {
-            let _ = client
-                .disconnect(
-                    russh::Disconnect::ByApplication,
-                    "sluice: login timed out".into(),
-                    "en".into(),
-                )
-                .await;
-        }
-    });
-    let result = running.await;
-    closed_tx.send_replace(true);
-    deadline.abort();
-    if let Some(w) = watcher.locked().take() {
-        w.abort();
+/// One SSH client connection as a core [`Session`]: russh drives the
+/// handshake in its own task and hands each login attempt here, so that
+/// `Gateway::serve` admits it like any protocol's; a refused attempt is told
+/// to the client, which may try again (another method, another token) until
+/// russh's attempt limit or the login deadline.
+pub(crate) struct SshSession {
+    attempts: mpsc::Receiver<LoginAttempt>,
+    answer: Option<oneshot::Sender<Result<SessionHandle, String>>>,
+    client: server::Handle,
+    running: Option<tokio::task::JoinHandle<Result<(), russh::Error>>>,
+    closed: tokio::sync::watch::Sender<bool>,
+    watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
+    logged_in: bool,
+}
+
+impl SshSession {
+    /// Exchanges versions with the client (bounded) and starts russh's task.
+    pub(crate) async fn start(
+        config: Arc<server::Config>,
+        gateway: Arc<Gateway>,
+        tcp: tokio::net::TcpStream,
+    ) -> Result<SshSession, SessionError> {
+        let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
+        let (closed_tx, closed) = tokio::sync::watch::channel(false);
+        // One attempt at a time: russh waits for each answer.
+        let (attempts_tx, attempts) = mpsc::channel(1);
+        let handler = ClientHandler {
+            closed,
+            gateway,
+            attempts: attempts_tx,
+            pending: None,
+            live: None,
+            told: false,
+            watcher: watcher.clone(),
+        };
+        let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, tcp, handler))
+            .await
+            .map_err(|_| SessionError::Client("the client did not start SSH in time".into()))?
+            .map_err(|e| SessionError::client("the SSH handshake", e))?;
+        let client = running.handle();
+        Ok(SshSession {
+            attempts,
+            answer: None,
+            client,
+            running: Some(tokio::spawn(running)),
+            closed: closed_tx,
+            watcher,
+            logged_in: false,
+        })
     }
-    result.map_err(|e| SessionError::client("the SSH connection", e))
+}
+
+#[async_trait::async_trait]
+impl sluice_core::Session for SshSession {
+    async fn credentials(&mut self) -> Result<SessionRequest, SessionError> {
+        let attempt = self
+            .attempts
+            .recv()
+            .await
+            .ok_or_else(|| SessionError::Client("the client left before logging in".into()))?;
+        self.answer = Some(attempt.answer);
+        Ok(attempt.request)
+    }
+
+    async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(Err(refusal.client_message()));
+        }
+        Ok(AfterRefusal::Retry)
+    }
+
+    async fn run(mut self, handle: SessionHandle) -> Result<(), SessionError> {
+        let answer = self
+            .answer
+            .take()
+            .ok_or_else(|| SessionError::Internal("no login is waiting for its session".into()))?;
+        // If the client left meanwhile, the handle comes back and its drop
+        // records the session's end.
+        answer
+            .send(Ok(handle))
+            .map_err(|_| SessionError::Client("the client left while logging in".into()))?;
+        self.logged_in = true;
+        let Some(running) = self.running.as_mut() else {
+            return Err(SessionError::Internal(
+                "the SSH connection is not running".into(),
+            ));
+        };
+        // Awaited in place: if this future is dropped, `Drop` ends the task.
+        let ended = running.await;
+        self.running = None;
+        match ended {
+            Ok(result) => result.map_err(|e| SessionError::client("the SSH connection", e)),
+            Err(e) => Err(SessionError::Internal(format!(
+                "the SSH connection task: {e}"
+            ))),
+        }
+    }
+
+    fn handshake_timeout(&self) -> std::time::Duration {
+        LOGIN_TIMEOUT
+    }
+}
+
+impl Drop for SshSession {
+    fn drop(&mut self) {
+        self.closed.send_replace(true);
+        if let Some(w) = self.watcher.locked().take() {
+            w.abort();
+        }
+        // Still running: the login did not complete (deadline, refused to
+        // the end, an error) or the gateway is stopping. Say so, then end
+        // russh's task.
+        if let Some(mut running) = self.running.take() {
+            let client = self.client.clone();
+            let why = if self.logged_in {
+                "sluice: the gateway closed the connection"
+            } else {
+                "sluice: login did not complete in time"
+            };
+            tokio::spawn(async move {
+                let _ = client
+                    .disconnect(russh::Disconnect::ByApplication, why.into(), "en".into())
+                    .await;
+                if tokio::time::timeout(std::time::Duration::from_secs(1), &mut running)
+                    .await
+                    .is_err()
+                {
+                    running.abort();
+                }
+            });
+        }
+    }
 }

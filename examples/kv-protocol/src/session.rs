@@ -7,7 +7,8 @@ use crate::{KvOptions, MAX_LINE};
 use async_trait::async_trait;
 use sluice_core::model::{Credentials, Decision, Outcome};
 use sluice_core::{
-    Command, CommandKind, Refusal, Session, SessionError, SessionHandle, SessionRequest,
+    AfterRefusal, Command, CommandKind, Refusal, Session, SessionError, SessionHandle,
+    SessionRequest,
 };
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -92,9 +93,10 @@ impl Session for KvSession {
         }
     }
 
-    async fn refuse(mut self, refusal: Refusal) -> Result<(), SessionError> {
+    async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
         self.reply(&format!("-ERR {}", refusal.client_message()))
-            .await
+            .await?;
+        Ok(AfterRefusal::Close)
     }
 
     async fn run(mut self, handle: SessionHandle) -> Result<(), SessionError> {

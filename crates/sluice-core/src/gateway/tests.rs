@@ -241,3 +241,76 @@ async fn revoking_a_token_revokes_its_exchanges_at_any_depth() {
         Err(AuthError::Revoked)
     ));
 }
+
+/// A scripted session: offers `tokens` in turn on connection `appdb`.
+struct Scripted {
+    tokens: Vec<&'static str>,
+    after_refusal: AfterRefusal,
+    refusals: Arc<std::sync::Mutex<Vec<Refusal>>>,
+    ran_as: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+#[async_trait]
+impl Session for Scripted {
+    async fn credentials(&mut self) -> Result<crate::SessionRequest, SessionError> {
+        if self.tokens.is_empty() {
+            return Err(SessionError::Client("no more attempts".into()));
+        }
+        Ok(crate::SessionRequest {
+            credentials: creds(self.tokens.remove(0)),
+            connection: "appdb".into(),
+        })
+    }
+
+    async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
+        self.refusals.lock().unwrap().push(refusal);
+        Ok(self.after_refusal)
+    }
+
+    async fn run(self, handle: SessionHandle) -> Result<(), SessionError> {
+        *self.ran_as.lock().unwrap() = Some(handle.info().identity.subject.clone());
+        Ok(())
+    }
+}
+
+fn scripted(tokens: &[&'static str], after_refusal: AfterRefusal) -> Scripted {
+    Scripted {
+        tokens: tokens.to_vec(),
+        after_refusal,
+        refusals: Arc::default(),
+        ran_as: Arc::default(),
+    }
+}
+
+#[tokio::test]
+async fn serve_lets_a_protocol_retry_after_a_refusal_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = gateway(dir.path());
+    // Like SSH: a refused attempt is told, and the next one is admitted.
+    let session = scripted(&["idp:bad", "idp:ann:eng"], AfterRefusal::Retry);
+    let (refusals, ran_as) = (session.refusals.clone(), session.ran_as.clone());
+    gw.serve(session, Protocol::Postgres, "127.0.0.1:1")
+        .await
+        .unwrap();
+    assert!(matches!(
+        refusals.lock().unwrap().as_slice(),
+        [Refusal::Authentication(_)]
+    ));
+    assert_eq!(ran_as.lock().unwrap().as_deref(), Some("ann"));
+    // Like PostgreSQL: a refusal closes; the second token is never read.
+    let session = scripted(&["idp:bad", "idp:ann:eng"], AfterRefusal::Close);
+    let (refusals, ran_as) = (session.refusals.clone(), session.ran_as.clone());
+    gw.serve(session, Protocol::Postgres, "127.0.0.1:1")
+        .await
+        .unwrap();
+    assert_eq!(refusals.lock().unwrap().len(), 1);
+    assert!(ran_as.lock().unwrap().is_none());
+    // Retries end when the protocol has nothing more to offer.
+    let session = scripted(&["idp:bad", "idp:bad"], AfterRefusal::Retry);
+    let refusals = session.refusals.clone();
+    assert!(gw
+        .serve(session, Protocol::Postgres, "127.0.0.1:1")
+        .await
+        .is_err());
+    assert_eq!(refusals.lock().unwrap().len(), 2);
+}
