@@ -436,8 +436,9 @@ impl ConnectionKind {
     pub const Http: ConnectionKind = ConnectionKind(Protocol::Http);
     pub const Kubernetes: ConnectionKind = ConnectionKind(Protocol::Kubernetes);
 
-    /// The kinds core validates itself (the others are checked by the
-    /// protocol crate that contributes them).
+    /// The kinds of the protocol crates in this workspace. Core checks no
+    /// kind's own settings: the crate that serves a kind does, for these as
+    /// for contributed ones (`GatewayBuilder::connection_kind`).
     pub const BUILT_IN: [ConnectionKind; 4] = [
         ConnectionKind::Postgres,
         ConnectionKind::Ssh,
@@ -488,65 +489,109 @@ pub enum UpstreamTls {
     VerifyFull,
 }
 
+/// A `[[connections]]` entry. Core reads the keys every kind has; the
+/// kind's own keys (`database`, `host_key`, `bearer`, …) are `settings`,
+/// read into a typed struct and validated by the protocol crate that serves
+/// the kind (`GatewayBuilder::connection_kind`; e.g. `sluice_postgres::
+/// PostgresSettings`), whose errors name the key and core the file and line.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ConnectionConfig {
     /// The name clients select (PostgreSQL database name, SSH user, HTTP path prefix).
     pub name: String,
     pub kind: ConnectionKind,
-    /// `host:port` of the target.
+    /// The target: `host:port`, or a URL for HTTP-based kinds.
     pub upstream: String,
-    /// PostgreSQL database on the upstream.
-    pub database: Option<String>,
-    /// The gateway-held account on the upstream.
-    pub user: Option<String>,
-    /// The gateway-held secret; never inline.
-    pub password: Option<Secret>,
     /// Groups that may open this connection; no entry means nobody.
     #[serde(default)]
     pub allow_groups: Vec<String>,
-    /// TLS to the upstream: disable | prefer | require | verify-ca | verify-full.
-    #[serde(default)]
-    pub upstream_tls: UpstreamTls,
-    /// CA bundle (PEM) for verify-ca / verify-full; the system roots when absent.
-    pub upstream_ca: Option<PathBuf>,
     /// The action when no rule matches a command (default `allow`).
     pub default_action: Option<Action>,
-
-    // --- SSH ---
-    /// Private key (OpenSSH or PEM) the gateway logs in to the SSH upstream with.
-    pub private_key: Option<Secret>,
-    /// The upstream's pinned host public key, as in `known_hosts`
-    /// (`ssh-ed25519 AAAA…`); a mismatch refuses the session.
-    pub host_key: Option<String>,
-
-    // --- HTTP and Kubernetes ---
-    /// Headers injected into every upstream request (values by reference).
-    #[serde(default)]
-    pub headers: std::collections::BTreeMap<String, Secret>,
-    /// `Authorization: Bearer …` injected into upstream requests.
-    pub bearer: Option<Secret>,
-    /// `Authorization: Basic …` injected into upstream requests.
-    pub basic: Option<BasicAuth>,
-    /// Kubernetes service-account (or other) bearer token for the API server.
-    pub token: Option<Secret>,
-    /// Client certificate (PEM) presented to the upstream (Kubernetes mTLS).
-    pub client_cert: Option<Secret>,
-    /// The client certificate's private key (PEM).
-    pub client_key: Option<Secret>,
-    /// CA bundle (PEM) that verifies the upstream's certificate, by reference.
-    pub ca: Option<Secret>,
-    /// Host names routed to this connection (besides the `/<connection>/` path prefix).
-    #[serde(default)]
-    pub hosts: Vec<String>,
-    /// Upper bound for one upstream request/response exchange (HTTP); default 60s.
-    pub timeout: Option<HumanDuration>,
-
-    // --- Contributed kinds ---
-    /// Settings of a kind contributed by a protocol crate outside core, read
-    /// and validated by that crate (`GatewayBuilder::connection_kind`).
+    /// Settings of a contributed kind kept in their own table
+    /// (`[connections.options]`), read by that kind's crate.
     #[serde(default)]
     pub options: toml::Table,
+    /// Every other key of the entry: the kind's own settings.
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl ConnectionConfig {
+    /// The kind's own keys, for the crate that serves it: any key outside
+    /// `known` is refused (naming it), so a misspelt key is an error.
+    pub fn settings_for(&self, known: &[&str]) -> Result<KindSettings<'_>, (String, String)> {
+        if let Some(unknown) = self.settings.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err((
+                unknown.clone(),
+                format!(
+                    "unknown key for a {} connection; it takes {}",
+                    self.kind,
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(KindSettings {
+            table: &self.settings,
+        })
+    }
+
+    /// Every secret reference among the connection's settings and options
+    /// (`{ env = … }` or `{ file = … }`, at any depth), for checks that
+    /// they can be read.
+    pub fn secret_references(&self) -> Vec<Secret> {
+        fn walk(value: &toml::Value, found: &mut Vec<Secret>) {
+            match value {
+                toml::Value::Table(t) => {
+                    let reference = !t.is_empty()
+                        && t.len() == 1
+                        && t.keys().all(|k| k == "env" || k == "file");
+                    match reference.then(|| value.clone().try_into::<Secret>()) {
+                        Some(Ok(secret)) => found.push(secret),
+                        _ => t.values().for_each(|v| walk(v, found)),
+                    }
+                }
+                toml::Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
+                _ => {}
+            }
+        }
+        let mut found = Vec::new();
+        for value in self.settings.values().chain(self.options.values()) {
+            walk(value, &mut found);
+        }
+        found
+    }
+}
+
+/// A connection's own keys (see [`ConnectionConfig::settings_for`]).
+#[derive(Debug, Clone, Copy)]
+pub struct KindSettings<'a> {
+    table: &'a toml::Table,
+}
+
+impl KindSettings<'_> {
+    /// The value of `key`, typed; an error names the key.
+    pub fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, (String, String)> {
+        self.table
+            .get(key)
+            .map(|v| {
+                v.clone()
+                    .try_into::<T>()
+                    .map_err(|e| (key.to_string(), e.message().to_string()))
+            })
+            .transpose()
+    }
+
+    /// The value of `key`; its absence is an error saying the kind needs it.
+    pub fn require<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        needed: &str,
+    ) -> Result<T, (String, String)> {
+        self.get(key)?
+            .ok_or_else(|| (key.to_string(), needed.to_string()))
+    }
 }
 
 /// `basic = { user = "…", password = { env = "…" } }`.
@@ -739,7 +784,8 @@ impl Config {
         }
     }
 
-    /// Checks what serde cannot: references between sections and required fields per kind.
+    /// Checks what serde cannot: references between sections. Each kind's
+    /// own keys are checked by the crate that serves it.
     fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
         let invalid = |key: String, message: String| ConfigError::Invalid {
             file: origin.to_string(),
@@ -794,166 +840,6 @@ impl Config {
                     key("name"),
                     format!("duplicate connection name {:?}", c.name),
                 ));
-            }
-            match c.kind {
-                ConnectionKind::Postgres => {
-                    for (field, present) in [
-                        ("database", c.database.is_some()),
-                        ("user", c.user.is_some()),
-                        ("password", c.password.is_some()),
-                    ] {
-                        if !present {
-                            return Err(invalid(
-                                key(field),
-                                format!("a postgres connection needs `{field}`"),
-                            ));
-                        }
-                    }
-                }
-                ConnectionKind::Ssh => {
-                    if c.user.is_none() {
-                        return Err(invalid(
-                            key("user"),
-                            "an ssh connection needs `user` (the account on the host)".into(),
-                        ));
-                    }
-                    if c.password.is_none() && c.private_key.is_none() {
-                        return Err(invalid(
-                            key("private_key"),
-                            "an ssh connection needs `private_key` or `password`".into(),
-                        ));
-                    }
-                    if c.host_key.is_none() {
-                        return Err(invalid(
-                            key("host_key"),
-                            "an ssh connection needs the upstream's pinned `host_key` (a known_hosts line such as \"ssh-ed25519 AAAA…\")".into(),
-                        ));
-                    }
-                    if !c.host_key.as_deref().is_some_and(looks_like_public_key) {
-                        return Err(invalid(
-                            key("host_key"),
-                            "host_key must be a public key line such as \"ssh-ed25519 AAAA…\" (the host's /etc/ssh/ssh_host_ed25519_key.pub, or a known_hosts entry)".into(),
-                        ));
-                    }
-                    let port_ok = c
-                        .upstream
-                        .rsplit_once(':')
-                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-                    if !port_ok {
-                        return Err(invalid(
-                            key("upstream"),
-                            format!(
-                                "an ssh connection's upstream is host:port, not {:?}",
-                                c.upstream
-                            ),
-                        ));
-                    }
-                }
-                ConnectionKind::Http | ConnectionKind::Kubernetes => {
-                    if !(c.upstream.starts_with("http://") || c.upstream.starts_with("https://")) {
-                        return Err(invalid(
-                            key("upstream"),
-                            format!(
-                                "a {} connection's upstream is a URL (https://host:port)",
-                                c.kind
-                            ),
-                        ));
-                    }
-                    if c.upstream.contains(['?', '#']) {
-                        return Err(invalid(
-                            key("upstream"),
-                            "an upstream URL has no query or fragment".into(),
-                        ));
-                    }
-                    if c.upstream.starts_with("https://") && c.upstream_tls == UpstreamTls::Disable
-                    {
-                        return Err(invalid(
-                            key("upstream_tls"),
-                            "\"disable\" contradicts an https:// upstream; use an http:// URL for plaintext".into(),
-                        ));
-                    }
-                    let authorization = c
-                        .headers
-                        .keys()
-                        .any(|h| h.eq_ignore_ascii_case("authorization"));
-                    let schemes = [authorization, c.bearer.is_some(), c.basic.is_some()]
-                        .iter()
-                        .filter(|b| **b)
-                        .count();
-                    if schemes > 1 {
-                        return Err(invalid(
-                            key("bearer"),
-                            "give one of bearer, basic or an Authorization header: each sets Authorization".into(),
-                        ));
-                    }
-                    for name in c.headers.keys() {
-                        let token =
-                            |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
-                        if name.is_empty() || !name.chars().all(token) {
-                            return Err(invalid(
-                                key("headers"),
-                                format!("{name:?} is not an HTTP header name"),
-                            ));
-                        }
-                        if [
-                            "host",
-                            "connection",
-                            "transfer-encoding",
-                            "content-length",
-                            "upgrade",
-                        ]
-                        .iter()
-                        .any(|h| name.eq_ignore_ascii_case(h))
-                        {
-                            return Err(invalid(
-                                key("headers"),
-                                format!(
-                                    "{name:?} is managed by the gateway and cannot be injected"
-                                ),
-                            ));
-                        }
-                    }
-                    for host in &c.hosts {
-                        if host.is_empty() || host.contains(['/', ':', ' ']) {
-                            return Err(invalid(
-                                key("hosts"),
-                                format!("{host:?} is not a host name (no scheme, port or path; `*` allowed)"),
-                            ));
-                        }
-                    }
-                    if c.kind == ConnectionKind::Kubernetes {
-                        if c.client_cert.is_some() != c.client_key.is_some() {
-                            return Err(invalid(
-                                key(if c.client_cert.is_some() {
-                                    "client_key"
-                                } else {
-                                    "client_cert"
-                                }),
-                                "client_cert and client_key go together".into(),
-                            ));
-                        }
-                        if c.token.is_some() && schemes > 0 {
-                            return Err(invalid(
-                                key("token"),
-                                "give token or bearer, basic or an Authorization header: each sets Authorization".into(),
-                            ));
-                        }
-                        if c.token.is_none() && c.client_cert.is_none() && c.bearer.is_none() {
-                            return Err(invalid(
-                                key("token"),
-                                "a kubernetes connection needs the API server credential: `token = { env = \"…\" }` or `client_cert` and `client_key`".into(),
-                            ));
-                        }
-                        if c.client_cert.is_some() && !c.upstream.starts_with("https://") {
-                            return Err(invalid(
-                                key("client_cert"),
-                                "a client certificate needs an https:// upstream".into(),
-                            ));
-                        }
-                    }
-                }
-                // A contributed kind: its protocol crate validates it.
-                _ => {}
             }
             if c.kind.is_built_in() && !c.options.is_empty() {
                 return Err(invalid(
@@ -1098,19 +984,6 @@ impl Config {
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
         self.connections.iter().find(|c| c.name == name)
     }
-}
-
-/// `ssh-ed25519 AAAA…` (optionally after host names, before a comment):
-/// a key type word followed by base64 key data.
-fn looks_like_public_key(line: &str) -> bool {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    words.windows(2).any(|w| {
-        (w[0].starts_with("ssh-") || w[0].starts_with("ecdsa-sha2-") || w[0].starts_with("sk-"))
-            && w[1].len() >= 16
-            && w[1]
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '/' || c == '=')
-    })
 }
 
 fn figment_error(e: figment::Error, text: &str, origin: &str) -> ConfigError {

@@ -90,13 +90,13 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Checks the settings of a contributed connection kind (its `options` and
-/// whichever common keys it uses). An error names the key under the
-/// connection (`options.port`) and says what is wrong.
+/// Checks the settings of a connection kind (its own keys, or its
+/// `options`). An error names the key under the connection (`database`,
+/// `options.port`) and says what is wrong.
 pub type KindValidator =
     Arc<dyn Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync>;
 
-/// Connection kinds a gateway serves beyond the built-in ones.
+/// The connection kinds a gateway serves, each with its crate's validator.
 #[derive(Clone, Default)]
 pub struct ConnectionKinds(Vec<(ConnectionKind, KindValidator)>);
 
@@ -105,17 +105,20 @@ impl ConnectionKinds {
         self.0.push((kind, validate));
     }
 
-    /// Every connection is of a built-in kind or of one added here, and the
-    /// added kinds' validators accept their connections.
+    /// Every connection is of a kind added here or a built-in one, and the
+    /// added kinds' validators accept their connections. A built-in kind
+    /// this assembly did not add is served by no listener of it, so its
+    /// keys are not read here.
     pub fn check(&self, config: &Config) -> Result<(), GatewayError> {
         for (i, c) in config.connections.iter().enumerate() {
-            if c.kind.is_built_in() {
+            let registered = self.0.iter().find(|(k, _)| *k == c.kind);
+            if registered.is_none() && c.kind.is_built_in() {
                 continue;
             }
-            let Some((_, validate)) = self.0.iter().find(|(k, _)| *k == c.kind) else {
+            let Some((_, validate)) = registered else {
                 let served: Vec<String> = ConnectionKind::BUILT_IN
                     .iter()
-                    .chain(self.0.iter().map(|(k, _)| k))
+                    .chain(self.0.iter().map(|(k, _)| k).filter(|k| !k.is_built_in()))
                     .map(|k| k.to_string())
                     .collect();
                 return Err(config
@@ -166,15 +169,21 @@ impl GatewayBuilder {
         }
     }
 
-    /// Serves connections of `kind`, contributed by a protocol crate outside
-    /// core; `validate` checks each such connection's settings at build and
-    /// on every reload.
+    /// Serves connections of `kind` (built-in or contributed by a protocol
+    /// crate outside core); `validate` checks each such connection's
+    /// settings at build and on every reload.
     pub fn connection_kind(
         mut self,
         kind: ConnectionKind,
         validate: impl Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync + 'static,
     ) -> Self {
         self.kinds.add(kind, Arc::new(validate));
+        self
+    }
+
+    /// Serves every kind in `kinds` (see `connection_kind`).
+    pub fn connection_kinds(mut self, kinds: ConnectionKinds) -> Self {
+        self.kinds.0.extend(kinds.0);
         self
     }
 
@@ -731,26 +740,32 @@ impl Gateway {
         protocol: Protocol,
         client_addr: &str,
     ) -> Result<(), SessionError> {
+        // One deadline for the whole handshake: every attempt and its admission.
         let deadline = tokio::time::Instant::now() + session.handshake_timeout();
-        let (request, handle) = loop {
-            let request = tokio::time::timeout_at(deadline, session.credentials())
-                .await
-                .map_err(|_| SessionError::Client("handshake timed out".into()))??;
-            match self
-                .admit(
-                    &request.credentials,
-                    &request.connection,
-                    protocol,
-                    client_addr,
-                )
-                .await
-            {
-                Ok(handle) => break (request, handle),
-                Err(refusal) => match session.refuse(refusal).await? {
-                    AfterRefusal::Close => return Ok(()),
-                    AfterRefusal::Retry => continue,
-                },
+        let admitted = tokio::time::timeout_at(deadline, async {
+            loop {
+                let request = session.credentials().await?;
+                match self
+                    .admit(
+                        &request.credentials,
+                        &request.connection,
+                        protocol,
+                        client_addr,
+                    )
+                    .await
+                {
+                    Ok(handle) => return Ok::<_, SessionError>(Some((request, handle))),
+                    Err(refusal) => match session.refuse(refusal).await? {
+                        AfterRefusal::Close => return Ok(None),
+                        AfterRefusal::Retry => continue,
+                    },
+                }
             }
+        })
+        .await
+        .map_err(|_| SessionError::Client("handshake timed out".into()))?;
+        let Some((request, handle)) = admitted? else {
+            return Ok(());
         };
         let subject = &handle.info().identity.subject;
         let span = tracing::info_span!("session", id = %handle.id(), %subject, connection = %request.connection, %protocol);

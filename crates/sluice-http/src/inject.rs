@@ -4,6 +4,7 @@
 //! upstream echoing them back has them redacted from the response.
 
 use crate::problem::{Problem, ProblemKind};
+use crate::settings::HttpSettings;
 use base64::Engine as _;
 use http::{header, HeaderName, HeaderValue};
 use sluice_core::config::{ConnectionConfig, Secret};
@@ -89,8 +90,10 @@ pub fn resolve(secret: &Secret, field: &str) -> Result<String, Problem> {
 
 /// `headers = { Name = { env } }`, `bearer = { env }`, `basic = { user, password }`.
 pub fn default_credentials(connection: &ConnectionConfig) -> Result<Injected, Problem> {
+    let settings = HttpSettings::of(connection)
+        .map_err(|(key, _)| misconfigured(&format!("{key} is invalid")))?;
     let mut injected = Injected::default();
-    for (name, secret) in &connection.headers {
+    for (name, secret) in &settings.headers {
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| misconfigured(&format!("{name:?} is not a header name")))?;
         let value = resolve(secret, &format!("headers.{name}"))?;
@@ -98,11 +101,11 @@ pub fn default_credentials(connection: &ConnectionConfig) -> Result<Injected, Pr
         let parts: Vec<&str> = value.split_whitespace().skip(1).collect();
         injected.header(header, &value, &parts)?;
     }
-    if let Some(secret) = &connection.bearer {
+    if let Some(secret) = &settings.bearer {
         let token = resolve(secret, "bearer")?;
         injected.header(header::AUTHORIZATION, &format!("Bearer {token}"), &[&token])?;
     }
-    if let Some(basic) = &connection.basic {
+    if let Some(basic) = &settings.basic {
         let password = resolve(&basic.password, "basic.password")?;
         let encoded =
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", basic.user));

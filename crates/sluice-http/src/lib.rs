@@ -18,6 +18,7 @@ pub mod problem;
 mod proxy;
 mod server;
 mod session;
+pub mod settings;
 pub mod upstream;
 pub mod ws;
 

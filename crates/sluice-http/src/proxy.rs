@@ -337,7 +337,12 @@ impl ClientConn {
                 tracing::warn!(message = "An HTTP session failed.", client = %peer, error = %e);
             }
         });
-        self.watchers.locked().push(task.abort_handle());
+        {
+            // Tasks of refused or unused sessions end on their own.
+            let mut watchers = self.watchers.locked();
+            watchers.retain(|w| !w.is_finished());
+            watchers.push(task.abort_handle());
+        }
         answer.await.map_err(|_| {
             Problem::new(
                 ProblemKind::Unavailable,
@@ -463,10 +468,7 @@ impl ClientConn {
             ));
         }
 
-        let timeout = connection
-            .timeout
-            .map(|t| t.0)
-            .unwrap_or(limits.default_timeout);
+        let timeout = live.upstream.timeout.unwrap_or(limits.default_timeout);
         // The body's start is read before judging, so that the command (and
         // an approval of it) is bound to the body's digest, not only to the
         // request line. A body over the digest limit streams, marked unbound.

@@ -37,7 +37,15 @@ impl Shared {
             .connections
             .iter()
             .filter(|c| flavors.get(c.kind).is_some())
-            .flat_map(|c| c.hosts.iter().map(|h| (Glob::new(h), c.name.clone())))
+            .flat_map(|c| {
+                let hosts = crate::settings::HttpSettings::of(c)
+                    .map(|s| s.hosts)
+                    .unwrap_or_default();
+                hosts
+                    .into_iter()
+                    .map(|h| (Glob::new(&h), c.name.clone()))
+                    .collect::<Vec<_>>()
+            })
             .collect();
         Shared {
             gateway,

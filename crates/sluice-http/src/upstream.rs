@@ -3,6 +3,7 @@
 //! ALPN is the proxy's business (h2 and http/1.1 on the pooled client,
 //! http/1.1 for upgrades): flavors return TLS configs without it.
 
+use crate::settings::HttpSettings;
 use sluice_core::config::{ConnectionConfig, Secret, UpstreamTls};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,14 +22,16 @@ pub fn default_tls(
     if !connection.upstream.starts_with("https://") {
         return Ok(None);
     }
-    let mode = match connection.upstream_tls {
+    let settings =
+        HttpSettings::of(connection).map_err(|(key, message)| format!("{key}: {message}"))?;
+    let mode = match settings.upstream_tls {
         UpstreamTls::Disable => {
             return Err("upstream_tls = \"disable\" contradicts an https:// upstream".into())
         }
         UpstreamTls::Prefer | UpstreamTls::VerifyFull => UpstreamTls::VerifyFull,
         other => other,
     };
-    let ca = ca_path(connection)?;
+    let ca = ca_path(&connection.name, &settings)?;
     let config = sluice_core::tls::upstream_client_config(mode, ca.as_deref())
         .map_err(|e| e.to_string())?
         .ok_or_else(|| "no TLS configuration for an https:// upstream".to_string())?;
@@ -38,15 +41,15 @@ pub fn default_tls(
 /// `ca = { file }` is read in place; `ca = { env }` holds the PEM itself and
 /// is written next to the generated listener certificate (a CA bundle is
 /// public) so that core's verifier can load it.
-fn ca_path(connection: &ConnectionConfig) -> Result<Option<PathBuf>, String> {
-    match (&connection.ca, &connection.upstream_ca) {
+fn ca_path(connection: &str, settings: &HttpSettings) -> Result<Option<PathBuf>, String> {
+    match (&settings.ca, &settings.upstream_ca) {
         (Some(Secret::File(path)), _) => Ok(Some(path.clone())),
         (Some(secret @ Secret::Env(_)), _) => {
             let pem = secret.resolve().map_err(|e| format!("ca: {e}"))?;
             // Its own directory: write_private makes the parent 0700.
             let path = std::env::temp_dir()
                 .join(format!("sluice-ca-{}", std::process::id()))
-                .join(format!("{}.pem", connection.name));
+                .join(format!("{connection}.pem"));
             sluice_core::fsutil::write_private(&path, pem.as_bytes())
                 .map_err(|e| format!("ca: cannot stage the CA bundle: {e}"))?;
             Ok(Some(path))
@@ -72,6 +75,8 @@ pub(crate) struct Upstream {
     pub client: Client,
     /// HTTP/1.1 only, for upgrades (WebSocket is relayed over HTTP/1.1).
     pub upgrade_client: Client,
+    /// The connection's `timeout` for one exchange, when it sets one.
+    pub timeout: Option<std::time::Duration>,
 }
 
 impl Upstream {
@@ -141,6 +146,10 @@ impl Upstream {
             base_path,
             client: builder().build(pooled),
             upgrade_client: builder().build(h1),
+            timeout: HttpSettings::of(connection)
+                .map_err(|(key, message)| format!("{key}: {message}"))?
+                .timeout
+                .map(|t| t.0),
         })
     }
 

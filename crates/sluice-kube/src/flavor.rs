@@ -8,6 +8,7 @@ use crate::kubelet::{inner_request, judge_proxy, Proxied};
 use crate::mask::{DocMasker, DocumentTransformer, WatchTransformer};
 use crate::path::{parse, query_values, ApiRequest, Scope, Verb};
 use crate::policy::{request_command, CONTEXT_PREFIX};
+use crate::settings::settings;
 use crate::status::status_response;
 use http::{header, HeaderMap, HeaderValue};
 use sluice_core::config::ConnectionConfig;
@@ -209,7 +210,13 @@ impl Flavor for KubeFlavor {
 
     fn credentials(&self, connection: &ConnectionConfig) -> Result<Injected, Problem> {
         let mut injected = default_credentials(connection)?;
-        if let Some(secret) = &connection.token {
+        let settings = settings(connection).map_err(|e| {
+            Problem::new(
+                ProblemKind::Unavailable,
+                format!("the connection is misconfigured: {e}; ask a Sluice administrator"),
+            )
+        })?;
+        if let Some(secret) = &settings.token {
             let token = resolve(secret, "token")?;
             injected.header(
                 header::AUTHORIZATION,
@@ -217,7 +224,7 @@ impl Flavor for KubeFlavor {
                 &[token.trim()],
             )?;
         }
-        if let Some(key) = &connection.client_key {
+        if let Some(key) = &settings.client_key {
             // Never sent as a header, but never to be echoed back either.
             injected.secret(&resolve(key, "client_key")?);
         }
@@ -229,7 +236,8 @@ impl Flavor for KubeFlavor {
         connection: &ConnectionConfig,
     ) -> Result<Option<Arc<rustls::ClientConfig>>, String> {
         let base = sluice_http::upstream::default_tls(connection)?;
-        match (&connection.client_cert, &connection.client_key, base) {
+        let settings = settings(connection)?;
+        match (&settings.client_cert, &settings.client_key, base) {
             (None, None, base) => Ok(base),
             (Some(_), Some(_), None) => Err("client_cert needs an https:// upstream".into()),
             (Some(cert), Some(key), Some(base)) => {

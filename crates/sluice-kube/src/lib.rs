@@ -16,6 +16,7 @@ pub mod kubelet;
 pub mod mask;
 pub mod path;
 pub mod policy;
+pub mod settings;
 pub mod status;
 pub mod tls;
 

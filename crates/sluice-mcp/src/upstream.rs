@@ -67,39 +67,33 @@ pub(crate) type Connector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
-/// Checks a `kind = "mcp"` connection: an `http://` or `https://` upstream URL, no options.
+/// The keys of a `kind = "mcp"` connection: an HTTP connection's, without
+/// host routing (agents reach it at `/mcp/NAME`).
+const MCP_KEYS: &[&str] = &[
+    "headers",
+    "bearer",
+    "basic",
+    "ca",
+    "upstream_tls",
+    "upstream_ca",
+    "timeout",
+];
+
+/// Checks a `kind = "mcp"` connection: an HTTP connection's settings
+/// (`http://` or `https://` upstream URL, one Authorization scheme,
+/// injectable headers), no options.
 pub fn validate(c: &ConnectionConfig) -> Result<(), (String, String)> {
+    sluice_http::settings::HttpSettings::read(c, MCP_KEYS)?.check(c)?;
     let uri: Uri = c.upstream.parse().map_err(|e| {
         (
             "upstream".to_string(),
             format!("{:?} is not a URL: {e}", c.upstream),
         )
     })?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+    if uri.authority().is_none() {
         return Err((
             "upstream".into(),
             "an MCP upstream is an http:// or https:// URL (its Streamable HTTP endpoint)".into(),
-        ));
-    }
-    if c.upstream.contains(['?', '#']) {
-        return Err((
-            "upstream".into(),
-            "an upstream URL has no query or fragment".into(),
-        ));
-    }
-    let authorization = c
-        .headers
-        .keys()
-        .any(|h| h.eq_ignore_ascii_case("authorization"));
-    if [authorization, c.bearer.is_some(), c.basic.is_some()]
-        .iter()
-        .filter(|x| **x)
-        .count()
-        > 1
-    {
-        return Err((
-            "bearer".into(),
-            "give one of bearer, basic or an Authorization header: each sets Authorization".into(),
         ));
     }
     if !c.options.is_empty() {

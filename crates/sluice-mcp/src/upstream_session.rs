@@ -107,7 +107,13 @@ impl McpSession {
             uri,
             injected: injected.headers().to_vec(),
             secrets: injected.secrets().to_vec(),
-            timeout: connection.timeout.map(|t| t.0).unwrap_or(DEFAULT_TIMEOUT),
+            timeout: sluice_http::settings::HttpSettings::of(connection)
+                .map_err(|(key, message)| {
+                    (StatusCode::BAD_GATEWAY, format!("sluice: {key}: {message}"))
+                })?
+                .timeout
+                .map(|t| t.0)
+                .unwrap_or(DEFAULT_TIMEOUT),
             upstream_sessions: Mutex::new(std::collections::VecDeque::new()),
         })
     }

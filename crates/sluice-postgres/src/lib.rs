@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod hazard;
 mod policy;
 mod relay;
+pub mod settings;
 pub mod sql;
 mod upstream;
 mod wire;
@@ -22,6 +23,7 @@ pub use frame::{
     MAX_BACKEND_MESSAGE, MAX_FRONTEND_MESSAGE,
 };
 pub use policy::sql_match_key;
+pub use settings::PostgresSettings;
 pub use upstream::FORWARDED_PARAMETERS;
 
 use sluice_core::sync::MutexExt;

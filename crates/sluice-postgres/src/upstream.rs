@@ -52,14 +52,15 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn for_connection(conn: &ConnectionConfig) -> Result<Self, PgError> {
+        let settings = settings(conn)?;
         let tls_config = sluice_core::tls::upstream_client_config(
-            conn.upstream_tls,
-            conn.upstream_ca.as_deref(),
+            settings.upstream_tls,
+            settings.upstream_ca.as_deref(),
         )
         .map_err(|e| PgError::Config(e.to_string()))?;
         Ok(UpstreamTarget {
             addr: conn.upstream.clone(),
-            tls: conn.upstream_tls,
+            tls: settings.upstream_tls,
             tls_config,
         })
     }
@@ -111,25 +112,31 @@ impl UpstreamTarget {
     }
 }
 
+/// The connection's settings (checked at start, so an error here is a
+/// configuration the gateway was not meant to run).
+fn settings(conn: &ConnectionConfig) -> Result<crate::PostgresSettings, PgError> {
+    crate::PostgresSettings::of(conn)
+        .map_err(|(key, message)| PgError::Config(format!("{key}: {message}")))
+}
+
 /// Connects and authenticates as the connection's gateway-held account.
 pub async fn connect(
     conn: &ConnectionConfig,
     target: &UpstreamTarget,
     client_params: &BTreeMap<String, String>,
 ) -> Result<Upstream, PgError> {
-    let user = conn.user.clone().unwrap_or_default();
-    let password = match &conn.password {
-        Some(secret) => secret
-            .resolve()
-            .map_err(|e| PgError::Credential(e.to_string()))?,
-        None => String::new(),
-    };
+    let settings = settings(conn)?;
+    let user = settings.user.clone();
+    let password = settings
+        .password
+        .resolve()
+        .map_err(|e| PgError::Credential(e.to_string()))?;
     let mut stream = target.open().await?;
     let mut startup = Startup::new();
     startup.parameters.insert("user".into(), user.clone());
     startup
         .parameters
-        .insert("database".into(), conn.database.clone().unwrap_or_default());
+        .insert("database".into(), settings.database.clone());
     for (k, v) in client_params {
         if FORWARDED_PARAMETERS.contains(&k.as_str()) {
             startup.parameters.insert(k.clone(), v.clone());

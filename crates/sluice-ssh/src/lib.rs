@@ -19,10 +19,12 @@ mod channel;
 mod forward;
 mod policy;
 mod server;
+pub mod settings;
 mod sftp;
 mod upstream;
 
 pub use policy::ssh_match_key;
+pub use settings::SshSettings;
 
 use russh::keys::ssh_key::LineEnding;
 use russh::keys::{Algorithm, PrivateKey};
@@ -140,8 +142,13 @@ impl SshServer {
             .serve(move |tcp, peer| {
                 let (gateway, config) = (gateway.clone(), config.clone());
                 async move {
+                    // The listener's slot is held until the connection is gone.
                     let served = match server::SshSession::start(config, gateway.clone(), tcp).await {
-                        Ok(session) => gateway.serve(session, Protocol::Ssh, &peer.to_string()).await,
+                        Ok((session, closer)) => {
+                            let served = gateway.serve(session, Protocol::Ssh, &peer.to_string()).await;
+                            let closed = closer.close(served.is_err()).await;
+                            served.and(closed)
+                        }
                         Err(e) => Err(e),
                     };
                     if let Err(e) = served {

@@ -422,11 +422,56 @@ impl server::Handler for ClientHandler {
 pub(crate) struct SshSession {
     attempts: mpsc::Receiver<LoginAttempt>,
     answer: Option<oneshot::Sender<Result<SessionHandle, String>>>,
-    client: server::Handle,
-    running: Option<tokio::task::JoinHandle<Result<(), russh::Error>>>,
+    /// Becomes true when russh's task has ended.
+    finished: tokio::sync::watch::Receiver<bool>,
     closed: tokio::sync::watch::Sender<bool>,
     watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>>,
-    logged_in: bool,
+}
+
+/// What ends a client connection for certain once its session is over, and
+/// holds the listener's slot until it has: russh runs the connection in a
+/// task of its own, which a handle can only ask to disconnect (russh ignores
+/// that during a key exchange), so the socket itself is shut down.
+pub(crate) struct Closer {
+    client: server::Handle,
+    socket: std::net::TcpStream,
+    finished: tokio::sync::watch::Receiver<bool>,
+    russh: tokio::task::JoinHandle<Result<(), russh::Error>>,
+}
+
+impl Closer {
+    /// Waits for russh to end the connection; when the login did not
+    /// complete, says so first, and shuts the socket down if russh is slow.
+    pub async fn close(mut self, login_failed: bool) -> Result<(), SessionError> {
+        const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+        if login_failed && !*self.finished.borrow() {
+            let bye = self.client.disconnect(
+                russh::Disconnect::ByApplication,
+                "sluice: login did not complete".into(),
+                "en".into(),
+            );
+            let _ = tokio::time::timeout(GRACE, bye).await;
+            let _ = tokio::time::timeout(GRACE, self.finished.wait_for(|f| *f)).await;
+        }
+        if !*self.finished.borrow() {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+        match (&mut self.russh).await {
+            Ok(result) => result.map_err(|e| SessionError::client("the SSH connection", e)),
+            Err(e) => Err(SessionError::Internal(format!(
+                "the SSH connection task: {e}"
+            ))),
+        }
+    }
+}
+
+impl Drop for Closer {
+    fn drop(&mut self) {
+        // Dropped without `close` (the gateway is stopping): end it anyway.
+        if !*self.finished.borrow() {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 impl SshSession {
@@ -435,7 +480,12 @@ impl SshSession {
         config: Arc<server::Config>,
         gateway: Arc<Gateway>,
         tcp: tokio::net::TcpStream,
-    ) -> Result<SshSession, SessionError> {
+    ) -> Result<(SshSession, Closer), SessionError> {
+        let io = |e: std::io::Error| SessionError::client("the client socket", e);
+        // A second handle on the socket, to shut it down whatever russh does.
+        let std_tcp = tcp.into_std().map_err(io)?;
+        let socket = std_tcp.try_clone().map_err(io)?;
+        let tcp = tokio::net::TcpStream::from_std(std_tcp).map_err(io)?;
         let watcher: Arc<Mutex<Option<tokio::task::AbortHandle>>> = Arc::default();
         let (closed_tx, closed) = tokio::sync::watch::channel(false);
         // One attempt at a time: russh waits for each answer.
@@ -449,20 +499,38 @@ impl SshSession {
             told: false,
             watcher: watcher.clone(),
         };
-        let running = tokio::time::timeout(LOGIN_TIMEOUT, server::run_stream(config, tcp, handler))
-            .await
-            .map_err(|_| SessionError::Client("the client did not start SSH in time".into()))?
-            .map_err(|e| SessionError::client("the SSH handshake", e))?;
+        let started = server::run_stream(config, tcp, handler);
+        let running = match tokio::time::timeout(LOGIN_TIMEOUT, started).await {
+            Ok(Ok(running)) => running,
+            Ok(Err(e)) => return Err(SessionError::client("the SSH handshake", e)),
+            Err(_) => {
+                let _ = socket.shutdown(std::net::Shutdown::Both);
+                return Err(SessionError::Client(
+                    "the client did not start SSH in time".into(),
+                ));
+            }
+        };
         let client = running.handle();
-        Ok(SshSession {
+        let (finished_tx, finished) = tokio::sync::watch::channel(false);
+        let russh = tokio::spawn(async move {
+            let result = running.await;
+            finished_tx.send_replace(true);
+            result
+        });
+        let session = SshSession {
             attempts,
             answer: None,
-            client,
-            running: Some(tokio::spawn(running)),
+            finished: finished.clone(),
             closed: closed_tx,
             watcher,
-            logged_in: false,
-        })
+        };
+        let closer = Closer {
+            client,
+            socket,
+            finished,
+            russh,
+        };
+        Ok((session, closer))
     }
 }
 
@@ -495,21 +563,9 @@ impl sluice_core::Session for SshSession {
         answer
             .send(Ok(handle))
             .map_err(|_| SessionError::Client("the client left while logging in".into()))?;
-        self.logged_in = true;
-        let Some(running) = self.running.as_mut() else {
-            return Err(SessionError::Internal(
-                "the SSH connection is not running".into(),
-            ));
-        };
-        // Awaited in place: if this future is dropped, `Drop` ends the task.
-        let ended = running.await;
-        self.running = None;
-        match ended {
-            Ok(result) => result.map_err(|e| SessionError::client("the SSH connection", e)),
-            Err(e) => Err(SessionError::Internal(format!(
-                "the SSH connection task: {e}"
-            ))),
-        }
+        // The connection's end is russh's; `Closer::close` reports how it went.
+        let _ = self.finished.wait_for(|f| *f).await;
+        Ok(())
     }
 
     fn handshake_timeout(&self) -> std::time::Duration {
@@ -522,28 +578,6 @@ impl Drop for SshSession {
         self.closed.send_replace(true);
         if let Some(w) = self.watcher.locked().take() {
             w.abort();
-        }
-        // Still running: the login did not complete (deadline, refused to
-        // the end, an error) or the gateway is stopping. Say so, then end
-        // russh's task.
-        if let Some(mut running) = self.running.take() {
-            let client = self.client.clone();
-            let why = if self.logged_in {
-                "sluice: the gateway closed the connection"
-            } else {
-                "sluice: login did not complete in time"
-            };
-            tokio::spawn(async move {
-                let _ = client
-                    .disconnect(russh::Disconnect::ByApplication, why.into(), "en".into())
-                    .await;
-                if tokio::time::timeout(std::time::Duration::from_secs(1), &mut running)
-                    .await
-                    .is_err()
-                {
-                    running.abort();
-                }
-            });
         }
     }
 }

@@ -163,13 +163,11 @@ async fn connect_inner(
     client: russh::server::Handle,
     closed: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Upstream, UpstreamError> {
-    let pin =
-        parse_pin(conn.host_key.as_deref().unwrap_or_default()).map_err(UpstreamError::Config)?;
-    let user = conn
-        .user
-        .clone()
-        .ok_or_else(|| UpstreamError::Config("no user".into()))?;
-    let key = match &conn.private_key {
+    let settings = crate::SshSettings::of(conn)
+        .map_err(|(key, message)| UpstreamError::Config(format!("{key}: {message}")))?;
+    let pin = parse_pin(&settings.host_key).map_err(UpstreamError::Config)?;
+    let user = settings.user.clone();
+    let key = match &settings.private_key {
         Some(secret) => {
             let text = secret
                 .resolve()
@@ -181,7 +179,7 @@ async fn connect_inner(
         }
         None => None,
     };
-    let password = match &conn.password {
+    let password = match &settings.password {
         Some(secret) => Some(
             secret
                 .resolve()

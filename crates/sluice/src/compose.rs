@@ -49,9 +49,25 @@ fn match_keys() -> Vec<Arc<dyn sluice_core::pipeline::policy::MatchKey>> {
     ]
 }
 
-/// The connection kinds this binary serves beyond core's built-in ones.
+/// The connection kinds this binary serves, each checked by its crate.
 fn connection_kinds() -> sluice_core::gateway::ConnectionKinds {
     let mut kinds = sluice_core::gateway::ConnectionKinds::default();
+    kinds.add(
+        sluice_postgres::settings::KIND,
+        Arc::new(sluice_postgres::settings::validate),
+    );
+    kinds.add(
+        sluice_ssh::settings::KIND,
+        Arc::new(sluice_ssh::settings::validate),
+    );
+    kinds.add(
+        sluice_http::settings::KIND,
+        Arc::new(sluice_http::settings::validate),
+    );
+    kinds.add(
+        sluice_kube::settings::KIND,
+        Arc::new(sluice_kube::settings::validate),
+    );
     kinds.add(
         sluice_mcp::upstream::KIND,
         Arc::new(sluice_mcp::upstream::validate),
@@ -72,7 +88,7 @@ fn http_flavors() -> sluice_http::FlavorRegistry {
 /// Everything `config check` can verify without starting listeners.
 pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
-    // The built-in connection kinds, and `mcp` (an upstream MCP server).
+    // Every connection kind this binary serves, checked by its crate.
     connection_kinds().check(config)?;
     if let Some(name) = config.listen.protocols.keys().next() {
         return Err(config
@@ -83,14 +99,8 @@ pub fn check(config: &Config) -> Result<()> {
             .into());
     }
     for c in &config.connections {
-        let secrets = c
-            .password
-            .iter()
-            .chain(c.headers.values())
-            .chain(c.bearer.iter())
-            .chain(c.basic.iter().map(|b| &b.password))
-            .chain(c.private_key.iter());
-        for secret in secrets {
+        let secrets = c.secret_references();
+        for secret in &secrets {
             if let Err(e) = secret.resolve() {
                 tracing::warn!(message = "A connection's secret is not readable here.", connection = %c.name, error = %e);
             }
@@ -174,7 +184,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     for key in match_keys() {
         builder = builder.match_key(key);
     }
-    builder = builder.connection_kind(sluice_mcp::upstream::KIND, sluice_mcp::upstream::validate);
+    builder = builder.connection_kinds(connection_kinds());
     for provider in oidc {
         let warm = provider.clone();
         tokio::spawn(async move { warm.warm_up().await });

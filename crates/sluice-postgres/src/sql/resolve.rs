@@ -717,7 +717,8 @@ mod tests {
     /// A catalog whose upstream refuses connections: lookups fail.
     fn unreachable_catalog() -> Catalog {
         let connection: sluice_core::config::ConnectionConfig = sluice_core::toml::from_str(
-            "name = \"db\"\nkind = \"postgres\"\nupstream = \"127.0.0.1:1\"\n",
+            "name = \"db\"\nkind = \"postgres\"\nupstream = \"127.0.0.1:1\"\n\
+             database = \"db\"\nuser = \"u\"\npassword = { file = \"/dev/null\" }\n",
         )
         .unwrap();
         Catalog::new(connection)
