@@ -360,228 +360,71 @@ impl ClientConn {
         }
     }
 
+    /// One request: admitted on its session, judged, sent upstream with the
+    /// injected credential, answered (masked, redacted, recorded).
     async fn proxy(&self, req: Request<()>, unread: Unread) -> Result<Response<Body>, Refused> {
         let started = Instant::now();
         let (mut parts, ()) = req.into_parts();
         let limits = self.shared.limits.clone();
-
-        let ClientRequest {
-            token,
-            upgrade,
-            client_host,
-            headers,
-        } = self.client_request(&mut parts)?;
-        let Route {
-            name,
-            rest,
-            trailing,
-            by_host,
-        } = self.route(parts.uri.path(), client_host.as_deref())?;
+        let client = self.client_request(&mut parts)?;
+        let route = self.route(parts.uri.path(), client.client_host.as_deref())?;
         let config = self.shared.gateway.config();
-        let connection = config
-            .connection(&name)
-            .filter(|c| self.shared.flavors.get(c.kind).is_some());
-        let Some(connection) = connection else {
-            // Authenticate first, so that names are not probed anonymously.
-            self.identity(&token).await?;
-            return Err(Problem::new(
-                ProblemKind::NotFound,
-                format!("sluice: no HTTP connection named {name:?} is available to you"),
-            )
-            .into());
-        };
-        let flavor = self
-            .shared
-            .flavors
-            .get(connection.kind)
-            .cloned()
-            .ok_or_else(|| Problem::new(ProblemKind::NotFound, "sluice: no such connection"))?;
-        let refused = |problem: Problem| Refused {
-            problem,
-            flavor: Some(flavor.clone()),
-        };
-
+        let (connection, flavor) = self.target(&config, &route.name, &client.token).await?;
+        let key: SessionKey = (token_key(&client.token), connection.name.clone());
         let live = self
-            .session(&token, connection, &flavor)
+            .live_session(&key, &client.token, connection, &flavor)
             .await
-            .map_err(refused)?;
-        let key: SessionKey = (token_key(&token), connection.name.clone());
-        if let Some(reason) = live.ended_reason() {
-            self.retire(&key, reason.clone());
-            return Err(refused(
-                Problem::new(
-                    ProblemKind::SessionEnded,
-                    format!("sluice: the session was ended: {reason}"),
-                )
-                .with_hint("Open a new connection with a valid token."),
-            ));
-        }
+            .map_err(|problem| Refused {
+                problem,
+                flavor: Some(flavor.clone()),
+            })?;
 
-        let decoded_path = rest.decoded(trailing);
-        let encoded_path = rest.encoded(trailing);
+        let decoded_path = route.rest.decoded(route.trailing);
+        let encoded_path = route.rest.encoded(route.trailing);
         let query = parts.uri.query().map(str::to_string);
         let head = RequestHead::new(
             &parts.method,
             &decoded_path,
             query.as_deref(),
-            &headers,
+            &client.headers,
             connection,
         )
         .with_version(parts.version)
-        .with_upgrade(upgrade.as_deref());
-
+        .with_upgrade(client.upgrade.as_deref());
         let render = |problem: Problem| -> Response<Body> { flavor.render(Some(&head), &problem) };
-
-        if upgrade.is_some() && !flavor.allow_upgrade(&head) {
-            return Ok(render(Problem::new(
-                ProblemKind::NotSupported,
-                format!(
-                    "sluice: upgrading to {:?} is not supported on this connection",
-                    upgrade.as_deref().unwrap_or_default()
-                ),
-            )));
+        if let Some(problem) = refused_before_judging(&head, flavor.as_ref(), &limits) {
+            return Ok(render(problem));
         }
-        if let Some(len) = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            if len > limits.max_request_body {
-                return Ok(render(too_large(limits.max_request_body)));
-            }
-        }
-
-        if let Some(name) = query
-            .as_deref()
-            .and_then(crate::overrides::method_override_param)
-        {
-            return Ok(render(
-                Problem::new(
-                    ProblemKind::BadRequest,
-                    format!(
-                        "sluice: the query parameter {:?} asks the upstream to run another method than {}; the request was not sent",
-                        truncate(&name, 40),
-                        parts.method
-                    ),
-                )
-                .with_hint("Send the request with the method itself instead of a method-override parameter."),
-            ));
-        }
-
         let timeout = live.upstream.timeout.unwrap_or(limits.default_timeout);
-        // The body's start is read before judging, so that the command (and
-        // an approval of it) is bound to the body's digest, not only to the
-        // request line. A body over the digest limit streams, marked unbound.
-        let (mut body_prefix, body_line) = if upgrade.is_none() {
-            match read_body_start(&unread, &headers, &parts.method, timeout).await {
-                Ok(read) => read,
+        let (forwarded, body_prefix) =
+            match judge(&head, flavor.as_ref(), &live, &unread, timeout, started).await {
+                Ok(judged) => judged,
                 Err(problem) => return Ok(render(problem)),
-            }
-        } else {
-            (None, None)
-        };
+            };
 
-        // Decide every command; all must be forwarded.
-        let mut commands = match flavor.commands(&head) {
-            Ok(c) if !c.is_empty() => c,
-            Ok(_) => {
-                return Ok(render(Problem::new(
-                    ProblemKind::BadRequest,
-                    "sluice: the request could not be turned into a command",
-                )))
-            }
-            Err(p) => return Ok(render(p)),
-        };
-        if let Some(line) = &body_line {
-            for command in &mut commands {
-                command.context.push(line.clone());
-            }
-        }
-        let recorder = live.handle.recorder();
-        let forwarded = match decide_all(&live.handle, commands, started).await {
-            Ok(forwarded) => forwarded,
-            Err(problem) => return Ok(render(problem)),
-        };
-
-        // The upstream request.
         // The gateway's one masker, as every protocol uses it.
         let masker = SessionMasker::active(live.handle.masker(), live.handle.info());
         let masking_engine = masker.as_ref();
-        let mut up_headers = self.upstream_headers(
-            &headers,
-            upgrade.as_deref(),
-            &live,
-            client_host.as_deref(),
-            masking_engine.is_some(),
-        );
-        if let Err(p) = flavor.prepare_upstream(&head, &mut up_headers) {
-            finish_all(&recorder, &forwarded, refused_outcome(&p.detail, started));
-            return Ok(render(p));
-        }
-        let uri = match live.upstream.uri(&encoded_path, query.as_deref()) {
-            Ok(u) => u,
-            Err(e) => {
-                finish_all(
-                    &recorder,
-                    &forwarded,
-                    refused_outcome("bad upstream URI", started),
-                );
-                return Ok(render(Problem::new(
-                    ProblemKind::BadRequest,
-                    format!("sluice: the upstream request could not be formed: {e}"),
-                )));
-            }
-        };
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
-        let up_body: Body = if upgrade.is_some() {
-            empty()
-        } else {
-            match unread.locked().take() {
-                Some(body) => body::Capped::new(body, limits.max_request_body, unread.clone())
-                    .with_prefix(body_prefix.take())
-                    .boxed(),
-                None => empty(),
-            }
+        let outgoing = Outgoing {
+            head: &head,
+            flavor: &flavor,
+            live: &live,
+            client: &client,
+            encoded_path: &encoded_path,
+            masking: masking_engine.is_some(),
+            body_prefix,
+            unread: &unread,
+            timeout,
         };
-        let mut up_req = Request::new(up_body);
-        *up_req.method_mut() = parts.method.clone();
-        *up_req.uri_mut() = uri;
-        *up_req.version_mut() = Version::HTTP_11;
-        *up_req.headers_mut() = up_headers;
-
-        let client = if upgrade.is_some() {
-            &live.upstream.upgrade_client
-        } else {
-            &live.upstream.client
-        };
-        let sent = tokio::select! {
-            r = tokio::time::timeout(timeout, client.request(up_req)) => r,
-            reason = live.ended() => {
-                self.retire(&key, reason.clone());
-                finish_all(&recorder, &forwarded, refused_outcome(&format!("session ended: {reason}"), started));
-                return Ok(render(Problem::new(ProblemKind::SessionEnded, format!("sluice: the session was ended: {reason}"))));
-            }
-        };
-        let failed = match sent {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(Some(e)),
-            Err(_) => Err(None),
-        };
-        let response = match failed {
+        let response = match self
+            .send_upstream(outgoing, &key, &forwarded, started)
+            .await
+        {
             Ok(response) => response,
-            Err(e) => {
-                let problem =
-                    upstream_failure(e, &connection.name, timeout, limits.max_request_body);
-                finish_all(
-                    &recorder,
-                    &forwarded,
-                    refused_outcome(&problem.detail, started),
-                );
-                return Ok(render(problem));
-            }
+            Err(problem) => return Ok(render(problem)),
         };
-
-        if upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if client.upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
             let ctx =
                 MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
             let hook =
@@ -595,62 +438,140 @@ impl ClientConn {
                 started,
             ));
         }
-
-        let (mut rparts, rbody) = response.into_parts();
-        // A redirect into the upstream is turned into one through the gateway
-        // (as nginx's proxy_redirect does), so clients stay on Sluice.
-        let prefix = if by_host {
-            String::new()
-        } else {
-            format!("/{}", connection.name)
+        let answer = Answer {
+            head: &head,
+            flavor: &flavor,
+            masking_engine,
+            by_host: route.by_host,
+            forwarded,
+            started,
+            timeout,
         };
-        let (header_redactions, header_masked) =
-            response_headers(&mut rparts, &live, &prefix, masking_engine);
-        let secrets = live.injected.secrets();
-        let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
-        let mut plan = flavor.response_plan(&head, &rparts, &ctx);
-        // An injected credential echoed in a compressed body could not be
-        // found: such a body is refused like one that needs masking.
-        if !secrets.is_empty() && crate::masking::has_body(head.method, rparts.status) {
-            if let Some(encoding) = crate::masking::encoded(&rparts) {
-                if !matches!(plan.body, BodyPlan::Refuse(_)) {
-                    plan.body = BodyPlan::Refuse(Problem::new(
-                        ProblemKind::BadGateway,
-                        format!("sluice: the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it could not be checked for the connection's credential, so it was not passed on"),
-                    ));
-                }
+        answer.respond(response, live, &limits, &render).await
+    }
+
+    /// The connection `name` names and its flavor; an unknown name is told
+    /// only to an authenticated caller.
+    async fn target<'c>(
+        &self,
+        config: &'c sluice_core::Config,
+        name: &str,
+        token: &str,
+    ) -> Result<(&'c sluice_core::config::ConnectionConfig, Arc<dyn Flavor>), Refused> {
+        let found = config
+            .connection(name)
+            .and_then(|c| Some((c, self.shared.flavors.get(c.kind)?.clone())));
+        match found {
+            Some(target) => Ok(target),
+            None => {
+                // Authenticate first, so that names are not probed anonymously.
+                self.identity(token).await?;
+                Err(Problem::new(
+                    ProblemKind::NotFound,
+                    format!("sluice: no HTTP connection named {name:?} is available to you"),
+                )
+                .into())
             }
         }
-        let status = rparts.status;
-        let finish = Finisher {
-            recorder: recorder.clone(),
-            commands: forwarded,
-            status,
-            started,
-            header_redactions,
-            header_masked,
+    }
+
+    /// The request's session, unless core has ended it.
+    async fn live_session(
+        &self,
+        key: &SessionKey,
+        token: &str,
+        connection: &sluice_core::config::ConnectionConfig,
+        flavor: &Arc<dyn Flavor>,
+    ) -> Result<Arc<Live>, Problem> {
+        let live = self.session(token, connection, flavor).await?;
+        match live.ended_reason() {
+            Some(reason) => {
+                self.retire(key, reason.clone());
+                Err(session_ended(&reason))
+            }
+            None => Ok(live),
+        }
+    }
+
+    /// Sends the judged request upstream; a failure, or the session ending
+    /// meanwhile, records the commands as not completed and is the problem.
+    async fn send_upstream(
+        &self,
+        out: Outgoing<'_>,
+        key: &SessionKey,
+        forwarded: &[u64],
+        started: Instant,
+    ) -> Result<Response<Incoming>, Problem> {
+        let recorder = out.live.handle.recorder();
+        let not_sent = |problem: Problem| {
+            finish_all(
+                &recorder,
+                forwarded,
+                refused_outcome(&problem.detail, started),
+            );
+            problem
         };
-        let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
-        // No body (HEAD, 204, 304): nothing to redact, and the length header
-        // describes the representation, so it stays.
-        let redactor = if crate::masking::has_body(head.method, status) {
-            live.redactor.clone()
-        } else {
-            None
+        let upgrade = out.client.upgrade.as_deref();
+        let mut up_headers = self.upstream_headers(
+            &out.client.headers,
+            upgrade,
+            out.live,
+            out.client.client_host.as_deref(),
+            out.masking,
+        );
+        out.flavor
+            .prepare_upstream(out.head, &mut up_headers)
+            .map_err(not_sent)?;
+        let uri = out
+            .live
+            .upstream
+            .uri(out.encoded_path, out.head.query)
+            .map_err(|e| {
+                not_sent(Problem::new(
+                    ProblemKind::BadRequest,
+                    format!("sluice: the upstream request could not be formed: {e}"),
+                ))
+            })?;
+        let limits = &self.shared.limits;
+        let up_body: Body = match (upgrade, out.unread.locked().take()) {
+            (None, Some(body)) => {
+                body::Capped::new(body, limits.max_request_body, out.unread.clone())
+                    .with_prefix(out.body_prefix)
+                    .boxed()
+            }
+            _ => empty(),
         };
-        respond_body(
-            plan,
-            rparts,
-            upstream_body,
-            redactor,
-            finish,
-            masking_engine,
-            live,
-            &limits,
-            timeout,
-            &render,
-        )
-        .await
+        let mut up_req = Request::new(up_body);
+        *up_req.method_mut() = out.head.method.clone();
+        *up_req.uri_mut() = uri;
+        *up_req.version_mut() = Version::HTTP_11;
+        *up_req.headers_mut() = up_headers;
+        let client = match upgrade {
+            Some(_) => &out.live.upstream.upgrade_client,
+            None => &out.live.upstream.client,
+        };
+        let sent = tokio::select! {
+            r = tokio::time::timeout(out.timeout, client.request(up_req)) => r,
+            reason = out.live.ended() => {
+                self.retire(key, reason.clone());
+                return Err(not_sent(session_ended(&reason)));
+            }
+        };
+        match sent {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(not_sent(upstream_failure(
+                Some(e),
+                &out.head.connection.name,
+                out.timeout,
+                limits.max_request_body,
+            ))),
+            Err(_) => Err(not_sent(upstream_failure(
+                None,
+                &out.head.connection.name,
+                out.timeout,
+                limits.max_request_body,
+            ))),
+        }
     }
 
     /// What the gateway keeps of the client's request head: the token (taken
@@ -886,6 +807,179 @@ struct Route {
     trailing: bool,
     /// Routed by a configured host (the path keeps its first segment).
     by_host: bool,
+}
+
+/// A judged request on its way upstream.
+struct Outgoing<'a> {
+    head: &'a RequestHead<'a>,
+    flavor: &'a Arc<dyn Flavor>,
+    live: &'a Arc<Live>,
+    client: &'a ClientRequest,
+    encoded_path: &'a str,
+    /// Whether the gateway masks answers (compressed bodies are declined).
+    masking: bool,
+    /// The body's start, read before judging, sent first.
+    body_prefix: Option<Bytes>,
+    unread: &'a Unread,
+    timeout: Duration,
+}
+
+/// What answering the upstream's response needs.
+struct Answer<'a> {
+    head: &'a RequestHead<'a>,
+    flavor: &'a Arc<dyn Flavor>,
+    masking_engine: Option<&'a SessionMasker>,
+    by_host: bool,
+    forwarded: Vec<u64>,
+    started: Instant,
+    timeout: Duration,
+}
+
+impl Answer<'_> {
+    /// The response to the client: redirects kept on the gateway, headers
+    /// and body redacted of the injected credential and masked, outcomes
+    /// recorded when the body ends.
+    async fn respond(
+        self,
+        response: Response<Incoming>,
+        live: Arc<Live>,
+        limits: &crate::Limits,
+        render: &(dyn Fn(Problem) -> Response<Body> + Sync),
+    ) -> Result<Response<Body>, Refused> {
+        let head = self.head;
+        let (mut rparts, rbody) = response.into_parts();
+        // A redirect into the upstream is turned into one through the gateway
+        // (as nginx's proxy_redirect does), so clients stay on Sluice.
+        let prefix = if self.by_host {
+            String::new()
+        } else {
+            format!("/{}", head.connection.name)
+        };
+        let (header_redactions, header_masked) =
+            response_headers(&mut rparts, &live, &prefix, self.masking_engine);
+        let ctx = MaskingContext::new(
+            self.masking_engine,
+            live.handle.info(),
+            limits.max_masked_body,
+        );
+        let mut plan = self.flavor.response_plan(head, &rparts, &ctx);
+        // An injected credential echoed in a compressed body could not be
+        // found: such a body is refused like one that needs masking.
+        if !live.injected.secrets().is_empty()
+            && crate::masking::has_body(head.method, rparts.status)
+        {
+            if let Some(encoding) = crate::masking::encoded(&rparts) {
+                if !matches!(plan.body, BodyPlan::Refuse(_)) {
+                    plan.body = BodyPlan::Refuse(Problem::new(
+                        ProblemKind::BadGateway,
+                        format!("sluice: the upstream sent a {encoding}-encoded body although the gateway asked for identity encoding; it could not be checked for the connection's credential, so it was not passed on"),
+                    ));
+                }
+            }
+        }
+        let status = rparts.status;
+        let finish = Finisher {
+            recorder: live.handle.recorder(),
+            commands: self.forwarded,
+            status,
+            started: self.started,
+            header_redactions,
+            header_masked,
+        };
+        let upstream_body: Body = rbody.map_err(|e| Box::new(e) as crate::BoxError).boxed();
+        // No body (HEAD, 204, 304): nothing to redact, and the length header
+        // describes the representation, so it stays.
+        let redactor = if crate::masking::has_body(head.method, status) {
+            live.redactor.clone()
+        } else {
+            None
+        };
+        respond_body(
+            plan,
+            rparts,
+            upstream_body,
+            redactor,
+            finish,
+            self.masking_engine,
+            live,
+            limits,
+            self.timeout,
+            render,
+        )
+        .await
+    }
+}
+
+/// What is refused before anything is judged: an upgrade the connection does
+/// not allow, a declared body over the limit, a method-override parameter.
+fn refused_before_judging(
+    head: &RequestHead<'_>,
+    flavor: &dyn Flavor,
+    limits: &crate::Limits,
+) -> Option<Problem> {
+    if let Some(upgrade) = head.upgrade {
+        if !flavor.allow_upgrade(head) {
+            return Some(Problem::new(
+                ProblemKind::NotSupported,
+                format!("sluice: upgrading to {upgrade:?} is not supported on this connection"),
+            ));
+        }
+    }
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limits.max_request_body) {
+        return Some(too_large(limits.max_request_body));
+    }
+    let name = head
+        .query
+        .and_then(crate::overrides::method_override_param)?;
+    Some(
+        Problem::new(
+            ProblemKind::BadRequest,
+            format!(
+                "sluice: the query parameter {:?} asks the upstream to run another method than {}; the request was not sent",
+                truncate(&name, 40),
+                head.method
+            ),
+        )
+        .with_hint("Send the request with the method itself instead of a method-override parameter."),
+    )
+}
+
+/// Turns the request into commands and decides them all (every one must be
+/// forwarded). The body's start is read first, so that the command (and an
+/// approval of it) is bound to the body's digest, not only to the request
+/// line; a body over the digest limit streams, marked unbound. Returns the
+/// forwarded command ids and the body bytes already read.
+async fn judge(
+    head: &RequestHead<'_>,
+    flavor: &dyn Flavor,
+    live: &Live,
+    unread: &Unread,
+    timeout: Duration,
+    started: Instant,
+) -> Result<(Vec<u64>, Option<Bytes>), Problem> {
+    let (body_prefix, body_line) = match head.upgrade {
+        None => read_body_start(unread, head.headers, head.method, timeout).await?,
+        Some(_) => (None, None),
+    };
+    let mut commands = flavor.commands(head)?;
+    if commands.is_empty() {
+        return Err(Problem::new(
+            ProblemKind::BadRequest,
+            "sluice: the request could not be turned into a command",
+        ));
+    }
+    if let Some(line) = &body_line {
+        for command in &mut commands {
+            command.context.push(line.clone());
+        }
+    }
+    let forwarded = decide_all(&live.handle, commands, started).await?;
+    Ok((forwarded, body_prefix))
 }
 
 /// The response body by its plan: refused, passed through, masked as a

@@ -280,68 +280,112 @@ async fn decide_watching(
     Some(decided)
 }
 
+type Opening = tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>>;
+
+/// One session channel: set up, judged, requested upstream, relayed both
+/// ways (masked, recorded), and its outcome recorded.
 pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     let first_channel = live.close_order.channel_started();
     let id = channel.id();
     let (mut rx, tx) = channel.split();
-    let client = live.client.clone();
     let Some(mut setup) = setup(&live, &mut rx, &tx, id).await else {
         return;
     };
+    let Some((command_id, carries, opening)) = judge(&live, &mut rx, &tx, id, &mut setup).await
+    else {
+        return;
+    };
+    let started = Instant::now();
+    let Some((up_rx, up_tx, before)) =
+        start_upstream(&live, opening, &setup, &tx, id, command_id).await
+    else {
+        return;
+    };
+    let _ = live.client.channel_success(id).await;
+    let relayed = Relayed {
+        live,
+        id,
+        command_id,
+        carries,
+        first_channel,
+        started,
+    };
+    relayed.run(setup, rx, tx, up_rx, up_tx, before).await;
+}
+
+/// Classifies and decides the channel's request, opening the upstream
+/// channel meanwhile; a refusal is told on the channel (exit 126). Returns
+/// the command's id, what the channel carries and the opening upstream.
+async fn judge(
+    live: &Arc<Live>,
+    rx: &mut ChannelReadHalf,
+    tx: &ChannelWriteHalf<Msg>,
+    id: russh::ChannelId,
+    setup: &mut Setup,
+) -> Option<(u64, Carries, Opening)> {
     let nl = setup.newline();
     let (kind, text, carries) = match classify(&setup.main, setup.pty.as_ref()) {
         Ok(classified) => classified,
         Err(refusal) => {
-            let _ = client.channel_success(id).await;
-            refuse_locally(&tx, &format!("{refusal}{nl}"), EXIT_DENIED).await;
-            return;
+            let _ = live.client.channel_success(id).await;
+            refuse_locally(tx, &format!("{refusal}{nl}"), EXIT_DENIED).await;
+            return None;
         }
     };
-    let opening = open_upstream_channel(&live);
-    let Some(decided) = decide_watching(&live, kind, text, &mut rx, &tx, &mut setup).await else {
+    let opening = open_upstream_channel(live);
+    let Some(decided) = decide_watching(live, kind, text, rx, tx, setup).await else {
         close_unused(opening).await;
-        return;
+        return None;
     };
-    let command_id = match decided {
-        Decided::Forward(id) => id,
+    match decided {
+        Decided::Forward(command_id) => Some((command_id, carries, opening)),
         Decided::Refuse(denial) => {
-            let _ = client.channel_success(id).await;
-            refuse_locally(&tx, &denial_text(&denial, nl), EXIT_DENIED).await;
+            let _ = live.client.channel_success(id).await;
+            refuse_locally(tx, &denial_text(&denial, nl), EXIT_DENIED).await;
             close_unused(opening).await;
-            return;
+            None
         }
-    };
-    let started = Instant::now();
-    let recorder = live.handle.recorder();
-    let conn_name = live.handle.connection().name.clone();
-    let fail = |message: String| {
-        let recorder = recorder.clone();
-        let tx = &tx;
-        let client = client.clone();
-        async move {
-            let _ = client.channel_success(id).await;
-            refuse_locally(tx, &format!("sluice: {message}{nl}"), EXIT_GATEWAY).await;
-            recorder.finished(
-                command_id,
-                Outcome {
-                    error: Some(message),
-                    ..Outcome::default()
-                },
-            );
-        }
+    }
+}
+
+/// Sends the judged request on the upstream channel (environment, pty,
+/// then exec, shell or subsystem) and waits for its answer, keeping what
+/// arrives before it. A failure is told to the client and recorded.
+async fn start_upstream(
+    live: &Arc<Live>,
+    opening: Opening,
+    setup: &Setup,
+    tx: &ChannelWriteHalf<Msg>,
+    id: russh::ChannelId,
+    command_id: u64,
+) -> Option<(
+    ChannelReadHalf,
+    ChannelWriteHalf<russh::client::Msg>,
+    Vec<ChannelMsg>,
+)> {
+    let record_failure = |message: String| {
+        live.handle.recorder().finished(
+            command_id,
+            Outcome {
+                error: Some(message),
+                ..Outcome::default()
+            },
+        );
     };
     let up = match opening.await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            fail(format!("cannot open connection {conn_name:?}: {e}")).await;
-            return;
-        }
-        Err(_) => {
-            fail(format!(
-                "cannot open connection {conn_name:?}: internal error"
-            ))
-            .await;
-            return;
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => e,
+                _ => "internal error".to_string(),
+            };
+            let conn_name = &live.handle.connection().name;
+            let message = format!("cannot open connection {conn_name:?}: {why}");
+            let _ = live.client.channel_success(id).await;
+            let nl = setup.newline();
+            refuse_locally(tx, &format!("sluice: {message}{nl}"), EXIT_GATEWAY).await;
+            record_failure(message);
+            return None;
         }
     };
     let (mut up_rx, up_tx) = up.split();
@@ -368,165 +412,176 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
             }
         };
     if !accepted {
-        let _ = client.channel_failure(id).await;
+        let _ = live.client.channel_failure(id).await;
         let _ = up_tx.close().await;
         let _ = tx.close().await;
-        recorder.finished(
-            command_id,
+        record_failure("the upstream refused the request".into());
+        return None;
+    }
+    Some((up_rx, up_tx, before))
+}
+
+/// A channel whose request the upstream accepted.
+struct Relayed {
+    live: Arc<Live>,
+    id: russh::ChannelId,
+    command_id: u64,
+    carries: Carries,
+    first_channel: bool,
+    started: Instant,
+}
+
+impl Relayed {
+    /// Relays both ways until the upstream ends (or the client connection
+    /// goes), closes the channel in the order the client expects, and
+    /// records the outcome.
+    async fn run(
+        self,
+        mut setup: Setup,
+        rx: ChannelReadHalf,
+        tx: ChannelWriteHalf<Msg>,
+        mut up_rx: ChannelReadHalf,
+        up_tx: ChannelWriteHalf<russh::client::Msg>,
+        before: Vec<ChannelMsg>,
+    ) {
+        let live = &self.live;
+        let record = self.recording(&setup);
+        let sftp = matches!(self.carries, Carries::Sftp)
+            .then(|| Arc::new(Mutex::new(SftpTracker::default())));
+        let up_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let client_eof_seen = Arc::new(std::sync::atomic::AtomicBool::new(setup.client_eof));
+        let mut input = spawn_input(
+            &mut setup,
+            rx,
+            up_tx,
+            record.clone(),
+            sftp.clone(),
+            up_counter.clone(),
+            client_eof_seen.clone(),
+        );
+        let masks = matches!(self.carries, Carries::Exec | Carries::Shell);
+        let new_masker = || {
+            masks
+                .then(|| live.handle.masker().stream_masker(live.handle.info()))
+                .flatten()
+        };
+        let mut out = Output {
+            tx,
+            live: live.clone(),
+            id: self.id,
+            stdout: new_masker(),
+            stderr: new_masker(),
+            record: record.clone(),
+            sftp: sftp.clone(),
+            bytes: 0,
+            status: None,
+            masked: Default::default(),
+            eof: false,
+            eof_sent: false,
+        };
+        let mask_idle = if setup.pty.is_some() {
+            MASK_IDLE_PTY
+        } else {
+            MASK_IDLE_EXEC
+        };
+        out.pump(before, &mut up_rx, mask_idle).await;
+        // A multiplexing client that has sent EOF closes the channel itself once
+        // it has the exit status and our EOF; let it (see `CloseOrder`). A plain
+        // `ssh host CMD` waits for our close, so it gets it at once.
+        let grace = live.close_order.grace(self.first_channel);
+        if client_eof_seen.load(std::sync::atomic::Ordering::Relaxed) && !grace.is_zero() {
+            let closed_first = tokio::time::timeout(grace, &mut input).await.is_ok();
+            live.close_order.learn(closed_first);
+        }
+        let _ = out.tx.close().await;
+        input.abort();
+        let up_bytes = up_counter.load(std::sync::atomic::Ordering::Relaxed);
+        self.finish(&out, record.as_ref(), sftp.as_deref(), up_bytes);
+    }
+
+    /// The terminal recording of an exec (up to a limit) or a shell.
+    fn recording(&self, setup: &Setup) -> Option<Arc<Mutex<StreamRecorder>>> {
+        let store = self.live.gateway.store().clone();
+        let session_id = self.live.handle.id().to_string();
+        let mut record = match self.carries {
+            Carries::Exec => StreamRecorder::new(store, &session_id, self.command_id)
+                .with_limit(EXEC_RECORD_LIMIT),
+            Carries::Shell => StreamRecorder::new(store, &session_id, self.command_id),
+            _ => return None,
+        };
+        if let Some(p) = &setup.pty {
+            record.resize(p.cols, p.rows);
+        }
+        Some(Arc::new(Mutex::new(record)))
+    }
+
+    /// Records the command's outcome (and a transfer's metadata).
+    fn finish(
+        &self,
+        out: &Output,
+        record: Option<&Arc<Mutex<StreamRecorder>>>,
+        sftp: Option<&Mutex<SftpTracker>>,
+        up_bytes: u64,
+    ) {
+        if let Some(r) = record {
+            r.locked().flush();
+        }
+        let truncated = record.is_some_and(|r| r.locked().skipped() > 0);
+        record_transfers(
+            &self.carries,
+            &self.live,
+            self.command_id,
+            up_bytes,
+            out.bytes,
+            sftp,
+        );
+        self.live.handle.recorder().finished(
+            self.command_id,
             Outcome {
-                error: Some("the upstream refused the request".into()),
+                bytes: out.bytes,
+                tag: Some(out.status.clone().unwrap_or_else(|| "closed".into())),
+                duration_us: self.started.elapsed().as_micros() as u64,
+                truncated,
+                masked: out.masked.0.clone(),
                 ..Outcome::default()
             },
         );
-        return;
     }
-    let _ = client.channel_success(id).await;
+}
 
-    // Recording and masking, per what the channel carries.
-    let store = live.gateway.store().clone();
-    let session_id = live.handle.id().to_string();
-    let record = match carries {
-        Carries::Exec => Some(
-            StreamRecorder::new(store.clone(), &session_id, command_id)
-                .with_limit(EXEC_RECORD_LIMIT),
-        ),
-        Carries::Shell => Some(StreamRecorder::new(store.clone(), &session_id, command_id)),
-        _ => None,
-    };
-    let record = record.map(|mut r| {
-        if let Some(p) = &setup.pty {
-            r.resize(p.cols, p.rows);
-        }
-        Arc::new(Mutex::new(r))
-    });
-    let masks = matches!(carries, Carries::Exec | Carries::Shell);
-    let info = live.handle.info().clone();
-    let masker = live.handle.masker().clone();
-    let new_masker = || {
-        if masks {
-            masker.stream_masker(&info)
-        } else {
-            None
-        }
-    };
-    let sftp =
-        matches!(carries, Carries::Sftp).then(|| Arc::new(Mutex::new(SftpTracker::default())));
-
-    // Client → upstream.
-    let up_counter = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let client_eof_seen = Arc::new(std::sync::atomic::AtomicBool::new(setup.client_eof));
-    let mut input = {
-        let eof_seen = client_eof_seen.clone();
-        let record = record.clone();
-        let sftp = sftp.clone();
-        let counter = up_counter.clone();
-        let has_pty = setup.pty.is_some();
-        let early = std::mem::take(&mut setup.early);
-        let client_eof = setup.client_eof;
-        tokio::spawn(async move {
-            for data in early {
-                counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                // Keys typed before the shell was decided are typed input too.
-                if let (true, Some(r)) = (has_pty, &record) {
-                    r.locked().record_input(&data);
-                }
-                if let Some(s) = &sftp {
-                    s.locked().client_data(&data);
-                }
-                if up_tx.data_bytes(data).await.is_err() {
-                    return;
-                }
+/// The client → upstream half, in its own task: first what the client sent
+/// before the command was decided, then the live stream.
+fn spawn_input(
+    setup: &mut Setup,
+    rx: ChannelReadHalf,
+    up_tx: ChannelWriteHalf<russh::client::Msg>,
+    record: Option<Arc<Mutex<StreamRecorder>>>,
+    sftp: Option<Arc<Mutex<SftpTracker>>>,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+    eof_seen: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let has_pty = setup.pty.is_some();
+    let early = std::mem::take(&mut setup.early);
+    let client_eof = setup.client_eof;
+    tokio::spawn(async move {
+        for data in early {
+            counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            // Keys typed before the shell was decided are typed input too.
+            if let (true, Some(r)) = (has_pty, &record) {
+                r.locked().record_input(&data);
             }
-            if client_eof {
-                let _ = up_tx.eof().await;
+            if let Some(s) = &sftp {
+                s.locked().client_data(&data);
             }
-            client_to_upstream(rx, up_tx, record, sftp, counter, has_pty, eof_seen).await;
-        })
-    };
-
-    // Upstream → client.
-    let mut out = Output {
-        tx,
-        live: live.clone(),
-        id,
-        stdout: new_masker(),
-        stderr: new_masker(),
-        record: record.clone(),
-        sftp: sftp.clone(),
-        bytes: 0,
-        status: None,
-        masked: Default::default(),
-        eof: false,
-        eof_sent: false,
-    };
-    let mask_idle = if setup.pty.is_some() {
-        MASK_IDLE_PTY
-    } else {
-        MASK_IDLE_EXEC
-    };
-    for m in before {
-        if !out.handle(m).await {
-            break;
-        }
-    }
-    let mut closed = live.closed.clone();
-    loop {
-        let pending = out.stdout.as_ref().is_some_and(|m| m.pending() > 0)
-            || out.stderr.as_ref().is_some_and(|m| m.pending() > 0);
-        tokio::select! {
-            _ = crate::server::connection_gone(&mut closed) => break,
-            m = up_rx.wait() => {
-                let Some(m) = m else { break };
-                if !out.handle(m).await {
-                    break;
-                }
+            if up_tx.data_bytes(data).await.is_err() {
+                return;
             }
-            _ = tokio::time::sleep(mask_idle), if pending => out.flush_maskers().await,
         }
-    }
-    out.flush_maskers().await;
-    out.eof = true;
-    out.send_eof().await;
-    // A multiplexing client that has sent EOF closes the channel itself once
-    // it has the exit status and our EOF; let it (see `CloseOrder`). A plain
-    // `ssh host CMD` waits for our close, so it gets it at once.
-    let grace = live.close_order.grace(first_channel);
-    if client_eof_seen.load(std::sync::atomic::Ordering::Relaxed) && !grace.is_zero() {
-        let closed_first = tokio::time::timeout(grace, &mut input).await.is_ok();
-        live.close_order.learn(closed_first);
-    }
-    let _ = out.tx.close().await;
-    input.abort();
-    if let Some(r) = &record {
-        r.locked().flush();
-    }
-    let truncated = record
-        .as_ref()
-        .and_then(|r| r.lock().ok().map(|r| r.skipped() > 0))
-        .unwrap_or(false);
-    let up_bytes = up_counter.load(std::sync::atomic::Ordering::Relaxed);
-    record_transfers(
-        &carries,
-        &live,
-        command_id,
-        up_bytes,
-        out.bytes,
-        sftp.as_deref(),
-    );
-    recorder.finished(
-        command_id,
-        Outcome {
-            bytes: out.bytes,
-            tag: Some(match out.status {
-                Some(s) => s,
-                None => "closed".into(),
-            }),
-            duration_us: started.elapsed().as_micros() as u64,
-            truncated,
-            masked: out.masked.0,
-            ..Outcome::default()
-        },
-    );
+        if client_eof {
+            let _ = up_tx.eof().await;
+        }
+        client_to_upstream(rx, up_tx, record, sftp, counter, has_pty, eof_seen).await;
+    })
 }
 
 /// The file-transfer metadata of an scp or SFTP channel, for the audit record.
@@ -644,6 +699,41 @@ struct Output {
 }
 
 impl Output {
+    /// Upstream → client until the upstream ends or the client connection
+    /// goes: what arrived before the request's answer first, then the
+    /// stream; held-back masker bytes are released after `mask_idle` of
+    /// upstream silence. Ends with the maskers flushed and EOF sent.
+    async fn pump(
+        &mut self,
+        before: Vec<ChannelMsg>,
+        up_rx: &mut ChannelReadHalf,
+        mask_idle: std::time::Duration,
+    ) {
+        for m in before {
+            if !self.handle(m).await {
+                break;
+            }
+        }
+        let mut closed = self.live.closed.clone();
+        loop {
+            let pending = self.stdout.as_ref().is_some_and(|m| m.pending() > 0)
+                || self.stderr.as_ref().is_some_and(|m| m.pending() > 0);
+            tokio::select! {
+                _ = crate::server::connection_gone(&mut closed) => break,
+                m = up_rx.wait() => {
+                    let Some(m) = m else { break };
+                    if !self.handle(m).await {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep(mask_idle), if pending => self.flush_maskers().await,
+            }
+        }
+        self.flush_maskers().await;
+        self.eof = true;
+        self.send_eof().await;
+    }
+
     /// Handles one upstream message; false when the channel is done.
     async fn handle(&mut self, m: ChannelMsg) -> bool {
         match m {
