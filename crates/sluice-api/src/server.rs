@@ -311,10 +311,16 @@ async fn dispatch(
 }
 
 /// The caller may decide it (an approver who did not ask), or asked for it.
-/// A token narrowed to connections sees only its subject's own requests.
+/// A token narrowed to connections sees only its own requests.
 pub(crate) fn visible_to(request: &ApprovalRequest, identity: &Identity) -> bool {
-    request.subject == identity.subject
+    is_requester(request, identity)
         || (identity.connections.is_none() && identity.in_any_group(&request.approvers))
+}
+
+/// Whether `identity` asked for `request`: the same subject at the same
+/// issuer (the same name at another identity provider is someone else).
+pub(crate) fn is_requester(request: &ApprovalRequest, identity: &Identity) -> bool {
+    request.subject == identity.subject && request.issuer == identity.issuer
 }
 
 /// The identity behind `Authorization: Bearer …`; the error never contains the token.
@@ -518,6 +524,7 @@ mod tests {
             session_id: "s1".into(),
             command_id: 1,
             subject: "agent".into(),
+            issuer: "sluice".into(),
             connection: "appdb".into(),
             command: "delete from t".into(),
             rule: "reviewed-writes".into(),
@@ -534,6 +541,12 @@ mod tests {
         assert!(visible_to(&request, &who("bob", &["dba"])));
         assert!(visible_to(&request, &who("agent", &["agents"])));
         assert!(!visible_to(&request, &who("eve", &["agents", "ops"])));
+        // The same subject at another identity provider is someone else.
+        let elsewhere = Identity {
+            issuer: "https://idp.example".into(),
+            ..who("agent", &["agents"])
+        };
+        assert!(!visible_to(&request, &elsewhere));
     }
 
     #[test]

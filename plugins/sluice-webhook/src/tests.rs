@@ -86,6 +86,7 @@ fn request() -> ApprovalRequest {
         session_id: "0190c0de-session".into(),
         command_id: 7,
         subject: "agent-7".into(),
+        issuer: "sluice".into(),
         connection: "appdb".into(),
         command: "DELETE FROM orders\n  WHERE id < 10 AND note <> 'a&b'".into(),
         rule: "reviewed-writes".into(),

@@ -119,8 +119,8 @@ fn read_context(ctx: &mut RequestContext, records: &[sluice_core::AuditRecord], 
     }
 }
 
-fn can_decide(r: &ApprovalRequest, ctx: Option<&RequestContext>, who: &Identity) -> bool {
-    let own = r.subject == who.subject && ctx.is_none_or(|c| c.issuer == who.issuer);
+fn can_decide(r: &ApprovalRequest, who: &Identity) -> bool {
+    let own = crate::server::is_requester(r, who);
     r.state == ApprovalState::Pending && !own && who.in_any_group(&r.approvers)
 }
 
@@ -270,7 +270,7 @@ pub(super) async fn stream(
                         let context = contexts.get(&r.id);
                         ApprovalView {
                             request: r,
-                            can_decide: can_decide(r, context, &identity),
+                            can_decide: can_decide(r, &identity),
                             context,
                         }
                     })

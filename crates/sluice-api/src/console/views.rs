@@ -8,7 +8,7 @@
 //! they may decide. The audit status is for admins.
 
 use super::session::Signed;
-use crate::server::{json, method_not_allowed, problem, truncate, visible_to, Body};
+use crate::server::{is_requester, json, method_not_allowed, problem, truncate, visible_to, Body};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -96,7 +96,7 @@ fn may_read(gateway: &Gateway, who: &Identity, session_id: &str, records: &[Audi
         .approvals()
         .list(false)
         .iter()
-        .any(|r| r.session_id == session_id && r.subject != who.subject && visible_to(r, who))
+        .any(|r| r.session_id == session_id && !is_requester(r, who) && visible_to(r, who))
 }
 
 #[derive(Serialize)]

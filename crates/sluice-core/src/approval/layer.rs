@@ -136,6 +136,7 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         session_id: s.id.clone(),
         command_id: req.command_id,
         subject: s.identity.subject.clone(),
+        issuer: s.identity.issuer.clone(),
         connection: s.connection.clone(),
         command: req.command.text.clone(),
         rule: rule.clone(),
@@ -150,10 +151,7 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         reason: None,
     };
     let hold = settings.mode == ReviewMode::Hold;
-    let (request, waiter) = match service
-        .open(request, fp, s.identity.issuer.clone(), hold)
-        .await
-    {
+    let (request, waiter) = match service.open(request, fp, hold).await {
         Ok(r) => r,
         // Fail closed: no recorded request, no approval.
         Err(e) => {

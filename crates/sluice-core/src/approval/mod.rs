@@ -67,6 +67,11 @@ pub struct ApprovalRequest {
     pub session_id: String,
     pub command_id: u64,
     pub subject: String,
+    /// The requester's issuer: `subject` is theirs at this issuer, and only
+    /// that identity is the requester (the same subject at another identity
+    /// provider is someone else).
+    #[serde(default)]
+    pub issuer: String,
     pub connection: String,
     /// The command as the client sent it.
     pub command: String,
@@ -178,8 +183,6 @@ struct Entry {
     request: ApprovalRequest,
     /// Exact command identity for retry grants.
     fingerprint: String,
-    /// The requester's issuer (`request.subject` is theirs at this issuer).
-    issuer: String,
     waiter: Option<oneshot::Sender<Outcome>>,
 }
 
@@ -346,7 +349,7 @@ impl ApprovalService {
                     state: r.state,
                 });
             }
-            if r.subject == approver.subject && e.issuer == approver.issuer {
+            if r.subject == approver.subject && r.issuer == approver.issuer {
                 return Err(ApprovalError::SelfApproval(approver.subject.clone()));
             }
             // An exchanged token keeps its owner's groups but is made to be
@@ -430,7 +433,6 @@ impl ApprovalService {
         &self,
         mut request: ApprovalRequest,
         fingerprint: String,
-        issuer: String,
         hold: bool,
     ) -> Result<(ApprovalRequest, Option<oneshot::Receiver<Outcome>>), String> {
         self.store
@@ -459,7 +461,6 @@ impl ApprovalService {
             Entry {
                 request: request.clone(),
                 fingerprint,
-                issuer,
                 waiter: tx,
             },
         );

@@ -18,6 +18,7 @@ fn request(state: ApprovalState) -> ApprovalRequest {
         session_id: "s1".into(),
         command_id: 1,
         subject: "agent".into(),
+        issuer: "sluice".into(),
         connection: "appdb".into(),
         command: "delete from t where id = 1".into(),
         rule: "reviewed".into(),
@@ -38,37 +39,11 @@ fn request(state: ApprovalState) -> ApprovalRequest {
 #[test]
 fn the_button_follows_the_services_rules() {
     let pending = request(ApprovalState::Pending);
-    let ctx = RequestContext {
-        issuer: "sluice".into(),
-        ..Default::default()
-    };
-    assert!(can_decide(
-        &pending,
-        Some(&ctx),
-        &who("dana", "sluice", &["dba"])
-    ));
-    assert!(!can_decide(
-        &pending,
-        Some(&ctx),
-        &who("eve", "sluice", &["agents"])
-    ));
-    assert!(!can_decide(
-        &pending,
-        Some(&ctx),
-        &who("agent", "sluice", &["dba"])
-    ));
+    assert!(can_decide(&pending, &who("dana", "sluice", &["dba"])));
+    assert!(!can_decide(&pending, &who("eve", "sluice", &["agents"])));
+    assert!(!can_decide(&pending, &who("agent", "sluice", &["dba"])));
     // The same name at another issuer is another person.
-    assert!(can_decide(
-        &pending,
-        Some(&ctx),
-        &who("agent", "https://idp", &["dba"])
-    ));
-    // Without the requester's issuer, the same name counts as the requester.
-    assert!(!can_decide(
-        &pending,
-        None,
-        &who("agent", "https://idp", &["dba"])
-    ));
+    assert!(can_decide(&pending, &who("agent", "https://idp", &["dba"])));
     for state in [
         ApprovalState::Approved,
         ApprovalState::Denied,
@@ -76,7 +51,6 @@ fn the_button_follows_the_services_rules() {
     ] {
         assert!(!can_decide(
             &request(state),
-            Some(&ctx),
             &who("dana", "sluice", &["dba"])
         ));
     }
