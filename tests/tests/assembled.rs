@@ -93,6 +93,11 @@ upstream_tls = "disable"
     );
     let gateway = Arc::new(
         GatewayBuilder::new(config, store)
+            .connection_kind(
+                sluice_postgres::settings::KIND,
+                sluice_postgres::settings::KEYS,
+                sluice_postgres::settings::validate,
+            )
             .masker(masker.clone())
             .build()
             .unwrap(),

@@ -49,7 +49,13 @@ impl Harness {
         .expect("store");
         // As the launcher composes it: one notifier per [[webhooks]] entry.
         let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config).expect("webhooks");
-        let mut builder = GatewayBuilder::new(config, Arc::new(store) as Arc<dyn Store>);
+        let mut builder = GatewayBuilder::new(config, Arc::new(store) as Arc<dyn Store>)
+            // The connection kinds its configs use, as their crates register them.
+            .connection_kind(
+                sluice_core::config::ConnectionKind::Postgres,
+                &["database", "user", "password"],
+                |_| Ok(()),
+            );
         for w in webhooks {
             builder = builder.approval_notifier(w);
         }

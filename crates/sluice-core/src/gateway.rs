@@ -96,43 +96,61 @@ impl std::fmt::Debug for Gateway {
 pub type KindValidator =
     Arc<dyn Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync>;
 
-/// The connection kinds a gateway serves, each with its crate's validator.
+/// A connection kind a gateway serves: the keys its connections may have
+/// besides core's own, and its crate's validator.
+#[derive(Clone)]
+struct KindEntry {
+    kind: ConnectionKind,
+    keys: &'static [&'static str],
+    validate: KindValidator,
+}
+
+/// The connection kinds a gateway serves, each with its crate's keys and
+/// validator. A connection of a kind not added here is refused, built-in
+/// kinds included: no crate of this assembly would check or serve it.
 #[derive(Clone, Default)]
-pub struct ConnectionKinds(Vec<(ConnectionKind, KindValidator)>);
+pub struct ConnectionKinds(Vec<KindEntry>);
 
 impl ConnectionKinds {
-    pub fn add(&mut self, kind: ConnectionKind, validate: KindValidator) {
-        self.0.push((kind, validate));
+    /// Serves `kind`, whose connections may have `keys` (besides name,
+    /// kind, upstream, allow_groups, default_action and options) and are
+    /// checked by `validate`.
+    pub fn add(
+        &mut self,
+        kind: ConnectionKind,
+        keys: &'static [&'static str],
+        validate: KindValidator,
+    ) {
+        self.0.push(KindEntry {
+            kind,
+            keys,
+            validate,
+        });
     }
 
-    /// Every connection is of a kind added here or a built-in one, and the
-    /// added kinds' validators accept their connections. A built-in kind
-    /// this assembly did not add is served by no listener of it, so its
-    /// keys are not read here.
+    /// Every connection is of a kind added here, has only its kind's keys
+    /// (a misspelt key is named), and its kind's validator accepts it.
     pub fn check(&self, config: &Config) -> Result<(), GatewayError> {
         for (i, c) in config.connections.iter().enumerate() {
-            let registered = self.0.iter().find(|(k, _)| *k == c.kind);
-            if registered.is_none() && c.kind.is_built_in() {
-                continue;
-            }
-            let Some((_, validate)) = registered else {
-                let served: Vec<String> = ConnectionKind::BUILT_IN
-                    .iter()
-                    .chain(self.0.iter().map(|(k, _)| k).filter(|k| !k.is_built_in()))
-                    .map(|k| k.to_string())
-                    .collect();
+            let Some(entry) = self.0.iter().find(|e| e.kind == c.kind) else {
+                let served: Vec<String> = self.0.iter().map(|e| e.kind.to_string()).collect();
                 return Err(config
                     .error_at(
                         &format!("connections.{i}.kind"),
                         format!(
                             "unknown connection kind {:?}; this gateway serves {}",
                             c.kind.as_str(),
-                            served.join(", ")
+                            if served.is_empty() {
+                                "no connection kind".to_string()
+                            } else {
+                                served.join(", ")
+                            }
                         ),
                     )
                     .into());
             };
-            validate(c).map_err(|(key, message)| {
+            let checked = c.settings_for(entry.keys).and_then(|_| (entry.validate)(c));
+            checked.map_err(|(key, message)| {
                 config.error_at(&format!("connections.{i}.{key}"), message)
             })?;
         }
@@ -170,14 +188,16 @@ impl GatewayBuilder {
     }
 
     /// Serves connections of `kind` (built-in or contributed by a protocol
-    /// crate outside core); `validate` checks each such connection's
-    /// settings at build and on every reload.
+    /// crate outside core), whose connections may have `keys` besides
+    /// core's own; `validate` checks each such connection's settings at
+    /// build and on every reload. Connections of kinds not added are refused.
     pub fn connection_kind(
         mut self,
         kind: ConnectionKind,
+        keys: &'static [&'static str],
         validate: impl Fn(&ConnectionConfig) -> Result<(), (String, String)> + Send + Sync + 'static,
     ) -> Self {
-        self.kinds.add(kind, Arc::new(validate));
+        self.kinds.add(kind, keys, Arc::new(validate));
         self
     }
 

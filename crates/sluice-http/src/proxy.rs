@@ -533,13 +533,16 @@ impl ClientConn {
                 ))
             })?;
         let limits = &self.shared.limits;
-        let up_body: Body = match (upgrade, out.unread.locked().take()) {
-            (None, Some(body)) => {
-                body::Capped::new(body, limits.max_request_body, out.unread.clone())
-                    .with_prefix(out.body_prefix)
-                    .boxed()
-            }
-            _ => empty(),
+        // An upgrade sends no body; the client's stays held until the answer.
+        let held = upgrade
+            .is_none()
+            .then(|| out.unread.locked().take())
+            .flatten();
+        let up_body: Body = match held {
+            Some(body) => body::Capped::new(body, limits.max_request_body, out.unread.clone())
+                .with_prefix(out.body_prefix)
+                .boxed(),
+            None => empty(),
         };
         let mut up_req = Request::new(up_body);
         *up_req.method_mut() = out.head.method.clone();

@@ -38,9 +38,14 @@ impl Shared {
             .iter()
             .filter(|c| flavors.get(c.kind).is_some())
             .flat_map(|c| {
-                let hosts = crate::settings::HttpSettings::of(c)
-                    .map(|s| s.hosts)
-                    .unwrap_or_default();
+                let hosts = match crate::settings::HttpSettings::of(c) {
+                    Ok(s) => s.hosts,
+                    Err((key, message)) => {
+                        // Its kind's validator let it through: not routed by host.
+                        tracing::error!(message = "A connection's hosts cannot be read; it is reachable by path only.", connection = %c.name, key = %key, error = %message);
+                        Vec::new()
+                    }
+                };
                 hosts
                     .into_iter()
                     .map(|h| (Glob::new(&h), c.name.clone()))

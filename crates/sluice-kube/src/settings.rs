@@ -3,17 +3,26 @@
 //! credential, `token` or `client_cert` + `client_key`.
 
 use sluice_core::config::{ConnectionConfig, ConnectionKind};
-use sluice_http::settings::{HttpSettings, HTTP_KEYS};
+use sluice_http::settings::HttpSettings;
 
 /// The kind this crate serves.
 pub const KIND: ConnectionKind = ConnectionKind::Kubernetes;
 
-/// The keys of a `kind = "kubernetes"` connection.
-pub fn keys() -> Vec<&'static str> {
-    let mut keys = HTTP_KEYS.to_vec();
-    keys.extend(["token", "client_cert", "client_key"]);
-    keys
-}
+/// The keys of a `kind = "kubernetes"` connection: an HTTP connection's
+/// (`HTTP_KEYS`) and the API server credential.
+pub const KEYS: &[&str] = &[
+    "headers",
+    "bearer",
+    "basic",
+    "ca",
+    "upstream_tls",
+    "upstream_ca",
+    "hosts",
+    "timeout",
+    "token",
+    "client_cert",
+    "client_key",
+];
 
 /// A checked connection's settings.
 pub fn settings(c: &ConnectionConfig) -> Result<HttpSettings, String> {
@@ -22,7 +31,7 @@ pub fn settings(c: &ConnectionConfig) -> Result<HttpSettings, String> {
 
 /// Checks a `kubernetes` connection (`GatewayBuilder::connection_kind`).
 pub fn validate(c: &ConnectionConfig) -> Result<(), (String, String)> {
-    let s = HttpSettings::read(c, &keys())?;
+    let s = HttpSettings::read(c, KEYS)?;
     s.check(c)?;
     if s.client_cert.is_some() != s.client_key.is_some() {
         let missing = if s.client_cert.is_some() {

@@ -69,7 +69,7 @@ pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Byte
 
 /// The keys of a `kind = "mcp"` connection: an HTTP connection's, without
 /// host routing (agents reach it at `/mcp/NAME`).
-const MCP_KEYS: &[&str] = &[
+pub const MCP_KEYS: &[&str] = &[
     "headers",
     "bearer",
     "basic",

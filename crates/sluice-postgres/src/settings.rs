@@ -18,7 +18,8 @@ use std::path::PathBuf;
 /// The kind this crate serves.
 pub const KIND: ConnectionKind = ConnectionKind::Postgres;
 
-const KEYS: &[&str] = &[
+/// The keys of a connection of this kind, besides core's own.
+pub const KEYS: &[&str] = &[
     "database",
     "user",
     "password",

@@ -15,7 +15,8 @@ use sluice_core::config::{ConnectionConfig, ConnectionKind, Secret};
 /// The kind this crate serves.
 pub const KIND: ConnectionKind = ConnectionKind::Ssh;
 
-const KEYS: &[&str] = &["user", "private_key", "password", "host_key"];
+/// The keys of a connection of this kind, besides core's own.
+pub const KEYS: &[&str] = &["user", "private_key", "password", "host_key"];
 
 /// The settings of an SSH connection.
 #[derive(Debug, Clone)]

@@ -54,22 +54,27 @@ fn connection_kinds() -> sluice_core::gateway::ConnectionKinds {
     let mut kinds = sluice_core::gateway::ConnectionKinds::default();
     kinds.add(
         sluice_postgres::settings::KIND,
+        sluice_postgres::settings::KEYS,
         Arc::new(sluice_postgres::settings::validate),
     );
     kinds.add(
         sluice_ssh::settings::KIND,
+        sluice_ssh::settings::KEYS,
         Arc::new(sluice_ssh::settings::validate),
     );
     kinds.add(
         sluice_http::settings::KIND,
+        sluice_http::settings::HTTP_KEYS,
         Arc::new(sluice_http::settings::validate),
     );
     kinds.add(
         sluice_kube::settings::KIND,
+        sluice_kube::settings::KEYS,
         Arc::new(sluice_kube::settings::validate),
     );
     kinds.add(
         sluice_mcp::upstream::KIND,
+        sluice_mcp::upstream::MCP_KEYS,
         Arc::new(sluice_mcp::upstream::validate),
     );
     kinds

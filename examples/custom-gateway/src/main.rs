@@ -55,10 +55,19 @@ async fn main() -> Result<()> {
             // The connection kinds we serve, each checked by its crate.
             .connection_kind(
                 sluice_postgres::settings::KIND,
+                sluice_postgres::settings::KEYS,
                 sluice_postgres::settings::validate,
             )
-            .connection_kind(sluice_ssh::settings::KIND, sluice_ssh::settings::validate)
-            .connection_kind(sluice_http::settings::KIND, sluice_http::settings::validate)
+            .connection_kind(
+                sluice_ssh::settings::KIND,
+                sluice_ssh::settings::KEYS,
+                sluice_ssh::settings::validate,
+            )
+            .connection_kind(
+                sluice_http::settings::KIND,
+                sluice_http::settings::HTTP_KEYS,
+                sluice_http::settings::validate,
+            )
             // Our own policy: at most 20 commands per second per session,
             // audited like every other decision.
             .layer(rate_limit::RateLimitLayer::new(20, Duration::from_secs(1)))

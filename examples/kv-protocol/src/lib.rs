@@ -72,7 +72,8 @@ pub fn validate(connection: &ConnectionConfig) -> Result<(), (String, String)> {
 /// Adds the `kv` kind and its match key to a gateway being assembled.
 pub fn register(builder: GatewayBuilder) -> GatewayBuilder {
     builder
-        .connection_kind(KIND, validate)
+        // No keys of its own beside core's: its settings are `options`.
+        .connection_kind(KIND, &[], validate)
         .match_key(policy::kv_match_key())
 }
 

@@ -36,6 +36,7 @@ fn postgres_like() -> crate::gateway::ConnectionKinds {
     let mut kinds = crate::gateway::ConnectionKinds::default();
     kinds.add(
         ConnectionKind::Postgres,
+        &["database", "user", "password"],
         std::sync::Arc::new(|c: &ConnectionConfig| {
             let s = c.settings_for(&["database", "user", "password"])?;
             s.require::<String>("database", "a postgres connection needs `database`")?;
@@ -187,3 +188,30 @@ fn loopback_http_only() {
 
 // Each kind's own checks (postgres, ssh, http, kubernetes, mcp) are tested
 // in the crate that serves it (`settings.rs` there).
+
+#[test]
+fn every_kind_is_registered_and_refuses_keys_it_does_not_take() {
+    let kv = |extra: &str| {
+        format!(
+            "[[connections]]\nname = \"cache\"\nkind = \"kv\"\nupstream = \"127.0.0.1:7000\"\n{extra}\n"
+        )
+    };
+    let mut kinds = crate::gateway::ConnectionKinds::default();
+    kinds.add(
+        ConnectionKind::of(crate::model::Protocol::new("kv")),
+        &[],
+        std::sync::Arc::new(|_: &ConnectionConfig| Ok(())),
+    );
+    let check = |text: &str| {
+        let config = Config::from_toml_str(text, "t.toml").unwrap();
+        kinds.check(&config).map_err(|e| e.to_string())
+    };
+    check(&kv("default_action = \"deny\"")).unwrap();
+    // A misspelt core key is not silently a setting of the kind.
+    let err = check(&kv("default_acton = \"deny\"")).unwrap_err();
+    assert!(err.contains("t.toml:5: connections.0.default_acton"), "{err}");
+    // A built-in kind no crate of this assembly registered is refused.
+    let err = check(MINIMAL).unwrap_err();
+    assert!(err.contains("unknown connection kind \"postgres\""), "{err}");
+    assert!(err.contains("this gateway serves kv"), "{err}");
+}

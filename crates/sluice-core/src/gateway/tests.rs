@@ -72,6 +72,11 @@ allow_groups = ["agents"]
     );
     let config = Config::from_toml_str(&text, "t.toml").unwrap();
     GatewayBuilder::new(config, Arc::new(MemoryStore::default()))
+        .connection_kind(
+            ConnectionKind::Postgres,
+            &["database", "user", "password"],
+            |_| Ok(()),
+        )
         .authenticator(Arc::new(FakeIdp))
         .build()
         .unwrap()
