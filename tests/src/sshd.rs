@@ -178,6 +178,8 @@ pub struct CustomGateway {
 pub struct SshEnv {
     gateway: Option<Child>,
     custom: Option<CustomGateway>,
+    /// More `[listen]` lines (limits, drain timeout).
+    listen: String,
     pub sshd: Sshd,
     /// The gateway's SSH port on 127.0.0.1.
     pub port: u16,
@@ -201,15 +203,20 @@ impl SshEnv {
     /// `{KEY}` the gateway-held private key file, `{OTHER_KEY}` a public key that is not sshd's.
     /// sshd accepts any environment variable, so the gateway's filter is what a test sees.
     pub fn start(extra: &str) -> SshEnv {
-        Self::start_with(extra, None)
+        Self::start_with(extra, None, "")
+    }
+
+    /// Like [`SshEnv::start`], with `listen` lines added to `[listen]`.
+    pub fn start_listen(extra: &str, listen: &str) -> SshEnv {
+        Self::start_with(extra, None, listen)
     }
 
     /// Like [`SshEnv::start`], running `custom` instead of `sluice serve`.
     pub fn start_custom(extra: &str, custom: CustomGateway) -> SshEnv {
-        Self::start_with(extra, Some(custom))
+        Self::start_with(extra, Some(custom), "")
     }
 
-    fn start_with(extra: &str, custom: Option<CustomGateway>) -> SshEnv {
+    fn start_with(extra: &str, custom: Option<CustomGateway>, listen: &str) -> SshEnv {
         let dir = tempfile::Builder::new()
             .prefix("sluice-ssh-e2e-")
             .tempdir()
@@ -239,6 +246,7 @@ impl SshEnv {
         let mut env = SshEnv {
             gateway: None,
             custom,
+            listen: listen.to_string(),
             port: 0,
             config_path,
             state_dir,
@@ -265,11 +273,12 @@ impl SshEnv {
             fs::write(
                 &self.config_path,
                 format!(
-                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n{}\n\n{body}",
+                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n{}\n{}\n\n{body}",
                     self.state_dir.display().to_string(),
                     self.port,
                     free_port(),
                     self.custom.as_ref().map_or("", |c| c.listen.as_str()),
+                    self.listen,
                 ),
             )
             .expect("writing the gateway config");
@@ -364,6 +373,11 @@ impl SshEnv {
         fs::read(&self.log_path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// The gateway's process id, while it runs.
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.gateway.as_ref().map(|c| c.id())
     }
 
     pub fn gateway_alive(&mut self) -> bool {

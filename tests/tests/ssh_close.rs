@@ -68,3 +68,60 @@ fn a_client_that_stalls_its_login_is_cut_off() {
     assert!(took < Duration::from_secs(40), "closed after {took:?}");
     ok(&env.ssh_input(&env.agent_token(), &["true"], b""));
 }
+
+/// SIGTERM with SSH sessions live: a command that ends within the drain
+/// deadline finishes with its output; one that does not is ended with a
+/// message the client shows; both are in the audit journal, and the
+/// gateway exits by itself.
+#[test]
+fn sigterm_lets_running_commands_finish_and_ends_the_rest_with_a_message() {
+    use std::process::Stdio;
+    let mut env = SshEnv::start_listen("", "drain_timeout = \"4s\"");
+    let token = env.agent_token();
+    let spawn = |script: &str| {
+        env.ssh_command(&token, &[script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let short = spawn("sleep 2; echo finished");
+    let long = spawn("sleep 60; echo never");
+    // Both commands decided (and so running upstream).
+    sluice_e2e::wait_until(Duration::from_secs(20), "two commands running", || {
+        let live = env.sessions();
+        let running = live
+            .iter()
+            .filter(|s| s["ended_at_ms"].is_null() && s["commands"].as_u64() >= Some(1))
+            .count();
+        (running >= 2).then_some(())
+    });
+    let pid = env.gateway_pid().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let short = sluice_e2e::wait_output(short, Duration::from_secs(20), "the short command");
+    assert_eq!(ok(&short), "finished\n");
+    let long = sluice_e2e::wait_output(long, Duration::from_secs(20), "the long command");
+    let said = String::from_utf8_lossy(&long.stderr).into_owned();
+    assert!(!long.status.success(), "{said}");
+    assert!(said.contains("the gateway is shutting down"), "{said}");
+    assert!(!String::from_utf8_lossy(&long.stdout).contains("never"));
+    sluice_e2e::wait_until(Duration::from_secs(20), "the gateway to exit", || {
+        (!env.gateway_alive()).then_some(())
+    });
+    let journal = std::fs::read_to_string(env.state_dir.join("journal.log")).unwrap();
+    assert!(journal.contains("sleep 2; echo finished"), "{journal}");
+    assert!(journal.contains("sleep 60; echo never"), "{journal}");
+    // Every session's end is recorded, the cut one with its reason.
+    let ended = env.wait_sessions_ended(2);
+    assert!(
+        ended.iter().any(|s| s["end_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("shutting down"))),
+        "{ended:?}"
+    );
+}

@@ -187,6 +187,15 @@ impl GatewayBuilder {
         }
     }
 
+    /// Wraps the recording stage: every audit record the gateway writes and
+    /// every read goes through `wrap(store)` (to tap, export or filter
+    /// reads; the wrapper must keep the `Store` contract: an append returns
+    /// once the record is durable). Wrappers nest in the order given.
+    pub fn recording(mut self, wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>) -> Self {
+        self.store = wrap(self.store);
+        self
+    }
+
     /// Serves connections of `kind` (built-in or contributed by a protocol
     /// crate outside core), whose connections may have `keys` besides
     /// core's own; `validate` checks each such connection's settings at

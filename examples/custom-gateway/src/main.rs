@@ -41,7 +41,9 @@ async fn main() -> Result<()> {
     )?);
     let masker = badge_masker::BadgeMasker::new(configured_masker(&config)?);
     let listen = config.listen.clone();
-    let mut builder = GatewayBuilder::new(config, Arc::new(audit_tap::AuditTap::new(store)));
+    let mut builder = GatewayBuilder::new(config, store)
+        // Our own recording stage: every audit record is also tapped.
+        .recording(|store| Arc::new(audit_tap::AuditTap::new(store)));
     if let Some(keys) = service_keys::ServiceKeys::from_env()? {
         builder = builder.authenticator(Arc::new(keys));
     }

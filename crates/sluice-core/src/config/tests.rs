@@ -209,9 +209,15 @@ fn every_kind_is_registered_and_refuses_keys_it_does_not_take() {
     check(&kv("default_action = \"deny\"")).unwrap();
     // A misspelt core key is not silently a setting of the kind.
     let err = check(&kv("default_acton = \"deny\"")).unwrap_err();
-    assert!(err.contains("t.toml:5: connections.0.default_acton"), "{err}");
+    assert!(
+        err.contains("t.toml:5: connections.0.default_acton"),
+        "{err}"
+    );
     // A built-in kind no crate of this assembly registered is refused.
     let err = check(MINIMAL).unwrap_err();
-    assert!(err.contains("unknown connection kind \"postgres\""), "{err}");
+    assert!(
+        err.contains("unknown connection kind \"postgres\""),
+        "{err}"
+    );
     assert!(err.contains("this gateway serves kv"), "{err}");
 }
