@@ -221,6 +221,12 @@ async fn dispatch(
             _ => method_not_allowed("GET, HEAD"),
         };
     }
+    if path == "/readyz" {
+        return match *req.method() {
+            Method::GET | Method::HEAD => readiness(gateway).await,
+            _ => method_not_allowed("GET, HEAD"),
+        };
+    }
     if path == "/" {
         return crate::console::redirect(crate::console::CONSOLE_PATH);
     }
@@ -307,6 +313,25 @@ async fn dispatch(
                 Err(e) => approval_error(e),
             }
         }
+    }
+}
+
+/// `/readyz`: 200 while the gateway takes new sessions and its store takes
+/// records; 503 with the reason otherwise (a load balancer stops sending
+/// clients). `/healthz` says only that the process answers.
+async fn readiness(gateway: &Gateway) -> Response<Body> {
+    if gateway.is_draining() {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining: the gateway is shutting down",
+        );
+    }
+    match gateway.store().ready().await {
+        Ok(()) => text(StatusCode::OK, "ready"),
+        Err(e) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the audit store does not take records: {e}"),
+        ),
     }
 }
 

@@ -105,6 +105,13 @@ async fn healthz_needs_no_token() {
         .expect("send");
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(&r.body[..], b"ok");
+    // Ready: not draining, and the audit store takes records.
+    let r = client
+        .send(Method::GET, "/readyz", None)
+        .await
+        .expect("send");
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(&r.body[..], b"ready");
     let r = client
         .send(Method::POST, "/healthz", None)
         .await

@@ -291,6 +291,11 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError>;
     async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
+    /// Whether the store takes records now (a readiness probe): an error
+    /// says why not. Commands fail closed while it is not.
+    async fn ready(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -461,6 +461,10 @@ impl Store for AuditLogStore {
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.inner.verify().await
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
 }
 
 #[cfg(test)]

@@ -138,4 +138,8 @@ impl Store for AuditSinkStore {
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.inner.verify().await
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
 }

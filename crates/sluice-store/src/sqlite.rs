@@ -769,6 +769,10 @@ fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, Stor
 
 #[async_trait::async_trait]
 impl Store for SqliteStore {
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.journal()?.lock()?.queue.check_healthy()
+    }
+
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
         let j = self.journal()?;
         let (target, batch) = {

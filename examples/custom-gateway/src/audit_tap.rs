@@ -47,4 +47,8 @@ impl Store for AuditTap {
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         self.inner.verify().await
     }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
 }

@@ -513,6 +513,7 @@ async fn a_failed_write_fails_the_journal_closed() {
     session(&store, "s1", 2).await;
     start(&store, "s2").await;
     let len = std::fs::metadata(&path).unwrap().len();
+    store.ready().await.unwrap();
     {
         let j = store.journal().unwrap();
         let mut w = j.lock().unwrap();
@@ -521,6 +522,9 @@ async fn a_failed_write_fails_the_journal_closed() {
     let e = command(&store, "s2", 1).await.unwrap_err().to_string();
     assert!(e.contains("audit journal cannot be written"), "{e}");
     let e = command(&store, "s2", 2).await.unwrap_err().to_string();
+    assert!(e.contains("until the gateway restarts"), "{e}");
+    // A readiness probe says so too (`/readyz` answers 503).
+    let e = store.ready().await.unwrap_err().to_string();
     assert!(e.contains("until the gateway restarts"), "{e}");
     assert!(store.tree_head().await.is_err());
     assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
