@@ -273,6 +273,15 @@ pub struct AuthConfig {
     /// through the operator API (`sluice sessions kill`, `sluice token revoke`).
     #[serde(default)]
     pub admin_groups: Vec<String>,
+    /// The Ed25519 key (PKCS#8 PEM) gateway tokens are signed with, by
+    /// reference, so that several nodes sign and verify the same tokens.
+    /// Absent: generated once into `state_dir/keys/token-signing.pem`.
+    pub signing_key: Option<Secret>,
+    /// More keys tokens may be signed with (public `PUBLIC KEY` PEMs, or
+    /// private keys), accepted but never used to sign: the previous key
+    /// during a rotation.
+    #[serde(default)]
+    pub verification_keys: Vec<Secret>,
 }
 
 impl Default for AuthConfig {
@@ -282,6 +291,8 @@ impl Default for AuthConfig {
             oidc: Vec::new(),
             group_map: Vec::new(),
             admin_groups: Vec::new(),
+            signing_key: None,
+            verification_keys: Vec::new(),
         }
     }
 }

@@ -273,10 +273,7 @@ impl GatewayBuilder {
                 (rules.clone(), Some(rules))
             }
         };
-        let tokens = TokenAuthority::load_or_create(
-            &self.config.gateway.state_dir,
-            self.config.auth.token_max_ttl.0,
-        )?;
+        let tokens = TokenAuthority::from_config(&self.config)?;
         let settings = ReviewSettings::from_config(&self.config)
             .map_err(|(key, message)| GatewayError::Config { key, message })?;
         let group_map = GroupMap::from_config(&self.config.auth);

@@ -1,5 +1,8 @@
 //! Gateway-issued tokens: short-lived Ed25519-signed JWTs. The signing key is
-//! generated into `state_dir` on first use and never leaves it.
+//! configured by reference (`[auth] signing_key`, shared by several nodes) or
+//! generated into `state_dir` on first use and never leaves it; a token names
+//! its key (`kid`), so that the previous key can verify during a rotation
+//! (`[auth] verification_keys`).
 
 use crate::model::Identity;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -94,8 +97,10 @@ pub struct VerifiedToken {
 /// Mints and verifies gateway tokens.
 pub struct TokenAuthority {
     encoding: EncodingKey,
-    decoding: DecodingKey,
     key_id: String,
+    /// Keys tokens are verified with, by key id: the signing key's, then
+    /// the configured verification keys'.
+    verifying: Vec<(String, DecodingKey)>,
     max_ttl: Duration,
 }
 
@@ -131,19 +136,57 @@ impl TokenAuthority {
         Self::from_pem(&pem, max_ttl).map_err(key_err)
     }
 
+    /// The gateway's authority as configured: `[auth] signing_key` (by
+    /// reference) or the key generated into `state_dir`, and any
+    /// `verification_keys` (the previous key during a rotation).
+    pub fn from_config(config: &crate::Config) -> Result<Self, TokenError> {
+        let auth = &config.auth;
+        let mut authority = match &auth.signing_key {
+            Some(secret) => {
+                let key_err = |reason: String| TokenError::Key {
+                    path: PathBuf::from(format!("auth.signing_key ({secret:?})")),
+                    reason,
+                };
+                let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
+                Self::from_pem(&pem, auth.token_max_ttl.0).map_err(key_err)?
+            }
+            None => Self::load_or_create(&config.gateway.state_dir, auth.token_max_ttl.0)?,
+        };
+        for (i, secret) in auth.verification_keys.iter().enumerate() {
+            let key_err = |reason: String| TokenError::Key {
+                path: PathBuf::from(format!("auth.verification_keys.{i} ({secret:?})")),
+                reason,
+            };
+            let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
+            let public = public_key_of(&pem).map_err(key_err)?;
+            authority.verifying.push(verifying_key(&public));
+        }
+        Ok(authority)
+    }
+
     fn from_pem(pem: &str, max_ttl: Duration) -> Result<Self, String> {
         let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
         if !pair.is_compatible(&rcgen::PKCS_ED25519) {
             return Err("not an Ed25519 key".into());
         }
-        let public = pair.public_key_raw().to_vec();
-        let key_id = hex::encode(&Sha256::digest(&public)[..8]);
+        let (key_id, decoding) = verifying_key(pair.public_key_raw());
         Ok(TokenAuthority {
             encoding: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?,
-            decoding: DecodingKey::from_ed_der(&public),
+            verifying: vec![(key_id.clone(), decoding)],
             key_id,
             max_ttl,
         })
+    }
+
+    /// The key a token names (`kid`), among those this gateway verifies with.
+    fn decoding_key(&self, token: &str) -> Result<&DecodingKey, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let kid = header.kid.ok_or(TokenError::Invalid)?;
+        self.verifying
+            .iter()
+            .find(|(id, _)| *id == kid)
+            .map(|(_, key)| key)
+            .ok_or(TokenError::Invalid)
     }
 
     pub fn max_ttl(&self) -> Duration {
@@ -225,15 +268,17 @@ impl TokenAuthority {
         validation.set_issuer(&[GATEWAY_ISSUER]);
         validation.set_audience(&[GATEWAY_ISSUER]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
-                jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                jsonwebtoken::errors::ErrorKind::InvalidIssuer
-                | jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::WrongIssuer,
-                _ => TokenError::Invalid,
-            },
-        )?;
+        let decoding = self.decoding_key(token)?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, decoding, &validation).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
+                    jsonwebtoken::errors::ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    jsonwebtoken::errors::ErrorKind::InvalidIssuer
+                    | jsonwebtoken::errors::ErrorKind::InvalidAudience => TokenError::WrongIssuer,
+                    _ => TokenError::Invalid,
+                }
+            })?;
         let claims = data.claims;
         if claims.iat > unix_now() + LEEWAY_SECS {
             return Err(TokenError::NotYetValid);
@@ -300,3 +345,35 @@ pub fn bearer_from_header(value: Option<&[u8]>) -> Result<&str, BearerError> {
 
 #[cfg(test)]
 mod tests;
+
+/// A raw Ed25519 public key's id (the first 8 bytes of its SHA-256, hex)
+/// and verifying key.
+fn verifying_key(public: &[u8]) -> (String, DecodingKey) {
+    (
+        hex::encode(&Sha256::digest(public)[..8]),
+        DecodingKey::from_ed_der(public),
+    )
+}
+
+/// The raw Ed25519 public key of a PEM: a `PUBLIC KEY` (SubjectPublicKeyInfo)
+/// or a private key.
+fn public_key_of(pem: &str) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::{pem::PemObject, SubjectPublicKeyInfoDer};
+    if pem.contains("PUBLIC KEY-----") {
+        // SEQUENCE { SEQUENCE { OID 1.3.101.112 }, BIT STRING (32 bytes) }
+        const ED25519_SPKI: [u8; 12] = [
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        let der = SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("not a PEM public key: {e}"))?;
+        return match der.as_ref().strip_prefix(&ED25519_SPKI[..]) {
+            Some(key) if key.len() == 32 => Ok(key.to_vec()),
+            _ => Err("not an Ed25519 public key".into()),
+        };
+    }
+    let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+    if !pair.is_compatible(&rcgen::PKCS_ED25519) {
+        return Err("not an Ed25519 key".into());
+    }
+    Ok(pair.public_key_raw().to_vec())
+}

@@ -584,10 +584,7 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
         .listen
         .postgres
         .context("the quickstart config has no postgres listener")?;
-    let authority = sluice_core::token::TokenAuthority::load_or_create(
-        &config.gateway.state_dir,
-        config.auth.token_max_ttl.0,
-    )?;
+    let authority = sluice_core::token::TokenAuthority::from_config(&config)?;
     let token = authority.issue(
         "demo-agent",
         &["agents".to_string()],

@@ -261,10 +261,7 @@ fn run(cli: Cli) -> Result<()> {
             ttl,
         }) => {
             let config = config.load()?;
-            let authority = sluice_core::token::TokenAuthority::load_or_create(
-                &config.gateway.state_dir,
-                config.auth.token_max_ttl.0,
-            )?;
+            let authority = sluice_core::token::TokenAuthority::from_config(&config)?;
             let groups: Vec<String> = groups.into_iter().filter(|g| !g.is_empty()).collect();
             println!("{}", authority.issue(&subject, &groups, ttl.into())?);
             Ok(())

@@ -203,3 +203,69 @@ fn bearer_header_parsing() {
     let e = bearer_from_header(Some(b"Token secret-value")).unwrap_err();
     assert!(!e.to_string().contains("secret-value"));
 }
+
+/// A config whose `[auth]` names keys by file.
+fn keyed_config(dir: &Path, auth: &str) -> crate::Config {
+    let text = format!(
+        "[gateway]\nstate_dir = {:?}\n\n[auth]\n{auth}\n",
+        dir.join("state").display().to_string()
+    );
+    crate::Config::from_toml_str(&text, "t.toml").unwrap()
+}
+
+fn write_key(dir: &Path, name: &str) -> (String, String) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let private = dir.join(format!("{name}.pem"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    std::fs::write(&private, key.serialize_pem()).unwrap();
+    std::fs::write(&public, key.public_key_pem()).unwrap();
+    (private.display().to_string(), public.display().to_string())
+}
+
+/// Two nodes configured with the same signing key accept each other's
+/// tokens; during a rotation the new key signs and the old one (its public
+/// half) still verifies; an unknown key never does.
+#[test]
+fn configured_keys_are_shared_and_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, old_pub) = write_key(dir.path(), "old");
+    let (new, _) = write_key(dir.path(), "new");
+    let node = |auth: &str| TokenAuthority::from_config(&keyed_config(dir.path(), auth)).unwrap();
+    let a = node(&format!("signing_key = {{ file = {old:?} }}"));
+    let b = node(&format!("signing_key = {{ file = {old:?} }}"));
+    let t = a
+        .issue("agent", &groups(), Duration::from_secs(600))
+        .unwrap();
+    assert_eq!(b.verify(&t).unwrap().subject, "agent");
+    // Nothing was generated into the state directory.
+    assert!(!dir.path().join("state/keys/token-signing.pem").exists());
+    // Rotation: the new key signs, the old one still verifies.
+    let rotated = node(&format!(
+        "signing_key = {{ file = {new:?} }}\nverification_keys = [{{ file = {old_pub:?} }}]"
+    ));
+    assert_eq!(rotated.verify(&t).unwrap().subject, "agent");
+    let fresh = rotated
+        .issue("agent", &groups(), Duration::from_secs(600))
+        .unwrap();
+    assert!(a.verify(&fresh).is_err());
+    // After the rotation, the old key is gone: its tokens no longer verify.
+    let after = node(&format!("signing_key = {{ file = {new:?} }}"));
+    assert!(matches!(after.verify(&t), Err(TokenError::Invalid)));
+    assert_eq!(after.verify(&fresh).unwrap().subject, "agent");
+    // A key that is not Ed25519 is refused with the key named, never shown.
+    let rsa = dir.path().join("rsa.pem");
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    std::fs::write(&rsa, pair.serialize_pem()).unwrap();
+    let config = keyed_config(
+        dir.path(),
+        &format!("signing_key = {{ file = {:?} }}", rsa.display().to_string()),
+    );
+    let err = TokenAuthority::from_config(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("auth.signing_key") && err.contains("not an Ed25519 key"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+}
