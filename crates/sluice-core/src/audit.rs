@@ -231,6 +231,10 @@ pub fn verify_chain(
 pub struct SessionSummary {
     pub id: String,
     pub subject: String,
+    /// The issuer of the identity that opened the session: `subject` is
+    /// theirs there (the same name at another provider is someone else).
+    #[serde(default)]
+    pub issuer: String,
     pub groups: Vec<String>,
     pub connection: String,
     pub protocol: String,

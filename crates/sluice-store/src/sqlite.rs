@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     connection TEXT NOT NULL,
     protocol TEXT NOT NULL,
     client_addr TEXT NOT NULL,
+    issuer TEXT NOT NULL DEFAULT '',
     started_at_ms INTEGER NOT NULL,
     ended_at_ms INTEGER,
     end_reason TEXT,
@@ -52,6 +53,38 @@ CREATE TABLE IF NOT EXISTS log_head (
     root TEXT NOT NULL
 );
 ";
+
+/// Index files written before sessions recorded their issuer get the column,
+/// filled from each session's first record (its `session_start`). Safe to
+/// run from a reader and the writer at once.
+fn add_issuer_column(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let has_issuer = |conn: &rusqlite::Connection| -> Result<bool, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'issuer'")
+            .map_err(backend)?;
+        stmt.exists([]).map_err(backend)
+    };
+    if has_issuer(conn)? {
+        return Ok(());
+    }
+    let added = conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE sessions ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
+         UPDATE sessions SET issuer = COALESCE((
+             SELECT json_extract(e.body, '$.identity.issuer') FROM events e
+             WHERE e.session_id = sessions.id AND e.seq = 1), '');
+         COMMIT;",
+    );
+    match added {
+        Ok(()) => Ok(()),
+        // Another process added it first.
+        Err(_) if has_issuer(conn)? => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(backend(e))
+        }
+    }
+}
 
 /// How a process uses the store: the gateway appends; CLI commands only read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +185,7 @@ impl SqliteStore {
         let journal_path = state_dir.join("journal.log");
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        add_issuer_column(&conn)?;
         let Mode::Writer(sync) = mode else {
             return Ok(SqliteStore {
                 db_path,
@@ -711,8 +745,8 @@ fn index_line(
     {
         tx.prepare_cached(
             "INSERT OR IGNORE INTO sessions (id, subject, groups_json, connection, protocol,
-                client_addr, started_at_ms, last_seq, head_hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                client_addr, started_at_ms, last_seq, head_hash, issuer)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -724,7 +758,8 @@ fn index_line(
                 client_addr,
                 line.at_ms as i64,
                 line.seq as i64,
-                line.hash
+                line.hash,
+                identity.issuer
             ])
         })
         .map_err(backend)?;
@@ -797,7 +832,7 @@ impl Store for SqliteStore {
             let mut stmt = conn
                 .prepare(
                     "SELECT id, subject, groups_json, connection, protocol, client_addr,
-                            started_at_ms, ended_at_ms, end_reason, commands
+                            started_at_ms, ended_at_ms, end_reason, commands, issuer
                      FROM sessions ORDER BY started_at_ms, id",
                 )
                 .map_err(backend)?;
@@ -815,6 +850,7 @@ impl Store for SqliteStore {
                         ended_at_ms: r.get::<_, Option<i64>>(7)?.map(|v| v as u64),
                         end_reason: r.get(8)?,
                         commands: r.get::<_, i64>(9)? as u64,
+                        issuer: r.get(10)?,
                     })
                 })
                 .map_err(backend)?

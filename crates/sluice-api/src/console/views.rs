@@ -146,7 +146,7 @@ async fn history(gateway: &Gateway, who: &Identity, q: &HashMap<String, String>)
     let number = |key: &str| text(key).and_then(|v| v.parse::<u64>().ok());
     let mut candidates: Vec<SessionSummary> = all
         .into_iter()
-        .filter(|s| admin || s.subject == who.subject)
+        .filter(|s| admin || (s.subject == who.subject && s.issuer == who.issuer))
         .filter(|s| text("subject").is_none_or(|v| s.subject.contains(v)))
         .filter(|s| text("connection").is_none_or(|v| s.connection == v))
         .filter(|s| text("protocol").is_none_or(|v| s.protocol == v))

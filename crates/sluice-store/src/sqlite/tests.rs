@@ -638,3 +638,34 @@ fn journal_append_rate() {
         }
     }
 }
+
+/// An index written before sessions recorded their issuer gets the column,
+/// filled from each session's start record, by whichever process opens it.
+#[tokio::test]
+async fn an_index_without_issuers_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+        start(&store, "s1").await;
+        store.write_queued().await.unwrap();
+        // Index what the journal holds, as a reader would before reading.
+        assert_eq!(store.sessions().await.unwrap().len(), 1);
+    }
+    // The index as an older version left it: no issuer column.
+    {
+        let conn = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
+        conn.execute_batch("ALTER TABLE sessions DROP COLUMN issuer")
+            .unwrap();
+    }
+    let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    let sessions = reader.sessions().await.unwrap();
+    assert_eq!(sessions[0].issuer, "sluice");
+    let writer = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    start(&writer, "s2").await;
+    assert!(writer
+        .sessions()
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.issuer == "sluice"));
+}
