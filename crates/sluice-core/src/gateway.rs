@@ -344,6 +344,15 @@ impl Gateway {
                 "auth.token_max_ttl",
                 old.auth.token_max_ttl == config.auth.token_max_ttl,
             ),
+            // Keys are read at start: a rotation step is a restart.
+            (
+                "auth.signing_key",
+                old.auth.signing_key == config.auth.signing_key,
+            ),
+            (
+                "auth.verification_keys",
+                old.auth.verification_keys == config.auth.verification_keys,
+            ),
             ("telemetry", unchanged(&old.telemetry, &config.telemetry)),
             ("webhooks", unchanged(&old.webhooks, &config.webhooks)),
             ("masking", unchanged(&old.masking, &config.masking)),
@@ -359,6 +368,8 @@ impl Gateway {
         config.tls = old.tls.clone();
         config.auth.oidc = old.auth.oidc.clone();
         config.auth.token_max_ttl = old.auth.token_max_ttl;
+        config.auth.signing_key = old.auth.signing_key.clone();
+        config.auth.verification_keys = old.auth.verification_keys.clone();
         config.telemetry = old.telemetry.clone();
         config.webhooks = old.webhooks.clone();
         config.masking = old.masking.clone();
@@ -562,6 +573,8 @@ impl Gateway {
                 connections: Some(vec![connection.to_string()]),
                 parent_token_id: Some(identity.token_id.clone()),
                 ancestor_token_ids: ancestors.clone(),
+                // An IdP's alice stays that IdP's alice, not the gateway's.
+                subject_issuer: Some(identity.issuer.clone()),
             })
             .map_err(|e| ExchangeError::Invalid(e.to_string()))?;
         let lineage: Vec<String> = std::iter::once(identity.token_id.clone())

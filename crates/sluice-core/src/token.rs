@@ -57,6 +57,11 @@ struct Claims {
     /// exchanges): revoking any of them revokes this one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     anc: Vec<String>,
+    /// The issuer of the identity an exchanged token stands for, when that
+    /// is an identity provider: the subject is theirs there, not the
+    /// gateway's (set only by this gateway's exchange, under its signature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    oiss: Option<String>,
 }
 
 /// A token to mint (see [`TokenAuthority::issue_with`]).
@@ -73,6 +78,9 @@ pub struct TokenRequest {
     /// directly): carried in the token so that a revocation anywhere up the
     /// chain refuses it, across restarts too.
     pub ancestor_token_ids: Vec<String>,
+    /// The identity provider the subject belongs to (an exchanged IdP
+    /// identity); `None` for the gateway's own subjects.
+    pub subject_issuer: Option<String>,
 }
 
 /// A minted token and what it says.
@@ -141,37 +149,45 @@ impl TokenAuthority {
     /// `verification_keys` (the previous key during a rotation).
     pub fn from_config(config: &crate::Config) -> Result<Self, TokenError> {
         let auth = &config.auth;
-        let mut authority = match &auth.signing_key {
-            Some(secret) => {
-                let key_err = |reason: String| TokenError::Key {
-                    path: PathBuf::from(format!("auth.signing_key ({secret:?})")),
-                    reason,
-                };
-                let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
-                Self::from_pem(&pem, auth.token_max_ttl.0).map_err(key_err)?
-            }
+        let mut authority = match Self::configured(config)? {
+            Some(authority) => authority,
             None => Self::load_or_create(&config.gateway.state_dir, auth.token_max_ttl.0)?,
         };
-        for (i, secret) in auth.verification_keys.iter().enumerate() {
-            let key_err = |reason: String| TokenError::Key {
-                path: PathBuf::from(format!("auth.verification_keys.{i} ({secret:?})")),
-                reason,
-            };
-            let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
-            let public = public_key_of(&pem).map_err(key_err)?;
-            authority.verifying.push(verifying_key(&public));
-        }
+        authority.verifying.extend(verification_keys(config)?);
         Ok(authority)
     }
 
+    /// Reads and checks the configured keys without generating one
+    /// (`sluice config check`).
+    pub fn check_config(config: &crate::Config) -> Result<(), TokenError> {
+        Self::configured(config)?;
+        verification_keys(config).map(|_| ())
+    }
+
+    /// The authority of `[auth] signing_key`, when one is configured.
+    fn configured(config: &crate::Config) -> Result<Option<Self>, TokenError> {
+        let Some(secret) = &config.auth.signing_key else {
+            return Ok(None);
+        };
+        let key_err = |reason: String| TokenError::Key {
+            path: PathBuf::from(format!("auth.signing_key ({secret:?})")),
+            reason,
+        };
+        let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
+        Self::from_pem(&pem, config.auth.token_max_ttl.0)
+            .map(Some)
+            .map_err(key_err)
+    }
+
     fn from_pem(pem: &str, max_ttl: Duration) -> Result<Self, String> {
-        let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+        let pair = private_key(pem)?;
         if !pair.is_compatible(&rcgen::PKCS_ED25519) {
             return Err("not an Ed25519 key".into());
         }
         let (key_id, decoding) = verifying_key(pair.public_key_raw());
         Ok(TokenAuthority {
-            encoding: EncodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| e.to_string())?,
+            encoding: EncodingKey::from_ed_pem(pem.as_bytes())
+                .map_err(|_| "the key cannot sign (not an Ed25519 PKCS#8 key)".to_string())?,
             verifying: vec![(key_id.clone(), decoding)],
             key_id,
             max_ttl,
@@ -233,6 +249,10 @@ impl TokenAuthority {
             jti: uuid::Uuid::new_v4().to_string(),
             connections: request.connections.clone(),
             ptid: request.parent_token_id.clone(),
+            oiss: request
+                .subject_issuer
+                .clone()
+                .filter(|i| i != GATEWAY_ISSUER),
             anc: if request.parent_token_id.is_some() {
                 request.ancestor_token_ids.clone()
             } else {
@@ -290,7 +310,7 @@ impl TokenAuthority {
             identity: Identity {
                 subject: claims.sub,
                 groups: claims.groups,
-                issuer: GATEWAY_ISSUER.into(),
+                issuer: claims.oiss.unwrap_or_else(|| GATEWAY_ISSUER.into()),
                 token_id: claims.jti,
                 expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
                 connections: claims.connections,
@@ -346,6 +366,21 @@ pub fn bearer_from_header(value: Option<&[u8]>) -> Result<&str, BearerError> {
 #[cfg(test)]
 mod tests;
 
+/// The keys of `[auth] verification_keys`, by key id.
+fn verification_keys(config: &crate::Config) -> Result<Vec<(String, DecodingKey)>, TokenError> {
+    let mut keys = Vec::new();
+    for (i, secret) in config.auth.verification_keys.iter().enumerate() {
+        let key_err = |reason: String| TokenError::Key {
+            path: PathBuf::from(format!("auth.verification_keys.{i} ({secret:?})")),
+            reason,
+        };
+        let pem = secret.resolve().map_err(|e| key_err(e.to_string()))?;
+        let public = public_key_of(&pem).map_err(key_err)?;
+        keys.push(verifying_key(&public));
+    }
+    Ok(keys)
+}
+
 /// A raw Ed25519 public key's id (the first 8 bytes of its SHA-256, hex)
 /// and verifying key.
 fn verifying_key(public: &[u8]) -> (String, DecodingKey) {
@@ -371,9 +406,17 @@ fn public_key_of(pem: &str) -> Result<Vec<u8>, String> {
             _ => Err("not an Ed25519 public key".into()),
         };
     }
-    let pair = rcgen::KeyPair::from_pem(pem).map_err(|e| e.to_string())?;
+    let pair = private_key(pem)?;
     if !pair.is_compatible(&rcgen::PKCS_ED25519) {
         return Err("not an Ed25519 key".into());
     }
     Ok(pair.public_key_raw().to_vec())
+}
+
+/// Parses a private key PEM. The parser's own error can quote the PEM's
+/// lines (the key itself), so only a fixed message is kept.
+fn private_key(pem: &str) -> Result<rcgen::KeyPair, String> {
+    rcgen::KeyPair::from_pem(pem).map_err(|_| {
+        "not a readable PKCS#8 PEM private key (openssl genpkey -algorithm ed25519)".into()
+    })
 }

@@ -95,6 +95,7 @@ pub fn check(config: &Config) -> Result<()> {
     GatewayBuilder::check_rules(config, &match_keys())?;
     // Every connection kind this binary serves, checked by its crate.
     connection_kinds().check(config)?;
+    sluice_core::token::TokenAuthority::check_config(config)?;
     if let Some(name) = config.listen.protocols.keys().next() {
         return Err(config
             .error_at(

@@ -405,7 +405,7 @@ fn short_command(command: &str) -> String {
 /// The readable sentence of a `slack`-format message.
 pub fn slack_text(event: Event, r: &ApprovalRequest) -> String {
     let id = slack_escape(&r.id);
-    let subject = slack_escape(&r.subject);
+    let subject = slack_escape(&r.requester());
     let connection = slack_escape(&r.connection);
     let rule = slack_escape(&r.rule);
     let command = short_command(&r.command);

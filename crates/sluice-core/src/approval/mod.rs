@@ -89,6 +89,18 @@ pub struct ApprovalRequest {
     pub reason: Option<String>,
 }
 
+impl ApprovalRequest {
+    /// Who asked, as approvers read it: the subject, with its issuer when
+    /// that is an identity provider (`alice (https://idp.example)`).
+    pub fn requester(&self) -> String {
+        if self.issuer.is_empty() || self.issuer == crate::token::GATEWAY_ISSUER {
+            self.subject.clone()
+        } else {
+            format!("{} ({})", self.subject, self.issuer)
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApprovalError {
     #[error("no approval request {0}")]
