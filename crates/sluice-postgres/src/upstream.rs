@@ -146,7 +146,9 @@ pub async fn connect(
     encode(&startup, &mut out)?;
     send(&mut stream, &mut out).await?;
 
-    let mut buf = BytesMut::with_capacity(8192);
+    // Becomes the relay's read buffer: small while idle (the startup
+    // answers fit), it doubles as results need.
+    let mut buf = BytesMut::with_capacity(2048);
     let mut scram: Option<ScramSha256> = None;
     let mut greeting = BytesMut::new();
     let mut backend_pid = 0;
