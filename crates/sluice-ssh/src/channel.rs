@@ -560,28 +560,53 @@ fn spawn_input(
     counter: Arc<std::sync::atomic::AtomicU64>,
     eof_seen: Arc<std::sync::atomic::AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    let has_pty = setup.pty.is_some();
+    let input = Input {
+        up_tx,
+        record,
+        sftp,
+        counter,
+        has_pty: setup.pty.is_some(),
+    };
     let early = std::mem::take(&mut setup.early);
     let client_eof = setup.client_eof;
     tokio::spawn(async move {
+        // Keys typed before the shell was decided are typed input too.
         for data in early {
-            counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            // Keys typed before the shell was decided are typed input too.
-            if let (true, Some(r)) = (has_pty, &record) {
-                r.locked().record_input(&data);
-            }
-            if let Some(s) = &sftp {
-                s.locked().client_data(&data);
-            }
-            if up_tx.data_bytes(data).await.is_err() {
+            if !input.forward(data).await {
                 return;
             }
         }
         if client_eof {
-            let _ = up_tx.eof().await;
+            let _ = input.up_tx.eof().await;
         }
-        client_to_upstream(rx, up_tx, record, sftp, counter, has_pty, eof_seen).await;
+        client_to_upstream(rx, input, eof_seen).await;
     })
+}
+
+/// Where the client's bytes go: counted, recorded (a terminal's keystrokes),
+/// noted for SFTP, then sent upstream.
+struct Input {
+    up_tx: ChannelWriteHalf<russh::client::Msg>,
+    record: Option<Arc<Mutex<StreamRecorder>>>,
+    sftp: Option<Arc<Mutex<SftpTracker>>>,
+    counter: Arc<std::sync::atomic::AtomicU64>,
+    has_pty: bool,
+}
+
+impl Input {
+    /// Passes one chunk on; false once the upstream channel is gone.
+    async fn forward(&self, data: Bytes) -> bool {
+        self.counter
+            .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // A terminal's keystrokes: recorded as typed where echoed, else as hidden.
+        if let (true, Some(r)) = (self.has_pty, &self.record) {
+            r.locked().record_input(&data);
+        }
+        if let Some(s) = &self.sftp {
+            s.locked().client_data(&data);
+        }
+        self.up_tx.data_bytes(data).await.is_ok()
+    }
 }
 
 /// The file-transfer metadata of an scp or SFTP channel, for the audit record.
@@ -632,25 +657,20 @@ fn record_transfers(
 
 async fn client_to_upstream(
     mut rx: ChannelReadHalf,
-    up_tx: ChannelWriteHalf<russh::client::Msg>,
-    record: Option<Arc<Mutex<StreamRecorder>>>,
-    sftp: Option<Arc<Mutex<SftpTracker>>>,
-    counter: Arc<std::sync::atomic::AtomicU64>,
-    has_pty: bool,
+    input: Input,
     eof_seen: Arc<std::sync::atomic::AtomicBool>,
 ) {
+    let Input {
+        ref up_tx,
+        ref record,
+        has_pty,
+        ..
+    } = input;
     while let Some(m) = rx.wait().await {
         match m {
             ChannelMsg::Data { data } => {
-                counter.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                // A terminal's keystrokes: recorded as typed where echoed, else as hidden.
-                if let (true, Some(r)) = (has_pty, &record) {
-                    r.locked().record_input(&data);
-                }
-                if let Some(s) = &sftp {
-                    s.locked().client_data(&data);
-                }
-                if up_tx.data_bytes(data).await.is_err() {
+                let passed_on = input.forward(data).await;
+                if !passed_on {
                     break;
                 }
             }
