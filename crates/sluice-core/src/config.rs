@@ -540,9 +540,33 @@ impl ConnectionConfig {
                 ),
             ));
         }
-        Ok(KindSettings {
+        Ok(self.kind_settings())
+    }
+
+    /// The kind's own keys, unchecked: for a connection its kind's
+    /// validator already accepted (at start and on every reload).
+    pub fn kind_settings(&self) -> KindSettings<'_> {
+        KindSettings {
             table: &self.settings,
-        })
+        }
+    }
+
+    /// Checks that `upstream` is `host:port`, for kinds that dial TCP.
+    pub fn require_host_port(&self) -> Result<(), (String, String)> {
+        let port_ok = self
+            .upstream
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if port_ok {
+            return Ok(());
+        }
+        Err((
+            "upstream".into(),
+            format!(
+                "the upstream of a {} connection is host:port, not {:?}",
+                self.kind, self.upstream
+            ),
+        ))
     }
 
     /// Every secret reference among the connection's settings and options

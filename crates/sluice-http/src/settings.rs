@@ -14,7 +14,7 @@
 //! ```
 
 use sluice_core::config::{
-    BasicAuth, ConnectionConfig, ConnectionKind, HumanDuration, Secret, UpstreamTls,
+    BasicAuth, ConnectionConfig, ConnectionKind, HumanDuration, KindSettings, Secret, UpstreamTls,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -65,7 +65,16 @@ pub struct HttpSettings {
 impl HttpSettings {
     /// Reads the keys of `known` (any other key is an error naming it).
     pub fn read(c: &ConnectionConfig, known: &[&str]) -> Result<HttpSettings, (String, String)> {
-        let s = c.settings_for(known)?;
+        HttpSettings::from_keys(c.settings_for(known)?)
+    }
+
+    /// The settings of a connection the gateway already checked (its kind's
+    /// validator ran at start and on reload); unknown keys are not re-judged.
+    pub fn of(c: &ConnectionConfig) -> Result<HttpSettings, (String, String)> {
+        HttpSettings::from_keys(c.kind_settings())
+    }
+
+    fn from_keys(s: KindSettings<'_>) -> Result<HttpSettings, (String, String)> {
         Ok(HttpSettings {
             headers: s.get("headers")?.unwrap_or_default(),
             bearer: s.get("bearer")?,
@@ -79,13 +88,6 @@ impl HttpSettings {
             hosts: s.get("hosts")?.unwrap_or_default(),
             timeout: s.get("timeout")?,
         })
-    }
-
-    /// The settings of a connection the gateway already checked (its kind's
-    /// validator ran at start and on reload); unknown keys are not re-judged.
-    pub fn of(c: &ConnectionConfig) -> Result<HttpSettings, (String, String)> {
-        let all: Vec<&str> = c.settings.keys().map(String::as_str).collect();
-        HttpSettings::read(c, &all)
     }
 
     /// How many of bearer, basic and an `Authorization` header are set.

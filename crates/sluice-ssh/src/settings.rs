@@ -70,20 +70,7 @@ impl SshSettings {
 /// Checks an `ssh` connection (`GatewayBuilder::connection_kind`).
 pub fn validate(c: &ConnectionConfig) -> Result<(), (String, String)> {
     SshSettings::of(c)?;
-    let port_ok = c
-        .upstream
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if !port_ok {
-        return Err((
-            "upstream".into(),
-            format!(
-                "an ssh connection's upstream is host:port, not {:?}",
-                c.upstream
-            ),
-        ));
-    }
-    Ok(())
+    c.require_host_port()
 }
 
 /// `ssh-ed25519 AAAA…` (optionally after host names, before a comment):

@@ -53,20 +53,7 @@ impl KvOptions {
 /// Checks a `kv` connection: an upstream `host:port` and valid options.
 pub fn validate(connection: &ConnectionConfig) -> Result<(), (String, String)> {
     KvOptions::of(connection)?;
-    let port_ok = connection
-        .upstream
-        .rsplit_once(':')
-        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
-    if !port_ok {
-        return Err((
-            "upstream".into(),
-            format!(
-                "a kv connection's upstream is host:port, not {:?}",
-                connection.upstream
-            ),
-        ));
-    }
-    Ok(())
+    connection.require_host_port()
 }
 
 /// Adds the `kv` kind and its match key to a gateway being assembled.
