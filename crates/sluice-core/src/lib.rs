@@ -38,6 +38,8 @@ pub use masking::{ResponseMasker, RowMasker, SessionMasker};
 pub use model::*;
 pub use pipeline::policy::{CommandMatcher, MatchKey};
 pub use pipeline::{PipelineLayer, SessionInfo};
-pub use session::{AfterRefusal, Refusal, Session, SessionError, SessionHandle, SessionRequest};
+pub use session::{
+    AfterRefusal, Refusal, RequestOpening, Session, SessionError, SessionHandle, SessionRequest,
+};
 /// Match keys receive rule values as TOML; protocols use this re-export so versions agree.
 pub use toml;

@@ -26,6 +26,56 @@ pub struct SessionRequest {
     pub connection: String,
 }
 
+impl SessionRequest {
+    /// A bearer token's request for `connection` (protocols without a user
+    /// name in the handshake: HTTP, MCP).
+    pub fn bearer(token: &str, connection: &str) -> Self {
+        SessionRequest {
+            credentials: Credentials {
+                user: String::new(),
+                token: token.to_string(),
+            },
+            connection: connection.to_string(),
+        }
+    }
+}
+
+/// The handshake of a session opened by a request that waits for what came
+/// of it (HTTP-like protocols, where a client connection carries a session
+/// per token and connection): `credentials` hands the request to core once,
+/// `answer` tells the waiting request the outcome.
+#[derive(Debug)]
+pub struct RequestOpening<T> {
+    request: Option<SessionRequest>,
+    answer: Option<tokio::sync::oneshot::Sender<T>>,
+}
+
+impl<T> RequestOpening<T> {
+    /// The opening, and where the waiting request hears the outcome.
+    pub fn new(request: SessionRequest) -> (Self, tokio::sync::oneshot::Receiver<T>) {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let opening = RequestOpening {
+            request: Some(request),
+            answer: Some(answer),
+        };
+        (opening, answered)
+    }
+
+    /// For `Session::credentials`: the request, once.
+    pub fn credentials(&mut self) -> Result<SessionRequest, SessionError> {
+        self.request.take().ok_or_else(|| {
+            SessionError::Internal("a request-opened session reads its credentials once".into())
+        })
+    }
+
+    /// Tells the waiting request the outcome (the first answer only).
+    pub fn answer(&mut self, outcome: T) {
+        if let Some(answer) = self.answer.take() {
+            let _ = answer.send(outcome);
+        }
+    }
+}
+
 /// Why a session was not opened, as the client will read it (no secrets, no
 /// upstream details).
 #[derive(Debug, Clone, PartialEq, Eq)]

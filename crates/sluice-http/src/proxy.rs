@@ -14,7 +14,7 @@ use crate::flavor::{Body, BodyPlan, BodyTransformer, Flavor, MaskingContext, Req
 use crate::path::{has_trailing_slash, NormalPath};
 use crate::problem::{full, Problem, ProblemKind};
 use crate::server::{empty, render_default, Shared};
-use crate::session::{self, refusal_problem, HttpSession, Live, SessionKey, Sessions};
+use crate::session::{refusal_problem, HttpSession, Live, SessionKey, Sessions};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
@@ -24,7 +24,7 @@ use sluice_core::masking::SessionMasker;
 use sluice_core::model::{Decision, Identity, Outcome};
 use sluice_core::session::OutcomeRecorder;
 use sluice_core::sync::MutexExt;
-use sluice_core::{Credentials, Refusal, SessionHandle};
+use sluice_core::{Credentials, Refusal, RequestOpening, SessionHandle, SessionRequest};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -287,7 +287,7 @@ impl ClientConn {
         let cached = self.sessions.locked().get(&key).cloned();
         if let Some(live) = cached {
             // Core decides, on every request, whether the session still admits this token.
-            let credentials = session::request(token, &connection.name).credentials;
+            let credentials = SessionRequest::bearer(token, &connection.name).credentials;
             return match self
                 .shared
                 .gateway
@@ -319,16 +319,16 @@ impl ClientConn {
         connection: &sluice_core::config::ConnectionConfig,
         flavor: &Arc<dyn Flavor>,
     ) -> Result<Arc<Live>, Problem> {
-        let (opened, answer) = tokio::sync::oneshot::channel();
+        let (opening, answer) =
+            RequestOpening::new(SessionRequest::bearer(token, &connection.name));
         let session = HttpSession {
-            request: Some(session::request(token, &connection.name)),
+            opening,
             key,
             connection: connection.clone(),
             flavor: flavor.clone(),
             shared: self.shared.clone(),
             sessions: self.sessions.clone(),
             ended_notify: self.ended_notify.clone(),
-            opened: Some(opened),
         };
         let gateway = self.shared.gateway.clone();
         let (protocol, peer) = (flavor.protocol(), self.peer.to_string());

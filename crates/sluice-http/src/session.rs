@@ -17,11 +17,11 @@ use crate::upstream::Upstream;
 use sluice_core::config::ConnectionConfig;
 use sluice_core::sync::MutexExt;
 use sluice_core::{
-    AfterRefusal, Credentials, Refusal, Session, SessionError, SessionHandle, SessionRequest,
+    AfterRefusal, Refusal, RequestOpening, Session, SessionError, SessionHandle, SessionRequest,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// A session's key on its client connection: the token's digest and the
 /// connection's name.
@@ -55,11 +55,11 @@ impl Live {
 }
 
 /// What the first request hears: the live session, or why not.
-pub(crate) type Opened = oneshot::Sender<Result<Arc<Live>, Problem>>;
+pub(crate) type Opening = RequestOpening<Result<Arc<Live>, Problem>>;
 
 /// The first request of a (token, connection) pair on a client connection.
 pub(crate) struct HttpSession {
-    pub request: Option<SessionRequest>,
+    pub opening: Opening,
     pub key: SessionKey,
     pub connection: ConnectionConfig,
     pub flavor: Arc<dyn Flavor>,
@@ -67,16 +67,9 @@ pub(crate) struct HttpSession {
     pub sessions: Sessions,
     /// Woken when core ends the session, so the client connection closes.
     pub ended_notify: Arc<Notify>,
-    pub opened: Option<Opened>,
 }
 
 impl HttpSession {
-    fn answer(&mut self, result: Result<Arc<Live>, Problem>) {
-        if let Some(opened) = self.opened.take() {
-            let _ = opened.send(result);
-        }
-    }
-
     /// The session's upstream leg and injected credentials.
     fn live(&self, handle: SessionHandle) -> Result<Live, Problem> {
         let injected = self.flavor.credentials(&self.connection)?;
@@ -96,13 +89,11 @@ impl HttpSession {
 #[async_trait::async_trait]
 impl Session for HttpSession {
     async fn credentials(&mut self) -> Result<SessionRequest, SessionError> {
-        self.request
-            .take()
-            .ok_or_else(|| SessionError::Internal("an HTTP session is opened once".into()))
+        self.opening.credentials()
     }
 
     async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
-        self.answer(Err(refusal_problem(&refusal)));
+        self.opening.answer(Err(refusal_problem(&refusal)));
         // The next request with a token opens a new session.
         Ok(AfterRefusal::Close)
     }
@@ -115,7 +106,7 @@ impl Session for HttpSession {
             Ok(live) => Arc::new(live),
             Err(problem) => {
                 // The handle drops here: the session's end is recorded.
-                self.answer(Err(problem));
+                self.opening.answer(Err(problem));
                 return Ok(());
             }
         };
@@ -131,26 +122,15 @@ impl Session for HttpSession {
             }
         };
         if let Some(existing) = existing {
-            self.answer(Ok(existing));
+            self.opening.answer(Ok(existing));
             return Ok(());
         }
-        self.answer(Ok(live.clone()));
+        self.opening.answer(Ok(live.clone()));
         let reason = live.ended().await;
         tracing::info!(message = "Session ended by the gateway.", session = %live.handle.id(), reason = %reason);
         *live.ended_reason.locked() = Some(reason);
         self.ended_notify.notify_one();
         Ok(())
-    }
-}
-
-/// The first request's credentials for `connection`.
-pub(crate) fn request(token: &str, connection: &str) -> SessionRequest {
-    SessionRequest {
-        credentials: Credentials {
-            user: String::new(),
-            token: token.to_string(),
-        },
-        connection: connection.to_string(),
     }
 }
 

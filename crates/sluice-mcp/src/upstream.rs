@@ -597,8 +597,7 @@ impl Relay {
         }
         // Core's admission, as for every protocol's session; the session's
         // task lives until core ends it or the cache lets it go.
-        let (opened, answer) = tokio::sync::oneshot::channel();
-        let session = McpSession::new(token, key, connection, self.sessions.clone(), opened);
+        let (session, answer) = McpSession::new(token, key, connection, self.sessions.clone());
         let gateway = self.gateway.clone();
         let peer = peer.to_string();
         tokio::spawn(async move {

@@ -12,8 +12,9 @@ use crate::upstream::{client, Client, DEFAULT_TIMEOUT, MAX_SESSIONS, SESSION_IDL
 use http::header::{HeaderName, HeaderValue};
 use http::{StatusCode, Uri};
 use sluice_core::config::ConnectionConfig;
-use sluice_core::model::Credentials;
-use sluice_core::{AfterRefusal, Refusal, Session, SessionError, SessionHandle, SessionRequest};
+use sluice_core::{
+    AfterRefusal, Refusal, RequestOpening, Session, SessionError, SessionHandle, SessionRequest,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,13 +43,15 @@ pub(crate) type Sessions = HashMap<SessionKey, (Instant, Arc<Live>, oneshot::Sen
 /// A refusal or failure as the relay answers it: status and text.
 pub(crate) type Problem = (StatusCode, String);
 
+/// What the first request hears: the session, or why not.
+type Opening = RequestOpening<Result<Arc<Live>, Problem>>;
+
 /// The first request of an agent's session on a connection.
 pub(crate) struct McpSession {
-    pub request: Option<SessionRequest>,
-    pub key: SessionKey,
-    pub connection: ConnectionConfig,
-    pub sessions: Arc<Mutex<Sessions>>,
-    pub opened: Option<oneshot::Sender<Result<Arc<Live>, Problem>>>,
+    opening: Opening,
+    key: SessionKey,
+    connection: ConnectionConfig,
+    sessions: Arc<Mutex<Sessions>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -56,32 +59,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl McpSession {
+    /// The session `token` opens on `connection`, and where the request
+    /// waiting for it hears the outcome.
     pub fn new(
         token: &str,
         key: SessionKey,
         connection: &ConnectionConfig,
         sessions: Arc<Mutex<Sessions>>,
-        opened: oneshot::Sender<Result<Arc<Live>, Problem>>,
-    ) -> Self {
-        McpSession {
-            request: Some(SessionRequest {
-                credentials: Credentials {
-                    user: String::new(),
-                    token: token.to_string(),
-                },
-                connection: connection.name.clone(),
-            }),
+    ) -> (Self, oneshot::Receiver<Result<Arc<Live>, Problem>>) {
+        let (opening, answer) =
+            RequestOpening::new(SessionRequest::bearer(token, &connection.name));
+        let session = McpSession {
+            opening,
             key,
             connection: connection.clone(),
             sessions,
-            opened: Some(opened),
-        }
-    }
-
-    fn answer(&mut self, result: Result<Arc<Live>, Problem>) {
-        if let Some(opened) = self.opened.take() {
-            let _ = opened.send(result);
-        }
+        };
+        (session, answer)
     }
 
     /// The session's upstream leg with the connection's credential.
@@ -142,13 +136,11 @@ impl McpSession {
 #[async_trait::async_trait]
 impl Session for McpSession {
     async fn credentials(&mut self) -> Result<SessionRequest, SessionError> {
-        self.request
-            .take()
-            .ok_or_else(|| SessionError::Internal("an MCP session is opened once".into()))
+        self.opening.credentials()
     }
 
     async fn refuse(&mut self, refusal: Refusal) -> Result<AfterRefusal, SessionError> {
-        self.answer(Err((
+        self.opening.answer(Err((
             StatusCode::FORBIDDEN,
             format!("sluice: {}", refusal.client_message()),
         )));
@@ -161,12 +153,12 @@ impl Session for McpSession {
         let live = match self.live(handle) {
             Ok(live) => Arc::new(live),
             Err(problem) => {
-                self.answer(Err(problem));
+                self.opening.answer(Err(problem));
                 return Ok(());
             }
         };
         let mut gone = self.publish(&live);
-        self.answer(Ok(live.clone()));
+        self.opening.answer(Ok(live.clone()));
         // A session the gateway ends (revocation, drain, an operator) leaves
         // the cache at once, so that its record closes.
         tokio::select! {
