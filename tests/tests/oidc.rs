@@ -530,3 +530,90 @@ fn browser_login_with_pkce_on_a_loopback_redirect() {
         idp.issuer()
     )]);
 }
+
+/// The same subject name at the identity provider is someone else. The
+/// gateway's own `agent` has a write held for a DBA; the provider's `agent`
+/// (its access token, and the gateway token it exchanges) tries to list it,
+/// read it and approve it through the operator API, and sees nothing of it.
+/// The held statement never runs: the table, read directly, is unchanged.
+#[test]
+fn a_subject_at_another_issuer_is_not_the_requester() {
+    const REVIEW: &str =
+        "[[rules]]\nname = \"reviewed\"\nmatch = { sql = [\"write\"], tables = [\"customers\"] }\n\
+                          action = \"review\"\napprovers = [\"dba\"]\ntimeout = \"60s\"\n";
+    let idp = Idp::start();
+    let (env, api_port) = env_for(&idp, "", &format!("{FLAT_MAP}\n{REVIEW}"));
+    let name = |env: &Env| env.direct_sql("app", "select name from customers where id = 1");
+    let before = name(&env);
+    let own = env.token("agent", &["agents"], "10m");
+    let mut psql = env.psql_command(
+        &env.url("agent", &own, "appdb"),
+        &[
+            "-c",
+            "update customers set name = 'Taken Over' where id = 1",
+        ],
+    );
+    let held = std::thread::spawn(move || run_with_timeout(&mut psql, None, COMMAND_TIMEOUT));
+    // The gateway's agent sees its own request.
+    let id = wait_until(Duration::from_secs(20), "the held request", || {
+        let (status, body) = api(&env, api_port, &own, "GET", "/api/v1/approvals", None);
+        let list: Vec<serde_json::Value> = serde_json::from_str(&body).ok()?;
+        (status == 200).then_some(())?;
+        list.first()?["id"].as_str().map(String::from)
+    });
+
+    let idp_agent = idp.client_token("agent", "urn:sluice");
+    let (status, body) = api(
+        &env,
+        api_port,
+        &idp_agent,
+        "POST",
+        "/api/v1/token/exchange",
+        Some(r#"{"connection": "appdb", "ttl": "5m"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let exchanged = answer["access_token"].as_str().unwrap().to_string();
+    for token in [&idp_agent, &exchanged] {
+        let (status, body) = api(&env, api_port, token, "GET", "/api/v1/approvals", None);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            !body.contains(&id) && !body.contains("Taken Over"),
+            "{body}"
+        );
+        let (status, body) = api(
+            &env,
+            api_port,
+            token,
+            "GET",
+            &format!("/api/v1/approvals/{id}"),
+            None,
+        );
+        assert_ne!(status, 200, "{body}");
+        assert!(!body.contains("Taken Over"), "{body}");
+        let (status, body) = api(
+            &env,
+            api_port,
+            token,
+            "POST",
+            &format!("/api/v1/approvals/{id}/approve"),
+            Some("{}"),
+        );
+        assert_ne!(status, 200, "{body}");
+    }
+    assert_eq!(name(&env), before, "nothing ran");
+    // A DBA denies it; the statement never runs.
+    let dba = env.token("dana", &["dba"], "10m");
+    let (status, body) = api(
+        &env,
+        api_port,
+        &dba,
+        "POST",
+        &format!("/api/v1/approvals/{id}/deny"),
+        Some(r#"{"reason": "not yours"}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let out = held.join().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(name(&env), before, "the denied write never ran");
+}
