@@ -244,6 +244,9 @@ pub struct SessionSummary {
     pub ended_at_ms: Option<u64>,
     pub end_reason: Option<String>,
     pub commands: u64,
+    /// The gateway node that served it (a shared store); empty for the embedded store.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
 }
 
 /// The outcome of `sluice audit verify`.

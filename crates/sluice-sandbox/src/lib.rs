@@ -547,6 +547,20 @@ impl TempPostgres {
         run_with_stdin(&mut cmd, sql, "psql")
     }
 
+    /// Starts a server [`stop`](Self::stop) stopped, on the same port and data (an
+    /// outage that ends). A no-op while it runs.
+    pub fn start_again(&mut self) -> Result<(), SandboxError> {
+        if self.running {
+            return Ok(());
+        }
+        self.pg_ctl_start()?;
+        self.running = true;
+        wait_for_port(self.addr(), Duration::from_secs(30)).map_err(|err| SandboxError::Start {
+            message: err.to_string(),
+            log_tail: self.log_tail(30),
+        })
+    }
+
     /// Stops the server (`pg_ctl stop -m fast`, falling back to `-m immediate`). Idempotent;
     /// also called on drop. Never panics.
     pub fn stop(&mut self) {

@@ -2,8 +2,11 @@
 //! appends are group-committed to a write-ahead journal (one write, and
 //! under `audit_sync = "full"` one fdatasync, for the records of all
 //! sessions queued meanwhile), and an indexer thread moves the journal into
-//! SQLite in batches, off the command path.
+//! SQLite in batches, off the command path. Several nodes share a
+//! PostgreSQL store instead (`postgres.rs`).
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{Imported, PgMode, PgStore, PgTarget, HEARTBEAT_LAPSE};
 pub use sqlite::{Mode, SqliteStore};

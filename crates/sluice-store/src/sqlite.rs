@@ -851,6 +851,7 @@ impl Store for SqliteStore {
                         end_reason: r.get(8)?,
                         commands: r.get::<_, i64>(9)? as u64,
                         issuer: r.get(10)?,
+                        node: String::new(),
                     })
                 })
                 .map_err(backend)?

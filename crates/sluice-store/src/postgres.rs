@@ -1,0 +1,429 @@
+//! The PostgreSQL store several gateway nodes share (`[gateway] store =
+//! "postgres://…"`): the same `Store` contract as the embedded store, with
+//! each record committed before `append` returns (write-ahead audit). One
+//! writer task per node batches the records of all its sessions into one
+//! transaction (group commit); every node heartbeats, and the survivors end
+//! the sessions of a node whose heartbeat lapsed.
+
+use sluice_core::audit::{
+    verify_chain, AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport,
+};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio_postgres::{Client, NoTls};
+
+mod nodes;
+mod schema;
+mod writer;
+
+pub use nodes::HEARTBEAT_LAPSE;
+
+/// How long a connection attempt to the store may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one query or batch may take before the store counts as unreachable.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
+    StoreError::backend("PostgreSQL store", e)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where the store is and how to log in. The password comes from a secret
+/// reference, never the URL, and is never shown.
+#[derive(Clone)]
+pub struct PgTarget {
+    config: tokio_postgres::Config,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl PgTarget {
+    /// Parses a `postgres://user@host:port/db` URL; a password in it is refused
+    /// (it would sit in the config file), `password` supplies it instead.
+    pub fn parse(url: &str, password: Option<&str>) -> Result<Self, String> {
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
+        if config.get_password().is_some() {
+            return Err(
+                "the store URL holds a password; give it as gateway.store_password = { env = … } or { file = … }"
+                    .into(),
+            );
+        }
+        if let Some(p) = password {
+            config.password(p);
+        }
+        config
+            .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives(true)
+            .application_name("sluice");
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => h.clone(),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let shown = format!(
+            "postgres://{}@{hosts}:{port}/{}",
+            config.get_user().unwrap_or(""),
+            config.get_dbname().unwrap_or("")
+        );
+        Ok(PgTarget { config, shown })
+    }
+
+    /// A new connection; its driver runs on the current runtime.
+    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+        let connecting = self.config.connect(NoTls);
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| self.unreachable("no answer"))?
+            .map_err(|e| self.unreachable(&e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(message = "A store connection ended.", error = %e);
+            }
+        });
+        Ok(client)
+    }
+
+    pub(crate) fn unreachable(&self, why: &str) -> StoreError {
+        StoreError::Unavailable(format!("cannot reach the PostgreSQL store {self:?}: {why}"))
+    }
+}
+
+/// A shared connection for reads, reopened when it breaks.
+struct Reader {
+    target: PgTarget,
+    client: Mutex<Option<Arc<Client>>>,
+}
+
+impl Reader {
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let client = Arc::new(self.target.connect().await?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+
+    /// Runs a read with the store's query deadline.
+    async fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let client = self.client().await?;
+        tokio::time::timeout(QUERY_TIMEOUT, client.query(sql, params))
+            .await
+            .map_err(|_| self.target.unreachable("a read took too long"))?
+            .map_err(backend)
+    }
+}
+
+/// How a process uses the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgMode {
+    /// A gateway node with this id: it appends, heartbeats and ends the
+    /// sessions of nodes that stopped.
+    Node(String),
+    /// CLI commands: reads only.
+    Reader,
+}
+
+/// The PostgreSQL store (see the module docs).
+pub struct PgStore {
+    target: PgTarget,
+    reader: Reader,
+    node: Option<String>,
+    writer: Option<mpsc::UnboundedSender<writer::Pending>>,
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+    /// `sluice store migrate`'s connection (a transaction per session).
+    importer: Mutex<Option<Client>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("target", &self.target)
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects, applies the schema migrations, and for a node claims its id
+    /// (one process per node id), registers it and starts its writer and heartbeat.
+    pub async fn open(target: PgTarget, mode: PgMode) -> Result<Self, StoreError> {
+        let mut client = target.connect().await?;
+        schema::migrate(&mut client).await?;
+        let reader = Reader {
+            target: target.clone(),
+            client: Mutex::new(None),
+        };
+        let PgMode::Node(node) = mode else {
+            return Ok(PgStore {
+                target,
+                reader,
+                node: None,
+                writer: None,
+                heartbeat: None,
+                importer: Mutex::new(None),
+            });
+        };
+        nodes::claim(&client, &node, &target).await?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(writer::run(
+            rx,
+            writer::Connection::new(target.clone(), node.clone(), client),
+        ));
+        let heartbeat = tokio::spawn(nodes::heartbeat(target.clone(), node.clone()));
+        Ok(PgStore {
+            target,
+            reader,
+            node: Some(node),
+            writer: Some(tx),
+            heartbeat: Some(heartbeat),
+            importer: Mutex::new(None),
+        })
+    }
+
+    /// This node's id (none for a reader).
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    fn writer(&self) -> Result<&mpsc::UnboundedSender<writer::Pending>, StoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable("the store was opened read-only".into()))
+    }
+
+    async fn send(&self, session_id: &str, event: Option<AuditEvent>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.writer()?
+            .send(writer::Pending {
+                session_id: session_id.to_string(),
+                event,
+                at_ms: now_ms(),
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Returns once every record queued before it is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.send("", None).await
+    }
+
+    /// Ends the sessions this node left open when it stopped (crashed or
+    /// killed), appending a `session_end` to each chain.
+    pub async fn close_orphaned_sessions(&self, reason: &str) -> Result<usize, StoreError> {
+        let node = self.node.clone().unwrap_or_default();
+        let open = self
+            .reader
+            .query(
+                "SELECT id FROM sluice_sessions WHERE node = $1 AND ended_at_ms IS NULL",
+                &[&node],
+            )
+            .await?;
+        for row in &open {
+            let id: String = row.get(0);
+            let end = AuditEvent::SessionEnd {
+                reason: reason.to_string(),
+            };
+            self.append(&id, end).await?;
+        }
+        Ok(open.len())
+    }
+
+    /// Copies one session's verified chain from another store (`sluice store
+    /// migrate`); a session already here with the same head is skipped.
+    pub async fn import(
+        &self,
+        summary: &SessionSummary,
+        records: &[AuditRecord],
+        node: &str,
+    ) -> Result<Imported, StoreError> {
+        let mut slot = self.importer.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.target.connect().await?);
+        }
+        let client = slot
+            .as_mut()
+            .ok_or_else(|| self.target.unreachable("not connected"))?;
+        writer::import(client, summary, records, node).await
+    }
+}
+
+/// What `PgStore::import` did with a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Imported {
+    Copied,
+    AlreadyThere,
+}
+
+fn summary(row: &tokio_postgres::Row) -> SessionSummary {
+    let groups: String = row.get("groups_json");
+    SessionSummary {
+        id: row.get("id"),
+        subject: row.get("subject"),
+        issuer: row.get("issuer"),
+        groups: serde_json::from_str(&groups).unwrap_or_default(),
+        connection: row.get("connection"),
+        protocol: row.get("protocol"),
+        client_addr: row.get("client_addr"),
+        started_at_ms: row.get::<_, i64>("started_at_ms") as u64,
+        ended_at_ms: row.get::<_, Option<i64>>("ended_at_ms").map(|v| v as u64),
+        end_reason: row.get("end_reason"),
+        commands: row.get::<_, i64>("commands") as u64,
+        node: row.get("node"),
+    }
+}
+
+fn record(row: &tokio_postgres::Row) -> AuditRecord {
+    AuditRecord {
+        session_id: row.get("session_id"),
+        seq: row.get::<_, i64>("seq") as u64,
+        at_ms: row.get::<_, i64>("at_ms") as u64,
+        body: row.get("body"),
+        prev_hash: row.get("prev_hash"),
+        hash: row.get("hash"),
+    }
+}
+
+const RECORD_COLUMNS: &str = "session_id, seq, at_ms, body, prev_hash, hash";
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.reader.query("SELECT 1", &[]).await.map(|_| ())
+    }
+
+    async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
+        self.send(session_id, Some(event)).await
+    }
+
+    fn append_background(&self, session_id: &str, event: AuditEvent) {
+        let queued = self.writer().and_then(|w| {
+            w.send(writer::Pending {
+                session_id: session_id.to_string(),
+                event: Some(event),
+                at_ms: now_ms(),
+                done: None,
+            })
+            .map_err(|_| StoreError::Closed)
+        });
+        if let Err(e) = queued {
+            tracing::error!(message = "An audit record could not be stored.", session = %session_id, error = %e);
+        }
+    }
+
+    async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError> {
+        let rows = self
+            .reader
+            .query(
+                "SELECT * FROM sluice_sessions ORDER BY started_at_ms, id",
+                &[],
+            )
+            .await?;
+        Ok(rows.iter().map(summary).collect())
+    }
+
+    async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+        let known = self
+            .reader
+            .query(
+                "SELECT 1 FROM sluice_sessions WHERE id = $1",
+                &[&session_id],
+            )
+            .await?;
+        if known.is_empty() {
+            return Err(StoreError::UnknownSession(session_id.to_string()));
+        }
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM sluice_records WHERE session_id = $1 ORDER BY seq"
+        );
+        let rows = self.reader.query(&sql, &[&session_id]).await?;
+        Ok(rows.iter().map(record).collect())
+    }
+
+    async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let heads = self
+            .reader
+            .query(
+                "SELECT id, last_seq, head_hash FROM sluice_sessions ORDER BY started_at_ms, id",
+                &[],
+            )
+            .await?;
+        let mut report = VerifyReport::default();
+        let sql = format!(
+            "SELECT {RECORD_COLUMNS} FROM sluice_records WHERE session_id = $1 ORDER BY seq"
+        );
+        for head in &heads {
+            let id: String = head.get(0);
+            let last_seq = head.get::<_, i64>(1) as u64;
+            let head_hash: String = head.get(2);
+            let records: Vec<AuditRecord> = self
+                .reader
+                .query(&sql, &[&id])
+                .await?
+                .iter()
+                .map(record)
+                .collect();
+            report.sessions += 1;
+            report.records += records.len() as u64;
+            if let Err(b) = verify_chain(&id, &records, Some((last_seq, &head_hash))) {
+                report.first_break = Some(b);
+                return Ok(report);
+            }
+        }
+        // Records of a session the store has no head for were not written by a gateway.
+        let orphan = self
+            .reader
+            .query(
+                "SELECT session_id FROM sluice_records r WHERE NOT EXISTS
+                     (SELECT 1 FROM sluice_sessions s WHERE s.id = r.session_id) LIMIT 1",
+                &[],
+            )
+            .await?;
+        if let Some(row) = orphan.first() {
+            report.first_break = Some(sluice_core::audit::ChainBreak {
+                session_id: row.get(0),
+                seq: 1,
+                problem: "records of a session the store has no entry for (session removed?)"
+                    .into(),
+            });
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests;
