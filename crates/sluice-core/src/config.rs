@@ -125,8 +125,14 @@ pub struct GatewayConfig {
     /// Directory for the embedded store, the signing key and generated certificates.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
-    /// Shared store URL for several gateway nodes; the embedded SQLite store when absent.
+    /// Shared store URL for several gateway nodes (`postgres://user@host:port/db`);
+    /// the embedded SQLite store when absent (or `sqlite:PATH`).
     pub store: Option<String>,
+    /// The shared store's password, by reference (never in the URL).
+    pub store_password: Option<Secret>,
+    /// This node's id in a shared store: unique per gateway process (default:
+    /// the host name). It is in every session and record the node writes.
+    pub node: Option<String>,
     /// `normal`: audit records survive a gateway crash; `full`: they also survive
     /// a power loss (an fsync per batch).
     #[serde(default)]
@@ -153,6 +159,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             state_dir: default_state_dir(),
             store: None,
+            store_password: None,
+            node: None,
             audit_sync: AuditSync::default(),
             allow_plaintext: true,
             checkpoint_key: None,
@@ -771,6 +779,26 @@ pub enum ConfigError {
     Secret { reference: String, reason: String },
 }
 
+impl GatewayConfig {
+    /// Whether `store` names a shared PostgreSQL store.
+    pub fn shared_store(&self) -> Option<&str> {
+        self.store
+            .as_deref()
+            .filter(|s| s.starts_with("postgres://") || s.starts_with("postgresql://"))
+    }
+
+    /// This node's id: `node`, or the host name.
+    pub fn node_id(&self) -> String {
+        self.node.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "sluice".into())
+        })
+    }
+}
+
 impl Config {
     /// Loads `path` (TOML), then applies `SLUICE_<SECTION>__<KEY>` overrides.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -830,14 +858,8 @@ impl Config {
         };
         self.validate_auth()
             .map_err(|(key, message)| invalid(key, message))?;
-        if let Some(store) = &self.gateway.store {
-            if !store.starts_with("sqlite:") {
-                return Err(invalid(
-                    "gateway.store".into(),
-                    "only the embedded SQLite store (omit the key, or sqlite:PATH) is available in this build".into(),
-                ));
-            }
-        }
+        self.validate_store()
+            .map_err(|(key, message)| invalid(key.into(), message))?;
         if let Err(e) = self.masking.validate() {
             return Err(invalid(e.key.clone(), e.message.clone()));
         }
@@ -924,6 +946,41 @@ impl Config {
     }
 
     /// `[auth]`: providers (issuer scheme, audience, algorithms, claim paths) and group maps.
+    fn validate_store(&self) -> Result<(), (&'static str, String)> {
+        let g = &self.gateway;
+        match g.store.as_deref() {
+            None => {}
+            Some(s) if s.starts_with("sqlite:") => {}
+            Some(_) if g.shared_store().is_some() => {}
+            Some(_) => {
+                return Err((
+                    "gateway.store",
+                    "a store is postgres://user@host:port/db (shared by several nodes), or sqlite:PATH (omit the key for the embedded store in state_dir)".into(),
+                ))
+            }
+        }
+        if g.store_password.is_some() && g.shared_store().is_none() {
+            return Err((
+                "gateway.store_password",
+                "only a postgres:// store takes a password".into(),
+            ));
+        }
+        if let Some(node) = &g.node {
+            let valid = !node.is_empty()
+                && node.len() <= 64
+                && node
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            if !valid {
+                return Err((
+                    "gateway.node",
+                    "a node id is 1 to 64 letters, digits, '.', '_' or '-'".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_auth(&self) -> Result<(), (String, String)> {
         let many = self.auth.oidc.len() > 1;
         let mut issuers = HashSet::new();

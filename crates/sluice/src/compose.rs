@@ -1,10 +1,10 @@
 //! Composition: store + gateway + listeners. Everything here wires crates
 //! together; behaviour belongs in the crates.
 
+use crate::stores::Opened;
 use anyhow::{Context, Result};
-use sluice_core::audit::Store;
 use sluice_core::{Config, GatewayBuilder};
-use sluice_store::{Mode, SqliteStore};
+use sluice_store::SqliteStore;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -20,21 +20,6 @@ pub fn serving_runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::
         builder.worker_threads(n);
     }
     Ok(builder.enable_all().build()?)
-}
-
-fn open_store(config: &Config, mode: Mode) -> Result<Arc<SqliteStore>> {
-    let dir = match config
-        .gateway
-        .store
-        .as_deref()
-        .and_then(|s| s.strip_prefix("sqlite:"))
-    {
-        Some(path) => PathBuf::from(path),
-        None => config.gateway.state_dir.clone(),
-    };
-    Ok(Arc::new(SqliteStore::open(&dir, mode).with_context(
-        || format!("opening the store in {}", dir.display()),
-    )?))
 }
 
 /// The match keys the protocols in this build contribute to `[[rules]]`.
@@ -131,8 +116,8 @@ pub async fn serve(config: Config) -> Result<()> {
 /// running gateway (see `Gateway::reload` for what changes in place).
 pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> Result<()> {
     check(&config)?;
-    let store = open_store(&config, Mode::Writer(config.gateway.audit_sync))?;
-    let closed = store.close_orphaned_sessions("gateway restarted").await?;
+    let opened = Opened::open(&config, true).await?;
+    let closed = opened.close_orphaned_sessions("gateway restarted").await?;
     if closed > 0 {
         tracing::warn!(
             message = "Closed sessions left open by a previous gateway process.",
@@ -141,7 +126,10 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     }
     // A configured checkpoint key that cannot be read stops the start (fail closed).
     let signer = sluice_core::audit::CheckpointSigner::from_config(&config.gateway, true)?;
-    let checkpoint_store = store.clone();
+    let checkpoint_store = opened.embedded().cloned();
+    if checkpoint_store.is_none() && signer.is_some() {
+        tracing::info!(message = "Signed checkpoints cover the embedded store's journal; a shared store publishes none.");
+    }
     let checkpoint_interval = config.gateway.checkpoint_interval.0;
     let listen = config.listen.clone();
     let webhooks = sluice_webhook::WebhookNotifier::all_from_config(&config)?;
@@ -162,7 +150,7 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
     // Run-time plugins; they stay loaded for the life of the process.
     let plugins = sluice_plugin::Plugins::load(&config.plugins)?;
     // Every audit event is also a `sluice::audit` log event (exported as an OTel log).
-    let store = sluice_core::metrics::AuditLogStore::wrap(store as Arc<dyn Store>);
+    let store = sluice_core::metrics::AuditLogStore::wrap(opened.store());
     let store = plugins
         .store(store)
         .context("starting the audit sink plugins")?;
@@ -289,13 +277,15 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         }
     }
     checkpoints.publish().await;
+    opened.flush().await;
     result
 }
 
 /// Signed checkpoints of the audit log, published periodically and on shutdown.
 #[derive(Clone)]
 struct Checkpoints {
-    store: Arc<SqliteStore>,
+    /// The embedded store (a shared store has no gateway-wide journal).
+    store: Option<Arc<SqliteStore>>,
     signer: Option<Arc<sluice_core::audit::CheckpointSigner>>,
     sinks: Vec<Arc<dyn sluice_core::audit::CheckpointSink>>,
 }
@@ -311,8 +301,10 @@ impl Checkpoints {
     }
 
     async fn publish(&self) {
-        let Some(signer) = &self.signer else { return };
-        match self.store.checkpoint(signer).await {
+        let (Some(signer), Some(store)) = (&self.signer, &self.store) else {
+            return;
+        };
+        match store.checkpoint(signer).await {
             Ok(c) => sluice_core::audit::publish_checkpoint(&c, &self.sinks),
             Err(e) => {
                 tracing::error!(message = "The audit checkpoint could not be taken.", error = %e)
@@ -405,31 +397,53 @@ fn time(ms: u64) -> String {
 }
 
 pub async fn list_sessions(config: Config, json: bool) -> Result<()> {
-    let sessions = open_store(&config, Mode::Reader)?.sessions().await?;
+    let sessions = Opened::open(&config, false)
+        .await?
+        .store()
+        .sessions()
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&sessions)?);
         return Ok(());
     }
+    // The node column appears with a shared store (several nodes).
+    let nodes = sessions.iter().any(|s| !s.node.is_empty());
+    let node = |n: &str| {
+        if nodes {
+            format!("  {n:<12}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}",
-        "ID", "SUBJECT", "CONNECTION", "START", "END", "COMMANDS"
+        "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}{}",
+        "ID",
+        "SUBJECT",
+        "CONNECTION",
+        "START",
+        "END",
+        "COMMANDS",
+        node("NODE")
     );
     for s in sessions {
         println!(
-            "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}",
+            "{:<36}  {:<16}  {:<12}  {:<20}  {:<20}  {:>8}{}",
             s.id,
             s.subject,
             s.connection,
             time(s.started_at_ms),
             s.ended_at_ms.map(time).unwrap_or_else(|| "(open)".into()),
-            s.commands
+            s.commands,
+            node(&s.node)
         );
     }
     Ok(())
 }
 
 pub async fn replay(config: Config, session_id: &str, format: &str) -> Result<()> {
-    let records = open_store(&config, Mode::Reader)?
+    let records = Opened::open(&config, false)
+        .await?
+        .store()
         .session_records(session_id)
         .await?;
     if format == "asciicast" {
@@ -443,8 +457,8 @@ pub async fn replay(config: Config, session_id: &str, format: &str) -> Result<()
 }
 
 pub async fn verify(config: Config, checkpoint: Option<PathBuf>) -> Result<bool> {
-    let store = open_store(&config, Mode::Reader)?;
-    let report = store.verify().await?;
+    let opened = Opened::open(&config, false).await?;
+    let report = opened.store().verify().await?;
     let mut intact = match report.first_break {
         None => {
             println!(
@@ -470,7 +484,10 @@ pub async fn verify(config: Config, checkpoint: Option<PathBuf>) -> Result<bool>
             eprintln!("audit: checkpoint {}: {e}", path.display());
             return Ok(false);
         }
-        match store.verify_checkpoint(&c.head()).await? {
+        let embedded = opened
+            .embedded()
+            .context("checkpoints are of the embedded store's journal; a shared store has none")?;
+        match embedded.verify_checkpoint(&c.head()).await? {
             sluice_core::audit::CheckpointMatch::Consistent => println!(
                 "audit: consistent with the checkpoint of {} ({} records, key {})",
                 time(c.at_ms),
@@ -494,7 +511,10 @@ pub async fn verify(config: Config, checkpoint: Option<PathBuf>) -> Result<bool>
 pub async fn checkpoint(config: Config) -> Result<()> {
     let signer = sluice_core::audit::CheckpointSigner::from_config(&config.gateway, true)?
         .context("no checkpoint key")?;
-    let c = open_store(&config, Mode::Reader)?
+    let opened = Opened::open(&config, false).await?;
+    let c = opened
+        .embedded()
+        .context("checkpoints are of the embedded store's journal; a shared store has none")?
         .checkpoint(&signer)
         .await?;
     println!("{}", serde_json::to_string_pretty(&c)?);

@@ -6,6 +6,7 @@ mod compose;
 mod connect;
 mod login;
 mod mcp;
+mod stores;
 mod telemetry;
 mod tokens;
 
@@ -74,6 +75,9 @@ enum Cmd {
     /// Audit chain commands.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Store commands.
+    #[command(subcommand)]
+    Store(StoreCmd),
     /// Log in to an identity provider (device flow, or --browser for code + PKCE);
     /// the token is kept in ~/.config/sluice (0600).
     Login {
@@ -222,6 +226,19 @@ enum AuditCmd {
     Checkpoint(ConfigArg),
 }
 
+#[derive(Subcommand)]
+enum StoreCmd {
+    /// Copy an embedded node's history (SQLite and journal) into the
+    /// PostgreSQL store `gateway.store` names, verified chain by chain.
+    Migrate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The embedded store's directory (default: `gateway.state_dir`).
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     if !matches!(cli.command, Cmd::Serve(_)) {
@@ -330,6 +347,9 @@ fn run(cli: Cli) -> Result<()> {
                 _ => Some(config.load()?),
             };
             mcp::run(config.as_ref(), token, addr)
+        }
+        Cmd::Store(StoreCmd::Migrate { config, from }) => {
+            compose::runtime()?.block_on(stores::migrate(config.load()?, from))
         }
         Cmd::Audit(AuditCmd::Checkpoint(c)) => {
             compose::runtime()?.block_on(compose::checkpoint(c.load()?))
