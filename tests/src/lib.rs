@@ -298,6 +298,7 @@ pub struct EnvBuilder {
     log_level: Option<String>,
     without_oracle: bool,
     drain_timeout: Option<String>,
+    shared_store: Option<SharedStoreOption>,
 }
 
 impl EnvBuilder {
@@ -344,6 +345,17 @@ impl EnvBuilder {
 
     /// No statement log on the server and no oracle check when the environment drops (for
     /// load tests whose log would be large; every SQL test keeps the oracle).
+    /// The gateway as node `node` of a shared PostgreSQL store: database `sluice_store` on
+    /// the test's PostgreSQL server, or with `separate`, on a server of its own (so that
+    /// the store can be stopped while the target runs).
+    pub fn shared_store(mut self, node: &str, separate: bool) -> Self {
+        self.shared_store = Some(SharedStoreOption {
+            node: node.to_string(),
+            separate,
+        });
+        self
+    }
+
     pub fn without_oracle(mut self) -> Self {
         self.without_oracle = true;
         self
@@ -401,7 +413,25 @@ impl EnvBuilder {
             })
             .collect::<Vec<_>>()
             .join("\n");
+        let (store_pg, shared_store) = match &self.shared_store {
+            None => (None, None),
+            Some(opt) => {
+                let own = opt.separate.then(|| {
+                    TempPostgres::start(TempPostgresOptions::default())
+                        .unwrap_or_else(|e| panic!("starting the store's PostgreSQL: {e}"))
+                });
+                let server = own.as_ref().unwrap_or(&pg);
+                let store = SharedStore::create(server, &opt.node);
+                gateway_env.push((
+                    "SLUICE_STORE_PASSWORD".into(),
+                    server.superuser_password.clone(),
+                ));
+                (own, Some(store))
+            }
+        };
         let mut env = Env {
+            store_pg,
+            shared_store,
             gateway: None,
             port: 0,
             config_path,
@@ -419,6 +449,72 @@ impl EnvBuilder {
     }
 }
 
+#[derive(Debug, Clone)]
+struct SharedStoreOption {
+    node: String,
+    separate: bool,
+}
+
+/// A shared PostgreSQL store (database `sluice_store`, as the superuser) and a node's id in it.
+#[derive(Debug, Clone)]
+pub struct SharedStore {
+    /// `postgres://postgres@127.0.0.1:PORT/sluice_store` (the password is in the
+    /// gateway's environment, `SLUICE_STORE_PASSWORD`).
+    pub url: String,
+    pub node: String,
+}
+
+impl SharedStore {
+    /// Creates the store's database on `server` (if it is not there yet).
+    pub fn create(server: &TempPostgres, node: &str) -> SharedStore {
+        let exists = server
+            .psql(
+                "postgres",
+                "SELECT 1 FROM pg_database WHERE datname = 'sluice_store'",
+            )
+            .unwrap_or_default();
+        if exists.trim().is_empty() {
+            server
+                .psql("postgres", "CREATE DATABASE sluice_store")
+                .unwrap_or_else(|e| panic!("creating the store database: {e}"));
+        }
+        SharedStore {
+            url: format!(
+                "postgres://{}@{}/sluice_store",
+                server.superuser,
+                server.addr()
+            ),
+            node: node.to_string(),
+        }
+    }
+
+    /// The `[gateway]` lines that make a gateway this node of the store.
+    pub fn gateway_toml(&self) -> String {
+        format!(
+            "store = {:?}\nstore_password = {{ env = \"SLUICE_STORE_PASSWORD\" }}\nnode = {:?}\n",
+            self.url, self.node
+        )
+    }
+
+    /// What the store holds as judged (the oracle's view), read with psql, not the gateway.
+    pub fn decisions(&self, server: &TempPostgres) -> Vec<oracle::Judged> {
+        let rows = server
+            .psql(
+                "sluice_store",
+                "SELECT session_id || E'\\t' || at_ms || E'\\t' || body FROM sluice_records
+                 WHERE kind = 'command_decided' ORDER BY at_ms, session_id, seq",
+            )
+            .unwrap_or_default();
+        rows.lines()
+            .filter_map(|line| {
+                let mut f = line.splitn(3, '\t');
+                let (session, at_ms) = (f.next()?, f.next()?.parse().ok()?);
+                oracle::judged(session, at_ms, f.next()?)
+            })
+            .collect()
+    }
+}
+
 /// One PostgreSQL + one gateway, private to a test.
 pub struct Env {
     gateway: Option<Child>,
@@ -432,6 +528,10 @@ pub struct Env {
     gateway_env: Vec<(String, String)>,
     extra_toml: String,
     drain_timeout: String,
+    /// The shared store's own server (`shared_store(…, separate = true)`).
+    pub store_pg: Option<TempPostgres>,
+    /// The shared store the gateway is a node of, if any.
+    pub shared_store: Option<SharedStore>,
     /// The demo database's roles and passwords (the gateway-held secrets).
     pub db: DemoDatabase,
     /// The upstream PostgreSQL server.
@@ -474,6 +574,7 @@ impl Env {
         let config = format!(
             "[gateway]\n\
              state_dir = {state:?}\n\
+             {store}\n\
              \n\
              [listen]\n\
              postgres = \"127.0.0.1:{port}\"\n\
@@ -494,6 +595,11 @@ impl Env {
              \n\
              {extra}\n",
             state = self.state_dir.display().to_string(),
+            store = self
+                .shared_store
+                .as_ref()
+                .map(SharedStore::gateway_toml)
+                .unwrap_or_default(),
             port = self.port,
             upstream = self.pg.addr(),
             database = self.db.database,
@@ -791,7 +897,10 @@ impl Env {
             .pg
             .executed_statements()
             .unwrap_or_else(|e| panic!("reading the server's statement log: {e}"));
-        let judged = oracle::journal_decisions(&self.state_dir);
+        let judged = match &self.shared_store {
+            Some(store) => store.decisions(self.store_pg.as_ref().unwrap_or(&self.pg)),
+            None => oracle::journal_decisions(&self.state_dir),
+        };
         OracleReport::new(executed, judged, &self.pg.superuser)
     }
 
@@ -914,5 +1023,136 @@ impl Drop for HostileUpstream {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Another gateway node on an [`Env`]'s shared store: the same config (connections,
+/// rules, the same token and masking keys, copied from the first node's `state_dir/keys`)
+/// with its own node id, port, state directory and log. Killed on drop.
+pub struct OtherNode {
+    child: Option<Child>,
+    /// Its PostgreSQL listener port on 127.0.0.1.
+    pub port: u16,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    gateway_env: Vec<(String, String)>,
+    _dir: TempDir,
+}
+
+impl Env {
+    /// Starts node `node` next to this one (see [`OtherNode`]).
+    pub fn start_other_node(&self, node: &str) -> OtherNode {
+        let store = self.shared_store.as_ref().expect("a shared store");
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-node-")
+            .tempdir()
+            .expect("creating the node's temp dir");
+        let state = dir.path().join("state");
+        fs::create_dir_all(state.join("keys")).expect("creating the node's state dir");
+        for entry in fs::read_dir(self.state_dir.join("keys")).expect("the first node's keys") {
+            let entry = entry.expect("reading the keys dir");
+            fs::copy(entry.path(), state.join("keys").join(entry.file_name()))
+                .expect("copying a key");
+        }
+        let port = free_port();
+        let config = fs::read_to_string(&self.config_path)
+            .expect("reading the first node's config")
+            .replace(
+                &format!("{:?}", self.state_dir.display().to_string()),
+                &format!("{:?}", state.display().to_string()),
+            )
+            .replace(
+                &format!("postgres = \"127.0.0.1:{}\"", self.port),
+                &format!("postgres = \"127.0.0.1:{port}\""),
+            )
+            .replace(
+                &format!("node = {:?}", store.node),
+                &format!("node = {node:?}"),
+            );
+        let config_path = dir.path().join("sluice.toml");
+        fs::write(&config_path, config).expect("writing the node's config");
+        let log_path = dir.path().join("gateway.log");
+        let mut other = OtherNode {
+            child: None,
+            port,
+            config_path,
+            log_path,
+            gateway_env: self.gateway_env.clone(),
+            _dir: dir,
+        };
+        other.start();
+        other
+    }
+}
+
+impl OtherNode {
+    /// Starts the node (again) and waits for its listener.
+    pub fn start(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("opening the node's log");
+        let offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
+        let mut child = Command::new(sluice_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning sluice serve");
+        let deadline = Instant::now() + GATEWAY_START_TIMEOUT;
+        loop {
+            let text = self.log();
+            if text.get(offset..).unwrap_or_default().contains(READY_LINE) {
+                self.child = Some(child);
+                return;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the other node exited ({status}); log:\n{text}");
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the other node was not ready; log:\n{text}");
+            }
+            thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Kills the node outright (SIGKILL), like a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Runs `sluice ARGS… --config FILE` as this node.
+    pub fn sluice(&self, args: &[&str]) -> Output {
+        sluice_cli(&self.config_path, &self.gateway_env, args)
+    }
+
+    /// `postgresql://SUBJECT:TOKEN@127.0.0.1:PORT/CONNECTION` through this node.
+    pub fn url(&self, subject: &str, token: &str, connection: &str) -> String {
+        format!(
+            "postgresql://{subject}:{token}@127.0.0.1:{}/{connection}",
+            self.port
+        )
+    }
+}
+
+impl Drop for OtherNode {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -133,6 +133,20 @@ impl Judged {
     }
 }
 
+/// A `command_decided` record's body as the oracle reads it.
+pub fn judged(session: &str, at_ms: u64, body: &str) -> Option<Judged> {
+    let body: serde_json::Value = serde_json::from_str(body).ok()?;
+    let command = &body["command"];
+    Some(Judged {
+        session: session.to_string(),
+        at_ms,
+        kind: command["kind"].clone(),
+        text: command["text"].as_str()?.to_string(),
+        action: body["verdict"]["action"].as_str()?.to_string(),
+        rule: body["verdict"]["rule"].as_str().map(str::to_string),
+    })
+}
+
 /// Every `command_decided` record in `state_dir/journal.log` (complete lines only).
 pub fn journal_decisions(state_dir: &Path) -> Vec<Judged> {
     let text = fs::read(state_dir.join("journal.log"))
@@ -154,16 +168,7 @@ pub fn journal_decisions(state_dir: &Path) -> Vec<Judged> {
             if f.next()? != "command_decided" {
                 return None;
             }
-            let body: serde_json::Value = serde_json::from_str(f.next()?).ok()?;
-            let command = &body["command"];
-            Some(Judged {
-                session,
-                at_ms,
-                kind: command["kind"].clone(),
-                text: command["text"].as_str()?.to_string(),
-                action: body["verdict"]["action"].as_str()?.to_string(),
-                rule: body["verdict"]["rule"].as_str().map(str::to_string),
-            })
+            judged(&session, at_ms, f.next()?)
         })
         .collect()
 }

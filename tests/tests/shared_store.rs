@@ -1,0 +1,191 @@
+//! Several gateway nodes on one PostgreSQL store: sessions, replay and verification seen
+//! from either node; a node killed with a session open has it ended by the survivor and
+//! rejoins; the store down fails sessions closed and service resumes; `sluice store
+//! migrate` copies an embedded node's history, verified. The oracle (the target's statement
+//! log against the store's records, read with psql) holds for every test.
+
+// Tests fail by panicking, helpers included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use sluice_e2e::*;
+use std::time::Duration;
+
+fn sessions(out: std::process::Output) -> Vec<serde_json::Value> {
+    let text = ok(&out);
+    serde_json::from_str::<Vec<serde_json::Value>>(&text)
+        .unwrap_or_else(|e| panic!("sessions list --json: {e}\n{text}"))
+}
+
+fn on_node<'a>(list: &'a [serde_json::Value], node: &str) -> Vec<&'a serde_json::Value> {
+    list.iter().filter(|s| s["node"] == node).collect()
+}
+
+#[test]
+fn two_nodes_share_sessions_replay_and_verification_and_a_killed_node_is_ended_by_the_other() {
+    let mut a = Env::quickstart().shared_store("a", false).start();
+    let b = a.start_other_node("b");
+    let token = a.agent_token();
+    let url_a = a.url("agent-1", &token, "appdb");
+    let url_b = b.url("agent-1", &token, "appdb");
+    ok(&a.psql(&url_a, &["-c", "select count(*) from customers"]));
+    assert!(ok(&a.psql(&url_b, &["-c", "select 42 as through_b"])).contains("42"));
+
+    // Either node lists both nodes' sessions, and replays the other's.
+    for out in [
+        a.sluice(&["sessions", "list", "--json"]),
+        b.sluice(&["sessions", "list", "--json"]),
+    ] {
+        let list = sessions(out);
+        assert_eq!(on_node(&list, "a").len(), 1, "{list:?}");
+        assert_eq!(on_node(&list, "b").len(), 1, "{list:?}");
+    }
+    let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+    let on_a = on_node(&list, "a")[0]["id"].as_str().unwrap().to_string();
+    assert!(ok(&b.sluice(&["replay", &on_a])).contains("select count(*) from customers"));
+
+    // Node a dies (SIGKILL) with a statement running: the statement's record was committed
+    // before it was forwarded, and node b ends the session with the reason.
+    let mut held = a
+        .psql_command(&url_a, &["-c", "select pg_sleep(60) as held"])
+        .spawn()
+        .expect("psql");
+    wait_until(
+        Duration::from_secs(15),
+        "the held statement recorded",
+        || {
+            let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+            on_node(&list, "a")
+                .into_iter()
+                .find(|s| s["ended_at_ms"].is_null() && s["commands"] == 1)
+                .map(|s| s["id"].as_str().unwrap().to_string())
+        },
+    );
+    a.kill_gateway();
+    let ended = wait_until(
+        Duration::from_secs(20),
+        "node b ending node a's session",
+        || {
+            let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+            let open_on_a = on_node(&list, "a")
+                .into_iter()
+                .any(|s| s["ended_at_ms"].is_null());
+            (!open_on_a).then_some(list)
+        },
+    );
+    let _ = held.kill();
+    let _ = held.wait();
+    let reasons: Vec<&str> = on_node(&ended, "a")
+        .iter()
+        .filter_map(|s| s["end_reason"].as_str())
+        .collect();
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("gateway node a stopped") && r.contains("by node b")),
+        "{reasons:?}"
+    );
+    let replay = ok(&b.sluice(&["replay", on_node(&ended, "a")[1]["id"].as_str().unwrap()]));
+    assert!(replay.contains("pg_sleep(60)"), "{replay}");
+
+    // Node a rejoins under its id and serves again.
+    a.start_gateway();
+    ok(&a.psql(&url_a, &["-c", "select 1 as back"]));
+    let verified = ok(&b.sluice(&["audit", "verify"]));
+    assert!(verified.contains("all chains intact"), "{verified}");
+
+    // A record changed in the store is named by `audit verify` on either node.
+    let tamper = "UPDATE sluice_records SET body = replace(body, 'select 42', 'select 43')
+                  WHERE body LIKE '%select 42 as through_b%'";
+    a.pg.psql("sluice_store", tamper).unwrap();
+    let out = a.sluice(&["audit", "verify"]);
+    let err = failed(&out);
+    assert!(err.contains("broken chain") && err.contains('#'), "{err}");
+    let undo = "UPDATE sluice_records SET body = replace(body, 'select 43', 'select 42')
+                WHERE body LIKE '%select 43 as through_b%'";
+    a.pg.psql("sluice_store", undo).unwrap();
+}
+
+/// The store on a server of its own, stopped: new sessions are refused with a message that
+/// says why, nothing runs unjudged (the oracle), and service resumes when it returns.
+#[test]
+fn with_the_store_down_sessions_fail_closed_and_service_resumes() {
+    let mut env = Env::quickstart().shared_store("solo", true).start();
+    let url = env.agent_url();
+    ok(&env.psql(&url, &["-c", "select 1 as before"]));
+    env.store_pg.as_mut().unwrap().stop();
+    let out = env.psql(&url, &["-c", "select 2 as during"]);
+    let err = failed(&out);
+    assert!(err.contains("audit store unavailable"), "{err}");
+    env.assert_gateway_alive();
+    let ready = env.sluice(&["sessions", "list"]);
+    assert!(!ready.status.success());
+    env.store_pg.as_mut().unwrap().start_again().unwrap();
+    wait_until(Duration::from_secs(20), "sessions again", || {
+        let out = env.psql(&url, &["-c", "select 3 as after"]);
+        out.status.success().then_some(())
+    });
+    let texts: Vec<String> = env.oracle().judged.iter().map(|j| j.text.clone()).collect();
+    assert!(
+        texts.iter().any(|t| t.contains("before")) && texts.iter().any(|t| t.contains("after"))
+    );
+    assert!(!texts.iter().any(|t| t.contains("during")), "{texts:?}");
+}
+
+/// An embedded node's history moves into a PostgreSQL store, chain by chain; a second run
+/// copies nothing twice, and the copy verifies and names a changed record.
+#[test]
+fn store_migrate_copies_an_embedded_history_and_the_copy_verifies() {
+    let mut env = Env::quickstart().start();
+    let url = env.agent_url();
+    ok(&env.psql(&url, &["-c", "select count(*) from customers"]));
+    ok(&env.psql(&url, &["-c", "select 7 as seven"]));
+    env.wait_sessions_ended(2);
+    env.stop_gateway();
+    let store = SharedStore::create(&env.pg, "migrated");
+    let config = std::fs::read_to_string(&env.config_path).unwrap().replacen(
+        "[gateway]\n",
+        &format!("[gateway]\n{}", store.gateway_toml()),
+        1,
+    );
+    let shared = env.dir.path().join("shared.toml");
+    std::fs::write(&shared, config).unwrap();
+    let password = [(
+        "SLUICE_STORE_PASSWORD".to_string(),
+        env.pg.superuser_password.clone(),
+    )];
+    let out = ok(&sluice_cli(&shared, &password, &["store", "migrate"]));
+    assert!(out.contains("2 sessions copied, 0 already there"), "{out}");
+    let again = ok(&sluice_cli(&shared, &password, &["store", "migrate"]));
+    assert!(
+        again.contains("0 sessions copied, 2 already there"),
+        "{again}"
+    );
+    let list = sessions(sluice_cli(
+        &shared,
+        &password,
+        &["sessions", "list", "--json"],
+    ));
+    assert_eq!(list.len(), 2);
+    assert!(list
+        .iter()
+        .all(|s| s["node"] == "migrated" && s["commands"] == 1));
+    let verified = ok(&sluice_cli(&shared, &password, &["audit", "verify"]));
+    assert!(
+        verified.contains("2 sessions") && verified.contains("all chains intact"),
+        "{verified}"
+    );
+    env.pg
+        .psql(
+            "sluice_store",
+            "UPDATE sluice_records SET at_ms = at_ms + 1 WHERE body LIKE '%select 7 as seven%'",
+        )
+        .unwrap();
+    let err = failed(&sluice_cli(&shared, &password, &["audit", "verify"]));
+    assert!(err.contains("broken chain") && err.contains("#2"), "{err}");
+    env.pg
+        .psql(
+            "sluice_store",
+            "UPDATE sluice_records SET at_ms = at_ms - 1 WHERE body LIKE '%select 7 as seven%'",
+        )
+        .unwrap();
+}
