@@ -1028,7 +1028,8 @@ impl Drop for HostileUpstream {
 
 /// Another gateway node on an [`Env`]'s shared store: the same config (connections,
 /// rules, the same token and masking keys, copied from the first node's `state_dir/keys`)
-/// with its own node id, port, state directory and log. Killed on drop.
+/// with its own node id, port, state directory and log, and an operator API listener
+/// (for `sluice token revoke`, `sluice sessions kill` through it). Killed on drop.
 pub struct OtherNode {
     child: Option<Child>,
     /// Its PostgreSQL listener port on 127.0.0.1.
@@ -1055,8 +1056,14 @@ impl Env {
                 .expect("copying a key");
         }
         let port = free_port();
+        let api_port = free_port();
         let config = fs::read_to_string(&self.config_path)
             .expect("reading the first node's config")
+            .replacen(
+                "[listen]\n",
+                &format!("[listen]\napi = \"127.0.0.1:{api_port}\"\n"),
+                1,
+            )
             .replace(
                 &format!("{:?}", self.state_dir.display().to_string()),
                 &format!("{:?}", state.display().to_string()),

@@ -189,3 +189,68 @@ fn store_migrate_copies_an_embedded_history_and_the_copy_verifies() {
         )
         .unwrap();
 }
+
+/// Waits for a psql child to exit; returns its stderr and how long it took.
+fn exit_of(child: std::process::Child) -> (String, Duration) {
+    let started = std::time::Instant::now();
+    let out = wait_output(child, Duration::from_secs(20), "psql");
+    (stderr(&out), started.elapsed())
+}
+
+/// A revocation, or an operator ending a session, through node b's API ends the session
+/// running on node a within about a second, and node a refuses the revoked token after.
+#[test]
+fn a_revocation_or_a_kill_through_one_node_ends_the_session_on_the_other() {
+    let a = Env::quickstart().shared_store("a", false).start();
+    let b = a.start_other_node("b");
+    let running = |url: &str| {
+        a.psql_command(url, &["-c", "select pg_sleep(60) as held"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("psql")
+    };
+    let open_on_a = || {
+        wait_until(
+            Duration::from_secs(15),
+            "a running session on node a",
+            || {
+                let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+                on_node(&list, "a")
+                    .into_iter()
+                    .find(|s| s["ended_at_ms"].is_null() && s["commands"] == 1)
+                    .map(|s| s["id"].as_str().unwrap().to_string())
+            },
+        )
+    };
+
+    let token = a.agent_token();
+    let url = a.url("agent-1", &token, "appdb");
+    let held = running(&url);
+    open_on_a();
+    ok(&b.sluice(&["token", "revoke", &token, "--reason", "leaked"]));
+    let (err, took) = exit_of(held);
+    assert!(err.contains("revoked"), "{err}");
+    assert!(took < Duration::from_secs(3), "ended after {took:?}");
+    let refused = failed(&a.psql(&url, &["-c", "select 1"]));
+    assert!(refused.contains("revoked"), "{refused}");
+
+    let token = a.agent_token();
+    let url = a.url("agent-1", &token, "appdb");
+    let held = running(&url);
+    let id = open_on_a();
+    ok(&b.sluice(&[
+        "sessions", "kill", &id, "--reason", "runaway", "--token", &token,
+    ]));
+    let (err, took) = exit_of(held);
+    assert!(err.contains("runaway"), "{err}");
+    assert!(took < Duration::from_secs(3), "ended after {took:?}");
+    // Someone else's session is not theirs to end, on any node.
+    let other = a.token("agent-2", &["agents"], "10m");
+    let held = running(&url);
+    let id = open_on_a();
+    let denied = failed(&b.sluice(&["sessions", "kill", &id, "--token", &other]));
+    assert!(denied.contains("no live session"), "{denied}");
+    ok(&b.sluice(&["sessions", "kill", &id, "--token", &token]));
+    exit_of(held);
+}

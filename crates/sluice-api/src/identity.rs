@@ -117,6 +117,21 @@ pub(crate) fn is_admin(gateway: &Gateway, identity: &Identity) -> bool {
     identity.connections.is_none() && identity.in_any_group(&gateway.config().auth.admin_groups)
 }
 
+/// Whether `id` is a session open on another node of a shared store that
+/// the caller may end (an admin, or its own subject at its own issuer).
+async fn open_on_another_node(gateway: &Gateway, id: &str, caller: &Identity) -> bool {
+    let Ok(sessions) = gateway.store().sessions().await else {
+        return false;
+    };
+    sessions.into_iter().any(|s| {
+        s.id == id
+            && s.ended_at_ms.is_none()
+            && !s.node.is_empty()
+            && (is_admin(gateway, caller)
+                || (s.subject == caller.subject && s.issuer == caller.issuer))
+    })
+}
+
 pub(crate) fn owns(session: &LiveSessionInfo, identity: &Identity) -> bool {
     session.subject == identity.subject && session.issuer == identity.issuer
 }
@@ -158,15 +173,17 @@ pub(crate) async fn handle(
                 Ok(b) => b.unwrap_or_default(),
                 Err(r) => return r,
             };
-            let session = gateway
+            let live = gateway
                 .live_sessions()
                 .list()
                 .into_iter()
                 .find(|s| s.id == id);
+            let may_end = match &live {
+                Some(s) => is_admin(gateway, identity) || owns(s, identity),
+                None => open_on_another_node(gateway, &id, identity).await,
+            };
             // Sessions the caller may not end do not exist for them.
-            let Some(session) =
-                session.filter(|s| is_admin(gateway, identity) || owns(s, identity))
-            else {
+            if !may_end {
                 return problem(
                     StatusCode::NOT_FOUND,
                     format!(
@@ -174,17 +191,21 @@ pub(crate) async fn handle(
                         truncate(&id, 80)
                     ),
                 );
-            };
+            }
             let reason = match body.reason.filter(|r| !r.trim().is_empty()) {
                 Some(r) => format!("ended by {}: {}", who(identity), truncate(&r, 200)),
                 None => format!("ended by {}", who(identity)),
             };
-            let ended = gateway.live_sessions().terminate(&session.id, &reason);
-            tracing::warn!(message = "Session ended through the API.", session = %session.id, by = %who(identity), client = %peer);
+            let ended = match gateway.end_session_anywhere(&id, &reason).await {
+                Ok(ended) => ended,
+                Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            };
+            tracing::warn!(message = "Session ended through the API.", session = %id, by = %who(identity), client = %peer);
+            let session = live.map(|s| s.id).unwrap_or(id);
             json(
                 StatusCode::OK,
                 &KillResponse {
-                    session_id: session.id,
+                    session_id: session,
                     ended,
                 },
             )
@@ -276,7 +297,10 @@ async fn revoke(gateway: &Gateway, body: RevokeRequest, caller: &Identity) -> Re
             (id, expires_at)
         }
     };
-    match gateway.revoke_token(&token_id, expires_at, &by, reason) {
+    match gateway
+        .revoke_token(&token_id, expires_at, &by, reason)
+        .await
+    {
         Ok(sessions_ended) => json(
             StatusCode::OK,
             &RevokeResponse {

@@ -196,25 +196,30 @@ impl RevocationList {
         expires_at: Option<SystemTime>,
         by: &str,
         reason: Option<String>,
-    ) -> Result<(), RevocationError> {
+    ) -> Result<Revocation, RevocationError> {
         let now = unix(SystemTime::now());
         let forget_after = match expires_at {
             // The verifier's leeway could still admit it briefly after expiry.
             Some(t) => unix(t) + 60,
             None => now + REVOKED_ID_RETENTION.as_secs(),
         };
+        let revocation = Revocation {
+            token_id: token_id.to_string(),
+            forget_after,
+            revoked_at: now,
+            revoked_by: by.to_string(),
+            reason,
+        };
+        self.insert(revocation.clone())?;
+        Ok(revocation)
+    }
+
+    /// Adds a revocation (this node's or another's) and persists the list.
+    pub fn insert(&self, revocation: Revocation) -> Result<(), RevocationError> {
+        let now = unix(SystemTime::now());
         let mut entries = self.entries.locked();
         entries.retain(|_, r| r.forget_after > now);
-        entries.insert(
-            token_id.to_string(),
-            Revocation {
-                token_id: token_id.to_string(),
-                forget_after,
-                revoked_at: now,
-                revoked_by: by.to_string(),
-                reason,
-            },
-        );
+        entries.insert(revocation.token_id.clone(), revocation);
         let mut list: Vec<&Revocation> = entries.values().collect();
         list.sort_by(|a, b| a.token_id.cmp(&b.token_id));
         let bytes = serde_json::to_vec_pretty(&list).map_err(|e| RevocationError {

@@ -73,6 +73,8 @@ pub struct Gateway {
     draining: tokio::sync::watch::Sender<bool>,
     /// Contributed connection kinds, checked again on reload.
     kinds: ConnectionKinds,
+    /// The other nodes of a shared store (none for one node).
+    cluster: Option<Arc<dyn crate::cluster::Cluster>>,
 }
 
 /// What a configuration reload did.
@@ -170,9 +172,17 @@ pub struct GatewayBuilder {
     notifiers: Vec<Arc<dyn ApprovalNotifier>>,
     authenticators: Vec<Arc<dyn Authenticator>>,
     kinds: ConnectionKinds,
+    cluster: Option<Arc<dyn crate::cluster::Cluster>>,
 }
 
 impl GatewayBuilder {
+    /// Tells the other nodes of a shared store what this one decides
+    /// (revocations, sessions ended); they apply it with `Gateway::apply`.
+    pub fn cluster(mut self, cluster: Arc<dyn crate::cluster::Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
+    }
+
     pub fn new(config: Config, store: Arc<dyn Store>) -> Self {
         GatewayBuilder {
             config,
@@ -184,6 +194,7 @@ impl GatewayBuilder {
             notifiers: Vec::new(),
             authenticators: Vec::new(),
             kinds: ConnectionKinds::default(),
+            cluster: None,
         }
     }
 
@@ -304,6 +315,7 @@ impl GatewayBuilder {
             lineage: Lineage::default(),
             draining: tokio::sync::watch::channel(false).0,
             kinds: self.kinds,
+            cluster: self.cluster,
         })
     }
 }
@@ -488,29 +500,82 @@ impl Gateway {
         Ok(identity)
     }
 
-    /// Revokes a token id (persistently, before returning) and ends the live
-    /// sessions opened with it or with tokens exchanged from it, at any
-    /// depth. Returns how many sessions were told to end.
-    pub fn revoke_token(
+    /// Revokes a token id (persistently, before returning) on this node and,
+    /// with a shared store, on every node; ends the live sessions opened with
+    /// it or with tokens exchanged from it, at any depth. Returns how many
+    /// sessions this node told to end.
+    pub async fn revoke_token(
         &self,
         token_id: &str,
         expires_at: Option<SystemTime>,
         by: &str,
         reason: Option<String>,
     ) -> Result<usize, RevocationError> {
-        self.revocations
+        let revocation = self
+            .revocations
             .revoke(token_id, expires_at, by, reason.clone())?;
         tracing::warn!(message = "Token revoked.", token_id = %token_id, by = %by, reason = ?reason);
-        let message = match &reason {
-            Some(r) => format!("token revoked by {by}: {r}"),
-            None => format!("token revoked by {by}"),
-        };
-        let ended = self.live.terminate_where(|session| {
-            self.lineage
-                .descends_from(&session.identity.token_id, token_id)
-                .then(|| message.clone())
-        });
+        let ended = self.end_revoked_sessions(&revocation);
+        if let Some(cluster) = &self.cluster {
+            let event = crate::cluster::ClusterEvent::Revoked { revocation };
+            cluster.publish(&event).await.map_err(|e| RevocationError {
+                path: "the shared store".into(),
+                reason: format!("revoked on this node only; the other nodes were not told: {e}"),
+            })?;
+        }
         Ok(ended)
+    }
+
+    fn end_revoked_sessions(&self, revocation: &crate::auth::Revocation) -> usize {
+        let message = match &revocation.reason {
+            Some(r) => format!("token revoked by {}: {r}", revocation.revoked_by),
+            None => format!("token revoked by {}", revocation.revoked_by),
+        };
+        self.live.terminate_where(|session| {
+            self.lineage
+                .descends_from(&session.identity.token_id, &revocation.token_id)
+                .then(|| message.clone())
+        })
+    }
+
+    /// Ends a live session on whichever node runs it: here when it is
+    /// live here, otherwise through the shared store. `Ok(false)`: no node
+    /// can be told (one node, and it is not here).
+    pub async fn end_session_anywhere(
+        &self,
+        session_id: &str,
+        reason: &str,
+    ) -> Result<bool, crate::audit::StoreError> {
+        if self.live.terminate(session_id, reason) {
+            return Ok(true);
+        }
+        let Some(cluster) = &self.cluster else {
+            return Ok(false);
+        };
+        let event = crate::cluster::ClusterEvent::EndSession {
+            session_id: session_id.to_string(),
+            reason: reason.to_string(),
+        };
+        cluster.publish(&event).await.map(|()| true)
+    }
+
+    /// Applies what another node decided.
+    pub fn apply(&self, event: crate::cluster::ClusterEvent) {
+        match event {
+            crate::cluster::ClusterEvent::Revoked { revocation } => {
+                if let Err(e) = self.revocations.insert(revocation.clone()) {
+                    // Still enforced in memory; the file catches up on the next change.
+                    tracing::error!(message = "A revocation from another node could not be saved.", error = %e);
+                }
+                let ended = self.end_revoked_sessions(&revocation);
+                tracing::warn!(message = "Token revoked on another node.", token_id = %revocation.token_id, sessions_ended = ended);
+            }
+            crate::cluster::ClusterEvent::EndSession { session_id, reason } => {
+                if self.live.terminate(&session_id, &reason) {
+                    tracing::warn!(message = "Session ended from another node.", session = %session_id);
+                }
+            }
+        }
     }
 
     /// Whether `token_id` is on the revocation list.

@@ -7,6 +7,7 @@
 pub mod approval;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod fsutil;
 pub mod gateway;

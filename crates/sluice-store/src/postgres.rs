@@ -13,10 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::{Client, NoTls};
 
+mod events;
 mod nodes;
 mod schema;
 mod writer;
 
+pub use events::PgCluster;
 pub use nodes::HEARTBEAT_LAPSE;
 
 /// How long a connection attempt to the store may take.
@@ -87,13 +89,27 @@ impl PgTarget {
         Ok(PgTarget { config, shown })
     }
 
-    /// A new connection; its driver runs on the current runtime.
-    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+    /// A new connection and its driver, for a caller that reads its
+    /// notifications.
+    pub(crate) async fn connect_raw(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+        ),
+        StoreError,
+    > {
         let connecting = self.config.connect(NoTls);
-        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
             .map_err(|_| self.unreachable("no answer"))?
-            .map_err(|e| self.unreachable(&e.to_string()))?;
+            .map_err(|e| self.unreachable(&e.to_string()))
+    }
+
+    /// A new connection; its driver runs on the current runtime.
+    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+        let (client, connection) = self.connect_raw().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(message = "A store connection ended.", error = %e);
@@ -211,6 +227,32 @@ impl PgStore {
             heartbeat: Some(heartbeat),
             importer: Mutex::new(None),
         })
+    }
+
+    /// Publishes this node's cluster events (none for a reader).
+    pub fn cluster(&self) -> Option<Arc<PgCluster>> {
+        let node = self.node.clone()?;
+        Some(Arc::new(PgCluster::new(self.target.clone(), node)))
+    }
+
+    /// Applies the other nodes' events with `apply` (a node only): the
+    /// revocations still in force before it returns, then each new event
+    /// within a second of its publication.
+    pub async fn follow(
+        &self,
+        apply: Arc<dyn Fn(sluice_core::cluster::ClusterEvent) + Send + Sync>,
+    ) -> Result<(), StoreError> {
+        let Some(node) = &self.node else {
+            return Ok(());
+        };
+        let seen = events::catch_up(&self.target, node, &apply).await?;
+        tokio::spawn(events::follow(
+            self.target.clone(),
+            node.clone(),
+            apply,
+            seen,
+        ));
+        Ok(())
     }
 
     /// This node's id (none for a reader).

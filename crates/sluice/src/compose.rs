@@ -184,7 +184,11 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
         tokio::spawn(async move { warm.warm_up().await });
         builder = builder.authenticator(provider);
     }
+    if let Some(cluster) = opened.cluster() {
+        builder = builder.cluster(cluster);
+    }
     let gateway = Arc::new(builder.build()?);
+    opened.follow(&gateway).await?;
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(addr) = listen.postgres {
         let listener = tokio::net::TcpListener::bind(addr)

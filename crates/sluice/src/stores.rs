@@ -82,6 +82,32 @@ impl Opened {
         }
     }
 
+    /// How this node tells the others what it decides (a shared store).
+    pub fn cluster(&self) -> Option<Arc<dyn sluice_core::cluster::Cluster>> {
+        match self {
+            Opened::Shared(s) => s
+                .cluster()
+                .map(|c| c as Arc<dyn sluice_core::cluster::Cluster>),
+            Opened::Embedded(_) => None,
+        }
+    }
+
+    /// Applies the other nodes' revocations and session ends to `gateway`
+    /// (those in force before it returns: the node serves after).
+    pub async fn follow(&self, gateway: &Arc<sluice_core::Gateway>) -> Result<()> {
+        if let Opened::Shared(s) = self {
+            let gateway = Arc::downgrade(gateway);
+            s.follow(Arc::new(move |event| {
+                if let Some(g) = gateway.upgrade() {
+                    g.apply(event);
+                }
+            }))
+            .await
+            .context("reading the other nodes' revocations")?;
+        }
+        Ok(())
+    }
+
     /// Ends the sessions this process's previous run left open.
     pub async fn close_orphaned_sessions(&self, reason: &str) -> Result<usize> {
         Ok(match self {

@@ -114,7 +114,12 @@ async fn idp_identities_are_mapped_and_revocable() {
         .to_string();
     assert!(err.contains("not issued by this gateway"), "{err}");
 
-    assert_eq!(gw.revoke_token("jti-alice", None, "ops", None).unwrap(), 0);
+    assert_eq!(
+        gw.revoke_token("jti-alice", None, "ops", None)
+            .await
+            .unwrap(),
+        0
+    );
     let err = gw.authenticate(&creds("idp:alice:eng")).await.unwrap_err();
     assert!(matches!(err, AuthError::Revoked));
     // Persistent: a new gateway on the same state_dir still refuses it.
@@ -178,6 +183,7 @@ async fn exchanged_tokens_open_one_connection_and_die_with_their_parent() {
     // Revoking the parent ends the child's live session and refuses the child.
     let ended = gw
         .revoke_token(&bob.token_id, None, "ops", Some("leak".into()))
+        .await
         .unwrap();
     assert_eq!(ended, 1);
     let reason = tokio::time::timeout(Duration::from_secs(1), handle.ended())
@@ -212,7 +218,9 @@ async fn revoking_a_token_revokes_its_exchanges_at_any_depth() {
         .await
         .unwrap();
 
-    gw.revoke_token(&bob.token_id, None, "ops", None).unwrap();
+    gw.revoke_token(&bob.token_id, None, "ops", None)
+        .await
+        .unwrap();
     let reason = tokio::time::timeout(Duration::from_secs(1), handle.ended())
         .await
         .unwrap();
@@ -239,7 +247,9 @@ async fn revoking_a_token_revokes_its_exchanges_at_any_depth() {
     let c2 = gw
         .exchange(&c1_id, "appdb", Duration::from_secs(300))
         .unwrap();
-    gw.revoke_token(&c1.token_id, None, "ops", None).unwrap();
+    gw.revoke_token(&c1.token_id, None, "ops", None)
+        .await
+        .unwrap();
     assert!(gw.authenticate(&creds("idp:carol:eng")).await.is_ok());
     assert!(matches!(
         gw.authenticate(&creds(&c2.token)).await,

@@ -134,5 +134,6 @@ async fn beat_and_reap(client: &mut Client, node: &str) -> Result<usize, StoreEr
         .map_err(backend)?;
     }
     tx.commit().await.map_err(backend)?;
+    super::events::prune(client).await?;
     Ok(lapsed.len())
 }

@@ -14,9 +14,10 @@ const MIGRATION_LOCK: i64 = 0x736c_7569_6365;
 
 /// Migrations in order; a version is never edited once released, only
 /// followed by a new one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE sluice_sessions (
         id TEXT PRIMARY KEY,
         node TEXT NOT NULL,
@@ -51,7 +52,21 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         heartbeat_at_ms BIGINT NOT NULL
     );
     ",
-)];
+    ),
+    (
+        2,
+        "
+    CREATE TABLE sluice_events (
+        id BIGSERIAL PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        origin TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        forget_after BIGINT,
+        body TEXT NOT NULL
+    );
+    ",
+    ),
+];
 
 /// The newest schema version this build knows.
 pub(super) fn latest() -> i32 {

@@ -278,9 +278,12 @@ async fn nodes_starting_at_once_migrate_once() {
     }
     assert_eq!(
         server
-            .sql("SELECT string_agg(version::text, ',') FROM sluice_migrations")
+            .sql("SELECT string_agg(version::text, ',' ORDER BY version) FROM sluice_migrations")
             .trim(),
-        schema::latest().to_string()
+        (1..=schema::latest())
+            .map(|v| v.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
 }
 

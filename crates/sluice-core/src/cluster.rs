@@ -1,0 +1,28 @@
+//! Several gateway nodes: what one node decides that every node must apply
+//! (a revoked token, a session ended by an operator). A shared store
+//! carries these events (`sluice-store`'s PostgreSQL store: a table read on
+//! `LISTEN/NOTIFY`, with polling as the fallback); one node alone has none.
+
+use crate::audit::StoreError;
+use crate::auth::Revocation;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// An event for every node of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ClusterEvent {
+    /// A token revoked on one node is revoked on all: new sessions are
+    /// refused and live ones, with their descendants, end.
+    Revoked { revocation: Revocation },
+    /// End a live session wherever it runs.
+    EndSession { session_id: String, reason: String },
+}
+
+/// Delivers events to the other nodes.
+#[async_trait]
+pub trait Cluster: Send + Sync + 'static {
+    /// Stores `event` for every other node; returns once it is durable (a
+    /// node that was down applies revocations when it starts).
+    async fn publish(&self, event: &ClusterEvent) -> Result<(), StoreError>;
+}
