@@ -254,3 +254,57 @@ fn a_revocation_or_a_kill_through_one_node_ends_the_session_on_the_other() {
     ok(&b.sluice(&["sessions", "kill", &id, "--token", &token]));
     exit_of(held);
 }
+
+/// A customer write held on node a (the quickstart's review rule) is listed by node b's API,
+/// approved through node b, and completes on node a's connection; the decision is in the
+/// requester's chain. Node b refuses what node a would (the requester's own approval).
+#[test]
+fn a_statement_held_on_one_node_is_approved_through_the_other_and_completes() {
+    let a = Env::quickstart().shared_store("a", false).start();
+    let b = a.start_other_node("b");
+    let url = a.url("agent-1", &a.agent_token(), "appdb");
+    let dba = a.token("dana", &["dba"], "10m");
+    let mut psql = a.psql_command(
+        &url,
+        &[
+            "-c",
+            "update customers set name = 'Approved Name' where id = 1 returning name",
+        ],
+    );
+    let client =
+        std::thread::spawn(move || run_with_timeout(&mut psql, None, Duration::from_secs(60)));
+    let request = wait_until(
+        Duration::from_secs(20),
+        "the request listed by node b",
+        || {
+            let out = b.sluice(&["approvals", "list", "--json", "--token", &dba]);
+            let list: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).ok()?;
+            list.into_iter().next()
+        },
+    );
+    let id = request["id"].as_str().unwrap().to_string();
+    assert_eq!(request["subject"], "agent-1");
+    let own = a.token("agent-1", &["agents", "dba"], "10m");
+    let refused = failed(&b.sluice(&["approvals", "approve", &id, "--token", &own]));
+    assert!(refused.contains("own request"), "{refused}");
+    assert_ne!(
+        a.direct_sql("app", "select name from customers where id = 1")
+            .trim(),
+        "Approved Name"
+    );
+
+    ok(&b.sluice(&["approvals", "approve", &id, "--token", &dba]));
+    let out = client.join().unwrap();
+    assert!(ok(&out).contains("Approved Name"));
+    assert_eq!(
+        a.direct_sql("app", "select name from customers where id = 1")
+            .trim(),
+        "Approved Name"
+    );
+    let session = sessions(b.sluice(&["sessions", "list", "--json"]))
+        .into_iter()
+        .find(|s| s["node"] == "a" && s["commands"] == 1)
+        .unwrap();
+    let replay = ok(&b.sluice(&["replay", session["id"].as_str().unwrap()]));
+    assert!(replay.contains("dana"), "{replay}");
+}

@@ -1,10 +1,13 @@
 //! Several gateway nodes: what one node decides that every node must apply
-//! (a revoked token, a session ended by an operator). A shared store
+//! (a revoked token, a session ended by an operator, approval requests and
+//! decisions). A shared store
 //! carries these events (`sluice-store`'s PostgreSQL store: a table read on
 //! `LISTEN/NOTIFY`, with polling as the fallback); one node alone has none.
 
+use crate::approval::ApprovalRequest;
 use crate::audit::StoreError;
 use crate::auth::Revocation;
+use crate::model::Identity;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,17 @@ pub enum ClusterEvent {
     Revoked { revocation: Revocation },
     /// End a live session wherever it runs.
     EndSession { session_id: String, reason: String },
+    /// A node's approval request as it stands (opened, decided, expired,
+    /// used): the other nodes list it.
+    Approval { request: ApprovalRequest },
+    /// A decision made through one node for a request another node holds;
+    /// the holder checks and records it as its own.
+    DecideApproval {
+        id: String,
+        approver: Identity,
+        approve: bool,
+        reason: Option<String>,
+    },
 }
 
 /// Delivers events to the other nodes.

@@ -289,11 +289,11 @@ impl GatewayBuilder {
             .map_err(|(key, message)| GatewayError::Config { key, message })?;
         let group_map = GroupMap::from_config(&self.config.auth);
         let revocations = RevocationList::load(&self.config.gateway.state_dir)?;
-        let approvals = Arc::new(ApprovalService::new(
-            self.store.clone(),
-            settings,
-            self.notifiers,
-        ));
+        let mut approvals = ApprovalService::new(self.store.clone(), settings, self.notifiers);
+        if let Some(cluster) = &self.cluster {
+            approvals = approvals.with_cluster(cluster.clone());
+        }
+        let approvals = Arc::new(approvals);
         Ok(Gateway {
             pipeline: self.pipeline.build(
                 engine.clone(),
@@ -574,6 +574,20 @@ impl Gateway {
                 if self.live.terminate(&session_id, &reason) {
                     tracing::warn!(message = "Session ended from another node.", session = %session_id);
                 }
+            }
+            crate::cluster::ClusterEvent::Approval { request } => self.approvals.mirror(request),
+            crate::cluster::ClusterEvent::DecideApproval {
+                id,
+                approver,
+                approve,
+                reason,
+            } => {
+                let approvals = self.approvals.clone();
+                tokio::spawn(async move {
+                    approvals
+                        .decide_for_another_node(&id, &approver, approve, reason)
+                        .await
+                });
             }
         }
     }

@@ -8,8 +8,10 @@
 //! Anything that fails here denies (fail closed).
 
 mod layer;
+mod remote;
 
 pub use layer::ApprovalLayer;
+pub use remote::CONFIRM_TIMEOUT;
 
 use crate::audit::{AuditEvent, Store};
 use crate::config::{Config, HumanDuration};
@@ -206,6 +208,8 @@ pub struct ApprovalService {
     settings: std::sync::RwLock<Arc<HashMap<String, ReviewSettings>>>,
     /// How long finished requests stay listed; their decisions stay in the audit trail.
     finished_retention_ms: u64,
+    /// Requests held on other nodes of a shared store.
+    remote: remote::Remote,
 }
 
 /// Finished (denied, expired, used) requests are forgotten this long after
@@ -278,6 +282,38 @@ impl ApprovalService {
             notifiers,
             settings: std::sync::RwLock::new(Arc::new(settings)),
             finished_retention_ms: FINISHED_RETENTION.as_millis() as u64,
+            remote: remote::Remote::default(),
+        }
+    }
+
+    /// Shares this node's requests with the other nodes of a shared store,
+    /// and takes their decisions (see `remote.rs`).
+    pub fn with_cluster(mut self, cluster: Arc<dyn crate::cluster::Cluster>) -> Self {
+        self.remote = remote::Remote::new(Some(cluster));
+        self
+    }
+
+    /// Another node's request, as it announced it (`Gateway::apply`).
+    pub fn mirror(&self, request: ApprovalRequest) {
+        if !self.entries.locked().contains_key(&request.id) {
+            self.remote.mirror(request, self.finished_retention_ms);
+        }
+    }
+
+    /// A decision made through another node for a request held here: the
+    /// same checks and record as a decision made here.
+    pub async fn decide_for_another_node(
+        &self,
+        id: &str,
+        approver: &Identity,
+        approve: bool,
+        reason: Option<String>,
+    ) {
+        if !self.entries.locked().contains_key(id) {
+            return;
+        }
+        if let Err(e) = self.decide(id, approver, approve, reason).await {
+            tracing::warn!(message = "A decision made through another node was not applied.", id = %id, error = %e);
         }
     }
 
@@ -323,12 +359,12 @@ impl ApprovalService {
         entries
     }
 
-    /// Requests, newest first; `pending_only` hides decided ones.
+    /// Requests, newest first (other nodes' too); `pending_only` hides decided ones.
     pub fn list(&self, pending_only: bool) -> Vec<ApprovalRequest> {
-        let entries = self.lock();
-        let mut out: Vec<ApprovalRequest> = entries
-            .values()
-            .map(|e| e.request.clone())
+        let local: Vec<ApprovalRequest> = self.lock().values().map(|e| e.request.clone()).collect();
+        let mut out: Vec<ApprovalRequest> = local
+            .into_iter()
+            .chain(self.remote.list())
             .filter(|r| !pending_only || r.state == ApprovalState::Pending)
             .collect();
         out.sort_by_key(|r| std::cmp::Reverse(r.requested_at_ms));
@@ -336,8 +372,8 @@ impl ApprovalService {
     }
 
     pub fn get(&self, id: &str) -> Option<ApprovalRequest> {
-        let entries = self.lock();
-        entries.get(id).map(|e| e.request.clone())
+        let local = self.lock().get(id).map(|e| e.request.clone());
+        local.or_else(|| self.remote.get(id))
     }
 
     /// An approver decides. The decision is durable in the requester's
@@ -349,34 +385,17 @@ impl ApprovalService {
         approve: bool,
         reason: Option<String>,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let request = {
-            let entries = self.lock();
-            let e = entries
+        let local = self.lock().get(id).map(|e| e.request.clone());
+        let Some(request) = local else {
+            // Held on another node: the same checks here, then the owner's.
+            let r = self
+                .remote
                 .get(id)
                 .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
-            let r = &e.request;
-            if r.state != ApprovalState::Pending {
-                return Err(ApprovalError::NotPending {
-                    id: id.to_string(),
-                    state: r.state,
-                });
-            }
-            if r.subject == approver.subject && r.issuer == approver.issuer {
-                return Err(ApprovalError::SelfApproval(approver.subject.clone()));
-            }
-            // An exchanged token keeps its owner's groups but is made to be
-            // handed to agents: it never carries the owner's approver role.
-            if approver.connections.is_some() {
-                return Err(ApprovalError::NarrowedToken);
-            }
-            if !approver.in_any_group(&r.approvers) {
-                return Err(ApprovalError::NotAnApprover {
-                    subject: approver.subject.clone(),
-                    groups: r.approvers.join(", "),
-                });
-            }
-            r.clone()
+            may_decide(&r, approver)?;
+            return self.remote.decide(id, approver, approve, reason).await;
         };
+        may_decide(&request, approver)?;
         let state = if approve {
             ApprovalState::Approved
         } else {
@@ -434,6 +453,7 @@ impl ApprovalService {
             e.request.clone()
         };
         tracing::info!(message = "Approval decided.", id = %id, state = %decided.state, by = %approver.subject);
+        self.remote.announce(&decided);
         for n in &self.notifiers {
             n.decided(&decided);
         }
@@ -477,6 +497,7 @@ impl ApprovalService {
             },
         );
         tracing::info!(message = "Approval requested.", id = %request.id, rule = %request.rule, subject = %request.subject, connection = %request.connection);
+        self.remote.announce(&request);
         for n in &self.notifiers {
             n.requested(&request);
         }
@@ -486,20 +507,21 @@ impl ApprovalService {
     /// A held request timed out or was abandoned: record it and stop
     /// accepting decisions.
     pub(crate) fn expire_now(&self, id: &str, reason: &str) {
-        let session = {
+        let expired = {
             let mut entries = self.lock();
             match entries.get_mut(id) {
                 Some(e) if e.request.state == ApprovalState::Pending => {
                     e.request.state = ApprovalState::Expired;
                     e.waiter = None;
-                    Some(e.request.session_id.clone())
+                    Some(e.request.clone())
                 }
                 _ => None,
             }
         };
-        if let Some(session) = session {
+        if let Some(request) = expired {
+            self.remote.announce(&request);
             self.store.append_background(
-                &session,
+                &request.session_id,
                 AuditEvent::ApprovalDecided {
                     approval_id: id.to_string(),
                     state: ApprovalState::Expired,
@@ -523,6 +545,7 @@ impl ApprovalService {
             match e.request.state {
                 ApprovalState::Approved => {
                     e.request.state = ApprovalState::Used;
+                    self.remote.announce(&e.request);
                     return Grant::Approved(e.request.clone());
                 }
                 ApprovalState::Pending => pending = Some(e.request.clone()),
@@ -534,6 +557,32 @@ impl ApprovalService {
             None => Grant::None,
         }
     }
+}
+
+/// Whether `approver` may decide `r` (still pending, not their own, their
+/// own token, an approver group of it).
+fn may_decide(r: &ApprovalRequest, approver: &Identity) -> Result<(), ApprovalError> {
+    if r.state != ApprovalState::Pending {
+        return Err(ApprovalError::NotPending {
+            id: r.id.clone(),
+            state: r.state,
+        });
+    }
+    if r.subject == approver.subject && r.issuer == approver.issuer {
+        return Err(ApprovalError::SelfApproval(approver.subject.clone()));
+    }
+    // An exchanged token keeps its owner's groups but is made to be
+    // handed to agents: it never carries the owner's approver role.
+    if approver.connections.is_some() {
+        return Err(ApprovalError::NarrowedToken);
+    }
+    if !approver.in_any_group(&r.approvers) {
+        return Err(ApprovalError::NotAnApprover {
+            subject: approver.subject.clone(),
+            groups: r.approvers.join(", "),
+        });
+    }
+    Ok(())
 }
 
 pub(crate) enum Grant {

@@ -37,10 +37,16 @@ impl PgCluster {
     }
 }
 
+/// An event's kind, and when no node needs it any more (unix seconds) for
+/// the events a starting node must read: revocations and open requests.
 fn kind(event: &ClusterEvent) -> (&'static str, Option<i64>) {
     match event {
         ClusterEvent::Revoked { revocation } => ("revoked", Some(revocation.forget_after as i64)),
+        ClusterEvent::Approval { request } => {
+            ("approval", Some((request.expires_at_ms / 1000) as i64 + 60))
+        }
         ClusterEvent::EndSession { .. } => ("end_session", None),
+        ClusterEvent::DecideApproval { .. } => ("decide_approval", None),
     }
 }
 
@@ -161,7 +167,7 @@ async fn read_new(
     let rows = client
         .query(
             "SELECT id, origin, kind, body FROM sluice_events
-             WHERE id > $1 AND (kind <> 'revoked' OR forget_after > $2) ORDER BY id",
+             WHERE id > $1 AND (forget_after IS NULL OR forget_after > $2) ORDER BY id",
             &[&(seen.last - REREAD), &((now_ms() / 1000) as i64)],
         )
         .await
@@ -173,8 +179,9 @@ async fn read_new(
         }
         seen.last = seen.last.max(id);
         let (origin, kind, body): (String, String, String) = (row.get(1), row.get(2), row.get(3));
-        // Before this node started, only revocations still matter.
-        if origin == node || (!seen.started && kind != "revoked") {
+        // Before this node started, only what is still in force matters.
+        let lasting = kind == "revoked" || kind == "approval";
+        if origin == node || (!seen.started && !lasting) {
             continue;
         }
         match serde_json::from_str::<ClusterEvent>(&body) {
@@ -195,8 +202,8 @@ pub(super) async fn prune(client: &Client) -> Result<(), StoreError> {
     let now = now_ms() as i64;
     client
         .execute(
-            "DELETE FROM sluice_events WHERE (kind = 'revoked' AND forget_after < $1)
-                 OR (kind <> 'revoked' AND at_ms < $2)",
+            "DELETE FROM sluice_events WHERE forget_after < $1
+                 OR (forget_after IS NULL AND at_ms < $2)",
             &[&(now / 1000), &(now - 3_600_000)],
         )
         .await
