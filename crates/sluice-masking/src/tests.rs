@@ -1290,6 +1290,18 @@ fn throughput() {
                 "{what}: stream and text differ"
             );
         }
+        // The database path: each column value masked on its own.
+        let fields: Vec<&str> = rows.split(['\t', '\n']).collect();
+        let start = Instant::now();
+        let mut n = 0;
+        for f in &fields {
+            n += e.mask_field(f).1.total();
+        }
+        let mbs = rows.len() as f64 / start.elapsed().as_secs_f64() / 1e6;
+        println!(
+            "{name:8} {:24} {mbs:8.1} MB/s ({n} masked per pass)",
+            "rows, field by field"
+        );
     }
 }
 
