@@ -910,15 +910,13 @@ impl MaskingEngine {
             let Some(info) = inner.patterns.get(pid.as_usize()) else {
                 return;
             };
-            let det = &inner.detectors[info.detector];
-            let hit = match det.kind {
+            let hit = match inner.detectors[info.detector].kind {
                 Kind::Builtin(b) => b.validate(info.form, hay, s, end),
                 Kind::Custom => Some(Hit::whole(s, end)),
             };
-            let Some(h) = hit else { return };
-            if h.start < pos || h.end <= h.start {
+            let Some(h) = hit.filter(|h| h.start >= pos && h.end > h.start) else {
                 return;
-            }
+            };
             let better = match &best {
                 None => true,
                 Some((_, b)) => h.start < b.start || (h.start == b.start && h.end > b.end),
@@ -927,37 +925,53 @@ impl MaskingEngine {
                 best = Some((pid.as_usize(), h));
             }
         };
-        let Some(scan) = &inner.scan else {
-            return None;
-        };
-        let anchored = |pid: PatternID| {
-            scan.search(
-                &Input::new(hay)
-                    .range(s..end)
-                    .anchored(Anchored::Pattern(pid)),
-            )
-        };
         if inner.optimized {
-            // `m` is leftmost-first: no pattern before `m.pattern()` matches
-            // at `s`, and its end there is `m.end()`.
-            consider(m.pattern(), m.end());
-            // A later pattern matches at `s` only if it can start with this
-            // byte: one short anchored search for each that can.
-            let later = inner.starting[usize::from(hay[s])]
-                .iter()
-                .filter(|&&pid| pid > m.pattern());
-            for &pid in later {
-                if let Some(other) = anchored(pid) {
-                    consider(pid, other.end());
-                }
-            }
-            return best;
+            self.matches_at(hay, m, end, &mut consider);
+        } else {
+            self.matches_at_plain(hay, m, end, scratch, &mut consider);
         }
-        // The plain path: an all-matches probe lists the patterns at `s`.
+        best
+    }
+
+    /// Calls `each` with every pattern matching at `m`'s start and its end
+    /// there, in pattern order. `m` is leftmost-first: no pattern before
+    /// `m.pattern()` matches at its start, and its end there is `m.end()`. A
+    /// later pattern matches there only if it can start with that byte: one
+    /// short anchored search for each that can.
+    fn matches_at(
+        &self,
+        hay: &[u8],
+        m: Match,
+        end: usize,
+        each: &mut impl FnMut(PatternID, usize),
+    ) {
+        each(m.pattern(), m.end());
+        let s = m.start();
+        let later = self.inner.starting[usize::from(hay[s])]
+            .iter()
+            .filter(|&&pid| pid > m.pattern());
+        for &pid in later {
+            if let Some(other) = self.anchored(hay, s, end, pid) {
+                each(pid, other.end());
+            }
+        }
+    }
+
+    /// [`Self::matches_at`] the plain way, the reference for the tests: an
+    /// all-matches probe lists the patterns matching at `m`'s start.
+    fn matches_at_plain(
+        &self,
+        hay: &[u8],
+        m: Match,
+        end: usize,
+        scratch: &mut Scratch,
+        each: &mut impl FnMut(PatternID, usize),
+    ) {
+        let inner = &*self.inner;
         let Some(probe) = inner.probe.as_ref().filter(|_| inner.patterns.len() > 1) else {
-            consider(m.pattern(), m.end());
-            return best;
+            return each(m.pattern(), m.end());
         };
+        let s = m.start();
         let set = scratch
             .set
             .get_or_insert_with(|| PatternSet::new(inner.patterns.len()));
@@ -965,16 +979,24 @@ impl MaskingEngine {
         probe
             .which_overlapping_matches(&Input::new(hay).range(s..end).anchored(Anchored::Yes), set);
         if !set.contains(m.pattern()) {
-            consider(m.pattern(), m.end());
+            each(m.pattern(), m.end());
         }
         for pid in set.iter() {
             if pid == m.pattern() {
-                consider(pid, m.end());
-            } else if let Some(other) = anchored(pid) {
-                consider(pid, other.end());
+                each(pid, m.end());
+            } else if let Some(other) = self.anchored(hay, s, end, pid) {
+                each(pid, other.end());
             }
         }
-        best
+    }
+
+    /// `pid`'s leftmost-first match starting at `s` in `hay[..end]`.
+    fn anchored(&self, hay: &[u8], s: usize, end: usize, pid: PatternID) -> Option<Match> {
+        self.inner.scan.as_ref()?.search(
+            &Input::new(hay)
+                .range(s..end)
+                .anchored(Anchored::Pattern(pid)),
+        )
     }
 
     pub(crate) fn detector(&self, det: usize) -> &Detector {
