@@ -1461,8 +1461,14 @@ fn adversarial_piece(rng: &mut Rng) -> String {
             .map(|_| alphabet[rng.below(alphabet.len())] as char)
             .collect()
     };
-    match rng.below(10) {
+    match rng.below(12) {
         0 => run(rng, b"0123456789", 24),
+        // Long runs: together, past the stream hold-back now and then.
+        11 if rng.below(6) == 0 => {
+            let alphabets: [&[u8]; 3] = [b"0123456789 ", b"abcXYZ019._-", B64];
+            let alphabet = alphabets[rng.below(3)];
+            run(rng, alphabet, 6000)
+        }
         // Digit groups: phone, SSN and card shapes that overlap.
         1 | 9 => {
             let sep = [" ", "-", ".", "", " "][rng.below(5)];
@@ -1476,7 +1482,7 @@ fn adversarial_piece(rng: &mut Rng) -> String {
         4 => UNICODE[rng.below(UNICODE.len())].to_string(),
         5 => run(rng, B64, 60),
         6 => WORDS[rng.below(WORDS.len())].to_string(),
-        7 => run(rng, b"0123456789 -.()+/", 30),
+        7 | 10 | 11 => run(rng, b"0123456789 -.()+/", 30),
         _ => {
             let (_, input, _) = DETECTOR_TABLE[rng.below(DETECTOR_TABLE.len())];
             expand(input)
@@ -1504,12 +1510,14 @@ fn optimized_path_masks_exactly_what_the_plain_scan_masks() {
         "#,
     ];
     let mut rng = Rng(0x5eed);
+    let mut past_holdback = 0;
     for toml_text in configs {
         let fast = engine(toml_text);
         let plain = compile_unoptimized(&config(toml_text), Some(KEY)).unwrap();
-        for _ in 0..1500 {
+        for _ in 0..1000 {
             let pieces = 1 + rng.below(12);
             let input: String = (0..pieces).map(|_| adversarial_piece(&mut rng)).collect();
+            past_holdback += usize::from(input.len() > MAX_HOLDBACK);
             let want = plain.mask_text(&input);
             assert_eq!(fast.mask_text(&input), want, "{toml_text}: {input:?}");
             assert_eq!(
@@ -1517,21 +1525,37 @@ fn optimized_path_masks_exactly_what_the_plain_scan_masks() {
                 plain.mask_field(&input),
                 "{input:?}"
             );
-            let chunks = random_chunks(&mut rng, input.as_bytes());
+            // Bytes that are not UTF-8 go through `mask_bytes` and streams.
+            let mut bytes = input.into_bytes();
+            for _ in 0..rng.below(3) {
+                let at = rng.below(bytes.len() + 1);
+                bytes.insert(at, [0xFF, 0xC3, 0x80][rng.below(3)]);
+            }
+            assert_eq!(
+                fast.mask_bytes(&bytes),
+                plain.mask_bytes(&bytes),
+                "{bytes:?}"
+            );
+            let chunks = random_chunks(&mut rng, &bytes);
             let streamed = stream_all(&fast, &chunks);
             assert_eq!(
                 streamed,
                 stream_all(&plain, &chunks),
-                "{input:?} {chunks:?}"
+                "{bytes:?} {chunks:?}"
             );
         }
     }
+    assert!(
+        past_holdback > 10,
+        "{past_holdback} inputs past the hold-back"
+    );
 }
 
 fn random_chunks<'a>(rng: &mut Rng, mut bytes: &'a [u8]) -> Vec<&'a [u8]> {
     let mut chunks = Vec::new();
     while !bytes.is_empty() {
-        let n = (1 + rng.below(40)).min(bytes.len());
+        let max = [40, 5000][rng.below(2)];
+        let n = (1 + rng.below(max)).min(bytes.len());
         let (chunk, rest) = bytes.split_at(n);
         chunks.push(chunk);
         bytes = rest;
