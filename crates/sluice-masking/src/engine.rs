@@ -947,7 +947,9 @@ impl MaskingEngine {
     ) {
         each(m.pattern(), m.end());
         let s = m.start();
-        let later = self.inner.starting[usize::from(hay[s])]
+        // Matches are never empty, so there is a byte at `s`.
+        let Some(&first) = hay.get(s) else { return };
+        let later = self.inner.starting[usize::from(first)]
             .iter()
             .filter(|&&pid| pid > m.pattern());
         for &pid in later {
