@@ -135,7 +135,7 @@ struct Inner {
     /// Leftmost-first over all patterns: finds where candidates start.
     scan: Option<Regex>,
     /// All-matches over the same patterns, which lists the patterns that
-    /// match at a start: only built for the plain path (see `best_at`).
+    /// match at a start: only built for the plain path (`matches_at_plain`).
     probe: Option<Regex>,
     patterns: Vec<PatternInfo>,
     /// For each byte, the patterns a match of which may start with it, by id.
