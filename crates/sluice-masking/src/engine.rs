@@ -2,10 +2,11 @@
 //! candidate validation, overlap resolution and rewriting.
 //!
 //! How a text is scanned: the leftmost-first automaton finds the earliest
-//! position where any detector's pattern matches. At that position a second
-//! automaton over the same patterns (all-matches semantics, anchored) reports
-//! every pattern that matches there; each is validated (Luhn, mod-97, …) and
-//! the longest valid one wins, earlier detectors breaking ties. A winner is
+//! position where any detector's pattern matches, and the first pattern
+//! matching there. Every later pattern whose matches can start with that
+//! byte (read off its NFA, see `prefilter.rs`) is tried there with an
+//! anchored search; each match is validated (Luhn, mod-97, …) and the
+//! longest valid one wins, earlier detectors breaking ties. A winner is
 //! rewritten and the scan resumes after it; when no candidate there is valid
 //! the scan resumes one byte later. Text without candidates costs one pass of
 //! the lazy DFA and no allocation.
@@ -13,6 +14,7 @@
 use crate::config::{MaskingConfig, MaskingConfigError, Style};
 use crate::detectors::{self, Builtin, Hit, Partial};
 use crate::glob::Glob;
+use crate::prefilter::Facts;
 use hmac::{Hmac, KeyInit, Mac};
 use regex_automata::meta::Regex;
 use regex_automata::util::syntax;
@@ -132,9 +134,15 @@ struct ColumnPattern {
 struct Inner {
     /// Leftmost-first over all patterns: finds where candidates start.
     scan: Option<Regex>,
-    /// All-matches over the same patterns: which patterns match at a start.
+    /// All-matches over the same patterns, which lists the patterns that
+    /// match at a start: only built for the plain path (`matches_at_plain`).
     probe: Option<Regex>,
     patterns: Vec<PatternInfo>,
+    /// For each byte, the patterns a match of which may start with it, by id.
+    starting: Vec<Vec<PatternID>>,
+    /// Whether the shortcuts derived from [`Facts`] are used (always, except
+    /// for the reference path the differential tests compare them with).
+    optimized: bool,
     detectors: Vec<Detector>,
     columns: Vec<ColumnRule>,
     default_style: Style,
@@ -183,6 +191,8 @@ impl Default for MaskingEngine {
                 scan: None,
                 probe: None,
                 patterns: Vec::new(),
+                starting: Vec::new(),
+                optimized: true,
                 detectors: Vec::new(),
                 columns: Vec::new(),
                 default_style: Style::Redact,
@@ -289,6 +299,24 @@ fn parse_column_pattern(p: &str) -> Result<ColumnPattern, String> {
 pub fn compile<K>(
     config: &MaskingConfig<K>,
     hash_key: Option<&[u8]>,
+) -> Result<MaskingEngine, MaskingConfigError> {
+    compile_as(config, hash_key, true)
+}
+
+/// [`compile`] without the shortcuts: the plain full scan, the reference
+/// the differential tests hold the optimized path to.
+#[cfg(test)]
+pub(crate) fn compile_unoptimized<K>(
+    config: &MaskingConfig<K>,
+    hash_key: Option<&[u8]>,
+) -> Result<MaskingEngine, MaskingConfigError> {
+    compile_as(config, hash_key, false)
+}
+
+fn compile_as<K>(
+    config: &MaskingConfig<K>,
+    hash_key: Option<&[u8]>,
+    optimized: bool,
 ) -> Result<MaskingEngine, MaskingConfigError> {
     let default_style = config.style;
     let mut detectors: Vec<Detector> = Vec::new();
@@ -506,10 +534,12 @@ pub fn compile<K>(
                     )
                 })
         };
-        (
-            Some(build(MatchKind::LeftmostFirst)?),
-            Some(build(MatchKind::All)?),
-        )
+        let probe = if optimized {
+            None
+        } else {
+            Some(build(MatchKind::All)?)
+        };
+        (Some(build(MatchKind::LeftmostFirst)?), probe)
     };
     // Deciding a match may look up to 2 × STRADDLE bytes past its start.
     let holdback = match max_len {
@@ -518,11 +548,23 @@ pub fn compile<K>(
         Some(n) => n.clamp(2 * STRADDLE, MAX_HOLDBACK),
     };
 
+    let facts: Vec<Facts> = patterns.iter().map(|p| Facts::of(p)).collect();
+    let starting = (0..=255u8)
+        .map(|b| {
+            (0..facts.len())
+                .filter(|&i| facts[i].first.contains(b))
+                .filter_map(|i| PatternID::new(i).ok())
+                .collect()
+        })
+        .collect();
+
     Ok(MaskingEngine {
         inner: Arc::new(Inner {
             scan,
             probe,
             patterns: infos,
+            starting,
+            optimized,
             detectors,
             columns,
             default_style,
@@ -540,6 +582,8 @@ impl MaskingEngine {
                 scan: None,
                 probe: None,
                 patterns: Vec::new(),
+                starting: Vec::new(),
+                optimized: true,
                 detectors: Vec::new(),
                 columns: Vec::new(),
                 default_style: Style::default(),
@@ -849,7 +893,8 @@ impl MaskingEngine {
         None
     }
 
-    /// Every pattern matching at `m`'s start, validated; the longest wins.
+    /// Every pattern matching at `m`'s start, validated; the longest wins,
+    /// the earliest pattern on ties.
     fn best_at(
         &self,
         hay: &[u8],
@@ -861,55 +906,99 @@ impl MaskingEngine {
         let inner = &*self.inner;
         let s = m.start();
         let mut best: Option<(usize, Hit)> = None;
-        let mut consider = |pid: usize, end: usize| {
-            let Some(info) = inner.patterns.get(pid) else {
+        let mut consider = |pid: PatternID, end: usize| {
+            let Some(info) = inner.patterns.get(pid.as_usize()) else {
                 return;
             };
-            let det = &inner.detectors[info.detector];
-            let hit = match det.kind {
+            let hit = match inner.detectors[info.detector].kind {
                 Kind::Builtin(b) => b.validate(info.form, hay, s, end),
                 Kind::Custom => Some(Hit::whole(s, end)),
             };
-            let Some(h) = hit else { return };
-            if h.start < pos || h.end <= h.start {
+            let Some(h) = hit.filter(|h| h.start >= pos && h.end > h.start) else {
                 return;
-            }
+            };
             let better = match &best {
                 None => true,
                 Some((_, b)) => h.start < b.start || (h.start == b.start && h.end > b.end),
             };
             if better {
-                best = Some((pid, h));
+                best = Some((pid.as_usize(), h));
             }
         };
-        match (&inner.probe, &inner.scan) {
-            (Some(probe), Some(scan)) if inner.patterns.len() > 1 => {
-                let set = scratch
-                    .set
-                    .get_or_insert_with(|| PatternSet::new(inner.patterns.len()));
-                set.clear();
-                probe.which_overlapping_matches(
-                    &Input::new(hay).range(s..end).anchored(Anchored::Yes),
-                    set,
-                );
-                if !set.contains(m.pattern()) {
-                    consider(m.pattern().as_usize(), m.end());
-                }
-                for pid in set.iter() {
-                    if pid == m.pattern() {
-                        consider(pid.as_usize(), m.end());
-                    } else if let Some(other) = scan.search(
-                        &Input::new(hay)
-                            .range(s..end)
-                            .anchored(Anchored::Pattern(pid)),
-                    ) {
-                        consider(pid.as_usize(), other.end());
-                    }
-                }
-            }
-            _ => consider(m.pattern().as_usize(), m.end()),
+        if inner.optimized {
+            self.matches_at(hay, m, end, &mut consider);
+        } else {
+            self.matches_at_plain(hay, m, end, scratch, &mut consider);
         }
         best
+    }
+
+    /// Calls `each` with every pattern matching at `m`'s start and its end
+    /// there, in pattern order. `m` is leftmost-first: no pattern before
+    /// `m.pattern()` matches at its start, and its end there is `m.end()`. A
+    /// later pattern matches there only if it can start with that byte: one
+    /// short anchored search for each that can.
+    fn matches_at(
+        &self,
+        hay: &[u8],
+        m: Match,
+        end: usize,
+        each: &mut impl FnMut(PatternID, usize),
+    ) {
+        each(m.pattern(), m.end());
+        let s = m.start();
+        // Matches are never empty, so there is a byte at `s`.
+        let Some(&first) = hay.get(s) else { return };
+        let later = self.inner.starting[usize::from(first)]
+            .iter()
+            .filter(|&&pid| pid > m.pattern());
+        for &pid in later {
+            if let Some(other) = self.anchored(hay, s, end, pid) {
+                each(pid, other.end());
+            }
+        }
+    }
+
+    /// [`Self::matches_at`] the plain way, the reference for the tests: an
+    /// all-matches probe lists the patterns matching at `m`'s start.
+    fn matches_at_plain(
+        &self,
+        hay: &[u8],
+        m: Match,
+        end: usize,
+        scratch: &mut Scratch,
+        each: &mut impl FnMut(PatternID, usize),
+    ) {
+        let inner = &*self.inner;
+        let Some(probe) = inner.probe.as_ref().filter(|_| inner.patterns.len() > 1) else {
+            return each(m.pattern(), m.end());
+        };
+        let s = m.start();
+        let set = scratch
+            .set
+            .get_or_insert_with(|| PatternSet::new(inner.patterns.len()));
+        set.clear();
+        probe
+            .which_overlapping_matches(&Input::new(hay).range(s..end).anchored(Anchored::Yes), set);
+        if !set.contains(m.pattern()) {
+            each(m.pattern(), m.end());
+        }
+        for pid in set.iter() {
+            if pid == m.pattern() {
+                each(pid, m.end());
+            } else if let Some(other) = self.anchored(hay, s, end, pid) {
+                each(pid, other.end());
+            }
+        }
+    }
+
+    /// `pid`'s leftmost-first match starting at `s` in `hay[..end]`.
+    fn anchored(&self, hay: &[u8], s: usize, end: usize, pid: PatternID) -> Option<Match> {
+        self.inner.scan.as_ref()?.search(
+            &Input::new(hay)
+                .range(s..end)
+                .anchored(Anchored::Pattern(pid)),
+        )
     }
 
     pub(crate) fn detector(&self, det: usize) -> &Detector {

@@ -35,6 +35,7 @@ mod detectors;
 mod engine;
 pub mod glob;
 mod json;
+mod prefilter;
 mod stream;
 
 #[cfg(test)]
