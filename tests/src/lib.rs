@@ -17,6 +17,7 @@ pub mod pgfuzz;
 pub mod pgwire;
 pub mod plugins;
 pub mod raw;
+pub mod s3;
 pub mod sshd;
 
 use oracle::OracleReport;
@@ -352,7 +353,17 @@ impl EnvBuilder {
         self.shared_store = Some(SharedStoreOption {
             node: node.to_string(),
             separate,
+            recordings: None,
         });
+        self
+    }
+
+    /// With a shared store: ended sessions' recordings go to bucket `sluice-recordings` (prefix
+    /// `e2e`) on the S3-compatible server at `endpoint`.
+    pub fn recordings(mut self, endpoint: &str) -> Self {
+        if let Some(opt) = self.shared_store.as_mut() {
+            opt.recordings = Some(endpoint.to_string());
+        }
         self
     }
 
@@ -421,11 +432,14 @@ impl EnvBuilder {
                         .unwrap_or_else(|e| panic!("starting the store's PostgreSQL: {e}"))
                 });
                 let server = own.as_ref().unwrap_or(&pg);
-                let store = SharedStore::create(server, &opt.node);
+                let mut store = SharedStore::create(server, &opt.node);
+                store.recordings = opt.recordings.clone();
                 gateway_env.push((
                     "SLUICE_STORE_PASSWORD".into(),
                     server.superuser_password.clone(),
                 ));
+                gateway_env.push(("SLUICE_S3_KEY".into(), "testing".into()));
+                gateway_env.push(("SLUICE_S3_SECRET".into(), "testing".into()));
                 (own, Some(store))
             }
         };
@@ -453,6 +467,7 @@ impl EnvBuilder {
 struct SharedStoreOption {
     node: String,
     separate: bool,
+    recordings: Option<String>,
 }
 
 /// A shared PostgreSQL store (database `sluice_store`, as the superuser) and a node's id in it.
@@ -462,6 +477,8 @@ pub struct SharedStore {
     /// gateway's environment, `SLUICE_STORE_PASSWORD`).
     pub url: String,
     pub node: String,
+    /// The S3-compatible endpoint for recordings (`EnvBuilder::recordings`).
+    pub recordings: Option<String>,
 }
 
 impl SharedStore {
@@ -485,15 +502,26 @@ impl SharedStore {
                 server.addr()
             ),
             node: node.to_string(),
+            recordings: None,
         }
     }
 
     /// The `[gateway]` lines that make a gateway this node of the store.
     pub fn gateway_toml(&self) -> String {
-        format!(
+        let mut toml = format!(
             "store = {:?}\nstore_password = {{ env = \"SLUICE_STORE_PASSWORD\" }}\nnode = {:?}\n",
             self.url, self.node
-        )
+        );
+        if let Some(endpoint) = &self.recordings {
+            toml.push_str(&format!(
+                "recordings = \"s3://sluice-recordings/e2e\"\n\
+                 recordings_endpoint = {endpoint:?}\n\
+                 recordings_region = \"us-east-1\"\n\
+                 recordings_access_key_id = {{ env = \"SLUICE_S3_KEY\" }}\n\
+                 recordings_secret_access_key = {{ env = \"SLUICE_S3_SECRET\" }}\n"
+            ));
+        }
+        toml
     }
 
     /// What the store holds as judged (the oracle's view), read with psql, not the gateway.

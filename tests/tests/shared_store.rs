@@ -308,3 +308,65 @@ fn a_statement_held_on_one_node_is_approved_through_the_other_and_completes() {
     let replay = ok(&b.sluice(&["replay", session["id"].as_str().unwrap()]));
     assert!(replay.contains("dana"), "{replay}");
 }
+
+/// Ended sessions' recordings are written to object storage (a real S3-compatible server);
+/// `replay` on the other node reads the object back, and `audit verify` names an object
+/// that is missing or altered.
+#[test]
+fn recordings_in_object_storage_are_read_back_and_checked() {
+    let s3 = sluice_e2e::s3::S3Server::start();
+    s3.create_bucket("sluice-recordings");
+    let a = Env::quickstart()
+        .shared_store("a", false)
+        .recordings(&s3.endpoint())
+        .start();
+    let b = a.start_other_node("b");
+    ok(&a.psql(&a.agent_url(), &["-c", "select 'kept in s3' as recorded"]));
+    let id = a.wait_sessions_ended(1)[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let key = format!("e2e/sessions/{id}.jsonl");
+    let written = sluice_e2e::http::wait_until_or(Duration::from_secs(20), || {
+        s3.keys("sluice-recordings").contains(&key).then_some(())
+    });
+    assert!(
+        written.is_some(),
+        "no recording object {key}; log:\n{}",
+        a.gateway_log()
+    );
+    let object = stdout(&s3.run(&["get", "sluice-recordings", &key], None));
+    assert!(
+        object.contains("kept in s3") && object.lines().count() >= 3,
+        "{object}"
+    );
+    let verified = ok(&b.sluice(&["audit", "verify"]));
+    assert!(verified.contains("all chains intact"), "{verified}");
+
+    // Replay reads the object: the store's copy of the statement changed, the replay not.
+    let store_db = "sluice_store";
+    let change = |from: &str, to: &str| {
+        a.pg.psql(
+            store_db,
+            &format!("UPDATE sluice_records SET body = replace(body, '{from}', '{to}') WHERE session_id = '{id}'"),
+        )
+        .unwrap();
+    };
+    change("kept in s3", "kept in pg");
+    assert!(ok(&b.sluice(&["replay", &id])).contains("kept in s3"));
+    change("kept in pg", "kept in s3");
+
+    // An altered object, then a missing one, is named by audit verify.
+    let altered = object.replace("kept in s3", "kept in s4");
+    ok(&s3.run(
+        &["put", "sluice-recordings", &key],
+        Some(altered.as_bytes()),
+    ));
+    let err = failed(&b.sluice(&["audit", "verify"]));
+    assert!(err.contains(&id) && err.contains("altered"), "{err}");
+    ok(&s3.run(&["delete", "sluice-recordings", &key], None));
+    let err = failed(&a.sluice(&["audit", "verify"]));
+    assert!(err.contains(&id) && err.contains("missing"), "{err}");
+    ok(&s3.run(&["put", "sluice-recordings", &key], Some(object.as_bytes())));
+    assert!(ok(&a.sluice(&["audit", "verify"])).contains("all chains intact"));
+}

@@ -131,11 +131,13 @@ pub(crate) fn setup() -> Result<()> {
 
     // psycopg for the driver tests; Playwright (the Python package only, no
     // browser download) for the console's browser tests; mcp, the official
-    // MCP SDK, for the MCP tests (tests/py/mcp_client.py).
+    // MCP SDK, for the MCP tests (tests/py/mcp_client.py); moto's S3 server
+    // (and boto3, with it) for recordings in object storage (tests/src/s3.rs).
     for (module, package) in [
         ("psycopg", "psycopg[binary]"),
         ("playwright", "playwright"),
         ("mcp", "mcp>=2.3,<3"),
+        ("moto.server", "moto[server]"),
     ] {
         if python_has(module) {
             eprintln!("setup: python3 {module} present");

@@ -133,6 +133,17 @@ pub struct GatewayConfig {
     /// This node's id in a shared store: unique per gateway process (default:
     /// the host name). It is in every session and record the node writes.
     pub node: Option<String>,
+    /// Ended sessions' recordings in object storage (`s3://bucket/prefix`, any
+    /// S3-compatible service); with a shared store.
+    pub recordings: Option<String>,
+    /// The S3-compatible endpoint (`https://…`, or `http://` for a local test
+    /// server); AWS when absent (or `AWS_ENDPOINT`).
+    pub recordings_endpoint: Option<String>,
+    pub recordings_region: Option<String>,
+    /// Object storage credentials, by reference; the standard `AWS_*`
+    /// environment (or an instance role) when absent.
+    pub recordings_access_key_id: Option<Secret>,
+    pub recordings_secret_access_key: Option<Secret>,
     /// `normal`: audit records survive a gateway crash; `full`: they also survive
     /// a power loss (an fsync per batch).
     #[serde(default)]
@@ -161,6 +172,11 @@ impl Default for GatewayConfig {
             store: None,
             store_password: None,
             node: None,
+            recordings: None,
+            recordings_endpoint: None,
+            recordings_region: None,
+            recordings_access_key_id: None,
+            recordings_secret_access_key: None,
             audit_sync: AuditSync::default(),
             allow_plaintext: true,
             checkpoint_key: None,
@@ -964,6 +980,20 @@ impl Config {
                 "gateway.store_password",
                 "only a postgres:// store takes a password".into(),
             ));
+        }
+        if let Some(url) = &g.recordings {
+            if !url.starts_with("s3://") || url.len() <= "s3://".len() {
+                return Err((
+                    "gateway.recordings",
+                    "recordings is s3://bucket/prefix".into(),
+                ));
+            }
+            if g.shared_store().is_none() {
+                return Err((
+                    "gateway.recordings",
+                    "recordings in object storage go with a shared store (gateway.store = \"postgres://…\"); the embedded store keeps them in state_dir".into(),
+                ));
+            }
         }
         if let Some(node) = &g.node {
             let valid = !node.is_empty()

@@ -5,8 +5,10 @@
 //! SQLite in batches, off the command path. Several nodes share a
 //! PostgreSQL store instead (`postgres.rs`).
 
+mod archive;
 mod postgres;
 mod sqlite;
 
+pub use archive::{Archive, ArchiveProblem, ArchiveSettings, Archived};
 pub use postgres::{Imported, PgMode, PgStore, PgTarget, HEARTBEAT_LAPSE};
 pub use sqlite::{Mode, SqliteStore};

@@ -15,6 +15,7 @@ use tokio_postgres::{Client, NoTls};
 
 mod events;
 mod nodes;
+mod recordings;
 mod schema;
 mod writer;
 
@@ -173,6 +174,10 @@ pub struct PgStore {
     heartbeat: Option<tokio::task::JoinHandle<()>>,
     /// `sluice store migrate`'s connection (a transaction per session).
     importer: Mutex<Option<Client>>,
+    /// Where ended sessions' recordings go (`[gateway] recordings`).
+    archive: Option<crate::Archive>,
+    /// Woken by the writer when a session ends (the recordings task waits on it).
+    ended: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -210,13 +215,17 @@ impl PgStore {
                 writer: None,
                 heartbeat: None,
                 importer: Mutex::new(None),
+                archive: None,
+                ended: Arc::default(),
             });
         };
         nodes::claim(&client, &node, &target).await?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let ended = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(writer::run(
             rx,
             writer::Connection::new(target.clone(), node.clone(), client),
+            ended.clone(),
         ));
         let heartbeat = tokio::spawn(nodes::heartbeat(target.clone(), node.clone()));
         Ok(PgStore {
@@ -226,6 +235,8 @@ impl PgStore {
             writer: Some(tx),
             heartbeat: Some(heartbeat),
             importer: Mutex::new(None),
+            archive: None,
+            ended,
         })
     }
 
@@ -253,6 +264,21 @@ impl PgStore {
             seen,
         ));
         Ok(())
+    }
+
+    /// Keeps ended sessions' recordings in `archive`; a node writes them
+    /// there (its own and any other ended session not yet written), readers
+    /// read them back.
+    pub fn with_recordings(mut self, archive: crate::Archive) -> Self {
+        if self.node.is_some() {
+            tokio::spawn(recordings::run(
+                self.target.clone(),
+                archive.clone(),
+                self.ended.clone(),
+            ));
+        }
+        self.archive = Some(archive);
+        self
     }
 
     /// This node's id (none for a reader).
@@ -321,6 +347,51 @@ impl PgStore {
             .as_mut()
             .ok_or_else(|| self.target.unreachable("not connected"))?;
         writer::import(client, summary, records, node).await
+    }
+}
+
+impl PgStore {
+    /// The recording object a session row names, with the archive to read it.
+    fn archived(&self, row: &tokio_postgres::Row) -> Option<(&crate::Archive, crate::Archived)> {
+        let key: Option<String> = row.get("archive_key");
+        let archived = crate::Archived {
+            key: key?,
+            sha256: row.get("archive_sha256"),
+            records: row.get::<_, Option<i64>>("archived_records").unwrap_or(0) as u64,
+        };
+        Some((self.archive.as_ref()?, archived))
+    }
+
+    /// Why a session's recording object does not match its chain, if it does not.
+    async fn check_recording(
+        &self,
+        row: &tokio_postgres::Row,
+        records: &[AuditRecord],
+    ) -> Option<String> {
+        let key: Option<String> = row.get("archive_key");
+        let key = key?;
+        let Some((archive, archived)) = self.archived(row) else {
+            return Some(format!(
+                "its recording {key} is in object storage, and no [gateway] recordings is configured here to check it"
+            ));
+        };
+        let recorded = match archive.get(&archived).await {
+            Ok(r) => r,
+            Err(problem) => return Some(format!("{problem} ({key})")),
+        };
+        let stored = records.get(..archived.records as usize).unwrap_or(records);
+        if recorded.len() != archived.records as usize || recorded != stored {
+            let at = recorded
+                .iter()
+                .zip(stored)
+                .position(|(a, b)| a != b)
+                .unwrap_or(recorded.len().min(stored.len()));
+            return Some(format!(
+                "its recording object ({key}) differs from the store's chain at record #{}",
+                at + 1
+            ));
+        }
+        None
     }
 }
 
@@ -402,7 +473,7 @@ impl Store for PgStore {
         let known = self
             .reader
             .query(
-                "SELECT 1 FROM sluice_sessions WHERE id = $1",
+                "SELECT archive_key, archive_sha256, archived_records FROM sluice_sessions WHERE id = $1",
                 &[&session_id],
             )
             .await?;
@@ -413,14 +484,30 @@ impl Store for PgStore {
             "SELECT {RECORD_COLUMNS} FROM sluice_records WHERE session_id = $1 ORDER BY seq"
         );
         let rows = self.reader.query(&sql, &[&session_id]).await?;
-        Ok(rows.iter().map(record).collect())
+        let stored: Vec<AuditRecord> = rows.iter().map(record).collect();
+        // The recording object when there is one (read back and checked);
+        // records after it (an approval decided after the end) from the store.
+        match self.archived(&known[0]) {
+            Some((archive, archived)) => match archive.get(&archived).await {
+                Ok(mut recorded) => {
+                    recorded.extend(stored.into_iter().skip(archived.records as usize));
+                    Ok(recorded)
+                }
+                Err(problem) => {
+                    tracing::warn!(message = "Replaying from the store.", session = %session_id, problem = %problem);
+                    Ok(stored)
+                }
+            },
+            None => Ok(stored),
+        }
     }
 
     async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let heads = self
             .reader
             .query(
-                "SELECT id, last_seq, head_hash FROM sluice_sessions ORDER BY started_at_ms, id",
+                "SELECT id, last_seq, head_hash, archive_key, archive_sha256, archived_records
+                 FROM sluice_sessions ORDER BY started_at_ms, id",
                 &[],
             )
             .await?;
@@ -443,6 +530,14 @@ impl Store for PgStore {
             report.records += records.len() as u64;
             if let Err(b) = verify_chain(&id, &records, Some((last_seq, &head_hash))) {
                 report.first_break = Some(b);
+                return Ok(report);
+            }
+            if let Some(problem) = self.check_recording(head, &records).await {
+                report.first_break = Some(sluice_core::audit::ChainBreak {
+                    session_id: id,
+                    seq: 1,
+                    problem,
+                });
                 return Ok(report);
             }
         }

@@ -27,6 +27,32 @@ pub fn shared_target(config: &Config) -> Result<Option<PgTarget>> {
         .map_err(|e| anyhow::anyhow!("gateway.store: {e}"))
 }
 
+/// The object storage `[gateway] recordings` names, if any.
+pub fn archive(config: &Config) -> Result<Option<sluice_store::Archive>> {
+    let g = &config.gateway;
+    let Some(url) = &g.recordings else {
+        return Ok(None);
+    };
+    let secret = |s: &Option<sluice_core::Secret>, key: &str| -> Result<Option<String>> {
+        s.as_ref()
+            .map(|s| s.resolve().with_context(|| format!("gateway.{key}")))
+            .transpose()
+    };
+    let settings = sluice_store::ArchiveSettings {
+        url: url.clone(),
+        endpoint: g.recordings_endpoint.clone(),
+        region: g.recordings_region.clone(),
+        access_key_id: secret(&g.recordings_access_key_id, "recordings_access_key_id")?,
+        secret_access_key: secret(
+            &g.recordings_secret_access_key,
+            "recordings_secret_access_key",
+        )?,
+    };
+    sluice_store::Archive::open(&settings)
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("gateway.recordings: {e}"))
+}
+
 /// The embedded store's directory: `sqlite:PATH`, or `state_dir`.
 pub fn embedded_dir(config: &Config) -> PathBuf {
     match config
@@ -55,9 +81,12 @@ impl Opened {
                 true => PgMode::Node(config.gateway.node_id()),
                 false => PgMode::Reader,
             };
-            let store = PgStore::open(target, mode)
+            let mut store = PgStore::open(target, mode)
                 .await
                 .with_context(|| format!("opening the store {shown}"))?;
+            if let Some(archive) = archive(config)? {
+                store = store.with_recordings(archive);
+            }
             return Ok(Opened::Shared(Arc::new(store)));
         }
         let mode = match writer {

@@ -66,6 +66,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     ",
     ),
+    (
+        3,
+        "
+    ALTER TABLE sluice_sessions
+        ADD COLUMN archive_key TEXT,
+        ADD COLUMN archive_sha256 TEXT,
+        ADD COLUMN archived_records BIGINT;
+    CREATE INDEX sluice_sessions_unarchived ON sluice_sessions (ended_at_ms)
+        WHERE ended_at_ms IS NOT NULL AND archive_key IS NULL;
+    ",
+    ),
 ];
 
 /// The newest schema version this build knows.

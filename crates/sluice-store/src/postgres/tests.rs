@@ -297,3 +297,89 @@ fn a_password_in_the_url_is_refused_and_never_shown() {
     let target = PgTarget::parse("postgres://u@127.0.0.1:6000/db", Some("hunter2")).unwrap();
     assert_eq!(format!("{target:?}"), "postgres://u@127.0.0.1:6000/db");
 }
+
+/// moto's S3 server (PyPI `moto[server]`) with bucket `recordings`, killed on drop.
+struct Moto(std::process::Child, u16);
+
+impl Moto {
+    fn start() -> Moto {
+        let port = sluice_sandbox::free_port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("moto");
+        let moto = Moto(child, port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "moto did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let made = std::process::Command::new("python3")
+            .args(["-c", &format!("import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s').create_bucket(Bucket='recordings')", moto.endpoint())])
+            .status()
+            .unwrap();
+        assert!(made.success());
+        moto
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.1)
+    }
+
+    fn archive(&self) -> crate::Archive {
+        crate::Archive::open(&crate::ArchiveSettings {
+            url: "s3://recordings/unit".into(),
+            endpoint: Some(self.endpoint()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+        })
+        .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An ended session's chain is written to object storage and read back by
+/// `session_records`; `verify` names an object that is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_sessions_recording_goes_to_object_storage() {
+    let server = Server::start();
+    let moto = Moto::start();
+    let archive = moto.archive();
+    let store = server.node("a").await.with_recordings(archive.clone());
+    store.append("s1", start_event()).await.unwrap();
+    store.append("s1", decided(1)).await.unwrap();
+    store
+        .append(
+            "s1",
+            AuditEvent::SessionEnd {
+                reason: "done".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let key = wait_for("the recording", async || {
+        let row = server.sql("SELECT archive_key FROM sluice_sessions WHERE id = 's1'");
+        let key = row.trim().to_string();
+        (!key.is_empty()).then_some(key)
+    })
+    .await;
+    assert_eq!(key, "unit/sessions/s1.jsonl");
+    assert_eq!(store.session_records("s1").await.unwrap().len(), 3);
+    assert!(store.verify().await.unwrap().first_break.is_none());
+}

@@ -12,6 +12,7 @@ use sluice_core::audit::{
     chain_hash, AuditEvent, AuditRecord, SessionSummary, StoreError, GENESIS_HASH,
 };
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{Client, Transaction};
@@ -142,7 +143,11 @@ impl From<StoreError> for Failed {
 }
 
 /// Runs until the store is dropped and everything queued is written.
-pub(super) async fn run(mut queued: mpsc::UnboundedReceiver<Pending>, mut conn: Connection) {
+pub(super) async fn run(
+    mut queued: mpsc::UnboundedReceiver<Pending>,
+    mut conn: Connection,
+    ended: Arc<tokio::sync::Notify>,
+) {
     let mut heads = Heads::new();
     let mut carried: VecDeque<Pending> = VecDeque::new();
     loop {
@@ -165,7 +170,15 @@ pub(super) async fn run(mut queued: mpsc::UnboundedReceiver<Pending>, mut conn: 
             outcome = write_with_deadline(&mut conn, &mut heads, &batch).await;
         }
         match outcome {
-            Ok(rejected) => answer(batch, rejected),
+            Ok(rejected) => {
+                if batch
+                    .iter()
+                    .any(|p| matches!(p.event, Some(AuditEvent::SessionEnd { .. })))
+                {
+                    ended.notify_one();
+                }
+                answer(batch, rejected)
+            }
             Err(failed) => {
                 heads.clear();
                 keep_background(batch, failed.error, &mut carried);
