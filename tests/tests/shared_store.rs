@@ -370,3 +370,55 @@ fn recordings_in_object_storage_are_read_back_and_checked() {
     ok(&s3.run(&["put", "sluice-recordings", &key], Some(object.as_bytes())));
     assert!(ok(&a.sluice(&["audit", "verify"])).contains("all chains intact"));
 }
+
+/// Node a killed (SIGKILL) under load from pgbench: every statement the target executed
+/// through it has its record in the store (the oracle: the server's statement log against
+/// the store's records, read with psql), node b ends all of a's sessions, and a rejoins.
+#[test]
+fn a_node_killed_under_load_loses_no_acknowledged_record() {
+    let mut a = Env::quickstart().shared_store("a", false).start();
+    let b = a.start_other_node("b");
+    let script = a.dir.path().join("load.sql");
+    std::fs::write(&script, "select count(*) from customers where id > 0;\n").unwrap();
+    let mut bench = a.pg_tool("pgbench");
+    bench
+        .args(["-n", "-c", "4", "-T", "20", "-M", "extended", "-f"])
+        .arg(&script)
+        .arg(a.agent_url())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut bench = bench.spawn().expect("pgbench");
+    wait_until(Duration::from_secs(20), "load on node a", || {
+        let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+        let busy = on_node(&list, "a")
+            .iter()
+            .filter(|s| s["commands"].as_u64().unwrap_or(0) > 20)
+            .count();
+        (busy >= 4).then_some(())
+    });
+    a.kill_gateway();
+    let _ = bench.wait();
+    let ended = wait_until(
+        Duration::from_secs(20),
+        "node b ending a's sessions",
+        || {
+            let list = sessions(b.sluice(&["sessions", "list", "--json"]));
+            let on_a = on_node(&list, "a").len();
+            let open = on_node(&list, "a")
+                .iter()
+                .filter(|s| s["ended_at_ms"].is_null())
+                .count();
+            (on_a >= 4 && open == 0).then_some(on_a)
+        },
+    );
+    assert!(ended >= 4);
+    let report = a.assert_oracle();
+    assert!(
+        report.judged.len() > 80,
+        "{} statements judged",
+        report.judged.len()
+    );
+    a.start_gateway();
+    ok(&a.psql(&a.agent_url(), &["-c", "select 1 as rejoined"]));
+    assert!(ok(&b.sluice(&["audit", "verify"])).contains("all chains intact"));
+}

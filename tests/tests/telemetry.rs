@@ -35,6 +35,8 @@ struct Collected {
     /// (path or gRPC service, content type) of each request.
     requests: Vec<(String, String)>,
     services: Vec<String>,
+    /// `service.instance.id` of the span resources: the gateway node's id.
+    instances: Vec<String>,
     /// name, span id, parent span id, attributes.
     spans: Vec<Span>,
     /// metric name → data points (attributes, value; histograms: count).
@@ -78,8 +80,10 @@ impl Collected {
     fn traces(&mut self, req: ExportTraceServiceRequest) {
         for rs in req.resource_spans {
             if let Some(r) = &rs.resource {
-                self.services
-                    .extend(attrs(&r.attributes).get("service.name").cloned());
+                let attrs = attrs(&r.attributes);
+                self.services.extend(attrs.get("service.name").cloned());
+                self.instances
+                    .extend(attrs.get("service.instance.id").cloned());
             }
             for ss in rs.scope_spans {
                 for s in ss.spans {
@@ -372,6 +376,12 @@ fn check(env: &Env, c: &Collected) {
         c.services
     );
     assert!(!c.services.is_empty());
+    // The node id (the host name by default) is on every exported span.
+    assert!(
+        !c.instances.is_empty() && c.instances.iter().all(|i| !i.is_empty()),
+        "{:?}",
+        c.instances
+    );
 
     // Traces: session → command → policy; upstream and masking under the session.
     let session = c.span("session").expect("a session span");

@@ -256,7 +256,9 @@ fn run(cli: Cli) -> Result<()> {
             let config = c.load()?;
             let runtime = compose::serving_runtime(config.gateway.worker_threads)?;
             // The batch exporter needs the runtime's context to start.
-            let _guard = runtime.block_on(async { telemetry::init(&config.telemetry) })?;
+            let _guard = runtime.block_on(async {
+                telemetry::init(&config.telemetry, &config.gateway.node_id())
+            })?;
             runtime.block_on(compose::serve_with_reload(config, c.config.clone()))
         }
         Cmd::Demo { state_dir } => compose::demo(state_dir),

@@ -50,7 +50,9 @@ pub fn init_logs() {
 
 /// Logs and, if configured, OTLP export (the gateway). Call inside the
 /// runtime: the gRPC exporter needs its context.
-pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard> {
+/// `node` is this gateway node's id (`service.instance.id` on every span,
+/// metric and log exported).
+pub fn init(config: &TelemetryConfig, node: &str) -> Result<TelemetryGuard> {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_filter(filter());
@@ -63,7 +65,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard> {
     };
     #[cfg(feature = "otlp")]
     {
-        let providers = otlp::init(config, endpoint, fmt)?;
+        let providers = otlp::init(config, endpoint, node, fmt)?;
         Ok(TelemetryGuard {
             providers: Some(providers),
         })
@@ -148,7 +150,12 @@ mod otlp {
         format!("{base}/v1/{signal}")
     }
 
-    pub(super) fn init<L>(config: &TelemetryConfig, endpoint: &str, fmt: L) -> Result<Providers>
+    pub(super) fn init<L>(
+        config: &TelemetryConfig,
+        endpoint: &str,
+        node: &str,
+        fmt: L,
+    ) -> Result<Providers>
     where
         L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
     {
@@ -163,6 +170,10 @@ mod otlp {
             .with_attribute(opentelemetry::KeyValue::new(
                 "service.version",
                 env!("CARGO_PKG_VERSION"),
+            ))
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.instance.id",
+                node.to_string(),
             ))
             .build();
 
