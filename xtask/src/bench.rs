@@ -288,6 +288,27 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         None => None,
     };
 
+    // The gateway on a shared PostgreSQL store (issue: >= 0.8x the embedded store's TPS).
+    let sluice_shared = match &sluice_bin {
+        Some(bin) => match start_sluice_shared(bin, &pg, &password) {
+            Ok(gateway) => {
+                targets.push(Target {
+                    name: "sluice+pgstore",
+                    port: gateway.port,
+                    user: ROLE.to_string(),
+                    password: gateway.token.clone(),
+                    pid: Some(gateway.pid()),
+                });
+                Some(gateway)
+            }
+            Err(err) => {
+                eprintln!("bench: Sluice on a PostgreSQL store unavailable: {err:#}");
+                None
+            }
+        },
+        None => None,
+    };
+
     // A third gateway with masking on, for the wide-result comparison.
     pg.psql(DB, MASKING_TABLE)?;
     let sluice_masking = match &sluice_bin {
@@ -395,6 +416,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     run_example_bench("sluice-postgres", "classify_bench");
     run_example_bench("sluice-core", "mask_bench");
     drop(sluice_masking);
+    drop(sluice_shared);
     drop(sluice_rules);
     drop(sluice);
     drop(pgbouncer);
@@ -429,6 +451,9 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
         "sluice CPU µs/stmt",
         "+rules CPU µs/stmt",
         "sluice/pgbouncer CPU",
+        "pgstore tps",
+        "pgstore/embedded",
+        "pgstore CPU µs/stmt",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for mode in &opts.modes {
@@ -436,6 +461,7 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
             let get = |name| results.get(&(mode.clone(), clients, name)).copied();
             let (direct, bouncer, sluice) = (get("direct"), get("pgbouncer"), get("sluice"));
             let with_rules = get("sluice+rules");
+            let shared = get("sluice+pgstore");
             let tps = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.0}", s.tps));
             let lat = |s: Option<Sample>| s.map_or("-".into(), |s| format!("{:.3}", s.latency_ms));
             let ratio = |a: Option<Sample>, b: Option<Sample>| match (a, b) {
@@ -474,6 +500,9 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
                     (Some(s), Some(b)) if b > 0.0 => format!("{:.2}", s / b),
                     _ => "-".into(),
                 },
+                tps(shared),
+                ratio(shared, sluice),
+                cpu(shared),
             ]);
         }
     }
@@ -831,6 +860,38 @@ pub(crate) fn start_sluice_in(
     rules: &str,
     state: Option<&Path>,
 ) -> Result<Sluice> {
+    start_sluice_on(bin, pg, password, rules, state, None)
+}
+
+/// The gateway as node `bench` of a shared PostgreSQL store: database
+/// `sluice_store` on `pg` itself (the same two cores), as its superuser.
+fn start_sluice_shared(bin: &Path, pg: &TempPostgres, password: &str) -> Result<Sluice> {
+    pg.psql("postgres", "CREATE DATABASE sluice_store")?;
+    let store = format!(
+        "store = \"postgres://{}@127.0.0.1:{}/sluice_store\"\n\
+         store_password = {{ env = \"BENCH_STORE_PASSWORD\" }}\n\
+         node = \"bench\"\n",
+        pg.superuser, pg.port
+    );
+    start_sluice_on(
+        bin,
+        pg,
+        password,
+        "",
+        None,
+        Some((&store, &pg.superuser_password)),
+    )
+}
+
+/// `start_sluice_in`, with `[gateway]` lines for a shared store and its password.
+fn start_sluice_on(
+    bin: &Path,
+    pg: &TempPostgres,
+    password: &str,
+    rules: &str,
+    state: Option<&Path>,
+    shared: Option<(&str, &str)>,
+) -> Result<Sluice> {
     let dir = ScratchDir::new("sluice-bench-gateway", None)?;
     let port = free_port();
     let config = dir.path().join("sluice.toml");
@@ -842,7 +903,7 @@ pub(crate) fn start_sluice_in(
         format!(
             "[gateway]\n\
              state_dir = {state}\n\
-             \n\
+             {store}\n\
              [listen]\n\
              postgres = \"127.0.0.1:{port}\"\n\
              \n\
@@ -857,21 +918,20 @@ pub(crate) fn start_sluice_in(
              {rules}",
             state = toml_str(&state.to_string_lossy()),
             pgport = pg.port,
+            store = shared.map_or("", |(toml, _)| toml),
         ),
     )?;
-    let daemon = spawn_gateway(
-        bin,
-        &config,
-        &[("BENCH_DB_PASSWORD", password)],
-        dir.path(),
-        port,
-    )?;
+    let mut env = vec![("BENCH_DB_PASSWORD", password)];
+    if let Some((_, store_password)) = shared {
+        env.push(("BENCH_STORE_PASSWORD", store_password));
+    }
+    let daemon = spawn_gateway(bin, &config, &env, dir.path(), port)?;
     let mut issue = Command::new(bin);
     issue
         .args(["token", "issue", "--config"])
         .arg(&config)
         .args(["--subject", ROLE, "--groups", "bench", "--ttl", "1h"])
-        .env("BENCH_DB_PASSWORD", password)
+        .envs(env.iter().copied())
         .current_dir(dir.path())
         .stdin(Stdio::null());
     let out = issue.output().context("running sluice token issue")?;
