@@ -180,6 +180,9 @@ pub struct SshEnv {
     custom: Option<CustomGateway>,
     /// More `[listen]` lines (limits, drain timeout).
     listen: String,
+    /// More `[gateway]` lines (a shared store), and the environment they need.
+    gateway_toml: String,
+    gateway_env: Vec<(String, String)>,
     pub sshd: Sshd,
     /// The gateway's SSH port on 127.0.0.1.
     pub port: u16,
@@ -216,7 +219,29 @@ impl SshEnv {
         Self::start_with(extra, Some(custom), "")
     }
 
+    /// Like [`SshEnv::start`], as node `store.node` of a shared store whose password is
+    /// `password` (see [`crate::SharedStore`]).
+    pub fn start_on_store(extra: &str, store: &crate::SharedStore, password: &str) -> SshEnv {
+        Self::start_with_gateway(
+            extra,
+            None,
+            "",
+            store.gateway_toml(),
+            vec![("SLUICE_STORE_PASSWORD".into(), password.into())],
+        )
+    }
+
     fn start_with(extra: &str, custom: Option<CustomGateway>, listen: &str) -> SshEnv {
+        Self::start_with_gateway(extra, custom, listen, String::new(), Vec::new())
+    }
+
+    fn start_with_gateway(
+        extra: &str,
+        custom: Option<CustomGateway>,
+        listen: &str,
+        gateway_toml: String,
+        gateway_env: Vec<(String, String)>,
+    ) -> SshEnv {
         let dir = tempfile::Builder::new()
             .prefix("sluice-ssh-e2e-")
             .tempdir()
@@ -247,6 +272,8 @@ impl SshEnv {
             gateway: None,
             custom,
             listen: listen.to_string(),
+            gateway_toml,
+            gateway_env,
             port: 0,
             config_path,
             state_dir,
@@ -273,8 +300,9 @@ impl SshEnv {
             fs::write(
                 &self.config_path,
                 format!(
-                    "[gateway]\nstate_dir = {:?}\n\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n{}\n{}\n\n{body}",
+                    "[gateway]\nstate_dir = {:?}\n{}\n[listen]\nssh = \"127.0.0.1:{}\"\napi = \"127.0.0.1:{}\"\n{}\n{}\n\n{body}",
                     self.state_dir.display().to_string(),
+                    self.gateway_toml,
                     self.port,
                     free_port(),
                     self.custom.as_ref().map_or("", |c| c.listen.as_str()),
@@ -301,6 +329,7 @@ impl SshEnv {
             };
             let mut child = cmd
                 .arg(&self.config_path)
+                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
                 .env("SLUICE_LOG", "info")
                 .env("RUST_LOG", "info")
                 .env("NO_COLOR", "1")
@@ -386,7 +415,7 @@ impl SshEnv {
 
     /// Runs `sluice ARGS… --config FILE`.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        sluice_cli(&self.config_path, &[], args)
+        sluice_cli(&self.config_path, &self.gateway_env, args)
     }
 
     /// A gateway token for `subject` in `groups`, valid 10 minutes.

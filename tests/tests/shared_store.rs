@@ -326,15 +326,13 @@ fn recordings_in_object_storage_are_read_back_and_checked() {
         .as_str()
         .unwrap()
         .to_string();
-    let key = format!("e2e/sessions/{id}.jsonl");
-    let written = sluice_e2e::http::wait_until_or(Duration::from_secs(20), || {
-        s3.keys("sluice-recordings").contains(&key).then_some(())
+    let prefix = format!("e2e/sessions/{id}-");
+    let key = sluice_e2e::http::wait_until_or(Duration::from_secs(20), || {
+        s3.keys("sluice-recordings")
+            .into_iter()
+            .find(|k| k.starts_with(&prefix))
     });
-    assert!(
-        written.is_some(),
-        "no recording object {key}; log:\n{}",
-        a.gateway_log()
-    );
+    let key = key.unwrap_or_else(|| panic!("no recording {prefix}…; log:\n{}", a.gateway_log()));
     let object = stdout(&s3.run(&["get", "sluice-recordings", &key], None));
     assert!(
         object.contains("kept in s3") && object.lines().count() >= 3,
@@ -421,4 +419,34 @@ fn a_node_killed_under_load_loses_no_acknowledged_record() {
     a.start_gateway();
     ok(&a.psql(&a.agent_url(), &["-c", "select 1 as rejoined"]));
     assert!(ok(&b.sluice(&["audit", "verify"])).contains("all chains intact"));
+}
+
+/// A terminal session recorded on an SSH node is listed and replayed (as asciicast) by
+/// another node of the store.
+#[test]
+fn a_terminal_session_recorded_on_one_node_replays_on_another() {
+    sluice_e2e::sshd::ensure_test_user();
+    let a = Env::quickstart().shared_store("a", false).start();
+    let mut store = a.shared_store.clone().unwrap();
+    store.node = "ssh-b".into();
+    let b = sluice_e2e::sshd::SshEnv::start_on_store("", &store, &a.pg.superuser_password);
+    let out = b.ssh(&b.agent_token(), &["-tt", "echo terminal-on-b"]);
+    assert!(stdout(&out).contains("terminal-on-b"), "{out:?}");
+    let id = wait_until(
+        Duration::from_secs(20),
+        "the ssh session on node a's list",
+        || {
+            let list = sessions(a.sluice(&["sessions", "list", "--json"]));
+            on_node(&list, "ssh-b")
+                .into_iter()
+                .find(|s| !s["ended_at_ms"].is_null())
+                .map(|s| s["id"].as_str().unwrap().to_string())
+        },
+    );
+    let cast = ok(&a.sluice(&["replay", "--format", "asciicast", &id]));
+    assert!(
+        cast.lines().next().unwrap_or("").contains("\"version\":2"),
+        "{cast}"
+    );
+    assert!(cast.contains("terminal-on-b"), "{cast}");
 }

@@ -119,17 +119,18 @@ pub(crate) fn is_admin(gateway: &Gateway, identity: &Identity) -> bool {
 
 /// Whether `id` is a session open on another node of a shared store that
 /// the caller may end (an admin, or its own subject at its own issuer).
-async fn open_on_another_node(gateway: &Gateway, id: &str, caller: &Identity) -> bool {
-    let Ok(sessions) = gateway.store().sessions().await else {
-        return false;
+async fn open_on_another_node(
+    gateway: &Gateway,
+    id: &str,
+    caller: &Identity,
+) -> Result<bool, sluice_core::StoreError> {
+    let Some(s) = gateway.store().session(id).await? else {
+        return Ok(false);
     };
-    sessions.into_iter().any(|s| {
-        s.id == id
-            && s.ended_at_ms.is_none()
-            && !s.node.is_empty()
-            && (is_admin(gateway, caller)
-                || (s.subject == caller.subject && s.issuer == caller.issuer))
-    })
+    Ok(s.ended_at_ms.is_none()
+        && !s.node.is_empty()
+        && (is_admin(gateway, caller)
+            || (s.subject == caller.subject && s.issuer == caller.issuer)))
 }
 
 pub(crate) fn owns(session: &LiveSessionInfo, identity: &Identity) -> bool {
@@ -180,7 +181,10 @@ pub(crate) async fn handle(
                 .find(|s| s.id == id);
             let may_end = match &live {
                 Some(s) => is_admin(gateway, identity) || owns(s, identity),
-                None => open_on_another_node(gateway, &id, identity).await,
+                None => match open_on_another_node(gateway, &id, identity).await {
+                    Ok(may) => may,
+                    Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                },
             };
             // Sessions the caller may not end do not exist for them.
             if !may_end {

@@ -296,6 +296,11 @@ pub trait Store: Send + Sync + 'static {
     /// A failure here makes the next `append` fail, so the session fails closed.
     fn append_background(&self, session_id: &str, event: AuditEvent);
     async fn sessions(&self) -> Result<Vec<SessionSummary>, StoreError>;
+    /// One session's summary (`None`: no such session). Stores with many
+    /// sessions look it up by id.
+    async fn session(&self, id: &str) -> Result<Option<SessionSummary>, StoreError> {
+        Ok(self.sessions().await?.into_iter().find(|s| s.id == id))
+    }
     async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError>;
     async fn verify(&self) -> Result<VerifyReport, StoreError>;
     /// Whether the store takes records now (a readiness probe): an error

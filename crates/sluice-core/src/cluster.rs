@@ -36,6 +36,12 @@ pub enum ClusterEvent {
 /// Delivers events to the other nodes.
 #[async_trait]
 pub trait Cluster: Send + Sync + 'static {
+    /// Whether this node has the other nodes' events (revocations) up to
+    /// date; while it has not, it admits no one (the error says why).
+    fn in_sync(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Stores `event` for every other node; returns once it is durable (a
     /// node that was down applies revocations when it starts).
     async fn publish(&self, event: &ClusterEvent) -> Result<(), StoreError>;

@@ -975,6 +975,12 @@ impl Config {
                 ))
             }
         }
+        if g.checkpoint_key.is_some() && g.shared_store().is_some() {
+            return Err((
+                "gateway.checkpoint_key",
+                "signed checkpoints cover the embedded store's journal; a shared store has none (its chains are checked by audit verify, and by their recordings in object storage)".into(),
+            ));
+        }
         if g.store_password.is_some() && g.shared_store().is_none() {
             return Err((
                 "gateway.store_password",

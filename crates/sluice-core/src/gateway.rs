@@ -445,6 +445,10 @@ impl Gateway {
     /// authenticator vouches for (its IdP groups mapped to Sluice groups);
     /// revoked tokens are refused. The error is safe to show the client.
     pub async fn authenticate(&self, credentials: &Credentials) -> Result<Identity, AuthError> {
+        // A node that may have missed another node's revocation admits no one.
+        if let Some(cluster) = &self.cluster {
+            cluster.in_sync().map_err(AuthError::Unavailable)?;
+        }
         let token = credentials.token.trim();
         // The unverified issuer only picks the verifier; each verifies it.
         let issuer = unverified_issuer(token);

@@ -14,7 +14,7 @@ use sluice_core::audit::{AuditRecord, StoreError};
 use std::sync::Arc;
 
 /// Where the recordings go and how to reach it.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ArchiveSettings {
     /// `s3://bucket/prefix`.
     pub url: String,
@@ -23,6 +23,16 @@ pub struct ArchiveSettings {
     pub region: Option<String>,
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for ArchiveSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArchiveSettings")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The object store that keeps session recordings.
@@ -86,11 +96,13 @@ impl Archive {
         })
     }
 
-    fn key(&self, session_id: &str) -> ObjectPath {
+    /// One object per session and length: nodes writing a session at once
+    /// (one saw a record more) never overwrite each other's object.
+    fn key(&self, session_id: &str, records: usize) -> ObjectPath {
         self.prefix
             .clone()
             .join("sessions")
-            .join(format!("{session_id}.jsonl"))
+            .join(format!("{session_id}-{records}.jsonl"))
     }
 
     /// Writes a session's chain as one object.
@@ -105,7 +117,7 @@ impl Archive {
             body.push(b'\n');
         }
         let sha256 = hex::encode(Sha256::digest(&body));
-        let key = self.key(session_id);
+        let key = self.key(session_id, records.len());
         self.objects
             .put(&key, PutPayload::from(body))
             .await

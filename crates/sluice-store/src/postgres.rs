@@ -8,6 +8,7 @@
 use sluice_core::audit::{
     verify_chain, AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport,
 };
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -24,11 +25,21 @@ pub use nodes::HEARTBEAT_LAPSE;
 
 /// How long a connection attempt to the store may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The server notices a vanished client within about 25 s.
+const SERVER_KEEPALIVES: &str =
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3";
+/// How long opening (migrations included) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one query or batch may take before the store counts as unreachable.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A database error: logged whole for the operator; what reaches a client
+/// (through a refusal) names no host, table row or other session.
 pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
-    StoreError::backend("PostgreSQL store", e)
+    tracing::warn!(message = "The PostgreSQL store failed an operation.", error = %e);
+    StoreError::Unavailable(
+        "the PostgreSQL store failed the operation (see the gateway log)".into(),
+    )
 }
 
 fn now_ms() -> u64 {
@@ -68,9 +79,17 @@ impl PgTarget {
         if let Some(p) = password {
             config.password(p);
         }
+        // Server-side keepalives too: a node cut off by the network must lose
+        // its node-id lock within a minute, not the kernel's two hours.
+        let options = match config.get_options() {
+            Some(o) => format!("{o} {SERVER_KEEPALIVES}"),
+            None => SERVER_KEEPALIVES.to_string(),
+        };
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .options(&options)
             .application_name("sluice");
         let hosts = config
             .get_hosts()
@@ -120,7 +139,8 @@ impl PgTarget {
     }
 
     pub(crate) fn unreachable(&self, why: &str) -> StoreError {
-        StoreError::Unavailable(format!("cannot reach the PostgreSQL store {self:?}: {why}"))
+        tracing::warn!(message = "The PostgreSQL store is unreachable.", store = ?self, error = %why);
+        StoreError::Unavailable("cannot reach the PostgreSQL store (see the gateway log)".into())
     }
 }
 
@@ -158,9 +178,9 @@ impl Reader {
 /// How a process uses the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PgMode {
-    /// A gateway node with this id: it appends, heartbeats and ends the
-    /// sessions of nodes that stopped.
-    Node(String),
+    /// A gateway node with this id: it appends (committing as `audit_sync`
+    /// says), heartbeats and ends the sessions of nodes that stopped.
+    Node(String, sluice_core::config::AuditSync),
     /// CLI commands: reads only.
     Reader,
 }
@@ -178,6 +198,10 @@ pub struct PgStore {
     archive: Option<crate::Archive>,
     /// Woken by the writer when a session ends (the recordings task waits on it).
     ended: Arc<tokio::sync::Notify>,
+    /// When the other nodes' events were last read (unix ms; 0: not yet).
+    synced: Arc<std::sync::atomic::AtomicU64>,
+    /// The writer's backlog and whether it is failing.
+    health: Arc<writer::Health>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -202,12 +226,14 @@ impl PgStore {
     /// (one process per node id), registers it and starts its writer and heartbeat.
     pub async fn open(target: PgTarget, mode: PgMode) -> Result<Self, StoreError> {
         let mut client = target.connect().await?;
-        schema::migrate(&mut client).await?;
+        tokio::time::timeout(OPEN_TIMEOUT, schema::migrate(&mut client))
+            .await
+            .map_err(|_| target.unreachable("migrating the schema took too long"))??;
         let reader = Reader {
             target: target.clone(),
             client: Mutex::new(None),
         };
-        let PgMode::Node(node) = mode else {
+        let PgMode::Node(node, sync) = mode else {
             return Ok(PgStore {
                 target,
                 reader,
@@ -217,15 +243,21 @@ impl PgStore {
                 importer: Mutex::new(None),
                 archive: None,
                 ended: Arc::default(),
+                synced: Arc::default(),
+                health: Arc::default(),
             });
         };
-        nodes::claim(&client, &node, &target).await?;
+        tokio::time::timeout(QUERY_TIMEOUT, nodes::claim(&client, &node, &target))
+            .await
+            .map_err(|_| target.unreachable("claiming the node id took too long"))??;
         let (tx, rx) = mpsc::unbounded_channel();
         let ended = Arc::new(tokio::sync::Notify::new());
+        let health = Arc::new(writer::Health::default());
         tokio::spawn(writer::run(
             rx,
-            writer::Connection::new(target.clone(), node.clone(), client),
+            writer::Connection::new(target.clone(), node.clone(), sync, client),
             ended.clone(),
+            health.clone(),
         ));
         let heartbeat = tokio::spawn(nodes::heartbeat(target.clone(), node.clone()));
         Ok(PgStore {
@@ -237,13 +269,19 @@ impl PgStore {
             importer: Mutex::new(None),
             archive: None,
             ended,
+            synced: Arc::default(),
+            health,
         })
     }
 
     /// Publishes this node's cluster events (none for a reader).
     pub fn cluster(&self) -> Option<Arc<PgCluster>> {
         let node = self.node.clone()?;
-        Some(Arc::new(PgCluster::new(self.target.clone(), node)))
+        Some(Arc::new(PgCluster::new(
+            self.target.clone(),
+            node,
+            self.synced.clone(),
+        )))
     }
 
     /// Applies the other nodes' events with `apply` (a node only): the
@@ -256,7 +294,7 @@ impl PgStore {
         let Some(node) = &self.node else {
             return Ok(());
         };
-        let seen = events::catch_up(&self.target, node, &apply).await?;
+        let seen = events::catch_up(&self.target, node, &apply, self.synced.clone()).await?;
         tokio::spawn(events::follow(
             self.target.clone(),
             node.clone(),
@@ -293,16 +331,47 @@ impl PgStore {
     }
 
     async fn send(&self, session_id: &str, event: Option<AuditEvent>) -> Result<(), StoreError> {
+        self.within_backlog()?;
         let (done, wait) = oneshot::channel();
-        self.writer()?
-            .send(writer::Pending {
+        self.queue(session_id, event, Some(done))?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Queues a record for the writer, counted in its backlog.
+    fn queue(
+        &self,
+        session_id: &str,
+        event: Option<AuditEvent>,
+        done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    ) -> Result<(), StoreError> {
+        let size = writer::weight(&event);
+        self.health.backlog.fetch_add(size, Ordering::Relaxed);
+        let sent = self.writer().and_then(|w| {
+            w.send(writer::Pending {
                 session_id: session_id.to_string(),
                 event,
                 at_ms: now_ms(),
-                done: Some(done),
+                done,
+                size,
             })
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)?
+            .map_err(|_| StoreError::Closed)
+        });
+        if sent.is_err() {
+            self.health.backlog.fetch_sub(size, Ordering::Relaxed);
+        }
+        sent
+    }
+
+    /// Fails closed while the writer holds more than it may.
+    fn within_backlog(&self) -> Result<(), StoreError> {
+        let backlog = self.health.backlog.load(Ordering::Relaxed);
+        if backlog > writer::MAX_BACKLOG {
+            return Err(StoreError::Unavailable(format!(
+                "the audit store is behind: {} MiB of records wait to be written; commands are refused until they are",
+                backlog >> 20
+            )));
+        }
+        Ok(())
     }
 
     /// Returns once every record queued before it is committed.
@@ -356,7 +425,7 @@ impl PgStore {
         let key: Option<String> = row.get("archive_key");
         let archived = crate::Archived {
             key: key?,
-            sha256: row.get("archive_sha256"),
+            sha256: row.get::<_, Option<String>>("archive_sha256")?,
             records: row.get::<_, Option<i64>>("archived_records").unwrap_or(0) as u64,
         };
         Some((self.archive.as_ref()?, archived))
@@ -370,6 +439,9 @@ impl PgStore {
     ) -> Option<String> {
         let key: Option<String> = row.get("archive_key");
         let key = key?;
+        if row.get::<_, Option<String>>("archive_sha256").is_none() {
+            return Some(format!("its recording {key} has no hash in the store"));
+        }
         let Some((archive, archived)) = self.archived(row) else {
             return Some(format!(
                 "its recording {key} is in object storage, and no [gateway] recordings is configured here to check it"
@@ -436,7 +508,17 @@ const RECORD_COLUMNS: &str = "session_id, seq, at_ms, body, prev_hash, hash";
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn ready(&self) -> Result<(), StoreError> {
-        self.reader.query("SELECT 1", &[]).await.map(|_| ())
+        self.reader.query("SELECT 1", &[]).await?;
+        self.within_backlog()?;
+        if self.health.failing.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable(
+                "the audit store refuses this node's records (see the gateway log)".into(),
+            ));
+        }
+        if self.node.is_some() && self.synced.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            events::in_sync(&self.synced).map_err(StoreError::Unavailable)?;
+        }
+        Ok(())
     }
 
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
@@ -444,15 +526,11 @@ impl Store for PgStore {
     }
 
     fn append_background(&self, session_id: &str, event: AuditEvent) {
-        let queued = self.writer().and_then(|w| {
-            w.send(writer::Pending {
-                session_id: session_id.to_string(),
-                event: Some(event),
-                at_ms: now_ms(),
-                done: None,
-            })
-            .map_err(|_| StoreError::Closed)
-        });
+        // Beyond the backlog the record is dropped, loudly; the node refuses
+        // commands meanwhile (`send`) and is not ready.
+        let queued = self
+            .within_backlog()
+            .and_then(|()| self.queue(session_id, Some(event), None));
         if let Err(e) = queued {
             tracing::error!(message = "An audit record could not be stored.", session = %session_id, error = %e);
         }
@@ -467,6 +545,14 @@ impl Store for PgStore {
             )
             .await?;
         Ok(rows.iter().map(summary).collect())
+    }
+
+    async fn session(&self, id: &str) -> Result<Option<SessionSummary>, StoreError> {
+        let rows = self
+            .reader
+            .query("SELECT * FROM sluice_sessions WHERE id = $1", &[&id])
+            .await?;
+        Ok(rows.first().map(summary))
     }
 
     async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {

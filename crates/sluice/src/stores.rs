@@ -78,7 +78,7 @@ impl Opened {
         if let Some(target) = shared_target(config)? {
             let shown = format!("{target:?}");
             let mode = match writer {
-                true => PgMode::Node(config.gateway.node_id()),
+                true => PgMode::Node(config.gateway.node_id(), config.gateway.audit_sync),
                 false => PgMode::Reader,
             };
             let mut store = PgStore::open(target, mode)

@@ -40,6 +40,10 @@ impl Store for AuditTap {
         self.inner.sessions().await
     }
 
+    async fn session(&self, id: &str) -> Result<Option<SessionSummary>, StoreError> {
+        self.inner.session(id).await
+    }
+
     async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
         self.inner.session_records(session_id).await
     }

@@ -12,6 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How much of a command other nodes are told (they list it; the holder
+/// keeps the whole command).
+const ANNOUNCED_COMMAND: usize = 4096;
+
 /// How long a decision sent to the owner may take to be confirmed.
 pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -38,9 +42,17 @@ impl Remote {
         else {
             return;
         };
-        let event = ClusterEvent::Approval {
-            request: request.clone(),
-        };
+        let mut request = request.clone();
+        // Listing needs the start of the command, not 64 MiB of it.
+        if request.command.len() > ANNOUNCED_COMMAND {
+            let cut = request.command.floor_char_boundary(ANNOUNCED_COMMAND);
+            let total = request.command.len();
+            request.command.truncate(cut);
+            request
+                .command
+                .push_str(&format!("… ({total} bytes in all)"));
+        }
+        let event = ClusterEvent::Approval { request };
         runtime.spawn(async move {
             if let Err(e) = cluster.publish(&event).await {
                 tracing::warn!(message = "The other nodes could not be told about an approval request.", error = %e);

@@ -52,6 +52,10 @@ pub(super) async fn claim(
 /// until the store is dropped. A failed round is logged and retried.
 pub(super) async fn heartbeat(target: PgTarget, node: String) {
     let mut client: Option<Client> = None;
+    // Since when this node's heartbeats succeed without a gap: after an
+    // outage every node's heartbeat is stale, so none reaps until its own
+    // have run longer than the lapse (the others have beaten again by then).
+    let mut beating_since: Option<std::time::Instant> = None;
     let mut ticks = tokio::time::interval(HEARTBEAT);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -59,8 +63,17 @@ pub(super) async fn heartbeat(target: PgTarget, node: String) {
         if client.as_ref().is_none_or(Client::is_closed) {
             client = target.connect().await.ok();
         }
-        let Some(c) = client.as_mut() else { continue };
-        let round = tokio::time::timeout(QUERY_TIMEOUT, beat_and_reap(c, &node)).await;
+        let Some(c) = client.as_mut() else {
+            beating_since = None;
+            continue;
+        };
+        let may_reap = beating_since.is_some_and(|t| t.elapsed() > HEARTBEAT_LAPSE + HEARTBEAT * 2);
+        let round = tokio::time::timeout(QUERY_TIMEOUT, beat_and_reap(c, &node, may_reap)).await;
+        if matches!(round, Ok(Ok(_))) {
+            beating_since.get_or_insert_with(std::time::Instant::now);
+        } else {
+            beating_since = None;
+        }
         match round {
             Ok(Ok(0)) => {}
             Ok(Ok(ended)) => tracing::warn!(
@@ -79,7 +92,11 @@ pub(super) async fn heartbeat(target: PgTarget, node: String) {
 /// One round: this node's heartbeat, then every open session of a lapsed
 /// node ended with the reason. Times are the database's clock, so nodes'
 /// clocks need not agree.
-async fn beat_and_reap(client: &mut Client, node: &str) -> Result<usize, StoreError> {
+async fn beat_and_reap(
+    client: &mut Client,
+    node: &str,
+    may_reap: bool,
+) -> Result<usize, StoreError> {
     client
         .execute(
             "UPDATE sluice_nodes SET heartbeat_at_ms =
@@ -88,6 +105,9 @@ async fn beat_and_reap(client: &mut Client, node: &str) -> Result<usize, StoreEr
         )
         .await
         .map_err(backend)?;
+    if !may_reap {
+        return Ok(0);
+    }
     let lapse = HEARTBEAT_LAPSE.as_millis() as i64;
     let tx = client.transaction().await.map_err(backend)?;
     // SKIP LOCKED: survivors reaping at once each take different sessions,

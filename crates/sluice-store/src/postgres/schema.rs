@@ -89,6 +89,10 @@ pub(super) fn latest() -> i32 {
 /// older idea of its tables.
 pub(super) async fn migrate(client: &mut Client) -> Result<i32, StoreError> {
     let tx = client.transaction().await.map_err(backend)?;
+    // A migration waiting behind a long query would stall every node's writes.
+    tx.batch_execute("SET LOCAL lock_timeout = '10s'")
+        .await
+        .map_err(backend)?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(backend)?;

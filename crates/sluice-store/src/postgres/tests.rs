@@ -2,6 +2,7 @@
 
 use super::*;
 use sluice_core::audit::Store;
+use sluice_core::config::AuditSync;
 use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
 use sluice_sandbox::{TempPostgres, TempPostgresOptions};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ impl Server {
     }
 
     async fn node(&self, id: &str) -> PgStore {
-        PgStore::open(self.target(), PgMode::Node(id.into()))
+        PgStore::open(self.target(), PgMode::Node(id.into(), AuditSync::Full))
             .await
             .unwrap()
     }
@@ -170,7 +171,7 @@ async fn nodes_see_each_others_sessions_and_one_node_id_is_one_process() {
         );
     }
     assert_eq!(b.session_records("on-a").await.unwrap().len(), 1);
-    let err = PgStore::open(server.target(), PgMode::Node("a".into()))
+    let err = PgStore::open(server.target(), PgMode::Node("a".into(), AuditSync::Normal))
         .await
         .expect_err("a second process with node id a");
     assert!(
@@ -379,7 +380,7 @@ async fn an_ended_sessions_recording_goes_to_object_storage() {
         (!key.is_empty()).then_some(key)
     })
     .await;
-    assert_eq!(key, "unit/sessions/s1.jsonl");
+    assert_eq!(key, "unit/sessions/s1-3.jsonl");
     assert_eq!(store.session_records("s1").await.unwrap().len(), 3);
     assert!(store.verify().await.unwrap().first_break.is_none());
 }

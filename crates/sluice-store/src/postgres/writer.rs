@@ -11,14 +11,42 @@ use super::{backend, nodes, PgTarget, QUERY_TIMEOUT};
 use sluice_core::audit::{
     chain_hash, AuditEvent, AuditRecord, SessionSummary, StoreError, GENESIS_HASH,
 };
+use sluice_core::config::AuditSync;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::{Client, Statement, Transaction};
 
-/// Records per transaction, at most.
+/// Records per transaction, at most, and bytes (roughly): a batch must
+/// commit well within the query deadline.
 const MAX_BATCH: usize = 1024;
+const MAX_BATCH_BYTES: usize = 4 << 20;
+/// Bytes (roughly) of records queued and not yet committed beyond which the
+/// node fails closed: durable appends are refused (their commands with
+/// them), background records dropped loudly, and readiness fails.
+pub(super) const MAX_BACKLOG: usize = 64 << 20;
+
+/// The writer's state as the rest of the store sees it.
+#[derive(Default)]
+pub(super) struct Health {
+    /// Bytes of records queued and not yet committed.
+    pub backlog: AtomicUsize,
+    /// The last batch failed (the store is unreachable or refuses writes).
+    pub failing: AtomicBool,
+}
+
+/// A record's size for the backlog (what dominates: streamed output, text).
+pub(super) fn weight(event: &Option<AuditEvent>) -> usize {
+    match event {
+        Some(AuditEvent::StreamOutput { chunks, .. }) => {
+            chunks.iter().map(|c| c.data.len() + 64).sum::<usize>() + 128
+        }
+        Some(AuditEvent::CommandDecided { command, .. }) => command.text.len() + 512,
+        _ => 256,
+    }
+}
 /// Background records (outputs, session ends) kept for a store that is
 /// down; beyond this the oldest are dropped, loudly.
 const MAX_CARRIED: usize = 100_000;
@@ -33,38 +61,95 @@ pub(super) struct Pending {
     pub at_ms: u64,
     /// The waiting caller of a durable append; `None` for a background one.
     pub done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// `weight(&event)`, counted in the backlog until written or refused.
+    pub size: usize,
 }
 
 /// The writer's own connection (it holds the node's claim), reopened and
-/// re-claimed when it breaks.
+/// re-claimed when it breaks, with the batch statement prepared on it.
 pub(super) struct Connection {
     target: PgTarget,
     node: String,
-    client: Option<Client>,
+    sync: AuditSync,
+    /// The claimed connection `PgStore::open` made, until first used.
+    fresh: Option<Client>,
+    client: Option<(Client, Statement)>,
 }
 
 impl Connection {
-    pub(super) fn new(target: PgTarget, node: String, client: Client) -> Self {
+    pub(super) fn new(target: PgTarget, node: String, sync: AuditSync, client: Client) -> Self {
         Connection {
             target,
             node,
-            client: Some(client),
+            sync,
+            fresh: Some(client),
+            client: None,
         }
     }
 
-    async fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+    /// The connection and the batch statement: connecting, claiming and
+    /// preparing when needed. Under `audit_sync = "normal"` a commit returns
+    /// once the store has the records, before its WAL is flushed (records
+    /// survive a gateway crash, as with the embedded journal's write);
+    /// `full` waits for the flush.
+    async fn prepared(&mut self) -> Result<(&Client, &Statement), StoreError> {
+        if self.client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             self.client = None;
-            let client = self.target.connect().await?;
-            nodes::claim(&client, &self.node, &self.target).await?;
-            tracing::info!(message = "Reconnected to the PostgreSQL store.", store = ?self.target);
-            self.client = Some(client);
+            let client = match self.fresh.take().filter(|c| !c.is_closed()) {
+                Some(c) => c,
+                None => {
+                    let c = self.target.connect().await?;
+                    nodes::claim(&c, &self.node, &self.target).await?;
+                    tracing::info!(message = "Reconnected to the PostgreSQL store.", store = ?self.target);
+                    c
+                }
+            };
+            if self.sync == AuditSync::Normal {
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(backend)?;
+            }
+            let statement = client.prepare(BATCH_SQL).await.map_err(backend)?;
+            self.client = Some((client, statement));
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| self.target.unreachable("not connected"))
+        let (client, statement) = self
+            .client
+            .as_ref()
+            .ok_or_else(|| self.target.unreachable("not connected"))?;
+        Ok((client, statement))
     }
 }
+
+/// One batch in one statement (atomic on its own, one round trip): the
+/// sessions it starts, its records, and every other session's head moved
+/// only from the head the batch chained from. When a head moved meanwhile
+/// the final division fails the statement, and nothing of it is written.
+const BATCH_SQL: &str = "
+WITH starts AS (
+    INSERT INTO sluice_sessions (id, node, subject, issuer, groups_json, connection, protocol,
+        client_addr, started_at_ms, last_seq, head_hash, commands, ended_at_ms, end_reason)
+    SELECT u.id, $1, u.subject, u.issuer, u.groups, u.conn, u.proto, u.addr, u.started,
+        u.seq, u.hash, u.commands, u.ended, u.reason
+    FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+        $8::text[], $9::int8[], $10::int8[], $11::text[], $12::int8[], $13::int8[], $14::text[])
+        AS u(id, subject, issuer, groups, conn, proto, addr, started, seq, hash, commands, ended, reason)
+), records AS (
+    INSERT INTO sluice_records (session_id, seq, at_ms, node, kind, body, prev_hash, hash)
+    SELECT u.sid, u.seq, u.at, $1, u.kind, u.body, u.prev, u.hash
+    FROM UNNEST($15::text[], $16::int8[], $17::int8[], $18::text[], $19::text[], $20::text[],
+        $21::text[]) AS u(sid, seq, at, kind, body, prev, hash)
+), heads AS (
+    UPDATE sluice_sessions s SET last_seq = u.seq, head_hash = u.hash,
+        commands = s.commands + u.commands,
+        ended_at_ms = COALESCE(u.ended, s.ended_at_ms),
+        end_reason = COALESCE(u.reason, s.end_reason)
+    FROM UNNEST($22::text[], $23::int8[], $24::int8[], $25::text[], $26::int8[], $27::int8[],
+        $28::text[]) AS u(id, base, seq, hash, commands, ended, reason)
+    WHERE s.id = u.id AND s.last_seq = u.base
+    RETURNING 1
+)
+SELECT 1 / (CASE WHEN (SELECT count(*) FROM heads) = $29 THEN 1 ELSE 0 END)";
 
 /// A session's chain as a batch extends it.
 struct Tip {
@@ -101,6 +186,12 @@ struct Starts {
     protocol: Vec<String>,
     client_addr: Vec<String>,
     started: Vec<i64>,
+    // The head each started session ends the batch at (`Moved::split`).
+    seq: Vec<i64>,
+    hash: Vec<String>,
+    commands: Vec<i64>,
+    ended: Vec<Option<i64>>,
+    reason: Vec<Option<String>>,
 }
 
 impl Starts {
@@ -147,6 +238,7 @@ pub(super) async fn run(
     mut queued: mpsc::UnboundedReceiver<Pending>,
     mut conn: Connection,
     ended: Arc<tokio::sync::Notify>,
+    health: Arc<Health>,
 ) {
     let mut heads = Heads::new();
     let mut carried: VecDeque<Pending> = VecDeque::new();
@@ -163,7 +255,7 @@ pub(super) async fn run(
                 Err(_) => break,
             }
         }
-        let batch: Vec<Pending> = carried.drain(..carried.len().min(MAX_BATCH)).collect();
+        let batch = take_batch(&mut carried);
         let mut outcome = write_with_deadline(&mut conn, &mut heads, &batch).await;
         if matches!(&outcome, Err(f) if f.conflict) {
             heads.clear();
@@ -171,17 +263,22 @@ pub(super) async fn run(
         }
         match outcome {
             Ok(rejected) => {
+                health.failing.store(false, Ordering::Relaxed);
                 if batch
                     .iter()
                     .any(|p| matches!(p.event, Some(AuditEvent::SessionEnd { .. })))
                 {
                     ended.notify_one();
                 }
+                let written: usize = batch.iter().map(|p| p.size).sum();
+                health.backlog.fetch_sub(written, Ordering::Relaxed);
                 answer(batch, rejected)
             }
             Err(failed) => {
+                health.failing.store(true, Ordering::Relaxed);
                 heads.clear();
-                keep_background(batch, failed.error, &mut carried);
+                let dropped = keep_background(batch, failed.error, &mut carried);
+                health.backlog.fetch_sub(dropped, Ordering::Relaxed);
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
@@ -196,15 +293,14 @@ async fn write_with_deadline(
     let target = conn.target.clone();
     let node = conn.node.clone();
     let written = tokio::time::timeout(QUERY_TIMEOUT, async {
-        let client = conn.client().await?;
-        write(client, &node, heads, batch).await
+        let (client, statement) = conn.prepared().await?;
+        write(client, statement, &node, heads, batch).await
     })
     .await;
     match written {
         Ok(result) => {
             if result.is_err() {
-                // A failed transaction may leave the connection unusable.
-                conn.client = conn.client.take().filter(|c| !c.is_closed());
+                conn.client = conn.client.take().filter(|(c, _)| !c.is_closed());
             }
             result
         }
@@ -232,14 +328,35 @@ fn answer(batch: Vec<Pending>, mut rejected: HashMap<usize, StoreError>) {
     }
 }
 
+/// The next batch: up to `MAX_BATCH` records and about `MAX_BATCH_BYTES`.
+fn take_batch(carried: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let mut bytes = 0;
+    let mut n = 0;
+    for p in carried.iter().take(MAX_BATCH) {
+        if n > 0 && bytes + p.size > MAX_BATCH_BYTES {
+            break;
+        }
+        bytes += p.size;
+        n += 1;
+    }
+    carried.drain(..n).collect()
+}
+
 /// A failed batch: its durable appends fail (their commands are refused);
-/// its background records go back to the front of the queue.
-fn keep_background(batch: Vec<Pending>, error: StoreError, carried: &mut VecDeque<Pending>) {
+/// its background records go back to the front of the queue. Returns the
+/// bytes no longer held (refused or dropped).
+fn keep_background(
+    batch: Vec<Pending>,
+    error: StoreError,
+    carried: &mut VecDeque<Pending>,
+) -> usize {
     let message = error.to_string();
     tracing::error!(message = "The audit store refused a batch of records.", error = %message);
+    let mut released = 0;
     for p in batch.into_iter().rev() {
         match p.done {
             Some(done) => {
+                released += p.size;
                 let _ = done.send(Err(StoreError::Unavailable(message.clone())));
             }
             None => carried.push_front(p),
@@ -247,20 +364,22 @@ fn keep_background(batch: Vec<Pending>, error: StoreError, carried: &mut VecDequ
     }
     while carried.len() > MAX_CARRIED {
         if let Some(lost) = carried.pop_front() {
+            released += lost.size;
             tracing::error!(message = "An audit record was dropped: the store has been unreachable too long.", session = %lost.session_id);
         }
     }
+    released
 }
 
-/// Chains and commits one batch in one transaction. Returns the records
+/// Chains and commits one batch in one statement. Returns the records
 /// refused alone (a session the store does not know).
 async fn write(
-    client: &mut Client,
+    client: &Client,
+    statement: &Statement,
     node: &str,
     heads: &mut Heads,
     batch: &[Pending],
 ) -> Result<HashMap<usize, StoreError>, Failed> {
-    let tx = client.transaction().await.map_err(backend)?;
     let mut tips: HashMap<String, Tip> = HashMap::new();
     let mut rows = Rows::default();
     let mut starts = Starts::default();
@@ -268,7 +387,7 @@ async fn write(
     for (i, p) in batch.iter().enumerate() {
         let Some(event) = &p.event else { continue };
         if !tips.contains_key(&p.session_id) {
-            match head(&tx, heads, &p.session_id, event).await? {
+            match head(client, heads, &p.session_id, event).await? {
                 Some(tip) => {
                     if tip.base_seq == 0 {
                         starts.push(&p.session_id, event, p.at_ms);
@@ -286,9 +405,45 @@ async fn write(
         };
         chain(tip, &p.session_id, event, p.at_ms, &mut rows)?;
     }
-    insert(&tx, node, &rows, &starts).await?;
-    update_heads(&tx, &tips).await?;
-    tx.commit().await.map_err(backend)?;
+    let moved = Moved::split(&tips, &mut starts);
+    let expected = moved.id.len() as i64;
+    client
+        .query(
+            statement,
+            &[
+                &node,
+                &starts.id,
+                &starts.subject,
+                &starts.issuer,
+                &starts.groups,
+                &starts.connection,
+                &starts.protocol,
+                &starts.client_addr,
+                &starts.started,
+                &starts.seq,
+                &starts.hash,
+                &starts.commands,
+                &starts.ended,
+                &starts.reason,
+                &rows.session,
+                &rows.seq,
+                &rows.at,
+                &rows.kind,
+                &rows.body,
+                &rows.prev,
+                &rows.hash,
+                &moved.id,
+                &moved.base,
+                &moved.seq,
+                &moved.hash,
+                &moved.commands,
+                &moved.ended,
+                &moved.reason,
+                &expected,
+            ],
+        )
+        .await
+        .map_err(conflict_or_backend)?;
     for (id, tip) in tips {
         if tip.ended.is_some() {
             heads.remove(&id);
@@ -299,10 +454,65 @@ async fn write(
     Ok(rejected)
 }
 
+/// The batch statement's deliberate division by zero is a head that moved.
+fn conflict_or_backend(e: tokio_postgres::Error) -> Failed {
+    if e.code() == Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO) {
+        return Failed {
+            error: StoreError::Unavailable(
+                "a session's chain moved in the store meanwhile (ended by another node?)".into(),
+            ),
+            conflict: true,
+        };
+    }
+    backend(e).into()
+}
+
+/// The heads a batch moves of sessions it did not start, as arrays.
+#[derive(Default)]
+struct Moved {
+    id: Vec<String>,
+    base: Vec<i64>,
+    seq: Vec<i64>,
+    hash: Vec<String>,
+    commands: Vec<i64>,
+    ended: Vec<Option<i64>>,
+    reason: Vec<Option<String>>,
+}
+
+impl Moved {
+    /// Gives the sessions the batch starts their final head (they are
+    /// inserted with it); returns the others' moves.
+    fn split(tips: &HashMap<String, Tip>, starts: &mut Starts) -> Moved {
+        for id in &starts.id {
+            let Some(tip) = tips.get(id) else { continue };
+            starts.seq.push(tip.seq as i64);
+            starts.hash.push(tip.hash.clone());
+            starts.commands.push(tip.commands);
+            starts.ended.push(tip.ended.as_ref().map(|(at, _)| *at));
+            starts
+                .reason
+                .push(tip.ended.as_ref().map(|(_, r)| r.clone()));
+        }
+        let mut moved = Moved::default();
+        for (id, tip) in tips.iter().filter(|(_, t)| t.base_seq != 0) {
+            moved.id.push(id.clone());
+            moved.base.push(tip.base_seq);
+            moved.seq.push(tip.seq as i64);
+            moved.hash.push(tip.hash.clone());
+            moved.commands.push(tip.commands);
+            moved.ended.push(tip.ended.as_ref().map(|(at, _)| *at));
+            moved
+                .reason
+                .push(tip.ended.as_ref().map(|(_, r)| r.clone()));
+        }
+        moved
+    }
+}
+
 /// The head a session's next record chains from: cached, the store's, or
 /// the genesis for a session that starts here. `None`: no such session.
 async fn head(
-    tx: &Transaction<'_>,
+    client: &Client,
     heads: &Heads,
     session_id: &str,
     event: &AuditEvent,
@@ -317,7 +527,7 @@ async fn head(
     if let Some((seq, hash)) = heads.get(session_id) {
         return Ok(Some(tip(*seq, hash.clone())));
     }
-    let stored = tx
+    let stored = client
         .query_opt(
             "SELECT last_seq, head_hash FROM sluice_sessions WHERE id = $1",
             &[&session_id],
@@ -411,48 +621,6 @@ async fn insert(
     )
     .await
     .map_err(backend)?;
-    Ok(())
-}
-
-/// Moves each session's head, only from the head the batch chained from.
-async fn update_heads(tx: &Transaction<'_>, tips: &HashMap<String, Tip>) -> Result<(), Failed> {
-    if tips.is_empty() {
-        return Ok(());
-    }
-    let mut id = Vec::new();
-    let (mut base, mut seq, mut hash, mut commands) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut ended, mut reason) = (Vec::new(), Vec::new());
-    for (session, tip) in tips {
-        id.push(session.as_str());
-        base.push(tip.base_seq);
-        seq.push(tip.seq as i64);
-        hash.push(tip.hash.as_str());
-        commands.push(tip.commands);
-        ended.push(tip.ended.as_ref().map(|(at, _)| *at));
-        reason.push(tip.ended.as_ref().map(|(_, r)| r.as_str()));
-    }
-    let updated = tx
-        .execute(
-            "UPDATE sluice_sessions s SET last_seq = u.seq, head_hash = u.hash,
-                 commands = s.commands + u.commands,
-                 ended_at_ms = COALESCE(u.ended, s.ended_at_ms),
-                 end_reason = COALESCE(u.reason, s.end_reason)
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::int8[], $6::int8[],
-                         $7::text[]) AS u(id, base, seq, hash, commands, ended, reason)
-             WHERE s.id = u.id AND s.last_seq = u.base",
-            &[&id, &base, &seq, &hash, &commands, &ended, &reason],
-        )
-        .await
-        .map_err(backend)?;
-    if updated != tips.len() as u64 {
-        return Err(Failed {
-            error: StoreError::Unavailable(
-                "a session's chain moved in the store meanwhile (ended by another node?)".into(),
-            ),
-            conflict: true,
-        });
-    }
     Ok(())
 }
 
