@@ -37,6 +37,12 @@ pub const MAX_HOLDBACK: usize = 4096;
 /// extends past them (see `next_hit`); the check looks this far ahead.
 const STRADDLE: usize = 64;
 
+/// Bytes a scan may read per byte of its window, plus a floor, before it
+/// stops judging rejected candidates and masks the rest of the window
+/// (see `find_hit`). Ordinary text reads each byte a few times.
+const RESCAN_PER_BYTE: usize = 16;
+const RESCAN_FLOOR: usize = 64 * 1024;
+
 /// Shortest HMAC key accepted for the `hash` style.
 pub const MIN_HASH_KEY_LEN: usize = 16;
 
@@ -879,6 +885,8 @@ impl MaskingEngine {
         scratch: &mut Scratch,
     ) -> Option<(usize, Hit)> {
         let scan = self.inner.scan.as_ref()?;
+        let budget = (end - pos.min(end)) * RESCAN_PER_BYTE + RESCAN_FLOOR;
+        let mut read = 0;
         let mut at = pos;
         while at <= end {
             let m = scan.search(&Input::new(hay).range(at..end))?;
@@ -887,6 +895,14 @@ impl MaskingEngine {
             }
             if let Some(found) = self.best_at(hay, m, pos, end, scratch) {
                 return Some(found);
+            }
+            // A rejected candidate is searched again from one byte later:
+            // text shaped to be found and rejected at every byte would cost
+            // quadratic time. Past the budget, stop judging and mask the
+            // rest (fail closed: more is hidden, never less).
+            read += m.end() - at;
+            if read > budget {
+                return Some((m.pattern().as_usize(), Hit::whole(m.start(), end)));
             }
             at = m.start() + 1;
         }

@@ -1562,3 +1562,40 @@ fn random_chunks<'a>(rng: &mut Rng, mut bytes: &'a [u8]) -> Vec<&'a [u8]> {
     }
     chunks
 }
+
+/// Values shaped so that a detector's candidate is found and rejected at
+/// every byte (an email local part longer than 64, a run of `eyJ` that is
+/// never a JWT, colons that are never an IPv6 address) would cost quadratic
+/// time: a scan stops judging past its budget and masks the rest, so each
+/// is masked in linear work (at 256 KiB, a quadratic scan would take tens of
+/// minutes here) and nothing of the value is shown.
+#[test]
+fn values_shaped_for_endless_rejection_are_masked_in_linear_work() {
+    let e = engine(r#"detectors = ["email", "jwt", "ipv6"]"#);
+    let n = 256 * 1024;
+    for (name, value) in [
+        ("email", format!("{}@example.com", "a".repeat(n))),
+        (
+            "dotted email",
+            format!("{}x@example.com", "a.".repeat(n / 2)),
+        ),
+        ("jwt", format!("{}.ab", "eyJ".repeat(n / 3))),
+        ("ipv6", ":".repeat(n)),
+        ("ipv6 digits", "1:".repeat(n / 2)),
+    ] {
+        let (masked, counts) = e.mask_text(&value);
+        assert!(counts.total() > 0, "{name}: nothing masked");
+        let middle = &value[value.len() / 2..value.len() / 2 + 64];
+        assert!(
+            !masked.contains(middle),
+            "{name}: the middle of the value is still shown"
+        );
+    }
+    // Ordinary text is judged as before: one address among many rejections.
+    let ordinary = format!("{} bob@example.com {}", "x.".repeat(2000), "1:".repeat(50));
+    let (masked, _) = e.mask_text(&ordinary);
+    assert!(
+        !masked.contains("bob@example.com") && masked.contains("x.x.x."),
+        "{masked}"
+    );
+}
