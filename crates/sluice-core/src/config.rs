@@ -130,6 +130,10 @@ pub struct GatewayConfig {
     pub store: Option<String>,
     /// The shared store's password, by reference (never in the URL).
     pub store_password: Option<Secret>,
+    /// CA certificates (PEM) that the shared store's TLS certificate must
+    /// chain to; the public roots when absent. TLS is required for a store
+    /// not on this host unless the URL sets `sslmode`.
+    pub store_ca: Option<PathBuf>,
     /// This node's id in a shared store: unique per gateway process (default:
     /// the host name). It is in every session and record the node writes.
     pub node: Option<String>,
@@ -171,6 +175,7 @@ impl Default for GatewayConfig {
             state_dir: default_state_dir(),
             store: None,
             store_password: None,
+            store_ca: None,
             node: None,
             recordings: None,
             recordings_endpoint: None,

@@ -8,11 +8,13 @@
 use sluice_core::audit::{
     verify_chain, AuditEvent, AuditRecord, SessionSummary, Store, StoreError, VerifyReport,
 };
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, Mutex};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod events;
 mod nodes;
@@ -50,10 +52,13 @@ fn now_ms() -> u64 {
 }
 
 /// Where the store is and how to log in. The password comes from a secret
-/// reference, never the URL, and is never shown.
+/// reference, never the URL, and is never shown. TLS, when used, always
+/// verifies the server (`store_ca`, or the public roots); it is required
+/// unless the store is on this host or the URL says `sslmode`.
 #[derive(Clone)]
 pub struct PgTarget {
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     shown: String,
 }
 
@@ -66,7 +71,7 @@ impl std::fmt::Debug for PgTarget {
 impl PgTarget {
     /// Parses a `postgres://user@host:port/db` URL; a password in it is refused
     /// (it would sit in the config file), `password` supplies it instead.
-    pub fn parse(url: &str, password: Option<&str>) -> Result<Self, String> {
+    pub fn parse(url: &str, password: Option<&str>, ca: Option<&Path>) -> Result<Self, String> {
         let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| format!("not a PostgreSQL URL: {e}"))?;
@@ -91,45 +96,72 @@ impl PgTarget {
             .keepalives_idle(Duration::from_secs(10))
             .options(&options)
             .application_name("sluice");
-        let hosts = config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                tokio_postgres::config::Host::Tcp(h) => h.clone(),
-                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
-        let port = config.get_ports().first().copied().unwrap_or(5432);
-        let shown = format!(
-            "postgres://{}@{hosts}:{port}/{}",
-            config.get_user().unwrap_or(""),
-            config.get_dbname().unwrap_or("")
-        );
-        Ok(PgTarget { config, shown })
+        if !url.contains("sslmode=") && !on_this_host(&config) {
+            config.ssl_mode(tokio_postgres::config::SslMode::Require);
+        }
+        let tls = sluice_core::tls::upstream_client_config(
+            sluice_core::config::UpstreamTls::VerifyFull,
+            ca,
+        )
+        .map_err(|e| format!("store TLS: {e}"))?
+        .ok_or("store TLS: no client configuration")?;
+        let shown = shown(&config);
+        Ok(PgTarget {
+            config,
+            tls: MakeRustlsConnect::new((*tls).clone()),
+            shown,
+        })
     }
 
-    /// A new connection and its driver, for a caller that reads its
-    /// notifications.
-    pub(crate) async fn connect_raw(
+    async fn open(
         &self,
     ) -> Result<
         (
             Client,
-            tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+            tokio_postgres::Connection<
+                tokio_postgres::Socket,
+                <MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<
+                    tokio_postgres::Socket,
+                >>::Stream,
+            >,
         ),
         StoreError,
     > {
-        let connecting = self.config.connect(NoTls);
-        tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        tokio::time::timeout(CONNECT_TIMEOUT, self.config.connect(self.tls.clone()))
             .await
             .map_err(|_| self.unreachable("no answer"))?
             .map_err(|e| self.unreachable(&e.to_string()))
     }
 
+    /// A new connection whose notifications wake the returned receiver
+    /// (its driver runs until the connection ends or the driver is aborted).
+    pub(crate) async fn connect_notified(
+        &self,
+    ) -> Result<
+        (
+            Client,
+            mpsc::UnboundedReceiver<()>,
+            tokio::task::JoinHandle<()>,
+        ),
+        StoreError,
+    > {
+        let (client, mut connection) = self.open().await?;
+        let (wake, woken) = mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = futures_util::StreamExt::next(&mut messages).await {
+                let notified = matches!(message, tokio_postgres::AsyncMessage::Notification(_));
+                if notified && wake.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((client, woken, driver))
+    }
+
     /// A new connection; its driver runs on the current runtime.
     pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self.connect_raw().await?;
+        let (client, connection) = self.open().await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(message = "A store connection ended.", error = %e);
@@ -142,6 +174,37 @@ impl PgTarget {
         tracing::warn!(message = "The PostgreSQL store is unreachable.", store = ?self, error = %why);
         StoreError::Unavailable("cannot reach the PostgreSQL store (see the gateway log)".into())
     }
+}
+
+/// Whether every host of the URL is a Unix socket or a loopback address.
+fn on_this_host(config: &tokio_postgres::Config) -> bool {
+    config.get_hosts().iter().all(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(h) => {
+            h == "localhost"
+                || h.parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    })
+}
+
+/// The URL as shown in logs: user, hosts, port and database.
+fn shown(config: &tokio_postgres::Config) -> String {
+    let hosts = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{hosts}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
 }
 
 /// A shared connection for reads, reopened when it breaks.

@@ -22,7 +22,7 @@ pub fn shared_target(config: &Config) -> Result<Option<PgTarget>> {
         Some(secret) => Some(secret.resolve().context("gateway.store_password")?),
         None => None,
     };
-    PgTarget::parse(url, password.as_deref())
+    PgTarget::parse(url, password.as_deref(), config.gateway.store_ca.as_deref())
         .map(Some)
         .map_err(|e| anyhow::anyhow!("gateway.store: {e}"))
 }

@@ -4,14 +4,13 @@
 //! delays an event by at most `POLL` rather than losing it.
 
 use super::{backend, now_ms, PgTarget, QUERY_TIMEOUT};
-use futures_util::StreamExt;
 use sluice_core::audit::StoreError;
 use sluice_core::cluster::{Cluster, ClusterEvent};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres::Client;
 
 /// The notification channel.
 const CHANNEL: &str = "sluice_events";
@@ -156,16 +155,7 @@ async fn listen(
     apply: &Arc<dyn Fn(ClusterEvent) + Send + Sync>,
     seen: &mut Seen,
 ) -> Result<(), StoreError> {
-    let (client, mut connection) = target.connect_raw().await?;
-    let (wake, mut woken) = tokio::sync::mpsc::unbounded_channel();
-    let driver = tokio::spawn(async move {
-        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-        while let Some(Ok(message)) = messages.next().await {
-            if matches!(message, AsyncMessage::Notification(_)) && wake.send(()).is_err() {
-                break;
-            }
-        }
-    });
+    let (client, mut woken, driver) = target.connect_notified().await?;
     let listening = client.batch_execute(&format!("LISTEN {CHANNEL}")).await;
     let result = match listening {
         Ok(()) => loop {

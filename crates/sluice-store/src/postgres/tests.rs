@@ -20,7 +20,7 @@ impl Server {
 
     fn target(&self) -> PgTarget {
         let url = format!("postgres://{}@{}/store", self.pg.superuser, self.pg.addr());
-        PgTarget::parse(&url, Some(&self.pg.superuser_password)).unwrap()
+        PgTarget::parse(&url, Some(&self.pg.superuser_password), None).unwrap()
     }
 
     async fn node(&self, id: &str) -> PgStore {
@@ -290,12 +290,12 @@ async fn nodes_starting_at_once_migrate_once() {
 
 #[test]
 fn a_password_in_the_url_is_refused_and_never_shown() {
-    let err = PgTarget::parse("postgres://u:hunter2@127.0.0.1/db", None).unwrap_err();
+    let err = PgTarget::parse("postgres://u:hunter2@127.0.0.1/db", None, None).unwrap_err();
     assert!(
         err.contains("store_password") && !err.contains("hunter2"),
         "{err}"
     );
-    let target = PgTarget::parse("postgres://u@127.0.0.1:6000/db", Some("hunter2")).unwrap();
+    let target = PgTarget::parse("postgres://u@127.0.0.1:6000/db", Some("hunter2"), None).unwrap();
     assert_eq!(format!("{target:?}"), "postgres://u@127.0.0.1:6000/db");
 }
 
@@ -383,4 +383,61 @@ async fn an_ended_sessions_recording_goes_to_object_storage() {
     assert_eq!(key, "unit/sessions/s1-3.jsonl");
     assert_eq!(store.session_records("s1").await.unwrap().len(), 3);
     assert!(store.verify().await.unwrap().first_break.is_none());
+}
+
+/// TLS to the store verifies the server: with its certificate as the CA the
+/// node opens; with the public roots alone it is refused, never downgraded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_store_verifies_the_server() {
+    let pg = TempPostgres::start(TempPostgresOptions {
+        ssl: true,
+        ..Default::default()
+    })
+    .expect("starting PostgreSQL with ssl");
+    if !pg.ssl {
+        eprintln!("skipped: no openssl CLI to make a server certificate");
+        return;
+    }
+    pg.psql("postgres", "CREATE DATABASE store").unwrap();
+    let url = format!(
+        "postgres://{}@localhost:{}/store?hostaddr=127.0.0.1&sslmode=require",
+        pg.superuser, pg.port
+    );
+    let password = Some(pg.superuser_password.as_str());
+    let ca = pg.data_dir.join("server.crt");
+    let trusted = PgTarget::parse(&url, password, Some(&ca)).unwrap();
+    let store = PgStore::open(trusted, PgMode::Node("tls".into(), AuditSync::Normal))
+        .await
+        .unwrap();
+    store.append("s1", start_event()).await.unwrap();
+    let encrypted = pg
+        .psql(
+            "store",
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.application_name = 'sluice' AND s.ssl",
+        )
+        .unwrap();
+    assert!(encrypted.trim().parse::<u32>().unwrap() >= 1, "{encrypted}");
+    let unverified = PgTarget::parse(&url, password, None).unwrap();
+    let err = PgStore::open(unverified, PgMode::Reader).await.unwrap_err();
+    assert!(err.to_string().contains("cannot reach"), "{err}");
+}
+
+#[test]
+fn tls_is_required_for_a_store_on_another_host_unless_the_url_says_otherwise() {
+    use tokio_postgres::config::SslMode;
+    let mode = |url: &str| {
+        PgTarget::parse(url, None, None)
+            .unwrap()
+            .config
+            .get_ssl_mode()
+    };
+    assert_eq!(mode("postgres://u@db.internal:5432/x"), SslMode::Require);
+    assert_eq!(mode("postgres://u@10.0.0.5/x"), SslMode::Require);
+    assert_eq!(mode("postgres://u@127.0.0.1/x"), SslMode::Prefer);
+    assert_eq!(mode("postgres://u@localhost/x"), SslMode::Prefer);
+    assert_eq!(
+        mode("postgres://u@db.internal/x?sslmode=disable"),
+        SslMode::Disable
+    );
 }
