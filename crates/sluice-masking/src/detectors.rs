@@ -49,6 +49,9 @@ pub(crate) struct Hit {
     pub end: usize,
     pub secret_start: usize,
     pub secret_end: usize,
+    /// Not a validated match: the rest of a window the scan stopped judging
+    /// (see `find_hit`); always fully redacted, whatever the style.
+    pub unjudged: bool,
 }
 
 impl Hit {
@@ -58,6 +61,7 @@ impl Hit {
             end,
             secret_start: start,
             secret_end: end,
+            unjudged: false,
         }
     }
 }
@@ -283,6 +287,7 @@ impl Builtin {
                         end,
                         secret_start: start + prefix,
                         secret_end: end,
+                        unjudged: false,
                     })
                 }
             },
@@ -635,6 +640,7 @@ fn aws_secret(hay: &[u8], start: usize, end: usize) -> Option<Hit> {
         end,
         secret_start: end - 40,
         secret_end: end,
+        unjudged: false,
     })
 }
 
@@ -733,5 +739,6 @@ fn password(form: usize, hay: &[u8], start: usize, end: usize) -> Option<Hit> {
         end,
         secret_start: start + s,
         secret_end: start + e,
+        unjudged: false,
     })
 }

@@ -898,11 +898,14 @@ impl MaskingEngine {
             }
             // A rejected candidate is searched again from one byte later:
             // text shaped to be found and rejected at every byte would cost
-            // quadratic time. Past the budget, stop judging and mask the
-            // rest (fail closed: more is hidden, never less).
+            // quadratic time. Past the budget, stop judging and redact up to
+            // `limit` (fail closed: more is hidden, never less; a stream's
+            // held-back bytes stay held back for the next chunk).
             read += m.end() - at;
             if read > budget {
-                return Some((m.pattern().as_usize(), Hit::whole(m.start(), end)));
+                let mut rest = Hit::whole(m.start(), limit.max(m.start() + 1).min(end));
+                rest.unjudged = true;
+                return Some((m.pattern().as_usize(), rest));
             }
             at = m.start() + 1;
         }
@@ -1025,9 +1028,15 @@ impl MaskingEngine {
     pub(crate) fn write_hit(&self, det: usize, hay: &[u8], h: &Hit, out: &mut Vec<u8>) {
         let d = &self.inner.detectors[det];
         out.extend_from_slice(&hay[h.start..h.secret_start]);
+        // Unjudged text is not a match: a partial rendering would show parts
+        // of it (a domain, last digits) that may be other secrets.
+        let style = match (h.unjudged, d.style) {
+            (true, Style::Partial) => Style::Redact,
+            (_, style) => style,
+        };
         // `null` has no meaning inside text: it reads as the placeholder.
         self.render(
-            d.style,
+            style,
             &d.name,
             d.partial,
             &hay[h.secret_start..h.secret_end],

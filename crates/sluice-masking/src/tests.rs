@@ -1591,6 +1591,16 @@ fn values_shaped_for_endless_rejection_are_masked_in_linear_work() {
             "{name}: the middle of the value is still shown"
         );
     }
+    // What the scan stopped judging is redacted whole, even where the style
+    // is partial (which would show a domain, or last digits, of the text).
+    let partial = engine("style = \"partial\"\ndetectors = [\"email\", \"aws_access_key\"]");
+    let hostile = format!("{}@example.com AKIAIOSFODNN7EXAMPLE", "a".repeat(n));
+    let (masked, _) = partial.mask_text(&hostile);
+    assert!(
+        !masked.contains("example.com") && !masked.contains("AKIA"),
+        "{}",
+        &masked[masked.len().saturating_sub(200)..]
+    );
     // Ordinary text is judged as before: one address among many rejections.
     let ordinary = format!("{} bob@example.com {}", "x.".repeat(2000), "1:".repeat(50));
     let (masked, _) = e.mask_text(&ordinary);

@@ -96,7 +96,11 @@ impl PgTarget {
             .keepalives_idle(Duration::from_secs(10))
             .options(&options)
             .application_name("sluice");
-        if !url.contains("sslmode=") && !on_this_host(&config) {
+        // `prefer` (libpq's default) would let a network attacker answer "no
+        // TLS": off this host only an explicit `sslmode=disable` allows plaintext.
+        if config.get_ssl_mode() == tokio_postgres::config::SslMode::Prefer
+            && !on_this_host(&config)
+        {
             config.ssl_mode(tokio_postgres::config::SslMode::Require);
         }
         let tls = sluice_core::tls::upstream_client_config(
@@ -176,16 +180,21 @@ impl PgTarget {
     }
 }
 
-/// Whether every host of the URL is a Unix socket or a loopback address.
+/// Whether the URL names hosts and every one is a Unix socket or a loopback
+/// address, and so is every `hostaddr` (which is where it connects).
 fn on_this_host(config: &tokio_postgres::Config) -> bool {
-    config.get_hosts().iter().all(|h| match h {
+    let hosts = config.get_hosts();
+    let local = |h: &tokio_postgres::config::Host| match h {
         tokio_postgres::config::Host::Unix(_) => true,
         tokio_postgres::config::Host::Tcp(h) => {
             h == "localhost"
                 || h.parse::<std::net::IpAddr>()
                     .is_ok_and(|ip| ip.is_loopback())
         }
-    })
+    };
+    !hosts.is_empty()
+        && hosts.iter().all(local)
+        && config.get_hostaddrs().iter().all(|a| a.is_loopback())
 }
 
 /// The URL as shown in logs: user, hosts, port and database.
@@ -573,7 +582,14 @@ impl Store for PgStore {
     async fn ready(&self) -> Result<(), StoreError> {
         self.reader.query("SELECT 1", &[]).await?;
         self.within_backlog()?;
-        if self.health.failing.load(Ordering::Relaxed) {
+        // After a failed batch, an empty one tells whether writes work again
+        // (an idle node would otherwise stay unready).
+        if self.health.failing.load(Ordering::Relaxed)
+            && !matches!(
+                tokio::time::timeout(QUERY_TIMEOUT, self.flush()).await,
+                Ok(Ok(()))
+            )
+        {
             return Err(StoreError::Unavailable(
                 "the audit store refuses this node's records (see the gateway log)".into(),
             ));

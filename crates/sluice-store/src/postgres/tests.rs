@@ -440,4 +440,13 @@ fn tls_is_required_for_a_store_on_another_host_unless_the_url_says_otherwise() {
         mode("postgres://u@db.internal/x?sslmode=disable"),
         SslMode::Disable
     );
+    assert_eq!(
+        mode("postgres://u@db.internal/x?sslmode=prefer"),
+        SslMode::Require
+    );
+    assert_eq!(
+        mode("postgres://u@localhost/x?hostaddr=10.0.0.5"),
+        SslMode::Require
+    );
+    assert_eq!(mode("postgres://u@/x?hostaddr=10.0.0.5"), SslMode::Require);
 }

@@ -155,6 +155,8 @@ SELECT 1 / (CASE WHEN (SELECT count(*) FROM heads) = $29 THEN 1 ELSE 0 END)";
 struct Tip {
     /// The head in the store before this batch (0 for a session it starts).
     base_seq: i64,
+    /// The session is not in the store yet: this batch inserts it.
+    new: bool,
     seq: u64,
     hash: String,
     commands: i64,
@@ -389,7 +391,7 @@ async fn write(
         if !tips.contains_key(&p.session_id) {
             match head(client, heads, &p.session_id, event).await? {
                 Some(tip) => {
-                    if tip.base_seq == 0 {
+                    if tip.new {
                         starts.push(&p.session_id, event, p.at_ms);
                     }
                     tips.insert(p.session_id.clone(), tip);
@@ -494,7 +496,7 @@ impl Moved {
                 .push(tip.ended.as_ref().map(|(_, r)| r.clone()));
         }
         let mut moved = Moved::default();
-        for (id, tip) in tips.iter().filter(|(_, t)| t.base_seq != 0) {
+        for (id, tip) in tips.iter().filter(|(_, t)| !t.new) {
             moved.id.push(id.clone());
             moved.base.push(tip.base_seq);
             moved.seq.push(tip.seq as i64);
@@ -519,6 +521,7 @@ async fn head(
 ) -> Result<Option<Tip>, Failed> {
     let tip = |seq: u64, hash: String| Tip {
         base_seq: seq as i64,
+        new: false,
         seq,
         hash,
         commands: 0,
@@ -536,9 +539,10 @@ async fn head(
         .map_err(backend)?;
     Ok(match stored {
         Some(row) => Some(tip(row.get::<_, i64>(0) as u64, row.get(1))),
-        None if matches!(event, AuditEvent::SessionStart { .. }) => {
-            Some(tip(0, GENESIS_HASH.to_string()))
-        }
+        None if matches!(event, AuditEvent::SessionStart { .. }) => Some(Tip {
+            new: true,
+            ..tip(0, GENESIS_HASH.to_string())
+        }),
         None => None,
     })
 }
