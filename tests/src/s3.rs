@@ -1,44 +1,25 @@
 //! An S3-compatible server for the tests: moto's server (PyPI `moto[server]`), on a free port,
 //! stopped on drop. Objects are read and changed with boto3 (`tests/py/s3.py`), not the gateway.
 
-use crate::{py_dir, run_with_timeout, stdout, wait_until};
-use sluice_sandbox::free_port;
-use std::net::TcpStream;
-use std::process::{Child, Command, Output, Stdio};
+use crate::{py_dir, run_with_timeout, stdout};
+use sluice_sandbox::TempS3;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 pub struct S3Server {
-    child: Child,
-    port: u16,
+    server: TempS3,
 }
 
 impl S3Server {
     pub fn start() -> S3Server {
-        let port = free_port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting moto's S3 server (pip install 'moto[server]')");
-        let server = S3Server { child, port };
-        wait_until(Duration::from_secs(30), "moto's S3 server", || {
-            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
-        });
-        server
+        S3Server {
+            server: TempS3::start().unwrap_or_else(|e| panic!("{e}")),
+        }
     }
 
     /// `http://127.0.0.1:PORT`.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.server.endpoint()
     }
 
     /// Runs `tests/py/s3.py` against this server; `input` is the object body for `put`.
@@ -51,7 +32,9 @@ impl S3Server {
     }
 
     pub fn create_bucket(&self, bucket: &str) {
-        crate::ok(&self.run(&["mkbucket", bucket], None));
+        self.server
+            .create_bucket(bucket)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// The keys in `bucket`.
@@ -60,12 +43,5 @@ impl S3Server {
             .lines()
             .map(str::to_string)
             .collect()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }

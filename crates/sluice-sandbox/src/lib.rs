@@ -21,10 +21,12 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 mod demo;
+mod s3;
 mod statement_log;
 mod targets;
 
 pub use demo::{demo_sensitive_values, DemoDatabase};
+pub use s3::TempS3;
 pub use statement_log::{parse_statement_log, LoggedStatement, StatementKind, MARKER_APPLICATION};
 pub use targets::{DemoApi, DemoSshd, DEMO_SSH_ACCOUNT};
 

@@ -8,6 +8,16 @@
 mod archive;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod test_events;
+
+/// Unix milliseconds now (record times; 0 before 1970).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 pub use archive::{Archive, ArchiveProblem, ArchiveSettings, Archived};
 pub use postgres::{Imported, PgMode, PgStore, PgTarget, HEARTBEAT_LAPSE};

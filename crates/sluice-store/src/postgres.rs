@@ -11,12 +11,13 @@ use sluice_core::audit::{
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod events;
+use crate::now_ms;
 mod nodes;
 mod recordings;
 mod schema;
@@ -42,13 +43,6 @@ pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Sto
     StoreError::Unavailable(
         "the PostgreSQL store failed the operation (see the gateway log)".into(),
     )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Where the store is and how to log in. The password comes from a secret

@@ -9,9 +9,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 mod commit;
+use crate::now_ms;
 use commit::{Journal, Queue};
 
 const SCHEMA: &str = "
@@ -146,13 +147,6 @@ fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {

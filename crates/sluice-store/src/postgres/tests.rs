@@ -1,9 +1,9 @@
 //! The PostgreSQL store against a real PostgreSQL server (`sluice-sandbox`).
 
 use super::*;
+use crate::test_events::{decided, finished, start_event};
 use sluice_core::audit::Store;
 use sluice_core::config::AuditSync;
-use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
 use sluice_sandbox::{TempPostgres, TempPostgresOptions};
 use std::time::{Duration, Instant};
 
@@ -31,45 +31,6 @@ impl Server {
 
     fn sql(&self, sql: &str) -> String {
         self.pg.psql("store", sql).unwrap()
-    }
-}
-
-fn start_event() -> AuditEvent {
-    AuditEvent::SessionStart {
-        identity: Identity {
-            subject: "agent".into(),
-            groups: vec!["agents".into()],
-            issuer: "sluice".into(),
-            token_id: "t".into(),
-            expires_at: SystemTime::now() + Duration::from_secs(60),
-            connections: None,
-        },
-        connection: "appdb".into(),
-        protocol: Protocol::Postgres,
-        client_addr: "127.0.0.1:5".into(),
-    }
-}
-
-fn decided(n: u64) -> AuditEvent {
-    AuditEvent::CommandDecided {
-        command_id: n,
-        command: Command {
-            kind: CommandKind::SqlSimple,
-            text: format!("select {n}"),
-            context: vec![],
-        },
-        verdict: Verdict {
-            action: Action::Allow,
-            rule: None,
-            message: None,
-        },
-    }
-}
-
-fn finished(n: u64) -> AuditEvent {
-    AuditEvent::CommandFinished {
-        command_id: n,
-        outcome: Outcome::default(),
     }
 }
 
@@ -299,60 +260,17 @@ fn a_password_in_the_url_is_refused_and_never_shown() {
     assert_eq!(format!("{target:?}"), "postgres://u@127.0.0.1:6000/db");
 }
 
-/// moto's S3 server (PyPI `moto[server]`) with bucket `recordings`, killed on drop.
-struct Moto(std::process::Child, u16);
-
-impl Moto {
-    fn start() -> Moto {
-        let port = sluice_sandbox::free_port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("moto");
-        let moto = Moto(child, port);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto did not start");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let made = std::process::Command::new("python3")
-            .args(["-c", &format!("import boto3; boto3.client('s3', endpoint_url='{}', region_name='us-east-1', aws_access_key_id='k', aws_secret_access_key='s').create_bucket(Bucket='recordings')", moto.endpoint())])
-            .status()
-            .unwrap();
-        assert!(made.success());
-        moto
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.1)
-    }
-
-    fn archive(&self) -> crate::Archive {
-        crate::Archive::open(&crate::ArchiveSettings {
-            url: "s3://recordings/unit".into(),
-            endpoint: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            access_key_id: Some("k".into()),
-            secret_access_key: Some("s".into()),
-        })
-        .unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// An archive in bucket `recordings` of a throwaway S3-compatible server.
+fn archive(s3: &sluice_sandbox::TempS3) -> crate::Archive {
+    s3.create_bucket("recordings").unwrap();
+    crate::Archive::open(&crate::ArchiveSettings {
+        url: "s3://recordings/unit".into(),
+        endpoint: Some(s3.endpoint()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some("k".into()),
+        secret_access_key: Some("s".into()),
+    })
+    .unwrap()
 }
 
 /// An ended session's chain is written to object storage and read back by
@@ -360,8 +278,8 @@ impl Drop for Moto {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ended_sessions_recording_goes_to_object_storage() {
     let server = Server::start();
-    let moto = Moto::start();
-    let archive = moto.archive();
+    let s3 = sluice_sandbox::TempS3::start().expect("moto's S3 server");
+    let archive = archive(&s3);
     let store = server.node("a").await.with_recordings(archive.clone());
     store.append("s1", start_event()).await.unwrap();
     store.append("s1", decided(1)).await.unwrap();

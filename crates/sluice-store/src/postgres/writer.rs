@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, Statement};
 
 /// Records per transaction, at most, and bytes (roughly): a batch must
 /// commit well within the query deadline.
@@ -188,12 +188,33 @@ struct Starts {
     protocol: Vec<String>,
     client_addr: Vec<String>,
     started: Vec<i64>,
-    // The head each started session ends the batch at (`Moved::split`).
+    /// The head each started session ends the batch at (`Moved::split`).
+    head: HeadColumns,
+}
+
+/// Sessions' heads after a batch, as arrays for `UNNEST`.
+#[derive(Default)]
+struct HeadColumns {
     seq: Vec<i64>,
     hash: Vec<String>,
     commands: Vec<i64>,
     ended: Vec<Option<i64>>,
     reason: Vec<Option<String>>,
+}
+
+impl HeadColumns {
+    fn push(&mut self, seq: i64, hash: &str, commands: i64, ended: Option<(i64, &str)>) {
+        self.seq.push(seq);
+        self.hash.push(hash.to_string());
+        self.commands.push(commands);
+        self.ended.push(ended.map(|(at, _)| at));
+        self.reason.push(ended.map(|(_, r)| r.to_string()));
+    }
+
+    fn push_tip(&mut self, tip: &Tip) {
+        let ended = tip.ended.as_ref().map(|(at, r)| (*at, r.as_str()));
+        self.push(tip.seq as i64, &tip.hash, tip.commands, ended);
+    }
 }
 
 impl Starts {
@@ -408,42 +429,13 @@ async fn write(
         chain(tip, &p.session_id, event, p.at_ms, &mut rows)?;
     }
     let moved = Moved::split(&tips, &mut starts);
-    let expected = moved.id.len() as i64;
-    client
-        .query(
-            statement,
-            &[
-                &node,
-                &starts.id,
-                &starts.subject,
-                &starts.issuer,
-                &starts.groups,
-                &starts.connection,
-                &starts.protocol,
-                &starts.client_addr,
-                &starts.started,
-                &starts.seq,
-                &starts.hash,
-                &starts.commands,
-                &starts.ended,
-                &starts.reason,
-                &rows.session,
-                &rows.seq,
-                &rows.at,
-                &rows.kind,
-                &rows.body,
-                &rows.prev,
-                &rows.hash,
-                &moved.id,
-                &moved.base,
-                &moved.seq,
-                &moved.hash,
-                &moved.commands,
-                &moved.ended,
-                &moved.reason,
-                &expected,
-            ],
-        )
+    let batch = Batch {
+        starts: &starts,
+        rows: &rows,
+        moved: &moved,
+    };
+    batch
+        .write(client, statement, node)
         .await
         .map_err(conflict_or_backend)?;
     for (id, tip) in tips {
@@ -474,11 +466,7 @@ fn conflict_or_backend(e: tokio_postgres::Error) -> Failed {
 struct Moved {
     id: Vec<String>,
     base: Vec<i64>,
-    seq: Vec<i64>,
-    hash: Vec<String>,
-    commands: Vec<i64>,
-    ended: Vec<Option<i64>>,
-    reason: Vec<Option<String>>,
+    head: HeadColumns,
 }
 
 impl Moved {
@@ -486,28 +474,73 @@ impl Moved {
     /// inserted with it); returns the others' moves.
     fn split(tips: &HashMap<String, Tip>, starts: &mut Starts) -> Moved {
         for id in &starts.id {
-            let Some(tip) = tips.get(id) else { continue };
-            starts.seq.push(tip.seq as i64);
-            starts.hash.push(tip.hash.clone());
-            starts.commands.push(tip.commands);
-            starts.ended.push(tip.ended.as_ref().map(|(at, _)| *at));
-            starts
-                .reason
-                .push(tip.ended.as_ref().map(|(_, r)| r.clone()));
+            if let Some(tip) = tips.get(id) {
+                starts.head.push_tip(tip);
+            }
         }
         let mut moved = Moved::default();
         for (id, tip) in tips.iter().filter(|(_, t)| !t.new) {
             moved.id.push(id.clone());
             moved.base.push(tip.base_seq);
-            moved.seq.push(tip.seq as i64);
-            moved.hash.push(tip.hash.clone());
-            moved.commands.push(tip.commands);
-            moved.ended.push(tip.ended.as_ref().map(|(at, _)| *at));
-            moved
-                .reason
-                .push(tip.ended.as_ref().map(|(_, r)| r.clone()));
+            moved.head.push_tip(tip);
         }
         moved
+    }
+}
+
+/// One batch's arrays, written by `BATCH_SQL`.
+struct Batch<'a> {
+    starts: &'a Starts,
+    rows: &'a Rows,
+    moved: &'a Moved,
+}
+
+impl Batch<'_> {
+    async fn write(
+        &self,
+        client: &impl tokio_postgres::GenericClient,
+        statement: &(impl tokio_postgres::ToStatement + Sync + Send + ?Sized),
+        node: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let (st, r, m) = (self.starts, self.rows, self.moved);
+        let expected = m.id.len() as i64;
+        client
+            .query(
+                statement,
+                &[
+                    &node,
+                    &st.id,
+                    &st.subject,
+                    &st.issuer,
+                    &st.groups,
+                    &st.connection,
+                    &st.protocol,
+                    &st.client_addr,
+                    &st.started,
+                    &st.head.seq,
+                    &st.head.hash,
+                    &st.head.commands,
+                    &st.head.ended,
+                    &st.head.reason,
+                    &r.session,
+                    &r.seq,
+                    &r.at,
+                    &r.kind,
+                    &r.body,
+                    &r.prev,
+                    &r.hash,
+                    &m.id,
+                    &m.base,
+                    &m.head.seq,
+                    &m.head.hash,
+                    &m.head.commands,
+                    &m.head.ended,
+                    &m.head.reason,
+                    &expected,
+                ],
+            )
+            .await
+            .map(|_| ())
     }
 }
 
@@ -574,60 +607,6 @@ fn chain(
     Ok(())
 }
 
-async fn insert(
-    tx: &Transaction<'_>,
-    node: &str,
-    rows: &Rows,
-    starts: &Starts,
-) -> Result<(), Failed> {
-    if !starts.id.is_empty() {
-        tx.execute(
-            "INSERT INTO sluice_sessions (id, node, subject, issuer, groups_json, connection,
-                 protocol, client_addr, started_at_ms, last_seq, head_hash)
-             SELECT u.id, $1, u.subject, u.issuer, u.groups, u.conn, u.proto, u.addr, u.started, 0, $2
-             FROM UNNEST($3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[],
-                         $9::text[], $10::int8[])
-                  AS u(id, subject, issuer, groups, conn, proto, addr, started)",
-            &[
-                &node,
-                &GENESIS_HASH,
-                &starts.id,
-                &starts.subject,
-                &starts.issuer,
-                &starts.groups,
-                &starts.connection,
-                &starts.protocol,
-                &starts.client_addr,
-                &starts.started,
-            ],
-        )
-        .await
-        .map_err(backend)?;
-    }
-    if rows.session.is_empty() {
-        return Ok(());
-    }
-    tx.execute(
-        "INSERT INTO sluice_records (session_id, seq, at_ms, node, kind, body, prev_hash, hash)
-         SELECT u.sid, u.seq, u.at, $1, u.kind, u.body, u.prev, u.hash
-         FROM UNNEST($2::text[], $3::int8[], $4::int8[], $5::text[], $6::text[], $7::text[],
-                     $8::text[]) AS u(sid, seq, at, kind, body, prev, hash)",
-        &[
-            &node,
-            &rows.session,
-            &rows.seq,
-            &rows.at,
-            &rows.kind,
-            &rows.body,
-            &rows.prev,
-            &rows.hash,
-        ],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(())
-}
-
 /// Copies one verified chain into the store (`sluice store migrate`).
 pub(super) async fn import(
     client: &mut Client,
@@ -656,31 +635,23 @@ pub(super) async fn import(
             summary.id
         )));
     }
-    let groups = serde_json::to_string(&summary.groups).map_err(backend)?;
-    tx.execute(
-        "INSERT INTO sluice_sessions (id, node, subject, issuer, groups_json, connection,
-             protocol, client_addr, started_at_ms, ended_at_ms, end_reason, commands,
-             last_seq, head_hash)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-        &[
-            &summary.id,
-            &node,
-            &summary.subject,
-            &summary.issuer,
-            &groups,
-            &summary.connection,
-            &summary.protocol,
-            &summary.client_addr,
-            &(summary.started_at_ms as i64),
-            &summary.ended_at_ms.map(|v| v as i64),
-            &summary.end_reason,
-            &(summary.commands as i64),
-            &last_seq,
-            &head,
-        ],
-    )
-    .await
-    .map_err(backend)?;
+    let mut starts = Starts::default();
+    starts.id.push(summary.id.clone());
+    starts.subject.push(summary.subject.clone());
+    starts.issuer.push(summary.issuer.clone());
+    starts
+        .groups
+        .push(serde_json::to_string(&summary.groups).map_err(backend)?);
+    starts.connection.push(summary.connection.clone());
+    starts.protocol.push(summary.protocol.clone());
+    starts.client_addr.push(summary.client_addr.clone());
+    starts.started.push(summary.started_at_ms as i64);
+    let ended = summary
+        .ended_at_ms
+        .map(|at| (at as i64, summary.end_reason.as_deref().unwrap_or_default()));
+    starts
+        .head
+        .push(last_seq, &head, summary.commands as i64, ended);
     let mut rows = Rows::default();
     for r in records {
         let kind = r
@@ -697,9 +668,12 @@ pub(super) async fn import(
         rows.prev.push(r.prev_hash.clone());
         rows.hash.push(r.hash.clone());
     }
-    insert(&tx, node, &rows, &Starts::default())
-        .await
-        .map_err(|f| f.error)?;
+    let batch = Batch {
+        starts: &starts,
+        rows: &rows,
+        moved: &Moved::default(),
+    };
+    batch.write(&tx, BATCH_SQL, node).await.map_err(backend)?;
     tx.commit().await.map_err(backend)?;
     Ok(super::Imported::Copied)
 }

@@ -1,18 +1,8 @@
 use super::*;
-use sluice_core::model::{Action, Command, CommandKind, Identity, Outcome, Protocol, Verdict};
+use crate::test_events::{decided, finished, identity, start_event};
+use sluice_core::model::{Outcome, Protocol};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn identity() -> Identity {
-    Identity {
-        subject: "agent".into(),
-        groups: vec!["agents".into()],
-        issuer: "sluice".into(),
-        token_id: "t".into(),
-        expires_at: SystemTime::now() + Duration::from_secs(60),
-        connections: None,
-    }
-}
 
 async fn session(store: &SqliteStore, id: &str, commands: u64) {
     start(store, id).await;
@@ -374,47 +364,13 @@ async fn an_index_without_a_log_head_resumes_from_the_journal() {
 }
 
 async fn command(store: &SqliteStore, id: &str, n: u64) -> Result<(), StoreError> {
-    store
-        .append(
-            id,
-            AuditEvent::CommandDecided {
-                command_id: n,
-                command: Command {
-                    kind: CommandKind::SqlSimple,
-                    text: format!("select {n}"),
-                    context: vec![],
-                },
-                verdict: Verdict {
-                    action: Action::Allow,
-                    rule: None,
-                    message: None,
-                },
-            },
-        )
-        .await?;
-    store.append_background(
-        id,
-        AuditEvent::CommandFinished {
-            command_id: n,
-            outcome: Outcome::default(),
-        },
-    );
+    store.append(id, decided(n)).await?;
+    store.append_background(id, finished(n));
     Ok(())
 }
 
 async fn start(store: &SqliteStore, id: &str) {
-    store
-        .append(
-            id,
-            AuditEvent::SessionStart {
-                identity: identity(),
-                connection: "appdb".into(),
-                protocol: Protocol::Postgres,
-                client_addr: "127.0.0.1:5".into(),
-            },
-        )
-        .await
-        .unwrap();
+    store.append(id, start_event()).await.unwrap();
 }
 
 /// Sessions appending at once share writes; every acknowledged record is
