@@ -4,8 +4,7 @@
 //! operator API, and real clients: curl and Python `requests`.
 
 use crate::{
-    failed, issue_token, ok, py_dir, run_with_timeout, sluice_bin, sluice_cli, stdout,
-    COMMAND_TIMEOUT,
+    failed, issue_token, ok, py_dir, run_with_timeout, sluice_cli, stdout, COMMAND_TIMEOUT,
 };
 use sluice_sandbox::free_port;
 use std::fs;
@@ -244,41 +243,20 @@ impl HttpEnv {
             self.port = free_port();
             self.api_port = free_port();
             self.write_config();
-            let offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log_path)
-                .expect("opening the gateway log");
-            let mut child = Command::new(sluice_bin())
-                .arg("serve")
-                .arg("--config")
-                .arg(&self.config_path)
-                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("spawning sluice serve");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let text = self.gateway_log();
-                let new = text.get(offset..).unwrap_or_default().to_string();
-                if new.contains(READY_LINE) {
+            match crate::serve_until(
+                &self.config_path,
+                &self.gateway_env,
+                &self.log_path,
+                READY_LINE,
+            ) {
+                Ok(child) => {
                     self.gateway = Some(child);
                     return;
                 }
-                if let Ok(Some(status)) = child.try_wait() {
-                    if attempt < 3 && new.contains("binding the") {
-                        break;
-                    }
-                    panic!("sluice serve exited ({status}) before it was ready; log:\n{new}");
+                Err((_, log)) if attempt < 3 && log.contains("binding the") => {}
+                Err((status, log)) => {
+                    panic!("sluice serve exited ({status}) before it was ready; log:\n{log}")
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    panic!("sluice serve was not ready in time; log:\n{new}");
-                }
-                std::thread::sleep(Duration::from_millis(25));
             }
         }
     }

@@ -288,6 +288,62 @@ pub fn quickstart_policy() -> String {
     text[start..].to_string()
 }
 
+/// Runs `sluice serve --config CONFIG` with `env`, its output appended to `log_path`, and
+/// waits until it logs that its PostgreSQL listener is ready. `Err` with its exit status and
+/// what it logged if it exits first (a caller may retry on another port); panics if it is
+/// not ready within [`GATEWAY_START_TIMEOUT`].
+pub fn serve_until_ready(
+    config: &Path,
+    env: &[(String, String)],
+    log_path: &Path,
+) -> Result<Child, (ExitStatus, String)> {
+    serve_until(config, env, log_path, READY_LINE)
+}
+
+/// [`serve_until_ready`], waiting for `ready` in the log instead.
+pub fn serve_until(
+    config: &Path,
+    env: &[(String, String)],
+    log_path: &Path,
+    ready: &str,
+) -> Result<Child, (ExitStatus, String)> {
+    let offset = fs::metadata(log_path).map(|m| m.len()).unwrap_or(0) as usize;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("opening the gateway log");
+    let mut child = Command::new(sluice_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("cloning the log file handle"))
+        .stderr(log)
+        .spawn()
+        .expect("spawning sluice serve");
+    let deadline = Instant::now() + GATEWAY_START_TIMEOUT;
+    loop {
+        let text = fs::read(log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let new = text.get(offset..).unwrap_or_default();
+        if new.contains(ready) {
+            return Ok(child);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err((status, new.to_string()));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sluice serve was not ready within {GATEWAY_START_TIMEOUT:?}; log:\n{new}");
+        }
+        thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// What to start: PostgreSQL settings, extra gateway config, gateway environment.
 #[derive(Debug, Default, Clone)]
 pub struct EnvBuilder {
@@ -649,44 +705,17 @@ impl Env {
         }
         for attempt in 1..=3 {
             self.write_config();
-            let offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
-            let log = fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log_path)
-                .expect("opening the gateway log");
-            let mut cmd = Command::new(sluice_bin());
-            cmd.arg("serve")
-                .arg("--config")
-                .arg(&self.config_path)
-                .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("cloning the log file handle"))
-                .stderr(log);
-            let mut child = cmd.spawn().expect("spawning sluice serve");
-            let deadline = Instant::now() + GATEWAY_START_TIMEOUT;
-            loop {
-                let text = self.gateway_log();
-                let new = text.get(offset..).unwrap_or_default();
-                if new.contains(READY_LINE) {
+            match serve_until_ready(&self.config_path, &self.gateway_env, &self.log_path) {
+                Ok(child) => {
                     self.gateway = Some(child);
                     return;
                 }
-                if let Ok(Some(status)) = child.try_wait() {
-                    if attempt < 3 && new.contains("binding the postgres listener") {
-                        self.port = free_port();
-                        break;
-                    }
-                    panic!("sluice serve exited ({status}) before it was ready; log:\n{new}");
+                Err((_, log)) if attempt < 3 && log.contains("binding the postgres listener") => {
+                    self.port = free_port();
                 }
-                if Instant::now() > deadline {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!(
-                        "sluice serve was not ready within {GATEWAY_START_TIMEOUT:?}; log:\n{new}"
-                    );
+                Err((status, log)) => {
+                    panic!("sluice serve exited ({status}) before it was ready; log:\n{log}")
                 }
-                thread::sleep(Duration::from_millis(25));
             }
         }
     }
@@ -1123,38 +1152,9 @@ impl Env {
 impl OtherNode {
     /// Starts the node (again) and waits for its listener.
     pub fn start(&mut self) {
-        let log = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .expect("opening the node's log");
-        let offset = fs::metadata(&self.log_path).map(|m| m.len()).unwrap_or(0) as usize;
-        let mut child = Command::new(sluice_bin())
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.config_path)
-            .envs(self.gateway_env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawning sluice serve");
-        let deadline = Instant::now() + GATEWAY_START_TIMEOUT;
-        loop {
-            let text = self.log();
-            if text.get(offset..).unwrap_or_default().contains(READY_LINE) {
-                self.child = Some(child);
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the other node exited ({status}); log:\n{text}");
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("the other node was not ready; log:\n{text}");
-            }
-            thread::sleep(Duration::from_millis(25));
+        match serve_until_ready(&self.config_path, &self.gateway_env, &self.log_path) {
+            Ok(child) => self.child = Some(child),
+            Err((status, log)) => panic!("the other node exited ({status}); log:\n{log}"),
         }
     }
 

@@ -247,67 +247,21 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         }
     };
 
-    let sluice = match &sluice_bin {
-        Some(bin) => match start_sluice(bin, &pg, &password, "") {
-            Ok(gateway) => {
-                targets.push(Target {
-                    name: "sluice",
-                    port: gateway.port,
-                    user: ROLE.to_string(),
-                    password: gateway.token.clone(),
-                    pid: Some(gateway.pid()),
-                });
-                Some(gateway)
-            }
-            Err(err) => {
-                eprintln!("bench: Sluice unavailable: {err:#}");
-                None
-            }
-        },
-        None => None,
-    };
+    let sluice = measured(&mut targets, "sluice", sluice_bin.as_deref(), |bin| {
+        start_sluice(bin, &pg, &password, "")
+    });
     // The same gateway with 20 SQL rules in force: decision caching keeps
     // prepared statements from being parsed again per execution.
-    let sluice_rules = match &sluice_bin {
-        Some(bin) => match start_sluice(bin, &pg, &password, &twenty_rules()) {
-            Ok(gateway) => {
-                targets.push(Target {
-                    name: "sluice+rules",
-                    port: gateway.port,
-                    user: ROLE.to_string(),
-                    password: gateway.token.clone(),
-                    pid: Some(gateway.pid()),
-                });
-                Some(gateway)
-            }
-            Err(err) => {
-                eprintln!("bench: Sluice with rules unavailable: {err:#}");
-                None
-            }
-        },
-        None => None,
-    };
-
+    let sluice_rules = measured(&mut targets, "sluice+rules", sluice_bin.as_deref(), |bin| {
+        start_sluice(bin, &pg, &password, &twenty_rules())
+    });
     // The gateway on a shared PostgreSQL store (issue: >= 0.8x the embedded store's TPS).
-    let sluice_shared = match &sluice_bin {
-        Some(bin) => match start_sluice_shared(bin, &pg, &password) {
-            Ok(gateway) => {
-                targets.push(Target {
-                    name: "sluice+pgstore",
-                    port: gateway.port,
-                    user: ROLE.to_string(),
-                    password: gateway.token.clone(),
-                    pid: Some(gateway.pid()),
-                });
-                Some(gateway)
-            }
-            Err(err) => {
-                eprintln!("bench: Sluice on a PostgreSQL store unavailable: {err:#}");
-                None
-            }
-        },
-        None => None,
-    };
+    let sluice_shared = measured(
+        &mut targets,
+        "sluice+pgstore",
+        sluice_bin.as_deref(),
+        |bin| start_sluice_shared(bin, &pg, &password),
+    );
 
     // A third gateway with masking on, for the wide-result comparison.
     pg.psql(DB, MASKING_TABLE)?;
@@ -845,6 +799,33 @@ pub(crate) struct Sluice {
     pub(crate) state: PathBuf,
     password: String,
     pub(crate) dir: ScratchDir,
+}
+
+/// Starts a gateway with `start` (when there is a binary) and adds it to
+/// the measured `targets` as `name`; a gateway that does not start is
+/// reported and left out.
+fn measured(
+    targets: &mut Vec<Target>,
+    name: &'static str,
+    bin: Option<&Path>,
+    start: impl FnOnce(&Path) -> Result<Sluice>,
+) -> Option<Sluice> {
+    match start(bin?) {
+        Ok(gateway) => {
+            targets.push(Target {
+                name,
+                port: gateway.port,
+                user: ROLE.to_string(),
+                password: gateway.token.clone(),
+                pid: Some(gateway.pid()),
+            });
+            Some(gateway)
+        }
+        Err(err) => {
+            eprintln!("bench: {name} unavailable: {err:#}");
+            None
+        }
+    }
 }
 
 /// The gateway in front of `pg`, with one connection `bench` and a token for subject `bench`.
