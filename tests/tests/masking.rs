@@ -299,3 +299,40 @@ fn exempt_groups_see_data_unmasked_and_are_still_recorded() {
     let sessions = env.wait_sessions_ended(2);
     assert!(sessions.iter().any(|s| s["subject"] == "dana"));
 }
+
+/// A value the target holds that is shaped so the email detector finds and rejects a
+/// candidate at every byte (a 256 KiB local part), with a card number after it, read by a
+/// raw-protocol client. Before the scan had a budget this took hours of gateway CPU (the
+/// client's read times out); now it is answered, and neither the card nor the domain (which the partial email style
+/// would keep) is shown. The target's own copy of the value is the oracle.
+#[test]
+fn a_value_shaped_for_endless_rejection_is_masked_and_answered() {
+    let env = env();
+    raw(
+        &env,
+        "create table notes (v text);
+         insert into notes values (repeat('a', 262144) || '@example.com 4111 1111 1111 1111')",
+    );
+    raw(&env, &format!("grant select on notes to {}", env.db.user));
+    assert!(raw(&env, "select right(v, 19) from notes").contains("4111 1111 1111 1111"));
+    let token = env.agent_token();
+    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let answer = conn.query("select v from notes");
+    let rows = sluice_e2e::raw::rows(&answer);
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors.is_empty(),
+        "{:?}",
+        errors
+            .iter()
+            .map(|e| e.message().to_string())
+            .collect::<Vec<_>>()
+    );
+    let v = rows[0][0].clone().unwrap_or_default();
+    assert!(
+        !v.contains("4111") && !v.contains("example.com"),
+        "{}",
+        &v[v.len().saturating_sub(100)..]
+    );
+}

@@ -20,6 +20,22 @@ fn on_node<'a>(list: &'a [serde_json::Value], node: &str) -> Vec<&'a serde_json:
     list.iter().filter(|s| s["node"] == node).collect()
 }
 
+/// Waits until `reader`'s `sessions list` shows a session open on `node` that has run one
+/// command (its record is in the store); returns its id.
+fn running_on(reader: &OtherNode, node: &str) -> String {
+    wait_until(
+        Duration::from_secs(15),
+        &format!("a running session on node {node}"),
+        || {
+            let list = sessions(reader.sluice(&["sessions", "list", "--json"]));
+            on_node(&list, node)
+                .into_iter()
+                .find(|s| s["ended_at_ms"].is_null() && s["commands"] == 1)
+                .map(|s| s["id"].as_str().unwrap().to_string())
+        },
+    )
+}
+
 #[test]
 fn two_nodes_share_sessions_replay_and_verification_and_a_killed_node_is_ended_by_the_other() {
     let mut a = Env::quickstart().shared_store("a", false).start();
@@ -49,17 +65,7 @@ fn two_nodes_share_sessions_replay_and_verification_and_a_killed_node_is_ended_b
         .psql_command(&url_a, &["-c", "select pg_sleep(60) as held"])
         .spawn()
         .expect("psql");
-    wait_until(
-        Duration::from_secs(15),
-        "the held statement recorded",
-        || {
-            let list = sessions(b.sluice(&["sessions", "list", "--json"]));
-            on_node(&list, "a")
-                .into_iter()
-                .find(|s| s["ended_at_ms"].is_null() && s["commands"] == 1)
-                .map(|s| s["id"].as_str().unwrap().to_string())
-        },
-    );
+    running_on(&b, "a");
     a.kill_gateway();
     let ended = wait_until(
         Duration::from_secs(20),
@@ -210,24 +216,11 @@ fn a_revocation_or_a_kill_through_one_node_ends_the_session_on_the_other() {
             .spawn()
             .expect("psql")
     };
-    let open_on_a = || {
-        wait_until(
-            Duration::from_secs(15),
-            "a running session on node a",
-            || {
-                let list = sessions(b.sluice(&["sessions", "list", "--json"]));
-                on_node(&list, "a")
-                    .into_iter()
-                    .find(|s| s["ended_at_ms"].is_null() && s["commands"] == 1)
-                    .map(|s| s["id"].as_str().unwrap().to_string())
-            },
-        )
-    };
 
     let token = a.agent_token();
     let url = a.url("agent-1", &token, "appdb");
     let held = running(&url);
-    open_on_a();
+    running_on(&b, "a");
     ok(&b.sluice(&["token", "revoke", &token, "--reason", "leaked"]));
     let (err, took) = exit_of(held);
     assert!(err.contains("revoked"), "{err}");
@@ -238,7 +231,7 @@ fn a_revocation_or_a_kill_through_one_node_ends_the_session_on_the_other() {
     let token = a.agent_token();
     let url = a.url("agent-1", &token, "appdb");
     let held = running(&url);
-    let id = open_on_a();
+    let id = running_on(&b, "a");
     ok(&b.sluice(&[
         "sessions", "kill", &id, "--reason", "runaway", "--token", &token,
     ]));
@@ -248,7 +241,7 @@ fn a_revocation_or_a_kill_through_one_node_ends_the_session_on_the_other() {
     // Someone else's session is not theirs to end, on any node.
     let other = a.token("agent-2", &["agents"], "10m");
     let held = running(&url);
-    let id = open_on_a();
+    let id = running_on(&b, "a");
     let denied = failed(&b.sluice(&["sessions", "kill", &id, "--token", &other]));
     assert!(denied.contains("no live session"), "{denied}");
     ok(&b.sluice(&["sessions", "kill", &id, "--token", &token]));
@@ -449,4 +442,42 @@ fn a_terminal_session_recorded_on_one_node_replays_on_another() {
         "{cast}"
     );
     assert!(cast.contains("terminal-on-b"), "{cast}");
+}
+
+/// A hostile client speaking the raw protocol to a node of a shared store pipelines
+/// allowed, refused and multi-statement queries in one write. What the target executed
+/// (its own statement log) was judged and recorded in the store first (the oracle, read
+/// with psql), and what was refused did not run (the target's own catalog).
+#[test]
+fn a_raw_pipelining_client_runs_nothing_unrecorded_through_a_node() {
+    let a = Env::quickstart().shared_store("a", false).start();
+    let token = a.agent_token();
+    let mut conn = sluice_e2e::raw::RawConn::login(a.addr(), "agent-1", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let queries = [
+        "select count(*) from customers",
+        "create table sneaky (x int)",
+        "select 2; drop table customers",
+        "select 3",
+    ];
+    let pipelined: Vec<u8> = queries
+        .iter()
+        .flat_map(|q| sluice_e2e::raw::query_message(q))
+        .collect();
+    conn.send(&pipelined).unwrap();
+    let mut answers = Vec::new();
+    for _ in &queries {
+        answers.extend(conn.read_until_ready());
+    }
+    assert!(
+        sluice_e2e::raw::errors(&answers).len() >= 2,
+        "the DDL and the drop are refused"
+    );
+    let catalog = a.direct_sql(
+        "app",
+        "select count(*) from pg_tables where tablename in ('sneaky', 'customers')",
+    );
+    assert_eq!(catalog.trim(), "1", "only customers exists");
+    let report = a.assert_oracle();
+    assert!(report.judged.len() >= 4, "{} judged", report.judged.len());
 }
