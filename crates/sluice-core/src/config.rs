@@ -518,7 +518,7 @@ impl fmt::Debug for ConnectionKind {
 }
 
 /// How the gateway secures its own leg to the upstream (libpq's `sslmode` names).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpstreamTls {
     Disable,

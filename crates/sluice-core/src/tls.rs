@@ -2,10 +2,12 @@
 //! `state_dir`) and for the gateway's own connections to upstreams.
 
 use crate::config::{Config, UpstreamTls};
+use crate::sync::MutexExt;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -132,7 +134,62 @@ fn generate(ca_path: &Path, cert_path: &Path, key_path: &Path) -> Result<(), Tls
 
 /// The gateway's TLS client config for an upstream, per libpq-style mode.
 /// `None` for `disable`.
+///
+/// Built once per mode and CA file and shared: a config (trust anchors,
+/// verifier, resumption cache) is about 14 KB, and protocols ask for one per
+/// session. A CA file that is replaced or rewritten (another inode, length or
+/// modification time) is read again, as it was when every session read it.
 pub fn upstream_client_config(
+    mode: UpstreamTls,
+    ca: Option<&Path>,
+) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    type Key = (UpstreamTls, Option<PathBuf>);
+    type Built = (Option<FileStamp>, Option<Arc<ClientConfig>>);
+    /// More distinct configs than any deployment has: past it, start over.
+    const MAX_CONFIGS: usize = 64;
+    static CONFIGS: std::sync::OnceLock<std::sync::Mutex<HashMap<Key, Built>>> =
+        std::sync::OnceLock::new();
+    let stamp = match ca {
+        Some(path) => Some(FileStamp::of(path).map_err(|e| tls_err(path, e))?),
+        None => None,
+    };
+    let key = (mode, ca.map(Path::to_path_buf));
+    let configs = CONFIGS.get_or_init(Default::default);
+    if let Some((built_stamp, config)) = configs.locked().get(&key) {
+        if *built_stamp == stamp {
+            return Ok(config.clone());
+        }
+    }
+    let config = build_upstream_client_config(mode, ca)?;
+    let mut configs = configs.locked();
+    if configs.len() >= MAX_CONFIGS {
+        configs.clear();
+    }
+    configs.insert(key, (stamp, config.clone()));
+    Ok(config)
+}
+
+/// What tells a CA file's versions apart without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    inode: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            inode: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
+}
+
+fn build_upstream_client_config(
     mode: UpstreamTls,
     ca: Option<&Path>,
 ) -> Result<Option<Arc<ClientConfig>>, TlsError> {
@@ -304,5 +361,45 @@ impl ServerCertVerifier for UpstreamVerifier {
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed_pem(name: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn upstream_configs_are_shared_until_the_ca_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, self_signed_pem("db.example")).unwrap();
+        let config = |mode| upstream_client_config(mode, Some(&ca)).unwrap().unwrap();
+        let first = config(UpstreamTls::VerifyFull);
+        assert!(Arc::ptr_eq(&first, &config(UpstreamTls::VerifyFull)));
+        // Another mode is another verifier.
+        assert!(!Arc::ptr_eq(&first, &config(UpstreamTls::VerifyCa)));
+        assert!(upstream_client_config(UpstreamTls::Disable, Some(&ca))
+            .unwrap()
+            .is_none());
+
+        // A replaced CA file (a new inode, as an atomic rename makes) is read again.
+        let next = dir.path().join("next.pem");
+        std::fs::write(&next, self_signed_pem("other.example")).unwrap();
+        std::fs::rename(&next, &ca).unwrap();
+        let second = config(UpstreamTls::VerifyFull);
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(Arc::ptr_eq(&second, &config(UpstreamTls::VerifyFull)));
+
+        // A CA file that is gone or empty is an error, as before, and not served from the cache.
+        std::fs::write(&ca, "").unwrap();
+        assert!(upstream_client_config(UpstreamTls::VerifyFull, Some(&ca)).is_err());
+        std::fs::remove_file(&ca).unwrap();
+        assert!(upstream_client_config(UpstreamTls::VerifyFull, Some(&ca)).is_err());
     }
 }
