@@ -34,10 +34,144 @@ impl<T: ?Sized> RwLockExt<T> for RwLock<T> {
     }
 }
 
+/// An unbounded single-consumer queue that holds no memory while empty.
+///
+/// For per-session queues that are idle most of the time: tokio's unbounded
+/// channel allocates a block of 32 slots up front, which for a queue of
+/// 120-byte entries is 4 KB per session. Items wait in a `VecDeque`, whose
+/// spare room is given back once it drains (past 16 entries).
+pub fn queue<T>() -> (QueueSender<T>, QueueReceiver<T>) {
+    let shared = std::sync::Arc::new(QueueShared {
+        items: Mutex::new(Items {
+            queue: std::collections::VecDeque::new(),
+            closed: false,
+        }),
+        ready: tokio::sync::Notify::new(),
+    });
+    (
+        QueueSender {
+            shared: shared.clone(),
+        },
+        QueueReceiver { shared },
+    )
+}
+
+/// Entries' worth of room a drained queue keeps for the next burst.
+const QUEUE_KEEP: usize = 16;
+
+struct Items<T> {
+    queue: std::collections::VecDeque<T>,
+    /// The sender is gone: once drained, `recv` answers `None`.
+    closed: bool,
+}
+
+struct QueueShared<T> {
+    items: Mutex<Items<T>>,
+    ready: tokio::sync::Notify,
+}
+
+/// The sending half of [`queue`]; dropping it closes the queue.
+pub struct QueueSender<T> {
+    shared: std::sync::Arc<QueueShared<T>>,
+}
+
+impl<T> QueueSender<T> {
+    pub fn send(&self, item: T) {
+        self.shared.items.locked().queue.push_back(item);
+        self.shared.ready.notify_one();
+    }
+}
+
+impl<T> Drop for QueueSender<T> {
+    fn drop(&mut self) {
+        self.shared.items.locked().closed = true;
+        self.shared.ready.notify_one();
+    }
+}
+
+/// The receiving half of [`queue`].
+pub struct QueueReceiver<T> {
+    shared: std::sync::Arc<QueueShared<T>>,
+}
+
+impl<T> QueueReceiver<T> {
+    /// The next item, waiting for one; `None` once the sender is gone and
+    /// the queue drained. Cancel-safe: an item is only taken by a call
+    /// that returns it.
+    pub async fn recv(&mut self) -> Option<T> {
+        loop {
+            {
+                let mut items = self.shared.items.locked();
+                if let Some(item) = Self::pop(&mut items) {
+                    return Some(item);
+                }
+                if items.closed {
+                    return None;
+                }
+            }
+            // `notify_one` leaves a permit when no one waits, so a send
+            // between the check above and this wait is not missed.
+            self.shared.ready.notified().await;
+        }
+    }
+
+    /// The next item if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        Self::pop(&mut self.shared.items.locked())
+    }
+
+    fn pop(items: &mut Items<T>) -> Option<T> {
+        let item = items.queue.pop_front();
+        if items.queue.is_empty() && items.queue.capacity() > QUEUE_KEEP {
+            items.queue.shrink_to(QUEUE_KEEP);
+        }
+        item
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_queue_delivers_in_order_wakes_its_receiver_and_closes() {
+        let (tx, mut rx) = queue();
+        assert_eq!(rx.try_recv(), None);
+        tx.send(1);
+        tx.send(2);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.try_recv(), Some(2));
+        // A waiting receiver is woken by a send from another task.
+        let waiter = tokio::spawn(async move {
+            let got = rx.recv().await;
+            (got, rx)
+        });
+        tokio::task::yield_now().await;
+        tx.send(3);
+        let (got, mut rx) = waiter.await.unwrap();
+        assert_eq!(got, Some(3));
+        // A receive cancelled while waiting loses nothing.
+        let cancelled = tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await;
+        assert!(cancelled.is_err());
+        tx.send(4);
+        assert_eq!(rx.recv().await, Some(4));
+        // Items sent before the sender goes are delivered, then `None`.
+        tx.send(5);
+        drop(tx);
+        assert_eq!(rx.recv().await, Some(5));
+        assert_eq!(rx.recv().await, None);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_its_room() {
+        let (tx, mut rx) = queue();
+        for i in 0..1000 {
+            tx.send(i);
+        }
+        while rx.try_recv().is_some() {}
+        assert!(rx.shared.items.locked().queue.capacity() <= QUEUE_KEEP);
+    }
 
     #[test]
     fn a_poisoned_lock_is_recovered_not_skipped() {

@@ -30,7 +30,7 @@ use sluice_core::{Column, Denial};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// How long the response half gets to deliver a fatal error before the session is cut.
 const FATAL_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -138,7 +138,7 @@ impl Relay {
         } = self;
         let (client_r, client_w) = tokio::io::split(client);
         let (up_r, up_w) = tokio::io::split(upstream.stream);
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = sluice_core::sync::queue();
         let (progress_tx, progress_rx) = watch::channel(barrier::Progress::default());
         let failed_parses = Arc::new(std::sync::Mutex::new(Vec::new()));
         let mut requests = requests::Requests::new(

@@ -19,10 +19,11 @@ use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
 use sluice_core::session::{SessionError, SessionHandle};
 use sluice_core::sync::MutexExt;
+use sluice_core::sync::QueueSender;
 use sluice_core::{Command, CommandKind, Decision, Denial};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 /// Client bytes buffered while a command's decision (or a barrier) is pending.
 const PENDING_WHILE_DECIDING: usize = 1 << 20;
@@ -73,7 +74,7 @@ pub(super) struct Requests<'a> {
     client: ReadHalf<BoxedStream>,
     buf: BytesMut,
     upstream: WriteHalf<BoxedStream>,
-    expect: mpsc::UnboundedSender<Expect>,
+    expect: QueueSender<Expect>,
     registry: Registry,
     /// After a message the gateway answered with an error, the server would
     /// skip to Sync: so does the gateway.
@@ -167,7 +168,7 @@ impl<'a> Requests<'a> {
         client: ReadHalf<BoxedStream>,
         buf: BytesMut,
         upstream: WriteHalf<BoxedStream>,
-        expect: mpsc::UnboundedSender<Expect>,
+        expect: QueueSender<Expect>,
         cancel: Arc<Notify>,
         progress: watch::Receiver<Progress>,
         failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
@@ -256,8 +257,7 @@ impl<'a> Requests<'a> {
     }
 
     fn push(&self, e: Expect) {
-        // The response half only goes away when the session is ending.
-        let _ = self.expect.send(e);
+        self.expect.send(e);
     }
 
     fn fatal(&mut self, code: &'static str, message: String) {

@@ -21,6 +21,7 @@ use sluice_core::masking::RowMasker;
 use sluice_core::pipeline::SessionInfo;
 use sluice_core::session::{OutcomeRecorder, SessionError, SessionHandle};
 use sluice_core::sync::MutexExt;
+use sluice_core::sync::QueueReceiver;
 use sluice_core::{Column, Denial, Outcome};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -55,7 +56,7 @@ pub(super) struct Responses {
     upstream: ReadHalf<BoxedStream>,
     buf: BytesMut,
     client: WriteHalf<BoxedStream>,
-    expect: mpsc::UnboundedReceiver<Expect>,
+    expect: QueueReceiver<Expect>,
     queue: VecDeque<Expect>,
     status: u8,
     /// Columns by upstream statement name.
@@ -85,7 +86,7 @@ impl Responses {
         upstream: ReadHalf<BoxedStream>,
         buf: BytesMut,
         client: WriteHalf<BoxedStream>,
-        expect: mpsc::UnboundedReceiver<Expect>,
+        expect: QueueReceiver<Expect>,
         catalog: Option<Arc<Catalog>>,
         progress: watch::Sender<Progress>,
         failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
@@ -162,7 +163,9 @@ impl Responses {
             .filter(|o| !self.tables.contains_key(o))
             .collect();
         if !missing.is_empty() {
-            let found = catalog.tables(&missing).await?;
+            // Boxed for the same reason as the statement's catalog context:
+            // a cache miss is rare and its future large.
+            let found = Box::pin(catalog.tables(&missing)).await?;
             self.tables.extend(found);
         }
         Ok(())
@@ -194,7 +197,7 @@ impl Responses {
                     }
                     // Expectations are queued before their message is sent
                     // upstream, so every answer's expectation is here now.
-                    while let Ok(e) = self.expect.try_recv() {
+                    while let Some(e) = self.expect.try_recv() {
                         self.enqueue(e);
                     }
                     loop {
