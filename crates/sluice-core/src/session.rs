@@ -180,6 +180,12 @@ pub trait Session: Send + Sized {
 
 /// A live session. Deliberately not `Clone`: dropping it records the session's end.
 pub struct SessionHandle {
+    /// Boxed: protocols move the handle through several futures, each of
+    /// which keeps room for it for the session's life.
+    parts: Box<HandleParts>,
+}
+
+struct HandleParts {
     info: Arc<SessionInfo>,
     connection: ConnectionConfig,
     pipeline: AuditService,
@@ -343,7 +349,7 @@ impl LiveSessions {
 impl std::fmt::Debug for SessionHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionHandle")
-            .field("id", &self.info.id)
+            .field("id", &self.parts.info.id)
             .finish()
     }
 }
@@ -362,7 +368,7 @@ impl SessionHandle {
         let info = Arc::new(info);
         let terminated = live.register(&info);
         crate::metrics::session_active(info.protocol, &info.connection, 1);
-        SessionHandle {
+        let parts = HandleParts {
             live,
             terminated,
             info,
@@ -375,6 +381,9 @@ impl SessionHandle {
             end_reason: Mutex::new(None),
             notices,
             notices_rx: Mutex::new(Some(notices_rx)),
+        };
+        SessionHandle {
+            parts: Box::new(parts),
         }
     }
 
@@ -382,38 +391,39 @@ impl SessionHandle {
     /// (e.g. held for approval). The protocol takes this once and delivers
     /// them as they come (PostgreSQL: NoticeResponse).
     pub fn take_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
-        self.notices_rx.locked().take()
+        self.parts.notices_rx.locked().take()
     }
 
     pub fn info(&self) -> &Arc<SessionInfo> {
-        &self.info
+        &self.parts.info
     }
 
     pub fn id(&self) -> &str {
-        &self.info.id
+        &self.parts.info.id
     }
 
     /// The connection's configuration, including the gateway-held credential reference.
     pub fn connection(&self) -> &ConnectionConfig {
-        &self.connection
+        &self.parts.connection
     }
 
     pub fn masker(&self) -> &Arc<dyn ResponseMasker> {
-        &self.masker
+        &self.parts.masker
     }
 
     /// Runs a command through the pipeline. On `Forward` the decision is
     /// already durable; an `Err` means the audit store failed and the command
     /// must not be forwarded.
     pub async fn decide(&self, command: Command) -> Result<Decision, StoreError> {
-        let command_id = self.next_command.fetch_add(1, Ordering::Relaxed);
-        self.pipeline
+        let command_id = self.parts.next_command.fetch_add(1, Ordering::Relaxed);
+        self.parts
+            .pipeline
             .clone()
             .oneshot(CommandRequest {
-                session: self.info.clone(),
+                session: self.parts.info.clone(),
                 command_id,
                 command: Arc::new(command),
-                notices: Some(self.notices.clone()),
+                notices: Some(self.parts.notices.clone()),
             })
             .await
     }
@@ -428,11 +438,12 @@ impl SessionHandle {
         rule: &str,
         message: &str,
     ) -> Result<Decision, StoreError> {
-        let command_id = self.next_command.fetch_add(1, Ordering::Relaxed);
+        let command_id = self.parts.next_command.fetch_add(1, Ordering::Relaxed);
         let verdict = crate::Verdict::deny(rule, message);
-        self.store
+        self.parts
+            .store
             .append(
-                &self.info.id,
+                &self.parts.info.id,
                 AuditEvent::CommandDecided {
                     command_id,
                     command,
@@ -441,8 +452,8 @@ impl SessionHandle {
             )
             .await?;
         crate::metrics::command_decided(
-            self.info.protocol,
-            &self.info.connection,
+            self.parts.info.protocol,
+            &self.parts.info.connection,
             verdict.action,
             verdict.rule.as_deref(),
         );
@@ -458,12 +469,13 @@ impl SessionHandle {
     /// there: they then call `decide`, which records the refusal.
     pub fn policy_refuses(&self, command: Command) -> bool {
         let request = CommandRequest {
-            session: self.info.clone(),
+            session: self.parts.info.clone(),
             command_id: 0,
             command: Arc::new(command),
             notices: None,
         };
-        self.engine
+        self.parts
+            .engine
             .evaluate(&request)
             .map_or(true, |v| v.action == crate::Action::Deny)
     }
@@ -471,24 +483,24 @@ impl SessionHandle {
     /// A cheap handle for the response path to record outcomes with.
     pub fn recorder(&self) -> OutcomeRecorder {
         OutcomeRecorder {
-            session_id: self.info.id.clone(),
-            info: self.info.clone(),
-            store: self.store.clone(),
+            session_id: self.parts.info.id.clone(),
+            info: self.parts.info.clone(),
+            store: self.parts.store.clone(),
         }
     }
 
     /// Sets the reason recorded when the session ends (the last one set wins).
     pub fn set_end_reason(&self, reason: impl Into<String>) {
-        *self.end_reason.locked() = Some(reason.into());
+        *self.parts.end_reason.locked() = Some(reason.into());
     }
 
     /// Why the session must end, if it must already (without waiting): the
     /// credential expired, or the session was terminated.
     pub fn end_reason_now(&self) -> Option<String> {
-        if self.info.identity.expires_at <= SystemTime::now() {
+        if self.parts.info.identity.expires_at <= SystemTime::now() {
             return Some("token expired".into());
         }
-        self.terminated.borrow().clone()
+        self.parts.terminated.borrow().clone()
     }
 
     /// Resolves when the session must end: its credential expired, its token
@@ -496,12 +508,13 @@ impl SessionHandle {
     /// and tells the client the returned reason (it is also recorded).
     pub async fn ended(&self) -> String {
         let left = self
+            .parts
             .info
             .identity
             .expires_at
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
-        let mut terminated = self.terminated.clone();
+        let mut terminated = self.parts.terminated.clone();
         let reason = tokio::select! {
             _ = tokio::time::sleep(left) => "token expired".to_string(),
             r = terminated.wait_for(Option::is_some) => match r {
@@ -517,16 +530,18 @@ impl SessionHandle {
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
-        self.live.remove(&self.info.id);
-        crate::metrics::session_active(self.info.protocol, &self.info.connection, -1);
+        self.parts.live.remove(&self.parts.info.id);
+        crate::metrics::session_active(self.parts.info.protocol, &self.parts.info.connection, -1);
         let reason = self
+            .parts
             .end_reason
             .locked()
             .take()
             .unwrap_or_else(|| "closed".to_string());
-        tracing::info!(message = "Session ended.", session = %self.info.id, reason = %reason);
-        self.store
-            .append_background(&self.info.id, AuditEvent::SessionEnd { reason });
+        tracing::info!(message = "Session ended.", session = %self.parts.info.id, reason = %reason);
+        self.parts
+            .store
+            .append_background(&self.parts.info.id, AuditEvent::SessionEnd { reason });
     }
 }
 

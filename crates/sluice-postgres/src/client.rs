@@ -320,7 +320,7 @@ impl Session for PgSession {
             },
             Err(e) => Err(e),
         };
-        let (upstream, target) = match upstream {
+        let (mut upstream, target) = match upstream {
             Ok(u) => u,
             Err(e) => {
                 // Details go to the log; the client gets a redacted sentence.
@@ -356,10 +356,12 @@ impl Session for PgSession {
         );
         let mut out = BytesMut::new();
         wire::auth_ok(&mut out);
-        out.extend_from_slice(&upstream.greeting);
+        // Taken, not copied: what stays in scope here stays for the session's life.
+        out.extend_from_slice(&std::mem::take(&mut upstream.greeting));
         wire::backend_key(&mut out, key.0, key.1);
         wire::ready(&mut out, b'I');
         self.flush(&mut out).await?;
+        drop(out);
         let catalog = handle
             .masker()
             .wants_table_names()
