@@ -73,7 +73,9 @@ pub(crate) async fn context(
     }
     let mut context = Vec::new();
     for c in classified {
-        context.extend(crate::sql::resolve::catalog_context(catalog, c).await?);
+        // Boxed: a lookup is rare (a cache miss) and its future large; inline,
+        // it would be part of every idle session's memory.
+        context.extend(Box::pin(crate::sql::resolve::catalog_context(catalog, c)).await?);
     }
     let context = Arc::new(context);
     let mut cache = CACHE.locked();
