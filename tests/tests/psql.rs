@@ -513,6 +513,42 @@ fn tls_between_gateway_and_upstream() {
     );
 }
 
+/// The gateway builds one upstream TLS config per CA file and shares it between sessions. An
+/// operator who withdraws a CA by rewriting the file must not be overruled by that cache: the
+/// next session verifies against the file as it is now. Judged by the server's own log: the
+/// statement sent after the withdrawal never runs.
+#[test]
+fn a_withdrawn_upstream_ca_is_not_trusted_by_the_next_session() {
+    let env = Env::builder()
+        .pg_ssl()
+        .extra_toml(UPSTREAM_TLS_CONNECTIONS)
+        .start();
+    install_ca_signed_upstream_cert(&env);
+    let token = env.agent_token();
+    let url = env.url("agent-1", &token, "securedb");
+    let ca = env.dir.path().join("upstream-ca.crt");
+    let trusted = fs::read(&ca).unwrap();
+
+    let out = env.psql(&url, &["-c", SSL_QUERY]);
+    assert_eq!(ok(&out).trim(), "t", "verified TLS with the upstream's CA");
+
+    // Rewritten in place (same inode) with a CA that did not sign the upstream's certificate.
+    fs::write(&ca, fs::read(env.ca_path()).unwrap()).unwrap();
+    let se = failed(&env.psql(&url, &["-c", "select 'after-withdrawal'"]));
+    assert!(
+        se.contains("sluice: cannot open connection \"securedb\""),
+        "{se}"
+    );
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("after-withdrawal"));
+
+    // Trusted again once the file says so.
+    fs::write(&ca, &trusted).unwrap();
+    let out = env.psql(&url, &["-c", "select 'trusted-again'"]);
+    assert_eq!(ok(&out).trim(), "trusted-again");
+    assert!(env.assert_oracle().server_ran("trusted-again"));
+}
+
 /// PostgreSQL's documented way to set up server TLS is a self-signed certificate that clients
 /// use as their root (`sslrootcert=server.crt`); libpq verifies it with verify-full, and so
 /// must the gateway (webpki alone rejects it as CaUsedAsEndEntity).
