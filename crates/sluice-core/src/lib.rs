@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod fsutil;
 pub mod gateway;
+pub mod io;
 pub use sluice_masking::glob;
 pub mod listener;
 pub mod masking;

@@ -241,7 +241,7 @@ impl<'a> Requests<'a> {
                 }
             }
             self.write_out(&mut out).await?;
-            if self.client.read_buf(&mut self.buf).await? == 0 {
+            if sluice_core::io::read_buf_lean(&mut self.client, &mut self.buf).await? == 0 {
                 return Ok("client disconnected".into());
             }
         }
