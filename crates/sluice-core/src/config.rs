@@ -1119,6 +1119,39 @@ impl Config {
     }
 }
 
+/// One connection of a configuration, shared rather than copied: a session
+/// keeps the configuration it was admitted under alive (a reload does not
+/// change a running session's connection) and costs one pointer, where a copy
+/// of the connection's tables cost every session a few KiB.
+#[derive(Clone)]
+pub struct SharedConnection {
+    config: std::sync::Arc<Config>,
+    index: usize,
+}
+
+impl SharedConnection {
+    /// The connection named `name` in `config`.
+    pub fn find(config: std::sync::Arc<Config>, name: &str) -> Option<Self> {
+        let index = config.connections.iter().position(|c| c.name == name)?;
+        Some(SharedConnection { config, index })
+    }
+}
+
+impl std::ops::Deref for SharedConnection {
+    type Target = ConnectionConfig;
+
+    fn deref(&self) -> &ConnectionConfig {
+        // `index` was found in this very (immutable) configuration.
+        &self.config.connections[self.index]
+    }
+}
+
+impl fmt::Debug for SharedConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
 fn figment_error(e: figment::Error, text: &str, origin: &str) -> ConfigError {
     let key = e.path.join(".");
     let mut message = e.kind.to_string();

@@ -7,7 +7,7 @@ use crate::auth::{
     unverified_issuer, AuthError, Authenticator, GroupMap, Lineage, RevocationError,
     RevocationList, MAX_EXCHANGE_DEPTH,
 };
-use crate::config::{Config, ConnectionConfig, ConnectionKind};
+use crate::config::{Config, ConnectionConfig, ConnectionKind, SharedConnection};
 use crate::listener::{DrainReport, Listener, ListenerLimits};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
@@ -677,8 +677,7 @@ impl Gateway {
         protocol: Protocol,
         client_addr: &str,
     ) -> Result<SessionHandle, Refusal> {
-        let config = self.config();
-        let conn = config.connection(connection).ok_or_else(|| {
+        let conn = SharedConnection::find(self.config(), connection).ok_or_else(|| {
             Refusal::Access(format!(
                 "no connection named {connection:?} is available to you"
             ))
@@ -723,7 +722,7 @@ impl Gateway {
             .map_err(|e| Refusal::Unavailable(e.to_string()))?;
         Ok(SessionHandle::new(
             info,
-            conn.clone(),
+            conn,
             self.pipeline.clone(),
             self.engine.clone(),
             self.store.clone(),
@@ -891,6 +890,8 @@ impl Gateway {
         };
         let subject = &handle.info().identity.subject;
         let span = tracing::info_span!("session", id = %handle.id(), %subject, connection = %request.connection, %protocol);
+        // The client's credentials are not kept for the session's life.
+        drop(request);
         session.run(handle).instrument(span).await
     }
 }

@@ -6,12 +6,12 @@
 //! a protocol only supplies the transport steps.
 
 use crate::audit::{AuditEvent, Store, StoreError};
-use crate::config::ConnectionConfig;
+use crate::config::{ConnectionConfig, SharedConnection};
 use crate::masking::ResponseMasker;
 use crate::model::{Command, Credentials, Decision, Outcome};
 use crate::pipeline::audit::AuditService;
 use crate::pipeline::{CommandRequest, SessionInfo};
-use crate::sync::MutexExt;
+use crate::sync::{MutexExt, QueueReceiver, QueueSender};
 use async_trait::async_trait;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -187,15 +187,15 @@ pub struct SessionHandle {
 
 struct HandleParts {
     info: Arc<SessionInfo>,
-    connection: ConnectionConfig,
+    connection: SharedConnection,
     pipeline: AuditService,
     engine: Arc<dyn crate::pipeline::policy::PolicyEngine>,
     store: Arc<dyn Store>,
     masker: Arc<dyn ResponseMasker>,
     next_command: AtomicU64,
     end_reason: Mutex<Option<String>>,
-    notices: tokio::sync::mpsc::UnboundedSender<String>,
-    notices_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    notices: QueueSender<String>,
+    notices_rx: Mutex<Option<QueueReceiver<String>>>,
     live: Arc<LiveSessions>,
     terminated: tokio::sync::watch::Receiver<Option<String>>,
 }
@@ -357,14 +357,14 @@ impl std::fmt::Debug for SessionHandle {
 impl SessionHandle {
     pub(crate) fn new(
         info: SessionInfo,
-        connection: ConnectionConfig,
+        connection: SharedConnection,
         pipeline: AuditService,
         engine: Arc<dyn crate::pipeline::policy::PolicyEngine>,
         store: Arc<dyn Store>,
         masker: Arc<dyn ResponseMasker>,
         live: Arc<LiveSessions>,
     ) -> Self {
-        let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (notices, notices_rx) = crate::sync::queue();
         let info = Arc::new(info);
         let terminated = live.register(&info);
         crate::metrics::session_active(info.protocol, &info.connection, 1);
@@ -390,7 +390,7 @@ impl SessionHandle {
     /// Messages the pipeline has for the client while a command is pending
     /// (e.g. held for approval). The protocol takes this once and delivers
     /// them as they come (PostgreSQL: NoticeResponse).
-    pub fn take_notices(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<String>> {
+    pub fn take_notices(&self) -> Option<QueueReceiver<String>> {
         self.parts.notices_rx.locked().take()
     }
 
@@ -405,6 +405,11 @@ impl SessionHandle {
     /// The connection's configuration, including the gateway-held credential reference.
     pub fn connection(&self) -> &ConnectionConfig {
         &self.parts.connection
+    }
+
+    /// [`Self::connection`], to keep beyond a borrow of the handle (a pointer, not a copy).
+    pub fn shared_connection(&self) -> SharedConnection {
+        self.parts.connection.clone()
     }
 
     pub fn masker(&self) -> &Arc<dyn ResponseMasker> {

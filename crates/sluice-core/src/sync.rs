@@ -39,11 +39,13 @@ impl<T: ?Sized> RwLockExt<T> for RwLock<T> {
 /// For per-session queues that are idle most of the time: tokio's unbounded
 /// channel allocates a block of 32 slots up front, which for a queue of
 /// 120-byte entries is 4 KB per session. Items wait in a `VecDeque`, whose
-/// spare room is given back once it drains (past 16 entries).
+/// room is given back whenever it drains: one allocation per burst of items,
+/// against holding its smallest room (4 entries) through every idle wait.
 pub fn queue<T>() -> (QueueSender<T>, QueueReceiver<T>) {
     let shared = std::sync::Arc::new(QueueShared {
         items: Mutex::new(Items {
             queue: std::collections::VecDeque::new(),
+            senders: 1,
             closed: false,
         }),
         ready: tokio::sync::Notify::new(),
@@ -56,12 +58,11 @@ pub fn queue<T>() -> (QueueSender<T>, QueueReceiver<T>) {
     )
 }
 
-/// Entries' worth of room a drained queue keeps for the next burst.
-const QUEUE_KEEP: usize = 16;
-
 struct Items<T> {
     queue: std::collections::VecDeque<T>,
-    /// The sender is gone: once drained, `recv` answers `None`.
+    /// Live [`QueueSender`]s.
+    senders: usize,
+    /// Every sender is gone: once drained, `recv` answers `None`.
     closed: bool,
 }
 
@@ -70,7 +71,7 @@ struct QueueShared<T> {
     ready: tokio::sync::Notify,
 }
 
-/// The sending half of [`queue`]; dropping it closes the queue.
+/// The sending half of [`queue`]; dropping the last clone closes the queue.
 pub struct QueueSender<T> {
     shared: std::sync::Arc<QueueShared<T>>,
 }
@@ -82,10 +83,30 @@ impl<T> QueueSender<T> {
     }
 }
 
+impl<T> std::fmt::Debug for QueueSender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueSender").finish_non_exhaustive()
+    }
+}
+
+impl<T> Clone for QueueSender<T> {
+    fn clone(&self) -> Self {
+        self.shared.items.locked().senders += 1;
+        QueueSender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
 impl<T> Drop for QueueSender<T> {
     fn drop(&mut self) {
-        self.shared.items.locked().closed = true;
-        self.shared.ready.notify_one();
+        let mut items = self.shared.items.locked();
+        items.senders -= 1;
+        if items.senders == 0 {
+            items.closed = true;
+            drop(items);
+            self.shared.ready.notify_one();
+        }
     }
 }
 
@@ -122,8 +143,8 @@ impl<T> QueueReceiver<T> {
 
     fn pop(items: &mut Items<T>) -> Option<T> {
         let item = items.queue.pop_front();
-        if items.queue.is_empty() && items.queue.capacity() > QUEUE_KEEP {
-            items.queue.shrink_to(QUEUE_KEEP);
+        if items.queue.is_empty() {
+            items.queue.shrink_to(0);
         }
         item
     }
@@ -163,6 +184,18 @@ mod tests {
         assert_eq!(rx.recv().await, None);
     }
 
+    #[tokio::test]
+    async fn a_queue_closes_when_its_last_sender_is_dropped() {
+        let (tx, mut rx) = queue();
+        let other = tx.clone();
+        drop(tx);
+        other.send(1);
+        assert_eq!(rx.recv().await, Some(1));
+        assert_eq!(rx.try_recv(), None);
+        drop(other);
+        assert_eq!(rx.recv().await, None);
+    }
+
     #[test]
     fn a_drained_queue_gives_back_its_room() {
         let (tx, mut rx) = queue();
@@ -170,7 +203,7 @@ mod tests {
             tx.send(i);
         }
         while rx.try_recv().is_some() {}
-        assert!(rx.shared.items.locked().queue.capacity() <= QUEUE_KEEP);
+        assert_eq!(rx.shared.items.locked().queue.capacity(), 0);
     }
 
     #[test]

@@ -304,7 +304,7 @@ impl Session for PgSession {
     }
 
     async fn run(mut self, handle: SessionHandle) -> Result<(), SessionError> {
-        let conn = handle.connection().clone();
+        let conn = handle.shared_connection();
         let target = UpstreamTarget::for_connection(&conn);
         let upstream = match target {
             // One deadline for the whole upstream handshake: an upstream that
@@ -346,6 +346,8 @@ impl Session for PgSession {
                 return Ok(());
             }
         };
+        // The startup parameters went upstream: not kept for the session's life.
+        self.params.clear();
         let shared = self.shared.clone();
         let cancel = Arc::new(tokio::sync::Notify::new());
         let (key, _guard) = shared.cancels.register(

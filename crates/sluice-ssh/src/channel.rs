@@ -879,7 +879,7 @@ pub(crate) fn denial_text(denial: &Denial, nl: &str) -> String {
 
 async fn recv_notice(
     notices: &mut Option<
-        tokio::sync::MutexGuard<'_, Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+        tokio::sync::MutexGuard<'_, Option<sluice_core::sync::QueueReceiver<String>>>,
     >,
 ) -> Option<String> {
     match notices.as_mut().and_then(|g| g.as_mut()) {

@@ -12,7 +12,7 @@ use sluice_core::{
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc::{self, UnboundedReceiver};
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 
 /// The prompt contains "password" so that tools such as sshpass recognise it.
@@ -25,7 +25,7 @@ pub(crate) struct Live {
     pub client: server::Handle,
     upstream: tokio::sync::OnceCell<Result<Arc<Upstream>, UpstreamError>>,
     /// Approval-hold messages; the channel deciding a command delivers them.
-    pub notices: tokio::sync::Mutex<Option<UnboundedReceiver<String>>>,
+    pub notices: tokio::sync::Mutex<Option<sluice_core::sync::QueueReceiver<String>>>,
     /// Becomes true when the client connection is gone: channel tasks stop
     /// relaying, so the upstream and the session (and its end record) go too.
     pub closed: tokio::sync::watch::Receiver<bool>,
@@ -87,7 +87,7 @@ impl Live {
     pub async fn upstream(&self) -> Result<Arc<Upstream>, UpstreamError> {
         self.upstream
             .get_or_init(|| async {
-                let conn = self.handle.connection().clone();
+                let conn = self.handle.shared_connection();
                 match upstream::connect(&conn, self.client.clone(), self.closed.clone()).await {
                     Ok(u) => Ok(Arc::new(u)),
                     Err(e) => {

@@ -180,7 +180,7 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         };
     };
     if let Some(n) = &req.notices {
-        let _ = n.send(format!(
+        n.send(format!(
             "sluice: {what}; holding it for approval {} (up to {wait}): {how}",
             request.id
         ));

@@ -92,10 +92,7 @@ fn rig_with_retention(mode: &str, timeout: &str, store: MemoryStore, retention: 
     }
 }
 
-fn request(
-    text: &str,
-    notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-) -> CommandRequest {
+fn request(text: &str, notices: Option<crate::sync::QueueSender<String>>) -> CommandRequest {
     CommandRequest {
         notices,
         ..sql_request(person("agent", &["agents", "dba"]), text)
@@ -115,7 +112,7 @@ async fn pending_id(approvals: &ApprovalService) -> String {
 #[tokio::test]
 async fn hold_then_approve_runs_on_the_same_call() {
     let rig = rig("hold", "10m", MemoryStore::default());
-    let (tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut notices) = crate::sync::queue();
     let held = tokio::spawn(
         rig.pipeline
             .clone()

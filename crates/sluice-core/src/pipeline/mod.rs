@@ -37,7 +37,7 @@ pub struct CommandRequest {
     pub command: Arc<Command>,
     /// Messages for the client while the command is pending (e.g. "held for
     /// approval"); the protocol delivers them in its own form (a NOTICE).
-    pub notices: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    pub notices: Option<crate::sync::QueueSender<String>>,
 }
 
 /// Why a stage could not decide. Any such error denies the command.

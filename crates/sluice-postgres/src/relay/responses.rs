@@ -25,8 +25,8 @@ use sluice_core::sync::QueueReceiver;
 use sluice_core::{Column, Denial, Outcome};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
 
 /// Rows of each result kept for replay.
 const SAMPLE_ROWS: usize = 20;
@@ -49,7 +49,7 @@ struct Current {
 
 pub(super) struct Responses {
     /// Pipeline messages for the client while a command is pending.
-    notices: Option<mpsc::UnboundedReceiver<String>>,
+    notices: Option<QueueReceiver<String>>,
     info: Arc<SessionInfo>,
     masker: Arc<dyn sluice_core::masking::ResponseMasker>,
     recorder: OutcomeRecorder,
@@ -175,6 +175,10 @@ impl Responses {
         let ended = handle.ended();
         tokio::pin!(ended);
         loop {
+            if self.queue.is_empty() {
+                // Nothing awaited: an idle session holds no room for answers.
+                self.queue.shrink_to(0);
+            }
             tokio::select! {
                 biased;
                 reason = &mut ended => {
@@ -187,7 +191,7 @@ impl Responses {
                     None => return Ok("client side closed".into()),
                 },
                 Some(n) = recv_notice(&mut self.notices) => wire::notice(&mut self.out, &n),
-                n = self.upstream.read_buf(&mut self.buf) => {
+                n = sluice_core::io::read_buf_lean(&mut self.upstream, &mut self.buf) => {
                     if n.map_err(upstream_err)? == 0 {
                         // Refusals still queued go out first, then why the session ends.
                         let _ = self.emit_ready_refusals();
@@ -930,7 +934,7 @@ impl Responses {
     }
 }
 
-async fn recv_notice(notices: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+async fn recv_notice(notices: &mut Option<QueueReceiver<String>>) -> Option<String> {
     match notices {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
