@@ -136,6 +136,9 @@ struct Target {
 struct Sample {
     tps: f64,
     latency_ms: f64,
+    /// The median transaction latency from pgbench's per-transaction log
+    /// (kept at `-c 1` only), in µs.
+    p50_us: Option<f64>,
     /// The proxy's CPU (user + system) per statement, in µs.
     cpu_us: Option<f64>,
 }
@@ -296,9 +299,12 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                             _ => None,
                         };
                         eprintln!(
-                            "{:>10.0} tps, {:.3} ms average latency{}",
+                            "{:>10.0} tps, {:.3} ms average latency{}{}",
                             sample.tps,
                             sample.latency_ms,
+                            sample
+                                .p50_us
+                                .map_or(String::new(), |p| format!(", p50 {p:.0} µs")),
                             sample
                                 .cpu_us
                                 .map_or(String::new(), |c| format!(", {c:.1} µs CPU/stmt"))
@@ -398,7 +404,7 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
         "direct ms",
         "pgbouncer ms",
         "sluice ms",
-        "sluice added µs (c=1)",
+        "sluice added p50 µs (c=1)",
         "+20 rules tps",
         "rules/no rules",
         "pgbouncer CPU µs/stmt",
@@ -427,7 +433,17 @@ fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sa
                     .map_or("-".into(), |c| format!("{c:.1}"))
             };
             let added = match (clients, sluice, direct) {
-                (1, Some(s), Some(d)) => format!("{:.0}", (s.latency_ms - d.latency_ms) * 1000.0),
+                (
+                    1,
+                    Some(Sample {
+                        p50_us: Some(s), ..
+                    }),
+                    Some(Sample {
+                        p50_us: Some(d), ..
+                    }),
+                ) => {
+                    format!("{:.0}", s - d)
+                }
                 _ => "-".into(),
             };
             rows.push(vec![
@@ -530,7 +546,13 @@ fn pgbench_workload(
     let stem = format!("{}-{mode}-{clients}-{}", target.name, workload.len());
     let stdout_path = work.join(format!("{stem}.out"));
     let stderr_path = work.join(format!("{stem}.err"));
+    let log_prefix = work.join(format!("{stem}-log"));
     let mut cmd = Command::new(bins.tool("pgbench"));
+    if clients == 1 {
+        // Per-transaction latencies, for the median the added latency is judged by.
+        cmd.arg("-l")
+            .arg(format!("--log-prefix={}", log_prefix.display()));
+    }
     cmd.arg("-n")
         .args(workload)
         .args(["-T", &opts.seconds.to_string(), "-M", mode])
@@ -560,7 +582,46 @@ fn pgbench_workload(
     if !status.success() {
         bail!("{status}: {}", tail(&stderr, 5));
     }
-    parse_pgbench(&stdout).ok_or_else(|| anyhow!("unexpected pgbench output:\n{stdout}{stderr}"))
+    let mut sample = parse_pgbench(&stdout)
+        .ok_or_else(|| anyhow!("unexpected pgbench output:\n{stdout}{stderr}"))?;
+    if clients == 1 {
+        sample.p50_us = Some(median_logged_latency(&log_prefix)?);
+    }
+    Ok(sample)
+}
+
+/// The median of the latencies (third field, µs) in pgbench's transaction
+/// logs `PREFIX.PID[.THREAD]`, which are removed once read.
+fn median_logged_latency(prefix: &Path) -> Result<f64> {
+    let dir = prefix.parent().context("log prefix has no directory")?;
+    let name = prefix
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("log prefix is not UTF-8")?;
+    let mut latencies = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_log = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{name}.")));
+        if !is_log {
+            continue;
+        }
+        latencies.extend(parse_transaction_log(&fs::read_to_string(&path)?));
+        fs::remove_file(&path)?;
+    }
+    median(&mut latencies).context("pgbench logged no transactions")
+}
+
+fn parse_transaction_log(log: &str) -> impl Iterator<Item = f64> + '_ {
+    log.lines()
+        .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
+}
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied()
 }
 
 fn parse_pgbench(stdout: &str) -> Option<Sample> {
@@ -574,6 +635,7 @@ fn parse_pgbench(stdout: &str) -> Option<Sample> {
     Some(Sample {
         tps: value("tps = ")?,
         latency_ms: value("latency average = ")?,
+        p50_us: None,
         cpu_us: None,
     })
 }
@@ -1097,6 +1159,17 @@ mod tests {
         assert!((s.tps - 12345.678901).abs() < 1e-6);
         assert!((s.latency_ms - 0.081).abs() < 1e-9);
         assert!(parse_pgbench("nothing").is_none());
+    }
+
+    #[test]
+    fn the_median_is_read_off_the_transaction_log() {
+        // client_id transaction_no time(µs) script_no time_epoch time_us
+        let log =
+            "0 0 120 0 1700000000 1\n0 1 95 0 1700000000 2\n0 2 3000 0 1700000000 3\nbad line\n";
+        let mut values: Vec<f64> = parse_transaction_log(log).collect();
+        assert_eq!(values, [120.0, 95.0, 3000.0]);
+        assert_eq!(median(&mut values), Some(120.0));
+        assert_eq!(median(&mut []), None);
     }
 
     #[test]
