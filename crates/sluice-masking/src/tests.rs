@@ -1142,6 +1142,34 @@ fn config_errors() {
     assert!(toml::from_str::<MaskingConfig>("[[custom]]\nname = \"x\"\nregexp = \"a\"").is_err());
 }
 
+/// Each engine searches with its own cache on each thread, more engines than
+/// a thread keeps caches for included (a reload compiles a new one).
+#[test]
+fn engines_taking_turns_on_threads_each_mask_as_alone() {
+    let text = "mail a@example.com, card 4111 1111 1111 1111, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE";
+    let kinds = ["email", "credit_card", "ipv4", "aws_access_key", "phone", "us_ssn"];
+    let expected: Vec<String> = kinds
+        .iter()
+        .map(|k| mask(&engine(&format!("detectors = [{k:?}]")), text))
+        .collect();
+    let engines: Vec<MaskingEngine> = kinds
+        .iter()
+        .map(|k| engine(&format!("detectors = [{k:?}]")))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..3 {
+                    for (e, want) in engines.iter().zip(&expected) {
+                        assert_eq!(&mask(e, text), want);
+                    }
+                }
+            });
+        }
+    });
+    assert_ne!(expected[0], expected[1], "the detectors differ");
+}
+
 #[test]
 fn engine_is_shareable() {
     fn assert_send_sync<T: Send + Sync + Clone>() {}

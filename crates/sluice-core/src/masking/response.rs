@@ -327,28 +327,16 @@ fn detect(
                 }
             }
         }
-        _ if text_like(column) => {
-            let (out, found) = engine.mask_bytes(value);
-            match out {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(b) => {
-                    counts.merge(&found);
-                    Some(Some(b))
-                }
-            }
-        }
+        _ if text_like(column) => match engine.mask_bytes_counted(value, counts) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(b) => Some(Some(b)),
+        },
         // Numbers in text form can still be card numbers; binary numbers
         // are left to column rules.
-        _ if !column.binary => {
-            let (out, found) = engine.mask_bytes(value);
-            match out {
-                Cow::Borrowed(_) => None,
-                Cow::Owned(_) => {
-                    counts.merge(&found);
-                    Some(None)
-                }
-            }
-        }
+        _ if !column.binary => match engine.mask_bytes_counted(value, counts) {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(_) => Some(None),
+        },
         _ => None,
     }
 }
