@@ -72,16 +72,17 @@ where
     R: AsyncRead + ?Sized,
 {
     let mut read = ReadBuf::new(scratch);
-    match reader.poll_read(cx, &mut read) {
-        Poll::Ready(Ok(())) => {
-            let filled = read.filled();
-            buf.reserve(filled.len().max(MIN_CAPACITY));
-            buf.extend_from_slice(filled);
-            Poll::Ready(Ok(filled.len()))
-        }
-        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-        Poll::Pending => Poll::Pending,
+    let polled = reader.poll_read(cx, &mut read);
+    let filled = read.filled_mut();
+    let n = filled.len();
+    if let Poll::Ready(Ok(())) = polled {
+        buf.reserve(n.max(MIN_CAPACITY));
+        buf.extend_from_slice(filled);
     }
+    // Zeroed again: the scratch is shared by the thread's sessions, and a
+    // reader that claimed bytes it did not write must find no one else's.
+    filled.fill(0);
+    polled.map_ok(|()| n)
 }
 
 #[cfg(test)]

@@ -47,6 +47,7 @@ pub fn queue<T>() -> (QueueSender<T>, QueueReceiver<T>) {
             queue: std::collections::VecDeque::new(),
             senders: 1,
             closed: false,
+            receiver_gone: false,
         }),
         ready: tokio::sync::Notify::new(),
     });
@@ -64,6 +65,8 @@ struct Items<T> {
     senders: usize,
     /// Every sender is gone: once drained, `recv` answers `None`.
     closed: bool,
+    /// The receiver is gone: what is sent is dropped, not kept.
+    receiver_gone: bool,
 }
 
 struct QueueShared<T> {
@@ -77,8 +80,15 @@ pub struct QueueSender<T> {
 }
 
 impl<T> QueueSender<T> {
+    /// Queues `item`; dropped at once when the receiver is gone (a session
+    /// that reads no notices must not keep them).
     pub fn send(&self, item: T) {
-        self.shared.items.locked().queue.push_back(item);
+        let mut items = self.shared.items.locked();
+        if items.receiver_gone {
+            return;
+        }
+        items.queue.push_back(item);
+        drop(items);
         self.shared.ready.notify_one();
     }
 }
@@ -150,6 +160,14 @@ impl<T> QueueReceiver<T> {
     }
 }
 
+impl<T> Drop for QueueReceiver<T> {
+    fn drop(&mut self) {
+        let mut items = self.shared.items.locked();
+        items.receiver_gone = true;
+        items.queue = std::collections::VecDeque::new();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +212,18 @@ mod tests {
         assert_eq!(rx.try_recv(), None);
         drop(other);
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[test]
+    fn what_is_sent_after_the_receiver_is_gone_is_not_kept() {
+        let (tx, rx) = queue();
+        tx.send(1);
+        let shared = rx.shared.clone();
+        drop(rx);
+        tx.send(2);
+        let items = shared.items.locked();
+        assert!(items.queue.is_empty());
+        assert_eq!(items.queue.capacity(), 0);
     }
 
     #[test]
