@@ -1146,8 +1146,16 @@ fn config_errors() {
 /// a thread keeps caches for included (a reload compiles a new one).
 #[test]
 fn engines_taking_turns_on_threads_each_mask_as_alone() {
-    let text = "mail a@example.com, card 4111 1111 1111 1111, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE";
-    let kinds = ["email", "credit_card", "ipv4", "aws_access_key", "phone", "us_ssn"];
+    let text =
+        "mail a@example.com, card 4111 1111 1111 1111, ip 10.1.2.3, key AKIAIOSFODNN7EXAMPLE";
+    let kinds = [
+        "email",
+        "credit_card",
+        "ipv4",
+        "aws_access_key",
+        "phone",
+        "us_ssn",
+    ];
     let expected: Vec<String> = kinds
         .iter()
         .map(|k| mask(&engine(&format!("detectors = [{k:?}]")), text))
