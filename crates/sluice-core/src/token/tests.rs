@@ -321,3 +321,65 @@ fn an_exchanged_token_keeps_its_subjects_issuer() {
         .unwrap();
     assert_eq!(a.verify(&own).unwrap().issuer, GATEWAY_ISSUER);
 }
+
+#[test]
+fn a_token_verified_before_is_known_by_its_exact_bytes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = authority(dir.path());
+    let t = a
+        .issue("agent-7", &groups(), Duration::from_secs(600))
+        .unwrap();
+    let first = a.verify(&t).unwrap();
+    let again = a.verify(&t).unwrap();
+    assert_eq!(again.subject, first.subject);
+    assert_eq!(again.token_id, first.token_id);
+    // A copy with any byte changed is checked in full, and fails.
+    let (signed, sig) = t.rsplit_once('.').unwrap();
+    let flipped = if sig.starts_with('A') { 'B' } else { 'A' };
+    let altered = format!("{signed}.{flipped}{}", &sig[1..]);
+    assert!(matches!(a.verify(&altered), Err(TokenError::Invalid)));
+    let (header, rest) = t.split_once('.').unwrap();
+    let (claims, sig) = rest.split_once('.').unwrap();
+    let mut claims_json: serde_json::Value =
+        serde_json::from_slice(&b64::decode_segment(claims)).unwrap();
+    claims_json["sub"] = "root".into();
+    let resigned = format!(
+        "{header}.{}.{sig}",
+        b64::encode(claims_json.to_string().as_bytes())
+    );
+    assert!(a.verify(&resigned).is_err());
+}
+
+#[test]
+fn a_remembered_token_has_its_times_checked_on_every_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = authority(dir.path());
+    let t = a
+        .issue("agent-7", &groups(), Duration::from_secs(600))
+        .unwrap();
+    let token = a.verify_full(&t).unwrap();
+    let known = |exp, nbf, iat| Verified {
+        token: token.clone(),
+        exp,
+        nbf,
+        iat,
+    };
+    let now = 1_000_000;
+    assert!(known(now + 60, now - 60, now - 60).check_times(now).is_ok());
+    // Within the leeway, as jsonwebtoken allows on the first check.
+    assert!(known(now - LEEWAY_SECS, now + LEEWAY_SECS, now)
+        .check_times(now)
+        .is_ok());
+    assert!(matches!(
+        known(now - LEEWAY_SECS - 1, now - 60, now - 60).check_times(now),
+        Err(TokenError::Expired)
+    ));
+    assert!(matches!(
+        known(now + 60, now + LEEWAY_SECS + 1, now).check_times(now),
+        Err(TokenError::NotYetValid)
+    ));
+    assert!(matches!(
+        known(now + 60, now, now + LEEWAY_SECS + 1).check_times(now),
+        Err(TokenError::NotYetValid)
+    ));
+}
