@@ -484,13 +484,20 @@ upstream_tls = "disable"
 
 const SSL_QUERY: &str = "select ssl from pg_stat_ssl where pid = pg_backend_pid()";
 
-#[test]
-fn tls_between_gateway_and_upstream() {
+/// A gateway whose upstream serves a certificate signed by the test CA, with
+/// the connections of [`UPSTREAM_TLS_CONNECTIONS`].
+fn upstream_tls_env() -> Env {
     let env = Env::builder()
         .pg_ssl()
         .extra_toml(UPSTREAM_TLS_CONNECTIONS)
         .start();
     install_ca_signed_upstream_cert(&env);
+    env
+}
+
+#[test]
+fn tls_between_gateway_and_upstream() {
+    let env = upstream_tls_env();
     let token = env.agent_token();
 
     let out = env.psql(&env.url("agent-1", &token, "securedb"), &["-c", SSL_QUERY]);
@@ -519,11 +526,7 @@ fn tls_between_gateway_and_upstream() {
 /// statement sent after the withdrawal never runs.
 #[test]
 fn a_withdrawn_upstream_ca_is_not_trusted_by_the_next_session() {
-    let env = Env::builder()
-        .pg_ssl()
-        .extra_toml(UPSTREAM_TLS_CONNECTIONS)
-        .start();
-    install_ca_signed_upstream_cert(&env);
+    let env = upstream_tls_env();
     let token = env.agent_token();
     let url = env.url("agent-1", &token, "securedb");
     let ca = env.dir.path().join("upstream-ca.crt");
