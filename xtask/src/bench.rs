@@ -23,7 +23,8 @@ pub(crate) mod ssh;
 
 const USAGE: &str = "usage: cargo xtask bench [--seconds N] [--clients 1,4] \
                      [--modes simple,extended,prepared] [--sslmode MODE] [--sluice-bin PATH] \
-                     [--only pg|http|ssh] [--http-connections N] [--ssh-mib N]";
+                     [--only pg|http|ssh] [--http-connections 16,64] [--http-rate N] \
+                     [--ssh-mib N]";
 const SCALE: u32 = 10;
 pub(crate) const DB: &str = "bench";
 pub(crate) const ROLE: &str = "bench";
@@ -38,8 +39,8 @@ struct Options {
     sluice_bin: Option<PathBuf>,
     /// Run only the PostgreSQL (`pg`) or the HTTP (`http`) section.
     only: Option<String>,
-    /// wrk connections for the HTTP throughput runs.
-    http_connections: u32,
+    /// The HTTP section's connection counts and fixed request rate.
+    http: http::Options,
     /// Size of the file the SSH section copies with scp (MiB).
     ssh_mib: u64,
 }
@@ -56,7 +57,7 @@ fn parse_options(args: &[String]) -> Result<Options> {
         sslmode: Some("disable".to_string()),
         sluice_bin: None,
         only: None,
-        http_connections: 16,
+        http: http::Options::default(),
         ssh_mib: 1024,
     };
     let mut it = args.iter();
@@ -106,9 +107,19 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 opts.only = Some(only);
             }
             "--http-connections" => {
-                opts.http_connections = value()?
-                    .parse()
-                    .context("--http-connections: not a number")?;
+                opts.http.connections = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse::<u32>().ok().filter(|n| *n > 0))
+                    .collect::<Option<Vec<_>>>()
+                    .filter(|list| !list.is_empty())
+                    .context("--http-connections: a list of positive numbers")?;
+            }
+            "--http-rate" => {
+                opts.http.rate = value()?
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .context("--http-rate: a positive number of requests per second")?;
             }
             "--ssh-mib" => {
                 opts.ssh_mib = value()?.parse().context("--ssh-mib: not a number")?;
@@ -184,7 +195,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     };
 
     if opts.only.as_deref() == Some("http") {
-        return http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections);
+        return http::bench_http(sluice_bin.as_deref(), opts.seconds, &opts.http);
     }
     if opts.only.as_deref() == Some("ssh") {
         return ssh::bench(sluice_bin.as_deref(), opts.ssh_mib);
@@ -381,8 +392,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     drop(sluice);
     drop(pgbouncer);
     if opts.only.is_none() {
-        if let Err(e) = http::bench_http(sluice_bin.as_deref(), opts.seconds, opts.http_connections)
-        {
+        if let Err(e) = http::bench_http(sluice_bin.as_deref(), opts.seconds, &opts.http) {
             eprintln!("bench: the HTTP section failed: {e:#}");
         }
         if let Err(e) = ssh::bench(sluice_bin.as_deref(), opts.ssh_mib) {

@@ -6,11 +6,13 @@
 //! HTTP with keep-alive. The upstream is nginx itself serving a small JSON
 //! document, so it is never the bottleneck being measured.
 //!
-//! Latency: wrk2 (fixed-rate wrk) is not packaged here, so added latency is
-//! measured with wrk at a fixed concurrency of 1 (one request in flight, a
-//! closed loop): with no queueing, p50 and p99 there are each leg's service
-//! time, and Sluice's minus direct's is what the gateway adds per request.
-//! Throughput is measured at a higher fixed concurrency.
+//! Throughput: wrk at each fixed concurrency (`--http-connections`).
+//!
+//! Latency: at a fixed request rate (`--http-rate`), open loop, the way wrk2
+//! measures it (wrk2 is not packaged here): `sluice-http`'s `open_loop`
+//! example sends each request when it is due and counts its latency from
+//! then, so a stall in the gateway shows in every request it delays. The
+//! added p50 and p99 are Sluice's minus the direct leg's.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -28,12 +30,39 @@ use crate::{command_exists, run_inherit};
 const BODY: &str =
     r#"{"id":42,"name":"Ada","email":"ada@example.com","status":"active","tags":["a","b","c"]}"#;
 
+/// The HTTP section's settings.
+pub(crate) struct Options {
+    /// wrk's concurrency for each throughput run.
+    pub(crate) connections: Vec<u32>,
+    /// Requests per second of the fixed-rate latency run.
+    pub(crate) rate: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connections: vec![16, 64],
+            rate: 2000,
+        }
+    }
+}
+
+/// Connections the fixed-rate run deals its requests over.
+const OPEN_LOOP_CONNECTIONS: u32 = 16;
+
 /// What wrk reported.
 #[derive(Debug, Clone, Copy, Default)]
 struct WrkResult {
     rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+}
+
+/// What the fixed-rate run reported (milliseconds).
+#[derive(Debug, Clone, Copy, Default)]
+struct Latency {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
 }
 
 /// Installs wrk and nginx with apt-get when missing (as root).
@@ -191,7 +220,6 @@ fn wrk(url: &str, token: &str, connections: u32, seconds: u32) -> Result<WrkResu
             &connections.to_string(),
             "-d",
             &format!("{seconds}s"),
-            "--latency",
             "-H",
             &format!("Authorization: Bearer {token}"),
             url,
@@ -211,11 +239,8 @@ fn wrk(url: &str, token: &str, connections: u32, seconds: u32) -> Result<WrkResu
     let mut r = WrkResult::default();
     for line in text.lines() {
         let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("Requests/sec:"), Some(v)) => r.rps = v.parse().unwrap_or(0.0),
-            (Some("50%"), Some(v)) => r.p50_ms = duration_ms(v),
-            (Some("99%"), Some(v)) => r.p99_ms = duration_ms(v),
-            _ => {}
+        if let (Some("Requests/sec:"), Some(v)) = (words.next(), words.next()) {
+            r.rps = v.parse().unwrap_or(0.0);
         }
     }
     if r.rps == 0.0 {
@@ -224,26 +249,69 @@ fn wrk(url: &str, token: &str, connections: u32, seconds: u32) -> Result<WrkResu
     Ok(r)
 }
 
-/// `812.00us`, `1.23ms`, `2.00s` → milliseconds.
-fn duration_ms(v: &str) -> f64 {
-    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => f64::NAN,
-    }
+/// Builds the open-loop generator (a release example of `sluice-http`).
+fn build_open_loop() -> Result<std::path::PathBuf> {
+    run_inherit(
+        Command::new("cargo")
+            .args(["build", "--quiet", "--release", "-p", "sluice-http"])
+            .args(["--example", "open_loop"])
+            .current_dir(crate::workspace_root()),
+    )
+    .context("building the open_loop example")?;
+    Ok(super::target_dir()
+        .join("release")
+        .join("examples")
+        .join("open_loop"))
 }
 
-/// The HTTP section: prints requests/s at `connections` and latency at 1.
-pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, connections: u32) -> Result<()> {
+/// Runs the open-loop generator at `rate` requests/s.
+fn open_loop(bin: &Path, url: &str, token: &str, rate: u32, seconds: u32) -> Result<Latency> {
+    let out = Command::new(bin)
+        .args([url, token])
+        .arg(rate.to_string())
+        .arg(seconds.to_string())
+        .arg(OPEN_LOOP_CONNECTIONS.to_string())
+        .output()
+        .context("running open_loop")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!(
+            "open_loop failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    parse_open_loop(&text)
+}
+
+/// `sent N errors N rate R p50 MS p90 MS p99 MS p999 MS max MS`.
+fn parse_open_loop(text: &str) -> Result<Latency> {
+    let words: Vec<&str> = text.split_whitespace().collect();
+    let field = |name: &str| -> Option<f64> {
+        let at = words.iter().position(|w| *w == name)?;
+        words.get(at + 1)?.parse().ok()
+    };
+    let read = || -> Option<Latency> {
+        if field("errors")? != 0.0 {
+            return None;
+        }
+        Some(Latency {
+            rate: field("rate")?,
+            p50: field("p50")?,
+            p99: field("p99")?,
+            p999: field("p999")?,
+        })
+    };
+    read().with_context(|| format!("open_loop saw errors or printed no result: {text}"))
+}
+
+/// The HTTP section: requests/s at each concurrency, and latency at a
+/// fixed rate.
+pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, opts: &Options) -> Result<()> {
     let Some(bin) = sluice_bin else {
         bail!("no sluice binary to benchmark");
     };
     ensure_tools()?;
+    let generator = build_open_loop()?;
     let up_port = free_port();
     let up_tls_port = free_port();
     let plain = start_gateway(bin, up_port, false)?;
@@ -301,59 +369,104 @@ pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, connections: u
     let mut rows = Vec::new();
     for (name, url, token) in &legs {
         // A short warm-up fills the connection pools.
-        let _ = wrk(url, token, connections, 1);
+        let _ = wrk(url, token, opts.connections[0], 1);
         eprint!("bench: http {name:<15} ... ");
-        let load = wrk(url, token, connections, seconds);
-        let single = wrk(url, token, 1, seconds);
-        match (load, single) {
-            (Ok(load), Ok(single)) => {
+        let mut loads = Vec::new();
+        for &c in &opts.connections {
+            loads.push(wrk(url, token, c, seconds));
+        }
+        let latency = open_loop(&generator, url, token, opts.rate, seconds);
+        match (loads.into_iter().collect::<Result<Vec<_>>>(), latency) {
+            (Ok(loads), Ok(latency)) => {
+                for (c, load) in opts.connections.iter().zip(&loads) {
+                    eprint!("{:.0} req/s at -c {c}; ", load.rps);
+                }
                 eprintln!(
-                    "{:>9.0} req/s at -c {connections}; p50 {:.3} ms, p99 {:.3} ms at -c 1",
-                    load.rps, single.p50_ms, single.p99_ms
+                    "at {:.0} req/s: p50 {:.3} ms, p99 {:.3} ms",
+                    latency.rate, latency.p50, latency.p99
                 );
-                rows.push((*name, load, single));
+                rows.push((*name, loads, latency));
             }
             (Err(e), _) | (_, Err(e)) => eprintln!("failed: {e:#}"),
         }
     }
-    println!();
-    println!(
-        "HTTP: wrk --latency, {seconds}s per run, HTTPS to every leg, a {}-byte JSON response; throughput at -c {connections}, latency at -c 1",
-        BODY.len()
-    );
-    println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}",
-        "leg", "req/s", "÷direct", "÷nginx", "p50 ms", "p99 ms", "p99 added ms"
-    );
-    let find = |n: &str| {
-        rows.iter()
-            .find(|(name, _, _)| *name == n)
-            .map(|r| (r.1, r.2))
-    };
-    let direct = find("direct");
-    let nginx = find("nginx");
-    for (name, load, single) in &rows {
-        let ratio = |base: Option<(WrkResult, WrkResult)>| {
-            base.map(|(b, _)| format!("{:.2}", load.rps / b.rps))
-                .unwrap_or_else(|| "-".into())
-        };
-        let added = direct
-            .map(|(_, d)| format!("{:+.3}", single.p99_ms - d.p99_ms))
-            .unwrap_or_else(|| "-".into());
-        println!(
-            "{:<16} {:>10.0} {:>10} {:>10} {:>10.3} {:>12.3} {:>12}",
-            name,
-            load.rps,
-            ratio(direct),
-            ratio(nginx),
-            single.p50_ms,
-            single.p99_ms,
-            added
-        );
-    }
+    print_table(&rows, seconds, opts);
     drop(proxy);
     drop(upstream);
     drop(masked);
     drop(plain);
     Ok(())
+}
+
+type Row<'a> = (&'a str, Vec<WrkResult>, Latency);
+
+fn print_table(rows: &[Row<'_>], seconds: u32, opts: &Options) {
+    println!();
+    println!(
+        "HTTP: HTTPS to every leg, a {}-byte JSON response, {seconds}s per run; \
+         throughput by wrk at each -c; latency open-loop at {} req/s over {OPEN_LOOP_CONNECTIONS} connections",
+        BODY.len(),
+        opts.rate
+    );
+    let mut header = format!("{:<16}", "leg");
+    for c in &opts.connections {
+        header += &format!(
+            " {:>12} {:>8} {:>8}",
+            format!("req/s c={c}"),
+            "÷direct",
+            "÷nginx"
+        );
+    }
+    header += &format!(
+        " {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "p50 ms", "p99 ms", "p99.9 ms", "+p50 ms", "+p99 ms"
+    );
+    println!("{header}");
+    let find = |n: &str| rows.iter().find(|(name, _, _)| *name == n);
+    let (direct, nginx) = (find("direct"), find("nginx"));
+    for (name, loads, latency) in rows {
+        let mut line = format!("{name:<16}");
+        for (i, load) in loads.iter().enumerate() {
+            let ratio = |base: Option<&Row<'_>>| {
+                base.and_then(|b| b.1.get(i))
+                    .map(|b| format!("{:.2}", load.rps / b.rps))
+                    .unwrap_or_else(|| "-".into())
+            };
+            line += &format!(
+                " {:>12.0} {:>8} {:>8}",
+                load.rps,
+                ratio(direct),
+                ratio(nginx)
+            );
+        }
+        let added = |pick: fn(&Latency) -> f64| {
+            direct
+                .map(|d| format!("{:+.3}", pick(latency) - pick(&d.2)))
+                .unwrap_or_else(|| "-".into())
+        };
+        line += &format!(
+            " {:>8.3} {:>8.3} {:>8.3} {:>10} {:>10}",
+            latency.p50,
+            latency.p99,
+            latency.p999,
+            added(|l| l.p50),
+            added(|l| l.p99)
+        );
+        println!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_loop_line_is_read_and_errors_refused() {
+        let line =
+            "sent 20000 errors 0 rate 1999 p50 0.412 p90 0.530 p99 0.910 p999 2.100 max 4.000\n";
+        let l = parse_open_loop(line).unwrap();
+        assert_eq!((l.rate, l.p50, l.p99, l.p999), (1999.0, 0.412, 0.910, 2.1));
+        assert!(parse_open_loop(&line.replace("errors 0", "errors 3")).is_err());
+        assert!(parse_open_loop("open_loop: connection refused").is_err());
+    }
 }
