@@ -54,6 +54,8 @@ const OPEN_LOOP_CONNECTIONS: u32 = 16;
 #[derive(Debug, Clone, Copy, Default)]
 struct WrkResult {
     rps: f64,
+    /// The proxy's CPU (user + system, workers included) per request, in µs.
+    cpu_us: Option<f64>,
 }
 
 /// What the fixed-rate run reported (milliseconds).
@@ -94,7 +96,7 @@ fn nginx_bin() -> Option<&'static str> {
 }
 
 struct Nginx {
-    _daemon: Daemon,
+    daemon: Daemon,
     _dir: ScratchDir,
 }
 
@@ -137,10 +139,7 @@ fn start_nginx(name: &str, workers: u32, servers: &str, port: u16) -> Result<Ngi
             &log,
         )
         .with_context(|| format!("nginx ({name})"))?;
-    Ok(Nginx {
-        _daemon: daemon,
-        _dir: dir,
-    })
+    Ok(Nginx { daemon, _dir: dir })
 }
 
 struct Gateway {
@@ -148,7 +147,7 @@ struct Gateway {
     token: String,
     cert: String,
     key: String,
-    _daemon: Daemon,
+    daemon: Daemon,
     _dir: ScratchDir,
 }
 
@@ -204,7 +203,7 @@ fn start_gateway(bin: &Path, upstream: u16, masking: bool) -> Result<Gateway> {
         token,
         cert: tls.join("server.crt").display().to_string(),
         key: tls.join("server.key").display().to_string(),
-        _daemon: daemon,
+        daemon,
         _dir: dir,
     })
 }
@@ -349,31 +348,44 @@ pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, opts: &Options
             "direct",
             format!("https://127.0.0.1:{up_tls_port}/item"),
             plain.token.clone(),
+            None,
         ),
         (
             "nginx",
             format!("https://127.0.0.1:{proxy_port}/api/item"),
             plain.token.clone(),
+            Some(proxy.daemon.child.id()),
         ),
         (
             "sluice",
             format!("https://127.0.0.1:{}/api/item", plain.port),
             plain.token.clone(),
+            Some(plain.daemon.child.id()),
         ),
         (
             "sluice+masking",
             format!("https://127.0.0.1:{}/api/item", masked.port),
             masked.token.clone(),
+            Some(masked.daemon.child.id()),
         ),
     ];
     let mut rows = Vec::new();
-    for (name, url, token) in &legs {
+    for (name, url, token, proxy_pid) in &legs {
         // A short warm-up fills the connection pools.
         let _ = wrk(url, token, opts.connections[0], 1);
         eprint!("bench: http {name:<15} ... ");
         let mut loads = Vec::new();
         for &c in &opts.connections {
-            loads.push(wrk(url, token, c, seconds));
+            let before = proxy_pid.and_then(super::tree_cpu_seconds);
+            let load = wrk(url, token, c, seconds).map(|mut load| {
+                let after = proxy_pid.and_then(super::tree_cpu_seconds);
+                let requests = load.rps * f64::from(seconds);
+                if let (Some(a), Some(b)) = (before, after) {
+                    load.cpu_us = (requests > 0.0).then(|| (b - a) * 1e6 / requests);
+                }
+                load
+            });
+            loads.push(load);
         }
         let latency = open_loop(&generator, url, token, opts.rate, seconds);
         match (loads.into_iter().collect::<Result<Vec<_>>>(), latency) {
@@ -404,17 +416,18 @@ fn print_table(rows: &[Row<'_>], seconds: u32, opts: &Options) {
     println!();
     println!(
         "HTTP: HTTPS to every leg, a {}-byte JSON response, {seconds}s per run; \
-         throughput by wrk at each -c; latency open-loop at {} req/s over {OPEN_LOOP_CONNECTIONS} connections",
+         throughput by wrk at each -c, with the proxy's CPU (its workers' included) per request; latency open-loop at {} req/s over {OPEN_LOOP_CONNECTIONS} connections",
         BODY.len(),
         opts.rate
     );
     let mut header = format!("{:<16}", "leg");
     for c in &opts.connections {
         header += &format!(
-            " {:>12} {:>8} {:>8}",
+            " {:>12} {:>8} {:>8} {:>10}",
             format!("req/s c={c}"),
             "÷direct",
-            "÷nginx"
+            "÷nginx",
+            "CPU µs/req"
         );
     }
     header += &format!(
@@ -432,11 +445,15 @@ fn print_table(rows: &[Row<'_>], seconds: u32, opts: &Options) {
                     .map(|b| format!("{:.2}", load.rps / b.rps))
                     .unwrap_or_else(|| "-".into())
             };
+            let cpu = load
+                .cpu_us
+                .map_or_else(|| "-".to_string(), |us| format!("{us:.1}"));
             line += &format!(
-                " {:>12.0} {:>8} {:>8}",
+                " {:>12.0} {:>8} {:>8} {:>10}",
                 load.rps,
                 ratio(direct),
-                ratio(nginx)
+                ratio(nginx),
+                cpu
             );
         }
         let added = |pick: fn(&Latency) -> f64| {
