@@ -199,6 +199,8 @@ struct Inner {
     patterns: Vec<PatternInfo>,
     /// For each byte, the patterns a match of which may start with it, by id.
     starting: Vec<Vec<PatternID>>,
+    /// Each pattern's facts, by id.
+    facts: Vec<Facts>,
     /// Whether the shortcuts derived from [`Facts`] are used (always, except
     /// for the reference path the differential tests compare them with).
     optimized: bool,
@@ -251,6 +253,7 @@ impl Default for MaskingEngine {
                 probe: None,
                 patterns: Vec::new(),
                 starting: Vec::new(),
+                facts: Vec::new(),
                 optimized: true,
                 detectors: Vec::new(),
                 columns: Vec::new(),
@@ -623,6 +626,7 @@ fn compile_as<K>(
             probe,
             patterns: infos,
             starting,
+            facts,
             optimized,
             detectors,
             columns,
@@ -642,6 +646,7 @@ impl MaskingEngine {
                 probe: None,
                 patterns: Vec::new(),
                 starting: Vec::new(),
+                facts: Vec::new(),
                 optimized: true,
                 detectors: Vec::new(),
                 columns: Vec::new(),
@@ -901,14 +906,23 @@ impl MaskingEngine {
         limit: usize,
         scratch: &mut Scratch,
     ) -> Option<(usize, Hit)> {
+        // A hit is never empty (`best_at`): none starts at the very end.
+        // (The shortcuts here are skipped on the reference path, so the
+        // differential tests check them too.)
+        if self.inner.optimized && pos >= hay.len() {
+            return None;
+        }
         let (pid, hit) = self.find_hit(hay, pos, limit, hay.len(), scratch)?;
         let det = self.inner.patterns[pid].detector;
         let runs_on = match self.inner.detectors[det].kind {
             Kind::Builtin(b) => b.runs_on(),
             Kind::Custom => true,
         };
-        if runs_on && hit.end - hit.start <= STRADDLE {
-            let bound = (hit.end + STRADDLE).min(hay.len());
+        let bound = (hit.end + STRADDLE).min(hay.len());
+        // Only a match ending past this one's end can make it cut back: none
+        // can when it ends where the text does (a whole column value).
+        let may_cut = bound > hit.end || !self.inner.optimized;
+        if runs_on && hit.end - hit.start <= STRADDLE && may_cut {
             if let Some((_, next)) = self.find_hit(hay, hit.start + 1, hit.end, bound, scratch) {
                 if next.end > hit.end {
                     if let Some(cut) = self.cut_before(pid, hay, hit.start, next.start) {
@@ -1031,9 +1045,15 @@ impl MaskingEngine {
         let s = m.start();
         // Matches are never empty, so there is a byte at `s`.
         let Some(&first) = hay.get(s) else { return };
+        let facts = &self.inner.facts;
         let later = self.inner.starting[usize::from(first)]
             .iter()
-            .filter(|&&pid| pid > m.pattern());
+            .filter(|&&pid| pid > m.pattern())
+            .filter(|&&pid| {
+                facts
+                    .get(pid.as_usize())
+                    .is_none_or(|f| f.may_start_at(hay, s, end))
+            });
         for &pid in later {
             if let Some(other) = self.anchored(hay, s, end, pid) {
                 each(pid, other.end());

@@ -37,18 +37,40 @@ impl ByteSet {
     }
 }
 
+/// How many leading positions of a match [`Facts::leading`] describes.
+pub(crate) const LEADING: usize = 4;
+
 /// The facts about one pattern.
 #[derive(Clone, Copy)]
 pub(crate) struct Facts {
     /// Every match starts with one of these bytes.
     pub(crate) first: ByteSet,
+    /// `leading[i]`: the bytes a match can have at offset `i`. `ALL` from the
+    /// first offset at which a match can already have ended.
+    pub(crate) leading: [ByteSet; LEADING],
 }
 
 impl Facts {
     /// Nothing known.
     const NONE: Facts = Facts {
         first: ByteSet::ALL,
+        leading: [ByteSet::ALL; LEADING],
     };
+
+    /// Whether a match of the pattern can start at `hay[s]` and end by
+    /// `end`, as far as its leading bytes tell.
+    pub(crate) fn may_start_at(&self, hay: &[u8], s: usize, end: usize) -> bool {
+        for (i, set) in self.leading.iter().enumerate() {
+            if *set == ByteSet::ALL {
+                return true;
+            }
+            match hay.get(s + i) {
+                Some(&b) if s + i < end && set.contains(b) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
 
     pub(crate) fn of(pattern: &str) -> Facts {
         let nfa = thompson::Compiler::new()
@@ -57,6 +79,7 @@ impl Facts {
         match nfa {
             Ok(nfa) if !reaches_match(&nfa, &ByteSet::EMPTY) => Facts {
                 first: first_bytes(&nfa),
+                leading: leading_bytes(&nfa),
             },
             // Matches the empty string (never for a detector): no facts.
             _ => Facts::NONE,
@@ -87,6 +110,69 @@ fn first_bytes(nfa: &NFA) -> ByteSet {
         _ => {}
     });
     set
+}
+
+/// The bytes possible at each of the first [`LEADING`] offsets of a match:
+/// the states reachable from the start by exactly `i` bytes (any bytes,
+/// look-around assumed to hold), and the bytes they move on.
+fn leading_bytes(nfa: &NFA) -> [ByteSet; LEADING] {
+    let mut sets = [ByteSet::ALL; LEADING];
+    let mut frontier = closure(nfa, vec![nfa.start_anchored()]);
+    for set in sets.iter_mut() {
+        let mut here = ByteSet::EMPTY;
+        let mut next = Vec::new();
+        for &id in &frontier {
+            match nfa.state(id) {
+                // A match can end before this offset: anything may follow.
+                State::Match { .. } => return sets,
+                State::ByteRange { trans } => {
+                    here.insert_range(trans.start, trans.end);
+                    next.push(trans.next);
+                }
+                State::Sparse(sparse) => {
+                    for t in sparse.transitions.iter() {
+                        here.insert_range(t.start, t.end);
+                        next.push(t.next);
+                    }
+                }
+                State::Dense(dense) => {
+                    for (b, to) in (0..=255u8).zip(dense.transitions.iter()) {
+                        if *to != StateID::ZERO {
+                            here.insert(b);
+                            next.push(*to);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        *set = here;
+        frontier = closure(nfa, next);
+    }
+    sets
+}
+
+/// The states reachable from `from` through epsilon transitions (look-around
+/// assumed to hold), `from` included, without duplicates.
+fn closure(nfa: &NFA, mut stack: Vec<StateID>) -> Vec<StateID> {
+    let mut seen = vec![false; nfa.states().len()];
+    let mut out = Vec::new();
+    while let Some(id) = stack.pop() {
+        let Some(done) = seen.get_mut(id.as_usize()) else {
+            continue;
+        };
+        if std::mem::replace(done, true) {
+            continue;
+        }
+        out.push(id);
+        match nfa.state(id) {
+            State::Look { next, .. } | State::Capture { next, .. } => stack.push(*next),
+            State::Union { alternates } => stack.extend(alternates.iter().copied()),
+            State::BinaryUnion { alt1, alt2 } => stack.extend([*alt1, *alt2]),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Whether a match state is reachable from the start consuming only

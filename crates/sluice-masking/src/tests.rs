@@ -1645,3 +1645,40 @@ fn values_shaped_for_endless_rejection_are_masked_in_linear_work() {
         "{masked}"
     );
 }
+
+#[test]
+fn the_leading_bytes_of_a_match_are_read_off_its_pattern() {
+    use crate::prefilter::Facts;
+    let ssn = Facts::of(r"[0-9]{3}-[0-9]{2}");
+    assert!(ssn.may_start_at(b"123-45", 0, 6));
+    assert!(ssn.may_start_at(b"x 123-45", 2, 8));
+    assert!(!ssn.may_start_at(b"123 45", 0, 6));
+    assert!(!ssn.may_start_at(b"12a-45", 0, 6));
+    // The leading bytes must lie within the searched range.
+    assert!(!ssn.may_start_at(b"123-45", 0, 3));
+    assert!(!ssn.may_start_at(b"12", 0, 2));
+    // A match may end after one byte: nothing is known past it.
+    let short = Facts::of("ab?");
+    assert!(short.may_start_at(b"a", 0, 1));
+    assert!(short.may_start_at(b"ax", 0, 2));
+    assert!(!short.may_start_at(b"xa", 0, 2));
+    // Look-around is assumed to hold, and each offset's set is the union
+    // over the alternatives: an over-approximation, never a miss.
+    let alt = Facts::of(r"\bab|\bcd");
+    assert!(alt.may_start_at(b"ab", 0, 2) && alt.may_start_at(b"cd", 0, 2));
+    assert!(alt.may_start_at(b"ad", 0, 2));
+    assert!(!alt.may_start_at(b"ax", 0, 2));
+}
+
+#[test]
+fn a_number_filling_its_value_is_masked_as_within_text() {
+    let e = engine(r#"detectors = ["credit_card", "phone"]"#);
+    for (value, within) in [
+        ("4111 1111 1111 1111", "card 4111 1111 1111 1111 ok"),
+        ("+1 202-555-0123", "call +1 202-555-0123 now"),
+    ] {
+        let alone = mask(&e, value);
+        assert_ne!(alone, value);
+        assert_eq!(mask(&e, within), within.replace(value, &alone));
+    }
+}
