@@ -17,10 +17,11 @@ pub const SAMPLE_BYTES: usize = 1024;
 
 /// Replaces injected credentials in a byte stream. Holds back at most the
 /// longest secret's length minus one byte, so a secret split across chunks
-/// is still found. Built once per session and cloned per response.
+/// is still found. Built once per session and cloned per response (the
+/// finders are shared: a clone allocates nothing).
 #[derive(Clone)]
 pub struct Redactor {
-    finders: Vec<memmem::Finder<'static>>,
+    finders: std::sync::Arc<[memmem::Finder<'static>]>,
     holdback: usize,
     buf: Vec<u8>,
     pub redacted: u64,
@@ -208,6 +209,10 @@ impl Redactor {
 
 /// Redacts secrets in a header value's text; `None` when none is present.
 pub fn redact_text(template: &Redactor, text: &[u8]) -> Option<Vec<u8>> {
+    // Redacting finds at least one secret exactly when one is present.
+    if !template.finders.iter().any(|f| f.find(text).is_some()) {
+        return None;
+    }
     let mut r = template.clone();
     let out = r.redact_all(text);
     (r.redacted > 0).then_some(out)
