@@ -98,7 +98,14 @@ fn parse_options(args: &[String]) -> Result<Options> {
                 }
             }
             "--sslmode" => opts.sslmode = Some(value()?),
-            "--sluice-bin" => opts.sluice_bin = Some(PathBuf::from(value()?)),
+            // Absolute: the services are started from other directories.
+            "--sluice-bin" => {
+                let bin = PathBuf::from(value()?);
+                opts.sluice_bin = Some(
+                    bin.canonicalize()
+                        .with_context(|| format!("--sluice-bin: {}", bin.display()))?,
+                );
+            }
             "--only" => {
                 let only = value()?;
                 if !["pg", "http", "ssh"].contains(&only.as_str()) {
