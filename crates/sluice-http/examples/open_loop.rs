@@ -55,8 +55,14 @@ fn parse(args: &[String]) -> Result<Plan, String> {
     let number = |what: &str, v: &str| -> Result<f64, String> {
         v.parse::<f64>()
             .ok()
-            .filter(|n| *n > 0.0)
+            .filter(|n| n.is_finite() && *n > 0.0)
             .ok_or(format!("{what}: `{v}` is not a positive number"))
+    };
+    let duration = |what: &str, secs: f64| -> Result<Duration, String> {
+        Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or(format!("{what}: out of range"))
     };
     let rest = url
         .strip_prefix("https://")
@@ -71,8 +77,8 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         port,
         path: if path.is_empty() { "/" } else { path }.to_string(),
         token: token.clone(),
-        period: Duration::from_secs_f64(1.0 / number("RATE", rate)?),
-        until: Duration::from_secs_f64(number("SECONDS", seconds)?),
+        period: duration("RATE", 1.0 / number("RATE", rate)?)?,
+        until: duration("SECONDS", number("SECONDS", seconds)?)?,
         connections: (number("CONNECTIONS", connections)? as u32).max(1),
     })
 }
@@ -121,34 +127,55 @@ fn run(plan: &Arc<Plan>) -> Result<String, Error> {
 
 type Conn = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
+/// How long a connect, a write or a read may take before the request counts
+/// as an error (a server that never answers must not hang the bench).
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A connection with its TLS handshake done and one request answered, so
+/// that neither is counted in the first measured request.
 fn connect(plan: &Plan) -> Result<Conn, Error> {
-    let tcp = TcpStream::connect((plan.host.as_str(), plan.port))?;
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(plan.host.as_str(), plan.port))?
+        .next()
+        .ok_or("the URL's host has no address")?;
+    let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
     tcp.set_nodelay(true)?;
+    tcp.set_read_timeout(Some(IO_TIMEOUT))?;
+    tcp.set_write_timeout(Some(IO_TIMEOUT))?;
     let tls = sluice_core::tls::upstream_client_config(UpstreamTls::Require, None)?
         .ok_or("no TLS client configuration")?;
     let name = rustls::pki_types::ServerName::try_from(plan.host.clone())?;
-    Ok(rustls::StreamOwned::new(
-        rustls::ClientConnection::new(tls, name)?,
-        tcp,
-    ))
+    let mut conn = rustls::StreamOwned::new(rustls::ClientConnection::new(tls, name)?, tcp);
+    while conn.conn.is_handshaking() {
+        conn.conn.complete_io(&mut conn.sock)?;
+    }
+    if !exchange(&mut conn, request(plan).as_bytes(), &mut Vec::new())? {
+        return Err("the warm-up request was refused".into());
+    }
+    Ok(conn)
+}
+
+fn request(plan: &Plan) -> String {
+    format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {}\r\n\r\n",
+        plan.path, plan.host, plan.port, plan.token
+    )
 }
 
 /// Sends this lane's share of the requests, each at its due time or as soon
 /// after as the connection is free; returns latencies from due time, in µs.
-/// A lane whose connection fails counts the rest of its requests as errors.
+/// A non-2xx answer is one error; a lane whose connection fails (or whose
+/// response cannot be framed) counts the rest of its requests as errors.
 fn drive(plan: &Plan, mut conn: Conn, start: Instant, lane: usize) -> (Vec<u64>, u64) {
     let (mut latencies, mut errors) = (Vec::new(), 0u64);
-    let request = format!(
-        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nAuthorization: Bearer {}\r\n\r\n",
-        plan.path, plan.host, plan.port, plan.token
-    );
+    let request = request(plan);
     let mut buf = Vec::with_capacity(4096);
     let mut broken = false;
     for n in (lane..).step_by(plan.connections as usize) {
-        let offset = plan.period * n as u32;
-        if offset >= plan.until {
+        let offset = plan.period.as_nanos().saturating_mul(n as u128);
+        if offset >= plan.until.as_nanos() {
             break;
         }
+        let offset = Duration::from_nanos(u64::try_from(offset).unwrap_or(u64::MAX));
         let due = start + offset;
         if broken {
             errors += 1;
@@ -158,7 +185,8 @@ fn drive(plan: &Plan, mut conn: Conn, start: Instant, lane: usize) -> (Vec<u64>,
             std::thread::sleep(wait);
         }
         match exchange(&mut conn, request.as_bytes(), &mut buf) {
-            Ok(()) => latencies.push(due.elapsed().as_micros() as u64),
+            Ok(true) => latencies.push(due.elapsed().as_micros() as u64),
+            Ok(false) => errors += 1,
             Err(_) => {
                 errors += 1;
                 broken = true;
@@ -168,8 +196,9 @@ fn drive(plan: &Plan, mut conn: Conn, start: Instant, lane: usize) -> (Vec<u64>,
     (latencies, errors)
 }
 
-/// Writes one request and reads its whole response (Content-Length framed).
-fn exchange(conn: &mut Conn, request: &[u8], buf: &mut Vec<u8>) -> Result<(), Error> {
+/// Writes one request and reads its whole response (Content-Length framed);
+/// whether it was a 2xx.
+fn exchange(conn: &mut Conn, request: &[u8], buf: &mut Vec<u8>) -> Result<bool, Error> {
     conn.write_all(request)?;
     conn.flush()?;
     buf.clear();
@@ -177,11 +206,7 @@ fn exchange(conn: &mut Conn, request: &[u8], buf: &mut Vec<u8>) -> Result<(), Er
     loop {
         if let Some(head_end) = find(buf, b"\r\n\r\n") {
             let head = std::str::from_utf8(&buf[..head_end])?;
-            if !head.starts_with("HTTP/1.1 2") {
-                return Err(
-                    format!("non-2xx response: {}", head.lines().next().unwrap_or("")).into(),
-                );
-            }
+
             let length: usize = head
                 .lines()
                 .find_map(|l| {
@@ -191,7 +216,7 @@ fn exchange(conn: &mut Conn, request: &[u8], buf: &mut Vec<u8>) -> Result<(), Er
                 })
                 .ok_or("response without Content-Length")?;
             if buf.len() >= head_end + 4 + length {
-                return Ok(());
+                return Ok(head.starts_with("HTTP/1.1 2"));
             }
         }
         let n = conn.read(&mut chunk)?;

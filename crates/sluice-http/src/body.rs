@@ -208,6 +208,7 @@ impl Redactor {
 }
 
 /// Redacts secrets in a header value's text; `None` when none is present.
+/// `template` is a session's redactor as built, nothing pushed into it.
 pub fn redact_text(template: &Redactor, text: &[u8]) -> Option<Vec<u8>> {
     // Redacting finds at least one secret exactly when one is present.
     if !template.finders.iter().any(|f| f.find(text).is_some()) {

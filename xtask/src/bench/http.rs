@@ -251,7 +251,7 @@ fn wrk(url: &str, token: &str, connections: u32, seconds: u32) -> Result<WrkResu
 /// Builds the open-loop generator (a release example of `sluice-http`).
 fn build_open_loop() -> Result<std::path::PathBuf> {
     run_inherit(
-        Command::new("cargo")
+        crate::cargo()
             .args(["build", "--quiet", "--release", "-p", "sluice-http"])
             .args(["--example", "open_loop"])
             .current_dir(crate::workspace_root()),
