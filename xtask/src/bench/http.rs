@@ -223,15 +223,8 @@ fn wrk(url: &str, token: &str, connections: u32, seconds: u32) -> Result<WrkResu
             &format!("Authorization: Bearer {token}"),
             url,
         ])
-        .output()
-        .context("running wrk")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    if !out.status.success() {
-        bail!(
-            "wrk failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+        .output();
+    let text = stdout_of("wrk", out)?;
     if let Some(line) = text.lines().find(|l| l.contains("Non-2xx")) {
         bail!("wrk saw errors ({}):\n{text}", line.trim());
     }
@@ -270,16 +263,20 @@ fn open_loop(bin: &Path, url: &str, token: &str, rate: u32, seconds: u32) -> Res
         .arg(rate.to_string())
         .arg(seconds.to_string())
         .arg(OPEN_LOOP_CONNECTIONS.to_string())
-        .output()
-        .context("running open_loop")?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
+        .output();
+    parse_open_loop(&stdout_of("open_loop", out)?)
+}
+
+/// A tool's standard output, or its standard error as the failure.
+fn stdout_of(tool: &str, out: std::io::Result<std::process::Output>) -> Result<String> {
+    let out = out.with_context(|| format!("running {tool}"))?;
     if !out.status.success() {
         bail!(
-            "open_loop failed: {}",
+            "{tool} failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    parse_open_loop(&text)
+    Ok(String::from_utf8_lossy(&out.stdout).to_string())
 }
 
 /// `sent N errors N rate R p50 MS p90 MS p99 MS p999 MS max MS`.
