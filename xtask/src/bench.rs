@@ -172,6 +172,17 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / clock_ticks())
 }
 
+/// The CPU time (user + system) of this process's children that have been
+/// waited for, theirs included: a client run with `output()` adds its own.
+pub(crate) fn waited_children_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime follow utime and stime.
+    let ticks: f64 = fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?;
+    Some(ticks / clock_ticks())
+}
+
 /// The CPU time of a process and of its direct children (nginx's workers).
 pub(crate) fn tree_cpu_seconds(pid: u32) -> Option<f64> {
     let mut total = cpu_seconds(pid)?;

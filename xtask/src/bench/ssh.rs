@@ -111,12 +111,18 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     runs.push(("proxyjump", jumped));
     // Rounds alternate between targets; the median of each is reported.
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    // The client's CPU (scp and the ssh processes it runs), seconds per run.
+    let mut client_cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     for _ in 0..SCP_ROUNDS {
         for (i, (name, cmd)) in runs.iter_mut().enumerate() {
             let _ = fs::remove_file(dest.join("payload.bin"));
+            let cpu_before = super::waited_children_cpu_seconds();
             let started = Instant::now();
             let out = cmd.stdin(Stdio::null()).output().context("running scp")?;
             let secs = started.elapsed().as_secs_f64();
+            let cpu = cpu_before
+                .zip(super::waited_children_cpu_seconds())
+                .map(|(a, b)| b - a);
             if !out.status.success() {
                 eprintln!(
                     "bench: scp via {name} failed: {}",
@@ -132,24 +138,33 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
                 continue;
             }
             rates[i].push(size_mib as f64 / secs);
+            client_cpu[i].extend(cpu);
         }
     }
-    let results: Vec<(&str, f64)> = runs
+    let median = |mut r: Vec<f64>| {
+        r.sort_by(f64::total_cmp);
+        r.get(r.len() / 2).copied()
+    };
+    let results: Vec<(&str, f64, Option<f64>)> = runs
         .iter()
-        .zip(rates)
-        .filter_map(|((name, _), mut r)| {
-            r.sort_by(f64::total_cmp);
-            r.get(r.len() / 2).map(|m| (*name, *m))
-        })
+        .zip(rates.into_iter().zip(client_cpu))
+        .filter_map(|((name, _), (r, c))| Some((*name, median(r)?, median(c))))
         .collect();
     println!();
     println!("SSH: scp upload of {size_mib} MiB (SFTP protocol), median of {SCP_ROUNDS} rounds");
-    let direct_rate = results.iter().find(|r| r.0 == "direct").map(|r| r.1);
-    for (name, rate) in &results {
-        let ratio = direct_rate
-            .map(|d| format!("{:.2}x direct", rate / d))
+    let direct = results.iter().find(|r| r.0 == "direct");
+    for (name, rate, cpu) in &results {
+        let ratio = direct
+            .map(|d| format!("{:.2}x direct", rate / d.1))
             .unwrap_or_default();
-        println!("  {name:<10} {rate:>8.1} MiB/s  {ratio}");
+        let cpu = match (cpu, direct.and_then(|d| d.2)) {
+            (Some(c), Some(d)) if d > 0.0 => {
+                format!("  client CPU {c:.2} s ({:.2}x direct)", c / d)
+            }
+            (Some(c), _) => format!("  client CPU {c:.2} s"),
+            _ => String::new(),
+        };
+        println!("  {name:<10} {rate:>8.1} MiB/s  {ratio}{cpu}");
     }
 
     // Small exec round trips over one multiplexed connection per target.
