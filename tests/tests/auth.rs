@@ -122,7 +122,16 @@ fn refused_logins_never_reach_the_upstream() {
     let mut live = RawConn::login(env.addr(), "agent-1", "appdb", &short).unwrap();
     let live_started = Instant::now();
 
-    let before = env.pg_log();
+    // The live session's upstream login is logged in two lines, the second
+    // possibly after the client is already in: count once both are there.
+    let before = wait_until(
+        Duration::from_secs(10),
+        "the live session's login in the server log",
+        || {
+            let log = env.pg_log();
+            (count(&log, "connection authorized: user=app ") > 0).then_some(log)
+        },
+    );
     let received_before = count(&before, "connection received");
     assert!(received_before > 0, "log_connections is on:\n{before}");
     let authorized_before = count(&before, "connection authorized: user=app ");
