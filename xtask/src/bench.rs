@@ -161,26 +161,37 @@ struct Sample {
     cpu_us: Option<f64>,
 }
 
-/// A process's CPU time so far (user + system), from /proc.
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): state is the
-    // first; utime and stime are the 12th and 13th.
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+/// `/proc/<which>/stat`'s fields after the command name (which may hold
+/// spaces): `[0]` is the state, `[1]` the parent pid, `[11]` and `[12]` utime
+/// and stime, `[13]` and `[14]` cutime and cstime (in clock ticks).
+fn proc_stat(which: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{which}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// The clock-tick fields `at` and `at + 1` of a process's stat, summed, in seconds.
+fn stat_seconds(which: &str, at: usize) -> Option<f64> {
+    let fields = proc_stat(which)?;
+    let ticks: f64 =
+        fields.get(at)?.parse::<f64>().ok()? + fields.get(at + 1)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks())
+}
+
+/// A process's CPU time so far (user + system: utime and stime).
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    stat_seconds(&pid.to_string(), 11)
 }
 
 /// The CPU time (user + system) of this process's children that have been
 /// waited for, theirs included: a client run with `output()` adds its own.
 pub(crate) fn waited_children_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // cutime and cstime follow utime and stime.
-    let ticks: f64 = fields.get(13)?.parse::<f64>().ok()? + fields.get(14)?.parse::<f64>().ok()?;
-    Some(ticks / clock_ticks())
+    stat_seconds("self", 13)
 }
 
 /// The CPU time of a process and of its direct children (nginx's workers).
@@ -194,13 +205,7 @@ pub(crate) fn tree_cpu_seconds(pid: u32) -> Option<f64> {
         else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // The parent pid is the second field after the command name.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        let ppid = proc_stat(&child.to_string()).and_then(|f| f.get(1)?.parse::<u32>().ok());
         if ppid == Some(pid) {
             total += cpu_seconds(child).unwrap_or(0.0);
         }
@@ -672,7 +677,7 @@ fn parse_transaction_log(log: &str) -> impl Iterator<Item = f64> + '_ {
         .filter_map(|line| line.split_whitespace().nth(2)?.parse::<f64>().ok())
 }
 
-fn median(values: &mut [f64]) -> Option<f64> {
+pub(crate) fn median(values: &mut [f64]) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
 }
@@ -1212,6 +1217,17 @@ mod tests {
         assert!((s.tps - 12345.678901).abs() < 1e-6);
         assert!((s.latency_ms - 0.081).abs() < 1e-9);
         assert!(parse_pgbench("nothing").is_none());
+    }
+
+    #[test]
+    fn proc_stat_fields_are_indexed_from_the_state() {
+        let me = proc_stat("self").unwrap();
+        assert_eq!(me[1], std::os::unix::process::parent_id().to_string());
+        let pid = std::process::id();
+        assert_eq!(proc_stat(&pid.to_string()).unwrap()[1], me[1]);
+        let own = cpu_seconds(pid).unwrap();
+        assert!(own >= 0.0 && tree_cpu_seconds(pid).unwrap() >= own);
+        assert!(waited_children_cpu_seconds().unwrap() >= 0.0);
     }
 
     #[test]

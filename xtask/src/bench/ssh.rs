@@ -141,10 +141,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             client_cpu[i].extend(cpu);
         }
     }
-    let median = |mut r: Vec<f64>| {
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied()
-    };
+    let median = |mut r: Vec<f64>| super::median(&mut r);
     let results: Vec<(&str, f64, Option<f64>)> = runs
         .iter()
         .zip(rates.into_iter().zip(client_cpu))
@@ -257,7 +254,6 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
         }
     }
     for ((name, _), mut s) in targets.iter().zip(samples) {
-        s.sort_by(f64::total_cmp);
         if s.len() < EXEC_ROUNDS / 2 {
             eprintln!(
                 "bench: exec via {name}: only {} of {EXEC_ROUNDS} succeeded",
@@ -265,7 +261,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             );
             continue;
         }
-        p50s.push((name, s[s.len() / 2]));
+        p50s.extend(super::median(&mut s).map(|p50| (*name, p50)));
     }
     for m in &mut masters {
         let _ = m.kill();
@@ -298,8 +294,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     println!("SSH: `ssh … true` on a new connection each time, {CONNECT_ROUNDS} rounds, p50");
     let mut direct_ms = None;
     for ((name, _), mut s) in targets.iter().zip(fresh) {
-        s.sort_by(f64::total_cmp);
-        let Some(p50) = s.get(s.len() / 2).copied() else {
+        let Some(p50) = super::median(&mut s) else {
             eprintln!("bench: new connections via {name} all failed");
             continue;
         };
