@@ -614,7 +614,7 @@ fn compile_as<K>(
     let starting = (0..=255u8)
         .map(|b| {
             (0..facts.len())
-                .filter(|&i| facts[i].first.contains(b))
+                .filter(|&i| facts[i].leading[0].contains(b))
                 .filter_map(|i| PatternID::new(i).ok())
                 .collect()
         })

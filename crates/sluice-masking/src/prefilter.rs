@@ -43,17 +43,15 @@ pub(crate) const LEADING: usize = 4;
 /// The facts about one pattern.
 #[derive(Clone, Copy)]
 pub(crate) struct Facts {
-    /// Every match starts with one of these bytes.
-    pub(crate) first: ByteSet,
-    /// `leading[i]`: the bytes a match can have at offset `i`. `ALL` from the
-    /// first offset at which a match can already have ended.
+    /// `leading[i]`: the bytes a match can have at offset `i` (`leading[0]`:
+    /// every match starts with one of them). `ALL` from the first offset at
+    /// which a match can already have ended.
     pub(crate) leading: [ByteSet; LEADING],
 }
 
 impl Facts {
     /// Nothing known.
     const NONE: Facts = Facts {
-        first: ByteSet::ALL,
         leading: [ByteSet::ALL; LEADING],
     };
 
@@ -78,38 +76,12 @@ impl Facts {
             .build(pattern);
         match nfa {
             Ok(nfa) if !reaches_match(&nfa, &ByteSet::EMPTY) => Facts {
-                first: first_bytes(&nfa),
                 leading: leading_bytes(&nfa),
             },
             // Matches the empty string (never for a detector): no facts.
             _ => Facts::NONE,
         }
     }
-}
-
-/// Bytes that can start a match: the byte transitions reachable from the
-/// start state through epsilon states alone.
-fn first_bytes(nfa: &NFA) -> ByteSet {
-    let mut set = ByteSet::EMPTY;
-    walk(nfa, &ByteSet::EMPTY, |state| match state {
-        State::ByteRange { trans } => set.insert_range(trans.start, trans.end),
-        State::Sparse(sparse) => {
-            for t in sparse.transitions.iter() {
-                set.insert_range(t.start, t.end);
-            }
-        }
-        State::Dense(dense) => {
-            for (b, next) in (0..=255u8).zip(dense.transitions.iter()) {
-                if *next != StateID::ZERO {
-                    set.insert(b);
-                }
-            }
-        }
-        // Reached without consuming a byte: anything may start a match.
-        State::Match { .. } => set = ByteSet::ALL,
-        _ => {}
-    });
-    set
 }
 
 /// The bytes possible at each of the first [`LEADING`] offsets of a match:
@@ -122,29 +94,15 @@ fn leading_bytes(nfa: &NFA) -> [ByteSet; LEADING] {
         let mut here = ByteSet::EMPTY;
         let mut next = Vec::new();
         for &id in &frontier {
-            match nfa.state(id) {
-                // A match can end before this offset: anything may follow.
-                State::Match { .. } => return sets,
-                State::ByteRange { trans } => {
-                    here.insert_range(trans.start, trans.end);
-                    next.push(trans.next);
-                }
-                State::Sparse(sparse) => {
-                    for t in sparse.transitions.iter() {
-                        here.insert_range(t.start, t.end);
-                        next.push(t.next);
-                    }
-                }
-                State::Dense(dense) => {
-                    for (b, to) in (0..=255u8).zip(dense.transitions.iter()) {
-                        if *to != StateID::ZERO {
-                            here.insert(b);
-                            next.push(*to);
-                        }
-                    }
-                }
-                _ => {}
+            let state = nfa.state(id);
+            // A match can end before this offset: anything may follow.
+            if matches!(state, State::Match { .. }) {
+                return sets;
             }
+            moves(state, |start, end, to| {
+                here.insert_range(start, end);
+                next.push(to);
+            });
         }
         *set = here;
         frontier = closure(nfa, next);
@@ -154,24 +112,9 @@ fn leading_bytes(nfa: &NFA) -> [ByteSet; LEADING] {
 
 /// The states reachable from `from` through epsilon transitions (look-around
 /// assumed to hold), `from` included, without duplicates.
-fn closure(nfa: &NFA, mut stack: Vec<StateID>) -> Vec<StateID> {
-    let mut seen = vec![false; nfa.states().len()];
+fn closure(nfa: &NFA, from: Vec<StateID>) -> Vec<StateID> {
     let mut out = Vec::new();
-    while let Some(id) = stack.pop() {
-        let Some(done) = seen.get_mut(id.as_usize()) else {
-            continue;
-        };
-        if std::mem::replace(done, true) {
-            continue;
-        }
-        out.push(id);
-        match nfa.state(id) {
-            State::Look { next, .. } | State::Capture { next, .. } => stack.push(*next),
-            State::Union { alternates } => stack.extend(alternates.iter().copied()),
-            State::BinaryUnion { alt1, alt2 } => stack.extend([*alt1, *alt2]),
-            _ => {}
-        }
-    }
+    walk(nfa, from, &ByteSet::EMPTY, |id, _| out.push(id));
     out
 }
 
@@ -179,16 +122,21 @@ fn closure(nfa: &NFA, mut stack: Vec<StateID>) -> Vec<StateID> {
 /// `allowed` bytes (look-around assumed to hold).
 fn reaches_match(nfa: &NFA, allowed: &ByteSet) -> bool {
     let mut found = false;
-    walk(nfa, allowed, |state| {
+    walk(nfa, vec![nfa.start_anchored()], allowed, |_, state| {
         found |= matches!(state, State::Match { .. });
     });
     found
 }
-/// Visits every state reachable from the anchored start through epsilon
-/// transitions and byte transitions on `allowed` bytes.
-fn walk(nfa: &NFA, allowed: &ByteSet, mut visit: impl FnMut(&State)) {
+
+/// Visits every state reachable from `from` through epsilon transitions and
+/// byte transitions on `allowed` bytes.
+fn walk(
+    nfa: &NFA,
+    mut stack: Vec<StateID>,
+    allowed: &ByteSet,
+    mut visit: impl FnMut(StateID, &State),
+) {
     let mut seen = vec![false; nfa.states().len()];
-    let mut stack = vec![nfa.start_anchored()];
     while let Some(id) = stack.pop() {
         let Some(done) = seen.get_mut(id.as_usize()) else {
             continue;
@@ -197,30 +145,38 @@ fn walk(nfa: &NFA, allowed: &ByteSet, mut visit: impl FnMut(&State)) {
             continue;
         }
         let state = nfa.state(id);
-        visit(state);
-        match state {
-            State::ByteRange { trans } => {
-                if allowed.intersects_range(trans.start, trans.end) {
-                    stack.push(trans.next);
-                }
+        visit(id, state);
+        moves(state, |start, end, to| {
+            if allowed.intersects_range(start, end) {
+                stack.push(to);
             }
-            State::Sparse(sparse) => stack.extend(
-                sparse
-                    .transitions
-                    .iter()
-                    .filter(|t| allowed.intersects_range(t.start, t.end))
-                    .map(|t| t.next),
-            ),
-            State::Dense(dense) => stack.extend(
-                (0..=255u8)
-                    .zip(dense.transitions.iter())
-                    .filter(|&(b, next)| allowed.contains(b) && *next != StateID::ZERO)
-                    .map(|(_, next)| *next),
-            ),
+        });
+        match state {
             State::Look { next, .. } | State::Capture { next, .. } => stack.push(*next),
             State::Union { alternates } => stack.extend(alternates.iter().copied()),
             State::BinaryUnion { alt1, alt2 } => stack.extend([*alt1, *alt2]),
-            State::Fail | State::Match { .. } => {}
+            _ => {}
         }
+    }
+}
+
+/// A state's byte transitions, as `each(start, end, to)` per byte range.
+fn moves(state: &State, mut each: impl FnMut(u8, u8, StateID)) {
+    match state {
+        State::ByteRange { trans } => each(trans.start, trans.end, trans.next),
+        State::Sparse(sparse) => {
+            for t in sparse.transitions.iter() {
+                each(t.start, t.end, t.next);
+            }
+        }
+        State::Dense(dense) => {
+            for (b, to) in (0..=255u8).zip(dense.transitions.iter()) {
+                // In a dense state, the zero id means no transition.
+                if *to != StateID::ZERO {
+                    each(b, b, *to);
+                }
+            }
+        }
+        _ => {}
     }
 }
