@@ -499,3 +499,93 @@ fn echoed_credentials_in_any_encoding_and_unreadable_bodies_are_kept_out() {
     assert_eq!(status, 200, "{text}");
     assert!(!text.contains("ada@example.com"), "{text}");
 }
+
+/// A token the gateway has verified is remembered by its digest; copies of
+/// it get no credit from that. With the genuine token accepted first, a copy
+/// with one signature character flipped and a copy whose claims were
+/// rewritten (another subject, the `ops` group) under the old signature are
+/// each refused with 401, and the upstream's own log shows that neither
+/// request reached it.
+#[test]
+fn copies_of_a_remembered_token_are_checked_in_full() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let env = HttpEnv::builder()
+        .toml(
+            r#"
+[[connections]]
+name = "ops"
+kind = "http"
+upstream = "{UPSTREAM}"
+allow_groups = ["ops"]
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+    let (status, body) = env.get(&token, "/crm/echo?genuine=1", &[]);
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.get(&token, "/ops/echo?genuine=2", &[]);
+    assert_eq!(status, 403, "{body}");
+
+    let (signed, sig) = token.rsplit_once('.').unwrap();
+    let flipped = format!(
+        "{signed}.{}{}",
+        if sig.starts_with('A') { 'B' } else { 'A' },
+        &sig[1..]
+    );
+    let (header, rest) = token.split_once('.').unwrap();
+    let (claims, sig) = rest.split_once('.').unwrap();
+    let mut claims: serde_json::Value =
+        serde_json::from_slice(&b64.decode(claims).unwrap()).unwrap();
+    claims["sub"] = "root".into();
+    claims["groups"] = serde_json::json!(["agents", "ops"]);
+    let rewritten = format!("{header}.{}.{sig}", b64.encode(claims.to_string()));
+    for (n, forged) in [&flipped, &rewritten].into_iter().enumerate() {
+        for path in ["crm", "ops"] {
+            let (status, body) = env.get(forged, &format!("/{path}/echo?forged={n}"), &[]);
+            assert_eq!(status, 401, "{path} {n}: {body}");
+        }
+    }
+    let reached: Vec<String> = env
+        .upstream
+        .requests()
+        .iter()
+        .map(|r| r["query"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(reached, ["genuine=1"], "{reached:?}");
+}
+
+/// An upstream that echoes its injected credential in a response header (a
+/// Content-Disposition it was asked to send) has it redacted there; the
+/// upstream's log shows it was asked to send exactly that.
+#[test]
+fn a_credential_echoed_in_a_response_header_is_redacted() {
+    let env = HttpEnv::builder().start();
+    let token = env.agent_token();
+    let disposition = format!("attachment; filename=\"{CRM_SECRET}.txt\"");
+    let out = env.curl(
+        Some(&token),
+        &[
+            "-i",
+            "-G",
+            &env.url("/crm/raw"),
+            "--data-urlencode",
+            &format!("disposition={disposition}"),
+            "--data-urlencode",
+            "body=x",
+        ],
+    );
+    let (status, text) = split_status(&out);
+    assert_eq!(status, 200, "{text}");
+    assert!(!text.contains(CRM_SECRET), "{text}");
+    assert!(
+        text.to_ascii_lowercase()
+            .contains("content-disposition: attachment; filename=\"[redacted-credential].txt\""),
+        "{text}"
+    );
+    let seen = env.upstream.last("/raw").expect("the upstream saw /raw");
+    assert!(
+        seen["query"].as_str().unwrap().contains(CRM_SECRET),
+        "{seen}"
+    );
+}
