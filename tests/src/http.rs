@@ -20,6 +20,15 @@ pub const CRM_SECRET: &str = "crm-upstream-secret-7f3a9c";
 /// The log line the gateway prints once its HTTP listener is bound.
 const READY_LINE: &str = "HTTP listener ready";
 
+/// A connection only the `ops` group may use (the agents' tokens are refused).
+pub const OPS: &str = r#"
+[[connections]]
+name = "ops"
+kind = "http"
+upstream = "{UPSTREAM}"
+allow_groups = ["ops"]
+"#;
+
 /// The default connection, `crm`: a bearer credential from the environment.
 const CRM: &str = r#"
 [[connections]]

@@ -149,17 +149,7 @@ allow_groups = ["agents"]
 
 #[test]
 fn unauthenticated_and_unknown_are_refused_before_the_upstream() {
-    let env = HttpEnv::builder()
-        .toml(
-            r#"
-[[connections]]
-name = "ops"
-kind = "http"
-upstream = "{UPSTREAM}"
-allow_groups = ["ops"]
-"#,
-        )
-        .start();
+    let env = HttpEnv::builder().toml(OPS).start();
     let url = env.url("/crm/echo");
     let (status, body) = split_status(&env.curl(None, &[&url]));
     assert_eq!(status, 401, "{body}");

@@ -510,17 +510,7 @@ fn echoed_credentials_in_any_encoding_and_unreadable_bodies_are_kept_out() {
 fn copies_of_a_remembered_token_are_checked_in_full() {
     use base64::Engine as _;
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let env = HttpEnv::builder()
-        .toml(
-            r#"
-[[connections]]
-name = "ops"
-kind = "http"
-upstream = "{UPSTREAM}"
-allow_groups = ["ops"]
-"#,
-        )
-        .start();
+    let env = HttpEnv::builder().toml(OPS).start();
     let token = env.agent_token();
     let (status, body) = env.get(&token, "/crm/echo?genuine=1", &[]);
     assert_eq!(status, 200, "{body}");
