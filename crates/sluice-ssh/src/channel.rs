@@ -222,9 +222,9 @@ fn classify(
     })
 }
 
-/// Opens the upstream session channel while the command is being decided
-/// (an open channel runs nothing until a request is sent), saving a round
-/// trip; a refused command closes it unused.
+/// Opens the upstream session channel while the client's requests arrive
+/// and the command is decided (an open channel runs nothing until a request
+/// is sent), saving round trips; a refused command closes it unused.
 fn open_upstream_channel(
     live: &Arc<Live>,
 ) -> tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>> {
@@ -288,10 +288,15 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     let first_channel = live.close_order.channel_started();
     let id = channel.id();
     let (mut rx, tx) = channel.split();
+    // The upstream channel opens while the client sends its requests: an
+    // OpenSSH client waits for our open confirmation before it sends them.
+    let opening = open_upstream_channel(&live);
     let Some(mut setup) = setup(&live, &mut rx, &tx, id).await else {
+        close_unused(opening).await;
         return;
     };
-    let Some((command_id, carries, opening)) = judge(&live, &mut rx, &tx, id, &mut setup).await
+    let Some((command_id, carries, opening)) =
+        judge(&live, &mut rx, &tx, id, &mut setup, opening).await
     else {
         return;
     };
@@ -313,15 +318,17 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     relayed.run(setup, rx, tx, up_rx, up_tx, before).await;
 }
 
-/// Classifies and decides the channel's request, opening the upstream
-/// channel meanwhile; a refusal is told on the channel (exit 126). Returns
-/// the command's id, what the channel carries and the opening upstream.
+/// Classifies and decides the channel's request while the upstream channel
+/// opens; a refusal is told on the channel (exit 126) and the upstream
+/// channel closed unused. Returns the command's id, what the channel
+/// carries and the opening upstream.
 async fn judge(
     live: &Arc<Live>,
     rx: &mut ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
     id: russh::ChannelId,
     setup: &mut Setup,
+    opening: Opening,
 ) -> Option<(u64, Carries, Opening)> {
     let nl = setup.newline();
     let (kind, text, carries) = match classify(&setup.main, setup.pty.as_ref()) {
@@ -329,10 +336,10 @@ async fn judge(
         Err(refusal) => {
             let _ = live.client.channel_success(id).await;
             refuse_locally(tx, &format!("{refusal}{nl}"), EXIT_DENIED).await;
+            close_unused(opening).await;
             return None;
         }
     };
-    let opening = open_upstream_channel(live);
     let Some(decided) = decide_watching(live, kind, text, rx, tx, setup).await else {
         close_unused(opening).await;
         return None;
