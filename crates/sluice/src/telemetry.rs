@@ -6,6 +6,7 @@
 
 use anyhow::Result;
 use sluice_core::config::TelemetryConfig;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
@@ -48,9 +49,17 @@ fn filter<S>() -> impl tracing_subscriber::layer::Filter<S> {
             false,
         ),
     };
-    env.and(tracing_subscriber::filter::filter_fn(move |m| {
+    // The combined filter has a level hint only if both parts do. Without
+    // one, every disabled `log` record of a dependency (russh logs each
+    // packet at debug) was dispatched and filtered: about 3 % of the
+    // gateway's CPU in an scp. With it, the `log` crate's max level is set
+    // and those records cost one comparison.
+    let hint = env.max_level_hint().unwrap_or(LevelFilter::TRACE);
+    let spans = tracing_subscriber::filter::filter_fn(move |m| {
         keep_command_spans || !(m.is_span() && PER_COMMAND_SPANS.contains(&m.name()))
-    }))
+    })
+    .with_max_level_hint(hint);
+    env.and(spans)
 }
 
 /// Logs only (CLI commands).
