@@ -170,6 +170,33 @@ fn denied_commands_never_reach_the_host() {
     assert_eq!(ok(&env.ssh(&token, &[&format!("cat {s}")])), "keep\n");
 }
 
+/// A command the gateway cannot judge (not UTF-8) is refused, and the
+/// upstream channel opened while it arrived runs nothing: the host's state is
+/// the oracle (bash would run the line up to its comment). The next command
+/// on a new connection still runs.
+#[test]
+fn an_unjudgeable_command_runs_nothing_upstream() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = SshEnv::start(NO_RM);
+    let token = env.agent_token();
+    let sentinel = env.work.join("sentinel");
+    let s = sentinel.display().to_string();
+    ok(&env.as_user(&format!("echo keep > {s}")));
+    let mut line = format!("rm -rf {s} # ").into_bytes();
+    line.push(0xff);
+    let mut cmd = env.ssh_command(&token, &[]);
+    cmd.arg(std::ffi::OsStr::from_bytes(&line));
+    let out = env.run(cmd, COMMAND_TIMEOUT);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(126), "{err}");
+    assert!(err.contains("not valid UTF-8"), "{err}");
+    assert!(
+        fs::read_to_string(&sentinel).is_ok_and(|t| t == "keep\n"),
+        "the host ran the refused line"
+    );
+    assert_eq!(ok(&env.ssh(&token, &[&format!("cat {s}")])), "keep\n");
+}
+
 /// Issue 13: the POSIX `for NAME do` form and programs that run programs
 /// (the inner command is judged, or the part may run anything, which every
 /// deny rule on programs matches). Ordinary work still runs.
