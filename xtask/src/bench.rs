@@ -343,6 +343,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     for mode in &opts.modes {
         for &clients in &opts.clients {
             for target in &targets {
+                crate::interrupt::check()?;
                 eprint!(
                     "bench: {:<9} -M {mode:<8} -c {clients:<2} ... ",
                     target.name
@@ -398,6 +399,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         let script = script.to_string_lossy().to_string();
         let mut line = Vec::new();
         for (name, g) in [("sluice", plain), ("sluice+masking", masked)] {
+            crate::interrupt::check()?;
             let target = Target {
                 name: if name == "sluice" {
                     "wide"
@@ -432,7 +434,9 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         }
     }
     println!();
+    crate::interrupt::check()?;
     run_example_bench("sluice-postgres", "classify_bench");
+    crate::interrupt::check()?;
     run_example_bench("sluice-core", "mask_bench");
     drop(sluice_masking);
     drop(sluice_shared);
@@ -440,9 +444,11 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     drop(sluice);
     drop(pgbouncer);
     if opts.only.is_none() {
+        crate::interrupt::check()?;
         if let Err(e) = http::bench_http(sluice_bin.as_deref(), opts.seconds, &opts.http) {
             eprintln!("bench: the HTTP section failed: {e:#}");
         }
+        crate::interrupt::check()?;
         if let Err(e) = ssh::bench(sluice_bin.as_deref(), opts.ssh_mib) {
             eprintln!("bench: the SSH section failed: {e:#}");
         }

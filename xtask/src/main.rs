@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 mod bench;
 mod faults;
 mod fuzz;
+mod interrupt;
 mod pgwire;
 mod setup;
 mod shell_diff;
@@ -87,7 +88,10 @@ fn run(args: &[String]) -> Result<()> {
                 "warnings",
             ]))
         }
-        "bench" => bench::bench(rest),
+        "bench" => {
+            interrupt::install();
+            bench::bench(rest)
+        }
         "fuzz" => {
             fuzz::fuzz(rest)?;
             shell_diff::after_fuzz(rest)

@@ -368,6 +368,7 @@ pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, opts: &Options
     ];
     let mut rows = Vec::new();
     for (name, url, token, proxy_pid) in &legs {
+        crate::interrupt::check()?;
         // A short warm-up fills the connection pools.
         let _ = wrk(url, token, opts.connections[0], 1);
         eprint!("bench: http {name:<15} ... ");

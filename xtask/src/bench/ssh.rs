@@ -119,6 +119,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // The client's CPU (scp and the ssh processes it runs), seconds per run.
     let mut client_cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     for _ in 0..SCP_ROUNDS {
+        crate::interrupt::check()?;
         for (i, (name, cmd)) in runs.iter_mut().enumerate() {
             let _ = fs::remove_file(dest.join("payload.bin"));
             let cpu_before = super::waited_children_cpu_seconds();
@@ -247,6 +248,10 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // machine affects them alike.
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(EXEC_ROUNDS); targets.len()];
     for _ in 0..EXEC_ROUNDS {
+        // The masters are stopped below, then the interruption is reported.
+        if crate::interrupt::check().is_err() {
+            break;
+        }
         for (i, (_, make)) in targets.iter().enumerate() {
             let mut c = make();
             c.arg("true")
@@ -285,7 +290,9 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     }
     // A new connection per command: login, upstream connection, exec.
     let mut fresh: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
+    crate::interrupt::check()?;
     for _ in 0..CONNECT_ROUNDS {
+        crate::interrupt::check()?;
         for (i, (_, make)) in targets.iter().enumerate() {
             let mut c = make();
             c.args(["-S", "none", "true"])
