@@ -289,14 +289,18 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
     let id = channel.id();
     let (mut rx, tx) = channel.split();
     // The upstream channel opens while the client sends its requests: an
-    // OpenSSH client waits for our open confirmation before it sends them.
-    let opening = open_upstream_channel(&live);
+    // OpenSSH client waits for our open confirmation before it sends them
+    // (unless this connection closed channels unused; see `EarlyOpen`).
+    let early = live
+        .early_open
+        .claim()
+        .then(|| open_upstream_channel(&live));
     let Some(mut setup) = setup(&live, &mut rx, &tx, id).await else {
-        close_unused(opening).await;
+        close_unused(early).await;
         return;
     };
     let Some((command_id, carries, opening)) =
-        judge(&live, &mut rx, &tx, id, &mut setup, opening).await
+        judge(&live, &mut rx, &tx, id, &mut setup, early).await
     else {
         return;
     };
@@ -319,16 +323,16 @@ pub(crate) async fn run(live: Arc<Live>, channel: Channel<Msg>) {
 }
 
 /// Classifies and decides the channel's request while the upstream channel
-/// opens; a refusal is told on the channel (exit 126) and the upstream
-/// channel closed unused. Returns the command's id, what the channel
-/// carries and the opening upstream.
+/// opens (`early`, or from here); a refusal is told on the channel (exit
+/// 126) and the upstream channel closed unused. Returns the command's id,
+/// what the channel carries and the opening upstream.
 async fn judge(
     live: &Arc<Live>,
     rx: &mut ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
     id: russh::ChannelId,
     setup: &mut Setup,
-    opening: Opening,
+    early: Option<Opening>,
 ) -> Option<(u64, Carries, Opening)> {
     let nl = setup.newline();
     let (kind, text, carries) = match classify(&setup.main, setup.pty.as_ref()) {
@@ -336,20 +340,27 @@ async fn judge(
         Err(refusal) => {
             let _ = live.client.channel_success(id).await;
             refuse_locally(tx, &format!("{refusal}{nl}"), EXIT_DENIED).await;
-            close_unused(opening).await;
+            close_unused(early).await;
             return None;
         }
     };
+    let was_early = early.is_some();
+    let opening = early.unwrap_or_else(|| open_upstream_channel(live));
     let Some(decided) = decide_watching(live, kind, text, rx, tx, setup).await else {
-        close_unused(opening).await;
+        close_unused(Some(opening)).await;
         return None;
     };
     match decided {
-        Decided::Forward(command_id) => Some((command_id, carries, opening)),
+        Decided::Forward(command_id) => {
+            if was_early {
+                live.early_open.used();
+            }
+            Some((command_id, carries, opening))
+        }
         Decided::Refuse(denial) => {
             let _ = live.client.channel_success(id).await;
             refuse_locally(tx, &denial_text(&denial, nl), EXIT_DENIED).await;
-            close_unused(opening).await;
+            close_unused(Some(opening)).await;
             None
         }
     }
@@ -857,9 +868,8 @@ impl Output {
 }
 
 /// Closes an upstream channel opened for a command that will not run.
-async fn close_unused(
-    opening: tokio::task::JoinHandle<Result<Channel<russh::client::Msg>, String>>,
-) {
+async fn close_unused(opening: Option<Opening>) {
+    let Some(opening) = opening else { return };
     if let Ok(Ok(channel)) = opening.await {
         let _ = channel.close().await;
     }

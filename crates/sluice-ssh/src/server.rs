@@ -31,6 +31,45 @@ pub(crate) struct Live {
     pub closed: tokio::sync::watch::Receiver<bool>,
     /// Who closes exec channels first on this connection (see `CloseOrder`).
     pub close_order: CloseOrder,
+    /// Upstream channels opened before their request (see `EarlyOpen`).
+    pub early_open: EarlyOpen,
+}
+
+/// Whether a session channel's upstream channel may open before its request
+/// arrives (saving a round trip), counted per connection.
+///
+/// An upstream channel that ends unused is closed by the gateway first, and
+/// russh 0.65's client keeps the state of a channel it closed first for the
+/// connection's life (the same defect as on the server side, see
+/// `CloseOrder`). A client that opens channels and closes them without a
+/// request would make every one of them cost that. So at most `LIMIT` early
+/// opens may be outstanding (opened, and not yet used by a forwarded
+/// command) on a connection; an early open that ends unused stays counted.
+/// Past that, channels open upstream once their request is in, as before.
+#[derive(Default)]
+pub(crate) struct EarlyOpen {
+    outstanding: std::sync::atomic::AtomicU32,
+}
+
+impl EarlyOpen {
+    /// Early opens outstanding or ended unused, after which none is made.
+    const LIMIT: u32 = 8;
+
+    /// Claims an early open; false once `LIMIT` are outstanding.
+    pub fn claim(&self) -> bool {
+        self.outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < Self::LIMIT).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// An early open was used by a forwarded command.
+    pub fn used(&self) {
+        let _ = self
+            .outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    }
 }
 
 /// Whether this connection's client closes a finished session channel itself.
@@ -253,6 +292,7 @@ impl server::Handler for ClientHandler {
             notices: tokio::sync::Mutex::new(notices),
             closed: self.closed.clone(),
             close_order: CloseOrder::default(),
+            early_open: EarlyOpen::default(),
         });
         // The session ends when its token expires or is revoked.
         let watched = live.clone();
@@ -579,5 +619,24 @@ impl Drop for SshSession {
         if let Some(w) = self.watcher.locked().take() {
             w.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EarlyOpen;
+
+    #[test]
+    fn early_opens_are_bounded_until_used() {
+        let early = EarlyOpen::default();
+        for _ in 0..EarlyOpen::LIMIT {
+            assert!(early.claim());
+        }
+        // Outstanding (in flight or closed unused): no more.
+        assert!(!early.claim());
+        // One used by a command frees its place.
+        early.used();
+        assert!(early.claim());
+        assert!(!early.claim());
     }
 }
