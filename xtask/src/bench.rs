@@ -242,11 +242,18 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
         },
     };
 
+    // A Ctrl-C during the build ends the bench here, and one during the
+    // last step of a section still makes it fail.
+    crate::interrupt::check()?;
     if opts.only.as_deref() == Some("http") {
-        return http::bench_http(sluice_bin.as_deref(), opts.seconds, &opts.http);
+        let measured = http::bench_http(sluice_bin.as_deref(), opts.seconds, &opts.http);
+        crate::interrupt::check()?;
+        return measured;
     }
     if opts.only.as_deref() == Some("ssh") {
-        return ssh::bench(sluice_bin.as_deref(), opts.ssh_mib);
+        let measured = ssh::bench(sluice_bin.as_deref(), opts.ssh_mib);
+        crate::interrupt::check()?;
+        return measured;
     }
     eprintln!("bench: starting PostgreSQL and loading pgbench data (scale {SCALE})");
     let pg = TempPostgres::start(TempPostgresOptions::default())?;
@@ -453,7 +460,7 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             eprintln!("bench: the SSH section failed: {e:#}");
         }
     }
-    Ok(())
+    crate::interrupt::check()
 }
 
 fn print_table(opts: &Options, results: &HashMap<(String, u32, &'static str), Sample>) {

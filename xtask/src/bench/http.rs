@@ -374,6 +374,7 @@ pub(crate) fn bench_http(sluice_bin: Option<&Path>, seconds: u32, opts: &Options
         eprint!("bench: http {name:<15} ... ");
         let mut loads = Vec::new();
         for &c in &opts.connections {
+            crate::interrupt::check()?;
             let before = proxy_pid.and_then(super::tree_cpu_seconds);
             let load = wrk(url, token, c, seconds).map(|mut load| {
                 let after = proxy_pid.and_then(super::tree_cpu_seconds);

@@ -119,8 +119,8 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // The client's CPU (scp and the ssh processes it runs), seconds per run.
     let mut client_cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     for _ in 0..SCP_ROUNDS {
-        crate::interrupt::check()?;
         for (i, (name, cmd)) in runs.iter_mut().enumerate() {
+            crate::interrupt::check()?;
             let _ = fs::remove_file(dest.join("payload.bin"));
             let cpu_before = super::waited_children_cpu_seconds();
             let started = Instant::now();
@@ -175,7 +175,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // Small exec round trips over one multiplexed connection per target.
     let mut p50s: Vec<(&str, f64)> = Vec::new();
     let control = |name: &str| d.join(format!("cm-{name}"));
-    let mut masters: Vec<Child> = Vec::new();
+    let mut masters = Masters(Vec::new());
     let mut targets: Vec<(&str, MakeCommand)> = Vec::new();
     {
         let port = sshd.port;
@@ -234,10 +234,13 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        masters.push(master.spawn().context("starting a control master")?);
+        masters
+            .0
+            .push(master.spawn().context("starting a control master")?);
         let ctl = control(name);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !ctl.exists() {
+            crate::interrupt::check()?;
             if Instant::now() > deadline {
                 bail!("the {name} control master did not start");
             }
@@ -248,10 +251,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // machine affects them alike.
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(EXEC_ROUNDS); targets.len()];
     for _ in 0..EXEC_ROUNDS {
-        // The masters are stopped below, then the interruption is reported.
-        if crate::interrupt::check().is_err() {
-            break;
-        }
+        crate::interrupt::check()?;
         for (i, (_, make)) in targets.iter().enumerate() {
             let mut c = make();
             c.arg("true")
@@ -275,10 +275,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
         }
         p50s.extend(super::median(&mut s).map(|p50| (*name, p50)));
     }
-    for m in &mut masters {
-        let _ = m.kill();
-        let _ = m.wait();
-    }
+    drop(masters);
     println!("SSH: `ssh … true` over one multiplexed connection, {EXEC_ROUNDS} rounds, p50");
     let direct_p50 = p50s.iter().find(|p| p.0 == "direct").map(|p| p.1);
     for (name, p50) in &p50s {
@@ -368,6 +365,18 @@ pub(crate) fn keygen(path: &Path) -> Result<String> {
     Ok(fs::read_to_string(path.with_extension("pub"))?
         .trim()
         .to_string())
+}
+
+/// The ControlMaster clients of the exec rounds, stopped when dropped.
+struct Masters(Vec<Child>);
+
+impl Drop for Masters {
+    fn drop(&mut self) {
+        for m in &mut self.0 {
+            let _ = m.kill();
+            let _ = m.wait();
+        }
+    }
 }
 
 pub(crate) struct Scratch(pub(crate) PathBuf);
