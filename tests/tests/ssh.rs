@@ -23,6 +23,17 @@ action = "deny"
 message = "Deleting files on hosts is not allowed."
 "#;
 
+/// A gateway with `NO_RM`, an agent's token and a sentinel file the host
+/// account wrote ("keep\n"): a refused command that ran would remove it.
+fn with_sentinel() -> (SshEnv, String, std::path::PathBuf, String) {
+    let env = SshEnv::start(NO_RM);
+    let token = env.agent_token();
+    let sentinel = env.work.join("sentinel");
+    let s = sentinel.display().to_string();
+    ok(&env.as_user(&format!("echo keep > {s}")));
+    (env, token, sentinel, s)
+}
+
 fn session_ids(env: &SshEnv) -> Vec<String> {
     env.sessions()
         .iter()
@@ -94,12 +105,8 @@ fn wrong_token_and_wrong_group_are_refused_and_the_gateway_keeps_serving() {
 
 #[test]
 fn denied_commands_never_reach_the_host() {
-    let env = SshEnv::start(NO_RM);
-    let token = env.agent_token();
-    let sentinel = env.work.join("sentinel");
+    let (env, token, sentinel, s) = with_sentinel();
     let w = env.work.display().to_string();
-    let s = sentinel.display().to_string();
-    ok(&env.as_user(&format!("echo keep > {s}")));
     let encoded = {
         let out = Command::new("sh")
             .arg("-c")
@@ -177,11 +184,7 @@ fn denied_commands_never_reach_the_host() {
 #[test]
 fn an_unjudgeable_command_runs_nothing_upstream() {
     use std::os::unix::ffi::OsStrExt;
-    let env = SshEnv::start(NO_RM);
-    let token = env.agent_token();
-    let sentinel = env.work.join("sentinel");
-    let s = sentinel.display().to_string();
-    ok(&env.as_user(&format!("echo keep > {s}")));
+    let (env, token, sentinel, s) = with_sentinel();
     let mut line = format!("rm -rf {s} # ").into_bytes();
     line.push(0xff);
     let mut cmd = env.ssh_command(&token, &[]);
@@ -202,11 +205,7 @@ fn an_unjudgeable_command_runs_nothing_upstream() {
 /// deny rule on programs matches). Ordinary work still runs.
 #[test]
 fn launchers_and_loops_cannot_hide_a_denied_program() {
-    let env = SshEnv::start(NO_RM);
-    let token = env.agent_token();
-    let sentinel = env.work.join("sentinel");
-    let s = sentinel.display().to_string();
-    ok(&env.as_user(&format!("echo keep > {s}")));
+    let (env, token, sentinel, s) = with_sentinel();
     let bypasses = [
         format!("set -- 1; for x do rm -rf {s}; done"),
         format!("unshare rm -rf {s}"),
