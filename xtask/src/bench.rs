@@ -205,9 +205,14 @@ pub(crate) fn tree_cpu_seconds(pid: u32) -> Option<f64> {
         else {
             continue;
         };
-        let ppid = proc_stat(&child.to_string()).and_then(|f| f.get(1)?.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            total += cpu_seconds(child).unwrap_or(0.0);
+        let Some(fields) = proc_stat(&child.to_string()) else {
+            continue;
+        };
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            let ticks = |at: usize| fields.get(at).and_then(|t| t.parse::<f64>().ok());
+            total += ticks(11)
+                .zip(ticks(12))
+                .map_or(0.0, |(u, s)| (u + s) / clock_ticks());
         }
     }
     Some(total)

@@ -287,7 +287,6 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     }
     // A new connection per command: login, upstream connection, exec.
     let mut fresh: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
-    crate::interrupt::check()?;
     for _ in 0..CONNECT_ROUNDS {
         crate::interrupt::check()?;
         for (i, (_, make)) in targets.iter().enumerate() {
