@@ -449,3 +449,96 @@ fn exec_output_split_across_frames_is_masked_whole() {
     assert_eq!(text, "line one\nmail [email]\ntail without newline");
     assert_eq!(hook.counts().get("email"), 1);
 }
+
+/// A server-to-client WebSocket frame (unmasked, payload under 64 KiB).
+fn ws_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x80 | opcode];
+    match u16::try_from(payload.len()) {
+        Ok(n) if n < 126 => out.push(n as u8),
+        Ok(n) => {
+            out.push(126);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        Err(_) => panic!("test frames stay under 64 KiB"),
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The frames of an unmasked server-to-client stream, as (opcode, payload).
+fn ws_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while let [head, len, rest @ ..] = bytes {
+        let (n, rest) = match *len {
+            126 => (
+                usize::from(u16::from_be_bytes([rest[0], rest[1]])),
+                &rest[2..],
+            ),
+            n => (usize::from(n), rest),
+        };
+        frames.push((head & 0x0f, rest[..n].to_vec()));
+        bytes = &rest[n..];
+    }
+    frames
+}
+
+/// A command that exits at once: its output, its status and the close come
+/// from the upstream in one read. The client gets the whole output, masked,
+/// then the status, then the close, in that order.
+#[tokio::test]
+async fn exec_output_arriving_with_its_status_and_close_goes_out_first() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let engine = sluice_core::masking::compile(
+        &sluice_core::masking::MaskingConfig {
+            detectors: vec!["email".into()],
+            ..Default::default()
+        },
+        None,
+    )
+    .unwrap();
+    let masker = SessionMasker::for_engine(engine, session_info());
+    let hook = ExecFrames {
+        streams: Some([masker.stream(), masker.stream()]),
+        masker: Some(masker),
+        counts: MaskCounts::default(),
+    };
+    let (client, mut client_peer) = tokio::io::duplex(64 * 1024);
+    let (upstream, mut upstream_peer) = tokio::io::duplex(64 * 1024);
+    let status = b"\x03{\"status\":\"Success\"}";
+    let mut burst = ws_frame(2, b"\x01ran: id\nmail ops.lead@example.com, no newline");
+    burst.extend(ws_frame(2, status));
+    burst.extend(ws_frame(8, &1000u16.to_be_bytes()));
+    let peers = async {
+        upstream_peer.write_all(&burst).await.unwrap();
+        upstream_peer.shutdown().await.unwrap();
+        client_peer.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        client_peer.read_to_end(&mut got).await.unwrap();
+        got
+    };
+    let relay = sluice_http::ws::relay(
+        client,
+        upstream,
+        Some(Box::new(hook)),
+        std::future::pending(),
+    );
+    let (stats, got) = tokio::join!(relay, peers);
+    assert_eq!(stats.error, None);
+    let frames = ws_frames(&got);
+    let output: Vec<u8> = frames
+        .iter()
+        .take_while(|(_, p)| p.first() == Some(&1))
+        .flat_map(|(_, p)| p[1..].to_vec())
+        .collect();
+    assert_eq!(
+        String::from_utf8_lossy(&output),
+        "ran: id\nmail [email], no newline"
+    );
+    let rest: Vec<&(u8, Vec<u8>)> = frames
+        .iter()
+        .skip_while(|(_, p)| p.first() == Some(&1))
+        .collect();
+    assert_eq!(rest.len(), 2, "{frames:?}");
+    assert_eq!(rest[0], &(2, status.to_vec()));
+    assert_eq!(rest[1].0, 8);
+}
