@@ -459,6 +459,12 @@ class Handler(BaseHTTPRequestHandler):
         if argv[:2] == ["cat", "/etc/app/env"]:
             out += b"ADMIN_EMAIL=ops.lead@example.com\n"
         send_ws(self.wfile, b"\x01" + out)
+        # A kubelet's status follows the output by the time the process takes
+        # to exit. Sent in the same instant, kubectl (client-go) can exit 0
+        # without printing the output (kubernetes/kubernetes#124571). The
+        # gateway's side of frames that arrive together is tested in
+        # sluice-kube (exec_output_arriving_with_its_status_and_close_goes_out_first).
+        time.sleep(0.02)
         if argv == ["false"]:
             status = {"metadata": {}, "status": "Failure", "message": "command terminated with non-zero exit code",
                       "reason": "NonZeroExitCode",

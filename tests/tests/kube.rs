@@ -535,7 +535,12 @@ fn client_certificate_upstream() {
     let out = ok(&env.kubectl(&token, &["get", "secret", "db-credentials", "-o", "yaml"]));
     assert_no_secret("-o yaml", &out);
     let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "id"]));
-    assert_eq!(out, "ran: id\n");
+    assert_eq!(
+        out,
+        "ran: id\n",
+        "the gateway relayed: {}",
+        relayed_upgrades(&env)
+    );
     // Every request (the exec's WebSocket too) came with the gateway's certificate and
     // no Authorization header at all.
     let requests = env.upstream_requests();
@@ -544,6 +549,25 @@ fn client_certificate_upstream() {
         assert_eq!(r["client_cn"], "sluice-gateway", "{r}");
         assert!(r["authorization"].is_null(), "{r}");
     }
+}
+
+/// The audit tags of the gateway's upgraded connections (frames and bytes each
+/// way), for a failure message: they tell an output frame the gateway did not
+/// relay from one kubectl did not print.
+fn relayed_upgrades(env: &KubeEnv) -> String {
+    env.sessions()
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .flat_map(|id| {
+            let replay = env.replay(id);
+            replay
+                .lines()
+                .filter(|l| l.contains("101 upgraded"))
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn curl_with(
