@@ -167,6 +167,20 @@ pub struct GatewayConfig {
     /// the gateway shares with busy neighbours, fewer threads spend less CPU
     /// per statement (fewer cross-thread wake-ups; see docs/operations.md).
     pub worker_threads: Option<usize>,
+    /// Where a connection's work runs: `shared` (one work-stealing runtime)
+    /// or `pinned` (each connection on one of `worker_threads` single-threaded
+    /// runtimes, no cross-thread wake-ups within a session).
+    #[serde(default)]
+    pub session_scheduling: SessionScheduling,
+}
+
+/// See [`GatewayConfig::session_scheduling`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionScheduling {
+    #[default]
+    Shared,
+    Pinned,
 }
 
 impl Default for GatewayConfig {
@@ -187,6 +201,7 @@ impl Default for GatewayConfig {
             checkpoint_key: None,
             checkpoint_interval: default_checkpoint_interval(),
             worker_threads: None,
+            session_scheduling: SessionScheduling::default(),
         }
     }
 }

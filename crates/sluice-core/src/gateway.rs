@@ -7,10 +7,13 @@ use crate::auth::{
     unverified_issuer, AuthError, Authenticator, GroupMap, Lineage, RevocationError,
     RevocationList, MAX_EXCHANGE_DEPTH,
 };
-use crate::config::{Config, ConnectionConfig, ConnectionKind, SharedConnection};
+use crate::config::{
+    Config, ConnectionConfig, ConnectionKind, SessionScheduling, SharedConnection,
+};
 use crate::listener::{DrainReport, Listener, ListenerLimits};
 use crate::masking::{NoMasking, ResponseMasker};
 use crate::model::{Credentials, Identity, Protocol};
+use crate::pinned::PinnedRuntimes;
 use crate::pipeline::policy::{MatchKey, PolicyEngine, ReloadableEngine, RulesEngine};
 use crate::pipeline::{audit::AuditService, PipelineBuilder, PipelineLayer, SessionInfo};
 use crate::session::{AfterRefusal, LiveSessions, Refusal, Session, SessionError, SessionHandle};
@@ -75,6 +78,9 @@ pub struct Gateway {
     kinds: ConnectionKinds,
     /// The other nodes of a shared store (none for one node).
     cluster: Option<Arc<dyn crate::cluster::Cluster>>,
+    /// The threads connections are pinned to, under
+    /// `session_scheduling = "pinned"`.
+    pinned: Option<Arc<PinnedRuntimes>>,
 }
 
 /// What a configuration reload did.
@@ -294,6 +300,21 @@ impl GatewayBuilder {
             approvals = approvals.with_cluster(cluster.clone());
         }
         let approvals = Arc::new(approvals);
+        let pinned = match self.config.gateway.session_scheduling {
+            SessionScheduling::Shared => None,
+            SessionScheduling::Pinned => {
+                let threads =
+                    self.config.gateway.worker_threads.unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, |n| n.get())
+                    });
+                Some(Arc::new(PinnedRuntimes::start(threads).map_err(|e| {
+                    GatewayError::Config {
+                        key: "gateway.session_scheduling".into(),
+                        message: format!("cannot start the pinned threads: {e}"),
+                    }
+                })?))
+            }
+        };
         Ok(Gateway {
             pipeline: self.pipeline.build(
                 engine.clone(),
@@ -316,6 +337,7 @@ impl GatewayBuilder {
             draining: tokio::sync::watch::channel(false).0,
             kinds: self.kinds,
             cluster: self.cluster,
+            pinned,
         })
     }
 }
@@ -744,6 +766,7 @@ impl Gateway {
             name,
             ListenerLimits::from_config(&self.config().listen),
             self.draining.subscribe(),
+            self.pinned.clone(),
         )
     }
 

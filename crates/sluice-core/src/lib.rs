@@ -17,6 +17,7 @@ pub mod listener;
 pub mod masking;
 pub mod metrics;
 pub mod model;
+pub mod pinned;
 pub mod pipeline;
 pub mod replay;
 pub mod session;

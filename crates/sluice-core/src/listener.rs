@@ -4,6 +4,7 @@
 //! with an accepted connection; they keep their own handshake deadlines.
 
 use crate::config::ListenConfig;
+use crate::pinned::PinnedRuntimes;
 use crate::sync::MutexExt;
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,6 +43,9 @@ pub struct Listener {
     /// For a listener that serves through the drain: the sender of its own
     /// never-set signal (a dropped sender would read as "stop").
     own_signal: Option<watch::Sender<bool>>,
+    /// Where connections run when they are pinned (see `pinned.rs`); else
+    /// on the runtime that accepts them.
+    pinned: Option<Arc<PinnedRuntimes>>,
 }
 
 impl Listener {
@@ -50,6 +54,7 @@ impl Listener {
         name: &'static str,
         limits: ListenerLimits,
         draining: watch::Receiver<bool>,
+        pinned: Option<Arc<PinnedRuntimes>>,
     ) -> Self {
         Listener {
             tcp,
@@ -57,6 +62,7 @@ impl Listener {
             limits,
             draining,
             own_signal: None,
+            pinned,
         }
     }
 
@@ -99,6 +105,7 @@ impl Listener {
             limits,
             mut draining,
             own_signal: _own_signal,
+            pinned,
         } = self;
         let slots = Arc::new(Semaphore::new(limits.max_connections));
         let peers = PeerCounts::default();
@@ -128,10 +135,34 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let handle = handle.clone();
-            tokio::spawn(async move {
-                let _slots = (slot, peer_slot);
-                handle(stream, peer).await;
-            });
+            match pinned.as_deref().and_then(PinnedRuntimes::least_busy) {
+                Some((runtime, pin)) => {
+                    // A socket belongs to the I/O driver that registered it:
+                    // it moves as a plain socket and registers on arrival.
+                    let socket = match stream.into_std() {
+                        Ok(socket) => socket,
+                        Err(e) => {
+                            tracing::warn!(message = "Connection closed: it could not be handed to its thread.", listener = name, client = %peer, error = %e);
+                            continue;
+                        }
+                    };
+                    runtime.spawn(async move {
+                        let _slots = (slot, peer_slot, pin);
+                        match TcpStream::from_std(socket) {
+                            Ok(stream) => handle(stream, peer).await,
+                            Err(e) => {
+                                tracing::warn!(message = "Connection closed: its thread could not take it.", client = %peer, error = %e)
+                            }
+                        }
+                    });
+                }
+                None => {
+                    tokio::spawn(async move {
+                        let _slots = (slot, peer_slot);
+                        handle(stream, peer).await;
+                    });
+                }
+            }
         }
         tracing::info!(
             message = "Listener stopped accepting: the gateway is draining.",
@@ -199,7 +230,7 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        (Listener::new(tcp, "test", limits, rx), tx, addr)
+        (Listener::new(tcp, "test", limits, rx, None), tx, addr)
     }
 
     /// A handler that holds each connection until its client closes it.
@@ -283,5 +314,47 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// Pinned, each connection runs on one of the pinned threads, the least
+    /// busy one: two held at once are on two threads, and both stay usable.
+    #[tokio::test]
+    async fn pinned_connections_run_on_the_least_busy_pinned_thread() {
+        use tokio::io::AsyncWriteExt;
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let (_drain, rx) = watch::channel(false);
+        let pinned = Arc::new(PinnedRuntimes::start(2).unwrap());
+        let limits = ListenerLimits {
+            max_connections: 8,
+            max_per_peer: 0,
+        };
+        let listener = Listener::new(tcp, "test", limits, rx, Some(pinned));
+        // Each connection is answered with the name of the thread serving it.
+        tokio::spawn(listener.serve(|mut stream: TcpStream, _| async move {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            stream.write_all(name.as_bytes()).await.unwrap();
+            stream.write_all(b"\n").await.unwrap();
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest).await;
+        }));
+        let mut names = Vec::new();
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            let mut line = Vec::new();
+            while !line.ends_with(b"\n") {
+                let mut byte = [0u8; 1];
+                assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{line:?}");
+                line.push(byte[0]);
+            }
+            names.push(String::from_utf8(line).unwrap());
+            held.push(client);
+        }
+        assert!(
+            names.iter().all(|n| n.starts_with("sluice-pinned-")),
+            "{names:?}"
+        );
+        assert_ne!(names[0], names[1]);
     }
 }
