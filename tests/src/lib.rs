@@ -356,6 +356,7 @@ pub struct EnvBuilder {
     without_oracle: bool,
     drain_timeout: Option<String>,
     shared_store: Option<SharedStoreOption>,
+    gateway_lines: Vec<String>,
 }
 
 impl EnvBuilder {
@@ -383,6 +384,13 @@ impl EnvBuilder {
     /// with the PostgreSQL server's `127.0.0.1:port`, `{DIR}` with the test's temp directory.
     pub fn extra_toml(mut self, toml: &str) -> Self {
         self.extra_toml.push(toml.to_string());
+        self
+    }
+
+    /// Adds a line to the gateway config's `[gateway]` table, e.g.
+    /// `session_scheduling = "pinned"`.
+    pub fn gateway_line(mut self, line: &str) -> Self {
+        self.gateway_lines.push(line.to_string());
         self
     }
 
@@ -509,6 +517,7 @@ impl EnvBuilder {
             log_path,
             gateway_env,
             extra_toml: extra,
+            gateway_lines: self.gateway_lines.join("\n"),
             drain_timeout: self.drain_timeout.clone().unwrap_or_else(|| "3s".into()),
             db,
             pg,
@@ -611,6 +620,8 @@ pub struct Env {
     log_path: PathBuf,
     gateway_env: Vec<(String, String)>,
     extra_toml: String,
+    /// Lines of the `[gateway]` table (`EnvBuilder::gateway_line`).
+    gateway_lines: String,
     drain_timeout: String,
     /// The shared store's own server (`shared_store(…, separate = true)`).
     pub store_pg: Option<TempPostgres>,
@@ -659,6 +670,7 @@ impl Env {
             "[gateway]\n\
              state_dir = {state:?}\n\
              {store}\n\
+             {gateway_lines}\n\
              \n\
              [listen]\n\
              postgres = \"127.0.0.1:{port}\"\n\
@@ -684,6 +696,7 @@ impl Env {
                 .as_ref()
                 .map(SharedStore::gateway_toml)
                 .unwrap_or_default(),
+            gateway_lines = self.gateway_lines,
             port = self.port,
             upstream = self.pg.addr(),
             database = self.db.database,

@@ -77,3 +77,77 @@ fn pgbench_initialises_and_runs_in_every_protocol_mode() {
         .iter()
         .all(|s| s["subject"] == "agent-1" && s["connection"] == "appdb"));
 }
+
+/// The threads of process `pid` (id, name), with the CPU ticks each used.
+fn thread_ticks(pid: u32) -> Vec<((String, String), u64)> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?;
+            let tid = t.file_name().to_string_lossy().into_owned();
+            let path = t.path();
+            let name = std::fs::read_to_string(path.join("comm")).ok()?;
+            let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+            // Fields after the parenthesised name: utime and stime are 14th and 15th.
+            let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+            let ticks =
+                fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+            Some(((tid, name.trim().to_string()), ticks))
+        })
+        .collect()
+}
+
+/// With `session_scheduling = "pinned"`, sessions run on the pinned threads:
+/// pgbench passes in every protocol mode, and the work shows on those
+/// threads in the kernel's own accounting, not on the shared runtime's.
+#[test]
+fn pgbench_runs_on_pinned_session_threads() {
+    let env = Env::builder()
+        .gateway_line("session_scheduling = \"pinned\"")
+        .gateway_line("worker_threads = 2")
+        .start();
+    let url = env.agent_url();
+    let pid = env.gateway_pid().expect("the gateway runs");
+    let mut init = env.pg_tool("pgbench");
+    init.args(["-i", "-s", "1", &url]);
+    let out = run_with_timeout(&mut init, None, COMMAND_TIMEOUT);
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stderr(&out),
+        env.gateway_log()
+    );
+    let before = thread_ticks(pid);
+    for mode in ["simple", "extended", "prepared"] {
+        let mut bench = env.pg_tool("pgbench");
+        bench.args(["-n", "-S", "-T", "2", "-c", "2", "-M", mode, &url]);
+        let out = run_with_timeout(&mut bench, None, COMMAND_TIMEOUT);
+        let report = stdout(&out);
+        assert!(
+            out.status.success(),
+            "-M {mode}: {report}\n{}",
+            env.gateway_log()
+        );
+        let failed = report_value(&report, "number of failed transactions:");
+        assert!(failed.is_some_and(|f| f.starts_with("0 ")), "{report}");
+    }
+    let after = thread_ticks(pid);
+    let used = |prefix: &str| -> u64 {
+        after
+            .iter()
+            .filter(|((_, name), _)| name.starts_with(prefix))
+            .map(|(thread, ticks)| {
+                let was = before
+                    .iter()
+                    .find(|(t, _)| t == thread)
+                    .map_or(0, |(_, t)| *t);
+                ticks.saturating_sub(was)
+            })
+            .sum()
+    };
+    let (pinned, shared) = (used("sluice-pinned-"), used("tokio-rt-worker"));
+    assert!(
+        pinned > 0 && pinned > 4 * shared,
+        "pinned {pinned} ticks, shared runtime {shared}: {after:?}"
+    );
+}
