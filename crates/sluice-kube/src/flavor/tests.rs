@@ -403,11 +403,9 @@ fn session_info() -> sluice_core::pipeline::SessionInfo {
     }
 }
 
-/// A non-interactive exec's output is masked as a stream: an address split
-/// across two frames is held until its line ends, and the held tail goes out
-/// before the status frame.
-#[test]
-fn exec_output_split_across_frames_is_masked_whole() {
+/// The hook of a non-interactive exec with the email detector: output
+/// masked as streams, one per channel.
+fn streamed_email_masking() -> ExecFrames {
     let engine = sluice_core::masking::compile(
         &sluice_core::masking::MaskingConfig {
             detectors: vec!["email".into()],
@@ -417,11 +415,19 @@ fn exec_output_split_across_frames_is_masked_whole() {
     )
     .unwrap();
     let masker = SessionMasker::for_engine(engine, session_info());
-    let mut hook = ExecFrames {
+    ExecFrames {
         streams: Some([masker.stream(), masker.stream()]),
         masker: Some(masker),
         counts: MaskCounts::default(),
-    };
+    }
+}
+
+/// A non-interactive exec's output is masked as a stream: an address split
+/// across two frames is held until its line ends, and the held tail goes out
+/// before the status frame.
+#[test]
+fn exec_output_split_across_frames_is_masked_whole() {
+    let mut hook = streamed_email_masking();
     let mut sent = Vec::new();
     for chunk in [
         &b"\x01line one\nmail ops.lead@exa"[..],
@@ -488,20 +494,7 @@ fn ws_frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
 #[tokio::test]
 async fn exec_output_arriving_with_its_status_and_close_goes_out_first() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let engine = sluice_core::masking::compile(
-        &sluice_core::masking::MaskingConfig {
-            detectors: vec!["email".into()],
-            ..Default::default()
-        },
-        None,
-    )
-    .unwrap();
-    let masker = SessionMasker::for_engine(engine, session_info());
-    let hook = ExecFrames {
-        streams: Some([masker.stream(), masker.stream()]),
-        masker: Some(masker),
-        counts: MaskCounts::default(),
-    };
+    let hook = streamed_email_masking();
     let (client, mut client_peer) = tokio::io::duplex(64 * 1024);
     let (upstream, mut upstream_peer) = tokio::io::duplex(64 * 1024);
     let status = b"\x03{\"status\":\"Success\"}";
