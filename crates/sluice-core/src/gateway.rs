@@ -770,6 +770,15 @@ impl Gateway {
         )
     }
 
+    /// Stops the pinned threads (`session_scheduling = "pinned"`), ending the
+    /// sessions still on them; call after [`Self::drain`]. Blocks until the
+    /// threads are gone.
+    pub fn stop_pinned(&self) {
+        if let Some(pinned) = &self.pinned {
+            pinned.shutdown();
+        }
+    }
+
     /// Whether the gateway is draining (no new sessions).
     pub fn is_draining(&self) -> bool {
         *self.draining.borrow()

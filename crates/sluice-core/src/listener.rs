@@ -134,35 +134,8 @@ impl Listener {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let handle = handle.clone();
-            match pinned.as_deref().and_then(PinnedRuntimes::least_busy) {
-                Some((runtime, pin)) => {
-                    // A socket belongs to the I/O driver that registered it:
-                    // it moves as a plain socket and registers on arrival.
-                    let socket = match stream.into_std() {
-                        Ok(socket) => socket,
-                        Err(e) => {
-                            tracing::warn!(message = "Connection closed: it could not be handed to its thread.", listener = name, client = %peer, error = %e);
-                            continue;
-                        }
-                    };
-                    runtime.spawn(async move {
-                        let _slots = (slot, peer_slot, pin);
-                        match TcpStream::from_std(socket) {
-                            Ok(stream) => handle(stream, peer).await,
-                            Err(e) => {
-                                tracing::warn!(message = "Connection closed: its thread could not take it.", client = %peer, error = %e)
-                            }
-                        }
-                    });
-                }
-                None => {
-                    tokio::spawn(async move {
-                        let _slots = (slot, peer_slot);
-                        handle(stream, peer).await;
-                    });
-                }
-            }
+            let slots = (slot, peer_slot);
+            spawn_connection(pinned.as_deref(), name, stream, peer, slots, handle.clone());
         }
         tracing::info!(
             message = "Listener stopped accepting: the gateway is draining.",
@@ -170,6 +143,46 @@ impl Listener {
         );
         Ok(())
     }
+}
+
+/// Runs `handle` for an accepted connection in its own task, holding
+/// `slots` until it ends: on the least busy pinned runtime if there are any
+/// (the socket moves as a plain socket: it belongs to the I/O driver that
+/// registered it), else on the current runtime.
+fn spawn_connection<F, Fut>(
+    pinned: Option<&PinnedRuntimes>,
+    listener: &'static str,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slots: impl Send + 'static,
+    handle: Arc<F>,
+) where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some((runtime, pin)) = pinned.and_then(PinnedRuntimes::least_busy) else {
+        tokio::spawn(async move {
+            let _slots = slots;
+            handle(stream, peer).await;
+        });
+        return;
+    };
+    let socket = match stream.into_std() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::warn!(message = "Connection closed: it could not be handed to its thread.", listener, client = %peer, error = %e);
+            return;
+        }
+    };
+    runtime.spawn(async move {
+        let _slots = (slots, pin);
+        match TcpStream::from_std(socket) {
+            Ok(stream) => handle(stream, peer).await,
+            Err(e) => {
+                tracing::warn!(message = "Connection closed: its thread could not take it.", client = %peer, error = %e)
+            }
+        }
+    });
 }
 
 /// Open connections per peer address.
@@ -317,7 +330,8 @@ mod tests {
     }
 
     /// Pinned, each connection runs on one of the pinned threads, the least
-    /// busy one: two held at once are on two threads, and both stay usable.
+    /// busy one: two held at once are on two threads; once the first ends,
+    /// its thread is the least busy again and takes the next.
     #[tokio::test]
     async fn pinned_connections_run_on_the_least_busy_pinned_thread() {
         use tokio::io::AsyncWriteExt;
@@ -329,32 +343,44 @@ mod tests {
             max_connections: 8,
             max_per_peer: 0,
         };
-        let listener = Listener::new(tcp, "test", limits, rx, Some(pinned));
+        let listener = Listener::new(tcp, "test", limits, rx, Some(pinned.clone()));
+        let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
         // Each connection is answered with the name of the thread serving it.
-        tokio::spawn(listener.serve(|mut stream: TcpStream, _| async move {
-            let name = std::thread::current().name().unwrap_or("").to_string();
-            stream.write_all(name.as_bytes()).await.unwrap();
-            stream.write_all(b"\n").await.unwrap();
-            let mut rest = Vec::new();
-            let _ = stream.read_to_end(&mut rest).await;
+        tokio::spawn(listener.serve(move |mut stream: TcpStream, _| {
+            let ended = ended_tx.clone();
+            async move {
+                let name = std::thread::current().name().unwrap_or("").to_string();
+                stream.write_all(name.as_bytes()).await.unwrap();
+                stream.write_all(b"\n").await.unwrap();
+                let mut rest = Vec::new();
+                let _ = stream.read_to_end(&mut rest).await;
+                let _ = ended.send(());
+            }
         }));
-        let mut names = Vec::new();
-        let mut held = Vec::new();
-        for _ in 0..2 {
-            let mut client = TcpStream::connect(addr).await.unwrap();
+        async fn thread_of(client: &mut TcpStream) -> String {
             let mut line = Vec::new();
             while !line.ends_with(b"\n") {
                 let mut byte = [0u8; 1];
                 assert_eq!(client.read(&mut byte).await.unwrap(), 1, "{line:?}");
                 line.push(byte[0]);
             }
-            names.push(String::from_utf8(line).unwrap());
-            held.push(client);
+            String::from_utf8(line).unwrap()
         }
-        assert!(
-            names.iter().all(|n| n.starts_with("sluice-pinned-")),
-            "{names:?}"
-        );
-        assert_ne!(names[0], names[1]);
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let (a, b) = (thread_of(&mut first).await, thread_of(&mut second).await);
+        assert!(a.starts_with("sluice-pinned-") && b.starts_with("sluice-pinned-"));
+        assert_ne!(a, b);
+        drop(first);
+        ended.recv().await.unwrap();
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(thread_of(&mut third).await, a);
+        // Stopping the threads ends the connections still on them.
+        tokio::task::spawn_blocking(move || pinned.shutdown())
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = second.read_to_end(&mut rest).await;
+        let _ = third.read_to_end(&mut rest).await;
     }
 }

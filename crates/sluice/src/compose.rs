@@ -3,6 +3,7 @@
 
 use crate::stores::Opened;
 use anyhow::{Context, Result};
+use sluice_core::config::SessionScheduling;
 use sluice_core::{Config, GatewayBuilder};
 use sluice_store::SqliteStore;
 use std::path::PathBuf;
@@ -10,14 +11,25 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    serving_runtime(None)
+    serving_runtime(None, SessionScheduling::Shared)
 }
 
-/// The gateway's runtime: `gateway.worker_threads` threads, or one per CPU.
-pub fn serving_runtime(worker_threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
+/// The gateway's runtime: `gateway.worker_threads` threads, or one per CPU;
+/// one thread when sessions run on pinned threads of their own (it keeps
+/// the accept loops and background work).
+pub fn serving_runtime(
+    worker_threads: Option<usize>,
+    scheduling: SessionScheduling,
+) -> Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = worker_threads {
-        builder.worker_threads(n);
+    match (scheduling, worker_threads) {
+        (SessionScheduling::Pinned, _) => {
+            builder.worker_threads(1);
+        }
+        (SessionScheduling::Shared, Some(n)) => {
+            builder.worker_threads(n);
+        }
+        (SessionScheduling::Shared, None) => {}
     }
     Ok(builder.enable_all().build()?)
 }
@@ -280,6 +292,10 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
             _ = shutdown_signal() => tracing::warn!(message = "Second signal: stopping without waiting for live sessions."),
         }
     }
+    // Pinned sessions still running end here, on their own threads, and
+    // record their ends before the checkpoint and the store's flush.
+    let stopping = gateway.clone();
+    let _ = tokio::task::spawn_blocking(move || stopping.stop_pinned()).await;
     checkpoints.publish().await;
     opened.flush().await;
     result

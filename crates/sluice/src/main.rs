@@ -254,7 +254,10 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Serve(c) => {
             let config = c.load()?;
-            let runtime = compose::serving_runtime(config.gateway.worker_threads)?;
+            let runtime = compose::serving_runtime(
+                config.gateway.worker_threads,
+                config.gateway.session_scheduling,
+            )?;
             // The batch exporter needs the runtime's context to start.
             let _guard = runtime.block_on(async {
                 telemetry::init(&config.telemetry, &config.gateway.node_id())
