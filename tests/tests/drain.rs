@@ -84,7 +84,56 @@ fn sigterm_lets_live_statements_finish_and_refuses_new_clients() {
 
 #[test]
 fn sigterm_ends_sessions_past_the_drain_deadline_with_a_clear_message() {
-    let mut env = Env::builder().drain_timeout("1s").start();
+    ends_sessions_past_the_drain_deadline(Env::builder());
+}
+
+/// The same with each session on a pinned thread of its own.
+#[test]
+fn pinned_sessions_end_past_the_drain_deadline_with_a_clear_message() {
+    ends_sessions_past_the_drain_deadline(Env::builder().gateway_line(PINNED));
+}
+
+const PINNED: &str = "session_scheduling = \"pinned\"";
+
+/// A second SIGTERM skips the drain: the pinned threads are stopped with
+/// the session still running, and its end is recorded before the gateway
+/// exits (not left for the next start to close as "gateway restarted").
+#[test]
+fn a_second_sigterm_still_records_the_end_of_pinned_sessions() {
+    let mut env = Env::builder()
+        .gateway_line(PINNED)
+        .drain_timeout("60s")
+        .start();
+    let url = env.agent_url();
+    let running = env
+        .psql_command(&url, &["-c", "select pg_sleep(60)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning psql");
+    wait_sleeping(&env);
+    sigterm(&env);
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&env);
+    wait_exit(&mut env, Duration::from_secs(20));
+    let out = wait_output(running, Duration::from_secs(30), "the live psql");
+    assert!(!out.status.success());
+    let sessions = env.sessions();
+    assert!(!sessions.is_empty());
+    for s in &sessions {
+        assert!(
+            s["end_reason"].is_string(),
+            "a session's end was not recorded: {s}"
+        );
+    }
+    env.direct_sql(
+        "postgres",
+        "select pg_cancel_backend(pid) from pg_stat_activity where query like 'select pg_sleep%'",
+    );
+}
+
+fn ends_sessions_past_the_drain_deadline(builder: sluice_e2e::EnvBuilder) {
+    let mut env = builder.drain_timeout("1s").start();
     let url = env.agent_url();
     let running = env
         .psql_command(&url, &["-c", "select pg_sleep(60)"])
