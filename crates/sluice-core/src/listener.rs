@@ -240,10 +240,23 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     async fn listener(limits: ListenerLimits) -> (Listener, watch::Sender<bool>, SocketAddr) {
+        listener_on(limits, None).await
+    }
+
+    async fn listener_on(
+        limits: ListenerLimits,
+        pinned: Option<Arc<PinnedRuntimes>>,
+    ) -> (Listener, watch::Sender<bool>, SocketAddr) {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let (tx, rx) = watch::channel(false);
-        (Listener::new(tcp, "test", limits, rx, None), tx, addr)
+        (Listener::new(tcp, "test", limits, rx, pinned), tx, addr)
+    }
+
+    /// Connections on the accepting runtime, then on pinned threads: the
+    /// limits must hold alike.
+    fn scheduled_both_ways() -> [Option<Arc<PinnedRuntimes>>; 2] {
+        [None, Some(Arc::new(PinnedRuntimes::start(2).unwrap()))]
     }
 
     /// A handler that holds each connection until its client closes it.
@@ -258,15 +271,17 @@ mod tests {
             max_connections: 16,
             max_per_peer: 2,
         };
-        let (listener, _drain, addr) = listener(limits).await;
-        tokio::spawn(listener.serve(hold));
-        let _a = TcpStream::connect(addr).await.unwrap();
-        let _b = TcpStream::connect(addr).await.unwrap();
-        let mut third = TcpStream::connect(addr).await.unwrap();
-        let mut buf = [0u8; 1];
-        let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
-        drop((_a, _b));
+        for pinned in scheduled_both_ways() {
+            let (listener, _drain, addr) = listener_on(limits, pinned).await;
+            tokio::spawn(listener.serve(hold));
+            let _a = TcpStream::connect(addr).await.unwrap();
+            let _b = TcpStream::connect(addr).await.unwrap();
+            let mut third = TcpStream::connect(addr).await.unwrap();
+            let mut buf = [0u8; 1];
+            let read = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+            assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+            drop((_a, _b));
+        }
     }
 
     #[tokio::test]
@@ -308,25 +323,27 @@ mod tests {
             max_connections: 1,
             max_per_peer: 0,
         };
-        let (listener, _drain, addr) = listener(limits).await;
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = accepted.clone();
-        tokio::spawn(listener.serve(move |s, p| {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            hold(s, p)
-        }));
-        let first = TcpStream::connect(addr).await.unwrap();
-        let _second = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
-        drop(first);
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await
-        .unwrap();
+        for pinned in scheduled_both_ways() {
+            let (listener, _drain, addr) = listener_on(limits, pinned).await;
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = accepted.clone();
+            tokio::spawn(listener.serve(move |s, p| {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                hold(s, p)
+            }));
+            let first = TcpStream::connect(addr).await.unwrap();
+            let _second = TcpStream::connect(addr).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+            drop(first);
+            tokio::time::timeout(Duration::from_secs(5), async {
+                while accepted.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .unwrap();
+        }
     }
 
     /// Pinned, each connection runs on one of the pinned threads, the least
