@@ -200,6 +200,27 @@ impl std::fmt::Debug for SshEnv {
     }
 }
 
+/// A rule denying the programs that delete files on the host.
+pub const NO_RM: &str = r#"
+[[rules]]
+name = "no-rm"
+match = { program = ["rm", "shred"] }
+action = "deny"
+message = "Deleting files on hosts is not allowed."
+"#;
+
+/// A gateway with [`NO_RM`], an agent's token and a sentinel file the host
+/// account wrote ("keep\n"): a refused command that ran would remove it.
+/// Returns the environment, the token, the sentinel and its path as text.
+pub fn with_sentinel() -> (SshEnv, String, PathBuf, String) {
+    let env = SshEnv::start(NO_RM);
+    let token = env.agent_token();
+    let sentinel = env.work.join("sentinel");
+    let s = sentinel.display().to_string();
+    ok(&env.as_user(&format!("echo keep > {s}")));
+    (env, token, sentinel, s)
+}
+
 impl SshEnv {
     /// Starts with `extra` TOML appended to the config (rules, more connections).
     /// `{SSHD}` in it is the sshd address, `{HOST_KEY}` its host key, `{DIR}` the temp dir,

@@ -6,7 +6,7 @@
 #![allow(clippy::expect_used)]
 
 use sluice_e2e::{wait_output, wait_until, Env};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Sends SIGTERM to the gateway without waiting for it.
@@ -30,6 +30,27 @@ fn wait_sleeping(env: &Env) {
     });
 }
 
+/// psql running `sql` (a `select pg_sleep…`) through the gateway, once the
+/// statement is in flight upstream.
+fn start_sleeping(env: &Env, url: &str, sql: &str) -> Child {
+    let running = env
+        .psql_command(url, &["-c", sql])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning psql");
+    wait_sleeping(env);
+    running
+}
+
+/// Cancels the backends still sleeping, so the oracle's log is complete.
+fn cancel_sleeping(env: &Env) {
+    env.direct_sql(
+        "postgres",
+        "select pg_cancel_backend(pid) from pg_stat_activity where query like 'select pg_sleep%'",
+    );
+}
+
 fn wait_exit(env: &mut Env, within: Duration) -> Duration {
     let start = Instant::now();
     wait_until(within, "the gateway to exit by itself", || {
@@ -43,13 +64,7 @@ fn sigterm_lets_live_statements_finish_and_refuses_new_clients() {
     let mut env = Env::builder().drain_timeout("30s").start();
     let url = env.agent_url();
     let late_url = env.agent_url();
-    let running = env
-        .psql_command(&url, &["-c", "select pg_sleep(2), 'finished'"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning psql");
-    wait_sleeping(&env);
+    let running = start_sleeping(&env, &url, "select pg_sleep(2), 'finished'");
     sigterm(&env);
     wait_until(Duration::from_secs(10), "the listener to stop", || {
         env.gateway_log()
@@ -105,13 +120,7 @@ fn a_second_sigterm_still_records_the_end_of_pinned_sessions() {
         .drain_timeout("60s")
         .start();
     let url = env.agent_url();
-    let running = env
-        .psql_command(&url, &["-c", "select pg_sleep(60)"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning psql");
-    wait_sleeping(&env);
+    let running = start_sleeping(&env, &url, "select pg_sleep(60)");
     sigterm(&env);
     std::thread::sleep(Duration::from_millis(500));
     sigterm(&env);
@@ -126,22 +135,13 @@ fn a_second_sigterm_still_records_the_end_of_pinned_sessions() {
             "a session's end was not recorded: {s}"
         );
     }
-    env.direct_sql(
-        "postgres",
-        "select pg_cancel_backend(pid) from pg_stat_activity where query like 'select pg_sleep%'",
-    );
+    cancel_sleeping(&env);
 }
 
 fn ends_sessions_past_the_drain_deadline(builder: sluice_e2e::EnvBuilder) {
     let mut env = builder.drain_timeout("1s").start();
     let url = env.agent_url();
-    let running = env
-        .psql_command(&url, &["-c", "select pg_sleep(60)"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning psql");
-    wait_sleeping(&env);
+    let running = start_sleeping(&env, &url, "select pg_sleep(60)");
     sigterm(&env);
     let out = wait_output(running, Duration::from_secs(30), "the live psql");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -160,9 +160,5 @@ fn ends_sessions_past_the_drain_deadline(builder: sluice_e2e::EnvBuilder) {
         ended.iter().any(|r| r.contains("shutting down")),
         "no session recorded why it ended: {sessions:?}"
     );
-    // The upstream backend is still sleeping; cancel it so the oracle's log is complete.
-    env.direct_sql(
-        "postgres",
-        "select pg_cancel_backend(pid) from pg_stat_activity where query like 'select pg_sleep%'",
-    );
+    cancel_sleeping(&env);
 }

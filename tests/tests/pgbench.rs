@@ -13,13 +13,10 @@ fn report_value<'a>(report: &'a str, label: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-#[test]
-fn pgbench_initialises_and_runs_in_every_protocol_mode() {
-    let env = Env::start();
-    let url = env.agent_url();
-
+/// `pgbench -i -s 1` through the gateway, which must succeed.
+fn pgbench_init(env: &Env, url: &str) {
     let mut init = env.pg_tool("pgbench");
-    init.args(["-i", "-s", "1", &url]);
+    init.args(["-i", "-s", "1", url]);
     let out = run_with_timeout(&mut init, None, COMMAND_TIMEOUT);
     let log = stderr(&out);
     assert!(
@@ -28,6 +25,47 @@ fn pgbench_initialises_and_runs_in_every_protocol_mode() {
         env.gateway_log()
     );
     assert!(log.contains("done in"), "{log}");
+}
+
+/// A 2-second, 2-client pgbench run of `script` in query `mode`, which must
+/// pass in that mode with no failed transaction and more than 10 processed.
+fn pgbench_run(env: &Env, url: &str, mode: &str, script: &str) {
+    let mut bench = env.pg_tool("pgbench");
+    bench.args(["-n", script, "-T", "2", "-c", "2", "-M", mode, url]);
+    let out = run_with_timeout(&mut bench, None, COMMAND_TIMEOUT);
+    let report = stdout(&out);
+    assert!(
+        out.status.success(),
+        "pgbench -M {mode} {script} failed ({}):\n{report}\n{}\n--- gateway log ---\n{}",
+        out.status,
+        stderr(&out),
+        env.gateway_log()
+    );
+    assert_eq!(report_value(&report, "query mode:"), Some(mode), "{report}");
+    let failed = report_value(&report, "number of failed transactions:")
+        .unwrap_or_else(|| panic!("no failed-transactions line:\n{report}"));
+    assert!(
+        failed.starts_with("0 "),
+        "-M {mode} {script}: {failed}\n{report}"
+    );
+    let processed: u64 = report_value(&report, "number of transactions actually processed:")
+        .and_then(|v| v.split('/').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no processed line:\n{report}"));
+    assert!(
+        processed > 10,
+        "-M {mode} {script}: {processed} transactions\n{report}"
+    );
+    assert!(report.contains("tps = "), "{report}");
+    eprintln!("pgbench -M {mode} {script}: {processed} transactions");
+}
+
+#[test]
+fn pgbench_initialises_and_runs_in_every_protocol_mode() {
+    let env = Env::start();
+    let url = env.agent_url();
+
+    pgbench_init(&env, &url);
     assert_eq!(
         env.direct_sql("app", "select count(*) from pgbench_accounts")
             .trim(),
@@ -41,34 +79,7 @@ fn pgbench_initialises_and_runs_in_every_protocol_mode() {
         ("prepared", "-S"),
         ("prepared", "-N"),
     ] {
-        let mut bench = env.pg_tool("pgbench");
-        bench.args(["-n", script, "-T", "2", "-c", "2", "-M", mode, &url]);
-        let out = run_with_timeout(&mut bench, None, COMMAND_TIMEOUT);
-        let report = stdout(&out);
-        assert!(
-            out.status.success(),
-            "pgbench -M {mode} {script} failed ({}):\n{report}\n{}\n--- gateway log ---\n{}",
-            out.status,
-            stderr(&out),
-            env.gateway_log()
-        );
-        assert_eq!(report_value(&report, "query mode:"), Some(mode), "{report}");
-        let failed = report_value(&report, "number of failed transactions:")
-            .unwrap_or_else(|| panic!("no failed-transactions line:\n{report}"));
-        assert!(
-            failed.starts_with("0 "),
-            "-M {mode} {script}: {failed}\n{report}"
-        );
-        let processed: u64 = report_value(&report, "number of transactions actually processed:")
-            .and_then(|v| v.split('/').next())
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no processed line:\n{report}"));
-        assert!(
-            processed > 10,
-            "-M {mode} {script}: {processed} transactions\n{report}"
-        );
-        assert!(report.contains("tps = "), "{report}");
-        eprintln!("pgbench -M {mode} {script}: {processed} transactions");
+        pgbench_run(&env, &url, mode, script);
     }
 
     // The sessions were recorded and all ended.
@@ -108,28 +119,10 @@ fn pgbench_runs_on_pinned_session_threads() {
         .start();
     let url = env.agent_url();
     let pid = env.gateway_pid().expect("the gateway runs");
-    let mut init = env.pg_tool("pgbench");
-    init.args(["-i", "-s", "1", &url]);
-    let out = run_with_timeout(&mut init, None, COMMAND_TIMEOUT);
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        stderr(&out),
-        env.gateway_log()
-    );
+    pgbench_init(&env, &url);
     let before = thread_ticks(pid);
     for mode in ["simple", "extended", "prepared"] {
-        let mut bench = env.pg_tool("pgbench");
-        bench.args(["-n", "-S", "-T", "2", "-c", "2", "-M", mode, &url]);
-        let out = run_with_timeout(&mut bench, None, COMMAND_TIMEOUT);
-        let report = stdout(&out);
-        assert!(
-            out.status.success(),
-            "-M {mode}: {report}\n{}",
-            env.gateway_log()
-        );
-        let failed = report_value(&report, "number of failed transactions:");
-        assert!(failed.is_some_and(|f| f.starts_with("0 ")), "{report}");
+        pgbench_run(&env, &url, mode, "-S");
     }
     let after = thread_ticks(pid);
     let used = |prefix: &str| -> u64 {

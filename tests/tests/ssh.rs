@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use sluice_e2e::sshd::{SshEnv, TEST_USER};
+use sluice_e2e::sshd::{with_sentinel, SshEnv, NO_RM, TEST_USER};
 use sluice_e2e::{
     failed, ok, py_dir, run_with_timeout, stderr, stdout, HostileUpstream, Hostility,
     COMMAND_TIMEOUT,
@@ -14,25 +14,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-const NO_RM: &str = r#"
-[[rules]]
-name = "no-rm"
-match = { program = ["rm", "shred"] }
-action = "deny"
-message = "Deleting files on hosts is not allowed."
-"#;
-
-/// A gateway with `NO_RM`, an agent's token and a sentinel file the host
-/// account wrote ("keep\n"): a refused command that ran would remove it.
-fn with_sentinel() -> (SshEnv, String, std::path::PathBuf, String) {
-    let env = SshEnv::start(NO_RM);
-    let token = env.agent_token();
-    let sentinel = env.work.join("sentinel");
-    let s = sentinel.display().to_string();
-    ok(&env.as_user(&format!("echo keep > {s}")));
-    (env, token, sentinel, s)
-}
 
 fn session_ids(env: &SshEnv) -> Vec<String> {
     env.sessions()

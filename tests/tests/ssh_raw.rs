@@ -8,18 +8,10 @@
 use russh::client;
 use russh::keys::PublicKeyOrCertificate;
 use russh::ChannelMsg;
-use sluice_e2e::ok;
-use sluice_e2e::sshd::{SshEnv, CONNECTION};
+use sluice_e2e::sshd::{with_sentinel, SshEnv, CONNECTION};
 use std::fs;
 use std::sync::Arc;
 use std::time::Duration;
-
-const NO_RM: &str = r#"
-[[rules]]
-name = "no-rm"
-match = { program = ["rm"] }
-action = "deny"
-"#;
 
 struct AnyHostKey;
 
@@ -56,11 +48,7 @@ fn sessions_started(env: &SshEnv) -> usize {
 
 #[test]
 fn requestless_and_refused_channels_run_nothing_upstream() {
-    let env = SshEnv::start(NO_RM);
-    let token = env.agent_token();
-    let sentinel = env.work.join("sentinel");
-    let s = sentinel.display().to_string();
-    ok(&env.as_user(&format!("echo keep > {s}")));
+    let (env, token, sentinel, s) = with_sentinel();
     let before = sessions_started(&env);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {

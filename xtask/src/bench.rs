@@ -177,7 +177,11 @@ fn proc_stat(which: &str) -> Option<Vec<String>> {
 
 /// The clock-tick fields `at` and `at + 1` of a process's stat, summed, in seconds.
 fn stat_seconds(which: &str, at: usize) -> Option<f64> {
-    let fields = proc_stat(which)?;
+    seconds_in(&proc_stat(which)?, at)
+}
+
+/// The clock-tick fields `at` and `at + 1` of stat `fields`, summed, in seconds.
+fn seconds_in(fields: &[String], at: usize) -> Option<f64> {
     let ticks: f64 =
         fields.get(at)?.parse::<f64>().ok()? + fields.get(at + 1)?.parse::<f64>().ok()?;
     Some(ticks / clock_ticks())
@@ -209,10 +213,7 @@ pub(crate) fn tree_cpu_seconds(pid: u32) -> Option<f64> {
             continue;
         };
         if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            let ticks = |at: usize| fields.get(at).and_then(|t| t.parse::<f64>().ok());
-            total += ticks(11)
-                .zip(ticks(12))
-                .map_or(0.0, |(u, s)| (u + s) / clock_ticks());
+            total += seconds_in(&fields, 11).unwrap_or(0.0);
         }
     }
     Some(total)

@@ -117,14 +117,6 @@ impl PinnedRuntimes {
             }
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.runtimes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.runtimes.is_empty()
-    }
 }
 
 impl Drop for PinnedRuntimes {
