@@ -188,7 +188,7 @@ fn seconds_in(fields: &[String], at: usize) -> Option<f64> {
 }
 
 /// A process's CPU time so far (user + system: utime and stime).
-fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     stat_seconds(&pid.to_string(), 11)
 }
 

@@ -118,14 +118,21 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     let mut rates: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
     // The client's CPU (scp and the ssh processes it runs), seconds per run.
     let mut client_cpu: Vec<Vec<f64>> = vec![Vec::new(); runs.len()];
+    // The gateway's own CPU over its scp legs (it idles during the others).
+    let gateway_cpu = || gateway.as_ref().and_then(|g| super::cpu_seconds(g.pid()));
+    let mut gateway_scp = GatewayCpu::default();
     for _ in 0..SCP_ROUNDS {
         for (i, (name, cmd)) in runs.iter_mut().enumerate() {
             crate::interrupt::check()?;
             let _ = fs::remove_file(dest.join("payload.bin"));
             let cpu_before = super::waited_children_cpu_seconds();
+            let gateway_before = gateway_cpu();
             let started = Instant::now();
             let out = cmd.stdin(Stdio::null()).output().context("running scp")?;
             let secs = started.elapsed().as_secs_f64();
+            if *name == "sluice" {
+                gateway_scp.add(gateway_before, gateway_cpu(), size_mib as f64);
+            }
             let cpu = cpu_before
                 .zip(super::waited_children_cpu_seconds())
                 .map(|(a, b)| b - a);
@@ -170,6 +177,9 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             _ => String::new(),
         };
         println!("  {name:<10} {rate:>8.1} MiB/s  {ratio}{cpu}");
+    }
+    if let Some(ms) = gateway_scp.per_unit(1e3) {
+        println!("  gateway CPU per MiB copied: {ms:.2} ms");
     }
 
     // Small exec round trips over one multiplexed connection per target.
@@ -250,18 +260,23 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // Rounds alternate between targets so that load from elsewhere on the
     // machine affects them alike.
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(EXEC_ROUNDS); targets.len()];
+    let mut gateway_exec = GatewayCpu::default();
     for _ in 0..EXEC_ROUNDS {
         crate::interrupt::check()?;
-        for (i, (_, make)) in targets.iter().enumerate() {
+        for (i, (name, make)) in targets.iter().enumerate() {
             let mut c = make();
             c.arg("true")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
+            let gateway_before = gateway_cpu();
             let t = Instant::now();
             let status = c.status()?;
             if status.success() {
                 samples[i].push(t.elapsed().as_secs_f64() * 1e6);
+                if *name == "sluice" {
+                    gateway_exec.add(gateway_before, gateway_cpu(), 1.0);
+                }
             }
         }
     }
@@ -284,6 +299,9 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             .map(|d| format!("  (+{:.0} µs over direct)", p50 - d))
             .unwrap_or_default();
         println!("  {name:<10} {:>8.0} µs{added}", p50);
+    }
+    if let Some(us) = gateway_exec.per_unit(1e6) {
+        println!("  gateway CPU per exec: {us:.0} µs");
     }
     // A new connection per command: login, upstream connection, exec.
     let mut fresh: Vec<Vec<f64>> = vec![Vec::new(); targets.len()];
@@ -321,6 +339,28 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     drop(jump);
     drop(sshd);
     Ok(())
+}
+
+/// The gateway's CPU time over the operations it served, read from its
+/// stat around each one (clock ticks: only sums over many are meaningful).
+#[derive(Default)]
+struct GatewayCpu {
+    seconds: f64,
+    units: f64,
+}
+
+impl GatewayCpu {
+    fn add(&mut self, before: Option<f64>, after: Option<f64>, units: f64) {
+        if let (Some(b), Some(a)) = (before, after) {
+            self.seconds += a - b;
+            self.units += units;
+        }
+    }
+
+    /// CPU per unit, scaled (`1e6`: µs).
+    fn per_unit(&self, scale: f64) -> Option<f64> {
+        (self.units > 0.0).then(|| self.seconds / self.units * scale)
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
