@@ -19,6 +19,75 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+thread_local! {
+    /// Set on the threads [`PinnedRuntimes`] starts.
+    static ON_PINNED_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// This pinned thread's [`PerThread`] values, per owner still alive.
+    static THREAD_VALUES: std::cell::RefCell<Vec<ThreadValue>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A pinned thread's copy of a [`PerThread`] value, with its owner's token.
+type ThreadValue = (std::sync::Weak<()>, Box<dyn std::any::Any>);
+
+/// Whether this is one of the pinned session threads.
+pub fn on_pinned_thread() -> bool {
+    ON_PINNED_THREAD.get()
+}
+
+/// A value with a copy per pinned thread: one shared value elsewhere.
+///
+/// For state that holds I/O, such as a pool of upstream connections: a
+/// pooled connection's I/O runs on the runtime that opened it, so a pinned
+/// session that used a pool shared with other threads would wake another
+/// thread for every exchange. Each pinned thread builds its own copy on first
+/// use; the copies are dropped with the `PerThread` (a reload builds new ones).
+pub struct PerThread<T> {
+    shared: T,
+    make: Box<dyn Fn() -> T + Send + Sync>,
+    /// Names this value's copies in the threads' lists.
+    alive: Arc<()>,
+}
+
+impl<T: Clone + 'static> PerThread<T> {
+    pub fn new(make: impl Fn() -> T + Send + Sync + 'static) -> Self {
+        PerThread {
+            shared: make(),
+            make: Box::new(make),
+            alive: Arc::new(()),
+        }
+    }
+
+    /// This pinned thread's copy, or the shared value off pinned threads.
+    pub fn get(&self) -> T {
+        if !on_pinned_thread() {
+            return self.shared.clone();
+        }
+        THREAD_VALUES.with(|values| {
+            let mut values = values.borrow_mut();
+            // Copies of values dropped since go now (their connections close).
+            values.retain(|(alive, _)| alive.strong_count() > 0);
+            // A live Weak keeps its allocation, so no other owner shares its address.
+            let mine = values
+                .iter()
+                .find(|(alive, _)| std::ptr::eq(alive.as_ptr(), Arc::as_ptr(&self.alive)))
+                .and_then(|(_, value)| value.downcast_ref::<T>());
+            if let Some(value) = mine {
+                return value.clone();
+            }
+            let value = (self.make)();
+            values.push((Arc::downgrade(&self.alive), Box::new(value.clone())));
+            value
+        })
+    }
+}
+
+impl<T> std::fmt::Debug for PerThread<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PerThread").finish_non_exhaustive()
+    }
+}
+
 /// How long a stopping thread waits for its blocking tasks.
 const STOP_BLOCKING_WAIT: Duration = Duration::from_secs(2);
 
@@ -67,6 +136,7 @@ impl PinnedRuntimes {
                         Ok(runtime) => runtime,
                         Err(e) => return drop(ready.send(Err(e))),
                     };
+                    ON_PINNED_THREAD.set(true);
                     let _ = ready.send(Ok(runtime.handle().clone()));
                     runtime.block_on(async {
                         let _ = stopped.await;
@@ -122,5 +192,59 @@ impl PinnedRuntimes {
 impl Drop for PinnedRuntimes {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on pinned thread `n` and returns what it returned.
+    fn on<R: Send + 'static>(
+        pinned: &PinnedRuntimes,
+        n: usize,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        pinned.runtimes[n].0.spawn(async move {
+            let _ = tx.send(f());
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn each_pinned_thread_builds_its_own_copy_and_drops_it_with_its_owner() {
+        let built = Arc::new(AtomicUsize::new(0));
+        let counter = built.clone();
+        // Each value is the number of the build that made it.
+        let per = Arc::new(PerThread::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst)
+        }));
+        assert_eq!(per.get(), 0, "off pinned threads: the shared value");
+        let pinned = PinnedRuntimes::start(2).unwrap();
+        let twice = |n| {
+            let per = per.clone();
+            on(&pinned, n, move || {
+                (on_pinned_thread(), per.get(), per.get())
+            })
+        };
+        let first = twice(0);
+        let second = twice(1);
+        assert!(first.0 && second.0);
+        assert_eq!(first.1, first.2, "a thread keeps its copy");
+        assert_eq!(second.1, second.2);
+        assert_ne!(first.1, second.1, "each thread has its own");
+        assert_ne!(first.1, 0);
+        assert_eq!(twice(0).1, first.1);
+        assert_eq!(built.load(Ordering::SeqCst), 3);
+        assert_eq!(per.get(), 0);
+        // A new owner (a reload) builds anew; the dropped one's copy goes.
+        drop(per);
+        let reloaded = Arc::new(PerThread::new(|| String::from("new")));
+        let (value, copies) = on(&pinned, 0, move || {
+            (reloaded.get(), THREAD_VALUES.with(|v| v.borrow().len()))
+        });
+        assert_eq!((value.as_str(), copies), ("new", 1));
+        pinned.shutdown();
     }
 }

@@ -549,10 +549,7 @@ impl ClientConn {
         *up_req.uri_mut() = uri;
         *up_req.version_mut() = Version::HTTP_11;
         *up_req.headers_mut() = up_headers;
-        let client = match upgrade {
-            Some(_) => &out.live.upstream.upgrade_client,
-            None => &out.live.upstream.client,
-        };
+        let client = out.live.upstream.client(upgrade.is_some());
         let sent = tokio::select! {
             r = tokio::time::timeout(out.timeout, client.request(up_req)) => r,
             reason = out.live.ended() => {

@@ -5,6 +5,7 @@
 
 use crate::settings::HttpSettings;
 use sluice_core::config::{ConnectionConfig, Secret, UpstreamTls};
+use sluice_core::pinned::PerThread;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -62,6 +63,14 @@ fn ca_path(connection: &str, settings: &HttpSettings) -> Result<Option<PathBuf>,
 type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, crate::flavor::Body>;
 
+fn build_client(connector: Connector) -> Client {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .pool_timer(hyper_util::rt::TokioTimer::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(60))
+        .build(connector)
+}
+
 /// How long connecting to an upstream may take.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -71,10 +80,10 @@ pub(crate) struct Upstream {
     pub authority: http::uri::Authority,
     /// The URL's path without a trailing `/` (empty for none).
     pub base_path: String,
-    /// Pooled, HTTP/2 when the upstream offers it by ALPN.
-    pub client: Client,
-    /// HTTP/1.1 only, for upgrades (WebSocket is relayed over HTTP/1.1).
-    pub upgrade_client: Client,
+    /// The pooled client (HTTP/2 when the upstream offers it by ALPN) and
+    /// the HTTP/1.1 one for upgrades: one pair for the gateway, or one per
+    /// pinned session thread, whose requests then stay on it.
+    clients: PerThread<[Client; 2]>,
     /// The connection's `timeout` for one exchange, when it sets one.
     pub timeout: Option<std::time::Duration>,
 }
@@ -132,25 +141,30 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http_connector());
-        let builder = || {
-            let mut b =
-                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
-            b.timer(hyper_util::rt::TokioTimer::new())
-                .pool_timer(hyper_util::rt::TokioTimer::new())
-                .pool_idle_timeout(std::time::Duration::from_secs(60));
-            b
-        };
         Ok(Upstream {
             scheme,
             authority,
             base_path,
-            client: builder().build(pooled),
-            upgrade_client: builder().build(h1),
+            clients: PerThread::new(move || {
+                [build_client(pooled.clone()), build_client(h1.clone())]
+            }),
             timeout: HttpSettings::of(connection)
                 .map_err(|(key, message)| format!("{key}: {message}"))?
                 .timeout
                 .map(|t| t.0),
         })
+    }
+
+    /// The pooled client (HTTP/2 when the upstream offers it by ALPN), or
+    /// with `upgrade` the HTTP/1.1-only one (WebSocket is relayed over
+    /// HTTP/1.1).
+    pub fn client(&self, upgrade: bool) -> Client {
+        let [pooled, upgrades] = self.clients.get();
+        if upgrade {
+            upgrades
+        } else {
+            pooled
+        }
     }
 
     /// A `Location` pointing into the upstream (absolute, or absolute-path
@@ -210,6 +224,93 @@ mod tests {
         .unwrap();
         let c = &config.connections[0];
         Upstream::new(c, default_tls(c).unwrap()).unwrap()
+    }
+
+    /// An HTTP/1.1 upstream that answers every request with an empty 200
+    /// naming the connection it came on (`x-conn`, numbered from 0), and
+    /// keeps connections open.
+    fn numbering_upstream() -> String {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        std::thread::spawn(move || {
+            for (n, stream) in listener.incoming().flatten().enumerate() {
+                std::thread::spawn(move || {
+                    let mut writer = stream.try_clone().unwrap();
+                    let ok = format!("HTTP/1.1 200 OK\r\nx-conn: {n}\r\ncontent-length: 0\r\n\r\n");
+                    for line in BufReader::new(stream).lines() {
+                        match line {
+                            Ok(l) if l.is_empty() => {
+                                if writer.write_all(ok.as_bytes()).is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(_) => return,
+                        }
+                    }
+                });
+            }
+        });
+        url
+    }
+
+    /// The connections (by `x-conn`) that served `times` requests sent from
+    /// a task on `runtime`.
+    fn served(u: &Arc<Upstream>, runtime: &tokio::runtime::Handle, times: usize) -> Vec<String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let u = u.clone();
+        runtime.spawn(async move {
+            let mut conns = Vec::new();
+            for _ in 0..times {
+                let req = http::Request::get(u.uri("/", None).unwrap())
+                    .body(crate::server::empty())
+                    .unwrap();
+                let response = u.client(false).request(req).await.unwrap();
+                conns.push(response.headers()["x-conn"].to_str().unwrap().to_owned());
+                http_body_util::BodyExt::collect(response.into_body())
+                    .await
+                    .unwrap();
+                // Let the connection go back to its pool before the next.
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let _ = tx.send(conns);
+        });
+        rx.recv().unwrap()
+    }
+
+    #[test]
+    fn pinned_threads_pool_their_own_upstream_connections() {
+        let url = numbering_upstream();
+        let u = Arc::new(upstream(&url));
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let pinned = sluice_core::pinned::PinnedRuntimes::start(2).unwrap();
+        let (first, _held) = pinned.least_busy().unwrap();
+        let (second, _held_too) = pinned.least_busy().unwrap();
+        // The shared runtime stays up with its idle connection pooled: a
+        // shared pool would hand that connection to the pinned threads.
+        let on_shared = served(&u, shared.handle(), 2);
+        let on_pinned = [served(&u, first, 2), served(&u, second, 2)];
+        for conn in on_pinned.concat() {
+            assert!(
+                !on_shared.contains(&conn),
+                "{on_pinned:?} reused {on_shared:?}"
+            );
+        }
+        assert!(
+            on_pinned[0].iter().all(|c| !on_pinned[1].contains(c)),
+            "{on_pinned:?}"
+        );
+        assert_eq!(on_pinned[0][0], on_pinned[0][1], "a thread reuses its pool");
+        // A reload's new upstream never reuses the old one's pools.
+        let reloaded = Arc::new(upstream(&url));
+        let after = served(&reloaded, first, 1);
+        assert!(!on_pinned[0].contains(&after[0]), "{after:?}");
+        pinned.shutdown();
     }
 
     #[test]
