@@ -620,6 +620,35 @@ allow_groups = ["agents"]
 }
 
 #[test]
+fn a_reload_that_moves_a_connection_sends_new_sessions_to_its_new_upstream() {
+    let mut env = HttpEnv::builder()
+        .toml(
+            r#"
+[[connections]]
+name = "moving"
+kind = "http"
+upstream = "{UPSTREAM}/old"
+allow_groups = ["agents"]
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+    let (status, body) = env.get(&token, "/moving/before", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(env.upstream.last("/old/before").is_some());
+    let line = env.reload_replacing("/old\"", "/new\"");
+    assert!(line.contains("Configuration reloaded."), "{line}");
+    // Each curl is a new client connection, so a new session.
+    let (status, body) = env.get(&token, "/moving/after", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        env.upstream.last("/new/after").is_some() && env.upstream.last("/old/after").is_none(),
+        "a session after the reload reached the old upstream: {:?}",
+        env.upstream.requests()
+    );
+}
+
+#[test]
 fn upstream_failures_and_timeouts_are_clear() {
     let dead = sluice_sandbox::free_port();
     let env = HttpEnv::builder()

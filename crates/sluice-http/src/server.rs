@@ -27,7 +27,9 @@ pub(crate) struct Shared {
     pub limits: Limits,
     /// `hosts` routing: host glob → connection name, in config order.
     pub hosts: Vec<(Glob, String)>,
-    upstreams: Mutex<HashMap<String, Arc<Upstream>>>,
+    /// Per connection name: the configuration the clients were built for
+    /// (its `Debug` text) and the clients.
+    upstreams: Mutex<HashMap<String, (String, Arc<Upstream>)>>,
 }
 
 impl Shared {
@@ -61,16 +63,24 @@ impl Shared {
         }
     }
 
-    /// The connection's upstream clients, built once (pooled across clients).
+    /// The connection's upstream clients, built once per configuration of
+    /// the connection (pooled across clients): after a reload that changes
+    /// the connection (its URL, TLS, timeout), new sessions get new clients,
+    /// and the old ones go when the sessions using them end.
     pub fn upstream(
         &self,
         connection: &ConnectionConfig,
         flavor: &dyn crate::Flavor,
     ) -> Result<Arc<Upstream>, Problem> {
+        // Secrets are references (env names, files) in the configuration: the
+        // identity holds no secret value.
+        let identity = format!("{connection:?}");
         {
             let map = self.upstreams.locked();
-            if let Some(u) = map.get(&connection.name) {
-                return Ok(u.clone());
+            if let Some((built_for, u)) = map.get(&connection.name) {
+                if *built_for == identity {
+                    return Ok(u.clone());
+                }
             }
         }
         let built = flavor
@@ -87,11 +97,9 @@ impl Shared {
                 )
             })?;
         let built = Arc::new(built);
-        {
-            let mut map = self.upstreams.locked();
-            map.entry(connection.name.clone())
-                .or_insert_with(|| built.clone());
-        }
+        self.upstreams
+            .locked()
+            .insert(connection.name.clone(), (identity, built.clone()));
         Ok(built)
     }
 
