@@ -41,7 +41,8 @@ pub fn on_pinned_thread() -> bool {
 /// pooled connection's I/O runs on the runtime that opened it, so a pinned
 /// session that used a pool shared with other threads would wake another
 /// thread for every exchange. Each pinned thread builds its own copy on first
-/// use; the copies are dropped with the `PerThread` (a reload builds new ones).
+/// use. Once the `PerThread` is dropped (a reload builds new ones), each
+/// thread drops its copy at its next `get` of any `PerThread`, or when it ends.
 pub struct PerThread<T> {
     shared: T,
     make: Box<dyn Fn() -> T + Send + Sync>,
@@ -63,22 +64,40 @@ impl<T: Clone + 'static> PerThread<T> {
         if !on_pinned_thread() {
             return self.shared.clone();
         }
-        THREAD_VALUES.with(|values| {
+        // `make` runs, and dropped owners' copies are dropped, with the list
+        // released: either may use another `PerThread`.
+        let (mine, gone) = THREAD_VALUES.with(|values| {
             let mut values = values.borrow_mut();
-            // Copies of values dropped since go now (their connections close).
-            values.retain(|(alive, _)| alive.strong_count() > 0);
+            let gone = if values.iter().any(|(alive, _)| alive.strong_count() == 0) {
+                let (live, gone): (Vec<ThreadValue>, Vec<ThreadValue>) =
+                    std::mem::take(&mut *values)
+                        .into_iter()
+                        .partition(|(alive, _)| alive.strong_count() > 0);
+                *values = live;
+                gone
+            } else {
+                Vec::new()
+            };
             // A live Weak keeps its allocation, so no other owner shares its address.
             let mine = values
                 .iter()
                 .find(|(alive, _)| std::ptr::eq(alive.as_ptr(), Arc::as_ptr(&self.alive)))
-                .and_then(|(_, value)| value.downcast_ref::<T>());
-            if let Some(value) = mine {
-                return value.clone();
-            }
-            let value = (self.make)();
-            values.push((Arc::downgrade(&self.alive), Box::new(value.clone())));
-            value
-        })
+                .and_then(|(_, value)| value.downcast_ref::<T>())
+                .cloned();
+            (mine, gone)
+        });
+        drop(gone);
+        if let Some(value) = mine {
+            return value;
+        }
+        let value = (self.make)();
+        let copy: Box<dyn std::any::Any> = Box::new(value.clone());
+        THREAD_VALUES.with(|values| {
+            values
+                .borrow_mut()
+                .push((Arc::downgrade(&self.alive), copy))
+        });
+        value
     }
 }
 
@@ -212,20 +231,33 @@ mod tests {
         rx.recv().unwrap()
     }
 
+    /// Counts its drops: a copy is dropped once its last clone is.
+    struct Marker(Arc<AtomicUsize>);
+
+    impl Drop for Marker {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
     #[test]
     fn each_pinned_thread_builds_its_own_copy_and_drops_it_with_its_owner() {
         let built = Arc::new(AtomicUsize::new(0));
-        let counter = built.clone();
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let (counter, drops) = (built.clone(), dropped.clone());
         // Each value is the number of the build that made it.
         let per = Arc::new(PerThread::new(move || {
-            counter.fetch_add(1, Ordering::SeqCst)
+            (
+                counter.fetch_add(1, Ordering::SeqCst),
+                Arc::new(Marker(drops.clone())),
+            )
         }));
-        assert_eq!(per.get(), 0, "off pinned threads: the shared value");
+        assert_eq!(per.get().0, 0, "off pinned threads: the shared value");
         let pinned = PinnedRuntimes::start(2).unwrap();
         let twice = |n| {
             let per = per.clone();
             on(&pinned, n, move || {
-                (on_pinned_thread(), per.get(), per.get())
+                (on_pinned_thread(), per.get().0, per.get().0)
             })
         };
         let first = twice(0);
@@ -237,14 +269,20 @@ mod tests {
         assert_ne!(first.1, 0);
         assert_eq!(twice(0).1, first.1);
         assert_eq!(built.load(Ordering::SeqCst), 3);
-        assert_eq!(per.get(), 0);
-        // A new owner (a reload) builds anew; the dropped one's copy goes.
+        assert_eq!(per.get().0, 0);
+        // A new owner (a reload) builds anew; the dropped one's copies go
+        // at each thread's next get, and the shared value with the owner.
         drop(per);
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "the shared value");
         let reloaded = Arc::new(PerThread::new(|| String::from("new")));
-        let (value, copies) = on(&pinned, 0, move || {
-            (reloaded.get(), THREAD_VALUES.with(|v| v.borrow().len()))
-        });
-        assert_eq!((value.as_str(), copies), ("new", 1));
+        for n in 0..2 {
+            let reloaded = reloaded.clone();
+            let (value, copies) = on(&pinned, n, move || {
+                (reloaded.get(), THREAD_VALUES.with(|v| v.borrow().len()))
+            });
+            assert_eq!((value.as_str(), copies), ("new", 1));
+        }
+        assert_eq!(dropped.load(Ordering::SeqCst), 3, "both threads' copies");
         pinned.shutdown();
     }
 }

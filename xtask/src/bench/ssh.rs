@@ -130,9 +130,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             let started = Instant::now();
             let out = cmd.stdin(Stdio::null()).output().context("running scp")?;
             let secs = started.elapsed().as_secs_f64();
-            if *name == "sluice" {
-                gateway_scp.add(gateway_before, gateway_cpu(), size_mib as f64);
-            }
+            let gateway_after = gateway_cpu();
             let cpu = cpu_before
                 .zip(super::waited_children_cpu_seconds())
                 .map(|(a, b)| b - a);
@@ -149,6 +147,9 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
             if copied != size_mib * 1024 * 1024 {
                 eprintln!("bench: scp via {name} copied {copied} bytes");
                 continue;
+            }
+            if *name == "sluice" {
+                gateway_scp.add(gateway_before, gateway_after, size_mib as f64);
             }
             rates[i].push(size_mib as f64 / secs);
             client_cpu[i].extend(cpu);
@@ -179,7 +180,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
         println!("  {name:<10} {rate:>8.1} MiB/s  {ratio}{cpu}");
     }
     if let Some(ms) = gateway_scp.per_unit(1e3) {
-        println!("  gateway CPU per MiB copied: {ms:.2} ms");
+        println!("  gateway CPU per MiB copied (its logins included): {ms:.2} ms");
     }
 
     // Small exec round trips over one multiplexed connection per target.
@@ -260,7 +261,11 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
     // Rounds alternate between targets so that load from elsewhere on the
     // machine affects them alike.
     let mut samples: Vec<Vec<f64>> = vec![Vec::with_capacity(EXEC_ROUNDS); targets.len()];
+    // The gateway's CPU over all rounds (it idles in the direct ones), so
+    // the work it does after a client has exited is counted too.
     let mut gateway_exec = GatewayCpu::default();
+    let gateway_before = gateway_cpu();
+    let mut sluice_execs = 0.0;
     for _ in 0..EXEC_ROUNDS {
         crate::interrupt::check()?;
         for (i, (name, make)) in targets.iter().enumerate() {
@@ -269,17 +274,19 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null());
-            let gateway_before = gateway_cpu();
             let t = Instant::now();
             let status = c.status()?;
             if status.success() {
                 samples[i].push(t.elapsed().as_secs_f64() * 1e6);
                 if *name == "sluice" {
-                    gateway_exec.add(gateway_before, gateway_cpu(), 1.0);
+                    sluice_execs += 1.0;
                 }
             }
         }
     }
+    // Past the last round's closing work.
+    thread::sleep(Duration::from_millis(200));
+    gateway_exec.add(gateway_before, gateway_cpu(), sluice_execs);
     for ((name, _), mut s) in targets.iter().zip(samples) {
         if s.len() < EXEC_ROUNDS / 2 {
             eprintln!(
@@ -342,7 +349,7 @@ pub(crate) fn bench(sluice_bin: Option<&Path>, size_mib: u64) -> Result<()> {
 }
 
 /// The gateway's CPU time over the operations it served, read from its
-/// stat around each one (clock ticks: only sums over many are meaningful).
+/// stat (whole clock ticks: only totals over many operations mean much).
 #[derive(Default)]
 struct GatewayCpu {
     seconds: f64,
