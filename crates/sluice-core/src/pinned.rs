@@ -68,16 +68,9 @@ impl<T: Clone + 'static> PerThread<T> {
         // released: either may use another `PerThread`.
         let (mine, gone) = THREAD_VALUES.with(|values| {
             let mut values = values.borrow_mut();
-            let gone = if values.iter().any(|(alive, _)| alive.strong_count() == 0) {
-                let (live, gone): (Vec<ThreadValue>, Vec<ThreadValue>) =
-                    std::mem::take(&mut *values)
-                        .into_iter()
-                        .partition(|(alive, _)| alive.strong_count() > 0);
-                *values = live;
-                gone
-            } else {
-                Vec::new()
-            };
+            let gone: Vec<ThreadValue> = values
+                .extract_if(.., |(alive, _)| alive.strong_count() == 0)
+                .collect();
             // A live Weak keeps its allocation, so no other owner shares its address.
             let mine = values
                 .iter()

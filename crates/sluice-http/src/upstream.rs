@@ -60,15 +60,51 @@ fn ca_path(connection: &str, settings: &HttpSettings) -> Result<Option<PathBuf>,
     }
 }
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+/// TCP (Nagle off, [`CONNECT_TIMEOUT`]), then TLS for `https://` URLs.
+pub type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, crate::flavor::Body>;
 
-fn build_client(connector: Connector) -> Client {
+/// A pooled client over `connector`, its idle connections closed after 60 s.
+pub fn pooled_client<B>(connector: Connector) -> hyper_util::client::legacy::Client<Connector, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+{
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .timer(hyper_util::rt::TokioTimer::new())
         .pool_timer(hyper_util::rt::TokioTimer::new())
         .pool_idle_timeout(std::time::Duration::from_secs(60))
         .build(connector)
+}
+
+/// A connector over `tls` (ALPN cleared: the connector offers its own),
+/// HTTP/2 by ALPN too when `http2`. Without `tls`, one with no roots: only
+/// `http://` URLs can use it.
+pub fn connector(tls: Option<&rustls::ClientConfig>, http2: bool) -> Connector {
+    let mut config = match tls {
+        Some(t) => t.clone(),
+        None => {
+            sluice_core::tls::install_crypto_provider();
+            rustls::ClientConfig::builder()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }
+    };
+    config.alpn_protocols.clear();
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http1();
+    if http2 {
+        builder.enable_http2().wrap_connector(tcp)
+    } else {
+        builder.wrap_connector(tcp)
+    }
 }
 
 /// How long connecting to an upstream may take.
@@ -106,47 +142,17 @@ impl Upstream {
             return Err("an upstream URL cannot have a query".into());
         }
         let base_path = uri.path().trim_end_matches('/').to_string();
-        let tls = match tls {
-            Some(t) => t,
-            None => {
-                if scheme == http::uri::Scheme::HTTPS {
-                    return Err("an https:// upstream needs a TLS configuration".into());
-                }
-                // Never used for http:// URLs; the connector needs one.
-                sluice_core::tls::install_crypto_provider();
-                Arc::new(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-            }
-        };
-        let http_connector = || {
-            let mut c = hyper_util::client::legacy::connect::HttpConnector::new();
-            c.enforce_http(false);
-            c.set_nodelay(true);
-            c.set_connect_timeout(Some(CONNECT_TIMEOUT));
-            c
-        };
-        let mut config = (*tls).clone();
-        config.alpn_protocols.clear();
-        let pooled = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config.clone())
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http_connector());
-        let h1 = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http_connector());
+        if tls.is_none() && scheme == http::uri::Scheme::HTTPS {
+            return Err("an https:// upstream needs a TLS configuration".into());
+        }
+        let pooled = connector(tls.as_deref(), true);
+        let h1 = connector(tls.as_deref(), false);
         Ok(Upstream {
             scheme,
             authority,
             base_path,
             clients: PerThread::new(move || {
-                [build_client(pooled.clone()), build_client(h1.clone())]
+                [pooled_client(pooled.clone()), pooled_client(h1.clone())]
             }),
             timeout: HttpSettings::of(connection)
                 .map_err(|(key, message)| format!("{key}: {message}"))?

@@ -63,9 +63,8 @@ pub const SESSION_IDLE: Duration = Duration::from_secs(600);
 const SAMPLE_CHARS: usize = 4096;
 
 type Body = BoxBody<Bytes, Infallible>;
-pub(crate) type Connector =
-    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
+pub(crate) type Client =
+    hyper_util::client::legacy::Client<sluice_http::upstream::Connector, Full<Bytes>>;
 
 /// The keys of a `kind = "mcp"` connection: an HTTP connection's, without
 /// host routing (agents reach it at `/mcp/NAME`).
@@ -724,31 +723,7 @@ fn sse_answer(bytes: &[u8]) -> Result<Value, String> {
 }
 
 pub(crate) fn client(tls: Option<Arc<rustls::ClientConfig>>) -> Client {
-    let config = match tls {
-        Some(t) => (*t).clone(),
-        None => {
-            sluice_core::tls::install_crypto_provider();
-            rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        }
-    };
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(10)));
-    let mut config = config;
-    config.alpn_protocols.clear();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .timer(hyper_util::rt::TokioTimer::new())
-        .pool_timer(hyper_util::rt::TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector)
+    sluice_http::upstream::pooled_client(sluice_http::upstream::connector(tls.as_deref(), false))
 }
 
 /// Parses one JSON-RPC message; refuses batches, client responses and
