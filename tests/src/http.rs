@@ -276,20 +276,7 @@ impl HttpEnv {
         assert!(self.extra.contains(from), "{from:?} is not in the config");
         self.extra = self.extra.replace(from, to);
         self.write_config();
-        let offset = self.gateway_log().len();
-        let sent = std::process::Command::new("kill")
-            .args(["-HUP", &self.gateway_pid().to_string()])
-            .status()
-            .expect("running kill");
-        assert!(sent.success(), "kill -HUP failed");
-        wait_until_or(Duration::from_secs(10), || {
-            let log = self.gateway_log();
-            log.get(offset..)?
-                .lines()
-                .find(|l| l.contains("Configuration reloaded.") || l.contains("not reloaded"))
-                .map(String::from)
-        })
-        .unwrap_or_else(|| panic!("no reload logged; log:\n{}", self.gateway_log()))
+        crate::reload(self.gateway_pid(), || self.gateway_log())
     }
 
     /// The gateway's log so far.

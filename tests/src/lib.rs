@@ -201,6 +201,32 @@ pub fn failed(out: &Output) -> String {
     stderr(out)
 }
 
+/// Sends the gateway `pid` SIGHUP and waits until its log (read by
+/// `log`) tells the outcome: `Configuration reloaded.` or `Configuration
+/// not reloaded`. Returns that log line.
+pub fn reload(pid: u32, log: impl Fn() -> String) -> String {
+    let offset = log().len();
+    let sent = Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(sent.success(), "kill -HUP failed");
+    wait_until(
+        Duration::from_secs(10),
+        "the gateway to log the reload",
+        || {
+            log()
+                .get(offset..)?
+                .lines()
+                .find(|l| {
+                    l.contains("Configuration reloaded.")
+                        || l.contains("Configuration not reloaded")
+                })
+                .map(str::to_string)
+        },
+    )
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or panics with `what` after `timeout`.
 #[track_caller]
 pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
@@ -741,31 +767,12 @@ impl Env {
             .replace("{PG}", &self.pg.addr().to_string())
             .replace("{DIR}", &self.dir.path().display().to_string());
         self.write_config();
-        let offset = self.gateway_log().len();
         let pid = self
             .gateway
             .as_ref()
             .expect("the gateway is not running")
             .id();
-        let sent = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .expect("running kill");
-        assert!(sent.success(), "kill -HUP failed");
-        wait_until(
-            Duration::from_secs(10),
-            "the gateway to log the reload",
-            || {
-                let log = self.gateway_log();
-                log.get(offset..)?
-                    .lines()
-                    .find(|l| {
-                        l.contains("Configuration reloaded.")
-                            || l.contains("Configuration not reloaded")
-                    })
-                    .map(str::to_string)
-            },
-        )
+        reload(pid, || self.gateway_log())
     }
 
     /// Stops the gateway: SIGTERM, then SIGKILL after 10 s. Returns its exit status.
