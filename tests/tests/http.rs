@@ -727,6 +727,33 @@ allow_groups = ["agents"]
 }
 
 #[test]
+fn a_reload_that_tightens_upstream_tls_applies_to_the_next_session() {
+    let mut env = HttpEnv::builder()
+        .tls_upstream()
+        .toml(
+            r#"
+[[connections]]
+name = "tightened"
+kind = "http"
+upstream = "{TLS_UPSTREAM}"
+upstream_tls = "require"
+allow_groups = ["agents"]
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+    let (status, body) = env.get(&token, "/tightened/echo", &[]);
+    assert_eq!(status, 200, "{body}");
+    // Verified from now on, against roots that do not know the test CA.
+    let line = env.reload_replacing("upstream_tls = \"require\"\n", "");
+    assert!(line.contains("Configuration reloaded."), "{line}");
+    let (status, body) = env.get(&token, "/tightened/echo", &[]);
+    assert_eq!(status, 502, "{body}");
+    let seen = env.tls_upstream.as_ref().unwrap().requests();
+    assert_eq!(seen.len(), 1, "reached the unverified upstream: {seen:?}");
+}
+
+#[test]
 fn a_session_ends_when_its_token_expires() {
     let env = HttpEnv::start();
     let token = env.token("agent-1", &["agents"], "2s");
