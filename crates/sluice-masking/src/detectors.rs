@@ -247,6 +247,12 @@ impl Builtin {
         matches!(self, Builtin::Phone | Builtin::CreditCard)
     }
 
+    /// Whether [`Self::validate`] may return a hit that ends past the
+    /// candidate it was given: an IBAN's pattern finds only its start.
+    pub(crate) fn may_end_past_candidate(self) -> bool {
+        matches!(self, Builtin::Iban)
+    }
+
     /// Secrets that may be longer than the stream hold-back: when a match of
     /// this detector is cut by a buffer edge (`matched` is what was seen),
     /// the bytes of this class that follow belong to the same secret.

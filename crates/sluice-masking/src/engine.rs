@@ -922,7 +922,11 @@ impl MaskingEngine {
         // Only a match ending past this one's end can make it cut back: none
         // can when it ends where the text does (a whole column value).
         let may_cut = bound > hit.end || !self.inner.optimized;
-        if runs_on && hit.end - hit.start <= STRADDLE && may_cut {
+        if runs_on
+            && hit.end - hit.start <= STRADDLE
+            && may_cut
+            && self.may_be_overrun(hay, &hit, bound)
+        {
             if let Some((_, next)) = self.find_hit(hay, hit.start + 1, hit.end, bound, scratch) {
                 if next.end > hit.end {
                     if let Some(cut) = self.cut_before(pid, hay, hit.start, next.start) {
@@ -932,6 +936,34 @@ impl MaskingEngine {
             }
         }
         Some((det, hit))
+    }
+
+    /// Whether a hit starting inside `hit` (after its first byte) can end
+    /// past it within `hay[..bound]`, as far as each pattern's facts tell.
+    /// When none can, `next_hit` need not look for one: what it looks for
+    /// is the first hit starting there, and it acts only if that one ends
+    /// past `hit`.
+    fn may_be_overrun(&self, hay: &[u8], hit: &Hit, bound: usize) -> bool {
+        let inner = &*self.inner;
+        if !inner.optimized {
+            return true;
+        }
+        let (from, at) = (hit.start + 1, hit.end);
+        inner
+            .facts
+            .iter()
+            .zip(&inner.patterns)
+            .any(|(facts, info)| {
+                let past_candidate = match inner.detectors[info.detector].kind {
+                    Kind::Builtin(b) => b.may_end_past_candidate(),
+                    Kind::Custom => false,
+                };
+                if past_candidate {
+                    // Its candidate need not reach past `hit`: any start counts.
+                    return (from..at).any(|s| facts.may_start_at(hay, s, bound));
+                }
+                facts.may_span(hay, from, at, bound)
+            })
     }
 
     /// `pid`'s match at `start` within `hay[..cut]`, if still valid.

@@ -11,7 +11,7 @@ use regex_automata::nfa::thompson::{self, State, WhichCaptures, NFA};
 use regex_automata::util::primitives::StateID;
 
 /// A set of bytes.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ByteSet([u64; 4]);
 
 impl ByteSet {
@@ -32,8 +32,16 @@ impl ByteSet {
         }
     }
 
+    fn remove(&mut self, b: u8) {
+        self.0[usize::from(b >> 6)] &= !(1 << (b & 63));
+    }
+
     fn intersects_range(&self, start: u8, end: u8) -> bool {
         (start..=end).any(|b| self.contains(b))
+    }
+
+    fn iter(self) -> impl Iterator<Item = u8> {
+        (0..=255u8).filter(move |&b| self.contains(b))
     }
 }
 
@@ -41,18 +49,27 @@ impl ByteSet {
 pub(crate) const LEADING: usize = 4;
 
 /// The facts about one pattern.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct Facts {
     /// `leading[i]`: the bytes a match can have at offset `i` (`leading[0]`:
     /// every match starts with one of them). `ALL` from the first offset at
     /// which a match can already have ended.
     pub(crate) leading: [ByteSet; LEADING],
+    /// Every byte a match can contain.
+    pub(crate) bytes: ByteSet,
+    /// The bytes every match contains, each of them.
+    pub(crate) required: Vec<u8>,
+    /// The fewest bytes a match has.
+    pub(crate) min_len: usize,
 }
 
 impl Facts {
     /// Nothing known.
     const NONE: Facts = Facts {
         leading: [ByteSet::ALL; LEADING],
+        bytes: ByteSet::ALL,
+        required: Vec::new(),
+        min_len: 0,
     };
 
     /// Whether a match of the pattern can start at `hay[s]` and end by
@@ -70,14 +87,51 @@ impl Facts {
         true
     }
 
+    /// Whether a match can start in `from..at` and run on past `at`, within
+    /// `hay[..bound]`: it would consist of match bytes from its start through
+    /// `hay[at]`, be at least `min_len` long and contain the required bytes.
+    pub(crate) fn may_span(&self, hay: &[u8], from: usize, at: usize, bound: usize) -> bool {
+        let inside = |i: usize| i < bound && hay.get(i).is_some_and(|&b| self.bytes.contains(b));
+        // Cheapest first: the bytes on both sides of `at`, then whether the
+        // required bytes occur at all.
+        if at <= from || !inside(at) || !inside(at - 1) {
+            return false;
+        }
+        let Some(window) = hay.get(from..bound) else {
+            return true;
+        };
+        if !self.required.iter().all(|r| window.contains(r)) {
+            return false;
+        }
+        let mut first = at - 1;
+        while first > from && inside(first - 1) {
+            first -= 1;
+        }
+        let mut end = at + 1;
+        while inside(end) {
+            end += 1;
+        }
+        end - first >= self.min_len
+            && hay
+                .get(first..end)
+                .is_some_and(|run| self.required.iter().all(|r| run.contains(r)))
+            && (first..at).any(|s| self.may_start_at(hay, s, end))
+    }
+
     pub(crate) fn of(pattern: &str) -> Facts {
         let nfa = thompson::Compiler::new()
             .configure(thompson::Config::new().which_captures(WhichCaptures::None))
             .build(pattern);
         match nfa {
-            Ok(nfa) if !reaches_match(&nfa, &ByteSet::EMPTY) => Facts {
-                leading: leading_bytes(&nfa),
-            },
+            Ok(nfa) if !reaches_match(&nfa, &ByteSet::EMPTY) => {
+                let bytes = all_bytes(&nfa);
+                Facts {
+                    leading: leading_bytes(&nfa),
+                    bytes,
+                    required: required_bytes(&nfa, bytes),
+                    min_len: min_len(&nfa),
+                }
+            }
             // Matches the empty string (never for a detector): no facts.
             _ => Facts::NONE,
         }
@@ -108,6 +162,56 @@ fn leading_bytes(nfa: &NFA) -> [ByteSet; LEADING] {
         frontier = closure(nfa, next);
     }
     sets
+}
+
+/// The union of every byte transition reachable from the start: a match
+/// consists of these bytes only.
+fn all_bytes(nfa: &NFA) -> ByteSet {
+    let mut bytes = ByteSet::EMPTY;
+    walk(
+        nfa,
+        vec![nfa.start_anchored()],
+        &ByteSet::ALL,
+        |_, state| {
+            moves(state, |start, end, _| bytes.insert_range(start, end));
+        },
+    );
+    bytes
+}
+
+/// The bytes without which no match is reachable: every match contains
+/// each of them.
+fn required_bytes(nfa: &NFA, bytes: ByteSet) -> Vec<u8> {
+    bytes
+        .iter()
+        .filter(|&b| {
+            let mut without = bytes;
+            without.remove(b);
+            !reaches_match(nfa, &without)
+        })
+        .collect()
+}
+
+/// The length of the shortest match, in bytes (look-around assumed to
+/// hold): a breadth-first walk in which epsilon moves cost nothing.
+fn min_len(nfa: &NFA) -> usize {
+    let mut frontier = closure(nfa, vec![nfa.start_anchored()]);
+    let mut seen = vec![false; nfa.states().len()];
+    for len in 0..nfa.states().len() {
+        let mut next = Vec::new();
+        for &id in &frontier {
+            if matches!(nfa.state(id), State::Match { .. }) {
+                return len;
+            }
+            moves(nfa.state(id), |_, _, to| next.push(to));
+        }
+        next.retain(|id| !std::mem::replace(&mut seen[id.as_usize()], true));
+        if next.is_empty() {
+            break;
+        }
+        frontier = closure(nfa, next);
+    }
+    0
 }
 
 /// The states reachable from `from` through epsilon transitions (look-around

@@ -547,6 +547,21 @@ fn overlaps() {
     assert_eq!(mask(&e, "123-45-6789"), "[internal_id]");
     assert_eq!(mask(&e, "4111111111111111"), "[credit_card]");
     assert_eq!(mask(&e, "bin 4111 x"), "bin [bin] x");
+    // A match that runs on into an IBAN is cut back before it, even when
+    // it covers all of the IBAN's candidate (its pattern finds only the
+    // start; the validator walks the rest): the whole IBAN is masked.
+    let e = engine(
+        r#"
+        detectors = ["iban"]
+        [[custom]]
+        name = "ref"
+        regex = "REF-(?:[A-Z]{2}[0-9]{2} [0-9]{4})?"
+        "#,
+    );
+    assert_eq!(
+        mask(&e, "REF-DE89 3704 0044 0532 0130 00 ok"),
+        "[ref][iban] ok"
+    );
 }
 
 #[test]
@@ -1668,6 +1683,37 @@ fn the_leading_bytes_of_a_match_are_read_off_its_pattern() {
     assert!(alt.may_start_at(b"ab", 0, 2) && alt.may_start_at(b"cd", 0, 2));
     assert!(alt.may_start_at(b"ad", 0, 2));
     assert!(!alt.may_start_at(b"ax", 0, 2));
+}
+
+#[test]
+fn what_every_match_contains_is_read_off_its_pattern() {
+    use crate::prefilter::Facts;
+    let email = Facts::of(r"[a-z]+@[a-z]+\.(?:com|io)");
+    assert_eq!(email.min_len, 6);
+    assert!(email.required.contains(&b'@') && email.required.contains(&b'.'));
+    // Each alternative has an `o`, no other letter is in both.
+    assert!(email.required.contains(&b'o') && !email.required.contains(&b'c'));
+    assert!(email.bytes.contains(b'q') && !email.bytes.contains(b' '));
+    // Whether a match can start in `from..at` and contain `hay[at]`: at 13
+    // (`|`) no match byte; at 8 (`@`) the run of match bytes around it is
+    // `ex@y.io`, a possible match, unless its `@` is missing, it does not
+    // fit before the bound, or no match can start in it.
+    let hay = b"ab cd ex@y.io|";
+    assert!(!email.may_span(hay, 1, 13, hay.len()));
+    assert!(email.may_span(hay, 1, 8, hay.len()));
+    assert!(
+        email.may_span(b"x@y.io|", 0, 1, 7),
+        "as short as a match can be"
+    );
+    assert!(!email.may_span(b"ab cd exy.io|", 1, 8, 13));
+    assert!(!email.may_span(hay, 1, 8, 10));
+    assert!(!email.may_span(hay, 8, 8, hay.len()));
+    assert!(!email.may_span(b"ab cd ..@y.io|", 1, 8, 14));
+    // Look-around is assumed to hold: never a miss.
+    let card = Facts::of(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,18}(?-u:\b)");
+    assert_eq!(card.min_len, 13);
+    assert!(card.required.is_empty());
+    assert!(card.may_span(b"x 4111 1111 1111 1111 x", 0, 10, 23));
 }
 
 #[test]
