@@ -1038,13 +1038,22 @@ impl MaskingEngine {
             let Some(info) = inner.patterns.get(pid.as_usize()) else {
                 return;
             };
-            let hit = match inner.detectors[info.detector].kind {
-                Kind::Builtin(b) => b.validate(info.form, hay, s, end),
-                Kind::Custom => Some(Hit::whole(s, end)),
+            let (hit, past_candidate) = match inner.detectors[info.detector].kind {
+                Kind::Builtin(b) => (
+                    b.validate(info.form, hay, s, end),
+                    b.may_end_past_candidate(),
+                ),
+                Kind::Custom => (Some(Hit::whole(s, end)), false),
             };
             let Some(h) = hit.filter(|h| h.start >= pos && h.end > h.start) else {
                 return;
             };
+            // `may_be_overrun` relies on it.
+            debug_assert!(
+                past_candidate || h.end <= end,
+                "{} ended its hit past its candidate",
+                inner.detectors[info.detector].name
+            );
             let better = match &best {
                 None => true,
                 Some((_, b)) => h.start < b.start || (h.start == b.start && h.end > b.end),

@@ -1502,6 +1502,8 @@ fn adversarial_piece(rng: &mut Rng) -> String {
         "::",
         "fe80",
         "TKT-",
+        "REF-é",
+        "ref-AB12",
         "Blue Falcon",
         "x-ray",
     ];
@@ -1534,6 +1536,21 @@ fn adversarial_piece(rng: &mut Rng) -> String {
         5 => run(rng, B64, 60),
         6 => WORDS[rng.below(WORDS.len())].to_string(),
         7 | 10 | 11 => run(rng, b"0123456789 -.()+/", 30),
+        // A number run on into a secret, which may start inside it.
+        8 => {
+            let numbers = [
+                "4111 1111 1111 1111",
+                "+44 20 7946 0958",
+                "415-555-2671",
+                "0123 ",
+            ];
+            let ibans = ["DE89 3704 0044 0532 0130 00", "GB82 WEST 1234 5698 7654 32"];
+            let secret = match rng.below(3) {
+                0 => ibans[rng.below(ibans.len())],
+                _ => DETECTOR_TABLE[rng.below(DETECTOR_TABLE.len())].1,
+            };
+            format!("{}{}", numbers[rng.below(numbers.len())], expand(secret))
+        }
         _ => {
             let (_, input, _) = DETECTOR_TABLE[rng.below(DETECTOR_TABLE.len())];
             expand(input)
@@ -1558,6 +1575,18 @@ fn optimized_path_masks_exactly_what_the_plain_scan_masks() {
         [[custom]]
         name = "codename"
         words = ["Blue Falcon", "x-ray"]
+        "#,
+        // Custom matches that run on, look-around, Unicode and case folding
+        // in the facts read off patterns; IBANs (validated past their
+        // candidate) next to numbers.
+        r#"
+        detectors = ["iban", "credit_card", "phone", "email"]
+        [[custom]]
+        name = "ref"
+        regex = "(?i)\\bref-[a-zé]{2,}[0-9]*"
+        [[custom]]
+        name = "acct"
+        regex = "[0-9]{4}(?: [A-Z]{2}[0-9]{2} [0-9A-Z]{4})?"
         "#,
     ];
     let mut rng = Rng(0x5eed);
