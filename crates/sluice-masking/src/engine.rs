@@ -108,6 +108,32 @@ pub(crate) enum Kind {
     Custom,
 }
 
+impl Kind {
+    /// A candidate `hay[start..end]` checked: a custom match is taken whole.
+    fn validate(&self, form: usize, hay: &[u8], start: usize, end: usize) -> Option<Hit> {
+        match self {
+            Kind::Builtin(b) => b.validate(form, hay, start, end),
+            Kind::Custom => Some(Hit::whole(start, end)),
+        }
+    }
+
+    /// See [`Builtin::runs_on`]; a custom pattern may run on.
+    fn runs_on(&self) -> bool {
+        match self {
+            Kind::Builtin(b) => b.runs_on(),
+            Kind::Custom => true,
+        }
+    }
+
+    /// See [`Builtin::may_end_past_candidate`]; a custom hit is its match.
+    fn may_end_past_candidate(&self) -> bool {
+        match self {
+            Kind::Builtin(b) => b.may_end_past_candidate(),
+            Kind::Custom => false,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Detector {
     pub(crate) name: String,
@@ -914,10 +940,7 @@ impl MaskingEngine {
         }
         let (pid, hit) = self.find_hit(hay, pos, limit, hay.len(), scratch)?;
         let det = self.inner.patterns[pid].detector;
-        let runs_on = match self.inner.detectors[det].kind {
-            Kind::Builtin(b) => b.runs_on(),
-            Kind::Custom => true,
-        };
+        let runs_on = self.inner.detectors[det].kind.runs_on();
         let bound = (hit.end + STRADDLE).min(hay.len());
         // Only a match ending past this one's end can make it cut back: none
         // can when it ends where the text does (a whole column value).
@@ -954,11 +977,7 @@ impl MaskingEngine {
             .iter()
             .zip(&inner.patterns)
             .any(|(facts, info)| {
-                let past_candidate = match inner.detectors[info.detector].kind {
-                    Kind::Builtin(b) => b.may_end_past_candidate(),
-                    Kind::Custom => false,
-                };
-                if past_candidate {
+                if inner.detectors[info.detector].kind.may_end_past_candidate() {
                     // Its candidate need not reach past `hit`: any start counts.
                     return (from..at).any(|s| facts.may_start_at(hay, s, bound));
                 }
@@ -975,10 +994,10 @@ impl MaskingEngine {
                 .range(start..cut)
                 .anchored(Anchored::Pattern(PatternID::new(pid).ok()?)),
         )?;
-        let hit = match self.inner.detectors[info.detector].kind {
-            Kind::Builtin(b) => b.validate(info.form, hay, start, m.end())?,
-            Kind::Custom => Hit::whole(start, m.end()),
-        };
+        let hit =
+            self.inner.detectors[info.detector]
+                .kind
+                .validate(info.form, hay, start, m.end())?;
         (hit.start == start && hit.end <= cut).then_some(hit)
     }
 
@@ -1038,21 +1057,16 @@ impl MaskingEngine {
             let Some(info) = inner.patterns.get(pid.as_usize()) else {
                 return;
             };
-            let (hit, past_candidate) = match inner.detectors[info.detector].kind {
-                Kind::Builtin(b) => (
-                    b.validate(info.form, hay, s, end),
-                    b.may_end_past_candidate(),
-                ),
-                Kind::Custom => (Some(Hit::whole(s, end)), false),
-            };
+            let d = &inner.detectors[info.detector];
+            let hit = d.kind.validate(info.form, hay, s, end);
             let Some(h) = hit.filter(|h| h.start >= pos && h.end > h.start) else {
                 return;
             };
             // `may_be_overrun` relies on it.
             debug_assert!(
-                past_candidate || h.end <= end,
+                d.kind.may_end_past_candidate() || h.end <= end,
                 "{} ended its hit past its candidate",
-                inner.detectors[info.detector].name
+                d.name
             );
             let better = match &best {
                 None => true,
