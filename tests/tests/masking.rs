@@ -336,3 +336,56 @@ fn a_value_shaped_for_endless_rejection_is_masked_and_answered() {
         &v[v.len().saturating_sub(100)..]
     );
 }
+
+/// Numbers the target holds that run on into the next secret, as an agent
+/// could store them to get that secret shown: a phone number whose digit
+/// groups run into an SSN (the phone number is cut back before it), another
+/// straight into a card number, a card number right before an IBAN. Nothing
+/// of any of them reaches a raw-protocol client. The target's own copy is
+/// the oracle.
+#[test]
+fn numbers_run_on_into_secrets_hide_both() {
+    let env = Env::builder()
+        .extra_toml("[masking]\ndetectors = [\"default\"]\n")
+        .start();
+    let values = [
+        "+44 20 7946 0958 078-05-1120",
+        "+1 415 555 2671 4111111111111111",
+        "5555 5555 5555 4444 GB82 WEST 1234 5698 7654 32",
+    ];
+    let mut sql = String::from("create table ledger (v text);\n");
+    for v in values {
+        sql.push_str(&format!("insert into ledger values ('{v}');\n"));
+    }
+    sql.push_str(&format!("grant select on ledger to {};\n", env.db.user));
+    raw(&env, &sql);
+    let held = raw(&env, "select v from ledger");
+    let pieces = [
+        "078-05-1120",
+        "05-1120",
+        "4111111111111111",
+        "5698 7654",
+        "4444",
+        "0958",
+        "2671",
+    ];
+    for piece in pieces {
+        assert!(held.contains(piece), "the target holds {piece}: {held}");
+    }
+    let token = env.agent_token();
+    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let answer = conn.query("select v from ledger");
+    assert!(sluice_e2e::raw::errors(&answer).is_empty());
+    let shown: Vec<String> = sluice_e2e::raw::rows(&answer)
+        .into_iter()
+        .map(|r| r[0].clone().unwrap_or_default())
+        .collect();
+    assert_eq!(shown.len(), values.len(), "{shown:?}");
+    for piece in pieces {
+        assert!(
+            shown.iter().all(|v| !v.contains(piece)),
+            "{piece} shown: {shown:?}"
+        );
+    }
+}
