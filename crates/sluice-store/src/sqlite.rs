@@ -435,9 +435,21 @@ impl JournalWriter {
         let body = serde_json::to_string(event).map_err(backend)?;
         let hash = chain_hash(&prev, session_id, seq, at_ms, &body);
         let kind = event.kind();
-        let line = format!("{session_id}\t{seq}\t{at_ms}\t{prev}\t{hash}\t{kind}\t{body}\n");
+        let numbers = format!("\t{seq}\t{at_ms}\t");
         // Queued in chain order: the journal's order is the chains' order.
-        let target = self.queue.push(line.as_bytes());
+        // The line is `session seq at prev hash kind body`, tab-separated.
+        let target = self.queue.push(&[
+            session_id.as_bytes(),
+            numbers.as_bytes(),
+            prev.as_bytes(),
+            b"\t",
+            hash.as_bytes(),
+            b"\t",
+            kind.as_bytes(),
+            b"\t",
+            body.as_bytes(),
+            b"\n",
+        ]);
         // The same write carries the record into the gateway-wide chain: its
         // link is recomputed from the journal's order, so nothing more is written.
         self.log.push(&hash);

@@ -146,9 +146,9 @@ fn parameters_context(rest: &[u8]) -> Option<Arc<str>> {
         return None;
     }
     let digest = sha2::Sha256::digest(rest);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     Some(Arc::from(format!(
-        "bind parameters sha256:{hex} ({values} values)"
+        "bind parameters sha256:{} ({values} values)",
+        hex::encode(digest)
     )))
 }
 

@@ -961,9 +961,11 @@ fn sample_row<'v>(
                 let binary = columns.and_then(|c| c.get(i)).is_some_and(|c| c.binary);
                 let mut s = match std::str::from_utf8(b) {
                     Ok(s) if !binary => s.to_string(),
+                    // Only as many bytes as can show: one more than fits
+                    // still makes the cut below add its "…".
                     _ => format!(
                         "\\x{}",
-                        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+                        hex::encode(&b[..b.len().min(SAMPLE_VALUE_CHARS / 2 + 1)])
                     ),
                 };
                 if s.chars().count() > SAMPLE_VALUE_CHARS {
@@ -973,4 +975,53 @@ fn sample_row<'v>(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn binary_column() -> Column {
+        Column {
+            name: "b".into(),
+            table_oid: 0,
+            column_number: 0,
+            type_oid: 17,
+            binary: true,
+            table: None,
+            source_column: None,
+        }
+    }
+
+    #[test]
+    fn a_sampled_value_shows_its_start_and_says_when_it_was_cut() {
+        let long = vec![0xabu8; 500];
+        let exact = [0x01u8; (SAMPLE_VALUE_CHARS - 2) / 2];
+        let cols = vec![binary_column(), binary_column(), binary_column()];
+        let row = sample_row(
+            [Some(&long[..]), Some(&exact[..]), Some(&b"\xff\x00"[..])].into_iter(),
+            Some(&cols),
+        );
+        let cut = row[0].as_deref().unwrap_or_default();
+        assert_eq!(
+            cut,
+            format!("\\x{}…", "ab".repeat((SAMPLE_VALUE_CHARS - 2) / 2))
+        );
+        // A value that just fits is shown whole, with no mark.
+        assert_eq!(
+            row[1].as_deref(),
+            Some(format!("\\x{}", "01".repeat(exact.len())).as_str())
+        );
+        assert_eq!(row[2].as_deref(), Some("\\xff00"));
+        // One byte more than fits is cut, and marked.
+        let over = vec![0x01u8; exact.len() + 1];
+        let row = sample_row([Some(&over[..])].into_iter(), Some(&cols));
+        assert_eq!(
+            row[0].as_deref(),
+            Some(format!("\\x{}…", "01".repeat(exact.len())).as_str())
+        );
+        // Text that is not UTF-8 is shown as hex too; text is shown as is.
+        let text = sample_row([Some(&b"\xc3("[..]), Some(&b"ok"[..])].into_iter(), None);
+        assert_eq!(text, [Some("\\xc328".to_string()), Some("ok".to_string())]);
+    }
 }

@@ -108,10 +108,14 @@ impl Queue {
         self.queued
     }
 
-    /// Queues one chained line; returns the journal length that includes it.
-    pub(super) fn push(&mut self, line: &[u8]) -> u64 {
-        self.pending.extend_from_slice(line);
-        self.queued += line.len() as u64;
+    /// Queues one chained line, given as the parts it is made of (copied
+    /// straight into the batch); returns the journal length that includes it.
+    pub(super) fn push(&mut self, parts: &[&[u8]]) -> u64 {
+        let before = self.pending.len();
+        for part in parts {
+            self.pending.extend_from_slice(part);
+        }
+        self.queued += (self.pending.len() - before) as u64;
         self.queued
     }
 
