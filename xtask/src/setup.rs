@@ -58,6 +58,12 @@ const REQUIREMENTS: &[Requirement] = &[
         package: "openssh-client",
         present: || command_exists("ssh") || dpkg_installed("openssh-client"),
     },
+    // The gateway's allocator (jemalloc, through tikv-jemalloc-sys) is built
+    // with its own configure script and make.
+    Requirement {
+        package: "make",
+        present: || command_exists("make"),
+    },
     Requirement {
         package: "sqlite3",
         present: || command_exists("sqlite3"),

@@ -15,6 +15,13 @@ use clap::{Args, Parser, Subcommand};
 use sluice_core::Config;
 use std::path::PathBuf;
 
+/// jemalloc: per-thread caches make the many short-lived allocations of a
+/// relayed statement (parse trees, audit records, buffers) cheaper than
+/// glibc's malloc, at about the same memory per idle session. Measured in
+/// docs/operations.md ("Allocator").
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
