@@ -19,6 +19,7 @@ use std::path::PathBuf;
 /// relayed statement (parse trees, audit records, buffers) cheaper than
 /// glibc's malloc, at about the same memory per idle session. Measured in
 /// docs/operations.md ("Allocator").
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

@@ -961,8 +961,8 @@ fn sample_row<'v>(
                 let binary = columns.and_then(|c| c.get(i)).is_some_and(|c| c.binary);
                 let mut s = match std::str::from_utf8(b) {
                     Ok(s) if !binary => s.to_string(),
-                    // Only as many bytes as can show: one more than fits
-                    // still makes the cut below add its "…".
+                    // Only the bytes that can show, and more than fit: the
+                    // cut below then still adds its "…" to a longer value.
                     _ => format!(
                         "\\x{}",
                         hex::encode(&b[..b.len().min(SAMPLE_VALUE_CHARS / 2 + 1)])
