@@ -802,8 +802,11 @@ pub fn body_context(bytes: &[u8], complete: bool) -> String {
         );
     }
     let digest = sha2::Sha256::digest(bytes);
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    let mut line = format!("body sha256:{hex} ({} bytes)", bytes.len());
+    let mut line = format!(
+        "body sha256:{} ({} bytes)",
+        hex::encode(digest),
+        bytes.len()
+    );
     // What an approver reads: the start of a text body, escaped (control
     // characters cannot disguise it); the digest binds the whole body.
     if let Ok(text) = std::str::from_utf8(bytes) {
