@@ -5,6 +5,8 @@
 // Tests fail by panicking, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use sluice_e2e::pgwire::{exchange, Frontend};
+use sluice_e2e::raw::RawConn;
 use sluice_e2e::*;
 use std::process::Output;
 use std::thread;
@@ -260,6 +262,71 @@ fn a_retry_grant_does_not_cover_a_statement_whose_comment_ends_elsewhere() {
     // The approved statement itself still runs, once.
     ok(&env.psql(&batch, &["-c", approved]));
     assert_eq!(granted(&env), "1");
+}
+
+/// A retry grant for a statement with bound parameters is for those values.
+/// A raw-protocol client is granted `… where id = $1` with 6, then sends
+/// the same text bound to 7: refused, and a new approval; the table and the
+/// server's statement log (the oracle) show that only row 6 changed.
+#[test]
+fn a_retry_grant_for_bound_parameters_does_not_cover_other_values() {
+    let env = env();
+    let dba = env.token("dana", &["dba"], "10m");
+    let token = env.token("batch-agent", &["agents", "batch"], "10m");
+    let mut conn = RawConn::login(env.addr(), "batch-agent", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {e:?}"));
+    let sql = "update orders set status = 'bound' where id = $1";
+    let mut run = |id: &str| {
+        exchange(
+            &mut conn,
+            &[
+                Frontend::parse("", sql),
+                Frontend::bind("", "", &[id]),
+                Frontend::execute(""),
+                Frontend::Sync,
+            ],
+            Duration::from_secs(10),
+        )
+    };
+    let bound = |env: &Env| {
+        env.direct_sql(
+            "app",
+            "select coalesce(string_agg(id::text, ',' order by id), '') from orders where status = 'bound'",
+        )
+        .trim()
+        .to_string()
+    };
+    let first = run("6");
+    assert!(!first.errors().is_empty(), "{:?}", first.tags());
+    let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    assert!(approvals(&env, &dba, &["approve", &id]).status.success());
+    // The same text with another value: not what was approved.
+    let other = run("7");
+    assert!(!other.errors().is_empty(), "{:?}", other.tags());
+    assert!(
+        !other.tags().iter().any(|t| t.starts_with("UPDATE")),
+        "{:?}",
+        other.tags()
+    );
+    assert_eq!(bound(&env), "", "a grant for 6 updated another row");
+    // The approved values run, once.
+    let approved = run("6");
+    assert!(
+        approved.tags().iter().any(|t| t == "UPDATE 1"),
+        "{:?}",
+        approved.errors()
+    );
+    assert_eq!(bound(&env), "6");
+    let again = run("6");
+    assert!(!again.errors().is_empty(), "{:?}", again.tags());
+    // The server's own log: the statement ran once, and was judged first.
+    let report = env.assert_oracle();
+    let runs = report
+        .executed
+        .iter()
+        .filter(|s| s.text.contains("status = 'bound'"))
+        .count();
+    assert_eq!(runs, 1, "{report:?}");
 }
 
 #[test]
