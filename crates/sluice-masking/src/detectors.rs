@@ -450,12 +450,22 @@ fn phone(form: usize, hay: &[u8], start: usize, end: usize) -> Option<Hit> {
     match form {
         // International: the longest prefix ending after a digit group with
         // 8 to 15 digits (numbers may follow a phone number).
-        0 => (1..=m.len())
-            .rev()
-            .filter(|&e| m[e - 1].is_ascii_digit() || m[e - 1] == b')')
-            .filter(|&e| e == m.len() || !m[e].is_ascii_digit())
-            .find(|&e| (8..=15).contains(&digits(&m[..e])) && balanced(&m[..e]))
-            .map(|e| Hit::whole(start, start + e)),
+        0 => {
+            // One pass over the prefixes, counting as it goes; the last
+            // that qualifies is the longest.
+            let (mut n, mut open, mut close, mut longest) = (0usize, 0usize, 0usize, None);
+            for (i, &b) in m.iter().enumerate() {
+                n += usize::from(b.is_ascii_digit());
+                open += usize::from(b == b'(');
+                close += usize::from(b == b')');
+                let group_end = (b.is_ascii_digit() || b == b')')
+                    && m.get(i + 1).is_none_or(|c| !c.is_ascii_digit());
+                if group_end && (8..=15).contains(&n) && open == close {
+                    longest = Some(i + 1);
+                }
+            }
+            longest.map(|e| Hit::whole(start, start + e))
+        }
         1 | 2 => {
             let n = digits(m);
             let ok = balanced(m)

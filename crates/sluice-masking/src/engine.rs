@@ -225,6 +225,12 @@ struct Inner {
     patterns: Vec<PatternInfo>,
     /// For each byte, the patterns a match of which may start with it, by id.
     starting: Vec<Vec<PatternID>>,
+    /// For each byte, the patterns whose matches can contain it, leaving
+    /// out those of detectors that may end a hit past its candidate: the
+    /// only ones a match running on past a byte can belong to.
+    containing: Vec<Vec<usize>>,
+    /// The patterns of detectors that may end a hit past its candidate.
+    ending_past: Vec<usize>,
     /// Each pattern's facts, by id.
     facts: Vec<Facts>,
     /// Whether the shortcuts derived from [`Facts`] are used (always, except
@@ -279,6 +285,8 @@ impl Default for MaskingEngine {
                 probe: None,
                 patterns: Vec::new(),
                 starting: Vec::new(),
+                containing: Vec::new(),
+                ending_past: Vec::new(),
                 facts: Vec::new(),
                 optimized: true,
                 detectors: Vec::new(),
@@ -645,6 +653,15 @@ fn compile_as<K>(
                 .collect()
         })
         .collect();
+    let ends_past = |i: &usize| detectors[infos[*i].detector].kind.may_end_past_candidate();
+    let ending_past = (0..facts.len()).filter(ends_past).collect();
+    let containing = (0..=255u8)
+        .map(|b| {
+            (0..facts.len())
+                .filter(|i| !ends_past(i) && facts[*i].bytes.contains(b))
+                .collect()
+        })
+        .collect();
 
     Ok(MaskingEngine {
         inner: Arc::new(Inner {
@@ -652,6 +669,8 @@ fn compile_as<K>(
             probe,
             patterns: infos,
             starting,
+            containing,
+            ending_past,
             facts,
             optimized,
             detectors,
@@ -672,6 +691,8 @@ impl MaskingEngine {
                 probe: None,
                 patterns: Vec::new(),
                 starting: Vec::new(),
+                containing: Vec::new(),
+                ending_past: Vec::new(),
                 facts: Vec::new(),
                 optimized: true,
                 detectors: Vec::new(),
@@ -972,17 +993,23 @@ impl MaskingEngine {
             return true;
         }
         let (from, at) = (hit.start + 1, hit.end);
+        // A pattern's match that runs on past `at` contains `hay[at]`.
+        let spanning = hay
+            .get(at)
+            .and_then(|&b| inner.containing.get(usize::from(b)))
+            .map_or(&[][..], Vec::as_slice);
+        let fact = |pid: &usize| inner.facts.get(*pid);
+        // A detector that may end a hit past its candidate: the candidate
+        // need not reach past `hit`, so any start inside it counts.
         inner
-            .facts
+            .ending_past
             .iter()
-            .zip(&inner.patterns)
-            .any(|(facts, info)| {
-                if inner.detectors[info.detector].kind.may_end_past_candidate() {
-                    // Its candidate need not reach past `hit`: any start counts.
-                    return (from..at).any(|s| facts.may_start_at(hay, s, bound));
-                }
-                facts.may_span(hay, from, at, bound)
-            })
+            .filter_map(fact)
+            .any(|facts| (from..at).any(|s| facts.may_start_at(hay, s, bound)))
+            || spanning
+                .iter()
+                .filter_map(fact)
+                .any(|facts| facts.may_span(hay, from, at, bound))
     }
 
     /// `pid`'s match at `start` within `hay[..cut]`, if still valid.

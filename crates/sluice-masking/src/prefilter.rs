@@ -55,6 +55,8 @@ pub(crate) struct Facts {
     /// every match starts with one of them). `ALL` from the first offset at
     /// which a match can already have ended.
     pub(crate) leading: [ByteSet; LEADING],
+    /// How many of `leading` are not `ALL`: the offsets worth checking.
+    depth: usize,
     /// Every byte a match can contain.
     pub(crate) bytes: ByteSet,
     /// The bytes every match contains, each of them.
@@ -67,6 +69,7 @@ impl Facts {
     /// Nothing known.
     const NONE: Facts = Facts {
         leading: [ByteSet::ALL; LEADING],
+        depth: 0,
         bytes: ByteSet::ALL,
         required: Vec::new(),
         min_len: 0,
@@ -75,10 +78,7 @@ impl Facts {
     /// Whether a match of the pattern can start at `hay[s]` and end by
     /// `end`, as far as its leading bytes tell.
     pub(crate) fn may_start_at(&self, hay: &[u8], s: usize, end: usize) -> bool {
-        for (i, set) in self.leading.iter().enumerate() {
-            if *set == ByteSet::ALL {
-                return true;
-            }
+        for (i, set) in self.leading[..self.depth].iter().enumerate() {
             match hay.get(s + i) {
                 Some(&b) if s + i < end && set.contains(b) => {}
                 _ => return false,
@@ -125,8 +125,13 @@ impl Facts {
         match nfa {
             Ok(nfa) if !reaches_match(&nfa, &ByteSet::EMPTY) => {
                 let bytes = all_bytes(&nfa);
+                let leading = leading_bytes(&nfa);
                 Facts {
-                    leading: leading_bytes(&nfa),
+                    leading,
+                    depth: leading
+                        .iter()
+                        .take_while(|&&set| set != ByteSet::ALL)
+                        .count(),
                     bytes,
                     required: required_bytes(&nfa, bytes),
                     min_len: min_len(&nfa),
