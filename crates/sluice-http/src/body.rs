@@ -804,7 +804,7 @@ pub fn body_context(bytes: &[u8], complete: bool) -> String {
     let digest = sha2::Sha256::digest(bytes);
     let mut line = format!(
         "body sha256:{} ({} bytes)",
-        hex::encode(digest),
+        sluice_core::audit::hex_lower(&digest),
         bytes.len()
     );
     // What an approver reads: the start of a text body, escaped (control

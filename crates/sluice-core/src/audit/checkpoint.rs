@@ -30,7 +30,7 @@ pub fn log_hash(prev_root: &str, record_hash: &str) -> String {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part);
     }
-    hex::encode(h.finalize())
+    super::hex_lower(&h.finalize())
 }
 
 /// The head of the gateway-wide chain: how many records, and the root after them.

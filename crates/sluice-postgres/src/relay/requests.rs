@@ -148,7 +148,7 @@ fn parameters_context(rest: &[u8]) -> Option<Arc<str>> {
     let digest = sha2::Sha256::digest(rest);
     Some(Arc::from(format!(
         "bind parameters sha256:{} ({values} values)",
-        hex::encode(digest)
+        sluice_core::audit::hex_lower(&digest)
     )))
 }
 
