@@ -53,6 +53,48 @@ fn exec_output_and_exit_status_are_relayed_exactly() {
     assert!(!journal.contains(body));
 }
 
+/// Channel windows are 2 MiB on both legs: a transfer several windows long,
+/// each way, through an exec's stdin and stdout and through SFTP, waits on
+/// window adjustments many times and must still arrive byte for byte. The
+/// oracles are the bytes on the host and at the client.
+#[test]
+fn transfers_longer_than_the_channel_window_arrive_whole_both_ways() {
+    let env = SshEnv::start("");
+    let token = env.agent_token();
+    // 7 MiB that repeats only every 251 bytes (no detector matches it).
+    let data: Vec<u8> = (0..7u32 << 20)
+        .map(|i| b'a' + (i % 251 % 26) as u8)
+        .collect();
+    let w = env.work.display().to_string();
+    // Up through an exec's stdin, back through its stdout.
+    ok(&env.ssh_input(&token, &[&format!("cat > {w}/big-exec.bin")], &data));
+    assert!(
+        fs::read(env.work.join("big-exec.bin")).unwrap() == data,
+        "upload by exec differs"
+    );
+    let out = env.ssh(&token, &[&format!("cat {w}/big-exec.bin")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "download by exec differs");
+    // Up and back by SFTP.
+    let local = env.dir.path().join("big.bin");
+    fs::write(&local, &data).unwrap();
+    ok(&env.scp(
+        &token,
+        &[local.to_str().unwrap(), &format!("host:{w}/big-sftp.bin")],
+    ));
+    assert!(
+        fs::read(env.work.join("big-sftp.bin")).unwrap() == data,
+        "upload by SFTP differs"
+    );
+    let back = env.dir.path().join("big-back.bin");
+    ok(&env.scp(
+        &token,
+        &[&format!("host:{w}/big-sftp.bin"), back.to_str().unwrap()],
+    ));
+    assert!(fs::read(&back).unwrap() == data, "download by SFTP differs");
+}
+
 #[test]
 fn wrong_token_and_wrong_group_are_refused_and_the_gateway_keeps_serving() {
     let mut env = SshEnv::start("");
