@@ -645,23 +645,15 @@ fn compile_as<K>(
     };
 
     let facts: Vec<Facts> = patterns.iter().map(|p| Facts::of(p)).collect();
-    let starting = (0..=255u8)
-        .map(|b| {
-            (0..facts.len())
-                .filter(|&i| facts[i].leading[0].contains(b))
-                .filter_map(|i| PatternID::new(i).ok())
-                .collect()
-        })
+    let ends_past: Vec<bool> = infos
+        .iter()
+        .map(|info| detectors[info.detector].kind.may_end_past_candidate())
         .collect();
-    let ends_past = |i: &usize| detectors[infos[*i].detector].kind.may_end_past_candidate();
-    let ending_past = (0..facts.len()).filter(ends_past).collect();
-    let containing = (0..=255u8)
-        .map(|b| {
-            (0..facts.len())
-                .filter(|i| !ends_past(i) && facts[*i].bytes.contains(b))
-                .collect()
-        })
-        .collect();
+    let ByteTables {
+        starting,
+        containing,
+        ending_past,
+    } = ByteTables::of(&facts, &ends_past);
 
     Ok(MaskingEngine {
         inner: Arc::new(Inner {
@@ -680,6 +672,40 @@ fn compile_as<K>(
             holdback,
         }),
     })
+}
+
+/// Per-byte lookups read off the patterns' facts, for the shortcuts of
+/// `matches_at` and `may_be_overrun`.
+struct ByteTables {
+    starting: Vec<Vec<PatternID>>,
+    containing: Vec<Vec<usize>>,
+    ending_past: Vec<usize>,
+}
+
+impl ByteTables {
+    /// `ends_past[i]`: pattern `i` belongs to a detector that may end a hit
+    /// past its candidate.
+    fn of(facts: &[Facts], ends_past: &[bool]) -> Self {
+        let ends_past = |i: &usize| ends_past.get(*i).copied().unwrap_or(true);
+        let per_byte = |keep: &dyn Fn(usize, u8) -> bool| -> Vec<Vec<usize>> {
+            (0..=255u8)
+                .map(|b| (0..facts.len()).filter(|&i| keep(i, b)).collect())
+                .collect()
+        };
+        let starting = per_byte(&|i, b| facts[i].leading[0].contains(b))
+            .into_iter()
+            .map(|ids| {
+                ids.into_iter()
+                    .filter_map(|i| PatternID::new(i).ok())
+                    .collect()
+            })
+            .collect();
+        ByteTables {
+            starting,
+            containing: per_byte(&|i, b| !ends_past(&i) && facts[i].bytes.contains(b)),
+            ending_past: (0..facts.len()).filter(ends_past).collect(),
+        }
+    }
 }
 
 impl MaskingEngine {
