@@ -81,7 +81,11 @@ fn transfers_longer_than_the_channel_window_arrive_whole_both_ways() {
     fs::write(&local, &data).unwrap();
     ok(&env.scp(
         &token,
-        &[local.to_str().unwrap(), &format!("host:{w}/big-sftp.bin")],
+        &[
+            "-s",
+            local.to_str().unwrap(),
+            &format!("host:{w}/big-sftp.bin"),
+        ],
     ));
     assert!(
         fs::read(env.work.join("big-sftp.bin")).unwrap() == data,
@@ -90,7 +94,11 @@ fn transfers_longer_than_the_channel_window_arrive_whole_both_ways() {
     let back = env.dir.path().join("big-back.bin");
     ok(&env.scp(
         &token,
-        &[&format!("host:{w}/big-sftp.bin"), back.to_str().unwrap()],
+        &[
+            "-s",
+            &format!("host:{w}/big-sftp.bin"),
+            back.to_str().unwrap(),
+        ],
     ));
     assert!(fs::read(&back).unwrap() == data, "download by SFTP differs");
 }

@@ -135,7 +135,7 @@ impl AuditRecord {
 
 /// Lowercase hex of `bytes`, as every hash and digest in records is written.
 /// The crate's slice encoder: `hex::encode` collects its `String` one `char`
-/// at a time, about six times slower, and this runs several times for every
+/// at a time, four to six times slower, and this runs several times for every
 /// record (its chain hash, the gateway-wide root, a context digest).
 pub fn hex_lower(bytes: &[u8]) -> String {
     let mut out = vec![0u8; bytes.len() * 2];

@@ -39,10 +39,8 @@ const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connect, key exchange and authentication with the upstream, together.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(15);
 /// Channel window and packet sizes, on both legs: OpenSSH's own defaults.
-/// With 16 MiB windows an OpenSSH client uploading through the gateway used
-/// 1.1–2.6× the CPU of a direct upload and reached 0.55–0.75× its rate;
-/// with these, 0.57–0.92× the CPU and 0.72–1.04× the rate (three
-/// alternating runs of `cargo xtask bench --only ssh`, 1 GiB).
+/// With 16 MiB windows an OpenSSH client spent far more CPU per byte on an
+/// upload through the gateway (docs/ssh.md, "Performance", has the runs).
 const WINDOW_SIZE: u32 = 2 * 1024 * 1024;
 const PACKET_SIZE: u32 = 32 * 1024;
 
