@@ -1251,7 +1251,11 @@ impl MaskingEngine {
                 out.push(b'[');
                 out.extend_from_slice(label.as_bytes());
                 out.push(b':');
-                out.extend_from_slice(hex::encode(&digest[..6]).as_bytes());
+                // Into a stack buffer: no `String` per masked value.
+                let mut tag = [0u8; 12];
+                if hex::encode_to_slice(&digest[..6], &mut tag).is_ok() {
+                    out.extend_from_slice(&tag);
+                }
                 out.push(b']');
             }
             // Redact, Null, and Hash without a key (compile refuses that).

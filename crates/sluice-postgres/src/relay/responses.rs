@@ -965,7 +965,9 @@ fn sample_row<'v>(
                     // cut below then still adds its "…" to a longer value.
                     _ => format!(
                         "\\x{}",
-                        hex::encode(&b[..b.len().min(SAMPLE_VALUE_CHARS / 2 + 1)])
+                        sluice_core::audit::hex_lower(
+                            &b[..b.len().min(SAMPLE_VALUE_CHARS / 2 + 1)]
+                        )
                     ),
                 };
                 if s.chars().count() > SAMPLE_VALUE_CHARS {

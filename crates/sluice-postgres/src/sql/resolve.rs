@@ -546,7 +546,7 @@ fn literals(names: &[String]) -> String {
         .iter()
         .map(|n| {
             let bare = n.rsplit('.').next().unwrap_or(n);
-            let hex: String = bare.bytes().map(|b| format!("{b:02x}")).collect();
+            let hex = sluice_core::audit::hex_lower(bare.as_bytes());
             format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
         })
         .collect::<Vec<_>>()
