@@ -539,6 +539,8 @@ impl SshSession {
             told: false,
             watcher: watcher.clone(),
         };
+        // Read ahead: russh reads each packet in two pieces.
+        let tcp = sluice_core::io::ReadAhead::new(tcp);
         let started = server::run_stream(config, tcp, handler);
         let running = match tokio::time::timeout(LOGIN_TIMEOUT, started).await {
             Ok(Ok(running)) => running,

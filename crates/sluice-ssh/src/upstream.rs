@@ -223,6 +223,8 @@ async fn connect_inner(
         client: Some(client),
         forwards: forwards.clone(),
     };
+    // Read ahead: russh reads each packet in two pieces.
+    let tcp = sluice_core::io::ReadAhead::new(tcp);
     let mut handle = match client::connect_stream(config, tcp, handler).await {
         Ok(h) => h,
         Err(e) => {
