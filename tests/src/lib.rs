@@ -243,6 +243,43 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// The address a listener configured on port 0 bound: waits (60 s) for the
+/// gateway's `ready` log line (`… ready … addr=IP:PORT`) and reads it from
+/// there. The kernel picks the port at bind time, so no parallel test or
+/// outgoing connection can take it in between, as can happen to a port
+/// chosen in advance. Fails at once, with the log, if a listener could not
+/// bind (the gateway then exits: `binding the NAME listener on ADDR`).
+#[track_caller]
+pub fn bound_addr(log: impl Fn() -> String, ready: &str) -> SocketAddr {
+    wait_until(Duration::from_secs(60), ready, || {
+        let text = strip_ansi(&log());
+        assert!(
+            !text.contains("binding the "),
+            "a listener could not bind:\n{text}"
+        );
+        let line = text.lines().find(|l| l.contains(ready))?;
+        let addr = line.split_once("addr=")?.1.split_whitespace().next()?;
+        Some(
+            addr.parse()
+                .unwrap_or_else(|e| panic!("no address in {line:?}: {e}")),
+        )
+    })
+}
+
+/// `text` without terminal colour sequences (`ESC [ … m`).
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Whether `needle` occurs in `haystack` (bytes).
 /// Runs `sluice ARGS… --config CONFIG` with `env`, bounded by the command timeout.
 pub fn sluice_cli(config: &Path, env: &[(String, String)], args: &[&str]) -> Output {

@@ -58,17 +58,10 @@ struct Mcp {
 }
 
 impl Mcp {
-    /// Waits for the listener (its log line) and the gateway's CA.
-    fn ready(mcp_addr: String, state_dir: &std::path::Path, log: impl Fn() -> String) -> Mcp {
-        wait_until(Duration::from_secs(60), "the MCP listener", || {
-            let text = log();
-            // A port taken meanwhile by a parallel test: say so, not "timed out".
-            assert!(
-                !text.contains("binding the mcp listener"),
-                "the MCP listener could not bind:\n{text}"
-            );
-            text.contains("MCP listener ready").then_some(())
-        });
+    /// Waits for the listener (configured on port 0: its log line gives the
+    /// address) and the gateway's CA.
+    fn ready(state_dir: &std::path::Path, log: impl Fn() -> String) -> Mcp {
+        let mcp_addr = bound_addr(log, "MCP listener ready").to_string();
         let ca = state_dir.join("tls").join("ca.crt");
         wait_until(Duration::from_secs(10), "the gateway's CA", || {
             ca.is_file().then_some(())
@@ -82,18 +75,17 @@ impl Mcp {
 }
 
 fn start() -> (Env, Mcp) {
-    let mcp = sluice_sandbox::free_port();
     let api = sluice_sandbox::free_port();
-    let mcp_addr = format!("127.0.0.1:{mcp}");
+    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(DBA_CONNECTION)
         .extra_toml(RETRY_RULE)
         .extra_toml(INTERNS)
         .extra_toml(&quickstart_policy())
-        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .start();
-    let mcp = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let mcp = Mcp::ready(&env.state_dir, || env.gateway_log());
     (env, mcp)
 }
 
@@ -676,17 +668,16 @@ message = "Agents do not delete CRM records."
 fn mcp_http_request_tool_goes_through_the_http_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = sluice_e2e::http::Upstream::start(dir.path(), None);
-    let mcp = sluice_sandbox::free_port();
     let http = sluice_sandbox::free_port();
-    let mcp_addr = format!("127.0.0.1:{mcp}");
+    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(&CRM.replace("{CRM}", &format!("http://{}", upstream.addr)))
         .extra_toml(&quickstart_policy())
         .gateway_env("CRM_TOKEN", sluice_e2e::http::CRM_SECRET)
-        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
         .gateway_env("SLUICE_LISTEN__HTTP", &format!("127.0.0.1:{http}"))
         .start();
-    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let m = Mcp::ready(&env.state_dir, || env.gateway_log());
     let agent = env.agent_token();
     let (_, names) = m.tool_names(&agent, "legacy");
     assert!(names.contains(&"crm.request".to_string()), "{names:?}");
@@ -738,8 +729,8 @@ fn mcp_http_request_tool_goes_through_the_http_gateway() {
 fn mcp_ssh_exec_tool_goes_through_the_ssh_gateway() {
     // SshEnv writes its own [listen]; the gateway it starts inherits this
     // process's environment (nextest runs each test in its own process).
-    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
-    std::env::set_var("SLUICE_LISTEN__MCP", &mcp_addr);
+    let mcp_addr = "127.0.0.1:0";
+    std::env::set_var("SLUICE_LISTEN__MCP", mcp_addr);
     let env = sluice_e2e::sshd::SshEnv::start(
         r#"
 [[rules]]
@@ -749,7 +740,7 @@ action = "deny"
 message = "Deleting files on hosts is not allowed."
 "#,
     );
-    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let m = Mcp::ready(&env.state_dir, || env.gateway_log());
     let agent = env.agent_token();
     let (_, names) = m.tool_names(&agent, "legacy");
     assert_eq!(names, [format!("{}.exec", sluice_e2e::sshd::CONNECTION)]);
@@ -803,13 +794,13 @@ message = "Deleting files on hosts is not allowed."
 #[test]
 fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
     let idp = sluice_e2e::oidc::Idp::start();
-    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
+    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(&idp.toml("clock_skew = \"1s\"\n"))
         .extra_toml("[[auth.group_map]]\nidp_group = \"sluice-agents\"\ngroups = [\"agents\"]\n")
-        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
         .start();
-    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let m = Mcp::ready(&env.state_dir, || env.gateway_log());
 
     // The protected-resource metadata names the IdP.
     let (code, _, body) = m.curl(None, "/.well-known/oauth-protected-resource", None);
@@ -855,7 +846,7 @@ fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
 #[test]
 fn mcp_kubernetes_tools_go_through_the_kubernetes_gateway() {
     use sluice_e2e::kube::{KubeEnv, SECRET_VALUE, SECRET_VALUE_B64, UPSTREAM_TOKEN};
-    let mcp_addr = format!("127.0.0.1:{}", sluice_sandbox::free_port());
+    let mcp_addr = "127.0.0.1:0";
     let env = KubeEnv::builder()
         .extra_toml(
             r#"
@@ -874,9 +865,9 @@ action = "deny"
 message = "Deleting files in pods is not allowed."
 "#,
         )
-        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
         .start();
-    let m = Mcp::ready(mcp_addr, &env.state_dir, || env.gateway_log());
+    let m = Mcp::ready(&env.state_dir, || env.gateway_log());
     let agent = env.token("agent-1", &["agents"]);
     let (_, names) = m.tool_names(&agent, "legacy");
     assert_eq!(

@@ -183,20 +183,15 @@ fn approvals(env: &Env, token: &str, args: &[&str]) -> std::process::Output {
 /// A gateway with an MCP listener (and the API, for approvals) and `extra` config;
 /// the agent (`agent-1`, group `agents`) reaches connection `tools` through it.
 fn start_gateway(extra: &str) -> (Env, Agent) {
-    let mcp_port = sluice_sandbox::free_port();
-    let mcp_addr = format!("127.0.0.1:{mcp_port}");
     let api = sluice_sandbox::free_port();
     let env = Env::builder()
         .extra_toml(extra)
-        .gateway_env("SLUICE_LISTEN__MCP", &mcp_addr)
+        // Port 0: the listener's log line gives the address it bound.
+        .gateway_env("SLUICE_LISTEN__MCP", "127.0.0.1:0")
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .gateway_env("TOOLS_UPSTREAM_TOKEN", UPSTREAM_SECRET)
         .start();
-    wait_until(Duration::from_secs(60), "the MCP listener", || {
-        env.gateway_log()
-            .contains("MCP listener ready")
-            .then_some(())
-    });
+    let mcp_addr = bound_addr(|| env.gateway_log(), "MCP listener ready");
     let ca = env.state_dir.join("tls").join("ca.crt");
     wait_until(Duration::from_secs(10), "the gateway's CA", || {
         ca.is_file().then_some(())
