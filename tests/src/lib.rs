@@ -247,17 +247,21 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 /// gateway's `ready` log line (`… ready … addr=IP:PORT`) and reads it from
 /// there. The kernel picks the port at bind time, so no parallel test or
 /// outgoing connection can take it in between, as can happen to a port
-/// chosen in advance. Fails at once, with the log, if a listener could not
-/// bind (the gateway then exits: `binding the NAME listener on ADDR`).
+/// chosen in advance. The log accumulates across the harness's start
+/// attempts, so the last complete such line counts. Fails at once, with the
+/// log, if this listener could not bind (`binding the NAME listener`).
 #[track_caller]
-pub fn bound_addr(log: impl Fn() -> String, ready: &str) -> SocketAddr {
+pub fn bound_addr(log: impl Fn() -> String, ready: &str, name: &str) -> SocketAddr {
+    let bind_error = format!("binding the {name} listener");
     wait_until(Duration::from_secs(60), ready, || {
         let text = strip_ansi(&log());
         assert!(
-            !text.contains("binding the "),
-            "a listener could not bind:\n{text}"
+            !text.contains(&bind_error),
+            "the {name} listener could not bind:\n{text}"
         );
-        let line = text.lines().find(|l| l.contains(ready))?;
+        let line = text
+            .split_inclusive('\n')
+            .rfind(|l| l.ends_with('\n') && l.contains(ready))?;
         let addr = line.split_once("addr=")?.1.split_whitespace().next()?;
         Some(
             addr.parse()
