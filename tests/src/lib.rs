@@ -243,6 +243,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
+/// A listener address for the gateway to bind on a port the kernel picks;
+/// [`bound_addr`] reads which from the log.
+pub const ANY_LOCAL_PORT: &str = "127.0.0.1:0";
+
 /// The address a listener configured on port 0 bound: waits (60 s) for the
 /// gateway's `ready` log line (`… ready … addr=IP:PORT`) and reads it from
 /// there. The kernel picks the port at bind time, so no parallel test or

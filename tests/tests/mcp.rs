@@ -76,13 +76,12 @@ impl Mcp {
 
 fn start() -> (Env, Mcp) {
     let api = sluice_sandbox::free_port();
-    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(DBA_CONNECTION)
         .extra_toml(RETRY_RULE)
         .extra_toml(INTERNS)
         .extra_toml(&quickstart_policy())
-        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .start();
     let mcp = Mcp::ready(&env.state_dir, || env.gateway_log());
@@ -669,12 +668,11 @@ fn mcp_http_request_tool_goes_through_the_http_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = sluice_e2e::http::Upstream::start(dir.path(), None);
     let http = sluice_sandbox::free_port();
-    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(&CRM.replace("{CRM}", &format!("http://{}", upstream.addr)))
         .extra_toml(&quickstart_policy())
         .gateway_env("CRM_TOKEN", sluice_e2e::http::CRM_SECRET)
-        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT)
         .gateway_env("SLUICE_LISTEN__HTTP", &format!("127.0.0.1:{http}"))
         .start();
     let m = Mcp::ready(&env.state_dir, || env.gateway_log());
@@ -729,8 +727,7 @@ fn mcp_http_request_tool_goes_through_the_http_gateway() {
 fn mcp_ssh_exec_tool_goes_through_the_ssh_gateway() {
     // SshEnv writes its own [listen]; the gateway it starts inherits this
     // process's environment (nextest runs each test in its own process).
-    let mcp_addr = "127.0.0.1:0";
-    std::env::set_var("SLUICE_LISTEN__MCP", mcp_addr);
+    std::env::set_var("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT);
     let env = sluice_e2e::sshd::SshEnv::start(
         r#"
 [[rules]]
@@ -794,11 +791,10 @@ message = "Deleting files on hosts is not allowed."
 #[test]
 fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
     let idp = sluice_e2e::oidc::Idp::start();
-    let mcp_addr = "127.0.0.1:0";
     let env = Env::builder()
         .extra_toml(&idp.toml("clock_skew = \"1s\"\n"))
         .extra_toml("[[auth.group_map]]\nidp_group = \"sluice-agents\"\ngroups = [\"agents\"]\n")
-        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT)
         .start();
     let m = Mcp::ready(&env.state_dir, || env.gateway_log());
 
@@ -846,7 +842,6 @@ fn mcp_accepts_oidc_access_tokens_as_every_listener_does() {
 #[test]
 fn mcp_kubernetes_tools_go_through_the_kubernetes_gateway() {
     use sluice_e2e::kube::{KubeEnv, SECRET_VALUE, SECRET_VALUE_B64, UPSTREAM_TOKEN};
-    let mcp_addr = "127.0.0.1:0";
     let env = KubeEnv::builder()
         .extra_toml(
             r#"
@@ -865,7 +860,7 @@ action = "deny"
 message = "Deleting files in pods is not allowed."
 "#,
         )
-        .gateway_env("SLUICE_LISTEN__MCP", mcp_addr)
+        .gateway_env("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT)
         .start();
     let m = Mcp::ready(&env.state_dir, || env.gateway_log());
     let agent = env.token("agent-1", &["agents"]);

@@ -186,8 +186,7 @@ fn start_gateway(extra: &str) -> (Env, Agent) {
     let api = sluice_sandbox::free_port();
     let env = Env::builder()
         .extra_toml(extra)
-        // Port 0: the listener's log line gives the address it bound.
-        .gateway_env("SLUICE_LISTEN__MCP", "127.0.0.1:0")
+        .gateway_env("SLUICE_LISTEN__MCP", ANY_LOCAL_PORT)
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .gateway_env("TOOLS_UPSTREAM_TOKEN", UPSTREAM_SECRET)
         .start();
