@@ -538,6 +538,36 @@ impl SshEnv {
         run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT)
     }
 
+    /// Copies `data` up to `name` in the host's work directory with `scp
+    /// FLAGS…` and back again, and checks the bytes on the host's own disk
+    /// and back at the client (oracles the gateway does not write).
+    pub fn scp_up_and_back(&self, token: &str, flags: &[&str], name: &str, data: &[u8]) {
+        let local = self.dir.path().join(format!("{name}.up"));
+        fs::write(&local, data).expect("local file");
+        let remote = format!("host:{}/{name}", self.work.display());
+        let up: Vec<&str> = flags
+            .iter()
+            .copied()
+            .chain([local.to_str().unwrap(), &remote])
+            .collect();
+        ok(&self.scp(token, &up));
+        assert!(
+            fs::read(self.work.join(name)).expect("uploaded file") == data,
+            "upload of {name} (scp {flags:?}) differs"
+        );
+        let back = self.dir.path().join(format!("{name}.back"));
+        let down: Vec<&str> = flags
+            .iter()
+            .copied()
+            .chain([remote.as_str(), back.to_str().unwrap()])
+            .collect();
+        ok(&self.scp(token, &down));
+        assert!(
+            fs::read(&back).expect("downloaded file") == data,
+            "download of {name} (scp {flags:?}) differs"
+        );
+    }
+
     /// `sftp -P PORT -b - host@127.0.0.1` running `batch`.
     pub fn sftp(&self, token: &str, batch: &str) -> Output {
         let file = self.dir.path().join("sftp-batch");

@@ -77,30 +77,7 @@ fn transfers_longer_than_the_channel_window_arrive_whole_both_ways() {
     assert_eq!(out.stdout.len(), data.len());
     assert!(out.stdout == data, "download by exec differs");
     // Up and back by SFTP.
-    let local = env.dir.path().join("big.bin");
-    fs::write(&local, &data).unwrap();
-    ok(&env.scp(
-        &token,
-        &[
-            "-s",
-            local.to_str().unwrap(),
-            &format!("host:{w}/big-sftp.bin"),
-        ],
-    ));
-    assert!(
-        fs::read(env.work.join("big-sftp.bin")).unwrap() == data,
-        "upload by SFTP differs"
-    );
-    let back = env.dir.path().join("big-back.bin");
-    ok(&env.scp(
-        &token,
-        &[
-            "-s",
-            &format!("host:{w}/big-sftp.bin"),
-            back.to_str().unwrap(),
-        ],
-    ));
-    assert!(fs::read(&back).unwrap() == data, "download by SFTP differs");
+    env.scp_up_and_back(&token, &["-s"], "big-sftp.bin", &data);
 }
 
 #[test]
@@ -407,31 +384,13 @@ message = "Use exec with explicit commands."
 fn scp_and_sftp_transfers_work_and_are_recorded_as_metadata() {
     let env = SshEnv::start("");
     let token = env.agent_token();
-    let local = env.dir.path().join("payload.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-    fs::write(&local, &data).unwrap();
     let w = env.work.display().to_string();
     // Legacy scp protocol (an exec of scp -t / scp -f).
-    ok(&env.scp(
-        &token,
-        &[
-            "-O",
-            local.to_str().unwrap(),
-            &format!("host:{w}/up-scp.bin"),
-        ],
-    ));
-    assert_eq!(fs::read(env.work.join("up-scp.bin")).unwrap(), data);
-    let back = env.dir.path().join("back-scp.bin");
-    ok(&env.scp(
-        &token,
-        &[
-            "-O",
-            &format!("host:{w}/up-scp.bin"),
-            back.to_str().unwrap(),
-        ],
-    ));
-    assert_eq!(fs::read(&back).unwrap(), data);
+    env.scp_up_and_back(&token, &["-O"], "up-scp.bin", &data);
     // scp over SFTP (the default) and sftp itself.
+    let local = env.dir.path().join("payload.bin");
+    fs::write(&local, &data).unwrap();
     ok(&env.scp(
         &token,
         &[local.to_str().unwrap(), &format!("host:{w}/up-sftp.bin")],
