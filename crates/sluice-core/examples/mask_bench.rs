@@ -7,6 +7,9 @@
 use sluice_core::masking::{compile, MaskingConfig, MaskingEngine};
 use std::time::Instant;
 
+/// Scans per regime; the fastest is reported.
+const ROUNDS: usize = 5;
+
 fn main() {
     let config: MaskingConfig = match toml::from_str("detectors = [\"default\"]") {
         Ok(c) => c,
@@ -50,23 +53,31 @@ fn rows(secret_every: Option<u64>) -> String {
     text
 }
 
-/// Scans `text` once; `per_value`: also the scan's time over the values
-/// masked (the bytes between them included), telling on rows where about
-/// 60 % of the bytes are secrets.
+/// Scans `text` [`ROUNDS`] times and reports the fastest round (this VM's
+/// neighbours slow some rounds down; none speeds one up); `per_value`:
+/// also the scan's time over the values masked (the bytes between them
+/// included), telling on rows where about 60 % of the bytes are secrets.
 fn scan(engine: &MaskingEngine, label: &str, text: &str, per_value: bool) {
-    let start = Instant::now();
-    let (out, counts) = engine.mask_text(text);
-    let secs = start.elapsed().as_secs_f64();
-    let masked = counts.total();
+    let mut best = f64::INFINITY;
+    let mut result = None;
+    for _ in 0..ROUNDS {
+        let start = Instant::now();
+        let (out, counts) = engine.mask_text(text);
+        best = best.min(start.elapsed().as_secs_f64());
+        result = Some((out.len(), counts.total()));
+    }
+    let Some((out_len, masked)) = result else {
+        return;
+    };
     let per_value = if per_value && masked > 0 {
-        format!(", {:.0} ns per masked value", secs * 1e9 / masked as f64)
+        format!(", {:.0} ns per masked value", best * 1e9 / masked as f64)
     } else {
         String::new()
     };
     println!(
-        "Masking scan (default detectors, {label}, one core): {:.0} MB/s over {} MB, {masked} values masked{per_value}{}",
-        text.len() as f64 / secs / 1e6,
+        "Masking scan (default detectors, {label}, one core, best of {ROUNDS}): {:.0} MB/s over {} MB, {masked} values masked{per_value}{}",
+        text.len() as f64 / best / 1e6,
         text.len() >> 20,
-        if masked > 0 && out.len() == text.len() { " (no change?)" } else { "" }
+        if masked > 0 && out_len == text.len() { " (no change?)" } else { "" }
     );
 }
