@@ -29,6 +29,7 @@ checks the card of the held request matching `needle` shows each of
 import http.server
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -244,13 +245,18 @@ def main():
             conn.wait_for()
             check("appdb" in conn.inner_text() and "$SLUICE_TOKEN" in conn.inner_text(), conn.inner_text())
             conn.locator("button").click()
-            spage.wait_for_function("() => document.querySelector('#connections-list pre').textContent.includes('postgresql://agent-1:ey')")
+            spage.wait_for_function("() => document.querySelector('#connections-list pre').textContent.startsWith('PGPASSWORD=\"ey')")
             command = conn.locator("pre").inner_text()
-            url = command.split('"')[1]
-            ready = subprocess.run([cfg["psql"], "-X", "-A", "-t", "-d", url, "-c", "select 42"],
+            # PGPASSWORD="TOKEN" psql "postgresql://SUBJECT@HOST:PORT/CONNECTION": the
+            # token is in the environment, not in psql's arguments.
+            _, token, _, url, _ = command.split('"')
+            check(token not in url and url.startswith("postgresql://agent-1@"), command)
+            # Run as pasted into a shell, not re-assembled here.
+            ready = subprocess.run(["bash", "-c", command.replace("psql ", shlex.quote(cfg["psql"]) + " -X -A -t -c 'select 42' ", 1)],
                                    capture_output=True, text=True, timeout=60)
             check(ready.returncode == 0 and ready.stdout.strip() == "42", f"the copied command: {ready.stderr}")
-            step("client_command", command=command.split(":")[0])
+            url = url.replace("postgresql://agent-1@", "postgresql://agent-1:" + token + "@", 1)
+            step("client_command", command=command.replace(token, "TOKEN"))
             # A statement held on the exchanged token shows its lineage to the approver.
             q5 = Psql({**cfg, "agent_url": url}, "update customers set name = 'Exchanged' where id = 5 returning name")
             held.append(q5)

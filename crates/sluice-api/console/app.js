@@ -398,12 +398,15 @@
   }
 
   // --- connections ---------------------------------------------------------
+  // The token never goes into a command's arguments, where any local user
+  // reads it in `ps`: psql takes it from the environment, curl its header
+  // from standard input, ssh at its password prompt.
   function clientCommand(c, token) {
     const [host, port] = (c.address || 'gateway:0').split(/:(?=\d+$)/);
     switch (c.kind) {
-      case 'postgres': return 'psql "postgresql://' + me.subject + ':' + token + '@' + host + ':' + port + '/' + c.name + '"';
+      case 'postgres': return 'PGPASSWORD="' + token + '" psql "postgresql://' + me.subject + '@' + host + ':' + port + '/' + c.name + '"';
       case 'ssh': return 'ssh -p ' + port + ' ' + c.name + '@' + host + '    # password: ' + token;
-      case 'http': return 'curl -H "Authorization: Bearer ' + token + '" https://' + host + ':' + port + '/' + c.name + '/';
+      case 'http': return 'curl -H @- https://' + host + ':' + port + '/' + c.name + '/ <<< "Authorization: Bearer ' + token + '"';
       case 'kubernetes': return ['apiVersion: v1', 'kind: Config', 'clusters:', '- name: ' + c.name, '  cluster:', '    server: https://' + host + ':' + port + '/' + c.name,
         'users:', '- name: ' + me.subject, '  user:', '    token: ' + token, 'contexts:', '- name: ' + c.name, '  context: {cluster: ' + c.name + ', user: ' + me.subject + '}',
         'current-context: ' + c.name].join('\n');
