@@ -274,6 +274,18 @@ pub fn bound_addr(log: impl Fn() -> String, ready: &str, name: &str) -> SocketAd
     })
 }
 
+/// The MCP listener's address (configured on [`ANY_LOCAL_PORT`]) and the
+/// gateway's CA certificate that its TLS chains to, once both are there.
+#[track_caller]
+pub fn mcp_listener(state_dir: &Path, log: impl Fn() -> String) -> (SocketAddr, PathBuf) {
+    let addr = bound_addr(log, "MCP listener ready", "mcp");
+    let ca = state_dir.join("tls").join("ca.crt");
+    wait_until(Duration::from_secs(10), "the gateway's CA", || {
+        ca.is_file().then_some(())
+    });
+    (addr, ca)
+}
+
 /// `text` without terminal colour sequences (`ESC [ … m`).
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -61,11 +61,8 @@ impl Mcp {
     /// Waits for the listener (configured on port 0: its log line gives the
     /// address) and the gateway's CA.
     fn ready(state_dir: &std::path::Path, log: impl Fn() -> String) -> Mcp {
-        let mcp_addr = bound_addr(log, "MCP listener ready", "mcp").to_string();
-        let ca = state_dir.join("tls").join("ca.crt");
-        wait_until(Duration::from_secs(10), "the gateway's CA", || {
-            ca.is_file().then_some(())
-        });
+        let (mcp_addr, ca) = mcp_listener(state_dir, log);
+        let mcp_addr = mcp_addr.to_string();
         Mcp {
             url: format!("https://{mcp_addr}/mcp"),
             mcp_addr,

@@ -190,11 +190,7 @@ fn start_gateway(extra: &str) -> (Env, Agent) {
         .gateway_env("SLUICE_LISTEN__API", &format!("127.0.0.1:{api}"))
         .gateway_env("TOOLS_UPSTREAM_TOKEN", UPSTREAM_SECRET)
         .start();
-    let mcp_addr = bound_addr(|| env.gateway_log(), "MCP listener ready", "mcp");
-    let ca = env.state_dir.join("tls").join("ca.crt");
-    wait_until(Duration::from_secs(10), "the gateway's CA", || {
-        ca.is_file().then_some(())
-    });
+    let (mcp_addr, ca) = mcp_listener(&env.state_dir, || env.gateway_log());
     let agent = Agent {
         url: format!("https://{mcp_addr}/mcp/tools"),
         ca,
