@@ -277,7 +277,7 @@ impl fmt::Debug for MaskingEngine {
 }
 
 impl Default for MaskingEngine {
-    /// Masks nothing.
+    /// Masks nothing: no detectors, no column rules.
     fn default() -> Self {
         MaskingEngine {
             inner: Arc::new(Inner {
@@ -291,7 +291,7 @@ impl Default for MaskingEngine {
                 optimized: true,
                 detectors: Vec::new(),
                 columns: Vec::new(),
-                default_style: Style::Redact,
+                default_style: Style::default(),
                 mac: None,
                 holdback: 0,
             }),
@@ -709,27 +709,6 @@ impl ByteTables {
 }
 
 impl MaskingEngine {
-    /// An engine that masks nothing (no detectors, no column rules).
-    pub(crate) fn inert() -> Self {
-        MaskingEngine {
-            inner: Arc::new(Inner {
-                scan: None,
-                probe: None,
-                patterns: Vec::new(),
-                starting: Vec::new(),
-                containing: Vec::new(),
-                ending_past: Vec::new(),
-                facts: Vec::new(),
-                optimized: true,
-                detectors: Vec::new(),
-                columns: Vec::new(),
-                default_style: Style::default(),
-                mac: None,
-                holdback: 0,
-            }),
-        }
-    }
-
     /// Whether anything is configured (detectors or column rules).
     pub fn is_active(&self) -> bool {
         self.inner.scan.is_some() || !self.inner.columns.is_empty()

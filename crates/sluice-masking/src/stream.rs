@@ -83,7 +83,7 @@ impl StreamMasker {
     /// when it lies within a line.
     pub fn lines(mask: TextMask, max_line: usize) -> Self {
         StreamMasker {
-            engine: MaskingEngine::inert(),
+            engine: MaskingEngine::default(),
             lines: Some((mask, max_line.max(1))),
             buf: Vec::new(),
             ctx: 0,
