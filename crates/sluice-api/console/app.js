@@ -404,7 +404,7 @@
   function clientCommand(c, token) {
     const [host, port] = (c.address || 'gateway:0').split(/:(?=\d+$)/);
     switch (c.kind) {
-      case 'postgres': return 'PGPASSWORD="' + token + '" psql "postgresql://' + me.subject + '@' + host + ':' + port + '/' + c.name + '"';
+      case 'postgres': return 'PGPASSWORD="' + token + '" psql "postgresql://' + encodeURIComponent(me.subject) + '@' + host + ':' + port + '/' + c.name + '"';
       case 'ssh': return 'ssh -p ' + port + ' ' + c.name + '@' + host + '    # password: ' + token;
       case 'http': return 'curl -H @- https://' + host + ':' + port + '/' + c.name + '/ <<< "Authorization: Bearer ' + token + '"';
       case 'kubernetes': return ['apiVersion: v1', 'kind: Config', 'clusters:', '- name: ' + c.name, '  cluster:', '    server: https://' + host + ':' + port + '/' + c.name,
