@@ -250,7 +250,7 @@ def main():
             # PGPASSWORD="TOKEN" psql "postgresql://SUBJECT@HOST:PORT/CONNECTION": the
             # token is in the environment, not in psql's arguments.
             _, token, _, url, _ = command.split('"')
-            check(token not in url and url.startswith("postgresql://agent-1@"), command)
+            check(token not in url and url.startswith("postgresql://agent-1@"), command.replace(token, "TOKEN"))
             # Run as pasted into a shell, not re-assembled here.
             ready = subprocess.run(["bash", "-c", command.replace("psql ", shlex.quote(cfg["psql"]) + " -X -A -t -c 'select 42' ", 1)],
                                    capture_output=True, text=True, timeout=60)

@@ -400,18 +400,30 @@
   // --- connections ---------------------------------------------------------
   // The token never goes into a command's arguments, where any local user
   // reads it in `ps`: psql takes it from the environment, curl its header
-  // from standard input, ssh at its password prompt.
+  // from standard input (printf is built into every common shell), ssh at
+  // its password prompt (only the token is copied for ssh).
   function clientCommand(c, token) {
     const [host, port] = (c.address || 'gateway:0').split(/:(?=\d+$)/);
     switch (c.kind) {
-      case 'postgres': return 'PGPASSWORD="' + token + '" psql "postgresql://' + encodeURIComponent(me.subject) + '@' + host + ':' + port + '/' + c.name + '"';
-      case 'ssh': return 'ssh -p ' + port + ' ' + c.name + '@' + host + '    # password: ' + token;
-      case 'http': return 'curl -H @- https://' + host + ':' + port + '/' + c.name + '/ <<< "Authorization: Bearer ' + token + '"';
+      case 'postgres': return 'PGPASSWORD="' + token + '" psql "postgresql://' + uriUser(me.subject) + '@' + host + ':' + port + '/' + c.name + '"';
+      case 'ssh': return 'ssh -p ' + port + ' ' + c.name + '@' + host + '\npassword: ' + token;
+      case 'http': return 'printf \'Authorization: Bearer %s\\n\' "' + token + '" | curl -H @- https://' + host + ':' + port + '/' + c.name + '/';
       case 'kubernetes': return ['apiVersion: v1', 'kind: Config', 'clusters:', '- name: ' + c.name, '  cluster:', '    server: https://' + host + ':' + port + '/' + c.name,
-        'users:', '- name: ' + me.subject, '  user:', '    token: ' + token, 'contexts:', '- name: ' + c.name, '  context: {cluster: ' + c.name + ', user: ' + me.subject + '}',
+        'users:', '- name: ' + JSON.stringify(me.subject), '  user:', '    token: ' + token, 'contexts:', '- name: ' + c.name, '  context: {cluster: ' + c.name + ', user: ' + JSON.stringify(me.subject) + '}',
         'current-context: ' + c.name].join('\n');
       default: return c.kind + ' ' + host + ':' + port + ' token ' + token;
     }
+  }
+  // What the copy button puts on the clipboard: the command, or for ssh
+  // the token alone, for its password prompt.
+  function clipboardText(c, token) {
+    return c.kind === 'ssh' ? token : clientCommand(c, token);
+  }
+  // A user name in a URI: every byte but unreserved ones percent-encoded
+  // (libpq ends the user at the first `@`; `!` would trigger bash's history
+  // expansion inside the double quotes).
+  function uriUser(name) {
+    return encodeURIComponent(name).replace(/[!'()*]/g, ch => '%' + ch.charCodeAt(0).toString(16).toUpperCase());
   }
   async function loadConnections() {
     const list = $('connections-list'); clear(list);
@@ -426,7 +438,8 @@
           try {
             const t = await api('POST', '/api/v1/token/exchange', { connection: c.name, ttl: '15m' });
             out.textContent = clientCommand(c, t.access_token);
-            try { await navigator.clipboard.writeText(out.textContent); toast('Copied; the token expires in 15 minutes.'); } catch (e) { toast('Select the command to copy it.'); }
+            const what = c.kind === 'ssh' ? 'The token (paste it at the password prompt) is copied' : 'Copied';
+            try { await navigator.clipboard.writeText(clipboardText(c, t.access_token)); toast(what + '; it expires in 15 minutes.'); } catch (e) { toast('Select the command to copy it.'); }
           } catch (e) { toast(e.message); }
         });
         list.appendChild(h('li', { class: 'card' }, [h('header', {}, [h('strong', {}, c.name), h('span', { class: 'muted' }, c.kind + (c.address ? ' at ' + c.address : ''))]), out, btn]));
