@@ -95,8 +95,10 @@ pub fn run(config: &Config, args: ConnectArgs) -> Result<()> {
         }
         ConnectionKind::Http => {
             let at = listener(config.listen.http, "http")?;
+            // The header comes from standard input: in curl's arguments any
+            // local user would read the token in `ps`.
             println!(
-                "curl --cacert {} -H \"Authorization: Bearer {token}\" https://{at}/{name}/",
+                "printf 'Authorization: Bearer %s\\n' '{token}' | curl --cacert {} -H @- https://{at}/{name}/",
                 ca.display()
             );
         }
