@@ -541,6 +541,7 @@ impl SshEnv {
     /// Copies `data` up to `name` in the host's work directory with `scp
     /// FLAGS…` and back again, and checks the bytes on the host's own disk
     /// and back at the client (oracles the gateway does not write).
+    #[track_caller]
     pub fn scp_up_and_back(&self, token: &str, flags: &[&str], name: &str, data: &[u8]) {
         let local = self.dir.path().join(format!("{name}.up"));
         fs::write(&local, data).expect("local file");
