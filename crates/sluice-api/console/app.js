@@ -414,10 +414,12 @@
       default: return c.kind + ' ' + host + ':' + port + ' token ' + token;
     }
   }
-  // What the copy button puts on the clipboard: the command, or for ssh
-  // the token alone, for its password prompt.
-  function clipboardText(c, token) {
-    return c.kind === 'ssh' ? token : clientCommand(c, token);
+  // What the copy button puts on the clipboard, and what it says: the
+  // command, or for ssh the token alone, for its password prompt.
+  function clipboard(c, token) {
+    return c.kind === 'ssh'
+      ? { text: token, said: 'The token (paste it at the password prompt) is copied' }
+      : { text: clientCommand(c, token), said: 'Copied' };
   }
   // A user name in a URI: every byte but unreserved ones percent-encoded
   // (libpq ends the user at the first `@`; `!` would trigger bash's history
@@ -438,8 +440,8 @@
           try {
             const t = await api('POST', '/api/v1/token/exchange', { connection: c.name, ttl: '15m' });
             out.textContent = clientCommand(c, t.access_token);
-            const what = c.kind === 'ssh' ? 'The token (paste it at the password prompt) is copied' : 'Copied';
-            try { await navigator.clipboard.writeText(clipboardText(c, t.access_token)); toast(what + '; it expires in 15 minutes.'); } catch (e) { toast('Select the command to copy it.'); }
+            const copy = clipboard(c, t.access_token);
+            try { await navigator.clipboard.writeText(copy.text); toast(copy.said + '; it expires in 15 minutes.'); } catch (e) { toast('Select the command to copy it.'); }
           } catch (e) { toast(e.message); }
         });
         list.appendChild(h('li', { class: 'card' }, [h('header', {}, [h('strong', {}, c.name), h('span', { class: 'muted' }, c.kind + (c.address ? ' at ' + c.address : ''))]), out, btn]));
