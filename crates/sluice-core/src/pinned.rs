@@ -9,13 +9,15 @@
 //! with its own I/O driver and timers, so nothing wakes another thread; the
 //! threads together still use every core. The cost: a busy connection
 //! cannot move off a crowded thread, so each new one goes to the thread
-//! holding the fewest.
+//! that has been least busy lately (each thread measures its own busy
+//! share), and among threads about as busy, to the one holding the fewest
+//! connections: idle connections do not make a thread look busy.
 
 use crate::sync::MutexExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
@@ -103,10 +105,25 @@ impl<T> std::fmt::Debug for PerThread<T> {
 /// How long a stopping thread waits for its blocking tasks.
 const STOP_BLOCKING_WAIT: Duration = Duration::from_secs(2);
 
-/// The pinned runtimes, each with the connections it holds.
+/// How often each pinned thread measures how busy it was.
+const LOAD_WINDOW: Duration = Duration::from_millis(250);
+/// Threads whose busy shares differ by less than this (in thousandths of
+/// the window) count as equally busy, and connections decide.
+const BUSY_TOLERANCE: u32 = 100;
+
+/// One pinned runtime: its handle, the connections it holds, and its busy
+/// share over the last [`LOAD_WINDOW`] in thousandths.
+#[derive(Debug)]
+struct Runtime {
+    handle: Handle,
+    connections: Arc<AtomicUsize>,
+    busy: Arc<AtomicU32>,
+}
+
+/// The pinned runtimes.
 #[derive(Debug)]
 pub struct PinnedRuntimes {
-    runtimes: Vec<(Handle, Arc<AtomicUsize>)>,
+    runtimes: Vec<Runtime>,
     /// Each thread's stop signal and handle, until [`Self::shutdown`].
     threads: Mutex<Vec<(oneshot::Sender<()>, JoinHandle<()>)>>,
 }
@@ -149,37 +166,49 @@ impl PinnedRuntimes {
                         Err(e) => return drop(ready.send(Err(e))),
                     };
                     ON_PINNED_THREAD.set(true);
-                    let _ = ready.send(Ok(runtime.handle().clone()));
+                    let busy = Arc::new(AtomicU32::new(0));
+                    let _ = ready.send(Ok((runtime.handle().clone(), busy.clone())));
                     runtime.block_on(async {
+                        let measuring = tokio::spawn(measure_busy(busy));
                         let _ = stopped.await;
+                        measuring.abort();
                     });
                     // Dropping the connections' tasks ends their sessions
                     // (each records its end).
                     runtime.shutdown_timeout(STOP_BLOCKING_WAIT);
                 })?;
             pinned.threads.locked().push((stop, thread));
-            let handle = handle.recv().map_err(|_| {
+            let (handle, busy) = handle.recv().map_err(|_| {
                 std::io::Error::other("a pinned thread ended before its runtime started")
             })??;
-            pinned
-                .runtimes
-                .push((handle, Arc::new(AtomicUsize::new(0))));
+            pinned.runtimes.push(Runtime {
+                handle,
+                connections: Arc::new(AtomicUsize::new(0)),
+                busy,
+            });
         }
         Ok(pinned)
     }
 
-    /// The runtime holding the fewest connections, and the count that keeps
-    /// the new one on it.
+    /// The runtime for a new connection, and the count that keeps it there:
+    /// of the runtimes about as busy lately as the least busy one, the one
+    /// holding the fewest connections.
     pub fn least_busy(&self) -> Option<(&Handle, Pin)> {
-        let (handle, count) = self
+        let quietest = self
             .runtimes
             .iter()
-            .min_by_key(|(_, count)| count.load(Ordering::Relaxed))?;
-        count.fetch_add(1, Ordering::Relaxed);
+            .map(|r| r.busy.load(Ordering::Relaxed))
+            .min()?;
+        let chosen = self
+            .runtimes
+            .iter()
+            .filter(|r| r.busy.load(Ordering::Relaxed) < quietest + BUSY_TOLERANCE)
+            .min_by_key(|r| r.connections.load(Ordering::Relaxed))?;
+        chosen.connections.fetch_add(1, Ordering::Relaxed);
         let pin = Pin {
-            count: count.clone(),
+            count: chosen.connections.clone(),
         };
-        Some((handle, pin))
+        Some((&chosen.handle, pin))
     }
 
     /// Stops every thread: the connections still on them are dropped (their
@@ -201,6 +230,28 @@ impl PinnedRuntimes {
     }
 }
 
+/// Publishes, every [`LOAD_WINDOW`], the share of it this thread's runtime
+/// spent busy (not parked), in thousandths: the runtime's own measure, so a
+/// thread that runs a busy session shows busy whatever it holds.
+async fn measure_busy(busy: Arc<AtomicU32>) {
+    let metrics = Handle::current().metrics();
+    let mut last = (Instant::now(), metrics.worker_total_busy_duration(0));
+    let mut tick = tokio::time::interval(LOAD_WINDOW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let now = (Instant::now(), metrics.worker_total_busy_duration(0));
+        let window = now.0.duration_since(last.0).as_secs_f64();
+        let spent = now.1.saturating_sub(last.1).as_secs_f64();
+        if window > 0.0 {
+            let share = (spent / window * 1000.0).min(1000.0) as u32;
+            busy.store(share, Ordering::Relaxed);
+        }
+        last = now;
+    }
+}
+
 impl Drop for PinnedRuntimes {
     fn drop(&mut self) {
         self.shutdown();
@@ -218,7 +269,7 @@ mod tests {
         f: impl FnOnce() -> R + Send + 'static,
     ) -> R {
         let (tx, rx) = std::sync::mpsc::channel();
-        pinned.runtimes[n].0.spawn(async move {
+        pinned.runtimes[n].handle.spawn(async move {
             let _ = tx.send(f());
         });
         rx.recv().unwrap()
@@ -276,6 +327,58 @@ mod tests {
             assert_eq!((value.as_str(), copies), ("new", 1));
         }
         assert_eq!(dropped.load(Ordering::SeqCst), 3, "both threads' copies");
+        pinned.shutdown();
+    }
+
+    /// Which runtime a pick chose.
+    fn index_of(pinned: &PinnedRuntimes, pin: &Pin) -> usize {
+        let same = |r: &Runtime| Arc::ptr_eq(&r.connections, &pin.count);
+        pinned.runtimes.iter().position(same).unwrap()
+    }
+
+    /// A thread busy with a session is not given the next connection, even
+    /// when it holds fewer connections; once it is quiet again, connection
+    /// counts decide.
+    #[test]
+    fn a_new_connection_goes_to_the_thread_that_was_least_busy_lately() {
+        let pinned = PinnedRuntimes::start(2).unwrap();
+        // Idle threads: by count, alternately.
+        let (_, first) = pinned.least_busy().unwrap();
+        let (_, second) = pinned.least_busy().unwrap();
+        assert_ne!(index_of(&pinned, &first), index_of(&pinned, &second));
+        let (_, third) = pinned.least_busy().unwrap();
+        let idle_one = index_of(&pinned, &third);
+        let busy_one = 1 - idle_one;
+        // Now `idle_one` holds two connections, `busy_one` one: keep
+        // `busy_one` busy (a blocking task hardly lets it park) for a while.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinning = stop.clone();
+        pinned.runtimes[busy_one].handle.spawn(async move {
+            while !spinning.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+                tokio::task::yield_now().await;
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pinned.runtimes[busy_one].busy.load(Ordering::Relaxed) < 500 {
+            assert!(
+                Instant::now() < deadline,
+                "the busy thread never measured busy"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, fourth) = pinned.least_busy().unwrap();
+        assert_eq!(index_of(&pinned, &fourth), idle_one, "not the busy thread");
+        stop.store(true, Ordering::Relaxed);
+        while pinned.runtimes[busy_one].busy.load(Ordering::Relaxed) >= BUSY_TOLERANCE {
+            assert!(
+                Instant::now() < deadline,
+                "the thread never measured quiet again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (_, fifth) = pinned.least_busy().unwrap();
+        assert_eq!(index_of(&pinned, &fifth), busy_one, "fewer connections");
         pinned.shutdown();
     }
 }
