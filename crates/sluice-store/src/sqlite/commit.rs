@@ -288,8 +288,17 @@ impl Journal {
     /// queue the next batch. Handing the sync to the blocking pool cost a
     /// single session about 60 µs of CPU per command in
     /// `journal_append_rate`, and bought nothing measurable in the bench.
-    /// No await: a taken batch cannot be cancelled half-way.
+    ///
+    /// Except on a pinned session thread under "full": blocked there, the
+    /// fdatasync would stall every session the thread holds, and no other
+    /// thread takes them over, so the batch goes to the blocking pool. The
+    /// batch moves with the task: dropping this future does not abandon it.
     async fn lead(&self, batch: Batch) -> Result<(), StoreError> {
+        if self.sync == AuditSync::Full && sluice_core::pinned::on_pinned_thread() {
+            return tokio::task::spawn_blocking(move || batch.run())
+                .await
+                .unwrap_or_else(|_| Err(unavailable("the journal write task failed")));
+        }
         batch.run()
     }
 

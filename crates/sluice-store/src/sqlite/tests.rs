@@ -426,6 +426,25 @@ async fn concurrent_sessions_share_writes_full() {
     concurrent_sessions_share_writes(AuditSync::Full).await;
 }
 
+/// On a pinned session thread, a "full" batch is written and synced on the
+/// blocking pool: every append still returns only once its record is in
+/// the file, and the chains verify.
+#[tokio::test]
+async fn concurrent_sessions_share_writes_full_on_a_pinned_thread() {
+    let pinned = sluice_core::pinned::PinnedRuntimes::start(1).unwrap();
+    let (runtime, _pin) = pinned.least_busy().unwrap();
+    runtime
+        .spawn(async {
+            assert!(sluice_core::pinned::on_pinned_thread());
+            concurrent_sessions_share_writes(AuditSync::Full).await;
+        })
+        .await
+        .unwrap();
+    tokio::task::spawn_blocking(move || pinned.shutdown())
+        .await
+        .unwrap();
+}
+
 /// Appends cancelled while they wait for someone else's write strand
 /// nothing: the others finish and the chains verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
