@@ -97,15 +97,18 @@ fn sigterm_lets_live_statements_finish_and_refuses_new_clients() {
     assert!(replay.contains("pg_sleep(2)"), "{replay}");
 }
 
+/// Sessions on the pinned threads (the default scheduling).
 #[test]
 fn sigterm_ends_sessions_past_the_drain_deadline_with_a_clear_message() {
     ends_sessions_past_the_drain_deadline(Env::builder());
 }
 
-/// The same with each session on a pinned thread of its own.
+/// The same with every session on the shared work-stealing runtime.
 #[test]
-fn pinned_sessions_end_past_the_drain_deadline_with_a_clear_message() {
-    ends_sessions_past_the_drain_deadline(Env::builder().gateway_line(PINNED));
+fn shared_runtime_sessions_end_past_the_drain_deadline_with_a_clear_message() {
+    ends_sessions_past_the_drain_deadline(
+        Env::builder().gateway_line("session_scheduling = \"shared\""),
+    );
 }
 
 const PINNED: &str = "session_scheduling = \"pinned\"";

@@ -167,9 +167,10 @@ pub struct GatewayConfig {
     /// the gateway shares with busy neighbours, fewer threads spend less CPU
     /// per statement (fewer cross-thread wake-ups; see docs/operations.md).
     pub worker_threads: Option<usize>,
-    /// Where a connection's work runs: `shared` (one work-stealing runtime)
-    /// or `pinned` (each connection on one of `worker_threads` single-threaded
-    /// runtimes, no cross-thread wake-ups within a session).
+    /// Where a connection's work runs: `pinned` (the default: each
+    /// connection on one of `worker_threads` single-threaded runtimes, no
+    /// cross-thread wake-ups within a session) or `shared` (one
+    /// work-stealing runtime).
     #[serde(default)]
     pub session_scheduling: SessionScheduling,
 }
@@ -178,8 +179,8 @@ pub struct GatewayConfig {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionScheduling {
-    #[default]
     Shared,
+    #[default]
     Pinned,
 }
 

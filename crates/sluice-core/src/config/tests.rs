@@ -28,6 +28,11 @@ fn minimal_config_parses() {
         [Secret::Env("APPDB_PASSWORD".into())]
     );
     assert_eq!(c.auth.token_max_ttl.0, Duration::from_secs(8 * 3600));
+    // Sessions run pinned unless the operator asks for the shared runtime.
+    assert_eq!(c.gateway.session_scheduling, SessionScheduling::Pinned);
+    let shared = MINIMAL.replace("[gateway]", "[gateway]\nsession_scheduling = \"shared\"");
+    let c = Config::from_toml_str(&shared, "t.toml").unwrap();
+    assert_eq!(c.gateway.session_scheduling, SessionScheduling::Shared);
 }
 
 /// A kind's validator as a protocol crate writes one: typed keys, the
