@@ -10,11 +10,13 @@
 //! threads together still use every core. The cost: a busy connection
 //! cannot move off a crowded thread, so each new one goes to the thread
 //! that has been least busy lately (each thread measures its own busy
-//! share), and among threads about as busy, to the one holding the fewest
-//! connections: idle connections do not make a thread look busy.
+//! share every 250 ms; connections placed since count as presumed load, and
+//! a thread that stopped measuring counts as full), and among threads about
+//! as busy, to the one holding the fewest connections: idle connections do
+//! not make a thread look busy.
 
 use crate::sync::MutexExt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -107,17 +109,74 @@ const STOP_BLOCKING_WAIT: Duration = Duration::from_secs(2);
 
 /// How often each pinned thread measures how busy it was.
 const LOAD_WINDOW: Duration = Duration::from_millis(250);
-/// Threads whose busy shares differ by less than this (in thousandths of
-/// the window) count as equally busy, and connections decide.
+/// Threads whose loads differ by less than this (thousandths of a thread)
+/// count as equally busy, and connection counts decide.
 const BUSY_TOLERANCE: u32 = 100;
+/// The load presumed of a connection placed since its thread last measured
+/// itself: a burst of new connections is spread, not herded onto the
+/// thread that was quietest before it.
+const FRESH_LOAD: u32 = 100;
+/// A thread that has not measured itself for this long is taken as fully
+/// busy: something (a long poll, a blocking call) keeps it from running
+/// its measurement.
+const STALE_AFTER: Duration = Duration::from_secs(1);
+/// A fully busy thread's load.
+const FULL_LOAD: u32 = 1000;
 
-/// One pinned runtime: its handle, the connections it holds, and its busy
-/// share over the last [`LOAD_WINDOW`] in thousandths.
+/// One pinned runtime: its handle, the connections it holds, and what it
+/// measures of itself.
 #[derive(Debug)]
 struct Runtime {
     handle: Handle,
     connections: Arc<AtomicUsize>,
-    busy: Arc<AtomicU32>,
+    load: Arc<Load>,
+}
+
+/// What a pinned thread publishes about itself for placement.
+#[derive(Debug)]
+struct Load {
+    /// Busy share of the last [`LOAD_WINDOW`], in thousandths.
+    busy: AtomicU32,
+    /// When `busy` was published, in ms after `since`.
+    published_ms: AtomicU64,
+    since: Instant,
+    /// Connections placed on the thread since then.
+    fresh: AtomicU32,
+}
+
+impl Load {
+    fn new() -> Self {
+        Load {
+            busy: AtomicU32::new(0),
+            published_ms: AtomicU64::new(0),
+            since: Instant::now(),
+            fresh: AtomicU32::new(0),
+        }
+    }
+
+    fn publish(&self, busy: u32) {
+        let at = self.since.elapsed().as_millis() as u64;
+        self.busy.store(busy, Ordering::Relaxed);
+        self.published_ms.store(at, Ordering::Relaxed);
+        self.fresh.store(0, Ordering::Relaxed);
+    }
+
+    /// The thread's load in thousandths: its last busy share plus what the
+    /// connections placed since are presumed to add; full when stale.
+    fn current(&self, now: Instant) -> u32 {
+        let at = now.saturating_duration_since(self.since).as_millis() as u64;
+        let age = at.saturating_sub(self.published_ms.load(Ordering::Relaxed));
+        let fresh = self
+            .fresh
+            .load(Ordering::Relaxed)
+            .saturating_mul(FRESH_LOAD);
+        let measured = if age > STALE_AFTER.as_millis() as u64 {
+            FULL_LOAD
+        } else {
+            self.busy.load(Ordering::Relaxed)
+        };
+        measured.saturating_add(fresh)
+    }
 }
 
 /// The pinned runtimes.
@@ -166,10 +225,10 @@ impl PinnedRuntimes {
                         Err(e) => return drop(ready.send(Err(e))),
                     };
                     ON_PINNED_THREAD.set(true);
-                    let busy = Arc::new(AtomicU32::new(0));
-                    let _ = ready.send(Ok((runtime.handle().clone(), busy.clone())));
+                    let load = Arc::new(Load::new());
+                    let _ = ready.send(Ok((runtime.handle().clone(), load.clone())));
                     runtime.block_on(async {
-                        let measuring = tokio::spawn(measure_busy(busy));
+                        let measuring = tokio::spawn(measure_busy(load));
                         let _ = stopped.await;
                         measuring.abort();
                     });
@@ -178,32 +237,30 @@ impl PinnedRuntimes {
                     runtime.shutdown_timeout(STOP_BLOCKING_WAIT);
                 })?;
             pinned.threads.locked().push((stop, thread));
-            let (handle, busy) = handle.recv().map_err(|_| {
+            let (handle, load) = handle.recv().map_err(|_| {
                 std::io::Error::other("a pinned thread ended before its runtime started")
             })??;
             pinned.runtimes.push(Runtime {
                 handle,
                 connections: Arc::new(AtomicUsize::new(0)),
-                busy,
+                load,
             });
         }
         Ok(pinned)
     }
 
     /// The runtime for a new connection, and the count that keeps it there:
-    /// of the runtimes about as busy lately as the least busy one, the one
-    /// holding the fewest connections.
+    /// of the runtimes about as loaded as the least loaded one (see
+    /// [`Load::current`]), the one holding the fewest connections.
     pub fn least_busy(&self) -> Option<(&Handle, Pin)> {
-        let quietest = self
+        let now = Instant::now();
+        let seen: Vec<(u32, usize)> = self
             .runtimes
             .iter()
-            .map(|r| r.busy.load(Ordering::Relaxed))
-            .min()?;
-        let chosen = self
-            .runtimes
-            .iter()
-            .filter(|r| r.busy.load(Ordering::Relaxed) < quietest + BUSY_TOLERANCE)
-            .min_by_key(|r| r.connections.load(Ordering::Relaxed))?;
+            .map(|r| (r.load.current(now), r.connections.load(Ordering::Relaxed)))
+            .collect();
+        let chosen = &self.runtimes[choose(&seen)?];
+        chosen.load.fresh.fetch_add(1, Ordering::Relaxed);
         chosen.connections.fetch_add(1, Ordering::Relaxed);
         let pin = Pin {
             count: chosen.connections.clone(),
@@ -230,10 +287,20 @@ impl PinnedRuntimes {
     }
 }
 
+/// Of threads seen as (load, connections), the index of the one with the
+/// fewest connections among those within [`BUSY_TOLERANCE`] of the least
+/// loaded; `None` only when there is no thread.
+fn choose(seen: &[(u32, usize)]) -> Option<usize> {
+    let quietest = seen.iter().map(|&(load, _)| load).min()?;
+    (0..seen.len())
+        .filter(|&i| seen[i].0 < quietest.saturating_add(BUSY_TOLERANCE))
+        .min_by_key(|&i| seen[i].1)
+}
+
 /// Publishes, every [`LOAD_WINDOW`], the share of it this thread's runtime
 /// spent busy (not parked), in thousandths: the runtime's own measure, so a
 /// thread that runs a busy session shows busy whatever it holds.
-async fn measure_busy(busy: Arc<AtomicU32>) {
+async fn measure_busy(load: Arc<Load>) {
     let metrics = Handle::current().metrics();
     let mut last = (Instant::now(), metrics.worker_total_busy_duration(0));
     let mut tick = tokio::time::interval(LOAD_WINDOW);
@@ -245,8 +312,8 @@ async fn measure_busy(busy: Arc<AtomicU32>) {
         let window = now.0.duration_since(last.0).as_secs_f64();
         let spent = now.1.saturating_sub(last.1).as_secs_f64();
         if window > 0.0 {
-            let share = (spent / window * 1000.0).min(1000.0) as u32;
-            busy.store(share, Ordering::Relaxed);
+            let share = (spent / window * f64::from(FULL_LOAD)).min(f64::from(FULL_LOAD));
+            load.publish(share as u32);
         }
         last = now;
     }
@@ -330,6 +397,38 @@ mod tests {
         pinned.shutdown();
     }
 
+    /// Load decides before connections; fresh connections count as load
+    /// until measured; a thread that stopped measuring itself is full.
+    #[test]
+    fn placement_weighs_load_then_connections() {
+        assert_eq!(choose(&[]), None);
+        assert_eq!(choose(&[(0, 5), (0, 0)]), Some(1), "equally quiet: fewer");
+        assert_eq!(choose(&[(0, 3), (500, 0)]), Some(0), "not the busy one");
+        assert_eq!(choose(&[(0, 3), (99, 0)]), Some(1), "within the tolerance");
+        let stale = Load::new();
+        assert_eq!(stale.current(stale.since + STALE_AFTER * 2), FULL_LOAD);
+        let fresh = Load::new();
+        fresh.publish(30);
+        fresh.fresh.store(2, Ordering::Relaxed);
+        assert_eq!(fresh.current(Instant::now()), 30 + 2 * FRESH_LOAD);
+        // A burst of connections, placed before either thread measures
+        // again, is spread, not herded onto the one quieter before it.
+        let loads = [Load::new(), Load::new()];
+        loads[0].publish(0);
+        loads[1].publish(150);
+        let mut connections = [0usize; 2];
+        for _ in 0..8 {
+            let now = Instant::now();
+            let seen: Vec<(u32, usize)> = (0..2)
+                .map(|i| (loads[i].current(now), connections[i]))
+                .collect();
+            let i = choose(&seen).unwrap();
+            loads[i].fresh.fetch_add(1, Ordering::Relaxed);
+            connections[i] += 1;
+        }
+        assert!(connections[1] >= 3, "{connections:?}");
+    }
+
     /// Which runtime a pick chose.
     fn index_of(pinned: &PinnedRuntimes, pin: &Pin) -> usize {
         let same = |r: &Runtime| Arc::ptr_eq(&r.connections, &pin.count);
@@ -360,7 +459,8 @@ mod tests {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pinned.runtimes[busy_one].busy.load(Ordering::Relaxed) < 500 {
+        let busy_share = |n: usize| pinned.runtimes[n].load.busy.load(Ordering::Relaxed);
+        while busy_share(busy_one) < 500 {
             assert!(
                 Instant::now() < deadline,
                 "the busy thread never measured busy"
@@ -370,7 +470,7 @@ mod tests {
         let (_, fourth) = pinned.least_busy().unwrap();
         assert_eq!(index_of(&pinned, &fourth), idle_one, "not the busy thread");
         stop.store(true, Ordering::Relaxed);
-        while pinned.runtimes[busy_one].busy.load(Ordering::Relaxed) >= BUSY_TOLERANCE {
+        while busy_share(busy_one) >= BUSY_TOLERANCE {
             assert!(
                 Instant::now() < deadline,
                 "the thread never measured quiet again"
