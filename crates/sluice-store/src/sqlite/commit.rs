@@ -151,21 +151,29 @@ impl Batch {
     /// Writes the batch at the journal's end (and syncs under "full");
     /// returns once the outcome is published.
     pub(super) fn run(mut self) -> Result<(), StoreError> {
-        let outcome = match self.file.as_mut() {
-            Some(file) => write_lines(file, &self.bytes, self.journal.sync),
-            None => Err("the journal file is missing".to_string()),
-        };
+        let outcome = self.write();
         self.outcome = Some(outcome.clone());
         outcome.map_err(|e| failed_closed(&e))
+    }
+
+    fn write(&mut self) -> Result<(), String> {
+        match self.file.as_mut() {
+            Some(file) => write_lines(file, &self.bytes, self.journal.sync),
+            None => Err("the journal file is missing".to_string()),
+        }
     }
 }
 
 impl Drop for Batch {
+    /// A batch dropped before it ran (its blocking-pool job discarded by a
+    /// runtime shutting down) is written here; one dropped by a panic in
+    /// its write is abandoned, and the journal fails closed.
     fn drop(&mut self) {
-        let outcome = self
-            .outcome
-            .take()
-            .unwrap_or_else(|| Err("a journal write was abandoned".to_string()));
+        let outcome = match self.outcome.take() {
+            Some(outcome) => outcome,
+            None if !std::thread::panicking() => self.write(),
+            None => Err("a journal write was abandoned".to_string()),
+        };
         let bytes = std::mem::take(&mut self.bytes);
         self.journal
             .finish(self.file.take(), bytes, self.end, outcome);
@@ -292,7 +300,9 @@ impl Journal {
     /// Except on a pinned session thread under "full": blocked there, the
     /// fdatasync would stall every session the thread holds, and no other
     /// thread takes them over, so the batch goes to the blocking pool. The
-    /// batch moves with the task: dropping this future does not abandon it.
+    /// batch moves with the job: dropping this future does not abandon it,
+    /// and a job the pool discards unrun (the thread stopping) writes its
+    /// batch as it is dropped.
     async fn lead(&self, batch: Batch) -> Result<(), StoreError> {
         if self.sync == AuditSync::Full && sluice_core::pinned::on_pinned_thread() {
             return tokio::task::spawn_blocking(move || batch.run())

@@ -445,6 +445,28 @@ async fn concurrent_sessions_share_writes_full_on_a_pinned_thread() {
         .unwrap();
 }
 
+/// A batch dropped before it ran (a blocking-pool job discarded at
+/// shutdown) is written as it is dropped: the journal stays healthy and
+/// its records are there.
+#[tokio::test]
+async fn a_batch_dropped_unrun_is_written_not_abandoned() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Full)).unwrap();
+    start(&store, "s1").await;
+    let journal = store.journal().unwrap();
+    let batch = {
+        let mut w = journal.lock().unwrap();
+        w.append("s1", &decided(1), now_ms()).unwrap();
+        journal.take_batch(&mut w).expect("the line is queued")
+    };
+    drop(batch);
+    let text = std::fs::read_to_string(dir.path().join("journal.log")).unwrap();
+    assert!(text.contains("\"text\":\"select 1\""), "{text}");
+    command(&store, "s1", 2).await.unwrap();
+    let report = store.verify().await.unwrap();
+    assert!(report.first_break.is_none(), "{:?}", report.first_break);
+}
+
 /// Appends cancelled while they wait for someone else's write strand
 /// nothing: the others finish and the chains verify.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
