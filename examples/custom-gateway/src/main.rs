@@ -103,6 +103,8 @@ async fn main() -> Result<()> {
         _ = terminated() => {}
     }
     drain(&gateway, listen.drain_timeout.0).await;
+    // Sessions still on the pinned threads end there and record their ends.
+    tokio::task::spawn_blocking(move || gateway.stop_pinned()).await?;
     Ok(())
 }
 

@@ -46,6 +46,8 @@ async fn main() -> Result<()> {
         _ = terminated() => {}
     }
     gateway.drain(drain).await;
+    // Sessions still on the pinned threads end there and record their ends.
+    tokio::task::spawn_blocking(move || gateway.stop_pinned()).await?;
     Ok(())
 }
 
