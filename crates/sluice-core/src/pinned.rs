@@ -459,24 +459,20 @@ mod tests {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(10);
-        let busy_share = |n: usize| pinned.runtimes[n].load.busy.load(Ordering::Relaxed);
-        while busy_share(busy_one) < 500 {
-            assert!(
-                Instant::now() < deadline,
-                "the busy thread never measured busy"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let wait_until = |measured: &dyn Fn(u32) -> bool, what: &str| {
+            while !measured(pinned.runtimes[busy_one].load.busy.load(Ordering::Relaxed)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the thread never measured {what}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        };
+        wait_until(&|share| share >= 500, "busy");
         let (_, fourth) = pinned.least_busy().unwrap();
         assert_eq!(index_of(&pinned, &fourth), idle_one, "not the busy thread");
         stop.store(true, Ordering::Relaxed);
-        while busy_share(busy_one) >= BUSY_TOLERANCE {
-            assert!(
-                Instant::now() < deadline,
-                "the thread never measured quiet again"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_until(&|share| share < BUSY_TOLERANCE, "quiet again");
         let (_, fifth) = pinned.least_busy().unwrap();
         assert_eq!(index_of(&pinned, &fifth), busy_one, "fewer connections");
         pinned.shutdown();
