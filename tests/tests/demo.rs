@@ -128,13 +128,24 @@ fn ssh(dir: &std::path::Path, token: &str, line: &str) -> Output {
     run_with_timeout(&mut cmd, None, TIMEOUT)
 }
 
-fn curl(ca: &std::path::Path, token: &str, method: &str, path: &str) -> Output {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--cacert"])
-        .arg(ca)
-        .args(["-X", method, "-H"])
-        .arg(format!("Authorization: Bearer {token}"))
-        .arg(format!("https://127.0.0.1:15443{path}"));
+/// Runs a command line the demo printed, as a user pastes it after the
+/// `export VAR=TOKEN` it printed too (`var`).
+fn run_printed(demo: &Demo, var: &str, token: &str, which: impl Fn(&str) -> bool) -> Output {
+    let line = demo
+        .printed
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| which(l))
+        .unwrap_or_else(|| panic!("no such line in {:#?}", demo.printed));
+    assert!(!line.contains(token), "the printed line holds the token");
+    assert!(
+        demo.printed
+            .iter()
+            .any(|l| l.trim() == format!("export {var}={token}")),
+        "the demo did not print how to set {var}"
+    );
+    let mut cmd = Command::new("bash");
+    clean_pg_env(&mut cmd).arg("-c").arg(line).env(var, token);
     run_with_timeout(&mut cmd, None, TIMEOUT)
 }
 
@@ -149,14 +160,10 @@ fn the_demo_serves_postgres_ssh_and_http_and_stops_on_sigterm() {
     let mut demo = Demo::start(&state);
     let token = demo.after("Token for subject demo-agent");
 
-    // PostgreSQL, masked.
-    let mut psql = Command::new("psql");
-    clean_pg_env(&mut psql).args([
-        &format!("postgresql://demo-agent:{token}@127.0.0.1:15432/appdb"),
-        "-Atc",
-        "select email, card_number from customers order by id limit 1",
-    ]);
-    let out = run_with_timeout(&mut psql, None, TIMEOUT);
+    // PostgreSQL, masked, with the psql line the demo printed.
+    let out = run_printed(&demo, "PGPASSWORD", &token, |l| {
+        l.starts_with("psql ") && l.contains("card_number")
+    });
     assert!(out.status.success(), "{}", stderr(&out));
     let row = stdout(&out);
     assert!(
@@ -172,16 +179,16 @@ fn the_demo_serves_postgres_ssh_and_http_and_stops_on_sigterm() {
     assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
     assert!(stderr(&out).contains("no-rm-on-hosts"), "{}", stderr(&out));
 
-    // HTTP: the API's card numbers are masked; DELETE is refused.
-    let ca = state.join("tls").join("ca.crt");
-    let out = curl(&ca, &token, "GET", "/crm/customers/1");
+    // HTTP, with the curl lines the demo printed: the API's card numbers
+    // are masked; DELETE is refused.
+    let out = run_printed(&demo, "TOKEN", &token, |l| l.ends_with("/crm/customers"));
     let body = stdout(&out);
     assert!(
         body.contains("\"card_number\":\"[credit_card]\""),
         "{body} {}",
         stderr(&out)
     );
-    let out = curl(&ca, &token, "DELETE", "/crm/customers/1");
+    let out = run_printed(&demo, "TOKEN", &token, |l| l.contains("-X DELETE"));
     assert!(stdout(&out).contains("crm-no-deletes"), "{}", stdout(&out));
 
     // SIGTERM stops the gateway and the demo's servers with it.

@@ -634,11 +634,14 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     let dba = authority.issue("demo-dba", &["dba".to_string()], Duration::from_secs(3600))?;
     println!("Sluice demo: PostgreSQL with demo customers, an SSH host and an HTTP API behind the gateway.\n");
     println!("Token for subject demo-agent (groups: agents), valid 1h:\n  {token}\n");
+    // The token goes in the environment, not in a client's arguments, where
+    // `ps` shows it to every local user.
     println!("Try:");
-    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
-    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
-    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
-    println!("  psql \"postgresql://demo-agent:{token}@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
+    println!("  export PGPASSWORD={token}");
+    println!("  psql \"postgresql://demo-agent@{listen}/appdb\" -c 'select name, email, card_number from customers limit 5'");
+    println!("  psql \"postgresql://demo-agent@{listen}/appdb\" -c 'delete from orders'   # refused: no WHERE");
+    println!("  psql \"postgresql://demo-agent@{listen}/appdb\" -c 'drop table customers'   # refused: no DDL");
+    println!("  psql \"postgresql://demo-agent@{listen}/appdb\" -c \"update customers set name = 'Ada' where id = 1\"   # held for a DBA");
     let ca = sluice_core::tls::generated_paths(&config.gateway.state_dir).0;
     if let (Some(addr), Some(_)) = (config.listen.ssh, &ssh) {
         let port = addr.port();
@@ -652,11 +655,16 @@ pub fn demo(state_dir: PathBuf) -> Result<()> {
     if let (Some(addr), Some(_)) = (config.listen.http, &api) {
         println!("\nHTTP API crm (the gateway holds its credential; card numbers and emails are masked):");
         println!("  export TOKEN={token}");
+        // The header goes in on curl's standard input.
+        let bearer = "printf 'Authorization: Bearer %s\\n' \"$TOKEN\" | curl -H @-";
         println!(
-            "  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" https://{addr}/crm/customers",
+            "  {bearer} --cacert {} https://{addr}/crm/customers",
             ca.display()
         );
-        println!("  curl --cacert {} -H \"Authorization: Bearer $TOKEN\" -X DELETE https://{addr}/crm/customers/1   # refused", ca.display());
+        println!(
+            "  {bearer} --cacert {} -X DELETE https://{addr}/crm/customers/1   # refused",
+            ca.display()
+        );
     }
     if let Some(api) = config.listen.api {
         println!("\nOperator console (sign in with the demo-dba token below; the certificate is the demo's own, self-signed):");
