@@ -5,7 +5,7 @@ use crate::problem::{Problem, PROBLEM_JSON};
 use crate::ApiError;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -28,6 +28,10 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request bodies larger than this are refused (413).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// An oversized body up to this size is read to its end (and discarded)
+/// before the 413: a client still sending it would otherwise see the
+/// connection reset instead of the answer. Larger ones are cut off.
+const DRAINED_BODY_BYTES: u64 = 1 << 20;
 /// Connections served at once; further clients wait in the accept queue.
 pub const MAX_CONNECTIONS: usize = 256;
 
@@ -410,26 +414,45 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > DRAINED_BODY_BYTES) {
         return Err(too_large());
     }
-    let body = Limited::new(req.into_body(), MAX_BODY_BYTES);
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+    let mut body = req.into_body();
+    let mut bytes = Vec::new();
+    let mut seen = 0u64;
+    // Kept up to the limit; past it, read on (discarded) to the end, so the
+    // client gets the 413, unless it exceeds the drained size too.
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
+            seen += data.len() as u64;
+            if seen > DRAINED_BODY_BYTES {
+                break;
+            }
+            if seen <= MAX_BODY_BYTES as u64 {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        Ok::<(), hyper::Error>(())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
         Err(_) => {
             return Err(problem(
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time",
             ))
         }
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Ok(Err(_)) => {
             return Err(problem(
                 StatusCode::BAD_REQUEST,
                 "the request body could not be read",
             ))
         }
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
+        Ok(Ok(())) if seen > MAX_BODY_BYTES as u64 => return Err(too_large()),
+        Ok(Ok(())) => {}
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
