@@ -451,6 +451,8 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
     run_example_bench("sluice-postgres", "classify_bench");
     crate::interrupt::check()?;
     run_example_bench("sluice-core", "mask_bench");
+    crate::interrupt::check()?;
+    run_example_bench("sluice-store", "index_bench");
     drop(sluice_masking);
     drop(sluice_shared);
     drop(sluice_rules);
@@ -1203,8 +1205,9 @@ fn twenty_rules() -> String {
 
 /// Runs a microbenchmark kept as a release example of a library crate (not
 /// linked into xtask, so that xtask builds before `setup` installs libclang):
-/// `sluice-postgres/classify_bench` (parse + classify per statement) and
-/// `sluice-core/mask_bench` (the default detectors' scan rate).
+/// `sluice-postgres/classify_bench` (parse + classify per statement),
+/// `sluice-core/mask_bench` (the default detectors' scan rate) and
+/// `sluice-store/index_bench` (the embedded store's indexing per record).
 fn run_example_bench(package: &str, example: &str) {
     let mut cmd = Command::new("cargo");
     cmd.args([
