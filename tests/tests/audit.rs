@@ -25,11 +25,13 @@ fn verify_broken(env: &Env, session: &str, seq: u64, problem: &str) {
     assert!(se.contains(problem), "expected {problem:?} in:\n{se}");
 }
 
-/// One row of `events`: (seq, at_ms, kind, body, prev_hash, hash), as SQL literals.
+/// One row of `events`: (seq, at_ms, kind, body, prev_hash, hash, line_at,
+/// line_len), as SQL literals.
 fn event_row(env: &Env, session: &str, seq: u64) -> String {
     env.sqlite(&format!(
         "SELECT quote(seq) || ',' || quote(at_ms) || ',' || quote(kind) || ',' || quote(body) \
-         || ',' || quote(prev_hash) || ',' || quote(hash) FROM events \
+         || ',' || quote(prev_hash) || ',' || quote(hash) || ',' || quote(line_at) \
+         || ',' || quote(line_len) FROM events \
          WHERE session_id = '{session}' AND seq = {seq}"
     ))
     .trim()
@@ -137,22 +139,26 @@ fn replay_shows_commands_and_verify_detects_tampering() {
         "start + 4 × (decided, finished) + end: {records}"
     );
 
-    // 1. One changed byte.
-    let seq: u64 = env
-        .sqlite(&format!(
-            "SELECT seq FROM events WHERE session_id = '{id}' AND body LIKE '%select 42%'"
-        ))
-        .trim()
-        .parse()
-        .unwrap();
+    // 1. A record pointed at another record's journal line (the index keeps
+    // no bodies: they are read from the line it points at).
+    let journal_text = std::fs::read_to_string(env.state_dir.join("journal.log")).unwrap();
+    let seq: u64 = journal_text
+        .lines()
+        .find(|l| l.starts_with(&format!("{id}\t")) && l.contains("select 42"))
+        .and_then(|l| l.split('\t').nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("the decision on `select 42` is in the journal");
+    let saved = event_row(&env, &id, seq);
     env.sqlite(&format!(
-        "UPDATE events SET body = replace(body, 'select 42', 'select 43') \
+        "UPDATE events SET
+             line_at = (SELECT line_at FROM events WHERE session_id = '{id}' AND seq = {seq} + 1),
+             line_len = (SELECT line_len FROM events WHERE session_id = '{id}' AND seq = {seq} + 1)
          WHERE session_id = '{id}' AND seq = {seq}"
     ));
-    verify_broken(&env, &id, seq, "content changed");
+    verify_broken(&env, &id, seq, "is not this record");
     env.sqlite(&format!(
-        "UPDATE events SET body = replace(body, 'select 43', 'select 42') \
-         WHERE session_id = '{id}' AND seq = {seq}"
+        "DELETE FROM events WHERE session_id = '{id}' AND seq = {seq};\n\
+         INSERT INTO events VALUES ('{id}', {saved});"
     ));
     verify_ok(&env);
 

@@ -1,7 +1,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use sluice_core::audit::{
-    chain_hash, compare_checkpoint, verify_chain, AuditEvent, AuditRecord, CheckpointMatch,
-    SessionSummary, Store, StoreError, TreeHead, VerifyReport, GENESIS_HASH,
+    chain_hash, compare_checkpoint, verify_chain, AuditEvent, AuditRecord, ChainBreak,
+    CheckpointMatch, SessionSummary, Store, StoreError, TreeHead, VerifyReport, GENESIS_HASH,
 };
 use sluice_core::config::AuditSync;
 use std::collections::HashMap;
@@ -36,9 +36,13 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER NOT NULL,
     at_ms INTEGER NOT NULL,
     kind TEXT NOT NULL,
+    -- Empty when `line_at` is set: the body is read from the journal.
     body TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
+    hash TEXT NOT NULL,
+    -- Where the record's line starts in the journal, and its length.
+    line_at INTEGER,
+    line_len INTEGER
 );
 -- Rows are appended in journal order; the index serves replay and verify.
 CREATE UNIQUE INDEX IF NOT EXISTS events_by_session ON events (session_id, seq);
@@ -80,6 +84,36 @@ fn add_issuer_column(conn: &rusqlite::Connection) -> Result<(), StoreError> {
         Ok(()) => Ok(()),
         // Another process added it first.
         Err(_) if has_issuer(conn)? => Ok(()),
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(backend(e))
+        }
+    }
+}
+
+/// Index files written before records pointed into the journal get the
+/// columns; their rows keep their bodies (`line_at` NULL). Safe to run from
+/// a reader and the writer at once.
+fn add_line_columns(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    let has_line_at = |conn: &rusqlite::Connection| -> Result<bool, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'line_at'")
+            .map_err(backend)?;
+        stmt.exists([]).map_err(backend)
+    };
+    if has_line_at(conn)? {
+        return Ok(());
+    }
+    let added = conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         ALTER TABLE events ADD COLUMN line_at INTEGER;
+         ALTER TABLE events ADD COLUMN line_len INTEGER;
+         COMMIT;",
+    );
+    match added {
+        Ok(()) => Ok(()),
+        // Another process added them first.
+        Err(_) if has_line_at(conn)? => Ok(()),
         Err(e) => {
             let _ = conn.execute_batch("ROLLBACK");
             Err(backend(e))
@@ -180,6 +214,7 @@ impl SqliteStore {
         let conn = open_connection(&db_path)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         add_issuer_column(&conn)?;
+        add_line_columns(&conn)?;
         let Mode::Writer(sync) = mode else {
             return Ok(SqliteStore {
                 db_path,
@@ -573,8 +608,9 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
             let line = parse_line(raw).ok_or_else(|| {
                 unavailable(format!("journal line at byte {pos} is not a valid record"))
             })?;
+            let at = pos;
             pos += raw.len() as u64 + 1;
-            index_line(&tx, &line, &mut sessions)?;
+            index_line(&tx, &line, (at, raw.len()), &mut sessions)?;
             log.push(line.hash);
         }
         tx.execute(
@@ -696,9 +732,14 @@ struct SessionDelta {
     end_reason: Option<String>,
 }
 
+/// Indexes one journal line, found at `(offset, length)` in the journal. The
+/// index keeps what finds, orders and chains a record; its body stays in the
+/// journal alone (read back by `records`), which halves what the indexer
+/// writes.
 fn index_line(
     tx: &rusqlite::Transaction<'_>,
     line: &JournalLine<'_>,
+    (line_at, line_len): (u64, usize),
     sessions: &mut HashMap<String, SessionDelta>,
 ) -> Result<(), StoreError> {
     let kind = match line.kind {
@@ -714,8 +755,9 @@ fn index_line(
     };
     let inserted = tx
         .prepare_cached(
-            "INSERT OR IGNORE INTO events (session_id, seq, at_ms, kind, body, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT OR IGNORE INTO events
+                (session_id, seq, at_ms, kind, body, prev_hash, hash, line_at, line_len)
+             VALUES (?1, ?2, ?3, ?4, '', ?5, ?6, ?7, ?8)",
         )
         .and_then(|mut s| {
             s.execute(params![
@@ -723,9 +765,10 @@ fn index_line(
                 line.seq as i64,
                 line.at_ms as i64,
                 kind,
-                line.body,
                 line.prev_hash,
-                line.hash
+                line.hash,
+                line_at as i64,
+                line_len as i64
             ])
         })
         .map_err(backend)?;
@@ -785,27 +828,101 @@ fn index_line(
     Ok(())
 }
 
-fn records(conn: &Connection, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
+/// A session's records in order, their bodies read back from the journal.
+/// `Err(break)`: an indexed record's journal line is not that record (the
+/// journal or its index was changed).
+fn records(
+    conn: &Connection,
+    journal: &Path,
+    session_id: &str,
+) -> Result<Result<Vec<AuditRecord>, ChainBreak>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, at_ms, body, prev_hash, hash FROM events WHERE session_id = ?1 ORDER BY seq",
+            "SELECT seq, at_ms, body, prev_hash, hash, line_at, line_len FROM events
+             WHERE session_id = ?1 ORDER BY seq",
         )
         .map_err(backend)?;
     let rows = stmt
         .query_map([session_id], |r| {
-            Ok(AuditRecord {
+            let record = AuditRecord {
                 session_id: session_id.to_string(),
                 seq: r.get::<_, i64>(0)? as u64,
                 at_ms: r.get::<_, i64>(1)? as u64,
                 body: r.get(2)?,
                 prev_hash: r.get(3)?,
                 hash: r.get(4)?,
-            })
+            };
+            Ok((
+                record,
+                r.get::<_, Option<i64>>(5)?,
+                r.get::<_, Option<i64>>(6)?,
+            ))
         })
         .map_err(backend)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(backend)?;
-    Ok(rows)
+    let mut file: Option<(File, u64)> = None;
+    let mut out = Vec::with_capacity(rows.len());
+    for (mut record, line_at, line_len) in rows {
+        // Rows indexed before bodies moved out keep theirs (`line_at` NULL).
+        if let (Some(at), Some(len)) = (line_at, line_len) {
+            let (file, size) = match &mut file {
+                Some(open) => open,
+                None => file.insert(open_journal(journal)?),
+            };
+            match journal_body(file, *size, at, len, &record)? {
+                Some(body) => record.body = body,
+                None => {
+                    return Ok(Err(ChainBreak {
+                        session_id: record.session_id,
+                        seq: record.seq,
+                        problem: format!(
+                            "the journal line the index points at (byte {at}) is not this record: the journal or its index was changed"
+                        ),
+                    }))
+                }
+            }
+        }
+        out.push(record);
+    }
+    Ok(Ok(out))
+}
+
+fn open_journal(journal: &Path) -> Result<(File, u64), StoreError> {
+    let file = File::open(journal).map_err(|e| {
+        StoreError::backend(
+            format!("{} (it holds the records' bodies)", journal.display()),
+            e,
+        )
+    })?;
+    let size = file.metadata().map_err(backend)?.len();
+    Ok((file, size))
+}
+
+/// The body of `record`'s journal line, `len` bytes at `at`; `None` when the
+/// bytes there (of a journal `size` long) are not that record's line.
+fn journal_body(
+    file: &mut File,
+    size: u64,
+    at: i64,
+    len: i64,
+    record: &AuditRecord,
+) -> Result<Option<String>, StoreError> {
+    let (Ok(at), Ok(len)) = (u64::try_from(at), u64::try_from(len)) else {
+        return Ok(None);
+    };
+    // A tampered length must not size an allocation past the file.
+    if at.checked_add(len).is_none_or(|end| end > size) {
+        return Ok(None);
+    }
+    let mut raw = vec![0; len as usize];
+    file.seek(SeekFrom::Start(at)).map_err(backend)?;
+    file.read_exact(&mut raw).map_err(backend)?;
+    Ok(parse_line(&raw)
+        .filter(|l| {
+            l.session_id == record.session_id && l.seq == record.seq && l.hash == record.hash
+        })
+        .map(|l| l.body.to_string()))
 }
 
 #[async_trait::async_trait]
@@ -870,6 +987,7 @@ impl Store for SqliteStore {
 
     async fn session_records(&self, session_id: &str) -> Result<Vec<AuditRecord>, StoreError> {
         let id = session_id.to_string();
+        let journal = self.journal_path.clone();
         self.read(move |conn| {
             let known: Option<i64> = conn
                 .query_row("SELECT 1 FROM sessions WHERE id = ?1", [&id], |r| r.get(0))
@@ -878,7 +996,12 @@ impl Store for SqliteStore {
             if known.is_none() {
                 return Err(StoreError::UnknownSession(id));
             }
-            records(conn, &id)
+            records(conn, &journal, &id)?.map_err(|b| {
+                unavailable(format!(
+                    "session {} record #{}: {}",
+                    b.session_id, b.seq, b.problem
+                ))
+            })
         })
         .await
     }
@@ -898,7 +1021,14 @@ impl Store for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(backend)?;
             for (id, last_seq, head) in &heads {
-                let recs = records(conn, id)?;
+                let recs = match records(conn, &journal, id)? {
+                    Ok(recs) => recs,
+                    // The walk over the journal names the first change more precisely.
+                    Err(b) => {
+                        report.first_break = Some(verify_journal(conn, &journal)?.unwrap_or(b));
+                        return Ok(report);
+                    }
+                };
                 report.sessions += 1;
                 report.records += recs.len() as u64;
                 if let Err(b) = verify_chain(id, &recs, Some((*last_seq, head))) {

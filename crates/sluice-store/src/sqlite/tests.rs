@@ -47,12 +47,80 @@ async fn changed_record_is_named() {
     let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
     session(&store, "s1", 3).await;
     store.sessions().await.unwrap(); // indexed
+                                     // The index holds no body (see below): change what it does hold.
     tamper(
         dir.path(),
-        "UPDATE events SET body = replace(body, 'select 2', 'select 3') WHERE session_id = 's1' AND seq = 4",
+        "UPDATE events SET at_ms = at_ms + 1 WHERE session_id = 's1' AND seq = 4",
     );
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
+    assert!(b.problem.contains("content changed"), "{}", b.problem);
+}
+
+/// The index holds no bodies; they are read back from the journal line the
+/// index points at, which must be that very record.
+#[tokio::test]
+async fn bodies_are_read_from_the_journal_line_the_index_points_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 3).await;
+    let records = store.session_records("s1").await.unwrap();
+    assert_eq!(records.len(), 8);
+    assert!(records[3].body.contains("select 2"), "{}", records[3].body);
+    let conn = Connection::open(dir.path().join("sluice.db")).unwrap();
+    let with_body: i64 = conn
+        .query_row("SELECT count(*) FROM events WHERE body != ''", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(with_body, 0);
+    // Record 4 pointed at record 6's line: both readers refuse it.
+    tamper(
+        dir.path(),
+        "UPDATE events SET line_at = (SELECT line_at FROM events WHERE session_id = 's1' AND seq = 6),
+             line_len = (SELECT line_len FROM events WHERE session_id = 's1' AND seq = 6)
+         WHERE session_id = 's1' AND seq = 4",
+    );
+    let b = store.verify().await.unwrap().first_break.unwrap();
+    assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
+    let err = store.session_records("s1").await.unwrap_err().to_string();
+    assert!(
+        err.contains("record #4") && err.contains("was changed"),
+        "{err}"
+    );
+    // A length past the journal's end is refused without reading it.
+    tamper(
+        dir.path(),
+        "UPDATE events SET line_len = 9223372036854775807 WHERE session_id = 's1' AND seq = 4",
+    );
+    assert!(store.session_records("s1").await.is_err());
+}
+
+/// An index written before bodies moved to the journal alone gets the new
+/// columns on open and its rows keep serving their own bodies.
+#[tokio::test]
+async fn an_index_with_bodies_in_its_rows_is_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    let before = store.session_records("s1").await.unwrap();
+    drop(store);
+    let conn = Connection::open(dir.path().join("sluice.db")).unwrap();
+    for r in &before {
+        conn.execute(
+            "UPDATE events SET body = ?1 WHERE session_id = 's1' AND seq = ?2",
+            params![r.body, r.seq as i64],
+        )
+        .unwrap();
+    }
+    conn.execute_batch(
+        "ALTER TABLE events DROP COLUMN line_at; ALTER TABLE events DROP COLUMN line_len;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    assert_eq!(store.session_records("s1").await.unwrap(), before);
+    assert!(store.verify().await.unwrap().first_break.is_none());
 }
 
 #[tokio::test]
@@ -159,7 +227,8 @@ async fn a_changed_journal_line_is_named() {
     std::fs::write(&path, text.replacen("select 2", "select 7", 1)).unwrap();
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
-    assert!(b.problem.contains("journal"), "{b}");
+    // Found by the chain over the records, whose bodies come from the journal.
+    assert!(b.problem.contains("content changed"), "{b}");
 }
 
 #[tokio::test]
@@ -647,12 +716,20 @@ async fn an_index_without_issuers_is_migrated() {
         store.write_queued().await.unwrap();
         // Index what the journal holds, as a reader would before reading.
         assert_eq!(store.sessions().await.unwrap().len(), 1);
-    }
-    // The index as an older version left it: no issuer column.
-    {
+        let start = store.session_records("s1").await.unwrap().remove(0);
+        // The index as an older version left it: no issuer column, and
+        // bodies in its rows.
         let conn = rusqlite::Connection::open(dir.path().join("sluice.db")).unwrap();
-        conn.execute_batch("ALTER TABLE sessions DROP COLUMN issuer")
-            .unwrap();
+        conn.execute(
+            "UPDATE events SET body = ?1 WHERE session_id = 's1' AND seq = 1",
+            [&start.body],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "ALTER TABLE sessions DROP COLUMN issuer;
+             ALTER TABLE events DROP COLUMN line_at; ALTER TABLE events DROP COLUMN line_len;",
+        )
+        .unwrap();
     }
     let reader = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
     let sessions = reader.sessions().await.unwrap();
