@@ -498,7 +498,7 @@ fn check(env: &Env, c: &Collected) {
     assert!(c.logs.iter().any(|(b, _)| b == "approval_requested"));
     // As many decision logs as the store has decisions.
     let stored: usize = env
-        .sqlite("select count(*) from events where body like '%\"event\":\"command_decided\"%'")
+        .sqlite("select count(*) from events where kind = 'command_decided'")
         .trim()
         .parse()
         .unwrap();

@@ -82,11 +82,15 @@ fn add_issuer_column(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     );
     match added {
         Ok(()) => Ok(()),
-        // Another process added it first.
-        Err(_) if has_issuer(conn)? => Ok(()),
         Err(e) => {
+            // The failed batch left its transaction open.
             let _ = conn.execute_batch("ROLLBACK");
-            Err(backend(e))
+            // Another process added it first.
+            if has_issuer(conn)? {
+                Ok(())
+            } else {
+                Err(backend(e))
+            }
         }
     }
 }
@@ -112,11 +116,15 @@ fn add_line_columns(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     );
     match added {
         Ok(()) => Ok(()),
-        // Another process added them first.
-        Err(_) if has_line_at(conn)? => Ok(()),
         Err(e) => {
+            // The failed batch left its transaction open.
             let _ = conn.execute_batch("ROLLBACK");
-            Err(backend(e))
+            // Another process added them first.
+            if has_line_at(conn)? {
+                Ok(())
+            } else {
+                Err(backend(e))
+            }
         }
     }
 }
@@ -602,14 +610,14 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         };
         let mut pos = offset;
         for raw in chunk[..=end].split(|&b| b == b'\n') {
+            let at = pos;
+            pos += raw.len() as u64 + 1;
             if raw.is_empty() {
                 continue;
             }
             let line = parse_line(raw).ok_or_else(|| {
-                unavailable(format!("journal line at byte {pos} is not a valid record"))
+                unavailable(format!("journal line at byte {at} is not a valid record"))
             })?;
-            let at = pos;
-            pos += raw.len() as u64 + 1;
             index_line(&tx, &line, (at, raw.len()), &mut sessions)?;
             log.push(line.hash);
         }
@@ -864,23 +872,34 @@ fn records(
     let mut file: Option<(File, u64)> = None;
     let mut out = Vec::with_capacity(rows.len());
     for (mut record, line_at, line_len) in rows {
-        // Rows indexed before bodies moved out keep theirs (`line_at` NULL).
-        if let (Some(at), Some(len)) = (line_at, line_len) {
-            let (file, size) = match &mut file {
-                Some(open) => open,
-                None => file.insert(open_journal(journal)?),
-            };
-            match journal_body(file, *size, at, len, &record)? {
-                Some(body) => record.body = body,
-                None => {
-                    return Ok(Err(ChainBreak {
-                        session_id: record.session_id,
-                        seq: record.seq,
-                        problem: format!(
-                            "the journal line the index points at (byte {at}) is not this record: the journal or its index was changed"
-                        ),
-                    }))
+        let refused = |record: AuditRecord, problem: String| {
+            Ok(Err(ChainBreak {
+                session_id: record.session_id,
+                seq: record.seq,
+                problem,
+            }))
+        };
+        match (line_at, line_len) {
+            (Some(at), Some(len)) => {
+                let (file, size) = match &mut file {
+                    Some(open) => open,
+                    None => file.insert(open_journal(journal)?),
+                };
+                match journal_body(file, *size, at, len, &record)? {
+                    Some(body) => record.body = body,
+                    None => return refused(record, format!(
+                        "the journal line the index points at (byte {at}) is not this record: the journal or its index was changed"
+                    )),
                 }
+            }
+            // Rows indexed before bodies moved out keep theirs; those never
+            // had an empty body.
+            (None, None) if !record.body.is_empty() => {}
+            _ => {
+                return refused(
+                    record,
+                    "the index row has neither a body nor a whole pointer into the journal: the index was changed".into(),
+                )
             }
         }
         out.push(record);
@@ -899,8 +918,10 @@ fn open_journal(journal: &Path) -> Result<(File, u64), StoreError> {
     Ok((file, size))
 }
 
-/// The body of `record`'s journal line, `len` bytes at `at`; `None` when the
-/// bytes there (of a journal `size` long) are not that record's line.
+/// The body of `record`'s journal line, `len` bytes at `at`; `None` unless
+/// the bytes there (of a journal `size` long) are one whole line that is that
+/// record (session, seq and hash) and still hashes to its hash. (The chain
+/// check over the records catches a changed time or link in the index.)
 fn journal_body(
     file: &mut File,
     size: u64,
@@ -911,16 +932,24 @@ fn journal_body(
     let (Ok(at), Ok(len)) = (u64::try_from(at), u64::try_from(len)) else {
         return Ok(None);
     };
-    // A tampered length must not size an allocation past the file.
-    if at.checked_add(len).is_none_or(|end| end > size) {
+    // A tampered length must not size an allocation: the indexer never
+    // indexes a line longer than a chunk, nor one past the file's end.
+    if len > INDEX_CHUNK || at.checked_add(len).is_none_or(|end| end >= size) {
         return Ok(None);
     }
-    let mut raw = vec![0; len as usize];
+    // The line and the newline that ends it.
+    let mut raw = vec![0; len as usize + 1];
     file.seek(SeekFrom::Start(at)).map_err(backend)?;
     file.read_exact(&mut raw).map_err(backend)?;
+    if raw.pop() != Some(b'\n') || raw.contains(&b'\n') {
+        return Ok(None);
+    }
     Ok(parse_line(&raw)
         .filter(|l| {
-            l.session_id == record.session_id && l.seq == record.seq && l.hash == record.hash
+            l.session_id == record.session_id
+                && l.seq == record.seq
+                && l.hash == record.hash
+                && chain_hash(l.prev_hash, l.session_id, l.seq, l.at_ms, l.body) == l.hash
         })
         .map(|l| l.body.to_string()))
 }
@@ -1060,7 +1089,8 @@ impl Store for SqliteStore {
     }
 }
 
-/// The journal is the second copy of every record: each line must hash
+/// The journal holds every record whole (the index keeps only hashes and
+/// where each line is, and bodies of old indexes): each line must hash
 /// correctly, follow its session's previous line, and match the index.
 fn verify_journal(
     conn: &Connection,

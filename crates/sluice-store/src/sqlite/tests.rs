@@ -74,6 +74,16 @@ async fn bodies_are_read_from_the_journal_line_the_index_points_at() {
         })
         .unwrap();
     assert_eq!(with_body, 0);
+    let (at, len): (i64, i64) = conn
+        .query_row(
+            "SELECT line_at, line_len FROM events WHERE session_id = 's1' AND seq = 4",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let restore = format!(
+        "UPDATE events SET line_at = {at}, line_len = {len} WHERE session_id = 's1' AND seq = 4"
+    );
     // Record 4 pointed at record 6's line: both readers refuse it.
     tamper(
         dir.path(),
@@ -88,12 +98,35 @@ async fn bodies_are_read_from_the_journal_line_the_index_points_at() {
         err.contains("record #4") && err.contains("was changed"),
         "{err}"
     );
-    // A length past the journal's end is refused without reading it.
-    tamper(
-        dir.path(),
-        "UPDATE events SET line_len = 9223372036854775807 WHERE session_id = 's1' AND seq = 4",
-    );
-    assert!(store.session_records("s1").await.is_err());
+    tamper(dir.path(), &restore);
+    assert_eq!(store.session_records("s1").await.unwrap(), records);
+    // Pointers that are not exactly the record's line, and a half pointer.
+    for change in [
+        "line_len = line_len - 1",
+        "line_len = line_len + 1",
+        "line_at = line_at + 1, line_len = line_len - 1",
+        "line_len = 9223372036854775807",
+        "line_len = 8388609",
+        "line_at = -1",
+        "line_len = NULL",
+        "line_at = NULL, line_len = NULL",
+    ] {
+        tamper(
+            dir.path(),
+            &format!("UPDATE events SET {change} WHERE session_id = 's1' AND seq = 4"),
+        );
+        let err = store.session_records("s1").await.unwrap_err().to_string();
+        assert!(err.contains("record #4"), "{change}: {err}");
+        let b = store.verify().await.unwrap().first_break.unwrap();
+        assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4), "{change}");
+        tamper(dir.path(), &restore);
+    }
+    // A body changed in the journal alone is refused, not shown.
+    let journal = dir.path().join("journal.log");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    std::fs::write(&journal, text.replacen("select 2", "select 9", 1)).unwrap();
+    let err = store.session_records("s1").await.unwrap_err().to_string();
+    assert!(err.contains("record #4"), "{err}");
 }
 
 /// An index written before bodies moved to the journal alone gets the new
@@ -227,8 +260,7 @@ async fn a_changed_journal_line_is_named() {
     std::fs::write(&path, text.replacen("select 2", "select 7", 1)).unwrap();
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
-    // Found by the chain over the records, whose bodies come from the journal.
-    assert!(b.problem.contains("content changed"), "{b}");
+    assert!(b.problem.contains("journal"), "{b}");
 }
 
 #[tokio::test]
