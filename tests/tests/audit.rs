@@ -194,11 +194,12 @@ fn replay_shows_commands_and_verify_detects_tampering() {
     env.sqlite(&format!("INSERT INTO events VALUES ('{id}', {saved})"));
     verify_ok(&env);
 
-    // 5. A record's timestamp moved.
+    // 5. A record's timestamp moved (in the index: the journal line it
+    // points at no longer matches it).
     env.sqlite(&format!(
         "UPDATE events SET at_ms = at_ms + 1 WHERE session_id = '{id}' AND seq = 1"
     ));
-    verify_broken(&env, &id, 1, "content changed");
+    verify_broken(&env, &id, 1, "is not this record");
     env.sqlite(&format!(
         "UPDATE events SET at_ms = at_ms - 1 WHERE session_id = '{id}' AND seq = 1"
     ));

@@ -54,7 +54,7 @@ async fn changed_record_is_named() {
     );
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
-    assert!(b.problem.contains("content changed"), "{}", b.problem);
+    assert!(b.problem.contains("is not this record"), "{}", b.problem);
 }
 
 /// The index holds no bodies; they are read back from the journal line the
@@ -260,7 +260,10 @@ async fn a_changed_journal_line_is_named() {
     std::fs::write(&path, text.replacen("select 2", "select 7", 1)).unwrap();
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert_eq!((b.session_id.as_str(), b.seq), ("s1", 4));
-    assert!(b.problem.contains("journal"), "{b}");
+    assert!(
+        b.problem.contains("journal (byte") && b.problem.contains("content changed"),
+        "{b}"
+    );
 }
 
 #[tokio::test]
@@ -774,4 +777,71 @@ async fn an_index_without_issuers_is_migrated() {
         .unwrap()
         .iter()
         .all(|s| s.issuer == "sluice"));
+}
+
+/// A pointer is never followed past a chunk (what the indexer indexes at
+/// most), however large the journal says it is: no allocation of that size.
+#[test]
+fn a_pointer_longer_than_a_chunk_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.log");
+    std::fs::write(&path, b"s1\t1\t0\tx\ty\tsession_start\t{}\n").unwrap();
+    let mut file = File::open(&path).unwrap();
+    let record = AuditRecord {
+        session_id: "s1".into(),
+        seq: 1,
+        at_ms: 0,
+        body: String::new(),
+        prev_hash: "x".into(),
+        hash: "y".into(),
+    };
+    let huge = INDEX_CHUNK as i64 + 1;
+    // Told the journal is large enough: only the chunk bound refuses it (an
+    // attempt to read would fail with an error, not give `None`).
+    assert_eq!(
+        journal_body(&mut file, u64::MAX / 2, 0, huge, &record).unwrap(),
+        None
+    );
+    assert_eq!(
+        journal_body(&mut file, u64::MAX / 2, -1, 10, &record).unwrap(),
+        None
+    );
+}
+
+/// `audit verify` while the gateway writes on: lines appended after the
+/// index's snapshot, and a last line still being written, are not breaks.
+#[tokio::test]
+async fn verify_ignores_what_was_appended_after_its_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    store.sessions().await.unwrap();
+    let conn = Connection::open(dir.path().join("sluice.db")).unwrap();
+    let path = dir.path().join("journal.log");
+    let journal = std::fs::read(&path).unwrap();
+    let tx = conn.unchecked_transaction().unwrap();
+    let indexed: i64 = tx
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'journal_offset'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed as usize, journal.len());
+    // A whole session appended past the index, then half a line.
+    session(&store, "s2", 1).await;
+    store.write_queued().await.unwrap();
+    let mut grown = std::fs::read(&path).unwrap();
+    assert!(grown.len() > journal.len());
+    grown.extend_from_slice(b"s3\t1\t12");
+    std::fs::write(&path, &grown).unwrap();
+    assert_eq!(verify_journal(&tx, &path, indexed as u64).unwrap(), None);
+    // A changed line past the snapshot is still a break.
+    let (before, after) = grown.split_at(journal.len());
+    let after = String::from_utf8(after.to_vec())
+        .unwrap()
+        .replacen("select 1", "select 8", 1);
+    std::fs::write(&path, [before, after.as_bytes()].concat()).unwrap();
+    let b = verify_journal(&tx, &path, indexed as u64).unwrap().unwrap();
+    assert_eq!(b.session_id, "s2");
 }
