@@ -60,67 +60,57 @@ CREATE TABLE IF NOT EXISTS log_head (
 ";
 
 /// Index files written before sessions recorded their issuer get the column,
-/// filled from each session's first record (its `session_start`). Safe to
-/// run from a reader and the writer at once.
+/// filled from each session's first record (its `session_start`; such
+/// indexes still hold bodies in their rows).
 fn add_issuer_column(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    let has_issuer = |conn: &rusqlite::Connection| -> Result<bool, StoreError> {
-        let mut stmt = conn
-            .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'issuer'")
-            .map_err(backend)?;
-        stmt.exists([]).map_err(backend)
-    };
-    if has_issuer(conn)? {
-        return Ok(());
-    }
-    let added = conn.execute_batch(
+    add_column_once(
+        conn,
+        ("sessions", "issuer"),
         "BEGIN IMMEDIATE;
          ALTER TABLE sessions ADD COLUMN issuer TEXT NOT NULL DEFAULT '';
          UPDATE sessions SET issuer = COALESCE((
              SELECT json_extract(e.body, '$.identity.issuer') FROM events e
              WHERE e.session_id = sessions.id AND e.seq = 1), '');
          COMMIT;",
-    );
-    match added {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // The failed batch left its transaction open.
-            let _ = conn.execute_batch("ROLLBACK");
-            // Another process added it first.
-            if has_issuer(conn)? {
-                Ok(())
-            } else {
-                Err(backend(e))
-            }
-        }
-    }
+    )
 }
 
 /// Index files written before records pointed into the journal get the
-/// columns; their rows keep their bodies (`line_at` NULL). Safe to run from
-/// a reader and the writer at once.
+/// columns; their rows keep their bodies (`line_at` NULL).
 fn add_line_columns(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    let has_line_at = |conn: &rusqlite::Connection| -> Result<bool, StoreError> {
-        let mut stmt = conn
-            .prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'line_at'")
-            .map_err(backend)?;
-        stmt.exists([]).map_err(backend)
-    };
-    if has_line_at(conn)? {
-        return Ok(());
-    }
-    let added = conn.execute_batch(
+    add_column_once(
+        conn,
+        ("events", "line_at"),
         "BEGIN IMMEDIATE;
          ALTER TABLE events ADD COLUMN line_at INTEGER;
          ALTER TABLE events ADD COLUMN line_len INTEGER;
          COMMIT;",
-    );
-    match added {
+    )
+}
+
+/// Runs `migration`, a transaction that adds `(table, column)`, unless the
+/// column is there. Safe to run from a reader and the writer at once: the
+/// one that loses the race finds the column added.
+fn add_column_once(
+    conn: &rusqlite::Connection,
+    (table, column): (&str, &str),
+    migration: &str,
+) -> Result<(), StoreError> {
+    let present = || -> Result<bool, StoreError> {
+        let mut stmt = conn
+            .prepare("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")
+            .map_err(backend)?;
+        stmt.exists(params![table, column]).map_err(backend)
+    };
+    if present()? {
+        return Ok(());
+    }
+    match conn.execute_batch(migration) {
         Ok(()) => Ok(()),
         Err(e) => {
             // The failed batch left its transaction open.
             let _ = conn.execute_batch("ROLLBACK");
-            // Another process added them first.
-            if has_line_at(conn)? {
+            if present()? {
                 Ok(())
             } else {
                 Err(backend(e))
