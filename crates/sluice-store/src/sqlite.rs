@@ -6,7 +6,7 @@ use sluice_core::audit::{
 use sluice_core::config::AuditSync;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -510,17 +510,23 @@ fn drop_torn_tail(file: &File) -> std::io::Result<u64> {
         return Ok(0);
     }
     let mut f = file.try_clone()?;
-    let start = len.saturating_sub(1 << 20);
-    f.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::new();
-    f.read_to_end(&mut tail)?;
-    if tail.last() == Some(&b'\n') {
-        return Ok(len);
-    }
-    let keep = match tail.iter().rposition(|&b| b == b'\n') {
-        Some(i) => start + i as u64 + 1,
-        None if start == 0 => 0,
-        None => return Ok(len),
+    // Back from the end, a window at a time, to the last newline: a torn
+    // record can be longer than any window (a very long command).
+    const WINDOW: u64 = 1 << 20;
+    let mut end = len;
+    let keep = loop {
+        let start = end.saturating_sub(WINDOW);
+        f.seek(SeekFrom::Start(start))?;
+        let mut window = Vec::new();
+        (&mut f).take(end - start).read_to_end(&mut window)?;
+        if end == len && window.last() == Some(&b'\n') {
+            return Ok(len);
+        }
+        match window.iter().rposition(|&b| b == b'\n') {
+            Some(i) => break start + i as u64 + 1,
+            None if start == 0 => break 0,
+            None => end = start,
+        }
     };
     tracing::warn!(
         message = "Dropped a half-written journal record left by a crash.",
@@ -586,9 +592,17 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         }
         file.seek(SeekFrom::Start(offset)).map_err(backend)?;
         let mut chunk = Vec::new();
-        file.take(INDEX_CHUNK)
+        (&mut file)
+            .take(INDEX_CHUNK)
             .read_to_end(&mut chunk)
             .map_err(backend)?;
+        if chunk.len() as u64 == INDEX_CHUNK && !chunk.contains(&b'\n') {
+            // One record longer than a chunk (a very long command): read it
+            // whole, or the index would stop here for good.
+            std::io::BufReader::new(&mut file)
+                .read_until(b'\n', &mut chunk)
+                .map_err(backend)?;
+        }
         let Some(end) = chunk.iter().rposition(|&b| b == b'\n') else {
             return Ok(());
         };
@@ -922,16 +936,17 @@ fn journal_body(
     let (Ok(at), Ok(len)) = (u64::try_from(at), u64::try_from(len)) else {
         return Ok(None);
     };
-    // A tampered length must not size an allocation: the indexer never
-    // indexes a line longer than a chunk, nor one past the file's end.
-    if len > INDEX_CHUNK || at.checked_add(len).is_none_or(|end| end >= size) {
+    if at.checked_add(len).is_none_or(|end| end >= size) {
         return Ok(None);
     }
-    // The line and the newline that ends it.
-    let mut raw = vec![0; len as usize + 1];
+    // The line and the newline that ends it. Reading stops at the first
+    // newline, so a tampered length never sizes more than one real line.
+    let mut raw = Vec::new();
     file.seek(SeekFrom::Start(at)).map_err(backend)?;
-    file.read_exact(&mut raw).map_err(backend)?;
-    if raw.pop() != Some(b'\n') || raw.contains(&b'\n') {
+    std::io::BufReader::new(file.take(len + 1))
+        .read_until(b'\n', &mut raw)
+        .map_err(backend)?;
+    if raw.len() as u64 != len + 1 || raw.pop() != Some(b'\n') {
         return Ok(None);
     }
     Ok(parse_line(&raw)

@@ -779,10 +779,10 @@ async fn an_index_without_issuers_is_migrated() {
         .all(|s| s.issuer == "sluice"));
 }
 
-/// A pointer is never followed past a chunk (what the indexer indexes at
-/// most), however large the journal says it is: no allocation of that size.
+/// A pointer is read no further than the first newline, however long the
+/// index says the line is: a tampered length sizes no allocation.
 #[test]
-fn a_pointer_longer_than_a_chunk_is_not_read() {
+fn a_pointer_is_read_no_further_than_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("journal.log");
     std::fs::write(&path, b"s1\t1\t0\tx\ty\tsession_start\t{}\n").unwrap();
@@ -795,9 +795,9 @@ fn a_pointer_longer_than_a_chunk_is_not_read() {
         prev_hash: "x".into(),
         hash: "y".into(),
     };
-    let huge = INDEX_CHUNK as i64 + 1;
-    // Told the journal is large enough: only the chunk bound refuses it (an
-    // attempt to read would fail with an error, not give `None`).
+    // Told the journal is huge: the read stops at the line's newline (a
+    // read of the whole length would fail with an error, not give `None`).
+    let huge = i64::MAX / 4;
     assert_eq!(
         journal_body(&mut file, u64::MAX / 2, 0, huge, &record).unwrap(),
         None
@@ -806,6 +806,41 @@ fn a_pointer_longer_than_a_chunk_is_not_read() {
         journal_body(&mut file, u64::MAX / 2, -1, 10, &record).unwrap(),
         None
     );
+}
+
+/// A record longer than the indexer's chunk (a command of megabytes) is
+/// indexed and read back, and a gateway restarted after it continues the
+/// chains from it; a torn record of that size is dropped whole on restart.
+#[tokio::test]
+async fn records_longer_than_a_chunk_are_indexed_and_torn_ones_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(INDEX_CHUNK as usize + (1 << 20));
+    {
+        let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+        start(&store, "s1").await;
+        let mut event = decided(1);
+        if let AuditEvent::CommandDecided { command, .. } = &mut event {
+            command.text = format!("select '{long}'");
+        }
+        store.append("s1", event).await.unwrap();
+        command(&store, "s1", 2).await.unwrap();
+        let records = store.session_records("s1").await.unwrap();
+        assert_eq!(records.len(), 1 + 1 + 2);
+        assert!(records[1].body.contains(&long));
+    }
+    // A crash in the middle of another long record.
+    let path = dir.path().join("journal.log");
+    let mut torn = std::fs::read(&path).unwrap();
+    let whole = torn.len();
+    torn.extend_from_slice(b"s1\t6\t0\t");
+    torn.extend_from_slice(long.as_bytes());
+    std::fs::write(&path, &torn).unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), whole as u64);
+    command(&store, "s1", 3).await.unwrap();
+    let records = store.session_records("s1").await.unwrap();
+    assert_eq!(records.last().unwrap().seq, 6);
+    assert!(store.verify().await.unwrap().first_break.is_none());
 }
 
 /// `audit verify` while the gateway writes on: lines appended after the
