@@ -567,15 +567,7 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         let tx =
             rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
                 .map_err(backend)?;
-        let offset: u64 = tx
-            .query_row(
-                "SELECT value FROM meta WHERE key = 'journal_offset'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(backend)?
-            .unwrap_or(0) as u64;
+        let offset = indexed_offset(&tx)?;
         let mut file = match File::open(journal) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
@@ -660,6 +652,21 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
         .map_err(backend)?;
         tx.commit().map_err(backend)?;
     }
+}
+
+/// How far into the journal the index reaches, in bytes. (A negative value,
+/// which only tampering leaves, reads as past any journal: `catch_up` then
+/// refuses it, and `verify` compares every line with the index.)
+fn indexed_offset(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'journal_offset'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()
+        .map_err(backend)?
+        .unwrap_or(0) as u64)
 }
 
 fn read_log_head(conn: &Connection) -> Result<Option<TreeHead>, StoreError> {
@@ -1053,15 +1060,7 @@ impl Store for SqliteStore {
             )
             .map_err(backend)?;
             let conn: &Connection = &tx;
-            let indexed = conn
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'journal_offset'",
-                    [],
-                    |r| r.get::<_, i64>(0),
-                )
-                .optional()
-                .map_err(backend)?
-                .map_or(0, |v| u64::try_from(v).unwrap_or(0));
+            let indexed = indexed_offset(conn)?;
             let mut report = VerifyReport::default();
             let mut stmt = conn
                 .prepare("SELECT id, last_seq, head_hash FROM sessions ORDER BY started_at_ms, id")

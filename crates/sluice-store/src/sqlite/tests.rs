@@ -855,14 +855,8 @@ async fn verify_ignores_what_was_appended_after_its_snapshot() {
     let path = dir.path().join("journal.log");
     let journal = std::fs::read(&path).unwrap();
     let tx = conn.unchecked_transaction().unwrap();
-    let indexed: i64 = tx
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'journal_offset'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(indexed as usize, journal.len());
+    let indexed = indexed_offset(&tx).unwrap();
+    assert_eq!(indexed, journal.len() as u64);
     // A whole session appended past the index, then half a line.
     session(&store, "s2", 1).await;
     store.write_queued().await.unwrap();
@@ -870,13 +864,13 @@ async fn verify_ignores_what_was_appended_after_its_snapshot() {
     assert!(grown.len() > journal.len());
     grown.extend_from_slice(b"s3\t1\t12");
     std::fs::write(&path, &grown).unwrap();
-    assert_eq!(verify_journal(&tx, &path, indexed as u64).unwrap(), None);
+    assert_eq!(verify_journal(&tx, &path, indexed).unwrap(), None);
     // A changed line past the snapshot is still a break.
     let (before, after) = grown.split_at(journal.len());
     let after = String::from_utf8(after.to_vec())
         .unwrap()
         .replacen("select 1", "select 8", 1);
     std::fs::write(&path, [before, after.as_bytes()].concat()).unwrap();
-    let b = verify_journal(&tx, &path, indexed as u64).unwrap().unwrap();
+    let b = verify_journal(&tx, &path, indexed).unwrap().unwrap();
     assert_eq!(b.session_id, "s2");
 }
