@@ -1138,6 +1138,21 @@ fn verify_journal(
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(&data[..0], |end| &data[..=end]);
+    // Lines past `indexed` are not compared with the index: it must end
+    // where a line does, or a changed offset would hide lines from that
+    // comparison.
+    let boundary = usize::try_from(indexed).map_or(true, |i| {
+        i == 0 || i >= whole.len() || whole[i - 1] == b'\n'
+    });
+    if !boundary {
+        return Ok(Some(ChainBreak {
+            session_id: "(journal)".into(),
+            seq: 0,
+            problem: format!(
+                "the index says it covers the journal up to byte {indexed}, which is not where a record ends: the index was changed"
+            ),
+        }));
+    }
     let mut offset = 0usize;
     for raw in whole.split(|&b| b == b'\n') {
         let at = offset;

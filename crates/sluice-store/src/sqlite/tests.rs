@@ -874,3 +874,21 @@ async fn verify_ignores_what_was_appended_after_its_snapshot() {
     let b = verify_journal(&tx, &path, indexed).unwrap().unwrap();
     assert_eq!(b.session_id, "s2");
 }
+
+/// The index's journal offset cannot be moved into a line to keep the lines
+/// past it from being compared with the index.
+#[tokio::test]
+async fn an_indexed_offset_inside_a_line_is_a_break() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), Mode::Writer(AuditSync::Normal)).unwrap();
+    session(&store, "s1", 2).await;
+    store.sessions().await.unwrap();
+    drop(store);
+    tamper(
+        dir.path(),
+        "UPDATE meta SET value = value - 10 WHERE key = 'journal_offset'",
+    );
+    let store = SqliteStore::open(dir.path(), Mode::Reader).unwrap();
+    let b = store.verify().await.unwrap().first_break.unwrap();
+    assert!(b.problem.contains("not where a record ends"), "{b}");
+}
