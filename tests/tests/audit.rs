@@ -334,6 +334,57 @@ fn commands_are_recorded_before_they_run_and_crashes_are_closed() {
     verify_ok(&env);
 }
 
+/// A client's single statement of megabytes (longer than the indexer reads
+/// at a time) is recorded, indexed and replayed with what follows it, and a
+/// gateway killed after it continues every chain; the server's statement log
+/// (the oracle, on drop and below) shows it ran as judged.
+#[test]
+fn a_statement_of_megabytes_is_indexed_and_chains_survive_a_crash_after_it() {
+    let mut env = Env::start();
+    let token = env.agent_token();
+    let mut conn = RawConn::login(env.addr(), "agent-1", "appdb", &token).unwrap();
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let long = "x".repeat(9 << 20);
+    conn.send(&raw::query_message(&format!("select length('{long}')")))
+        .unwrap();
+    let msgs = conn.read_until_ready();
+    assert_eq!(raw::rows(&msgs)[0][0].as_deref(), Some("9437184"));
+    conn.send(&raw::query_message("select 'after the long one'"))
+        .unwrap();
+    let msgs = conn.read_until_ready();
+    assert_eq!(
+        raw::rows(&msgs)[0][0].as_deref(),
+        Some("after the long one")
+    );
+    // `sluice replay` reads the index: it must reach past the long record.
+    let open = env.sessions();
+    assert_eq!(open.len(), 1, "{open:?}");
+    let replay = env.replay(open[0]["id"].as_str().unwrap());
+    assert!(
+        replay.contains("select length('xxxxxxxx"),
+        "no long statement"
+    );
+    assert!(
+        replay.contains("select 'after the long one'"),
+        "the index stopped at the long record"
+    );
+    // A crash, then the restarted gateway appends on from the index's heads.
+    env.kill_gateway();
+    drop(conn);
+    env.start_gateway();
+    env.wait_sessions_ended(1);
+    let out = env.psql(
+        &env.url("agent-1", &token, "appdb"),
+        &["-c", "select 'after the crash'"],
+    );
+    assert_eq!(ok(&out).trim(), "after the crash");
+    env.wait_sessions_ended(2);
+    verify_ok(&env);
+    env.assert_oracle();
+}
+
 fn parse_bind_execute(statement: &str, sql: &str, param: &str) -> Vec<u8> {
     let mut parse = format!("{statement}\0{sql}\0").into_bytes();
     parse.extend_from_slice(&0i16.to_be_bytes());
