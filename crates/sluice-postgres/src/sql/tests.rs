@@ -534,7 +534,7 @@ fn cache_is_bounded_and_keeps_hot_entries() {
     let cache = ClassifierCache::new(10);
     let hot = cache.classify("select 1").unwrap();
     for i in 0..100 {
-        cache.classify(&format!("select {i} from t")).unwrap();
+        cache.classify(&format!("select * from t{i}")).unwrap();
         // Touch the hot entry so it keeps moving to the recent generation.
         assert!(Arc::ptr_eq(&hot, &cache.classify("select 1").unwrap()));
         assert!(cache.len() <= 10, "{}", cache.len());
@@ -884,4 +884,176 @@ fn describe_for_the_console() {
     assert_eq!(s[0]["unbounded_write"], false);
     assert_eq!(s[1]["functions"], serde_json::json!(["now"]));
     assert!(describe("update t set").get("error").is_some());
+}
+
+/// Constants a shape-cache test puts in place of a text's own, by token
+/// kind: values the classifier has reasons to read (settings, EXPLAIN's
+/// options, encodings) and ordinary ones.
+fn replacement(kind: pg_query::protobuf::Token, n: usize) -> &'static str {
+    use pg_query::protobuf::Token;
+    let pick = |options: &[&'static str]| options[n % options.len()];
+    match kind {
+        Token::Sconst => pick(&[
+            "'on'",
+            "'off'",
+            "'SJIS'",
+            "'utf8'",
+            "''",
+            "'analyze'",
+            "'role'",
+            "'it''s'",
+            "$$off$$",
+            "E'\\\\'",
+            "'pg_authid'",
+        ]),
+        Token::Iconst => pick(&["0", "1", "7", "2147483647"]),
+        Token::Fconst => pick(&["0.5", "1e9", "99999999999"]),
+        Token::Bconst => pick(&["B'1'", "B''"]),
+        Token::Xconst => pick(&["X'0F'", "X''"]),
+        _ => pick(&["U&'a'", "U&'\\0041'"]),
+    }
+}
+
+/// `sql` with its `i`-th constant replaced by `replacement(kind, n + i)`.
+fn with_other_constants(sql: &str, n: usize) -> Option<String> {
+    use pg_query::protobuf::Token;
+    let mut out = String::new();
+    let mut at = 0;
+    let mut replaced = 0;
+    for t in pg_query::scan_tokens(sql).ok()? {
+        let kind = match Token::try_from(t.token) {
+            Ok(
+                k @ (Token::Sconst
+                | Token::Usconst
+                | Token::Iconst
+                | Token::Fconst
+                | Token::Bconst
+                | Token::Xconst),
+            ) => k,
+            _ => continue,
+        };
+        let (start, end) = (t.start as usize, t.end as usize);
+        out.push_str(&sql[at..start]);
+        out.push_str(replacement(kind, n + replaced));
+        replaced += 1;
+        at = end;
+    }
+    out.push_str(&sql[at..]);
+    (replaced > 0).then_some(out)
+}
+
+/// Statements whose classification reads a constant or the text, or whose
+/// constants the grammar consumes outside `A_Const`.
+const CONSTANT_SENSITIVE: &[&str] = &[
+    "set standard_conforming_strings = 'on'",
+    "set client_encoding = 'UTF8'",
+    "set client_encoding to 'utf8'; select 1",
+    "select 1; set standard_conforming_strings = 'on'; select 2",
+    "alter system set standard_conforming_strings = 'on'",
+    "alter role r set client_encoding = 'utf8'",
+    "prepare p as select 1",
+    "prepare p as select * from t where a = 'x'",
+    "explain (analyze 'off') delete from t",
+    "explain (analyze 0) delete from t",
+    "copy t from '/tmp/x'",
+    "copy t to '/tmp/x'",
+    "notify ch, 'payload'",
+    "select set_config('search_path', 'x', false)",
+    "select * from t where x = -1",
+    "select 'pg_authid'::regclass",
+    "select cast(x as float(10)) from t",
+    "create table t (c varchar(10))",
+    "alter sequence s restart 5",
+    "select interval '1' day",
+    "do $$ begin perform 1; end $$",
+    "select * from t limit 5 offset 2",
+    "select * from t order by 1",
+    "comment on table t is 'x'",
+    "create function f() returns int language sql as 'select 1'",
+    "select U&'d\\0061t\\+000061' uescape '\\'",
+    "select 'a' 'b'",
+];
+
+/// The shape cache's promise, differentially: for every statement of the
+/// corpora, and each of several rewrites of its constants, what the cache
+/// answers after seeing one text of the shape is what classifying that
+/// very text gives, whichever text came first.
+#[test]
+fn a_shape_hit_is_the_classification_of_the_text_itself() {
+    let corpus = CASES
+        .iter()
+        .map(|c| c.0)
+        .chain(BOUNDS.iter().map(|b| b.0))
+        .chain(SESSION.iter().map(|s| s.0))
+        .chain(CONSTANT_SENSITIVE.iter().copied());
+    let (mut compared, mut shared) = (0, 0);
+    for sql in corpus {
+        let variants: Vec<String> = (0..6)
+            .filter_map(|n| with_other_constants(sql, n))
+            .collect();
+        for first in std::iter::once(sql.to_owned()).chain(variants.iter().cloned()) {
+            let cache = ClassifierCache::new(64);
+            let _ = cache.classify(&first);
+            for other in std::iter::once(sql).chain(variants.iter().map(String::as_str)) {
+                let before = cache.len();
+                let cached = cache.classify(other).map(|c| (*c).clone());
+                shared += usize::from(cache.len() == before && other != first);
+                assert_eq!(
+                    cached,
+                    classify(other),
+                    "{other:?} after {first:?} (shape {:?})",
+                    shape::Shape::of(other).map(|s| s.key)
+                );
+                compared += 1;
+            }
+        }
+    }
+    // The test must exercise sharing, not only misses.
+    eprintln!("{compared} compared, {shared} shared");
+    assert!(
+        compared > 2000 && shared > 1000,
+        "{compared} compared, {shared} shared"
+    );
+}
+
+#[test]
+fn texts_differing_only_in_constants_share_a_classification() {
+    let cache = ClassifierCache::new(64);
+    let a = cache
+        .classify("SELECT abalance FROM pgbench_accounts WHERE aid = 48213;")
+        .unwrap();
+    let len = cache.len();
+    let b = cache
+        .classify("SELECT abalance FROM pgbench_accounts WHERE aid = 7;")
+        .unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "served from the shape");
+    assert_eq!(cache.len(), len, "a shape hit adds nothing");
+    // Other names, comments or spacing are another shape.
+    for other in [
+        "SELECT abalance FROM pgbench_branches WHERE aid = 7;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 7; ",
+        "SELECT abalance FROM pgbench_accounts /* x */ WHERE aid = 7;",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = '7';",
+    ] {
+        assert!(!Arc::ptr_eq(&a, &cache.classify(other).unwrap()), "{other}");
+    }
+    // What reads a value is classified per text.
+    let on = cache
+        .classify("set standard_conforming_strings = 'on'")
+        .unwrap();
+    let off = cache
+        .classify("set standard_conforming_strings = 'off'")
+        .unwrap();
+    assert!(!on.classes().contains(&SqlClass::Admin));
+    assert!(off.classes().contains(&SqlClass::Admin));
+}
+
+#[test]
+fn shapes_mark_constants_and_keep_everything_else() {
+    let s =
+        shape::Shape::of("select $1, 'a''b', 12, 1.5, x'1f', $q$ ' $q$ -- 'c'\nfrom t").unwrap();
+    assert_eq!(s.key, "select $1, \0s, \0i, \0f, \0x, \0s -- 'c'\nfrom t");
+    assert_eq!(s.constants_at, vec![11, 19, 23, 28, 35]);
+    assert!(shape::Shape::of("select 'unterminated").is_none());
+    assert!(shape::Shape::of("select 1\0").is_none());
 }

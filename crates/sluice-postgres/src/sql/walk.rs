@@ -25,28 +25,79 @@ use serde_json::{Map, Value};
 
 pub(super) type Obj = Map<String, Value>;
 
-pub(super) fn classify(sql: &str) -> Result<Classification, ClassifyError> {
+/// What a classification read besides the shape of the statement: the
+/// constants' values or its text. See [`super::cache`]'s shape cache, which
+/// reuses a classification for another text only when it read neither.
+#[derive(Debug, Default)]
+pub(super) struct Reads {
+    /// The start offsets of the constants (`A_Const` nodes) in the tree,
+    /// sorted: where the parser put a constant's value.
+    pub(super) constants_at: Vec<i32>,
+    /// Whether the walk read a constant's value or the statement's text.
+    pub(super) values: bool,
+}
+
+pub(super) fn classify(sql: &str) -> Result<(Classification, Reads), ClassifyError> {
     let parsed = pg_query::parse(sql, 0).map_err(parse_error)?;
     let mut statements = Vec::with_capacity(parsed.protobuf.stmts.len());
+    let mut reads = Reads::default();
     for raw in &parsed.protobuf.stmts {
         let Some(stmt) = raw.stmt.as_ref() else {
             continue;
         };
-        let tree = serde_json::to_value(stmt)
+        let mut tree = serde_json::to_value(stmt)
             .map_err(|e| ClassifyError::Unsupported(format!("cannot read the parse tree: {e}")))?;
         let mut walker = Walker {
             info: StatementInfo::default(),
             ctes: Vec::new(),
             text: statement_text(sql, raw.stmt_location, raw.stmt_len),
+            constants: take_constants(&mut tree, &mut reads.constants_at),
+            read_values: false,
             error: None,
         };
         walker.info.command = walker.query(&tree, Mode::Read);
         if let Some(e) = walker.error {
             return Err(e);
         }
+        reads.values |= walker.read_values;
         statements.push(walker.finish());
     }
-    Ok(Classification { statements })
+    reads.constants_at.sort_unstable();
+    Ok((Classification { statements }, reads))
+}
+
+/// Moves every constant's value out of the tree, leaving its index in the
+/// returned list (`"constant": n`) and its location in `locations`. The walk
+/// can then read a value only through [`Walker::constant_text`], which
+/// records that it did: nothing else can see one.
+fn take_constants(tree: &mut Value, locations: &mut Vec<i32>) -> Vec<Value> {
+    fn visit(v: &mut Value, locations: &mut Vec<i32>, values: &mut Vec<Value>) {
+        match v {
+            Value::Array(items) => {
+                for item in items {
+                    visit(item, locations, values);
+                }
+            }
+            Value::Object(m) => {
+                let single = m.len() == 1;
+                if let Some(Value::Object(c)) = m.get_mut("AConst").filter(|_| single) {
+                    if let Some(val) = c.remove("val") {
+                        c.insert("constant".into(), Value::from(values.len()));
+                        values.push(val);
+                    }
+                    locations.push(int_field(c, "location"));
+                    return;
+                }
+                for child in m.values_mut() {
+                    visit(child, locations, values);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut values = Vec::new();
+    visit(tree, locations, &mut values);
+    values
 }
 
 /// Syntax errors are the server's too; a tree too deep to read is ours.
@@ -115,8 +166,14 @@ struct Walker<'a> {
     info: StatementInfo,
     /// CTE names in scope, innermost last.
     ctes: Vec<String>,
-    /// The text of the statement being walked (for PREPARE's body).
+    /// The text of the statement being walked (for PREPARE's body); read
+    /// through [`Walker::text`].
     text: &'a str,
+    /// The values of the tree's constants (see [`take_constants`]); read
+    /// through [`Walker::constant_text`].
+    constants: Vec<Value>,
+    /// Whether the walk read a constant's value or the text.
+    read_values: bool,
     error: Option<ClassifyError>,
 }
 
@@ -144,7 +201,31 @@ impl Rule {
     }
 }
 
-impl Walker<'_> {
+impl<'a> Walker<'a> {
+    /// The statement's text (recorded: it holds the constants' values).
+    fn text(&mut self) -> &'a str {
+        self.read_values = true;
+        self.text
+    }
+
+    /// The text of a string or integer constant node (recorded).
+    fn constant_text(&mut self, v: &Value) -> Option<String> {
+        let Some(("AConst", c)) = tagged(v) else {
+            return None;
+        };
+        self.read_values = true;
+        let at = c.get("constant").and_then(Value::as_u64)?;
+        match self
+            .constants
+            .get(usize::try_from(at).ok()?)
+            .and_then(tagged)
+        {
+            Some(("Sval", s)) => Some(str_field(s, "sval").to_owned()),
+            Some(("Ival", i)) => Some(int_field(i, "ival").to_string()),
+            _ => None,
+        }
+    }
+
     fn finish(mut self) -> StatementInfo {
         if !self.info.reads.is_empty() {
             self.info.classes.insert(Read);
@@ -442,7 +523,7 @@ impl Walker<'_> {
                 if let Some(q) = b.get("query") {
                     self.query(q, mode);
                 }
-                match prepare_body(self.text) {
+                match prepare_body(self.text()) {
                     Some(body) => {
                         self.info.prepares = Some((str_field(b, "name").to_owned(), body));
                     }
@@ -488,7 +569,7 @@ impl Walker<'_> {
             "ClosePortalStmt" => ("CLOSE CURSOR".into(), Rule::new(&[Utility])),
 
             // ---- session
-            "VariableSetStmt" => set_rule(b),
+            "VariableSetStmt" => set_rule(self, b),
             "VariableShowStmt" => ("SHOW".into(), Rule::new(&[Read, Utility])),
             "DiscardStmt" => {
                 // DISCARD ALL also resets the role.
@@ -733,7 +814,7 @@ impl Walker<'_> {
             "AlterRoleSetStmt" | "AlterDatabaseSetStmt" => {
                 // The setting applies to later sessions: judge it as a SET.
                 let mut rule = match b.get("setstmt") {
-                    Some(Value::Object(set)) => set_rule(set).1,
+                    Some(Value::Object(set)) => set_rule(self, set).1,
                     _ => Rule::new(&[Utility, Admin]),
                 };
                 let command = if tag == "AlterRoleSetStmt" {
@@ -862,12 +943,12 @@ fn changes_session_statement(tag: &str, b: &Obj) -> bool {
     }
 }
 
-fn set_rule(b: &Obj) -> (String, Rule) {
+fn set_rule(walker: &mut Walker, b: &Obj) -> (String, Rule) {
     let kind = VariableSetKind::try_from(int_field(b, "kind"));
     let name = str_field(b, "name").to_ascii_lowercase();
     let mut rule = Rule::new(&[Utility]);
     rule.classes.extend_from_slice(setting_classes(&name));
-    if moves_statement_boundaries(&name, b) {
+    if moves_statement_boundaries(&name, b, |v| walker.constant_text(v)) {
         rule.classes.push(Admin);
     }
     let command = match kind {
@@ -890,6 +971,8 @@ pub(super) fn bare_statement(tag: &str) -> (String, std::collections::BTreeSet<S
         info: StatementInfo::default(),
         ctes: Vec::new(),
         text: "",
+        constants: Vec::new(),
+        read_values: false,
         error: None,
     };
     let command = w.statement(tag, &Obj::new(), Mode::Read, true);
@@ -903,7 +986,11 @@ pub(super) fn bare_statement(tag: &str) -> (String, std::collections::BTreeSet<S
 /// an `E''` string; with `standard_conforming_strings = off`, `'\''` stops
 /// being a whole string. Either way one statement here is two on the server.
 /// Setting them back to the default is harmless.
-fn moves_statement_boundaries(name: &str, b: &Obj) -> bool {
+fn moves_statement_boundaries(
+    name: &str,
+    b: &Obj,
+    mut constant_text: impl FnMut(&Value) -> Option<String>,
+) -> bool {
     let safe: fn(&str) -> bool = match name {
         "standard_conforming_strings" => |v| {
             ["on", "true", "yes", "1"]
@@ -928,24 +1015,12 @@ fn moves_statement_boundaries(name: &str, b: &Obj) -> bool {
         ) => false,
         Ok(VariableSetKind::VarSetValue) => {
             let values: Vec<String> = match b.get("args") {
-                Some(Value::Array(args)) => args.iter().filter_map(constant_text).collect(),
+                Some(Value::Array(args)) => args.iter().filter_map(&mut constant_text).collect(),
                 _ => Vec::new(),
             };
             !(values.len() == 1 && values.iter().all(|v| safe(v)))
         }
         _ => true,
-    }
-}
-
-/// The text of a string or integer constant node.
-fn constant_text(v: &Value) -> Option<String> {
-    let Some(("AConst", c)) = tagged(v) else {
-        return None;
-    };
-    match c.get("val").and_then(tagged) {
-        Some(("Sval", s)) => Some(str_field(s, "sval").to_owned()),
-        Some(("Ival", i)) => Some(int_field(i, "ival").to_string()),
-        _ => None,
     }
 }
 
