@@ -15,8 +15,11 @@
 //! - A classification is reused only if every constant of the text sits
 //!   where the tree has an `A_Const` node, the one place the grammar put
 //!   its value (a constant the grammar consumed in any other way, such as
-//!   `COPY … FROM 'file'`, an option's value, or a negated number, has no
-//!   `A_Const` at its start: such texts are classified every time).
+//!   `COPY … FROM 'file'` or an option's value, has no `A_Const` at its
+//!   start: such texts are classified every time). A number right after a
+//!   `-` counts if the `A_Const` sits at the `-`: the grammar folds `- 5`
+//!   into one constant placed there, and only rules that begin with a `-`
+//!   (a negation, a signed number) place a node at one.
 //! - The walk sees a constant's value only through one accessor that
 //!   records the read, as it records reading the statement's text (which
 //!   holds the values: PREPARE's body). A classification that read either
@@ -31,8 +34,9 @@ pub(super) struct Shape {
     /// The text with each constant replaced by `\0` and a letter for its
     /// kind; no query text contains `\0` (the protocol ends strings with it).
     pub(super) key: String,
-    /// The constants' start offsets, ascending.
-    pub(super) constants_at: Vec<i32>,
+    /// The constants' start offsets, ascending, each with that of a `-`
+    /// token right before it.
+    pub(super) constants_at: Vec<(i32, Option<i32>)>,
 }
 
 impl Shape {
@@ -43,10 +47,13 @@ impl Shape {
         let mut key = String::with_capacity(sql.len());
         let mut constants_at = Vec::new();
         let mut at = 0;
+        let mut minus = None;
         for token in &tokens {
             let Some(kind) = constant_kind(token.token) else {
+                minus = (token.token == Token::Ascii45 as i32).then_some(token.start);
                 continue;
             };
+            let after_minus = minus.take();
             let start = usize::try_from(token.start).ok()?;
             let end = usize::try_from(token.end).ok()?;
             if start < at || !looks_like(kind, sql.get(start..end)?) {
@@ -55,7 +62,7 @@ impl Shape {
             key.push_str(sql.get(at..start)?);
             key.push('\0');
             key.push(kind);
-            constants_at.push(token.start);
+            constants_at.push((token.start, after_minus));
             at = end;
         }
         key.push_str(sql.get(at..)?);
@@ -66,10 +73,11 @@ impl Shape {
     /// text of it: it read no value, and every constant is an `A_Const`.
     pub(super) fn shared_by(&self, constants_in_tree: &[i32], read_values: bool) -> bool {
         !read_values
-            && self
-                .constants_at
-                .iter()
-                .all(|at| constants_in_tree.binary_search(at).is_ok())
+            && self.constants_at.iter().all(|(at, minus)| {
+                std::iter::once(at)
+                    .chain(minus)
+                    .any(|at| constants_in_tree.binary_search(at).is_ok())
+            })
     }
 }
 

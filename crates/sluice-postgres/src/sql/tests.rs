@@ -955,11 +955,19 @@ const CONSTANT_SENSITIVE: &[&str] = &[
     "prepare p as select * from t where a = 'x'",
     "explain (analyze 'off') delete from t",
     "explain (analyze 0) delete from t",
+    "explain (analyze -1) delete from t",
     "copy t from '/tmp/x'",
     "copy t to '/tmp/x'",
     "notify ch, 'payload'",
     "select set_config('search_path', 'x', false)",
     "select * from t where x = -1",
+    "select * from t where x = - 1.5 and y = -'2'",
+    "select - - 5, -(5), 1 -5, -5::int, - /* c */ 5",
+    "set statement_timeout = -1",
+    "set standard_conforming_strings = -1",
+    "alter sequence s increment -1",
+    "create sequence s minvalue -10",
+    "select * from t limit -1",
     "select 'pg_authid'::regclass",
     "select cast(x as float(10)) from t",
     "create table t (c varchar(10))",
@@ -1037,6 +1045,10 @@ fn texts_differing_only_in_constants_share_a_classification() {
     ] {
         assert!(!Arc::ptr_eq(&a, &cache.classify(other).unwrap()), "{other}");
     }
+    // A negative number is one constant (at its `-`).
+    let n = cache.classify("select * from t where x = -1").unwrap();
+    let m = cache.classify("select * from t where x = -2").unwrap();
+    assert!(Arc::ptr_eq(&n, &m));
     // What reads a value is classified per text.
     let on = cache
         .classify("set standard_conforming_strings = 'on'")
@@ -1053,7 +1065,13 @@ fn shapes_mark_constants_and_keep_everything_else() {
     let s =
         shape::Shape::of("select $1, 'a''b', 12, 1.5, x'1f', $q$ ' $q$ -- 'c'\nfrom t").unwrap();
     assert_eq!(s.key, "select $1, \0s, \0i, \0f, \0x, \0s -- 'c'\nfrom t");
-    assert_eq!(s.constants_at, vec![11, 19, 23, 28, 35]);
+    let starts: Vec<i32> = s.constants_at.iter().map(|c| c.0).collect();
+    assert_eq!(starts, vec![11, 19, 23, 28, 35]);
+    let s = shape::Shape::of("select -1, - 2, -/**/3, +4").unwrap();
+    assert_eq!(
+        s.constants_at,
+        vec![(8, Some(7)), (13, Some(11)), (21, None), (25, None)]
+    );
     assert!(shape::Shape::of("select 'unterminated").is_none());
     assert!(shape::Shape::of("select 1\0").is_none());
 }
