@@ -216,3 +216,45 @@ fn a_masked_column_stays_masked_through_an_expression() {
     assert_no_sensitive_value(&answer);
     env.assert_oracle();
 }
+
+/// Attack 6: the gateway shares one judgement among simple-protocol texts that differ only in
+/// their constants. A text whose judgement holds for its own constants only must not lend it to
+/// the next one of its shape: in each pair the first is allowed and the second refused, and the
+/// server's log must show that the second never ran.
+#[test]
+fn a_statement_cannot_borrow_the_judgement_of_one_with_other_constants() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    // Texts of one shape that share a judgement still run, each as sent.
+    for id in 1..=3 {
+        let sql = format!("select count(*) from orders where id = {id}");
+        let answer = exchange(&mut conn, &[Frontend::query(&sql)], QUIET);
+        assert!(answer.errors().is_empty(), "{sql}: {:?}", answer.errors());
+    }
+    let pairs = [
+        // The constant is an EXPLAIN option, not an A_Const: judged per text.
+        (
+            "explain (analyze 0) delete from orders",
+            "explain (analyze 1) delete from orders",
+        ),
+        (
+            "explain (analyze -0) delete from orders",
+            "explain (analyze -1) delete from orders",
+        ),
+        // The classifier reads this value: judged per text.
+        (
+            "set standard_conforming_strings = 'on'",
+            "set standard_conforming_strings = 'off'",
+        ),
+    ];
+    for (allowed, refused) in pairs {
+        let answer = exchange(&mut conn, &[Frontend::query(allowed)], QUIET);
+        assert!(answer.errors().is_empty(), "{allowed}: {:?}", answer.errors());
+        let answer = exchange(&mut conn, &[Frontend::query(refused)], QUIET);
+        assert_refused(&answer, refused);
+        let report = env.assert_oracle();
+        assert!(report.server_ran(allowed), "{allowed}: {report:?}");
+        assert!(!report.server_ran(refused), "{refused}: the server ran it");
+    }
+    assert_eq!(count(&env, "orders"), "100", "a DELETE ran");
+}
