@@ -292,6 +292,9 @@ pub async fn serve_with_reload(config: Config, reload_from: Option<PathBuf>) -> 
             _ = shutdown_signal() => tracing::warn!(message = "Second signal: stopping without waiting for live sessions."),
         }
     }
+    // The listeners stop first: one still accepting (the API's) would hand
+    // a connection to a pinned thread that is gone.
+    tasks.shutdown().await;
     // Pinned sessions still running end here, on their own threads, and
     // record their ends before the checkpoint and the store's flush.
     let stopping = gateway.clone();
