@@ -249,7 +249,11 @@ fn a_statement_cannot_borrow_the_judgement_of_one_with_other_constants() {
     ];
     for (allowed, refused) in pairs {
         let answer = exchange(&mut conn, &[Frontend::query(allowed)], QUIET);
-        assert!(answer.errors().is_empty(), "{allowed}: {:?}", answer.errors());
+        assert!(
+            answer.errors().is_empty(),
+            "{allowed}: {:?}",
+            answer.errors()
+        );
         let answer = exchange(&mut conn, &[Frontend::query(refused)], QUIET);
         assert_refused(&answer, refused);
         let report = env.assert_oracle();
@@ -257,4 +261,35 @@ fn a_statement_cannot_borrow_the_judgement_of_one_with_other_constants() {
         assert!(!report.server_ran(refused), "{refused}: the server ran it");
     }
     assert_eq!(count(&env, "orders"), "100", "a DELETE ran");
+}
+
+/// An empty query string, or one of whitespace alone, is answered as PostgreSQL answers it, and
+/// the session goes on (the classifier's scanner has no tokens to give for it).
+#[test]
+fn empty_and_blank_queries_are_answered() {
+    let env = Env::quickstart().start();
+    let mut conn = login(&env);
+    for sql in ["", " ", "\n\t "] {
+        let answer = exchange(&mut conn, &[Frontend::query(sql)], QUIET);
+        assert!(matches!(answer.ended, Ended::Ready), "{sql:?}: {answer:?}");
+        assert!(answer.errors().is_empty(), "{sql:?}: {:?}", answer.errors());
+    }
+    // The same through the extended protocol.
+    for sql in ["", " \n"] {
+        let answer = exchange(
+            &mut conn,
+            &[
+                Frontend::parse("", sql),
+                Frontend::bind("", "", &[]),
+                Frontend::execute(""),
+                Frontend::Sync,
+            ],
+            QUIET,
+        );
+        assert!(matches!(answer.ended, Ended::Ready), "{sql:?}: {answer:?}");
+        assert!(answer.errors().is_empty(), "{sql:?}: {:?}", answer.errors());
+    }
+    let answer = exchange(&mut conn, &[Frontend::query("select 1")], QUIET);
+    assert!(answer.errors().is_empty(), "{:?}", answer.errors());
+    env.assert_oracle();
 }

@@ -40,9 +40,20 @@ pub(super) struct Shape {
 }
 
 impl Shape {
-    /// The shape of `sql`; `None` when the scanner rejects it or reports a
-    /// constant this module does not recognise.
+    /// The shape of `sql`; `None` when the scanner rejects it, reports a
+    /// constant this module does not recognise, or finds a `U&''` string
+    /// (the parser, not the scanner, decodes its escapes, and can reject
+    /// one text of a shape that another passed).
     pub(super) fn of(sql: &str) -> Option<Shape> {
+        // Text of whitespace alone has no tokens, and pg_query hands a null
+        // token list to `slice::from_raw_parts` then (an abort in a debug
+        // build). Anything else yields a token or a scan error.
+        if sql
+            .bytes()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
+        {
+            return None;
+        }
         let tokens = pg_query::scan_tokens(sql).ok()?;
         let mut key = String::with_capacity(sql.len());
         let mut constants_at = Vec::new();
@@ -54,6 +65,9 @@ impl Shape {
                 continue;
             };
             let after_minus = minus.take();
+            if kind == 'u' {
+                return None;
+            }
             let start = usize::try_from(token.start).ok()?;
             let end = usize::try_from(token.end).ok()?;
             if start < at || !looks_like(kind, sql.get(start..end)?) {
