@@ -1125,26 +1125,16 @@ fn verify_journal(
     indexed: u64,
 ) -> Result<Option<sluice_core::audit::ChainBreak>, StoreError> {
     use sluice_core::audit::ChainBreak;
-    let data = match std::fs::read(journal) {
-        Ok(d) => d,
+    // Streamed a line at a time: a journal can be far larger than memory.
+    let mut file = match File::open(journal) {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(backend(e)),
     };
-    let mut heads: HashMap<&str, (u64, &str)> = HashMap::new();
-    let mut stmt = conn
-        .prepare_cached("SELECT hash FROM events WHERE session_id = ?1 AND seq = ?2")
-        .map_err(backend)?;
-    let whole = data
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(&data[..0], |end| &data[..=end]);
     // Lines past `indexed` are not compared with the index: it must end
     // where a line does, or a changed offset would hide lines from that
     // comparison.
-    let boundary = usize::try_from(indexed).map_or(true, |i| {
-        i == 0 || i >= whole.len() || whole[i - 1] == b'\n'
-    });
-    if !boundary {
+    if !ends_a_line(&mut file, indexed).map_err(backend)? {
         return Ok(Some(ChainBreak {
             session_id: "(journal)".into(),
             seq: 0,
@@ -1153,14 +1143,27 @@ fn verify_journal(
             ),
         }));
     }
+    file.seek(SeekFrom::Start(0)).map_err(backend)?;
+    let mut reader = std::io::BufReader::new(file);
+    let mut heads: HashMap<String, (u64, String)> = HashMap::new();
+    let mut stmt = conn
+        .prepare_cached("SELECT hash FROM events WHERE session_id = ?1 AND seq = ?2")
+        .map_err(backend)?;
+    let mut raw = Vec::new();
     let mut offset = 0usize;
-    for raw in whole.split(|&b| b == b'\n') {
+    loop {
+        raw.clear();
+        let read = reader.read_until(b'\n', &mut raw).map_err(backend)?;
+        // The end, or a last line still being written: left alone.
+        if read == 0 || raw.pop() != Some(b'\n') {
+            break;
+        }
         let at = offset;
-        offset += raw.len() + 1;
+        offset += read;
         if raw.is_empty() {
             continue;
         }
-        let Some(line) = parse_line(raw) else {
+        let Some(line) = parse_line(&raw) else {
             return Ok(Some(ChainBreak {
                 session_id: "(journal)".into(),
                 seq: 0,
@@ -1186,14 +1189,13 @@ fn verify_journal(
         }
         let (last_seq, last_hash) = heads
             .get(line.session_id)
-            .copied()
-            .unwrap_or((0, GENESIS_HASH));
+            .map_or((0, GENESIS_HASH), |(seq, hash)| (*seq, hash.as_str()));
         if line.seq != last_seq + 1 || line.prev_hash != last_hash {
             return Ok(broken(
                 "does not follow the session's previous record".into(),
             ));
         }
-        heads.insert(line.session_id, (line.seq, line.hash));
+        heads.insert(line.session_id.to_owned(), (line.seq, line.hash.to_owned()));
         if at as u64 >= indexed {
             continue;
         }
@@ -1229,6 +1231,34 @@ fn verify_journal(
         }
     }
     Ok(None)
+}
+
+/// Whether `at` is where a journal line starts (or past the last whole
+/// line): byte `at - 1` is a newline, or no newline follows `at`.
+fn ends_a_line(file: &mut File, at: u64) -> std::io::Result<bool> {
+    let len = file.metadata()?.len();
+    if at == 0 || at >= len {
+        return Ok(true);
+    }
+    file.seek(SeekFrom::Start(at - 1))?;
+    let mut reader = std::io::BufReader::new(&mut *file);
+    let mut before = [0u8; 1];
+    reader.read_exact(&mut before)?;
+    if before[0] == b'\n' {
+        return Ok(true);
+    }
+    // Inside a line: a break, unless it is the unfinished last one.
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(true);
+        }
+        if chunk.contains(&b'\n') {
+            return Ok(false);
+        }
+        let n = chunk.len();
+        reader.consume(n);
+    }
 }
 
 #[cfg(test)]

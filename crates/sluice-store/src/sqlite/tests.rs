@@ -892,3 +892,39 @@ async fn an_indexed_offset_inside_a_line_is_a_break() {
     let b = store.verify().await.unwrap().first_break.unwrap();
     assert!(b.problem.contains("not where a record ends"), "{b}");
 }
+
+/// `verify` streams the journal; the index offset's check reads around that
+/// offset only, across lines longer than the reader's buffer.
+#[test]
+fn an_offset_ends_a_line_only_at_a_line_start_or_in_the_unfinished_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal.log");
+    let long = "x".repeat(20_000);
+    // Lines start at 0, 4, 20_005 (an empty one) and 20_006; the
+    // unfinished tail at 20_010.
+    std::fs::write(&path, format!("abc\n{long}\n\nend\n{long}")).unwrap();
+    let mut file = File::open(&path).unwrap();
+    let len = file.metadata().unwrap().len();
+    for (at, expected) in [
+        (0, true),
+        (2, false),
+        (4, true),
+        (5, false),
+        (10_000, false),
+        (20_004, false),
+        (20_005, true),
+        (20_006, true),
+        (20_008, false),
+        (20_010, true),
+        (20_011, true),
+        (30_000, true),
+        (len, true),
+        (len + 7, true),
+    ] {
+        assert_eq!(
+            super::ends_a_line(&mut file, at).unwrap(),
+            expected,
+            "offset {at}"
+        );
+    }
+}
