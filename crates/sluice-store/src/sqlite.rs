@@ -558,9 +558,19 @@ fn index_loop(db: &Path, journal: &Path, writer: &Arc<Journal>, stop: mpsc::Rece
     }
 }
 
-/// Moves journal lines past the indexed offset into SQLite. Safe to run from
-/// several processes: the offset is read and advanced in one write transaction.
+/// Moves journal lines past the indexed offset into SQLite, up to where the
+/// journal ended when called: a writer appending all the while does not
+/// keep it going (the gateway's indexer then takes what accumulated at its
+/// next tick, in larger transactions; a reader has all that existed when it
+/// asked). Safe to run from several processes: the offset is read and
+/// advanced in one write transaction.
 fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
+    let mut file = match File::open(journal) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(backend(e)),
+    };
+    let stop_at = file.metadata().map_err(backend)?.len();
     loop {
         // IMMEDIATE: the offset is read under the write lock, so two
         // indexers (gateway and a CLI reader) never index the same bytes twice.
@@ -568,24 +578,19 @@ fn catch_up(conn: &Connection, journal: &Path) -> Result<(), StoreError> {
             rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)
                 .map_err(backend)?;
         let offset = indexed_offset(&tx)?;
-        let mut file = match File::open(journal) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(backend(e)),
-        };
         let len = file.metadata().map_err(backend)?.len();
         if len < offset {
             return Err(unavailable(format!(
                 "the journal is shorter ({len} bytes) than what was indexed ({offset}); it was truncated or replaced"
             )));
         }
-        if len == offset {
+        if offset >= stop_at {
             return Ok(());
         }
         file.seek(SeekFrom::Start(offset)).map_err(backend)?;
         let mut chunk = Vec::new();
         (&mut file)
-            .take(INDEX_CHUNK)
+            .take(INDEX_CHUNK.min(stop_at - offset))
             .read_to_end(&mut chunk)
             .map_err(backend)?;
         if chunk.len() as u64 == INDEX_CHUNK && !chunk.contains(&b'\n') {
