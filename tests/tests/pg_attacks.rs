@@ -225,11 +225,17 @@ fn a_masked_column_stays_masked_through_an_expression() {
 fn a_statement_cannot_borrow_the_judgement_of_one_with_other_constants() {
     let env = Env::quickstart().start();
     let mut conn = login(&env);
-    // Texts of one shape that share a judgement still run, each as sent.
+    // Texts of one shape that share a judgement still run, each as sent;
+    // texts of one shape that share a column lineage are still masked.
     for id in 1..=3 {
         let sql = format!("select count(*) from orders where id = {id}");
         let answer = exchange(&mut conn, &[Frontend::query(&sql)], QUIET);
         assert!(answer.errors().is_empty(), "{sql}: {:?}", answer.errors());
+        let sql = format!("select national_id, email, (select national_id from customers where id = {id}) from customers where id <= {id}");
+        let answer = exchange(&mut conn, &[Frontend::query(&sql)], QUIET);
+        assert!(answer.errors().is_empty(), "{sql}: {:?}", answer.errors());
+        assert_eq!(answer.rows().len(), id, "{sql}");
+        assert_no_sensitive_value(&answer);
     }
     let pairs = [
         // The constant is an EXPLAIN option, not an A_Const: judged per text.

@@ -487,61 +487,99 @@ struct Generations {
     older: HashMap<String, Entry>,
 }
 
-fn cache() -> &'static Mutex<Generations> {
-    static CACHE: OnceLock<Mutex<Generations>> = OnceLock::new();
+impl Generations {
+    fn get(&mut self, key: &str) -> Option<Entry> {
+        if let Some(hit) = self.recent.get(key) {
+            return Some(hit.clone());
+        }
+        let hit = self.older.remove(key)?;
+        self.insert(key, hit.clone());
+        Some(hit)
+    }
+
+    fn insert(&mut self, key: &str, entry: Entry) {
+        if self.recent.len() >= CACHE_HALF {
+            self.older = std::mem::take(&mut self.recent);
+        }
+        self.recent.insert(key.to_owned(), entry);
+    }
+}
+
+/// Analyses by text, and by shape (see [`super::shape`]) those that hold
+/// for every text of their shape.
+#[derive(Default)]
+struct Caches {
+    texts: Generations,
+    shapes: Generations,
+}
+
+fn cache() -> &'static Mutex<Caches> {
+    static CACHE: OnceLock<Mutex<Caches>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 
 /// The analysis of `sql`, from a bounded cache keyed by the text (two
-/// generations of at most 512 entries each; errors are cached too).
+/// generations of at most 512 entries each; errors are cached too), or by
+/// its shape when the analysis of a text of that shape read neither a
+/// constant (the walk never sees their values) nor the text, and every
+/// constant of the text is a plain literal of the tree: as the classifier's
+/// shape cache, with the same proof (`super::shape`).
 pub(crate) fn analyse(sql: &str) -> Entry {
     if sql.len() > MAX_CACHED_SQL_LEN {
-        return analyse_uncached(sql).map(Arc::new);
+        return analyse_uncached(sql).map(|(l, _)| Arc::new(l));
     }
     // The maps hold no invariant a panicking holder could break.
     let lock = || cache().locked();
-    {
-        let mut g = lock();
-        if let Some(hit) = g.recent.get(sql) {
-            return hit.clone();
-        }
-        if let Some(hit) = g.older.remove(sql) {
-            insert(&mut g, sql, hit.clone());
+    if let Some(hit) = lock().texts.get(sql) {
+        return hit;
+    }
+    let shape = TextShape::of(sql);
+    if let Some(shape) = &shape {
+        if let Some(hit) = lock().shapes.get(&shape.key) {
             return hit;
         }
     }
     // Analysed without the lock; a concurrent miss on the same text
     // analyses twice, which is harmless.
-    let entry = analyse_uncached(sql).map(Arc::new);
-    insert(&mut lock(), sql, entry.clone());
+    let (entry, shared) = match analyse_uncached(sql) {
+        Ok((lineage, reads)) => {
+            let shared = shape.filter(|s| {
+                !s.constants_at.is_empty() && s.shared_by(&reads.constants_at, reads.values)
+            });
+            (Ok(Arc::new(lineage)), shared)
+        }
+        Err(e) => (Err(e), None),
+    };
+    let mut g = lock();
+    g.texts.insert(sql, entry.clone());
+    if let Some(shape) = shared {
+        g.shapes.insert(&shape.key, entry.clone());
+    }
     entry
 }
 
-fn insert(g: &mut Generations, sql: &str, entry: Entry) {
-    if g.recent.len() >= CACHE_HALF {
-        g.older = std::mem::take(&mut g.recent);
-    }
-    g.recent.insert(sql.to_owned(), entry);
-}
-
-fn analyse_uncached(sql: &str) -> Result<Lineage, String> {
+pub(super) fn analyse_uncached(sql: &str) -> Result<(Lineage, Reads), String> {
     // libpg_query is foreign code: a panic on hostile input fails closed.
     std::panic::catch_unwind(|| analyse_tree(sql))
         .unwrap_or_else(|_| Err("the SQL parser failed on this statement".into()))
 }
 
-fn analyse_tree(sql: &str) -> Result<Lineage, String> {
+fn analyse_tree(sql: &str) -> Result<(Lineage, Reads), String> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| match e {
         pg_query::Error::Decode(_) => "the statement is nested too deeply to analyse".to_owned(),
         other => format!("cannot parse SQL: {other}"),
     })?;
     let mut a = Analyzer::default();
+    let mut reads = Reads::default();
     for raw in &parsed.protobuf.stmts {
         let Some(stmt) = raw.stmt.as_ref() else {
             continue;
         };
-        let tree =
+        let mut tree =
             serde_json::to_value(stmt).map_err(|e| format!("cannot read the parse tree: {e}"))?;
+        // The analysis follows columns, never constants' values: they are
+        // taken out of the tree, and nothing here reads them.
+        take_constants(&mut tree, &mut reads.constants_at);
         a.text = statement_text(sql, raw.stmt_location, raw.stmt_len).to_owned();
         let output = a.statement_value(&tree);
         a.out.statements.push(output);
@@ -549,7 +587,9 @@ fn analyse_tree(sql: &str) -> Result<Lineage, String> {
     if a.steps > MAX_STEPS {
         return Err("the statement is too complex to follow masked columns through".into());
     }
-    Ok(a.out)
+    reads.values = a.read_text;
+    reads.constants_at.sort_unstable();
+    Ok((a.out, reads))
 }
 
 /// The text of one statement of a multi-statement string (byte offsets from
@@ -932,6 +972,8 @@ struct Analyzer {
     /// The text of the top-level statement (the PL/pgSQL parser reads a
     /// whole CREATE FUNCTION).
     text: String,
+    /// Whether the analysis read `text` (it holds the constants' values).
+    read_text: bool,
     /// Nodes visited; past [`MAX_STEPS`] the analysis gives up (fail
     /// closed) instead of letting nested recursive CTEs multiply the work.
     steps: usize,
@@ -1943,6 +1985,7 @@ impl Analyzer {
                 ),
             },
             ("plpgsql", Some(_)) => {
+                self.read_text = true;
                 let text = std::mem::take(&mut self.text);
                 self.plpgsql("CREATE FUNCTION", &text);
                 self.text = text;
@@ -2189,7 +2232,10 @@ fn dollar_tag(body: &str) -> String {
 
 // ---- reading the serialised tree (the shared readers are in walk.rs)
 
-use super::walk::{bool_field, is_func_call, is_range_var, is_select, str_field, tagged};
+use super::shape::Shape as TextShape;
+use super::walk::{
+    bool_field, is_func_call, is_range_var, is_select, str_field, tagged, take_constants, Reads,
+};
 
 /// A field typed as a message may come tagged or not.
 fn untag(v: &Value) -> Option<&Value> {

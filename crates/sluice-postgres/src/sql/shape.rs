@@ -1,8 +1,9 @@
 //! A statement's shape: its text with every constant replaced by a marker
 //! of the constant's kind. Simple-protocol clients send the same statement
 //! with different constants inline (`… WHERE aid = 48213`), so the text
-//! cache never hits; the shape cache ([`super::ClassifierCache`]) lets them
-//! share one classification.
+//! cache never hits; the shape caches let them share one classification
+//! ([`super::ClassifierCache`]) and one column lineage (`super::lineage`,
+//! for masking).
 //!
 //! Why that is sound, by construction rather than by a list of safe cases:
 //!
@@ -22,9 +23,10 @@
 //!   (a negation, a signed number) place a node at one.
 //! - The walk sees a constant's value only through one accessor that
 //!   records the read, as it records reading the statement's text (which
-//!   holds the values: PREPARE's body). A classification that read either
-//!   is not reused: `SET standard_conforming_strings = 'off'` never gets
-//!   the classification of `= 'on'`.
+//!   holds the values: PREPARE's body, a PL/pgSQL function's). A result
+//!   that read either is not reused: `SET standard_conforming_strings =
+//!   'off'` never gets the classification of `= 'on'`. (The lineage walk
+//!   has no such accessor: it never reads a value.)
 
 use pg_query::protobuf::Token;
 

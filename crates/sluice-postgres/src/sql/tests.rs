@@ -1009,25 +1009,58 @@ const CONSTANT_SENSITIVE: &[&str] = &[
     "select float8 '1', 1_000, 0x1F, 0o17, 0b101, 2147483648, .5e-3",
 ];
 
+/// Statements whose column lineage (for masking) could depend on a constant
+/// or the text: function bodies, casts and paths, and masked columns.
+const LINEAGE_SENSITIVE: &[&str] = &[
+    "select national_id from customers where id = 5",
+    "select c.name, o.total * 2 from customers c join orders o on o.cid = c.id where o.id > 10",
+    "select row_to_json(c) from customers c where c.id = 3 limit 1",
+    "select national_id::text || 'x' as n from customers",
+    "select (select national_id from customers where id = 1) as x",
+    "select data->>'national_id' from docs where id = 7",
+    "select jsonb_build_object('id', national_id) from customers",
+    "select * from json_to_record('{\"a\":1}') as r(a int)",
+    "select pg_notify('ch', national_id) from customers",
+    "copy (select national_id from customers where id = 1) to stdout",
+    "insert into copies (n) select national_id from customers where id = 2",
+    "create function f() returns text language sql as 'select national_id from customers'",
+    "create function f() returns text language plpgsql as $$ begin return (select national_id from customers limit 1); end $$",
+    "do $$ begin perform national_id from customers where id = 1; end $$",
+    "select national_id from customers order by 1 limit 3",
+    "with x as (select national_id, 1 as k from customers) select * from x where k = 1",
+    "select set_config('a', national_id, false) from customers",
+    "prepare p as select national_id from customers where id = 1",
+];
+
+/// The texts of every shape the differential tests try: each statement of
+/// the corpora and up to six rewrites of its constants.
+fn shape_groups() -> Vec<Vec<String>> {
+    CASES
+        .iter()
+        .map(|c| c.0)
+        .chain(BOUNDS.iter().map(|b| b.0))
+        .chain(SESSION.iter().map(|s| s.0))
+        .chain(CONSTANT_SENSITIVE.iter().copied())
+        .chain(LINEAGE_SENSITIVE.iter().copied())
+        .map(|sql| {
+            let mut texts: Vec<String> = std::iter::once(sql.to_owned())
+                .chain((0..6).filter_map(|n| with_other_constants(sql, n)))
+                .collect();
+            texts.sort();
+            texts.dedup();
+            texts
+        })
+        .collect()
+}
+
 /// The shape cache's promise, differentially: for every statement of the
 /// corpora, and each of several rewrites of its constants, what the cache
 /// answers after seeing one text of the shape is what classifying that
 /// very text gives, whichever text came first.
 #[test]
 fn a_shape_hit_is_the_classification_of_the_text_itself() {
-    let corpus = CASES
-        .iter()
-        .map(|c| c.0)
-        .chain(BOUNDS.iter().map(|b| b.0))
-        .chain(SESSION.iter().map(|s| s.0))
-        .chain(CONSTANT_SENSITIVE.iter().copied());
     let (mut compared, mut shared) = (0, 0);
-    for sql in corpus {
-        let mut texts: Vec<String> = std::iter::once(sql.to_owned())
-            .chain((0..6).filter_map(|n| with_other_constants(sql, n)))
-            .collect();
-        texts.sort();
-        texts.dedup();
+    for texts in shape_groups() {
         for first in &texts {
             let cache = ClassifierCache::new(64);
             let first_answer = cache.classify(first);
@@ -1050,6 +1083,37 @@ fn a_shape_hit_is_the_classification_of_the_text_itself() {
         }
     }
     // The test must exercise sharing, not only misses.
+    eprintln!("{compared} compared, {shared} shared");
+    assert!(
+        compared > 2000 && shared > 1000,
+        "{compared} compared, {shared} shared"
+    );
+}
+
+/// The same promise for the column lineage masking relies on (its cache is
+/// the process's, so each text is compared with a fresh analysis of it).
+#[test]
+fn a_shape_hit_is_the_lineage_of_the_text_itself() {
+    let (mut compared, mut shared) = (0, 0);
+    for texts in shape_groups() {
+        for first in &texts {
+            let first_answer = lineage::analyse(first);
+            for other in &texts {
+                let answer = lineage::analyse(other);
+                shared += usize::from(
+                    other != first
+                        && matches!((&first_answer, &answer), (Ok(a), Ok(b)) if Arc::ptr_eq(a, b)),
+                );
+                let fresh = lineage::analyse_uncached(other).map(|(l, _)| l);
+                assert_eq!(
+                    answer.map(|l| (*l).clone()),
+                    fresh,
+                    "{other:?} after {first:?}"
+                );
+                compared += 1;
+            }
+        }
+    }
     eprintln!("{compared} compared, {shared} shared");
     assert!(
         compared > 2000 && shared > 1000,

@@ -70,7 +70,7 @@ pub(super) fn classify(sql: &str) -> Result<(Classification, Reads), ClassifyErr
 /// returned list (`"constant": n`) and its location in `locations`. The walk
 /// can then read a value only through [`Walker::constant_text`], which
 /// records that it did: nothing else can see one.
-fn take_constants(tree: &mut Value, locations: &mut Vec<i32>) -> Vec<Value> {
+pub(super) fn take_constants(tree: &mut Value, locations: &mut Vec<i32>) -> Vec<Value> {
     fn visit(v: &mut Value, locations: &mut Vec<i32>, values: &mut Vec<Value>) {
         match v {
             Value::Array(items) => {
