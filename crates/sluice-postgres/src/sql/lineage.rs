@@ -49,9 +49,11 @@
 //!   `references_ruled` is true: blank the values the server quotes
 //!   (detail, the quoted parts of the message), not only the detectors.
 //!
-//! Everything is cached by statement text (bounded), so a prepared
-//! statement executed many times is analysed once; results whose columns
-//! all carry their source (plain references) are not analysed at all.
+//! Everything is cached by statement text (bounded), and by shape when
+//! the analysis holds for every text of it (`super::shape`), so a prepared
+//! statement executed many times, or a simple-protocol one re-sent with
+//! other constants, is analysed once; results whose columns all carry
+//! their source (plain references) are not analysed at all.
 
 // The relay calls these entry points; until it does, only the tests use them.
 #![cfg_attr(not(test), allow(dead_code))]
@@ -1017,6 +1019,14 @@ const OPAQUE_FUNCTIONS: &[&str] = &[
     "database_to_xml",
     "database_to_xml_and_xmlschema",
     "ts_stat",
+    "ts_rewrite",
+    // Extensions' (tablefunc, xml2): SQL, or a table and columns, as text.
+    "crosstab",
+    "crosstab2",
+    "crosstab3",
+    "crosstab4",
+    "connectby",
+    "xpath_table",
     "dblink",
     "dblink_fetch",
     "dblink_get_result",
