@@ -1148,14 +1148,18 @@ fn verify_journal(
             ),
         }));
     }
+    // Up to where the journal ends now: a gateway writing on does not keep
+    // this going (and holding the index's read snapshot open). A line cut
+    // there is the unfinished tail.
+    let end = file.metadata().map_err(backend)?.len();
     file.seek(SeekFrom::Start(0)).map_err(backend)?;
-    let mut reader = std::io::BufReader::new(file);
+    let mut reader = std::io::BufReader::new(file.take(end));
     let mut heads: HashMap<String, (u64, String)> = HashMap::new();
     let mut stmt = conn
         .prepare_cached("SELECT hash FROM events WHERE session_id = ?1 AND seq = ?2")
         .map_err(backend)?;
     let mut raw = Vec::new();
-    let mut offset = 0usize;
+    let mut offset = 0u64;
     loop {
         raw.clear();
         let read = reader.read_until(b'\n', &mut raw).map_err(backend)?;
@@ -1164,7 +1168,7 @@ fn verify_journal(
             break;
         }
         let at = offset;
-        offset += read;
+        offset += read as u64;
         if raw.is_empty() {
             continue;
         }
@@ -1200,8 +1204,16 @@ fn verify_journal(
                 "does not follow the session's previous record".into(),
             ));
         }
-        heads.insert(line.session_id.to_owned(), (line.seq, line.hash.to_owned()));
-        if at as u64 >= indexed {
+        match heads.get_mut(line.session_id) {
+            Some(head) => {
+                head.0 = line.seq;
+                line.hash.clone_into(&mut head.1);
+            }
+            None => {
+                heads.insert(line.session_id.to_owned(), (line.seq, line.hash.to_owned()));
+            }
+        }
+        if at >= indexed {
             continue;
         }
         let stored: Option<String> = stmt
