@@ -61,10 +61,9 @@
 use serde_json::{Map, Value};
 use sluice_core::masking::ResponseMasker;
 use sluice_core::pipeline::SessionInfo;
-use sluice_core::sync::MutexExt;
 use sluice_core::Column;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 
 type Obj = Map<String, Value>;
 
@@ -478,86 +477,23 @@ pub(crate) struct Lineage {
 
 // ---- the cache
 
-const MAX_CACHED_SQL_LEN: usize = 16 * 1024;
-const CACHE_HALF: usize = 512;
+/// Analyses kept by text, and as many by shape.
+const CACHE_CAPACITY: usize = 1024;
 
 type Entry = Result<Arc<Lineage>, String>;
 
-#[derive(Default)]
-struct Generations {
-    recent: HashMap<String, Entry>,
-    older: HashMap<String, Entry>,
+fn cache() -> &'static ShapeMemo<Lineage, String> {
+    static CACHE: OnceLock<ShapeMemo<Lineage, String>> = OnceLock::new();
+    CACHE.get_or_init(|| ShapeMemo::new(CACHE_CAPACITY))
 }
 
-impl Generations {
-    fn get(&mut self, key: &str) -> Option<Entry> {
-        if let Some(hit) = self.recent.get(key) {
-            return Some(hit.clone());
-        }
-        let hit = self.older.remove(key)?;
-        self.insert(key, hit.clone());
-        Some(hit)
-    }
-
-    fn insert(&mut self, key: &str, entry: Entry) {
-        if self.recent.len() >= CACHE_HALF {
-            self.older = std::mem::take(&mut self.recent);
-        }
-        self.recent.insert(key.to_owned(), entry);
-    }
-}
-
-/// Analyses by text, and by shape (see [`super::shape`]) those that hold
-/// for every text of their shape.
-#[derive(Default)]
-struct Caches {
-    texts: Generations,
-    shapes: Generations,
-}
-
-fn cache() -> &'static Mutex<Caches> {
-    static CACHE: OnceLock<Mutex<Caches>> = OnceLock::new();
-    CACHE.get_or_init(Mutex::default)
-}
-
-/// The analysis of `sql`, from a bounded cache keyed by the text (two
-/// generations of at most 512 entries each; errors are cached too), or by
-/// its shape when the analysis of a text of that shape read neither a
-/// constant (the walk never sees their values) nor the text, and every
-/// constant of the text is a plain literal of the tree: as the classifier's
-/// shape cache, with the same proof (`super::shape`).
+/// The analysis of `sql`, from a bounded cache keyed by the text (errors
+/// are cached too), or by its shape when the analysis of a text of that
+/// shape read neither a constant (the walk never sees their values) nor
+/// the text, and every constant of the text is a plain literal of the tree:
+/// as the classifier's shape cache, with the same proof (`super::shape`).
 pub(crate) fn analyse(sql: &str) -> Entry {
-    if sql.len() > MAX_CACHED_SQL_LEN {
-        return analyse_uncached(sql).map(|(l, _)| Arc::new(l));
-    }
-    // The maps hold no invariant a panicking holder could break.
-    let lock = || cache().locked();
-    if let Some(hit) = lock().texts.get(sql) {
-        return hit;
-    }
-    let shape = TextShape::of(sql);
-    if let Some(shape) = &shape {
-        if let Some(hit) = lock().shapes.get(&shape.key) {
-            return hit;
-        }
-    }
-    // Analysed without the lock; a concurrent miss on the same text
-    // analyses twice, which is harmless.
-    let (entry, shared) = match analyse_uncached(sql) {
-        Ok((lineage, reads)) => {
-            let shared = shape.filter(|s| {
-                !s.constants_at.is_empty() && s.shared_by(&reads.constants_at, reads.values)
-            });
-            (Ok(Arc::new(lineage)), shared)
-        }
-        Err(e) => (Err(e), None),
-    };
-    let mut g = lock();
-    g.texts.insert(sql, entry.clone());
-    if let Some(shape) = shared {
-        g.shapes.insert(&shape.key, entry.clone());
-    }
-    entry
+    cache().get(sql, analyse_uncached)
 }
 
 pub(super) fn analyse_uncached(sql: &str) -> Result<(Lineage, Reads), String> {
@@ -2242,7 +2178,7 @@ fn dollar_tag(body: &str) -> String {
 
 // ---- reading the serialised tree (the shared readers are in walk.rs)
 
-use super::shape::Shape as TextShape;
+use super::memo::ShapeMemo;
 use super::walk::{
     bool_field, is_func_call, is_range_var, is_select, str_field, tagged, take_constants, Reads,
 };

@@ -18,6 +18,7 @@ mod bounds;
 mod cache;
 mod functions;
 pub(crate) mod lineage;
+mod memo;
 pub(crate) mod resolve;
 mod shape;
 mod walk;
