@@ -23,7 +23,7 @@ tasks:
   demo [ARGS...]        setup, then `cargo run --release -p sluice -- demo ARGS...`
   test [ARGS...]        setup, build everything, then `cargo nextest run --workspace` (ARGS passed on)
   lint                  cargo fmt --check and cargo clippy -D warnings on the workspace
-  bench [--seconds N] [--clients 1,4] [--modes simple,extended,prepared]
+  bench [--seconds N] [--clients 1,4,16] [--modes simple,extended,prepared]
                         pgbench -S: direct PostgreSQL vs PgBouncer vs Sluice, side by side;
         [--ssh-mib N] [--only ssh]
                         scp direct vs Sluice vs ProxyJump, added exec round trip
