@@ -597,6 +597,85 @@ mod tests {
         assert!(!visible_to(&request, &elsewhere));
     }
 
+    /// Serves one connection whose requests are read with `read_json`: 200
+    /// when the body was read, else `read_json`'s answer.
+    async fn json_reader() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let service = hyper::service::service_fn(|req| async move {
+                let answer = match read_json::<serde_json::Value>(req, "{}").await {
+                    Ok(_) => problem(StatusCode::OK, "read"),
+                    Err(refused) => refused,
+                };
+                Ok::<_, Infallible>(answer)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
+        });
+        addr
+    }
+
+    /// Sends `total` bytes of JSON whitespace, chunked (no declared length),
+    /// and returns the response's status line.
+    async fn post_chunked(total: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = json_reader().await;
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut read, mut write) = tcp.into_split();
+        let sender = tokio::spawn(async move {
+            let head = "POST /api/v1/approvals/a/approve HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+            write.write_all(head.as_bytes()).await?;
+            let chunk = vec![b' '; 16 * 1024];
+            let mut sent = 0;
+            while sent < total {
+                let n = chunk.len().min(total - sent);
+                write.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                write.write_all(&chunk[..n]).await?;
+                write.write_all(b"\r\n").await?;
+                sent += n;
+            }
+            write.write_all(b"0\r\n\r\n").await?;
+            // Kept open until the answer is read: hyper closes on a half-close.
+            Ok::<_, std::io::Error>(write)
+        });
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        let status = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            while !answer.windows(2).any(|w| w == b"\r\n") {
+                match read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+            String::from_utf8_lossy(&answer)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .await
+        .expect("no answer in time");
+        // The server may stop reading before the sender is done.
+        drop(sender.await);
+        status
+    }
+
+    /// Bodies without a declared length are bounded as declared ones are:
+    /// kept up to the limit, read on (discarded) to the drained size, and
+    /// refused with 413 past either, never an unbounded read.
+    #[tokio::test]
+    async fn chunked_bodies_past_the_limit_are_refused() {
+        let status = post_chunked(1024).await;
+        assert!(status.contains(" 200"), "{status:?}");
+        for total in [MAX_BODY_BYTES + 1, 900 * 1024, 3 << 20] {
+            let status = post_chunked(total).await;
+            assert!(status.contains(" 413"), "{total} bytes: {status:?}");
+        }
+    }
+
     #[test]
     fn all_flag() {
         assert_eq!(query_flag(None, "all"), Ok(false));
