@@ -530,17 +530,6 @@ fn analyse_tree(sql: &str) -> Result<(Lineage, Reads), String> {
     Ok((a.out, reads))
 }
 
-/// The text of one statement of a multi-statement string (byte offsets from
-/// the parser; a length of 0 means "to the end").
-fn statement_text(sql: &str, location: i32, len: i32) -> &str {
-    let start = usize::try_from(location).unwrap_or(0);
-    let end = match usize::try_from(len) {
-        Ok(0) | Err(_) => sql.len(),
-        Ok(n) => start.saturating_add(n).min(sql.len()),
-    };
-    sql.get(start..end).unwrap_or("")
-}
-
 // ---- alignment with the RowDescription
 
 /// Sources per result column, or `None` when the shape cannot produce
@@ -2180,7 +2169,8 @@ fn dollar_tag(body: &str) -> String {
 
 use super::memo::ShapeMemo;
 use super::walk::{
-    bool_field, is_func_call, is_range_var, is_select, str_field, tagged, take_constants, Reads,
+    bool_field, is_func_call, is_range_var, is_select, statement_text, str_field, tagged,
+    take_constants, Reads,
 };
 
 /// A field typed as a message may come tagged or not.

@@ -200,15 +200,15 @@ pub enum ClassifyError {
 /// Input PostgreSQL cannot parse is an error: a statement that cannot be
 /// classified must be denied, never passed through.
 pub fn classify(sql: &str) -> Result<Classification, ClassifyError> {
-    // libpg_query and the crate's own post-processing are foreign code; if
-    // either panics on a hostile input, fail closed with an error instead of
-    // taking the session task down.
     classify_reading(sql).map(|(c, _)| c)
 }
 
 /// [`classify`], and what the classification read besides the statement's
 /// shape (for the shape cache).
 fn classify_reading(sql: &str) -> Result<(Classification, walk::Reads), ClassifyError> {
+    // libpg_query and the crate's own post-processing are foreign code; if
+    // either panics on a hostile input, fail closed with an error instead of
+    // taking the session task down.
     std::panic::catch_unwind(|| walk::classify(sql)).unwrap_or_else(|_| {
         Err(ClassifyError::Unsupported(
             "the SQL parser failed on this statement".into(),

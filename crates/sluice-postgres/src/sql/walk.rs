@@ -123,7 +123,7 @@ fn parse_error(e: pg_query::Error) -> ClassifyError {
 
 /// The text of one statement of a multi-statement string (byte offsets from
 /// the parser; a length of 0 means "to the end").
-fn statement_text(sql: &str, location: i32, len: i32) -> &str {
+pub(super) fn statement_text(sql: &str, location: i32, len: i32) -> &str {
     let start = usize::try_from(location).unwrap_or(0);
     let end = match usize::try_from(len) {
         Ok(0) | Err(_) => sql.len(),
