@@ -1136,10 +1136,14 @@ fn verify_journal(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(backend(e)),
     };
+    // Up to where the journal ends now: a gateway writing on does not keep
+    // this going (and holding the index's read snapshot open). A line cut
+    // there is the unfinished tail.
+    let end = file.metadata().map_err(backend)?.len();
     // Lines past `indexed` are not compared with the index: it must end
     // where a line does, or a changed offset would hide lines from that
     // comparison.
-    if !ends_a_line(&mut file, indexed).map_err(backend)? {
+    if !ends_a_line(&mut file, end, indexed).map_err(backend)? {
         return Ok(Some(ChainBreak {
             session_id: "(journal)".into(),
             seq: 0,
@@ -1148,10 +1152,6 @@ fn verify_journal(
             ),
         }));
     }
-    // Up to where the journal ends now: a gateway writing on does not keep
-    // this going (and holding the index's read snapshot open). A line cut
-    // there is the unfinished tail.
-    let end = file.metadata().map_err(backend)?.len();
     file.seek(SeekFrom::Start(0)).map_err(backend)?;
     let mut reader = std::io::BufReader::new(file.take(end));
     let mut heads: HashMap<String, (u64, String)> = HashMap::new();
@@ -1250,15 +1250,15 @@ fn verify_journal(
     Ok(None)
 }
 
-/// Whether `at` is where a journal line starts (or past the last whole
-/// line): byte `at - 1` is a newline, or no newline follows `at`.
-fn ends_a_line(file: &mut File, at: u64) -> std::io::Result<bool> {
-    let len = file.metadata()?.len();
+/// Whether `at` is where a line of the journal's first `len` bytes starts
+/// (or past its last whole line): byte `at - 1` is a newline, or no newline
+/// follows `at` before `len`.
+fn ends_a_line(file: &mut File, len: u64, at: u64) -> std::io::Result<bool> {
     if at == 0 || at >= len {
         return Ok(true);
     }
     file.seek(SeekFrom::Start(at - 1))?;
-    let mut reader = std::io::BufReader::new(&mut *file);
+    let mut reader = std::io::BufReader::new((&mut *file).take(len - (at - 1)));
     let mut before = [0u8; 1];
     reader.read_exact(&mut before)?;
     if before[0] == b'\n' {

@@ -922,7 +922,7 @@ fn an_offset_ends_a_line_only_at_a_line_start_or_in_the_unfinished_tail() {
         (len + 7, true),
     ] {
         assert_eq!(
-            super::ends_a_line(&mut file, at).unwrap(),
+            super::ends_a_line(&mut file, len, at).unwrap(),
             expected,
             "offset {at}"
         );
