@@ -27,6 +27,16 @@ fn verify_broken(env: &Env, session: &str, seq: u64, problem: &str) {
 
 /// One row of `events`: (seq, at_ms, kind, body, prev_hash, hash, line_at,
 /// line_len), as SQL literals.
+/// A new psql session through the gateway selects `word` and gets it back.
+#[track_caller]
+fn echo_through_psql(env: &Env, token: &str, word: &str) {
+    let out = env.psql(
+        &env.url("agent-1", token, "appdb"),
+        &["-c", &format!("select '{word}'")],
+    );
+    assert_eq!(ok(&out).trim(), word);
+}
+
 fn event_row(env: &Env, session: &str, seq: u64) -> String {
     env.sqlite(&format!(
         "SELECT quote(seq) || ',' || quote(at_ms) || ',' || quote(kind) || ',' || quote(body) \
@@ -318,18 +328,10 @@ fn commands_are_recorded_before_they_run_and_crashes_are_closed() {
     assert!(replay.contains("write-ahead"), "{replay}");
 
     // The restarted gateway serves, with the same signing key (old tokens still work).
-    let out = env.psql(
-        &env.url("agent-1", &token, "appdb"),
-        &["-c", "select 'back'"],
-    );
-    assert_eq!(ok(&out).trim(), "back");
+    echo_through_psql(&env, &token, "back");
     // A graceful restart too.
     env.restart_gateway();
-    let out = env.psql(
-        &env.url("agent-1", &token, "appdb"),
-        &["-c", "select 'again'"],
-    );
-    assert_eq!(ok(&out).trim(), "again");
+    echo_through_psql(&env, &token, "again");
     env.wait_sessions_ended(3);
     verify_ok(&env);
 }
@@ -375,11 +377,7 @@ fn a_statement_of_megabytes_is_indexed_and_chains_survive_a_crash_after_it() {
     drop(conn);
     env.start_gateway();
     env.wait_sessions_ended(1);
-    let out = env.psql(
-        &env.url("agent-1", &token, "appdb"),
-        &["-c", "select 'after the crash'"],
-    );
-    assert_eq!(ok(&out).trim(), "after the crash");
+    echo_through_psql(&env, &token, "after the crash");
     env.wait_sessions_ended(2);
     verify_ok(&env);
     env.assert_oracle();
