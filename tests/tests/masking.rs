@@ -389,3 +389,44 @@ fn numbers_run_on_into_secrets_hide_both() {
         );
     }
 }
+
+/// A function that runs SQL given as text (`ts_rewrite`'s second argument)
+/// hides the masked column it reads: its arguments are constants, so the
+/// column cannot be followed, and the statement is refused while column
+/// rules apply. Sent on a raw socket with the ID reversed (no detector
+/// knows that shape); the target's own answer to the same query, and its
+/// statement log, are the oracles.
+#[test]
+fn sql_run_from_text_cannot_carry_a_masked_column_out() {
+    let env = env();
+    let attack = "select ts_rewrite('x'::tsquery, $q$select 'x'::tsquery, \
+                  quote_literal(reverse(national_id))::tsquery from customers where id = 1$q$)";
+    let reversed: String = raw(&env, "select national_id from customers where id = 1")
+        .trim()
+        .chars()
+        .rev()
+        .collect();
+    assert!(
+        raw(&env, attack).contains(&reversed),
+        "the attack does not carry the ID out even directly"
+    );
+    let token = env.agent_token();
+    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let answer = conn.query(attack);
+    let received: Vec<String> = sluice_e2e::raw::rows(&answer)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    assert!(
+        !received.iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {received:?}"
+    );
+    assert!(
+        !sluice_e2e::raw::errors(&answer).is_empty(),
+        "not refused: {received:?}"
+    );
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("ts_rewrite"), "the server ran it");
+}
