@@ -4,7 +4,8 @@
 
 use super::{CommandRequest, PipelineError, VerdictService};
 use crate::audit::{AuditEvent, Store, StoreError};
-use crate::model::{Action, Decision, Denial, Verdict};
+use crate::model::{Action, Command, Decision, Denial, Verdict};
+use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,14 +13,38 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
+/// The most a command's record may hold, as JSON: twice the largest message
+/// a protocol reads (PostgreSQL's 64 MiB). JSON writes most control
+/// characters as 6-byte escapes, so unbounded, one 64 MiB query of them made
+/// a 384 MiB record, serialised, journaled and indexed whole: an agent could
+/// make the gateway allocate gigabytes with a few sessions. A command over
+/// the bound is refused before any stage judges it, and recorded abridged.
+pub const MAX_COMMAND_RECORD: usize = 128 << 20;
+
+/// How much of a refused oversized command's text its record keeps.
+const ABRIDGED_TEXT: usize = 4096;
+
+/// The rule an oversized command is refused under.
+pub const RECORD_LIMIT_RULE: &str = "sluice:record-limit";
+
 #[derive(Clone)]
 pub struct AuditLayer {
     store: Arc<dyn Store>,
+    record_limit: usize,
 }
 
 impl AuditLayer {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        AuditLayer { store }
+        AuditLayer {
+            store,
+            record_limit: MAX_COMMAND_RECORD,
+        }
+    }
+
+    /// A bound other than [`MAX_COMMAND_RECORD`] (tests).
+    pub fn with_record_limit(mut self, bytes: usize) -> Self {
+        self.record_limit = bytes;
+        self
     }
 }
 
@@ -28,6 +53,7 @@ impl Layer<VerdictService> for AuditLayer {
     fn layer(&self, inner: VerdictService) -> AuditService {
         AuditService {
             store: self.store.clone(),
+            record_limit: self.record_limit,
             inner,
         }
     }
@@ -37,6 +63,7 @@ impl Layer<VerdictService> for AuditLayer {
 #[derive(Clone)]
 pub struct AuditService {
     store: Arc<dyn Store>,
+    record_limit: usize,
     inner: VerdictService,
 }
 
@@ -60,6 +87,7 @@ impl Service<CommandRequest> for AuditService {
     fn call(&mut self, req: CommandRequest) -> Self::Future {
         let store = self.store.clone();
         let inner = self.inner.clone();
+        let record_limit = self.record_limit;
         let span = tracing::info_span!(
             "command",
             session = %req.session.id,
@@ -71,14 +99,24 @@ impl Service<CommandRequest> for AuditService {
             async move {
                 let session_id = req.session.id.clone();
                 let command_id = req.command_id;
-                let command = (*req.command).clone();
                 let (protocol, connection) = (req.session.protocol, req.session.connection.clone());
-                let verdict = match inner.oneshot(req).await {
-                    Ok(v) => v,
-                    // A stage that cannot decide must fail closed.
-                    Err(e) => {
-                        crate::metrics::error(protocol, "internal", "pipeline");
-                        failed_closed(&e)
+                let (command, verdict) = match record_len_over(&req.command, record_limit) {
+                    // Never judged: an approval would hold, and a webhook
+                    // carry, what the record cannot.
+                    Some(len) => (
+                        abridged(&req.command),
+                        too_large_to_record(len, record_limit),
+                    ),
+                    None => {
+                        let command = (*req.command).clone();
+                        match inner.oneshot(req).await {
+                            Ok(v) => (command, v),
+                            // A stage that cannot decide must fail closed.
+                            Err(e) => {
+                                crate::metrics::error(protocol, "internal", "pipeline");
+                                (command, failed_closed(&e))
+                            }
+                        }
                     }
                 };
                 let current = tracing::Span::current();
@@ -116,6 +154,90 @@ impl Service<CommandRequest> for AuditService {
             }
             .instrument(span),
         )
+    }
+}
+
+/// Whether a command with `text` can fit a record: when not, it will be
+/// refused unjudged, and a protocol need not analyse it first (PostgreSQL's
+/// parse tree of such text is itself several times its size).
+pub fn text_fits_a_record(text: &str) -> bool {
+    json_len_over(&text, text.len(), MAX_COMMAND_RECORD).is_none()
+}
+
+/// The length of `command` as JSON when it is over `limit`, or at least
+/// `limit + 1` (the count stops there); `None` when it fits.
+fn record_len_over(command: &Command, limit: usize) -> Option<usize> {
+    let raw = command.text.len() + command.context.iter().map(String::len).sum::<usize>();
+    json_len_over(command, raw, limit)
+}
+
+/// [`record_len_over`] for any value whose strings total `raw` bytes.
+fn json_len_over(value: &impl serde::Serialize, raw: usize, limit: usize) -> Option<usize> {
+    // An escape is at most 6 bytes (`\u001f`): short values fit uncounted.
+    if raw.saturating_mul(6).saturating_add(1024) <= limit {
+        return None;
+    }
+    let mut counter = Counter { len: 0, limit };
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) if counter.len <= limit => None,
+        _ => Some(counter.len),
+    }
+}
+
+/// Counts what is written, failing past `limit` so the count stops early.
+struct Counter {
+    len: usize,
+    limit: usize,
+}
+
+impl std::io::Write for Counter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.len += buf.len();
+        if self.len > self.limit {
+            return Err(std::io::Error::other("over the record limit"));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What is recorded of an oversized command: the start of its text, its
+/// length and the SHA-256 of the whole text, so that the record still names
+/// exactly what was refused. Definitions it referred to are left out: it
+/// was judged by its size alone.
+fn abridged(command: &Command) -> Command {
+    let text = &command.text;
+    let mut cut = ABRIDGED_TEXT.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Command {
+        kind: command.kind.clone(),
+        text: format!(
+            "{}… [abridged by sluice: the text is {} bytes, SHA-256 {}; refused unrun]",
+            &text[..cut],
+            text.len(),
+            hex::encode(Sha256::digest(text.as_bytes()))
+        ),
+        context: Vec::new(),
+    }
+}
+
+fn too_large_to_record(len: usize, limit: usize) -> Verdict {
+    let mib = |n: usize| n as f64 / f64::from(1 << 20);
+    Verdict {
+        action: Action::Deny,
+        rule: Some(RECORD_LIMIT_RULE.to_string()),
+        message: Some(format!(
+            "the command's audit record would be over {:.1} MiB (a record holds at most {:.0} MiB; \
+             control characters count six bytes each); it was not run. Split it into \
+             smaller commands",
+            mib(len),
+            mib(limit)
+        )),
     }
 }
 

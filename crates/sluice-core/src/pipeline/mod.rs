@@ -97,6 +97,7 @@ where
 #[derive(Default)]
 pub struct PipelineBuilder {
     extra: Vec<BoxedLayer>,
+    record_limit: Option<usize>,
 }
 
 impl PipelineBuilder {
@@ -108,6 +109,13 @@ impl PipelineBuilder {
     /// verdicts are audited like the policy's. The first added is the outermost.
     pub fn layer<L: PipelineLayer>(mut self, layer: L) -> Self {
         self.extra.push(layer.boxed());
+        self
+    }
+
+    /// A bound on a command's record other than
+    /// [`audit::MAX_COMMAND_RECORD`] (tests).
+    pub fn record_limit(mut self, bytes: usize) -> Self {
+        self.record_limit = Some(bytes);
         self
     }
 
@@ -126,7 +134,11 @@ impl PipelineBuilder {
         for wrap in self.extra.into_iter().rev() {
             svc = wrap(svc);
         }
-        audit::AuditLayer::new(store).layer(svc)
+        let audit = audit::AuditLayer::new(store);
+        match self.record_limit {
+            Some(bytes) => audit.with_record_limit(bytes).layer(svc),
+            None => audit.layer(svc),
+        }
     }
 }
 

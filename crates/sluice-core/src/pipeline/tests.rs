@@ -118,6 +118,73 @@ async fn store_failure_refuses_the_command() {
     assert!(r.is_err());
 }
 
+/// The pipeline with records bounded at 64 KiB.
+fn small_record_pipeline(store: Arc<dyn Store>) -> audit::AuditService {
+    let config = Config::from_toml_str(RULES, "t").unwrap();
+    let keys: Vec<Arc<dyn MatchKey>> = vec![Arc::new(Contains)];
+    let engine = RulesEngine::compile(&config, &keys).unwrap();
+    PipelineBuilder::new()
+        .record_limit(64 << 10)
+        .build(Arc::new(engine), store, None)
+}
+
+/// The decision and the text recorded for `text`.
+async fn decided(text: &str) -> (Decision, String) {
+    let store = Arc::new(MemoryStore::default());
+    let d = small_record_pipeline(store.clone())
+        .oneshot(request(text, &["agents"]))
+        .await
+        .unwrap();
+    let events = store.events.lock().unwrap();
+    let [(_, AuditEvent::CommandDecided { command, .. })] = &events[..] else {
+        panic!("{events:?}")
+    };
+    (d, command.text.clone())
+}
+
+#[tokio::test]
+async fn a_command_whose_record_would_be_oversized_is_refused_unjudged() {
+    // 12,000 control characters: 12 KB of text, 72 KB as JSON. "drop" would
+    // have the policy deny it under its own rule; it never sees it.
+    let text = format!("drop '{}'", "\u{1}".repeat(12_000));
+    let (d, recorded) = decided(&text).await;
+    let Decision::Refuse { denial, .. } = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        denial.rule.as_deref(),
+        Some(audit::RECORD_LIMIT_RULE),
+        "{denial:?}"
+    );
+    assert!(denial.message.contains("not run"), "{}", denial.message);
+    // Abridged, and still naming exactly what was refused.
+    assert!(recorded.len() < 4096 + 256, "{}", recorded.len());
+    assert!(recorded.starts_with("drop '\u{1}"), "{recorded:?}");
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
+    assert!(recorded.contains(&digest), "{recorded:?}");
+    assert!(
+        recorded.contains(&format!("{} bytes", text.len())),
+        "{recorded:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_record_limit_counts_the_record_not_the_text() {
+    // The same length in plain text is 12 KB as JSON: judged and recorded
+    // whole. So is text that is long but fits (the exact count's path).
+    for text in ["select 'a'".repeat(1_200), "select 'a'".repeat(6_500)] {
+        let (d, recorded) = decided(&text).await;
+        assert!(matches!(d, Decision::Forward { .. }), "{d:?}");
+        assert_eq!(recorded, text);
+    }
+    // Just over the bound in plain text (the escape-free count).
+    let (d, _) = decided(&"select 'a'".repeat(6_600)).await;
+    assert!(
+        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(audit::RECORD_LIMIT_RULE)),
+        "{d:?}"
+    );
+}
+
 #[test]
 fn unknown_match_key_is_a_config_error() {
     let config = Config::from_toml_str(RULES, "t").unwrap();

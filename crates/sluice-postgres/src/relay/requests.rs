@@ -69,6 +69,21 @@ struct Analysis {
     barrier: bool,
 }
 
+impl Analysis {
+    /// Nothing known of the text: the pipeline refuses it on its own
+    /// (unparseable, or too large to record).
+    fn unjudged() -> Self {
+        Analysis {
+            classified: Vec::new(),
+            ddl: false,
+            lineage_text: None,
+            context: Vec::new(),
+            effects: PreparedEffects::default(),
+            barrier: false,
+        }
+    }
+}
+
 pub(super) struct Requests<'a> {
     handle: &'a SessionHandle,
     client: ReadHalf<BoxedStream>,
@@ -354,6 +369,11 @@ impl<'a> Requests<'a> {
     }
 
     fn analyse(&self, sql: &str) -> Analysis {
+        // Refused unjudged by the audit stage; its parse tree alone would
+        // be several times the text's size.
+        if !sluice_core::pipeline::audit::text_fits_a_record(sql) {
+            return Analysis::unjudged();
+        }
         match crate::policy::shared_classifier().classify(sql) {
             Ok(classified) => {
                 let (context, effects) = self.sql_prepared.context_for(&classified, sql);
@@ -387,14 +407,7 @@ impl<'a> Requests<'a> {
                 }
             }
             // Text the parser rejects is refused by the policy's own parse.
-            Err(_) => Analysis {
-                classified: Vec::new(),
-                ddl: false,
-                lineage_text: None,
-                context: Vec::new(),
-                effects: PreparedEffects::default(),
-                barrier: false,
-            },
+            Err(_) => Analysis::unjudged(),
         }
     }
 
