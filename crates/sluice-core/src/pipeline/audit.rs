@@ -4,7 +4,7 @@
 
 use super::{CommandRequest, PipelineError, VerdictService};
 use crate::audit::{AuditEvent, Store, StoreError};
-use crate::model::{Action, Command, Decision, Denial, Verdict};
+use crate::model::{Action, Command, CommandKind, Decision, Denial, Verdict};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +23,8 @@ pub const MAX_COMMAND_RECORD: usize = 128 << 20;
 
 /// How much of a refused oversized command's text its record keeps.
 const ABRIDGED_TEXT: usize = 4096;
+/// How much of each name in its kind (statement, path).
+const ABRIDGED_NAME: usize = 256;
 
 /// The rule an oversized command is refused under.
 pub const RECORD_LIMIT_RULE: &str = "sluice:record-limit";
@@ -167,11 +169,18 @@ pub fn text_fits_a_record(text: &str) -> bool {
 /// The length of `command` as JSON when it is over `limit`, or at least
 /// `limit + 1` (the count stops there); `None` when it fits.
 fn record_len_over(command: &Command, limit: usize) -> Option<usize> {
+    // The kind's strings (a statement name, a path) are counted exactly:
+    // they are short, except from a hostile client.
+    let mut counter = Counter { len: 0, limit };
+    if serde_json::to_writer(&mut counter, &command.kind).is_err() {
+        return Some(counter.len);
+    }
     let raw = command.text.len() + command.context.iter().map(String::len).sum::<usize>();
-    json_len_over(command, raw, limit)
+    json_len_over(command, raw.saturating_add(counter.len), limit)
 }
 
-/// [`record_len_over`] for any value whose strings total `raw` bytes.
+/// [`record_len_over`] for any value whose strings total `raw` bytes at
+/// most (escapes excluded).
 fn json_len_over(value: &impl serde::Serialize, raw: usize, limit: usize) -> Option<usize> {
     // An escape is at most 6 bytes (`\u001f`): short values fit uncounted.
     if raw.saturating_mul(6).saturating_add(1024) <= limit {
@@ -210,19 +219,58 @@ impl std::io::Write for Counter {
 /// was judged by its size alone.
 fn abridged(command: &Command) -> Command {
     let text = &command.text;
-    let mut cut = ABRIDGED_TEXT.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
+    let mut kind = command.kind.clone();
+    for name in kind_strings(&mut kind) {
+        if name.len() > ABRIDGED_NAME {
+            *name = format!("{}…", prefix(name, ABRIDGED_NAME));
+        }
     }
     Command {
-        kind: command.kind.clone(),
+        kind,
         text: format!(
             "{}… [abridged by sluice: the text is {} bytes, SHA-256 {}; refused unrun]",
-            &text[..cut],
+            prefix(text, ABRIDGED_TEXT),
             text.len(),
             hex::encode(Sha256::digest(text.as_bytes()))
         ),
         context: Vec::new(),
+    }
+}
+
+/// At most `max` bytes of the start of `s`, cut at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut cut = max.min(s.len());
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// The strings a command's kind holds, which a client chose.
+fn kind_strings(kind: &mut CommandKind) -> Vec<&mut String> {
+    match kind {
+        CommandKind::SqlSimple
+        | CommandKind::FunctionCall { .. }
+        | CommandKind::Exec
+        | CommandKind::Shell { .. } => Vec::new(),
+        CommandKind::SqlExecute { statement, portal } => vec![statement, portal],
+        CommandKind::HttpRequest { method, path } => vec![method, path],
+        CommandKind::KubeRequest {
+            method,
+            path,
+            verb,
+            resource,
+            namespace,
+            name,
+        } => {
+            let mut all = vec![method, path, verb, resource];
+            all.extend(namespace.as_mut());
+            all.extend(name.as_mut());
+            all
+        }
+        CommandKind::Subsystem { name } => vec![name],
+        CommandKind::Forward { kind } => vec![kind],
+        CommandKind::Other { operation } => vec![operation],
     }
 }
 

@@ -2,7 +2,7 @@ use super::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
 use super::*;
 use crate::audit::AuditEvent;
 use crate::config::Config;
-use crate::model::{Action, Decision};
+use crate::model::{Action, CommandKind, Decision};
 use crate::testing::{person, sql_request, MemoryStore};
 use tower::ServiceExt;
 
@@ -166,6 +166,36 @@ async fn a_command_whose_record_would_be_oversized_is_refused_unjudged() {
         recorded.contains(&format!("{} bytes", text.len())),
         "{recorded:?}"
     );
+}
+
+#[tokio::test]
+async fn a_kind_holding_a_huge_name_counts_toward_the_record_and_is_abridged() {
+    // A prepared statement's name of control characters, 60 KB as JSON,
+    // under the bound alone; with a 6 KB text the record is over it.
+    let mut req = request(&format!("select '{}'", "a".repeat(6_000)), &["agents"]);
+    let name = "\u{1}".repeat(10_000);
+    Arc::make_mut(&mut req.command).kind = CommandKind::SqlExecute {
+        statement: name.clone(),
+        portal: String::new(),
+    };
+    let store = Arc::new(MemoryStore::default());
+    let d = small_record_pipeline(store.clone())
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(audit::RECORD_LIMIT_RULE)),
+        "{d:?}"
+    );
+    let events = store.events.lock().unwrap();
+    let [(_, AuditEvent::CommandDecided { command, .. })] = &events[..] else {
+        panic!("{events:?}")
+    };
+    let CommandKind::SqlExecute { statement, .. } = &command.kind else {
+        panic!("{command:?}")
+    };
+    assert!(statement.len() <= 256 + 3, "{}", statement.len());
+    assert!(name.starts_with(statement.trim_end_matches('…')));
 }
 
 #[tokio::test]
