@@ -430,3 +430,59 @@ fn sql_run_from_text_cannot_carry_a_masked_column_out() {
     let report = env.assert_oracle();
     assert!(!report.server_ran("ts_rewrite"), "the server ran it");
 }
+
+/// A function that already exists in the database reads what the statement does not name, and
+/// its result comes back as a computed column: the gateway reads its body from the catalog.
+/// One that reads a masked column is refused (here it returns the ID reversed, a form no
+/// detector knows); one that does not is served.
+#[test]
+fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
+    let env = env();
+    raw(
+        &env,
+        "create function ids_reversed() returns setof text language sql \
+         as 'select reverse(national_id) from customers'; \
+         create function ids_reversed_pl() returns setof text language plpgsql \
+         as $$ begin return query select reverse(national_id) from customers; end $$; \
+         create function customer_count() returns bigint language sql \
+         as 'select count(*) from customers'",
+    );
+    let reversed: String = raw(&env, "select national_id from customers where id = 1")
+        .trim()
+        .chars()
+        .rev()
+        .collect();
+    assert!(
+        raw(&env, "select ids_reversed()").contains(&reversed),
+        "the function does not carry the ID out even directly"
+    );
+    let token = env.agent_token();
+    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    for attack in ["select ids_reversed()", "select * from ids_reversed_pl()"] {
+        let answer = conn.query(attack);
+        let received: Vec<String> = sluice_e2e::raw::rows(&answer)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .collect();
+        assert!(
+            !received.iter().any(|v| v.contains(&reversed)),
+            "{attack}: the masked ID came back reversed: {received:?}"
+        );
+        let errors = sluice_e2e::raw::errors(&answer);
+        assert!(
+            errors.iter().any(|e| e.message().contains("masked column")),
+            "{attack}: not refused: {errors:?} {received:?}"
+        );
+    }
+    let answer = conn.query("select customer_count()");
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "a routine that reads no masked column was refused: {:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    let report = env.assert_oracle();
+    assert!(report.server_ran("customer_count"), "{report:?}");
+    assert!(!report.server_ran("ids_reversed"), "the server ran it");
+}

@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::frame::{
     split_message_charged, Charge, FrameError, RawMessage, Reader, MAX_FRONTEND_MESSAGE,
 };
-use crate::sql::lineage::{side_channel, SessionRules};
+use crate::sql::lineage::{catalog_side_channel, side_channel, SessionRules};
 use crate::sql::{Classification, SqlClass};
 use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
@@ -911,7 +911,9 @@ impl<'a> Requests<'a> {
             session: self.handle.info(),
             views: Some(&views),
         };
-        if let Err(why) = side_channel(&command.text, &rules) {
+        let judged = side_channel(&command.text, &rules)
+            .and_then(|()| catalog_side_channel(&command.context, &rules));
+        if let Err(why) = judged {
             let d = self.refuse(command, "sluice:masking", &why).await?;
             return Ok((d, views));
         }

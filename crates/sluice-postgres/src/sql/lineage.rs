@@ -265,6 +265,53 @@ pub(crate) fn references_ruled(sql: &str, rules: &dyn RuledColumns) -> bool {
     }
 }
 
+/// Whether the user functions and procedures a statement calls (the
+/// catalog's entries in its context, found to a fixed point through views
+/// and bodies) can carry a masked column out of sight. What a function reads
+/// is not in the statement's text, and its result comes back as a computed
+/// column: a body in SQL or PL/pgSQL is read like a statement, and one that
+/// references a ruled column, or does something masking cannot follow, is
+/// refused; code the gateway cannot read (C, other languages, aggregates)
+/// is refused too while column rules apply, since it may read anything.
+pub(crate) fn catalog_side_channel(
+    context: &[String],
+    rules: &dyn RuledColumns,
+) -> Result<(), String> {
+    if !rules.any() {
+        return Ok(());
+    }
+    for e in context {
+        let Some(super::resolve::Entry::Function {
+            name,
+            language,
+            body,
+            ..
+        }) = super::resolve::entry(e)
+        else {
+            continue;
+        };
+        let readable = matches!(language, "sql" | "plpgsql") && !body.trim().is_empty();
+        if !readable {
+            return Err(format!(
+                "{name}() is {} whose code the gateway cannot read, so it cannot follow what \
+                 it reads for masked columns; query the tables directly",
+                if matches!(language, "sql" | "plpgsql") {
+                    "an aggregate or routine".to_string()
+                } else {
+                    format!("a {language} routine")
+                }
+            ));
+        }
+        if references_ruled(body, rules) {
+            return Err(format!(
+                "{name}() reads a masked column, or does something masking cannot follow, \
+                 and what it returns or does with it cannot be masked; query the tables directly"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The name `views` knows a catalog-named table (`schema.table`) by, when
 /// it is a view.
 fn view_name(rules: &dyn RuledColumns, table: &str) -> Option<String> {

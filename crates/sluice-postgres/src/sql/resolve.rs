@@ -62,7 +62,7 @@ pub fn function_context(
     format!("\0function\0{schema}.{name}\0{language}\0{volatility}\0{body}")
 }
 
-enum Entry<'a> {
+pub(crate) enum Entry<'a> {
     View {
         name: &'a str,
         definition: &'a str,
@@ -75,7 +75,8 @@ enum Entry<'a> {
     },
 }
 
-fn entry(s: &str) -> Option<Entry<'_>> {
+/// A context entry's parts; `None` for a prepared statement's entry.
+pub(crate) fn entry(s: &str) -> Option<Entry<'_>> {
     let rest = s.strip_prefix('\0')?;
     if let Some(v) = rest.strip_prefix("view\0") {
         let (name, definition) = v.split_once('\0')?;

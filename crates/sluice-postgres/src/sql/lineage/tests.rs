@@ -501,6 +501,82 @@ fn side_channels_of_ruled_columns_are_refused() {
 }
 
 #[test]
+fn catalog_routines_that_may_read_ruled_columns_are_refused() {
+    use crate::sql::resolve::{function_context, view_context};
+    let m = masker(RULES);
+    let s = session();
+    let views = Arc::new(HashMap::from([(
+        "ids".to_string(),
+        Arc::from(" SELECT customers.national_id FROM customers;"),
+    )]));
+    let rules = SessionRules {
+        masker: &m,
+        session: &s,
+        views: Some(&views),
+    };
+    let plpgsql = |body: &str| {
+        format!(
+            "CREATE OR REPLACE FUNCTION public.f()\n RETURNS SETOF text\n LANGUAGE plpgsql\n\
+             AS $function$ {body} $function$\n"
+        )
+    };
+    let function =
+        |language: &str, body: &str| function_context("public", "f", language, "v", body);
+    let refused = [
+        function("sql", "select reverse(national_id) from customers"),
+        function("sql", "select * from customers"),
+        function("sql", "select x from ids x"),
+        function("sql", "select ts_rewrite('a'::tsquery, 'select 1')"),
+        function(
+            "plpgsql",
+            &plpgsql("begin return query select national_id from customers; end"),
+        ),
+        function("c", ""),
+        function("plpython3u", "return plpy.execute('select 1')"),
+        // An aggregate: no body to read.
+        function("internal", ""),
+        function("sql", ""),
+    ];
+    let allowed = [
+        function("sql", "select count(*) from customers"),
+        function("sql", "select name from customers where id = $1"),
+        function(
+            "plpgsql",
+            &plpgsql("begin return query select email from customers; end"),
+        ),
+        view_context(
+            "public",
+            "v",
+            " SELECT customers.national_id FROM customers;",
+        ),
+        "s1\0select 1".to_string(),
+    ];
+    let mut failures = Vec::new();
+    for entry in &refused {
+        if catalog_side_channel(std::slice::from_ref(entry), &rules).is_ok() {
+            failures.push(format!("allowed: {entry:?}"));
+        }
+    }
+    for entry in &allowed {
+        if let Err(e) = catalog_side_channel(std::slice::from_ref(entry), &rules) {
+            failures.push(format!("refused: {entry:?}: {e}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let e = catalog_side_channel(&[function("c", "")], &rules).unwrap_err();
+    assert!(e.contains("public.f()") && e.contains("a c routine"), "{e}");
+    // Without column rules on the connection, routines are the policy's
+    // business alone.
+    let none = masker("");
+    let rules = SessionRules {
+        masker: &none,
+        session: &s,
+        views: None,
+    };
+    assert!(catalog_side_channel(&refused, &rules).is_ok());
+}
+
+#[test]
 fn statements_that_read_ruled_columns_are_known() {
     let m = masker(RULES);
     let s = session();
