@@ -9,8 +9,10 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub(crate) mod bounds;
 mod checkpoint;
 mod recorder;
+pub use bounds::{text_fits_a_record, MAX_COMMAND_RECORD, RECORD_LIMIT_RULE};
 pub use checkpoint::{
     compare as compare_checkpoint, default_key_path as default_checkpoint_key_path, log_hash,
     publish as publish_checkpoint, Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner,

@@ -444,7 +444,11 @@ impl SessionHandle {
         message: &str,
     ) -> Result<Decision, StoreError> {
         let command_id = self.parts.next_command.fetch_add(1, Ordering::Relaxed);
-        let verdict = crate::Verdict::deny(rule, message);
+        let (command, verdict) = crate::audit::bounds::recordable(
+            command,
+            crate::Verdict::deny(rule, message),
+            crate::audit::MAX_COMMAND_RECORD,
+        );
         self.parts
             .store
             .append(
@@ -567,7 +571,8 @@ impl std::fmt::Debug for OutcomeRecorder {
 }
 
 impl OutcomeRecorder {
-    pub fn finished(&self, command_id: u64, outcome: Outcome) {
+    pub fn finished(&self, command_id: u64, mut outcome: Outcome) {
+        crate::audit::bounds::bound_outcome(&mut outcome);
         crate::metrics::command_finished(self.info.protocol, &self.info.connection, &outcome);
         self.store.append_background(
             &self.session_id,

@@ -59,6 +59,8 @@ impl SqlPrepared {
             }
         }
         let mut context = Vec::new();
+        // Each definition once, however often the string executes it.
+        let mut named: std::collections::HashSet<(&str, &str)> = Default::default();
         let mut local: HashMap<&str, &str> = HashMap::new();
         for st in &classified.statements {
             if let Some((name, inner)) = &st.prepares {
@@ -70,7 +72,7 @@ impl SqlPrepared {
                     .get(name.as_str())
                     .copied()
                     .or_else(|| self.definitions.get(name).map(String::as_str));
-                if let Some(def) = def {
+                if let Some(def) = def.filter(|def| named.insert((name.as_str(), *def))) {
                     context.push(crate::policy::prepared_context(name, def));
                 }
             }

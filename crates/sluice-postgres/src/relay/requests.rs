@@ -371,12 +371,16 @@ impl<'a> Requests<'a> {
     fn analyse(&self, sql: &str) -> Analysis {
         // Refused unjudged by the audit stage; its parse tree alone would
         // be several times the text's size.
-        if !sluice_core::pipeline::audit::text_fits_a_record(sql) {
+        if !sluice_core::audit::text_fits_a_record(sql) {
             return Analysis::unjudged();
         }
         match crate::policy::shared_classifier().classify(sql) {
             Ok(classified) => {
                 let (context, effects) = self.sql_prepared.context_for(&classified, sql);
+                let defined: usize = context.iter().map(String::len).sum();
+                if sql.len().saturating_add(defined) > sluice_core::audit::MAX_COMMAND_RECORD {
+                    return Analysis::unjudged();
+                }
                 let lineage_text = match (classified.statements.as_slice(), context.as_slice()) {
                     ([st], [definition]) if st.command == "EXECUTE" => {
                         definition.split_once('\0').map(|(_, def)| Arc::from(def))
@@ -661,7 +665,9 @@ impl<'a> Requests<'a> {
             session: self.handle.info(),
             views: None,
         };
-        if side_channel(sql, &rules).is_ok() && !self.handle.policy_refuses(command.clone()) {
+        let fits = sluice_core::audit::text_fits_a_record(sql);
+        if fits && side_channel(sql, &rules).is_ok() && !self.handle.policy_refuses(command.clone())
+        {
             return Ok(false);
         }
         let (decided, _) = self.judge_sql(command, &analysis.classified).await?;
@@ -899,6 +905,10 @@ impl<'a> Requests<'a> {
         mut command: Command,
         classified: &[Arc<Classification>],
     ) -> Result<(Decided, Views), SessionError> {
+        // Refused unjudged by the audit stage: nothing here reads it first.
+        if !sluice_core::audit::text_fits_a_record(&command.text) {
+            return Ok((self.decide(command).await?, Views::default()));
+        }
         let views = match self.add_catalog_context(&mut command, classified).await {
             Ok(v) => v,
             Err(why) => {
