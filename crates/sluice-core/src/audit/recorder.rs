@@ -145,8 +145,20 @@ impl StreamRecorder {
             s.typed.extend_from_slice(&data[..take]);
             // The first input waiting for an answer: a terminal that never
             // answers still gets it recorded (as hidden).
-            take > 0 && s.typed.len() == take
+            let first = take > 0 && s.typed.len() == take;
+            if s.typed.len() >= StreamRecorder::BATCH_BYTES {
+                // A batch of input with no answer (a flood the terminal
+                // does not echo): recorded as hidden now, not held for the
+                // echo wait, so what waits stays bounded.
+                let was_empty = s.chunks.is_empty();
+                s.classify_typed(None);
+                (first, s.due(was_empty))
+            } else {
+                (first, Add::Nothing)
+            }
         };
+        let (first, due) = first;
+        self.after_add(due);
         if first {
             self.arm_echo_timer();
         }

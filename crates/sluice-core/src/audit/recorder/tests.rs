@@ -158,3 +158,27 @@ fn utf8_prefix() {
     assert_eq!(utf8_complete_prefix("a€".as_bytes()), 4);
     assert_eq!(utf8_complete_prefix(b"\xff"), 1);
 }
+
+#[test]
+fn a_flood_of_unanswered_input_is_recorded_without_waiting_for_an_echo() {
+    let store = Arc::new(MemoryStore::default());
+    let mut r = StreamRecorder::new(store.clone(), "s", 1);
+    let chunk = vec![b'x'; 40 << 10];
+    for _ in 0..3 {
+        r.record_input(&chunk);
+    }
+    // Written before any echo wait or drop: the first 64 KiB and more, hidden.
+    let written = streams(&store);
+    let hidden: usize = written
+        .iter()
+        .filter(|(stream, _)| stream == STDIN_HIDDEN)
+        .map(|(_, text)| text.chars().count())
+        .sum();
+    assert!(hidden >= StreamRecorder::BATCH_BYTES, "{hidden}");
+    drop(r);
+    let all: usize = streams(&store)
+        .iter()
+        .map(|(_, text)| text.chars().count())
+        .sum();
+    assert_eq!(all, 3 * chunk.len(), "every byte typed is recorded once");
+}
