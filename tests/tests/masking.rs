@@ -459,7 +459,12 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
     let token = env.agent_token();
     let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
         .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
-    for attack in ["select ids_reversed()", "select * from ids_reversed_pl()"] {
+    for attack in [
+        "select ids_reversed()",
+        "select * from ids_reversed_pl()",
+        // Named with its database: the same function.
+        "select app.public.ids_reversed()",
+    ] {
         let answer = conn.query(attack);
         let received: Vec<String> = sluice_e2e::raw::rows(&answer)
             .into_iter()
@@ -485,4 +490,26 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
     let report = env.assert_oracle();
     assert!(report.server_ran("customer_count"), "{report:?}");
     assert!(!report.server_ran("ids_reversed"), "the server ran it");
+}
+
+/// A fast-path function call names its function by OID alone: with column rules on, the gateway
+/// cannot follow what it reads, and refuses it (psql's large-object commands use them).
+#[test]
+fn fast_path_function_calls_are_refused_while_column_rules_apply() {
+    let env = env();
+    let input = env.dir.path().join("blob.bin");
+    std::fs::write(&input, b"bytes").unwrap();
+    let script = format!("\\lo_import '{}'\n", input.display());
+    let out = env.psql_input(&env.agent_url(), &["-f", "-"], Some(&script));
+    let err = stderr(&out);
+    assert!(
+        err.contains("fast-path function call"),
+        "not refused as a fast-path call: {err} / {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        raw(&env, "select count(*) from pg_largeobject_metadata").trim(),
+        "0",
+        "a large object was created"
+    );
 }

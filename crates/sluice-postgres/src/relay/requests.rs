@@ -878,7 +878,21 @@ impl<'a> Requests<'a> {
             text: format!("<fast-path function call, oid {oid}>"),
             context: vec![],
         };
-        match self.decide(command).await? {
+        let rules = SessionRules {
+            masker: self.handle.masker().as_ref(),
+            session: self.handle.info(),
+            views: None,
+        };
+        let decided = if crate::sql::lineage::RuledColumns::any(&rules) {
+            // Named by OID alone: what it reads cannot be followed.
+            let why = "a fast-path function call names its function by OID alone, so the \
+                       gateway cannot follow what it reads for masked columns; it is refused \
+                       while column masking rules apply. Call the function in SQL instead";
+            self.refuse(command, "sluice:masking", why).await?
+        } else {
+            self.decide(command).await?
+        };
+        match decided {
             Decided::Forward(command_id) => {
                 let seq = self.next_seq();
                 self.push(Expect::Query {

@@ -290,13 +290,17 @@ pub(crate) fn catalog_side_channel(
         else {
             continue;
         };
-        let readable = matches!(language, "sql" | "plpgsql") && !body.trim().is_empty();
-        if !readable {
+        // The server's own routines are judged as built-ins, by name.
+        if name.starts_with("pg_catalog.") {
+            continue;
+        }
+        let cache = crate::policy::shared_classifier();
+        if !super::resolve::body_is_readable(language, body, cache) {
             return Err(format!(
                 "{name}() is {} whose code the gateway cannot read, so it cannot follow what \
                  it reads for masked columns; query the tables directly",
                 if matches!(language, "sql" | "plpgsql") {
-                    "an aggregate or routine".to_string()
+                    "an aggregate, or a routine running SQL built at run time,".to_string()
                 } else {
                     format!("a {language} routine")
                 }

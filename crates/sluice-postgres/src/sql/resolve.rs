@@ -92,14 +92,28 @@ pub(crate) fn entry(s: &str) -> Option<Entry<'_>> {
     })
 }
 
-/// Whether a name as written (`v`, `s.v`) may be the catalog's `schema.name`:
-/// an unqualified name may be any schema's (search_path is the session's).
+/// Whether a name as written (`v`, `s.v`, `db.s.v`) may be the catalog's
+/// `schema.name`: an unqualified name may be any schema's (search_path is
+/// the session's). A three-part name runs only in the database it names
+/// (PostgreSQL refuses any other), so its last two parts are what it names.
 fn names(written: &str, qualified: &str) -> bool {
-    if written.contains('.') {
-        written == qualified
-    } else {
-        qualified.rsplit_once('.').map(|(_, n)| n) == Some(written)
+    let parts: Vec<&str> = written.split('.').collect();
+    match parts.as_slice() {
+        [bare] => qualified.rsplit_once('.').map(|(_, n)| n) == Some(*bare),
+        [.., schema, name] => qualified.split_once('.') == Some((*schema, *name)),
+        [] => false,
     }
+}
+
+/// Whether a routine's body can be read (SQL or PL/pgSQL that parses,
+/// without SQL built at run time): what it reads and does is then known.
+pub(crate) fn body_is_readable(language: &str, body: &str, cache: &ClassifierCache) -> bool {
+    !body.trim().is_empty()
+        && match language {
+            "sql" => sql_body(body, cache).is_some(),
+            "plpgsql" => plpgsql_body(body, cache).is_some(),
+            _ => false,
+        }
 }
 
 /// Whether a context entry is a catalog entry (not a prepared statement).
@@ -704,6 +718,27 @@ mod tests {
         // Built-ins and unknown functions are left as they were.
         let st = folded("select count(*), lower('A') from t group by 1", &ctx);
         assert_eq!(st.classes, [Read].into_iter().collect(), "{st:?}");
+    }
+
+    #[test]
+    fn a_name_with_its_database_names_the_same_object() {
+        assert!(names("f", "public.f"));
+        assert!(names("public.f", "public.f"));
+        assert!(names("app.public.f", "public.f"));
+        assert!(!names("app.other.f", "public.f"));
+        assert!(!names("other.f", "public.f"));
+        assert!(!names("g", "public.f"));
+        // The policy folds a routine called with its database's name too.
+        let ctx = [function_context(
+            "public",
+            "purge",
+            "sql",
+            "v",
+            "delete from orders",
+        )];
+        let st = folded("select app.public.purge()", &ctx);
+        assert!(st.writes.contains("orders"), "{st:?}");
+        assert!(st.no_where, "{st:?}");
     }
 
     #[test]
