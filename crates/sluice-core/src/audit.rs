@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 pub(crate) mod bounds;
 mod checkpoint;
 mod recorder;
-pub use bounds::{text_fits_a_record, MAX_COMMAND_RECORD, RECORD_LIMIT_RULE};
+pub use bounds::{
+    command_fits_a_record, text_fits_a_record, MAX_COMMAND_RECORD, RECORD_LIMIT_RULE,
+};
 pub use checkpoint::{
     compare as compare_checkpoint, default_key_path as default_checkpoint_key_path, log_hash,
     publish as publish_checkpoint, Checkpoint, CheckpointError, CheckpointMatch, CheckpointSigner,

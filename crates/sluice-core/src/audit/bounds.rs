@@ -35,6 +35,12 @@ pub fn text_fits_a_record(text: &str) -> bool {
     json_len_over(&text, text.len(), MAX_COMMAND_RECORD).is_none()
 }
 
+/// Whether `command` can fit a record: when not, it will be refused
+/// unjudged (its text, context and names all count).
+pub fn command_fits_a_record(command: &Command) -> bool {
+    record_len_over(command, MAX_COMMAND_RECORD).is_none()
+}
+
 /// The command and verdict to record for a decision: as decided, the
 /// verdict's message cut to a bound; or, when the command's record would be
 /// over `limit`, the command abridged and refused under
@@ -222,8 +228,9 @@ pub(crate) fn bound_outcome(outcome: &mut Outcome) {
         .iter()
         .take_while(|row| {
             let len: usize = row.iter().flatten().map(String::len).sum();
+            let fits = len <= budget;
             budget = budget.saturating_sub(len);
-            budget > 0
+            fits
         })
         .count();
     if keep < outcome.sample.len() {
@@ -245,7 +252,7 @@ mod tests {
                 "invalid input syntax for type integer: \"{echoed}\""
             )),
             tag: Some("x".repeat(10_000)),
-            sample: vec![vec![Some("y".repeat(100_000)), None]; 5],
+            sample: vec![vec![Some("y".repeat(MAX_SAMPLE / 2)), None]; 5],
             columns: vec!["c".repeat(1_000)],
             ..Outcome::default()
         };
@@ -260,7 +267,11 @@ mod tests {
         );
         assert!(outcome.tag.as_deref().unwrap().len() < ABRIDGED_NAME + 200);
         assert!(outcome.columns[0].len() < ABRIDGED_NAME + 200);
-        assert_eq!(outcome.sample.len(), 2, "rows within 256 KiB are kept");
+        assert_eq!(
+            outcome.sample.len(),
+            2,
+            "rows that fill 256 KiB exactly are kept"
+        );
         assert!(outcome.truncated);
         // Within bounds: untouched.
         let mut small = Outcome {

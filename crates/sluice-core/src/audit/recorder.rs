@@ -146,10 +146,10 @@ impl StreamRecorder {
             // The first input waiting for an answer: a terminal that never
             // answers still gets it recorded (as hidden).
             let first = take > 0 && s.typed.len() == take;
-            if s.typed.len() >= StreamRecorder::BATCH_BYTES {
-                // A batch of input with no answer (a flood the terminal
-                // does not echo): recorded as hidden now, not held for the
-                // echo wait, so what waits stays bounded.
+            if s.typed.len() >= MAX_UNANSWERED {
+                // A flood the terminal does not answer: recorded as hidden
+                // now, not held for the echo wait, so what waits stays
+                // bounded (a paste well under it still meets its echo).
                 let was_empty = s.chunks.is_empty();
                 s.classify_typed(None);
                 (first, s.due(was_empty))
@@ -470,6 +470,8 @@ fn escape_end(b: &[u8], i: usize) -> usize {
 /// Typed runs compared with the terminal's answer, at most this many keys
 /// each (a longer paste is judged by its start).
 const MAX_COMPARED: usize = 512;
+/// Typed input held for its echo, at most.
+const MAX_UNANSWERED: usize = 1 << 20;
 
 /// How the terminal answered typed input: consecutive segments of `typed`
 /// (end byte, echoed) that are decided; the rest waits for more output.

@@ -379,7 +379,12 @@ impl<'a> Requests<'a> {
                 let (context, effects) = self.sql_prepared.context_for(&classified, sql);
                 let defined: usize = context.iter().map(String::len).sum();
                 if sql.len().saturating_add(defined) > sluice_core::audit::MAX_COMMAND_RECORD {
-                    return Analysis::unjudged();
+                    // Kept for the audit stage, which refuses the command
+                    // for its size and records the definitions' digest.
+                    return Analysis {
+                        context,
+                        ..Analysis::unjudged()
+                    };
                 }
                 let lineage_text = match (classified.statements.as_slice(), context.as_slice()) {
                     ([st], [definition]) if st.command == "EXECUTE" => {
@@ -920,7 +925,7 @@ impl<'a> Requests<'a> {
         classified: &[Arc<Classification>],
     ) -> Result<(Decided, Views), SessionError> {
         // Refused unjudged by the audit stage: nothing here reads it first.
-        if !sluice_core::audit::text_fits_a_record(&command.text) {
+        if !sluice_core::audit::command_fits_a_record(&command) {
             return Ok((self.decide(command).await?, Views::default()));
         }
         let views = match self.add_catalog_context(&mut command, classified).await {

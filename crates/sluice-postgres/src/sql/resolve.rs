@@ -97,6 +97,11 @@ pub(crate) fn entry(s: &str) -> Option<Entry<'_>> {
 /// the session's). A three-part name runs only in the database it names
 /// (PostgreSQL refuses any other), so its last two parts are what it names.
 fn names(written: &str, qualified: &str) -> bool {
+    // A quoted name may hold a dot (`"my.app".f`): as written, it is the
+    // catalog's name itself.
+    if written == qualified {
+        return true;
+    }
     let parts: Vec<&str> = written.split('.').collect();
     match parts.as_slice() {
         [bare] => qualified.rsplit_once('.').map(|(_, n)| n) == Some(*bare),
@@ -728,6 +733,7 @@ mod tests {
         assert!(!names("app.other.f", "public.f"));
         assert!(!names("other.f", "public.f"));
         assert!(!names("g", "public.f"));
+        assert!(names("my.app.f", "my.app.f"), "a schema with a dot");
         // The policy folds a routine called with its database's name too.
         let ctx = [function_context(
             "public",
