@@ -32,6 +32,30 @@ fn raw(env: &Env, sql: &str) -> String {
     env.direct_sql("app", sql)
 }
 
+/// Customer 1's national ID reversed: a form of it no detector knows.
+fn reversed_national_id(env: &Env) -> String {
+    raw(env, "select national_id from customers where id = 1")
+        .trim()
+        .chars()
+        .rev()
+        .collect()
+}
+
+/// The agent on a raw protocol connection.
+fn raw_agent(env: &Env) -> sluice_e2e::raw::RawConn {
+    sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()))
+}
+
+/// Every value of every row the client received.
+fn values(answer: &[sluice_e2e::raw::Msg]) -> Vec<String> {
+    sluice_e2e::raw::rows(answer)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect()
+}
+
 #[test]
 fn rows_are_masked_by_column_rules_and_detectors() {
     let env = env();
@@ -315,9 +339,7 @@ fn a_value_shaped_for_endless_rejection_is_masked_and_answered() {
     );
     raw(&env, &format!("grant select on notes to {}", env.db.user));
     assert!(raw(&env, "select right(v, 19) from notes").contains("4111 1111 1111 1111"));
-    let token = env.agent_token();
-    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = raw_agent(&env);
     let answer = conn.query("select v from notes");
     let rows = sluice_e2e::raw::rows(&answer);
     let errors = sluice_e2e::raw::errors(&answer);
@@ -372,9 +394,7 @@ fn numbers_run_on_into_secrets_hide_both() {
     for piece in pieces {
         assert!(held.contains(piece), "the target holds {piece}: {held}");
     }
-    let token = env.agent_token();
-    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = raw_agent(&env);
     let answer = conn.query("select v from ledger");
     assert!(sluice_e2e::raw::errors(&answer).is_empty());
     let shown: Vec<String> = sluice_e2e::raw::rows(&answer)
@@ -401,24 +421,14 @@ fn sql_run_from_text_cannot_carry_a_masked_column_out() {
     let env = env();
     let attack = "select ts_rewrite('x'::tsquery, $q$select 'x'::tsquery, \
                   quote_literal(reverse(national_id))::tsquery from customers where id = 1$q$)";
-    let reversed: String = raw(&env, "select national_id from customers where id = 1")
-        .trim()
-        .chars()
-        .rev()
-        .collect();
+    let reversed = reversed_national_id(&env);
     assert!(
         raw(&env, attack).contains(&reversed),
         "the attack does not carry the ID out even directly"
     );
-    let token = env.agent_token();
-    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = raw_agent(&env);
     let answer = conn.query(attack);
-    let received: Vec<String> = sluice_e2e::raw::rows(&answer)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .collect();
+    let received = values(&answer);
     assert!(
         !received.iter().any(|v| v.contains(&reversed)),
         "the masked ID came back reversed: {received:?}"
@@ -447,18 +457,12 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
          create function customer_count() returns bigint language sql \
          as 'select count(*) from customers'",
     );
-    let reversed: String = raw(&env, "select national_id from customers where id = 1")
-        .trim()
-        .chars()
-        .rev()
-        .collect();
+    let reversed = reversed_national_id(&env);
     assert!(
         raw(&env, "select ids_reversed()").contains(&reversed),
         "the function does not carry the ID out even directly"
     );
-    let token = env.agent_token();
-    let mut conn = sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &token)
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = raw_agent(&env);
     for attack in [
         "select ids_reversed()",
         "select * from ids_reversed_pl()",
@@ -466,11 +470,7 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
         "select app.public.ids_reversed()",
     ] {
         let answer = conn.query(attack);
-        let received: Vec<String> = sluice_e2e::raw::rows(&answer)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .collect();
+        let received = values(&answer);
         assert!(
             !received.iter().any(|v| v.contains(&reversed)),
             "{attack}: the masked ID came back reversed: {received:?}"
