@@ -53,10 +53,16 @@ pub(crate) fn recordable(
     if let Some(len) = record_len_over(&command, limit) {
         return (abridged(&command), too_large_to_record(len, limit));
     }
+    bound_message(&mut verdict);
+    (command, verdict)
+}
+
+/// Cuts a verdict's message to [`MAX_MESSAGE`] (a stage's reason may quote
+/// the command: a parse error).
+pub(crate) fn bound_message(verdict: &mut Verdict) {
     if let Some(message) = &mut verdict.message {
         abridge(message, MAX_MESSAGE);
     }
-    (command, verdict)
 }
 
 /// The length of `command` as JSON when it is over `limit`, or at least

@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service, ServiceExt};
 use tracing::Instrument;
 
-pub use crate::audit::{text_fits_a_record, MAX_COMMAND_RECORD, RECORD_LIMIT_RULE};
+use crate::audit::MAX_COMMAND_RECORD;
 
 #[derive(Clone)]
 pub struct AuditLayer {
@@ -88,27 +88,27 @@ impl Service<CommandRequest> for AuditService {
                 let session_id = req.session.id.clone();
                 let command_id = req.command_id;
                 let (protocol, connection) = (req.session.protocol, req.session.connection.clone());
-                let (command, verdict) = match bounds::record_len_over(&req.command, record_limit) {
-                    // Never judged: an approval would hold, and a webhook
-                    // carry, what the record cannot.
-                    Some(len) => (
-                        bounds::abridged(&req.command),
-                        bounds::too_large_to_record(len, record_limit),
-                    ),
-                    None => {
-                        let command = (*req.command).clone();
-                        match inner.oneshot(req).await {
-                            Ok(v) => (command, v),
-                            // A stage that cannot decide must fail closed.
-                            Err(e) => {
-                                crate::metrics::error(protocol, "internal", "pipeline");
-                                (command, failed_closed(&e))
+                let (command, mut verdict) =
+                    match bounds::record_len_over(&req.command, record_limit) {
+                        // Never judged: an approval would hold, and a webhook
+                        // carry, what the record cannot.
+                        Some(len) => (
+                            bounds::abridged(&req.command),
+                            bounds::too_large_to_record(len, record_limit),
+                        ),
+                        None => {
+                            let command = (*req.command).clone();
+                            match inner.oneshot(req).await {
+                                Ok(v) => (command, v),
+                                // A stage that cannot decide must fail closed.
+                                Err(e) => {
+                                    crate::metrics::error(protocol, "internal", "pipeline");
+                                    (command, failed_closed(&e))
+                                }
                             }
                         }
-                    }
-                };
-                // A stage's message may quote the command (a parse error).
-                let (command, verdict) = bounds::recordable(command, verdict, record_limit);
+                    };
+                bounds::bound_message(&mut verdict);
                 let current = tracing::Span::current();
                 current.record("verdict", tracing::field::display(verdict.action));
                 if let Some(rule) = &verdict.rule {

@@ -153,7 +153,7 @@ async fn a_command_whose_record_would_be_oversized_is_refused_unjudged() {
     };
     assert_eq!(
         denial.rule.as_deref(),
-        Some(audit::RECORD_LIMIT_RULE),
+        Some(crate::audit::RECORD_LIMIT_RULE),
         "{denial:?}"
     );
     assert!(denial.message.contains("not run"), "{}", denial.message);
@@ -184,7 +184,7 @@ async fn a_kind_holding_a_huge_name_counts_toward_the_record_and_is_abridged() {
         .await
         .unwrap();
     assert!(
-        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(audit::RECORD_LIMIT_RULE)),
+        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(crate::audit::RECORD_LIMIT_RULE)),
         "{d:?}"
     );
     let events = store.events.lock().unwrap();
@@ -215,7 +215,7 @@ async fn the_record_limit_counts_the_record_not_the_text() {
     // Just over the bound in plain text (the escape-free count).
     let (d, _) = decided(&"select 'a'".repeat(6_600)).await;
     assert!(
-        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(audit::RECORD_LIMIT_RULE)),
+        matches!(&d, Decision::Refuse { denial, .. } if denial.rule.as_deref() == Some(crate::audit::RECORD_LIMIT_RULE)),
         "{d:?}"
     );
 }
