@@ -329,6 +329,21 @@ fn a_statement_too_large_to_record_is_refused_and_recorded_abridged() {
         let messages = format!("{:?}", answer.errors());
         assert!(messages.contains("sluice:record-limit"), "{messages}");
     }
+    // A statement name of 22 MiB of control characters, with short text: the
+    // name counts toward the record, and the Parse goes no further.
+    let answer = exchange(
+        &mut conn,
+        &[
+            Frontend::parse(&controls, "select 'named'"),
+            Frontend::bind("", &controls, &[]),
+            Frontend::execute(""),
+            Frontend::Sync,
+        ],
+        Duration::from_secs(120),
+    );
+    assert_refused(&answer, "a 22 MiB statement name");
+    let messages = format!("{:?}", answer.errors());
+    assert!(messages.contains("sluice:record-limit"), "{messages}");
     // 8 MiB of control characters echoed back in the server's error.
     let answer = exchange(
         &mut conn,
@@ -349,4 +364,8 @@ fn a_statement_too_large_to_record_is_refused_and_recorded_abridged() {
     assert!(journal < 1 << 20, "the journal is {journal} bytes");
     let report = env.assert_oracle();
     assert!(!report.server_ran("select '\u{1}"), "the server ran it");
+    assert!(
+        !report.server_ran("select 'named'"),
+        "the server ran the named one"
+    );
 }

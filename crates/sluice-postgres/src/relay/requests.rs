@@ -665,13 +665,11 @@ impl<'a> Requests<'a> {
             text: sql.to_string(),
             context: std::mem::take(&mut analysis.context),
         };
-        let rules = SessionRules {
-            masker: self.handle.masker().as_ref(),
-            session: self.handle.info(),
-            views: None,
-        };
-        let fits = sluice_core::audit::text_fits_a_record(sql);
-        if fits && side_channel(sql, &rules).is_ok() && !self.handle.policy_refuses(command.clone())
+        // The same size check as `judge_sql`'s: names count too.
+        let fits = sluice_core::audit::command_fits_a_record(&command);
+        if fits
+            && side_channel(sql, &self.rules(None)).is_ok()
+            && !self.handle.policy_refuses(command.clone())
         {
             return Ok(false);
         }
@@ -883,12 +881,7 @@ impl<'a> Requests<'a> {
             text: format!("<fast-path function call, oid {oid}>"),
             context: vec![],
         };
-        let rules = SessionRules {
-            masker: self.handle.masker().as_ref(),
-            session: self.handle.info(),
-            views: None,
-        };
-        let decided = if crate::sql::lineage::RuledColumns::any(&rules) {
+        let decided = if crate::sql::lineage::RuledColumns::any(&self.rules(None)) {
             // Named by OID alone: what it reads cannot be followed.
             let why = "a fast-path function call names its function by OID alone, so the \
                        gateway cannot follow what it reads for masked columns; it is refused \
@@ -935,11 +928,7 @@ impl<'a> Requests<'a> {
                 return Ok((d, Views::default()));
             }
         };
-        let rules = SessionRules {
-            masker: self.handle.masker().as_ref(),
-            session: self.handle.info(),
-            views: Some(&views),
-        };
+        let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));
         if let Err(why) = judged {
@@ -947,6 +936,15 @@ impl<'a> Requests<'a> {
             return Ok((d, views));
         }
         Ok((self.decide(command).await?, views))
+    }
+
+    /// The session's masking rules, as the lineage checks read them.
+    fn rules<'v>(&'v self, views: Option<&'v Views>) -> SessionRules<'v> {
+        SessionRules {
+            masker: self.handle.masker().as_ref(),
+            session: self.handle.info(),
+            views: views.map(|v| &**v),
+        }
     }
 
     /// Records `command` as refused by the gateway's own stage `rule`.

@@ -280,6 +280,7 @@ pub(crate) fn catalog_side_channel(
     if !rules.any() {
         return Ok(());
     }
+    let cache = crate::policy::shared_classifier();
     for e in context {
         let Some(super::resolve::Entry::Function {
             name,
@@ -294,7 +295,6 @@ pub(crate) fn catalog_side_channel(
         if name.starts_with("pg_catalog.") {
             continue;
         }
-        let cache = crate::policy::shared_classifier();
         if !super::resolve::body_is_readable(language, body, cache) {
             return Err(format!(
                 "{name}() is {} whose code the gateway cannot read, so it cannot follow what \
