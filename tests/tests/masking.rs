@@ -492,6 +492,63 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
     assert!(!report.server_ran("ids_reversed"), "the server ran it");
 }
 
+/// A user function named like a built-in is what the server calls for the unqualified name
+/// when its argument types fit better: `count(national_id)` runs `public.count(text)`, not the
+/// aggregate. The gateway judges it by its body, not by the built-in's name.
+#[test]
+fn a_user_function_named_like_a_built_in_is_judged_by_its_body() {
+    let env = env();
+    raw(
+        &env,
+        "create function public.count(text) returns text language sql immutable \
+         as 'select reverse($1)'; \
+         create function public.lower(integer) returns setof text language sql \
+         as 'select reverse(national_id) from customers'",
+    );
+    let reversed = reversed_national_id(&env);
+    for attack in [
+        "select count(national_id) from customers",
+        "select lower(1)",
+    ] {
+        assert!(
+            raw(&env, attack).contains(&reversed),
+            "{attack}: the server does not call the user function even directly"
+        );
+    }
+    let mut conn = raw_agent(&env);
+    for attack in [
+        "select count(national_id) from customers",
+        "select lower(1)",
+    ] {
+        let answer = conn.query(attack);
+        let received = values(&answer);
+        assert!(
+            !received.iter().any(|v| v.contains(&reversed)),
+            "{attack}: the masked ID came back reversed: {received:?}"
+        );
+        let errors = sluice_e2e::raw::errors(&answer);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message().contains("masked column") || e.message().contains("built-in")),
+            "{attack}: not refused: {errors:?} {received:?}"
+        );
+    }
+    // The built-ins themselves, named as such, are served.
+    let answer = conn.query("select pg_catalog.lower('A'), pg_catalog.count(*) from customers");
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("lower(1)"), "the server ran it");
+    assert!(
+        !report.server_ran("count(national_id)"),
+        "the server ran it"
+    );
+}
+
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway
 /// cannot follow what it reads, and refuses it (psql's large-object commands use them).
 #[test]

@@ -31,6 +31,8 @@ fn views_and_functions_are_judged_on_what_they_do() {
            $$ begin delete from orders; end $$; \
          create function order_count() returns bigint language sql stable as \
            'select count(*) from orders'; \
+         create function public.lower(integer) returns void language sql as \
+           'delete from orders'; \
          grant all on cust to app",
     );
     let url = env.agent_url();
@@ -44,6 +46,9 @@ fn views_and_functions_are_judged_on_what_they_do() {
         ("select wipe()", "no-unbounded-writes"),
         ("select wipe_pl()", "no-unbounded-writes"),
         ("select 1 from (select wipe()) s", "no-unbounded-writes"),
+        // A user function named like a built-in: the server calls it for
+        // `lower(1)` (an exact match of its argument type).
+        ("select lower(1)", "no-unbounded-writes"),
     ] {
         let out = env.psql(&url, &["-c", sql]);
         let err = failed(&out);
@@ -55,6 +60,10 @@ fn views_and_functions_are_judged_on_what_they_do() {
             .trim(),
         "x"
     );
+    // The built-in of that name, named as such, is served. (Unqualified,
+    // `lower('A')` is judged on both: the gateway does not resolve types.)
+    let out = ok(&env.psql(&url, &["-At", "-c", "select pg_catalog.lower('A')"]));
+    assert_eq!(out.trim(), "a");
     // Reads through views and read-only functions are ordinary work.
     let out = ok(&env.psql(&url, &["-At", "-c", "select count(*) from cust"]));
     assert!(out.trim().parse::<i64>().unwrap() > 0, "{out}");

@@ -36,7 +36,7 @@ pub(crate) fn schema_changed() {
 }
 
 /// The names a lookup is about: every relation and function the statements
-/// name (built-ins are skipped by the lookup itself).
+/// name.
 fn key(classified: &[&Classification]) -> String {
     let mut names = BTreeSet::new();
     for c in classified {
@@ -111,4 +111,15 @@ pub(crate) fn views(entries: &[String]) -> super::Views {
         views.insert(qualified.to_string(), definition);
     }
     Arc::new(views)
+}
+
+/// Whether catalog entries hold a routine other than the server's own.
+pub(crate) fn calls_user_routines(entries: &[String]) -> bool {
+    entries.iter().any(|e| {
+        matches!(
+            crate::sql::resolve::entry(e),
+            Some(crate::sql::resolve::Entry::Function { name, .. })
+                if !name.starts_with("pg_catalog.")
+        )
+    })
 }

@@ -434,7 +434,7 @@ impl<'a> Requests<'a> {
             text: sql,
             context: std::mem::take(&mut analysis.context),
         };
-        let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
+        let (decided, views) = self.judge_sql(command, &mut analysis).await?;
         match decided {
             Decided::Forward(command_id) => {
                 self.registry.simple_query();
@@ -673,7 +673,7 @@ impl<'a> Requests<'a> {
         {
             return Ok(false);
         }
-        let (decided, _) = self.judge_sql(command, &analysis.classified).await?;
+        let (decided, _) = self.judge_sql(command, &mut analysis).await?;
         match decided {
             // The full pipeline disagreed (a rule changed meanwhile): the
             // Execute is judged again anyway.
@@ -828,7 +828,7 @@ impl<'a> Requests<'a> {
             text: portal.text.to_string(),
             context,
         };
-        let (decided, views) = self.judge_sql(command, &analysis.classified).await?;
+        let (decided, views) = self.judge_sql(command, &mut analysis).await?;
         match decided {
             Decided::Forward(command_id) => {
                 if !portal.described {
@@ -915,19 +915,25 @@ impl<'a> Requests<'a> {
     async fn judge_sql(
         &mut self,
         mut command: Command,
-        classified: &[Arc<Classification>],
+        analysis: &mut Analysis,
     ) -> Result<(Decided, Views), SessionError> {
         // Refused unjudged by the audit stage: nothing here reads it first.
         if !sluice_core::audit::command_fits_a_record(&command) {
             return Ok((self.decide(command).await?, Views::default()));
         }
-        let views = match self.add_catalog_context(&mut command, classified).await {
+        let views = match self
+            .add_catalog_context(&mut command, &analysis.classified)
+            .await
+        {
             Ok(v) => v,
             Err(why) => {
                 let d = self.refuse(command, "sluice:catalog", &why).await?;
                 return Ok((d, Views::default()));
             }
         };
+        // A user function may change the session (set_config), and one
+        // named like a built-in is not seen as user code in the text.
+        analysis.barrier |= super::catalog_context::calls_user_routines(&command.context);
         let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));

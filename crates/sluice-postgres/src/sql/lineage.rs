@@ -295,6 +295,15 @@ pub(crate) fn catalog_side_channel(
         if name.starts_with("pg_catalog.") {
             continue;
         }
+        let bare = name.rsplit_once('.').map_or(name, |(_, n)| n);
+        if NOT_VALUES.contains(&bare) {
+            return Err(format!(
+                "{name}() has the name of the built-in {bare}(), which masking reads as \
+                 returning no column values; the gateway cannot tell which of the two the \
+                 server calls, so it is refused while column masking rules apply. Rename the \
+                 function"
+            ));
+        }
         if !super::resolve::body_is_readable(language, body, cache) {
             return Err(format!(
                 "{name}() is {} whose code the gateway cannot read, so it cannot follow what \
@@ -981,6 +990,12 @@ const SINK_FUNCTIONS: &[&str] = &[
 /// Function name prefixes that are sinks too: advisory lock keys are shown
 /// to every session in `pg_locks`.
 const SINK_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory"];
+
+/// Built-ins whose result carries no value of their arguments (`count`: a
+/// number of rows). A user function of the same name is refused while
+/// column rules apply ([`catalog_side_channel`]): the server may call it
+/// instead.
+const NOT_VALUES: &[&str] = &["count"];
 
 /// Functions that read data the statement does not name (SQL given as
 /// text, whole tables or schemas, cursors, statistics).
@@ -2135,8 +2150,7 @@ impl Analyzer {
                  masked columns; query the tables directly"
             ));
         }
-        if name == "count" && builtin {
-            // A number of rows, not a value.
+        if builtin && NOT_VALUES.contains(&name.as_str()) {
             return Sources::new();
         }
         data

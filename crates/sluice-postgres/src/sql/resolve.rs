@@ -344,7 +344,9 @@ fn plpgsql_queries(v: &Value, out: &mut Vec<(i64, String)>) -> bool {
 /// too). Names are looked up in every schema (an unqualified name resolves
 /// through the *session's* search_path, which the gateway's catalog
 /// connection does not share), so all candidates are judged. Built-in
-/// functions are not looked up. On error (catalog unreachable, timeout,
+/// names are looked up too, for user functions of the same name (an
+/// overload the server may call instead); the built-ins themselves are
+/// judged by name. On error (catalog unreachable, timeout,
 /// definitions nesting deeper than the limit) the caller must refuse the
 /// command: it cannot be judged. Definitions are cached on the `Catalog`
 /// for `DEFINITIONS_TTL` (negative answers too, so a plain table costs no
@@ -372,12 +374,10 @@ pub(crate) async fn catalog_context(
     if let Some(i) = classified.statements.iter().position(|s| {
         s.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&s.command.as_str())
     }) {
+        // Built-in names count too: the DDL may define a function of the
+        // same name that the server calls instead.
         let names_objects = |s: &StatementInfo| {
-            !s.reads.is_empty()
-                || !s.writes.is_empty()
-                || s.functions
-                    .iter()
-                    .any(|f| !is_builtin(&f.split('.').collect::<Vec<_>>()))
+            !s.reads.is_empty() || !s.writes.is_empty() || !s.functions.is_empty()
         };
         if classified.statements[i + 1..].iter().any(names_objects) {
             return Err(PgError::Client(
@@ -399,11 +399,7 @@ pub(crate) async fn catalog_context(
     let mut context = Vec::new();
     for _ in 0..MAX_DEPTH {
         let new_tables: Vec<String> = tables.difference(&asked_tables).cloned().collect();
-        let new_functions: Vec<String> = functions
-            .difference(&asked_functions)
-            .filter(|f| !is_builtin(&f.split('.').collect::<Vec<_>>()))
-            .cloned()
-            .collect();
+        let new_functions: Vec<String> = functions.difference(&asked_functions).cloned().collect();
         asked_tables.extend(new_tables.iter().cloned());
         asked_functions.extend(functions.iter().cloned());
         if new_tables.is_empty() && new_functions.is_empty() {
@@ -547,6 +543,11 @@ async fn query(
             else {
                 continue;
             };
+            // A built-in is judged by its name; a user function of the
+            // same name (which the server may call instead) by its body.
+            if schema == "pg_catalog" && is_builtin(&[name]) {
+                continue;
+            }
             out.push(function_context(
                 schema,
                 name,
@@ -723,6 +724,20 @@ mod tests {
         // Built-ins and unknown functions are left as they were.
         let st = folded("select count(*), lower('A') from t group by 1", &ctx);
         assert_eq!(st.classes, [Read].into_iter().collect(), "{st:?}");
+        // A user function with a built-in's name (the lookup finds it; the
+        // server may call it for the unqualified name) is judged by its body.
+        let shadow = [function_context(
+            "public",
+            "lower",
+            "sql",
+            "v",
+            "delete from orders",
+        )];
+        let st = folded("select lower(1)", &shadow);
+        assert!(st.writes.contains("orders") && st.no_where, "{st:?}");
+        assert!(!folded("select pg_catalog.lower('A')", &shadow)
+            .writes
+            .contains("orders"));
     }
 
     #[test]
@@ -770,8 +785,11 @@ mod tests {
     async fn catalog_context_fails_closed() {
         let catalog = unreachable_catalog();
         // Nothing to look up: no round trip, no error.
-        let c = classify("select 1, now(), count(*) from generate_series(1, 3)").unwrap();
+        let c = classify("select 1, 'a' || 'b'").unwrap();
         assert!(catalog_context(&catalog, &c).await.unwrap().is_empty());
+        // Built-in names are looked up too: a user function may share one.
+        let c = classify("select now(), count(*) from generate_series(1, 3)").unwrap();
+        assert!(catalog_context(&catalog, &c).await.is_err());
         // A lookup that fails is an error, never "no views".
         let c = classify("select * from v").unwrap();
         assert!(catalog_context(&catalog, &c).await.is_err());
@@ -787,6 +805,7 @@ mod tests {
             "create view w as select 1; select * from v",
             "create function g() returns int language sql as 'select 1'; select g()",
             "alter table v rename to w; select * from w",
+            "create function lower(int) returns int language sql as 'select 1'; select lower(1)",
         ] {
             let c = classify(sql).unwrap();
             assert!(

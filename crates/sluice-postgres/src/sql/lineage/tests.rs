@@ -543,6 +543,9 @@ fn catalog_routines_that_may_read_ruled_columns_are_refused() {
         // An aggregate: no body to read.
         function("internal", ""),
         function("sql", ""),
+        // A user function named like a built-in masking trusts to return
+        // no values: the server may call it for `count(national_id)`.
+        function_context("public", "count", "sql", "i", "select reverse($1)"),
     ];
     let allowed = [
         function("sql", "select count(*) from customers"),
