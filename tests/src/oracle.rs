@@ -48,8 +48,14 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
         "SELECT n.nspname, p.proname, l.lanname, p.provolatile, \
          CASE WHEN p.prokind = 'a' THEN NULL \
               WHEN l.lanname = 'sql' AND p.prosrc <> '' THEN p.prosrc \
+              WHEN l.lanname = 'plpgsql' AND p.prorettype IN \
+                   ('pg_catalog.trigger'::pg_catalog.regtype, \
+                    'pg_catalog.event_trigger'::pg_catalog.regtype) THEN p.prosrc \
               WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
-              ELSE NULL END \
+              ELSE NULL END, \
+         (l.lanname = 'plpgsql' AND p.prorettype IN \
+          ('pg_catalog.trigger'::pg_catalog.regtype, \
+           'pg_catalog.event_trigger'::pg_catalog.regtype))::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \

@@ -549,6 +549,79 @@ fn a_user_function_named_like_a_built_in_is_judged_by_its_body() {
     );
 }
 
+/// A routine that reads a masked column, attached where the server runs it without a call in
+/// any statement's text (a trigger, an operator), would carry the column out of sight. The DDL
+/// that attaches it is judged on the routine's body and refused.
+#[test]
+fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
+    let env = env();
+    raw(
+        &env,
+        "create table notes (body text); \
+         create function copy_ids() returns trigger language plpgsql as \
+         $$ begin insert into notes select reverse(national_id) from customers; return new; end $$; \
+         create function ids_op(int, int) returns setof text language sql \
+         as 'select reverse(national_id) from customers'; \
+         create operator %%% (function = ids_op, leftarg = int, rightarg = int); \
+         create function touch() returns trigger language plpgsql as \
+         $$ begin insert into notes values ('touched'); return new; end $$",
+    );
+    let reversed = reversed_national_id(&env);
+    assert!(
+        raw(&env, "select 1 %%% 2").contains(&reversed),
+        "the operator does not carry the ID out even directly"
+    );
+    let mut conn = raw_agent(&env);
+    for attack in [
+        "create trigger leak after insert on orders for each statement \
+         execute function copy_ids()",
+        "create operator ### (function = public.ids_op, leftarg = int, rightarg = int)",
+        // Any trigger on the masked table: its function sees NEW and OLD.
+        "create trigger rows_out after update on customers for each row \
+         execute function touch()",
+    ] {
+        let answer = conn.query(attack);
+        let errors = sluice_e2e::raw::errors(&answer);
+        assert!(
+            errors.iter().any(|e| e.message().contains("masked column")),
+            "{attack}: not refused: {errors:?}"
+        );
+    }
+    assert_eq!(
+        raw(
+            &env,
+            "select count(*) from pg_trigger where tgname = 'leak'"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        raw(
+            &env,
+            "select count(*) from pg_operator where oprname = '###'"
+        )
+        .trim(),
+        "0"
+    );
+    assert_eq!(
+        raw(
+            &env,
+            "select count(*) from pg_trigger where tgname = 'rows_out'"
+        )
+        .trim(),
+        "0"
+    );
+    // Attaching a routine that reads no masked column is ordinary work.
+    let answer = conn.query(
+        "create trigger touched after insert on orders for each statement execute function touch()",
+    );
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+}
+
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway
 /// cannot follow what it reads, and refuses it (psql's large-object commands use them).
 #[test]

@@ -33,6 +33,8 @@ fn views_and_functions_are_judged_on_what_they_do() {
            'select count(*) from orders'; \
          create function public.lower(integer) returns void language sql as \
            'delete from orders'; \
+         create function wipe_later() returns trigger language plpgsql as \
+           $$ begin delete from orders; return null; end $$; \
          grant all on cust to app",
     );
     let url = env.agent_url();
@@ -49,6 +51,13 @@ fn views_and_functions_are_judged_on_what_they_do() {
         // A user function named like a built-in: the server calls it for
         // `lower(1)` (an exact match of its argument type).
         ("select lower(1)", "no-unbounded-writes"),
+        // A trigger runs its function on later writes that do not name it:
+        // attaching one is judged on what the function does.
+        (
+            "create trigger wipe after insert on orders for each statement \
+             execute function wipe_later()",
+            "no-unbounded-writes",
+        ),
     ] {
         let out = env.psql(&url, &["-c", sql]);
         let err = failed(&out);

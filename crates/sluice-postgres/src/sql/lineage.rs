@@ -1186,6 +1186,16 @@ impl Analyzer {
                 self.function_body(b);
                 Output::Nothing
             }
+            "CreateTrigStmt" => {
+                // Its function sees every column of the table's rows (NEW
+                // and OLD), whatever it then does with them.
+                if let Some(Value::Object(rel)) = b.get("relation") {
+                    let rows = self.range_var(rel).whole();
+                    self.sink("CREATE TRIGGER", None, rows);
+                }
+                self.expr(b.get("when_clause").unwrap_or(&Value::Null));
+                Output::Nothing
+            }
             "RuleStmt" => {
                 // NEW and OLD are rows of the rule's table.
                 let mut level = Level::default();

@@ -530,8 +530,14 @@ async fn query(
             "SELECT n.nspname, p.proname, l.lanname, p.provolatile, \
              CASE WHEN p.prokind = 'a' THEN NULL \
                   WHEN l.lanname = 'sql' AND p.prosrc <> '' THEN p.prosrc \
+                  WHEN l.lanname = 'plpgsql' AND p.prorettype IN \
+                       ('pg_catalog.trigger'::pg_catalog.regtype, \
+                        'pg_catalog.event_trigger'::pg_catalog.regtype) THEN p.prosrc \
                   WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
-                  ELSE NULL END \
+                  ELSE NULL END, \
+             (l.lanname = 'plpgsql' AND p.prorettype IN \
+              ('pg_catalog.trigger'::pg_catalog.regtype, \
+               'pg_catalog.event_trigger'::pg_catalog.regtype))::text \
              FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
@@ -539,7 +545,8 @@ async fn query(
             literals(functions)
         );
         for row in catalog.query(&sql).await? {
-            let [Some(schema), Some(name), Some(language), Some(volatility), body] = &row[..]
+            let [Some(schema), Some(name), Some(language), Some(volatility), body, trigger] =
+                &row[..]
             else {
                 continue;
             };
@@ -548,16 +555,36 @@ async fn query(
             if schema == "pg_catalog" && is_builtin(&[name]) {
                 continue;
             }
-            out.push(function_context(
-                schema,
-                name,
-                language,
-                volatility,
-                body.as_deref().unwrap_or(""),
-            ));
+            let body = body.as_deref().unwrap_or("");
+            let body = match trigger.as_deref() {
+                Some("true") => trigger_definition(body),
+                _ => body.to_string(),
+            };
+            out.push(function_context(schema, name, language, volatility, &body));
         }
     }
     Ok(out)
+}
+
+/// The variables PL/pgSQL gives a trigger (or event trigger) function.
+const TRIGGER_VARIABLES: &str = "new record, old record, tg_name text, tg_when text, \
+     tg_level text, tg_op text, tg_relid oid, tg_relname text, tg_table_name text, \
+     tg_table_schema text, tg_nargs integer, tg_argv text[], tg_event text, tg_tag text";
+
+/// A definition of a PL/pgSQL trigger function's body (`prosrc`) that the
+/// PL/pgSQL parser reads: its output for a function returning `trigger`
+/// is not valid JSON, so the body is read as that of a function taking
+/// the trigger's variables as arguments, the same statements and
+/// expressions.
+pub(crate) fn trigger_definition(source: &str) -> String {
+    let mut tag = String::from("$sluice$");
+    while source.contains(tag.trim_end_matches('$')) {
+        tag.insert(tag.len() - 1, '_');
+    }
+    format!(
+        "CREATE FUNCTION pg_temp.sluice_trigger({TRIGGER_VARIABLES})\n RETURNS record\n \
+         LANGUAGE plpgsql\nAS {tag}{source}{tag}\n"
+    )
 }
 
 /// Bare names (the last part of each) as SQL text values that no setting of
@@ -738,6 +765,30 @@ mod tests {
         assert!(!folded("select pg_catalog.lower('A')", &shadow)
             .writes
             .contains("orders"));
+    }
+
+    #[test]
+    fn trigger_functions_are_read_through_their_variables() {
+        let cache = ClassifierCache::new(8);
+        for source in [
+            " begin insert into notes select reverse(national_id) from customers; \
+             return new; end ",
+            " begin new.updated := now(); if tg_op = 'DELETE' then return old; end if; \
+             insert into log values (tg_argv[0], $sluice$x$sluice$); return new; end ",
+        ] {
+            let definition = trigger_definition(source);
+            let read = plpgsql_body(&definition, &cache);
+            assert!(read.is_some(), "{definition}");
+        }
+        let st = &plpgsql_body(
+            &trigger_definition(" begin delete from orders; return null; end "),
+            &cache,
+        )
+        .unwrap()[0];
+        assert!(st.writes.contains("orders") && st.no_where, "{st:?}");
+        // The body cannot end the quoting early.
+        let d = trigger_definition("$sluice$ language sql as $$ select 1 $$; --");
+        assert!(plpgsql_body(&d, &cache).is_none(), "{d}");
     }
 
     #[test]

@@ -139,7 +139,7 @@ const CASES: &[Case] = &[
     ("create extension dblink", "CREATE EXTENSION", "ddl admin", "", "", "", false),
     ("create schema s create table s.t (a int)", "CREATE SCHEMA", "ddl", "", "s.t", "", false),
     ("create sequence s", "CREATE SEQUENCE", "ddl", "", "s", "", false),
-    ("create trigger trg after insert on t for each row execute function f()", "CREATE TRIGGER", "ddl", "", "t", "", false),
+    ("create trigger trg after insert on t for each row execute function f()", "CREATE TRIGGER", "ddl", "", "t", "f", false),
     ("create rule r as on insert to t do instead delete from audit.log", "CREATE RULE", "ddl write", "", "audit.log t", "", true),
     ("create table t (id int default nextval('s'))", "CREATE TABLE", "ddl write", "", "t", "nextval", false),
     ("alter system set log_statement = 'none'", "ALTER SYSTEM", "ddl admin", "", "", "", false),
@@ -1197,5 +1197,49 @@ fn shapes_mark_constants_and_keep_everything_else() {
         assert!(shape::Shape::of(blank).is_none());
         let c = ClassifierCache::new(4).classify(blank).unwrap();
         assert!(c.statements.is_empty());
+    }
+}
+
+#[test]
+fn ddl_that_attaches_a_routine_names_it_as_called() {
+    for (sql, routines) in [
+        (
+            "create trigger x after insert on orders for each row execute function s.t()",
+            &["s.t"][..],
+        ),
+        ("create event trigger e on ddl_command_start execute function e()", &["e"]),
+        (
+            "create operator ### (function = s.f, leftarg = int, rightarg = int, commutator = ###)",
+            &["s.f"],
+        ),
+        (
+            "create aggregate a(int) (sfunc = g, stype = int, finalfunc = h)",
+            &["g", "h"],
+        ),
+        ("create cast (int as t) with function s.f(int)", &["s.f"]),
+        (
+            "create operator class c for type int using btree as operator 1 <, function 1 cmp(int, int)",
+            &["cmp"],
+        ),
+        ("alter operator ### (int, int) set (restrict = s.r)", &["s.r"]),
+        ("create conversion cv for 'UTF8' to 'LATIN1' from conv", &["conv"]),
+        (
+            "create transform for int language plpgsql \
+             (from sql with function a(internal), to sql with function b(internal))",
+            &["a", "b"],
+        ),
+        ("create type bt (input = in_f, output = out_f)", &["in_f", "out_f"]),
+        ("create type r as range (subtype = int, canonical = c)", &["c"]),
+    ] {
+        let st = &classify(sql).unwrap().statements[0];
+        for r in routines {
+            assert!(st.functions.contains(*r), "{sql}: {r} not named: {st:?}");
+        }
+        // Type names and operator names are not routines.
+        assert!(
+            !st.functions.iter().any(|f| f.contains("int4") || f.contains('#')),
+            "{sql}: {:?}",
+            st.functions
+        );
     }
 }

@@ -446,6 +446,7 @@ impl<'a> Walker<'a> {
         if changes_session_statement(tag, b) {
             self.info.changes_session = true;
         }
+        self.info.functions.extend(attached_routines(tag, b));
         let (command, rule): (String, Rule) = match tag {
             // ---- queries and data changes
             "SelectStmt" => self.select(b, query_level),
@@ -1225,6 +1226,111 @@ pub(super) fn is_null(m: &Obj, key: &str) -> bool {
 }
 
 /// The strings of a list of `String` nodes (a qualified name).
+/// Options of CREATE OPERATOR, AGGREGATE, TYPE, TEXT SEARCH PARSER and
+/// TEMPLATE, ALTER OPERATOR and CREATE TYPE … AS RANGE that name a routine.
+const ROUTINE_OPTIONS: &[&str] = &[
+    "function",
+    "procedure",
+    "restrict",
+    "join",
+    "sfunc",
+    "finalfunc",
+    "combinefunc",
+    "serialfunc",
+    "deserialfunc",
+    "msfunc",
+    "minvfunc",
+    "mfinalfunc",
+    "input",
+    "output",
+    "receive",
+    "send",
+    "typmod_in",
+    "typmod_out",
+    "analyze",
+    "subscript",
+    "start",
+    "gettoken",
+    "end",
+    "headline",
+    "lextypes",
+    "init",
+    "lexize",
+    "subtype_diff",
+    "canonical",
+    "handler",
+    "validator",
+];
+
+/// The routines a DDL statement attaches for the server to run without a
+/// call in any later statement's text (a trigger's function, an operator's,
+/// a cast's, an aggregate's or a type's support functions), as called
+/// names: the catalog lookup then judges their bodies with the statement
+/// that attaches them.
+fn attached_routines(tag: &str, b: &Obj) -> Vec<String> {
+    let qualified = |parts: Vec<&str>| (!parts.is_empty()).then(|| parts.join("."));
+    let object = |v: Option<&Value>| match v {
+        Some(Value::Object(o)) => qualified(string_items(o.get("objname"))),
+        _ => None,
+    };
+    match tag {
+        "CreateTrigStmt" | "CreateEventTrigStmt" => qualified(string_items(b.get("funcname")))
+            .into_iter()
+            .collect(),
+        "CreateConversionStmt" => qualified(string_items(b.get("func_name")))
+            .into_iter()
+            .collect(),
+        "CreateCastStmt" => object(b.get("func")).into_iter().collect(),
+        "CreateTransformStmt" => [object(b.get("fromsql")), object(b.get("tosql"))]
+            .into_iter()
+            .flatten()
+            .collect(),
+        "CreateOpClassStmt" | "AlterOpFamilyStmt" => list_items(b.get("items"))
+            .filter_map(|i| match tagged(i) {
+                // 2: a support function (1 is an operator).
+                Some(("CreateOpClassItem", item)) if int_field(item, "itemtype") == 2 => {
+                    object(item.get("name"))
+                }
+                _ => None,
+            })
+            .collect(),
+        "DefineStmt" => routine_options(b.get("definition")),
+        "AlterOperatorStmt" => routine_options(b.get("options")),
+        "CreateRangeStmt" => routine_options(b.get("params")),
+        "CreatePLangStmt" => ["plhandler", "plinline", "plvalidator"]
+            .into_iter()
+            .filter_map(|k| qualified(string_items(b.get(k))))
+            .collect(),
+        "CreateFdwStmt" | "AlterFdwStmt" => routine_options(b.get("func_options")),
+        _ => Vec::new(),
+    }
+}
+
+/// The routines named by `ROUTINE_OPTIONS` among DefElems.
+fn routine_options(v: Option<&Value>) -> Vec<String> {
+    list_items(v)
+        .filter_map(|i| match tagged(i) {
+            Some(("DefElem", d)) if ROUTINE_OPTIONS.contains(&str_field(d, "defname")) => {
+                let parts = match d.get("arg").and_then(tagged) {
+                    Some(("TypeName", t)) => string_items(t.get("names")),
+                    Some(("List", l)) => string_items(l.get("items")),
+                    Some(("String", s)) => vec![str_field(s, "sval")],
+                    _ => Vec::new(),
+                };
+                (!parts.is_empty()).then(|| parts.join("."))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn list_items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
+    match v {
+        Some(Value::Array(items)) => items.iter(),
+        _ => [].iter(),
+    }
+}
+
 pub(super) fn string_items(v: Option<&Value>) -> Vec<&str> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
