@@ -55,7 +55,12 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
               ELSE NULL END, \
          (l.lanname = 'plpgsql' AND p.prorettype IN \
           ('pg_catalog.trigger'::pg_catalog.regtype, \
-           'pg_catalog.event_trigger'::pg_catalog.regtype))::text \
+           'pg_catalog.event_trigger'::pg_catalog.regtype))::text, \
+         (EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                  WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                  AND d.objid = p.oid AND d.deptype = 'e') \
+          AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
+                      WHERE r.oid = p.proowner AND r.rolsuper))::text \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \

@@ -100,6 +100,22 @@ pub fn query_message(sql: &str) -> Vec<u8> {
     message(b'Q', &body)
 }
 
+/// One unnamed statement through the extended protocol, without parameters:
+/// Parse, Bind, Execute and Sync.
+pub fn extended_message(sql: &str) -> Vec<u8> {
+    let mut parse = format!("\0{sql}\0").into_bytes();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&[0; 6]); // no formats, no parameters, no result formats
+    let mut execute = b"\0".to_vec();
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut out = message(b'P', &parse);
+    out.extend(message(b'B', &bind));
+    out.extend(message(b'E', &execute));
+    out.extend(message(b'S', &[]));
+    out
+}
+
 /// A CancelRequest packet.
 pub fn cancel_packet(pid: i32, secret: i32) -> Vec<u8> {
     let mut out = 16i32.to_be_bytes().to_vec();

@@ -534,8 +534,26 @@ fn a_user_function_named_like_a_built_in_is_judged_by_its_body() {
             "{attack}: not refused: {errors:?} {received:?}"
         );
     }
-    // The built-ins themselves, named as such, are served.
-    let answer = conn.query("select pg_catalog.lower('A'), pg_catalog.count(*) from customers");
+    // A quoted name is not the built-in's: the same function, spelled otherwise.
+    raw(
+        &env,
+        "create function public.\"COUNT\"(text) returns text language sql immutable \
+         as 'select reverse($1)'",
+    );
+    let answer = conn.query("select \"COUNT\"(national_id) from customers");
+    let received = values(&answer);
+    assert!(
+        !received.iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {received:?}"
+    );
+    // The built-ins themselves, named as such, are served; so are an
+    // extension's functions that share a built-in's name (pgcrypto's
+    // `gen_random_uuid`, citext's `max`).
+    raw(&env, "create extension pgcrypto; create extension citext");
+    let answer = conn.query(
+        "select gen_random_uuid() is not null, max(name::citext), \
+         pg_catalog.lower('A'), pg_catalog.count(*) from customers",
+    );
     assert!(
         sluice_e2e::raw::errors(&answer).is_empty(),
         "{:?}",
@@ -620,6 +638,87 @@ fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
         "{:?}",
         sluice_e2e::raw::errors(&answer)
     );
+}
+
+/// The server runs an IMMUTABLE routine with constant arguments when it plans a statement (at
+/// Bind), before the gateway judges its Execute: what the routine raises then would reach the
+/// client. A routine that reads a masked column is refused where the statement is parsed.
+#[test]
+fn a_routine_folded_at_bind_cannot_raise_a_masked_column() {
+    let env = env();
+    raw(
+        &env,
+        "create function folded(int) returns int language plpgsql immutable as \
+         $$ declare v text; begin \
+            select string_agg(reverse(national_id), ',') into v from customers; \
+            raise notice '%', v; return $1; end $$",
+    );
+    let reversed = reversed_national_id(&env);
+    let mut conn = raw_agent(&env);
+    conn.send(&sluice_e2e::raw::extended_message("select folded(1)"))
+        .unwrap();
+    let answer = conn.read_until_ready();
+    let seen: Vec<String> = answer
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+        .collect();
+    assert!(
+        !seen.iter().any(|b| b.contains(&reversed)),
+        "the masked ID reached the client: {seen:?}"
+    );
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors.iter().any(|e| e.message().contains("masked column")),
+        "not refused: {errors:?}"
+    );
+    assert!(
+        !env.assert_oracle().server_ran("folded"),
+        "the server ran it"
+    );
+}
+
+/// The gateway reads the catalog on its own connection, which does not see a routine defined in
+/// the agent's open transaction: until it commits, statements that use tables or functions are
+/// refused rather than judged on the catalog as it was.
+#[test]
+fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
+    let env = env();
+    let reversed = reversed_national_id(&env);
+    let mut conn = raw_agent(&env);
+    let no_errors = |answer: &[sluice_e2e::raw::Msg]| {
+        let errors = sluice_e2e::raw::errors(answer);
+        assert!(errors.is_empty(), "{errors:?}");
+    };
+    // Ordinary work in a transaction: a table is not code.
+    for sql in [
+        "begin",
+        "create table scratch (a int)",
+        "insert into scratch values (1)",
+        "commit",
+    ] {
+        no_errors(&conn.query(sql));
+    }
+    no_errors(&conn.query("begin"));
+    no_errors(&conn.query(
+        "create function public.count(text) returns text language sql immutable \
+         as 'select reverse($1)'",
+    ));
+    let answer = conn.query("select count(national_id) from customers");
+    assert!(
+        !values(&answer).iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {:?}",
+        values(&answer)
+    );
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message().contains("until it is committed")),
+        "not refused: {errors:?}"
+    );
+    no_errors(&conn.query("rollback"));
+    // Once the transaction is over, statements are judged again.
+    no_errors(&conn.query("select count(*) from customers"));
 }
 
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway

@@ -31,6 +31,9 @@ pub struct Catalog {
     /// View and function definitions by kind and bare name (`sql::resolve`),
     /// with when they were read; empty when the name is neither.
     definitions: std::sync::Mutex<HashMap<String, Definitions>>,
+    /// Counts `forget_definitions` calls: an answer read across one is not
+    /// kept (it may predate the schema change).
+    forgotten: std::sync::atomic::AtomicU64,
 }
 
 /// When definitions were read, and the context entries they gave.
@@ -47,7 +50,13 @@ impl Catalog {
             tables: std::sync::Mutex::new(HashMap::new()),
             client: tokio::sync::Mutex::new(None),
             definitions: std::sync::Mutex::new(HashMap::new()),
+            forgotten: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Taken before a definitions query; passed to [`Self::cache_definitions`].
+    pub(crate) fn definitions_generation(&self) -> u64 {
+        self.forgotten.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Definitions read less than [`DEFINITIONS_TTL`] ago, by key.
@@ -57,9 +66,14 @@ impl Catalog {
         (at.elapsed() < DEFINITIONS_TTL).then(|| entries.clone())
     }
 
-    pub(crate) fn cache_definitions(&self, key: String, entries: Vec<String>) {
+    /// Keeps definitions read since `generation` (unless DDL went through
+    /// meanwhile: then they may be stale, and are not kept).
+    pub(crate) fn cache_definitions(&self, key: String, entries: Vec<String>, generation: u64) {
         {
             let mut cache = self.definitions.locked();
+            if self.definitions_generation() != generation {
+                return;
+            }
             if cache.len() >= 4096 {
                 cache.retain(|_, (at, _)| at.elapsed() < DEFINITIONS_TTL);
                 if cache.len() >= 4096 {
@@ -72,7 +86,10 @@ impl Catalog {
 
     /// Forgets every view and function definition read (call after DDL).
     pub(crate) fn forget_definitions(&self) {
-        self.definitions.locked().clear();
+        let mut cache = self.definitions.locked();
+        self.forgotten
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        cache.clear();
     }
 
     fn cached(&self, oid: u32) -> Option<Arc<TableInfo>> {

@@ -65,6 +65,8 @@ pub(crate) struct Progress {
     pub ready: u64,
     /// `ready` when the command `done` completed.
     pub done_ready: u64,
+    /// `ready` at the last ReadyForQuery that reported no open transaction.
+    pub last_idle: u64,
 }
 
 #[cfg(test)]

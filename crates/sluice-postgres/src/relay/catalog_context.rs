@@ -112,14 +112,3 @@ pub(crate) fn views(entries: &[String]) -> super::Views {
     }
     Arc::new(views)
 }
-
-/// Whether catalog entries hold a routine other than the server's own.
-pub(crate) fn calls_user_routines(entries: &[String]) -> bool {
-    entries.iter().any(|e| {
-        matches!(
-            crate::sql::resolve::entry(e),
-            Some(crate::sql::resolve::Entry::Function { name, .. })
-                if !name.starts_with("pg_catalog.")
-        )
-    })
-}

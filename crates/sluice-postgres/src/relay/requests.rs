@@ -13,7 +13,7 @@ use crate::catalog::Catalog;
 use crate::frame::{
     split_message_charged, Charge, FrameError, RawMessage, Reader, MAX_FRONTEND_MESSAGE,
 };
-use crate::sql::lineage::{catalog_side_channel, side_channel, SessionRules};
+use crate::sql::lineage::{catalog_side_channel, side_channel, RuledColumns, SessionRules};
 use crate::sql::{Classification, SqlClass};
 use crate::{wire, BoxedStream};
 use bytes::{BufMut, BytesMut};
@@ -39,6 +39,8 @@ struct Barrier {
     effects: PreparedEffects,
     /// The statement changes the schema: cached catalog answers go.
     ddl: bool,
+    /// It may define a view or routine (`resolve::may_define_code`).
+    defines_code: bool,
 }
 
 impl Analysis {
@@ -47,6 +49,7 @@ impl Analysis {
         Analysis {
             classified: Vec::new(),
             ddl: false,
+            defines_code: false,
             context: Vec::new(),
             lineage_text: None,
             effects: PreparedEffects::default(),
@@ -61,6 +64,7 @@ struct Analysis {
     /// definitions it runs (for the catalog lookup).
     classified: Vec<Arc<Classification>>,
     ddl: bool,
+    defines_code: bool,
     context: Vec<String>,
     /// What the statement's result columns derive from, when that is not
     /// its own text: the definition a lone SQL `EXECUTE name` runs.
@@ -76,6 +80,7 @@ impl Analysis {
         Analysis {
             classified: Vec::new(),
             ddl: false,
+            defines_code: false,
             lineage_text: None,
             context: Vec::new(),
             effects: PreparedEffects::default(),
@@ -112,6 +117,9 @@ pub(super) struct Requests<'a> {
     /// An extended-protocol barrier was answered, but the server reports
     /// changed settings only before its next ReadyForQuery.
     unsettled: Option<Unsettled>,
+    /// A view or routine was defined in a transaction that may still be
+    /// open: `Progress::ready` before it completed.
+    uncommitted_code: Option<u64>,
 }
 
 /// Nothing more is judged until the server's next ReadyForQuery: waited for
@@ -207,6 +215,7 @@ impl<'a> Requests<'a> {
             resolver,
             charge: Charge::gateway(),
             unsettled: None,
+            uncommitted_code: None,
         }
     }
 
@@ -408,6 +417,10 @@ impl<'a> Requests<'a> {
                         .statements
                         .iter()
                         .any(|st| st.classes.contains(&SqlClass::Ddl)),
+                    defines_code: classified
+                        .statements
+                        .iter()
+                        .any(crate::sql::resolve::may_define_code),
                     classified: all,
                     lineage_text,
                     context,
@@ -472,6 +485,7 @@ impl<'a> Requests<'a> {
             synced: false,
             effects: analysis.effects.clone(),
             ddl: analysis.ddl,
+            defines_code: analysis.defines_code,
         });
     }
 
@@ -614,6 +628,13 @@ impl<'a> Requests<'a> {
         if b.ddl {
             self.schema_changed();
         }
+        if b.defines_code {
+            if !b.extended {
+                // A simple query's ReadyForQuery follows its completion.
+                self.wait_progress(|q| q.ready > p.done_ready).await?;
+            }
+            self.uncommitted_code = Some(p.done_ready);
+        }
         if p.ok {
             self.sql_prepared.apply(&b.effects);
             if b.effects.clears_all_statements() {
@@ -670,6 +691,7 @@ impl<'a> Requests<'a> {
         if fits
             && side_channel(sql, &self.rules(None)).is_ok()
             && !self.handle.policy_refuses(command.clone())
+            && self.routines_keep_masking(&command, &analysis).await
         {
             return Ok(false);
         }
@@ -683,6 +705,29 @@ impl<'a> Requests<'a> {
                 self.discarding = true;
                 Ok(true)
             }
+        }
+    }
+
+    /// Whether the routines in the catalog that a statement calls keep
+    /// masked columns in sight (`catalog_side_channel`), checked where it is
+    /// parsed: the server runs an IMMUTABLE routine with constant arguments
+    /// when it plans the statement, at Bind, before any Execute is judged,
+    /// and what it raises reaches the client then.
+    async fn routines_keep_masking(&self, command: &Command, analysis: &Analysis) -> bool {
+        if !RuledColumns::any(&self.rules(None)) {
+            return true;
+        }
+        let mut probe = Command {
+            kind: command.kind.clone(),
+            text: String::new(),
+            context: Vec::new(),
+        };
+        match self
+            .add_catalog_context(&mut probe, &analysis.classified)
+            .await
+        {
+            Ok(views) => catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_ok(),
+            Err(_) => false,
         }
     }
 
@@ -881,7 +926,7 @@ impl<'a> Requests<'a> {
             text: format!("<fast-path function call, oid {oid}>"),
             context: vec![],
         };
-        let decided = if crate::sql::lineage::RuledColumns::any(&self.rules(None)) {
+        let decided = if RuledColumns::any(&self.rules(None)) {
             // Named by OID alone: what it reads cannot be followed.
             let why = "a fast-path function call names its function by OID alone, so the \
                        gateway cannot follow what it reads for masked columns; it is refused \
@@ -921,6 +966,14 @@ impl<'a> Requests<'a> {
         if !sluice_core::audit::command_fits_a_record(&command) {
             return Ok((self.decide(command).await?, Views::default()));
         }
+        if self.catalog_behind(&analysis.classified) {
+            let why = "a view or routine was defined in this transaction, which the gateway \
+                       cannot see until it is committed (it reads the catalog on its own \
+                       connection), so statements that use tables or functions cannot be \
+                       judged until the transaction ends: commit the schema change first";
+            let d = self.refuse(command, "sluice:catalog", why).await?;
+            return Ok((d, Views::default()));
+        }
         let views = match self
             .add_catalog_context(&mut command, &analysis.classified)
             .await
@@ -931,9 +984,9 @@ impl<'a> Requests<'a> {
                 return Ok((d, Views::default()));
             }
         };
-        // A user function may change the session (set_config), and one
-        // named like a built-in is not seen as user code in the text.
-        analysis.barrier |= super::catalog_context::calls_user_routines(&command.context);
+        // A user function may change the session (set_config); one named
+        // like a built-in was not seen as user code in the text.
+        analysis.barrier |= crate::sql::resolve::shadows_a_builtin(&command.context);
         let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));
@@ -942,6 +995,24 @@ impl<'a> Requests<'a> {
             return Ok((d, views));
         }
         Ok((self.decide(command).await?, views))
+    }
+
+    /// Whether a view or routine defined in a still-open transaction may
+    /// change what these statements mean: the catalog connection cannot
+    /// see it yet.
+    fn catalog_behind(&mut self, classified: &[Arc<Classification>]) -> bool {
+        let Some(mark) = self.uncommitted_code else {
+            return false;
+        };
+        if self.progress.borrow().last_idle > mark {
+            self.uncommitted_code = None;
+            return false;
+        }
+        self.resolver.is_some()
+            && classified
+                .iter()
+                .flat_map(|c| c.statements.iter())
+                .any(crate::sql::resolve::names_objects)
     }
 
     /// The session's masking rules, as the lineage checks read them.

@@ -830,7 +830,13 @@ impl Responses {
             }
         }
         // Counted after the commands it completes (see `Progress`).
-        self.progress.send_modify(|p| p.ready += 1);
+        let idle = self.status == b'I';
+        self.progress.send_modify(|p| {
+            p.ready += 1;
+            if idle {
+                p.last_idle = p.ready;
+            }
+        });
         self.out.extend_from_slice(&msg.bytes);
     }
 

@@ -182,7 +182,8 @@ const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
 /// compared exactly, as the parser folded them (`"LOWER"` is not `lower`).
 ///
 /// A user function of the same name in another schema with a better-matching
-/// signature can still win overload resolution; creating one is DDL.
+/// signature can still win overload resolution: the catalog lookup reads
+/// those (`resolve::catalog_context`).
 pub(super) fn is_builtin(parts: &[&str]) -> bool {
     let name = match parts {
         [name] | ["pg_catalog", name] => *name,

@@ -991,6 +991,18 @@ const SINK_FUNCTIONS: &[&str] = &[
 /// to every session in `pg_locks`.
 const SINK_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory"];
 
+/// Whether a CREATE FUNCTION defines a trigger or event trigger function.
+fn returns_trigger(b: &Obj) -> bool {
+    let names = match b.get("return_type") {
+        Some(Value::Object(t)) => string_items(t.get("names")),
+        _ => Vec::new(),
+    };
+    matches!(
+        names.as_slice(),
+        [.., "trigger" | "event_trigger"] if names.len() == 1 || names[0] == "pg_catalog"
+    )
+}
+
 /// Built-ins whose result carries no value of their arguments (`count`: a
 /// number of rows). A user function of the same name is refused while
 /// column rules apply ([`catalog_side_channel`]): the server may call it
@@ -1995,11 +2007,17 @@ impl Analyzer {
                         .into(),
                 ),
             },
-            ("plpgsql", Some(_)) => {
+            ("plpgsql", Some(body)) => {
                 self.read_text = true;
-                let text = std::mem::take(&mut self.text);
-                self.plpgsql("CREATE FUNCTION", &text);
-                self.text = text;
+                if returns_trigger(b) {
+                    // The parser cannot print a trigger function's tree.
+                    let definition = super::resolve::trigger_definition(&body);
+                    self.plpgsql("CREATE FUNCTION", &definition);
+                } else {
+                    let text = std::mem::take(&mut self.text);
+                    self.plpgsql("CREATE FUNCTION", &text);
+                    self.text = text;
+                }
             }
             // C and internal functions name existing code; other languages
             // (plpython, plperl, …) cannot be followed.
@@ -2041,8 +2059,10 @@ impl Analyzer {
         collect_queries(&tree, &mut queries);
         let mut trees = Vec::new();
         for q in &queries {
-            let parsed =
-                pg_query::parse(q, 0).or_else(|_| pg_query::parse(&format!("SELECT {q}"), 0));
+            let parsed = pg_query::parse(q, 0)
+                .or_else(|_| pg_query::parse(&format!("SELECT {q}"), 0))
+                // `target := expr`: read as a comparison, the same data.
+                .or_else(|_| pg_query::parse(&format!("SELECT {}", q.replacen(":=", "=", 1)), 0));
             match parsed {
                 Ok(p) => trees.extend(
                     p.protobuf
@@ -2138,10 +2158,9 @@ impl Analyzer {
             .last()
             .map(|s| s.to_ascii_lowercase())
             .unwrap_or_default();
-        let builtin = parts.len() == 1
-            || parts
-                .first()
-                .is_some_and(|s| s.eq_ignore_ascii_case("pg_catalog"));
+        // As the parser gives them: a quoted `"COUNT"` is not `count`.
+        let exact = parts.last().copied().unwrap_or_default();
+        let builtin = super::functions::is_builtin(&parts);
         let mut data = self.expr(b.get("args").unwrap_or(&Value::Null));
         // An ordered-set aggregate's WITHIN GROUP (ORDER BY x) is its data
         // (`mode()`, `percentile_disc`); other aggregates' ORDER BY is
@@ -2160,7 +2179,7 @@ impl Analyzer {
                  masked columns; query the tables directly"
             ));
         }
-        if builtin && NOT_VALUES.contains(&name.as_str()) {
+        if builtin && NOT_VALUES.contains(&exact) {
             return Sources::new();
         }
         data

@@ -121,6 +121,31 @@ pub(crate) fn body_is_readable(language: &str, body: &str, cache: &ClassifierCac
         }
 }
 
+/// Whether a statement is DDL that may define, replace or rename a view,
+/// rule or routine (what the catalog lookup reads).
+pub(crate) fn may_define_code(st: &StatementInfo) -> bool {
+    st.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&st.command.as_str())
+}
+
+/// Whether a statement names a table, view or function (what the catalog
+/// lookup would be asked about).
+pub(crate) fn names_objects(st: &StatementInfo) -> bool {
+    !st.reads.is_empty() || !st.writes.is_empty() || !st.functions.is_empty()
+}
+
+/// Whether catalog entries hold a user routine named like a built-in: the
+/// text's classification took a call of that name for the built-in, which
+/// cannot change the session; the user routine may (`set_config`).
+pub(crate) fn shadows_a_builtin(entries: &[String]) -> bool {
+    entries.iter().any(|e| match entry(e) {
+        Some(Entry::Function { name, .. }) => match name.rsplit_once('.') {
+            Some((schema, bare)) => schema != "pg_catalog" && is_builtin(&[bare]),
+            None => false,
+        },
+        _ => false,
+    })
+}
+
 /// Whether a context entry is a catalog entry (not a prepared statement).
 pub(crate) fn is_catalog_entry(s: &str) -> bool {
     s.starts_with('\0')
@@ -371,14 +396,9 @@ pub(crate) async fn catalog_context(
     {
         catalog.forget_definitions();
     }
-    if let Some(i) = classified.statements.iter().position(|s| {
-        s.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&s.command.as_str())
-    }) {
+    if let Some(i) = classified.statements.iter().position(may_define_code) {
         // Built-in names count too: the DDL may define a function of the
         // same name that the server calls instead.
-        let names_objects = |s: &StatementInfo| {
-            !s.reads.is_empty() || !s.writes.is_empty() || !s.functions.is_empty()
-        };
         if classified.statements[i + 1..].iter().any(names_objects) {
             return Err(PgError::Client(
                 "a schema change and statements that use tables or functions cannot be judged \
@@ -461,6 +481,7 @@ async fn lookup(
         }
     }
     if !missing_tables.is_empty() || !missing_functions.is_empty() {
+        let generation = catalog.definitions_generation();
         let found = query(catalog, &missing_tables, &missing_functions).await?;
         for (kind, names) in [("view", &missing_tables), ("function", &missing_functions)] {
             for name in names {
@@ -476,7 +497,7 @@ async fn lookup(
                     })
                     .cloned()
                     .collect();
-                catalog.cache_definitions(format!("{kind}\0{b}"), entries.clone());
+                catalog.cache_definitions(format!("{kind}\0{b}"), entries.clone(), generation);
                 out.extend(entries);
             }
         }
@@ -537,7 +558,12 @@ async fn query(
                   ELSE NULL END, \
              (l.lanname = 'plpgsql' AND p.prorettype IN \
               ('pg_catalog.trigger'::pg_catalog.regtype, \
-               'pg_catalog.event_trigger'::pg_catalog.regtype))::text \
+               'pg_catalog.event_trigger'::pg_catalog.regtype))::text, \
+             (EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
+                      WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
+                      AND d.objid = p.oid AND d.deptype = 'e') \
+              AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
+                          WHERE r.oid = p.proowner AND r.rolsuper))::text \
              FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
@@ -545,14 +571,18 @@ async fn query(
             literals(functions)
         );
         for row in catalog.query(&sql).await? {
-            let [Some(schema), Some(name), Some(language), Some(volatility), body, trigger] =
+            let [Some(schema), Some(name), Some(language), Some(volatility), body, trigger, installed] =
                 &row[..]
             else {
                 continue;
             };
             // A built-in is judged by its name; a user function of the
             // same name (which the server may call instead) by its body.
-            if schema == "pg_catalog" && is_builtin(&[name]) {
+            // An extension's own (pgcrypto's `gen_random_uuid`, citext's
+            // `max`), installed by a superuser, is trusted like a built-in.
+            if is_builtin(&[name])
+                && (schema == "pg_catalog" || installed.as_deref() == Some("true"))
+            {
                 continue;
             }
             let body = body.as_deref().unwrap_or("");
@@ -846,8 +876,17 @@ mod tests {
         assert!(catalog_context(&catalog, &c).await.is_err());
         let c = classify("select f()").unwrap();
         assert!(catalog_context(&catalog, &c).await.is_err());
+        // An answer read across a schema change is not kept.
+        let before = catalog.definitions_generation();
+        catalog.forget_definitions();
+        catalog.cache_definitions("view\0v".into(), vec![], before);
+        assert!(catalog.cached_definitions("view\0v").is_none());
         // A cached answer is used without asking.
-        catalog.cache_definitions("view\0v".into(), vec![view_context("s", "v", "select 1")]);
+        catalog.cache_definitions(
+            "view\0v".into(),
+            vec![view_context("s", "v", "select 1")],
+            catalog.definitions_generation(),
+        );
         let c = classify("select * from v").unwrap();
         assert_eq!(catalog_context(&catalog, &c).await.unwrap().len(), 1);
         // DDL that may define code, then statements naming objects in the
@@ -864,7 +903,7 @@ mod tests {
                 "{sql}"
             );
             assert!(catalog.cached_definitions("view\0v").is_none());
-            catalog.cache_definitions("view\0v".into(), vec![]);
+            catalog.cache_definitions("view\0v".into(), vec![], catalog.definitions_generation());
         }
         // A table created and used in one message (psql -c "…; …") is looked
         // up (here: the catalog is unreachable), not refused as such.

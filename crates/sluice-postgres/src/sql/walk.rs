@@ -1234,6 +1234,7 @@ const ROUTINE_OPTIONS: &[&str] = &[
     "restrict",
     "join",
     "sfunc",
+    "sfunc1",
     "finalfunc",
     "combinefunc",
     "serialfunc",
@@ -1297,7 +1298,7 @@ fn attached_routines(tag: &str, b: &Obj) -> Vec<String> {
         "DefineStmt" => routine_options(b.get("definition")),
         "AlterOperatorStmt" => routine_options(b.get("options")),
         "CreateRangeStmt" => routine_options(b.get("params")),
-        "CreatePLangStmt" => ["plhandler", "plinline", "plvalidator"]
+        "CreatePlangStmt" => ["plhandler", "plinline", "plvalidator"]
             .into_iter()
             .filter_map(|k| qualified(string_items(b.get(k))))
             .collect(),

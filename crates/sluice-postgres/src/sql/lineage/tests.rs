@@ -389,6 +389,11 @@ fn a_glob_rule_masks_whole_rows_of_the_tables_it_names() {
 }
 
 const SIDE_CHANNELS: &[&str] = &[
+    "create function f() returns void language plpgsql as \
+     $$ declare v text; begin v := (select national_id from customers limit 1); \
+     insert into log values (v); end $$",
+    "create function leak() returns trigger language plpgsql as \
+     $$ begin insert into log select national_id from customers; return new; end $$",
     // A trigger's function sees the masked column in NEW and OLD.
     "create trigger t after update on customers for each row execute function f()",
     "select pg_notify('c', national_id) from customers",
@@ -444,6 +449,9 @@ const SIDE_CHANNELS: &[&str] = &[
 ];
 
 const NOT_SIDE_CHANNELS: &[&str] = &[
+    // A trigger function is read through its variables.
+    "create function stamp() returns trigger language plpgsql as \
+     $$ begin new.updated := now(); insert into log values (tg_op); return new; end $$",
     "create trigger t after insert on orders for each row execute function f()",
     "select national_id from customers",
     "select reverse(national_id) from customers",
