@@ -53,9 +53,11 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
                     'pg_catalog.event_trigger'::pg_catalog.regtype) THEN p.prosrc \
               WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
               ELSE NULL END, \
-         (l.lanname = 'plpgsql' AND p.prorettype IN \
-          ('pg_catalog.trigger'::pg_catalog.regtype, \
-           'pg_catalog.event_trigger'::pg_catalog.regtype))::text, \
+         CASE WHEN l.lanname = 'plpgsql' AND p.prorettype IN \
+                   ('pg_catalog.trigger'::pg_catalog.regtype, \
+                    'pg_catalog.event_trigger'::pg_catalog.regtype) THEN 'trigger' \
+              WHEN l.lanname = 'sql' AND p.prosrc = '' THEN 'atomic' \
+              ELSE '' END, \
          (EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                   WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                   AND d.objid = p.oid AND d.deptype = 'e') \

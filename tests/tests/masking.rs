@@ -719,6 +719,38 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
     no_errors(&conn.query("rollback"));
     // Once the transaction is over, statements are judged again.
     no_errors(&conn.query("select count(*) from customers"));
+
+    // A routine that defines one when it runs is DDL too.
+    raw(
+        &env,
+        "create function mk() returns void language plpgsql as $$ begin \
+         create function public.count(text) returns text language sql immutable \
+         as 'select reverse($1)'; end $$",
+    );
+    let answer = conn.query("select mk(); select count(national_id) from customers");
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message().contains("may change the schema")),
+        "not refused: {errors:?}"
+    );
+    no_errors(&conn.query("begin"));
+    no_errors(&conn.query("select mk()"));
+    let answer = conn.query("select count(national_id) from customers");
+    assert!(
+        !values(&answer).iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {:?}",
+        values(&answer)
+    );
+    assert!(
+        sluice_e2e::raw::errors(&answer)
+            .iter()
+            .any(|e| e.message().contains("until it is committed")),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    no_errors(&conn.query("rollback"));
 }
 
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway

@@ -33,6 +33,8 @@ fn views_and_functions_are_judged_on_what_they_do() {
            'select count(*) from orders'; \
          create function public.lower(integer) returns void language sql as \
            'delete from orders'; \
+         create function folded(int) returns int language plpgsql immutable as \
+           $$ begin perform wipe(); return $1; end $$; \
          create function wipe_later() returns trigger language plpgsql as \
            $$ begin delete from orders; return null; end $$; \
          grant all on cust to app",
@@ -63,6 +65,20 @@ fn views_and_functions_are_judged_on_what_they_do() {
         let err = failed(&out);
         assert!(err.contains(rule), "{sql}: {err}");
     }
+    // An IMMUTABLE routine with constant arguments runs when the server
+    // plans the statement (Bind), before its Execute is judged: the
+    // statement is judged where it is parsed, on what the routine calls.
+    let mut conn = raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    conn.send(&raw::extended_message("select folded(1)"))
+        .unwrap();
+    let errors = raw::errors(&conn.read_until_ready());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message().contains("no-unbounded-writes")),
+        "{errors:?}"
+    );
     assert_eq!(orders(), before);
     assert_ne!(
         env.direct_sql("app", "select name from customers where id = 1")
@@ -78,4 +94,25 @@ fn views_and_functions_are_judged_on_what_they_do() {
     assert!(out.trim().parse::<i64>().unwrap() > 0, "{out}");
     let out = ok(&env.psql(&url, &["-At", "-c", "select order_count()"]));
     assert_eq!(out.trim(), before.trim());
+}
+
+/// DDL holds the statements after it until the server has answered it; a COPY in the same
+/// message sends its data after the DDL has run, and the gateway lets it through.
+#[test]
+fn copy_from_stdin_after_ddl_in_one_message_completes() {
+    let env = Env::builder().start();
+    let out = env.psql_input(
+        &env.agent_url(),
+        &["-c", "create table pasted (a int); copy pasted from stdin"],
+        Some("1\n2\n\\.\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        env.direct_sql("app", "select count(*) from pasted").trim(),
+        "2"
+    );
 }

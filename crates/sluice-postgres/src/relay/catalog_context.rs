@@ -35,6 +35,53 @@ pub(crate) fn schema_changed() {
     GENERATION.fetch_add(1, Ordering::SeqCst);
 }
 
+/// Forgets what was read: this cache's and `resolver`'s definitions.
+pub(crate) fn forget(resolver: Option<&Catalog>) {
+    schema_changed();
+    if let Some(catalog) = resolver {
+        catalog.forget_definitions();
+    }
+}
+
+/// A session's schema change inside a transaction that is not over yet.
+/// Others may read the catalog meanwhile (without the change, which only
+/// its commit shows them): what they cache is forgotten again when the
+/// server reports the transaction over.
+pub(crate) struct Uncommitted {
+    /// The relay's sequence number of the last such change (0: none).
+    pending: AtomicU64,
+    resolver: Option<Arc<Catalog>>,
+}
+
+impl Uncommitted {
+    pub(crate) fn new(resolver: Option<Arc<Catalog>>) -> Arc<Self> {
+        Arc::new(Uncommitted {
+            pending: AtomicU64::new(0),
+            resolver,
+        })
+    }
+
+    /// Forwarded command `seq` may define a view or routine.
+    pub(crate) fn mark(&self, seq: u64) {
+        self.pending.fetch_max(seq, Ordering::SeqCst);
+    }
+
+    /// The server reported no transaction open, with commands up to `done`
+    /// answered.
+    pub(crate) fn ended(&self, done: u64) {
+        let pending = self.pending.load(Ordering::SeqCst);
+        if pending != 0
+            && done >= pending
+            && self
+                .pending
+                .compare_exchange(pending, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        {
+            forget(self.resolver.as_deref());
+        }
+    }
+}
+
 /// The names a lookup is about: every relation and function the statements
 /// name.
 fn key(classified: &[&Classification]) -> String {

@@ -141,6 +141,7 @@ impl Relay {
         let (tx, rx) = sluice_core::sync::queue();
         let (progress_tx, progress_rx) = watch::channel(barrier::Progress::default());
         let failed_parses = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let uncommitted = catalog_context::Uncommitted::new(resolver.clone());
         let mut requests = requests::Requests::new(
             &handle,
             client_r,
@@ -151,6 +152,7 @@ impl Relay {
             progress_rx,
             failed_parses.clone(),
             resolver,
+            uncommitted.clone(),
         );
         let mut responses = responses::Responses::new(
             &handle,
@@ -161,6 +163,7 @@ impl Relay {
             catalog,
             progress_tx,
             failed_parses,
+            uncommitted,
         );
         let requests_done = async {
             let r = requests.run().await;

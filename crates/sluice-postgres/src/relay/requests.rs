@@ -120,6 +120,9 @@ pub(super) struct Requests<'a> {
     /// A view or routine was defined in a transaction that may still be
     /// open: `Progress::ready` before it completed.
     uncommitted_code: Option<u64>,
+    /// Shared with the response half, which forgets the caches again when
+    /// that transaction ends.
+    uncommitted: Arc<super::catalog_context::Uncommitted>,
 }
 
 /// Nothing more is judged until the server's next ReadyForQuery: waited for
@@ -196,6 +199,7 @@ impl<'a> Requests<'a> {
         progress: watch::Receiver<Progress>,
         failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
         resolver: Option<Arc<Catalog>>,
+        uncommitted: Arc<super::catalog_context::Uncommitted>,
     ) -> Self {
         Requests {
             handle,
@@ -216,6 +220,7 @@ impl<'a> Requests<'a> {
             charge: Charge::gateway(),
             unsettled: None,
             uncommitted_code: None,
+            uncommitted,
         }
     }
 
@@ -313,9 +318,15 @@ impl<'a> Requests<'a> {
         if self.discarding && msg.tag != tag::SYNC {
             return Ok(None);
         }
-        if self.barrier.is_some() && !matches!(msg.tag, tag::SYNC | tag::FLUSH) {
+        if self.barrier.is_some()
+            && !matches!(
+                msg.tag,
+                tag::SYNC | tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL
+            )
+        {
             // Nothing is judged or forwarded past a barrier until the server
-            // has answered it.
+            // has answered it. A COPY's data is part of the command (`…;
+            // copy t from stdin` after DDL): the answer waits for it.
             self.write_out(out).await?;
             self.pass_barrier().await?;
         }
@@ -473,6 +484,9 @@ impl<'a> Requests<'a> {
         if analysis.ddl {
             self.schema_changed();
         }
+        if analysis.defines_code {
+            self.uncommitted.mark(seq);
+        }
         if !analysis.barrier && analysis.effects.is_empty() {
             return;
         }
@@ -491,10 +505,7 @@ impl<'a> Requests<'a> {
 
     /// A schema change went through: cached catalog answers no longer hold.
     fn schema_changed(&self) {
-        super::catalog_context::schema_changed();
-        if let Some(catalog) = &self.resolver {
-            catalog.forget_definitions();
-        }
+        super::catalog_context::forget(self.resolver.as_deref());
     }
 
     /// Whether the server has reported the settings an extended-protocol
@@ -690,8 +701,7 @@ impl<'a> Requests<'a> {
         let fits = sluice_core::audit::command_fits_a_record(&command);
         if fits
             && side_channel(sql, &self.rules(None)).is_ok()
-            && !self.handle.policy_refuses(command.clone())
-            && self.routines_keep_masking(&command, &analysis).await
+            && self.passes_with_catalog(&command, &analysis).await
         {
             return Ok(false);
         }
@@ -708,27 +718,24 @@ impl<'a> Requests<'a> {
         }
     }
 
-    /// Whether the routines in the catalog that a statement calls keep
-    /// masked columns in sight (`catalog_side_channel`), checked where it is
-    /// parsed: the server runs an IMMUTABLE routine with constant arguments
-    /// when it plans the statement, at Bind, before any Execute is judged,
-    /// and what it raises reaches the client then.
-    async fn routines_keep_masking(&self, command: &Command, analysis: &Analysis) -> bool {
-        if !RuledColumns::any(&self.rules(None)) {
-            return true;
+    /// Whether the policy and masking pass a statement where it is parsed,
+    /// on what the routines it calls do (`judge_sql`'s checks, unrecorded):
+    /// the server runs an IMMUTABLE routine with constant arguments when it
+    /// plans the statement, at Bind, before any Execute is judged; what it
+    /// raises reaches the client then, and what it calls runs.
+    async fn passes_with_catalog(&mut self, command: &Command, analysis: &Analysis) -> bool {
+        if self.catalog_behind(&analysis.classified) {
+            return false;
         }
-        let mut probe = Command {
-            kind: command.kind.clone(),
-            text: String::new(),
-            context: Vec::new(),
-        };
-        match self
+        let mut probe = command.clone();
+        let Ok(views) = self
             .add_catalog_context(&mut probe, &analysis.classified)
             .await
-        {
-            Ok(views) => catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_ok(),
-            Err(_) => false,
-        }
+        else {
+            return false;
+        };
+        catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_ok()
+            && !self.handle.policy_refuses(probe)
     }
 
     fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
@@ -987,6 +994,10 @@ impl<'a> Requests<'a> {
         // A user function may change the session (set_config); one named
         // like a built-in was not seen as user code in the text.
         analysis.barrier |= crate::sql::resolve::shadows_a_builtin(&command.context);
+        if let Some(why) = self.routines_change_schema(&command, analysis) {
+            let d = self.refuse(command, "sluice:catalog", why).await?;
+            return Ok((d, views));
+        }
         let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));
@@ -1013,6 +1024,35 @@ impl<'a> Requests<'a> {
                 .iter()
                 .flat_map(|c| c.statements.iter())
                 .any(crate::sql::resolve::names_objects)
+    }
+
+    /// A routine the command calls may change the schema when it runs (DDL
+    /// in its body): treated as DDL in the text is (caches forgotten after
+    /// it, the open transaction watched), and refused with later
+    /// statements of the same message, which would be judged on the catalog
+    /// as it was.
+    fn routines_change_schema(
+        &self,
+        command: &Command,
+        analysis: &mut Analysis,
+    ) -> Option<&'static str> {
+        let cache = crate::policy::shared_classifier();
+        if !crate::sql::resolve::routines_define_code(&command.context, cache) {
+            return None;
+        }
+        analysis.ddl = true;
+        analysis.defines_code = true;
+        analysis.barrier = true;
+        let naming = analysis.classified.first().map_or(0, |c| {
+            c.statements
+                .iter()
+                .filter(|s| crate::sql::resolve::names_objects(s))
+                .count()
+        });
+        (naming > 1).then_some(
+            "a routine this message calls may change the schema, and the statements after it \
+             would be judged on the catalog as it was: send them in a message of their own",
+        )
     }
 
     /// The session's masking rules, as the lineage checks read them.

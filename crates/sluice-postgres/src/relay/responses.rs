@@ -72,6 +72,8 @@ pub(super) struct Responses {
     copy_refused: bool,
     /// Tells the request half which forwarded commands are answered.
     progress: watch::Sender<Progress>,
+    /// See `catalog_context::Uncommitted`.
+    uncommitted: Arc<super::catalog_context::Uncommitted>,
     /// The server is skipping to a Sync the client has not sent yet (an
     /// extended-protocol error): what is queued meanwhile is skipped too.
     skipping: bool,
@@ -90,6 +92,7 @@ impl Responses {
         catalog: Option<Arc<Catalog>>,
         progress: watch::Sender<Progress>,
         failed_parses: Arc<Mutex<Vec<Arc<str>>>>,
+        uncommitted: Arc<super::catalog_context::Uncommitted>,
     ) -> Self {
         Responses {
             notices: handle.take_notices(),
@@ -112,6 +115,7 @@ impl Responses {
             copy_refused: false,
             progress,
             failed_parses,
+            uncommitted,
             skipping: false,
         }
     }
@@ -831,6 +835,9 @@ impl Responses {
         }
         // Counted after the commands it completes (see `Progress`).
         let idle = self.status == b'I';
+        if idle {
+            self.uncommitted.ended(self.progress.borrow().done);
+        }
         self.progress.send_modify(|p| {
             p.ready += 1;
             if idle {

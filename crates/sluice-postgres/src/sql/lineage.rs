@@ -315,7 +315,7 @@ pub(crate) fn catalog_side_channel(
                 }
             ));
         }
-        if references_ruled(body, rules) {
+        if references_ruled(super::resolve::sql_text(body).0, rules) {
             return Err(format!(
                 "{name}() reads a masked column, or does something masking cannot follow, \
                  and what it returns or does with it cannot be masked; query the tables directly"

@@ -285,24 +285,61 @@ fn opaque(out: &mut StatementInfo) {
 
 /// An SQL function's body: `prosrc` (statements), or the `CREATE FUNCTION …
 /// BEGIN ATOMIC` definition, whose statements are walked as part of it.
+/// Marks a SQL function's body that is the server's `BEGIN ATOMIC`
+/// definition (`CREATE OR REPLACE FUNCTION … BEGIN ATOMIC … END`) rather
+/// than its source text: a NUL, which PostgreSQL text never holds.
+const ATOMIC: char = '\0';
+
+/// A SQL function body's text, and whether it is a `BEGIN ATOMIC`
+/// definition (whose CREATE is not run, only its body).
+pub(crate) fn sql_text(body: &str) -> (&str, bool) {
+    match body.strip_prefix(ATOMIC) {
+        Some(definition) => (definition, true),
+        None => (body, false),
+    }
+}
+
 fn sql_body(body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
-    let c = cache.classify(body).ok()?;
+    let (text, atomic) = sql_text(body);
+    let c = cache.classify(text).ok()?;
     Some(
         c.statements
             .iter()
             .cloned()
             .map(|mut s| {
-                if s.command.starts_with("CREATE FUNCTION")
-                    || s.command.starts_with("CREATE PROCEDURE")
+                if atomic
+                    && (s.command.starts_with("CREATE FUNCTION")
+                        || s.command.starts_with("CREATE PROCEDURE"))
                 {
                     // The definition itself is not run, only its body
-                    // (which cannot contain DDL in BEGIN ATOMIC).
+                    // (which cannot contain DDL in BEGIN ATOMIC). A source
+                    // text's CREATE FUNCTION is run: DDL.
                     s.classes.remove(&SqlClass::Ddl);
                 }
                 s
             })
             .collect(),
     )
+}
+
+/// Whether a user routine among catalog entries may change the schema when
+/// it runs (DDL in its body, or code that cannot be read): the catalog's
+/// answers may not hold after it, as after DDL in the text.
+pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) -> bool {
+    entries.iter().any(|e| match entry(e) {
+        Some(Entry::Function {
+            name,
+            language,
+            volatility,
+            body,
+        }) => {
+            !name.starts_with("pg_catalog.")
+                && function_effects(language, volatility, body, cache)
+                    .classes
+                    .contains(&SqlClass::Ddl)
+        }
+        _ => false,
+    })
 }
 
 /// A PL/pgSQL function's statements and expressions, each classified; `None`
@@ -319,13 +356,19 @@ fn plpgsql_body(definition: &str, cache: &ClassifierCache) -> Option<Vec<Stateme
     for (mode, query) in queries {
         let text = match mode {
             // A whole statement.
-            0 => query,
-            // `target := expr` (PL/pgSQL also accepts `=`).
-            3..=5 => format!("SELECT {}", query.replacen(":=", "=", 1)),
-            // An expression.
+            0 => query.clone(),
+            // An expression, or `target = expr`.
             _ => format!("SELECT {query}"),
         };
-        let c = cache.classify(&text).ok()?;
+        let c = match cache.classify(&text) {
+            Ok(c) => c,
+            // `target := expr`: read as a comparison, the same data (the
+            // first `:=` is the operator's when the text parses so).
+            Err(_) if (3..=5).contains(&mode) => cache
+                .classify(&format!("SELECT {}", query.replacen(":=", "=", 1)))
+                .ok()?,
+            Err(_) => return None,
+        };
         out.extend(c.statements.iter().cloned());
     }
     Some(out)
@@ -556,9 +599,11 @@ async fn query(
                         'pg_catalog.event_trigger'::pg_catalog.regtype) THEN p.prosrc \
                   WHEN l.lanname IN ('sql', 'plpgsql') THEN pg_catalog.pg_get_functiondef(p.oid) \
                   ELSE NULL END, \
-             (l.lanname = 'plpgsql' AND p.prorettype IN \
-              ('pg_catalog.trigger'::pg_catalog.regtype, \
-               'pg_catalog.event_trigger'::pg_catalog.regtype))::text, \
+             CASE WHEN l.lanname = 'plpgsql' AND p.prorettype IN \
+                       ('pg_catalog.trigger'::pg_catalog.regtype, \
+                        'pg_catalog.event_trigger'::pg_catalog.regtype) THEN 'trigger' \
+                  WHEN l.lanname = 'sql' AND p.prosrc = '' THEN 'atomic' \
+                  ELSE '' END, \
              (EXISTS (SELECT 1 FROM pg_catalog.pg_depend d \
                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                       AND d.objid = p.oid AND d.deptype = 'e') \
@@ -571,7 +616,7 @@ async fn query(
             literals(functions)
         );
         for row in catalog.query(&sql).await? {
-            let [Some(schema), Some(name), Some(language), Some(volatility), body, trigger, installed] =
+            let [Some(schema), Some(name), Some(language), Some(volatility), body, form, installed] =
                 &row[..]
             else {
                 continue;
@@ -586,8 +631,10 @@ async fn query(
                 continue;
             }
             let body = body.as_deref().unwrap_or("");
-            let body = match trigger.as_deref() {
-                Some("true") => trigger_definition(body),
+            let body = match form.as_deref() {
+                Some("trigger") => trigger_definition(body),
+                // Marked with a character no body can hold (see `sql_text`).
+                Some("atomic") => format!("{ATOMIC}{body}"),
                 _ => body.to_string(),
             };
             out.push(function_context(schema, name, language, volatility, &body));
@@ -694,7 +741,7 @@ mod tests {
                 "atomic",
                 "sql",
                 "v",
-                "CREATE OR REPLACE FUNCTION public.atomic()\n RETURNS void\n LANGUAGE sql\n\
+                "\0CREATE OR REPLACE FUNCTION public.atomic()\n RETURNS void\n LANGUAGE sql\n\
                  BEGIN ATOMIC\n DELETE FROM orders WHERE (id = 1);\nEND",
             ),
             function_context(
@@ -816,6 +863,39 @@ mod tests {
         )
         .unwrap()[0];
         assert!(st.writes.contains("orders") && st.no_where, "{st:?}");
+        // A SQL body that creates a function runs DDL; the server's BEGIN
+        // ATOMIC definition (marked) only its body.
+        let mk = function_context(
+            "public",
+            "mk",
+            "sql",
+            "v",
+            "create function public.count(text) returns text language sql as 'select 1'",
+        );
+        assert!(routines_define_code(&[mk], &cache));
+        let atomic = function_context(
+            "public",
+            "a",
+            "sql",
+            "v",
+            "\0CREATE OR REPLACE FUNCTION public.a()\n RETURNS void\n LANGUAGE sql\n\
+             BEGIN ATOMIC\n DELETE FROM orders WHERE (id = 1);\nEND",
+        );
+        assert!(!routines_define_code(&[atomic], &cache));
+        // An assignment written with `=` keeps a quoted name holding `:=`.
+        let read = plpgsql_body(
+            &plpgsql(
+                "f",
+                "declare v int; begin v = \"x:=y\"(); v := \"a:=b\"(); end",
+            ),
+            &cache,
+        )
+        .unwrap();
+        let called: BTreeSet<&str> = read
+            .iter()
+            .flat_map(|s| s.functions.iter().map(String::as_str))
+            .collect();
+        assert_eq!(called, ["a:=b", "x:=y"].into_iter().collect(), "{read:?}");
         // The body cannot end the quoting early.
         let d = trigger_definition("$sluice$ language sql as $$ select 1 $$; --");
         assert!(plpgsql_body(&d, &cache).is_none(), "{d}");
