@@ -62,7 +62,8 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
                   WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                   AND d.objid = p.oid AND d.deptype = 'e') \
           AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-                      WHERE r.oid = p.proowner AND r.rolsuper))::text \
+                      WHERE r.oid = p.proowner AND r.rolsuper))::text, \
+         pg_catalog.pg_get_expr(p.proargdefaults, 0) \
          FROM pg_catalog.pg_proc p \
          JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
          JOIN pg_catalog.pg_language l ON l.oid = p.prolang \

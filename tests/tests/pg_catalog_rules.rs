@@ -33,6 +33,10 @@ fn views_and_functions_are_judged_on_what_they_do() {
            'select count(*) from orders'; \
          create function public.lower(integer) returns void language sql as \
            'delete from orders'; \
+         create function wipe_default() returns int language sql as \
+           'delete from orders; select 1'; \
+         create function defaulted(a int default wipe_default()) returns int \
+           language sql as 'select $1'; \
          create function folded(int) returns int language plpgsql immutable as \
            $$ begin perform wipe(); return $1; end $$; \
          create function wipe_later() returns trigger language plpgsql as \
@@ -53,6 +57,8 @@ fn views_and_functions_are_judged_on_what_they_do() {
         // A user function named like a built-in: the server calls it for
         // `lower(1)` (an exact match of its argument type).
         ("select lower(1)", "no-unbounded-writes"),
+        // A parameter's default runs in the caller's statement.
+        ("select defaulted()", "no-unbounded-writes"),
         // A trigger runs its function on later writes that do not name it:
         // attaching one is judged on what the function does.
         (

@@ -608,7 +608,8 @@ async fn query(
                       WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass \
                       AND d.objid = p.oid AND d.deptype = 'e') \
               AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r \
-                          WHERE r.oid = p.proowner AND r.rolsuper))::text \
+                          WHERE r.oid = p.proowner AND r.rolsuper))::text, \
+             pg_catalog.pg_get_expr(p.proargdefaults, 0) \
              FROM pg_catalog.pg_proc p \
              JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
              JOIN pg_catalog.pg_language l ON l.oid = p.prolang \
@@ -616,7 +617,7 @@ async fn query(
             literals(functions)
         );
         for row in catalog.query(&sql).await? {
-            let [Some(schema), Some(name), Some(language), Some(volatility), body, form, installed] =
+            let [Some(schema), Some(name), Some(language), Some(volatility), body, form, installed, defaults] =
                 &row[..]
             else {
                 continue;
@@ -638,6 +639,12 @@ async fn query(
                 _ => body.to_string(),
             };
             out.push(function_context(schema, name, language, volatility, &body));
+            // Parameter defaults are evaluated in the caller's statement
+            // (when it is planned): they count as part of the call.
+            if let Some(defaults) = defaults {
+                let select = format!("SELECT {defaults}");
+                out.push(function_context(schema, name, "sql", volatility, &select));
+            }
         }
     }
     Ok(out)
