@@ -392,3 +392,31 @@ fn a_cancel_while_held_withdraws_the_statement() {
     assert!(!late.status.success(), "{}", stdout(&late));
     assert_eq!(customer_name(&env, 4), before);
 }
+
+/// An IMMUTABLE routine with constant arguments runs when the server plans the statement (at
+/// Bind), before any review of its Execute could be asked: such a statement that needs a review
+/// is refused where it is parsed, and nothing it calls runs.
+#[test]
+fn a_reviewed_write_inside_an_immutable_routine_cannot_run_at_bind() {
+    let env = env();
+    env.direct_sql(
+        "app",
+        "create function rename_first() returns void language sql as \
+           'update customers set name = ''renamed'' where id = 1'; \
+         create function folded(int) returns int language plpgsql immutable as \
+           $$ begin perform rename_first(); return $1; end $$",
+    );
+    let before = customer_name(&env, 1);
+    let mut conn = raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
+        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    conn.send(&raw::extended_message("select folded(1)"))
+        .unwrap();
+    let errors = raw::errors(&conn.read_until_ready());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message().contains("needs a review")),
+        "{errors:?}"
+    );
+    assert_eq!(customer_name(&env, 1), before, "the write ran at Bind");
+}

@@ -735,6 +735,49 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
             .any(|e| e.message().contains("may change the schema")),
         "not refused: {errors:?}"
     );
+    // Run at Bind by an IMMUTABLE routine folded when its statement is
+    // planned, before any Execute: the statements after it in the batch are
+    // refused all the same.
+    raw(
+        &env,
+        "create function folded(int) returns int language plpgsql immutable as \
+         $$ begin perform mk(); return $1; end $$",
+    );
+    let mut batch = sluice_e2e::raw::extended_message("select folded(1)");
+    batch.truncate(batch.len() - 10 - 5); // Parse and Bind only: no Execute, no Sync
+    batch.extend(sluice_e2e::raw::extended_message(
+        "select count(national_id) from customers",
+    ));
+    conn.send(&batch).unwrap();
+    let answer = conn.read_until_ready();
+    assert!(
+        !values(&answer).iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {:?}",
+        values(&answer)
+    );
+    assert!(
+        !sluice_e2e::raw::errors(&answer).is_empty(),
+        "the statement after the folded routine was not refused"
+    );
+    // The routine ran at Bind, and the Sync committed what it created.
+    raw(&env, "drop function public.count(text)");
+    // Attaching such a routine where the server runs it unasked.
+    raw(
+        &env,
+        "create function mk_trg() returns trigger language plpgsql as $$ begin \
+         create function public.count(text) returns text language sql immutable \
+         as 'select reverse($1)'; return null; end $$",
+    );
+    let answer = conn.query(
+        "create trigger mk after insert on scratch for each statement execute function mk_trg()",
+    );
+    assert!(
+        sluice_e2e::raw::errors(&answer)
+            .iter()
+            .any(|e| e.message().contains("changes the schema itself")),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
     no_errors(&conn.query("begin"));
     no_errors(&conn.query("select mk()"));
     let answer = conn.query("select count(national_id) from customers");

@@ -477,6 +477,12 @@ impl SessionHandle {
     /// command before it can run (a PostgreSQL Parse) and should refuse it
     /// there: they then call `decide`, which records the refusal.
     pub fn policy_refuses(&self, command: Command) -> bool {
+        self.policy_action(command) == crate::Action::Deny
+    }
+
+    /// What the policy alone would do with `command` (an error: deny),
+    /// without recording anything; see [`Self::policy_refuses`].
+    pub fn policy_action(&self, command: Command) -> crate::Action {
         let request = CommandRequest {
             session: self.parts.info.clone(),
             command_id: 0,
@@ -486,7 +492,7 @@ impl SessionHandle {
         self.parts
             .engine
             .evaluate(&request)
-            .map_or(true, |v| v.action == crate::Action::Deny)
+            .map_or(crate::Action::Deny, |v| v.action)
     }
 
     /// A cheap handle for the response path to record outcomes with.

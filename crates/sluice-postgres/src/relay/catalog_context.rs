@@ -67,17 +67,18 @@ impl Uncommitted {
     }
 
     /// The server reported no transaction open, with commands up to `done`
-    /// answered.
+    /// answered: a transaction that held a change may just have committed
+    /// (one before the last marked, too).
     pub(crate) fn ended(&self, done: u64) {
         let pending = self.pending.load(Ordering::SeqCst);
-        if pending != 0
-            && done >= pending
-            && self
+        if pending == 0 {
+            return;
+        }
+        forget(self.resolver.as_deref());
+        if done >= pending {
+            let _ = self
                 .pending
-                .compare_exchange(pending, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-        {
-            forget(self.resolver.as_deref());
+                .compare_exchange(pending, 0, Ordering::SeqCst, Ordering::SeqCst);
         }
     }
 }

@@ -20,7 +20,7 @@ use bytes::{BufMut, BytesMut};
 use sluice_core::session::{SessionError, SessionHandle};
 use sluice_core::sync::MutexExt;
 use sluice_core::sync::QueueSender;
-use sluice_core::{Command, CommandKind, Decision, Denial};
+use sluice_core::{Action, Command, CommandKind, Decision, Denial};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{watch, Notify};
@@ -137,6 +137,16 @@ struct Unsettled {
 enum Decided {
     Forward(u64),
     Refuse(u64, Denial),
+}
+
+/// A statement's fate where it is parsed (`Requests::at_parse`).
+enum AtParse {
+    /// Forwarded; judged, and recorded, at each Execute.
+    Pass,
+    /// Judged (and recorded) by the full pipeline now.
+    Judge,
+    /// Refused by the gateway itself, for this reason.
+    Refuse(&'static str),
 }
 
 fn malformed(what: &str) -> SessionError {
@@ -699,11 +709,19 @@ impl<'a> Requests<'a> {
         };
         // The same size check as `judge_sql`'s: names count too.
         let fits = sluice_core::audit::command_fits_a_record(&command);
-        if fits
-            && side_channel(sql, &self.rules(None)).is_ok()
-            && self.passes_with_catalog(&command, &analysis).await
-        {
-            return Ok(false);
+        if fits && side_channel(sql, &self.rules(None)).is_ok() {
+            match self.at_parse(&command, &analysis).await {
+                AtParse::Pass => return Ok(false),
+                AtParse::Judge => {}
+                AtParse::Refuse(why) => {
+                    let d = self.refuse(command, "sluice:catalog", why).await?;
+                    if let Decided::Refuse(command_id, denial) = d {
+                        self.push(Expect::Refused { command_id, denial });
+                        self.discarding = true;
+                    }
+                    return Ok(true);
+                }
+            }
         }
         let (decided, _) = self.judge_sql(command, &mut analysis).await?;
         match decided {
@@ -718,24 +736,43 @@ impl<'a> Requests<'a> {
         }
     }
 
-    /// Whether the policy and masking pass a statement where it is parsed,
+    /// What the policy and masking make of a statement where it is parsed,
     /// on what the routines it calls do (`judge_sql`'s checks, unrecorded):
     /// the server runs an IMMUTABLE routine with constant arguments when it
     /// plans the statement, at Bind, before any Execute is judged; what it
     /// raises reaches the client then, and what it calls runs.
-    async fn passes_with_catalog(&mut self, command: &Command, analysis: &Analysis) -> bool {
+    async fn at_parse(&mut self, command: &Command, analysis: &Analysis) -> AtParse {
         if self.catalog_behind(&analysis.classified) {
-            return false;
+            return AtParse::Judge;
         }
         let mut probe = command.clone();
         let Ok(views) = self
             .add_catalog_context(&mut probe, &analysis.classified)
             .await
         else {
-            return false;
+            return AtParse::Judge;
         };
-        catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_ok()
-            && !self.handle.policy_refuses(probe)
+        let cache = crate::policy::shared_classifier();
+        if crate::sql::resolve::routines_define_code(&probe.context, cache) {
+            // Run at Bind, it may change the schema: what follows in its
+            // transaction would be judged on a catalog that is behind.
+            self.schema_changed();
+            self.uncommitted_code = Some(self.progress.borrow().ready);
+            self.uncommitted.mark(self.seq + 1);
+        }
+        if catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_err() {
+            return AtParse::Judge;
+        }
+        let foldable = crate::sql::resolve::calls_immutable_routine(&probe.context);
+        match self.handle.policy_action(probe) {
+            Action::Allow => AtParse::Pass,
+            Action::Deny => AtParse::Judge,
+            Action::Review if foldable => AtParse::Refuse(
+                "this statement needs a review, and an IMMUTABLE routine it calls may run when \
+                 the server plans it (at Bind), before the review: send it as a simple query",
+            ),
+            Action::Review => AtParse::Pass,
+        }
     }
 
     fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
@@ -1040,16 +1077,32 @@ impl<'a> Requests<'a> {
         if !crate::sql::resolve::routines_define_code(&command.context, cache) {
             return None;
         }
+        let attaches = analysis.classified.first().is_some_and(|c| {
+            c.statements
+                .iter()
+                .any(|s| s.classes.contains(&SqlClass::Ddl))
+        });
+        if attaches {
+            // A trigger, default or operator would run it later, from
+            // statements that do not name it.
+            return Some(
+                "a routine this schema change attaches or calls changes the schema itself when \
+                 it runs, and the server would run it from statements that do not name it, \
+                 which the gateway cannot follow",
+            );
+        }
         analysis.ddl = true;
         analysis.defines_code = true;
         analysis.barrier = true;
-        let naming = analysis.classified.first().map_or(0, |c| {
+        // Statements after the first that calls a routine.
+        let later_names = analysis.classified.first().is_some_and(|c| {
             c.statements
                 .iter()
-                .filter(|s| crate::sql::resolve::names_objects(s))
-                .count()
+                .skip_while(|s| s.functions.is_empty())
+                .skip(1)
+                .any(crate::sql::resolve::names_objects)
         });
-        (naming > 1).then_some(
+        later_names.then_some(
             "a routine this message calls may change the schema, and the statements after it \
              would be judged on the catalog as it was: send them in a message of their own",
         )

@@ -325,6 +325,9 @@ fn sql_body(body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
 /// Whether a user routine among catalog entries may change the schema when
 /// it runs (DDL in its body, or code that cannot be read): the catalog's
 /// answers may not hold after it, as after DDL in the text.
+///
+/// Code that cannot be read is not counted: the policy sees it as every
+/// class (DDL included), and masking refuses it.
 pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) -> bool {
     entries.iter().any(|e| match entry(e) {
         Some(Entry::Function {
@@ -334,11 +337,21 @@ pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) 
             body,
         }) => {
             !name.starts_with("pg_catalog.")
+                && body_is_readable(language, body, cache)
                 && function_effects(language, volatility, body, cache)
                     .classes
                     .contains(&SqlClass::Ddl)
         }
         _ => false,
+    })
+}
+
+/// Whether catalog entries hold an IMMUTABLE user routine: the server may
+/// run one when it plans a statement (at Bind), before its Execute.
+pub(crate) fn calls_immutable_routine(entries: &[String]) -> bool {
+    entries.iter().any(|e| {
+        matches!(entry(e), Some(Entry::Function { name, volatility: "i", .. })
+            if !name.starts_with("pg_catalog."))
     })
 }
 
@@ -889,6 +902,16 @@ mod tests {
              BEGIN ATOMIC\n DELETE FROM orders WHERE (id = 1);\nEND",
         );
         assert!(!routines_define_code(&[atomic], &cache));
+        // Code that cannot be read is every class for the policy already,
+        // and refused by masking: not counted (its calls stay pipelined).
+        let dynamic = function_context(
+            "public",
+            "dyn",
+            "plpgsql",
+            "v",
+            &plpgsql("dyn", "begin execute 'select 1'; end"),
+        );
+        assert!(!routines_define_code(&[dynamic], &cache));
         // An assignment written with `=` keeps a quoted name holding `:=`.
         let read = plpgsql_body(
             &plpgsql(
