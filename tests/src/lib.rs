@@ -929,6 +929,12 @@ impl Env {
         self.token("agent-1", &["agents"], "10m")
     }
 
+    /// `agent-1` on the `appdb` connection, speaking the raw protocol.
+    pub fn raw_agent(&self) -> raw::RawConn {
+        raw::RawConn::login(self.addr(), "agent-1", "appdb", &self.agent_token())
+            .unwrap_or_else(|e| panic!("login refused: {}", e.message()))
+    }
+
     /// `postgresql://SUBJECT:TOKEN@127.0.0.1:PORT/CONNECTION`.
     pub fn url(&self, subject: &str, token: &str, connection: &str) -> String {
         format!(

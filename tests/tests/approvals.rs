@@ -407,8 +407,7 @@ fn a_reviewed_write_inside_an_immutable_routine_cannot_run_at_bind() {
            $$ begin perform rename_first(); return $1; end $$",
     );
     let before = customer_name(&env, 1);
-    let mut conn = raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = env.raw_agent();
     conn.send(&raw::extended_message("select folded(1)"))
         .unwrap();
     let errors = raw::errors(&conn.read_until_ready());

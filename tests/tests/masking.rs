@@ -41,10 +41,22 @@ fn reversed_national_id(env: &Env) -> String {
         .collect()
 }
 
-/// The agent on a raw protocol connection.
-fn raw_agent(env: &Env) -> sluice_e2e::raw::RawConn {
-    sluice_e2e::raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()))
+/// Sends `attack` and checks that it was refused with a message holding one of `why`, and
+/// that no value carrying `reversed` came back.
+fn assert_refused(conn: &mut sluice_e2e::raw::RawConn, attack: &str, reversed: &str, why: &[&str]) {
+    let answer = conn.query(attack);
+    let received = values(&answer);
+    assert!(
+        !received.iter().any(|v| v.contains(reversed)),
+        "{attack}: the masked ID came back reversed: {received:?}"
+    );
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors
+            .iter()
+            .any(|e| why.iter().any(|w| e.message().contains(w))),
+        "{attack}: not refused: {errors:?} {received:?}"
+    );
 }
 
 /// Every value of every row the client received.
@@ -339,7 +351,7 @@ fn a_value_shaped_for_endless_rejection_is_masked_and_answered() {
     );
     raw(&env, &format!("grant select on notes to {}", env.db.user));
     assert!(raw(&env, "select right(v, 19) from notes").contains("4111 1111 1111 1111"));
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     let answer = conn.query("select v from notes");
     let rows = sluice_e2e::raw::rows(&answer);
     let errors = sluice_e2e::raw::errors(&answer);
@@ -394,7 +406,7 @@ fn numbers_run_on_into_secrets_hide_both() {
     for piece in pieces {
         assert!(held.contains(piece), "the target holds {piece}: {held}");
     }
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     let answer = conn.query("select v from ledger");
     assert!(sluice_e2e::raw::errors(&answer).is_empty());
     let shown: Vec<String> = sluice_e2e::raw::rows(&answer)
@@ -426,7 +438,7 @@ fn sql_run_from_text_cannot_carry_a_masked_column_out() {
         raw(&env, attack).contains(&reversed),
         "the attack does not carry the ID out even directly"
     );
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     let answer = conn.query(attack);
     let received = values(&answer);
     assert!(
@@ -462,24 +474,14 @@ fn a_routine_in_the_database_cannot_carry_a_masked_column_out() {
         raw(&env, "select ids_reversed()").contains(&reversed),
         "the function does not carry the ID out even directly"
     );
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     for attack in [
         "select ids_reversed()",
         "select * from ids_reversed_pl()",
         // Named with its database: the same function.
         "select app.public.ids_reversed()",
     ] {
-        let answer = conn.query(attack);
-        let received = values(&answer);
-        assert!(
-            !received.iter().any(|v| v.contains(&reversed)),
-            "{attack}: the masked ID came back reversed: {received:?}"
-        );
-        let errors = sluice_e2e::raw::errors(&answer);
-        assert!(
-            errors.iter().any(|e| e.message().contains("masked column")),
-            "{attack}: not refused: {errors:?} {received:?}"
-        );
+        assert_refused(&mut conn, attack, &reversed, &["masked column"]);
     }
     let answer = conn.query("select customer_count()");
     assert!(
@@ -515,24 +517,12 @@ fn a_user_function_named_like_a_built_in_is_judged_by_its_body() {
             "{attack}: the server does not call the user function even directly"
         );
     }
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     for attack in [
         "select count(national_id) from customers",
         "select lower(1)",
     ] {
-        let answer = conn.query(attack);
-        let received = values(&answer);
-        assert!(
-            !received.iter().any(|v| v.contains(&reversed)),
-            "{attack}: the masked ID came back reversed: {received:?}"
-        );
-        let errors = sluice_e2e::raw::errors(&answer);
-        assert!(
-            errors
-                .iter()
-                .any(|e| e.message().contains("masked column") || e.message().contains("built-in")),
-            "{attack}: not refused: {errors:?} {received:?}"
-        );
+        assert_refused(&mut conn, attack, &reversed, &["masked column", "built-in"]);
     }
     // A quoted name is not the built-in's: the same function, spelled otherwise.
     raw(
@@ -589,7 +579,7 @@ fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
         raw(&env, "select 1 %%% 2").contains(&reversed),
         "the operator does not carry the ID out even directly"
     );
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     for attack in [
         "create trigger leak after insert on orders for each statement \
          execute function copy_ids()",
@@ -654,7 +644,7 @@ fn a_routine_folded_at_bind_cannot_raise_a_masked_column() {
             raise notice '%', v; return $1; end $$",
     );
     let reversed = reversed_national_id(&env);
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     conn.send(&sluice_e2e::raw::extended_message("select folded(1)"))
         .unwrap();
     let answer = conn.read_until_ready();
@@ -684,7 +674,7 @@ fn a_routine_folded_at_bind_cannot_raise_a_masked_column() {
 fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
     let env = env();
     let reversed = reversed_national_id(&env);
-    let mut conn = raw_agent(&env);
+    let mut conn = env.raw_agent();
     let no_errors = |answer: &[sluice_e2e::raw::Msg]| {
         let errors = sluice_e2e::raw::errors(answer);
         assert!(errors.is_empty(), "{errors:?}");

@@ -74,8 +74,7 @@ fn views_and_functions_are_judged_on_what_they_do() {
     // An IMMUTABLE routine with constant arguments runs when the server
     // plans the statement (Bind), before its Execute is judged: the
     // statement is judged where it is parsed, on what the routine calls.
-    let mut conn = raw::RawConn::login(env.addr(), "agent-1", "appdb", &env.agent_token())
-        .unwrap_or_else(|e| panic!("login refused: {}", e.message()));
+    let mut conn = env.raw_agent();
     conn.send(&raw::extended_message("select folded(1)"))
         .unwrap();
     let errors = raw::errors(&conn.read_until_ready());
