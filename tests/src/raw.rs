@@ -355,6 +355,19 @@ impl RawConn {
         self.read_until_ready()
     }
 
+    /// Runs one statement through the extended protocol ([`extended_message`]) and returns
+    /// everything up to ReadyForQuery.
+    pub fn extended(&mut self, sql: &str) -> Vec<Msg> {
+        self.send(&extended_message(sql))
+            .expect("sending a statement");
+        self.read_until_ready()
+    }
+
+    /// The errors [`Self::extended`] got back.
+    pub fn extended_errors(&mut self, sql: &str) -> Vec<ErrorFields> {
+        errors(&self.extended(sql))
+    }
+
     /// Reads everything until the peer closes the connection (EOF or reset). Panics if it is
     /// still open after `within`.
     #[track_caller]

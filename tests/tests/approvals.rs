@@ -408,9 +408,7 @@ fn a_reviewed_write_inside_an_immutable_routine_cannot_run_at_bind() {
     );
     let before = customer_name(&env, 1);
     let mut conn = env.raw_agent();
-    conn.send(&raw::extended_message("select folded(1)"))
-        .unwrap();
-    let errors = raw::errors(&conn.read_until_ready());
+    let errors = conn.extended_errors("select folded(1)");
     assert!(
         errors
             .iter()

@@ -645,9 +645,7 @@ fn a_routine_folded_at_bind_cannot_raise_a_masked_column() {
     );
     let reversed = reversed_national_id(&env);
     let mut conn = env.raw_agent();
-    conn.send(&sluice_e2e::raw::extended_message("select folded(1)"))
-        .unwrap();
-    let answer = conn.read_until_ready();
+    let answer = conn.extended("select folded(1)");
     let seen: Vec<String> = answer
         .iter()
         .map(|m| String::from_utf8_lossy(&m.body).into_owned())

@@ -75,9 +75,7 @@ fn views_and_functions_are_judged_on_what_they_do() {
     // plans the statement (Bind), before its Execute is judged: the
     // statement is judged where it is parsed, on what the routine calls.
     let mut conn = env.raw_agent();
-    conn.send(&raw::extended_message("select folded(1)"))
-        .unwrap();
-    let errors = raw::errors(&conn.read_until_ready());
+    let errors = conn.extended_errors("select folded(1)");
     assert!(
         errors
             .iter()
