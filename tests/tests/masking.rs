@@ -682,6 +682,9 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
         "begin",
         "create table scratch (a int)",
         "insert into scratch values (1)",
+        "alter table scratch add column b int default 0",
+        "create type mood as enum ('ok', 'not ok')",
+        "insert into scratch values (2, 2)",
         "commit",
     ] {
         no_errors(&conn.query(sql));

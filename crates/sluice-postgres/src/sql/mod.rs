@@ -154,6 +154,12 @@ pub struct StatementInfo {
     /// The relay makes such a statement a barrier: nothing after it is
     /// forwarded until the server has answered it.
     pub changes_session: bool,
+    /// The statement may define, replace, rename or drop a view, rule or
+    /// routine (or runs code that may): what the catalog lookup reads
+    /// (`resolve`), so its cached answers may not hold after it. Adding a
+    /// column or a constraint to a table, creating an enum or an index do
+    /// not.
+    pub defines_code: bool,
     /// `PREPARE name AS stmt`: the name and the text of the inner statement.
     pub prepares: Option<(String, String)>,
     /// `EXECUTE name` (also inside EXPLAIN or CREATE TABLE AS): the name.

@@ -27,22 +27,6 @@ use crate::PgError;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
-/// DDL that cannot create, replace or rename a view, rule or function:
-/// later statements of the same message may still be judged on the
-/// catalog as it was before (`create temp table m (a int); insert into m …`).
-const DDL_WITHOUT_CODE: &[&str] = &[
-    "CREATE TABLE",
-    "CREATE TABLE AS",
-    "SELECT INTO",
-    "CREATE INDEX",
-    "CREATE SEQUENCE",
-    "ALTER SEQUENCE",
-    "DROP TABLE",
-    "DROP INDEX",
-    "DROP SEQUENCE",
-    "COMMENT",
-];
-
 /// Rounds of "definitions name more objects" before giving up (fail closed).
 const MAX_DEPTH: usize = 8;
 
@@ -124,7 +108,7 @@ pub(crate) fn body_is_readable(language: &str, body: &str, cache: &ClassifierCac
 /// Whether a statement is DDL that may define, replace or rename a view,
 /// rule or routine (what the catalog lookup reads).
 pub(crate) fn may_define_code(st: &StatementInfo) -> bool {
-    st.classes.contains(&SqlClass::Ddl) && !DDL_WITHOUT_CODE.contains(&st.command.as_str())
+    st.defines_code
 }
 
 /// Whether a statement names a table, view or function (what the catalog
@@ -238,6 +222,7 @@ fn merge(st: &mut StatementInfo, other: &StatementInfo) {
     st.functions.extend(other.functions.iter().cloned());
     st.no_where |= other.no_where;
     st.changes_session |= other.changes_session;
+    st.defines_code |= other.defines_code;
 }
 
 /// What calling a function does, from its body or its volatility.
@@ -281,6 +266,7 @@ fn function_effects(
 fn opaque(out: &mut StatementInfo) {
     out.classes.extend(SqlClass::ALL);
     out.no_where = true;
+    out.defines_code = true;
 }
 
 /// An SQL function's body: `prosrc` (statements), or the `CREATE FUNCTION …
@@ -315,6 +301,7 @@ fn sql_body(body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
                     // (which cannot contain DDL in BEGIN ATOMIC). A source
                     // text's CREATE FUNCTION is run: DDL.
                     s.classes.remove(&SqlClass::Ddl);
+                    s.defines_code = false;
                 }
                 s
             })
@@ -338,9 +325,7 @@ pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) 
         }) => {
             !name.starts_with("pg_catalog.")
                 && body_is_readable(language, body, cache)
-                && function_effects(language, volatility, body, cache)
-                    .classes
-                    .contains(&SqlClass::Ddl)
+                && function_effects(language, volatility, body, cache).defines_code
         }
         _ => false,
     })

@@ -1243,3 +1243,32 @@ fn ddl_that_attaches_a_routine_names_it_as_called() {
         );
     }
 }
+
+#[test]
+fn statements_that_may_define_code_are_told_from_other_ddl() {
+    for (sql, defines) in [
+        ("create view v as select 1", true),
+        (
+            "create or replace function f() returns int language sql as 'select 1'",
+            true,
+        ),
+        ("alter table v rename to w", true),
+        ("alter function f() immutable", true),
+        ("create materialized view m as select 1", true),
+        ("create type r as range (subtype = int)", true),
+        ("drop view v", true),
+        ("drop function f()", true),
+        ("do $$ begin null; end $$", true),
+        ("create extension pgcrypto", true),
+        ("create table t (a int)", false),
+        ("alter table t add column b int default 0", false),
+        ("alter table t add constraint c check (a > 0)", false),
+        ("create type mood as enum ('a')", false),
+        ("create index on t (a)", false),
+        ("drop table t", false),
+        ("insert into t values (1)", false),
+    ] {
+        let st = &classify(sql).unwrap().statements[0];
+        assert_eq!(st.defines_code, defines, "{sql}");
+    }
+}

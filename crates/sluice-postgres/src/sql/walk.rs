@@ -447,6 +447,7 @@ impl<'a> Walker<'a> {
             self.info.changes_session = true;
         }
         self.info.functions.extend(attached_routines(tag, b));
+        self.info.defines_code |= defines_code(tag, b);
         let (command, rule): (String, Rule) = match tag {
             // ---- queries and data changes
             "SelectStmt" => self.select(b, query_level),
@@ -1226,6 +1227,42 @@ pub(super) fn is_null(m: &Obj, key: &str) -> bool {
 }
 
 /// The strings of a list of `String` nodes (a qualified name).
+/// Whether a statement of this type may define, replace, rename or drop a
+/// view, rule or routine (see `StatementInfo::defines_code`). A rename or
+/// a schema move counts whatever its object type says: `ALTER TABLE v
+/// RENAME` renames a view as well.
+fn defines_code(tag: &str, b: &Obj) -> bool {
+    use ObjectType as O;
+    match tag {
+        "ViewStmt"
+        | "CreateFunctionStmt"
+        | "AlterFunctionStmt"
+        | "RuleStmt"
+        | "RenameStmt"
+        | "AlterObjectSchemaStmt"
+        | "DefineStmt"
+        | "CreateRangeStmt"
+        | "CreateExtensionStmt"
+        | "AlterExtensionStmt"
+        | "AlterExtensionContentsStmt"
+        | "DoStmt"
+        | "CreatePlangStmt" => true,
+        "CreateTableAsStmt" => O::try_from(int_field(b, "objtype")) == Ok(O::ObjectMatview),
+        "DropStmt" => !matches!(
+            O::try_from(int_field(b, "remove_type")),
+            Ok(O::ObjectTable
+                | O::ObjectIndex
+                | O::ObjectSequence
+                | O::ObjectForeignTable
+                | O::ObjectTrigger
+                | O::ObjectPolicy
+                | O::ObjectDomain
+                | O::ObjectStatisticExt)
+        ),
+        _ => false,
+    }
+}
+
 /// Options of CREATE OPERATOR, AGGREGATE, TYPE, TEXT SEARCH PARSER and
 /// TEMPLATE, ALTER OPERATOR and CREATE TYPE … AS RANGE that name a routine.
 const ROUTINE_OPTIONS: &[&str] = &[
