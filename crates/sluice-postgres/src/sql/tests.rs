@@ -1266,6 +1266,14 @@ fn statements_that_may_define_code_are_told_from_other_ddl() {
         ("create type mood as enum ('a')", false),
         ("create index on t (a)", false),
         ("drop table t", false),
+        ("drop table t cascade", true),
+        ("alter table t drop column c cascade", true),
+        ("alter table t drop column c", false),
+        ("drop owned by r", true),
+        ("alter function f() owner to r", true),
+        ("alter table t owner to r", false),
+        ("alter table t rename constraint c to d", false),
+        ("alter table t rename column a to b", true),
         ("insert into t values (1)", false),
     ] {
         let st = &classify(sql).unwrap().statements[0];

@@ -1226,19 +1226,21 @@ pub(super) fn is_null(m: &Obj, key: &str) -> bool {
     matches!(m.get(key), None | Some(Value::Null))
 }
 
-/// The strings of a list of `String` nodes (a qualified name).
 /// Whether a statement of this type may define, replace, rename or drop a
 /// view, rule or routine (see `StatementInfo::defines_code`). A rename or
 /// a schema move counts whatever its object type says: `ALTER TABLE v
 /// RENAME` renames a view as well.
 fn defines_code(tag: &str, b: &Obj) -> bool {
     use ObjectType as O;
+    // CASCADE drops the views and routines that depend on the object too.
+    const CASCADE: i32 = 2;
+    let cascades = |m: &Obj| int_field(m, "behavior") == CASCADE;
+    let object = |key: &str| O::try_from(int_field(b, key));
     match tag {
         "ViewStmt"
         | "CreateFunctionStmt"
         | "AlterFunctionStmt"
         | "RuleStmt"
-        | "RenameStmt"
         | "AlterObjectSchemaStmt"
         | "DefineStmt"
         | "CreateRangeStmt"
@@ -1246,19 +1248,47 @@ fn defines_code(tag: &str, b: &Obj) -> bool {
         | "AlterExtensionStmt"
         | "AlterExtensionContentsStmt"
         | "DoStmt"
-        | "CreatePlangStmt" => true,
-        "CreateTableAsStmt" => O::try_from(int_field(b, "objtype")) == Ok(O::ObjectMatview),
-        "DropStmt" => !matches!(
-            O::try_from(int_field(b, "remove_type")),
-            Ok(O::ObjectTable
-                | O::ObjectIndex
-                | O::ObjectSequence
-                | O::ObjectForeignTable
+        | "CreatePlangStmt"
+        | "DropOwnedStmt"
+        | "ReassignOwnedStmt" => true,
+        // Constraints, triggers, policies and statistics are not relations.
+        "RenameStmt" => !matches!(
+            object("rename_type"),
+            Ok(O::ObjectTabconstraint
+                | O::ObjectDomconstraint
                 | O::ObjectTrigger
                 | O::ObjectPolicy
-                | O::ObjectDomain
                 | O::ObjectStatisticExt)
         ),
+        // The owner decides whether an extension's routine is trusted.
+        "AlterOwnerStmt" => matches!(
+            object("object_type"),
+            Ok(O::ObjectFunction
+                | O::ObjectProcedure
+                | O::ObjectRoutine
+                | O::ObjectAggregate
+                | O::ObjectView
+                | O::ObjectMatview)
+        ),
+        "CreateTableAsStmt" => object("objtype") == Ok(O::ObjectMatview),
+        "DropStmt" => {
+            cascades(b)
+                || !matches!(
+                    object("remove_type"),
+                    Ok(O::ObjectTable
+                        | O::ObjectIndex
+                        | O::ObjectSequence
+                        | O::ObjectForeignTable
+                        | O::ObjectTrigger
+                        | O::ObjectPolicy
+                        | O::ObjectDomain
+                        | O::ObjectStatisticExt)
+                )
+        }
+        "AlterTableStmt" => list_items(b.get("cmds")).any(|c| match tagged(c) {
+            Some(("AlterTableCmd", cmd)) => cascades(cmd),
+            _ => false,
+        }),
         _ => false,
     }
 }
@@ -1369,6 +1399,7 @@ fn list_items(v: Option<&Value>) -> impl Iterator<Item = &Value> {
     }
 }
 
+/// The strings of a list of `String` nodes (a qualified name).
 pub(super) fn string_items(v: Option<&Value>) -> Vec<&str> {
     let Some(Value::Array(items)) = v else {
         return Vec::new();
