@@ -39,7 +39,7 @@ struct Barrier {
     effects: PreparedEffects,
     /// The statement changes the schema: cached catalog answers go.
     ddl: bool,
-    /// It may define a view or routine (`resolve::may_define_code`).
+    /// It may define a view or routine (`StatementInfo::defines_code`).
     defines_code: bool,
 }
 
@@ -438,10 +438,7 @@ impl<'a> Requests<'a> {
                         .statements
                         .iter()
                         .any(|st| st.classes.contains(&SqlClass::Ddl)),
-                    defines_code: classified
-                        .statements
-                        .iter()
-                        .any(crate::sql::resolve::may_define_code),
+                    defines_code: classified.statements.iter().any(|st| st.defines_code),
                     classified: all,
                     lineage_text,
                     context,

@@ -281,21 +281,9 @@ pub(crate) fn catalog_side_channel(
         return Ok(());
     }
     let cache = crate::policy::shared_classifier();
-    for e in context {
-        let Some(super::resolve::Entry::Function {
-            name,
-            language,
-            body,
-            ..
-        }) = super::resolve::entry(e)
-        else {
-            continue;
-        };
-        // The server's own routines are judged as built-ins, by name.
-        if name.starts_with("pg_catalog.") {
-            continue;
-        }
-        let bare = name.rsplit_once('.').map_or(name, |(_, n)| n);
+    for routine in super::resolve::user_routines(context) {
+        let (name, language, body) = (routine.name, routine.language, routine.body);
+        let bare = routine.bare();
         if NOT_VALUES.contains(&bare) {
             return Err(format!(
                 "{name}() has the name of the built-in {bare}(), which masking reads as \

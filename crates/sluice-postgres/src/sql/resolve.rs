@@ -97,18 +97,51 @@ fn names(written: &str, qualified: &str) -> bool {
 /// Whether a routine's body can be read (SQL or PL/pgSQL that parses,
 /// without SQL built at run time): what it reads and does is then known.
 pub(crate) fn body_is_readable(language: &str, body: &str, cache: &ClassifierCache) -> bool {
-    !body.trim().is_empty()
-        && match language {
-            "sql" => sql_body(body, cache).is_some(),
-            "plpgsql" => plpgsql_body(body, cache).is_some(),
-            _ => false,
-        }
+    read_body(language, body, cache).is_some()
 }
 
-/// Whether a statement is DDL that may define, replace or rename a view,
-/// rule or routine (what the catalog lookup reads).
-pub(crate) fn may_define_code(st: &StatementInfo) -> bool {
-    st.defines_code
+/// A routine's body as statements, when it can be read.
+fn read_body(language: &str, body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
+    match language {
+        "sql" if !body.trim().is_empty() => sql_body(body, cache),
+        "plpgsql" if !body.trim().is_empty() => plpgsql_body(body, cache),
+        _ => None,
+    }
+}
+
+/// A user routine's catalog entry.
+pub(crate) struct Routine<'a> {
+    /// `schema.name`.
+    pub name: &'a str,
+    pub language: &'a str,
+    pub volatility: &'a str,
+    pub body: &'a str,
+}
+
+impl Routine<'_> {
+    /// The name without its schema.
+    pub(crate) fn bare(&self) -> &str {
+        self.name.rsplit_once('.').map_or(self.name, |(_, n)| n)
+    }
+}
+
+/// The routines among catalog entries other than the server's own
+/// (`pg_catalog`'s are judged as built-ins, by name).
+pub(crate) fn user_routines(entries: &[String]) -> impl Iterator<Item = Routine<'_>> {
+    entries.iter().filter_map(|e| match entry(e) {
+        Some(Entry::Function {
+            name,
+            language,
+            volatility,
+            body,
+        }) if !name.starts_with("pg_catalog.") => Some(Routine {
+            name,
+            language,
+            volatility,
+            body,
+        }),
+        _ => None,
+    })
 }
 
 /// Whether a statement names a table, view or function (what the catalog
@@ -121,13 +154,7 @@ pub(crate) fn names_objects(st: &StatementInfo) -> bool {
 /// text's classification took a call of that name for the built-in, which
 /// cannot change the session; the user routine may (`set_config`).
 pub(crate) fn shadows_a_builtin(entries: &[String]) -> bool {
-    entries.iter().any(|e| match entry(e) {
-        Some(Entry::Function { name, .. }) => match name.rsplit_once('.') {
-            Some((schema, bare)) => schema != "pg_catalog" && is_builtin(&[bare]),
-            None => false,
-        },
-        _ => false,
-    })
+    user_routines(entries).any(|r| is_builtin(&[r.bare()]))
 }
 
 /// Whether a context entry is a catalog entry (not a prepared statement).
@@ -237,12 +264,7 @@ fn function_effects(
         changes_session: true,
         ..StatementInfo::default()
     };
-    let read = match language {
-        "sql" if !body.trim().is_empty() => sql_body(body, cache),
-        "plpgsql" if !body.trim().is_empty() => plpgsql_body(body, cache),
-        _ => None,
-    };
-    match read {
+    match read_body(language, body, cache) {
         Some(statements) => {
             for s in &statements {
                 merge(&mut out, s);
@@ -316,28 +338,16 @@ fn sql_body(body: &str, cache: &ClassifierCache) -> Option<Vec<StatementInfo>> {
 /// Code that cannot be read is not counted: the policy sees it as every
 /// class (DDL included), and masking refuses it.
 pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) -> bool {
-    entries.iter().any(|e| match entry(e) {
-        Some(Entry::Function {
-            name,
-            language,
-            volatility,
-            body,
-        }) => {
-            !name.starts_with("pg_catalog.")
-                && body_is_readable(language, body, cache)
-                && function_effects(language, volatility, body, cache).defines_code
-        }
-        _ => false,
+    user_routines(entries).any(|r| {
+        read_body(r.language, r.body, cache)
+            .is_some_and(|statements| statements.iter().any(|s| s.defines_code))
     })
 }
 
 /// Whether catalog entries hold an IMMUTABLE user routine: the server may
 /// run one when it plans a statement (at Bind), before its Execute.
 pub(crate) fn calls_immutable_routine(entries: &[String]) -> bool {
-    entries.iter().any(|e| {
-        matches!(entry(e), Some(Entry::Function { name, volatility: "i", .. })
-            if !name.starts_with("pg_catalog."))
-    })
+    user_routines(entries).any(|r| r.volatility == "i")
 }
 
 /// A PL/pgSQL function's statements and expressions, each classified; `None`
@@ -437,7 +447,7 @@ pub(crate) async fn catalog_context(
     {
         catalog.forget_definitions();
     }
-    if let Some(i) = classified.statements.iter().position(may_define_code) {
+    if let Some(i) = classified.statements.iter().position(|s| s.defines_code) {
         // Built-in names count too: the DDL may define a function of the
         // same name that the server calls instead.
         if classified.statements[i + 1..].iter().any(names_objects) {
