@@ -785,6 +785,9 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
         sluice_e2e::raw::errors(&answer)
     );
     no_errors(&conn.query("rollback"));
+    // The server's log: none of the refused statements ran.
+    let report = env.assert_oracle();
+    assert!(!report.server_ran("count(national_id)"), "the server ran it");
 }
 
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway
