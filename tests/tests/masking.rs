@@ -628,6 +628,30 @@ fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
         "{:?}",
         sluice_e2e::raw::errors(&answer)
     );
+    // The function is replaced after it was attached (here directly, as on
+    // a connection without column rules): a write that fires it is judged on
+    // what it does now.
+    raw(
+        &env,
+        "grant all on notes to app; \
+         create or replace function touch() returns trigger language plpgsql as \
+         $$ begin insert into notes select reverse(national_id) from customers; \
+         return new; end $$",
+    );
+    let answer = conn.query("insert into orders (status) values ('new')");
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors.iter().any(|e| e.message().contains("masked column")),
+        "a write firing the replaced trigger was not refused: {errors:?}"
+    );
+    assert_eq!(
+        raw(
+            &env,
+            &format!("select count(*) from notes where body = '{reversed}'")
+        )
+        .trim(),
+        "0"
+    );
 }
 
 /// The server runs an IMMUTABLE routine with constant arguments when it plans a statement (at
@@ -787,7 +811,10 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
     no_errors(&conn.query("rollback"));
     // The server's log: none of the refused statements ran.
     let report = env.assert_oracle();
-    assert!(!report.server_ran("count(national_id)"), "the server ran it");
+    assert!(
+        !report.server_ran("count(national_id)"),
+        "the server ran it"
+    );
 }
 
 /// A fast-path function call names its function by OID alone: with column rules on, the gateway

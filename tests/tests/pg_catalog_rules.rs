@@ -119,3 +119,87 @@ fn copy_from_stdin_after_ddl_in_one_message_completes() {
         "2"
     );
 }
+
+/// The server runs code for a table that no statement names: triggers,
+/// rules, defaults, CHECK and domain constraints and index expressions when
+/// it is written, row-level security policies when it is read. A statement
+/// is judged with what they do, read from the catalog at the time.
+#[test]
+fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
+    let env = Env::builder().extra_toml(RULES).start();
+    env.direct_sql(
+        "app",
+        "create function wipe_on_write() returns trigger language plpgsql as \
+           $$ begin return null; end $$; \
+         alter function wipe_on_write() owner to app; \
+         create function wipe_value() returns int language plpgsql as \
+           $$ begin delete from orders; return 1; end $$; \
+         create function wipe_check(int) returns boolean language plpgsql as \
+           $$ begin delete from orders; return true; end $$; \
+         create function wipe_immutable(int) returns int language plpgsql immutable as \
+           $$ begin perform wipe_value(); return $1; end $$; \
+         create table triggered (id int); \
+         alter table triggered owner to app; \
+         create trigger wipe after insert on triggered for each statement \
+           execute function wipe_on_write(); \
+         create table defaulted (id int, n int default wipe_value()); \
+         create table ruled (id int); \
+         create rule wipe as on insert to ruled do also delete from orders; \
+         create table checked (id int check (wipe_check(id))); \
+         create domain wiping_int as int check (wipe_check(value)); \
+         create table domained (id wiping_int); \
+         create table indexed (id int); \
+         create index on indexed (wipe_immutable(id)); \
+         create table guarded (id int); \
+         insert into guarded values (1); \
+         alter table guarded enable row level security; \
+         create policy wipe on guarded using (wipe_check(id)); \
+         create table parent (id int); \
+         alter table customers inherit parent; \
+         grant all on all tables in schema public to app",
+    );
+    let url = env.agent_url();
+    let orders = || env.direct_sql("app", "select count(*) from orders");
+    let before = orders();
+    // Attached while it did nothing; replaced afterwards by the agent.
+    let out = env.psql(
+        &url,
+        &[
+            "-c",
+            "create or replace function wipe_on_write() returns trigger \
+             language plpgsql as $$ begin delete from orders; return null; end $$",
+        ],
+    );
+    ok(&out);
+    for (sql, rule) in [
+        ("insert into triggered values (1)", "no-unbounded-writes"),
+        (
+            "insert into defaulted (id) values (1)",
+            "no-unbounded-writes",
+        ),
+        ("insert into ruled values (1)", "no-unbounded-writes"),
+        ("insert into checked values (1)", "no-unbounded-writes"),
+        ("insert into domained values (1)", "no-unbounded-writes"),
+        ("insert into indexed values (1)", "no-unbounded-writes"),
+        ("select * from guarded", "no-unbounded-writes"),
+        // Through a view, a function or a CTE: the same tables are written.
+        (
+            "with t as (insert into triggered values (2) returning id) select * from t",
+            "no-unbounded-writes",
+        ),
+        // Writing a parent writes the tables that inherit from it.
+        ("delete from parent where id = 1", "customers-read-only"),
+    ] {
+        let out = env.psql(&url, &["-c", sql]);
+        let err = failed(&out);
+        assert!(err.contains(rule), "{sql}: {err}");
+    }
+    assert_eq!(orders(), before);
+    // Ordinary writes of tables with ordinary defaults, keys and checks.
+    for sql in [
+        "insert into orders (customer_id, amount, status) values (1, 9.5, 'new')",
+        "alter table triggered add column note text",
+    ] {
+        ok(&env.psql(&url, &["-c", sql]));
+    }
+}

@@ -19,6 +19,13 @@
 //! - `\0function\0schema.name\0language\0volatility\0body` (body is
 //!   `prosrc` for SQL functions, `pg_get_functiondef` for SQL `BEGIN ATOMIC`
 //!   and PL/pgSQL, empty for aggregates and when unknown).
+//! - `\0table\0schema.name\0on_read\0on_write`: what the server runs
+//!   for a table without a statement naming it, as SQL text the classifier
+//!   reads. Reading it runs its row-level security policies' conditions;
+//!   writing it, those and its triggers' functions, its rules' actions, its
+//!   column defaults, generated columns, CHECK and domain constraints, index
+//!   expressions, and writes of the tables that inherit from it. A table
+//!   without any has no entry.
 
 use super::functions::is_builtin;
 use super::{ClassifierCache, SqlClass, StatementInfo};
@@ -33,6 +40,12 @@ const MAX_DEPTH: usize = 8;
 /// A view's entry for `Command::context`.
 pub fn view_context(schema: &str, name: &str, definition: &str) -> String {
     format!("\0view\0{schema}.{name}\0{definition}")
+}
+
+/// A table's entry for `Command::context`: the SQL the server evaluates
+/// when the table is read, and, besides that, when it is written.
+pub fn table_context(schema: &str, name: &str, on_read: &str, on_write: &str) -> String {
+    format!("\0table\0{schema}.{name}\0{on_read}\0{on_write}")
 }
 
 /// A function's or procedure's entry for `Command::context`.
@@ -57,6 +70,11 @@ pub(crate) enum Entry<'a> {
         volatility: &'a str,
         body: &'a str,
     },
+    Table {
+        name: &'a str,
+        on_read: &'a str,
+        on_write: &'a str,
+    },
 }
 
 /// A context entry's parts; `None` for a prepared statement's entry.
@@ -65,6 +83,14 @@ pub(crate) fn entry(s: &str) -> Option<Entry<'_>> {
     if let Some(v) = rest.strip_prefix("view\0") {
         let (name, definition) = v.split_once('\0')?;
         return Some(Entry::View { name, definition });
+    }
+    if let Some(t) = rest.strip_prefix("table\0") {
+        let mut parts = t.splitn(3, '\0');
+        return Some(Entry::Table {
+            name: parts.next()?,
+            on_read: parts.next()?,
+            on_write: parts.next()?,
+        });
     }
     let f = rest.strip_prefix("function\0")?;
     let mut parts = f.splitn(4, '\0');
@@ -174,14 +200,24 @@ pub(crate) fn fold(
         return Ok(());
     }
     let mut done_tables: BTreeSet<String> = BTreeSet::new();
+    let mut done_implicit: BTreeSet<String> = BTreeSet::new();
     let mut done_functions: BTreeSet<String> = BTreeSet::new();
     for _ in 0..=MAX_DEPTH * 4 {
-        let tables: Vec<(String, bool)> = st
-            .reads
-            .iter()
-            .map(|t| (t.clone(), false))
-            .chain(st.writes.iter().map(|t| (t.clone(), true)))
+        let named = || {
+            st.reads
+                .iter()
+                .map(|t| (t.clone(), false))
+                .chain(st.writes.iter().map(|t| (t.clone(), true)))
+        };
+        let tables: Vec<(String, bool)> = named()
             .filter(|(t, w)| !done_tables.contains(&key(t, *w)))
+            .collect();
+        // A table's triggers, defaults and constraints run when rows are
+        // written, not when DDL or a grant names it.
+        let dml = st.classes.contains(&SqlClass::Write);
+        let implicit: Vec<(String, bool)> = named()
+            .map(|(t, w)| (t, w && dml))
+            .filter(|(t, w)| !done_implicit.contains(&key(t, *w)))
             .collect();
         let functions: Vec<String> = st
             .functions
@@ -189,8 +225,26 @@ pub(crate) fn fold(
             .filter(|f| !done_functions.contains(*f))
             .cloned()
             .collect();
-        if tables.is_empty() && functions.is_empty() {
+        if tables.is_empty() && implicit.is_empty() && functions.is_empty() {
             return Ok(());
+        }
+        for (table, written) in implicit {
+            done_implicit.insert(key(&table, written));
+            for e in &entries {
+                if let Entry::Table {
+                    name,
+                    on_read,
+                    on_write,
+                } = e
+                {
+                    if names(&table, name) {
+                        merge_implicit(st, on_read, cache)?;
+                        if written {
+                            merge_implicit(st, on_write, cache)?;
+                        }
+                    }
+                }
+            }
         }
         for (table, written) in tables {
             done_tables.insert(key(&table, written));
@@ -236,6 +290,28 @@ pub(crate) fn fold(
         }
     }
     Err("views and functions nest too deeply to judge".into())
+}
+
+/// Adds what the server runs for a table (a table entry's SQL) to `st`.
+fn merge_implicit(
+    st: &mut StatementInfo,
+    sql: &str,
+    cache: &ClassifierCache,
+) -> Result<(), String> {
+    if sql.trim().is_empty() {
+        return Ok(());
+    }
+    let effects = cache.classify(sql).map_err(|e| e.to_string())?;
+    for s in &effects.statements {
+        let mut s = s.clone();
+        if s.command == "CREATE RULE" {
+            // A rule's actions run (DML or NOTIFY), not its definition.
+            s.classes.remove(&SqlClass::Ddl);
+            s.defines_code = false;
+        }
+        merge(st, &s);
+    }
+    Ok(())
 }
 
 fn key(table: &str, written: bool) -> String {
@@ -498,6 +574,18 @@ pub(crate) async fn catalog_context(
                     tables.extend(does.reads.iter().chain(does.writes.iter()).cloned());
                     functions.extend(does.functions.iter().cloned());
                 }
+                Some(Entry::Table {
+                    on_read, on_write, ..
+                }) => {
+                    for sql in [on_read, on_write] {
+                        if let Ok(c) = cache.classify(sql) {
+                            for s in &c.statements {
+                                tables.extend(s.reads.iter().chain(s.writes.iter()).cloned());
+                                functions.extend(s.functions.iter().cloned());
+                            }
+                        }
+                    }
+                }
                 None => {}
             }
             context.push(e);
@@ -540,7 +628,11 @@ async fn lookup(
                 let entries: Vec<String> = found
                     .iter()
                     .filter(|e| match entry(e) {
-                        Some(Entry::View { name, .. }) if kind == "view" => names_bare(name, &b),
+                        Some(Entry::View { name, .. } | Entry::Table { name, .. })
+                            if kind == "view" =>
+                        {
+                            names_bare(name, &b)
+                        }
                         Some(Entry::Function { name, .. }) if kind == "function" => {
                             names_bare(name, &b)
                         }
@@ -557,7 +649,9 @@ async fn lookup(
     let mut seen = BTreeSet::new();
     out.retain(|e| {
         let keep = match entry(e) {
-            Some(Entry::View { name, .. }) => tables.iter().any(|t| names(t, name)),
+            Some(Entry::View { name, .. } | Entry::Table { name, .. }) => {
+                tables.iter().any(|t| names(t, name))
+            }
             Some(Entry::Function { name, .. }) => functions.iter().any(|f| names(f, name)),
             None => false,
         };
@@ -595,6 +689,23 @@ async fn query(
                 name,
                 definition.as_deref().unwrap_or(""),
             ));
+        }
+        let sql = format!(
+            "{TABLE_EFFECTS} AND c.relname = ANY (ARRAY[{}]::text[])",
+            literals(tables)
+        );
+        for row in catalog.query(&sql).await? {
+            let [Some(schema), Some(name), on_read, on_write] = &row[..] else {
+                continue;
+            };
+            if on_read.is_some() || on_write.is_some() {
+                out.push(table_context(
+                    schema,
+                    name,
+                    on_read.as_deref().unwrap_or(""),
+                    on_write.as_deref().unwrap_or(""),
+                ));
+            }
         }
     }
     if !functions.is_empty() {
@@ -657,6 +768,52 @@ async fn query(
     }
     Ok(out)
 }
+
+/// What the server runs for a table (`c`) that no statement names, as SQL
+/// text: on reads, its row-level security policies' conditions; on writes
+/// also its triggers' functions (as calls), its rules (their actions), its
+/// defaults and generated columns, CHECK constraints (the table's and its
+/// columns' domains'), index expressions and predicates, and writes of the
+/// tables that inherit from it (rows routed to a partition, or updated
+/// through the parent; as a bounded write: the statement bounds its rows).
+/// Disabled triggers count: the agent may enable them.
+// Foreign keys that cascade write the referencing table too, but only on
+// DELETE or UPDATE of the key, which a statement's tables do not tell apart
+// from an INSERT: they are not followed (see docs/guardrails.md).
+const TABLE_EFFECTS: &str = "\
+SELECT n.nspname, c.relname, \
+ (SELECT pg_catalog.string_agg(pg_catalog.format('SELECT %s', \
+          pg_catalog.pg_get_expr(p.polqual, p.polrelid)), E';\\n') \
+  FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polqual IS NOT NULL \
+  AND c.relrowsecurity), \
+ (SELECT pg_catalog.string_agg(e.sql, E';\\n') FROM ( \
+  SELECT pg_catalog.format('SELECT %I.%I()', fn.nspname, f.proname) AS sql \
+   FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
+   JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
+   WHERE t.tgrelid = c.oid AND NOT t.tgisinternal \
+  UNION ALL SELECT pg_catalog.pg_get_ruledef(r.oid) FROM pg_catalog.pg_rewrite r \
+   WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN' \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(d.adbin, d.adrelid)) \
+   FROM pg_catalog.pg_attrdef d WHERE d.adrelid = c.oid \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, k.conrelid)) \
+   FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, 0)) \
+   FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid = a.atttypid \
+   JOIN pg_catalog.pg_constraint k ON k.contypid IN (y.oid, y.typbasetype) \
+   WHERE a.attrelid = c.oid AND a.attnum > 0 AND y.typtype = 'd' AND k.contype = 'c' \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
+   FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polwithcheck IS NOT NULL \
+   AND c.relrowsecurity \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(x.e, i.indrelid)) \
+   FROM pg_catalog.pg_index i, LATERAL (VALUES (i.indexprs), (i.indpred)) x(e) \
+   WHERE i.indrelid = c.oid AND x.e IS NOT NULL \
+  UNION ALL SELECT pg_catalog.format('DELETE FROM %I.%I WHERE ctid = ''(0,0)''', \
+   rn.nspname, rc.relname) \
+   FROM pg_catalog.pg_class rc JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
+   WHERE rc.oid IN (SELECT h.inhrelid FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid) \
+ ) e) \
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+WHERE c.relkind IN ('r', 'p', 'f')";
 
 /// The variables PL/pgSQL gives a trigger (or event trigger) function.
 const TRIGGER_VARIABLES: &str = "new record, old record, tg_name text, tg_when text, \
@@ -857,6 +1014,49 @@ mod tests {
         assert!(!folded("select pg_catalog.lower('A')", &shadow)
             .writes
             .contains("orders"));
+    }
+
+    #[test]
+    fn what_the_server_runs_for_a_table_is_added_to_its_reads_and_writes() {
+        let ctx = [
+            table_context(
+                "public",
+                "guarded",
+                "SELECT check_owner(id)",
+                "SELECT public.stamp();\nCREATE RULE r AS ON INSERT TO public.guarded \
+                 DO ALSO DELETE FROM orders;\n\
+                 DELETE FROM public.child WHERE ctid = '(0,0)'",
+            ),
+            function_context("public", "check_owner", "sql", "s", "select true"),
+            function_context("public", "stamp", "sql", "v", "insert into log values (1)"),
+        ];
+        // Read: the policy's condition.
+        let st = folded("select * from guarded", &ctx);
+        assert!(st.functions.contains("check_owner"), "{st:?}");
+        assert!(!st.functions.contains("public.stamp"), "{st:?}");
+        assert!(st.writes.is_empty());
+        // Written: the trigger's function, the rule's actions (not its
+        // definition), the child table.
+        let st = folded("insert into guarded values (1)", &ctx);
+        assert!(st.functions.contains("public.stamp"), "{st:?}");
+        for t in ["log", "orders", "public.child"] {
+            assert!(st.writes.contains(t), "{t}: {st:?}");
+        }
+        assert!(st.no_where, "{st:?}");
+        assert!(!st.classes.contains(&Ddl) && !st.defines_code, "{st:?}");
+        // A child written with its parent's rows is not unbounded for it.
+        let mut bounded = ctx.clone();
+        bounded[0] = table_context(
+            "public",
+            "guarded",
+            "",
+            "DELETE FROM public.child WHERE ctid = '(0,0)'",
+        );
+        assert!(!folded("insert into guarded values (1)", &bounded).no_where);
+        // DDL and grants name the table without writing rows.
+        let st = folded("alter table guarded add column note text", &ctx);
+        assert!(!st.functions.contains("public.stamp"), "{st:?}");
+        assert!(!st.writes.contains("orders"), "{st:?}");
     }
 
     #[test]
