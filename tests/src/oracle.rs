@@ -75,8 +75,7 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
          SELECT n.nspname, c.relname, \
          (SELECT pg_catalog.string_agg(pg_catalog.format('SELECT %s', \
          pg_catalog.pg_get_expr(p.polqual, p.polrelid)), E';\\n') \
-         FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polqual IS NOT NULL \
-         AND c.relrowsecurity), \
+         FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polqual IS NOT NULL), \
          (SELECT pg_catalog.string_agg(e.sql, E';\\n') FROM ( \
          SELECT pg_catalog.format('SELECT %I.%I()', fn.nspname, f.proname) AS sql \
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
@@ -94,7 +93,6 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
          WHERE a.attrelid = c.oid AND a.attnum > 0 AND y.typtype = 'd' AND k.contype = 'c' \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
          FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polwithcheck IS NOT NULL \
-         AND c.relrowsecurity \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(x.e, i.indrelid)) \
          FROM pg_catalog.pg_index i, LATERAL (VALUES (i.indexprs), (i.indpred)) x(e) \
          WHERE i.indrelid = c.oid AND x.e IS NOT NULL \

@@ -1275,6 +1275,11 @@ fn statements_that_may_define_code_are_told_from_other_ddl() {
         ("alter table t rename constraint c to d", false),
         ("alter table t rename column a to b", true),
         ("insert into t values (1)", false),
+        // Writes of the parent write the child, and run its triggers.
+        ("alter table t inherit p", true),
+        ("alter table p attach partition t for values in (1)", true),
+        ("drop type mood", false),
+        ("drop type mood cascade", true),
     ] {
         let st = &classify(sql).unwrap().statements[0];
         assert_eq!(st.defines_code, defines, "{sql}");

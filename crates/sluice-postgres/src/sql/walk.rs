@@ -1282,11 +1282,21 @@ fn defines_code(tag: &str, b: &Obj) -> bool {
                         | O::ObjectTrigger
                         | O::ObjectPolicy
                         | O::ObjectDomain
+                        | O::ObjectType
                         | O::ObjectStatisticExt)
                 )
         }
+        // A table that joins an inheritance tree is written, and its
+        // triggers run, by writes of the parent, which the catalog connection
+        // sees only once committed.
         "AlterTableStmt" => list_items(b.get("cmds")).any(|c| match tagged(c) {
-            Some(("AlterTableCmd", cmd)) => cascades(cmd),
+            Some(("AlterTableCmd", cmd)) => {
+                cascades(cmd)
+                    || matches!(
+                        AlterTableType::try_from(int_field(cmd, "subtype")),
+                        Ok(AlterTableType::AtAddInherit | AlterTableType::AtAttachPartition)
+                    )
+            }
             _ => false,
         }),
         _ => false,
