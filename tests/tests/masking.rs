@@ -557,6 +557,73 @@ fn a_user_function_named_like_a_built_in_is_judged_by_its_body() {
     );
 }
 
+/// A statement waiting its turn on the server (pipelined behind `pg_sleep`) was judged on the
+/// catalog as it was when it arrived; a routine another session publishes meanwhile would run
+/// in it unjudged. The publication waits until the statement is finished.
+#[test]
+fn a_routine_published_by_another_session_waits_for_statements_judged_before_it() {
+    let env = env();
+    let reversed = reversed_national_id(&env);
+    let mut reader = env.raw_agent();
+    let mut publisher = env.raw_agent();
+    reader
+        .send(&sluice_e2e::raw::query_message(
+            "select pg_sleep(1.5); select count(national_id) from customers",
+        ))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let answer = publisher.query(
+        "create function public.count(text) returns text language sql immutable \
+         as 'select reverse($1)'",
+    );
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "published while the statement judged before it was still to run"
+    );
+    let answer = reader.read_until_ready();
+    let received = values(&answer);
+    assert!(
+        !received.iter().any(|v| v.contains(&reversed)),
+        "the masked ID came back reversed: {received:?}"
+    );
+    assert!(
+        received.iter().any(|v| v.parse::<u64>().is_ok()),
+        "{received:?}"
+    );
+    // Published: judged as the user function it is from now on.
+    assert_refused(
+        &mut reader,
+        "select count(national_id) from customers",
+        &reversed,
+        &["masked column", "built-in"],
+    );
+    // Inside a transaction, the change is published by the COMMIT, which waits the same way.
+    publisher.query("begin");
+    let answer = publisher.query(
+        "create or replace function public.count(text) returns text language sql immutable \
+         as 'select $1'",
+    );
+    assert!(sluice_e2e::raw::errors(&answer).is_empty());
+    reader
+        .send(&sluice_e2e::raw::query_message("select pg_sleep(1.5), 1"))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let answer = publisher.query("commit");
+    assert!(sluice_e2e::raw::errors(&answer).is_empty());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "committed while a statement judged before it was still to run"
+    );
+    assert!(sluice_e2e::raw::errors(&reader.read_until_ready()).is_empty());
+}
+
 /// A routine that reads a masked column, attached where the server runs it without a call in
 /// any statement's text (a trigger, an operator), would carry the column out of sight. The DDL
 /// that attaches it is judged on the routine's body and refused.

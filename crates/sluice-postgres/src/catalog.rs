@@ -34,6 +34,9 @@ pub struct Catalog {
     /// Counts `forget_definitions` calls: an answer read across one is not
     /// kept (it may predate the schema change).
     forgotten: std::sync::atomic::AtomicU64,
+    /// Keeps statements judged on these definitions apart from schema
+    /// changes published by other sessions (`relay::gate`).
+    gate: Arc<crate::relay::gate::Gate>,
 }
 
 /// When definitions were read, and the context entries they gave.
@@ -51,7 +54,12 @@ impl Catalog {
             client: tokio::sync::Mutex::new(None),
             definitions: std::sync::Mutex::new(HashMap::new()),
             forgotten: std::sync::atomic::AtomicU64::new(0),
+            gate: Arc::default(),
         }
+    }
+
+    pub(crate) fn gate(&self) -> &Arc<crate::relay::gate::Gate> {
+        &self.gate
     }
 
     /// Taken before a definitions query; passed to [`Self::cache_definitions`].

@@ -51,6 +51,11 @@ pub(crate) struct Uncommitted {
     /// The relay's sequence number of the last such change (0: none).
     pending: AtomicU64,
     resolver: Option<Arc<Catalog>>,
+    /// Exclusive gate holds of forwarded commands that may publish code, by
+    /// sequence number: given back at the first ReadyForQuery after the
+    /// command completed, when its change is committed (or still private
+    /// to its transaction) and the caches are forgotten.
+    holds: Mutex<Vec<(u64, super::gate::GateHold)>>,
 }
 
 impl Uncommitted {
@@ -58,7 +63,18 @@ impl Uncommitted {
         Arc::new(Uncommitted {
             pending: AtomicU64::new(0),
             resolver,
+            holds: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Keeps `hold` until the ReadyForQuery after command `seq`.
+    pub(crate) fn hold_until_ready(&self, seq: u64, hold: super::gate::GateHold) {
+        self.holds.locked().push((seq, hold));
+    }
+
+    /// A ReadyForQuery, with commands up to `done` answered.
+    pub(crate) fn ready(&self, done: u64) {
+        self.holds.locked().retain(|(seq, _)| *seq > done);
     }
 
     /// Forwarded command `seq` may define a view or routine.

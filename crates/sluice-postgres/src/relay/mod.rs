@@ -14,6 +14,7 @@
 
 mod barrier;
 mod catalog_context;
+pub(crate) mod gate;
 mod prepared;
 mod registry;
 mod requests;
@@ -40,6 +41,9 @@ enum Expect {
     /// A forwarded Parse creating `upstream`.
     Parse {
         upstream: Arc<str>,
+        /// Held until the server has parsed it (see `gate`).
+        #[allow(dead_code)]
+        gate: Option<gate::GateHold>,
     },
     Bind {
         portal: String,
@@ -201,6 +205,9 @@ struct Started {
     text: Arc<str>,
     /// The views it reads, as the catalog defines them (lineage follows them).
     views: Views,
+    /// Held until the command is finished (see `gate`).
+    #[allow(dead_code)]
+    gate: Option<Arc<gate::GateHold>>,
 }
 
 impl Started {
@@ -211,7 +218,14 @@ impl Started {
             span: tracing::info_span!("upstream", command_id, error = tracing::field::Empty),
             text,
             views,
+            gate: None,
         }
+    }
+
+    /// Holds `gate` until the command is finished.
+    fn holding(mut self, gate: Option<gate::GateHold>) -> Self {
+        self.gate = gate.map(Arc::new);
+        self
     }
 
     /// The span of the masking position over one result of this command.

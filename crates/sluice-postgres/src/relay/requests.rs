@@ -5,6 +5,7 @@
 //! answered a statement that changes session state.
 
 use super::barrier::{self, Progress};
+use super::gate::{self, GateHold};
 use super::prepared::{PreparedEffects, SqlPrepared};
 use super::registry::{NameError, Registry};
 use super::tags::frontend as tag;
@@ -123,6 +124,10 @@ pub(super) struct Requests<'a> {
     /// Shared with the response half, which forgets the caches again when
     /// that transaction ends.
     uncommitted: Arc<super::catalog_context::Uncommitted>,
+    /// This session's name at the resolver's gate.
+    gate_session: u64,
+    /// The gate hold of the message being judged, taken by what forwards it.
+    held: Option<GateHold>,
 }
 
 /// Nothing more is judged until the server's next ReadyForQuery: waited for
@@ -231,6 +236,8 @@ impl<'a> Requests<'a> {
             unsettled: None,
             uncommitted_code: None,
             uncommitted,
+            gate_session: gate::new_session(),
+            held: None,
         }
     }
 
@@ -466,13 +473,15 @@ impl<'a> Requests<'a> {
             context: std::mem::take(&mut analysis.context),
         };
         let (decided, views) = self.judge_sql(command, &mut analysis).await?;
+        let hold = self.held.take();
         match decided {
             Decided::Forward(command_id) => {
                 self.registry.simple_query();
                 let seq = self.next_seq();
+                let hold = self.hold_until_ready(seq, hold);
                 self.push(Expect::Query {
                     command_id,
-                    started: Started::now(command_id, seq, text, views),
+                    started: Started::now(command_id, seq, text, views).holding(hold),
                 });
                 out.extend_from_slice(&msg.bytes);
                 self.hold_after(seq, &analysis, out, false);
@@ -674,7 +683,9 @@ impl<'a> Requests<'a> {
             .and_then(|t| t.split(|&b| b == 0).next())
             .ok_or_else(|| malformed("Parse"))?;
         let rest = after_cstrs(body, 2).ok_or_else(|| malformed("Parse"))?;
-        if self.refused_at_parse(&name, &sql).await? {
+        let refused = self.refused_at_parse(&name, &sql).await?;
+        let hold = self.held.take();
+        if refused {
             return Ok(());
         }
         match self.registry.parse(&name, &sql) {
@@ -684,7 +695,10 @@ impl<'a> Requests<'a> {
                     tag::PARSE,
                     &[upstream.as_bytes(), &[0], text_bytes, &[0], rest],
                 );
-                self.push(Expect::Parse { upstream });
+                self.push(Expect::Parse {
+                    upstream,
+                    gate: hold,
+                });
             }
             Err(e) => self.name_error(e),
         }
@@ -741,6 +755,9 @@ impl<'a> Requests<'a> {
     async fn at_parse(&mut self, command: &Command, analysis: &Analysis) -> AtParse {
         if self.catalog_behind(&analysis.classified) {
             return AtParse::Judge;
+        }
+        if !self.enter_gate(analysis).await {
+            return AtParse::Refuse(gate::WAITED_TOO_LONG);
         }
         let mut probe = command.clone();
         let Ok(views) = self
@@ -915,6 +932,7 @@ impl<'a> Requests<'a> {
             context,
         };
         let (decided, views) = self.judge_sql(command, &mut analysis).await?;
+        let hold = self.held.take();
         match decided {
             Decided::Forward(command_id) => {
                 if !portal.described {
@@ -933,6 +951,7 @@ impl<'a> Requests<'a> {
                     self.registry.describe_portal(&portal_name);
                 }
                 let seq = self.next_seq();
+                let hold = self.hold_until_ready(seq, hold);
                 self.push(Expect::Execute {
                     command_id,
                     portal: portal_name,
@@ -941,7 +960,8 @@ impl<'a> Requests<'a> {
                         seq,
                         lineage_text.unwrap_or_else(|| portal.text.clone()),
                         views,
-                    ),
+                    )
+                    .holding(hold),
                 });
                 out.extend_from_slice(&msg.bytes);
                 self.hold_after(seq, &analysis, out, true);
@@ -1015,6 +1035,12 @@ impl<'a> Requests<'a> {
             let d = self.refuse(command, "sluice:catalog", why).await?;
             return Ok((d, Views::default()));
         }
+        if !self.enter_gate(analysis).await {
+            let d = self
+                .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
+                .await?;
+            return Ok((d, Views::default()));
+        }
         let views = match self
             .add_catalog_context(&mut command, &analysis.classified)
             .await
@@ -1032,6 +1058,13 @@ impl<'a> Requests<'a> {
             let d = self.refuse(command, "sluice:catalog", why).await?;
             return Ok((d, views));
         }
+        // A routine it calls may publish code: the hold becomes exclusive.
+        if !self.enter_gate(analysis).await {
+            let d = self
+                .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
+                .await?;
+            return Ok((d, views));
+        }
         let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));
@@ -1040,6 +1073,50 @@ impl<'a> Requests<'a> {
             return Ok((d, views));
         }
         Ok((self.decide(command).await?, views))
+    }
+
+    /// Enters the resolver's gate (see `gate`) for a message about to be
+    /// judged: exclusively when it may publish code, shared when it names
+    /// tables or functions. `false`: it waited too long.
+    async fn enter_gate(&mut self, analysis: &Analysis) -> bool {
+        let Some(catalog) = &self.resolver else {
+            return true;
+        };
+        let statements = || analysis.classified.iter().flat_map(|c| c.statements.iter());
+        let exclusive = analysis.defines_code
+            || statements().any(|s| {
+                s.command.starts_with("COMMIT PREPARED")
+                    || (self.uncommitted_code.is_some() && s.classes.contains(&SqlClass::Tx))
+            });
+        let needed = exclusive || statements().any(crate::sql::resolve::names_objects);
+        let enough = match &self.held {
+            Some(h) => h.is_exclusive() || !exclusive,
+            None => !needed,
+        };
+        if enough {
+            return true;
+        }
+        let gate = catalog.gate().clone();
+        match gate.enter(self.gate_session, exclusive, gate::WAIT).await {
+            Some(hold) => {
+                self.held = Some(hold);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Where a forwarded command's gate hold is kept: an exclusive one
+    /// until the ReadyForQuery after it (its change is published then), a
+    /// shared one with the command (returned) until it is finished.
+    fn hold_until_ready(&self, seq: u64, hold: Option<GateHold>) -> Option<GateHold> {
+        match hold {
+            Some(h) if h.is_exclusive() => {
+                self.uncommitted.hold_until_ready(seq, h);
+                None
+            }
+            shared => shared,
+        }
     }
 
     /// Whether a view or routine defined in a still-open transaction may

@@ -152,7 +152,7 @@ impl Responses {
                 }
                 self.finish();
             }
-            Expect::Parse { upstream } => self.failed_parses.locked().push(upstream),
+            Expect::Parse { upstream, .. } => self.failed_parses.locked().push(upstream),
             // Neither answered by the server nor by the gateway: skipped.
             _ => {}
         }
@@ -445,7 +445,7 @@ impl Responses {
             }
             tag::PARSE_COMPLETE | tag::CLOSE_COMPLETE => {
                 match self.queue.front() {
-                    Some(Expect::Parse { upstream }) => {
+                    Some(Expect::Parse { upstream, .. }) => {
                         // Columns of an earlier statement of that name are stale.
                         self.statement_columns.remove(upstream);
                         self.queue.pop_front();
@@ -788,7 +788,7 @@ impl Responses {
                     self.finish();
                     first = false;
                 }
-                Some(Expect::Parse { upstream }) => {
+                Some(Expect::Parse { upstream, .. }) => {
                     self.failed_parses.locked().push(upstream);
                 }
                 _ => {}
@@ -835,9 +835,13 @@ impl Responses {
         }
         // Counted after the commands it completes (see `Progress`).
         let idle = self.status == b'I';
+        let done = self.progress.borrow().done;
         if idle {
-            self.uncommitted.ended(self.progress.borrow().done);
+            self.uncommitted.ended(done);
         }
+        // After the caches are forgotten: what waited for a publication
+        // reads the catalog anew.
+        self.uncommitted.ready(done);
         self.progress.send_modify(|p| {
             p.ready += 1;
             if idle {
