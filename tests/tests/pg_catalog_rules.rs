@@ -82,6 +82,20 @@ fn views_and_functions_are_judged_on_what_they_do() {
             .any(|e| e.message().contains("no-unbounded-writes")),
         "{errors:?}"
     );
+    // A temporary function is named by the session's own schema, which the
+    // catalog calls `pg_temp_N`.
+    let out = env.psql(
+        &url,
+        &[
+            "-c",
+            "create function pg_temp.wipe_here() returns void language sql as \
+             'delete from orders'",
+            "-c",
+            "select pg_temp.wipe_here()",
+        ],
+    );
+    let err = failed(&out);
+    assert!(err.contains("no-unbounded-writes"), "{err}");
     assert_eq!(orders(), before);
     assert_ne!(
         env.direct_sql("app", "select name from customers where id = 1")

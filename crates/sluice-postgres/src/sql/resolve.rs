@@ -109,15 +109,32 @@ pub(crate) fn entry(s: &str) -> Option<Entry<'_>> {
 fn names(written: &str, qualified: &str) -> bool {
     // A quoted name may hold a dot (`"my.app".f`): as written, it is the
     // catalog's name itself.
-    if written == qualified {
+    // Unqualified (any schema's), or a quoted name holding a dot (`"x.t"`).
+    if written == qualified || names_bare(qualified, written) {
         return true;
     }
     let parts: Vec<&str> = written.split('.').collect();
     match parts.as_slice() {
-        [bare] => qualified.rsplit_once('.').map(|(_, n)| n) == Some(*bare),
-        [.., schema, name] => qualified.split_once('.') == Some((*schema, *name)),
-        [] => false,
+        [.., schema, name] => {
+            qualified.split_once('.') == Some((*schema, *name))
+                // `pg_temp` is the session's own temporary schema, which the
+                // catalog calls `pg_temp_N`.
+                || (*schema == "pg_temp"
+                    && qualified
+                        .strip_prefix("pg_temp_")
+                        .and_then(|q| q.split_once('.'))
+                        .is_some_and(|(n, q)| {
+                            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && q == *name
+                        }))
+        }
+        _ => false,
     }
+}
+
+/// The names without a schema a written name may be (a quoted name may
+/// hold dots: `"x.t"` is `x.t` or `t` of schema `x`): every dotted suffix.
+fn bare_candidates(written: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(written).chain(written.match_indices('.').map(|(i, _)| &written[i + 1..]))
 }
 
 /// Whether a routine's body can be read (SQL or PL/pgSQL that parses,
@@ -604,37 +621,41 @@ async fn lookup(
     tables: &[String],
     functions: &[String],
 ) -> Result<Vec<String>, PgError> {
-    let bare = |n: &String| n.rsplit('.').next().unwrap_or(n).to_owned();
     let mut out: Vec<String> = Vec::new();
-    let mut missing_tables = Vec::new();
-    let mut missing_functions = Vec::new();
+    let mut missing_tables = BTreeSet::new();
+    let mut missing_functions = BTreeSet::new();
     for (kind, names, missing) in [
         ("view", tables, &mut missing_tables),
         ("function", functions, &mut missing_functions),
     ] {
-        for name in names {
-            match catalog.cached_definitions(&format!("{kind}\0{}", bare(name))) {
+        for bare in names.iter().flat_map(|n| bare_candidates(n)) {
+            match catalog.cached_definitions(&format!("{kind}\0{bare}")) {
                 Some(entries) => out.extend(entries.iter().cloned()),
-                None => missing.push(name.clone()),
+                None => {
+                    missing.insert(bare.to_string());
+                }
             }
         }
     }
+    let (missing_tables, missing_functions): (Vec<String>, Vec<String>) = (
+        missing_tables.into_iter().collect(),
+        missing_functions.into_iter().collect(),
+    );
     if !missing_tables.is_empty() || !missing_functions.is_empty() {
         let generation = catalog.definitions_generation();
         let found = query(catalog, &missing_tables, &missing_functions).await?;
         for (kind, names) in [("view", &missing_tables), ("function", &missing_functions)] {
-            for name in names {
-                let b = bare(name);
+            for b in names {
                 let entries: Vec<String> = found
                     .iter()
                     .filter(|e| match entry(e) {
                         Some(Entry::View { name, .. } | Entry::Table { name, .. })
                             if kind == "view" =>
                         {
-                            names_bare(name, &b)
+                            names_bare(name, b)
                         }
                         Some(Entry::Function { name, .. }) if kind == "function" => {
-                            names_bare(name, &b)
+                            names_bare(name, b)
                         }
                         _ => false,
                     })
@@ -660,8 +681,11 @@ async fn lookup(
     Ok(out)
 }
 
+/// Whether the catalog's `schema.name` has the name `bare`.
 fn names_bare(qualified: &str, bare: &str) -> bool {
-    qualified.rsplit_once('.').map(|(_, n)| n) == Some(bare)
+    qualified
+        .strip_suffix(bare)
+        .is_some_and(|schema| schema.len() > 1 && schema.ends_with('.'))
 }
 
 /// Queries the catalog for views and functions of these bare names, in
@@ -836,13 +860,12 @@ pub(crate) fn trigger_definition(source: &str) -> String {
     )
 }
 
-/// Bare names (the last part of each) as SQL text values that no setting of
-/// the catalog connection can make mean anything else (hex-decoded).
+/// Bare names as SQL text values that no setting of the catalog
+/// connection can make mean anything else (hex-decoded).
 fn literals(names: &[String]) -> String {
     names
         .iter()
-        .map(|n| {
-            let bare = n.rsplit('.').next().unwrap_or(n);
+        .map(|bare| {
             let hex = sluice_core::audit::hex_lower(bare.as_bytes());
             format!("pg_catalog.convert_from(pg_catalog.decode('{hex}', 'hex'), 'UTF8')")
         })
@@ -1135,6 +1158,13 @@ mod tests {
         assert!(!names("other.f", "public.f"));
         assert!(!names("g", "public.f"));
         assert!(names("my.app.f", "my.app.f"), "a schema with a dot");
+        // A quoted name with a dot, and the session's temporary schema.
+        assert!(names("x.t", "public.x.t"));
+        assert!(bare_candidates("x.t").eq(["x.t", "t"]));
+        assert!(names("pg_temp.f", "pg_temp_3.f"));
+        assert!(!names("pg_temp.f", "pg_temp_3.g"));
+        assert!(!names("pg_temp.f", "pg_toast_temp_3.f"));
+        assert!(!names("pg_temp.f", "public.f"));
         // The policy folds a routine called with its database's name too.
         let ctx = [function_context(
             "public",
