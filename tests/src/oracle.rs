@@ -81,28 +81,39 @@ pub const GATEWAY_NAME_QUERIES: &[(&str, &str)] = &[
          FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
          JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
          WHERE t.tgrelid = c.oid AND NOT t.tgisinternal \
+         UNION ALL SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t \
+         WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgqual IS NOT NULL \
          UNION ALL SELECT pg_catalog.pg_get_ruledef(r.oid) FROM pg_catalog.pg_rewrite r \
          WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN' \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(d.adbin, d.adrelid)) \
          FROM pg_catalog.pg_attrdef d WHERE d.adrelid = c.oid \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, k.conrelid)) \
          FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' \
-         UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, 0)) \
-         FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid = a.atttypid \
-         JOIN pg_catalog.pg_constraint k ON k.contypid IN (y.oid, y.typbasetype) \
-         WHERE a.attrelid = c.oid AND a.attnum > 0 AND y.typtype = 'd' AND k.contype = 'c' \
+         UNION ALL (WITH RECURSIVE ty(oid) AS ( \
+         SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+         UNION SELECT u.oid FROM ty JOIN pg_catalog.pg_type y ON y.oid = ty.oid, \
+         LATERAL (VALUES (y.typbasetype), (y.typelem)) u(oid) WHERE u.oid <> 0) \
+         SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, 0)) \
+         FROM ty JOIN pg_catalog.pg_constraint k ON k.contypid = ty.oid WHERE k.contype = 'c' \
+         UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(y.typdefaultbin, 0)) \
+         FROM ty JOIN pg_catalog.pg_type y ON y.oid = ty.oid WHERE y.typdefaultbin IS NOT NULL) \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
          FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polwithcheck IS NOT NULL \
          UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(x.e, i.indrelid)) \
          FROM pg_catalog.pg_index i, LATERAL (VALUES (i.indexprs), (i.indpred)) x(e) \
          WHERE i.indrelid = c.oid AND x.e IS NOT NULL \
+         UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(pt.partexprs, pt.partrelid)) \
+         FROM pg_catalog.pg_partitioned_table pt \
+         WHERE pt.partrelid IN (SELECT pa.relid FROM pg_catalog.pg_partition_ancestors(c.oid) pa) \
+         AND pt.partexprs IS NOT NULL \
          UNION ALL SELECT pg_catalog.format('DELETE FROM %I.%I WHERE ctid = ''(0,0)''', \
          rn.nspname, rc.relname) \
          FROM pg_catalog.pg_class rc JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
          WHERE rc.oid IN (SELECT h.inhrelid FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid) \
          ) e) \
          FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p', 'f') AND c.relname = ANY (ARRAY[",
+         WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND c.relname = ANY (ARRAY[",
         "]::text[])",
     ),
 ];

@@ -719,6 +719,13 @@ fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
         .trim(),
         "0"
     );
+    // Reading the table runs no trigger: served.
+    let answer = conn.query("select count(*) from orders");
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
 }
 
 /// The server runs an IMMUTABLE routine with constant arguments when it plans a statement (at

@@ -172,6 +172,20 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
          create policy wipe on unguarded using (wipe_check(id)); \
          create table parent (id int); \
          alter table customers inherit parent; \
+         create view wv as select 1 as id; \
+         create trigger wipe instead of insert on wv for each row \
+           execute function wipe_on_write(); \
+         create table whenever (id int); \
+         create function noop() returns trigger language plpgsql as \
+           $$ begin return null; end $$; \
+         create trigger wipe after insert on whenever for each row \
+           when (wipe_check(new.id)) execute function noop(); \
+         create table keyed (id int) partition by list (wipe_immutable(id)); \
+         create table keyed1 partition of keyed for values in (1); \
+         create domain wiping_int2 as wiping_int; \
+         create table nested (id wiping_int2, ids wiping_int[]); \
+         create domain wiping_default as int default wipe_value(); \
+         create table defaulted_domain (id int, n wiping_default); \
          grant all on all tables in schema public to app",
     );
     let url = env.agent_url();
@@ -197,6 +211,22 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
         ("insert into checked values (1)", "no-unbounded-writes"),
         ("insert into domained values (1)", "no-unbounded-writes"),
         ("insert into indexed values (1)", "no-unbounded-writes"),
+        // An INSTEAD OF trigger on a view, a trigger's WHEN condition, a
+        // partition key, a domain over a domain, an array of a domain, a
+        // domain's default.
+        ("insert into wv values (1)", "no-unbounded-writes"),
+        ("insert into whenever values (1)", "no-unbounded-writes"),
+        ("insert into keyed values (1)", "no-unbounded-writes"),
+        ("insert into keyed1 values (1)", "no-unbounded-writes"),
+        ("insert into nested (id) values (1)", "no-unbounded-writes"),
+        (
+            "insert into nested (ids) values ('{1}')",
+            "no-unbounded-writes",
+        ),
+        (
+            "insert into defaulted_domain (id) values (1)",
+            "no-unbounded-writes",
+        ),
         ("select * from guarded", "no-unbounded-writes"),
         // Security can be enabled in an open transaction, which the
         // gateway's catalog connection does not see: policies count anyway.
@@ -218,6 +248,9 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
     for sql in [
         "insert into orders (customer_id, amount, status) values (1, 9.5, 'new')",
         "alter table triggered add column note text",
+        // Reads do not run what writes would.
+        "select * from triggered",
+        "select * from defaulted",
     ] {
         ok(&env.psql(&url, &["-c", sql]));
     }

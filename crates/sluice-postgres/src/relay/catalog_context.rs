@@ -100,13 +100,19 @@ impl Uncommitted {
 }
 
 /// The names a lookup is about: every relation and function the statements
-/// name.
+/// name, and which relations' rows they write (what writing runs is looked
+/// up only for those).
 fn key(classified: &[&Classification]) -> String {
     let mut names = BTreeSet::new();
     for c in classified {
         for st in &c.statements {
+            let writes = st.classes.contains(&crate::sql::SqlClass::Write);
             names.extend(st.reads.iter().map(|t| format!("t:{t}")));
-            names.extend(st.writes.iter().map(|t| format!("t:{t}")));
+            names.extend(
+                st.writes
+                    .iter()
+                    .map(|t| format!("{}:{t}", if writes { "w" } else { "t" })),
+            );
             names.extend(st.functions.iter().map(|f| format!("f:{f}")));
         }
     }

@@ -321,8 +321,9 @@ fn merge_implicit(
     let effects = cache.classify(sql).map_err(|e| e.to_string())?;
     for s in &effects.statements {
         let mut s = s.clone();
-        if s.command == "CREATE RULE" {
-            // A rule's actions run (DML or NOTIFY), not its definition.
+        if s.command == "CREATE RULE" || s.command == "CREATE TRIGGER" {
+            // A rule's actions run (DML or NOTIFY), a trigger's condition
+            // and function, not their definitions.
             s.classes.remove(&SqlClass::Ddl);
             s.defines_code = false;
         }
@@ -363,9 +364,11 @@ fn function_effects(
                 merge(&mut out, s);
             }
         }
-        None if body.trim().is_empty() && language != "sql" && language != "plpgsql" => {
-            // Another language (C, internal, Python, …): only the volatility
-            // says anything. A volatile function may write.
+        None if body.trim().is_empty() && matches!(language, "c" | "internal") => {
+            // Compiled code (a superuser installed it): only the volatility
+            // says anything. A volatile function may write. A procedural
+            // language's code (plperl, plv8, …), which the agent may have
+            // written itself, is opaque.
             out.classes.insert(SqlClass::Read);
             if volatility != "i" && volatility != "s" {
                 out.classes.insert(SqlClass::Write);
@@ -551,21 +554,32 @@ pub(crate) async fn catalog_context(
             ));
         }
     }
-    let mut tables: BTreeSet<String> = BTreeSet::new();
-    let mut functions: BTreeSet<String> = BTreeSet::new();
+    let mut named = Named::default();
     for st in &classified.statements {
-        tables.extend(st.reads.iter().chain(st.writes.iter()).cloned());
-        functions.extend(st.functions.iter().cloned());
+        named.add(st);
     }
     let cache = super::ClassifierCache::new(64);
     let mut asked_tables: BTreeSet<String> = BTreeSet::new();
     let mut asked_functions: BTreeSet<String> = BTreeSet::new();
+    // Tables whose rows may not be written: what a write runs waits.
+    let mut unwritten: Vec<(String, String)> = Vec::new();
     let mut context = Vec::new();
     for _ in 0..MAX_DEPTH {
-        let new_tables: Vec<String> = tables.difference(&asked_tables).cloned().collect();
-        let new_functions: Vec<String> = functions.difference(&asked_functions).cloned().collect();
+        unwritten.retain(|(table, on_write)| {
+            let written = named.written.iter().any(|t| names(t, table));
+            if written {
+                named.add_sql(on_write, &cache);
+            }
+            !written
+        });
+        let new_tables: Vec<String> = named.tables.difference(&asked_tables).cloned().collect();
+        let new_functions: Vec<String> = named
+            .functions
+            .difference(&asked_functions)
+            .cloned()
+            .collect();
         asked_tables.extend(new_tables.iter().cloned());
-        asked_functions.extend(functions.iter().cloned());
+        asked_functions.extend(new_functions.iter().cloned());
         if new_tables.is_empty() && new_functions.is_empty() {
             return Ok(context);
         }
@@ -573,44 +587,72 @@ pub(crate) async fn catalog_context(
         for e in found {
             // What the definition names is looked up next round.
             match entry(&e) {
-                Some(Entry::View { definition, .. }) => {
-                    if let Ok(c) = cache.classify(definition) {
-                        for s in &c.statements {
-                            tables.extend(s.reads.iter().cloned());
-                            functions.extend(s.functions.iter().cloned());
-                        }
-                    }
-                }
+                Some(Entry::View { definition, .. }) => named.add_sql(definition, &cache),
                 Some(Entry::Function {
                     language,
                     volatility,
                     body,
                     ..
-                }) => {
-                    let does = function_effects(language, volatility, body, &cache);
-                    tables.extend(does.reads.iter().chain(does.writes.iter()).cloned());
-                    functions.extend(does.functions.iter().cloned());
-                }
+                }) => named.add(&function_effects(language, volatility, body, &cache)),
                 Some(Entry::Table {
-                    on_read, on_write, ..
+                    name,
+                    on_read,
+                    on_write,
                 }) => {
-                    for sql in [on_read, on_write] {
-                        if let Ok(c) = cache.classify(sql) {
-                            for s in &c.statements {
-                                tables.extend(s.reads.iter().chain(s.writes.iter()).cloned());
-                                functions.extend(s.functions.iter().cloned());
-                            }
-                        }
-                    }
+                    named.add_sql(on_read, &cache);
+                    unwritten.push((name.to_string(), on_write.to_string()));
                 }
                 None => {}
             }
             context.push(e);
         }
+        // A written view writes its base tables (`fold`).
+        for e in &context {
+            if let Some(Entry::View { name, definition }) = entry(e) {
+                if named.written.iter().any(|t| names(t, name)) {
+                    if let Ok(c) = cache.classify(definition) {
+                        for s in &c.statements {
+                            named.written.extend(s.reads.iter().cloned());
+                        }
+                    }
+                }
+            }
+        }
     }
     Err(PgError::Upstream(
         "views and functions nest too deeply to judge".into(),
     ))
+}
+
+/// The names a statement and what it runs reach, for the catalog lookup.
+#[derive(Default)]
+struct Named {
+    tables: BTreeSet<String>,
+    functions: BTreeSet<String>,
+    /// Tables whose rows are written (as `fold` sees them: named in the
+    /// writes of a statement that writes).
+    written: BTreeSet<String>,
+}
+
+impl Named {
+    fn add(&mut self, st: &StatementInfo) {
+        self.tables
+            .extend(st.reads.iter().chain(st.writes.iter()).cloned());
+        self.functions.extend(st.functions.iter().cloned());
+        if st.classes.contains(&SqlClass::Write) {
+            self.written.extend(st.writes.iter().cloned());
+        }
+    }
+
+    /// What SQL text from the catalog names (unreadable text: nothing; `fold`
+    /// refuses it).
+    fn add_sql(&mut self, sql: &str, cache: &ClassifierCache) {
+        if let Ok(c) = cache.classify(sql) {
+            for s in &c.statements {
+                self.add(s);
+            }
+        }
+    }
 }
 
 /// The views and functions of these names, from the catalog's cache (read
@@ -793,16 +835,18 @@ async fn query(
     Ok(out)
 }
 
-/// What the server runs for a table (`c`) that no statement names, as SQL
-/// text: on reads, its row-level security policies' conditions (whether or
-/// not security is enabled: enabling it in an open transaction is not seen
-/// by the catalog connection); on writes
-/// also its triggers' functions (as calls), its rules (their actions), its
-/// defaults and generated columns, CHECK constraints (the table's and its
-/// columns' domains'), index expressions and predicates, and writes of the
-/// tables that inherit from it (rows routed to a partition, or updated
-/// through the parent; as a bounded write: the statement bounds its rows).
-/// Disabled triggers count: the agent may enable them.
+/// What the server runs for a table or view (`c`) that no statement names,
+/// as SQL text: on reads, its row-level security policies' conditions
+/// (whether or not security is enabled: enabling it in an open transaction
+/// is not seen by the catalog connection); on writes also its triggers'
+/// functions (as calls) and `WHEN` conditions (as their definitions), its
+/// rules (their actions), its defaults and generated columns, CHECK
+/// constraints, its columns' domains' (and their base and element types')
+/// CHECK constraints and defaults, index expressions and predicates, the
+/// partition keys of it and its ancestors, and writes of the tables that
+/// inherit from it (rows routed to a partition, or updated through the
+/// parent; as a bounded write: the statement bounds its rows). Disabled
+/// triggers count: the agent may enable them.
 // Foreign keys that cascade write the referencing table too, but only on
 // DELETE or UPDATE of the key, which a statement's tables do not tell apart
 // from an INSERT: they are not followed (see docs/guardrails.md).
@@ -816,28 +860,39 @@ SELECT n.nspname, c.relname, \
    FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc f ON f.oid = t.tgfoid \
    JOIN pg_catalog.pg_namespace fn ON fn.oid = f.pronamespace \
    WHERE t.tgrelid = c.oid AND NOT t.tgisinternal \
+  UNION ALL SELECT pg_catalog.pg_get_triggerdef(t.oid) FROM pg_catalog.pg_trigger t \
+   WHERE t.tgrelid = c.oid AND NOT t.tgisinternal AND t.tgqual IS NOT NULL \
   UNION ALL SELECT pg_catalog.pg_get_ruledef(r.oid) FROM pg_catalog.pg_rewrite r \
    WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN' \
   UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(d.adbin, d.adrelid)) \
    FROM pg_catalog.pg_attrdef d WHERE d.adrelid = c.oid \
   UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, k.conrelid)) \
    FROM pg_catalog.pg_constraint k WHERE k.conrelid = c.oid AND k.contype = 'c' \
-  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, 0)) \
-   FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type y ON y.oid = a.atttypid \
-   JOIN pg_catalog.pg_constraint k ON k.contypid IN (y.oid, y.typbasetype) \
-   WHERE a.attrelid = c.oid AND a.attnum > 0 AND y.typtype = 'd' AND k.contype = 'c' \
+  UNION ALL (WITH RECURSIVE ty(oid) AS ( \
+    SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+    WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
+    UNION SELECT u.oid FROM ty JOIN pg_catalog.pg_type y ON y.oid = ty.oid, \
+    LATERAL (VALUES (y.typbasetype), (y.typelem)) u(oid) WHERE u.oid <> 0) \
+   SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(k.conbin, 0)) \
+   FROM ty JOIN pg_catalog.pg_constraint k ON k.contypid = ty.oid WHERE k.contype = 'c' \
+   UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(y.typdefaultbin, 0)) \
+   FROM ty JOIN pg_catalog.pg_type y ON y.oid = ty.oid WHERE y.typdefaultbin IS NOT NULL) \
   UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)) \
    FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid AND p.polwithcheck IS NOT NULL \
   UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(x.e, i.indrelid)) \
    FROM pg_catalog.pg_index i, LATERAL (VALUES (i.indexprs), (i.indpred)) x(e) \
    WHERE i.indrelid = c.oid AND x.e IS NOT NULL \
+  UNION ALL SELECT pg_catalog.format('SELECT %s', pg_catalog.pg_get_expr(pt.partexprs, pt.partrelid)) \
+   FROM pg_catalog.pg_partitioned_table pt \
+   WHERE pt.partrelid IN (SELECT pa.relid FROM pg_catalog.pg_partition_ancestors(c.oid) pa) \
+   AND pt.partexprs IS NOT NULL \
   UNION ALL SELECT pg_catalog.format('DELETE FROM %I.%I WHERE ctid = ''(0,0)''', \
    rn.nspname, rc.relname) \
    FROM pg_catalog.pg_class rc JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace \
    WHERE rc.oid IN (SELECT h.inhrelid FROM pg_catalog.pg_inherits h WHERE h.inhparent = c.oid) \
  ) e) \
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-WHERE c.relkind IN ('r', 'p', 'f')";
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm')";
 
 /// The variables PL/pgSQL gives a trigger (or event trigger) function.
 const TRIGGER_VARIABLES: &str = "new record, old record, tg_name text, tg_when text, \
