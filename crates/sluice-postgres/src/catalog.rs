@@ -31,16 +31,19 @@ pub struct Catalog {
     /// View and function definitions by kind and bare name (`sql::resolve`),
     /// with when they were read; empty when the name is neither.
     definitions: std::sync::Mutex<HashMap<String, Definitions>>,
-    /// Counts `forget_definitions` calls: an answer read across one is not
-    /// kept (it may predate the schema change).
-    forgotten: std::sync::atomic::AtomicU64,
     /// Keeps statements judged on these definitions apart from schema
     /// changes published by other sessions (`relay::gate`).
     gate: Arc<crate::relay::gate::Gate>,
 }
 
-/// When definitions were read, and the context entries they gave.
-type Definitions = (Instant, Arc<Vec<String>>);
+/// When definitions were read, the generation they were read in, and the
+/// context entries they gave.
+type Definitions = (Instant, u64, Arc<Vec<String>>);
+
+/// Counts `forget_definitions` calls on every catalog: an answer read across
+/// one is not kept (it may predate the schema change), nor used after one
+/// (two connection names may reach the same database).
+static FORGOTTEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How long a view's or function's definition is trusted without asking the
 /// catalog again (the relay also forgets them after DDL on the connection).
@@ -53,7 +56,6 @@ impl Catalog {
             tables: std::sync::Mutex::new(HashMap::new()),
             client: tokio::sync::Mutex::new(None),
             definitions: std::sync::Mutex::new(HashMap::new()),
-            forgotten: std::sync::atomic::AtomicU64::new(0),
             gate: Arc::default(),
         }
     }
@@ -64,14 +66,15 @@ impl Catalog {
 
     /// Taken before a definitions query; passed to [`Self::cache_definitions`].
     pub(crate) fn definitions_generation(&self) -> u64 {
-        self.forgotten.load(std::sync::atomic::Ordering::SeqCst)
+        FORGOTTEN.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Definitions read less than [`DEFINITIONS_TTL`] ago, by key.
     pub(crate) fn cached_definitions(&self, key: &str) -> Option<Arc<Vec<String>>> {
         let cache = self.definitions.locked();
-        let (at, entries) = cache.get(key)?;
-        (at.elapsed() < DEFINITIONS_TTL).then(|| entries.clone())
+        let (at, generation, entries) = cache.get(key)?;
+        (at.elapsed() < DEFINITIONS_TTL && *generation == self.definitions_generation())
+            .then(|| entries.clone())
     }
 
     /// Keeps definitions read since `generation` (unless DDL went through
@@ -83,20 +86,19 @@ impl Catalog {
                 return;
             }
             if cache.len() >= 4096 {
-                cache.retain(|_, (at, _)| at.elapsed() < DEFINITIONS_TTL);
+                cache.retain(|_, (at, _, _)| at.elapsed() < DEFINITIONS_TTL);
                 if cache.len() >= 4096 {
                     cache.clear();
                 }
             }
-            cache.insert(key, (Instant::now(), Arc::new(entries)));
+            cache.insert(key, (Instant::now(), generation, Arc::new(entries)));
         }
     }
 
     /// Forgets every view and function definition read (call after DDL).
     pub(crate) fn forget_definitions(&self) {
         let mut cache = self.definitions.locked();
-        self.forgotten
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        FORGOTTEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         cache.clear();
     }
 
