@@ -191,16 +191,14 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
     let url = env.agent_url();
     let orders = || env.direct_sql("app", "select count(*) from orders");
     let before = orders();
-    // Attached while it did nothing; replaced afterwards by the agent.
-    let out = env.psql(
-        &url,
-        &[
-            "-c",
-            "create or replace function wipe_on_write() returns trigger \
-             language plpgsql as $$ begin delete from orders; return null; end $$",
-        ],
-    );
-    ok(&out);
+    // Attached while it did nothing. Replaced through the gateway, the new
+    // body is judged as though it ran (it may already be attached).
+    let replace = "create or replace function wipe_on_write() returns trigger \
+                   language plpgsql as $$ begin delete from orders; return null; end $$";
+    let err = failed(&env.psql(&url, &["-c", replace]));
+    assert!(err.contains("no-unbounded-writes"), "{err}");
+    // Replaced around the gateway: a write that fires it is judged on it.
+    env.direct_sql("app", replace);
     for (sql, rule) in [
         ("insert into triggered values (1)", "no-unbounded-writes"),
         (

@@ -347,7 +347,7 @@ fn merge(st: &mut StatementInfo, other: &StatementInfo) {
 }
 
 /// What calling a function does, from its body or its volatility.
-fn function_effects(
+pub(super) fn function_effects(
     language: &str,
     volatility: &str,
     body: &str,

@@ -1285,3 +1285,35 @@ fn statements_that_may_define_code_are_told_from_other_ddl() {
         assert_eq!(st.defines_code, defines, "{sql}");
     }
 }
+
+#[test]
+fn a_replaced_routine_is_judged_on_its_new_body() {
+    for sql in [
+        "create or replace function f() returns void language sql as 'delete from orders'",
+        "create or replace function f() returns void language plpgsql as \
+         $$ begin delete from orders; end $$",
+        "create or replace function t() returns trigger language plpgsql as \
+         $$ begin delete from orders; return null; end $$",
+        "create or replace procedure p() language sql begin atomic delete from orders; end",
+    ] {
+        let st = &classify(sql).unwrap().statements[0];
+        assert!(st.writes.contains("orders"), "{sql}: {st:?}");
+        assert!(
+            st.no_where && st.classes.contains(&SqlClass::Write),
+            "{sql}: {st:?}"
+        );
+    }
+    // A new routine is attached nowhere yet: its body runs when called.
+    let st = &classify("create function f() returns void language sql as 'delete from orders'")
+        .unwrap()
+        .statements[0];
+    assert!(!st.writes.contains("orders"), "{st:?}");
+    // Code the gateway cannot read, replaced, may do anything.
+    let st = &classify(
+        "create or replace function f() returns void language plpgsql as \
+         $$ begin execute 'delete from ' || 'orders'; end $$",
+    )
+    .unwrap()
+    .statements[0];
+    assert!(st.no_where, "{st:?}");
+}

@@ -226,6 +226,65 @@ impl<'a> Walker<'a> {
         }
     }
 
+    /// A routine replaced where it may be attached (a trigger, a default, a
+    /// policy, a deferred constraint trigger already queued) runs its new
+    /// body from statements that do not name it, judged on the old one: the
+    /// replacement is judged on what the new body does, as a call would be.
+    fn replaced_routine(&mut self, b: &Obj) {
+        let mut language = String::from("sql");
+        let mut volatility = "v";
+        let mut source = None;
+        for d in list_items(b.get("options")).filter_map(|o| match tagged(o) {
+            Some(("DefElem", d)) => Some(d),
+            _ => None,
+        }) {
+            let arg = d.get("arg").and_then(tagged);
+            match (str_field(d, "defname"), arg) {
+                ("language", Some((_, s))) => language = str_field(s, "sval").to_ascii_lowercase(),
+                ("volatility", Some((_, s))) => {
+                    volatility = match str_field(s, "sval") {
+                        "immutable" => "i",
+                        "stable" => "s",
+                        _ => "v",
+                    }
+                }
+                ("as", Some(("List", l))) => {
+                    source = string_items(l.get("items"))
+                        .first()
+                        .map(|s| (*s).to_owned())
+                }
+                _ => {}
+            }
+        }
+        // A TypeName message, not a node: untagged.
+        let returns_trigger = match b.get("return_type") {
+            Some(Value::Object(t)) => string_items(t.get("names"))
+                .last()
+                .is_some_and(|n| matches!(*n, "trigger" | "event_trigger")),
+            _ => false,
+        };
+        if b.get("sql_body").is_some_and(|v| !v.is_null()) {
+            // A `BEGIN ATOMIC` body is part of this statement's tree: walked
+            // with it.
+            return;
+        }
+        let definition = self.text();
+        let body = match (language.as_str(), source) {
+            ("plpgsql", Some(source)) if returns_trigger => {
+                super::resolve::trigger_definition(&source)
+            }
+            ("plpgsql", _) => definition.to_owned(),
+            (_, source) => source.unwrap_or_default(),
+        };
+        let cache = super::ClassifierCache::new(8);
+        let does = super::resolve::function_effects(&language, volatility, &body, &cache);
+        self.info.classes.extend(does.classes.iter().copied());
+        self.info.reads.extend(does.reads);
+        self.info.writes.extend(does.writes);
+        self.info.functions.extend(does.functions);
+        self.info.no_where |= does.no_where;
+    }
+
     fn finish(mut self) -> StatementInfo {
         if !self.info.reads.is_empty() {
             self.info.classes.insert(Read);
@@ -729,6 +788,9 @@ impl<'a> Walker<'a> {
                 } else {
                     "CREATE FUNCTION"
                 };
+                if bool_field(b, "replace") {
+                    self.replaced_routine(b);
+                }
                 (command.into(), Rule::new(&[Ddl]))
             }
             "AlterFunctionStmt" => {
