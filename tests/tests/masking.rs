@@ -726,6 +726,33 @@ fn attaching_a_routine_that_reads_a_masked_column_is_refused() {
         "{:?}",
         sluice_e2e::raw::errors(&answer)
     );
+    // A rule runs its actions with a write of its table.
+    raw(
+        &env,
+        "create table ruled (id int); grant all on ruled to app; \
+         create rule copy_ids as on insert to ruled do also \
+         insert into notes select reverse(national_id) from customers",
+    );
+    let answer = conn.query("insert into ruled values (1)");
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors.iter().any(|e| e.message().contains("a rule on")),
+        "a write firing the rule was not refused: {errors:?}"
+    );
+    assert_eq!(
+        raw(
+            &env,
+            &format!("select count(*) from notes where body = '{reversed}'")
+        )
+        .trim(),
+        "0"
+    );
+    let answer = conn.query("select count(*) from ruled");
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
 }
 
 /// The server runs an IMMUTABLE routine with constant arguments when it plans a statement (at

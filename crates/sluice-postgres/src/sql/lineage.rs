@@ -280,6 +280,29 @@ pub(crate) fn catalog_side_channel(
     if !rules.any() {
         return Ok(());
     }
+    // A rule's actions run with a write of its table (the entry says what a
+    // write runs only for tables the statement writes): like a routine's
+    // body, they may copy a masked column where masking cannot follow.
+    for e in context {
+        let Some(super::resolve::Entry::Table { name, on_write, .. }) = super::resolve::entry(e)
+        else {
+            continue;
+        };
+        let rules_text = pg_query::split_with_parser(on_write).unwrap_or_else(|_| vec![on_write]);
+        for action in rules_text {
+            let rule = action
+                .trim_start()
+                .get(..11)
+                .is_some_and(|p| p.eq_ignore_ascii_case("CREATE RULE"));
+            if rule && references_ruled(action, rules) {
+                return Err(format!(
+                    "a rule on {name} runs statements that read a masked column (or that masking \
+                     cannot follow) when it is written, which masking cannot follow; write to \
+                     the tables directly"
+                ));
+            }
+        }
+    }
     let cache = crate::policy::shared_classifier();
     for routine in super::resolve::user_routines(context) {
         let (name, language, body) = (routine.name, routine.language, routine.body);

@@ -561,14 +561,16 @@ pub(crate) async fn catalog_context(
     let cache = super::ClassifierCache::new(64);
     let mut asked_tables: BTreeSet<String> = BTreeSet::new();
     let mut asked_functions: BTreeSet<String> = BTreeSet::new();
-    // Tables whose rows may not be written: what a write runs waits.
-    let mut unwritten: Vec<(String, String)> = Vec::new();
+    // Tables whose rows may not be written, with their entries: what a
+    // write runs (and the entry saying it) waits until one is.
+    let mut unwritten: Vec<(String, String, String)> = Vec::new();
     let mut context = Vec::new();
     for _ in 0..MAX_DEPTH {
-        unwritten.retain(|(table, on_write)| {
+        unwritten.retain(|(table, on_write, full)| {
             let written = named.written.iter().any(|t| names(t, table));
             if written {
                 named.add_sql(on_write, &cache);
+                context.push(full.clone());
             }
             !written
         });
@@ -599,8 +601,11 @@ pub(crate) async fn catalog_context(
                     on_read,
                     on_write,
                 }) => {
+                    // Read-side only until a statement writes its rows.
                     named.add_sql(on_read, &cache);
-                    unwritten.push((name.to_string(), on_write.to_string()));
+                    unwritten.push((name.to_string(), on_write.to_string(), e.clone()));
+                    context.push(format!("\0table\0{name}\0{on_read}\0"));
+                    continue;
                 }
                 None => {}
             }
