@@ -622,6 +622,27 @@ fn a_routine_published_by_another_session_waits_for_statements_judged_before_it(
         "committed while a statement judged before it was still to run"
     );
     assert!(sluice_e2e::raw::errors(&reader.read_until_ready()).is_empty());
+    // A schema change parsed and never executed publishes nothing: other
+    // sessions are not held up by it.
+    let mut parse = b"\0create view parsed_only as select 1\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    // No Flush: the server does not answer the Parse yet.
+    publisher
+        .send(&sluice_e2e::raw::message(b'P', &parse))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let answer = reader.query("select name from customers where id = 1");
+    assert!(
+        sluice_e2e::raw::errors(&answer).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "held up for {:?}",
+        started.elapsed()
+    );
 }
 
 /// A routine that reads a masked column, attached where the server runs it without a call in
@@ -852,8 +873,8 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
         "not refused: {errors:?}"
     );
     // Run at Bind by an IMMUTABLE routine folded when its statement is
-    // planned, before any Execute: the statements after it in the batch are
-    // refused all the same.
+    // planned, before any Execute: refused where it is parsed, and the
+    // statements after it in the batch with it.
     raw(
         &env,
         "create function folded(int) returns int language plpgsql immutable as \
@@ -875,8 +896,23 @@ fn a_routine_defined_in_an_open_transaction_is_not_used_before_commit() {
         !sluice_e2e::raw::errors(&answer).is_empty(),
         "the statement after the folded routine was not refused"
     );
-    // The routine ran at Bind, and the Sync committed what it created.
-    raw(&env, "drop function public.count(text)");
+    assert!(
+        sluice_e2e::raw::errors(&answer)
+            .iter()
+            .any(|e| e.message().contains("at Bind")),
+        "{:?}",
+        sluice_e2e::raw::errors(&answer)
+    );
+    // It did not run.
+    assert_eq!(
+        raw(
+            &env,
+            "select count(*) from pg_proc where proname = 'count' \
+             and pronamespace = 'public'::regnamespace"
+        )
+        .trim(),
+        "0"
+    );
     // Attaching such a routine where the server runs it unasked.
     raw(
         &env,
@@ -938,4 +974,35 @@ fn fast_path_function_calls_are_refused_while_column_rules_apply() {
         "0",
         "a large object was created"
     );
+}
+
+/// A cursor's query runs at FETCH: the views it reads are looked up with the FETCH, so a
+/// view's columns are masked by the column rules of the table they come from.
+#[test]
+fn a_cursor_over_a_view_is_masked_at_fetch() {
+    let env = env();
+    raw(
+        &env,
+        "create view customer_view as select id, national_id || '' as nid from customers; \
+         grant select on customer_view to app",
+    );
+    let id = raw(&env, "select national_id from customers where id = 1")
+        .trim()
+        .to_string();
+    let mut conn = env.raw_agent();
+    conn.query("begin");
+    let declared = conn.query("declare c cursor for select * from customer_view");
+    assert!(
+        sluice_e2e::raw::errors(&declared).is_empty(),
+        "{:?}",
+        sluice_e2e::raw::errors(&declared)
+    );
+    let answer = conn.query("fetch all from c");
+    let received = values(&answer);
+    assert!(received.len() > 1, "{answer:?}");
+    assert!(
+        !received.iter().any(|v| v.contains(&id)),
+        "the national ID came back unmasked: {received:?}"
+    );
+    conn.query("commit");
 }

@@ -31,9 +31,6 @@ pub struct Catalog {
     /// View and function definitions by kind and bare name (`sql::resolve`),
     /// with when they were read; empty when the name is neither.
     definitions: std::sync::Mutex<HashMap<String, Definitions>>,
-    /// Keeps statements judged on these definitions apart from schema
-    /// changes published by other sessions (`relay::gate`).
-    gate: Arc<crate::relay::gate::Gate>,
 }
 
 /// When definitions were read, the generation they were read in, and the
@@ -56,12 +53,16 @@ impl Catalog {
             tables: std::sync::Mutex::new(HashMap::new()),
             client: tokio::sync::Mutex::new(None),
             definitions: std::sync::Mutex::new(HashMap::new()),
-            gate: Arc::default(),
         }
     }
 
+    /// Keeps statements judged on these definitions apart from schema
+    /// changes published by other sessions (`relay::gate`): one for every
+    /// catalog, since two connection names may reach the same database.
     pub(crate) fn gate(&self) -> &Arc<crate::relay::gate::Gate> {
-        &self.gate
+        static GATE: std::sync::LazyLock<Arc<crate::relay::gate::Gate>> =
+            std::sync::LazyLock::new(Arc::default);
+        &GATE
     }
 
     /// Taken before a definitions query; passed to [`Self::cache_definitions`].

@@ -67,14 +67,25 @@ impl Uncommitted {
         })
     }
 
+    /// Whether a forwarded change holds the gate until a ReadyForQuery.
+    pub(crate) fn holding(&self) -> bool {
+        !self.holds.locked().is_empty()
+    }
+
     /// Keeps `hold` until the ReadyForQuery after command `seq`.
     pub(crate) fn hold_until_ready(&self, seq: u64, hold: super::gate::GateHold) {
         self.holds.locked().push((seq, hold));
     }
 
-    /// A ReadyForQuery, with commands up to `done` answered.
+    /// A ReadyForQuery, with commands up to `done` answered: what they
+    /// published is committed (or still private to an open transaction,
+    /// `COMMIT; BEGIN`) and the caches are forgotten before the holds go.
     pub(crate) fn ready(&self, done: u64) {
-        self.holds.locked().retain(|(seq, _)| *seq > done);
+        let mut holds = self.holds.locked();
+        if holds.iter().any(|(seq, _)| *seq <= done) {
+            forget(self.resolver.as_deref());
+            holds.retain(|(seq, _)| *seq > done);
+        }
     }
 
     /// Forwarded command `seq` may define a view or routine.

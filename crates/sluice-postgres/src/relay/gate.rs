@@ -15,20 +15,28 @@
 //!   ReadyForQuery after it, when the definitions caches have been forgotten.
 //!
 //! A session never waits for itself. A waiting exclusive holder keeps new
-//! shared holders of other sessions out, so a steady stream of statements
-//! cannot starve it. Waits are bounded (a server lock can make two sessions
-//! wait for each other): past [`WAIT`], the statement is refused, unrun, and
-//! can be retried.
+//! shared holders of other sessions out (unless they already hold it: their
+//! earlier messages may be what it waits for), so a steady stream of
+//! statements cannot starve it. Waits are bounded (a server lock can make
+//! two sessions wait for each other): past [`WAIT`], the statement is
+//! refused, unrun, and can be retried. An exclusive hold stops keeping
+//! others out after [`WAIT`] (a client that never sends its Sync would
+//! stall every session); the session takes it again before the Sync that
+//! publishes its change.
 
 use sluice_core::sync::MutexExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How long a statement waits for the gate before it is refused.
+/// How long a statement waits for the gate before it is refused, and how
+/// long an exclusive hold keeps other sessions out.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
+
+/// How often a wait looks again without being woken.
+const RECHECK: Duration = Duration::from_millis(250);
 
 /// Why a statement that waited too long was refused.
 pub(crate) const WAITED_TOO_LONG: &str =
@@ -42,11 +50,12 @@ pub(crate) struct Gate {
     changed: Notify,
 }
 
-/// Holds and waits, counted per session.
+/// Holds and waits, per session.
 #[derive(Default)]
 struct State {
     shared: HashMap<u64, usize>,
-    exclusive: HashMap<u64, usize>,
+    /// When each exclusive hold was taken.
+    exclusive: HashMap<u64, Vec<Instant>>,
     /// Sessions waiting for an exclusive hold.
     waiting: HashMap<u64, usize>,
 }
@@ -54,11 +63,15 @@ struct State {
 impl State {
     fn admits(&self, session: u64, exclusive: bool) -> bool {
         let others = |m: &HashMap<u64, usize>| m.keys().any(|&s| s != session);
-        !others(&self.exclusive)
+        let publishing = self
+            .exclusive
+            .iter()
+            .any(|(&s, taken)| s != session && taken.iter().any(|t| t.elapsed() < WAIT));
+        !publishing
             && if exclusive {
                 !others(&self.shared)
             } else {
-                !others(&self.waiting)
+                !others(&self.waiting) || self.shared.contains_key(&session)
             }
     }
 }
@@ -80,12 +93,13 @@ fn count_down(map: &mut HashMap<u64, usize>, session: u64) {
 pub(crate) struct GateHold {
     gate: Arc<Gate>,
     session: u64,
-    exclusive: bool,
+    /// When an exclusive hold was taken; `None`: shared.
+    exclusive: Option<Instant>,
 }
 
 impl GateHold {
     pub(crate) fn is_exclusive(&self) -> bool {
-        self.exclusive
+        self.exclusive.is_some()
     }
 }
 
@@ -93,12 +107,19 @@ impl Drop for GateHold {
     fn drop(&mut self) {
         {
             let mut s = self.gate.state.locked();
-            let map = if self.exclusive {
-                &mut s.exclusive
-            } else {
-                &mut s.shared
-            };
-            count_down(map, self.session);
+            match self.exclusive {
+                Some(taken) => {
+                    if let Some(holds) = s.exclusive.get_mut(&self.session) {
+                        if let Some(i) = holds.iter().position(|t| *t == taken) {
+                            holds.swap_remove(i);
+                        }
+                        if holds.is_empty() {
+                            s.exclusive.remove(&self.session);
+                        }
+                    }
+                }
+                None => count_down(&mut s.shared, self.session),
+            }
         }
         self.gate.changed.notify_waiters();
     }
@@ -154,20 +175,20 @@ impl Gate {
             {
                 let mut s = self.state.locked();
                 if s.admits(session, exclusive) {
-                    let map = if exclusive {
-                        &mut s.exclusive
-                    } else {
-                        &mut s.shared
-                    };
-                    count_up(map, session);
+                    let taken = exclusive.then(Instant::now);
+                    match taken {
+                        Some(t) => s.exclusive.entry(session).or_default().push(t),
+                        None => count_up(&mut s.shared, session),
+                    }
                     return GateHold {
                         gate: self.clone(),
                         session,
-                        exclusive,
+                        exclusive: taken,
                     };
                 }
             }
-            notified.await;
+            // A hold that stops counting (see `WAIT`) wakes no one: look again.
+            let _ = tokio::time::timeout(RECHECK, notified).await;
         }
     }
 }
@@ -217,6 +238,21 @@ mod tests {
         drop(a);
         assert!(publisher.await.unwrap());
         assert!(now(gate.admitted(3, false)).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_session_already_inside_is_not_kept_out_by_a_waiting_publisher() {
+        let gate = Arc::new(Gate::default());
+        // Its earlier message (a Parse, not yet answered) holds it shared.
+        let earlier = gate.admitted(1, false).await;
+        let g = gate.clone();
+        let publisher = tokio::spawn(async move { g.admitted(2, true).await.is_exclusive() });
+        tokio::task::yield_now().await;
+        // The next message of the same batch is admitted: waiting for the
+        // publisher, which waits for the earlier one, would deadlock.
+        let next = now(gate.admitted(1, false)).expect("admitted");
+        drop((earlier, next));
+        assert!(publisher.await.unwrap());
     }
 
     #[tokio::test]

@@ -362,6 +362,11 @@ impl<'a> Requests<'a> {
             tag::CLOSE => self.close(&msg, out)?,
             tag::EXECUTE => self.execute(&msg, out).await?,
             tag::SYNC => {
+                if !self.publish_at_sync().await {
+                    let why = format!("sluice: {}", gate::WAITED_TOO_LONG);
+                    self.fatal(wire::SQLSTATE_PROTOCOL, why.clone());
+                    return Err(SessionError::Client(why));
+                }
                 if let Some(u) = self.unsettled.as_mut() {
                     u.synced = true;
                 }
@@ -433,6 +438,15 @@ impl<'a> Requests<'a> {
                         .map(Arc::from),
                 };
                 let mut all = vec![classified.clone()];
+                // A FETCH or MOVE runs its cursor's query now: the views and
+                // routines it names are looked up (and held) with it.
+                if context.is_empty() {
+                    if let Some(text) = lineage_text.as_deref() {
+                        if let Ok(c) = crate::policy::shared_classifier().classify(text) {
+                            all.push(c);
+                        }
+                    }
+                }
                 for entry in &context {
                     if let Some((_, def)) = entry.split_once('\0') {
                         if let Ok(c) = crate::policy::shared_classifier().classify(def) {
@@ -756,7 +770,7 @@ impl<'a> Requests<'a> {
         if self.catalog_behind(&analysis.classified) {
             return AtParse::Judge;
         }
-        if !self.enter_gate(analysis).await {
+        if !self.enter_gate(analysis, false).await {
             return AtParse::Refuse(gate::WAITED_TOO_LONG);
         }
         let mut probe = command.clone();
@@ -767,7 +781,17 @@ impl<'a> Requests<'a> {
             return AtParse::Judge;
         };
         let cache = crate::policy::shared_classifier();
+        let foldable = crate::sql::resolve::calls_foldable_routine(&probe.context);
         if crate::sql::resolve::routines_define_code(&probe.context, cache) {
+            if foldable {
+                // Run at Bind, it would publish code before any Execute is
+                // judged or holds the gate for it.
+                return AtParse::Refuse(
+                    "a routine this statement calls changes the schema, and the server may run \
+                     it when it plans the statement (at Bind), before it is judged: send it as \
+                     a simple query",
+                );
+            }
             // Run at Bind, it may change the schema: what follows in its
             // transaction would be judged on a catalog that is behind.
             self.schema_changed();
@@ -777,12 +801,11 @@ impl<'a> Requests<'a> {
         if catalog_side_channel(&probe.context, &self.rules(Some(&views))).is_err() {
             return AtParse::Judge;
         }
-        let foldable = crate::sql::resolve::calls_immutable_routine(&probe.context);
         match self.handle.policy_action(probe) {
             Action::Allow => AtParse::Pass,
             Action::Deny => AtParse::Judge,
             Action::Review if foldable => AtParse::Refuse(
-                "this statement needs a review, and an IMMUTABLE routine it calls may run when \
+                "this statement needs a review, and an IMMUTABLE or STABLE routine it calls may run when \
                  the server plans it (at Bind), before the review: send it as a simple query",
             ),
             Action::Review => AtParse::Pass,
@@ -1035,7 +1058,7 @@ impl<'a> Requests<'a> {
             let d = self.refuse(command, "sluice:catalog", why).await?;
             return Ok((d, Views::default()));
         }
-        if !self.enter_gate(analysis).await {
+        if !self.enter_gate(analysis, false).await {
             let d = self
                 .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
                 .await?;
@@ -1058,13 +1081,6 @@ impl<'a> Requests<'a> {
             let d = self.refuse(command, "sluice:catalog", why).await?;
             return Ok((d, views));
         }
-        // A routine it calls may publish code: the hold becomes exclusive.
-        if !self.enter_gate(analysis).await {
-            let d = self
-                .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
-                .await?;
-            return Ok((d, views));
-        }
         let rules = self.rules(Some(&views));
         let judged = side_channel(&command.text, &rules)
             .and_then(|()| catalog_side_channel(&command.context, &rules));
@@ -1072,22 +1088,66 @@ impl<'a> Requests<'a> {
             let d = self.refuse(command, "sluice:masking", &why).await?;
             return Ok((d, views));
         }
-        Ok((self.decide(command).await?, views))
+        let decided = self.decide(command).await?;
+        Ok((self.publishing(decided, analysis).await, views))
     }
 
-    /// Enters the resolver's gate (see `gate`) for a message about to be
-    /// judged: exclusively when it may publish code, shared when it names
-    /// tables or functions. `false`: it waited too long.
-    async fn enter_gate(&mut self, analysis: &Analysis) -> bool {
+    /// A forwarded command that may publish code holds the gate exclusively
+    /// (see `gate`), taken once it is decided (a review does not keep other
+    /// sessions out meanwhile).
+    async fn publishing(&mut self, decided: Decided, analysis: &Analysis) -> Decided {
+        let Decided::Forward(command_id) = decided else {
+            return decided;
+        };
+        if self.enter_gate(analysis, true).await {
+            return decided;
+        }
+        Decided::Refuse(
+            command_id,
+            Denial {
+                rule: Some("sluice:catalog".into()),
+                message: gate::WAITED_TOO_LONG.into(),
+                hint: None,
+            },
+        )
+    }
+
+    /// Before a Sync commits what a forwarded change defined (an
+    /// extended-protocol batch's implicit transaction), the session holds
+    /// the gate exclusively again: its earlier hold may have stopped
+    /// counting. `false`: it waited too long.
+    async fn publish_at_sync(&mut self) -> bool {
+        if !self.uncommitted.holding() {
+            return true;
+        }
+        let Some(catalog) = &self.resolver else {
+            return true;
+        };
+        let gate = catalog.gate().clone();
+        match gate.enter(self.gate_session, true, gate::WAIT).await {
+            Some(hold) => {
+                self.uncommitted.hold_until_ready(self.seq, hold);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Enters the resolver's gate (see `gate`) for a message: exclusively
+    /// when it may publish code and `publish` (it is about to be forwarded),
+    /// shared when it names tables or functions (it is about to be judged).
+    /// `false`: it waited too long.
+    async fn enter_gate(&mut self, analysis: &Analysis, publish: bool) -> bool {
         let Some(catalog) = &self.resolver else {
             return true;
         };
         let statements = || analysis.classified.iter().flat_map(|c| c.statements.iter());
-        let exclusive = analysis.defines_code
-            || statements().any(|s| {
-                s.command.starts_with("COMMIT PREPARED")
-                    || (self.uncommitted_code.is_some() && s.classes.contains(&SqlClass::Tx))
-            });
+        let exclusive = publish
+            && (analysis.defines_code
+                || statements().any(|s| {
+                    s.command.starts_with("COMMIT PREPARED")
+                        || (self.uncommitted_code.is_some() && s.classes.contains(&SqlClass::Tx))
+                }));
         let needed = exclusive || statements().any(crate::sql::resolve::names_objects);
         let enough = match &self.held {
             Some(h) => h.is_exclusive() || !exclusive,

@@ -113,22 +113,26 @@ fn names(written: &str, qualified: &str) -> bool {
     if written == qualified || names_bare(qualified, written) {
         return true;
     }
-    let parts: Vec<&str> = written.split('.').collect();
-    match parts.as_slice() {
-        [.., schema, name] => {
-            qualified.split_once('.') == Some((*schema, *name))
-                // `pg_temp` is the session's own temporary schema, which the
-                // catalog calls `pg_temp_N`.
-                || (*schema == "pg_temp"
-                    && qualified
-                        .strip_prefix("pg_temp_")
-                        .and_then(|q| q.split_once('.'))
-                        .is_some_and(|(n, q)| {
-                            !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && q == *name
-                        }))
-        }
-        _ => false,
-    }
+    // Written with a schema (and maybe its database) before a name that may
+    // itself hold dots: some split of it is the catalog's.
+    written.match_indices('.').any(|(i, _)| {
+        let (prefix, name) = (&written[..i], &written[i + 1..]);
+        let schema = prefix.rsplit('.').next().unwrap_or(prefix);
+        let Some(catalog_schema) = qualified
+            .strip_suffix(name)
+            .and_then(|s| s.strip_suffix('.'))
+        else {
+            return false;
+        };
+        catalog_schema == schema
+            || catalog_schema == prefix
+            // `pg_temp` is the session's own temporary schema, which the
+            // catalog calls `pg_temp_N`.
+            || (schema == "pg_temp"
+                && catalog_schema
+                    .strip_prefix("pg_temp_")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    })
 }
 
 /// The names without a schema a written name may be (a quoted name may
@@ -440,10 +444,11 @@ pub(crate) fn routines_define_code(entries: &[String], cache: &ClassifierCache) 
     })
 }
 
-/// Whether catalog entries hold an IMMUTABLE user routine: the server may
-/// run one when it plans a statement (at Bind), before its Execute.
-pub(crate) fn calls_immutable_routine(entries: &[String]) -> bool {
-    user_routines(entries).any(|r| r.volatility == "i")
+/// Whether catalog entries hold an IMMUTABLE or STABLE user routine: the
+/// server may run one when it plans a statement (at Bind, folding constants
+/// or estimating selectivity), before its Execute.
+pub(crate) fn calls_foldable_routine(entries: &[String]) -> bool {
+    user_routines(entries).any(|r| r.volatility == "i" || r.volatility == "s")
 }
 
 /// A PL/pgSQL function's statements and expressions, each classified; `None`
@@ -1225,6 +1230,10 @@ mod tests {
         assert!(!names("pg_temp.f", "pg_temp_3.g"));
         assert!(!names("pg_temp.f", "pg_toast_temp_3.f"));
         assert!(!names("pg_temp.f", "public.f"));
+        assert!(names("pg_temp.x.f", "pg_temp_3.x.f"));
+        assert!(names("mydb.public.x.f", "public.x.f"));
+        assert!(!names("mydb.other.x.f", "public.x.f"));
+        assert!(!names("public.x", "audit.x"));
         // The policy folds a routine called with its database's name too.
         let ctx = [function_context(
             "public",
