@@ -253,3 +253,59 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
         ok(&env.psql(&url, &["-c", sql]));
     }
 }
+
+/// A prepared statement is analysed again, and planned, at a later Bind when what it uses
+/// changed: the server then runs the IMMUTABLE routines it folds. A statement judged where it
+/// was parsed on definitions that changed since is judged again at its Bind.
+#[test]
+fn a_statement_bound_after_a_schema_change_is_judged_again() {
+    let env = Env::builder().extra_toml(RULES).start();
+    env.direct_sql(
+        "app",
+        "create function wipe_value() returns int language plpgsql as \
+           $$ begin delete from orders; return 1; end $$; \
+         create table stamps (id int); alter table stamps owner to app",
+    );
+    let orders = || env.direct_sql("app", "select count(*) from orders");
+    let before = orders();
+    let mut agent = env.raw_agent();
+    let mut other = env.raw_agent();
+    // Judged where it is parsed: the built-in count.
+    let mut parse = b"s1\0select count('abc'::text) from stamps\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut batch = sluice_e2e::raw::message(b'P', &parse);
+    batch.extend(sluice_e2e::raw::message(b'S', &[]));
+    agent.send(&batch).unwrap();
+    let answer = agent.read_until_ready();
+    assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
+    // Another session defines a count(text) that the server folds when it
+    // plans, and changes the table, which makes the server analyse the
+    // prepared statement again.
+    for sql in [
+        "create function public.count(text) returns bigint language plpgsql immutable as \
+         $$ begin perform wipe_value(); return 0; end $$",
+        "alter table stamps add column note text",
+    ] {
+        let answer = other.query(sql);
+        assert!(
+            sluice_e2e::raw::errors(&answer).is_empty(),
+            "{sql}: {answer:?}"
+        );
+    }
+    let mut bind = b"\0s1\0".to_vec();
+    bind.extend_from_slice(&[0; 6]);
+    let mut execute = b"\0".to_vec();
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut batch = sluice_e2e::raw::message(b'B', &bind);
+    batch.extend(sluice_e2e::raw::message(b'E', &execute));
+    batch.extend(sluice_e2e::raw::message(b'S', &[]));
+    agent.send(&batch).unwrap();
+    let errors = sluice_e2e::raw::errors(&agent.read_until_ready());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message().contains("no-unbounded-writes")),
+        "{errors:?}"
+    );
+    assert_eq!(orders(), before);
+}

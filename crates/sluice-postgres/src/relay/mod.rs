@@ -50,6 +50,9 @@ enum Expect {
         /// The upstream statement name.
         statement: Arc<str>,
         formats: Vec<i16>,
+        /// Held until the server has bound it (see `gate`).
+        #[allow(dead_code)]
+        gate: Option<gate::GateHold>,
     },
     Describe {
         statement: bool,

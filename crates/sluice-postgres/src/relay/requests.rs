@@ -22,12 +22,17 @@ use sluice_core::session::{SessionError, SessionHandle};
 use sluice_core::sync::MutexExt;
 use sluice_core::sync::QueueSender;
 use sluice_core::{Action, Command, CommandKind, Decision, Denial};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{watch, Notify};
 
 /// Client bytes buffered while a command's decision (or a barrier) is pending.
 const PENDING_WHILE_DECIDING: usize = 1 << 20;
+
+/// Statements whose judging generation is remembered (more: all forgotten,
+/// and judged again at their next Bind).
+const MAX_PARSED_GENERATIONS: usize = 4096;
 
 /// A forwarded statement the pipeline waits on, and what it changes once done.
 struct Barrier {
@@ -128,6 +133,9 @@ pub(super) struct Requests<'a> {
     gate_session: u64,
     /// The gate hold of the message being judged, taken by what forwards it.
     held: Option<GateHold>,
+    /// The definitions generation each upstream statement was judged in
+    /// where it was parsed.
+    parsed_in: HashMap<Arc<str>, u64>,
 }
 
 /// Nothing more is judged until the server's next ReadyForQuery: waited for
@@ -238,6 +246,7 @@ impl<'a> Requests<'a> {
             uncommitted,
             gate_session: gate::new_session(),
             held: None,
+            parsed_in: HashMap::new(),
         }
     }
 
@@ -357,7 +366,7 @@ impl<'a> Requests<'a> {
         match msg.tag {
             tag::QUERY => self.query(&msg, out).await?,
             tag::PARSE => self.parse(&msg, out).await?,
-            tag::BIND => self.bind(&msg, out)?,
+            tag::BIND => self.bind(&msg, out).await?,
             tag::DESCRIBE => self.describe(&msg, out)?,
             tag::CLOSE => self.close(&msg, out)?,
             tag::EXECUTE => self.execute(&msg, out).await?,
@@ -697,6 +706,7 @@ impl<'a> Requests<'a> {
             .and_then(|t| t.split(|&b| b == 0).next())
             .ok_or_else(|| malformed("Parse"))?;
         let rest = after_cstrs(body, 2).ok_or_else(|| malformed("Parse"))?;
+        let generation = self.definitions_generation();
         let refused = self.refused_at_parse(&name, &sql).await?;
         let hold = self.held.take();
         if refused {
@@ -709,6 +719,10 @@ impl<'a> Requests<'a> {
                     tag::PARSE,
                     &[upstream.as_bytes(), &[0], text_bytes, &[0], rest],
                 );
+                if self.parsed_in.len() >= MAX_PARSED_GENERATIONS {
+                    self.parsed_in.clear();
+                }
+                self.parsed_in.insert(upstream.clone(), generation);
                 self.push(Expect::Parse {
                     upstream,
                     gate: hold,
@@ -812,7 +826,66 @@ impl<'a> Requests<'a> {
         }
     }
 
-    fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
+    /// The catalog definitions' generation (0 without a resolver).
+    fn definitions_generation(&self) -> u64 {
+        self.resolver
+            .as_ref()
+            .map_or(0, |c| c.definitions_generation())
+    }
+
+    /// Whether a Bind of `text` (statement `name`, upstream `upstream`) is
+    /// refused: the server may analyse the statement again and plan it at
+    /// Bind (running IMMUTABLE and STABLE routines), so a statement judged
+    /// where it was parsed on definitions that changed since is judged
+    /// again, and the gate is held until the server has bound it.
+    async fn refused_at_bind(
+        &mut self,
+        name: &str,
+        upstream: &Arc<str>,
+        text: &str,
+    ) -> Result<bool, SessionError> {
+        if self.resolver.is_none() {
+            return Ok(false);
+        }
+        let analysis = self.analyse(text);
+        if !self.enter_gate(&analysis, false).await {
+            self.held = None;
+            let command = self.unsettled_command_for(name, text);
+            if let Decided::Refuse(command_id, denial) = self
+                .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
+                .await?
+            {
+                self.push(Expect::Refused { command_id, denial });
+                self.discarding = true;
+            }
+            return Ok(true);
+        }
+        let generation = self.definitions_generation();
+        if self.parsed_in.get(upstream) == Some(&generation) {
+            return Ok(false);
+        }
+        let hold = self.held.take();
+        let refused = self.refused_at_parse(name, text).await?;
+        self.held = self.held.take().or(hold);
+        if !refused {
+            self.parsed_in.insert(upstream.clone(), generation);
+        }
+        Ok(refused)
+    }
+
+    /// The command a refused Bind would have prepared, for its record.
+    fn unsettled_command_for(&self, name: &str, text: &str) -> Command {
+        Command {
+            kind: CommandKind::SqlExecute {
+                statement: name.to_string(),
+                portal: String::new(),
+            },
+            text: text.to_string(),
+            context: Vec::new(),
+        }
+    }
+
+    async fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
         let body = msg.body();
         let mut r = Reader::new(body);
         let portal = r.cstr().ok_or_else(|| malformed("Bind"))?;
@@ -832,6 +905,11 @@ impl<'a> Requests<'a> {
                 }
             },
         };
+        if self.refused_at_bind(&statement, &upstream, &text).await? {
+            self.held = None;
+            return Ok(());
+        }
+        let gate = self.held.take();
         self.registry.bind(
             &portal,
             &statement,
@@ -848,6 +926,7 @@ impl<'a> Requests<'a> {
             portal,
             statement: upstream,
             formats,
+            gate,
         });
         Ok(())
     }

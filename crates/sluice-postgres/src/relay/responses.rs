@@ -463,6 +463,7 @@ impl Responses {
                         portal,
                         statement,
                         formats,
+                        ..
                     }) = self.queue.pop_front()
                     {
                         match self.statement_columns.get(&statement) {
