@@ -153,21 +153,8 @@ impl Catalog {
              JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
              WHERE c.oid IN ({list}) AND a.attnum > 0 AND NOT a.attisdropped"
         );
-        let mut client = self.client.lock().await;
-        if client.is_none() {
-            let target = UpstreamTarget::for_connection(&self.connection)?;
-            *client = Some(upstream::connect(&self.connection, &target, &BTreeMap::new()).await?);
-        }
-        let result = match client.as_mut() {
-            Some(up) => simple_query(up, &sql).await,
-            None => Err(PgError::Internal("catalog connection missing".into())),
-        };
-        if result.is_err() {
-            // Reconnect next time rather than reuse a connection in an unknown state.
-            *client = None;
-        }
         let mut tables: HashMap<u32, TableInfo> = HashMap::new();
-        for row in result? {
+        for row in self.run(&sql).await? {
             let [Some(oid), Some(schema), Some(name), Some(attnum), Some(attname)] = &row[..]
             else {
                 continue;
@@ -194,26 +181,28 @@ impl Catalog {
     /// text), with the lookup timeout. An error or a timeout is an error:
     /// callers fail closed.
     pub(crate) async fn query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
-        let run = async {
-            let mut client = self.client.lock().await;
-            if client.is_none() {
-                let target = UpstreamTarget::for_connection(&self.connection)?;
-                *client =
-                    Some(upstream::connect(&self.connection, &target, &BTreeMap::new()).await?);
-            }
-            let result = match client.as_mut() {
-                Some(up) => simple_query(up, sql).await,
-                None => Err(PgError::Internal("catalog connection missing".into())),
-            };
-            if result.is_err() {
-                // Reconnect next time rather than reuse a connection in an unknown state.
-                *client = None;
-            }
-            result
-        };
-        tokio::time::timeout(LOOKUP_TIMEOUT, run)
+        tokio::time::timeout(LOOKUP_TIMEOUT, self.run(sql))
             .await
             .map_err(|_| PgError::Upstream("catalog lookup timed out".into()))?
+    }
+
+    /// Runs one query on the catalog connection. The connection is taken
+    /// out while the query runs and put back only after a whole answer: a
+    /// query that fails, or is abandoned (its lookup timed out, the future
+    /// dropped), takes the connection with it, and the next one connects
+    /// anew instead of reading the abandoned query's answer as its own.
+    async fn run(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, PgError> {
+        let mut client = self.client.lock().await;
+        let mut up = match client.take() {
+            Some(up) => up,
+            None => {
+                let target = UpstreamTarget::for_connection(&self.connection)?;
+                upstream::connect(&self.connection, &target, &BTreeMap::new()).await?
+            }
+        };
+        let rows = simple_query(&mut up, sql).await?;
+        *client = Some(up);
+        Ok(rows)
     }
 }
 
