@@ -25,14 +25,18 @@ use sluice_sandbox::{LoggedStatement, StatementKind};
 /// The gateway's own queries on its catalog connection (`crates/sluice-postgres/src/catalog.rs`),
 /// as (prefix, suffix): what lies between may hold only digits, commas and spaces. A new
 /// gateway query must be added here, or the oracle reports it as unjudged.
-pub const GATEWAY_QUERIES: &[(&str, &str)] = &[(
-    "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
-     FROM pg_catalog.pg_class c \
-     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
-     WHERE c.oid IN (",
-    ") AND a.attnum > 0 AND NOT a.attisdropped",
-)];
+pub const GATEWAY_QUERIES: &[(&str, &str)] = &[
+    (
+        "SELECT c.oid, n.nspname, c.relname, a.attnum, a.attname \
+         FROM pg_catalog.pg_class c \
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+         JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid \
+         WHERE c.oid IN (",
+        ") AND a.attnum > 0 AND NOT a.attisdropped",
+    ),
+    // The catalog connection's timeouts, set once it connects.
+    ("SET lock_timeout = 2000; SET statement_timeout = ", ""),
+];
 
 /// The gateway's lookups of views and functions by name (`sql/resolve.rs`), as (prefix,
 /// suffix): what lies between is a list of hex-encoded names only.

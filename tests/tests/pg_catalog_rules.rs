@@ -309,3 +309,80 @@ fn a_statement_bound_after_a_schema_change_is_judged_again() {
     );
     assert_eq!(orders(), before);
 }
+
+/// A session that changed a view in its transaction holds the view's lock; statements of other
+/// sessions that read it wait on the server while holding the gate. Its ROLLBACK publishes
+/// nothing and is forwarded at once; its COMMIT publishes, and cannot wait for them.
+#[test]
+fn a_transaction_that_changed_a_view_ends_while_others_wait_on_it() {
+    let env = Env::builder().extra_toml(RULES).start();
+    env.direct_sql(
+        "app",
+        "create view recent as select id from orders; alter view recent owner to app",
+    );
+    let mut migrator = env.raw_agent();
+    let mut reader = env.raw_agent();
+    for sql in [
+        "begin",
+        "create or replace view recent as select id, status from orders",
+    ] {
+        let answer = migrator.query(sql);
+        assert!(
+            sluice_e2e::raw::errors(&answer).is_empty(),
+            "{sql}: {answer:?}"
+        );
+    }
+    // Waits on the server for the migrator's lock.
+    reader
+        .send(&sluice_e2e::raw::query_message(
+            "select count(*) from recent",
+        ))
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let answer = migrator.query("rollback");
+    assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the rollback waited {:?}",
+        started.elapsed()
+    );
+    let answer = reader.read_until_ready();
+    assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
+}
+
+/// The server fixes a portal's plan at Bind. An Execute after definitions changed through the
+/// gateway would be judged on what the plan does not run: it is refused, to be bound again.
+#[test]
+fn a_portal_bound_before_a_schema_change_is_not_executed() {
+    let env = Env::builder().extra_toml(RULES).start();
+    let mut agent = env.raw_agent();
+    let mut other = env.raw_agent();
+    let mut parse = b"\0select count(*) from orders\0".to_vec();
+    parse.extend_from_slice(&0i16.to_be_bytes());
+    let mut bind = b"p1\0\0".to_vec();
+    bind.extend_from_slice(&[0; 6]);
+    let mut batch = sluice_e2e::raw::message(b'P', &parse);
+    batch.extend(sluice_e2e::raw::message(b'B', &bind));
+    batch.extend(sluice_e2e::raw::message(b'H', &[]));
+    agent.send(&batch).unwrap();
+    // ParseComplete and BindComplete.
+    for _ in 0..2 {
+        agent.read_msg().unwrap();
+    }
+    let answer = other.query("create view later as select 1 as one");
+    assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
+    let mut execute = b"p1\0".to_vec();
+    execute.extend_from_slice(&0i32.to_be_bytes());
+    let mut batch = sluice_e2e::raw::message(b'E', &execute);
+    batch.extend(sluice_e2e::raw::message(b'S', &[]));
+    agent.send(&batch).unwrap();
+    let errors = sluice_e2e::raw::errors(&agent.read_until_ready());
+    assert!(
+        errors.iter().any(|e| e.message().contains("bind it again")),
+        "{errors:?}"
+    );
+    // Bound again, it runs.
+    let answer = agent.extended("select count(*) from orders");
+    assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
+}

@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Set on the catalog connection: its queries end before `LOOKUP_TIMEOUT`.
+pub const CATALOG_TIMEOUTS: &str = "SET lock_timeout = 2000; SET statement_timeout = 8000";
+
 /// A table as the catalog names it, with its columns by attribute number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableInfo {
@@ -197,7 +200,12 @@ impl Catalog {
             Some(up) => up,
             None => {
                 let target = UpstreamTarget::for_connection(&self.connection)?;
-                upstream::connect(&self.connection, &target, &BTreeMap::new()).await?
+                let mut up = upstream::connect(&self.connection, &target, &BTreeMap::new()).await?;
+                // A lookup waiting on a lock (a view in another session's
+                // migration) ends on the server before the gateway gives
+                // up on it: an abandoned backend would keep waiting.
+                simple_query(&mut up, CATALOG_TIMEOUTS).await?;
+                up
             }
         };
         let rows = simple_query(&mut up, sql).await?;

@@ -67,9 +67,15 @@ impl Uncommitted {
         })
     }
 
-    /// Whether a forwarded change holds the gate until a ReadyForQuery.
-    pub(crate) fn holding(&self) -> bool {
-        !self.holds.locked().is_empty()
+    /// Whether a forwarded change holds the gate until a ReadyForQuery:
+    /// whether one of its holds still keeps others out, and how old the
+    /// oldest is.
+    pub(crate) fn holds_age(&self) -> Option<(bool, std::time::Duration)> {
+        let holds = self.holds.locked();
+        let ages = holds.iter().filter_map(|(_, h)| h.age());
+        let oldest = ages.clone().max()?;
+        let fresh = ages.clone().any(|a| a < super::gate::WAIT);
+        Some((fresh, oldest))
     }
 
     /// Keeps `hold` until the ReadyForQuery after command `seq`.

@@ -101,6 +101,11 @@ impl GateHold {
     pub(crate) fn is_exclusive(&self) -> bool {
         self.exclusive.is_some()
     }
+
+    /// How long an exclusive hold has been held.
+    pub(crate) fn age(&self) -> Option<Duration> {
+        self.exclusive.map(|t| t.elapsed())
+    }
 }
 
 impl Drop for GateHold {

@@ -136,6 +136,15 @@ pub(super) struct Requests<'a> {
     /// The definitions generation each upstream statement was judged in
     /// where it was parsed.
     parsed_in: HashMap<Arc<str>, u64>,
+    /// The definitions generation each portal was bound in: the server
+    /// fixed its plan then.
+    bound_in: HashMap<String, u64>,
+    /// DDL was forwarded in a transaction that may still be open:
+    /// `Progress::ready` then. Its COMMIT publishes it.
+    ddl_in_transaction: Option<u64>,
+    /// A Parse or Bind holding the gate went out with nothing after it
+    /// that makes the server answer: a Flush is added.
+    unanswered_hold: bool,
 }
 
 /// Nothing more is judged until the server's next ReadyForQuery: waited for
@@ -247,6 +256,9 @@ impl<'a> Requests<'a> {
             gate_session: gate::new_session(),
             held: None,
             parsed_in: HashMap::new(),
+            bound_in: HashMap::new(),
+            ddl_in_transaction: None,
+            unanswered_hold: false,
         }
     }
 
@@ -303,6 +315,12 @@ impl<'a> Requests<'a> {
     }
 
     async fn write_out(&mut self, out: &mut BytesMut) -> Result<(), SessionError> {
+        if std::mem::take(&mut self.unanswered_hold) {
+            // The server answers a Parse or Bind only at a Flush or Sync;
+            // until then its gate hold would keep other sessions' changes
+            // waiting on a client that may never send one.
+            put_message(out, tag::FLUSH, &[]);
+        }
         if !out.is_empty() {
             self.upstream.write_all(out).await.map_err(upstream_err)?;
             self.upstream.flush().await.map_err(upstream_err)?;
@@ -371,6 +389,7 @@ impl<'a> Requests<'a> {
             tag::CLOSE => self.close(&msg, out)?,
             tag::EXECUTE => self.execute(&msg, out).await?,
             tag::SYNC => {
+                self.unanswered_hold = false;
                 if !self.publish_at_sync().await {
                     let why = format!("sluice: {}", gate::WAITED_TOO_LONG);
                     self.fatal(wire::SQLSTATE_PROTOCOL, why.clone());
@@ -389,6 +408,9 @@ impl<'a> Requests<'a> {
             tag::FUNCTION_CALL => self.function_call(&msg, out).await?,
             // Flush and COPY data/done/fail carry no command.
             tag::FLUSH | tag::COPY_DATA | tag::COPY_DONE | tag::COPY_FAIL => {
+                if msg.tag == tag::FLUSH {
+                    self.unanswered_hold = false;
+                }
                 out.extend_from_slice(&msg.bytes)
             }
             tag::TERMINATE => {
@@ -522,6 +544,7 @@ impl<'a> Requests<'a> {
     fn hold_after(&mut self, seq: u64, analysis: &Analysis, out: &mut BytesMut, extended: bool) {
         if analysis.ddl {
             self.schema_changed();
+            self.ddl_in_transaction = Some(self.progress.borrow().ready);
         }
         if analysis.defines_code {
             self.uncommitted.mark(seq);
@@ -723,6 +746,7 @@ impl<'a> Requests<'a> {
                     self.parsed_in.clear();
                 }
                 self.parsed_in.insert(upstream.clone(), generation);
+                self.unanswered_hold |= hold.is_some();
                 self.push(Expect::Parse {
                     upstream,
                     gate: hold,
@@ -873,6 +897,17 @@ impl<'a> Requests<'a> {
         Ok(refused)
     }
 
+    /// Whether definitions changed through the gateway since `portal` was
+    /// bound: its plan, made then, may run what its Execute would not be
+    /// judged on.
+    fn rebound_needed(&self, portal: &str) -> bool {
+        self.resolver.is_some()
+            && self
+                .bound_in
+                .get(portal)
+                .is_some_and(|&g| g != self.definitions_generation())
+    }
+
     /// The command a refused Bind would have prepared, for its record.
     fn unsettled_command_for(&self, name: &str, text: &str) -> Command {
         Command {
@@ -910,6 +945,12 @@ impl<'a> Requests<'a> {
             return Ok(());
         }
         let gate = self.held.take();
+        self.unanswered_hold |= gate.is_some();
+        if self.bound_in.len() >= MAX_PARSED_GENERATIONS {
+            self.bound_in.clear();
+        }
+        self.bound_in
+            .insert(portal.clone(), self.definitions_generation());
         self.registry.bind(
             &portal,
             &statement,
@@ -1021,6 +1062,19 @@ impl<'a> Requests<'a> {
                 return Ok(());
             }
         };
+        if self.rebound_needed(&portal_name) {
+            let command = self.unsettled_command(msg);
+            let why = "the views or routines this statement uses changed after it was bound \
+                       (the server planned it then, on what the gateway no longer sees): bind it \
+                       again";
+            if let Decided::Refuse(command_id, denial) =
+                self.refuse(command, "sluice:catalog", why).await?
+            {
+                self.push(Expect::Refused { command_id, denial });
+                self.discarding = true;
+            }
+            return Ok(());
+        }
         let mut analysis = self.analyse(&portal.text);
         let lineage_text = analysis.lineage_text.clone();
         let mut context = std::mem::take(&mut analysis.context);
@@ -1168,27 +1222,77 @@ impl<'a> Requests<'a> {
             return Ok((d, views));
         }
         let decided = self.decide(command).await?;
-        Ok((self.publishing(decided, analysis).await, views))
+        Ok((self.publishing(decided, analysis).await?, views))
     }
 
     /// A forwarded command that may publish code holds the gate exclusively
     /// (see `gate`), taken once it is decided (a review does not keep other
     /// sessions out meanwhile).
-    async fn publishing(&mut self, decided: Decided, analysis: &Analysis) -> Decided {
+    async fn publishing(
+        &mut self,
+        decided: Decided,
+        analysis: &Analysis,
+    ) -> Result<Decided, SessionError> {
         let Decided::Forward(command_id) = decided else {
-            return decided;
+            return Ok(decided);
         };
-        if self.enter_gate(analysis, true).await {
-            return decided;
+        if !self.publishes(analysis) {
+            return Ok(decided);
         }
-        Decided::Refuse(
+        // Given back before waiting: two sessions each holding it shared
+        // while waiting to hold it exclusively would wait for each other.
+        self.held = None;
+        if self.enter_gate(analysis, true).await {
+            return Ok(decided);
+        }
+        if self.commits(analysis) {
+            // Refused, the transaction would stay open with its change
+            // (and its locks, which the statements holding the gate may
+            // be waiting on): the session ends, and the change rolls back.
+            let why = format!("sluice: {}", gate::WAITED_TOO_LONG);
+            self.fatal(wire::SQLSTATE_PROTOCOL, why.clone());
+            return Err(SessionError::Client(why));
+        }
+        Ok(Decided::Refuse(
             command_id,
             Denial {
                 rule: Some("sluice:catalog".into()),
                 message: gate::WAITED_TOO_LONG.into(),
                 hint: None,
             },
-        )
+        ))
+    }
+
+    /// Whether a message commits a transaction (COMMIT, END, COMMIT
+    /// PREPARED).
+    fn commits(&self, analysis: &Analysis) -> bool {
+        analysis
+            .classified
+            .iter()
+            .flat_map(|c| c.statements.iter())
+            .any(|s| s.classes.contains(&SqlClass::Tx) && s.command.starts_with("COMMIT"))
+    }
+
+    /// Whether a forwarded message may publish a schema change: DDL (code,
+    /// or what attaches code to tables: triggers, defaults, constraints,
+    /// policies), a routine that runs DDL, the COMMIT of a transaction that
+    /// made one, or any `COMMIT PREPARED`.
+    fn publishes(&mut self, analysis: &Analysis) -> bool {
+        let last_idle = self.progress.borrow().last_idle;
+        if self.ddl_in_transaction.is_some_and(|m| last_idle > m) {
+            self.ddl_in_transaction = None;
+        }
+        let changed = self.ddl_in_transaction.is_some()
+            || self.uncommitted_code.is_some_and(|m| last_idle <= m);
+        analysis.ddl
+            || analysis.defines_code
+            || (self.commits(analysis)
+                && (changed
+                    || analysis
+                        .classified
+                        .iter()
+                        .flat_map(|c| c.statements.iter())
+                        .any(|s| s.command.starts_with("COMMIT PREPARED"))))
     }
 
     /// Before a Sync commits what a forwarded change defined (an
@@ -1196,7 +1300,15 @@ impl<'a> Requests<'a> {
     /// the gate exclusively again: its earlier hold may have stopped
     /// counting. `false`: it waited too long.
     async fn publish_at_sync(&mut self) -> bool {
-        if !self.uncommitted.holding() {
+        let Some((fresh, oldest)) = self.uncommitted.holds_age() else {
+            return true;
+        };
+        if oldest > gate::WAIT * 3 {
+            // A change that stays unpublished this long keeps others out
+            // at every Sync: the session ends, and the change rolls back.
+            return false;
+        }
+        if fresh {
             return true;
         }
         let Some(catalog) = &self.resolver else {
@@ -1221,12 +1333,7 @@ impl<'a> Requests<'a> {
             return true;
         };
         let statements = || analysis.classified.iter().flat_map(|c| c.statements.iter());
-        let exclusive = publish
-            && (analysis.defines_code
-                || statements().any(|s| {
-                    s.command.starts_with("COMMIT PREPARED")
-                        || (self.uncommitted_code.is_some() && s.classes.contains(&SqlClass::Tx))
-                }));
+        let exclusive = publish;
         let needed = exclusive || statements().any(crate::sql::resolve::names_objects);
         let enough = match &self.held {
             Some(h) => h.is_exclusive() || !exclusive,
