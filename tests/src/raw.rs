@@ -216,6 +216,11 @@ impl RawConn {
         }
     }
 
+    /// Waits up to `timeout` for each read (a statement known to run long).
+    pub fn set_read_timeout(&mut self, timeout: Duration) {
+        self.stream.set_read_timeout(Some(timeout)).ok();
+    }
+
     /// Writes bytes.
     pub fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)?;

@@ -386,3 +386,29 @@ fn a_portal_bound_before_a_schema_change_is_not_executed() {
     let answer = agent.extended("select count(*) from orders");
     assert!(sluice_e2e::raw::errors(&answer).is_empty(), "{answer:?}");
 }
+
+/// A schema change keeps other sessions' statements out only for a while; one still running
+/// after that (behind a slow statement of its message) is cancelled rather than published
+/// while statements judged without it may run.
+#[test]
+fn a_schema_change_that_outlasts_its_hold_is_cancelled() {
+    let env = Env::builder().extra_toml(RULES).start();
+    let mut slow = env.raw_agent();
+    slow.set_read_timeout(std::time::Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let answer = slow.query(
+        "select pg_sleep(14); \
+         create function public.late() returns int language sql as 'select 1'",
+    );
+    let errors = sluice_e2e::raw::errors(&answer);
+    assert!(
+        errors.iter().any(|e| e.code() == "57014"),
+        "not cancelled: {errors:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(14));
+    assert_eq!(
+        env.direct_sql("app", "select count(*) from pg_proc where proname = 'late'")
+            .trim(),
+        "0"
+    );
+}

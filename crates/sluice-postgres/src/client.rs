@@ -350,6 +350,11 @@ impl Session for PgSession {
         self.params.clear();
         let shared = self.shared.clone();
         let cancel = Arc::new(tokio::sync::Notify::new());
+        let canceller = crate::relay::Canceller {
+            target: target.clone(),
+            pid: upstream.backend_pid,
+            secret: upstream.backend_secret.clone(),
+        };
         let (key, _guard) = shared.cancels.register(
             target,
             upstream.backend_pid,
@@ -377,6 +382,7 @@ impl Session for PgSession {
             catalog,
             resolver,
             cancel,
+            Some(canceller),
         )
         .run()
         .await

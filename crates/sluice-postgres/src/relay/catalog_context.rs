@@ -55,15 +55,22 @@ pub(crate) struct Uncommitted {
     /// sequence number: given back at the first ReadyForQuery after the
     /// command completed, when its change is committed (or still private
     /// to its transaction) and the caches are forgotten.
-    holds: Mutex<Vec<(u64, super::gate::GateHold)>>,
+    holds: Mutex<Vec<(u64, super::gate::GateHold, Arc<()>)>>,
+    /// Cancels the session's command still running when its hold stops
+    /// counting (see `hold_until_ready`).
+    canceller: Option<super::Canceller>,
 }
 
 impl Uncommitted {
-    pub(crate) fn new(resolver: Option<Arc<Catalog>>) -> Arc<Self> {
+    pub(crate) fn new(
+        resolver: Option<Arc<Catalog>>,
+        canceller: Option<super::Canceller>,
+    ) -> Arc<Self> {
         Arc::new(Uncommitted {
             pending: AtomicU64::new(0),
             resolver,
             holds: Mutex::new(Vec::new()),
+            canceller,
         })
     }
 
@@ -72,15 +79,33 @@ impl Uncommitted {
     /// oldest is.
     pub(crate) fn holds_age(&self) -> Option<(bool, std::time::Duration)> {
         let holds = self.holds.locked();
-        let ages = holds.iter().filter_map(|(_, h)| h.age());
+        let ages = holds.iter().filter_map(|(_, h, _)| h.age());
         let oldest = ages.clone().max()?;
         let fresh = ages.clone().any(|a| a < super::gate::WAIT);
         Some((fresh, oldest))
     }
 
-    /// Keeps `hold` until the ReadyForQuery after command `seq`.
+    /// Keeps `hold` until the ReadyForQuery after command `seq`. A hold
+    /// stops keeping others out after `gate::WAIT`; if the command is still
+    /// running on the server then (`select pg_sleep(600); create …`), it
+    /// is cancelled, so that what it defines is not published unguarded.
     pub(crate) fn hold_until_ready(&self, seq: u64, hold: super::gate::GateHold) {
-        self.holds.locked().push((seq, hold));
+        let running = Arc::new(());
+        let still = Arc::downgrade(&running);
+        self.holds.locked().push((seq, hold, running));
+        let Some(c) = self.canceller.clone() else {
+            return;
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(super::gate::WAIT).await;
+            if still.upgrade().is_some() {
+                tracing::warn!(
+                    message =
+                        "A schema change outlasted its hold on the catalog gate; cancelling it."
+                );
+                let _ = crate::upstream::cancel(&c.target, c.pid, &c.secret).await;
+            }
+        });
     }
 
     /// A ReadyForQuery, with commands up to `done` answered: what they
@@ -88,9 +113,9 @@ impl Uncommitted {
     /// `COMMIT; BEGIN`) and the caches are forgotten before the holds go.
     pub(crate) fn ready(&self, done: u64) {
         let mut holds = self.holds.locked();
-        if holds.iter().any(|(seq, _)| *seq <= done) {
+        if holds.iter().any(|(seq, _, _)| *seq <= done) {
             forget(self.resolver.as_deref());
-            holds.retain(|(seq, _)| *seq > done);
+            holds.retain(|(seq, _, _)| *seq > done);
         }
     }
 

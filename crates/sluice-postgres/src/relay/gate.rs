@@ -35,6 +35,11 @@ use tokio::sync::Notify;
 /// long an exclusive hold keeps other sessions out.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
+/// How long an exclusive hold keeps other sessions out: a little longer
+/// than `WAIT`, after which a command still running under it is cancelled
+/// (`catalog_context::Uncommitted::hold_until_ready`).
+pub(crate) const COUNTS_FOR: Duration = Duration::from_secs(12);
+
 /// How often a wait looks again without being woken.
 const RECHECK: Duration = Duration::from_millis(250);
 
@@ -66,7 +71,7 @@ impl State {
         let publishing = self
             .exclusive
             .iter()
-            .any(|(&s, taken)| s != session && taken.iter().any(|t| t.elapsed() < WAIT));
+            .any(|(&s, taken)| s != session && taken.iter().any(|t| t.elapsed() < COUNTS_FOR));
         !publishing
             && if exclusive {
                 !others(&self.shared)

@@ -99,7 +99,17 @@ enum Expect {
     },
 }
 
+/// What cancels the session's running upstream command (a CancelRequest
+/// to its backend).
+#[derive(Clone)]
+pub struct Canceller {
+    pub target: crate::upstream::UpstreamTarget,
+    pub pid: i32,
+    pub secret: Vec<u8>,
+}
+
 pub struct Relay {
+    canceller: Option<Canceller>,
     handle: SessionHandle,
     client: BoxedStream,
     client_buf: BytesMut,
@@ -112,7 +122,10 @@ pub struct Relay {
 impl Relay {
     /// `catalog`: source-table names for masking, when the masker wants
     /// them; `resolver`: the views and functions statements name, for the
-    /// policy (`None` judges statements on their text alone).
+    /// policy (`None` judges statements on their text alone); `canceller`:
+    /// cancels the session's upstream command (a schema change that
+    /// outlasts its hold on the catalog gate).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         handle: SessionHandle,
         client: BoxedStream,
@@ -121,8 +134,10 @@ impl Relay {
         catalog: Option<Arc<Catalog>>,
         resolver: Option<Arc<Catalog>>,
         cancel: Arc<tokio::sync::Notify>,
+        canceller: Option<Canceller>,
     ) -> Self {
         Relay {
+            canceller,
             handle,
             client,
             client_buf,
@@ -135,6 +150,7 @@ impl Relay {
 
     pub async fn run(self) -> Result<(), SessionError> {
         let Relay {
+            canceller,
             handle,
             client,
             client_buf,
@@ -148,7 +164,7 @@ impl Relay {
         let (tx, rx) = sluice_core::sync::queue();
         let (progress_tx, progress_rx) = watch::channel(barrier::Progress::default());
         let failed_parses = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let uncommitted = catalog_context::Uncommitted::new(resolver.clone());
+        let uncommitted = catalog_context::Uncommitted::new(resolver.clone(), canceller);
         let mut requests = requests::Requests::new(
             &handle,
             client_r,
