@@ -59,15 +59,6 @@ impl Catalog {
         }
     }
 
-    /// Keeps statements judged on these definitions apart from schema
-    /// changes published by other sessions (`relay::gate`): one for every
-    /// catalog, since two connection names may reach the same database.
-    pub(crate) fn gate(&self) -> &Arc<crate::relay::gate::Gate> {
-        static GATE: std::sync::LazyLock<Arc<crate::relay::gate::Gate>> =
-            std::sync::LazyLock::new(Arc::default);
-        &GATE
-    }
-
     /// Taken before a definitions query; passed to [`Self::cache_definitions`].
     pub(crate) fn definitions_generation(&self) -> u64 {
         FORGOTTEN.load(std::sync::atomic::Ordering::SeqCst)

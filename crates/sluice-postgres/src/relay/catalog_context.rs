@@ -86,9 +86,10 @@ impl Uncommitted {
     }
 
     /// Keeps `hold` until the ReadyForQuery after command `seq`. A hold
-    /// stops keeping others out after `gate::WAIT`; if the command is still
-    /// running on the server then (`select pg_sleep(600); create …`), it
-    /// is cancelled, so that what it defines is not published unguarded.
+    /// stops keeping others out after `gate::COUNTS_FOR`; a command still
+    /// running on the server `gate::WAIT` after it was taken (`select
+    /// pg_sleep(600); create …`) is cancelled, so that what it defines is
+    /// not published unguarded.
     pub(crate) fn hold_until_ready(&self, seq: u64, hold: super::gate::GateHold) {
         let running = Arc::new(());
         let still = Arc::downgrade(&running);

@@ -5,14 +5,14 @@
 //! resolves the statement's names when it runs it, which for a statement
 //! pipelined behind a slow one (`select pg_sleep(3); select count(…)`) is
 //! seconds later. A view or routine another session commits in between
-//! would run unjudged. The gate keeps the two apart, per upstream
-//! connection:
+//! would run unjudged. The gate keeps the two apart, one for the process
+//! (two connection names may reach one database):
 //! - a session holds it shared from before it judges a message that names
 //!   tables or functions until the server has finished that message;
-//! - a session that may publish code (DDL that defines a view or routine, a
-//!   routine that runs such DDL, the end of a transaction that did) holds it
-//!   exclusively from before its message is decided until the server's
-//!   ReadyForQuery after it, when the definitions caches have been forgotten.
+//! - a session that may publish a schema change (DDL, a routine that runs
+//!   DDL, the COMMIT of a transaction that made one) holds it exclusively
+//!   from once its message is decided until the server's ReadyForQuery
+//!   after it, when the definitions caches have been forgotten.
 //!
 //! A session never waits for itself. A waiting exclusive holder keeps new
 //! shared holders of other sessions out (unless they already hold it: their
@@ -20,9 +20,10 @@
 //! statements cannot starve it. Waits are bounded (a server lock can make
 //! two sessions wait for each other): past [`WAIT`], the statement is
 //! refused, unrun, and can be retried. An exclusive hold stops keeping
-//! others out after [`WAIT`] (a client that never sends its Sync would
-//! stall every session); the session takes it again before the Sync that
-//! publishes its change.
+//! others out after [`COUNTS_FOR`] (a client that never sends its Sync
+//! would stall every session); the session takes it again before the Sync
+//! that publishes its change, and a message still running by then is
+//! cancelled on the server.
 
 use sluice_core::sync::MutexExt;
 use std::collections::HashMap;
@@ -31,8 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
-/// How long a statement waits for the gate before it is refused, and how
-/// long an exclusive hold keeps other sessions out.
+/// How long a statement waits for the gate before it is refused.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 /// How long an exclusive hold keeps other sessions out: a little longer
@@ -148,6 +148,12 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// The gate.
+pub(crate) fn global() -> &'static Arc<Gate> {
+    static GATE: std::sync::LazyLock<Arc<Gate>> = std::sync::LazyLock::new(Arc::default);
+    &GATE
+}
+
 /// A new session's name at the gate.
 pub(crate) fn new_session() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -197,7 +203,8 @@ impl Gate {
                     };
                 }
             }
-            // A hold that stops counting (see `WAIT`) wakes no one: look again.
+            // A hold that stops counting (see `COUNTS_FOR`) wakes no one:
+            // look again.
             let _ = tokio::time::timeout(RECHECK, notified).await;
         }
     }

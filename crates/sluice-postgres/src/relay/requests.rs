@@ -80,6 +80,11 @@ struct Analysis {
 }
 
 impl Analysis {
+    /// The statements of the text and of the definitions it runs.
+    fn statements(&self) -> impl Iterator<Item = &crate::sql::StatementInfo> {
+        self.classified.iter().flat_map(|c| c.statements.iter())
+    }
+
     /// Nothing known of the text: the pipeline refuses it on its own
     /// (unparseable, or too large to record).
     fn unjudged() -> Self {
@@ -169,6 +174,16 @@ enum AtParse {
     Judge,
     /// Refused by the gateway itself, for this reason.
     Refuse(&'static str),
+}
+
+/// Whether a transaction marked at `Progress::ready` `mark` may still be
+/// open (no ReadyForQuery has reported none open since); forgets the mark
+/// when it is over.
+fn still_open(mark: &mut Option<u64>, last_idle: u64) -> bool {
+    if mark.is_some_and(|m| last_idle > m) {
+        *mark = None;
+    }
+    mark.is_some()
 }
 
 fn malformed(what: &str) -> SessionError {
@@ -523,7 +538,7 @@ impl<'a> Requests<'a> {
             Decided::Forward(command_id) => {
                 self.registry.simple_query();
                 let seq = self.next_seq();
-                let hold = self.hold_until_ready(seq, hold);
+                let hold = self.keep_hold(seq, hold);
                 self.push(Expect::Query {
                     command_id,
                     started: Started::now(command_id, seq, text, views).holding(hold),
@@ -777,11 +792,7 @@ impl<'a> Requests<'a> {
                 AtParse::Pass => return Ok(false),
                 AtParse::Judge => {}
                 AtParse::Refuse(why) => {
-                    let d = self.refuse(command, "sluice:catalog", why).await?;
-                    if let Decided::Refuse(command_id, denial) = d {
-                        self.push(Expect::Refused { command_id, denial });
-                        self.discarding = true;
-                    }
+                    self.refuse_in_batch(command, why).await?;
                     return Ok(true);
                 }
             }
@@ -874,14 +885,15 @@ impl<'a> Requests<'a> {
         let analysis = self.analyse(text);
         if !self.enter_gate(&analysis, false).await {
             self.held = None;
-            let command = self.unsettled_command_for(name, text);
-            if let Decided::Refuse(command_id, denial) = self
-                .refuse(command, "sluice:catalog", gate::WAITED_TOO_LONG)
-                .await?
-            {
-                self.push(Expect::Refused { command_id, denial });
-                self.discarding = true;
-            }
+            let command = Command {
+                kind: CommandKind::SqlExecute {
+                    statement: name.to_string(),
+                    portal: String::new(),
+                },
+                text: text.to_string(),
+                context: Vec::new(),
+            };
+            self.refuse_in_batch(command, gate::WAITED_TOO_LONG).await?;
             return Ok(true);
         }
         let generation = self.definitions_generation();
@@ -908,16 +920,17 @@ impl<'a> Requests<'a> {
                 .is_some_and(|&g| g != self.definitions_generation())
     }
 
-    /// The command a refused Bind would have prepared, for its record.
-    fn unsettled_command_for(&self, name: &str, text: &str) -> Command {
-        Command {
-            kind: CommandKind::SqlExecute {
-                statement: name.to_string(),
-                portal: String::new(),
-            },
-            text: text.to_string(),
-            context: Vec::new(),
+    /// Refuses an extended-protocol message for the catalog's sake (see
+    /// `resolve`), recorded; the rest of its batch is skipped, as the
+    /// server skips after an error.
+    async fn refuse_in_batch(&mut self, command: Command, why: &str) -> Result<(), SessionError> {
+        if let Decided::Refuse(command_id, denial) =
+            self.refuse(command, "sluice:catalog", why).await?
+        {
+            self.push(Expect::Refused { command_id, denial });
+            self.discarding = true;
         }
+        Ok(())
     }
 
     async fn bind(&mut self, msg: &RawMessage, out: &mut BytesMut) -> Result<(), SessionError> {
@@ -1067,13 +1080,7 @@ impl<'a> Requests<'a> {
             let why = "the views or routines this statement uses changed after it was bound \
                        (the server planned it then, on what the gateway no longer sees): bind it \
                        again";
-            if let Decided::Refuse(command_id, denial) =
-                self.refuse(command, "sluice:catalog", why).await?
-            {
-                self.push(Expect::Refused { command_id, denial });
-                self.discarding = true;
-            }
-            return Ok(());
+            return self.refuse_in_batch(command, why).await;
         }
         let mut analysis = self.analyse(&portal.text);
         let lineage_text = analysis.lineage_text.clone();
@@ -1107,7 +1114,7 @@ impl<'a> Requests<'a> {
                     self.registry.describe_portal(&portal_name);
                 }
                 let seq = self.next_seq();
-                let hold = self.hold_until_ready(seq, hold);
+                let hold = self.keep_hold(seq, hold);
                 self.push(Expect::Execute {
                     command_id,
                     portal: portal_name,
@@ -1245,7 +1252,7 @@ impl<'a> Requests<'a> {
         if self.enter_gate(analysis, true).await {
             return Ok(decided);
         }
-        if self.commits(analysis) {
+        if Self::commits(analysis) {
             // Refused, the transaction would stay open with its change
             // (and its locks, which the statements holding the gate may
             // be waiting on): the session ends, and the change rolls back.
@@ -1265,11 +1272,9 @@ impl<'a> Requests<'a> {
 
     /// Whether a message commits a transaction (COMMIT, END, COMMIT
     /// PREPARED).
-    fn commits(&self, analysis: &Analysis) -> bool {
+    fn commits(analysis: &Analysis) -> bool {
         analysis
-            .classified
-            .iter()
-            .flat_map(|c| c.statements.iter())
+            .statements()
             .any(|s| s.classes.contains(&SqlClass::Tx) && s.command.starts_with("COMMIT"))
     }
 
@@ -1279,19 +1284,14 @@ impl<'a> Requests<'a> {
     /// made one, or any `COMMIT PREPARED`.
     fn publishes(&mut self, analysis: &Analysis) -> bool {
         let last_idle = self.progress.borrow().last_idle;
-        if self.ddl_in_transaction.is_some_and(|m| last_idle > m) {
-            self.ddl_in_transaction = None;
-        }
-        let changed = self.ddl_in_transaction.is_some()
-            || self.uncommitted_code.is_some_and(|m| last_idle <= m);
+        let changed = still_open(&mut self.ddl_in_transaction, last_idle)
+            || still_open(&mut self.uncommitted_code, last_idle);
         analysis.ddl
             || analysis.defines_code
-            || (self.commits(analysis)
+            || (Self::commits(analysis)
                 && (changed
                     || analysis
-                        .classified
-                        .iter()
-                        .flat_map(|c| c.statements.iter())
+                        .statements()
                         .any(|s| s.command.starts_with("COMMIT PREPARED"))))
     }
 
@@ -1311,11 +1311,13 @@ impl<'a> Requests<'a> {
         if fresh {
             return true;
         }
-        let Some(catalog) = &self.resolver else {
+        if self.resolver.is_none() {
             return true;
-        };
-        let gate = catalog.gate().clone();
-        match gate.enter(self.gate_session, true, gate::WAIT).await {
+        }
+        match gate::global()
+            .enter(self.gate_session, true, gate::WAIT)
+            .await
+        {
             Some(hold) => {
                 self.uncommitted.hold_until_ready(self.seq, hold);
                 true
@@ -1325,16 +1327,17 @@ impl<'a> Requests<'a> {
     }
 
     /// Enters the resolver's gate (see `gate`) for a message: exclusively
-    /// when it may publish code and `publish` (it is about to be forwarded),
-    /// shared when it names tables or functions (it is about to be judged).
-    /// `false`: it waited too long.
-    async fn enter_gate(&mut self, analysis: &Analysis, publish: bool) -> bool {
-        let Some(catalog) = &self.resolver else {
+    /// when it is about to be forwarded and may publish a schema change
+    /// (`publishing`), shared when it names tables or functions and is
+    /// about to be judged. `false`: it waited too long.
+    async fn enter_gate(&mut self, analysis: &Analysis, exclusive: bool) -> bool {
+        if self.resolver.is_none() {
             return true;
-        };
-        let statements = || analysis.classified.iter().flat_map(|c| c.statements.iter());
-        let exclusive = publish;
-        let needed = exclusive || statements().any(crate::sql::resolve::names_objects);
+        }
+        let needed = exclusive
+            || analysis
+                .statements()
+                .any(crate::sql::resolve::names_objects);
         let enough = match &self.held {
             Some(h) => h.is_exclusive() || !exclusive,
             None => !needed,
@@ -1342,8 +1345,10 @@ impl<'a> Requests<'a> {
         if enough {
             return true;
         }
-        let gate = catalog.gate().clone();
-        match gate.enter(self.gate_session, exclusive, gate::WAIT).await {
+        match gate::global()
+            .enter(self.gate_session, exclusive, gate::WAIT)
+            .await
+        {
             Some(hold) => {
                 self.held = Some(hold);
                 true
@@ -1355,7 +1360,7 @@ impl<'a> Requests<'a> {
     /// Where a forwarded command's gate hold is kept: an exclusive one
     /// until the ReadyForQuery after it (its change is published then), a
     /// shared one with the command (returned) until it is finished.
-    fn hold_until_ready(&self, seq: u64, hold: Option<GateHold>) -> Option<GateHold> {
+    fn keep_hold(&self, seq: u64, hold: Option<GateHold>) -> Option<GateHold> {
         match hold {
             Some(h) if h.is_exclusive() => {
                 self.uncommitted.hold_until_ready(seq, h);
@@ -1369,11 +1374,8 @@ impl<'a> Requests<'a> {
     /// change what these statements mean: the catalog connection cannot
     /// see it yet.
     fn catalog_behind(&mut self, classified: &[Arc<Classification>]) -> bool {
-        let Some(mark) = self.uncommitted_code else {
-            return false;
-        };
-        if self.progress.borrow().last_idle > mark {
-            self.uncommitted_code = None;
+        let last_idle = self.progress.borrow().last_idle;
+        if !still_open(&mut self.uncommitted_code, last_idle) {
             return false;
         }
         self.resolver.is_some()

@@ -1002,18 +1002,6 @@ const SINK_FUNCTIONS: &[&str] = &[
 /// to every session in `pg_locks`.
 const SINK_PREFIXES: &[&str] = &["pg_advisory", "pg_try_advisory"];
 
-/// Whether a CREATE FUNCTION defines a trigger or event trigger function.
-fn returns_trigger(b: &Obj) -> bool {
-    let names = match b.get("return_type") {
-        Some(Value::Object(t)) => string_items(t.get("names")),
-        _ => Vec::new(),
-    };
-    matches!(
-        names.as_slice(),
-        [.., "trigger" | "event_trigger"] if names.len() == 1 || names[0] == "pg_catalog"
-    )
-}
-
 /// Built-ins whose result carries no value of their arguments (`count`: a
 /// number of rows). A user function of the same name is refused while
 /// column rules apply ([`catalog_side_channel`]): the server may call it
@@ -1961,34 +1949,11 @@ impl Analyzer {
     }
 
     fn function_body(&mut self, b: &Obj) {
-        let mut body: Option<String> = None;
-        let mut language = String::new();
-        if let Some(Value::Array(options)) = b.get("options") {
-            for opt in options {
-                let Some(("DefElem", d)) = tagged(opt) else {
-                    continue;
-                };
-                match str_field(d, "defname") {
-                    "as" => {
-                        body = match d.get("arg").and_then(tagged) {
-                            Some(("List", l)) => string_items(l.get("items"))
-                                .first()
-                                .map(|s| (*s).to_owned()),
-                            Some(("String", s)) => Some(str_field(s, "sval").to_owned()),
-                            _ => None,
-                        }
-                    }
-                    "language" => {
-                        language = d
-                            .get("arg")
-                            .and_then(tagged)
-                            .map(|(_, s)| str_field(s, "sval").to_ascii_lowercase())
-                            .unwrap_or_default()
-                    }
-                    _ => {}
-                }
-            }
-        }
+        let RoutineDefinition {
+            language,
+            source: body,
+            ..
+        } = routine_definition(b);
         if let Some(sql_body) = b.get("sql_body").filter(|v| !v.is_null()) {
             let refs = self.nested_refs(|a| {
                 a.expr(sql_body);
@@ -2274,8 +2239,8 @@ fn dollar_tag(body: &str) -> String {
 
 use super::memo::ShapeMemo;
 use super::walk::{
-    bool_field, is_func_call, is_range_var, is_select, statement_text, str_field, tagged,
-    take_constants, Reads,
+    bool_field, is_func_call, is_range_var, is_select, returns_trigger, routine_definition,
+    statement_text, str_field, tagged, take_constants, Reads, RoutineDefinition,
 };
 
 /// A field typed as a message may come tagged or not.

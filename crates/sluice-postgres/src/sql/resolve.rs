@@ -45,7 +45,12 @@ pub fn view_context(schema: &str, name: &str, definition: &str) -> String {
 /// A table's entry for `Command::context`: the SQL the server evaluates
 /// when the table is read, and, besides that, when it is written.
 pub fn table_context(schema: &str, name: &str, on_read: &str, on_write: &str) -> String {
-    format!("\0table\0{schema}.{name}\0{on_read}\0{on_write}")
+    table_entry(&format!("{schema}.{name}"), on_read, on_write)
+}
+
+/// A table's entry for its qualified name.
+fn table_entry(qualified: &str, on_read: &str, on_write: &str) -> String {
+    format!("\0table\0{qualified}\0{on_read}\0{on_write}")
 }
 
 /// A function's or procedure's entry for `Command::context`.
@@ -340,7 +345,7 @@ fn key(table: &str, written: bool) -> String {
     format!("{}{table}", if written { "w:" } else { "r:" })
 }
 
-fn merge(st: &mut StatementInfo, other: &StatementInfo) {
+pub(super) fn merge(st: &mut StatementInfo, other: &StatementInfo) {
     st.classes.extend(other.classes.iter().copied());
     st.reads.extend(other.reads.iter().cloned());
     st.writes.extend(other.writes.iter().cloned());
@@ -572,7 +577,7 @@ pub(crate) async fn catalog_context(
     let mut context = Vec::new();
     for _ in 0..MAX_DEPTH {
         unwritten.retain(|(table, on_write, full)| {
-            let written = named.written.iter().any(|t| names(t, table));
+            let written = named.writes(table);
             if written {
                 named.add_sql(on_write, &cache);
                 context.push(full.clone());
@@ -609,7 +614,7 @@ pub(crate) async fn catalog_context(
                     // Read-side only until a statement writes its rows.
                     named.add_sql(on_read, &cache);
                     unwritten.push((name.to_string(), on_write.to_string(), e.clone()));
-                    context.push(format!("\0table\0{name}\0{on_read}\0"));
+                    context.push(table_entry(name, on_read, ""));
                     continue;
                 }
                 None => {}
@@ -619,7 +624,7 @@ pub(crate) async fn catalog_context(
         // A written view writes its base tables (`fold`).
         for e in &context {
             if let Some(Entry::View { name, definition }) = entry(e) {
-                if named.written.iter().any(|t| names(t, name)) {
+                if named.writes(name) {
                     if let Ok(c) = cache.classify(definition) {
                         for s in &c.statements {
                             named.written.extend(s.reads.iter().cloned());
@@ -652,6 +657,11 @@ impl Named {
         if st.classes.contains(&SqlClass::Write) {
             self.written.extend(st.writes.iter().cloned());
         }
+    }
+
+    /// Whether a statement writes rows of the catalog's `qualified`.
+    fn writes(&self, qualified: &str) -> bool {
+        self.written.iter().any(|t| names(t, qualified))
     }
 
     /// What SQL text from the catalog names (unreadable text: nothing; `fold`

@@ -231,46 +231,22 @@ impl<'a> Walker<'a> {
     /// body from statements that do not name it, judged on the old one: the
     /// replacement is judged on what the new body does, as a call would be.
     fn replaced_routine(&mut self, b: &Obj) {
-        let mut language = String::from("sql");
-        let mut volatility = "v";
-        let mut source = None;
-        for d in list_items(b.get("options")).filter_map(|o| match tagged(o) {
-            Some(("DefElem", d)) => Some(d),
-            _ => None,
-        }) {
-            let arg = d.get("arg").and_then(tagged);
-            match (str_field(d, "defname"), arg) {
-                ("language", Some((_, s))) => language = str_field(s, "sval").to_ascii_lowercase(),
-                ("volatility", Some((_, s))) => {
-                    volatility = match str_field(s, "sval") {
-                        "immutable" => "i",
-                        "stable" => "s",
-                        _ => "v",
-                    }
-                }
-                ("as", Some(("List", l))) => {
-                    source = string_items(l.get("items"))
-                        .first()
-                        .map(|s| (*s).to_owned())
-                }
-                _ => {}
-            }
-        }
-        // A TypeName message, not a node: untagged.
-        let returns_trigger = match b.get("return_type") {
-            Some(Value::Object(t)) => string_items(t.get("names"))
-                .last()
-                .is_some_and(|n| matches!(*n, "trigger" | "event_trigger")),
-            _ => false,
-        };
         if b.get("sql_body").is_some_and(|v| !v.is_null()) {
             // A `BEGIN ATOMIC` body is part of this statement's tree: walked
             // with it.
             return;
         }
+        let RoutineDefinition {
+            mut language,
+            volatility,
+            source,
+        } = routine_definition(b);
+        if language.is_empty() {
+            language.push_str("sql");
+        }
         let definition = self.text();
         let body = match (language.as_str(), source) {
-            ("plpgsql", Some(source)) if returns_trigger => {
+            ("plpgsql", Some(source)) if returns_trigger(b) => {
                 super::resolve::trigger_definition(&source)
             }
             ("plpgsql", _) => definition.to_owned(),
@@ -278,11 +254,7 @@ impl<'a> Walker<'a> {
         };
         let cache = super::ClassifierCache::new(8);
         let does = super::resolve::function_effects(&language, volatility, &body, &cache);
-        self.info.classes.extend(does.classes.iter().copied());
-        self.info.reads.extend(does.reads);
-        self.info.writes.extend(does.writes);
-        self.info.functions.extend(does.functions);
-        self.info.no_where |= does.no_where;
+        super::resolve::merge(&mut self.info, &does);
     }
 
     fn finish(mut self) -> StatementInfo {
@@ -1286,6 +1258,60 @@ pub(super) fn int_field(m: &Obj, key: &str) -> i32 {
 
 pub(super) fn is_null(m: &Obj, key: &str) -> bool {
     matches!(m.get(key), None | Some(Value::Null))
+}
+
+/// What a CREATE FUNCTION or PROCEDURE says of its code.
+pub(super) struct RoutineDefinition {
+    /// Lowercase; empty when not given.
+    pub language: String,
+    /// `i`, `s` or `v`.
+    pub volatility: &'static str,
+    /// The `AS` source text.
+    pub source: Option<String>,
+}
+
+pub(super) fn routine_definition(b: &Obj) -> RoutineDefinition {
+    let mut def = RoutineDefinition {
+        language: String::new(),
+        volatility: "v",
+        source: None,
+    };
+    for d in list_items(b.get("options")).filter_map(|o| match tagged(o) {
+        Some(("DefElem", d)) => Some(d),
+        _ => None,
+    }) {
+        match (str_field(d, "defname"), d.get("arg").and_then(tagged)) {
+            ("language", Some((_, s))) => def.language = str_field(s, "sval").to_ascii_lowercase(),
+            ("volatility", Some((_, s))) => {
+                def.volatility = match str_field(s, "sval") {
+                    "immutable" => "i",
+                    "stable" => "s",
+                    _ => "v",
+                }
+            }
+            ("as", Some(("List", l))) => {
+                def.source = string_items(l.get("items"))
+                    .first()
+                    .map(|s| (*s).to_owned())
+            }
+            ("as", Some(("String", s))) => def.source = Some(str_field(s, "sval").to_owned()),
+            _ => {}
+        }
+    }
+    def
+}
+
+/// Whether a CREATE FUNCTION defines a trigger or event trigger function.
+pub(super) fn returns_trigger(b: &Obj) -> bool {
+    // A TypeName message, not a node: untagged.
+    let names = match b.get("return_type") {
+        Some(Value::Object(t)) => string_items(t.get("names")),
+        _ => Vec::new(),
+    };
+    matches!(
+        names.as_slice(),
+        [.., "trigger" | "event_trigger"] if names.len() == 1 || names[0] == "pg_catalog"
+    )
 }
 
 /// Whether a statement of this type may define, replace, rename or drop a
