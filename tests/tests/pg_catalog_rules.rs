@@ -241,6 +241,21 @@ fn what_the_server_runs_for_a_table_is_judged_with_the_statement() {
         let err = failed(&out);
         assert!(err.contains(rule), "{sql}: {err}");
     }
+    // The same over the raw extended protocol: refused where it is parsed.
+    let mut agent = env.raw_agent();
+    for sql in [
+        "insert into triggered values (3)",
+        "insert into keyed values (1)",
+        "select * from guarded",
+    ] {
+        let errors = agent.extended_errors(sql);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.message().contains("no-unbounded-writes")),
+            "{sql}: {errors:?}"
+        );
+    }
     assert_eq!(orders(), before);
     // Ordinary writes of tables with ordinary defaults, keys and checks.
     for sql in [
