@@ -378,6 +378,15 @@ message = "Use exec with explicit commands."
     let err = stderr(&out);
     assert!(err.contains("no-shells"), "{err}");
     assert!(!stdout(&out).contains("should-not-run"));
+    // A command on a terminal takes keystrokes nobody judges (a pager's
+    // `!cmd`): it is a shell as far as the rule goes. Without one it runs.
+    let sentinel = env.work.join("sentinel");
+    let touch = format!("touch {}", sentinel.display());
+    let out = env.ssh(&env.agent_token(), &["-tt", &touch]);
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(!sentinel.exists(), "the command on a terminal ran");
+    ok(&env.ssh(&env.agent_token(), &[&touch]));
+    assert!(sentinel.exists());
 }
 
 #[test]
@@ -495,12 +504,22 @@ action = "allow"
     let w = env.work.display().to_string();
     let sentinel = env.work.join("sentinel");
     let s = sentinel.display().to_string();
+    let planted = env.work.join("bin/scp");
+    fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    fs::write(&planted, format!("#!/bin/sh\ntouch {s}\n")).unwrap();
+    fs::set_permissions(
+        &planted,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     for line in [
         format!("touch {s}; true || scp -t {w}"),
         format!("scp '-oProxyCommand=touch {s}' -t {w}"),
         format!("scp -S /usr/bin/touch -t {s}"),
         format!("scp -t {w} && touch {s}"),
         format!("sh -c 'scp -t {w}; touch {s}'"),
+        // A program merely named scp is not the host's scp.
+        format!("{w}/bin/scp -t {w}"),
     ] {
         let mut cmd = env.ssh_command_to("files", &token, &[&line]);
         let out = run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT);

@@ -2,7 +2,7 @@
 //! decides what it is (exec, shell, subsystem), the decision, then the relay
 //! to an upstream channel with masking and recording.
 
-use crate::server::{decide, Decided, Live};
+use crate::server::{decide_command, Decided, Live};
 use crate::sftp::SftpTracker;
 use bytes::Bytes;
 use russh::server::Msg;
@@ -10,7 +10,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Pty};
 use sluice_core::audit::{AuditEvent, StreamRecorder};
 use sluice_core::masking::StreamMasker;
 use sluice_core::sync::MutexExt;
-use sluice_core::{CommandKind, Denial, Outcome};
+use sluice_core::{Command, CommandKind, Denial, Outcome};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -222,6 +222,21 @@ fn classify(
     })
 }
 
+/// How a command's context names the terminal it runs on.
+pub(crate) const TERMINAL: &str = "terminal (pty) ";
+
+/// An exec given a terminal (`ssh -t host CMD`) says so in its context: what
+/// is typed into it (a pager's `!cmd`, an editor's shell escape) is recorded,
+/// not judged, so `ssh = ["shell"]` rules cover it as they cover a shell.
+fn terminal_context(kind: &CommandKind, pty: Option<&PtyRequest>) -> Vec<String> {
+    match (kind, pty) {
+        (CommandKind::Exec, Some(p)) => {
+            vec![format!("{TERMINAL}{} {}x{}", p.term, p.cols, p.rows)]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Opens the upstream session channel while the client's requests arrive
 /// and the command is decided (an open channel runs nothing until a request
 /// is sent), saving round trips; a refused command closes it unused.
@@ -243,14 +258,13 @@ fn open_upstream_channel(
 /// with it (`None`).
 async fn decide_watching(
     live: &Arc<Live>,
-    kind: CommandKind,
-    text: String,
+    command: Command,
     rx: &mut ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
     setup: &mut Setup,
 ) -> Option<Decided> {
     let nl = setup.newline();
-    let decision = decide(live, kind, text);
+    let decision = decide_command(live, command);
     tokio::pin!(decision);
     let mut notices = live.notices.try_lock().ok();
     let decided = loop {
@@ -346,7 +360,12 @@ async fn judge(
     };
     let was_early = early.is_some();
     let opening = early.unwrap_or_else(|| open_upstream_channel(live));
-    let Some(decided) = decide_watching(live, kind, text, rx, tx, setup).await else {
+    let command = Command {
+        context: terminal_context(&kind, setup.pty.as_ref()),
+        kind,
+        text,
+    };
+    let Some(decided) = decide_watching(live, command, rx, tx, setup).await else {
         close_unused(Some(opening)).await;
         return None;
     };
@@ -952,7 +971,7 @@ fn sole_command(text: &str) -> Option<Vec<String>> {
 fn scp_transfer(text: &str) -> Option<Carries> {
     let words = sole_command(text)?;
     let (program, args) = words.split_first()?;
-    if program != "scp" && !program.ends_with("/scp") {
+    if !is_transfer_program(program, "scp") {
         return None;
     }
     let upload = scp_sink_direction(args)?;
@@ -1000,7 +1019,33 @@ pub(crate) fn scp_sink_direction(args: &[String]) -> Option<bool> {
 fn is_sftp_server(text: &str) -> bool {
     sole_command(text)
         .and_then(|w| w.first().cloned())
-        .is_some_and(|p| p == "sftp-server" || p.ends_with("/sftp-server"))
+        .is_some_and(|p| is_transfer_program(&p, "sftp-server"))
+}
+
+/// Where OpenSSH installs `scp` and `sftp-server` (Debian, Fedora, Arch,
+/// Gentoo, the BSDs, macOS, source builds).
+const TRANSFER_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/bin",
+    "/usr/local/bin",
+    "/usr/lib/openssh",
+    "/usr/libexec/openssh",
+    "/usr/libexec",
+    "/usr/lib/ssh",
+    "/usr/lib/misc",
+    "/usr/local/libexec",
+];
+
+/// Whether `program`, as written on the exec line, is the host's own `name`
+/// (`scp`, `sftp-server`): the bare name, or that name in a directory
+/// OpenSSH installs to. A transfer's output is read as file transfer, not
+/// masked as text, so `/tmp/sftp-server` (a script an agent uploaded) must
+/// not pass for one.
+pub(crate) fn is_transfer_program(program: &str, name: &str) -> bool {
+    match program.rsplit_once('/') {
+        None => program == name,
+        Some((dir, base)) => base == name && TRANSFER_DIRS.contains(&dir),
+    }
 }
 
 #[cfg(test)]
@@ -1038,5 +1083,23 @@ mod transfer_tests {
             "cat /etc/shadow; /usr/lib/openssh/sftp-server"
         ));
         assert!(!is_sftp_server("cat /etc/shadow | sftp-server"));
+    }
+
+    #[test]
+    fn a_transfer_program_must_be_the_hosts_own() {
+        assert!(is_sftp_server("/usr/libexec/openssh/sftp-server"));
+        assert!(scp_transfer("/usr/bin/scp -t /tmp").is_some());
+        for line in [
+            "/tmp/sftp-server",
+            "./sftp-server",
+            "/usr/lib/openssh/../../../tmp/sftp-server",
+            "/usr/lib/openssh//sftp-server",
+            "~/sftp-server",
+        ] {
+            assert!(!is_sftp_server(line), "{line:?}");
+        }
+        for line in ["/tmp/scp -t /tmp", "./scp -f /etc/hosts", "bin/scp -t /"] {
+            assert!(scp_transfer(line).is_none(), "{line:?}");
+        }
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! | value | matches |
 //! |---|---|
-//! | `shell` | an interactive shell (`ssh host`, with or without a pty) |
+//! | `shell` | an interactive shell (`ssh host`, with or without a pty), or a command given a terminal (`ssh -t host CMD`) |
 //! | `exec` | any command line (`ssh host CMD`, scp, `kubectl exec`) |
 //! | `scp` | an exec of `scp -t`/`scp -f` (what the scp client sends) |
 //! | `sftp` | the `sftp` subsystem, or an exec of `sftp-server` |
@@ -125,6 +125,15 @@ fn programs<'s>(
     p.0.as_deref().map_err(|e| e.clone())
 }
 
+/// Whether `inv` runs the host's own `name` (see `is_transfer_program`).
+fn is_hosts(inv: &sluice_shell::Invocation, name: &str) -> bool {
+    inv.program == name
+        && inv
+            .path
+            .as_deref()
+            .is_none_or(|p| crate::channel::is_transfer_program(p, name))
+}
+
 impl SshMatcher {
     /// Whether the line is a transfer: any of its programs (deny and review
     /// rules), or the line's one and only program (allow rules).
@@ -147,12 +156,17 @@ impl CommandMatcher for SshMatcher {
             let hit = match (kind, &command.kind) {
                 (Kind::Shell, CommandKind::Shell { .. }) => true,
                 (Kind::Exec, CommandKind::Exec) => true,
+                // An exec on a terminal takes keystrokes nobody judges.
+                (Kind::Shell, CommandKind::Exec) => command
+                    .context
+                    .iter()
+                    .any(|c| c.starts_with(crate::channel::TERMINAL)),
                 // Judging "is this scp" needs the line parsed: fail closed.
                 (Kind::Scp, CommandKind::Exec) => {
                     let programs = programs(command, scratch)?;
                     if self.whole_line {
                         // Exactly one scp, with only the options a transfer uses.
-                        matches!(programs, [only] if only.program == "scp"
+                        matches!(programs, [only] if is_hosts(only, "scp")
                             && crate::channel::scp_sink_direction(&only.args).is_some())
                     } else {
                         programs.iter().any(|i| {
@@ -167,7 +181,12 @@ impl CommandMatcher for SshMatcher {
                 }
                 (Kind::Sftp, CommandKind::Subsystem { name }) => name == "sftp",
                 (Kind::Sftp, CommandKind::Exec) => {
-                    self.transfer(programs(command, scratch)?, |i| i.program == "sftp-server")
+                    self.transfer(programs(command, scratch)?, |i| {
+                        // Deny and review rules count any program of that
+                        // name; an allow rule only the host's own.
+                        i.program == "sftp-server"
+                            && (!self.whole_line || is_hosts(i, "sftp-server"))
+                    })
                 }
                 (Kind::Subsystem(None), CommandKind::Subsystem { .. }) => true,
                 (Kind::Subsystem(Some(g)), CommandKind::Subsystem { name }) => g.matches(name),
@@ -212,6 +231,17 @@ mod tests {
     fn kinds() {
         assert!(m(&["shell"], CommandKind::Shell { pty: true }, "shell").unwrap());
         assert!(!m(&["shell"], CommandKind::Exec, "ls").unwrap());
+        let on_terminal = Command {
+            kind: CommandKind::Exec,
+            text: "git log".into(),
+            context: vec![format!("{}xterm 80x24", crate::channel::TERMINAL)],
+        };
+        let mut t = toml::Table::new();
+        t.insert("ssh".into(), toml::Value::String("shell".into()));
+        let shell = SshMatchKey.compile(&t).unwrap();
+        assert!(shell
+            .matches(&on_terminal, &mut Scratch::default())
+            .unwrap());
         assert!(m(&["exec"], CommandKind::Exec, "ls").unwrap());
         assert!(m(&["scp"], CommandKind::Exec, "scp -t /tmp").unwrap());
         assert!(m(&["scp"], CommandKind::Exec, "scp -r -f /etc").unwrap());
@@ -273,5 +303,21 @@ mod tests {
             );
         }
         assert!(deny.matches(&plain, &mut Scratch::default()).unwrap());
+        // An uploaded program named like a transfer is not one to allow.
+        let planted = exec("/tmp/scp -t /tmp");
+        assert!(!allow.matches(&planted, &mut Scratch::default()).unwrap());
+        assert!(deny.matches(&planted, &mut Scratch::default()).unwrap());
+        t.insert("ssh".into(), toml::Value::String("sftp".into()));
+        let allow = SshMatchKey
+            .compile_for(&t, sluice_core::Action::Allow)
+            .unwrap();
+        let deny = SshMatchKey
+            .compile_for(&t, sluice_core::Action::Deny)
+            .unwrap();
+        let planted = exec("/tmp/x/sftp-server");
+        assert!(!allow.matches(&planted, &mut Scratch::default()).unwrap());
+        assert!(deny.matches(&planted, &mut Scratch::default()).unwrap());
+        let real = exec("/usr/lib/openssh/sftp-server");
+        assert!(allow.matches(&real, &mut Scratch::default()).unwrap());
     }
 }

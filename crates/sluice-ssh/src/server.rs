@@ -162,11 +162,19 @@ pub(crate) enum Decided {
 
 /// Runs a command through the pipeline. A store failure refuses it.
 pub(crate) async fn decide(live: &Live, kind: CommandKind, text: String) -> Decided {
-    let command = Command {
-        kind,
-        text,
-        context: Vec::new(),
-    };
+    decide_command(
+        live,
+        Command {
+            kind,
+            text,
+            context: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// [`decide`] for a command built by the caller (with its context).
+pub(crate) async fn decide_command(live: &Live, command: Command) -> Decided {
     match live.handle.decide(command).await {
         Ok(Decision::Forward { command_id }) => Decided::Forward(command_id),
         Ok(Decision::Refuse { denial, .. }) => Decided::Refuse(denial),
