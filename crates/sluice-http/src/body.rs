@@ -325,6 +325,124 @@ impl BodyTransformer for JsonLines {
     }
 }
 
+/// A stream of JSON objects or arrays, one after another, with or without
+/// whitespace between them (a Kubernetes watch writes one event per object,
+/// usually newline-terminated; the newline is not relied on). Each value is
+/// masked as soon as its closing bracket arrives and written on its own
+/// line; only the current, incomplete value is held back.
+pub struct JsonValues {
+    mask: Box<dyn FnMut(&mut serde_json::Value) -> MaskCounts + Send>,
+    /// The incomplete value so far (empty between values).
+    buf: Vec<u8>,
+    /// Open brackets outside strings, and the string state, of `buf`.
+    depth: usize,
+    in_string: bool,
+    escaped: bool,
+    max: usize,
+    counts: MaskCounts,
+    /// What one value is, for errors ("watch event").
+    what: &'static str,
+}
+
+impl JsonValues {
+    pub fn new(
+        mask: impl FnMut(&mut serde_json::Value) -> MaskCounts + Send + 'static,
+        max: usize,
+        what: &'static str,
+    ) -> Self {
+        JsonValues {
+            mask: Box::new(mask),
+            buf: Vec::new(),
+            depth: 0,
+            in_string: false,
+            escaped: false,
+            max,
+            counts: MaskCounts::default(),
+            what,
+        }
+    }
+
+    fn not_json(&self) -> TransformError {
+        TransformError::new(format!(
+            "a {} from the upstream is not a JSON object, so it could not be masked; the stream was ended",
+            self.what
+        ))
+    }
+
+    /// Follows one byte of a value; true when it closed the value.
+    fn step(&mut self, b: u8) -> bool {
+        if self.in_string {
+            match (self.escaped, b) {
+                (true, _) => self.escaped = false,
+                (false, b'\\') => self.escaped = true,
+                (false, b'"') => self.in_string = false,
+                _ => {}
+            }
+            return false;
+        }
+        match b {
+            b'"' => self.in_string = true,
+            b'{' | b'[' => self.depth += 1,
+            b'}' | b']' => self.depth -= 1,
+            _ => {}
+        }
+        self.depth == 0
+    }
+
+    /// Masks the complete value in `buf` onto `out`.
+    fn emit(&mut self, out: &mut Vec<u8>) -> Result<(), TransformError> {
+        let value = std::mem::take(&mut self.buf);
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&value).map_err(|_| self.not_json())?;
+        self.counts.merge(&(self.mask)(&mut doc));
+        serde_json::to_writer(&mut *out, &doc).map_err(|_| {
+            TransformError::new(format!("a masked {} could not be written", self.what))
+        })?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+impl BodyTransformer for JsonValues {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TransformError> {
+        let mut out = Vec::new();
+        for &b in chunk {
+            if self.buf.is_empty() {
+                if b.is_ascii_whitespace() {
+                    continue;
+                }
+                if b != b'{' && b != b'[' {
+                    return Err(self.not_json());
+                }
+            }
+            self.buf.push(b);
+            if self.step(b) {
+                self.emit(&mut out)?;
+            } else if self.buf.len() > self.max {
+                return Err(TransformError::new(format!(
+                    "a {} from the upstream is longer than the {} bytes the gateway buffers to mask it, so the stream was ended",
+                    self.what, self.max
+                )));
+            }
+        }
+        Ok(out)
+    }
+
+    fn finish(&mut self) -> Result<Vec<u8>, TransformError> {
+        if self.buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        Err(TransformError::new(format!(
+            "the upstream's stream ended inside a {}, which could not be masked and was not passed on",
+            self.what
+        )))
+    }
+
+    fn counts(&self) -> MaskCounts {
+        self.counts.clone()
+    }
+}
+
 /// The streaming text plan as a transformer.
 pub struct TextMasking(pub StreamMasker);
 
@@ -864,6 +982,62 @@ impl http_body::Body for Holding {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `JsonValues` that replaces every `"secret"` key's value.
+    fn values(max: usize) -> JsonValues {
+        JsonValues::new(
+            |doc| {
+                let mut counts = MaskCounts::default();
+                if let Some(v) = doc.get_mut("secret") {
+                    *v = serde_json::Value::from("[masked]");
+                    counts.add("secret", 1);
+                }
+                counts
+            },
+            max,
+            "event",
+        )
+    }
+
+    #[test]
+    fn json_values_are_masked_one_by_one_with_or_without_newlines() {
+        // Strings holding brackets, quotes and backslashes do not end a value.
+        let a = r#"{"secret":"s3cr3t","note":"} ] \" {"}"#;
+        let b = r#"[1,{"x":"]"}]"#;
+        let c = r#"{"secret":"hunter22"}"#;
+        for stream in [format!("{a}{b}{c}"), format!("{a}\n {b}\r\n\n{c}\n")] {
+            for split in 0..=stream.len() {
+                let mut t = values(1 << 10);
+                let (x, y) = stream.as_bytes().split_at(split);
+                let mut out = t.push(x).unwrap();
+                if split >= a.len() {
+                    // Released as soon as its closing brace arrives.
+                    assert!(out.starts_with(br#"{"note""#), "{split}");
+                }
+                out.extend(t.push(y).unwrap());
+                out.extend(t.finish().unwrap());
+                let text = String::from_utf8(out).unwrap();
+                assert_eq!(text.lines().count(), 3, "{text}");
+                assert!(
+                    !text.contains("s3cr3t") && !text.contains("hunter22"),
+                    "{text}"
+                );
+                assert_eq!(t.counts().get("secret"), 2);
+            }
+        }
+    }
+
+    #[test]
+    fn json_values_refuse_what_they_cannot_mask() {
+        assert!(values(1 << 10).push(b"garbage").is_err());
+        assert!(values(1 << 10).push(br#"{"a":1}x"#).is_err());
+        assert!(values(1 << 10).push(b"{]").is_err());
+        assert!(values(16).push(br#"{"secret":"0123456789"}"#).is_err());
+        // The stream ends inside a value: its start is never released.
+        let mut t = values(1 << 10);
+        assert!(t.push(br#"{"secret":"s3cr3t""#).unwrap().is_empty());
+        assert!(t.finish().is_err());
+    }
 
     #[test]
     fn the_body_context_binds_the_digest_and_shows_an_escaped_excerpt() {
