@@ -351,8 +351,20 @@ pub trait Flavor: Send + Sync + 'static {
         head.upgrade == Some("websocket")
     }
 
+    /// The refusal of an upgrade [`Flavor::allow_upgrade`] declined.
+    /// Default: the protocol is not supported on this connection.
+    fn upgrade_refusal(&self, head: &RequestHead<'_>) -> Problem {
+        let upgrade = head.upgrade.unwrap_or("");
+        Problem::new(
+            crate::problem::ProblemKind::NotSupported,
+            format!("sluice: upgrading to {upgrade:?} is not supported on this connection"),
+        )
+    }
+
     /// A hook that sees the frames of an upgraded WebSocket connection.
     /// Default: none (frames and bytes are still counted and recorded).
+    /// When the session masks responses, an upgrade without a hook is
+    /// refused: its frames would reach the client unmasked.
     fn frame_hook(
         &self,
         head: &RequestHead<'_>,

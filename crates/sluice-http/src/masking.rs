@@ -154,6 +154,22 @@ pub fn default_plan(
     ResponsePlan::new(BodyPlan::Text).streaming(streaming)
 }
 
+/// The refusal of a partial response (`206`, or any `Content-Range`) on a
+/// connection whose bodies are masked or redacted: a part of a body is
+/// masked out of context (a CSV cut from its header, a value split across
+/// two ranges), so only whole bodies are passed on.
+pub fn partial_refusal(response: &http::response::Parts) -> Option<Problem> {
+    let partial = response.status == StatusCode::PARTIAL_CONTENT
+        || response.headers.contains_key(header::CONTENT_RANGE);
+    partial.then(|| {
+        Problem::new(
+            ProblemKind::BadGateway,
+            "sluice: the upstream answered with a part of a body (206 or Content-Range); responses on this connection are masked whole, so it was not passed on",
+        )
+        .with_hint("Request the whole resource, without Range.")
+    })
+}
+
 /// The response's content coding, when it is not identity.
 pub fn encoded(response: &http::response::Parts) -> Option<String> {
     let mut codings = Vec::new();
@@ -170,34 +186,23 @@ pub fn encoded(response: &http::response::Parts) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use sluice_core::config::Config;
 
-    fn plan(ctype: &str, encoding: Option<&str>, masking: bool) -> BodyPlan {
-        let config = Config::from_toml_str(
-            "[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"http://127.0.0.1:1\"\nallow_groups = [\"a\"]\n",
-            "t.toml",
-        )
-        .unwrap();
-        let connection = &config.connections[0];
-        let engine = sluice_core::masking::compile(
+    pub(crate) fn email_engine() -> sluice_core::masking::MaskingEngine {
+        sluice_core::masking::compile(
             &sluice_core::masking::MaskingConfig {
                 detectors: vec!["email".into()],
                 ..Default::default()
             },
             None,
         )
-        .unwrap();
-        let mut builder = http::Response::builder().header(header::CONTENT_TYPE, ctype);
-        if let Some(e) = encoding {
-            builder = builder.header(header::CONTENT_ENCODING, e);
-        }
-        let (parts, ()) = builder.body(()).unwrap().into_parts();
-        let method = Method::GET;
-        let headers = http::HeaderMap::new();
-        let head = RequestHead::new(&method, "/x", None, &headers, connection);
-        let session = sluice_core::pipeline::SessionInfo {
+        .unwrap()
+    }
+
+    pub(crate) fn session_info() -> sluice_core::pipeline::SessionInfo {
+        sluice_core::pipeline::SessionInfo {
             id: "s".into(),
             identity: sluice_core::Identity {
                 subject: "a".into(),
@@ -210,11 +215,45 @@ mod tests {
             connection: "crm".into(),
             protocol: sluice_core::Protocol::Http,
             client_addr: "127.0.0.1:1".into(),
-        };
-        let masker = masking
-            .then(|| sluice_core::masking::SessionMasker::for_engine(engine, session.clone()));
+        }
+    }
+
+    fn plan(ctype: &str, encoding: Option<&str>, masking: bool) -> BodyPlan {
+        let config = Config::from_toml_str(
+            "[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"http://127.0.0.1:1\"\nallow_groups = [\"a\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let connection = &config.connections[0];
+        let mut builder = http::Response::builder().header(header::CONTENT_TYPE, ctype);
+        if let Some(e) = encoding {
+            builder = builder.header(header::CONTENT_ENCODING, e);
+        }
+        let (parts, ()) = builder.body(()).unwrap().into_parts();
+        let method = Method::GET;
+        let headers = http::HeaderMap::new();
+        let head = RequestHead::new(&method, "/x", None, &headers, connection);
+        let session = session_info();
+        let masker = masking.then(|| {
+            sluice_core::masking::SessionMasker::for_engine(email_engine(), session.clone())
+        });
         let ctx = MaskingContext::new(masker.as_ref(), &session, 1 << 20);
         default_plan(&head, &parts, &ctx).body
+    }
+
+    #[test]
+    fn partial_responses_are_refused() {
+        let parts = |status: u16, range: Option<&str>| {
+            let mut b = http::Response::builder().status(status);
+            if let Some(r) = range {
+                b = b.header(header::CONTENT_RANGE, r);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert!(partial_refusal(&parts(200, None)).is_none());
+        assert!(partial_refusal(&parts(206, None)).is_some());
+        assert!(partial_refusal(&parts(206, Some("bytes 24-40/41"))).is_some());
+        assert!(partial_refusal(&parts(200, Some("bytes 24-40/41"))).is_some());
     }
 
     #[test]

@@ -395,6 +395,14 @@ impl ClientConn {
         if let Some(problem) = refused_before_judging(&head, flavor.as_ref(), &limits) {
             return Ok(render(problem));
         }
+        // The gateway's one masker, as every protocol uses it.
+        let masker = SessionMasker::active(live.handle.masker(), live.handle.info());
+        let masking_engine = masker.as_ref();
+        let ctx = MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
+        let frame_hook = match upgrade_hook(&head, flavor.as_ref(), &ctx) {
+            Ok(hook) => hook,
+            Err(problem) => return Ok(render(problem)),
+        };
         let timeout = live.upstream.timeout.unwrap_or(limits.default_timeout);
         let (forwarded, body_prefix) =
             match judge(&head, flavor.as_ref(), &live, &unread, timeout, started).await {
@@ -402,9 +410,6 @@ impl ClientConn {
                 Err(problem) => return Ok(render(problem)),
             };
 
-        // The gateway's one masker, as every protocol uses it.
-        let masker = SessionMasker::active(live.handle.masker(), live.handle.info());
-        let masking_engine = masker.as_ref();
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let outgoing = Outgoing {
             head: &head,
@@ -425,10 +430,16 @@ impl ClientConn {
             Err(problem) => return Ok(render(problem)),
         };
         if client.upgrade.is_some() && response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let ctx =
-                MaskingContext::new(masking_engine, live.handle.info(), limits.max_masked_body);
-            let hook =
-                self.recording_hook(flavor.frame_hook(&head, &ctx), &flavor, &live, &forwarded);
+            if let Some(problem) = extension_negotiated(response.headers()) {
+                let recorder = live.handle.recorder();
+                finish_all(
+                    &recorder,
+                    &forwarded,
+                    refused_outcome(&problem.detail, started),
+                );
+                return Ok(render(problem));
+            }
+            let hook = self.recording_hook(frame_hook, &flavor, &live, &forwarded);
             return Ok(self.relay_upgrade(
                 response,
                 client_upgrade,
@@ -673,6 +684,10 @@ impl ClientConn {
             if let Ok(v) = HeaderValue::from_str(proto) {
                 up_headers.insert(header::UPGRADE, v);
             }
+            // Every relayed frame is decoded and re-encoded (to mask and
+            // record it): compressed frames (`permessage-deflate`) would be
+            // read as their compressed bytes, so no extension is offered.
+            up_headers.remove("sec-websocket-extensions");
         }
         if let Ok(v) = HeaderValue::from_str(live.upstream.authority.as_str()) {
             up_headers.insert(header::HOST, v);
@@ -693,6 +708,10 @@ impl ClientConn {
                 header::ACCEPT_ENCODING,
                 HeaderValue::from_static("identity"),
             );
+            // Nor can a part of a body: a range may cut a CSV from its
+            // header or a value in two. Whole bodies only.
+            up_headers.remove(header::RANGE);
+            up_headers.remove(header::IF_RANGE);
         }
         up_headers
     }
@@ -863,6 +882,11 @@ impl Answer<'_> {
             limits.max_masked_body,
         );
         let mut plan = self.flavor.response_plan(head, &rparts, &ctx);
+        if self.masking_engine.is_some() || !live.injected.secrets().is_empty() {
+            if let Some(problem) = crate::masking::partial_refusal(&rparts) {
+                plan.body = BodyPlan::Refuse(problem);
+            }
+        }
         // An injected credential echoed in a compressed body could not be
         // found: such a body is refused like one that needs masking.
         if !live.injected.secrets().is_empty()
@@ -917,13 +941,8 @@ fn refused_before_judging(
     flavor: &dyn Flavor,
     limits: &crate::Limits,
 ) -> Option<Problem> {
-    if let Some(upgrade) = head.upgrade {
-        if !flavor.allow_upgrade(head) {
-            return Some(Problem::new(
-                ProblemKind::NotSupported,
-                format!("sluice: upgrading to {upgrade:?} is not supported on this connection"),
-            ));
-        }
+    if head.upgrade.is_some() && !flavor.allow_upgrade(head) {
+        return Some(flavor.upgrade_refusal(head));
     }
     let declared = head
         .headers
@@ -947,6 +966,43 @@ fn refused_before_judging(
         )
         .with_hint("Send the request with the method itself instead of a method-override parameter."),
     )
+}
+
+/// The flavor's frame hook for an upgrade (`None` without one). Fails
+/// closed: when the session masks responses and no hook understands the
+/// upgraded stream, its frames would go out unmasked, so it is refused.
+fn upgrade_hook(
+    head: &RequestHead<'_>,
+    flavor: &dyn Flavor,
+    masking: &MaskingContext<'_>,
+) -> Result<Option<Box<dyn crate::FrameHook>>, Problem> {
+    if head.upgrade.is_none() {
+        return Ok(None);
+    }
+    let hook = flavor.frame_hook(head, masking);
+    if hook.is_none() && masking.masker.is_some() {
+        return Err(Problem::new(
+            ProblemKind::NotSupported,
+            "sluice: responses on this connection are masked, and this upgraded connection's frames cannot be; the upgrade was refused and nothing was sent upstream",
+        )
+        .with_hint("Make the request without upgrading, or ask a Sluice administrator for a connection without masking."));
+    }
+    Ok(hook)
+}
+
+/// A WebSocket extension the upstream negotiated although the gateway
+/// offered none (`permessage-deflate` frames could not be read to mask or
+/// record): the switch is refused.
+fn extension_negotiated(headers: &HeaderMap) -> Option<Problem> {
+    let named = headers.get("sec-websocket-extensions")?;
+    let named = named.to_str().unwrap_or("unreadable");
+    Some(Problem::new(
+        ProblemKind::BadGateway,
+        format!(
+            "sluice: the upstream switched protocols with the WebSocket extension {:?}, which the gateway did not offer and cannot inspect; the connection was not relayed",
+            truncate(named, 80)
+        ),
+    ))
 }
 
 /// Turns the request into commands and decides them all (every one must be
@@ -1712,4 +1768,62 @@ fn session_ended(reason: &str) -> Problem {
         format!("sluice: the session was ended: {reason}"),
     )
     .with_hint("Open a new connection with a valid token.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flavor::FrameHook;
+    use sluice_core::config::Config;
+
+    /// A flavor with no frame hook (as Kubernetes port-forward).
+    struct NoHook;
+    impl Flavor for NoHook {
+        fn commands(&self, head: &RequestHead<'_>) -> Result<Vec<sluice_core::Command>, Problem> {
+            Ok(vec![crate::http_command(head)])
+        }
+    }
+
+    fn hook_for(
+        flavor: &dyn Flavor,
+        upgrade: Option<&str>,
+        masking: bool,
+    ) -> Result<bool, Problem> {
+        let config = Config::from_toml_str(
+            "[[connections]]\nname = \"crm\"\nkind = \"http\"\nupstream = \"http://127.0.0.1:1\"\nallow_groups = [\"a\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        let (method, headers) = (http::Method::GET, HeaderMap::new());
+        let head = RequestHead::new(&method, "/ws", None, &headers, &config.connections[0])
+            .with_upgrade(upgrade);
+        let session = crate::masking::tests::session_info();
+        let engine = crate::masking::tests::email_engine();
+        let masker = masking.then(|| SessionMasker::for_engine(engine, session.clone()));
+        let ctx = MaskingContext::new(masker.as_ref(), &session, 1 << 20);
+        upgrade_hook(&head, flavor, &ctx).map(|h: Option<Box<dyn FrameHook>>| h.is_some())
+    }
+
+    #[test]
+    fn an_upgrade_no_hook_can_mask_is_refused_when_masking_is_on() {
+        let ws = Some("websocket");
+        let refused = hook_for(&NoHook, ws, true).unwrap_err();
+        assert!(refused.detail.contains("masked"), "{}", refused.detail);
+        assert!(!hook_for(&NoHook, ws, false).unwrap());
+        assert!(hook_for(&crate::HttpFlavor, ws, true).unwrap());
+        assert!(!hook_for(&NoHook, None, true).unwrap());
+    }
+
+    #[test]
+    fn a_negotiated_websocket_extension_is_refused() {
+        let mut headers = HeaderMap::new();
+        assert!(extension_negotiated(&headers).is_none());
+        headers.insert(
+            "sec-websocket-extensions",
+            HeaderValue::from_static("permessage-deflate"),
+        );
+        let problem = extension_negotiated(&headers).unwrap();
+        assert_eq!(problem.status, StatusCode::BAD_GATEWAY);
+        assert!(problem.detail.contains("permessage-deflate"));
+    }
 }

@@ -93,6 +93,11 @@ impl Scanner {
                         continue;
                     }
                     let header = std::mem::take(h);
+                    if header[0] & 0x70 != 0 {
+                        // No extension is negotiated (see `upstream_headers`):
+                        // RSV bits mean data (e.g. compressed) the gateway cannot read.
+                        return Err("a WebSocket frame with RSV bits set (an extension the gateway did not negotiate) was refused".into());
+                    }
                     let fin = header[0] & 0x80 != 0;
                     let opcode = header[0] & 0x0f;
                     let mut len = u64::from(header[1] & 0x7f);
@@ -452,6 +457,22 @@ mod tests {
             s.process(&stream[split..], &mut out).unwrap();
             assert_eq!(out, stream);
             assert_eq!(s.frames, 3);
+        }
+    }
+
+    #[test]
+    fn frames_with_rsv_bits_are_refused_hooked_or_not() {
+        let mut compressed = frame(1, b"\xf2\x48\xcd\xc9\xc9\x07\x00", None);
+        compressed[0] |= 0x40; // RSV1: permessage-deflate
+        for hook in [
+            None,
+            Some(Arc::new(Mutex::new(Box::new(Upper) as Box<dyn FrameHook>))),
+        ] {
+            let mut s = Scanner::new(Direction::UpstreamToClient, hook);
+            let mut out = Vec::new();
+            let err = s.process(&compressed, &mut out).unwrap_err();
+            assert!(err.contains("RSV"), "{err}");
+            assert!(out.is_empty(), "nothing of the frame was forwarded");
         }
     }
 
