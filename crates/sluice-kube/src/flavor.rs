@@ -16,7 +16,9 @@ use sluice_core::masking::{MaskCounts, SessionMasker, StreamMasker};
 use sluice_core::model::{Command, CommandKind, Protocol};
 use sluice_core::sync::MutexExt;
 use sluice_http::inject::{default_credentials, resolve, Injected};
-use sluice_http::masking::{content_type, default_plan, encoded, has_body, is_json};
+use sluice_http::masking::{
+    content_type, default_plan, encoded, has_body, is_json, partial_refusal,
+};
 use sluice_http::{
     Body, BodyPlan, Direction, Flavor, Frame, FrameHook, MaskingContext, Problem, ProblemKind,
     RequestHead, ResponsePlan,
@@ -272,6 +274,9 @@ impl Flavor for KubeFlavor {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
+        // Responses are masked whole: a range could cut a value in two.
+        headers.remove(header::RANGE);
+        headers.remove(header::IF_RANGE);
         let api_object = parse_head(head).is_ok_and(|r| {
             r.scope == Scope::Resource
                 && !matches!(
@@ -323,7 +328,10 @@ impl Flavor for KubeFlavor {
             .unwrap_or("")
             .to_ascii_lowercase();
         let essence = content_type(response);
-        let watch = is_json(&essence) && full_type.contains("stream=watch");
+        // The API server labels a JSON watch plain `application/json`
+        // (`;stream=watch` only with other encodings): the request says it.
+        let watch =
+            is_json(&essence) && (req.verb == Verb::Watch || full_type.contains("stream=watch"));
         let follow =
             req.verb == Verb::Log && crate::path::query_flag(head.query.unwrap_or(""), "follow");
         let streaming = watch || follow;
@@ -331,6 +339,9 @@ impl Flavor for KubeFlavor {
         let credentials = req.carries_credentials();
         if !has_body(head.method, response.status) {
             return ResponsePlan::new(BodyPlan::PassThrough);
+        }
+        if let Some(problem) = partial_refusal(response) {
+            return ResponsePlan::new(BodyPlan::Refuse(problem));
         }
         if !credentials && masking.masker.is_none() {
             return ResponsePlan::new(BodyPlan::PassThrough).streaming(streaming);
@@ -377,16 +388,32 @@ impl Flavor for KubeFlavor {
         default_plan(head, response, masking).streaming(streaming)
     }
 
+    /// WebSocket for exec, attach and port-forward only (directly or through
+    /// the kubelet proxy): a watch or a log over WebSocket would carry
+    /// objects and lines in frames no hook masks (Secrets among them).
+    fn allow_upgrade(&self, head: &RequestHead<'_>) -> bool {
+        head.upgrade == Some("websocket")
+            && streamed_request(head)
+                .is_some_and(|r| matches!(r.verb, Verb::Exec | Verb::Attach | Verb::PortForward))
+    }
+
+    fn upgrade_refusal(&self, head: &RequestHead<'_>) -> Problem {
+        if is_spdy(head) {
+            return self.spdy_refusal(head);
+        }
+        Problem::new(
+            ProblemKind::NotSupported,
+            "sluice: Kubernetes requests are upgraded (WebSocket) only for exec, attach and port-forward; the request was not run",
+        )
+        .with_hint("Watch and follow logs over plain HTTP (kubectl get -w, kubectl logs -f do).")
+    }
+
     fn frame_hook(
         &self,
         head: &RequestHead<'_>,
         masking: &MaskingContext<'_>,
     ) -> Option<Box<dyn FrameHook>> {
-        let mut req = parse_head(head).ok()?;
-        if req.verb == Verb::Proxy {
-            // A kubelet exec/attach through the node proxy: the same streams.
-            req = inner_request(head.method.as_str(), &req, head.query.unwrap_or(""))?;
-        }
+        let req = streamed_request(head)?;
         if !matches!(req.verb, Verb::Exec | Verb::Attach) {
             return None;
         }
@@ -426,6 +453,16 @@ impl Flavor for KubeFlavor {
         };
         Some((stream, 1..frame.payload.len()))
     }
+}
+
+/// The API request whose stream an upgrade carries: the request itself, or
+/// the pod request a kubelet proxy request stands for.
+fn streamed_request(head: &RequestHead<'_>) -> Option<ApiRequest> {
+    let req = parse_head(head).ok()?;
+    if req.verb == Verb::Proxy {
+        return inner_request(head.method.as_str(), &req, head.query.unwrap_or(""));
+    }
+    Some(req)
 }
 
 /// Exec and attach output (`channel.k8s.io`: the first byte of a binary

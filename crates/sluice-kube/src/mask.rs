@@ -22,11 +22,12 @@
 //! object key) of every JSON response is scanned, as for HTTP.
 //!
 //! Documents are buffered up to the listener's cap and masked whole; watch
-//! streams are masked one event (one line) at a time, never buffered whole.
+//! streams are masked one event (one JSON object) at a time, never buffered
+//! whole.
 
 use serde_json::Value;
 use sluice_core::masking::{MaskCounts, SessionMasker};
-use sluice_http::body::JsonLines;
+use sluice_http::body::JsonValues;
 use sluice_http::{BodyTransformer, TransformError};
 
 /// What a masked `stringData` value or table cell reads.
@@ -241,13 +242,14 @@ impl BodyTransformer for DocumentTransformer {
     }
 }
 
-/// A watch stream: newline-delimited events, each masked as it completes.
-/// Only the current, incomplete event is held back.
-pub struct WatchTransformer(JsonLines);
+/// A watch stream: one JSON object per event (the API server ends each with
+/// a newline, which is not relied on), each masked as it completes. Only
+/// the current, incomplete event is held back.
+pub struct WatchTransformer(JsonValues);
 
 impl WatchTransformer {
     pub fn new(masker: DocMasker, max: usize) -> Self {
-        WatchTransformer(JsonLines::new(
+        WatchTransformer(JsonValues::new(
             move |doc| masker.mask(doc),
             max,
             "watch event",

@@ -172,6 +172,147 @@ async fn spdy_retry_of_a_refused_exec_gets_the_same_refusal() {
     assert!(doc["message"].as_str().unwrap().contains("no-exec"));
 }
 
+fn upgrade_allowed(path: &str, query: Option<&str>, upgrade: &str) -> bool {
+    let conn = connection();
+    let headers = HeaderMap::new();
+    let get = Method::GET;
+    let head = RequestHead::new(&get, path, query, &headers, &conn).with_upgrade(Some(upgrade));
+    KubeFlavor::default().allow_upgrade(&head)
+}
+
+#[test]
+fn upgrades_only_for_exec_attach_and_portforward() {
+    let pod = "/api/v1/namespaces/prod/pods/web";
+    let allowed = [
+        (format!("{pod}/exec"), Some("command=id")),
+        (format!("{pod}/attach"), Some("stdout=1")),
+        (format!("{pod}/portforward"), Some("ports=5432")),
+        (
+            "/api/v1/nodes/n1/proxy/exec/prod/web/app".into(),
+            Some("command=id"),
+        ),
+        ("/api/v1/nodes/n1/proxy/portForward/prod/web".into(), None),
+    ];
+    for (path, query) in &allowed {
+        assert!(upgrade_allowed(path, *query, "websocket"), "{path}");
+        assert!(!upgrade_allowed(path, *query, "spdy/3.1"), "{path}");
+    }
+    let refused = [
+        (
+            "/api/v1/namespaces/prod/secrets".to_string(),
+            Some("watch=1"),
+        ),
+        ("/api/v1/watch/namespaces/prod/secrets".into(), None),
+        ("/api/v1/namespaces/prod/secrets/db".into(), None),
+        (format!("{pod}/log"), Some("follow=1")),
+        (
+            "/api/v1/nodes/n1/proxy/containerLogs/prod/web/app".into(),
+            None,
+        ),
+        ("/api/v1/nodes/n1/proxy/stats/summary".into(), None),
+        (
+            "/apis/apps/v1/namespaces/prod/deployments".into(),
+            Some("watch=true"),
+        ),
+    ];
+    for (path, query) in &refused {
+        assert!(!upgrade_allowed(path, *query, "websocket"), "{path}");
+    }
+    let conn = connection();
+    let headers = HeaderMap::new();
+    let get = Method::GET;
+    let head = RequestHead::new(&get, &refused[0].0, refused[0].1, &headers, &conn)
+        .with_upgrade(Some("websocket"));
+    let problem = KubeFlavor::default().upgrade_refusal(&head);
+    assert_eq!(problem.status, StatusCode::NOT_IMPLEMENTED);
+    assert!(problem
+        .detail
+        .contains("only for exec, attach and port-forward"));
+}
+
+#[test]
+fn ranges_are_not_forwarded_and_partial_answers_refused() {
+    let flavor = KubeFlavor::default();
+    let conn = connection();
+    let client = HeaderMap::new();
+    let get = Method::GET;
+    let head = RequestHead::new(
+        &get,
+        "/api/v1/namespaces/default/pods/web/log",
+        None,
+        &client,
+        &conn,
+    );
+    let mut up = HeaderMap::new();
+    up.insert(header::RANGE, HeaderValue::from_static("bytes=10-"));
+    up.insert(header::IF_RANGE, HeaderValue::from_static("\"abc\""));
+    flavor.prepare_upstream(&head, &mut up).unwrap();
+    assert!(!up.contains_key(header::RANGE) && !up.contains_key(header::IF_RANGE));
+    let session = session_info();
+    let ctx = MaskingContext::new(None, &session, 1 << 20);
+    for path in [
+        "/api/v1/namespaces/default/pods/web/log",
+        "/api/v1/namespaces/default/secrets/db",
+    ] {
+        let head = RequestHead::new(&get, path, None, &client, &conn);
+        let (parts, _) = http::Response::builder()
+            .status(206)
+            .header(header::CONTENT_TYPE, "text/plain")
+            .header(header::CONTENT_RANGE, "bytes 10-20/100")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let p = flavor.response_plan(&head, &parts, &ctx);
+        assert!(matches!(p.body, BodyPlan::Refuse(_)), "{path}");
+    }
+}
+
+/// A real API server labels a JSON watch `application/json`: it is a
+/// stream of events however it is labelled.
+#[test]
+fn watches_are_streams_of_events_whatever_their_label() {
+    let event = |v: &str| {
+        format!(
+            r#"{{"type":"ADDED","object":{{"kind":"Secret","metadata":{{"name":"db"}},"data":{{"password":"{v}"}}}}}}"#
+        )
+    };
+    let stream = format!("{}\n{}", event("aHVudGVyMjI="), event("c3dvcmRmaXNo"));
+    for query in ["watch=1", "watch=true&resourceVersion=100"] {
+        let p = plan(
+            "/api/v1/namespaces/default/secrets",
+            Some(query),
+            "application/json",
+            None,
+        );
+        assert!(p.streaming, "{query}");
+        let BodyPlan::Transform(mut t) = p.body else {
+            panic!("{query}: {:?}", p.body)
+        };
+        let (a, b) = stream.split_at(stream.len() / 2 + 3);
+        let mut out = t.push(a.as_bytes()).unwrap();
+        assert_eq!(
+            out.iter().filter(|&&b| b == b'\n').count(),
+            1,
+            "the first event is out"
+        );
+        out.extend(t.push(b.as_bytes()).unwrap());
+        out.extend(t.finish().unwrap());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(
+            !text.contains("aHVudGVyMjI=") && !text.contains("c3dvcmRmaXNo"),
+            "{text}"
+        );
+    }
+    let p = plan(
+        "/api/v1/watch/namespaces/default/pods",
+        None,
+        "application/json",
+        None,
+    );
+    assert!(matches!(p.body, BodyPlan::PassThrough) && p.streaming);
+}
+
 #[test]
 fn upstream_headers() {
     let flavor = KubeFlavor::default();

@@ -276,6 +276,34 @@ fn watch_events_masked_one_by_one() {
     }
 }
 
+/// The API server ends each event with a newline, but the stream is read
+/// as JSON values: events back to back, or the last one unterminated.
+#[test]
+fn watch_events_need_no_newline() {
+    let e1 = json!({"type": "ADDED", "object": secret()}).to_string();
+    let e2 = json!({"type": "DELETED", "object": secret()}).to_string();
+    let stream = format!("{e1}{e2}");
+    for split in 0..=stream.len() {
+        let mut t = WatchTransformer::new(
+            DocMasker {
+                secrets: true,
+                masker: None,
+            },
+            1 << 20,
+        );
+        let (a, b) = stream.as_bytes().split_at(split);
+        let mut out = t.push(a).unwrap();
+        out.extend(t.push(b).unwrap());
+        out.extend(t.finish().unwrap());
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in lines {
+            no_secret_left(&serde_json::from_str(line).unwrap());
+        }
+    }
+}
+
 #[test]
 fn watch_refuses_what_it_cannot_mask() {
     let mut t = WatchTransformer::new(
