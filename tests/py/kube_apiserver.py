@@ -229,6 +229,7 @@ class Handler(BaseHTTPRequestHandler):
             "authorization": self.headers.get("Authorization"),
             "accept": self.headers.get("Accept"),
             "upgrade": self.headers.get("Upgrade"),
+            "range": self.headers.get("Range"),
             "client_cn": self.client_cn(),
             "impersonation": sorted(k for k in self.headers.keys()
                                     if k.lower().startswith("impersonate-")),
@@ -388,9 +389,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def watch(self, resource):
         """One MODIFIED event per object shortly after the watch starts, then the stream
-        stays open (chunked, newline-delimited JSON) for a moment and ends."""
+        stays open (chunked, newline-delimited JSON) for a moment and ends. Labelled
+        as a real API server labels a JSON watch: plain application/json (it adds
+        ;stream=watch only for other encodings)."""
         self.send_response(200)
-        self.send_header("Content-Type", "application/json;stream=watch")
+        self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         accept = self.headers.get("Accept") or ""
@@ -417,6 +420,17 @@ class Handler(BaseHTTPRequestHandler):
         lines = [f"{name} started\n", "contact ops.lead@example.com for access\n",
                  f"{name} ready\n"]
         follow = query.get("follow", ["false"])[0] not in ("0", "false")
+        wanted = self.headers.get("Range") or ""
+        if not follow and wanted.startswith("bytes="):
+            body = "".join(lines).encode()
+            start = min(int(wanted[6:].split("-")[0] or 0), len(body))
+            self.send_response(206)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+            self.send_header("Content-Length", str(len(body) - start))
+            self.end_headers()
+            self.wfile.write(body[start:])
+            return
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         if not follow:

@@ -1,7 +1,8 @@
 //! kubectl through Sluice against the stand-in API server: discovery and reads, Secret
 //! values masked in every output format (table, YAML, JSON, watch, raw), delete denied and
 //! then reviewed (hold and retry), exec allowed and denied by its command, the upstream
-//! credential injected (the API server never sees the agent's token), bad paths refused.
+//! credential injected (the API server never sees the agent's token), bad paths refused,
+//! watches and logs never upgraded, ranges never forwarded.
 
 // Tests fail by panicking, helpers included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -524,6 +525,79 @@ fn watch_and_follow_are_streamed_as_they_arrive_and_masked() {
         "the first log line arrived at {:?}, the stream ended at {ended:?}",
         lines[0].0
     );
+}
+
+/// `curl --http1.1` asking to upgrade `path` to WebSocket; gives up after 5 s.
+fn curl_upgrade(env: &KubeEnv, token: &str, path: &str) -> (u16, String) {
+    let ca = env.state_dir.join("tls").join("ca.crt");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--http1.1",
+        "-m",
+        "5",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+    ])
+    .arg("--cacert")
+    .arg(&ca)
+    .args(["-H", &format!("Authorization: Bearer {token}")]);
+    for h in [
+        "Connection: Upgrade",
+        "Upgrade: websocket",
+        "Sec-WebSocket-Version: 13",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    ] {
+        cmd.args(["-H", h]);
+    }
+    cmd.arg(format!("https://127.0.0.1:{}{path}", env.port));
+    let text = stdout(&run_with_timeout(&mut cmd, None, COMMAND_TIMEOUT));
+    let (body, code) = text
+        .trim_end()
+        .rsplit_once('\n')
+        .unwrap_or(("", text.trim()));
+    (code.parse().unwrap_or(0), body.to_string())
+}
+
+/// A watch or a log over WebSocket would carry Secrets and lines in frames no
+/// hook masks: refused before the API server. A range of a body would be
+/// masked out of context: the whole body is asked for and masked.
+#[test]
+fn watches_and_logs_are_not_upgraded_and_ranges_not_forwarded() {
+    let env = KubeEnv::builder()
+        .extra_toml("[masking]\ndetectors = [\"email\"]\n")
+        .start();
+    let token = env.token("agent-1", &["agents"]);
+    for path in [
+        "/k8s/api/v1/namespaces/default/secrets?watch=1",
+        "/k8s/api/v1/watch/namespaces/default/secrets",
+        "/k8s/api/v1/namespaces/default/pods/web-1/log?follow=1",
+    ] {
+        let (code, body) = curl_upgrade(&env, &token, path);
+        assert_eq!(code, 501, "{path}: {body}");
+        assert!(
+            body.contains("only for exec, attach and port-forward"),
+            "{path}: {body}"
+        );
+        assert_no_secret(path, &body);
+    }
+    let requests = env.upstream_requests();
+    assert!(requests.is_empty(), "{requests:?}");
+    let log = "/k8s/api/v1/namespaces/default/pods/web-1/log";
+    // From the middle of the second line, which holds an address.
+    let (code, body) = curl_with(&env, &token, "GET", log, &["Range: bytes=20-"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.starts_with("web-1 started\ncontact [email]"), "{body}");
+    let requests = env.upstream_requests();
+    assert!(
+        requests.iter().all(|r| r["range"].is_null()),
+        "{requests:?}"
+    );
+    // Exec still upgrades.
+    let out = ok(&env.kubectl(&token, &["exec", "web-1", "--", "id"]));
+    assert_eq!(out, "ran: id\n", "{}", relayed_upgrades(&env));
 }
 
 #[test]
