@@ -46,6 +46,8 @@ def ws(url, token, cafile, messages):
         (
             f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            # Browsers and most libraries offer compression; the gateway must not pass it on.
+            f"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
             f"Authorization: Bearer {token}\r\n\r\n"
         ).encode()
     )

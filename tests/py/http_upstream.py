@@ -16,9 +16,11 @@ Endpoints:
   /slow?s=N        answers after N seconds
   /gzip            a gzip-encoded JSON body whatever Accept-Encoding says
   /redirect        302 to http://<its own host>/echo?from=redirect
-  /ws              WebSocket echo (text and binary frames, ping, close)
-  /raw?type=T&body=B[&disposition=D]  answers B (URL-decoded) with Content-Type T,
-                   as is (and Content-Disposition D)
+  /ws[?deflate=1]   WebSocket echo (text and binary frames, ping, close); with deflate=1
+                   the 101 names permessage-deflate whatever the client offered
+  /raw?type=T&body=B[&disposition=D][&partial=1]  answers B (URL-decoded) with
+                   Content-Type T, as is (and Content-Disposition D); `Range: bytes=N-`
+                   (or partial=1: bytes=1-) is answered 206 with that part
   /reason          200 whose reason phrase echoes the Authorization header
   anything else    JSON {"ok": true, "path": ...}
 """
@@ -125,7 +127,14 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
         elif url.path == "/raw":
             body = query.get("body", [""])[0].encode()
-            self.send_response(200)
+            wanted = self.headers.get("Range") or ("bytes=1-" if "partial" in query else "")
+            start = int(wanted[6:].split("-")[0]) if wanted.startswith("bytes=") else None
+            if start is not None and start < len(body):
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                body = body[start:]
+            else:
+                self.send_response(200)
             self.send_header("Content-Type", query.get("type", ["application/json"])[0])
             self.send_header("Content-Length", str(len(body)))
             if "disposition" in query:
@@ -170,20 +179,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", "0")
             self.end_headers()
         elif url.path == "/ws":
-            self.websocket()
+            self.websocket("deflate" in query)
         else:
             self.read_body()
             self.send_json({"ok": True, "method": self.command, "path": url.path, "query": url.query})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = handle_any
 
-    def websocket(self):
+    def websocket(self, deflate=False):
         key = self.headers.get("Sec-WebSocket-Key", "")
         accept = base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
         self.send_response(101)
         self.send_header("Upgrade", "websocket")
         self.send_header("Connection", "Upgrade")
         self.send_header("Sec-WebSocket-Accept", accept)
+        if deflate:
+            self.send_header("Sec-WebSocket-Extensions", "permessage-deflate")
         self.end_headers()
         self.wfile.flush()
         sock = self.connection

@@ -548,6 +548,20 @@ fn websocket_echo_is_relayed_counted_and_masked() {
         [format!("Bearer {CRM_SECRET}")]
     );
     env.replay_with(&["GET /ws", "HTTP 101 upgraded: 5 frames", "email=1"]);
+    // The client offered permessage-deflate: frames are decoded to be masked
+    // and recorded, so no extension is offered upstream, and an upstream
+    // that negotiates one anyway is not relayed.
+    assert!(
+        header(&seen, "sec-websocket-extensions").is_empty(),
+        "{seen}"
+    );
+    let out = env.python(&["ws", &env.url("/crm/ws?deflate=1"), &token, &ca, "hello"]);
+    let r: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    assert_eq!(r["status"], 502, "{r}");
+    assert!(
+        r["body"].as_str().unwrap().contains("permessage-deflate"),
+        "{r}"
+    );
 
     // A denied upgrade never reaches the upstream.
     let env = HttpEnv::builder()
@@ -1061,6 +1075,33 @@ fn html_character_references_do_not_hide_values_from_the_detectors() {
     assert!(out.contains("[email]"), "{out}");
     // Markup-significant references are left as they are.
     assert!(out.contains("&lt;b&gt;"), "{out}");
+}
+
+/// A range of a masked body would be masked out of context (here a CSV row
+/// without its header, so no column rule): the whole body is asked for, and
+/// a partial answer is refused.
+#[test]
+fn ranges_are_not_forwarded_where_responses_are_masked() {
+    let env = HttpEnv::builder().toml(MASKING).start();
+    let token = env.agent_token();
+    let body = "name%2Cdb_password%0Aada%2Chunter22%0A";
+    let path = format!("/crm/raw?type=text/csv&body={body}");
+    let (status, out) = env.get(
+        &token,
+        &path,
+        &["-H", "Range: bytes=17-", "-H", "If-Range: x"],
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out, "name,db_password\nada,[passwords]\n");
+    let seen = env.upstream.last("/raw").unwrap();
+    assert!(
+        header(&seen, "range").is_empty() && header(&seen, "if-range").is_empty(),
+        "{seen}"
+    );
+    // An upstream that answers with a part anyway.
+    let (status, out) = env.get(&token, &format!("{path}&partial=1"), &[]);
+    assert_eq!(status, 502, "{out}");
+    assert!(!out.contains("hunter22") && out.contains("206"), "{out}");
 }
 
 #[test]
