@@ -199,6 +199,28 @@ fn command(r: &mut Rng, depth: usize) -> String {
     }
 }
 
+/// Inserts backslash-newline at random points: bash deletes it before it
+/// splits words (except in single quotes, comments and quoted here-document
+/// bodies), so the parser must see the same joined line bash does.
+fn with_continuations(r: &mut Rng, line: &str) -> String {
+    let chars: Vec<char> = line.chars().collect();
+    let mut at: Vec<usize> = (0..1 + r.below(3))
+        .map(|_| r.below(chars.len() + 1))
+        .collect();
+    at.sort_unstable();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        for _ in at.iter().filter(|&&a| a == i) {
+            out.push_str("\\\n");
+        }
+        out.push(*c);
+    }
+    for _ in at.iter().filter(|&&a| a == chars.len()) {
+        out.push_str("\\\n");
+    }
+    out
+}
+
 /// What bash executed: (program base name, the programs exec'd above it).
 fn executed(line: &str, dir: &std::path::Path) -> Result<Vec<(String, Vec<String>)>, String> {
     // Outside the line's directory, where `>$(ls)` could overwrite it.
@@ -390,7 +412,10 @@ fn every_program_bash_runs_is_named_by_the_parser() {
     while Instant::now() < deadline {
         let dir = tempfile::tempdir().unwrap();
         let depth = 1 + r.below(3);
-        let line = command(&mut r, depth);
+        let mut line = command(&mut r, depth);
+        if r.below(3) == 0 {
+            line = with_continuations(&mut r, &line);
+        }
         lines += 1;
         match check(&line, dir.path()) {
             Ok(true) => judged += 1,

@@ -32,6 +32,9 @@ pub struct Word {
     /// before it makes an assignment, one inside it does not (`'A=b'` runs a
     /// program named `A=b`).
     pub quoted_at: Option<usize>,
+    /// Where in `text` the first part computed at run time starts: at 0,
+    /// nothing about the value is known, not even that it is not an option.
+    pub computed_at: Option<usize>,
 }
 
 /// A simple command: what one fork/exec would run.
@@ -60,13 +63,7 @@ pub(crate) fn parse_at(line: &str, depth: usize) -> Result<Vec<SimpleCommand>, U
     if depth > MAX_DEPTH {
         return Err(Unjudgeable::new("commands are nested too deeply"));
     }
-    let mut p = Parser {
-        s: line.chars().collect(),
-        i: 0,
-        depth,
-        out: Vec::new(),
-        heredocs: Vec::new(),
-    };
+    let mut p = Parser::new(line, depth);
     p.sequence(Close::Eof)?;
     Ok(p.out)
 }
@@ -77,6 +74,15 @@ enum Close {
     Paren,
 }
 
+/// How a word is read: in `[[ … ]]` there is no brace expansion and
+/// `@(a|b)` is one word; the right of `=~` also keeps `(…)` and `|`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WordMode {
+    Plain,
+    Cond,
+    Regex,
+}
+
 struct PendingHeredoc {
     delimiter: String,
     strip_tabs: bool,
@@ -84,9 +90,15 @@ struct PendingHeredoc {
 }
 
 struct Parser {
+    /// The text read so far, line continuations removed where bash removes
+    /// them: slices of it are what every construct sees.
     s: Vec<char>,
-    i: usize,
+    /// The text not yet read, as written, and the read position in it.
+    rest: Vec<char>,
+    r: usize,
     depth: usize,
+    /// Inside double quotes or a here-document body, where `'` is literal.
+    in_dq: bool,
     out: Vec<SimpleCommand>,
     heredocs: Vec<PendingHeredoc>,
 }
@@ -112,31 +124,89 @@ const RESERVED_SKIPPED: &[&str] = &[
 ];
 
 impl Parser {
-    fn peek(&self) -> Option<char> {
-        self.s.get(self.i).copied()
-    }
-
-    fn peek_at(&self, n: usize) -> Option<char> {
-        self.s.get(self.i + n).copied()
-    }
-
-    fn skip_blanks(&mut self) {
-        loop {
-            match self.peek() {
-                Some(c) if is_blank(c) => self.i += 1,
-                // A line continuation is removed before tokenising.
-                Some('\\') if self.peek_at(1) == Some('\n') => self.i += 2,
-                _ => return,
-            }
+    fn new(text: &str, depth: usize) -> Self {
+        Parser {
+            s: Vec::new(),
+            rest: text.chars().collect(),
+            r: 0,
+            depth,
+            in_dq: false,
+            out: Vec::new(),
+            heredocs: Vec::new(),
         }
     }
 
-    fn skip_comment(&mut self) {
-        while let Some(c) = self.peek() {
-            if c == '\n' {
-                return;
+    /// Where the cursor is in the text read so far.
+    fn pos(&self) -> usize {
+        self.s.len()
+    }
+
+    fn continuation_at(&self, k: usize) -> bool {
+        self.rest.get(k) == Some(&'\\') && self.rest.get(k + 1) == Some(&'\n')
+    }
+
+    /// Bash deletes backslash-newline before it splits words, so it is
+    /// deleted here, once, for every construct that reads with `peek`,
+    /// `peek_at` and `bump`. Where bash keeps it (single quotes, `$'…'`,
+    /// comments, quoted here-document bodies, the character after an
+    /// escaping backslash) the text is read with `peek_raw` and `bump_raw`.
+    fn join(&mut self) {
+        while self.continuation_at(self.r) {
+            self.r += 2;
+        }
+    }
+
+    fn peek(&mut self) -> Option<char> {
+        self.join();
+        self.rest.get(self.r).copied()
+    }
+
+    fn peek_raw(&self) -> Option<char> {
+        self.rest.get(self.r).copied()
+    }
+
+    /// The `n`th character after the cursor, continuations skipped.
+    fn peek_at(&self, n: usize) -> Option<char> {
+        let mut k = self.r;
+        for step in 0..=n {
+            while self.continuation_at(k) {
+                k += 2;
             }
-            self.i += 1;
+            if step < n {
+                k += 1;
+            }
+        }
+        self.rest.get(k).copied()
+    }
+
+    fn bump(&mut self) {
+        self.join();
+        self.bump_raw();
+    }
+
+    fn bump_raw(&mut self) {
+        if let Some(&c) = self.rest.get(self.r) {
+            self.s.push(c);
+            self.r += 1;
+        }
+    }
+
+    fn advance(&mut self, n: usize) {
+        for _ in 0..n {
+            self.bump();
+        }
+    }
+
+    fn skip_blanks(&mut self) {
+        while self.peek().is_some_and(is_blank) {
+            self.bump();
+        }
+    }
+
+    /// A comment runs to the end of the line: a backslash does not continue it.
+    fn skip_comment(&mut self) {
+        while self.peek_raw().is_some_and(|c| c != '\n') {
+            self.bump_raw();
         }
     }
 
@@ -156,36 +226,36 @@ impl Parser {
             match c {
                 '#' => self.skip_comment(),
                 '\n' => {
-                    self.i += 1;
+                    self.bump();
                     self.read_heredocs()?;
                 }
                 ';' => {
                     if self.peek_at(1) == Some(';') {
                         return err("`;;` outside a case statement");
                     }
-                    self.i += 1;
+                    self.bump();
                 }
                 '&' if self.peek_at(1) == Some('>') => self.command()?,
                 '&' => {
-                    self.i += if self.peek_at(1) == Some('&') { 2 } else { 1 };
+                    self.advance(if self.peek_at(1) == Some('&') { 2 } else { 1 });
                 }
                 '|' => {
-                    self.i += if matches!(self.peek_at(1), Some('|') | Some('&')) {
+                    self.advance(if matches!(self.peek_at(1), Some('|') | Some('&')) {
                         2
                     } else {
                         1
-                    };
+                    });
                 }
                 '(' => {
                     if self.peek_at(1) == Some('(') {
                         return err("arithmetic commands `(( … ))` are not supported");
                     }
-                    self.i += 1;
+                    self.bump();
                     self.sequence(Close::Paren)?;
                 }
                 ')' => {
                     if close == Close::Paren {
-                        self.i += 1;
+                        self.bump();
                         return Ok(());
                     }
                     return err("unbalanced parentheses: an unexpected `)`");
@@ -197,41 +267,7 @@ impl Parser {
 
     /// One simple command: words and redirections up to an operator.
     fn command(&mut self) -> Result<(), Unjudgeable> {
-        let mut words: Vec<Word> = Vec::new();
-        let mut stdin_redirected = false;
-        // Substitutions inside the words are added to `out` as they are
-        // parsed, so they come before this command (they run first).
-        loop {
-            self.skip_blanks();
-            let Some(c) = self.peek() else { break };
-            match c {
-                '\n' | ';' | '|' | ')' => break,
-                '&' if self.peek_at(1) != Some('>') => break,
-                '(' => {
-                    return err(if words.is_empty() {
-                        "unexpected `(`"
-                    } else {
-                        "function definitions are not supported"
-                    })
-                }
-                // A `#` starting a word starts a comment.
-                '#' => {
-                    self.skip_comment();
-                    break;
-                }
-                _ => {}
-            }
-            // `<(…)` and `>(…)` are words (process substitution), not redirections.
-            if (c == '<' || c == '>') && self.peek_at(1) == Some('(') {
-                words.push(self.word()?);
-                continue;
-            }
-            if let Some(stdin) = self.redirection()? {
-                stdin_redirected |= stdin;
-                continue;
-            }
-            words.push(self.word()?);
-        }
+        let (words, stdin_redirected) = self.command_words()?;
         let mut assignments = Vec::new();
         let mut rest = words.into_iter().peekable();
         let mut kept = Vec::new();
@@ -279,36 +315,145 @@ impl Parser {
         Ok(())
     }
 
+    /// The words of one simple command, and whether stdin is redirected.
+    /// Substitutions inside the words are added to `out` as they are
+    /// parsed, so they come before this command (they run first).
+    fn command_words(&mut self) -> Result<(Vec<Word>, bool), Unjudgeable> {
+        let mut words: Vec<Word> = Vec::new();
+        let mut stdin_redirected = false;
+        let mut closed_conditional = false;
+        loop {
+            self.skip_blanks();
+            let Some(c) = self.peek() else { break };
+            match c {
+                '\n' | ';' | '|' | ')' => break,
+                '&' if self.peek_at(1) != Some('>') => break,
+                '(' => {
+                    return err(if words.is_empty() {
+                        "unexpected `(`"
+                    } else {
+                        "function definitions are not supported"
+                    })
+                }
+                // A `#` starting a word starts a comment.
+                '#' => {
+                    self.skip_comment();
+                    break;
+                }
+                _ => {}
+            }
+            // `<(…)` and `>(…)` are words (process substitution), not redirections.
+            let process = (c == '<' || c == '>') && self.peek_at(1) == Some('(');
+            if !process {
+                if let Some(stdin) = self.redirection()? {
+                    stdin_redirected |= stdin;
+                    continue;
+                }
+            }
+            if closed_conditional {
+                return err("a word after `]]`");
+            }
+            let w = self.word(WordMode::Plain)?;
+            let opens = !w.quoted && w.text == "[[";
+            words.push(w);
+            // `[[` is syntax only where a command starts (after reserved words).
+            if opens
+                && words[..words.len() - 1]
+                    .iter()
+                    .all(|w| !w.quoted && RESERVED_SKIPPED.contains(&w.text.as_str()))
+            {
+                self.conditional(&mut words)?;
+                closed_conditional = true;
+            }
+        }
+        Ok((words, stdin_redirected))
+    }
+
+    /// The inside of `[[ … ]]` up to and including `]]`, as one command:
+    /// `&&`, `||`, `(`, `)`, `<` and `>` are its operators, newlines are
+    /// blanks, and the right of `=~` is a regular expression.
+    fn conditional(&mut self, words: &mut Vec<Word>) -> Result<(), Unjudgeable> {
+        let op = |text: &str| Word {
+            text: text.to_string(),
+            ..Word::default()
+        };
+        loop {
+            while self.peek().is_some_and(|c| is_blank(c) || c == '\n') {
+                if self.peek() == Some('\n') && !self.heredocs.is_empty() {
+                    return err("a here-document inside `[[ … ]]`");
+                }
+                self.bump();
+            }
+            let regex = words.last().is_some_and(|w| !w.quoted && w.text == "=~");
+            let two = (self.peek(), self.peek_at(1));
+            match two {
+                (None, _) => return err("a `[[` is not closed by `]]`"),
+                (Some('#'), _) => return err("a comment inside `[[ … ]]`"),
+                _ if regex => words.push(self.cond_word(WordMode::Regex)?),
+                (Some('&'), Some('&')) | (Some('|'), Some('|')) => {
+                    words.push(op(if two.0 == Some('&') { "&&" } else { "||" }));
+                    self.advance(2);
+                }
+                // `<(…)` and `>(…)` are process substitutions, read as words.
+                (Some(c @ ('(' | ')' | '<' | '>')), n)
+                    if !(matches!(c, '<' | '>') && n == Some('(')) =>
+                {
+                    words.push(op(&c.to_string()));
+                    self.bump();
+                }
+                (Some(c @ (';' | '&' | '|')), _) => return err(format!("`{c}` inside `[[ … ]]`")),
+                _ => {
+                    let w = self.cond_word(WordMode::Cond)?;
+                    let end = !w.quoted && w.text == "]]";
+                    words.push(w);
+                    if end {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// A word of `[[ … ]]`; one that reads nothing is an operator the
+    /// grammar does not know there.
+    fn cond_word(&mut self, mode: WordMode) -> Result<Word, Unjudgeable> {
+        let at = self.r;
+        let w = self.word(mode)?;
+        if self.r == at {
+            return err("unexpected syntax inside `[[ … ]]`");
+        }
+        Ok(w)
+    }
+
     /// A redirection at the cursor, if any; `Some(true)` when it feeds stdin.
     fn redirection(&mut self) -> Result<Option<bool>, Unjudgeable> {
-        let start = self.i;
-        let mut j = self.i;
-        while self.s.get(j).is_some_and(|c| c.is_ascii_digit()) {
-            j += 1;
+        let mut digits = String::new();
+        while let Some(c) = self.peek_at(digits.len()).filter(char::is_ascii_digit) {
+            digits.push(c);
         }
-        let fd: Option<u32> = if j > start {
-            self.s[start..j].iter().collect::<String>().parse().ok()
-        } else {
+        let fd: Option<u32> = if digits.is_empty() {
             None
+        } else {
+            digits.parse().ok()
         };
-        let op_start = j;
-        let at = |k: usize| self.s.get(op_start + k).copied();
-        let (op, len): (&str, usize) = match (at(0), at(1), at(2)) {
-            (Some('&'), Some('>'), Some('>')) if fd.is_none() => ("&>>", 3),
-            (Some('&'), Some('>'), _) if fd.is_none() => ("&>", 2),
-            (Some('<'), Some('<'), Some('<')) => ("<<<", 3),
-            (Some('<'), Some('<'), Some('-')) => ("<<-", 3),
-            (Some('<'), Some('<'), _) => ("<<", 2),
-            (Some('<'), Some('>'), _) => ("<>", 2),
-            (Some('<'), Some('&'), _) => ("<&", 2),
-            (Some('<'), _, _) => ("<", 1),
-            (Some('>'), Some('>'), _) => (">>", 2),
-            (Some('>'), Some('|'), _) => (">|", 2),
-            (Some('>'), Some('&'), _) => (">&", 2),
-            (Some('>'), _, _) => (">", 1),
-            _ => return Ok(None),
-        };
-        self.i = op_start + len;
+        let n = digits.len();
+        let (op, len): (&str, usize) =
+            match (self.peek_at(n), self.peek_at(n + 1), self.peek_at(n + 2)) {
+                (Some('&'), Some('>'), Some('>')) if fd.is_none() => ("&>>", 3),
+                (Some('&'), Some('>'), _) if fd.is_none() => ("&>", 2),
+                (Some('<'), Some('<'), Some('<')) => ("<<<", 3),
+                (Some('<'), Some('<'), Some('-')) => ("<<-", 3),
+                (Some('<'), Some('<'), _) => ("<<", 2),
+                (Some('<'), Some('>'), _) => ("<>", 2),
+                (Some('<'), Some('&'), _) => ("<&", 2),
+                (Some('<'), _, _) => ("<", 1),
+                (Some('>'), Some('>'), _) => (">>", 2),
+                (Some('>'), Some('|'), _) => (">|", 2),
+                (Some('>'), Some('&'), _) => (">&", 2),
+                (Some('>'), _, _) => (">", 1),
+                _ => return Ok(None),
+            };
+        self.advance(n + len);
         self.skip_blanks();
         match self.peek() {
             None => return err(format!("a `{op}` redirection has no target")),
@@ -317,7 +462,7 @@ impl Parser {
             }
             _ => {}
         }
-        let target = self.word()?;
+        let target = self.word(WordMode::Plain)?;
         let stdin = matches!(op, "<" | "<<" | "<<-" | "<<<" | "<>" | "<&") && fd.unwrap_or(0) == 0;
         if op == "<<" || op == "<<-" {
             self.heredocs.push(PendingHeredoc {
@@ -335,20 +480,13 @@ impl Parser {
         for h in pending {
             let mut body = String::new();
             loop {
-                if self.i >= self.s.len() {
+                if self.peek_raw().is_none() {
                     return err(format!(
                         "the here-document ending with {:?} is not terminated",
                         h.delimiter
                     ));
                 }
-                let start = self.i;
-                while self.i < self.s.len() && self.s[self.i] != '\n' {
-                    self.i += 1;
-                }
-                let mut line: String = self.s[start..self.i].iter().collect();
-                if self.i < self.s.len() {
-                    self.i += 1;
-                }
+                let mut line = self.heredoc_line(h.expand);
                 if h.strip_tabs {
                     line = line.trim_start_matches('\t').to_string();
                 }
@@ -360,13 +498,7 @@ impl Parser {
             }
             if h.expand {
                 // An unquoted delimiter: `$(…)` and backticks in the body run.
-                let mut sub = Parser {
-                    s: body.chars().collect(),
-                    i: 0,
-                    depth: self.depth + 1,
-                    out: Vec::new(),
-                    heredocs: Vec::new(),
-                };
+                let mut sub = Parser::new(&body, self.depth + 1);
                 sub.expansions_in_text()?;
                 self.out.extend(sub.out);
             }
@@ -374,153 +506,213 @@ impl Parser {
         Ok(())
     }
 
+    /// One line of a here-document body. Under an unquoted delimiter bash
+    /// removes backslash-newline (an escaped backslash stays), so the lines
+    /// and the delimiter match are those of the joined text.
+    fn heredoc_line(&mut self, join: bool) -> String {
+        let start = self.pos();
+        loop {
+            match self.peek_raw() {
+                None => break,
+                Some('\n') => {
+                    self.bump_raw();
+                    return self.s[start..self.pos() - 1].iter().collect();
+                }
+                Some('\\') if join => {
+                    if self.continuation_at(self.r) {
+                        self.r += 2;
+                    } else {
+                        self.bump_raw();
+                        self.bump_raw();
+                    }
+                }
+                Some(_) => self.bump_raw(),
+            }
+        }
+        self.s[start..].iter().collect()
+    }
+
     /// Scans text with double-quote rules (a here-document body) for substitutions.
     fn expansions_in_text(&mut self) -> Result<(), Unjudgeable> {
         let mut w = Word::default();
+        self.in_dq = true;
         while let Some(c) = self.peek() {
             match c {
                 '\\' => {
-                    self.i += 1;
-                    if self.peek().is_some() {
-                        self.i += 1;
-                    }
+                    self.bump();
+                    self.bump_raw();
                 }
                 '$' => self.dollar(&mut w)?,
                 '`' => self.backtick(&mut w)?,
-                _ => self.i += 1,
+                _ => self.bump(),
             }
         }
         Ok(())
     }
 
     /// One word, with quote removal; substitutions inside it are parsed.
-    fn word(&mut self) -> Result<Word, Unjudgeable> {
+    fn word(&mut self, mode: WordMode) -> Result<Word, Unjudgeable> {
         let mut w = Word::default();
-        let start = self.i;
+        let start = self.pos();
         let mut brace_open = false;
         let mut brace_list = false;
+        // Depth of `(…)` kept inside the word (`=~` groups, `@(a|b)`).
+        let mut parens = 0usize;
         while let Some(c) = self.peek() {
             if (c == '<' || c == '>') && self.peek_at(1) == Some('(') {
                 // Process substitution: its commands run.
-                let from = self.i;
-                self.i += 2;
+                let from = self.pos();
+                self.advance(2);
                 self.nested(Close::Paren)?;
-                w.text.extend(&self.s[from..self.i]);
+                w.computed_at = w.computed_at.or(Some(w.text.len()));
+                w.text.extend(&self.s[from..]);
                 w.dynamic = true;
+                continue;
+            }
+            if mode != WordMode::Plain && self.grouped(c, mode, start, &mut parens) {
+                w.text.push(c);
+                self.bump();
                 continue;
             }
             if is_meta(c) {
                 break;
             }
+            let quote = |w: &mut Word| {
+                w.quoted_at = w.quoted_at.or(Some(w.text.len()));
+                w.quoted = true;
+            };
             match c {
                 '\'' => {
-                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
-                    w.quoted = true;
-                    self.i += 1;
-                    loop {
-                        match self.peek() {
-                            None => return err("unbalanced quotes: a `'` is not closed"),
-                            Some('\'') => {
-                                self.i += 1;
-                                break;
-                            }
-                            Some(ch) => {
-                                w.text.push(ch);
-                                self.i += 1;
-                            }
-                        }
-                    }
+                    quote(&mut w);
+                    self.bump();
+                    self.single_quoted(&mut w)?;
                 }
                 '"' => {
-                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
-                    w.quoted = true;
-                    self.i += 1;
+                    quote(&mut w);
+                    self.bump();
                     self.double_quoted(&mut w)?;
                 }
                 '\\' => {
-                    w.quoted_at = w.quoted_at.or(Some(w.text.len()));
-                    w.quoted = true;
-                    self.i += 1;
-                    match self.peek() {
-                        Some('\n') => self.i += 1,
-                        Some(ch) => {
-                            w.text.push(ch);
-                            self.i += 1;
-                        }
-                        None => {}
+                    quote(&mut w);
+                    self.bump();
+                    if let Some(ch) = self.peek_raw() {
+                        w.text.push(ch);
+                        self.bump_raw();
                     }
                 }
-                '$' => {
-                    if self.peek_at(1) == Some('\'') {
-                        w.quoted_at = w.quoted_at.or(Some(w.text.len()));
-                        w.quoted = true;
-                        self.i += 2;
+                '$' => match self.peek_at(1) {
+                    Some('\'') => {
+                        quote(&mut w);
+                        self.advance(2);
                         self.ansi_c(&mut w)?;
-                    } else if self.peek_at(1) == Some('"') {
-                        w.quoted_at = w.quoted_at.or(Some(w.text.len()));
-                        w.quoted = true;
-                        self.i += 2;
-                        self.double_quoted(&mut w)?;
-                    } else {
-                        self.dollar(&mut w)?;
                     }
-                }
+                    Some('"') => {
+                        quote(&mut w);
+                        self.advance(2);
+                        self.double_quoted(&mut w)?;
+                    }
+                    _ => self.dollar(&mut w)?,
+                },
                 '`' => self.backtick(&mut w)?,
                 '*' | '?' | '[' => {
                     w.glob = true;
                     w.text.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
-                '{' => {
+                // `[[ … ]]` does no brace expansion (`=~ a{1,2}`).
+                '{' if mode == WordMode::Plain => {
                     brace_open = true;
                     w.text.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
                 ',' if brace_open => {
                     brace_list = true;
                     w.text.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
                 '.' if brace_open && self.peek_at(1) == Some('.') => {
                     brace_list = true;
                     w.text.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
                 '}' if brace_open && brace_list => {
                     return err(format!(
-                        "brace expansion ({}) is not supported",
-                        self.s[start..=self.i].iter().collect::<String>()
+                        "brace expansion ({}}}) is not supported",
+                        self.s[start..].iter().collect::<String>()
                     ));
                 }
                 _ => {
                     w.text.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
             }
         }
         Ok(w)
     }
 
+    /// Whether `c` belongs to the word as part of a group bash reads whole
+    /// in `[[ … ]]`: the regular expression after `=~` keeps `|` and
+    /// `(…)` (blanks and operators inside included), a pattern `@(a|b)`
+    /// (also `?*+!`) its group.
+    fn grouped(&self, c: char, mode: WordMode, start: usize, parens: &mut usize) -> bool {
+        let extglob = self.pos() > start && self.s.last().is_some_and(|p| "?*+@!".contains(*p));
+        match c {
+            '(' if mode == WordMode::Regex || extglob || *parens > 0 => {
+                *parens += 1;
+                true
+            }
+            ')' if *parens > 0 => {
+                *parens -= 1;
+                true
+            }
+            '|' => mode == WordMode::Regex || *parens > 0,
+            c => *parens > 0 && is_meta(c),
+        }
+    }
+
+    /// The inside of `'…'` after its opening quote: kept as written.
+    fn single_quoted(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
+        loop {
+            match self.peek_raw() {
+                None => return err("unbalanced quotes: a `'` is not closed"),
+                Some('\'') => {
+                    self.bump_raw();
+                    return Ok(());
+                }
+                Some(ch) => {
+                    w.text.push(ch);
+                    self.bump_raw();
+                }
+            }
+        }
+    }
+
     fn double_quoted(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
+        let outer = std::mem::replace(&mut self.in_dq, true);
+        let r = self.double_quoted_body(w);
+        self.in_dq = outer;
+        r
+    }
+
+    fn double_quoted_body(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
         loop {
             match self.peek() {
                 None => return err("unbalanced quotes: a `\"` is not closed"),
                 Some('"') => {
-                    self.i += 1;
+                    self.bump();
                     return Ok(());
                 }
                 Some('\\') => {
-                    self.i += 1;
-                    match self.peek() {
-                        Some('\n') => self.i += 1,
+                    self.bump();
+                    match self.peek_raw() {
                         Some(ch @ ('$' | '`' | '"' | '\\')) => {
                             w.text.push(ch);
-                            self.i += 1;
+                            self.bump_raw();
                         }
                         Some(ch) => {
                             w.text.push('\\');
                             w.text.push(ch);
-                            self.i += 1;
+                            self.bump_raw();
                         }
                         None => return err("unbalanced quotes: a `\"` is not closed"),
                     }
@@ -529,7 +721,7 @@ impl Parser {
                 Some('`') => self.backtick(w)?,
                 Some(ch) => {
                     w.text.push(ch);
-                    self.i += 1;
+                    self.bump();
                 }
             }
         }
@@ -538,17 +730,17 @@ impl Parser {
     /// `$'…'` (bash ANSI-C quoting), decoded.
     fn ansi_c(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
         loop {
-            let Some(c) = self.peek() else {
+            let Some(c) = self.peek_raw() else {
                 return err("unbalanced quotes: a `$'` is not closed");
             };
-            self.i += 1;
+            self.bump_raw();
             match c {
                 '\'' => return Ok(()),
                 '\\' => {
-                    let Some(e) = self.peek() else {
+                    let Some(e) = self.peek_raw() else {
                         return err("unbalanced quotes: a `$'` is not closed");
                     };
-                    self.i += 1;
+                    self.bump_raw();
                     let push = |w: &mut Word, v: u32| -> Result<(), Unjudgeable> {
                         match char::from_u32(v) {
                             Some(ch) => {
@@ -569,19 +761,19 @@ impl Parser {
                         'v' => w.text.push('\x0b'),
                         '\\' | '\'' | '"' | '?' => w.text.push(e),
                         'c' => {
-                            let Some(x) = self.peek() else {
+                            let Some(x) = self.peek_raw() else {
                                 return err("an incomplete `\\c` escape in `$'…'`");
                             };
-                            self.i += 1;
+                            self.bump_raw();
                             push(w, (x as u32) & 0x1f)?;
                         }
                         '0'..='7' => {
                             let mut v = e.to_digit(8).unwrap_or(0);
                             for _ in 0..2 {
-                                match self.peek().and_then(|d| d.to_digit(8)) {
+                                match self.peek_raw().and_then(|d| d.to_digit(8)) {
                                     Some(d) => {
                                         v = v * 8 + d;
-                                        self.i += 1;
+                                        self.bump_raw();
                                     }
                                     None => break,
                                 }
@@ -597,10 +789,10 @@ impl Parser {
                             let mut v = 0u32;
                             let mut n = 0;
                             while n < max {
-                                match self.peek().and_then(|d| d.to_digit(16)) {
+                                match self.peek_raw().and_then(|d| d.to_digit(16)) {
                                     Some(d) => {
                                         v = v.saturating_mul(16).saturating_add(d);
-                                        self.i += 1;
+                                        self.bump_raw();
                                         n += 1;
                                     }
                                     None => break,
@@ -626,12 +818,12 @@ impl Parser {
 
     /// `$…` at the cursor: parameters, `${…}`, `$(…)`, `$((…))`.
     fn dollar(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
-        let from = self.i;
+        let from = self.pos();
         match self.peek_at(1) {
             Some('(') if self.peek_at(2) == Some('(') => {
                 // Arithmetic: its value is computed; a substitution inside would run.
-                self.i += 3;
-                let body_start = self.i;
+                self.advance(3);
+                let body_start = self.pos();
                 let mut depth = 2usize;
                 while depth > 0 {
                     match self.peek() {
@@ -644,17 +836,17 @@ impl Parser {
                         }
                         _ => {}
                     }
-                    self.i += 1;
+                    self.bump();
                 }
-                let body: String = self.s[body_start..self.i.saturating_sub(2)]
+                let body: String = self.s[body_start..self.pos().saturating_sub(2)]
                     .iter()
                     .collect();
                 literal_arithmetic(&body, "$(( … ))")?;
             }
             Some('[') => {
                 // `$[ … ]`, bash's old arithmetic expansion.
-                self.i += 2;
-                let body_start = self.i;
+                self.advance(2);
+                let body_start = self.pos();
                 let mut depth = 1usize;
                 while depth > 0 {
                     match self.peek() {
@@ -663,73 +855,72 @@ impl Parser {
                         Some(']') => depth -= 1,
                         _ => {}
                     }
-                    self.i += 1;
+                    self.bump();
                 }
-                let body: String = self.s[body_start..self.i - 1].iter().collect();
+                let body: String = self.s[body_start..self.pos() - 1].iter().collect();
                 literal_arithmetic(&body, "$[ … ]")?;
             }
             Some('(') => {
-                self.i += 2;
+                self.advance(2);
                 self.nested(Close::Paren)?;
             }
             Some('{') => {
-                self.i += 2;
+                self.advance(2);
                 self.parameter_expansion()?;
             }
             Some(c) if c.is_ascii_alphabetic() || c == '_' => {
-                self.i += 1;
+                self.bump();
                 while self
                     .peek()
                     .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
                 {
-                    self.i += 1;
+                    self.bump();
                 }
             }
-            Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(c) => self.i += 2,
+            Some(c) if c.is_ascii_digit() || "@*#?-$!".contains(c) => self.advance(2),
             _ => {
                 // A lone `$` is literal.
                 w.text.push('$');
-                self.i += 1;
+                self.bump();
                 return Ok(());
             }
         }
-        w.text.extend(&self.s[from..self.i]);
+        w.computed_at = w.computed_at.or(Some(w.text.len()));
+        w.text.extend(&self.s[from..]);
         w.dynamic = true;
         Ok(())
     }
 
     /// The inside of `${…}` up to its `}`; substitutions in it are parsed.
+    /// Within double quotes (and here-document bodies) a `'` is literal, so
+    /// a `$(…)` between two of them runs.
     fn parameter_expansion(&mut self) -> Result<(), Unjudgeable> {
         let mut scratch = Word::default();
-        let start = self.i;
+        let start = self.pos();
         loop {
             match self.peek() {
                 None => return err("unbalanced braces: a `${` is not closed"),
                 Some('}') => {
-                    let body: String = self.s[start..self.i].iter().collect();
-                    self.i += 1;
+                    let body: String = self.s[start..].iter().collect();
+                    self.bump();
                     return parameter_is_plain(&body);
                 }
                 Some('\\') => {
-                    self.i += 2;
+                    self.bump();
+                    self.bump_raw();
                 }
-                Some('\'') => {
-                    self.i += 1;
-                    while self.peek().is_some_and(|c| c != '\'') {
-                        self.i += 1;
-                    }
-                    if self.peek().is_none() {
-                        return err("unbalanced quotes inside `${…}`");
-                    }
-                    self.i += 1;
+                Some('\'') if !self.in_dq => {
+                    self.bump();
+                    self.single_quoted(&mut scratch)
+                        .map_err(|_| Unjudgeable::new("unbalanced quotes inside `${…}`"))?;
                 }
                 Some('"') => {
-                    self.i += 1;
+                    self.bump();
                     self.double_quoted(&mut scratch)?;
                 }
                 Some('$') => self.dollar(&mut scratch)?,
                 Some('`') => self.backtick(&mut scratch)?,
-                Some(_) => self.i += 1,
+                Some(_) => self.bump(),
             }
         }
     }
@@ -741,48 +932,50 @@ impl Parser {
         }
         self.depth += 1;
         let saved = std::mem::take(&mut self.heredocs);
+        let dq = std::mem::replace(&mut self.in_dq, false);
         let r = self.sequence(close);
+        self.in_dq = dq;
         self.heredocs = saved;
         self.depth -= 1;
         r
     }
 
-    /// A backtick command substitution: its text (unescaped) parsed as a line.
+    /// A backtick command substitution: its text (unescaped) parsed as a
+    /// line. Bash removes backslash-newline all through the body, quotes
+    /// included, so `peek` reads it.
     fn backtick(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
-        let from = self.i;
-        self.i += 1;
+        let from = self.pos();
+        self.bump();
         let mut inner = String::new();
         loop {
             match self.peek() {
                 None => return err("unbalanced backticks: a ` is not closed"),
                 Some('`') => {
-                    self.i += 1;
+                    self.bump();
                     break;
                 }
                 Some('\\') => {
-                    self.i += 1;
-                    match self.peek() {
-                        Some(c @ ('\\' | '`' | '$')) => {
-                            inner.push(c);
-                            self.i += 1;
-                        }
+                    self.bump();
+                    match self.peek_raw() {
+                        Some(c @ ('\\' | '`' | '$')) => inner.push(c),
                         Some(c) => {
                             inner.push('\\');
                             inner.push(c);
-                            self.i += 1;
                         }
                         None => return err("unbalanced backticks: a ` is not closed"),
                     }
+                    self.bump_raw();
                 }
                 Some(c) => {
                     inner.push(c);
-                    self.i += 1;
+                    self.bump();
                 }
             }
         }
         let commands = parse_at(&inner, self.depth + 1)?;
         self.out.extend(commands);
-        w.text.extend(&self.s[from..self.i]);
+        w.computed_at = w.computed_at.or(Some(w.text.len()));
+        w.text.extend(&self.s[from..]);
         w.dynamic = true;
         Ok(())
     }

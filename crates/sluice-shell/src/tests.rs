@@ -765,3 +765,126 @@ fn sql_request(
         notices: None,
     }
 }
+
+/// Bash deletes backslash-newline before it splits words, everywhere but in
+/// single quotes, `$'…'`, comments and quoted here-document bodies: every
+/// construct is judged on the joined text (each line checked with bash).
+#[test]
+fn line_continuations_are_joined_where_bash_joins_them() {
+    for (line, expected) in [
+        ("X\\\n=1 rm -rf /x", vec!["rm -rf /x"]),
+        ("r\\\nm -rf /x", vec!["rm -rf /x"]),
+        ("2\\\n>/dev/null rm -rf /x", vec!["rm -rf /x"]),
+        ("i\\\nf true; then rm -rf /x; fi", vec!["true", "rm -rf /x"]),
+        ("$\\\n'\\x72m' -rf /x", vec!["rm -rf /x"]),
+        (
+            "echo $\\\n(rm -rf /x)",
+            vec!["rm -rf /x", "echo $(rm -rf /x)"],
+        ),
+        (
+            "echo \"$\\\n(rm -rf /x)\"",
+            vec!["rm -rf /x", "echo $(rm -rf /x)"],
+        ),
+        (
+            "echo ${x:-$\\\n(rm -rf /x)}",
+            vec!["rm -rf /x", "echo ${x:-$(rm -rf /x)}"],
+        ),
+        // A joined delimiter is unquoted, so the body expands.
+        ("cat <<E\\\nOF\n$(rm -rf /x)\nEOF", vec!["cat", "rm -rf /x"]),
+        ("cat <<EOF\n$\\\n(rm -rf /x)\nEOF", vec!["cat", "rm -rf /x"]),
+        // A joined body line can be the delimiter: what follows runs.
+        ("cat <<EOF\nEO\\\nF\nrm -rf /x\n", vec!["cat", "rm -rf /x"]),
+        (
+            "cat <<-EOF\n\tEO\\\nF\nrm -rf /x\n",
+            vec!["cat", "rm -rf /x"],
+        ),
+        // A backtick body is joined even inside its quotes.
+        (
+            "echo `cat <<'E'\nE\\\n\nrm -rf /x\nE\n`",
+            vec![
+                "cat",
+                "rm -rf /x",
+                "E",
+                "echo `cat <<'E'\nE\nrm -rf /x\nE\n`",
+            ],
+        ),
+        // Where bash keeps the pair: comments, single quotes, an escaped backslash.
+        ("echo hi # c \\\nrm -rf /x", vec!["echo hi", "rm -rf /x"]),
+        ("echo 'a\\\nb'; rm -rf /x", vec!["echo a\\\nb", "rm -rf /x"]),
+        ("echo $'a\\\nb'", vec!["echo a\\\nb"]),
+        ("ec\\\\\nho hi", vec!["ec\\", "ho hi"]),
+        (
+            "bash -c 'echo \\\\\nrm -rf /x'",
+            vec!["bash -c echo \\\\\nrm -rf /x", "echo \\", "rm -rf /x"],
+        ),
+        ("cat <<'E'\nE\\\n\nrm -rf /x\nE\n", vec!["cat"]),
+        ("cat <<EOF\na\\\\\nEOF\n", vec!["cat"]),
+    ] {
+        assert_eq!(runs(line), expected, "{line:?}");
+    }
+}
+
+/// In double quotes a `'` inside `${…}` is literal: `$(…)` between two runs.
+#[test]
+fn quotes_inside_double_quoted_parameter_expansions_are_literal() {
+    for line in [
+        "echo \"${x:-'$(rm -rf /x)'}\"",
+        "cat <<EOF\n${x:-'$(rm -rf /x)'}\nEOF",
+    ] {
+        assert!(runs(line).contains(&"rm -rf /x".to_string()), "{line:?}");
+    }
+    // Unquoted, the single quotes quote.
+    assert_eq!(
+        runs("echo ${x:-'$(rm -rf /x)'}"),
+        vec!["echo ${x:-'$(rm -rf /x)'}"]
+    );
+}
+
+/// `[[ … ]]` is one command: its `&&`, `(`, `<` and the `=~` regular
+/// expression are its own syntax, and its substitutions still run.
+#[test]
+fn conditional_expressions_are_one_command() {
+    for (line, expected) in [
+        ("[[ $x =~ ^(a|b)$ ]]", vec!["[[ $x =~ ^(a|b)$ ]]"]),
+        ("[[ -f a && -f b ]]", vec!["[[ -f a && -f b ]]"]),
+        (
+            "[[ -f a || ( -d b && ! -L b ) ]] && rm -rf /x",
+            vec!["[[ -f a || ( -d b && ! -L b ) ]]", "rm -rf /x"],
+        ),
+        ("if [[ a < b ]]; then ls; fi", vec!["[[ a < b ]]", "ls"]),
+        ("[[ $x == @(a|b) ]]", vec!["[[ $x == @(a|b) ]]"]),
+        ("[[ $x =~ a{1,2} ]]", vec!["[[ $x =~ a{1,2} ]]"]),
+        ("[[ $x =~ (a b|c) ]]", vec!["[[ $x =~ (a b|c) ]]"]),
+        ("[[ -n a\n&& -n b ]]", vec!["[[ -n a && -n b ]]"]),
+        ("! [[ -e f ]] > /dev/null", vec!["[[ -e f ]]"]),
+        (
+            "[[ $x =~ ($(rm -rf /x)) ]]",
+            vec!["rm -rf /x", "[[ $x =~ ($(rm -rf /x)) ]]"],
+        ),
+        (
+            "[[ -n $(rm -rf /x) && -f <(rm -rf /y) ]]",
+            vec![
+                "rm -rf /x",
+                "rm -rf /y",
+                "[[ -n $(rm -rf /x) && -f <(rm -rf /y) ]]",
+            ],
+        ),
+    ] {
+        assert_eq!(runs(line), expected, "{line:?}");
+    }
+    for line in [
+        "[[ -n a",
+        "[[ a ; ]]",
+        "[[ a ]] rm -rf /x",
+        "[[ a == # ]]",
+        "[[ $x -eq 1 && -f a ]]",
+    ] {
+        refused(line);
+    }
+    for line in [
+        "[[ -f /etc/hosts && -r /etc/hosts ]] && cat /etc/hosts",
+        "[[ $(uname) =~ ^(Linux|Darwin)$ ]] && echo unix",
+    ] {
+        assert_eq!(verdict_in(DENY_LIST, line), Action::Allow, "{line:?}");
+    }
+}
