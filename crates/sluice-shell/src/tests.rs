@@ -888,3 +888,147 @@ fn conditional_expressions_are_one_command() {
         assert_eq!(verdict_in(DENY_LIST, line), Action::Allow, "{line:?}");
     }
 }
+
+/// find's `{}` and xargs' replace string are values known only when the
+/// command runs: a program named by one is refused, a script holding one
+/// too, an argument holding one is a run-time value.
+#[test]
+fn replace_strings_are_computed_at_run_time() {
+    for line in [
+        "echo 'rm -rf /x' | xargs -I{} sh -c '{}'",
+        "echo x | xargs -I{} bash -c 'echo {}'",
+        "echo rm | xargs -I% % -rf /x",
+        "echo rm | xargs -I % % -rf /x",
+        "echo rm | xargs -i {} -rf /x",
+        "echo rm | xargs -i@ @ -rf /x",
+        "echo rm | xargs --replace=@ @ -rf /x",
+        "echo rm | xargs --replace {} -rf /x",
+        // `=` as the replace string would turn `r=` into `rm`.
+        "echo m | xargs -I= env r= -rf /x",
+        "echo m | xargs -I= sudo r= -rf /x",
+        "find /bin/rm -exec {} -rf /x \\;",
+        "find /bin/rm -execdir {} -rf /x \\;",
+        "find /bin -exec sh -c '{} -rf /x' \\;",
+        "find /bin/rm -ok nice {} -rf /x \\;",
+        "find /bin/rm -exec /usr/bin/{} -rf /x +",
+    ] {
+        refused(line);
+    }
+    for (line, inner) in [
+        ("ls | xargs -I{} cp {} /backup/{}", "cp {} /backup/{}"),
+        ("ls | xargs -I% cp % /backup/", "cp {} /backup/"),
+        ("find . -name '*.gz' -exec ls -l {} +", "ls -l {}"),
+        ("find . -exec sh -c 'gzip \"$1\"' _ {} \\;", "gzip $1"),
+        // `+` ends the command only after `{}`.
+        ("find . -exec echo + rm -rf /x \\;", "echo + rm -rf /x"),
+    ] {
+        let all = runs(line);
+        assert!(all.iter().any(|r| r == inner), "{line:?} → {all:?}");
+    }
+}
+
+/// A wrapper's option position holding a value computed from its first
+/// character may hide an option that moves the program (`timeout -v 5 rm`).
+#[test]
+fn computed_options_of_wrappers_are_refused() {
+    for line in [
+        "timeout `echo -v` 5 rm -rf /x",
+        "timeout $(echo -v) 5 rm -rf /x",
+        "echo '-v 5 rm -rf /x' | xargs timeout",
+        "echo 'l rm -rf /x' | xargs flock",
+        "echo '1 rm -rf /x' | xargs taskset",
+        "echo m | xargs -I{} timeout {} 5 rm -rf /x",
+    ] {
+        refused(line);
+    }
+    for line in [
+        "xargs -0 ls < list",
+        "timeout 5 ls $HOME",
+        "sudo -u \"$USER\" ls",
+    ] {
+        analyze(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+}
+
+/// `sudo -s`/`-i CMD` runs `$SHELL -c` on its arguments, backslash-escaped
+/// except letters, digits, `_`, `-` and `$`: that script is what is judged.
+#[test]
+fn sudo_shell_commands_are_judged_as_the_script_sudo_builds() {
+    for line in [
+        "sudo -s 'r$1m' -rf /x",
+        "sudo -i 'r$xm' -rf /x",
+        "sudo --shell '$0' -rf /x",
+        "sudo -u root -s \"$CMD\"",
+    ] {
+        refused(line);
+    }
+    for (line, expected) in [
+        ("sudo -s rm -rf /x", "rm -rf /x"),
+        ("sudo -i -u root rm -rf /x", "rm -rf /x"),
+        // Escaped, the metacharacters are literal: one program named so.
+        ("sudo -s 'ls;rm' -rf /x", "ls;rm -rf /x"),
+        ("sudo -s echo '$(rm -rf /x)'", "echo $(rm -rf /x)"),
+        ("sudo -s ls '$HOME'", "ls $HOME"),
+        ("sudo -i 'r${x}m' -rf /x", "r${x}m -rf /x"),
+        ("sudo --login '$(id)'", "$(id)"),
+    ] {
+        let all = runs(line);
+        assert_eq!(
+            all.last().map(String::as_str),
+            Some(expected),
+            "{line:?} → {all:?}"
+        );
+    }
+}
+
+/// Builtins that bind a name to a program, or evaluate a name (and its
+/// subscript) when the command runs.
+#[test]
+fn builtins_that_bind_or_evaluate_names_are_judged() {
+    for line in [
+        "hash -p /bin/rm ls; ls -rf /x",
+        "hash -rp /bin/rm ls",
+        "hash $OPTS",
+        "declare -n r='a[$(rm -rf /x)]'; echo \"$r\"",
+        "declare -n r; r='a[$(rm -rf /x)]'; echo \"$r\"",
+        "declare -n q=x; for q in 'a[$(rm -rf /x)]'; do echo \"$q\"; done",
+        "r='a[$(rm -rf /x)]'; typeset -n r; echo \"$r\"",
+        "local -rn r=x",
+        "declare -a x; unset 'x[$(rm -rf /x)]'",
+        "unset -v 'x[i]'",
+        "unset \"$v\"",
+        "read -a 'a[$(rm -rf /x)]' <<< x",
+        "read -ra \"$n\" <<< x",
+        "sleep 0 & wait -p 'a[$(rm -rf /x)]' -n",
+        "sleep 0 & wait -np 'a[$(rm -rf /x)]'",
+        "getopts ab 'a[$(rm -rf /x)]' -a",
+        "mapfile -t \"$n\" < f",
+        "readarray 'a[$(rm -rf /x)]' < f",
+    ] {
+        refused(line);
+    }
+    for line in [
+        "hash",
+        "hash -r",
+        "hash ls",
+        "declare -a arr",
+        "declare -p PATH",
+        "declare -n",
+        "export -n FOO",
+        "unset FOO BAR",
+        "unset -f 'x[1]'",
+        "read -r -p 'Continue [y/N]? ' ans <<< y",
+        "read -a arr <<< 'a b'",
+        "sleep 1 & wait $!",
+        "sleep 0 & wait -n -p pid",
+        "getopts ab opt",
+        "mapfile -t lines < f",
+    ] {
+        assert_eq!(
+            verdict_in(DENY_LIST, line),
+            Action::Allow,
+            "{line:?} → {:?}",
+            analyze(line)
+        );
+    }
+}

@@ -113,6 +113,11 @@ pub(super) fn judge(
             "`{name}` runs text or changes names in ways the gateway cannot judge"
         ));
     }
+    if name == "hash" && hash_binds(args) {
+        return err(
+            "`hash -p` makes a later name run another program, which the gateway cannot judge",
+        );
+    }
     names_are_plain(name, args)?;
     if matches!(
         name,
@@ -385,7 +390,9 @@ pub(super) fn options(
     let mut i = 0;
     while let Some(w) = args.get(i) {
         let t = w.text.as_str();
-        if w.dynamic && t.starts_with('$') {
+        // A value computed from its first character may be an option or
+        // not (`timeout `echo -v` 5 rm`, `xargs timeout`).
+        if w.computed_at == Some(0) {
             return err(format!(
                 "an argument of `{program}` is only known when the command runs"
             ));
@@ -769,7 +776,33 @@ fn sudo(
     if shell && i >= args.len() {
         return err("`sudo -s`/`sudo -i` starts a shell that reads commands from standard input");
     }
+    if shell {
+        return sudo_shell(&args[i..], depth, out);
+    }
     judge(&args[i..], depth + 1, out)
+}
+
+/// `sudo -s`/`-i` with a command runs `$SHELL -c` on its arguments joined
+/// with spaces, every character but letters, digits, `_`, `-` and `$`
+/// escaped with a backslash (sudo's parse_args.c): that script is judged,
+/// so `sudo -s 'r$1m'` is a program computed at run time.
+fn sudo_shell(words: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
+    if words.iter().any(|w| w.dynamic) {
+        return err("`sudo -s`/`sudo -i` reads its arguments as a script, and some are only known when the command runs");
+    }
+    let escaped: Vec<String> = words
+        .iter()
+        .map(|w| {
+            w.text
+                .chars()
+                .flat_map(|c| {
+                    let plain = c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '$');
+                    (!plain).then_some('\\').into_iter().chain([c])
+                })
+                .collect()
+        })
+        .collect();
+    script_text(&escaped.join(" "), depth, out)
 }
 
 fn su(
@@ -796,7 +829,8 @@ fn su(
 
 fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Unjudgeable> {
     let mut i = 0;
-    let mut replace = false;
+    // The replace string (`-I STR`, `-i[STR]`, `--replace[=STR]`).
+    let mut replace: Option<String> = None;
     let takes_arg = "adEILnPs";
     while let Some(w) = args.get(i) {
         let t = w.text.as_str();
@@ -813,7 +847,7 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
                 "null" | "no-run-if-empty" | "verbose" | "exit" | "interactive" | "open-tty"
                 | "show-limits" => i += 1,
                 "replace" => {
-                    replace = true;
+                    replace = Some(long.strip_prefix("replace=").unwrap_or("{}").into());
                     i += 1;
                 }
                 "arg-file" | "delimiter" | "eof" | "max-lines" | "max-args" | "max-procs"
@@ -831,12 +865,17 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
             // Optional arguments, attached only.
             'e' | 'l' => i += 1,
             'i' => {
-                replace = true;
+                replace = Some(if t.len() > 2 { &t[2..] } else { "{}" }.into());
                 i += 1;
             }
             c if takes_arg.contains(c) => {
                 if c == 'I' {
-                    replace = true;
+                    let value = if t.len() > 2 {
+                        Some(&t[2..])
+                    } else {
+                        args.get(i + 1).map(|w| w.text.as_str())
+                    };
+                    replace = value.map(str::to_string);
                 }
                 i += if t.len() > 2 { 1 } else { 2 };
             }
@@ -860,13 +899,17 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
     } else {
         rest.to_vec()
     };
-    if !replace {
+    match replace {
+        Some(r) if r.is_empty() => return err("`xargs` with an empty replace string"),
+        // Each word holding the replace string gets a line of standard input.
+        Some(r) => words = run_time_values(&words, &r),
         // The arguments xargs appends come from standard input.
-        words.push(Word {
+        None => words.push(Word {
             text: "{stdin}".into(),
             dynamic: true,
+            computed_at: Some(0),
             ..Word::default()
-        });
+        }),
     }
     judge(&words, depth + 1, out)
 }
@@ -877,18 +920,84 @@ fn find(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Un
         let t = args[i].text.as_str();
         if matches!(t, "-exec" | "-execdir" | "-ok" | "-okdir") {
             let start = i + 1;
-            let end = args[start..]
-                .iter()
-                .position(|w| w.text == ";" || w.text == "+")
-                .map(|p| start + p)
+            // `+` ends the command only right after a `{}`.
+            let end = (start..args.len())
+                .find(|&k| args[k].text == ";" || (args[k].text == "+" && args[k - 1].text == "{}"))
                 .ok_or_else(|| Unjudgeable::new(format!("`find {t}` is not terminated")))?;
-            judge(&args[start..end], depth + 1, out)?;
+            // find puts the file's path wherever `{}` occurs.
+            judge(&run_time_values(&args[start..end], "{}"), depth + 1, out)?;
             i = end + 1;
         } else {
             i += 1;
         }
     }
     Ok(())
+}
+
+/// `words` with each occurrence of `placeholder` (xargs' replace string,
+/// find's `{}`) a value known only at run time, written `{}`: a program
+/// named by it is refused, an argument holding it is a run-time value.
+fn run_time_values(words: &[Word], placeholder: &str) -> Vec<Word> {
+    words
+        .iter()
+        .map(|w| match w.text.find(placeholder) {
+            None => w.clone(),
+            Some(at) => {
+                // The text before `at` is unchanged, so `at` still points at it.
+                Word {
+                    text: w.text.replace(placeholder, "{}"),
+                    dynamic: true,
+                    computed_at: Some(w.computed_at.map_or(at, |c| c.min(at))),
+                    ..w.clone()
+                }
+            }
+        })
+        .collect()
+}
+
+/// `hash -p PATH NAME` makes NAME run PATH; a computed word may be `-p`.
+fn hash_binds(args: &[Word]) -> bool {
+    let (_, seen) = builtin_words(args, "p");
+    seen.contains(&'p') || args.iter().any(|w| w.dynamic)
+}
+
+/// The words of a builtin after its options: each with the option whose
+/// value it is (`None` for an operand), and the options seen. A word
+/// computed at run time in option position counts as an operand.
+fn builtin_words<'a>(
+    args: &'a [Word],
+    with_arg: &str,
+) -> (Vec<(Option<char>, &'a Word)>, Vec<char>) {
+    let (mut words, mut seen) = (Vec::new(), Vec::new());
+    let mut it = args.iter();
+    let mut in_options = true;
+    while let Some(w) = it.next() {
+        let t = w.text.as_str();
+        if !in_options || w.dynamic || !t.starts_with('-') || t == "-" {
+            in_options = false;
+            words.push((None, w));
+            continue;
+        }
+        if t == "--" {
+            in_options = false;
+            continue;
+        }
+        for (k, c) in t[1..].char_indices() {
+            seen.push(c);
+            if with_arg.contains(c) {
+                if k + 1 + c.len_utf8() == t.len() {
+                    if let Some(v) = it.next() {
+                        words.push((Some(c), v));
+                    }
+                } else {
+                    // An attached value (`-aNAME`): the word holds it.
+                    words.push((Some(c), w));
+                }
+                break;
+            }
+        }
+    }
+    (words, seen)
 }
 
 /// A subscript that is not a number (`a[i]`, `a[$(cmd)]`): bash evaluates it.
@@ -971,6 +1080,16 @@ fn names_are_plain(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
                     if t[1..].contains('i') {
                         return refuse("assignments to integer variables");
                     }
+                    // A name reference's target is evaluated as a name (with
+                    // its subscript) at each use, and a later assignment or
+                    // `for` loop may retarget it: `-n` with names is refused.
+                    let nameref = t.starts_with('-') && t[1..].contains('n');
+                    if nameref
+                        && name != "export"
+                        && args.iter().any(|a| !a.text.starts_with(['-', '+']))
+                    {
+                        return refuse("a name reference");
+                    }
                     continue;
                 }
                 let (n, v) = t.split_once('=').unwrap_or((t, ""));
@@ -982,17 +1101,39 @@ fn names_are_plain(name: &str, args: &[Word]) -> Result<(), Unjudgeable> {
         "mapfile" | "readarray" if args.iter().any(|w| w.text.starts_with("-C")) => {
             return refuse("a callback");
         }
-        "read" => {
-            let mut prev_opt = false;
-            for w in args {
-                let t = w.text.as_str();
-                if computed_subscript(t) || (w.dynamic && !prev_opt) {
-                    return refuse("a computed variable name");
-                }
-                prev_opt = t.starts_with('-') && !w.dynamic;
-            }
-        }
         _ => {}
+    }
+    // Builtins whose operands (or an option's value) are variable names.
+    let (with_arg, name_option): (&str, Option<char>) = match name {
+        "read" => ("adinNptu", Some('a')),
+        "mapfile" | "readarray" => ("dnOsuCc", None),
+        "wait" => ("p", Some('p')),
+        "getopts" | "unset" => ("", None),
+        _ => return Ok(()),
+    };
+    let (words, seen) = builtin_words(args, with_arg);
+    if name == "unset" && seen.contains(&'f') {
+        // Function names are not evaluated.
+        return Ok(());
+    }
+    let mut positional = 0;
+    for (option, w) in words {
+        let names = match option {
+            Some(o) => name_option == Some(o),
+            None => {
+                positional += 1;
+                match name {
+                    // The optstring comes first, the name second.
+                    "getopts" => positional == 2,
+                    // Operands are process and job ids.
+                    "wait" => false,
+                    _ => true,
+                }
+            }
+        };
+        if names && unsafe_name(w) {
+            return refuse("a computed variable name");
+        }
     }
     Ok(())
 }
