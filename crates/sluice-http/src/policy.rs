@@ -9,11 +9,22 @@
 //! `/<connection>` prefix (see `path.rs`: no dot segments, decoded), matched
 //! case-insensitively with `*` (any run, `/` included) and `?`; a trailing
 //! `/` on the request does not matter, and `/admin/*` also matches `/admin`.
-//! `query` names parameters whose (decoded) value must match the glob; a
-//! parameter sent several times matches if any value does.
+//! `query` names parameters whose (decoded) value must match the glob. Servers
+//! read a query differently (Go takes the first copy of a name and drops
+//! pairs holding `;`; Rails, PHP and Express take the last; qs and old
+//! parsers also split on `;`; PHP and Rails read `name[]` as `name`, PHP
+//! reads `na.me` and `na me` as `na_me`, ASP.NET ignores case), so:
+//!
+//! - a deny or review rule matches if any copy of the name, under any of
+//!   these readings, has a matching value;
+//! - an allow rule matches only if every reading gives the name, and only
+//!   values that match: every copy matches, the name is present in a pair
+//!   without `;`, and no other spelling of it (`name[]`, `NAME`, `na.me`)
+//!   is sent at all (see [`HttpMatchKey::compile_for`]).
 
 use percent_encoding::percent_decode_str;
 use sluice_core::glob::Glob;
+use sluice_core::model::Action;
 use sluice_core::pipeline::policy::{CommandMatcher, MatchKey, Scratch};
 use sluice_core::toml;
 use sluice_core::{Command, CommandKind};
@@ -32,13 +43,27 @@ impl MatchKey for HttpMatchKey {
     }
 
     fn compile(&self, values: &toml::Table) -> Result<Box<dyn CommandMatcher>, String> {
+        self.compile_for(values, Action::Deny)
+    }
+
+    /// An allow rule's `query` must hold under every reading of the query a
+    /// server may make (all copies, both `;` readings, other spellings of
+    /// the name); a deny or review rule's holds if any copy matches.
+    fn compile_for(
+        &self,
+        values: &toml::Table,
+        action: Action,
+    ) -> Result<Box<dyn CommandMatcher>, String> {
         let Some(value) = values.get("http") else {
             return Err("http: expected a table { methods, paths, query }".into());
         };
         let table = value.as_table().ok_or(
             "http: expected a table { methods = [..], paths = [..], query = { name = \"glob\" } }",
         )?;
-        let mut matcher = HttpMatcher::default();
+        let mut matcher = HttpMatcher {
+            allow: action == Action::Allow,
+            ..HttpMatcher::default()
+        };
         for (key, v) in table {
             match key.as_str() {
                 "methods" => {
@@ -103,6 +128,8 @@ struct HttpMatcher {
     methods: Option<Vec<Glob>>,
     paths: Option<Vec<Glob>>,
     query: Option<Vec<(String, Glob)>>,
+    /// Compiled for an allow rule: the query must hold under every reading.
+    allow: bool,
 }
 
 /// The parts of an HTTP command.
@@ -145,17 +172,61 @@ pub fn path_matches(pattern: &Glob, path: &str) -> bool {
 /// Decoded `name=value` pairs of a query string (`+` is a space).
 pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     // Some servers also split on `;`: a rule sees every pair any of them reads.
+    split_pairs(query, &['&', ';'])
+}
+
+/// Decoded `name=value` pairs, split on `separators`.
+fn split_pairs<'a>(
+    query: &'a str,
+    separators: &'a [char],
+) -> impl Iterator<Item = (String, String)> + 'a {
     query
-        .split(['&', ';'])
+        .split(separators)
         .filter(|p| !p.is_empty())
         .map(|pair| {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let decode = |s: &str| {
-                percent_decode_str(&s.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (decode(k), decode(v))
+            (query_decode(k), query_decode(v))
+        })
+}
+
+fn query_decode(s: &str) -> String {
+    percent_decode_str(&s.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// Whether `key` is `name` as some server reads it: itself, `name[…]`
+/// (PHP, Rails, qs), another case (ASP.NET), or `.`/` ` for `_` (PHP).
+fn spells(key: &str, name: &str) -> bool {
+    let fold = |s: &str| -> String {
+        let base = s.split('[').next().unwrap_or("");
+        base.chars()
+            .map(|c| match c {
+                '.' | ' ' => '_',
+                c => c.to_ascii_lowercase(),
+            })
+            .collect()
+    };
+    key == name || fold(key) == fold(name)
+}
+
+/// An allow rule's query parameter: under every reading (split on `&` and
+/// `;`, on `&` alone), every spelling of `name` is `name` itself with a
+/// matching value, and some pair without `;` carries it (Go drops pairs
+/// holding `;`, and reads only the first copy).
+fn query_holds_everywhere(query: &str, name: &str, glob: &Glob) -> bool {
+    let mut carried = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if !pair.contains(';') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            carried |= query_decode(k) == name && glob.matches(&query_decode(v));
+        }
+    }
+    carried
+        && [&['&', ';'][..], &['&'][..]].iter().all(|separators| {
+            split_pairs(query, separators)
+                .filter(|(k, _)| spells(k, name))
+                .all(|(k, v)| k == name && glob.matches(&v))
         })
 }
 
@@ -179,6 +250,12 @@ impl CommandMatcher for HttpMatcher {
             if !paths.iter().any(|p| path_matches(p, parts.path)) {
                 return Ok(false);
             }
+        }
+        if let (Some(params), true) = (&self.query, self.allow) {
+            let query = parts.query.unwrap_or("");
+            return Ok(params
+                .iter()
+                .all(|(name, glob)| query_holds_everywhere(query, name, glob)));
         }
         if let Some(params) = &self.query {
             let pairs: Vec<(String, String)> = query_pairs(parts.query.unwrap_or("")).collect();
@@ -283,6 +360,65 @@ mod tests {
             assert!(hit(&*m, &command("POST", "/x", Some(q))), "{q}");
         }
         assert!(!hit(&*m, &command("POST", "/x", Some("forced=true"))));
+    }
+
+    fn allow_rule(text: &str) -> Box<dyn CommandMatcher> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        HttpMatchKey.compile_for(&table, Action::Allow).unwrap()
+    }
+
+    #[test]
+    fn allow_rules_hold_the_query_under_every_reading() {
+        let rule_text =
+            r#"http = { methods = ["POST"], paths = ["/deploy"], query = { dry_run = "true" } }"#;
+        let allow = allow_rule(rule_text);
+        let deny = rule(rule_text);
+        for q in [
+            "dry_run=true",
+            "dry_run=true&x=1",
+            "x=1&dry_run=true",
+            "dry_run=true&dry_run=true",
+            "dry_run=tru%65",
+            "dry%5Frun=true",
+        ] {
+            assert!(hit(&*allow, &command("POST", "/deploy", Some(q))), "{q}");
+            assert!(hit(&*deny, &command("POST", "/deploy", Some(q))), "{q}");
+        }
+        // Each is read by some server as something other than dry_run=true.
+        for q in [
+            "dry_run=false&dry_run=true", // Go reads the first
+            "dry_run=true&dry_run=false", // Rails, PHP, Express read the last
+            "x=1;dry_run=true",           // Go drops the pair
+            "dry_run=true;x=1",           // `&` alone: the value is `true;x=1`
+            "dry_run=true&x=1;dry_run=false",
+            "dry_run[]=true",
+            "dry_run=true&dry_run[]=false",
+            "dry_run=true&DRY_RUN=false", // ASP.NET ignores case
+            "dry_run=true&dry.run=false", // PHP reads `dry.run` as `dry_run`
+            "dry_run=true&dry+run=false",
+            "dry_run",
+            "",
+        ] {
+            assert!(!hit(&*allow, &command("POST", "/deploy", Some(q))), "{q}");
+        }
+        assert!(!hit(&*allow, &command("POST", "/deploy", None)));
+        // Deny rules keep "any copy matches", every reading included.
+        for q in [
+            "dry_run=false&dry_run=true",
+            "x=1;dry_run=true",
+            "dry_run[]=true",
+        ] {
+            assert!(hit(&*deny, &command("POST", "/deploy", Some(q))), "{q}");
+        }
+        // Methods and paths still decide for allow rules.
+        assert!(!hit(
+            &*allow,
+            &command("GET", "/deploy", Some("dry_run=true"))
+        ));
+        assert!(!hit(
+            &*allow,
+            &command("POST", "/other", Some("dry_run=true"))
+        ));
     }
 
     #[test]
