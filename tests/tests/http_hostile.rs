@@ -382,6 +382,55 @@ action = "deny"
     assert_eq!(status, 400, "{body}");
     let (status, body) = env.get(&token, "/crm/echo", &["-F", "_method=DELETE", "-F", "a=1"]);
     assert_eq!(status, 400, "{body}");
+    // Whatever the media type: a JSON key (Laravel, Symfony), an untyped
+    // body (Rack reads it as a form), a multipart name in capitals.
+    for args in [
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"_method":"DELETE"}"#,
+        ][..],
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"a":1,"_METHOD":"DELETE"}"#,
+        ],
+        &["-H", "Content-Type:", "-d", "_method=DELETE"],
+        &["-H", "Content-Type: text/plain", "-d", "a=1&_method=DELETE"],
+        &[
+            "-H",
+            "Content-Type: multipart/form-data; boundary=b",
+            "--data-binary",
+            "--b\r\nContent-Disposition: form-data; NAME=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n",
+        ],
+    ] {
+        let (status, body) = env.get(&token, "/crm/users/7", args);
+        assert_eq!(status, 400, "{args:?}: {body}");
+        assert!(
+            body.contains("_method") || body.contains("_METHOD"),
+            "{body}"
+        );
+    }
+    // A POST form or JSON body longer than the gateway reads before judging
+    // could hide one past that point: refused, not sent.
+    let big = env.dir.path().join("big.json");
+    let filler = "x".repeat(1100 * 1024);
+    std::fs::write(&big, format!("{{\"a\":\"{filler}\"}}")).unwrap();
+    let at_big = format!("@{}", big.display());
+    let (status, body) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "--http1.1",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &at_big,
+        ],
+    );
+    assert_eq!(status, 413, "{body}");
     // Query spellings a lenient parser reads as `force=true`.
     for path in ["/crm/echo?force[]=true", "/crm/echo?a=1;force=true"] {
         let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
@@ -397,6 +446,30 @@ action = "deny"
     let (status, body) = env.get(&token, "/crm/echo", &["-d", "name=x&method=card"]);
     assert_eq!(status, 200, "{body}");
     let (status, body) = env.get(&token, "/crm/echo", &["-F", "title=_method", "-F", "a=1"]);
+    assert_eq!(status, 200, "{body}");
+    // Ordinary JSON (a key merely containing "method", a string holding
+    // `&_method=`), and a large body of a type no framework reads fields from.
+    let (status, body) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"payment_method":"card","note":"a&_method=DELETE"}"#,
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &at_big,
+        ],
+    );
     assert_eq!(status, 200, "{body}");
     let (status, body) = env.get(&token, "/crm/echo?method=card&page=2", &[]);
     assert_eq!(status, 200, "{body}");

@@ -122,6 +122,24 @@ impl<'a> RequestHead<'a> {
     }
 }
 
+/// The start of a request body, read before the request is judged (up to
+/// [`crate::body::DIGEST_LIMIT`]; the rest streams upstream after the
+/// decision).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestBody<'a> {
+    /// The bytes read (at least the digest limit when not `complete`).
+    pub bytes: &'a [u8],
+    /// Whether `bytes` is the whole body.
+    pub complete: bool,
+}
+
+impl<'a> RequestBody<'a> {
+    pub fn new(bytes: &'a [u8], complete: bool) -> Self {
+        RequestBody { bytes, complete }
+    }
+}
+
 /// What the response path may use to mask a body.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -294,6 +312,28 @@ pub trait Flavor: Send + Sync + 'static {
     /// its API request and the command it runs). `Err` refuses the request
     /// with that problem (e.g. an API path that cannot be parsed).
     fn commands(&self, head: &RequestHead<'_>) -> Result<Vec<Command>, Problem>;
+
+    /// The commands this request is, when what it does depends on its body
+    /// (a Kubernetes ephemeral container runs the command its body names).
+    /// `body` is the start of the body (`None`: the request has none, or is
+    /// an upgrade). Default: [`Flavor::commands`].
+    fn commands_with_body(
+        &self,
+        head: &RequestHead<'_>,
+        body: Option<RequestBody<'_>>,
+    ) -> Result<Vec<Command>, Problem> {
+        let _ = body;
+        self.commands(head)
+    }
+
+    /// Whether the upstream may be a framework that honours method-override
+    /// fields in request bodies (`_method=DELETE`): if so, such fields are
+    /// refused in any body, and a POST body of a type that may carry one
+    /// longer than the gateway reads before judging is refused. Default:
+    /// yes. (The Kubernetes API server honours none.)
+    fn method_overrides(&self) -> bool {
+        true
+    }
 
     /// Renders a problem the gateway answers itself (a denial, a bad request,
     /// an upstream failure) in the client's language. Default: RFC 9457

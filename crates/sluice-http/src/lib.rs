@@ -24,7 +24,7 @@ pub mod ws;
 
 pub use flavor::{
     Body, BodyPlan, BodyTransformer, BoxError, Direction, Flavor, FlavorRegistry, Frame, FrameHook,
-    MaskingContext, RequestHead, ResponsePlan, TransformError,
+    MaskingContext, RequestBody, RequestHead, ResponsePlan, TransformError,
 };
 pub use policy::http_match_key;
 pub use problem::{Problem, ProblemDetails, ProblemKind};

@@ -10,7 +10,8 @@
 //!   not a list of known names.
 //! - Query parameters (`_method=DELETE`, `_method[]=…`, `%5Fmethod`) are
 //!   refused: dropping them would change the request the client meant; so
-//!   are such fields in a form or multipart body.
+//!   are such fields in a body, whatever its media type (a form, an untyped
+//!   body, a JSON object's top-level keys, multipart field names).
 
 use http::{HeaderMap, HeaderName};
 
@@ -50,10 +51,24 @@ pub fn strip_override_headers(headers: &mut HeaderMap) -> Vec<HeaderName> {
     names
 }
 
+/// Whether a parameter or field name asks for another method (`_method`,
+/// `$method`, `_httpMethod`, anything naming a method override), after its
+/// `[…]` suffix is ignored, in any case.
+pub fn is_override_name(name: &str) -> bool {
+    let base = name.split('[').next().unwrap_or("").trim();
+    let lower = base.to_ascii_lowercase();
+    let bare: String = lower
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let sigil = lower.starts_with(['_', '$']);
+    (sigil && (bare == "method" || bare == "httpmethod"))
+        || (bare.contains("method") && bare.contains("override"))
+}
+
 /// The first query parameter that asks the upstream for another method
-/// (`_method`, `$method`, `_httpMethod`, anything naming a method override),
-/// by its decoded name. Pairs are split on `&` and `;` (some servers read
-/// both), names are percent-decoded and their `[…]` suffix ignored.
+/// (see [`is_override_name`]), by its decoded name. Pairs are split on `&`
+/// and `;` (some servers read both), names are percent-decoded.
 pub fn method_override_param(query: &str) -> Option<String> {
     query
         .split(['&', ';'])
@@ -64,42 +79,113 @@ pub fn method_override_param(query: &str) -> Option<String> {
                 .decode_utf8_lossy()
                 .into_owned()
         })
-        .find(|name| {
-            let base = name.split('[').next().unwrap_or("").trim();
-            let lower = base.to_ascii_lowercase();
-            let bare: String = lower
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .collect();
-            let sigil = lower.starts_with(['_', '$']);
-            (sigil && (bare == "method" || bare == "httpmethod"))
-                || (bare.contains("method") && bare.contains("override"))
-        })
+        .find(|name| is_override_name(name))
 }
 
-/// A method-override field in a request body frameworks read it from: a
-/// form (`application/x-www-form-urlencoded`, Rails, Laravel, Symfony) or a
-/// multipart form field. `body` is the start of the body the gateway read.
+/// The media type's essence, lowercase (`application/json`), or `""`.
+fn essence(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+fn is_json_type(essence: &str) -> bool {
+    matches!(
+        essence,
+        "application/json" | "text/json" | "application/x-json"
+    ) || essence.ends_with("+json")
+}
+
+/// Whether a body of this media type is one frameworks read override
+/// fields from: a form (or no type at all: Rack reads an untyped POST body
+/// as a form), multipart form data, or JSON (Laravel, Symfony). A POST body
+/// of such a type longer than the gateway reads before judging could hide
+/// one past that point, so it is refused (see `proxy::read_body_start`).
+pub fn may_carry_override(content_type: Option<&str>) -> bool {
+    let essence = essence(content_type);
+    essence.is_empty()
+        || essence == "application/x-www-form-urlencoded"
+        || essence == "multipart/form-data"
+        || is_json_type(&essence)
+}
+
+/// A method-override field in a request body, whatever its media type: a
+/// form field (`_method=DELETE`, read as a form also without or under
+/// another type), a top-level JSON key (`{"_method": "DELETE"}`, also in an
+/// untyped body that is a JSON object), or a multipart field name (the
+/// `name` parameter in any case, `name*=` too). `body` is the start of the
+/// body the gateway read.
 pub fn method_override_in_body(content_type: Option<&str>, body: &[u8]) -> Option<String> {
-    let ctype = content_type?.to_ascii_lowercase();
+    let essence = essence(content_type);
     let text = String::from_utf8_lossy(body);
-    if ctype.starts_with("application/x-www-form-urlencoded") {
-        return method_override_param(&text);
+    if essence.starts_with("multipart/") {
+        return multipart_override(&text);
     }
-    if ctype.starts_with("multipart/form-data") {
-        // Each part's `Content-Disposition: form-data; name="…"`.
-        return text
-            .split("name=")
-            .skip(1)
-            .filter_map(|rest| {
-                let rest = rest.trim_start_matches(['"', '\'']);
-                let end = rest
-                    .find(['"', '\'', ';', '\r', '\n'])
-                    .unwrap_or(rest.len());
-                let name = &rest[..end];
-                method_override_param(&format!("{name}=")).map(|_| name.to_string())
-            })
-            .next();
+    if let Some(name) = json_override(body) {
+        return Some(name);
+    }
+    if is_json_type(&essence) && serde_json::from_slice::<serde_json::Value>(body).is_ok() {
+        // A JSON document is not read as a form: `&_method=` inside one of
+        // its strings is data.
+        return None;
+    }
+    method_override_param(&text)
+}
+
+/// A top-level key of a JSON object body naming a method override.
+fn json_override(body: &[u8]) -> Option<String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
+    if *first != b'{' {
+        return None;
+    }
+    let doc: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(body).ok()?;
+    doc.keys().find(|k| is_override_name(k)).cloned()
+}
+
+/// A multipart field whose name (`name=`, `NAME=`, `name*=utf-8''…`, quoted
+/// or not) names a method override. Every `name` parameter in the body is
+/// read, wherever it is: a part's headers cannot be told from its data
+/// without trusting the boundary the upstream will use.
+fn multipart_override(text: &str) -> Option<String> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("name") {
+        let start = from + at;
+        from = start + 4;
+        // Not `filename=`: the parameter starts after `;` or blanks.
+        if start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'-') {
+            continue;
+        }
+        let mut rest = &text[start + 4..];
+        let extended = rest.starts_with('*');
+        rest = rest.trim_start_matches('*').trim_start();
+        let Some(value) = rest.strip_prefix('=') else {
+            continue;
+        };
+        let value = value.trim_start().trim_start_matches(['"', '\'']);
+        // An extended value (`utf-8''%5Fmethod`) holds quotes of its own.
+        let ends: &[char] = if extended {
+            &['"', ';', '\r', '\n']
+        } else {
+            &['"', '\'', ';', '\r', '\n']
+        };
+        let end = value.find(ends).unwrap_or(value.len());
+        let mut name = value[..end].trim().to_string();
+        if extended {
+            // RFC 5987: charset'language'percent-encoded.
+            let encoded = name.rsplit('\'').next().unwrap_or("");
+            name = percent_encoding::percent_decode_str(encoded)
+                .decode_utf8_lossy()
+                .into_owned();
+        }
+        if is_override_name(&name) {
+            return Some(name);
+        }
     }
     None
 }
@@ -149,7 +235,78 @@ mod tests {
         assert!(method_override_in_body(multi, body).is_some());
         let body = b"--x\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\n_method\r\n--x--";
         assert!(method_override_in_body(multi, body).is_none());
-        assert!(method_override_in_body(Some("application/json"), b"{\"_method\": 1}").is_none());
+    }
+
+    #[test]
+    fn method_overrides_in_any_media_type() {
+        // Each asks a framework for DELETE.
+        for (ctype, body) in [
+            // Laravel and Symfony read `_method` from a JSON body.
+            (Some("application/json"), &b"{\"_method\":\"DELETE\"}"[..]),
+            (Some("application/json"), b" {\"a\": 1, \"_METHOD\": \"DELETE\"}"),
+            (Some("application/vnd.api+json"), b"{\"\\u005fmethod\":\"DELETE\"}"),
+            // Rack reads an untyped POST body as a form.
+            (None, b"_method=DELETE"),
+            (None, b"a=1&%5Fmethod=DELETE"),
+            (Some(""), b"a=1;_method=DELETE"),
+            (None, b"{\"_method\":\"DELETE\"}"),
+            (Some("text/plain"), b"_method=DELETE"),
+            (Some("text/plain"), b"{\"_method\":\"DELETE\"}"),
+            (Some("APPLICATION/X-WWW-FORM-URLENCODED"), b"_method=DELETE"),
+            // Invalid JSON may still be read as a form by a lenient parser.
+            (Some("application/json"), b"{x&_method=DELETE"),
+            // Multipart field names, in any case and spelling.
+            (
+                Some("multipart/form-data; boundary=x"),
+                b"--x\r\ncontent-disposition: form-data; NAME=\"_method\"\r\n\r\nDELETE\r\n--x--",
+            ),
+            (
+                Some("Multipart/Form-Data; boundary=x"),
+                b"--x\r\nContent-Disposition: form-data;name=_method\r\n\r\nDELETE\r\n--x--",
+            ),
+            (
+                Some("multipart/form-data; boundary=x"),
+                b"--x\r\nContent-Disposition: form-data; Name = '_method'\r\n\r\nDELETE\r\n--x--",
+            ),
+            (
+                Some("multipart/form-data; boundary=x"),
+                b"--x\r\nContent-Disposition: form-data; name*=utf-8''%5Fmethod\r\n\r\nDELETE\r\n--x--",
+            ),
+        ] {
+            assert!(
+                method_override_in_body(ctype, body).is_some(),
+                "{ctype:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Ordinary bodies pass.
+        for (ctype, body) in [
+            (Some("application/json"), &b"{\"name\":\"x\",\"method\":\"card\"}"[..]),
+            (Some("application/json"), b"{\"q\":\"a&_method=DELETE\"}"),
+            (Some("application/json"), b"{\"nested\":{\"_method\":\"DELETE\"}}"),
+            (Some("application/json"), b"[{\"_method\":\"DELETE\"}]"),
+            (Some("application/json"), b"{\"payment_method\":\"card\"}"),
+            (None, b"name=x&payment_method=card"),
+            (Some("application/octet-stream"), b"\x00\x01binary"),
+            (
+                Some("multipart/form-data; boundary=x"),
+                b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"_method\"\r\n\r\n_method=DELETE\r\n--x--",
+            ),
+        ] {
+            assert!(
+                method_override_in_body(ctype, body).is_none(),
+                "{ctype:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(may_carry_override(None));
+        assert!(may_carry_override(Some("application/json; charset=utf-8")));
+        assert!(may_carry_override(Some("multipart/form-data; boundary=x")));
+        assert!(may_carry_override(Some(
+            "application/x-www-form-urlencoded"
+        )));
+        assert!(!may_carry_override(Some("application/octet-stream")));
+        assert!(!may_carry_override(Some("image/png")));
     }
 
     #[test]

@@ -1018,24 +1018,38 @@ async fn judge(
     timeout: Duration,
     started: Instant,
 ) -> Result<(Vec<u64>, Option<Bytes>), Problem> {
-    let (body_prefix, body_line) = match head.upgrade {
-        None => read_body_start(unread, head.headers, head.method, timeout).await?,
-        Some(_) => (None, None),
+    let body = match head.upgrade {
+        None => {
+            read_body_start(
+                unread,
+                head.headers,
+                head.method,
+                flavor.method_overrides(),
+                timeout,
+            )
+            .await?
+        }
+        Some(_) => None,
     };
-    let mut commands = flavor.commands(head)?;
+    let mut commands = flavor.commands_with_body(
+        head,
+        body.as_ref()
+            .map(|(bytes, complete)| crate::RequestBody::new(bytes, *complete)),
+    )?;
     if commands.is_empty() {
         return Err(Problem::new(
             ProblemKind::BadRequest,
             "sluice: the request could not be turned into a command",
         ));
     }
-    if let Some(line) = &body_line {
+    if let Some((bytes, complete)) = &body {
+        let line = body::body_context(bytes, *complete);
         for command in &mut commands {
             command.context.push(line.clone());
         }
     }
     let forwarded = decide_all(&live.handle, commands, started).await?;
-    Ok((forwarded, body_prefix))
+    Ok((forwarded, body.map(|(bytes, _)| bytes)))
 }
 
 /// The response body by its plan: refused, passed through, masked as a
@@ -1192,20 +1206,23 @@ impl Drop for InFlight {
 }
 
 /// Reads the start of the request body (up to the digest limit) before the
-/// request is judged: its digest binds the command, and a method override
-/// hidden in a form body is refused. The body is put back for forwarding.
-/// Returns the bytes read and the body's context line for the command.
+/// request is judged: its digest binds the command, the flavor may judge
+/// what it says, and (where the flavor's upstream may honour them) a method
+/// override hidden in it is refused. The body is put back for forwarding.
+/// Returns the bytes read and whether they are the whole body (`None`: no
+/// body).
 async fn read_body_start(
     unread: &Unread,
     headers: &HeaderMap,
     method: &http::Method,
+    check_overrides: bool,
     timeout: Duration,
-) -> Result<(Option<Bytes>, Option<String>), Problem> {
+) -> Result<Option<(Bytes, bool)>, Problem> {
     let taken = unread.locked().take();
     let Some(mut incoming) = taken else {
-        return Ok((None, None));
+        return Ok(None);
     };
-    let mut result = Ok((None, None));
+    let mut result = Ok(None);
     if !http_body::Body::is_end_stream(&incoming) {
         let read =
             tokio::time::timeout(timeout, body::read_start(&mut incoming, body::DIGEST_LIMIT))
@@ -1214,17 +1231,12 @@ async fn read_body_start(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok());
         result = match read {
-            Ok(Ok((bytes, complete))) => match crate::overrides::method_override_in_body(ctype, &bytes) {
-                Some(name) => Err(Problem::new(
-                    ProblemKind::BadRequest,
-                    format!(
-                        "sluice: the form field {:?} asks the upstream to run another method than {method}; the request was not sent",
-                        truncate(&name, 40),
-                    ),
-                )
-                .with_hint("Send the request with the method itself instead of a method-override field.")),
-                None => Ok((Some(bytes.clone()), Some(body::body_context(&bytes, complete)))),
-            },
+            Ok(Ok((bytes, complete))) => {
+                match body_override(check_overrides, method, ctype, &bytes, complete) {
+                    Some(problem) => Err(problem),
+                    None => Ok(Some((bytes, complete))),
+                }
+            }
             Ok(Err(_)) => Err(Problem::new(
                 ProblemKind::BadRequest,
                 "sluice: the request body could not be read; the request was not sent",
@@ -1238,6 +1250,43 @@ async fn read_body_start(
     // Kept until the response is sent (see `handle`).
     *unread.locked() = Some(incoming);
     result
+}
+
+/// A method override in the body's start (any media type), or a POST body
+/// too long to be checked whole in a media type that may carry one
+/// (frameworks honour body overrides on POST): refused either way, as the
+/// upstream could run another method than the one judged.
+fn body_override(
+    check: bool,
+    method: &http::Method,
+    ctype: Option<&str>,
+    bytes: &[u8],
+    complete: bool,
+) -> Option<Problem> {
+    if !check {
+        return None;
+    }
+    if let Some(name) = crate::overrides::method_override_in_body(ctype, bytes) {
+        return Some(Problem::new(
+            ProblemKind::BadRequest,
+            format!(
+                "sluice: the body field {:?} asks the upstream to run another method than {method}; the request was not sent",
+                truncate(&name, 40),
+            ),
+        )
+        .with_hint("Send the request with the method itself instead of a method-override field."));
+    }
+    if !complete && *method == http::Method::POST && crate::overrides::may_carry_override(ctype) {
+        return Some(Problem::new(
+            ProblemKind::PayloadTooLarge,
+            format!(
+                "sluice: a POST body of this type (a form, JSON, multipart or untyped) is checked for method-override fields before it is sent, and this one is over the {} KiB the gateway reads first; the request was not sent",
+                body::DIGEST_LIMIT / 1024
+            ),
+        )
+        .with_hint("Send large data with PUT, or as application/octet-stream."));
+    }
+    None
 }
 
 /// Decides every command of a request; all must be forwarded. A refusal or
