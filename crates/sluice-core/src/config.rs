@@ -361,6 +361,13 @@ pub struct OidcProviderConfig {
     /// for machine clients).
     #[serde(default = "default_identity_claim")]
     pub identity_claim: String,
+    /// Splits a groups claim that is one string (not an array) at this
+    /// separator, e.g. `","` or `" "`; absent: one string is one group.
+    pub groups_separator: Option<String>,
+    /// Accept tokens WITHOUT `aud` when their `client_id` claim is one of
+    /// these (AWS Cognito access tokens); empty (default): `aud` is required.
+    #[serde(default, deserialize_with = "string_or_list")]
+    pub accept_client_id: Vec<String>,
     /// Signature algorithms accepted from this provider (RS256, RS384, RS512,
     /// PS256, PS384, PS512, ES256, ES384, EdDSA); `none` and HMAC never are.
     #[serde(default = "default_algorithms")]

@@ -43,7 +43,7 @@ impl Discovery {
             normalize_issuer(issuer)
         );
         let doc: Discovery = client.get(&url, None).await?.json("discovery")?;
-        if normalize_issuer(&doc.issuer) != normalize_issuer(issuer) {
+        if !is_issuer(normalize_issuer(issuer), &doc.issuer) {
             return Err(OidcError::Idp(format!(
                 "discovery names issuer {:?}, not {issuer:?}",
                 doc.issuer
@@ -63,6 +63,19 @@ struct Cache {
     discovery: Option<Discovery>,
     keys: Option<Keys>,
     last_attempt: Option<Instant>,
+}
+
+/// Whether `iss` is the issuer `base` (given without trailing slashes): `base`
+/// itself or `base/`, nothing else (`base//`, `base.evil/` are other issuers).
+/// Configurations and IdPs disagree on the slash (Auth0's `iss` ends in one).
+pub(crate) fn is_issuer(base: &str, iss: &str) -> bool {
+    !base.is_empty() && (iss == base || iss.strip_suffix('/') == Some(base))
+}
+
+/// A NumericDate (RFC 7519 section 2): seconds since the epoch, fractions
+/// allowed; negative, non-finite and non-numeric values are not dates.
+fn numeric_date(value: &Value) -> Option<f64> {
+    value.as_f64().filter(|d| d.is_finite() && *d >= 0.0)
 }
 
 /// An OpenID provider whose access tokens the gateway accepts.
@@ -90,6 +103,18 @@ impl OidcProvider {
             .iter()
             .map(|a| parse_algorithm(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if config.groups_separator.as_deref() == Some("") {
+            return Err(OidcError::Config(format!(
+                "{}: groups_separator is empty (leave it out to keep one string as one group)",
+                config.issuer
+            )));
+        }
+        if config.accept_client_id.iter().any(|c| c.trim().is_empty()) {
+            return Err(OidcError::Config(format!(
+                "{}: accept_client_id holds an empty client id",
+                config.issuer
+            )));
+        }
         Ok(OidcProvider {
             client: HttpClient::new(config.ca.as_deref())?,
             issuer: normalize_issuer(&config.issuer).to_string(),
@@ -230,10 +255,21 @@ impl OidcProvider {
             .get(&endpoint, Some(token))
             .await?
             .json("userinfo")?;
-        Ok(claim_groups(&info, &self.config.groups_claim).unwrap_or_default())
+        Ok(claim_groups(&info, &self.config.groups_claim, self.separator()).unwrap_or_default())
     }
 
-    async fn verify(&self, token: &str, header: &RawHeader) -> Result<Identity, AuthError> {
+    fn separator(&self) -> Option<&str> {
+        self.config.groups_separator.as_deref()
+    }
+
+    /// `payload` is the token's claims as sent (unverified): it only tells
+    /// whether `aud` is there at all; every claim is read again once verified.
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        header: &RawHeader,
+        payload: &Value,
+    ) -> Result<Identity, AuthError> {
         let issuer = &self.issuer;
         let alg_name = header.alg.as_deref().unwrap_or("");
         if alg_name.is_empty() || alg_name.eq_ignore_ascii_case("none") {
@@ -263,9 +299,19 @@ impl OidcProvider {
         validation.leeway = skew;
         validation.validate_nbf = true;
         validation.validate_exp = true;
-        validation.set_issuer(&[self.config.issuer.as_str(), issuer.as_str()]);
-        validation.set_audience(&self.config.audience);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        // Exactly the issuer with and without one trailing slash.
+        validation.set_issuer(&[issuer.clone(), format!("{issuer}/")]);
+        // A token without `aud` at all may stand on its `client_id` instead
+        // when the provider says so (checked below, once verified); one that
+        // carries `aud` (even null or malformed) must match the audience.
+        let by_client_id = !self.config.accept_client_id.is_empty() && payload.get("aud").is_none();
+        if by_client_id {
+            validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss"]);
+        } else {
+            validation.set_audience(&self.config.audience);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        }
         let data = jsonwebtoken::decode::<Value>(token, &key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind as K;
             AuthError::Rejected(match e.kind() {
@@ -287,13 +333,25 @@ impl OidcProvider {
             })
         })?;
         let claims = data.claims;
+        if by_client_id {
+            let client_id = claims.get("client_id").and_then(Value::as_str);
+            if claims.get("aud").is_some()
+                || !client_id.is_some_and(|c| self.config.accept_client_id.iter().any(|a| a == c))
+            {
+                return Err(AuthError::Rejected(format!(
+                    "token has no aud claim, and its client_id is not one accepted here (expected audience {} or client_id {})",
+                    self.config.audience.join(" or "),
+                    self.config.accept_client_id.join(" or ")
+                )));
+            }
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
         if let Some(iat) = claims.get("iat") {
-            match iat.as_u64() {
-                Some(iat) if iat <= now + skew => {}
+            match numeric_date(iat) {
+                Some(iat) if iat <= now + skew as f64 => {}
                 Some(_) => {
                     return Err(AuthError::Rejected(
                         "token issued in the future (iat)".into(),
@@ -302,9 +360,13 @@ impl OidcProvider {
                 None => return Err(AuthError::Rejected("token iat is not a number".into())),
             }
         }
-        let exp = claims
+        // jsonwebtoken checked `exp` (rounded to whole seconds); the session
+        // ends at the exact instant.
+        let expires_at = claims
             .get("exp")
-            .and_then(Value::as_u64)
+            .and_then(numeric_date)
+            .and_then(|exp| Duration::try_from_secs_f64(exp).ok())
+            .and_then(|exp| UNIX_EPOCH.checked_add(exp))
             .ok_or_else(|| AuthError::Rejected("token exp is not a number".into()))?;
         let subject = claim_string(&claims, &self.config.identity_claim)
             .filter(|s| !s.trim().is_empty())
@@ -314,7 +376,7 @@ impl OidcProvider {
                     self.config.identity_claim
                 ))
             })?;
-        let groups = match claim_groups(&claims, &self.config.groups_claim) {
+        let groups = match claim_groups(&claims, &self.config.groups_claim, self.separator()) {
             Some(groups) => groups,
             None if self.config.userinfo_fallback => match self.userinfo_groups(token).await {
                 Ok(groups) => groups,
@@ -333,9 +395,11 @@ impl OidcProvider {
         Ok(Identity {
             subject,
             groups,
-            issuer: self.config.issuer.clone(),
+            // One form whichever slash the token's `iss` had (and however
+            // the configuration spells it), so a caller is one identity.
+            issuer: issuer.clone(),
             token_id,
-            expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+            expires_at,
             connections: None,
         })
     }
@@ -445,9 +509,9 @@ impl Authenticator for OidcProvider {
         let Some(iss) = payload.get("iss").and_then(Value::as_str) else {
             return Ok(None);
         };
-        if normalize_issuer(iss) != self.issuer {
+        if !is_issuer(&self.issuer, iss) {
             return Ok(None);
         }
-        self.verify(token, &header).await.map(Some)
+        self.verify(token, &header, &payload).await.map(Some)
     }
 }

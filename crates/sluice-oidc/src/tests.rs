@@ -42,6 +42,8 @@ mod loopback_idp {
 
     struct Idp {
         issuer: String,
+        /// The `issuer` the discovery document names (default: `issuer`).
+        discovery_issuer: Arc<Mutex<String>>,
         jwks: Arc<Mutex<Value>>,
         fetches: Arc<AtomicUsize>,
         task: tokio::task::JoinHandle<()>,
@@ -52,7 +54,9 @@ mod loopback_idp {
         let issuer = format!("http://{}", listener.local_addr().unwrap());
         let jwks = Arc::new(Mutex::new(json!({"keys": []})));
         let fetches = Arc::new(AtomicUsize::new(0));
+        let discovery_issuer = Arc::new(Mutex::new(issuer.clone()));
         let (j, f, iss) = (jwks.clone(), fetches.clone(), issuer.clone());
+        let d = discovery_issuer.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut s, _)) = listener.accept().await else {
@@ -64,7 +68,7 @@ mod loopback_idp {
                 let path = head.split(' ').nth(1).unwrap_or("").to_string();
                 let body = match path.as_str() {
                     "/.well-known/openid-configuration" => json!({
-                        "issuer": iss,
+                        "issuer": d.lock().unwrap().clone(),
                         "jwks_uri": format!("{iss}/jwks"),
                         "userinfo_endpoint": format!("{iss}/userinfo"),
                     }),
@@ -95,6 +99,7 @@ mod loopback_idp {
         });
         Idp {
             issuer,
+            discovery_issuer,
             jwks,
             fetches,
             task,
@@ -142,6 +147,242 @@ mod loopback_idp {
         ))
         .unwrap();
         OidcProvider::new(config).unwrap()
+    }
+
+    fn now() -> f64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    }
+
+    /// Claims without `aud` (and `extra` added).
+    fn no_aud(issuer: &str, extra: Value) -> Value {
+        let mut c = claims(issuer, extra);
+        c.as_object_mut().unwrap().remove("aud");
+        c
+    }
+
+    /// An Ed25519 IdP serving `k1`, and its key.
+    async fn idp_with_key() -> (Idp, Key) {
+        let idp = start().await;
+        let k1 = key("k1");
+        *idp.jwks.lock().unwrap() = json!({"keys": [k1.jwk]});
+        (idp, k1)
+    }
+
+    async fn refusal(p: &OidcProvider, token: &str) -> String {
+        match p.authenticate(token).await {
+            Err(e) => e.to_string(),
+            Ok(id) => panic!("accepted: {id:?}"),
+        }
+    }
+
+    #[test]
+    fn an_issuer_is_itself_with_or_without_one_trailing_slash() {
+        let base = "https://TENANT.auth0.com";
+        assert!(crate::provider::is_issuer(base, "https://TENANT.auth0.com"));
+        assert!(crate::provider::is_issuer(
+            base,
+            "https://TENANT.auth0.com/"
+        ));
+        for other in [
+            "https://TENANT.auth0.com//",
+            "https://TENANT.auth0.com.evil/",
+            "https://TENANT.auth0.com.evil",
+            "https://TENANT.auth0.com/x",
+            "https://tenant.auth0.com/",
+            "https://TENANT.auth0.co",
+            "https://TENANT.auth0.com /",
+            "",
+        ] {
+            assert!(!crate::provider::is_issuer(base, other), "{other}");
+        }
+        assert!(!crate::provider::is_issuer("", "/"));
+    }
+
+    #[tokio::test]
+    async fn the_issuer_matches_with_and_without_a_trailing_slash_and_nothing_else() {
+        let (idp, k1) = idp_with_key().await;
+        let base = idp.issuer.clone();
+        // Auth0: discovery and tokens name the issuer with a slash.
+        *idp.discovery_issuer.lock().unwrap() = format!("{base}/");
+        for configured in [base.clone(), format!("{base}/")] {
+            let p = provider(&configured, "");
+            for iss in [base.clone(), format!("{base}/")] {
+                let id = p
+                    .authenticate(&sign(&k1, &claims(&iss, json!({}))))
+                    .await
+                    .unwrap_or_else(|e| panic!("config {configured}, iss {iss}: {e}"))
+                    .unwrap();
+                // One identity whichever form the token or the config uses.
+                assert_eq!(id.issuer, base, "config {configured}, iss {iss}");
+            }
+            // Other issuers are not this provider's tokens at all…
+            for iss in [
+                format!("{base}//"),
+                format!("{base}.evil/"),
+                format!("{base}/evil"),
+            ] {
+                let token = sign(&k1, &claims(&iss, json!({})));
+                assert!(p.authenticate(&token).await.unwrap().is_none(), "{iss}");
+                // …and the signature check refuses them even if routed here.
+                let (header, payload) = crate::provider::raw_parts(&token).unwrap();
+                let err = p.verify(&token, &header, &payload).await.unwrap_err();
+                assert!(
+                    err.to_string().contains("token issuer is not"),
+                    "{iss}: {err}"
+                );
+            }
+        }
+        idp.task.abort();
+    }
+
+    #[tokio::test]
+    async fn discovery_names_the_issuer_with_at_most_one_trailing_slash() {
+        let idp = start().await;
+        let client = crate::http::HttpClient::new(None).unwrap();
+        let base = idp.issuer.clone();
+        for named in [base.clone(), format!("{base}/")] {
+            *idp.discovery_issuer.lock().unwrap() = named.clone();
+            for configured in [base.clone(), format!("{base}/")] {
+                assert!(
+                    crate::Discovery::fetch(&client, &configured).await.is_ok(),
+                    "{named} for {configured}"
+                );
+            }
+        }
+        for named in [format!("{base}//"), format!("{base}.evil/")] {
+            *idp.discovery_issuer.lock().unwrap() = named.clone();
+            let err = crate::Discovery::fetch(&client, &base).await.unwrap_err();
+            assert!(err.to_string().contains("discovery names issuer"), "{err}");
+        }
+        idp.task.abort();
+    }
+
+    #[tokio::test]
+    async fn numeric_dates_may_have_fractions() {
+        let (idp, k1) = idp_with_key().await;
+        let p = provider(&idp.issuer, "");
+        let t = now();
+        let token = sign(
+            &k1,
+            &claims(
+                &idp.issuer,
+                json!({"iat": t - 0.5, "nbf": t - 1.25, "exp": t + 300.25}),
+            ),
+        );
+        let id = p.authenticate(&token).await.unwrap().unwrap();
+        // The session ends at the exact instant.
+        let exp = id
+            .expires_at
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((exp - (t + 300.25)).abs() < 0.01, "{exp} vs {}", t + 300.25);
+        // Expired (beyond the 30s skew), as a fraction.
+        let token = sign(&k1, &claims(&idp.issuer, json!({"exp": t - 100.5})));
+        assert_eq!(refusal(&p, &token).await, "token expired");
+        // Issued in the future, as a fraction.
+        let token = sign(&k1, &claims(&idp.issuer, json!({"iat": t + 100.5})));
+        assert!(refusal(&p, &token).await.contains("issued in the future"));
+        // Not NumericDates.
+        for iat in [json!(-1.5), json!("1700000000"), json!(null)] {
+            let token = sign(&k1, &claims(&idp.issuer, json!({ "iat": iat })));
+            assert!(
+                refusal(&p, &token).await.contains("iat is not a number"),
+                "{iat}"
+            );
+        }
+        for exp in [json!(-1.5), json!("1700000000"), json!(1e300)] {
+            let token = sign(&k1, &claims(&idp.issuer, json!({ "exp": exp })));
+            let err = refusal(&p, &token).await;
+            assert!(
+                err.contains("exp") || err.contains("malformed") || err.contains("expired"),
+                "{exp}: {err}"
+            );
+        }
+        idp.task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_token_without_aud_needs_an_accepted_client_id() {
+        let (idp, k1) = idp_with_key().await;
+        let iss = idp.issuer.clone();
+        // Without the setting, aud is required, client_id or not.
+        let strict = provider(&iss, "");
+        let cognito = sign(
+            &k1,
+            &no_aud(&iss, json!({"client_id": "app1", "token_use": "access"})),
+        );
+        assert_eq!(refusal(&strict, &cognito).await, "token has no aud claim");
+        // With it: a token without aud stands on its client_id.
+        let p = provider(&iss, "accept_client_id = [\"app1\", \"app2\"]");
+        assert!(p.authenticate(&cognito).await.unwrap().is_some());
+        let other = sign(&k1, &no_aud(&iss, json!({"client_id": "app2"})));
+        assert!(p.authenticate(&other).await.unwrap().is_some());
+        for forged in [
+            no_aud(&iss, json!({"client_id": "app3"})),
+            no_aud(&iss, json!({"client_id": "APP1"})),
+            no_aud(&iss, json!({"client_id": ["app1"]})),
+            no_aud(&iss, json!({})),
+        ] {
+            let err = refusal(&p, &sign(&k1, &forged)).await;
+            assert!(
+                err.contains("client_id is not one accepted"),
+                "{forged}: {err}"
+            );
+        }
+        // A token WITH aud must match the audience, client_id or not.
+        for aud in [
+            json!("other"),
+            json!(null),
+            json!(5),
+            json!([]),
+            json!(["other", 5]),
+        ] {
+            let forged = claims(&iss, json!({"aud": aud, "client_id": "app1"}));
+            let err = refusal(&p, &sign(&k1, &forged)).await;
+            assert!(err.contains("aud"), "{forged}: {err}");
+        }
+        // The usual audience still works.
+        let token = sign(&k1, &claims(&iss, json!({})));
+        assert!(p.authenticate(&token).await.unwrap().is_some());
+        idp.task.abort();
+    }
+
+    #[tokio::test]
+    async fn a_string_groups_claim_is_one_group_unless_a_separator_is_set() {
+        let (idp, k1) = idp_with_key().await;
+        let iss = idp.issuer.clone();
+        let token = sign(&k1, &claims(&iss, json!({"groups": "Domain Admins,ops"})));
+        let id = provider(&iss, "")
+            .authenticate(&token)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.groups, ["Domain Admins,ops"]);
+        let p = provider(&iss, "groups_separator = \",\"");
+        let id = p.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(id.groups, ["Domain Admins", "ops"]);
+        let token = sign(&k1, &claims(&iss, json!({"groups": ["Domain Admins,ops"]})));
+        let id = p.authenticate(&token).await.unwrap().unwrap();
+        assert_eq!(id.groups, ["Domain Admins,ops"]);
+        idp.task.abort();
+    }
+
+    #[test]
+    fn empty_separators_and_client_ids_are_configuration_errors() {
+        for extra in [
+            "groups_separator = \"\"",
+            "accept_client_id = [\"app\", \" \"]",
+        ] {
+            let config: OidcProviderConfig = sluice_core::toml::from_str(&format!(
+                "issuer = \"https://idp.example.com\"\naudience = \"sluice\"\n{extra}"
+            ))
+            .unwrap();
+            assert!(OidcProvider::new(config).is_err(), "{extra}");
+        }
     }
 
     #[tokio::test]
