@@ -332,6 +332,18 @@ class Handler(BaseHTTPRequestHandler):
                 })
             if sub == "log" and resource == "pods" and name in STATE["pods"]:
                 return self.log(name, query)
+            if (sub == "ephemeralcontainers" and resource == "pods" and name in STATE["pods"]
+                    and self.command in ("PATCH", "PUT")):
+                # kubectl debug: the pod with the new ephemeral containers.
+                try:
+                    patch = json.loads(self.body() or b"{}")
+                except ValueError:
+                    return self.status(400, "BadRequest", "the body is not JSON")
+                added = (patch.get("spec") or {}).get("ephemeralContainers") or [] \
+                    if isinstance(patch, dict) else [op.get("value") for op in patch]
+                obj = json.loads(json.dumps(STATE["pods"][name]))
+                obj["spec"].setdefault("ephemeralContainers", []).extend(added)
+                return self.send_json(200, obj)
             if sub is not None:
                 return self.status(404, "NotFound", "no such subresource")
             return self.resource(resource, name, query)

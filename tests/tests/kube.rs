@@ -379,6 +379,50 @@ fn exec_allowed_and_denied_by_command() {
     assert!(replay.contains("deny (rule no-rm)"), "{replay}");
 }
 
+/// `kubectl debug` adds an ephemeral container that runs its command in
+/// the pod: it is judged as an exec of that command, so exec rules hold.
+#[test]
+fn debug_containers_are_judged_as_execs() {
+    let env = KubeEnv::builder().extra_toml(EXEC_RULES).start();
+    let token = env.token("agent-1", &["agents"]);
+    let debug = |pod: &str, command: &[&str]| {
+        let mut args = vec!["debug", pod, "--image=busybox", "--target=web", "--"];
+        args.extend_from_slice(command);
+        env.kubectl(&token, &args)
+    };
+    let err = failed(&debug("web-1", &["sh", "-c", "rm -rf /srv"]));
+    assert!(err.contains("no-rm"), "{err}");
+    let err = failed(&debug("web-2", &["ls"]));
+    assert!(err.contains("no-exec-web-2"), "{err}");
+    let patches = || -> Vec<serde_json::Value> {
+        env.upstream_requests()
+            .into_iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("/ephemeralcontainers")
+            })
+            .collect()
+    };
+    assert!(
+        patches().is_empty(),
+        "a denied debug reached the API server: {:?}",
+        patches()
+    );
+    // An allowed one goes through, as a PATCH of the subresource.
+    let out = debug("web-1", &["ls", "/srv"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let sent = patches();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0]["method"], "PATCH");
+    // A debug container without a command would run its image's entrypoint:
+    // refused, with the way to name one.
+    let err = failed(&env.kubectl(&token, &["debug", "web-1", "--image=busybox"]));
+    assert!(err.contains("names no command"), "{err}");
+    assert_eq!(patches().len(), 1);
+}
+
 #[test]
 fn detectors_mask_other_resources_and_exec_output() {
     let env = KubeEnv::builder()

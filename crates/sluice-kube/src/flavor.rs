@@ -4,6 +4,7 @@
 //! certificate) and how responses are masked (Secrets always, detectors when
 //! configured; watch streams per event).
 
+use crate::ephemeral::{self, is_ephemeral_write, new_containers};
 use crate::kubelet::{inner_request, judge_proxy, Proxied};
 use crate::mask::{DocMasker, DocumentTransformer, WatchTransformer};
 use crate::path::{parse, query_values, ApiRequest, Scope, Verb};
@@ -21,7 +22,7 @@ use sluice_http::masking::{
 };
 use sluice_http::{
     Body, BodyPlan, Direction, Flavor, Frame, FrameHook, MaskingContext, Problem, ProblemKind,
-    RequestHead, ResponsePlan,
+    RequestBody, RequestHead, ResponsePlan,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -185,6 +186,43 @@ impl Flavor for KubeFlavor {
             };
         }
         Ok(vec![outer])
+    }
+
+    /// A write to `pods/NAME/ephemeralcontainers` (`kubectl debug`) starts
+    /// a container running the command its body names: besides its API
+    /// request, each new container is judged as an exec of that command
+    /// (see [`crate::ephemeral`]). A body that cannot be judged is refused.
+    fn commands_with_body(
+        &self,
+        head: &RequestHead<'_>,
+        body: Option<RequestBody<'_>>,
+    ) -> Result<Vec<Command>, Problem> {
+        let method = head.method.as_str();
+        let req = match parse_head(head) {
+            Ok(req) if !is_spdy(head) && is_ephemeral_write(method, &req) => req,
+            _ => return self.commands(head),
+        };
+        let target = target(head);
+        let refuse = |why: String| {
+            Problem::new(
+                ProblemKind::BadRequest,
+                format!("sluice: an ephemeral container runs a command in the pod and is judged as an exec, but this request cannot be judged: {why}; the request was not run"),
+            )
+            .with_hint("Name the command in JSON: kubectl debug POD --image=IMAGE -it -- COMMAND [ARGS…] (without --arguments-only).")
+        };
+        let containers = new_containers(body.map(|b| (b.bytes, b.complete))).map_err(refuse)?;
+        let mut commands = vec![request_command(method, &target, &req)];
+        for c in &containers {
+            let command = ephemeral::exec_command(method, &target, &req, c)
+                .ok_or_else(|| refuse("its path does not name a pod".into()))?;
+            commands.push(command);
+        }
+        Ok(commands)
+    }
+
+    /// The API server honours no method-override field.
+    fn method_overrides(&self) -> bool {
+        false
     }
 
     fn render(&self, head: Option<&RequestHead<'_>>, problem: &Problem) -> http::Response<Body> {
