@@ -505,7 +505,16 @@ fn large_bodies_stream_without_being_buffered() {
     let (status, body) = env.get(
         &token,
         "/crm/upload",
-        &["-H", "Transfer-Encoding: chunked", "--data-binary", &up_arg],
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            // curl's default type is a form, and a POST form over 1 MiB is
+            // refused (a `_method` field could hide past what is checked).
+            "-H",
+            "Content-Type: application/octet-stream",
+            "--data-binary",
+            &up_arg,
+        ],
     );
     assert_eq!(status, 200, "{body}");
     let expected = {
