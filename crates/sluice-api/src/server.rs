@@ -467,7 +467,7 @@ pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
 fn approval_error(e: ApprovalError) -> Response<Body> {
     let status = match &e {
         ApprovalError::NotFound(_) => StatusCode::NOT_FOUND,
-        ApprovalError::NotPending { .. } => StatusCode::CONFLICT,
+        ApprovalError::NotPending { .. } | ApprovalError::BeingDecided(_) => StatusCode::CONFLICT,
         ApprovalError::SelfApproval(_)
         | ApprovalError::NotAnApprover { .. }
         | ApprovalError::NarrowedToken => StatusCode::FORBIDDEN,
@@ -575,6 +575,8 @@ mod tests {
             issuer: "sluice".into(),
             connection: "appdb".into(),
             command: "delete from t".into(),
+            kind: None,
+            context: Vec::new(),
             rule: "reviewed-writes".into(),
             message: None,
             approvers: vec!["dba".into()],

@@ -53,6 +53,11 @@ pub enum AuditEvent {
         approvers: Vec<String>,
         mode: crate::approval::ReviewMode,
         expires_at_ms: u64,
+        /// The command as the approvers are shown it (its context included),
+        /// durable before anyone decides: a command whose client leaves, or
+        /// whose gateway stops, while it waits is still on record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        command: Option<crate::model::Command>,
     },
     /// An approver (or the clock) decided a request.
     ApprovalDecided {

@@ -22,7 +22,7 @@ pub enum ClusterEvent {
     EndSession { session_id: String, reason: String },
     /// A node's approval request as it stands (opened, decided, expired,
     /// used): the other nodes list it.
-    Approval { request: ApprovalRequest },
+    Approval { request: Box<ApprovalRequest> },
     /// A decision made through one node for a request another node holds;
     /// the holder checks and records it as its own.
     DecideApproval {

@@ -300,6 +300,14 @@ impl GatewayBuilder {
             approvals = approvals.with_cluster(cluster.clone());
         }
         let approvals = Arc::new(approvals);
+        // A session that ends takes its held commands with it.
+        let live = Arc::new(LiveSessions::default());
+        let held = Arc::downgrade(&approvals);
+        live.on_end(Arc::new(move |session_id: &str, reason: &str| {
+            if let Some(approvals) = held.upgrade() {
+                approvals.withdraw_session(session_id, reason);
+            }
+        }));
         let pinned = match self.config.gateway.session_scheduling {
             SessionScheduling::Shared => None,
             SessionScheduling::Pinned => {
@@ -329,7 +337,7 @@ impl GatewayBuilder {
             keys: self.keys,
             masker: self.masker,
             approvals,
-            live: Arc::default(),
+            live,
             authenticators: self.authenticators,
             group_map: RwLock::new(Arc::new(group_map)),
             revocations,
@@ -606,7 +614,7 @@ impl Gateway {
                     tracing::warn!(message = "Session ended from another node.", session = %session_id);
                 }
             }
-            crate::cluster::ClusterEvent::Approval { request } => self.approvals.mirror(request),
+            crate::cluster::ClusterEvent::Approval { request } => self.approvals.mirror(*request),
             crate::cluster::ClusterEvent::DecideApproval {
                 id,
                 approver,

@@ -204,6 +204,24 @@ struct HandleParts {
 #[derive(Debug, Default)]
 pub struct LiveSessions {
     sessions: Mutex<std::collections::HashMap<String, LiveSession>>,
+    on_end: EndHook,
+}
+
+/// Told the id and reason of every session ended here (revoked, killed,
+/// shut down), after its end is signalled.
+type OnEnd = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+#[derive(Default)]
+struct EndHook(std::sync::OnceLock<OnEnd>);
+
+impl std::fmt::Debug for EndHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "EndHook(set)"
+        } else {
+            "EndHook"
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -272,12 +290,41 @@ impl LiveSessions {
         true
     }
 
+    /// Sets what is told of every session ended here (once; later calls
+    /// are ignored): the gateway withdraws the session's held approvals.
+    pub fn on_end(&self, hook: OnEnd) {
+        let _ = self.on_end.0.set(hook);
+    }
+
+    /// Tells the end hook, outside the sessions' lock.
+    fn ended(&self, ended: &[(String, String)]) {
+        if let Some(hook) = self.on_end.0.get() {
+            for (id, reason) in ended {
+                hook(id, reason);
+            }
+        }
+    }
+
     /// Ends every live session for which `why` gives a reason; returns how many.
     pub fn terminate_where(&self, why: impl Fn(&SessionInfo) -> Option<String>) -> usize {
+        let mut told = Vec::new();
+        let ended = self.terminate_matching(|live| why(&live.info), &mut told);
+        self.ended(&told);
+        ended
+    }
+
+    /// Signals the end of every session `why` gives a reason for, noting
+    /// each in `told`.
+    fn terminate_matching(
+        &self,
+        why: impl Fn(&LiveSession) -> Option<String>,
+        told: &mut Vec<(String, String)>,
+    ) -> usize {
         let s = self.sessions.locked();
         let mut ended = 0;
-        for live in s.values() {
-            if let Some(reason) = why(&live.info) {
+        for (id, live) in s.iter() {
+            if let Some(reason) = why(live) {
+                told.push((id.clone(), reason.clone()));
                 live.terminate.send_replace(Some(reason));
                 ended += 1;
             }
@@ -319,24 +366,26 @@ impl LiveSessions {
 
     /// Ends one live session; `reason` is told to the client. False when not live here.
     pub fn terminate(&self, session_id: &str, reason: &str) -> bool {
-        let s = self.sessions.locked();
-        match s.get(session_id) {
-            Some(live) => {
-                live.terminate.send_replace(Some(reason.to_string()));
-                true
-            }
-            None => false,
+        let live = {
+            let s = self.sessions.locked();
+            s.get(session_id)
+                .map(|live| live.terminate.send_replace(Some(reason.to_string())))
+                .is_some()
+        };
+        if live {
+            self.ended(&[(session_id.to_string(), reason.to_string())]);
         }
+        live
     }
 
     /// Ends every live session opened with the token `token_id`; returns how many.
     pub fn terminate_token(&self, token_id: &str, reason: &str) -> usize {
-        let s = self.sessions.locked();
-        let mut ended = 0;
-        for live in s.values().filter(|l| l.token_id == token_id) {
-            live.terminate.send_replace(Some(reason.to_string()));
-            ended += 1;
-        }
+        let mut told = Vec::new();
+        let ended = self.terminate_matching(
+            |live| (live.token_id == token_id).then(|| reason.to_string()),
+            &mut told,
+        );
+        self.ended(&told);
         ended
     }
 

@@ -41,16 +41,21 @@ pub fn sql_request(identity: Identity, text: &str) -> CommandRequest {
 }
 
 /// A `Store` in memory: every event appended, in order; `fail` makes
-/// `append` fail (to test fail-closed paths).
+/// `append` fail (to test fail-closed paths); `slow` makes it take that
+/// long (to test what happens meanwhile).
 #[derive(Default)]
 pub struct MemoryStore {
     pub events: Mutex<Vec<(String, AuditEvent)>>,
     pub fail: bool,
+    pub slow: Option<Duration>,
 }
 
 #[async_trait]
 impl Store for MemoryStore {
     async fn append(&self, session_id: &str, event: AuditEvent) -> Result<(), StoreError> {
+        if let Some(slow) = self.slow {
+            tokio::time::sleep(slow).await;
+        }
         if self.fail {
             return Err(StoreError::Unavailable("disk full".into()));
         }

@@ -74,7 +74,7 @@ struct Snapshot<'a> {
 
 /// Reads the requester's identity and the command from the session chain.
 /// (The command itself is recorded once decided, after the approval, so
-/// only the request carries it while pending.)
+/// only the request carries its kind and context while pending.)
 pub(crate) async fn request_context(
     gateway: &Gateway,
     describer: Option<&crate::CommandDescriber>,
@@ -83,6 +83,12 @@ pub(crate) async fn request_context(
     let mut ctx = RequestContext::default();
     if let Ok(records) = gateway.store().session_records(&r.session_id).await {
         read_context(&mut ctx, &records, r.command_id);
+    }
+    if ctx.kind.is_none() {
+        ctx.kind = r.kind.as_ref().and_then(|k| serde_json::to_value(k).ok());
+    }
+    if ctx.command_context.is_empty() {
+        ctx.command_context = r.context.clone();
     }
     if let Some(describe) = describer {
         ctx.analysis = describe(&ctx.protocol, &r.command);

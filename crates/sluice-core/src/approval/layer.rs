@@ -139,6 +139,8 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         issuer: s.identity.issuer.clone(),
         connection: s.connection.clone(),
         command: req.command.text.clone(),
+        kind: Some(req.command.kind.clone()),
+        context: req.command.context.clone(),
         rule: rule.clone(),
         message: verdict.message.clone(),
         approvers: settings.approvers.clone(),
@@ -198,24 +200,40 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
         result = tracing::field::Empty,
     );
     let waited_since = std::time::Instant::now();
-    let outcome = tokio::time::timeout(settings.timeout, waiter)
+    let outcome = await_decision(service, &request.id, &s.identity, settings.timeout, waiter)
         .instrument(span.clone())
         .await;
     withdraw.id = None;
     let result = match &outcome {
-        Ok(Ok(Outcome::Approved { .. })) => "approved",
-        Ok(Ok(Outcome::Denied { .. })) => "denied",
+        Some(Outcome::Approved { .. }) => "approved",
+        Some(Outcome::Denied { .. }) => "denied",
         _ => "expired",
     };
     span.record("result", result);
     crate::metrics::approval_waited(&rule, result, waited_since.elapsed());
     match outcome {
-        Ok(Ok(Outcome::Approved { by })) => Verdict {
+        // The token may have expired while the command waited: an approval
+        // does not outlive the session it was asked in.
+        Some(Outcome::Approved { by }) if s.identity.expires_at <= std::time::SystemTime::now() => deny(
+            &verdict,
+            format!(
+                "approval {} was given by {by}, but the session's token expired meanwhile; the command was not run",
+                request.id
+            ),
+        ),
+        Some(Outcome::Approved { by }) => Verdict {
             action: Action::Allow,
             rule: verdict.rule,
             message: Some(format!("approved by {by} (approval {})", request.id)),
         },
-        Ok(Ok(Outcome::Denied { by, reason })) => deny(
+        Some(Outcome::Withdrawn { reason }) => deny(
+            &verdict,
+            format!(
+                "approval {} was withdrawn: {reason}; the command was not run",
+                request.id
+            ),
+        ),
+        Some(Outcome::Denied { by, reason }) => deny(
             &verdict,
             format!(
                 "approval {} was denied by {by}{}",
@@ -224,17 +242,52 @@ async fn review(service: &ApprovalService, req: &CommandRequest, verdict: Verdic
             ),
         ),
         // Timed out, or the service dropped the request.
-        _ => {
+        None => {
             service.expire_now(&request.id, "no approver decided in time");
+            let when = if s.identity.expires_at <= std::time::SystemTime::now() {
+                "before the session's token expired".to_string()
+            } else {
+                format!("within {wait}")
+            };
             deny(
                 &verdict,
                 format!(
-                    "approval {} was not decided within {wait}; the command was not run",
+                    "approval {} was not decided {when}; the command was not run",
                     request.id
                 ),
             )
         }
     }
+}
+
+/// How long a holder whose time ran out waits for a decision already being
+/// recorded (an append to the audit store).
+const DECIDING_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits for the outcome of held request `id`, at most `timeout` and never
+/// past the token's expiry; `None` when none came (the request is then
+/// expired, unless a decision was being recorded, which is waited for).
+async fn await_decision(
+    service: &ApprovalService,
+    id: &str,
+    identity: &crate::model::Identity,
+    timeout: std::time::Duration,
+    mut waiter: tokio::sync::oneshot::Receiver<Outcome>,
+) -> Option<Outcome> {
+    let left = identity
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    if let Ok(outcome) = tokio::time::timeout(timeout.min(left), &mut waiter).await {
+        return outcome.ok();
+    }
+    if service.expire_now(id, "no approver decided in time") {
+        return None;
+    }
+    tokio::time::timeout(DECIDING_GRACE, waiter)
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 struct Withdraw<'a> {

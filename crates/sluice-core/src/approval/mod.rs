@@ -77,6 +77,14 @@ pub struct ApprovalRequest {
     pub connection: String,
     /// The command as the client sent it.
     pub command: String,
+    /// What kind of command it is (a query, an exec, an HTTP request…).
+    #[serde(default)]
+    pub kind: Option<crate::model::CommandKind>,
+    /// What the protocol knows of it beyond its text, which the approval
+    /// covers too: an HTTP body's excerpt and digest, a Kubernetes exec's
+    /// pod and container, a prepared statement's definition.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub context: Vec<String>,
     pub rule: String,
     pub message: Option<String>,
     /// Groups whose members may decide.
@@ -109,6 +117,8 @@ pub enum ApprovalError {
     NotFound(String),
     #[error("approval request {id} is already {state}")]
     NotPending { id: String, state: ApprovalState },
+    #[error("approval request {0} is being decided by someone else")]
+    BeingDecided(String),
     #[error("{0} cannot decide their own request")]
     SelfApproval(String),
     #[error("{subject} is not in an approver group of this request ({groups})")]
@@ -189,8 +199,17 @@ impl ReviewSettings {
 /// What a held command learns.
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome {
-    Approved { by: String },
-    Denied { by: String, reason: Option<String> },
+    Approved {
+        by: String,
+    },
+    Denied {
+        by: String,
+        reason: Option<String>,
+    },
+    /// The session ended (revoked, killed) before a decision.
+    Withdrawn {
+        reason: String,
+    },
 }
 
 struct Entry {
@@ -198,6 +217,10 @@ struct Entry {
     /// Exact command identity for retry grants.
     fingerprint: String,
     waiter: Option<oneshot::Sender<Outcome>>,
+    /// A decision is being recorded: nothing else may finish the request
+    /// meanwhile (a second approver, its expiry), so the audit never holds
+    /// two outcomes for one request.
+    deciding: bool,
 }
 
 /// The approval queue of one gateway process.
@@ -341,6 +364,7 @@ impl ApprovalService {
         for e in entries.values_mut() {
             let r = &mut e.request;
             if now >= r.expires_at_ms
+                && !e.deciding
                 && matches!(r.state, ApprovalState::Pending | ApprovalState::Approved)
             {
                 r.state = ApprovalState::Expired;
@@ -385,7 +409,7 @@ impl ApprovalService {
         approve: bool,
         reason: Option<String>,
     ) -> Result<ApprovalRequest, ApprovalError> {
-        let local = self.lock().get(id).map(|e| e.request.clone());
+        let local = self.claim(id, approver)?;
         let Some(request) = local else {
             // Held on another node: the same checks here, then the owner's.
             let r = self
@@ -395,13 +419,13 @@ impl ApprovalService {
             may_decide(&r, approver)?;
             return self.remote.decide(id, approver, approve, reason).await;
         };
-        may_decide(&request, approver)?;
         let state = if approve {
             ApprovalState::Approved
         } else {
             ApprovalState::Denied
         };
-        self.store
+        let recorded = self
+            .store
             .append(
                 &request.session_id,
                 AuditEvent::ApprovalDecided {
@@ -411,20 +435,14 @@ impl ApprovalService {
                     reason: reason.clone(),
                 },
             )
-            .await
-            .map_err(|e| ApprovalError::Store(e.to_string()))?;
+            .await;
         let decided = {
             let mut entries = self.lock();
             let e = entries
                 .get_mut(id)
                 .ok_or_else(|| ApprovalError::NotFound(id.to_string()))?;
-            if e.request.state != ApprovalState::Pending {
-                // Expired while the decision was being recorded.
-                return Err(ApprovalError::NotPending {
-                    id: id.to_string(),
-                    state: e.request.state,
-                });
-            }
+            e.deciding = false;
+            recorded.map_err(|e| ApprovalError::Store(e.to_string()))?;
             let now = now_ms();
             e.request.state = state;
             e.request.decided_by = Some(qualified_subject(approver));
@@ -460,6 +478,41 @@ impl ApprovalService {
         Ok(decided)
     }
 
+    /// Checks that `approver` may decide request `id` and claims it for
+    /// them: until their decision is recorded, nobody else decides it and it
+    /// does not expire. `None`: not held here.
+    fn claim(
+        &self,
+        id: &str,
+        approver: &Identity,
+    ) -> Result<Option<ApprovalRequest>, ApprovalError> {
+        let mut entries = self.lock();
+        let Some(e) = entries.get_mut(id) else {
+            return Ok(None);
+        };
+        may_decide(&e.request, approver)?;
+        if e.deciding {
+            return Err(ApprovalError::BeingDecided(id.to_string()));
+        }
+        e.deciding = true;
+        Ok(Some(e.request.clone()))
+    }
+
+    /// Ends the pending requests of a session that ended (token revoked,
+    /// session killed): a command held for approval must not run once its
+    /// session is over, whoever approves it afterwards.
+    pub fn withdraw_session(&self, session_id: &str, reason: &str) {
+        let ids: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|e| e.request.session_id == session_id)
+            .map(|e| e.request.id.clone())
+            .collect();
+        for id in ids {
+            self.finish_unapproved(&id, reason, Some(reason));
+        }
+    }
+
     /// Opens a request (durably). Hold mode gets a receiver for the outcome.
     pub(crate) async fn open(
         &self,
@@ -477,6 +530,7 @@ impl ApprovalService {
                     approvers: request.approvers.clone(),
                     mode: request.mode,
                     expires_at_ms: request.expires_at_ms,
+                    command: Some(crate::audit::bounds::held_command(&request)),
                 },
             )
             .await
@@ -494,6 +548,7 @@ impl ApprovalService {
                 request: request.clone(),
                 fingerprint,
                 waiter: tx,
+                deciding: false,
             },
         );
         tracing::info!(message = "Approval requested.", id = %request.id, rule = %request.rule, subject = %request.subject, connection = %request.connection);
@@ -505,13 +560,26 @@ impl ApprovalService {
     }
 
     /// A held request timed out or was abandoned: record it and stop
-    /// accepting decisions.
-    pub(crate) fn expire_now(&self, id: &str, reason: &str) {
+    /// accepting decisions. `false` when a decision is being recorded for
+    /// it (it is not expired: its waiter hears the decision shortly).
+    pub(crate) fn expire_now(&self, id: &str, reason: &str) -> bool {
+        self.finish_unapproved(id, reason, None)
+    }
+
+    /// Marks a pending request expired (recorded with `reason`), telling
+    /// its waiter `withdrawn` when given; `false` if it is being decided.
+    fn finish_unapproved(&self, id: &str, reason: &str, withdrawn: Option<&str>) -> bool {
         let expired = {
             let mut entries = self.lock();
             match entries.get_mut(id) {
+                Some(e) if e.deciding => return false,
                 Some(e) if e.request.state == ApprovalState::Pending => {
                     e.request.state = ApprovalState::Expired;
+                    if let (Some(w), Some(why)) = (e.waiter.take(), withdrawn) {
+                        let _ = w.send(Outcome::Withdrawn {
+                            reason: why.to_string(),
+                        });
+                    }
                     e.waiter = None;
                     Some(e.request.clone())
                 }
@@ -530,6 +598,7 @@ impl ApprovalService {
                 },
             );
         }
+        true
     }
 
     /// Retry mode: an approved, unused, unexpired grant for exactly this

@@ -52,7 +52,22 @@ impl Remote {
                 .command
                 .push_str(&format!("… ({total} bytes in all)"));
         }
-        let event = ClusterEvent::Approval { request };
+        // So does its context: what fits, then how much was left out.
+        let mut room = ANNOUNCED_COMMAND;
+        if let Some(over) = request.context.iter().position(|line| {
+            let fits = line.len() <= room;
+            room = room.saturating_sub(line.len());
+            !fits
+        }) {
+            let left = request.context.len() - over;
+            request.context.truncate(over);
+            request
+                .context
+                .push(format!("… ({left} more context lines on the node holding it)"));
+        }
+        let event = ClusterEvent::Approval {
+            request: Box::new(request),
+        };
         runtime.spawn(async move {
             if let Err(e) = cluster.publish(&event).await {
                 tracing::warn!(message = "The other nodes could not be told about an approval request.", error = %e);

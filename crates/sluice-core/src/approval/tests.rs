@@ -1,5 +1,5 @@
 use super::*;
-use crate::model::{Command, Decision};
+use crate::model::{Command, CommandKind, Decision};
 use crate::pipeline::policy::{CommandMatcher, MatchKey, RulesEngine, Scratch};
 use crate::pipeline::{audit::AuditService, CommandRequest, PipelineBuilder};
 use crate::testing::{person, sql_request, MemoryStore};
@@ -404,4 +404,130 @@ fn fingerprints_do_not_normalise_inner_whitespace() {
     assert_ne!(fp("select 'a  b'"), fp("select 'a b'"));
     // The ends are not part of the statement.
     assert_eq!(approved, fp("  delete from t where id = 5 -- or true;\n"));
+}
+
+/// What the approver decides on is on record before anyone decides: the
+/// command with its kind and context, in the request and in the audit.
+#[tokio::test]
+async fn a_held_command_is_recorded_whole_before_anyone_decides() {
+    let rig = rig("hold", "10m", MemoryStore::default());
+    let req = with_context(
+        request("delete from t", None),
+        &["body: {\"role\":\"owner\"}"],
+    );
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(req));
+    let id = pending_id(&rig.approvals).await;
+    let listed = rig.approvals.get(&id).unwrap();
+    assert_eq!(
+        listed.context,
+        vec!["body: {\"role\":\"owner\"}".to_string()]
+    );
+    assert_eq!(listed.kind, Some(CommandKind::SqlSimple));
+    let recorded = rig
+        .store
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|(_, e)| match e {
+            AuditEvent::ApprovalRequested { command, .. } => command.clone(),
+            _ => None,
+        });
+    let recorded = recorded.expect("the held command is in the audit");
+    assert_eq!(recorded.text, "delete from t");
+    assert_eq!(recorded.context, listed.context);
+    held.abort();
+}
+
+/// A session ended while its command waits (token revoked, killed) takes
+/// the command with it: a later approval runs nothing.
+#[tokio::test]
+async fn a_session_that_ends_withdraws_its_held_commands() {
+    let rig = rig("hold", "10m", MemoryStore::default());
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    rig.approvals
+        .withdraw_session("s1", "the token was revoked");
+    match held.await.unwrap().unwrap() {
+        Decision::Refuse { denial, .. } => {
+            assert!(denial.message.contains("withdrawn"), "{}", denial.message);
+            assert!(denial.message.contains("revoked"), "{}", denial.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    let late = rig
+        .approvals
+        .decide(&id, &person("dana", &["dba"]), true, None)
+        .await;
+    assert!(
+        matches!(late, Err(ApprovalError::NotPending { .. })),
+        "{late:?}"
+    );
+}
+
+/// The wait ends when the session's token expires, and the command is refused.
+#[tokio::test]
+async fn a_token_that_expires_while_held_ends_the_wait() {
+    let rig = rig("hold", "10m", MemoryStore::default());
+    let mut req = request("delete from t", None);
+    let mut session = (*req.session).clone();
+    session.identity.expires_at = std::time::SystemTime::now() + Duration::from_millis(300);
+    req.session = Arc::new(session);
+    let started = std::time::Instant::now();
+    let decision = tokio::time::timeout(Duration::from_secs(5), rig.pipeline.clone().oneshot(req))
+        .await
+        .expect("the wait outlived the token")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    match decision {
+        Decision::Refuse { denial, .. } => {
+            assert!(
+                denial.message.contains("token expired"),
+                "{}",
+                denial.message
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Two approvers at once, or a decision racing the request's expiry: one
+/// outcome is recorded, and it is the one that takes effect.
+#[tokio::test]
+async fn concurrent_decisions_record_one_outcome() {
+    let rig = rig(
+        "hold",
+        "1s",
+        MemoryStore {
+            slow: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    // The approval is being recorded when the request's second runs out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (dana, erin) = (person("dana", &["dba"]), person("erin", &["dba"]));
+    let (a, b) = tokio::join!(
+        rig.approvals.decide(&id, &dana, true, None),
+        rig.approvals.decide(&id, &erin, false, None),
+    );
+    assert!(a.is_ok(), "{a:?}");
+    assert!(matches!(b, Err(ApprovalError::BeingDecided(_))), "{b:?}");
+    assert!(matches!(
+        held.await.unwrap().unwrap(),
+        Decision::Forward { .. }
+    ));
+    let outcomes: Vec<_> = rig
+        .store
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|(_, e)| match e {
+            AuditEvent::ApprovalDecided { state, .. } => Some(*state),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(outcomes, vec![ApprovalState::Approved], "{outcomes:?}");
 }

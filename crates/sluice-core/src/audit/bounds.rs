@@ -112,6 +112,24 @@ impl std::io::Write for Counter {
     }
 }
 
+/// The command an approval request holds, as its `approval_requested`
+/// record keeps it: abridged like any command over a record's bound.
+pub(crate) fn held_command(request: &crate::approval::ApprovalRequest) -> Command {
+    let command = Command {
+        kind: request
+            .kind
+            .clone()
+            .unwrap_or(crate::model::CommandKind::Exec),
+        text: request.command.clone(),
+        context: request.context.clone(),
+    };
+    if command_fits_a_record(&command) {
+        command
+    } else {
+        abridged(&command)
+    }
+}
+
 /// What is recorded of an oversized command: the start of its text, and
 /// the length and SHA-256 of its text and of its context (definitions it
 /// referred to), so that the record still names exactly what was refused.

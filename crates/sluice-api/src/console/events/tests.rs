@@ -21,6 +21,8 @@ fn request(state: ApprovalState) -> ApprovalRequest {
         issuer: "sluice".into(),
         connection: "appdb".into(),
         command: "delete from t where id = 1".into(),
+        kind: None,
+        context: Vec::new(),
         rule: "reviewed".into(),
         message: None,
         approvers: vec!["dba".into()],
