@@ -67,7 +67,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     (a, Some(rule)) => format!("{a} (rule {rule})"),
                     (a, None) => format!("{a} (default)"),
                 };
-                let _ = writeln!(out, "{at}  [{command_id}] {how}: {}", command.text.trim());
+                let _ = writeln!(out, "{at}  [{command_id}] {how}: {}", shown(&command.text));
                 let _ = writeln!(out, "{:>26}decision: {decision}", "");
             }
             AuditEvent::CommandFinished {
@@ -77,7 +77,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 lines.finish(&mut out, Some(command_id));
                 let pad = format!("{:>26}", "");
                 if let Some(e) = &outcome.error {
-                    let _ = writeln!(out, "{pad}[{command_id}] client saw error: {e}");
+                    let _ = writeln!(out, "{pad}[{command_id}] client saw error: {}", shown(e));
                 } else {
                     let _ = writeln!(
                         out,
@@ -98,11 +98,17 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 }
                 if !outcome.sample.is_empty() {
                     if !outcome.columns.is_empty() {
-                        let _ = writeln!(out, "{pad}  | {}", outcome.columns.join(" | "));
+                        let _ = writeln!(
+                            out,
+                            "{pad}  | {}",
+                            escaped(&outcome.columns.join(" | "), &[])
+                        );
                     }
                     for row in &outcome.sample {
-                        let cells: Vec<&str> =
-                            row.iter().map(|v| v.as_deref().unwrap_or("NULL")).collect();
+                        let cells: Vec<String> = row
+                            .iter()
+                            .map(|v| escaped(v.as_deref().unwrap_or("NULL"), &[]))
+                            .collect();
                         let _ = writeln!(out, "{pad}  | {}", cells.join(" | "));
                     }
                     if outcome.truncated {
@@ -117,6 +123,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 approvers,
                 mode,
                 expires_at_ms,
+                ..
             } => {
                 let _ = writeln!(
                     out,
@@ -134,7 +141,9 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 let _ = writeln!(
                     out,
                     "{at}  approval {approval_id} {state} by {by}{}",
-                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                    reason
+                        .map(|r| format!(": {}", escaped(&r, &[])))
+                        .unwrap_or_default()
                 );
             }
             AuditEvent::SessionEnd { reason } => {
@@ -232,18 +241,42 @@ impl StreamLines {
     }
 }
 
+/// A command (or an error quoting one) in the transcript: its lines kept,
+/// each continuation marked so that no line of it can pass for a record.
+fn shown(text: &str) -> String {
+    escaped(text.trim(), &['\t', '\n']).replace('\n', &format!("\n{:>26}· ", ""))
+}
+
 /// Terminal output as readable text: control characters (escape sequences)
 /// shown escaped rather than acted on.
 fn printable(line: &str) -> String {
-    line.chars()
+    escaped(line, &['\t'])
+}
+
+/// Text an agent chose, as a person reads it on a terminal: control
+/// characters (C0, DEL, C1: escape sequences, carriage returns, newlines)
+/// and invisible format characters (bidi overrides, zero-width marks) are
+/// shown escaped, so a command cannot redraw the line it is shown on or
+/// read as something else. `keep` lists controls left as they are.
+pub fn escaped(text: &str, keep: &[char]) -> String {
+    text.chars()
         .map(|c| {
-            if c.is_control() && c != '\t' {
+            if (c.is_control() || is_format(c)) && !keep.contains(&c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
             }
         })
         .collect()
+}
+
+/// Unicode format characters (category Cf) that change how text reads
+/// without showing: bidi embeddings, overrides and isolates, zero-width
+/// spaces and joiners, the BOM, soft hyphen, invisible operators.
+fn is_format(c: char) -> bool {
+    matches!(c,
+        '\u{AD}' | '\u{61C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}' | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}')
 }
 
 /// A session's terminal as an asciicast v2 recording (`asciinema play`):

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use sluice_api::client::ApiClient;
 use sluice_core::approval::ApprovalRequest;
+use sluice_core::replay::escaped;
 use sluice_core::Config;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, UNIX_EPOCH};
@@ -17,6 +18,13 @@ pub enum ApprovalsCmd {
         /// Include decided and expired requests.
         #[arg(long)]
         all: bool,
+    },
+    /// Print one request whole: the command, what kind it is and its
+    /// context (an HTTP body's excerpt, a pod, a statement's definition),
+    /// all of which an approval covers.
+    Show {
+        /// The approval id (from `sluice approvals list`).
+        id: String,
     },
     /// Approve a request (as the token's subject).
     Approve {
@@ -54,6 +62,14 @@ pub fn run(config: &Config, token: Option<String>, cmd: ApprovalsCmd) -> Result<
                 } else {
                     print_table(&requests);
                 }
+            }
+            ApprovalsCmd::Show { id } => {
+                let requests = client.list(true).await?;
+                let r = requests
+                    .iter()
+                    .find(|r| r.id == id)
+                    .with_context(|| format!("no approval request {id} you may see"))?;
+                print!("{}", described(r));
             }
             ApprovalsCmd::Approve { id, reason } => {
                 let r = client.approve(&id, reason).await?;
@@ -105,8 +121,43 @@ fn time(ms: u64) -> String {
 }
 
 /// One line, at most `max` characters.
+/// A request as `sluice approvals show` prints it. Everything the agent
+/// chose is escaped: it cannot redraw the terminal it is read on.
+fn described(r: &ApprovalRequest) -> String {
+    let shown = |s: &str| escaped(s, &['\t']);
+    let mut out = format!(
+        "approval {}  {}  rule {}  ({} mode; approvers: {}; expires {})\nrequested by {} on {}\n",
+        r.id,
+        r.state,
+        shown(&r.rule),
+        serde_json::to_value(r.mode)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        r.approvers.join(", "),
+        time(r.expires_at_ms),
+        shown(&r.requester()),
+        shown(&r.connection),
+    );
+    if let Some(kind) = &r.kind {
+        let kind = serde_json::to_string(kind).unwrap_or_default();
+        out.push_str(&format!("kind: {}\n", shown(&kind)));
+    }
+    out.push_str("command:\n");
+    for line in r.command.lines() {
+        out.push_str(&format!("  | {}\n", shown(line)));
+    }
+    if !r.context.is_empty() {
+        out.push_str("context (covered by the approval too):\n");
+        for line in &r.context {
+            out.push_str(&format!("  - {}\n", shown(line)));
+        }
+    }
+    out
+}
+
 fn clip(text: &str, max: usize) -> String {
-    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let line = escaped(&text.split_whitespace().collect::<Vec<_>>().join(" "), &[]);
     if line.chars().count() <= max {
         return line;
     }
@@ -149,6 +200,15 @@ fn print_table(requests: &[ApprovalRequest]) {
             mode,
             time(r.expires_at_ms),
             clip(&r.command, 60)
+                + &if r.context.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " [+{} context: `sluice approvals show {}`]",
+                        r.context.len(),
+                        r.id
+                    )
+                }
         );
     }
 }
@@ -156,6 +216,26 @@ fn print_table(requests: &[ApprovalRequest]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_an_agent_wrote_cannot_redraw_the_terminal() {
+        let text = "DROP TABLE users /*\x1b[2K\x1b[1G\u{202e}SELECT 1 */";
+        assert!(!clip(text, 200).contains('\x1b'));
+        assert!(!clip(text, 200).contains('\u{202e}'));
+        let r: ApprovalRequest = serde_json::from_value(serde_json::json!({
+            "id": "a1", "session_id": "s", "command_id": 1, "subject": "agent",
+            "connection": "db", "command": "update t set x = $1\n[7] query: SELECT 1\x1b[A",
+            "context": ["parameters: \u{1b}[2Kowner"], "rule": "r", "message": null,
+            "approvers": ["dba"], "mode": "hold", "requested_at_ms": 0, "expires_at_ms": 0,
+            "state": "pending", "decided_by": null, "decided_at_ms": null, "reason": null
+        }))
+        .expect("request");
+        let shown = described(&r);
+        assert!(!shown.contains('\x1b'), "{shown}");
+        // Every line of the command is marked as the command's.
+        assert!(shown.contains("  | [7] query: SELECT 1"), "{shown}");
+        assert!(shown.contains("  - parameters: \\u{1b}[2Kowner"), "{shown}");
+    }
 
     #[test]
     fn clips_commands() {
