@@ -59,6 +59,26 @@ pub struct Invocation {
     /// rule on `program`/`command` matches such a part; only an allow rule
     /// whose `command` pattern matches it (program *and* arguments) admits it.
     pub runs_anything: bool,
+    /// Files this program's redirections open for writing (`> f`, `>> f`,
+    /// `>| f`, `<> f`, `&> f`, `2> f`, `>&f`), including those of a group
+    /// or wrapper around it; not descriptor duplications (`2>&1`) nor
+    /// `/dev/null`. An allow rule admits a part that writes only through a
+    /// `writes` pattern matching every target.
+    pub writes: Vec<WriteTarget>,
+}
+
+/// A file a redirection opens for writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteTarget {
+    /// The target as written, quotes removed: `~/.ssh/rc`, `/tmp/out`,
+    /// `out.txt` (relative to the working directory when it runs). An
+    /// unquoted leading `~` is kept as `~`; a quoted one, which bash leaves
+    /// alone, is written `./~`.
+    pub target: String,
+    /// The target is computed when the command runs (`$X`, `$(…)`, a glob,
+    /// `~+`, `~-`): `target` is its source text. It never satisfies an
+    /// allow rule and matches every deny or review `writes` pattern.
+    pub computed: bool,
 }
 
 impl Invocation {

@@ -41,7 +41,7 @@ fn strings(values: &sluice_core::toml::Table, key: &str) -> Result<Option<Vec<Gl
 
 impl MatchKey for ShellMatchKey {
     fn keys(&self) -> &'static [&'static str] {
-        &["command", "program"]
+        &["command", "program", "writes"]
     }
 
     fn compile(
@@ -58,17 +58,28 @@ impl MatchKey for ShellMatchKey {
         values: &sluice_core::toml::Table,
         action: Action,
     ) -> Result<Box<dyn CommandMatcher>, String> {
-        Ok(Box::new(ShellMatcher {
+        let m = ShellMatcher {
             commands: strings(values, "command")?,
             programs: strings(values, "program")?,
+            writes: strings(values, "writes")?,
             allows: action == Action::Allow,
-        }))
+        };
+        if m.allows && m.writes.is_some() && m.commands.is_none() && m.programs.is_none() {
+            // Alone, it would admit every program that writes nothing.
+            return Err(
+                "writes: an allow rule with `writes` must also name the programs it \
+                        admits with `program` or `command`"
+                    .into(),
+            );
+        }
+        Ok(Box::new(m))
     }
 }
 
 struct ShellMatcher {
     commands: Option<Vec<Glob>>,
     programs: Option<Vec<Glob>>,
+    writes: Option<Vec<Glob>>,
     /// The rule allows: a part that may run anything matches it only when
     /// a `command` pattern names the program and its arguments.
     allows: bool,
@@ -77,22 +88,72 @@ struct ShellMatcher {
 /// One command line analysed once for all rules.
 struct Analyzed(Result<Vec<Invocation>, String>);
 
+/// Directories whose programs an allow rule admits by base name: a
+/// program written with any other directory (`/tmp/x/ls`, `./ls`) is
+/// admitted only by a pattern matching the path as written.
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr/bin",
+    "/bin",
+    "/usr/sbin",
+    "/sbin",
+    "/usr/local/bin",
+    "/usr/local/sbin",
+];
+
+/// `target` with `//` and `.` components removed and `..` resolved
+/// lexically (`~/./.ssh//rc` → `~/.ssh/rc`, `/tmp/../etc/x` → `/etc/x`).
+fn normalised(target: &str) -> String {
+    let absolute = target.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if parts.last().is_some_and(|p| *p != "..") => {
+                parts.pop();
+            }
+            ".." if absolute => {}
+            c => parts.push(c),
+        }
+    }
+    let joined = parts.join("/");
+    if absolute {
+        format!("/{joined}")
+    } else {
+        joined
+    }
+}
+
 impl ShellMatcher {
     fn invocation_matches(&self, inv: &Invocation) -> bool {
+        self.check(inv, true)
+    }
+
+    /// Whether the rule matches `inv`. With `presume`, a deny or review
+    /// rule also matches what it cannot rule out: a part that may run
+    /// anything, a write whose target is computed at run time.
+    fn check(&self, inv: &Invocation, presume: bool) -> bool {
         if inv.runs_anything {
-            if !self.allows {
+            if !self.allows && presume {
                 // A deny or review rule on programs or commands: what such a
                 // part runs is unknown, so it may be what the rule names.
                 return true;
             }
-            if self.commands.is_none() {
+            if self.allows && self.commands.is_none() {
                 // `program = ["awk"]` does not say which awk programs.
                 return false;
             }
         }
+        // An allow rule admits a program written with a directory by its
+        // base name only from a system directory: `/tmp/x/ls` is not `ls`.
+        let by_name = !self.allows
+            || inv.path.as_deref().is_none_or(|p| {
+                p.rsplit_once('/')
+                    .is_some_and(|(dir, _)| SYSTEM_DIRS.contains(&dir))
+            });
         if let Some(globs) = &self.programs {
             let hit = globs.iter().any(|g| {
-                g.matches(&inv.program) || inv.path.as_deref().is_some_and(|p| g.matches(p))
+                (by_name && g.matches(&inv.program))
+                    || inv.path.as_deref().is_some_and(|p| g.matches(p))
             });
             if !hit {
                 return false;
@@ -108,14 +169,90 @@ impl ShellMatcher {
                 }
                 t
             });
-            let hit = globs
-                .iter()
-                .any(|g| g.matches(&text) || with_path.as_deref().is_some_and(|t| g.matches(t)));
+            let hit = globs.iter().any(|g| {
+                (by_name && g.matches(&text)) || with_path.as_deref().is_some_and(|t| g.matches(t))
+            });
+            if !hit {
+                return false;
+            }
+        }
+        if self.allows {
+            // Every file the part writes must be one the rule names.
+            if !inv.writes.is_empty() {
+                let Some(globs) = &self.writes else {
+                    return false;
+                };
+                let admitted = inv.writes.iter().all(|w| {
+                    // A computed target could be any file; a `..` could
+                    // leave the directory a pattern names.
+                    !w.computed
+                        && !w.target.split('/').any(|c| c == "..")
+                        && globs
+                            .iter()
+                            .any(|g| g.matches(&w.target) || g.matches(&normalised(&w.target)))
+                });
+                if !admitted {
+                    return false;
+                }
+            }
+        } else if let Some(globs) = &self.writes {
+            // Some file the part writes is one the rule names, or may be.
+            let hit = inv.writes.iter().any(|w| {
+                (w.computed && presume)
+                    || globs
+                        .iter()
+                        .any(|g| g.matches(&w.target) || g.matches(&normalised(&w.target)))
+            });
             if !hit {
                 return false;
             }
         }
         true
+    }
+
+    /// Why a deny or review rule matches `inv` though the line does not
+    /// show what it names, for the caller's message.
+    fn note(&self, inv: &Invocation) -> Option<String> {
+        if self.allows || !self.check(inv, true) || self.check(inv, false) {
+            return None;
+        }
+        let text = inv.text();
+        if inv.runs_anything {
+            return Some(format!(
+                "`{text}` runs programs the gateway cannot see on the command line, so this \
+                 rule applies in case they include what it names. Run those programs directly \
+                 instead, or ask a Sluice administrator to admit this command with an allow \
+                 rule whose `command` pattern matches it (e.g. `command = [{text:?}]`) for \
+                 sessions this rule does not cover."
+            ));
+        }
+        let computed: Vec<&str> = inv
+            .writes
+            .iter()
+            .filter(|w| w.computed)
+            .map(|w| w.target.as_str())
+            .collect();
+        Some(format!(
+            "the redirection target {} is only known when the command runs, so this rule \
+             applies in case it is a file the rule names. Write the path literally.",
+            computed
+                .iter()
+                .map(|t| format!("`{t}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+
+    fn invocations<'s>(
+        command: &Command,
+        scratch: &'s mut Scratch,
+    ) -> Result<Option<&'s [Invocation]>, String> {
+        if command.kind != CommandKind::Exec {
+            return Ok(None);
+        }
+        let analyzed = scratch
+            .get_or_insert_with(|| Analyzed(analyze(&command.text).map_err(|e| e.to_string())));
+        analyzed.0.as_deref().map(Some).map_err(|e| e.clone())
     }
 }
 
@@ -131,17 +268,16 @@ impl CommandMatcher for ShellMatcher {
         command: &Command,
         scratch: &mut Scratch,
     ) -> Result<Option<Vec<bool>>, String> {
-        if command.kind != CommandKind::Exec {
-            return Ok(None);
-        }
-        let analyzed = scratch
-            .get_or_insert_with(|| Analyzed(analyze(&command.text).map_err(|e| e.to_string())));
-        let invocations = analyzed.0.as_ref().map_err(|e| e.clone())?;
-        Ok(Some(
+        Ok(Self::invocations(command, scratch)?.map(|invocations| {
             invocations
                 .iter()
                 .map(|inv| self.invocation_matches(inv))
-                .collect(),
-        ))
+                .collect()
+        }))
+    }
+
+    fn part_note(&self, command: &Command, scratch: &mut Scratch, part: usize) -> Option<String> {
+        let invocations = Self::invocations(command, scratch).ok()??;
+        self.note(invocations.get(part)?)
     }
 }

@@ -9,7 +9,7 @@
 //! arithmetic commands, brace expansion) is an error, so the caller refuses
 //! the line instead of guessing.
 
-use super::Unjudgeable;
+use super::{Unjudgeable, WriteTarget};
 
 /// Nesting bound for substitutions and `sh -c` scripts inside each other.
 pub(crate) const MAX_DEPTH: usize = 16;
@@ -46,6 +46,19 @@ pub struct SimpleCommand {
     pub words: Vec<Word>,
     /// Standard input comes from a redirection or here-document.
     pub stdin_redirected: bool,
+    /// Files opened for writing by a redirection of this command, or of a
+    /// group (`{ …; }`, `( … )`, `if`, `while`, `until`, `for`) it is in.
+    /// A command with no words and no assignments but a write (`> f`) is
+    /// kept for its write.
+    pub writes: Vec<WriteTarget>,
+}
+
+/// What one redirection does.
+struct Redirect {
+    /// It feeds standard input.
+    stdin: bool,
+    /// The file it opens for writing, if it writes one.
+    write: Option<WriteTarget>,
 }
 
 /// Parses a command line into the simple commands it would run, in order
@@ -101,6 +114,10 @@ struct Parser {
     in_dq: bool,
     out: Vec<SimpleCommand>,
     heredocs: Vec<PendingHeredoc>,
+    /// Where in `out` each open compound command (`{`, `if`, `while`,
+    /// `until`, `for`) began: a redirection after its closing word applies
+    /// to every command from there.
+    groups: Vec<usize>,
 }
 
 fn err<T>(why: impl Into<String>) -> Result<T, Unjudgeable> {
@@ -133,6 +150,7 @@ impl Parser {
             in_dq: false,
             out: Vec::new(),
             heredocs: Vec::new(),
+            groups: Vec::new(),
         }
     }
 
@@ -250,8 +268,10 @@ impl Parser {
                     if self.peek_at(1) == Some('(') {
                         return err("arithmetic commands `(( … ))` are not supported");
                     }
+                    let start = self.out.len();
                     self.bump();
                     self.sequence(Close::Paren)?;
+                    self.group_redirections(start)?;
                 }
                 ')' => {
                     if close == Close::Paren {
@@ -267,13 +287,23 @@ impl Parser {
 
     /// One simple command: words and redirections up to an operator.
     fn command(&mut self) -> Result<(), Unjudgeable> {
-        let (words, stdin_redirected) = self.command_words()?;
+        let start = self.out.len();
+        let (words, stdin_redirected, writes) = self.command_words()?;
+        // The start of the widest group this command's leading words close.
+        let mut closes: Option<usize> = None;
         let mut assignments = Vec::new();
         let mut rest = words.into_iter().peekable();
         let mut kept = Vec::new();
         // Leading reserved words and assignments.
         while let Some(w) = rest.peek() {
             if !w.quoted && RESERVED_SKIPPED.contains(&w.text.as_str()) {
+                match w.text.as_str() {
+                    "{" | "if" | "while" | "until" => self.groups.push(start),
+                    // A closing word without its opener is a syntax error
+                    // in bash; its redirections then cover everything.
+                    "}" | "fi" | "done" => closes = Some(self.groups.pop().unwrap_or(0)),
+                    _ => {}
+                }
                 rest.next();
                 continue;
             }
@@ -287,6 +317,7 @@ impl Parser {
                 // `for NAME [in WORDS…]`: the words are data; the body follows
                 // `do`, after a separator or, in the form without `in`
                 // (`for NAME do …`), as the third word.
+                self.groups.push(start);
                 rest.next();
                 let tail: Vec<Word> = rest.collect();
                 let body = match tail.get(1) {
@@ -305,12 +336,57 @@ impl Parser {
             break;
         }
         kept.extend(rest);
-        if !kept.is_empty() || !assignments.is_empty() {
+        if let Some(from) = closes {
+            if kept.is_empty() && assignments.is_empty() {
+                // `} > f`, `done > f`, `fi > f`: the group's redirections.
+                return self.group_writes(from, writes);
+            }
+        }
+        if !kept.is_empty() || !assignments.is_empty() || !writes.is_empty() {
             self.out.push(SimpleCommand {
                 assignments,
                 words: kept,
                 stdin_redirected,
+                writes,
             });
+        }
+        Ok(())
+    }
+
+    /// Redirections right after a subshell's `)`: they apply to every
+    /// command inside it.
+    fn group_redirections(&mut self, from: usize) -> Result<(), Unjudgeable> {
+        let mut writes = Vec::new();
+        loop {
+            self.skip_blanks();
+            if matches!(self.peek(), Some('<' | '>')) && self.peek_at(1) == Some('(') {
+                return err("a process substitution after `)`");
+            }
+            match self.redirection()? {
+                Some(r) => writes.extend(r.write),
+                None => break,
+            }
+        }
+        self.group_writes(from, writes)
+    }
+
+    /// Adds a group's write redirections to each command from `from`; a
+    /// group with no command still opens the file (kept as a command with
+    /// no words).
+    fn group_writes(&mut self, from: usize, writes: Vec<WriteTarget>) -> Result<(), Unjudgeable> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let from = from.min(self.out.len());
+        if from == self.out.len() {
+            self.out.push(SimpleCommand {
+                writes,
+                ..SimpleCommand::default()
+            });
+            return Ok(());
+        }
+        for cmd in &mut self.out[from..] {
+            cmd.writes.extend(writes.iter().cloned());
         }
         Ok(())
     }
@@ -318,9 +394,11 @@ impl Parser {
     /// The words of one simple command, and whether stdin is redirected.
     /// Substitutions inside the words are added to `out` as they are
     /// parsed, so they come before this command (they run first).
-    fn command_words(&mut self) -> Result<(Vec<Word>, bool), Unjudgeable> {
+    #[allow(clippy::type_complexity)]
+    fn command_words(&mut self) -> Result<(Vec<Word>, bool, Vec<WriteTarget>), Unjudgeable> {
         let mut words: Vec<Word> = Vec::new();
         let mut stdin_redirected = false;
+        let mut writes = Vec::new();
         let mut closed_conditional = false;
         loop {
             self.skip_blanks();
@@ -345,8 +423,9 @@ impl Parser {
             // `<(…)` and `>(…)` are words (process substitution), not redirections.
             let process = (c == '<' || c == '>') && self.peek_at(1) == Some('(');
             if !process {
-                if let Some(stdin) = self.redirection()? {
-                    stdin_redirected |= stdin;
+                if let Some(r) = self.redirection()? {
+                    stdin_redirected |= r.stdin;
+                    writes.extend(r.write);
                     continue;
                 }
             }
@@ -366,7 +445,7 @@ impl Parser {
                 closed_conditional = true;
             }
         }
-        Ok((words, stdin_redirected))
+        Ok((words, stdin_redirected, writes))
     }
 
     /// The inside of `[[ … ]]` up to and including `]]`, as one command:
@@ -425,8 +504,8 @@ impl Parser {
         Ok(w)
     }
 
-    /// A redirection at the cursor, if any; `Some(true)` when it feeds stdin.
-    fn redirection(&mut self) -> Result<Option<bool>, Unjudgeable> {
+    /// A redirection at the cursor, if any.
+    fn redirection(&mut self) -> Result<Option<Redirect>, Unjudgeable> {
         let mut digits = String::new();
         while let Some(c) = self.peek_at(digits.len()).filter(char::is_ascii_digit) {
             digits.push(c);
@@ -471,7 +550,16 @@ impl Parser {
                 expand: !target.quoted,
             });
         }
-        Ok(Some(stdin))
+        let write = match op {
+            ">" | ">>" | ">|" | "<>" | "&>" | "&>>" => write_target(&target),
+            // `>&2`, `2>&1`, `>&-`, `3>&1-` duplicate or close a descriptor;
+            // `>&file` writes stdout and stderr to the file, as `&>` does.
+            // (A computed target keeps its `$`, so it is never a number.)
+            ">&" if is_descriptor(&target.text) => None,
+            ">&" => write_target(&target),
+            _ => None,
+        };
+        Ok(Some(Redirect { stdin, write }))
     }
 
     /// Reads the bodies of pending here-documents after a newline.
@@ -932,9 +1020,11 @@ impl Parser {
         }
         self.depth += 1;
         let saved = std::mem::take(&mut self.heredocs);
+        let groups = std::mem::take(&mut self.groups);
         let dq = std::mem::replace(&mut self.in_dq, false);
         let r = self.sequence(close);
         self.in_dq = dq;
+        self.groups = groups;
         self.heredocs = saved;
         self.depth -= 1;
         r
@@ -979,6 +1069,40 @@ impl Parser {
         w.dynamic = true;
         Ok(())
     }
+}
+
+/// `1`, `2`, `-`, `1-`: the target of a descriptor duplication.
+fn is_descriptor(text: &str) -> bool {
+    let digits = text.strip_suffix('-').unwrap_or(text);
+    text == "-" || (!digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
+}
+
+/// Targets that are not files: writing to them changes nothing on the host.
+const NOT_FILES: &[&str] = &["/dev/null", "/dev/stdout", "/dev/stderr"];
+
+/// The file a write redirection opens, as written: an unquoted leading `~`
+/// is kept (`~/.ssh/rc`, `~root/x`), a quoted one names a directory `~` in
+/// the working directory (`./~/x`). A target bash computes when the command
+/// runs (`$X`, `$(…)`, a glob, `~+`, `~-`) is marked computed.
+fn write_target(w: &Word) -> Option<WriteTarget> {
+    let leading_unquoted = w.quoted_at != Some(0);
+    let computed = w.dynamic
+        || w.glob
+        || (leading_unquoted
+            && ["~+", "~-"].iter().any(|p| {
+                w.text
+                    .strip_prefix(p)
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            }));
+    if !computed && NOT_FILES.contains(&w.text.as_str()) {
+        return None;
+    }
+    let target = if !leading_unquoted && w.text.starts_with('~') {
+        format!("./{}", w.text)
+    } else {
+        w.text.clone()
+    };
+    Some(WriteTarget { target, computed })
 }
 
 /// `NAME=…` with an unquoted, valid name.

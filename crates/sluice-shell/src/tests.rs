@@ -1032,3 +1032,476 @@ fn builtins_that_bind_or_evaluate_names_are_judged() {
         );
     }
 }
+
+/// The verdict, message included (a policy error as `Err`).
+fn verdict_full(config: &str, text: &str) -> Result<sluice_core::Verdict, String> {
+    let config = Config::from_toml_str(config, "test.toml").unwrap();
+    let engine = RulesEngine::compile(&config, &[shell_match_key()]).unwrap();
+    let mut req = sql_request(person("agent", &["agents"]), text);
+    req.command = Arc::new(Command {
+        kind: CommandKind::Exec,
+        text: text.into(),
+        context: vec![],
+    });
+    engine.evaluate(&req).map_err(|e| e.to_string())
+}
+
+/// Each part's write targets, `!` before a computed one.
+fn writes(line: &str) -> Vec<(String, Vec<String>)> {
+    analyze(line)
+        .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+        .iter()
+        .map(|inv| {
+            let w = inv
+                .writes
+                .iter()
+                .map(|w| format!("{}{}", if w.computed { "!" } else { "" }, w.target))
+                .collect();
+            (inv.text(), w)
+        })
+        .collect()
+}
+
+fn only_writes(line: &str) -> Vec<Vec<String>> {
+    writes(line).into_iter().map(|(_, w)| w).collect()
+}
+
+#[test]
+fn write_redirections_are_recorded() {
+    let one = |t: &str| vec![vec![t.to_string()]];
+    for (line, expected) in [
+        ("cat - > ~/.ssh/rc <<'EOF'\nx\nEOF\n", one("~/.ssh/rc")),
+        ("cat ->~/.ssh/rc", one("~/.ssh/rc")),
+        ("echo x >> ~/.bashrc", one("~/.bashrc")),
+        ("echo x >| .profile", one(".profile")),
+        ("cat 3<> /var/spool/cron/u", one("/var/spool/cron/u")),
+        ("echo x &> /tmp/o", one("/tmp/o")),
+        ("echo x &>> /tmp/o", one("/tmp/o")),
+        ("echo x 2> /tmp/err", one("/tmp/err")),
+        ("echo x 1>>/tmp/o", one("/tmp/o")),
+        ("echo x >&/tmp/o", one("/tmp/o")),
+        ("echo x 1>&/tmp/o", one("/tmp/o")),
+        ("echo x >'/tmp/a b'", one("/tmp/a b")),
+        ("echo x > \"$HOME/.ssh/rc\"", one("!$HOME/.ssh/rc")),
+        (
+            "echo x > $(echo f)",
+            vec![vec![], vec!["!$(echo f)".into()]],
+        ),
+        ("echo x > ~/.ssh/r*", one("!~/.ssh/r*")),
+        ("echo x > ~-/rc", one("!~-/rc")),
+        ("echo x > ~+", one("!~+")),
+        ("echo x >&$F", one("!$F")),
+        // A quoted `~` is a directory named `~` in the working directory.
+        ("echo x > '~'/.ssh/rc", one("./~/.ssh/rc")),
+        ("echo x > ~root/.ssh/rc", one("~root/.ssh/rc")),
+        ("echo x > /dev/null", vec![vec![]]),
+        ("cat x > /dev/sda", one("/dev/sda")),
+        ("echo x > /dev/null/../sda", one("/dev/null/../sda")),
+        ("echo x 2>/dev/null >/dev/stderr", vec![vec![]]),
+        ("echo x 2>&1", vec![vec![]]),
+        ("echo x >&2", vec![vec![]]),
+        ("echo x 3>&1-", vec![vec![]]),
+        ("echo x >&-", vec![vec![]]),
+        ("cat < /etc/hosts", vec![vec![]]),
+        ("cat <<< x", vec![vec![]]),
+        (
+            "echo a > /tmp/1 2> /tmp/2",
+            vec![vec!["/tmp/1".into(), "/tmp/2".into()]],
+        ),
+    ] {
+        assert_eq!(only_writes(line), expected, "{line:?}");
+    }
+}
+
+#[test]
+fn writes_reach_every_program_they_cover() {
+    for (line, expected) in [
+        // A wrapper and what it runs share the descriptor.
+        (
+            "sudo tee x > /tmp/o",
+            vec![("sudo tee x", vec!["/tmp/o"]), ("tee x", vec!["/tmp/o"])],
+        ),
+        (
+            "bash -c 'cat' > f",
+            vec![("bash -c cat", vec!["f"]), ("cat", vec!["f"])],
+        ),
+        // A redirection inside `sh -c` is seen too.
+        (
+            "sh -c 'cat > ~/.ssh/rc'",
+            vec![
+                ("sh -c cat > ~/.ssh/rc", vec![]),
+                ("cat", vec!["~/.ssh/rc"]),
+            ],
+        ),
+        // Groups: the redirection after the closing word covers the body.
+        (
+            "{ echo a; cat -; } > ~/.ssh/rc",
+            vec![("echo a", vec!["~/.ssh/rc"]), ("cat -", vec!["~/.ssh/rc"])],
+        ),
+        ("(cat -) > ~/.ssh/rc", vec![("cat -", vec!["~/.ssh/rc"])]),
+        ("( cat - ) 2>/dev/null >>f", vec![("cat -", vec!["f"])]),
+        (
+            "for i in 1; do echo $i; done > f",
+            vec![("echo $i", vec!["f"])],
+        ),
+        (
+            "while read l; do echo $l; done < in > f",
+            vec![("read l", vec!["f"]), ("echo $l", vec!["f"])],
+        ),
+        (
+            "if true; then cat; fi > f",
+            vec![("true", vec!["f"]), ("cat", vec!["f"])],
+        ),
+        (
+            "ls; { { cat; } > a; echo; } > b",
+            vec![("ls", vec![]), ("cat", vec!["a", "b"]), ("echo", vec!["b"])],
+        ),
+        // No program runs, but the file is created or truncated.
+        (
+            "> ~/.ssh/authorized_keys",
+            vec![("", vec!["~/.ssh/authorized_keys"])],
+        ),
+        ("X=1 > f", vec![("", vec!["f"])]),
+        ("exec 3> ~/.bashrc", vec![("exec", vec!["~/.bashrc"])]),
+        // The substitution's output goes to the word, not the file.
+        (
+            "echo $(cat x) > f",
+            vec![("cat x", vec![]), ("echo $(cat x)", vec!["f"])],
+        ),
+        (
+            "cat x | tee y > f",
+            vec![("cat x", vec![]), ("tee y", vec!["f"])],
+        ),
+    ] {
+        let got = writes(line);
+        let want: Vec<(String, Vec<String>)> = expected
+            .iter()
+            .map(|(t, w)| (t.to_string(), w.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        assert_eq!(got, want, "{line:?}");
+    }
+    refused("(cat) >(tee x)");
+}
+
+/// An allow-list with one program admitted to write under /tmp.
+const ALLOW_WRITES: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "read"
+match = { command = ["cat *", "grep *", "echo *"], program = ["ls", "sort", "true"] }
+action = "allow"
+
+[[rules]]
+name = "cats"
+match = { command = ["cat *"] }
+action = "allow"
+
+[[rules]]
+name = "grep-to-tmp"
+match = { program = ["grep", "sort"], writes = ["/tmp/*"] }
+action = "allow"
+"#;
+
+#[test]
+fn allow_rules_admit_a_write_only_by_a_writes_pattern() {
+    for line in [
+        "cat - > ~/.ssh/rc <<'EOF_A1'\nls\nEOF_A1\n",
+        "cat - >> ~/.bashrc",
+        "cat x >| ~/.profile",
+        "cat x 1<> ~/.ssh/authorized_keys",
+        "cat x &> /tmp/o",
+        "cat x 2> .ssh/rc",
+        "cat x >&~/.ssh/rc",
+        "{ cat -; } > ~/.ssh/rc",
+        "(cat -) > ~/.ssh/rc",
+        "> ~/.ssh/authorized_keys",
+        "cat x; > ~/.ssh/authorized_keys",
+        // Write targets a `writes` pattern does not admit.
+        "grep x f > ~/.ssh/rc",
+        "grep x f > /tmp/../home/u/.ssh/rc",
+        "grep x f > /tmp/a > ~/.bashrc",
+        "grep x f > \"/tmp/$X\"",
+        "grep x f > /tmp/*",
+        "grep x f > $(echo /tmp/o)",
+        "sort -o /tmp/x f > /var/x",
+        // The rule names grep, not every program writing under /tmp.
+        "ls > /tmp/o",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_WRITES, line),
+            Action::Deny,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+    for line in [
+        "cat -",
+        "cat x 2>/dev/null",
+        "cat x 2>&1 | grep y",
+        "grep x f > /tmp/out",
+        "grep x f 2>/dev/null >> /tmp/out",
+        "grep x f > /tmp/./out",
+        "grep x f > //tmp/out",
+        "grep -c x f > '/tmp/a b' 2>&1",
+        "{ grep a f; sort f; } > /tmp/o",
+        "cat f | sort > /tmp/sorted",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_WRITES, line),
+            Action::Allow,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+}
+
+#[test]
+fn an_allow_rule_with_writes_alone_is_a_config_error() {
+    let bad = ALLOW_WRITES.replace("program = [\"grep\", \"sort\"], ", "");
+    let config = Config::from_toml_str(&bad, "test.toml").unwrap();
+    let e = RulesEngine::compile(&config, &[shell_match_key()])
+        .err()
+        .unwrap();
+    assert!(e.0.contains("writes"), "{e:?}");
+}
+
+/// A deny-list with a rule on writes to login files.
+const DENY_WRITES: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+
+[[rules]]
+name = "no-rm"
+match = { program = ["rm"] }
+action = "deny"
+
+[[rules]]
+name = "login-files"
+match = { writes = ["*.ssh/*", "*.bashrc", "*.profile"] }
+action = "deny"
+message = "Login files are managed by configuration management."
+
+[[rules]]
+name = "etc-by-tee"
+match = { program = ["tee"], writes = ["/etc/*"] }
+action = "review"
+"#;
+
+#[test]
+fn deny_rules_on_writes_catch_every_spelling_of_the_target() {
+    for line in [
+        "cat - > ~/.ssh/rc",
+        "echo x >> .bashrc",
+        "echo x > ./.ssh/rc",
+        "echo x > ~/./.ssh//rc",
+        "echo x > ~/x/../.ssh/rc",
+        "echo x > /home/u/.profile",
+        "{ echo x; } > ~/.ssh/rc",
+        "> ~/.ssh/authorized_keys",
+        "sudo -u u sh -c 'cat > ~/.ssh/rc'",
+        // Computed targets may be a login file.
+        "echo x > $HOME/.ssh/rc",
+        "echo x > ~/.ssh/*",
+        // Deny rules without `writes` are unchanged.
+        "rm -rf /x > /tmp/log",
+        "rm -rf /x",
+    ] {
+        assert_eq!(
+            verdict_in(DENY_WRITES, line),
+            Action::Deny,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+    assert_eq!(
+        verdict_in(DENY_WRITES, "tee /x > /etc/motd"),
+        Action::Review
+    );
+    assert_eq!(
+        verdict_in(DENY_WRITES, "tee /x > //etc/motd"),
+        Action::Review
+    );
+    assert_eq!(
+        verdict_in(DENY_WRITES, "tee /x > /tmp/../etc/./motd"),
+        Action::Review
+    );
+    for line in [
+        "grep x file > /tmp/out",
+        "grep x file > out.txt 2>&1",
+        "cat ~/.ssh/config",
+        "echo x > /tmp/ssh",
+        "tee /etc/x > /tmp/y",
+        "cat /etc/x > /tmp/y",
+        "ls 2>/dev/null",
+    ] {
+        assert_eq!(
+            verdict_in(DENY_WRITES, line),
+            Action::Allow,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+    // Under the plain deny-list, a write is not refused.
+    assert_eq!(
+        verdict_in(DENY_LIST, "grep x file > /tmp/out"),
+        Action::Allow
+    );
+    assert_eq!(verdict_in(DENY_LIST, "echo x > $OUT"), Action::Allow);
+    // A computed target says why the rule applies.
+    let v = verdict_full(DENY_WRITES, "echo x > $OUT").unwrap();
+    let m = v.message.unwrap_or_default();
+    assert!(
+        m.contains("`$OUT` is only known when the command runs"),
+        "{m}"
+    );
+}
+
+#[test]
+fn allow_rules_admit_a_program_path_only_from_system_directories() {
+    for line in [
+        "/tmp/x/ls",
+        "./ls",
+        "bin/ls -la",
+        "/home/u/bin/cat f",
+        "/usr/bin/../../tmp/ls",
+        "/usr/bin/x/ls",
+        "/USR/BIN/ls",
+        "sudo /tmp/ls",
+        "env /tmp/ls",
+        "ls; /tmp/x/ls",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_LIST, line),
+            Action::Deny,
+            "{line:?} → {:?}",
+            analyze(line)
+        );
+    }
+    for line in [
+        "ls",
+        "/bin/ls -la",
+        "/usr/bin/ls",
+        "/usr/local/bin/ls",
+        "/sbin/ls",
+        "/usr/sbin/ls",
+        "/usr/local/sbin/ls",
+        "/usr/bin/cat /etc/hosts",
+        "nice -n 5 /usr/bin/ls",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_LIST, line),
+            Action::Allow,
+            "{line:?} → {:?}",
+            analyze(line)
+        );
+    }
+    // A pattern naming the path admits it.
+    let by_path = ALLOW_LIST.replace("program = [\"ls\",", "program = [\"/opt/tools/*\", \"ls\",");
+    assert_eq!(verdict_in(&by_path, "/opt/tools/ls -l"), Action::Allow);
+    assert_eq!(verdict_in(&by_path, "/opt/toolsx/ls"), Action::Deny);
+    let by_command = ALLOW_LIST.replace(
+        "command = [\"python3 /opt/report.py --daily\"]",
+        "command = [\"python3 /opt/report.py --daily\", \"/opt/tools/ls -l\"]",
+    );
+    assert_eq!(verdict_in(&by_command, "/opt/tools/ls -l"), Action::Allow);
+    assert_eq!(verdict_in(&by_command, "/opt/tools/x/ls -l"), Action::Deny);
+    assert_eq!(
+        verdict_in(ALLOW_LIST, "/usr/bin/python3 /opt/report.py --daily"),
+        Action::Allow
+    );
+    assert_eq!(
+        verdict_in(ALLOW_LIST, "/tmp/python3 /opt/report.py --daily"),
+        Action::Deny
+    );
+    // Deny rules still match by base name.
+    for line in ["/tmp/x/rm -rf /y", "./rm -rf /y", "/bin/rm -rf /y"] {
+        assert_eq!(verdict_in(DENY_LIST, line), Action::Deny, "{line:?}");
+    }
+}
+
+/// The rules of examples/ssh.toml (with its messages).
+const EXAMPLE_SSH: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+
+[[rules]]
+name = "no-destruction"
+match = { program = ["rm", "shred", "dd", "mkfs*", "wipefs"] }
+action = "deny"
+message = "Deleting data on hosts is not allowed; open a change request."
+
+[[rules]]
+name = "reviewed-restarts"
+match = { command = ["systemctl restart *", "systemctl stop *", "reboot*", "shutdown*"] }
+action = "review"
+message = "Service restarts need an on-call approval."
+"#;
+
+#[test]
+fn a_part_that_may_run_anything_is_denied_with_the_reason() {
+    for (line, shown) in [
+        ("cd app && make", "`make`"),
+        ("git pull", "`git pull`"),
+        ("python3 -c 'print(1)'", "`python3 -c print(1)`"),
+        ("less /var/log/syslog", "`less /var/log/syslog`"),
+    ] {
+        let v = verdict_full(EXAMPLE_SSH, line).unwrap();
+        assert_eq!(v.action, Action::Deny, "{line:?}");
+        assert_eq!(v.rule.as_deref(), Some("no-destruction"), "{line:?}");
+        let m = v.message.unwrap_or_default();
+        assert!(
+            m.starts_with("Deleting data on hosts is not allowed")
+                && m.contains("Why rule \"no-destruction\" applies")
+                && m.contains(&format!(
+                    "{shown} runs programs the gateway cannot see on the command line"
+                ))
+                && m.contains("an allow rule whose `command` pattern matches it"),
+            "{line:?}: {m}"
+        );
+    }
+    // A rule that names the program outright needs no explanation.
+    let v = verdict_full(EXAMPLE_SSH, "ls; rm -rf /x").unwrap();
+    assert_eq!(
+        v.message.as_deref(),
+        Some("Deleting data on hosts is not allowed; open a change request.")
+    );
+    let named = EXAMPLE_SSH.replace("\"rm\", ", "\"rm\", \"make\", ");
+    let v = verdict_full(&named, "make").unwrap();
+    assert_eq!(
+        v.message.as_deref(),
+        Some("Deleting data on hosts is not allowed; open a change request.")
+    );
+    // Ordinary commands still pass.
+    for line in [
+        "cd app && ls -la",
+        "git status",
+        "cat /var/log/syslog | grep x",
+    ] {
+        assert_eq!(
+            verdict_full(EXAMPLE_SSH, line).unwrap().action,
+            Action::Allow,
+            "{line:?}"
+        );
+    }
+}

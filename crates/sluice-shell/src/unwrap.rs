@@ -41,6 +41,24 @@ pub(crate) fn analyze_into(
         {
             code_assignment(&a.text, idx, out);
         }
+        if !cmd.writes.is_empty() {
+            if out.len() == idx {
+                // `> f`, `X=1 > f`: no program runs, but the file is opened
+                // (created or truncated). The part has no program name.
+                out.push(Invocation {
+                    program: String::new(),
+                    path: None,
+                    args: Vec::new(),
+                    runs_anything: false,
+                    writes: Vec::new(),
+                });
+            }
+            // A wrapper's redirections are the wrapped program's too (it
+            // inherits the descriptors).
+            for inv in &mut out[idx..] {
+                inv.writes.extend(cmd.writes.iter().cloned());
+            }
+        }
     }
     Ok(())
 }
@@ -55,6 +73,7 @@ fn code_assignment(text: &str, idx: usize, out: &mut Vec<Invocation>) {
             path: None,
             args: vec![text.to_string()],
             runs_anything: true,
+            writes: Vec::new(),
         }),
     }
 }
@@ -106,6 +125,7 @@ pub(super) fn judge(
         path,
         args: texts(args),
         runs_anything: false,
+        writes: Vec::new(),
     });
     let name = program.as_str();
     if CODE_BUILTINS.contains(&name) {

@@ -63,6 +63,18 @@ pub trait CommandMatcher: Send + Sync {
     ) -> Result<Option<Vec<bool>>, String> {
         Ok(None)
     }
+
+    /// Why part `part` matched, when the command's text does not show it
+    /// (a program that runs others the matcher cannot see): appended to
+    /// the message of the rule that decided, so the caller can act on it.
+    fn part_note(
+        &self,
+        _command: &Command,
+        _scratch: &mut Scratch,
+        _part: usize,
+    ) -> Option<String> {
+        None
+    }
 }
 
 /// How one rule matched a command.
@@ -355,32 +367,52 @@ impl PolicyEngine for RulesEngine {
             message: rule.message.clone(),
         };
         // The strictest of the rules that apply to one part (or to the whole).
-        let best = |part: Option<usize>| -> Option<Verdict> {
-            let mut best: Option<Verdict> = None;
+        let best = |part: Option<usize>| -> Option<&CompiledRule> {
+            let mut best: Option<&CompiledRule> = None;
             for (rule, m) in &matched {
                 let applies = match (m, part) {
                     (RuleMatch::Whole, _) => true,
                     (RuleMatch::Parts(p), Some(i)) => p.get(i).copied().unwrap_or(false),
                     _ => false,
                 };
-                if applies && best.as_ref().is_none_or(|b| rule.action > b.action) {
-                    best = Some(verdict_of(rule));
+                if applies && best.is_none_or(|b| rule.action > b.action) {
+                    best = Some(rule);
                 }
             }
             best
         };
         match parts {
             Some(n) if n > 0 => {
-                let mut overall: Option<Verdict> = None;
+                let mut overall: Option<(Verdict, Option<(&CompiledRule, usize)>)> = None;
                 for i in 0..n {
-                    let v = best(Some(i)).unwrap_or_else(|| default.clone());
-                    if overall.as_ref().is_none_or(|o| v.action > o.action) {
-                        overall = Some(v);
+                    let (v, by) = match best(Some(i)) {
+                        Some(rule) => (verdict_of(rule), Some((rule, i))),
+                        None => (default.clone(), None),
+                    };
+                    if overall.as_ref().is_none_or(|(o, _)| v.action > o.action) {
+                        overall = Some((v, by));
                     }
                 }
-                Ok(overall.unwrap_or(default))
+                let Some((mut v, by)) = overall else {
+                    return Ok(default);
+                };
+                // Why the deciding rule applies to that part, when the
+                // line does not show it.
+                if let Some((rule, i)) = by.filter(|_| v.action != Action::Allow) {
+                    let note = rule
+                        .matchers
+                        .iter()
+                        .find_map(|m| m.part_note(&req.command, &mut scratch, i));
+                    if let Some(note) = note {
+                        v.message = Some(match v.message {
+                            Some(m) => format!("{m} (Why rule {:?} applies: {note})", rule.name),
+                            None => format!("(Why rule {:?} applies: {note})", rule.name),
+                        });
+                    }
+                }
+                Ok(v)
             }
-            _ => Ok(best(None).unwrap_or(default)),
+            _ => Ok(best(None).map(verdict_of).unwrap_or(default)),
         }
     }
 }
