@@ -479,6 +479,57 @@ message = "Copy files through the deployment pipeline."
 /// scp, or an scp whose options make it run another program, is not "an scp"
 /// and falls to the connection's default (deny). The host's sentinel is the
 /// oracle: none of these lines may run anything there.
+/// An allow rule on `cat` does not carry a write redirection: `cat - > FILE`
+/// (here a stand-in for `~/.ssh/rc`, which sshd runs at every login) is
+/// refused and writes nothing, while the same `cat` without one runs.
+#[test]
+fn an_allow_rule_without_writes_refuses_a_write_redirection() {
+    let env = SshEnv::start(
+        r#"
+[[connections]]
+name = "files"
+kind = "ssh"
+upstream = "{SSHD}"
+user = "sluice-e2e"
+private_key = { file = "{KEY}" }
+host_key = "{HOST_KEY}"
+allow_groups = ["agents"]
+default_action = "deny"
+
+[[rules]]
+name = "reads"
+connections = ["files"]
+match = { command = ["cat *"] }
+action = "allow"
+"#,
+    );
+    let token = env.agent_token();
+    let w = env.work.display().to_string();
+    let target = env.work.join("rc");
+    let t = target.display().to_string();
+    for line in [
+        format!("cat - > {t}"),
+        format!("cat - >> {t}"),
+        format!("cat - 1>{t}"),
+        format!("{{ cat -; }} > {t}"),
+        format!("(cat -) > {t}"),
+        format!("cat - > {w}/./rc"),
+        format!("sh -c 'cat - > {t}'"),
+    ] {
+        let mut cmd = env.ssh_command_to("files", &token, &[&line]);
+        let out = run_with_timeout(&mut cmd, Some(b"touch /tmp/owned\n"), COMMAND_TIMEOUT);
+        assert_eq!(out.status.code(), Some(126), "{line:?}: {}", stderr(&out));
+        assert!(!target.exists(), "{line:?} wrote on the host");
+    }
+    // The same cat without a redirection runs.
+    let mut cmd = env.ssh_command_to("files", &token, &["cat -"]);
+    let out = run_with_timeout(&mut cmd, Some(b"hello\n"), COMMAND_TIMEOUT);
+    assert_eq!(ok(&out), "hello\n");
+    let mut cmd = env.ssh_command_to("files", &token, &["cat - 2>/dev/null"]);
+    let out = run_with_timeout(&mut cmd, Some(b"hello\n"), COMMAND_TIMEOUT);
+    assert_eq!(ok(&out), "hello\n");
+}
+
 #[test]
 fn an_scp_allow_rule_admits_only_a_plain_transfer() {
     let env = SshEnv::start(
