@@ -345,6 +345,14 @@ fn a_client_that_leaves_takes_its_held_statement_with_it() {
         .spawn()
         .unwrap();
     let id = pending(&env, &dba)["id"].as_str().unwrap().to_string();
+    // The approver sees the request whole before deciding.
+    let shown = approvals(&env, &dba, &["show", &id]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(
+        stdout(&shown).contains("  | update customers set name = 'ghost' where id = 3"),
+        "{}",
+        stdout(&shown)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     // The request is withdrawn; approving it now runs nothing.
@@ -359,6 +367,16 @@ fn a_client_that_leaves_takes_its_held_statement_with_it() {
     assert!(!late.status.success(), "{}", stdout(&late));
     thread::sleep(Duration::from_millis(500));
     assert_eq!(customer_name(&env, 3), before);
+    // The statement nobody decided is on record all the same.
+    let sessions = env.wait_sessions_ended(1);
+    let transcript: String = sessions
+        .iter()
+        .map(|s| env.replay(s["id"].as_str().unwrap()))
+        .collect();
+    assert!(
+        transcript.contains("held: update customers set name = 'ghost' where id = 3"),
+        "{transcript}"
+    );
 }
 
 #[test]

@@ -123,7 +123,7 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                 approvers,
                 mode,
                 expires_at_ms,
-                ..
+                command,
             } => {
                 let _ = writeln!(
                     out,
@@ -131,6 +131,10 @@ pub fn transcript(records: &[AuditRecord]) -> String {
                     approvers.join(", "),
                     time(expires_at_ms)
                 );
+                // A command whose decision never came is on record here only.
+                if let Some(command) = command {
+                    let _ = writeln!(out, "{:>26}held: {}", "", shown(&command.text));
+                }
             }
             AuditEvent::ApprovalDecided {
                 approval_id,
