@@ -12,7 +12,13 @@
 //! for the same program. Each program of a line is judged on its own (see
 //! `CommandMatcher::part_matches`). A part that may run anything
 //! ([`Invocation::runs_anything`]) matches every deny and review rule, and
-//! an allow rule only through a `command` pattern matching its arguments. A line that cannot be judged
+//! an allow rule only through a `command` pattern matching its arguments.
+//! `writes` globs judge the files a part's redirections write
+//! ([`Invocation::writes`]): an allow rule admits a part that writes only
+//! if every target matches them (never a computed one), a deny or review
+//! rule matches a part writing to a matching (or computed) target. Allow
+//! rules admit a program written with a directory by its base name only
+//! from a system directory. A line that cannot be judged
 //! ([`super::Unjudgeable`]) makes the matcher fail, which denies the command.
 
 use super::{analyze, Invocation};
