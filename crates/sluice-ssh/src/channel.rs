@@ -29,9 +29,45 @@ const EXEC_RECORD_LIMIT: u64 = 64 * 1024;
 const MASK_IDLE_PTY: Duration = Duration::from_millis(30);
 const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
 
-/// Environment variables passed to the upstream; others are refused.
-fn env_allowed(name: &str) -> bool {
-    matches!(name, "LANG" | "TERM" | "COLORTERM" | "TZ") || name.starts_with("LC_")
+/// Environment variables passed to the upstream; others are refused. A
+/// locale must be C, POSIX or UTF-8: in a multibyte encoding such as GBK or
+/// SJIS, the last byte of a character can be a backslash or quote to the
+/// host's shell, which would then split the line differently from how it
+/// was judged.
+fn env_allowed(name: &str, value: &str) -> bool {
+    if matches!(name, "TERM" | "COLORTERM" | "TZ") {
+        return true;
+    }
+    let locale = name == "LANG" || LOCALE_CATEGORIES.contains(&name);
+    locale && utf8_or_plain_locale(value) || (!locale && name.starts_with("LC_"))
+}
+
+/// The categories the C library reads from `LC_*` (others are plain
+/// variables, which OpenSSH users pass under that prefix).
+const LOCALE_CATEGORIES: &[&str] = &[
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_COLLATE",
+    "LC_MESSAGES",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_MONETARY",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+];
+
+/// `C`, `POSIX`, empty, or a locale whose codeset is UTF-8
+/// (`en_US.UTF-8`, `de_DE.utf8@euro`, `C.UTF-8`).
+fn utf8_or_plain_locale(value: &str) -> bool {
+    let base = value.split('@').next().unwrap_or_default();
+    matches!(base, "" | "C" | "POSIX")
+        || base.rsplit_once('.').is_some_and(|(_, codeset)| {
+            codeset.eq_ignore_ascii_case("UTF-8") || codeset.eq_ignore_ascii_case("utf8")
+        })
 }
 
 struct PtyRequest {
@@ -139,7 +175,7 @@ async fn setup(
                 variable_value,
                 ..
             } => {
-                if env_allowed(&variable_name) {
+                if env_allowed(&variable_name, &variable_value) {
                     env.push((variable_name, variable_value));
                     let _ = live.client.channel_success(id).await;
                 } else {
@@ -1083,6 +1119,29 @@ mod transfer_tests {
             "cat /etc/shadow; /usr/lib/openssh/sftp-server"
         ));
         assert!(!is_sftp_server("cat /etc/shadow | sftp-server"));
+    }
+
+    #[test]
+    fn locales_are_passed_only_in_encodings_the_line_was_judged_in() {
+        for (name, value) in [
+            ("LANG", "en_US.UTF-8"),
+            ("LC_ALL", "C"),
+            ("LC_CTYPE", "de_DE.utf8@euro"),
+            ("LC_MESSAGES", "POSIX"),
+            ("LC_TEST", "anything"),
+            ("TERM", "xterm"),
+        ] {
+            assert!(env_allowed(name, value), "{name}={value}");
+        }
+        for (name, value) in [
+            ("LANG", "zh_CN.GBK"),
+            ("LC_ALL", "ja_JP.SJIS"),
+            ("LC_CTYPE", "zh_TW.Big5"),
+            ("LANG", "zh_CN"),
+            ("LD_PRELOAD", "/tmp/x.so"),
+        ] {
+            assert!(!env_allowed(name, value), "{name}={value}");
+        }
     }
 
     #[test]
