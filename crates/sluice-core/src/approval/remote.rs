@@ -61,9 +61,9 @@ impl Remote {
         }) {
             let left = request.context.len() - over;
             request.context.truncate(over);
-            request
-                .context
-                .push(format!("… ({left} more context lines on the node holding it)"));
+            request.context.push(format!(
+                "… ({left} more context lines on the node holding it)"
+            ));
         }
         let event = ClusterEvent::Approval {
             request: Box::new(request),
