@@ -11,7 +11,11 @@
 //! - Query parameters (`_method=DELETE`, `_method[]=…`, `%5Fmethod`) are
 //!   refused: dropping them would change the request the client meant; so
 //!   are such fields in a body, whatever its media type (a form, an untyped
-//!   body, a JSON object's top-level keys, multipart field names).
+//!   body, a JSON object's top-level keys, multipart field names). The
+//!   gateway reads a body's first 1 MiB before judging it; the rest of a
+//!   longer `POST` body is checked as it streams upstream ([`scan`]).
+
+pub mod scan;
 
 use http::{HeaderMap, HeaderName};
 
@@ -103,8 +107,8 @@ fn is_json_type(essence: &str) -> bool {
 /// Whether a body of this media type is one frameworks read override
 /// fields from: a form (or no type at all: Rack reads an untyped POST body
 /// as a form), multipart form data, or JSON (Laravel, Symfony). A POST body
-/// of such a type longer than the gateway reads before judging could hide
-/// one past that point, so it is refused (see `proxy::read_body_start`).
+/// of such a type longer than the gateway reads before judging is checked
+/// as it streams upstream ([`scan::BodyScanner`]).
 pub fn may_carry_override(content_type: Option<&str>) -> bool {
     let essence = essence(content_type);
     essence.is_empty()
