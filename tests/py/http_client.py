@@ -16,6 +16,11 @@
       {"status", "body", "reconnected"} on stdout ("reconnected": the
       gateway had closed the connection, so http.client opened a new one).
 
+  http_client.py chunked URL TOKEN CAFILE CONTENT_TYPE PAUSE FILE...
+      One POST over HTTP/1.1 with a chunked body: each FILE's bytes are one
+      chunk, sent PAUSE seconds after the one before (so the gateway reads
+      them apart). Prints JSON {"status", "body"} (status 0: no answer).
+
   http_client.py requests URL TOKEN CAFILE [METHOD]
       Python requests (a real SDK-style client): prints JSON {"status",
       "headers", "body"} of one call.
@@ -174,6 +179,50 @@ def conn(base, cafile):
         print(json.dumps({"status": r.status, "body": body, "reconnected": reconnected}), flush=True)
 
 
+def chunked(url, token, cafile, ctype, pause, files):
+    import time
+
+    u = urlsplit(url)
+    raw = socket.create_connection((u.hostname, u.port), timeout=60)
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = ctx.wrap_socket(raw, server_hostname=u.hostname)
+    path = u.path + ("?" + u.query if u.query else "")
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: {ctype}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    try:
+        sock.sendall(head.encode())
+        for i, name in enumerate(files):
+            if i:
+                time.sleep(float(pause))
+            with open(name, "rb") as f:
+                data = f.read()
+            sock.sendall(b"%x\r\n" % len(data) + data + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+    except (ConnectionError, ssl.SSLError, OSError):
+        # Answered (and closed) before the body was all sent.
+        pass
+    rfile = sock.makefile("rb")
+    status, body = 0, ""
+    try:
+        status_line = rfile.readline().decode()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = rfile.readline().decode().strip()
+            if not line:
+                break
+            k, _, v = line.partition(":")
+            if k.strip().lower() == "content-length":
+                length = int(v.strip())
+        body = rfile.read(length).decode(errors="replace")
+    except (ConnectionError, ssl.SSLError, OSError, IndexError, ValueError):
+        pass
+    print(json.dumps({"status": status, "body": body}))
+
+
 def main():
     what = sys.argv[1]
     if what == "ws":
@@ -182,6 +231,8 @@ def main():
         with_requests(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "GET")
     elif what == "conn":
         conn(sys.argv[2], sys.argv[3])
+    elif what == "chunked":
+        chunked(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7:])
     elif what == "keepalive":
         keepalive(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5])
     else:

@@ -13,6 +13,10 @@ Endpoints:
   /text            text/plain with an email address
   /large?mb=N      N MiB of text/plain, streamed in 64 KiB chunks
   /upload          reads the request body, answers its length and sha256
+  /act             a framework stand-in: reads the whole body (a request whose body
+                   ends early is never dispatched), honours a POST's `_method` in a
+                   form or untyped body (as Rack) or a JSON object (as Laravel), and
+                   logs {"acted": METHOD, "at": "/act", "length": N} once it has run
   /slow?s=N        answers after N seconds
   /gzip            a gzip-encoded JSON body whatever Accept-Encoding says
   /redirect        302 to http://<its own host>/echo?from=redirect
@@ -94,6 +98,52 @@ class Handler(BaseHTTPRequestHandler):
             total += len(chunk)
         return total, digest.hexdigest()
 
+    def read_whole(self):
+        """The whole body, or None when the connection ended before it did."""
+        data = bytearray()
+        try:
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                while True:
+                    line = self.rfile.readline()
+                    if not line.endswith(b"\n"):
+                        return None
+                    size = int(line.strip().split(b";")[0], 16)
+                    if size == 0:
+                        return bytes(data) if self.rfile.readline().endswith(b"\n") else None
+                    chunk = self.rfile.read(size)
+                    if len(chunk) < size or not self.rfile.readline().endswith(b"\n"):
+                        return None
+                    data += chunk
+            length = int(self.headers.get("Content-Length") or 0)
+            chunk = self.rfile.read(length)
+            return chunk if len(chunk) == length else None
+        except (ValueError, OSError):
+            return None
+
+    def act(self, url):
+        data = self.read_whole()
+        if data is None:
+            # Never dispatched: the request was not whole.
+            self.close_connection = True
+            return
+        method = self.command
+        if method == "POST":
+            ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+            override = None
+            if ctype in ("", "application/x-www-form-urlencoded"):
+                override = parse_qs(data.decode("latin-1")).get("_method", [None])[0]
+            elif ctype == "application/json":
+                try:
+                    doc = json.loads(data)
+                    override = doc.get("_method") if isinstance(doc, dict) else None
+                except ValueError:
+                    pass
+            if override:
+                method = str(override).upper()
+        with LOG_LOCK, open(self.server.log_file, "a") as f:
+            f.write(json.dumps({"acted": method, "at": url.path, "length": len(data)}) + "\n")
+        self.send_json({"acted": method, "length": len(data)})
+
     def handle_any(self):
         url = self.record()
         query = parse_qs(url.query)
@@ -158,6 +208,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             for _ in range(mib * 16):
                 self.wfile.write(chunk)
+        elif url.path == "/act":
+            self.act(url)
         elif url.path == "/upload":
             length, digest = self.read_body()
             self.send_json({"length": length, "sha256": digest})

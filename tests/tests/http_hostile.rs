@@ -413,12 +413,15 @@ action = "deny"
             "{body}"
         );
     }
-    // A POST form or JSON body longer than the gateway reads before judging
-    // could hide one past that point: refused, not sent.
-    let big = env.dir.path().join("big.json");
+    // A top-level JSON key in a body too long to parse whole before
+    // judging (the rest streams): found in the start the gateway read.
     let filler = "x".repeat(1100 * 1024);
-    std::fs::write(&big, format!("{{\"a\":\"{filler}\"}}")).unwrap();
-    let at_big = format!("@{}", big.display());
+    let hidden = env.dir.path().join("hidden.json");
+    std::fs::write(
+        &hidden,
+        format!("{{\"_method\":\"DELETE\",\"a\":\"{filler}\"}}"),
+    )
+    .unwrap();
     let (status, body) = env.get(
         &token,
         "/crm/echo",
@@ -427,10 +430,11 @@ action = "deny"
             "-H",
             "Content-Type: application/json",
             "--data-binary",
-            &at_big,
+            &format!("@{}", hidden.display()),
         ],
     );
-    assert_eq!(status, 413, "{body}");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("_method"), "{body}");
     // Query spellings a lenient parser reads as `force=true`.
     for path in ["/crm/echo?force[]=true", "/crm/echo?a=1;force=true"] {
         let (status, body) = env.get(&token, path, &["-X", "POST", "-d", "{}"]);
@@ -448,7 +452,23 @@ action = "deny"
     let (status, body) = env.get(&token, "/crm/echo", &["-F", "title=_method", "-F", "a=1"]);
     assert_eq!(status, 200, "{body}");
     // Ordinary JSON (a key merely containing "method", a string holding
-    // `&_method=`), and a large body of a type no framework reads fields from.
+    // `&_method=`), and large bodies: JSON and a type no framework reads
+    // fields from.
+    let big = env.dir.path().join("big.json");
+    std::fs::write(&big, format!("{{\"a\":\"{filler}\"}}")).unwrap();
+    let at_big = format!("@{}", big.display());
+    let (status, body) = env.get(
+        &token,
+        "/crm/echo",
+        &[
+            "--http1.1",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &at_big,
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = env.get(
         &token,
         "/crm/echo",
@@ -475,6 +495,138 @@ action = "deny"
     assert_eq!(status, 200, "{body}");
     let out = env.curl(Some(&token), &["-I", &env.url("/crm/echo")]);
     assert_eq!(split_status(&out).0, 200);
+}
+
+/// A method-override field past the first 1 MiB of a POST body (what the
+/// gateway reads before judging) is found as the rest streams upstream:
+/// the upload is stopped before the piece holding it, so the upstream (a
+/// framework stand-in that dispatches a request once its body is whole and
+/// honours `_method`) never runs it; the client gets the refusal, and the
+/// audit records the command as not completed.
+#[test]
+fn method_overrides_past_the_first_mib_stop_the_upload() {
+    let mut env = HttpEnv::builder()
+        .toml(
+            r#"
+[[rules]]
+name = "no-deletes"
+match = { http = { methods = ["DELETE"] } }
+action = "deny"
+"#,
+        )
+        .start();
+    let token = env.agent_token();
+    let acted = || -> Vec<serde_json::Value> {
+        env.upstream
+            .requests()
+            .into_iter()
+            .filter(|r| r.get("acted").is_some())
+            .collect()
+    };
+    let file = |name: &str, data: &[u8]| {
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, data).unwrap();
+        path.display().to_string()
+    };
+    let filler = "x".repeat(1200 * 1024);
+    let refused = |status: u16, body: &str| {
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.contains("asks the upstream to run another method than POST"),
+            "{body}"
+        );
+    };
+
+    // The control: a long form without one is run (as POST) by the stand-in.
+    let plain = file("plain.form", format!("a={filler}&b=DELETE").as_bytes());
+    let (status, body) = env.get(
+        &token,
+        "/crm/act",
+        &["--http1.1", "--data-binary", &format!("@{plain}")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["acted"], "POST", "{body}");
+    assert_eq!(acted().len(), 1);
+
+    // curl's default type (a form), Content-Length framed, and multipart
+    // and JSON: each holds a field asking for another method past the
+    // first MiB.
+    let form = file(
+        "override.form",
+        format!("a={filler}&_method=DELETE&b=2").as_bytes(),
+    );
+    let multipart = file(
+        "override.multipart",
+        format!(
+            "--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n{filler}\r\n--b\r\nContent-Disposition: form-data; name=\"_method\"\r\n\r\nDELETE\r\n--b--\r\n"
+        )
+        .as_bytes(),
+    );
+    let json_body = file(
+        "override.json",
+        format!("{{\"a\":\"{filler}\",\"b\":{{\"_method\":1}},\"_method\":\"DELETE\"}}").as_bytes(),
+    );
+    // A field without a value ends this one: judged before the bytes that
+    // complete the body are sent.
+    let trailing = file("trailing.form", format!("a={filler}&_method").as_bytes());
+    for (path, ctype) in [
+        (&form, None),
+        (&trailing, None),
+        (
+            &multipart,
+            Some("Content-Type: multipart/form-data; boundary=b"),
+        ),
+        (&json_body, Some("Content-Type: application/json")),
+    ] {
+        let data = format!("@{path}");
+        let mut args = vec!["--http1.1", "--data-binary", &data];
+        if let Some(ctype) = ctype {
+            args.extend(["-H", ctype]);
+        }
+        let (status, body) = env.get(&token, "/crm/act", &args);
+        refused(status, &body);
+    }
+
+    // Chunked, with the field's name split between two chunks sent apart.
+    let first = file("first.chunk", format!("a={filler}&_met").as_bytes());
+    let second = file("second.chunk", b"hod=DELETE&b=2");
+    let url = env.url("/crm/act");
+    let ca = env.ca().display().to_string();
+    let out = env.python(&[
+        "chunked",
+        &url,
+        &token,
+        &ca,
+        "application/x-www-form-urlencoded",
+        "0.5",
+        &first,
+        &second,
+    ]);
+    let r: serde_json::Value = serde_json::from_str(ok(&out).trim()).unwrap();
+    refused(
+        r["status"].as_u64().unwrap_or(0) as u16,
+        r["body"].as_str().unwrap_or(""),
+    );
+
+    // The stand-in saw the heads (the uploads were started) but never a
+    // whole request: it ran nothing but the control.
+    let heads = env
+        .upstream
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"] == "/act")
+        .count();
+    assert_eq!(heads, 6);
+    assert_eq!(acted().len(), 1, "{:?}", acted());
+    // Recorded as refused, with where the upload was stopped: for the split
+    // name, at the second chunk (what came before was sent on).
+    let stopped = format!(
+        "the upload was stopped after {} bytes",
+        format!("a={filler}&_met").len()
+    );
+    env.replay_with(&["POST /act", "client saw error", &stopped]);
+    env.assert_alive();
 }
 
 /// The injected credential echoed back in other forms (the status line's

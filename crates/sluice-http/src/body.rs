@@ -789,9 +789,22 @@ impl<F: FnOnce(BodyStats) + Send> Drop for CountingBody<F> {
 #[error("the request body is larger than the gateway's limit")]
 pub struct TooLarge;
 
+/// A method-override field found in a request body as it streamed
+/// upstream: the upload was stopped before the piece holding it.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body's field {name:?} asks for another method ({at} bytes in)")]
+pub struct OverrideInBody {
+    /// The field's name, decoded.
+    pub name: String,
+    /// How many bytes of the body the upstream may have received (the
+    /// pieces before the one holding it).
+    pub at: u64,
+}
+
 /// The client's request body on its way upstream, cut at `max` bytes. On
-/// overflow the client's body is handed back through `stash` (see
-/// [`Holding`]) rather than dropped.
+/// overflow, or a method-override field found as it streams, the client's
+/// body is handed back through `stash` (see [`Holding`]) rather than
+/// dropped.
 pub struct Capped {
     /// Bytes already read from the client (to digest them), sent first.
     prefix: Option<Bytes>,
@@ -799,6 +812,12 @@ pub struct Capped {
     seen: u64,
     max: u64,
     stash: std::sync::Arc<std::sync::Mutex<Option<hyper::body::Incoming>>>,
+    /// Reads the body for method-override fields (already fed the prefix);
+    /// `None` once the body ended without one.
+    scan: Option<crate::overrides::scan::BodyScanner>,
+    /// The length the upstream is told (`Content-Length`): the body is
+    /// whole there once that many bytes are sent.
+    declared: Option<u64>,
 }
 
 impl Capped {
@@ -813,6 +832,8 @@ impl Capped {
             seen: 0,
             max,
             stash,
+            scan: None,
+            declared: None,
         }
     }
 }
@@ -822,6 +843,52 @@ impl Capped {
     pub fn with_prefix(mut self, prefix: Option<Bytes>) -> Self {
         self.prefix = prefix.filter(|p| !p.is_empty());
         self
+    }
+
+    /// Checks the rest of the body for method-override fields as it
+    /// streams (`scan` has read the prefix): a piece holding one, and all
+    /// after it, are not sent, and the upload fails with
+    /// [`OverrideInBody`], so the upstream never receives a whole request.
+    /// `declared` is the `Content-Length` the upstream is told: the last
+    /// field is judged before the bytes that complete the body go out.
+    pub fn with_scan(
+        mut self,
+        scan: Option<crate::overrides::scan::BodyScanner>,
+        declared: Option<u64>,
+    ) -> Self {
+        self.scan = scan;
+        self.declared = declared;
+        self
+    }
+
+    /// Whether the body is whole with what was read (the upstream may take
+    /// it as complete once it is sent).
+    fn at_end(&self) -> bool {
+        self.declared.is_some_and(|n| self.seen >= n)
+            || self
+                .inner
+                .as_ref()
+                .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    /// Reads `data` (`None`: nothing new), and the end of the body when it
+    /// is whole; a field found stops the upload (the client's body kept).
+    fn scan(&mut self, data: Option<&[u8]>, ended: bool) -> Option<BoxError> {
+        let scan = self.scan.as_mut()?;
+        let mut found = data.and_then(|d| scan.push(d));
+        if found.is_none() && ended {
+            found = scan.finish();
+        }
+        let Some((crate::overrides::scan::Found(name), at)) = found else {
+            if ended {
+                self.scan = None;
+            }
+            return None;
+        };
+        if let Some(body) = self.inner.take() {
+            *self.stash.locked() = Some(body);
+        }
+        Some(Box::new(OverrideInBody { name, at }))
     }
 }
 
@@ -839,6 +906,10 @@ impl http_body::Body for Capped {
             if this.seen > this.max {
                 return Poll::Ready(Some(Err(Box::new(TooLarge))));
             }
+            // The scanner has read the prefix; it may be the whole body.
+            if let Some(e) = this.scan(None, this.at_end()) {
+                return Poll::Ready(Some(Err(e)));
+            }
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
         }
         let Some(inner) = this.inner.as_mut() else {
@@ -855,16 +926,28 @@ impl http_body::Body for Capped {
                         return Poll::Ready(Some(Err(Box::new(TooLarge))));
                     }
                 }
+                // Trailers end the body as well.
+                let ended = frame.data_ref().is_none() || this.at_end();
+                if let Some(e) = this.scan(frame.data_ref().map(|d| &d[..]), ended) {
+                    return Poll::Ready(Some(Err(e)));
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => match this.scan(None, true) {
+                Some(e) => Poll::Ready(Some(Err(e))),
+                None => Poll::Ready(None),
+            },
             Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+        // While fields are read, the end is seen by polling (and judged
+        // before it is passed on).
+        self.scan.is_none()
+            && self.prefix.is_none()
+            && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

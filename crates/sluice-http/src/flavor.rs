@@ -328,9 +328,10 @@ pub trait Flavor: Send + Sync + 'static {
 
     /// Whether the upstream may be a framework that honours method-override
     /// fields in request bodies (`_method=DELETE`): if so, such fields are
-    /// refused in any body, and a POST body of a type that may carry one
-    /// longer than the gateway reads before judging is refused. Default:
-    /// yes. (The Kubernetes API server honours none.)
+    /// refused in the start of any body the gateway reads before judging,
+    /// and the rest of a longer POST body of a type that may carry one is
+    /// checked as it streams (the upload is stopped at one). Default: yes.
+    /// (The Kubernetes API server honours none.)
     fn method_overrides(&self) -> bool {
         true
     }

@@ -11,6 +11,7 @@
 
 use crate::body::{self, BodyStats, CountingBody, Redactor, TextMasking};
 use crate::flavor::{Body, BodyPlan, BodyTransformer, Flavor, MaskingContext, RequestHead};
+use crate::overrides::scan::{BodyScanner, Found};
 use crate::path::{has_trailing_slash, NormalPath};
 use crate::problem::{full, Problem, ProblemKind};
 use crate::server::{empty, render_default, Shared};
@@ -404,11 +405,12 @@ impl ClientConn {
             Err(problem) => return Ok(render(problem)),
         };
         let timeout = live.upstream.timeout.unwrap_or(limits.default_timeout);
-        let (forwarded, body_prefix) =
+        let (forwarded, body_start) =
             match judge(&head, flavor.as_ref(), &live, &unread, timeout, started).await {
                 Ok(judged) => judged,
                 Err(problem) => return Ok(render(problem)),
             };
+        let (body_prefix, body_scan) = body_start.map_or((None, None), |b| (Some(b.bytes), b.scan));
 
         let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
         let outgoing = Outgoing {
@@ -419,6 +421,7 @@ impl ClientConn {
             encoded_path: &encoded_path,
             masking: masking_engine.is_some(),
             body_prefix,
+            body_scan,
             unread: &unread,
             timeout,
         };
@@ -549,9 +552,15 @@ impl ClientConn {
             .is_none()
             .then(|| out.unread.locked().take())
             .flatten();
+        // The length the upstream is told frames the body it receives.
+        let declared = up_headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         let up_body: Body = match held {
             Some(body) => body::Capped::new(body, limits.max_request_body, out.unread.clone())
                 .with_prefix(out.body_prefix)
+                .with_scan(out.body_scan, declared)
                 .boxed(),
             None => empty(),
         };
@@ -570,12 +579,32 @@ impl ClientConn {
         };
         match sent {
             Ok(Ok(response)) => Ok(response),
-            Ok(Err(e)) => Err(not_sent(upstream_failure(
-                Some(e),
-                &out.head.connection.name,
-                out.timeout,
-                limits.max_request_body,
-            ))),
+            Ok(Err(e)) => match source_of::<body::OverrideInBody>(&e) {
+                // Stopped mid-upload: the upstream, which dispatches a
+                // request once its body is whole, never had it.
+                Some(found) => {
+                    let problem = override_refusal(&found.name, out.head.method);
+                    tracing::info!(message = "A method-override field was found in a request body as it streamed; the upload was stopped.", connection = %out.head.connection.name, field = %truncate(&found.name, 40), at = found.at);
+                    finish_all(
+                        &recorder,
+                        forwarded,
+                        refused_outcome(
+                            &format!(
+                                "{} (found as the body streamed upstream; the upload was stopped after {} bytes, before the request was whole)",
+                                problem.detail, found.at
+                            ),
+                            started,
+                        ),
+                    );
+                    Err(problem)
+                }
+                None => Err(not_sent(upstream_failure(
+                    Some(e),
+                    &out.head.connection.name,
+                    out.timeout,
+                    limits.max_request_body,
+                ))),
+            },
             Err(_) => Err(not_sent(upstream_failure(
                 None,
                 &out.head.connection.name,
@@ -839,6 +868,8 @@ struct Outgoing<'a> {
     masking: bool,
     /// The body's start, read before judging, sent first.
     body_prefix: Option<Bytes>,
+    /// Checks the rest for method-override fields as it streams.
+    body_scan: Option<BodyScanner>,
     unread: &'a Unread,
     timeout: Duration,
 }
@@ -1009,7 +1040,7 @@ fn extension_negotiated(headers: &HeaderMap) -> Option<Problem> {
 /// forwarded). The body's start is read first, so that the command (and an
 /// approval of it) is bound to the body's digest, not only to the request
 /// line; a body over the digest limit streams, marked unbound. Returns the
-/// forwarded command ids and the body bytes already read.
+/// forwarded command ids and the body's start already read.
 async fn judge(
     head: &RequestHead<'_>,
     flavor: &dyn Flavor,
@@ -1017,7 +1048,7 @@ async fn judge(
     unread: &Unread,
     timeout: Duration,
     started: Instant,
-) -> Result<(Vec<u64>, Option<Bytes>), Problem> {
+) -> Result<(Vec<u64>, Option<BodyStart>), Problem> {
     let body = match head.upgrade {
         None => {
             read_body_start(
@@ -1034,7 +1065,7 @@ async fn judge(
     let mut commands = flavor.commands_with_body(
         head,
         body.as_ref()
-            .map(|(bytes, complete)| crate::RequestBody::new(bytes, *complete)),
+            .map(|b| crate::RequestBody::new(&b.bytes, b.complete)),
     )?;
     if commands.is_empty() {
         return Err(Problem::new(
@@ -1042,14 +1073,26 @@ async fn judge(
             "sluice: the request could not be turned into a command",
         ));
     }
-    if let Some((bytes, complete)) = &body {
-        let line = body::body_context(bytes, *complete);
+    if let Some(b) = &body {
+        let line = body::body_context(&b.bytes, b.complete);
         for command in &mut commands {
             command.context.push(line.clone());
         }
     }
     let forwarded = decide_all(&live.handle, commands, started).await?;
-    Ok((forwarded, body.map(|(bytes, _)| bytes)))
+    Ok((forwarded, body))
+}
+
+/// The start of a request body, read before the request is judged.
+struct BodyStart {
+    /// Up to the digest limit (and a little past it when not `complete`).
+    bytes: Bytes,
+    /// Whether `bytes` is the whole body.
+    complete: bool,
+    /// For the rest of a longer POST body of a type that may carry a
+    /// method override: the scanner that checks it as it streams (it has
+    /// read `bytes`).
+    scan: Option<BodyScanner>,
 }
 
 /// The response body by its plan: refused, passed through, masked as a
@@ -1209,15 +1252,14 @@ impl Drop for InFlight {
 /// request is judged: its digest binds the command, the flavor may judge
 /// what it says, and (where the flavor's upstream may honour them) a method
 /// override hidden in it is refused. The body is put back for forwarding.
-/// Returns the bytes read and whether they are the whole body (`None`: no
-/// body).
+/// `None`: no body.
 async fn read_body_start(
     unread: &Unread,
     headers: &HeaderMap,
     method: &http::Method,
     check_overrides: bool,
     timeout: Duration,
-) -> Result<Option<(Bytes, bool)>, Problem> {
+) -> Result<Option<BodyStart>, Problem> {
     let taken = unread.locked().take();
     let Some(mut incoming) = taken else {
         return Ok(None);
@@ -1232,10 +1274,13 @@ async fn read_body_start(
             .and_then(|v| v.to_str().ok());
         result = match read {
             Ok(Ok((bytes, complete))) => {
-                match body_override(check_overrides, method, ctype, &bytes, complete) {
-                    Some(problem) => Err(problem),
-                    None => Ok(Some((bytes, complete))),
-                }
+                body_override(check_overrides, method, ctype, &bytes, complete).map(|scan| {
+                    Some(BodyStart {
+                        bytes,
+                        complete,
+                        scan,
+                    })
+                })
             }
             Ok(Err(_)) => Err(Problem::new(
                 ProblemKind::BadRequest,
@@ -1252,41 +1297,49 @@ async fn read_body_start(
     result
 }
 
-/// A method override in the body's start (any media type), or a POST body
-/// too long to be checked whole in a media type that may carry one
-/// (frameworks honour body overrides on POST): refused either way, as the
-/// upstream could run another method than the one judged.
+/// A method override in the body's start (any media type) is refused, as
+/// the upstream could run another method than the one judged. The rest of
+/// a longer POST body (frameworks honour body overrides on POST) of a type
+/// that may carry one is checked as it streams upstream: returns the
+/// scanner for it, which has read the start (and refuses what it found
+/// there: a field cut at the start's end, a top-level JSON key of a body
+/// too long to parse whole).
 fn body_override(
     check: bool,
     method: &http::Method,
     ctype: Option<&str>,
     bytes: &[u8],
     complete: bool,
-) -> Option<Problem> {
+) -> Result<Option<BodyScanner>, Problem> {
     if !check {
-        return None;
+        return Ok(None);
     }
     if let Some(name) = crate::overrides::method_override_in_body(ctype, bytes) {
-        return Some(Problem::new(
-            ProblemKind::BadRequest,
-            format!(
-                "sluice: the body field {:?} asks the upstream to run another method than {method}; the request was not sent",
-                truncate(&name, 40),
-            ),
-        )
-        .with_hint("Send the request with the method itself instead of a method-override field."));
+        return Err(override_refusal(&name, method));
     }
-    if !complete && *method == http::Method::POST && crate::overrides::may_carry_override(ctype) {
-        return Some(Problem::new(
-            ProblemKind::PayloadTooLarge,
-            format!(
-                "sluice: a POST body of this type (a form, JSON, multipart or untyped) is checked for method-override fields before it is sent, and this one is over the {} KiB the gateway reads first; the request was not sent",
-                body::DIGEST_LIMIT / 1024
-            ),
-        )
-        .with_hint("Send large data with PUT, or as application/octet-stream."));
+    if complete || *method != http::Method::POST {
+        return Ok(None);
     }
-    None
+    let Some(mut scan) = BodyScanner::for_type(ctype) else {
+        return Ok(None);
+    };
+    match scan.push(bytes) {
+        Some((Found(name), _)) => Err(override_refusal(&name, method)),
+        None => Ok(Some(scan)),
+    }
+}
+
+/// The refusal of a body field asking for another method (found before
+/// judging, or as the body streamed upstream).
+fn override_refusal(name: &str, method: &http::Method) -> Problem {
+    Problem::new(
+        ProblemKind::BadRequest,
+        format!(
+            "sluice: the body field {:?} asks the upstream to run another method than {method}; the request was not sent",
+            truncate(name, 40),
+        ),
+    )
+    .with_hint("Send the request with the method itself instead of a method-override field.")
 }
 
 /// Decides every command of a request; all must be forwarded. A refusal or
@@ -1498,14 +1551,21 @@ async fn read_capped(mut body: Body, cap: usize, timeout: Duration) -> Result<By
 }
 
 fn source_is<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    source_of::<E>(e).is_some()
+}
+
+/// The error of type `E` in `e`'s chain of sources.
+fn source_of<'e, E: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        if err.is::<E>() {
-            return true;
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
         }
         cur = err.source();
     }
-    false
+    None
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
