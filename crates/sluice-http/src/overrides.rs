@@ -57,7 +57,9 @@ pub fn strip_override_headers(headers: &mut HeaderMap) -> Vec<HeaderName> {
 
 /// Whether a parameter or field name asks for another method (`_method`,
 /// `$method`, `_httpMethod`, anything naming a method override), after its
-/// `[…]` suffix is ignored, in any case.
+/// `[…]` suffix is ignored, in any case. A leading `.` counts as `_`: PHP
+/// turns dots (and spaces) in field names into underscores, so Laravel and
+/// Symfony read `.method` as `_method`.
 pub fn is_override_name(name: &str) -> bool {
     let base = name.split('[').next().unwrap_or("").trim();
     let lower = base.to_ascii_lowercase();
@@ -65,7 +67,7 @@ pub fn is_override_name(name: &str) -> bool {
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let sigil = lower.starts_with(['_', '$']);
+    let sigil = lower.starts_with(['_', '$', '.']);
     (sigil && (bare == "method" || bare == "httpmethod"))
         || (bare.contains("method") && bare.contains("override"))
 }
@@ -325,6 +327,9 @@ mod tests {
             "$method=DELETE",
             "_httpMethod=DELETE",
             "x-http-method-override=DELETE",
+            ".method=DELETE",
+            "%2Emethod=DELETE",
+            "+.method=DELETE",
         ] {
             assert!(method_override_param(q).is_some(), "{q}");
         }

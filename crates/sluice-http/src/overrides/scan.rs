@@ -150,7 +150,7 @@ impl NameScan {
         // A sigil is the first character that is not whitespace; a head of
         // whitespace only (or cut inside a character) is taken as one.
         let sigil = match head.trim_start().chars().next() {
-            Some(c) => c == '_' || c == '$' || c == char::REPLACEMENT_CHARACTER,
+            Some(c) => matches!(c, '_' | '$' | '.' | char::REPLACEMENT_CHARACTER),
             None => true,
         };
         let bare = self.bare.get(..self.bare_len).unwrap_or(&[]);
@@ -713,6 +713,7 @@ mod tests {
     #[test]
     fn form_fields_split_anywhere() {
         let long = format!("a=1&_{}method=DELETE", "-".repeat(100));
+        let long_dot = format!("a=1&.{}method=DELETE", "-".repeat(100));
         for body in [
             &b"a=1&_method=DELETE"[..],
             b"_method=DELETE",
@@ -726,8 +727,10 @@ mod tests {
             b"a=1&_httpMethod=PUT",
             b"a=1&x-http-method-override=PUT",
             b"a=1&_method",
+            b"a=1&.method=DELETE",
             b"a=x%&_method=1",
             long.as_bytes(),
+            long_dot.as_bytes(),
         ] {
             assert!(
                 same_in_pieces(FORM, body).is_some(),
@@ -935,6 +938,7 @@ mod tests {
         ];
         let form_ascii: &[&[u8]] = &[
             b"_",
+            b".",
             b"method",
             b"override",
             b"%5F",
