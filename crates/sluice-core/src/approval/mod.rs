@@ -221,6 +221,25 @@ struct Entry {
     /// meanwhile (a second approver, its expiry), so the audit never holds
     /// two outcomes for one request.
     deciding: bool,
+    /// The session ended while a decision was being recorded: the waiter
+    /// is told this reason, whatever the decision.
+    withdrawn: Option<String>,
+}
+
+/// A claim on a request being decided, released however the decision ends
+/// (recorded, failed, or its future dropped: an approver's connection
+/// closed mid-append).
+struct Claim<'a> {
+    service: &'a ApprovalService,
+    id: &'a str,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.service.entries.locked().get_mut(self.id) {
+            e.deciding = false;
+        }
+    }
 }
 
 /// The approval queue of one gateway process.
@@ -410,6 +429,7 @@ impl ApprovalService {
         reason: Option<String>,
     ) -> Result<ApprovalRequest, ApprovalError> {
         let local = self.claim(id, approver)?;
+        let _claim = local.is_some().then_some(Claim { service: self, id });
         let Some(request) = local else {
             // Held on another node: the same checks here, then the owner's.
             let r = self
@@ -457,7 +477,9 @@ impl ApprovalService {
                 e.request.expires_at_ms = now + ttl.as_millis() as u64;
             }
             if let Some(w) = e.waiter.take() {
-                let _ = w.send(if approve {
+                let _ = w.send(if let Some(reason) = e.withdrawn.take() {
+                    Outcome::Withdrawn { reason }
+                } else if approve {
                     Outcome::Approved {
                         by: qualified_subject(approver),
                     }
@@ -549,6 +571,7 @@ impl ApprovalService {
                 fingerprint,
                 waiter: tx,
                 deciding: false,
+                withdrawn: None,
             },
         );
         tracing::info!(message = "Approval requested.", id = %request.id, rule = %request.rule, subject = %request.subject, connection = %request.connection);
@@ -572,7 +595,13 @@ impl ApprovalService {
         let expired = {
             let mut entries = self.lock();
             match entries.get_mut(id) {
-                Some(e) if e.deciding => return false,
+                Some(e) if e.deciding => {
+                    // The decision being recorded will tell the waiter.
+                    if let Some(why) = withdrawn {
+                        e.withdrawn = Some(why.to_string());
+                    }
+                    return false;
+                }
                 Some(e) if e.request.state == ApprovalState::Pending => {
                     e.request.state = ApprovalState::Expired;
                     if let (Some(w), Some(why)) = (e.waiter.take(), withdrawn) {

@@ -531,3 +531,62 @@ async fn concurrent_decisions_record_one_outcome() {
         .collect();
     assert_eq!(outcomes, vec![ApprovalState::Approved], "{outcomes:?}");
 }
+
+/// A session that ends while a decision is being recorded: the decision is
+/// recorded, and the command is withdrawn all the same.
+#[tokio::test]
+async fn a_session_ending_during_a_decision_still_withdraws_the_command() {
+    let rig = rig(
+        "hold",
+        "10m",
+        MemoryStore {
+            slow: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    let approvals = rig.approvals.clone();
+    let (id2, dana) = (id.clone(), person("dana", &["dba"]));
+    let deciding = tokio::spawn(async move { approvals.decide(&id2, &dana, true, None).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rig.approvals
+        .withdraw_session("s1", "the token was revoked");
+    assert!(deciding.await.unwrap().is_ok());
+    match held.await.unwrap().unwrap() {
+        Decision::Refuse { denial, .. } => {
+            assert!(denial.message.contains("withdrawn"), "{}", denial.message)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A decision abandoned while it is being recorded (the approver's
+/// connection closed) releases its claim: another approver can decide.
+#[tokio::test]
+async fn an_abandoned_decision_releases_the_request() {
+    let rig = rig(
+        "hold",
+        "10m",
+        MemoryStore {
+            slow: Some(Duration::from_millis(300)),
+            ..Default::default()
+        },
+    );
+    let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
+    let id = pending_id(&rig.approvals).await;
+    let dana = person("dana", &["dba"]);
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(50),
+        rig.approvals.decide(&id, &dana, true, None),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the decision finished early");
+    let erin = person("erin", &["dba"]);
+    let r = rig.approvals.decide(&id, &erin, false, None).await;
+    assert!(r.is_ok(), "{r:?}");
+    assert!(matches!(
+        held.await.unwrap().unwrap(),
+        Decision::Refuse { .. }
+    ));
+}
