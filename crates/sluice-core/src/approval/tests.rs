@@ -495,14 +495,7 @@ async fn a_token_that_expires_while_held_ends_the_wait() {
 /// outcome is recorded, and it is the one that takes effect.
 #[tokio::test]
 async fn concurrent_decisions_record_one_outcome() {
-    let rig = rig(
-        "hold",
-        "1s",
-        MemoryStore {
-            slow: Some(Duration::from_millis(300)),
-            ..Default::default()
-        },
-    );
+    let rig = slow_rig("1s");
     let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
     let id = pending_id(&rig.approvals).await;
     // The approval is being recorded when the request's second runs out.
@@ -536,14 +529,7 @@ async fn concurrent_decisions_record_one_outcome() {
 /// recorded, and the command is withdrawn all the same.
 #[tokio::test]
 async fn a_session_ending_during_a_decision_still_withdraws_the_command() {
-    let rig = rig(
-        "hold",
-        "10m",
-        MemoryStore {
-            slow: Some(Duration::from_millis(300)),
-            ..Default::default()
-        },
-    );
+    let rig = slow_rig("10m");
     let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
     let id = pending_id(&rig.approvals).await;
     let approvals = rig.approvals.clone();
@@ -565,14 +551,7 @@ async fn a_session_ending_during_a_decision_still_withdraws_the_command() {
 /// connection closed) releases its claim: another approver can decide.
 #[tokio::test]
 async fn an_abandoned_decision_releases_the_request() {
-    let rig = rig(
-        "hold",
-        "10m",
-        MemoryStore {
-            slow: Some(Duration::from_millis(300)),
-            ..Default::default()
-        },
-    );
+    let rig = slow_rig("10m");
     let held = tokio::spawn(rig.pipeline.clone().oneshot(request("delete from t", None)));
     let id = pending_id(&rig.approvals).await;
     let dana = person("dana", &["dba"]);
@@ -589,4 +568,13 @@ async fn an_abandoned_decision_releases_the_request() {
         held.await.unwrap().unwrap(),
         Decision::Refuse { .. }
     ));
+}
+
+/// A hold rig whose store takes 300 ms per durable record.
+fn slow_rig(timeout: &str) -> Rig {
+    let slow = MemoryStore {
+        slow: Some(Duration::from_millis(300)),
+        ..Default::default()
+    };
+    rig("hold", timeout, slow)
 }
