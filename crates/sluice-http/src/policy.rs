@@ -13,14 +13,16 @@
 //! read a query differently (Go takes the first copy of a name and drops
 //! pairs holding `;`; Rails, PHP and Express take the last; qs and old
 //! parsers also split on `;`; PHP and Rails read `name[]` as `name`, PHP
-//! reads `na.me` and `na me` as `na_me`, ASP.NET ignores case), so:
+//! reads `na.me`, `na me` and `na[me` as `na_me` and drops leading spaces,
+//! ASP.NET ignores case; qs and PHP read the first 1000 pairs only), so:
 //!
 //! - a deny or review rule matches if any copy of the name, under any of
 //!   these readings, has a matching value;
 //! - an allow rule matches only if every reading gives the name, and only
 //!   values that match: every copy matches, the name is present in a pair
-//!   without `;`, and no other spelling of it (`name[]`, `NAME`, `na.me`)
-//!   is sent at all (see [`HttpMatchKey::compile_for`]).
+//!   without `;`, and no other spelling of it (`name[]`, `NAME`, `na.me`,
+//!   ` name`, `na[me`) is sent at all, and the query has at most 100 pairs
+//!   (servers drop those past a limit; see [`HttpMatchKey::compile_for`]).
 
 use percent_encoding::percent_decode_str;
 use sluice_core::glob::Glob;
@@ -195,26 +197,45 @@ fn query_decode(s: &str) -> String {
         .into_owned()
 }
 
-/// Whether `key` is `name` as some server reads it: itself, `name[…]`
-/// (PHP, Rails, qs), another case (ASP.NET), or `.`/` ` for `_` (PHP).
-fn spells(key: &str, name: &str) -> bool {
-    let fold = |s: &str| -> String {
-        let base = s.split('[').next().unwrap_or("");
-        base.chars()
-            .map(|c| match c {
-                '.' | ' ' => '_',
-                c => c.to_ascii_lowercase(),
-            })
-            .collect()
+/// How many pairs (split on `&` and `;`, empty ones counted) a query may
+/// hold for an allow rule's `query` to match: servers read only so many
+/// (Express's qs `parameterLimit` and PHP's `max_input_vars` are 1000, and
+/// drop the rest), so a name sent past the limit is unset upstream.
+const MAX_ALLOW_PAIRS: usize = 100;
+
+/// A parameter name as servers may read it, folded for comparison: leading
+/// blanks dropped (PHP), the part before a closed `[…]` (PHP, Rails, qs),
+/// an unclosed `[` as `_` and ` `, `.` as `_` (PHP), in lowercase (ASP.NET).
+fn fold_name(s: &str) -> String {
+    let s = s.trim_start();
+    let base = match s.find('[') {
+        Some(at) if s[at..].contains(']') => &s[..at],
+        _ => s,
     };
-    key == name || fold(key) == fold(name)
+    base.chars()
+        .map(|c| match c {
+            '.' | ' ' | '[' => '_',
+            c => c.to_ascii_lowercase(),
+        })
+        .collect()
+}
+
+/// Whether `key` is `name` as some server reads it: itself, `name[…]`
+/// (PHP, Rails, qs), another case (ASP.NET), or, for PHP, with leading
+/// blanks, `.`/` ` for `_`, an unclosed `[` for `_` (`dry[run`).
+fn spells(key: &str, name: &str) -> bool {
+    key == name || fold_name(key) == fold_name(name)
 }
 
 /// An allow rule's query parameter: under every reading (split on `&` and
 /// `;`, on `&` alone), every spelling of `name` is `name` itself with a
 /// matching value, and some pair without `;` carries it (Go drops pairs
-/// holding `;`, and reads only the first copy).
+/// holding `;`, and reads only the first copy). A query of more than
+/// [`MAX_ALLOW_PAIRS`] pairs holds nothing: a server may not read them all.
 fn query_holds_everywhere(query: &str, name: &str, glob: &Glob) -> bool {
+    if query.split(['&', ';']).count() > MAX_ALLOW_PAIRS {
+        return false;
+    }
     let mut carried = false;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         if !pair.contains(';') {
@@ -419,6 +440,64 @@ mod tests {
             &*allow,
             &command("POST", "/other", Some("dry_run=true"))
         ));
+    }
+
+    #[test]
+    fn allow_rules_hold_the_query_as_php_and_qs_read_it() {
+        let allow = allow_rule(r#"http = { methods = ["POST"], query = { dry_run = "true" } }"#);
+        let many = |n: usize, sep: &str| {
+            let pairs: Vec<String> = (0..n).map(|i| format!("p{i}=x")).collect();
+            pairs.join(sep)
+        };
+        // Past qs's `parameterLimit` or PHP's `max_input_vars`, `dry_run` is
+        // dropped: the default (a real run) happens.
+        let past_limits = [
+            format!("{}&dry_run=true", many(1001, "&")),
+            format!("{}&dry_run=true", many(100, "&")),
+            format!("{}dry_run=true", "&".repeat(1001)),
+            format!("{};dry_run=true", many(100, ";")),
+            format!("dry_run=true&{}", many(100, "&")),
+        ];
+        for q in &past_limits {
+            assert!(
+                !hit(&*allow, &command("POST", "/deploy", Some(q))),
+                "{}",
+                &q[..20]
+            );
+        }
+        // PHP reads each second name as `dry_run`, and takes the last copy.
+        for q in [
+            "dry_run=true&dry[run=false",
+            "dry_run=true&dry%5Brun=false",
+            "dry_run=true&+dry_run=false",
+            "dry_run=true&%20%20dry_run=false",
+            "dry_run=true&+dry.run=false",
+            "dry_run=true&+dry[run=false",
+            "dry_run=true&DRY[RUN=false",
+            "dry_run=true&+dry_run[]=false",
+            "dry[run=true",
+            "+dry_run=true",
+        ] {
+            assert!(!hit(&*allow, &command("POST", "/deploy", Some(q))), "{q}");
+        }
+        // Ordinary queries still pass, up to the limit.
+        let at_limit = format!("{}&dry_run=true", many(99, "&"));
+        for q in [
+            "dry_run=true&page=2&sort=name",
+            "dry_run=true&tags[]=a&tags[]=b",
+            "dry_run=true&run=1&dry=1",
+            "dry_run=true&dry_run_id=7&a.b=1",
+            "dry_run=true&dry[run]=x",
+            "dry_run=true&dry_run[=x",
+            "dry_run=true&q=dry%5Brun",
+            at_limit.as_str(),
+        ] {
+            assert!(hit(&*allow, &command("POST", "/deploy", Some(q))), "{q}");
+        }
+        // Deny rules are not limited: they match on any copy they see.
+        let deny = rule(r#"http = { query = { dry_run = "false" } }"#);
+        let q = format!("{}&dry_run=false", many(1001, "&"));
+        assert!(hit(&*deny, &command("POST", "/deploy", Some(&q))));
     }
 
     #[test]
