@@ -11,12 +11,15 @@
 //! match the program's name or path. When a rule sets both, both must hold
 //! for the same program. Each program of a line is judged on its own (see
 //! `CommandMatcher::part_matches`). A part that may run anything
-//! ([`Invocation::runs_anything`]) matches every deny and review rule, and
-//! an allow rule only through a `command` pattern matching its arguments.
-//! `writes` globs judge the files a part's redirections write
-//! ([`Invocation::writes`]): an allow rule admits a part that writes only
-//! if every target matches them (never a computed one), a deny or review
-//! rule matches a part writing to a matching (or computed) target. Allow
+//! ([`Invocation::runs_anything`]) matches every deny and review rule that
+//! sets `program` or `command`, and an allow rule only through a `command`
+//! pattern matching its arguments. `writes` globs judge the files a part's
+//! redirections on the line write ([`Invocation::writes`]; what a program
+//! writes by itself is not visible, so a `writes`-only rule judges a part
+//! that may run anything by its redirections too): an allow rule admits a
+//! part that writes only if every target matches them (never a computed
+//! one), a deny or review rule matches a part writing to a matching (or
+//! computed) target. Allow
 //! rules admit a program written with a directory by its base name only
 //! from a system directory. A line that cannot be judged
 //! ([`super::Unjudgeable`]) makes the matcher fail, which denies the command.
@@ -139,7 +142,7 @@ impl ShellMatcher {
     /// anything, a write whose target is computed at run time.
     fn check(&self, inv: &Invocation, presume: bool) -> bool {
         if inv.runs_anything {
-            if !self.allows && presume {
+            if !self.allows && presume && self.names_programs() {
                 // A deny or review rule on programs or commands: what such a
                 // part runs is unknown, so it may be what the rule names.
                 return true;
@@ -216,6 +219,11 @@ impl ShellMatcher {
         true
     }
 
+    /// The rule names programs (`program` or `command`), not only `writes`.
+    fn names_programs(&self) -> bool {
+        self.programs.is_some() || self.commands.is_some()
+    }
+
     /// Why a deny or review rule matches `inv` though the line does not
     /// show what it names, for the caller's message.
     fn note(&self, inv: &Invocation) -> Option<String> {
@@ -223,7 +231,7 @@ impl ShellMatcher {
             return None;
         }
         let text = inv.text();
-        if inv.runs_anything {
+        if inv.runs_anything && self.names_programs() {
             return Some(format!(
                 "`{text}` runs programs the gateway cannot see on the command line, so this \
                  rule applies in case they include what it names. Run those programs directly \

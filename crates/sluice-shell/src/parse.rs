@@ -26,6 +26,10 @@ pub struct Word {
     pub dynamic: bool,
     /// Contains an unquoted glob character (`*`, `?`, `[`).
     pub glob: bool,
+    /// Contains an unquoted expansion (`$X`, `${X}`, `$(…)`, backticks,
+    /// `$((…))`): bash splits its value into several words, or drops the
+    /// word when the value is empty, so this may not stay one word.
+    pub splits: bool,
     /// Some part was quoted or escaped (so it is not a reserved word).
     pub quoted: bool,
     /// Where in `text` the first quoted or escaped part starts: a `NAME=`
@@ -432,7 +436,19 @@ impl Parser {
             if closed_conditional {
                 return err("a word after `]]`");
             }
+            let from = self.pos();
             let w = self.word(WordMode::Plain)?;
+            // `{NAME[…]}>…`: bash reads an array element as the descriptor
+            // variable and evaluates its subscript as arithmetic.
+            if self.redirects_at(0) {
+                let raw: String = self.s[from..].iter().collect();
+                if raw.len() > 2 && raw.starts_with('{') && raw.ends_with('}') && raw.contains('[')
+                {
+                    return err(format!(
+                        "`{raw}` before a redirection names an array element whose subscript is evaluated as code when the command runs"
+                    ));
+                }
+            }
             let opens = !w.quoted && w.text == "[[";
             words.push(w);
             // `[[` is syntax only where a command starts (after reserved words).
@@ -506,16 +522,22 @@ impl Parser {
 
     /// A redirection at the cursor, if any.
     fn redirection(&mut self) -> Result<Option<Redirect>, Unjudgeable> {
+        // `{NAME}>…`: bash opens a new descriptor and stores its number in
+        // NAME; the word is part of the redirection, not a program.
+        let named = self.named_descriptor();
         let mut digits = String::new();
-        while let Some(c) = self.peek_at(digits.len()).filter(char::is_ascii_digit) {
-            digits.push(c);
+        if named == 0 {
+            while let Some(c) = self.peek_at(digits.len()).filter(char::is_ascii_digit) {
+                digits.push(c);
+            }
         }
         let fd: Option<u32> = if digits.is_empty() {
             None
         } else {
             digits.parse().ok()
         };
-        let n = digits.len();
+        let n = named + digits.len();
+        let by_number = named == 0;
         let (op, len): (&str, usize) =
             match (self.peek_at(n), self.peek_at(n + 1), self.peek_at(n + 2)) {
                 (Some('&'), Some('>'), Some('>')) if fd.is_none() => ("&>>", 3),
@@ -542,7 +564,9 @@ impl Parser {
             _ => {}
         }
         let target = self.word(WordMode::Plain)?;
-        let stdin = matches!(op, "<" | "<<" | "<<-" | "<<<" | "<>" | "<&") && fd.unwrap_or(0) == 0;
+        let stdin = matches!(op, "<" | "<<" | "<<-" | "<<<" | "<>" | "<&")
+            && by_number
+            && fd.unwrap_or(0) == 0;
         if op == "<<" || op == "<<-" {
             self.heredocs.push(PendingHeredoc {
                 delimiter: target.text.clone(),
@@ -560,6 +584,33 @@ impl Parser {
             _ => None,
         };
         Ok(Some(Redirect { stdin, write }))
+    }
+
+    /// The length of a `{NAME}` at the cursor that bash reads as the
+    /// descriptor of a redirection: unquoted, a valid name, and followed at
+    /// once by `<` or `>` (not a process substitution `<(…)`). 0 if none.
+    fn named_descriptor(&self) -> usize {
+        if self.peek_at(0) != Some('{') {
+            return 0;
+        }
+        let mut k = 1;
+        while self
+            .peek_at(k)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            k += 1;
+        }
+        let name_ok = k > 1 && !self.peek_at(1).is_some_and(|c| c.is_ascii_digit());
+        if name_ok && self.peek_at(k) == Some('}') && self.redirects_at(k + 1) {
+            return k + 1;
+        }
+        0
+    }
+
+    /// A redirection operator (not a process substitution) `n` characters
+    /// after the cursor.
+    fn redirects_at(&self, n: usize) -> bool {
+        matches!(self.peek_at(n), Some('<' | '>')) && self.peek_at(n + 1) != Some('(')
     }
 
     /// Reads the bodies of pending here-documents after a newline.
@@ -907,6 +958,7 @@ impl Parser {
     /// `$…` at the cursor: parameters, `${…}`, `$(…)`, `$((…))`.
     fn dollar(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
         let from = self.pos();
+        let unquoted = !self.in_dq;
         match self.peek_at(1) {
             Some('(') if self.peek_at(2) == Some('(') => {
                 // Arithmetic: its value is computed; a substitution inside would run.
@@ -976,6 +1028,7 @@ impl Parser {
         w.computed_at = w.computed_at.or(Some(w.text.len()));
         w.text.extend(&self.s[from..]);
         w.dynamic = true;
+        w.splits |= unquoted;
         Ok(())
     }
 
@@ -1035,6 +1088,7 @@ impl Parser {
     /// included, so `peek` reads it.
     fn backtick(&mut self, w: &mut Word) -> Result<(), Unjudgeable> {
         let from = self.pos();
+        let unquoted = !self.in_dq;
         self.bump();
         let mut inner = String::new();
         loop {
@@ -1067,6 +1121,7 @@ impl Parser {
         w.computed_at = w.computed_at.or(Some(w.text.len()));
         w.text.extend(&self.s[from..]);
         w.dynamic = true;
+        w.splits |= unquoted;
         Ok(())
     }
 }
@@ -1077,8 +1132,16 @@ fn is_descriptor(text: &str) -> bool {
     text == "-" || (!digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()))
 }
 
-/// Targets that are not files: writing to them changes nothing on the host.
-const NOT_FILES: &[&str] = &["/dev/null", "/dev/stdout", "/dev/stderr"];
+/// Targets that are not files: writing to them changes nothing on the host
+/// (the session's own output, the terminal, the bit bucket).
+const NOT_FILES: &[&str] = &[
+    "/dev/null",
+    "/dev/stdout",
+    "/dev/stderr",
+    "/dev/fd/1",
+    "/dev/fd/2",
+    "/dev/tty",
+];
 
 /// The file a write redirection opens, as written: an unquoted leading `~`
 /// is kept (`~/.ssh/rc`, `~root/x`), a quoted one names a directory `~` in

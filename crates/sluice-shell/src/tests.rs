@@ -1505,3 +1505,291 @@ fn a_part_that_may_run_anything_is_denied_with_the_reason() {
         );
     }
 }
+
+/// `{NAME}>…` (any redirection operator right after an unquoted `{NAME}`)
+/// opens a descriptor bash stores in NAME: `{NAME}` is not the program.
+#[test]
+fn a_descriptor_variable_is_part_of_its_redirection() {
+    for (line, expected) in [
+        ("{v}>/dev/null rm -rf /srv", vec![("rm -rf /srv", vec![])]),
+        ("{v}>>/tmp/x rm a", vec![("rm a", vec!["/tmp/x"])]),
+        ("{v}<>/tmp/x rm b", vec![("rm b", vec!["/tmp/x"])]),
+        ("{v}<&0 rm c", vec![("rm c", vec![])]),
+        ("{v}>&1 rm d", vec![("rm d", vec![])]),
+        ("{v}>&- rm d", vec![("rm d", vec![])]),
+        ("{v}>|/tmp/x rm e", vec![("rm e", vec!["/tmp/x"])]),
+        ("{v}<<<hi rm f", vec![("rm f", vec![])]),
+        ("{v}</etc/hosts rm f", vec![("rm f", vec![])]),
+        ("{v}<<EOF_D1 rm f\nhi\nEOF_D1\n", vec![("rm f", vec![])]),
+        ("{_x1}>~/.ssh/rc rm g", vec![("rm g", vec!["~/.ssh/rc"])]),
+        ("{v}>$F rm g", vec![("rm g", vec!["!$F"])]),
+        ("{v}\\\n>/dev/null rm h", vec![("rm h", vec![])]),
+        ("V=1 {v}>/tmp/x rm i", vec![("rm i", vec!["/tmp/x"])]),
+        ("{v}>/tmp/x V=1 rm i", vec![("rm i", vec!["/tmp/x"])]),
+        ("rm j {v}>/tmp/x", vec![("rm j", vec!["/tmp/x"])]),
+        ("echo {v}>/tmp/x", vec![("echo", vec!["/tmp/x"])]),
+        ("( rm k ) {v}>/tmp/x", vec![("rm k", vec!["/tmp/x"])]),
+        ("{ rm k; } {v}>/tmp/x", vec![("rm k", vec!["/tmp/x"])]),
+        // Not a descriptor variable: a word, as bash reads it.
+        ("{v} >/dev/null", vec![("{v}", vec![])]),
+        ("{1v}>/dev/null rm l", vec![("{1v} rm l", vec![])]),
+        ("\"{v}\">/dev/null rm l", vec![("{v} rm l", vec![])]),
+        ("x{v}>/dev/null rm l", vec![("x{v} rm l", vec![])]),
+        ("{v}2>/dev/null rm l", vec![("{v}2 rm l", vec![])]),
+        (
+            "{v}& >/tmp/x rm m",
+            vec![("{v}", vec![]), ("rm m", vec!["/tmp/x"])],
+        ),
+        ("{v}&>/tmp/x rm g", vec![("{v} rm g", vec!["/tmp/x"])]),
+        (
+            "cat {v}<(echo x)",
+            vec![("echo x", vec![]), ("cat {v}<(echo x)", vec![])],
+        ),
+    ] {
+        let got = writes(line);
+        let want: Vec<(String, Vec<String>)> = expected
+            .into_iter()
+            .map(|(t, w)| (t.to_string(), w.into_iter().map(String::from).collect()))
+            .collect();
+        assert_eq!(got, want, "{line:?}");
+    }
+    // An array element as the variable: its subscript is evaluated.
+    for line in [
+        "{a[1]}>/dev/null rm h",
+        "{a[i]}>/dev/null rm h",
+        "{a[\"b +c\"]}>/dev/null rm h",
+        "echo {a[i]}>/dev/null",
+    ] {
+        refused(line);
+    }
+    // Under a deny-list the program is `rm`; under an allow-list a
+    // descriptor variable's write needs a `writes` pattern.
+    assert_eq!(
+        verdict_in(DENY_LIST, "{v}>/dev/null rm -rf /srv"),
+        Action::Deny
+    );
+    assert_eq!(verdict_in(DENY_WRITES, "{fd}>~/.ssh/rc true"), Action::Deny);
+    assert_eq!(
+        verdict_in(ALLOW_WRITES, "{fd}>/dev/null cat x"),
+        Action::Allow
+    );
+    assert_eq!(verdict_in(ALLOW_WRITES, "{fd}>/var/x cat x"), Action::Deny);
+    assert_eq!(
+        verdict_in(ALLOW_WRITES, "{fd}>/tmp/out grep x f"),
+        Action::Allow
+    );
+}
+
+/// A word a wrapper reads before its program must stay one word: an
+/// unquoted expansion or a glob may split into options and another program.
+#[test]
+fn unquoted_expansions_before_a_wrapped_program_are_refused() {
+    for line in [
+        "X='KILL 1 rm -rf /'; timeout -s$X 5 ls",
+        "timeout -s $X 5 ls",
+        "timeout --signal=$X 5 ls",
+        "timeout --signal $X 5 ls",
+        "timeout -k$(echo 1) 5 ls",
+        "X=' rm -rf /'; timeout 5$X ls",
+        "timeout 5`echo` ls",
+        "timeout 5* ls",
+        "nice -n$X true",
+        "nice -n $X true",
+        "nice -n[1] true",
+        "env A=$X true",
+        "env A=1 B=${X} true",
+        "env -u $V true",
+        "env A=*.txt true",
+        "env \"$N=1\" true",
+        "env \"A$N=1\" true",
+        "sudo A=$X ls",
+        "sudo -u $U ls",
+        "xargs -n$X ls",
+        "xargs -n $X ls",
+        "xargs -P $(nproc) ls",
+        "xargs --max-args=$X ls",
+        "chroot /srv$X ls",
+        "flock /tmp/l$X ls",
+        "taskset 1$X ls",
+        "stdbuf -o$X ls",
+        "setsid -$X ls",
+        "time -f $X ls",
+        "busybox -$X rm -rf /x",
+        "doas -u $U ls",
+        "command -$X ls",
+        "exec -a $X ls",
+        "ionice -c $X ls",
+        // find: a word that may become `-exec`.
+        "X='-exec rm {} ;'; find /tmp -maxdepth 0 $X",
+        "find . -name x $X",
+        "X=' -maxdepth 0 -exec rm {} ;'; find /tmp/sl_work$X",
+        "X='x -o -maxdepth 0 -exec rm {} ;'; find /tmp -name $X",
+        "X=-exec; find \"$X\" rm ';'",
+        "find . -$X rm ';'",
+        "find . *",
+        "find . -name x -e*c rm ';'",
+    ] {
+        refused(line);
+    }
+    for line in [
+        "timeout -s KILL 5 ls",
+        "timeout -s \"$SIG\" 5 ls",
+        "timeout --signal=\"$SIG\" 5 ls",
+        "timeout 1\"$T\" ls",
+        "timeout 5 ls $X",
+        "nice -n 5 ls",
+        "nice -n \"$N\" ls",
+        "nice -n5 ls",
+        "env A=1 ls",
+        "env A=\"$X\" B=\"$(date)\" ls",
+        "env \"A=$X\" ls",
+        "env -u \"$V\" ls",
+        "sudo -u \"$U\" A=\"$X\" ls",
+        "xargs -n 1 ls",
+        "xargs -P \"$(nproc)\" ls",
+        "xargs -I{} ls {}",
+        "chroot /srv ls",
+        "chroot \"/srv/$R\" ls",
+        "flock /tmp/l ls",
+        "find . -name '*.txt' -exec ls {} ';'",
+        "find . -name *.txt",
+        "find /srv/\"$D\" -name x",
+        "find . -name \"$P\" -newer \"$F\"",
+        "find . -exec ls $X ';'",
+        "busybox ls",
+    ] {
+        analyze(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+    }
+    let why = refused("timeout -s$X 5 ls");
+    assert!(
+        why.contains("unquoted expansion") && why.contains("quote it"),
+        "{why}"
+    );
+}
+
+/// `env -S STRING ARGS…` runs STRING's words then ARGS as bash expanded
+/// them: an argument known only at run time cannot be judged as text.
+#[test]
+fn env_split_string_arguments_must_be_known() {
+    for line in [
+        "env -S '' /usr/bin/[r]m -rf /x",
+        "X=m; env -S '' r$X -rf /x",
+        "env -S '' \"r$X\" -rf /x",
+        "env -S 'ls' $X",
+        "env -S \"$X\" ls",
+        "env --split-string='' /bin/r? -rf /x",
+    ] {
+        refused(line);
+    }
+    assert_eq!(
+        runs("env -S 'ls -l' /tmp"),
+        vec!["env -S ls -l /tmp", "ls -l /tmp"]
+    );
+    assert_eq!(
+        runs("env -S '' rm -rf /x"),
+        vec!["env -S  rm -rf /x", "rm -rf /x"]
+    );
+}
+
+/// The terminal and the session's own output are not files.
+#[test]
+fn the_terminal_and_standard_output_are_not_writes() {
+    for line in [
+        "cat hi > /dev/tty",
+        "cat x > /dev/fd/2",
+        "cat x 2>/dev/fd/1",
+        "cat x > /dev/stdout",
+        "cat x >/dev/stderr",
+        "grep x f 2>/dev/tty > /tmp/out",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_WRITES, line),
+            Action::Allow,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+    for line in [
+        "cat x > /dev/fd/3",
+        "cat x > /dev/tty2",
+        "cat x > /dev/sda",
+        "cat x > \"/dev/$T\"",
+    ] {
+        assert_eq!(
+            verdict_in(ALLOW_WRITES, line),
+            Action::Deny,
+            "{line:?} → {:?}",
+            writes(line)
+        );
+    }
+}
+
+/// Only `writes` rules: deny login files, review /etc.
+const WRITES_ONLY: &str = r#"
+[[connections]]
+name = "appdb"
+kind = "ssh"
+upstream = "127.0.0.1:22"
+user = "u"
+password = { env = "X" }
+host_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ"
+allow_groups = ["agents"]
+
+[[rules]]
+name = "login-files"
+match = { writes = ["*.ssh/*", "*.bashrc"] }
+action = "deny"
+
+[[rules]]
+name = "etc"
+match = { writes = ["/etc/*"] }
+action = "review"
+"#;
+
+/// A `writes`-only rule judges redirections on the line: a part that may
+/// run anything matches it only by what it redirects to.
+#[test]
+fn a_writes_only_rule_judges_a_part_that_may_run_anything_by_its_redirections() {
+    for line in [
+        "make",
+        "python3 x.py",
+        "cd app && make",
+        "vi notes",
+        "make > /tmp/log",
+    ] {
+        assert_eq!(verdict_in(WRITES_ONLY, line), Action::Allow, "{line:?}");
+    }
+    for line in [
+        "make > ~/.ssh/rc",
+        "python3 x.py >> .bashrc",
+        "python3 x.py > $OUT",
+        "{fd}>~/.ssh/rc make",
+    ] {
+        assert_eq!(verdict_in(WRITES_ONLY, line), Action::Deny, "{line:?}");
+    }
+    assert_eq!(verdict_in(WRITES_ONLY, "make > /etc/motd"), Action::Review);
+    // The denial of a computed target says why, not "runs programs".
+    let v = verdict_full(WRITES_ONLY, "python3 x.py > $OUT").unwrap();
+    let m = v.message.unwrap_or_default();
+    assert!(
+        m.contains("`$OUT` is only known when the command runs"),
+        "{m}"
+    );
+    assert!(!m.contains("runs programs the gateway cannot see"), "{m}");
+    // Rules on programs or commands still match what may run anything.
+    assert_eq!(verdict_in(DENY_LIST, "make"), Action::Deny);
+    let on_command = format!(
+        "{WRITES_ONLY}\n[[rules]]\nname = \"rm\"\nmatch = {{ command = [\"rm *\"] }}\naction = \"deny\"\n"
+    );
+    assert_eq!(verdict_in(&on_command, "make"), Action::Deny);
+    assert_eq!(verdict_in(&on_command, "ls"), Action::Allow);
+}
+
+/// awk joins a backslash-newline between tokens: `system\<newline>(…)` calls.
+#[test]
+fn awk_calls_across_a_line_continuation_may_run_anything() {
+    let inv = analyze("awk 'BEGIN{system\\\n(\"id\")}'").unwrap();
+    assert!(inv[0].runs_anything, "{inv:?}");
+    let inv = analyze("awk '{print $1}'").unwrap();
+    assert!(!inv[0].runs_anything, "{inv:?}");
+}

@@ -155,6 +155,8 @@ pub(super) fn judge(
     }
     match name {
         "busybox" => match args.first() {
+            // `busybox -$X rm …` with an empty X runs rm.
+            Some(a) if a.splits || a.glob => fixed_words(name, &args[..1]),
             Some(a) if !a.text.starts_with('-') => judge(args, depth + 1, out),
             _ => Ok(()),
         },
@@ -229,6 +231,7 @@ pub(super) fn judge(
                 },
             )?;
             // The duration, then the command.
+            fixed_operand(name, args, i)?;
             judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
         }
         "stdbuf" => {
@@ -273,6 +276,7 @@ pub(super) fn judge(
             if args.len() <= i + 1 {
                 return err("`chroot` without a command starts a shell that reads standard input");
             }
+            fixed_operand(name, args, i)?;
             judge(&args[i + 1..], depth + 1, out)
         }
         "taskset" => {
@@ -288,6 +292,7 @@ pub(super) fn judge(
             if seen.contains(&'p') {
                 return Ok(());
             }
+            fixed_operand(name, args, i)?;
             judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
         }
         "flock" => {
@@ -317,6 +322,7 @@ pub(super) fn judge(
                 return script_text(&script, depth, out);
             }
             let _ = seen;
+            fixed_operand(name, args, i)?;
             judge(args.get(i + 1..).unwrap_or_default(), depth + 1, out)
         }
         "watch" => {
@@ -402,6 +408,37 @@ pub(super) struct Spec {
 /// short options seen. An unknown option refuses: guessing whether it takes
 /// an argument would let `wrapper --unknown rm …` hide the program.
 pub(super) fn options(
+    program: &str,
+    args: &[Word],
+    spec: &Spec,
+) -> Result<(usize, Vec<char>), Unjudgeable> {
+    let (i, seen) = walk_options(program, args, spec)?;
+    fixed_words(program, &args[..i.min(args.len())])?;
+    Ok((i, seen))
+}
+
+/// Words a wrapper reads before the program it runs (options, their
+/// values, operands such as a duration) must stay the words they are: an
+/// unquoted expansion may split into several words or vanish, and a
+/// pattern may match several names, so what looks like a value can become
+/// options or the program (`timeout -s$X 5 ls` with `X='KILL 1 rm -rf /'`).
+pub(super) fn fixed_words(program: &str, words: &[Word]) -> Result<(), Unjudgeable> {
+    match words.iter().find(|w| w.splits || w.glob) {
+        Some(w) => err(format!(
+            "{:?}, an argument of `{program}` before the program it runs, holds an unquoted expansion or pattern: bash may split it into several words, which could name another program (quote it, as in \"$X\")",
+            w.text
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The operand at `i` that a wrapper reads before the program (timeout's
+/// duration, chroot's directory, flock's file, taskset's mask).
+fn fixed_operand(program: &str, args: &[Word], i: usize) -> Result<(), Unjudgeable> {
+    fixed_words(program, args.get(i..=i).unwrap_or_default())
+}
+
+fn walk_options(
     program: &str,
     args: &[Word],
     spec: &Spec,
@@ -694,7 +731,13 @@ fn env(
     )?;
     // Only among env's own options: `env cmd -S x` is cmd's -S.
     if let Some(split) = value_of(&args[..i], 'S', "--split-string") {
-        // `env -S 'cmd args'` splits the string itself: judge it as a command line.
+        // `env -S 'cmd args'` splits the string itself: judge it as a command
+        // line, the words after it appended as they are. Those are quoted
+        // back as fixed text, so one known only at run time (`r$X`,
+        // `/usr/bin/[r]m`) would be judged as the wrong name.
+        if args.iter().any(|w| w.dynamic || w.glob) {
+            return err("`env -S` runs a command assembled from its arguments, and some are only known when the command runs");
+        }
         let rest = quote_argv(&texts(&args[i..]));
         return script_text(&format!("{split} {rest}"), depth, out);
     }
@@ -710,6 +753,7 @@ fn env(
         },
     )?;
     let j = skip_assignments(args, i);
+    fixed_assignments("env", &args[i..j])?;
     if sets_code_env(&args[i..j]) {
         code_assignment("env", idx, out);
     }
@@ -727,6 +771,23 @@ fn skip_assignments(args: &[Word], mut i: usize) -> usize {
         i += 1;
     }
     i
+}
+
+/// `NAME=value` words of env or sudo: each must stay one word, and its
+/// name must be known (`"$N=1"` with `N=-S…` is an option).
+fn fixed_assignments(program: &str, words: &[Word]) -> Result<(), Unjudgeable> {
+    fixed_words(program, words)?;
+    let computed_name = |w: &Word| {
+        let eq = w.text.find('=').unwrap_or(w.text.len());
+        w.computed_at.is_some_and(|c| c <= eq)
+    };
+    if let Some(w) = words.iter().find(|w| computed_name(w)) {
+        return err(format!(
+            "{:?}, an argument of `{program}` before the program it runs, has a name only known when the command runs",
+            w.text
+        ));
+    }
+    Ok(())
 }
 
 fn sudo(
@@ -789,6 +850,7 @@ fn sudo(
     let shell = seen.contains(&'s') || seen.contains(&'i') || long("--shell") || long("--login");
     // `sudo FOO=1 rm …` sets FOO and runs rm (found by the shell_command fuzz target).
     let j = skip_assignments(args, i);
+    fixed_assignments("sudo", &args[i..j])?;
     if sets_code_env(&args[i..j]) {
         out[idx].runs_anything = true;
     }
@@ -909,6 +971,7 @@ fn xargs(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), U
             }
         }
     }
+    fixed_words("xargs", &args[..i.min(args.len())])?;
     let rest = args.get(i..).unwrap_or_default();
     // Without a command, xargs runs `echo` (found by the differential test).
     let mut words = if rest.is_empty() {
@@ -948,10 +1011,105 @@ fn find(args: &[Word], depth: usize, out: &mut Vec<Invocation>) -> Result<(), Un
             judge(&run_time_values(&args[start..end], "{}"), depth + 1, out)?;
             i = end + 1;
         } else {
+            find_word_is_fixed(&args[i], i.checked_sub(1).map(|k| &args[k]))?;
             i += 1;
         }
     }
     Ok(())
+}
+
+/// find's predicates whose next word is their value, not a predicate.
+const FIND_WITH_VALUE: &[&str] = &[
+    "-name",
+    "-iname",
+    "-path",
+    "-ipath",
+    "-wholename",
+    "-iwholename",
+    "-lname",
+    "-ilname",
+    "-regex",
+    "-iregex",
+    "-regextype",
+    "-type",
+    "-xtype",
+    "-user",
+    "-group",
+    "-uid",
+    "-gid",
+    "-perm",
+    "-size",
+    "-mtime",
+    "-mmin",
+    "-atime",
+    "-amin",
+    "-ctime",
+    "-cmin",
+    "-newer",
+    "-anewer",
+    "-cnewer",
+    "-samefile",
+    "-inum",
+    "-links",
+    "-used",
+    "-maxdepth",
+    "-mindepth",
+    "-fstype",
+    "-context",
+    "-printf",
+    "-fprint",
+    "-fprint0",
+    "-fls",
+];
+
+/// The words that make find run a program.
+const FIND_RUNS: &[&str] = &["-exec", "-execdir", "-ok", "-okdir"];
+
+/// A word of find outside its `-exec` commands must not become `-exec` when
+/// it runs: an unquoted expansion may split into `-exec rm … ;`, a pattern
+/// may match files so named, and a quoted value starting as `-exec` might
+/// be it (`find "$X" rm ';'`) unless it is a predicate's value.
+fn find_word_is_fixed(w: &Word, prev: Option<&Word>) -> Result<(), Unjudgeable> {
+    let refuse = || {
+        err(format!(
+            "{:?}, an argument of `find`, is only known when the command runs and may make find run a program (`-exec`); quote it, or write it out",
+            w.text
+        ))
+    };
+    if w.splits {
+        return refuse();
+    }
+    if w.glob && FIND_RUNS.iter().any(|r| glob_may_match(&w.text, r)) {
+        return refuse();
+    }
+    if let Some(at) = w.computed_at {
+        let literal = &w.text[..at];
+        let value = prev.is_some_and(|p| !p.dynamic && FIND_WITH_VALUE.contains(&p.text.as_str()));
+        if !value && FIND_RUNS.iter().any(|r| r.starts_with(literal)) {
+            return refuse();
+        }
+    }
+    Ok(())
+}
+
+/// Whether a shell pattern may match `name`; a bracket expression counts
+/// as any one character (so this may say yes where bash would not).
+fn glob_may_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    fn at(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len()).any(|k| at(&p[1..], &n[k..])),
+            Some('?') => !n.is_empty() && at(&p[1..], &n[1..]),
+            Some('[') => match p.iter().skip(2).position(|&c| c == ']') {
+                Some(end) => !n.is_empty() && at(&p[end + 3..], &n[1..]),
+                None => n.first() == Some(&'[') && at(&p[1..], &n[1..]),
+            },
+            Some(c) => n.first() == Some(c) && at(&p[1..], &n[1..]),
+        }
+    }
+    at(&p, &n)
 }
 
 /// `words` with each occurrence of `placeholder` (xargs' replace string,
