@@ -419,6 +419,12 @@ pub fn slack_text(event: Event, r: &ApprovalRequest) -> String {
             if let Some(m) = &r.message {
                 text.push_str(&format!(" Rule says: {}", slack_escape(m)));
             }
+            if !r.context.is_empty() {
+                // The approval covers it too (a body, a pod, a definition).
+                text.push_str(&format!(
+                    " The request carries more than its text: `sluice approvals show {id}`."
+                ));
+            }
             text.push_str(&format!(
                 "\nApprove: `sluice approvals approve {id}`  Deny: `sluice approvals deny {id} --reason \"…\"`  (id {id})"
             ));

@@ -89,6 +89,8 @@ fn request() -> ApprovalRequest {
         issuer: "sluice".into(),
         connection: "appdb".into(),
         command: "DELETE FROM orders\n  WHERE id < 10 AND note <> 'a&b'".into(),
+        kind: None,
+        context: Vec::new(),
         rule: "reviewed-writes".into(),
         message: Some("Writes need a DBA.".into()),
         approvers: vec!["dba".into()],
