@@ -108,6 +108,15 @@ impl Unjudgeable {
     }
 }
 
+/// Whether `program`, as written, names no directory or one of `dirs`
+/// (`ls`, `/usr/bin/ls`; not `/tmp/x/ls` or `./ls`): trust in a program's
+/// name holds only where it cannot be a file an agent placed.
+pub fn written_in(program: &str, dirs: &[&str]) -> bool {
+    program
+        .rsplit_once('/')
+        .is_none_or(|(dir, _)| dirs.contains(&dir))
+}
+
 /// Every program `line` would run, wrappers unwrapped.
 pub fn analyze(line: &str) -> Result<Vec<Invocation>, Unjudgeable> {
     let mut out = Vec::new();

@@ -155,10 +155,10 @@ impl ShellMatcher {
         // An allow rule admits a program written with a directory by its
         // base name only from a system directory: `/tmp/x/ls` is not `ls`.
         let by_name = !self.allows
-            || inv.path.as_deref().is_none_or(|p| {
-                p.rsplit_once('/')
-                    .is_some_and(|(dir, _)| SYSTEM_DIRS.contains(&dir))
-            });
+            || inv
+                .path
+                .as_deref()
+                .is_none_or(|p| crate::written_in(p, SYSTEM_DIRS));
         if let Some(globs) = &self.programs {
             let hit = globs.iter().any(|g| {
                 (by_name && g.matches(&inv.program))

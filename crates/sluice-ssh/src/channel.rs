@@ -1078,10 +1078,7 @@ const TRANSFER_DIRS: &[&str] = &[
 /// masked as text, so `/tmp/sftp-server` (a script an agent uploaded) must
 /// not pass for one.
 pub(crate) fn is_transfer_program(program: &str, name: &str) -> bool {
-    match program.rsplit_once('/') {
-        None => program == name,
-        Some((dir, base)) => base == name && TRANSFER_DIRS.contains(&dir),
-    }
+    program.rsplit('/').next() == Some(name) && sluice_shell::written_in(program, TRANSFER_DIRS)
 }
 
 #[cfg(test)]

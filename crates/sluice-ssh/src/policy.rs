@@ -127,11 +127,7 @@ fn programs<'s>(
 
 /// Whether `inv` runs the host's own `name` (see `is_transfer_program`).
 fn is_hosts(inv: &sluice_shell::Invocation, name: &str) -> bool {
-    inv.program == name
-        && inv
-            .path
-            .as_deref()
-            .is_none_or(|p| crate::channel::is_transfer_program(p, name))
+    crate::channel::is_transfer_program(inv.path.as_deref().unwrap_or(&inv.program), name)
 }
 
 impl SshMatcher {
