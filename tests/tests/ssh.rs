@@ -772,6 +772,24 @@ fn environment_requests_are_filtered() {
         ],
     );
     assert_eq!(ok(&out).trim(), "kept none none");
+    // A locale in an encoding whose bytes the host's shell could read as
+    // quotes or backslashes does not reach it; a UTF-8 or C one does.
+    let out = env.ssh(
+        &env.agent_token(),
+        &[
+            "-o",
+            "SetEnv=LC_CTYPE=zh_CN.GBK LC_MESSAGES=C.UTF-8",
+            "echo ${LC_CTYPE:-none} ${LC_MESSAGES:-none}",
+        ],
+    );
+    assert_eq!(ok(&out).trim(), "none C.UTF-8");
+    // A refused variable alone does not fail the exec that follows it
+    // (OpenSSH asks no reply to `env`; a late one was read as the exec's).
+    let out = env.ssh(
+        &env.agent_token(),
+        &["-o", "SetEnv=BASH_ENV=/tmp/x", "echo ran"],
+    );
+    assert_eq!(ok(&out).trim(), "ran");
 }
 
 #[test]

@@ -34,7 +34,7 @@ const MASK_IDLE_EXEC: Duration = Duration::from_secs(2);
 /// SJIS, the last byte of a character can be a backslash or quote to the
 /// host's shell, which would then split the line differently from how it
 /// was judged.
-fn env_allowed(name: &str, value: &str) -> bool {
+pub(crate) fn env_allowed(name: &str, value: &str) -> bool {
     if matches!(name, "TERM" | "COLORTERM" | "TZ") {
         return true;
     }
@@ -175,12 +175,11 @@ async fn setup(
                 variable_value,
                 ..
             } => {
+                // The reply went out from the handler (`env_request`).
                 if env_allowed(&variable_name, &variable_value) {
                     env.push((variable_name, variable_value));
-                    let _ = live.client.channel_success(id).await;
                 } else {
                     tracing::info!(message = "Refused an environment variable.", session = %live.handle.id(), name = %variable_name);
-                    let _ = live.client.channel_failure(id).await;
                 }
             }
             ChannelMsg::WindowChange {

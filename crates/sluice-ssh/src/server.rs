@@ -410,6 +410,25 @@ impl server::Handler for ClientHandler {
         crate::forward::cancel_remote(&live, address, port).await
     }
 
+    /// Answered here, while the request is the channel's latest: the
+    /// session answers only a request that asked for a reply, and OpenSSH
+    /// sends `env` without asking and its exec right after, so an answer
+    /// from the channel's task came late and was read as the exec's.
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let _ = if crate::channel::env_allowed(variable_name, variable_value) {
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        };
+        Ok(())
+    }
+
     async fn agent_request(
         &mut self,
         _channel: ChannelId,
